@@ -1,0 +1,56 @@
+//! The router and its one layer order, outermost first:
+//! catch-panic -> request id + access log -> route handler.
+
+use crate::access_log::request_context;
+use crate::error::{ErrorType, GatewayError};
+use crate::routes::{chat_completions, health, models};
+use crate::state::AppState;
+use axum::Router;
+use axum::middleware::from_fn;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub fn build_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions::chat_completions),
+        )
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::retrieve))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(from_fn(request_context))
+        .layer(CatchPanicLayer::custom(|_panic| internal_error()))
+}
+
+async fn not_found() -> Response {
+    GatewayError::new(
+        StatusCode::NOT_FOUND,
+        ErrorType::ResourceNotFoundError,
+        "no such endpoint; this gateway serves /v1/chat/completions and /v1/models",
+    )
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    GatewayError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorType::InvalidRequestError,
+        "method not allowed on this endpoint",
+    )
+    .into_response()
+}
+
+fn internal_error() -> Response {
+    GatewayError::server(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error in the gateway; the request was not completed",
+    )
+    .into_response()
+}

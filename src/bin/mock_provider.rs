@@ -1,0 +1,54 @@
+//! `mock-provider`: the project's stand-in for Moonshot, AI/ML API and
+//! Agentsflare, for offline try-outs, client tests and benchmarks.
+//! Serves `/moonshot/v1`, `/aimlapi/v1` and `/agentsflare/v1` on one port.
+
+use clap::Parser;
+use kimi_gateway::mock::{self, Flavour, MockOptions};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Mock Kimi providers (Moonshot, AI/ML API, Agentsflare) for tests and demos"
+)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// The API key every flavour accepts.
+    #[arg(long, default_value = "mock-key")]
+    api_key: String,
+    /// Content chunks per streamed answer (a request can override it).
+    #[arg(long, default_value_t = 3)]
+    chunks: usize,
+    /// Delay between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(threads);
+    }
+    runtime.enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+        let options = MockOptions {
+            api_key: cli.api_key,
+            record: false,
+            default_chunks: cli.chunks,
+            default_chunk_delay: Duration::from_millis(cli.chunk_delay_ms),
+        };
+        let handle = mock::spawn(listener, options).await;
+        for flavour in Flavour::ALL {
+            println!("{:<12} {}", flavour.name(), handle.base_url(flavour));
+        }
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}

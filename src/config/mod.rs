@@ -1,0 +1,152 @@
+//! Configuration: built-in presets, an optional TOML file and environment
+//! variables, validated whole into one immutable [`Config`] snapshot.
+
+mod file;
+mod parse;
+pub mod presets;
+mod resolve;
+
+use crate::proxy::route::RouteTable;
+use http::{HeaderMap, HeaderValue};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use resolve::resolve;
+
+/// Default listen address when neither the file nor `--listen` says.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit: 32 MiB (vision requests carry base64 images).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// One problem found in the configuration, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem of a configuration that could not be used.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for problem in &self.0 {
+            writeln!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The live configuration: built once, shared read-only by every request.
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub providers: Vec<Arc<Provider>>,
+    pub routes: RouteTable,
+    /// Short hash of the inputs, shown by `/readyz` to tell configs apart.
+    pub fingerprint: String,
+}
+
+impl Config {
+    /// Providers that have a key and so can serve requests.
+    pub fn usable_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.iter().filter(|p| p.is_usable())
+    }
+}
+
+/// A provider's key: kept out of `Debug` so it can never be logged by accident.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub secret: String,
+    /// `Bearer <secret>`, marked sensitive so hyper never logs it.
+    pub header: HeaderValue,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// Per-provider timeouts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
+    pub connect: Duration,
+    /// Streams: until the response head and the first event have arrived.
+    pub first_byte: Duration,
+    /// Streams: longest silence between two events (thinking models pause).
+    pub idle: Duration,
+    /// Non-stream requests: the whole exchange.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(300),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One upstream provider, resolved.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: Arc<str>,
+    pub base_url: String,
+    /// `{base_url}/chat/completions`, built once.
+    pub chat_url: reqwest::Url,
+    pub api_key_env: String,
+    pub key: Option<ApiKey>,
+    pub models: Vec<String>,
+    pub headers: HeaderMap,
+    pub timeouts: Timeouts,
+    pub client: reqwest::Client,
+}
+
+impl Provider {
+    pub fn is_usable(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
+/// Reads the file (if any) and the process environment into a [`Config`].
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|err| {
+            ConfigErrors(vec![ConfigProblem::new(
+                "",
+                format!("cannot read {}: {err}", path.display()),
+            )])
+        })?,
+        None => String::new(),
+    };
+    resolve(&text, &|name| std::env::var(name).ok())
+}

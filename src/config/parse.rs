@@ -1,0 +1,158 @@
+//! TOML text to the file structs, collecting every problem (syntax, types,
+//! unknown keys) with its key path instead of stopping at the first one.
+
+use super::ConfigProblem;
+use super::file::{AliasFile, ProviderFile, ServerFile};
+use serde::de::DeserializeOwned;
+
+/// A config file after parsing: sections keep the file's order.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    pub server: ServerFile,
+    pub providers: Vec<(String, ProviderFile)>,
+    pub aliases: Vec<(String, AliasFile)>,
+}
+
+pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
+    let mut parsed = ParsedFile::default();
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(table) => table,
+        Err(err) => {
+            problems.push(ConfigProblem::new("", err.to_string().trim_end()));
+            return parsed;
+        }
+    };
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => {
+                if let Some(server) = section::<ServerFile>(value, "server", problems) {
+                    parsed.server = server;
+                }
+            }
+            "providers" => {
+                for (name, entry) in subtables(value, "providers", problems) {
+                    let path = format!("providers.{name}");
+                    if let Some(provider) = section::<ProviderFile>(entry, &path, problems) {
+                        parsed.providers.push((name, provider));
+                    }
+                }
+            }
+            "aliases" => {
+                for (name, entry) in subtables(value, "aliases", problems) {
+                    let path = format!("aliases.{name}");
+                    if let Some(alias) = section::<AliasFile>(entry, &path, problems) {
+                        parsed.aliases.push((name, alias));
+                    }
+                }
+            }
+            other => problems.push(ConfigProblem::new(other, "unknown key")),
+        }
+    }
+    parsed
+}
+
+/// The entries of a table of tables, in file order.
+fn subtables(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<(String, toml::Value)> {
+    match value {
+        toml::Value::Table(table) => table.into_iter().collect(),
+        other => {
+            problems.push(ConfigProblem::new(
+                path,
+                format!("expected a table, found {}", other.type_str()),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Deserialises one section, recording a type error with its full path and
+/// every key the structs do not know.
+fn section<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<T> {
+    let mut track = serde_path_to_error::Track::new();
+    let mut unknown = Vec::new();
+    let result = {
+        let de = serde_path_to_error::Deserializer::new(value, &mut track);
+        serde_ignored::deserialize(de, |ignored| unknown.push(ignored.to_string()))
+    };
+    for key in unknown {
+        problems.push(ConfigProblem::new(join(path, &key), "unknown key"));
+    }
+    match result {
+        Ok(section) => Some(section),
+        Err(err) => {
+            let inner = track.path().to_string();
+            let inner = if inner == "." { String::new() } else { inner };
+            problems.push(ConfigProblem::new(join(path, &inner), err.to_string()));
+            None
+        }
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let mut problems = Vec::new();
+        let text = r#"
+            colour = "blue"
+            [server]
+            listen = 8080
+            [providers.moonshot]
+            base_urll = "x"
+            [providers.other]
+            models = "not-a-list"
+            [aliases.kimi]
+            targets = [{ provider = "moonshot" }]
+        "#;
+        parse(text, &mut problems);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"colour"), "{problems:?}");
+        assert!(paths.contains(&"server.listen"), "{problems:?}");
+        assert!(
+            paths.contains(&"providers.moonshot.base_urll"),
+            "{problems:?}"
+        );
+        assert!(paths.contains(&"providers.other.models"), "{problems:?}");
+        assert!(
+            paths.iter().any(|p| p.starts_with("aliases.kimi.targets")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_one_problem() {
+        let mut problems = Vec::new();
+        parse("[server\nlisten=1", &mut problems);
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn keeps_file_order() {
+        let mut problems = Vec::new();
+        let parsed = parse(
+            "[providers.zeta]\n[providers.alpha]\n[providers.mid]\n",
+            &mut problems,
+        );
+        let names: Vec<&str> = parsed.providers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha", "mid"]);
+    }
+}

@@ -1,0 +1,239 @@
+//! The gateway's one error type: every failure becomes an OpenAI-shaped body
+//! `{"error":{"message","type","code","param"}}` with a status and `type` from
+//! Moonshot's documented vocabulary, so the official SDKs raise the right class.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// The documented `error.type` values (Moonshot's vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    ContentFilter,
+    InvalidRequestError,
+    InvalidAuthenticationError,
+    PermissionDeniedError,
+    ResourceNotFoundError,
+    RateLimitReachedError,
+    EngineOverloadedError,
+    ExceededCurrentQuotaError,
+    ServerError,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::ContentFilter => "content_filter",
+            ErrorType::InvalidRequestError => "invalid_request_error",
+            ErrorType::InvalidAuthenticationError => "invalid_authentication_error",
+            ErrorType::PermissionDeniedError => "permission_denied_error",
+            ErrorType::ResourceNotFoundError => "resource_not_found_error",
+            ErrorType::RateLimitReachedError => "rate_limit_reached_error",
+            ErrorType::EngineOverloadedError => "engine_overloaded_error",
+            ErrorType::ExceededCurrentQuotaError => "exceeded_current_quota_error",
+            ErrorType::ServerError => "server_error",
+        }
+    }
+
+    /// Parses a documented type name, as found in an upstream error body.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "content_filter" => ErrorType::ContentFilter,
+            "invalid_request_error" => ErrorType::InvalidRequestError,
+            "invalid_authentication_error" => ErrorType::InvalidAuthenticationError,
+            "permission_denied_error" => ErrorType::PermissionDeniedError,
+            "resource_not_found_error" => ErrorType::ResourceNotFoundError,
+            "rate_limit_reached_error" => ErrorType::RateLimitReachedError,
+            "engine_overloaded_error" => ErrorType::EngineOverloadedError,
+            "exceeded_current_quota_error" => ErrorType::ExceededCurrentQuotaError,
+            "server_error" => ErrorType::ServerError,
+            _ => return None,
+        })
+    }
+
+    /// The status the documented table pairs with this type.
+    pub fn default_status(self) -> StatusCode {
+        match self {
+            ErrorType::ContentFilter | ErrorType::InvalidRequestError => StatusCode::BAD_REQUEST,
+            ErrorType::InvalidAuthenticationError => StatusCode::UNAUTHORIZED,
+            ErrorType::PermissionDeniedError => StatusCode::FORBIDDEN,
+            ErrorType::ResourceNotFoundError => StatusCode::NOT_FOUND,
+            ErrorType::RateLimitReachedError
+            | ErrorType::EngineOverloadedError
+            | ErrorType::ExceededCurrentQuotaError => StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A failure with everything needed to answer the client and to log it once.
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub status: StatusCode,
+    pub error_type: ErrorType,
+    pub code: Option<Cow<'static, str>>,
+    pub message: Cow<'static, str>,
+    pub param: Option<Cow<'static, str>>,
+    /// Forwarded from an upstream, or set by the gateway itself.
+    pub retry_after: Option<HeaderValue>,
+}
+
+impl GatewayError {
+    pub fn new(
+        status: StatusCode,
+        error_type: ErrorType,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        GatewayError {
+            status,
+            error_type,
+            code: None,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            message,
+        )
+    }
+
+    pub fn server(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(status, ErrorType::ServerError, message)
+    }
+
+    pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, value: Option<HeaderValue>) -> Self {
+        self.retry_after = value;
+        self
+    }
+
+    /// Whether a client retrying the same request could succeed. The gateway
+    /// says `x-should-retry: false` where it cannot, so SDKs fail fast.
+    pub fn should_retry(&self) -> bool {
+        match self.error_type {
+            ErrorType::ExceededCurrentQuotaError => false,
+            ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => true,
+            ErrorType::ServerError => self.code.as_deref() != Some("provider_not_configured"),
+            _ => false,
+        }
+    }
+
+    /// The JSON body clients see.
+    pub fn body_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            error_type: &'a str,
+            code: Option<&'a str>,
+            param: Option<&'a str>,
+        }
+        serde_json::to_vec(&Body {
+            error: Inner {
+                message: &self.message,
+                error_type: self.error_type.as_str(),
+                code: self.code.as_deref(),
+                param: self.param.as_deref(),
+            },
+        })
+        .expect("error body serialises")
+    }
+
+    /// The same error as one SSE event, for failures after a stream has begun.
+    pub fn sse_event(&self) -> bytes::Bytes {
+        let mut event = Vec::with_capacity(64 + self.message.len());
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&self.body_json());
+        event.extend_from_slice(b"\n\n");
+        event.into()
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error_type.as_str(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body_json(),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        let retry = if self.should_retry() { "true" } else { "false" };
+        headers.insert("x-should-retry", HeaderValue::from_static(retry));
+        if let Some(value) = &self.retry_after {
+            headers.insert(header::RETRY_AFTER, value.clone());
+        }
+        // The access log reads the error from here, so it is logged exactly once.
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_all_four_fields() {
+        let err = GatewayError::invalid_request("bad").with_param("model");
+        let v: serde_json::Value = serde_json::from_slice(&err.body_json()).unwrap();
+        assert_eq!(v["error"]["message"], "bad");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for t in [
+            ErrorType::ContentFilter,
+            ErrorType::InvalidRequestError,
+            ErrorType::InvalidAuthenticationError,
+            ErrorType::PermissionDeniedError,
+            ErrorType::ResourceNotFoundError,
+            ErrorType::RateLimitReachedError,
+            ErrorType::EngineOverloadedError,
+            ErrorType::ExceededCurrentQuotaError,
+            ErrorType::ServerError,
+        ] {
+            assert_eq!(ErrorType::from_name(t.as_str()), Some(t));
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! kimi-gateway: an OpenAI-compatible gateway in front of the providers that
+//! serve Kimi models (Moonshot, AI/ML API, Agentsflare).
+//!
+//! The path of one request, in file order:
+//! [`access_log`] gives it a request id, [`routes::chat_completions`] reads the
+//! body once, [`proxy::request`] peeks `model`/`stream` without building a
+//! JSON tree, [`proxy::route`] picks the provider and upstream model id,
+//! [`proxy::upstream`] sends the original bytes (only the model value spliced)
+//! with the provider's key, [`proxy::provider_errors`] maps a provider's error
+//! to the documented vocabulary, and [`proxy::sse`] relays a stream byte for
+//! byte. The access log is written when the response body ends.
+
+pub mod access_log;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod mock;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,107 @@
+//! The `kimi-gateway` command: parse flags, load and validate the
+//! configuration, bind, and serve until SIGINT/SIGTERM.
+
+use clap::Parser;
+use kimi_gateway::{config, server, state::AppState, telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// OpenAI-compatible gateway for Kimi models on Moonshot, AI/ML API and Agentsflare.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see config/kimi-gateway.example.toml).
+    #[arg(long, env = "KIMI_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides `server.listen` (default 127.0.0.1:8080).
+    #[arg(long, env = "KIMI_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Validate the configuration, print every problem, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("configuration has {} problem(s):", errors.0.len());
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!(
+            "configuration OK: {} provider(s), {} usable, {} routable model name(s)",
+            config.providers.len(),
+            config.usable_providers().count(),
+            config.routes.routes().len()
+        );
+        for provider in config.providers.iter().filter(|p| !p.is_usable()) {
+            println!(
+                "note: provider {} is not served: {} is not set",
+                provider.name, provider.api_key_env
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve(config, cli.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "gateway stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::Result<()> {
+    let addr = listen.unwrap_or(config.listen);
+    for provider in &config.providers {
+        if provider.is_usable() {
+            tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
+        } else {
+            tracing::warn!(
+                provider = &*provider.name,
+                "provider not served: {} is not set",
+                provider.api_key_env
+            );
+        }
+    }
+    if config.usable_providers().next().is_none() {
+        tracing::warn!("no provider has an API key: every chat request will fail until one is set");
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(listen = %listener.local_addr()?, config = %config.fingerprint, "kimi-gateway listening");
+    server::run(listener, AppState::new(config), shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

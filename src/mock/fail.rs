@@ -1,0 +1,104 @@
+//! Error answers in each provider's own shape: Moonshot's typed
+//! `{"error":{…}}`, AI/ML API's `{message,path,requestId,statusCode,timestamp}`
+//! and Agentsflare's `{statusCode,message}` (whose wrong key is a 404).
+
+use super::Flavour;
+use super::scenario::MockError;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// The mock's answer for `error` as `flavour` would send it.
+pub fn error_response(flavour: Flavour, error: MockError, retry_after: Option<u64>) -> Response {
+    if error == MockError::NonJson {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response();
+    }
+    let (status, moonshot_type, message) = describe(flavour, error);
+    let body = match flavour {
+        Flavour::Moonshot => json!({"error": {"message": message, "type": moonshot_type}}),
+        Flavour::Aimlapi => json!({
+            "message": message,
+            "path": "/v1/chat/completions",
+            "requestId": "aiml-req-1",
+            "statusCode": status.as_u16(),
+            "timestamp": "2026-01-01T00:00:00.000Z",
+        }),
+        Flavour::Agentsflare => json!({"statusCode": status.as_u16(), "message": message}),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn describe(flavour: Flavour, error: MockError) -> (StatusCode, &'static str, &'static str) {
+    use MockError::*;
+    let code = |n: u16| StatusCode::from_u16(n).expect("valid status");
+    match (flavour, error) {
+        (Flavour::Agentsflare, Auth) => (code(404), "", "Key not found"),
+        (Flavour::Aimlapi, Quota) => (
+            code(403),
+            "",
+            "You are out of credits. Please top up your balance to continue.",
+        ),
+        (Flavour::Agentsflare, Quota) => (code(429), "", "Insufficient balance, please recharge"),
+        (_, InvalidRequest) => (
+            code(400),
+            "invalid_request_error",
+            "Invalid request: messages must not be empty",
+        ),
+        (_, ContentFilter) => (
+            code(400),
+            "content_filter",
+            "The request was rejected because it was considered high risk by content filter",
+        ),
+        (_, Auth) => (
+            code(401),
+            "invalid_authentication_error",
+            "Invalid Authentication",
+        ),
+        (_, Permission) => (
+            code(403),
+            "permission_denied_error",
+            "The API you are accessing is not open",
+        ),
+        (_, NotFound) => (
+            code(404),
+            "resource_not_found_error",
+            "Not found the model or Permission denied",
+        ),
+        (_, RateLimit) => (
+            code(429),
+            "rate_limit_reached_error",
+            "Your account reached max request rate limit, please try again after 1 seconds",
+        ),
+        (_, Overloaded) => (
+            code(429),
+            "engine_overloaded_error",
+            "The engine is currently overloaded, please try again later",
+        ),
+        (_, Quota) => (
+            code(429),
+            "exceeded_current_quota_error",
+            "Your account is suspended due to insufficient balance",
+        ),
+        (_, Server) => (code(500), "server_error", "Internal server error"),
+        (_, BadGateway) => (code(502), "server_error", "Bad gateway"),
+        (_, Unavailable) => (code(503), "server_error", "Service temporarily unavailable"),
+        (_, Overloaded529) => (
+            code(529),
+            "engine_overloaded_error",
+            "Upstream model overloaded",
+        ),
+        (_, GenerationTimeout) => (code(504), "server_error", "Generation timeout"),
+        (_, NonJson) => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,124 @@
+//! Scripted behaviour for one mock request, read from a `[mock key=value …]`
+//! directive anywhere in the request body (usually the user's message), so any
+//! client, SDKs included, can drive it through the gateway.
+
+use std::time::Duration;
+
+/// An error the mock can answer with, in the provider's own shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockError {
+    InvalidRequest,
+    ContentFilter,
+    Auth,
+    Permission,
+    NotFound,
+    RateLimit,
+    Overloaded,
+    Quota,
+    Server,
+    BadGateway,
+    Unavailable,
+    Overloaded529,
+    GenerationTimeout,
+    /// 200 with an HTML page instead of JSON.
+    NonJson,
+}
+
+impl MockError {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "invalid_request" => MockError::InvalidRequest,
+            "content_filter" => MockError::ContentFilter,
+            "auth" => MockError::Auth,
+            "permission" => MockError::Permission,
+            "not_found" => MockError::NotFound,
+            "rate_limit" => MockError::RateLimit,
+            "overloaded" => MockError::Overloaded,
+            "quota" => MockError::Quota,
+            "server" => MockError::Server,
+            "bad_gateway" => MockError::BadGateway,
+            "unavailable" => MockError::Unavailable,
+            "overloaded_529" => MockError::Overloaded529,
+            "generation_timeout" => MockError::GenerationTimeout,
+            "non_json" => MockError::NonJson,
+            _ => return None,
+        })
+    }
+}
+
+/// What to do for one request. Defaults give a quick, successful answer.
+#[derive(Debug, Clone, Default)]
+pub struct Scenario {
+    pub error: Option<MockError>,
+    /// `Retry-After` seconds sent with an error.
+    pub retry_after: Option<u64>,
+    /// Content chunks in a stream.
+    pub chunks: Option<usize>,
+    pub head_delay: Duration,
+    pub chunk_delay: Duration,
+    /// Abort the connection after this many content chunks.
+    pub cut_after: Option<usize>,
+    /// End the stream without `[DONE]` (cleanly closed, but incomplete).
+    pub no_done: bool,
+    /// Wait on this gate before every content chunk after the first.
+    pub gate: Option<String>,
+    /// Bytes of filler per content chunk (benchmarks of large chunks).
+    pub chunk_bytes: Option<usize>,
+}
+
+impl Scenario {
+    /// Reads the first `[mock …]` directive in `body`, if any.
+    pub fn from_body(body: &[u8]) -> Scenario {
+        let mut scenario = Scenario::default();
+        let Some(start) = memchr::memmem::find(body, b"[mock") else {
+            return scenario;
+        };
+        let rest = &body[start + 5..];
+        let end = memchr::memchr(b']', rest).unwrap_or(rest.len());
+        let text = String::from_utf8_lossy(&rest[..end]);
+        for word in text.split_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            let number = || value.parse::<u64>().ok();
+            match key {
+                "error" => scenario.error = MockError::parse(value),
+                "retry_after" => scenario.retry_after = number(),
+                "chunks" => scenario.chunks = number().map(|n| n as usize),
+                "head_delay_ms" => {
+                    scenario.head_delay = Duration::from_millis(number().unwrap_or(0))
+                }
+                "chunk_delay_ms" => {
+                    scenario.chunk_delay = Duration::from_millis(number().unwrap_or(0))
+                }
+                "cut_after" => scenario.cut_after = number().map(|n| n as usize),
+                "no_done" => scenario.no_done = true,
+                "gate" => scenario.gate = Some(value.to_string()),
+                "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
+                _ => {}
+            }
+        }
+        scenario
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_directives_from_anywhere_in_the_body() {
+        let s = Scenario::from_body(
+            br#"{"messages":[{"role":"user","content":"hi [mock error=rate_limit retry_after=3 chunks=5 gate=g1 no_done]"}]}"#,
+        );
+        assert_eq!(s.error, Some(MockError::RateLimit));
+        assert_eq!(s.retry_after, Some(3));
+        assert_eq!(s.chunks, Some(5));
+        assert_eq!(s.gate.as_deref(), Some("g1"));
+        assert!(s.no_done);
+    }
+
+    #[test]
+    fn no_directive_means_defaults() {
+        let s = Scenario::from_body(b"{}");
+        assert!(s.error.is_none() && s.chunks.is_none() && !s.no_done);
+    }
+}

@@ -1,0 +1,12 @@
+//! The hot path, in the order a request takes it: route the model, peek and
+//! splice the body, send upstream, translate errors, relay the stream.
+
+pub mod headers;
+pub mod json_scan;
+pub mod provider_errors;
+pub mod request;
+pub mod route;
+pub mod sse;
+pub mod stream_stats;
+pub mod upstream;
+pub mod usage;

@@ -1,0 +1,163 @@
+//! Each provider's error body, whatever its shape, to the documented
+//! `error.type` and status. Moonshot's typed errors keep their type; AI/ML
+//! API's `{message,statusCode,…}` and Agentsflare's `{statusCode,message}`
+//! are classified by status and wording.
+
+use crate::config::Provider;
+use crate::error::{ErrorType, GatewayError};
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+
+/// Largest upstream error body read; the rest is not needed to classify it.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+#[derive(Deserialize, Default)]
+struct AnyShape {
+    /// Moonshot / OpenAI: `{"error":{"message","type","code"}}`.
+    error: Option<ErrorObject>,
+    /// AI/ML API and Agentsflare: top-level `message` (string, or a list).
+    message: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorObject {
+    message: Option<String>,
+    #[serde(rename = "type")]
+    error_type: Option<String>,
+    code: Option<serde_json::Value>,
+}
+
+/// Translates a non-2xx upstream answer into the gateway's error.
+pub fn translate(
+    provider: &Provider,
+    status: StatusCode,
+    retry_after: Option<HeaderValue>,
+    body: &[u8],
+) -> GatewayError {
+    let shape: AnyShape = serde_json::from_slice(body).unwrap_or_default();
+    let (message, typed, code) = match shape.error {
+        Some(e) => (e.message, e.error_type, e.code),
+        None => (shape.message.map(message_text), None, None),
+    };
+    let message = message
+        .map(|m| redact(&m, provider))
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "provider {} answered HTTP {}",
+                provider.name,
+                status.as_u16()
+            )
+        });
+    let lower = message.to_ascii_lowercase();
+
+    if key_refused(status, typed.as_deref(), &lower) {
+        return GatewayError::server(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "provider {} rejected the gateway's API key (HTTP {}); check {}",
+                provider.name,
+                status.as_u16(),
+                provider.api_key_env
+            ),
+        )
+        .with_code("upstream_key_rejected");
+    }
+
+    let error_type = typed
+        .as_deref()
+        .and_then(ErrorType::from_name)
+        .unwrap_or_else(|| classify(status, &lower));
+    let status = match error_type {
+        // The type decides the status, so clients see the documented pairing
+        // (e.g. a quota error that a provider sent as 403).
+        ErrorType::ServerError => server_status(status),
+        other => other.default_status(),
+    };
+    let mut err = GatewayError::new(status, error_type, message).with_retry_after(retry_after);
+    if let Some(code) = code.and_then(|c| match c {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }) {
+        err = err.with_code(code);
+    }
+    err
+}
+
+/// A provider telling us that *our* key is bad: Moonshot and AI/ML API say
+/// 401, Agentsflare answers 404 "Key not found".
+fn key_refused(status: StatusCode, typed: Option<&str>, lower: &str) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        || typed == Some("invalid_authentication_error")
+        || (status == StatusCode::NOT_FOUND && lower.contains("key not found"))
+}
+
+fn classify(status: StatusCode, lower: &str) -> ErrorType {
+    let quota = [
+        "credit",
+        "balance",
+        "quota",
+        "insufficient",
+        "billing",
+        "payment",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    let overload = ["overload", "busy", "capacity"]
+        .iter()
+        .any(|w| lower.contains(w));
+    let filtered = [
+        "content filter",
+        "content_filter",
+        "high risk",
+        "content management",
+        "safety",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    match status.as_u16() {
+        402 => ErrorType::ExceededCurrentQuotaError,
+        403 if quota => ErrorType::ExceededCurrentQuotaError,
+        403 => ErrorType::PermissionDeniedError,
+        404 => ErrorType::ResourceNotFoundError,
+        429 if quota => ErrorType::ExceededCurrentQuotaError,
+        429 if overload => ErrorType::EngineOverloadedError,
+        429 => ErrorType::RateLimitReachedError,
+        529 => ErrorType::EngineOverloadedError,
+        400..=499 if filtered => ErrorType::ContentFilter,
+        400..=499 => ErrorType::InvalidRequestError,
+        _ => ErrorType::ServerError,
+    }
+}
+
+/// Upstream 5xx statuses that mean something to a client keep their value;
+/// anything odd becomes 502.
+fn server_status(status: StatusCode) -> StatusCode {
+    match status.as_u16() {
+        500 | 502 | 503 | 504 => status,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn message_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(message_text)
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+/// Some providers echo (part of) the key they were sent; never pass it on.
+fn redact(message: &str, provider: &Provider) -> String {
+    match &provider.key {
+        Some(key) if key.secret.len() >= 8 && message.contains(&key.secret) => {
+            message.replace(&key.secret, "***")
+        }
+        _ => message.to_string(),
+    }
+}

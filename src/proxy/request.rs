@@ -1,0 +1,245 @@
+//! The client's request body, read once: the few fields the gateway needs are
+//! peeked from it, and the original bytes are forwarded with only the `model`
+//! value spliced when the upstream's id differs.
+
+use super::json_scan::scan_object;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use serde::Deserialize;
+use std::ops::Range;
+
+/// A chat completion request: the body as received plus what was peeked.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    body: Bytes,
+    model_span: Range<usize>,
+    model: Box<str>,
+    pub stream: bool,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+impl ChatRequest {
+    /// Peeks `model`, `messages`, `stream`, `stream_options` and the token cap.
+    pub fn peek(body: Bytes) -> Result<Self, GatewayError> {
+        let mut model = None;
+        let mut messages = None;
+        let mut stream = None;
+        let mut stream_options = None;
+        let mut max_tokens = None;
+        let mut max_completion_tokens = None;
+        scan_object(&body, |key, span| match key {
+            b"model" => model = Some(span),
+            b"messages" => messages = Some(span),
+            b"stream" => stream = Some(span),
+            b"stream_options" => stream_options = Some(span),
+            b"max_tokens" => max_tokens = Some(span),
+            b"max_completion_tokens" => max_completion_tokens = Some(span),
+            _ => {}
+        })
+        .map_err(|err| {
+            GatewayError::invalid_request(format!(
+                "request body is not valid JSON: {} at byte {}",
+                err.reason, err.offset
+            ))
+        })?;
+
+        let model_span = model.ok_or_else(|| missing("model"))?;
+        let model = parse_string(&body[model_span.clone()])
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                GatewayError::invalid_request("`model` must be a non-empty string")
+                    .with_param("model")
+            })?;
+        let messages = messages.ok_or_else(|| missing("messages"))?;
+        if body[messages].first() != Some(&b'[') {
+            return Err(
+                GatewayError::invalid_request("`messages` must be an array").with_param("messages")
+            );
+        }
+        let stream = match stream.map(|s| &body[s]) {
+            None | Some(b"false") | Some(b"null") => false,
+            Some(b"true") => true,
+            Some(_) => {
+                return Err(GatewayError::invalid_request("`stream` must be a boolean")
+                    .with_param("stream"));
+            }
+        };
+        let include_usage = match stream_options.map(|s| &body[s]) {
+            Some(raw) if stream => {
+                #[derive(Deserialize)]
+                struct StreamOptions {
+                    include_usage: Option<bool>,
+                }
+                serde_json::from_slice::<Option<StreamOptions>>(raw)
+                    .map_err(|_| {
+                        GatewayError::invalid_request("`stream_options` must be an object")
+                            .with_param("stream_options")
+                    })?
+                    .and_then(|o| o.include_usage)
+                    .unwrap_or(false)
+            }
+            _ => false,
+        };
+        let cap = |span: Option<Range<usize>>| {
+            span.and_then(|s| std::str::from_utf8(&body[s]).ok()?.parse::<u64>().ok())
+        };
+        let max_tokens = cap(max_completion_tokens).or(cap(max_tokens));
+        Ok(ChatRequest {
+            model_span,
+            model: model.into(),
+            stream,
+            include_usage,
+            max_tokens,
+            body,
+        })
+    }
+
+    /// The model name the client asked for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The body as the client sent it.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The body for an upstream that calls the model `upstream_model`
+    /// (`model_json` is the same id, JSON-encoded). When the id is unchanged
+    /// the original buffer is sent; otherwise three slices share it, so the
+    /// body is never copied.
+    pub fn upstream_body(&self, upstream_model: &str, model_json: &Bytes) -> UpstreamBody {
+        if upstream_model == &*self.model {
+            UpstreamBody::Whole(self.body.clone())
+        } else {
+            UpstreamBody::Spliced([
+                self.body.slice(..self.model_span.start),
+                model_json.clone(),
+                self.body.slice(self.model_span.end..),
+            ])
+        }
+    }
+}
+
+/// A body ready to send upstream, cheap to clone for another attempt.
+#[derive(Debug, Clone)]
+pub enum UpstreamBody {
+    Whole(Bytes),
+    Spliced([Bytes; 3]),
+}
+
+impl UpstreamBody {
+    pub fn len(&self) -> usize {
+        match self {
+            UpstreamBody::Whole(b) => b.len(),
+            UpstreamBody::Spliced(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All bytes in one buffer (tests and diagnostics; copies when spliced).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            UpstreamBody::Whole(b) => b.clone(),
+            UpstreamBody::Spliced(parts) => parts.concat().into(),
+        }
+    }
+
+    pub fn into_reqwest(self) -> reqwest::Body {
+        match self {
+            UpstreamBody::Whole(b) => reqwest::Body::from(b),
+            UpstreamBody::Spliced(parts) => reqwest::Body::wrap_stream(futures_util::stream::iter(
+                parts.map(Ok::<Bytes, std::convert::Infallible>),
+            )),
+        }
+    }
+}
+
+fn missing(field: &'static str) -> GatewayError {
+    GatewayError::invalid_request(format!("missing required field `{field}`")).with_param(field)
+}
+
+/// A JSON string value (quotes included) to its text; `None` if not a string.
+fn parse_string(raw: &[u8]) -> Option<String> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(str::to_owned);
+    }
+    serde_json::from_slice(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peek(body: &str) -> Result<ChatRequest, GatewayError> {
+        ChatRequest::peek(Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    #[test]
+    fn peeks_the_fields_it_needs() {
+        let req = peek(
+            r#"{"messages":[],"stream":true,"model":"kimi","stream_options":{"include_usage":true},"max_tokens":7}"#,
+        )
+        .unwrap();
+        assert_eq!(req.model(), "kimi");
+        assert!(req.stream && req.include_usage);
+        assert_eq!(req.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn splices_only_the_model_value() {
+        let body =
+            r#"{ "model" : "kimi-k2.6", "messages":[{"role":"user","content":"model"}], "x":1 }"#;
+        let req = peek(body).unwrap();
+        let same = req.upstream_body("kimi-k2.6", &Bytes::from_static(b"\"kimi-k2.6\""));
+        assert_eq!(same.to_bytes(), body.as_bytes());
+        let spliced = req.upstream_body(
+            "moonshot/kimi-k2-6",
+            &Bytes::from_static(b"\"moonshot/kimi-k2-6\""),
+        );
+        assert_eq!(
+            spliced.to_bytes(),
+            body.replace("\"kimi-k2.6\"", "\"moonshot/kimi-k2-6\"")
+                .as_bytes()
+        );
+        assert_eq!(spliced.len(), body.len() + 9);
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        assert_eq!(
+            peek(r#"{"model":"kimi\u002dchat","messages":[]}"#)
+                .unwrap()
+                .model(),
+            "kimi-chat"
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_parameter() {
+        for (body, param) in [
+            (r#"{"messages":[]}"#, "model"),
+            (r#"{"model":"kimi"}"#, "messages"),
+            (r#"{"model":5,"messages":[]}"#, "model"),
+            (r#"{"model":"","messages":[]}"#, "model"),
+            (r#"{"model":"kimi","messages":{}}"#, "messages"),
+            (r#"{"model":"kimi","messages":[],"stream":"yes"}"#, "stream"),
+        ] {
+            let err = peek(body).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{body}");
+        }
+        assert!(
+            peek("{not json")
+                .unwrap_err()
+                .message
+                .contains("not valid JSON")
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Byte passthrough of an upstream event stream. Chunks go out as they come
+//! (the same `Bytes`, no re-encoding); only an event split across two reads is
+//! held until its end, so the client never sees half an event and an error
+//! event can always be appended cleanly. Usage is found by scanning bytes and
+//! parsing only the event that holds it.
+
+use super::stream_stats::{StreamEnd, StreamStats};
+use super::usage::{mentions_usage, parse_usage};
+use crate::error::GatewayError;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::StatusCode;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
+
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// Splits incoming bytes at the last complete event boundary.
+#[derive(Debug, Default)]
+pub struct EventAligner {
+    tail: BytesMut,
+}
+
+impl EventAligner {
+    /// Returns the complete events now available (zero-copy when the chunk
+    /// ends on a boundary, the common case), keeping any partial event.
+    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.tail.is_empty() {
+            match last_event_end(&chunk) {
+                Some(end) if end == chunk.len() => Some(chunk),
+                Some(end) => {
+                    self.tail.extend_from_slice(&chunk[end..]);
+                    Some(chunk.slice(..end))
+                }
+                None => {
+                    self.tail.extend_from_slice(&chunk);
+                    None
+                }
+            }
+        } else {
+            // A boundary may straddle the join: look back two bytes.
+            let from = self.tail.len().saturating_sub(2);
+            self.tail.extend_from_slice(&chunk);
+            let end = last_event_end(&self.tail[from..])?;
+            Some(self.tail.split_to(from + end).freeze())
+        }
+    }
+
+    /// Bytes of an event that never ended.
+    pub fn has_partial(&self) -> bool {
+        !self.tail.is_empty()
+    }
+}
+
+/// Index just past the last `\n\n` (or `\n\r\n`) in `data`.
+fn last_event_end(data: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::rfind(data, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::rfind(data, b"\n\r\n").map(|i| i + 3);
+    lf.max(crlf)
+}
+
+/// The stream body sent to the client.
+pub struct SseRelay {
+    upstream: Upstream,
+    aligner: EventAligner,
+    first: Option<Bytes>,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    provider: Arc<str>,
+    stats: Arc<StreamStats>,
+    finished: bool,
+}
+
+impl SseRelay {
+    /// Waits for the upstream's first complete event, so a failure before it
+    /// is still an ordinary HTTP error (and could be retried elsewhere).
+    pub async fn start(
+        upstream: Upstream,
+        provider: Arc<str>,
+        first_byte_deadline: Instant,
+        idle: Duration,
+        stats: Arc<StreamStats>,
+    ) -> Result<SseRelay, GatewayError> {
+        let mut relay = SseRelay {
+            upstream,
+            aligner: EventAligner::default(),
+            first: None,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep_until(first_byte_deadline)),
+            provider,
+            stats,
+            finished: false,
+        };
+        let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
+        match first {
+            Some(Ok(events)) => {
+                relay.first = Some(events);
+                Ok(relay)
+            }
+            Some(Err(err)) => Err(err),
+            None => Err(GatewayError::server(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "provider {} ended the stream before sending any event",
+                    relay.provider
+                ),
+            )),
+        }
+    }
+
+    /// Next complete events from upstream, an error, or the end.
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, GatewayError>>> {
+        loop {
+            match self.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(events) = self.aligner.push(chunk) {
+                        self.idle_timer.as_mut().reset(Instant::now() + self.idle);
+                        self.inspect(&events);
+                        return Poll::Ready(Some(Ok(events)));
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    let message = format!(
+                        "connection to provider {} failed mid-stream: {}",
+                        self.provider,
+                        crate::proxy::upstream::describe(&err)
+                    );
+                    return Poll::Ready(Some(Err(GatewayError::server(
+                        StatusCode::BAD_GATEWAY,
+                        message,
+                    ))));
+                }
+                Poll::Ready(None) if self.stats.saw_done() => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    let partial = if self.aligner.has_partial() {
+                        " (inside an event)"
+                    } else {
+                        ""
+                    };
+                    let message = format!(
+                        "provider {} closed the stream before it was complete{partial}",
+                        self.provider
+                    );
+                    return Poll::Ready(Some(Err(GatewayError::server(
+                        StatusCode::BAD_GATEWAY,
+                        message,
+                    ))));
+                }
+                Poll::Pending => {
+                    if self.idle_timer.as_mut().poll(cx).is_ready() {
+                        let message = format!(
+                            "timed out waiting for provider {} (no stream data for {:.0?})",
+                            self.provider, self.idle
+                        );
+                        return Poll::Ready(Some(Err(GatewayError::server(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            message,
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Notes `[DONE]` and usage in events about to be forwarded.
+    fn inspect(&self, events: &Bytes) {
+        self.stats.count_events(events.len());
+        if DONE_EVENT.find(events).is_some() {
+            self.stats.mark_done();
+        }
+        if mentions_usage(events) {
+            for event in events
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"data:"))
+            {
+                let data = event[5..].trim_ascii();
+                if mentions_usage(data)
+                    && let Some((usage, place)) = parse_usage(data)
+                {
+                    self.stats.set_usage(usage, place);
+                }
+            }
+        }
+    }
+}
+
+impl Stream for SseRelay {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.poll_upstream(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(events))) => Poll::Ready(Some(Ok(events))),
+            Poll::Ready(None) => {
+                this.finished = true;
+                this.stats.finish(StreamEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(err))) => {
+                // After the first byte the status is already sent: end with one
+                // error event and no [DONE], so SDKs raise.
+                this.finished = true;
+                let event = err.sse_event();
+                this.stats.finish(StreamEnd::Failed(err));
+                Poll::Ready(Some(Ok(event)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_all(chunks: &[&str]) -> Vec<String> {
+        let mut aligner = EventAligner::default();
+        chunks
+            .iter()
+            .filter_map(|c| aligner.push(Bytes::copy_from_slice(c.as_bytes())))
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn whole_events_pass_untouched() {
+        assert_eq!(
+            push_all(&["data: a\n\ndata: b\n\n"]),
+            ["data: a\n\ndata: b\n\n"]
+        );
+    }
+
+    #[test]
+    fn split_events_are_held_until_complete() {
+        assert_eq!(
+            push_all(&["data: a\n\ndata: b", "b\n", "\ndata: c\n\n"]),
+            ["data: a\n\n", "data: bb\n\ndata: c\n\n"]
+        );
+    }
+
+    #[test]
+    fn boundary_straddling_two_chunks() {
+        assert_eq!(push_all(&["data: a\n", "\n"]), ["data: a\n\n"]);
+        assert_eq!(push_all(&["data: a\r\n", "\r\n"]), ["data: a\r\n\r\n"]);
+    }
+
+    #[test]
+    fn comments_are_events_too() {
+        assert_eq!(push_all(&[": ping\n\n"]), [": ping\n\n"]);
+    }
+}

@@ -1,0 +1,85 @@
+//! What happened to one streamed response, written by the relay as it goes and
+//! read once when the response body is dropped (the access log).
+
+use super::usage::{Usage, UsagePlace};
+use crate::error::GatewayError;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::time::Instant;
+
+/// How a stream ended.
+#[derive(Debug, Clone)]
+pub enum StreamEnd {
+    /// The upstream finished with `[DONE]`.
+    Complete,
+    /// The stream was ended with an error event.
+    Failed(GatewayError),
+}
+
+/// Shared between the relay (writer) and the access log (reader).
+#[derive(Debug)]
+pub struct StreamStats {
+    started: Instant,
+    events_bytes: AtomicU64,
+    writes: AtomicU64,
+    saw_done: AtomicBool,
+    usage: Mutex<Option<(Usage, UsagePlace)>>,
+    end: Mutex<Option<StreamEnd>>,
+}
+
+impl Default for StreamStats {
+    fn default() -> Self {
+        StreamStats {
+            started: Instant::now(),
+            events_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            saw_done: AtomicBool::new(false),
+            usage: Mutex::new(None),
+            end: Mutex::new(None),
+        }
+    }
+}
+
+impl StreamStats {
+    pub fn count_events(&self, bytes: usize) {
+        self.events_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn mark_done(&self) {
+        self.saw_done.store(true, Ordering::Relaxed);
+    }
+
+    pub fn saw_done(&self) -> bool {
+        self.saw_done.load(Ordering::Relaxed)
+    }
+
+    pub fn set_usage(&self, usage: Usage, place: UsagePlace) {
+        *self.usage.lock().expect("stats lock") = Some((usage, place));
+    }
+
+    pub fn usage(&self) -> Option<(Usage, UsagePlace)> {
+        *self.usage.lock().expect("stats lock")
+    }
+
+    pub fn finish(&self, end: StreamEnd) {
+        self.end.lock().expect("stats lock").get_or_insert(end);
+    }
+
+    /// `None` while the stream has not ended (or the client left first).
+    pub fn end(&self) -> Option<StreamEnd> {
+        self.end.lock().expect("stats lock").clone()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.events_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}

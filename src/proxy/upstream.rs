@@ -1,0 +1,224 @@
+//! One exchange with one provider: build the upstream request (provider key,
+//! spliced body, request id), send it under the provider's timeouts, and turn
+//! the answer into the client's response or a [`GatewayError`].
+
+use super::headers::{copy_response_headers, upstream_request_id};
+use super::provider_errors::{self, MAX_ERROR_BODY};
+use super::request::ChatRequest;
+use super::route::Target;
+use super::sse::SseRelay;
+use super::stream_stats::StreamStats;
+use super::usage::{Usage, parse_usage};
+use crate::error::GatewayError;
+use axum::body::Body;
+use axum::response::Response;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+use std::sync::Arc;
+use tokio::time::{Instant, timeout_at};
+
+/// What the access log needs to know about the upstream side of a request.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    pub provider: Arc<str>,
+    pub upstream_model: Arc<str>,
+    pub attempts: u32,
+    /// Non-stream usage; streams report theirs through [`StreamStats`].
+    pub usage: Option<Usage>,
+    pub stream: Option<Arc<StreamStats>>,
+}
+
+/// Sends `request` to `target` and builds the client's response.
+pub async fn forward(
+    target: &Target,
+    request: &ChatRequest,
+    request_id: &HeaderValue,
+) -> Result<Response, GatewayError> {
+    let provider = &target.provider;
+    let Some(key) = &provider.key else {
+        return Err(GatewayError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("provider {} has no API key", provider.name),
+        ));
+    };
+    let started = Instant::now();
+    let deadline = started
+        + if request.stream {
+            provider.timeouts.first_byte
+        } else {
+            provider.timeouts.total
+        };
+    let body = request.upstream_body(&target.upstream_model, &target.model_json);
+    let accept = if request.stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let upstream = provider
+        .client
+        .post(provider.chat_url.clone())
+        .headers(provider.headers.clone())
+        .header(header::AUTHORIZATION, key.header.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::ACCEPT, accept)
+        .header(header::ACCEPT_ENCODING, "identity")
+        .header("x-request-id", request_id.clone())
+        .body(body.into_reqwest());
+
+    let response = match timeout_at(deadline, upstream.send()).await {
+        Err(_) => return Err(timeout(provider, "the response head", started)),
+        Ok(Err(err)) => return Err(transport_error(provider, &err)),
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    let mut info = UpstreamInfo {
+        provider: provider.name.clone(),
+        upstream_model: target.upstream_model.clone(),
+        attempts: 1,
+        usage: None,
+        stream: None,
+    };
+
+    if !status.is_success() {
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let body = read_limited(response, deadline, MAX_ERROR_BODY).await;
+        return Err(provider_errors::translate(
+            provider,
+            status,
+            retry_after,
+            &body,
+        ));
+    }
+
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut builder = Response::builder().status(StatusCode::OK);
+    let headers = builder.headers_mut().expect("fresh builder");
+    copy_response_headers(response.headers(), headers);
+    if let Some(id) = upstream_request_id(response.headers()) {
+        headers.insert("x-upstream-request-id", id);
+    }
+
+    if request.stream && content_type.starts_with("text/event-stream") {
+        let stats = Arc::new(StreamStats::default());
+        let relay = SseRelay::start(
+            Box::pin(response.bytes_stream()),
+            provider.name.clone(),
+            deadline,
+            provider.timeouts.idle,
+            stats.clone(),
+        )
+        .await?;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        info.stream = Some(stats);
+        let mut response = builder
+            .body(Body::from_stream(relay))
+            .expect("valid response parts");
+        response.extensions_mut().insert(info);
+        return Ok(response);
+    }
+
+    let body = match timeout_at(deadline, response.bytes()).await {
+        Err(_) => return Err(timeout(provider, "the response body", started)),
+        Ok(Err(err)) => return Err(transport_error(provider, &err)),
+        Ok(Ok(body)) => body,
+    };
+    if !looks_like_json_object(&body) || request.stream {
+        let what = if request.stream {
+            "a non-stream body to a stream request"
+        } else {
+            "a body that is not JSON"
+        };
+        return Err(GatewayError::server(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "provider {} answered HTTP {} with {what}",
+                provider.name,
+                status.as_u16()
+            ),
+        ));
+    }
+    info.usage = parse_usage(&body).map(|(usage, _)| usage);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut response = builder
+        .body(Body::from(body))
+        .expect("valid response parts");
+    response.extensions_mut().insert(info);
+    Ok(response)
+}
+
+fn looks_like_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Reads at most `limit` bytes of a body before `deadline`; what could not be
+/// read is simply left out (it only feeds an error message).
+async fn read_limited(response: reqwest::Response, deadline: Instant, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) -> GatewayError {
+    GatewayError::server(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "timed out after {:.1?} waiting for {phase} from provider {}",
+            started.elapsed(),
+            provider.name
+        ),
+    )
+    .with_code("upstream_timeout")
+}
+
+fn transport_error(provider: &crate::config::Provider, err: &reqwest::Error) -> GatewayError {
+    let (status, what) = if err.is_timeout() {
+        (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to")
+    } else if err.is_connect() {
+        (StatusCode::BAD_GATEWAY, "could not connect to")
+    } else {
+        (StatusCode::BAD_GATEWAY, "connection failed to")
+    };
+    GatewayError::server(
+        status,
+        format!("{what} provider {}: {}", provider.name, describe(err)),
+    )
+    .with_code("upstream_unreachable")
+}
+
+/// An error and its causes in one line, without the URL.
+pub fn describe(err: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if text.is_empty() {
+        text = err.to_string();
+    }
+    text
+}

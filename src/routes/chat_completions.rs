@@ -1,0 +1,105 @@
+//! `POST /v1/chat/completions`: read the body once, route by model, forward.
+
+use crate::access_log::{RequestId, RequestedModel};
+use crate::error::GatewayError;
+use crate::proxy::request::ChatRequest;
+use crate::proxy::upstream::{self, UpstreamInfo};
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    let config = state.config();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .expect("request_context middleware runs first");
+    let body = match read_body(request, config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(err) => return err.into_response(),
+    };
+    let chat = match ChatRequest::peek(body) {
+        Ok(chat) => chat,
+        Err(err) => return err.into_response(),
+    };
+    let requested = RequestedModel(chat.model().into());
+    let Some(route) = config.routes.lookup(chat.model()) else {
+        let err = GatewayError::new(
+            StatusCode::NOT_FOUND,
+            crate::error::ErrorType::ResourceNotFoundError,
+            format!(
+                "model {:?} is not served by this gateway (see GET /v1/models)",
+                chat.model()
+            ),
+        )
+        .with_param("model")
+        .with_code("model_not_found");
+        return with_extension(err.into_response(), requested);
+    };
+    let Some(target) = route.usable_targets().next() else {
+        let vars = route.missing_key_vars().join(" or ");
+        let err = GatewayError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "model {:?} is served by a provider that is not configured: set {vars}",
+                chat.model()
+            ),
+        )
+        .with_code("provider_not_configured");
+        return with_extension(err.into_response(), requested);
+    };
+    let mut response = match upstream::forward(target, &chat, &request_id).await {
+        Ok(response) => response,
+        Err(err) => {
+            let mut response = err.into_response();
+            response.extensions_mut().insert(UpstreamInfo {
+                provider: target.provider.name.clone(),
+                upstream_model: target.upstream_model.clone(),
+                attempts: 1,
+                usage: None,
+                stream: None,
+            });
+            response
+        }
+    };
+    response.extensions_mut().insert(requested);
+    response
+}
+
+fn with_extension(mut response: Response, requested: RequestedModel) -> Response {
+    response.extensions_mut().insert(requested);
+    response
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413) early when
+/// the client declares a larger `Content-Length`.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            crate::error::ErrorType::InvalidRequestError,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+        .with_code("request_too_large")
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let body: Body = request.into_body();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => Err(GatewayError::invalid_request(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}

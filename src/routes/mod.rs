@@ -1,0 +1,5 @@
+//! One file per endpoint.
+
+pub mod chat_completions;
+pub mod health;
+pub mod models;

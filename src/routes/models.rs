@@ -1,0 +1,52 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: every name the gateway routes
+//! to a provider that has a key, in OpenAI's list shape. Ids may contain `/`.
+
+use crate::error::{ErrorType, GatewayError};
+use crate::proxy::route::Route;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+pub async fn list(State(state): State<AppState>) -> Response {
+    let config = state.config();
+    let data: Vec<Value> = config
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|route| model_object(route))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let config = state.config();
+    match config
+        .routes
+        .lookup(&id)
+        .and_then(|route| model_object(route))
+    {
+        Some(model) => Json(model).into_response(),
+        None => GatewayError::new(
+            StatusCode::NOT_FOUND,
+            ErrorType::ResourceNotFoundError,
+            format!("model {id:?} is not served by this gateway"),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+        .into_response(),
+    }
+}
+
+/// The OpenAI model object for a route, if one of its providers can serve it.
+fn model_object(route: &Route) -> Option<Value> {
+    let target = route.usable_targets().next()?;
+    Some(json!({
+        "id": &*route.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": &*target.provider.name,
+    }))
+}
