@@ -111,10 +111,19 @@ impl MockHandle {
 
     /// Waits (up to 10 s) until at least `n` requests were abandoned.
     pub async fn wait_abandoned(&self, n: u64) -> bool {
+        self.wait_for(|| self.abandoned() >= n).await
+    }
+
+    /// Waits (up to 10 s) until at least `n` requests were recorded.
+    pub async fn wait_requests(&self, n: usize) -> bool {
+        self.wait_for(|| self.requests().len() >= n).await
+    }
+
+    async fn wait_for(&self, condition: impl Fn() -> bool) -> bool {
         let wait = async {
             loop {
                 let notified = self.shared.changed.notified();
-                if self.abandoned() >= n {
+                if condition() {
                     return;
                 }
                 notified.await;

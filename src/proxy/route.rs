@@ -129,3 +129,122 @@ fn target(provider: &Arc<Provider>, model: &str) -> Target {
             .into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::resolve;
+
+    /// Resolves `model` against presets (+ `toml`) with every key set, and
+    /// returns (provider, upstream id) of each target.
+    fn route(toml: &str, model: &str) -> Option<Vec<(String, String)>> {
+        let config = resolve(toml, &|var| {
+            var.ends_with("_API_KEY").then(|| "k".to_string())
+        })
+        .unwrap();
+        config.routes.lookup(model).map(|r| {
+            r.targets
+                .iter()
+                .map(|t| (t.provider.name.to_string(), t.upstream_model.to_string()))
+                .collect()
+        })
+    }
+
+    fn pair(p: &str, m: &str) -> (String, String) {
+        (p.to_string(), m.to_string())
+    }
+
+    #[test]
+    fn exact_name_of_one_provider() {
+        assert_eq!(
+            route("", "kimi-k2-turbo-preview"),
+            Some(vec![pair("moonshot", "kimi-k2-turbo-preview")])
+        );
+        assert_eq!(
+            route("", "kimi-chat"),
+            Some(vec![pair("agentsflare", "kimi-chat")])
+        );
+    }
+
+    #[test]
+    fn a_shared_name_lists_providers_in_preset_order() {
+        assert_eq!(
+            route("", "kimi-k2.6"),
+            Some(vec![
+                pair("moonshot", "kimi-k2.6"),
+                pair("agentsflare", "kimi-k2.6")
+            ])
+        );
+    }
+
+    #[test]
+    fn provider_prefix_picks_one_provider() {
+        assert_eq!(
+            route("", "agentsflare/kimi-k2.6"),
+            Some(vec![pair("agentsflare", "kimi-k2.6")])
+        );
+        assert_eq!(
+            route("", "aimlapi/moonshot/kimi-k2-preview"),
+            Some(vec![pair("aimlapi", "moonshot/kimi-k2-preview")])
+        );
+    }
+
+    #[test]
+    fn an_exact_id_wins_over_the_provider_prefix_form() {
+        // "moonshot/kimi-k2-preview" is AI/ML API's own id, not Moonshot's
+        // "kimi-k2-preview" (which Moonshot does not serve anyway).
+        assert_eq!(
+            route("", "moonshot/kimi-k2-preview"),
+            Some(vec![pair("aimlapi", "moonshot/kimi-k2-preview")])
+        );
+        // Even when the prefix form would also resolve.
+        let toml = "[providers.moonshot]\nextra_models = [\"kimi-k2-preview\"]\n";
+        assert_eq!(
+            route(toml, "moonshot/kimi-k2-preview"),
+            Some(vec![pair("aimlapi", "moonshot/kimi-k2-preview")])
+        );
+    }
+
+    #[test]
+    fn the_prefix_form_needs_a_model_the_provider_serves() {
+        assert_eq!(route("", "moonshot/kimi-chat"), None);
+        assert_eq!(route("", "nobody/kimi-k2.6"), None);
+    }
+
+    #[test]
+    fn an_alias_wins_over_everything_and_keeps_its_order() {
+        let toml = r#"
+            [aliases."kimi-k2.6"]
+            targets = [{ provider = "agentsflare", model = "kimi-k2.6" },
+                       { provider = "aimlapi", model = "moonshot/kimi-k2-6" }]
+        "#;
+        assert_eq!(
+            route(toml, "kimi-k2.6"),
+            Some(vec![
+                pair("agentsflare", "kimi-k2.6"),
+                pair("aimlapi", "moonshot/kimi-k2-6")
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_names_do_not_route() {
+        assert_eq!(route("", "gpt-4o"), None);
+        assert_eq!(route("", ""), None);
+        assert_eq!(route("", "KIMI-K2.6"), None, "names are case-sensitive");
+    }
+
+    #[test]
+    fn listing_puts_exact_names_and_aliases_before_prefix_forms() {
+        let toml = "[aliases.fast]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2-turbo-preview\" }]\n";
+        let config = resolve(toml, &|v| v.ends_with("_API_KEY").then(|| "k".to_string())).unwrap();
+        let names: Vec<&str> = config.routes.routes().iter().map(|r| &*r.name).collect();
+        let first_prefixed = names
+            .iter()
+            .position(|n| *n == "moonshot/kimi-k2.6")
+            .unwrap();
+        assert!(names.iter().position(|n| *n == "fast").unwrap() < first_prefixed);
+        assert!(names.iter().position(|n| *n == "kimi-chat").unwrap() < first_prefixed);
+        let unique: std::collections::HashSet<&&str> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "each name listed once");
+    }
+}

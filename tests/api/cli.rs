@@ -1,0 +1,112 @@
+//! The `kimi-gateway` binary: `--check` reports every problem with its key
+//! path at once, and the binary serves on the address it is given.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kimi-gateway"));
+    for var in ["MOONSHOT", "AIMLAPI", "AGENTSFLARE"] {
+        command.env_remove(format!("{var}_API_KEY"));
+        command.env_remove(format!("{var}_BASE_URL"));
+    }
+    command
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn check_prints_every_problem_with_its_path_and_fails() {
+    let file = config_file(
+        r#"
+        [server]
+        listen = "not-an-address"
+        [providers.moonshot]
+        base_url = "ftp://example.com"
+        [providers.extra]
+        models = ["m1"]
+        [aliases.kimi]
+        targets = [{ provider = "nobody", model = "kimi-k2.6" }]
+        "#,
+    );
+    let output = gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for path in [
+        "server.listen",
+        "providers.moonshot.base_url",
+        "providers.extra.base_url",
+        "providers.extra.api_key_env",
+        "aliases.kimi.targets[0].provider",
+    ] {
+        assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let output = gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/kimi-gateway.example.toml"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn the_binary_serves_on_the_given_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = gateway()
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("MOONSHOT_API_KEY", "k")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first log line is written once the listener is bound.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "gateway exited before listening");
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}

@@ -1,0 +1,194 @@
+//! Every error is OpenAI-shaped with a documented type: the gateway's own
+//! (bad JSON, body limit) and each provider's, translated from its own shape.
+
+use crate::helpers::*;
+use kimi_gateway::mock::Flavour;
+
+fn model_of(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Moonshot => "kimi-k2-turbo-preview",
+        Flavour::Aimlapi => "moonshot/kimi-k2-preview",
+        Flavour::Agentsflare => "kimi-chat",
+    }
+}
+
+#[tokio::test]
+async fn provider_errors_map_to_the_documented_types() {
+    let app = spawn_app().await;
+    // (scenario, expected status, expected type) for every flavour.
+    let table = [
+        ("invalid_request", 400, "invalid_request_error"),
+        ("content_filter", 400, "content_filter"),
+        ("permission", 403, "permission_denied_error"),
+        ("not_found", 404, "resource_not_found_error"),
+        ("rate_limit", 429, "rate_limit_reached_error"),
+        ("overloaded", 429, "engine_overloaded_error"),
+        ("quota", 429, "exceeded_current_quota_error"),
+        ("server", 500, "server_error"),
+        ("bad_gateway", 502, "server_error"),
+        ("unavailable", 503, "server_error"),
+        ("overloaded_529", 429, "engine_overloaded_error"),
+        ("generation_timeout", 504, "server_error"),
+    ];
+    for flavour in Flavour::ALL {
+        for (scenario, status, error_type) in table {
+            for stream in [false, true] {
+                let body = chat_body(
+                    model_of(flavour),
+                    &format!("[mock error={scenario}]"),
+                    stream,
+                );
+                let response = app.chat(body).await;
+                let what = format!("{} {scenario} stream={stream}", flavour.name());
+                assert_eq!(response.status().as_u16(), status, "{what}");
+                let error = error_of(response).await;
+                assert_eq!(error["type"], error_type, "{what}: {error}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn aimlapi_out_of_credits_is_a_quota_error_not_a_permission_error() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body(
+            "moonshot/kimi-k2-preview",
+            "[mock error=quota]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "exceeded_current_quota_error");
+    assert!(error["message"].as_str().unwrap().contains("credits"));
+}
+
+#[tokio::test]
+async fn a_provider_refusing_the_gateways_key_is_a_server_error_that_names_the_variable() {
+    let app = spawn_app_with("", &[("MOONSHOT_API_KEY", Some("wrong-moonshot-key-123"))]).await;
+    for model in ["kimi-k2-turbo-preview", "kimi-chat [mock error=auth]"] {
+        let (model, content) = model.split_once(' ').unwrap_or((model, "hi"));
+        let response = app.chat(chat_body(model, content, false)).await;
+        assert_eq!(response.status(), 502, "{model}");
+        let text = response.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "upstream_key_rejected");
+        assert!(text.contains("_API_KEY"), "{text}");
+        assert!(
+            !text.contains("wrong-moonshot-key-123"),
+            "key leaked: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_after_from_the_provider_is_forwarded() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock error=rate_limit retry_after=7]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["x-should-retry"], "true");
+}
+
+#[tokio::test]
+async fn a_2xx_that_is_not_json_is_a_bad_gateway() {
+    let app = spawn_app().await;
+    for stream in [false, true] {
+        let response = app
+            .chat(chat_body("kimi-k2.6", "[mock error=non_json]", stream))
+            .await;
+        assert_eq!(response.status(), 502, "stream={stream}");
+        assert_eq!(error_of(response).await["type"], "server_error");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_bad_gateway() {
+    // Bind a port, then free it: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}/v1");
+    let app = spawn_app_with("", &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(response.status(), 502);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "server_error");
+    assert!(error["message"].as_str().unwrap().contains("moonshot"));
+}
+
+#[tokio::test]
+async fn no_response_head_in_time_is_a_gateway_timeout() {
+    let app = spawn_app_with(
+        "[providers.moonshot.timeouts]\ntotal_secs = 0.3\nfirst_byte_secs = 0.3\n",
+        &[],
+    )
+    .await;
+    for stream in [false, true] {
+        let response = app
+            .chat(chat_body("kimi-k2.6", "[mock head_delay_ms=20000]", stream))
+            .await;
+        assert_eq!(response.status(), 504, "stream={stream}");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "server_error");
+        assert!(
+            error["message"].as_str().unwrap().contains("timed out"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_with_the_parameter() {
+    let app = spawn_app().await;
+    for (body, param) in [
+        (r#"{"model":"kimi-k2.6","messages":[}"#, None),
+        (r#"{"messages":[]}"#, Some("model")),
+        (r#"{"model":"kimi-k2.6"}"#, Some("messages")),
+        ("", None),
+    ] {
+        let response = app.chat_raw(body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        if let Some(param) = param {
+            assert_eq!(error["param"], param, "{body}");
+        }
+    }
+    assert!(
+        app.mock.requests().is_empty(),
+        "nothing invalid was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_declared_or_streamed() {
+    let app = spawn_app_with("[server]\nmax_body_bytes = 1024\n", &[]).await;
+    let big = chat_body("kimi-k2.6", &"x".repeat(2000), false).to_string();
+    let response = app.chat_raw(big.clone()).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_of(response).await["type"], "invalid_request_error");
+    // Without a Content-Length (chunked), the limit applies while reading.
+    let chunks = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let response = app.chat_raw(reqwest::Body::wrap_stream(chunks)).await;
+    assert_eq!(response.status(), 413);
+    // The gateway is still serving.
+    let ok = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(ok.status(), 200);
+}

@@ -1,0 +1,123 @@
+//! The test harness: a mock provider and a gateway, each a real HTTP server
+//! on 127.0.0.1:0, wired together through the same configuration code the
+//! binary uses.
+
+use futures_util::StreamExt;
+use kimi_gateway::config;
+use kimi_gateway::mock::{self, Flavour, MockHandle, MockOptions};
+use kimi_gateway::state::AppState;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+pub const PROVIDER_KEY: &str = "mock-key";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub mock: MockHandle,
+    pub client: reqwest::Client,
+    #[allow(dead_code)] // for tests that swap the configuration
+    pub state: AppState,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A gateway with all three providers keyed and pointed at one mock.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("", &[]).await
+}
+
+/// A gateway with extra TOML config and environment changes (`None` unsets).
+pub async fn spawn_app_with(toml: &str, env_changes: &[(&str, Option<&str>)]) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = mock::spawn(listener, MockOptions::default()).await;
+    let mut env: HashMap<String, String> = HashMap::new();
+    for flavour in Flavour::ALL {
+        let upper = flavour.name().to_uppercase();
+        env.insert(format!("{upper}_API_KEY"), PROVIDER_KEY.into());
+        env.insert(format!("{upper}_BASE_URL"), mock.base_url(flavour));
+    }
+    for (name, value) in env_changes {
+        match value {
+            Some(v) => env.insert(name.to_string(), v.to_string()),
+            None => env.remove(*name),
+        };
+    }
+    let config = config::resolve(toml, &|name| env.get(name).cloned())
+        .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
+    let state = AppState::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kimi_gateway::server::run(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        mock,
+        client: reqwest::Client::new(),
+        state,
+        _shutdown: tx,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POSTs a raw body to the chat endpoint.
+    pub async fn chat_raw(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
+        self.chat_raw(body.to_string()).await
+    }
+}
+
+/// A minimal chat body for `model`, with `content` as the user message.
+pub fn chat_body(model: &str, content: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": content}],
+    })
+}
+
+/// The parsed OpenAI error body of a response.
+pub async fn error_of(response: reqwest::Response) -> serde_json::Value {
+    let body: serde_json::Value = response.json().await.expect("error body is JSON");
+    assert!(
+        body["error"]["message"].is_string(),
+        "not an OpenAI error: {body}"
+    );
+    assert!(
+        body["error"]["type"].is_string(),
+        "not an OpenAI error: {body}"
+    );
+    let error = body["error"].as_object().unwrap();
+    assert!(
+        error.contains_key("code") && error.contains_key("param"),
+        "{body}"
+    );
+    body["error"].clone()
+}
+
+/// Reads a whole SSE body and returns its `data:` payloads in order.
+pub async fn sse_data(response: reqwest::Response) -> Vec<String> {
+    let mut text = String::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    text.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}

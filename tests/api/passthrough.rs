@@ -1,0 +1,120 @@
+//! The request body arrives upstream byte for byte (only `model` spliced), and
+//! headers are replaced, forwarded or dropped as documented.
+
+use crate::helpers::*;
+use kimi_gateway::mock::Flavour;
+
+/// Odd spacing, key order and every feature the gateway does not interpret.
+const EXOTIC_BODY: &str = r#"{ "messages" : [
+  {"role":"system","content":"You are Kimi."},
+  {"role":"user","content":[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]},
+  {"role":"assistant","name":"Dr. Kelsier","content":"{","partial":true}
+ ],
+ "tools":[{"type":"builtin_function","function":{"name":"$web_search"}}],
+ "thinking":{"type":"enabled"},   "prompt_cache_key":"abc\u00e9",
+ "temperature":0.6e0, "future_field":[1,2,{"nested":null}],
+ "model":"kimi-k2-turbo-preview" }"#;
+
+#[tokio::test]
+async fn unknown_fields_reach_the_provider_byte_for_byte() {
+    let app = spawn_app().await;
+    let response = app.chat_raw(EXOTIC_BODY).await;
+    assert_eq!(response.status(), 200);
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, EXOTIC_BODY.as_bytes());
+}
+
+#[tokio::test]
+async fn only_the_model_value_is_rewritten_when_the_upstream_id_differs() {
+    let app = spawn_app().await;
+    let body = EXOTIC_BODY.replace("\"kimi-k2-turbo-preview\"", "\"agentsflare/kimi-k2.6\"");
+    let response = app.chat_raw(body.clone()).await;
+    assert_eq!(response.status(), 200);
+    let seen = app.mock.requests_for(Flavour::Agentsflare);
+    let expected = body.replace("\"agentsflare/kimi-k2.6\"", "\"kimi-k2.6\"");
+    assert_eq!(seen[0].body, expected.as_bytes());
+    assert_eq!(
+        seen[0].headers["content-length"].to_str().unwrap(),
+        expected.len().to_string()
+    );
+}
+
+#[tokio::test]
+async fn the_provider_sees_its_own_key_and_never_the_clients_headers() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("authorization", "Bearer client-secret")
+        .header("cookie", "client=1")
+        .header("x-request-id", "client-req-42")
+        .body(chat_body("kimi-chat", "hi", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "client-req-42");
+    let seen = &app.mock.requests_for(Flavour::Agentsflare)[0];
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}").as_str()
+    );
+    assert_eq!(seen.headers["x-request-id"], "client-req-42");
+    assert!(seen.headers.get("cookie").is_none());
+    let all_headers = format!("{:?}", seen.headers);
+    assert!(!all_headers.contains("client-secret"));
+}
+
+#[tokio::test]
+async fn a_request_id_is_generated_when_the_client_sends_none() {
+    let app = spawn_app().await;
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(id.len() >= 16, "{id}");
+    let seen = &app.mock.requests()[0];
+    assert_eq!(seen.headers["x-request-id"], id.as_str());
+    // The provider's own id is returned separately.
+    assert!(response.headers().contains_key("x-upstream-request-id"));
+}
+
+#[tokio::test]
+async fn provider_account_headers_and_cookies_are_not_forwarded() {
+    let app = spawn_app().await;
+    for stream in [false, true] {
+        let response = app.chat(chat_body("kimi-k2.6", "hi", stream)).await;
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        for name in ["msh-uid", "msh-gid", "set-cookie"] {
+            assert!(
+                headers.get(name).is_none(),
+                "{name} leaked (stream={stream})"
+            );
+        }
+        assert!(headers.contains_key("x-upstream-request-id"));
+    }
+}
+
+#[tokio::test]
+async fn aimlapi_201_becomes_a_plain_200() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body("moonshot/kimi-k2-preview", "hi", false))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+}
+
+#[tokio::test]
+async fn non_stream_bodies_pass_through_unchanged() {
+    let app = spawn_app().await;
+    let response = app.chat(chat_body("kimi-chat", "hi", false)).await;
+    let body: serde_json::Value = response.json().await.unwrap();
+    // Agentsflare's Azure-style extras survive.
+    assert_eq!(body["system_fingerprint"], "fp_mock");
+    assert!(body["choices"][0]["content_filter_results"].is_object());
+}
