@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod json_scan;
+pub mod normalize;
 pub mod provider_errors;
 pub mod request;
 pub mod route;

@@ -4,12 +4,14 @@
 //! event can always be appended cleanly. Usage is found by scanning bytes and
 //! parsing only the event that holds it.
 
+use super::normalize::usage_chunk;
 use super::stream_stats::{StreamEnd, StreamStats};
-use super::usage::{mentions_usage, parse_usage};
+use super::usage::{UsagePlace, UsageReport, mentions_usage, parse_usage};
 use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -69,7 +71,13 @@ fn last_event_end(data: &[u8]) -> Option<usize> {
 pub struct SseRelay {
     upstream: Upstream,
     aligner: EventAligner,
-    first: Option<Bytes>,
+    /// Frames ready to go out before anything new is read.
+    queued: VecDeque<Bytes>,
+    /// The client asked for `stream_options.include_usage`.
+    include_usage: bool,
+    /// Moonshot-style usage seen, kept in case no standard chunk follows.
+    in_choice_usage: Option<UsageReport>,
+    top_level_usage_seen: bool,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     provider: Arc<str>,
@@ -83,6 +91,7 @@ impl SseRelay {
     pub async fn start(
         upstream: Upstream,
         provider: Arc<str>,
+        include_usage: bool,
         first_byte_deadline: Instant,
         idle: Duration,
         stats: Arc<StreamStats>,
@@ -90,7 +99,10 @@ impl SseRelay {
         let mut relay = SseRelay {
             upstream,
             aligner: EventAligner::default(),
-            first: None,
+            queued: VecDeque::new(),
+            include_usage,
+            in_choice_usage: None,
+            top_level_usage_seen: false,
             idle,
             idle_timer: Box::pin(tokio::time::sleep_until(first_byte_deadline)),
             provider,
@@ -100,7 +112,7 @@ impl SseRelay {
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
             Some(Ok(events)) => {
-                relay.first = Some(events);
+                relay.queued.push_front(events);
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),
@@ -121,8 +133,7 @@ impl SseRelay {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
                         self.idle_timer.as_mut().reset(Instant::now() + self.idle);
-                        self.inspect(&events);
-                        return Poll::Ready(Some(Ok(events)));
+                        return Poll::Ready(Some(Ok(self.inspect(events))));
                     }
                 }
                 Poll::Ready(Some(Err(err))) => {
@@ -169,25 +180,39 @@ impl SseRelay {
         }
     }
 
-    /// Notes `[DONE]` and usage in events about to be forwarded.
-    fn inspect(&self, events: &Bytes) {
+    /// Notes `[DONE]` and usage in events about to be forwarded, and returns
+    /// what to send now (the same bytes, unless a usage chunk must be
+    /// inserted before `[DONE]`, in which case the rest is queued).
+    fn inspect(&mut self, events: Bytes) -> Bytes {
         self.stats.count_events(events.len());
-        if DONE_EVENT.find(events).is_some() {
-            self.stats.mark_done();
-        }
-        if mentions_usage(events) {
-            for event in events
-                .split(|&b| b == b'\n')
-                .filter(|l| l.starts_with(b"data:"))
-            {
-                let data = event[5..].trim_ascii();
-                if mentions_usage(data)
-                    && let Some((usage, place)) = parse_usage(data)
-                {
-                    self.stats.set_usage(usage, place);
+        if mentions_usage(&events) {
+            for line in events.split(|&b| b == b'\n') {
+                let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+                    continue;
+                };
+                if let Some(report) = mentions_usage(data).then(|| parse_usage(data)).flatten() {
+                    self.stats.set_usage(report.usage, report.place);
+                    match report.place {
+                        UsagePlace::TopLevel => self.top_level_usage_seen = true,
+                        UsagePlace::InChoice => self.in_choice_usage = Some(report),
+                    }
                 }
             }
         }
+        let Some(done_at) = DONE_EVENT.find(&events) else {
+            return events;
+        };
+        self.stats.mark_done();
+        if !self.include_usage || self.top_level_usage_seen {
+            return events;
+        }
+        let Some(report) = self.in_choice_usage.take() else {
+            return events;
+        };
+        // `done_at` is at the start of a line, so the split keeps events whole.
+        self.queued.push_back(usage_chunk(&report));
+        self.queued.push_back(events.slice(done_at..));
+        events.slice(..done_at)
     }
 }
 
@@ -196,8 +221,8 @@ impl Stream for SseRelay {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
+        if let Some(frame) = this.queued.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
         }
         if this.finished {
             return Poll::Ready(None);

@@ -3,6 +3,7 @@
 //! the answer into the client's response or a [`GatewayError`].
 
 use super::headers::{copy_response_headers, upstream_request_id};
+use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
 use super::route::Target;
@@ -109,6 +110,7 @@ pub async fn forward(
         let relay = SseRelay::start(
             Box::pin(response.bytes_stream()),
             provider.name.clone(),
+            request.include_usage,
             deadline,
             provider.timeouts.idle,
             stats.clone(),
@@ -148,7 +150,8 @@ pub async fn forward(
             ),
         ));
     }
-    info.usage = parse_usage(&body).map(|(usage, _)| usage);
+    info.usage = parse_usage(&body).map(|report| report.usage);
+    let body = mirror_cached_tokens_in_body(body);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -4,6 +4,7 @@
 //! under either name.
 
 use serde::Deserialize;
+use serde_json::Value;
 use std::sync::LazyLock;
 
 static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
@@ -23,53 +24,48 @@ pub struct Usage {
 pub enum UsagePlace {
     /// A top-level `usage` (OpenAI style, including the `choices: []` chunk).
     TopLevel,
-    /// Inside `choices[0]` (Moonshot style).
+    /// Inside a choice (Moonshot style).
     InChoice,
 }
 
-#[derive(Deserialize)]
-struct RawUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<Details>,
-}
-
-#[derive(Deserialize)]
-struct Details {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
+/// A usage report and the document it came from.
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    pub usage: Usage,
+    pub place: UsagePlace,
+    /// The `usage` object as sent.
+    pub raw: Value,
+    pub id: Option<Value>,
+    pub created: Option<Value>,
+    pub model: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct Envelope {
-    usage: Option<RawUsage>,
+    id: Option<Value>,
+    created: Option<Value>,
+    model: Option<Value>,
+    usage: Option<Value>,
     #[serde(default)]
     choices: Vec<ChoiceUsage>,
 }
 
 #[derive(Deserialize)]
 struct ChoiceUsage {
-    usage: Option<RawUsage>,
+    usage: Option<Value>,
 }
 
-impl From<RawUsage> for Usage {
-    fn from(raw: RawUsage) -> Self {
-        let cached = raw
-            .prompt_tokens_details
-            .and_then(|d| d.cached_tokens)
-            .or(raw.cached_tokens)
+impl Usage {
+    fn from_value(raw: &Value) -> Usage {
+        let count = |v: &Value| v.as_u64().unwrap_or(0);
+        let cached = raw["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .or(raw["cached_tokens"].as_u64())
             .unwrap_or(0);
         Usage {
-            prompt_tokens: raw.prompt_tokens,
-            completion_tokens: raw.completion_tokens,
-            total_tokens: raw.total_tokens,
+            prompt_tokens: count(&raw["prompt_tokens"]),
+            completion_tokens: count(&raw["completion_tokens"]),
+            total_tokens: count(&raw["total_tokens"]),
             cached_tokens: cached,
         }
     }
@@ -81,16 +77,26 @@ pub fn mentions_usage(data: &[u8]) -> bool {
 }
 
 /// Usage from a complete JSON document (a non-stream body or one event's data).
-pub fn parse_usage(json: &[u8]) -> Option<(Usage, UsagePlace)> {
+pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     let envelope: Envelope = serde_json::from_slice(json).ok()?;
-    if let Some(raw) = envelope.usage {
-        return Some((raw.into(), UsagePlace::TopLevel));
-    }
-    envelope
-        .choices
-        .into_iter()
-        .find_map(|c| c.usage)
-        .map(|raw| (raw.into(), UsagePlace::InChoice))
+    let (raw, place) = match envelope.usage.filter(Value::is_object) {
+        Some(raw) => (raw, UsagePlace::TopLevel),
+        None => (
+            envelope
+                .choices
+                .into_iter()
+                .find_map(|c| c.usage.filter(Value::is_object))?,
+            UsagePlace::InChoice,
+        ),
+    };
+    Some(UsageReport {
+        usage: Usage::from_value(&raw),
+        place,
+        raw,
+        id: envelope.id,
+        created: envelope.created,
+        model: envelope.model,
+    })
 }
 
 #[cfg(test)]
@@ -99,11 +105,12 @@ mod tests {
 
     #[test]
     fn top_level_openai_usage() {
-        let (u, place) = parse_usage(
+        let report = parse_usage(
             br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":2}}}"#,
         )
         .unwrap();
-        assert_eq!(place, UsagePlace::TopLevel);
+        let u = report.usage;
+        assert_eq!(report.place, UsagePlace::TopLevel);
         assert_eq!(
             (
                 u.prompt_tokens,
@@ -117,18 +124,20 @@ mod tests {
 
     #[test]
     fn moonshot_usage_in_choice() {
-        let (u, place) = parse_usage(
-            br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11,"cached_tokens":1}}]}"#,
+        let report = parse_usage(
+            br#"{"id":"c1","model":"kimi","choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11,"cached_tokens":1}}]}"#,
         )
         .unwrap();
-        assert_eq!(place, UsagePlace::InChoice);
-        assert_eq!(u.cached_tokens, 1);
-        assert_eq!(u.total_tokens, 11);
+        assert_eq!(report.place, UsagePlace::InChoice);
+        assert_eq!(report.usage.cached_tokens, 1);
+        assert_eq!(report.usage.total_tokens, 11);
+        assert_eq!(report.id, Some(Value::from("c1")));
     }
 
     #[test]
     fn no_usage() {
         assert!(parse_usage(br#"{"choices":[{"delta":{"content":"hi"}}]}"#).is_none());
+        assert!(parse_usage(br#"{"choices":[],"usage":null}"#).is_none());
         assert!(!mentions_usage(b"data: {\"choices\":[]}"));
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod errors;
 mod helpers;
+mod normalize;
 mod passthrough;
 mod routing;
 mod streaming;

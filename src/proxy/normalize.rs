@@ -1,0 +1,123 @@
+//! The few places where providers differ from OpenAI in ways SDKs notice,
+//! made uniform without re-encoding anything else:
+//! - Moonshot's `usage.cached_tokens` is mirrored into
+//!   `usage.prompt_tokens_details.cached_tokens`;
+//! - a stream whose client asked for `stream_options.include_usage` gets the
+//!   standard `choices: []` usage chunk, synthesised from Moonshot's in-choice
+//!   usage when the provider did not send one.
+
+use super::json_scan::scan_object;
+use super::usage::UsageReport;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// Adds `prompt_tokens_details.cached_tokens` to a usage object that only has
+/// Moonshot's `cached_tokens`.
+pub fn mirror_cached_tokens(usage: &mut Value) {
+    let Some(cached) = usage.get("cached_tokens").and_then(Value::as_u64) else {
+        return;
+    };
+    let Some(object) = usage.as_object_mut() else {
+        return;
+    };
+    let details = object
+        .entry("prompt_tokens_details")
+        .or_insert_with(|| json!({}));
+    if let Some(details) = details.as_object_mut() {
+        details.entry("cached_tokens").or_insert(json!(cached));
+    }
+}
+
+/// A non-stream body with the cached-token mirror added to its top-level
+/// `usage`; the original bytes when nothing needs adding.
+pub fn mirror_cached_tokens_in_body(body: Bytes) -> Bytes {
+    let mut usage_span = None;
+    if scan_object(&body, |key, span| {
+        if key == b"usage" {
+            usage_span = Some(span);
+        }
+    })
+    .is_err()
+    {
+        return body;
+    }
+    let Some(span) = usage_span else { return body };
+    let raw = &body[span.clone()];
+    let has = |needle: &[u8]| memchr::memmem::find(raw, needle).is_some();
+    if !has(b"\"cached_tokens\"") || has(b"\"prompt_tokens_details\"") {
+        return body;
+    }
+    let Some(cached) = serde_json::from_slice::<Value>(raw)
+        .ok()
+        .and_then(|u| u.get("cached_tokens")?.as_u64())
+    else {
+        return body;
+    };
+    // Insert before the usage object's closing brace; every other byte stays.
+    let close = span.end - 1;
+    let insert = format!(",\"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}");
+    let mut out = Vec::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..close]);
+    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(&body[close..]);
+    out.into()
+}
+
+/// The standard final usage chunk for a stream, built from a usage report.
+pub fn usage_chunk(report: &UsageReport) -> Bytes {
+    let mut usage = report.raw.clone();
+    mirror_cached_tokens(&mut usage);
+    let chunk = json!({
+        "id": report.id.clone().unwrap_or(Value::Null),
+        "object": "chat.completion.chunk",
+        "created": report.created.clone().unwrap_or(Value::Null),
+        "model": report.model.clone().unwrap_or(Value::Null),
+        "choices": [],
+        "usage": usage,
+    });
+    format!("data: {chunk}\n\n").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::usage::parse_usage;
+
+    #[test]
+    fn mirrors_moonshot_cached_tokens_in_a_body() {
+        let body = Bytes::from_static(
+            br#"{"id":"x","usage":{"prompt_tokens":5,"cached_tokens":2} ,"z":1}"#,
+        );
+        let out = mirror_cached_tokens_in_body(body);
+        assert_eq!(
+            &out[..],
+            br#"{"id":"x","usage":{"prompt_tokens":5,"cached_tokens":2,"prompt_tokens_details":{"cached_tokens":2}} ,"z":1}"#
+        );
+    }
+
+    #[test]
+    fn leaves_openai_usage_alone() {
+        let body = Bytes::from_static(
+            br#"{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+        );
+        assert_eq!(mirror_cached_tokens_in_body(body.clone()), body);
+        let none = Bytes::from_static(br#"{"choices":[]}"#);
+        assert_eq!(mirror_cached_tokens_in_body(none.clone()), none);
+    }
+
+    #[test]
+    fn synthesises_the_usage_chunk_from_in_choice_usage() {
+        let report = parse_usage(
+            br#"{"id":"c1","created":7,"model":"kimi","choices":[{"index":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"cached_tokens":1}}]}"#,
+        )
+        .unwrap();
+        let chunk = usage_chunk(&report);
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
+        let v: Value = serde_json::from_str(text[6..].trim()).unwrap();
+        assert_eq!(v["choices"], json!([]));
+        assert_eq!(v["id"], "c1");
+        assert_eq!(v["usage"]["total_tokens"], 3);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+    }
+}

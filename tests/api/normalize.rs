@@ -1,0 +1,110 @@
+//! Provider differences SDKs notice are made uniform, and nothing else
+//! changes: compared byte for byte with the provider's own answer.
+
+use crate::helpers::*;
+use kimi_gateway::mock::Flavour;
+use serde_json::{Value, json};
+
+/// The same request sent straight to the mock, bypassing the gateway.
+async fn direct(app: &TestApp, flavour: Flavour, body: &Value) -> String {
+    app.client
+        .post(format!("{}/chat/completions", app.mock.base_url(flavour)))
+        .bearer_auth(PROVIDER_KEY)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn through(app: &TestApp, body: &Value) -> String {
+    app.chat(body.clone()).await.text().await.unwrap()
+}
+
+fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
+    let mut body = chat_body(model, "hi", true);
+    if let Some(include) = include_usage {
+        body["stream_options"] = json!({"include_usage": include});
+    }
+    body
+}
+
+fn events(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn moonshot_streams_get_the_standard_usage_chunk_when_asked() {
+    let app = spawn_app().await;
+    let body = stream_body("kimi-k2-turbo-preview", Some(true));
+    let provider = direct(&app, Flavour::Moonshot, &body).await;
+    let client = through(&app, &body).await;
+    let got = events(&client);
+    assert_eq!(got.last(), Some(&"[DONE]"));
+    let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["object"], "chat.completion.chunk");
+    assert_eq!(
+        usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"],
+        2
+    );
+    assert!(usage_chunk["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    // Everything else is the provider's bytes, in order.
+    let mut expected = events(&provider);
+    expected.insert(expected.len() - 1, got[got.len() - 2]);
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn streams_are_untouched_when_usage_was_not_asked_for() {
+    let app = spawn_app().await;
+    for (flavour, model) in [
+        (Flavour::Moonshot, "kimi-k2-turbo-preview"),
+        (Flavour::Aimlapi, "moonshot/kimi-k2-preview"),
+        (Flavour::Agentsflare, "kimi-chat"),
+    ] {
+        for include in [None, Some(false)] {
+            let body = stream_body(model, include);
+            assert_eq!(
+                through(&app, &body).await,
+                direct(&app, flavour, &body).await,
+                "{model}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_provider_that_sends_the_usage_chunk_is_not_given_a_second_one() {
+    let app = spawn_app().await;
+    for (flavour, model) in [
+        (Flavour::Aimlapi, "moonshot/kimi-k2-preview"),
+        (Flavour::Agentsflare, "kimi-chat"),
+    ] {
+        let body = stream_body(model, Some(true));
+        let client = through(&app, &body).await;
+        assert_eq!(client, direct(&app, flavour, &body).await, "{model}");
+        let usage_chunks = events(&client)
+            .iter()
+            .filter(|e| e.contains("\"usage\""))
+            .count();
+        assert_eq!(usage_chunks, 1, "{model}");
+    }
+}
+
+#[tokio::test]
+async fn moonshot_cached_tokens_are_mirrored_in_non_stream_bodies() {
+    let app = spawn_app().await;
+    let body = chat_body("kimi-k2-turbo-preview", "hi", false);
+    let client: Value = serde_json::from_str(&through(&app, &body).await).unwrap();
+    let mut provider: Value =
+        serde_json::from_str(&direct(&app, Flavour::Moonshot, &body).await).unwrap();
+    assert_eq!(client["usage"]["cached_tokens"], 2);
+    assert_eq!(client["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+    provider["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 2});
+    assert_eq!(client, provider, "only the mirror was added");
+}
