@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod mock;
 pub mod proxy;
 pub mod routes;

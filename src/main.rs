@@ -1,8 +1,8 @@
 //! The `kimi-gateway` command: parse flags, load and validate the
 //! configuration, bind, and serve until SIGINT/SIGTERM.
 
-use clap::Parser;
-use kimi_gateway::{config, server, state::AppState, telemetry};
+use clap::{Parser, Subcommand};
+use kimi_gateway::{config, healthcheck, server, state::AppState, telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,10 +20,39 @@ struct Cli {
     /// Validate the configuration, print every problem, and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Probe a running gateway's /healthz; exit 0 when it answers 200
+    /// (for container health checks: the image has no shell or curl).
+    Healthcheck {
+        /// Address of the gateway (default: --listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck { addr, timeout }) = cli.command {
+        let addr = addr
+            .or(cli.listen)
+            .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
+        let timeout = std::time::Duration::from_secs_f64(timeout.max(0.1));
+        return match healthcheck::probe(addr, "/healthz", timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("{reason}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(errors) => {

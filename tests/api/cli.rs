@@ -110,3 +110,43 @@ fn the_binary_serves_on_the_given_address() {
     child.wait().unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+#[test]
+fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let down = gateway()
+        .args(["healthcheck", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(!down.status.success(), "nothing listens yet");
+
+    let mut child = gateway()
+        .args(["--listen", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
+    }
+    // `--listen` with a wildcard address is probed on loopback.
+    let up = gateway()
+        .args(["--listen", &format!("0.0.0.0:{port}"), "healthcheck"])
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+}
