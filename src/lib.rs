@@ -13,10 +13,12 @@
 pub mod access_log;
 pub mod app;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod healthcheck;
 pub mod mock;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

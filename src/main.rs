@@ -2,7 +2,7 @@
 //! configuration, bind, and serve until SIGINT/SIGTERM.
 
 use clap::{Parser, Subcommand};
-use kimi_gateway::{config, healthcheck, server, state::AppState, telemetry};
+use kimi_gateway::{config, healthcheck, reload, server, state::AppState, telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,7 +109,9 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(listen = %listener.local_addr()?, config = %config.fingerprint, "kimi-gateway listening");
-    server::run(listener, AppState::new(config), shutdown_signal()).await
+    let state = AppState::new(config);
+    reload::spawn_triggers(state.clone());
+    server::run(listener, state, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,11 +1,18 @@
 //! `run(listener, state, shutdown)`: serves on an already bound listener (so
-//! tests bind port 0) until `shutdown` resolves, then drains in-flight requests.
+//! tests bind port 0) until `shutdown` resolves, then drains: readiness turns
+//! false, the listener stops accepting, requests in flight get until the
+//! drain deadline, and streams still open then end with an error event.
 
 use crate::app::build_router;
 use crate::state::AppState;
 use axum::serve::ListenerExt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// After the drain deadline, how long ended streams get to flush their error
+/// event before the server stops waiting for connections.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 pub async fn run(
     listener: TcpListener,
@@ -16,7 +23,41 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, build_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = state.drain.clone();
+    let graceful = async move {
+        shutdown.await;
+        drain.begin();
+        let _ = signalled_tx.send(());
+    };
+    let serve = axum::serve(listener, build_router(state.clone()))
+        .with_graceful_shutdown(graceful)
+        .into_future();
+    tokio::pin!(serve);
+
+    tokio::select! {
+        result = &mut serve => return result,
+        _ = signalled_rx => {}
+    }
+    let deadline = state.config().drain;
+    tracing::info!(
+        drain_secs = deadline.as_secs_f64(),
+        "draining: no new connections; waiting for requests in flight"
+    );
+    tokio::select! {
+        result = &mut serve => {
+            tracing::info!("drained: every request finished");
+            return result;
+        }
+        _ = tokio::time::sleep(deadline) => {}
+    }
+    tracing::warn!("drain deadline passed: ending the streams still open");
+    state.drain.end_streams();
+    match tokio::time::timeout(FLUSH_GRACE, &mut serve).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("requests still in flight after the drain deadline were cut off");
+            Ok(())
+        }
+    }
 }

@@ -1,19 +1,48 @@
-//! What every handler shares: the live configuration snapshot. Reading it is
-//! an atomic load, never a lock, so a reload cannot stall requests.
+//! What every handler shares: the live configuration snapshot, the drain
+//! state and the last reload's outcome. Reading the configuration is an
+//! atomic load, never a lock, so a reload cannot stall requests.
 
 use crate::config::Config;
+use crate::drain::Drain;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Reads an environment variable; reloads re-read keys and base URLs.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<ArcSwap<Config>>,
+    pub drain: Arc<Drain>,
+    reload: Arc<Mutex<ReloadStatus>>,
+    pub env: EnvLookup,
+}
+
+/// The outcome of the last configuration reload, shown by `/readyz`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// `success` or `failure`; empty before the first reload.
+    pub result: &'static str,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The fingerprint of the configuration in use after it.
+    pub config: String,
+    pub problems: Vec<String>,
 }
 
 impl AppState {
+    /// State over the process environment.
     pub fn new(config: Config) -> Self {
+        Self::with_env(config, Arc::new(|name: &str| std::env::var(name).ok()))
+    }
+
+    /// State whose reloads read `env` instead of the process environment.
+    pub fn with_env(config: Config, env: EnvLookup) -> Self {
         AppState {
             config: Arc::new(ArcSwap::from_pointee(config)),
+            drain: Arc::new(Drain::default()),
+            reload: Arc::new(Mutex::new(ReloadStatus::default())),
+            env,
         }
     }
 
@@ -25,5 +54,13 @@ impl AppState {
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn replace_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload.lock().expect("reload status lock").clone()
+    }
+
+    pub fn set_reload_status(&self, status: ReloadStatus) {
+        *self.reload.lock().expect("reload status lock") = status;
     }
 }

@@ -11,6 +11,31 @@ pub struct ServerFile {
     pub listen: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: Option<u64>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub drain_secs: Option<f64>,
+    /// Interval of `: keep-alive` comments while a stream is silent (0: off).
+    pub sse_keepalive_secs: Option<f64>,
+}
+
+/// `[retry]`: attempts across a route's targets before the first byte.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct RetryFile {
+    pub max_attempts: Option<u32>,
+    pub deadline_secs: Option<f64>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub max_retry_after_secs: Option<f64>,
+}
+
+/// `[breaker]`: per-target circuit breaking.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct BreakerFile {
+    pub consecutive_failures: Option<u32>,
+    pub error_ratio: Option<f64>,
+    pub window_secs: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub cooldown_secs: Option<f64>,
+    pub max_cooldown_secs: Option<f64>,
 }
 
 /// `[providers.NAME]`: a new provider, or changes to a preset of that name.
@@ -24,6 +49,9 @@ pub struct ProviderFile {
     pub base_url_env: Option<String>,
     /// Environment variable holding the provider's API key.
     pub api_key_env: Option<String>,
+    /// Several keys of one provider (each becomes its own target); replaces
+    /// `api_key_env` when given.
+    pub api_key_envs: Option<Vec<String>>,
     /// The model ids this provider serves (replaces the preset's list).
     pub models: Option<Vec<String>>,
     /// Model ids added to the catalogue (preset or `models`).
@@ -53,4 +81,8 @@ pub struct AliasFile {
 pub struct TargetFile {
     pub provider: String,
     pub model: String,
+    /// Lower is tried first; default: the entry's position.
+    pub priority: Option<u32>,
+    /// Share of traffic among targets of equal priority (default 1).
+    pub weight: Option<u32>,
 }

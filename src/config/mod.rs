@@ -4,8 +4,12 @@
 mod file;
 mod parse;
 pub mod presets;
+mod providers;
 mod resolve;
+mod settings;
 
+use crate::proxy::breaker::BreakerRegistry;
+use crate::proxy::failover::RetrySettings;
 use crate::proxy::route::RouteTable;
 use http::{HeaderMap, HeaderValue};
 use std::net::SocketAddr;
@@ -13,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use resolve::resolve;
+pub use resolve::{resolve, resolve_reusing};
 
 /// Default listen address when neither the file nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -65,8 +69,16 @@ impl std::error::Error for ConfigErrors {}
 pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain: Duration,
+    /// Interval of `: keep-alive` comments on silent streams.
+    pub sse_keepalive: Option<Duration>,
+    pub retry: RetrySettings,
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
+    pub breakers: BreakerRegistry,
+    /// The file this configuration was read from, if any (for reloads).
+    pub source: Option<std::path::PathBuf>,
     /// Short hash of the inputs, shown by `/readyz` to tell configs apart.
     pub fingerprint: String,
 }
@@ -123,8 +135,11 @@ pub struct Provider {
     pub base_url: String,
     /// `{base_url}/chat/completions`, built once.
     pub chat_url: reqwest::Url,
+    /// The key variables, in order; `api_key_env` names them for messages.
+    pub key_envs: Vec<String>,
     pub api_key_env: String,
-    pub key: Option<ApiKey>,
+    /// The keys that are set, in the order of `key_envs`.
+    pub keys: Vec<ApiKey>,
     pub models: Vec<String>,
     pub headers: HeaderMap,
     pub timeouts: Timeouts,
@@ -133,12 +148,22 @@ pub struct Provider {
 
 impl Provider {
     pub fn is_usable(&self) -> bool {
-        self.key.is_some()
+        !self.keys.is_empty()
     }
 }
 
 /// Reads the file (if any) and the process environment into a [`Config`].
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    load_reusing(path, None, &|name| std::env::var(name).ok())
+}
+
+/// Like [`load`], keeping the breaker state of `previous`'s unchanged
+/// targets and reading the environment through `env`.
+pub fn load_reusing(
+    path: Option<&Path>,
+    previous: Option<&Config>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     let text = match path {
         Some(path) => std::fs::read_to_string(path).map_err(|err| {
             ConfigErrors(vec![ConfigProblem::new(
@@ -148,5 +173,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
         })?,
         None => String::new(),
     };
-    resolve(&text, &|name| std::env::var(name).ok())
+    let mut config = resolve_reusing(&text, env, previous)?;
+    config.source = path.map(Path::to_path_buf);
+    Ok(config)
 }

@@ -2,13 +2,15 @@
 //! unknown keys) with its key path instead of stopping at the first one.
 
 use super::ConfigProblem;
-use super::file::{AliasFile, ProviderFile, ServerFile};
+use super::file::{AliasFile, BreakerFile, ProviderFile, RetryFile, ServerFile};
 use serde::de::DeserializeOwned;
 
 /// A config file after parsing: sections keep the file's order.
 #[derive(Debug, Default)]
 pub struct ParsedFile {
     pub server: ServerFile,
+    pub retry: RetryFile,
+    pub breaker: BreakerFile,
     pub providers: Vec<(String, ProviderFile)>,
     pub aliases: Vec<(String, AliasFile)>,
 }
@@ -27,6 +29,16 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
             "server" => {
                 if let Some(server) = section::<ServerFile>(value, "server", problems) {
                     parsed.server = server;
+                }
+            }
+            "retry" => {
+                if let Some(retry) = section::<RetryFile>(value, "retry", problems) {
+                    parsed.retry = retry;
+                }
+            }
+            "breaker" => {
+                if let Some(breaker) = section::<BreakerFile>(value, "breaker", problems) {
+                    parsed.breaker = breaker;
                 }
             }
             "providers" => {

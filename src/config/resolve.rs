@@ -1,34 +1,29 @@
 //! Presets + file + environment into a validated [`Config`]; every problem is
 //! collected with its key path so `--check` can print them all at once.
 
-use super::file::{ProviderFile, TimeoutsFile};
 use super::parse::parse;
-use super::presets::PRESETS;
-use super::{
-    ApiKey, Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, Provider,
-    Timeouts,
-};
-use crate::proxy::route::{AliasSpec, RouteTable};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use super::providers::{build_provider, merge, preset_drafts};
+use super::settings::{breaker_settings, retry_settings, seconds};
+use super::{Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
+use crate::proxy::breaker::BreakerRegistry;
+use crate::proxy::route::{AliasSpec, AliasTarget, RouteTable};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A provider while presets and the file are merged.
-struct Draft {
-    name: String,
-    enabled: bool,
-    base_url: Option<String>,
-    base_url_env: Option<String>,
-    api_key_env: Option<String>,
-    models: Vec<String>,
-    headers: Vec<(String, String)>,
-    timeouts: TimeoutsFile,
-}
-
 /// Builds the configuration from a file's text (empty for none) and an
 /// environment lookup (a closure, so tests need not touch the process env).
 pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    resolve_reusing(text, env, None)
+}
+
+/// Like [`resolve`], keeping the breaker state of `previous`'s targets that
+/// the new configuration leaves unchanged.
+pub fn resolve_reusing(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let parsed = parse(text, &mut problems);
 
@@ -51,20 +46,25 @@ pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         }
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
+    let drain = seconds(
+        parsed.server.drain_secs,
+        "server.drain_secs",
+        Duration::from_secs(30),
+        &mut problems,
+    );
+    let sse_keepalive = match parsed.server.sse_keepalive_secs {
+        Some(0.0) => None,
+        other => Some(seconds(
+            other,
+            "server.sse_keepalive_secs",
+            Duration::from_secs(15),
+            &mut problems,
+        )),
+    };
+    let retry = retry_settings(&parsed.retry, &mut problems);
+    let breaker = breaker_settings(&parsed.breaker, &mut problems);
 
-    let mut drafts: Vec<Draft> = PRESETS
-        .iter()
-        .map(|p| Draft {
-            name: p.name.to_string(),
-            enabled: true,
-            base_url: Some(p.base_url.to_string()),
-            base_url_env: Some(p.base_url_env.to_string()),
-            api_key_env: Some(p.api_key_env.to_string()),
-            models: p.models.iter().map(|m| m.to_string()).collect(),
-            headers: Vec::new(),
-            timeouts: TimeoutsFile::default(),
-        })
-        .collect();
+    let mut drafts = preset_drafts();
     for (name, file) in parsed.providers {
         merge(&mut drafts, name, file, &mut problems);
     }
@@ -76,7 +76,7 @@ pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         if let Some(provider) = build_provider(draft, env, &mut problems) {
             fingerprint.update(provider.name.as_bytes());
             fingerprint.update(provider.base_url.as_bytes());
-            fingerprint.update([u8::from(provider.key.is_some())]);
+            fingerprint.update(provider.keys.len().to_le_bytes());
             providers.push(Arc::new(provider));
         }
     }
@@ -105,7 +105,12 @@ pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                     let _ = provider;
                     problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
                 }
-                Some(provider) => targets.push((provider.clone(), target.model)),
+                Some(provider) => targets.push(AliasTarget {
+                    provider: provider.clone(),
+                    model: target.model,
+                    priority: target.priority,
+                    weight: target.weight,
+                }),
             }
         }
         aliases.push(AliasSpec { name, targets });
@@ -114,218 +119,20 @@ pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
-    let routes = RouteTable::build(&providers, &aliases);
+    let mut breakers = BreakerRegistry::new(breaker, previous.map(|p| &p.breakers));
+    let routes = RouteTable::build(&providers, &aliases, &mut breakers);
+    breakers.finish();
     let digest = fingerprint.finalize();
     Ok(Config {
         listen,
         max_body_bytes,
+        drain,
+        sse_keepalive,
+        retry,
         providers,
         routes,
+        breakers,
+        source: None,
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
     })
-}
-
-fn merge(
-    drafts: &mut Vec<Draft>,
-    name: String,
-    file: ProviderFile,
-    problems: &mut Vec<ConfigProblem>,
-) {
-    let path = format!("providers.{name}");
-    let valid_name = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !valid_name {
-        problems.push(ConfigProblem::new(
-            &path,
-            "provider names use lowercase letters, digits, '-' and '_'",
-        ));
-        return;
-    }
-    let index = match drafts.iter().position(|d| d.name == name) {
-        Some(index) => index,
-        None => {
-            for (field, given) in [
-                ("base_url", file.base_url.is_some()),
-                ("api_key_env", file.api_key_env.is_some()),
-            ] {
-                if !given {
-                    problems.push(ConfigProblem::new(
-                        format!("{path}.{field}"),
-                        "required for a provider that is not a preset",
-                    ));
-                }
-            }
-            drafts.push(Draft {
-                name,
-                enabled: true,
-                base_url: None,
-                base_url_env: None,
-                api_key_env: None,
-                models: Vec::new(),
-                headers: Vec::new(),
-                timeouts: TimeoutsFile::default(),
-            });
-            drafts.len() - 1
-        }
-    };
-    let draft = &mut drafts[index];
-    if let Some(enabled) = file.enabled {
-        draft.enabled = enabled;
-    }
-    if file.base_url.is_some() {
-        draft.base_url = file.base_url;
-    }
-    if file.base_url_env.is_some() {
-        draft.base_url_env = file.base_url_env;
-    }
-    if file.api_key_env.is_some() {
-        draft.api_key_env = file.api_key_env;
-    }
-    if let Some(models) = file.models {
-        draft.models = models;
-    }
-    draft.models.extend(file.extra_models.unwrap_or_default());
-    draft.headers = file.headers.unwrap_or_default().into_iter().collect();
-    if let Some(t) = file.timeouts {
-        draft.timeouts = t;
-    }
-}
-
-fn build_provider(
-    draft: Draft,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<Provider> {
-    let path = format!("providers.{}", draft.name);
-    let before = problems.len();
-    let from_env = draft
-        .base_url_env
-        .as_deref()
-        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
-    let (base_url, source) = match (from_env, draft.base_url) {
-        (Some((var, url)), _) => (url, var.to_string()),
-        (None, Some(url)) => (url, format!("{path}.base_url")),
-        (None, None) => return None, // already reported as required
-    };
-    let base_url = base_url.trim().trim_end_matches('/').to_string();
-    let chat_url = match reqwest::Url::parse(&format!("{base_url}/chat/completions")) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
-            problems.push(ConfigProblem::new(
-                source,
-                format!("{base_url:?} is not an http(s) URL"),
-            ));
-            None
-        }
-    };
-    let api_key_env = draft.api_key_env.unwrap_or_default();
-    let key = env(&api_key_env)
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .and_then(
-            |secret| match HeaderValue::try_from(format!("Bearer {secret}")) {
-                Ok(mut header) => {
-                    header.set_sensitive(true);
-                    Some(ApiKey { secret, header })
-                }
-                Err(_) => {
-                    problems.push(ConfigProblem::new(
-                        api_key_env.as_str(),
-                        "the key contains characters not allowed in an HTTP header",
-                    ));
-                    None
-                }
-            },
-        );
-
-    let mut headers = HeaderMap::new();
-    for (name, value) in draft.headers {
-        let hpath = format!("{path}.headers.{name}");
-        let parsed_name = HeaderName::try_from(name.as_str());
-        match (parsed_name, HeaderValue::try_from(value.as_str())) {
-            (Ok(n), _) if is_reserved_header(&n) => problems.push(ConfigProblem::new(
-                hpath,
-                "is set by the gateway and cannot be configured",
-            )),
-            (Ok(n), Ok(v)) => {
-                headers.insert(n, v);
-            }
-            _ => problems.push(ConfigProblem::new(hpath, "not a valid HTTP header")),
-        }
-    }
-    let timeouts = timeouts(&draft.timeouts, &path, problems);
-    let mut models: Vec<String> = Vec::new();
-    for (i, model) in draft.models.into_iter().enumerate() {
-        if model.trim().is_empty() {
-            problems.push(ConfigProblem::new(
-                format!("{path}.models[{i}]"),
-                "is empty",
-            ));
-        } else if !models.contains(&model) {
-            models.push(model);
-        }
-    }
-    let client = reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("kimi-gateway/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let client = match client {
-        Ok(client) => client,
-        Err(err) => {
-            problems.push(ConfigProblem::new(&path, format!("HTTP client: {err}")));
-            return None;
-        }
-    };
-    if problems.len() > before {
-        return None;
-    }
-    Some(Provider {
-        name: draft.name.into(),
-        base_url,
-        chat_url: chat_url?,
-        api_key_env,
-        key,
-        models,
-        headers,
-        timeouts,
-        client,
-    })
-}
-
-/// Headers a config may not set, because the gateway owns them.
-fn is_reserved_header(name: &HeaderName) -> bool {
-    use http::header::*;
-    [
-        AUTHORIZATION,
-        HOST,
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        CONNECTION,
-    ]
-    .contains(name)
-}
-
-fn timeouts(file: &TimeoutsFile, path: &str, problems: &mut Vec<ConfigProblem>) -> Timeouts {
-    let defaults = Timeouts::default();
-    let mut pick = |field: &str, value: Option<f64>, default: Duration| match value {
-        None => default,
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => Duration::from_secs_f64(secs),
-        Some(_) => {
-            problems.push(ConfigProblem::new(
-                format!("{path}.timeouts.{field}"),
-                "must be a positive number of seconds",
-            ));
-            default
-        }
-    };
-    Timeouts {
-        connect: pick("connect_secs", file.connect_secs, defaults.connect),
-        first_byte: pick("first_byte_secs", file.first_byte_secs, defaults.first_byte),
-        idle: pick("idle_secs", file.idle_secs, defaults.idle),
-        total: pick("total_secs", file.total_secs, defaults.total),
-    }
 }

@@ -12,7 +12,7 @@ mod server;
 pub use server::{MockHandle, MockOptions, Recorded, spawn};
 
 /// Which provider the mock imitates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavour {
     Moonshot,
     Aimlapi,

@@ -64,11 +64,19 @@ pub struct Scenario {
     pub gate: Option<String>,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
     pub chunk_bytes: Option<usize>,
+    /// Fail (with `error` or `reset`) only the first N requests carrying
+    /// the same directive, then answer normally: a provider that recovers.
+    pub fail_times: Option<u64>,
+    /// Close the connection without answering.
+    pub reset: bool,
+    /// The directive's text, which identifies a `fail_times` counter.
+    pub directive: String,
 }
 
 impl Scenario {
-    /// Reads the first `[mock …]` directive in `body`, if any.
-    pub fn from_body(body: &[u8]) -> Scenario {
+    /// Reads the first `[mock …]` directive in `body`, if any. A word
+    /// `name:key=value` applies only when the mock plays provider `name`.
+    pub fn from_body(body: &[u8], flavour: &str) -> Scenario {
         let mut scenario = Scenario::default();
         let Some(start) = memchr::memmem::find(body, b"[mock") else {
             return scenario;
@@ -76,7 +84,17 @@ impl Scenario {
         let rest = &body[start + 5..];
         let end = memchr::memchr(b']', rest).unwrap_or(rest.len());
         let text = String::from_utf8_lossy(&rest[..end]);
+        scenario.directive = text.to_string();
         for word in text.split_whitespace() {
+            let word = match word.split_once(':') {
+                Some((only, word)) if !only.contains('=') => {
+                    if only != flavour {
+                        continue;
+                    }
+                    word
+                }
+                _ => word,
+            };
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             let number = || value.parse::<u64>().ok();
             match key {
@@ -93,6 +111,8 @@ impl Scenario {
                 "no_done" => scenario.no_done = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
+                "fail_times" => scenario.fail_times = number(),
+                "reset" => scenario.reset = true,
                 _ => {}
             }
         }
@@ -108,6 +128,7 @@ mod tests {
     fn reads_directives_from_anywhere_in_the_body() {
         let s = Scenario::from_body(
             br#"{"messages":[{"role":"user","content":"hi [mock error=rate_limit retry_after=3 chunks=5 gate=g1 no_done]"}]}"#,
+            "moonshot",
         );
         assert_eq!(s.error, Some(MockError::RateLimit));
         assert_eq!(s.retry_after, Some(3));
@@ -118,7 +139,18 @@ mod tests {
 
     #[test]
     fn no_directive_means_defaults() {
-        let s = Scenario::from_body(b"{}");
+        let s = Scenario::from_body(b"{}", "moonshot");
         assert!(s.error.is_none() && s.chunks.is_none() && !s.no_done);
+    }
+
+    #[test]
+    fn scoped_words_apply_to_one_flavour() {
+        let body = b"[mock moonshot:error=server agentsflare:reset chunks=2]";
+        let moonshot = Scenario::from_body(body, "moonshot");
+        assert_eq!(moonshot.error, Some(MockError::Server));
+        assert!(!moonshot.reset);
+        let agentsflare = Scenario::from_body(body, "agentsflare");
+        assert!(agentsflare.error.is_none() && agentsflare.reset);
+        assert_eq!(agentsflare.chunks, Some(2));
     }
 }

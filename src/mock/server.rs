@@ -57,6 +57,8 @@ struct Shared {
     abandoned: AtomicU64,
     changed: Notify,
     next_id: AtomicU64,
+    /// Requests seen per `fail_times` directive and flavour.
+    failures: Mutex<HashMap<(Flavour, String), u64>>,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ pub async fn spawn(listener: TcpListener, options: MockOptions) -> MockHandle {
         abandoned: AtomicU64::new(0),
         changed: Notify::new(),
         next_id: AtomicU64::new(1),
+        failures: Mutex::new(HashMap::new()),
     });
     let app = router(shared.clone());
     let task = tokio::spawn(async move {
@@ -216,7 +219,23 @@ async fn chat(
     {
         return error_response(flavour, super::scenario::MockError::Auth, None);
     }
-    let scenario = Scenario::from_body(&body);
+    let mut scenario = Scenario::from_body(&body, flavour.name());
+    if let Some(times) = scenario.fail_times {
+        let mut failures = shared.failures.lock().expect("failures lock");
+        let seen = failures
+            .entry((flavour, scenario.directive.clone()))
+            .or_insert(0);
+        *seen += 1;
+        if *seen > times {
+            scenario.error = None;
+            scenario.reset = false;
+        }
+    }
+    if scenario.reset {
+        // Unwinding out of the handler drops the connection without an
+        // answer (resume_unwind skips the panic hook: nothing is printed).
+        std::panic::resume_unwind(Box::new("mock reset"));
+    }
     let mut guard = AbandonGuard {
         shared: shared.clone(),
         armed: true,

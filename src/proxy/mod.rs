@@ -1,6 +1,8 @@
 //! The hot path, in the order a request takes it: route the model, peek and
 //! splice the body, send upstream, translate errors, relay the stream.
 
+pub mod breaker;
+pub mod failover;
 pub mod headers;
 pub mod json_scan;
 pub mod normalize;

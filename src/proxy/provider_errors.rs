@@ -154,10 +154,11 @@ fn message_text(value: serde_json::Value) -> String {
 
 /// Some providers echo (part of) the key they were sent; never pass it on.
 fn redact(message: &str, provider: &Provider) -> String {
-    match &provider.key {
-        Some(key) if key.secret.len() >= 8 && message.contains(&key.secret) => {
-            message.replace(&key.secret, "***")
+    let mut message = message.to_string();
+    for key in &provider.keys {
+        if key.secret.len() >= 8 && message.contains(&key.secret) {
+            message = message.replace(&key.secret, "***");
         }
-        _ => message.to_string(),
     }
+    message
 }

@@ -7,19 +7,40 @@
 //! 3. `<provider>/<model>` naming a configured provider and a model it serves.
 //!
 //! An exact id wins over rule 3 because AI/ML API's own ids start with `moonshot/`.
+//! A provider with several keys contributes one target per key.
 
-use crate::config::Provider;
+use super::breaker::{Breaker, BreakerRegistry};
+use crate::config::{ApiKey, Provider};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Where one attempt goes: a provider and the model id it expects.
+/// Where one attempt goes: a provider, one of its keys, and the model id it
+/// expects.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub provider: Arc<Provider>,
+    pub key_index: usize,
     pub upstream_model: Arc<str>,
     /// `upstream_model` as a JSON string, ready to splice into a request body.
     pub model_json: Bytes,
+    /// Lower is tried first.
+    pub priority: u32,
+    /// Share of traffic among targets of equal priority.
+    pub weight: u32,
+    pub breaker: Arc<Breaker>,
+    /// `provider/model`, with `#N` after the provider for its N-th key.
+    pub label: Arc<str>,
+}
+
+impl Target {
+    pub fn key(&self) -> Option<&ApiKey> {
+        self.provider.keys.get(self.key_index)
+    }
+
+    pub fn is_usable(&self) -> bool {
+        self.key().is_some()
+    }
 }
 
 /// A client-facing model name and its targets, in the order to try them.
@@ -27,12 +48,21 @@ pub struct Target {
 pub struct Route {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
+    pub rule: RouteRule,
+}
+
+/// Which routing rule produced a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRule {
+    Alias,
+    Exact,
+    ProviderPrefix,
 }
 
 impl Route {
-    /// Targets whose provider has a key.
+    /// Targets that have a key.
     pub fn usable_targets(&self) -> impl Iterator<Item = &Target> {
-        self.targets.iter().filter(|t| t.provider.is_usable())
+        self.targets.iter().filter(|t| t.is_usable())
     }
 
     /// The key variables that would make this route usable, for the error
@@ -49,10 +79,18 @@ impl Route {
     }
 }
 
-/// An alias as configured: a name and `(provider, upstream model)` pairs.
+/// One target of an alias, as configured.
+pub struct AliasTarget {
+    pub provider: Arc<Provider>,
+    pub model: String,
+    pub priority: Option<u32>,
+    pub weight: Option<u32>,
+}
+
+/// An alias as configured: a name and its targets.
 pub struct AliasSpec {
     pub name: String,
-    pub targets: Vec<(Arc<Provider>, String)>,
+    pub targets: Vec<AliasTarget>,
 }
 
 /// All routable names, for lookup and for `GET /v1/models`.
@@ -64,33 +102,49 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(providers: &[Arc<Provider>], aliases: &[AliasSpec]) -> RouteTable {
+    pub fn build(
+        providers: &[Arc<Provider>],
+        aliases: &[AliasSpec],
+        breakers: &mut BreakerRegistry,
+    ) -> RouteTable {
         let mut exact: Vec<(String, Vec<Target>)> = Vec::new();
         let mut explicit: Vec<(String, Vec<Target>)> = Vec::new();
-        for provider in providers {
+        for (rank, provider) in providers.iter().enumerate() {
             for model in &provider.models {
-                let target = target(provider, model);
+                let targets = targets(provider, model, rank as u32, 1, breakers);
                 match exact.iter_mut().find(|(name, _)| name == model) {
-                    Some((_, targets)) => targets.push(target.clone()),
-                    None => exact.push((model.clone(), vec![target.clone()])),
+                    Some((_, existing)) => existing.extend(targets.iter().cloned()),
+                    None => exact.push((model.clone(), targets.clone())),
                 }
-                explicit.push((format!("{}/{}", provider.name, model), vec![target]));
+                explicit.push((format!("{}/{}", provider.name, model), targets));
             }
         }
         let aliased: Vec<(String, Vec<Target>)> = aliases
             .iter()
             .map(|a| {
-                let targets = a.targets.iter().map(|(p, m)| target(p, m)).collect();
-                (a.name.clone(), targets)
+                let mut all: Vec<Target> = Vec::new();
+                for (i, t) in a.targets.iter().enumerate() {
+                    let priority = t.priority.unwrap_or(i as u32);
+                    let weight = t.weight.unwrap_or(1);
+                    all.extend(targets(&t.provider, &t.model, priority, weight, breakers));
+                }
+                all.sort_by_key(|t| t.priority);
+                (a.name.clone(), all)
             })
             .collect();
 
         let mut table = RouteTable::default();
         // Inserted weakest rule first, so a stronger rule replaces a weaker one.
-        for (name, targets) in explicit.into_iter().chain(exact).chain(aliased) {
+        let tagged = explicit
+            .into_iter()
+            .map(|r| (r, RouteRule::ProviderPrefix))
+            .chain(exact.into_iter().map(|r| (r, RouteRule::Exact)))
+            .chain(aliased.into_iter().map(|r| (r, RouteRule::Alias)));
+        for ((name, targets), rule) in tagged {
             let route = Arc::new(Route {
                 name: name.as_str().into(),
                 targets,
+                rule,
             });
             if let Some(old) = table.by_name.insert(name.into_boxed_str(), route.clone()) {
                 table.order.retain(|r| !Arc::ptr_eq(r, &old));
@@ -98,14 +152,9 @@ impl RouteTable {
             table.order.push(route);
         }
         // List exact ids and aliases before the longer `provider/model` forms.
-        let is_explicit = |r: &Arc<Route>| {
-            r.targets.len() == 1
-                && r.name.len() > r.targets[0].provider.name.len()
-                && r.name.starts_with(&*r.targets[0].provider.name)
-                && r.name.as_bytes()[r.targets[0].provider.name.len()] == b'/'
-                && r.name[r.targets[0].provider.name.len() + 1..] == *r.targets[0].upstream_model
-        };
-        table.order.sort_by_key(|r| is_explicit(r));
+        table
+            .order
+            .sort_by_key(|r| r.rule == RouteRule::ProviderPrefix);
         table
     }
 
@@ -120,14 +169,42 @@ impl RouteTable {
     }
 }
 
-fn target(provider: &Arc<Provider>, model: &str) -> Target {
-    Target {
-        provider: provider.clone(),
-        upstream_model: model.into(),
-        model_json: serde_json::to_vec(model)
-            .expect("a string serialises")
-            .into(),
-    }
+/// The targets of one provider model: one per key (or one unusable target
+/// when the provider has no key, so errors can name the missing variable).
+fn targets(
+    provider: &Arc<Provider>,
+    model: &str,
+    priority: u32,
+    weight: u32,
+    breakers: &mut BreakerRegistry,
+) -> Vec<Target> {
+    let model_json: Bytes = serde_json::to_vec(model)
+        .expect("a string serialises")
+        .into();
+    (0..provider.keys.len().max(1))
+        .map(|key_index| {
+            let label = if key_index == 0 {
+                format!("{}/{model}", provider.name)
+            } else {
+                format!("{}#{}/{model}", provider.name, key_index + 1)
+            };
+            let identity = format!(
+                "{label}|{}|{}",
+                provider.base_url,
+                provider.key_envs.join(",")
+            );
+            Target {
+                provider: provider.clone(),
+                key_index,
+                upstream_model: model.into(),
+                model_json: model_json.clone(),
+                priority,
+                weight: weight.max(1),
+                breaker: breakers.get(&identity),
+                label: label.into(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

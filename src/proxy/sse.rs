@@ -17,6 +17,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
@@ -67,6 +68,21 @@ fn last_event_end(data: &[u8]) -> Option<usize> {
     lf.max(crlf)
 }
 
+static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+/// How a relay behaves, from the provider's settings and the server's.
+pub struct RelaySettings {
+    pub provider: Arc<str>,
+    /// The client asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+    pub first_byte_deadline: Instant,
+    pub idle: Duration,
+    /// Send `: keep-alive` after this much silence (SDKs ignore comments).
+    pub keepalive: Option<Duration>,
+    /// Cancelled when the gateway's drain deadline passes.
+    pub shutdown: CancellationToken,
+}
+
 /// The stream body sent to the client.
 pub struct SseRelay {
     upstream: Upstream,
@@ -80,8 +96,11 @@ pub struct SseRelay {
     top_level_usage_seen: bool,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
+    keepalive: Option<(Duration, Pin<Box<Sleep>>)>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     provider: Arc<str>,
     stats: Arc<StreamStats>,
+    head_sent: bool,
     finished: bool,
 }
 
@@ -90,29 +109,32 @@ impl SseRelay {
     /// is still an ordinary HTTP error (and could be retried elsewhere).
     pub async fn start(
         upstream: Upstream,
-        provider: Arc<str>,
-        include_usage: bool,
-        first_byte_deadline: Instant,
-        idle: Duration,
+        settings: RelaySettings,
         stats: Arc<StreamStats>,
     ) -> Result<SseRelay, GatewayError> {
         let mut relay = SseRelay {
             upstream,
             aligner: EventAligner::default(),
             queued: VecDeque::new(),
-            include_usage,
+            include_usage: settings.include_usage,
             in_choice_usage: None,
             top_level_usage_seen: false,
-            idle,
-            idle_timer: Box::pin(tokio::time::sleep_until(first_byte_deadline)),
-            provider,
+            idle: settings.idle,
+            idle_timer: Box::pin(tokio::time::sleep_until(settings.first_byte_deadline)),
+            keepalive: settings
+                .keepalive
+                .map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+            shutdown: Box::pin(settings.shutdown.cancelled_owned()),
+            provider: settings.provider,
             stats,
+            head_sent: false,
             finished: false,
         };
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
             Some(Ok(events)) => {
                 relay.queued.push_front(events);
+                relay.head_sent = true;
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),
@@ -132,7 +154,11 @@ impl SseRelay {
             match self.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
-                        self.idle_timer.as_mut().reset(Instant::now() + self.idle);
+                        let now = Instant::now();
+                        self.idle_timer.as_mut().reset(now + self.idle);
+                        if let Some((every, timer)) = &mut self.keepalive {
+                            timer.as_mut().reset(now + *every);
+                        }
                         return Poll::Ready(Some(Ok(self.inspect(events))));
                     }
                 }
@@ -164,6 +190,12 @@ impl SseRelay {
                     ))));
                 }
                 Poll::Pending => {
+                    if self.shutdown.as_mut().poll(cx).is_ready() {
+                        let message = "the gateway is shutting down; the stream was ended early";
+                        let err = GatewayError::server(StatusCode::SERVICE_UNAVAILABLE, message)
+                            .with_code("gateway_shutdown");
+                        return Poll::Ready(Some(Err(err)));
+                    }
                     if self.idle_timer.as_mut().poll(cx).is_ready() {
                         let message = format!(
                             "timed out waiting for provider {} (no stream data for {:.0?})",
@@ -173,6 +205,16 @@ impl SseRelay {
                             StatusCode::GATEWAY_TIMEOUT,
                             message,
                         ))));
+                    }
+                    // Comments go only between whole events, and only once the
+                    // head is out: before it, a silent upstream can still fail
+                    // over to another target.
+                    if self.head_sent
+                        && let Some((every, timer)) = &mut self.keepalive
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        timer.as_mut().reset(Instant::now() + *every);
+                        return Poll::Ready(Some(Ok(KEEPALIVE.clone())));
                     }
                     return Poll::Pending;
                 }

@@ -7,7 +7,7 @@ use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
 use super::route::Target;
-use super::sse::SseRelay;
+use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, parse_usage};
 use crate::error::GatewayError;
@@ -29,14 +29,36 @@ pub struct UpstreamInfo {
     pub stream: Option<Arc<StreamStats>>,
 }
 
+/// Per-request facts every attempt needs.
+#[derive(Debug, Clone)]
+pub struct ForwardContext {
+    pub request_id: HeaderValue,
+    /// Interval of `: keep-alive` comments on silent streams.
+    pub keepalive: Option<std::time::Duration>,
+    /// Cancelled when the drain deadline passes: open streams end.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl UpstreamInfo {
+    pub fn new(target: &Target) -> Self {
+        UpstreamInfo {
+            provider: target.provider.name.clone(),
+            upstream_model: target.upstream_model.clone(),
+            attempts: 1,
+            usage: None,
+            stream: None,
+        }
+    }
+}
+
 /// Sends `request` to `target` and builds the client's response.
 pub async fn forward(
     target: &Target,
     request: &ChatRequest,
-    request_id: &HeaderValue,
+    ctx: &ForwardContext,
 ) -> Result<Response, GatewayError> {
     let provider = &target.provider;
-    let Some(key) = &provider.key else {
+    let Some(key) = target.key() else {
         return Err(GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("provider {} has no API key", provider.name),
@@ -64,7 +86,7 @@ pub async fn forward(
         .header(header::CONTENT_LENGTH, body.len())
         .header(header::ACCEPT, accept)
         .header(header::ACCEPT_ENCODING, "identity")
-        .header("x-request-id", request_id.clone())
+        .header("x-request-id", ctx.request_id.clone())
         .body(body.into_reqwest());
 
     let response = match timeout_at(deadline, upstream.send()).await {
@@ -73,13 +95,7 @@ pub async fn forward(
         Ok(Ok(response)) => response,
     };
     let status = response.status();
-    let mut info = UpstreamInfo {
-        provider: provider.name.clone(),
-        upstream_model: target.upstream_model.clone(),
-        attempts: 1,
-        usage: None,
-        stream: None,
-    };
+    let mut info = UpstreamInfo::new(target);
 
     if !status.is_success() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
@@ -109,10 +125,14 @@ pub async fn forward(
         let stats = Arc::new(StreamStats::default());
         let relay = SseRelay::start(
             Box::pin(response.bytes_stream()),
-            provider.name.clone(),
-            request.include_usage,
-            deadline,
-            provider.timeouts.idle,
+            RelaySettings {
+                provider: provider.name.clone(),
+                include_usage: request.include_usage,
+                first_byte_deadline: deadline,
+                idle: provider.timeouts.idle,
+                keepalive: ctx.keepalive,
+                shutdown: ctx.shutdown.clone(),
+            },
             stats.clone(),
         )
         .await?;

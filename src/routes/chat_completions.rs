@@ -2,13 +2,14 @@
 
 use crate::access_log::{RequestId, RequestedModel};
 use crate::error::GatewayError;
+use crate::proxy::failover;
 use crate::proxy::request::ChatRequest;
-use crate::proxy::upstream::{self, UpstreamInfo};
+use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
@@ -40,7 +41,7 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         .with_code("model_not_found");
         return with_extension(err.into_response(), requested);
     };
-    let Some(target) = route.usable_targets().next() else {
+    if route.usable_targets().next().is_none() {
         let vars = route.missing_key_vars().join(" or ");
         let err = GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -51,21 +52,40 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         )
         .with_code("provider_not_configured");
         return with_extension(err.into_response(), requested);
+    }
+    let ctx = ForwardContext {
+        request_id,
+        keepalive: config.sse_keepalive,
+        shutdown: state.drain.stream_token(),
     };
-    let mut response = match upstream::forward(target, &chat, &request_id).await {
+    let (result, report) = failover::run(
+        route,
+        &config.retry,
+        |target| upstream::forward(target, &chat, &ctx),
+        |_target, _event| {},
+    )
+    .await;
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             let mut response = err.into_response();
-            response.extensions_mut().insert(UpstreamInfo {
-                provider: target.provider.name.clone(),
-                upstream_model: target.upstream_model.clone(),
-                attempts: 1,
-                usage: None,
-                stream: None,
-            });
+            if let Some(target) = report.target {
+                response.extensions_mut().insert(UpstreamInfo::new(target));
+            }
             response
         }
     };
+    if let Some(target) = report.target {
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-gateway-provider",
+            HeaderValue::from_str(&target.provider.name).expect("provider names are header-safe"),
+        );
+        headers.insert("x-gateway-attempts", HeaderValue::from(report.attempts));
+        if let Some(info) = response.extensions_mut().get_mut::<UpstreamInfo>() {
+            info.attempts = report.attempts;
+        }
+    }
     response.extensions_mut().insert(requested);
     response
 }

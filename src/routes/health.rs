@@ -1,12 +1,16 @@
-//! `GET /healthz` (the process is up) and `GET /readyz` (a configuration is
-//! loaded and at least one provider can serve).
+//! `GET /healthz` (the process is up) and `GET /readyz` (ready to take
+//! traffic: not draining, a configuration loaded, at least one provider with
+//! a key, and not every target's circuit open). The readiness body shows each
+//! provider, each target's circuit state and the last reload's outcome.
 
+use crate::proxy::breaker::BreakerState;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::json;
+use std::collections::HashSet;
 
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
@@ -21,22 +25,46 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             json!({
                 "name": &*p.name,
                 "usable": p.is_usable(),
+                "keys": p.keys.len(),
                 "key_env": p.api_key_env,
                 "models": p.models.len(),
             })
         })
         .collect();
-    let ready = config.usable_providers().next().is_some();
-    let status = if ready {
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    let mut any_closed = false;
+    for route in config.routes.routes() {
+        for target in route.usable_targets() {
+            if seen.insert(target.label.clone()) {
+                let breaker = target.breaker.state();
+                any_closed |= breaker != BreakerState::Open;
+                targets.push(json!({"target": &*target.label, "state": breaker.as_str()}));
+            }
+        }
+    }
+    let reason = if state.drain.is_draining() {
+        Some("draining")
+    } else if config.usable_providers().next().is_none() {
+        Some("no provider has an API key")
+    } else if !any_closed {
+        Some("every target's circuit is open")
+    } else {
+        None
+    };
+    let status = if reason.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "reason": if ready { None } else { Some("no provider has an API key") },
+        "status": if reason.is_none() { "ready" } else { "not_ready" },
+        "reason": reason,
+        "draining": state.drain.is_draining(),
         "config": config.fingerprint,
+        "last_reload": state.reload_status(),
         "providers": providers,
+        "targets": targets,
     });
     (status, Json(body)).into_response()
 }

@@ -150,3 +150,75 @@ fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
         String::from_utf8_lossy(&up.stderr)
     );
 }
+
+/// Starts the binary with `args` and waits for its "listening" log line;
+/// returns the child and its stdout reader.
+fn start_gateway(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut child = gateway()
+        .args(args)
+        .env("MOONSHOT_API_KEY", "k")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut stdout, "listening");
+    (child, stdout)
+}
+
+fn wait_for_line(stdout: &mut impl std::io::BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "gateway exited before logging {needle:?}");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn free_addr() -> String {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    addr.to_string()
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let (mut child, mut stdout) = start_gateway(&["--listen", &free_addr()]);
+    signal(&child, "TERM");
+    wait_for_line(&mut stdout, "drain");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    let file = config_file(
+        "[aliases.kimi]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2.6\" }]\n",
+    );
+    let path = file.path().to_str().unwrap().to_string();
+    let (mut child, mut stdout) = start_gateway(&["--listen", &free_addr(), "--config", &path]);
+    signal(&child, "HUP");
+    let line = wait_for_line(&mut stdout, "configuration reloaded");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains("sighup"), "{line}");
+    assert!(line.contains("success"), "{line}");
+}

@@ -14,7 +14,7 @@ fn model_of(flavour: Flavour) -> &'static str {
 
 #[tokio::test]
 async fn provider_errors_map_to_the_documented_types() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[]).await;
     // (scenario, expected status, expected type) for every flavour.
     let table = [
         ("invalid_request", 400, "invalid_request_error"),
@@ -119,8 +119,10 @@ async fn an_unreachable_provider_is_a_bad_gateway() {
         .local_addr()
         .unwrap();
     let url = format!("http://{closed}/v1");
-    let app = spawn_app_with("", &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
     assert_eq!(response.status(), 502);
     let error = error_of(response).await;
     assert_eq!(error["type"], "server_error");
@@ -129,14 +131,17 @@ async fn an_unreachable_provider_is_a_bad_gateway() {
 
 #[tokio::test]
 async fn no_response_head_in_time_is_a_gateway_timeout() {
-    let app = spawn_app_with(
-        "[providers.moonshot.timeouts]\ntotal_secs = 0.3\nfirst_byte_secs = 0.3\n",
-        &[],
-    )
-    .await;
+    let config = format!(
+        "{SINGLE_ATTEMPT}[providers.moonshot.timeouts]\ntotal_secs = 0.3\nfirst_byte_secs = 0.3\n"
+    );
+    let app = spawn_app_with(&config, &[]).await;
     for stream in [false, true] {
         let response = app
-            .chat(chat_body("kimi-k2.6", "[mock head_delay_ms=20000]", stream))
+            .chat(chat_body(
+                "kimi-k2-turbo-preview",
+                "[mock head_delay_ms=20000]",
+                stream,
+            ))
             .await;
         assert_eq!(response.status(), 504, "stream={stream}");
         let error = error_of(response).await;

@@ -8,17 +8,22 @@ use kimi_gateway::mock::{self, Flavour, MockHandle, MockOptions};
 use kimi_gateway::state::AppState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub const PROVIDER_KEY: &str = "mock-key";
+
+/// Config for tests about one attempt's outcome: no retries, no fail-over
+/// timing, and circuits that never open.
+pub const SINGLE_ATTEMPT: &str = "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1000000\nmin_requests = 1000000\n";
 
 pub struct TestApp {
     pub addr: SocketAddr,
     pub mock: MockHandle,
     pub client: reqwest::Client,
-    #[allow(dead_code)] // for tests that swap the configuration
     pub state: AppState,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// A gateway with all three providers keyed and pointed at one mock.
@@ -28,6 +33,20 @@ pub async fn spawn_app() -> TestApp {
 
 /// A gateway with extra TOML config and environment changes (`None` unsets).
 pub async fn spawn_app_with(toml: &str, env_changes: &[(&str, Option<&str>)]) -> TestApp {
+    spawn_app_from(ConfigSource::Text(toml), env_changes).await
+}
+
+/// Where a test gateway's configuration comes from.
+pub enum ConfigSource<'a> {
+    Text(&'a str),
+    /// A file, so the test can rewrite it and reload.
+    File(&'a std::path::Path),
+}
+
+pub async fn spawn_app_from(
+    source: ConfigSource<'_>,
+    env_changes: &[(&str, Option<&str>)],
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = mock::spawn(listener, MockOptions::default()).await;
     let mut env: HashMap<String, String> = HashMap::new();
@@ -42,13 +61,17 @@ pub async fn spawn_app_with(toml: &str, env_changes: &[(&str, Option<&str>)]) ->
             None => env.remove(*name),
         };
     }
-    let config = config::resolve(toml, &|name| env.get(name).cloned())
-        .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
-    let state = AppState::new(config);
+    let lookup = move |name: &str| env.get(name).cloned();
+    let config = match source {
+        ConfigSource::Text(toml) => config::resolve(toml, &lookup),
+        ConfigSource::File(path) => config::load_reusing(Some(path), None, &lookup),
+    }
+    .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
+    let state = AppState::with_env(config, Arc::new(lookup));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kimi_gateway::server::run(listener, state.clone(), async {
+    let server = tokio::spawn(kimi_gateway::server::run(listener, state.clone(), async {
         let _ = rx.await;
     }));
     TestApp {
@@ -56,11 +79,31 @@ pub async fn spawn_app_with(toml: &str, env_changes: &[(&str, Option<&str>)]) ->
         mock,
         client: reqwest::Client::new(),
         state,
-        _shutdown: tx,
+        shutdown: Some(tx),
+        server: Some(server),
     }
 }
 
 impl TestApp {
+    /// Starts the graceful shutdown (as SIGTERM would) and returns the
+    /// server task, which ends when the drain is over.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let _ = self.shutdown.take().expect("shut down once").send(());
+        self.server.take().expect("server running")
+    }
+
+    /// GET /readyz as JSON.
+    pub async fn readyz(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

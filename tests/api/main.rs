@@ -3,7 +3,9 @@
 mod cli;
 mod errors;
 mod helpers;
+mod lifecycle;
 mod normalize;
 mod passthrough;
+mod resilience;
 mod routing;
 mod streaming;

@@ -1,0 +1,245 @@
+//! Providers: presets merged with the file's `[providers.*]` tables, then
+//! resolved against the environment (base URL overrides, keys) and validated.
+
+use super::file::{ProviderFile, TimeoutsFile};
+use super::presets::PRESETS;
+use super::settings::seconds;
+use super::{ApiKey, ConfigProblem, Provider, Timeouts};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::time::Duration;
+
+/// A provider while presets and the file are merged.
+pub struct Draft {
+    pub name: String,
+    pub enabled: bool,
+    base_url: Option<String>,
+    base_url_env: Option<String>,
+    key_envs: Vec<String>,
+    models: Vec<String>,
+    headers: Vec<(String, String)>,
+    timeouts: TimeoutsFile,
+}
+
+/// The presets, as drafts the file can change.
+pub fn preset_drafts() -> Vec<Draft> {
+    PRESETS
+        .iter()
+        .map(|p| Draft {
+            name: p.name.to_string(),
+            enabled: true,
+            base_url: Some(p.base_url.to_string()),
+            base_url_env: Some(p.base_url_env.to_string()),
+            key_envs: vec![p.api_key_env.to_string()],
+            models: p.models.iter().map(|m| m.to_string()).collect(),
+            headers: Vec::new(),
+            timeouts: TimeoutsFile::default(),
+        })
+        .collect()
+}
+
+pub fn merge(
+    drafts: &mut Vec<Draft>,
+    name: String,
+    file: ProviderFile,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let path = format!("providers.{name}");
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_name {
+        problems.push(ConfigProblem::new(
+            &path,
+            "provider names use lowercase letters, digits, '-' and '_'",
+        ));
+        return;
+    }
+    let index = match drafts.iter().position(|d| d.name == name) {
+        Some(index) => index,
+        None => {
+            for (field, given) in [
+                ("base_url", file.base_url.is_some()),
+                (
+                    "api_key_env",
+                    file.api_key_env.is_some() || file.api_key_envs.is_some(),
+                ),
+            ] {
+                if !given {
+                    problems.push(ConfigProblem::new(
+                        format!("{path}.{field}"),
+                        "required for a provider that is not a preset",
+                    ));
+                }
+            }
+            drafts.push(Draft {
+                name,
+                enabled: true,
+                base_url: None,
+                base_url_env: None,
+                key_envs: Vec::new(),
+                models: Vec::new(),
+                headers: Vec::new(),
+                timeouts: TimeoutsFile::default(),
+            });
+            drafts.len() - 1
+        }
+    };
+    let draft = &mut drafts[index];
+    if let Some(enabled) = file.enabled {
+        draft.enabled = enabled;
+    }
+    if file.base_url.is_some() {
+        draft.base_url = file.base_url;
+    }
+    if file.base_url_env.is_some() {
+        draft.base_url_env = file.base_url_env;
+    }
+    if let Some(envs) = file.api_key_envs {
+        draft.key_envs = envs;
+    } else if let Some(env) = file.api_key_env {
+        draft.key_envs = vec![env];
+    }
+    if let Some(models) = file.models {
+        draft.models = models;
+    }
+    draft.models.extend(file.extra_models.unwrap_or_default());
+    draft.headers = file.headers.unwrap_or_default().into_iter().collect();
+    if let Some(t) = file.timeouts {
+        draft.timeouts = t;
+    }
+}
+
+pub fn build_provider(
+    draft: Draft,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Provider> {
+    let path = format!("providers.{}", draft.name);
+    let before = problems.len();
+    let from_env = draft
+        .base_url_env
+        .as_deref()
+        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+    let (base_url, source) = match (from_env, draft.base_url) {
+        (Some((var, url)), _) => (url, var.to_string()),
+        (None, Some(url)) => (url, format!("{path}.base_url")),
+        (None, None) => return None, // already reported as required
+    };
+    let base_url = base_url.trim().trim_end_matches('/').to_string();
+    let chat_url = match reqwest::Url::parse(&format!("{base_url}/chat/completions")) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        _ => {
+            problems.push(ConfigProblem::new(
+                source,
+                format!("{base_url:?} is not an http(s) URL"),
+            ));
+            None
+        }
+    };
+    let mut keys = Vec::new();
+    for var in &draft.key_envs {
+        let Some(secret) = env(var)
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+        else {
+            continue;
+        };
+        match HeaderValue::try_from(format!("Bearer {secret}")) {
+            Ok(mut header) => {
+                header.set_sensitive(true);
+                keys.push(ApiKey { secret, header });
+            }
+            Err(_) => problems.push(ConfigProblem::new(
+                var.as_str(),
+                "the key contains characters not allowed in an HTTP header",
+            )),
+        }
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in draft.headers {
+        let hpath = format!("{path}.headers.{name}");
+        let parsed_name = HeaderName::try_from(name.as_str());
+        match (parsed_name, HeaderValue::try_from(value.as_str())) {
+            (Ok(n), _) if is_reserved_header(&n) => problems.push(ConfigProblem::new(
+                hpath,
+                "is set by the gateway and cannot be configured",
+            )),
+            (Ok(n), Ok(v)) => {
+                headers.insert(n, v);
+            }
+            _ => problems.push(ConfigProblem::new(hpath, "not a valid HTTP header")),
+        }
+    }
+    let timeouts = timeouts(&draft.timeouts, &path, problems);
+    let mut models: Vec<String> = Vec::new();
+    for (i, model) in draft.models.into_iter().enumerate() {
+        if model.trim().is_empty() {
+            problems.push(ConfigProblem::new(
+                format!("{path}.models[{i}]"),
+                "is empty",
+            ));
+        } else if !models.contains(&model) {
+            models.push(model);
+        }
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("kimi-gateway/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            problems.push(ConfigProblem::new(&path, format!("HTTP client: {err}")));
+            return None;
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(Provider {
+        name: draft.name.into(),
+        base_url,
+        chat_url: chat_url?,
+        api_key_env: draft.key_envs.join(" or "),
+        key_envs: draft.key_envs,
+        keys,
+        models,
+        headers,
+        timeouts,
+        client,
+    })
+}
+
+/// Headers a config may not set, because the gateway owns them.
+fn is_reserved_header(name: &HeaderName) -> bool {
+    use http::header::*;
+    [
+        AUTHORIZATION,
+        HOST,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+    ]
+    .contains(name)
+}
+
+fn timeouts(file: &TimeoutsFile, path: &str, problems: &mut Vec<ConfigProblem>) -> Timeouts {
+    let d = Timeouts::default();
+    let mut pick = |field: &str, value: Option<f64>, default: Duration| {
+        seconds(
+            value,
+            &format!("{path}.timeouts.{field}"),
+            default,
+            problems,
+        )
+    };
+    Timeouts {
+        connect: pick("connect_secs", file.connect_secs, d.connect),
+        first_byte: pick("first_byte_secs", file.first_byte_secs, d.first_byte),
+        idle: pick("idle_secs", file.idle_secs, d.idle),
+        total: pick("total_secs", file.total_secs, d.total),
+    }
+}

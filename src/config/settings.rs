@@ -1,0 +1,136 @@
+//! Numeric settings with defaults and range checks: durations in seconds,
+//! the retry policy and the circuit breaker.
+
+use super::ConfigProblem;
+use super::file::{BreakerFile, RetryFile};
+use crate::proxy::breaker::BreakerSettings;
+use crate::proxy::failover::RetrySettings;
+use std::time::Duration;
+
+/// A positive number of seconds, or `default` when absent.
+pub fn seconds(
+    value: Option<f64>,
+    path: &str,
+    default: Duration,
+    problems: &mut Vec<ConfigProblem>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => Duration::from_secs_f64(secs),
+        Some(_) => {
+            problems.push(ConfigProblem::new(
+                path,
+                "must be a positive number of seconds",
+            ));
+            default
+        }
+    }
+}
+
+fn at_least_one(
+    value: Option<u32>,
+    path: &str,
+    default: u32,
+    problems: &mut Vec<ConfigProblem>,
+) -> u32 {
+    match value {
+        Some(0) => {
+            problems.push(ConfigProblem::new(path, "must be at least 1"));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+pub fn retry_settings(file: &RetryFile, problems: &mut Vec<ConfigProblem>) -> RetrySettings {
+    let d = RetrySettings::default();
+    let base = file
+        .backoff_base_ms
+        .map_or(d.backoff_base, Duration::from_millis);
+    let max = file
+        .backoff_max_ms
+        .map_or(d.backoff_max, Duration::from_millis);
+    if max < base {
+        problems.push(ConfigProblem::new(
+            "retry.backoff_max_ms",
+            "must not be smaller than retry.backoff_base_ms",
+        ));
+    }
+    RetrySettings {
+        max_attempts: at_least_one(
+            file.max_attempts,
+            "retry.max_attempts",
+            d.max_attempts,
+            problems,
+        ),
+        deadline: seconds(
+            file.deadline_secs,
+            "retry.deadline_secs",
+            d.deadline,
+            problems,
+        ),
+        backoff_base: base,
+        backoff_max: max,
+        max_retry_after: match file.max_retry_after_secs {
+            Some(0.0) => Duration::ZERO,
+            other => seconds(
+                other,
+                "retry.max_retry_after_secs",
+                d.max_retry_after,
+                problems,
+            ),
+        },
+    }
+}
+
+pub fn breaker_settings(file: &BreakerFile, problems: &mut Vec<ConfigProblem>) -> BreakerSettings {
+    let d = BreakerSettings::default();
+    let error_ratio = match file.error_ratio {
+        None => d.error_ratio,
+        Some(r) if r > 0.0 && r <= 1.0 => r,
+        Some(_) => {
+            problems.push(ConfigProblem::new(
+                "breaker.error_ratio",
+                "must be in (0, 1]",
+            ));
+            d.error_ratio
+        }
+    };
+    let cooldown = seconds(
+        file.cooldown_secs,
+        "breaker.cooldown_secs",
+        d.cooldown,
+        problems,
+    );
+    let max_cooldown = seconds(
+        file.max_cooldown_secs,
+        "breaker.max_cooldown_secs",
+        d.max_cooldown,
+        problems,
+    );
+    if max_cooldown < cooldown {
+        problems.push(ConfigProblem::new(
+            "breaker.max_cooldown_secs",
+            "must not be smaller than breaker.cooldown_secs",
+        ));
+    }
+    BreakerSettings {
+        consecutive_failures: at_least_one(
+            file.consecutive_failures,
+            "breaker.consecutive_failures",
+            d.consecutive_failures,
+            problems,
+        ),
+        error_ratio,
+        window: seconds(file.window_secs, "breaker.window_secs", d.window, problems),
+        min_requests: at_least_one(
+            file.min_requests,
+            "breaker.min_requests",
+            d.min_requests,
+            problems,
+        ),
+        cooldown,
+        max_cooldown,
+    }
+}

@@ -1,0 +1,369 @@
+//! A circuit breaker per target, lock-free: a closed circuit costs one atomic
+//! load per request. It opens after N consecutive failures or an error ratio
+//! over a window; after a cool-down one probe goes through (half-open); the
+//! probe's success closes it, its failure re-opens it with a doubled
+//! cool-down. A probe whose request is abandoned releases its slot, so an
+//! open circuit always gets another chance.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// When a circuit opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    pub consecutive_failures: u32,
+    pub error_ratio: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            consecutive_failures: 5,
+            error_ratio: 0.5,
+            window: Duration::from_secs(30),
+            min_requests: 20,
+            cooldown: Duration::from_secs(10),
+            max_cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The state a breaker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    consecutive: AtomicU32,
+    /// 0 while closed; otherwise when the cool-down ends.
+    open_until_ms: AtomicU64,
+    cooldown_ms: AtomicU64,
+    probing: AtomicBool,
+    window_start_ms: AtomicU64,
+    window_total: AtomicU32,
+    window_failed: AtomicU32,
+}
+
+/// Permission for one attempt. Report its outcome with [`Permit::success`]
+/// or [`Permit::failure`]; dropping it unreported (the client left) frees a
+/// probe slot without judging the target.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Breaker {
+            settings,
+            consecutive: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            cooldown_ms: AtomicU64::new(settings.cooldown.as_millis() as u64),
+            probing: AtomicBool::new(false),
+            window_start_ms: AtomicU64::new(0),
+            window_total: AtomicU32::new(0),
+            window_failed: AtomicU32::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.settings
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.state_at(now_ms())
+    }
+
+    pub fn state_at(&self, now: u64) -> BreakerState {
+        match self.open_until_ms.load(Ordering::Acquire) {
+            0 => BreakerState::Closed,
+            until if now < until => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks to send one attempt through this target.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        self.try_acquire_at(now_ms())
+    }
+
+    pub fn try_acquire_at(&self, now: u64) -> Option<Permit<'_>> {
+        match self.state_at(now) {
+            BreakerState::Closed => Some(Permit {
+                breaker: self,
+                probe: false,
+                reported: false,
+            }),
+            BreakerState::Open => None,
+            BreakerState::HalfOpen => self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .ok()
+                .map(|_| Permit {
+                    breaker: self,
+                    probe: true,
+                    reported: false,
+                }),
+        }
+    }
+
+    fn on_success(&self, probe: bool, now: u64) {
+        self.count(now, false);
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        if probe {
+            self.cooldown_ms
+                .store(self.settings.cooldown.as_millis() as u64, Ordering::Relaxed);
+            self.open_until_ms.store(0, Ordering::Release);
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    fn on_failure(&self, probe: bool, now: u64) {
+        let (total, failed) = self.count(now, true);
+        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if probe {
+            let doubled = (self.cooldown_ms.load(Ordering::Relaxed) * 2)
+                .min(self.settings.max_cooldown.as_millis() as u64);
+            self.cooldown_ms.store(doubled, Ordering::Relaxed);
+            self.open(now, doubled);
+            self.probing.store(false, Ordering::Release);
+            return;
+        }
+        let ratio_tripped = total >= self.settings.min_requests
+            && f64::from(failed) / f64::from(total) >= self.settings.error_ratio;
+        if (consecutive >= self.settings.consecutive_failures || ratio_tripped)
+            && self.state_at(now) == BreakerState::Closed
+        {
+            self.open(now, self.cooldown_ms.load(Ordering::Relaxed));
+        }
+    }
+
+    fn open(&self, now: u64, cooldown: u64) {
+        self.open_until_ms
+            .store((now + cooldown).max(1), Ordering::Release);
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.window_total.store(0, Ordering::Relaxed);
+        self.window_failed.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts an outcome in the current window; returns (total, failed).
+    fn count(&self, now: u64, failed: bool) -> (u32, u32) {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > self.settings.window.as_millis() as u64 {
+            // A racing reset may lose a count or two; the window is a heuristic.
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.window_total.store(0, Ordering::Relaxed);
+            self.window_failed.store(0, Ordering::Relaxed);
+        }
+        let total = self.window_total.fetch_add(1, Ordering::Relaxed) + 1;
+        let failed_count = if failed {
+            self.window_failed.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.window_failed.load(Ordering::Relaxed)
+        };
+        (total, failed_count)
+    }
+}
+
+impl Permit<'_> {
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    pub fn success(mut self) {
+        self.reported = true;
+        self.breaker.on_success(self.probe, now_ms());
+    }
+
+    pub fn failure(mut self) {
+        self.reported = true;
+        self.breaker.on_failure(self.probe, now_ms());
+    }
+
+    /// The attempt says nothing about the target's health (e.g. the client's
+    /// own bad request, or a rate limit): a probe closes the circuit, since
+    /// the target did answer.
+    pub fn neutral(mut self) {
+        self.reported = true;
+        if self.probe {
+            self.breaker.on_success(true, now_ms());
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Every target's breaker by identity, carried from one configuration to the
+/// next so a reload keeps the state of targets it does not change.
+#[derive(Debug, Default)]
+pub struct BreakerRegistry {
+    settings: BreakerSettings,
+    by_identity: HashMap<String, Arc<Breaker>>,
+    inherited: HashMap<String, Arc<Breaker>>,
+}
+
+impl BreakerRegistry {
+    /// A registry that reuses `previous`'s breakers when the settings match.
+    pub fn new(settings: BreakerSettings, previous: Option<&BreakerRegistry>) -> Self {
+        let inherited = previous
+            .filter(|p| p.settings == settings)
+            .map(|p| p.by_identity.clone())
+            .unwrap_or_default();
+        BreakerRegistry {
+            settings,
+            by_identity: HashMap::new(),
+            inherited,
+        }
+    }
+
+    /// The breaker of the target with this identity.
+    pub fn get(&mut self, identity: &str) -> Arc<Breaker> {
+        if let Some(existing) = self.by_identity.get(identity) {
+            return existing.clone();
+        }
+        let breaker = self
+            .inherited
+            .remove(identity)
+            .unwrap_or_else(|| Arc::new(Breaker::new(self.settings)));
+        self.by_identity
+            .insert(identity.to_string(), breaker.clone());
+        breaker
+    }
+
+    /// Drops what was not reused.
+    pub fn finish(&mut self) {
+        self.inherited.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerSettings {
+            consecutive_failures: 3,
+            error_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 10,
+            cooldown: Duration::from_millis(100),
+            max_cooldown: Duration::from_millis(350),
+        })
+    }
+
+    fn fail(b: &Breaker, now: u64) {
+        let permit = b.try_acquire_at(now).expect("allowed");
+        b.on_failure(permit.probe, now);
+        std::mem::forget(permit);
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let b = breaker();
+        fail(&b, 1);
+        fail(&b, 2);
+        b.on_success(false, 3);
+        fail(&b, 4);
+        fail(&b, 5);
+        assert_eq!(b.state_at(5), BreakerState::Closed);
+        fail(&b, 6);
+        assert_eq!(b.state_at(6), BreakerState::Open);
+        assert!(b.try_acquire_at(50).is_none());
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_success_closes() {
+        let b = breaker();
+        for t in 0..3 {
+            fail(&b, t);
+        }
+        let now = 2 + 100;
+        assert_eq!(b.state_at(now), BreakerState::HalfOpen);
+        let probe = b.try_acquire_at(now).expect("one probe");
+        assert!(probe.is_probe());
+        assert!(b.try_acquire_at(now).is_none(), "only one probe at a time");
+        b.on_success(true, now);
+        std::mem::forget(probe);
+        assert_eq!(b.state_at(now), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_with_a_longer_capped_cooldown() {
+        let b = breaker();
+        for t in 0..3 {
+            fail(&b, t);
+        }
+        let mut now = 102;
+        for expected in [200, 350, 350] {
+            fail(&b, now);
+            assert_eq!(b.state_at(now + expected - 1), BreakerState::Open);
+            assert_eq!(b.state_at(now + expected), BreakerState::HalfOpen);
+            now += expected;
+        }
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_its_slot() {
+        let b = breaker();
+        for t in 0..3 {
+            fail(&b, t);
+        }
+        let probe = b.try_acquire_at(200).unwrap();
+        drop(probe);
+        assert!(b.try_acquire_at(200).is_some(), "another probe may go");
+    }
+
+    #[test]
+    fn opens_on_error_ratio_over_the_window() {
+        let b = breaker();
+        for t in 0..10 {
+            let permit = b.try_acquire_at(t).unwrap();
+            // Failures on odd ticks, so a success always breaks the run.
+            if t % 2 == 1 {
+                b.on_failure(false, t);
+            } else {
+                b.on_success(false, t);
+            }
+            std::mem::forget(permit);
+        }
+        assert_eq!(b.state_at(10), BreakerState::Open);
+    }
+}

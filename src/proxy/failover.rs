@@ -1,0 +1,344 @@
+//! Attempts across a route's targets until one answers, before any byte has
+//! reached the client. Targets go in priority order (equal priorities in a
+//! weighted random order); a retryable failure moves on to the next target,
+//! and coming back to a target already tried waits an exponential backoff
+//! with jitter, or the target's `Retry-After` when it is longer. A target
+//! that asks for a longer wait than allowed, refuses the gateway's key, or
+//! has no quota left is skipped for the rest of the request.
+
+use super::route::{Route, Target};
+use crate::error::{ErrorType, GatewayError};
+use http::{HeaderValue, StatusCode};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The retry policy, from `[retry]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrySettings {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// No new attempt starts this long after the first one did.
+    pub deadline: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A target asking to wait longer than this is skipped, not waited on.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 3,
+            deadline: Duration::from_secs(60),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            max_retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a failed attempt means for the rest of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The request itself is at fault: answer the client now.
+    Final,
+    /// This target cannot serve (our key refused, quota gone): try others.
+    SkipTarget,
+    /// Worth another attempt; `unhealthy` when it counts against the target.
+    Retry { unhealthy: bool },
+}
+
+pub fn classify(err: &GatewayError) -> Verdict {
+    match err.error_type {
+        ErrorType::InvalidRequestError
+        | ErrorType::ContentFilter
+        | ErrorType::ResourceNotFoundError => Verdict::Final,
+        ErrorType::ExceededCurrentQuotaError
+        | ErrorType::PermissionDeniedError
+        | ErrorType::InvalidAuthenticationError => Verdict::SkipTarget,
+        ErrorType::ServerError if err.code.as_deref() == Some("upstream_key_rejected") => {
+            Verdict::SkipTarget
+        }
+        ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
+            Verdict::Retry { unhealthy: false }
+        }
+        ErrorType::ServerError => Verdict::Retry { unhealthy: true },
+    }
+}
+
+/// How one attempt ended, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Success,
+    /// Failed; another attempt follows.
+    Retry,
+    /// Failed; the next attempt goes to another target.
+    Failover,
+    KeyRejected,
+    /// Failed, and it was the last attempt.
+    Error,
+}
+
+/// Which target answered (or failed last), and after how many attempts.
+#[derive(Debug, Default)]
+pub struct AttemptReport<'a> {
+    pub attempts: u32,
+    pub target: Option<&'a Target>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TargetState {
+    tried: bool,
+    skipped: bool,
+    not_before: Option<Instant>,
+}
+
+/// Runs `attempt` against the route's targets until one succeeds or the
+/// policy gives up. `on_attempt` hears about every attempt's outcome and
+/// every target skipped because its circuit is open.
+pub async fn run<'a, T, F, Fut>(
+    route: &'a Route,
+    settings: &RetrySettings,
+    mut attempt: F,
+    mut on_event: impl FnMut(&'a Target, Event),
+) -> (Result<T, GatewayError>, AttemptReport<'a>)
+where
+    F: FnMut(&'a Target) -> Fut,
+    Fut: Future<Output = Result<T, GatewayError>>,
+{
+    let order = plan(route);
+    let mut states = vec![TargetState::default(); order.len()];
+    let mut report = AttemptReport::default();
+    let mut last_error: Option<GatewayError> = None;
+    let mut cursor = 0;
+    let deadline = Instant::now() + settings.deadline;
+    while report.attempts < settings.max_attempts {
+        let mut picked = None;
+        for step in 0..order.len() {
+            let i = (cursor + step) % order.len();
+            if states[i].skipped {
+                continue;
+            }
+            match order[i].breaker.try_acquire() {
+                Some(permit) => {
+                    picked = Some((i, permit));
+                    break;
+                }
+                None => {
+                    states[i].skipped = true;
+                    on_event(order[i], Event::BreakerOpen);
+                }
+            }
+        }
+        let Some((i, permit)) = picked else { break };
+        let target = order[i];
+        cursor = i + 1;
+        if states[i].tried {
+            let backoff = backoff(settings, report.attempts);
+            let hinted = states[i]
+                .not_before
+                .map_or(Duration::ZERO, |t| t - Instant::now().min(t));
+            let wake = Instant::now() + backoff.max(hinted);
+            if wake > deadline {
+                break;
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+        states[i].tried = true;
+        report.attempts += 1;
+        report.target = Some(target);
+        let error = match attempt(target).await {
+            Ok(value) => {
+                permit.success();
+                on_event(target, Event::Attempt(AttemptOutcome::Success));
+                return (Ok(value), report);
+            }
+            Err(error) => error,
+        };
+        let verdict = classify(&error);
+        let outcome = match verdict {
+            Verdict::Final => {
+                permit.neutral();
+                on_event(target, Event::Attempt(AttemptOutcome::Error));
+                return (Err(error), report);
+            }
+            Verdict::SkipTarget => {
+                permit.failure();
+                states[i].skipped = true;
+                if error.code.as_deref() == Some("upstream_key_rejected") {
+                    tracing::error!(
+                        provider = &*target.provider.name,
+                        target = &*target.label,
+                        alert = "upstream_key_rejected",
+                        "provider rejected the gateway's API key; target skipped: {}",
+                        error.message
+                    );
+                    AttemptOutcome::KeyRejected
+                } else {
+                    AttemptOutcome::Failover
+                }
+            }
+            Verdict::Retry { unhealthy } => {
+                if unhealthy {
+                    permit.failure();
+                } else {
+                    permit.neutral();
+                }
+                match retry_after(error.retry_after.as_ref()) {
+                    Some(wait) if wait > settings.max_retry_after => states[i].skipped = true,
+                    Some(wait) => states[i].not_before = Some(Instant::now() + wait),
+                    None => {}
+                }
+                let next_is_other = states
+                    .iter()
+                    .enumerate()
+                    .any(|(j, s)| j != i && !s.skipped && !s.tried);
+                if next_is_other {
+                    AttemptOutcome::Failover
+                } else {
+                    AttemptOutcome::Retry
+                }
+            }
+        };
+        let last = report.attempts >= settings.max_attempts || states.iter().all(|s| s.skipped);
+        let outcome = if last && outcome != AttemptOutcome::KeyRejected {
+            AttemptOutcome::Error
+        } else {
+            outcome
+        };
+        on_event(target, Event::Attempt(outcome));
+        tracing::debug!(
+            target = &*target.label,
+            attempt = report.attempts,
+            ?outcome,
+            "attempt failed: {}",
+            error.message
+        );
+        last_error = Some(error);
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    let error = last_error.unwrap_or_else(|| {
+        GatewayError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "every provider of model {:?} is failing (circuit open); try again shortly",
+                &*route.name
+            ),
+        )
+        .with_code("circuit_open")
+    });
+    (Err(error), report)
+}
+
+/// Something the caller may want to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Attempt(AttemptOutcome),
+    /// A target was passed over because its circuit is open.
+    BreakerOpen,
+}
+
+/// Usable targets in the order to try them: by priority, and among equal
+/// priorities in a random order weighted by `weight`.
+fn plan(route: &Route) -> Vec<&Target> {
+    let mut keyed: Vec<(u32, f64, &Target)> = route
+        .usable_targets()
+        .map(|t| {
+            // Efraimidis-Spirakis: sorting by U^(1/w) descending samples by weight.
+            let u = fastrand::f64().max(f64::MIN_POSITIVE);
+            (t.priority, -u.powf(1.0 / f64::from(t.weight)), t)
+        })
+        .collect();
+    if keyed.len() > 1 {
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    }
+    keyed.into_iter().map(|(_, _, t)| t).collect()
+}
+
+/// Exponential backoff with equal jitter before attempt number `attempts + 1`.
+fn backoff(settings: &RetrySettings, attempts: u32) -> Duration {
+    let exp = settings
+        .backoff_base
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(settings.backoff_max);
+    exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// `Retry-After` in seconds (a number, possibly fractional). An HTTP date is
+/// treated as "long" so the target is skipped rather than waited on.
+fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e6))),
+        _ => Some(Duration::from_secs(u64::from(u32::MAX))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_documented_rules() {
+        let err = |t: ErrorType| GatewayError::new(t.default_status(), t, "x");
+        assert_eq!(
+            classify(&err(ErrorType::InvalidRequestError)),
+            Verdict::Final
+        );
+        assert_eq!(classify(&err(ErrorType::ContentFilter)), Verdict::Final);
+        assert_eq!(
+            classify(&err(ErrorType::ResourceNotFoundError)),
+            Verdict::Final
+        );
+        assert_eq!(
+            classify(&err(ErrorType::ExceededCurrentQuotaError)),
+            Verdict::SkipTarget
+        );
+        assert_eq!(
+            classify(&err(ErrorType::ServerError).with_code("upstream_key_rejected")),
+            Verdict::SkipTarget
+        );
+        assert_eq!(
+            classify(&err(ErrorType::RateLimitReachedError)),
+            Verdict::Retry { unhealthy: false }
+        );
+        assert_eq!(
+            classify(&err(ErrorType::EngineOverloadedError)),
+            Verdict::Retry { unhealthy: false }
+        );
+        assert_eq!(
+            classify(&err(ErrorType::ServerError)),
+            Verdict::Retry { unhealthy: true }
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = RetrySettings::default();
+        for _ in 0..50 {
+            let b1 = backoff(&s, 1);
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
+            let b3 = backoff(&s, 3);
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+                "{b3:?}"
+            );
+            assert!(backoff(&s, 30) <= s.backoff_max);
+        }
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let v = |s: &str| retry_after(Some(&HeaderValue::from_str(s).unwrap()));
+        assert_eq!(v("2"), Some(Duration::from_secs(2)));
+        assert_eq!(v("0.5"), Some(Duration::from_millis(500)));
+        assert!(v("Wed, 21 Oct 2015 07:28:00 GMT").unwrap() > Duration::from_secs(3600));
+        assert_eq!(retry_after(None), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Hot reload: SIGHUP or a change of the config file re-reads the file and
+//! the environment, validates the result whole, and swaps it in atomically.
+//! Requests in flight finish on the configuration they started with; the
+//! circuit state of unchanged targets carries over; an invalid file keeps
+//! the old configuration and every problem is logged.
+
+use crate::config;
+use crate::state::{AppState, ReloadStatus};
+use notify::{RecursiveMode, Watcher};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Reloads now; returns whether the new configuration was taken.
+pub fn reload(state: &AppState, trigger: &str) -> bool {
+    let current = state.config();
+    let result = config::load_reusing(current.source.as_deref(), Some(&current), &*state.env);
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match result {
+        Ok(new) => {
+            if new.listen != current.listen {
+                tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
+            }
+            let fingerprint = new.fingerprint.clone();
+            state.replace_config(new);
+            tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
+            state.set_reload_status(ReloadStatus {
+                result: "success",
+                at,
+                config: fingerprint,
+                problems: Vec::new(),
+            });
+            true
+        }
+        Err(errors) => {
+            let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            for problem in &problems {
+                tracing::error!(trigger, problem = %problem, "configuration reload rejected");
+            }
+            tracing::error!(trigger, config = %current.fingerprint, result = "failure", "kept the previous configuration");
+            state.set_reload_status(ReloadStatus {
+                result: "failure",
+                at,
+                config: current.fingerprint.clone(),
+                problems,
+            });
+            false
+        }
+    }
+}
+
+/// Starts the SIGHUP listener and, when the config came from a file, a
+/// watcher on it. Both live as long as the runtime.
+pub fn spawn_triggers(state: AppState) {
+    #[cfg(unix)]
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP; reload by editing the config file");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                reload(&state, "sighup");
+            }
+        });
+    }
+    if let Some(path) = state.config().source.clone() {
+        if let Err(err) = watch_file(state, &path) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot watch the config file; reload with SIGHUP");
+        }
+    }
+}
+
+/// Watches the file's directory (editors replace files by renaming) and
+/// reloads once a burst of changes to the file has settled.
+fn watch_file(state: AppState, path: &Path) -> notify::Result<()> {
+    let file_name = path.file_name().map(ToOwned::to_owned);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let touches_file = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(ToOwned::to_owned) == file_name);
+        if touches_file && !event.kind.is_access() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // Let a burst of writes settle, then reload once.
+            while let Ok(Some(())) =
+                tokio::time::timeout(Duration::from_millis(150), rx.recv()).await
+            {}
+            reload(&state, "file_change");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Keep-alive comments on silent streams, graceful drain, and hot reload of
+//! the configuration under load.
+
+use crate::helpers::*;
+use futures_util::StreamExt;
+use kimi_gateway::mock::Flavour;
+use std::io::Write;
+use std::time::Duration;
+
+/// Reads the next chunk of a stream as text (within 10 s).
+async fn next_text(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+) -> String {
+    let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no data within 10 s")
+        .expect("stream ended")
+        .unwrap();
+    String::from_utf8(chunk.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn silent_streams_get_keepalive_comments_between_events() {
+    let app = spawn_app_with("[server]\nsse_keepalive_secs = 0.1\n", &[]).await;
+    let response = app
+        .chat(chat_body("kimi-k2.6", "[mock gate=k chunks=2]", true))
+        .await;
+    let mut stream = response.bytes_stream();
+    let first = next_text(&mut stream).await;
+    assert!(first.starts_with("data: "), "{first}");
+    // The provider is silent (gated): comments keep the connection alive.
+    assert_eq!(next_text(&mut stream).await, ": keep-alive\n\n");
+    assert_eq!(next_text(&mut stream).await, ": keep-alive\n\n");
+    app.mock.release("k", 100);
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+}
+
+#[tokio::test]
+async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event() {
+    let mut app = spawn_app_with("[server]\ndrain_secs = 0.5\n", &[]).await;
+    let finishing = app
+        .chat(chat_body("kimi-k2.6", "[mock gate=finish chunks=2]", true))
+        .await;
+    let stuck = app
+        .chat(chat_body("kimi-k2.6", "[mock gate=stuck chunks=2]", true))
+        .await;
+    let mut finishing = finishing.bytes_stream();
+    let mut stuck = stuck.bytes_stream();
+    next_text(&mut finishing).await;
+    next_text(&mut stuck).await;
+
+    let server = app.begin_shutdown();
+    let wait_draining = async {
+        while !app.state.drain.is_draining() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait_draining)
+        .await
+        .unwrap();
+    // New connections are refused while draining.
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err());
+
+    // A stream that can finish, finishes.
+    app.mock.release("finish", 100);
+    let mut text = String::new();
+    while let Some(chunk) = finishing.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // The other is ended at the deadline with one error event, no [DONE].
+    let mut text = String::new();
+    while let Some(chunk) = stuck.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(text.contains("gateway_shutdown"), "{text}");
+    assert!(!text.contains("[DONE]"));
+    let result = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(result.expect("server stopped").unwrap().is_ok());
+}
+
+fn write_config(file: &std::path::Path, text: &str) {
+    // Write a sibling and rename it over, as editors and ConfigMaps do.
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+const ALIAS_TO_MOONSHOT: &str =
+    "[aliases.kimi]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2.6\" }]\n";
+const ALIAS_TO_AGENTSFLARE: &str =
+    "[aliases.kimi]\ntargets = [{ provider = \"agentsflare\", model = \"kimi-k2.6\" }]\n";
+
+#[tokio::test]
+async fn a_reload_changes_routes_under_load_without_failing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    let before = app.state.config().fingerprint.clone();
+
+    let load = (0..8).map(|_| {
+        let app = &app;
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                let response = app.chat(chat_body("kimi", "[mock chunks=3]", true)).await;
+                statuses.push(response.status().as_u16());
+                let events = sse_data(response).await;
+                assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+            }
+            statuses
+        }
+    });
+    let reload = async {
+        // Swap routes while the load runs.
+        assert!(app.mock.wait_requests(20).await);
+        write_config(&file, ALIAS_TO_AGENTSFLARE);
+        assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    };
+    let (results, ()) = tokio::join!(futures_util::future::join_all(load), reload);
+    assert!(results.iter().flatten().all(|s| *s == 200), "{results:?}");
+    assert!(app.mock.requests_for(Flavour::Moonshot).len() >= 20);
+    assert!(
+        !app.mock.requests_for(Flavour::Agentsflare).is_empty(),
+        "new routes in use"
+    );
+
+    let ready = app.readyz().await;
+    assert_eq!(ready["last_reload"]["result"], "success");
+    assert_ne!(ready["config"], before.as_str());
+}
+
+#[tokio::test]
+async fn an_invalid_reload_keeps_the_old_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    let before = app.state.config().fingerprint.clone();
+    write_config(
+        &file,
+        "[aliases.kimi]\ntargets = [{ provider = \"nobody\", model = \"x\" }]\n",
+    );
+    assert!(!kimi_gateway::reload::reload(&app.state, "test"));
+    assert_eq!(app.state.config().fingerprint, before);
+    let ready = app.readyz().await;
+    assert_eq!(ready["last_reload"]["result"], "failure");
+    assert!(
+        ready["last_reload"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("aliases.kimi.targets[0].provider")
+    );
+    assert_eq!(app.chat(chat_body("kimi", "hi", false)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_circuit_state_of_unchanged_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let base =
+        "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\ncooldown_secs = 60\n";
+    write_config(&file, base);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    app.chat(chat_body(
+        "kimi-k2-turbo-preview",
+        "[mock error=server]",
+        false,
+    ))
+    .await;
+    let open = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert_eq!(open.status(), 503);
+
+    write_config(&file, &format!("{base}{ALIAS_TO_AGENTSFLARE}"));
+    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    let still_open = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert_eq!(
+        still_open.status(),
+        503,
+        "breaker state survived the reload"
+    );
+    assert_eq!(app.chat(chat_body("kimi", "hi", false)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn editing_the_config_file_reloads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    let before = app.state.config().fingerprint.clone();
+    write_config(&file, ALIAS_TO_AGENTSFLARE);
+    let wait = async {
+        while app.state.config().fingerprint == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the file change was not picked up");
+    let response = app.chat(chat_body("kimi", "hi", false)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+}

@@ -1,0 +1,350 @@
+//! Fail-over, retries and circuit breaking, with faults injected through the
+//! mock. Each test checks what the client saw and what each provider saw.
+//! `kimi-k2.6` is served by Moonshot then Agentsflare; `kimi-k2-turbo-preview`
+//! by Moonshot alone.
+
+use crate::helpers::*;
+use kimi_gateway::mock::Flavour;
+use std::time::Duration;
+
+/// Fast backoff so tests do not wait on the default policy.
+const FAST: &str = "[retry]\nbackoff_base_ms = 1\nbackoff_max_ms = 5\n";
+
+fn seen(app: &TestApp, flavour: Flavour) -> usize {
+    app.mock.requests_for(flavour).len()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers()[name].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_5xx_fails_over_to_the_next_provider() {
+    let app = spawn_app_with(FAST, &[]).await;
+    for stream in [false, true] {
+        let response = app
+            .chat(chat_body(
+                "kimi-k2.6",
+                "[mock moonshot:error=server]",
+                stream,
+            ))
+            .await;
+        assert_eq!(response.status(), 200, "stream={stream}");
+        assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+        assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    }
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 2);
+}
+
+#[tokio::test]
+async fn connection_refused_fails_over() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}/v1");
+    let app = spawn_app_with(FAST, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(seen(&app, Flavour::Agentsflare), 1);
+}
+
+#[tokio::test]
+async fn a_reset_before_the_first_byte_fails_over_for_streams_and_not() {
+    let app = spawn_app_with(FAST, &[]).await;
+    for (stream, directive) in [
+        (false, "[mock moonshot:reset]"),
+        (true, "[mock moonshot:reset]"),
+        (true, "[mock moonshot:cut_after=0]"),
+    ] {
+        let response = app.chat(chat_body("kimi-k2.6", directive, stream)).await;
+        assert_eq!(response.status(), 200, "{directive} stream={stream}");
+        assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+        if stream {
+            let events = sse_data(response).await;
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        }
+    }
+    assert_eq!(seen(&app, Flavour::Moonshot), 3);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 3);
+}
+
+#[tokio::test]
+async fn after_the_first_byte_there_is_no_failover_but_an_error_event() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:cut_after=2 chunk_delay_ms=20]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "moonshot");
+    let events = sse_data(response).await;
+    assert!(events.last().unwrap().contains("\"error\""), "{events:?}");
+    assert_eq!(seen(&app, Flavour::Agentsflare), 0);
+}
+
+#[tokio::test]
+async fn a_slow_head_times_out_and_fails_over() {
+    let config =
+        format!("{FAST}[providers.moonshot.timeouts]\nfirst_byte_secs = 0.3\ntotal_secs = 0.3\n");
+    let app = spawn_app_with(&config, &[]).await;
+    for stream in [false, true] {
+        let response = app
+            .chat(chat_body(
+                "kimi-k2.6",
+                "[mock moonshot:head_delay_ms=30000]",
+                stream,
+            ))
+            .await;
+        assert_eq!(response.status(), 200, "stream={stream}");
+        assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    }
+    // The timed-out attempts were abandoned, not left running.
+    assert!(app.mock.wait_abandoned(2).await);
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_honoured_on_the_same_provider() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=rate_limit retry_after=1 fail_times=1]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=rate_limit moonshot:retry_after=60]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(seen(&app, Flavour::Moonshot), 1);
+
+    // With no other target, the client gets the 429 and the provider's wait.
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=rate_limit retry_after=60]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "60");
+    assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_or_failed_over() {
+    let app = spawn_app_with(FAST, &[]).await;
+    for (error, status) in [
+        ("invalid_request", 400),
+        ("content_filter", 400),
+        ("not_found", 404),
+    ] {
+        let response = app
+            .chat(chat_body(
+                "kimi-k2.6",
+                &format!("[mock error={error}]"),
+                false,
+            ))
+            .await;
+        assert_eq!(response.status().as_u16(), status, "{error}");
+        assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    }
+    assert_eq!(seen(&app, Flavour::Moonshot), 3);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 0);
+}
+
+#[tokio::test]
+async fn a_refused_key_skips_the_target_and_the_next_one_serves() {
+    let app = spawn_app_with(FAST, &[("MOONSHOT_API_KEY", Some("revoked-key"))]).await;
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(
+        seen(&app, Flavour::Moonshot),
+        1,
+        "the refused key is not retried"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_attempt_limit() {
+    let config = format!("{FAST}max_attempts = 3\n[breaker]\nconsecutive_failures = 100\n");
+    let app = spawn_app_with(&config, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=server]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(header(&response, "x-gateway-attempts"), "3");
+    assert_eq!(seen(&app, Flavour::Moonshot), 3);
+}
+
+#[tokio::test]
+async fn a_burst_of_failures_is_ridden_out_by_retries() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=bad_gateway fail_times=2]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-attempts"), "3");
+    let events = sse_data(response).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn several_keys_of_one_provider_are_separate_targets() {
+    let config = format!(
+        "{FAST}[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_API_KEY_2\"]\n"
+    );
+    let app = spawn_app_with(
+        &config,
+        &[
+            ("MOONSHOT_API_KEY", Some("revoked")),
+            ("MOONSHOT_API_KEY_2", Some(PROVIDER_KEY)),
+        ],
+    )
+    .await;
+    // Whichever key is tried first, the request succeeds on the good one.
+    for _ in 0..4 {
+        let response = app
+            .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-gateway-provider"), "moonshot");
+    }
+    let keys: std::collections::HashSet<String> = app
+        .mock
+        .requests_for(Flavour::Moonshot)
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
+        .collect();
+    assert!(keys.contains(&format!("Bearer {PROVIDER_KEY}")));
+}
+
+#[tokio::test]
+async fn weights_spread_load_among_equal_priorities() {
+    let config = format!(
+        "{FAST}[aliases.spread]\ntargets = [\n  {{ provider = \"moonshot\", model = \"kimi-k2.6\", priority = 0, weight = 1 }},\n  {{ provider = \"agentsflare\", model = \"kimi-k2.6\", priority = 0, weight = 3 }},\n]\n"
+    );
+    let app = spawn_app_with(&config, &[]).await;
+    for _ in 0..200 {
+        assert_eq!(
+            app.chat(chat_body("spread", "hi", false)).await.status(),
+            200
+        );
+    }
+    let (moonshot, agentsflare) = (
+        seen(&app, Flavour::Moonshot),
+        seen(&app, Flavour::Agentsflare),
+    );
+    assert_eq!(moonshot + agentsflare, 200);
+    // Expected 50/150; these bounds fail with odds below one in a million.
+    assert!((20..=85).contains(&moonshot), "moonshot got {moonshot}");
+}
+
+#[tokio::test]
+async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
+    let config = "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 2\ncooldown_secs = 0.3\nmax_cooldown_secs = 5\n";
+    let app = spawn_app_with(config, &[]).await;
+    let turbo = |content: &str| chat_body("kimi-k2-turbo-preview", content, false);
+    for _ in 0..2 {
+        assert_eq!(app.chat(turbo("[mock error=server]")).await.status(), 500);
+    }
+    // Open: the provider is not asked at all.
+    let response = app.chat(turbo("hi")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_of(response).await["code"], "circuit_open");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    let state = |ready: &serde_json::Value| {
+        ready["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state(&app.readyz().await), "open");
+
+    // After the cool-down, one probe; its failure re-opens the circuit.
+    wait_for_state(&app, &state, "half_open").await;
+    assert_eq!(app.chat(turbo("[mock error=server]")).await.status(), 500);
+    assert_eq!(state(&app.readyz().await), "open");
+    assert_eq!(seen(&app, Flavour::Moonshot), 3);
+
+    // The next probe succeeds and closes it.
+    wait_for_state(&app, &state, "half_open").await;
+    assert_eq!(app.chat(turbo("hi")).await.status(), 200);
+    assert_eq!(state(&app.readyz().await), "closed");
+    assert_eq!(app.chat(turbo("hi")).await.status(), 200);
+    assert_eq!(seen(&app, Flavour::Moonshot), 5);
+}
+
+async fn wait_for_state(app: &TestApp, state: &impl Fn(&serde_json::Value) -> String, want: &str) {
+    let wait = async {
+        loop {
+            if state(&app.readyz().await) == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("circuit never became {want}"));
+}
+
+#[tokio::test]
+async fn readiness_fails_when_every_circuit_is_open() {
+    let config =
+        "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\ncooldown_secs = 60\n";
+    let app = spawn_app_with(
+        config,
+        &[("AIMLAPI_API_KEY", None), ("AGENTSFLARE_API_KEY", None)],
+    )
+    .await;
+    assert_eq!(app.readyz().await["status"], "ready");
+    let models: Vec<String> = app.state.config().providers[0].models.clone();
+    for model in models {
+        app.chat(chat_body(&model, "[mock error=server]", false))
+            .await;
+    }
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["reason"], "every target's circuit is open");
+}
