@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod body_guard;
 pub mod config;
 pub mod drain;
 pub mod error;
