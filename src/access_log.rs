@@ -4,16 +4,20 @@
 //! logged exactly once, here.
 
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
+use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::Request;
+use axum::extract::State;
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
@@ -25,9 +29,26 @@ pub struct RequestId(pub HeaderValue);
 #[derive(Debug, Clone)]
 pub struct RequestedModel(pub Box<str>);
 
+/// The configured route the model matched (a bounded metric label).
+#[derive(Debug, Clone)]
+pub struct RouteName(pub Arc<str>);
+
+/// The client key's configured name, set by authentication.
+#[derive(Debug, Clone)]
+pub struct KeyName(pub Arc<str>);
+
+/// When the request arrived, for overhead and time-to-first-token.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
 /// Middleware: assigns the request id, returns it, and logs the request.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
+    request.extensions_mut().insert(Arrived(started));
     let id = request
         .headers()
         .get("x-request-id")
@@ -37,6 +58,10 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
     let path: Box<str> = request.uri().path().into();
+    let counted = path.starts_with("/v1/");
+    if counted {
+        state.metrics.in_flight.inc();
+    }
 
     let mut response = next.run(request).await;
     response.headers_mut().insert("x-request-id", id.clone());
@@ -47,8 +72,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         status: response.status(),
         started,
         model: response.extensions_mut().remove::<RequestedModel>(),
+        route: response.extensions_mut().remove::<RouteName>(),
+        key: response.extensions_mut().remove::<KeyName>(),
         upstream: response.extensions_mut().remove::<UpstreamInfo>(),
         error: response.extensions().get::<GatewayError>().cloned(),
+        metrics: counted.then(|| state.metrics.clone()),
     };
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
         response.map(|inner| {
@@ -73,19 +101,28 @@ fn generate_id() -> HeaderValue {
     HeaderValue::try_from(id).expect("hex is a valid header value")
 }
 
-struct AccessRecord {
-    id: HeaderValue,
-    method: Method,
-    path: Box<str>,
-    status: StatusCode,
-    started: Instant,
-    model: Option<RequestedModel>,
-    upstream: Option<UpstreamInfo>,
-    error: Option<GatewayError>,
+/// Everything known about a request when it ends.
+pub struct AccessRecord {
+    pub id: HeaderValue,
+    pub method: Method,
+    pub path: Box<str>,
+    pub status: StatusCode,
+    pub started: Instant,
+    pub model: Option<RequestedModel>,
+    pub route: Option<RouteName>,
+    pub key: Option<KeyName>,
+    pub upstream: Option<UpstreamInfo>,
+    pub error: Option<GatewayError>,
+    /// Set for API requests, which are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AccessRecord {
     fn emit(self) {
+        if let Some(metrics) = &self.metrics {
+            crate::request_metrics::observe(&self, metrics);
+            metrics.in_flight.dec();
+        }
         let upstream = self.upstream.as_ref();
         let stream = upstream.and_then(|u| u.stream.as_ref());
         let usage = upstream
@@ -112,7 +149,10 @@ impl AccessRecord {
                     model = self.model.as_ref().map_or("", |m| &*m.0),
                     provider = upstream.map_or("", |u| &*u.provider),
                     upstream_model = upstream.map_or("", |u| &*u.upstream_model),
+                    key = self.key.as_ref().map_or("", |k| &*k.0),
                     attempts = upstream.map_or(0, |u| u.attempts),
+                    time_to_head_ms = upstream.and_then(|u| u.time_to_head).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    time_to_first_token_ms = stream.and_then(|s| s.first_event_after()).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                     error_type,
                     error = &*error_message,
                     stream_end,

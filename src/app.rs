@@ -3,17 +3,22 @@
 
 use crate::access_log::request_context;
 use crate::error::{ErrorType, GatewayError};
-use crate::routes::{chat_completions, health, models};
+use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
 use axum::Router;
-use axum::middleware::from_fn;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub fn build_router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    // With a separate metrics address, /metrics stays off the public side.
+    if state.config().metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics::metrics));
+    }
+    router
         .route(
             "/v1/chat/completions",
             post(chat_completions::chat_completions),
@@ -24,8 +29,8 @@ pub fn build_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(from_fn(request_context))
+        .with_state(state.clone())
+        .layer(from_fn_with_state(state, request_context))
         .layer(CatchPanicLayer::custom(|_panic| internal_error()))
 }
 
@@ -53,4 +58,12 @@ fn internal_error() -> Response {
         "internal error in the gateway; the request was not completed",
     )
     .into_response()
+}
+
+/// The router of the separate metrics listener (`server.metrics_listen`).
+pub fn build_metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .with_state(state)
 }

@@ -107,32 +107,43 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     if config.usable_providers().next().is_none() {
         tracing::warn!("no provider has an API key: every chat request will fail until one is set");
     }
+    // Signal handlers exist before the "listening" line, so a signal sent as
+    // soon as the gateway is up is handled, not fatal.
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(listen = %listener.local_addr()?, config = %config.fingerprint, "kimi-gateway listening");
+    let metrics_listen = config.metrics_listen;
+    let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
     reload::spawn_triggers(state.clone());
-    server::run(listener, state, shutdown_signal()).await
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "metrics on a separate listener");
+        let router = kimi_gateway::app::build_metrics_router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+    tracing::info!(listen = %listener.local_addr()?, config = %fingerprint, "kimi-gateway listening");
+    server::run(listener, state, shutdown).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGINT and SIGTERM now; the future resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }

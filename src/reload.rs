@@ -24,6 +24,7 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
             }
             let fingerprint = new.fingerprint.clone();
             state.replace_config(new);
+            state.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
             state.set_reload_status(ReloadStatus {
                 result: "success",
@@ -34,6 +35,7 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
             true
         }
         Err(errors) => {
+            state.metrics.reloads.with_label_values(&["failure"]).inc();
             let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
             for problem in &problems {
                 tracing::error!(trigger, problem = %problem, "configuration reload rejected");
@@ -55,17 +57,22 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
 pub fn spawn_triggers(state: AppState) {
     #[cfg(unix)]
     {
-        let state = state.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP; reload by editing the config file");
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                reload(&state, "sighup");
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered here, not in the task, so a SIGHUP that arrives right
+        // after start-up reloads instead of killing the process.
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        reload(&state, "sighup");
+                    }
+                });
             }
-        });
+            Err(_) => {
+                tracing::warn!("cannot listen for SIGHUP; reload by editing the config file")
+            }
+        }
     }
     if let Some(path) = state.config().source.clone() {
         if let Err(err) = watch_file(state, &path) {

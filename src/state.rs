@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::drain::Drain;
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,8 @@ pub struct AppState {
     pub drain: Arc<Drain>,
     reload: Arc<Mutex<ReloadStatus>>,
     pub env: EnvLookup,
+    /// Outlives configurations: counters survive reloads.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The outcome of the last configuration reload, shown by `/readyz`.
@@ -43,6 +46,7 @@ impl AppState {
             drain: Arc::new(Drain::default()),
             reload: Arc::new(Mutex::new(ReloadStatus::default())),
             env,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 

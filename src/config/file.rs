@@ -15,6 +15,8 @@ pub struct ServerFile {
     pub drain_secs: Option<f64>,
     /// Interval of `: keep-alive` comments while a stream is silent (0: off).
     pub sse_keepalive_secs: Option<f64>,
+    /// Serve `/metrics` on this address instead of the main listener.
+    pub metrics_listen: Option<String>,
 }
 
 /// `[retry]`: attempts across a route's targets before the first byte.

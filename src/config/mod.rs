@@ -73,6 +73,8 @@ pub struct Config {
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.
     pub sse_keepalive: Option<Duration>,
+    /// A separate address for `/metrics` (else the main listener serves it).
+    pub metrics_listen: Option<SocketAddr>,
     pub retry: RetrySettings,
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,

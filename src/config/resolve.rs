@@ -61,6 +61,16 @@ pub fn resolve_reusing(
             &mut problems,
         )),
     };
+    let metrics_listen = parsed.server.metrics_listen.as_deref().and_then(|addr| {
+        addr.parse()
+            .map_err(|_| {
+                problems.push(ConfigProblem::new(
+                    "server.metrics_listen",
+                    format!("{addr:?} is not an address like 0.0.0.0:9090"),
+                ))
+            })
+            .ok()
+    });
     let retry = retry_settings(&parsed.retry, &mut problems);
     let breaker = breaker_settings(&parsed.breaker, &mut problems);
 
@@ -128,6 +138,7 @@ pub fn resolve_reusing(
         max_body_bytes,
         drain,
         sse_keepalive,
+        metrics_listen,
         retry,
         providers,
         routes,

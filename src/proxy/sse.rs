@@ -11,6 +11,7 @@ use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
+use prometheus::{Histogram, IntGauge};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -81,6 +82,9 @@ pub struct RelaySettings {
     pub keepalive: Option<Duration>,
     /// Cancelled when the gateway's drain deadline passes.
     pub shutdown: CancellationToken,
+    /// Silence between upstream events, this provider's series.
+    pub chunk_gap: Histogram,
+    pub open_streams: IntGauge,
 }
 
 /// The stream body sent to the client.
@@ -102,6 +106,15 @@ pub struct SseRelay {
     stats: Arc<StreamStats>,
     head_sent: bool,
     finished: bool,
+    last_event: Instant,
+    chunk_gap: Histogram,
+    open_streams: IntGauge,
+}
+
+impl Drop for SseRelay {
+    fn drop(&mut self) {
+        self.open_streams.dec();
+    }
 }
 
 impl SseRelay {
@@ -129,7 +142,11 @@ impl SseRelay {
             stats,
             head_sent: false,
             finished: false,
+            last_event: Instant::now(),
+            chunk_gap: settings.chunk_gap,
+            open_streams: settings.open_streams,
         };
+        relay.open_streams.inc();
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
             Some(Ok(events)) => {
@@ -155,6 +172,11 @@ impl SseRelay {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
                         let now = Instant::now();
+                        if self.head_sent {
+                            self.chunk_gap
+                                .observe((now - self.last_event).as_secs_f64());
+                        }
+                        self.last_event = now;
                         self.idle_timer.as_mut().reset(now + self.idle);
                         if let Some((every, timer)) = &mut self.keepalive {
                             timer.as_mut().reset(now + *every);

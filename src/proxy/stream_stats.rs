@@ -19,7 +19,9 @@ pub enum StreamEnd {
 /// Shared between the relay (writer) and the access log (reader).
 #[derive(Debug)]
 pub struct StreamStats {
-    started: Instant,
+    /// When the client's request arrived.
+    arrived: Instant,
+    first_event: std::sync::OnceLock<Instant>,
     events_bytes: AtomicU64,
     writes: AtomicU64,
     saw_done: AtomicBool,
@@ -27,10 +29,11 @@ pub struct StreamStats {
     end: Mutex<Option<StreamEnd>>,
 }
 
-impl Default for StreamStats {
-    fn default() -> Self {
+impl StreamStats {
+    pub fn new(arrived: Instant) -> Self {
         StreamStats {
-            started: Instant::now(),
+            arrived,
+            first_event: std::sync::OnceLock::new(),
             events_bytes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             saw_done: AtomicBool::new(false),
@@ -38,9 +41,22 @@ impl Default for StreamStats {
             end: Mutex::new(None),
         }
     }
-}
 
-impl StreamStats {
+    /// The first event is ready to go to the client.
+    pub fn mark_first_event(&self) {
+        let _ = self.first_event.set(Instant::now());
+    }
+
+    /// Time to first token: from the request's arrival to the first event.
+    pub fn first_event_after(&self) -> Option<std::time::Duration> {
+        self.first_event.get().map(|t| *t - self.arrived)
+    }
+
+    /// How long the stream has run since its first event.
+    pub fn streaming_for(&self) -> Option<std::time::Duration> {
+        self.first_event.get().map(Instant::elapsed)
+    }
+
     pub fn count_events(&self, bytes: usize) {
         self.events_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -77,9 +93,5 @@ impl StreamStats {
 
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
-    }
-
-    pub fn started(&self) -> Instant {
-        self.started
     }
 }

@@ -11,6 +11,7 @@ use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, parse_usage};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
@@ -26,13 +27,20 @@ pub struct UpstreamInfo {
     pub attempts: u32,
     /// Non-stream usage; streams report theirs through [`StreamStats`].
     pub usage: Option<Usage>,
+    /// From sending the upstream request to its response head.
+    pub time_to_head: Option<std::time::Duration>,
     pub stream: Option<Arc<StreamStats>>,
 }
 
 /// Per-request facts every attempt needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ForwardContext {
     pub request_id: HeaderValue,
+    /// When the client's request arrived.
+    pub arrived: Instant,
+    /// The route's name, a metric label.
+    pub route: Arc<str>,
+    pub metrics: Arc<Metrics>,
     /// Interval of `: keep-alive` comments on silent streams.
     pub keepalive: Option<std::time::Duration>,
     /// Cancelled when the drain deadline passes: open streams end.
@@ -46,6 +54,7 @@ impl UpstreamInfo {
             upstream_model: target.upstream_model.clone(),
             attempts: 1,
             usage: None,
+            time_to_head: None,
             stream: None,
         }
     }
@@ -89,13 +98,24 @@ pub async fn forward(
         .header("x-request-id", ctx.request_id.clone())
         .body(body.into_reqwest());
 
+    let sent = Instant::now();
+    ctx.metrics
+        .overhead
+        .with_label_values(&["before_upstream"])
+        .observe((sent - ctx.arrived).as_secs_f64());
     let response = match timeout_at(deadline, upstream.send()).await {
         Err(_) => return Err(timeout(provider, "the response head", started)),
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(response)) => response,
     };
     let status = response.status();
+    let time_to_head = sent.elapsed();
+    ctx.metrics
+        .upstream_head
+        .with_label_values(&[&*provider.name])
+        .observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
+    info.time_to_head = Some(time_to_head);
 
     if !status.is_success() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
@@ -122,7 +142,7 @@ pub async fn forward(
     }
 
     if request.stream && content_type.starts_with("text/event-stream") {
-        let stats = Arc::new(StreamStats::default());
+        let stats = Arc::new(StreamStats::new(ctx.arrived));
         let relay = SseRelay::start(
             Box::pin(response.bytes_stream()),
             RelaySettings {
@@ -132,10 +152,20 @@ pub async fn forward(
                 idle: provider.timeouts.idle,
                 keepalive: ctx.keepalive,
                 shutdown: ctx.shutdown.clone(),
+                chunk_gap: ctx.metrics.chunk_gap.with_label_values(&[&*provider.name]),
+                open_streams: ctx.metrics.open_streams.clone(),
             },
             stats.clone(),
         )
         .await?;
+        let first_event = Instant::now();
+        stats.mark_first_event();
+        if let Some(ttft) = stats.first_event_after() {
+            ctx.metrics
+                .time_to_first_token
+                .with_label_values(&[&*ctx.route, &*provider.name])
+                .observe(ttft.as_secs_f64());
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
@@ -147,6 +177,7 @@ pub async fn forward(
             .body(Body::from_stream(relay))
             .expect("valid response parts");
         response.extensions_mut().insert(info);
+        observe_after_head(&ctx.metrics, first_event);
         return Ok(response);
     }
 
@@ -155,6 +186,7 @@ pub async fn forward(
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(body)) => body,
     };
+    let body_read = Instant::now();
     if !looks_like_json_object(&body) || request.stream {
         let what = if request.stream {
             "a non-stream body to a stream request"
@@ -180,7 +212,17 @@ pub async fn forward(
         .body(Body::from(body))
         .expect("valid response parts");
     response.extensions_mut().insert(info);
+    observe_after_head(&ctx.metrics, body_read);
     Ok(response)
+}
+
+/// The gateway's own time between having the upstream's answer and handing
+/// the response to the server.
+fn observe_after_head(metrics: &Metrics, since: Instant) {
+    metrics
+        .overhead
+        .with_label_values(&["after_head"])
+        .observe(since.elapsed().as_secs_f64());
 }
 
 fn looks_like_json_object(body: &[u8]) -> bool {

@@ -1,8 +1,8 @@
 //! `POST /v1/chat/completions`: read the body once, route by model, forward.
 
-use crate::access_log::{RequestId, RequestedModel};
+use crate::access_log::{Arrived, RequestId, RequestedModel, RouteName};
 use crate::error::GatewayError;
-use crate::proxy::failover;
+use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
@@ -19,6 +19,10 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .expect("request_context middleware runs first");
+    let arrived = request
+        .extensions()
+        .get::<Arrived>()
+        .map_or_else(tokio::time::Instant::now, |a| a.0);
     let body = match read_body(request, config.max_body_bytes).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
@@ -55,6 +59,9 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
     }
     let ctx = ForwardContext {
         request_id,
+        arrived,
+        route: route.name.clone(),
+        metrics: state.metrics.clone(),
         keepalive: config.sse_keepalive,
         shutdown: state.drain.stream_token(),
     };
@@ -62,7 +69,21 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         route,
         &config.retry,
         |target| upstream::forward(target, &chat, &ctx),
-        |_target, _event| {},
+        |target, event| {
+            let outcome = match event {
+                Event::Attempt(AttemptOutcome::Success) => "success",
+                Event::Attempt(AttemptOutcome::Retry) => "retry",
+                Event::Attempt(AttemptOutcome::Failover) => "failover",
+                Event::Attempt(AttemptOutcome::KeyRejected) => "key_rejected",
+                Event::Attempt(AttemptOutcome::Error) => "error",
+                Event::BreakerOpen => "breaker_open",
+            };
+            state
+                .metrics
+                .attempts
+                .with_label_values(&[&*target.provider.name, outcome])
+                .inc();
+        },
     )
     .await;
     let mut response = match result {
@@ -87,6 +108,9 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         }
     }
     response.extensions_mut().insert(requested);
+    response
+        .extensions_mut()
+        .insert(RouteName(route.name.clone()));
     response
 }
 

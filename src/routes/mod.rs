@@ -2,4 +2,5 @@
 
 pub mod chat_completions;
 pub mod health;
+pub mod metrics;
 pub mod models;

@@ -203,7 +203,7 @@ fn free_addr() -> String {
 fn sigterm_drains_and_exits_zero() {
     let (mut child, mut stdout) = start_gateway(&["--listen", &free_addr()]);
     signal(&child, "TERM");
-    wait_for_line(&mut stdout, "drain");
+    wait_for_line(&mut stdout, "shutting down");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -4,6 +4,7 @@ mod cli;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod normalize;
 mod passthrough;
 mod resilience;

@@ -1,0 +1,178 @@
+//! Prometheus metrics: one registry per gateway, typed handles, one prefix.
+//! Label values come only from configured names (routes, providers, client
+//! key names) and fixed sets; a model that matches no route is `unknown`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Route label for a request whose model matched no route.
+pub const UNKNOWN_ROUTE: &str = "unknown";
+/// Route or provider label when there was none (e.g. a malformed body).
+pub const NONE: &str = "none";
+
+/// Latency buckets from 1 ms to 10 min (LLM requests are long).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+/// The gateway's own overhead: microseconds to milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_head: HistogramVec,
+    pub time_to_first_token: HistogramVec,
+    pub stream_duration: HistogramVec,
+    pub stream_chunks: IntCounterVec,
+    pub chunk_gap: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub open_streams: IntGauge,
+    pub overhead: HistogramVec,
+    pub reloads: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn name(short: &str) -> String {
+    format!("kimi_gateway_{short}")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg = registry.clone();
+        macro_rules! register {
+            ($metric:expr) => {{
+                let metric = $metric.expect("valid metric definition");
+                reg.register(Box::new(metric.clone()))
+                    .expect("metric registered once");
+                metric
+            }};
+        }
+        let counter = |short: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name(short), help), labels)
+        };
+        let histogram = |short: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            HistogramVec::new(
+                HistogramOpts::new(name(short), help).buckets(buckets.to_vec()),
+                labels,
+            )
+        };
+        let metrics = Metrics {
+            requests: register!(counter(
+                "requests_total",
+                "Requests answered, by route, provider, HTTP status and error type.",
+                &["route", "provider", "status", "error_type"]
+            )),
+            request_duration: register!(histogram(
+                "request_duration_seconds",
+                "Time from request to the end of the response body.",
+                &["route", "provider", "stream"],
+                LATENCY_BUCKETS
+            )),
+            upstream_head: register!(histogram(
+                "upstream_head_seconds",
+                "Time from sending an upstream request to its response head.",
+                &["provider"],
+                LATENCY_BUCKETS
+            )),
+            time_to_first_token: register!(histogram(
+                "time_to_first_token_seconds",
+                "Streams: time from the request to its first event.",
+                &["route", "provider"],
+                LATENCY_BUCKETS
+            )),
+            stream_duration: register!(histogram(
+                "stream_duration_seconds",
+                "Streams: time from the first event to the end.",
+                &["route", "provider"],
+                LATENCY_BUCKETS
+            )),
+            stream_chunks: register!(counter(
+                "stream_chunks_total",
+                "Streams: writes of events to clients.",
+                &["route", "provider"]
+            )),
+            chunk_gap: register!(histogram(
+                "stream_chunk_gap_seconds",
+                "Streams: silence between two upstream events.",
+                &["provider"],
+                LATENCY_BUCKETS
+            )),
+            tokens: register!(counter(
+                "tokens_total",
+                "Tokens reported by providers' usage, by kind (prompt, completion, cached).",
+                &["route", "provider", "key", "kind"]
+            )),
+            attempts: register!(counter(
+                "upstream_attempts_total",
+                "Upstream attempts by outcome (success, retry, failover, breaker_open, key_rejected, error).",
+                &["provider", "outcome"]
+            )),
+            rate_limited: register!(counter(
+                "rate_limited_total",
+                "Requests refused by a rate limit, by scope (key, key_model, provider, global).",
+                &["scope"]
+            )),
+            in_flight: register!(IntGauge::new(
+                name("in_flight_requests"),
+                "Requests being served (streams until they end)."
+            )),
+            open_streams: register!(IntGauge::new(
+                name("open_streams"),
+                "Streams being relayed."
+            )),
+            overhead: register!(histogram(
+                "overhead_seconds",
+                "Time the gateway itself spent: before the upstream request was sent, and after the response head arrived.",
+                &["phase"],
+                OVERHEAD_BUCKETS
+            )),
+            reloads: register!(counter(
+                "config_reloads_total",
+                "Configuration reloads by result (success, failure).",
+                &["result"]
+            )),
+            breaker_state: register!(IntGaugeVec::new(
+                Opts::new(
+                    name("breaker_state"),
+                    "Circuit state per target: 0 closed, 1 half-open, 2 open."
+                ),
+                &["provider", "target"]
+            )),
+            registry,
+        };
+        let build = register!(IntGaugeVec::new(
+            Opts::new(name("build_info"), "Build information; always 1."),
+            &["version"]
+        ));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failure"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
+        metrics
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        out
+    }
+}

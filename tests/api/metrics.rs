@@ -1,0 +1,248 @@
+//! `/metrics`: the series and their labels after real traffic, the separate
+//! metrics listener, `promtool check metrics`, and a real Prometheus
+//! scraping the gateway.
+
+use crate::helpers::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+async fn scrape(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample whose line starts with `series` (name + labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn traffic_shows_up_with_bounded_labels() {
+    let app = spawn_app_with("[retry]\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n", &[]).await;
+    assert_eq!(
+        app.chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+            .await
+            .status(),
+        200
+    );
+    let events = sse_data(
+        app.chat(chat_body("kimi-k2-turbo-preview", "[mock chunks=4]", true))
+            .await,
+    )
+    .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(
+        app.chat(chat_body("no-such-model-x1", "hi", false))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=server]",
+            false
+        ))
+        .await
+        .status(),
+        200
+    );
+
+    let text = scrape(&app).await;
+    let ok = r#"kimi_gateway_requests_total{error_type="none",provider="moonshot",route="kimi-k2-turbo-preview",status="200"}"#;
+    assert_eq!(sample(&text, ok), Some(2.0), "{text}");
+    // A client's unknown model string never becomes a label value.
+    assert!(!text.contains("no-such-model-x1"));
+    let unknown = r#"kimi_gateway_requests_total{error_type="resource_not_found_error",provider="none",route="unknown",status="404"}"#;
+    assert_eq!(sample(&text, unknown), Some(1.0));
+    // Tokens from usage, the stream's included (Moonshot: in choices[0]).
+    let prompt = r#"kimi_gateway_tokens_total{key="anonymous",kind="completion",provider="moonshot",route="kimi-k2-turbo-preview"}"#;
+    assert_eq!(
+        sample(&text, prompt),
+        Some(7.0 + 4.0),
+        "non-stream 7 + stream 4"
+    );
+    let cached = r#"kimi_gateway_tokens_total{key="anonymous",kind="cached",provider="moonshot",route="kimi-k2-turbo-preview"}"#;
+    assert_eq!(sample(&text, cached), Some(4.0));
+    // Fail-over is counted per provider and outcome.
+    let failover =
+        r#"kimi_gateway_upstream_attempts_total{outcome="failover",provider="moonshot"}"#;
+    assert_eq!(sample(&text, failover), Some(1.0));
+    let success =
+        r#"kimi_gateway_upstream_attempts_total{outcome="success",provider="agentsflare"}"#;
+    assert_eq!(sample(&text, success), Some(1.0));
+    let ttft = r#"kimi_gateway_time_to_first_token_seconds_count{provider="moonshot",route="kimi-k2-turbo-preview"}"#;
+    assert_eq!(sample(&text, ttft), Some(1.0));
+    let chunks =
+        r#"kimi_gateway_stream_chunks_total{provider="moonshot",route="kimi-k2-turbo-preview"}"#;
+    assert!(sample(&text, chunks).unwrap() >= 4.0);
+    assert_eq!(sample(&text, "kimi_gateway_in_flight_requests"), Some(0.0));
+    assert_eq!(sample(&text, "kimi_gateway_open_streams"), Some(0.0));
+    assert!(text.contains("kimi_gateway_overhead_seconds_bucket{phase=\"before_upstream\""));
+    assert!(text.contains("kimi_gateway_build_info{version="));
+    let breaker = r#"kimi_gateway_breaker_state{provider="moonshot",target="moonshot/kimi-k2.6"}"#;
+    assert_eq!(sample(&text, breaker), Some(0.0));
+}
+
+#[tokio::test]
+async fn open_streams_and_in_flight_count_live_streams() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body("kimi-k2.6", "[mock gate=live chunks=2]", true))
+        .await;
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, "kimi_gateway_open_streams"), Some(1.0));
+    assert_eq!(sample(&text, "kimi_gateway_in_flight_requests"), Some(1.0));
+    app.mock.release("live", 10);
+    sse_data(response).await;
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, "kimi_gateway_open_streams"), Some(0.0));
+    assert_eq!(sample(&text, "kimi_gateway_in_flight_requests"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
+    let app = spawn_app_with("[server]\nmetrics_listen = \"127.0.0.1:0\"\n", &[]).await;
+    let main = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(main.status(), 404);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = kimi_gateway::app::build_metrics_router(app.state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let text = app
+        .client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("kimi_gateway_build_info"));
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_exposition() {
+    let app = spawn_app().await;
+    app.chat(chat_body("kimi-k2.6", "hi", true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    app.chat(chat_body("kimi-k2.6", "[mock error=rate_limit]", false))
+        .await;
+    let text = scrape(&app).await;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test.sh installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool: {report}");
+    assert!(
+        report.trim().is_empty(),
+        "promtool found problems: {report}"
+    );
+}
+
+/// A real Prometheus, started on a free port with a generated scrape
+/// config; stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kimi-gateway\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed (scripts/test.sh installs Debian's prometheus)");
+    Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_series() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.chat(chat_body("kimi-chat", "hi", false)).await.status(),
+            200
+        );
+    }
+    let prometheus = start_prometheus(app.addr);
+    let query = r#"sum(kimi_gateway_requests_total{route="kimi-chat",provider="agentsflare",status="200"})"#;
+    let wait = async {
+        loop {
+            let answer = app
+                .client
+                .get(format!("{}/api/v1/query", prometheus.url))
+                .query(&[("query", query)])
+                .send()
+                .await;
+            if let Ok(answer) = answer
+                && let Ok(body) = answer.json::<serde_json::Value>().await
+                && let Some(value) = body["data"]["result"][0]["value"][1].as_str()
+            {
+                return value.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let value = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("Prometheus never returned the series");
+    assert_eq!(value, "3");
+}
