@@ -129,7 +129,11 @@ impl GatewayError {
         match self.error_type {
             ErrorType::ExceededCurrentQuotaError => false,
             ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => true,
-            ErrorType::ServerError => self.code.as_deref() != Some("provider_not_configured"),
+            // A missing or refused provider key needs an operator, not a retry.
+            ErrorType::ServerError => !matches!(
+                self.code.as_deref(),
+                Some("provider_not_configured" | "upstream_key_rejected")
+            ),
             _ => false,
         }
     }

@@ -160,6 +160,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{flavour}/v1/chat/completions", post(chat))
         .route("/{flavour}/v1/models", get(models))
+        // Vision requests carry base64 images: accept what a gateway would.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(shared)
 }
 

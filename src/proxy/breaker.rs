@@ -112,6 +112,13 @@ impl Breaker {
         }
     }
 
+    /// How long until an open circuit lets a probe through.
+    pub fn opens_in(&self) -> Option<Duration> {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        let now = now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
     /// Asks to send one attempt through this target.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         self.try_acquire_at(now_ms())

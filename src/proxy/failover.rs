@@ -221,14 +221,22 @@ where
         }
     }
     let error = last_error.unwrap_or_else(|| {
+        // Every target's circuit is open: say when the first one will probe.
+        let wait = order
+            .iter()
+            .filter_map(|t| t.breaker.opens_in())
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "every provider of model {:?} is failing (circuit open); try again shortly",
+                "every provider of model {:?} is failing (circuit open); try again in {secs} s",
                 &*route.name
             ),
         )
         .with_code("circuit_open")
+        .with_retry_after(Some(HeaderValue::from(secs.max(1))))
     });
     (Err(error), report)
 }

@@ -70,8 +70,10 @@ pub fn translate(
         .unwrap_or_else(|| classify(status, &lower));
     let status = match error_type {
         // The type decides the status, so clients see the documented pairing
-        // (e.g. a quota error that a provider sent as 403).
+        // (e.g. a quota error that a provider sent as 403) -- except a body
+        // too large, which keeps its own status.
         ErrorType::ServerError => server_status(status),
+        ErrorType::InvalidRequestError if status == StatusCode::PAYLOAD_TOO_LARGE => status,
         other => other.default_status(),
     };
     let mut err = GatewayError::new(status, error_type, message).with_retry_after(retry_after);
@@ -161,4 +163,64 @@ fn redact(message: &str, provider: &Provider) -> String {
         }
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> std::sync::Arc<Provider> {
+        let config = crate::config::resolve("", &|v| {
+            v.ends_with("_API_KEY")
+                .then(|| "secret-key-123".to_string())
+        })
+        .unwrap();
+        config.providers[0].clone()
+    }
+
+    #[test]
+    fn typed_moonshot_errors_keep_their_type() {
+        let body = br#"{"error":{"message":"slow down","type":"engine_overloaded_error"}}"#;
+        let err = translate(&provider(), StatusCode::TOO_MANY_REQUESTS, None, body);
+        assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn a_quota_error_sent_as_403_gets_the_documented_429() {
+        let body = br#"{"error":{"message":"no money","type":"exceeded_current_quota_error"}}"#;
+        let err = translate(&provider(), StatusCode::FORBIDDEN, None, body);
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn too_large_keeps_413() {
+        let err = translate(
+            &provider(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            b"Payload Too Large",
+        );
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(err.error_type, ErrorType::InvalidRequestError);
+    }
+
+    #[test]
+    fn the_gateways_key_is_never_echoed() {
+        let body = br#"{"message":"bad request for key secret-key-123","statusCode":400}"#;
+        let err = translate(&provider(), StatusCode::BAD_REQUEST, None, body);
+        assert!(!err.message.contains("secret-key-123"), "{}", err.message);
+    }
+
+    #[test]
+    fn non_json_error_bodies_get_a_generic_message() {
+        let err = translate(
+            &provider(),
+            StatusCode::BAD_GATEWAY,
+            None,
+            b"<html>oops</html>",
+        );
+        assert_eq!(err.error_type, ErrorType::ServerError);
+        assert!(err.message.contains("HTTP 502"));
+    }
 }

@@ -72,6 +72,7 @@ async fn a_provider_refusing_the_gateways_key_is_a_server_error_that_names_the_v
         let (model, content) = model.split_once(' ').unwrap_or((model, "hi"));
         let response = app.chat(chat_body(model, content, false)).await;
         assert_eq!(response.status(), 502, "{model}");
+        assert_eq!(response.headers()["x-should-retry"], "false");
         let text = response.text().await.unwrap();
         let body: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(body["error"]["type"], "server_error");

@@ -118,3 +118,23 @@ async fn non_stream_bodies_pass_through_unchanged() {
     assert_eq!(body["system_fingerprint"], "fp_mock");
     assert!(body["choices"][0]["content_filter_results"].is_object());
 }
+
+#[tokio::test]
+async fn a_multi_megabyte_vision_body_passes_through() {
+    let app = spawn_app().await;
+    let image = "A".repeat(3 * 1024 * 1024);
+    let body = serde_json::json!({
+        "model": "moonshot-v1-8k-vision-preview",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{image}")}},
+            {"type": "text", "text": "describe"}
+        ]}]
+    })
+    .to_string();
+    let response = app.chat_raw(body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        app.mock.requests_for(Flavour::Moonshot)[0].body,
+        body.as_bytes()
+    );
+}

@@ -285,6 +285,11 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     // Open: the provider is not asked at all.
     let response = app.chat(turbo("hi")).await;
     assert_eq!(response.status(), 503);
+    assert_eq!(
+        header(&response, "retry-after"),
+        "1",
+        "the cool-down is 0.3 s"
+    );
     assert_eq!(error_of(response).await["code"], "circuit_open");
     assert_eq!(seen(&app, Flavour::Moonshot), 2);
     let state = |ready: &serde_json::Value| {
