@@ -13,6 +13,25 @@ only_rust=false
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# System packages the suites start for real: Prometheus (and promtool) for the
+# metrics tests, Redis for the shared rate limits.
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # The package starts system services; the tests run their own instances.
+    (systemctl stop prometheus redis-server || service prometheus stop || true) >/dev/null 2>&1
+  else
+    echo "missing: ${need[*]} (install Debian's packages: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
 echo "== building binaries"
 cargo build --bins
 

@@ -1,0 +1,56 @@
+"""The SDK's retry logic driven by the gateway's headers: `Retry-After` is
+honoured on a 429, `x-should-retry: false` stops retries of errors that a
+retry cannot fix, and `x-should-retry: true` keeps 5xx retried. Attempts are
+counted with an httpx event hook on the client's http_client."""
+
+import openai
+import pytest
+
+
+def ask(client, provider, directive):
+    return client.chat.completions.create(
+        model=provider.model, messages=[{"role": "user", "content": directive}]
+    )
+
+
+def test_rate_limit_is_retried_after_retry_after(make_client, provider):
+    client, counter = make_client(max_retries=1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, provider, "[mock error=rate_limit retry_after=1]")
+    assert counter.count == 2
+    assert caught.value.response.headers["retry-after"] == "1"
+    # The SDK's own first backoff is at most 0.5 s: waiting about a second
+    # means it took the gateway's Retry-After.
+    assert counter.sent_at[1] - counter.sent_at[0] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "scenario, exception",
+    [
+        ("invalid_request", openai.BadRequestError),
+        ("content_filter", openai.BadRequestError),
+        ("permission", openai.PermissionDeniedError),
+        ("not_found", openai.NotFoundError),
+        ("quota", openai.RateLimitError),
+    ],
+)
+def test_errors_a_retry_cannot_fix_are_attempted_once(make_client, provider, scenario, exception):
+    client, counter = make_client(max_retries=2)
+    with pytest.raises(exception) as caught:
+        ask(client, provider, f"[mock error={scenario}]")
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert counter.count == 1
+
+
+def test_server_errors_are_retried(make_client, provider):
+    client, counter = make_client(max_retries=2)
+    with pytest.raises(openai.InternalServerError):
+        ask(client, provider, "[mock error=server]")
+    assert counter.count == 3
+
+
+def test_unknown_model_is_not_retried(make_client):
+    client, counter = make_client(max_retries=2)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert counter.count == 1
