@@ -1,13 +1,24 @@
 //! Logging set-up: human-readable on a terminal, JSON lines otherwise, filtered
-//! with `RUST_LOG` (default `info`).
+//! with `RUST_LOG` (default `info`). Lines are written by a dedicated thread,
+//! so a slow stdout never stalls a request; none are dropped (when its buffer
+//! is full, logging waits rather than losing access-log lines).
 
 use std::io::IsTerminal;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+/// Installs the subscriber; keep the guard alive until exit so the last lines
+/// are flushed.
+pub fn init() -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::io::stdout().is_terminal() {
+    let terminal = std::io::stdout().is_terminal();
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if terminal {
         builder.compact().init();
     } else {
         builder
@@ -16,4 +27,5 @@ pub fn init() {
             .with_current_span(false)
             .init();
     }
+    guard
 }
