@@ -3,22 +3,18 @@
 //! leaves). The log reads the outcome from response extensions, so errors are
 //! logged exactly once, here.
 
+use crate::body_guard::hold_until_body_ends;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::state::AppState;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::middleware::Next;
 use axum::response::Response;
-use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
-use http_body::{Frame, SizeHint};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// The request id: the client's `x-request-id` when usable, else generated.
@@ -79,12 +75,7 @@ pub async fn request_context(
         metrics: counted.then(|| state.metrics.clone()),
     };
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
-        response.map(|inner| {
-            Body::new(LoggedBody {
-                inner,
-                record: Some(record),
-            })
-        })
+        hold_until_body_ends(response, EmitOnDrop(Some(record)))
     } else {
         record.emit();
         response
@@ -171,36 +162,13 @@ impl AccessRecord {
     }
 }
 
-/// A response body that writes the access record when it is dropped: after
-/// its last frame, or when the client goes away mid-stream.
-struct LoggedBody {
-    inner: Body,
-    record: Option<AccessRecord>,
-}
+/// Writes the access record when dropped: after a streamed body's last
+/// frame, or when the client goes away mid-stream.
+struct EmitOnDrop(Option<AccessRecord>);
 
-impl http_body::Body for LoggedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
+impl Drop for EmitOnDrop {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
+        if let Some(record) = self.0.take() {
             record.emit();
         }
     }

@@ -74,30 +74,9 @@ fn check_accepts_the_example_config() {
 
 #[test]
 fn the_binary_serves_on_the_given_address() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = gateway()
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("MOONSHOT_API_KEY", "k")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The first log line is written once the listener is bound.
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "gateway exited before listening");
-        if line.contains("listening") {
-            break;
-        }
-    }
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let addr = free_addr();
+    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -113,30 +92,15 @@ fn the_binary_serves_on_the_given_address() {
 
 #[test]
 fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
+    let port = addr.rsplit(':').next().unwrap().to_string();
     let down = gateway()
         .args(["healthcheck", "--addr", &addr])
         .output()
         .unwrap();
     assert!(!down.status.success(), "nothing listens yet");
 
-    let mut child = gateway()
-        .args(["--listen", &addr])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
-    }
+    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
     // `--listen` with a wildcard address is probed on loopback.
     let up = gateway()
         .args(["--listen", &format!("0.0.0.0:{port}"), "healthcheck"])

@@ -94,14 +94,13 @@ impl TestApp {
 
     /// GET /readyz as JSON.
     pub async fn readyz(&self) -> serde_json::Value {
-        self.client
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json("/readyz").await
+    }
+
+    /// GET `path` as JSON, whatever the status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -154,15 +154,7 @@ async fn models_list_has_every_routable_name_with_its_owner() {
 #[tokio::test]
 async fn models_retrieve_accepts_ids_with_slashes() {
     let app = spawn_app().await;
-    let model: Value = app
-        .client
-        .get(app.url("/v1/models/moonshot/kimi-k2-preview"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let model = app.get_json("/v1/models/moonshot/kimi-k2-preview").await;
     assert_eq!(model["id"], "moonshot/kimi-k2-preview");
     assert_eq!(model["owned_by"], "aimlapi");
     let missing = app
