@@ -55,17 +55,22 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
 pub fn spawn_triggers(state: AppState) {
     #[cfg(unix)]
     {
-        let state = state.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP; reload by editing the config file");
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                reload(&state, "sighup");
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered before returning, so a SIGHUP sent right after start-up
+        // reloads instead of killing the process.
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        reload(&state, "sighup");
+                    }
+                });
             }
-        });
+            Err(_) => {
+                tracing::warn!("cannot listen for SIGHUP; reload by editing the config file")
+            }
+        }
     }
     if let Some(path) = state.config().source.clone() {
         if let Err(err) = watch_file(state, &path) {
