@@ -3,6 +3,7 @@
 //! leaves). The log reads the outcome from response extensions, so errors are
 //! logged exactly once, here.
 
+use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
@@ -46,6 +47,10 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         path,
         status: response.status(),
         started,
+        key: response
+            .extensions_mut()
+            .remove::<Caller>()
+            .map(|c| c.key_name),
         model: response.extensions_mut().remove::<RequestedModel>(),
         upstream: response.extensions_mut().remove::<UpstreamInfo>(),
         error: response.extensions().get::<GatewayError>().cloned(),
@@ -79,6 +84,8 @@ struct AccessRecord {
     path: Box<str>,
     status: StatusCode,
     started: Instant,
+    /// The client key's name (`anonymous` when the gateway is open).
+    key: Option<std::sync::Arc<str>>,
     model: Option<RequestedModel>,
     upstream: Option<UpstreamInfo>,
     error: Option<GatewayError>,
@@ -109,6 +116,7 @@ impl AccessRecord {
                     method = %self.method,
                     path = &*self.path,
                     status = self.status.as_u16(),
+                    key = self.key.as_deref().unwrap_or(""),
                     model = self.model.as_ref().map_or("", |m| &*m.0),
                     provider = upstream.map_or("", |u| &*u.provider),
                     upstream_model = upstream.map_or("", |u| &*u.upstream_model),

@@ -1,12 +1,15 @@
 //! The router and its one layer order, outermost first:
-//! catch-panic -> request id + access log -> route handler.
+//! catch-panic -> request id + access log -> client key (auth) -> route
+//! handler. Auth sits inside the access log so refused requests are logged
+//! too, with the caller's key name read from the response.
 
 use crate::access_log::request_context;
+use crate::auth::authenticate;
 use crate::error::{ErrorType, GatewayError};
 use crate::routes::{chat_completions, health, models};
 use crate::state::AppState;
 use axum::Router;
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
@@ -24,7 +27,8 @@ pub fn build_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(from_fn_with_state(state, authenticate))
         .layer(from_fn(request_context))
         .layer(CatchPanicLayer::custom(|_panic| internal_error()))
 }

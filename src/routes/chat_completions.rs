@@ -1,7 +1,12 @@
-//! `POST /v1/chat/completions`: read the body once, route by model, forward.
+//! `POST /v1/chat/completions`: read the body once, check the key may use
+//! the model, admit it against the rate limits, route by model, forward
+//! (each attempt admitted against its provider's limits).
 
 use crate::access_log::{RequestId, RequestedModel};
+use crate::auth::{self, Caller};
+use crate::config::Config;
 use crate::error::GatewayError;
+use crate::limits::estimate_tokens;
 use crate::proxy::failover;
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
@@ -19,6 +24,11 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .expect("request_context middleware runs first");
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous);
     let body = match read_body(request, config.max_body_bytes).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
@@ -28,8 +38,42 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         Err(err) => return err.into_response(),
     };
     let requested = RequestedModel(chat.model().into());
+    if caller
+        .key
+        .as_ref()
+        .is_some_and(|key| !key.may_use(chat.model()))
+    {
+        let err = auth::model_not_allowed(&caller, chat.model());
+        return with_extension(err.into_response(), requested);
+    }
+    let limits = &config.limits;
+    if limits.is_off() {
+        let response = route_and_forward(&state, &config, &chat, request_id, 0).await;
+        return with_extension(response, requested);
+    }
+    let estimate = estimate_tokens(&chat, limits.default_max_tokens);
+    let admission = match limits
+        .admit(caller.key.as_deref(), chat.model(), estimate)
+        .await
+    {
+        Ok(admission) => admission,
+        Err(refused) => return with_extension(refused, requested),
+    };
+    let response = route_and_forward(&state, &config, &chat, request_id, estimate).await;
+    with_extension(admission.finish(response), requested)
+}
+
+/// Routes by model and runs the fail-over loop; each attempt first takes
+/// its provider's limits (`estimate` tokens).
+async fn route_and_forward(
+    state: &AppState,
+    config: &Config,
+    chat: &ChatRequest,
+    request_id: HeaderValue,
+    estimate: u64,
+) -> Response {
     let Some(route) = config.routes.lookup(chat.model()) else {
-        let err = GatewayError::new(
+        return GatewayError::new(
             StatusCode::NOT_FOUND,
             crate::error::ErrorType::ResourceNotFoundError,
             format!(
@@ -38,30 +82,43 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
             ),
         )
         .with_param("model")
-        .with_code("model_not_found");
-        return with_extension(err.into_response(), requested);
+        .with_code("model_not_found")
+        .into_response();
     };
     if route.usable_targets().next().is_none() {
         let vars = route.missing_key_vars().join(" or ");
-        let err = GatewayError::server(
+        return GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "model {:?} is served by a provider that is not configured: set {vars}",
                 chat.model()
             ),
         )
-        .with_code("provider_not_configured");
-        return with_extension(err.into_response(), requested);
+        .with_code("provider_not_configured")
+        .into_response();
     }
     let ctx = ForwardContext {
         request_id,
         keepalive: config.sse_keepalive,
         shutdown: state.drain.stream_token(),
     };
+    let ctx = &ctx;
+    let limits = &config.limits;
     let (result, report) = failover::run(
         route,
         &config.retry,
-        |target| upstream::forward(target, &chat, &ctx),
+        |target| async move {
+            let slot = limits
+                .admit_provider(&target.provider.name, estimate)
+                .await?;
+            match upstream::forward(target, chat, ctx).await {
+                Ok(response) => Ok(slot.attach(response)),
+                Err(err) => {
+                    slot.refund();
+                    Err(err)
+                }
+            }
+        },
         |_target, _event| {},
     )
     .await;
@@ -86,7 +143,6 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
             info.attempts = report.attempts;
         }
     }
-    response.extensions_mut().insert(requested);
     response
 }
 

@@ -1,9 +1,13 @@
 //! One test binary for every API test (faster to link, one harness).
 
+mod auth;
 mod cli;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod limits;
+mod limits_concurrency;
+mod limits_tokens;
 mod normalize;
 mod passthrough;
 mod resilience;
