@@ -13,6 +13,17 @@ only_rust=false
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The Redis-backed rate-limit tests start their own redis-server.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Redis-backed rate-limit tests)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  # The tests start their own server; the packaged service is not needed.
+  $sudo_cmd service redis-server stop >/dev/null 2>&1 || true
+fi
+
 echo "== building binaries"
 cargo build --bins
 
