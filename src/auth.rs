@@ -128,6 +128,11 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may use the route name `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key.as_ref().is_none_or(|key| key.may_use(model))
+    }
+
     fn with_key(key: &Arc<ClientKey>) -> Self {
         Caller {
             key_name: key.name.clone(),
@@ -143,7 +148,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let caller = {
-        let config = state.config();
+        let config = state.peek_config();
         if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri().path()) {
             Caller::anonymous()
         } else {

@@ -98,6 +98,36 @@ async fn a_key_asking_for_a_model_outside_its_list_is_403() {
         error["message"].as_str().unwrap().contains("team-b"),
         "{error}"
     );
+    // The key's model list is all it sees.
+    let models: serde_json::Value = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth("sk-b")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.contains(&"kimi") && ids.contains(&"kimi-k2.6"),
+        "{ids:?}"
+    );
+    let hidden = app
+        .client
+        .get(app.url("/v1/models/kimi-chat"))
+        .bearer_auth("sk-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
     // The same model under its provider-prefixed name is another route name.
     let response = app
         .chat_as("sk-b", chat_body("moonshot/kimi-k2.6", "hi", false))
