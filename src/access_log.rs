@@ -3,6 +3,7 @@
 //! leaves). The log reads the outcome from response extensions, so errors are
 //! logged exactly once, here.
 
+use crate::auth::Caller;
 use crate::body_guard::hold_until_body_ends;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -28,10 +29,6 @@ pub struct RequestedModel(pub Box<str>);
 /// The configured route the model matched (a bounded metric label).
 #[derive(Debug, Clone)]
 pub struct RouteName(pub Arc<str>);
-
-/// The client key's configured name, set by authentication.
-#[derive(Debug, Clone)]
-pub struct KeyName(pub Arc<str>);
 
 /// When the request arrived, for overhead and time-to-first-token.
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +64,12 @@ pub async fn request_context(
         path,
         status: response.status(),
         started,
+        key: response
+            .extensions_mut()
+            .remove::<Caller>()
+            .map(|c| c.key_name),
         model: response.extensions_mut().remove::<RequestedModel>(),
         route: response.extensions_mut().remove::<RouteName>(),
-        key: response.extensions_mut().remove::<KeyName>(),
         upstream: response.extensions_mut().remove::<UpstreamInfo>(),
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
@@ -101,7 +101,8 @@ pub struct AccessRecord {
     pub started: Instant,
     pub model: Option<RequestedModel>,
     pub route: Option<RouteName>,
-    pub key: Option<KeyName>,
+    /// The client key's name (`anonymous` when the gateway is open).
+    pub key: Option<Arc<str>>,
     pub upstream: Option<UpstreamInfo>,
     pub error: Option<GatewayError>,
     /// Set for API requests, which are counted.
@@ -137,10 +138,10 @@ impl AccessRecord {
                     method = %self.method,
                     path = &*self.path,
                     status = self.status.as_u16(),
+                    key = self.key.as_deref().unwrap_or(""),
                     model = self.model.as_ref().map_or("", |m| &*m.0),
                     provider = upstream.map_or("", |u| &*u.provider),
                     upstream_model = upstream.map_or("", |u| &*u.upstream_model),
-                    key = self.key.as_ref().map_or("", |k| &*k.0),
                     attempts = upstream.map_or(0, |u| u.attempts),
                     time_to_head_ms = upstream.and_then(|u| u.time_to_head).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
                     time_to_first_token_ms = stream.and_then(|s| s.first_event_after()).map_or(0.0, |d| d.as_secs_f64() * 1000.0),

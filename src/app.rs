@@ -1,7 +1,10 @@
 //! The router and its one layer order, outermost first:
-//! catch-panic -> request id + access log -> route handler.
+//! catch-panic -> request id + access log -> client key (auth) -> route
+//! handler. Auth sits inside the access log so refused requests are logged
+//! too, with the caller's key name read from the response.
 
 use crate::access_log::request_context;
+use crate::auth::authenticate;
 use crate::error::{ErrorType, GatewayError};
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
@@ -30,6 +33,7 @@ pub fn build_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
+        .layer(from_fn_with_state(state.clone(), authenticate))
         .layer(from_fn_with_state(state, request_context))
         .layer(CatchPanicLayer::custom(|_panic| internal_error()))
 }

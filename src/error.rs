@@ -78,6 +78,13 @@ pub struct GatewayError {
     pub param: Option<Cow<'static, str>>,
     /// Forwarded from an upstream, or set by the gateway itself.
     pub retry_after: Option<HeaderValue>,
+    /// The same wait in milliseconds (`retry-after-ms`, read by the OpenAI
+    /// SDKs), when the gateway knows it that precisely.
+    /// (32 bits: small enough to keep the error type small; 49 days.)
+    pub retry_after_ms: Option<std::num::NonZeroU32>,
+    /// Set when a rate-limit scope of the gateway refused the request
+    /// (`key`, `key_model`, `provider`, `global`), for the metrics.
+    pub limit_scope: Option<&'static str>,
 }
 
 impl GatewayError {
@@ -93,6 +100,8 @@ impl GatewayError {
             message: message.into(),
             param: None,
             retry_after: None,
+            retry_after_ms: None,
+            limit_scope: None,
         }
     }
 
@@ -120,6 +129,15 @@ impl GatewayError {
 
     pub fn with_retry_after(mut self, value: Option<HeaderValue>) -> Self {
         self.retry_after = value;
+        self
+    }
+
+    /// Sets `Retry-After` (whole seconds, rounded up) and `retry-after-ms`.
+    pub fn with_retry_after_duration(mut self, wait: std::time::Duration) -> Self {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let ms = std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN);
+        self.retry_after = Some(HeaderValue::from(ms.get().div_ceil(1000)));
+        self.retry_after_ms = Some(ms);
         self
     }
 
@@ -203,6 +221,9 @@ impl IntoResponse for GatewayError {
         headers.insert("x-should-retry", HeaderValue::from_static(retry));
         if let Some(value) = &self.retry_after {
             headers.insert(header::RETRY_AFTER, value.clone());
+        }
+        if let Some(ms) = self.retry_after_ms {
+            headers.insert("retry-after-ms", HeaderValue::from(ms.get()));
         }
         // The access log reads the error from here, so it is logged exactly once.
         response.extensions_mut().insert(self);

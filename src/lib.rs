@@ -12,11 +12,13 @@
 
 pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod body_guard;
 pub mod config;
 pub mod drain;
 pub mod error;
 pub mod healthcheck;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

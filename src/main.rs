@@ -68,6 +68,10 @@ fn main() -> ExitCode {
             config.usable_providers().count(),
             config.routes.routes().len()
         );
+        match config.keys.len() {
+            0 => println!("note: no client keys: the gateway is open to anyone who can reach it"),
+            n => println!("{n} client key(s)"),
+        }
         for provider in config.providers.iter().filter(|p| !p.is_usable()) {
             println!(
                 "note: provider {} is not served: {} is not set",
@@ -107,6 +111,15 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     if config.usable_providers().next().is_none() {
         tracing::warn!("no provider has an API key: every chat request will fail until one is set");
     }
+    if config.keys.is_empty() {
+        tracing::warn!(
+            alert = "open_gateway",
+            "NO CLIENT KEYS CONFIGURED: the gateway is OPEN and anyone who can reach it \
+             spends the providers' accounts; add [keys.NAME] tables to require keys"
+        );
+    } else {
+        tracing::info!(keys = config.keys.len(), "client keys required");
+    }
     // Signal handlers exist before the "listening" line, so a signal sent as
     // soon as the gateway is up is handled, not fatal.
     let shutdown = shutdown_signal()?;
@@ -114,6 +127,8 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     let metrics_listen = config.metrics_listen;
     let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
+    // Signal handlers go in before "listening" is logged: a supervisor may
+    // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());
     if let Some(addr) = metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await?;

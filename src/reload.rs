@@ -22,6 +22,12 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
             if new.listen != current.listen {
                 tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
             }
+            if new.keys.is_empty() && !current.keys.is_empty() {
+                tracing::warn!(
+                    alert = "open_gateway",
+                    "the new configuration has no client keys: the gateway is now OPEN"
+                );
+            }
             let fingerprint = new.fingerprint.clone();
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();

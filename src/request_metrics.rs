@@ -38,7 +38,7 @@ pub fn observe(record: &AccessRecord, metrics: &Metrics) {
         .and_then(|u| u.usage)
         .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u));
     if let Some(usage) = usage {
-        let key = record.key.as_ref().map_or("anonymous", |k| &*k.0);
+        let key = record.key.as_deref().unwrap_or("anonymous");
         for (kind, count) in [
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),

@@ -23,7 +23,7 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = state.drain.clone();
     let graceful = async move {
         shutdown.await;
@@ -36,8 +36,17 @@ pub async fn run(
     tokio::pin!(serve);
 
     tokio::select! {
-        result = &mut serve => return result,
-        _ = signalled_rx => {}
+        biased;
+        Ok(()) = &mut signalled_rx => {}
+        result = &mut serve => {
+            // An idle server ends as soon as the signal lands, which can be
+            // while it is being polled here (the signal runs on another
+            // worker): the drain is then already over.
+            if signalled_rx.try_recv().is_ok() {
+                tracing::info!("drained: no request was in flight");
+            }
+            return result;
+        }
     }
     let deadline = state.config().drain;
     tracing::info!(

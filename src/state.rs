@@ -55,6 +55,13 @@ impl AppState {
         self.config.load_full()
     }
 
+    /// A short look at the configuration (no reference count taken, so no
+    /// cache line shared by every core): for middleware that reads it and
+    /// lets go before the handler runs.
+    pub fn peek_config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn replace_config(&self, config: Config) {
         self.config.store(Arc::new(config));

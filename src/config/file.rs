@@ -88,3 +88,48 @@ pub struct TargetFile {
     /// Share of traffic among targets of equal priority (default 1).
     pub weight: Option<u32>,
 }
+
+/// `[keys.NAME]`: one client key. The secret never appears in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct KeyFile {
+    /// Environment variable holding the key.
+    pub secret_env: Option<String>,
+    /// The key's SHA-256, in hex.
+    pub secret_sha256: Option<String>,
+    /// Read only to refuse it with a clear problem: no plain-text secrets.
+    pub secret: Option<toml::Value>,
+    /// Route names the key may use; absent: all.
+    pub models: Option<Vec<String>>,
+    pub limits: Option<LimitSpecFile>,
+    /// Limits of this key on one model, by route name.
+    pub model_limits: Option<BTreeMap<String, LimitSpecFile>>,
+}
+
+/// The limits one scope can set; absent: unlimited.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct LimitSpecFile {
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub concurrent_requests: Option<u64>,
+}
+
+/// `[limits]`: where limits are counted, and the global and provider scopes.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct LimitsFile {
+    /// `local` (default) or `redis`.
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    /// Environment variable that, when set, overrides `redis_url`.
+    pub redis_url_env: Option<String>,
+    /// `open` (default: local limits) or `closed` (503) while Redis is down.
+    pub on_redis_error: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub redis_lease_secs: Option<f64>,
+    pub provider_queue_ms: Option<u64>,
+    pub default_max_tokens: Option<u64>,
+    pub global: Option<LimitSpecFile>,
+    pub providers: Option<BTreeMap<String, LimitSpecFile>>,
+}

@@ -2,12 +2,16 @@
 //! variables, validated whole into one immutable [`Config`] snapshot.
 
 mod file;
+mod keys;
+mod limits;
 mod parse;
 pub mod presets;
 mod providers;
 mod resolve;
 mod settings;
 
+use crate::auth::KeyTable;
+use crate::limits::Limits;
 use crate::proxy::breaker::BreakerRegistry;
 use crate::proxy::failover::RetrySettings;
 use crate::proxy::route::RouteTable;
@@ -79,6 +83,10 @@ pub struct Config {
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
     pub breakers: BreakerRegistry,
+    /// Client keys; empty: the gateway is open.
+    pub keys: KeyTable,
+    /// Every limit scope, and where limits are counted.
+    pub limits: Limits,
     /// The file this configuration was read from, if any (for reloads).
     pub source: Option<std::path::PathBuf>,
     /// Short hash of the inputs, shown by `/readyz` to tell configs apart.

@@ -2,7 +2,9 @@
 //! unknown keys) with its key path instead of stopping at the first one.
 
 use super::ConfigProblem;
-use super::file::{AliasFile, BreakerFile, ProviderFile, RetryFile, ServerFile};
+use super::file::{
+    AliasFile, BreakerFile, KeyFile, LimitsFile, ProviderFile, RetryFile, ServerFile,
+};
 use serde::de::DeserializeOwned;
 
 /// A config file after parsing: sections keep the file's order.
@@ -13,6 +15,8 @@ pub struct ParsedFile {
     pub breaker: BreakerFile,
     pub providers: Vec<(String, ProviderFile)>,
     pub aliases: Vec<(String, AliasFile)>,
+    pub keys: Vec<(String, KeyFile)>,
+    pub limits: LimitsFile,
 }
 
 pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
@@ -55,6 +59,19 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
                     if let Some(alias) = section::<AliasFile>(entry, &path, problems) {
                         parsed.aliases.push((name, alias));
                     }
+                }
+            }
+            "keys" => {
+                for (name, entry) in subtables(value, "keys", problems) {
+                    let path = format!("keys.{name}");
+                    if let Some(key) = section::<KeyFile>(entry, &path, problems) {
+                        parsed.keys.push((name, key));
+                    }
+                }
+            }
+            "limits" => {
+                if let Some(limits) = section::<LimitsFile>(value, "limits", problems) {
+                    parsed.limits = limits;
                 }
             }
             other => problems.push(ConfigProblem::new(other, "unknown key")),

@@ -1,10 +1,13 @@
 //! Presets + file + environment into a validated [`Config`]; every problem is
 //! collected with its key path so `--check` can print them all at once.
 
+use super::keys::client_keys;
+use super::limits::limit_settings;
 use super::parse::parse;
 use super::providers::{build_provider, merge, preset_drafts};
 use super::settings::{breaker_settings, retry_settings, seconds};
 use super::{Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
+use crate::limits::{Limits, ScopeRegistry};
 use crate::proxy::breaker::BreakerRegistry;
 use crate::proxy::route::{AliasSpec, AliasTarget, RouteTable};
 use sha2::{Digest, Sha256};
@@ -126,12 +129,26 @@ pub fn resolve_reusing(
         aliases.push(AliasSpec { name, targets });
     }
 
-    if !problems.is_empty() {
-        return Err(ConfigErrors(problems));
-    }
+    let provider_names: Vec<&str> = providers.iter().map(|p| &*p.name).collect();
+    let limit_settings = limit_settings(&parsed.limits, &provider_names, env, &mut problems);
+
+    // Routes are built before the checks end: keys name the models they may use.
     let mut breakers = BreakerRegistry::new(breaker, previous.map(|p| &p.breakers));
     let routes = RouteTable::build(&providers, &aliases, &mut breakers);
     breakers.finish();
+    let mut registry = ScopeRegistry::new(previous.map(|p| p.limits.registry()));
+    let keys = client_keys(parsed.keys, env, &routes, &mut registry, &mut problems);
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    let keys_limited = keys.any_limits();
+    let limits = Limits::new(
+        limit_settings,
+        registry,
+        keys_limited,
+        previous.map(|p| &p.limits),
+    )
+    .map_err(|err| ConfigErrors(vec![ConfigProblem::new("limits.redis_url", err)]))?;
     let digest = fingerprint.finalize();
     Ok(Config {
         listen,
@@ -143,6 +160,8 @@ pub fn resolve_reusing(
         providers,
         routes,
         breakers,
+        keys,
+        limits,
         source: None,
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
     })

@@ -1,7 +1,12 @@
-//! `POST /v1/chat/completions`: read the body once, route by model, forward.
+//! `POST /v1/chat/completions`: read the body once, check the key may use
+//! the model, admit it against the rate limits, route by model, forward
+//! (each attempt admitted against its provider's limits).
 
 use crate::access_log::{Arrived, RequestId, RequestedModel, RouteName};
+use crate::auth::{self, Caller};
+use crate::config::Config;
 use crate::error::GatewayError;
+use crate::limits::estimate_tokens;
 use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
@@ -23,6 +28,11 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         .extensions()
         .get::<Arrived>()
         .map_or_else(tokio::time::Instant::now, |a| a.0);
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous);
     let body = match read_body(request, config.max_body_bytes).await {
         Ok(body) => body,
         Err(err) => return err.into_response(),
@@ -32,8 +42,46 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         Err(err) => return err.into_response(),
     };
     let requested = RequestedModel(chat.model().into());
+    if caller
+        .key
+        .as_ref()
+        .is_some_and(|key| !key.may_use(chat.model()))
+    {
+        let err = auth::model_not_allowed(&caller, chat.model());
+        return with_extension(err.into_response(), requested);
+    }
+    let limits = &config.limits;
+    if limits.is_off() {
+        let response = route_and_forward(&state, &config, &chat, request_id, arrived, 0).await;
+        return with_extension(response, requested);
+    }
+    let estimate = estimate_tokens(&chat, limits.default_max_tokens);
+    let admission = match limits
+        .admit(caller.key.as_deref(), chat.model(), estimate)
+        .await
+    {
+        Ok(admission) => admission,
+        Err(refused) => {
+            count_limited(&state, refused.extensions().get::<GatewayError>());
+            return with_extension(refused, requested);
+        }
+    };
+    let response = route_and_forward(&state, &config, &chat, request_id, arrived, estimate).await;
+    with_extension(admission.finish(response), requested)
+}
+
+/// Routes by model and runs the fail-over loop; each attempt first takes
+/// its provider's limits (`estimate` tokens).
+async fn route_and_forward(
+    state: &AppState,
+    config: &Config,
+    chat: &ChatRequest,
+    request_id: HeaderValue,
+    arrived: tokio::time::Instant,
+    estimate: u64,
+) -> Response {
     let Some(route) = config.routes.lookup(chat.model()) else {
-        let err = GatewayError::new(
+        return GatewayError::new(
             StatusCode::NOT_FOUND,
             crate::error::ErrorType::ResourceNotFoundError,
             format!(
@@ -42,20 +90,20 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
             ),
         )
         .with_param("model")
-        .with_code("model_not_found");
-        return with_extension(err.into_response(), requested);
+        .with_code("model_not_found")
+        .into_response();
     };
     if route.usable_targets().next().is_none() {
         let vars = route.missing_key_vars().join(" or ");
-        let err = GatewayError::server(
+        return GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "model {:?} is served by a provider that is not configured: set {vars}",
                 chat.model()
             ),
         )
-        .with_code("provider_not_configured");
-        return with_extension(err.into_response(), requested);
+        .with_code("provider_not_configured")
+        .into_response();
     }
     let ctx = ForwardContext {
         request_id,
@@ -65,10 +113,24 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         keepalive: config.sse_keepalive,
         shutdown: state.drain.stream_token(),
     };
+    let ctx = &ctx;
+    let limits = &config.limits;
     let (result, report) = failover::run(
         route,
         &config.retry,
-        |target| upstream::forward(target, &chat, &ctx),
+        |target| async move {
+            let slot = limits
+                .admit_provider(&target.provider.name, estimate)
+                .await
+                .inspect_err(|err| count_limited(state, Some(err)))?;
+            match upstream::forward(target, chat, ctx).await {
+                Ok(response) => Ok(slot.attach(response)),
+                Err(err) => {
+                    slot.refund();
+                    Err(err)
+                }
+            }
+        },
         |target, event| {
             let outcome = match event {
                 Event::Attempt(AttemptOutcome::Success) => "success",
@@ -107,11 +169,17 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
             info.attempts = report.attempts;
         }
     }
-    response.extensions_mut().insert(requested);
     response
         .extensions_mut()
         .insert(RouteName(route.name.clone()));
     response
+}
+
+/// Counts a refusal by one of the gateway's own rate-limit scopes.
+fn count_limited(state: &AppState, error: Option<&GatewayError>) {
+    if let Some(scope) = error.and_then(|e| e.limit_scope) {
+        state.metrics.rate_limited.with_label_values(&[scope]).inc();
+    }
 }
 
 fn with_extension(mut response: Response, requested: RequestedModel) -> Response {

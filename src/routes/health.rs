@@ -1,7 +1,8 @@
 //! `GET /healthz` (the process is up) and `GET /readyz` (ready to take
 //! traffic: not draining, a configuration loaded, at least one provider with
 //! a key, and not every target's circuit open). The readiness body shows each
-//! provider, each target's circuit state and the last reload's outcome.
+//! provider, each target's circuit state, the last reload's outcome and the
+//! rate limits' backend and health.
 
 use crate::proxy::breaker::BreakerState;
 use crate::state::AppState;
@@ -49,6 +50,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Some("no provider has an API key")
     } else if !any_closed {
         Some("every target's circuit is open")
+    } else if !config.limits.is_ready() {
+        Some("the rate-limit store is unreachable and limits.on_redis_error is \"closed\"")
     } else {
         None
     };
@@ -65,6 +68,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "last_reload": state.reload_status(),
         "providers": providers,
         "targets": targets,
+        "limits": config.limits.status(),
     });
     (status, Json(body)).into_response()
 }

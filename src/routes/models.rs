@@ -1,31 +1,43 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: every name the gateway routes
 //! to a provider that has a key, in OpenAI's list shape. Ids may contain `/`.
+//! A client key limited to some models sees only those.
 
+use crate::auth::Caller;
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::route::Route;
 use crate::state::AppState;
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
-pub async fn list(State(state): State<AppState>) -> Response {
+pub async fn list(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
     let config = state.config();
+    let allowed = |route: &&Arc<Route>| caller.as_ref().is_none_or(|c| c.may_use(&route.name));
     let data: Vec<Value> = config
         .routes
         .routes()
         .iter()
+        .filter(allowed)
         .filter_map(|route| model_object(route))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn retrieve(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
     let config = state.config();
+    let allowed = caller.as_ref().is_none_or(|c| c.may_use(&id));
     match config
         .routes
         .lookup(&id)
+        .filter(|_| allowed)
         .and_then(|route| model_object(route))
     {
         Some(model) => Json(model).into_response(),

@@ -121,6 +121,31 @@ impl TestApp {
     pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
         self.chat_raw(body.to_string()).await
     }
+
+    /// POSTs to the chat endpoint with `Authorization: Bearer <key>`.
+    pub async fn chat_as(&self, key: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .bearer_auth(key)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `condition` until it holds (10 s at most): for effects that land
+/// just after a response ends, such as a released concurrency slot.
+pub async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// A minimal chat body for `model`, with `content` as the user message.

@@ -1,12 +1,18 @@
 //! One test binary for every API test (faster to link, one harness).
 
+mod auth;
 mod cli;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod limits;
+mod limits_concurrency;
+mod limits_redis;
+mod limits_tokens;
 mod metrics;
 mod normalize;
 mod passthrough;
+mod redis_server;
 mod resilience;
 mod routing;
 mod streaming;

@@ -1,0 +1,239 @@
+//! Client keys: who is calling. A presented key is hashed with SHA-256 and
+//! found by its digest, so the gateway never holds or compares the secret
+//! itself; the digest comparison is constant-time. With no keys configured
+//! the gateway is open (and says so loudly at start-up). A few public paths
+//! (health, readiness, metrics) never need a key.
+
+use crate::error::{ErrorType, GatewayError};
+use crate::limits::Scope;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+use subtle::ConstantTimeEq;
+
+/// Paths served without a key even when keys are configured.
+pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// The name logged for requests when the gateway runs without keys.
+pub const ANONYMOUS: &str = "anonymous";
+
+static ANONYMOUS_NAME: LazyLock<Arc<str>> = LazyLock::new(|| ANONYMOUS.into());
+
+/// One configured client key. Its secret is kept only as a digest.
+pub struct ClientKey {
+    /// The configured name: logged, never the key.
+    pub name: Arc<str>,
+    digest: [u8; 32],
+    /// Route names this key may use; `None`: every one.
+    pub models: Option<HashSet<Box<str>>>,
+    /// `[keys.NAME.limits]`.
+    pub limits: Option<Arc<Scope>>,
+    /// `[keys.NAME.model_limits."MODEL"]`, by route name.
+    pub model_limits: HashMap<Box<str>, Arc<Scope>>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientKey {
+    pub fn new(name: Arc<str>, digest: [u8; 32]) -> Self {
+        ClientKey {
+            name,
+            digest,
+            models: None,
+            limits: None,
+            model_limits: HashMap::new(),
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+
+    fn has_limits(&self) -> bool {
+        self.limits.is_some() || !self.model_limits.is_empty()
+    }
+}
+
+/// SHA-256 of a key, as stored.
+pub fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Every configured key, by digest.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_digest: HashMap<[u8; 32], Arc<ClientKey>>,
+}
+
+impl KeyTable {
+    /// Adds a key; `false` when another key has the same secret.
+    pub fn insert(&mut self, key: ClientKey) -> bool {
+        match self.by_digest.entry(key.digest) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(key));
+                true
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn any_limits(&self) -> bool {
+        self.by_digest.values().any(|k| k.has_limits())
+    }
+
+    /// The key whose secret is `presented`. The map is keyed by digests, so
+    /// its probing reveals nothing about secrets (learning a digest's bytes
+    /// from timing would need SHA-256 preimages); the final comparison is
+    /// constant-time all the same.
+    pub fn find(&self, presented: &[u8]) -> Option<&Arc<ClientKey>> {
+        let wanted = digest(presented);
+        let key = self.by_digest.get(&wanted)?;
+        bool::from(key.digest.ct_eq(&wanted)).then_some(key)
+    }
+}
+
+/// Who is calling, in the request's extensions (for handlers) and the
+/// response's (for the access log).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name, or `anonymous` when the gateway runs open.
+    pub key_name: Arc<str>,
+    pub key: Option<Arc<ClientKey>>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Caller {
+            key_name: ANONYMOUS_NAME.clone(),
+            key: None,
+        }
+    }
+
+    /// Whether this caller may use the route name `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key.as_ref().is_none_or(|key| key.may_use(model))
+    }
+
+    fn with_key(key: &Arc<ClientKey>) -> Self {
+        Caller {
+            key_name: key.name.clone(),
+            key: Some(key.clone()),
+        }
+    }
+}
+
+/// Middleware: finds the caller's key, or answers 401.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = {
+        let config = state.peek_config();
+        if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri().path()) {
+            Caller::anonymous()
+        } else {
+            match presented_key(request.headers()) {
+                None => {
+                    return unauthenticated(
+                        "missing API key: send it as 'Authorization: Bearer <key>' or in 'x-api-key'",
+                    );
+                }
+                Some(presented) => match config.keys.find(presented) {
+                    Some(key) => Caller::with_key(key),
+                    None => return unauthenticated("invalid API key"),
+                },
+            }
+        }
+    };
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    response
+}
+
+/// The key from `Authorization: Bearer …`, else from `x-api-key`.
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|value| {
+        let bytes = value.as_bytes();
+        let (scheme, rest) = bytes.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    });
+    bearer
+        .or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
+        .map(|key| key.trim_ascii())
+        .filter(|key| !key.is_empty())
+}
+
+fn unauthenticated(message: &'static str) -> Response {
+    let mut response = GatewayError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorType::InvalidAuthenticationError,
+        message,
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// 403 for a key asking for a model it may not use.
+pub fn model_not_allowed(caller: &Caller, model: &str) -> GatewayError {
+    GatewayError::new(
+        StatusCode::FORBIDDEN,
+        ErrorType::PermissionDeniedError,
+        format!("key {} may not use model {model:?}", caller.key_name),
+    )
+    .with_param("model")
+    .with_code("model_not_allowed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_by_secret_only() {
+        let mut table = KeyTable::default();
+        assert!(table.insert(ClientKey::new("team-a".into(), digest(b"sk-a"))));
+        assert!(!table.insert(ClientKey::new("dup".into(), digest(b"sk-a"))));
+        assert_eq!(&*table.find(b"sk-a").unwrap().name, "team-a");
+        assert!(table.find(b"sk-b").is_none());
+        assert!(table.find(b"").is_none());
+    }
+
+    #[test]
+    fn reads_bearer_then_x_api_key() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("sk-x"));
+        assert_eq!(presented_key(&headers), Some(&b"sk-x"[..]));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer sk-b "),
+        );
+        assert_eq!(presented_key(&headers), Some(&b"sk-b"[..]));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&headers), Some(&b"sk-x"[..]));
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+}

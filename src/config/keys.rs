@@ -1,0 +1,170 @@
+//! `[keys.NAME]`: client keys, validated. A key's secret comes from the
+//! environment (`secret_env`) or as its SHA-256 (`secret_sha256`), never as
+//! plain text in the file; its models must be routable names; its limits
+//! become scopes that keep their state across reloads.
+
+use super::ConfigProblem;
+use super::file::KeyFile;
+use super::limits::limit_spec;
+use crate::auth::{ClientKey, KeyTable, digest};
+use crate::limits::{ScopeKind, ScopeRegistry};
+use crate::proxy::route::RouteTable;
+use std::collections::HashSet;
+
+pub fn client_keys(
+    files: Vec<(String, KeyFile)>,
+    env: &dyn Fn(&str) -> Option<String>,
+    routes: &RouteTable,
+    registry: &mut ScopeRegistry,
+    problems: &mut Vec<ConfigProblem>,
+) -> KeyTable {
+    let mut table = KeyTable::default();
+    for (name, file) in files {
+        let path = format!("keys.{name}");
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid_name {
+            problems.push(ConfigProblem::new(
+                &path,
+                "key names use letters, digits, '-', '_' and '.' (they appear in logs)",
+            ));
+            continue;
+        }
+        let Some(secret_digest) = secret_digest(&file, &path, env, problems) else {
+            continue;
+        };
+        let mut key = ClientKey::new(name.as_str().into(), secret_digest);
+        if let Some(models) = &file.models {
+            if models.is_empty() {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.models"),
+                    "is empty: leave it out to allow every model",
+                ));
+            }
+            let mut allowed = HashSet::new();
+            for (i, model) in models.iter().enumerate() {
+                if routes.lookup(model).is_none() {
+                    problems.push(ConfigProblem::new(
+                        format!("{path}.models[{i}]"),
+                        format!("unknown model {model:?}"),
+                    ));
+                }
+                allowed.insert(model.as_str().into());
+            }
+            key.models = Some(allowed);
+        }
+        if let Some(limits) = &file.limits {
+            let spec = limit_spec(limits, &format!("{path}.limits"), problems);
+            key.limits = registry.scope(ScopeKind::Key, &name, "", spec);
+        }
+        for (model, limits) in file.model_limits.iter().flatten() {
+            let mpath = format!("{path}.model_limits.{model:?}");
+            if routes.lookup(model).is_none() {
+                problems.push(ConfigProblem::new(
+                    &mpath,
+                    format!("unknown model {model:?}"),
+                ));
+            } else if !key.may_use(model) {
+                problems.push(ConfigProblem::new(
+                    &mpath,
+                    "the key may not use this model (see its models list)",
+                ));
+            }
+            let spec = limit_spec(limits, &mpath, problems);
+            if let Some(scope) = registry.scope(ScopeKind::KeyModel, &name, model, spec) {
+                key.model_limits.insert(model.as_str().into(), scope);
+            }
+        }
+        if !table.insert(key) {
+            problems.push(ConfigProblem::new(
+                &path,
+                "has the same secret as another key",
+            ));
+        }
+    }
+    table
+}
+
+/// The digest of the key's secret, from exactly one of its two sources.
+fn secret_digest(
+    file: &KeyFile,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<[u8; 32]> {
+    if file.secret.is_some() {
+        problems.push(ConfigProblem::new(
+            format!("{path}.secret"),
+            "plain-text secrets are not allowed in the file: use secret_env (an environment \
+             variable holding the key) or secret_sha256 (the key's SHA-256 in hex)",
+        ));
+        return None;
+    }
+    match (&file.secret_env, &file.secret_sha256) {
+        (Some(var), None) => match env(var).map(|v| v.trim().to_string()) {
+            Some(secret) if !secret.is_empty() => Some(digest(secret.as_bytes())),
+            _ => {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.secret_env"),
+                    format!("environment variable {var} is not set"),
+                ));
+                None
+            }
+        },
+        (None, Some(hex)) => {
+            let parsed = parse_hex(hex.trim());
+            if parsed.is_none() {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.secret_sha256"),
+                    "must be 64 hex digits (e.g. the output of: printf %s \"$KEY\" | sha256sum)",
+                ));
+            }
+            parsed
+        }
+        (Some(_), Some(_)) => {
+            problems.push(ConfigProblem::new(
+                path,
+                "set either secret_env or secret_sha256, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(ConfigProblem::new(
+                path,
+                "needs secret_env or secret_sha256",
+            ));
+            None
+        }
+    }
+}
+
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digests_parse_and_match_the_key() {
+        let hex: String = digest(b"sk-test")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(parse_hex(&hex), Some(digest(b"sk-test")));
+        assert_eq!(parse_hex(&hex.to_uppercase()), Some(digest(b"sk-test")));
+        assert_eq!(parse_hex("abc"), None);
+        assert_eq!(parse_hex(&"zz".repeat(32)), None);
+    }
+}

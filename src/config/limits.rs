@@ -1,0 +1,171 @@
+//! `[limits]` and every scope's limit table, validated: positive numbers,
+//! known providers, a Redis URL when the backend is Redis.
+
+use super::ConfigProblem;
+use super::file::{LimitSpecFile, LimitsFile};
+use super::settings::seconds;
+use crate::limits::{
+    DEFAULT_MAX_TOKENS, DEFAULT_PROVIDER_QUEUE, LimitSettings, LimitSpec, OnRedisError,
+    RedisSettings,
+};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+const DEFAULT_REDIS_PREFIX: &str = "kimi-gateway";
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// One scope's table: every value at least 1 (omit a limit for none).
+pub fn limit_spec(
+    file: &LimitSpecFile,
+    path: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> LimitSpec {
+    let mut positive = |value: Option<u64>, field: &str| match value {
+        Some(0) => {
+            problems.push(ConfigProblem::new(
+                format!("{path}.{field}"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+            None
+        }
+        other => other,
+    };
+    let small = |v: Option<u64>| v.map(|n| NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32));
+    let rpm = positive(file.requests_per_minute, "requests_per_minute");
+    let rpd = positive(file.requests_per_day, "requests_per_day");
+    let tpm = positive(file.tokens_per_minute, "tokens_per_minute");
+    let tpd = positive(file.tokens_per_day, "tokens_per_day");
+    let concurrent = positive(file.concurrent_requests, "concurrent_requests");
+    LimitSpec {
+        requests_per_minute: small(rpm).flatten(),
+        requests_per_day: small(rpd).flatten(),
+        tokens_per_minute: tpm.and_then(NonZeroU64::new),
+        tokens_per_day: tpd.and_then(NonZeroU64::new),
+        concurrent_requests: small(concurrent).flatten(),
+    }
+}
+
+/// `[limits]`; `providers` are the configured provider names.
+pub fn limit_settings(
+    file: &LimitsFile,
+    providers: &[&str],
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<ConfigProblem>,
+) -> LimitSettings {
+    let global = file
+        .global
+        .as_ref()
+        .map(|spec| limit_spec(spec, "limits.global", problems))
+        .unwrap_or_default();
+    let mut by_provider = Vec::new();
+    for (name, spec) in file.providers.iter().flatten() {
+        let path = format!("limits.providers.{name}");
+        if !providers.contains(&name.as_str()) {
+            problems.push(ConfigProblem::new(
+                &path,
+                format!("unknown provider {name:?}"),
+            ));
+            continue;
+        }
+        by_provider.push((name.clone(), limit_spec(spec, &path, problems)));
+    }
+    let default_max_tokens = match file.default_max_tokens {
+        Some(0) => {
+            problems.push(ConfigProblem::new(
+                "limits.default_max_tokens",
+                "must be at least 1",
+            ));
+            DEFAULT_MAX_TOKENS
+        }
+        other => other.unwrap_or(DEFAULT_MAX_TOKENS),
+    };
+    LimitSettings {
+        global,
+        providers: by_provider,
+        provider_queue: file
+            .provider_queue_ms
+            .map_or(DEFAULT_PROVIDER_QUEUE, Duration::from_millis),
+        default_max_tokens,
+        redis: redis_settings(file, env, problems),
+    }
+}
+
+fn redis_settings(
+    file: &LimitsFile,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<RedisSettings> {
+    let backend = file.backend.as_deref().unwrap_or("local");
+    let on_error = match file.on_redis_error.as_deref() {
+        None | Some("open") => OnRedisError::Open,
+        Some("closed") => OnRedisError::Closed,
+        Some(other) => {
+            problems.push(ConfigProblem::new(
+                "limits.on_redis_error",
+                format!("{other:?} is not \"open\" or \"closed\""),
+            ));
+            OnRedisError::Open
+        }
+    };
+    match backend {
+        "local" => return None,
+        "redis" => {}
+        other => {
+            problems.push(ConfigProblem::new(
+                "limits.backend",
+                format!("{other:?} is not \"local\" or \"redis\""),
+            ));
+            return None;
+        }
+    }
+    let from_env = file
+        .redis_url_env
+        .as_deref()
+        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+    let (url, source) = match (from_env, &file.redis_url) {
+        (Some((var, url)), _) => (url, var.to_string()),
+        (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
+        (None, None) => {
+            problems.push(ConfigProblem::new(
+                "limits.redis_url",
+                "required when limits.backend is \"redis\"",
+            ));
+            return None;
+        }
+    };
+    if redis::Client::open(url.trim()).is_err() {
+        // The URL may hold a password: name the problem, not the URL.
+        problems.push(ConfigProblem::new(
+            source,
+            "is not a Redis URL like redis://127.0.0.1:6379",
+        ));
+        return None;
+    }
+    let lease = seconds(
+        file.redis_lease_secs,
+        "limits.redis_lease_secs",
+        DEFAULT_LEASE,
+        problems,
+    );
+    let timeout = match file.redis_timeout_ms {
+        Some(0) => {
+            problems.push(ConfigProblem::new(
+                "limits.redis_timeout_ms",
+                "must be at least 1",
+            ));
+            DEFAULT_REDIS_TIMEOUT
+        }
+        other => other.map_or(DEFAULT_REDIS_TIMEOUT, Duration::from_millis),
+    };
+    Some(RedisSettings {
+        url: url.trim().to_string(),
+        prefix: file
+            .redis_key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
+        timeout,
+        lease,
+        on_error,
+    })
+}

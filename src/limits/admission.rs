@@ -1,0 +1,301 @@
+//! One request through the limits: admission against the caller's scopes
+//! (before routing) and each attempt's provider scope (inside fail-over),
+//! then settlement when the response body ends: tokens to real usage (none
+//! for an error, the estimate when the provider reported nothing) and
+//! concurrency slots released.
+
+use super::local::{self, LocalHold};
+use super::redis::{OnRedisError, RedisBackend, RedisHold};
+use super::spec::{Denial, LimitKind, Scope, Snapshot, Window};
+use super::{Backend, Limits, headers};
+use crate::auth::ClientKey;
+use crate::body_guard::hold_until_body_ends;
+use crate::error::GatewayError;
+use crate::proxy::request::ChatRequest;
+use crate::proxy::stream_stats::StreamStats;
+use crate::proxy::upstream::UpstreamInfo;
+use crate::proxy::usage::Usage;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a queued request asks Redis again for a provider slot.
+const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
+
+/// The tokens a request may use: its prompt (about four bytes a token)
+/// and its completion cap, or `default_max_tokens` when it sets none.
+pub fn estimate_tokens(chat: &ChatRequest, default_max_tokens: u64) -> u64 {
+    chat.body().len() as u64 / 4 + chat.max_tokens.unwrap_or(default_max_tokens)
+}
+
+/// What an admitted request holds, and the headroom it saw.
+#[derive(Debug, Default)]
+pub struct Admission {
+    hold: Hold,
+    estimate: u64,
+    snapshot: Snapshot,
+}
+
+#[derive(Debug, Default)]
+enum Hold {
+    #[default]
+    None,
+    Local(LocalHold),
+    Redis(RedisHold),
+}
+
+impl Hold {
+    fn settle(&mut self, estimate: u64, actual: u64) {
+        match self {
+            Hold::None => {}
+            Hold::Local(hold) => hold.settle(estimate, actual),
+            Hold::Redis(hold) => hold.settle(estimate, actual),
+        }
+    }
+}
+
+/// A provider attempt's headroom, passed to the request's headers.
+#[derive(Clone)]
+struct ProviderSnapshot(Snapshot);
+
+impl Limits {
+    /// Admits a request against the caller's key, key-and-model and global
+    /// scopes. A refusal is the finished 429 (or 503) response.
+    pub async fn admit(
+        &self,
+        key: Option<&ClientKey>,
+        model: &str,
+        estimate: u64,
+    ) -> Result<Admission, Response> {
+        let scopes: Vec<&Arc<Scope>> = [
+            key.and_then(|k| k.model_limits.get(model)),
+            key.and_then(|k| k.limits.as_ref()),
+            self.global.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if scopes.is_empty() {
+            return Ok(Admission::default());
+        }
+        let mut snapshot = Snapshot::default();
+        let hold = match &self.backend {
+            Backend::Local => local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local),
+            Backend::Redis(redis) => match redis.admit(&scopes, estimate, &mut snapshot).await {
+                Ok(result) => result.map(Hold::Redis),
+                Err(_) if redis.settings.on_error == OnRedisError::Open => {
+                    local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local)
+                }
+                Err(_) => return Err(store_unavailable().into_response()),
+            },
+        };
+        match hold {
+            Ok(hold) => Ok(Admission {
+                hold,
+                estimate,
+                snapshot,
+            }),
+            Err(denial) => {
+                let snapshot = denial_snapshot(&denial);
+                let mut response = denial.into_error().into_response();
+                headers::write(response.headers_mut(), &snapshot);
+                Err(response)
+            }
+        }
+    }
+
+    /// Admits one attempt against `provider`'s scope, queueing up to
+    /// `provider_queue` for a concurrency slot.
+    pub async fn admit_provider(
+        &self,
+        provider: &str,
+        estimate: u64,
+    ) -> Result<Admission, GatewayError> {
+        // Checked first: hashing the name is work too.
+        if self.providers.is_empty() {
+            return Ok(Admission::default());
+        }
+        let Some(scope) = self.providers.get(provider) else {
+            return Ok(Admission::default());
+        };
+        let mut snapshot = Snapshot::default();
+        let hold = match &self.backend {
+            Backend::Local => {
+                local::admit_queued(scope, estimate, self.provider_queue, &mut snapshot)
+                    .await
+                    .map(Hold::Local)
+            }
+            Backend::Redis(redis) => {
+                match self
+                    .redis_queued(redis, scope, estimate, &mut snapshot)
+                    .await
+                {
+                    Some(result) => result.map(Hold::Redis),
+                    None if redis.settings.on_error == OnRedisError::Open => {
+                        local::admit_queued(scope, estimate, self.provider_queue, &mut snapshot)
+                            .await
+                            .map(Hold::Local)
+                    }
+                    None => return Err(store_unavailable()),
+                }
+            }
+        };
+        match hold {
+            Ok(hold) => Ok(Admission {
+                hold,
+                estimate,
+                snapshot,
+            }),
+            Err(denial) => Err(denial.into_error()),
+        }
+    }
+
+    /// Redis has no waiting room: a provider at its cap is asked again
+    /// until a slot frees or the queue time is up. `None`: Redis is down.
+    async fn redis_queued(
+        &self,
+        redis: &Arc<RedisBackend>,
+        scope: &Arc<Scope>,
+        estimate: u64,
+        snapshot: &mut Snapshot,
+    ) -> Option<Result<RedisHold, Denial>> {
+        let deadline = Instant::now() + self.provider_queue;
+        loop {
+            match redis.admit(&[scope], estimate, snapshot).await.ok()? {
+                Err(denial)
+                    if denial.limit == LimitKind::ConcurrentRequests
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep_until(deadline.min(Instant::now() + REDIS_QUEUE_POLL)).await;
+                }
+                Err(mut denial) if denial.limit == LimitKind::ConcurrentRequests => {
+                    denial.retry_after = self.provider_queue;
+                    return Some(Err(denial));
+                }
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// An attempt that failed before any answer: its tokens go back.
+    pub fn refund(mut self) {
+        self.hold.settle(self.estimate, 0);
+    }
+
+    /// A provider attempt's answer: the slot is held and the tokens settled
+    /// when its body ends; its headroom goes to the request's headers.
+    pub fn attach(self, mut response: Response) -> Response {
+        if !self.snapshot.is_empty() {
+            response
+                .extensions_mut()
+                .insert(ProviderSnapshot(self.snapshot));
+        }
+        self.hold_until_end(response)
+    }
+
+    /// The request's response: writes the `x-ratelimit-*` headers of the
+    /// tightest scope (the request's or the provider's) and holds the
+    /// admission until the body ends.
+    pub fn finish(mut self, mut response: Response) -> Response {
+        if let Some(ProviderSnapshot(provider)) = response.extensions_mut().remove() {
+            self.snapshot.merge(&provider);
+        }
+        headers::write(response.headers_mut(), &self.snapshot);
+        self.hold_until_end(response)
+    }
+
+    fn hold_until_end(self, response: Response) -> Response {
+        if matches!(self.hold, Hold::None) {
+            return response;
+        }
+        let usage = UsageSource::of(&response);
+        hold_until_body_ends(
+            response,
+            Settlement {
+                hold: self.hold,
+                estimate: self.estimate,
+                usage,
+            },
+        )
+    }
+}
+
+/// Where a response's real token usage will be known.
+enum UsageSource {
+    /// An error: the provider did no work.
+    Nothing,
+    Known(u64),
+    /// A stream: read when it ends.
+    Stream(Arc<StreamStats>),
+    /// A success that reported nothing: the estimate stands.
+    Unknown,
+}
+
+impl UsageSource {
+    fn of(response: &Response) -> Self {
+        if !response.status().is_success() {
+            return UsageSource::Nothing;
+        }
+        let Some(info) = response.extensions().get::<UpstreamInfo>() else {
+            return UsageSource::Unknown;
+        };
+        match (&info.usage, &info.stream) {
+            (Some(usage), _) => UsageSource::Known(total(usage)),
+            (None, Some(stats)) => UsageSource::Stream(stats.clone()),
+            (None, None) => UsageSource::Unknown,
+        }
+    }
+}
+
+fn total(usage: &Usage) -> u64 {
+    usage
+        .total_tokens
+        .max(usage.prompt_tokens + usage.completion_tokens)
+}
+
+/// Settles the admission when the response body ends or is dropped.
+struct Settlement {
+    hold: Hold,
+    estimate: u64,
+    usage: UsageSource,
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let actual = match &self.usage {
+            UsageSource::Nothing => 0,
+            UsageSource::Known(tokens) => *tokens,
+            UsageSource::Stream(stats) => stats.usage().map_or(self.estimate, |(u, _)| total(&u)),
+            UsageSource::Unknown => self.estimate,
+        };
+        self.hold.settle(self.estimate, actual);
+    }
+}
+
+/// The headers of a refusal: the refusing limit, with nothing left.
+fn denial_snapshot(denial: &Denial) -> Snapshot {
+    let window = Window {
+        limit: denial.value,
+        remaining: 0,
+        reset: denial.retry_after,
+    };
+    let mut snapshot = Snapshot::default();
+    match denial.limit {
+        LimitKind::ConcurrentRequests => {}
+        kind if kind.is_requests() => snapshot.requests = Some(window),
+        _ => snapshot.tokens = Some(window),
+    }
+    snapshot
+}
+
+fn store_unavailable() -> GatewayError {
+    GatewayError::server(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rate limits cannot be checked: the rate-limit store is unreachable; try again shortly",
+    )
+    .with_code("rate_limit_store_unavailable")
+}

@@ -1,0 +1,57 @@
+-- Admits one request against several limits at once, all or nothing, on
+-- Redis's own clock (so replicas with skewed clocks agree).
+--
+-- KEYS[i]  one key per limit
+-- ARGV[1]  lease id (concurrency), ARGV[2] lease length in ms
+-- then four values per limit: kind, limit, period in ms, cost
+--   kind 'g': a GCRA bucket (requests cost 1, tokens cost their estimate);
+--             the key holds the theoretical arrival time in ms
+--   kind 'c': a concurrency limit; the key is a sorted set of lease ids
+--             scored by when they expire
+--
+-- Returns {1, remaining_1, reset_ms_1, remaining_2, ...} when admitted,
+-- or {0, index of the refusing limit, retry-after in ms}.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+local lease, lease_ms = ARGV[1], tonumber(ARGV[2])
+local next_tat = {}
+local out = {1}
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local kind = ARGV[at + 1]
+  local limit = tonumber(ARGV[at + 2])
+  local period = tonumber(ARGV[at + 3])
+  local cost = tonumber(ARGV[at + 4])
+  if kind == 'c' then
+    -- Leases of replicas that died without releasing them expire here.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local used = redis.call('ZCARD', key)
+    if used >= limit then
+      return {0, i, 1000}
+    end
+    out[#out + 1] = limit - used - 1
+    out[#out + 1] = 0
+  else
+    local interval = period / limit
+    local tat = math.max(tonumber(redis.call('GET', key)) or now, now)
+    -- A full bucket admits a cost larger than itself (a big max_tokens).
+    local conforms_at = tat + math.min(cost, limit) * interval - period
+    if conforms_at > now then
+      return {0, i, math.ceil(conforms_at - now)}
+    end
+    next_tat[i] = tat + cost * interval
+    local debt = next_tat[i] - now
+    out[#out + 1] = math.max(0, math.floor((period - debt) / interval))
+    out[#out + 1] = math.ceil(debt)
+  end
+end
+for i, key in ipairs(KEYS) do
+  if next_tat[i] then
+    local tat = next_tat[i]
+    redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+  else
+    redis.call('ZADD', key, now + lease_ms, lease)
+    redis.call('PEXPIRE', key, lease_ms * 2)
+  end
+end
+return out

@@ -1,0 +1,258 @@
+//! One request's limits in Redis: the admission script call that checks
+//! and takes them all at once, and the hold that settles tokens and
+//! releases concurrency leases when the response ends (refreshing the
+//! leases meanwhile, so a long stream keeps its slot and a dead replica's
+//! slots expire).
+
+use super::RedisBackend;
+use crate::limits::spec::{DAY, Denial, LimitKind, MINUTE, Scope, Snapshot, Window};
+use redis::Script;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
+static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
+
+/// One limit as the scripts see it.
+#[derive(Debug, Clone)]
+struct Check {
+    key: String,
+    concurrency: bool,
+    limit: u64,
+    period_ms: u64,
+    kind: LimitKind,
+    scope: usize,
+}
+
+/// What an admission in Redis holds until the response ends.
+#[derive(Debug)]
+pub struct RedisHold {
+    backend: Arc<RedisBackend>,
+    lease: String,
+    /// Token and concurrency checks: what the finish script undoes.
+    held: Vec<Check>,
+    /// Tokens to add at the end (real usage minus the estimate).
+    delta: i64,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RedisHold {
+    pub fn settle(&mut self, estimate: u64, actual: u64) {
+        self.delta = actual as i64 - estimate as i64;
+    }
+}
+
+impl Drop for RedisHold {
+    fn drop(&mut self) {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+        let held: Vec<Check> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|c| c.concurrency || self.delta != 0)
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the leases expire on their own
+        };
+        let backend = self.backend.clone();
+        let lease = std::mem::take(&mut self.lease);
+        let delta = self.delta;
+        runtime.spawn(async move {
+            let Some(mut conn) = backend.connection().await else {
+                return;
+            };
+            let mut call = FINISH.prepare_invoke();
+            call.arg(&lease);
+            for check in &held {
+                call.key(&check.key);
+                call.arg(if check.concurrency { "c" } else { "g" })
+                    .arg(check.limit)
+                    .arg(check.period_ms)
+                    .arg(delta);
+            }
+            if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
+                backend.report_failure(&err);
+            }
+        });
+    }
+}
+
+/// Why an admission could not be decided in Redis.
+pub struct Unavailable;
+
+impl RedisBackend {
+    /// Checks and takes every limit of `scopes` in one script call.
+    pub async fn admit(
+        self: &Arc<Self>,
+        scopes: &[&Arc<Scope>],
+        estimate: u64,
+        snapshot: &mut Snapshot,
+    ) -> Result<Result<RedisHold, Denial>, Unavailable> {
+        let checks = self.checks(scopes);
+        let Some(mut conn) = self.connection().await else {
+            return Err(Unavailable);
+        };
+        let lease = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        let mut call = ADMIT.prepare_invoke();
+        call.arg(&lease).arg(lease_ms);
+        for check in &checks {
+            let cost = if check.concurrency || check.kind.is_requests() {
+                1
+            } else {
+                estimate
+            };
+            call.key(&check.key);
+            call.arg(if check.concurrency { "c" } else { "g" })
+                .arg(check.limit)
+                .arg(check.period_ms)
+                .arg(cost);
+        }
+        let reply: Vec<i64> = match call.invoke_async(&mut conn).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.report_failure(&err);
+                return Err(Unavailable);
+            }
+        };
+        if reply.first() == Some(&0) {
+            let check = &checks[(reply[1] as usize).saturating_sub(1).min(checks.len() - 1)];
+            let scope = scopes[check.scope];
+            return Ok(Err(Denial {
+                label: scope.label.clone(),
+                scope: scope.kind,
+                limit: check.kind,
+                value: check.limit,
+                retry_after: Duration::from_millis(reply[2].max(1) as u64),
+            }));
+        }
+        for (check, pair) in checks.iter().zip(reply[1..].chunks(2)) {
+            let window = Window {
+                limit: check.limit,
+                remaining: pair[0].max(0) as u64,
+                reset: Duration::from_millis(pair[1].max(0) as u64),
+            };
+            match check.kind {
+                LimitKind::ConcurrentRequests => {}
+                kind if kind.is_requests() => snapshot.note_requests(window),
+                _ => snapshot.note_tokens(window),
+            }
+        }
+        let held: Vec<Check> = checks
+            .into_iter()
+            .filter(|c| !c.kind.is_requests())
+            .collect();
+        let refresher = held
+            .iter()
+            .any(|c| c.concurrency)
+            .then(|| self.spawn_refresher(&lease, &held));
+        Ok(Ok(RedisHold {
+            backend: self.clone(),
+            lease,
+            held,
+            delta: 0,
+            refresher,
+        }))
+    }
+
+    /// The scopes' limits in the order local admission checks them:
+    /// concurrency, then tokens, then requests.
+    fn checks(&self, scopes: &[&Arc<Scope>]) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let minute = MINUTE.as_millis() as u64;
+        let day = DAY.as_millis() as u64;
+        for pass in 0..3 {
+            for (i, scope) in scopes.iter().enumerate() {
+                let s = &scope.spec;
+                let limits: [(Option<u64>, LimitKind, u64, &str); 5] = [
+                    (
+                        s.concurrent_requests.map(|n| n.get().into()),
+                        LimitKind::ConcurrentRequests,
+                        0,
+                        "conc",
+                    ),
+                    (
+                        s.tokens_per_minute.map(|n| n.get()),
+                        LimitKind::TokensPerMinute,
+                        minute,
+                        "tpm",
+                    ),
+                    (
+                        s.tokens_per_day.map(|n| n.get()),
+                        LimitKind::TokensPerDay,
+                        day,
+                        "tpd",
+                    ),
+                    (
+                        s.requests_per_minute.map(|n| n.get().into()),
+                        LimitKind::RequestsPerMinute,
+                        minute,
+                        "rpm",
+                    ),
+                    (
+                        s.requests_per_day.map(|n| n.get().into()),
+                        LimitKind::RequestsPerDay,
+                        day,
+                        "rpd",
+                    ),
+                ];
+                for (value, kind, period_ms, suffix) in limits {
+                    let stage = match kind {
+                        LimitKind::ConcurrentRequests => 0,
+                        LimitKind::TokensPerMinute | LimitKind::TokensPerDay => 1,
+                        _ => 2,
+                    };
+                    let Some(limit) = value.filter(|_| stage == pass) else {
+                        continue;
+                    };
+                    checks.push(Check {
+                        key: format!("{}:{}:{suffix}", self.settings.prefix, scope.id),
+                        concurrency: kind == LimitKind::ConcurrentRequests,
+                        limit,
+                        period_ms,
+                        kind,
+                        scope: i,
+                    });
+                }
+            }
+        }
+        checks
+    }
+
+    /// Extends the leases every third of their length until aborted.
+    fn spawn_refresher(
+        self: &Arc<Self>,
+        lease: &str,
+        held: &[Check],
+    ) -> tokio::task::JoinHandle<()> {
+        let backend = self.clone();
+        let lease = lease.to_string();
+        let keys: Vec<String> = held
+            .iter()
+            .filter(|c| c.concurrency)
+            .map(|c| c.key.clone())
+            .collect();
+        tokio::spawn(async move {
+            let every = backend.settings.lease / 3;
+            let lease_ms = backend.settings.lease.as_millis() as u64;
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(mut conn) = backend.connection().await else {
+                    continue;
+                };
+                let mut call = REFRESH.prepare_invoke();
+                call.arg(&lease).arg(lease_ms);
+                for key in &keys {
+                    call.key(key);
+                }
+                if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
+                    backend.report_failure(&err);
+                }
+            }
+        })
+    }
+}

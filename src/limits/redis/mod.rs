@@ -1,0 +1,251 @@
+//! Limits shared by every replica through Redis. Each admission is one Lua
+//! script call that checks and takes every limit of the request at once
+//! ([`hold`]). A supervisor task owns the connection's health: when a call
+//! fails the backend turns unhealthy (logged once per outage), requests stop
+//! touching Redis and fall back (`on_redis_error`: local limits, or 503),
+//! and the supervisor probes until Redis answers again.
+
+mod hold;
+
+pub use hold::RedisHold;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often an unhealthy backend probes Redis.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+const STARTING: u8 = 0;
+const HEALTHY: u8 = 1;
+const DOWN: u8 = 2;
+
+/// What requests get while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Fall back to each replica's local limits.
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+impl OnRedisError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRedisError::Open => "open",
+            OnRedisError::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Start of every key, so several gateways can share one Redis.
+    pub prefix: String,
+    /// Longest wait for a connection or an answer.
+    pub timeout: Duration,
+    /// A concurrency slot's lease; refreshed every third of it.
+    pub lease: Duration,
+    pub on_error: OnRedisError,
+}
+
+/// One Redis connection (multiplexed) and its health.
+pub struct RedisBackend {
+    pub settings: RedisSettings,
+    client: redis::Client,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    conn: arc_swap::ArcSwapOption<ConnectionManager>,
+    state: AtomicU8,
+    started: AtomicBool,
+    outages: AtomicU64,
+    /// Wakes the supervisor when a request saw Redis fail.
+    failed: Notify,
+    /// Wakes requests waiting for the first connection attempt.
+    settled: Notify,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.settings.prefix)
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Checks the URL; connects only when first used, inside the runtime.
+    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
+        Ok(RedisBackend {
+            settings,
+            client,
+            shared: Arc::new(Shared {
+                conn: arc_swap::ArcSwapOption::empty(),
+                state: AtomicU8::new(STARTING),
+                started: AtomicBool::new(false),
+                outages: AtomicU64::new(0),
+                failed: Notify::new(),
+                settled: Notify::new(),
+                stop: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == HEALTHY
+    }
+
+    /// Outages seen since start (each logged once).
+    pub fn outages(&self) -> u64 {
+        self.shared.outages.load(Ordering::Relaxed)
+    }
+
+    /// The connection to use now, or `None` while Redis is unreachable.
+    /// The first caller starts the supervisor; callers before its first
+    /// attempt has finished wait for it (bounded by the timeout).
+    pub async fn connection(&self) -> Option<ConnectionManager> {
+        self.start();
+        if self.shared.state.load(Ordering::Acquire) == STARTING {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.shared.state.load(Ordering::Acquire) == STARTING {
+                let _ = tokio::time::timeout(self.settings.timeout * 2, settled).await;
+            }
+        }
+        if !self.is_healthy() {
+            return None;
+        }
+        self.shared.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// Notes a failed call: the first failure of an outage logs it and hands
+    /// Redis to the supervisor; later ones are silent.
+    pub fn report_failure(&self, err: &redis::RedisError) {
+        let shared = &self.shared;
+        if shared
+            .state
+            .compare_exchange(HEALTHY, DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            shared.outages.fetch_add(1, Ordering::Relaxed);
+            log_outage(&self.settings, &err.to_string());
+            shared.failed.notify_one();
+        }
+    }
+
+    /// Starts the supervisor (once); needs a Tokio runtime.
+    pub fn start(&self) {
+        if self.shared.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.settings.timeout))
+            .set_response_timeout(Some(self.settings.timeout))
+            .set_number_of_retries(1);
+        tokio::spawn(supervise(
+            self.shared.clone(),
+            self.client.clone(),
+            config,
+            self.settings.clone(),
+        ));
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+/// Connects, then alternates between waiting for a reported failure and
+/// probing until Redis answers again. Ends when the backend is dropped.
+async fn supervise(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    settings: RedisSettings,
+) {
+    loop {
+        let failed = shared.failed.notified();
+        let result = probe(&shared, &client, &config, settings.timeout).await;
+        let previous = match &result {
+            Ok(()) => shared.state.swap(HEALTHY, Ordering::AcqRel),
+            Err(_) => shared.state.swap(DOWN, Ordering::AcqRel),
+        };
+        match (&result, previous) {
+            (Ok(()), DOWN) => tracing::info!(
+                alert = "rate_limit_store",
+                "rate-limit store (Redis) reachable again: limits are shared again"
+            ),
+            (Ok(()), _) => tracing::info!("rate-limit store (Redis) connected"),
+            (Err(err), STARTING | HEALTHY) => {
+                shared.outages.fetch_add(1, Ordering::Relaxed);
+                log_outage(&settings, err);
+            }
+            (Err(_), _) => {}
+        }
+        shared.settled.notify_waiters();
+        let wait = async {
+            if result.is_ok() {
+                failed.await;
+            } else {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        };
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = wait => {}
+        }
+    }
+}
+
+/// Connects when there is no connection yet, else sends a PING.
+async fn probe(
+    shared: &Shared,
+    client: &redis::Client,
+    config: &ConnectionManagerConfig,
+    timeout: Duration,
+) -> Result<(), String> {
+    let conn = match shared.conn.load_full() {
+        Some(conn) => (*conn).clone(),
+        None => {
+            let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
+            let conn = match tokio::time::timeout(timeout * 2, connect).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) => return Err(err.to_string()),
+                Err(_) => return Err("timed out connecting".into()),
+            };
+            shared.conn.store(Some(Arc::new(conn.clone())));
+            conn
+        }
+    };
+    let mut conn = conn;
+    let ping = redis::cmd("PING");
+    match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out waiting for PING".into()),
+    }
+}
+
+fn log_outage(settings: &RedisSettings, reason: &str) {
+    let effect = match settings.on_error {
+        OnRedisError::Open => "each replica falls back to its local limits",
+        OnRedisError::Closed => "chat requests are refused with 503",
+    };
+    tracing::error!(
+        alert = "rate_limit_store",
+        on_redis_error = settings.on_error.as_str(),
+        "rate-limit store (Redis) unreachable: {effect} until it is back: {reason}"
+    );
+}

@@ -1,0 +1,262 @@
+//! What a scope limits (the five limits a configuration can set), who the
+//! scope is (its stable id and the label used in messages), and what the
+//! client is told: a denial, or the headroom left for the response headers.
+
+use super::local::LocalState;
+use crate::error::{ErrorType, GatewayError};
+use http::StatusCode;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+pub const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// One scope's limits, as configured; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LimitSpec {
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub requests_per_day: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU64>,
+    pub tokens_per_day: Option<NonZeroU64>,
+    pub concurrent_requests: Option<NonZeroU32>,
+}
+
+impl LimitSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitSpec::default()
+    }
+
+    pub fn limits_tokens(&self) -> bool {
+        self.tokens_per_minute.is_some() || self.tokens_per_day.is_some()
+    }
+}
+
+/// One of the five limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    RequestsPerMinute,
+    RequestsPerDay,
+    TokensPerMinute,
+    TokensPerDay,
+    ConcurrentRequests,
+}
+
+impl LimitKind {
+    /// The config key, also the error `code`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::RequestsPerDay => "requests_per_day",
+            LimitKind::TokensPerMinute => "tokens_per_minute",
+            LimitKind::TokensPerDay => "tokens_per_day",
+            LimitKind::ConcurrentRequests => "concurrent_requests",
+        }
+    }
+
+    pub fn is_requests(self) -> bool {
+        matches!(
+            self,
+            LimitKind::RequestsPerMinute | LimitKind::RequestsPerDay
+        )
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests per minute",
+            LimitKind::RequestsPerDay => "requests per day",
+            LimitKind::TokensPerMinute => "tokens per minute",
+            LimitKind::TokensPerDay => "tokens per day",
+            LimitKind::ConcurrentRequests => "concurrent requests",
+        }
+    }
+}
+
+/// Whose limits a scope holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeKind {
+    Global,
+    Key,
+    KeyModel,
+    Provider,
+}
+
+impl ScopeKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Global => "global",
+            ScopeKind::Key => "key",
+            ScopeKind::KeyModel => "key_model",
+            ScopeKind::Provider => "provider",
+        }
+    }
+}
+
+/// A set of limits and who it applies to.
+#[derive(Debug)]
+pub struct Scope {
+    pub kind: ScopeKind,
+    /// Stable identity: `global`, `key:NAME`, `key:NAME:model:MODEL`,
+    /// `provider:NAME`. Names Redis keys and carries state across reloads.
+    pub id: Arc<str>,
+    /// For messages: `key team-a`, `provider moonshot`, ...
+    pub label: Arc<str>,
+    pub spec: LimitSpec,
+    /// In-process state: the local backend's, and Redis's fallback.
+    pub local: Arc<LocalState>,
+}
+
+impl Scope {
+    pub fn id_and_label(kind: ScopeKind, name: &str, model: &str) -> (String, String) {
+        match kind {
+            ScopeKind::Global => ("global".into(), "the gateway".into()),
+            ScopeKind::Key => (format!("key:{name}"), format!("key {name}")),
+            ScopeKind::KeyModel => (
+                format!("key:{name}:model:{model}"),
+                format!("key {name} on model {model}"),
+            ),
+            ScopeKind::Provider => (format!("provider:{name}"), format!("provider {name}")),
+        }
+    }
+}
+
+/// A request refused by one limit of one scope.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub label: Arc<str>,
+    pub scope: ScopeKind,
+    pub limit: LimitKind,
+    pub value: u64,
+    /// When trying again could succeed.
+    pub retry_after: Duration,
+}
+
+impl Denial {
+    /// The client's error: a spent daily token budget is a quota error (no
+    /// retry helps soon), a provider at its concurrency cap is overloaded
+    /// (so fail-over moves on), anything else is a rate limit.
+    pub fn into_error(self) -> GatewayError {
+        let what = format!("{} {}", self.value, self.limit.unit());
+        let (error_type, message) = match (self.limit, self.scope) {
+            (LimitKind::TokensPerDay, _) => (
+                ErrorType::ExceededCurrentQuotaError,
+                format!("daily token budget spent for {}: {what}", self.label),
+            ),
+            (LimitKind::ConcurrentRequests, ScopeKind::Provider) => (
+                ErrorType::EngineOverloadedError,
+                format!("{} is busy: {what}", self.label),
+            ),
+            _ => (
+                ErrorType::RateLimitReachedError,
+                format!("rate limit reached for {}: {what}", self.label),
+            ),
+        };
+        let mut err = GatewayError::new(StatusCode::TOO_MANY_REQUESTS, error_type, message)
+            .with_code(self.limit.name())
+            .with_retry_after_duration(self.retry_after);
+        err.limit_scope = Some(self.scope.as_str());
+        err
+    }
+}
+
+/// Headroom in one limit, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limit is back to full.
+    pub reset: Duration,
+}
+
+/// The tightest request and token windows among the scopes that applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub requests: Option<Window>,
+    pub tokens: Option<Window>,
+}
+
+impl Snapshot {
+    pub fn note_requests(&mut self, window: Window) {
+        tighter(&mut self.requests, window);
+    }
+
+    pub fn note_tokens(&mut self, window: Window) {
+        tighter(&mut self.tokens, window);
+    }
+
+    pub fn merge(&mut self, other: &Snapshot) {
+        if let Some(w) = other.requests {
+            self.note_requests(w);
+        }
+        if let Some(w) = other.tokens {
+            self.note_tokens(w);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+}
+
+/// Keeps the window with the least left (ties: the longer wait).
+fn tighter(slot: &mut Option<Window>, candidate: Window) {
+    let replace = match slot {
+        None => true,
+        Some(current) => {
+            (candidate.remaining, std::cmp::Reverse(candidate.reset))
+                < (current.remaining, std::cmp::Reverse(current.reset))
+        }
+    };
+    if replace {
+        *slot = Some(candidate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(limit: LimitKind, scope: ScopeKind) -> GatewayError {
+        Denial {
+            label: "key team-a".into(),
+            scope,
+            limit,
+            value: 60,
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_error()
+    }
+
+    #[test]
+    fn denials_name_the_scope_and_limit() {
+        let err = denial(LimitKind::RequestsPerMinute, ScopeKind::Key);
+        assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
+        assert_eq!(
+            err.message,
+            "rate limit reached for key team-a: 60 requests per minute"
+        );
+        assert_eq!(err.retry_after.unwrap(), "2");
+        assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(1500));
+        let quota = denial(LimitKind::TokensPerDay, ScopeKind::Key);
+        assert_eq!(quota.error_type, ErrorType::ExceededCurrentQuotaError);
+        assert!(!quota.should_retry());
+        let busy = denial(LimitKind::ConcurrentRequests, ScopeKind::Provider);
+        assert_eq!(busy.error_type, ErrorType::EngineOverloadedError);
+    }
+
+    #[test]
+    fn the_tightest_window_wins() {
+        let mut s = Snapshot::default();
+        let w = |remaining, secs| Window {
+            limit: 100,
+            remaining,
+            reset: Duration::from_secs(secs),
+        };
+        s.note_requests(w(50, 1));
+        s.note_requests(w(70, 1));
+        assert_eq!(s.requests.unwrap().remaining, 50);
+        s.note_requests(w(50, 9));
+        assert_eq!(s.requests.unwrap().reset, Duration::from_secs(9));
+    }
+}

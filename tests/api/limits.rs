@@ -1,0 +1,202 @@
+//! Request limits in every scope (key, key and model, provider, global):
+//! the request over the limit gets 429 with `Retry-After`, `retry-after-ms`
+//! and a message naming the scope; responses carry the `x-ratelimit-*`
+//! headers of the tightest scope; a reload keeps unchanged limiters' state.
+
+use crate::auth::spawn_with_keys;
+use crate::helpers::*;
+
+/// Sends `n` requests as `key` and returns their statuses.
+async fn statuses(app: &TestApp, key: &str, model: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let response = app.chat_as(key, chat_body(model, "hi", false)).await;
+        out.push(response.status().as_u16());
+    }
+    out
+}
+
+/// Checks a refusal: 429, the type, both retry headers, the message.
+async fn assert_refused(response: reqwest::Response, error_type: &str, message: &str) {
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let retry_ms: u64 = response.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after >= 1 && retry_after * 1000 >= retry_ms,
+        "{retry_after} {retry_ms}"
+    );
+    assert!(retry_ms > 0);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], error_type);
+    assert_eq!(error["message"], message, "{error}");
+}
+
+#[tokio::test]
+async fn a_keys_requests_per_minute() {
+    let app = spawn_with_keys("[keys.team-a.limits]\nrequests_per_minute = 3\n").await;
+    assert_eq!(
+        statuses(&app, "sk-a", "kimi-k2.6", 3).await,
+        [200, 200, 200]
+    );
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+    assert_refused(
+        refused,
+        "rate_limit_reached_error",
+        "rate limit reached for key team-a: 3 requests per minute",
+    )
+    .await;
+    // Another key is not affected, and refused requests never left.
+    assert_eq!(statuses(&app, "sk-b", "kimi-k2.6", 1).await, [200]);
+    assert_eq!(app.mock.requests().len(), 4);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("kimi_gateway_rate_limited_total{scope=\"key\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_keys_requests_per_minute_on_one_model() {
+    let app =
+        spawn_with_keys("[keys.team-a.model_limits.\"kimi-k2.6\"]\nrequests_per_minute = 3\n")
+            .await;
+    assert_eq!(
+        statuses(&app, "sk-a", "kimi-k2.6", 3).await,
+        [200, 200, 200]
+    );
+    assert_refused(
+        app.chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+            .await,
+        "rate_limit_reached_error",
+        "rate limit reached for key team-a on model kimi-k2.6: 3 requests per minute",
+    )
+    .await;
+    assert_eq!(statuses(&app, "sk-a", "kimi-chat", 2).await, [200, 200]);
+}
+
+#[tokio::test]
+async fn a_providers_requests_per_minute() {
+    let app = spawn_with_keys("[limits.providers.agentsflare]\nrequests_per_minute = 3\n").await;
+    assert_eq!(
+        statuses(&app, "sk-a", "kimi-chat", 3).await,
+        [200, 200, 200]
+    );
+    assert_refused(
+        app.chat_as("sk-a", chat_body("kimi-chat", "hi", false))
+            .await,
+        "rate_limit_reached_error",
+        "rate limit reached for provider agentsflare: 3 requests per minute",
+    )
+    .await;
+    // Moonshot is not limited, so its models still go through.
+    assert_eq!(statuses(&app, "sk-b", "kimi-k2.6", 1).await, [200]);
+}
+
+#[tokio::test]
+async fn a_provider_over_its_limit_fails_over_to_the_next_target() {
+    let app = spawn_app_with(
+        "[limits.providers.moonshot]\nrequests_per_minute = 1\n",
+        &[],
+    )
+    .await;
+    let first = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(first.headers()["x-gateway-provider"], "moonshot");
+    let second = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-gateway-provider"], "agentsflare");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("kimi_gateway_rate_limited_total{scope=\"provider\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_global_requests_per_minute_applies_to_anonymous_callers_too() {
+    let app = spawn_app_with("[limits.global]\nrequests_per_minute = 3\n", &[]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.chat(chat_body("kimi-chat", "hi", false)).await.status(),
+            200
+        );
+    }
+    assert_refused(
+        app.chat(chat_body("kimi-k2.6", "hi", false)).await,
+        "rate_limit_reached_error",
+        "rate limit reached for the gateway: 3 requests per minute",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn headers_show_the_tightest_scope() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\nrequests_per_minute = 60\ntokens_per_minute = 100000\n\
+         [limits.global]\nrequests_per_minute = 10\n",
+    )
+    .await;
+    let body = chat_body("kimi-k2.6", "hi", false);
+    let estimate = body.to_string().len() as u64 / 4 + 1024;
+    let response = app.chat_as("sk-a", body).await;
+    assert_eq!(response.status(), 200);
+    let h = response.headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "10");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "9");
+    assert_eq!(h["x-ratelimit-reset-requests"], "6s");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100000");
+    assert_eq!(
+        h["x-ratelimit-remaining-tokens"],
+        (100000 - estimate).to_string().as_str()
+    );
+    assert!(
+        h["x-ratelimit-reset-tokens"]
+            .to_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    // Errors after admission carry them too.
+    let response = app.chat_as("sk-a", chat_body("nope", "hi", false)).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "8");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_state_of_unchanged_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let limited = "[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n[keys.team-a.limits]\nrequests_per_minute = 3\n";
+    std::fs::write(&path, limited).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 2).await, [200, 200]);
+    // Another change to the file: the key's limiter carries on.
+    std::fs::write(&path, format!("{limited}[retry]\nmax_attempts = 2\n")).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 2).await, [200, 429]);
+    // A changed limit starts afresh.
+    std::fs::write(&path, limited.replace("= 3", "= 4")).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    assert_eq!(
+        statuses(&app, "sk-a", "kimi-k2.6", 5).await,
+        [200, 200, 200, 200, 429]
+    );
+}

@@ -1,0 +1,138 @@
+//! Concurrency limits: a slot is held until the response body ends or the
+//! client leaves; a provider at its cap queues a request briefly, then
+//! answers `engine_overloaded_error`, which sends the request on to another
+//! provider of the same model.
+
+use crate::auth::spawn_with_keys;
+use crate::helpers::*;
+use futures_util::StreamExt;
+
+fn key_in_flight(app: &TestApp) -> usize {
+    let config = app.state.config();
+    let key = config.keys.find(b"sk-a").unwrap();
+    key.limits.as_ref().unwrap().local.in_flight()
+}
+
+fn provider_queued(app: &TestApp, provider: &str) -> usize {
+    app.state.config().limits.providers[provider].local.queued()
+}
+
+/// Starts a stream held at `gate` and returns it after its first event.
+async fn held_stream(
+    app: &TestApp,
+    key: Option<&str>,
+    model: &str,
+    gate: &str,
+) -> reqwest::Response {
+    let body = chat_body(model, &format!("[mock gate={gate} chunks=3]"), true);
+    let response = match key {
+        Some(key) => app.chat_as(key, body).await,
+        None => app.chat(body).await,
+    };
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn a_keys_slot_is_released_when_the_stream_ends_or_the_client_leaves() {
+    let app = spawn_with_keys("[keys.team-a.limits]\nconcurrent_requests = 1\n").await;
+    let running = held_stream(&app, Some("sk-a"), "kimi-k2.6", "g1").await;
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after-ms"));
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "rate_limit_reached_error");
+    assert_eq!(
+        error["message"],
+        "rate limit reached for key team-a: 1 concurrent requests"
+    );
+    // Other keys are not limited.
+    let other = app
+        .chat_as("sk-b", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(other.status(), 200);
+
+    app.mock.release("g1", 10);
+    sse_data(running).await;
+    wait_until("the slot is released", async || key_in_flight(&app) == 0).await;
+
+    let left = held_stream(&app, Some("sk-a"), "kimi-k2.6", "g2").await;
+    assert_eq!(key_in_flight(&app), 1);
+    drop(left.bytes_stream());
+    wait_until("the slot is released", async || key_in_flight(&app) == 0).await;
+    let response = app
+        .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_provider_at_its_cap_queues_then_is_overloaded() {
+    let app = spawn_app_with(
+        &format!(
+            "{SINGLE_ATTEMPT}[limits]\nprovider_queue_ms = 100\n\
+             [limits.providers.moonshot]\nconcurrent_requests = 1\n"
+        ),
+        &[],
+    )
+    .await;
+    let running = held_stream(&app, None, "kimi-k2-turbo-preview", "g").await;
+    let started = std::time::Instant::now();
+    let refused = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-should-retry"], "true");
+    assert_eq!(refused.headers()["retry-after-ms"], "100");
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "engine_overloaded_error");
+    assert_eq!(
+        error["message"],
+        "provider moonshot is busy: 1 concurrent requests"
+    );
+    app.mock.release("g", 10);
+    sse_data(running).await;
+}
+
+#[tokio::test]
+async fn a_queued_request_takes_the_slot_that_frees() {
+    let app = spawn_app_with(
+        "[limits]\nprovider_queue_ms = 10000\n[limits.providers.moonshot]\nconcurrent_requests = 1\n",
+        &[],
+    )
+    .await;
+    let running = held_stream(&app, None, "kimi-k2-turbo-preview", "g").await;
+    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+    let queued = tokio::spawn(async move {
+        let body = chat_body("kimi-k2-turbo-preview", "hi", false).to_string();
+        client.post(url).body(body).send().await.unwrap().status()
+    });
+    wait_until("the request queues", async || {
+        provider_queued(&app, "moonshot") == 1
+    })
+    .await;
+    app.mock.release("g", 10);
+    sse_data(running).await;
+    assert_eq!(queued.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_model_of_two_providers_fails_over_when_the_first_is_at_its_cap() {
+    let app = spawn_app_with(
+        "[limits]\nprovider_queue_ms = 50\n[limits.providers.moonshot]\nconcurrent_requests = 1\n",
+        &[],
+    )
+    .await;
+    let running = held_stream(&app, None, "kimi-k2.6", "g").await;
+    assert_eq!(running.headers()["x-gateway-provider"], "moonshot");
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    assert_eq!(response.headers()["x-gateway-attempts"], "2");
+    app.mock.release("g", 10);
+    let mut stream = running.bytes_stream();
+    while stream.next().await.is_some() {}
+}

@@ -1,0 +1,285 @@
+//! Limits shared through Redis: two gateways admit the configured limit in
+//! total, tokens settle in Redis, concurrency leases are released, refreshed
+//! while a stream runs and expire when their replica is gone; when Redis
+//! goes away, fail-open falls back to local limits and fail-closed answers
+//! 503, and `/readyz` says so.
+
+use crate::auth::spawn_with_keys;
+use crate::helpers::*;
+use crate::redis_server::RedisServer;
+use redis::AsyncCommands;
+use serde_json::json;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+
+const LEASES: &str = "kimi-gateway:key:team-a:conc";
+
+fn redis_limits(redis: &RedisServer, on_error: &str, key_limits: &str) -> String {
+    format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\non_redis_error = \"{on_error}\"\n\
+         [keys.team-a.limits]\n{key_limits}\n",
+        redis.url()
+    )
+}
+
+fn hi() -> serde_json::Value {
+    chat_body("kimi-k2.6", "hi", false)
+}
+
+fn remaining_tokens(response: &reqwest::Response) -> u64 {
+    response.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_gateways_admit_the_limit_in_total() {
+    let redis = RedisServer::start().await;
+    let config = redis_limits(&redis, "open", "requests_per_minute = 3");
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+    let mut statuses = Vec::new();
+    for app in [&one, &two, &one, &two, &one, &two] {
+        statuses.push(app.chat_as("sk-a", hi()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(one.readyz().await["limits"]["healthy"], true);
+}
+
+#[tokio::test]
+async fn tokens_are_settled_in_redis_for_plain_and_streamed_answers() {
+    let redis = RedisServer::start().await;
+    // A concurrency limit in the same scope: its lease goes in the same
+    // script call as the settlement, so an empty lease set means settled.
+    let config = redis_limits(
+        &redis,
+        "open",
+        "tokens_per_day = 10000\nconcurrent_requests = 10",
+    );
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+    let request = |stream: bool| {
+        json!({"model": "kimi-k2.6", "stream": stream, "max_tokens": 1000,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let estimate = |body: &serde_json::Value| body.to_string().len() as u64 / 4 + 1000;
+
+    let plain = one.chat_as("sk-a", request(false)).await;
+    assert_eq!(remaining_tokens(&plain), 10000 - estimate(&request(false)));
+    let answer: serde_json::Value = plain.json().await.unwrap();
+    let used_plain = answer["usage"]["total_tokens"].as_u64().unwrap();
+    wait_until("settled", async || redis.zcard(LEASES).await == 0).await;
+
+    let streamed = two.chat_as("sk-a", request(true)).await;
+    assert_eq!(
+        remaining_tokens(&streamed),
+        10000 - used_plain - estimate(&request(true))
+    );
+    let events = sse_data(streamed).await;
+    let last: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let used_stream = last["choices"][0]["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    wait_until("settled", async || redis.zcard(LEASES).await == 0).await;
+
+    let third = one.chat_as("sk-a", request(false)).await;
+    assert_eq!(
+        remaining_tokens(&third),
+        10000 - used_plain - used_stream - estimate(&request(false))
+    );
+}
+
+#[tokio::test]
+async fn concurrency_leases_are_released_refreshed_and_expire() {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_lease_secs = 0.3\n\
+         [keys.team-a.limits]\nconcurrent_requests = 1\n",
+        redis.url()
+    );
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+
+    // A running stream holds the slot on every replica...
+    let running = one
+        .chat_as(
+            "sk-a",
+            chat_body("kimi-k2.6", "[mock gate=g chunks=3]", true),
+        )
+        .await;
+    assert_eq!(running.status(), 200);
+    let refused = two.chat_as("sk-a", hi()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        error_of(refused).await["message"],
+        "rate limit reached for key team-a: 1 concurrent requests"
+    );
+    // ...past its first lease, because it is refreshed.
+    let mut conn = redis.connection().await.unwrap();
+    let members: Vec<(String, f64)> = conn.zrange_withscores(LEASES, 0, -1).await.unwrap();
+    let (lease, first_expiry) = members[0].clone();
+    wait_until("the lease is refreshed", async || {
+        let score: Option<f64> = conn.zscore(LEASES, &lease).await.unwrap();
+        score.is_some_and(|s| s > first_expiry)
+    })
+    .await;
+    wait_until("the first lease would have expired", async || {
+        redis.now_ms().await > first_expiry
+    })
+    .await;
+    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 429);
+
+    // Its end releases the slot.
+    one.mock.release("g", 10);
+    sse_data(running).await;
+    wait_until("the lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 200);
+
+    // A client that leaves releases it too.
+    let left = two
+        .chat_as(
+            "sk-a",
+            chat_body("kimi-k2.6", "[mock gate=h chunks=3]", true),
+        )
+        .await;
+    assert_eq!(redis.zcard(LEASES).await, 1);
+    drop(left.bytes_stream());
+    wait_until("the lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+
+    // A lease left by a replica that died expires instead of leaking.
+    let expired = redis.now_ms().await - 1.0;
+    let _: () = conn.zadd(LEASES, "dead-replica", expired).await.unwrap();
+    assert_eq!(one.chat_as("sk-a", hi()).await.status(), 200);
+    let alive = redis.now_ms().await + 60_000.0;
+    let _: () = conn.zadd(LEASES, "busy-replica", alive).await.unwrap();
+    assert_eq!(one.chat_as("sk-a", hi()).await.status(), 429);
+}
+
+#[tokio::test]
+async fn without_redis_fail_open_falls_back_to_local_limits() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_with_keys(&redis_limits(&redis, "open", "requests_per_minute = 3")).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    assert_eq!(app.readyz().await["limits"]["healthy"], true);
+    redis.kill();
+    // The local limiter starts afresh: three more, then refused.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(app.chat_as("sk-a", hi()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let ready = app.readyz().await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["limits"]["backend"], "redis");
+    assert_eq!(ready["limits"]["healthy"], false);
+    assert_eq!(
+        ready["limits"]["outages"], 1,
+        "one outage, however many requests"
+    );
+}
+
+#[tokio::test]
+async fn without_redis_fail_closed_answers_503() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_with_keys(&redis_limits(&redis, "closed", "requests_per_minute = 100")).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    redis.kill();
+    for _ in 0..3 {
+        let response = app.chat_as("sk-a", hi()).await;
+        assert_eq!(response.status(), 503);
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "server_error");
+        assert_eq!(error["code"], "rate_limit_store_unavailable");
+    }
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let ready: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(ready["limits"]["healthy"], false);
+    assert_eq!(ready["limits"]["outages"], 1);
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_once_however_many_requests_meet_it() {
+    let mut redis = RedisServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = kimi_gateway::mock::spawn(listener, Default::default()).await;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let config = format!(
+        "[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n{}",
+        redis_limits(&redis, "open", "requests_per_minute = 1000")
+    );
+    std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--config")
+        .arg(file.path())
+        .env("TEAM_A_KEY", "sk-a")
+        .env("MOONSHOT_API_KEY", PROVIDER_KEY)
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        )
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = std::io::BufReader::new(gateway.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let logged = |needle: &str| {
+        let lines = lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    };
+    wait_until("the gateway listens", async || logged("listening") == 1).await;
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let send = || {
+        client
+            .post(&url)
+            .bearer_auth("sk-a")
+            .body(hi().to_string())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        logged("rate-limit store (Redis) unreachable"),
+        1,
+        "{:?}",
+        lines.lock().unwrap()
+    );
+}

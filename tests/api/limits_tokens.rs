@@ -1,0 +1,160 @@
+//! Token limits: an estimate (prompt bytes / 4 + `max_tokens`) is reserved
+//! at admission and settled to the provider's real usage when the response
+//! ends, for plain and streamed answers; a spent daily budget is a quota
+//! error that says not to retry.
+
+use crate::auth::spawn_with_keys;
+use crate::helpers::*;
+use serde_json::json;
+
+fn body(stream: bool, max_tokens: u64, content: &str) -> serde_json::Value {
+    json!({
+        "model": "kimi-k2.6",
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": content}],
+    })
+}
+
+fn estimate(body: &serde_json::Value) -> u64 {
+    body.to_string().len() as u64 / 4 + body["max_tokens"].as_u64().unwrap()
+}
+
+/// Tokens left in key team-a's own token limits.
+fn tokens_left(app: &TestApp) -> u64 {
+    let config = app.state.config();
+    let key = config.keys.find(b"sk-a").unwrap();
+    key.limits.as_ref().unwrap().local.tokens_left().unwrap()
+}
+
+fn in_flight(app: &TestApp) -> usize {
+    let config = app.state.config();
+    let key = config.keys.find(b"sk-a").unwrap();
+    key.limits.as_ref().unwrap().local.in_flight()
+}
+
+fn remaining_tokens(response: &reqwest::Response) -> u64 {
+    response.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_plain_answer_settles_its_reservation_to_real_usage() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
+    let request = body(false, 1000, "hi");
+    let response = app.chat_as("sk-a", request.clone()).await;
+    assert_eq!(remaining_tokens(&response), 10000 - estimate(&request));
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < estimate(&request));
+    wait_until("the reservation is settled", async || {
+        tokens_left(&app) == 10000 - used
+    })
+    .await;
+    // The next request sees the settled budget.
+    let next = app.chat_as("sk-a", request.clone()).await;
+    assert_eq!(remaining_tokens(&next), 10000 - used - estimate(&request));
+}
+
+#[tokio::test]
+async fn a_stream_settles_to_the_usage_moonshot_puts_in_its_last_chunk() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
+    let request = body(true, 1000, "hi [mock chunks=4]");
+    let response = app.chat_as("sk-a", request.clone()).await;
+    assert_eq!(remaining_tokens(&response), 10000 - estimate(&request));
+    let events = sse_data(response).await;
+    let last: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let used = last["choices"][0]["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    wait_until("the stream's reservation is settled", async || {
+        tokens_left(&app) == 10000 - used
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_the_client_leaves_keeps_its_estimate_and_frees_its_slot() {
+    let app =
+        spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\nconcurrent_requests = 5\n")
+            .await;
+    let request = body(true, 1000, "[mock gate=held chunks=5]");
+    let response = app.chat_as("sk-a", request.clone()).await;
+    let mut stream = response.bytes_stream();
+    futures_util::StreamExt::next(&mut stream)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(in_flight(&app), 1);
+    drop(stream);
+    wait_until("the slot is released", async || in_flight(&app) == 0).await;
+    assert_eq!(tokens_left(&app), 10000 - estimate(&request));
+}
+
+#[tokio::test]
+async fn a_running_streams_reservation_holds_tokens_back_until_it_ends() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_minute = 2000\n").await;
+    let response = app
+        .chat_as("sk-a", body(true, 1500, "[mock gate=g chunks=3]"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let refused = app.chat_as("sk-a", body(false, 1500, "hi")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after-ms"));
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "rate_limit_reached_error");
+    assert_eq!(
+        error["message"],
+        "rate limit reached for key team-a: 2000 tokens per minute"
+    );
+    app.mock.release("g", 10);
+    sse_data(response).await;
+    wait_until("the stream's tokens are back", async || {
+        tokens_left(&app) > 1600
+    })
+    .await;
+    let admitted = app.chat_as("sk-a", body(false, 1500, "hi")).await;
+    assert_eq!(admitted.status(), 200);
+}
+
+#[tokio::test]
+async fn a_spent_daily_budget_is_a_quota_error() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 50\n").await;
+    // A full budget admits a request estimated above it; real usage is less.
+    let first = app.chat_as("sk-a", body(false, 1000, "hi")).await;
+    assert_eq!(first.status(), 200);
+    let answer: serde_json::Value = first.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    wait_until("the reservation is settled", async || {
+        tokens_left(&app) == 50 - used
+    })
+    .await;
+    let refused = app.chat_as("sk-a", body(false, 1000, "hi")).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-should-retry"], "false");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(refused.headers()["x-ratelimit-remaining-tokens"], "0");
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "exceeded_current_quota_error");
+    assert_eq!(error["code"], "tokens_per_day");
+    assert_eq!(
+        error["message"],
+        "daily token budget spent for key team-a: 50 tokens per day"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_request_gives_its_tokens_back() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
+    let response = app
+        .chat_as("sk-a", body(false, 1000, "[mock error=invalid_request]"))
+        .await;
+    assert_eq!(response.status(), 400);
+    wait_until("the reservation is refunded", async || {
+        tokens_left(&app) == 10000
+    })
+    .await;
+}
