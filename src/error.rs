@@ -84,7 +84,7 @@ pub struct GatewayError {
     pub retry_after_ms: Option<std::num::NonZeroU32>,
     /// Set when a rate-limit scope of the gateway refused the request
     /// (`key`, `key_model`, `provider`, `global`), for the metrics.
-    pub limit_scope: Option<&'static str>,
+    pub limit_scope: Option<crate::limits::ScopeKind>,
 }
 
 impl GatewayError {

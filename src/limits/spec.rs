@@ -155,7 +155,7 @@ impl Denial {
         let mut err = GatewayError::new(StatusCode::TOO_MANY_REQUESTS, error_type, message)
             .with_code(self.limit.name())
             .with_retry_after_duration(self.retry_after);
-        err.limit_scope = Some(self.scope.as_str());
+        err.limit_scope = Some(self.scope);
         err
     }
 }

@@ -178,7 +178,11 @@ async fn route_and_forward(
 /// Counts a refusal by one of the gateway's own rate-limit scopes.
 fn count_limited(state: &AppState, error: Option<&GatewayError>) {
     if let Some(scope) = error.and_then(|e| e.limit_scope) {
-        state.metrics.rate_limited.with_label_values(&[scope]).inc();
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&[scope.as_str()])
+            .inc();
     }
 }
 
