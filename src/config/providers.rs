@@ -186,6 +186,9 @@ pub fn build_provider(
     let client = reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
         .tcp_nodelay(true)
+        // A provider's redirect is answered as-is; following it would also
+        // re-parse URLs on every request.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("kimi-gateway/", env!("CARGO_PKG_VERSION")))
         .build();

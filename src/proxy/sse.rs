@@ -13,6 +13,7 @@ use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -64,12 +65,21 @@ impl EventAligner {
 
 /// Index just past the last `\n\n` (or `\n\r\n`) in `data`.
 fn last_event_end(data: &[u8]) -> Option<usize> {
+    // The common case, a read that ends on an event boundary, costs nothing.
+    if data.ends_with(b"\n\n") {
+        return Some(data.len());
+    }
     let lf = memchr::memmem::rfind(data, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::rfind(data, b"\n\r\n").map(|i| i + 3);
+    let crlf = memchr::memchr(b'\r', data)
+        .and_then(|_| memchr::memmem::rfind(data, b"\n\r\n"))
+        .map(|i| i + 3);
     lf.max(crlf)
 }
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+/// Most frames sent in one batch (hyper writes up to 16 buffers at once).
+const MAX_BATCH: usize = 16;
 
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
@@ -93,6 +103,17 @@ pub struct SseRelay {
     aligner: EventAligner,
     /// Frames ready to go out before anything new is read.
     queued: VecDeque<Bytes>,
+    /// Frames that follow the current read's (a synthesised usage chunk and
+    /// the `[DONE]` after it).
+    after: VecDeque<Bytes>,
+    /// Handing out a gathered batch, frame after frame.
+    sending_batch: bool,
+    /// How the upstream ended, once it has; sent after the queue.
+    end: Option<Result<(), GatewayError>>,
+    /// The first event arrived: idle time is now measured between events.
+    idle_between_events: bool,
+    /// When the client was last sent something (events or a comment).
+    last_write: Instant,
     /// The client asked for `stream_options.include_usage`.
     include_usage: bool,
     /// Moonshot-style usage seen, kept in case no standard chunk follows.
@@ -129,6 +150,11 @@ impl SseRelay {
             upstream,
             aligner: EventAligner::default(),
             queued: VecDeque::new(),
+            after: VecDeque::new(),
+            sending_batch: false,
+            end: None,
+            idle_between_events: false,
+            last_write: Instant::now(),
             include_usage: settings.include_usage,
             in_choice_usage: None,
             top_level_usage_seen: false,
@@ -150,7 +176,9 @@ impl SseRelay {
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
             Some(Ok(events)) => {
-                relay.queued.push_front(events);
+                relay.queued.push_back(events);
+                let after = std::mem::take(&mut relay.after);
+                relay.queued.extend(after);
                 relay.head_sent = true;
                 Ok(relay)
             }
@@ -177,9 +205,12 @@ impl SseRelay {
                                 .observe((now - self.last_event).as_secs_f64());
                         }
                         self.last_event = now;
-                        self.idle_timer.as_mut().reset(now + self.idle);
-                        if let Some((every, timer)) = &mut self.keepalive {
-                            timer.as_mut().reset(now + *every);
+                        self.last_write = now;
+                        // Timers are not re-armed per event: when one fires,
+                        // it checks the time of the last event (see below).
+                        if !self.idle_between_events {
+                            self.idle_between_events = true;
+                            self.idle_timer.as_mut().reset(now + self.idle);
                         }
                         return Poll::Ready(Some(Ok(self.inspect(events))));
                     }
@@ -218,7 +249,7 @@ impl SseRelay {
                             .with_code("gateway_shutdown");
                         return Poll::Ready(Some(Err(err)));
                     }
-                    if self.idle_timer.as_mut().poll(cx).is_ready() {
+                    if self.idle_timer.as_mut().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
                         let message = format!(
                             "timed out waiting for provider {} (no stream data for {:.0?})",
                             self.provider, self.idle
@@ -231,17 +262,48 @@ impl SseRelay {
                     // Comments go only between whole events, and only once the
                     // head is out: before it, a silent upstream can still fail
                     // over to another target.
-                    if self.head_sent
-                        && let Some((every, timer)) = &mut self.keepalive
-                        && timer.as_mut().poll(cx).is_ready()
-                    {
-                        timer.as_mut().reset(Instant::now() + *every);
+                    if self.head_sent && self.keepalive_due(cx) {
                         return Poll::Ready(Some(Ok(KEEPALIVE.clone())));
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+
+    /// The idle timer fired: if an event came since it was armed, arm it
+    /// for that event's deadline (and register the waker) and say so.
+    fn rearm_idle_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.idle_between_events {
+            return false;
+        }
+        let due = self.last_event + self.idle;
+        if Instant::now() >= due {
+            return false;
+        }
+        self.idle_timer.as_mut().reset(due);
+        let _ = self.idle_timer.as_mut().poll(cx);
+        true
+    }
+
+    /// Whether a keep-alive comment is due now; re-arms the timer either way.
+    fn keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let last_write = self.last_write;
+        let Some((every, timer)) = &mut self.keepalive else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        let due = last_write + *every;
+        let send = now >= due;
+        timer.as_mut().reset(if send { now + *every } else { due });
+        let _ = timer.as_mut().poll(cx);
+        if send {
+            self.last_write = now;
+        }
+        send
     }
 
     /// Notes `[DONE]` and usage in events about to be forwarded, and returns
@@ -274,37 +336,79 @@ impl SseRelay {
             return events;
         };
         // `done_at` is at the start of a line, so the split keeps events whole.
-        self.queued.push_back(usage_chunk(&report));
-        self.queued.push_back(events.slice(done_at..));
+        self.after.push_back(usage_chunk(&report));
+        self.after.push_back(events.slice(done_at..));
         events.slice(..done_at)
     }
 }
 
 impl Stream for SseRelay {
-    type Item = Result<Bytes, std::convert::Infallible>;
+    type Item = Result<Bytes, Infallible>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(frame) = this.queued.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if !this.sending_batch {
+                let gathered = this.gather(cx);
+                if gathered > 0 && this.end.is_none() && this.queued.len() < MAX_BATCH {
+                    // The upstream connection's task may have more decoded:
+                    // let it run once (a task woken during its own poll goes
+                    // to the back of the queue), then send everything ready
+                    // as consecutive frames, which hyper writes at once.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if this.queued.is_empty() {
+                    return match this.end.take() {
+                        Some(end) => this.finish(end),
+                        None => Poll::Pending,
+                    };
+                }
+                this.sending_batch = true;
+            }
+            if let Some(frame) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            this.sending_batch = false;
         }
-        if this.finished {
-            return Poll::Ready(None);
+    }
+}
+
+impl SseRelay {
+    /// Moves everything the upstream has ready into the queue; returns how
+    /// many reads it took, and records the end if the upstream ended.
+    fn gather(&mut self, cx: &mut Context<'_>) -> usize {
+        let mut gathered = 0;
+        while self.end.is_none() && self.queued.len() < MAX_BATCH {
+            match self.poll_upstream(cx) {
+                Poll::Ready(Some(Ok(events))) => {
+                    self.queued.push_back(events);
+                    self.queued.extend(self.after.drain(..));
+                    gathered += 1;
+                }
+                Poll::Ready(Some(Err(err))) => self.end = Some(Err(err)),
+                Poll::Ready(None) => self.end = Some(Ok(())),
+                Poll::Pending => break,
+            }
         }
-        match this.poll_upstream(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(events))) => Poll::Ready(Some(Ok(events))),
-            Poll::Ready(None) => {
-                this.finished = true;
-                this.stats.finish(StreamEnd::Complete);
+        gathered
+    }
+
+    fn finish(&mut self, end: Result<(), GatewayError>) -> Poll<Option<Result<Bytes, Infallible>>> {
+        self.finished = true;
+        match end {
+            Ok(()) => {
+                self.stats.finish(StreamEnd::Complete);
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(err))) => {
-                // After the first byte the status is already sent: end with one
-                // error event and no [DONE], so SDKs raise.
-                this.finished = true;
+            Err(err) => {
+                // After the first byte the status is already sent: end with
+                // one error event and no [DONE], so SDKs raise.
                 let event = err.sse_event();
-                this.stats.finish(StreamEnd::Failed(err));
+                self.stats.finish(StreamEnd::Failed(err));
                 Poll::Ready(Some(Ok(event)))
             }
         }

@@ -9,7 +9,7 @@ use super::request::ChatRequest;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
-use super::usage::{Usage, parse_usage};
+use super::usage::{Usage, parse_body_usage};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -202,7 +202,7 @@ pub async fn forward(
             ),
         ));
     }
-    info.usage = parse_usage(&body).map(|report| report.usage);
+    info.usage = parse_body_usage(&body);
     let body = mirror_cached_tokens_in_body(body);
     headers.insert(
         header::CONTENT_TYPE,

@@ -71,6 +71,23 @@ impl Usage {
     }
 }
 
+/// Usage from a non-stream body: only the top-level `usage` value is
+/// parsed, located by a scan (the choices, maybe long, are not decoded).
+pub fn parse_body_usage(body: &[u8]) -> Option<Usage> {
+    if !mentions_usage(body) {
+        return None;
+    }
+    let mut span = None;
+    super::json_scan::scan_object(body, |key, value| {
+        if key == b"usage" {
+            span = Some(value);
+        }
+    })
+    .ok()?;
+    let raw: Value = serde_json::from_slice(&body[span?]).ok()?;
+    raw.is_object().then(|| Usage::from_value(&raw))
+}
+
 /// Cheap test: could this data mention usage at all?
 pub fn mentions_usage(data: &[u8]) -> bool {
     USAGE_KEY.find(data).is_some()
@@ -132,6 +149,14 @@ mod tests {
         assert_eq!(report.usage.cached_tokens, 1);
         assert_eq!(report.usage.total_tokens, 11);
         assert_eq!(report.id, Some(Value::from("c1")));
+    }
+
+    #[test]
+    fn body_usage_reads_only_the_usage_value() {
+        let body = br#"{"choices":[{"message":{"content":"the word \"usage\" here"}}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5,"cached_tokens":1}}"#;
+        let usage = parse_body_usage(body).unwrap();
+        assert_eq!((usage.total_tokens, usage.cached_tokens), (5, 1));
+        assert!(parse_body_usage(br#"{"choices":[]}"#).is_none());
     }
 
     #[test]
