@@ -1,0 +1,96 @@
+//! The request every worker sends: resolved address, path, headers and body.
+
+use crate::Cli;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Uri, header};
+use http_body_util::Full;
+use serde_json::json;
+use std::net::SocketAddr;
+
+/// Everything a worker needs to build and send its request.
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    uri: Uri,
+    host: HeaderValue,
+    auth: Option<HeaderValue>,
+    pub(crate) body: Bytes,
+}
+
+impl Target {
+    pub(crate) fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(header::HOST, self.host.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(self.body.clone()))
+            .expect("valid request");
+        if let Some(auth) = &self.auth {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        request
+    }
+}
+
+pub(crate) async fn target(cli: &Cli) -> Result<Target, String> {
+    if cli.url.scheme_str() != Some("http") {
+        return Err(format!("{}: only http:// URLs are supported", cli.url));
+    }
+    let authority = cli
+        .url
+        .authority()
+        .ok_or_else(|| format!("{}: no host", cli.url))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((authority.host(), port))
+        .await
+        .map_err(|e| format!("{}: {e}", authority.host()))?
+        .next()
+        .ok_or_else(|| format!("{}: no address", authority.host()))?;
+    let path = cli
+        .url
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse::<Uri>()
+        .map_err(|e| e.to_string())?;
+    let body = match &cli.body_file {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .into(),
+        None => built_in_body(cli),
+    };
+    let auth = (!cli.api_key.is_empty())
+        .then(|| HeaderValue::try_from(format!("Bearer {}", cli.api_key)))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(Target {
+        addr,
+        uri: path,
+        host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+        auth,
+        body,
+    })
+}
+
+/// A small chat request, about the size of a short interactive prompt.
+fn built_in_body(cli: &Cli) -> Bytes {
+    let mut content = String::from("Say hello in one short sentence.");
+    if let Some(directive) = &cli.mock {
+        content.push_str(&format!(" [mock {directive}]"));
+    }
+    let mut body = json!({
+        "model": cli.model,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": content},
+        ],
+        "temperature": 0.6,
+        "max_tokens": 64,
+    });
+    if cli.stream {
+        body["stream"] = json!(true);
+    }
+    serde_json::to_vec(&body).expect("json").into()
+}
