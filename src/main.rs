@@ -8,11 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// OpenAI-compatible gateway for Kimi models on Moonshot, AI/ML API and Agentsflare.
-/// mimalloc: malloc and free were ~15% of a non-stream request's profile
-/// with the system allocator (see the README's performance notes).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
