@@ -64,6 +64,7 @@ need_apt=()
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v chroot >/dev/null || need_apt+=(coreutils)
 command -v readelf >/dev/null || need_apt+=(binutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -373,9 +374,63 @@ set +e; wait "$gw_pid"; status=$?; set -e
 [ "$status" = 0 ] || { tail -20 "$logs/gateway.log"; fail "gateway exited $status after SIGTERM"; }
 drain_ms=$(( ($(date +%s%N) - term_at) / 1000000 ))
 ok "SIGTERM mid-stream: the stream finished ($(grep -c '^data: ' "$logs/drain-stream.txt") events, [DONE]), /readyz gave ${ready_code/#000/no answer} during the drain, exit 0 after ${drain_ms} ms"
+# ---------------------------------------------------------------------------
+step "two replicas from the image, rate limits shared through Redis"
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+  --daemonize no >"$logs/redis.log" 2>&1 &
+redis_pid=$!
+PIDS+=("$redis_pid")
+for _ in $(seq 1 50); do
+  [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] || { cat "$logs/redis.log"; fail "redis-server did not start"; }
+# Redis by name when the DNS server runs (as a container network would),
+# closed on Redis errors so a broken connection fails instead of falling back.
+redis_host=127.0.0.1
+$dns_ok && redis_host=redis.test
+cat >"$rootfs/etc/kimi-gateway/shared-limits.toml" <<EOF
+[server]
+listen = "0.0.0.0:8080"
+[limits]
+backend = "redis"
+redis_url = "redis://$redis_host:$redis_port"
+on_redis_error = "closed"
+[limits.global]
+requests_per_minute = 3
+EOF
+replica_ports=()
+for replica in a b; do
+  port=$(free_port)
+  env -i "${image_env[@]}" \
+    KIMI_GATEWAY_LISTEN="127.0.0.1:$port" \
+    KIMI_GATEWAY_CONFIG=/etc/kimi-gateway/shared-limits.toml \
+    MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL="http://127.0.0.1:$mock_port/moonshot/v1" \
+    "$CHROOT" --userspec=$APP_UID:$APP_UID "$rootfs" /kimi-gateway >"$logs/replica-$replica.log" 2>&1 &
+  PIDS+=("$!")
+  wait_http "http://127.0.0.1:$port/readyz" "$!" || { cat "$logs/replica-$replica.log"; fail "replica $replica did not become ready"; }
+  replica_ports+=("$port")
+done
+codes=""
+for port in "${replica_ports[0]}" "${replica_ports[0]}" "${replica_ports[1]}" "${replica_ports[1]}"; do
+  codes+="$(curl -sS -o "$logs/limited.json" -w '%{http_code}' "http://127.0.0.1:$port/v1/chat/completions" \
+    -H 'content-type: application/json' -d "$chat") "
+done
+[ "$codes" = "200 200 200 429 " ] || fail "4 requests over 2 replicas under a shared limit of 3 per minute gave: $codes$(head -c 300 "$logs/limited.json")"
+grep -q rate_limit_reached_error "$logs/limited.json" || fail "the refusal is not a rate_limit_reached_error: $(head -c 300 "$logs/limited.json")"
+redis_keys=$(redis-cli -p "$redis_port" --scan --pattern 'kimi-gateway:*' | sort | tr '\n' ' ')
+[ -n "$redis_keys" ] || fail "no kimi-gateway key in Redis"
+curl -sS "http://127.0.0.1:${replica_ports[1]}/metrics" | grep -q '^kimi_gateway_rate_limited_total{scope="global"} 1$' \
+  || fail "replica b did not count the refusal in kimi_gateway_rate_limited_total"
+ok "replicas a, a, b, b under a global 3/min limit in Redis at $redis_host: $codes(keys: $redis_keys)"
+
+for pid in "${PIDS[@]}"; do
+  [ "$pid" = "$mock_pid" ] || kill "$pid" 2>/dev/null || true
+done
 kill -INT "$mock_pid"
-kill "$dns_pid"
-wait "$mock_pid" "$dns_pid" 2>/dev/null || true
+wait "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
 
 # ---------------------------------------------------------------------------
 step "Prometheus rules and Grafana dashboard"
