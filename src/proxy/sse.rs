@@ -78,9 +78,6 @@ fn last_event_end(data: &[u8]) -> Option<usize> {
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
-/// Most frames sent in one batch (hyper writes up to 16 buffers at once).
-const MAX_BATCH: usize = 16;
-
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
     pub provider: Arc<str>,
@@ -106,10 +103,6 @@ pub struct SseRelay {
     /// Frames that follow the current read's (a synthesised usage chunk and
     /// the `[DONE]` after it).
     after: VecDeque<Bytes>,
-    /// Handing out a gathered batch, frame after frame.
-    sending_batch: bool,
-    /// How the upstream ended, once it has; sent after the queue.
-    end: Option<Result<(), GatewayError>>,
     /// The first event arrived: idle time is now measured between events.
     idle_between_events: bool,
     /// When the client was last sent something (events or a comment).
@@ -151,8 +144,6 @@ impl SseRelay {
             aligner: EventAligner::default(),
             queued: VecDeque::new(),
             after: VecDeque::new(),
-            sending_batch: false,
-            end: None,
             idle_between_events: false,
             last_write: Instant::now(),
             include_usage: settings.include_usage,
@@ -347,56 +338,25 @@ impl Stream for SseRelay {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            if this.finished {
-                return Poll::Ready(None);
+        if let Some(frame) = this.queued.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.poll_upstream(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(events))) => {
+                this.queued.extend(this.after.drain(..));
+                Poll::Ready(Some(Ok(events)))
             }
-            if !this.sending_batch {
-                let gathered = this.gather(cx);
-                if gathered > 0 && this.end.is_none() && this.queued.len() < MAX_BATCH {
-                    // The upstream connection's task may have more decoded:
-                    // let it run once (a task woken during its own poll goes
-                    // to the back of the queue), then send everything ready
-                    // as consecutive frames, which hyper writes at once.
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                if this.queued.is_empty() {
-                    return match this.end.take() {
-                        Some(end) => this.finish(end),
-                        None => Poll::Pending,
-                    };
-                }
-                this.sending_batch = true;
-            }
-            if let Some(frame) = this.queued.pop_front() {
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            this.sending_batch = false;
+            Poll::Ready(Some(Err(err))) => this.finish(Err(err)),
+            Poll::Ready(None) => this.finish(Ok(())),
         }
     }
 }
 
 impl SseRelay {
-    /// Moves everything the upstream has ready into the queue; returns how
-    /// many reads it took, and records the end if the upstream ended.
-    fn gather(&mut self, cx: &mut Context<'_>) -> usize {
-        let mut gathered = 0;
-        while self.end.is_none() && self.queued.len() < MAX_BATCH {
-            match self.poll_upstream(cx) {
-                Poll::Ready(Some(Ok(events))) => {
-                    self.queued.push_back(events);
-                    self.queued.extend(self.after.drain(..));
-                    gathered += 1;
-                }
-                Poll::Ready(Some(Err(err))) => self.end = Some(Err(err)),
-                Poll::Ready(None) => self.end = Some(Ok(())),
-                Poll::Pending => break,
-            }
-        }
-        gathered
-    }
-
     fn finish(&mut self, end: Result<(), GatewayError>) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.finished = true;
         match end {
