@@ -2,6 +2,7 @@
 //! splice the body, send upstream, translate errors, relay the stream.
 
 pub mod breaker;
+pub mod event_align;
 pub mod failover;
 pub mod headers;
 pub mod json_scan;

@@ -4,11 +4,12 @@
 //! event can always be appended cleanly. Usage is found by scanning bytes and
 //! parsing only the event that holds it.
 
+pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, mentions_usage, parse_usage};
 use crate::error::GatewayError;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
@@ -25,56 +26,6 @@ static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// Splits incoming bytes at the last complete event boundary.
-#[derive(Debug, Default)]
-pub struct EventAligner {
-    tail: BytesMut,
-}
-
-impl EventAligner {
-    /// Returns the complete events now available (zero-copy when the chunk
-    /// ends on a boundary, the common case), keeping any partial event.
-    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
-        if self.tail.is_empty() {
-            match last_event_end(&chunk) {
-                Some(end) if end == chunk.len() => Some(chunk),
-                Some(end) => {
-                    self.tail.extend_from_slice(&chunk[end..]);
-                    Some(chunk.slice(..end))
-                }
-                None => {
-                    self.tail.extend_from_slice(&chunk);
-                    None
-                }
-            }
-        } else {
-            // A boundary may straddle the join: look back two bytes.
-            let from = self.tail.len().saturating_sub(2);
-            self.tail.extend_from_slice(&chunk);
-            let end = last_event_end(&self.tail[from..])?;
-            Some(self.tail.split_to(from + end).freeze())
-        }
-    }
-
-    /// Bytes of an event that never ended.
-    pub fn has_partial(&self) -> bool {
-        !self.tail.is_empty()
-    }
-}
-
-/// Index just past the last `\n\n` (or `\n\r\n`) in `data`.
-fn last_event_end(data: &[u8]) -> Option<usize> {
-    // The common case, a read that ends on an event boundary, costs nothing.
-    if data.ends_with(b"\n\n") {
-        return Some(data.len());
-    }
-    let lf = memchr::memmem::rfind(data, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memchr(b'\r', data)
-        .and_then(|_| memchr::memmem::rfind(data, b"\n\r\n"))
-        .map(|i| i + 3);
-    lf.max(crlf)
-}
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
@@ -372,46 +323,5 @@ impl SseRelay {
                 Poll::Ready(Some(Ok(event)))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn push_all(chunks: &[&str]) -> Vec<String> {
-        let mut aligner = EventAligner::default();
-        chunks
-            .iter()
-            .filter_map(|c| aligner.push(Bytes::copy_from_slice(c.as_bytes())))
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn whole_events_pass_untouched() {
-        assert_eq!(
-            push_all(&["data: a\n\ndata: b\n\n"]),
-            ["data: a\n\ndata: b\n\n"]
-        );
-    }
-
-    #[test]
-    fn split_events_are_held_until_complete() {
-        assert_eq!(
-            push_all(&["data: a\n\ndata: b", "b\n", "\ndata: c\n\n"]),
-            ["data: a\n\n", "data: bb\n\ndata: c\n\n"]
-        );
-    }
-
-    #[test]
-    fn boundary_straddling_two_chunks() {
-        assert_eq!(push_all(&["data: a\n", "\n"]), ["data: a\n\n"]);
-        assert_eq!(push_all(&["data: a\r\n", "\r\n"]), ["data: a\r\n\r\n"]);
-    }
-
-    #[test]
-    fn comments_are_events_too() {
-        assert_eq!(push_all(&[": ping\n\n"]), [": ping\n\n"]);
     }
 }
