@@ -10,7 +10,8 @@
 #   direct   the mock provider itself                      127.0.0.1:18090
 #   nginx    nginx, one worker, benches/nginx.conf         127.0.0.1:18081
 #   gateway  kimi-gateway, TOKIO_WORKER_THREADS=1,          127.0.0.1:18080
-#            access log on (info) and written to a file
+#            every feature on (benches/gateway.toml: client keys, limits at
+#            every scope; metrics; access log at info, written to a file)
 # With taskset and 2+ CPUs the proxy under test runs on CPU 0 and the mock and
 # the load generator share CPU 1. CPU 1 then does the same work per request
 # for every target, so for small messages "direct" is about the most the load
@@ -182,8 +183,9 @@ stop_nginx() { stop_pid "$NGINX_MASTER"; NGINX_MASTER="" NGINX_PID=""; }
 start_gateway() {
     env -u KIMI_GATEWAY_CONFIG -u AIMLAPI_API_KEY -u AGENTSFLARE_API_KEY \
         MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL="http://$MOCK_ADDR/moonshot/v1" \
-        TOKIO_WORKER_THREADS=1 RUST_LOG=info \
+        BENCH_CLIENT_KEY=mock-key TOKIO_WORKER_THREADS=1 RUST_LOG=info \
         "${PIN_PROXY[@]}" "$BIN/kimi-gateway" --listen "$GW_ADDR" \
+        --config "$ROOT/benches/gateway.toml" \
         >>"$OUT/gateway-access.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
