@@ -157,6 +157,16 @@ pub fn chat_body(model: &str, content: &str, stream: bool) -> serde_json::Value 
     })
 }
 
+/// The ids of a `GET /v1/models` answer, in order.
+pub fn model_ids(list: &serde_json::Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("a model list")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
 /// The parsed OpenAI error body of a response.
 pub async fn error_of(response: reqwest::Response) -> serde_json::Value {
     let body: serde_json::Value = response.json().await.expect("error body is JSON");
