@@ -143,8 +143,8 @@ impl Default for Timeouts {
 pub struct Provider {
     pub name: Arc<str>,
     pub base_url: String,
-    /// `{base_url}/chat/completions`, built once.
-    pub chat_url: reqwest::Url,
+    /// `{base_url}/chat/completions`, split once for the client.
+    pub chat_url: ChatUrl,
     /// The key variables, in order; `api_key_env` names them for messages.
     pub key_envs: Vec<String>,
     pub api_key_env: String,
@@ -153,7 +153,25 @@ pub struct Provider {
     pub models: Vec<String>,
     pub headers: HeaderMap,
     pub timeouts: Timeouts,
-    pub client: reqwest::Client,
+    /// Keep-alive connections to `chat_url.origin`.
+    pub client: crate::client::Client,
+}
+
+/// Where chat completions go: the origin the client connects to, the
+/// request target and the `Host` header.
+#[derive(Debug, Clone)]
+pub struct ChatUrl {
+    pub origin: http::Uri,
+    /// Origin-form (`/v1/chat/completions`).
+    pub path: http::Uri,
+    pub host: http::HeaderValue,
+}
+
+impl std::fmt::Display for ChatUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin = self.origin.to_string();
+        write!(f, "{}{}", origin.trim_end_matches('/'), self.path)
+    }
 }
 
 impl Provider {

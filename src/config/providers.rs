@@ -4,7 +4,7 @@
 use super::file::{ProviderFile, TimeoutsFile};
 use super::presets::PRESETS;
 use super::settings::seconds;
-use super::{ApiKey, ConfigProblem, Provider, Timeouts};
+use super::{ApiKey, ChatUrl, ConfigProblem, Provider, Timeouts};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -127,16 +127,13 @@ pub fn build_provider(
         (None, None) => return None, // already reported as required
     };
     let base_url = base_url.trim().trim_end_matches('/').to_string();
-    let chat_url = match reqwest::Url::parse(&format!("{base_url}/chat/completions")) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
-            problems.push(ConfigProblem::new(
-                source,
-                format!("{base_url:?} is not an http(s) URL"),
-            ));
-            None
-        }
-    };
+    let chat_url = chat_url(&base_url);
+    if chat_url.is_none() {
+        problems.push(ConfigProblem::new(
+            source,
+            format!("{base_url:?} is not an http(s) URL"),
+        ));
+    }
     let mut keys = Vec::new();
     for var in &draft.key_envs {
         let Some(secret) = env(var)
@@ -183,36 +180,46 @@ pub fn build_provider(
             models.push(model);
         }
     }
-    let client = reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .tcp_nodelay(true)
-        // A provider's redirect is answered as-is; following it would also
-        // re-parse URLs on every request.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("kimi-gateway/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let client = match client {
-        Ok(client) => client,
-        Err(err) => {
-            problems.push(ConfigProblem::new(&path, format!("HTTP client: {err}")));
-            return None;
-        }
-    };
     if problems.len() > before {
         return None;
     }
+    let chat_url = chat_url?;
     Some(Provider {
         name: draft.name.into(),
         base_url,
-        chat_url: chat_url?,
         api_key_env: draft.key_envs.join(" or "),
         key_envs: draft.key_envs,
         keys,
         models,
         headers,
+        client: crate::client::Client::new(chat_url.origin.clone(), timeouts.connect),
+        chat_url,
         timeouts,
-        client,
+    })
+}
+
+/// `{base_url}/chat/completions`, if `base_url` is an absolute http(s) URL.
+fn chat_url(base_url: &str) -> Option<ChatUrl> {
+    let uri = http::Uri::try_from(format!("{base_url}/chat/completions")).ok()?;
+    let scheme = uri.scheme_str()?;
+    if !matches!(scheme, "http" | "https") || uri.query().is_some() {
+        return None;
+    }
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let origin = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .ok()?;
+    let path = http::Uri::try_from(uri.path()).ok()?;
+    Some(ChatUrl {
+        host: HeaderValue::from_str(authority.as_str()).ok()?,
+        origin,
+        path,
     })
 }
 

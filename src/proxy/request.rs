@@ -3,6 +3,7 @@
 //! value spliced when the upstream's id differs.
 
 use super::json_scan::scan_object;
+use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -151,12 +152,11 @@ impl UpstreamBody {
         }
     }
 
-    pub fn into_reqwest(self) -> reqwest::Body {
+    /// The body as the client sends it: the buffers in order, one write.
+    pub fn into_outgoing(self) -> OutgoingBody {
         match self {
-            UpstreamBody::Whole(b) => reqwest::Body::from(b),
-            UpstreamBody::Spliced(parts) => reqwest::Body::wrap_stream(futures_util::stream::iter(
-                parts.map(Ok::<Bytes, std::convert::Infallible>),
-            )),
+            UpstreamBody::Whole(b) => OutgoingBody::from(b),
+            UpstreamBody::Spliced(parts) => OutgoingBody::new(parts),
         }
     }
 }

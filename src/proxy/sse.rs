@@ -25,7 +25,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
 
-type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
@@ -161,7 +161,7 @@ impl SseRelay {
                     let message = format!(
                         "connection to provider {} failed mid-stream: {}",
                         self.provider,
-                        crate::proxy::upstream::describe(&err)
+                        crate::client::describe(&err)
                     );
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,

@@ -6,16 +6,19 @@ use super::headers::{copy_response_headers, upstream_request_id};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
+use super::request::UpstreamBody;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, parse_body_usage};
+use crate::client::{ClientError, OutgoingBody, PooledBody};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyDataStream, BodyExt};
 use std::sync::Arc;
 use tokio::time::{Instant, timeout_at};
 
@@ -86,24 +89,14 @@ pub async fn forward(
     } else {
         "application/json"
     };
-    let upstream = provider
-        .client
-        .post(provider.chat_url.clone())
-        .headers(provider.headers.clone())
-        .header(header::AUTHORIZATION, key.header.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CONTENT_LENGTH, body.len())
-        .header(header::ACCEPT, accept)
-        .header(header::ACCEPT_ENCODING, "identity")
-        .header("x-request-id", ctx.request_id.clone())
-        .body(body.into_reqwest());
+    let upstream = upstream_request(provider, key, body, accept, ctx);
 
     let sent = Instant::now();
     ctx.metrics
         .overhead
         .with_label_values(&["before_upstream"])
         .observe((sent - ctx.arrived).as_secs_f64());
-    let response = match timeout_at(deadline, upstream.send()).await {
+    let response = match timeout_at(deadline, provider.client.send(upstream)).await {
         Err(_) => return Err(timeout(provider, "the response head", started)),
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(response)) => response,
@@ -144,7 +137,7 @@ pub async fn forward(
     if request.stream && content_type.starts_with("text/event-stream") {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
         let relay = SseRelay::start(
-            Box::pin(response.bytes_stream()),
+            Box::pin(BodyDataStream::new(response.into_body())),
             RelaySettings {
                 provider: provider.name.clone(),
                 include_usage: request.include_usage,
@@ -181,10 +174,10 @@ pub async fn forward(
         return Ok(response);
     }
 
-    let body = match timeout_at(deadline, response.bytes()).await {
+    let body = match timeout_at(deadline, response.into_body().collect()).await {
         Err(_) => return Err(timeout(provider, "the response body", started)),
-        Ok(Err(err)) => return Err(transport_error(provider, &err)),
-        Ok(Ok(body)) => body,
+        Ok(Err(err)) => return Err(body_error(provider, &err)),
+        Ok(Ok(body)) => body.to_bytes(),
     };
     let body_read = Instant::now();
     if !looks_like_json_object(&body) || request.stream {
@@ -231,9 +224,13 @@ fn looks_like_json_object(body: &[u8]) -> bool {
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
 /// read is simply left out (it only feeds an error message).
-async fn read_limited(response: reqwest::Response, deadline: Instant, limit: usize) -> Vec<u8> {
+async fn read_limited(
+    response: http::Response<PooledBody>,
+    deadline: Instant,
+    limit: usize,
+) -> Vec<u8> {
     let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
+    let mut stream = BodyDataStream::new(response.into_body());
     while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
         let room = limit - body.len();
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -256,7 +253,7 @@ fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) ->
     .with_code("upstream_timeout")
 }
 
-fn transport_error(provider: &crate::config::Provider, err: &reqwest::Error) -> GatewayError {
+fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> GatewayError {
     let (status, what) = if err.is_timeout() {
         (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to")
     } else if err.is_connect() {
@@ -264,26 +261,55 @@ fn transport_error(provider: &crate::config::Provider, err: &reqwest::Error) -> 
     } else {
         (StatusCode::BAD_GATEWAY, "connection failed to")
     };
+    GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
+        .with_code("upstream_unreachable")
+}
+
+fn body_error(provider: &crate::config::Provider, err: &hyper::Error) -> GatewayError {
     GatewayError::server(
-        status,
-        format!("{what} provider {}: {}", provider.name, describe(err)),
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "connection to provider {} failed while reading the response: {}",
+            provider.name,
+            crate::client::describe(err)
+        ),
     )
     .with_code("upstream_unreachable")
 }
 
-/// An error and its causes in one line, without the URL.
-pub fn describe(err: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The request as the provider receives it: the configured extra headers,
+/// the provider key, and the gateway's own framing and identity headers.
+fn upstream_request(
+    provider: &crate::config::Provider,
+    key: &crate::config::ApiKey,
+    body: UpstreamBody,
+    accept: &'static str,
+    ctx: &ForwardContext,
+) -> http::Request<OutgoingBody> {
+    let length = HeaderValue::from(body.len());
+    let mut request = http::Request::new(body.into_outgoing());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = provider.chat_url.path.clone();
+    let headers = request.headers_mut();
+    headers.reserve(provider.headers.len() + 8);
+    headers.insert(header::HOST, provider.chat_url.host.clone());
+    for (name, value) in &provider.headers {
+        headers.append(name, value.clone());
     }
-    if text.is_empty() {
-        text = err.to_string();
-    }
-    text
+    headers.insert(header::AUTHORIZATION, key.header.clone());
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, length);
+    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    headers.insert("x-request-id", ctx.request_id.clone());
+    request
 }
+
+const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));

@@ -16,3 +16,4 @@ mod redis_server;
 mod resilience;
 mod routing;
 mod streaming;
+mod upstream_client;

@@ -1,0 +1,225 @@
+//! The provider client's connection pool against a raw HTTP/1.1 server that
+//! counts connections: keep-alive reuse, closed connections replaced,
+//! abandoned bodies not reused, and buffered stream frames handed over
+//! without waiting for a wake-up.
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use kimi_gateway::client::{Client, OutgoingBody, PooledBody};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// How the raw server answers each request.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `content-length` body, connection kept.
+    KeepAlive,
+    /// Same, then the server closes the connection.
+    ThenClose,
+    /// `Connection: close` in the head.
+    ConnectionClose,
+    /// A chunked body of 50 events, written in one go.
+    ChunkedEvents,
+}
+
+struct RawServer {
+    origin: http::Uri,
+    accepted: Arc<AtomicUsize>,
+    /// One message per connection the server saw end.
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+async fn raw_server(answer: Answer) -> RawServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                serve(stream, answer).await;
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    RawServer {
+        origin,
+        accepted,
+        closed,
+    }
+}
+
+async fn serve(mut stream: TcpStream, answer: Answer) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request: head, then a content-length body.
+        let head_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let response = match answer {
+            Answer::KeepAlive | Answer::ThenClose => {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_string()
+            }
+            Answer::ConnectionClose => {
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}".to_string()
+            }
+            Answer::ChunkedEvents => {
+                let mut r = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string();
+                for i in 0..50 {
+                    let event = format!("data: {i}\n\n");
+                    r.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+                }
+                r.push_str("0\r\n\r\n");
+                r
+            }
+        };
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        if matches!(answer, Answer::ThenClose | Answer::ConnectionClose) {
+            return;
+        }
+    }
+}
+
+fn request(body: &'static str) -> http::Request<OutgoingBody> {
+    http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", "provider.test")
+        .header("content-length", body.len())
+        .body(OutgoingBody::from(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+async fn read_all(client: &Client) -> Bytes {
+    let response = client.send(request("{\"x\":1}")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+fn client(server: &RawServer) -> Client {
+    Client::new(server.origin.clone(), Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_is_reused() {
+    let server = raw_server(Answer::KeepAlive).await;
+    let client = client(&server);
+    for _ in 0..3 {
+        assert_eq!(read_all(&client).await, "{}");
+        assert_eq!(client.idle_connections(), 1);
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_read_to_its_end_frees_the_connection() {
+    let server = raw_server(Answer::ChunkedEvents).await;
+    let client = client(&server);
+    for _ in 0..2 {
+        let body = read_all(&client).await;
+        assert!(body.starts_with(b"data: 0\n\n") && body.ends_with(b"data: 49\n\n"));
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_replaced() {
+    let mut server = raw_server(Answer::ThenClose).await;
+    let client = client(&server);
+    assert_eq!(read_all(&client).await, "{}");
+    server.closed.recv().await.unwrap();
+    assert_eq!(read_all(&client).await, "{}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured() {
+    let server = raw_server(Answer::ConnectionClose).await;
+    let client = client(&server);
+    assert_eq!(read_all(&client).await, "{}");
+    assert_eq!(client.idle_connections(), 0);
+    assert_eq!(read_all(&client).await, "{}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_closes_its_connection() {
+    let mut server = raw_server(Answer::ChunkedEvents).await;
+    let client = client(&server);
+    let mut body = client.send(request("{}")).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    server.closed.recv().await.unwrap();
+    assert_eq!(client.idle_connections(), 0);
+    read_all(&client).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn frames_already_received_are_ready_without_a_wake_up() {
+    let server = raw_server(Answer::ChunkedEvents).await;
+    let client = client(&server);
+    let mut body: PooledBody = client.send(request("{}")).await.unwrap().into_body();
+    // Wait for the first event; the server wrote all 50 in one write.
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: 0\n\n");
+    let mut ready = 1;
+    while let Some(frame) = body.frame().now_or_never() {
+        match frame {
+            Some(frame) => {
+                let data = frame.unwrap().into_data().unwrap();
+                assert_eq!(data, format!("data: {ready}\n\n"));
+                ready += 1;
+            }
+            None => break,
+        }
+    }
+    // Loopback delivers one write in one read, so nothing is left pending.
+    assert_eq!(ready, 50, "every buffered event was ready at once");
+}
+
+#[tokio::test]
+async fn an_unreachable_origin_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = Client::new(
+        format!("http://{addr}/").parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    let err = client.send(request("{}")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+}
