@@ -20,6 +20,7 @@ pub mod drain;
 pub mod error;
 pub mod healthcheck;
 pub mod limits;
+pub mod log_format;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
