@@ -11,14 +11,26 @@ use std::sync::{Arc, Mutex};
 /// Reads an environment variable; reloads re-read keys and base URLs.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// A handle on the shared state: one reference count to clone per request
+/// (axum hands every extractor and middleware its own copy).
 #[derive(Clone)]
-pub struct AppState {
-    config: Arc<ArcSwap<Config>>,
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    config: ArcSwap<Config>,
     pub drain: Arc<Drain>,
-    reload: Arc<Mutex<ReloadStatus>>,
+    reload: Mutex<ReloadStatus>,
     pub env: EnvLookup,
     /// Outlives configurations: counters survive reloads.
     pub metrics: Arc<Metrics>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The outcome of the last configuration reload, shown by `/readyz`.
@@ -41,13 +53,13 @@ impl AppState {
 
     /// State whose reloads read `env` instead of the process environment.
     pub fn with_env(config: Config, env: EnvLookup) -> Self {
-        AppState {
-            config: Arc::new(ArcSwap::from_pointee(config)),
+        AppState(Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
             drain: Arc::new(Drain::default()),
-            reload: Arc::new(Mutex::new(ReloadStatus::default())),
+            reload: Mutex::new(ReloadStatus::default()),
             env,
             metrics: Arc::new(Metrics::new()),
-        }
+        }))
     }
 
     /// The configuration a request runs on from start to end.

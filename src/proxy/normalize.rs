@@ -6,8 +6,7 @@
 //!   standard `choices: []` usage chunk, synthesised from Moonshot's in-choice
 //!   usage when the provider did not send one.
 
-use super::json_scan::scan_object;
-use super::usage::UsageReport;
+use super::usage::{BodyUsage, UsageReport};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -29,38 +28,25 @@ pub fn mirror_cached_tokens(usage: &mut Value) {
 }
 
 /// A non-stream body with the cached-token mirror added to its top-level
-/// `usage`; the original bytes when nothing needs adding.
-pub fn mirror_cached_tokens_in_body(body: Bytes) -> Bytes {
-    let mut usage_span = None;
-    if scan_object(&body, |key, span| {
-        if key == b"usage" {
-            usage_span = Some(span);
-        }
-    })
-    .is_err()
-    {
-        return body;
-    }
-    let Some(span) = usage_span else { return body };
-    let raw = &body[span.clone()];
-    let has = |needle: &[u8]| memchr::memmem::find(raw, needle).is_some();
-    if !has(b"\"cached_tokens\"") || has(b"\"prompt_tokens_details\"") {
-        return body;
-    }
-    let Some(cached) = serde_json::from_slice::<Value>(raw)
-        .ok()
-        .and_then(|u| u.get("cached_tokens")?.as_u64())
-    else {
+/// `usage` (found by [`find_body_usage`]); the original bytes when nothing
+/// needs adding.
+///
+/// [`find_body_usage`]: super::usage::find_body_usage
+pub fn mirror_cached_tokens_in_body(body: Bytes, usage: Option<&BodyUsage>) -> Bytes {
+    let Some((cached, span)) = usage.and_then(|u| Some((u.unmirrored_cached?, &u.span))) else {
         return body;
     };
     // Insert before the usage object's closing brace; every other byte stays.
     let close = span.end - 1;
-    let insert = format!(",\"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}");
-    let mut out = Vec::with_capacity(body.len() + insert.len());
-    out.extend_from_slice(&body[..close]);
-    out.extend_from_slice(insert.as_bytes());
-    out.extend_from_slice(&body[close..]);
-    out.into()
+    let mut number = itoa::Buffer::new();
+    let parts: [&[u8]; 5] = [
+        &body[..close],
+        b",\"prompt_tokens_details\":{\"cached_tokens\":",
+        number.format(cached).as_bytes(),
+        b"}",
+        &body[close..],
+    ];
+    parts.concat().into()
 }
 
 /// The standard final usage chunk for a stream, built from a usage report.
@@ -81,14 +67,19 @@ pub fn usage_chunk(report: &UsageReport) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::usage::parse_usage;
+    use crate::proxy::usage::{find_body_usage, parse_usage};
+
+    fn mirrored(body: Bytes) -> Bytes {
+        let usage = find_body_usage(&body);
+        mirror_cached_tokens_in_body(body, usage.as_ref())
+    }
 
     #[test]
     fn mirrors_moonshot_cached_tokens_in_a_body() {
         let body = Bytes::from_static(
             br#"{"id":"x","usage":{"prompt_tokens":5,"cached_tokens":2} ,"z":1}"#,
         );
-        let out = mirror_cached_tokens_in_body(body);
+        let out = mirrored(body);
         assert_eq!(
             &out[..],
             br#"{"id":"x","usage":{"prompt_tokens":5,"cached_tokens":2,"prompt_tokens_details":{"cached_tokens":2}} ,"z":1}"#
@@ -100,9 +91,9 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}}"#,
         );
-        assert_eq!(mirror_cached_tokens_in_body(body.clone()), body);
+        assert_eq!(mirrored(body.clone()), body);
         let none = Bytes::from_static(br#"{"choices":[]}"#);
-        assert_eq!(mirror_cached_tokens_in_body(none.clone()), none);
+        assert_eq!(mirrored(none.clone()), none);
     }
 
     #[test]

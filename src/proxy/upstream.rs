@@ -10,7 +10,7 @@ use super::request::UpstreamBody;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
-use super::usage::{Usage, parse_body_usage};
+use super::usage::{Usage, find_body_usage};
 use crate::client::{ClientError, OutgoingBody, PooledBody};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -195,8 +195,9 @@ pub async fn forward(
             ),
         ));
     }
-    info.usage = parse_body_usage(&body);
-    let body = mirror_cached_tokens_in_body(body);
+    let found = find_body_usage(&body);
+    info.usage = found.as_ref().map(|f| f.usage);
+    let body = mirror_cached_tokens_in_body(body, found.as_ref());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

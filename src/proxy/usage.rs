@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
@@ -71,9 +72,34 @@ impl Usage {
     }
 }
 
+/// The top-level `usage` of a non-stream body.
+#[derive(Debug, Clone)]
+pub struct BodyUsage {
+    pub usage: Usage,
+    /// Where the usage object sits in the body.
+    pub span: Range<usize>,
+    /// Moonshot's `cached_tokens`, when no `prompt_tokens_details` is beside it.
+    pub unmirrored_cached: Option<u64>,
+}
+
+/// The usage fields, read without building a JSON tree.
+#[derive(Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    prompt_tokens_details: Option<DetailsFields>,
+}
+
+#[derive(Deserialize)]
+struct DetailsFields {
+    cached_tokens: Option<u64>,
+}
+
 /// Usage from a non-stream body: only the top-level `usage` value is
 /// parsed, located by a scan (the choices, maybe long, are not decoded).
-pub fn parse_body_usage(body: &[u8]) -> Option<Usage> {
+pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     if !mentions_usage(body) {
         return None;
     }
@@ -84,8 +110,32 @@ pub fn parse_body_usage(body: &[u8]) -> Option<Usage> {
         }
     })
     .ok()?;
-    let raw: Value = serde_json::from_slice(&body[span?]).ok()?;
-    raw.is_object().then(|| Usage::from_value(&raw))
+    let span = span?;
+    let raw = &body[span.clone()];
+    let (usage, moonshot_cached) = match serde_json::from_slice::<UsageFields>(raw) {
+        Ok(fields) => {
+            let details_cached = fields.prompt_tokens_details.and_then(|d| d.cached_tokens);
+            let usage = Usage {
+                prompt_tokens: fields.prompt_tokens.unwrap_or(0),
+                completion_tokens: fields.completion_tokens.unwrap_or(0),
+                total_tokens: fields.total_tokens.unwrap_or(0),
+                cached_tokens: details_cached.or(fields.cached_tokens).unwrap_or(0),
+            };
+            (usage, fields.cached_tokens)
+        }
+        // Unusual values (floats, nulls in odd places): the lenient way.
+        Err(_) => {
+            let value: Value = serde_json::from_slice(raw).ok()?;
+            value.is_object().then_some(())?;
+            (Usage::from_value(&value), value["cached_tokens"].as_u64())
+        }
+    };
+    let has_details = memchr::memmem::find(raw, b"\"prompt_tokens_details\"").is_some();
+    Some(BodyUsage {
+        usage,
+        span,
+        unmirrored_cached: moonshot_cached.filter(|_| !has_details),
+    })
 }
 
 /// Cheap test: could this data mention usage at all?
@@ -154,9 +204,26 @@ mod tests {
     #[test]
     fn body_usage_reads_only_the_usage_value() {
         let body = br#"{"choices":[{"message":{"content":"the word \"usage\" here"}}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5,"cached_tokens":1}}"#;
-        let usage = parse_body_usage(body).unwrap();
-        assert_eq!((usage.total_tokens, usage.cached_tokens), (5, 1));
-        assert!(parse_body_usage(br#"{"choices":[]}"#).is_none());
+        let found = find_body_usage(body).unwrap();
+        assert_eq!(
+            (found.usage.total_tokens, found.usage.cached_tokens),
+            (5, 1)
+        );
+        assert_eq!(found.unmirrored_cached, Some(1));
+        assert_eq!(
+            &body[found.span],
+            &br#"{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5,"cached_tokens":1}"#[..]
+        );
+        assert!(find_body_usage(br#"{"choices":[]}"#).is_none());
+        // Odd values still count what can be counted.
+        let odd = find_body_usage(
+            br#"{"usage":{"prompt_tokens":2.0,"completion_tokens":3,"total_tokens":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (odd.usage.prompt_tokens, odd.usage.completion_tokens),
+            (0, 3)
+        );
     }
 
     #[test]
