@@ -13,7 +13,7 @@ use crate::state::AppState;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -34,7 +34,8 @@ pub struct RouteName(pub Arc<str>);
 #[derive(Debug, Clone, Copy)]
 pub struct Arrived(pub Instant);
 
-/// Middleware: assigns the request id, returns it, and logs the request.
+/// Middleware: assigns the request id, checks the client key, returns the
+/// id, and logs the request.
 pub async fn request_context(
     State(state): State<AppState>,
     mut request: Request,
@@ -56,7 +57,14 @@ pub async fn request_context(
         state.metrics.in_flight.inc();
     }
 
-    let mut response = next.run(request).await;
+    let mut response = match crate::auth::authenticate(&state, &mut request) {
+        Ok(caller) => {
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(caller);
+            response
+        }
+        Err(refused) => refused.into_response(),
+    };
     response.headers_mut().insert("x-request-id", id.clone());
     let record = AccessRecord {
         id,
@@ -143,14 +151,14 @@ impl AccessRecord {
                     provider = upstream.map_or("", |u| &*u.provider),
                     upstream_model = upstream.map_or("", |u| &*u.upstream_model),
                     attempts = upstream.map_or(0, |u| u.attempts),
-                    time_to_head_ms = upstream.and_then(|u| u.time_to_head).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-                    time_to_first_token_ms = stream.and_then(|s| s.first_event_after()).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    time_to_head_ms = upstream.and_then(|u| u.time_to_head).map_or(0.0, millis),
+                    time_to_first_token_ms = stream.and_then(|s| s.first_event_after()).map_or(0.0, millis),
                     error_type,
                     error = &*error_message,
                     stream_end,
                     prompt_tokens = usage.map_or(0, |u| u.prompt_tokens),
                     completion_tokens = usage.map_or(0, |u| u.completion_tokens),
-                    duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                    duration_ms = millis(self.started.elapsed()),
                     "request"
                 )
             };
@@ -173,4 +181,9 @@ impl Drop for EmitOnDrop {
             record.emit();
         }
     }
+}
+
+/// Milliseconds with microsecond precision (`12.345`), short in the log.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }

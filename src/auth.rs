@@ -7,8 +7,7 @@
 use crate::error::{ErrorType, GatewayError};
 use crate::limits::Scope;
 use crate::state::AppState;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -141,12 +140,9 @@ impl Caller {
     }
 }
 
-/// Middleware: finds the caller's key, or answers 401.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Finds the caller's key (and records it on the request), or the 401 to
+/// answer. Runs inside the request-context middleware, so refusals are logged.
+pub fn authenticate(state: &AppState, request: &mut Request) -> Result<Caller, Unauthenticated> {
     let caller = {
         let config = state.peek_config();
         if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri().path()) {
@@ -154,21 +150,19 @@ pub async fn authenticate(
         } else {
             match presented_key(request.headers()) {
                 None => {
-                    return unauthenticated(
+                    return Err(Unauthenticated(
                         "missing API key: send it as 'Authorization: Bearer <key>' or in 'x-api-key'",
-                    );
+                    ));
                 }
                 Some(presented) => match config.keys.find(presented) {
                     Some(key) => Caller::with_key(key),
-                    None => return unauthenticated("invalid API key"),
+                    None => return Err(Unauthenticated("invalid API key")),
                 },
             }
         }
     };
     request.extensions_mut().insert(caller.clone());
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(caller);
-    response
+    Ok(caller)
 }
 
 /// The key from `Authorization: Bearer …`, else from `x-api-key`.
@@ -184,17 +178,23 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .filter(|key| !key.is_empty())
 }
 
-fn unauthenticated(message: &'static str) -> Response {
-    let mut response = GatewayError::new(
-        StatusCode::UNAUTHORIZED,
-        ErrorType::InvalidAuthenticationError,
-        message,
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
+/// A request without a usable key; answered 401 with `WWW-Authenticate`.
+#[derive(Debug)]
+pub struct Unauthenticated(&'static str);
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let mut response = GatewayError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::InvalidAuthenticationError,
+            self.0,
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
 }
 
 /// 403 for a key asking for a model it may not use.
