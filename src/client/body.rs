@@ -68,7 +68,7 @@ impl Body for OutgoingBody {
 pub struct PooledBody {
     incoming: Incoming,
     /// `None` once returned to the pool, or after the connection ended.
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     pool: Arc<Pool>,
 }
 
@@ -81,7 +81,7 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
-    pub(super) fn new(incoming: Incoming, conn: Connection, pool: Arc<Pool>) -> Self {
+    pub(super) fn new(incoming: Incoming, conn: Box<Connection>, pool: Arc<Pool>) -> Self {
         PooledBody {
             incoming,
             conn: Some(conn),

@@ -114,7 +114,9 @@ impl Client {
         loop {
             let (mut conn, reused) = match self.pool.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare and its state is large; inline
+                // it would be allocated and moved with every request.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match exchange(&mut conn, request).await {
                 Ok(head) => {
@@ -129,7 +131,7 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Result<Connection, ClientError> {
+    async fn connect(&self) -> Result<Box<Connection>, ClientError> {
         let connecting = async {
             let io: Io = self
                 .connector
@@ -141,7 +143,7 @@ impl Client {
                 .handshake(io)
                 .await
                 .map_err(ClientError::Exchange)?;
-            Ok(Connection::new(sender, driver))
+            Ok(Box::new(Connection::new(sender, driver)))
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(result) => result,

@@ -50,8 +50,10 @@ impl Connection {
     }
 }
 
+/// Connections are boxed: hyper's connection state is a few kilobytes, and
+/// it moves between the pool and a response body on every request.
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -69,7 +71,7 @@ impl Pool {
     }
 
     /// The most recently used connection that is still open, if any.
-    pub fn checkout(&self) -> Option<Connection> {
+    pub fn checkout(&self) -> Option<Box<Connection>> {
         loop {
             let idle = self.idle.lock().expect("pool lock").pop()?;
             let Idle { mut conn, since } = idle;
@@ -80,7 +82,7 @@ impl Pool {
     }
 
     /// Keeps a connection whose response has been read to the end.
-    pub fn checkin(&self, mut conn: Connection) {
+    pub fn checkin(&self, mut conn: Box<Connection>) {
         if !conn.settle_and_check() {
             return;
         }

@@ -219,3 +219,30 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, GatewayError
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::AppState;
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use std::mem::size_of_val;
+
+    /// Every request's future is allocated and moved as one block: a large
+    /// state inlined by mistake (a connection, a connect future) costs a
+    /// large malloc and memcpy per request, so the sizes are guarded.
+    #[test]
+    fn request_futures_stay_small() {
+        let state = AppState::new(crate::config::load(None).unwrap());
+        let handler = super::chat_completions(State(state.clone()), Request::new(Body::empty()));
+        assert!(size_of_val(&handler) <= 4096, "{}", size_of_val(&handler));
+
+        let config = state.config();
+        let route = config.routes.lookup("kimi-k2-turbo-preview").unwrap();
+        let target = route.targets.first().unwrap();
+        let send = target
+            .provider
+            .client
+            .send(http::Request::new(bytes::Bytes::new().into()));
+        assert!(size_of_val(&send) <= 1536, "{}", size_of_val(&send));
+    }
+}
