@@ -7,6 +7,7 @@ use crate::auth::Caller;
 use crate::body_guard::hold_until_body_ends;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::state::AppState;
@@ -45,7 +46,7 @@ pub async fn request_context(
     request.extensions_mut().insert(Arrived(started));
     let id = request
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .filter(|v| is_usable_id(v))
         .cloned()
         .unwrap_or_else(generate_id);
@@ -65,7 +66,7 @@ pub async fn request_context(
         }
         Err(refused) => refused.into_response(),
     };
-    response.headers_mut().insert("x-request-id", id.clone());
+    response.headers_mut().insert(X_REQUEST_ID, id.clone());
     let record = AccessRecord {
         id,
         method,

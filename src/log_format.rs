@@ -15,6 +15,12 @@ use tracing_subscriber::registry::LookupSpan;
 /// The event formatter for JSON output.
 pub struct JsonLines;
 
+thread_local! {
+    /// The line being built: small writes into a `String` inline, where the
+    /// subscriber's writer is a `dyn` call per write.
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -26,115 +32,134 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, "\",\"level\":\"{}\",\"target\":", meta.level())?;
-        write_json_str(&mut writer, meta.target())?;
-        let mut fields = JsonFields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str("}\n")
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                // An event logged while formatting one (a Debug impl that
+                // logs): format it in a buffer of its own.
+                return write_line(&mut String::new(), &mut writer, event);
+            };
+            line.clear();
+            write_line(&mut line, &mut writer, event)
+        })
     }
+}
+
+fn write_line(line: &mut String, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    let meta = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    SystemTime.format_time(&mut Writer::new(line))?;
+    line.push_str("\",\"level\":\"");
+    line.push_str(meta.level().as_str());
+    line.push_str("\",\"target\":");
+    push_json_str(line, meta.target());
+    event.record(&mut JsonFields { line: &mut *line });
+    line.push_str("}\n");
+    writer.write_str(line)
 }
 
 /// Appends `,"name":value` for each field.
-struct JsonFields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    result: fmt::Result,
+struct JsonFields<'a> {
+    line: &'a mut String,
 }
 
-impl JsonFields<'_, '_> {
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = (|| {
-                self.writer.write_char(',')?;
-                write_json_str(self.writer, field.name())?;
-                self.writer.write_char(':')?;
-                value(self.writer)
-            })();
-        }
+impl JsonFields<'_> {
+    fn name(&mut self, field: &Field) {
+        self.line.push(',');
+        push_json_str(self.line, field.name());
+        self.line.push(':');
+    }
+
+    fn quoted_display(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        self.name(field);
+        self.line.push('"');
+        let _ = Escaping(self.line).write_fmt(value);
+        self.line.push('"');
     }
 }
 
-impl Visit for JsonFields<'_, '_> {
+impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |w| write_json_str(w, value));
+        self.name(field);
+        push_json_str(self.line, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.name(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.name(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |w| {
-            if value.is_finite() {
-                w.write_str(ryu::Buffer::new().format_finite(value))
-            } else {
-                w.write_str("null")
-            }
-        });
+        self.name(field);
+        if value.is_finite() {
+            self.line.push_str(ryu::Buffer::new().format_finite(value));
+        } else {
+            self.line.push_str("null");
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.name(field);
+        self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.field(field, |w| {
-            w.write_char('"')?;
-            write!(Escaping(w), "{value}")?;
-            w.write_char('"')
-        });
+        self.quoted_display(field, format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |w| {
-            w.write_char('"')?;
-            write!(Escaping(w), "{value:?}")?;
-            w.write_char('"')
-        });
+        self.quoted_display(field, format_args!("{value:?}"));
     }
 }
 
-fn write_json_str(w: &mut Writer<'_>, value: &str) -> fmt::Result {
-    w.write_char('"')?;
-    Escaping(w).write_str(value)?;
-    w.write_char('"')
+fn push_json_str(line: &mut String, value: &str) {
+    line.push('"');
+    let _ = Escaping(line).write_str(value);
+    line.push('"');
 }
 
-/// Escapes what it is given for the inside of a JSON string.
-struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+/// Bytes that need escaping inside a JSON string.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
-impl fmt::Write for Escaping<'_, '_> {
+/// Escapes what it is given for the inside of a JSON string.
+struct Escaping<'a>(&'a mut String);
+
+impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, byte) in s.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[start..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
+        while let Some(offset) = bytes[start..]
+            .iter()
+            .position(|&b| NEEDS_ESCAPE[b as usize])
+        {
+            let at = start + offset;
+            self.0.push_str(&s[start..at]);
+            match bytes[at] {
+                b'"' => self.0.push_str("\\\""),
+                b'\\' => self.0.push_str("\\\\"),
+                b'\n' => self.0.push_str("\\n"),
+                b'\r' => self.0.push_str("\\r"),
+                b'\t' => self.0.push_str("\\t"),
+                byte => write!(self.0, "\\u{byte:04x}")?,
             }
-            start = i + 1;
+            start = at + 1;
         }
-        self.0.write_str(&s[start..])
+        self.0.push_str(&s[start..]);
+        Ok(())
     }
 }
 

@@ -4,6 +4,13 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// Header names the gateway sets or reads on every request, parsed once
+/// (a `&str` name is validated and hashed on each use).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+pub const X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+
 /// Upstream response headers never forwarded.
 const DROPPED: &[&str] = &[
     // hop-by-hop (RFC 9110 7.6.1) and framing, which hyper recomputes
@@ -48,15 +55,13 @@ fn is_dropped(name: &HeaderName) -> bool {
 
 /// The provider's id for this request, under the names the providers use.
 pub fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
-    [
-        "x-request-id",
-        "msh-request-id",
-        "request-id",
-        "x-amzn-requestid",
-    ]
-    .iter()
-    .find_map(|name| headers.get(*name))
-    .cloned()
+    const NAMES: [HeaderName; 4] = [
+        X_REQUEST_ID,
+        HeaderName::from_static("msh-request-id"),
+        HeaderName::from_static("request-id"),
+        HeaderName::from_static("x-amzn-requestid"),
+    ];
+    NAMES.iter().find_map(|name| headers.get(name)).cloned()
 }
 
 #[cfg(test)]

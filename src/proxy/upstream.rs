@@ -2,7 +2,10 @@
 //! spliced body, request id), send it under the provider's timeouts, and turn
 //! the answer into the client's response or a [`GatewayError`].
 
-use super::headers::{copy_response_headers, upstream_request_id};
+use super::headers::{
+    X_ACCEL_BUFFERING, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID, copy_response_headers,
+    upstream_request_id,
+};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
@@ -131,7 +134,7 @@ pub async fn forward(
     let headers = builder.headers_mut().expect("fresh builder");
     copy_response_headers(response.headers(), headers);
     if let Some(id) = upstream_request_id(response.headers()) {
-        headers.insert("x-upstream-request-id", id);
+        headers.insert(X_UPSTREAM_REQUEST_ID, id);
     }
 
     if request.stream && content_type.starts_with("text/event-stream") {
@@ -164,7 +167,7 @@ pub async fn forward(
             HeaderValue::from_static("text/event-stream"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         info.stream = Some(stats);
         let mut response = builder
             .body(Body::from_stream(relay))
@@ -309,7 +312,7 @@ fn upstream_request(
         HeaderValue::from_static("identity"),
     );
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    headers.insert("x-request-id", ctx.request_id.clone());
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     request
 }
 

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::estimate_tokens;
 use crate::proxy::failover::{self, AttemptOutcome, Event};
+use crate::proxy::headers::X_GATEWAY_ATTEMPTS;
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
@@ -164,7 +165,7 @@ async fn route_and_forward(
             "x-gateway-provider",
             HeaderValue::from_str(&target.provider.name).expect("provider names are header-safe"),
         );
-        headers.insert("x-gateway-attempts", HeaderValue::from(report.attempts));
+        headers.insert(X_GATEWAY_ATTEMPTS, HeaderValue::from(report.attempts));
         if let Some(info) = response.extensions_mut().get_mut::<UpstreamInfo>() {
             info.attempts = report.attempts;
         }
