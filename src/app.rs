@@ -14,9 +14,21 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub fn build_router(state: AppState) -> Router {
+    // The layers wrap the whole router once, as the fallback service of an
+    // outer router. Added with `Router::layer` they would wrap each route
+    // separately, and every request would clone and box a service per layer.
+    let layered = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(|_panic| internal_error()))
+        .layer(from_fn_with_state(state.clone(), request_context))
+        .service(routes(state));
+    Router::new().fallback_service(layered)
+}
+
+fn routes(state: AppState) -> Router {
     let mut router = Router::new();
     // With a separate metrics address, /metrics stays off the public side.
     if state.config().metrics_listen.is_none() {
@@ -33,9 +45,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone())
-        .layer(from_fn_with_state(state, request_context))
-        .layer(CatchPanicLayer::custom(|_panic| internal_error()))
+        .with_state(state)
 }
 
 async fn not_found() -> Response {
