@@ -8,7 +8,6 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -47,7 +46,7 @@ where
 fn write_line(line: &mut String, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
     let meta = event.metadata();
     line.push_str("{\"timestamp\":\"");
-    SystemTime.format_time(&mut Writer::new(line))?;
+    push_timestamp(line, std::time::SystemTime::now());
     line.push_str("\",\"level\":\"");
     line.push_str(meta.level().as_str());
     line.push_str("\",\"target\":");
@@ -95,11 +94,7 @@ impl Visit for JsonFields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.name(field);
-        if value.is_finite() {
-            self.line.push_str(ryu::Buffer::new().format_finite(value));
-        } else {
-            self.line.push_str("null");
-        }
+        push_f64(self.line, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -114,6 +109,80 @@ impl Visit for JsonFields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.quoted_display(field, format_args!("{value:?}"));
     }
+}
+
+/// RFC 3339 in UTC with microseconds (`2026-11-22T01:35:56.123456Z`), the
+/// format of `tracing-subscriber`'s `SystemTime`, without its formatting
+/// machinery.
+fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let in_day = secs % 86_400;
+    let fields = [
+        (year.max(0) as u64, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (in_day / 3600, 2, ':'),
+        (in_day / 60 % 60, 2, ':'),
+        (in_day % 60, 2, '.'),
+        (u64::from(since_epoch.subsec_micros()), 6, 'Z'),
+    ];
+    let mut buffer = itoa::Buffer::new();
+    for (value, width, after) in fields {
+        let text = buffer.format(value);
+        for _ in text.len()..width {
+            line.push('0');
+        }
+        line.push_str(text);
+        line.push(after);
+    }
+}
+
+/// Year, month and day of the proleptic Gregorian calendar for a count of
+/// days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Durations in the logs are milliseconds with microsecond precision
+/// (`12.345`): those are written with integer arithmetic; any other value
+/// in its shortest exact form.
+fn push_f64(line: &mut String, value: f64) {
+    if !value.is_finite() {
+        line.push_str("null");
+        return;
+    }
+    let thousandths = (value * 1000.0).round();
+    if (0.0..1e15).contains(&thousandths) && thousandths / 1000.0 == value {
+        let thousandths = thousandths as u64;
+        let mut buffer = itoa::Buffer::new();
+        line.push_str(buffer.format(thousandths / 1000));
+        let fraction = thousandths % 1000;
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+        let keep = if fraction == 0 {
+            1
+        } else {
+            3 - digits.iter().rev().take_while(|d| **d == 0).count()
+        };
+        line.push('.');
+        for digit in &digits[..keep] {
+            line.push(char::from(b'0' + *digit as u8));
+        }
+        return;
+    }
+    line.push_str(ryu::Buffer::new().format_finite(value));
 }
 
 fn push_json_str(line: &mut String, value: &str) {
@@ -229,6 +298,40 @@ mod tests {
         assert_eq!(line["flag"], true);
         assert_eq!(line["shown"], "display \"x\"");
         let stamp = line["timestamp"].as_str().unwrap();
-        assert!(stamp.len() >= 20 && stamp.ends_with('Z'), "{stamp}");
+        assert!(stamp.len() == 27 && stamp.ends_with('Z'), "{stamp}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u64| {
+            let mut line = String::new();
+            let time =
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(secs * 1_000_000 + micros);
+            push_timestamp(&mut line, time);
+            line
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_795_311_356, 123_456), "2026-11-22T01:35:56.123456Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn floats_are_written_in_their_shortest_form() {
+        for (value, text) in [
+            (0.0, "0.0"),
+            (12.345, "12.345"),
+            (12.3, "12.3"),
+            (30.0, "30.0"),
+            (0.001, "0.001"),
+            (62.148053, "62.148053"),
+            (1.5e300, "1.5e300"),
+            (-2.5, "-2.5"),
+        ] {
+            let mut line = String::new();
+            push_f64(&mut line, value);
+            assert_eq!(line, text, "{value}");
+            assert_eq!(line.parse::<f64>().unwrap(), value);
+        }
     }
 }

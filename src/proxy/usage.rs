@@ -103,6 +103,9 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     if !mentions_usage(body) {
         return None;
     }
+    if let Some(found) = usage_at_the_end(body) {
+        return Some(found);
+    }
     let mut span = None;
     super::json_scan::scan_object(body, |key, value| {
         if key == b"usage" {
@@ -113,16 +116,7 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     let span = span?;
     let raw = &body[span.clone()];
     let (usage, moonshot_cached) = match serde_json::from_slice::<UsageFields>(raw) {
-        Ok(fields) => {
-            let details_cached = fields.prompt_tokens_details.and_then(|d| d.cached_tokens);
-            let usage = Usage {
-                prompt_tokens: fields.prompt_tokens.unwrap_or(0),
-                completion_tokens: fields.completion_tokens.unwrap_or(0),
-                total_tokens: fields.total_tokens.unwrap_or(0),
-                cached_tokens: details_cached.or(fields.cached_tokens).unwrap_or(0),
-            };
-            (usage, fields.cached_tokens)
-        }
+        Ok(fields) => fields.read(),
         // Unusual values (floats, nulls in odd places): the lenient way.
         Err(_) => {
             let value: Value = serde_json::from_slice(raw).ok()?;
@@ -130,12 +124,65 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
             (Usage::from_value(&value), value["cached_tokens"].as_u64())
         }
     };
-    let has_details = memchr::memmem::find(raw, b"\"prompt_tokens_details\"").is_some();
-    Some(BodyUsage {
-        usage,
-        span,
-        unmirrored_cached: moonshot_cached.filter(|_| !has_details),
-    })
+    Some(BodyUsage::new(body, span, usage, moonshot_cached))
+}
+
+/// The common shape, found from the end without scanning the choices:
+/// `"usage": {…}` as the body's last member (`{…}` parsed on its own, then
+/// only `}` and whitespace). The last `"usage"` key followed by the object
+/// that closes the document is the top-level one.
+fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
+    let key = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let after_key = &body[key + 7..];
+    let colon = after_key.iter().position(|b| !b.is_ascii_whitespace())?;
+    if after_key[colon] != b':' {
+        return None;
+    }
+    let value_start = key + 7 + colon + 1;
+    let value_start = value_start
+        + body[value_start..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+    let trimmed = body.trim_ascii_end();
+    let document_end = trimmed.len().checked_sub(1)?;
+    if body.get(value_start) != Some(&b'{') || trimmed[document_end] != b'}' {
+        return None;
+    }
+    let value_end = body[..document_end].trim_ascii_end().len();
+    if value_end <= value_start || body[value_end - 1] != b'}' {
+        return None;
+    }
+    let span = value_start..value_end;
+    let (usage, moonshot_cached) = serde_json::from_slice::<UsageFields>(&body[span.clone()])
+        .ok()?
+        .read();
+    Some(BodyUsage::new(body, span, usage, moonshot_cached))
+}
+
+impl UsageFields {
+    /// The counts, and Moonshot's top-level `cached_tokens` if present.
+    fn read(self) -> (Usage, Option<u64>) {
+        let details_cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens);
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+            total_tokens: self.total_tokens.unwrap_or(0),
+            cached_tokens: details_cached.or(self.cached_tokens).unwrap_or(0),
+        };
+        (usage, self.cached_tokens)
+    }
+}
+
+impl BodyUsage {
+    fn new(body: &[u8], span: Range<usize>, usage: Usage, moonshot_cached: Option<u64>) -> Self {
+        let has_details =
+            memchr::memmem::find(&body[span.clone()], b"\"prompt_tokens_details\"").is_some();
+        BodyUsage {
+            usage,
+            span,
+            unmirrored_cached: moonshot_cached.filter(|_| !has_details),
+        }
+    }
 }
 
 /// Cheap test: could this data mention usage at all?
@@ -215,6 +262,19 @@ mod tests {
             &br#"{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5,"cached_tokens":1}"#[..]
         );
         assert!(find_body_usage(br#"{"choices":[]}"#).is_none());
+        // Usage last (found from the end) or not last (found by the scan):
+        // the same answer, and only the top-level object counts.
+        for body in [
+            &br#"{"id":"x","usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#[..],
+            br#"{"id":"x","usage" : {"prompt_tokens":2,"completion_tokens":3,"total_tokens":5} }  "#,
+            br#"{"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5},"id":"x"}"#,
+            br#"{"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5},"x":{"usage":{"total_tokens":9}}}"#,
+        ] {
+            let found = find_body_usage(body).unwrap();
+            assert_eq!(found.usage.total_tokens, 5, "{}", String::from_utf8_lossy(body));
+            assert!(body[found.span].starts_with(b"{\"prompt_tokens\":2"));
+        }
+        assert!(find_body_usage(br#"{"choices":[{"usage":{"total_tokens":9}}]}"#).is_none());
         // Odd values still count what can be counted.
         let odd = find_body_usage(
             br#"{"usage":{"prompt_tokens":2.0,"completion_tokens":3,"total_tokens":null}}"#,
