@@ -302,6 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn escaping_matches_serde_json_at_every_offset() {
+        for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "\u{7f}"] {
+            for at in 0..20 {
+                let text = format!("{}{special}{}", "a".repeat(at), "b".repeat(20 - at));
+                let mut line = String::new();
+                push_json_str(&mut line, &text);
+                let parsed: String = serde_json::from_str(&line).unwrap();
+                assert_eq!(parsed, text);
+                assert_eq!(line, serde_json::to_string(&text).unwrap());
+            }
+        }
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let at = |secs: u64, micros: u64| {
             let mut line = String::new();

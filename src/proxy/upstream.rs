@@ -132,6 +132,9 @@ pub async fn forward(
         .to_ascii_lowercase();
     let mut builder = Response::builder().status(StatusCode::OK);
     let headers = builder.headers_mut().expect("fresh builder");
+    // Room for the provider's headers and the ~12 the gateway adds (ids,
+    // content type, rate limits), so the map is sized once, not regrown.
+    headers.reserve(response.headers().len() + 16);
     copy_response_headers(response.headers(), headers);
     if let Some(id) = upstream_request_id(response.headers()) {
         headers.insert(X_UPSTREAM_REQUEST_ID, id);
@@ -295,7 +298,7 @@ fn upstream_request(
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = provider.chat_url.path.clone();
     let headers = request.headers_mut();
-    headers.reserve(provider.headers.len() + 8);
+    headers.reserve(provider.headers.len() + 10);
     headers.insert(header::HOST, provider.chat_url.host.clone());
     for (name, value) in &provider.headers {
         headers.append(name, value.clone());
