@@ -34,14 +34,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TLS to providers: the Mozilla roots compiled in (a `scratch` image has
 /// no system store), HTTP/1.1 only.
 static TLS: LazyLock<rustls::ClientConfig> = LazyLock::new(|| {
+    tls_config(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+});
+
+fn tls_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    // No ALPN list: hyper-rustls sets it, and with HTTP/1.1 alone offers
+    // none, which servers answer with HTTP/1.1.
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
+        .with_root_certificates(roots)
         .with_no_client_auth()
-});
+}
 
 /// Why an exchange produced no response head.
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +94,25 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// `origin` must be an absolute `http` or `https` URI.
     pub fn new(origin: http::Uri, connect_timeout: Duration) -> Client {
+        Client::with_tls(origin, connect_timeout, TLS.clone())
+    }
+
+    /// Like [`Client::new`], trusting `roots` instead of the Mozilla roots
+    /// (an origin behind a private certificate authority).
+    pub fn with_roots(
+        origin: http::Uri,
+        connect_timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Client {
+        Client::with_tls(origin, connect_timeout, tls_config(roots))
+    }
+
+    fn with_tls(origin: http::Uri, connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(TLS.clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

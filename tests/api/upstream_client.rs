@@ -1,7 +1,7 @@
 //! The provider client's connection pool against a raw HTTP/1.1 server that
 //! counts connections: keep-alive reuse, closed connections replaced,
-//! abandoned bodies not reused, and buffered stream frames handed over
-//! without waiting for a wake-up.
+//! abandoned bodies not reused, buffered stream frames handed over without
+//! waiting for a wake-up, and the same over TLS.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -10,8 +10,8 @@ use kimi_gateway::client::{Client, OutgoingBody, PooledBody};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// How the raw server answers each request.
@@ -60,7 +60,7 @@ async fn raw_server(answer: Answer) -> RawServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, answer: Answer) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer) {
     let mut buf = Vec::new();
     loop {
         // Read one request: head, then a content-length body.
@@ -221,5 +221,71 @@ async fn an_unreachable_origin_is_a_connect_error() {
         Duration::from_secs(5),
     );
     let err = client.send(request("{}")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+}
+
+/// What a TLS server saw of the client's handshake.
+struct Handshake {
+    server_name: Option<String>,
+    alpn: Option<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn https_origins_are_reached_over_tls_with_sni_and_no_h2() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key)
+        .unwrap();
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (handshakes_tx, mut handshakes) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let tls = acceptor.accept(stream).await.unwrap();
+            let (_, session) = tls.get_ref();
+            let _ = handshakes_tx.send(Handshake {
+                server_name: session.server_name().map(str::to_owned),
+                alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+            });
+            tokio::spawn(serve(tls, Answer::KeepAlive));
+        }
+    });
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).unwrap();
+    let origin = format!("https://localhost:{port}/").parse().unwrap();
+    let client = Client::with_roots(origin, Duration::from_secs(5), roots);
+    for _ in 0..2 {
+        assert_eq!(read_all(&client).await, "{}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the TLS connection is reused"
+    );
+    let handshake = handshakes.recv().await.unwrap();
+    assert_eq!(handshake.server_name.as_deref(), Some("localhost"));
+    // No ALPN offered, so a server that prefers HTTP/2 stays on HTTP/1.1.
+    assert_eq!(handshake.alpn, None);
+
+    // The compiled-in roots do not trust this certificate.
+    let untrusted = Client::new(
+        format!("https://localhost:{port}/").parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    let err = untrusted.send(request("{}")).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
