@@ -21,6 +21,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod limits;
 pub mod log_format;
+pub mod log_writer;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

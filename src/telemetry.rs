@@ -1,25 +1,18 @@
 //! Logging set-up: human-readable on a terminal, JSON lines otherwise, filtered
-//! with `RUST_LOG` (default `info`). Lines are written by a dedicated thread,
-//! so a slow stdout never stalls a request; none are dropped (when its buffer
-//! is full, logging waits rather than losing access-log lines). The thread
-//! writes whatever lines have queued up in one system call.
+//! with `RUST_LOG` (default `info`). Lines are written to stdout by the
+//! [`crate::log_writer`] thread, so a slow stdout never stalls a request
+//! until megabytes of lines are waiting; none are dropped.
 
+use crate::log_writer::{LogWriter, LogWriterGuard};
 use std::io::IsTerminal;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber; keep the guard alive until exit so the last lines
 /// are flushed.
-pub fn init() -> WorkerGuard {
+pub fn init() -> LogWriterGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let terminal = std::io::stdout().is_terminal();
-    let (writer, guard) =
-        NonBlockingBuilder::default()
-            .lossy(false)
-            .finish(std::io::BufWriter::with_capacity(
-                64 * 1024,
-                std::io::stdout(),
-            ));
+    let (writer, guard) = LogWriter::spawn(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

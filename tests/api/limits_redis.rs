@@ -273,6 +273,12 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
     for _ in 0..5 {
         assert_eq!(send().await.unwrap().status(), 200);
     }
+    // Lines reach stdout in batches: wait for every request's access line
+    // (written after the outage's) before stopping the gateway.
+    wait_until("six requests logged", async || {
+        logged("\"target\":\"access\"") == 6
+    })
+    .await;
     gateway.kill().unwrap();
     gateway.wait().unwrap();
     reader.join().unwrap();
