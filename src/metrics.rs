@@ -104,7 +104,7 @@ impl Metrics {
             )),
             stream_chunks: register!(counter(
                 "stream_chunks_total",
-                "Streams: writes of events to clients.",
+                "Streams: provider reads of whole events relayed to clients.",
                 &["route", "provider"]
             )),
             chunk_gap: register!(histogram(

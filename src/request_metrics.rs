@@ -54,7 +54,7 @@ pub fn observe(record: &AccessRecord, metrics: &Metrics) {
         metrics
             .stream_chunks
             .with_label_values(&[route, provider])
-            .inc_by(stream.writes());
+            .inc_by(stream.reads());
         if let Some(duration) = stream.streaming_for() {
             metrics
                 .stream_duration

@@ -1,15 +1,16 @@
-//! Byte passthrough of an upstream event stream. Chunks go out as they come
-//! (the same `Bytes`, no re-encoding); only an event split across two reads is
-//! held until its end, so the client never sees half an event and an error
-//! event can always be appended cleanly. Usage is found by scanning bytes and
-//! parsing only the event that holds it.
+//! Byte passthrough of an upstream event stream. Events go out as they come,
+//! unchanged: a read goes out as the same `Bytes`, except that small reads
+//! already waiting together are sent as one frame. Only an event split across
+//! two reads is held until its end, so the client never sees half an event
+//! and an error event can always be appended cleanly. Usage is found by
+//! scanning bytes and parsing only the event that holds it.
 
 pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
 use super::stream_stats::{StreamEnd, StreamStats};
-use super::usage::{UsagePlace, UsageReport, mentions_usage, parse_usage};
+use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
 use crate::error::GatewayError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
@@ -28,6 +29,12 @@ static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+/// Events already read when a frame goes out are sent with it, up to this
+/// many bytes: a provider that writes each event as its own HTTP chunk then
+/// costs one chunk to encode (and one for the client to decode) per read,
+/// not one per event. Larger reads go out as they are, without a copy.
+const GATHER_LIMIT: usize = 16 * 1024;
 
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
@@ -48,6 +55,8 @@ pub struct RelaySettings {
 /// The stream body sent to the client.
 pub struct SseRelay {
     upstream: Upstream,
+    /// An upstream item read while gathering that did not fit; it comes next.
+    held: Option<Option<Result<Bytes, hyper::Error>>>,
     aligner: EventAligner,
     /// Frames ready to go out before anything new is read.
     queued: VecDeque<Bytes>,
@@ -92,6 +101,7 @@ impl SseRelay {
     ) -> Result<SseRelay, GatewayError> {
         let mut relay = SseRelay {
             upstream,
+            held: None,
             aligner: EventAligner::default(),
             queued: VecDeque::new(),
             after: VecDeque::new(),
@@ -138,9 +148,14 @@ impl SseRelay {
     /// Next complete events from upstream, an error, or the end.
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, GatewayError>>> {
         loop {
-            match self.upstream.as_mut().poll_next(cx) {
+            let next = match self.held.take() {
+                Some(item) => Poll::Ready(item),
+                None => self.upstream.as_mut().poll_next(cx),
+            };
+            match next {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
+                        let (events, reads) = self.gather_ready(cx, events);
                         let now = Instant::now();
                         if self.head_sent {
                             self.chunk_gap
@@ -154,7 +169,7 @@ impl SseRelay {
                             self.idle_between_events = true;
                             self.idle_timer.as_mut().reset(now + self.idle);
                         }
-                        return Poll::Ready(Some(Ok(self.inspect(events))));
+                        return Poll::Ready(Some(Ok(self.inspect(events, reads))));
                     }
                 }
                 Poll::Ready(Some(Err(err))) => {
@@ -213,6 +228,41 @@ impl SseRelay {
         }
     }
 
+    /// `events` followed by the complete events of reads that are already
+    /// waiting (no waiting for more), as one frame of at most about
+    /// [`GATHER_LIMIT`] bytes, and how many reads it holds. An item that does
+    /// not fit is held for the next poll.
+    fn gather_ready(&mut self, cx: &mut Context<'_>, events: Bytes) -> (Bytes, u64) {
+        let mut batch = BytesMut::new();
+        let mut reads = 1;
+        let gathered = |batch: &BytesMut| events.len().max(batch.len());
+        while gathered(&batch) < GATHER_LIMIT {
+            let chunk = match self.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(chunk))) if gathered(&batch) + chunk.len() <= GATHER_LIMIT => {
+                    chunk
+                }
+                Poll::Ready(item) => {
+                    self.held = Some(item);
+                    break;
+                }
+            };
+            if let Some(more) = self.aligner.push(chunk) {
+                if batch.is_empty() {
+                    batch.reserve(GATHER_LIMIT.min(4 * (events.len() + more.len())));
+                    batch.extend_from_slice(&events);
+                }
+                batch.extend_from_slice(&more);
+                reads += 1;
+            }
+        }
+        if batch.is_empty() {
+            (events, reads)
+        } else {
+            (batch.freeze(), reads)
+        }
+    }
+
     /// The idle timer fired: if an event came since it was armed, arm it
     /// for that event's deadline (and register the waker) and say so.
     fn rearm_idle_timer(&mut self, cx: &mut Context<'_>) -> bool {
@@ -251,19 +301,17 @@ impl SseRelay {
     /// Notes `[DONE]` and usage in events about to be forwarded, and returns
     /// what to send now (the same bytes, unless a usage chunk must be
     /// inserted before `[DONE]`, in which case the rest is queued).
-    fn inspect(&mut self, events: Bytes) -> Bytes {
-        self.stats.count_events(events.len());
-        if mentions_usage(&events) {
-            for line in events.split(|&b| b == b'\n') {
-                let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
-                    continue;
-                };
-                if let Some(report) = mentions_usage(data).then(|| parse_usage(data)).flatten() {
-                    self.stats.set_usage(report.usage, report.place);
-                    match report.place {
-                        UsagePlace::TopLevel => self.top_level_usage_seen = true,
-                        UsagePlace::InChoice => self.in_choice_usage = Some(report),
-                    }
+    fn inspect(&mut self, events: Bytes, reads: u64) -> Bytes {
+        self.stats.count_events(events.len(), reads);
+        for line in lines_mentioning_usage(&events) {
+            let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+                continue;
+            };
+            if let Some(report) = parse_usage(data) {
+                self.stats.set_usage(report.usage, report.place);
+                match report.place {
+                    UsagePlace::TopLevel => self.top_level_usage_seen = true,
+                    UsagePlace::InChoice => self.in_choice_usage = Some(report),
                 }
             }
         }
@@ -325,3 +373,7 @@ impl SseRelay {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sse_tests.rs"]
+mod tests;

@@ -23,7 +23,8 @@ pub struct StreamStats {
     arrived: Instant,
     first_event: std::sync::OnceLock<Instant>,
     events_bytes: AtomicU64,
-    writes: AtomicU64,
+    /// Upstream reads that completed at least one event.
+    reads: AtomicU64,
     saw_done: AtomicBool,
     usage: Mutex<Option<(Usage, UsagePlace)>>,
     end: Mutex<Option<StreamEnd>>,
@@ -35,7 +36,7 @@ impl StreamStats {
             arrived,
             first_event: std::sync::OnceLock::new(),
             events_bytes: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             saw_done: AtomicBool::new(false),
             usage: Mutex::new(None),
             end: Mutex::new(None),
@@ -57,9 +58,10 @@ impl StreamStats {
         self.first_event.get().map(Instant::elapsed)
     }
 
-    pub fn count_events(&self, bytes: usize) {
+    /// Events relayed: `bytes` of them, from `reads` upstream reads.
+    pub fn count_events(&self, bytes: usize, reads: u64) {
         self.events_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.reads.fetch_add(reads, Ordering::Relaxed);
     }
 
     pub fn mark_done(&self) {
@@ -91,7 +93,7 @@ impl StreamStats {
         self.events_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 }

@@ -190,6 +190,19 @@ pub fn mentions_usage(data: &[u8]) -> bool {
     USAGE_KEY.find(data).is_some()
 }
 
+/// The lines of `events` that mention usage, found with the same search as
+/// [`mentions_usage`]: a read of many events costs one scan, not one per line.
+pub fn lines_mentioning_usage(events: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let at = from + USAGE_KEY.find(&events[from..])?;
+        let start = memchr::memrchr(b'\n', &events[from..at]).map_or(from, |i| from + i + 1);
+        let end = memchr::memchr(b'\n', &events[at..]).map_or(events.len(), |i| at + i);
+        from = end;
+        Some(&events[start..end])
+    })
+}
+
 /// Usage from a complete JSON document (a non-stream body or one event's data).
 pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     let envelope: Envelope = serde_json::from_slice(json).ok()?;
@@ -216,6 +229,26 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_mentioning_usage_are_found_whole() {
+        let events = b"data: {\"a\":1}\n\ndata: {\"usage\":null}\n\ndata: {\"b\":2}\n\
+                       data: {\"usage\":{},\"x\":{\"usage\":1}}\n\ndata: [DONE]\n\ndata: {\"usage\":2}";
+        let lines: Vec<&[u8]> = lines_mentioning_usage(events).collect();
+        assert_eq!(
+            lines,
+            [
+                &b"data: {\"usage\":null}"[..],
+                b"data: {\"usage\":{},\"x\":{\"usage\":1}}",
+                b"data: {\"usage\":2}",
+            ]
+        );
+        assert_eq!(lines_mentioning_usage(b"data: {}\n\n").count(), 0);
+        assert_eq!(
+            lines_mentioning_usage(b"\"usage\"").collect::<Vec<_>>(),
+            [&b"\"usage\""[..]]
+        );
+    }
 
     #[test]
     fn top_level_openai_usage() {
