@@ -8,6 +8,7 @@
 
 use super::usage::{BodyUsage, UsageReport};
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// Adds `prompt_tokens_details.cached_tokens` to a usage object that only has
@@ -51,13 +52,14 @@ pub fn mirror_cached_tokens_in_body(body: Bytes, usage: Option<&BodyUsage>) -> B
 
 /// The standard final usage chunk for a stream, built from a usage report.
 pub fn usage_chunk(report: &UsageReport) -> Bytes {
-    let mut usage = report.raw.clone();
+    let mut usage: Value = serde_json::from_str(report.raw.get()).unwrap_or_default();
     mirror_cached_tokens(&mut usage);
+    let null = || RawValue::NULL.to_owned();
     let chunk = json!({
-        "id": report.id.clone().unwrap_or(Value::Null),
+        "id": report.id.clone().unwrap_or_else(null),
         "object": "chat.completion.chunk",
-        "created": report.created.clone().unwrap_or(Value::Null),
-        "model": report.model.clone().unwrap_or(Value::Null),
+        "created": report.created.clone().unwrap_or_else(null),
+        "model": report.model.clone().unwrap_or_else(null),
         "choices": [],
         "usage": usage,
     });

@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -35,25 +36,37 @@ pub struct UsageReport {
     pub usage: Usage,
     pub place: UsagePlace,
     /// The `usage` object as sent.
-    pub raw: Value,
-    pub id: Option<Value>,
-    pub created: Option<Value>,
-    pub model: Option<Value>,
+    pub raw: Box<RawValue>,
+    pub id: Option<Box<RawValue>>,
+    pub created: Option<Box<RawValue>>,
+    pub model: Option<Box<RawValue>>,
+}
+
+/// One event's members that matter here, borrowed from the event's bytes:
+/// the rest (the delta, maybe long) is skipped, not decoded.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceUsage<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    id: Option<Value>,
-    created: Option<Value>,
-    model: Option<Value>,
-    usage: Option<Value>,
-    #[serde(default)]
-    choices: Vec<ChoiceUsage>,
+struct ChoiceUsage<'a> {
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct ChoiceUsage {
-    usage: Option<Value>,
+/// A JSON object (not `null` or another kind of value).
+fn is_object(raw: &&RawValue) -> bool {
+    raw.get().starts_with('{')
 }
 
 impl Usage {
@@ -206,23 +219,28 @@ pub fn lines_mentioning_usage(events: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Usage from a complete JSON document (a non-stream body or one event's data).
 pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     let envelope: Envelope = serde_json::from_slice(json).ok()?;
-    let (raw, place) = match envelope.usage.filter(Value::is_object) {
+    let (raw, place) = match envelope.usage.filter(is_object) {
         Some(raw) => (raw, UsagePlace::TopLevel),
         None => (
             envelope
                 .choices
                 .into_iter()
-                .find_map(|c| c.usage.filter(Value::is_object))?,
+                .find_map(|c| c.usage.filter(is_object))?,
             UsagePlace::InChoice,
         ),
     };
+    let usage = match serde_json::from_str::<UsageFields>(raw.get()) {
+        Ok(fields) => fields.read().0,
+        // Unusual values (floats, nulls in odd places): the lenient way.
+        Err(_) => Usage::from_value(&serde_json::from_str(raw.get()).ok()?),
+    };
     Some(UsageReport {
-        usage: Usage::from_value(&raw),
+        usage,
         place,
-        raw,
-        id: envelope.id,
-        created: envelope.created,
-        model: envelope.model,
+        raw: raw.to_owned(),
+        id: envelope.id.map(RawValue::to_owned),
+        created: envelope.created.map(RawValue::to_owned),
+        model: envelope.model.map(RawValue::to_owned),
     })
 }
 
@@ -278,7 +296,38 @@ mod tests {
         assert_eq!(report.place, UsagePlace::InChoice);
         assert_eq!(report.usage.cached_tokens, 1);
         assert_eq!(report.usage.total_tokens, 11);
-        assert_eq!(report.id, Some(Value::from("c1")));
+        assert_eq!(report.id.as_deref().map(RawValue::get), Some("\"c1\""));
+        assert_eq!(report.model.as_deref().map(RawValue::get), Some("\"kimi\""));
+        assert!(report.created.is_none());
+    }
+
+    #[test]
+    fn usage_null_or_odd_values() {
+        // `usage: null` beside a choice's usage (OpenAI-style chunks carry
+        // `"usage": null` until the last one).
+        let report = parse_usage(
+            br#"{"usage":null,"choices":[{"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(report.place, UsagePlace::InChoice);
+        assert_eq!(report.usage.total_tokens, 3);
+        assert!(parse_usage(br#"{"usage":null,"choices":[{"delta":{}}]}"#).is_none());
+        // A float where a count is expected is read leniently, not dropped.
+        let report = parse_usage(
+            br#"{"choices":[],"usage":{"prompt_tokens":2.0,"completion_tokens":1,"total_tokens":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (report.usage.prompt_tokens, report.usage.completion_tokens),
+            (0, 1)
+        );
+        // Escapes inside skipped members do not matter.
+        let report = parse_usage(
+            br#"{"id":"a\"b","choices":[{"delta":{"content":"\u00e9\n"}}],"usage":{"prompt_tokens":4,"completion_tokens":5,"total_tokens":9}}"#,
+        )
+        .unwrap();
+        assert_eq!(report.usage.total_tokens, 9);
+        assert_eq!(report.id.as_deref().map(RawValue::get), Some(r#""a\"b""#));
     }
 
     #[test]
