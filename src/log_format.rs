@@ -31,29 +31,94 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
-                // An event logged while formatting one (a Debug impl that
-                // logs): format it in a buffer of its own.
-                return write_line(&mut String::new(), &mut writer, event);
-            };
+        // An event logged while formatting one (a Debug impl that logs) is
+        // formatted in a buffer of its own.
+        with_line_buffer(|line| {
             line.clear();
-            write_line(&mut line, &mut writer, event)
+            write_line(line, &mut writer, event)
         })
     }
 }
 
 fn write_line(line: &mut String, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
     let meta = event.metadata();
-    line.push_str("{\"timestamp\":\"");
-    push_timestamp(line, std::time::SystemTime::now());
-    line.push_str("\",\"level\":\"");
-    line.push_str(meta.level().as_str());
-    line.push_str("\",\"target\":");
-    push_json_str(line, meta.target());
+    push_head(line, meta.level(), meta.target());
     event.record(&mut JsonFields { line: &mut *line });
     line.push_str("}\n");
     writer.write_str(line)
+}
+
+/// `{"timestamp":…,"level":…,"target":…`, the start of every line.
+fn push_head(line: &mut String, level: &tracing::Level, target: &str) {
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line, std::time::SystemTime::now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(level.as_str());
+    line.push_str("\",\"target\":");
+    push_json_str(line, target);
+}
+
+/// A line written field by field, without going through an event: the same
+/// shape as [`JsonLines`] gives an event with the same fields. The access
+/// log, written for every request, is written this way.
+pub struct JsonLine<'a> {
+    line: &'a mut String,
+}
+
+impl<'a> JsonLine<'a> {
+    /// Starts a line in `line` (cleared first) with the head and `message`.
+    pub fn start(
+        line: &'a mut String,
+        level: &tracing::Level,
+        target: &str,
+        message: &str,
+    ) -> Self {
+        line.clear();
+        push_head(line, level, target);
+        let mut json = JsonLine { line };
+        json.str("message", message);
+        json
+    }
+
+    /// Field names are plain identifiers: nothing in them needs escaping.
+    fn name(&mut self, name: &'static str) {
+        debug_assert!(!name.bytes().any(|b| NEEDS_ESCAPE[b as usize]));
+        self.line.push_str(",\"");
+        self.line.push_str(name);
+        self.line.push_str("\":");
+    }
+
+    pub fn str(&mut self, name: &'static str, value: &str) -> &mut Self {
+        self.name(name);
+        push_json_str(self.line, value);
+        self
+    }
+
+    pub fn u64(&mut self, name: &'static str, value: u64) -> &mut Self {
+        self.name(name);
+        self.line.push_str(itoa::Buffer::new().format(value));
+        self
+    }
+
+    pub fn f64(&mut self, name: &'static str, value: f64) -> &mut Self {
+        self.name(name);
+        push_f64(self.line, value);
+        self
+    }
+
+    /// Ends the line (`}` and a newline) and returns it.
+    pub fn finish(self) -> &'a str {
+        self.line.push_str("}\n");
+        self.line
+    }
+}
+
+/// Runs `f` with this thread's line buffer (a fresh one if it is in use).
+pub fn with_line_buffer<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    LINE.with(|line| match line.try_borrow_mut() {
+        Ok(mut line) => f(&mut line),
+        Err(_) => f(&mut String::new()),
+    })
 }
 
 /// Appends `,"name":value` for each field.

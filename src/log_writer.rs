@@ -76,7 +76,8 @@ impl LogWriter {
         (LogWriter { shared }, guard)
     }
 
-    fn append(&self, line: &[u8]) {
+    /// Appends whole lines (waits while [`MAX_PENDING`] bytes are waiting).
+    pub fn append(&self, line: &[u8]) {
         let mut state = self.shared.lock();
         while state.pending.len() >= MAX_PENDING && !state.closing {
             state = self

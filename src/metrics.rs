@@ -3,8 +3,8 @@
 //! key names) and fixed sets; a model that matches no route is `unknown`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Route label for a request whose model matched no route.
@@ -37,6 +37,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub open_streams: IntGauge,
     pub overhead: HistogramVec,
+    /// `overhead` for the `before_upstream` phase, resolved once.
+    pub overhead_before_upstream: Histogram,
+    /// `overhead` for the `after_head` phase, resolved once.
+    pub overhead_after_head: Histogram,
     pub reloads: IntCounterVec,
     pub breaker_state: IntGaugeVec,
 }
@@ -72,6 +76,12 @@ impl Metrics {
                 labels,
             )
         };
+        let overhead = register!(histogram(
+            "overhead_seconds",
+            "Time the gateway itself spent: before the upstream request was sent, and after the response head arrived.",
+            &["phase"],
+            OVERHEAD_BUCKETS
+        ));
         let metrics = Metrics {
             requests: register!(counter(
                 "requests_total",
@@ -136,12 +146,9 @@ impl Metrics {
                 name("open_streams"),
                 "Streams being relayed."
             )),
-            overhead: register!(histogram(
-                "overhead_seconds",
-                "Time the gateway itself spent: before the upstream request was sent, and after the response head arrived.",
-                &["phase"],
-                OVERHEAD_BUCKETS
-            )),
+            overhead_before_upstream: overhead.with_label_values(&["before_upstream"]),
+            overhead_after_head: overhead.with_label_values(&["after_head"]),
+            overhead,
             reloads: register!(counter(
                 "config_reloads_total",
                 "Configuration reloads by result (success, failure).",

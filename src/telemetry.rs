@@ -5,7 +5,18 @@
 
 use crate::log_writer::{LogWriter, LogWriterGuard};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
+
+/// The log's writer when lines are JSON, for lines written without an event
+/// (see [`crate::log_format::JsonLine`]).
+static JSON_SINK: OnceLock<LogWriter> = OnceLock::new();
+
+/// Where to append a ready JSON line, if the logs are JSON lines written by
+/// [`init`] (not on a terminal, not in tests with a subscriber of their own).
+pub fn json_sink() -> Option<&'static LogWriter> {
+    JSON_SINK.get()
+}
 
 /// Installs the subscriber; keep the guard alive until exit so the last lines
 /// are flushed.
@@ -13,6 +24,9 @@ pub fn init() -> LogWriterGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let terminal = std::io::stdout().is_terminal();
     let (writer, guard) = LogWriter::spawn(std::io::stdout());
+    if !terminal {
+        let _ = JSON_SINK.set(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -96,8 +96,7 @@ pub async fn forward(
 
     let sent = Instant::now();
     ctx.metrics
-        .overhead
-        .with_label_values(&["before_upstream"])
+        .overhead_before_upstream
         .observe((sent - ctx.arrived).as_secs_f64());
     let response = match timeout_at(deadline, provider.client.send(upstream)).await {
         Err(_) => return Err(timeout(provider, "the response head", started)),
@@ -220,8 +219,7 @@ pub async fn forward(
 /// the response to the server.
 fn observe_after_head(metrics: &Metrics, since: Instant) {
     metrics
-        .overhead
-        .with_label_values(&["after_head"])
+        .overhead_after_head
         .observe(since.elapsed().as_secs_f64());
 }
 

@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 
 static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+static USAGE_KEY_FROM_END: LazyLock<memchr::memmem::FinderRev<'static>> =
+    LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
 
 /// Token counts of one completion.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,7 +147,7 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
 /// only `}` and whitespace). The last `"usage"` key followed by the object
 /// that closes the document is the top-level one.
 fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
-    let key = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let key = USAGE_KEY_FROM_END.rfind(body)?;
     let after_key = &body[key + 7..];
     let colon = after_key.iter().position(|b| !b.is_ascii_whitespace())?;
     if after_key[colon] != b':' {
@@ -188,8 +190,9 @@ impl UsageFields {
 
 impl BodyUsage {
     fn new(body: &[u8], span: Range<usize>, usage: Usage, moonshot_cached: Option<u64>) -> Self {
-        let has_details =
-            memchr::memmem::find(&body[span.clone()], b"\"prompt_tokens_details\"").is_some();
+        static DETAILS_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(b"\"prompt_tokens_details\""));
+        let has_details = DETAILS_KEY.find(&body[span.clone()]).is_some();
         BodyUsage {
             usage,
             span,
