@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: kimi-gateway against nginx and against the mock provider alone.
 #
-#   bash benches/load.sh            # every scenario, BENCH_SECS=10 each (about 6 minutes)
-#   bash benches/load.sh --quick    # fewer scenarios, 3 s each (about 1.5 minutes)
+#   bash benches/load.sh            # every scenario, 3 rounds of 4 s per target (about 9 minutes)
+#   bash benches/load.sh --quick    # fewer scenarios, 2 rounds of 3 s (about 2 minutes)
 #
 # It builds the release binaries, installs nginx (and jq) from Debian when
 # missing, and drives the same closed-loop load (target/release/loadgen, one
@@ -21,9 +21,13 @@
 #
 # Scenarios: a small non-stream request and a 10-chunk stream at 1, 64 and 512
 # connections; a 200-chunk stream and a 1 MiB request body at 64 connections
-# (--quick: the 64-connection ones only). Targets run back to back within each
-# scenario, each proxy freshly started for its run, so its peak RSS (VmHWM;
-# nginx: its worker) belongs to that run. Then BENCH_HOLD_STREAMS (10,000, capped
+# (--quick: the 64-connection ones only). Within each scenario the targets
+# take turns for BENCH_ROUNDS rounds (direct, nginx, gateway, direct, ...),
+# each proxy freshly started for its run, so its peak RSS (VmHWM; nginx: its
+# worker) belongs to that run. The table gives each target's median over the
+# rounds, and gateway/nginx is the median of the rounds' own ratios: on a
+# shared machine whose speed drifts by tens of percent within minutes, a
+# ratio between runs seconds apart is what holds still. Then BENCH_HOLD_STREAMS (10,000, capped
 # by the open-file limit: a proxy needs two descriptors per stream) slow
 # streams are opened and held, and the proxy's VmRSS is read before and while
 # they are open: the table's notes give KB per stream above idle.
@@ -31,8 +35,9 @@
 # Prints one markdown table (also saved as BENCH_OUT/table.md; raw loadgen
 # JSON, logs and nginx's prefix are under BENCH_OUT too).
 #
-# Environment: BENCH_SECS (measured seconds per run; default 10, --quick 3),
-# BENCH_WARMUP (unmeasured seconds first; default 1), BENCH_HOLD_STREAMS
+# Environment: BENCH_SECS (measured seconds per run; default 4, --quick 3),
+# BENCH_ROUNDS (default 3, --quick 2), BENCH_WARMUP (unmeasured seconds
+# first; default 1), BENCH_HOLD_STREAMS
 # (default 10000), BENCH_OUT (default target/load-bench).
 # Only loopback addresses are used; every process started here is stopped on exit.
 
@@ -56,7 +61,8 @@ for arg in "$@"; do
     esac
 done
 
-if ((QUICK)); then SECS=${BENCH_SECS:-3}; else SECS=${BENCH_SECS:-10}; fi
+if ((QUICK)); then SECS=${BENCH_SECS:-3}; else SECS=${BENCH_SECS:-4}; fi
+if ((QUICK)); then ROUNDS=${BENCH_ROUNDS:-2}; else ROUNDS=${BENCH_ROUNDS:-3}; fi
 WARMUP=${BENCH_WARMUP:-1}
 HOLD=${BENCH_HOLD_STREAMS:-10000}
 OUT=${BENCH_OUT:-$ROOT/target/load-bench}
@@ -210,17 +216,17 @@ pid_of() {
 
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# rows.tsv: scenario conns target rps p50 p99 ttfb50 hwm_kb notes
+# rows.tsv: scenario conns target round rps p50 p99 ttfb50 hwm_kb notes
 add_row() { (IFS=$'\t'; echo "$*") >>"$OUT/rows.tsv"; }
 
 RUN_NO=0
 RUN_TOTAL=0
-# run_load SCENARIO CONNS TARGET [loadgen args...]
+# run_load SCENARIO CONNS TARGET ROUND [loadgen args...]
 run_load() {
-    local scen=$1 conns=$2 target=$3
-    shift 3
+    local scen=$1 conns=$2 target=$3 round=$4
+    shift 4
     local pid file
-    file="$OUT/results/$(echo "$scen-c$conns-$target" | tr -c 'A-Za-z0-9.\n-' _).json"
+    file="$OUT/results/$(echo "$scen-c$conns-$target-r$round" | tr -c 'A-Za-z0-9.\n-' _).json"
     RUN_NO=$((RUN_NO + 1))
     case $target in
         nginx) start_nginx ;;
@@ -246,8 +252,8 @@ run_load() {
         ] | map(tostring) | join("\t")' "$file")
     local rps p50 p99 ttfb notes
     IFS=$'\t' read -r rps p50 p99 ttfb notes <<<"$fields"
-    add_row "$scen" "$conns" "$target" "$rps" "$p50" "$p99" "$ttfb" "$hwm" "$notes"
-    log "[$RUN_NO/$RUN_TOTAL] $scen c=$conns $target: $rps req/s, p50 $p50 ms, p99 $p99 ms${notes:+, $notes}"
+    add_row "$scen" "$conns" "$target" "$round" "$rps" "$p50" "$p99" "$ttfb" "$hwm" "$notes"
+    log "[$RUN_NO/$RUN_TOTAL] $scen c=$conns $target (round $round): $rps req/s, p50 $p50 ms, p99 $p99 ms${notes:+, $notes}"
 }
 
 # hold_test TARGET: fresh proxy, idle RSS, HOLD open streams, RSS while held.
@@ -304,7 +310,7 @@ hold_test() {
     notes=$(awk -v i="$idle" -v h="$held" -v p="$per" -v o="$open" -v r="$ramp" \
         'BEGIN {printf "**%s KB/stream**: VmRSS %.1f MB idle, %.1f MB with %d open (opened in %s s)", p, i / 1024, h / 1024, o, r}')
     ((failed > 0)) && notes+="; $failed failed ($first_error)"
-    add_row "open streams (slow)" "$HOLD" "$target" "—" "—" "—" "$ttfb" "$hwm" "$notes"
+    add_row "open streams (slow)" "$HOLD" "$target" 1 "—" "—" "—" "$ttfb" "$hwm" "$notes"
     log "hold $target: $open open, $failed failed, idle ${idle} kB, held ${held} kB, $per KB/stream"
 }
 
@@ -329,16 +335,18 @@ else
     SCENARIOS+=("stream 200 chunks|64|--stream --mock chunks=200" "1 MiB request body|64|--body-file $BODY_1MIB")
 fi
 TARGETS=(direct nginx gateway)
-RUN_TOTAL=$((${#SCENARIOS[@]} * ${#TARGETS[@]}))
+RUN_TOTAL=$((${#SCENARIOS[@]} * ${#TARGETS[@]} * ROUNDS))
 
-log "load runs: ${#SCENARIOS[@]} scenarios x ${#TARGETS[@]} targets, ${WARMUP}+${SECS} s each; $PINNING"
+log "load runs: ${#SCENARIOS[@]} scenarios x ${#TARGETS[@]} targets x $ROUNDS rounds, ${WARMUP}+${SECS} s each; $PINNING"
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start_mock
 for spec in "${SCENARIOS[@]}"; do
     IFS='|' read -r scen conns args <<<"$spec"
     read -r -a argv <<<"$args"
-    for target in "${TARGETS[@]}"; do
-        run_load "$scen" "$conns" "$target" "${argv[@]}"
+    for round in $(seq 1 "$ROUNDS"); do
+        for target in "${TARGETS[@]}"; do
+            run_load "$scen" "$conns" "$target" "$round" "${argv[@]}"
+        done
     done
 done
 
@@ -350,26 +358,59 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')
 {
     echo "kimi-gateway load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) x ${cpu:-unknown CPU}," \
-        "Linux $(uname -r), nginx $nginx_version, ${WARMUP} s warm-up + ${SECS} s per run," \
+        "Linux $(uname -r), nginx $nginx_version, $ROUNDS rounds of ${WARMUP} s warm-up + ${SECS} s per target," \
         "pinning: $PINNING, load average at start $LOAD_AT_START."
-    echo "p50/p99: whole response; TTFB: first body byte (streams). Peak RSS: VmHWM of the proxy" \
-        "(nginx: its worker), started afresh for each run. gateway/nginx: ratio of req/s.${HOLD_NOTE:+ $HOLD_NOTE.}"
+    echo "req/s, p50, p99 (whole response) and TTFB (first body byte, streams): median over the rounds." \
+        "Peak RSS: highest VmHWM of the proxy (nginx: its worker), started afresh for each run." \
+        "gateway/nginx: median of each round's req/s ratio (the rounds' ratios in the notes).${HOLD_NOTE:+ $HOLD_NOTE.}"
     echo
     echo "| scenario | conns | target | req/s | p50 ms | p99 ms | TTFB p50 ms | peak RSS MB | gateway/nginx | notes |"
     echo "|---|--:|---|--:|--:|--:|--:|--:|--:|---|"
     awk -F'\t' '
-        { key = $1 SUBSEP $2; rows[NR] = $0; if ($3 == "nginx") nginx[key] = $4 }
+        # The median of list[1..n] ("—" when the values are not numbers).
+        function median(list, n,    i, j, v, sorted) {
+            if (n == 0 || list[1] == "—") return "—"
+            for (i = 1; i <= n; i++) sorted[i] = list[i] + 0
+            for (i = 2; i <= n; i++) {
+                v = sorted[i]
+                for (j = i - 1; j >= 1 && sorted[j] > v; j--) sorted[j + 1] = sorted[j]
+                sorted[j + 1] = v
+            }
+            return (n % 2) ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+        }
+        {
+            key = $1 SUBSEP $2 SUBSEP $3
+            if (!(key in runs)) { order[++keys] = key; label[key] = $1 SUBSEP $2 SUBSEP $3 }
+            i = ++runs[key]
+            rps[key, i] = $5; p50[key, i] = $6; p99[key, i] = $7; ttfb[key, i] = $8
+            if ($9 + 0 > hwm[key] + 0) hwm[key] = $9
+            if ($10 != "") notes[key] = notes[key] (notes[key] == "" ? "" : "; ") $10
+            by_round[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5
+        }
+        function column(store, key, n,    i, list) {
+            for (i = 1; i <= n; i++) list[i] = store[key, i]
+            return median(list, n)
+        }
         END {
-            for (i = 1; i <= NR; i++) {
-                split(rows[i], f, "\t")
-                key = f[1] SUBSEP f[2]
-                ratio = ""
-                if (f[3] == "gateway" && (key in nginx) && nginx[key] + 0 > 0 && f[4] + 0 > 0)
-                    ratio = sprintf("%.2f", f[4] / nginx[key])
-                rss = (f[8] == "") ? "—" : sprintf("%.1f", f[8] / 1024)
-                rps = (f[4] == "—") ? "—" : sprintf("%.0f", f[4])
+            for (k = 1; k <= keys; k++) {
+                key = order[k]
+                split(label[key], f, SUBSEP)
+                n = runs[key]
+                ratio = ""; ratios = ""; m = 0; delete r
+                if (f[3] == "gateway") {
+                    for (i = 1; i <= n; i++) {
+                        g = by_round[f[1] SUBSEP f[2] SUBSEP "gateway" SUBSEP i] + 0
+                        x = by_round[f[1] SUBSEP f[2] SUBSEP "nginx" SUBSEP i] + 0
+                        if (g > 0 && x > 0) { r[++m] = g / x; ratios = ratios sprintf(" %.2f", g / x) }
+                    }
+                    if (m > 0) ratio = sprintf("%.2f", median(r, m))
+                    if (m > 1) notes[key] = "rounds:" ratios (notes[key] == "" ? "" : "; " notes[key])
+                }
+                v = column(rps, key, n); rate = (v == "—") ? "—" : sprintf("%.0f", v)
+                a = column(p50, key, n); b = column(p99, key, n); t = column(ttfb, key, n)
+                rss = (hwm[key] == "") ? "—" : sprintf("%.1f", hwm[key] / 1024)
                 printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-                    f[1], f[2], f[3], rps, f[5], f[6], f[7], rss, ratio, f[9]
+                    f[1], f[2], f[3], rate, a, b, t, rss, ratio, notes[key]
             }
         }' "$OUT/rows.tsv"
 } >"$OUT/table.md"
