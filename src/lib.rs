@@ -22,6 +22,7 @@ pub mod healthcheck;
 pub mod limits;
 pub mod log_format;
 pub mod log_writer;
+pub mod malloc_tuning;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

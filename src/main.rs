@@ -2,7 +2,9 @@
 //! configuration, bind, and serve until SIGINT/SIGTERM.
 
 use clap::{Parser, Subcommand};
-use kimi_gateway::{config, healthcheck, reload, server, state::AppState, telemetry};
+use kimi_gateway::{
+    config, healthcheck, malloc_tuning, reload, server, state::AppState, telemetry,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,7 +83,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Returns only when the tunables were already chosen, or could not be.
+    let restart_failed = malloc_tuning::restart_with_tunables();
     let _log_writer = telemetry::init();
+    if let Some(err) = restart_failed {
+        tracing::warn!(error = %err, "could not restart with {}={}; running with glibc's malloc defaults", malloc_tuning::VARIABLE, malloc_tuning::TUNABLES);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kimi-gateway"));
+    command.env_remove(kimi_gateway::malloc_tuning::VARIABLE);
     for var in ["MOONSHOT", "AIMLAPI", "AGENTSFLARE"] {
         command.env_remove(format!("{var}_API_KEY"));
         command.env_remove(format!("{var}_BASE_URL"));
@@ -123,7 +124,17 @@ fn start_gateway(
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
 ) {
-    let mut child = gateway()
+    start(gateway(), args)
+}
+
+fn start(
+    mut command: Command,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut child = command
         .args(args)
         .env("MOONSHOT_API_KEY", "k")
         .stdout(Stdio::piped())
@@ -185,4 +196,54 @@ fn sighup_reloads_the_config_file() {
     child.wait().unwrap();
     assert!(line.contains("sighup"), "{line}");
     assert!(line.contains("success"), "{line}");
+}
+
+/// The gateway's environment and arguments as the kernel sees them now.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn environ_and_args(child: &std::process::Child) -> (Vec<String>, Vec<String>) {
+    let read = |what: &str| {
+        let raw = std::fs::read(format!("/proc/{}/{what}", child.id())).unwrap();
+        raw.split(|&b| b == 0)
+            .filter(|part| !part.is_empty())
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect::<Vec<_>>()
+    };
+    (read("environ"), read("cmdline"))
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn serving_restarts_once_with_a_larger_malloc_cache_and_the_same_arguments() {
+    use kimi_gateway::malloc_tuning::{TUNABLES, VARIABLE};
+    let addr = free_addr();
+    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
+    let (environ, args) = environ_and_args(&child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        environ.contains(&format!("{VARIABLE}={TUNABLES}")),
+        "{environ:?}"
+    );
+    assert_eq!(
+        args,
+        [env!("CARGO_BIN_EXE_kimi-gateway"), "--listen", &addr],
+        "the same argv[0] and arguments"
+    );
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn glibc_tunables_set_by_the_operator_are_left_alone() {
+    use kimi_gateway::malloc_tuning::VARIABLE;
+    let mut command = gateway();
+    command.env(VARIABLE, "glibc.malloc.tcache_count=7");
+    let (mut child, _stdout) = start(command, &["--listen", &free_addr()]);
+    let (environ, _) = environ_and_args(&child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let set: Vec<&String> = environ
+        .iter()
+        .filter(|v| v.starts_with(&format!("{VARIABLE}=")))
+        .collect();
+    assert_eq!(set, [&format!("{VARIABLE}=glibc.malloc.tcache_count=7")]);
 }
