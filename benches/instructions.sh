@@ -39,8 +39,10 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/de
 "$BIN/mock-provider" --listen 127.0.0.1:18590 --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1:18590
+# GLIBC_TUNABLES: what the gateway would restart itself with; under
+# valgrind it must be given (the restart cannot be followed).
 MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL=http://127.0.0.1:18590/moonshot/v1 BENCH_CLIENT_KEY=mock-key \
-    TOKIO_WORKER_THREADS=1 RUST_LOG=info \
+    TOKIO_WORKER_THREADS=1 RUST_LOG=info GLIBC_TUNABLES=glibc.malloc.tcache_count=128 \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
     "$BIN/kimi-gateway" --listen 127.0.0.1:18580 --config "$ROOT/benches/gateway.toml" \
     >"$OUT/gateway.log" 2>"$OUT/valgrind.log" &

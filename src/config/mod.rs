@@ -142,6 +142,8 @@ impl Default for Timeouts {
 #[derive(Debug)]
 pub struct Provider {
     pub name: Arc<str>,
+    /// `name` as a header value, for `x-gateway-provider`.
+    pub name_header: http::HeaderValue,
     pub base_url: String,
     /// `{base_url}/chat/completions`, split once for the client.
     pub chat_url: ChatUrl,

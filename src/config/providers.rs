@@ -117,6 +117,9 @@ pub fn build_provider(
 ) -> Option<Provider> {
     let path = format!("providers.{}", draft.name);
     let before = problems.len();
+    // Sent back in `x-gateway-provider`; names are checked to be
+    // `[a-z0-9_-]`, so this fails only for a name already reported.
+    let name_header = HeaderValue::from_str(&draft.name);
     let from_env = draft
         .base_url_env
         .as_deref()
@@ -185,6 +188,7 @@ pub fn build_provider(
     }
     let chat_url = chat_url?;
     Some(Provider {
+        name_header: name_header.ok()?,
         name: draft.name.into(),
         base_url,
         api_key_env: draft.key_envs.join(" or "),

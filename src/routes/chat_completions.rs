@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::estimate_tokens;
 use crate::proxy::failover::{self, AttemptOutcome, Event};
-use crate::proxy::headers::X_GATEWAY_ATTEMPTS;
+use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
@@ -161,11 +161,8 @@ async fn route_and_forward(
     };
     if let Some(target) = report.target {
         let headers = response.headers_mut();
-        headers.insert(
-            "x-gateway-provider",
-            HeaderValue::from_str(&target.provider.name).expect("provider names are header-safe"),
-        );
-        headers.insert(X_GATEWAY_ATTEMPTS, HeaderValue::from(report.attempts));
+        headers.insert(X_GATEWAY_PROVIDER, target.provider.name_header.clone());
+        headers.insert(X_GATEWAY_ATTEMPTS, attempts_header(report.attempts));
         if let Some(info) = response.extensions_mut().get_mut::<UpstreamInfo>() {
             info.attempts = report.attempts;
         }
@@ -174,6 +171,16 @@ async fn route_and_forward(
         .extensions_mut()
         .insert(RouteName(route.name.clone()));
     response
+}
+
+/// The attempt count as a header value: the usual small counts without an
+/// allocation.
+fn attempts_header(attempts: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempts as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(attempts),
+    }
 }
 
 /// Counts a refusal by one of the gateway's own rate-limit scopes.
