@@ -196,4 +196,14 @@ async fn unknown_paths_and_methods_get_openai_errors() {
         .unwrap();
     assert_eq!(response.status(), 405);
     error_of(response).await;
+    // Only the exact path is the chat endpoint.
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions/"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    error_of(response).await;
 }
