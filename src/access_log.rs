@@ -132,6 +132,16 @@ impl AccessRecord {
             crate::request_metrics::observe(&self, metrics);
             metrics.in_flight.dec();
         }
+        // API requests at `info`, the rest (health probes) at `debug`.
+        let is_api = self.path.starts_with("/v1/");
+        let enabled = if is_api {
+            tracing::enabled!(target: "access", tracing::Level::INFO)
+        } else {
+            tracing::enabled!(target: "access", tracing::Level::DEBUG)
+        };
+        if !enabled {
+            return;
+        }
         let upstream = self.upstream.as_ref();
         let stream = upstream.and_then(|u| u.stream.as_ref());
         let usage = upstream
@@ -164,16 +174,6 @@ impl AccessRecord {
             completion_tokens: usage.map_or(0, |u| u.completion_tokens),
             duration_ms: millis(self.started.elapsed()),
         };
-        // API requests at `info`, the rest (health probes) at `debug`.
-        let is_api = self.path.starts_with("/v1/");
-        let enabled = if is_api {
-            tracing::enabled!(target: "access", tracing::Level::INFO)
-        } else {
-            tracing::enabled!(target: "access", tracing::Level::DEBUG)
-        };
-        if !enabled {
-            return;
-        }
         match crate::telemetry::json_sink() {
             Some(sink) => {
                 let level = if is_api {
