@@ -1,0 +1,117 @@
+//! The JSON lines against serde_json's reading of them, and the hand-made
+//! timestamps and numbers against the usual formatting.
+
+use super::*;
+use std::sync::{Arc, Mutex};
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[test]
+fn events_are_one_json_object_per_line() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .event_format(JsonLines)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(
+            target: "access",
+            text = "quote \" backslash \\ newline \n bell \u{7} é",
+            count = 42u64,
+            delta = -3i64,
+            ms = 1.5f64,
+            nan = f64::NAN,
+            flag = true,
+            shown = %"display \"x\"",
+            "request"
+        );
+    });
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        out.ends_with('\n') && out.matches('\n').count() == 1,
+        "{out}"
+    );
+    let line: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["target"], "access");
+    assert_eq!(line["message"], "request");
+    assert_eq!(
+        line["text"],
+        "quote \" backslash \\ newline \n bell \u{7} é"
+    );
+    assert_eq!(line["count"], 42);
+    assert_eq!(line["delta"], -3);
+    assert_eq!(line["ms"], 1.5);
+    assert!(line["nan"].is_null());
+    assert_eq!(line["flag"], true);
+    assert_eq!(line["shown"], "display \"x\"");
+    let stamp = line["timestamp"].as_str().unwrap();
+    assert!(stamp.len() == 27 && stamp.ends_with('Z'), "{stamp}");
+}
+
+#[test]
+fn escaping_matches_serde_json_at_every_offset() {
+    for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "\u{7f}"] {
+        for at in 0..20 {
+            let text = format!("{}{special}{}", "a".repeat(at), "b".repeat(20 - at));
+            let mut line = String::new();
+            push_json_str(&mut line, &text);
+            let parsed: String = serde_json::from_str(&line).unwrap();
+            assert_eq!(parsed, text);
+            assert_eq!(line, serde_json::to_string(&text).unwrap());
+        }
+    }
+}
+
+#[test]
+fn timestamps_are_rfc3339_utc_with_microseconds() {
+    let at = |secs: u64, micros: u64| {
+        let mut line = String::new();
+        let time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(secs * 1_000_000 + micros);
+        push_timestamp(&mut line, time);
+        line
+    };
+    assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+    assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+    assert_eq!(at(1_795_311_356, 123_456), "2026-11-22T01:35:56.123456Z");
+    assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+}
+
+#[test]
+fn floats_are_written_in_their_shortest_form() {
+    for (value, text) in [
+        (0.0, "0.0"),
+        (12.345, "12.345"),
+        (12.3, "12.3"),
+        (30.0, "30.0"),
+        (0.001, "0.001"),
+        (62.148053, "62.148053"),
+        (1.5e300, "1.5e300"),
+        (-2.5, "-2.5"),
+    ] {
+        let mut line = String::new();
+        push_f64(&mut line, value);
+        assert_eq!(line, text, "{value}");
+        assert_eq!(line.parse::<f64>().unwrap(), value);
+    }
+}
