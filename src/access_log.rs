@@ -13,10 +13,9 @@ use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::state::AppState;
 use axum::extract::Request;
-use axum::extract::State;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode};
+use std::future::Future;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -36,13 +35,16 @@ pub struct RouteName(pub Arc<str>);
 #[derive(Debug, Clone, Copy)]
 pub struct Arrived(pub Instant);
 
-/// Middleware: assigns the request id, checks the client key, returns the
-/// id, and logs the request.
-pub async fn request_context(
-    State(state): State<AppState>,
+/// Around every request: assigns the request id, checks the client key,
+/// runs `handler`, returns the id, and logs the request.
+pub async fn request_context<Handled>(
+    state: &AppState,
     mut request: Request,
-    next: Next,
-) -> Response {
+    handler: impl FnOnce(Request) -> Handled,
+) -> Response
+where
+    Handled: Future<Output = Response>,
+{
     let started = Instant::now();
     request.extensions_mut().insert(Arrived(started));
     let id = request
@@ -59,9 +61,9 @@ pub async fn request_context(
         state.metrics.in_flight.inc();
     }
 
-    let mut response = match crate::auth::authenticate(&state, &mut request) {
+    let mut response = match crate::auth::authenticate(state, &mut request) {
         Ok(caller) => {
-            let mut response = next.run(request).await;
+            let mut response = handler(request).await;
             response.extensions_mut().insert(caller);
             response
         }

@@ -1,72 +1,72 @@
-//! The router and its one layer order, outermost first:
-//! catch-panic -> request context (request id, client key, access log) ->
-//! route handler (chat completions directly, the rest through the router). The key is checked inside the access log's scope so
-//! refused requests are logged too, with the caller's key name read from the
-//! response. One middleware instead of two saves a boxed service clone and a
-//! boxed future per request.
+//! What every request goes through, outermost first: panic catching ->
+//! request context (request id, client key, access log) -> the handler
+//! (chat completions directly, the rest through the router). The key is
+//! checked inside the access log's scope so refused requests are logged too,
+//! with the caller's key name read from the response.
 
 use crate::access_log::request_context;
 use crate::error::{ErrorType, GatewayError};
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::future::Either;
+use futures_util::FutureExt;
 use http::{Method, StatusCode};
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tower::{Service, ServiceBuilder};
-use tower_http::catch_panic::CatchPanicLayer;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tower::ServiceExt;
 
-pub fn build_router(state: AppState) -> Router {
-    // The layers wrap the whole router once, as the fallback service of an
-    // outer router. Added with `Router::layer` they would wrap each route
-    // separately, and every request would clone and box a service per layer.
-    let layered = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(|_panic| internal_error()))
-        .layer(from_fn_with_state(state.clone(), request_context))
-        .service(ChatFirst {
+/// The gateway's request handling, shared by every connection.
+pub struct Gateway {
+    state: AppState,
+    /// Everything but `POST /v1/chat/completions`.
+    router: Router,
+}
+
+impl Gateway {
+    pub fn new(state: AppState) -> Arc<Gateway> {
+        Arc::new(Gateway {
             router: routes(state.clone()),
             state,
-        });
-    Router::new().fallback_service(layered)
-}
-
-/// `POST /v1/chat/completions` straight to its handler, everything else
-/// through the router. Nearly every request is a chat completion, and the
-/// router's dispatch (path match, parameter map, a boxed service clone and
-/// boxed futures) cost it ~2k instructions and four allocations.
-#[derive(Clone)]
-struct ChatFirst {
-    router: Router,
-    state: AppState,
-}
-
-impl Service<Request> for ChatFirst {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<
-        Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
-        <Router as Service<Request>>::Future,
-    >;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+        })
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    /// One request, start to end. The pieces are plain function calls, not
+    /// tower layers: each layer (axum's router, `from_fn`, catch-panic)
+    /// cloned and boxed a service or a future per request.
+    ///
+    /// A panicking handler answers 500 and is logged and counted like any
+    /// other request; a panic outside it still answers 500, unlogged.
+    pub async fn handle<B>(self: Arc<Self>, request: http::Request<B>) -> Response
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let request = request.map(Body::new);
+        let handled = request_context(&self.state, request, |request| {
+            AssertUnwindSafe(self.dispatch(request))
+                .catch_unwind()
+                .map(|handled| handled.unwrap_or_else(|_panic| internal_error()))
+        });
+        AssertUnwindSafe(handled)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_panic| internal_error())
+    }
+
+    /// `POST /v1/chat/completions` straight to its handler, everything else
+    /// through the router. Nearly every request is a chat completion, and
+    /// the router's dispatch (path match, parameter map, a boxed service
+    /// clone and boxed futures) cost it ~2k instructions and four allocations.
+    async fn dispatch(&self, request: Request) -> Response {
         if request.method() == Method::POST && request.uri().path() == CHAT_PATH {
-            let state = self.state.clone();
-            Either::Left(Box::pin(async move {
-                Ok(chat_completions::chat_completions(State(state), request).await)
-            }))
+            chat_completions::chat_completions(State(self.state.clone()), request).await
         } else {
-            Either::Right(self.router.call(request))
+            let routed = self.router.clone().oneshot(request).await;
+            routed.unwrap_or_else(|never| match never {})
         }
     }
 }
@@ -123,4 +123,22 @@ pub fn build_metrics_router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gateway;
+    use axum::body::Body;
+
+    /// hyper keeps one slot of this future's size per connection for as long
+    /// as the connection is open, busy or idle, and moves each request's
+    /// future into it: its size is guarded.
+    #[test]
+    fn the_request_future_stays_small() {
+        let gateway = Gateway::new(crate::state::AppState::new(
+            crate::config::load(None).unwrap(),
+        ));
+        let handling = gateway.handle(http::Request::new(Body::empty()));
+        assert!(size_of_val(&handling) <= 6144, "{}", size_of_val(&handling));
+    }
 }

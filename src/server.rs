@@ -2,11 +2,18 @@
 //! tests bind port 0) until `shutdown` resolves, then drains: readiness turns
 //! false, the listener stops accepting, requests in flight get until the
 //! drain deadline, and streams still open then end with an error event.
+//!
+//! Connections are served by hyper's HTTP/1.1 server directly: every request
+//! goes to [`Gateway::handle`], with no tower layers in between.
 
-use crate::app::build_router;
+use crate::app::Gateway;
 use crate::state::AppState;
-use axum::serve::ListenerExt;
-use std::future::{Future, IntoFuture};
+use futures_util::FutureExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -19,10 +26,6 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = state.drain.clone();
     let graceful = async move {
@@ -30,9 +33,7 @@ pub async fn run(
         drain.begin();
         let _ = signalled_tx.send(());
     };
-    let serve = axum::serve(listener, build_router(state.clone()))
-        .with_graceful_shutdown(graceful)
-        .into_future();
+    let serve = serve(listener, Gateway::new(state.clone()), graceful);
     tokio::pin!(serve);
 
     tokio::select! {
@@ -69,4 +70,59 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Accepts connections until `shutdown` resolves, then closes each one once
+/// its request in flight (if any) has been answered, and returns when all
+/// are closed.
+async fn serve(
+    listener: TcpListener,
+    gateway: std::sync::Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let connections = GracefulShutdown::new();
+    let http = http1::Builder::new();
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |request| {
+            gateway.clone().handle(request).map(Ok::<_, Infallible>)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A failed accept: a peer that left before it was accepted is nothing; a
+/// full descriptor table (EMFILE) or the like is logged, and accepting
+/// pauses for a second so open connections can end and free descriptors.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %err, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
