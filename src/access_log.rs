@@ -19,10 +19,6 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// The request id: the client's `x-request-id` when usable, else generated.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// The model name the client asked for, recorded by the chat handler.
 #[derive(Debug, Clone)]
 pub struct RequestedModel(pub Box<str>);
@@ -31,29 +27,41 @@ pub struct RequestedModel(pub Box<str>);
 #[derive(Debug, Clone)]
 pub struct RouteName(pub Arc<str>);
 
-/// When the request arrived, for overhead and time-to-first-token.
-#[derive(Debug, Clone, Copy)]
-pub struct Arrived(pub Instant);
+/// What the request context hands its handler.
+pub struct RequestScope {
+    /// The request id: the client's `x-request-id` when usable, else generated.
+    pub id: HeaderValue,
+    /// When the request arrived, for overhead and time-to-first-token.
+    pub arrived: Instant,
+    pub caller: Caller,
+}
+
+/// What a handler hands back for the access log besides its response.
+#[derive(Debug, Default)]
+pub struct Handled {
+    pub model: Option<RequestedModel>,
+    pub route: Option<RouteName>,
+}
 
 /// Around every request: assigns the request id, checks the client key,
-/// runs `handler`, returns the id, and logs the request.
-pub async fn request_context<Handled>(
+/// runs `handler`, returns the id, and logs the request. What the handler
+/// needs and what the log needs back are passed directly, not as request
+/// and response extensions (each of those is a boxed insert).
+pub async fn request_context<Handling>(
     state: &AppState,
-    mut request: Request,
-    handler: impl FnOnce(Request) -> Handled,
+    request: Request,
+    handler: impl FnOnce(Request, RequestScope) -> Handling,
 ) -> Response
 where
-    Handled: Future<Output = Response>,
+    Handling: Future<Output = (Response, Handled)>,
 {
     let started = Instant::now();
-    request.extensions_mut().insert(Arrived(started));
     let id = request
         .headers()
         .get(X_REQUEST_ID)
         .filter(|v| is_usable_id(v))
         .cloned()
         .unwrap_or_else(generate_id);
-    request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
     let path: Box<str> = request.uri().path().into();
     let counted = path.starts_with("/v1/");
@@ -61,13 +69,18 @@ where
         state.metrics.in_flight.inc();
     }
 
-    let mut response = match crate::auth::authenticate(state, &mut request) {
+    let (mut response, key, handled) = match crate::auth::authenticate(state, &request) {
         Ok(caller) => {
-            let mut response = handler(request).await;
-            response.extensions_mut().insert(caller);
-            response
+            let key = caller.key_name.clone();
+            let scope = RequestScope {
+                id: id.clone(),
+                arrived: started,
+                caller,
+            };
+            let (response, handled) = handler(request, scope).await;
+            (response, Some(key), handled)
         }
-        Err(refused) => refused.into_response(),
+        Err(refused) => (refused.into_response(), None, Handled::default()),
     };
     response.headers_mut().insert(X_REQUEST_ID, id.clone());
     let record = AccessRecord {
@@ -76,12 +89,9 @@ where
         path,
         status: response.status(),
         started,
-        key: response
-            .extensions_mut()
-            .remove::<Caller>()
-            .map(|c| c.key_name),
-        model: response.extensions_mut().remove::<RequestedModel>(),
-        route: response.extensions_mut().remove::<RouteName>(),
+        key,
+        model: handled.model,
+        route: handled.route,
         upstream: response.extensions_mut().remove::<UpstreamInfo>(),
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),

@@ -4,15 +4,15 @@
 //! checked inside the access log's scope so refused requests are logged too,
 //! with the caller's key name read from the response.
 
-use crate::access_log::request_context;
+use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use futures_util::FutureExt;
 use http::{Method, StatusCode};
 use std::panic::AssertUnwindSafe;
@@ -46,10 +46,12 @@ impl Gateway {
         B::Error: Into<axum::BoxError>,
     {
         let request = request.map(Body::new);
-        let handled = request_context(&self.state, request, |request| {
-            AssertUnwindSafe(self.dispatch(request))
+        let handled = request_context(&self.state, request, |request, scope| {
+            AssertUnwindSafe(self.dispatch(request, scope))
                 .catch_unwind()
-                .map(|handled| handled.unwrap_or_else(|_panic| internal_error()))
+                .map(|handled| {
+                    handled.unwrap_or_else(|_panic| (internal_error(), Handled::default()))
+                })
         });
         AssertUnwindSafe(handled)
             .catch_unwind()
@@ -61,12 +63,17 @@ impl Gateway {
     /// through the router. Nearly every request is a chat completion, and
     /// the router's dispatch (path match, parameter map, a boxed service
     /// clone and boxed futures) cost it ~2k instructions and four allocations.
-    async fn dispatch(&self, request: Request) -> Response {
+    async fn dispatch(&self, mut request: Request, scope: RequestScope) -> (Response, Handled) {
         if request.method() == Method::POST && request.uri().path() == CHAT_PATH {
-            chat_completions::chat_completions(State(self.state.clone()), request).await
+            chat_completions::chat_completions(&self.state, request, scope).await
         } else {
+            // The model list is filtered by what the caller's key may use.
+            request.extensions_mut().insert(scope.caller);
             let routed = self.router.clone().oneshot(request).await;
-            routed.unwrap_or_else(|never| match never {})
+            (
+                routed.unwrap_or_else(|never| match never {}),
+                Handled::default(),
+            )
         }
     }
 }
@@ -80,8 +87,9 @@ fn routes(state: AppState) -> Router {
         router = router.route("/metrics", get(metrics::metrics));
     }
     router
-        // Reached through `ChatFirst` for POST; kept for 405 on other methods.
-        .route(CHAT_PATH, post(chat_completions::chat_completions))
+        // POST never gets here (see `dispatch`): the route answers 405 to
+        // the other methods.
+        .route(CHAT_PATH, any(method_not_allowed))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))

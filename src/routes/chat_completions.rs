@@ -2,8 +2,8 @@
 //! the model, admit it against the rate limits, route by model, forward
 //! (each attempt admitted against its provider's limits).
 
-use crate::access_log::{Arrived, RequestId, RequestedModel, RouteName};
-use crate::auth::{self, Caller};
+use crate::access_log::{Handled, RequestScope, RequestedModel, RouteName};
+use crate::auth;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::estimate_tokens;
@@ -13,48 +13,47 @@ use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+pub async fn chat_completions(
+    state: &AppState,
+    request: Request,
+    scope: RequestScope,
+) -> (Response, Handled) {
     let config = state.config();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .expect("request_context middleware runs first");
-    let arrived = request
-        .extensions()
-        .get::<Arrived>()
-        .map_or_else(tokio::time::Instant::now, |a| a.0);
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::anonymous);
+    let RequestScope {
+        id: request_id,
+        arrived,
+        caller,
+    } = scope;
     let body = match read_body(request, config.max_body_bytes).await {
         Ok(body) => body,
-        Err(err) => return err.into_response(),
+        Err(err) => return (err.into_response(), Handled::default()),
     };
     let chat = match ChatRequest::peek(body) {
         Ok(chat) => chat,
-        Err(err) => return err.into_response(),
+        Err(err) => return (err.into_response(), Handled::default()),
     };
-    let requested = RequestedModel(chat.model().into());
+    let mut handled = Handled {
+        model: Some(RequestedModel(chat.model().into())),
+        route: None,
+    };
     if caller
         .key
         .as_ref()
         .is_some_and(|key| !key.may_use(chat.model()))
     {
         let err = auth::model_not_allowed(&caller, chat.model());
-        return with_extension(err.into_response(), requested);
+        return (err.into_response(), handled);
     }
     let limits = &config.limits;
     if limits.is_off() {
-        let response = route_and_forward(&state, &config, &chat, request_id, arrived, 0).await;
-        return with_extension(response, requested);
+        let forwarded = route_and_forward(state, &config, &chat, request_id, arrived, 0).await;
+        handled.route = forwarded.1;
+        return (forwarded.0, handled);
     }
     let estimate = estimate_tokens(&chat, limits.default_max_tokens);
     let admission = match limits
@@ -63,16 +62,19 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
     {
         Ok(admission) => admission,
         Err(refused) => {
-            count_limited(&state, refused.extensions().get::<GatewayError>());
-            return with_extension(refused, requested);
+            count_limited(state, refused.extensions().get::<GatewayError>());
+            return (refused, handled);
         }
     };
-    let response = route_and_forward(&state, &config, &chat, request_id, arrived, estimate).await;
-    with_extension(admission.finish(response), requested)
+    let (response, route) =
+        route_and_forward(state, &config, &chat, request_id, arrived, estimate).await;
+    handled.route = route;
+    (admission.finish(response), handled)
 }
 
 /// Routes by model and runs the fail-over loop; each attempt first takes
-/// its provider's limits (`estimate` tokens).
+/// its provider's limits (`estimate` tokens). Returns the route's name
+/// with the response when the model had one.
 async fn route_and_forward(
     state: &AppState,
     config: &Config,
@@ -80,9 +82,9 @@ async fn route_and_forward(
     request_id: HeaderValue,
     arrived: tokio::time::Instant,
     estimate: u64,
-) -> Response {
+) -> (Response, Option<RouteName>) {
     let Some(route) = config.routes.lookup(chat.model()) else {
-        return GatewayError::new(
+        let missing = GatewayError::new(
             StatusCode::NOT_FOUND,
             crate::error::ErrorType::ResourceNotFoundError,
             format!(
@@ -93,10 +95,12 @@ async fn route_and_forward(
         .with_param("model")
         .with_code("model_not_found")
         .into_response();
+        return (missing, None);
     };
+    let route_name = Some(RouteName(route.name.clone()));
     if route.usable_targets().next().is_none() {
         let vars = route.missing_key_vars().join(" or ");
-        return GatewayError::server(
+        let unconfigured = GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "model {:?} is served by a provider that is not configured: set {vars}",
@@ -105,6 +109,7 @@ async fn route_and_forward(
         )
         .with_code("provider_not_configured")
         .into_response();
+        return (unconfigured, route_name);
     }
     let ctx = ForwardContext {
         request_id,
@@ -167,10 +172,7 @@ async fn route_and_forward(
             info.attempts = report.attempts;
         }
     }
-    response
-        .extensions_mut()
-        .insert(RouteName(route.name.clone()));
-    response
+    (response, route_name)
 }
 
 /// The attempt count as a header value: the usual small counts without an
@@ -192,11 +194,6 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
             .with_label_values(&[scope.as_str()])
             .inc();
     }
-}
-
-fn with_extension(mut response: Response, requested: RequestedModel) -> Response {
-    response.extensions_mut().insert(requested);
-    response
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
@@ -232,7 +229,7 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, GatewayError
 mod tests {
     use crate::state::AppState;
     use axum::body::Body;
-    use axum::extract::{Request, State};
+    use axum::extract::Request;
     use std::mem::size_of_val;
 
     /// Every request's future is allocated and moved as one block: a large
@@ -241,7 +238,12 @@ mod tests {
     #[test]
     fn request_futures_stay_small() {
         let state = AppState::new(crate::config::load(None).unwrap());
-        let handler = super::chat_completions(State(state.clone()), Request::new(Body::empty()));
+        let scope = crate::access_log::RequestScope {
+            id: http::HeaderValue::from_static("req_1"),
+            arrived: tokio::time::Instant::now(),
+            caller: crate::auth::Caller::anonymous(),
+        };
+        let handler = super::chat_completions(&state, Request::new(Body::empty()), scope);
         assert!(size_of_val(&handler) <= 4096, "{}", size_of_val(&handler));
 
         let config = state.config();
