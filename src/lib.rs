@@ -23,6 +23,7 @@ pub mod limits;
 pub mod log_format;
 pub mod log_writer;
 pub mod malloc_tuning;
+pub mod metric_series;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

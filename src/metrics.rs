@@ -2,10 +2,12 @@
 //! Label values come only from configured names (routes, providers, client
 //! key names) and fixed sets; a model that matches no route is `unknown`.
 
+use crate::metric_series::{SeriesCache, TargetSeries};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::sync::Arc;
 
 /// Route label for a request whose model matched no route.
 pub const UNKNOWN_ROUTE: &str = "unknown";
@@ -43,6 +45,7 @@ pub struct Metrics {
     pub overhead_after_head: Histogram,
     pub reloads: IntCounterVec,
     pub breaker_state: IntGaugeVec,
+    series: SeriesCache,
 }
 
 impl Default for Metrics {
@@ -162,6 +165,7 @@ impl Metrics {
                 &["provider", "target"]
             )),
             registry,
+            series: SeriesCache::default(),
         };
         let build = register!(IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),
@@ -172,6 +176,12 @@ impl Metrics {
             metrics.reloads.with_label_values(&[result]);
         }
         metrics
+    }
+
+    /// The success-path series of requests to `provider` through `route`,
+    /// resolved on first use and then kept.
+    pub fn series(&self, route: &str, provider: &str) -> Arc<TargetSeries> {
+        self.series.get(self, route, provider)
     }
 
     /// The text exposition format.

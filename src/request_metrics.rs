@@ -4,6 +4,8 @@
 
 use crate::access_log::AccessRecord;
 use crate::metrics::{Metrics, NONE, UNKNOWN_ROUTE};
+use crate::proxy::stream_stats::StreamEnd;
+use http::StatusCode;
 
 pub fn observe(record: &AccessRecord, metrics: &Metrics) {
     let route = match (&record.route, &record.model) {
@@ -15,51 +17,52 @@ pub fn observe(record: &AccessRecord, metrics: &Metrics) {
     let provider = upstream.map_or(NONE, |u| &*u.provider);
     let stream = upstream.and_then(|u| u.stream.as_ref());
     let stream_error = stream.and_then(|s| match s.end() {
-        Some(crate::proxy::stream_stats::StreamEnd::Failed(err)) => Some(err.error_type),
+        Some(StreamEnd::Failed(err)) => Some(err.error_type),
         _ => None,
     });
-    let error_type = stream_error
-        .or(record.error.as_ref().map(|e| e.error_type))
-        .map_or(NONE, |t| t.as_str());
-    metrics
-        .requests
-        .with_label_values(&[route, provider, record.status.as_str(), error_type])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[
-            route,
-            provider,
-            if stream.is_some() { "true" } else { "false" },
-        ])
-        .observe(record.started.elapsed().as_secs_f64());
+    let error_type = stream_error.or(record.error.as_ref().map(|e| e.error_type));
+    let duration = record.started.elapsed().as_secs_f64();
+    let series = upstream.and_then(|u| u.series.as_ref());
+
+    match series {
+        // The common case: series resolved once for this route and provider.
+        Some(series) if record.status == StatusCode::OK && error_type.is_none() => {
+            series.requests_ok.inc();
+        }
+        _ => {
+            let error_type = error_type.map_or(NONE, |t| t.as_str());
+            metrics
+                .requests
+                .with_label_values(&[route, provider, record.status.as_str(), error_type])
+                .inc();
+        }
+    }
+    match series {
+        Some(series) => series.duration[usize::from(stream.is_some())].observe(duration),
+        None => metrics
+            .request_duration
+            .with_label_values(&[
+                route,
+                provider,
+                if stream.is_some() { "true" } else { "false" },
+            ])
+            .observe(duration),
+    }
 
     let usage = upstream
         .and_then(|u| u.usage)
         .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u));
-    if let Some(usage) = usage {
+    if let (Some(usage), Some(series)) = (usage, series) {
         let key = record.key.as_deref().unwrap_or("anonymous");
-        for (kind, count) in [
-            ("prompt", usage.prompt_tokens),
-            ("completion", usage.completion_tokens),
-            ("cached", usage.cached_tokens),
-        ] {
-            metrics
-                .tokens
-                .with_label_values(&[route, provider, key, kind])
-                .inc_by(count);
-        }
+        let [prompt, completion, cached] = &*series.tokens(key);
+        prompt.inc_by(usage.prompt_tokens);
+        completion.inc_by(usage.completion_tokens);
+        cached.inc_by(usage.cached_tokens);
     }
-    if let Some(stream) = stream {
-        metrics
-            .stream_chunks
-            .with_label_values(&[route, provider])
-            .inc_by(stream.reads());
+    if let (Some(stream), Some(series)) = (stream, series) {
+        series.stream_chunks.inc_by(stream.reads());
         if let Some(duration) = stream.streaming_for() {
-            metrics
-                .stream_duration
-                .with_label_values(&[route, provider])
-                .observe(duration.as_secs_f64());
+            series.stream_duration.observe(duration.as_secs_f64());
         }
     }
 }

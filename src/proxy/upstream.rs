@@ -16,6 +16,7 @@ use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
 use crate::client::{ClientError, OutgoingBody, PooledBody};
 use crate::error::GatewayError;
+use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::response::Response;
@@ -36,6 +37,8 @@ pub struct UpstreamInfo {
     /// From sending the upstream request to its response head.
     pub time_to_head: Option<std::time::Duration>,
     pub stream: Option<Arc<StreamStats>>,
+    /// The route and provider's series, when the provider answered.
+    pub series: Option<Arc<TargetSeries>>,
 }
 
 /// Per-request facts every attempt needs.
@@ -62,6 +65,7 @@ impl UpstreamInfo {
             usage: None,
             time_to_head: None,
             stream: None,
+            series: None,
         }
     }
 }
@@ -105,10 +109,8 @@ pub async fn forward(
     };
     let status = response.status();
     let time_to_head = sent.elapsed();
-    ctx.metrics
-        .upstream_head
-        .with_label_values(&[&*provider.name])
-        .observe(time_to_head.as_secs_f64());
+    let series = ctx.metrics.series(&ctx.route, &provider.name);
+    series.upstream_head.observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
     info.time_to_head = Some(time_to_head);
 
@@ -150,7 +152,7 @@ pub async fn forward(
                 idle: provider.timeouts.idle,
                 keepalive: ctx.keepalive,
                 shutdown: ctx.shutdown.clone(),
-                chunk_gap: ctx.metrics.chunk_gap.with_label_values(&[&*provider.name]),
+                chunk_gap: series.chunk_gap.clone(),
                 open_streams: ctx.metrics.open_streams.clone(),
             },
             stats.clone(),
@@ -159,10 +161,7 @@ pub async fn forward(
         let first_event = Instant::now();
         stats.mark_first_event();
         if let Some(ttft) = stats.first_event_after() {
-            ctx.metrics
-                .time_to_first_token
-                .with_label_values(&[&*ctx.route, &*provider.name])
-                .observe(ttft.as_secs_f64());
+            series.time_to_first_token.observe(ttft.as_secs_f64());
         }
         headers.insert(
             header::CONTENT_TYPE,
@@ -171,6 +170,7 @@ pub async fn forward(
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         info.stream = Some(stats);
+        info.series = Some(series);
         let mut response = builder
             .body(Body::from_stream(relay))
             .expect("valid response parts");
@@ -202,6 +202,7 @@ pub async fn forward(
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);
+    info.series = Some(series);
     let body = mirror_cached_tokens_in_body(body, found.as_ref());
     headers.insert(
         header::CONTENT_TYPE,

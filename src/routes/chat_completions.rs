@@ -139,7 +139,10 @@ async fn route_and_forward(
         },
         |target, event| {
             let outcome = match event {
-                Event::Attempt(AttemptOutcome::Success) => "success",
+                Event::Attempt(AttemptOutcome::Success) => {
+                    let series = state.metrics.series(&route.name, &target.provider.name);
+                    return series.attempt_success.inc();
+                }
                 Event::Attempt(AttemptOutcome::Retry) => "retry",
                 Event::Attempt(AttemptOutcome::Failover) => "failover",
                 Event::Attempt(AttemptOutcome::KeyRejected) => "key_rejected",
