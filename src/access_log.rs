@@ -140,8 +140,10 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     fn emit(self) {
+        // One clock reading for the metrics and the log line.
+        let duration = self.started.elapsed();
         if let Some(metrics) = &self.metrics {
-            crate::request_metrics::observe(&self, metrics);
+            crate::request_metrics::observe(&self, duration, metrics);
             metrics.in_flight.dec();
         }
         // API requests at `info`, the rest (health probes) at `debug`.
@@ -184,7 +186,7 @@ impl AccessRecord {
             stream_end,
             prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
             completion_tokens: usage.map_or(0, |u| u.completion_tokens),
-            duration_ms: millis(self.started.elapsed()),
+            duration_ms: millis(duration),
         };
         match crate::telemetry::json_sink() {
             Some(sink) => {

@@ -6,8 +6,9 @@ use crate::access_log::AccessRecord;
 use crate::metrics::{Metrics, NONE, UNKNOWN_ROUTE};
 use crate::proxy::stream_stats::StreamEnd;
 use http::StatusCode;
+use std::time::Duration;
 
-pub fn observe(record: &AccessRecord, metrics: &Metrics) {
+pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
     let route = match (&record.route, &record.model) {
         (Some(route), _) => &*route.0,
         (None, Some(_)) => UNKNOWN_ROUTE,
@@ -21,7 +22,7 @@ pub fn observe(record: &AccessRecord, metrics: &Metrics) {
         _ => None,
     });
     let error_type = stream_error.or(record.error.as_ref().map(|e| e.error_type));
-    let duration = record.started.elapsed().as_secs_f64();
+    let duration = duration.as_secs_f64();
     let series = upstream.and_then(|u| u.series.as_ref());
 
     match series {

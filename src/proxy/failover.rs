@@ -95,11 +95,13 @@ struct TargetState {
 }
 
 /// Runs `attempt` against the route's targets until one succeeds or the
-/// policy gives up. `on_attempt` hears about every attempt's outcome and
+/// policy gives up (no new attempt `settings.deadline` after `arrived`).
+/// `on_event` hears about every attempt's outcome and
 /// every target skipped because its circuit is open.
 pub async fn run<'a, T, F, Fut>(
     route: &'a Route,
     settings: &RetrySettings,
+    arrived: Instant,
     mut attempt: F,
     mut on_event: impl FnMut(&'a Target, Event),
 ) -> (Result<T, GatewayError>, AttemptReport<'a>)
@@ -112,7 +114,7 @@ where
     let mut report = AttemptReport::default();
     let mut last_error: Option<GatewayError> = None;
     let mut cursor = 0;
-    let deadline = Instant::now() + settings.deadline;
+    let deadline = arrived + settings.deadline;
     while report.attempts < settings.max_attempts {
         let mut picked = None;
         for step in 0..order.len() {

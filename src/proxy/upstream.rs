@@ -83,13 +83,6 @@ pub async fn forward(
             format!("provider {} has no API key", provider.name),
         ));
     };
-    let started = Instant::now();
-    let deadline = started
-        + if request.stream {
-            provider.timeouts.first_byte
-        } else {
-            provider.timeouts.total
-        };
     let body = request.upstream_body(&target.upstream_model, &target.model_json);
     let accept = if request.stream {
         "text/event-stream"
@@ -98,12 +91,19 @@ pub async fn forward(
     };
     let upstream = upstream_request(provider, key, body, accept, ctx);
 
+    // One clock reading: building the request above takes microseconds.
     let sent = Instant::now();
+    let deadline = sent
+        + if request.stream {
+            provider.timeouts.first_byte
+        } else {
+            provider.timeouts.total
+        };
     ctx.metrics
         .overhead_before_upstream
         .observe((sent - ctx.arrived).as_secs_f64());
     let response = match timeout_at(deadline, provider.client.send(upstream)).await {
-        Err(_) => return Err(timeout(provider, "the response head", started)),
+        Err(_) => return Err(timeout(provider, "the response head", sent)),
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(response)) => response,
     };
@@ -180,7 +180,7 @@ pub async fn forward(
     }
 
     let body = match timeout_at(deadline, response.into_body().collect()).await {
-        Err(_) => return Err(timeout(provider, "the response body", started)),
+        Err(_) => return Err(timeout(provider, "the response body", sent)),
         Ok(Err(err)) => return Err(body_error(provider, &err)),
         Ok(Ok(body)) => body.to_bytes(),
     };

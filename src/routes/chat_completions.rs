@@ -124,6 +124,7 @@ async fn route_and_forward(
     let (result, report) = failover::run(
         route,
         &config.retry,
+        arrived,
         |target| async move {
             let slot = limits
                 .admit_provider(&target.provider.name, estimate)
