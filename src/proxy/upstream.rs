@@ -125,12 +125,11 @@ pub async fn forward(
         ));
     }
 
-    let content_type = response
+    let is_event_stream = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+        .and_then(|v| v.as_bytes().get(..17))
+        .is_some_and(|start| start.eq_ignore_ascii_case(b"text/event-stream"));
     let mut builder = Response::builder().status(StatusCode::OK);
     let headers = builder.headers_mut().expect("fresh builder");
     // Room for the provider's headers and the ~12 the gateway adds (ids,
@@ -141,7 +140,7 @@ pub async fn forward(
         headers.insert(X_UPSTREAM_REQUEST_ID, id);
     }
 
-    if request.stream && content_type.starts_with("text/event-stream") {
+    if request.stream && is_event_stream {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
         let relay = SseRelay::start(
             Box::pin(BodyDataStream::new(response.into_body())),
