@@ -117,7 +117,9 @@ fn generate_id() -> HeaderValue {
     for (i, digit) in id[4..].iter_mut().enumerate() {
         *digit = HEX[(random >> (124 - 4 * i) & 0xf) as usize];
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&id))
+    // Owned, not copied: the id is cloned (response header, upstream request,
+    // log), and a copied buffer would allocate again on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
         .expect("hex is a valid header value")
 }
 
