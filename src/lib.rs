@@ -10,6 +10,7 @@
 //! to the documented vocabulary, and [`proxy::sse`] relays a stream byte for
 //! byte. The access log is written when the response body ends.
 
+pub mod access_line;
 pub mod access_log;
 pub mod app;
 pub mod auth;

@@ -1,0 +1,176 @@
+//! The access log's line: its fields in the order they are written, as a
+//! JSON line written directly or as a `tracing` event (same keys, same
+//! order; a test holds the two together).
+
+use crate::log_format::JsonLine;
+
+/// The access log's fields, in the order they are written.
+pub struct AccessLine<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub key: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub upstream_model: &'a str,
+    pub attempts: u32,
+    pub time_to_head_ms: f64,
+    pub time_to_first_token_ms: f64,
+    pub error_type: &'a str,
+    pub error: &'a str,
+    pub stream_end: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub duration_ms: f64,
+}
+
+impl AccessLine<'_> {
+    /// Straight into a JSON line: for every request, this skips the event
+    /// machinery (field visitors, a dynamic call per field).
+    pub fn write_json(&self, json: &mut JsonLine<'_>) {
+        json.str("request_id", self.request_id)
+            .str("method", self.method)
+            .str("path", self.path)
+            .u64("status", self.status.into())
+            .str("key", self.key)
+            .str("model", self.model)
+            .str("provider", self.provider)
+            .str("upstream_model", self.upstream_model)
+            .u64("attempts", self.attempts.into())
+            .f64("time_to_head_ms", self.time_to_head_ms)
+            .f64("time_to_first_token_ms", self.time_to_first_token_ms)
+            .str("error_type", self.error_type)
+            .str("error", self.error)
+            .str("stream_end", self.stream_end)
+            .u64("prompt_tokens", self.prompt_tokens)
+            .u64("completion_tokens", self.completion_tokens)
+            .f64("duration_ms", self.duration_ms);
+    }
+
+    /// As an event, for other formats (the terminal's) and subscribers.
+    pub fn event(&self, is_api: bool) {
+        macro_rules! access_event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    request_id = self.request_id,
+                    method = self.method,
+                    path = self.path,
+                    status = self.status,
+                    key = self.key,
+                    model = self.model,
+                    provider = self.provider,
+                    upstream_model = self.upstream_model,
+                    attempts = self.attempts,
+                    time_to_head_ms = self.time_to_head_ms,
+                    time_to_first_token_ms = self.time_to_first_token_ms,
+                    error_type = self.error_type,
+                    error = self.error,
+                    stream_end = self.stream_end,
+                    prompt_tokens = self.prompt_tokens,
+                    completion_tokens = self.completion_tokens,
+                    duration_ms = self.duration_ms,
+                    "request"
+                )
+            };
+        }
+        if is_api {
+            access_event!(tracing::Level::INFO);
+        } else {
+            access_event!(tracing::Level::DEBUG);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    fn parsed_without_timestamp(line: &str) -> serde_json::Value {
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let stamp = value.as_object_mut().unwrap().remove("timestamp");
+        assert!(stamp.is_some_and(|s| s.is_string()));
+        value
+    }
+
+    #[test]
+    fn the_direct_line_is_the_events_line() {
+        let line = AccessLine {
+            request_id: "req_1",
+            method: "POST",
+            path: "/v1/chat/completions",
+            status: 429,
+            key: "team-a",
+            model: "kimi \"quoted\"",
+            provider: "moonshot",
+            upstream_model: "kimi-k2",
+            attempts: 2,
+            time_to_head_ms: 12.345,
+            time_to_first_token_ms: 0.0,
+            error_type: "rate_limit_reached_error",
+            error: "line one\nline two \\ tab\t",
+            stream_end: "client_closed",
+            prompt_tokens: 7,
+            completion_tokens: 0,
+            duration_ms: 1.5,
+        };
+        let mut buffer = String::new();
+        let mut json = JsonLine::start(&mut buffer, &tracing::Level::INFO, "access", "request");
+        line.write_json(&mut json);
+        let direct = parsed_without_timestamp(json.finish());
+
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .event_format(crate::log_format::JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || line.event(true));
+        let captured = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let via_event = parsed_without_timestamp(&captured);
+
+        assert_eq!(direct, via_event);
+        assert_eq!(direct["level"], "INFO");
+        assert_eq!(direct["target"], "access");
+        assert_eq!(direct["message"], "request");
+        assert_eq!(direct["error"], "line one\nline two \\ tab\t");
+        assert_eq!(direct["time_to_head_ms"], 12.345);
+        // level, target, message and the 17 fields, in the same order.
+        assert_eq!(direct.as_object().unwrap().len(), 3 + 17);
+        let order = |text: &str| {
+            let mut names: Vec<(usize, &str)> = ["request_id", "status", "attempts", "duration_ms"]
+                .iter()
+                .map(|k| (text.find(&format!("\"{k}\":")).unwrap(), *k))
+                .collect();
+            names.sort();
+            names.into_iter().map(|(_, k)| k).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&buffer), order(&captured));
+    }
+}
