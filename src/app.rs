@@ -1,8 +1,7 @@
 //! What every request goes through, outermost first: panic catching ->
 //! request context (request id, client key, access log) -> the handler
 //! (chat completions directly, the rest through the router). The key is
-//! checked inside the access log's scope so refused requests are logged too,
-//! with the caller's key name read from the response.
+//! checked inside the access log's scope, so refused requests are logged too.
 
 use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
