@@ -17,6 +17,7 @@ use crate::proxy::upstream::UpstreamInfo;
 use crate::proxy::usage::Usage;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -69,7 +70,7 @@ impl Limits {
         model: &str,
         estimate: u64,
     ) -> Result<Admission, Response> {
-        let scopes: Vec<&Arc<Scope>> = [
+        let scopes: SmallVec<[&Arc<Scope>; 3]> = [
             key.and_then(|k| k.model_limits.get(model)),
             key.and_then(|k| k.limits.as_ref()),
             self.global.as_ref(),

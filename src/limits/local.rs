@@ -12,6 +12,7 @@ use governor::clock::{Clock, QuantaClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,9 +127,11 @@ impl LocalState {
 /// What a local admission holds until the response ends.
 #[derive(Debug, Default)]
 pub struct LocalHold {
-    permits: Vec<OwnedSemaphorePermit>,
+    /// Inline up to three scopes (key and model, key, global): no
+    /// allocation per request.
+    permits: SmallVec<[OwnedSemaphorePermit; 3]>,
     /// Scopes whose token buckets hold the reservation.
-    reserved: Vec<Arc<Scope>>,
+    reserved: SmallVec<[Arc<Scope>; 3]>,
 }
 
 impl LocalHold {

@@ -9,6 +9,7 @@
 use super::route::{Route, Target};
 use crate::error::{ErrorType, GatewayError};
 use http::{HeaderValue, StatusCode};
+use smallvec::SmallVec;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -110,7 +111,8 @@ where
     Fut: Future<Output = Result<T, GatewayError>>,
 {
     let order = plan(route);
-    let mut states = vec![TargetState::default(); order.len()];
+    let mut states: SmallVec<[TargetState; INLINE_TARGETS]> =
+        smallvec::smallvec![TargetState::default(); order.len()];
     let mut report = AttemptReport::default();
     let mut last_error: Option<GatewayError> = None;
     let mut cursor = 0;
@@ -251,15 +253,27 @@ pub enum Event {
     BreakerOpen,
 }
 
+/// Routes with up to this many targets plan their attempts without
+/// allocating.
+const INLINE_TARGETS: usize = 6;
+
+/// A route's targets in the order to try them.
+type Plan<'a> = SmallVec<[&'a Target; INLINE_TARGETS]>;
+
 /// Usable targets in the order to try them: by priority, and among equal
 /// priorities in a random order weighted by `weight`.
-fn plan(route: &Route) -> Vec<&Target> {
-    let mut keyed: Vec<(u32, f64, &Target)> = route
+fn plan(route: &Route) -> Plan<'_> {
+    let mut keyed: SmallVec<[(u32, f64, &Target); INLINE_TARGETS]> = route
         .usable_targets()
         .map(|t| {
             // Efraimidis-Spirakis: sorting by U^(1/w) descending samples by weight.
             let u = fastrand::f64().max(f64::MIN_POSITIVE);
-            (t.priority, -u.powf(1.0 / f64::from(t.weight)), t)
+            let key = if t.weight == 1 {
+                u
+            } else {
+                u.powf(1.0 / f64::from(t.weight))
+            };
+            (t.priority, -key, t)
         })
         .collect();
     if keyed.len() > 1 {
