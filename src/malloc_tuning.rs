@@ -6,6 +6,10 @@
 //! the gateway sets it by executing itself again (same process id, same
 //! arguments) when `GLIBC_TUNABLES` is not set. Setting `GLIBC_TUNABLES`
 //! (to anything, even empty) leaves the choice to the operator.
+//!
+//! Executing `/proc/self/exe` (the running file, even if it was replaced on
+//! disk since) would leave the process named `exe` in `ps`, `top` and
+//! `pkill`; the restarted process takes its own name back.
 
 /// The tunables the gateway starts with.
 pub const TUNABLES: &str = "glibc.malloc.tcache_count=128";
@@ -20,6 +24,7 @@ pub const VARIABLE: &str = "GLIBC_TUNABLES";
 pub fn restart_with_tunables() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
     if std::env::var_os(VARIABLE).is_some() {
+        restore_process_name();
         return None;
     }
     let mut args = std::env::args_os();
@@ -30,6 +35,34 @@ pub fn restart_with_tunables() -> Option<std::io::Error> {
         .env(VARIABLE, TUNABLES)
         .exec();
     Some(error)
+}
+
+/// After a restart through `/proc/self/exe` the kernel names the process
+/// `exe`; name it after the file it was started as (`argv[0]`), as the
+/// first start was.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn restore_process_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(current) = std::fs::read("/proc/self/comm") else {
+        return;
+    };
+    if current.trim_ascii_end() != b"exe" {
+        return;
+    }
+    let Some(arg0) = std::env::args_os().next() else {
+        return;
+    };
+    let Some(file_name) = std::path::Path::new(&arg0).file_name() else {
+        return;
+    };
+    // The kernel keeps 15 bytes of a name; a longer one is cut, as exec does.
+    let mut name = file_name.as_bytes()[..file_name.len().min(15)].to_vec();
+    name.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
+    // from the pointer, which `name` provides and outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
 }
 
 /// Other platforms and C libraries: nothing to do.

@@ -218,8 +218,10 @@ fn serving_restarts_once_with_a_larger_malloc_cache_and_the_same_arguments() {
     let addr = free_addr();
     let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
     let (environ, args) = environ_and_args(&child);
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    assert_eq!(name, "kimi-gateway\n", "named as started, not `exe`");
     assert!(
         environ.contains(&format!("{VARIABLE}={TUNABLES}")),
         "{environ:?}"
