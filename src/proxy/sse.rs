@@ -99,6 +99,7 @@ impl SseRelay {
         settings: RelaySettings,
         stats: Arc<StreamStats>,
     ) -> Result<SseRelay, GatewayError> {
+        let now = Instant::now();
         let mut relay = SseRelay {
             upstream,
             held: None,
@@ -106,7 +107,7 @@ impl SseRelay {
             queued: VecDeque::new(),
             after: VecDeque::new(),
             idle_between_events: false,
-            last_write: Instant::now(),
+            last_write: now,
             include_usage: settings.include_usage,
             in_choice_usage: None,
             top_level_usage_seen: false,
@@ -114,13 +115,13 @@ impl SseRelay {
             idle_timer: Box::pin(tokio::time::sleep_until(settings.first_byte_deadline)),
             keepalive: settings
                 .keepalive
-                .map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+                .map(|every| (every, Box::pin(tokio::time::sleep_until(now + every)))),
             shutdown: Box::pin(settings.shutdown.cancelled_owned()),
             provider: settings.provider,
             stats,
             head_sent: false,
             finished: false,
-            last_event: Instant::now(),
+            last_event: now,
             chunk_gap: settings.chunk_gap,
             open_streams: settings.open_streams,
         };
@@ -132,6 +133,7 @@ impl SseRelay {
                 let after = std::mem::take(&mut relay.after);
                 relay.queued.extend(after);
                 relay.head_sent = true;
+                relay.stats.mark_first_event(relay.last_event);
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),

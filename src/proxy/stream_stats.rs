@@ -43,9 +43,14 @@ impl StreamStats {
         }
     }
 
-    /// The first event is ready to go to the client.
-    pub fn mark_first_event(&self) {
-        let _ = self.first_event.set(Instant::now());
+    /// The first event was ready to go to the client at `at`.
+    pub fn mark_first_event(&self, at: Instant) {
+        let _ = self.first_event.set(at);
+    }
+
+    /// When the first event was ready to go to the client.
+    pub fn first_event(&self) -> Option<Instant> {
+        self.first_event.get().copied()
     }
 
     /// Time to first token: from the request's arrival to the first event.

@@ -157,11 +157,10 @@ pub async fn forward(
             stats.clone(),
         )
         .await?;
-        let first_event = Instant::now();
-        stats.mark_first_event();
-        if let Some(ttft) = stats.first_event_after() {
-            series.time_to_first_token.observe(ttft.as_secs_f64());
-        }
+        let first_event = stats.first_event().expect("marked by the relay's start");
+        series
+            .time_to_first_token
+            .observe((first_event - ctx.arrived).as_secs_f64());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
