@@ -299,4 +299,4 @@ impl fmt::Write for Escaping<'_> {
 
 #[cfg(test)]
 #[path = "log_format_tests.rs"]
-mod tests;
+pub(crate) mod tests;
