@@ -186,13 +186,15 @@ start_nginx() {
     NGINX_PID=$(child_of "$NGINX_MASTER")
 }
 stop_nginx() { stop_pid "$NGINX_MASTER"; NGINX_MASTER="" NGINX_PID=""; }
+# Each start begins a fresh log, as nginx's does: kept across every run,
+# a full benchmark's access lines came to ~6 GB.
 start_gateway() {
     env -u KIMI_GATEWAY_CONFIG -u AIMLAPI_API_KEY -u AGENTSFLARE_API_KEY \
         MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL="http://$MOCK_ADDR/moonshot/v1" \
         BENCH_CLIENT_KEY=mock-key TOKIO_WORKER_THREADS=1 RUST_LOG=info \
         "${PIN_PROXY[@]}" "$BIN/kimi-gateway" --listen "$GW_ADDR" \
         --config "$ROOT/benches/gateway.toml" \
-        >>"$OUT/gateway-access.log" 2>&1 &
+        >"$OUT/gateway-access.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
     wait_port "$GW_ADDR"
