@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use kimi_gateway::config;
+use kimi_gateway::proxy::body_pieces::BodyCollector;
 use kimi_gateway::proxy::request::ChatRequest;
 use kimi_gateway::proxy::sse::EventAligner;
 use kimi_gateway::proxy::usage::{mentions_usage, parse_usage};
@@ -100,6 +101,25 @@ fn request_peek_and_splice(c: &mut Criterion) {
             )
         });
     }
+    // A large body as the server hands it over: in frames, never joined.
+    let framed = history_body(1024 * 1024);
+    group.throughput(Throughput::Bytes(framed.len() as u64));
+    group.bench_function("peek_splice/1MiB_in_64KiB_frames", |b| {
+        b.iter_batched(
+            || {
+                let mut body = BodyCollector::default();
+                for frame in framed.chunks(64 * 1024) {
+                    body.push(framed.slice_ref(frame));
+                }
+                body.finish()
+            },
+            |body| {
+                let chat = ChatRequest::peek(body).expect("valid body");
+                black_box(chat.upstream_body("moonshot/kimi-k2-6", &spliced_json))
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     // The splice alone shares the buffer: its cost does not depend on the size.

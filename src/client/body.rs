@@ -7,20 +7,22 @@ use super::pool::{Connection, Pool};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// A request body made of up to three buffers sent in order.
+/// A request body made of buffers sent in order (inline up to three: one
+/// buffer, or three slices around a spliced model id).
 pub struct OutgoingBody {
-    parts: [Bytes; 3],
+    parts: SmallVec<[Bytes; 3]>,
     next: usize,
 }
 
 impl OutgoingBody {
-    pub fn new(parts: [Bytes; 3]) -> Self {
+    pub fn new(parts: SmallVec<[Bytes; 3]>) -> Self {
         OutgoingBody { parts, next: 0 }
     }
 
@@ -31,7 +33,7 @@ impl OutgoingBody {
 
 impl From<Bytes> for OutgoingBody {
     fn from(whole: Bytes) -> Self {
-        OutgoingBody::new([whole, Bytes::new(), Bytes::new()])
+        OutgoingBody::new(smallvec::smallvec![whole])
     }
 }
 

@@ -28,7 +28,7 @@ const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
 /// The tokens a request may use: its prompt (about four bytes a token)
 /// and its completion cap, or `default_max_tokens` when it sets none.
 pub fn estimate_tokens(chat: &ChatRequest, default_max_tokens: u64) -> u64 {
-    chat.body().len() as u64 / 4 + chat.max_tokens.unwrap_or(default_max_tokens)
+    chat.body_len() as u64 / 4 + chat.max_tokens.unwrap_or(default_max_tokens)
 }
 
 /// What an admitted request holds, and the headroom it saw.

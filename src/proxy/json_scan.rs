@@ -3,8 +3,11 @@
 //!
 //! The gateway needs two or three fields of a request body that may be many
 //! megabytes of base64 images; string contents are skipped with `memchr`, so
-//! the cost is a fast linear pass.
+//! the cost is a fast linear pass. The input may be in several pieces (a
+//! request body as its frames arrived): offsets count across them, so the
+//! pieces never have to be joined.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Deepest nesting accepted; deeper bodies are rejected rather than risking
@@ -21,64 +24,126 @@ pub struct ScanError {
 /// Calls `on_field(raw_key, value_span)` for each top-level member of the
 /// object in `input`, in order. `raw_key` is the key between its quotes, as
 /// written (escapes are not decoded).
-pub fn scan_object<'a>(
-    input: &'a [u8],
-    mut on_field: impl FnMut(&'a [u8], Range<usize>),
+pub fn scan_object(
+    input: &[u8],
+    on_field: impl FnMut(&[u8], Range<usize>),
 ) -> Result<(), ScanError> {
-    let mut s = Scanner { input, pos: 0 };
+    scan_pieces(std::slice::from_ref(&input), on_field)
+}
+
+/// [`scan_object`] over an input held in `pieces`, in order; spans are
+/// offsets into their concatenation.
+pub fn scan_pieces<P: AsRef<[u8]>>(
+    pieces: &[P],
+    mut on_field: impl FnMut(&[u8], Range<usize>),
+) -> Result<(), ScanError> {
+    let mut s = Scanner {
+        pieces,
+        piece: 0,
+        chunk: pieces.first().map_or(&[], AsRef::as_ref),
+        local: 0,
+        base: 0,
+    };
     s.skip_ws();
     s.expect(b'{', "expected a JSON object")?;
     s.skip_ws();
     if s.peek() == Some(b'}') {
-        s.pos += 1;
+        s.bump();
     } else {
         loop {
             s.skip_ws();
-            let key_start = s.pos;
+            let key_start = s.pos();
             if s.peek() != Some(b'"') {
                 return Err(s.error("expected a string key"));
             }
             s.skip_string()?;
-            let key = &input[key_start + 1..s.pos - 1];
+            let key = s.span_bytes(key_start + 1..s.pos() - 1);
             s.skip_ws();
             s.expect(b':', "expected ':' after a key")?;
             s.skip_ws();
-            let value_start = s.pos;
+            let value_start = s.pos();
             s.skip_value(1)?;
-            on_field(key, value_start..s.pos);
+            on_field(&key, value_start..s.pos());
             s.skip_ws();
             match s.next() {
                 Some(b',') => continue,
                 Some(b'}') => break,
-                _ => return Err(s.error_at(s.pos.saturating_sub(1), "expected ',' or '}'")),
+                _ => return Err(s.error_at(s.pos().saturating_sub(1), "expected ',' or '}'")),
             }
         }
     }
     s.skip_ws();
-    if s.pos != input.len() {
+    if s.peek().is_some() {
         return Err(s.error("unexpected data after the JSON object"));
     }
     Ok(())
 }
 
-struct Scanner<'a> {
-    input: &'a [u8],
-    pos: usize,
+/// A cursor over the pieces: `chunk` is the current piece, `local` the
+/// position in it and `base` its offset in the whole input.
+struct Scanner<'a, P> {
+    pieces: &'a [P],
+    piece: usize,
+    chunk: &'a [u8],
+    local: usize,
+    base: usize,
 }
 
-impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.input.get(self.pos).copied()
+impl<'a, P: AsRef<[u8]>> Scanner<'a, P> {
+    fn pos(&self) -> usize {
+        self.base + self.local
+    }
+
+    /// The next byte, moving on to the next non-empty piece when this one is
+    /// used up.
+    #[inline(always)]
+    fn peek(&mut self) -> Option<u8> {
+        match self.chunk.get(self.local) {
+            Some(&b) => Some(b),
+            None => self.peek_in_next_piece(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn peek_in_next_piece(&mut self) -> Option<u8> {
+        self.next_piece().then(|| self.chunk[self.local])
+    }
+
+    /// Steps over the byte `peek` returned.
+    #[inline]
+    fn bump(&mut self) {
+        self.local += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn next_piece(&mut self) -> bool {
+        while self.local >= self.chunk.len() && self.piece + 1 < self.pieces.len() {
+            self.base += self.chunk.len();
+            self.piece += 1;
+            self.chunk = self.pieces[self.piece].as_ref();
+            self.local = 0;
+        }
+        self.local < self.chunk.len()
     }
 
     fn next(&mut self) -> Option<u8> {
         let b = self.peek()?;
-        self.pos += 1;
+        self.bump();
         Some(b)
     }
 
+    fn span_bytes(&self, span: Range<usize>) -> Cow<'a, [u8]> {
+        if span.start >= self.base {
+            Cow::Borrowed(&self.chunk[span.start - self.base..span.end - self.base])
+        } else {
+            super::body_pieces::span_of(self.pieces, span)
+        }
+    }
+
     fn error(&self, reason: &'static str) -> ScanError {
-        self.error_at(self.pos, reason)
+        self.error_at(self.pos(), reason)
     }
 
     fn error_at(&self, offset: usize, reason: &'static str) -> ScanError {
@@ -87,7 +152,7 @@ impl Scanner<'_> {
 
     fn expect(&mut self, byte: u8, reason: &'static str) -> Result<(), ScanError> {
         if self.peek() == Some(byte) {
-            self.pos += 1;
+            self.bump();
             Ok(())
         } else {
             Err(self.error(reason))
@@ -96,29 +161,35 @@ impl Scanner<'_> {
 
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.pos += 1;
+            self.bump();
         }
     }
 
     /// At an opening quote: moves past the closing quote.
     fn skip_string(&mut self) -> Result<(), ScanError> {
-        let start = self.pos;
-        self.pos += 1;
+        let start = self.pos();
+        self.bump();
         loop {
-            let rest = &self.input[self.pos..];
+            let rest = &self.chunk[self.local..];
             match memchr::memchr3(b'"', b'\\', b'\n', rest) {
                 Some(i) if rest[i] == b'"' => {
-                    self.pos += i + 1;
+                    self.local += i + 1;
                     return Ok(());
                 }
                 Some(i) if rest[i] == b'\\' => {
-                    if self.pos + i + 1 >= self.input.len() {
+                    self.local += i + 1;
+                    // The escaped byte, maybe in the next piece.
+                    if self.next().is_none() {
                         break;
                     }
-                    self.pos += i + 2;
                 }
-                Some(i) => return Err(self.error_at(self.pos + i, "raw newline inside a string")),
-                None => break,
+                Some(i) => return Err(self.error_at(self.pos() + i, "raw newline inside a string")),
+                None => {
+                    self.local = self.chunk.len();
+                    if !self.next_piece() {
+                        break;
+                    }
+                }
             }
         }
         Err(self.error_at(start, "unterminated string"))
@@ -142,10 +213,10 @@ impl Scanner<'_> {
     }
 
     fn skip_container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), ScanError> {
-        self.pos += 1;
+        self.bump();
         self.skip_ws();
         if self.peek() == Some(close) {
-            self.pos += 1;
+            self.bump();
             return Ok(());
         }
         loop {
@@ -166,7 +237,7 @@ impl Scanner<'_> {
                 Some(b) if b == close => return Ok(()),
                 _ => {
                     return Err(self.error_at(
-                        self.pos.saturating_sub(1),
+                        self.pos().saturating_sub(1),
                         "expected ',' or a closing bracket",
                     ));
                 }
@@ -175,24 +246,26 @@ impl Scanner<'_> {
     }
 
     fn skip_literal(&mut self, literal: &'static [u8]) -> Result<(), ScanError> {
-        if self.input[self.pos..].starts_with(literal) {
-            self.pos += literal.len();
-            Ok(())
-        } else {
-            Err(self.error("invalid literal"))
+        let start = self.pos();
+        for &expected in literal {
+            if self.peek() != Some(expected) {
+                return Err(self.error_at(start, "invalid literal"));
+            }
+            self.bump();
         }
+        Ok(())
     }
 
     fn skip_number(&mut self) -> Result<(), ScanError> {
-        let start = self.pos;
+        let start = self.pos();
         if self.peek() == Some(b'-') {
-            self.pos += 1;
+            self.bump();
         }
-        let digits_start = self.pos;
+        let first = self.peek();
         while let Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') = self.peek() {
-            self.pos += 1;
+            self.bump();
         }
-        if self.pos == digits_start || !self.input[digits_start].is_ascii_digit() {
+        if !first.is_some_and(|b| b.is_ascii_digit()) {
             return Err(self.error_at(start, "invalid number"));
         }
         Ok(())
@@ -259,5 +332,58 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(fields(&deep).unwrap_err().reason, "nesting too deep");
+    }
+}
+
+#[cfg(test)]
+mod piece_tests {
+    use super::*;
+
+    type Fields = Vec<(Vec<u8>, Range<usize>)>;
+
+    /// Keys and spans, or the error, for `input` held as `pieces`.
+    fn scan(pieces: &[&[u8]]) -> Result<Fields, ScanError> {
+        let mut out = Vec::new();
+        scan_pieces(pieces, |k, span| out.push((k.to_vec(), span)))?;
+        Ok(out)
+    }
+
+    const INPUTS: &[&str] = &[
+        r#" { "model" : "kimi" , "messages":[{"model":"in\"ner","x":[1,2,{"a":null}]}],
+            "stream":true, "t": -1.5e3, "s":"a\"b\\", "f":false } "#,
+        r#"{"a":"\\\\\"","b":[[],{}],"c":12}"#,
+        r#"{"a":1,}"#,
+        r#"{"a":tru}"#,
+        r#"{"a":-}"#,
+        r#"{"a":"unterminated\"}"#,
+        "{\"a\":\"line\nbreak\"}",
+        r#"{"a":1} x"#,
+        r#"{"a":[1,2}"#,
+    ];
+
+    /// Wherever the input is cut (one cut, two cuts, empty pieces), the
+    /// scan reports what it reports for the whole input.
+    #[test]
+    fn any_cut_gives_the_same_result() {
+        for input in INPUTS.iter().map(|s| s.as_bytes()) {
+            let whole = scan(&[input]);
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(scan(&[a, b]), whole, "cut at {i} of {input:?}");
+                assert_eq!(scan(&[&[], a, &[], b, &[]]), whole);
+                for j in i..=input.len() {
+                    let pieces = [&input[..i], &input[i..j], &input[j..]];
+                    assert_eq!(scan(&pieces), whole, "cuts at {i},{j}");
+                }
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(scan(&bytes), whole, "one byte per piece");
+        }
+    }
+
+    #[test]
+    fn no_pieces_is_an_error() {
+        let none: [&[u8]; 0] = [];
+        assert_eq!(scan(&none).unwrap_err().reason, "expected a JSON object");
     }
 }

@@ -1,6 +1,7 @@
 //! The hot path, in the order a request takes it: route the model, peek and
 //! splice the body, send upstream, translate errors, relay the stream.
 
+pub mod body_pieces;
 pub mod breaker;
 pub mod event_align;
 pub mod failover;

@@ -2,7 +2,8 @@
 //! peeked from it, and the original bytes are forwarded with only the `model`
 //! value spliced when the upstream's id differs.
 
-use super::json_scan::scan_object;
+use super::body_pieces::{BodyPieces, Pieces};
+use super::json_scan::scan_pieces;
 use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use std::ops::Range;
 /// A chat completion request: the body as received plus what was peeked.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    body: Bytes,
+    body: BodyPieces,
     model_span: Range<usize>,
     model: Box<str>,
     pub stream: bool,
@@ -24,14 +25,15 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// Peeks `model`, `messages`, `stream`, `stream_options` and the token cap.
-    pub fn peek(body: Bytes) -> Result<Self, GatewayError> {
+    pub fn peek(body: impl Into<BodyPieces>) -> Result<Self, GatewayError> {
+        let body = body.into();
         let mut model = None;
         let mut messages = None;
         let mut stream = None;
         let mut stream_options = None;
         let mut max_tokens = None;
         let mut max_completion_tokens = None;
-        scan_object(&body, |key, span| match key {
+        scan_pieces(body.pieces(), |key, span| match key {
             b"model" => model = Some(span),
             b"messages" => messages = Some(span),
             b"stream" => stream = Some(span),
@@ -48,19 +50,19 @@ impl ChatRequest {
         })?;
 
         let model_span = model.ok_or_else(|| missing("model"))?;
-        let model = parse_string(&body[model_span.clone()])
+        let model = parse_string(&body.span(model_span.clone()))
             .filter(|m| !m.is_empty())
             .ok_or_else(|| {
                 GatewayError::invalid_request("`model` must be a non-empty string")
                     .with_param("model")
             })?;
         let messages = messages.ok_or_else(|| missing("messages"))?;
-        if body[messages].first() != Some(&b'[') {
+        if body.span(messages.start..messages.start + 1).first() != Some(&b'[') {
             return Err(
                 GatewayError::invalid_request("`messages` must be an array").with_param("messages")
             );
         }
-        let stream = match stream.map(|s| &body[s]) {
+        let stream = match stream.map(|s| body.span(s)).as_deref() {
             None | Some(b"false") | Some(b"null") => false,
             Some(b"true") => true,
             Some(_) => {
@@ -68,13 +70,13 @@ impl ChatRequest {
                     .with_param("stream"));
             }
         };
-        let include_usage = match stream_options.map(|s| &body[s]) {
+        let include_usage = match stream_options.map(|s| body.span(s)) {
             Some(raw) if stream => {
                 #[derive(Deserialize)]
                 struct StreamOptions {
                     include_usage: Option<bool>,
                 }
-                serde_json::from_slice::<Option<StreamOptions>>(raw)
+                serde_json::from_slice::<Option<StreamOptions>>(&raw)
                     .map_err(|_| {
                         GatewayError::invalid_request("`stream_options` must be an object")
                             .with_param("stream_options")
@@ -85,7 +87,7 @@ impl ChatRequest {
             _ => false,
         };
         let cap = |span: Option<Range<usize>>| {
-            span.and_then(|s| std::str::from_utf8(&body[s]).ok()?.parse::<u64>().ok())
+            span.and_then(|s| std::str::from_utf8(&body.span(s)).ok()?.parse::<u64>().ok())
         };
         let max_tokens = cap(max_completion_tokens).or(cap(max_tokens));
         Ok(ChatRequest {
@@ -103,61 +105,46 @@ impl ChatRequest {
         &self.model
     }
 
-    /// The body as the client sent it.
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    /// The body's length as the client sent it.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
     }
 
     /// The body for an upstream that calls the model `upstream_model`
     /// (`model_json` is the same id, JSON-encoded). When the id is unchanged
-    /// the original buffer is sent; otherwise three slices share it, so the
-    /// body is never copied.
+    /// the original buffers are sent; otherwise slices of them around the
+    /// new id, so the body is never copied.
     pub fn upstream_body(&self, upstream_model: &str, model_json: &Bytes) -> UpstreamBody {
-        if upstream_model == &*self.model {
-            UpstreamBody::Whole(self.body.clone())
+        UpstreamBody(if upstream_model == &*self.model {
+            self.body.to_pieces()
         } else {
-            UpstreamBody::Spliced([
-                self.body.slice(..self.model_span.start),
-                model_json.clone(),
-                self.body.slice(self.model_span.end..),
-            ])
-        }
+            self.body
+                .spliced(self.model_span.clone(), model_json.clone())
+        })
     }
 }
 
 /// A body ready to send upstream, cheap to clone for another attempt.
 #[derive(Debug, Clone)]
-pub enum UpstreamBody {
-    Whole(Bytes),
-    Spliced([Bytes; 3]),
-}
+pub struct UpstreamBody(Pieces);
 
 impl UpstreamBody {
     pub fn len(&self) -> usize {
-        match self {
-            UpstreamBody::Whole(b) => b.len(),
-            UpstreamBody::Spliced(parts) => parts.iter().map(Bytes::len).sum(),
-        }
+        self.0.iter().map(Bytes::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// All bytes in one buffer (tests and diagnostics; copies when spliced).
+    /// All bytes in one buffer (tests and diagnostics; copies).
     pub fn to_bytes(&self) -> Bytes {
-        match self {
-            UpstreamBody::Whole(b) => b.clone(),
-            UpstreamBody::Spliced(parts) => parts.concat().into(),
-        }
+        self.0.concat().into()
     }
 
-    /// The body as the client sends it: the buffers in order, one write.
+    /// The body as the client sends it: the buffers in order.
     pub fn into_outgoing(self) -> OutgoingBody {
-        match self {
-            UpstreamBody::Whole(b) => OutgoingBody::from(b),
-            UpstreamBody::Spliced(parts) => OutgoingBody::new(parts),
-        }
+        OutgoingBody::new(self.0)
     }
 }
 

@@ -7,12 +7,12 @@ use crate::auth;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::estimate_tokens;
+use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::ChatRequest;
 use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
 use crate::state::AppState;
-use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -202,7 +202,7 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
 /// the client declares a larger `Content-Length`.
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(request: Request, limit: usize) -> Result<BodyPieces, GatewayError> {
     let too_large = || {
         GatewayError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -219,14 +219,28 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, GatewayError
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let body: Body = request.into_body();
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(err) => Err(GatewayError::invalid_request(format!(
-            "could not read the request body: {err}"
-        ))),
+    // Kept as the frames arrived: the scan and the upstream write go
+    // across them, so a large body is never joined into a second copy.
+    let mut body = Limited::new(request.into_body(), limit);
+    let mut collector = BodyCollector::default();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    collector.push(data);
+                }
+            }
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large());
+            }
+            Err(err) => {
+                return Err(GatewayError::invalid_request(format!(
+                    "could not read the request body: {err}"
+                )));
+            }
+        }
     }
+    Ok(collector.finish())
 }
 
 #[cfg(test)]

@@ -138,3 +138,41 @@ async fn a_multi_megabyte_vision_body_passes_through() {
         body.as_bytes()
     );
 }
+
+/// A body that arrives in many frames (chunked, some of a few bytes, the
+/// model id cut across them and followed by a large field) reaches the
+/// provider byte for byte with only the model id replaced.
+#[tokio::test]
+async fn a_body_sent_in_many_pieces_is_spliced_and_forwarded_whole() {
+    let app = spawn_app().await;
+    let history: Vec<serde_json::Value> = (0..3000)
+        .map(|i| serde_json::json!({"role": "user", "content": format!("message {i} {}", "x".repeat(i % 700))}))
+        .collect();
+    let body = serde_json::json!({
+        "messages": history,
+        "model": "agentsflare/kimi-k2.6",
+        "metadata": {"note": "z".repeat(200_000)}
+    })
+    .to_string();
+    assert!(body.len() > 1024 * 1024, "{}", body.len());
+    let model_at = body.find("agentsflare/").unwrap();
+    let mut cuts = vec![0, 1, 2, 5000, 70_000, 600_000];
+    cuts.extend([model_at - 1, model_at + 3, model_at + 4, model_at + 10]);
+    cuts.extend((model_at + 50_010..body.len()).step_by(50_000));
+    cuts.push(body.len());
+    let frames: Vec<Result<Vec<u8>, std::io::Error>> = cuts
+        .windows(2)
+        .map(|w| Ok(body.as_bytes()[w[0]..w[1]].to_vec()))
+        .collect();
+    let stream = futures_util::stream::iter(frames);
+    let response = app.chat_raw(reqwest::Body::wrap_stream(stream)).await;
+    assert_eq!(response.status(), 200);
+    let expected = body.replace("\"agentsflare/kimi-k2.6\"", "\"kimi-k2.6\"");
+    let seen = app.mock.requests_for(Flavour::Agentsflare);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body == expected.as_bytes(), "body differs");
+    assert_eq!(
+        seen[0].headers["content-length"].to_str().unwrap(),
+        expected.len().to_string()
+    );
+}
