@@ -32,13 +32,22 @@
 # streams are opened and held, and the proxy's VmRSS is read before and while
 # they are open: the table's notes give KB per stream above idle.
 #
+# One-connection runs measure latency, and on a virtual machine an idle vCPU
+# can take milliseconds to be woken by the host, which then swamps what a
+# proxy adds (nginx fell from ~14,900 to ~1,000 req/s at one connection on
+# such a host). During those runs a spinner of the lowest priority
+# (`chrt --idle 0 loadgen --keep-awake`) holds each CPU, giving way at once to
+# anything runnable: the CPUs never go idle, for every target alike. At 64
+# and 512 connections the CPUs are busy anyway and no spinner runs.
+#
 # Prints one markdown table (also saved as BENCH_OUT/table.md; raw loadgen
 # JSON, logs and nginx's prefix are under BENCH_OUT too).
 #
 # Environment: BENCH_SECS (measured seconds per run; default 4, --quick 3),
 # BENCH_ROUNDS (default 3, --quick 2), BENCH_WARMUP (unmeasured seconds
 # first; default 1), BENCH_HOLD_STREAMS
-# (default 10000), BENCH_OUT (default target/load-bench).
+# (default 10000), BENCH_KEEP_AWAKE (default 1; 0: no spinners),
+# BENCH_OUT (default target/load-bench).
 # Only loopback addresses are used; every process started here is stopped on exit.
 
 set -euo pipefail
@@ -65,6 +74,7 @@ if ((QUICK)); then SECS=${BENCH_SECS:-3}; else SECS=${BENCH_SECS:-4}; fi
 if ((QUICK)); then ROUNDS=${BENCH_ROUNDS:-2}; else ROUNDS=${BENCH_ROUNDS:-3}; fi
 WARMUP=${BENCH_WARMUP:-1}
 HOLD=${BENCH_HOLD_STREAMS:-10000}
+KEEP_AWAKE=${BENCH_KEEP_AWAKE:-1}
 OUT=${BENCH_OUT:-$ROOT/target/load-bench}
 BIN=$ROOT/target/release
 MOCK_ADDR=127.0.0.1:18090
@@ -223,6 +233,30 @@ add_row() { (IFS=$'\t'; echo "$*") >>"$OUT/rows.tsv"; }
 
 RUN_NO=0
 RUN_TOTAL=0
+# Lowest-priority spinners, one per CPU, while one-connection runs measure
+# latency (see the top of this file).
+SPINNERS=()
+KEEP_AWAKE_NOTE=""
+if ((KEEP_AWAKE)) && ! command -v chrt >/dev/null 2>&1; then
+    KEEP_AWAKE=0
+    KEEP_AWAKE_NOTE="no chrt: one-connection runs without keep-awake spinners"
+fi
+((KEEP_AWAKE)) && KEEP_AWAKE_NOTE="one-connection runs: a SCHED_IDLE spinner held each CPU awake"
+start_spinners() {
+    ((KEEP_AWAKE)) || return 0
+    local cpu
+    for ((cpu = 0; cpu < $(nproc); cpu++)); do
+        chrt --idle 0 taskset -c "$cpu" "$BIN/loadgen" --keep-awake &
+        PIDS+=($!)
+        SPINNERS+=($!)
+    done
+}
+stop_spinners() {
+    local pid
+    for pid in "${SPINNERS[@]}"; do stop_pid "$pid"; done
+    SPINNERS=()
+}
+
 # run_load SCENARIO CONNS TARGET ROUND [loadgen args...]
 run_load() {
     local scen=$1 conns=$2 target=$3 round=$4
@@ -345,11 +379,13 @@ start_mock
 for spec in "${SCENARIOS[@]}"; do
     IFS='|' read -r scen conns args <<<"$spec"
     read -r -a argv <<<"$args"
+    ((conns == 1)) && start_spinners
     for round in $(seq 1 "$ROUNDS"); do
         for target in "${TARGETS[@]}"; do
             run_load "$scen" "$conns" "$target" "$round" "${argv[@]}"
         done
     done
+    stop_spinners
 done
 
 hold_test nginx
@@ -361,7 +397,7 @@ nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')
 {
     echo "kimi-gateway load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) x ${cpu:-unknown CPU}," \
         "Linux $(uname -r), nginx $nginx_version, $ROUNDS rounds of ${WARMUP} s warm-up + ${SECS} s per target," \
-        "pinning: $PINNING, load average at start $LOAD_AT_START."
+        "pinning: $PINNING${KEEP_AWAKE_NOTE:+; $KEEP_AWAKE_NOTE}, load average at start $LOAD_AT_START."
     echo "req/s, p50, p99 (whole response) and TTFB (first body byte, streams): median over the rounds." \
         "Peak RSS: highest VmHWM of the proxy (nginx: its worker), started afresh for each run." \
         "gateway/nginx: median of each round's req/s ratio (the rounds' ratios in the notes).${HOLD_NOTE:+ $HOLD_NOTE.}"

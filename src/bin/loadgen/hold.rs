@@ -94,7 +94,7 @@ pub(crate) async fn hold(cli: &Cli, target: Arc<Target>, n: usize) -> Result<Val
     let ttfb = state.ttfb.lock().expect("lock").take().expect("histogram");
     Ok(json!({
         "mode": "hold",
-        "url": cli.url.to_string(),
+        "url": cli.url().to_string(),
         "streams": n,
         "open": state.open.load(Ordering::SeqCst),
         "failed": state.failed.load(Ordering::SeqCst),

@@ -14,6 +14,13 @@
 //! first byte (or failed), and keeps reading them until SIGINT/SIGTERM or
 //! `--duration` seconds, so the proxy's memory per open stream can be read.
 //!
+//! Keep-awake mode (`--keep-awake`): spins on the CPU it is pinned to until
+//! killed, yielding the processor whenever anything else wants it when run
+//! as `chrt --idle 0 taskset -c N loadgen --keep-awake`. On a virtual machine
+//! whose idle vCPUs take milliseconds to be woken by the host, this keeps the
+//! CPU running, so a one-connection benchmark measures the proxy, not the
+//! hypervisor's wake-up latency.
+//!
 //! Modules: `target` (the request to send), `client` (connections and
 //! exchanges), `load` (load mode), `stats` (histograms and the load report),
 //! `hold` (hold mode).
@@ -35,8 +42,8 @@ use std::sync::Arc;
 #[command(about = "Closed-loop HTTP/1.1 load generator for chat completion endpoints")]
 struct Cli {
     /// Endpoint to POST to, e.g. http://127.0.0.1:8080/v1/chat/completions.
-    #[arg(long)]
-    url: Uri,
+    #[arg(long, required_unless_present = "keep_awake")]
+    url: Option<Uri>,
     /// Concurrent keep-alive connections (one worker each).
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -76,10 +83,25 @@ struct Cli {
     /// Hold mode: connection attempts in flight at once while opening.
     #[arg(long, default_value_t = 128)]
     open_parallel: usize,
+    /// Keep-awake mode: spin until killed (run it under `chrt --idle 0`).
+    #[arg(long)]
+    keep_awake: bool,
+}
+
+impl Cli {
+    /// The endpoint; clap requires it in every mode that sends requests.
+    fn url(&self) -> &Uri {
+        self.url
+            .as_ref()
+            .expect("--url is required unless --keep-awake")
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.keep_awake {
+        keep_awake();
+    }
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -100,6 +122,13 @@ fn main() -> ExitCode {
             eprintln!("loadgen: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Never returns: the process ends when it is killed.
+fn keep_awake() -> ! {
+    loop {
+        std::hint::spin_loop();
     }
 }
 

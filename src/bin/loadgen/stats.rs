@@ -72,7 +72,7 @@ pub(crate) fn load_report(cli: &Cli, body_bytes: usize, secs: f64, total: &Worke
     let (latency, ttfb) = (&total.latency, &total.ttfb);
     json!({
         "mode": "load",
-        "url": cli.url.to_string(),
+        "url": cli.url().to_string(),
         "connections": cli.connections,
         "stream": cli.stream,
         "body_bytes": body_bytes,

@@ -35,13 +35,13 @@ impl Target {
 }
 
 pub(crate) async fn target(cli: &Cli) -> Result<Target, String> {
-    if cli.url.scheme_str() != Some("http") {
-        return Err(format!("{}: only http:// URLs are supported", cli.url));
+    if cli.url().scheme_str() != Some("http") {
+        return Err(format!("{}: only http:// URLs are supported", cli.url()));
     }
     let authority = cli
-        .url
+        .url()
         .authority()
-        .ok_or_else(|| format!("{}: no host", cli.url))?
+        .ok_or_else(|| format!("{}: no host", cli.url()))?
         .clone();
     let port = authority.port_u16().unwrap_or(80);
     let addr = tokio::net::lookup_host((authority.host(), port))
@@ -50,7 +50,7 @@ pub(crate) async fn target(cli: &Cli) -> Result<Target, String> {
         .next()
         .ok_or_else(|| format!("{}: no address", authority.host()))?;
     let path = cli
-        .url
+        .url()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .parse::<Uri>()
