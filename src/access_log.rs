@@ -1,12 +1,14 @@
 //! Request ids and the access log: one event per request, written when the
 //! response body ends (for streams, when the stream ends or the client
-//! leaves). The log reads the outcome from response extensions, so errors are
-//! logged exactly once, here.
+//! leaves). The log reads errors from the response's extensions and the
+//! upstream side from what the handler hands back, so errors are logged
+//! exactly once, here.
 
 use crate::access_line::AccessLine;
 use crate::auth::Caller;
 use crate::body_guard::hold_until_body_ends;
 use crate::error::GatewayError;
+use crate::limits::Settlement;
 use crate::log_format::JsonLine;
 use crate::metrics::Metrics;
 use crate::proxy::headers::X_REQUEST_ID;
@@ -37,11 +39,17 @@ pub struct RequestScope {
     pub caller: Caller,
 }
 
-/// What a handler hands back for the access log besides its response.
+/// What a handler hands back besides its response: what the access log
+/// needs, and what must live until the response body ends.
 #[derive(Debug, Default)]
 pub struct Handled {
     pub model: Option<RequestedModel>,
     pub route: Option<RouteName>,
+    /// The upstream side, when a provider was tried.
+    pub upstream: Option<UpstreamInfo>,
+    /// Rate-limit holds released when the body ends. Kept with the access
+    /// record on one body wrapper, not a wrapper of their own.
+    pub settlement: Option<Settlement>,
 }
 
 /// Around every request: assigns the request id, checks the client key,
@@ -93,15 +101,18 @@ where
         key,
         model: handled.model,
         route: handled.route,
-        upstream: response.extensions_mut().remove::<UpstreamInfo>(),
+        upstream: handled.upstream,
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
     };
+    // Dropped in order when the body ends: the settlement, then the record.
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
-        hold_until_body_ends(response, EmitOnDrop(Some(record)))
-    } else {
-        record.emit();
-        response
+        return hold_until_body_ends(response, (handled.settlement, EmitOnDrop(Some(record))));
+    }
+    record.emit();
+    match handled.settlement {
+        Some(settlement) => hold_until_body_ends(response, settlement),
+        None => response,
     }
 }
 

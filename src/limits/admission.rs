@@ -9,7 +9,6 @@ use super::redis::{OnRedisError, RedisBackend, RedisHold};
 use super::spec::{Denial, LimitKind, Scope, Snapshot, Window};
 use super::{Backend, Limits, headers};
 use crate::auth::ClientKey;
-use crate::body_guard::hold_until_body_ends;
 use crate::error::GatewayError;
 use crate::proxy::request::ChatRequest;
 use crate::proxy::stream_stats::StreamStats;
@@ -56,10 +55,6 @@ impl Hold {
         }
     }
 }
-
-/// A provider attempt's headroom, passed to the request's headers.
-#[derive(Clone)]
-struct ProviderSnapshot(Snapshot);
 
 impl Limits {
     /// Admits a request against the caller's key, key-and-model and global
@@ -187,41 +182,30 @@ impl Admission {
         self.hold.settle(self.estimate, 0);
     }
 
-    /// A provider attempt's answer: the slot is held and the tokens settled
-    /// when its body ends; its headroom goes to the request's headers.
-    pub fn attach(self, mut response: Response) -> Response {
+    /// The request's answer: its `x-ratelimit-*` headers, from the tightest
+    /// of this admission's scopes and those of the `provider` attempt that
+    /// answered; and, when anything is held, the settlement that releases
+    /// both when the response body ends (the caller keeps it with the body).
+    pub fn finish(
+        mut self,
+        response: &mut Response,
+        provider: Option<Admission>,
+        upstream: Option<&UpstreamInfo>,
+    ) -> Option<Settlement> {
+        let provider = provider.unwrap_or_default();
+        self.snapshot.merge(&provider.snapshot);
         if !self.snapshot.is_empty() {
-            response
-                .extensions_mut()
-                .insert(ProviderSnapshot(self.snapshot));
+            headers::write(response.headers_mut(), &self.snapshot);
         }
-        self.hold_until_end(response)
-    }
-
-    /// The request's response: writes the `x-ratelimit-*` headers of the
-    /// tightest scope (the request's or the provider's) and holds the
-    /// admission until the body ends.
-    pub fn finish(mut self, mut response: Response) -> Response {
-        if let Some(ProviderSnapshot(provider)) = response.extensions_mut().remove() {
-            self.snapshot.merge(&provider);
+        if matches!((&self.hold, &provider.hold), (Hold::None, Hold::None)) {
+            return None;
         }
-        headers::write(response.headers_mut(), &self.snapshot);
-        self.hold_until_end(response)
-    }
-
-    fn hold_until_end(self, response: Response) -> Response {
-        if matches!(self.hold, Hold::None) {
-            return response;
-        }
-        let usage = UsageSource::of(&response);
-        hold_until_body_ends(
-            response,
-            Settlement {
-                hold: self.hold,
-                estimate: self.estimate,
-                usage,
-            },
-        )
+        Some(Settlement {
+            request: self.hold,
+            provider: provider.hold,
+            estimate: self.estimate,
+            usage: UsageSource::of(response, upstream),
+        })
     }
 }
 
@@ -237,11 +221,11 @@ enum UsageSource {
 }
 
 impl UsageSource {
-    fn of(response: &Response) -> Self {
+    fn of(response: &Response, upstream: Option<&UpstreamInfo>) -> Self {
         if !response.status().is_success() {
             return UsageSource::Nothing;
         }
-        let Some(info) = response.extensions().get::<UpstreamInfo>() else {
+        let Some(info) = upstream else {
             return UsageSource::Unknown;
         };
         match (&info.usage, &info.stream) {
@@ -258,11 +242,22 @@ fn total(usage: &Usage) -> u64 {
         .max(usage.prompt_tokens + usage.completion_tokens)
 }
 
-/// Settles the admission when the response body ends or is dropped.
-struct Settlement {
-    hold: Hold,
+/// Settles a request's admission and its provider attempt's when the
+/// response body ends or is dropped: tokens to the real usage, concurrency
+/// slots released.
+pub struct Settlement {
+    request: Hold,
+    provider: Hold,
     estimate: u64,
     usage: UsageSource,
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("estimate", &self.estimate)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Settlement {
@@ -273,7 +268,8 @@ impl Drop for Settlement {
             UsageSource::Stream(stats) => stats.usage().map_or(self.estimate, |(u, _)| total(&u)),
             UsageSource::Unknown => self.estimate,
         };
-        self.hold.settle(self.estimate, actual);
+        self.request.settle(self.estimate, actual);
+        self.provider.settle(self.estimate, actual);
     }
 }
 

@@ -17,7 +17,7 @@ pub mod redis;
 mod registry;
 mod spec;
 
-pub use admission::{Admission, estimate_tokens};
+pub use admission::{Admission, Settlement, estimate_tokens};
 pub use redis::{OnRedisError, RedisBackend, RedisSettings};
 pub use registry::ScopeRegistry;
 pub use spec::{Denial, LimitKind, LimitSpec, Scope, ScopeKind, Snapshot, Window};

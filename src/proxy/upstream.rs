@@ -70,12 +70,20 @@ impl UpstreamInfo {
     }
 }
 
+/// A provider's answer, rebuilt for the client, and what the access log and
+/// the limits need to know about it. Handed back beside the response rather
+/// than in its extensions: each extension is a boxed insert into a map.
+pub struct Forwarded {
+    pub response: Response,
+    pub info: UpstreamInfo,
+}
+
 /// Sends `request` to `target` and builds the client's response.
 pub async fn forward(
     target: &Target,
     request: &ChatRequest,
     ctx: &ForwardContext,
-) -> Result<Response, GatewayError> {
+) -> Result<Forwarded, GatewayError> {
     let provider = &target.provider;
     let Some(key) = target.key() else {
         return Err(GatewayError::server(
@@ -169,12 +177,11 @@ pub async fn forward(
         headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         info.stream = Some(stats);
         info.series = Some(series);
-        let mut response = builder
+        let response = builder
             .body(Body::from_stream(relay))
             .expect("valid response parts");
-        response.extensions_mut().insert(info);
         observe_after_head(&ctx.metrics, first_event);
-        return Ok(response);
+        return Ok(Forwarded { response, info });
     }
 
     let body = match timeout_at(deadline, response.into_body().collect()).await {
@@ -206,12 +213,11 @@ pub async fn forward(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let mut response = builder
+    let response = builder
         .body(Body::from(body))
         .expect("valid response parts");
-    response.extensions_mut().insert(info);
     observe_after_head(&ctx.metrics, body_read);
-    Ok(response)
+    Ok(Forwarded { response, info })
 }
 
 /// The gateway's own time between having the upstream's answer and handing

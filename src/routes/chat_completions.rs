@@ -6,12 +6,12 @@ use crate::access_log::{Handled, RequestScope, RequestedModel, RouteName};
 use crate::auth;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::limits::estimate_tokens;
+use crate::limits::{Admission, Settlement, estimate_tokens};
 use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::ChatRequest;
-use crate::proxy::upstream::{self, ForwardContext, UpstreamInfo};
+use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -37,9 +37,15 @@ pub async fn chat_completions(
         Ok(chat) => chat,
         Err(err) => return (err.into_response(), Handled::default()),
     };
-    let mut handled = Handled {
-        model: Some(RequestedModel(chat.model().into())),
-        route: None,
+    // Handed back with every answer from here on. `Handled` itself is built
+    // only at the end: held across the awaits, it would enlarge the future.
+    let model = Some(RequestedModel(chat.model().into()));
+    let refused = |response, model| {
+        let handled = Handled {
+            model,
+            ..Handled::default()
+        };
+        (response, handled)
     };
     if caller
         .key
@@ -47,13 +53,12 @@ pub async fn chat_completions(
         .is_some_and(|key| !key.may_use(chat.model()))
     {
         let err = auth::model_not_allowed(&caller, chat.model());
-        return (err.into_response(), handled);
+        return refused(err.into_response(), model);
     }
     let limits = &config.limits;
     if limits.is_off() {
-        let forwarded = route_and_forward(state, &config, &chat, request_id, arrived, 0).await;
-        handled.route = forwarded.1;
-        return (forwarded.0, handled);
+        let routed = route_and_forward(state, &config, &chat, request_id, arrived, 0).await;
+        return routed.handled(model, None);
     }
     let estimate = estimate_tokens(&chat, limits.default_max_tokens);
     let admission = match limits
@@ -61,20 +66,58 @@ pub async fn chat_completions(
         .await
     {
         Ok(admission) => admission,
-        Err(refused) => {
-            count_limited(state, refused.extensions().get::<GatewayError>());
-            return (refused, handled);
+        Err(response) => {
+            count_limited(state, response.extensions().get::<GatewayError>());
+            return refused(response, model);
         }
     };
-    let (response, route) =
-        route_and_forward(state, &config, &chat, request_id, arrived, estimate).await;
-    handled.route = route;
-    (admission.finish(response), handled)
+    let mut routed = route_and_forward(state, &config, &chat, request_id, arrived, estimate).await;
+    let settlement = admission.finish(
+        &mut routed.response,
+        routed.provider_admission.take(),
+        routed.upstream.as_ref(),
+    );
+    routed.handled(model, settlement)
+}
+
+/// The outcome of routing and fail-over.
+struct Routed {
+    response: Response,
+    /// The route's name, when the model had one.
+    route: Option<RouteName>,
+    /// The last target tried, when any was.
+    upstream: Option<UpstreamInfo>,
+    /// What the answering attempt holds of its provider's limits.
+    provider_admission: Option<Admission>,
+}
+
+impl Routed {
+    fn handled(
+        self,
+        model: Option<RequestedModel>,
+        settlement: Option<Settlement>,
+    ) -> (Response, Handled) {
+        let handled = Handled {
+            model,
+            route: self.route,
+            upstream: self.upstream,
+            settlement,
+        };
+        (self.response, handled)
+    }
+
+    fn refused(response: Response, route: Option<RouteName>) -> Self {
+        Routed {
+            response,
+            route,
+            upstream: None,
+            provider_admission: None,
+        }
+    }
 }
 
 /// Routes by model and runs the fail-over loop; each attempt first takes
-/// its provider's limits (`estimate` tokens). Returns the route's name
-/// with the response when the model had one.
+/// its provider's limits (`estimate` tokens).
 async fn route_and_forward(
     state: &AppState,
     config: &Config,
@@ -82,7 +125,7 @@ async fn route_and_forward(
     request_id: HeaderValue,
     arrived: tokio::time::Instant,
     estimate: u64,
-) -> (Response, Option<RouteName>) {
+) -> Routed {
     let Some(route) = config.routes.lookup(chat.model()) else {
         let missing = GatewayError::new(
             StatusCode::NOT_FOUND,
@@ -95,7 +138,7 @@ async fn route_and_forward(
         .with_param("model")
         .with_code("model_not_found")
         .into_response();
-        return (missing, None);
+        return Routed::refused(missing, None);
     };
     let route_name = Some(RouteName(route.name.clone()));
     if route.usable_targets().next().is_none() {
@@ -109,7 +152,7 @@ async fn route_and_forward(
         )
         .with_code("provider_not_configured")
         .into_response();
-        return (unconfigured, route_name);
+        return Routed::refused(unconfigured, route_name);
     }
     let ctx = ForwardContext {
         request_id,
@@ -131,7 +174,7 @@ async fn route_and_forward(
                 .await
                 .inspect_err(|err| count_limited(state, Some(err)))?;
             match upstream::forward(target, chat, ctx).await {
-                Ok(response) => Ok(slot.attach(response)),
+                Ok(forwarded) => Ok((forwarded, slot)),
                 Err(err) => {
                     slot.refund();
                     Err(err)
@@ -158,25 +201,28 @@ async fn route_and_forward(
         },
     )
     .await;
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => {
-            let mut response = err.into_response();
-            if let Some(target) = report.target {
-                response.extensions_mut().insert(UpstreamInfo::new(target));
-            }
-            response
-        }
+    let (mut response, mut upstream, provider_admission) = match result {
+        Ok((Forwarded { response, info }, slot)) => (response, Some(info), Some(slot)),
+        Err(err) => (
+            err.into_response(),
+            report.target.map(UpstreamInfo::new),
+            None,
+        ),
     };
     if let Some(target) = report.target {
         let headers = response.headers_mut();
         headers.insert(X_GATEWAY_PROVIDER, target.provider.name_header.clone());
         headers.insert(X_GATEWAY_ATTEMPTS, attempts_header(report.attempts));
-        if let Some(info) = response.extensions_mut().get_mut::<UpstreamInfo>() {
+        if let Some(info) = &mut upstream {
             info.attempts = report.attempts;
         }
     }
-    (response, route_name)
+    Routed {
+        response,
+        route: route_name,
+        upstream,
+        provider_admission,
+    }
 }
 
 /// The attempt count as a header value: the usual small counts without an
