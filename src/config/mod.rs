@@ -106,6 +106,9 @@ pub struct ApiKey {
     pub secret: String,
     /// `Bearer <secret>`, marked sensitive so hyper never logs it.
     pub header: HeaderValue,
+    /// The headers every chat request with this key carries, built once:
+    /// cloning the map costs less than hashing each header in again.
+    pub request_headers: HeaderMap,
 }
 
 impl std::fmt::Debug for ApiKey {

@@ -148,7 +148,11 @@ pub fn build_provider(
         match HeaderValue::try_from(format!("Bearer {secret}")) {
             Ok(mut header) => {
                 header.set_sensitive(true);
-                keys.push(ApiKey { secret, header });
+                keys.push(ApiKey {
+                    secret,
+                    header,
+                    request_headers: HeaderMap::new(),
+                });
             }
             Err(_) => problems.push(ConfigProblem::new(
                 var.as_str(),
@@ -187,6 +191,10 @@ pub fn build_provider(
         return None;
     }
     let chat_url = chat_url?;
+    for key in &mut keys {
+        key.request_headers =
+            crate::proxy::upstream::fixed_request_headers(&chat_url.host, &headers, &key.header);
+    }
     Some(Provider {
         name_header: name_header.ok()?,
         name: draft.name.into(),

@@ -287,8 +287,9 @@ fn body_error(provider: &crate::config::Provider, err: &hyper::Error) -> Gateway
     .with_code("upstream_unreachable")
 }
 
-/// The request as the provider receives it: the configured extra headers,
-/// the provider key, and the gateway's own framing and identity headers.
+/// The request as the provider receives it: the key's fixed headers (see
+/// [`fixed_request_headers`]), then its framing, what it accepts and the
+/// request id.
 fn upstream_request(
     provider: &crate::config::Provider,
     key: &crate::config::ApiKey,
@@ -301,25 +302,43 @@ fn upstream_request(
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = provider.chat_url.path.clone();
     let headers = request.headers_mut();
-    headers.reserve(provider.headers.len() + 10);
-    headers.insert(header::HOST, provider.chat_url.host.clone());
-    for (name, value) in &provider.headers {
+    *headers = key.request_headers.clone();
+    headers.insert(header::CONTENT_LENGTH, length);
+    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    request
+}
+
+/// The headers that are the same on every chat request to a provider with
+/// one of its keys: `Host`, the provider's configured headers, the key,
+/// the content type, identity encoding and the gateway's user agent; and
+/// the three set per request (length, accept, request id), with values
+/// every request replaces: replacing a value leaves the cloned map as it
+/// is, where adding an entry would regrow it.
+pub fn fixed_request_headers(
+    host: &HeaderValue,
+    configured: &http::HeaderMap,
+    authorization: &HeaderValue,
+) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::with_capacity(configured.len() + 8);
+    headers.insert(header::HOST, host.clone());
+    for (name, value) in configured {
         headers.append(name, value.clone());
     }
-    headers.insert(header::AUTHORIZATION, key.header.clone());
+    headers.insert(header::AUTHORIZATION, authorization.clone());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::CONTENT_LENGTH, length);
-    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
     headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    request
+    for per_request in [header::CONTENT_LENGTH, header::ACCEPT, X_REQUEST_ID] {
+        headers.insert(per_request, HeaderValue::from_static("0"));
+    }
+    headers
 }
 
 const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));

@@ -67,6 +67,36 @@ async fn the_provider_sees_its_own_key_and_never_the_clients_headers() {
 }
 
 #[tokio::test]
+async fn every_upstream_request_carries_its_own_length_accept_and_id() {
+    let app = spawn_app().await;
+    for (i, stream) in [false, true, false].into_iter().enumerate() {
+        let prompt = "x".repeat(10 * i + 1);
+        let body = chat_body("kimi-k2-turbo-preview", &prompt, stream).to_string();
+        let response = app.chat_raw(body.clone()).await;
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["x-request-id"].clone();
+        let _ = response.bytes().await;
+        let seen = &app.mock.requests_for(Flavour::Moonshot)[i];
+        let one = |name: &str| {
+            let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+            assert_eq!(values.len(), 1, "{name}: {values:?}");
+            values[0].to_str().unwrap().to_string()
+        };
+        assert_eq!(one("content-length"), body.len().to_string());
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        assert_eq!(one("accept"), accept);
+        assert_eq!(one("x-request-id"), id.to_str().unwrap());
+        assert_eq!(one("content-type"), "application/json");
+        assert_eq!(one("accept-encoding"), "identity");
+        assert!(one("user-agent").starts_with("kimi-gateway/"));
+    }
+}
+
+#[tokio::test]
 async fn a_request_id_is_generated_when_the_client_sends_none() {
     let app = spawn_app().await;
     let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
