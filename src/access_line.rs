@@ -2,7 +2,7 @@
 //! JSON line written directly or as a `tracing` event (same keys, same
 //! order; a test holds the two together).
 
-use crate::log_format::JsonLine;
+use crate::log_format::{JsonLine, json_key};
 
 /// The access log's fields, in the order they are written.
 pub struct AccessLine<'a> {
@@ -29,23 +29,26 @@ impl AccessLine<'_> {
     /// Straight into a JSON line: for every request, this skips the event
     /// machinery (field visitors, a dynamic call per field).
     pub fn write_json(&self, json: &mut JsonLine<'_>) {
-        json.str("request_id", self.request_id)
-            .str("method", self.method)
-            .str("path", self.path)
-            .u64("status", self.status.into())
-            .str("key", self.key)
-            .str("model", self.model)
-            .str("provider", self.provider)
-            .str("upstream_model", self.upstream_model)
-            .u64("attempts", self.attempts.into())
-            .f64("time_to_head_ms", self.time_to_head_ms)
-            .f64("time_to_first_token_ms", self.time_to_first_token_ms)
-            .str("error_type", self.error_type)
-            .str("error", self.error)
-            .str("stream_end", self.stream_end)
-            .u64("prompt_tokens", self.prompt_tokens)
-            .u64("completion_tokens", self.completion_tokens)
-            .f64("duration_ms", self.duration_ms);
+        json.str(json_key!("request_id"), self.request_id)
+            .str(json_key!("method"), self.method)
+            .str(json_key!("path"), self.path)
+            .u64(json_key!("status"), self.status.into())
+            .str(json_key!("key"), self.key)
+            .str(json_key!("model"), self.model)
+            .str(json_key!("provider"), self.provider)
+            .str(json_key!("upstream_model"), self.upstream_model)
+            .u64(json_key!("attempts"), self.attempts.into())
+            .f64(json_key!("time_to_head_ms"), self.time_to_head_ms)
+            .f64(
+                json_key!("time_to_first_token_ms"),
+                self.time_to_first_token_ms,
+            )
+            .str(json_key!("error_type"), self.error_type)
+            .str(json_key!("error"), self.error)
+            .str(json_key!("stream_end"), self.stream_end)
+            .u64(json_key!("prompt_tokens"), self.prompt_tokens)
+            .u64(json_key!("completion_tokens"), self.completion_tokens)
+            .f64(json_key!("duration_ms"), self.duration_ms);
     }
 
     /// As an event, for other formats (the terminal's) and subscribers.
