@@ -221,15 +221,19 @@ fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
         (in_day % 60, 2, '.'),
         (u64::from(since_epoch.subsec_micros()), 6, 'Z'),
     ];
-    let mut buffer = itoa::Buffer::new();
+    // `YYYY-MM-DDTHH:MM:SS.ffffffZ`, built in place and copied once.
+    let mut text = [0u8; 27];
+    let mut at = 0;
     for (value, width, after) in fields {
-        let text = buffer.format(value);
-        for _ in text.len()..width {
-            line.push('0');
+        let mut rest = value;
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
         }
-        line.push_str(text);
-        line.push(after);
+        text[at + width] = after as u8;
+        at += width + 1;
     }
+    line.push_str(std::str::from_utf8(&text).expect("ASCII digits and separators"));
 }
 
 /// Year, month and day of the proleptic Gregorian calendar for a count of
