@@ -2,8 +2,8 @@
 //! the byte span of its value, without building a tree or allocating.
 //!
 //! The gateway needs two or three fields of a request body that may be many
-//! megabytes of base64 images; string contents are skipped with `memchr`, so
-//! the cost is a fast linear pass. The input may be in several pieces (a
+//! megabytes of base64 images; string contents are skipped a block of bytes
+//! at a time (`string_stop`), so the cost is a fast linear pass. The input may be in several pieces (a
 //! request body as its frames arrived): offsets count across them, so the
 //! pieces never have to be joined.
 
@@ -171,7 +171,7 @@ impl<'a, P: AsRef<[u8]>> Scanner<'a, P> {
         self.bump();
         loop {
             let rest = &self.chunk[self.local..];
-            match memchr::memchr3(b'"', b'\\', b'\n', rest) {
+            match super::string_stop::find(rest) {
                 Some(i) if rest[i] == b'"' => {
                     self.local += i + 1;
                     return Ok(());

@@ -13,5 +13,6 @@ pub mod request;
 pub mod route;
 pub mod sse;
 pub mod stream_stats;
+pub mod string_stop;
 pub mod upstream;
 pub mod usage;
