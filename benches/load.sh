@@ -351,14 +351,25 @@ hold_test() {
 }
 
 # --- the body for the large-request scenario: exactly 1 MiB -------------------
+# A long prompt as clients send one: a conversation's history, ~200-byte
+# messages with escaped quotes and newlines (many short strings for the
+# gateway's body scan), then a last user message padded to 1 MiB in total.
 BODY_1MIB="$OUT/body-1mib.json"
-prefix='{"model":"kimi-k2-turbo-preview","max_tokens":64,"messages":[{"role":"user","content":"Summarise: '
-suffix='"}]}'
-{
-    printf '%s' "$prefix"
-    head -c $((1048576 - ${#prefix} - ${#suffix})) /dev/zero | tr '\0' 'a'
-    printf '%s' "$suffix"
-} >"$BODY_1MIB"
+awk -v size=1048576 'BEGIN {
+    out = "{\"model\":\"kimi-k2-turbo-preview\",\"max_tokens\":64,\"messages\":["
+    last_open = "{\"role\":\"user\",\"content\":\"Summarise the conversation above."
+    last_close = "\"}]}"
+    for (i = 0; ; i++) {
+        role = (i % 2 == 0) ? "user" : "assistant"
+        message = "{\"role\":\"" role "\",\"content\":\"Message " i ": please summarise the \\\"quarterly\\\" report and list three risks, one per line.\\nlorem ipsum dolor sit amet lorem ipsum dolor sit amet lorem ipsum dolor sit amet\"},"
+        if (length(out) + length(message) + length(last_open) + length(last_close) > size) break
+        out = out message
+    }
+    pad = size - length(out) - length(last_open) - length(last_close)
+    out = out last_open
+    for (; pad > 0; pad--) out = out " "
+    printf "%s%s", out, last_close
+}' >"$BODY_1MIB"
 
 # --- scenarios: label | connections | loadgen args -----------------------------
 SCENARIOS=()

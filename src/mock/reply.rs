@@ -4,7 +4,50 @@
 //! Azure-style filter results).
 
 use super::Flavour;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+
+/// The request members the mock looks at, borrowed from the body. The
+/// conversation is kept as one raw slice and only its last message becomes
+/// a tree, so a long prompt (thousands of messages) costs the mock one
+/// validating pass instead of a tree and a copy of every message: in the
+/// load benchmark the mock must stay faster than what it is measured behind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MockRequest<'a> {
+    model: Option<Value>,
+    n: Option<Value>,
+    stream: Option<Value>,
+    stream_options: Option<Value>,
+    tools: Option<Value>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+}
+
+impl MockRequest<'_> {
+    /// `"stream": true` (anything else is a plain completion).
+    pub fn stream(&self) -> bool {
+        self.stream
+            .as_ref()
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The last entry of `messages`, if it is an array with one.
+    fn last_message(&self) -> Value {
+        let Some(messages) = self.messages else {
+            return Value::Null;
+        };
+        let Ok(entries) = serde_json::from_str::<Vec<&RawValue>>(messages.get()) else {
+            return Value::Null;
+        };
+        entries
+            .last()
+            .and_then(|last| serde_json::from_str(last.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+}
 
 /// What the mock needs from a request to shape its answer.
 #[derive(Debug, Clone)]
@@ -26,14 +69,14 @@ pub struct ToolCall {
 }
 
 impl Ask {
-    pub fn from_request(body: &Value, body_len: usize) -> Ask {
-        let messages = body["messages"].as_array().cloned().unwrap_or_default();
-        let last = messages.last().cloned().unwrap_or(Value::Null);
+    pub fn from_request(body: &MockRequest, body_len: usize) -> Ask {
+        let last = body.last_message();
         let tool_result = (last["role"] == "tool").then(|| match &last["content"] {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         });
-        let tool_call = match (&tool_result, body["tools"].as_array()) {
+        let tools = body.tools.as_ref().and_then(Value::as_array);
+        let tool_call = match (&tool_result, tools) {
             (None, Some(tools)) if !tools.is_empty() => {
                 let name = tools[0]["function"]["name"]
                     .as_str()
@@ -52,10 +95,22 @@ impl Ask {
             _ => None,
         };
         Ask {
-            model: body["model"].as_str().unwrap_or("unknown").to_string(),
-            n: body["n"].as_u64().unwrap_or(1).clamp(1, 8) as usize,
-            include_usage: body["stream_options"]["include_usage"]
-                .as_bool()
+            model: body
+                .model
+                .as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
+            n: body
+                .n
+                .as_ref()
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .clamp(1, 8) as usize,
+            include_usage: body
+                .stream_options
+                .as_ref()
+                .and_then(|options| options["include_usage"].as_bool())
                 .unwrap_or(false),
             tool_call,
             tool_result,

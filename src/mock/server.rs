@@ -249,7 +249,7 @@ async fn chat(
         guard.armed = false;
         return error_response(flavour, error, scenario.retry_after);
     }
-    let request: serde_json::Value = match serde_json::from_slice(&body) {
+    let request: super::reply::MockRequest = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
             guard.armed = false;
@@ -258,7 +258,7 @@ async fn chat(
     };
     let ask = Ask::from_request(&request, body.len());
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut response = if request["stream"].as_bool().unwrap_or(false) {
+    let mut response = if request.stream() {
         let chunks = scenario.chunks.unwrap_or(shared.options.default_chunks);
         let events = stream_events(flavour, &ask, chunks, scenario.chunk_bytes.unwrap_or(0));
         let mut response = Response::new(stream_body(shared.clone(), scenario, events, guard));
