@@ -2,16 +2,19 @@
 //! the byte span of its value, without building a tree or allocating.
 //!
 //! The gateway needs two or three fields of a request body that may be many
-//! megabytes of base64 images; string contents are skipped a block of bytes
-//! at a time (`string_stop`), so the cost is a fast linear pass. The input may be in several pieces (a
-//! request body as its frames arrived): offsets count across them, so the
-//! pieces never have to be joined.
+//! megabytes: a long conversation or base64 images. String contents are
+//! skipped a block of bytes at a time (`string_stop`), so the cost is a fast
+//! linear pass. The scan is fed the body piece by piece as it arrives
+//! ([`ObjectScan::feed`]), so a large body's scan overlaps its arrival
+//! instead of following it, and the pieces never have to be joined.
+//! Offsets count across all pieces. It keeps its place as a state and one
+//! bit per open container, not as recursion, so nesting costs no stack.
 
-use std::borrow::Cow;
+use smallvec::SmallVec;
 use std::ops::Range;
 
-/// Deepest nesting accepted; deeper bodies are rejected rather than risking
-/// the stack.
+/// Deepest nesting accepted; deeper bodies are rejected (the scan keeps one
+/// bit per open container, so the limit bounds its memory).
 const MAX_DEPTH: usize = 512;
 
 /// Where and why a body is not valid JSON.
@@ -37,239 +40,423 @@ pub fn scan_pieces<P: AsRef<[u8]>>(
     pieces: &[P],
     mut on_field: impl FnMut(&[u8], Range<usize>),
 ) -> Result<(), ScanError> {
-    let mut s = Scanner {
-        pieces,
-        piece: 0,
-        chunk: pieces.first().map_or(&[], AsRef::as_ref),
-        local: 0,
-        base: 0,
-    };
-    s.skip_ws();
-    s.expect(b'{', "expected a JSON object")?;
-    s.skip_ws();
-    if s.peek() == Some(b'}') {
-        s.bump();
-    } else {
-        loop {
-            s.skip_ws();
-            let key_start = s.pos();
-            if s.peek() != Some(b'"') {
-                return Err(s.error("expected a string key"));
-            }
-            s.skip_string()?;
-            let key = s.span_bytes(key_start + 1..s.pos() - 1);
-            s.skip_ws();
-            s.expect(b':', "expected ':' after a key")?;
-            s.skip_ws();
-            let value_start = s.pos();
-            s.skip_value(1)?;
-            on_field(&key, value_start..s.pos());
-            s.skip_ws();
-            match s.next() {
-                Some(b',') => continue,
-                Some(b'}') => break,
-                _ => return Err(s.error_at(s.pos().saturating_sub(1), "expected ',' or '}'")),
-            }
-        }
+    let mut scan = ObjectScan::default();
+    for piece in pieces {
+        scan.feed(piece.as_ref(), &mut on_field);
     }
-    s.skip_ws();
-    if s.peek().is_some() {
-        return Err(s.error("unexpected data after the JSON object"));
-    }
-    Ok(())
+    scan.finish()
 }
 
-/// A cursor over the pieces: `chunk` is the current piece, `local` the
-/// position in it and `base` its offset in the whole input.
-struct Scanner<'a, P> {
-    pieces: &'a [P],
-    piece: usize,
-    chunk: &'a [u8],
-    local: usize,
+/// Where the scan is between two bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the opening brace.
+    Start,
+    /// Just inside `{`: a key or the closing brace.
+    KeyOrClose,
+    /// After `,` in an object: a key.
+    Key,
+    /// After a key: the colon.
+    Colon,
+    /// Just inside `[`: a value or the closing bracket.
+    ValueOrClose,
+    /// After `:` or `,` in an array: a value.
+    Value,
+    /// Inside a string (a key or a value); `escaped` when the previous
+    /// byte was a backslash.
+    Str { key: bool, escaped: bool },
+    /// Inside `LITERALS[word]`, its first `matched` bytes seen.
+    Literal { word: u8, matched: u8 },
+    /// After a number's `-`: its first digit.
+    NumberFirst,
+    /// Inside a number's digits, fraction or exponent.
+    Number,
+    /// After a value: `,` or the container's closing bracket.
+    AfterValue,
+    /// After the top-level object: only whitespace may follow.
+    Done,
+    /// An error was found; the rest is ignored.
+    Failed,
+}
+
+/// A resumable scan of one JSON object: fed its bytes in pieces, it calls
+/// back each top-level member as soon as its value ends.
+#[derive(Debug)]
+pub struct ObjectScan {
+    state: State,
+    /// Bytes fed before the current piece.
     base: usize,
+    /// Open containers inside the top-level object.
+    depth: usize,
+    /// One bit per open container: set for an object, clear for an array.
+    keyed: [u64; MAX_DEPTH / 64],
+    /// Where the current top-level key is (between its quotes).
+    key_start: usize,
+    key_end: usize,
+    /// A copy of that key, made only when its member goes on into the next
+    /// piece (the usual key is read from the piece it is in).
+    saved_key: SmallVec<[u8; 32]>,
+    /// Where the current top-level member's value starts.
+    value_start: usize,
+    /// Where the string, literal or number being scanned starts (errors
+    /// inside one point at its start).
+    token_start: usize,
+    error: Option<ScanError>,
 }
 
-impl<'a, P: AsRef<[u8]>> Scanner<'a, P> {
-    fn pos(&self) -> usize {
-        self.base + self.local
-    }
-
-    /// The next byte, moving on to the next non-empty piece when this one is
-    /// used up.
-    #[inline(always)]
-    fn peek(&mut self) -> Option<u8> {
-        match self.chunk.get(self.local) {
-            Some(&b) => Some(b),
-            None => self.peek_in_next_piece(),
+impl Default for ObjectScan {
+    fn default() -> Self {
+        ObjectScan {
+            state: State::Start,
+            base: 0,
+            depth: 0,
+            keyed: [0; MAX_DEPTH / 64],
+            key_start: 0,
+            key_end: 0,
+            saved_key: SmallVec::new(),
+            value_start: NO_VALUE,
+            token_start: 0,
+            error: None,
         }
     }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn peek_in_next_piece(&mut self) -> Option<u8> {
-        self.next_piece().then(|| self.chunk[self.local])
-    }
+/// The words a value can be; `State::Literal` indexes them.
+const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
-    /// Steps over the byte `peek` returned.
-    #[inline]
-    fn bump(&mut self) {
-        self.local += 1;
-    }
+/// `value_start` when no top-level value is open.
+const NO_VALUE: usize = usize::MAX;
 
-    #[cold]
-    #[inline(never)]
-    fn next_piece(&mut self) -> bool {
-        while self.local >= self.chunk.len() && self.piece + 1 < self.pieces.len() {
-            self.base += self.chunk.len();
-            self.piece += 1;
-            self.chunk = self.pieces[self.piece].as_ref();
-            self.local = 0;
+#[inline(always)]
+fn is_ws(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+impl ObjectScan {
+    /// Scans the next piece of the input; `on_field(raw_key, value_span)`
+    /// is called for each top-level member whose value ends in it.
+    pub fn feed(&mut self, bytes: &[u8], on_field: &mut impl FnMut(&[u8], Range<usize>)) {
+        // The state lives in a register while the piece is scanned (kept in
+        // `self`, every byte would wait for the previous byte's store).
+        let mut state = self.state;
+        if state == State::Failed {
+            return;
         }
-        self.local < self.chunk.len()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let b = self.peek()?;
-        self.bump();
-        Some(b)
-    }
-
-    fn span_bytes(&self, span: Range<usize>) -> Cow<'a, [u8]> {
-        if span.start >= self.base {
-            Cow::Borrowed(&self.chunk[span.start - self.base..span.end - self.base])
-        } else {
-            super::body_pieces::span_of(self.pieces, span)
-        }
-    }
-
-    fn error(&self, reason: &'static str) -> ScanError {
-        self.error_at(self.pos(), reason)
-    }
-
-    fn error_at(&self, offset: usize, reason: &'static str) -> ScanError {
-        ScanError { offset, reason }
-    }
-
-    fn expect(&mut self, byte: u8, reason: &'static str) -> Result<(), ScanError> {
-        if self.peek() == Some(byte) {
-            self.bump();
-            Ok(())
-        } else {
-            Err(self.error(reason))
-        }
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.bump();
-        }
-    }
-
-    /// At an opening quote: moves past the closing quote.
-    fn skip_string(&mut self) -> Result<(), ScanError> {
-        let start = self.pos();
-        self.bump();
-        loop {
-            let rest = &self.chunk[self.local..];
-            match super::string_stop::find(rest) {
-                Some(i) if rest[i] == b'"' => {
-                    self.local += i + 1;
-                    return Ok(());
-                }
-                Some(i) if rest[i] == b'\\' => {
-                    self.local += i + 1;
-                    // The escaped byte, maybe in the next piece.
-                    if self.next().is_none() {
-                        break;
+        let mut token_start = self.token_start;
+        let mut at = 0;
+        while at < bytes.len() {
+            let byte = bytes[at];
+            state = match state {
+                State::Str { key, escaped } => {
+                    let from = at + usize::from(escaped);
+                    let (next, end) = string_run(bytes, from);
+                    match end {
+                        RunEnd::Quote => {
+                            at = next;
+                            if key {
+                                if self.depth == 0 {
+                                    self.key_closed(bytes, at - 1);
+                                }
+                                State::Colon
+                            } else {
+                                self.value_ended(bytes, self.base + at, on_field)
+                            }
+                        }
+                        RunEnd::Open { escaped } => {
+                            at = bytes.len();
+                            State::Str { key, escaped }
+                        }
+                        RunEnd::Newline => {
+                            return self.fail(next, "raw newline inside a string");
+                        }
                     }
                 }
-                Some(i) => return Err(self.error_at(self.pos() + i, "raw newline inside a string")),
-                None => {
-                    self.local = self.chunk.len();
-                    if !self.next_piece() {
-                        break;
+                State::Number => {
+                    if matches!(byte, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                        at += 1;
+                        State::Number
+                    } else {
+                        // The byte after a number is looked at again as
+                        // what follows a value.
+                        self.value_ended(bytes, self.base + at, on_field)
                     }
                 }
-            }
-        }
-        Err(self.error_at(start, "unterminated string"))
-    }
-
-    fn skip_value(&mut self, depth: usize) -> Result<(), ScanError> {
-        if depth > MAX_DEPTH {
-            return Err(self.error("nesting too deep"));
-        }
-        match self.peek() {
-            Some(b'"') => self.skip_string(),
-            Some(b'{') => self.skip_container(depth, b'}', true),
-            Some(b'[') => self.skip_container(depth, b']', false),
-            Some(b't') => self.skip_literal(b"true"),
-            Some(b'f') => self.skip_literal(b"false"),
-            Some(b'n') => self.skip_literal(b"null"),
-            Some(b'-' | b'0'..=b'9') => self.skip_number(),
-            Some(_) => Err(self.error("expected a JSON value")),
-            None => Err(self.error("unexpected end of input")),
-        }
-    }
-
-    fn skip_container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), ScanError> {
-        self.bump();
-        self.skip_ws();
-        if self.peek() == Some(close) {
-            self.bump();
-            return Ok(());
-        }
-        loop {
-            self.skip_ws();
-            if keyed {
-                if self.peek() != Some(b'"') {
-                    return Err(self.error("expected a string key"));
+                State::Literal { word, matched } => {
+                    let literal = LITERALS[usize::from(word)];
+                    if literal[usize::from(matched)] != byte {
+                        return self.fail_at(token_start, "invalid literal");
+                    }
+                    at += 1;
+                    if usize::from(matched) + 1 == literal.len() {
+                        self.value_ended(bytes, self.base + at, on_field)
+                    } else {
+                        State::Literal {
+                            word,
+                            matched: matched + 1,
+                        }
+                    }
                 }
-                self.skip_string()?;
-                self.skip_ws();
-                self.expect(b':', "expected ':' after a key")?;
-                self.skip_ws();
-            }
-            self.skip_value(depth + 1)?;
-            self.skip_ws();
-            match self.next() {
-                Some(b',') => continue,
-                Some(b) if b == close => return Ok(()),
-                _ => {
-                    return Err(self.error_at(
-                        self.pos().saturating_sub(1),
-                        "expected ',' or a closing bracket",
-                    ));
+                State::NumberFirst => {
+                    if !byte.is_ascii_digit() {
+                        return self.fail_at(token_start, "invalid number");
+                    }
+                    at += 1;
+                    State::Number
                 }
+                // Whitespace between tokens.
+                _ if is_ws(byte) => {
+                    at += 1;
+                    state
+                }
+                State::Start => {
+                    if byte != b'{' {
+                        return self.fail(at, "expected a JSON object");
+                    }
+                    at += 1;
+                    State::KeyOrClose
+                }
+                State::KeyOrClose | State::Key => {
+                    at += 1;
+                    if byte == b'"' {
+                        token_start = self.base + at - 1;
+                        if self.depth == 0 {
+                            self.key_start = self.base + at;
+                        }
+                        State::Str {
+                            key: true,
+                            escaped: false,
+                        }
+                    } else if byte == b'}' && state == State::KeyOrClose {
+                        self.close_container(bytes, self.base + at, on_field)
+                    } else {
+                        return self.fail(at - 1, "expected a string key");
+                    }
+                }
+                State::Colon => {
+                    if byte != b':' {
+                        return self.fail(at, "expected ':' after a key");
+                    }
+                    at += 1;
+                    State::Value
+                }
+                State::ValueOrClose if byte == b']' => {
+                    at += 1;
+                    self.close_container(bytes, self.base + at, on_field)
+                }
+                State::ValueOrClose | State::Value => {
+                    if self.depth >= MAX_DEPTH {
+                        return self.fail(at, "nesting too deep");
+                    }
+                    token_start = self.base + at;
+                    if self.depth == 0 {
+                        self.value_start = token_start;
+                    }
+                    at += 1;
+                    let literal = |word| State::Literal { word, matched: 1 };
+                    match byte {
+                        b'"' => State::Str {
+                            key: false,
+                            escaped: false,
+                        },
+                        b'{' => self.open_container(true),
+                        b'[' => self.open_container(false),
+                        b't' => literal(0),
+                        b'f' => literal(1),
+                        b'n' => literal(2),
+                        b'-' => State::NumberFirst,
+                        b'0'..=b'9' => State::Number,
+                        _ => return self.fail(at - 1, "expected a JSON value"),
+                    }
+                }
+                State::AfterValue => {
+                    at += 1;
+                    if byte == b',' {
+                        if self.in_object() {
+                            State::Key
+                        } else {
+                            State::Value
+                        }
+                    } else if byte == self.closing_bracket() {
+                        self.close_container(bytes, self.base + at, on_field)
+                    } else {
+                        return self.fail(at - 1, self.after_value_reason());
+                    }
+                }
+                State::Done => return self.fail(at, "unexpected data after the JSON object"),
+                State::Failed => unreachable!("a failed scan returns before its loop"),
+            };
+        }
+        self.state = state;
+        self.token_start = token_start;
+        self.save_key_for_next_piece(bytes);
+        self.base += bytes.len();
+    }
+
+    /// The end of the input: `Ok` when it held exactly one JSON object.
+    pub fn finish(self) -> Result<(), ScanError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let end = self.base;
+        let reason = match self.state {
+            State::Done => return Ok(()),
+            State::Start => "expected a JSON object",
+            State::KeyOrClose | State::Key => "expected a string key",
+            State::Colon => "expected ':' after a key",
+            State::ValueOrClose | State::Value if self.depth >= MAX_DEPTH => "nesting too deep",
+            State::ValueOrClose | State::Value => "unexpected end of input",
+            State::Str { .. } => return Err(error_at(self.token_start, "unterminated string")),
+            State::Literal { .. } => return Err(error_at(self.token_start, "invalid literal")),
+            State::NumberFirst => return Err(error_at(self.token_start, "invalid number")),
+            // A number ended by the input's end is followed by nothing.
+            State::Number | State::AfterValue => {
+                return Err(error_at(end.saturating_sub(1), self.after_value_reason()));
             }
+            State::Failed => unreachable!("a failed scan keeps its error"),
+        };
+        Err(error_at(end, reason))
+    }
+
+    fn open_container(&mut self, keyed: bool) -> State {
+        let (word, bit) = (self.depth / 64, self.depth % 64);
+        if keyed {
+            self.keyed[word] |= 1 << bit;
+        } else {
+            self.keyed[word] &= !(1 << bit);
+        }
+        self.depth += 1;
+        if keyed {
+            State::KeyOrClose
+        } else {
+            State::ValueOrClose
         }
     }
 
-    fn skip_literal(&mut self, literal: &'static [u8]) -> Result<(), ScanError> {
-        let start = self.pos();
-        for &expected in literal {
-            if self.peek() != Some(expected) {
-                return Err(self.error_at(start, "invalid literal"));
-            }
-            self.bump();
+    /// The container that just closed at `end`; at the top level that is
+    /// the object, one level in it is a top-level member's value.
+    fn close_container(
+        &mut self,
+        bytes: &[u8],
+        end: usize,
+        on_field: &mut impl FnMut(&[u8], Range<usize>),
+    ) -> State {
+        if self.depth == 0 {
+            return State::Done;
         }
-        Ok(())
+        self.depth -= 1;
+        self.value_ended(bytes, end, on_field)
     }
 
-    fn skip_number(&mut self) -> Result<(), ScanError> {
-        let start = self.pos();
-        if self.peek() == Some(b'-') {
-            self.bump();
-        }
-        let first = self.peek();
-        while let Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') = self.peek() {
-            self.bump();
-        }
-        if !first.is_some_and(|b| b.is_ascii_digit()) {
-            return Err(self.error_at(start, "invalid number"));
-        }
-        Ok(())
+    fn closing_bracket(&self) -> u8 {
+        if self.in_object() { b'}' } else { b']' }
     }
+
+    /// Inside an object (the top-level one or a nested one).
+    fn in_object(&self) -> bool {
+        self.depth == 0 || self.keyed[(self.depth - 1) / 64] & (1 << ((self.depth - 1) % 64)) != 0
+    }
+
+    fn after_value_reason(&self) -> &'static str {
+        if self.depth == 0 {
+            "expected ',' or '}'"
+        } else {
+            "expected ',' or a closing bracket"
+        }
+    }
+
+    /// A value ended at `end`; a top-level one is reported with its key.
+    fn value_ended(
+        &mut self,
+        bytes: &[u8],
+        end: usize,
+        on_field: &mut impl FnMut(&[u8], Range<usize>),
+    ) -> State {
+        if self.depth == 0 && self.value_start != NO_VALUE {
+            let key = if self.key_start >= self.base {
+                &bytes[self.key_start - self.base..self.key_end - self.base]
+            } else {
+                &self.saved_key[..]
+            };
+            on_field(key, self.value_start..end);
+            self.value_start = NO_VALUE;
+        }
+        State::AfterValue
+    }
+
+    /// The top-level key's closing quote is at `quote` in `bytes`; a key
+    /// that began in an earlier piece is completed in `saved_key`.
+    fn key_closed(&mut self, bytes: &[u8], quote: usize) {
+        self.key_end = self.base + quote;
+        if self.key_start < self.base {
+            self.saved_key.extend_from_slice(&bytes[..quote]);
+        }
+    }
+
+    /// At the end of a piece: a top-level key still being read, or whose
+    /// value is not yet over, is copied, since `bytes` will be gone when
+    /// the member is reported.
+    fn save_key_for_next_piece(&mut self, bytes: &[u8]) {
+        if self.depth == 0 && matches!(self.state, State::Str { key: true, .. }) {
+            if self.key_start >= self.base {
+                self.saved_key.clear();
+                self.saved_key
+                    .extend_from_slice(&bytes[self.key_start - self.base..]);
+            } else {
+                self.saved_key.extend_from_slice(bytes);
+            }
+            return;
+        }
+        let member_open = self.value_start != NO_VALUE
+            || self.depth == 0 && matches!(self.state, State::Colon | State::Value);
+        if member_open && self.key_start >= self.base {
+            self.saved_key.clear();
+            self.saved_key
+                .extend_from_slice(&bytes[self.key_start - self.base..self.key_end - self.base]);
+        }
+    }
+
+    fn fail(&mut self, at: usize, reason: &'static str) {
+        self.fail_at(self.base + at, reason);
+    }
+
+    fn fail_at(&mut self, offset: usize, reason: &'static str) {
+        self.state = State::Failed;
+        self.error = Some(error_at(offset, reason));
+    }
+}
+
+/// How a run inside a string ended.
+enum RunEnd {
+    /// At the closing quote.
+    Quote,
+    /// At the piece's end; `escaped` when its last byte was a backslash.
+    Open { escaped: bool },
+    /// At a raw newline.
+    Newline,
+}
+
+/// From `from` inside a string: where the run ends (the index after the
+/// closing quote, the piece's length, or the newline's index) and how.
+#[inline(always)]
+fn string_run(bytes: &[u8], mut from: usize) -> (usize, RunEnd) {
+    while from < bytes.len() {
+        match super::string_stop::find(&bytes[from..]) {
+            Some(i) => match bytes[from + i] {
+                b'"' => return (from + i + 1, RunEnd::Quote),
+                // The backslash and the byte it escapes.
+                b'\\' => from += i + 2,
+                _ => return (from + i, RunEnd::Newline),
+            },
+            None => from = bytes.len(),
+        }
+    }
+    // A backslash as the piece's last byte escapes the next piece's first.
+    let escaped = from > bytes.len();
+    (bytes.len(), RunEnd::Open { escaped })
+}
+
+fn error_at(offset: usize, reason: &'static str) -> ScanError {
+    ScanError { offset, reason }
 }
 
 #[cfg(test)]
@@ -379,6 +566,64 @@ mod piece_tests {
             let bytes: Vec<&[u8]> = input.chunks(1).collect();
             assert_eq!(scan(&bytes), whole, "one byte per piece");
         }
+    }
+
+    /// Against serde_json on valid inputs and many near-misses (each byte
+    /// removed, replaced or preceded by a JSON-significant byte): whatever
+    /// serde_json reads as an object, the scan accepts too, cut anywhere,
+    /// reporting the same keys with spans that hold the same values.
+    #[test]
+    fn agrees_with_serde_json_on_every_object_it_reads() {
+        use serde_json::{Map, Value};
+        let seeds = [
+            INPUTS[0],
+            INPUTS[1],
+            r#"{"k\"ey":1,"long key \\ with escapes":[{"a":"b"},[[null]]],"z":{},"n":-0.5E+2}"#,
+            " {\"a\" :\t\"b\"\r\n, \"c\":[true,false]}\n",
+        ];
+        let alphabet = b"{}[],:\"\\ 0a-tfnue.E+\n";
+        let mut read_by_serde = 0;
+        for seed in seeds.iter().map(|s| s.as_bytes()) {
+            let mut inputs = vec![seed.to_vec()];
+            for i in 0..seed.len() {
+                let mut removed = seed.to_vec();
+                removed.remove(i);
+                inputs.push(removed);
+                for &byte in alphabet {
+                    let mut replaced = seed.to_vec();
+                    replaced[i] = byte;
+                    inputs.push(replaced);
+                    let mut inserted = seed.to_vec();
+                    inserted.insert(i, byte);
+                    inputs.push(inserted);
+                }
+            }
+            for input in &inputs {
+                let Ok(expected) = serde_json::from_slice::<Map<String, Value>>(input) else {
+                    continue;
+                };
+                read_by_serde += 1;
+                let fields = scan(&[input]).unwrap_or_else(|err| {
+                    panic!("{err:?} for {:?}", String::from_utf8_lossy(input))
+                });
+                let mut got = Map::new();
+                for (raw_key, span) in fields {
+                    let quoted = [&b"\""[..], &raw_key, b"\""].concat();
+                    let key: String = serde_json::from_slice(&quoted).expect("a key");
+                    let value: Value = serde_json::from_slice(&input[span]).expect("a value");
+                    got.insert(key, value);
+                }
+                assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
+                for cut in 0..=input.len() {
+                    let (a, b) = input.split_at(cut);
+                    assert!(scan(&[a, b]).is_ok());
+                }
+            }
+        }
+        assert!(
+            read_by_serde > 500,
+            "only {read_by_serde} inputs were valid"
+        );
     }
 
     #[test]

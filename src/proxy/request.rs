@@ -3,7 +3,7 @@
 //! value spliced when the upstream's id differs.
 
 use super::body_pieces::{BodyPieces, Pieces};
-use super::json_scan::scan_pieces;
+use super::json_scan::ObjectScan;
 use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -23,32 +23,77 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
 }
 
+/// The request body's members the gateway reads, located by a scan that is
+/// fed the body frame by frame as it arrives.
+#[derive(Debug, Default)]
+pub struct RequestScan {
+    scan: ObjectScan,
+    fields: RequestFields,
+}
+
+/// Where each member the gateway reads is in the body.
+#[derive(Debug, Default)]
+struct RequestFields {
+    model: Option<Range<usize>>,
+    messages: Option<Range<usize>>,
+    stream: Option<Range<usize>>,
+    stream_options: Option<Range<usize>>,
+    max_tokens: Option<Range<usize>>,
+    max_completion_tokens: Option<Range<usize>>,
+}
+
+impl RequestFields {
+    fn record(&mut self, key: &[u8], span: Range<usize>) {
+        let field = match key {
+            b"model" => &mut self.model,
+            b"messages" => &mut self.messages,
+            b"stream" => &mut self.stream,
+            b"stream_options" => &mut self.stream_options,
+            b"max_tokens" => &mut self.max_tokens,
+            b"max_completion_tokens" => &mut self.max_completion_tokens,
+            _ => return,
+        };
+        *field = Some(span);
+    }
+}
+
+impl RequestScan {
+    /// Scans the body's next frame.
+    pub fn feed(&mut self, frame: &[u8]) {
+        let fields = &mut self.fields;
+        self.scan
+            .feed(frame, &mut |key, span| fields.record(key, span));
+    }
+}
+
 impl ChatRequest {
     /// Peeks `model`, `messages`, `stream`, `stream_options` and the token cap.
     pub fn peek(body: impl Into<BodyPieces>) -> Result<Self, GatewayError> {
         let body = body.into();
-        let mut model = None;
-        let mut messages = None;
-        let mut stream = None;
-        let mut stream_options = None;
-        let mut max_tokens = None;
-        let mut max_completion_tokens = None;
-        scan_pieces(body.pieces(), |key, span| match key {
-            b"model" => model = Some(span),
-            b"messages" => messages = Some(span),
-            b"stream" => stream = Some(span),
-            b"stream_options" => stream_options = Some(span),
-            b"max_tokens" => max_tokens = Some(span),
-            b"max_completion_tokens" => max_completion_tokens = Some(span),
-            _ => {}
-        })
-        .map_err(|err| {
+        let mut scan = RequestScan::default();
+        for piece in body.pieces() {
+            scan.feed(piece);
+        }
+        Self::scanned(body, scan)
+    }
+
+    /// The request in `body`, which `scan` has been fed in full.
+    pub fn scanned(body: BodyPieces, scan: RequestScan) -> Result<Self, GatewayError> {
+        let RequestScan { scan, fields } = scan;
+        scan.finish().map_err(|err| {
             GatewayError::invalid_request(format!(
                 "request body is not valid JSON: {} at byte {}",
                 err.reason, err.offset
             ))
         })?;
-
+        let RequestFields {
+            model,
+            messages,
+            stream,
+            stream_options,
+            max_tokens,
+            max_completion_tokens,
+        } = fields;
         let model_span = model.ok_or_else(|| missing("model"))?;
         let model = parse_string(&body.span(model_span.clone()))
             .filter(|m| !m.is_empty())

@@ -10,7 +10,7 @@ use crate::limits::{Admission, Settlement, estimate_tokens};
 use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
-use crate::proxy::request::ChatRequest;
+use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::state::AppState;
 use axum::extract::Request;
@@ -29,11 +29,12 @@ pub async fn chat_completions(
         arrived,
         caller,
     } = scope;
-    let body = match read_body(request, config.max_body_bytes).await {
+    let mut scan = RequestScan::default();
+    let body = match read_body(request, config.max_body_bytes, &mut scan).await {
         Ok(body) => body,
         Err(err) => return (err.into_response(), Handled::default()),
     };
-    let chat = match ChatRequest::peek(body) {
+    let chat = match ChatRequest::scanned(body, scan) {
         Ok(chat) => chat,
         Err(err) => return (err.into_response(), Handled::default()),
     };
@@ -247,8 +248,13 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
-/// the client declares a larger `Content-Length`.
-async fn read_body(request: Request, limit: usize) -> Result<BodyPieces, GatewayError> {
+/// the client declares a larger `Content-Length`. Each frame is scanned as
+/// it arrives: by the last frame, a large body is scanned but for it.
+async fn read_body(
+    request: Request,
+    limit: usize,
+    scan: &mut RequestScan,
+) -> Result<BodyPieces, GatewayError> {
     let too_large = || {
         GatewayError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -273,6 +279,7 @@ async fn read_body(request: Request, limit: usize) -> Result<BodyPieces, Gateway
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
+                    scan.feed(&data);
                     collector.push(data);
                 }
             }
