@@ -67,16 +67,73 @@ enum State {
     Str { key: bool, escaped: bool },
     /// Inside `LITERALS[word]`, its first `matched` bytes seen.
     Literal { word: u8, matched: u8 },
-    /// After a number's `-`: its first digit.
-    NumberFirst,
-    /// Inside a number's digits, fraction or exponent.
-    Number,
+    /// Inside a number.
+    Number(NumberAt),
     /// After a value: `,` or the container's closing bracket.
     AfterValue,
     /// After the top-level object: only whitespace may follow.
     Done,
     /// An error was found; the rest is ignored.
     Failed,
+}
+
+/// Where a number is in JSON's grammar:
+/// `-`? (`0` | `1`-`9` digits*) (`.` digits+)? ((`e`|`E`) (`+`|`-`)? digits+)?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumberAt {
+    /// After `-`: the first digit.
+    Sign,
+    /// After a leading `0`: a fraction, an exponent or the end.
+    Zero,
+    /// In the integer part's digits.
+    Integer,
+    /// After `.`: a digit.
+    Point,
+    /// In the fraction's digits.
+    Fraction,
+    /// After `e` or `E`: a sign or a digit.
+    E,
+    /// After the exponent's sign: a digit.
+    ExponentSign,
+    /// In the exponent's digits.
+    Exponent,
+}
+
+/// What a byte does to a number.
+enum NumberStep {
+    Continue(NumberAt),
+    /// The byte is not part of the number, which is complete before it.
+    End,
+    Invalid,
+}
+
+impl NumberAt {
+    fn next(self, byte: u8) -> NumberStep {
+        use NumberAt::*;
+        let digit = byte.is_ascii_digit();
+        let next = match (self, byte) {
+            (Sign, b'0') => Zero,
+            (Sign, _) if digit => Integer,
+            (Zero, _) if digit => return NumberStep::Invalid,
+            (Zero | Integer, b'.') => Point,
+            (Zero | Integer | Fraction, b'e' | b'E') => E,
+            (Integer, _) if digit => Integer,
+            (Point | Fraction, _) if digit => Fraction,
+            (E, b'+' | b'-') => ExponentSign,
+            (E | ExponentSign | Exponent, _) if digit => Exponent,
+            _ if self.complete() => return NumberStep::End,
+            _ => return NumberStep::Invalid,
+        };
+        NumberStep::Continue(next)
+    }
+
+    /// Whether the number may end here.
+    fn complete(self) -> bool {
+        matches!(
+            self,
+            NumberAt::Zero | NumberAt::Integer | NumberAt::Fraction | NumberAt::Exponent
+        )
+    }
 }
 
 /// A resumable scan of one JSON object: fed its bytes in pieces, it calls
@@ -171,16 +228,16 @@ impl ObjectScan {
                         }
                     }
                 }
-                State::Number => {
-                    if matches!(byte, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                State::Number(place) => match place.next(byte) {
+                    NumberStep::Continue(place) => {
                         at += 1;
-                        State::Number
-                    } else {
-                        // The byte after a number is looked at again as
-                        // what follows a value.
-                        self.value_ended(bytes, self.base + at, on_field)
+                        State::Number(place)
                     }
-                }
+                    // The byte after a number is looked at again as what
+                    // follows a value.
+                    NumberStep::End => self.value_ended(bytes, self.base + at, on_field),
+                    NumberStep::Invalid => return self.fail_at(token_start, "invalid number"),
+                },
                 State::Literal { word, matched } => {
                     let literal = LITERALS[usize::from(word)];
                     if literal[usize::from(matched)] != byte {
@@ -195,13 +252,6 @@ impl ObjectScan {
                             matched: matched + 1,
                         }
                     }
-                }
-                State::NumberFirst => {
-                    if !byte.is_ascii_digit() {
-                        return self.fail_at(token_start, "invalid number");
-                    }
-                    at += 1;
-                    State::Number
                 }
                 // Whitespace between tokens.
                 _ if is_ws(byte) => {
@@ -263,8 +313,9 @@ impl ObjectScan {
                         b't' => literal(0),
                         b'f' => literal(1),
                         b'n' => literal(2),
-                        b'-' => State::NumberFirst,
-                        b'0'..=b'9' => State::Number,
+                        b'-' => State::Number(NumberAt::Sign),
+                        b'0' => State::Number(NumberAt::Zero),
+                        b'1'..=b'9' => State::Number(NumberAt::Integer),
                         _ => return self.fail(at - 1, "expected a JSON value"),
                     }
                 }
@@ -307,9 +358,11 @@ impl ObjectScan {
             State::ValueOrClose | State::Value => "unexpected end of input",
             State::Str { .. } => return Err(error_at(self.token_start, "unterminated string")),
             State::Literal { .. } => return Err(error_at(self.token_start, "invalid literal")),
-            State::NumberFirst => return Err(error_at(self.token_start, "invalid number")),
+            State::Number(place) if !place.complete() => {
+                return Err(error_at(self.token_start, "invalid number"));
+            }
             // A number ended by the input's end is followed by nothing.
-            State::Number | State::AfterValue => {
+            State::Number(_) | State::AfterValue => {
                 return Err(error_at(end.saturating_sub(1), self.after_value_reason()));
             }
             State::Failed => unreachable!("a failed scan keeps its error"),
@@ -487,6 +540,44 @@ mod tests {
         assert_eq!(got[2].1, "true");
         assert_eq!(got[3].1, "-1.5e3");
         assert_eq!(got[4].1, r#""a\"b\\""#);
+    }
+
+    #[test]
+    fn numbers_are_read_by_jsons_grammar() {
+        // Every string of up to five bytes from the bytes numbers are made
+        // of: the scan accepts it exactly when serde_json does, whole and
+        // cut anywhere.
+        let alphabet = b"01-+.eE";
+        let mut candidates: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last = candidates.clone();
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|prefix| {
+                    alphabet.iter().map(move |&b| {
+                        let mut next = prefix.clone();
+                        next.push(b);
+                        next
+                    })
+                })
+                .collect();
+            candidates.extend(last.iter().cloned());
+        }
+        let mut accepted = 0;
+        for number in &candidates[1..] {
+            let body = [&b"{\"n\":"[..], number, b"}"].concat();
+            let valid = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+            for cut in 0..=body.len() {
+                let (a, b) = body.split_at(cut);
+                let scanned = scan_pieces(&[a, b], |_, _| {});
+                assert_eq!(scanned.is_ok(), valid, "{}", String::from_utf8_lossy(&body));
+            }
+            accepted += usize::from(valid);
+        }
+        assert!(accepted > 100, "{accepted}");
+        assert_eq!(fields(r#"{"a":01}"#).unwrap_err().reason, "invalid number");
+        assert_eq!(fields(r#"{"a":1.}"#).unwrap_err().reason, "invalid number");
+        assert_eq!(fields(r#"{"a":1e}"#).unwrap_err().offset, 5);
     }
 
     #[test]
