@@ -98,28 +98,112 @@ pub struct BodyUsage {
 }
 
 /// The usage fields, read without building a JSON tree.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct UsageFields {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
     cached_tokens: Option<u64>,
-    prompt_tokens_details: Option<DetailsFields>,
+    /// `prompt_tokens_details.cached_tokens` (OpenAI's place for it).
+    details_cached: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct DetailsFields {
-    cached_tokens: Option<u64>,
+/// A count as JSON writes it: `Some(None)` for `null`, `None` for anything
+/// but plain digits that fit (a float, a negative, a string).
+fn plain_count(value: &[u8]) -> Option<Option<u64>> {
+    if value == b"null" {
+        return Some(None);
+    }
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value
+        .iter()
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .map(Some)
+}
+
+impl UsageFields {
+    /// Reads a usage object with the validating scan, not a deserializer
+    /// (this runs once per response). `None` when the object holds what a
+    /// plain reading does not cover (a count that is not plain digits, a
+    /// repeated member, an escaped key, invalid JSON): the caller then reads
+    /// it the lenient way.
+    fn scan(raw: &[u8]) -> Option<UsageFields> {
+        let mut fields = UsageFields::default();
+        let mut plain = true;
+        let mut seen = 0u8;
+        super::json_scan::scan_object(raw, |key, span| {
+            let value = &raw[span];
+            let (bit, slot) = match key {
+                b"prompt_tokens" => (1, &mut fields.prompt_tokens),
+                b"completion_tokens" => (2, &mut fields.completion_tokens),
+                b"total_tokens" => (4, &mut fields.total_tokens),
+                b"cached_tokens" => (8, &mut fields.cached_tokens),
+                b"prompt_tokens_details" => (16, &mut fields.details_cached),
+                _ => {
+                    plain &= !key.contains(&b'\\');
+                    return;
+                }
+            };
+            plain &= seen & bit == 0;
+            seen |= bit;
+            let count = if bit == 16 {
+                details_cached(value)
+            } else {
+                plain_count(value)
+            };
+            match count {
+                Some(count) => *slot = count,
+                None => plain = false,
+            }
+        })
+        .ok()?;
+        plain.then_some(fields)
+    }
+
+    /// The counts, and Moonshot's top-level `cached_tokens` if present.
+    fn read(self) -> (Usage, Option<u64>) {
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+            total_tokens: self.total_tokens.unwrap_or(0),
+            cached_tokens: self.details_cached.or(self.cached_tokens).unwrap_or(0),
+        };
+        (usage, self.cached_tokens)
+    }
+}
+
+/// `prompt_tokens_details`: `null`, or an object whose `cached_tokens` is
+/// read (its other members are not). `None` as for [`plain_count`].
+fn details_cached(value: &[u8]) -> Option<Option<u64>> {
+    if value == b"null" {
+        return Some(None);
+    }
+    let mut cached = None;
+    let mut plain = value.starts_with(b"{");
+    super::json_scan::scan_object(value, |key, span| match key {
+        b"cached_tokens" if cached.is_none() => match plain_count(&value[span]) {
+            Some(count) => cached = Some(count),
+            None => plain = false,
+        },
+        b"cached_tokens" => plain = false,
+        _ => plain &= !key.contains(&b'\\'),
+    })
+    .ok()?;
+    plain.then(|| cached.flatten())
 }
 
 /// Usage from a non-stream body: only the top-level `usage` value is
 /// parsed, located by a scan (the choices, maybe long, are not decoded).
 pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
-    if !mentions_usage(body) {
-        return None;
-    }
     if let Some(found) = usage_at_the_end(body) {
         return Some(found);
+    }
+    if !mentions_usage(body) {
+        return None;
     }
     let mut span = None;
     super::json_scan::scan_object(body, |key, value| {
@@ -130,10 +214,10 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     .ok()?;
     let span = span?;
     let raw = &body[span.clone()];
-    let (usage, moonshot_cached) = match serde_json::from_slice::<UsageFields>(raw) {
-        Ok(fields) => fields.read(),
+    let (usage, moonshot_cached) = match UsageFields::scan(raw) {
+        Some(fields) => fields.read(),
         // Unusual values (floats, nulls in odd places): the lenient way.
-        Err(_) => {
+        None => {
             let value: Value = serde_json::from_slice(raw).ok()?;
             value.is_object().then_some(())?;
             (Usage::from_value(&value), value["cached_tokens"].as_u64())
@@ -168,24 +252,8 @@ fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
         return None;
     }
     let span = value_start..value_end;
-    let (usage, moonshot_cached) = serde_json::from_slice::<UsageFields>(&body[span.clone()])
-        .ok()?
-        .read();
+    let (usage, moonshot_cached) = UsageFields::scan(&body[span.clone()])?.read();
     Some(BodyUsage::new(body, span, usage, moonshot_cached))
-}
-
-impl UsageFields {
-    /// The counts, and Moonshot's top-level `cached_tokens` if present.
-    fn read(self) -> (Usage, Option<u64>) {
-        let details_cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens);
-        let usage = Usage {
-            prompt_tokens: self.prompt_tokens.unwrap_or(0),
-            completion_tokens: self.completion_tokens.unwrap_or(0),
-            total_tokens: self.total_tokens.unwrap_or(0),
-            cached_tokens: details_cached.or(self.cached_tokens).unwrap_or(0),
-        };
-        (usage, self.cached_tokens)
-    }
 }
 
 impl BodyUsage {
@@ -232,10 +300,10 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
             UsagePlace::InChoice,
         ),
     };
-    let usage = match serde_json::from_str::<UsageFields>(raw.get()) {
-        Ok(fields) => fields.read().0,
+    let usage = match UsageFields::scan(raw.get().as_bytes()) {
+        Some(fields) => fields.read().0,
         // Unusual values (floats, nulls in odd places): the lenient way.
-        Err(_) => Usage::from_value(&serde_json::from_str(raw.get()).ok()?),
+        None => Usage::from_value(&serde_json::from_str(raw.get()).ok()?),
     };
     Some(UsageReport {
         usage,
@@ -369,6 +437,67 @@ mod tests {
             (odd.usage.prompt_tokens, odd.usage.completion_tokens),
             (0, 3)
         );
+    }
+
+    #[test]
+    fn the_scan_reads_what_the_lenient_way_reads() {
+        let values = [
+            "0",
+            "7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "2.0",
+            "-1",
+            "1e3",
+            "null",
+            "\"3\"",
+            "true",
+            "{}",
+            "[]",
+        ];
+        let mut objects = vec![
+            r#"{}"#.to_owned(),
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#.to_owned(),
+            r#"{"prompt\u005ftokens":4,"total_tokens":5}"#.to_owned(),
+            r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}"#.to_owned(),
+            r#"{"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":3},"cached_tokens":1}"#
+                .to_owned(),
+            r#"{ "prompt_tokens" : 3 , "completion_tokens":4 }"#.to_owned(),
+        ];
+        for value in values {
+            for key in [
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "cached_tokens",
+                "other",
+            ] {
+                objects.push(format!(r#"{{"total_tokens":9,"{key}":{value}}}"#));
+            }
+            objects.push(format!(
+                r#"{{"prompt_tokens_details":{value},"cached_tokens":4}}"#
+            ));
+            objects.push(format!(
+                r#"{{"prompt_tokens_details":{{"cached_tokens":{value}}},"cached_tokens":4}}"#
+            ));
+        }
+        let mut read_by_scan = 0;
+        for object in &objects {
+            let value: Value = serde_json::from_str(object).unwrap();
+            let lenient = (Usage::from_value(&value), value["cached_tokens"].as_u64());
+            if let Some(fields) = UsageFields::scan(object.as_bytes()) {
+                read_by_scan += 1;
+                assert_eq!(fields.read(), lenient, "{object}");
+            }
+        }
+        // Read by the scan: plain counts and nulls under each key but the
+        // repeated `total_tokens` (4 * 3) and in `prompt_tokens_details`
+        // (4 + null + `{}`), any value of an unknown member (12), and the
+        // first three objects that are neither repeated nor escaped.
+        assert_eq!(read_by_scan, 12 + 6 + 12 + 3);
+        // Not JSON: nothing read.
+        assert!(UsageFields::scan(br#"{"prompt_tokens":1"#).is_none());
+        assert!(UsageFields::scan(br#"{"prompt_tokens":01}"#).is_none());
     }
 
     #[test]
