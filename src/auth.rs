@@ -9,11 +9,14 @@ use crate::limits::Scope;
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use foldhash::{HashMap, HashMapExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use subtle::ConstantTimeEq;
+
+/// The models a key may use (looked up on every request).
+pub type ModelSet = foldhash::HashSet<Box<str>>;
 
 /// Paths served without a key even when keys are configured.
 pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -29,7 +32,7 @@ pub struct ClientKey {
     pub name: Arc<str>,
     digest: [u8; 32],
     /// Route names this key may use; `None`: every one.
-    pub models: Option<HashSet<Box<str>>>,
+    pub models: Option<ModelSet>,
     /// `[keys.NAME.limits]`.
     pub limits: Option<Arc<Scope>>,
     /// `[keys.NAME.model_limits."MODEL"]`, by route name.

@@ -9,7 +9,6 @@ use super::limits::limit_spec;
 use crate::auth::{ClientKey, KeyTable, digest};
 use crate::limits::{ScopeKind, ScopeRegistry};
 use crate::proxy::route::RouteTable;
-use std::collections::HashSet;
 
 pub fn client_keys(
     files: Vec<(String, KeyFile)>,
@@ -43,7 +42,7 @@ pub fn client_keys(
                     "is empty: leave it out to allow every model",
                 ));
             }
-            let mut allowed = HashSet::new();
+            let mut allowed = crate::auth::ModelSet::default();
             for (i, model) in models.iter().enumerate() {
                 if routes.lookup(model).is_none() {
                     problems.push(ConfigProblem::new(

@@ -22,7 +22,7 @@ pub use redis::{OnRedisError, RedisBackend, RedisSettings};
 pub use registry::ScopeRegistry;
 pub use spec::{Denial, LimitKind, LimitSpec, Scope, ScopeKind, Snapshot, Window};
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -12,7 +12,7 @@
 use super::breaker::{Breaker, BreakerRegistry};
 use crate::config::{ApiKey, Provider};
 use bytes::Bytes;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// Where one attempt goes: a provider, one of its keys, and the model id it
