@@ -12,57 +12,64 @@ pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffe
 pub const X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
 pub const X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 
-/// Upstream response headers never forwarded.
-const DROPPED: &[&str] = &[
-    // hop-by-hop (RFC 9110 7.6.1) and framing, which hyper recomputes
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    // state and identity of the gateway's provider account
-    "set-cookie",
-    "msh-uid",
-    "msh-gid",
-    // set by the gateway itself
-    "content-type",
-    "date",
-    "server",
-    "x-request-id",
-    "x-should-retry",
-    "cache-control",
-    "x-accel-buffering",
-];
+/// Upstream response headers never forwarded: hop-by-hop (RFC 9110 7.6.1)
+/// and framing, which hyper recomputes; the state and identity of the
+/// gateway's provider account; what the gateway sets itself; and the
+/// provider account's own rate limits, which are not the client's.
+fn is_dropped(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "set-cookie"
+            | "msh-uid"
+            | "msh-gid"
+            | "content-type"
+            | "date"
+            | "server"
+            | "x-request-id"
+            | "x-should-retry"
+            | "cache-control"
+            | "x-accel-buffering"
+    ) || name.starts_with("x-ratelimit-")
+}
 
-/// Copies the forwardable headers of an upstream response.
-pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if !is_dropped(name) {
-            to.append(name.clone(), value.clone());
-        }
+/// The names the providers give their id for a request, best first.
+fn request_id_rank(name: &str) -> Option<u8> {
+    match name {
+        "x-request-id" => Some(0),
+        "msh-request-id" => Some(1),
+        "request-id" => Some(2),
+        "x-amzn-requestid" => Some(3),
+        _ => None,
     }
 }
 
-fn is_dropped(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    // The provider account's own rate limits are not the client's.
-    DROPPED.contains(&name) || name.starts_with("x-ratelimit-")
-}
-
-/// The provider's id for this request, under the names the providers use.
-pub fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
-    const NAMES: [HeaderName; 4] = [
-        X_REQUEST_ID,
-        HeaderName::from_static("msh-request-id"),
-        HeaderName::from_static("request-id"),
-        HeaderName::from_static("x-amzn-requestid"),
-    ];
-    NAMES.iter().find_map(|name| headers.get(name)).cloned()
+/// Copies the forwardable headers of an upstream response and returns the
+/// provider's id for the request, found on the same pass (a lookup per
+/// name the providers use would hash each of them).
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut request_id: Option<(u8, &HeaderValue)> = None;
+    for (name, value) in from {
+        let name_text = name.as_str();
+        if let Some(rank) = request_id_rank(name_text)
+            && request_id.is_none_or(|(best, _)| rank < best)
+        {
+            request_id = Some((rank, value));
+        }
+        if !is_dropped(name_text) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+    request_id.map(|(_, value)| value.clone())
 }
 
 #[cfg(test)]
@@ -88,9 +95,32 @@ mod tests {
             );
         }
         let mut to = HeaderMap::new();
-        copy_response_headers(&from, &mut to);
+        assert_eq!(copy_response_headers(&from, &mut to), None);
         let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["msh-context-cache-id", "retry-after"]);
+    }
+
+    #[test]
+    fn finds_the_providers_request_id_under_its_best_name() {
+        let ids = [
+            ("x-amzn-requestid", "amzn"),
+            ("request-id", "plain"),
+            ("msh-request-id", "moonshot"),
+            ("x-request-id", "openai"),
+        ];
+        for present in 1..=ids.len() {
+            let mut from = HeaderMap::new();
+            // In any order in the map: the best name wins.
+            for (name, value) in ids[..present].iter().rev().chain(&ids[..present]) {
+                from.append(*name, HeaderValue::from_static(value));
+            }
+            let mut to = HeaderMap::new();
+            let found = copy_response_headers(&from, &mut to);
+            assert_eq!(found.unwrap(), ids[present - 1].1);
+            // The provider's own `x-request-id` is not forwarded: the
+            // gateway sets its own.
+            assert!(!to.contains_key("x-request-id"));
+        }
     }
 }

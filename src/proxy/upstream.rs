@@ -4,7 +4,6 @@
 
 use super::headers::{
     X_ACCEL_BUFFERING, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID, copy_response_headers,
-    upstream_request_id,
 };
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
@@ -143,8 +142,7 @@ pub async fn forward(
     // Room for the provider's headers and the ~12 the gateway adds (ids,
     // content type, rate limits), so the map is sized once, not regrown.
     headers.reserve(response.headers().len() + 16);
-    copy_response_headers(response.headers(), headers);
-    if let Some(id) = upstream_request_id(response.headers()) {
+    if let Some(id) = copy_response_headers(response.headers(), headers) {
         headers.insert(X_UPSTREAM_REQUEST_ID, id);
     }
 
