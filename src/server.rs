@@ -102,7 +102,7 @@ async fn serve(
         });
         let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            if let Err(err) = crate::self_wake::run_connection(connection).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         });

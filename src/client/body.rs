@@ -101,6 +101,22 @@ impl PooledBody {
         }
     }
 
+    fn next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Taking (or asking for) a frame first lets the connection decode the
+        // next one in the same poll instead of after a wake-up.
+        if let Poll::Ready(frame) = Pin::new(&mut self.incoming).poll_frame(cx) {
+            return self.on_frame(frame);
+        }
+        self.drive(cx);
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(frame) => self.on_frame(frame),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     fn on_frame(
         &mut self,
         frame: Option<Result<Frame<Bytes>, hyper::Error>>,
@@ -127,16 +143,15 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        // Taking (or asking for) a frame first lets the connection decode the
-        // next one in the same poll instead of after a wake-up.
-        if let Poll::Ready(frame) = Pin::new(&mut this.incoming).poll_frame(cx) {
-            return this.on_frame(frame);
+        // The wakes the connection and its body channel give each other
+        // here are this task waking itself for what this call does (a frame
+        // put and taken) or what the next call does (the connection is
+        // driven on every call): dropped when a frame comes out.
+        let (polled, held) = crate::self_wake::hold(|| this.next_frame(cx));
+        if !matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
+            held.release(cx);
         }
-        this.drive(cx);
-        match Pin::new(&mut this.incoming).poll_frame(cx) {
-            Poll::Ready(frame) => this.on_frame(frame),
-            Poll::Pending => Poll::Pending,
-        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

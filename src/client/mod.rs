@@ -188,11 +188,19 @@ async fn exchange(
 > {
     let mut response = std::pin::pin!(conn.sender.try_send_request(request));
     poll_fn(|cx| {
-        // Closed or failed: the pending response learns why.
-        if !conn.finished && Pin::new(&mut conn.driver).poll(cx).is_ready() {
-            conn.finished = true;
+        // The connection handing the head over wakes this task, which
+        // takes it right below: held back, dropped once the head is here.
+        let (polled, held) = crate::self_wake::hold(|| {
+            // Closed or failed: the pending response learns why.
+            if !conn.finished && Pin::new(&mut conn.driver).poll(cx).is_ready() {
+                conn.finished = true;
+            }
+            response.as_mut().poll(cx)
+        });
+        if polled.is_pending() {
+            held.release(cx);
         }
-        response.as_mut().poll(cx)
+        polled
     })
     .await
 }

@@ -12,11 +12,15 @@ use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
+use crate::self_wake;
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body::Body as _;
+use http_body_util::{LengthLimitError, Limited};
+use std::future::poll_fn;
+use std::pin::Pin;
 
 pub async fn chat_completions(
     state: &AppState,
@@ -275,12 +279,27 @@ async fn read_body(
     // across them, so a large body is never joined into a second copy.
     let mut body = Limited::new(request.into_body(), limit);
     let mut collector = BodyCollector::default();
-    while let Some(frame) = body.frame().await {
+    loop {
+        // Taking a frame wakes the connection ("room for more"); once the
+        // declared length has arrived hyper has finished reading the body,
+        // and that wake would only poll the connection again for nothing.
+        let frame = poll_fn(|cx| {
+            let (polled, held) = self_wake::hold(|| Pin::new(&mut body).poll_frame(cx));
+            if !(polled.is_ready() && body.is_end_stream()) {
+                held.release(cx);
+            }
+            polled
+        })
+        .await;
+        let Some(frame) = frame else { break };
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
                     scan.feed(&data);
                     collector.push(data);
+                }
+                if body.is_end_stream() {
+                    break;
                 }
             }
             Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {

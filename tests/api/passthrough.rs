@@ -3,6 +3,7 @@
 
 use crate::helpers::*;
 use kimi_gateway::mock::Flavour;
+use std::time::Duration;
 
 /// Odd spacing, key order and every feature the gateway does not interpret.
 const EXOTIC_BODY: &str = r#"{ "messages" : [
@@ -205,4 +206,100 @@ async fn a_body_sent_in_many_pieces_is_spliced_and_forwarded_whole() {
         seen[0].headers["content-length"].to_str().unwrap(),
         expected.len().to_string()
     );
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `stream`:
+/// its status line, its head and its body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(bytes[..end].to_vec()).unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if bytes.len() >= end + 4 + length {
+                let body = String::from_utf8(bytes[end + 4..end + 4 + length].to_vec()).unwrap();
+                return (head, body);
+            }
+        }
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        bytes.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// A client that sends a `Content-Length` body in pieces, pausing between
+/// them, gets its answer, and the kept-alive connection serves the next
+/// request too.
+#[tokio::test]
+async fn a_body_trickled_in_pieces_is_answered_and_the_connection_kept() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let body = chat_body("kimi-k2-turbo-preview", "one piece at a time", false).to_string();
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let exchange = async {
+        for round in 0..2 {
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let third = body.len() / 3;
+            for piece in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
+                // Pacing a slow client, so each piece arrives on its own.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                stream.write_all(piece.as_bytes()).await.unwrap();
+            }
+            let (head, answer) = read_response(&mut stream).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+            assert!(answer.contains("chat.completion"), "{answer}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("both requests answered");
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|r| r.body == body.as_bytes()));
+}
+
+/// `Expect: 100-continue`: the gateway asks for the body when it starts
+/// reading it, and answers once it has arrived.
+#[tokio::test]
+async fn a_client_that_expects_100_continue_is_asked_for_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let body = chat_body("kimi-k2-turbo-preview", "may I send it?", false).to_string();
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let exchange = async {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let mut got = vec![0u8; interim.len()];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, interim);
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let (head, answer) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(answer.contains("chat.completion"), "{answer}");
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("asked for the body and answered");
 }
