@@ -106,6 +106,8 @@ struct UsageFields {
     cached_tokens: Option<u64>,
     /// `prompt_tokens_details.cached_tokens` (OpenAI's place for it).
     details_cached: Option<u64>,
+    /// Whether `prompt_tokens_details` is there at all.
+    has_details: bool,
 }
 
 /// A count as JSON writes it: `Some(None)` for `null`, `None` for anything
@@ -150,6 +152,7 @@ impl UsageFields {
             };
             plain &= seen & bit == 0;
             seen |= bit;
+            fields.has_details |= bit == 16;
             let count = if bit == 16 {
                 details_cached(value)
             } else {
@@ -164,7 +167,8 @@ impl UsageFields {
         plain.then_some(fields)
     }
 
-    /// The counts, and Moonshot's top-level `cached_tokens` if present.
+    /// The counts, and Moonshot's top-level `cached_tokens` if present
+    /// without a `prompt_tokens_details` beside it.
     fn read(self) -> (Usage, Option<u64>) {
         let usage = Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
@@ -172,7 +176,7 @@ impl UsageFields {
             total_tokens: self.total_tokens.unwrap_or(0),
             cached_tokens: self.details_cached.or(self.cached_tokens).unwrap_or(0),
         };
-        (usage, self.cached_tokens)
+        (usage, self.cached_tokens.filter(|_| !self.has_details))
     }
 }
 
@@ -214,16 +218,20 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     .ok()?;
     let span = span?;
     let raw = &body[span.clone()];
-    let (usage, moonshot_cached) = match UsageFields::scan(raw) {
+    let (usage, unmirrored_cached) = match UsageFields::scan(raw) {
         Some(fields) => fields.read(),
         // Unusual values (floats, nulls in odd places): the lenient way.
         None => {
             let value: Value = serde_json::from_slice(raw).ok()?;
             value.is_object().then_some(())?;
-            (Usage::from_value(&value), value["cached_tokens"].as_u64())
+            (Usage::from_value(&value), unmirrored_cached_of(&value))
         }
     };
-    Some(BodyUsage::new(body, span, usage, moonshot_cached))
+    Some(BodyUsage {
+        usage,
+        span,
+        unmirrored_cached,
+    })
 }
 
 /// The common shape, found from the end without scanning the choices:
@@ -252,21 +260,20 @@ fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
         return None;
     }
     let span = value_start..value_end;
-    let (usage, moonshot_cached) = UsageFields::scan(&body[span.clone()])?.read();
-    Some(BodyUsage::new(body, span, usage, moonshot_cached))
+    let (usage, unmirrored_cached) = UsageFields::scan(&body[span.clone()])?.read();
+    Some(BodyUsage {
+        usage,
+        span,
+        unmirrored_cached,
+    })
 }
 
-impl BodyUsage {
-    fn new(body: &[u8], span: Range<usize>, usage: Usage, moonshot_cached: Option<u64>) -> Self {
-        static DETAILS_KEY: LazyLock<memchr::memmem::Finder<'static>> =
-            LazyLock::new(|| memchr::memmem::Finder::new(b"\"prompt_tokens_details\""));
-        let has_details = DETAILS_KEY.find(&body[span.clone()]).is_some();
-        BodyUsage {
-            usage,
-            span,
-            unmirrored_cached: moonshot_cached.filter(|_| !has_details),
-        }
-    }
+/// Moonshot's top-level `cached_tokens` when no `prompt_tokens_details` is
+/// beside it (the lenient reading of [`UsageFields::read`]'s second value).
+fn unmirrored_cached_of(usage: &Value) -> Option<u64> {
+    usage["cached_tokens"]
+        .as_u64()
+        .filter(|_| usage.get("prompt_tokens_details").is_none())
 }
 
 /// Cheap test: could this data mention usage at all?
@@ -484,7 +491,7 @@ mod tests {
         let mut read_by_scan = 0;
         for object in &objects {
             let value: Value = serde_json::from_str(object).unwrap();
-            let lenient = (Usage::from_value(&value), value["cached_tokens"].as_u64());
+            let lenient = (Usage::from_value(&value), unmirrored_cached_of(&value));
             if let Some(fields) = UsageFields::scan(object.as_bytes()) {
                 read_by_scan += 1;
                 assert_eq!(fields.read(), lenient, "{object}");
