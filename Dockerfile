@@ -1,12 +1,13 @@
 # Container image of kimi-gateway: one statically linked binary on `scratch`.
 #
 # Targets (docker build --target NAME, buildah bud --target NAME):
-#   runtime           (default) builds the gateway from source, then the image
+#   runtime           (default) builds the gateway from source, profile-guided
+#                     (--build-arg PGO=0: a plain release build), then the image
 #   runtime-prebuilt  packs a binary built outside the container:
 #                       CARGO_TARGET_DIR=target/static \
 #                       RUSTFLAGS="-C target-feature=+crt-static" \
 #                       CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
-#                       cargo build --release --locked --target x86_64-unknown-linux-gnu \
+#                       scripts/pgo-build.sh --target x86_64-unknown-linux-gnu \
 #                         --bin kimi-gateway --bin mock-provider
 #                       docker build --target runtime-prebuilt -t kimi-gateway .
 #                     (--build-arg PREBUILT_DIR=... points at another directory)
@@ -50,11 +51,23 @@ RUN set -eux; \
 
 # 2. The project's own code (the benchmark stand-ins stay: the manifest names
 #    them). COPY keeps the files' original times, which may be older than the
-#    stand-ins' build: touch them so cargo rebuilds.
+#    stand-ins' build: touch them so cargo rebuilds. With PGO=1 (default) the
+#    gateway is built profile-guided (scripts/pgo-build.sh: an instrumented
+#    build, a training run against the mock provider on loopback, then the
+#    optimised build; it installs Debian's llvm-N for llvm-profdata), which
+#    rebuilds the dependencies twice; PGO=0 is the plain release build.
+ARG PGO=1
 COPY src ./src
+COPY benches/gateway.toml ./benches/gateway.toml
+COPY scripts/pgo-build.sh ./scripts/pgo-build.sh
 RUN set -eux; \
     find src -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked --target "$RUST_TARGET" --bin kimi-gateway --bin mock-provider; \
+    if [ "$PGO" = 1 ]; then \
+      scripts/pgo-build.sh --target "$RUST_TARGET" --bin kimi-gateway --bin mock-provider; \
+      rm -rf target/pgo/generate /var/lib/apt/lists/*; \
+    else \
+      cargo build --release --locked --target "$RUST_TARGET" --bin kimi-gateway --bin mock-provider; \
+    fi; \
     mkdir -p /out; \
     cp "target/$RUST_TARGET/release/kimi-gateway" "target/$RUST_TARGET/release/mock-provider" /out/; \
     /out/kimi-gateway --version; \

@@ -4,7 +4,8 @@
 #   bash benches/load.sh            # every scenario, 3 rounds of 4 s per target (about 9 minutes)
 #   bash benches/load.sh --quick    # fewer scenarios, 2 rounds of 3 s (about 2 minutes)
 #
-# It builds the release binaries, installs nginx (and jq) from Debian when
+# It builds the release binaries (the gateway profile-guided, as the image
+# ships it: scripts/pgo-build.sh), installs nginx (and jq) from Debian when
 # missing, and drives the same closed-loop load (target/release/loadgen, one
 # keep-alive connection per worker) at three targets:
 #   direct   the mock provider itself                      127.0.0.1:18090
@@ -47,6 +48,8 @@
 # BENCH_ROUNDS (default 3, --quick 2), BENCH_WARMUP (unmeasured seconds
 # first; default 1), BENCH_HOLD_STREAMS
 # (default 10000), BENCH_KEEP_AWAKE (default 1; 0: no spinners),
+# BENCH_PGO (default 1: the gateway built as the image ships it,
+# profile-guided by scripts/pgo-build.sh; 0: the plain release build),
 # BENCH_OUT (default target/load-bench).
 # Only loopback addresses are used; every process started here is stopped on exit.
 
@@ -77,6 +80,7 @@ HOLD=${BENCH_HOLD_STREAMS:-10000}
 KEEP_AWAKE=${BENCH_KEEP_AWAKE:-1}
 OUT=${BENCH_OUT:-$ROOT/target/load-bench}
 BIN=$ROOT/target/release
+PGO=${BENCH_PGO:-1}
 MOCK_ADDR=127.0.0.1:18090
 NGINX_ADDR=127.0.0.1:18081
 GW_ADDR=127.0.0.1:18080
@@ -120,6 +124,17 @@ NGINX_BIN=$(find_nginx)
 
 log "building release binaries"
 cargo build --release --bins --quiet
+# The gateway measured is the build the image ships: profile-guided
+# (scripts/pgo-build.sh, into target/pgo-release). BENCH_PGO=0: the plain
+# release build.
+if [[ $PGO == 1 ]]; then
+    log "building the profile-guided gateway (scripts/pgo-build.sh)"
+    GATEWAY_BIN="$(CARGO_TARGET_DIR="$ROOT/target/pgo-release" "$ROOT/scripts/pgo-build.sh" | tail -1)/kimi-gateway"
+    GATEWAY_BUILD="profile-guided (scripts/pgo-build.sh)"
+else
+    GATEWAY_BIN="$BIN/kimi-gateway"
+    GATEWAY_BUILD="plain release build (BENCH_PGO=0)"
+fi
 
 mkdir -p "$OUT/results"
 rm -f "$OUT"/results/*.json "$OUT/rows.tsv" "$OUT/loadgen.log"
@@ -202,7 +217,7 @@ start_gateway() {
     env -u KIMI_GATEWAY_CONFIG -u AIMLAPI_API_KEY -u AGENTSFLARE_API_KEY \
         MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL="http://$MOCK_ADDR/moonshot/v1" \
         BENCH_CLIENT_KEY=mock-key TOKIO_WORKER_THREADS=1 RUST_LOG=info \
-        "${PIN_PROXY[@]}" "$BIN/kimi-gateway" --listen "$GW_ADDR" \
+        "${PIN_PROXY[@]}" "$GATEWAY_BIN" --listen "$GW_ADDR" \
         --config "$ROOT/benches/gateway.toml" \
         >"$OUT/gateway-access.log" 2>&1 &
     GW_PID=$!
@@ -408,7 +423,8 @@ nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')
 {
     echo "kimi-gateway load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) x ${cpu:-unknown CPU}," \
         "Linux $(uname -r), nginx $nginx_version, $ROUNDS rounds of ${WARMUP} s warm-up + ${SECS} s per target," \
-        "pinning: $PINNING${KEEP_AWAKE_NOTE:+; $KEEP_AWAKE_NOTE}, load average at start $LOAD_AT_START."
+        "pinning: $PINNING${KEEP_AWAKE_NOTE:+; $KEEP_AWAKE_NOTE}, load average at start $LOAD_AT_START;" \
+        "gateway: $GATEWAY_BUILD."
     echo "req/s, p50, p99 (whole response) and TTFB (first body byte, streams): median over the rounds." \
         "Peak RSS: highest VmHWM of the proxy (nginx: its worker), started afresh for each run." \
         "gateway/nginx: median of each round's req/s ratio (the rounds' ratios in the notes).${HOLD_NOTE:+ $HOLD_NOTE.}"
