@@ -47,10 +47,12 @@ out_dir() { if [ -n "$TRIPLE" ]; then echo "$1/$TRIPLE/release"; else echo "$1/r
 log() { printf 'pgo-build: %s\n' "$*" >&2; }
 
 # --- llvm-profdata: the one of rustc's LLVM version if there is one, else the
-# newest installed, else Debian's newest llvm-N package. It reads the raw
-# profiles of newer LLVM runtimes as long as their format version is one it
-# knows (Debian 12's LLVM 19 reads those of Rust 1.95's LLVM 22); if it does
-# not, the merge below fails and says so.
+# newest installed, if it is recent enough, else Debian's newest llvm-N
+# package (Debian 12 has llvm-22, Rust 1.95's own LLVM, in its security
+# updates). An older one reads the raw profiles of a newer LLVM as long as
+# their format version is one it knows: LLVM 19 reads those of LLVM 22,
+# LLVM 14 does not. If it cannot, the merge below says so.
+MIN_PROFDATA_LLVM=19
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 find_profdata() {
     local candidate
@@ -58,12 +60,13 @@ find_profdata() {
         command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
     done
     # shellcheck disable=SC2012
-    candidate=$(ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V | tail -1)
-    [ -n "$candidate" ] && { echo "$candidate"; return; }
-    command -v llvm-profdata 2>/dev/null || true
+    ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V | tail -1
 }
+profdata_major() { "$1" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1; }
 PROFDATA=$(find_profdata)
-if [ -z "$PROFDATA" ]; then
+major=""
+[ -n "$PROFDATA" ] && major=$(profdata_major "$PROFDATA")
+if [ "${major:-0}" -lt "$MIN_PROFDATA_LLVM" ]; then
     SUDO=()
     [ "$(id -u)" = 0 ] || SUDO=(sudo)
     "${SUDO[@]}" apt-get update -qq
@@ -73,7 +76,8 @@ if [ -z "$PROFDATA" ]; then
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$package" >/dev/null
     PROFDATA=$(find_profdata)
 fi
-log "llvm-profdata: $PROFDATA (rustc's LLVM: $llvm_major)"
+[ -n "$PROFDATA" ] || { log "no llvm-profdata"; exit 1; }
+log "llvm-profdata: $PROFDATA (LLVM $(profdata_major "$PROFDATA"); rustc's LLVM: $llvm_major)"
 
 # --- 1. instrumented build ----------------------------------------------------
 log "instrumented build"
