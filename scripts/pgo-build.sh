@@ -60,9 +60,16 @@ find_profdata() {
         command -v "$candidate" >/dev/null 2>&1 && { command -v "$candidate"; return; }
     done
     # shellcheck disable=SC2012
-    ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V | tail -1
+    { ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null || true; } | sort -V | tail -1
 }
-profdata_major() { "$1" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1; }
+# Its LLVM major version: from --version, or (LLVM 14's has no --version)
+# from the directory it is installed in; 0 when neither tells.
+profdata_major() {
+    local version
+    version=$({ "$1" --version 2>/dev/null || true; } | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
+    [ -n "$version" ] || version=$(readlink -f "$1" | sed -n 's|.*/llvm-\([0-9]*\)/.*|\1|p')
+    echo "${version:-0}"
+}
 PROFDATA=$(find_profdata)
 major=""
 [ -n "$PROFDATA" ] && major=$(profdata_major "$PROFDATA")
