@@ -124,6 +124,13 @@ run_target() { # name round
         --connections "$CONNS" --duration "$SECS" --warmup 0 "${LOAD[@]}" >"$OUT/load.json"
     after=$(ticks "$pid")
     requests=$(jq .requests "$OUT/load.json")
+    # Refusals and failures are cheap: CPU per request would flatter them.
+    local errors
+    errors=$(jq .errors "$OUT/load.json")
+    if [ "$errors" != 0 ]; then
+        log "$name answered $errors of $requests requests with errors ($(jq -r .first_error "$OUT/load.json")): stopping"
+        exit 1
+    fi
     kill "$proxy"
     wait "$proxy" 2>/dev/null || true
     wait_closed "$addr"

@@ -142,12 +142,13 @@ train() {
     local result
     result=$(LLVM_PROFILE_FILE="$PGO_DIR/tools/%p.profraw" "$GEN_BIN/loadgen" \
         --url "http://$GW_ADDR/v1/chat/completions" --warmup 0 "$@")
-    # The training must have been served: a profile of refusals would tune
-    # the error path.
-    local ok
+    # The training must have been served, every request of it: a profile of
+    # refusals (401, 429) or provider errors would tune the error path.
+    local ok errors
     ok=$(grep -o '"requests": *[0-9]*' <<<"$result" | grep -o '[0-9]*$' || echo 0)
-    if [ "${ok:-0}" -lt 100 ]; then
-        log "training run '$what' served only ${ok:-0} requests: $result"
+    errors=$(grep -o '"errors": *[0-9]*' <<<"$result" | grep -o '[0-9]*$' || echo unknown)
+    if [ "${ok:-0}" -lt 100 ] || [ "$errors" != 0 ]; then
+        log "training run '$what': ${ok:-0} requests, $errors errors: $result"
         exit 1
     fi
     log "trained: $what ($ok requests)"
