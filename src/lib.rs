@@ -14,6 +14,7 @@ pub mod access_line;
 pub mod access_log;
 pub mod app;
 pub mod auth;
+pub mod block_cache;
 pub mod body_guard;
 pub mod client;
 pub mod config;

@@ -9,6 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// glibc malloc, with freed blocks of the per-request sizes glibc's own
+/// per-thread cache does not take kept per thread (see `block_cache`).
+#[global_allocator]
+static ALLOCATOR: kimi_gateway::block_cache::BlockCache = kimi_gateway::block_cache::BlockCache;
+
 /// OpenAI-compatible gateway for Kimi models on Moonshot, AI/ML API and Agentsflare.
 #[derive(Parser, Debug)]
 #[command(version, about)]
