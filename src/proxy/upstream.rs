@@ -40,19 +40,23 @@ pub struct UpstreamInfo {
     pub series: Option<Arc<TargetSeries>>,
 }
 
-/// Per-request facts every attempt needs.
-#[derive(Clone)]
-pub struct ForwardContext {
-    pub request_id: HeaderValue,
+/// Per-request facts every attempt needs, borrowed from the request's
+/// handler: cloning them per request (reference counts, and a lock for the
+/// drain's cancellation token) cost more than their use, which for the
+/// token is only by streams.
+#[derive(Clone, Copy)]
+pub struct ForwardContext<'a> {
+    pub request_id: &'a HeaderValue,
     /// When the client's request arrived.
     pub arrived: Instant,
     /// The route's name, a metric label.
-    pub route: Arc<str>,
-    pub metrics: Arc<Metrics>,
+    pub route: &'a Arc<str>,
+    pub metrics: &'a Arc<Metrics>,
     /// Interval of `: keep-alive` comments on silent streams.
     pub keepalive: Option<std::time::Duration>,
-    /// Cancelled when the drain deadline passes: open streams end.
-    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Its stream token is cancelled when the drain deadline passes: open
+    /// streams end.
+    pub drain: &'a crate::drain::Drain,
 }
 
 impl UpstreamInfo {
@@ -81,7 +85,7 @@ pub struct Forwarded {
 pub async fn forward(
     target: &Target,
     request: &ChatRequest,
-    ctx: &ForwardContext,
+    ctx: &ForwardContext<'_>,
 ) -> Result<Forwarded, GatewayError> {
     let provider = &target.provider;
     let Some(key) = target.key() else {
@@ -116,7 +120,7 @@ pub async fn forward(
     };
     let status = response.status();
     let time_to_head = sent.elapsed();
-    let series = ctx.metrics.series(&ctx.route, &provider.name);
+    let series = ctx.metrics.series(ctx.route, &provider.name);
     series.upstream_head.observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
     info.time_to_head = Some(time_to_head);
@@ -156,7 +160,7 @@ pub async fn forward(
                 first_byte_deadline: deadline,
                 idle: provider.timeouts.idle,
                 keepalive: ctx.keepalive,
-                shutdown: ctx.shutdown.clone(),
+                shutdown: ctx.drain.stream_token(),
                 chunk_gap: series.chunk_gap.clone(),
                 open_streams: ctx.metrics.open_streams.clone(),
             },
@@ -178,7 +182,7 @@ pub async fn forward(
         let response = builder
             .body(Body::from_stream(relay))
             .expect("valid response parts");
-        observe_after_head(&ctx.metrics, first_event);
+        observe_after_head(ctx.metrics, first_event);
         return Ok(Forwarded { response, info });
     }
 
@@ -214,7 +218,7 @@ pub async fn forward(
     let response = builder
         .body(Body::from(body))
         .expect("valid response parts");
-    observe_after_head(&ctx.metrics, body_read);
+    observe_after_head(ctx.metrics, body_read);
     Ok(Forwarded { response, info })
 }
 
@@ -293,7 +297,7 @@ fn upstream_request(
     key: &crate::config::ApiKey,
     body: UpstreamBody,
     accept: &'static str,
-    ctx: &ForwardContext,
+    ctx: &ForwardContext<'_>,
 ) -> http::Request<OutgoingBody> {
     let length = HeaderValue::from(body.len());
     let mut request = http::Request::new(body.into_outgoing());

@@ -160,12 +160,12 @@ async fn route_and_forward(
         return Routed::refused(unconfigured, route_name);
     }
     let ctx = ForwardContext {
-        request_id,
+        request_id: &request_id,
         arrived,
-        route: route.name.clone(),
-        metrics: state.metrics.clone(),
+        route: &route.name,
+        metrics: &state.metrics,
         keepalive: config.sse_keepalive,
-        shutdown: state.drain.stream_token(),
+        drain: &state.drain,
     };
     let ctx = &ctx;
     let limits = &config.limits;
