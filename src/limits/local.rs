@@ -1,12 +1,13 @@
 //! In-process limiting: per scope, governor's GCRA for requests, token
-//! buckets for tokens and a semaphore for concurrency, all lock-free on the
-//! request path. Admission over several scopes takes concurrency slots
+//! buckets for tokens and a count of slots for concurrency, all lock-free
+//! on the request path. Admission over several scopes takes concurrency slots
 //! first, then tokens, then request cells, most specific scope first; a
 //! refusal gives back the slots and tokens already taken. Request cells
 //! cannot be given back (GCRA has no refund), so a request refused by a
 //! broader scope still counts against the narrower ones it passed.
 
 use super::bucket::{TokenBucket, now_ns};
+use super::slots::Slots;
 use super::spec::{DAY, Denial, LimitKind, LimitSpec, MINUTE, Scope, Snapshot, Window};
 use governor::clock::{Clock, QuantaClock};
 use governor::middleware::StateInformationMiddleware;
@@ -15,9 +16,7 @@ use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, QuantaClock, StateInformationMiddleware>;
 
@@ -63,9 +62,7 @@ impl RequestLimiter {
 pub struct LocalState {
     requests: Vec<RequestLimiter>,
     tokens: Vec<(TokenBucket, LimitKind)>,
-    concurrency: Option<(Arc<Semaphore>, u32)>,
-    /// Requests waiting for a concurrency slot right now.
-    queued: AtomicUsize,
+    concurrency: Option<Slots>,
 }
 
 impl LocalState {
@@ -90,23 +87,18 @@ impl LocalState {
         LocalState {
             requests,
             tokens,
-            concurrency: spec
-                .concurrent_requests
-                .map(|n| (Arc::new(Semaphore::new(n.get() as usize)), n.get())),
-            queued: AtomicUsize::new(0),
+            concurrency: spec.concurrent_requests.map(|n| Slots::new(n.get())),
         }
     }
 
     /// Requests waiting for a concurrency slot (tests, metrics).
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.concurrency.as_ref().map_or(0, Slots::waiting)
     }
 
     /// Concurrency slots in use.
     pub fn in_flight(&self) -> usize {
-        self.concurrency
-            .as_ref()
-            .map_or(0, |(sem, n)| *n as usize - sem.available_permits())
+        self.concurrency.as_ref().map_or(0, Slots::in_use)
     }
 
     /// Tokens left now in the tightest token limit (tests, metrics).
@@ -124,22 +116,66 @@ impl LocalState {
     }
 }
 
-/// What a local admission holds until the response ends.
+/// What a local admission holds until the response ends: a concurrency
+/// slot, a token reservation or both, per scope. Dropping it gives the slots
+/// back.
 #[derive(Debug, Default)]
 pub struct LocalHold {
     /// Inline up to three scopes (key and model, key, global): no
     /// allocation per request.
-    permits: SmallVec<[OwnedSemaphorePermit; 3]>,
-    /// Scopes whose token buckets hold the reservation.
-    reserved: SmallVec<[Arc<Scope>; 3]>,
+    scopes: SmallVec<[HeldScope; 3]>,
+}
+
+#[derive(Debug)]
+struct HeldScope {
+    scope: Arc<Scope>,
+    slot: bool,
+    tokens: bool,
 }
 
 impl LocalHold {
-    /// Settles the reservation of `estimate` tokens to `actual`.
+    fn hold_slot(&mut self, scope: &Arc<Scope>) {
+        self.scopes.push(HeldScope {
+            scope: Arc::clone(scope),
+            slot: true,
+            tokens: false,
+        });
+    }
+
+    fn hold_tokens(&mut self, scope: &Arc<Scope>) {
+        match self
+            .scopes
+            .iter_mut()
+            .find(|held| Arc::ptr_eq(&held.scope, scope))
+        {
+            Some(held) => held.tokens = true,
+            None => self.scopes.push(HeldScope {
+                scope: Arc::clone(scope),
+                slot: false,
+                tokens: true,
+            }),
+        }
+    }
+
+    /// Settles the reservation of `estimate` tokens to `actual` (once).
     pub fn settle(&mut self, estimate: u64, actual: u64) {
         let delta = actual as i64 - estimate as i64;
-        for scope in self.reserved.drain(..) {
-            scope.local.adjust_tokens(delta);
+        for held in &mut self.scopes {
+            if std::mem::take(&mut held.tokens) {
+                held.scope.local.adjust_tokens(delta);
+            }
+        }
+    }
+}
+
+impl Drop for LocalHold {
+    fn drop(&mut self) {
+        for held in &self.scopes {
+            if held.slot
+                && let Some(slots) = &held.scope.local.concurrency
+            {
+                slots.give_back();
+            }
         }
     }
 }
@@ -153,11 +189,11 @@ pub fn admit(
 ) -> Result<LocalHold, Denial> {
     let mut hold = LocalHold::default();
     for scope in scopes {
-        if let Some((semaphore, limit)) = &scope.local.concurrency {
-            match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => hold.permits.push(permit),
-                Err(_) => return Err(busy(scope, *limit, Duration::from_secs(1))),
+        if let Some(slots) = &scope.local.concurrency {
+            if !slots.try_take() {
+                return Err(busy(scope, slots.limit(), Duration::from_secs(1)));
             }
+            hold.hold_slot(scope);
         }
     }
     take_tokens_and_requests(scopes, estimate, snapshot, hold)
@@ -172,20 +208,11 @@ pub async fn admit_queued(
     snapshot: &mut Snapshot,
 ) -> Result<LocalHold, Denial> {
     let mut hold = LocalHold::default();
-    if let Some((semaphore, limit)) = &scope.local.concurrency {
-        let permit = match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                scope.local.queued.fetch_add(1, Ordering::Relaxed);
-                let waited = tokio::time::timeout(queue, semaphore.clone().acquire_owned()).await;
-                scope.local.queued.fetch_sub(1, Ordering::Relaxed);
-                match waited {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(busy(scope, *limit, queue)),
-                }
-            }
-        };
-        hold.permits.push(permit);
+    if let Some(slots) = &scope.local.concurrency {
+        if !slots.take_within(queue).await {
+            return Err(busy(scope, slots.limit(), queue));
+        }
+        hold.hold_slot(scope);
     }
     take_tokens_and_requests(&[scope], estimate, snapshot, hold)
 }
@@ -214,7 +241,7 @@ fn take_tokens_and_requests(
             }
         }
         if !state.tokens.is_empty() {
-            hold.reserved.push(Arc::clone(scope));
+            hold.hold_tokens(scope);
         }
     }
     for scope in scopes {

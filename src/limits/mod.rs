@@ -15,6 +15,7 @@ pub mod headers;
 pub mod local;
 pub mod redis;
 mod registry;
+pub mod slots;
 mod spec;
 
 pub use admission::{Admission, Settlement, estimate_tokens};
