@@ -1,33 +1,42 @@
 //! The two bodies of an upstream exchange: the request body (the client's
 //! bytes, possibly in three slices around a spliced model id) and the
-//! response body, which drives its connection and returns it to the pool
+//! response body, which reads its connection and returns it to the pool
 //! once read to the end.
 
-use super::pool::{Connection, Pool};
+use super::UpstreamError;
+use super::conn::Connection;
+use super::framing::{Decoded, Framing};
+use super::pool::Pool;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use smallvec::SmallVec;
-use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A request body made of buffers sent in order (inline up to three: one
-/// buffer, or three slices around a spliced model id).
+/// buffer, or three slices around a spliced model id), all written with
+/// the request head in one vectored write.
 pub struct OutgoingBody {
     parts: SmallVec<[Bytes; 3]>,
-    next: usize,
 }
 
 impl OutgoingBody {
     pub fn new(parts: SmallVec<[Bytes; 3]>) -> Self {
-        OutgoingBody { parts, next: 0 }
+        OutgoingBody { parts }
     }
 
-    fn remaining(&self) -> u64 {
-        self.parts[self.next..].iter().map(|p| p.len() as u64).sum()
+    /// The buffers, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
+        self.parts.iter().filter(|p| !p.is_empty())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -37,128 +46,109 @@ impl From<Bytes> for OutgoingBody {
     }
 }
 
-impl Body for OutgoingBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        while this.next < this.parts.len() {
-            let part = std::mem::take(&mut this.parts[this.next]);
-            this.next += 1;
-            if !part.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(part))));
-            }
-        }
-        Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining() == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining())
-    }
-}
-
-/// A response body that moves its own connection: each poll first takes a
-/// frame already decoded, else lets the connection read and decode more.
+/// A response body read straight off its connection: each poll decodes the
+/// next frame from the bytes already read, and reads more only when there
+/// are none. The connection goes back to the pool once the body has ended
+/// and the provider keeps it open; a body dropped before its end closes it.
 pub struct PooledBody {
-    incoming: Incoming,
     /// `None` once returned to the pool, or after the connection ended.
     conn: Option<Box<Connection>>,
+    framing: Framing,
+    keep_alive: bool,
     pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledBody")
+            .field("framing", &self.framing)
             .field("holds_connection", &self.conn.is_some())
             .finish()
     }
 }
 
 impl PooledBody {
-    pub(super) fn new(incoming: Incoming, conn: Box<Connection>, pool: Arc<Pool>) -> Self {
+    pub(super) fn new(
+        conn: Box<Connection>,
+        framing: Framing,
+        keep_alive: bool,
+        pool: Arc<Pool>,
+    ) -> Self {
         PooledBody {
-            incoming,
             conn: Some(conn),
+            framing,
+            keep_alive,
             pool,
         }
     }
 
-    /// Polls the connection's state machine; it stops on its own once the
-    /// body channel holds a frame nobody has taken yet.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(conn) = self.conn.as_mut().filter(|c| !c.finished) {
-            if Pin::new(&mut conn.driver).poll(cx).is_ready() {
-                conn.finished = true;
-            }
+    /// The body has ended: the connection is kept only if the provider
+    /// allows it and sent nothing past this response.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.read.is_empty()
+        {
+            self.pool.checkin(conn);
         }
     }
 
-    fn next_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Taking (or asking for) a frame first lets the connection decode the
-        // next one in the same poll instead of after a wake-up.
-        if let Poll::Ready(frame) = Pin::new(&mut self.incoming).poll_frame(cx) {
-            return self.on_frame(frame);
-        }
-        self.drive(cx);
-        match Pin::new(&mut self.incoming).poll_frame(cx) {
-            Poll::Ready(frame) => self.on_frame(frame),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn on_frame(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &frame {
-            None => {
-                if let Some(conn) = self.conn.take() {
-                    self.pool.checkin(conn);
-                }
-            }
-            Some(Err(_)) => self.conn = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
+    fn fail(&mut self, err: UpstreamError) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(err)))
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        // The wakes the connection and its body channel give each other
-        // here are this task waking itself for what this call does (a frame
-        // put and taken) or what the next call does (the connection is
-        // driven on every call): dropped when a frame comes out.
-        let (polled, held) = crate::self_wake::hold(|| this.next_frame(cx));
-        if !matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
-            held.release(cx);
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing.decode(&mut conn.read) {
+                Ok(Decoded::Frame(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Err(err) => return this.fail(err),
+                Ok(Decoded::NeedMore) => {}
+            }
+            let room = Connection::read_size(this.framing.remaining());
+            match conn.poll_read(cx, room) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => match this.framing.at_close() {
+                    Ok(_) => {
+                        // Ended by the close: nothing to reuse.
+                        this.conn = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Err(err) => return this.fail(err),
+                },
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => return this.fail(err),
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.framing.is_done() || self.framing == Framing::Length(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match self.framing.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

@@ -1,31 +1,37 @@
 //! The gateway's HTTP/1.1 client to one provider: a pool of keep-alive
-//! connections whose hyper connection state machine is driven by the request
-//! that holds it, not by a task of its own.
+//! connections, each read and written by the request that holds it, not by
+//! a task of its own.
 //!
 //! A pooled client that spawns a task per connection (hyper-util's, and
 //! reqwest on top of it) hands every response frame across tasks through a
 //! channel that holds one frame, so each stream event costs two wake-ups and
-//! its own write to the client. Here the task relaying the response polls the
-//! connection itself: every event already read from the socket is decoded in
-//! one go, and the server writes them out together.
+//! its own write to the client. hyper's connection API driven in place
+//! avoids the task but still passes the request, the response head and
+//! every body frame through channels between the caller and its state
+//! machine. The exchange here is fixed (one `POST` with a body of known
+//! length, one response), so the connection is this module's own: the
+//! request goes out in one write, the head is parsed with `httparse`, and
+//! body frames are slices of the bytes as read (`framing.rs`).
 
 mod body;
+mod conn;
+mod framing;
+mod head;
 mod pool;
 
 pub use body::{OutgoingBody, PooledBody};
 
-use hyper::client::conn::http1;
+use conn::Connection;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use pool::{Connection, Pool};
-use std::future::poll_fn;
-use std::pin::Pin;
+use pool::Pool;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tower::ServiceExt;
 
-type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+/// What the connector gives: TCP, or TLS over it.
+type HyperIo = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
 /// Keep-alive connections unused this long are closed rather than reused:
 /// providers' load balancers drop idle connections after a minute or two.
@@ -56,8 +62,8 @@ pub enum ClientError {
     ConnectTimeout(Duration),
     #[error("{}", describe(.0.as_ref()))]
     Connect(Box<dyn std::error::Error + Send + Sync>),
-    #[error("{}", describe(.0))]
-    Exchange(hyper::Error),
+    #[error("{0}")]
+    Exchange(UpstreamError),
 }
 
 impl ClientError {
@@ -71,6 +77,23 @@ impl ClientError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, ClientError::ConnectTimeout(_))
     }
+}
+
+/// What went wrong on an open connection, before or after the head.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed before the response head")]
+    ClosedBeforeHead,
+    #[error("connection closed before the response body was complete")]
+    BodyIncomplete,
+    #[error("response head over {} bytes or {} headers", head::MAX_HEAD_BYTES, 100)]
+    HeadTooLarge,
+    #[error("invalid response head: {0}")]
+    InvalidHead(String),
+    #[error("invalid response body: {0}")]
+    InvalidBody(&'static str),
 }
 
 /// A client for one origin (`scheme://host:port`), cheap to share.
@@ -124,49 +147,36 @@ impl Client {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set by the caller) and waits
-    /// for the response head. A pooled connection that turns out to be closed
-    /// before the request went out is replaced by another, transparently.
+    /// Sends `request` (origin-form URI, `Host` and `Content-Length` set by
+    /// the caller) and waits for the response head. Pooled connections the
+    /// provider has closed are noticed, and passed over, before the request
+    /// is written; once written, a request is never sent again.
     pub async fn send(
         &self,
-        mut request: http::Request<OutgoingBody>,
+        request: http::Request<OutgoingBody>,
     ) -> Result<http::Response<PooledBody>, ClientError> {
-        loop {
-            let (mut conn, reused) = match self.pool.checkout() {
-                Some(conn) => (conn, true),
-                // Boxed: connecting is rare and its state is large; inline
-                // it would be allocated and moved with every request.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            match exchange(&mut conn, request).await {
-                Ok(head) => {
-                    let pool = Arc::clone(&self.pool);
-                    return Ok(head.map(|incoming| PooledBody::new(incoming, conn, pool)));
-                }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(ClientError::Exchange(failed.into_error())),
-                },
-            }
-        }
+        let mut conn = match self.pool.checkout() {
+            Some(conn) => conn,
+            // Boxed: connecting is rare and its state is large; inline it
+            // would be allocated and moved with every request.
+            None => Box::pin(self.connect()).await?,
+        };
+        let head = conn
+            .exchange(request)
+            .await
+            .map_err(ClientError::Exchange)?;
+        let body = PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone());
+        let mut response = http::Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
     }
 
     async fn connect(&self) -> Result<Box<Connection>, ClientError> {
-        let connecting = async {
-            let io: Io = self
-                .connector
-                .clone()
-                .oneshot(self.origin.clone())
-                .await
-                .map_err(ClientError::Connect)?;
-            let (sender, driver) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(ClientError::Exchange)?;
-            Ok(Box::new(Connection::new(sender, driver)))
-        };
+        let connecting = self.connector.clone().oneshot(self.origin.clone());
         match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(result) => result,
+            Ok(Ok(io)) => Ok(Box::new(Connection::new(io))),
+            Ok(Err(err)) => Err(ClientError::Connect(err)),
             Err(_) => Err(ClientError::ConnectTimeout(self.connect_timeout)),
         }
     }
@@ -175,34 +185,6 @@ impl Client {
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
     }
-}
-
-/// Queues `request` on `conn` and drives the connection until the response
-/// head arrives.
-async fn exchange(
-    conn: &mut Connection,
-    request: http::Request<OutgoingBody>,
-) -> Result<
-    http::Response<hyper::body::Incoming>,
-    hyper::client::conn::TrySendError<http::Request<OutgoingBody>>,
-> {
-    let mut response = std::pin::pin!(conn.sender.try_send_request(request));
-    poll_fn(|cx| {
-        // The connection handing the head over wakes this task, which
-        // takes it right below: held back, dropped once the head is here.
-        let (polled, held) = crate::self_wake::hold(|| {
-            // Closed or failed: the pending response learns why.
-            if !conn.finished && Pin::new(&mut conn.driver).poll(cx).is_ready() {
-                conn.finished = true;
-            }
-            response.as_mut().poll(cx)
-        });
-        if polled.is_pending() {
-            held.release(cx);
-        }
-        polled
-    })
-    .await
 }
 
 /// An error and its causes in one line.

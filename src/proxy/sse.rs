@@ -26,7 +26,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
 
-type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
@@ -56,7 +56,7 @@ pub struct RelaySettings {
 pub struct SseRelay {
     upstream: Upstream,
     /// An upstream item read while gathering that did not fit; it comes next.
-    held: Option<Option<Result<Bytes, hyper::Error>>>,
+    held: Option<Option<Result<Bytes, crate::client::UpstreamError>>>,
     aligner: EventAligner,
     /// Frames ready to go out before anything new is read.
     queued: VecDeque<Bytes>,

@@ -277,7 +277,10 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
         .with_code("upstream_unreachable")
 }
 
-fn body_error(provider: &crate::config::Provider, err: &hyper::Error) -> GatewayError {
+fn body_error(
+    provider: &crate::config::Provider,
+    err: &crate::client::UpstreamError,
+) -> GatewayError {
     GatewayError::server(
         StatusCode::BAD_GATEWAY,
         format!(

@@ -1,7 +1,8 @@
 //! The provider client's connection pool against a raw HTTP/1.1 server that
 //! counts connections: keep-alive reuse, closed connections replaced,
 //! abandoned bodies not reused, buffered stream frames handed over without
-//! waiting for a wake-up, and the same over TLS.
+//! waiting for a wake-up, interim heads skipped, bodies that end with the
+//! connection, and the same over TLS.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -25,6 +26,10 @@ enum Answer {
     ConnectionClose,
     /// A chunked body of 50 events, written in one go.
     ChunkedEvents,
+    /// An interim `103 Early Hints` head, then the response.
+    Interim,
+    /// No length and no chunks: the body ends when the server closes.
+    UntilClose,
 }
 
 struct RawServer {
@@ -103,11 +108,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
                 r.push_str("0\r\n\r\n");
                 r
             }
+            Answer::Interim => {
+                "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+                    .to_string()
+            }
+            Answer::UntilClose => "HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}".to_string(),
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
-        if matches!(answer, Answer::ThenClose | Answer::ConnectionClose) {
+        if matches!(
+            answer,
+            Answer::ThenClose | Answer::ConnectionClose | Answer::UntilClose
+        ) {
             return;
         }
     }
@@ -172,6 +185,32 @@ async fn connection_close_is_honoured() {
     assert_eq!(read_all(&client).await, "{}");
     assert_eq!(client.idle_connections(), 0);
     assert_eq!(read_all(&client).await, "{}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn interim_heads_are_skipped() {
+    let server = raw_server(Answer::Interim).await;
+    let client = client(&server);
+    for _ in 0..2 {
+        let response = client.send(request("{}")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("link"));
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "{}"
+        );
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_without_length_ends_with_the_connection() {
+    let server = raw_server(Answer::UntilClose).await;
+    let client = client(&server);
+    assert_eq!(read_all(&client).await, r#"{"until":"close"}"#);
+    assert_eq!(client.idle_connections(), 0);
+    assert_eq!(read_all(&client).await, r#"{"until":"close"}"#);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 

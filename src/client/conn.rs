@@ -1,0 +1,239 @@
+//! One HTTP/1.1 connection to a provider, driven by whoever holds it: the
+//! request head and body go out in one vectored write, the response head is
+//! parsed out of the read buffer, and the body is decoded from that same
+//! buffer by [`super::PooledBody`]. No channels and no task of its own: a
+//! request, its response head and every body frame cost no wake-up beyond
+//! the socket's own.
+
+use super::UpstreamError;
+use super::head::{self, ResponseHead};
+use super::{HyperIo, OutgoingBody};
+use bytes::BytesMut;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Room made in the read buffer before each read. A provider's response
+/// head and a small body fit; a stream's events are read as they come.
+const READ_SIZE: usize = 8 * 1024;
+/// Larger reads while a body of known length is still to come.
+const LARGE_READ_SIZE: usize = 64 * 1024;
+
+/// The socket: plain TCP as it is (no adapter in between), or TLS through
+/// hyper-rustls' stream, boxed (its session state is ~1 KB, which a plain
+/// connection need not carry).
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<TokioIo<HyperIo>>),
+}
+
+impl From<HyperIo> for Io {
+    fn from(io: HyperIo) -> Io {
+        match io {
+            MaybeHttpsStream::Http(tcp) => Io::Plain(tcp.into_inner()),
+            tls => Io::Tls(Box::new(TokioIo::new(tls))),
+        }
+    }
+}
+
+pub struct Connection {
+    io: Io,
+    /// Bytes read and not yet handed out: a response head, body frames are
+    /// split off it.
+    pub(super) read: BytesMut,
+    /// The request head being written; kept to reuse its allocation.
+    head: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(io: impl Into<Io>) -> Self {
+        Connection {
+            io: io.into(),
+            read: BytesMut::new(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Sends `request` and reads up to its final response head (interim 1xx
+    /// heads are skipped).
+    pub async fn exchange(
+        &mut self,
+        request: http::Request<OutgoingBody>,
+    ) -> Result<ResponseHead, UpstreamError> {
+        // Encoded before the first await, so the request's head is not
+        // kept in this future's state.
+        let body = encode_head(&mut self.head, request);
+        self.write_request(&body).await?;
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = head::parse(&mut self.read)?
+            {
+                if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(UpstreamError::InvalidHead("unexpected 101".into()));
+                }
+                if !head.status.is_informational() {
+                    return Ok(head);
+                }
+                continue;
+            }
+            if poll_fn(|cx| self.poll_read(cx, READ_SIZE)).await? == 0 {
+                return Err(UpstreamError::ClosedBeforeHead);
+            }
+        }
+    }
+
+    async fn write_request(&mut self, body: &OutgoingBody) -> Result<(), UpstreamError> {
+        let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
+        slices.push(IoSlice::new(&self.head));
+        slices.extend(body.parts().map(|p| IoSlice::new(p)));
+        let mut rest = &mut slices[..];
+        let io = &mut self.io;
+        while !rest.is_empty() {
+            let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, rest)).await?;
+            if written == 0 {
+                return Err(UpstreamError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            IoSlice::advance_slices(&mut rest, written);
+        }
+        poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await?;
+        Ok(())
+    }
+
+    /// Reads what the socket has into the read buffer, with at least `room`
+    /// free. `Ready(Ok(0))`: the provider closed the connection.
+    pub(super) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: usize,
+    ) -> Poll<Result<usize, UpstreamError>> {
+        if self.read.capacity() - self.read.len() < room / 2 {
+            self.read.reserve(room);
+        }
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+        polled.map_err(UpstreamError::Io)
+    }
+
+    /// Room for the next read of a body with `remaining` bytes to come.
+    pub(super) fn read_size(remaining: Option<u64>) -> usize {
+        match remaining {
+            Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE.min(n as usize),
+            _ => READ_SIZE,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the provider has not
+    /// closed it nor sent anything unasked. Costs no system call when the
+    /// socket has not become readable since the last read.
+    pub fn is_open_and_quiet(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.poll_read(&mut cx, READ_SIZE), Poll::Pending)
+    }
+}
+
+/// `POST /path HTTP/1.1`, the headers as given (lowercase names), and the
+/// blank line; hands back the body.
+fn encode_head<B>(out: &mut Vec<u8>, request: http::Request<B>) -> B {
+    let (parts, body) = request.into_parts();
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    body
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_head_is_written_as_given() {
+        let request = http::Request::post("/v1/chat/completions?x=1")
+            .header("host", "api.example")
+            .header("content-length", "2")
+            .header("x-request-id", "r1")
+            .body(())
+            .unwrap();
+        let mut out = b"left over".to_vec();
+        encode_head(&mut out, request);
+        assert_eq!(
+            out,
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: api.example\r\ncontent-length: 2\r\nx-request-id: r1\r\n\r\n"
+        );
+    }
+}

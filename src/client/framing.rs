@@ -1,0 +1,282 @@
+//! How a provider's response body ends (RFC 9112 section 6.3): after a
+//! `Content-Length`, at the last chunk of a chunked body, or when the
+//! connection closes. Decodes a body out of the connection's read buffer
+//! without copying: each frame is a slice of the bytes as they were read.
+
+use super::UpstreamError;
+use bytes::{Buf, Bytes, BytesMut};
+
+/// A chunk-size line (size, extensions) longer than this is refused: it is
+/// either garbage or a peer trying to make the gateway buffer without end.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Trailer fields after the last chunk are skipped, up to this many bytes.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Where a body is in its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// A chunked body, at the given point of a chunk.
+    Chunked(Chunk),
+    /// Everything until the provider closes the connection.
+    UntilClose,
+    /// The body has ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of the current chunk's data are still to come.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// After the last (zero-size) chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// What the bytes read so far give.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Frame(Bytes),
+    /// More bytes must be read first.
+    NeedMore,
+    End,
+}
+
+impl Framing {
+    pub fn chunked() -> Framing {
+        Framing::Chunked(Chunk::Size)
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Done)
+    }
+
+    /// Bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Framing::Length(n) => Some(*n),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next frame (or the end) out of `buf`, consuming framing
+    /// bytes as it goes.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, UpstreamError> {
+        loop {
+            match self {
+                Framing::Done => return Ok(Decoded::End),
+                Framing::Length(0) => {
+                    *self = Framing::Done;
+                    return Ok(Decoded::End);
+                }
+                Framing::Length(remaining) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = take_len(*remaining, buf.len());
+                    *remaining -= n as u64;
+                    return Ok(Decoded::Frame(buf.split_to(n).freeze()));
+                }
+                Framing::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Frame(buf.split().freeze()));
+                }
+                Framing::Chunked(chunk) => match chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((line, size))) => {
+                            buf.advance(line);
+                            *chunk = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        _ => return Err(UpstreamError::InvalidBody("invalid chunk size line")),
+                    },
+                    Chunk::Data(remaining) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let n = take_len(*remaining, buf.len());
+                        *remaining -= n as u64;
+                        if *remaining == 0 {
+                            *chunk = Chunk::DataEnd;
+                        }
+                        return Ok(Decoded::Frame(buf.split_to(n).freeze()));
+                    }
+                    Chunk::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(UpstreamError::InvalidBody("chunk data not ended by CRLF"));
+                        }
+                        buf.advance(2);
+                        *chunk = Chunk::Size;
+                    }
+                    Chunk::Trailers => {
+                        let end = if buf.starts_with(b"\r\n") {
+                            Some(2)
+                        } else {
+                            memchr::memmem::find(buf, b"\r\n\r\n").map(|at| at + 4)
+                        };
+                        match end {
+                            Some(end) => {
+                                buf.advance(end);
+                                *self = Framing::Done;
+                                return Ok(Decoded::End);
+                            }
+                            None if buf.len() < MAX_TRAILERS => return Ok(Decoded::NeedMore),
+                            None => {
+                                return Err(UpstreamError::InvalidBody("trailer fields too large"));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection closed (read returned no bytes) while `decode` wanted
+    /// more: the end of an until-close body, an error for any other.
+    pub fn at_close(&mut self) -> Result<Decoded, UpstreamError> {
+        match self {
+            Framing::UntilClose | Framing::Done => {
+                *self = Framing::Done;
+                Ok(Decoded::End)
+            }
+            _ => Err(UpstreamError::BodyIncomplete),
+        }
+    }
+}
+
+fn take_len(remaining: u64, available: usize) -> usize {
+    usize::try_from(remaining).map_or(available, |r| r.min(available))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` in pieces of `step` bytes and gathers the frames.
+    fn decode_in_steps(
+        mut framing: Framing,
+        wire: &[u8],
+        step: usize,
+        close_at_end: bool,
+    ) -> Result<(Vec<u8>, BytesMut), UpstreamError> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.decode(&mut buf)? {
+                Decoded::Frame(frame) => {
+                    assert!(!frame.is_empty(), "no empty frames");
+                    body.extend_from_slice(&frame);
+                }
+                Decoded::End => return Ok((body, buf)),
+                Decoded::NeedMore if fed < wire.len() => {
+                    let next = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+                Decoded::NeedMore => {
+                    assert!(close_at_end, "wanted more after the whole input");
+                    match framing.at_close()? {
+                        Decoded::End => return Ok((body, buf)),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    const CHUNKED: &[u8] =
+        b"5\r\nhello\r\n1;name=value\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+
+    #[test]
+    fn chunked_bodies_decode_the_same_however_the_bytes_arrive() {
+        for step in 1..=CHUNKED.len() {
+            let (body, rest) = decode_in_steps(Framing::chunked(), CHUNKED, step, false).unwrap();
+            assert_eq!(body, b"hello 0123456789", "step {step}");
+            // What follows the body stays for the next response.
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn a_last_chunk_without_trailers_ends_the_body() {
+        let (body, rest) =
+            decode_in_steps(Framing::chunked(), b"3\r\nabc\r\n0\r\n\r\n", 1, false).unwrap();
+        assert_eq!(body, b"abc");
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        for step in 1..=12 {
+            let (body, rest) =
+                decode_in_steps(Framing::Length(10), b"0123456789AB", step, false).unwrap();
+            assert_eq!(body, b"0123456789");
+            assert!(b"AB".starts_with(&rest));
+        }
+        let (body, _) = decode_in_steps(Framing::Length(0), b"", 1, false).unwrap();
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn until_close_bodies_end_at_the_close() {
+        let (body, _) = decode_in_steps(Framing::UntilClose, b"all of it", 4, true).unwrap();
+        assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn a_close_before_the_end_is_an_incomplete_body() {
+        for (framing, wire) in [
+            (Framing::Length(10), &b"01234"[..]),
+            (Framing::chunked(), b"5\r\nhel"),
+            (Framing::chunked(), b"5\r\nhello\r\n"),
+            (Framing::chunked(), b"0\r\n"),
+        ] {
+            let err = decode_in_steps(framing, wire, 3, true).unwrap_err();
+            assert!(
+                matches!(err, UpstreamError::BodyIncomplete),
+                "{wire:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for wire in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffffff\r\n"] {
+            let err = decode_in_steps(Framing::chunked(), wire, 64, false).unwrap_err();
+            assert!(
+                matches!(err, UpstreamError::InvalidBody(_)),
+                "{wire:?}: {err}"
+            );
+        }
+        let endless_line = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_in_steps(Framing::chunked(), &endless_line, 512, true).is_err());
+    }
+
+    #[test]
+    fn frames_are_slices_of_the_read_buffer() {
+        let mut buf = BytesMut::from(&b"4\r\nabcd\r\n"[..]);
+        let start = buf.as_ptr() as usize;
+        let mut framing = Framing::chunked();
+        let Decoded::Frame(frame) = framing.decode(&mut buf).unwrap() else {
+            panic!("a frame");
+        };
+        assert_eq!(frame.as_ptr() as usize, start + 3, "no copy");
+    }
+}

@@ -1,0 +1,282 @@
+//! A provider's response head, parsed out of the connection's read buffer
+//! with `httparse`: the status, the headers (values sharing the buffer's
+//! bytes, not copied), how the body is framed and whether the connection
+//! can carry another request afterwards.
+
+use super::UpstreamError;
+use super::framing::Framing;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use smallvec::SmallVec;
+use std::ops::Range;
+
+/// Headers in one response head, at most (hyper's client default too).
+const MAX_HEADERS: usize = 100;
+/// A response head larger than this is refused.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A complete response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The provider lets the connection carry another request.
+    pub keep_alive: bool,
+}
+
+/// What a connection header says about keep-alive.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Parses the head at the start of `buf` and removes it from there.
+/// `Ok(None)`: the head is not complete yet. Interim (1xx) responses are
+/// returned like any other; the caller skips them.
+pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(UpstreamError::HeadTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(UpstreamError::HeadTooLarge),
+        Err(err) => return Err(UpstreamError::InvalidHead(err.to_string())),
+    };
+    let code = response.code.expect("a complete head has a status");
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| UpstreamError::InvalidHead(format!("status {code}")))?;
+    let http_11 = response.version == Some(1);
+
+    let start = buf.as_ptr() as usize;
+    let mut names: SmallVec<[(HeaderName, Range<usize>); 16]> = SmallVec::new();
+    let mut tokens = ConnectionTokens::default();
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<bool> = None; // Some(ends with chunked)
+    for header in response.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| UpstreamError::InvalidHead(format!("header name {:?}", header.name)))?;
+        let value = header.value;
+        if name == http::header::CONTENT_LENGTH {
+            let length = parse_length(value)?;
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(UpstreamError::InvalidHead(
+                    "conflicting content-length values".into(),
+                ));
+            }
+            content_length = Some(length);
+        } else if name == http::header::TRANSFER_ENCODING {
+            // The last coding listed (over every such header) decides.
+            if let Some(last) = value.rsplit(|b| *b == b',').next() {
+                transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if name == http::header::CONNECTION {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                tokens.close |= token.eq_ignore_ascii_case(b"close");
+                tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let offset = value.as_ptr() as usize - start;
+        names.push((name, offset..offset + value.len()));
+    }
+
+    let head: Bytes = buf.split_to(head_len).freeze();
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, range) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| UpstreamError::InvalidHead(format!("value of {name}")))?;
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = if http_11 {
+        !tokens.close
+    } else {
+        tokens.keep_alive && !tokens.close
+    };
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if let Some(chunked) = transfer_encoding {
+        // With both, the length is not to be trusted, nor the connection
+        // after this response.
+        keep_alive &= content_length.is_none();
+        if chunked {
+            Framing::chunked()
+        } else {
+            keep_alive = false;
+            Framing::UntilClose
+        }
+    } else if let Some(length) = content_length {
+        Framing::Length(length)
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Some(ResponseHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn parse_length(value: &[u8]) -> Result<u64, UpstreamError> {
+    let invalid = || UpstreamError::InvalidHead("invalid content-length".into());
+    // A list of equal values ("42, 42") is allowed; anything else is not.
+    let mut length = None;
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return Err(invalid());
+        }
+        let n: u64 = std::str::from_utf8(part)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(invalid)?;
+        if length.is_some_and(|seen| seen != n) {
+            return Err(invalid());
+        }
+        length = Some(n);
+    }
+    length.ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(wire: &str) -> Result<Option<ResponseHead>, UpstreamError> {
+        parse(&mut BytesMut::from(wire.as_bytes()))
+    }
+
+    fn head(wire: &str) -> ResponseHead {
+        parse_all(wire).unwrap().expect("complete")
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_removed_from_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMsh-Request-Id: r1\r\ncontent-length: 2\r\n\r\n{}"[..],
+        );
+        let head = parse(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers["content-type"], "application/json");
+        assert_eq!(head.headers["msh-request-id"], "r1");
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"{}");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_at_every_cut() {
+        let wire = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut buf = BytesMut::from(&wire.as_bytes()[..cut]);
+            assert!(parse(&mut buf).unwrap().is_none(), "cut {cut}");
+            assert_eq!(buf.len(), cut, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::chunked(),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                Framing::chunked(),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Framing::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+                Framing::chunked(),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Length(0), true),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                Framing::Length(0),
+                true,
+            ),
+            ("HTTP/1.1 100 Continue\r\n\r\n", Framing::Length(0), true),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                true,
+            ),
+        ];
+        for (wire, framing, keep_alive) in cases {
+            let head = head(wire);
+            assert_eq!(head.framing, framing, "{wire:?}");
+            assert_eq!(head.keep_alive, keep_alive, "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            assert!(parse_all(wire).is_err(), "{wire:?}");
+        }
+        let many: String = (0..=MAX_HEADERS)
+            .map(|i| format!("x-h{i}: v\r\n"))
+            .collect();
+        let err = parse_all(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).unwrap_err();
+        assert!(matches!(err, UpstreamError::HeadTooLarge));
+        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_HEAD_BYTES));
+        assert!(matches!(
+            parse_all(&endless),
+            Err(UpstreamError::HeadTooLarge)
+        ));
+    }
+
+    #[test]
+    fn repeated_headers_are_all_kept() {
+        let head = head("HTTP/1.1 429 Too Many\r\nx-a: 1\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n");
+        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(head.status, 429);
+    }
+}
