@@ -60,15 +60,15 @@ impl Connection {
         }
     }
 
-    /// Sends `request` and reads up to its final response head (interim 1xx
-    /// heads are skipped).
+    /// Sends the head `write_head` writes and `body`, and reads up to the
+    /// final response head (interim 1xx heads are skipped).
     pub async fn exchange(
         &mut self,
-        request: http::Request<OutgoingBody>,
+        write_head: impl FnOnce(&mut Vec<u8>),
+        body: OutgoingBody,
     ) -> Result<ResponseHead, UpstreamError> {
-        // Encoded before the first await, so the request's head is not
-        // kept in this future's state.
-        let body = encode_head(&mut self.head, request);
+        self.head.clear();
+        write_head(&mut self.head);
         self.write_request(&body).await?;
         loop {
             if !self.read.is_empty()
@@ -139,26 +139,6 @@ impl Connection {
     }
 }
 
-/// `POST /path HTTP/1.1`, the headers as given (lowercase names), and the
-/// blank line; hands back the body.
-fn encode_head<B>(out: &mut Vec<u8>, request: http::Request<B>) -> B {
-    let (parts, body) = request.into_parts();
-    out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    body
-}
-
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -214,26 +194,5 @@ impl AsyncWrite for Io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_request_head_is_written_as_given() {
-        let request = http::Request::post("/v1/chat/completions?x=1")
-            .header("host", "api.example")
-            .header("content-length", "2")
-            .header("x-request-id", "r1")
-            .body(())
-            .unwrap();
-        let mut out = b"left over".to_vec();
-        encode_head(&mut out, request);
-        assert_eq!(
-            out,
-            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: api.example\r\ncontent-length: 2\r\nx-request-id: r1\r\n\r\n"
-        );
     }
 }

@@ -147,13 +147,17 @@ impl Client {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` and `Content-Length` set by
-    /// the caller) and waits for the response head. Pooled connections the
+    /// Sends a request and waits for the response head. `write_head` writes
+    /// the whole request head (see [`request_line`] and [`header_line`]:
+    /// origin-form target, `Host` and `Content-Length` included, then the
+    /// blank line) into a buffer the connection keeps, so a head built
+    /// once per provider key is copied, not rebuilt. Pooled connections the
     /// provider has closed are noticed, and passed over, before the request
     /// is written; once written, a request is never sent again.
     pub async fn send(
         &self,
-        request: http::Request<OutgoingBody>,
+        write_head: impl FnOnce(&mut Vec<u8>),
+        body: OutgoingBody,
     ) -> Result<http::Response<PooledBody>, ClientError> {
         let mut conn = match self.pool.checkout() {
             Some(conn) => conn,
@@ -162,7 +166,7 @@ impl Client {
             None => Box::pin(self.connect()).await?,
         };
         let head = conn
-            .exchange(request)
+            .exchange(write_head, body)
             .await
             .map_err(ClientError::Exchange)?;
         let body = PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone());
@@ -185,6 +189,23 @@ impl Client {
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
     }
+}
+
+/// Appends `METHOD target HTTP/1.1` and its line end.
+pub fn request_line(out: &mut Vec<u8>, method: &http::Method, target: &str) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Appends `name: value` and its line end. Both come from `http`'s checked
+/// types (or digits), which cannot hold a line break.
+pub fn header_line(out: &mut Vec<u8>, name: &http::HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An error and its causes in one line.

@@ -106,9 +106,9 @@ pub struct ApiKey {
     pub secret: String,
     /// `Bearer <secret>`, marked sensitive so hyper never logs it.
     pub header: HeaderValue,
-    /// The headers every chat request with this key carries, built once:
-    /// cloning the map costs less than hashing each header in again.
-    pub request_headers: HeaderMap,
+    /// The request line and the header lines every chat request with this
+    /// key starts with, encoded once (it holds the key: never logged).
+    pub request_head: bytes::Bytes,
 }
 
 impl std::fmt::Debug for ApiKey {

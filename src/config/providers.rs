@@ -151,7 +151,7 @@ pub fn build_provider(
                 keys.push(ApiKey {
                     secret,
                     header,
-                    request_headers: HeaderMap::new(),
+                    request_head: bytes::Bytes::new(),
                 });
             }
             Err(_) => problems.push(ConfigProblem::new(
@@ -192,8 +192,12 @@ pub fn build_provider(
     }
     let chat_url = chat_url?;
     for key in &mut keys {
-        key.request_headers =
-            crate::proxy::upstream::fixed_request_headers(&chat_url.host, &headers, &key.header);
+        key.request_head = crate::proxy::upstream::fixed_request_head(
+            &chat_url.path,
+            &chat_url.host,
+            &headers,
+            &key.header,
+        );
     }
     Some(Provider {
         name_header: name_header.ok()?,

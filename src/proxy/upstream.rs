@@ -8,12 +8,11 @@ use super::headers::{
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
-use super::request::UpstreamBody;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
-use crate::client::{ClientError, OutgoingBody, PooledBody};
+use crate::client::{ClientError, PooledBody, header_line, request_line};
 use crate::error::GatewayError;
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
@@ -100,7 +99,12 @@ pub async fn forward(
     } else {
         "application/json"
     };
-    let upstream = upstream_request(provider, key, body, accept, ctx);
+    let body = body.into_outgoing();
+    let length = body.len();
+    let write_head = |head: &mut Vec<u8>| {
+        head.extend_from_slice(&key.request_head);
+        per_request_head(head, length, accept, ctx.request_id);
+    };
 
     // One clock reading: building the request above takes microseconds.
     let sent = Instant::now();
@@ -113,7 +117,7 @@ pub async fn forward(
     ctx.metrics
         .overhead_before_upstream
         .observe((sent - ctx.arrived).as_secs_f64());
-    let response = match timeout_at(deadline, provider.client.send(upstream)).await {
+    let response = match timeout_at(deadline, provider.client.send(write_head, body)).await {
         Err(_) => return Err(timeout(provider, "the response head", sent)),
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(response)) => response,
@@ -292,58 +296,82 @@ fn body_error(
     .with_code("upstream_unreachable")
 }
 
-/// The request as the provider receives it: the key's fixed headers (see
-/// [`fixed_request_headers`]), then its framing, what it accepts and the
-/// request id.
-fn upstream_request(
-    provider: &crate::config::Provider,
-    key: &crate::config::ApiKey,
-    body: UpstreamBody,
-    accept: &'static str,
-    ctx: &ForwardContext<'_>,
-) -> http::Request<OutgoingBody> {
-    let length = HeaderValue::from(body.len());
-    let mut request = http::Request::new(body.into_outgoing());
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = provider.chat_url.path.clone();
-    let headers = request.headers_mut();
-    *headers = key.request_headers.clone();
-    headers.insert(header::CONTENT_LENGTH, length);
-    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    request
+/// The head's lines that change with each request (its length, what it
+/// accepts, its id) after the key's fixed ones, and the blank line.
+fn per_request_head(head: &mut Vec<u8>, length: u64, accept: &str, request_id: &HeaderValue) {
+    let mut digits = itoa::Buffer::new();
+    header_line(
+        head,
+        &header::CONTENT_LENGTH,
+        digits.format(length).as_bytes(),
+    );
+    header_line(head, &header::ACCEPT, accept.as_bytes());
+    header_line(head, &X_REQUEST_ID, request_id.as_bytes());
+    head.extend_from_slice(b"\r\n");
 }
 
-/// The headers that are the same on every chat request to a provider with
-/// one of its keys: `Host`, the provider's configured headers, the key,
-/// the content type, identity encoding and the gateway's user agent; and
-/// the three set per request (length, accept, request id), with values
-/// every request replaces: replacing a value leaves the cloned map as it
-/// is, where adding an entry would regrow it.
-pub fn fixed_request_headers(
+/// The start of every chat request to a provider with one of its keys,
+/// encoded once: the request line, `Host`, the provider's configured
+/// headers, the key, the content type, identity encoding and the
+/// gateway's user agent. [`per_request_head`] ends it.
+pub fn fixed_request_head(
+    path: &http::Uri,
     host: &HeaderValue,
     configured: &http::HeaderMap,
     authorization: &HeaderValue,
-) -> http::HeaderMap {
-    let mut headers = http::HeaderMap::with_capacity(configured.len() + 8);
-    headers.insert(header::HOST, host.clone());
+) -> bytes::Bytes {
+    let mut head = Vec::with_capacity(256);
+    let target = path.path_and_query().map_or("/", |p| p.as_str());
+    request_line(&mut head, &http::Method::POST, target);
+    header_line(&mut head, &header::HOST, host.as_bytes());
     for (name, value) in configured {
-        headers.append(name, value.clone());
+        header_line(&mut head, name, value.as_bytes());
     }
-    headers.insert(header::AUTHORIZATION, authorization.clone());
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    for per_request in [header::CONTENT_LENGTH, header::ACCEPT, X_REQUEST_ID] {
-        headers.insert(per_request, HeaderValue::from_static("0"));
-    }
-    headers
+    header_line(&mut head, &header::AUTHORIZATION, authorization.as_bytes());
+    header_line(&mut head, &header::CONTENT_TYPE, b"application/json");
+    header_line(&mut head, &header::ACCEPT_ENCODING, b"identity");
+    header_line(&mut head, &header::USER_AGENT, USER_AGENT.as_bytes());
+    head.into()
 }
 
 const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_head_is_the_fixed_lines_then_this_requests_own() {
+        let mut configured = http::HeaderMap::new();
+        configured.insert("x-project", HeaderValue::from_static("p1"));
+        let fixed = fixed_request_head(
+            &http::Uri::from_static("/v1/chat/completions"),
+            &HeaderValue::from_static("api.example:8443"),
+            &configured,
+            &HeaderValue::from_static("Bearer sk-1"),
+        );
+        let mut head = fixed.to_vec();
+        per_request_head(
+            &mut head,
+            42,
+            "text/event-stream",
+            &HeaderValue::from_static("req_1"),
+        );
+        let expected = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: api.example:8443\r\nx-project: p1\r\n\
+             authorization: Bearer sk-1\r\ncontent-type: application/json\r\n\
+             accept-encoding: identity\r\nuser-agent: {USER_AGENT}\r\ncontent-length: 42\r\n\
+             accept: text/event-stream\r\nx-request-id: req_1\r\n\r\n"
+        );
+        assert_eq!(String::from_utf8(head).unwrap(), expected);
+        // What the provider parses is what was meant.
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut slots);
+        let bytes = expected.as_bytes();
+        assert_eq!(
+            request.parse(bytes).unwrap(),
+            httparse::Status::Complete(bytes.len())
+        );
+        assert_eq!(request.headers.len(), 9);
+    }
+}

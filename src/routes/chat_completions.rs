@@ -342,7 +342,7 @@ mod tests {
         let send = target
             .provider
             .client
-            .send(http::Request::new(bytes::Bytes::new().into()));
+            .send(|_| {}, bytes::Bytes::new().into());
         assert!(size_of_val(&send) <= 1536, "{}", size_of_val(&send));
     }
 }

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use kimi_gateway::client::{Client, OutgoingBody, PooledBody};
+use kimi_gateway::client::{Client, OutgoingBody, PooledBody, header_line, request_line};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -126,18 +126,31 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
     }
 }
 
-fn request(body: &'static str) -> http::Request<OutgoingBody> {
-    http::Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("host", "provider.test")
-        .header("content-length", body.len())
-        .body(OutgoingBody::from(Bytes::from_static(body.as_bytes())))
-        .unwrap()
+/// A request to send: the head's writer and the body.
+fn request(body: &'static str) -> (impl FnOnce(&mut Vec<u8>), OutgoingBody) {
+    let write_head = move |head: &mut Vec<u8>| {
+        request_line(head, &http::Method::POST, "/v1/chat/completions");
+        header_line(head, &http::header::HOST, b"provider.test");
+        let length = body.len().to_string();
+        header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    (
+        write_head,
+        OutgoingBody::from(Bytes::from_static(body.as_bytes())),
+    )
+}
+
+async fn send(
+    client: &Client,
+    body: &'static str,
+) -> Result<http::Response<PooledBody>, kimi_gateway::client::ClientError> {
+    let (write_head, body) = request(body);
+    client.send(write_head, body).await
 }
 
 async fn read_all(client: &Client) -> Bytes {
-    let response = client.send(request("{\"x\":1}")).await.unwrap();
+    let response = send(client, "{\"x\":1}").await.unwrap();
     assert_eq!(response.status(), 200);
     response.into_body().collect().await.unwrap().to_bytes()
 }
@@ -193,7 +206,7 @@ async fn interim_heads_are_skipped() {
     let server = raw_server(Answer::Interim).await;
     let client = client(&server);
     for _ in 0..2 {
-        let response = client.send(request("{}")).await.unwrap();
+        let response = send(&client, "{}").await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(!response.headers().contains_key("link"));
         assert_eq!(
@@ -218,7 +231,7 @@ async fn a_body_without_length_ends_with_the_connection() {
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let mut server = raw_server(Answer::ChunkedEvents).await;
     let client = client(&server);
-    let mut body = client.send(request("{}")).await.unwrap().into_body();
+    let mut body = send(&client, "{}").await.unwrap().into_body();
     body.frame().await.unwrap().unwrap();
     drop(body);
     server.closed.recv().await.unwrap();
@@ -231,7 +244,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
 async fn frames_already_received_are_ready_without_a_wake_up() {
     let server = raw_server(Answer::ChunkedEvents).await;
     let client = client(&server);
-    let mut body: PooledBody = client.send(request("{}")).await.unwrap().into_body();
+    let mut body: PooledBody = send(&client, "{}").await.unwrap().into_body();
     // Wait for the first event; the server wrote all 50 in one write.
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: 0\n\n");
@@ -259,7 +272,7 @@ async fn an_unreachable_origin_is_a_connect_error() {
         format!("http://{addr}/").parse().unwrap(),
         Duration::from_secs(5),
     );
-    let err = client.send(request("{}")).await.unwrap_err();
+    let err = send(&client, "{}").await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
 
@@ -325,6 +338,6 @@ async fn https_origins_are_reached_over_tls_with_sni_and_no_h2() {
         format!("https://localhost:{port}/").parse().unwrap(),
         Duration::from_secs(5),
     );
-    let err = untrusted.send(request("{}")).await.unwrap_err();
+    let err = send(&untrusted, "{}").await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
