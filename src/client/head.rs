@@ -1,12 +1,13 @@
 //! A provider's response head, parsed out of the connection's read buffer
-//! with `httparse`: the status, the headers (values sharing the buffer's
-//! bytes, not copied), how the body is framed and whether the connection
-//! can carry another request afterwards.
+//! with `httparse`: the status, the header fields as received (no map: the
+//! gateway reads a few and copies the rest once, into the client's
+//! response), how the body is framed and whether the connection can carry
+//! another request afterwards.
 
 use super::UpstreamError;
 use super::framing::Framing;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
 use std::ops::Range;
 
@@ -19,10 +20,55 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub headers: Headers,
     pub framing: Framing,
     /// The provider lets the connection carry another request.
     pub keep_alive: bool,
+}
+
+/// A response's header fields in the order received: names as sent (any
+/// case), values, all slices of the head's bytes.
+#[derive(Debug, Default)]
+pub struct Headers {
+    head: Bytes,
+    fields: SmallVec<[(Range<usize>, Range<usize>); 12]>,
+}
+
+impl Headers {
+    /// Each field's name (as sent) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
+    }
+
+    /// The first value of `name` (lowercase), compared without case.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
+    }
+
+    /// `value`, a slice from [`Headers::iter`] or [`Headers::get`], as a
+    /// header value sharing these bytes (`None` if `http` refuses it).
+    pub fn shared_value(&self, value: &[u8]) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.head.slice_ref(value)).ok()
+    }
+
+    /// The fields of a whole response head given as text (tests, tools).
+    pub fn from_head(wire: &str) -> Result<Headers, UpstreamError> {
+        parse(&mut BytesMut::from(wire.as_bytes()))?
+            .map(|head| head.headers)
+            .ok_or(UpstreamError::ClosedBeforeHead)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
 }
 
 /// What a connection header says about keep-alive.
@@ -51,15 +97,17 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
     let http_11 = response.version == Some(1);
 
     let start = buf.as_ptr() as usize;
-    let mut names: SmallVec<[(HeaderName, Range<usize>); 16]> = SmallVec::new();
+    let offset = |part: &[u8]| {
+        let at = part.as_ptr() as usize - start;
+        at..at + part.len()
+    };
+    let mut fields = SmallVec::new();
     let mut tokens = ConnectionTokens::default();
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<bool> = None; // Some(ends with chunked)
     for header in response.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes())
-            .map_err(|_| UpstreamError::InvalidHead(format!("header name {:?}", header.name)))?;
-        let value = header.value;
-        if name == http::header::CONTENT_LENGTH {
+        let (name, value) = (header.name.as_bytes(), header.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
             let length = parse_length(value)?;
             if content_length.is_some_and(|seen| seen != length) {
                 return Err(UpstreamError::InvalidHead(
@@ -67,29 +115,24 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
                 ));
             }
             content_length = Some(length);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The last coding listed (over every such header) decides.
             if let Some(last) = value.rsplit(|b| *b == b',').next() {
                 transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-        } else if name == http::header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 tokens.close |= token.eq_ignore_ascii_case(b"close");
                 tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        let offset = value.as_ptr() as usize - start;
-        names.push((name, offset..offset + value.len()));
+        fields.push((offset(name), offset(value)));
     }
-
-    let head: Bytes = buf.split_to(head_len).freeze();
-    let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, range) in names {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| UpstreamError::InvalidHead(format!("value of {name}")))?;
-        headers.append(name, value);
-    }
+    let headers = Headers {
+        head: buf.split_to(head_len).freeze(),
+        fields,
+    };
 
     let mut keep_alive = if http_11 {
         !tokens.close
@@ -165,8 +208,18 @@ mod tests {
         );
         let head = parse(&mut buf).unwrap().unwrap();
         assert_eq!(head.status, 200);
-        assert_eq!(head.headers["content-type"], "application/json");
-        assert_eq!(head.headers["msh-request-id"], "r1");
+        assert_eq!(
+            head.headers.get("content-type").unwrap(),
+            b"application/json"
+        );
+        assert_eq!(head.headers.get("msh-request-id").unwrap(), b"r1");
+        let names: Vec<&[u8]> = head.headers.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [&b"Content-Type"[..], b"Msh-Request-Id", b"content-length"]
+        );
+        let value = head.headers.get("msh-request-id").unwrap();
+        assert_eq!(head.headers.shared_value(value).unwrap(), "r1");
         assert_eq!(head.framing, Framing::Length(2));
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"{}");
@@ -275,8 +328,9 @@ mod tests {
     #[test]
     fn repeated_headers_are_all_kept() {
         let head = head("HTTP/1.1 429 Too Many\r\nx-a: 1\r\nX-A: 2\r\ncontent-length: 0\r\n\r\n");
-        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
+        let values: Vec<&[u8]> = head.headers.iter().map(|(_, value)| value).collect();
+        assert_eq!(values, [&b"1"[..], b"2", b"0"]);
+        assert_eq!(head.headers.get("x-a").unwrap(), b"1");
         assert_eq!(head.status, 429);
     }
 }

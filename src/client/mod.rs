@@ -20,6 +20,7 @@ mod head;
 mod pool;
 
 pub use body::{OutgoingBody, PooledBody};
+pub use head::Headers;
 
 use conn::Connection;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -96,6 +97,14 @@ pub enum UpstreamError {
     InvalidBody(&'static str),
 }
 
+/// A provider's response: its head as received, and its body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: http::StatusCode,
+    pub headers: Headers,
+    pub body: PooledBody,
+}
+
 /// A client for one origin (`scheme://host:port`), cheap to share.
 #[derive(Clone)]
 pub struct Client {
@@ -158,7 +167,7 @@ impl Client {
         &self,
         write_head: impl FnOnce(&mut Vec<u8>),
         body: OutgoingBody,
-    ) -> Result<http::Response<PooledBody>, ClientError> {
+    ) -> Result<Response, ClientError> {
         let mut conn = match self.pool.checkout() {
             Some(conn) => conn,
             // Boxed: connecting is rare and its state is large; inline it
@@ -169,11 +178,11 @@ impl Client {
             .exchange(write_head, body)
             .await
             .map_err(ClientError::Exchange)?;
-        let body = PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone());
-        let mut response = http::Response::new(body);
-        *response.status_mut() = head.status;
-        *response.headers_mut() = head.headers;
-        Ok(response)
+        Ok(Response {
+            status: head.status,
+            headers: head.headers,
+            body: PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone()),
+        })
     }
 
     async fn connect(&self) -> Result<Box<Connection>, ClientError> {

@@ -2,6 +2,7 @@
 //! hop-by-hop headers, cookies, account identifiers and headers the gateway
 //! sets itself.
 
+use crate::client::Headers;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Header names the gateway sets or reads on every request, parsed once
@@ -53,23 +54,42 @@ fn request_id_rank(name: &str) -> Option<u8> {
     }
 }
 
+/// Names longer than this are lowercased by `http` rather than on the
+/// stack (no provider sends one).
+const SHORT_NAME: usize = 64;
+
 /// Copies the forwardable headers of an upstream response and returns the
 /// provider's id for the request, found on the same pass (a lookup per
-/// name the providers use would hash each of them).
-pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) -> Option<HeaderValue> {
-    let mut request_id: Option<(u8, &HeaderValue)> = None;
-    for (name, value) in from {
-        let name_text = name.as_str();
+/// name the providers use would hash each of them). Names are lowercased
+/// on the stack and matched before any is made a `HeaderName`, which for a
+/// name `http` does not know allocates: dropped ones never are.
+pub fn copy_response_headers(from: &Headers, to: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut request_id: Option<(u8, &[u8])> = None;
+    let mut lower = [0u8; SHORT_NAME];
+    for (raw_name, value) in from.iter() {
+        let long_name;
+        let name_text = if raw_name.len() <= SHORT_NAME {
+            let lower = &mut lower[..raw_name.len()];
+            lower.copy_from_slice(raw_name);
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).unwrap_or_default()
+        } else {
+            long_name = HeaderName::from_bytes(raw_name).ok();
+            long_name.as_ref().map_or("", HeaderName::as_str)
+        };
         if let Some(rank) = request_id_rank(name_text)
             && request_id.is_none_or(|(best, _)| rank < best)
         {
             request_id = Some((rank, value));
         }
-        if !is_dropped(name_text) {
-            to.append(name.clone(), value.clone());
+        if !is_dropped(name_text)
+            && let Ok(name) = HeaderName::from_bytes(name_text.as_bytes())
+            && let Some(value) = from.shared_value(value)
+        {
+            to.append(name, value);
         }
     }
-    request_id.map(|(_, value)| value.clone())
+    request_id.and_then(|(_, value)| from.shared_value(value))
 }
 
 #[cfg(test)]
@@ -78,7 +98,7 @@ mod tests {
 
     #[test]
     fn drops_private_and_hop_by_hop_headers() {
-        let mut from = HeaderMap::new();
+        let mut wire = String::from("HTTP/1.1 200 OK\r\n");
         for (k, v) in [
             ("msh-uid", "u1"),
             ("Msh-Gid", "g1"),
@@ -88,17 +108,22 @@ mod tests {
             ("x-ratelimit-remaining-requests", "5"),
             ("msh-context-cache-id", "cache-1"),
             ("retry-after", "3"),
+            ("Retry-After", "3"),
         ] {
-            from.insert(
-                HeaderName::try_from(k).unwrap(),
-                HeaderValue::from_static(v),
-            );
+            wire.push_str(&format!("{k}: {v}\r\n"));
         }
+        let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
         let mut to = HeaderMap::new();
         assert_eq!(copy_response_headers(&from, &mut to), None);
         let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["msh-context-cache-id", "retry-after"]);
+        let retry: Vec<_> = to.get_all("retry-after").iter().collect();
+        assert_eq!(
+            retry,
+            ["3", "3"],
+            "repeated fields all kept, names lowercased"
+        );
     }
 
     #[test]
@@ -110,11 +135,12 @@ mod tests {
             ("x-request-id", "openai"),
         ];
         for present in 1..=ids.len() {
-            let mut from = HeaderMap::new();
-            // In any order in the map: the best name wins.
+            let mut wire = String::from("HTTP/1.1 200 OK\r\n");
+            // In any order, in any case: the best name wins.
             for (name, value) in ids[..present].iter().rev().chain(&ids[..present]) {
-                from.append(*name, HeaderValue::from_static(value));
+                wire.push_str(&format!("{}: {value}\r\n", name.to_ascii_uppercase()));
             }
+            let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
             let mut to = HeaderMap::new();
             let found = copy_response_headers(&from, &mut to);
             assert_eq!(found.unwrap(), ids[present - 1].1);

@@ -122,7 +122,7 @@ pub async fn forward(
         Ok(Err(err)) => return Err(transport_error(provider, &err)),
         Ok(Ok(response)) => response,
     };
-    let status = response.status();
+    let status = response.status;
     let time_to_head = sent.elapsed();
     let series = ctx.metrics.series(ctx.route, &provider.name);
     series.upstream_head.observe(time_to_head.as_secs_f64());
@@ -130,8 +130,11 @@ pub async fn forward(
     info.time_to_head = Some(time_to_head);
 
     if !status.is_success() {
-        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_limited(response, deadline, MAX_ERROR_BODY).await;
+        let retry_after = response
+            .headers
+            .get("retry-after")
+            .and_then(|v| response.headers.shared_value(v));
+        let body = read_limited(response.body, deadline, MAX_ERROR_BODY).await;
         return Err(provider_errors::translate(
             provider,
             status,
@@ -141,23 +144,23 @@ pub async fn forward(
     }
 
     let is_event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.as_bytes().get(..17))
+        .headers
+        .get("content-type")
+        .and_then(|v| v.get(..17))
         .is_some_and(|start| start.eq_ignore_ascii_case(b"text/event-stream"));
     let mut builder = Response::builder().status(StatusCode::OK);
     let headers = builder.headers_mut().expect("fresh builder");
     // Room for the provider's headers and the ~12 the gateway adds (ids,
     // content type, rate limits), so the map is sized once, not regrown.
-    headers.reserve(response.headers().len() + 16);
-    if let Some(id) = copy_response_headers(response.headers(), headers) {
+    headers.reserve(response.headers.len() + 16);
+    if let Some(id) = copy_response_headers(&response.headers, headers) {
         headers.insert(X_UPSTREAM_REQUEST_ID, id);
     }
 
     if request.stream && is_event_stream {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
         let relay = SseRelay::start(
-            Box::pin(BodyDataStream::new(response.into_body())),
+            Box::pin(BodyDataStream::new(response.body)),
             RelaySettings {
                 provider: provider.name.clone(),
                 include_usage: request.include_usage,
@@ -190,7 +193,7 @@ pub async fn forward(
         return Ok(Forwarded { response, info });
     }
 
-    let body = match timeout_at(deadline, response.into_body().collect()).await {
+    let body = match timeout_at(deadline, response.body.collect()).await {
         Err(_) => return Err(timeout(provider, "the response body", sent)),
         Ok(Err(err)) => return Err(body_error(provider, &err)),
         Ok(Ok(body)) => body.to_bytes(),
@@ -240,13 +243,9 @@ fn looks_like_json_object(body: &[u8]) -> bool {
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
 /// read is simply left out (it only feeds an error message).
-async fn read_limited(
-    response: http::Response<PooledBody>,
-    deadline: Instant,
-    limit: usize,
-) -> Vec<u8> {
+async fn read_limited(response: PooledBody, deadline: Instant, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
-    let mut stream = BodyDataStream::new(response.into_body());
+    let mut stream = BodyDataStream::new(response);
     while let Ok(Some(Ok(chunk))) = timeout_at(deadline, stream.next()).await {
         let room = limit - body.len();
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);

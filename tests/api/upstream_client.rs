@@ -144,15 +144,15 @@ fn request(body: &'static str) -> (impl FnOnce(&mut Vec<u8>), OutgoingBody) {
 async fn send(
     client: &Client,
     body: &'static str,
-) -> Result<http::Response<PooledBody>, kimi_gateway::client::ClientError> {
+) -> Result<kimi_gateway::client::Response, kimi_gateway::client::ClientError> {
     let (write_head, body) = request(body);
     client.send(write_head, body).await
 }
 
 async fn read_all(client: &Client) -> Bytes {
     let response = send(client, "{\"x\":1}").await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body().collect().await.unwrap().to_bytes()
+    assert_eq!(response.status, 200);
+    response.body.collect().await.unwrap().to_bytes()
 }
 
 fn client(server: &RawServer) -> Client {
@@ -207,12 +207,9 @@ async fn interim_heads_are_skipped() {
     let client = client(&server);
     for _ in 0..2 {
         let response = send(&client, "{}").await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(!response.headers().contains_key("link"));
-        assert_eq!(
-            response.into_body().collect().await.unwrap().to_bytes(),
-            "{}"
-        );
+        assert_eq!(response.status, 200);
+        assert!(response.headers.get("link").is_none());
+        assert_eq!(response.body.collect().await.unwrap().to_bytes(), "{}");
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
@@ -231,7 +228,7 @@ async fn a_body_without_length_ends_with_the_connection() {
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let mut server = raw_server(Answer::ChunkedEvents).await;
     let client = client(&server);
-    let mut body = send(&client, "{}").await.unwrap().into_body();
+    let mut body = send(&client, "{}").await.unwrap().body;
     body.frame().await.unwrap().unwrap();
     drop(body);
     server.closed.recv().await.unwrap();
@@ -244,7 +241,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
 async fn frames_already_received_are_ready_without_a_wake_up() {
     let server = raw_server(Answer::ChunkedEvents).await;
     let client = client(&server);
-    let mut body: PooledBody = send(&client, "{}").await.unwrap().into_body();
+    let mut body: PooledBody = send(&client, "{}").await.unwrap().body;
     // Wait for the first event; the server wrote all 50 in one write.
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: 0\n\n");
