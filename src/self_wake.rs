@@ -1,14 +1,13 @@
 //! Wakes a connection's task gives itself while it is being polled, held
 //! back where the poll that caused them has already done what they ask for.
 //!
-//! hyper hands body bytes between its connection state machine and the code
-//! reading the body through a channel, and each side wakes the other when it
-//! puts or takes a frame. Here both sides run in one task (the server
-//! connection and the handler reading the request; the upstream connection
-//! and the response body that drives it, see `client/`), so those wakes are
-//! the task waking itself for work it is doing at that moment, and the
-//! runtime would poll the whole connection once more for nothing: twice per
-//! request.
+//! hyper's server hands request body bytes between its connection state
+//! machine and the handler reading the body through a channel, and each
+//! side wakes the other when it puts or takes a frame. Here both sides run
+//! in one task (the connection and the handler it serves), so those wakes
+//! are the task waking itself for work it is doing at that moment, and the
+//! runtime would poll the whole connection once more for nothing. (The
+//! provider side, `client/`, has no channel to wake through.)
 //!
 //! [`run_connection`] puts a waker of its own between a connection's task
 //! and everything polled inside it. [`hold`] runs a poll with the wakes that
