@@ -30,6 +30,8 @@ enum Answer {
     Interim,
     /// No length and no chunks: the body ends when the server closes.
     UntilClose,
+    /// The response, then a second one nobody asked for.
+    Unsolicited,
 }
 
 struct RawServer {
@@ -113,6 +115,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
                     .to_string()
             }
             Answer::UntilClose => "HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}".to_string(),
+            Answer::Unsolicited => {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"
+                    .to_string()
+            }
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
@@ -222,6 +228,20 @@ async fn a_body_without_length_ends_with_the_connection() {
     assert_eq!(client.idle_connections(), 0);
     assert_eq!(read_all(&client).await, r#"{"until":"close"}"#);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn bytes_past_the_response_are_never_taken_for_the_next_one() {
+    let server = raw_server(Answer::Unsolicited).await;
+    let client = client(&server);
+    for _ in 0..3 {
+        assert_eq!(read_all(&client).await, "{}");
+    }
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        3,
+        "a connection with bytes nobody asked for is not reused"
+    );
 }
 
 #[tokio::test]
