@@ -141,8 +141,11 @@ impl Body for PooledBody {
         }
     }
 
+    /// Only once the end has been polled: a reader that trusted an empty
+    /// body's hint and never polled would drop the connection instead of
+    /// returning it to the pool.
     fn is_end_stream(&self) -> bool {
-        self.framing.is_done() || self.framing == Framing::Length(0)
+        self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {

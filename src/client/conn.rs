@@ -105,8 +105,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads what the socket has into the read buffer, with at least `room`
-    /// free. `Ready(Ok(0))`: the provider closed the connection.
+    /// Reads what the socket has into the read buffer, first making room
+    /// for `room` bytes when less than half of that is free (an 8 KiB
+    /// buffer is reused while nothing still holds its bytes).
+    /// `Ready(Ok(0))`: the provider closed the connection.
     pub(super) fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
@@ -122,14 +124,17 @@ impl Connection {
     /// Room for the next read of a body with `remaining` bytes to come.
     pub(super) fn read_size(remaining: Option<u64>) -> usize {
         match remaining {
-            Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE.min(n as usize),
+            Some(n) if n > READ_SIZE as u64 => {
+                usize::try_from(n).map_or(LARGE_READ_SIZE, |n| n.min(LARGE_READ_SIZE))
+            }
             _ => READ_SIZE,
         }
     }
 
     /// Whether an idle connection can take a request: the provider has not
-    /// closed it nor sent anything unasked. Costs no system call when the
-    /// socket has not become readable since the last read.
+    /// closed it nor sent anything unasked. Usually costs no system call:
+    /// after a read that did not fill the buffer tokio knows the socket has
+    /// nothing more until the next readiness event.
     pub fn is_open_and_quiet(&mut self) -> bool {
         if !self.read.is_empty() {
             return false;

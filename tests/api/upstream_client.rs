@@ -32,6 +32,8 @@ enum Answer {
     UntilClose,
     /// The response, then a second one nobody asked for.
     Unsolicited,
+    /// `204 No Content`: no body at all.
+    NoContent,
 }
 
 struct RawServer {
@@ -115,6 +117,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
                     .to_string()
             }
             Answer::UntilClose => "HTTP/1.1 200 OK\r\n\r\n{\"until\":\"close\"}".to_string(),
+            Answer::NoContent => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
             Answer::Unsolicited => {
                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"
                     .to_string()
@@ -228,6 +231,19 @@ async fn a_body_without_length_ends_with_the_connection() {
     assert_eq!(client.idle_connections(), 0);
     assert_eq!(read_all(&client).await, r#"{"until":"close"}"#);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_empty_body_ends_at_once_and_frees_its_connection() {
+    let server = raw_server(Answer::NoContent).await;
+    let client = client(&server);
+    for _ in 0..2 {
+        let response = send(&client, "{}").await.unwrap();
+        assert_eq!(response.status, 204);
+        assert!(response.body.collect().await.unwrap().to_bytes().is_empty());
+        assert_eq!(client.idle_connections(), 1);
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
