@@ -100,7 +100,7 @@ CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
   scripts/pgo-build.sh --target "$TRIPLE" --bin kimi-gateway --bin mock-provider >/dev/null
 [ -s "$CARGO_TARGET_DIR/pgo/kimi-gateway.profdata" ] || fail "no profile was used"
 for bin in kimi-gateway mock-provider; do
-  if readelf -l "$BIN_DIR/$bin" | grep -q INTERP || readelf -d "$BIN_DIR/$bin" | grep -q NEEDED; then
+  if grep -q INTERP <<<"$(readelf -l "$BIN_DIR/$bin")" || grep -q NEEDED <<<"$(readelf -d "$BIN_DIR/$bin")"; then
     fail "$bin is dynamically linked"
   fi
 done
@@ -282,11 +282,11 @@ gw_pid=$!
 PIDS+=("$gw_pid")
 base="http://127.0.0.1:$gw_port"
 wait_http "$base/healthz" "$gw_pid" || { cat "$logs/gateway.log"; fail "gateway did not start"; }
-ok "GET /healthz 200 (gateway uid $(awk '/^Uid:/ {print $2}' "/proc/$gw_pid/status"), config fingerprint $(grep -o '"config":"[^"]*"' "$logs/gateway.log" | head -1 | cut -d'"' -f4))"
+ok "GET /healthz 200 (gateway uid $(awk '/^Uid:/ {print $2}' "/proc/$gw_pid/status"))"
 
 code=$(curl -sS -o "$logs/readyz.json" -w '%{http_code}' "$base/readyz")
 [ "$code" = 200 ] || { cat "$logs/readyz.json"; fail "GET /readyz: $code"; }
-ok "GET /readyz 200"
+ok "GET /readyz 200 (config fingerprint $(grep -o '"config":"[^"]*"' "$logs/readyz.json" | cut -d'"' -f4))"
 
 env -i "${image_env[@]}" KIMI_GATEWAY_LISTEN="127.0.0.1:$gw_port" \
   "$CHROOT" --userspec=$APP_UID:$APP_UID "$rootfs" /kimi-gateway healthcheck \
@@ -424,7 +424,10 @@ done
 grep -q rate_limit_reached_error "$logs/limited.json" || fail "the refusal is not a rate_limit_reached_error: $(head -c 300 "$logs/limited.json")"
 redis_keys=$(redis-cli -p "$redis_port" --scan --pattern 'kimi-gateway:*' | sort | tr '\n' ' ')
 [ -n "$redis_keys" ] || fail "no kimi-gateway key in Redis"
-curl -sS "http://127.0.0.1:${replica_ports[1]}/metrics" | grep -q '^kimi_gateway_rate_limited_total{scope="global"} 1$' \
+# The page is read whole before grep looks at it: `curl | grep -q` fails under
+# pipefail whenever grep finds the line and exits while curl is still writing.
+replica_b_metrics=$(curl -sS "http://127.0.0.1:${replica_ports[1]}/metrics")
+grep -q '^kimi_gateway_rate_limited_total{scope="global"} 1$' <<<"$replica_b_metrics" \
   || fail "replica b did not count the refusal in kimi_gateway_rate_limited_total"
 ok "replicas a, a, b, b under a global 3/min limit in Redis at $redis_host: $codes(keys: $redis_keys)"
 
