@@ -32,7 +32,6 @@ pub mod proxy;
 pub mod reload;
 pub mod request_metrics;
 pub mod routes;
-pub mod self_wake;
 pub mod server;
 pub mod state;
 pub mod telemetry;

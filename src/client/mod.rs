@@ -20,6 +20,7 @@ mod head;
 mod pool;
 
 pub use body::{OutgoingBody, PooledBody};
+pub use framing::{Decoded, Framing};
 pub use head::Headers;
 
 use conn::Connection;

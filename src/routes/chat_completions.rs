@@ -12,7 +12,6 @@ use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
-use crate::self_wake;
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -280,17 +279,7 @@ async fn read_body(
     let mut body = Limited::new(request.into_body(), limit);
     let mut collector = BodyCollector::default();
     loop {
-        // Taking a frame wakes the connection ("room for more"); once the
-        // declared length has arrived hyper has finished reading the body,
-        // and that wake would only poll the connection again for nothing.
-        let frame = poll_fn(|cx| {
-            let (polled, held) = self_wake::hold(|| Pin::new(&mut body).poll_frame(cx));
-            if !(polled.is_ready() && body.is_end_stream()) {
-                held.release(cx);
-            }
-            polled
-        })
-        .await;
+        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         let Some(frame) = frame else { break };
         match frame {
             Ok(frame) => {

@@ -15,5 +15,6 @@ mod passthrough;
 mod redis_server;
 mod resilience;
 mod routing;
+mod server;
 mod streaming;
 mod upstream_client;

@@ -3,19 +3,25 @@
 //! false, the listener stops accepting, requests in flight get until the
 //! drain deadline, and streams still open then end with an error event.
 //!
-//! Connections are served by hyper's HTTP/1.1 server directly: every request
-//! goes to [`Gateway::handle`], with no tower layers in between.
+//! Each connection is served by the gateway's own HTTP/1.1 connection
+//! (`conn.rs`) in a task of its own: every request goes to
+//! [`Gateway::handle`], with no tower layers in between.
+
+mod conn;
+mod output;
+mod request_body;
+mod request_head;
+mod response_head;
+
+pub use request_body::RequestBody;
 
 use crate::app::Gateway;
 use crate::state::AppState;
-use futures_util::FutureExt;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// After the drain deadline, how long ended streams get to flush their error
 /// event before the server stops waiting for connections.
@@ -80,8 +86,8 @@ async fn serve(
     gateway: std::sync::Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let connections = GracefulShutdown::new();
-    let http = http1::Builder::new();
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -96,19 +102,13 @@ async fn serve(
         };
         // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
         let _ = tcp.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = hyper::service::service_fn(move |request| {
-            gateway.clone().handle(request).map(Ok::<_, Infallible>)
-        });
-        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
-            if let Err(err) = crate::self_wake::run_connection(connection).await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
-        });
+        connections.spawn(conn::serve(tcp, gateway.clone(), closing.clone()));
     }
     drop(listener);
-    connections.shutdown().await;
+    // Idle connections close now, busy ones after their response.
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 

@@ -1,0 +1,489 @@
+//! One client connection, served by the task that accepted it: request
+//! heads parsed out of the read buffer, each request handed to the gateway,
+//! its body read as the handler asks for it, the client watched for leaving
+//! while the handler works (leaving cancels the request), and the response
+//! written in as few writes as its body allows.
+//!
+//! hyper's server connection, which served here before, passes every
+//! request, response and body frame between its state machine and the
+//! handler through channels and queues, with their wakes and atomic
+//! operations; the exchange here has one shape (a head, perhaps a body, a
+//! response), so the connection is the gateway's own, like the provider
+//! side (`client/`).
+
+use super::output::Output;
+use super::request_body::{BodyError, RequestBody, Slot};
+use super::request_head::{self, BadHead, RequestHead};
+use super::response_head::{self, BodyFraming, ConnectionHeader};
+use crate::app::Gateway;
+use crate::client::{Decoded, Framing};
+use crate::error::{ErrorType, GatewayError};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, Version};
+use http_body::Body as _;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Room made in the read buffer before each read: a request head and a
+/// small body fit.
+const READ_SIZE: usize = 8 * 1024;
+/// Larger reads while a long body is still to come.
+const LARGE_READ_SIZE: usize = 64 * 1024;
+/// Bytes read ahead (pipelined requests, a body the handler has not asked
+/// for yet) while a request is in flight, at most.
+const READ_AHEAD: usize = 64 * 1024;
+/// Response bytes gathered before they are written even though more are
+/// ready.
+const WRITE_AT: usize = 64 * 1024;
+/// After a response to a request whose body was not read, how long the
+/// rest of it is read and dropped before the connection closes: closing
+/// with unread bytes resets the connection, and the client may lose the
+/// response it has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Serves requests on `io` until the client closes it, a response says
+/// `connection: close`, or `closing` is cancelled (the connection then
+/// closes once it has no request in flight).
+pub async fn serve(io: TcpStream, gateway: Arc<Gateway>, closing: CancellationToken) {
+    let mut connection = Connection {
+        io,
+        read: BytesMut::new(),
+        output: Output::default(),
+    };
+    let mut closed = pin!(closing.cancelled());
+    loop {
+        let head = match connection.next_head(closed.as_mut()).await {
+            Ok(head) => head,
+            Err(NoHead::Refused(bad)) => return connection.refuse(bad).await,
+            Err(NoHead::Closed) => return,
+        };
+        match connection.exchange(head, &gateway, &closing).await {
+            After::KeepAlive => {}
+            After::Close => return connection.close().await,
+            After::Linger => return connection.linger().await,
+            After::Drop => return,
+        }
+    }
+}
+
+struct Connection {
+    io: TcpStream,
+    /// Bytes read and not yet parsed: heads and bodies are split off it.
+    read: BytesMut,
+    output: Output,
+}
+
+/// Why no request head came.
+enum NoHead {
+    Refused(BadHead),
+    /// The client closed the connection (or it failed), or the server is
+    /// closing and no request had begun.
+    Closed,
+}
+
+/// What happens to the connection after an exchange.
+enum After {
+    KeepAlive,
+    /// Close it (the client has been told).
+    Close,
+    /// Close it after reading what is left of the request body.
+    Linger,
+    /// Drop it: the client left or the connection failed.
+    Drop,
+}
+
+/// A request body the connection reads as the handler asks.
+struct BodyReading {
+    slot: Arc<Slot>,
+    framing: Framing,
+    /// Bytes of `100 Continue` written, while one is owed.
+    continue_owed: Option<usize>,
+}
+
+/// What the response body has next.
+enum Next {
+    Data(Bytes),
+    /// Nothing ready: write what is gathered.
+    Write,
+    End,
+    Failed,
+    ClientLeft,
+}
+
+impl Connection {
+    async fn next_head(
+        &mut self,
+        mut closed: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<RequestHead, NoHead> {
+        loop {
+            if !self.read.is_empty() {
+                match request_head::parse(&mut self.read) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) => {}
+                    Err(bad) => return Err(NoHead::Refused(bad)),
+                }
+            }
+            let idle = self.read.is_empty();
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(read) = self.poll_read(cx, READ_SIZE) {
+                    return Poll::Ready(Some(read));
+                }
+                // Between requests a closing server closes the connection.
+                if idle && closed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match read {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return Err(NoHead::Closed),
+            }
+        }
+    }
+
+    /// One request: handled, its body read as asked, its response written.
+    async fn exchange(
+        &mut self,
+        head: RequestHead,
+        gateway: &Arc<Gateway>,
+        closing: &CancellationToken,
+    ) -> After {
+        let RequestHead {
+            parts,
+            body: framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let head_only = parts.method == Method::HEAD;
+        let version = parts.version;
+        let mut reading = None;
+        let body = match framing {
+            Framing::Length(0) => RequestBody::empty(),
+            Framing::Length(n) if self.read.len() as u64 >= n => {
+                RequestBody::whole(self.read.split_to(n as usize).freeze())
+            }
+            framing => {
+                let slot = Arc::new(Slot::default());
+                reading = Some(BodyReading {
+                    slot: slot.clone(),
+                    framing,
+                    continue_owed: expect_continue.then_some(0),
+                });
+                RequestBody::read_into(slot, framing.remaining())
+            }
+        };
+        let mut handling = pin!(
+            gateway
+                .clone()
+                .handle(http::Request::from_parts(parts, body))
+        );
+        let handled =
+            poll_fn(|cx| self.poll_handling(cx, handling.as_mut(), reading.as_mut())).await;
+        let Some(response) = handled else {
+            return After::Drop;
+        };
+        let body_read = reading
+            .as_ref()
+            .is_none_or(|r| r.framing.remaining() == Some(0));
+        let keep_alive = keep_alive && body_read && !closing.is_cancelled();
+        let connection = match (keep_alive, version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, Version::HTTP_10) => ConnectionHeader::KeepAlive,
+            (true, _) => ConnectionHeader::Default,
+        };
+        match self.respond(response, head_only, version, connection).await {
+            Ok(true) => After::KeepAlive,
+            Ok(false) if !body_read => After::Linger,
+            Ok(false) => After::Close,
+            Err(_) => After::Drop,
+        }
+    }
+
+    /// Polls the handler; while it waits, reads the request body it asks
+    /// for, and otherwise watches for the client leaving. `Ready(None)`:
+    /// the client left (the handler is dropped, which cancels the request).
+    fn poll_handling<F: Future<Output = Response>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut handling: Pin<&mut F>,
+        mut reading: Option<&mut BodyReading>,
+    ) -> Poll<Option<Response>> {
+        'handler: loop {
+            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            let Some(body) = reading.as_deref_mut().filter(|r| r.slot.is_wanted()) else {
+                return self.poll_client_left(cx).map(|()| None);
+            };
+            if let Some(sent) = &mut body.continue_owed {
+                while *sent < CONTINUE.len() {
+                    match ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..])) {
+                        Ok(n) if n > 0 => *sent += n,
+                        _ => return Poll::Ready(None),
+                    }
+                }
+                body.continue_owed = None;
+            }
+            loop {
+                match body.framing.decode(&mut self.read) {
+                    Ok(Decoded::Frame(frame)) => {
+                        body.slot.put(frame, cx);
+                        if body.framing.remaining() == Some(0) {
+                            // The last frame: the handler sees the end
+                            // with it, without asking again.
+                            body.slot.end(Ok(()), cx);
+                        }
+                        continue 'handler;
+                    }
+                    Ok(Decoded::End) => {
+                        body.slot.end(Ok(()), cx);
+                        continue 'handler;
+                    }
+                    Ok(Decoded::NeedMore) => {
+                        let room = match body.framing.remaining() {
+                            Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
+                            _ => READ_SIZE,
+                        };
+                        match ready!(self.poll_read(cx, room)) {
+                            Ok(n) if n > 0 => {}
+                            // The client left halfway through its body.
+                            _ => return Poll::Ready(None),
+                        }
+                    }
+                    Err(err) => {
+                        let message = match err {
+                            crate::client::UpstreamError::InvalidBody(what) => what,
+                            _ => "invalid chunked body",
+                        };
+                        body.slot.end(Err(BodyError(message)), cx);
+                        continue 'handler;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Ready` once the client has closed the connection (or it failed);
+    /// bytes it sends meanwhile are kept for the next request, up to a
+    /// limit past which the connection is no longer read.
+    fn poll_client_left(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.read.len() < READ_AHEAD {
+            match ready!(self.poll_read(cx, READ_SIZE)) {
+                Ok(n) if n > 0 => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Writes the response. `Ok(true)`: the connection can take another
+    /// request.
+    async fn respond(
+        &mut self,
+        response: Response,
+        head_only: bool,
+        version: Version,
+        mut connection: ConnectionHeader,
+    ) -> std::io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let framing = if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            BodyFraming::None
+        } else if let Some(length) = head_only.then(|| declared_length(&parts.headers)).flatten() {
+            // A HEAD response's length is the one GET would have (the
+            // handler's field), not its empty body's.
+            BodyFraming::Length(length)
+        } else if let Some(length) = http_body::Body::size_hint(&body).exact() {
+            BodyFraming::Length(length)
+        } else if version == Version::HTTP_11 {
+            BodyFraming::Chunked
+        } else {
+            connection = ConnectionHeader::Close;
+            BodyFraming::UntilClose
+        };
+        let keep_alive = connection != ConnectionHeader::Close;
+        self.output.copy_with(|out| {
+            response_head::encode(status, &parts.headers, framing, connection, out);
+        });
+        drop(parts);
+        if head_only || matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {
+            drop(body);
+            self.output.write_to(&mut self.io).await?;
+            return Ok(keep_alive);
+        }
+        // Bytes still owed after a `content-length`.
+        let mut owed = match framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        };
+        loop {
+            match poll_fn(|cx| self.poll_body(cx, &mut body)).await {
+                Next::Data(mut data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if framing == BodyFraming::Chunked {
+                        self.output.copy_with(|out| {
+                            let mut size = [0u8; 16];
+                            out.extend_from_slice(hex(data.len(), &mut size));
+                            out.extend_from_slice(b"\r\n");
+                        });
+                        self.output.push(data);
+                        self.output.copy(b"\r\n");
+                    } else if let Some(owed) = &mut owed {
+                        // More than the length the body announced: what
+                        // the client was told wins.
+                        data.truncate(usize::try_from(*owed).unwrap_or(usize::MAX));
+                        *owed -= data.len() as u64;
+                        self.output.push(data);
+                        if *owed == 0 {
+                            self.output.write_to(&mut self.io).await?;
+                            return Ok(keep_alive);
+                        }
+                    } else {
+                        self.output.push(data);
+                    }
+                    if self.output.len() >= WRITE_AT {
+                        self.output.write_to(&mut self.io).await?;
+                    }
+                }
+                Next::Write => self.output.write_to(&mut self.io).await?,
+                Next::End => {
+                    if framing == BodyFraming::Chunked {
+                        self.output.copy(b"0\r\n\r\n");
+                    }
+                    self.output.write_to(&mut self.io).await?;
+                    // A body shorter than its announced length leaves the
+                    // client waiting for the rest: only a close ends that.
+                    return Ok(keep_alive && owed.is_none_or(|n| n == 0));
+                }
+                Next::Failed => {
+                    // No way to say so in HTTP/1.1 but to end the
+                    // connection before the body's end.
+                    self.output.write_to(&mut self.io).await?;
+                    return Ok(false);
+                }
+                Next::ClientLeft => return Err(std::io::ErrorKind::ConnectionReset.into()),
+            }
+        }
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>, body: &mut axum::body::Body) -> Poll<Next> {
+        loop {
+            return match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Next::Data(data)),
+                    // Trailers are not sent.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::debug!(error = %err, "response body failed");
+                    Poll::Ready(Next::Failed)
+                }
+                Poll::Ready(None) => Poll::Ready(Next::End),
+                Poll::Pending if !self.output.is_empty() => Poll::Ready(Next::Write),
+                Poll::Pending => self.poll_client_left(cx).map(|()| Next::ClientLeft),
+            };
+        }
+    }
+
+    /// Answers a head that cannot be served, then closes.
+    async fn refuse(mut self, bad: BadHead) {
+        tracing::debug!(
+            status = bad.status.as_u16(),
+            reason = bad.message,
+            "request head refused"
+        );
+        let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
+            .into_response();
+        if self
+            .respond(response, false, Version::HTTP_11, ConnectionHeader::Close)
+            .await
+            .is_ok()
+        {
+            self.linger().await;
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Closes the sending side, then reads and drops what the client still
+    /// sends (the rest of a body not read) until it closes too, for a
+    /// while.
+    async fn linger(mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                self.read.clear();
+                match poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE)).await {
+                    Ok(n) if n > 0 => dropped += n,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Reads what the socket has into the read buffer, first making room
+    /// for `room` bytes when less than half of that is free.
+    /// `Ready(Ok(0))`: the client closed the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < room / 2 {
+            self.read.reserve(room);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// The handler's own `content-length`, if it set one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `n` in hexadecimal (a chunk's size line), written into `out`.
+fn hex(mut n: usize, out: &mut [u8; 16]) -> &[u8] {
+    let mut at = out.len();
+    loop {
+        at -= 1;
+        out[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &out[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_sizes_are_hexadecimal() {
+        let mut out = [0u8; 16];
+        assert_eq!(super::hex(0, &mut out), b"0");
+        assert_eq!(super::hex(255, &mut out), b"ff");
+        assert_eq!(super::hex(16_384, &mut out), b"4000");
+        assert_eq!(super::hex(usize::MAX, &mut out), b"ffffffffffffffff");
+    }
+}

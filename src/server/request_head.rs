@@ -1,0 +1,360 @@
+//! A client's request head, parsed out of the connection's read buffer with
+//! `httparse` into the `http` request parts the handlers take (header
+//! values are slices of the head's bytes), with how its body is framed
+//! (RFC 9112 section 6) and whether the connection may carry another
+//! request afterwards.
+
+use crate::client::Framing;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
+
+/// Header fields in one request head, at most (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// A request head larger than this is refused with 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A complete request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub parts: http::request::Parts,
+    /// How the body is framed; `Length(0)` when there is none.
+    pub body: Framing,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
+}
+
+/// Why a head is refused; answered with the status and message, and the
+/// connection closed (what follows the head cannot be trusted).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadHead {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl BadHead {
+    fn new(status: StatusCode, message: &'static str) -> BadHead {
+        BadHead { status, message }
+    }
+
+    fn bad(message: &'static str) -> BadHead {
+        BadHead::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+/// Parses the head at the start of `buf` and removes it from there.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadHead::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large (at most 64 KiB and 100 header fields)",
+            ));
+        }
+        Err(httparse::Error::Version) => {
+            return Err(BadHead::new(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "only HTTP/1.0 and HTTP/1.1 are served",
+            ));
+        }
+        Err(_) => return Err(BadHead::bad("malformed request head")),
+    };
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| BadHead::bad("invalid method"))?;
+    let path = request.path.unwrap_or_default();
+
+    let start = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| part.as_ptr() as usize - start;
+    let path_at = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
+    // The fields' places in the head, recorded before the head is split
+    // off the buffer (the parser's slices borrow it); the fields that
+    // decide framing and keep-alive are read on the same pass.
+    let mut fields = smallvec::SmallVec::<[(HeaderName, usize, usize); 16]>::new();
+    let mut framing = FramingFields::default();
+    for header in request.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| BadHead::bad("invalid header name"))?;
+        framing.read(&name, header.value)?;
+        let at = offset(header.value);
+        fields.push((name, at, at + header.value.len()));
+    }
+    let head: Bytes = buf.split_to(head_len).freeze();
+
+    let uri = Uri::from_maybe_shared(head.slice(path_at))
+        .map_err(|_| BadHead::bad("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, from, to) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(from..to))
+            .map_err(|_| BadHead::bad("invalid header value"))?;
+        headers.append(name, value);
+    }
+
+    let body = framing.body(version)?;
+    let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
+    let expect_continue =
+        version == Version::HTTP_11 && body != Framing::Length(0) && framing.expect_continue;
+
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(RequestHead {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// What the head's fields say about its body and the connection.
+#[derive(Default)]
+struct FramingFields {
+    content_length: Option<u64>,
+    /// Transfer codings listed, over every such field.
+    codings: usize,
+    /// The first coding listed is chunked.
+    chunked_first: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl FramingFields {
+    fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), BadHead> {
+        if name == CONTENT_LENGTH {
+            // A list of equal values ("42, 42") is allowed; anything else
+            // is not.
+            for part in value.split(|b| *b == b',') {
+                let n = parse_length(part.trim_ascii())
+                    .ok_or(BadHead::bad("invalid content-length"))?;
+                if self.content_length.is_some_and(|seen| seen != n) {
+                    return Err(BadHead::bad("conflicting content-length values"));
+                }
+                self.content_length = Some(n);
+            }
+        } else if name == TRANSFER_ENCODING {
+            for coding in value.split(|b| *b == b',') {
+                if self.codings == 0 {
+                    self.chunked_first = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                }
+                self.codings += 1;
+            }
+        } else if name == CONNECTION {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == EXPECT {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 section 6.3 for requests: chunked when the (only) transfer
+    /// coding is chunked, else `Content-Length`, else no body. A request
+    /// with both, or with a coding the gateway does not decode, is refused:
+    /// the two disagreeing is how requests are smuggled past proxies.
+    fn body(&self, version: Version) -> Result<Framing, BadHead> {
+        if self.codings == 0 {
+            return Ok(Framing::Length(self.content_length.unwrap_or(0)));
+        }
+        if version == Version::HTTP_10 {
+            return Err(BadHead::bad("transfer-encoding in an HTTP/1.0 request"));
+        }
+        if self.content_length.is_some() {
+            return Err(BadHead::bad(
+                "both transfer-encoding and content-length in one request",
+            ));
+        }
+        if self.codings == 1 && self.chunked_first {
+            Ok(Framing::chunked())
+        } else {
+            Err(BadHead::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer codings other than chunked are not accepted",
+            ))
+        }
+    }
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(wire: &str) -> Result<Option<RequestHead>, BadHead> {
+        parse(&mut BytesMut::from(wire.as_bytes()))
+    }
+
+    fn head(wire: &str) -> RequestHead {
+        parse_all(wire).unwrap().expect("a complete head")
+    }
+
+    fn refused(wire: &str) -> StatusCode {
+        parse_all(wire).expect_err(wire).status
+    }
+
+    #[test]
+    fn a_head_becomes_request_parts_and_leaves_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nX-Two: a\r\nx-two: b\r\nContent-Length: 4\r\n\r\nbody"[..],
+        );
+        let head = parse(&mut buf).unwrap().unwrap();
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri.path(), "/v1/chat/completions");
+        assert_eq!(head.parts.uri.query(), Some("x=1"));
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        assert_eq!(head.parts.headers["host"], "gw");
+        let twos: Vec<_> = head.parts.headers.get_all("x-two").iter().collect();
+        assert_eq!(twos, ["a", "b"]);
+        assert_eq!(head.body, Framing::Length(4));
+        assert!(head.keep_alive && !head.expect_continue);
+        assert_eq!(&buf[..], b"body");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_at_every_cut() {
+        let wire = "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n";
+        for cut in 0..wire.len() {
+            assert!(parse_all(&wire[..cut]).unwrap().is_none(), "cut {cut}");
+        }
+        assert!(parse_all(wire).unwrap().is_some());
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        assert!(head("GET / HTTP/1.1\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert_eq!(
+            head("GET / HTTP/1.0\r\n\r\n").parts.version,
+            Version::HTTP_10
+        );
+    }
+
+    #[test]
+    fn body_framing_follows_rfc_9112() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").body, Framing::Length(0));
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").body,
+            Framing::chunked()
+        );
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n").body,
+            Framing::Length(7)
+        );
+        assert!(
+            head("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        // Nothing to wait for without a body, nor from an HTTP/1.0 client.
+        assert!(!head("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(
+            !head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for (wire, status) in [
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                501,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+                501,
+            ),
+        ] {
+            assert_eq!(refused(wire).as_u16(), status, "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        assert_eq!(
+            refused("GET / HTTP/2.0\r\n\r\n"),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            refused("GET /\x01 HTTP/1.1\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(refused("G(T / HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        let endless = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            refused(&endless),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn header_values_share_the_heads_bytes() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx-long: 0123456789\r\n\r\n"[..]);
+        let start = buf.as_ptr() as usize;
+        let head = parse(&mut buf).unwrap().unwrap();
+        let value = head.parts.headers["x-long"].as_bytes();
+        assert_eq!(value.as_ptr() as usize, start + 24, "no copy");
+    }
+}

@@ -1,0 +1,192 @@
+//! A response head as it goes on the wire: the status line, the handler's
+//! header fields (names lowercase, as `http` keeps them), `date`, the
+//! framing the connection chose, and `connection` when it says something
+//! the client would not assume.
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, StatusCode};
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// How the body after the head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body may follow (1xx, 204, 304), so no length either.
+    None,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client without a length: the close ends the body.
+    UntilClose,
+}
+
+/// What the connection says about itself in the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// Nothing: the client's default holds.
+    Default,
+    /// `connection: close`: no request after this one.
+    Close,
+    /// `connection: keep-alive`, for an HTTP/1.0 client that asked for it.
+    KeepAlive,
+}
+
+/// Writes the head into `out`.
+pub fn encode(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: BodyFraming,
+    connection: ConnectionHeader,
+    out: &mut Vec<u8>,
+) {
+    // The fields' bytes plus room for the status line, framing and date.
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(fields + 128);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        // Framing and the connection's fate are the connection's to say.
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == CONNECTION
+            || name == KEEP_ALIVE
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    match connection {
+        ConnectionHeader::Default => {}
+        ConnectionHeader::Close => out.extend_from_slice(b"connection: close\r\n"),
+        ConnectionHeader::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+    }
+    write_date(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached_second, line)| {
+        if *cached_second != second {
+            *cached_second = second;
+            line.clear();
+            line.extend_from_slice(b"date: ");
+            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            line.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn encoded(
+        status: StatusCode,
+        headers: &HeaderMap,
+        framing: BodyFraming,
+        connection: ConnectionHeader,
+    ) -> String {
+        let mut out = Vec::new();
+        encode(status, headers, framing, connection, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_head_reads_back_as_written() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-two", HeaderValue::from_static("a"));
+        headers.append("x-two", HeaderValue::from_static("b"));
+        let wire = encoded(
+            StatusCode::OK,
+            &headers,
+            BodyFraming::Length(42),
+            ConnectionHeader::Default,
+        );
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut fields);
+        let parsed = response.parse(wire.as_bytes()).unwrap();
+        assert_eq!(parsed, httparse::Status::Complete(wire.len()));
+        assert_eq!((response.code, response.reason), (Some(200), Some("OK")));
+        let fields: Vec<(&str, &[u8])> =
+            response.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(
+            fields[..4],
+            [
+                ("content-type", &b"application/json"[..]),
+                ("x-two", b"a"),
+                ("x-two", b"b"),
+                ("content-length", b"42"),
+            ]
+        );
+        assert_eq!(fields[4].0, "date");
+        let date = std::str::from_utf8(fields[4].1).unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    }
+
+    #[test]
+    fn the_connection_decides_framing_and_its_own_fate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("gzip"));
+        headers.insert("connection", HeaderValue::from_static("upgrade"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let chunked = encoded(
+            StatusCode::OK,
+            &headers,
+            BodyFraming::Chunked,
+            ConnectionHeader::Close,
+        );
+        assert!(
+            chunked.starts_with(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: "
+            ),
+            "{chunked}"
+        );
+        assert!(chunked.ends_with("\r\n\r\n"));
+        let none = encoded(
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            BodyFraming::None,
+            ConnectionHeader::KeepAlive,
+        );
+        assert!(
+            none.starts_with("HTTP/1.1 204 No Content\r\nconnection: keep-alive\r\ndate: "),
+            "{none}"
+        );
+        let odd = encoded(
+            StatusCode::from_u16(599).unwrap(),
+            &HeaderMap::new(),
+            BodyFraming::UntilClose,
+            ConnectionHeader::Default,
+        );
+        assert!(odd.starts_with("HTTP/1.1 599 \r\ndate: "), "{odd}");
+    }
+}

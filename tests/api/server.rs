@@ -1,0 +1,586 @@
+//! The gateway's HTTP/1.1 connection as a client sees it on the wire: body
+//! framing both ways, keep-alive and pipelining, HTTP/1.0, `HEAD`, refused
+//! heads and bodies, and when the connection is closed.
+
+use crate::helpers::*;
+use kimi_gateway::mock::Flavour;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any one read waits before the test fails.
+const READ_WAIT: Duration = Duration::from_secs(10);
+const MODEL: &str = "kimi-k2-turbo-preview";
+
+/// A raw client connection with what it has read and not yet consumed
+/// (pipelined responses arrive together).
+struct Client {
+    stream: TcpStream,
+    read: Vec<u8>,
+}
+
+/// One response as it came off the wire.
+struct Reply {
+    status: u16,
+    /// The status line and header fields, without the blank line.
+    head: String,
+    /// The body, chunked framing removed.
+    body: Vec<u8>,
+    /// The body's bytes as sent, framing included.
+    raw: Vec<u8>,
+}
+
+impl Reply {
+    /// The first value of header `name`, if any.
+    fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.head, name)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("a UTF-8 body")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text()))
+    }
+
+    /// Asserts an OpenAI-shaped error of type `invalid_request_error`.
+    fn assert_invalid_request_error(&self) {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{}",
+            self.head
+        );
+        let body = self.json();
+        let error = body["error"].as_object().expect("an error object");
+        assert!(error["message"].is_string(), "{body}");
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        assert!(
+            error.contains_key("code") && error.contains_key("param"),
+            "{body}"
+        );
+    }
+}
+
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// Reads more bytes onto `read`; 0 when the gateway closed the
+    /// connection.
+    async fn fill(&mut self) -> usize {
+        let mut buffer = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(READ_WAIT, self.stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing more within {READ_WAIT:?}; read so far: {:?}",
+                    String::from_utf8_lossy(&self.read)
+                )
+            })
+            .unwrap_or_else(|err| {
+                panic!(
+                    "read failed ({err}); read so far: {:?}",
+                    String::from_utf8_lossy(&self.read)
+                )
+            });
+        self.read.extend_from_slice(&buffer[..n]);
+        n
+    }
+
+    /// Reads until `n` bytes are buffered, and takes them.
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.read.len() < n {
+            let got = self.fill().await;
+            assert!(
+                got > 0,
+                "connection closed mid-response: {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+        }
+        self.read.drain(..n).collect()
+    }
+
+    /// Takes one CRLF-terminated line (without the CRLF).
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.read.windows(2).position(|w| w == b"\r\n") {
+                let line = self.take(end + 2).await;
+                return String::from_utf8(line[..end].to_vec()).expect("a UTF-8 line");
+            }
+            let got = self.fill().await;
+            assert!(
+                got > 0,
+                "connection closed mid-line: {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+        }
+    }
+
+    /// Reads one response head: its status and text.
+    async fn head(&mut self) -> (u16, String) {
+        loop {
+            if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = self.take(end + 4).await;
+                let head = String::from_utf8(head[..end].to_vec()).expect("a UTF-8 head");
+                let status = head
+                    .strip_prefix("HTTP/1.1 ")
+                    .and_then(|rest| rest.get(..3))
+                    .and_then(|code| code.parse().ok())
+                    .unwrap_or_else(|| panic!("not an HTTP/1.1 status line: {head}"));
+                return (status, head);
+            }
+            let got = self.fill().await;
+            assert!(
+                got > 0,
+                "connection closed before a whole head: {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+        }
+    }
+
+    /// Reads one response to a request other than `HEAD`: head, then a
+    /// body framed by `content-length`, by chunks, or by the close.
+    async fn response(&mut self) -> Reply {
+        let (status, head) = self.head().await;
+        let (body, raw) = if header_of(&head, "transfer-encoding")
+            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+        {
+            self.chunked_body().await
+        } else if let Some(length) = header_of(&head, "content-length") {
+            let length: usize = length.parse().expect("a numeric content-length");
+            let body = self.take(length).await;
+            (body.clone(), body)
+        } else {
+            while self.fill().await > 0 {}
+            let body = std::mem::take(&mut self.read);
+            (body.clone(), body)
+        };
+        Reply {
+            status,
+            head,
+            body,
+            raw,
+        }
+    }
+
+    /// A chunked body, decoded, and its bytes as sent.
+    async fn chunked_body(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let mut body = Vec::new();
+        let mut raw = Vec::new();
+        loop {
+            let size_line = self.line().await;
+            raw.extend_from_slice(size_line.as_bytes());
+            raw.extend_from_slice(b"\r\n");
+            let digits = size_line.split(';').next().unwrap().trim();
+            let size = usize::from_str_radix(digits, 16)
+                .unwrap_or_else(|_| panic!("not a chunk size line: {size_line:?}"));
+            if size == 0 {
+                // Trailer fields, if any, up to the blank line.
+                loop {
+                    let trailer = self.line().await;
+                    raw.extend_from_slice(trailer.as_bytes());
+                    raw.extend_from_slice(b"\r\n");
+                    if trailer.is_empty() {
+                        return (body, raw);
+                    }
+                }
+            }
+            let data = self.take(size + 2).await;
+            assert_eq!(&data[size..], b"\r\n", "a chunk not ended by CRLF");
+            body.extend_from_slice(&data[..size]);
+            raw.extend_from_slice(&data);
+        }
+    }
+
+    /// Asserts that the gateway closed the connection: nothing more is
+    /// read, the next read returns 0 bytes.
+    async fn assert_closed(&mut self) {
+        assert!(
+            self.read.is_empty(),
+            "bytes after the response: {:?}",
+            String::from_utf8_lossy(&self.read)
+        );
+        assert_eq!(self.fill().await, 0, "the connection stayed open");
+    }
+}
+
+/// A request head plus body for the chat endpoint, `Content-Length` framed.
+fn chat_request(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n";
+
+/// Asserts a fresh connection still gets `GET /healthz` answered.
+async fn assert_still_serving(addr: SocketAddr) {
+    let mut client = Client::connect(addr).await;
+    client.send(HEALTHZ).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.json()["status"], "ok");
+}
+
+/// A stream is answered with `transfer-encoding: chunked` (its length is
+/// not known in advance), its chunks decode to the SSE events ending in
+/// `data: [DONE]`, the terminating `0` chunk ends it, and the connection
+/// stays open for the next request.
+#[tokio::test]
+async fn a_stream_is_chunked_and_the_connection_is_kept_after_it() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let stream_body = chat_body(MODEL, "stream it", true).to_string();
+    client.send(chat_request(&stream_body)).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(
+        reply.header("transfer-encoding"),
+        Some("chunked"),
+        "{}",
+        reply.head
+    );
+    assert_eq!(reply.header("content-length"), None, "{}", reply.head);
+    assert_eq!(reply.header("connection"), None, "{}", reply.head);
+    assert!(
+        reply.raw.ends_with(b"\r\n0\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&reply.raw)
+    );
+    let events = reply.text();
+    assert!(events.starts_with("data: {"), "{events}");
+    assert!(events.ends_with("data: [DONE]\n\n"), "{events}");
+
+    let plain_body = chat_body(MODEL, "and now at once", false).to_string();
+    client.send(chat_request(&plain_body)).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(reply.header("content-length").is_some(), "{}", reply.head);
+    assert_eq!(reply.json()["object"], "chat.completion");
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 2);
+}
+
+/// Requests pipelined in one write are each answered, in the order they
+/// were sent, on the one connection.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let chat = chat_body(MODEL, "second in line", false).to_string();
+    let pipelined = format!(
+        "{HEALTHZ}{}GET /v1/models HTTP/1.1\r\nhost: gateway\r\n\r\n",
+        chat_request(&chat)
+    );
+    client.send(pipelined).await;
+
+    let health = client.response().await;
+    assert_eq!(health.status, 200, "{}", health.head);
+    assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
+    let completion = client.response().await;
+    assert_eq!(completion.status, 200, "{}", completion.head);
+    assert_eq!(completion.json()["object"], "chat.completion");
+    let models = client.response().await;
+    assert_eq!(models.status, 200, "{}", models.head);
+    assert_eq!(models.json()["object"], "list");
+
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, chat.as_bytes());
+    // Still open and serving after all three.
+    client.send(HEALTHZ).await;
+    assert_eq!(client.response().await.status, 200);
+}
+
+/// A head the gateway will not serve is answered with an OpenAI-shaped
+/// `invalid_request_error` and its status (400 malformed or ambiguous
+/// framing, 501 a transfer coding other than chunked, 431 a head over
+/// 64 KiB, 505 an HTTP version other than 1.0 and 1.1), says
+/// `connection: close`, and the gateway closes the connection after it;
+/// other connections are served as before.
+#[tokio::test]
+async fn refused_heads_get_an_error_and_the_connection_closed() {
+    let app = spawn_app().await;
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-huge: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let cases = [
+        ("garbage request line", "{not http}\r\n\r\n".to_string(), 400),
+        (
+            "chunked and a content-length",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "two content-lengths",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_string(),
+            400,
+        ),
+        (
+            "gzip transfer coding",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: gzip\r\n\r\n".to_string(),
+            501,
+        ),
+        ("a head over 64 KiB", huge, 431),
+        (
+            "HTTP/2.0",
+            "GET /healthz HTTP/2.0\r\nhost: gateway\r\n\r\n".to_string(),
+            505,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut client = Client::connect(app.addr).await;
+        client.send(&request).await;
+        let reply = client.response().await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.head);
+        assert_eq!(
+            reply.header("connection"),
+            Some("close"),
+            "{what}: {}",
+            reply.head
+        );
+        reply.assert_invalid_request_error();
+        client.assert_closed().await;
+        assert_still_serving(app.addr).await;
+    }
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+}
+
+/// A chunked request body, sent chunk by chunk in separate writes, is
+/// decoded and forwarded whole: the provider receives exactly its bytes.
+#[tokio::test]
+async fn a_chunked_request_body_is_forwarded_whole() {
+    let app = spawn_app().await;
+    let body = chat_body(MODEL, "sent in chunks of odd sizes", false).to_string();
+    let mut client = Client::connect(app.addr).await;
+    client
+        .send("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await;
+    let cuts = [0, 1, 17, body.len() / 2, body.len() - 3, body.len()];
+    for (i, piece) in cuts.windows(2).map(|w| &body[w[0]..w[1]]).enumerate() {
+        // Pacing a slow client, so each chunk arrives on its own; upper
+        // and lower case hexadecimal, one size line with an extension.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let chunk = match i {
+            0 => format!("{:x};note=first\r\n{piece}\r\n", piece.len()),
+            _ => format!("{:X}\r\n{piece}\r\n", piece.len()),
+        };
+        client.send(chunk).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client.send("0\r\n\r\n").await;
+
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    assert_eq!(reply.json()["object"], "chat.completion");
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&seen[0].body),
+        body,
+        "the body forwarded"
+    );
+    // The whole body was read: the connection takes the next request.
+    client.send(HEALTHZ).await;
+    assert_eq!(client.response().await.status, 200);
+}
+
+/// A chunked body that cannot be decoded (a size line that is not
+/// hexadecimal) is answered 400 `invalid_request_error`, nothing is
+/// forwarded, and the connection is closed (the rest of the stream
+/// cannot be framed).
+#[tokio::test]
+async fn a_malformed_chunked_body_is_400_and_the_connection_closed() {
+    let app = spawn_app().await;
+    let body = chat_body(MODEL, "never whole", false).to_string();
+    let mut client = Client::connect(app.addr).await;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{}\r\nzz\r\nmore\r\n0\r\n\r\n",
+        10,
+        &body[..10]
+    );
+    client.send(request).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 400, "{}: {}", reply.head, reply.text());
+    reply.assert_invalid_request_error();
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    client.assert_closed().await;
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
+/// An HTTP/1.0 request without `Connection: keep-alive` is answered with
+/// `connection: close` and the connection closed after it.
+#[tokio::test]
+async fn an_http_1_0_request_closes_the_connection_by_default() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    client.send("GET /healthz HTTP/1.0\r\n\r\n").await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    assert_eq!(reply.json()["status"], "ok");
+    client.assert_closed().await;
+}
+
+/// An HTTP/1.0 request with `Connection: keep-alive` is answered with
+/// `connection: keep-alive`, and the connection serves the next request.
+#[tokio::test]
+async fn an_http_1_0_keep_alive_request_keeps_the_connection() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let body = chat_body(MODEL, "an old client", false).to_string();
+    let chat = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nconnection: keep-alive\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for request in [
+        "GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        &chat,
+    ] {
+        client.send(request).await;
+        let reply = client.response().await;
+        assert_eq!(reply.status, 200, "{request}: {}", reply.head);
+        assert_eq!(
+            reply.header("connection"),
+            Some("keep-alive"),
+            "{request}: {}",
+            reply.head
+        );
+        assert!(reply.header("content-length").is_some(), "{}", reply.head);
+    }
+    assert_eq!(app.mock.requests_for(Flavour::Moonshot).len(), 1);
+}
+
+/// `HEAD` is answered with the head `GET` would get (status and
+/// `content-length`) and no body: the next bytes on the connection are the
+/// next response's.
+#[tokio::test]
+async fn a_head_request_gets_the_head_and_no_body() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    client.send(HEALTHZ).await;
+    let get = client.response().await;
+    assert_eq!(get.status, 200, "{}", get.head);
+    let get_length = get.header("content-length").expect("a length").to_owned();
+    assert_eq!(get_length, get.body.len().to_string());
+
+    client
+        .send(format!(
+            "HEAD /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n{HEALTHZ}"
+        ))
+        .await;
+    let (status, head) = client.head().await;
+    assert_eq!(status, 200, "{head}");
+    let next = client.take(12).await;
+    assert_eq!(
+        String::from_utf8_lossy(&next),
+        "HTTP/1.1 200",
+        "bytes between the HEAD response and the next one"
+    );
+    // RFC 9110 section 8.6: a HEAD response's content-length, if sent, is
+    // the length GET's body would have.
+    assert_eq!(
+        header_of(&head, "content-length"),
+        Some(get_length.as_str()),
+        "HEAD says the length GET's body has: {head}"
+    );
+}
+
+/// `Connection: close` from an HTTP/1.1 client: the response says
+/// `connection: close` and the gateway closes the connection after it.
+#[tokio::test]
+async fn connection_close_from_the_client_closes_after_the_response() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let body = chat_body(MODEL, "last one", false).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    assert_eq!(reply.json()["object"], "chat.completion");
+    client.assert_closed().await;
+}
+
+/// A client declaring a body over the limit and sending it gets the whole
+/// 413 answer: the gateway answers without reading the body, and keeps
+/// reading and dropping it while closing, so the connection is not reset
+/// under the response.
+#[tokio::test]
+async fn a_declared_body_over_the_limit_gets_the_whole_413() {
+    let app = spawn_app_with("[server]\nmax_body_bytes = 1024\n", &[]).await;
+    let mut client = Client::connect(app.addr).await;
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n";
+    let mut request = head.as_bytes().to_vec();
+    request.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    client.send(&request).await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
+    reply.assert_invalid_request_error();
+    assert_eq!(reply.json()["error"]["code"], "request_too_large");
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    client.assert_closed().await;
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
+/// Every response carries a `date` header in the HTTP date format, close
+/// to the current time: plain, chunked, the router's errors and refused
+/// heads alike.
+#[tokio::test]
+async fn every_response_has_a_date() {
+    let app = spawn_app().await;
+    let stream_body = chat_body(MODEL, "dated", true).to_string();
+    let cases = [
+        HEALTHZ.to_string(),
+        chat_request(&stream_body),
+        "GET /no/such/path HTTP/1.1\r\nhost: gateway\r\n\r\n".to_string(),
+        "GET /healthz HTTP/1.0\r\n\r\n".to_string(),
+        "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_string(),
+    ];
+    for request in cases {
+        let mut client = Client::connect(app.addr).await;
+        client.send(&request).await;
+        let reply = client.response().await;
+        let date = reply
+            .header("date")
+            .unwrap_or_else(|| panic!("no date: {}", reply.head));
+        let when = httpdate::parse_http_date(date)
+            .unwrap_or_else(|err| panic!("{date:?} is not an HTTP date ({err})"));
+        let now = SystemTime::now();
+        let apart = now
+            .duration_since(when)
+            .unwrap_or_else(|ahead| ahead.duration());
+        assert!(
+            apart < Duration::from_secs(60),
+            "{date} is far from now ({request:?})"
+        );
+    }
+}
