@@ -33,6 +33,10 @@ impl Gateway {
         })
     }
 
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// One request, start to end. The pieces are plain function calls, not
     /// tower layers: each layer (axum's router, `from_fn`, catch-panic)
     /// cloned and boxed a service or a future per request.

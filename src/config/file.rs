@@ -15,6 +15,10 @@ pub struct ServerFile {
     pub drain_secs: Option<f64>,
     /// Interval of `: keep-alive` comments while a stream is silent (0: off).
     pub sse_keepalive_secs: Option<f64>,
+    /// How long a client connection may wait for its next complete request
+    /// head (idle keep-alive, or a head sent slowly) before it is closed
+    /// (0: no limit).
+    pub client_idle_secs: Option<f64>,
     /// Serve `/metrics` on this address instead of the main listener.
     pub metrics_listen: Option<String>,
 }

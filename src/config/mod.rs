@@ -77,6 +77,8 @@ pub struct Config {
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.
     pub sse_keepalive: Option<Duration>,
+    /// How long a client connection may wait for a complete request head.
+    pub client_idle: Option<Duration>,
     /// A separate address for `/metrics` (else the main listener serves it).
     pub metrics_listen: Option<SocketAddr>,
     pub retry: RetrySettings,

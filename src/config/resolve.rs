@@ -64,6 +64,15 @@ pub fn resolve_reusing(
             &mut problems,
         )),
     };
+    let client_idle = match parsed.server.client_idle_secs {
+        Some(0.0) => None,
+        other => Some(seconds(
+            other,
+            "server.client_idle_secs",
+            Duration::from_secs(75),
+            &mut problems,
+        )),
+    };
     let metrics_listen = parsed.server.metrics_listen.as_deref().and_then(|addr| {
         addr.parse()
             .map_err(|_| {
@@ -155,6 +164,7 @@ pub fn resolve_reusing(
         max_body_bytes,
         drain,
         sse_keepalive,
+        client_idle,
         metrics_listen,
         retry,
         providers,

@@ -51,17 +51,30 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serves requests on `io` until the client closes it, a response says
-/// `connection: close`, or `closing` is cancelled (the connection then
-/// closes once it has no request in flight).
-pub async fn serve(io: TcpStream, gateway: Arc<Gateway>, closing: CancellationToken) {
+/// `connection: close`, `closing` is cancelled (the connection then closes
+/// once it has no request in flight), or no complete request head came
+/// for `idle`.
+pub async fn serve(
+    io: TcpStream,
+    gateway: Arc<Gateway>,
+    closing: CancellationToken,
+    idle: Option<Duration>,
+) {
     let mut connection = Connection {
         io,
         read: BytesMut::new(),
         output: Output::default(),
     };
     let mut closed = pin!(closing.cancelled());
+    // One timer for the connection's life, pushed back before each wait:
+    // a later deadline costs no timer-wheel work until the old one is due.
+    let mut idle_timer = pin!(idle.map(|after| tokio::time::sleep(after)));
     loop {
-        let head = match connection.next_head(closed.as_mut()).await {
+        let waiting = Waiting {
+            closed: closed.as_mut(),
+            idle: idle.zip(idle_timer.as_mut().as_pin_mut()),
+        };
+        let head = match connection.next_head(waiting).await {
             Ok(head) => head,
             Err(NoHead::Refused(bad)) => return connection.refuse(bad).await,
             Err(NoHead::Closed) => return,
@@ -82,7 +95,15 @@ struct Connection {
     output: Output,
 }
 
-/// Why no request head came.
+/// What else ends a wait for a request head.
+struct Waiting<'a, C> {
+    /// The server is closing.
+    closed: Pin<&'a mut C>,
+    /// The idle limit and its timer.
+    idle: Option<(Duration, Pin<&'a mut tokio::time::Sleep>)>,
+}
+
+/// Why no request head came (or none in time).
 enum NoHead {
     Refused(BadHead),
     /// The client closed the connection (or it failed), or the server is
@@ -120,10 +141,11 @@ enum Next {
 }
 
 impl Connection {
-    async fn next_head(
+    async fn next_head<C: Future<Output = ()>>(
         &mut self,
-        mut closed: Pin<&mut impl Future<Output = ()>>,
+        mut waiting: Waiting<'_, C>,
     ) -> Result<RequestHead, NoHead> {
+        let mut timer_set = false;
         loop {
             if !self.read.is_empty() {
                 match request_head::parse(&mut self.read) {
@@ -138,8 +160,19 @@ impl Connection {
                     return Poll::Ready(Some(read));
                 }
                 // Between requests a closing server closes the connection.
-                if idle && closed.as_mut().poll(cx).is_ready() {
+                if idle && waiting.closed.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
+                }
+                if let Some((after, timer)) = &mut waiting.idle {
+                    if !timer_set {
+                        // Set when the wait begins (not per read): a head
+                        // trickled in must still be complete in time.
+                        timer.as_mut().reset(tokio::time::Instant::now() + *after);
+                        timer_set = true;
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
                 }
                 Poll::Pending
             })

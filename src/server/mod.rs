@@ -102,7 +102,8 @@ async fn serve(
         };
         // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
         let _ = tcp.set_nodelay(true);
-        connections.spawn(conn::serve(tcp, gateway.clone(), closing.clone()));
+        let idle = gateway.state().config().client_idle;
+        connections.spawn(conn::serve(tcp, gateway.clone(), closing.clone(), idle));
     }
     drop(listener);
     // Idle connections close now, busy ones after their response.

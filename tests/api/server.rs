@@ -584,3 +584,50 @@ async fn every_response_has_a_date() {
         );
     }
 }
+
+/// A connection with no complete request head for `server.client_idle_secs`
+/// is closed: idle after a response, and also while a head trickles in a
+/// byte at a time (the limit counts from when the wait began, not from the
+/// last byte). A connection used within the limit keeps working.
+#[tokio::test]
+async fn connections_without_a_request_head_in_time_are_closed() {
+    let app = spawn_app_with("[server]\nclient_idle_secs = 0.4\n", &[]).await;
+
+    let mut idle = Client::connect(app.addr).await;
+    idle.send("GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await;
+    assert_eq!(idle.response().await.status, 200);
+    let waited = std::time::Instant::now();
+    idle.assert_closed().await;
+    assert!(
+        waited.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, before the limit",
+        waited.elapsed()
+    );
+
+    let mut slow = Client::connect(app.addr).await;
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    let head_start = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-slow: ";
+    for byte in head_start.iter().chain(std::iter::repeat(&b'a')) {
+        // A client pacing its bytes, each well inside the limit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if slow.stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        assert!(
+            started.elapsed() < READ_WAIT,
+            "a head trickled for {READ_WAIT:?} was never cut off"
+        );
+    }
+    assert!(closed);
+
+    let mut busy = Client::connect(app.addr).await;
+    for _ in 0..3 {
+        busy.send("GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+            .await;
+        assert_eq!(busy.response().await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
