@@ -13,10 +13,11 @@
 # the baseline and the candidate in turn, each pinned to CPU 0 (the mock
 # provider and the load generator on CPU 1, as in benches/load.sh), drives
 # AB_SECS seconds of closed-loop load at AB_CONNECTIONS connections, and
-# reads the proxy's user and system CPU time from /proc. Prints each round
-# and a table of medians; candidate/baseline is the median of the rounds'
-# own ratios (this machine's speed drifts within minutes, a round's targets
-# run seconds apart).
+# reads the proxy's user and system CPU time from /proc (and the load
+# generator's p99 latency). Prints each round and a table of medians;
+# candidate/baseline is the median of the rounds' own ratios (this
+# machine's speed drifts within minutes, a round's targets run seconds
+# apart).
 #
 # Environment: AB_ROUNDS (default 6), AB_SECS (default 5), AB_CONNECTIONS
 # (default 64), AB_OUT (default target/cpu-ab). Loopback only; every process
@@ -136,10 +137,12 @@ run_target() { # name round
     wait_closed "$addr"
     read -r u0 s0 <<<"$before"
     read -r u1 s1 <<<"$after"
+    local p99
+    p99=$(jq .latency_p99_ms "$OUT/load.json")
     awk -v n="$name" -v r="$round" -v q="$requests" -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
-        -v hz="$HZ" -v secs="$SECS" 'BEGIN {
-            printf "%s\t%d\t%.0f\t%.2f\t%.2f\n", n, r, q / secs, u / hz * 1e6 / q, s / hz * 1e6 / q
-        }' | tee -a "$OUT/rounds.tsv" | awk -F'\t' '{ printf "[cpu-ab] round %d %-9s %7d req/s  user %5.2f us  sys %5.2f us per request\n", $2, $1, $3, $4, $5 }' >&2
+        -v hz="$HZ" -v secs="$SECS" -v p99="$p99" 'BEGIN {
+            printf "%s\t%d\t%.0f\t%.2f\t%.2f\t%.3f\n", n, r, q / secs, u / hz * 1e6 / q, s / hz * 1e6 / q, p99
+        }' | tee -a "$OUT/rounds.tsv" | awk -F'\t' '{ printf "[cpu-ab] round %d %-9s %7d req/s  user %5.2f us  sys %5.2f us per request  p99 %.3f ms\n", $2, $1, $3, $4, $5, $6 }' >&2
 }
 
 log "baseline:  $BASELINE"
@@ -156,18 +159,18 @@ function median(list, n,   i, j, t, a) {
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; rounds[$2] = 1 }
+{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; p99[$1] = p99[$1] " " $6; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; rounds[$2] = 1 }
 END {
     for (k in rounds) {
         ratio_rps = ratio_rps " " r["candidate", k] / r["baseline", k]
         ratio_cpu = ratio_cpu " " cpu["candidate", k] / cpu["baseline", k]
     }
-    print "| target | req/s | user µs/request | system µs/request |"
-    print "|---|---|---|---|"
+    print "| target | req/s | user µs/request | system µs/request | p99 ms |"
+    print "|---|---|---|---|---|"
     split("nginx baseline candidate", order, " ")
     for (i = 1; i <= 3; i++) {
         t = order[i]
-        printf "| %s | %.0f | %.2f | %.2f |\n", t, median(rps[t]), median(user[t]), median(sys[t])
+        printf "| %s | %.0f | %.2f | %.2f | %.3f |\n", t, median(rps[t]), median(user[t]), median(sys[t]), median(p99[t])
     }
     printf "\ncandidate/baseline (median of the rounds): req/s %.2fx, CPU per request %.2fx\n", median(ratio_rps), median(ratio_cpu)
 }' "$OUT/rounds.tsv" | tee "$OUT/table.md"
