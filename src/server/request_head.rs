@@ -349,6 +349,32 @@ mod tests {
         );
     }
 
+    /// Any byte anywhere in a head gives a head, a refusal with an error
+    /// status, or a wait for more that takes nothing from the buffer;
+    /// never a panic.
+    #[test]
+    fn every_mutation_of_a_head_is_parsed_or_refused() {
+        let wire = b"POST /v1/chat/completions?a=b HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\n{}";
+        for at in 0..wire.len() {
+            for byte in [
+                0u8, b'\t', b'\n', b'\r', b' ', b',', b':', b'0', b'9', b'a', b'/', b'?', 0x7f,
+                0x80, 0xff,
+            ] {
+                let mut mutated = wire.to_vec();
+                mutated[at] = byte;
+                let mut buf = BytesMut::from(&mutated[..]);
+                match parse(&mut buf) {
+                    Ok(Some(head)) => assert!(buf.len() <= mutated.len(), "{head:?}"),
+                    Ok(None) => assert_eq!(buf.len(), mutated.len(), "nothing taken yet"),
+                    Err(bad) => assert!(
+                        bad.status.is_client_error() || bad.status.is_server_error(),
+                        "{bad:?}"
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn header_values_share_the_heads_bytes() {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx-long: 0123456789\r\n\r\n"[..]);
