@@ -15,6 +15,7 @@ use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::state::AppState;
+use crate::wire_fields::WireFields;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode};
@@ -91,7 +92,7 @@ where
         }
         Err(refused) => (refused.into_response(), None, Handled::default()),
     };
-    response.headers_mut().insert(X_REQUEST_ID, id.clone());
+    WireFields::of(&mut response).push(&X_REQUEST_ID, &id);
     let record = AccessRecord {
         id,
         method,

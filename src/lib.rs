@@ -35,3 +35,4 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod wire_fields;

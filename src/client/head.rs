@@ -66,6 +66,11 @@ impl Headers {
         self.fields.len()
     }
 
+    /// The size of the head the fields came from: room enough to copy them.
+    pub fn wire_len(&self) -> usize {
+        self.head.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }

@@ -14,6 +14,7 @@ use crate::proxy::request::ChatRequest;
 use crate::proxy::stream_stats::StreamStats;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::proxy::usage::Usage;
+use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use smallvec::SmallVec;
@@ -96,7 +97,7 @@ impl Limits {
             Err(denial) => {
                 let snapshot = denial_snapshot(&denial);
                 let mut response = denial.into_error().into_response();
-                headers::write(response.headers_mut(), &snapshot);
+                headers::write(WireFields::of(&mut response), &snapshot);
                 Err(response)
             }
         }
@@ -195,7 +196,7 @@ impl Admission {
         let provider = provider.unwrap_or_default();
         self.snapshot.merge(&provider.snapshot);
         if !self.snapshot.is_empty() {
-            headers::write(response.headers_mut(), &self.snapshot);
+            headers::write(WireFields::of(response), &self.snapshot);
         }
         if matches!((&self.hold, &provider.hold), (Hold::None, Hold::None)) {
             return None;

@@ -4,8 +4,8 @@
 //! `1h2m3.5s`): the time until that limit is back to full.
 
 use super::spec::Snapshot;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use crate::wire_fields::WireFields;
+use http::HeaderName;
 use std::time::Duration;
 
 const REQUESTS: [HeaderName; 3] = [
@@ -19,69 +19,49 @@ const TOKENS: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
 
-/// Writes the headers for every window the snapshot has. The values are
-/// formatted into one buffer and each header holds a slice of it: one
-/// allocation for all six instead of two per value.
-pub fn write(headers: &mut HeaderMap, snapshot: &Snapshot) {
-    let windows = [(&REQUESTS, snapshot.requests), (&TOKENS, snapshot.tokens)];
-    let mut text = String::with_capacity(64);
-    let mut ends = [0usize; 6];
-    for (i, (_, window)) in windows.iter().enumerate() {
+/// Writes the headers for every window the snapshot has, formatted
+/// straight into the response's wire fields.
+pub fn write(fields: &mut WireFields, snapshot: &Snapshot) {
+    for (names, window) in [(&REQUESTS, snapshot.requests), (&TOKENS, snapshot.tokens)] {
         let Some(window) = window else { continue };
-        text.push_str(itoa::Buffer::new().format(window.limit));
-        ends[i * 3] = text.len();
-        text.push_str(itoa::Buffer::new().format(window.remaining));
-        ends[i * 3 + 1] = text.len();
-        format_duration_into(&mut text, window.reset);
-        ends[i * 3 + 2] = text.len();
-    }
-    let buffer = Bytes::from(text);
-    let mut start = 0;
-    for (i, (names, window)) in windows.iter().enumerate() {
-        if window.is_none() {
-            continue;
-        }
-        for (j, name) in names.iter().enumerate() {
-            let end = ends[i * 3 + j];
-            let value = HeaderValue::from_maybe_shared(buffer.slice(start..end))
-                .expect("digits and unit letters");
-            headers.insert(name.clone(), value);
-            start = end;
-        }
+        let [limit, remaining, reset] = names;
+        fields.push_u64(limit, window.limit);
+        fields.push_u64(remaining, window.remaining);
+        fields.push_with(reset, |out| format_duration_into(out, window.reset));
     }
 }
 
 /// `0s`, `250ms`, `1s`, `1.5s`, `6m0s`, `2h0m0s`: hours and minutes whole,
 /// seconds with up to three decimals, milliseconds below one second.
 pub fn format_duration(d: Duration) -> String {
-    let mut text = String::new();
+    let mut text = Vec::new();
     format_duration_into(&mut text, d);
-    text
+    String::from_utf8(text).expect("digits and unit letters")
 }
 
-fn format_duration_into(out: &mut String, d: Duration) {
+fn format_duration_into(out: &mut Vec<u8>, d: Duration) {
     let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
     let mut number = itoa::Buffer::new();
     if ms == 0 {
-        out.push_str("0s");
+        out.extend_from_slice(b"0s");
         return;
     }
     if ms < 1000 {
-        out.push_str(number.format(ms));
-        out.push_str("ms");
+        out.extend_from_slice(number.format(ms).as_bytes());
+        out.extend_from_slice(b"ms");
         return;
     }
     let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
     if hours > 0 {
-        out.push_str(number.format(hours));
-        out.push('h');
+        out.extend_from_slice(number.format(hours).as_bytes());
+        out.push(b'h');
     }
     if hours > 0 || minutes > 0 {
-        out.push_str(number.format(minutes));
-        out.push('m');
+        out.extend_from_slice(number.format(minutes).as_bytes());
+        out.push(b'm');
     }
-    out.push_str(number.format(rest / 1000));
+    out.extend_from_slice(number.format(rest / 1000).as_bytes());
     let millis = rest % 1000;
     if millis != 0 {
         let fraction = [millis / 100, millis / 10 % 10, millis % 10];
@@ -92,12 +72,12 @@ fn format_duration_into(out: &mut String, d: Duration) {
         } else {
             3
         };
-        out.push('.');
+        out.push(b'.');
         for digit in &fraction[..digits] {
-            out.push(char::from(b'0' + *digit as u8));
+            out.push(b'0' + *digit as u8);
         }
     }
-    out.push('s');
+    out.push(b's');
 }
 
 #[cfg(test)]
@@ -122,7 +102,7 @@ mod tests {
 
     #[test]
     fn writes_both_windows() {
-        let mut headers = HeaderMap::new();
+        let mut headers = WireFields::default();
         let window = Window {
             limit: 60,
             remaining: 59,
@@ -135,10 +115,11 @@ mod tests {
                 tokens: None,
             },
         );
-        assert_eq!(headers["x-ratelimit-limit-requests"], "60");
-        assert_eq!(headers["x-ratelimit-remaining-requests"], "59");
-        assert_eq!(headers["x-ratelimit-reset-requests"], "1s");
-        assert!(!headers.contains_key("x-ratelimit-limit-tokens"));
+        assert_eq!(
+            headers.as_bytes(),
+            b"x-ratelimit-limit-requests: 60\r\nx-ratelimit-remaining-requests: 59\r\n\
+              x-ratelimit-reset-requests: 1s\r\n"
+        );
 
         let tokens = Window {
             limit: 1_000_000,
@@ -146,7 +127,7 @@ mod tests {
             reset: Duration::from_millis(1500),
         };
         for requests in [Some(window), None] {
-            let mut headers = HeaderMap::new();
+            let mut headers = WireFields::default();
             write(
                 &mut headers,
                 &Snapshot {
@@ -154,12 +135,21 @@ mod tests {
                     tokens: Some(tokens),
                 },
             );
-            assert_eq!(headers["x-ratelimit-limit-tokens"], "1000000");
-            assert_eq!(headers["x-ratelimit-remaining-tokens"], "250");
-            assert_eq!(headers["x-ratelimit-reset-tokens"], "1.5s");
+            let value = |name| {
+                headers
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            assert_eq!(value("x-ratelimit-limit-tokens").unwrap(), "1000000");
+            assert_eq!(value("x-ratelimit-remaining-tokens").unwrap(), "250");
+            assert_eq!(value("x-ratelimit-reset-tokens").unwrap(), "1.5s");
             assert_eq!(
-                headers.contains_key("x-ratelimit-reset-requests"),
+                value("x-ratelimit-reset-requests").is_some(),
                 requests.is_some()
+            );
+            assert_eq!(
+                headers.iter().count(),
+                if requests.is_some() { 6 } else { 3 }
             );
         }
     }

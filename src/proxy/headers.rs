@@ -3,7 +3,8 @@
 //! sets itself.
 
 use crate::client::Headers;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use crate::wire_fields::WireFields;
+use http::HeaderName;
 
 /// Header names the gateway sets or reads on every request, parsed once
 /// (a `&str` name is validated and hashed on each use).
@@ -54,42 +55,45 @@ fn request_id_rank(name: &str) -> Option<u8> {
     }
 }
 
-/// Names longer than this are lowercased by `http` rather than on the
-/// stack (no provider sends one).
+/// Names longer than this are lowercased on the heap (no provider sends
+/// one).
 const SHORT_NAME: usize = 64;
 
-/// Copies the forwardable headers of an upstream response and returns the
-/// provider's id for the request, found on the same pass (a lookup per
-/// name the providers use would hash each of them). Names are lowercased
-/// on the stack and matched before any is made a `HeaderName`, which for a
-/// name `http` does not know allocates: dropped ones never are.
-pub fn copy_response_headers(from: &Headers, to: &mut HeaderMap) -> Option<HeaderValue> {
+/// Copies the forwardable headers of an upstream response into `to`, and
+/// the provider's id for the request (found on the same pass: a lookup per
+/// name the providers use would go over the fields again) as
+/// `x-upstream-request-id`. Names are lowercased on the stack and matched
+/// before anything is written.
+pub fn copy_response_headers(from: &Headers, to: &mut WireFields) {
     let mut request_id: Option<(u8, &[u8])> = None;
     let mut lower = [0u8; SHORT_NAME];
     for (raw_name, value) in from.iter() {
         let long_name;
-        let name_text = if raw_name.len() <= SHORT_NAME {
-            let lower = &mut lower[..raw_name.len()];
-            lower.copy_from_slice(raw_name);
-            lower.make_ascii_lowercase();
-            std::str::from_utf8(lower).unwrap_or_default()
-        } else {
-            long_name = HeaderName::from_bytes(raw_name).ok();
-            long_name.as_ref().map_or("", HeaderName::as_str)
+        let lower: &[u8] = match lower.get_mut(..raw_name.len()) {
+            Some(lower) => {
+                lower.copy_from_slice(raw_name);
+                lower.make_ascii_lowercase();
+                lower
+            }
+            None => {
+                long_name = raw_name.to_ascii_lowercase();
+                &long_name
+            }
         };
+        // httparse admits only token characters in a name: ASCII.
+        let name_text = std::str::from_utf8(lower).unwrap_or_default();
         if let Some(rank) = request_id_rank(name_text)
             && request_id.is_none_or(|(best, _)| rank < best)
         {
             request_id = Some((rank, value));
         }
-        if !is_dropped(name_text)
-            && let Ok(name) = HeaderName::from_bytes(name_text.as_bytes())
-            && let Some(value) = from.shared_value(value)
-        {
-            to.append(name, value);
+        if !is_dropped(name_text) {
+            to.push_parsed(lower, value);
         }
     }
-    request_id.and_then(|(_, value)| from.shared_value(value))
+    if let Some((_, id)) = request_id {
+        to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), id);
+    }
 }
 
 #[cfg(test)]
@@ -113,16 +117,12 @@ mod tests {
             wire.push_str(&format!("{k}: {v}\r\n"));
         }
         let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
-        let mut to = HeaderMap::new();
-        assert_eq!(copy_response_headers(&from, &mut to), None);
-        let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["msh-context-cache-id", "retry-after"]);
-        let retry: Vec<_> = to.get_all("retry-after").iter().collect();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to);
         assert_eq!(
-            retry,
-            ["3", "3"],
-            "repeated fields all kept, names lowercased"
+            to.as_bytes(),
+            b"msh-context-cache-id: cache-1\r\nretry-after: 3\r\nretry-after: 3\r\n",
+            "repeated fields all kept, names lowercased, no request id"
         );
     }
 
@@ -141,12 +141,26 @@ mod tests {
                 wire.push_str(&format!("{}: {value}\r\n", name.to_ascii_uppercase()));
             }
             let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
-            let mut to = HeaderMap::new();
-            let found = copy_response_headers(&from, &mut to);
-            assert_eq!(found.unwrap(), ids[present - 1].1);
+            let mut to = WireFields::default();
+            copy_response_headers(&from, &mut to);
+            let found = to.get("x-upstream-request-id");
+            assert_eq!(found.unwrap(), ids[present - 1].1.as_bytes());
+            assert_eq!(
+                to.iter().count(),
+                2 * present - 2 * usize::from(present == 4) + 1
+            );
             // The provider's own `x-request-id` is not forwarded: the
             // gateway sets its own.
-            assert!(!to.contains_key("x-request-id"));
+            assert!(to.get("x-request-id").is_none());
         }
+    }
+
+    #[test]
+    fn long_names_are_copied_lowercased() {
+        let name = "X-".to_string() + &"Long".repeat(30);
+        let from = Headers::from_head(&format!("HTTP/1.1 200 OK\r\n{name}: v\r\n\r\n")).unwrap();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to);
+        assert_eq!(to.get(&name.to_ascii_lowercase()), Some(&b"v"[..]));
     }
 }

@@ -2,9 +2,7 @@
 //! spliced body, request id), send it under the provider's timeouts, and turn
 //! the answer into the client's response or a [`GatewayError`].
 
-use super::headers::{
-    X_ACCEL_BUFFERING, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID, copy_response_headers,
-};
+use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
@@ -16,6 +14,7 @@ use crate::client::{ClientError, PooledBody, header_line, request_line};
 use crate::error::GatewayError;
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
+use crate::wire_fields::WireFields;
 use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
@@ -148,14 +147,11 @@ pub async fn forward(
         .get("content-type")
         .and_then(|v| v.get(..17))
         .is_some_and(|start| start.eq_ignore_ascii_case(b"text/event-stream"));
-    let mut builder = Response::builder().status(StatusCode::OK);
-    let headers = builder.headers_mut().expect("fresh builder");
-    // Room for the provider's headers and the ~12 the gateway adds (ids,
-    // content type, rate limits), so the map is sized once, not regrown.
-    headers.reserve(response.headers.len() + 16);
-    if let Some(id) = copy_response_headers(&response.headers, headers) {
-        headers.insert(X_UPSTREAM_REQUEST_ID, id);
-    }
+    let mut fields = WireFields::default();
+    // Room for the provider's fields and the ~12 the gateway adds (ids,
+    // content type, rate limits), so the buffer is sized once.
+    fields.reserve(response.headers.wire_len() + 512);
+    copy_response_headers(&response.headers, &mut fields);
 
     if request.stream && is_event_stream {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
@@ -178,17 +174,18 @@ pub async fn forward(
         series
             .time_to_first_token
             .observe((first_event - ctx.arrived).as_secs_f64());
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
+        fields.push(
+            &header::CONTENT_TYPE,
+            &HeaderValue::from_static("text/event-stream"),
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        fields.push(
+            &header::CACHE_CONTROL,
+            &HeaderValue::from_static("no-cache"),
+        );
+        fields.push(&X_ACCEL_BUFFERING, &HeaderValue::from_static("no"));
         info.stream = Some(stats);
         info.series = Some(series);
-        let response = builder
-            .body(Body::from_stream(relay))
-            .expect("valid response parts");
+        let response = with_fields(Body::from_stream(relay), fields);
         observe_after_head(ctx.metrics, first_event);
         return Ok(Forwarded { response, info });
     }
@@ -218,15 +215,20 @@ pub async fn forward(
     info.usage = found.as_ref().map(|f| f.usage);
     info.series = Some(series);
     let body = mirror_cached_tokens_in_body(body, found.as_ref());
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    fields.push(
+        &header::CONTENT_TYPE,
+        &HeaderValue::from_static("application/json"),
     );
-    let response = builder
-        .body(Body::from(body))
-        .expect("valid response parts");
+    let response = with_fields(Body::from(body), fields);
     observe_after_head(ctx.metrics, body_read);
     Ok(Forwarded { response, info })
+}
+
+/// A 200 response whose header fields are all in `fields`.
+fn with_fields(body: Body, fields: WireFields) -> Response {
+    let mut response = Response::new(body);
+    response.extensions_mut().insert(fields);
+    response
 }
 
 /// The gateway's own time between having the upstream's answer and handing

@@ -13,6 +13,7 @@ use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::state::AppState;
+use crate::wire_fields::WireFields;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -214,9 +215,9 @@ async fn route_and_forward(
         ),
     };
     if let Some(target) = report.target {
-        let headers = response.headers_mut();
-        headers.insert(X_GATEWAY_PROVIDER, target.provider.name_header.clone());
-        headers.insert(X_GATEWAY_ATTEMPTS, attempts_header(report.attempts));
+        let fields = WireFields::of(&mut response);
+        fields.push(&X_GATEWAY_PROVIDER, &target.provider.name_header);
+        fields.push_u64(&X_GATEWAY_ATTEMPTS, report.attempts.into());
         if let Some(info) = &mut upstream {
             info.attempts = report.attempts;
         }
@@ -226,16 +227,6 @@ async fn route_and_forward(
         route: route_name,
         upstream,
         provider_admission,
-    }
-}
-
-/// The attempt count as a header value: the usual small counts without an
-/// allocation.
-fn attempts_header(attempts: u32) -> HeaderValue {
-    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match SMALL.get(attempts as usize) {
-        Some(text) => HeaderValue::from_static(text),
-        None => HeaderValue::from(attempts),
     }
 }
 

@@ -18,6 +18,7 @@ use super::response_head::{self, BodyFraming, ConnectionHeader};
 use crate::app::Gateway;
 use crate::client::{Decoded, Framing};
 use crate::error::{ErrorType, GatewayError};
+use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
@@ -348,8 +349,10 @@ impl Connection {
             BodyFraming::UntilClose
         };
         let keep_alive = connection != ConnectionHeader::Close;
+        let encoded = parts.extensions.get::<WireFields>();
         self.output.copy_with(|out| {
-            response_head::encode(status, &parts.headers, framing, connection, out);
+            let encoded = encoded.map_or(&[][..], WireFields::as_bytes);
+            response_head::encode(status, &parts.headers, encoded, framing, connection, out);
         });
         drop(parts);
         if head_only || matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {

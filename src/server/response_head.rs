@@ -1,7 +1,8 @@
 //! A response head as it goes on the wire: the status line, the handler's
-//! header fields (names lowercase, as `http` keeps them), `date`, the
-//! framing the connection chose, and `connection` when it says something
-//! the client would not assume.
+//! header fields (names lowercase, as `http` keeps them: its header map's,
+//! then those it gave already encoded), `date`, the framing the connection
+//! chose, and `connection` when it says something the client would not
+//! assume.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, StatusCode};
@@ -36,6 +37,7 @@ pub enum ConnectionHeader {
 pub fn encode(
     status: StatusCode,
     headers: &HeaderMap,
+    encoded: &[u8],
     framing: BodyFraming,
     connection: ConnectionHeader,
     out: &mut Vec<u8>,
@@ -45,7 +47,7 @@ pub fn encode(
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    out.reserve(fields + 128);
+    out.reserve(fields + encoded.len() + 128);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -65,6 +67,7 @@ pub fn encode(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(encoded);
     match framing {
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -114,7 +117,7 @@ mod tests {
         connection: ConnectionHeader,
     ) -> String {
         let mut out = Vec::new();
-        encode(status, headers, framing, connection, &mut out);
+        encode(status, headers, b"", framing, connection, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -188,5 +191,28 @@ mod tests {
             ConnectionHeader::Default,
         );
         assert!(odd.starts_with("HTTP/1.1 599 \r\ndate: "), "{odd}");
+    }
+
+    #[test]
+    fn encoded_fields_follow_the_maps() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut out = Vec::new();
+        encode(
+            StatusCode::OK,
+            &headers,
+            b"x-request-id: req_1\r\nx-ratelimit-limit-requests: 60\r\n",
+            BodyFraming::Length(0),
+            ConnectionHeader::Default,
+            &mut out,
+        );
+        let wire = String::from_utf8(out).unwrap();
+        assert!(
+            wire.starts_with(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-request-id: req_1\r\n\
+                 x-ratelimit-limit-requests: 60\r\ncontent-length: 0\r\ndate: "
+            ),
+            "{wire}"
+        );
     }
 }

@@ -125,7 +125,22 @@ async fn provider_account_headers_and_cookies_are_not_forwarded() {
                 "{name} leaked (stream={stream})"
             );
         }
-        assert!(headers.contains_key("x-upstream-request-id"));
+        // What is not the account's is forwarded: Moonshot's request id,
+        // under its own name and as the upstream id.
+        let upstream_id = &headers["x-upstream-request-id"];
+        assert_eq!(&headers["msh-request-id"], upstream_id);
+        // The gateway's own fields and the provider's are each sent once.
+        for name in [
+            "content-type",
+            "x-request-id",
+            "x-upstream-request-id",
+            "x-gateway-provider",
+            "x-gateway-attempts",
+            "msh-request-id",
+            "date",
+        ] {
+            assert_eq!(headers.get_all(name).iter().count(), 1, "{name}");
+        }
     }
 }
 
