@@ -84,6 +84,30 @@ fn escaping_matches_serde_json_at_every_offset() {
 }
 
 #[test]
+fn the_eight_byte_check_agrees_with_the_table() {
+    let by_table = |word: [u8; 8]| word.iter().any(|&b| NEEDS_ESCAPE[b as usize]);
+    let mut words = Vec::new();
+    for byte in 0..=255u8 {
+        for filler in [b'a', b' ', b'!', 0x1f, 0x7f, 0x80, 0xa2, 0xdc, 0xff] {
+            for at in 0..8 {
+                let mut word = [filler; 8];
+                word[at] = byte;
+                words.push(word);
+            }
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    words.extend((0..200_000).map(|_| rng.u64(..).to_le_bytes()));
+    for word in words {
+        assert_eq!(
+            word_needs_escape(u64::from_le_bytes(word)),
+            by_table(word),
+            "{word:02x?}"
+        );
+    }
+}
+
+#[test]
 fn timestamps_are_rfc3339_utc_with_microseconds() {
     let at = |secs: u64, micros: u64| {
         let mut line = String::new();

@@ -15,42 +15,42 @@ pub const X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-at
 pub const X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 
 /// Upstream response headers never forwarded: hop-by-hop (RFC 9110 7.6.1)
-/// and framing, which hyper recomputes; the state and identity of the
+/// and framing, which the server writes itself; the state and identity of the
 /// gateway's provider account; what the gateway sets itself; and the
 /// provider account's own rate limits, which are not the client's.
-fn is_dropped(name: &str) -> bool {
+fn is_dropped(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "set-cookie"
-            | "msh-uid"
-            | "msh-gid"
-            | "content-type"
-            | "date"
-            | "server"
-            | "x-request-id"
-            | "x-should-retry"
-            | "cache-control"
-            | "x-accel-buffering"
-    ) || name.starts_with("x-ratelimit-")
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"proxy-connection"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"content-length"
+            | b"set-cookie"
+            | b"msh-uid"
+            | b"msh-gid"
+            | b"content-type"
+            | b"date"
+            | b"server"
+            | b"x-request-id"
+            | b"x-should-retry"
+            | b"cache-control"
+            | b"x-accel-buffering"
+    ) || name.starts_with(b"x-ratelimit-")
 }
 
 /// The names the providers give their id for a request, best first.
-fn request_id_rank(name: &str) -> Option<u8> {
+fn request_id_rank(name: &[u8]) -> Option<u8> {
     match name {
-        "x-request-id" => Some(0),
-        "msh-request-id" => Some(1),
-        "request-id" => Some(2),
-        "x-amzn-requestid" => Some(3),
+        b"x-request-id" => Some(0),
+        b"msh-request-id" => Some(1),
+        b"request-id" => Some(2),
+        b"x-amzn-requestid" => Some(3),
         _ => None,
     }
 }
@@ -80,14 +80,12 @@ pub fn copy_response_headers(from: &Headers, to: &mut WireFields) {
                 &long_name
             }
         };
-        // httparse admits only token characters in a name: ASCII.
-        let name_text = std::str::from_utf8(lower).unwrap_or_default();
-        if let Some(rank) = request_id_rank(name_text)
+        if let Some(rank) = request_id_rank(lower)
             && request_id.is_none_or(|(best, _)| rank < best)
         {
             request_id = Some((rank, value));
         }
-        if !is_dropped(name_text) {
+        if !is_dropped(lower) {
             to.push_parsed(lower, value);
         }
     }
