@@ -11,6 +11,8 @@
 #   bash benches/instructions.sh            # non-stream
 #   bash benches/instructions.sh --stream   # 10-chunk streams
 #
+# BENCH_SDK_HEADERS=1 sends the OpenAI Python SDK's request headers too
+# (a real client's head: twelve more fields, nine of them custom names).
 # BENCH_SECS (default 6) is how long the measured load runs (under
 # callgrind the gateway serves roughly 1,000 requests a second).
 set -euo pipefail
@@ -20,6 +22,7 @@ SECS="${BENCH_SECS:-6}"
 OUT="$ROOT/target/instructions"
 LOAD=()
 [ "${1:-}" = --stream ] && LOAD=(--stream --mock chunks=10)
+[ -n "${BENCH_SDK_HEADERS:-}" ] && LOAD+=(--sdk-headers)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 missing=()

@@ -71,6 +71,11 @@ struct Cli {
     /// Sent as `Authorization: Bearer …` (empty: no header).
     #[arg(long, default_value = "mock-key")]
     api_key: String,
+    /// Also send the headers the OpenAI Python SDK sends with every
+    /// request (`user-agent`, `accept`, the `x-stainless-*` fields), as a
+    /// real client's request head looks.
+    #[arg(long)]
+    sdk_headers: bool,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,

@@ -13,8 +13,27 @@ pub(crate) struct Target {
     uri: Uri,
     host: HeaderValue,
     auth: Option<HeaderValue>,
+    sdk_headers: bool,
     pub(crate) body: Bytes,
 }
+
+/// What the OpenAI Python SDK (1.x, synchronous client) sends besides the
+/// host, content type, length and key (names lowercase: `http` keeps them
+/// so, and the gateway compares them without case).
+const SDK_HEADERS: [(&str, &str); 12] = [
+    ("accept", "application/json"),
+    ("accept-encoding", "gzip, deflate"),
+    ("user-agent", "OpenAI/Python 1.99.0"),
+    ("x-stainless-lang", "python"),
+    ("x-stainless-package-version", "1.99.0"),
+    ("x-stainless-os", "Linux"),
+    ("x-stainless-arch", "x64"),
+    ("x-stainless-runtime", "CPython"),
+    ("x-stainless-runtime-version", "3.11.2"),
+    ("x-stainless-async", "false"),
+    ("x-stainless-retry-count", "0"),
+    ("x-stainless-read-timeout", "600"),
+];
 
 impl Target {
     pub(crate) fn request(&self) -> Request<Full<Bytes>> {
@@ -29,6 +48,13 @@ impl Target {
             request
                 .headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
+        }
+        if self.sdk_headers {
+            for (name, value) in SDK_HEADERS {
+                request
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_static(value));
+            }
         }
         request
     }
@@ -70,6 +96,7 @@ pub(crate) async fn target(cli: &Cli) -> Result<Target, String> {
         uri: path,
         host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
         auth,
+        sdk_headers: cli.sdk_headers,
         body,
     })
 }
