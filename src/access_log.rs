@@ -40,10 +40,13 @@ pub struct RequestScope {
     pub caller: Caller,
 }
 
-/// What a handler hands back besides its response: what the access log
-/// needs, and what must live until the response body ends.
+/// What a handler hands back besides its response: the response's header
+/// fields in wire form, what the access log needs, and what must live until
+/// the response body ends.
 #[derive(Debug, Default)]
 pub struct Handled {
+    /// Written after the response's header map (see [`WireFields`]).
+    pub fields: WireFields,
     pub model: Option<RequestedModel>,
     pub route: Option<RouteName>,
     /// The upstream side, when a provider was tried.
@@ -56,12 +59,13 @@ pub struct Handled {
 /// Around every request: assigns the request id, checks the client key,
 /// runs `handler`, returns the id, and logs the request. What the handler
 /// needs and what the log needs back are passed directly, not as request
-/// and response extensions (each of those is a boxed insert).
+/// and response extensions (each of those is a boxed insert); so are the
+/// response's wire fields, handed to the server beside the response.
 pub async fn request_context<Handling>(
     state: &AppState,
     request: Request,
     handler: impl FnOnce(Request, RequestScope) -> Handling,
-) -> Response
+) -> (Response, WireFields)
 where
     Handling: Future<Output = (Response, Handled)>,
 {
@@ -79,7 +83,7 @@ where
         state.metrics.in_flight.inc();
     }
 
-    let (mut response, key, handled) = match crate::auth::authenticate(state, &request) {
+    let (response, key, mut handled) = match crate::auth::authenticate(state, &request) {
         Ok(caller) => {
             let key = caller.key_name.clone();
             let scope = RequestScope {
@@ -92,7 +96,7 @@ where
         }
         Err(refused) => (refused.into_response(), None, Handled::default()),
     };
-    WireFields::of(&mut response).push(&X_REQUEST_ID, &id);
+    handled.fields.push(&X_REQUEST_ID, &id);
     let record = AccessRecord {
         id,
         method,
@@ -107,14 +111,17 @@ where
         metrics: counted.then(|| state.metrics.clone()),
     };
     // Dropped in order when the body ends: the settlement, then the record.
+    let fields = handled.fields;
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
-        return hold_until_body_ends(response, (handled.settlement, EmitOnDrop(Some(record))));
+        let held = (handled.settlement, EmitOnDrop(Some(record)));
+        return (hold_until_body_ends(response, held), fields);
     }
     record.emit();
-    match handled.settlement {
+    let response = match handled.settlement {
         Some(settlement) => hold_until_body_ends(response, settlement),
         None => response,
-    }
+    };
+    (response, fields)
 }
 
 fn is_usable_id(value: &HeaderValue) -> bool {

@@ -7,6 +7,7 @@ use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
+use crate::wire_fields::WireFields;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -43,7 +44,9 @@ impl Gateway {
     ///
     /// A panicking handler answers 500 and is logged and counted like any
     /// other request; a panic outside it still answers 500, unlogged.
-    pub async fn handle<B>(self: Arc<Self>, request: http::Request<B>) -> Response
+    /// Besides the response: its header fields in wire form, written after
+    /// the header map's.
+    pub async fn handle<B>(self: Arc<Self>, request: http::Request<B>) -> (Response, WireFields)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -59,7 +62,7 @@ impl Gateway {
         AssertUnwindSafe(handled)
             .catch_unwind()
             .await
-            .unwrap_or_else(|_panic| internal_error())
+            .unwrap_or_else(|_panic| (internal_error(), WireFields::default()))
     }
 
     /// `POST /v1/chat/completions` straight to its handler, everything else

@@ -59,13 +59,14 @@ impl Hold {
 
 impl Limits {
     /// Admits a request against the caller's key, key-and-model and global
-    /// scopes. A refusal is the finished 429 (or 503) response.
+    /// scopes. A refusal is the finished 429 (or 503) response and its
+    /// `x-ratelimit-*` fields.
     pub async fn admit(
         &self,
         key: Option<&ClientKey>,
         model: &str,
         estimate: u64,
-    ) -> Result<Admission, Response> {
+    ) -> Result<Admission, (Response, WireFields)> {
         let scopes: SmallVec<[&Arc<Scope>; 3]> = [
             key.and_then(|k| k.model_limits.get(model)),
             key.and_then(|k| k.limits.as_ref()),
@@ -85,7 +86,9 @@ impl Limits {
                 Err(_) if redis.settings.on_error == OnRedisError::Open => {
                     local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local)
                 }
-                Err(_) => return Err(store_unavailable().into_response()),
+                Err(_) => {
+                    return Err((store_unavailable().into_response(), WireFields::default()));
+                }
             },
         };
         match hold {
@@ -96,9 +99,9 @@ impl Limits {
             }),
             Err(denial) => {
                 let snapshot = denial_snapshot(&denial);
-                let mut response = denial.into_error().into_response();
-                headers::write(WireFields::of(&mut response), &snapshot);
-                Err(response)
+                let mut fields = WireFields::default();
+                headers::write(&mut fields, &snapshot);
+                Err((denial.into_error().into_response(), fields))
             }
         }
     }
@@ -183,20 +186,22 @@ impl Admission {
         self.hold.settle(self.estimate, 0);
     }
 
-    /// The request's answer: its `x-ratelimit-*` headers, from the tightest
-    /// of this admission's scopes and those of the `provider` attempt that
-    /// answered; and, when anything is held, the settlement that releases
-    /// both when the response body ends (the caller keeps it with the body).
+    /// The request's answer: its `x-ratelimit-*` fields (added to
+    /// `fields`), from the tightest of this admission's scopes and those of
+    /// the `provider` attempt that answered; and, when anything is held,
+    /// the settlement that releases both when the response body ends (the
+    /// caller keeps it with the body).
     pub fn finish(
         mut self,
-        response: &mut Response,
+        response: &Response,
+        fields: &mut WireFields,
         provider: Option<Admission>,
         upstream: Option<&UpstreamInfo>,
     ) -> Option<Settlement> {
         let provider = provider.unwrap_or_default();
         self.snapshot.merge(&provider.snapshot);
         if !self.snapshot.is_empty() {
-            headers::write(WireFields::of(response), &self.snapshot);
+            headers::write(fields, &self.snapshot);
         }
         if matches!((&self.hold, &provider.hold), (Hold::None, Hold::None)) {
             return None;

@@ -75,7 +75,9 @@ impl UpstreamInfo {
 /// the limits need to know about it. Handed back beside the response rather
 /// than in its extensions: each extension is a boxed insert into a map.
 pub struct Forwarded {
+    /// Status 200 and the body; every header field is in `fields`.
     pub response: Response,
+    pub fields: WireFields,
     pub info: UpstreamInfo,
 }
 
@@ -185,9 +187,13 @@ pub async fn forward(
         fields.push(&X_ACCEL_BUFFERING, &HeaderValue::from_static("no"));
         info.stream = Some(stats);
         info.series = Some(series);
-        let response = with_fields(Body::from_stream(relay), fields);
+        let response = Response::new(Body::from_stream(relay));
         observe_after_head(ctx.metrics, first_event);
-        return Ok(Forwarded { response, info });
+        return Ok(Forwarded {
+            response,
+            fields,
+            info,
+        });
     }
 
     let body = match timeout_at(deadline, response.body.collect()).await {
@@ -219,16 +225,13 @@ pub async fn forward(
         &header::CONTENT_TYPE,
         &HeaderValue::from_static("application/json"),
     );
-    let response = with_fields(Body::from(body), fields);
+    let response = Response::new(Body::from(body));
     observe_after_head(ctx.metrics, body_read);
-    Ok(Forwarded { response, info })
-}
-
-/// A 200 response whose header fields are all in `fields`.
-fn with_fields(body: Body, fields: WireFields) -> Response {
-    let mut response = Response::new(body);
-    response.extensions_mut().insert(fields);
-    response
+    Ok(Forwarded {
+        response,
+        fields,
+        info,
+    })
 }
 
 /// The gateway's own time between having the upstream's answer and handing

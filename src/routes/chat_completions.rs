@@ -45,9 +45,10 @@ pub async fn chat_completions(
     // Handed back with every answer from here on. `Handled` itself is built
     // only at the end: held across the awaits, it would enlarge the future.
     let model = Some(RequestedModel(chat.model().into()));
-    let refused = |response, model| {
+    let refused = |response, fields, model| {
         let handled = Handled {
             model,
+            fields,
             ..Handled::default()
         };
         (response, handled)
@@ -58,7 +59,7 @@ pub async fn chat_completions(
         .is_some_and(|key| !key.may_use(chat.model()))
     {
         let err = auth::model_not_allowed(&caller, chat.model());
-        return refused(err.into_response(), model);
+        return refused(err.into_response(), WireFields::default(), model);
     }
     let limits = &config.limits;
     if limits.is_off() {
@@ -71,14 +72,15 @@ pub async fn chat_completions(
         .await
     {
         Ok(admission) => admission,
-        Err(response) => {
+        Err((response, fields)) => {
             count_limited(state, response.extensions().get::<GatewayError>());
-            return refused(response, model);
+            return refused(response, fields, model);
         }
     };
     let mut routed = route_and_forward(state, &config, &chat, request_id, arrived, estimate).await;
     let settlement = admission.finish(
-        &mut routed.response,
+        &routed.response,
+        &mut routed.fields,
         routed.provider_admission.take(),
         routed.upstream.as_ref(),
     );
@@ -88,6 +90,8 @@ pub async fn chat_completions(
 /// The outcome of routing and fail-over.
 struct Routed {
     response: Response,
+    /// The response's header fields (the provider's and the gateway's).
+    fields: WireFields,
     /// The route's name, when the model had one.
     route: Option<RouteName>,
     /// The last target tried, when any was.
@@ -104,6 +108,7 @@ impl Routed {
     ) -> (Response, Handled) {
         let handled = Handled {
             model,
+            fields: self.fields,
             route: self.route,
             upstream: self.upstream,
             settlement,
@@ -114,6 +119,7 @@ impl Routed {
     fn refused(response: Response, route: Option<RouteName>) -> Self {
         Routed {
             response,
+            fields: WireFields::default(),
             route,
             upstream: None,
             provider_admission: None,
@@ -206,16 +212,23 @@ async fn route_and_forward(
         },
     )
     .await;
-    let (mut response, mut upstream, provider_admission) = match result {
-        Ok((Forwarded { response, info }, slot)) => (response, Some(info), Some(slot)),
+    let (response, mut fields, mut upstream, provider_admission) = match result {
+        Ok((
+            Forwarded {
+                response,
+                fields,
+                info,
+            },
+            slot,
+        )) => (response, fields, Some(info), Some(slot)),
         Err(err) => (
             err.into_response(),
+            WireFields::default(),
             report.target.map(UpstreamInfo::new),
             None,
         ),
     };
     if let Some(target) = report.target {
-        let fields = WireFields::of(&mut response);
         fields.push(&X_GATEWAY_PROVIDER, &target.provider.name_header);
         fields.push_u64(&X_GATEWAY_ATTEMPTS, report.attempts.into());
         if let Some(info) = &mut upstream {
@@ -224,6 +237,7 @@ async fn route_and_forward(
     }
     Routed {
         response,
+        fields,
         route: route_name,
         upstream,
         provider_admission,

@@ -223,7 +223,7 @@ impl Connection {
         );
         let handled =
             poll_fn(|cx| self.poll_handling(cx, handling.as_mut(), reading.as_mut())).await;
-        let Some(response) = handled else {
+        let Some((response, fields)) = handled else {
             return After::Drop;
         };
         let body_read = reading
@@ -235,7 +235,10 @@ impl Connection {
             (true, Version::HTTP_10) => ConnectionHeader::KeepAlive,
             (true, _) => ConnectionHeader::Default,
         };
-        match self.respond(response, head_only, version, connection).await {
+        match self
+            .respond(response, &fields, head_only, version, connection)
+            .await
+        {
             Ok(true) => After::KeepAlive,
             Ok(false) if !body_read => After::Linger,
             Ok(false) => After::Close,
@@ -246,12 +249,12 @@ impl Connection {
     /// Polls the handler; while it waits, reads the request body it asks
     /// for, and otherwise watches for the client leaving. `Ready(None)`:
     /// the client left (the handler is dropped, which cancels the request).
-    fn poll_handling<F: Future<Output = Response>>(
+    fn poll_handling<Answer, F: Future<Output = Answer>>(
         &mut self,
         cx: &mut Context<'_>,
         mut handling: Pin<&mut F>,
         mut reading: Option<&mut BodyReading>,
-    ) -> Poll<Option<Response>> {
+    ) -> Poll<Option<Answer>> {
         'handler: loop {
             if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
@@ -320,11 +323,12 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Writes the response. `Ok(true)`: the connection can take another
-    /// request.
+    /// Writes the response, `fields` after its header map's. `Ok(true)`:
+    /// the connection can take another request.
     async fn respond(
         &mut self,
         response: Response,
+        fields: &WireFields,
         head_only: bool,
         version: Version,
         mut connection: ConnectionHeader,
@@ -349,9 +353,8 @@ impl Connection {
             BodyFraming::UntilClose
         };
         let keep_alive = connection != ConnectionHeader::Close;
-        let encoded = parts.extensions.get::<WireFields>();
         self.output.copy_with(|out| {
-            let encoded = encoded.map_or(&[][..], WireFields::as_bytes);
+            let encoded = fields.as_bytes();
             response_head::encode(status, &parts.headers, encoded, framing, connection, out);
         });
         drop(parts);
@@ -446,7 +449,13 @@ impl Connection {
         let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
             .into_response();
         if self
-            .respond(response, false, Version::HTTP_11, ConnectionHeader::Close)
+            .respond(
+                response,
+                &WireFields::default(),
+                false,
+                Version::HTTP_11,
+                ConnectionHeader::Close,
+            )
             .await
             .is_ok()
         {
