@@ -16,3 +16,4 @@ pub mod stream_stats;
 pub mod string_stop;
 pub mod upstream;
 pub mod usage;
+mod usage_flat;

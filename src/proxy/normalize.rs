@@ -52,14 +52,19 @@ pub fn mirror_cached_tokens_in_body(body: Bytes, usage: Option<&BodyUsage>) -> B
 
 /// The standard final usage chunk for a stream, built from a usage report.
 pub fn usage_chunk(report: &UsageReport) -> Bytes {
-    let mut usage: Value = serde_json::from_str(report.raw.get()).unwrap_or_default();
+    let mut usage: Value = serde_json::from_str(report.raw()).unwrap_or_default();
     mirror_cached_tokens(&mut usage);
-    let null = || RawValue::NULL.to_owned();
+    // Each member as sent (a value of the event, so valid JSON).
+    let as_sent = |member: Option<&str>| {
+        member
+            .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+            .unwrap_or_else(|| RawValue::NULL.to_owned())
+    };
     let chunk = json!({
-        "id": report.id.clone().unwrap_or_else(null),
+        "id": as_sent(report.id()),
         "object": "chat.completion.chunk",
-        "created": report.created.clone().unwrap_or_else(null),
-        "model": report.model.clone().unwrap_or_else(null),
+        "created": as_sent(report.created()),
+        "model": as_sent(report.model()),
         "choices": [],
         "usage": usage,
     });

@@ -3,6 +3,7 @@
 //! `usage` inside `choices[0]` of the last chunk, with cached prompt tokens
 //! under either name.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -32,16 +33,44 @@ pub enum UsagePlace {
     InChoice,
 }
 
-/// A usage report and the document it came from.
+/// A usage report and the event it came from.
 #[derive(Debug, Clone)]
 pub struct UsageReport {
     pub usage: Usage,
     pub place: UsagePlace,
+    /// The event's data (valid UTF-8), which the spans below index: kept
+    /// for the rare standard usage chunk built from it, one copy rather
+    /// than a copy per member.
+    event: Bytes,
     /// The `usage` object as sent.
-    pub raw: Box<RawValue>,
-    pub id: Option<Box<RawValue>>,
-    pub created: Option<Box<RawValue>>,
-    pub model: Option<Box<RawValue>>,
+    raw: Range<usize>,
+    id: Option<Range<usize>>,
+    created: Option<Range<usize>>,
+    model: Option<Range<usize>>,
+}
+
+impl UsageReport {
+    fn member(&self, span: &Range<usize>) -> &str {
+        std::str::from_utf8(&self.event[span.clone()]).unwrap_or("null")
+    }
+
+    /// The `usage` object as sent.
+    pub fn raw(&self) -> &str {
+        self.member(&self.raw)
+    }
+
+    /// The event's top-level `id`, `created` and `model` values as sent.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_ref().map(|span| self.member(span))
+    }
+
+    pub fn created(&self) -> Option<&str> {
+        self.created.as_ref().map(|span| self.member(span))
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_ref().map(|span| self.member(span))
+    }
 }
 
 /// One event's members that matter here, borrowed from the event's bytes:
@@ -98,16 +127,16 @@ pub struct BodyUsage {
 }
 
 /// The usage fields, read without building a JSON tree.
-#[derive(Default)]
-struct UsageFields {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-    cached_tokens: Option<u64>,
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct UsageFields {
+    pub(super) prompt_tokens: Option<u64>,
+    pub(super) completion_tokens: Option<u64>,
+    pub(super) total_tokens: Option<u64>,
+    pub(super) cached_tokens: Option<u64>,
     /// `prompt_tokens_details.cached_tokens` (OpenAI's place for it).
-    details_cached: Option<u64>,
+    pub(super) details_cached: Option<u64>,
     /// Whether `prompt_tokens_details` is there at all.
-    has_details: bool,
+    pub(super) has_details: bool,
 }
 
 /// A count as JSON writes it: `Some(None)` for `null`, `None` for anything
@@ -128,12 +157,18 @@ fn plain_count(value: &[u8]) -> Option<Option<u64>> {
 }
 
 impl UsageFields {
-    /// Reads a usage object with the validating scan, not a deserializer
-    /// (this runs once per response). `None` when the object holds what a
+    /// Reads a usage object without a deserializer (this runs once per
+    /// response): the usual shape in one pass ([`super::usage_flat`]), any
+    /// other with the validating scan. `None` when the object holds what a
     /// plain reading does not cover (a count that is not plain digits, a
     /// repeated member, an escaped key, invalid JSON): the caller then reads
     /// it the lenient way.
     fn scan(raw: &[u8]) -> Option<UsageFields> {
+        super::usage_flat::read(raw).or_else(|| UsageFields::scan_members(raw))
+    }
+
+    /// [`UsageFields::scan`] by the validating scan, for any shape.
+    pub(super) fn scan_members(raw: &[u8]) -> Option<UsageFields> {
         let mut fields = UsageFields::default();
         let mut plain = true;
         let mut seen = 0u8;
@@ -294,7 +329,10 @@ pub fn lines_mentioning_usage(events: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Usage from a complete JSON document (a non-stream body or one event's data).
+/// Usage from one event's data (a complete JSON document): OpenAI's
+/// top-level `usage` object, else the first choice's (Moonshot's). The
+/// members are borrowed while deserializing; the report keeps one copy of
+/// the event and their places in it.
 pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     let envelope: Envelope = serde_json::from_slice(json).ok()?;
     let (raw, place) = match envelope.usage.filter(is_object) {
@@ -312,13 +350,19 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
         // Unusual values (floats, nulls in odd places): the lenient way.
         None => Usage::from_value(&serde_json::from_str(raw.get()).ok()?),
     };
+    // The members borrow from `json`: their places in it.
+    let span = |value: &RawValue| {
+        let start = value.get().as_ptr() as usize - json.as_ptr() as usize;
+        start..start + value.get().len()
+    };
     Some(UsageReport {
         usage,
         place,
-        raw: raw.to_owned(),
-        id: envelope.id.map(RawValue::to_owned),
-        created: envelope.created.map(RawValue::to_owned),
-        model: envelope.model.map(RawValue::to_owned),
+        event: Bytes::copy_from_slice(json),
+        raw: span(raw),
+        id: envelope.id.map(span),
+        created: envelope.created.map(span),
+        model: envelope.model.map(span),
     })
 }
 
@@ -374,9 +418,9 @@ mod tests {
         assert_eq!(report.place, UsagePlace::InChoice);
         assert_eq!(report.usage.cached_tokens, 1);
         assert_eq!(report.usage.total_tokens, 11);
-        assert_eq!(report.id.as_deref().map(RawValue::get), Some("\"c1\""));
-        assert_eq!(report.model.as_deref().map(RawValue::get), Some("\"kimi\""));
-        assert!(report.created.is_none());
+        assert_eq!(report.id(), Some("\"c1\""));
+        assert_eq!(report.model(), Some("\"kimi\""));
+        assert!(report.created().is_none());
     }
 
     #[test]
@@ -405,7 +449,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(report.usage.total_tokens, 9);
-        assert_eq!(report.id.as_deref().map(RawValue::get), Some(r#""a\"b""#));
+        assert_eq!(report.id(), Some(r#""a\"b""#));
     }
 
     #[test]
