@@ -9,11 +9,12 @@ use super::framing::Framing;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
-use std::ops::Range;
+use std::mem::MaybeUninit;
 
 /// Headers in one response head, at most (hyper's client default too).
 const MAX_HEADERS: usize = 100;
-/// A response head larger than this is refused.
+/// A response head larger than this is refused. At most 64 KiB, so every
+/// offset into a head fits in a `u16` (see [`Field`]).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A complete response head.
@@ -31,7 +32,30 @@ pub struct ResponseHead {
 #[derive(Debug, Default)]
 pub struct Headers {
     head: Bytes,
-    fields: SmallVec<[(Range<usize>, Range<usize>); 12]>,
+    fields: SmallVec<[Field; 12]>,
+}
+
+/// Where one field's name and value are in the head: 8 bytes, not the 32 of
+/// two `Range<usize>`. The head moves with the response through every stage
+/// of a request, so its size is copied several times per request.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name_start: u16,
+    name_len: u16,
+    value_start: u16,
+    value_len: u16,
+}
+
+impl Field {
+    fn name<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        let start = usize::from(self.name_start);
+        &head[start..start + usize::from(self.name_len)]
+    }
+
+    fn value<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        let start = usize::from(self.value_start);
+        &head[start..start + usize::from(self.value_len)]
+    }
 }
 
 impl Headers {
@@ -39,7 +63,7 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields
             .iter()
-            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
+            .map(|field| (field.name(&self.head), field.value(&self.head)))
     }
 
     /// The first value of `name` (lowercase), compared without case.
@@ -87,10 +111,18 @@ struct ConnectionTokens {
 /// `Ok(None)`: the head is not complete yet. Interim (1xx) responses are
 /// returned like any other; the caller skips them.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+    // Left uninitialised: httparse writes only the slots it fills, and
+    // zeroing all of them (3.2 KB) cost as much as parsing a small head.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) => return Err(UpstreamError::HeadTooLarge),
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
         Ok(httparse::Status::Partial) => return Err(UpstreamError::HeadTooLarge),
         Err(httparse::Error::TooManyHeaders) => return Err(UpstreamError::HeadTooLarge),
@@ -101,11 +133,10 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
         .map_err(|_| UpstreamError::InvalidHead(format!("status {code}")))?;
     let http_11 = response.version == Some(1);
 
+    // Both fit in a u16: the whole head is at most MAX_HEAD_BYTES and a
+    // part ends before the head's final CRLF.
     let start = buf.as_ptr() as usize;
-    let offset = |part: &[u8]| {
-        let at = part.as_ptr() as usize - start;
-        at..at + part.len()
-    };
+    let offset = |part: &[u8]| ((part.as_ptr() as usize - start) as u16, part.len() as u16);
     let mut fields = SmallVec::new();
     let mut tokens = ConnectionTokens::default();
     let mut content_length: Option<u64> = None;
@@ -132,7 +163,13 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
                 tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        fields.push((offset(name), offset(value)));
+        let ((name_start, name_len), (value_start, value_len)) = (offset(name), offset(value));
+        fields.push(Field {
+            name_start,
+            name_len,
+            value_start,
+            value_len,
+        });
     }
     let headers = Headers {
         head: buf.split_to(head_len).freeze(),
@@ -328,6 +365,28 @@ mod tests {
             parse_all(&endless),
             Err(UpstreamError::HeadTooLarge)
         ));
+        // A complete head over the limit that arrived in one read is
+        // refused too, not only one still waiting for its end.
+        let filler = MAX_HEAD_BYTES - "HTTP/1.1 200 OK\r\nx: \r\n\r\n".len() + 1;
+        let over = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "v".repeat(filler));
+        assert_eq!(over.len(), MAX_HEAD_BYTES + 1);
+        assert!(matches!(parse_all(&over), Err(UpstreamError::HeadTooLarge)));
+    }
+
+    #[test]
+    fn a_head_of_the_largest_size_keeps_every_field() {
+        // The last field ends two bytes before the limit: its offsets are
+        // the largest a head can have.
+        let tail = "\r\nlast: end\r\n\r\n";
+        let filler = MAX_HEAD_BYTES - "HTTP/1.1 200 OK\r\nbig: ".len() - tail.len();
+        let wire = format!("HTTP/1.1 200 OK\r\nbig: {}{tail}", "v".repeat(filler));
+        assert_eq!(wire.len(), MAX_HEAD_BYTES);
+        let head = head(&wire);
+        let fields: Vec<(&[u8], &[u8])> = head.headers.iter().collect();
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[0].0, b"big");
+        assert_eq!(fields[0].1.len(), filler);
+        assert_eq!(fields[1], (&b"last"[..], &b"end"[..]));
     }
 
     #[test]
