@@ -15,14 +15,15 @@ pub struct AccessLine<'a> {
     pub provider: &'a str,
     pub upstream_model: &'a str,
     pub attempts: u32,
-    pub time_to_head_ms: f64,
-    pub time_to_first_token_ms: f64,
+    /// Durations in microseconds, logged as milliseconds (`12.345`).
+    pub time_to_head_us: u64,
+    pub time_to_first_token_us: u64,
     pub error_type: &'a str,
     pub error: &'a str,
     pub stream_end: &'a str,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    pub duration_ms: f64,
+    pub duration_us: u64,
 }
 
 impl AccessLine<'_> {
@@ -38,17 +39,17 @@ impl AccessLine<'_> {
             .str(json_key!("provider"), self.provider)
             .str(json_key!("upstream_model"), self.upstream_model)
             .u64(json_key!("attempts"), self.attempts.into())
-            .f64(json_key!("time_to_head_ms"), self.time_to_head_ms)
-            .f64(
+            .millis(json_key!("time_to_head_ms"), self.time_to_head_us)
+            .millis(
                 json_key!("time_to_first_token_ms"),
-                self.time_to_first_token_ms,
+                self.time_to_first_token_us,
             )
             .str(json_key!("error_type"), self.error_type)
             .str(json_key!("error"), self.error)
             .str(json_key!("stream_end"), self.stream_end)
             .u64(json_key!("prompt_tokens"), self.prompt_tokens)
             .u64(json_key!("completion_tokens"), self.completion_tokens)
-            .f64(json_key!("duration_ms"), self.duration_ms);
+            .millis(json_key!("duration_ms"), self.duration_us);
     }
 
     /// As an event, for other formats (the terminal's) and subscribers.
@@ -67,14 +68,14 @@ impl AccessLine<'_> {
                     provider = self.provider,
                     upstream_model = self.upstream_model,
                     attempts = self.attempts,
-                    time_to_head_ms = self.time_to_head_ms,
-                    time_to_first_token_ms = self.time_to_first_token_ms,
+                    time_to_head_ms = millis(self.time_to_head_us),
+                    time_to_first_token_ms = millis(self.time_to_first_token_us),
                     error_type = self.error_type,
                     error = self.error,
                     stream_end = self.stream_end,
                     prompt_tokens = self.prompt_tokens,
                     completion_tokens = self.completion_tokens,
-                    duration_ms = self.duration_ms,
+                    duration_ms = millis(self.duration_us),
                     "request"
                 )
             };
@@ -85,6 +86,11 @@ impl AccessLine<'_> {
             access_event!(tracing::Level::DEBUG);
         }
     }
+}
+
+/// Microseconds as milliseconds, for the event's fields.
+fn millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -115,14 +121,14 @@ mod tests {
             provider: "moonshot",
             upstream_model: "kimi-k2",
             attempts: 2,
-            time_to_head_ms: 12.345,
-            time_to_first_token_ms: 0.0,
+            time_to_head_us: 12_345,
+            time_to_first_token_us: 0,
             error_type: "rate_limit_reached_error",
             error: "line one\nline two \\ tab\t",
             stream_end: "client_closed",
             prompt_tokens: 7,
             completion_tokens: 0,
-            duration_ms: 1.5,
+            duration_us: 1_500,
         };
         let mut buffer = String::new();
         let mut json = JsonLine::start(&mut buffer, &tracing::Level::INFO, "access", "request");

@@ -199,16 +199,14 @@ impl AccessRecord {
             provider: upstream.map_or("", |u| &*u.provider),
             upstream_model: upstream.map_or("", |u| &*u.upstream_model),
             attempts: upstream.map_or(0, |u| u.attempts),
-            time_to_head_ms: upstream.and_then(|u| u.time_to_head).map_or(0.0, millis),
-            time_to_first_token_ms: stream
-                .and_then(|s| s.first_event_after())
-                .map_or(0.0, millis),
+            time_to_head_us: upstream.and_then(|u| u.time_to_head).map_or(0, micros),
+            time_to_first_token_us: stream.and_then(|s| s.first_event_after()).map_or(0, micros),
             error_type: error.as_ref().map_or("", |e| e.error_type.as_str()),
             error: error.as_ref().map_or("", |e| &*e.message),
             stream_end,
             prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
             completion_tokens: usage.map_or(0, |u| u.completion_tokens),
-            duration_ms: millis(duration),
+            duration_us: micros(duration),
         };
         match crate::telemetry::json_sink() {
             Some(sink) => {
@@ -240,9 +238,9 @@ impl Drop for EmitOnDrop {
     }
 }
 
-/// Milliseconds with microsecond precision (`12.345`), short in the log.
-fn millis(d: std::time::Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
+/// Whole microseconds: the log writes them as milliseconds (`12.345`).
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

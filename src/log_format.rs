@@ -94,7 +94,9 @@ pub(crate) use json_key;
 
 /// A line written field by field, without going through an event: the same
 /// shape as [`JsonLines`] gives an event with the same fields. The access
-/// log, written for every request, is written this way.
+/// log, written for every request, is written this way. The field writers
+/// are inlined so that each key, a constant, is copied as one (a call per
+/// field cost ~180 instructions, a fifth of them copying the key).
 pub struct JsonLine<'a> {
     line: &'a mut String,
 }
@@ -114,18 +116,29 @@ impl<'a> JsonLine<'a> {
         json
     }
 
+    #[inline(always)]
     pub fn str(&mut self, key: JsonKey, value: &str) -> &mut Self {
         self.line.push_str(key.0);
         push_json_str(self.line, value);
         self
     }
 
+    #[inline(always)]
     pub fn u64(&mut self, key: JsonKey, value: u64) -> &mut Self {
         self.line.push_str(key.0);
         self.line.push_str(itoa::Buffer::new().format(value));
         self
     }
 
+    /// `micros` as milliseconds, as [`JsonLine::f64`] writes `micros / 1000`.
+    #[inline(always)]
+    pub fn millis(&mut self, key: JsonKey, micros: u64) -> &mut Self {
+        self.line.push_str(key.0);
+        push_millis(self.line, micros);
+        self
+    }
+
+    #[inline(always)]
     pub fn f64(&mut self, key: JsonKey, value: f64) -> &mut Self {
         self.line.push_str(key.0);
         push_f64(self.line, value);
@@ -204,12 +217,41 @@ impl Visit for JsonFields<'_> {
 
 /// RFC 3339 in UTC with microseconds (`2026-11-22T01:35:56.123456Z`), the
 /// format of `tracing-subscriber`'s `SystemTime`, without its formatting
-/// machinery.
+/// machinery. The text up to the second is kept per thread and reused
+/// while the second lasts (every line of a busy second shares it).
 fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
     let since_epoch = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != Some(secs) {
+            *second = Some(secs);
+            text.clear();
+            push_second(text, secs);
+        }
+        line.push_str(text);
+    });
+    let mut micros = since_epoch.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    for digit in digits {
+        line.push(char::from(digit));
+    }
+    line.push('Z');
+}
+
+thread_local! {
+    /// The second [`push_timestamp`] wrote last, and its text.
+    static SECOND: std::cell::RefCell<(Option<u64>, String)> =
+        const { std::cell::RefCell::new((None, String::new())) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn push_second(text: &mut String, secs: u64) {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let in_day = secs % 86_400;
     let fields = [
@@ -219,21 +261,19 @@ fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
         (in_day / 3600, 2, ':'),
         (in_day / 60 % 60, 2, ':'),
         (in_day % 60, 2, '.'),
-        (u64::from(since_epoch.subsec_micros()), 6, 'Z'),
     ];
-    // `YYYY-MM-DDTHH:MM:SS.ffffffZ`, built in place and copied once.
-    let mut text = [0u8; 27];
-    let mut at = 0;
     for (value, width, after) in fields {
+        let mut digits = [b'0'; 4];
         let mut rest = value;
-        for digit in text[at..at + width].iter_mut().rev() {
+        for digit in digits[..width].iter_mut().rev() {
             *digit = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        text[at + width] = after as u8;
-        at += width + 1;
+        for digit in &digits[..width] {
+            text.push(char::from(*digit));
+        }
+        text.push(after);
     }
-    line.push_str(std::str::from_utf8(&text).expect("ASCII digits and separators"));
 }
 
 /// Year, month and day of the proleptic Gregorian calendar for a count of
@@ -261,23 +301,27 @@ fn push_f64(line: &mut String, value: f64) {
     }
     let thousandths = (value * 1000.0).round();
     if (0.0..1e15).contains(&thousandths) && thousandths / 1000.0 == value {
-        let thousandths = thousandths as u64;
-        let mut buffer = itoa::Buffer::new();
-        line.push_str(buffer.format(thousandths / 1000));
-        let fraction = thousandths % 1000;
-        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
-        let keep = if fraction == 0 {
-            1
-        } else {
-            3 - digits.iter().rev().take_while(|d| **d == 0).count()
-        };
-        line.push('.');
-        for digit in &digits[..keep] {
-            line.push(char::from(b'0' + *digit as u8));
-        }
+        push_millis(line, thousandths as u64);
         return;
     }
     line.push_str(ryu::Buffer::new().format_finite(value));
+}
+
+/// `thousandths / 1000` with at most three decimals and at least one
+/// (`12.345`, `12.3`, `30.0`): integer arithmetic only.
+fn push_millis(line: &mut String, thousandths: u64) {
+    line.push_str(itoa::Buffer::new().format(thousandths / 1000));
+    let fraction = thousandths % 1000;
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let keep = if fraction == 0 {
+        1
+    } else {
+        3 - digits.iter().rev().take_while(|d| **d == 0).count()
+    };
+    line.push('.');
+    for digit in &digits[..keep] {
+        line.push(char::from(b'0' + *digit as u8));
+    }
 }
 
 fn push_json_str(line: &mut String, value: &str) {
@@ -316,6 +360,17 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
         .map(|at| clean + at)
 }
 
+/// Whether any byte of `bytes` needs escaping: the usual answer, no, in
+/// whole words only (the last word overlaps the one before it).
+fn needs_escape(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 {
+        return bytes.iter().any(|&b| NEEDS_ESCAPE[b as usize]);
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    (0..bytes.len() / 8).any(|i| word_needs_escape(word(8 * i)))
+        || word_needs_escape(word(bytes.len() - 8))
+}
+
 /// Whether any byte of `word` is a control byte, `"` or `\` (the bit
 /// tricks "has a zero byte" and "has a byte less than n", which are exact
 /// as a yes or no).
@@ -335,6 +390,10 @@ struct Escaping<'a>(&'a mut String);
 impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let bytes = s.as_bytes();
+        if !needs_escape(bytes) {
+            self.0.push_str(s);
+            return Ok(());
+        }
         let mut start = 0;
         while let Some(offset) = first_to_escape(&bytes[start..]) {
             let at = start + offset;

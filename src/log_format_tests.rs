@@ -108,6 +108,27 @@ fn the_eight_byte_check_agrees_with_the_table() {
 }
 
 #[test]
+fn the_whole_string_check_agrees_with_the_table() {
+    // Every length around the word size, clean and with one byte to escape
+    // (or a harmless one) at every position.
+    for len in 0..=40 {
+        let clean = vec![b'a'; len];
+        assert!(!needs_escape(&clean), "{len}");
+        for at in 0..len {
+            for byte in [b'"', b'\\', b'\n', 0x00, 0x1f, 0x7f, b' ', 0xe2] {
+                let mut bytes = clean.clone();
+                bytes[at] = byte;
+                assert_eq!(
+                    needs_escape(&bytes),
+                    NEEDS_ESCAPE[byte as usize],
+                    "{len} {at} {byte:#x}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn timestamps_are_rfc3339_utc_with_microseconds() {
     let at = |secs: u64, micros: u64| {
         let mut line = String::new();
@@ -120,6 +141,11 @@ fn timestamps_are_rfc3339_utc_with_microseconds() {
     assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
     assert_eq!(at(1_795_311_356, 123_456), "2026-11-22T01:35:56.123456Z");
     assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+    // The text of the second is reused within it and redone after it.
+    assert_eq!(at(1_795_311_356, 1), "2026-11-22T01:35:56.000001Z");
+    assert_eq!(at(1_795_311_356, 999_999), "2026-11-22T01:35:56.999999Z");
+    assert_eq!(at(1_795_311_357, 0), "2026-11-22T01:35:57.000000Z");
+    assert_eq!(at(1_795_311_356, 5), "2026-11-22T01:35:56.000005Z");
 }
 
 #[test]
@@ -138,5 +164,32 @@ fn floats_are_written_in_their_shortest_form() {
         push_f64(&mut line, value);
         assert_eq!(line, text, "{value}");
         assert_eq!(line.parse::<f64>().unwrap(), value);
+    }
+}
+
+#[test]
+fn durations_in_microseconds_are_written_as_their_milliseconds_float() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let values = [
+        0,
+        1,
+        10,
+        100,
+        999,
+        1_000,
+        1_001,
+        1_500,
+        12_345,
+        30_000,
+        123_456_789,
+    ]
+    .into_iter()
+    .chain((0..100_000).map(|_| rng.u64(..10_000_000_000)));
+    for micros in values {
+        let (mut direct, mut float) = (String::new(), String::new());
+        push_millis(&mut direct, micros);
+        push_f64(&mut float, micros as f64 / 1000.0);
+        assert_eq!(direct, float, "{micros}");
+        assert_eq!(direct.parse::<f64>().unwrap(), micros as f64 / 1000.0);
     }
 }
