@@ -110,6 +110,9 @@ struct ConnectionTokens {
 /// Parses the head at the start of `buf` and removes it from there.
 /// `Ok(None)`: the head is not complete yet. Interim (1xx) responses are
 /// returned like any other; the caller skips them.
+// Not inlined: a large function run once per request, its code is better
+// shared than copied into the request's state machine.
+#[inline(never)]
 pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
     // Left uninitialised: httparse writes only the slots it fills, and
     // zeroing all of them (3.2 KB) cost as much as parsing a small head.

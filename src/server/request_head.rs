@@ -53,6 +53,9 @@ impl BadHead {
 
 /// Parses the head at the start of `buf` and removes it from there.
 /// `Ok(None)`: the head is not complete yet.
+// Not inlined: a large function run once per request, its code is better
+// shared than copied into the request's state machine.
+#[inline(never)]
 pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
