@@ -15,6 +15,9 @@
 # (a real client's head: twelve more fields, nine of them custom names).
 # BENCH_SECS (default 6) is how long the measured load runs (under
 # callgrind the gateway serves roughly 1,000 requests a second).
+# BENCH_GATEWAY_BIN counts another build of the gateway, e.g. the
+# profile-guided one (target/pgo-release/release/kimi-gateway after
+# scripts/pgo-build.sh); the mock and load generator are still these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,6 +36,7 @@ if ((${#missing[@]})); then
 fi
 cargo build --release --bins --quiet
 BIN="$ROOT/target/release"
+GATEWAY="${BENCH_GATEWAY_BIN:-$BIN/kimi-gateway}"
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -47,7 +51,7 @@ wait_port 127.0.0.1:18590
 MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL=http://127.0.0.1:18590/moonshot/v1 BENCH_CLIENT_KEY=mock-key \
     TOKIO_WORKER_THREADS=1 RUST_LOG=info GLIBC_TUNABLES=glibc.malloc.tcache_count=128 \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-    "$BIN/kimi-gateway" --listen 127.0.0.1:18580 --config "$ROOT/benches/gateway.toml" \
+    "$GATEWAY" --listen 127.0.0.1:18580 --config "$ROOT/benches/gateway.toml" \
     >"$OUT/gateway.log" 2>"$OUT/valgrind.log" &
 GW=$!
 PIDS+=("$GW")
