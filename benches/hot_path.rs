@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request and per-chunk work on the gateway's hot
 //! path: model route lookup, the request body peek and model splice (1 KiB
-//! and 1 MiB bodies), and the stream relay's event alignment and usage
-//! sniffing. Inputs are built outside the timed closures.
+//! and 1 MiB bodies), the stream relay's event alignment and usage
+//! sniffing, and a clock reading (precise against coarse: a request takes
+//! about ten precise ones). Inputs are built outside the timed closures.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- --quick` for a fast look).
 
@@ -198,5 +199,30 @@ fn sse_chunks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_lookup, request_peek_and_splice, sse_chunks);
+/// What a clock reading costs: the precise clocks a request's timings use
+/// against the coarse ones its idle stamps, breaker and `date` use.
+fn clock_readings(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock");
+    group.bench_function("precise/Instant::now", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    group.bench_function("precise/SystemTime::now", |b| {
+        b.iter(|| black_box(std::time::SystemTime::now()))
+    });
+    group.bench_function("coarse/monotonic", |b| {
+        b.iter(|| black_box(kimi_gateway::coarse_clock::monotonic()))
+    });
+    group.bench_function("coarse/unix_seconds", |b| {
+        b.iter(|| black_box(kimi_gateway::coarse_clock::unix_seconds()))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    request_peek_and_splice,
+    sse_chunks,
+    clock_readings
+);
 criterion_main!(benches);

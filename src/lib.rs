@@ -17,6 +17,7 @@ pub mod auth;
 pub mod block_cache;
 pub mod body_guard;
 pub mod client;
+pub mod coarse_clock;
 pub mod config;
 pub mod drain;
 pub mod error;

@@ -1,11 +1,14 @@
 //! Idle keep-alive connections to one origin, newest first. No task watches
 //! them: a connection is checked (read once, without waiting) when it is
 //! taken out, and connections idle past the timeout are dropped when the
-//! pool is touched.
+//! pool is touched. Idle times are kept on the coarse clock: the timeout is
+//! seconds, and a precise reading on every check-in and checkout cost two
+//! clock reads per request.
 
 use super::conn::Connection;
+use crate::coarse_clock;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// More idle connections than this are closed instead of kept.
 const MAX_IDLE: usize = 1024;
@@ -14,7 +17,8 @@ const MAX_IDLE: usize = 1024;
 /// every request.
 struct Idle {
     conn: Box<Connection>,
-    since: Instant,
+    /// When it was checked in, on [`coarse_clock::monotonic`].
+    since: Duration,
 }
 
 pub struct Pool {
@@ -32,10 +36,11 @@ impl Pool {
 
     /// The most recently used connection that is still open, if any.
     pub fn checkout(&self) -> Option<Box<Connection>> {
+        let now = coarse_clock::monotonic();
         loop {
             let idle = self.idle.lock().expect("pool lock").pop()?;
             let Idle { mut conn, since } = idle;
-            if since.elapsed() < self.timeout && conn.is_open_and_quiet() {
+            if now.saturating_sub(since) < self.timeout && conn.is_open_and_quiet() {
                 return Some(conn);
             }
         }
@@ -43,12 +48,12 @@ impl Pool {
 
     /// Keeps a connection whose response has been read to the end.
     pub fn checkin(&self, conn: Box<Connection>) {
-        let now = Instant::now();
+        let now = coarse_clock::monotonic();
         let mut idle = self.idle.lock().expect("pool lock");
         // The oldest are at the front: drop the ones past their time.
         let expired = idle
             .iter()
-            .take_while(|i| now.duration_since(i.since) >= self.timeout)
+            .take_while(|i| now.saturating_sub(i.since) >= self.timeout)
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {

@@ -107,9 +107,9 @@ impl LocalState {
         self.tokens.iter().map(|(b, _)| b.peek(now).remaining).min()
     }
 
-    /// Gives back tokens reserved but not used (or charges an overrun).
-    pub fn adjust_tokens(&self, delta: i64) {
-        let now = now_ns();
+    /// Gives back tokens reserved but not used (or charges an overrun), as
+    /// of `now` ([`now_ns`]).
+    pub fn adjust_tokens(&self, delta: i64, now: u64) {
         for (bucket, _) in &self.tokens {
             bucket.adjust(delta, now);
         }
@@ -160,9 +160,13 @@ impl LocalHold {
     /// Settles the reservation of `estimate` tokens to `actual` (once).
     pub fn settle(&mut self, estimate: u64, actual: u64) {
         let delta = actual as i64 - estimate as i64;
+        // One clock reading for every scope, and none when the estimate
+        // was right.
+        let mut now = None;
         for held in &mut self.scopes {
-            if std::mem::take(&mut held.tokens) {
-                held.scope.local.adjust_tokens(delta);
+            if std::mem::take(&mut held.tokens) && delta != 0 {
+                let now = *now.get_or_insert_with(now_ns);
+                held.scope.local.adjust_tokens(delta, now);
             }
         }
     }
@@ -224,9 +228,15 @@ fn take_tokens_and_requests(
     snapshot: &mut Snapshot,
     mut hold: LocalHold,
 ) -> Result<LocalHold, Denial> {
-    let now = now_ns();
+    // Read the clock only for scopes with token limits (a provider's cap is
+    // often only requests and concurrency), once for all of them.
+    let mut clock = None;
     for scope in scopes {
         let state = &scope.local;
+        if state.tokens.is_empty() {
+            continue;
+        }
+        let now = *clock.get_or_insert_with(now_ns);
         for (i, (bucket, kind)) in state.tokens.iter().enumerate() {
             match bucket.reserve(estimate, now) {
                 Ok(window) => snapshot.note_tokens(window),
@@ -240,9 +250,7 @@ fn take_tokens_and_requests(
                 }
             }
         }
-        if !state.tokens.is_empty() {
-            hold.hold_tokens(scope);
-        }
+        hold.hold_tokens(scope);
     }
     for scope in scopes {
         for limiter in &scope.local.requests {

@@ -5,16 +5,16 @@
 //! cool-down. A probe whose request is abandoned releases its slot, so an
 //! open circuit always gets another chance.
 
+use crate::coarse_clock;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// Milliseconds on a process-wide monotonic clock.
+/// Milliseconds on the coarse monotonic clock: windows and cool-downs are
+/// seconds, and every answered request notes its outcome at a reading.
 pub fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
+    coarse_clock::monotonic_ms()
 }
 
 /// When a circuit opens and for how long.

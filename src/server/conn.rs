@@ -17,6 +17,7 @@ use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::{self, BodyFraming, ConnectionHeader};
 use crate::app::Gateway;
 use crate::client::{Decoded, Framing};
+use crate::coarse_clock;
 use crate::error::{ErrorType, GatewayError};
 use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
@@ -67,8 +68,10 @@ pub async fn serve(
         output: Output::default(),
     };
     let mut closed = pin!(closing.cancelled());
-    // One timer for the connection's life, pushed back before each wait:
-    // a later deadline costs no timer-wheel work until the old one is due.
+    // One timer for the connection's life, armed at the start and re-armed
+    // only when it fires before the wait it guards has lasted `idle`: no
+    // clock reading or timer work per request (the wait's start is noted on
+    // the coarse clock).
     let mut idle_timer = pin!(idle.map(|after| tokio::time::sleep(after)));
     loop {
         let waiting = Waiting {
@@ -146,7 +149,9 @@ impl Connection {
         &mut self,
         mut waiting: Waiting<'_, C>,
     ) -> Result<RequestHead, NoHead> {
-        let mut timer_set = false;
+        // When the wait began (not per read: a head trickled in must still
+        // be complete in time), on the coarse clock.
+        let mut began = None;
         loop {
             if !self.read.is_empty() {
                 match request_head::parse(&mut self.read) {
@@ -165,14 +170,16 @@ impl Connection {
                     return Poll::Ready(None);
                 }
                 if let Some((after, timer)) = &mut waiting.idle {
-                    if !timer_set {
-                        // Set when the wait begins (not per read): a head
-                        // trickled in must still be complete in time.
-                        timer.as_mut().reset(tokio::time::Instant::now() + *after);
-                        timer_set = true;
-                    }
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
+                    let began = *began.get_or_insert_with(coarse_clock::monotonic);
+                    while timer.as_mut().poll(cx).is_ready() {
+                        let waited = coarse_clock::monotonic().saturating_sub(began);
+                        if waited >= *after {
+                            return Poll::Ready(None);
+                        }
+                        // Armed before this wait began: due when it is.
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + (*after - waited));
                     }
                 }
                 Poll::Pending

@@ -4,10 +4,11 @@
 //! chose, and `connection` when it says something the client would not
 //! assume.
 
+use crate::coarse_clock;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, StatusCode};
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -86,18 +87,19 @@ pub fn encode(
     out.extend_from_slice(b"\r\n");
 }
 
-/// `date: <IMF-fixdate>\r\n`, formatted once a second per thread.
+/// `date: <IMF-fixdate>\r\n`, formatted once a second per thread, the
+/// second read from the coarse clock (whole seconds are all it shows).
 fn write_date(out: &mut Vec<u8>) {
     thread_local! {
         static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
     }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let second = coarse_clock::unix_seconds();
     DATE.with_borrow_mut(|(cached_second, line)| {
         if *cached_second != second {
             *cached_second = second;
             line.clear();
             line.extend_from_slice(b"date: ");
+            let now = UNIX_EPOCH + Duration::from_secs(second);
             line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
             line.extend_from_slice(b"\r\n");
         }
