@@ -133,9 +133,11 @@ fn is_usable_id(value: &HeaderValue) -> bool {
 fn generate_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = *b"req_00000000000000000000000000000000";
-    let random = fastrand::u128(..);
-    for (i, digit) in id[4..].iter_mut().enumerate() {
-        *digit = HEX[(random >> (124 - 4 * i) & 0xf) as usize];
+    // A byte at a time (two digits), not a 128-bit shift per digit.
+    let random = fastrand::u128(..).to_be_bytes();
+    for (digits, byte) in id[4..].chunks_exact_mut(2).zip(random) {
+        digits[0] = HEX[usize::from(byte >> 4)];
+        digits[1] = HEX[usize::from(byte & 0xf)];
     }
     // Owned, not copied: the id is cloned (response header, upstream request,
     // log), and a copied buffer would allocate again on its first clone.
@@ -261,5 +263,15 @@ mod tests {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         );
         assert!(is_usable_id(&a));
+        // Every position takes every digit: all 128 random bits are used.
+        let mut seen = [[false; 16]; 32];
+        for _ in 0..2_000 {
+            let id = generate_id();
+            for (position, digit) in id.as_bytes()[4..].iter().enumerate() {
+                let value = char::from(*digit).to_digit(16).unwrap() as usize;
+                seen[position][value] = true;
+            }
+        }
+        assert!(seen.iter().flatten().all(|&s| s), "{seen:?}");
     }
 }

@@ -12,8 +12,25 @@ use std::sync::LazyLock;
 
 static USAGE_KEY: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
-static USAGE_KEY_FROM_END: LazyLock<memchr::memmem::FinderRev<'static>> =
-    LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+
+/// Where the last `"usage"` in `body` starts. From the `g`s backwards
+/// (`memrchr` is vectorised; memmem's reverse finder is not, and cost ~600
+/// instructions on a small completion): the counts that follow the key,
+/// `prompt_tokens`, `completion_tokens`, `total_tokens`, have none.
+fn rfind_usage_key(body: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"usage\"";
+    const G_AT: usize = 4;
+    let mut end = body.len();
+    while let Some(g) = memchr::memrchr(b'g', &body[..end]) {
+        if let Some(start) = g.checked_sub(G_AT)
+            && body[start..].starts_with(KEY)
+        {
+            return Some(start);
+        }
+        end = g;
+    }
+    None
+}
 
 /// Token counts of one completion.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -274,7 +291,7 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
 /// only `}` and whitespace). The last `"usage"` key followed by the object
 /// that closes the document is the top-level one.
 fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
-    let key = USAGE_KEY_FROM_END.rfind(body)?;
+    let key = rfind_usage_key(body)?;
     let after_key = &body[key + 7..];
     let colon = after_key.iter().position(|b| !b.is_ascii_whitespace())?;
     if after_key[colon] != b':' {
@@ -369,6 +386,38 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The backwards search from the `g`s finds what a reverse substring
+    /// search finds: bodies made of pieces full of near misses (`g`s,
+    /// partial keys, keys at the very start and end), in every order.
+    #[test]
+    fn the_last_usage_key_is_found_as_a_reverse_search_finds_it() {
+        let pieces: [&[u8]; 9] = [
+            b"\"usage\"",
+            b"usage\"",
+            b"\"usag",
+            b"g",
+            b"\"usage",
+            b"{\"reasoning_tokens\":1}",
+            b"\"\"usage\"\"",
+            b"x",
+            b"ge\"",
+        ];
+        let reverse = memchr::memmem::FinderRev::new(b"\"usage\"");
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut body = Vec::new();
+            for _ in 0..rng.usize(0..8) {
+                body.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+            }
+            assert_eq!(
+                rfind_usage_key(&body),
+                reverse.rfind(&body),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
 
     #[test]
     fn lines_mentioning_usage_are_found_whole() {
