@@ -16,4 +16,5 @@ pub mod stream_stats;
 pub mod string_stop;
 pub mod upstream;
 pub mod usage;
+mod usage_event;
 mod usage_flat;

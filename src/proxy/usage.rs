@@ -3,6 +3,7 @@
 //! `usage` inside `choices[0]` of the last chunk, with cached prompt tokens
 //! under either name.
 
+use super::usage_event::EventMembers;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -348,38 +349,50 @@ pub fn lines_mentioning_usage(events: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Usage from one event's data (a complete JSON document): OpenAI's
 /// top-level `usage` object, else the first choice's (Moonshot's). The
-/// members are borrowed while deserializing; the report keeps one copy of
-/// the event and their places in it.
+/// members are found by the event reader (or, for what it leaves, by
+/// deserializing); the report keeps one copy of the event and their places
+/// in it.
 pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
-    let envelope: Envelope = serde_json::from_slice(json).ok()?;
-    let (raw, place) = match envelope.usage.filter(is_object) {
+    let members = super::usage_event::read(json).or_else(|| deserialize_members(json))?;
+    let (raw, place) = match members.usage.filter(|span| json[span.start] == b'{') {
         Some(raw) => (raw, UsagePlace::TopLevel),
-        None => (
-            envelope
-                .choices
-                .into_iter()
-                .find_map(|c| c.usage.filter(is_object))?,
-            UsagePlace::InChoice,
-        ),
+        None => (members.choice_usage?, UsagePlace::InChoice),
     };
-    let usage = match UsageFields::scan(raw.get().as_bytes()) {
+    let usage = match UsageFields::scan(&json[raw.clone()]) {
         Some(fields) => fields.read().0,
         // Unusual values (floats, nulls in odd places): the lenient way.
-        None => Usage::from_value(&serde_json::from_str(raw.get()).ok()?),
-    };
-    // The members borrow from `json`: their places in it.
-    let span = |value: &RawValue| {
-        let start = value.get().as_ptr() as usize - json.as_ptr() as usize;
-        start..start + value.get().len()
+        None => Usage::from_value(&serde_json::from_slice(&json[raw.clone()]).ok()?),
     };
     Some(UsageReport {
         usage,
         place,
         event: Bytes::copy_from_slice(json),
-        raw: span(raw),
+        raw,
+        id: members.id,
+        created: members.created,
+        model: members.model,
+    })
+}
+
+/// The event's members by deserializing it: for events the reader leaves,
+/// and the reference the reader is tested against.
+pub(super) fn deserialize_members(json: &[u8]) -> Option<EventMembers> {
+    let envelope: Envelope = serde_json::from_slice(json).ok()?;
+    // The members borrow from `json`: their places in it.
+    let span = |value: &RawValue| {
+        let start = value.get().as_ptr() as usize - json.as_ptr() as usize;
+        start..start + value.get().len()
+    };
+    Some(EventMembers {
         id: envelope.id.map(span),
         created: envelope.created.map(span),
         model: envelope.model.map(span),
+        usage: envelope.usage.map(span),
+        choice_usage: envelope
+            .choices
+            .into_iter()
+            .find_map(|c| c.usage.filter(is_object))
+            .map(span),
     })
 }
 
