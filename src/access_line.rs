@@ -2,7 +2,7 @@
 //! JSON line written directly or as a `tracing` event (same keys, same
 //! order; a test holds the two together).
 
-use crate::log_format::{JsonLine, json_key};
+use crate::log_format::{JsonLine, json_key, json_str_key};
 
 /// The access log's fields, in the order they are written.
 pub struct AccessLine<'a> {
@@ -30,23 +30,23 @@ impl AccessLine<'_> {
     /// Straight into a JSON line: for every request, this skips the event
     /// machinery (field visitors, a dynamic call per field).
     pub fn write_json(&self, json: &mut JsonLine<'_>) {
-        json.str(json_key!("request_id"), self.request_id)
-            .str(json_key!("method"), self.method)
-            .str(json_key!("path"), self.path)
+        json.str(json_str_key!("request_id"), self.request_id)
+            .plain_str(json_str_key!("method"), self.method)
+            .str(json_str_key!("path"), self.path)
             .u64(json_key!("status"), self.status.into())
-            .str(json_key!("key"), self.key)
-            .str(json_key!("model"), self.model)
-            .str(json_key!("provider"), self.provider)
-            .str(json_key!("upstream_model"), self.upstream_model)
+            .str(json_str_key!("key"), self.key)
+            .str(json_str_key!("model"), self.model)
+            .str(json_str_key!("provider"), self.provider)
+            .str(json_str_key!("upstream_model"), self.upstream_model)
             .u64(json_key!("attempts"), self.attempts.into())
             .millis(json_key!("time_to_head_ms"), self.time_to_head_us)
             .millis(
                 json_key!("time_to_first_token_ms"),
                 self.time_to_first_token_us,
             )
-            .str(json_key!("error_type"), self.error_type)
-            .str(json_key!("error"), self.error)
-            .str(json_key!("stream_end"), self.stream_end)
+            .plain_str(json_str_key!("error_type"), self.error_type)
+            .str(json_str_key!("error"), self.error)
+            .plain_str(json_str_key!("stream_end"), self.stream_end)
             .u64(json_key!("prompt_tokens"), self.prompt_tokens)
             .u64(json_key!("completion_tokens"), self.completion_tokens)
             .millis(json_key!("duration_ms"), self.duration_us);

@@ -64,20 +64,43 @@ fn push_head(line: &mut String, level: &tracing::Level, target: &str) {
 #[derive(Clone, Copy)]
 pub struct JsonKey(&'static str);
 
+/// A string field's `,"name":"` (its value's opening quote included), made
+/// by [`json_str_key!`].
+#[derive(Clone, Copy)]
+pub struct JsonStrKey(&'static str);
+
+/// Checks that `key` is `,"name":` and then `rest`, with a name that needs
+/// no escaping (when compiling, for the keys the macros build).
+const fn check_key(key: &'static str, rest: &[u8]) -> &'static str {
+    let bytes = key.as_bytes();
+    let n = bytes.len() - rest.len();
+    assert!(n > 4 && bytes[0] == b',' && bytes[1] == b'"');
+    assert!(bytes[n - 2] == b'"' && bytes[n - 1] == b':');
+    let mut i = 2;
+    while i < n - 2 {
+        assert!(!NEEDS_ESCAPE[bytes[i] as usize], "a field name to escape");
+        i += 1;
+    }
+    let mut j = 0;
+    while j < rest.len() {
+        assert!(bytes[n + j] == rest[j]);
+        j += 1;
+    }
+    key
+}
+
 impl JsonKey {
     /// `key` must be `,"name":` with a name that needs no escaping;
     /// [`json_key!`] builds it so, and checks it when compiling.
     pub const fn new(key: &'static str) -> Self {
-        let bytes = key.as_bytes();
-        let n = bytes.len();
-        assert!(n > 4 && bytes[0] == b',' && bytes[1] == b'"');
-        assert!(bytes[n - 2] == b'"' && bytes[n - 1] == b':');
-        let mut i = 2;
-        while i < n - 2 {
-            assert!(!NEEDS_ESCAPE[bytes[i] as usize], "a field name to escape");
-            i += 1;
-        }
-        JsonKey(key)
+        JsonKey(check_key(key, b""))
+    }
+}
+
+impl JsonStrKey {
+    /// `key` must be `,"name":"`; [`json_str_key!`] builds it so.
+    pub const fn new(key: &'static str) -> Self {
+        JsonStrKey(check_key(key, b"\""))
     }
 }
 
@@ -92,9 +115,20 @@ macro_rules! json_key {
 }
 pub(crate) use json_key;
 
+/// `json_str_key!("name")`: the [`JsonStrKey`] for a string field.
+macro_rules! json_str_key {
+    ($name:literal) => {{
+        const KEY: $crate::log_format::JsonStrKey =
+            $crate::log_format::JsonStrKey::new(concat!(",\"", $name, "\":\""));
+        KEY
+    }};
+}
+pub(crate) use json_str_key;
+
 /// A line written field by field, without going through an event: the same
 /// shape as [`JsonLines`] gives an event with the same fields. The access
-/// log, written for every request, is written this way.
+/// log, written for every request, is written this way. The writers are
+/// inlined so that each constant key is copied by a few moves, not a call.
 pub struct JsonLine<'a> {
     line: &'a mut String,
 }
@@ -110,32 +144,42 @@ impl<'a> JsonLine<'a> {
         line.clear();
         push_head(line, level, target);
         let mut json = JsonLine { line };
-        json.str(json_key!("message"), message);
+        json.str(json_str_key!("message"), message);
         json
     }
 
-    pub fn str(&mut self, key: JsonKey, value: &str) -> &mut Self {
+    #[inline(always)]
+    pub fn str(&mut self, key: JsonStrKey, value: &str) -> &mut Self {
         self.line.push_str(key.0);
-        push_json_str(self.line, value);
+        push_escaped(self.line, value);
+        self.line.push('"');
         self
     }
 
+    /// A string that never needs escaping (a method, a fixed word): the
+    /// check is left out.
+    #[inline(always)]
+    pub fn plain_str(&mut self, key: JsonStrKey, value: &str) -> &mut Self {
+        debug_assert!(!needs_escape(value.as_bytes()), "{value}");
+        self.line.push_str(key.0);
+        self.line.push_str(value);
+        self.line.push('"');
+        self
+    }
+
+    #[inline(always)]
     pub fn u64(&mut self, key: JsonKey, value: u64) -> &mut Self {
         self.line.push_str(key.0);
         self.line.push_str(itoa::Buffer::new().format(value));
         self
     }
 
-    /// `micros` as milliseconds, as [`JsonLine::f64`] writes `micros / 1000`.
+    /// `micros` as milliseconds, as an event's `f64` field of `micros / 1000`
+    /// is written.
+    #[inline(always)]
     pub fn millis(&mut self, key: JsonKey, micros: u64) -> &mut Self {
         self.line.push_str(key.0);
         push_millis(self.line, micros);
-        self
-    }
-
-    pub fn f64(&mut self, key: JsonKey, value: f64) -> &mut Self {
-        self.line.push_str(key.0);
-        push_f64(self.line, value);
         self
     }
 
@@ -320,7 +364,7 @@ fn push_millis(line: &mut String, thousandths: u64) {
 
 fn push_json_str(line: &mut String, value: &str) {
     line.push('"');
-    let _ = Escaping(line).write_str(value);
+    push_escaped(line, value);
     line.push('"');
 }
 
@@ -378,16 +422,32 @@ fn word_needs_escape(word: u64) -> bool {
     (below_space | quote | backslash) & HIGH_BITS != 0
 }
 
+/// `value` escaped for the inside of a JSON string: the usual value, with
+/// nothing to escape, checked and copied inline.
+#[inline(always)]
+fn push_escaped(line: &mut String, value: &str) {
+    if needs_escape(value.as_bytes()) {
+        let _ = Escaping(line).write_escaped(value);
+    } else {
+        line.push_str(value);
+    }
+}
+
 /// Escapes what it is given for the inside of a JSON string.
 struct Escaping<'a>(&'a mut String);
 
 impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        push_escaped(self.0, s);
+        Ok(())
+    }
+}
+
+impl Escaping<'_> {
+    /// The rare value with something to escape.
+    #[inline(never)]
+    fn write_escaped(&mut self, s: &str) -> fmt::Result {
         let bytes = s.as_bytes();
-        if !needs_escape(bytes) {
-            self.0.push_str(s);
-            return Ok(());
-        }
         let mut start = 0;
         while let Some(offset) = first_to_escape(&bytes[start..]) {
             let at = start + offset;

@@ -193,3 +193,23 @@ fn durations_in_microseconds_are_written_as_their_milliseconds_float() {
         assert_eq!(direct.parse::<f64>().unwrap(), micros as f64 / 1000.0);
     }
 }
+
+#[test]
+fn string_keys_carry_their_opening_quote() {
+    let mut buffer = String::new();
+    let mut json = JsonLine::start(&mut buffer, &tracing::Level::INFO, "t", "m");
+    json.str(json_str_key!("escaped"), "a \"b\"\n")
+        .plain_str(json_str_key!("plain"), "POST")
+        .str(json_str_key!("empty"), "")
+        .u64(json_key!("n"), 42);
+    let line = json.finish();
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["escaped"], "a \"b\"\n");
+    assert_eq!(value["plain"], "POST");
+    assert_eq!(value["empty"], "");
+    assert_eq!(value["n"], 42);
+    assert!(
+        line.contains(r#","plain":"POST","empty":"","n":42}"#),
+        "{line}"
+    );
+}
