@@ -11,9 +11,11 @@
 
 use super::breaker::{Breaker, BreakerRegistry};
 use crate::config::{ApiKey, Provider};
+use crate::metric_series::TargetSeries;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use foldhash::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where one attempt goes: a provider, one of its keys, and the model id it
 /// expects.
@@ -31,9 +33,21 @@ pub struct Target {
     pub breaker: Arc<Breaker>,
     /// `provider/model`, with `#N` after the provider for its N-th key.
     pub label: Arc<str>,
+    /// The metric series of this target's route and provider, resolved on
+    /// first use: a request then reads it twice (the exchange, the
+    /// attempt's success) without a lookup. Filled only once the route
+    /// table is built, so every route's targets fill their own.
+    series: OnceLock<Arc<TargetSeries>>,
 }
 
 impl Target {
+    /// The series of `route` (the route this target is one of) for its
+    /// provider.
+    pub fn series(&self, metrics: &Metrics, route: &str) -> &Arc<TargetSeries> {
+        self.series
+            .get_or_init(|| metrics.series(route, &self.provider.name))
+    }
+
     pub fn key(&self) -> Option<&ApiKey> {
         self.provider.keys.get(self.key_index)
     }
@@ -202,6 +216,7 @@ fn targets(
                 weight: weight.max(1),
                 breaker: breakers.get(&identity),
                 label: label.into(),
+                series: OnceLock::new(),
             }
         })
         .collect()
@@ -210,6 +225,7 @@ fn targets(
 #[cfg(test)]
 mod tests {
     use crate::config::resolve;
+    use std::sync::Arc;
 
     /// Resolves `model` against presets (+ `toml`) with every key set, and
     /// returns (provider, upstream id) of each target.
@@ -228,6 +244,27 @@ mod tests {
 
     fn pair(p: &str, m: &str) -> (String, String) {
         (p.to_string(), m.to_string())
+    }
+
+    /// A target's cached series is its own route's: the exact id and the
+    /// `provider/model` form start from copies of the same targets.
+    #[test]
+    fn each_route_resolves_its_own_series() {
+        let config = resolve("", &|var| {
+            var.ends_with("_API_KEY").then(|| "k".to_string())
+        })
+        .unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let mut seen = Vec::new();
+        for name in ["kimi-k2-turbo-preview", "moonshot/kimi-k2-turbo-preview"] {
+            let route = config.routes.lookup(name).unwrap();
+            let target = &route.targets[0];
+            let series = target.series(&metrics, &route.name).clone();
+            assert!(Arc::ptr_eq(&series, &metrics.series(name, "moonshot")));
+            assert!(Arc::ptr_eq(&series, target.series(&metrics, &route.name)));
+            seen.push(series);
+        }
+        assert!(!Arc::ptr_eq(&seen[0], &seen[1]));
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub async fn forward(
     };
     let status = response.status;
     let time_to_head = sent.elapsed();
-    let series = ctx.metrics.series(ctx.route, &provider.name);
+    let series = target.series(ctx.metrics, ctx.route).clone();
     series.upstream_head.observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
     info.time_to_head = Some(time_to_head);

@@ -195,7 +195,7 @@ async fn route_and_forward(
         |target, event| {
             let outcome = match event {
                 Event::Attempt(AttemptOutcome::Success) => {
-                    let series = state.metrics.series(&route.name, &target.provider.name);
+                    let series = target.series(&state.metrics, &route.name);
                     return series.attempt_success.inc();
                 }
                 Event::Attempt(AttemptOutcome::Retry) => "retry",
