@@ -36,6 +36,9 @@ static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 /// not one per event. Larger reads go out as they are, without a copy.
 const GATHER_LIMIT: usize = 16 * 1024;
 
+/// A gathered frame's first capacity, at least.
+const GATHER_START: usize = 4 * 1024;
+
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
     pub provider: Arc<str>,
@@ -251,7 +254,10 @@ impl SseRelay {
             };
             if let Some(more) = self.aligner.push(chunk) {
                 if batch.is_empty() {
-                    batch.reserve(GATHER_LIMIT.min(4 * (events.len() + more.len())));
+                    // Room for several more reads without growing (a
+                    // provider's burst of small events is a few KiB).
+                    let room = (4 * (events.len() + more.len())).max(GATHER_START);
+                    batch.reserve(GATHER_LIMIT.min(room));
                     batch.extend_from_slice(&events);
                 }
                 batch.extend_from_slice(&more);
