@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Room made in the read buffer before each read. A provider's response
 /// head and a small body fit; a stream's events are read as they come.
@@ -49,6 +50,11 @@ pub struct Connection {
     pub(super) read: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     head: Vec<u8>,
+    /// The exchange's deadline, made on the connection's first exchange
+    /// and moved to each next one's: moving a pending timer later is one
+    /// atomic update, where a timer per request is registered with the
+    /// runtime's timer wheel and removed again (~1k instructions).
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -57,16 +63,23 @@ impl Connection {
             io: io.into(),
             read: BytesMut::new(),
             head: Vec::new(),
+            deadline: None,
         }
     }
 
     /// Sends the head `write_head` writes and `body`, and reads up to the
-    /// final response head (interim 1xx heads are skipped).
+    /// final response head (interim 1xx heads are skipped), by `deadline`
+    /// ([`UpstreamError::TimedOut`] after it).
     pub async fn exchange(
         &mut self,
         write_head: impl FnOnce(&mut Vec<u8>),
         body: OutgoingBody,
+        deadline: Instant,
     ) -> Result<ResponseHead, UpstreamError> {
+        match &mut self.deadline {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
         self.head.clear();
         write_head(&mut self.head);
         self.write_request(&body).await?;
@@ -82,9 +95,23 @@ impl Connection {
                 }
                 continue;
             }
-            if poll_fn(|cx| self.poll_read(cx, READ_SIZE)).await? == 0 {
+            let read = poll_fn(|cx| match self.poll_read(cx, READ_SIZE) {
+                Poll::Pending => poll_deadline(&mut self.deadline, cx).map(Err),
+                ready => ready,
+            });
+            if read.await? == 0 {
                 return Err(UpstreamError::ClosedBeforeHead);
             }
+        }
+    }
+
+    /// Lets go of the waker of the request that last waited on this
+    /// connection's deadline (a pooled connection would keep that task's
+    /// memory until its next request, and wake it when the deadline
+    /// passes).
+    pub fn release_waker(&mut self) {
+        if let Some(timer) = &mut self.deadline {
+            let _ = timer.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         }
     }
 
@@ -94,15 +121,25 @@ impl Connection {
         slices.extend(body.parts().map(|p| IoSlice::new(p)));
         let mut rest = &mut slices[..];
         let io = &mut self.io;
+        let deadline = &mut self.deadline;
         while !rest.is_empty() {
-            let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, rest)).await?;
+            let write = poll_fn(
+                |cx| match Pin::new(&mut *io).poll_write_vectored(cx, rest) {
+                    Poll::Pending => poll_deadline(deadline, cx).map(Err),
+                    Poll::Ready(written) => Poll::Ready(written.map_err(UpstreamError::Io)),
+                },
+            );
+            let written = write.await?;
             if written == 0 {
                 return Err(UpstreamError::Io(std::io::ErrorKind::WriteZero.into()));
             }
             IoSlice::advance_slices(&mut rest, written);
         }
-        poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await?;
-        Ok(())
+        poll_fn(|cx| match Pin::new(&mut *io).poll_flush(cx) {
+            Poll::Pending => poll_deadline(deadline, cx).map(Err),
+            Poll::Ready(flushed) => Poll::Ready(flushed.map_err(UpstreamError::Io)),
+        })
+        .await
     }
 
     /// Reads what the socket has into the read buffer, first making room
@@ -141,6 +178,19 @@ impl Connection {
         }
         let mut cx = Context::from_waker(Waker::noop());
         matches!(self.poll_read(&mut cx, READ_SIZE), Poll::Pending)
+    }
+}
+
+/// `Ready` with [`UpstreamError::TimedOut`] once the exchange's deadline
+/// has passed; polled only while the socket is not ready, so an exchange
+/// that never waits never touches its timer.
+fn poll_deadline(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<UpstreamError> {
+    match deadline {
+        Some(timer) => timer.as_mut().poll(cx).map(|()| UpstreamError::TimedOut),
+        None => Poll::Pending,
     }
 }
 

@@ -79,6 +79,12 @@ impl ClientError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, ClientError::ConnectTimeout(_))
     }
+
+    /// The exchange's deadline passed (connecting included) before the
+    /// response head came.
+    pub fn is_past_deadline(&self) -> bool {
+        matches!(self, ClientError::Exchange(UpstreamError::TimedOut))
+    }
 }
 
 /// What went wrong on an open connection, before or after the head.
@@ -96,6 +102,8 @@ pub enum UpstreamError {
     InvalidHead(String),
     #[error("invalid response body: {0}")]
     InvalidBody(&'static str),
+    #[error("no response head by the deadline")]
+    TimedOut,
 }
 
 /// A provider's response: its head as received, and its body.
@@ -163,20 +171,26 @@ impl Client {
     /// blank line) into a buffer the connection keeps, so a head built
     /// once per provider key is copied, not rebuilt. Pooled connections the
     /// provider has closed are noticed, and passed over, before the request
-    /// is written; once written, a request is never sent again.
+    /// is written; once written, a request is never sent again. The head
+    /// must come by `deadline` (connecting included); the connection is
+    /// closed if it does not.
     pub async fn send(
         &self,
         write_head: impl FnOnce(&mut Vec<u8>),
         body: OutgoingBody,
+        deadline: tokio::time::Instant,
     ) -> Result<Response, ClientError> {
         let mut conn = match self.pool.checkout() {
             Some(conn) => conn,
             // Boxed: connecting is rare and its state is large; inline it
             // would be allocated and moved with every request.
-            None => Box::pin(self.connect()).await?,
+            None => match tokio::time::timeout_at(deadline, Box::pin(self.connect())).await {
+                Ok(connected) => connected?,
+                Err(_) => return Err(ClientError::Exchange(UpstreamError::TimedOut)),
+            },
         };
         let head = conn
-            .exchange(write_head, body)
+            .exchange(write_head, body, deadline)
             .await
             .map_err(ClientError::Exchange)?;
         Ok(Response {

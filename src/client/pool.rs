@@ -47,7 +47,8 @@ impl Pool {
     }
 
     /// Keeps a connection whose response has been read to the end.
-    pub fn checkin(&self, conn: Box<Connection>) {
+    pub fn checkin(&self, mut conn: Box<Connection>) {
+        conn.release_waker();
         let now = coarse_clock::monotonic();
         let mut idle = self.idle.lock().expect("pool lock");
         // The oldest are at the front: drop the ones past their time.

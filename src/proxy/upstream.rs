@@ -118,10 +118,12 @@ pub async fn forward(
     ctx.metrics
         .overhead_before_upstream
         .observe((sent - ctx.arrived).as_secs_f64());
-    let response = match timeout_at(deadline, provider.client.send(write_head, body)).await {
-        Err(_) => return Err(timeout(provider, "the response head", sent)),
-        Ok(Err(err)) => return Err(transport_error(provider, &err)),
-        Ok(Ok(response)) => response,
+    let response = match provider.client.send(write_head, body, deadline).await {
+        Err(err) if err.is_past_deadline() => {
+            return Err(timeout(provider, "the response head", sent));
+        }
+        Err(err) => return Err(transport_error(provider, &err)),
+        Ok(response) => response,
     };
     let status = response.status;
     let time_to_head = sent.elapsed();

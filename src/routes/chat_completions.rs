@@ -333,10 +333,11 @@ mod tests {
         let config = state.config();
         let route = config.routes.lookup("kimi-k2-turbo-preview").unwrap();
         let target = route.targets.first().unwrap();
-        let send = target
-            .provider
-            .client
-            .send(|_| {}, bytes::Bytes::new().into());
+        let send = target.provider.client.send(
+            |_| {},
+            bytes::Bytes::new().into(),
+            tokio::time::Instant::now(),
+        );
         assert!(size_of_val(&send) <= 1536, "{}", size_of_val(&send));
     }
 }

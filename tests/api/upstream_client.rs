@@ -34,6 +34,9 @@ enum Answer {
     Unsolicited,
     /// `204 No Content`: no body at all.
     NoContent,
+    /// The request's body is a number of milliseconds to wait before
+    /// answering as `KeepAlive` does.
+    AfterBodyMillis,
 }
 
 struct RawServer {
@@ -95,9 +98,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
         buf.drain(..head_end + length);
+        if let Answer::AfterBodyMillis = answer {
+            tokio::time::sleep(Duration::from_millis(body.parse().unwrap())).await;
+        }
         let response = match answer {
-            Answer::KeepAlive | Answer::ThenClose => {
+            Answer::KeepAlive | Answer::ThenClose | Answer::AfterBodyMillis => {
                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_string()
             }
             Answer::ConnectionClose => {
@@ -154,8 +161,18 @@ async fn send(
     client: &Client,
     body: &'static str,
 ) -> Result<kimi_gateway::client::Response, kimi_gateway::client::ClientError> {
+    send_within(client, body, Duration::from_secs(10)).await
+}
+
+/// [`send`] with the response head due within `limit`.
+async fn send_within(
+    client: &Client,
+    body: &'static str,
+    limit: Duration,
+) -> Result<kimi_gateway::client::Response, kimi_gateway::client::ClientError> {
     let (write_head, body) = request(body);
-    client.send(write_head, body).await
+    let deadline = tokio::time::Instant::now() + limit;
+    client.send(write_head, body, deadline).await
 }
 
 async fn read_all(client: &Client) -> Bytes {
@@ -177,6 +194,44 @@ async fn a_keep_alive_connection_is_reused() {
         assert_eq!(client.idle_connections(), 1);
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A connection's deadline timer is made once and moved to each request's
+/// deadline: a reused connection waits for its own request's deadline, not
+/// the one before (which passes while it waits), and a late head is a
+/// timeout that closes the connection.
+#[tokio::test]
+async fn a_reused_connection_keeps_its_own_requests_deadline() {
+    let server = raw_server(Answer::AfterBodyMillis).await;
+    let client = client(&server);
+    let first = send_within(&client, "0", Duration::from_millis(500)).await;
+    assert_eq!(
+        first.unwrap().body.collect().await.unwrap().to_bytes(),
+        "{}"
+    );
+    assert_eq!(client.idle_connections(), 1);
+    // The first deadline passes while the second request waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send_within(&client, "500", Duration::from_millis(1000)).await;
+    assert_eq!(
+        second.unwrap().body.collect().await.unwrap().to_bytes(),
+        "{}"
+    );
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+
+    let started = std::time::Instant::now();
+    let late = send_within(&client, "5000", Duration::from_millis(300)).await;
+    assert!(late.unwrap_err().is_past_deadline());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(4000),
+        "{waited:?}"
+    );
+    assert_eq!(client.idle_connections(), 0);
+    // The next request has a connection of its own, and its own deadline.
+    let next = send_within(&client, "0", Duration::from_millis(500)).await;
+    assert_eq!(next.unwrap().body.collect().await.unwrap().to_bytes(), "{}");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
