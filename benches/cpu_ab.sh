@@ -14,7 +14,13 @@
 # provider and the load generator on CPU 1, as in benches/load.sh), drives
 # AB_SECS seconds of closed-loop load at AB_CONNECTIONS connections, and
 # reads the proxy's user and system CPU time from /proc (and the load
-# generator's p99 latency). Prints each round and a table of medians;
+# generator's p99 latency), and what the load side spent per request (the
+# mock provider's CPU time plus the load generator's) with how busy each
+# core was: at 64 connections the shared load core, not the proxy's, is
+# the one that is full, so a proxy's answers (how many header fields the
+# load generator parses, how often the proxy's core goes idle and must be
+# woken) move req/s as well as its own CPU does. Prints each round and a
+# table of medians;
 # candidate/baseline is the median of the rounds' own ratios (this
 # machine's speed drifts within minutes, a round's targets run seconds
 # apart).
@@ -88,9 +94,14 @@ wait_closed() {
 # utime and stime of a process, in clock ticks.
 ticks() { awk '{print $14 + 0, $15 + 0}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
+# Busy and idle ticks of the proxy's core (0) and the load core (1).
+core_ticks() {
+    awk '$1 == "cpu0" || $1 == "cpu1" { printf "%d %d ", $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat
+}
 
 "${PIN_LOAD[@]}" "$BIN/mock-provider" --listen "$MOCK_ADDR" --api-key mock-key --threads 1 >"$OUT/mock.log" 2>&1 &
-PIDS+=($!)
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
 wait_port "$MOCK_ADDR"
 
 run_target() { # name round
@@ -119,11 +130,15 @@ run_target() { # name round
         ;;
     esac
     PIDS+=("$proxy")
-    local before after requests
+    local before after requests mock_before mock_after cores_before cores_after
     before=$(ticks "$pid")
+    mock_before=$(ticks "$MOCK_PID")
+    cores_before=$(core_ticks)
     "${PIN_LOAD[@]}" "$BIN/loadgen" --url "http://$addr/v1/chat/completions" \
         --connections "$CONNS" --duration "$SECS" --warmup 0 "${LOAD[@]}" >"$OUT/load.json"
     after=$(ticks "$pid")
+    mock_after=$(ticks "$MOCK_PID")
+    cores_after=$(core_ticks)
     requests=$(jq .requests "$OUT/load.json")
     # Refusals and failures are cheap: CPU per request would flatter them.
     local errors
@@ -137,12 +152,20 @@ run_target() { # name round
     wait_closed "$addr"
     read -r u0 s0 <<<"$before"
     read -r u1 s1 <<<"$after"
-    local p99
+    local p99 loadgen_cpu mu0 ms0 mu1 ms1
     p99=$(jq .latency_p99_ms "$OUT/load.json")
+    loadgen_cpu=$(jq .cpu_seconds "$OUT/load.json")
+    read -r mu0 ms0 <<<"$mock_before"
+    read -r mu1 ms1 <<<"$mock_after"
     awk -v n="$name" -v r="$round" -v q="$requests" -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
-        -v hz="$HZ" -v secs="$SECS" -v p99="$p99" 'BEGIN {
-            printf "%s\t%d\t%.0f\t%.2f\t%.2f\t%.3f\n", n, r, q / secs, u / hz * 1e6 / q, s / hz * 1e6 / q, p99
-        }' | tee -a "$OUT/rounds.tsv" | awk -F'\t' '{ printf "[cpu-ab] round %d %-9s %7d req/s  user %5.2f us  sys %5.2f us per request  p99 %.3f ms\n", $2, $1, $3, $4, $5, $6 }' >&2
+        -v hz="$HZ" -v secs="$SECS" -v p99="$p99" -v mock=$((mu1 + ms1 - mu0 - ms0)) \
+        -v loadgen="$loadgen_cpu" -v before="$cores_before" -v after="$cores_after" 'BEGIN {
+            split(before, b, " "); split(after, a, " ")
+            busy0 = a[1] - b[1]; idle0 = a[2] - b[2]; busy1 = a[3] - b[3]; idle1 = a[4] - b[4]
+            printf "%s\t%d\t%.0f\t%.2f\t%.2f\t%.3f\t%.2f\t%.0f\t%.0f\n", n, r, q / secs,
+                u / hz * 1e6 / q, s / hz * 1e6 / q, p99, (mock / hz + loadgen) * 1e6 / q,
+                100 * busy0 / (busy0 + idle0 + 1e-9), 100 * busy1 / (busy1 + idle1 + 1e-9)
+        }' | tee -a "$OUT/rounds.tsv" | awk -F'\t' '{ printf "[cpu-ab] round %d %-9s %7d req/s  user %5.2f us  sys %5.2f us per request  p99 %.3f ms  load side %5.2f us per request  cores busy %d%% %d%%\n", $2, $1, $3, $4, $5, $6, $7, $8, $9 }' >&2
 }
 
 log "baseline:  $BASELINE"
@@ -159,18 +182,18 @@ function median(list, n,   i, j, t, a) {
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; p99[$1] = p99[$1] " " $6; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; rounds[$2] = 1 }
+{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; p99[$1] = p99[$1] " " $6; load[$1] = load[$1] " " $7; busy0[$1] = busy0[$1] " " $8; busy1[$1] = busy1[$1] " " $9; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; rounds[$2] = 1 }
 END {
     for (k in rounds) {
         ratio_rps = ratio_rps " " r["candidate", k] / r["baseline", k]
         ratio_cpu = ratio_cpu " " cpu["candidate", k] / cpu["baseline", k]
     }
-    print "| target | req/s | user µs/request | system µs/request | p99 ms |"
-    print "|---|---|---|---|---|"
+    print "| target | req/s | user µs/request | system µs/request | p99 ms | load side µs/request | proxy core busy | load core busy |"
+    print "|---|---|---|---|---|---|---|---|"
     split("nginx baseline candidate", order, " ")
     for (i = 1; i <= 3; i++) {
         t = order[i]
-        printf "| %s | %.0f | %.2f | %.2f | %.3f |\n", t, median(rps[t]), median(user[t]), median(sys[t]), median(p99[t])
+        printf "| %s | %.0f | %.2f | %.2f | %.3f | %.2f | %.0f%% | %.0f%% |\n", t, median(rps[t]), median(user[t]), median(sys[t]), median(p99[t]), median(load[t]), median(busy0[t]), median(busy1[t])
     }
     printf "\ncandidate/baseline (median of the rounds): req/s %.2fx, CPU per request %.2fx\n", median(ratio_rps), median(ratio_cpu)
 }' "$OUT/rounds.tsv" | tee "$OUT/table.md"
