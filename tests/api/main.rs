@@ -9,6 +9,7 @@ mod limits;
 mod limits_concurrency;
 mod limits_redis;
 mod limits_tokens;
+mod loadgen;
 mod metrics;
 mod normalize;
 mod passthrough;

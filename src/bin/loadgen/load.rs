@@ -1,9 +1,10 @@
 //! Load mode: closed-loop workers, one keep-alive connection each.
 
 use crate::Cli;
-use crate::client::{Sender, connect, exchange};
+use crate::client::{Failure, exchange};
 use crate::stats::{WorkerStats, load_report, micros};
 use crate::target::Target;
+use kimi_gateway::client::Client;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,33 +53,13 @@ pub(crate) async fn load(cli: &Cli, target: Arc<Target>) -> Result<Value, String
 
 async fn load_worker(target: Arc<Target>, phases: Arc<Phases>) -> WorkerStats {
     let mut stats = WorkerStats::new();
-    let mut sender: Option<Sender> = None;
+    // A client of its own: one keep-alive connection, opened again if the
+    // target closes it.
+    let client = Client::new(target.origin.clone(), Duration::from_secs(5));
     let mut connected_once = false;
     while Instant::now() < phases.end {
-        let mut s = match sender.take() {
-            Some(s) => s,
-            None => match connect(target.addr).await {
-                Ok(s) => {
-                    if connected_once {
-                        stats.reconnects += 1;
-                    }
-                    connected_once = true;
-                    s
-                }
-                Err(err) => {
-                    if Instant::now() >= phases.warm_end {
-                        stats.requests += 1;
-                        stats.errors += 1;
-                        stats.first_error.get_or_insert(err);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        if s.ready().await.is_err() {
-            // The server closed the idle connection: open another.
-            continue;
+        if connected_once && client.idle_connections() == 0 {
+            stats.reconnects += 1;
         }
         let started = Instant::now();
         let measuring = started >= phases.warm_end;
@@ -88,12 +69,12 @@ async fn load_worker(target: Arc<Target>, phases: Arc<Phases>) -> WorkerStats {
         {
             break;
         }
-        let result = exchange(&mut s, target.request(), started).await;
+        let result = exchange(&client, &target, started).await;
         let done = Instant::now();
         let counted = measuring && done <= phases.end;
         match result {
             Ok(exchange) => {
-                sender = Some(s);
+                connected_once = true;
                 if counted {
                     stats.requests += 1;
                     stats.bytes += exchange.bytes;
@@ -111,12 +92,16 @@ async fn load_worker(target: Arc<Target>, phases: Arc<Phases>) -> WorkerStats {
                     }
                 }
             }
-            Err(err) => {
+            Err(failure) => {
+                let (Failure::Connect(err) | Failure::Exchange(err)) = &failure;
                 if counted {
                     stats.requests += 1;
                     stats.errors += 1;
                     stats.last_done = Some(done);
-                    stats.first_error.get_or_insert(err);
+                    stats.first_error.get_or_insert_with(|| err.clone());
+                }
+                if let Failure::Connect(_) = failure {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }

@@ -2,14 +2,17 @@
 
 use crate::Cli;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Uri, header};
+use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use http_body_util::Full;
+use kimi_gateway::client::{header_line, request_line};
 use serde_json::json;
 use std::net::SocketAddr;
 
 /// Everything a worker needs to build and send its request.
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
+    /// `http://host:port/`, for load mode's client.
+    pub(crate) origin: Uri,
     uri: Uri,
     host: HeaderValue,
     auth: Option<HeaderValue>,
@@ -36,6 +39,25 @@ const SDK_HEADERS: [(&str, &str); 12] = [
 ];
 
 impl Target {
+    /// The request's head as it goes on the wire (load mode's client sends
+    /// it): the same fields as [`Target::request`], with the length.
+    pub(crate) fn write_head(&self, head: &mut Vec<u8>) {
+        request_line(head, &Method::POST, self.uri.path());
+        header_line(head, &header::HOST, self.host.as_bytes());
+        header_line(head, &header::CONTENT_TYPE, b"application/json");
+        let length = itoa::Buffer::new().format(self.body.len()).to_owned();
+        header_line(head, &header::CONTENT_LENGTH, length.as_bytes());
+        if let Some(auth) = &self.auth {
+            header_line(head, &header::AUTHORIZATION, auth.as_bytes());
+        }
+        if self.sdk_headers {
+            for (name, value) in SDK_HEADERS {
+                header_line(head, &HeaderName::from_static(name), value.as_bytes());
+            }
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+
     pub(crate) fn request(&self) -> Request<Full<Bytes>> {
         let mut request = Request::builder()
             .method(Method::POST)
@@ -91,8 +113,12 @@ pub(crate) async fn target(cli: &Cli) -> Result<Target, String> {
         .then(|| HeaderValue::try_from(format!("Bearer {}", cli.api_key)))
         .transpose()
         .map_err(|e| e.to_string())?;
+    let origin = format!("http://{authority}/")
+        .parse::<Uri>()
+        .map_err(|e| e.to_string())?;
     Ok(Target {
         addr,
+        origin,
         uri: path,
         host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
         auth,
