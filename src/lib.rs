@@ -23,6 +23,7 @@ pub mod drain;
 pub mod error;
 pub mod healthcheck;
 pub mod limits;
+pub mod listener;
 pub mod log_format;
 pub mod log_writer;
 pub mod malloc_tuning;

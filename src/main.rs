@@ -151,7 +151,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // Signal handlers exist before the "listening" line, so a signal sent as
     // soon as the gateway is up is handled, not fatal.
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = kimi_gateway::listener::bind(addr)?;
     let metrics_listen = config.metrics_listen;
     let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
@@ -159,7 +159,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());
     if let Some(addr) = metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = kimi_gateway::listener::bind(addr)?;
         tracing::info!(listen = %addr, "metrics on a separate listener");
         let router = kimi_gateway::app::build_metrics_router(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });

@@ -37,7 +37,7 @@ fn main() -> std::io::Result<()> {
         runtime.worker_threads(threads);
     }
     runtime.enable_all().build()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+        let listener = kimi_gateway::listener::bind(cli.listen)?;
         let options = MockOptions {
             api_key: cli.api_key,
             record: false,
