@@ -5,6 +5,7 @@
 //! [`scenario`]); the handle records what each request looked like.
 
 mod fail;
+mod rendered;
 mod reply;
 pub mod scenario;
 mod server;

@@ -50,7 +50,7 @@ impl MockRequest<'_> {
 }
 
 /// What the mock needs from a request to shape its answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ask {
     pub model: String,
     pub n: usize,
@@ -62,7 +62,7 @@ pub struct Ask {
     pub prompt_tokens: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ToolCall {
     pub name: String,
     pub arguments: String,

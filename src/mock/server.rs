@@ -4,14 +4,15 @@
 
 use super::Flavour;
 use super::fail::error_response;
-use super::reply::{Ask, completion, stream_events};
+use super::rendered::{Question, Rendered, Renderings, StreamShape};
+use super::reply::Ask;
 use super::scenario::Scenario;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,9 @@ pub struct Recorded {
 
 struct Shared {
     options: MockOptions,
+    /// `Bearer <api_key>`, the `Authorization` value every flavour expects.
+    expected_authorization: String,
+    renderings: Renderings,
     recorded: Mutex<Vec<Recorded>>,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
     abandoned: AtomicU64,
@@ -141,6 +145,8 @@ impl MockHandle {
 pub async fn spawn(listener: TcpListener, options: MockOptions) -> MockHandle {
     let addr = listener.local_addr().expect("bound listener");
     let shared = Arc::new(Shared {
+        expected_authorization: format!("Bearer {}", options.api_key),
+        renderings: Renderings::default(),
         options,
         recorded: Mutex::new(Vec::new()),
         gates: Mutex::new(HashMap::new()),
@@ -156,23 +162,36 @@ pub async fn spawn(listener: TcpListener, options: MockOptions) -> MockHandle {
     MockHandle { addr, shared, task }
 }
 
+/// Vision requests carry base64 images: accept what a gateway would.
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+const MSH_REQUEST_ID: HeaderName = HeaderName::from_static("msh-request-id");
+const MSH_UID: HeaderName = HeaderName::from_static("msh-uid");
+const MSH_GID: HeaderName = HeaderName::from_static("msh-gid");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/{flavour}/v1/chat/completions", post(chat))
-        .route("/{flavour}/v1/models", get(models))
-        // Vision requests carry base64 images: accept what a gateway would.
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
-        .with_state(shared)
+    let mut router = Router::new();
+    for flavour in Flavour::ALL {
+        let prefix = format!("/{}/v1", flavour.name());
+        router = router
+            .route(
+                &format!("{prefix}/chat/completions"),
+                post(move |State(shared), request| chat(shared, flavour, request)),
+            )
+            .route(&format!("{prefix}/models"), get(move || models(flavour)));
+    }
+    router.with_state(shared)
 }
 
-async fn models(Path(flavour): Path<String>) -> Response {
-    let Some(preset) = crate::config::presets::find(&flavour) else {
+async fn models(flavour: Flavour) -> Response {
+    let Some(preset) = crate::config::presets::find(flavour.name()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let data: Vec<_> = preset
         .models
         .iter()
-        .map(|m| serde_json::json!({"id": m, "object": "model", "owned_by": flavour}))
+        .map(|m| serde_json::json!({"id": m, "object": "model", "owned_by": flavour.name()}))
         .collect();
     axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
@@ -192,15 +211,16 @@ impl Drop for AbandonGuard {
     }
 }
 
-async fn chat(
-    State(shared): State<Arc<Shared>>,
-    Path(flavour): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some(flavour) = Flavour::parse(&flavour) else {
-        return StatusCode::NOT_FOUND.into_response();
+async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
+    let authorized = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        == Some(shared.expected_authorization.as_bytes());
     if shared.options.record {
         shared
             .recorded
@@ -208,17 +228,12 @@ async fn chat(
             .expect("recorded lock")
             .push(Recorded {
                 flavour,
-                headers: headers.clone(),
+                headers: parts.headers,
                 body: body.clone(),
             });
         shared.changed.notify_waiters();
     }
-    let expected = format!("Bearer {}", shared.options.api_key);
-    if headers
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        != Some(expected.as_bytes())
-    {
+    if !authorized {
         return error_response(flavour, super::scenario::MockError::Auth, None);
     }
     let mut scenario = Scenario::from_body(&body, flavour.name());
@@ -256,46 +271,57 @@ async fn chat(
             return error_response(flavour, super::scenario::MockError::InvalidRequest, None);
         }
     };
-    let ask = Ask::from_request(&request, body.len());
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut response = if request.stream() {
-        let chunks = scenario.chunks.unwrap_or(shared.options.default_chunks);
-        let events = stream_events(flavour, &ask, chunks, scenario.chunk_bytes.unwrap_or(0));
-        let mut response = Response::new(stream_body(shared.clone(), scenario, events, guard));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        response
-    } else {
-        guard.armed = false;
-        axum::Json(completion(flavour, &ask)).into_response()
+    let question = Question {
+        flavour,
+        ask: Ask::from_request(&request, body.len()),
+        stream: request.stream().then(|| StreamShape {
+            chunks: scenario.chunks.unwrap_or(shared.options.default_chunks),
+            chunk_bytes: scenario.chunk_bytes.unwrap_or(0),
+        }),
     };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let (body, content_type) = match shared.renderings.answer(&question) {
+        Rendered::Stream(events) => (
+            stream_body(&shared, &scenario, events, guard),
+            "text/event-stream",
+        ),
+        Rendered::Completion(completion) => {
+            guard.armed = false;
+            (Body::from(completion), "application/json")
+        }
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = flavour.success_status();
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    insert_provider_fields(headers, flavour, id);
+    response
+}
+
+/// The fields each provider adds to an answer: its request id, and for
+/// Moonshot account identifiers and a cookie a gateway must never pass on.
+fn insert_provider_fields(headers: &mut HeaderMap, flavour: Flavour, id: u64) {
     match flavour {
         Flavour::Moonshot => {
-            headers.insert("msh-request-id", HeaderValue::from(id));
-            // Account identifiers a gateway must never pass on.
-            headers.insert("msh-uid", HeaderValue::from_static("mock-user-1"));
-            headers.insert("msh-gid", HeaderValue::from_static("mock-group-1"));
+            headers.insert(MSH_REQUEST_ID, HeaderValue::from(id));
+            headers.insert(MSH_UID, HeaderValue::from_static("mock-user-1"));
+            headers.insert(MSH_GID, HeaderValue::from_static("mock-group-1"));
             headers.insert(
                 header::SET_COOKIE,
                 HeaderValue::from_static("session=mock; Path=/"),
             );
         }
         _ => {
-            headers.insert("x-request-id", HeaderValue::from(id));
+            headers.insert(X_REQUEST_ID, HeaderValue::from(id));
         }
     }
-    response
 }
 
 /// The stream's body: one event per frame, honouring delays, gates and cuts.
 fn stream_body(
-    shared: Arc<Shared>,
-    scenario: Scenario,
-    events: Vec<String>,
+    shared: &Shared,
+    scenario: &Scenario,
+    events: Arc<[Bytes]>,
     guard: AbandonGuard,
 ) -> Body {
     let delay = if scenario.chunk_delay.is_zero() {
@@ -304,10 +330,10 @@ fn stream_body(
         scenario.chunk_delay
     };
     let gate = scenario.gate.as_deref().map(|g| shared.gate(g));
+    let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
         let gate = gate.clone();
-        let scenario = scenario.clone();
         async move {
             if i == usize::MAX {
                 return None;
@@ -320,17 +346,17 @@ fn stream_body(
                     tokio::time::sleep(delay).await;
                 }
             }
-            if scenario.cut_after.is_some_and(|n| i >= n) {
+            if cut_after.is_some_and(|n| i >= n) {
                 guard.armed = false;
                 let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock cut");
                 return Some((Err(cut), (usize::MAX, events, guard)));
             }
             match i {
                 i if i < events.len() => {
-                    let event = Bytes::from(events[i].clone());
+                    let event = events[i].clone();
                     Some((Ok(event), (i + 1, events, guard)))
                 }
-                i if i == events.len() && !scenario.no_done => {
+                i if i == events.len() && !no_done => {
                     guard.armed = false;
                     Some((
                         Ok(Bytes::from_static(b"data: [DONE]\n\n")),
