@@ -21,9 +21,10 @@
 # load generator parses, how often the proxy's core goes idle and must be
 # woken) move req/s as well as its own CPU does. Prints each round and a
 # table of medians;
-# candidate/baseline is the median of the rounds' own ratios (this
-# machine's speed drifts within minutes, a round's targets run seconds
-# apart).
+# candidate/baseline (req/s, CPU and p99) is the median of the rounds' own
+# ratios (this machine's speed drifts within minutes, a round's targets run
+# seconds apart), and so is each build's p99 against nginx's, with the
+# number of rounds in which it was no worse.
 #
 # Environment: AB_ROUNDS (default 6), AB_SECS (default 5), AB_CONNECTIONS
 # (default 64), AB_OUT (default target/cpu-ab). Loopback only; every process
@@ -182,11 +183,17 @@ function median(list, n,   i, j, t, a) {
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; p99[$1] = p99[$1] " " $6; load[$1] = load[$1] " " $7; busy0[$1] = busy0[$1] " " $8; busy1[$1] = busy1[$1] " " $9; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; rounds[$2] = 1 }
+{ rps[$1] = rps[$1] " " $3; user[$1] = user[$1] " " $4; sys[$1] = sys[$1] " " $5; p99[$1] = p99[$1] " " $6; load[$1] = load[$1] " " $7; busy0[$1] = busy0[$1] " " $8; busy1[$1] = busy1[$1] " " $9; cpu[$1, $2] = $4 + $5; r[$1, $2] = $3; tail[$1, $2] = $6; rounds[$2] = 1 }
 END {
     for (k in rounds) {
         ratio_rps = ratio_rps " " r["candidate", k] / r["baseline", k]
         ratio_cpu = ratio_cpu " " cpu["candidate", k] / cpu["baseline", k]
+        ratio_p99 = ratio_p99 " " tail["candidate", k] / tail["baseline", k]
+        base_nginx = base_nginx " " tail["baseline", k] / tail["nginx", k]
+        cand_nginx = cand_nginx " " tail["candidate", k] / tail["nginx", k]
+        base_wins += tail["baseline", k] <= tail["nginx", k]
+        cand_wins += tail["candidate", k] <= tail["nginx", k]
+        n_rounds++
     }
     print "| target | req/s | user µs/request | system µs/request | p99 ms | load side µs/request | proxy core busy | load core busy |"
     print "|---|---|---|---|---|---|---|---|"
@@ -195,5 +202,6 @@ END {
         t = order[i]
         printf "| %s | %.0f | %.2f | %.2f | %.3f | %.2f | %.0f%% | %.0f%% |\n", t, median(rps[t]), median(user[t]), median(sys[t]), median(p99[t]), median(load[t]), median(busy0[t]), median(busy1[t])
     }
-    printf "\ncandidate/baseline (median of the rounds): req/s %.2fx, CPU per request %.2fx\n", median(ratio_rps), median(ratio_cpu)
+    printf "\ncandidate/baseline (median of the rounds): req/s %.2fx, CPU per request %.2fx, p99 %.2fx\n", median(ratio_rps), median(ratio_cpu), median(ratio_p99)
+    printf "p99 against nginx (median of the rounds; rounds no worse): baseline %.2fx (%d of %d), candidate %.2fx (%d of %d)\n", median(base_nginx), base_wins, n_rounds, median(cand_nginx), cand_wins, n_rounds
 }' "$OUT/rounds.tsv" | tee "$OUT/table.md"

@@ -26,7 +26,7 @@
 # take turns for BENCH_ROUNDS rounds (direct, nginx, gateway, direct, ...),
 # each proxy freshly started for its run, so its peak RSS (VmHWM; nginx: its
 # worker) belongs to that run. The table gives each target's median over the
-# rounds, and gateway/nginx is the median of the rounds' own ratios: on a
+# rounds, and gateway/nginx (req/s and p99) the median of the rounds' own ratios: on a
 # shared machine whose speed drifts by tens of percent within minutes, a
 # ratio between runs seconds apart is what holds still. Then BENCH_HOLD_STREAMS (10,000, capped
 # by the open-file limit: a proxy needs two descriptors per stream) slow
@@ -427,10 +427,10 @@ nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')
         "gateway: $GATEWAY_BUILD."
     echo "req/s, p50, p99 (whole response) and TTFB (first body byte, streams): median over the rounds." \
         "Peak RSS: highest VmHWM of the proxy (nginx: its worker), started afresh for each run." \
-        "gateway/nginx: median of each round's req/s ratio (the rounds' ratios in the notes).${HOLD_NOTE:+ $HOLD_NOTE.}"
+        "gateway/nginx req/s and p99: medians of each round's ratios (the rounds' ratios in the notes; p99 below 1 is lower than nginx's).${HOLD_NOTE:+ $HOLD_NOTE.}"
     echo
-    echo "| scenario | conns | target | req/s | p50 ms | p99 ms | TTFB p50 ms | peak RSS MB | gateway/nginx | notes |"
-    echo "|---|--:|---|--:|--:|--:|--:|--:|--:|---|"
+    echo "| scenario | conns | target | req/s | p50 ms | p99 ms | TTFB p50 ms | peak RSS MB | gateway/nginx req/s | gateway/nginx p99 | notes |"
+    echo "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|"
     awk -F'\t' -f "$ROOT/benches/load_table.awk" "$OUT/rows.tsv"
 } >"$OUT/table.md"
 echo
