@@ -15,6 +15,8 @@
 # (a real client's head: twelve more fields, nine of them custom names).
 # BENCH_SECS (default 6) is how long the measured load runs (under
 # callgrind the gateway serves roughly 1,000 requests a second).
+# BENCH_LOCKS=1 also counts the locked (atomic) instructions per request,
+# by function (benches/locked_instructions.py).
 # BENCH_GATEWAY_BIN counts another build of the gateway, e.g. the
 # profile-guided one (target/pgo-release/release/kimi-gateway after
 # scripts/pgo-build.sh); the mock and load generator are still these.
@@ -26,11 +28,14 @@ OUT="$ROOT/target/instructions"
 LOAD=()
 [ "${1:-}" = --stream ] && LOAD=(--stream --mock chunks=10)
 [ -n "${BENCH_SDK_HEADERS:-}" ] && LOAD+=(--sdk-headers)
+VALGRIND=(--tool=callgrind)
+[ -n "${BENCH_LOCKS:-}" ] && VALGRIND+=(--dump-instr=yes)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v jq >/dev/null || missing+=(jq)
+[ -n "${BENCH_LOCKS:-}" ] && { command -v objdump >/dev/null || missing+=(binutils); }
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -50,7 +55,7 @@ wait_port 127.0.0.1:18590
 # valgrind it must be given (the restart cannot be followed).
 MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL=http://127.0.0.1:18590/moonshot/v1 BENCH_CLIENT_KEY=mock-key \
     TOKIO_WORKER_THREADS=1 RUST_LOG=info GLIBC_TUNABLES=glibc.malloc.tcache_count=128 \
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    valgrind "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.out" \
     "$GATEWAY" --listen 127.0.0.1:18580 --config "$ROOT/benches/gateway.toml" \
     >"$OUT/gateway.log" 2>"$OUT/valgrind.log" &
 GW=$!
@@ -66,4 +71,7 @@ wait "$GW" 2>/dev/null || true
 requests=$(jq .requests "$OUT/load.json")
 instructions=$(grep -h '^summary:' "$OUT"/callgrind.out* | awk '{s += $2} END {print s}')
 echo "requests: $requests, instructions: $instructions, per request: $((instructions / requests))"
+if [ -n "${BENCH_LOCKS:-}" ]; then
+    python3 "$ROOT/benches/locked_instructions.py" "$OUT/callgrind.out" "$requests"
+fi
 echo "(callgrind_annotate --inclusive=yes $OUT/callgrind.out* shows where they go)"
