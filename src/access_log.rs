@@ -77,8 +77,10 @@ where
         .cloned()
         .unwrap_or_else(generate_id);
     let method = request.method().clone();
-    let path: Box<str> = request.uri().path().into();
-    let counted = path.starts_with("/v1/");
+    // The request's `Uri`, kept for the path: a clone of the chat target's
+    // shares its static text, where a copy of the path was an allocation.
+    let uri = request.uri().clone();
+    let counted = uri.path().starts_with("/v1/");
     if counted {
         state.metrics.in_flight.inc();
     }
@@ -100,7 +102,7 @@ where
     let record = AccessRecord {
         id,
         method,
-        path,
+        uri,
         status: response.status(),
         started,
         key,
@@ -149,7 +151,8 @@ fn generate_id() -> HeaderValue {
 pub struct AccessRecord {
     pub id: HeaderValue,
     pub method: Method,
-    pub path: Box<str>,
+    /// The request's target; its path is logged.
+    pub uri: http::Uri,
     pub status: StatusCode,
     pub started: Instant,
     pub model: Option<RequestedModel>,
@@ -171,7 +174,7 @@ impl AccessRecord {
             metrics.in_flight.dec();
         }
         // API requests at `info`, the rest (health probes) at `debug`.
-        let is_api = self.path.starts_with("/v1/");
+        let is_api = self.uri.path().starts_with("/v1/");
         let enabled = if is_api {
             tracing::enabled!(target: "access", tracing::Level::INFO)
         } else {
@@ -194,7 +197,7 @@ impl AccessRecord {
         let line = AccessLine {
             request_id: self.id.to_str().unwrap_or(""),
             method: self.method.as_str(),
-            path: &self.path,
+            path: self.uri.path(),
             status: self.status.as_u16(),
             key: self.key.as_deref().unwrap_or(""),
             model: self.model.as_ref().map_or("", |m| &*m.0),

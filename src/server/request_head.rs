@@ -114,7 +114,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
             .map_err(|_| BadHead::bad("invalid request target"))?
     };
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, from, to) in fields {
+    // Drained, not moved: the inline array is ~750 bytes.
+    for (name, from, to) in fields.drain(..) {
         let bytes = head.slice(from..to);
         let value = if bytes.is_ascii() {
             // SAFETY: ASCII is valid UTF-8, the one condition of the
