@@ -93,7 +93,17 @@ where
                 arrived: started,
                 caller,
             };
+            let unanswered = Unanswered {
+                state,
+                id: &id,
+                method: &method,
+                uri: &uri,
+                started,
+                key: &key,
+                counted,
+            };
             let (response, handled) = handler(request, scope).await;
+            unanswered.answered();
             (response, Some(key), handled)
         }
         Err(refused) => (refused.into_response(), None, Handled::default()),
@@ -228,6 +238,56 @@ impl AccessRecord {
             }
             None => line.event(is_api),
         }
+    }
+}
+
+/// Logs and counts a request whose handler is dropped before it answers:
+/// the client left (499, nginx's number for it), or the drain deadline
+/// passed (503, `gateway_shutdown`, which the connection answers). Borrows
+/// what it needs from the request context, so a request that is answered
+/// pays for nothing but the guard.
+struct Unanswered<'a> {
+    state: &'a AppState,
+    id: &'a HeaderValue,
+    method: &'a Method,
+    uri: &'a http::Uri,
+    started: Instant,
+    key: &'a Arc<str>,
+    counted: bool,
+}
+
+/// The status logged for a request whose client left before the answer.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Unanswered<'_> {
+    fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let (status, error) = if self.state.drain.deadline_has_passed() {
+            let error = crate::drain::unanswered_at_deadline();
+            (error.status, Some(error))
+        } else {
+            let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("a valid status");
+            (status, None)
+        };
+        AccessRecord {
+            id: self.id.clone(),
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            status,
+            started: self.started,
+            model: None,
+            route: None,
+            key: Some(self.key.clone()),
+            upstream: None,
+            error,
+            metrics: self.counted.then(|| self.state.metrics.clone()),
+        }
+        .emit();
     }
 }
 

@@ -68,6 +68,13 @@ pub async fn serve(
         output: Output::default(),
     };
     let mut closed = pin!(closing.cancelled());
+    let drain = &gateway.state().drain;
+    let notified = pin!(drain.deadline_notified());
+    let mut deadline = DeadlineWatch {
+        drain,
+        notified,
+        registered: false,
+    };
     // One timer for the connection's life, armed at the start and re-armed
     // only when it fires before the wait it guards has lasted `idle`: no
     // clock reading or timer work per request (the wait's start is noted on
@@ -83,7 +90,10 @@ pub async fn serve(
             Err(NoHead::Refused(bad)) => return connection.refuse(bad).await,
             Err(NoHead::Closed) => return,
         };
-        match connection.exchange(head, &gateway, &closing).await {
+        match connection
+            .exchange(head, &gateway, &closing, &mut deadline)
+            .await
+        {
             After::KeepAlive => {}
             After::Close => return connection.close().await,
             After::Linger => return connection.linger().await,
@@ -97,6 +107,26 @@ struct Connection {
     /// Bytes read and not yet parsed: heads and bodies are split off it.
     read: BytesMut,
     output: Output,
+}
+
+/// The drain deadline, as a connection waiting on a handler sees it: one
+/// plain load per poll, and one registration per connection for the wake.
+struct DeadlineWatch<'a, 'd> {
+    drain: &'d crate::drain::Drain,
+    notified: Pin<&'a mut tokio::sync::futures::Notified<'d>>,
+    registered: bool,
+}
+
+impl DeadlineWatch<'_, '_> {
+    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.registered {
+            // Keeps this task's waker (a task's waker stays valid while
+            // the task lives); never polled again.
+            let _ = self.notified.as_mut().poll(cx);
+            self.registered = true;
+        }
+        self.drain.deadline_has_passed()
+    }
 }
 
 /// What else ends a wait for a request head.
@@ -198,6 +228,7 @@ impl Connection {
         head: RequestHead,
         gateway: &Arc<Gateway>,
         closing: &CancellationToken,
+        deadline: &mut DeadlineWatch<'_, '_>,
     ) -> After {
         let RequestHead {
             parts,
@@ -228,10 +259,25 @@ impl Connection {
                 .clone()
                 .handle(http::Request::from_parts(parts, body))
         );
-        let handled =
-            poll_fn(|cx| self.poll_handling(cx, handling.as_mut(), reading.as_mut())).await;
-        let Some((response, fields)) = handled else {
-            return After::Drop;
+        let handled = poll_fn(|cx| {
+            let polled = self.poll_handling(cx, handling.as_mut(), reading.as_mut());
+            if polled.is_pending() && deadline.passed(cx) {
+                return Poll::Ready(Some(None));
+            }
+            polled.map(|answer| answer.map(Some))
+        })
+        .await;
+        let (response, fields, keep_alive) = match handled {
+            Some(Some((response, fields))) => (response, fields, keep_alive),
+            // The drain deadline passed before the handler answered: the
+            // client gets an answer it can retry elsewhere, not a closed
+            // connection (the request is logged when its handler is dropped).
+            Some(None) => (
+                crate::drain::unanswered_at_deadline().into_response(),
+                WireFields::default(),
+                false,
+            ),
+            None => return After::Drop,
         };
         let body_read = reading
             .as_ref()

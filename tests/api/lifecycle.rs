@@ -84,6 +84,41 @@ async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event
     assert!(result.expect("server stopped").unwrap().is_ok());
 }
 
+#[tokio::test]
+async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
+    let mut app = spawn_app_with("[server]\ndrain_secs = 0.3\n", &[]).await;
+    // A plain request and a stream, both waiting for a provider's head that
+    // would come long after the deadline.
+    let mut waiting = Vec::new();
+    for stream in [false, true] {
+        let body = chat_body("kimi-k2.6", "[mock head_delay_ms=60000]", stream);
+        let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
+        waiting.push(tokio::spawn(request.send()));
+    }
+    wait_until("both requests are in flight", async || {
+        app.state.metrics.in_flight.get() == 2
+    })
+    .await;
+    let server = app.begin_shutdown();
+    for request in waiting {
+        let response = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("an answer by the deadline")
+            .unwrap()
+            .expect("an HTTP answer");
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["connection"], "close");
+        assert_eq!(response.headers()["x-should-retry"], "true");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "server_error");
+        assert_eq!(error["code"], "gateway_shutdown");
+    }
+    // Nothing is left for the server to wait for.
+    let result = tokio::time::timeout(Duration::from_secs(1), server).await;
+    assert!(result.expect("server stopped").unwrap().is_ok());
+    assert_eq!(app.state.metrics.in_flight.get(), 0);
+}
+
 fn write_config(file: &std::path::Path, text: &str) {
     // Write a sibling and rename it over, as editors and ConfigMaps do.
     let tmp = file.with_extension("tmp");

@@ -246,3 +246,34 @@ async fn a_real_prometheus_scrapes_the_series() {
         .expect("Prometheus never returned the series");
     assert_eq!(value, "3");
 }
+
+#[tokio::test]
+async fn a_request_the_client_leaves_before_its_answer_is_counted_as_499() {
+    let app = spawn_app().await;
+    // One plain request and one stream, both waiting for the provider's head.
+    let mut waiting = Vec::new();
+    for stream in [false, true] {
+        let body = chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock head_delay_ms=60000]",
+            stream,
+        );
+        let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
+        waiting.push(tokio::spawn(request.send()));
+    }
+    wait_until("both requests are in flight", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(2.0)
+    })
+    .await;
+    // The clients give up: their connections close.
+    for request in waiting {
+        request.abort();
+    }
+    wait_until("both requests are over", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
+    })
+    .await;
+    let text = scrape(&app).await;
+    let left = r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="499"}"#;
+    assert_eq!(sample(&text, left), Some(2.0), "{text}");
+}
