@@ -87,6 +87,30 @@ pub fn translate(
     err
 }
 
+/// A provider's error event inside a stream (`{"error":{"message","type",
+/// "code"}}`, after the status was sent): the error the stream ended with,
+/// for the log and the metrics. `None` for anything else (a chunk whose
+/// text merely mentions `"error"`).
+pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
+    let shape: AnyShape = serde_json::from_slice(data).ok()?;
+    let error = shape.error?;
+    let error_type = error
+        .error_type
+        .as_deref()
+        .and_then(ErrorType::from_name)
+        .unwrap_or(ErrorType::ServerError);
+    let message = error
+        .message
+        .map(|m| redact(&m, provider))
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| "the provider ended the stream with an error event".to_owned());
+    Some(GatewayError::new(
+        StatusCode::BAD_GATEWAY,
+        error_type,
+        message,
+    ))
+}
+
 /// A provider telling us that *our* key is bad: Moonshot and AI/ML API say
 /// 401, Agentsflare answers 404 "Key not found".
 fn key_refused(status: StatusCode, typed: Option<&str>, lower: &str) -> bool {
@@ -155,6 +179,32 @@ fn message_text(value: serde_json::Value) -> String {
 }
 
 /// Some providers echo (part of) the key they were sent; never pass it on.
+/// `events` with the provider's keys replaced by `***`, when one is in
+/// them (a provider's error event that quotes the key it was sent).
+pub fn redact_events(events: &[u8], provider: &Provider) -> Option<Vec<u8>> {
+    let mut redacted: Option<Vec<u8>> = None;
+    for key in &provider.keys {
+        let secret = key.secret.as_bytes();
+        if secret.len() < 8 {
+            continue;
+        }
+        let text = redacted.as_deref().unwrap_or(events);
+        if memchr::memmem::find(text, secret).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = memchr::memmem::find(rest, secret) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"***");
+            rest = &rest[at + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        redacted = Some(out);
+    }
+    redacted
+}
+
 fn redact(message: &str, provider: &Provider) -> String {
     let mut message = message.to_string();
     for key in &provider.keys {

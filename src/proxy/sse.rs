@@ -23,8 +23,44 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-static DONE_EVENT: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"data: [DONE]"));
+static DONE_VALUE: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"[DONE]"));
+
+static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+
+/// Where the line `data: [DONE]` begins in `events`, if it is there: the
+/// space after the colon is optional in SSE (`data:[DONE]` is the same
+/// event), and the line may end in CRLF.
+fn find_done(events: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = DONE_VALUE.find(&events[from..]) {
+        let at = from + found;
+        from = at + 1;
+        let after = events.get(at + b"[DONE]".len());
+        if !matches!(after, None | Some(b'\n' | b'\r')) {
+            continue;
+        }
+        let before = &events[..at];
+        let before = before.strip_suffix(b" ").unwrap_or(before);
+        let Some(line_start) = before.strip_suffix(b"data:").map(<[u8]>::len) else {
+            continue;
+        };
+        if line_start == 0 || matches!(events[line_start - 1], b'\n' | b'\r') {
+            return Some(line_start);
+        }
+    }
+    None
+}
+
+/// A provider's own error event (`data: {"error":{...}}`) among `events`.
+fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Option<GatewayError> {
+    ERROR_KEY.find(events)?;
+    events
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.trim_ascii_end().strip_prefix(b"data:"))
+        .find_map(|data| super::provider_errors::stream_error(data.trim_ascii(), provider))
+}
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
@@ -41,7 +77,9 @@ const GATHER_START: usize = 4 * 1024;
 
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
-    pub provider: Arc<str>,
+    /// The provider: its name for messages, its keys to redact from its
+    /// own error events.
+    pub provider: Arc<crate::config::Provider>,
     /// The client asked for `stream_options.include_usage`.
     pub include_usage: bool,
     pub first_byte_deadline: Instant,
@@ -75,11 +113,14 @@ pub struct SseRelay {
     /// Moonshot-style usage seen, kept in case no standard chunk follows.
     in_choice_usage: Option<UsageReport>,
     top_level_usage_seen: bool,
+    /// The provider's own error event, already forwarded: the stream ends
+    /// with it (logged and counted as its error), not with one of ours.
+    provider_error: Option<GatewayError>,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     keepalive: Option<(Duration, Pin<Box<Sleep>>)>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    provider: Arc<str>,
+    provider: Arc<crate::config::Provider>,
     stats: Arc<StreamStats>,
     head_sent: bool,
     finished: bool,
@@ -114,6 +155,7 @@ impl SseRelay {
             include_usage: settings.include_usage,
             in_choice_usage: None,
             top_level_usage_seen: false,
+            provider_error: None,
             idle: settings.idle,
             idle_timer: Box::pin(tokio::time::sleep_until(settings.first_byte_deadline)),
             keepalive: settings
@@ -144,7 +186,7 @@ impl SseRelay {
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "provider {} ended the stream before sending any event",
-                    relay.provider
+                    relay.provider.name
                 ),
             )),
         }
@@ -180,7 +222,7 @@ impl SseRelay {
                 Poll::Ready(Some(Err(err))) => {
                     let message = format!(
                         "connection to provider {} failed mid-stream: {}",
-                        self.provider,
+                        self.provider.name,
                         crate::client::describe(&err)
                     );
                     return Poll::Ready(Some(Err(GatewayError::server(
@@ -188,7 +230,9 @@ impl SseRelay {
                         message,
                     ))));
                 }
-                Poll::Ready(None) if self.stats.saw_done() => return Poll::Ready(None),
+                Poll::Ready(None) if self.stats.saw_done() || self.provider_error.is_some() => {
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(None) => {
                     let partial = if self.aligner.has_partial() {
                         " (inside an event)"
@@ -197,7 +241,7 @@ impl SseRelay {
                     };
                     let message = format!(
                         "provider {} closed the stream before it was complete{partial}",
-                        self.provider
+                        self.provider.name
                     );
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,
@@ -214,7 +258,7 @@ impl SseRelay {
                     if self.idle_timer.as_mut().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
                         let message = format!(
                             "timed out waiting for provider {} (no stream data for {:.0?})",
-                            self.provider, self.idle
+                            self.provider.name, self.idle
                         );
                         return Poll::Ready(Some(Err(GatewayError::server(
                             StatusCode::GATEWAY_TIMEOUT,
@@ -323,7 +367,19 @@ impl SseRelay {
                 }
             }
         }
-        let Some(done_at) = DONE_EVENT.find(&events) else {
+        let mut events = events;
+        if self.provider_error.is_none() {
+            self.provider_error = provider_error_event(&events, &self.provider);
+            if self.provider_error.is_some() {
+                // Forwarded as it came, but never with the gateway's key.
+                if let Some(redacted) =
+                    super::provider_errors::redact_events(&events, &self.provider)
+                {
+                    events = Bytes::from(redacted);
+                }
+            }
+        }
+        let Some(done_at) = find_done(&events) else {
             return events;
         };
         self.stats.mark_done();
@@ -368,7 +424,11 @@ impl SseRelay {
         self.finished = true;
         match end {
             Ok(()) => {
-                self.stats.finish(StreamEnd::Complete);
+                let end = match self.provider_error.take() {
+                    Some(err) => StreamEnd::Failed(err),
+                    None => StreamEnd::Complete,
+                };
+                self.stats.finish(end);
                 Poll::Ready(None)
             }
             Err(err) => {

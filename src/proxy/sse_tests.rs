@@ -4,9 +4,19 @@ use super::*;
 use futures_util::StreamExt;
 use prometheus::HistogramOpts;
 
+/// The first configured provider, its key `secret-key-123`.
+fn provider() -> Arc<crate::config::Provider> {
+    let config = crate::config::resolve("", &|v| {
+        v.ends_with("_API_KEY")
+            .then(|| "secret-key-123".to_string())
+    })
+    .unwrap();
+    config.providers[0].clone()
+}
+
 fn settings() -> RelaySettings {
     RelaySettings {
-        provider: "mock".into(),
+        provider: provider(),
         include_usage: false,
         first_byte_deadline: Instant::now() + Duration::from_secs(10),
         idle: Duration::from_secs(10),
@@ -19,12 +29,18 @@ fn settings() -> RelaySettings {
 
 /// Every frame the client is sent when the upstream's chunks are all ready.
 async fn frames(chunks: Vec<Bytes>) -> Vec<Bytes> {
+    frames_and_end(chunks).await.0
+}
+
+/// The frames, and how the stream's statistics say it ended.
+async fn frames_and_end(chunks: Vec<Bytes>) -> (Vec<Bytes>, Option<StreamEnd>) {
     let upstream = futures_util::stream::iter(chunks.into_iter().map(Ok));
     let stats = Arc::new(StreamStats::new(Instant::now()));
-    let relay = SseRelay::start(Box::pin(upstream), settings(), stats)
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
         .await
         .expect("a first event");
-    relay.map(|frame| frame.unwrap()).collect().await
+    let frames = relay.map(|frame| frame.unwrap()).collect().await;
+    (frames, stats.end())
 }
 
 fn event(i: usize) -> Bytes {
@@ -91,4 +107,59 @@ async fn an_early_end_after_gathered_events_still_ends_with_an_error_event() {
         error.starts_with("data: {\"error\"") && error.contains("closed the stream"),
         "{error}"
     );
+}
+
+#[test]
+fn done_is_found_with_or_without_the_space_and_only_as_its_own_line() {
+    assert_eq!(find_done(b"data: [DONE]\n\n"), Some(0));
+    assert_eq!(find_done(b"data:[DONE]\n\n"), Some(0));
+    assert_eq!(find_done(b"data: {}\n\ndata:[DONE]\r\n\r\n"), Some(10));
+    assert_eq!(find_done(b"data: {}\n\ndata: [DONE]"), Some(10));
+    // Mentions of [DONE] that are not the event.
+    assert_eq!(find_done(br#"data: {"c":"[DONE]"}\n\n"#), None);
+    assert_eq!(find_done(b"data: [DONE]x\n\n"), None);
+    assert_eq!(find_done(b"xdata: [DONE]\n\n"), None);
+    assert_eq!(find_done(b"data:  [DONE]\n\n"), None);
+    assert_eq!(find_done(b": [DONE]\n\ndata: [DONE]\n\n"), Some(10));
+}
+
+#[tokio::test]
+async fn a_done_without_the_space_completes_the_stream() {
+    let done = Bytes::from_static(b"data:[DONE]\n\n");
+    let (frames, end) = frames_and_end(vec![event(0), done.clone()]).await;
+    assert_eq!(frames.concat(), [event(0), done].concat());
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_providers_error_event_ends_the_stream_without_a_second_one() {
+    let failure = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"upstream broke (key secret-key-123)\",\"type\":\"engine_overloaded_error\"}}\n\n",
+    );
+    let (frames, end) = frames_and_end(vec![event(0), failure.clone()]).await;
+    // The client gets the provider's event (the gateway's key redacted),
+    // and nothing of the gateway's.
+    let redacted = std::str::from_utf8(&failure)
+        .unwrap()
+        .replace("secret-key-123", "***");
+    assert_eq!(frames.concat(), [event(0), Bytes::from(redacted)].concat());
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    // Logged and counted as the provider's error, its key redacted.
+    assert_eq!(
+        err.error_type,
+        crate::error::ErrorType::EngineOverloadedError
+    );
+    assert_eq!(err.message, "upstream broke (key ***)");
+}
+
+#[tokio::test]
+async fn a_chunk_that_mentions_error_is_not_an_error_event() {
+    let chunk = Bytes::from_static(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":\"error\"}]}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let (_, end) = frames_and_end(vec![chunk, done]).await;
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
 }

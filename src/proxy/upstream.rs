@@ -162,7 +162,7 @@ pub async fn forward(
         let relay = SseRelay::start(
             Box::pin(BodyDataStream::new(response.body)),
             RelaySettings {
-                provider: provider.name.clone(),
+                provider: provider.clone(),
                 include_usage: request.include_usage,
                 first_byte_deadline: deadline,
                 idle: provider.timeouts.idle,
