@@ -40,19 +40,42 @@ struct RequestFields {
     stream_options: Option<Range<usize>>,
     max_tokens: Option<Range<usize>>,
     max_completion_tokens: Option<Range<usize>>,
+    /// A member the gateway reads that came twice (once spelled with
+    /// escapes counts): refused, since a provider whose parser keeps the
+    /// other one would serve what the gateway did not check (a model the
+    /// key may not use, a token cap the limits did not count).
+    duplicate: Option<&'static str>,
 }
 
 impl RequestFields {
-    fn record(&mut self, key: &[u8], span: Range<usize>) {
-        let field = match key {
-            b"model" => &mut self.model,
-            b"messages" => &mut self.messages,
-            b"stream" => &mut self.stream,
-            b"stream_options" => &mut self.stream_options,
-            b"max_tokens" => &mut self.max_tokens,
-            b"max_completion_tokens" => &mut self.max_completion_tokens,
+    fn record(&mut self, raw_key: &[u8], span: Range<usize>) {
+        let escaped = raw_key.contains(&b'\\');
+        let decoded;
+        let key = if escaped {
+            // Rare: `"mod\u0065l"` is `"model"` to any JSON parser.
+            let mut quoted = Vec::with_capacity(raw_key.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(raw_key);
+            quoted.push(b'"');
+            decoded = serde_json::from_slice::<String>(&quoted).unwrap_or_default();
+            decoded.as_bytes()
+        } else {
+            raw_key
+        };
+        let (name, field) = match key {
+            b"model" => ("model", &mut self.model),
+            b"messages" => ("messages", &mut self.messages),
+            b"stream" => ("stream", &mut self.stream),
+            b"stream_options" => ("stream_options", &mut self.stream_options),
+            b"max_tokens" => ("max_tokens", &mut self.max_tokens),
+            b"max_completion_tokens" => ("max_completion_tokens", &mut self.max_completion_tokens),
             _ => return,
         };
+        if field.is_some() || escaped {
+            // Twice, or spelled with escapes (which the model splice and
+            // the provider's own reading would not agree on).
+            self.duplicate.get_or_insert(name);
+        }
         *field = Some(span);
     }
 }
@@ -93,7 +116,14 @@ impl ChatRequest {
             stream_options,
             max_tokens,
             max_completion_tokens,
+            duplicate,
         } = fields;
+        if let Some(name) = duplicate {
+            return Err(GatewayError::invalid_request(format!(
+                "`{name}` appears more than once in the request body (or spelled with escapes)"
+            ))
+            .with_param(name));
+        }
         let model_span = model.ok_or_else(|| missing("model"))?;
         let model = parse_string(&body.span(model_span.clone()))
             .filter(|m| !m.is_empty())
@@ -121,10 +151,13 @@ impl ChatRequest {
                 struct StreamOptions {
                     include_usage: Option<bool>,
                 }
+                let message = match raw.first() {
+                    Some(b'{' | b'n') => "`stream_options.include_usage` must be a boolean",
+                    _ => "`stream_options` must be an object",
+                };
                 serde_json::from_slice::<Option<StreamOptions>>(&raw)
                     .map_err(|_| {
-                        GatewayError::invalid_request("`stream_options` must be an object")
-                            .with_param("stream_options")
+                        GatewayError::invalid_request(message).with_param("stream_options")
                     })?
                     .and_then(|o| o.include_usage)
                     .unwrap_or(false)
@@ -245,6 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn stream_options_errors_say_what_is_wrong() {
+        let message = |body: &str| peek(body).unwrap_err().message.into_owned();
+        assert_eq!(
+            message(
+                r#"{"model":"a","messages":[],"stream":true,"stream_options":{"include_usage":"yes"}}"#
+            ),
+            "`stream_options.include_usage` must be a boolean"
+        );
+        assert_eq!(
+            message(r#"{"model":"a","messages":[],"stream":true,"stream_options":[]}"#),
+            "`stream_options` must be an object"
+        );
+    }
+
+    #[test]
+    fn other_members_may_repeat_and_use_escapes() {
+        let body = r#"{"x":1,"x":2,"mod\u0065lx":3,"model":"kimi","messages":[]}"#;
+        assert_eq!(peek(body).unwrap().model(), "kimi");
+    }
+
+    #[test]
     fn escaped_model_names_are_decoded() {
         assert_eq!(
             peek(r#"{"model":"kimi\u002dchat","messages":[]}"#)
@@ -263,6 +317,18 @@ mod tests {
             (r#"{"model":"","messages":[]}"#, "model"),
             (r#"{"model":"kimi","messages":{}}"#, "messages"),
             (r#"{"model":"kimi","messages":[],"stream":"yes"}"#, "stream"),
+            (r#"{"model":"a","messages":[],"model":"b"}"#, "model"),
+            (r#"{"model":"a","messages":[],"mod\u0065l":"b"}"#, "model"),
+            (r#"{"mod\u0065l":"a","messages":[]}"#, "model"),
+            (r#"{"model":"a","messages":[],"messages":[]}"#, "messages"),
+            (
+                r#"{"model":"a","messages":[],"max_tokens":1,"max_tokens":9}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"a","messages":[],"stream":false,"stream":true}"#,
+                "stream",
+            ),
         ] {
             let err = peek(body).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{body}");
