@@ -95,7 +95,7 @@ fn routes(state: AppState) -> Router {
     router
         // POST never gets here (see `dispatch`): the route answers 405 to
         // the other methods.
-        .route(CHAT_PATH, any(method_not_allowed))
+        .route(CHAT_PATH, any(chat_method_not_allowed))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))
@@ -121,6 +121,16 @@ async fn method_not_allowed() -> Response {
         "method not allowed on this endpoint",
     )
     .into_response()
+}
+
+/// Any method but POST on the chat endpoint: 405 with the `Allow` field
+/// RFC 9110 asks for (axum adds it itself on the routes it dispatches).
+async fn chat_method_not_allowed() -> Response {
+    let mut response = method_not_allowed().await;
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
 }
 
 fn internal_error() -> Response {

@@ -45,9 +45,16 @@ pub async fn chat_completions(
     // Handed back with every answer from here on. `Handled` itself is built
     // only at the end: held across the awaits, it would enlarge the future.
     let model = Some(RequestedModel(chat.model().into()));
+    // Refusals before routing (the key's models, the limits) are counted
+    // under the route the model names, when it names one.
     let refused = |response, fields, model| {
+        let route = config
+            .routes
+            .lookup(chat.model())
+            .map(|route| RouteName(route.name.clone()));
         let handled = Handled {
             model,
+            route,
             fields,
             ..Handled::default()
         };

@@ -195,6 +195,16 @@ async fn unknown_paths_and_methods_get_openai_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    error_of(response).await;
+    let response = app
+        .client
+        .delete(app.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(response.headers().contains_key("allow"));
     error_of(response).await;
     // Only the exact path is the chat endpoint.
     let response = app
