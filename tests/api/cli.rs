@@ -75,8 +75,7 @@ fn check_accepts_the_example_config() {
 
 #[test]
 fn the_binary_serves_on_the_given_address() {
-    let addr = free_addr();
-    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
+    let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -94,14 +93,14 @@ fn the_binary_serves_on_the_given_address() {
 #[test]
 fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
     let addr = free_addr();
-    let port = addr.rsplit(':').next().unwrap().to_string();
     let down = gateway()
         .args(["healthcheck", "--addr", &addr])
         .output()
         .unwrap();
     assert!(!down.status.success(), "nothing listens yet");
 
-    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
+    let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
+    let port = addr.rsplit(':').next().unwrap().to_string();
     // `--listen` with a wildcard address is probed on loopback.
     let up = gateway()
         .args(["--listen", &format!("0.0.0.0:{port}"), "healthcheck"])
@@ -123,6 +122,7 @@ fn start_gateway(
 ) -> (
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
+    String,
 ) {
     start(gateway(), args)
 }
@@ -133,6 +133,7 @@ fn start(
 ) -> (
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
+    String,
 ) {
     let mut child = command
         .args(args)
@@ -142,9 +143,20 @@ fn start(
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    wait_for_line(&mut stdout, "listening");
-    (child, stdout)
+    let line = wait_for_line(&mut stdout, "listening");
+    let addr = line
+        .split("\"listen\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+        .to_string();
+    (child, stdout, addr)
 }
+
+/// What the gateways under test listen on: a port the kernel picks, read
+/// back from the "listening" line (a port found free beforehand can be
+/// taken by a parallel test before the gateway binds it).
+const ANY_PORT: &str = "127.0.0.1:0";
 
 fn wait_for_line(stdout: &mut impl std::io::BufRead, needle: &str) -> String {
     let mut line = String::new();
@@ -176,7 +188,7 @@ fn free_addr() -> String {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let (mut child, mut stdout) = start_gateway(&["--listen", &free_addr()]);
+    let (mut child, mut stdout, _) = start_gateway(&["--listen", ANY_PORT]);
     signal(&child, "TERM");
     wait_for_line(&mut stdout, "shutting down");
     let status = child.wait().unwrap();
@@ -189,7 +201,7 @@ fn sighup_reloads_the_config_file() {
         "[aliases.kimi]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2.6\" }]\n",
     );
     let path = file.path().to_str().unwrap().to_string();
-    let (mut child, mut stdout) = start_gateway(&["--listen", &free_addr(), "--config", &path]);
+    let (mut child, mut stdout, _) = start_gateway(&["--listen", ANY_PORT, "--config", &path]);
     signal(&child, "HUP");
     let line = wait_for_line(&mut stdout, "configuration reloaded");
     child.kill().unwrap();
@@ -215,8 +227,7 @@ fn environ_and_args(child: &std::process::Child) -> (Vec<String>, Vec<String>) {
 #[test]
 fn serving_restarts_once_with_a_larger_malloc_cache_and_the_same_arguments() {
     use kimi_gateway::malloc_tuning::{TUNABLES, VARIABLE};
-    let addr = free_addr();
-    let (mut child, _stdout) = start_gateway(&["--listen", &addr]);
+    let (mut child, _stdout, _) = start_gateway(&["--listen", ANY_PORT]);
     let (environ, args) = environ_and_args(&child);
     let name = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
     child.kill().unwrap();
@@ -228,7 +239,7 @@ fn serving_restarts_once_with_a_larger_malloc_cache_and_the_same_arguments() {
     );
     assert_eq!(
         args,
-        [env!("CARGO_BIN_EXE_kimi-gateway"), "--listen", &addr],
+        [env!("CARGO_BIN_EXE_kimi-gateway"), "--listen", ANY_PORT],
         "the same argv[0] and arguments"
     );
 }
@@ -239,7 +250,7 @@ fn glibc_tunables_set_by_the_operator_are_left_alone() {
     use kimi_gateway::malloc_tuning::VARIABLE;
     let mut command = gateway();
     command.env(VARIABLE, "glibc.malloc.tcache_count=7");
-    let (mut child, _stdout) = start(command, &["--listen", &free_addr()]);
+    let (mut child, _stdout, _) = start(command, &["--listen", ANY_PORT]);
     let (environ, _) = environ_and_args(&child);
     child.kill().unwrap();
     child.wait().unwrap();
