@@ -25,10 +25,28 @@ use tokio::time::Instant;
 /// How often a queued request asks Redis again for a provider slot.
 const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
 
+/// The most tokens one request is estimated or settled at: four times the
+/// longest Kimi context (256k tokens), which no request can exceed. A
+/// client's `max_tokens` is any number it likes; without the cap, one near
+/// `u64::MAX` would wrap the reservation to almost nothing, and a stream
+/// that ends without usage (which keeps its estimate) could hold a shared
+/// scope's budget for years.
+pub const MAX_REQUEST_TOKENS: u64 = 1 << 20;
+
 /// The tokens a request may use: its prompt (about four bytes a token)
-/// and its completion cap, or `default_max_tokens` when it sets none.
+/// and its completion cap, or `default_max_tokens` when it sets none; at
+/// most [`MAX_REQUEST_TOKENS`].
 pub fn estimate_tokens(chat: &ChatRequest, default_max_tokens: u64) -> u64 {
-    chat.body_len() as u64 / 4 + chat.max_tokens.unwrap_or(default_max_tokens)
+    (chat.body_len() as u64 / 4)
+        .saturating_add(chat.max_tokens.unwrap_or(default_max_tokens))
+        .min(MAX_REQUEST_TOKENS)
+}
+
+/// What settling a reservation of `estimate` tokens to `actual` moves a
+/// bucket by (negative gives tokens back). A provider's count is capped
+/// like an estimate, so neither a huge report nor the subtraction wraps.
+pub(super) fn token_delta(estimate: u64, actual: u64) -> i64 {
+    actual.min(MAX_REQUEST_TOKENS) as i64 - estimate.min(MAX_REQUEST_TOKENS) as i64
 }
 
 /// What an admitted request holds, and the headroom it saw.
@@ -301,4 +319,18 @@ fn store_unavailable() -> GatewayError {
         "rate limits cannot be checked: the rate-limit store is unreachable; try again shortly",
     )
     .with_code("rate_limit_store_unavailable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlement_deltas_are_capped_and_never_wrap() {
+        assert_eq!(token_delta(100, 40), -60);
+        assert_eq!(token_delta(100, 150), 50);
+        assert_eq!(token_delta(u64::MAX, 0), -(MAX_REQUEST_TOKENS as i64));
+        assert_eq!(token_delta(0, u64::MAX), MAX_REQUEST_TOKENS as i64);
+        assert_eq!(token_delta(u64::MAX, u64::MAX), 0);
+    }
 }

@@ -48,11 +48,11 @@ impl TokenBucket {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
             let base = current.max(now);
-            let conforms_at = (base + need).saturating_sub(self.period_ns);
+            let conforms_at = base.saturating_add(need).saturating_sub(self.period_ns);
             if conforms_at > now {
                 return Err(Duration::from_nanos(conforms_at - now));
             }
-            let next = base + self.span(cost);
+            let next = base.saturating_add(self.span(cost));
             match self
                 .tat
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
@@ -75,7 +75,7 @@ impl TokenBucket {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                 let base = tat.max(now);
                 Some(if delta > 0 {
-                    base + step
+                    base.saturating_add(step)
                 } else {
                     base.saturating_sub(step).max(now)
                 })
@@ -173,5 +173,17 @@ mod tests {
         // The debt takes the whole overdraft to pay back.
         let wait = bucket.reserve(1, now).unwrap_err();
         assert!(wait > Duration::from_secs(90), "{wait:?}");
+    }
+
+    #[test]
+    fn a_cost_beyond_any_span_saturates_instead_of_wrapping() {
+        // A limit of one per day: each token is a day of nanoseconds, so
+        // u64::MAX tokens is far past what the time arithmetic holds.
+        let bucket = TokenBucket::new(1, Duration::from_secs(86_400));
+        let now = 1000 * SEC;
+        assert!(bucket.reserve(u64::MAX, now).is_ok());
+        assert!(bucket.reserve(1, now).is_err(), "the debt did not wrap");
+        bucket.adjust(i64::MAX, now);
+        assert!(bucket.reserve(1, now + 1000 * SEC).is_err());
     }
 }

@@ -159,7 +159,7 @@ impl LocalHold {
 
     /// Settles the reservation of `estimate` tokens to `actual` (once).
     pub fn settle(&mut self, estimate: u64, actual: u64) {
-        let delta = actual as i64 - estimate as i64;
+        let delta = super::admission::token_delta(estimate, actual);
         // One clock reading for every scope, and none when the estimate
         // was right.
         let mut now = None;

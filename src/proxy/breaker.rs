@@ -233,6 +233,14 @@ impl Permit<'_> {
             self.breaker.on_success(true, now_ms());
         }
     }
+
+    /// The attempt never reached the target (the gateway's own limit for
+    /// its provider refused it): no verdict, and a probe's turn goes to the
+    /// next attempt.
+    pub fn not_sent(self) {
+        // Dropping without a report releases a probe.
+        drop(self);
+    }
 }
 
 impl Drop for Permit<'_> {

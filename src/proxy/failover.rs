@@ -161,14 +161,25 @@ where
             Err(error) => error,
         };
         let verdict = classify(&error);
+        // Only what the provider answered says anything about its health.
+        let permit = if error.limit_scope.is_some() {
+            permit.not_sent();
+            None
+        } else {
+            Some(permit)
+        };
         let outcome = match verdict {
             Verdict::Final => {
-                permit.neutral();
+                if let Some(permit) = permit {
+                    permit.neutral();
+                }
                 on_event(target, Event::Attempt(AttemptOutcome::Error));
                 return (Err(error), report);
             }
             Verdict::SkipTarget => {
-                permit.failure();
+                if let Some(permit) = permit {
+                    permit.failure();
+                }
                 states[i].skipped = true;
                 if error.code.as_deref() == Some("upstream_key_rejected") {
                     tracing::error!(
@@ -184,10 +195,10 @@ where
                 }
             }
             Verdict::Retry { unhealthy } => {
-                if unhealthy {
-                    permit.failure();
-                } else {
-                    permit.neutral();
+                match permit {
+                    Some(permit) if unhealthy => permit.failure(),
+                    Some(permit) => permit.neutral(),
+                    None => {}
                 }
                 match retry_after(error.retry_after.as_ref()) {
                     Some(wait) if wait > settings.max_retry_after => states[i].skipped = true,

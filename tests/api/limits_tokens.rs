@@ -158,3 +158,50 @@ async fn a_failed_request_gives_its_tokens_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_providers_spent_budget_does_not_open_its_circuit() {
+    // The gateway's own limit refuses before anything reaches the provider,
+    // so it says nothing about the provider's health: more refusals than
+    // the breaker's failure count still leave the circuit closed.
+    let app = spawn_app_with(
+        "[limits.providers.agentsflare]\ntokens_per_day = 50\n[breaker]\nconsecutive_failures = 2\n",
+        &[],
+    )
+    .await;
+    let chat = |max_tokens| json!({"model": "kimi-chat", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(app.chat(chat(1000)).await.status(), 200);
+    for _ in 0..4 {
+        let refused = app.chat(chat(1)).await;
+        assert_eq!(refused.status(), 429);
+        assert_eq!(error_of(refused).await["code"], "tokens_per_day");
+    }
+    let ready = app.readyz().await;
+    assert!(
+        !ready.to_string().contains("\"open\""),
+        "no circuit opened: {ready}"
+    );
+    assert_eq!(app.mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_huge_max_tokens_cannot_wrap_the_token_arithmetic() {
+    // u64::MAX would wrap the reservation to almost nothing without the
+    // cap; with it the request is estimated at the cap, a full bucket
+    // admits it, and the provider's real usage settles it.
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
+    let request = json!({
+        "model": "kimi-k2.6",
+        "max_tokens": u64::MAX,
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    let response = app.chat_as("sk-a", request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(remaining_tokens(&response), 0);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    wait_until("the reservation is settled", async || {
+        tokens_left(&app) == 10000 - used
+    })
+    .await;
+}

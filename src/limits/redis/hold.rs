@@ -39,7 +39,7 @@ pub struct RedisHold {
 
 impl RedisHold {
     pub fn settle(&mut self, estimate: u64, actual: u64) {
-        self.delta = actual as i64 - estimate as i64;
+        self.delta = crate::limits::admission::token_delta(estimate, actual);
     }
 }
 
