@@ -55,6 +55,8 @@ pub struct Scenario {
     /// Content chunks in a stream.
     pub chunks: Option<usize>,
     pub head_delay: Duration,
+    /// Delay between the stream's head and its first event.
+    pub first_event_delay: Duration,
     pub chunk_delay: Duration,
     /// Abort the connection after this many content chunks.
     pub cut_after: Option<usize>,
@@ -103,6 +105,9 @@ impl Scenario {
                 "chunks" => scenario.chunks = number().map(|n| n as usize),
                 "head_delay_ms" => {
                     scenario.head_delay = Duration::from_millis(number().unwrap_or(0))
+                }
+                "first_event_delay_ms" => {
+                    scenario.first_event_delay = Duration::from_millis(number().unwrap_or(0))
                 }
                 "chunk_delay_ms" => {
                     scenario.chunk_delay = Duration::from_millis(number().unwrap_or(0))

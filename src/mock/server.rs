@@ -330,6 +330,7 @@ fn stream_body(
         scenario.chunk_delay
     };
     let gate = scenario.gate.as_deref().map(|g| shared.gate(g));
+    let first_event_delay = scenario.first_event_delay;
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
@@ -337,6 +338,9 @@ fn stream_body(
         async move {
             if i == usize::MAX {
                 return None;
+            }
+            if i == 0 && !first_event_delay.is_zero() {
+                tokio::time::sleep(first_event_delay).await;
             }
             if i > 0 {
                 if let Some(gate) = &gate {

@@ -256,14 +256,22 @@ impl SseRelay {
                         return Poll::Ready(Some(Err(err)));
                     }
                     if self.idle_timer.as_mut().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
-                        let message = format!(
-                            "timed out waiting for provider {} (no stream data for {:.0?})",
-                            self.provider.name, self.idle
-                        );
+                        let message = if self.idle_between_events {
+                            format!(
+                                "timed out waiting for provider {} (no stream data for {:.0?})",
+                                self.provider.name, self.idle
+                            )
+                        } else {
+                            format!(
+                                "timed out waiting for the first event from provider {}",
+                                self.provider.name
+                            )
+                        };
                         return Poll::Ready(Some(Err(GatewayError::server(
                             StatusCode::GATEWAY_TIMEOUT,
                             message,
-                        ))));
+                        )
+                        .with_code("upstream_timeout"))));
                     }
                     // Comments go only between whole events, and only once the
                     // head is out: before it, a silent upstream can still fail

@@ -92,7 +92,8 @@ pub async fn forward(
         return Err(GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("provider {} has no API key", provider.name),
-        ));
+        )
+        .with_code("provider_not_configured"));
     };
     let body = request.upstream_body(&target.upstream_model, &target.model_json);
     let accept = if request.stream {
@@ -276,15 +277,27 @@ fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) ->
 }
 
 fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> GatewayError {
-    let (status, what) = if err.is_timeout() {
-        (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to")
+    let (status, what, code) = if err.is_timeout() {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "timed out connecting to",
+            "upstream_timeout",
+        )
     } else if err.is_connect() {
-        (StatusCode::BAD_GATEWAY, "could not connect to")
+        (
+            StatusCode::BAD_GATEWAY,
+            "could not connect to",
+            "upstream_unreachable",
+        )
     } else {
-        (StatusCode::BAD_GATEWAY, "connection failed to")
+        (
+            StatusCode::BAD_GATEWAY,
+            "connection failed to",
+            "upstream_unreachable",
+        )
     };
     GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
-        .with_code("upstream_unreachable")
+        .with_code(code)
 }
 
 fn body_error(

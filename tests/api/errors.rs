@@ -3,6 +3,7 @@
 
 use crate::helpers::*;
 use kimi_gateway::mock::Flavour;
+use std::time::Duration;
 
 fn model_of(flavour: Flavour) -> &'static str {
     match flavour {
@@ -147,11 +148,68 @@ async fn no_response_head_in_time_is_a_gateway_timeout() {
         assert_eq!(response.status(), 504, "stream={stream}");
         let error = error_of(response).await;
         assert_eq!(error["type"], "server_error");
+        assert_eq!(error["code"], "upstream_timeout");
         assert!(
             error["message"].as_str().unwrap().contains("timed out"),
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_connection_not_made_in_time_is_a_gateway_timeout() {
+    // A listener that never accepts, its queue already full: the kernel
+    // drops further connection attempts, so connecting waits, as it does
+    // for a host that does not answer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the listener's queue never filled");
+    }
+    let url = format!("http://{addr}/v1");
+    let config = format!("{SINGLE_ATTEMPT}[providers.moonshot.timeouts]\nconnect_secs = 0.2\n");
+    let app = spawn_app_with(&config, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()["x-should-retry"], "true");
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_timeout");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("timed out connecting to provider moonshot"),
+        "{error}"
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_stream_head_without_a_first_event_in_time_is_a_gateway_timeout() {
+    // The head is held until the first event, so the wait for it is the
+    // same first-byte deadline and the same error as a late head.
+    let config = format!("{SINGLE_ATTEMPT}[providers.moonshot.timeouts]\nfirst_byte_secs = 0.3\n");
+    let app = spawn_app_with(&config, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock first_event_delay_ms=20000]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 504);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_timeout");
+    assert_eq!(
+        error["message"],
+        "timed out waiting for the first event from provider moonshot"
+    );
 }
 
 #[tokio::test]

@@ -137,6 +137,7 @@ async fn silence_longer_than_the_idle_timeout_ends_the_stream_with_an_error() {
     let events = sse_data(response).await;
     let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "server_error");
+    assert_eq!(last["error"]["code"], "upstream_timeout");
     assert!(
         last["error"]["message"]
             .as_str()
