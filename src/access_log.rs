@@ -61,21 +61,19 @@ pub struct Handled {
 /// needs and what the log needs back are passed directly, not as request
 /// and response extensions (each of those is a boxed insert); so are the
 /// response's wire fields, handed to the server beside the response.
+/// `id` is the request's [`request_id`], chosen by the caller, which may
+/// have to answer the request itself (a panic outside the handler, the
+/// drain deadline) and so needs it too.
 pub async fn request_context<Handling>(
     state: &AppState,
     request: Request,
+    id: HeaderValue,
     handler: impl FnOnce(Request, RequestScope) -> Handling,
 ) -> (Response, WireFields)
 where
     Handling: Future<Output = (Response, Handled)>,
 {
     let started = Instant::now();
-    let id = request
-        .headers()
-        .get(X_REQUEST_ID)
-        .filter(|v| is_usable_id(v))
-        .cloned()
-        .unwrap_or_else(generate_id);
     let method = request.method().clone();
     // The request's `Uri`, kept for the path: a clone of the chat target's
     // shares its static text, where a copy of the path was an allocation.
@@ -136,13 +134,23 @@ where
     (response, fields)
 }
 
+/// A request's id: the client's `x-request-id` when usable (printable
+/// ASCII, at most 128 bytes), else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| is_usable_id(v))
+        .cloned()
+        .unwrap_or_else(generate_id)
+}
+
 fn is_usable_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
 /// `req_` and 32 hex digits, built on the stack: one allocation, the value's.
-fn generate_id() -> HeaderValue {
+pub fn generate_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = *b"req_00000000000000000000000000000000";
     // A byte at a time (two digits), not a 128-bit shift per digit.

@@ -5,6 +5,7 @@
 
 use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
@@ -14,7 +15,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::FutureExt;
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -45,14 +46,21 @@ impl Gateway {
     /// A panicking handler answers 500 and is logged and counted like any
     /// other request; a panic outside it still answers 500, unlogged.
     /// Besides the response: its header fields in wire form, written after
-    /// the header map's.
-    pub async fn handle<B>(self: Arc<Self>, request: http::Request<B>) -> (Response, WireFields)
+    /// the header map's. `id` is the request's [`request_id`], which every
+    /// answer carries.
+    ///
+    /// [`request_id`]: crate::access_log::request_id
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        request: http::Request<B>,
+        id: HeaderValue,
+    ) -> (Response, WireFields)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let request = request.map(Body::new);
-        let handled = request_context(&self.state, request, |request, scope| {
+        let handled = request_context(&self.state, request, id.clone(), |request, scope| {
             AssertUnwindSafe(self.dispatch(request, scope))
                 .catch_unwind()
                 .map(|handled| {
@@ -62,7 +70,11 @@ impl Gateway {
         AssertUnwindSafe(handled)
             .catch_unwind()
             .await
-            .unwrap_or_else(|_panic| (internal_error(), WireFields::default()))
+            .unwrap_or_else(|_panic| {
+                let mut fields = WireFields::default();
+                fields.push(&X_REQUEST_ID, &id);
+                (internal_error(), fields)
+            })
     }
 
     /// `POST /v1/chat/completions` straight to its handler, everything else
@@ -162,7 +174,10 @@ mod tests {
         let gateway = Gateway::new(crate::state::AppState::new(
             crate::config::load(None).unwrap(),
         ));
-        let handling = gateway.handle(http::Request::new(Body::empty()));
+        let handling = gateway.handle(
+            http::Request::new(Body::empty()),
+            crate::access_log::generate_id(),
+        );
         assert!(size_of_val(&handling) <= 6144, "{}", size_of_val(&handling));
     }
 }

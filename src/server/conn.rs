@@ -15,10 +15,12 @@ use super::output::Output;
 use super::request_body::{BodyError, RequestBody, Slot};
 use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::{self, BodyFraming, ConnectionHeader};
+use crate::access_log::{generate_id, request_id};
 use crate::app::Gateway;
 use crate::client::{Decoded, Framing};
 use crate::coarse_clock;
 use crate::error::{ErrorType, GatewayError};
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -254,10 +256,11 @@ impl Connection {
                 RequestBody::read_into(slot, framing.remaining())
             }
         };
+        let id = request_id(&parts.headers);
         let mut handling = pin!(
             gateway
                 .clone()
-                .handle(http::Request::from_parts(parts, body))
+                .handle(http::Request::from_parts(parts, body), id.clone())
         );
         let handled = poll_fn(|cx| {
             let polled = self.poll_handling(cx, handling.as_mut(), reading.as_mut());
@@ -272,11 +275,15 @@ impl Connection {
             // The drain deadline passed before the handler answered: the
             // client gets an answer it can retry elsewhere, not a closed
             // connection (the request is logged when its handler is dropped).
-            Some(None) => (
-                crate::drain::unanswered_at_deadline().into_response(),
-                WireFields::default(),
-                false,
-            ),
+            Some(None) => {
+                let mut fields = WireFields::default();
+                fields.push(&X_REQUEST_ID, &id);
+                (
+                    crate::drain::unanswered_at_deadline().into_response(),
+                    fields,
+                    false,
+                )
+            }
             None => return After::Drop,
         };
         let body_read = reading
@@ -494,17 +501,22 @@ impl Connection {
 
     /// Answers a head that cannot be served, then closes.
     async fn refuse(mut self, bad: BadHead) {
-        tracing::debug!(
+        // Not an access line: there is no method, path or key to record.
+        let id = generate_id();
+        tracing::info!(
+            request_id = id.to_str().unwrap_or(""),
             status = bad.status.as_u16(),
-            reason = bad.message,
+            error = bad.message,
             "request head refused"
         );
         let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
             .into_response();
+        let mut fields = WireFields::default();
+        fields.push(&X_REQUEST_ID, &id);
         if self
             .respond(
                 response,
-                &WireFields::default(),
+                &fields,
                 false,
                 Version::HTTP_11,
                 ConnectionHeader::Close,

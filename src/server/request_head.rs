@@ -60,9 +60,12 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
+        // A read can complete a head past the limit as well as cross it
+        // unfinished: both are too large, however the bytes arrived.
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+        Ok(httparse::Status::Complete(_) | httparse::Status::Partial)
+        | Err(httparse::Error::TooManyHeaders) => {
             return Err(BadHead::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large (at most 64 KiB and 100 header fields)",
@@ -411,6 +414,13 @@ mod tests {
             refused(&endless),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+        // Complete, but over the limit: refused as well, not only a head
+        // still arriving when it crosses the limit.
+        let whole = format!(
+            "GET / HTTP/1.1\r\nx: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(refused(&whole), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
     /// Any byte anywhere in a head gives a head, a refusal with an error

@@ -109,6 +109,12 @@ async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["connection"], "close");
         assert_eq!(response.headers()["x-should-retry"], "true");
+        assert!(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
         let error = error_of(response).await;
         assert_eq!(error["type"], "server_error");
         assert_eq!(error["code"], "gateway_shutdown");

@@ -318,8 +318,9 @@ async fn pipelined_requests_are_answered_in_order() {
 /// `invalid_request_error` and its status (400 malformed or ambiguous
 /// framing, 501 a transfer coding other than chunked, 431 a head over
 /// 64 KiB, 505 an HTTP version other than 1.0 and 1.1), says
-/// `connection: close`, and the gateway closes the connection after it;
-/// other connections are served as before.
+/// `connection: close` and an `x-request-id` (the one its log line has),
+/// and the gateway closes the connection after it; other connections are
+/// served as before.
 #[tokio::test]
 async fn refused_heads_get_an_error_and_the_connection_closed() {
     let app = spawn_app().await;
@@ -346,6 +347,14 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
         ),
         ("a head over 64 KiB", huge, 431),
         (
+            "a head just over 64 KiB, complete in the read that crosses it",
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-huge: {}\r\n\r\n",
+                "a".repeat(64 * 1024)
+            ),
+            431,
+        ),
+        (
             "HTTP/2.0",
             "GET /healthz HTTP/2.0\r\nhost: gateway\r\n\r\n".to_string(),
             505,
@@ -363,6 +372,13 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
             reply.head
         );
         reply.assert_invalid_request_error();
+        assert!(
+            reply
+                .header("x-request-id")
+                .is_some_and(|id| id.starts_with("req_")),
+            "{what}: {}",
+            reply.head
+        );
         client.assert_closed().await;
         assert_still_serving(app.addr).await;
     }
