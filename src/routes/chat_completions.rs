@@ -12,6 +12,7 @@ use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
+use crate::server::BodyError;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
 use axum::extract::Request;
@@ -306,6 +307,14 @@ async fn read_body(
             Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(too_large());
             }
+            Err(err) if is_body_timeout(&*err) => {
+                return Err(GatewayError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    crate::error::ErrorType::InvalidRequestError,
+                    BodyError::TIMED_OUT.0,
+                )
+                .with_code("request_timeout"));
+            }
             Err(err) => {
                 return Err(GatewayError::invalid_request(format!(
                     "could not read the request body: {err}"
@@ -314,6 +323,15 @@ async fn read_body(
         }
     }
     Ok(collector.finish())
+}
+
+/// Whether reading the body failed because the client stopped sending it
+/// (the error arrives wrapped, by the body type and the length limit).
+fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<BodyError>()
+            .is_some_and(BodyError::is_timeout)
+    })
 }
 
 #[cfg(test)]

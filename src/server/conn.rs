@@ -82,10 +82,13 @@ pub async fn serve(
     // clock reading or timer work per request (the wait's start is noted on
     // the coarse clock).
     let mut idle_timer = pin!(idle.map(|after| tokio::time::sleep(after)));
+    let mut idle = idle
+        .zip(idle_timer.as_mut().as_pin_mut())
+        .map(|(after, timer)| IdleLimit { after, timer });
     loop {
         let waiting = Waiting {
             closed: closed.as_mut(),
-            idle: idle.zip(idle_timer.as_mut().as_pin_mut()),
+            idle: idle.as_mut(),
         };
         let head = match connection.next_head(waiting).await {
             Ok(head) => head,
@@ -93,7 +96,7 @@ pub async fn serve(
             Err(NoHead::Closed) => return,
         };
         match connection
-            .exchange(head, &gateway, &closing, &mut deadline)
+            .exchange(head, &gateway, &closing, &mut deadline, idle.as_mut())
             .await
         {
             After::KeepAlive => {}
@@ -132,12 +135,42 @@ impl DeadlineWatch<'_, '_> {
 }
 
 /// What else ends a wait for a request head.
-struct Waiting<'a, C> {
+struct Waiting<'a, 'b, C> {
     /// The server is closing.
     closed: Pin<&'a mut C>,
-    /// The idle limit and its timer.
-    idle: Option<(Duration, Pin<&'a mut tokio::time::Sleep>)>,
+    idle: Option<&'a mut IdleLimit<'b>>,
 }
+
+/// The client idle limit (`server.client_idle_secs`) and the connection's
+/// one timer for it, shared by the waits it bounds: for a complete request
+/// head, and for a request body's next bytes.
+struct IdleLimit<'a> {
+    after: Duration,
+    timer: Pin<&'a mut tokio::time::Sleep>,
+}
+
+impl IdleLimit<'_> {
+    /// Whether a wait that began at `began` (on the coarse clock) has lasted
+    /// the limit. If not, the timer is due when it will have (it may have
+    /// been armed before this wait began) and wakes this task then.
+    fn passed(&mut self, cx: &mut Context<'_>, began: Duration) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let waited = coarse_clock::monotonic().saturating_sub(began);
+            if waited >= self.after {
+                return true;
+            }
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + (self.after - waited));
+        }
+        false
+    }
+}
+
+/// Body bytes that restart the body's idle wait: a client must send at
+/// least this much (or the rest of its body) per idle limit, so one that
+/// trickles a byte at a time cannot hold a connection for ever.
+const BODY_PROGRESS: usize = 8 * 1024;
 
 /// Why no request head came (or none in time).
 enum NoHead {
@@ -164,6 +197,10 @@ struct BodyReading {
     framing: Framing,
     /// Bytes of `100 Continue` written, while one is owed.
     continue_owed: Option<usize>,
+    /// When the current wait for body bytes began (coarse clock), and the
+    /// bytes read since: [`BODY_PROGRESS`] of them start a new wait.
+    stalled_since: Option<Duration>,
+    progress: usize,
 }
 
 /// What the response body has next.
@@ -179,7 +216,7 @@ enum Next {
 impl Connection {
     async fn next_head<C: Future<Output = ()>>(
         &mut self,
-        mut waiting: Waiting<'_, C>,
+        mut waiting: Waiting<'_, '_, C>,
     ) -> Result<RequestHead, NoHead> {
         // When the wait began (not per read: a head trickled in must still
         // be complete in time), on the coarse clock.
@@ -201,17 +238,10 @@ impl Connection {
                 if idle && waiting.closed.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
-                if let Some((after, timer)) = &mut waiting.idle {
+                if let Some(limit) = &mut waiting.idle {
                     let began = *began.get_or_insert_with(coarse_clock::monotonic);
-                    while timer.as_mut().poll(cx).is_ready() {
-                        let waited = coarse_clock::monotonic().saturating_sub(began);
-                        if waited >= *after {
-                            return Poll::Ready(None);
-                        }
-                        // Armed before this wait began: due when it is.
-                        timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + (*after - waited));
+                    if limit.passed(cx, began) {
+                        return Poll::Ready(None);
                     }
                 }
                 Poll::Pending
@@ -231,6 +261,7 @@ impl Connection {
         gateway: &Arc<Gateway>,
         closing: &CancellationToken,
         deadline: &mut DeadlineWatch<'_, '_>,
+        mut idle: Option<&mut IdleLimit<'_>>,
     ) -> After {
         let RequestHead {
             parts,
@@ -252,6 +283,8 @@ impl Connection {
                     slot: slot.clone(),
                     framing,
                     continue_owed: expect_continue.then_some(0),
+                    stalled_since: None,
+                    progress: 0,
                 });
                 RequestBody::read_into(slot, framing.remaining())
             }
@@ -263,7 +296,8 @@ impl Connection {
                 .handle(http::Request::from_parts(parts, body), id.clone())
         );
         let handled = poll_fn(|cx| {
-            let polled = self.poll_handling(cx, handling.as_mut(), reading.as_mut());
+            let polled =
+                self.poll_handling(cx, handling.as_mut(), reading.as_mut(), idle.as_deref_mut());
             if polled.is_pending() && deadline.passed(cx) {
                 return Poll::Ready(Some(None));
             }
@@ -314,6 +348,7 @@ impl Connection {
         cx: &mut Context<'_>,
         mut handling: Pin<&mut F>,
         mut reading: Option<&mut BodyReading>,
+        mut idle: Option<&mut IdleLimit<'_>>,
     ) -> Poll<Option<Answer>> {
         'handler: loop {
             if let Poll::Ready(response) = handling.as_mut().poll(cx) {
@@ -351,10 +386,29 @@ impl Connection {
                             Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
                             _ => READ_SIZE,
                         };
-                        match ready!(self.poll_read(cx, room)) {
-                            Ok(n) if n > 0 => {}
+                        match self.poll_read(cx, room) {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                body.progress += n;
+                                if body.progress >= BODY_PROGRESS {
+                                    body.progress = 0;
+                                    body.stalled_since = None;
+                                }
+                            }
                             // The client left halfway through its body.
-                            _ => return Poll::Ready(None),
+                            Poll::Ready(_) => return Poll::Ready(None),
+                            Poll::Pending => {
+                                let Some(limit) = idle.as_deref_mut() else {
+                                    return Poll::Pending;
+                                };
+                                let began = *body
+                                    .stalled_since
+                                    .get_or_insert_with(coarse_clock::monotonic);
+                                if !limit.passed(cx, began) {
+                                    return Poll::Pending;
+                                }
+                                body.slot.end(Err(BodyError::TIMED_OUT), cx);
+                                continue 'handler;
+                            }
                         }
                     }
                     Err(err) => {

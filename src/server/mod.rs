@@ -13,7 +13,7 @@ mod request_body;
 mod request_head;
 mod response_head;
 
-pub use request_body::RequestBody;
+pub use request_body::{BodyError, RequestBody};
 
 use crate::app::Gateway;
 use crate::state::AppState;

@@ -31,6 +31,16 @@ enum Kind {
 #[error("{0}")]
 pub struct BodyError(pub &'static str);
 
+impl BodyError {
+    /// The client stopped sending its body (see `server.client_idle_secs`).
+    pub const TIMED_OUT: BodyError =
+        BodyError("the request body did not arrive within the client idle limit");
+
+    pub fn is_timeout(&self) -> bool {
+        self.0 == Self::TIMED_OUT.0
+    }
+}
+
 /// What the connection and a body being read share.
 #[derive(Default)]
 pub struct Slot {

@@ -650,3 +650,66 @@ async fn connections_without_a_request_head_in_time_are_closed() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
+
+/// A request body that stops arriving, or arrives a byte at a time, is
+/// answered 408 once it has taken `server.client_idle_secs` without at
+/// least 8 KiB coming (so stalled bodies cannot pile up connections), and
+/// the connection is closed; a large body sent in pieces, each inside the
+/// limit, is served, and nothing was forwarded for the slow ones.
+#[tokio::test]
+async fn request_bodies_that_stop_arriving_are_answered_408() {
+    let app = spawn_app_with("[server]\nclient_idle_secs = 0.3\n", &[]).await;
+    let body = chat_body(MODEL, "hello", false).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+
+    let mut stalled = Client::connect(app.addr).await;
+    stalled.send(format!("{head}{}", &body[..10])).await;
+    let reply = stalled.response().await;
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    reply.assert_invalid_request_error();
+    let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout");
+    stalled.assert_closed().await;
+
+    let mut trickling = Client::connect(app.addr).await;
+    trickling.send(&head).await;
+    let started = std::time::Instant::now();
+    let mut answered = None;
+    for byte in body.bytes() {
+        // Each byte well inside the limit, the body as a whole not.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if trickling.stream.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        if started.elapsed() > Duration::from_millis(600) {
+            answered = Some(trickling.response().await);
+            break;
+        }
+    }
+    let reply = answered.expect("the trickled body was cut off before it ended");
+    assert_eq!(reply.status, 408, "{}", reply.head);
+
+    // 40 KiB in five pieces, 150 ms apart: longer than the limit in all,
+    // but each wait inside it and each piece at least 8 KiB.
+    let large = chat_body(MODEL, &"a".repeat(40 * 1024), false).to_string();
+    let mut paced = Client::connect(app.addr).await;
+    paced
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            large.len()
+        ))
+        .await;
+    for piece in large.as_bytes().chunks(large.len() / 5 + 1) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        paced.send(piece).await;
+    }
+    assert_eq!(paced.response().await.status, 200);
+    assert_eq!(
+        app.mock.requests().len(),
+        1,
+        "only the paced body was forwarded"
+    );
+}
