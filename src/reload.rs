@@ -17,15 +17,28 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // A file caught half-written (truncated, not yet filled) is a valid,
+    // empty configuration: taken, it would open the gateway to anyone.
+    // Opening a gateway that has keys takes a restart.
+    let result = match result {
+        Ok(new) if new.keys.is_empty() && !current.keys.is_empty() => {
+            Err(config::ConfigErrors(vec![config::ConfigProblem::new(
+                "keys",
+                "the new configuration has no client keys, which would open the gateway to \
+                 anyone; a reload does not open a gateway that has keys (restart it to run \
+                 it open)",
+            )]))
+        }
+        other => other,
+    };
     match result {
         Ok(new) => {
             if new.listen != current.listen {
                 tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
             }
-            if new.keys.is_empty() && !current.keys.is_empty() {
+            if new.metrics_listen != current.metrics_listen {
                 tracing::warn!(
-                    alert = "open_gateway",
-                    "the new configuration has no client keys: the gateway is now OPEN"
+                    "server.metrics_listen changed: it takes effect at the next restart"
                 );
             }
             let fingerprint = new.fingerprint.clone();
@@ -87,10 +100,13 @@ pub fn spawn_triggers(state: AppState) {
     }
 }
 
-/// Watches the file's directory (editors replace files by renaming) and
-/// reloads once a burst of changes to the file has settled.
+/// Watches the file's directory and reloads once a burst of changes has
+/// settled and the file's contents differ from the last ones seen. Any
+/// change in the directory counts, not only events naming the file:
+/// editors replace files by renaming, and a Kubernetes ConfigMap volume
+/// swaps a `..data` symlink, so the file's own name never shows up in an
+/// event. Comparing contents keeps other files' changes from reloading.
 fn watch_file(state: AppState, path: &Path) -> notify::Result<()> {
-    let file_name = path.file_name().map(ToOwned::to_owned);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -98,23 +114,26 @@ fn watch_file(state: AppState, path: &Path) -> notify::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let touches_file = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(ToOwned::to_owned) == file_name);
-        if touches_file && !event.kind.is_access() {
+        if !event.kind.is_access() {
             let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let path = path.to_path_buf();
+    // What the running configuration was read from (through any symlinks).
+    let mut seen = std::fs::read(&path).ok();
     tokio::spawn(async move {
         let _watcher = watcher;
         while rx.recv().await.is_some() {
-            // Let a burst of writes settle, then reload once.
+            // Let a burst of writes settle, then look once.
             while let Ok(Some(())) =
                 tokio::time::timeout(Duration::from_millis(150), rx.recv()).await
             {}
-            reload(&state, "file_change");
+            let now = std::fs::read(&path).ok();
+            if now != seen {
+                seen = now;
+                reload(&state, "file_change");
+            }
         }
     });
     Ok(())

@@ -255,3 +255,65 @@ async fn editing_the_config_file_reloads_it() {
     let response = app.chat(chat_body("kimi", "hi", false)).await;
     assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
 }
+
+/// How a Kubernetes ConfigMap volume updates a file: the file is a symlink
+/// through `..data`, itself a symlink to a timestamped directory, and an
+/// update points `..data` at a new directory with one rename. No event
+/// names the file itself; the reload must still happen.
+#[tokio::test]
+#[cfg(unix)]
+async fn a_configmap_style_symlink_swap_reloads_the_file() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, text: &str| {
+        let versioned = dir.path().join(name);
+        std::fs::create_dir(&versioned).unwrap();
+        std::fs::write(versioned.join("gateway.toml"), text).unwrap();
+    };
+    version("..2026_01", ALIAS_TO_MOONSHOT);
+    symlink("..2026_01", dir.path().join("..data")).unwrap();
+    let file = dir.path().join("gateway.toml");
+    symlink("..data/gateway.toml", &file).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    let before = app.state.config().fingerprint.clone();
+
+    version("..2026_02", ALIAS_TO_AGENTSFLARE);
+    symlink("..2026_02", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let wait = async {
+        while app.state.config().fingerprint == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the swap was not picked up");
+    let response = app.chat(chat_body("kimi", "hi", false)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+}
+
+/// A configuration file caught half-written (truncated, nothing in it yet)
+/// is a valid configuration without keys; a reload does not take it when
+/// the running one has keys, since it would open the gateway to anyone.
+#[tokio::test]
+async fn a_reload_never_opens_a_gateway_that_has_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let keyed = "[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n";
+    write_config(&file, keyed);
+    let app = spawn_app_from(ConfigSource::File(&file), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    write_config(&file, "");
+    assert!(!kimi_gateway::reload::reload(&app.state, "test"));
+    let ready = app.readyz().await;
+    assert_eq!(ready["last_reload"]["result"], "failure");
+    assert!(
+        ready["last_reload"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no client keys"),
+        "{ready}"
+    );
+    let anonymous = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(anonymous.status(), 401, "still keyed");
+}
