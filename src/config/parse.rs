@@ -24,7 +24,7 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
     let table: toml::Table = match toml::from_str(text) {
         Ok(table) => table,
         Err(err) => {
-            problems.push(ConfigProblem::new("", err.to_string().trim_end()));
+            problems.push(syntax_problem(text, &err));
             return parsed;
         }
     };
@@ -134,9 +134,41 @@ fn join(base: &str, rest: &str) -> String {
     }
 }
 
+/// A syntax error by line and column, without the line itself: toml's own
+/// message quotes the offending line, which may hold a secret (a
+/// `redis_url` password, a key left in a file by mistake), and problems are
+/// printed by `--check` and logged by a reload.
+fn syntax_problem(text: &str, err: &toml::de::Error) -> ConfigProblem {
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return ConfigProblem::new("", format!("TOML syntax: {message}"));
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigProblem::new(
+        "",
+        format!("TOML syntax at line {line}, column {column}: {message}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_names_its_place_but_does_not_quote_the_line() {
+        let mut problems = Vec::new();
+        let text = "[limits]\nredis_url = \"redis://:hunter2@redis:6379\n";
+        parse(text, &mut problems);
+        assert_eq!(problems.len(), 1);
+        let problem = problems[0].to_string();
+        assert!(!problem.contains("hunter2"), "{problem}");
+        assert!(
+            problem.starts_with("TOML syntax at line 2, column "),
+            "{problem}"
+        );
+    }
 
     #[test]
     fn reports_every_problem_with_its_path() {
