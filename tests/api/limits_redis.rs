@@ -169,6 +169,35 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     assert_eq!(one.chat_as("sk-a", hi()).await.status(), 429);
 }
 
+/// An admission that times out while Redis is stalled still runs once
+/// Redis answers again; the lease it took belongs to no request, and is
+/// released behind it instead of holding the key's slot until it expires.
+#[tokio::test]
+async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
+         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
+        redis.url()
+    );
+    let app = spawn_with_keys(&config).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    redis.pause();
+    // Fail-open: served on local limits while Redis does not answer.
+    let during = app.chat_as("sk-a", hi()).await;
+    redis.resume();
+    assert_eq!(during.status(), 200);
+    wait_until("Redis answers again", async || {
+        app.readyz().await["limits"]["healthy"] == true
+    })
+    .await;
+    wait_until("the stalled admission's lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 #[tokio::test]
 async fn without_redis_fail_open_falls_back_to_local_limits() {
     let mut redis = RedisServer::start().await;

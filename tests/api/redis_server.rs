@@ -1,5 +1,6 @@
 //! A private `redis-server` per test: a free loopback port, no persistence,
-//! killed when dropped (or earlier, to play an outage).
+//! killed when dropped (or earlier, to play an outage), or paused to play
+//! a stall.
 
 use redis::AsyncCommands;
 use std::process::{Child, Command, Stdio};
@@ -68,6 +69,23 @@ impl RedisServer {
         let mut conn = self.connection().await.unwrap();
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
         secs as f64 * 1000.0 + micros as f64 / 1000.0
+    }
+
+    /// Freezes the server (`SIGSTOP`): connections stay open, commands wait
+    /// unanswered, as on a stalled host.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again; it then answers what waited.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Stops the server now: an outage.

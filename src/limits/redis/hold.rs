@@ -55,15 +55,31 @@ impl Drop for RedisHold {
         if held.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the leases expire on their own
-        };
-        let backend = self.backend.clone();
         let lease = std::mem::take(&mut self.lease);
-        let delta = self.delta;
-        runtime.spawn(async move {
+        spawn_finish(self.backend.clone(), lease, held, self.delta, 1);
+    }
+}
+
+/// Runs the finish script for `held` in the background: tokens moved by
+/// `delta`, `lease` released. Tried up to `attempts` times while Redis
+/// fails; the leases expire on their own if it never answers.
+fn spawn_finish(
+    backend: Arc<RedisBackend>,
+    lease: String,
+    held: Vec<Check>,
+    delta: i64,
+    attempts: u32,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(ORPHAN_RETRY).await;
+            }
             let Some(mut conn) = backend.connection().await else {
-                return;
+                continue;
             };
             let mut call = FINISH.prepare_invoke();
             call.arg(&lease);
@@ -74,12 +90,18 @@ impl Drop for RedisHold {
                     .arg(check.period_ms)
                     .arg(delta);
             }
-            if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
-                backend.report_failure(&err);
+            match call.invoke_async::<i64>(&mut conn).await {
+                Ok(_) => return,
+                Err(err) => backend.report_failure(&err),
             }
-        });
-    }
+        }
+    });
 }
+
+/// How long to wait before releasing an orphaned lease again.
+const ORPHAN_RETRY: Duration = Duration::from_secs(1);
+/// Tries at releasing an orphaned lease.
+const ORPHAN_ATTEMPTS: u32 = 5;
 
 /// Why an admission could not be decided in Redis.
 pub struct Unavailable;
@@ -116,6 +138,17 @@ impl RedisBackend {
             Ok(reply) => reply,
             Err(err) => {
                 self.report_failure(&err);
+                // A stalled Redis, not a dead one, still runs the script
+                // once it answers again: its leases would hold slots that
+                // no request owns until they expire (a key at its limit for
+                // `redis_lease_secs`). The release goes out behind it, on
+                // the same connection, so it runs after it. Tokens and
+                // requests it may have taken stay taken: giving back what
+                // was perhaps never taken could exceed a limit.
+                let leased: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
+                if !leased.is_empty() {
+                    spawn_finish(self.clone(), lease, leased, 0, ORPHAN_ATTEMPTS);
+                }
                 return Err(Unavailable);
             }
         };
