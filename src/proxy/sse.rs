@@ -203,6 +203,14 @@ impl SseRelay {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
                         let (events, reads) = self.gather_ready(cx, events);
+                        // Before the head goes out, comments (`: ping`) are
+                        // not the first event: sending the head for them
+                        // would end fail-over and the first-byte deadline
+                        // for a provider that has sent nothing yet. They are
+                        // dropped; the client gets its own keep-alives.
+                        if !self.head_sent && !has_field_line(&events) {
+                            continue;
+                        }
                         let now = Instant::now();
                         if self.head_sent {
                             self.chunk_gap
@@ -249,13 +257,24 @@ impl SseRelay {
                     ))));
                 }
                 Poll::Pending => {
+                    // `[DONE]` already went out: the client has the whole
+                    // answer, and only the provider's end of the body is
+                    // awaited. Neither the drain nor the idle limit turns
+                    // that into an error after it.
+                    let complete = self.stats.saw_done();
                     if self.shutdown.as_mut().poll(cx).is_ready() {
+                        if complete {
+                            return Poll::Ready(None);
+                        }
                         let message = "the gateway is shutting down; the stream was ended early";
                         let err = GatewayError::server(StatusCode::SERVICE_UNAVAILABLE, message)
                             .with_code("gateway_shutdown");
                         return Poll::Ready(Some(Err(err)));
                     }
                     if self.idle_timer.as_mut().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
+                        if complete {
+                            return Poll::Ready(None);
+                        }
                         let message = if self.idle_between_events {
                             format!(
                                 "timed out waiting for provider {} (no stream data for {:.0?})",
@@ -448,6 +467,14 @@ impl SseRelay {
             }
         }
     }
+}
+
+/// Whether `events` hold anything but comments and blank lines (an SSE
+/// field line: `data:`, `event:`, `id:`, `retry:`).
+fn has_field_line(events: &[u8]) -> bool {
+    events
+        .split(|&b| b == b'\n')
+        .any(|line| !matches!(line.first(), None | Some(b':' | b'\r')))
 }
 
 #[cfg(test)]

@@ -163,3 +163,79 @@ async fn a_chunk_that_mentions_error_is_not_an_error_event() {
     let (_, end) = frames_and_end(vec![chunk, done]).await;
     assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
 }
+
+#[tokio::test]
+async fn comments_before_the_first_event_are_not_the_first_event() {
+    // Only comments, then the end: no first event, so an ordinary error
+    // (which fail-over can retry elsewhere), not a committed 200.
+    let upstream = futures_util::stream::iter(
+        [b": ping\n\n".as_slice(), b": ping\r\n\r\n"].map(|c| Ok(Bytes::from_static(c))),
+    );
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let refused = SseRelay::start(Box::pin(upstream), settings(), stats).await;
+    assert_eq!(
+        refused.err().expect("no first event").status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // Comments then events: the stream starts, events and comments pass.
+    let mut chunks = vec![Bytes::from_static(b": ping\n\n"), event(0)];
+    chunks.push(Bytes::from_static(
+        b": later comments pass\n\ndata: [DONE]\n\n",
+    ));
+    let frames = frames(chunks).await.concat();
+    let text = String::from_utf8(frames).unwrap();
+    assert!(
+        text.contains(&String::from_utf8(event(0).to_vec()).unwrap()),
+        "{text}"
+    );
+    assert!(text.contains(": later comments pass"), "{text}");
+
+    for (events, fields) in [
+        (": a\n\n", false),
+        (":\r\n\r\n", false),
+        ("\n\n", false),
+        ("data: x\n\n", true),
+        (": a\nevent: e\n\n", true),
+        ("id: 1\n\n", true),
+    ] {
+        assert_eq!(has_field_line(events.as_bytes()), fields, "{events:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_drain_or_idle_limit_after_done_ends_the_stream_cleanly() {
+    for drain in [true, false] {
+        // `[DONE]` sent, the provider's end of the body still to come.
+        let upstream = futures_util::stream::iter([Ok(Bytes::from(
+            [event(0), Bytes::from_static(b"data: [DONE]\n\n")].concat(),
+        ))])
+        .chain(futures_util::stream::pending());
+        let mut settings = settings();
+        if !drain {
+            settings.idle = Duration::from_millis(20);
+        }
+        let shutdown = settings.shutdown.clone();
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
+            .await
+            .unwrap();
+        if drain {
+            shutdown.cancel();
+        }
+        let frames: Vec<Bytes> = tokio::time::timeout(
+            Duration::from_secs(5),
+            relay.map(|frame| frame.unwrap()).collect(),
+        )
+        .await
+        .expect("the stream ends");
+        let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "drain={drain}: {text}");
+        assert!(!text.contains("error"), "drain={drain}: {text}");
+        assert!(
+            matches!(stats.end(), Some(StreamEnd::Complete)),
+            "drain={drain}: {:?}",
+            stats.end()
+        );
+    }
+}
