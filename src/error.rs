@@ -2,6 +2,7 @@
 //! `{"error":{"message","type","code","param"}}` with a status and `type` from
 //! Moonshot's documented vocabulary, so the official SDKs raise the right class.
 
+use crate::proxy::headers::X_UPSTREAM_REQUEST_ID;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
@@ -75,7 +76,8 @@ pub struct GatewayError {
     pub error_type: ErrorType,
     pub code: Option<Cow<'static, str>>,
     pub message: Cow<'static, str>,
-    pub param: Option<Cow<'static, str>>,
+    /// The request member at fault (always one of the gateway's names).
+    pub param: Option<&'static str>,
     /// Forwarded from an upstream, or set by the gateway itself.
     pub retry_after: Option<HeaderValue>,
     /// The same wait in milliseconds (`retry-after-ms`, read by the OpenAI
@@ -85,6 +87,10 @@ pub struct GatewayError {
     /// Set when a rate-limit scope of the gateway refused the request
     /// (`key`, `key_model`, `provider`, `global`), for the metrics.
     pub limit_scope: Option<crate::limits::ScopeKind>,
+    /// The provider's id for the failed request (`x-upstream-request-id`),
+    /// what its support asks for. Boxed: rare, and errors travel in every
+    /// attempt's `Result`.
+    pub upstream_request_id: Option<Box<HeaderValue>>,
 }
 
 impl GatewayError {
@@ -102,6 +108,7 @@ impl GatewayError {
             retry_after: None,
             retry_after_ms: None,
             limit_scope: None,
+            upstream_request_id: None,
         }
     }
 
@@ -122,8 +129,8 @@ impl GatewayError {
         self
     }
 
-    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
-        self.param = Some(param.into());
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
         self
     }
 
@@ -175,7 +182,7 @@ impl GatewayError {
                 message: &self.message,
                 error_type: self.error_type.as_str(),
                 code: self.code.as_deref(),
-                param: self.param.as_deref(),
+                param: self.param,
             },
         })
         .expect("error body serialises")
@@ -224,6 +231,9 @@ impl IntoResponse for GatewayError {
         }
         if let Some(ms) = self.retry_after_ms {
             headers.insert("retry-after-ms", HeaderValue::from(ms.get()));
+        }
+        if let Some(id) = &self.upstream_request_id {
+            headers.insert(X_UPSTREAM_REQUEST_ID, (**id).clone());
         }
         // The access log reads the error from here, so it is logged exactly once.
         response.extensions_mut().insert(self);

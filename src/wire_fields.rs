@@ -58,6 +58,16 @@ impl WireFields {
         self.0.extend_from_slice(b"\r\n");
     }
 
+    /// Bytes encoded so far: a mark for [`WireFields::truncate`].
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Drops the fields pushed since `mark` (a [`WireFields::len`]).
+    pub(crate) fn truncate(&mut self, mark: usize) {
+        self.0.truncate(mark);
+    }
+
     /// The encoded lines, as they go into the head.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -31,6 +31,13 @@ pub fn error_response(flavour: Flavour, error: MockError, retry_after: Option<u6
         Flavour::Agentsflare => json!({"statusCode": status.as_u16(), "message": message}),
     };
     let mut response = (status, axum::Json(body)).into_response();
+    if flavour == Flavour::Moonshot {
+        // Moonshot names every answer, errors too.
+        response.headers_mut().insert(
+            "msh-request-id",
+            HeaderValue::from_static("mock-error-request"),
+        );
+    }
     if let Some(secs) = retry_after {
         response
             .headers_mut()

@@ -2,7 +2,9 @@
 //! hop-by-hop headers, cookies, account identifiers and headers the gateway
 //! sets itself.
 
+use super::provider_errors::redact_secrets;
 use crate::client::Headers;
+use crate::config::Provider;
 use crate::wire_fields::WireFields;
 use http::HeaderName;
 
@@ -55,6 +57,14 @@ fn request_id_rank(name: &[u8]) -> Option<u8> {
     }
 }
 
+/// The provider's id for a request, under the best name it gave it.
+pub fn provider_request_id(from: &Headers) -> Option<&[u8]> {
+    from.iter()
+        .filter_map(|(name, value)| Some((request_id_rank(&name.to_ascii_lowercase())?, value)))
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, value)| value)
+}
+
 /// Names longer than this are lowercased on the heap (no provider sends
 /// one).
 const SHORT_NAME: usize = 64;
@@ -63,8 +73,34 @@ const SHORT_NAME: usize = 64;
 /// the provider's id for the request (found on the same pass: a lookup per
 /// name the providers use would go over the fields again) as
 /// `x-upstream-request-id`. Names are lowercased on the stack and matched
-/// before anything is written.
-pub fn copy_response_headers(from: &Headers, to: &mut WireFields) {
+/// before anything is written. A value that quotes one of `provider`'s
+/// keys has it replaced by `***`. Fields the provider's `Connection`
+/// field names are hop-by-hop too (RFC 9110 7.6.1); providers send none
+/// but `keep-alive`/`close`, so the fields are copied in one pass and
+/// copied again, without those, only when a `Connection` field names
+/// another.
+pub fn copy_response_headers(from: &Headers, to: &mut WireFields, provider: &Provider) {
+    let mark = to.len();
+    if copy_fields(from, to, provider, None).is_err() {
+        to.truncate(mark);
+        // Every `Connection` field's tokens, lowercase, comma-separated.
+        let listed: Vec<u8> = from
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, value)| value.iter().map(u8::to_ascii_lowercase).chain([b',']))
+            .collect();
+        let _ = copy_fields(from, to, provider, Some(&listed));
+    }
+}
+
+/// One copying pass. `Err`: a `Connection` field names other fields, and
+/// `hop_by_hop` (the names the `Connection` fields list) was not given.
+fn copy_fields(
+    from: &Headers,
+    to: &mut WireFields,
+    provider: &Provider,
+    hop_by_hop: Option<&[u8]>,
+) -> Result<(), ()> {
     let mut request_id: Option<(u8, &[u8])> = None;
     let mut lower = [0u8; SHORT_NAME];
     for (raw_name, value) in from.iter() {
@@ -85,18 +121,94 @@ pub fn copy_response_headers(from: &Headers, to: &mut WireFields) {
         {
             request_id = Some((rank, value));
         }
-        if !is_dropped(lower) {
-            to.push_parsed(lower, value);
+        if lower == b"connection" && hop_by_hop.is_none() && names_other_fields(value) {
+            return Err(());
+        }
+        if is_dropped(lower) || hop_by_hop.is_some_and(|listed| lists(listed, lower)) {
+            continue;
+        }
+        match redact_keys(value, provider) {
+            Some(redacted) => to.push_parsed(lower, &redacted),
+            None => to.push_parsed(lower, value),
         }
     }
     if let Some((_, id)) = request_id {
         to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), id);
     }
+    Ok(())
+}
+
+/// Whether a `Connection` value names anything but `keep-alive` and
+/// `close`.
+fn names_other_fields(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|token| {
+        let token = token.trim_ascii();
+        !token.is_empty()
+            && !token.eq_ignore_ascii_case(b"keep-alive")
+            && !token.eq_ignore_ascii_case(b"close")
+    })
+}
+
+/// Whether the comma-separated lowercase `listed` names `name`.
+fn lists(listed: &[u8], name: &[u8]) -> bool {
+    listed
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii() == name)
+}
+
+/// `value` with `provider`'s keys replaced by `***`, when it quotes one (a
+/// provider echoing the credential it was sent). Values shorter than a key
+/// are not searched: nearly all of them.
+fn redact_keys(value: &[u8], provider: &Provider) -> Option<Vec<u8>> {
+    if provider
+        .keys
+        .iter()
+        .all(|key| value.len() < key.secret.len())
+    {
+        return None;
+    }
+    redact_secrets(value, provider)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first configured provider, its key `secret-key-123`.
+    fn provider() -> std::sync::Arc<Provider> {
+        let config = crate::config::resolve("", &|v| {
+            v.ends_with("_API_KEY")
+                .then(|| "secret-key-123".to_string())
+        })
+        .unwrap();
+        config.providers[0].clone()
+    }
+
+    #[test]
+    fn fields_the_connection_field_names_are_dropped() {
+        let from = Headers::from_head(
+            "HTTP/1.1 200 OK\r\nx-kept: 1\r\nX-Secret-Hop: 2\r\nConnection: keep-alive, X-Secret-Hop\r\nx-other-hop: 3\r\nconnection: x-other-hop\r\n\r\n",
+        )
+        .unwrap();
+        let mut to = WireFields::default();
+        to.push_parsed(b"x-before", b"0");
+        copy_response_headers(&from, &mut to, &provider());
+        assert_eq!(to.as_bytes(), b"x-before: 0\r\nx-kept: 1\r\n");
+    }
+
+    #[test]
+    fn a_value_quoting_the_providers_key_has_it_redacted() {
+        let from = Headers::from_head(
+            "HTTP/1.1 200 OK\r\nx-debug-auth: Bearer secret-key-123\r\nx-short: secret\r\n\r\n",
+        )
+        .unwrap();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to, &provider());
+        assert_eq!(
+            to.as_bytes(),
+            b"x-debug-auth: Bearer ***\r\nx-short: secret\r\n"
+        );
+    }
 
     #[test]
     fn drops_private_and_hop_by_hop_headers() {
@@ -116,7 +228,7 @@ mod tests {
         }
         let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
         let mut to = WireFields::default();
-        copy_response_headers(&from, &mut to);
+        copy_response_headers(&from, &mut to, &provider());
         assert_eq!(
             to.as_bytes(),
             b"msh-context-cache-id: cache-1\r\nretry-after: 3\r\nretry-after: 3\r\n",
@@ -140,7 +252,7 @@ mod tests {
             }
             let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
             let mut to = WireFields::default();
-            copy_response_headers(&from, &mut to);
+            copy_response_headers(&from, &mut to, &provider());
             let found = to.get("x-upstream-request-id");
             assert_eq!(found.unwrap(), ids[present - 1].1.as_bytes());
             assert_eq!(
@@ -158,7 +270,7 @@ mod tests {
         let name = "X-".to_string() + &"Long".repeat(30);
         let from = Headers::from_head(&format!("HTTP/1.1 200 OK\r\n{name}: v\r\n\r\n")).unwrap();
         let mut to = WireFields::default();
-        copy_response_headers(&from, &mut to);
+        copy_response_headers(&from, &mut to, &provider());
         assert_eq!(to.get(&name.to_ascii_lowercase()), Some(&b"v"[..]));
     }
 }

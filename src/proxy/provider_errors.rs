@@ -179,16 +179,16 @@ fn message_text(value: serde_json::Value) -> String {
 }
 
 /// Some providers echo (part of) the key they were sent; never pass it on.
-/// `events` with the provider's keys replaced by `***`, when one is in
-/// them (a provider's error event that quotes the key it was sent).
-pub fn redact_events(events: &[u8], provider: &Provider) -> Option<Vec<u8>> {
+/// `bytes` with the provider's keys replaced by `***`, when one is in them
+/// (an error event or a header value that quotes the key it was sent).
+pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     let mut redacted: Option<Vec<u8>> = None;
     for key in &provider.keys {
         let secret = key.secret.as_bytes();
         if secret.len() < 8 {
             continue;
         }
-        let text = redacted.as_deref().unwrap_or(events);
+        let text = redacted.as_deref().unwrap_or(bytes);
         if memchr::memmem::find(text, secret).is_none() {
             continue;
         }

@@ -400,7 +400,7 @@ impl SseRelay {
             if self.provider_error.is_some() {
                 // Forwarded as it came, but never with the gateway's key.
                 if let Some(redacted) =
-                    super::provider_errors::redact_events(&events, &self.provider)
+                    super::provider_errors::redact_secrets(&events, &self.provider)
                 {
                     events = Bytes::from(redacted);
                 }

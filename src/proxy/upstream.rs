@@ -2,7 +2,7 @@
 //! spliced body, request id), send it under the provider's timeouts, and turn
 //! the answer into the client's response or a [`GatewayError`].
 
-use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers};
+use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers, provider_request_id};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
 use super::request::ChatRequest;
@@ -138,13 +138,13 @@ pub async fn forward(
             .headers
             .get("retry-after")
             .and_then(|v| response.headers.shared_value(v));
+        let upstream_id = provider_request_id(&response.headers)
+            .and_then(|id| response.headers.shared_value(id))
+            .map(Box::new);
         let body = read_limited(response.body, deadline, MAX_ERROR_BODY).await;
-        return Err(provider_errors::translate(
-            provider,
-            status,
-            retry_after,
-            &body,
-        ));
+        let mut err = provider_errors::translate(provider, status, retry_after, &body);
+        err.upstream_request_id = upstream_id;
+        return Err(err);
     }
 
     let is_event_stream = response
@@ -156,7 +156,7 @@ pub async fn forward(
     // Room for the provider's fields and the ~12 the gateway adds (ids,
     // content type, rate limits), so the buffer is sized once.
     fields.reserve(response.headers.wire_len() + 512);
-    copy_response_headers(&response.headers, &mut fields);
+    copy_response_headers(&response.headers, &mut fields, provider);
 
     if request.stream && is_event_stream {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
@@ -245,8 +245,12 @@ fn observe_after_head(metrics: &Metrics, since: Instant) {
         .observe(since.elapsed().as_secs_f64());
 }
 
+/// Begins with `{` and ends with `}`: catches an HTML page, a gzip body
+/// and a body cut short (a provider's `Content-Length` shorter than what
+/// it meant to send), without parsing every answer.
 fn looks_like_json_object(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    let body = body.trim_ascii();
+    body.first() == Some(&b'{') && body.last() == Some(&b'}')
 }
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
@@ -358,6 +362,25 @@ const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_answer_must_begin_and_end_as_an_object() {
+        for (body, ok) in [
+            (&b"{\"id\":\"x\"}"[..], true),
+            (b" \n{\"id\":\"x\"}\n", true),
+            (b"{\"id\":\"x\",\"usage\":{\"total_tokens\":3", false),
+            (b"<html></html>", false),
+            (b"", false),
+            (b"{", false),
+        ] {
+            assert_eq!(
+                looks_like_json_object(body),
+                ok,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn the_request_head_is_the_fixed_lines_then_this_requests_own() {

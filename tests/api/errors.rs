@@ -42,6 +42,14 @@ async fn provider_errors_map_to_the_documented_types() {
                 let response = app.chat(body).await;
                 let what = format!("{} {scenario} stream={stream}", flavour.name());
                 assert_eq!(response.status().as_u16(), status, "{what}");
+                // The provider's id for the failed request, for its support.
+                if flavour == Flavour::Moonshot {
+                    assert_eq!(
+                        response.headers()["x-upstream-request-id"],
+                        "mock-error-request",
+                        "{what}"
+                    );
+                }
                 let error = error_of(response).await;
                 assert_eq!(error["type"], error_type, "{what}: {error}");
             }

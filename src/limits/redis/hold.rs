@@ -56,27 +56,29 @@ impl Drop for RedisHold {
             return;
         }
         let lease = std::mem::take(&mut self.lease);
-        spawn_finish(self.backend.clone(), lease, held, self.delta, 1);
+        spawn_finish(self.backend.clone(), lease, held, self.delta);
     }
 }
 
 /// Runs the finish script for `held` in the background: tokens moved by
-/// `delta`, `lease` released. Tried up to `attempts` times while Redis
-/// fails; the leases expire on their own if it never answers.
-fn spawn_finish(
-    backend: Arc<RedisBackend>,
-    lease: String,
-    held: Vec<Check>,
-    delta: i64,
-    attempts: u32,
-) {
+/// `delta`, `lease` released. If the call fails, only the lease release is
+/// tried again (a few times, a second apart): a call that timed out on a
+/// stalled Redis may still run, and moving tokens twice would be wrong,
+/// while releasing a lease twice is harmless. A lease never released
+/// expires on its own.
+fn spawn_finish(backend: Arc<RedisBackend>, lease: String, mut held: Vec<Check>, mut delta: i64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                tokio::time::sleep(ORPHAN_RETRY).await;
+        for attempt in 0..RELEASE_ATTEMPTS {
+            if attempt > 0 {
+                held.retain(|check| check.concurrency);
+                delta = 0;
+                if held.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(RELEASE_RETRY).await;
             }
             let Some(mut conn) = backend.connection().await else {
                 continue;
@@ -98,10 +100,10 @@ fn spawn_finish(
     });
 }
 
-/// How long to wait before releasing an orphaned lease again.
-const ORPHAN_RETRY: Duration = Duration::from_secs(1);
-/// Tries at releasing an orphaned lease.
-const ORPHAN_ATTEMPTS: u32 = 5;
+/// How long to wait before trying to release a lease again.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
+/// Tries at releasing a lease.
+const RELEASE_ATTEMPTS: u32 = 5;
 
 /// Why an admission could not be decided in Redis.
 pub struct Unavailable;
@@ -147,7 +149,7 @@ impl RedisBackend {
                 // was perhaps never taken could exceed a limit.
                 let leased: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
                 if !leased.is_empty() {
-                    spawn_finish(self.clone(), lease, leased, 0, ORPHAN_ATTEMPTS);
+                    spawn_finish(self.clone(), lease, leased, 0);
                 }
                 return Err(Unavailable);
             }
