@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         let addr = addr
             .or(cli.listen)
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
-        let timeout = std::time::Duration::from_secs_f64(timeout.max(0.1));
+        // `inf`, NaN or a huge number would panic in the conversion.
+        let timeout = std::time::Duration::try_from_secs_f64(timeout.clamp(0.1, 3600.0))
+            .unwrap_or(std::time::Duration::from_secs(2));
         return match healthcheck::probe(addr, "/healthz", timeout) {
             Ok(()) => ExitCode::SUCCESS,
             Err(reason) => {

@@ -239,7 +239,10 @@ fn chat_url(base_url: &str) -> Option<ChatUrl> {
     })
 }
 
-/// Headers a config may not set, because the gateway owns them.
+/// Headers a config may not set, because the gateway owns them: it
+/// writes each of them on every request, so a configured one would be
+/// sent twice (a second `Content-Type` is invalid, and `Accept-Encoding:
+/// gzip` would get a compressed body the gateway cannot read).
 fn is_reserved_header(name: &HeaderName) -> bool {
     use http::header::*;
     [
@@ -248,8 +251,13 @@ fn is_reserved_header(name: &HeaderName) -> bool {
         CONTENT_LENGTH,
         TRANSFER_ENCODING,
         CONNECTION,
+        CONTENT_TYPE,
+        ACCEPT,
+        ACCEPT_ENCODING,
+        USER_AGENT,
     ]
     .contains(name)
+        || name == "x-request-id"
 }
 
 fn timeouts(file: &TimeoutsFile, path: &str, problems: &mut Vec<ConfigProblem>) -> Timeouts {

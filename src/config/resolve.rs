@@ -123,9 +123,14 @@ pub fn resolve_reusing(
                     format!("{tpath}.provider"),
                     format!("unknown provider {:?}", target.provider),
                 )),
-                Some(provider) if target.model.is_empty() => {
-                    let _ = provider;
+                Some(_) if target.model.is_empty() => {
                     problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
+                }
+                Some(_) if target.weight == Some(0) => {
+                    problems.push(ConfigProblem::new(
+                        format!("{tpath}.weight"),
+                        "must be at least 1 (leave the target out to stop using it)",
+                    ));
                 }
                 Some(provider) => targets.push(AliasTarget {
                     provider: provider.clone(),

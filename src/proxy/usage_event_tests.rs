@@ -1,3 +1,6 @@
+//! The strict usage-event reader against serde's deserializer: provider
+//! events, what it leaves to the deserializer, and every one-byte change.
+
 use super::*;
 use crate::proxy::usage::deserialize_members;
 

@@ -29,10 +29,12 @@ fn check_prints_every_problem_with_its_path_and_fails() {
         listen = "not-an-address"
         [providers.moonshot]
         base_url = "ftp://example.com"
+        [providers.moonshot.headers]
+        User-Agent = "mine"
         [providers.extra]
         models = ["m1"]
         [aliases.kimi]
-        targets = [{ provider = "nobody", model = "kimi-k2.6" }]
+        targets = [{ provider = "nobody", model = "kimi-k2.6" }, { provider = "agentsflare", model = "kimi-k2.6", weight = 0 }]
         "#,
     );
     let output = gateway()
@@ -49,6 +51,8 @@ fn check_prints_every_problem_with_its_path_and_fails() {
         "providers.extra.base_url",
         "providers.extra.api_key_env",
         "aliases.kimi.targets[0].provider",
+        "aliases.kimi.targets[1].weight",
+        "providers.moonshot.headers.User-Agent",
     ] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
     }
@@ -98,6 +102,12 @@ fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
         .output()
         .unwrap();
     assert!(!down.status.success(), "nothing listens yet");
+    // A timeout no duration can hold is clamped, not a panic.
+    let forever = gateway()
+        .args(["healthcheck", "--addr", &addr, "--timeout", "inf"])
+        .output()
+        .unwrap();
+    assert_eq!(forever.status.code(), Some(1), "{forever:?}");
 
     let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
     let port = addr.rsplit(':').next().unwrap().to_string();
