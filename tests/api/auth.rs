@@ -100,8 +100,7 @@ async fn a_key_asking_for_a_model_outside_its_list_is_403() {
     );
     // Counted under the route the model names (`unknown` is for models
     // that name none).
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = scrape(&app).await;
     let refused = r#"kimi_gateway_requests_total{error_type="permission_denied_error",provider="none",route="kimi-chat",status="403"} 1"#;
     assert!(metrics.contains(refused), "{metrics}");
     // The key's model list is all it sees.

@@ -198,3 +198,24 @@ pub async fn sse_data(response: reqwest::Response) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The response's `x-ratelimit-remaining-tokens`.
+pub fn remaining_tokens(response: &reqwest::Response) -> u64 {
+    response.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The gateway's `/metrics` text.
+pub async fn scrape(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -59,8 +59,7 @@ async fn a_keys_requests_per_minute() {
     // Another key is not affected, and refused requests never left.
     assert_eq!(statuses(&app, "sk-b", "kimi-k2.6", 1).await, [200]);
     assert_eq!(app.mock.requests().len(), 4);
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = scrape(&app).await;
     assert!(
         text.contains("kimi_gateway_rate_limited_total{scope=\"key\"} 1"),
         "{text}"
@@ -116,15 +115,7 @@ async fn a_provider_over_its_limit_fails_over_to_the_next_target() {
     let second = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
     assert_eq!(second.status(), 200);
     assert_eq!(second.headers()["x-gateway-provider"], "agentsflare");
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&app).await;
     assert!(
         text.contains("kimi_gateway_rate_limited_total{scope=\"provider\"} 1"),
         "{text}"

@@ -26,14 +26,6 @@ fn hi() -> serde_json::Value {
     chat_body("kimi-k2.6", "hi", false)
 }
 
-fn remaining_tokens(response: &reqwest::Response) -> u64 {
-    response.headers()["x-ratelimit-remaining-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn two_gateways_admit_the_limit_in_total() {
     let redis = RedisServer::start().await;

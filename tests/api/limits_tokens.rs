@@ -33,14 +33,6 @@ fn in_flight(app: &TestApp) -> usize {
     key.limits.as_ref().unwrap().local.in_flight()
 }
 
-fn remaining_tokens(response: &reqwest::Response) -> u64 {
-    response.headers()["x-ratelimit-remaining-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_plain_answer_settles_its_reservation_to_real_usage() {
     let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
