@@ -73,7 +73,16 @@ pub fn translate(
         // (e.g. a quota error that a provider sent as 403) -- except a body
         // too large, which keeps its own status.
         ErrorType::ServerError => server_status(status),
-        ErrorType::InvalidRequestError if status == StatusCode::PAYLOAD_TOO_LARGE => status,
+        // A body too large, or well-formed but refused (the SDKs raise a
+        // distinct exception for 422), keeps its own status.
+        ErrorType::InvalidRequestError
+            if matches!(
+                status,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+            ) =>
+        {
+            status
+        }
         other => other.default_status(),
     };
     let mut err = GatewayError::new(status, error_type, message).with_retry_after(retry_after);
@@ -151,6 +160,10 @@ fn classify(status: StatusCode, lower: &str) -> ErrorType {
         429 if overload => ErrorType::EngineOverloadedError,
         429 => ErrorType::RateLimitReachedError,
         529 => ErrorType::EngineOverloadedError,
+        // The provider timed out waiting for the request, or met a
+        // conflict: the SDKs retry both, so they are not the client's
+        // mistake to fix.
+        408 | 409 => ErrorType::ServerError,
         400..=499 if filtered => ErrorType::ContentFilter,
         400..=499 => ErrorType::InvalidRequestError,
         _ => ErrorType::ServerError,
@@ -226,6 +239,20 @@ mod tests {
         })
         .unwrap();
         config.providers[0].clone()
+    }
+
+    #[test]
+    fn timeouts_and_conflicts_are_retryable_and_422_keeps_its_status() {
+        let body = br#"{"message":"try later"}"#;
+        for status in [StatusCode::REQUEST_TIMEOUT, StatusCode::CONFLICT] {
+            let err = translate(&provider(), status, None, body);
+            assert_eq!(err.error_type, ErrorType::ServerError, "{status}");
+            assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{status}");
+            assert!(err.should_retry(), "{status}");
+        }
+        let err = translate(&provider(), StatusCode::UNPROCESSABLE_ENTITY, None, body);
+        assert_eq!(err.error_type, ErrorType::InvalidRequestError);
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[test]

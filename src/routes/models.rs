@@ -8,6 +8,7 @@ use crate::proxy::route::Route;
 use crate::state::AppState;
 use axum::Extension;
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -30,8 +31,14 @@ pub async fn list(State(state): State<AppState>, caller: Option<Extension<Caller
 pub async fn retrieve(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
+    // axum's own rejection is plain text; every error here is OpenAI-shaped.
+    let Ok(Path(id)) = id else {
+        return GatewayError::invalid_request("the model id in the path is not valid UTF-8")
+            .with_param("model")
+            .into_response();
+    };
     let config = state.config();
     let allowed = caller.as_ref().is_none_or(|c| c.may_use(&id));
     match config

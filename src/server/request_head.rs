@@ -12,7 +12,7 @@
 
 use crate::client::Framing;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -133,6 +133,12 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
         headers.append(name, value);
     }
 
+    // RFC 9112 section 3.2: an HTTP/1.1 request names its host once.
+    if version == Version::HTTP_11 && framing.hosts != 1 {
+        return Err(BadHead::bad(
+            "an HTTP/1.1 request needs exactly one host header field",
+        ));
+    }
     let body = framing.body(version)?;
     let keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     let expect_continue =
@@ -155,7 +161,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, BadHead> {
 /// (as HTTP/2 requires, and most HTTP/1.1 clients send them): one
 /// comparison instead of `HeaderName::from_bytes`'s general parse.
 fn lowercase_common_name(name: &[u8]) -> Option<HeaderName> {
-    use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+    use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
     match name {
         b"host" => Some(HOST),
         b"content-type" => Some(CONTENT_TYPE),
@@ -197,6 +203,8 @@ struct FramingFields {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    /// `Host` fields seen.
+    hosts: u8,
 }
 
 impl FramingFields {
@@ -227,6 +235,8 @@ impl FramingFields {
             }
         } else if name == EXPECT {
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        } else if name == HOST {
+            self.hosts = self.hosts.saturating_add(1);
         }
         Ok(())
     }
@@ -277,12 +287,43 @@ mod tests {
         parse(&mut BytesMut::from(wire.as_bytes()))
     }
 
+    /// `wire` with a `Host` field after its request line when it has none
+    /// (an HTTP/1.1 request needs one; these tests are about the rest).
+    fn with_host(wire: &str) -> String {
+        if wire.to_ascii_lowercase().contains("\r\nhost:") {
+            return wire.to_string();
+        }
+        match wire.split_once("\r\n") {
+            Some((line, rest)) => format!("{line}\r\nHost: t\r\n{rest}"),
+            None => wire.to_string(),
+        }
+    }
+
     fn head(wire: &str) -> RequestHead {
-        parse_all(wire).unwrap().expect("a complete head")
+        parse_all(&with_host(wire))
+            .unwrap()
+            .expect("a complete head")
     }
 
     fn refused(wire: &str) -> StatusCode {
-        parse_all(wire).expect_err(wire).status
+        parse_all(&with_host(wire)).expect_err(wire).status
+    }
+
+    #[test]
+    fn an_http_1_1_request_names_its_host_once() {
+        for wire in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+        ] {
+            let refused = parse_all(wire).expect_err(wire);
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{wire:?}");
+        }
+        assert!(parse_all("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        assert!(
+            parse_all("GET / HTTP/1.1\r\nHOST: a\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -451,11 +492,12 @@ mod tests {
 
     #[test]
     fn header_values_share_the_heads_bytes() {
-        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx-long: 0123456789\r\n\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"GET / HTTP/1.1\r\nHost: t\r\nx-long: 0123456789\r\n\r\n"[..]);
         let start = buf.as_ptr() as usize;
         let head = parse(&mut buf).unwrap().unwrap();
         let value = head.parts.headers["x-long"].as_bytes();
-        assert_eq!(value.as_ptr() as usize, start + 24, "no copy");
+        assert_eq!(value.as_ptr() as usize, start + 33, "no copy");
     }
 
     /// Values are taken without `http`'s check when they are ASCII: every
@@ -465,7 +507,7 @@ mod tests {
     fn every_value_byte_is_taken_as_the_checked_constructor_would() {
         for byte in 0..=255u8 {
             let value = [b'a', byte, b'z'];
-            let mut wire = b"GET / HTTP/1.1\r\nx-v: ".to_vec();
+            let mut wire = b"GET / HTTP/1.1\r\nHost: t\r\nx-v: ".to_vec();
             wire.extend_from_slice(&value);
             wire.extend_from_slice(b"\r\n\r\n");
             let checked = HeaderValue::from_bytes(&value);
@@ -499,7 +541,7 @@ mod tests {
             let capitalised = name.replacen(&name[..1], &name[..1].to_uppercase(), 1);
             assert_eq!(lowercase_common_name(capitalised.as_bytes()), None);
             let wire = format!("GET / HTTP/1.1\r\n{capitalised}: 1\r\n\r\n");
-            let head = parse_all(&wire).unwrap().unwrap();
+            let head = parse_all(&with_host(&wire)).unwrap().unwrap();
             assert!(head.parts.headers.contains_key(name), "{capitalised}");
         }
     }
@@ -515,7 +557,7 @@ mod tests {
             "/v1/chat/completion",
             "/v1/models",
         ] {
-            let wire = format!("POST {target} HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+            let wire = format!("POST {target} HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n");
             let head = parse_all(&wire).unwrap().unwrap();
             assert_eq!(head.parts.uri, Uri::try_from(target).unwrap());
             assert_eq!(head.parts.uri.to_string(), target);
@@ -525,14 +567,17 @@ mod tests {
     #[test]
     fn sdk_telemetry_fields_are_not_kept() {
         let mut buf = BytesMut::from(
-            &b"POST /v1/chat/completions HTTP/1.1\r\nX-Stainless-Lang: python\r\n\
+            &b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Stainless-Lang: python\r\n\
                x-stainless-retry-count: 0\r\nUser-Agent: OpenAI/Python 1.99.0\r\n\
                x-stainless: kept\r\nx-stainless-helper-: odd\r\ncontent-length: 0\r\n\r\n"[..],
         );
         let head = parse(&mut buf).unwrap().unwrap();
         let mut names: Vec<&str> = head.parts.headers.keys().map(|n| n.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["content-length", "user-agent", "x-stainless"]);
+        assert_eq!(
+            names,
+            ["content-length", "host", "user-agent", "x-stainless"]
+        );
         assert!(buf.is_empty());
     }
 }

@@ -144,6 +144,15 @@ async fn models_retrieve_accepts_ids_with_slashes() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(error_of(missing).await["type"], "resource_not_found_error");
+    // An id that is not UTF-8 once decoded gets the OpenAI error shape too.
+    let garbled = app
+        .client
+        .get(app.url("/v1/models/%ff%fe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), 400);
+    assert_eq!(error_of(garbled).await["param"], "model");
 }
 
 #[tokio::test]
