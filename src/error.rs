@@ -93,6 +93,12 @@ pub struct GatewayError {
     pub upstream_request_id: Option<Box<HeaderValue>>,
 }
 
+/// A wait as `retry-after-ms` says it: whole milliseconds, at least one.
+pub fn wait_millis(wait: std::time::Duration) -> std::num::NonZeroU32 {
+    let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+    std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
 impl GatewayError {
     pub fn new(
         status: StatusCode,
@@ -141,8 +147,7 @@ impl GatewayError {
 
     /// Sets `Retry-After` (whole seconds, rounded up) and `retry-after-ms`.
     pub fn with_retry_after_duration(mut self, wait: std::time::Duration) -> Self {
-        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-        let ms = std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN);
+        let ms = wait_millis(wait);
         self.retry_after = Some(HeaderValue::from(ms.get().div_ceil(1000)));
         self.retry_after_ms = Some(ms);
         self

@@ -8,6 +8,21 @@ use crate::proxy::stream_stats::StreamEnd;
 use http::StatusCode;
 use std::time::Duration;
 
+/// A request head refused before it could be read as a request (malformed,
+/// too large, …): counted with no route or provider, as the client's
+/// mistake. Not timed: nothing was served.
+pub fn observe_refused_head(status: StatusCode, metrics: &Metrics) {
+    metrics
+        .requests
+        .with_label_values(&[
+            NONE,
+            NONE,
+            status.as_str(),
+            crate::error::ErrorType::InvalidRequestError.as_str(),
+        ])
+        .inc();
+}
+
 pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
     let route = match (&record.route, &record.model) {
         (Some(route), _) => &*route.0,

@@ -23,6 +23,18 @@ use std::time::Duration;
 
 pub use resolve::{resolve, resolve_reusing};
 
+/// The first provider of the built-in configuration, every provider key
+/// set to `secret-key-123` (unit tests of what meets a provider).
+#[cfg(test)]
+pub fn test_provider() -> Arc<Provider> {
+    let config = resolve("", &|v| {
+        v.ends_with("_API_KEY")
+            .then(|| "secret-key-123".to_string())
+    })
+    .unwrap();
+    config.providers[0].clone()
+}
+
 /// Default listen address when neither the file nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 32 MiB (vision requests carry base64 images).

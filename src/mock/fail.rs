@@ -3,13 +3,13 @@
 //! and Agentsflare's `{statusCode,message}` (whose wrong key is a 404).
 
 use super::Flavour;
-use super::scenario::MockError;
+use super::scenario::{MockError, Scenario};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
 /// The mock's answer for `error` as `flavour` would send it.
-pub fn error_response(flavour: Flavour, error: MockError, retry_after: Option<u64>) -> Response {
+pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -> Response {
     if error == MockError::NonJson {
         return (
             StatusCode::OK,
@@ -38,10 +38,14 @@ pub fn error_response(flavour: Flavour, error: MockError, retry_after: Option<u6
             HeaderValue::from_static("mock-error-request"),
         );
     }
-    if let Some(secs) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    if let Some(secs) = scenario.retry_after {
+        let value = if scenario.retry_after_as_date {
+            let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+            HeaderValue::from_str(&httpdate::fmt_http_date(at)).expect("a date is a valid value")
+        } else {
+            HeaderValue::from(secs)
+        };
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
 }

@@ -52,6 +52,8 @@ pub struct Scenario {
     pub error: Option<MockError>,
     /// `Retry-After` seconds sent with an error.
     pub retry_after: Option<u64>,
+    /// Send that wait as an HTTP date instead of seconds.
+    pub retry_after_as_date: bool,
     /// Content chunks in a stream.
     pub chunks: Option<usize>,
     pub head_delay: Duration,
@@ -102,6 +104,7 @@ impl Scenario {
             match key {
                 "error" => scenario.error = MockError::parse(value),
                 "retry_after" => scenario.retry_after = number(),
+                "retry_after_as_date" => scenario.retry_after_as_date = true,
                 "chunks" => scenario.chunks = number().map(|n| n as usize),
                 "head_delay_ms" => {
                     scenario.head_delay = Duration::from_millis(number().unwrap_or(0))

@@ -234,7 +234,11 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
         shared.changed.notify_waiters();
     }
     if !authorized {
-        return error_response(flavour, super::scenario::MockError::Auth, None);
+        return error_response(
+            flavour,
+            super::scenario::MockError::Auth,
+            &Scenario::default(),
+        );
     }
     let mut scenario = Scenario::from_body(&body, flavour.name());
     if let Some(times) = scenario.fail_times {
@@ -262,13 +266,17 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
     }
     if let Some(error) = scenario.error {
         guard.armed = false;
-        return error_response(flavour, error, scenario.retry_after);
+        return error_response(flavour, error, &scenario);
     }
     let request: super::reply::MockRequest = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
             guard.armed = false;
-            return error_response(flavour, super::scenario::MockError::InvalidRequest, None);
+            return error_response(
+                flavour,
+                super::scenario::MockError::InvalidRequest,
+                &Scenario::default(),
+            );
         }
     };
     let question = Question {

@@ -200,7 +200,7 @@ where
                     Some(permit) => permit.neutral(),
                     None => {}
                 }
-                match retry_after(error.retry_after.as_ref()) {
+                match asked_wait(&error) {
                     Some(wait) if wait > settings.max_retry_after => states[i].skipped = true,
                     Some(wait) => states[i].not_before = Some(Instant::now() + wait),
                     None => {}
@@ -304,12 +304,18 @@ fn backoff(settings: &RetrySettings, attempts: u32) -> Duration {
 
 /// `Retry-After` in seconds (a number, possibly fractional). An HTTP date is
 /// treated as "long" so the target is skipped rather than waited on.
-fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
-    let text = value?.to_str().ok()?.trim();
-    match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e6))),
-        _ => Some(Duration::from_secs(u64::from(u32::MAX))),
+/// The wait the failed attempt's provider (or the gateway's own limit)
+/// asked for. A `Retry-After` that reads as neither seconds nor a date is
+/// taken as a long wait, so the target is skipped rather than hammered.
+fn asked_wait(error: &GatewayError) -> Option<Duration> {
+    if let Some(ms) = error.retry_after_ms {
+        return Some(Duration::from_millis(ms.get().into()));
     }
+    let value = error.retry_after.as_ref()?;
+    Some(
+        super::provider_wait::retry_after(value.as_bytes(), std::time::SystemTime::now())
+            .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
+    )
 }
 
 #[cfg(test)]
@@ -369,11 +375,22 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_parsing() {
-        let v = |s: &str| retry_after(Some(&HeaderValue::from_str(s).unwrap()));
-        assert_eq!(v("2"), Some(Duration::from_secs(2)));
-        assert_eq!(v("0.5"), Some(Duration::from_millis(500)));
-        assert!(v("Wed, 21 Oct 2015 07:28:00 GMT").unwrap() > Duration::from_secs(3600));
-        assert_eq!(retry_after(None), None);
+    fn the_asked_wait_prefers_milliseconds_and_reads_dates() {
+        let err = |value: &str| {
+            GatewayError::server(StatusCode::BAD_GATEWAY, "x")
+                .with_retry_after(Some(HeaderValue::from_str(value).unwrap()))
+        };
+        assert_eq!(asked_wait(&err("2")), Some(Duration::from_secs(2)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let wait = asked_wait(&err(&soon)).unwrap();
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(asked_wait(&err("later")).unwrap() > Duration::from_secs(3600));
+        let precise = err("2").with_retry_after_duration(Duration::from_millis(1500));
+        assert_eq!(asked_wait(&precise), Some(Duration::from_millis(1500)));
+        let none = GatewayError::server(StatusCode::BAD_GATEWAY, "x");
+        assert_eq!(asked_wait(&none), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod json_scan;
 pub mod normalize;
 pub mod provider_errors;
+pub mod provider_wait;
 pub mod request;
 pub mod route;
 pub mod sse;

@@ -3,9 +3,10 @@
 //! API's `{message,statusCode,…}` and Agentsflare's `{statusCode,message}`
 //! are classified by status and wording.
 
+use super::provider_wait::{self, AskedWait};
 use crate::config::Provider;
 use crate::error::{ErrorType, GatewayError};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 
 /// Largest upstream error body read; the rest is not needed to classify it.
@@ -31,7 +32,7 @@ struct ErrorObject {
 pub fn translate(
     provider: &Provider,
     status: StatusCode,
-    retry_after: Option<HeaderValue>,
+    asked: AskedWait,
     body: &[u8],
 ) -> GatewayError {
     let shape: AnyShape = serde_json::from_slice(body).unwrap_or_default();
@@ -85,7 +86,21 @@ pub fn translate(
         }
         other => other.default_status(),
     };
-    let mut err = GatewayError::new(status, error_type, message).with_retry_after(retry_after);
+    let mut err = GatewayError::new(status, error_type, message);
+    err.retry_after = asked.retry_after;
+    err.retry_after_ms = asked.retry_after_ms;
+    if err.retry_after.is_none()
+        && err.retry_after_ms.is_none()
+        && matches!(
+            error_type,
+            ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError
+        )
+    {
+        // Moonshot states the wait in the message only.
+        if let Some(wait) = provider_wait::stated_in(&lower) {
+            err = err.with_retry_after_duration(wait);
+        }
+    }
     if let Some(code) = code.and_then(|c| match c {
         serde_json::Value::String(s) => Some(s),
         serde_json::Value::Number(n) => Some(n.to_string()),
@@ -231,26 +246,23 @@ fn redact(message: &str, provider: &Provider) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn provider() -> std::sync::Arc<Provider> {
-        let config = crate::config::resolve("", &|v| {
-            v.ends_with("_API_KEY")
-                .then(|| "secret-key-123".to_string())
-        })
-        .unwrap();
-        config.providers[0].clone()
-    }
+    use crate::config::test_provider;
 
     #[test]
     fn timeouts_and_conflicts_are_retryable_and_422_keeps_its_status() {
         let body = br#"{"message":"try later"}"#;
         for status in [StatusCode::REQUEST_TIMEOUT, StatusCode::CONFLICT] {
-            let err = translate(&provider(), status, None, body);
+            let err = translate(&test_provider(), status, AskedWait::default(), body);
             assert_eq!(err.error_type, ErrorType::ServerError, "{status}");
             assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{status}");
             assert!(err.should_retry(), "{status}");
         }
-        let err = translate(&provider(), StatusCode::UNPROCESSABLE_ENTITY, None, body);
+        let err = translate(
+            &test_provider(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            AskedWait::default(),
+            body,
+        );
         assert_eq!(err.error_type, ErrorType::InvalidRequestError);
         assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -258,24 +270,65 @@ mod tests {
     #[test]
     fn typed_moonshot_errors_keep_their_type() {
         let body = br#"{"error":{"message":"slow down","type":"engine_overloaded_error"}}"#;
-        let err = translate(&provider(), StatusCode::TOO_MANY_REQUESTS, None, body);
+        let err = translate(
+            &test_provider(),
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            body,
+        );
         assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]
+    fn moonshots_stated_wait_becomes_retry_after_when_no_field_says_it() {
+        let body = br#"{"error":{"message":"Your account org-x request reached max request: 3, please try again after 2 seconds","type":"rate_limit_reached_error"}}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.retry_after.unwrap(), "2");
+        assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(2000));
+
+        let asked = AskedWait {
+            retry_after: Some(http::HeaderValue::from_static("7")),
+            retry_after_ms: None,
+        };
+        let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, asked, body);
+        assert_eq!(err.retry_after.unwrap(), "7");
+        assert_eq!(err.retry_after_ms, None);
+
+        // Only a rate-limit answer's words are read as a wait.
+        let body = br#"{"error":{"message":"bad input, try again after 2 seconds","type":"invalid_request_error"}}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
+        assert!(err.retry_after.is_none());
+    }
+
+    #[test]
     fn a_quota_error_sent_as_403_gets_the_documented_429() {
         let body = br#"{"error":{"message":"no money","type":"exceeded_current_quota_error"}}"#;
-        let err = translate(&provider(), StatusCode::FORBIDDEN, None, body);
+        let err = translate(
+            &test_provider(),
+            StatusCode::FORBIDDEN,
+            AskedWait::default(),
+            body,
+        );
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]
     fn too_large_keeps_413() {
         let err = translate(
-            &provider(),
+            &test_provider(),
             StatusCode::PAYLOAD_TOO_LARGE,
-            None,
+            AskedWait::default(),
             b"Payload Too Large",
         );
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -285,16 +338,21 @@ mod tests {
     #[test]
     fn the_gateways_key_is_never_echoed() {
         let body = br#"{"message":"bad request for key secret-key-123","statusCode":400}"#;
-        let err = translate(&provider(), StatusCode::BAD_REQUEST, None, body);
+        let err = translate(
+            &test_provider(),
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
         assert!(!err.message.contains("secret-key-123"), "{}", err.message);
     }
 
     #[test]
     fn non_json_error_bodies_get_a_generic_message() {
         let err = translate(
-            &provider(),
+            &test_provider(),
             StatusCode::BAD_GATEWAY,
-            None,
+            AskedWait::default(),
             b"<html>oops</html>",
         );
         assert_eq!(err.error_type, ErrorType::ServerError);

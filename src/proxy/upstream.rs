@@ -5,13 +5,14 @@
 use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers, provider_request_id};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, MAX_ERROR_BODY};
+use super::provider_wait::{self, AskedWait};
 use super::request::ChatRequest;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
 use crate::client::{ClientError, PooledBody, header_line, request_line};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, wait_millis};
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
 use crate::wire_fields::WireFields;
@@ -134,15 +135,22 @@ pub async fn forward(
     info.time_to_head = Some(time_to_head);
 
     if !status.is_success() {
-        let retry_after = response
-            .headers
-            .get("retry-after")
-            .and_then(|v| response.headers.shared_value(v));
+        let asked = AskedWait {
+            retry_after: response
+                .headers
+                .get("retry-after")
+                .and_then(|v| response.headers.shared_value(v)),
+            retry_after_ms: response
+                .headers
+                .get("retry-after-ms")
+                .and_then(provider_wait::retry_after_ms)
+                .map(wait_millis),
+        };
         let upstream_id = provider_request_id(&response.headers)
             .and_then(|id| response.headers.shared_value(id))
             .map(Box::new);
         let body = read_limited(response.body, deadline, MAX_ERROR_BODY).await;
-        let mut err = provider_errors::translate(provider, status, retry_after, &body);
+        let mut err = provider_errors::translate(provider, status, asked, &body);
         err.upstream_request_id = upstream_id;
         return Err(err);
     }

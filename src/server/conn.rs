@@ -92,7 +92,10 @@ pub async fn serve(
         };
         let head = match connection.next_head(waiting).await {
             Ok(head) => head,
-            Err(NoHead::Refused(bad)) => return connection.refuse(bad).await,
+            Err(NoHead::Refused(bad)) => {
+                crate::request_metrics::observe_refused_head(bad.status, &gateway.state().metrics);
+                return connection.refuse(bad).await;
+            }
             Err(NoHead::Closed) => return,
         };
         match connection

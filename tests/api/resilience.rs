@@ -129,6 +129,60 @@ async fn a_short_retry_after_is_honoured_on_the_same_provider() {
 }
 
 #[tokio::test]
+async fn a_retry_after_date_is_honoured_as_the_wait_it_names() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=rate_limit retry_after=2 retry_after_as_date fail_times=1]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    // The date has whole seconds: two seconds ahead is at least one away.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for the date"
+    );
+}
+
+#[tokio::test]
+async fn moonshots_stated_wait_is_honoured_and_passed_on() {
+    // Moonshot's 429 says "please try again after 1 seconds" and sends no
+    // Retry-After.
+    let app = spawn_app_with(FAST, &[]).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=rate_limit fail_times=1]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited the stated second"
+    );
+
+    let app = spawn_app_with("[retry]\nmax_attempts = 1\n", &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=rate_limit]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "1");
+    assert_eq!(header(&response, "retry-after-ms"), "1000");
+}
+
+#[tokio::test]
 async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
     let app = spawn_app_with(FAST, &[]).await;
     let response = app

@@ -320,7 +320,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// 64 KiB, 505 an HTTP version other than 1.0 and 1.1), says
 /// `connection: close` and an `x-request-id` (the one its log line has),
 /// and the gateway closes the connection after it; other connections are
-/// served as before.
+/// served as before. Each is counted in the requests metric.
 #[tokio::test]
 async fn refused_heads_get_an_error_and_the_connection_closed() {
     let app = spawn_app().await;
@@ -383,6 +383,15 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
         assert_still_serving(app.addr).await;
     }
     assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    // Counted, with no route or provider: an operator sees clients that
+    // send what cannot be served.
+    let metrics = scrape(&app).await;
+    for (status, count) in [(400, 3), (431, 2), (501, 1), (505, 1)] {
+        let line = format!(
+            "kimi_gateway_requests_total{{error_type=\"invalid_request_error\",provider=\"none\",route=\"none\",status=\"{status}\"}} {count}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 /// A chunked request body, sent chunk by chunk in separate writes, is

@@ -1,0 +1,136 @@
+//! How long a provider asked the gateway to wait before trying it again:
+//! its `retry-after-ms`, its `Retry-After` (seconds or an HTTP date), or,
+//! on a 429 without either, the wait Moonshot writes into the message
+//! ("… please try again after 3 seconds").
+
+use http::HeaderValue;
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime};
+
+/// The waits a provider's answer states in its header fields, passed on to
+/// the client as they are.
+#[derive(Debug, Default)]
+pub struct AskedWait {
+    pub retry_after: Option<HeaderValue>,
+    pub retry_after_ms: Option<NonZeroU32>,
+}
+
+/// Longest wait taken from a provider's words; a larger number is kept at
+/// this (still far beyond any `retry.max_retry_after_secs`).
+const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds (fractions
+/// accepted) or an HTTP date, a date already past being no wait at all.
+/// `None` when it is neither.
+pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs).min(MAX_STATED_WAIT));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_STATED_WAIT),
+    )
+}
+
+/// A `retry-after-ms` value (whole or fractional milliseconds).
+pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
+    let ms = std::str::from_utf8(value)
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0).min(MAX_STATED_WAIT))
+}
+
+/// The wait a rate-limit message states, in lowercase `message`: "try
+/// again after 3 seconds", "retry after 1.5s", "try again in 500 ms".
+/// Without a unit the number is seconds.
+pub fn stated_in(message: &str) -> Option<Duration> {
+    const LEADS: [&str; 4] = ["again after ", "again in ", "retry after ", "retry in "];
+    LEADS.iter().find_map(|lead| {
+        let at = message.find(lead)? + lead.len();
+        let rest = &message[at..];
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        if !number.is_finite() {
+            return None;
+        }
+        let unit = rest[number_len..].trim_start();
+        let secs = if unit.starts_with("ms") || unit.starts_with("millisecond") {
+            number / 1000.0
+        } else if unit.starts_with("min") {
+            number * 60.0
+        } else {
+            number
+        };
+        Some(Duration::from_secs_f64(
+            secs.min(MAX_STATED_WAIT.as_secs_f64()),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let wait = |s: &str| retry_after(s.as_bytes(), now);
+        assert_eq!(wait("2"), Some(Duration::from_secs(2)));
+        assert_eq!(wait(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(
+            wait("Wed, 21 Oct 2026 07:28:03 GMT"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(wait("Wed, 21 Oct 2026 07:27:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(wait("99999999999"), Some(MAX_STATED_WAIT));
+        assert_eq!(wait("-1"), None);
+        assert_eq!(wait("soon"), None);
+        assert_eq!(retry_after(b"\xff", now), None);
+    }
+
+    #[test]
+    fn retry_after_ms_reads_milliseconds() {
+        assert_eq!(retry_after_ms(b"1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after_ms(b"2.5"), Some(Duration::from_micros(2500)));
+        assert_eq!(retry_after_ms(b"NaN"), None);
+        assert_eq!(retry_after_ms(b"-3"), None);
+    }
+
+    #[test]
+    fn a_stated_wait_is_read_from_the_message() {
+        let stated = |s: &str| stated_in(s);
+        assert_eq!(
+            stated(
+                "your account org-1 request reached max rpm: 3, please try again after 1 seconds"
+            ),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            stated("retry after 1.5s"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            stated("try again in 500 ms"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            stated("try again in 2 minutes"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(stated("please try again after a while"), None);
+        assert_eq!(stated("rate limit reached"), None);
+        assert_eq!(stated("try again after 1.2.3 seconds"), None);
+        assert_eq!(
+            stated("try again after 99999999999 seconds"),
+            Some(MAX_STATED_WAIT)
+        );
+    }
+}
