@@ -51,12 +51,11 @@ pub fn retry_settings(file: &RetryFile, problems: &mut Vec<ConfigProblem>) -> Re
     let max = file
         .backoff_max_ms
         .map_or(d.backoff_max, Duration::from_millis);
-    if max < base {
-        problems.push(ConfigProblem::new(
-            "retry.backoff_max_ms",
-            "must not be smaller than retry.backoff_base_ms",
-        ));
-    }
+    not_below(
+        (max, "retry.backoff_max_ms"),
+        (base, "retry.backoff_base_ms"),
+        problems,
+    );
     RetrySettings {
         max_attempts: at_least_one(
             file.max_attempts,
@@ -109,12 +108,11 @@ pub fn breaker_settings(file: &BreakerFile, problems: &mut Vec<ConfigProblem>) -
         d.max_cooldown,
         problems,
     );
-    if max_cooldown < cooldown {
-        problems.push(ConfigProblem::new(
-            "breaker.max_cooldown_secs",
-            "must not be smaller than breaker.cooldown_secs",
-        ));
-    }
+    not_below(
+        (max_cooldown, "breaker.max_cooldown_secs"),
+        (cooldown, "breaker.cooldown_secs"),
+        problems,
+    );
     BreakerSettings {
         consecutive_failures: at_least_one(
             file.consecutive_failures,
@@ -132,5 +130,20 @@ pub fn breaker_settings(file: &BreakerFile, problems: &mut Vec<ConfigProblem>) -
         ),
         cooldown,
         max_cooldown,
+    }
+}
+
+/// A bound that must not be below the value it bounds (a maximum backoff
+/// or cool-down under its base), each given with its setting's name.
+fn not_below(
+    (max, max_name): (Duration, &str),
+    (base, base_name): (Duration, &str),
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if max < base {
+        problems.push(ConfigProblem::new(
+            max_name,
+            format!("must not be smaller than {base_name}"),
+        ));
     }
 }

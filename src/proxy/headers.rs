@@ -174,16 +174,7 @@ fn lists(listed: &[u8], name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The first configured provider, its key `secret-key-123`.
-    fn provider() -> std::sync::Arc<Provider> {
-        let config = crate::config::resolve("", &|v| {
-            v.ends_with("_API_KEY")
-                .then(|| "secret-key-123".to_string())
-        })
-        .unwrap();
-        config.providers[0].clone()
-    }
+    use crate::config::test_provider;
 
     #[test]
     fn fields_the_connection_field_names_are_dropped() {
@@ -193,7 +184,7 @@ mod tests {
         .unwrap();
         let mut to = WireFields::default();
         to.push_parsed(b"x-before", b"0");
-        copy_response_headers(&from, &mut to, &provider());
+        copy_response_headers(&from, &mut to, &test_provider());
         assert_eq!(to.as_bytes(), b"x-before: 0\r\nx-kept: 1\r\n");
     }
 
@@ -204,7 +195,7 @@ mod tests {
         )
         .unwrap();
         let mut to = WireFields::default();
-        copy_response_headers(&from, &mut to, &provider());
+        copy_response_headers(&from, &mut to, &test_provider());
         assert_eq!(
             to.as_bytes(),
             b"x-debug-auth: Bearer ***\r\nx-short: secret\r\n"
@@ -229,7 +220,7 @@ mod tests {
         }
         let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
         let mut to = WireFields::default();
-        copy_response_headers(&from, &mut to, &provider());
+        copy_response_headers(&from, &mut to, &test_provider());
         assert_eq!(
             to.as_bytes(),
             b"msh-context-cache-id: cache-1\r\nretry-after: 3\r\nretry-after: 3\r\n",
@@ -253,7 +244,7 @@ mod tests {
             }
             let from = Headers::from_head(&format!("{wire}\r\n")).unwrap();
             let mut to = WireFields::default();
-            copy_response_headers(&from, &mut to, &provider());
+            copy_response_headers(&from, &mut to, &test_provider());
             let found = to.get("x-upstream-request-id");
             assert_eq!(found.unwrap(), ids[present - 1].1.as_bytes());
             assert_eq!(
@@ -271,7 +262,7 @@ mod tests {
         let name = "X-".to_string() + &"Long".repeat(30);
         let from = Headers::from_head(&format!("HTTP/1.1 200 OK\r\n{name}: v\r\n\r\n")).unwrap();
         let mut to = WireFields::default();
-        copy_response_headers(&from, &mut to, &provider());
+        copy_response_headers(&from, &mut to, &test_provider());
         assert_eq!(to.get(&name.to_ascii_lowercase()), Some(&b"v"[..]));
     }
 }

@@ -1,22 +1,13 @@
 //! The relay over a scripted upstream: what reaches the client, frame by frame.
 
 use super::*;
+use crate::config::test_provider;
 use futures_util::StreamExt;
 use prometheus::HistogramOpts;
 
-/// The first configured provider, its key `secret-key-123`.
-fn provider() -> Arc<crate::config::Provider> {
-    let config = crate::config::resolve("", &|v| {
-        v.ends_with("_API_KEY")
-            .then(|| "secret-key-123".to_string())
-    })
-    .unwrap();
-    config.providers[0].clone()
-}
-
 fn settings() -> RelaySettings {
     RelaySettings {
-        provider: provider(),
+        provider: test_provider(),
         include_usage: false,
         first_byte_deadline: Instant::now() + Duration::from_secs(10),
         idle: Duration::from_secs(10),

@@ -185,6 +185,23 @@ impl UsageFields {
         super::usage_flat::read(raw).or_else(|| UsageFields::scan_members(raw))
     }
 
+    /// The bit of `prompt_tokens_details` among [`UsageFields::slot`]'s.
+    pub(super) const DETAILS: u8 = 16;
+
+    /// A member the reading knows: its own bit (a reader notes the bits
+    /// seen, since a repeated member is refused by the deserializer) and
+    /// the field its count goes to; `None` for any other key.
+    pub(super) fn slot(&mut self, key: &[u8]) -> Option<(u8, &mut Option<u64>)> {
+        Some(match key {
+            b"prompt_tokens" => (1, &mut self.prompt_tokens),
+            b"completion_tokens" => (2, &mut self.completion_tokens),
+            b"total_tokens" => (4, &mut self.total_tokens),
+            b"cached_tokens" => (8, &mut self.cached_tokens),
+            b"prompt_tokens_details" => (Self::DETAILS, &mut self.details_cached),
+            _ => return None,
+        })
+    }
+
     /// [`UsageFields::scan`] by the validating scan, for any shape.
     pub(super) fn scan_members(raw: &[u8]) -> Option<UsageFields> {
         let mut fields = UsageFields::default();
@@ -192,21 +209,13 @@ impl UsageFields {
         let mut seen = 0u8;
         super::json_scan::scan_object(raw, |key, span| {
             let value = &raw[span];
-            let (bit, slot) = match key {
-                b"prompt_tokens" => (1, &mut fields.prompt_tokens),
-                b"completion_tokens" => (2, &mut fields.completion_tokens),
-                b"total_tokens" => (4, &mut fields.total_tokens),
-                b"cached_tokens" => (8, &mut fields.cached_tokens),
-                b"prompt_tokens_details" => (16, &mut fields.details_cached),
-                _ => {
-                    plain &= !key.contains(&b'\\');
-                    return;
-                }
+            let Some((bit, slot)) = fields.slot(key) else {
+                plain &= !key.contains(&b'\\');
+                return;
             };
             plain &= seen & bit == 0;
             seen |= bit;
-            fields.has_details |= bit == 16;
-            let count = if bit == 16 {
+            let count = if bit == UsageFields::DETAILS {
                 details_cached(value)
             } else {
                 plain_count(value)
@@ -215,6 +224,7 @@ impl UsageFields {
                 Some(count) => *slot = count,
                 None => plain = false,
             }
+            fields.has_details |= bit == UsageFields::DETAILS;
         })
         .ok()?;
         plain.then_some(fields)

@@ -90,6 +90,36 @@ impl Reader<'_> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
+    /// Opens a list at `at` (its `open`): `Some(false)` when it is empty
+    /// (its `close` taken too), `Some(true)` when an item follows.
+    fn open_list(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.expect(open)?;
+        self.skip_ws();
+        if self.peek()? == close {
+            self.at += 1;
+            return Some(false);
+        }
+        Some(true)
+    }
+
+    /// After an item: `Some(true)` past a comma (another item follows),
+    /// `Some(false)` past the list's `close`.
+    fn list_goes_on(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                self.skip_ws();
+                Some(true)
+            }
+            byte if byte == close => {
+                self.at += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
     /// An object at `at` (its `{`), calling `on_member` with each key once
     /// positioned at the member's value (whitespace skipped); `on_member`
     /// must consume the value.
@@ -101,13 +131,8 @@ impl Reader<'_> {
         if depth >= MAX_DEPTH {
             return None;
         }
-        self.expect(b'{')?;
-        self.skip_ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open_list(b'{', b'}')?;
+        while more {
             // An escaped key may spell a member's name another way.
             let (span, false) = self.string()? else {
                 return None;
@@ -118,19 +143,9 @@ impl Reader<'_> {
             self.expect(b':')?;
             self.skip_ws();
             on_member(self, key)?;
-            self.skip_ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_ws();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.list_goes_on(b'}')?;
         }
+        Some(())
     }
 
     /// A recognised member's value into `slot` (`null` is `None`).
@@ -145,13 +160,8 @@ impl Reader<'_> {
 
     /// `choices`: an array of objects; notes the first object `usage`.
     fn choices(&mut self, choice_usage: &mut Option<Range<usize>>) -> Option<()> {
-        self.expect(b'[')?;
-        self.skip_ws();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open_list(b'[', b']')?;
+        while more {
             // A choice that is not an object (an array deserializes as the
             // fields in order) is left to the deserializer.
             if self.peek()? != b'{' {
@@ -168,19 +178,9 @@ impl Reader<'_> {
             if choice_usage.is_none() {
                 *choice_usage = usage.filter(|span| self.bytes[span.start] == b'{');
             }
-            self.skip_ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_ws();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.list_goes_on(b']')?;
         }
+        Some(())
     }
 
     /// Any value at `at`, at nesting `depth`.
@@ -200,27 +200,12 @@ impl Reader<'_> {
         if depth >= MAX_DEPTH {
             return None;
         }
-        self.expect(b'[')?;
-        self.skip_ws();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open_list(b'[', b']')?;
+        while more {
             self.value(depth + 1)?;
-            self.skip_ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_ws();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.list_goes_on(b']')?;
         }
+        Some(())
     }
 
     fn word(&mut self, word: &[u8]) -> Option<()> {

@@ -15,24 +15,19 @@ pub(super) fn read(raw: &[u8]) -> Option<UsageFields> {
     let mut seen = 0u8;
     let mut cursor = Cursor { bytes: raw, at: 0 };
     cursor.members(|cursor, key| {
-        let (bit, slot) = match key {
-            b"prompt_tokens" => (1, &mut fields.prompt_tokens),
-            b"completion_tokens" => (2, &mut fields.completion_tokens),
-            b"total_tokens" => (4, &mut fields.total_tokens),
-            b"cached_tokens" => (8, &mut fields.cached_tokens),
-            b"prompt_tokens_details" => (16, &mut fields.details_cached),
-            _ => return cursor.skip_value(),
+        let Some((bit, slot)) = fields.slot(key) else {
+            return cursor.skip_value();
         };
         if seen & bit != 0 {
             return None;
         }
         seen |= bit;
-        *slot = if bit == 16 {
-            fields.has_details = true;
+        *slot = if bit == UsageFields::DETAILS {
             cursor.details_cached()?
         } else {
             cursor.count()?
         };
+        fields.has_details |= bit == UsageFields::DETAILS;
         Some(())
     })?;
     cursor.skip_whitespace();
