@@ -145,6 +145,11 @@ impl GatewayError {
         self
     }
 
+    pub fn with_upstream_request_id(mut self, id: Option<HeaderValue>) -> Self {
+        self.upstream_request_id = id.map(Box::new);
+        self
+    }
+
     /// Sets `Retry-After` (whole seconds, rounded up) and `retry-after-ms`.
     pub fn with_retry_after_duration(mut self, wait: std::time::Duration) -> Self {
         let ms = wait_millis(wait);

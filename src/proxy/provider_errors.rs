@@ -6,7 +6,7 @@
 use super::provider_wait::{self, AskedWait};
 use crate::config::Provider;
 use crate::error::{ErrorType, GatewayError};
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
 /// Largest upstream error body read; the rest is not needed to classify it.
@@ -18,6 +18,9 @@ struct AnyShape {
     error: Option<ErrorObject>,
     /// AI/ML API and Agentsflare: top-level `message` (string, or a list).
     message: Option<serde_json::Value>,
+    /// AI/ML API's id for the request, in the body only.
+    #[serde(rename = "requestId")]
+    request_id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -36,6 +39,10 @@ pub fn translate(
     body: &[u8],
 ) -> GatewayError {
     let shape: AnyShape = serde_json::from_slice(body).unwrap_or_default();
+    let body_request_id = match shape.request_id {
+        Some(serde_json::Value::String(id)) => HeaderValue::try_from(id).ok(),
+        _ => None,
+    };
     let (message, typed, code) = match shape.error {
         Some(e) => (e.message, e.error_type, e.code),
         None => (shape.message.map(message_text), None, None),
@@ -62,7 +69,8 @@ pub fn translate(
                 provider.api_key_env
             ),
         )
-        .with_code("upstream_key_rejected");
+        .with_code("upstream_key_rejected")
+        .with_upstream_request_id(body_request_id);
     }
 
     let error_type = typed
@@ -86,7 +94,8 @@ pub fn translate(
         }
         other => other.default_status(),
     };
-    let mut err = GatewayError::new(status, error_type, message);
+    let mut err =
+        GatewayError::new(status, error_type, message).with_upstream_request_id(body_request_id);
     err.retry_after = asked.retry_after;
     err.retry_after_ms = asked.retry_after_ms;
     if err.retry_after.is_none()

@@ -146,12 +146,14 @@ pub async fn forward(
                 .and_then(provider_wait::retry_after_ms)
                 .map(wait_millis),
         };
-        let upstream_id = provider_request_id(&response.headers)
-            .and_then(|id| response.headers.shared_value(id))
-            .map(Box::new);
+        let upstream_id =
+            provider_request_id(&response.headers).and_then(|id| response.headers.shared_value(id));
         let body = read_limited(response.body, deadline, MAX_ERROR_BODY).await;
         let mut err = provider_errors::translate(provider, status, asked, &body);
-        err.upstream_request_id = upstream_id;
+        // A header's id wins over one the body gave (AI/ML API's `requestId`).
+        if let Some(id) = upstream_id {
+            err.upstream_request_id = Some(Box::new(id));
+        }
         return Err(err);
     }
 

@@ -42,14 +42,18 @@ async fn provider_errors_map_to_the_documented_types() {
                 let response = app.chat(body).await;
                 let what = format!("{} {scenario} stream={stream}", flavour.name());
                 assert_eq!(response.status().as_u16(), status, "{what}");
-                // The provider's id for the failed request, for its support.
-                if flavour == Flavour::Moonshot {
-                    assert_eq!(
-                        response.headers()["x-upstream-request-id"],
-                        "mock-error-request",
-                        "{what}"
-                    );
-                }
+                // The provider's id for the failed request, for its support:
+                // Moonshot's header, AI/ML API's body `requestId`.
+                let upstream_id = response
+                    .headers()
+                    .get("x-upstream-request-id")
+                    .map(|id| id.to_str().unwrap().to_owned());
+                let expected = match flavour {
+                    Flavour::Moonshot => Some("mock-error-request"),
+                    Flavour::Aimlapi => Some("aiml-req-1"),
+                    Flavour::Agentsflare => None,
+                };
+                assert_eq!(upstream_id.as_deref(), expected, "{what}");
                 let error = error_of(response).await;
                 assert_eq!(error["type"], error_type, "{what}: {error}");
             }
