@@ -99,30 +99,74 @@ fn subtables(
 }
 
 /// Deserialises one section, recording a type error with its full path and
-/// every key the structs do not know.
+/// every key the structs do not know. serde stops at a section's first
+/// wrong-typed value, so when there is one every other key of the section
+/// is tried alone too, and each of its type errors is recorded as well.
 fn section<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<T> {
-    let mut track = serde_path_to_error::Track::new();
-    let mut unknown = Vec::new();
-    let result = {
-        let de = serde_path_to_error::Deserializer::new(value, &mut track);
-        serde_ignored::deserialize(de, |ignored| unknown.push(ignored.to_string()))
+    let entries = match &value {
+        toml::Value::Table(table) => Some(table.clone()),
+        _ => None,
     };
+    let mut unknown = Vec::new();
+    let result = deserialize::<T>(value, |ignored| unknown.push(ignored.to_string()));
     for key in unknown {
         problems.push(ConfigProblem::new(join(path, &key), "unknown key"));
     }
-    match result {
-        Ok(section) => Some(section),
-        Err(err) => {
-            let inner = track.path().to_string();
-            let inner = if inner == "." { String::new() } else { inner };
-            problems.push(ConfigProblem::new(join(path, &inner), err.to_string()));
-            None
+    let (inner, message) = match result {
+        Ok(section) => return Some(section),
+        Err(failure) => failure,
+    };
+    problems.push(ConfigProblem::new(join(path, &inner), message));
+    let reported = inner.split(['.', '[']).next().unwrap_or("").to_owned();
+    for (key, entry) in entries.into_iter().flatten() {
+        if key == reported {
+            continue;
+        }
+        let alone = toml::Value::Table(toml::Table::from_iter([(key, entry)]));
+        let mut unknown = Vec::new();
+        let result = deserialize::<T>(alone, |ignored| unknown.push(ignored.to_string()));
+        let mut found: Vec<ConfigProblem> = unknown
+            .into_iter()
+            .map(|key| ConfigProblem::new(join(path, &key), "unknown key"))
+            .collect();
+        match result {
+            // A required member the lone key does not bring is not a
+            // problem of the file.
+            Err((inner, message)) if !message.starts_with("missing field") => {
+                found.push(ConfigProblem::new(join(path, &inner), message))
+            }
+            _ => {}
+        }
+        for problem in found {
+            // The whole section's pass may have met an unknown key first.
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
         }
     }
+    None
+}
+
+/// `value` as `T`, every key `T` does not know given to `unknown`; an
+/// error as the path inside `value` and serde's message.
+fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    unknown: impl FnMut(serde_ignored::Path<'_>),
+) -> Result<T, (String, String)> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    serde_ignored::deserialize(de, unknown).map_err(|err| {
+        let inner = track.path().to_string();
+        let inner = if inner == "." { String::new() } else { inner };
+        // toml adds a line "in `key`" that the path already says.
+        let message = err.to_string();
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        (inner, message)
+    })
 }
 
 fn join(base: &str, rest: &str) -> String {
@@ -197,6 +241,41 @@ mod tests {
             paths.iter().any(|p| p.starts_with("aliases.kimi.targets")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn every_wrong_typed_value_of_a_section_is_reported() {
+        let mut problems = Vec::new();
+        let text = r#"
+            [server]
+            listen = 8080
+            max_body_bytes = "lots"
+            drain_secs = 5
+            [providers.moonshot]
+            models = "kimi"
+            headers = { x-team = 1 }
+            timeouts = { connect_secs = "soon" }
+            [aliases.kimi]
+            targets = "moonshot"
+            strategy = 3
+        "#;
+        let parsed = parse(text, &mut problems);
+        let mut paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "aliases.kimi.strategy",
+                "aliases.kimi.targets",
+                "providers.moonshot.headers.x-team",
+                "providers.moonshot.models",
+                "providers.moonshot.timeouts.connect_secs",
+                "server.listen",
+                "server.max_body_bytes",
+            ],
+            "{problems:?}"
+        );
+        assert!(parsed.providers.is_empty());
     }
 
     #[test]
