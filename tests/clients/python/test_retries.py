@@ -24,6 +24,17 @@ def test_rate_limit_is_retried_after_retry_after(make_client, provider):
     assert counter.sent_at[1] - counter.sent_at[0] >= 0.9
 
 
+def test_a_wait_stated_only_in_the_message_is_honoured(make_client, provider):
+    # Moonshot's 429 says "please try again after 1 seconds" and sends no
+    # Retry-After; the gateway turns the words into the fields.
+    client, counter = make_client(max_retries=1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, provider, "[mock error=rate_limit]")
+    assert counter.count == 2
+    assert caught.value.response.headers["retry-after-ms"] == "1000"
+    assert counter.sent_at[1] - counter.sent_at[0] >= 0.9
+
+
 @pytest.mark.parametrize(
     "scenario, exception",
     [

@@ -31,6 +31,19 @@ for (const provider of PROVIDERS) {
       assert.ok(requests[1].at - requests[0].at >= 900, `${requests[1].at - requests[0].at} ms`);
     });
 
+    it('a wait stated only in the message is honoured', async () => {
+      // Moonshot's 429 says "please try again after 1 seconds" and sends no
+      // Retry-After; the gateway turns the words into the fields.
+      const { client, requests } = makeClient(servers, { maxRetries: 1 });
+      await assert.rejects(ask(client, provider, '[mock error=rate_limit]'), (err) => {
+        assert.ok(err instanceof RateLimitError, String(err));
+        assert.equal(err.headers.get('retry-after-ms'), '1000');
+        return true;
+      });
+      assert.equal(requests.length, 2);
+      assert.ok(requests[1].at - requests[0].at >= 900, `${requests[1].at - requests[0].at} ms`);
+    });
+
     for (const [scenario, ErrorClass] of [
       ['invalid_request', BadRequestError],
       ['content_filter', BadRequestError],
