@@ -108,66 +108,45 @@ async fn a_slow_head_times_out_and_fails_over() {
     assert!(app.mock.wait_abandoned(2).await);
 }
 
-#[tokio::test]
-async fn a_short_retry_after_is_honoured_on_the_same_provider() {
+/// Sends `directive` (a rate limit that clears after one answer) to
+/// Moonshot's only model and checks that the gateway waited at least a
+/// second before its second attempt there, which was served.
+async fn assert_waited_then_served(directive: &str, what: &str) {
     let app = spawn_app_with(FAST, &[]).await;
     let started = std::time::Instant::now();
     let response = app
-        .chat(chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock error=rate_limit retry_after=1 fail_times=1]",
-            false,
-        ))
+        .chat(chat_body("kimi-k2-turbo-preview", directive, false))
         .await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-gateway-attempts"), "2");
-    assert_eq!(seen(&app, Flavour::Moonshot), 2);
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited for Retry-After"
-    );
+    assert_eq!(response.status(), 200, "{what}");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2", "{what}");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2, "{what}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "{what}");
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_honoured_on_the_same_provider() {
+    assert_waited_then_served(
+        "[mock error=rate_limit retry_after=1 fail_times=1]",
+        "Retry-After: 1",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_retry_after_date_is_honoured_as_the_wait_it_names() {
-    let app = spawn_app_with(FAST, &[]).await;
-    let started = std::time::Instant::now();
-    let response = app
-        .chat(chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock error=rate_limit retry_after=2 retry_after_as_date fail_times=1]",
-            false,
-        ))
-        .await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-gateway-attempts"), "2");
-    assert_eq!(seen(&app, Flavour::Moonshot), 2);
     // The date has whole seconds: two seconds ahead is at least one away.
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited for the date"
-    );
+    assert_waited_then_served(
+        "[mock error=rate_limit retry_after=2 retry_after_as_date fail_times=1]",
+        "Retry-After as a date",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn moonshots_stated_wait_is_honoured_and_passed_on() {
     // Moonshot's 429 says "please try again after 1 seconds" and sends no
     // Retry-After.
-    let app = spawn_app_with(FAST, &[]).await;
-    let started = std::time::Instant::now();
-    let response = app
-        .chat(chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock error=rate_limit fail_times=1]",
-            false,
-        ))
-        .await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-gateway-attempts"), "2");
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited the stated second"
-    );
+    assert_waited_then_served("[mock error=rate_limit fail_times=1]", "the message's wait").await;
 
     let app = spawn_app_with("[retry]\nmax_attempts = 1\n", &[]).await;
     let response = app
