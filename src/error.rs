@@ -93,9 +93,11 @@ pub struct GatewayError {
     pub upstream_request_id: Option<Box<HeaderValue>>,
 }
 
-/// A wait as `retry-after-ms` says it: whole milliseconds, at least one.
+/// A wait as `retry-after-ms` says it: whole milliseconds, rounded up (a
+/// client that waits exactly this long must not come back too early), at
+/// least one.
 pub fn wait_millis(wait: std::time::Duration) -> std::num::NonZeroU32 {
-    let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+    let ms = u32::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
     std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
@@ -254,6 +256,20 @@ impl IntoResponse for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_wait_in_milliseconds_is_rounded_up() {
+        let ms = |wait| wait_millis(wait).get();
+        assert_eq!(ms(Duration::from_micros(83_150)), 84);
+        assert_eq!(ms(Duration::from_millis(83)), 83);
+        assert_eq!(ms(Duration::ZERO), 1);
+        assert_eq!(ms(Duration::from_secs(u64::MAX / 2)), u32::MAX);
+        let err = GatewayError::invalid_request("x")
+            .with_retry_after_duration(Duration::from_micros(4_897_400));
+        assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(4898));
+        assert_eq!(err.retry_after.unwrap(), "5");
+    }
 
     #[test]
     fn body_has_all_four_fields() {

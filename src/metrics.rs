@@ -138,7 +138,7 @@ impl Metrics {
             )),
             rate_limited: register!(counter(
                 "rate_limited_total",
-                "Requests refused by a rate limit, by scope (key, key_model, provider, global).",
+                "Refusals by a rate limit, by scope: requests (key, key_model, global), attempts (provider).",
                 &["scope"]
             )),
             in_flight: register!(IntGauge::new(

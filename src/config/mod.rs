@@ -1,6 +1,7 @@
 //! Configuration: built-in presets, an optional TOML file and environment
 //! variables, validated whole into one immutable [`Config`] snapshot.
 
+mod aliases;
 mod file;
 mod keys;
 mod limits;

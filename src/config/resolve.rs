@@ -1,6 +1,7 @@
 //! Presets + file + environment into a validated [`Config`]; every problem is
 //! collected with its key path so `--check` can print them all at once.
 
+use super::aliases::alias_specs;
 use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
@@ -9,7 +10,7 @@ use super::settings::{breaker_settings, retry_settings, seconds};
 use super::{Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
 use crate::limits::{Limits, ScopeRegistry};
 use crate::proxy::breaker::BreakerRegistry;
-use crate::proxy::route::{AliasSpec, AliasTarget, RouteTable};
+use crate::proxy::route::RouteTable;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,45 +104,7 @@ pub fn resolve_reusing(
         }
     }
 
-    let mut aliases = Vec::new();
-    for (name, alias) in parsed.aliases {
-        let path = format!("aliases.{name}");
-        if name.trim().is_empty() {
-            problems.push(ConfigProblem::new(&path, "alias name is empty"));
-        }
-        if alias.targets.is_empty() {
-            problems.push(ConfigProblem::new(
-                format!("{path}.targets"),
-                "needs at least one target",
-            ));
-        }
-        let mut targets = Vec::new();
-        for (i, target) in alias.targets.into_iter().enumerate() {
-            let tpath = format!("{path}.targets[{i}]");
-            match providers.iter().find(|p| *p.name == *target.provider) {
-                None => problems.push(ConfigProblem::new(
-                    format!("{tpath}.provider"),
-                    format!("unknown provider {:?}", target.provider),
-                )),
-                Some(_) if target.model.is_empty() => {
-                    problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
-                }
-                Some(_) if target.weight == Some(0) => {
-                    problems.push(ConfigProblem::new(
-                        format!("{tpath}.weight"),
-                        "must be at least 1 (leave the target out to stop using it)",
-                    ));
-                }
-                Some(provider) => targets.push(AliasTarget {
-                    provider: provider.clone(),
-                    model: target.model,
-                    priority: target.priority,
-                    weight: target.weight,
-                }),
-            }
-        }
-        aliases.push(AliasSpec { name, targets });
-    }
+    let aliases = alias_specs(parsed.aliases, &providers, &mut problems);
 
     let provider_names: Vec<&str> = providers.iter().map(|p| &*p.name).collect();
     let limit_settings = limit_settings(&parsed.limits, &provider_names, env, &mut problems);

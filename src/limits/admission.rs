@@ -94,7 +94,7 @@ impl Limits {
         .flatten()
         .collect();
         if scopes.is_empty() {
-            return Ok(Admission::default());
+            return Ok(Admission::unlimited(estimate));
         }
         let mut snapshot = Snapshot::default();
         let hold = match &self.backend {
@@ -133,10 +133,10 @@ impl Limits {
     ) -> Result<Admission, GatewayError> {
         // Checked first: hashing the name is work too.
         if self.providers.is_empty() {
-            return Ok(Admission::default());
+            return Ok(Admission::unlimited(estimate));
         }
         let Some(scope) = self.providers.get(provider) else {
-            return Ok(Admission::default());
+            return Ok(Admission::unlimited(estimate));
         };
         let mut snapshot = Snapshot::default();
         let hold = match &self.backend {
@@ -199,9 +199,20 @@ impl Limits {
 }
 
 impl Admission {
-    /// An attempt that failed before any answer: its tokens go back.
-    pub fn refund(mut self) {
-        self.hold.settle(self.estimate, 0);
+    /// No scope applies, but the estimate is kept: the request's settlement
+    /// uses it for the other admission's scopes.
+    fn unlimited(estimate: u64) -> Admission {
+        Admission {
+            hold: Hold::None,
+            estimate,
+            snapshot: Snapshot::default(),
+        }
+    }
+
+    /// An attempt that failed before any answer: its tokens go back (as
+    /// for any admission dropped unfinished).
+    pub fn refund(self) {
+        drop(self);
     }
 
     /// The request's answer: its `x-ratelimit-*` fields (added to
@@ -216,7 +227,7 @@ impl Admission {
         provider: Option<Admission>,
         upstream: Option<&UpstreamInfo>,
     ) -> Option<Settlement> {
-        let provider = provider.unwrap_or_default();
+        let mut provider = provider.unwrap_or_default();
         self.snapshot.merge(&provider.snapshot);
         if !self.snapshot.is_empty() {
             headers::write(fields, &self.snapshot);
@@ -225,11 +236,22 @@ impl Admission {
             return None;
         }
         Some(Settlement {
-            request: self.hold,
-            provider: provider.hold,
-            estimate: self.estimate,
+            request: std::mem::take(&mut self.hold),
+            provider: std::mem::take(&mut provider.hold),
+            // Both were admitted with the request's estimate.
+            estimate: self.estimate.max(provider.estimate),
             usage: UsageSource::of(response, upstream),
         })
+    }
+}
+
+/// An admission dropped before [`Admission::finish`] (an attempt that
+/// failed, or a request whose client left before its answer, whose
+/// provider request was cancelled) gives its tokens back; its concurrency
+/// slots go back as its hold drops.
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hold.settle(self.estimate, 0);
     }
 }
 

@@ -35,6 +35,8 @@ fn check_prints_every_problem_with_its_path_and_fails() {
         models = ["m1"]
         [aliases.kimi]
         targets = [{ provider = "nobody", model = "kimi-k2.6" }, { provider = "agentsflare", model = "kimi-k2.6", weight = 0 }]
+        [aliases.split]
+        targets = [{ provider = "moonshot", model = "kimi-k2.6", weight = 3 }, { provider = "agentsflare", model = "kimi-k2.6", weight = 1 }]
         "#,
     );
     let output = gateway()
@@ -52,6 +54,7 @@ fn check_prints_every_problem_with_its_path_and_fails() {
         "providers.extra.api_key_env",
         "aliases.kimi.targets[0].provider",
         "aliases.kimi.targets[1].weight",
+        "aliases.split.targets[0].weight: has no effect",
         "providers.moonshot.headers.User-Agent",
     ] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");

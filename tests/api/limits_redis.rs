@@ -88,6 +88,34 @@ async fn tokens_are_settled_in_redis_for_plain_and_streamed_answers() {
 }
 
 #[tokio::test]
+async fn a_request_whose_client_leaves_before_its_answer_gives_its_tokens_back_in_redis() {
+    let redis = RedisServer::start().await;
+    let config = redis_limits(
+        &redis,
+        "open",
+        "tokens_per_day = 10000\nconcurrent_requests = 10",
+    );
+    let app = spawn_with_keys(&config).await;
+    let slow = json!({"model": "kimi-k2.6", "max_tokens": 5000,
+                      "messages": [{"role": "user", "content": "[mock head_delay_ms=5000]"}]});
+    let left = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .bearer_auth("sk-a")
+        .body(slow.to_string())
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up first");
+    // The lease goes in the same script call as the refund.
+    wait_until("released", async || redis.zcard(LEASES).await == 0).await;
+    let next = app.chat_as("sk-a", hi()).await;
+    let estimate = hi().to_string().len() as u64 / 4 + 1024;
+    assert_eq!(remaining_tokens(&next), 10000 - estimate);
+}
+
+#[tokio::test]
 async fn concurrency_leases_are_released_refreshed_and_expire() {
     let redis = RedisServer::start().await;
     let config = format!(

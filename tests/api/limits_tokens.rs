@@ -162,9 +162,11 @@ async fn a_providers_spent_budget_does_not_open_its_circuit() {
     )
     .await;
     let chat = |max_tokens| json!({"model": "kimi-chat", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+    // A full budget admits one request above it; what its answer used
+    // leaves less than the next ones' estimates.
     assert_eq!(app.chat(chat(1000)).await.status(), 200);
     for _ in 0..4 {
-        let refused = app.chat(chat(1)).await;
+        let refused = app.chat(chat(100)).await;
         assert_eq!(refused.status(), 429);
         assert_eq!(error_of(refused).await["code"], "tokens_per_day");
     }
@@ -194,6 +196,59 @@ async fn a_huge_max_tokens_cannot_wrap_the_token_arithmetic() {
     let used = answer["usage"]["total_tokens"].as_u64().unwrap();
     wait_until("the reservation is settled", async || {
         tokens_left(&app) == 10000 - used
+    })
+    .await;
+}
+
+/// Tokens left in the provider scope `[limits.providers.moonshot]`.
+fn provider_tokens_left(app: &TestApp) -> u64 {
+    let config = app.state.config();
+    config.limits.providers["moonshot"]
+        .local
+        .tokens_left()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_limit_alone_settles_to_real_usage() {
+    // No key, key-and-model or global scope: the provider's scope is the
+    // only one, and it too is settled to the usage, not charged the
+    // estimate on top of it.
+    let app = spawn_app_with("[limits.providers.moonshot]\ntokens_per_day = 10000\n", &[]).await;
+    let mut request = body(false, 1000, "hi");
+    request["model"] = json!("kimi-k2-turbo-preview");
+    let response = app.chat(request.clone()).await;
+    assert_eq!(remaining_tokens(&response), 10000 - estimate(&request));
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    wait_until("the provider's reservation is settled", async || {
+        provider_tokens_left(&app) == 10000 - used
+    })
+    .await;
+    let next = app.chat(request.clone()).await;
+    assert_eq!(remaining_tokens(&next), 10000 - used - estimate(&request));
+}
+
+#[tokio::test]
+async fn a_request_whose_client_leaves_before_its_answer_gives_its_tokens_back() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\ntokens_per_day = 10000\n[limits.providers.moonshot]\ntokens_per_day = 10000\n",
+    )
+    .await;
+    let mut request = body(false, 5000, "[mock head_delay_ms=5000]");
+    request["model"] = json!("kimi-k2-turbo-preview");
+    let left = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .bearer_auth("sk-a")
+        .body(request.to_string())
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up first");
+    wait_until("both reservations are given back", async || {
+        tokens_left(&app) == 10000 && provider_tokens_left(&app) == 10000
     })
     .await;
 }

@@ -1,0 +1,152 @@
+//! `[aliases.NAME]` to route specs: each target's provider must exist, its
+//! model be named and its weight be at least 1, and priorities and weights
+//! must mean what they say.
+
+use super::ConfigProblem;
+use super::file::{AliasFile, TargetFile};
+use crate::config::Provider;
+use crate::proxy::route::{AliasSpec, AliasTarget};
+use std::sync::Arc;
+
+pub fn alias_specs(
+    aliases: Vec<(String, AliasFile)>,
+    providers: &[Arc<Provider>],
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<AliasSpec> {
+    let mut specs = Vec::new();
+    for (name, alias) in aliases {
+        let path = format!("aliases.{name}");
+        if name.trim().is_empty() {
+            problems.push(ConfigProblem::new(&path, "alias name is empty"));
+        }
+        if alias.targets.is_empty() {
+            problems.push(ConfigProblem::new(
+                format!("{path}.targets"),
+                "needs at least one target",
+            ));
+        }
+        check_priorities(&path, &alias.targets, problems);
+        let mut targets = Vec::new();
+        for (i, target) in alias.targets.into_iter().enumerate() {
+            let tpath = format!("{path}.targets[{i}]");
+            match providers.iter().find(|p| *p.name == *target.provider) {
+                None => problems.push(ConfigProblem::new(
+                    format!("{tpath}.provider"),
+                    format!("unknown provider {:?}", target.provider),
+                )),
+                Some(_) if target.model.is_empty() => {
+                    problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
+                }
+                Some(_) if target.weight == Some(0) => {
+                    problems.push(ConfigProblem::new(
+                        format!("{tpath}.weight"),
+                        "must be at least 1 (leave the target out to stop using it)",
+                    ));
+                }
+                Some(provider) => targets.push(AliasTarget {
+                    provider: provider.clone(),
+                    model: target.model,
+                    priority: target.priority,
+                    weight: target.weight,
+                }),
+            }
+        }
+        specs.push(AliasSpec { name, targets });
+    }
+    specs
+}
+
+/// Weights share load only among targets of equal priority, and a target
+/// without a priority takes its place in the list. So a file that gives
+/// some targets a priority and not others can tie two of them by accident,
+/// and a weight on a target alone at its priority does nothing (weights on
+/// targets without priorities: pure fail-over, not the split they ask
+/// for). Both are refused rather than silently not doing what they say.
+fn check_priorities(path: &str, targets: &[TargetFile], problems: &mut Vec<ConfigProblem>) {
+    let given = targets.iter().filter(|t| t.priority.is_some()).count();
+    if given != 0 && given != targets.len() {
+        problems.push(ConfigProblem::new(
+            format!("{path}.targets"),
+            "give every target a priority or none (none: tried in list order)",
+        ));
+        return;
+    }
+    let priority = |i: usize, target: &TargetFile| target.priority.unwrap_or(i as u32);
+    for (i, target) in targets.iter().enumerate() {
+        if matches!(target.weight, None | Some(0)) {
+            continue;
+        }
+        let own = priority(i, target);
+        let shared = targets
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && priority(j, other) == own);
+        if !shared {
+            problems.push(ConfigProblem::new(
+                format!("{path}.targets[{i}].weight"),
+                format!(
+                    "has no effect: weights share load among targets of equal priority, \
+                     and no other target has priority {own} (give the targets that share \
+                     load the same priority)"
+                ),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(priority: Option<u32>, weight: Option<u32>) -> TargetFile {
+        TargetFile {
+            provider: "moonshot".into(),
+            model: "kimi-k2.6".into(),
+            priority,
+            weight,
+        }
+    }
+
+    fn problems_of(targets: &[TargetFile]) -> Vec<String> {
+        let mut problems = Vec::new();
+        check_priorities("aliases.a", targets, &mut problems);
+        problems.into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn weights_without_equal_priorities_are_refused() {
+        // Weights 3:1 in list order: fail-over, never the split.
+        assert_eq!(
+            problems_of(&[target(None, Some(3)), target(None, Some(1))]),
+            ["aliases.a.targets[0].weight", "aliases.a.targets[1].weight"]
+        );
+        assert_eq!(
+            problems_of(&[target(Some(0), Some(3)), target(Some(1), Some(1))]),
+            ["aliases.a.targets[0].weight", "aliases.a.targets[1].weight"]
+        );
+    }
+
+    #[test]
+    fn mixed_given_and_default_priorities_are_refused() {
+        // The second target's default (1) would tie with the first's 1.
+        assert_eq!(
+            problems_of(&[target(Some(1), None), target(None, None)]),
+            ["aliases.a.targets"]
+        );
+    }
+
+    #[test]
+    fn what_the_file_means_is_accepted() {
+        assert!(problems_of(&[target(None, None), target(None, None)]).is_empty());
+        assert!(
+            problems_of(&[
+                target(Some(0), Some(3)),
+                target(Some(0), Some(1)),
+                target(Some(1), None),
+            ])
+            .is_empty()
+        );
+        // A weight of 0 is refused on its own.
+        assert!(problems_of(&[target(None, Some(0))]).is_empty());
+    }
+}
