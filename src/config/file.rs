@@ -65,6 +65,10 @@ pub struct ProviderFile {
     /// Extra headers sent with every request to this provider.
     pub headers: Option<BTreeMap<String, String>>,
     pub timeouts: Option<TimeoutsFile>,
+    /// Send streams with `stream_options.include_usage` when the client
+    /// did not ask, so that they report usage (the extra chunk is not
+    /// passed on).
+    pub ask_stream_usage: Option<bool>,
 }
 
 /// `[providers.NAME.timeouts]`, in seconds.

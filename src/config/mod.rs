@@ -173,6 +173,9 @@ pub struct Provider {
     pub models: Vec<String>,
     pub headers: HeaderMap,
     pub timeouts: Timeouts,
+    /// Streams are sent with `stream_options.include_usage` when the
+    /// client did not ask.
+    pub ask_stream_usage: bool,
     /// Keep-alive connections to `chat_url.origin`.
     pub client: crate::client::Client,
 }

@@ -8,6 +8,9 @@ pub struct Preset {
     pub base_url_env: &'static str,
     pub api_key_env: &'static str,
     pub models: &'static [&'static str],
+    /// Whether a stream is sent with `stream_options.include_usage` when
+    /// the client did not ask (see `ProviderFile::ask_stream_usage`).
+    pub ask_stream_usage: bool,
 }
 
 /// In this order: it is also the default order for a model several providers
@@ -18,6 +21,8 @@ pub const PRESETS: &[Preset] = &[
         base_url: "https://api.moonshot.ai/v1",
         base_url_env: "MOONSHOT_BASE_URL",
         api_key_env: "MOONSHOT_API_KEY",
+        // Usage comes in the last chunk's choice unasked.
+        ask_stream_usage: false,
         models: &[
             "kimi-k2.6",
             "kimi-k2.5",
@@ -41,6 +46,8 @@ pub const PRESETS: &[Preset] = &[
         base_url: "https://api.aimlapi.com/v1",
         base_url_env: "AIMLAPI_BASE_URL",
         api_key_env: "AIMLAPI_API_KEY",
+        // Its API reference documents `stream_options.include_usage`.
+        ask_stream_usage: true,
         models: &[
             "moonshot/kimi-k2-preview",
             "moonshot/kimi-k2-0905-preview",
@@ -53,6 +60,8 @@ pub const PRESETS: &[Preset] = &[
         base_url: "https://api.agentsflare.com/v1",
         base_url_env: "AGENTSFLARE_BASE_URL",
         api_key_env: "AGENTSFLARE_API_KEY",
+        // Its documentation says nothing of `stream_options`.
+        ask_stream_usage: false,
         models: &[
             "kimi-chat",
             "kimi-k2.7-code",

@@ -18,6 +18,7 @@ pub struct Draft {
     models: Vec<String>,
     headers: Vec<(String, String)>,
     timeouts: TimeoutsFile,
+    ask_stream_usage: bool,
 }
 
 /// The presets, as drafts the file can change.
@@ -33,6 +34,7 @@ pub fn preset_drafts() -> Vec<Draft> {
             models: p.models.iter().map(|m| m.to_string()).collect(),
             headers: Vec::new(),
             timeouts: TimeoutsFile::default(),
+            ask_stream_usage: p.ask_stream_usage,
         })
         .collect()
 }
@@ -81,6 +83,7 @@ pub fn merge(
                 models: Vec::new(),
                 headers: Vec::new(),
                 timeouts: TimeoutsFile::default(),
+                ask_stream_usage: false,
             });
             drafts.len() - 1
         }
@@ -107,6 +110,9 @@ pub fn merge(
     draft.headers = file.headers.unwrap_or_default().into_iter().collect();
     if let Some(t) = file.timeouts {
         draft.timeouts = t;
+    }
+    if let Some(ask) = file.ask_stream_usage {
+        draft.ask_stream_usage = ask;
     }
 }
 
@@ -211,6 +217,7 @@ pub fn build_provider(
         client: crate::client::Client::new(chat_url.origin.clone(), timeouts.connect),
         chat_url,
         timeouts,
+        ask_stream_usage: draft.ask_stream_usage,
     })
 }
 

@@ -19,6 +19,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
+    /// Whether the body has a `stream_options` member at all.
+    pub has_stream_options: bool,
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u64>,
 }
@@ -145,6 +147,7 @@ impl ChatRequest {
                     .with_param("stream"));
             }
         };
+        let has_stream_options = stream_options.is_some();
         let include_usage = match stream_options.map(|s| body.span(s)) {
             Some(raw) if stream => {
                 #[derive(Deserialize)]
@@ -173,6 +176,7 @@ impl ChatRequest {
             model: model.into(),
             stream,
             include_usage,
+            has_stream_options,
             max_tokens,
             body,
         })
@@ -199,6 +203,23 @@ impl ChatRequest {
             self.body
                 .spliced(self.model_span.clone(), model_json.clone())
         })
+    }
+
+    /// Whether a target whose provider reports a stream's usage only when
+    /// asked must be asked for this request: a stream whose client sent no
+    /// `stream_options` (one it sent, with or without `include_usage`, is
+    /// left as it is: a second member of that name would be ambiguous).
+    pub fn needs_usage_asked(&self) -> bool {
+        self.stream && !self.has_stream_options
+    }
+
+    /// [`ChatRequest::upstream_body`] with the model's value replaced by
+    /// `model_then_options` (the id, then a `stream_options` member).
+    pub fn upstream_body_asking_usage(&self, model_then_options: &Bytes) -> UpstreamBody {
+        UpstreamBody(
+            self.body
+                .spliced(self.model_span.clone(), model_then_options.clone()),
+        )
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Target {
     pub upstream_model: Arc<str>,
     /// `upstream_model` as a JSON string, ready to splice into a request body.
     pub model_json: Bytes,
+    /// `model_json` followed by `,"stream_options":{"include_usage":true}`,
+    /// when the provider is asked for a stream's usage.
+    pub model_json_asking_usage: Option<Bytes>,
     /// Lower is tried first.
     pub priority: u32,
     /// Share of traffic among targets of equal priority.
@@ -183,6 +186,11 @@ impl RouteTable {
     }
 }
 
+/// What follows the model id in a stream request the provider is asked to
+/// report usage in: a member after `model`'s value keeps the object valid
+/// wherever `model` is.
+const ASK_USAGE: &[u8] = br#","stream_options":{"include_usage":true}"#;
+
 /// The targets of one provider model: one per key (or one unusable target
 /// when the provider has no key, so errors can name the missing variable).
 fn targets(
@@ -195,6 +203,9 @@ fn targets(
     let model_json: Bytes = serde_json::to_vec(model)
         .expect("a string serialises")
         .into();
+    let model_json_asking_usage = provider
+        .ask_stream_usage
+        .then(|| [&model_json[..], ASK_USAGE].concat().into());
     (0..provider.keys.len().max(1))
         .map(|key_index| {
             let label = if key_index == 0 {
@@ -212,6 +223,7 @@ fn targets(
                 key_index,
                 upstream_model: model.into(),
                 model_json: model_json.clone(),
+                model_json_asking_usage: model_json_asking_usage.clone(),
                 priority,
                 weight: weight.max(1),
                 breaker: breakers.get(&identity),

@@ -1,6 +1,7 @@
 //! Byte passthrough of an upstream event stream. Events go out as they come,
 //! unchanged: a read goes out as the same `Bytes`, except that small reads
-//! already waiting together are sent as one frame. Only an event split across
+//! already waiting together are sent as one frame, and a usage chunk the
+//! gateway asked for on its own account is kept back. Only an event split across
 //! two reads is held until its end, so the client never sees half an event
 //! and an error event can always be appended cleanly. Usage is found by
 //! scanning bytes and parsing only the event that holds it.
@@ -82,6 +83,9 @@ pub struct RelaySettings {
     pub provider: Arc<crate::config::Provider>,
     /// The client asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// The gateway asked for it instead (the provider reports a stream's
+    /// usage only when asked): the usage chunk is read, not passed on.
+    pub hide_usage_chunk: bool,
     pub first_byte_deadline: Instant,
     pub idle: Duration,
     /// Send `: keep-alive` after this much silence (SDKs ignore comments).
@@ -110,6 +114,8 @@ pub struct SseRelay {
     last_write: Instant,
     /// The client asked for `stream_options.include_usage`.
     include_usage: bool,
+    /// The gateway asked for it: the usage chunk is not passed on.
+    hide_usage_chunk: bool,
     /// Moonshot-style usage seen, kept in case no standard chunk follows.
     in_choice_usage: Option<UsageReport>,
     top_level_usage_seen: bool,
@@ -153,6 +159,7 @@ impl SseRelay {
             idle_between_events: false,
             last_write: now,
             include_usage: settings.include_usage,
+            hide_usage_chunk: settings.hide_usage_chunk,
             in_choice_usage: None,
             top_level_usage_seen: false,
             provider_error: None,
@@ -224,7 +231,13 @@ impl SseRelay {
                             self.idle_between_events = true;
                             self.idle_timer.as_mut().reset(now + self.idle);
                         }
-                        return Poll::Ready(Some(Ok(self.inspect(events, reads))));
+                        let events = self.inspect(events, reads);
+                        // Nothing left: the frame was a usage chunk the
+                        // client did not ask for.
+                        if events.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(events)));
                     }
                 }
                 Poll::Ready(Some(Err(err))) => {
@@ -382,6 +395,7 @@ impl SseRelay {
     /// inserted before `[DONE]`, in which case the rest is queued).
     fn inspect(&mut self, events: Bytes, reads: u64) -> Bytes {
         self.stats.count_events(events.len(), reads);
+        let mut hidden = None;
         for line in lines_mentioning_usage(&events) {
             let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
                 continue;
@@ -389,12 +403,24 @@ impl SseRelay {
             if let Some(report) = parse_usage(data) {
                 self.stats.set_usage(report.usage, report.place);
                 match report.place {
-                    UsagePlace::TopLevel => self.top_level_usage_seen = true,
+                    UsagePlace::TopLevel => {
+                        self.top_level_usage_seen = true;
+                        if self.hide_usage_chunk && has_empty_choices(data) {
+                            let start = line.as_ptr() as usize - events.as_ptr() as usize;
+                            hidden = event_end(&events, start + line.len()).map(|end| start..end);
+                        }
+                    }
                     UsagePlace::InChoice => self.in_choice_usage = Some(report),
                 }
             }
         }
         let mut events = events;
+        if let Some(hidden) = hidden {
+            let mut kept = BytesMut::with_capacity(events.len() - hidden.len());
+            kept.extend_from_slice(&events[..hidden.start]);
+            kept.extend_from_slice(&events[hidden.end..]);
+            events = kept.freeze();
+        }
         if self.provider_error.is_none() {
             self.provider_error = provider_error_event(&events, &self.provider);
             if self.provider_error.is_some() {
@@ -465,6 +491,38 @@ impl SseRelay {
                 self.stats.finish(StreamEnd::Failed(err));
                 Poll::Ready(Some(Ok(event)))
             }
+        }
+    }
+}
+
+/// Whether an event's data has `"choices": []`: the usage chunk of
+/// `include_usage`, which carries nothing else.
+fn has_empty_choices(data: &[u8]) -> bool {
+    static CHOICES: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"choices\""));
+    let Some(at) = CHOICES.find(data) else {
+        return false;
+    };
+    let mut rest = data[at + b"\"choices\"".len()..]
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace());
+    matches!(
+        (rest.next(), rest.next(), rest.next()),
+        (Some(b':'), Some(b'['), Some(b']'))
+    )
+}
+
+/// Where the event whose data line ends at `line_end` ends: past the blank
+/// line after it. `None` when no blank line follows in `events` (the event
+/// is then left as it is).
+fn event_end(events: &[u8], line_end: usize) -> Option<usize> {
+    let mut at = line_end;
+    loop {
+        at += memchr::memchr(b'\n', &events[at..])? + 1;
+        match &events[at..] {
+            [b'\n', ..] => return Some(at + 1),
+            [b'\r', b'\n', ..] => return Some(at + 2),
+            _ => {}
         }
     }
 }

@@ -9,6 +9,7 @@ fn settings() -> RelaySettings {
     RelaySettings {
         provider: test_provider(),
         include_usage: false,
+        hide_usage_chunk: false,
         first_byte_deadline: Instant::now() + Duration::from_secs(10),
         idle: Duration::from_secs(10),
         keepalive: None,
@@ -229,4 +230,68 @@ async fn a_drain_or_idle_limit_after_done_ends_the_stream_cleanly() {
             stats.end()
         );
     }
+}
+
+/// The relay's frames and the usage it read, with the usage chunk hidden
+/// from a client that did not ask for it.
+async fn frames_hiding_usage(chunks: Vec<Bytes>) -> (Vec<Bytes>, Option<u64>) {
+    let upstream = futures_util::stream::iter(chunks.into_iter().map(Ok));
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let settings = RelaySettings {
+        hide_usage_chunk: true,
+        ..settings()
+    };
+    let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
+        .await
+        .expect("a first event");
+    let frames = relay.map(|frame| frame.unwrap()).collect().await;
+    (frames, stats.usage().map(|(usage, _)| usage.total_tokens))
+}
+
+#[tokio::test]
+async fn a_usage_chunk_the_gateway_asked_for_is_read_but_not_passed_on() {
+    let usage = Bytes::from_static(
+        b"data: {\"id\":\"c1\",\"choices\": [ ],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let content = [event(0), event(1)].concat();
+    // All in one read, the chunk in a read of its own, and CRLF lines.
+    let crlf = Bytes::from(
+        String::from_utf8(usage.to_vec())
+            .unwrap()
+            .replace('\n', "\r\n"),
+    );
+    for (chunks, expected) in [
+        (
+            vec![Bytes::from([&content[..], &usage, &done].concat())],
+            [&content[..], &done].concat(),
+        ),
+        (
+            vec![Bytes::from(content.clone()), usage.clone(), done.clone()],
+            [&content[..], &done].concat(),
+        ),
+        (
+            vec![Bytes::from(content.clone()), crlf, done.clone()],
+            [&content[..], &done].concat(),
+        ),
+    ] {
+        let (frames, total) = frames_hiding_usage(chunks).await;
+        assert_eq!(frames.concat(), expected);
+        assert!(frames.iter().all(|f| !f.is_empty()), "{frames:?}");
+        assert_eq!(total, Some(7));
+    }
+}
+
+#[tokio::test]
+async fn usage_on_a_content_chunk_is_passed_on_even_when_hidden_chunks_are_asked() {
+    // Some providers put usage on the last content chunk: it carries
+    // content, so it goes out as it came.
+    let last = Bytes::from_static(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\ndata: [DONE]\n\n",
+    );
+    let chunks = vec![event(0), last.clone()];
+    let expected = [&event(0)[..], &last].concat();
+    let (frames, total) = frames_hiding_usage(chunks).await;
+    assert_eq!(frames.concat(), expected);
+    assert_eq!(total, Some(2));
 }

@@ -96,7 +96,17 @@ pub async fn forward(
         )
         .with_code("provider_not_configured"));
     };
-    let body = request.upstream_body(&target.upstream_model, &target.model_json);
+    // A provider that reports a stream's usage only when asked is asked,
+    // so the stream's tokens can be settled and counted; the client that
+    // did not ask does not get the extra chunk.
+    let asking_usage = target
+        .model_json_asking_usage
+        .as_ref()
+        .filter(|_| request.needs_usage_asked());
+    let body = match asking_usage {
+        Some(model_then_options) => request.upstream_body_asking_usage(model_then_options),
+        None => request.upstream_body(&target.upstream_model, &target.model_json),
+    };
     let accept = if request.stream {
         "text/event-stream"
     } else {
@@ -175,6 +185,7 @@ pub async fn forward(
             RelaySettings {
                 provider: provider.clone(),
                 include_usage: request.include_usage,
+                hide_usage_chunk: asking_usage.is_some(),
                 first_byte_deadline: deadline,
                 idle: provider.timeouts.idle,
                 keepalive: ctx.keepalive,

@@ -108,3 +108,57 @@ async fn moonshot_cached_tokens_are_mirrored_in_non_stream_bodies() {
     provider["usage"]["prompt_tokens_details"] = json!({"cached_tokens": 2});
     assert_eq!(client, provider, "only the mirror was added");
 }
+
+/// A stream to AI/ML API (which reports a stream's usage only when asked)
+/// whose client did not ask: the gateway asks, reads the usage, counts it,
+/// and the client gets exactly what the provider sends when not asked.
+#[tokio::test]
+async fn a_providers_stream_usage_is_asked_for_read_and_not_passed_on() {
+    let app = spawn_app().await;
+    let model = "moonshot/kimi-k2-preview";
+    let body = stream_body(model, None);
+    let unasked = direct(&app, Flavour::Aimlapi, &body).await;
+    let client = through(&app, &body).await;
+    assert_eq!(events(&client), events(&unasked));
+
+    let sent: Value =
+        serde_json::from_slice(&app.mock.requests_for(Flavour::Aimlapi)[1].body).unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    assert_eq!(sent["model"], model);
+
+    // The usage was read: the tokens metric has the stream's.
+    let asked = direct(&app, Flavour::Aimlapi, &stream_body(model, Some(true))).await;
+    let usage_chunk: Value =
+        serde_json::from_str(events(&asked)[events(&asked).len() - 2]).unwrap();
+    let prompt = usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap();
+    let metrics = scrape(&app).await;
+    let line = format!(
+        "kimi_gateway_tokens_total{{key=\"anonymous\",kind=\"prompt\",provider=\"aimlapi\",route=\"{model}\"}} {prompt}"
+    );
+    assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+
+    // A client that asks gets the chunk; one that sent stream_options
+    // without include_usage is left as it is.
+    let client = through(&app, &stream_body(model, Some(true))).await;
+    assert_eq!(events(&client), events(&asked));
+    through(&app, &stream_body(model, Some(false))).await;
+    let sent: Value = serde_json::from_slice(&app.mock.requests().last().unwrap().body).unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": false}));
+}
+
+/// Agentsflare is not asked unless configured to be; then it is as above.
+#[tokio::test]
+async fn asking_for_stream_usage_follows_the_providers_setting() {
+    let app = spawn_app().await;
+    through(&app, &stream_body("kimi-chat", None)).await;
+    let sent: Value = serde_json::from_slice(&app.mock.requests()[0].body).unwrap();
+    assert_eq!(sent.get("stream_options"), None);
+
+    let app = spawn_app_with("[providers.agentsflare]\nask_stream_usage = true\n", &[]).await;
+    let body = stream_body("kimi-chat", None);
+    let unasked = direct(&app, Flavour::Agentsflare, &body).await;
+    let client = through(&app, &body).await;
+    assert_eq!(events(&client), events(&unasked));
+    let sent: Value = serde_json::from_slice(&app.mock.requests()[1].body).unwrap();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+}
