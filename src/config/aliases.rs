@@ -57,31 +57,35 @@ pub fn alias_specs(
 }
 
 /// Weights share load only among targets of equal priority, and a target
-/// without a priority takes its place in the list. So a file that gives
-/// some targets a priority and not others can tie two of them by accident,
-/// and a weight on a target alone at its priority does nothing (weights on
-/// targets without priorities: pure fail-over, not the split they ask
-/// for). Both are refused rather than silently not doing what they say.
+/// without a priority takes its place in the list. So a given priority
+/// equal to another target's place ties the two by accident, and a weight
+/// (other than the default 1) on a target alone at its priority does
+/// nothing (weights on targets without priorities: fail-over in list
+/// order, not the split they ask for). Both are refused rather than
+/// silently not doing what they say.
 fn check_priorities(path: &str, targets: &[TargetFile], problems: &mut Vec<ConfigProblem>) {
-    let given = targets.iter().filter(|t| t.priority.is_some()).count();
-    if given != 0 && given != targets.len() {
-        problems.push(ConfigProblem::new(
-            format!("{path}.targets"),
-            "give every target a priority or none (none: tried in list order)",
-        ));
-        return;
-    }
     let priority = |i: usize, target: &TargetFile| target.priority.unwrap_or(i as u32);
     for (i, target) in targets.iter().enumerate() {
-        if matches!(target.weight, None | Some(0)) {
-            continue;
-        }
         let own = priority(i, target);
-        let shared = targets
+        let mut equal = targets
             .iter()
             .enumerate()
-            .any(|(j, other)| j != i && priority(j, other) == own);
-        if !shared {
+            .filter(|&(j, other)| j != i && priority(j, other) == own);
+        if target.priority.is_some()
+            && let Some((j, _)) = targets
+                .iter()
+                .enumerate()
+                .find(|&(j, other)| j != i && other.priority.is_none() && j as u32 == own)
+        {
+            problems.push(ConfigProblem::new(
+                format!("{path}.targets[{i}].priority"),
+                format!(
+                    "ties with targets[{j}], which has no priority and so takes its place in the \
+                     list ({own}); give every target of the alias a priority, or none"
+                ),
+            ));
+        }
+        if matches!(target.weight, Some(w) if w > 1) && equal.next().is_none() {
             problems.push(ConfigProblem::new(
                 format!("{path}.targets[{i}].weight"),
                 format!(
@@ -118,20 +122,20 @@ mod tests {
         // Weights 3:1 in list order: fail-over, never the split.
         assert_eq!(
             problems_of(&[target(None, Some(3)), target(None, Some(1))]),
-            ["aliases.a.targets[0].weight", "aliases.a.targets[1].weight"]
+            ["aliases.a.targets[0].weight"]
         );
         assert_eq!(
-            problems_of(&[target(Some(0), Some(3)), target(Some(1), Some(1))]),
+            problems_of(&[target(Some(0), Some(3)), target(Some(1), Some(2))]),
             ["aliases.a.targets[0].weight", "aliases.a.targets[1].weight"]
         );
     }
 
     #[test]
-    fn mixed_given_and_default_priorities_are_refused() {
-        // The second target's default (1) would tie with the first's 1.
+    fn a_given_priority_tying_with_a_default_one_is_refused() {
+        // The second target's default (its place, 1) ties with the first's 1.
         assert_eq!(
             problems_of(&[target(Some(1), None), target(None, None)]),
-            ["aliases.a.targets"]
+            ["aliases.a.targets[0].priority"]
         );
     }
 
@@ -142,10 +146,12 @@ mod tests {
             problems_of(&[
                 target(Some(0), Some(3)),
                 target(Some(0), Some(1)),
-                target(Some(1), None),
+                target(Some(1), Some(1)),
             ])
             .is_empty()
         );
+        // A mix without a tie, and the default weight said out loud.
+        assert!(problems_of(&[target(Some(0), None), target(None, Some(1))]).is_empty());
         // A weight of 0 is refused on its own.
         assert!(problems_of(&[target(None, Some(0))]).is_empty());
     }

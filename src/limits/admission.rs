@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use smallvec::SmallVec;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -55,6 +56,9 @@ pub struct Admission {
     hold: Hold,
     estimate: u64,
     snapshot: Snapshot,
+    /// The request went to a provider: dropped unfinished, the estimate
+    /// stays (the provider may have done the work).
+    sent: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +118,7 @@ impl Limits {
                 hold,
                 estimate,
                 snapshot,
+                sent: AtomicBool::new(false),
             }),
             Err(denial) => {
                 let snapshot = denial_snapshot(&denial);
@@ -165,6 +170,7 @@ impl Limits {
                 hold,
                 estimate,
                 snapshot,
+                sent: AtomicBool::new(false),
             }),
             Err(denial) => Err(denial.into_error()),
         }
@@ -206,13 +212,22 @@ impl Admission {
             hold: Hold::None,
             estimate,
             snapshot: Snapshot::default(),
+            sent: AtomicBool::new(false),
         }
     }
 
-    /// An attempt that failed before any answer: its tokens go back (as
-    /// for any admission dropped unfinished).
-    pub fn refund(self) {
+    /// An attempt that failed before any answer: its tokens go back.
+    pub fn refund(mut self) {
+        *self.sent.get_mut() = false;
         drop(self);
+    }
+
+    /// The request is going to a provider: from now on, an admission
+    /// dropped unfinished (its client left) keeps its estimate, as a
+    /// stream the client leaves does. Shared while the request is in
+    /// flight, hence `&self`.
+    pub fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Relaxed);
     }
 
     /// The request's answer: its `x-ratelimit-*` fields (added to
@@ -245,13 +260,17 @@ impl Admission {
     }
 }
 
-/// An admission dropped before [`Admission::finish`] (an attempt that
-/// failed, or a request whose client left before its answer, whose
-/// provider request was cancelled) gives its tokens back; its concurrency
-/// slots go back as its hold drops.
+/// An admission dropped before [`Admission::finish`] gives its tokens back
+/// unless its request was sent to a provider ([`Admission::mark_sent`]): a
+/// failed attempt (refunded), or a client that left while it waited for a
+/// provider slot, costs nothing; a client that left once a provider was
+/// working on its request is charged the estimate. Concurrency slots go
+/// back as the hold drops either way.
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.hold.settle(self.estimate, 0);
+        if !*self.sent.get_mut() {
+            self.hold.settle(self.estimate, 0);
+        }
     }
 }
 

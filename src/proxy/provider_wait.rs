@@ -19,14 +19,19 @@ pub struct AskedWait {
 /// this (still far beyond any `retry.max_retry_after_secs`).
 const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// A wait in (fractional) seconds, capped before it becomes a `Duration`
+/// (which cannot hold 1e20 seconds); `None` if negative or not a number.
+fn capped_secs(secs: f64) -> Option<Duration> {
+    (secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_STATED_WAIT.as_secs_f64())))
+}
+
 /// A `Retry-After` value as a wait from `now`: delay-seconds (fractions
 /// accepted) or an HTTP date, a date already past being no wait at all.
 /// `None` when it is neither.
 pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     let text = std::str::from_utf8(value).ok()?.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs).min(MAX_STATED_WAIT));
+        return capped_secs(secs);
     }
     let at = httpdate::parse_http_date(text).ok()?;
     Some(
@@ -43,36 +48,54 @@ pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
         .trim()
         .parse::<f64>()
         .ok()?;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0).min(MAX_STATED_WAIT))
+    capped_secs(ms / 1000.0)
 }
 
 /// The wait a rate-limit message states, in lowercase `message`: "try
-/// again after 3 seconds", "retry after 1.5s", "try again in 500 ms".
-/// Without a unit the number is seconds.
+/// again after 3 seconds", "retry after 1.5s", "try again in 500 ms",
+/// "try again in 7m12s", "in 2 hours". A number without a unit is seconds;
+/// a unit it does not know, or a number that starts a date or a time
+/// ("after 2026-12-02", "after 10:30"), is no stated wait: a wrong short
+/// wait is worse than none.
 pub fn stated_in(message: &str) -> Option<Duration> {
     const LEADS: [&str; 4] = ["again after ", "again in ", "retry after ", "retry in "];
     LEADS.iter().find_map(|lead| {
         let at = message.find(lead)? + lead.len();
-        let rest = &message[at..];
-        let number_len = rest
+        wait_words(&message[at..])
+    })
+}
+
+/// `7m12s`, `2 hours`, `1.5s`, `500 ms`, `3` at the start of `text`.
+fn wait_words(mut text: &str) -> Option<Duration> {
+    let mut secs = 0.0;
+    loop {
+        let number_len = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..number_len].parse().ok()?;
-        if !number.is_finite() {
+            .unwrap_or(text.len());
+        let number: f64 = text[..number_len].parse().ok()?;
+        let after = &text[number_len..];
+        if after.starts_with(['-', ':', '/']) {
             return None;
         }
-        let unit = rest[number_len..].trim_start();
-        let secs = if unit.starts_with("ms") || unit.starts_with("millisecond") {
-            number / 1000.0
-        } else if unit.starts_with("min") {
-            number * 60.0
-        } else {
-            number
+        let rest = after.trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "" => 1.0,
+            "ms" | "millisecond" | "milliseconds" => 0.001,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            _ => return None,
         };
-        Some(Duration::from_secs_f64(
-            secs.min(MAX_STATED_WAIT.as_secs_f64()),
-        ))
-    })
+        secs += number * scale;
+        text = &rest[unit_len..];
+        // `7m12s` goes on with the next number; anything else ends it.
+        if unit_len == 0 || !text.starts_with(|c: char| c.is_ascii_digit()) {
+            return capped_secs(secs);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +114,8 @@ mod tests {
         );
         assert_eq!(wait("Wed, 21 Oct 2026 07:27:00 GMT"), Some(Duration::ZERO));
         assert_eq!(wait("99999999999"), Some(MAX_STATED_WAIT));
+        assert_eq!(wait("1e20"), Some(MAX_STATED_WAIT));
+        assert_eq!(wait("99999999999999999999"), Some(MAX_STATED_WAIT));
         assert_eq!(wait("-1"), None);
         assert_eq!(wait("soon"), None);
         assert_eq!(retry_after(b"\xff", now), None);
@@ -101,6 +126,7 @@ mod tests {
         assert_eq!(retry_after_ms(b"1500"), Some(Duration::from_millis(1500)));
         assert_eq!(retry_after_ms(b"2.5"), Some(Duration::from_micros(2500)));
         assert_eq!(retry_after_ms(b"NaN"), None);
+        assert_eq!(retry_after_ms(b"1e30"), Some(MAX_STATED_WAIT));
         assert_eq!(retry_after_ms(b"-3"), None);
     }
 

@@ -15,8 +15,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -395,7 +397,7 @@ impl SseRelay {
     /// inserted before `[DONE]`, in which case the rest is queued).
     fn inspect(&mut self, events: Bytes, reads: u64) -> Bytes {
         self.stats.count_events(events.len(), reads);
-        let mut hidden = None;
+        let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
         for line in lines_mentioning_usage(&events) {
             let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
                 continue;
@@ -406,8 +408,10 @@ impl SseRelay {
                     UsagePlace::TopLevel => {
                         self.top_level_usage_seen = true;
                         if self.hide_usage_chunk && has_empty_choices(data) {
-                            let start = line.as_ptr() as usize - events.as_ptr() as usize;
-                            hidden = event_end(&events, start + line.len()).map(|end| start..end);
+                            let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
+                            if let Some(end) = event_end(&events, line_start + line.len()) {
+                                hidden.push(event_start(&events, line_start)..end);
+                            }
                         }
                     }
                     UsagePlace::InChoice => self.in_choice_usage = Some(report),
@@ -415,10 +419,14 @@ impl SseRelay {
             }
         }
         let mut events = events;
-        if let Some(hidden) = hidden {
-            let mut kept = BytesMut::with_capacity(events.len() - hidden.len());
-            kept.extend_from_slice(&events[..hidden.start]);
-            kept.extend_from_slice(&events[hidden.end..]);
+        if !hidden.is_empty() {
+            let mut kept = BytesMut::with_capacity(events.len());
+            let mut from = 0;
+            for range in hidden {
+                kept.extend_from_slice(&events[from..range.start]);
+                from = range.end;
+            }
+            kept.extend_from_slice(&events[from..]);
             events = kept.freeze();
         }
         if self.provider_error.is_none() {
@@ -510,6 +518,23 @@ fn has_empty_choices(data: &[u8]) -> bool {
         (rest.next(), rest.next(), rest.next()),
         (Some(b':'), Some(b'['), Some(b']'))
     )
+}
+
+/// Where the event holding the line that starts at `line_start` begins:
+/// after the blank line before it, or at the start of `events` (a frame
+/// holds whole events only), so its other field lines (`id:`, `event:`)
+/// go with it.
+fn event_start(events: &[u8], line_start: usize) -> usize {
+    let mut at = line_start;
+    while at > 0 {
+        // `at - 1` is the newline ending the line before.
+        let previous_start = memchr::memrchr(b'\n', &events[..at - 1]).map_or(0, |i| i + 1);
+        if matches!(&events[previous_start..at - 1], b"" | b"\r") {
+            return at;
+        }
+        at = previous_start;
+    }
+    0
 }
 
 /// Where the event whose data line ends at `line_end` ends: past the blank

@@ -283,6 +283,38 @@ async fn a_usage_chunk_the_gateway_asked_for_is_read_but_not_passed_on() {
 }
 
 #[tokio::test]
+async fn a_hidden_usage_chunk_goes_whole_with_its_other_fields_and_every_one_is_hidden() {
+    let content = Bytes::from_static(
+        b"id: 1\nevent: message\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    );
+    let usage = |id: u8| {
+        format!(
+            "id: {id}\nevent: message\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}}}\n\n"
+        )
+    };
+    let done = Bytes::from_static(b"id: 9\ndata: [DONE]\n\n");
+    for chunks in [
+        vec![content.clone(), Bytes::from(usage(2)), done.clone()],
+        vec![Bytes::from(
+            [
+                &content[..],
+                usage(2).as_bytes(),
+                usage(3).as_bytes(),
+                &done,
+            ]
+            .concat(),
+        )],
+    ] {
+        let (frames, total) = frames_hiding_usage(chunks).await;
+        assert_eq!(frames.concat(), [&content[..], &done].concat());
+        for frame in &frames {
+            assert!(frame.ends_with(b"\n\n"), "half an event: {frame:?}");
+        }
+        assert_eq!(total, Some(3));
+    }
+}
+
+#[tokio::test]
 async fn usage_on_a_content_chunk_is_passed_on_even_when_hidden_chunks_are_asked() {
     // Some providers put usage on the last content chunk: it carries
     // content, so it goes out as it came.

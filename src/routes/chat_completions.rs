@@ -71,7 +71,8 @@ pub async fn chat_completions(
     }
     let limits = &config.limits;
     if limits.is_off() {
-        let routed = route_and_forward(state, &config, &chat, request_id, arrived, 0).await;
+        let routed =
+            route_and_forward(state, &config, &chat, (request_id, arrived), (0, None)).await;
         return routed.handled(model, None);
     }
     let estimate = estimate_tokens(&chat, limits.default_max_tokens);
@@ -85,7 +86,14 @@ pub async fn chat_completions(
             return refused(response, fields, model);
         }
     };
-    let mut routed = route_and_forward(state, &config, &chat, request_id, arrived, estimate).await;
+    let mut routed = route_and_forward(
+        state,
+        &config,
+        &chat,
+        (request_id, arrived),
+        (estimate, Some(&admission)),
+    )
+    .await;
     let settlement = admission.finish(
         &routed.response,
         &mut routed.fields,
@@ -136,14 +144,14 @@ impl Routed {
 }
 
 /// Routes by model and runs the fail-over loop; each attempt first takes
-/// its provider's limits (`estimate` tokens).
+/// its provider's limits (`estimate` tokens), and marks both its own and
+/// the request's `admission` sent before it goes to the provider.
 async fn route_and_forward(
     state: &AppState,
     config: &Config,
     chat: &ChatRequest,
-    request_id: HeaderValue,
-    arrived: tokio::time::Instant,
-    estimate: u64,
+    (request_id, arrived): (HeaderValue, tokio::time::Instant),
+    (estimate, admission): (u64, Option<&Admission>),
 ) -> Routed {
     let Some(route) = config.routes.lookup(chat.model()) else {
         let missing = GatewayError::new(
@@ -192,6 +200,10 @@ async fn route_and_forward(
                 .admit_provider(&target.provider.name, estimate)
                 .await
                 .inspect_err(|err| count_limited(state, Some(err)))?;
+            slot.mark_sent();
+            if let Some(admission) = admission {
+                admission.mark_sent();
+            }
             match upstream::forward(target, chat, ctx).await {
                 Ok(forwarded) => Ok((forwarded, slot)),
                 Err(err) => {

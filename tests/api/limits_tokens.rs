@@ -229,14 +229,8 @@ async fn a_provider_limit_alone_settles_to_real_usage() {
     assert_eq!(remaining_tokens(&next), 10000 - used - estimate(&request));
 }
 
-#[tokio::test]
-async fn a_request_whose_client_leaves_before_its_answer_gives_its_tokens_back() {
-    let app = spawn_with_keys(
-        "[keys.team-a.limits]\ntokens_per_day = 10000\n[limits.providers.moonshot]\ntokens_per_day = 10000\n",
-    )
-    .await;
-    let mut request = body(false, 5000, "[mock head_delay_ms=5000]");
-    request["model"] = json!("kimi-k2-turbo-preview");
+/// Sends `request` as key team-a and gives up after 300 ms.
+async fn leave_after_300_ms(app: &TestApp, request: &serde_json::Value) {
     let left = app
         .client
         .post(app.url("/v1/chat/completions"))
@@ -247,8 +241,60 @@ async fn a_request_whose_client_leaves_before_its_answer_gives_its_tokens_back()
         .send()
         .await;
     assert!(left.is_err(), "the client gave up first");
-    wait_until("both reservations are given back", async || {
-        tokens_left(&app) == 10000 && provider_tokens_left(&app) == 10000
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_a_provider_works_is_charged_the_estimate() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\ntokens_per_day = 10000\nconcurrent_requests = 5\n[limits.providers.moonshot]\ntokens_per_day = 10000\n",
+    )
+    .await;
+    let mut request = body(false, 5000, "[mock head_delay_ms=5000]");
+    request["model"] = json!("kimi-k2-turbo-preview");
+    leave_after_300_ms(&app, &request).await;
+    wait_until("the slot is released", async || in_flight(&app) == 0).await;
+    // The provider may have done the work: as for a stream the client
+    // leaves, the estimate stays in both scopes.
+    assert_eq!(tokens_left(&app), 10000 - estimate(&request));
+    assert_eq!(provider_tokens_left(&app), 10000 - estimate(&request));
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_queued_for_a_provider_gets_its_tokens_back() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\ntokens_per_day = 10000\nconcurrent_requests = 5\n[limits]\nprovider_queue_ms = 5000\n[limits.providers.moonshot]\nconcurrent_requests = 1\ntokens_per_day = 10000\n",
+    )
+    .await;
+    let mut busy = body(false, 100, "[mock head_delay_ms=2000]");
+    busy["model"] = json!("kimi-k2-turbo-preview");
+    let first = {
+        let app_client = app.client.clone();
+        let url = app.url("/v1/chat/completions");
+        let busy = busy.to_string();
+        tokio::spawn(async move {
+            app_client
+                .post(url)
+                .header("content-type", "application/json")
+                .bearer_auth("sk-a")
+                .body(busy)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    wait_until("the first request holds the provider's slot", async || {
+        app.mock.requests().len() == 1
     })
     .await;
+    let mut queued = body(false, 5000, "hi");
+    queued["model"] = json!("kimi-k2-turbo-preview");
+    leave_after_300_ms(&app, &queued).await;
+    wait_until("only the first request is in flight", async || {
+        in_flight(&app) == 1
+    })
+    .await;
+    // Nothing reached a provider: the queued request's tokens are back.
+    assert_eq!(tokens_left(&app), 10000 - estimate(&busy));
+    assert_eq!(provider_tokens_left(&app), 10000 - estimate(&busy));
+    assert_eq!(first.await.unwrap().status(), 200);
 }
