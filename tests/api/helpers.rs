@@ -122,6 +122,21 @@ impl TestApp {
         self.chat_raw(body.to_string()).await
     }
 
+    /// [`TestApp::chat_as`] by a client that gives up after 300 ms, before
+    /// the slow answer `body` asks for: checks that it did give up.
+    pub async fn chat_as_and_leave(&self, key: &str, body: &serde_json::Value) {
+        let left = self
+            .client
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .bearer_auth(key)
+            .body(body.to_string())
+            .timeout(std::time::Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(left.is_err(), "the client gave up first");
+    }
+
     /// POSTs to the chat endpoint with `Authorization: Bearer <key>`.
     pub async fn chat_as(&self, key: &str, body: serde_json::Value) -> reqwest::Response {
         self.client

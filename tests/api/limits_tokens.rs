@@ -229,20 +229,6 @@ async fn a_provider_limit_alone_settles_to_real_usage() {
     assert_eq!(remaining_tokens(&next), 10000 - used - estimate(&request));
 }
 
-/// Sends `request` as key team-a and gives up after 300 ms.
-async fn leave_after_300_ms(app: &TestApp, request: &serde_json::Value) {
-    let left = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .bearer_auth("sk-a")
-        .body(request.to_string())
-        .timeout(std::time::Duration::from_millis(300))
-        .send()
-        .await;
-    assert!(left.is_err(), "the client gave up first");
-}
-
 #[tokio::test]
 async fn a_client_that_leaves_while_a_provider_works_is_charged_the_estimate() {
     let app = spawn_with_keys(
@@ -251,7 +237,7 @@ async fn a_client_that_leaves_while_a_provider_works_is_charged_the_estimate() {
     .await;
     let mut request = body(false, 5000, "[mock head_delay_ms=5000]");
     request["model"] = json!("kimi-k2-turbo-preview");
-    leave_after_300_ms(&app, &request).await;
+    app.chat_as_and_leave("sk-a", &request).await;
     wait_until("the slot is released", async || in_flight(&app) == 0).await;
     // The provider may have done the work: as for a stream the client
     // leaves, the estimate stays in both scopes.
@@ -288,7 +274,7 @@ async fn a_client_that_leaves_while_queued_for_a_provider_gets_its_tokens_back()
     .await;
     let mut queued = body(false, 5000, "hi");
     queued["model"] = json!("kimi-k2-turbo-preview");
-    leave_after_300_ms(&app, &queued).await;
+    app.chat_as_and_leave("sk-a", &queued).await;
     wait_until("only the first request is in flight", async || {
         in_flight(&app) == 1
     })
