@@ -64,6 +64,8 @@ pub struct Scenario {
     pub cut_after: Option<usize>,
     /// End the stream without `[DONE]` (cleanly closed, but incomplete).
     pub no_done: bool,
+    /// End a stream's lines with this instead of LF (`cr` or `crlf`).
+    pub line_end: Option<&'static str>,
     /// Wait on this gate before every content chunk after the first.
     pub gate: Option<String>,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
@@ -117,6 +119,13 @@ impl Scenario {
                 }
                 "cut_after" => scenario.cut_after = number().map(|n| n as usize),
                 "no_done" => scenario.no_done = true,
+                "line_end" => {
+                    scenario.line_end = match value {
+                        "cr" => Some("\r"),
+                        "crlf" => Some("\r\n"),
+                        _ => None,
+                    }
+                }
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),
@@ -135,7 +144,7 @@ mod tests {
     #[test]
     fn reads_directives_from_anywhere_in_the_body() {
         let s = Scenario::from_body(
-            br#"{"messages":[{"role":"user","content":"hi [mock error=rate_limit retry_after=3 chunks=5 gate=g1 no_done]"}]}"#,
+            br#"{"messages":[{"role":"user","content":"hi [mock error=rate_limit retry_after=3 chunks=5 gate=g1 no_done line_end=cr]"}]}"#,
             "moonshot",
         );
         assert_eq!(s.error, Some(MockError::RateLimit));
@@ -143,6 +152,7 @@ mod tests {
         assert_eq!(s.chunks, Some(5));
         assert_eq!(s.gate.as_deref(), Some("g1"));
         assert!(s.no_done);
+        assert_eq!(s.line_end, Some("\r"));
     }
 
     #[test]

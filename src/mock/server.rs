@@ -325,6 +325,14 @@ fn insert_provider_fields(headers: &mut HeaderMap, flavour: Flavour, id: u64) {
     }
 }
 
+/// The rendered events with every LF replaced by `line_end`.
+fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
+    events
+        .iter()
+        .map(|event| Bytes::from(String::from_utf8_lossy(event).replace('\n', line_end)))
+        .collect()
+}
+
 /// The stream's body: one event per frame, honouring delays, gates and cuts.
 fn stream_body(
     shared: &Shared,
@@ -340,9 +348,17 @@ fn stream_body(
     let gate = scenario.gate.as_deref().map(|g| shared.gate(g));
     let first_event_delay = scenario.first_event_delay;
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
+    let events = match scenario.line_end {
+        Some(line_end) => with_line_end(&events, line_end),
+        None => events,
+    };
+    let done = match scenario.line_end {
+        Some(line_end) => Bytes::from("data: [DONE]\n\n".replace('\n', line_end)),
+        None => Bytes::from_static(b"data: [DONE]\n\n"),
+    };
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
-        let gate = gate.clone();
+        let (gate, done) = (gate.clone(), done.clone());
         async move {
             if i == usize::MAX {
                 return None;
@@ -370,10 +386,7 @@ fn stream_body(
                 }
                 i if i == events.len() && !no_done => {
                     guard.armed = false;
-                    Some((
-                        Ok(Bytes::from_static(b"data: [DONE]\n\n")),
-                        (i + 1, events, guard),
-                    ))
+                    Some((Ok(done), (i + 1, events, guard)))
                 }
                 _ => {
                     guard.armed = false;

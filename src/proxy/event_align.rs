@@ -3,6 +3,7 @@
 //! comments or an error event can always be inserted cleanly. Reads that end
 //! on a boundary (the common case) pass through without a copy.
 
+use super::sse_lines::last_event_end;
 use bytes::{Bytes, BytesMut};
 
 /// Splits incoming bytes at the last complete event boundary.
@@ -36,23 +37,16 @@ impl EventAligner {
         }
     }
 
-    /// Bytes of an event that never ended.
-    pub fn has_partial(&self) -> bool {
-        !self.tail.is_empty()
+    /// The bytes after the last whole event, once the stream has ended.
+    pub fn take_rest(&mut self) -> Option<Bytes> {
+        (!self.tail.is_empty()).then(|| self.tail.split().freeze())
     }
-}
 
-/// Index just past the last `\n\n` (or `\n\r\n`) in `data`.
-fn last_event_end(data: &[u8]) -> Option<usize> {
-    // The common case, a read that ends on an event boundary, costs nothing.
-    if data.ends_with(b"\n\n") {
-        return Some(data.len());
+    /// Bytes of an event that never ended (line ends alone are none: the
+    /// LF of a CRLF whose CR ended the last event may be all that is left).
+    pub fn has_partial(&self) -> bool {
+        self.tail.iter().any(|&b| !matches!(b, b'\n' | b'\r'))
     }
-    let lf = memchr::memmem::rfind(data, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memchr(b'\r', data)
-        .and_then(|_| memchr::memmem::rfind(data, b"\n\r\n"))
-        .map(|i| i + 3);
-    lf.max(crlf)
 }
 
 #[cfg(test)]
@@ -88,6 +82,18 @@ mod tests {
     fn boundary_straddling_two_chunks() {
         assert_eq!(push_all(&["data: a\n", "\n"]), ["data: a\n\n"]);
         assert_eq!(push_all(&["data: a\r\n", "\r\n"]), ["data: a\r\n\r\n"]);
+        assert_eq!(push_all(&["data: a\r", "\r"]), ["data: a\r\r"]);
+        assert_eq!(push_all(&["data: a\r\n\r", "\n"]), ["data: a\r\n\r"]);
+    }
+
+    #[test]
+    fn line_ends_left_over_are_no_partial_event() {
+        let mut aligner = EventAligner::default();
+        aligner.push(Bytes::from_static(b"data: a\r\r"));
+        aligner.push(Bytes::from_static(b"\n"));
+        assert!(!aligner.has_partial());
+        aligner.push(Bytes::from_static(b"data: b"));
+        assert!(aligner.has_partial());
     }
 
     #[test]

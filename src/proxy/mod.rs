@@ -13,6 +13,7 @@ pub mod provider_wait;
 pub mod request;
 pub mod route;
 pub mod sse;
+pub mod sse_lines;
 pub mod stream_stats;
 pub mod string_stop;
 pub mod upstream;

@@ -8,6 +8,7 @@
 
 pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
+use super::sse_lines::{event_end, event_start, lines};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
 use crate::error::GatewayError;
@@ -59,9 +60,8 @@ fn find_done(events: &[u8]) -> Option<usize> {
 /// A provider's own error event (`data: {"error":{...}}`) among `events`.
 fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Option<GatewayError> {
     ERROR_KEY.find(events)?;
-    events
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.trim_ascii_end().strip_prefix(b"data:"))
+    lines(events)
+        .filter_map(|line| line.strip_prefix(b"data:"))
         .find_map(|data| super::provider_errors::stream_error(data.trim_ascii(), provider))
 }
 
@@ -254,6 +254,12 @@ impl SseRelay {
                     ))));
                 }
                 Poll::Ready(None) if self.stats.saw_done() || self.provider_error.is_some() => {
+                    // What followed the last event (the LF of a final CRLF
+                    // that came in a read of its own) still goes out.
+                    if let Some(rest) = self.aligner.take_rest() {
+                        self.held = Some(None);
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Ready(None) => {
@@ -520,44 +526,10 @@ fn has_empty_choices(data: &[u8]) -> bool {
     )
 }
 
-/// Where the event holding the line that starts at `line_start` begins:
-/// after the blank line before it, or at the start of `events` (a frame
-/// holds whole events only), so its other field lines (`id:`, `event:`)
-/// go with it.
-fn event_start(events: &[u8], line_start: usize) -> usize {
-    let mut at = line_start;
-    while at > 0 {
-        // `at - 1` is the newline ending the line before.
-        let previous_start = memchr::memrchr(b'\n', &events[..at - 1]).map_or(0, |i| i + 1);
-        if matches!(&events[previous_start..at - 1], b"" | b"\r") {
-            return at;
-        }
-        at = previous_start;
-    }
-    0
-}
-
-/// Where the event whose data line ends at `line_end` ends: past the blank
-/// line after it. `None` when no blank line follows in `events` (the event
-/// is then left as it is).
-fn event_end(events: &[u8], line_end: usize) -> Option<usize> {
-    let mut at = line_end;
-    loop {
-        at += memchr::memchr(b'\n', &events[at..])? + 1;
-        match &events[at..] {
-            [b'\n', ..] => return Some(at + 1),
-            [b'\r', b'\n', ..] => return Some(at + 2),
-            _ => {}
-        }
-    }
-}
-
 /// Whether `events` hold anything but comments and blank lines (an SSE
 /// field line: `data:`, `event:`, `id:`, `retry:`).
 fn has_field_line(events: &[u8]) -> bool {
-    events
-        .split(|&b| b == b'\n')
-        .any(|line| !matches!(line.first(), None | Some(b':' | b'\r')))
+    lines(events).any(|line| !matches!(line.first(), None | Some(b':')))
 }
 
 #[cfg(test)]

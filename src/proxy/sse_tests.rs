@@ -327,3 +327,51 @@ async fn usage_on_a_content_chunk_is_passed_on_even_when_hidden_chunks_are_asked
     assert_eq!(frames.concat(), expected);
     assert_eq!(total, Some(2));
 }
+
+#[tokio::test]
+async fn every_line_end_the_sse_format_allows_is_relayed_and_read() {
+    let stream = "id: 1\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\
+                  : ping\n\n\
+                  id: 2\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n\
+                  data: [DONE]\n\n";
+    for line_end in ["\n", "\r\n", "\r"] {
+        let text = stream.replace('\n', line_end);
+        let hidden_from = text.find("id: 2").unwrap();
+        let hidden_to = text.find("data: [DONE]").unwrap();
+        let expected = [&text[..hidden_from], &text[hidden_to..]].concat();
+        // Whole, and split at every byte (so line ends straddle reads).
+        for read in [text.len(), 1] {
+            let chunks: Vec<Bytes> = text
+                .as_bytes()
+                .chunks(read)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let (frames, total) = frames_hiding_usage(chunks.clone()).await;
+            assert_eq!(
+                frames.concat(),
+                expected.as_bytes(),
+                "{line_end:?} by {read}"
+            );
+            assert_eq!(total, Some(3), "{line_end:?} by {read}");
+            let (frames, end) = frames_and_end(chunks).await;
+            assert_eq!(frames.concat(), text.as_bytes(), "{line_end:?} by {read}");
+            assert!(
+                matches!(end, Some(StreamEnd::Complete)),
+                "{line_end:?}: {end:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_providers_error_event_with_bare_cr_lines_is_its_error() {
+    let failure = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"broke\",\"type\":\"engine_overloaded_error\"}}\r\r",
+    );
+    let (frames, end) = frames_and_end(vec![event(0), failure.clone()]).await;
+    assert_eq!(frames.concat(), [event(0), failure].concat());
+    let Some(StreamEnd::Failed(error)) = end else {
+        panic!("{end:?}");
+    };
+    assert!(error.to_string().contains("broke"), "{error}");
+}

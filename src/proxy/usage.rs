@@ -350,8 +350,9 @@ pub fn lines_mentioning_usage(events: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut from = 0;
     std::iter::from_fn(move || {
         let at = from + USAGE_KEY.find(&events[from..])?;
-        let start = memchr::memrchr(b'\n', &events[from..at]).map_or(from, |i| from + i + 1);
-        let end = memchr::memchr(b'\n', &events[at..]).map_or(events.len(), |i| at + i);
+        let start =
+            memchr::memrchr2(b'\n', b'\r', &events[from..at]).map_or(from, |i| from + i + 1);
+        let end = memchr::memchr2(b'\n', b'\r', &events[at..]).map_or(events.len(), |i| at + i);
         from = end;
         Some(&events[start..end])
     })

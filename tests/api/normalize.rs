@@ -162,3 +162,43 @@ async fn asking_for_stream_usage_follows_the_providers_setting() {
     let sent: Value = serde_json::from_slice(&app.mock.requests()[1].body).unwrap();
     assert_eq!(sent["stream_options"], json!({"include_usage": true}));
 }
+
+/// Lines ending in a bare CR or CRLF (both SSE): the stream passes byte for
+/// byte, a hidden usage chunk is still found and hidden whole, and a
+/// synthesised one still goes in before `[DONE]`.
+#[tokio::test]
+async fn streams_whose_lines_end_in_cr_or_crlf_are_read_like_any_other() {
+    let app = spawn_app().await;
+    for line_end in ["cr", "crlf"] {
+        let eol = if line_end == "cr" { "\r" } else { "\r\n" };
+        let prompt = format!("hi [mock line_end={line_end}]");
+        let model = "moonshot/kimi-k2-preview";
+        let body = chat_body(model, &prompt, true);
+        let unasked = direct(&app, Flavour::Aimlapi, &body).await;
+        assert!(
+            unasked.ends_with(&format!("data: [DONE]{eol}{eol}")),
+            "{unasked:?}"
+        );
+        let response = app.chat(body.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), unasked, "{line_end}");
+
+        let mut asked = stream_body("kimi-k2-turbo-preview", Some(true));
+        asked["messages"][0]["content"] = json!(prompt);
+        let client = through(&app, &asked).await;
+        assert!(
+            client.ends_with(&format!("data: [DONE]{eol}{eol}")),
+            "{client:?}"
+        );
+        let usage_at = client.find("\"choices\":[]").expect("the usage chunk");
+        assert!(
+            client[usage_at..].contains("\"total_tokens\""),
+            "{client:?}"
+        );
+    }
+    let metrics = scrape(&app).await;
+    assert!(
+        !metrics.contains("error_type=\"server_error\""),
+        "no stream failed:\n{metrics}"
+    );
+}

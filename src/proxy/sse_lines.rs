@@ -1,0 +1,153 @@
+//! Lines and event boundaries in SSE text. A line ends in CRLF, LF or a
+//! bare CR (all three are SSE), and an event ends at a blank line: two line
+//! ends in a row, in any mix.
+
+/// Length of the line end starting at `at` (2 for CRLF, 1 for LF or a bare
+/// CR, 0 for none). A CR as the last byte counts as a bare CR: were an LF
+/// to follow in the next read, it would end an empty line, which ends no
+/// event that had not ended already.
+pub fn line_end_len(text: &[u8], at: usize) -> usize {
+    match &text[at.min(text.len())..] {
+        [b'\r', b'\n', ..] => 2,
+        [b'\n' | b'\r', ..] => 1,
+        _ => 0,
+    }
+}
+
+/// The lines of `text`, without their line ends (the last one may be
+/// unterminated).
+pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut from = Some(0);
+    std::iter::from_fn(move || {
+        let start = from?;
+        match memchr::memchr2(b'\n', b'\r', &text[start..]) {
+            Some(found) => {
+                let end = start + found;
+                from = Some(end + line_end_len(text, end));
+                Some(&text[start..end])
+            }
+            None => {
+                from = None;
+                (start < text.len()).then(|| &text[start..])
+            }
+        }
+    })
+}
+
+/// Index just past the last blank line in `text`: everything before it is
+/// whole events.
+pub fn last_event_end(text: &[u8]) -> Option<usize> {
+    // The common case, a read that ends on an event boundary, costs nothing.
+    if text.ends_with(b"\n\n") {
+        return Some(text.len());
+    }
+    if memchr::memchr(b'\r', text).is_none() {
+        return memchr::memmem::rfind(text, b"\n\n").map(|i| i + 2);
+    }
+    // With CRs, walk the line ends: a blank line is one that starts where
+    // the previous line end stopped.
+    let mut last = None;
+    let mut previous_end = None;
+    let mut at = 0;
+    while let Some(found) = memchr::memchr2(b'\n', b'\r', &text[at..]) {
+        let start = at + found;
+        let end = start + line_end_len(text, start);
+        if previous_end == Some(start) {
+            last = Some(end);
+        }
+        previous_end = Some(end);
+        at = end;
+    }
+    last
+}
+
+/// Where the line end just before `line_start` begins (`line_start` is at
+/// the start of a line that is not the first).
+fn line_end_before(text: &[u8], line_start: usize) -> usize {
+    if line_start >= 2 && &text[line_start - 2..line_start] == b"\r\n" {
+        line_start - 2
+    } else {
+        line_start - 1
+    }
+}
+
+/// Where the event holding the line that starts at `line_start` begins:
+/// after the blank line before it, or at the start of `text` (a frame
+/// holds whole events only), so its other field lines (`id:`, `event:`)
+/// go with it.
+pub fn event_start(text: &[u8], line_start: usize) -> usize {
+    let mut at = line_start;
+    while at > 0 {
+        let previous_end = line_end_before(text, at);
+        let previous_start =
+            memchr::memrchr2(b'\n', b'\r', &text[..previous_end]).map_or(0, |i| i + 1);
+        if previous_start == previous_end {
+            return at;
+        }
+        at = previous_start;
+    }
+    0
+}
+
+/// Where the event whose line ends at `line_end` ends: past the blank line
+/// after it. `None` when no blank line follows in `text`.
+pub fn event_end(text: &[u8], line_end: usize) -> Option<usize> {
+    let mut at = line_end;
+    loop {
+        let found = at + memchr::memchr2(b'\n', b'\r', &text[at..])?;
+        at = found + line_end_len(text, found);
+        match line_end_len(text, at) {
+            0 => {}
+            blank => return Some(at + blank),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDINGS: [&str; 3] = ["\n", "\r\n", "\r"];
+
+    #[test]
+    fn lines_split_at_every_kind_of_line_end() {
+        let text = b"a\nb\r\nc\rd\r\re";
+        assert_eq!(
+            lines(text).collect::<Vec<_>>(),
+            [&b"a"[..], b"b", b"c", b"d", b"", b"e"]
+        );
+        assert_eq!(lines(b"a\n").collect::<Vec<_>>(), [&b"a"[..]]);
+        assert_eq!(lines(b"").count(), 0);
+    }
+
+    #[test]
+    fn the_last_blank_line_ends_the_whole_events() {
+        for eol in ENDINGS {
+            let text = format!("data: a{eol}{eol}data: b{eol}{eol}data: c");
+            let end = last_event_end(text.as_bytes()).unwrap();
+            assert_eq!(&text[end..], "data: c", "{eol:?}");
+            assert_eq!(last_event_end(format!("data: c{eol}").as_bytes()), None);
+        }
+        // Mixed line ends still make a blank line.
+        assert_eq!(last_event_end(b"data: a\r\n\nx"), Some(10));
+        assert_eq!(last_event_end(b"data: a\n\rx"), Some(9));
+        // A CR then LF is one line end, not a blank line.
+        assert_eq!(last_event_end(b"data: a\r\nx"), None);
+    }
+
+    #[test]
+    fn an_event_is_found_whole_around_one_of_its_lines() {
+        for eol in ENDINGS {
+            let text = format!("data: a{eol}{eol}id: 7{eol}data: u{eol}{eol}data: b{eol}{eol}");
+            let line_start = text.find("data: u").unwrap();
+            let start = event_start(text.as_bytes(), line_start);
+            let end = event_end(text.as_bytes(), line_start + "data: u".len()).unwrap();
+            assert_eq!(
+                &text[start..end],
+                format!("id: 7{eol}data: u{eol}{eol}"),
+                "{eol:?}"
+            );
+            assert_eq!(event_end(format!("data: u{eol}").as_bytes(), 7), None);
+        }
+    }
+}
