@@ -64,6 +64,9 @@ pub struct Scenario {
     pub cut_after: Option<usize>,
     /// End the stream without `[DONE]` (cleanly closed, but incomplete).
     pub no_done: bool,
+    /// After this many content chunks, send an error event and end the
+    /// stream (0: the error is the first event).
+    pub error_event_after: Option<usize>,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
     /// Wait on this gate before every content chunk after the first.
@@ -119,6 +122,7 @@ impl Scenario {
                 }
                 "cut_after" => scenario.cut_after = number().map(|n| n as usize),
                 "no_done" => scenario.no_done = true,
+                "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
                 "line_end" => {
                     scenario.line_end = match value {
                         "cr" => Some("\r"),

@@ -325,6 +325,9 @@ fn insert_provider_fields(headers: &mut HeaderMap, flavour: Flavour, id: u64) {
     }
 }
 
+/// The error event of `error_event_after`: the provider overloaded.
+const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The engine is currently overloaded, please try again later\",\"type\":\"engine_overloaded_error\"}}\n\n";
+
 /// The rendered events with every LF replaced by `line_end`.
 fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
     events
@@ -348,6 +351,7 @@ fn stream_body(
     let gate = scenario.gate.as_deref().map(|g| shared.gate(g));
     let first_event_delay = scenario.first_event_delay;
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
+    let error_event_after = scenario.error_event_after;
     let events = match scenario.line_end {
         Some(line_end) => with_line_end(&events, line_end),
         None => events,
@@ -359,6 +363,7 @@ fn stream_body(
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
         let (gate, done) = (gate.clone(), done.clone());
+        let error_event = Bytes::from_static(STREAM_ERROR_EVENT);
         async move {
             if i == usize::MAX {
                 return None;
@@ -373,6 +378,10 @@ fn stream_body(
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
+            }
+            if error_event_after == Some(i) {
+                guard.armed = false;
+                return Some((Ok(error_event.clone()), (usize::MAX, events, guard)));
             }
             if cut_after.is_some_and(|n| i >= n) {
                 guard.armed = false;

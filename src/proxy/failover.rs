@@ -61,6 +61,8 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::ServerError if err.code.as_deref() == Some("upstream_key_rejected") => {
             Verdict::SkipTarget
         }
+        // The drain deadline passed: no other target would be allowed longer.
+        ErrorType::ServerError if err.code.as_deref() == Some("gateway_shutdown") => Verdict::Final,
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
@@ -341,6 +343,10 @@ mod tests {
         assert_eq!(
             classify(&err(ErrorType::ServerError).with_code("upstream_key_rejected")),
             Verdict::SkipTarget
+        );
+        assert_eq!(
+            classify(&err(ErrorType::ServerError).with_code("gateway_shutdown")),
+            Verdict::Final
         );
         assert_eq!(
             classify(&err(ErrorType::RateLimitReachedError)),

@@ -12,6 +12,11 @@ use serde::Deserialize;
 /// Largest upstream error body read; the rest is not needed to classify it.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// How long an error's body may take after its status line: the status
+/// already says the attempt failed, so fail-over waits no longer than this
+/// for the provider's message (what arrived by then is read).
+pub const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Deserialize, Default)]
 struct AnyShape {
     /// Moonshot / OpenAI: `{"error":{"message","type","code"}}`.
@@ -38,7 +43,7 @@ pub fn translate(
     asked: AskedWait,
     body: &[u8],
 ) -> GatewayError {
-    let shape: AnyShape = serde_json::from_slice(body).unwrap_or_default();
+    let shape: AnyShape = serde_json::from_slice(error_json(body)).unwrap_or_default();
     let body_request_id = match shape.request_id {
         Some(serde_json::Value::String(id)) => HeaderValue::try_from(id).ok(),
         _ => None,
@@ -142,6 +147,19 @@ pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
         error_type,
         message,
     ))
+}
+
+/// The JSON of an error body: the body itself, or the data of its first
+/// event when a provider answers a stream's error as SSE (`data: {...}`).
+fn error_json(body: &[u8]) -> &[u8] {
+    let trimmed = body.trim_ascii_start();
+    if !trimmed.starts_with(b"data:") {
+        return body;
+    }
+    super::sse_lines::lines(trimmed)
+        .next()
+        .and_then(|line| line.strip_prefix(b"data:"))
+        .map_or(body, <[u8]>::trim_ascii)
 }
 
 /// A provider telling us that *our* key is bad: Moonshot and AI/ML API say
@@ -274,6 +292,23 @@ mod tests {
         );
         assert_eq!(err.error_type, ErrorType::InvalidRequestError);
         assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn an_error_answered_as_an_event_stream_keeps_its_message_and_type() {
+        for body in [
+            &b"data: {\"error\":{\"message\":\"slow down\",\"type\":\"rate_limit_reached_error\"}}\n\n"[..],
+            b"\r\ndata:{\"error\":{\"message\":\"slow down\",\"type\":\"rate_limit_reached_error\"}}\r\r",
+        ] {
+            let err = translate(
+                &test_provider(),
+                StatusCode::TOO_MANY_REQUESTS,
+                AskedWait::default(),
+                body,
+            );
+            assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
+            assert_eq!(&*err.message, "slow down");
+        }
     }
 
     #[test]

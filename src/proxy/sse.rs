@@ -11,7 +11,7 @@ use super::normalize::usage_chunk;
 use super::sse_lines::{event_end, event_start, lines};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
-use crate::error::GatewayError;
+use crate::error::{ErrorType, GatewayError};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
@@ -182,12 +182,26 @@ impl SseRelay {
         relay.open_streams.inc();
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
+            Some(Ok(_)) if relay.provider_error.is_some() => {
+                // Nothing went to the client yet: a provider that fails in
+                // its first event is an ordinary failed attempt, retried
+                // or failed over by its type like an HTTP error.
+                let err = relay.provider_error.take().expect("checked");
+                let status = match err.error_type {
+                    ErrorType::ServerError => StatusCode::BAD_GATEWAY,
+                    other => other.default_status(),
+                };
+                Err(GatewayError { status, ..err })
+            }
             Some(Ok(events)) => {
                 relay.queued.push_back(events);
                 let after = std::mem::take(&mut relay.after);
                 relay.queued.extend(after);
                 relay.head_sent = true;
                 relay.stats.mark_first_event(relay.last_event);
+                if relay.stats.saw_done() {
+                    relay.stats.finish(StreamEnd::Complete);
+                }
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),
@@ -203,6 +217,11 @@ impl SseRelay {
 
     /// Next complete events from upstream, an error, or the end.
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, GatewayError>>> {
+        // The provider's error event went out: the stream ends there,
+        // whatever the provider does with its body after it.
+        if self.provider_error.is_some() && self.head_sent {
+            return Poll::Ready(None);
+        }
         loop {
             let next = match self.held.take() {
                 Some(item) => Poll::Ready(item),
@@ -212,20 +231,26 @@ impl SseRelay {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(events) = self.aligner.push(chunk) {
                         let (events, reads) = self.gather_ready(cx, events);
-                        // Before the head goes out, comments (`: ping`) are
-                        // not the first event: sending the head for them
-                        // would end fail-over and the first-byte deadline
-                        // for a provider that has sent nothing yet. They are
-                        // dropped; the client gets its own keep-alives.
-                        if !self.head_sent && !has_field_line(&events) {
+                        // Only a block with data is an event (SSE dispatches
+                        // nothing for comments, or `id:`/`retry:` alone).
+                        // Before the head goes out, the rest are dropped:
+                        // sending the head for them would end fail-over and
+                        // the first-byte deadline for a provider that has
+                        // sent nothing yet; the client gets its own
+                        // keep-alives. After it, they pass, but do not count
+                        // as the provider's events for the idle limit.
+                        let has_event = has_data_line(&events);
+                        if !self.head_sent && !has_event {
                             continue;
                         }
                         let now = Instant::now();
-                        if self.head_sent {
-                            self.chunk_gap
-                                .observe((now - self.last_event).as_secs_f64());
+                        if has_event {
+                            if self.head_sent {
+                                self.chunk_gap
+                                    .observe((now - self.last_event).as_secs_f64());
+                            }
+                            self.last_event = now;
                         }
-                        self.last_event = now;
                         self.last_write = now;
                         // Timers are not re-armed per event: when one fires,
                         // it checks the time of the last event (see below).
@@ -235,12 +260,30 @@ impl SseRelay {
                         }
                         let events = self.inspect(events, reads);
                         // Nothing left: the frame was a usage chunk the
-                        // client did not ask for.
+                        // client did not ask for, or `[DONE]` alone with a
+                        // usage chunk to go before it (queued in `after`).
                         if events.is_empty() {
-                            continue;
+                            match self.after.pop_front() {
+                                Some(next) => return Poll::Ready(Some(Ok(next))),
+                                None => continue,
+                            }
                         }
                         return Poll::Ready(Some(Ok(events)));
                     }
+                }
+                // The answer is complete (`[DONE]` went out), or ended by the
+                // provider's own error event: however the provider's body
+                // ends, nothing is added after it.
+                Poll::Ready(Some(Err(_)) | None)
+                    if self.stats.saw_done() || self.provider_error.is_some() =>
+                {
+                    // What followed the last event (the LF of a final CRLF
+                    // that came in a read of its own) still goes out.
+                    if let Some(rest) = self.aligner.take_rest() {
+                        self.held = Some(None);
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
+                    return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(err))) => {
                     let message = format!(
@@ -252,15 +295,6 @@ impl SseRelay {
                         StatusCode::BAD_GATEWAY,
                         message,
                     ))));
-                }
-                Poll::Ready(None) if self.stats.saw_done() || self.provider_error.is_some() => {
-                    // What followed the last event (the LF of a final CRLF
-                    // that came in a read of its own) still goes out.
-                    if let Some(rest) = self.aligner.take_rest() {
-                        self.held = Some(None);
-                        return Poll::Ready(Some(Ok(rest)));
-                    }
-                    return Poll::Ready(None);
                 }
                 Poll::Ready(None) => {
                     let partial = if self.aligner.has_partial() {
@@ -437,7 +471,12 @@ impl SseRelay {
         }
         if self.provider_error.is_none() {
             self.provider_error = provider_error_event(&events, &self.provider);
-            if self.provider_error.is_some() {
+            if let Some(err) = &self.provider_error {
+                // Recorded now: a client that leaves once it has read the
+                // event (SDKs raise on it) still logs the provider's error.
+                if self.head_sent {
+                    self.stats.finish(StreamEnd::Failed(err.clone()));
+                }
                 // Forwarded as it came, but never with the gateway's key.
                 if let Some(redacted) =
                     super::provider_errors::redact_secrets(&events, &self.provider)
@@ -450,16 +489,22 @@ impl SseRelay {
             return events;
         };
         self.stats.mark_done();
+        // Complete once `[DONE]` is handed on: a client that hangs up on
+        // it, before the provider's body ends, got the whole answer.
+        if self.head_sent {
+            self.stats.finish(StreamEnd::Complete);
+        }
         if !self.include_usage || self.top_level_usage_seen {
             return events;
         }
         let Some(report) = self.in_choice_usage.take() else {
             return events;
         };
-        // `done_at` is at the start of a line, so the split keeps events whole.
+        // Split where `[DONE]`'s event starts (its `id:` line goes with it).
+        let done_event = event_start(&events, done_at);
         self.after.push_back(usage_chunk(&report));
-        self.after.push_back(events.slice(done_at..));
-        events.slice(..done_at)
+        self.after.push_back(events.slice(done_event..));
+        events.slice(..done_event)
     }
 }
 
@@ -526,10 +571,12 @@ fn has_empty_choices(data: &[u8]) -> bool {
     )
 }
 
-/// Whether `events` hold anything but comments and blank lines (an SSE
-/// field line: `data:`, `event:`, `id:`, `retry:`).
-fn has_field_line(events: &[u8]) -> bool {
-    lines(events).any(|line| !matches!(line.first(), None | Some(b':')))
+/// Whether `events` hold a `data` field line: a block without one (comments,
+/// `id:`, `retry:`, `event:` alone) dispatches no event in SSE.
+fn has_data_line(events: &[u8]) -> bool {
+    // The usual frame, checked on every read, costs one comparison.
+    events.starts_with(b"data:")
+        || lines(events).any(|line| line == b"data" || line.starts_with(b"data:"))
 }
 
 #[cfg(test)]

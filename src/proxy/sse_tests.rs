@@ -35,6 +35,45 @@ async fn frames_and_end(chunks: Vec<Bytes>) -> (Vec<Bytes>, Option<StreamEnd>) {
     (frames, stats.end())
 }
 
+/// `event(0)` read alone (the stream has started, its head gone out, when
+/// anything else arrives), then `rest`.
+fn started_then(
+    rest: impl Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send + 'static,
+) -> Upstream {
+    let pause = futures_util::stream::once(tokio::task::yield_now())
+        .filter_map(|()| std::future::ready(None));
+    Box::pin(
+        futures_util::stream::iter([Ok(event(0))])
+            .chain(pause)
+            .chain(rest),
+    )
+}
+
+/// `chunks`, each in a read of its own: the relay finds nothing else ready
+/// when it reads one.
+fn one_per_read(chunks: Vec<Bytes>) -> Upstream {
+    Box::pin(futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::task::yield_now().await;
+        Ok(chunk)
+    }))
+}
+
+/// Every frame of a relay over `upstream`, and how its statistics say it
+/// ended.
+async fn relay_all(upstream: Upstream) -> (Vec<Bytes>, Option<StreamEnd>) {
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .expect("a first event");
+    let frames = tokio::time::timeout(
+        Duration::from_secs(5),
+        relay.map(|frame| frame.unwrap()).collect(),
+    )
+    .await
+    .expect("the stream ends");
+    (frames, stats.end())
+}
+
 fn event(i: usize) -> Bytes {
     Bytes::from(format!(
         "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n"
@@ -128,7 +167,10 @@ async fn a_providers_error_event_ends_the_stream_without_a_second_one() {
     let failure = Bytes::from_static(
         b"data: {\"error\":{\"message\":\"upstream broke (key secret-key-123)\",\"type\":\"engine_overloaded_error\"}}\n\n",
     );
-    let (frames, end) = frames_and_end(vec![event(0), failure.clone()]).await;
+    let (frames, end) = relay_all(started_then(futures_util::stream::iter([Ok(
+        failure.clone()
+    )])))
+    .await;
     // The client gets the provider's event (the gateway's key redacted),
     // and nothing of the gateway's.
     let redacted = std::str::from_utf8(&failure)
@@ -157,11 +199,16 @@ async fn a_chunk_that_mentions_error_is_not_an_error_event() {
 }
 
 #[tokio::test]
-async fn comments_before_the_first_event_are_not_the_first_event() {
+async fn blocks_without_data_before_the_first_event_are_not_the_first_event() {
     // Only comments, then the end: no first event, so an ordinary error
     // (which fail-over can retry elsewhere), not a committed 200.
     let upstream = futures_util::stream::iter(
-        [b": ping\n\n".as_slice(), b": ping\r\n\r\n"].map(|c| Ok(Bytes::from_static(c))),
+        [
+            b": ping\n\n".as_slice(),
+            b": ping\r\n\r\n",
+            b"retry: 3000\n\n",
+        ]
+        .map(|c| Ok(Bytes::from_static(c))),
     );
     let stats = Arc::new(StreamStats::new(Instant::now()));
     let refused = SseRelay::start(Box::pin(upstream), settings(), stats).await;
@@ -183,15 +230,19 @@ async fn comments_before_the_first_event_are_not_the_first_event() {
     );
     assert!(text.contains(": later comments pass"), "{text}");
 
-    for (events, fields) in [
+    for (events, is_event) in [
         (": a\n\n", false),
         (":\r\n\r\n", false),
         ("\n\n", false),
         ("data: x\n\n", true),
-        (": a\nevent: e\n\n", true),
-        ("id: 1\n\n", true),
+        ("data\n\n", true),
+        (": a\nevent: e\ndata:x\n\n", true),
+        (": a\nevent: e\n\n", false),
+        ("id: 1\n\n", false),
+        ("retry: 3000\r\r", false),
+        ("database: 1\n\n", false),
     ] {
-        assert_eq!(has_field_line(events.as_bytes()), fields, "{events:?}");
+        assert_eq!(has_data_line(events.as_bytes()), is_event, "{events:?}");
     }
 }
 
@@ -368,10 +419,164 @@ async fn a_providers_error_event_with_bare_cr_lines_is_its_error() {
     let failure = Bytes::from_static(
         b"data: {\"error\":{\"message\":\"broke\",\"type\":\"engine_overloaded_error\"}}\r\r",
     );
-    let (frames, end) = frames_and_end(vec![event(0), failure.clone()]).await;
+    let (frames, end) = relay_all(started_then(futures_util::stream::iter([Ok(
+        failure.clone()
+    )])))
+    .await;
     assert_eq!(frames.concat(), [event(0), failure].concat());
     let Some(StreamEnd::Failed(error)) = end else {
         panic!("{end:?}");
     };
     assert!(error.to_string().contains("broke"), "{error}");
+}
+
+/// A Moonshot-style stream (usage in the last choice) to a client that
+/// asked for `include_usage`: `[DONE]` in a read of its own, or after an
+/// `id:` line, still gets the usage chunk before it, and its event whole.
+#[tokio::test]
+async fn the_synthesised_usage_chunk_goes_before_done_however_done_arrives() {
+    let last = Bytes::from_static(
+        b"data: {\"id\":\"c1\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}]}\n\n",
+    );
+    for done in [&b"data: [DONE]\n\n"[..], b"id: 9\ndata: [DONE]\n\n"] {
+        let done = Bytes::from_static(done);
+        for (chunks, apart) in [
+            (vec![event(0), last.clone(), done.clone()], true),
+            (vec![event(0), last.clone(), done.clone()], false),
+            (
+                vec![event(0), Bytes::from([&last[..], &done].concat())],
+                false,
+            ),
+        ] {
+            let upstream = if apart {
+                one_per_read(chunks)
+            } else {
+                Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok)))
+            };
+            let stats = Arc::new(StreamStats::new(Instant::now()));
+            let settings = RelaySettings {
+                include_usage: true,
+                ..settings()
+            };
+            let relay = SseRelay::start(upstream, settings, stats.clone())
+                .await
+                .unwrap();
+            let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+            let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+            let usage_at = text.find("\"choices\":[]").expect("usage chunk");
+            let done_text = std::str::from_utf8(&done).unwrap();
+            assert!(text.ends_with(done_text), "{text}");
+            assert!(usage_at < text.len() - done_text.len(), "{text}");
+            for frame in &frames {
+                assert!(frame.ends_with(b"\n\n"), "half an event: {frame:?}");
+            }
+            assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+        }
+    }
+}
+
+/// However the provider's body ends after `[DONE]` (reset, cut), the client
+/// gets nothing more and the stream is complete; and it is complete as soon
+/// as `[DONE]` is handed on, before the provider's body ends.
+#[tokio::test]
+async fn after_done_a_broken_provider_connection_changes_nothing() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let broken = || crate::client::UpstreamError::Io(std::io::ErrorKind::ConnectionReset.into());
+    let upstream = futures_util::stream::iter([Ok(event(0)), Ok(done.clone()), Err(broken())]);
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames.concat(), [event(0), done.clone()].concat());
+    assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+
+    let upstream = futures_util::stream::iter([Ok(event(0)), Ok(done.clone())])
+        .chain(futures_util::stream::pending());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let mut relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(&done[..]) {
+        seen.extend_from_slice(&relay.next().await.unwrap().unwrap());
+    }
+    assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+}
+
+/// The provider's error event ends the stream at once, recorded as its
+/// error, even if its body stays open or breaks after it.
+#[tokio::test]
+async fn a_providers_error_event_ends_the_stream_even_if_its_body_goes_on() {
+    let failure = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"engine_overloaded_error\"}}\n\n",
+    );
+    let (frames, end) = relay_all(started_then(
+        futures_util::stream::iter([Ok(failure.clone())]).chain(futures_util::stream::pending()),
+    ))
+    .await;
+    assert_eq!(frames.concat(), [event(0), failure].concat());
+    let Some(StreamEnd::Failed(error)) = end else {
+        panic!("{end:?}");
+    };
+    assert_eq!(error.error_type, ErrorType::EngineOverloadedError);
+}
+
+/// A provider whose first event is an error has sent the client nothing:
+/// that is the attempt's error, with its type's status, so it is retried
+/// or failed over like the same error sent as an HTTP status.
+#[tokio::test]
+async fn a_first_event_that_is_an_error_is_the_attempts_error() {
+    for (failure, status, error_type) in [
+        (
+            &b"data: {\"error\":{\"message\":\"slow down\",\"type\":\"rate_limit_reached_error\"}}\n\n"[..],
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::RateLimitReachedError,
+        ),
+        (
+            b"data: {\"error\":{\"message\":\"broke\"}}\n\n",
+            StatusCode::BAD_GATEWAY,
+            ErrorType::ServerError,
+        ),
+    ] {
+        let upstream = futures_util::stream::iter([Ok(Bytes::from_static(failure))]);
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let err = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!((err.status, err.error_type), (status, error_type));
+        assert!(stats.end().is_none());
+    }
+}
+
+/// After the first event, comments alone do not keep a silent provider
+/// within its idle limit.
+#[tokio::test]
+async fn provider_comments_do_not_count_as_events_for_the_idle_limit() {
+    let comments = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+    });
+    let upstream = futures_util::stream::iter([Ok(event(0))]).chain(comments);
+    let settings = RelaySettings {
+        idle: Duration::from_millis(100),
+        ..settings()
+    };
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = tokio::time::timeout(
+        Duration::from_secs(5),
+        relay.map(|frame| frame.unwrap()).collect(),
+    )
+    .await
+    .expect("the idle limit ends the stream");
+    let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+    assert!(text.contains(": keep-alive"), "comments pass: {text}");
+    let Some(StreamEnd::Failed(error)) = stats.end() else {
+        panic!("{:?}", stats.end());
+    };
+    assert_eq!(error.code.as_deref(), Some("upstream_timeout"));
 }

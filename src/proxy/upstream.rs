@@ -4,7 +4,7 @@
 
 use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers, provider_request_id};
 use super::normalize::mirror_cached_tokens_in_body;
-use super::provider_errors::{self, MAX_ERROR_BODY};
+use super::provider_errors::{self, ERROR_BODY_WAIT, MAX_ERROR_BODY};
 use super::provider_wait::{self, AskedWait};
 use super::request::ChatRequest;
 use super::route::Target;
@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyDataStream, BodyExt};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::{Instant, timeout_at};
 
 /// What the access log needs to know about the upstream side of a request.
@@ -43,7 +44,6 @@ pub struct UpstreamInfo {
 /// handler: cloning them per request (reference counts, and a lock for the
 /// drain's cancellation token) cost more than their use, which for the
 /// token is only by streams.
-#[derive(Clone, Copy)]
 pub struct ForwardContext<'a> {
     pub request_id: &'a HeaderValue,
     /// When the client's request arrived.
@@ -56,6 +56,19 @@ pub struct ForwardContext<'a> {
     /// Its stream token is cancelled when the drain deadline passes: open
     /// streams end.
     pub drain: &'a crate::drain::Drain,
+    /// The last attempt's time to its response head, in microseconds (0:
+    /// none came), for the access line of a request that ends in an error.
+    pub last_time_to_head_us: AtomicU64,
+}
+
+impl ForwardContext<'_> {
+    /// The last attempt's time to its response head, if one came.
+    pub fn last_time_to_head(&self) -> Option<std::time::Duration> {
+        match self.last_time_to_head_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
+    }
 }
 
 impl UpstreamInfo {
@@ -89,6 +102,7 @@ pub async fn forward(
     ctx: &ForwardContext<'_>,
 ) -> Result<Forwarded, GatewayError> {
     let provider = &target.provider;
+    ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
     let Some(key) = target.key() else {
         return Err(GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,6 +157,9 @@ pub async fn forward(
     series.upstream_head.observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
     info.time_to_head = Some(time_to_head);
+    let head_us = u64::try_from(time_to_head.as_micros()).unwrap_or(u64::MAX);
+    ctx.last_time_to_head_us
+        .store(head_us.max(1), Ordering::Relaxed);
 
     if !status.is_success() {
         let asked = AskedWait {
@@ -158,7 +175,10 @@ pub async fn forward(
         };
         let upstream_id =
             provider_request_id(&response.headers).and_then(|id| response.headers.shared_value(id));
-        let body = read_limited(response.body, deadline, MAX_ERROR_BODY).await;
+        // The status is known: a body that does not follow promptly is not
+        // worth the rest of the first-byte deadline before failing over.
+        let body_deadline = deadline.min(Instant::now() + ERROR_BODY_WAIT);
+        let body = read_limited(response.body, body_deadline, MAX_ERROR_BODY).await;
         let mut err = provider_errors::translate(provider, status, asked, &body);
         // A header's id wins over one the body gave (AI/ML API's `requestId`).
         if let Some(id) = upstream_id {

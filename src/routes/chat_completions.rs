@@ -22,6 +22,7 @@ use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 
 pub async fn chat_completions(
     state: &AppState,
@@ -188,6 +189,7 @@ async fn route_and_forward(
         metrics: &state.metrics,
         keepalive: config.sse_keepalive,
         drain: &state.drain,
+        last_time_to_head_us: AtomicU64::new(0),
     };
     let ctx = &ctx;
     let limits = &config.limits;
@@ -244,7 +246,10 @@ async fn route_and_forward(
         Err(err) => (
             err.into_response(),
             WireFields::default(),
-            report.target.map(UpstreamInfo::new),
+            report.target.map(|target| UpstreamInfo {
+                time_to_head: ctx.last_time_to_head(),
+                ..UpstreamInfo::new(target)
+            }),
             None,
         ),
     };

@@ -273,3 +273,44 @@ fn glibc_tunables_set_by_the_operator_are_left_alone() {
         .collect();
     assert_eq!(set, [&format!("{VARIABLE}=glibc.malloc.tcache_count=7")]);
 }
+
+/// The access line of a request the provider refused still says how long
+/// the provider took to answer (its head came; only its status was bad).
+#[test]
+fn the_access_line_of_a_provider_error_has_its_time_to_head() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The key `start` gives the gateway.
+        let options = kimi_gateway::mock::MockOptions {
+            api_key: "k".into(),
+            ..Default::default()
+        };
+        kimi_gateway::mock::spawn(listener, options).await
+    });
+    let mut command = gateway();
+    command.env(
+        "MOONSHOT_BASE_URL",
+        mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+    );
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT]);
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "kimi-k2-turbo-preview",
+                "messages": [{"role": "user", "content": "[mock error=invalid_request head_delay_ms=20]"}],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 400);
+    let line = wait_for_line(&mut stdout, "\"status\":400");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let time_to_head = line["time_to_head_ms"].as_f64().unwrap();
+    assert!(time_to_head >= 20.0, "{line}");
+}

@@ -40,9 +40,17 @@ fn events(text: &str) -> Vec<&str> {
 #[tokio::test]
 async fn moonshot_streams_get_the_standard_usage_chunk_when_asked() {
     let app = spawn_app().await;
-    let body = stream_body("kimi-k2-turbo-preview", Some(true));
-    let provider = direct(&app, Flavour::Moonshot, &body).await;
-    let client = through(&app, &body).await;
+    // All events at once, and one per read (`[DONE]` then comes alone).
+    for prompt in ["hi", "hi [mock chunk_delay_ms=5]"] {
+        let mut body = stream_body("kimi-k2-turbo-preview", Some(true));
+        body["messages"][0]["content"] = json!(prompt);
+        moonshot_usage_chunk_is_added(&app, &body).await;
+    }
+}
+
+async fn moonshot_usage_chunk_is_added(app: &TestApp, body: &Value) {
+    let provider = direct(app, Flavour::Moonshot, body).await;
+    let client = through(app, body).await;
     let got = events(&client);
     assert_eq!(got.last(), Some(&"[DONE]"));
     let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();

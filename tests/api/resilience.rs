@@ -386,3 +386,79 @@ async fn readiness_fails_when_every_circuit_is_open() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["reason"], "every target's circuit is open");
 }
+
+/// A provider that answers 200 and then fails in its first event has sent
+/// the client nothing: fail-over as for an HTTP error. Later, its error
+/// event is the stream's end, counted as its error.
+#[tokio::test]
+async fn an_error_as_the_first_event_fails_over_and_a_later_one_is_forwarded() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error_event_after=0]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let events = sse_data(response).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error_event_after=2 chunk_delay_ms=20]",
+            true,
+        ))
+        .await;
+    assert_eq!(header(&response, "x-gateway-provider"), "moonshot");
+    let events = sse_data(response).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events[2].contains("engine_overloaded_error"), "{events:?}");
+    assert_eq!(seen(&app, Flavour::Agentsflare), 1);
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kimi_gateway_requests_total{")
+                && l.contains("error_type=\"engine_overloaded_error\"")
+                && l.contains("provider=\"moonshot\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
+/// A provider that sends an error status and then never finishes its body:
+/// the status already says the attempt failed, so fail-over does not wait
+/// out the provider's whole deadline for the message.
+#[tokio::test]
+async fn an_error_whose_body_never_ends_fails_over_without_waiting_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                        content-length: 200\r\n\r\n{\"error\":";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            open.push(stream);
+        }
+    });
+    let config =
+        format!("{FAST}[providers.moonshot.timeouts]\nfirst_byte_secs = 60\ntotal_secs = 60\n");
+    let app = spawn_app_with(&config, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    for stream in [false, true] {
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            app.chat(chat_body("kimi-k2.6", "hi", stream)),
+        )
+        .await
+        .expect("failed over before the provider's deadline");
+        assert_eq!(response.status(), 200, "stream={stream}");
+        assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    }
+}
