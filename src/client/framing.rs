@@ -4,12 +4,14 @@
 //! without copying: each frame is a slice of the bytes as they were read.
 
 use super::UpstreamError;
+use super::chunk_lines::{TrailerLine, trailer_line};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// A chunk-size line (size, extensions) longer than this is refused: it is
 /// either garbage or a peer trying to make the gateway buffer without end.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Trailer fields after the last chunk are skipped, up to this many bytes.
+/// Trailer fields after the last chunk are checked and dropped, up to this
+/// many bytes.
 const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where a body is in its framing.
@@ -33,8 +35,9 @@ pub enum Chunk {
     Data(u64),
     /// Expecting the CRLF that ends a chunk's data.
     DataEnd,
-    /// After the last (zero-size) chunk: trailer fields, then an empty line.
-    Trailers,
+    /// After the last (zero-size) chunk: trailer fields, then an empty
+    /// line; the bytes of trailer lines read so far.
+    Trailers(u32),
 }
 
 /// What the bytes read so far give.
@@ -93,7 +96,7 @@ impl Framing {
                         Ok(httparse::Status::Complete((line, size))) => {
                             buf.advance(line);
                             *chunk = if size == 0 {
-                                Chunk::Trailers
+                                Chunk::Trailers(0)
                             } else {
                                 Chunk::Data(size)
                             };
@@ -124,20 +127,26 @@ impl Framing {
                         buf.advance(2);
                         *chunk = Chunk::Size;
                     }
-                    Chunk::Trailers => {
-                        let end = if buf.starts_with(b"\r\n") {
-                            Some(2)
-                        } else {
-                            memchr::memmem::find(buf, b"\r\n\r\n").map(|at| at + 4)
-                        };
-                        match end {
-                            Some(end) => {
-                                buf.advance(end);
+                    Chunk::Trailers(seen) => {
+                        // A line at a time, each checked, so no line can
+                        // hide the start of the next message; the limit
+                        // counts the lines already read too.
+                        let room = MAX_TRAILERS - *seen as usize;
+                        let line = &buf[..buf.len().min(room)];
+                        match trailer_line(line).map_err(UpstreamError::InvalidBody)? {
+                            TrailerLine::Field(len) => {
+                                buf.advance(len);
+                                *seen += len as u32;
+                            }
+                            TrailerLine::End(len) => {
+                                buf.advance(len);
                                 *self = Framing::Done;
                                 return Ok(Decoded::End);
                             }
-                            None if buf.len() < MAX_TRAILERS => return Ok(Decoded::NeedMore),
-                            None => {
+                            TrailerLine::Partial if line.len() < room => {
+                                return Ok(Decoded::NeedMore);
+                            }
+                            TrailerLine::Partial => {
                                 return Err(UpstreamError::InvalidBody("trailer fields too large"));
                             }
                         }
@@ -267,6 +276,91 @@ mod tests {
         }
         let endless_line = vec![b'1'; MAX_CHUNK_LINE + 1];
         assert!(decode_in_steps(Framing::chunked(), &endless_line, 512, true).is_err());
+    }
+
+    /// Trailer sections as a peer sends them: each ends the body, and
+    /// only what follows the empty line is left for the next message.
+    #[test]
+    fn well_formed_trailer_sections_end_the_body() {
+        for trailers in [
+            &b"\r\n"[..],
+            b"x-a: 1\r\n\r\n",
+            b"x-a:1\r\nX-B: \t two  words \r\n\r\n",
+            b"x-empty:\r\n\r\n",
+            b"x-obs: caf\xc3\xa9\r\n\r\n",
+            b"!#$%&'*+-.^_`|~09az: v\r\n\r\n",
+        ] {
+            let mut wire = b"3\r\nabc\r\n0\r\n".to_vec();
+            wire.extend_from_slice(trailers);
+            wire.extend_from_slice(b"NEXT");
+            for step in 1..=wire.len() {
+                let (body, rest) = decode_in_steps(Framing::chunked(), &wire, step, false)
+                    .unwrap_or_else(|err| panic!("{trailers:?} step {step}: {err}"));
+                assert_eq!(body, b"abc");
+                assert!(
+                    b"NEXT".starts_with(&rest),
+                    "{trailers:?} step {step}: {rest:?}"
+                );
+            }
+        }
+    }
+
+    /// A trailer section is read a line at a time and each line must be a
+    /// field line ended by CRLF: anything else is an error, never skipped,
+    /// or the bytes after it (another request, on the server side) would
+    /// be read differently by the gateway and a peer that ends lines at a
+    /// bare LF.
+    #[test]
+    fn malformed_trailer_sections_are_errors() {
+        let smuggled = "GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+        let cases = [
+            (
+                "an empty line ended by a bare LF",
+                format!("\nPOST / HTTP/1.1\r\n{smuggled}"),
+            ),
+            ("a request line", smuggled.to_string()),
+            ("a field ended by a bare LF", "x-a: 1\n\r\n".to_string()),
+            ("a bare LF after a field", format!("x-a: 1\r\n\n{smuggled}")),
+            ("a folded line", "x-a: 1\r\n folded\r\n\r\n".to_string()),
+            ("a space before the colon", "x-a : 1\r\n\r\n".to_string()),
+            ("no name", ": 1\r\n\r\n".to_string()),
+            ("no colon", "x-a\r\n\r\n".to_string()),
+            ("a control byte", "x-a: 1\x012\r\n\r\n".to_string()),
+            ("a CR inside the value", "x-a: 1\r2\r\n\r\n".to_string()),
+            ("DEL", "x-a: 1\x7f\r\n\r\n".to_string()),
+            ("a CR not followed by LF", "\rX".to_string()),
+        ];
+        for (what, trailers) in cases {
+            let wire = format!("3\r\nabc\r\n0\r\n{trailers}");
+            for step in 1..=wire.len() {
+                match decode_in_steps(Framing::chunked(), wire.as_bytes(), step, true) {
+                    Err(UpstreamError::InvalidBody(_)) => {}
+                    other => panic!("{what}, step {step}: {other:?}"),
+                }
+            }
+        }
+        let err = decode_in_steps(Framing::chunked(), b"0\r\n\nGET", 64, false).unwrap_err();
+        assert!(err.to_string().contains("bare LF"), "{err}");
+    }
+
+    #[test]
+    fn trailer_sections_over_the_limit_are_errors() {
+        // Many valid lines, and one line that never ends.
+        let mut many = b"0\r\n".to_vec();
+        while many.len() <= MAX_TRAILERS {
+            many.extend_from_slice(b"x-trailer: 0123456789\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let mut endless = b"0\r\nx-trailer: ".to_vec();
+        endless.resize(MAX_TRAILERS + 16, b'a');
+        for wire in [many, endless] {
+            match decode_in_steps(Framing::chunked(), &wire, 1000, true) {
+                Err(UpstreamError::InvalidBody(what)) => {
+                    assert!(what.contains("large"), "{what}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

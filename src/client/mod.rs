@@ -14,6 +14,7 @@
 //! body frames are slices of the bytes as read (`framing.rs`).
 
 mod body;
+mod chunk_lines;
 mod conn;
 mod framing;
 mod head;

@@ -457,6 +457,76 @@ async fn a_malformed_chunked_body_is_400_and_the_connection_closed() {
     assert_still_serving(app.addr).await;
 }
 
+/// A chunked body whose trailer section is not CRLF-ended field lines is
+/// answered 400 and the connection closed: the bytes after it are never
+/// read as a request. A front end that ends lines at a bare LF would see
+/// the trailer section end there and the bytes after it as a request of
+/// its own, so the gateway taking them as trailers (or as its next
+/// request) would let a request through unseen.
+#[tokio::test]
+async fn a_request_hidden_after_a_malformed_trailer_section_is_not_answered() {
+    let app = spawn_app().await;
+    let body = chat_body(MODEL, "trailers", false).to_string();
+    let hidden = "GET /v1/models HTTP/1.1\r\nhost: gateway\r\n\r\n";
+    let cases = [
+        (
+            "an empty line ended by a bare LF",
+            format!(
+                "\nPOST /v1/models HTTP/1.1\r\nhost: gateway\r\ncontent-length: {}\r\n\r\n{hidden}",
+                hidden.len()
+            ),
+        ),
+        ("a request line for a field line", hidden.to_string()),
+        (
+            "a field ended by a bare LF",
+            format!("x-a: 1\n\r\n{hidden}"),
+        ),
+        (
+            "a folded field",
+            format!("x-a: 1\r\n folded\r\n\r\n{hidden}"),
+        ),
+    ];
+    for (what, trailers) in cases {
+        let mut client = Client::connect(app.addr).await;
+        client
+            .send(format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n{trailers}",
+                body.len()
+            ))
+            .await;
+        let reply = client.response().await;
+        assert_eq!(
+            reply.status,
+            400,
+            "{what}: {}: {}",
+            reply.head,
+            reply.text()
+        );
+        reply.assert_invalid_request_error();
+        assert_eq!(
+            reply.header("connection"),
+            Some("close"),
+            "{what}: {}",
+            reply.head
+        );
+        client.assert_closed().await;
+    }
+    let bare_lf = {
+        let mut client = Client::connect(app.addr).await;
+        client
+            .send(format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\n{hidden}",
+                body.len()
+            ))
+            .await;
+        client.response().await.json()
+    };
+    let message = bare_lf["error"]["message"].as_str().unwrap();
+    assert!(message.contains("bare LF"), "{message}");
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
 /// An HTTP/1.0 request without `Connection: keep-alive` is answered with
 /// `connection: close` and the connection closed after it.
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! counts connections: keep-alive reuse, closed connections replaced,
 //! abandoned bodies not reused, buffered stream frames handed over without
 //! waiting for a wake-up, interim heads skipped, bodies that end with the
-//! connection, and the same over TLS.
+//! connection, malformed trailer sections failing their body, and the same
+//! over TLS.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -37,6 +38,9 @@ enum Answer {
     /// The request's body is a number of milliseconds to wait before
     /// answering as `KeepAlive` does.
     AfterBodyMillis,
+    /// A chunked body whose trailer section ends at a bare LF, followed
+    /// by what a lenient reader would take for the next response.
+    BareLfTrailers,
 }
 
 struct RawServer {
@@ -127,6 +131,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
             Answer::NoContent => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
             Answer::Unsolicited => {
                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"
+                    .to_string()
+            }
+            Answer::BareLfTrailers => {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"
                     .to_string()
             }
         };
@@ -313,6 +321,21 @@ async fn bytes_past_the_response_are_never_taken_for_the_next_one() {
         3,
         "a connection with bytes nobody asked for is not reused"
     );
+}
+
+/// A response body whose trailer section is malformed fails (it is not
+/// ended at the next blank line found), and its connection is closed, not
+/// pooled: where the next response starts is unknown.
+#[tokio::test]
+async fn a_malformed_trailer_section_fails_the_body_and_closes_its_connection() {
+    let mut server = raw_server(Answer::BareLfTrailers).await;
+    let client = client(&server);
+    let response = send(&client, "{}").await.unwrap();
+    assert_eq!(response.status, 200);
+    let err = response.body.collect().await.unwrap_err();
+    assert!(err.to_string().contains("bare LF"), "{err}");
+    server.closed.recv().await.unwrap();
+    assert_eq!(client.idle_connections(), 0);
 }
 
 #[tokio::test]
