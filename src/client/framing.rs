@@ -4,7 +4,7 @@
 //! without copying: each frame is a slice of the bytes as they were read.
 
 use super::UpstreamError;
-use super::chunk_lines::{TrailerLine, trailer_line};
+use super::chunk_lines::{SizeLine, TrailerLine, chunk_size_line, trailer_line};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// A chunk-size line (size, extensions) longer than this is refused: it is
@@ -92,20 +92,27 @@ impl Framing {
                     return Ok(Decoded::Frame(buf.split().freeze()));
                 }
                 Framing::Chunked(chunk) => match chunk {
-                    Chunk::Size => match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete((line, size))) => {
-                            buf.advance(line);
-                            *chunk = if size == 0 {
-                                Chunk::Trailers(0)
-                            } else {
-                                Chunk::Data(size)
-                            };
+                    Chunk::Size => {
+                        // Only the first MAX_CHUNK_LINE bytes are looked at:
+                        // a line still not over by then is refused.
+                        let line = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+                        match chunk_size_line(line).map_err(UpstreamError::InvalidBody)? {
+                            SizeLine::Complete { len, size } => {
+                                buf.advance(len);
+                                *chunk = if size == 0 {
+                                    Chunk::Trailers(0)
+                                } else {
+                                    Chunk::Data(size)
+                                };
+                            }
+                            SizeLine::Partial if line.len() < MAX_CHUNK_LINE => {
+                                return Ok(Decoded::NeedMore);
+                            }
+                            SizeLine::Partial => {
+                                return Err(UpstreamError::InvalidBody("chunk size line too long"));
+                            }
                         }
-                        Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
-                            return Ok(Decoded::NeedMore);
-                        }
-                        _ => return Err(UpstreamError::InvalidBody("invalid chunk size line")),
-                    },
+                    }
                     Chunk::Data(remaining) => {
                         if buf.is_empty() {
                             return Ok(Decoded::NeedMore);
@@ -265,17 +272,69 @@ mod tests {
         }
     }
 
+    /// Size lines with extensions in every form the grammar allows decode
+    /// to the same body, however the bytes arrive.
+    #[test]
+    fn chunk_extensions_are_read_and_dropped() {
+        let wire: &[u8] = b"5;a\r\nhello\r\n1 ; b = c\t;d\r\n \r\n\
+            A;q=\"x \\\" ; y\";r=\"\"\r\n0123456789\r\n\
+            0000000000000001\r\n!\r\n0;last=\"\\\\\"\r\n\r\nNEXT";
+        for step in 1..=wire.len() {
+            let (body, rest) = decode_in_steps(Framing::chunked(), wire, step, false)
+                .unwrap_or_else(|err| panic!("step {step}: {err}"));
+            assert_eq!(body, b"hello 0123456789!", "step {step}");
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+    }
+
+    /// Each way a size line can be read two ways (a bare LF, whitespace
+    /// where the grammar has none, no size at all) is an error, whatever
+    /// the reads it arrives in.
     #[test]
     fn malformed_chunks_are_errors() {
-        for wire in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffffff\r\n"] {
-            let err = decode_in_steps(Framing::chunked(), wire, 64, false).unwrap_err();
-            assert!(
-                matches!(err, UpstreamError::InvalidBody(_)),
-                "{wire:?}: {err}"
-            );
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffffff\r\n",
+            b"00000000000000005\r\nhello\r\n",
+            b"\r\n\r\n",
+            b";a\r\n",
+            b"5 \r\nhello\r\n",
+            b"5\t\r\nhello\r\n",
+            b" 5\r\nhello\r\n",
+            b"5\nhello\r\n",
+            b"0\n\r\n",
+            b"2;\nXX\r\n",
+            b"5;a\nhello\r\n",
+            b"5;a=\"b\nc\"\r\n",
+            b"5;\r\nhello\r\n",
+            b"5;a=\r\nhello\r\n",
+            b"5;a b\r\nhello\r\n",
+            b"5;a=b c\r\nhello\r\n",
+            b"5;a=\"b\r\nhello\r\n",
+            b"5;a=\"\x01\"\r\nhello\r\n",
+            b"5;a@b\r\nhello\r\n",
+            b"5\rX",
+            b"0x5\r\nhello\r\n",
+            b"+5\r\nhello\r\n",
+        ] {
+            for step in 1..=wire.len() {
+                match decode_in_steps(Framing::chunked(), wire, step, true) {
+                    Err(UpstreamError::InvalidBody(_)) => {}
+                    other => panic!("{:?} step {step}: {other:?}", String::from_utf8_lossy(wire)),
+                }
+            }
         }
+        let err = decode_in_steps(Framing::chunked(), b"2;\nXX\r\n", 64, true).unwrap_err();
+        assert!(err.to_string().contains("bare LF"), "{err}");
         let endless_line = vec![b'1'; MAX_CHUNK_LINE + 1];
         assert!(decode_in_steps(Framing::chunked(), &endless_line, 512, true).is_err());
+        let mut endless_extension = b"5;a=".to_vec();
+        endless_extension.resize(MAX_CHUNK_LINE + 1, b'b');
+        match decode_in_steps(Framing::chunked(), &endless_extension, 512, true) {
+            Err(UpstreamError::InvalidBody(_)) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Trailer sections as a peer sends them: each ends the body, and

@@ -457,6 +457,43 @@ async fn a_malformed_chunked_body_is_400_and_the_connection_closed() {
     assert_still_serving(app.addr).await;
 }
 
+/// A request the tests below hide after a malformed part of a chunked
+/// body: answered, it would show as a second response.
+const HIDDEN: &str = "GET /v1/models HTTP/1.1\r\nhost: gateway\r\n\r\n";
+
+/// Sends a chunked chat request whose body is `chunks` (everything after
+/// the head) and asserts that the one answer is a 400 saying
+/// `connection: close` and that nothing follows it before the close.
+/// Returns the answer's error message.
+async fn assert_refused_alone(addr: SocketAddr, what: &str, chunks: &str) -> String {
+    let mut client = Client::connect(addr).await;
+    client
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{chunks}"
+        ))
+        .await;
+    let reply = client.response().await;
+    assert_eq!(
+        reply.status,
+        400,
+        "{what}: {}: {}",
+        reply.head,
+        reply.text()
+    );
+    reply.assert_invalid_request_error();
+    assert_eq!(
+        reply.header("connection"),
+        Some("close"),
+        "{what}: {}",
+        reply.head
+    );
+    client.assert_closed().await;
+    reply.json()["error"]["message"]
+        .as_str()
+        .expect("a message")
+        .to_owned()
+}
+
 /// A chunked body whose trailer section is not CRLF-ended field lines is
 /// answered 400 and the connection closed: the bytes after it are never
 /// read as a request. A front end that ends lines at a bare LF would see
@@ -467,62 +504,75 @@ async fn a_malformed_chunked_body_is_400_and_the_connection_closed() {
 async fn a_request_hidden_after_a_malformed_trailer_section_is_not_answered() {
     let app = spawn_app().await;
     let body = chat_body(MODEL, "trailers", false).to_string();
-    let hidden = "GET /v1/models HTTP/1.1\r\nhost: gateway\r\n\r\n";
+    let last_chunk = format!("{:x}\r\n{body}\r\n0\r\n", body.len());
     let cases = [
         (
             "an empty line ended by a bare LF",
             format!(
-                "\nPOST /v1/models HTTP/1.1\r\nhost: gateway\r\ncontent-length: {}\r\n\r\n{hidden}",
-                hidden.len()
+                "\nPOST /v1/models HTTP/1.1\r\nhost: gateway\r\ncontent-length: {}\r\n\r\n{HIDDEN}",
+                HIDDEN.len()
             ),
         ),
-        ("a request line for a field line", hidden.to_string()),
+        ("a request line for a field line", HIDDEN.to_string()),
         (
             "a field ended by a bare LF",
-            format!("x-a: 1\n\r\n{hidden}"),
+            format!("x-a: 1\n\r\n{HIDDEN}"),
         ),
         (
             "a folded field",
-            format!("x-a: 1\r\n folded\r\n\r\n{hidden}"),
+            format!("x-a: 1\r\n folded\r\n\r\n{HIDDEN}"),
         ),
     ];
     for (what, trailers) in cases {
-        let mut client = Client::connect(app.addr).await;
-        client
-            .send(format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n{trailers}",
-                body.len()
-            ))
-            .await;
-        let reply = client.response().await;
-        assert_eq!(
-            reply.status,
-            400,
-            "{what}: {}: {}",
-            reply.head,
-            reply.text()
-        );
-        reply.assert_invalid_request_error();
-        assert_eq!(
-            reply.header("connection"),
-            Some("close"),
-            "{what}: {}",
-            reply.head
-        );
-        client.assert_closed().await;
+        let message =
+            assert_refused_alone(app.addr, what, &format!("{last_chunk}{trailers}")).await;
+        if what.contains("bare LF") {
+            assert!(message.contains("bare LF"), "{what}: {message}");
+        }
     }
-    let bare_lf = {
-        let mut client = Client::connect(app.addr).await;
-        client
-            .send(format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\n{hidden}",
-                body.len()
-            ))
-            .await;
-        client.response().await.json()
-    };
-    let message = bare_lf["error"]["message"].as_str().unwrap();
-    assert!(message.contains("bare LF"), "{message}");
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
+/// A chunk-size line the grammar does not allow (a bare LF inside an
+/// extension or at its end, whitespace after the size, no size at all) is
+/// answered 400 and the connection closed. A peer that reads such a line
+/// differently (ends it at the LF, or takes the empty line for the last
+/// chunk) frames the rest of the body differently, and what one side reads
+/// as body data the other would read as the next request.
+#[tokio::test]
+async fn a_request_hidden_after_a_malformed_chunk_size_line_is_not_answered() {
+    let app = spawn_app().await;
+    let body = chat_body(MODEL, "size lines", false).to_string();
+    let first = format!("{:x}\r\n{body}\r\n", body.len());
+    // Read up to the bare LF, "2;\nXX" is a size line whose extension
+    // holds "XX"; the next chunk's data is then its own size digits, and
+    // the last chunk and the request inside that chunk come next.
+    let in_chunk = format!("0\r\n\r\n{HIDDEN}");
+    let cases = [
+        (
+            "a bare LF in an extension",
+            format!(
+                "{first}2;\nXX\r\n{:02x}\r\n{in_chunk}\r\n0\r\n\r\n",
+                in_chunk.len()
+            ),
+        ),
+        (
+            "a size line ended by a bare LF",
+            format!("{first}0\n\r\n{HIDDEN}"),
+        ),
+        (
+            "whitespace after the size",
+            format!("{:x} \r\n{body}\r\n0\r\n\r\n{HIDDEN}", body.len()),
+        ),
+        ("an empty size line", format!("{first}\r\n\r\n{HIDDEN}")),
+    ];
+    for (what, chunks) in cases {
+        let message = assert_refused_alone(app.addr, what, &chunks).await;
+        if what.contains("bare LF") {
+            assert!(message.contains("bare LF"), "{what}: {message}");
+        }
+    }
     assert!(app.mock.requests().is_empty(), "nothing was forwarded");
     assert_still_serving(app.addr).await;
 }
