@@ -94,7 +94,7 @@ pub async fn serve(
             Ok(head) => head,
             Err(NoHead::Refused(bad)) => {
                 crate::request_metrics::observe_refused_head(bad.status, &gateway.state().metrics);
-                return connection.refuse(bad).await;
+                return connection.refuse(bad, idle.as_mut()).await;
             }
             Err(NoHead::Closed) => return,
         };
@@ -146,7 +146,8 @@ struct Waiting<'a, 'b, C> {
 
 /// The client idle limit (`server.client_idle_secs`) and the connection's
 /// one timer for it, shared by the waits it bounds: for a complete request
-/// head, and for a request body's next bytes.
+/// head, for a request body's next bytes, and for the client to take the
+/// next bytes of a response.
 struct IdleLimit<'a> {
     after: Duration,
     timer: Pin<&'a mut tokio::time::Sleep>,
@@ -170,9 +171,10 @@ impl IdleLimit<'_> {
     }
 }
 
-/// Body bytes that restart the body's idle wait: a client must send at
-/// least this much (or the rest of its body) per idle limit, so one that
-/// trickles a byte at a time cannot hold a connection for ever.
+/// Bytes that restart a body's idle wait, both ways: a client must send at
+/// least this much of its request body (or the rest of it), and take this
+/// much of its response (or the rest of what is ready), per idle limit, so
+/// one that trickles a byte at a time cannot hold a connection for ever.
 const BODY_PROGRESS: usize = 8 * 1024;
 
 /// Why no request head came (or none in time).
@@ -333,13 +335,21 @@ impl Connection {
             (true, _) => ConnectionHeader::Default,
         };
         match self
-            .respond(response, &fields, head_only, version, connection)
+            .respond(response, &fields, head_only, version, connection, idle)
             .await
         {
             Ok(true) => After::KeepAlive,
             Ok(false) if !body_read => After::Linger,
             Ok(false) => After::Close,
-            Err(_) => After::Drop,
+            Err(err) => {
+                if err.kind() == std::io::ErrorKind::TimedOut {
+                    tracing::info!(
+                        request_id = id.to_str().unwrap_or(""),
+                        "client stopped reading its response (server.client_idle_secs): response dropped, connection reset"
+                    );
+                }
+                After::Drop
+            }
         }
     }
 
@@ -362,9 +372,26 @@ impl Connection {
             };
             if let Some(sent) = &mut body.continue_owed {
                 while *sent < CONTINUE.len() {
-                    match ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..])) {
-                        Ok(n) if n > 0 => *sent += n,
-                        _ => return Poll::Ready(None),
+                    match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => *sent += n,
+                        Poll::Ready(_) => return Poll::Ready(None),
+                        Poll::Pending => {
+                            // A client that takes no bytes at all (its
+                            // earlier answers unread) is waited for as long
+                            // as a body, then treated as gone: the handler
+                            // is dropped, as when a client leaves.
+                            let Some(limit) = idle.as_deref_mut() else {
+                                return Poll::Pending;
+                            };
+                            let began = *body
+                                .stalled_since
+                                .get_or_insert_with(coarse_clock::monotonic);
+                            if !limit.passed(cx, began) {
+                                return Poll::Pending;
+                            }
+                            let _ = self.io.set_zero_linger();
+                            return Poll::Ready(None);
+                        }
                     }
                 }
                 body.continue_owed = None;
@@ -449,6 +476,7 @@ impl Connection {
         head_only: bool,
         version: Version,
         mut connection: ConnectionHeader,
+        mut idle: Option<&mut IdleLimit<'_>>,
     ) -> std::io::Result<bool> {
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
@@ -477,7 +505,7 @@ impl Connection {
         drop(parts);
         if head_only || matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {
             drop(body);
-            self.output.write_to(&mut self.io).await?;
+            self.write_output(idle.as_deref_mut()).await?;
             return Ok(keep_alive);
         }
         // Bytes still owed after a `content-length`.
@@ -506,22 +534,22 @@ impl Connection {
                         *owed -= data.len() as u64;
                         self.output.push(data);
                         if *owed == 0 {
-                            self.output.write_to(&mut self.io).await?;
+                            self.write_output(idle.as_deref_mut()).await?;
                             return Ok(keep_alive);
                         }
                     } else {
                         self.output.push(data);
                     }
                     if self.output.len() >= WRITE_AT {
-                        self.output.write_to(&mut self.io).await?;
+                        self.write_output(idle.as_deref_mut()).await?;
                     }
                 }
-                Next::Write => self.output.write_to(&mut self.io).await?,
+                Next::Write => self.write_output(idle.as_deref_mut()).await?,
                 Next::End => {
                     if framing == BodyFraming::Chunked {
                         self.output.copy(b"0\r\n\r\n");
                     }
-                    self.output.write_to(&mut self.io).await?;
+                    self.write_output(idle.as_deref_mut()).await?;
                     // A body shorter than its announced length leaves the
                     // client waiting for the rest: only a close ends that.
                     return Ok(keep_alive && owed.is_none_or(|n| n == 0));
@@ -529,12 +557,47 @@ impl Connection {
                 Next::Failed => {
                     // No way to say so in HTTP/1.1 but to end the
                     // connection before the body's end.
-                    self.output.write_to(&mut self.io).await?;
+                    self.write_output(idle.as_deref_mut()).await?;
                     return Ok(false);
                 }
                 Next::ClientLeft => return Err(std::io::ErrorKind::ConnectionReset.into()),
             }
         }
+    }
+
+    /// Writes what the output holds. A client that takes none of it for the
+    /// idle limit (or less than [`BODY_PROGRESS`] bytes of it in that
+    /// time) fails the write with `TimedOut`, and the connection is set to
+    /// be reset when dropped: closed normally, it would keep the unsent
+    /// bytes in the kernel, trying to deliver them to a client that does
+    /// not read. The clock is read and the timer polled only when the
+    /// socket takes nothing.
+    async fn write_output(&mut self, mut idle: Option<&mut IdleLimit<'_>>) -> std::io::Result<()> {
+        // When the current wait began (coarse clock), and the bytes
+        // written by then.
+        let mut wait: Option<(Duration, usize)> = None;
+        let written = self.output.write_to(&mut self.io, |cx, written| {
+            let Some(limit) = idle.as_deref_mut() else {
+                return false;
+            };
+            let began = match wait {
+                Some((began, from)) if written - from < BODY_PROGRESS => began,
+                _ => {
+                    let now = coarse_clock::monotonic();
+                    wait = Some((now, written));
+                    now
+                }
+            };
+            limit.passed(cx, began)
+        });
+        let result = written.await;
+        if result
+            .as_ref()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::TimedOut)
+        {
+            let _ = self.io.set_zero_linger();
+        }
+        result
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>, body: &mut axum::body::Body) -> Poll<Next> {
@@ -557,7 +620,7 @@ impl Connection {
     }
 
     /// Answers a head that cannot be served, then closes.
-    async fn refuse(mut self, bad: BadHead) {
+    async fn refuse(mut self, bad: BadHead, idle: Option<&mut IdleLimit<'_>>) {
         // Not an access line: there is no method, path or key to record.
         let id = generate_id();
         tracing::info!(
@@ -577,6 +640,7 @@ impl Connection {
                 false,
                 Version::HTTP_11,
                 ConnectionHeader::Close,
+                idle,
             )
             .await
             .is_ok()

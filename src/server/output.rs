@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 
 /// Frames shorter than this are copied next to the bytes around them
@@ -64,8 +65,16 @@ impl Output {
         }
     }
 
-    /// Writes everything gathered.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> std::io::Result<()> {
+    /// Writes everything gathered. Whenever `io` takes nothing,
+    /// `too_slow` is asked, with the bytes this call has written so far,
+    /// whether the writer has waited long enough (it registers its own
+    /// wake-up if not): then the write fails with `TimedOut`. A write
+    /// that never waits never asks, so costs no timer.
+    pub async fn write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        mut too_slow: impl FnMut(&mut Context<'_>, usize) -> bool,
+    ) -> std::io::Result<()> {
         let mut slices: SmallVec<[IoSlice<'_>; 8]> = SmallVec::with_capacity(self.pieces.len());
         let mut from = 0;
         for piece in &self.pieces {
@@ -78,13 +87,23 @@ impl Output {
             }
         }
         let mut rest = &mut slices[..];
+        let mut total = 0;
         while !rest.is_empty() {
             let batch = rest.len().min(MAX_SLICES);
             let written =
-                poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &rest[..batch])).await?;
+                poll_fn(
+                    |cx| match Pin::new(&mut *io).poll_write_vectored(cx, &rest[..batch]) {
+                        Poll::Pending if too_slow(cx, total) => {
+                            Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                        }
+                        polled => polled,
+                    },
+                )
+                .await?;
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
+            total += written;
             IoSlice::advance_slices(&mut rest, written);
         }
         drop(slices);
@@ -116,14 +135,49 @@ mod tests {
             reader.read_to_end(&mut all).await.unwrap();
             all
         });
-        output.write_to(&mut writer).await.unwrap();
+        output.write_to(&mut writer, |_, _| false).await.unwrap();
         assert!(output.is_empty());
         output.copy(b"!");
-        output.write_to(&mut writer).await.unwrap();
+        output.write_to(&mut writer, |_, _| false).await.unwrap();
         drop(writer);
         let mut expected = b"head\r\nsmall ".to_vec();
         expected.extend_from_slice(&big);
         expected.extend_from_slice(b"\r\nend!");
         assert_eq!(read.await.unwrap(), expected);
+    }
+
+    /// A write that waits asks whether it has waited too long, each time,
+    /// with the bytes written so far, and a yes ends it with `TimedOut`; a
+    /// write that never waits never asks (no clock, no timer).
+    #[tokio::test]
+    async fn only_a_waiting_write_asks_whether_it_has_waited_too_long() {
+        let mut output = Output::default();
+        output.push(Bytes::from(vec![b'x'; 5000]));
+        let (mut roomy, _reader) = tokio::io::duplex(64 * 1024);
+        let mut asked = 0;
+        output
+            .write_to(&mut roomy, |_, _| {
+                asked += 1;
+                false
+            })
+            .await
+            .unwrap();
+        assert_eq!(asked, 0);
+
+        output.push(Bytes::from(vec![b'x'; 5000]));
+        // Nobody reads: 100 bytes go, then the pipe is full for good.
+        let (mut full, _reader) = tokio::io::duplex(100);
+        let mut written_when_asked = Vec::new();
+        let err = output
+            .write_to(&mut full, |cx, written| {
+                written_when_asked.push(written);
+                // The caller's own wake-up (its timer, in the connection).
+                cx.waker().wake_by_ref();
+                written_when_asked.len() == 3
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(written_when_asked, [100, 100, 100]);
     }
 }

@@ -842,3 +842,67 @@ async fn request_bodies_that_stop_arriving_are_answered_408() {
         "only the paced body was forwarded"
     );
 }
+
+/// A client that stops reading its answer is cut off once the gateway has
+/// been unable to write to it for `server.client_idle_secs`: the response
+/// is dropped, which ends the provider request and gives back its
+/// concurrency slot, and the connection is closed. Without a bound it
+/// would hold all three for as long as it stayed connected.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_idle_limit() {
+    let app = spawn_app_with(
+        "[server]\nclient_idle_secs = 0.5\n[limits.providers.moonshot]\nconcurrent_requests = 1\n",
+        &[],
+    )
+    .await;
+    let provider_in_flight = || {
+        app.state.config().limits.providers["moonshot"]
+            .local
+            .in_flight()
+    };
+    // A stream of 16 MiB: more than every socket buffer between the mock
+    // and the client holds, so the gateway's writes stop.
+    let body = chat_body(MODEL, "[mock chunks=64 chunk_bytes=262144]", true).to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(chat_request(&body).as_bytes())
+        .await
+        .unwrap();
+    wait_until("the stream is open", async || {
+        app.state.metrics.open_streams.get() == 1
+    })
+    .await;
+    wait_until("the stream is dropped", async || {
+        app.state.metrics.open_streams.get() == 0
+            && app.state.metrics.in_flight.get() == 0
+            && provider_in_flight() == 0
+    })
+    .await;
+
+    // What the gateway had written, then the end: cut off, not finished.
+    let mut read = Vec::new();
+    let ended = tokio::time::timeout(READ_WAIT, async {
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(read.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        read.len() < 16 << 20,
+        "{} bytes: the whole answer",
+        read.len()
+    );
+    assert!(!read.ends_with(b"\r\n0\r\n\r\n"), "the answer ended");
+
+    // The slot is free: the next request is served, not refused.
+    let next = app.chat(chat_body(MODEL, "after", false)).await;
+    assert_eq!(next.status(), 200);
+}
