@@ -169,6 +169,20 @@ impl IdleLimit<'_> {
         }
         false
     }
+
+    /// Whether a body's wait, which began at `stalled_since` (now, if it
+    /// had not begun), has lasted the limit; never without a limit.
+    fn stall_passed(
+        limit: Option<&mut Self>,
+        cx: &mut Context<'_>,
+        stalled_since: &mut Option<Duration>,
+    ) -> bool {
+        let Some(limit) = limit else {
+            return false;
+        };
+        let began = *stalled_since.get_or_insert_with(coarse_clock::monotonic);
+        limit.passed(cx, began)
+    }
 }
 
 /// Bytes that restart a body's idle wait, both ways: a client must send at
@@ -380,13 +394,8 @@ impl Connection {
                             // earlier answers unread) is waited for as long
                             // as a body, then treated as gone: the handler
                             // is dropped, as when a client leaves.
-                            let Some(limit) = idle.as_deref_mut() else {
-                                return Poll::Pending;
-                            };
-                            let began = *body
-                                .stalled_since
-                                .get_or_insert_with(coarse_clock::monotonic);
-                            if !limit.passed(cx, began) {
+                            let stalled = &mut body.stalled_since;
+                            if !IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
                                 return Poll::Pending;
                             }
                             let _ = self.io.set_zero_linger();
@@ -427,13 +436,8 @@ impl Connection {
                             // The client left halfway through its body.
                             Poll::Ready(_) => return Poll::Ready(None),
                             Poll::Pending => {
-                                let Some(limit) = idle.as_deref_mut() else {
-                                    return Poll::Pending;
-                                };
-                                let began = *body
-                                    .stalled_since
-                                    .get_or_insert_with(coarse_clock::monotonic);
-                                if !limit.passed(cx, began) {
+                                let stalled = &mut body.stalled_since;
+                                if !IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
                                     return Poll::Pending;
                                 }
                                 body.slot.end(Err(BodyError::TIMED_OUT), cx);
