@@ -3,7 +3,9 @@
 //! parsed out of the read buffer, and the body is decoded from that same
 //! buffer by [`super::PooledBody`]. No channels and no task of its own: a
 //! request, its response head and every body frame cost no wake-up beyond
-//! the socket's own.
+//! the socket's own. A request the socket does not take at once is written
+//! while the response is read, so an answer given before the whole body
+//! was read (a 413) is not lost.
 
 use super::UpstreamError;
 use super::head::{self, ResponseHead};
@@ -82,18 +84,23 @@ impl Connection {
         }
         self.head.clear();
         write_head(&mut self.head);
-        self.write_request(&body).await?;
+        match self.write_request(&body).await? {
+            Written::All => {}
+            Written::Answered(head) => return Ok(not_reusable(head)),
+            Written::Failed(err) => {
+                // The provider may have answered, then closed without
+                // reading the rest (the reset is what failed the write):
+                // its answer, if it is here already, says more than the
+                // broken pipe.
+                return match self.head_already_received() {
+                    Ok(Some(head)) => Ok(not_reusable(head)),
+                    _ => Err(UpstreamError::Io(err)),
+                };
+            }
+        }
         loop {
-            if !self.read.is_empty()
-                && let Some(head) = head::parse(&mut self.read)?
-            {
-                if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(UpstreamError::InvalidHead("unexpected 101".into()));
-                }
-                if !head.status.is_informational() {
-                    return Ok(head);
-                }
-                continue;
+            if let Some(head) = final_head(&mut self.read)? {
+                return Ok(head);
             }
             let read = poll_fn(|cx| match self.poll_read(cx, READ_SIZE) {
                 Poll::Pending => poll_deadline(&mut self.deadline, cx).map(Err),
@@ -101,6 +108,21 @@ impl Connection {
             });
             if read.await? == 0 {
                 return Err(UpstreamError::ClosedBeforeHead);
+            }
+        }
+    }
+
+    /// The final response head, if the bytes already received (read now,
+    /// without waiting) hold it whole.
+    fn head_already_received(&mut self) -> Result<Option<ResponseHead>, UpstreamError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Some(head) = final_head(&mut self.read)? {
+                return Ok(Some(head));
+            }
+            match self.poll_read(&mut cx, READ_SIZE) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => return Ok(None),
             }
         }
     }
@@ -115,29 +137,64 @@ impl Connection {
         }
     }
 
-    async fn write_request(&mut self, body: &OutgoingBody) -> Result<(), UpstreamError> {
+    /// Writes the request head and body. While the socket takes no more,
+    /// reads what the provider sends: a provider may answer before it has
+    /// read the whole body (a 413 for a body too large) and stop reading,
+    /// and waiting for the write to finish first would end in the deadline
+    /// or a broken pipe instead of its answer. A write that completes at
+    /// once, as nearly every request's does, reads nothing here.
+    async fn write_request(&mut self, body: &OutgoingBody) -> Result<Written, UpstreamError> {
+        let Connection {
+            io,
+            read,
+            head,
+            deadline,
+        } = self;
         let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
-        slices.push(IoSlice::new(&self.head));
+        slices.push(IoSlice::new(head));
         slices.extend(body.parts().map(|p| IoSlice::new(p)));
         let mut rest = &mut slices[..];
-        let io = &mut self.io;
-        let deadline = &mut self.deadline;
-        while !rest.is_empty() {
-            let write = poll_fn(
-                |cx| match Pin::new(&mut *io).poll_write_vectored(cx, rest) {
-                    Poll::Pending => poll_deadline(deadline, cx).map(Err),
-                    Poll::Ready(written) => Poll::Ready(written.map_err(UpstreamError::Io)),
-                },
-            );
-            let written = write.await?;
-            if written == 0 {
-                return Err(UpstreamError::Io(std::io::ErrorKind::WriteZero.into()));
+        let mut flushed = false;
+        poll_fn(|cx| {
+            loop {
+                let wrote = if rest.is_empty() {
+                    Pin::new(&mut *io)
+                        .poll_flush(cx)
+                        .map_ok(|()| flushed = true)
+                } else {
+                    Pin::new(&mut *io)
+                        .poll_write_vectored(cx, rest)
+                        .map(|written| match written {
+                            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                            Ok(n) => {
+                                IoSlice::advance_slices(&mut rest, n);
+                                Ok(())
+                            }
+                            Err(err) => Err(err),
+                        })
+                };
+                match wrote {
+                    Poll::Ready(Ok(())) if flushed => return Poll::Ready(Ok(Written::All)),
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Ok(Written::Failed(err))),
+                    Poll::Pending => {}
+                }
+                // The socket takes no more for now: an answer may be here.
+                loop {
+                    if let Some(head) = final_head(read)? {
+                        return Poll::Ready(Ok(Written::Answered(head)));
+                    }
+                    match read_into(io, read, cx, READ_SIZE) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(UpstreamError::ClosedBeforeHead));
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                        Poll::Pending => break,
+                    }
+                }
+                return poll_deadline(deadline, cx).map(Err);
             }
-            IoSlice::advance_slices(&mut rest, written);
-        }
-        poll_fn(|cx| match Pin::new(&mut *io).poll_flush(cx) {
-            Poll::Pending => poll_deadline(deadline, cx).map(Err),
-            Poll::Ready(flushed) => Poll::Ready(flushed.map_err(UpstreamError::Io)),
         })
         .await
     }
@@ -151,11 +208,7 @@ impl Connection {
         cx: &mut Context<'_>,
         room: usize,
     ) -> Poll<Result<usize, UpstreamError>> {
-        if self.read.capacity() - self.read.len() < room / 2 {
-            self.read.reserve(room);
-        }
-        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
-        polled.map_err(UpstreamError::Io)
+        read_into(&mut self.io, &mut self.read, cx, room)
     }
 
     /// Room for the next read of a body with `remaining` bytes to come.
@@ -179,6 +232,54 @@ impl Connection {
         let mut cx = Context::from_waker(Waker::noop());
         matches!(self.poll_read(&mut cx, READ_SIZE), Poll::Pending)
     }
+}
+
+/// How writing a request ended.
+enum Written {
+    All,
+    /// The provider answered before the whole request was written; the
+    /// rest of it is not sent.
+    Answered(ResponseHead),
+    /// The write failed (the provider may have answered and closed).
+    Failed(std::io::Error),
+}
+
+/// A response whose request was not sent whole: the connection cannot
+/// carry another request, whatever the provider says.
+fn not_reusable(mut head: ResponseHead) -> ResponseHead {
+    head.keep_alive = false;
+    head
+}
+
+/// The final response head, if `read` holds it whole; interim `1xx` heads
+/// before it are dropped.
+fn final_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
+    while !read.is_empty() {
+        let Some(head) = head::parse(read)? else {
+            return Ok(None);
+        };
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UpstreamError::InvalidHead("unexpected 101".into()));
+        }
+        if !head.status.is_informational() {
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// [`Connection::poll_read`] on the connection's parts, for when the
+/// request being written holds the connection's head buffer.
+fn read_into(
+    io: &mut Io,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+    room: usize,
+) -> Poll<Result<usize, UpstreamError>> {
+    if read.capacity() - read.len() < room / 2 {
+        read.reserve(room);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, read).map_err(UpstreamError::Io)
 }
 
 /// `Ready` with [`UpstreamError::TimedOut`] once the exchange's deadline

@@ -10,8 +10,10 @@
 //! every body frame through channels between the caller and its state
 //! machine. The exchange here is fixed (one `POST` with a body of known
 //! length, one response), so the connection is this module's own: the
-//! request goes out in one write, the head is parsed with `httparse`, and
-//! body frames are slices of the bytes as read (`framing.rs`).
+//! request goes out in one write (with the response read alongside when
+//! the socket does not take it at once), the head is parsed with
+//! `httparse`, and body frames are slices of the bytes as read
+//! (`framing.rs`).
 
 mod body;
 mod chunk_lines;

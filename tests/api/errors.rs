@@ -143,6 +143,57 @@ async fn an_unreachable_provider_is_a_bad_gateway() {
     assert!(error["message"].as_str().unwrap().contains("moonshot"));
 }
 
+/// A provider that refuses a large body as soon as it has the request
+/// head (413, without reading the body) and closes the connection: the
+/// client gets the provider's 413, not a broken pipe's 502 or a timeout.
+#[tokio::test]
+async fn a_provider_refusing_a_large_body_before_reading_it_is_answered_with_its_413() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let error =
+            r#"{"error":{"message":"request entity too large","type":"invalid_request_error"}}"#;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{error}",
+                error.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let large = chat_body("kimi-k2-turbo-preview", &"x".repeat(8 << 20), false);
+    let started = std::time::Instant::now();
+    let response = app.chat(large).await;
+    assert_eq!(response.status(), 413);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("request entity too large"),
+        "{error}"
+    );
+    // Not after a timeout: the answer was there at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn no_response_head_in_time_is_a_gateway_timeout() {
     let config = format!(

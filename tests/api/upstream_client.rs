@@ -2,8 +2,8 @@
 //! counts connections: keep-alive reuse, closed connections replaced,
 //! abandoned bodies not reused, buffered stream frames handed over without
 //! waiting for a wake-up, interim heads skipped, bodies that end with the
-//! connection, malformed trailer sections failing their body, and the same
-//! over TLS.
+//! connection, malformed trailer sections failing their body, answers
+//! given before a large body was read, and the same over TLS.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -336,6 +336,71 @@ async fn a_malformed_trailer_section_fails_the_body_and_closes_its_connection() 
     assert!(err.to_string().contains("bare LF"), "{err}");
     server.closed.recv().await.unwrap();
     assert_eq!(client.idle_connections(), 0);
+}
+
+/// What an early-answering server sends: a 413 with a JSON body.
+const EARLY_413: &str = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n{\"error\":\"body too large\"}";
+
+/// A server that reads a request's head, answers [`EARLY_413`] without
+/// reading the body, then closes the connection (`close`: a reset, with
+/// the body unread) or keeps it open and never reads again.
+async fn early_answer_server(close: bool) -> http::Uri {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                stream.write_all(EARLY_413.as_bytes()).await.unwrap();
+                if close {
+                    let _ = stream.shutdown().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+    origin
+}
+
+/// A provider that answers before it has read the request body and stops
+/// reading (a 413 for a body too large) has its answer returned, whether
+/// it then keeps the connection open or closes it: the body is written
+/// while the response is read, and a write broken by the provider's close
+/// gives way to the answer already received. The connection, its request
+/// cut short, is not reused.
+#[tokio::test]
+async fn an_answer_before_the_body_was_read_is_returned() {
+    let body = Bytes::from(vec![b'x'; 8 << 20]);
+    for close in [false, true] {
+        let client = Client::new(early_answer_server(close).await, Duration::from_secs(5));
+        let length = body.len().to_string();
+        let write_head = |head: &mut Vec<u8>| {
+            request_line(head, &http::Method::POST, "/v1/chat/completions");
+            header_line(head, &http::header::HOST, b"provider.test");
+            header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let response = client
+            .send(write_head, OutgoingBody::from(body.clone()), deadline)
+            .await
+            .unwrap_or_else(|err| panic!("close={close}: {err}"));
+        assert_eq!(response.status, 413, "close={close}");
+        let answer = response.body.collect().await.unwrap().to_bytes();
+        assert_eq!(answer, r#"{"error":"body too large"}"#, "close={close}");
+        assert_eq!(client.idle_connections(), 0, "close={close}");
+    }
 }
 
 #[tokio::test]
