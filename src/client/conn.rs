@@ -84,14 +84,22 @@ impl Connection {
         }
         self.head.clear();
         write_head(&mut self.head);
-        match self.write_request(&body).await? {
-            Written::All => {}
-            Written::Answered(head) => return Ok(not_reusable(head)),
+        let mut early = None;
+        match self.write_request(&body, &mut early).await? {
+            Written::All => {
+                if let Some(head) = early {
+                    return Ok(head);
+                }
+            }
+            Written::Refused(head) => return Ok(not_reusable(head)),
             Written::Failed(err) => {
                 // The provider may have answered, then closed without
                 // reading the rest (the reset is what failed the write):
                 // its answer, if it is here already, says more than the
                 // broken pipe.
+                if let Some(head) = early {
+                    return Ok(not_reusable(head));
+                }
                 return match self.head_already_received() {
                     Ok(Some(head)) => Ok(not_reusable(head)),
                     _ => Err(UpstreamError::Io(err)),
@@ -141,9 +149,16 @@ impl Connection {
     /// reads what the provider sends: a provider may answer before it has
     /// read the whole body (a 413 for a body too large) and stop reading,
     /// and waiting for the write to finish first would end in the deadline
-    /// or a broken pipe instead of its answer. A write that completes at
-    /// once, as nearly every request's does, reads nothing here.
-    async fn write_request(&mut self, body: &OutgoingBody) -> Result<Written, UpstreamError> {
+    /// or a broken pipe instead of its answer. An early error status
+    /// (4xx, 5xx) ends the write (RFC 9112 9.5); an early head of any other
+    /// status is kept in `early` and the body still written whole, as the
+    /// provider may yet read it. A write that completes at once, as nearly
+    /// every request's does, reads nothing here.
+    async fn write_request(
+        &mut self,
+        body: &OutgoingBody,
+        early: &mut Option<ResponseHead>,
+    ) -> Result<Written, UpstreamError> {
         let Connection {
             io,
             read,
@@ -180,9 +195,13 @@ impl Connection {
                     Poll::Pending => {}
                 }
                 // The socket takes no more for now: an answer may be here.
-                loop {
+                while early.is_none() {
                     if let Some(head) = final_head(read)? {
-                        return Poll::Ready(Ok(Written::Answered(head)));
+                        if head.status.is_client_error() || head.status.is_server_error() {
+                            return Poll::Ready(Ok(Written::Refused(head)));
+                        }
+                        *early = Some(head);
+                        break;
                     }
                     match read_into(io, read, cx, READ_SIZE) {
                         Poll::Ready(Ok(0)) => {
@@ -237,9 +256,9 @@ impl Connection {
 /// How writing a request ended.
 enum Written {
     All,
-    /// The provider answered before the whole request was written; the
-    /// rest of it is not sent.
-    Answered(ResponseHead),
+    /// The provider refused the request (an error status) before the whole
+    /// of it was written; the rest of it is not sent.
+    Refused(ResponseHead),
     /// The write failed (the provider may have answered and closed).
     Failed(std::io::Error),
 }

@@ -403,6 +403,95 @@ async fn an_answer_before_the_body_was_read_is_returned() {
     }
 }
 
+/// A server that sends its `200` head as soon as it has the request's
+/// head, then reads the whole body before sending its answer (the body's
+/// length): an early success is no refusal, so the body is still written
+/// whole, and the connection carries the next request.
+#[tokio::test]
+async fn an_early_success_head_still_gets_the_whole_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 64 * 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&read[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .split("content-length: ")
+                        .nth(1)
+                        .and_then(|rest| rest.split("\r\n").next())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    read.drain(..head_end);
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n")
+                        .await
+                        .unwrap();
+                    while read.len() < length {
+                        let mut chunk = [0u8; 64 * 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    read.drain(..length);
+                    stream
+                        .write_all(format!("{length:>12}").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let client = Client::new(origin, Duration::from_secs(5));
+    let body = Bytes::from(vec![b'x'; 8 << 20]);
+    for _ in 0..2 {
+        let length = body.len().to_string();
+        let write_head = |head: &mut Vec<u8>| {
+            request_line(head, &http::Method::POST, "/v1/chat/completions");
+            header_line(head, &http::header::HOST, b"provider.test");
+            header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let response = client
+            .send(write_head, OutgoingBody::from(body.clone()), deadline)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        // A body left half written would leave the server waiting for it.
+        let answer = tokio::time::timeout(Duration::from_secs(10), response.body.collect())
+            .await
+            .expect("the server got the whole body and answered")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(answer.trim_ascii(), length.as_bytes());
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was reused"
+    );
+}
+
 #[tokio::test]
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let mut server = raw_server(Answer::ChunkedEvents).await;
