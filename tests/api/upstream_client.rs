@@ -373,6 +373,24 @@ async fn early_answer_server(close: bool) -> http::Uri {
     origin
 }
 
+/// Sends `body` as a chat request's body, with 10 s for the answer's head.
+async fn send_large(
+    client: &Client,
+    body: &Bytes,
+) -> Result<kimi_gateway::client::Response, kimi_gateway::client::ClientError> {
+    let length = body.len().to_string();
+    let write_head = |head: &mut Vec<u8>| {
+        request_line(head, &http::Method::POST, "/v1/chat/completions");
+        header_line(head, &http::header::HOST, b"provider.test");
+        header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    client
+        .send(write_head, OutgoingBody::from(body.clone()), deadline)
+        .await
+}
+
 /// A provider that answers before it has read the request body and stops
 /// reading (a 413 for a body too large) has its answer returned, whether
 /// it then keeps the connection open or closes it: the body is written
@@ -384,16 +402,7 @@ async fn an_answer_before_the_body_was_read_is_returned() {
     let body = Bytes::from(vec![b'x'; 8 << 20]);
     for close in [false, true] {
         let client = Client::new(early_answer_server(close).await, Duration::from_secs(5));
-        let length = body.len().to_string();
-        let write_head = |head: &mut Vec<u8>| {
-            request_line(head, &http::Method::POST, "/v1/chat/completions");
-            header_line(head, &http::header::HOST, b"provider.test");
-            header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let response = client
-            .send(write_head, OutgoingBody::from(body.clone()), deadline)
+        let response = send_large(&client, &body)
             .await
             .unwrap_or_else(|err| panic!("close={close}: {err}"));
         assert_eq!(response.status, 413, "close={close}");
@@ -465,17 +474,7 @@ async fn an_early_success_head_still_gets_the_whole_body() {
     let body = Bytes::from(vec![b'x'; 8 << 20]);
     for _ in 0..2 {
         let length = body.len().to_string();
-        let write_head = |head: &mut Vec<u8>| {
-            request_line(head, &http::Method::POST, "/v1/chat/completions");
-            header_line(head, &http::header::HOST, b"provider.test");
-            header_line(head, &http::header::CONTENT_LENGTH, length.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let response = client
-            .send(write_head, OutgoingBody::from(body.clone()), deadline)
-            .await
-            .unwrap();
+        let response = send_large(&client, &body).await.unwrap();
         assert_eq!(response.status, 200);
         // A body left half written would leave the server waiting for it.
         let answer = tokio::time::timeout(Duration::from_secs(10), response.body.collect())
