@@ -30,6 +30,7 @@ pub mod malloc_tuning;
 pub mod metric_series;
 pub mod metrics;
 pub mod mock;
+pub mod model_refresh;
 pub mod proxy;
 pub mod reload;
 pub mod request_metrics;

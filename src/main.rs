@@ -160,6 +160,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // Signal handlers go in before "listening" is logged: a supervisor may
     // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());
+    kimi_gateway::model_refresh::spawn(state.clone());
     if let Some(addr) = metrics_listen {
         let listener = kimi_gateway::listener::bind(addr)?;
         tracing::info!(listen = %addr, "metrics on a separate listener");

@@ -44,6 +44,7 @@ pub struct Metrics {
     /// `overhead` for the `after_head` phase, resolved once.
     pub overhead_after_head: Histogram,
     pub reloads: IntCounterVec,
+    pub model_refreshes: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     series: SeriesCache,
 }
@@ -156,6 +157,11 @@ impl Metrics {
                 "config_reloads_total",
                 "Configuration reloads by result (success, failure).",
                 &["result"]
+            )),
+            model_refreshes: register!(counter(
+                "model_refreshes_total",
+                "Asks of a provider's /models for its catalogue, by provider and result (success, failure).",
+                &["provider", "result"]
             )),
             breaker_state: register!(IntGaugeVec::new(
                 Opts::new(

@@ -69,6 +69,12 @@ pub struct ProviderFile {
     /// did not ask, so that they report usage (the extra chunk is not
     /// passed on).
     pub ask_stream_usage: Option<bool>,
+    /// Ask the provider's `/models` this often and add the ids it lists
+    /// (those matching `refresh_models_match`) to the catalogue (0: never).
+    pub refresh_models_secs: Option<f64>,
+    /// Substrings (any case) an id listed by `/models` must contain to be
+    /// added; `[""]` takes every id.
+    pub refresh_models_match: Option<Vec<String>>,
 }
 
 /// `[providers.NAME.timeouts]`, in seconds.

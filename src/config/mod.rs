@@ -2,6 +2,7 @@
 //! variables, validated whole into one immutable [`Config`] snapshot.
 
 mod aliases;
+mod discovered;
 mod file;
 mod keys;
 mod limits;
@@ -22,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use discovered::DiscoveredModels;
 pub use resolve::{resolve, resolve_reusing};
 
 /// The first provider of the built-in configuration, every provider key
@@ -106,6 +108,9 @@ pub struct Config {
     pub source: Option<std::path::PathBuf>,
     /// Short hash of the inputs, shown by `/readyz` to tell configs apart.
     pub fingerprint: String,
+    /// What the providers' `/models` listed; shared by every configuration
+    /// built after this one.
+    pub discovered: Arc<DiscoveredModels>,
 }
 
 impl Config {
@@ -176,8 +181,27 @@ pub struct Provider {
     /// Streams are sent with `stream_options.include_usage` when the
     /// client did not ask.
     pub ask_stream_usage: bool,
+    /// When set, the provider's `/models` is asked for more catalogue ids.
+    pub models_refresh: Option<ModelsRefresh>,
     /// Keep-alive connections to `chat_url.origin`.
     pub client: crate::client::Client,
+}
+
+/// A provider's catalogue refresh: how often its `/models` is asked, and
+/// which of the ids it lists join the catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelsRefresh {
+    pub every: Duration,
+    /// Lowercase substrings; an id containing any of them is taken.
+    pub matches: Vec<String>,
+}
+
+impl ModelsRefresh {
+    /// The ids that `refresh_models_match` picks are taken.
+    pub fn takes(&self, id: &str) -> bool {
+        let id = id.to_ascii_lowercase();
+        self.matches.iter().any(|m| id.contains(m.as_str()))
+    }
 }
 
 /// Where chat completions go: the origin the client connects to, the

@@ -4,7 +4,7 @@
 use super::file::{ProviderFile, TimeoutsFile};
 use super::presets::PRESETS;
 use super::settings::seconds;
-use super::{ApiKey, ChatUrl, ConfigProblem, Provider, Timeouts};
+use super::{ApiKey, ChatUrl, ConfigProblem, DiscoveredModels, ModelsRefresh, Provider, Timeouts};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub struct Draft {
     headers: Vec<(String, String)>,
     timeouts: TimeoutsFile,
     ask_stream_usage: bool,
+    refresh_models_secs: Option<f64>,
+    refresh_models_match: Option<Vec<String>>,
 }
 
 /// The presets, as drafts the file can change.
@@ -35,6 +37,8 @@ pub fn preset_drafts() -> Vec<Draft> {
             headers: Vec::new(),
             timeouts: TimeoutsFile::default(),
             ask_stream_usage: p.ask_stream_usage,
+            refresh_models_secs: None,
+            refresh_models_match: None,
         })
         .collect()
 }
@@ -84,6 +88,8 @@ pub fn merge(
                 headers: Vec::new(),
                 timeouts: TimeoutsFile::default(),
                 ask_stream_usage: false,
+                refresh_models_secs: None,
+                refresh_models_match: None,
             });
             drafts.len() - 1
         }
@@ -114,11 +120,61 @@ pub fn merge(
     if let Some(ask) = file.ask_stream_usage {
         draft.ask_stream_usage = ask;
     }
+    if file.refresh_models_secs.is_some() {
+        draft.refresh_models_secs = file.refresh_models_secs;
+    }
+    if file.refresh_models_match.is_some() {
+        draft.refresh_models_match = file.refresh_models_match;
+    }
+}
+
+/// Substrings of the model ids a catalogue refresh takes by default: the
+/// gateway serves Kimi models, and a reseller's `/models` lists every
+/// maker's.
+const DEFAULT_REFRESH_MATCH: &[&str] = &["kimi", "moonshot"];
+
+/// A provider's catalogue refresh, if its `refresh_models_secs` asks for
+/// one.
+fn models_refresh(
+    secs: Option<f64>,
+    matches: Option<&[String]>,
+    path: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ModelsRefresh> {
+    let every = match secs {
+        None | Some(0.0) => None,
+        Some(secs) if secs.is_finite() && (1.0..1e9).contains(&secs) => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(_) => {
+            problems.push(ConfigProblem::new(
+                format!("{path}.refresh_models_secs"),
+                "must be 0 (off) or at least 1 second",
+            ));
+            None
+        }
+    };
+    let matches: Vec<String> = match matches {
+        None => DEFAULT_REFRESH_MATCH
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+        Some([]) => {
+            problems.push(ConfigProblem::new(
+                format!("{path}.refresh_models_match"),
+                "lists no substring, so no id would be taken ([\"\"] takes every id)",
+            ));
+            Vec::new()
+        }
+        Some(given) => given.iter().map(|m| m.to_ascii_lowercase()).collect(),
+    };
+    every.map(|every| ModelsRefresh { every, matches })
 }
 
 pub fn build_provider(
     draft: Draft,
     env: &dyn Fn(&str) -> Option<String>,
+    discovered: &DiscoveredModels,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<Provider> {
     let path = format!("providers.{}", draft.name);
@@ -193,6 +249,21 @@ pub fn build_provider(
             models.push(model);
         }
     }
+    let models_refresh = models_refresh(
+        draft.refresh_models_secs,
+        draft.refresh_models_match.as_deref(),
+        &path,
+        problems,
+    );
+    if let Some(refresh) = &models_refresh
+        && let Some(listed) = discovered.get(&draft.name)
+    {
+        for id in listed.iter() {
+            if refresh.takes(id) && !models.contains(id) {
+                models.push(id.clone());
+            }
+        }
+    }
     if problems.len() > before {
         return None;
     }
@@ -218,6 +289,7 @@ pub fn build_provider(
         chat_url,
         timeouts,
         ask_stream_usage: draft.ask_stream_usage,
+        models_refresh,
     })
 }
 
@@ -282,5 +354,59 @@ fn timeouts(file: &TimeoutsFile, path: &str, problems: &mut Vec<ConfigProblem>) 
         first_byte: pick("first_byte_secs", file.first_byte_secs, d.first_byte),
         idle: pick("idle_secs", file.idle_secs, d.idle),
         total: pick("total_secs", file.total_secs, d.total),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ModelsRefresh, resolve, resolve_reusing};
+    use std::time::Duration;
+
+    fn keyed(var: &str) -> Option<String> {
+        var.ends_with("_API_KEY").then(|| "k".to_string())
+    }
+
+    #[test]
+    fn a_catalogue_refresh_is_checked_and_off_by_default() {
+        let config = resolve("", &keyed).unwrap();
+        assert!(config.providers.iter().all(|p| p.models_refresh.is_none()));
+        let text = "[providers.moonshot]\nrefresh_models_secs = 600\nrefresh_models_match = [\"K2\", \"\"]\n[providers.aimlapi]\nrefresh_models_secs = 60\n";
+        let config = resolve(text, &keyed).unwrap();
+        assert_eq!(
+            config.providers[0].models_refresh,
+            Some(ModelsRefresh {
+                every: Duration::from_secs(600),
+                matches: vec!["k2".into(), String::new()],
+            })
+        );
+        let aimlapi = config.providers[1].models_refresh.as_ref().unwrap();
+        assert!(aimlapi.takes("moonshot/Kimi-K3") && !aimlapi.takes("gpt-4o"));
+        let text = "[providers.moonshot]\nrefresh_models_secs = 0.5\nrefresh_models_match = []\n";
+        let problems = resolve(text, &keyed).err().unwrap().0;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "providers.moonshot.refresh_models_secs",
+                "providers.moonshot.refresh_models_match"
+            ]
+        );
+    }
+
+    #[test]
+    fn found_ids_join_the_catalogue_only_while_the_refresh_is_on() {
+        let text = "[providers.moonshot]\nrefresh_models_secs = 60\n";
+        let first = resolve(text, &keyed).unwrap();
+        let listed = vec!["kimi-k3".to_string(), "gpt-4o".into(), "kimi-k2.6".into()];
+        assert!(first.discovered.replace("moonshot", listed.clone()));
+        assert!(!first.discovered.replace("moonshot", listed));
+        let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
+        let models = &second.providers[0].models;
+        assert_eq!(models.iter().filter(|m| *m == "kimi-k3").count(), 1);
+        assert_eq!(models.iter().filter(|m| *m == "kimi-k2.6").count(), 1);
+        assert!(!models.contains(&"gpt-4o".to_string()));
+        assert_ne!(second.fingerprint, first.fingerprint);
+        let off = resolve_reusing("", &keyed, Some(&second)).unwrap();
+        assert!(!off.providers[0].models.contains(&"kimi-k3".to_string()));
     }
 }

@@ -94,12 +94,20 @@ pub fn resolve_reusing(
 
     let mut fingerprint = Sha256::new();
     fingerprint.update(text.as_bytes());
+    let discovered = previous.map_or_else(Default::default, |p| p.discovered.clone());
     let mut providers = Vec::new();
     for draft in drafts.into_iter().filter(|d| d.enabled) {
-        if let Some(provider) = build_provider(draft, env, &mut problems) {
+        if let Some(provider) = build_provider(draft, env, &discovered, &mut problems) {
             fingerprint.update(provider.name.as_bytes());
             fingerprint.update(provider.base_url.as_bytes());
             fingerprint.update(provider.keys.len().to_le_bytes());
+            if provider.models_refresh.is_some() {
+                // The catalogue is an input too once a refresh adds to it.
+                for model in &provider.models {
+                    fingerprint.update(model.as_bytes());
+                    fingerprint.update([0]);
+                }
+            }
             providers.push(Arc::new(provider));
         }
     }
@@ -142,5 +150,6 @@ pub fn resolve_reusing(
         limits,
         source: None,
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
+        discovered,
     })
 }

@@ -398,7 +398,8 @@ pub fn fixed_request_head(
     head.into()
 }
 
-const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of every request to a provider.
+pub const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ mod limits_redis;
 mod limits_tokens;
 mod loadgen;
 mod metrics;
+mod model_refresh;
 mod normalize;
 mod passthrough;
 mod redis_server;

@@ -1,0 +1,204 @@
+//! Catalogue refresh: a provider with `refresh_models_secs` is asked for
+//! its `/models` that often; the ids it lists are kept (see
+//! [`DiscoveredModels`]) and, when they changed, the configuration is
+//! rebuilt as a reload does, so a model the provider adds is routed
+//! without an edit. A failed ask keeps the catalogue as it was.
+
+use crate::client::{ClientError, OutgoingBody, header_line, request_line};
+use crate::config::{DiscoveredModels, Provider};
+use crate::state::AppState;
+use http::header;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long one ask may take, connecting and reading the list included.
+const ASK_TIME: Duration = Duration::from_secs(15);
+/// The largest list read (AI/ML API's, every maker's models, is ~100 KB).
+const MAX_LIST_BYTES: usize = 4 << 20;
+/// Ids kept per provider: every id becomes a route and a metric label.
+const MAX_IDS: usize = 2_000;
+/// The longest id taken.
+const MAX_ID_BYTES: usize = 256;
+/// How often the loop looks again when nothing is due sooner (a reload
+/// may have turned a refresh on).
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// Starts the refresh loop; it lives as long as the runtime.
+pub fn spawn(state: AppState) {
+    tokio::spawn(run(state));
+}
+
+async fn run(state: AppState) {
+    let mut asked: HashMap<Arc<str>, Instant> = HashMap::new();
+    loop {
+        let config = state.config();
+        let mut wake = Instant::now() + LOOK_AGAIN;
+        let mut changed = false;
+        for provider in config.usable_providers() {
+            let Some(refresh) = &provider.models_refresh else {
+                continue;
+            };
+            let now = Instant::now();
+            let due = asked
+                .get(&provider.name)
+                .map_or(now, |at| *at + refresh.every);
+            if due > now {
+                wake = wake.min(due);
+                continue;
+            }
+            asked.insert(provider.name.clone(), now);
+            wake = wake.min(now + refresh.every);
+            changed |= ask_and_keep(&state, provider, &config.discovered).await;
+        }
+        drop(config);
+        if changed {
+            crate::reload::reload(&state, "models_refresh");
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// Asks `provider` and keeps what it lists; true when that changed.
+async fn ask_and_keep(state: &AppState, provider: &Provider, kept: &DiscoveredModels) -> bool {
+    let asked = tokio::time::timeout(ASK_TIME, list_models(provider)).await;
+    let result = asked.unwrap_or(Err(RefreshError::TimedOut));
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    state
+        .metrics
+        .model_refreshes
+        .with_label_values(&[&provider.name, outcome])
+        .inc();
+    match result {
+        Ok(ids) => {
+            let count = ids.len();
+            let changed = kept.replace(&provider.name, ids);
+            if changed {
+                tracing::info!(provider = %provider.name, listed = count, "provider's model list changed");
+            }
+            changed
+        }
+        Err(err) => {
+            tracing::warn!(provider = %provider.name, error = %err, "model catalogue refresh failed; the catalogue stays as it was");
+            false
+        }
+    }
+}
+
+/// Why a provider's list could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("the provider answered {0}")]
+    Status(http::StatusCode),
+    #[error("the list could not be read: {0}")]
+    Body(String),
+    #[error("not an OpenAI model list: {0}")]
+    Shape(#[from] serde_json::Error),
+    #[error("no answer within {} s", ASK_TIME.as_secs())]
+    TimedOut,
+}
+
+/// `GET {base_url}/models` with the provider's first key; the ids listed.
+async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
+    let key = provider
+        .keys
+        .first()
+        .ok_or(RefreshError::Body("no key".into()))?;
+    let chat_path = provider.chat_url.path.path();
+    let base = chat_path
+        .strip_suffix("/chat/completions")
+        .unwrap_or(chat_path);
+    let target = format!("{base}/models");
+    let write_head = |head: &mut Vec<u8>| {
+        request_line(head, &http::Method::GET, &target);
+        header_line(head, &header::HOST, provider.chat_url.host.as_bytes());
+        for (name, value) in &provider.headers {
+            header_line(head, name, value.as_bytes());
+        }
+        header_line(head, &header::AUTHORIZATION, key.header.as_bytes());
+        header_line(head, &header::ACCEPT, b"application/json");
+        header_line(head, &header::ACCEPT_ENCODING, b"identity");
+        let agent = crate::proxy::upstream::USER_AGENT;
+        header_line(head, &header::USER_AGENT, agent.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    let deadline = Instant::now() + ASK_TIME;
+    let body = OutgoingBody::from(bytes::Bytes::new());
+    let response = provider.client.send(write_head, body, deadline).await?;
+    if !response.status.is_success() {
+        return Err(RefreshError::Status(response.status));
+    }
+    let list = http_body_util::Limited::new(response.body, MAX_LIST_BYTES)
+        .collect()
+        .await
+        .map_err(|err| RefreshError::Body(err.to_string()))?
+        .to_bytes();
+    Ok(listed_ids(&list)?)
+}
+
+/// The usable ids of an OpenAI model list (`{"data":[{"id":...},...]}`),
+/// in its order, each once, at most [`MAX_IDS`].
+fn listed_ids(list: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        data: Vec<Listed>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        #[serde(default)]
+        id: Option<String>,
+    }
+    let list: List = serde_json::from_slice(list)?;
+    let mut ids: Vec<String> = Vec::new();
+    for id in list.data.into_iter().filter_map(|m| m.id) {
+        let usable =
+            !id.is_empty() && id.len() <= MAX_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic());
+        if usable && !ids.contains(&id) {
+            ids.push(id);
+            if ids.len() == MAX_IDS {
+                break;
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_list_gives_its_usable_ids_once_in_order() {
+        let list = br#"{"object":"list","data":[
+            {"id":"kimi-k2.6","object":"model","owned_by":"moonshot"},
+            {"id":"kimi-k2.6"},
+            {"object":"model"},
+            {"id":""},
+            {"id":"has space"},
+            {"id":"moonshot/kimi-k3"}
+        ]}"#;
+        assert_eq!(listed_ids(list).unwrap(), ["kimi-k2.6", "moonshot/kimi-k3"]);
+    }
+
+    #[test]
+    fn anything_but_a_model_list_is_refused() {
+        assert!(listed_ids(b"[]").is_err());
+        assert!(listed_ids(br#"{"models":[]}"#).is_err());
+        assert!(listed_ids(b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_long_list_is_cut_at_the_limit() {
+        let data: Vec<String> = (0..MAX_IDS + 10)
+            .map(|i| format!(r#"{{"id":"kimi-{i}"}}"#))
+            .collect();
+        let list = format!(r#"{{"data":[{}]}}"#, data.join(","));
+        let ids = listed_ids(list.as_bytes()).unwrap();
+        assert_eq!(ids.len(), MAX_IDS);
+        assert_eq!(ids[0], "kimi-0");
+    }
+}
