@@ -206,7 +206,15 @@ struct JsonFields<'a> {
 impl JsonFields<'_> {
     fn name(&mut self, field: &Field) {
         self.line.push(',');
-        push_json_str(self.line, field.name());
+        let name = field.name();
+        // A field named like one of the line's own keys would repeat that
+        // key, and JSON readers keep the last: the event's target or level
+        // would be lost.
+        if matches!(name, "timestamp" | "level" | "target") {
+            push_json_str(self.line, &format!("field_{name}"));
+        } else {
+            push_json_str(self.line, name);
+        }
         self.line.push(':');
     }
 

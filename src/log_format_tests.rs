@@ -27,6 +27,26 @@ impl<'a> MakeWriter<'a> for Capture {
 }
 
 #[test]
+fn a_field_named_like_a_key_of_the_line_does_not_repeat_that_key() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .event_format(JsonLines)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(target: "gateway", target = "moonshot/kimi", level = 3u64, "event");
+    });
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(out.matches("\"target\":").count(), 1, "{out}");
+    assert_eq!(out.matches("\"level\":").count(), 1, "{out}");
+    let line: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(line["target"], "gateway");
+    assert_eq!(line["level"], "WARN");
+    assert_eq!(line["field_target"], "moonshot/kimi");
+    assert_eq!(line["field_level"], 3);
+}
+
+#[test]
 fn events_are_one_json_object_per_line() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()

@@ -186,7 +186,7 @@ where
                 if error.code.as_deref() == Some("upstream_key_rejected") {
                     tracing::error!(
                         provider = &*target.provider.name,
-                        target = &*target.label,
+                        upstream_target = &*target.label,
                         alert = "upstream_key_rejected",
                         "provider rejected the gateway's API key; target skipped: {}",
                         error.message
@@ -226,7 +226,7 @@ where
         };
         on_event(target, Event::Attempt(outcome));
         tracing::debug!(
-            target = &*target.label,
+            upstream_target = &*target.label,
             attempt = report.attempts,
             ?outcome,
             "attempt failed: {}",
