@@ -23,9 +23,14 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// The model name the client asked for, recorded by the chat handler.
+/// The model name the client asked for, recorded by the chat handler, and
+/// whether it asked for a stream (a stream that failed before its first
+/// event is still timed as a stream).
 #[derive(Debug, Clone)]
-pub struct RequestedModel(pub Box<str>);
+pub struct RequestedModel {
+    pub name: Box<str>,
+    pub stream: bool,
+}
 
 /// The configured route the model matched (a bounded metric label).
 #[derive(Debug, Clone)]
@@ -78,7 +83,7 @@ where
     // The request's `Uri`, kept for the path: a clone of the chat target's
     // shares its static text, where a copy of the path was an allocation.
     let uri = request.uri().clone();
-    let counted = uri.path().starts_with("/v1/");
+    let counted = !is_probe(&method, uri.path());
     if counted {
         state.metrics.in_flight.inc();
     }
@@ -134,6 +139,15 @@ where
     (response, fields)
 }
 
+/// A health probe or a metrics scrape: logged at `debug` and not counted,
+/// so that probes every few seconds neither flood the log nor drown the
+/// request metrics. Anything else (a wrong path, a wrong method on these
+/// paths) is a request like any other.
+fn is_probe(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
 /// A request's id: the client's `x-request-id` when usable (printable
 /// ASCII, at most 128 bytes), else a new one.
 pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
@@ -179,7 +193,7 @@ pub struct AccessRecord {
     pub key: Option<Arc<str>>,
     pub upstream: Option<UpstreamInfo>,
     pub error: Option<GatewayError>,
-    /// Set for API requests, which are counted.
+    /// Set for requests that are counted (all but probes and scrapes).
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -191,8 +205,8 @@ impl AccessRecord {
             crate::request_metrics::observe(&self, duration, metrics);
             metrics.in_flight.dec();
         }
-        // API requests at `info`, the rest (health probes) at `debug`.
-        let is_api = self.uri.path().starts_with("/v1/");
+        // Requests at `info`, health probes and scrapes at `debug`.
+        let is_api = self.metrics.is_some();
         let enabled = if is_api {
             tracing::enabled!(target: "access", tracing::Level::INFO)
         } else {
@@ -218,7 +232,7 @@ impl AccessRecord {
             path: self.uri.path(),
             status: self.status.as_u16(),
             key: self.key.as_deref().unwrap_or(""),
-            model: self.model.as_ref().map_or("", |m| &*m.0),
+            model: self.model.as_ref().map_or("", |m| &*m.name),
             provider: upstream.map_or("", |u| &*u.provider),
             upstream_model: upstream.map_or("", |u| &*u.upstream_model),
             attempts: upstream.map_or(0, |u| u.attempts),

@@ -39,6 +39,9 @@ pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
     let error_type = stream_error.or(record.error.as_ref().map(|e| e.error_type));
     let duration = duration.as_secs_f64();
     let series = upstream.and_then(|u| u.series.as_ref());
+    // What the client asked for: a stream that failed before its first
+    // event is still a stream's latency.
+    let streamed = stream.is_some() || record.model.as_ref().is_some_and(|m| m.stream);
 
     match series {
         // The common case: series resolved once for this route and provider.
@@ -54,14 +57,10 @@ pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
         }
     }
     match series {
-        Some(series) => series.duration[usize::from(stream.is_some())].observe(duration),
+        Some(series) => series.duration[usize::from(streamed)].observe(duration),
         None => metrics
             .request_duration
-            .with_label_values(&[
-                route,
-                provider,
-                if stream.is_some() { "true" } else { "false" },
-            ])
+            .with_label_values(&[route, provider, if streamed { "true" } else { "false" }])
             .observe(duration),
     }
 

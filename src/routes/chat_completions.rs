@@ -46,7 +46,10 @@ pub async fn chat_completions(
     };
     // Handed back with every answer from here on. `Handled` itself is built
     // only at the end: held across the awaits, it would enlarge the future.
-    let model = Some(RequestedModel(chat.model().into()));
+    let model = Some(RequestedModel {
+        name: chat.model().into(),
+        stream: chat.stream,
+    });
     // Refusals before routing (the key's models, the limits) are counted
     // under the route the model names, when it names one.
     let refused = |response, fields, model| {

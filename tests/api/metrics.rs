@@ -266,3 +266,41 @@ async fn a_request_the_client_leaves_before_its_answer_is_counted_as_499() {
     let left = r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="499"}"#;
     assert_eq!(sample(&text, left), Some(2.0), "{text}");
 }
+
+/// Health probes and scrapes are not counted; any other request is, on a
+/// wrong path or with a wrong method too (route and provider `none`); a
+/// stream that fails before its first event is timed as a stream.
+#[tokio::test]
+async fn every_request_but_probes_is_counted_and_a_failed_stream_is_a_stream() {
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[]).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}");
+    }
+    // An SDK whose base URL lacks `/v1`, and a probe path posted to.
+    let missing_v1 = app.client.post(app.url("/chat/completions")).send();
+    assert_eq!(missing_v1.await.unwrap().status(), 404);
+    let posted_probe = app.client.post(app.url("/healthz")).send();
+    assert_eq!(posted_probe.await.unwrap().status(), 405);
+    let failed = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=invalid_request]",
+            true,
+        ))
+        .await;
+    assert_eq!(failed.status(), 400);
+    failed.bytes().await.unwrap();
+
+    let text = scrape(&app).await;
+    let not_found = r#"kimi_gateway_requests_total{error_type="resource_not_found_error",provider="none",route="none",status="404"}"#;
+    assert_eq!(sample(&text, not_found), Some(1.0), "{text}");
+    let wrong_method = r#"kimi_gateway_requests_total{error_type="invalid_request_error",provider="none",route="none",status="405"}"#;
+    assert_eq!(sample(&text, wrong_method), Some(1.0), "{text}");
+    let probes = r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="200"}"#;
+    assert_eq!(sample(&text, probes), None, "{text}");
+    let as_stream = r#"kimi_gateway_request_duration_seconds_count{provider="moonshot",route="kimi-k2-turbo-preview",stream="true"}"#;
+    assert_eq!(sample(&text, as_stream), Some(1.0), "{text}");
+    let as_plain = r#"kimi_gateway_request_duration_seconds_count{provider="moonshot",route="kimi-k2-turbo-preview",stream="false"}"#;
+    assert_eq!(sample(&text, as_plain).unwrap_or(0.0), 0.0, "{text}");
+}
