@@ -7,7 +7,7 @@
 use crate::config;
 use crate::state::{AppState, ReloadStatus};
 use notify::{RecursiveMode, Watcher};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Reloads now; returns whether the new configuration was taken.
@@ -94,41 +94,65 @@ pub fn spawn_triggers(state: AppState) {
         }
     }
     if let Some(path) = state.config().source.clone() {
-        if let Err(err) = watch_file(state, &path) {
-            tracing::warn!(path = %path.display(), error = %err, "cannot watch the config file; reload with SIGHUP");
-        }
+        watch_file(state, path);
     }
 }
 
-/// Watches the file's directory and reloads once a burst of changes has
-/// settled and the file's contents differ from the last ones seen. Any
-/// change in the directory counts, not only events naming the file:
-/// editors replace files by renaming, and a Kubernetes ConfigMap volume
-/// swaps a `..data` symlink, so the file's own name never shows up in an
-/// event. Comparing contents keeps other files' changes from reloading.
-fn watch_file(state: AppState, path: &Path) -> notify::Result<()> {
+/// How long after a change in the directory the file is read: a burst of
+/// writes (an editor's, a ConfigMap swap) is over by then.
+const SETTLE: Duration = Duration::from_millis(150);
+/// The file is also read this often, events or not: a change no event
+/// announced (the directory itself replaced, a file system without
+/// events) is picked up within this.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
+
+/// Watches the file's directory and reloads when the file's contents
+/// differ from the last ones seen: [`SETTLE`] after a change in the
+/// directory, and every [`LOOK_AGAIN`] in any case. Any change in the
+/// directory counts, not only events naming the file: editors replace
+/// files by renaming, and a Kubernetes ConfigMap volume swaps a `..data`
+/// symlink, so the file's own name never shows up in an event. The wait
+/// after a change is not restarted by later ones, so a log file written
+/// beside the config every few milliseconds cannot hold a reload off.
+/// Comparing contents keeps other files' changes from reloading.
+fn watch_file(state: AppState, path: PathBuf) {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+        _ => PathBuf::from("."),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if !event.kind.is_access() {
             let _ = tx.send(());
         }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let path = path.to_path_buf();
+    })
+    .and_then(|mut watcher| {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    let watcher = match watcher {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot watch the config file's directory; it is read every 2 s instead");
+            None
+        }
+    };
     // What the running configuration was read from (through any symlinks).
     let mut seen = std::fs::read(&path).ok();
     tokio::spawn(async move {
         let _watcher = watcher;
-        while rx.recv().await.is_some() {
-            // Let a burst of writes settle, then look once.
-            while let Ok(Some(())) =
-                tokio::time::timeout(Duration::from_millis(150), rx.recv()).await
-            {}
+        let mut look_again = tokio::time::interval(LOOK_AGAIN);
+        look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        look_again.tick().await;
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = look_again.tick() => {}
+            }
             let now = std::fs::read(&path).ok();
             if now != seen {
                 seen = now;
@@ -136,5 +160,4 @@ fn watch_file(state: AppState, path: &Path) -> notify::Result<()> {
             }
         }
     });
-    Ok(())
 }

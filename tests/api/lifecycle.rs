@@ -256,6 +256,79 @@ async fn editing_the_config_file_reloads_it() {
     assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
 }
 
+/// Waits up to `within` for the gateway's configuration to change from
+/// `before`; true if it did.
+async fn reloaded_within(app: &TestApp, before: &str, within: Duration) -> bool {
+    let wait = async {
+        while app.state.config().fingerprint == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(within, wait).await.is_ok()
+}
+
+/// A log file written beside the config every few milliseconds (a
+/// gateway started with `> gw.log` in the config's directory) keeps the
+/// directory's events coming; the reload still happens at once.
+#[tokio::test]
+async fn a_busy_file_beside_the_config_does_not_hold_off_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    let log = dir.path().join("gw.log");
+    let writing = tokio::spawn(async move {
+        use std::io::Write;
+        let mut log = std::fs::File::create(log).unwrap();
+        loop {
+            writeln!(log, "a line").unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let before = app.state.config().fingerprint.clone();
+    write_config(&file, ALIAS_TO_AGENTSFLARE);
+    // Well under the 2 s look-again period, which would also find it.
+    let reloaded = reloaded_within(&app, &before, Duration::from_millis(1500)).await;
+    writing.abort();
+    assert!(reloaded, "the change waited for the other file to go quiet");
+    let response = app.chat(chat_body("kimi", "hi", false)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+}
+
+/// The config's whole directory replaced (`mv conf conf.old; mv new
+/// conf`): the watch on the old directory sees nothing of later edits, and
+/// the file is still read again within the look-again period.
+#[tokio::test]
+async fn edits_after_the_config_directory_was_replaced_are_still_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let file = conf.join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    let replacement = root.path().join("conf.new");
+    std::fs::create_dir(&replacement).unwrap();
+    write_config(&replacement.join("gateway.toml"), ALIAS_TO_AGENTSFLARE);
+    let before = app.state.config().fingerprint.clone();
+    std::fs::rename(&conf, root.path().join("conf.old")).unwrap();
+    std::fs::rename(&replacement, &conf).unwrap();
+    // The swap itself is seen (the old directory's events) and reloads.
+    assert!(reloaded_within(&app, &before, Duration::from_secs(10)).await);
+    let response = app.chat(chat_body("kimi", "hi", false)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    // An edit in the new directory raises no event the gateway watches.
+    let before = app.state.config().fingerprint.clone();
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    assert!(
+        reloaded_within(&app, &before, Duration::from_secs(10)).await,
+        "the edit was never picked up"
+    );
+    let response = app.chat(chat_body("kimi", "hi", false)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "moonshot");
+}
+
 /// How a Kubernetes ConfigMap volume updates a file: the file is a symlink
 /// through `..data`, itself a symlink to a timestamped directory, and an
 /// update points `..data` at a new directory with one rename. No event
