@@ -7,7 +7,7 @@ use super::UpstreamError;
 use super::conn::Connection;
 use super::framing::{Decoded, Framing};
 use super::pool::Pool;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use std::pin::Pin;
@@ -98,6 +98,35 @@ impl PooledBody {
         self.framing = Framing::Done;
         self.conn = None;
         Poll::Ready(Some(Err(err)))
+    }
+
+    /// The whole body in one buffer (a plain answer). A body that came in
+    /// one frame, as most do, is that frame: `http_body_util`'s `collect`
+    /// queued every frame in a `VecDeque`, an allocation per answer even
+    /// for one frame. Frames after the first are copied into one buffer.
+    pub async fn into_bytes(mut self) -> Result<Bytes, UpstreamError> {
+        let mut whole: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await
+        {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            if let Some(joined) = &mut joined {
+                joined.extend_from_slice(&data);
+            } else if let Some(earlier) = whole.take() {
+                let mut both = BytesMut::with_capacity(earlier.len() + data.len());
+                both.extend_from_slice(&earlier);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            } else {
+                whole = Some(data);
+            }
+        }
+        Ok(match joined {
+            Some(joined) => joined.freeze(),
+            None => whole.unwrap_or_default(),
+        })
     }
 }
 

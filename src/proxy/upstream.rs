@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::{BodyDataStream, BodyExt};
+use http_body_util::BodyDataStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::{Instant, timeout_at};
@@ -240,10 +240,10 @@ pub async fn forward(
         });
     }
 
-    let body = match timeout_at(deadline, response.body.collect()).await {
+    let body = match timeout_at(deadline, response.body.into_bytes()).await {
         Err(_) => return Err(timeout(provider, "the response body", sent)),
         Ok(Err(err)) => return Err(body_error(provider, &err)),
-        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Ok(body)) => body,
     };
     let body_read = Instant::now();
     if !looks_like_json_object(&body) || request.stream {

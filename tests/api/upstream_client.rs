@@ -253,6 +253,28 @@ async fn a_chunked_body_read_to_its_end_frees_the_connection() {
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
+/// A plain answer read whole: in one frame it is that frame; in many
+/// (here 50 chunks) they are joined in order; either way the connection
+/// goes back to the pool.
+#[tokio::test]
+async fn a_body_read_whole_is_every_frame_in_order() {
+    for (answer, expected) in [(Answer::KeepAlive, None), (Answer::ChunkedEvents, Some(50))] {
+        let server = raw_server(answer).await;
+        let client = client(&server);
+        for _ in 0..2 {
+            let whole = send(&client, "{\"x\":1}").await.unwrap().body.into_bytes();
+            let whole = whole.await.unwrap();
+            let collected = read_all(&client).await;
+            assert_eq!(whole, collected);
+            if let Some(events) = expected {
+                let last = format!("data: {}\n\n", events - 1);
+                assert!(whole.starts_with(b"data: 0\n\n") && whole.ends_with(last.as_bytes()));
+            }
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+}
+
 #[tokio::test]
 async fn a_connection_the_server_closed_while_idle_is_replaced() {
     let mut server = raw_server(Answer::ThenClose).await;
