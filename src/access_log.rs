@@ -28,7 +28,7 @@ use tokio::time::Instant;
 /// event is still timed as a stream).
 #[derive(Debug, Clone)]
 pub struct RequestedModel {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub stream: bool,
 }
 

@@ -9,13 +9,16 @@ use crate::error::GatewayError;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A chat completion request: the body as received plus what was peeked.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     body: BodyPieces,
     model_span: Range<usize>,
-    model: Box<str>,
+    /// Shared, not boxed: the access log keeps the same name (a reference
+    /// count where a copy was an allocation per request).
+    model: Arc<str>,
     pub stream: bool,
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
@@ -173,7 +176,7 @@ impl ChatRequest {
         let max_tokens = cap(max_completion_tokens).or(cap(max_tokens));
         Ok(ChatRequest {
             model_span,
-            model: model.into(),
+            model,
             stream,
             include_usage,
             has_stream_options,
@@ -184,6 +187,11 @@ impl ChatRequest {
 
     /// The model name the client asked for.
     pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The same name, shared.
+    pub fn model_shared(&self) -> &Arc<str> {
         &self.model
     }
 
@@ -252,12 +260,12 @@ fn missing(field: &'static str) -> GatewayError {
 }
 
 /// A JSON string value (quotes included) to its text; `None` if not a string.
-fn parse_string(raw: &[u8]) -> Option<String> {
+fn parse_string(raw: &[u8]) -> Option<Arc<str>> {
     let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     if memchr::memchr(b'\\', inner).is_none() {
-        return std::str::from_utf8(inner).ok().map(str::to_owned);
+        return std::str::from_utf8(inner).ok().map(Arc::from);
     }
-    serde_json::from_slice(raw).ok()
+    serde_json::from_slice::<String>(raw).ok().map(Arc::from)
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub async fn chat_completions(
     // Handed back with every answer from here on. `Handled` itself is built
     // only at the end: held across the awaits, it would enlarge the future.
     let model = Some(RequestedModel {
-        name: chat.model().into(),
+        name: chat.model_shared().clone(),
         stream: chat.stream,
     });
     // Refusals before routing (the key's models, the limits) are counted
