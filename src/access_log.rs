@@ -16,7 +16,6 @@ use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode};
 use std::future::Future;
@@ -69,11 +68,11 @@ pub struct Handled {
 /// `id` is the request's [`request_id`], chosen by the caller, which may
 /// have to answer the request itself (a panic outside the handler, the
 /// drain deadline) and so needs it too.
-pub async fn request_context<Handling>(
+pub async fn request_context<B, Handling>(
     state: &AppState,
-    request: Request,
+    request: http::Request<B>,
     id: HeaderValue,
-    handler: impl FnOnce(Request, RequestScope) -> Handling,
+    handler: impl FnOnce(http::Request<B>, RequestScope) -> Handling,
 ) -> (Response, WireFields)
 where
     Handling: Future<Output = (Response, Handled)>,

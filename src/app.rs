@@ -11,7 +11,6 @@ use crate::state::AppState;
 use crate::wire_fields::WireFields;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::FutureExt;
@@ -59,7 +58,6 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let request = request.map(Body::new);
         let handled = request_context(&self.state, request, id.clone(), |request, scope| {
             AssertUnwindSafe(self.dispatch(request, scope))
                 .catch_unwind()
@@ -81,10 +79,21 @@ impl Gateway {
     /// through the router. Nearly every request is a chat completion, and
     /// the router's dispatch (path match, parameter map, a boxed service
     /// clone and boxed futures) cost it ~2k instructions and four allocations.
-    async fn dispatch(&self, mut request: Request, scope: RequestScope) -> (Response, Handled) {
+    /// The chat handler reads the body as the server hands it over; only
+    /// the router's requests have it boxed into axum's `Body`.
+    async fn dispatch<B>(
+        &self,
+        request: http::Request<B>,
+        scope: RequestScope,
+    ) -> (Response, Handled)
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         if request.method() == Method::POST && request.uri().path() == CHAT_PATH {
             chat_completions::chat_completions(&self.state, request, scope).await
         } else {
+            let mut request = request.map(Body::new);
             // The model list is filtered by what the caller's key may use.
             request.extensions_mut().insert(scope.caller);
             let routed = self.router.clone().oneshot(request).await;

@@ -7,7 +7,6 @@
 use crate::error::{ErrorType, GatewayError};
 use crate::limits::Scope;
 use crate::state::AppState;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use foldhash::{HashMap, HashMapExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -145,7 +144,10 @@ impl Caller {
 
 /// Finds the caller's key, or the 401 to answer. Runs inside the request
 /// context, so refusals are logged.
-pub fn authenticate(state: &AppState, request: &Request) -> Result<Caller, Unauthenticated> {
+pub fn authenticate<B>(
+    state: &AppState,
+    request: &http::Request<B>,
+) -> Result<Caller, Unauthenticated> {
     let caller = {
         let config = state.peek_config();
         if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri().path()) {

@@ -15,20 +15,25 @@ use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::server::BodyError;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
-use axum::extract::Request;
+use axum::BoxError;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
 use std::future::poll_fn;
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::atomic::AtomicU64;
 
-pub async fn chat_completions(
+pub async fn chat_completions<B>(
     state: &AppState,
-    request: Request,
+    request: http::Request<B>,
     scope: RequestScope,
-) -> (Response, Handled) {
+) -> (Response, Handled)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let config = state.config();
     let RequestScope {
         id: request_id,
@@ -286,11 +291,15 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
 /// the client declares a larger `Content-Length`. Each frame is scanned as
 /// it arrives: by the last frame, a large body is scanned but for it.
-async fn read_body(
-    request: Request,
+async fn read_body<B>(
+    request: http::Request<B>,
     limit: usize,
     scan: &mut RequestScan,
-) -> Result<BodyPieces, GatewayError> {
+) -> Result<BodyPieces, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let too_large = || {
         GatewayError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -309,10 +318,10 @@ async fn read_body(
     }
     // Kept as the frames arrived: the scan and the upstream write go
     // across them, so a large body is never joined into a second copy.
-    let mut body = Limited::new(request.into_body(), limit);
+    let mut body = pin!(Limited::new(request.into_body(), limit));
     let mut collector = BodyCollector::default();
     loop {
-        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let frame = poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
         let Some(frame) = frame else { break };
         match frame {
             Ok(frame) => {
