@@ -68,26 +68,26 @@ pub struct Handled {
 /// `id` is the request's [`request_id`], chosen by the caller, which may
 /// have to answer the request itself (a panic outside the handler, the
 /// drain deadline) and so needs it too.
-pub async fn request_context<B, Handling>(
+pub async fn request_context<Handling>(
     state: &AppState,
-    request: http::Request<B>,
+    head: &http::request::Parts,
     id: HeaderValue,
-    handler: impl FnOnce(http::Request<B>, RequestScope) -> Handling,
+    handler: impl FnOnce(RequestScope) -> Handling,
 ) -> (Response, WireFields)
 where
     Handling: Future<Output = (Response, Handled)>,
 {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = head.method.clone();
     // The request's `Uri`, kept for the path: a clone of the chat target's
     // shares its static text, where a copy of the path was an allocation.
-    let uri = request.uri().clone();
+    let uri = head.uri.clone();
     let counted = !is_probe(&method, uri.path());
     if counted {
         state.metrics.in_flight.inc();
     }
 
-    let (response, key, mut handled) = match crate::auth::authenticate(state, &request) {
+    let (response, key, mut handled) = match crate::auth::authenticate(state, head) {
         Ok(caller) => {
             let key = caller.key_name.clone();
             let scope = RequestScope {
@@ -104,7 +104,7 @@ where
                 key: &key,
                 counted,
             };
-            let (response, handled) = handler(request, scope).await;
+            let (response, handled) = handler(scope).await;
             unanswered.answered();
             (response, Some(key), handled)
         }

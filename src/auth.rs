@@ -144,16 +144,16 @@ impl Caller {
 
 /// Finds the caller's key, or the 401 to answer. Runs inside the request
 /// context, so refusals are logged.
-pub fn authenticate<B>(
+pub fn authenticate(
     state: &AppState,
-    request: &http::Request<B>,
+    request: &http::request::Parts,
 ) -> Result<Caller, Unauthenticated> {
     let caller = {
         let config = state.peek_config();
-        if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri().path()) {
+        if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri.path()) {
             Caller::anonymous()
         } else {
-            match presented_key(request.headers()) {
+            match presented_key(&request.headers) {
                 None => {
                     return Err(Unauthenticated(
                         "missing API key: send it as 'Authorization: Bearer <key>' or in 'x-api-key'",

@@ -18,7 +18,7 @@ use crate::wire_fields::WireFields;
 use axum::BoxError;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
 use std::future::poll_fn;
@@ -27,7 +27,8 @@ use std::sync::atomic::AtomicU64;
 
 pub async fn chat_completions<B>(
     state: &AppState,
-    request: http::Request<B>,
+    headers: &HeaderMap,
+    body: B,
     scope: RequestScope,
 ) -> (Response, Handled)
 where
@@ -41,7 +42,7 @@ where
         caller,
     } = scope;
     let mut scan = RequestScan::default();
-    let body = match read_body(request, config.max_body_bytes, &mut scan).await {
+    let body = match read_body(headers, body, config.max_body_bytes, &mut scan).await {
         Ok(body) => body,
         Err(err) => return (err.into_response(), Handled::default()),
     };
@@ -292,7 +293,8 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 /// the client declares a larger `Content-Length`. Each frame is scanned as
 /// it arrives: by the last frame, a large body is scanned but for it.
 async fn read_body<B>(
-    request: http::Request<B>,
+    headers: &HeaderMap,
+    body: B,
     limit: usize,
     scan: &mut RequestScan,
 ) -> Result<BodyPieces, GatewayError>
@@ -308,8 +310,7 @@ where
         )
         .with_code("request_too_large")
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -318,7 +319,7 @@ where
     }
     // Kept as the frames arrived: the scan and the upstream write go
     // across them, so a large body is never joined into a second copy.
-    let mut body = pin!(Limited::new(request.into_body(), limit));
+    let mut body = pin!(Limited::new(body, limit));
     let mut collector = BodyCollector::default();
     loop {
         let frame = poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
@@ -367,7 +368,6 @@ fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use crate::state::AppState;
     use axum::body::Body;
-    use axum::extract::Request;
     use std::mem::size_of_val;
 
     /// Every request's future is allocated and moved as one block: a large
@@ -381,7 +381,8 @@ mod tests {
             arrived: tokio::time::Instant::now(),
             caller: crate::auth::Caller::anonymous(),
         };
-        let handler = super::chat_completions(&state, Request::new(Body::empty()), scope);
+        let headers = http::HeaderMap::new();
+        let handler = super::chat_completions(&state, &headers, Body::empty(), scope);
         assert!(size_of_val(&handler) <= 4096, "{}", size_of_val(&handler));
 
         let config = state.config();

@@ -309,20 +309,25 @@ impl Connection {
             }
         };
         let id = request_id(&parts.headers);
-        let mut handling = pin!(
-            gateway
-                .clone()
-                .handle(http::Request::from_parts(parts, body), id.clone())
-        );
-        let handled = poll_fn(|cx| {
-            let polled =
-                self.poll_handling(cx, handling.as_mut(), reading.as_mut(), idle.as_deref_mut());
-            if polled.is_pending() && deadline.passed(cx) {
-                return Poll::Ready(Some(None));
-            }
-            polled.map(|answer| answer.map(Some))
-        })
-        .await;
+        let handled = {
+            // The handler borrows the head; both end before the response
+            // is written (a stream's head would otherwise live as long).
+            let mut handling = pin!(gateway.clone().handle(&parts, body, id.clone()));
+            poll_fn(|cx| {
+                let polled = self.poll_handling(
+                    cx,
+                    handling.as_mut(),
+                    reading.as_mut(),
+                    idle.as_deref_mut(),
+                );
+                if polled.is_pending() && deadline.passed(cx) {
+                    return Poll::Ready(Some(None));
+                }
+                polled.map(|answer| answer.map(Some))
+            })
+            .await
+        };
+        drop(parts);
         let (response, fields, keep_alive) = match handled {
             Some(Some((response, fields))) => (response, fields, keep_alive),
             // The drain deadline passed before the handler answered: the
