@@ -10,6 +10,7 @@ pub mod json_scan;
 pub mod normalize;
 pub mod provider_errors;
 pub mod provider_wait;
+mod relay_waits;
 pub mod request;
 pub mod route;
 pub mod sse;

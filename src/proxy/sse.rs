@@ -8,6 +8,7 @@
 
 pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
+use super::relay_waits::RelayWaits;
 use super::sse_lines::{event_end, event_start, lines};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
@@ -24,8 +25,8 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 static DONE_VALUE: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"[DONE]"));
@@ -125,9 +126,8 @@ pub struct SseRelay {
     /// with it (logged and counted as its error), not with one of ours.
     provider_error: Option<GatewayError>,
     idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
-    keepalive: Option<(Duration, Pin<Box<Sleep>>)>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The idle and keep-alive timers and the drain's cancellation.
+    waits: Pin<Box<RelayWaits>>,
     provider: Arc<crate::config::Provider>,
     stats: Arc<StreamStats>,
     head_sent: bool,
@@ -166,11 +166,12 @@ impl SseRelay {
             top_level_usage_seen: false,
             provider_error: None,
             idle: settings.idle,
-            idle_timer: Box::pin(tokio::time::sleep_until(settings.first_byte_deadline)),
-            keepalive: settings
-                .keepalive
-                .map(|every| (every, Box::pin(tokio::time::sleep_until(now + every)))),
-            shutdown: Box::pin(settings.shutdown.cancelled_owned()),
+            waits: RelayWaits::new(
+                settings.first_byte_deadline,
+                settings.keepalive,
+                now,
+                settings.shutdown,
+            ),
             provider: settings.provider,
             stats,
             head_sent: false,
@@ -256,7 +257,8 @@ impl SseRelay {
                         // it checks the time of the last event (see below).
                         if !self.idle_between_events {
                             self.idle_between_events = true;
-                            self.idle_timer.as_mut().reset(now + self.idle);
+                            let due = now + self.idle;
+                            self.waits.as_mut().idle().reset(due);
                         }
                         let events = self.inspect(events, reads);
                         // Nothing left: the frame was a usage chunk the
@@ -317,7 +319,7 @@ impl SseRelay {
                     // awaited. Neither the drain nor the idle limit turns
                     // that into an error after it.
                     let complete = self.stats.saw_done();
-                    if self.shutdown.as_mut().poll(cx).is_ready() {
+                    if self.waits.as_mut().poll_shutdown(cx).is_ready() {
                         if complete {
                             return Poll::Ready(None);
                         }
@@ -326,7 +328,8 @@ impl SseRelay {
                             .with_code("gateway_shutdown");
                         return Poll::Ready(Some(Err(err)));
                     }
-                    if self.idle_timer.as_mut().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
+                    if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx)
+                    {
                         if complete {
                             return Poll::Ready(None);
                         }
@@ -407,24 +410,25 @@ impl SseRelay {
         if Instant::now() >= due {
             return false;
         }
-        self.idle_timer.as_mut().reset(due);
-        let _ = self.idle_timer.as_mut().poll(cx);
+        let mut timer = self.waits.as_mut().idle();
+        timer.as_mut().reset(due);
+        let _ = timer.poll(cx);
         true
     }
 
     /// Whether a keep-alive comment is due now; re-arms the timer either way.
     fn keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
         let last_write = self.last_write;
-        let Some((every, timer)) = &mut self.keepalive else {
+        let Some((every, mut timer)) = self.waits.as_mut().keepalive() else {
             return false;
         };
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
         let now = Instant::now();
-        let due = last_write + *every;
+        let due = last_write + every;
         let send = now >= due;
-        timer.as_mut().reset(if send { now + *every } else { due });
+        timer.as_mut().reset(if send { now + every } else { due });
         let _ = timer.as_mut().poll(cx);
         if send {
             self.last_write = now;
