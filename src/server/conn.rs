@@ -68,6 +68,7 @@ pub async fn serve(
         io,
         read: BytesMut::new(),
         output: Output::default(),
+        spare_headers: http::HeaderMap::new(),
     };
     let mut closed = pin!(closing.cancelled());
     let drain = &gateway.state().drain;
@@ -115,6 +116,9 @@ struct Connection {
     /// Bytes read and not yet parsed: heads and bodies are split off it.
     read: BytesMut,
     output: Output,
+    /// The last plain request's header map, emptied: the next head's
+    /// fields go into its room (see `exchange`).
+    spare_headers: http::HeaderMap,
 }
 
 /// The drain deadline, as a connection waiting on a handler sees it: one
@@ -242,7 +246,7 @@ impl Connection {
         let mut began = None;
         loop {
             if !self.read.is_empty() {
-                match request_head::parse(&mut self.read) {
+                match request_head::parse(&mut self.read, &mut self.spare_headers) {
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) => {}
                     Err(bad) => return Err(NoHead::Refused(bad)),
@@ -283,7 +287,7 @@ impl Connection {
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> After {
         let RequestHead {
-            parts,
+            mut parts,
             body: framing,
             keep_alive,
             expect_continue,
@@ -327,6 +331,19 @@ impl Connection {
             })
             .await
         };
+        // A plain answer is written at once and the connection is likely
+        // to bring another request: the head's map is emptied and kept for
+        // it. A stream's may hold the connection for minutes; its map is
+        // dropped, so an open stream costs no more memory than before.
+        let plain = handled
+            .as_ref()
+            .and_then(Option::as_ref)
+            .is_some_and(|(response, _)| response.body().size_hint().exact().is_some());
+        if plain {
+            let mut headers = std::mem::take(&mut parts.headers);
+            headers.clear();
+            self.spare_headers = headers;
+        }
         drop(parts);
         let (response, fields, keep_alive) = match handled {
             Some(Some((response, fields))) => (response, fields, keep_alive),
