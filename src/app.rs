@@ -49,10 +49,10 @@ impl Gateway {
     /// the header map's. `id` is the request's [`request_id`], which every
     /// answer carries.
     ///
-    /// [`request_id`]: crate::access_log::request_id
-    ///
     /// The request's head is borrowed, not moved: passed by value, its
     /// ~250 bytes were copied at every layer down to the body reader.
+    ///
+    /// [`request_id`]: crate::access_log::request_id
     pub async fn handle<B>(
         self: Arc<Self>,
         head: &Parts,
@@ -85,8 +85,8 @@ impl Gateway {
     /// the router's dispatch (path match, parameter map, a boxed service
     /// clone and boxed futures) cost it ~2k instructions and four allocations.
     /// The chat handler reads the body as the server hands it over; only
-    /// the router's requests have it boxed into axum's `Body`.
-    /// The router takes its request whole: its head is cloned.
+    /// the router's requests have it boxed into axum's `Body`, with a
+    /// clone of the head (the router takes its request whole).
     async fn dispatch<B>(&self, head: &Parts, body: B, scope: RequestScope) -> (Response, Handled)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
