@@ -47,6 +47,9 @@ pub struct Metrics {
     pub model_refreshes: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     series: SeriesCache,
+    /// Held by a scrape from resetting the circuit gauges to rendering, so
+    /// that a scrape never renders another one's half-set gauges.
+    pub scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -172,6 +175,7 @@ impl Metrics {
             )),
             registry,
             series: SeriesCache::default(),
+            scrape: std::sync::Mutex::new(()),
         };
         let build = register!(IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),

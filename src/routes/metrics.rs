@@ -1,5 +1,6 @@
 //! `GET /metrics`: the Prometheus text format. Circuit states are read at
-//! scrape time, so the hot path never touches their gauges.
+//! scrape time, so the hot path never touches their gauges; one scrape at
+//! a time sets and renders them.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -9,7 +10,14 @@ use std::collections::HashSet;
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let config = state.config();
+    // Nothing panics while holding it; a poisoned lock guards nothing.
+    let scraping = state
+        .metrics
+        .scrape
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let gauge = &state.metrics.breaker_state;
+    // Reset first: a target a reload removed must not keep its series.
     gauge.reset();
     let mut seen = HashSet::new();
     for route in config.routes.routes() {
@@ -26,12 +34,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }
         }
     }
+    let rendered = state.metrics.render();
+    drop(scraping);
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        rendered,
     )
         .into_response()
 }

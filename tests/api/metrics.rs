@@ -304,3 +304,36 @@ async fn every_request_but_probes_is_counted_and_a_failed_stream_is_a_stream() {
     let as_plain = r#"kimi_gateway_request_duration_seconds_count{provider="moonshot",route="kimi-k2-turbo-preview",stream="false"}"#;
     assert_eq!(sample(&text, as_plain).unwrap_or(0.0), 0.0, "{text}");
 }
+
+/// Scrapes at the same time each see every circuit's series: one scrape's
+/// reset of the circuit gauges never shows in another's rendering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_scrapes_each_see_every_circuit() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let circuits = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("kimi_gateway_breaker_state{"))
+            .count()
+    };
+    let expected = circuits(&scrape(&app).await);
+    assert!(expected > 10, "{expected}");
+    let scrapers: Vec<_> = (0..6)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut short = Vec::new();
+                for _ in 0..150 {
+                    let seen = circuits(&scrape(&app).await);
+                    if seen != expected {
+                        short.push(seen);
+                    }
+                }
+                short
+            })
+        })
+        .collect();
+    for scraper in scrapers {
+        let short = scraper.await.unwrap();
+        assert!(short.is_empty(), "scrapes with {short:?} of {expected}");
+    }
+}
