@@ -36,7 +36,8 @@ enum Command {
     /// Probe a running gateway's /healthz; exit 0 when it answers 200
     /// (for container health checks: the image has no shell or curl).
     Healthcheck {
-        /// Address of the gateway (default: --listen, else 127.0.0.1:8080).
+        /// Address of the gateway (default: --listen, else the config
+        /// file's server.listen, else 127.0.0.1:8080).
         #[arg(long)]
         addr: Option<SocketAddr>,
         /// Seconds to wait for an answer.
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { addr, timeout }) = cli.command {
         let addr = addr
             .or(cli.listen)
+            .or_else(|| cli.config.as_deref().and_then(config::listen_in_file))
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
         // `inf`, NaN or a huge number would panic in the conversion.
         let timeout = std::time::Duration::try_from_secs_f64(timeout.clamp(0.1, 3600.0))

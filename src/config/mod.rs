@@ -227,6 +227,15 @@ impl Provider {
     }
 }
 
+/// The `server.listen` a configuration file gives, if it is readable and
+/// gives a valid one (for the `healthcheck` subcommand, which probes the
+/// gateway the same file configures without needing its environment).
+pub fn listen_in_file(path: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    table.get("server")?.get("listen")?.as_str()?.parse().ok()
+}
+
 /// Reads the file (if any) and the process environment into a [`Config`].
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     load_reusing(path, None, &|name| std::env::var(name).ok())

@@ -128,6 +128,29 @@ fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
     );
 }
 
+/// Without `--addr` or `--listen`, the probe goes where the configuration
+/// file (`KIMI_GATEWAY_CONFIG`, as a systemd unit would set it) says the
+/// gateway listens.
+#[test]
+fn healthcheck_probes_the_address_the_config_file_gives() {
+    let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
+    let port = addr.rsplit(':').next().unwrap();
+    let file = config_file(&format!("[server]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let up = gateway()
+        .env("KIMI_GATEWAY_CONFIG", file.path())
+        .env_remove("KIMI_GATEWAY_LISTEN")
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+}
+
 /// Starts the binary with `args` and waits for its "listening" log line;
 /// returns the child and its stdout reader.
 fn start_gateway(
