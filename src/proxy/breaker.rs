@@ -62,6 +62,9 @@ impl BreakerState {
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
+    /// The target's label (`provider/model`), for the log lines that say
+    /// when its circuit opens and closes.
+    label: Box<str>,
     consecutive: AtomicU32,
     /// 0 while closed; otherwise when the cool-down ends.
     open_until_ms: AtomicU64,
@@ -84,8 +87,14 @@ pub struct Permit<'a> {
 
 impl Breaker {
     pub fn new(settings: BreakerSettings) -> Self {
+        Self::named(settings, "")
+    }
+
+    /// A breaker whose state changes are logged under `label`.
+    pub fn named(settings: BreakerSettings, label: &str) -> Self {
         Breaker {
             settings,
+            label: label.into(),
             consecutive: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             cooldown_ms: AtomicU64::new(settings.cooldown.as_millis() as u64),
@@ -159,6 +168,7 @@ impl Breaker {
                 .store(self.settings.cooldown.as_millis() as u64, Ordering::Relaxed);
             self.open_until_ms.store(0, Ordering::Release);
             self.probing.store(false, Ordering::Release);
+            tracing::info!(upstream_target = %self.label, "circuit closed: the probe succeeded");
         }
     }
 
@@ -185,6 +195,11 @@ impl Breaker {
     fn open(&self, now: u64, cooldown: u64) {
         self.open_until_ms
             .store((now + cooldown).max(1), Ordering::Release);
+        tracing::warn!(
+            upstream_target = %self.label,
+            cooldown_ms = cooldown,
+            "circuit opened: the target is skipped until its cool-down ends"
+        );
         self.consecutive.store(0, Ordering::Relaxed);
         self.window_total.store(0, Ordering::Relaxed);
         self.window_failed.store(0, Ordering::Relaxed);
@@ -279,10 +294,11 @@ impl BreakerRegistry {
         if let Some(existing) = self.by_identity.get(identity) {
             return existing.clone();
         }
-        let breaker = self
-            .inherited
-            .remove(identity)
-            .unwrap_or_else(|| Arc::new(Breaker::new(self.settings)));
+        let breaker = self.inherited.remove(identity).unwrap_or_else(|| {
+            // The identity starts with the target's label.
+            let label = identity.split('|').next().unwrap_or(identity);
+            Arc::new(Breaker::named(self.settings, label))
+        });
         self.by_identity
             .insert(identity.to_string(), breaker.clone());
         breaker
@@ -313,6 +329,49 @@ mod tests {
         let permit = b.try_acquire_at(now).expect("allowed");
         b.on_failure(permit.probe, now);
         std::mem::forget(permit);
+    }
+
+    #[test]
+    fn opening_and_closing_are_logged_with_the_target() {
+        let capture = crate::log_format::tests::Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .event_format(crate::log_format::JsonLines)
+            .finish();
+        let mut registry = BreakerRegistry::new(breaker().settings, None);
+        let b = registry.get("moonshot/kimi-k2.6|https://api.moonshot.ai/v1|MOONSHOT_API_KEY");
+        tracing::subscriber::with_default(subscriber, || {
+            for now in 1..=3 {
+                fail(&b, now);
+            }
+            let probe = b.try_acquire_at(200).expect("half-open");
+            b.on_success(probe.probe, 200);
+            std::mem::forget(probe);
+        });
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert!(
+            lines[0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("circuit opened")
+        );
+        assert_eq!(lines[0]["cooldown_ms"], 100);
+        assert_eq!(lines[1]["level"], "INFO");
+        assert!(
+            lines[1]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("circuit closed")
+        );
+        for line in &lines {
+            assert_eq!(line["upstream_target"], "moonshot/kimi-k2.6");
+        }
     }
 
     #[test]
