@@ -26,13 +26,18 @@ impl<'a> MakeWriter<'a> for Capture {
     }
 }
 
+/// A subscriber writing [`JsonLines`] into `capture`.
+pub(crate) fn json_lines_into(capture: &Capture) -> impl tracing::Subscriber + use<> {
+    tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .event_format(JsonLines)
+        .finish()
+}
+
 #[test]
 fn a_field_named_like_a_key_of_the_line_does_not_repeat_that_key() {
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .event_format(JsonLines)
-        .finish();
+    let subscriber = json_lines_into(&capture);
     tracing::subscriber::with_default(subscriber, || {
         tracing::warn!(target: "gateway", target = "moonshot/kimi", level = 3u64, "event");
     });
@@ -49,10 +54,7 @@ fn a_field_named_like_a_key_of_the_line_does_not_repeat_that_key() {
 #[test]
 fn events_are_one_json_object_per_line() {
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .event_format(JsonLines)
-        .finish();
+    let subscriber = json_lines_into(&capture);
     tracing::subscriber::with_default(subscriber, || {
         tracing::info!(
             target: "access",

@@ -334,10 +334,7 @@ mod tests {
     #[test]
     fn opening_and_closing_are_logged_with_the_target() {
         let capture = crate::log_format::tests::Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(capture.clone())
-            .event_format(crate::log_format::JsonLines)
-            .finish();
+        let subscriber = crate::log_format::tests::json_lines_into(&capture);
         let mut registry = BreakerRegistry::new(breaker().settings, None);
         let b = registry.get("moonshot/kimi-k2.6|https://api.moonshot.ai/v1|MOONSHOT_API_KEY");
         tracing::subscriber::with_default(subscriber, || {

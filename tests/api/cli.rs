@@ -121,10 +121,15 @@ fn healthcheck_exits_zero_for_a_healthy_gateway_and_non_zero_otherwise() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    assert_probed_up(&up);
+}
+
+/// The healthcheck found the gateway up.
+fn assert_probed_up(probe: &std::process::Output) {
     assert!(
-        up.status.success(),
+        probe.status.success(),
         "{}",
-        String::from_utf8_lossy(&up.stderr)
+        String::from_utf8_lossy(&probe.stderr)
     );
 }
 
@@ -144,11 +149,7 @@ fn healthcheck_probes_the_address_the_config_file_gives() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    assert_probed_up(&up);
 }
 
 /// Starts the binary with `args` and waits for its "listening" log line;
