@@ -100,19 +100,20 @@ fn subtables(
 
 /// Deserialises one section, recording a type error with its full path and
 /// every key the structs do not know. serde stops at a section's first
-/// wrong-typed value, so when there is one every other key of the section
-/// is tried alone too, and each of its type errors is recorded as well.
+/// wrong-typed value, so when there is one every other value of the section
+/// is tried alone too, down through nested tables (`timeouts`, a limit
+/// table), and each of its type errors is recorded as well.
 fn section<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<T> {
-    let entries = match &value {
-        toml::Value::Table(table) => Some(table.clone()),
-        _ => None,
+    let leaves = match &value {
+        toml::Value::Table(table) => leaves_of(table),
+        _ => Vec::new(),
     };
     let mut unknown = Vec::new();
-    let result = deserialize::<T>(value, |ignored| unknown.push(ignored.to_string()));
+    let result = deserialize::<T>(value, |ignored| unknown.push(ignored));
     for key in unknown {
         problems.push(ConfigProblem::new(join(path, &key), "unknown key"));
     }
@@ -121,20 +122,15 @@ fn section<T: DeserializeOwned>(
         Err(failure) => failure,
     };
     problems.push(ConfigProblem::new(join(path, &inner), message));
-    let reported = inner.split(['.', '[']).next().unwrap_or("").to_owned();
-    for (key, entry) in entries.into_iter().flatten() {
-        if key == reported {
-            continue;
-        }
-        let alone = toml::Value::Table(toml::Table::from_iter([(key, entry)]));
+    for alone in leaves {
         let mut unknown = Vec::new();
-        let result = deserialize::<T>(alone, |ignored| unknown.push(ignored.to_string()));
+        let result = deserialize::<T>(alone, |ignored| unknown.push(ignored));
         let mut found: Vec<ConfigProblem> = unknown
             .into_iter()
             .map(|key| ConfigProblem::new(join(path, &key), "unknown key"))
             .collect();
         match result {
-            // A required member the lone key does not bring is not a
+            // A required member the lone value does not bring is not a
             // problem of the file.
             Err((inner, message)) if !message.starts_with("missing field") => {
                 found.push(ConfigProblem::new(join(path, &inner), message))
@@ -142,7 +138,7 @@ fn section<T: DeserializeOwned>(
             _ => {}
         }
         for problem in found {
-            // The whole section's pass may have met an unknown key first.
+            // The whole section's pass may have met it first.
             if !problems.contains(&problem) {
                 problems.push(problem);
             }
@@ -151,15 +147,33 @@ fn section<T: DeserializeOwned>(
     None
 }
 
+/// Every value of `table` that is not itself a table, each alone in a copy
+/// of the tables that lead to it. Arrays are values: an array's elements
+/// are not tried one by one.
+fn leaves_of(table: &toml::Table) -> Vec<toml::Value> {
+    let mut leaves = Vec::new();
+    for (key, entry) in table {
+        let wrap =
+            |inner: toml::Value| toml::Value::Table(toml::Table::from_iter([(key.clone(), inner)]));
+        match entry {
+            toml::Value::Table(nested) if !nested.is_empty() => {
+                leaves.extend(leaves_of(nested).into_iter().map(wrap));
+            }
+            other => leaves.push(wrap(other.clone())),
+        }
+    }
+    leaves
+}
+
 /// `value` as `T`, every key `T` does not know given to `unknown`; an
 /// error as the path inside `value` and serde's message.
 fn deserialize<T: DeserializeOwned>(
     value: toml::Value,
-    unknown: impl FnMut(serde_ignored::Path<'_>),
+    mut unknown: impl FnMut(String),
 ) -> Result<T, (String, String)> {
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);
-    serde_ignored::deserialize(de, unknown).map_err(|err| {
+    serde_ignored::deserialize(de, |ignored| unknown(key_path(&ignored))).map_err(|err| {
         let inner = track.path().to_string();
         let inner = if inner == "." { String::new() } else { inner };
         // toml adds a line "in `key`" that the path already says.
@@ -167,6 +181,20 @@ fn deserialize<T: DeserializeOwned>(
         let message = message.lines().next().unwrap_or_default().to_owned();
         (inner, message)
     })
+}
+
+/// An ignored key's path as the file writes it: `timeouts.nap`, not
+/// serde_ignored's `timeouts.?.nap` (its `?` marks an `Option`'s value).
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => join(&key_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
 }
 
 fn join(base: &str, rest: &str) -> String {
@@ -276,6 +304,49 @@ mod tests {
             "{problems:?}"
         );
         assert!(parsed.providers.is_empty());
+    }
+
+    #[test]
+    fn every_wrong_typed_value_inside_nested_tables_is_reported() {
+        let mut problems = Vec::new();
+        let text = r#"
+            [providers.moonshot]
+            timeouts = { connect_secs = "soon", idle_secs = "later", total_secs = 30, nap = 1 }
+            [limits]
+            backend = 7
+            [limits.global]
+            requests_per_minute = "many"
+            tokens_per_minute = -1
+            [limits.providers.moonshot]
+            concurrent_requests = "some"
+            requests_per_day = 10
+            [keys.team]
+            secret_env = "TEAM_KEY"
+            model_limits = { kimi = { requests_per_minute = "x", tokens_per_day = "y" } }
+        "#;
+        parse(text, &mut problems);
+        let mut paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "keys.team.model_limits.kimi.requests_per_minute",
+                "keys.team.model_limits.kimi.tokens_per_day",
+                "limits.backend",
+                "limits.global.requests_per_minute",
+                "limits.global.tokens_per_minute",
+                "limits.providers.moonshot.concurrent_requests",
+                "providers.moonshot.timeouts.connect_secs",
+                "providers.moonshot.timeouts.idle_secs",
+                "providers.moonshot.timeouts.nap",
+            ],
+            "{problems:?}"
+        );
+        let nap = problems.iter().find(|p| p.path.ends_with(".nap")).unwrap();
+        assert_eq!(
+            nap.to_string(),
+            "providers.moonshot.timeouts.nap: unknown key"
+        );
     }
 
     #[test]
