@@ -76,8 +76,9 @@ pub struct GatewayError {
     pub error_type: ErrorType,
     pub code: Option<Cow<'static, str>>,
     pub message: Cow<'static, str>,
-    /// The request member at fault (always one of the gateway's names).
-    pub param: Option<&'static str>,
+    /// The request member at fault: one of the gateway's names, or what
+    /// the provider's error named.
+    pub param: Option<Cow<'static, str>>,
     /// Forwarded from an upstream, or set by the gateway itself.
     pub retry_after: Option<HeaderValue>,
     /// The same wait in milliseconds (`retry-after-ms`, read by the OpenAI
@@ -137,8 +138,8 @@ impl GatewayError {
         self
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
         self
     }
 
@@ -194,7 +195,7 @@ impl GatewayError {
                 message: &self.message,
                 error_type: self.error_type.as_str(),
                 code: self.code.as_deref(),
-                param: self.param,
+                param: self.param.as_deref(),
             },
         })
         .expect("error body serialises")

@@ -69,6 +69,8 @@ pub struct Scenario {
     pub error_event_after: Option<usize>,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
+    /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
+    pub event_ids: bool,
     /// Wait on this gate before every content chunk after the first.
     pub gate: Option<String>,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
@@ -130,6 +132,7 @@ impl Scenario {
                         _ => None,
                     }
                 }
+                "event_ids" => scenario.event_ids = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),

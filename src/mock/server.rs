@@ -336,6 +336,18 @@ fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
         .collect()
 }
 
+/// The rendered events, each with an `id:` line first, numbered from 1.
+fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
+    (1..)
+        .zip(events)
+        .map(|(id, event)| {
+            let mut with_id = format!("id: {id}\n").into_bytes();
+            with_id.extend_from_slice(event);
+            Bytes::from(with_id)
+        })
+        .collect()
+}
+
 /// The stream's body: one event per frame, honouring delays, gates and cuts.
 fn stream_body(
     shared: &Shared,
@@ -352,6 +364,11 @@ fn stream_body(
     let first_event_delay = scenario.first_event_delay;
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let error_event_after = scenario.error_event_after;
+    let events = if scenario.event_ids {
+        with_ids(&events)
+    } else {
+        events
+    };
     let events = match scenario.line_end {
         Some(line_end) => with_line_end(&events, line_end),
         None => events,

@@ -148,7 +148,14 @@ fn copy_fields(
         }
     }
     if let Some((_, id)) = request_id {
-        to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), id);
+        // Copied under the gateway's name too, so redacted like the rest.
+        match (id.len() >= shortest_key)
+            .then(|| redact_secrets(id, provider))
+            .flatten()
+        {
+            Some(redacted) => to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), &redacted),
+            None => to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), id),
+        }
     }
     Ok(())
 }
@@ -199,6 +206,19 @@ mod tests {
         assert_eq!(
             to.as_bytes(),
             b"x-debug-auth: Bearer ***\r\nx-short: secret\r\n"
+        );
+    }
+
+    #[test]
+    fn the_providers_request_id_quoting_its_key_is_redacted_under_both_names() {
+        let from =
+            Headers::from_head("HTTP/1.1 200 OK\r\nMsh-Request-Id: m-secret-key-123\r\n\r\n")
+                .unwrap();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to, &test_provider());
+        assert_eq!(
+            to.as_bytes(),
+            b"msh-request-id: m-***\r\nx-upstream-request-id: m-***\r\n"
         );
     }
 

@@ -7,7 +7,6 @@ use super::provider_wait::{self, AskedWait};
 use crate::config::Provider;
 use crate::error::{ErrorType, GatewayError};
 use http::{HeaderValue, StatusCode};
-use serde::Deserialize;
 
 /// Largest upstream error body read; the rest is not needed to classify it.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -17,23 +16,71 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 /// for the provider's message (what arrived by then is read).
 pub const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-#[derive(Deserialize, Default)]
-struct AnyShape {
-    /// Moonshot / OpenAI: `{"error":{"message","type","code"}}`.
-    error: Option<ErrorObject>,
-    /// AI/ML API and Agentsflare: top-level `message` (string, or a list).
-    message: Option<serde_json::Value>,
+/// What a provider's error body says, whatever its shape, each member
+/// read on its own: Moonshot's `{"error":{"message","type","code","param"}}`,
+/// AI/ML API's and Agentsflare's top-level `message` (a string, or a list)
+/// with `statusCode`, and a web framework's `"error": "Not Found"` beside
+/// them (a status text, not an error object). A member of an unexpected
+/// type is left out, not the whole body.
+#[derive(Default)]
+struct ProviderSays {
+    /// Whether the body had an `error` object (an error event, in a stream).
+    error_object: bool,
+    message: Option<String>,
+    error_type: Option<String>,
+    code: Option<String>,
+    param: Option<String>,
     /// AI/ML API's id for the request, in the body only.
-    #[serde(rename = "requestId")]
-    request_id: Option<serde_json::Value>,
+    request_id: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-struct ErrorObject {
-    message: Option<String>,
-    #[serde(rename = "type")]
-    error_type: Option<String>,
-    code: Option<serde_json::Value>,
+impl ProviderSays {
+    fn read(json: &[u8]) -> Option<ProviderSays> {
+        let serde_json::Value::Object(mut body) = serde_json::from_slice(json).ok()? else {
+            return None;
+        };
+        let mut says = ProviderSays {
+            request_id: body.remove("requestId").and_then(string),
+            ..ProviderSays::default()
+        };
+        match body.remove("error") {
+            Some(serde_json::Value::Object(mut error)) => {
+                says.error_object = true;
+                says.message = error.remove("message").map(message_text);
+                says.error_type = error.remove("type").and_then(string);
+                says.code = error.remove("code").and_then(|code| match code {
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    other => string(other),
+                });
+                says.param = error.remove("param").and_then(string);
+            }
+            _ => says.message = body.remove("message").map(message_text),
+        }
+        Some(says)
+    }
+
+    /// Every text a client or the log will see, without the provider's key.
+    fn redacted(mut self, provider: &Provider) -> Self {
+        for text in [
+            &mut self.message,
+            &mut self.code,
+            &mut self.param,
+            &mut self.request_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            redact(text, provider);
+        }
+        self
+    }
+}
+
+fn string(value: serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// Translates a non-2xx upstream answer into the gateway's error.
@@ -43,17 +90,44 @@ pub fn translate(
     asked: AskedWait,
     body: &[u8],
 ) -> GatewayError {
-    let shape: AnyShape = serde_json::from_slice(error_json(body)).unwrap_or_default();
-    let body_request_id = match shape.request_id {
-        Some(serde_json::Value::String(id)) => HeaderValue::try_from(id).ok(),
-        _ => None,
-    };
-    let (message, typed, code) = match shape.error {
-        Some(e) => (e.message, e.error_type, e.code),
-        None => (shape.message.map(message_text), None, None),
-    };
-    let message = message
-        .map(|m| redact(&m, provider))
+    let says = ProviderSays::read(error_json(body)).unwrap_or_default();
+    error_from(provider, status, asked, says)
+}
+
+/// A provider's error event inside a stream (`data: {"error":{...}}`): the
+/// error the stream ended with. When it is the stream's first event,
+/// nothing was sent yet and it fails the attempt as an HTTP error with
+/// the type's status would (key refused, the provider's wait, its code);
+/// later, it is what the log and the metrics record. `None` for anything
+/// else (a chunk whose text merely mentions `"error"`).
+pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
+    let says = ProviderSays::read(data).filter(|says| says.error_object)?;
+    let status = says
+        .error_type
+        .as_deref()
+        .and_then(ErrorType::from_name)
+        .map_or(StatusCode::BAD_GATEWAY, ErrorType::default_status);
+    let mut err = error_from(provider, status, AskedWait::default(), says);
+    if err.error_type == ErrorType::ServerError {
+        // A stream's status said 200; its error event carries no status
+        // of its own to keep.
+        err.status = StatusCode::BAD_GATEWAY;
+    }
+    Some(err)
+}
+
+fn error_from(
+    provider: &Provider,
+    status: StatusCode,
+    asked: AskedWait,
+    says: ProviderSays,
+) -> GatewayError {
+    let says = says.redacted(provider);
+    let request_id = says
+        .request_id
+        .and_then(|id| HeaderValue::try_from(id).ok());
+    let message = says
+        .message
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| {
             format!(
@@ -63,6 +137,7 @@ pub fn translate(
             )
         });
     let lower = message.to_ascii_lowercase();
+    let typed = says.error_type;
 
     if key_refused(status, typed.as_deref(), &lower) {
         return GatewayError::server(
@@ -75,7 +150,7 @@ pub fn translate(
             ),
         )
         .with_code("upstream_key_rejected")
-        .with_upstream_request_id(body_request_id);
+        .with_upstream_request_id(request_id);
     }
 
     let error_type = typed
@@ -100,7 +175,7 @@ pub fn translate(
         other => other.default_status(),
     };
     let mut err =
-        GatewayError::new(status, error_type, message).with_upstream_request_id(body_request_id);
+        GatewayError::new(status, error_type, message).with_upstream_request_id(request_id);
     err.retry_after = asked.retry_after;
     err.retry_after_ms = asked.retry_after_ms;
     if err.retry_after.is_none()
@@ -115,38 +190,13 @@ pub fn translate(
             err = err.with_retry_after_duration(wait);
         }
     }
-    if let Some(code) = code.and_then(|c| match c {
-        serde_json::Value::String(s) => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }) {
+    if let Some(code) = says.code {
         err = err.with_code(code);
     }
+    if let Some(param) = says.param {
+        err = err.with_param(param);
+    }
     err
-}
-
-/// A provider's error event inside a stream (`{"error":{"message","type",
-/// "code"}}`, after the status was sent): the error the stream ended with,
-/// for the log and the metrics. `None` for anything else (a chunk whose
-/// text merely mentions `"error"`).
-pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
-    let shape: AnyShape = serde_json::from_slice(data).ok()?;
-    let error = shape.error?;
-    let error_type = error
-        .error_type
-        .as_deref()
-        .and_then(ErrorType::from_name)
-        .unwrap_or(ErrorType::ServerError);
-    let message = error
-        .message
-        .map(|m| redact(&m, provider))
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| "the provider ended the stream with an error event".to_owned());
-    Some(GatewayError::new(
-        StatusCode::BAD_GATEWAY,
-        error_type,
-        message,
-    ))
 }
 
 /// The JSON of an error body: the body itself, or the data of its first
@@ -260,14 +310,21 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     redacted
 }
 
-fn redact(message: &str, provider: &Provider) -> String {
-    let mut message = message.to_string();
+fn redact(text: &mut String, provider: &Provider) {
     for key in &provider.keys {
-        if key.secret.len() >= 8 && message.contains(&key.secret) {
-            message = message.replace(&key.secret, "***");
+        if key.secret.len() >= 8 && text.contains(&key.secret) {
+            *text = text.replace(&key.secret, "***");
         }
     }
-    message
+}
+
+/// A provider's header value for the client, with the provider's key
+/// replaced when the value quotes it.
+pub fn redacted_value(value: HeaderValue, provider: &Provider) -> HeaderValue {
+    match redact_secrets(value.as_bytes(), provider) {
+        Some(redacted) => HeaderValue::from_bytes(&redacted).unwrap_or(value),
+        None => value,
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +446,93 @@ mod tests {
             body,
         );
         assert!(!err.message.contains("secret-key-123"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_status_text_named_error_beside_the_message_is_not_an_error_object() {
+        let provider = test_provider();
+        let asked = AskedWait::default;
+        let err = translate(
+            &provider,
+            StatusCode::NOT_FOUND,
+            asked(),
+            br#"{"statusCode":404,"message":"Key not found","error":"Not Found"}"#,
+        );
+        assert_eq!(err.code.as_deref(), Some("upstream_key_rejected"));
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            asked(),
+            br#"{"statusCode":429,"message":"Insufficient balance","error":"Too Many Requests"}"#,
+        );
+        assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+        assert!(!err.should_retry());
+        let err = translate(
+            &provider,
+            StatusCode::FORBIDDEN,
+            asked(),
+            br#"{"message":"You are out of credits","statusCode":403,"error":"Forbidden","requestId":"r-1"}"#,
+        );
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(&*err.message, "You are out of credits");
+        assert_eq!(err.upstream_request_id.as_deref().unwrap(), "r-1");
+        // A member of an unexpected type is left out, not the whole body.
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            asked(),
+            br#"{"error":{"message":"slow down","type":7,"code":["x"]}}"#,
+        );
+        assert_eq!(&*err.message, "slow down");
+        assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
+        assert_eq!(err.code, None);
+    }
+
+    #[test]
+    fn the_providers_code_and_param_are_kept_and_never_carry_its_key() {
+        let body = br#"{"error":{"message":"bad tool","type":"invalid_request_error","code":"c-secret-key-123","param":"tools[3].function.name"}}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.code.as_deref(), Some("c-***"));
+        assert_eq!(err.param.as_deref(), Some("tools[3].function.name"));
+        let body = br#"{"message":"bad","requestId":"r-secret-key-123"}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.upstream_request_id.as_deref().unwrap(), "r-***");
+    }
+
+    #[test]
+    fn an_error_event_reads_as_the_same_error_sent_with_its_status() {
+        let provider = test_provider();
+        let event = br#"{"error":{"message":"please try again after 1 seconds","type":"rate_limit_reached_error","code":"c1"}}"#;
+        let err = stream_error(event, &provider).unwrap();
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.code.as_deref(), Some("c1"));
+        assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(1000));
+        let event = br#"{"error":{"message":"Invalid Authentication","type":"invalid_authentication_error"}}"#;
+        let err = stream_error(event, &provider).unwrap();
+        assert_eq!(err.code.as_deref(), Some("upstream_key_rejected"));
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider).unwrap();
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(err.error_type, ErrorType::ServerError);
+        // Not an error event: text that mentions an error, a status text.
+        assert!(
+            stream_error(
+                br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#,
+                &provider
+            )
+            .is_none()
+        );
+        assert!(stream_error(br#"{"error":"Not Found"}"#, &provider).is_none());
     }
 
     #[test]

@@ -360,7 +360,7 @@ mod tests {
             ),
         ] {
             let err = peek(body).unwrap_err();
-            assert_eq!(err.param, Some(param), "{body}");
+            assert_eq!(err.param.as_deref(), Some(param), "{body}");
         }
         assert!(
             peek("{not json")

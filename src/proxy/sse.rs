@@ -12,7 +12,7 @@ use super::relay_waits::RelayWaits;
 use super::sse_lines::{event_end, event_start, lines};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
-use crate::error::{ErrorType, GatewayError};
+use crate::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::StatusCode;
@@ -68,7 +68,9 @@ fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Op
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
-static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+/// A comment line alone: a blank line after it would end an (empty) event,
+/// which the Python SDK hands on as one once an event has had an `id:`.
+static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n");
 
 /// Events already read when a frame goes out are sent with it, up to this
 /// many bytes: a provider that writes each event as its own HTTP chunk then
@@ -186,13 +188,9 @@ impl SseRelay {
             Some(Ok(_)) if relay.provider_error.is_some() => {
                 // Nothing went to the client yet: a provider that fails in
                 // its first event is an ordinary failed attempt, retried
-                // or failed over by its type like an HTTP error.
-                let err = relay.provider_error.take().expect("checked");
-                let status = match err.error_type {
-                    ErrorType::ServerError => StatusCode::BAD_GATEWAY,
-                    other => other.default_status(),
-                };
-                Err(GatewayError { status, ..err })
+                // or failed over by its type like an HTTP error (its
+                // status is the type's: see `stream_error`).
+                Err(relay.provider_error.take().expect("checked"))
             }
             Some(Ok(events)) => {
                 relay.queued.push_back(events);

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::test_provider;
+use crate::error::ErrorType;
 use futures_util::StreamExt;
 use prometheus::HistogramOpts;
 

@@ -182,6 +182,7 @@ pub async fn forward(
         let mut err = provider_errors::translate(provider, status, asked, &body);
         // A header's id wins over one the body gave (AI/ML API's `requestId`).
         if let Some(id) = upstream_id {
+            let id = provider_errors::redacted_value(id, provider);
             err.upstream_request_id = Some(Box::new(id));
         }
         return Err(err);

@@ -29,8 +29,8 @@ async fn silent_streams_get_keepalive_comments_between_events() {
     let first = next_text(&mut stream).await;
     assert!(first.starts_with("data: "), "{first}");
     // The provider is silent (gated): comments keep the connection alive.
-    assert_eq!(next_text(&mut stream).await, ": keep-alive\n\n");
-    assert_eq!(next_text(&mut stream).await, ": keep-alive\n\n");
+    assert_eq!(next_text(&mut stream).await, ": keep-alive\n");
+    assert_eq!(next_text(&mut stream).await, ": keep-alive\n");
     app.mock.release("k", 100);
     let mut rest = String::new();
     while let Some(chunk) = stream.next().await {

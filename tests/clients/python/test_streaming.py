@@ -1,6 +1,7 @@
 """Streamed chat completions through the official SDK: reassembly chunk by
 chunk, `stream_options.include_usage` for every provider, `n` streams, an
-error after the first byte, and a client-side read timeout mid-stream."""
+error after the first byte, keep-alive comments between events that carry
+ids, and a client-side read timeout mid-stream."""
 
 import openai
 import pytest
@@ -77,6 +78,19 @@ def test_a_failure_after_the_first_byte_raises_mid_stream(client: openai.OpenAI,
     assert not isinstance(caught.value, openai.APIConnectionError), caught.value
     assert caught.value.type == "server_error"
     assert provider.name in caught.value.message
+
+
+def test_keepalive_comments_between_events_with_ids_are_ignored(client: openai.OpenAI):
+    # The gateway comments after 1 s of silence (tests/clients/gateway.toml);
+    # the SDK must not read a comment as an event once events carry `id:`.
+    chunks = list(
+        client.chat.completions.create(
+            model="kimi-k2.6",
+            messages=[{"role": "user", "content": "[mock event_ids chunk_delay_ms=1300 chunks=1]"}],
+            stream=True,
+        )
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
 def test_client_read_timeout_mid_stream(make_client, provider):
