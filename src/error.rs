@@ -77,8 +77,9 @@ pub struct GatewayError {
     pub code: Option<Cow<'static, str>>,
     pub message: Cow<'static, str>,
     /// The request member at fault: one of the gateway's names, or what
-    /// the provider's error named.
-    pub param: Option<Cow<'static, str>>,
+    /// the provider's error named. (Boxed, not a `Cow`: errors travel in
+    /// every attempt's `Result`, and a `Cow` would make them larger.)
+    pub param: Option<Box<str>>,
     /// Forwarded from an upstream, or set by the gateway itself.
     pub retry_after: Option<HeaderValue>,
     /// The same wait in milliseconds (`retry-after-ms`, read by the OpenAI
@@ -138,7 +139,7 @@ impl GatewayError {
         self
     }
 
-    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_param(mut self, param: impl Into<Box<str>>) -> Self {
         self.param = Some(param.into());
         self
     }

@@ -104,14 +104,24 @@ impl PooledBody {
     /// one frame, as most do, is that frame: `http_body_util`'s `collect`
     /// queued every frame in a `VecDeque`, an allocation per answer even
     /// for one frame. Frames after the first are copied into one buffer.
-    pub async fn into_bytes(mut self) -> Result<Bytes, UpstreamError> {
+    /// A body over `limit` bytes is an error (declared or as it arrives):
+    /// a provider that sends without end does not grow the gateway.
+    pub async fn into_bytes(mut self, limit: usize) -> Result<Bytes, UpstreamError> {
+        if self.size_hint().lower() > limit as u64 {
+            return Err(UpstreamError::BodyTooLarge(limit));
+        }
         let mut whole: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
+        let mut read = 0usize;
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await
         {
             let Ok(data) = frame?.into_data() else {
                 continue;
             };
+            read = read.saturating_add(data.len());
+            if read > limit {
+                return Err(UpstreamError::BodyTooLarge(limit));
+            }
             if let Some(joined) = &mut joined {
                 joined.extend_from_slice(&data);
             } else if let Some(earlier) = whole.take() {

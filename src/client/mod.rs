@@ -105,6 +105,8 @@ pub enum UpstreamError {
     InvalidHead(String),
     #[error("invalid response body: {0}")]
     InvalidBody(&'static str),
+    #[error("response body over {0} bytes")]
+    BodyTooLarge(usize),
     #[error("no response head by the deadline")]
     TimedOut,
 }

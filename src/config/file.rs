@@ -11,6 +11,9 @@ pub struct ServerFile {
     pub listen: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: Option<u64>,
+    /// Largest plain answer, and largest single stream event, read from a
+    /// provider, in bytes.
+    pub max_response_bytes: Option<u64>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_secs: Option<f64>,
     /// Interval of `: keep-alive` comments while a stream is silent (0: off).

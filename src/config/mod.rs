@@ -42,6 +42,8 @@ pub fn test_provider() -> Arc<Provider> {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 32 MiB (vision requests carry base64 images).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Largest plain answer or single stream event read from a provider.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One problem found in the configuration, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,10 @@ impl std::error::Error for ConfigErrors {}
 pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Largest plain answer, and largest single stream event, read from a
+    /// provider: a provider that sends more fails the attempt (or ends the
+    /// stream) instead of growing the gateway's memory.
+    pub max_response_bytes: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.

@@ -7,7 +7,10 @@ use super::limits::limit_settings;
 use super::parse::parse;
 use super::providers::{build_provider, merge, preset_drafts};
 use super::settings::{breaker_settings, retry_settings, seconds};
-use super::{Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
+use super::{
+    Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+};
 use crate::limits::{Limits, ScopeRegistry};
 use crate::proxy::breaker::BreakerRegistry;
 use crate::proxy::route::RouteTable;
@@ -39,17 +42,18 @@ pub fn resolve_reusing(
         ));
         DEFAULT_LISTEN.parse().expect("default address parses")
     });
-    let max_body_bytes = match parsed.server.max_body_bytes {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(0) => {
-            problems.push(ConfigProblem::new(
-                "server.max_body_bytes",
-                "must be at least 1",
-            ));
-            DEFAULT_MAX_BODY_BYTES
-        }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-    };
+    let max_body_bytes = byte_count(
+        parsed.server.max_body_bytes,
+        "server.max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+        &mut problems,
+    );
+    let max_response_bytes = byte_count(
+        parsed.server.max_response_bytes,
+        "server.max_response_bytes",
+        DEFAULT_MAX_RESPONSE_BYTES,
+        &mut problems,
+    );
     let drain = seconds(
         parsed.server.drain_secs,
         "server.drain_secs",
@@ -138,6 +142,7 @@ pub fn resolve_reusing(
     Ok(Config {
         listen,
         max_body_bytes,
+        max_response_bytes,
         drain,
         sse_keepalive,
         client_idle,
@@ -152,4 +157,21 @@ pub fn resolve_reusing(
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
     })
+}
+
+/// A size in bytes, at least 1.
+fn byte_count(
+    value: Option<u64>,
+    path: &str,
+    default: usize,
+    problems: &mut Vec<ConfigProblem>,
+) -> usize {
+    match value {
+        None => default,
+        Some(0) => {
+            problems.push(ConfigProblem::new(path, "must be at least 1"));
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    }
 }

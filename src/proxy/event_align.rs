@@ -37,6 +37,11 @@ impl EventAligner {
         }
     }
 
+    /// Bytes held of an event not yet complete.
+    pub fn pending_len(&self) -> usize {
+        self.tail.len()
+    }
+
     /// The bytes after the last whole event, once the stream has ended.
     pub fn take_rest(&mut self) -> Option<Bytes> {
         (!self.tail.is_empty()).then(|| self.tail.split().freeze())

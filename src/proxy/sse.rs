@@ -95,6 +95,8 @@ pub struct RelaySettings {
     pub idle: Duration,
     /// Send `: keep-alive` after this much silence (SDKs ignore comments).
     pub keepalive: Option<Duration>,
+    /// Largest event the relay holds while waiting for its end.
+    pub max_event_bytes: usize,
     /// Cancelled when the gateway's drain deadline passes.
     pub shutdown: CancellationToken,
     /// Silence between upstream events, this provider's series.
@@ -128,6 +130,8 @@ pub struct SseRelay {
     /// with it (logged and counted as its error), not with one of ours.
     provider_error: Option<GatewayError>,
     idle: Duration,
+    /// Largest event held while waiting for its end.
+    max_event_bytes: usize,
     /// The idle and keep-alive timers and the drain's cancellation.
     waits: Pin<Box<RelayWaits>>,
     provider: Arc<crate::config::Provider>,
@@ -164,6 +168,7 @@ impl SseRelay {
             last_write: now,
             include_usage: settings.include_usage,
             hide_usage_chunk: settings.hide_usage_chunk,
+            max_event_bytes: settings.max_event_bytes,
             in_choice_usage: None,
             top_level_usage_seen: false,
             provider_error: None,
@@ -270,6 +275,12 @@ impl SseRelay {
                         }
                         return Poll::Ready(Some(Ok(events)));
                     }
+                    // Inside an event: one that never ends must not grow
+                    // the gateway's memory without bound.
+                    if self.aligner.pending_len() > self.max_event_bytes {
+                        let err = super::upstream::too_large(&self.provider, self.max_event_bytes);
+                        return Poll::Ready(Some(Err(err)));
+                    }
                 }
                 // The answer is complete (`[DONE]` went out), or ended by the
                 // provider's own error event: however the provider's body
@@ -368,7 +379,9 @@ impl SseRelay {
         let mut batch = BytesMut::new();
         let mut reads = 1;
         let gathered = |batch: &BytesMut| events.len().max(batch.len());
-        while gathered(&batch) < GATHER_LIMIT {
+        // A partial event growing past the limit too ends the gathering:
+        // the main loop holds it to `max_event_bytes`.
+        while gathered(&batch) < GATHER_LIMIT && self.aligner.pending_len() < GATHER_LIMIT {
             let chunk = match self.upstream.as_mut().poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(chunk))) if gathered(&batch) + chunk.len() <= GATHER_LIMIT => {

@@ -14,6 +14,7 @@ fn settings() -> RelaySettings {
         first_byte_deadline: Instant::now() + Duration::from_secs(10),
         idle: Duration::from_secs(10),
         keepalive: None,
+        max_event_bytes: 1 << 20,
         shutdown: CancellationToken::new(),
         chunk_gap: Histogram::with_opts(HistogramOpts::new("gap", "gap")).unwrap(),
         open_streams: IntGauge::new("open", "open").unwrap(),
@@ -580,4 +581,42 @@ async fn provider_comments_do_not_count_as_events_for_the_idle_limit() {
         panic!("{:?}", stats.end());
     };
     assert_eq!(error.code.as_deref(), Some("upstream_timeout"));
+}
+
+/// An event that never ends is held only up to the limit: before the first
+/// event the attempt fails, after it the stream ends with an error event.
+#[tokio::test]
+async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
+    let settings = || RelaySettings {
+        max_event_bytes: 64 * 1024,
+        ..settings()
+    };
+    let endless_line = || {
+        futures_util::stream::iter(std::iter::repeat_n(Bytes::from(vec![b'G'; 4096]), 1000).map(Ok))
+    };
+    let upstream = futures_util::stream::iter([Ok(Bytes::from_static(b"data: {\"a\":"))])
+        .chain(endless_line());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let err = SseRelay::start(Box::pin(upstream), settings(), stats)
+        .await
+        .err()
+        .expect("an error");
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(err.code.as_deref(), Some("upstream_response_too_large"));
+
+    let upstream = futures_util::stream::iter([Ok(event(0)), Ok(Bytes::from_static(b"data: "))])
+        .chain(endless_line());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+    assert!(text.starts_with("data: {\"choices\""), "{text}");
+    assert!(text.contains("upstream_response_too_large"), "{text}");
+    assert!(!text.contains("GGG"), "the partial event never went out");
+    let Some(StreamEnd::Failed(error)) = stats.end() else {
+        panic!("{:?}", stats.end());
+    };
+    assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
 }

@@ -11,7 +11,7 @@ use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
-use crate::client::{ClientError, PooledBody, header_line, request_line};
+use crate::client::{ClientError, PooledBody, UpstreamError, header_line, request_line};
 use crate::error::{GatewayError, wait_millis};
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
@@ -59,6 +59,8 @@ pub struct ForwardContext<'a> {
     /// The last attempt's time to its response head, in microseconds (0:
     /// none came), for the access line of a request that ends in an error.
     pub last_time_to_head_us: AtomicU64,
+    /// Largest plain answer or single stream event read from a provider.
+    pub max_response_bytes: usize,
 }
 
 impl ForwardContext<'_> {
@@ -210,6 +212,7 @@ pub async fn forward(
                 first_byte_deadline: deadline,
                 idle: provider.timeouts.idle,
                 keepalive: ctx.keepalive,
+                max_event_bytes: ctx.max_response_bytes,
                 shutdown: ctx.drain.stream_token(),
                 chunk_gap: series.chunk_gap.clone(),
                 open_streams: ctx.metrics.open_streams.clone(),
@@ -241,8 +244,9 @@ pub async fn forward(
         });
     }
 
-    let body = match timeout_at(deadline, response.body.into_bytes()).await {
+    let body = match timeout_at(deadline, response.body.into_bytes(ctx.max_response_bytes)).await {
         Err(_) => return Err(timeout(provider, "the response body", sent)),
+        Ok(Err(UpstreamError::BodyTooLarge(limit))) => return Err(too_large(provider, limit)),
         Ok(Err(err)) => return Err(body_error(provider, &err)),
         Ok(Ok(body)) => body,
     };
@@ -359,6 +363,19 @@ fn body_error(
         ),
     )
     .with_code("upstream_unreachable")
+}
+
+/// A provider's answer, or one of its stream events, over
+/// `server.max_response_bytes`.
+pub fn too_large(provider: &crate::config::Provider, limit: usize) -> GatewayError {
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} sent more than {limit} bytes in one answer or stream event (server.max_response_bytes)",
+            provider.name
+        ),
+    )
+    .with_code("upstream_response_too_large")
 }
 
 /// The head's lines that change with each request (its length, what it

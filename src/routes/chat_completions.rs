@@ -199,6 +199,7 @@ async fn route_and_forward(
         keepalive: config.sse_keepalive,
         drain: &state.drain,
         last_time_to_head_us: AtomicU64::new(0),
+        max_response_bytes: config.max_response_bytes,
     };
     let ctx = &ctx;
     let limits = &config.limits;

@@ -17,6 +17,7 @@ mod passthrough;
 mod redis_server;
 mod resilience;
 mod routing;
+mod runaway_provider;
 mod server;
 mod streaming;
 mod upstream_client;

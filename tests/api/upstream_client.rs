@@ -8,7 +8,9 @@
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use kimi_gateway::client::{Client, OutgoingBody, PooledBody, header_line, request_line};
+use kimi_gateway::client::{
+    Client, OutgoingBody, PooledBody, UpstreamError, header_line, request_line,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -262,7 +264,11 @@ async fn a_body_read_whole_is_every_frame_in_order() {
         let server = raw_server(answer).await;
         let client = client(&server);
         for _ in 0..2 {
-            let whole = send(&client, "{\"x\":1}").await.unwrap().body.into_bytes();
+            let whole = send(&client, "{\"x\":1}")
+                .await
+                .unwrap()
+                .body
+                .into_bytes(1 << 20);
             let whole = whole.await.unwrap();
             let collected = read_all(&client).await;
             assert_eq!(whole, collected);
@@ -272,6 +278,11 @@ async fn a_body_read_whole_is_every_frame_in_order() {
             }
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+        // A byte less than the body is over the limit, declared or not.
+        let whole = read_all(&client).await;
+        let short = send(&client, "{\"x\":1}").await.unwrap().body;
+        let err = short.into_bytes(whole.len() - 1).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::BodyTooLarge(_)), "{err}");
     }
 }
 

@@ -1,0 +1,144 @@
+//! Providers that send without end, as fast as the socket takes it: the
+//! gateway holds at most `server.max_response_bytes` of an answer or of one
+//! stream event, and still notices a client that leaves.
+
+use crate::helpers::*;
+use std::time::Duration;
+
+/// A provider that reads a request head, writes `head` and then `filler`
+/// for ever (until a write fails). It runs on threads of its own, so it
+/// sends as fast as the gateway reads, as a provider on another machine
+/// would. The receiver gets a message when the gateway has closed the
+/// provider's connection.
+async fn endless_provider(
+    head: &'static str,
+    filler: &'static [u8],
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (closed, closed_seen) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let closed = closed.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut request = Vec::new();
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let filler = filler.repeat(65536 / filler.len());
+                while stream.write_all(&filler).is_ok() {}
+                let _ = closed.send(());
+            });
+        }
+    });
+    (url, closed_seen)
+}
+
+const STREAM_HEAD: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+
+fn limited(max_response_bytes: usize) -> String {
+    format!("{SINGLE_ATTEMPT}[server]\nmax_response_bytes = {max_response_bytes}\n")
+}
+
+#[tokio::test]
+async fn a_plain_answer_without_end_is_cut_at_the_limit() {
+    let (url, mut closed) = endless_provider(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"a\":\"",
+        b"xxxxxxxx",
+    )
+    .await;
+    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert_eq!(response.status(), 502);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_response_too_large", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("1048576 bytes"),
+        "{error}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the provider's connection is closed");
+}
+
+#[tokio::test]
+async fn a_plain_answer_declared_over_the_limit_is_refused_before_it_is_read() {
+    let (url, _closed) = endless_provider(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n",
+        b"x",
+    )
+    .await;
+    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        error_of(response).await["code"],
+        "upstream_response_too_large"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_event_without_end_fails_the_attempt_before_the_first_event() {
+    let (url, _closed) = endless_provider(STREAM_HEAD, b"data: {\"GGGGGGGG").await;
+    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", true))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        error_of(response).await["code"],
+        "upstream_response_too_large"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_event_without_end_ends_the_stream_after_the_first_event() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"GG";
+    let (url, mut closed) = endless_provider(head, b"GGGGGGGG").await;
+    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", true))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = sse_data(response).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].contains("\"hi\""), "{events:?}");
+    let error: serde_json::Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_response_too_large");
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the provider's connection is closed");
+}
+
+/// The provider sends comments as fast as it can before its first event
+/// (each dropped, none held): the client that gives up is still noticed,
+/// and the provider's connection closed, long before the first-byte limit.
+#[tokio::test]
+async fn a_client_that_leaves_a_provider_sending_at_full_speed_is_noticed() {
+    let (url, mut closed) = endless_provider(STREAM_HEAD, b": ping\n\n").await;
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    let request = app.chat(chat_body("kimi-k2-turbo-preview", "hi", true));
+    // The head never comes (no event does): the client gives up.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), request)
+            .await
+            .is_err()
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the provider's connection is closed once the client left");
+}
