@@ -74,7 +74,15 @@ impl RequestFields {
             b"stream_options" => ("stream_options", &mut self.stream_options),
             b"max_tokens" => ("max_tokens", &mut self.max_tokens),
             b"max_completion_tokens" => ("max_completion_tokens", &mut self.max_completion_tokens),
-            _ => return,
+            _ => {
+                // `"MODEL"` beside `"model"`: a provider whose parser
+                // matches names regardless of case (Go's does) could take
+                // it for the member the gateway checked.
+                if let Some(name) = name_in_other_case(key) {
+                    self.duplicate.get_or_insert(name);
+                }
+                return;
+            }
         };
         if field.is_some() || escaped {
             // Twice, or spelled with escapes (which the model splice and
@@ -83,6 +91,42 @@ impl RequestFields {
         }
         *field = Some(span);
     }
+}
+
+/// The member the gateway reads that `key` names when letter case is
+/// ignored as Unicode's simple case folding ignores it (so the Kelvin sign
+/// is a `k` and the long s an `s`): what a lenient parser may take it for.
+/// Only keys that are not already an exact name get here.
+fn name_in_other_case(key: &[u8]) -> Option<&'static str> {
+    const NAMES: [&str; 6] = [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+    ];
+    // Every name starts with `m` or `s` (`ſ` is 0xC5 0xBF): most other
+    // keys stop here.
+    if key.len() < 5 || !matches!(key[0], b'm' | b'M' | b's' | b'S' | 0xC5) {
+        return None;
+    }
+    let mut folded = [0u8; 21];
+    let mut len = 0;
+    for ch in std::str::from_utf8(key).ok()?.chars() {
+        let byte = match ch {
+            'a'..='z' | '_' => ch as u8,
+            'A'..='Z' => ch.to_ascii_lowercase() as u8,
+            '\u{212A}' => b'k',
+            '\u{17F}' => b's',
+            _ => return None,
+        };
+        *folded.get_mut(len)? = byte;
+        len += 1;
+    }
+    NAMES
+        .into_iter()
+        .find(|name| name.as_bytes() == &folded[..len])
 }
 
 impl RequestScan {
@@ -125,7 +169,7 @@ impl ChatRequest {
         } = fields;
         if let Some(name) = duplicate {
             return Err(GatewayError::invalid_request(format!(
-                "`{name}` appears more than once in the request body (or spelled with escapes)"
+                "`{name}` appears more than once in the request body (or spelled with escapes or in other letter case)"
             ))
             .with_param(name));
         }
@@ -319,6 +363,55 @@ mod tests {
             message(r#"{"model":"a","messages":[],"stream":true,"stream_options":[]}"#),
             "`stream_options` must be an object"
         );
+    }
+
+    #[test]
+    fn a_member_the_gateway_reads_is_refused_in_any_second_spelling() {
+        let refused = |body: &str| {
+            let err = peek(body).unwrap_err();
+            assert_eq!(err.status, http::StatusCode::BAD_REQUEST, "{body}");
+            err.param.expect("names the member").into_string()
+        };
+        let ok = r#""messages":[],"max_tokens":1"#;
+        for (body, member) in [
+            (format!(r#"{{"model":"a","model":"b",{ok}}}"#), "model"),
+            (format!(r#"{{"model":"a","mod\u0065l":"b",{ok}}}"#), "model"),
+            (format!(r#"{{"model":"a","MODEL":"b",{ok}}}"#), "model"),
+            (format!(r#"{{"Model":"b","model":"a",{ok}}}"#), "model"),
+            (format!(r#"{{"model":"a","mode\u004c":"b",{ok}}}"#), "model"),
+            (
+                format!(r#"{{"model":"a",{ok},"Max_Tokens":900000}}"#),
+                "max_tokens",
+            ),
+            // U+212A KELVIN SIGN and U+017F LONG S fold to `k` and `s`,
+            // escaped or not.
+            (
+                format!(r#"{{"model":"a",{ok},"max_to\u212aens":9}}"#),
+                "max_tokens",
+            ),
+            (
+                format!("{{\"model\":\"a\",{ok},\"max_to\u{212a}ens\":9}}"),
+                "max_tokens",
+            ),
+            (
+                format!("{{\"model\":\"a\",{ok},\"\u{17f}tream\":true}}"),
+                "stream",
+            ),
+            (
+                format!(r#"{{"model":"a",{ok},"STREAM_OPTIONS":{{}}}}"#),
+                "stream_options",
+            ),
+            (
+                format!(r#"{{"model":"a",{ok},"Max_Completion_Tokens":9}}"#),
+                "max_completion_tokens",
+            ),
+        ] {
+            assert_eq!(refused(&body), member, "{body}");
+        }
+        // Other members, however spelled, are the provider's business.
+        let body =
+            r#"{"model":"a","messages":[],"Temperature":1,"models":2,"sTreamer":3,"MAX":4,"m":5}"#;
+        assert_eq!(peek(body).unwrap().model(), "a");
     }
 
     #[test]
