@@ -22,6 +22,15 @@ pub fn json_sink() -> Option<&'static LogWriter> {
 /// are flushed.
 pub fn init() -> LogWriterGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The config file watcher's library logs every change it sees in the
+    // directory at debug and trace: a log written into that directory would
+    // then log its own writes without end. Its lines only when asked for.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = if asked.contains("notify") {
+        filter
+    } else {
+        filter.add_directive("notify=info".parse().expect("a valid directive"))
+    };
     let terminal = std::io::stdout().is_terminal();
     let (writer, guard) = LogWriter::spawn(std::io::stdout());
     if !terminal {

@@ -338,3 +338,41 @@ fn the_access_line_of_a_provider_error_has_its_time_to_head() {
     let time_to_head = line["time_to_head_ms"].as_f64().unwrap();
     assert!(time_to_head >= 20.0, "{line}");
 }
+
+/// At `RUST_LOG=trace`, with the log written into the config file's
+/// directory: the file watcher's library logs each change it sees, so every
+/// line written would make another. Its lines stay out unless asked for.
+#[test]
+fn a_log_beside_the_config_file_does_not_feed_itself_at_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "").unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = gateway()
+        .args(["--listen", ANY_PORT, "--config", config.to_str().unwrap()])
+        .env("MOONSHOT_API_KEY", "k")
+        .env("RUST_LOG", "trace")
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log_path).unwrap();
+    let started = std::time::Instant::now();
+    while !read().contains("listening") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing to wait for: a second in which the gateway does nothing.
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = read();
+    let watcher_lines = text.lines().filter(|l| l.contains("\"notify")).count();
+    assert_eq!(
+        watcher_lines,
+        0,
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+}
