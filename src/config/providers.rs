@@ -231,6 +231,10 @@ pub fn build_provider(
                 hpath,
                 "is set by the gateway and cannot be configured",
             )),
+            (Ok(n), _) if is_hop_by_hop(&n) => problems.push(ConfigProblem::new(
+                hpath,
+                "is a field of the connection (hop-by-hop), which the gateway manages itself",
+            )),
             (Ok(n), Ok(v)) => {
                 headers.insert(n, v);
             }
@@ -339,6 +343,17 @@ fn is_reserved_header(name: &HeaderName) -> bool {
         || name == "x-request-id"
 }
 
+/// Fields about one connection rather than the request (RFC 9110 7.6.1):
+/// `Upgrade` could switch the provider's connection to another protocol,
+/// `Expect` would have it wait for a `100 Continue` the gateway does not
+/// wait for, and the rest mean nothing to a provider from a configuration.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    [TE, TRAILER, UPGRADE, EXPECT, PROXY_AUTHORIZATION].contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
 fn timeouts(file: &TimeoutsFile, path: &str, problems: &mut Vec<ConfigProblem>) -> Timeouts {
     let d = Timeouts::default();
     let mut pick = |field: &str, value: Option<f64>, default: Duration| {
@@ -364,6 +379,32 @@ mod tests {
 
     fn keyed(var: &str) -> Option<String> {
         var.ends_with("_API_KEY").then(|| "k".to_string())
+    }
+
+    #[test]
+    fn configured_headers_may_not_touch_framing_or_the_connection() {
+        let text = "[providers.moonshot.headers]\nx-team = \"a\"\nTransfer-Encoding = \"chunked\"\nUpgrade = \"h2c\"\nExpect = \"100-continue\"\nKeep-Alive = \"timeout=5\"\n";
+        let problems = resolve(text, &keyed).err().unwrap().0;
+        let mut found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        found.sort();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            found[0].starts_with("providers.moonshot.headers.Expect: is a field of the connection")
+        );
+        assert!(
+            found[1]
+                .starts_with("providers.moonshot.headers.Keep-Alive: is a field of the connection")
+        );
+        assert!(
+            found[2]
+                .starts_with("providers.moonshot.headers.Transfer-Encoding: is set by the gateway")
+        );
+        assert!(
+            found[3]
+                .starts_with("providers.moonshot.headers.Upgrade: is a field of the connection")
+        );
+        let config = resolve("[providers.moonshot.headers]\nx-team = \"a\"\n", &keyed).unwrap();
+        assert!(config.providers[0].name.as_ref() == "moonshot");
     }
 
     #[test]
