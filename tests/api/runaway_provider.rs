@@ -46,8 +46,22 @@ async fn endless_provider(
 const STREAM_HEAD: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
 
-fn limited(max_response_bytes: usize) -> String {
-    format!("{SINGLE_ATTEMPT}[server]\nmax_response_bytes = {max_response_bytes}\n")
+/// A gateway in front of the provider at `url`, holding at most 1 MiB of
+/// an answer, and its answer to one chat request.
+async fn ask(url: &str, stream: bool) -> (TestApp, reqwest::Response) {
+    let limited = format!("{SINGLE_ATTEMPT}[server]\nmax_response_bytes = 1048576\n");
+    let app = spawn_app_with(&limited, &[("MOONSHOT_BASE_URL", Some(url))]).await;
+    let response = app
+        .chat(chat_body("kimi-k2-turbo-preview", "hi", stream))
+        .await;
+    (app, response)
+}
+
+async fn assert_too_large(response: reqwest::Response) -> serde_json::Value {
+    assert_eq!(response.status(), 502);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_response_too_large", "{error}");
+    error
 }
 
 #[tokio::test]
@@ -57,13 +71,8 @@ async fn a_plain_answer_without_end_is_cut_at_the_limit() {
         b"xxxxxxxx",
     )
     .await;
-    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app
-        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
-        .await;
-    assert_eq!(response.status(), 502);
-    let error = error_of(response).await;
-    assert_eq!(error["code"], "upstream_response_too_large", "{error}");
+    let (_app, response) = ask(&url, false).await;
+    let error = assert_too_large(response).await;
     assert!(
         error["message"].as_str().unwrap().contains("1048576 bytes"),
         "{error}"
@@ -80,39 +89,22 @@ async fn a_plain_answer_declared_over_the_limit_is_refused_before_it_is_read() {
         b"x",
     )
     .await;
-    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app
-        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
-        .await;
-    assert_eq!(response.status(), 502);
-    assert_eq!(
-        error_of(response).await["code"],
-        "upstream_response_too_large"
-    );
+    let (_app, response) = ask(&url, false).await;
+    assert_too_large(response).await;
 }
 
 #[tokio::test]
 async fn a_stream_event_without_end_fails_the_attempt_before_the_first_event() {
     let (url, _closed) = endless_provider(STREAM_HEAD, b"data: {\"GGGGGGGG").await;
-    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app
-        .chat(chat_body("kimi-k2-turbo-preview", "hi", true))
-        .await;
-    assert_eq!(response.status(), 502);
-    assert_eq!(
-        error_of(response).await["code"],
-        "upstream_response_too_large"
-    );
+    let (_app, response) = ask(&url, true).await;
+    assert_too_large(response).await;
 }
 
 #[tokio::test]
 async fn a_stream_event_without_end_ends_the_stream_after_the_first_event() {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"GG";
     let (url, mut closed) = endless_provider(head, b"GGGGGGGG").await;
-    let app = spawn_app_with(&limited(1 << 20), &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app
-        .chat(chat_body("kimi-k2-turbo-preview", "hi", true))
-        .await;
+    let (_app, response) = ask(&url, true).await;
     assert_eq!(response.status(), 200);
     let events = sse_data(response).await;
     assert_eq!(events.len(), 2, "{events:?}");
