@@ -170,6 +170,13 @@ impl Client {
         }
     }
 
+    /// The same client with idle connections kept `timeout` instead of
+    /// [`IDLE_TIMEOUT`] (tests of the pool's upkeep).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Client {
+        self.pool = Arc::new(Pool::new(timeout));
+        self
+    }
+
     /// Sends a request and waits for the response head. `write_head` writes
     /// the whole request head (see [`request_line`] and [`header_line`]:
     /// origin-form target, `Host` and `Content-Length` included, then the

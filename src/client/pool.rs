@@ -1,13 +1,17 @@
-//! Idle keep-alive connections to one origin, newest first. No task watches
-//! them: a connection is checked (read once, without waiting) when it is
-//! taken out, and connections idle past the timeout are dropped when the
-//! pool is touched. Idle times are kept on the coarse clock: the timeout is
-//! seconds, and a precise reading on every check-in and checkout cost two
-//! clock reads per request.
+//! Idle keep-alive connections to one origin, newest first. A connection is
+//! checked (read once, without waiting) when it is taken out, and
+//! connections idle past the timeout are dropped when the pool is touched;
+//! a pool left alone is swept by a task of its own (started with its first
+//! connection, ended with the pool), so a burst's connections, or ones the
+//! provider has closed, are not held open while no request comes. Idle
+//! times are kept on the coarse clock: the timeout is seconds, and a
+//! precise reading on every check-in and checkout cost two clock reads per
+//! request.
 
 use super::conn::Connection;
 use crate::coarse_clock;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// More idle connections than this are closed instead of kept.
@@ -24,6 +28,8 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     timeout: Duration,
+    /// The sweeping task has been started.
+    swept: AtomicBool,
 }
 
 impl Pool {
@@ -31,6 +37,7 @@ impl Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             timeout,
+            swept: AtomicBool::new(false),
         }
     }
 
@@ -47,7 +54,13 @@ impl Pool {
     }
 
     /// Keeps a connection whose response has been read to the end.
-    pub fn checkin(&self, mut conn: Box<Connection>) {
+    pub fn checkin(self: &Arc<Self>, mut conn: Box<Connection>) {
+        // A plain load per request; the swap only once.
+        if !self.swept.load(Ordering::Relaxed) && !self.swept.swap(true, Ordering::Relaxed) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep_while_kept(Arc::downgrade(self), self.timeout / 6));
+            }
+        }
         conn.release_waker();
         let now = coarse_clock::monotonic();
         let mut idle = self.idle.lock().expect("pool lock");
@@ -62,7 +75,27 @@ impl Pool {
         }
     }
 
+    /// Closes the connections idle past the timeout and those the provider
+    /// has closed (or sent something unasked on).
+    fn sweep(&self) {
+        let now = coarse_clock::monotonic();
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain_mut(|i| {
+            now.saturating_sub(i.since) < self.timeout && i.conn.is_open_and_quiet()
+        });
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
+    }
+}
+
+/// Sweeps the pool every `every` for as long as something else keeps it
+/// (the client of a configuration still in use).
+async fn sweep_while_kept(pool: Weak<Pool>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep();
     }
 }

@@ -296,6 +296,33 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 
+/// While no request comes, the pool lets go of a connection the server
+/// closed (no socket left in CLOSE-WAIT) and, past the idle timeout, of one
+/// the server keeps open.
+#[tokio::test]
+async fn idle_connections_are_let_go_while_no_request_comes() {
+    let idle_for = Duration::from_millis(600);
+    let mut server = raw_server(Answer::ThenClose).await;
+    let closed_by_server = client(&server).with_idle_timeout(idle_for);
+    read_all(&closed_by_server).await;
+    server.closed.recv().await.unwrap();
+    crate::helpers::wait_until("the closed connection is let go", async || {
+        closed_by_server.idle_connections() == 0
+    })
+    .await;
+
+    let mut server = raw_server(Answer::KeepAlive).await;
+    let kept_by_server = client(&server).with_idle_timeout(idle_for);
+    read_all(&kept_by_server).await;
+    assert_eq!(kept_by_server.idle_connections(), 1);
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
+        .await
+        .expect("the idle connection is closed by the client");
+    assert!(started.elapsed() >= idle_for - Duration::from_millis(100));
+    assert_eq!(kept_by_server.idle_connections(), 0);
+}
+
 #[tokio::test]
 async fn connection_close_is_honoured() {
     let server = raw_server(Answer::ConnectionClose).await;
