@@ -159,6 +159,9 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     let metrics_listen = config.metrics_listen;
     let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
+    if let Some(listen) = listen {
+        let _ = state.listen_override.set(listen);
+    }
     // Signal handlers go in before "listening" is logged: a supervisor may
     // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());

@@ -10,6 +10,11 @@ use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The config file's contents as last read for a reload (`None`: not
+/// readable), shared by SIGHUP and the file watcher so that one edit
+/// followed by a SIGHUP reloads once, not once for each.
+type LastRead = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
 /// Reloads now; returns whether the new configuration was taken.
 pub fn reload(state: &AppState, trigger: &str) -> bool {
     let current = state.config();
@@ -33,7 +38,7 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
     };
     match result {
         Ok(new) => {
-            if new.listen != current.listen {
+            if new.listen != current.listen && state.listen_override.get().is_none() {
                 tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
             }
             if new.metrics_listen != current.metrics_listen {
@@ -74,6 +79,11 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
 /// Starts the SIGHUP listener and, when the config came from a file, a
 /// watcher on it. Both live as long as the runtime.
 pub fn spawn_triggers(state: AppState) {
+    let path = state.config().source.clone();
+    let last_read = LastRead::default();
+    if let Some(path) = &path {
+        *last_read.lock().expect("last read") = std::fs::read(path).ok();
+    }
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -82,8 +92,12 @@ pub fn spawn_triggers(state: AppState) {
         match signal(SignalKind::hangup()) {
             Ok(mut hangup) => {
                 let state = state.clone();
+                let (path, last_read) = (path.clone(), last_read.clone());
                 tokio::spawn(async move {
                     while hangup.recv().await.is_some() {
+                        if let Some(path) = &path {
+                            *last_read.lock().expect("last read") = std::fs::read(path).ok();
+                        }
                         reload(&state, "sighup");
                     }
                 });
@@ -93,8 +107,8 @@ pub fn spawn_triggers(state: AppState) {
             }
         }
     }
-    if let Some(path) = state.config().source.clone() {
-        watch_file(state, path);
+    if let Some(path) = path {
+        watch_file(state, path, last_read);
     }
 }
 
@@ -115,7 +129,7 @@ const LOOK_AGAIN: Duration = Duration::from_secs(2);
 /// after a change is not restarted by later ones, so a log file written
 /// beside the config every few milliseconds cannot hold a reload off.
 /// Comparing contents keeps other files' changes from reloading.
-fn watch_file(state: AppState, path: PathBuf) {
+fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -138,8 +152,6 @@ fn watch_file(state: AppState, path: PathBuf) {
             None
         }
     };
-    // What the running configuration was read from (through any symlinks).
-    let mut seen = std::fs::read(&path).ok();
     tokio::spawn(async move {
         let _watcher = watcher;
         let mut look_again = tokio::time::interval(LOOK_AGAIN);
@@ -154,8 +166,13 @@ fn watch_file(state: AppState, path: PathBuf) {
                 _ = look_again.tick() => {}
             }
             let now = std::fs::read(&path).ok();
-            if now != seen {
-                seen = now;
+            let changed = {
+                let mut seen = last_read.lock().expect("last read");
+                let changed = *seen != now;
+                *seen = now;
+                changed
+            };
+            if changed {
                 reload(&state, "file_change");
             }
         }

@@ -23,6 +23,9 @@ pub struct Shared {
     pub env: EnvLookup,
     /// Outlives configurations: counters survive reloads.
     pub metrics: Arc<Metrics>,
+    /// The listen address given on the command line (or its environment
+    /// variable), which `server.listen` does not change.
+    pub listen_override: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl std::ops::Deref for AppState {
@@ -59,6 +62,7 @@ impl AppState {
             reload: Mutex::new(ReloadStatus::default()),
             env,
             metrics: Arc::new(Metrics::new()),
+            listen_override: std::sync::OnceLock::new(),
         }))
     }
 
