@@ -212,6 +212,35 @@ async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
+/// The same after a stall longer than the release's retries used to last
+/// (five tries a second apart): the release went out behind the stalled
+/// admission on its own connection, so it runs right after it.
+#[tokio::test]
+async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
+         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
+        redis.url()
+    );
+    let app = spawn_with_keys(&config).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    redis.pause();
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    // The stall itself is the case: nothing to wait for but time.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    redis.resume();
+    wait_until("Redis answers again", async || {
+        app.readyz().await["limits"]["healthy"] == true
+    })
+    .await;
+    wait_until("the stalled admission's lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 #[tokio::test]
 async fn without_redis_fail_open_falls_back_to_local_limits() {
     let mut redis = RedisServer::start().await;

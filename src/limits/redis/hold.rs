@@ -7,6 +7,7 @@
 use super::RedisBackend;
 use crate::limits::spec::{DAY, Denial, LimitKind, MINUTE, Scope, Snapshot, Window};
 use redis::Script;
+use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -56,31 +57,45 @@ impl Drop for RedisHold {
             return;
         }
         let lease = std::mem::take(&mut self.lease);
-        spawn_finish(self.backend.clone(), lease, held, self.delta);
+        spawn_finish(self.backend.clone(), lease, held, self.delta, None);
     }
 }
 
 /// Runs the finish script for `held` in the background: tokens moved by
-/// `delta`, `lease` released. If the call fails, only the lease release is
-/// tried again (a few times, a second apart): a call that timed out on a
-/// stalled Redis may still run, and moving tokens twice would be wrong,
-/// while releasing a lease twice is harmless. A lease never released
-/// expires on its own.
-fn spawn_finish(backend: Arc<RedisBackend>, lease: String, mut held: Vec<Check>, mut delta: i64) {
+/// `delta`, `lease` released. The first try goes on `behind` when given
+/// (the connection a stalled admission was sent on, so that Redis runs it
+/// after that admission, whatever the backend's health says meanwhile).
+/// If the call fails, only the lease release is tried again, a second
+/// apart, until the lease would have expired anyway: a call that timed out
+/// on a stalled Redis may still run, and moving tokens twice would be
+/// wrong, while releasing a lease twice is harmless.
+fn spawn_finish(
+    backend: Arc<RedisBackend>,
+    lease: String,
+    mut held: Vec<Check>,
+    mut delta: i64,
+    mut behind: Option<ConnectionManager>,
+) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        for attempt in 0..RELEASE_ATTEMPTS {
+        let give_up = tokio::time::Instant::now()
+            + backend.settings.lease.max(RELEASE_RETRY * RELEASE_ATTEMPTS);
+        for attempt in 0.. {
             if attempt > 0 {
                 held.retain(|check| check.concurrency);
                 delta = 0;
-                if held.is_empty() {
+                if held.is_empty() || tokio::time::Instant::now() >= give_up {
                     return;
                 }
                 tokio::time::sleep(RELEASE_RETRY).await;
             }
-            let Some(mut conn) = backend.connection().await else {
+            let conn = match behind.take() {
+                Some(conn) => Some(conn),
+                None => backend.connection().await,
+            };
+            let Some(mut conn) = conn else {
                 continue;
             };
             let mut call = FINISH.prepare_invoke();
@@ -102,7 +117,7 @@ fn spawn_finish(backend: Arc<RedisBackend>, lease: String, mut held: Vec<Check>,
 
 /// How long to wait before trying to release a lease again.
 const RELEASE_RETRY: Duration = Duration::from_secs(1);
-/// Tries at releasing a lease.
+/// Tries at releasing a lease, at least (more while the lease lasts).
 const RELEASE_ATTEMPTS: u32 = 5;
 
 /// Why an admission could not be decided in Redis.
@@ -149,7 +164,7 @@ impl RedisBackend {
                 // was perhaps never taken could exceed a limit.
                 let leased: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
                 if !leased.is_empty() {
-                    spawn_finish(self.clone(), lease, leased, 0);
+                    spawn_finish(self.clone(), lease, leased, 0, Some(conn));
                 }
                 return Err(Unavailable);
             }
