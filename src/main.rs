@@ -173,8 +173,16 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
         tokio::spawn(async move { axum::serve(listener, router).await });
     }
     tracing::info!(listen = %listener.local_addr()?, config = %fingerprint, "kimi-gateway listening");
-    server::run(listener, state, shutdown).await
+    let served = server::run(listener, state, shutdown).await;
+    // Redis-backed limits settle in the background: the requests served to
+    // the end of the drain give back their leases and unused tokens before
+    // the runtime (and the settlements with it) is gone.
+    kimi_gateway::limits::redis::finish_settlements(SETTLEMENT_WAIT).await;
+    served
 }
+
+/// How long a stopping gateway waits for its last Redis settlements.
+const SETTLEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Registers SIGINT and SIGTERM now; the future resolves on either.
 #[cfg(unix)]

@@ -361,3 +361,84 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
         lines.lock().unwrap()
     );
 }
+
+/// A gateway stopped with SIGTERM gives back the Redis lease of a request
+/// it served to the end during the drain before it exits (it used to exit
+/// with the settlement still to run, holding the slot on every replica
+/// until the lease expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
+    use kimi_gateway::mock::{self, Flavour, MockOptions};
+    let redis = RedisServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider = mock::spawn(listener, MockOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_lease_secs = 60\n\
+             [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("MOONSHOT_API_KEY", PROVIDER_KEY)
+        .env("MOONSHOT_BASE_URL", provider.base_url(Flavour::Moonshot))
+        .env("TEAM_A_KEY", "sk-a")
+        .env_remove("AIMLAPI_API_KEY")
+        .env_remove("AGENTSFLARE_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the gateway exited"
+        );
+        if let Some(rest) = line
+            .split("\"listen\":\"")
+            .nth(1)
+            .filter(|_| line.contains("listening"))
+        {
+            break rest.split('"').next().unwrap().to_string();
+        }
+    };
+    let streaming = tokio::spawn(async move {
+        let body = chat_body("kimi-k2.6", "[mock chunk_delay_ms=200 chunks=4]", true);
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth("sk-a")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    });
+    wait_until("the stream holds its lease", async || {
+        redis.zcard(LEASES).await == 1
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let answer = streaming.await.unwrap();
+    assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    assert_eq!(redis.zcard(LEASES).await, 0, "the lease was given back");
+}

@@ -79,7 +79,7 @@ fn spawn_finish(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    runtime.spawn(async move {
+    let finishing = SETTLEMENTS.track_future(async move {
         let give_up = tokio::time::Instant::now()
             + backend.settings.lease.max(RELEASE_RETRY * RELEASE_ATTEMPTS);
         for attempt in 0.. {
@@ -113,6 +113,20 @@ fn spawn_finish(
             }
         }
     });
+    runtime.spawn(finishing);
+}
+
+/// The settlements still running in the background: a gateway that stops
+/// waits for them (see [`finish_settlements`]), so the requests it served
+/// to the end of a drain give their leases and unused tokens back.
+static SETTLEMENTS: LazyLock<tokio_util::task::TaskTracker> =
+    LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Waits up to `limit` for the settlements still running; those a Redis
+/// that does not answer holds up are left to expire.
+pub async fn finish_settlements(limit: Duration) {
+    SETTLEMENTS.close();
+    let _ = tokio::time::timeout(limit, SETTLEMENTS.wait()).await;
 }
 
 /// How long to wait before trying to release a lease again.

@@ -7,7 +7,7 @@
 
 mod hold;
 
-pub use hold::RedisHold;
+pub use hold::{RedisHold, finish_settlements};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
