@@ -183,11 +183,11 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     assert_eq!(one.chat_as("sk-a", hi()).await.status(), 429);
 }
 
-/// An admission that times out while Redis is stalled still runs once
-/// Redis answers again; the lease it took belongs to no request, and is
-/// released behind it instead of holding the key's slot until it expires.
-#[tokio::test]
-async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
+/// A request admitted while Redis is stalled for `stall` (fail-open: on
+/// local limits) leaves no lease behind once Redis answers again: the
+/// admission sent before the stall still runs then, and its lease belongs
+/// to no request.
+async fn a_stalled_admissions_lease_is_released(stall: std::time::Duration) {
     let redis = RedisServer::start().await;
     let config = format!(
         "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
@@ -197,8 +197,9 @@ async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
     let app = spawn_with_keys(&config).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     redis.pause();
-    // Fail-open: served on local limits while Redis does not answer.
     let during = app.chat_as("sk-a", hi()).await;
+    // The stall itself is the case: nothing to wait for but time.
+    tokio::time::sleep(stall).await;
     redis.resume();
     assert_eq!(during.status(), 200);
     wait_until("Redis answers again", async || {
@@ -212,33 +213,17 @@ async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
-/// The same after a stall longer than the release's retries used to last
-/// (five tries a second apart): the release went out behind the stalled
-/// admission on its own connection, so it runs right after it.
+#[tokio::test]
+async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
+    a_stalled_admissions_lease_is_released(std::time::Duration::ZERO).await;
+}
+
+/// Longer than the release's retries used to last (five tries a second
+/// apart): the release goes out behind the stalled admission on its own
+/// connection, so it runs right after it.
 #[tokio::test]
 async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
-    let redis = RedisServer::start().await;
-    let config = format!(
-        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
-         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
-        redis.url()
-    );
-    let app = spawn_with_keys(&config).await;
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
-    redis.pause();
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
-    // The stall itself is the case: nothing to wait for but time.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    redis.resume();
-    wait_until("Redis answers again", async || {
-        app.readyz().await["limits"]["healthy"] == true
-    })
-    .await;
-    wait_until("the stalled admission's lease is released", async || {
-        redis.zcard(LEASES).await == 0
-    })
-    .await;
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    a_stalled_admissions_lease_is_released(std::time::Duration::from_secs(6)).await;
 }
 
 #[tokio::test]
