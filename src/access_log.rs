@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
+use crate::settle_at_end::settle_before_end;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
@@ -124,14 +125,22 @@ where
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
     };
-    // Dropped in order when the body ends: the settlement, then the record.
     let fields = handled.fields;
+    // Limits held in Redis are settled before the body's end goes out; local
+    // ones when the body is dropped.
+    let (response, settlement) = match handled.settlement {
+        Some(settlement) if settlement.is_shared() => {
+            (settle_before_end(response, settlement), None)
+        }
+        settlement => (response, settlement),
+    };
+    // Dropped in order when the body ends: the settlement, then the record.
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
-        let held = (handled.settlement, EmitOnDrop(Some(record)));
+        let held = (settlement, EmitOnDrop(Some(record)));
         return (hold_until_body_ends(response, held), fields);
     }
     record.emit();
-    let response = match handled.settlement {
+    let response = match settlement {
         Some(settlement) => hold_until_body_ends(response, settlement),
         None => response,
     };

@@ -36,6 +36,7 @@ pub mod reload;
 pub mod request_metrics;
 pub mod routes;
 pub mod server;
+pub mod settle_at_end;
 pub mod state;
 pub mod telemetry;
 pub mod wire_fields;

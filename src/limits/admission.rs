@@ -325,8 +325,37 @@ impl std::fmt::Debug for Settlement {
     }
 }
 
-impl Drop for Settlement {
-    fn drop(&mut self) {
+impl Settlement {
+    /// Something is held in Redis: the response should end only once
+    /// [`Settlement::settle_now`] is done.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.request, Hold::Redis(_)) || matches!(self.provider, Hold::Redis(_))
+    }
+
+    /// Settles now, for a response whose body has ended: local holds at
+    /// once, Redis holds by the returned call (both of them at once).
+    pub fn settle_now(mut self) -> impl Future<Output = ()> + Send + use<> {
+        self.settle();
+        let finish = |hold: &mut Hold| match std::mem::take(hold) {
+            Hold::Redis(mut hold) => hold.finish_now(),
+            _ => None,
+        };
+        let request = finish(&mut self.request);
+        let provider = finish(&mut self.provider);
+        async move {
+            match (request, provider) {
+                (Some(request), Some(provider)) => {
+                    tokio::join!(request, provider);
+                }
+                (Some(one), None) | (None, Some(one)) => one.await,
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Moves the holds' tokens to the real usage (they send it when dropped
+    /// or finished).
+    fn settle(&mut self) {
         let actual = match &self.usage {
             UsageSource::Nothing => 0,
             UsageSource::Known(tokens) => *tokens,
@@ -335,6 +364,12 @@ impl Drop for Settlement {
         };
         self.request.settle(self.estimate, actual);
         self.provider.settle(self.estimate, actual);
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 

@@ -427,3 +427,107 @@ async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
     assert!(exited.success(), "{exited:?}");
     assert_eq!(redis.zcard(LEASES).await, 0, "the lease was given back");
 }
+
+/// A client that sends each request the moment the last one ended, to
+/// either replica, meets neither the last one's lease nor its unsettled
+/// estimate: the end of a response goes out once Redis has its settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_client_never_meets_its_last_requests_lease_or_estimate() {
+    let redis = RedisServer::start().await;
+    let config = redis_limits(
+        &redis,
+        "open",
+        "concurrent_requests = 1\ntokens_per_day = 1000000",
+    );
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+    let mut used = 0;
+    for i in 0..100 {
+        let app = if i % 3 == 0 { &one } else { &two };
+        let body = chat_body("kimi-k2.6", "hi", i % 2 == 1);
+        let estimate = body.to_string().len() as u64 / 4 + 1024;
+        let response = app.chat_as("sk-a", body).await;
+        assert_eq!(response.status(), 200, "request {i}");
+        // Unsettled, the last request would still hold its estimate
+        // (~1000 tokens more than it used); the bucket refills a token
+        // every 86.4 ms meanwhile, and rounds down.
+        let expected = 1_000_000 - used - estimate;
+        let remaining = remaining_tokens(&response);
+        assert!(
+            (expected - 1..=expected + 100).contains(&remaining),
+            "request {i}: {remaining} tokens left, {expected} expected"
+        );
+        used += if i % 2 == 1 {
+            let events = sse_data(response).await;
+            let last: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            last["choices"][0]["usage"]["total_tokens"]
+                .as_u64()
+                .unwrap()
+        } else {
+            let answer: serde_json::Value = response.json().await.unwrap();
+            answer["usage"]["total_tokens"].as_u64().unwrap()
+        };
+        assert_eq!(redis.zcard(LEASES).await, 0, "request {i}");
+    }
+}
+
+/// Redis stalls after a request was admitted: its response (a plain
+/// answer, a stream) does not end before Redis has taken its settlement,
+/// so the lease is gone the moment the client has the end.
+async fn a_response_ends_only_once_settled(stream: bool) {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 10000\n\
+         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
+        redis.url()
+    );
+    let app = spawn_with_keys(&config).await;
+    let directive = if stream {
+        "[mock gate=g chunks=3]"
+    } else {
+        "[mock head_delay_ms=200]"
+    };
+    let resumed = std::sync::atomic::AtomicBool::new(false);
+    let reading = async {
+        let response = app
+            .chat_as("sk-a", chat_body("kimi-k2.6", directive, stream))
+            .await;
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        (body, resumed.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let stalling = async {
+        wait_until("admitted", async || redis.zcard(LEASES).await == 1).await;
+        redis.pause();
+        app.mock.release("g", 10);
+        // The stall itself is the case: the response would end during it.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        resumed.store(true, std::sync::atomic::Ordering::SeqCst);
+        redis.resume();
+    };
+    let ((body, ended_after_resume), ()) = tokio::join!(reading, stalling);
+    assert!(
+        ended_after_resume,
+        "the response ended before Redis had its settlement"
+    );
+    if stream {
+        assert!(body.ends_with(b"data: [DONE]\n\n"));
+    } else {
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["object"], "chat.completion");
+    }
+    assert_eq!(redis.zcard(LEASES).await, 0);
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_plain_answer_ends_only_once_its_redis_limits_are_settled() {
+    a_response_ends_only_once_settled(false).await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_only_once_its_redis_limits_are_settled() {
+    a_response_ends_only_once_settled(true).await;
+}

@@ -42,78 +42,140 @@ impl RedisHold {
     pub fn settle(&mut self, estimate: u64, actual: u64) {
         self.delta = crate::limits::admission::token_delta(estimate, actual);
     }
+
+    /// The settlement (tokens moved by the delta set with
+    /// [`RedisHold::settle`], leases released) as a call to await, so a
+    /// response can end only once Redis has it: the client's next request,
+    /// on any replica, then meets neither this request's lease nor its
+    /// unsettled estimate. `None` when there is nothing to send. The call
+    /// runs as a task of its own, so a response dropped while it waits
+    /// (its client left) does not cancel it; a call that fails leaves the
+    /// lease's release to the retries, which the response does not wait
+    /// for.
+    pub fn finish_now(&mut self) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let finish = self.take_finish()?;
+        let (done, first_try) = tokio::sync::oneshot::channel();
+        spawn_tracked(async move {
+            let finished = finish.try_once(None).await;
+            let _ = done.send(());
+            if !finished {
+                finish.retry_release().await;
+            }
+        });
+        Some(async move {
+            let _ = first_try.await;
+        })
+    }
+
+    /// What is left to undo, taken out of the hold (which then does
+    /// nothing when dropped).
+    fn take_finish(&mut self) -> Option<Finish> {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+        let delta = self.delta;
+        let held: Vec<Check> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|c| c.concurrency || delta != 0)
+            .collect();
+        if held.is_empty() {
+            return None;
+        }
+        Some(Finish {
+            backend: self.backend.clone(),
+            lease: std::mem::take(&mut self.lease),
+            held,
+            delta,
+        })
+    }
 }
 
 impl Drop for RedisHold {
     fn drop(&mut self) {
-        if let Some(refresher) = self.refresher.take() {
-            refresher.abort();
+        if let Some(finish) = self.take_finish() {
+            finish.spawn(None);
         }
-        let held: Vec<Check> = std::mem::take(&mut self.held)
-            .into_iter()
-            .filter(|c| c.concurrency || self.delta != 0)
-            .collect();
-        if held.is_empty() {
-            return;
-        }
-        let lease = std::mem::take(&mut self.lease);
-        spawn_finish(self.backend.clone(), lease, held, self.delta, None);
     }
 }
 
-/// Runs the finish script for `held` in the background: tokens moved by
-/// `delta`, `lease` released. The first try goes on `behind` when given
-/// (the connection a stalled admission was sent on, so that Redis runs it
-/// after that admission, whatever the backend's health says meanwhile).
-/// If the call fails, only the lease release is tried again, a second
-/// apart, until the lease would have expired anyway: a call that timed out
-/// on a stalled Redis may still run, and moving tokens twice would be
-/// wrong, while releasing a lease twice is harmless.
-fn spawn_finish(
+/// A request's settlement in Redis: its token checks moved by `delta`
+/// (real usage minus the estimate), its concurrency `lease` released.
+struct Finish {
     backend: Arc<RedisBackend>,
     lease: String,
-    mut held: Vec<Check>,
-    mut delta: i64,
-    mut behind: Option<ConnectionManager>,
-) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let finishing = SETTLEMENTS.track_future(async move {
-        let give_up = tokio::time::Instant::now()
-            + backend.settings.lease.max(RELEASE_RETRY * RELEASE_ATTEMPTS);
-        for attempt in 0.. {
-            if attempt > 0 {
-                held.retain(|check| check.concurrency);
-                delta = 0;
-                if held.is_empty() || tokio::time::Instant::now() >= give_up {
-                    return;
-                }
-                tokio::time::sleep(RELEASE_RETRY).await;
+    held: Vec<Check>,
+    delta: i64,
+}
+
+impl Finish {
+    /// Runs the finish script in the background: first on `behind` when
+    /// given (the connection a stalled admission was sent on, so that
+    /// Redis runs it after that admission, whatever the backend's health
+    /// says meanwhile), then as [`Finish::retry_release`].
+    fn spawn(self, behind: Option<ConnectionManager>) {
+        spawn_tracked(async move {
+            if !self.try_once(behind).await {
+                self.retry_release().await;
             }
-            let conn = match behind.take() {
-                Some(conn) => Some(conn),
-                None => backend.connection().await,
-            };
-            let Some(mut conn) = conn else {
-                continue;
-            };
-            let mut call = FINISH.prepare_invoke();
-            call.arg(&lease);
-            for check in &held {
-                call.key(&check.key);
-                call.arg(if check.concurrency { "c" } else { "g" })
-                    .arg(check.limit)
-                    .arg(check.period_ms)
-                    .arg(delta);
-            }
-            match call.invoke_async::<i64>(&mut conn).await {
-                Ok(_) => return,
-                Err(err) => backend.report_failure(&err),
+        });
+    }
+
+    /// One call of the finish script; `false` when it failed (or Redis is
+    /// down).
+    async fn try_once(&self, behind: Option<ConnectionManager>) -> bool {
+        let conn = match behind {
+            Some(conn) => Some(conn),
+            None => self.backend.connection().await,
+        };
+        let Some(mut conn) = conn else {
+            return false;
+        };
+        let mut call = FINISH.prepare_invoke();
+        call.arg(&self.lease);
+        for check in &self.held {
+            call.key(&check.key);
+            call.arg(if check.concurrency { "c" } else { "g" })
+                .arg(check.limit)
+                .arg(check.period_ms)
+                .arg(self.delta);
+        }
+        match call.invoke_async::<i64>(&mut conn).await {
+            Ok(_) => true,
+            Err(err) => {
+                self.backend.report_failure(&err);
+                false
             }
         }
-    });
-    runtime.spawn(finishing);
+    }
+
+    /// After a failed call, only the lease release is tried again, a second
+    /// apart, until the lease would have expired anyway: a call that timed
+    /// out on a stalled Redis may still run, and moving tokens twice would
+    /// be wrong, while releasing a lease twice is harmless.
+    async fn retry_release(mut self) {
+        let give_up = tokio::time::Instant::now()
+            + self
+                .backend
+                .settings
+                .lease
+                .max(RELEASE_RETRY * RELEASE_ATTEMPTS);
+        self.held.retain(|check| check.concurrency);
+        self.delta = 0;
+        while !self.held.is_empty() && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(RELEASE_RETRY).await;
+            if self.try_once(None).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs `settling` in the background, counted among the settlements a
+/// stopping gateway waits for.
+fn spawn_tracked(settling: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(SETTLEMENTS.track_future(settling));
+    }
 }
 
 /// The settlements still running in the background: a gateway that stops
@@ -176,9 +238,16 @@ impl RedisBackend {
                 // the same connection, so it runs after it. Tokens and
                 // requests it may have taken stay taken: giving back what
                 // was perhaps never taken could exceed a limit.
-                let leased: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
-                if !leased.is_empty() {
-                    spawn_finish(self.clone(), lease, leased, 0, Some(conn));
+                let held: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
+                if !held.is_empty() {
+                    let backend = self.clone();
+                    Finish {
+                        backend,
+                        lease,
+                        held,
+                        delta: 0,
+                    }
+                    .spawn(Some(conn));
                 }
                 return Err(Unavailable);
             }
