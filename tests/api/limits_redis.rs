@@ -226,6 +226,45 @@ async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
     a_stalled_admissions_lease_is_released(std::time::Duration::from_secs(6)).await;
 }
 
+/// A client that leaves while its admission call waits on a stalled Redis:
+/// the call still runs once Redis answers, and its lease, which no request
+/// owns, is released right behind it (it used to hold the slot until the
+/// lease expired).
+#[tokio::test]
+async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 10000\n\
+         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n\
+         requests_per_minute = 1000\n",
+        redis.url()
+    );
+    let app = spawn_with_keys(&config).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    // The request limit's arrival time: it moves when an admission runs.
+    let mut conn = redis.connection().await.unwrap();
+    let rpm = "kimi-gateway:key:team-a:rpm";
+    let admitted: f64 = conn.get(rpm).await.unwrap();
+    redis.pause();
+    app.chat_as_and_leave("sk-a", &hi()).await;
+    wait_until("the gateway saw the client leave", async || {
+        let text = scrape(&app).await;
+        crate::metrics::sample(&text, "kimi_gateway_in_flight_requests") == Some(0.0)
+            && text.contains(r#"status="499""#)
+    })
+    .await;
+    redis.resume();
+    wait_until("the abandoned admission has run", async || {
+        conn.get::<_, f64>(rpm).await.unwrap() > admitted
+    })
+    .await;
+    wait_until("the abandoned admission's lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 #[tokio::test]
 async fn without_redis_fail_open_falls_back_to_local_limits() {
     let mut redis = RedisServer::start().await;

@@ -196,6 +196,33 @@ const RELEASE_RETRY: Duration = Duration::from_secs(1);
 /// Tries at releasing a lease, at least (more while the lease lasts).
 const RELEASE_ATTEMPTS: u32 = 5;
 
+/// An admission call whose answer was not read (it failed, or the request
+/// was dropped while it waited): dropped, it releases the call's leases
+/// behind it on `conn`, the connection the call went out on.
+struct UnansweredAdmission<'a> {
+    backend: &'a Arc<RedisBackend>,
+    lease: &'a str,
+    checks: &'a [Check],
+    /// `None` once answered, or when the call takes no lease.
+    conn: Option<ConnectionManager>,
+}
+
+impl Drop for UnansweredAdmission<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let held = self.checks.iter().filter(|c| c.concurrency).cloned();
+        Finish {
+            backend: self.backend.clone(),
+            lease: self.lease.to_string(),
+            held: held.collect(),
+            delta: 0,
+        }
+        .spawn(Some(conn));
+    }
+}
+
 /// Why an admission could not be decided in Redis.
 pub struct Unavailable;
 
@@ -227,28 +254,29 @@ impl RedisBackend {
                 .arg(check.period_ms)
                 .arg(cost);
         }
-        let reply: Vec<i64> = match call.invoke_async(&mut conn).await {
-            Ok(reply) => reply,
+        // A stalled Redis, not a dead one, still runs the script once it
+        // answers again, whether this call timed out or was abandoned (its
+        // client left): the leases would hold slots that no request owns
+        // until they expire (a key at its limit for `redis_lease_secs`).
+        // Unless the answer is read, their release goes out behind the
+        // call, on the same connection, so Redis runs it after it. Tokens
+        // and requests it may have taken stay taken: giving back what was
+        // perhaps never taken could exceed a limit.
+        let mut unanswered = UnansweredAdmission {
+            backend: self,
+            lease: &lease,
+            checks: &checks,
+            conn: checks.iter().any(|c| c.concurrency).then(|| conn.clone()),
+        };
+        let reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        let reply: Vec<i64> = match reply {
+            Ok(reply) => {
+                unanswered.conn = None;
+                drop(unanswered);
+                reply
+            }
             Err(err) => {
                 self.report_failure(&err);
-                // A stalled Redis, not a dead one, still runs the script
-                // once it answers again: its leases would hold slots that
-                // no request owns until they expire (a key at its limit for
-                // `redis_lease_secs`). The release goes out behind it, on
-                // the same connection, so it runs after it. Tokens and
-                // requests it may have taken stay taken: giving back what
-                // was perhaps never taken could exceed a limit.
-                let held: Vec<Check> = checks.into_iter().filter(|c| c.concurrency).collect();
-                if !held.is_empty() {
-                    let backend = self.clone();
-                    Finish {
-                        backend,
-                        lease,
-                        held,
-                        delta: 0,
-                    }
-                    .spawn(Some(conn));
-                }
                 return Err(Unavailable);
             }
         };
