@@ -173,10 +173,19 @@ async fn headers_show_the_tightest_scope() {
 
 #[tokio::test]
 async fn a_reload_keeps_the_state_of_unchanged_limits() {
+    reload_keeps_unchanged_limits("").await;
+}
+
+/// A reload keeps an unchanged limit's state and starts a changed one
+/// afresh, with `limits_table` (`[limits]`, the backend) in the file.
+pub async fn reload_keeps_unchanged_limits(limits_table: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
-    let limited = "[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n[keys.team-a.limits]\nrequests_per_minute = 3\n";
-    std::fs::write(&path, limited).unwrap();
+    let limited = format!(
+        "{limits_table}[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+         [keys.team-a.limits]\nrequests_per_minute = 3\n"
+    );
+    std::fs::write(&path, &limited).unwrap();
     let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
     assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 2).await, [200, 200]);
     // Another change to the file: the key's limiter carries on.

@@ -12,7 +12,8 @@ use serde_json::json;
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
-const LEASES: &str = "kimi-gateway:key:team-a:conc";
+/// The lease set of `team-a`'s `concurrent_requests = 1`.
+const LEASES: &str = "kimi-gateway:key:team-a:conc:1";
 
 fn redis_limits(redis: &RedisServer, on_error: &str, key_limits: &str) -> String {
     format!(
@@ -50,7 +51,7 @@ async fn tokens_are_settled_in_redis_for_plain_and_streamed_answers() {
     let config = redis_limits(
         &redis,
         "open",
-        "tokens_per_day = 10000\nconcurrent_requests = 10",
+        "tokens_per_day = 10000\nconcurrent_requests = 1",
     );
     let (one, two) = (
         spawn_with_keys(&config).await,
@@ -93,7 +94,7 @@ async fn a_client_that_leaves_while_a_provider_works_keeps_its_estimate_in_redis
     let config = redis_limits(
         &redis,
         "open",
-        "tokens_per_day = 10000\nconcurrent_requests = 10",
+        "tokens_per_day = 10000\nconcurrent_requests = 1",
     );
     let app = spawn_with_keys(&config).await;
     let slow = json!({"model": "kimi-k2.6", "max_tokens": 5000,
@@ -243,7 +244,7 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     // The request limit's arrival time: it moves when an admission runs.
     let mut conn = redis.connection().await.unwrap();
-    let rpm = "kimi-gateway:key:team-a:rpm";
+    let rpm = "kimi-gateway:key:team-a:rpm:1000";
     let admitted: f64 = conn.get(rpm).await.unwrap();
     redis.pause();
     app.chat_as_and_leave("sk-a", &hi()).await;
@@ -569,4 +570,14 @@ async fn a_plain_answer_ends_only_once_its_redis_limits_are_settled() {
 #[tokio::test]
 async fn a_stream_ends_only_once_its_redis_limits_are_settled() {
     a_response_ends_only_once_settled(true).await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_redis_limits_and_starts_changed_ones_afresh() {
+    let redis = RedisServer::start().await;
+    let table = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    crate::limits::reload_keeps_unchanged_limits(&table).await;
 }

@@ -371,7 +371,10 @@ impl RedisBackend {
                         continue;
                     };
                     checks.push(Check {
-                        key: format!("{}:{}:{suffix}", self.settings.prefix, scope.id),
+                        // The limit's value is part of its key: a reload
+                        // that changes it starts it afresh, as local limits
+                        // do, instead of measuring old state against it.
+                        key: format!("{}:{}:{suffix}:{limit}", self.settings.prefix, scope.id),
                         concurrency: kind == LimitKind::ConcurrentRequests,
                         limit,
                         period_ms,
