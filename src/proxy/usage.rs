@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -91,26 +92,68 @@ impl UsageReport {
     }
 }
 
-/// One event's members that matter here, borrowed from the event's bytes:
-/// the rest (the delta, maybe long) is skipped, not decoded.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    created: Option<&'a RawValue>,
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow)]
-    usage: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    choices: Vec<ChoiceUsage<'a>>,
+/// An object's members in order, keys unescaped, values left raw (the
+/// delta, maybe long, is skipped, not decoded). Read as a list, not into
+/// named fields: a member repeated or spelled with escapes is read as a
+/// JSON reader without duplicate checks reads it (the last one counts), and
+/// a member of an unexpected kind (`"choices": null`) does not make the
+/// others unreadable.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
-#[derive(Deserialize)]
-struct ChoiceUsage<'a> {
-    #[serde(borrow)]
-    usage: Option<&'a RawValue>,
+impl<'a> Members<'a> {
+    /// The last member named `name`.
+    fn last(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|m| m.1)
+    }
+}
+
+/// A key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
 }
 
 /// A JSON object (not `null` or another kind of value).
@@ -303,6 +346,11 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
 /// that closes the document is the top-level one.
 fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
     let key = rfind_usage_key(body)?;
+    // A member's key follows `{` or `,`: not the end of a key that only
+    // ends in `usage` (`"\"usage"`), nor a body missing its comma.
+    if !matches!(body[..key].trim_ascii_end().last(), Some(b'{' | b',')) {
+        return None;
+    }
     let after_key = &body[key + 7..];
     let colon = after_key.iter().position(|b| !b.is_ascii_whitespace())?;
     if after_key[colon] != b':' {
@@ -388,22 +436,34 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
 /// The event's members by deserializing it: for events the reader leaves,
 /// and the reference the reader is tested against.
 pub(super) fn deserialize_members(json: &[u8]) -> Option<EventMembers> {
-    let envelope: Envelope = serde_json::from_slice(json).ok()?;
+    let members: Members = serde_json::from_slice(json).ok()?;
     // The members borrow from `json`: their places in it.
     let span = |value: &RawValue| {
         let start = value.get().as_ptr() as usize - json.as_ptr() as usize;
         start..start + value.get().len()
     };
+    let member = |name| {
+        members
+            .last(name)
+            .filter(|value| value.get() != "null")
+            .map(span)
+    };
+    // The first choice whose `usage` is an object; `choices` of another
+    // kind than a list of objects has none.
+    let choice_usage = members
+        .last("choices")
+        .and_then(|choices| serde_json::from_str::<Vec<&RawValue>>(choices.get()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|choice| serde_json::from_str::<Members>(choice.get()).ok())
+        .find_map(|choice| choice.last("usage").filter(is_object))
+        .map(span);
     Some(EventMembers {
-        id: envelope.id.map(span),
-        created: envelope.created.map(span),
-        model: envelope.model.map(span),
-        usage: envelope.usage.map(span),
-        choice_usage: envelope
-            .choices
-            .into_iter()
-            .find_map(|c| c.usage.filter(is_object))
-            .map(span),
+        id: member("id"),
+        created: member("created"),
+        model: member("model"),
+        usage: member("usage"),
+        choice_usage,
     })
 }
 
@@ -525,6 +585,46 @@ mod tests {
         assert_eq!(report.id(), Some(r#""a\"b""#));
     }
 
+    /// A usage chunk whose `choices` is not a list of objects (some
+    /// OpenAI-compatible servers send `null` or leave it out), or whose
+    /// members are repeated or spelled with escapes, still has its usage
+    /// read: the last member of a name counts, as JSON readers without
+    /// duplicate checks read it.
+    #[test]
+    fn usage_beside_odd_choices_or_repeated_members_is_read() {
+        let usage = r#""usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#;
+        for event in [
+            format!(r#"{{"id":"c1","choices":null,{usage}}}"#),
+            format!(r#"{{"id":"c1","choices":{{}},{usage}}}"#),
+            format!(r#"{{"id":"c1","choices":[1,"x",null],{usage}}}"#),
+            format!(r#"{{"id":"c1",{usage}}}"#),
+            format!(r#"{{"id":"c0","id":"c1","choices":[],{usage}}}"#),
+            format!(r#"{{"id":"c1","usage":null,{usage}}}"#),
+            format!(
+                r#"{{"\u0069d":"c1",{}}}"#,
+                usage.replace("usage", "us\\u0061ge")
+            ),
+        ] {
+            let report = parse_usage(event.as_bytes()).expect(&event);
+            assert_eq!(report.usage.total_tokens, 3, "{event}");
+            assert_eq!(report.place, UsagePlace::TopLevel, "{event}");
+            assert_eq!(report.id(), Some(r#""c1""#), "{event}");
+        }
+        // The last `usage` counts, `null` included.
+        assert!(
+            parse_usage(format!(r#"{{"choices":[],{usage},"usage":null}}"#).as_bytes()).is_none()
+        );
+        // A choice's usage beside choices that are not objects.
+        let report = parse_usage(
+            br#"{"choices":[7,{"usage":null,"usage":{"total_tokens":4}}],"usage":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (report.place, report.usage.total_tokens),
+            (UsagePlace::InChoice, 4)
+        );
+    }
+
     #[test]
     fn body_usage_reads_only_the_usage_value() {
         let body = br#"{"choices":[{"message":{"content":"the word \"usage\" here"}}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5,"cached_tokens":1}}"#;
@@ -552,6 +652,23 @@ mod tests {
             assert!(body[found.span].starts_with(b"{\"prompt_tokens\":2"));
         }
         assert!(find_body_usage(br#"{"choices":[{"usage":{"total_tokens":9}}]}"#).is_none());
+        // A key that only ends in `usage`, or a body missing its comma, is
+        // not read from the end (the full scan decides, and refuses).
+        for body in [
+            br#"{"id":"x","choices":[],""usage":{"total_tokens":4}}"#.as_slice(),
+            br#"{"id":"x","choices":[]"usage":{"total_tokens":4}}"#,
+        ] {
+            assert!(
+                usage_at_the_end(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(
+                find_body_usage(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         // Odd values still count what can be counted.
         let odd = find_body_usage(
             br#"{"usage":{"prompt_tokens":2.0,"completion_tokens":3,"total_tokens":null}}"#,
