@@ -81,6 +81,14 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
         }
         Err(_) => return Err(BadHead::bad("malformed request head")),
     };
+    // httparse takes a bare LF for a line end (RFC 9112 allows it); a
+    // front end that ends lines only at CRLF would read `X: a\nContent-
+    // Length: 5` as one field, and frame the body otherwise than here.
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(BadHead::bad(
+            "malformed request head: a line ends with a bare LF, not CRLF",
+        ));
+    }
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -274,6 +282,11 @@ impl FramingFields {
     }
 }
 
+/// A LF in `head` not preceded by a CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
+}
+
 fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -460,6 +473,21 @@ mod tests {
         ] {
             assert_eq!(refused(wire).as_u16(), status, "{wire:?}");
         }
+    }
+
+    /// Lines end with CRLF: a bare LF could be read as part of a field by
+    /// a front end and as a line end here (a hidden `Transfer-Encoding`).
+    #[test]
+    fn a_bare_lf_line_end_is_refused() {
+        for wire in [
+            "POST / HTTP/1.1\r\nHost: a\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\nHost: a\nContent-Length: 5\n\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\nhello",
+            "\nPOST / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(refused(wire).as_u16(), 400, "{wire:?}");
+        }
+        assert!(parse_all("\r\nPOST / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     }
 
     #[test]
