@@ -294,7 +294,9 @@ impl ObjectScan {
                     self.close_container(bytes, self.base + at, on_field)
                 }
                 State::ValueOrClose | State::Value => {
-                    if self.depth >= MAX_DEPTH {
+                    // Only a container nests: a scalar at the deepest
+                    // level is fine.
+                    if self.depth >= MAX_DEPTH && matches!(byte, b'{' | b'[') {
                         return self.fail(at, "nesting too deep");
                     }
                     token_start = self.base + at;
@@ -354,7 +356,6 @@ impl ObjectScan {
             State::Start => "expected a JSON object",
             State::KeyOrClose | State::Key => "expected a string key",
             State::Colon => "expected ':' after a key",
-            State::ValueOrClose | State::Value if self.depth >= MAX_DEPTH => "nesting too deep",
             State::ValueOrClose | State::Value => "unexpected end of input",
             State::Str { .. } => return Err(error_at(self.token_start, "unterminated string")),
             State::Literal { .. } => return Err(error_at(self.token_start, "invalid literal")),
@@ -610,6 +611,16 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(fields(&deep).unwrap_err().reason, "nesting too deep");
+        // 512 lists inside the object, the most: a scalar at the deepest
+        // level does not nest further, a list does.
+        let at_the_limit =
+            |inner: &str| format!("{{\"a\":{}{inner}{}}}", "[".repeat(512), "]".repeat(512));
+        assert!(fields(&at_the_limit("1")).is_ok());
+        assert!(fields(&at_the_limit("\"s\"")).is_ok());
+        assert_eq!(
+            fields(&at_the_limit("[]")).unwrap_err().reason,
+            "nesting too deep"
+        );
     }
 }
 

@@ -201,23 +201,24 @@ impl ChatRequest {
                 struct StreamOptions {
                     include_usage: Option<bool>,
                 }
-                let message = match raw.first() {
-                    Some(b'{' | b'n') => "`stream_options.include_usage` must be a boolean",
-                    _ => "`stream_options` must be an object",
-                };
+                let refused =
+                    |message| GatewayError::invalid_request(message).with_param("stream_options");
+                // Not left to serde alone: its derived struct also reads a
+                // list (`[true]`) as the fields in order.
+                if !matches!(raw.first(), Some(b'{' | b'n')) {
+                    return Err(refused("`stream_options` must be an object"));
+                }
                 serde_json::from_slice::<Option<StreamOptions>>(&raw)
-                    .map_err(|_| {
-                        GatewayError::invalid_request(message).with_param("stream_options")
-                    })?
+                    .map_err(|_| refused("`stream_options.include_usage` must be a boolean"))?
                     .and_then(|o| o.include_usage)
                     .unwrap_or(false)
             }
             _ => false,
         };
-        let cap = |span: Option<Range<usize>>| {
-            span.and_then(|s| std::str::from_utf8(&body.span(s)).ok()?.parse::<u64>().ok())
+        let max_tokens = match token_cap(&body, max_completion_tokens, "max_completion_tokens")? {
+            Some(cap) => Some(cap),
+            None => token_cap(&body, max_tokens, "max_tokens")?,
         };
-        let max_tokens = cap(max_completion_tokens).or(cap(max_tokens));
         Ok(ChatRequest {
             model_span,
             model,
@@ -312,6 +313,40 @@ fn parse_string(raw: &[u8]) -> Option<Arc<str>> {
     serde_json::from_slice::<String>(raw).ok().map(Arc::from)
 }
 
+/// A token cap as the limits count it: `None` when absent or `null`; any
+/// JSON number, since a provider may read `1e6` or `1000000.0` as the
+/// integer (rounded up, so a fraction is not counted low; a negative one,
+/// which providers refuse, counts as none; one past `u64` as the largest);
+/// anything else is refused here, as OpenAI refuses it, rather than
+/// estimated as no cap while a lenient provider honours it.
+fn token_cap(
+    body: &BodyPieces,
+    span: Option<Range<usize>>,
+    name: &'static str,
+) -> Result<Option<u64>, GatewayError> {
+    let Some(span) = span else {
+        return Ok(None);
+    };
+    let raw = body.span(span);
+    if let Ok(cap) = std::str::from_utf8(&raw).unwrap_or("").parse::<u64>() {
+        return Ok(Some(cap));
+    }
+    match raw.first() {
+        Some(b'n') => Ok(None),
+        Some(b'-' | b'0'..=b'9') => {
+            // The scan checked the number's grammar: it parses as a float.
+            let value: f64 = std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            Ok((value >= 0.0).then(|| value.ceil().min(u64::MAX as f64) as u64))
+        }
+        _ => Err(
+            GatewayError::invalid_request(format!("`{name}` must be an integer")).with_param(name),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,10 +394,59 @@ mod tests {
             ),
             "`stream_options.include_usage` must be a boolean"
         );
-        assert_eq!(
-            message(r#"{"model":"a","messages":[],"stream":true,"stream_options":[]}"#),
-            "`stream_options` must be an object"
-        );
+        for options in ["[]", "[true]", "[null]", "true", "\"x\""] {
+            let body = format!(
+                r#"{{"model":"a","messages":[],"stream":true,"stream_options":{options}}}"#
+            );
+            assert_eq!(
+                message(&body),
+                "`stream_options` must be an object",
+                "{body}"
+            );
+        }
+        let body = r#"{"model":"a","messages":[],"stream":true,"stream_options":null}"#;
+        assert!(!peek(body).unwrap().include_usage);
+    }
+
+    /// Any JSON number is a cap, as a lenient provider would read it; a
+    /// string or another kind of value is refused, not counted as no cap.
+    #[test]
+    fn token_caps_are_read_in_every_number_form() {
+        let cap = |value: &str| {
+            peek(&format!(
+                r#"{{"model":"a","messages":[],"max_tokens":{value}}}"#
+            ))
+            .map(|req| req.max_tokens)
+        };
+        for (value, read) in [
+            ("7", Some(7)),
+            ("1e6", Some(1_000_000)),
+            ("1000000.0", Some(1_000_000)),
+            ("2.5", Some(3)),
+            ("0.0", Some(0)),
+            ("-0", Some(0)),
+            ("18446744073709551616", Some(u64::MAX)),
+            ("1e400", Some(u64::MAX)),
+            ("-5", None),
+            ("null", None),
+        ] {
+            assert_eq!(cap(value).unwrap(), read, "{value}");
+        }
+        for value in [r#""900000""#, "true", "[1]", "{}"] {
+            let err = cap(value).unwrap_err();
+            assert_eq!(err.message, "`max_tokens` must be an integer", "{value}");
+            assert_eq!(err.param.as_deref(), Some("max_tokens"));
+        }
+        // `max_completion_tokens` first; `null` there leaves `max_tokens`.
+        let both = |first: &str| {
+            peek(&format!(
+                r#"{{"model":"a","messages":[],"max_tokens":1,"max_completion_tokens":{first}}}"#
+            ))
+            .unwrap()
+            .max_tokens
+        };
+        assert_eq!(both("1e6"), Some(1_000_000));
+        assert_eq!(both("null"), Some(1));
     }
 
     #[test]
