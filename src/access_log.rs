@@ -128,12 +128,11 @@ where
     let fields = handled.fields;
     // Limits held in Redis are settled before the body's end goes out; local
     // ones when the body is dropped.
-    let (response, settlement) = match handled.settlement {
-        Some(settlement) if settlement.is_shared() => {
-            (settle_before_end(response, settlement), None)
-        }
-        settlement => (response, settlement),
-    };
+    let mut response = response;
+    let mut settlement = handled.settlement;
+    if let Some(shared) = settlement.take_if(|s| s.is_shared()) {
+        response = settle_before_end(response, shared);
+    }
     // Dropped in order when the body ends: the settlement, then the record.
     if record.upstream.as_ref().is_some_and(|u| u.stream.is_some()) {
         let held = (settlement, EmitOnDrop(Some(record)));

@@ -319,6 +319,7 @@ fn parse_string(raw: &[u8]) -> Option<Arc<str>> {
 /// which providers refuse, counts as none; one past `u64` as the largest);
 /// anything else is refused here, as OpenAI refuses it, rather than
 /// estimated as no cap while a lenient provider honours it.
+#[inline]
 fn token_cap(
     body: &BodyPieces,
     span: Option<Range<usize>>,

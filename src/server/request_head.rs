@@ -81,14 +81,6 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
         }
         Err(_) => return Err(BadHead::bad("malformed request head")),
     };
-    // httparse takes a bare LF for a line end (RFC 9112 allows it); a
-    // front end that ends lines only at CRLF would read `X: a\nContent-
-    // Length: 5` as one field, and frame the body otherwise than here.
-    if has_bare_lf(&buf[..head_len]) {
-        return Err(BadHead::bad(
-            "malformed request head: a line ends with a bare LF, not CRLF",
-        ));
-    }
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -105,7 +97,25 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
     // decide framing and keep-alive are read on the same pass.
     let mut fields = smallvec::SmallVec::<[(HeaderName, usize, usize); 16]>::new();
     let mut framing = FramingFields::default();
+    // httparse takes a bare LF for a line end (RFC 9112 allows it); a
+    // front end that ends lines only at CRLF would read `X: a\nContent-
+    // Length: 5` as one field, and frame the body otherwise than here. Each
+    // line's end is checked where the parser left it, not found by a scan:
+    // empty lines before the request line, the request line (one space and
+    // `HTTP/1.x` after the target), each field (its value, trimmed of
+    // trailing blanks, or empty at its line end), the final empty line.
+    // httparse has checked that a CR there is followed by a LF.
+    let crlf_at = |at: usize| buf.get(at) == Some(&b'\r');
+    let method_at = offset(request.method.unwrap_or_default().as_bytes());
+    let mut crlf_lines = buf[..method_at].chunks(2).all(|pair| pair == b"\r\n")
+        && crlf_at(path_at.end + " HTTP/1.1".len())
+        && crlf_at(head_len - 2);
     for header in request.headers.iter() {
+        let mut line_end = offset(header.value) + header.value.len();
+        while matches!(buf.get(line_end), Some(b' ' | b'\t')) {
+            line_end += 1;
+        }
+        crlf_lines &= crlf_at(line_end);
         if is_sdk_telemetry(header.name.as_bytes()) {
             continue;
         }
@@ -117,6 +127,11 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
         framing.read(&name, header.value)?;
         let at = offset(header.value);
         fields.push((name, at, at + header.value.len()));
+    }
+    if !crlf_lines {
+        return Err(BadHead::bad(
+            "malformed request head: a line ends with a bare LF, not CRLF",
+        ));
     }
     let head: Bytes = buf.split_to(head_len).freeze();
 
@@ -280,11 +295,6 @@ impl FramingFields {
             ))
         }
     }
-}
-
-/// A LF in `head` not preceded by a CR.
-fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -524,12 +534,14 @@ mod tests {
         assert_eq!(refused(&whole), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
-    /// Any byte anywhere in a head gives a head, a refusal with an error
-    /// status, or a wait for more that takes nothing from the buffer;
-    /// never a panic.
+    /// Any byte anywhere in a head (or a byte taken out) gives a head, a
+    /// refusal with an error status, or a wait for more that takes nothing
+    /// from the buffer; never a panic. A head taken has only CRLF line
+    /// ends.
     #[test]
     fn every_mutation_of_a_head_is_parsed_or_refused() {
-        let wire = b"POST /v1/chat/completions?a=b HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\n{}";
+        let wire = b"\r\nPOST /v1/chat/completions?a=b HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nX-Empty:\r\nConnection: keep-alive, close \r\nExpect: 100-continue\r\n\r\n{}";
+        let mut mutations = Vec::new();
         for at in 0..wire.len() {
             for byte in [
                 0u8, b'\t', b'\n', b'\r', b' ', b',', b':', b'0', b'9', b'a', b'/', b'?', 0x7f,
@@ -537,15 +549,30 @@ mod tests {
             ] {
                 let mut mutated = wire.to_vec();
                 mutated[at] = byte;
-                let mut buf = BytesMut::from(&mutated[..]);
-                match parse(&mut buf, &mut HeaderMap::new()) {
-                    Ok(Some(head)) => assert!(buf.len() <= mutated.len(), "{head:?}"),
-                    Ok(None) => assert_eq!(buf.len(), mutated.len(), "nothing taken yet"),
-                    Err(bad) => assert!(
-                        bad.status.is_client_error() || bad.status.is_server_error(),
-                        "{bad:?}"
-                    ),
+                mutations.push(mutated);
+            }
+            let mut shorter = wire.to_vec();
+            shorter.remove(at);
+            mutations.push(shorter);
+        }
+        for mutated in mutations {
+            let mut buf = BytesMut::from(&mutated[..]);
+            match parse(&mut buf, &mut HeaderMap::new()) {
+                Ok(Some(head)) => {
+                    let taken = &mutated[..mutated.len() - buf.len()];
+                    let bare_lf = (0..taken.len())
+                        .any(|at| taken[at] == b'\n' && (at == 0 || taken[at - 1] != b'\r'));
+                    assert!(
+                        !bare_lf,
+                        "{:?} gave {head:?}",
+                        String::from_utf8_lossy(taken)
+                    );
                 }
+                Ok(None) => assert_eq!(buf.len(), mutated.len(), "nothing taken yet"),
+                Err(bad) => assert!(
+                    bad.status.is_client_error() || bad.status.is_server_error(),
+                    "{bad:?}"
+                ),
             }
         }
     }
