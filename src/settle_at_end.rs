@@ -3,9 +3,10 @@
 //! to any replica, must find the last one's concurrency lease released and
 //! its tokens moved to the real usage; settled in the background after the
 //! end, the next request could meet the lease (a spurious 429 at
-//! `concurrent_requests = 1`). So the body's last frame (or, for a body
-//! whose end only shows after its last frame, the end itself, which the
-//! chunked terminator reports) waits for the settlement call.
+//! `concurrent_requests = 1`). So the body's last frame waits for the
+//! settlement call: a plain answer's only frame; for a stream, the frame
+//! that carries `[DONE]` (clients may close the connection on it, without
+//! reading the chunked body's end), else the end itself.
 
 use crate::limits::Settlement;
 use axum::body::Body;
@@ -45,6 +46,10 @@ enum State {
 }
 
 impl SettledAtEnd {
+    fn stream_done(&self) -> bool {
+        matches!(&self.state, State::Running(Some(settlement)) if settlement.stream_done())
+    }
+
     fn start_settling(&mut self, last: Option<Frame<Bytes>>) {
         let State::Running(settlement) = &mut self.state else {
             return;
@@ -78,9 +83,10 @@ impl http_body::Body for SettledAtEnd {
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 // The last frame of a body that knows its end (a plain
-                // answer): held until settled, since a client reading a
-                // `content-length` is done when it has it.
-                Some(Ok(frame)) if this.inner.is_end_stream() => {
+                // answer: a client reading a `content-length` is done when
+                // it has it), or a stream's frame with `[DONE]`: held
+                // until settled.
+                Some(Ok(frame)) if this.inner.is_end_stream() || this.stream_done() => {
                     this.start_settling(Some(frame));
                 }
                 None => this.start_settling(None),

@@ -332,6 +332,15 @@ impl Settlement {
         matches!(self.request, Hold::Redis(_)) || matches!(self.provider, Hold::Redis(_))
     }
 
+    /// A stream whose `[DONE]` has been read: the answer is complete, and
+    /// its usage known. Clients may close the connection right on `[DONE]`
+    /// (the sync OpenAI Python SDK does, without reading the body's end),
+    /// so a settlement that must precede the client's next request goes
+    /// before it.
+    pub fn stream_done(&self) -> bool {
+        matches!(&self.usage, UsageSource::Stream(stats) if stats.saw_done())
+    }
+
     /// Settles now, for a response whose body has ended: local holds at
     /// once, Redis holds by the returned call (both of them at once).
     pub fn settle_now(mut self) -> impl Future<Output = ()> + Send + use<> {

@@ -214,6 +214,23 @@ pub async fn sse_data(response: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// The events' data up to and including `[DONE]`, read as the sync OpenAI
+/// Python SDK reads a stream: it closes the response right there, without
+/// reading the body's end.
+pub async fn sse_data_until_done(mut response: reqwest::Response) -> Vec<String> {
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        if text.ends_with("data: [DONE]\n\n") {
+            break;
+        }
+    }
+    text.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The response's `x-ratelimit-remaining-tokens`.
 pub fn remaining_tokens(response: &reqwest::Response) -> u64 {
     response.headers()["x-ratelimit-remaining-tokens"]

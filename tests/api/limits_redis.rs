@@ -468,9 +468,10 @@ async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
     assert_eq!(redis.zcard(LEASES).await, 0, "the lease was given back");
 }
 
-/// A client that sends each request the moment the last one ended, to
-/// either replica, meets neither the last one's lease nor its unsettled
-/// estimate: the end of a response goes out once Redis has its settlement.
+/// A client that sends each request the moment the last one ended (a
+/// stream: its `[DONE]`, where the sync Python SDK closes), to either
+/// replica, meets neither the last one's lease nor its unsettled estimate:
+/// the end goes out once Redis has the settlement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_client_never_meets_its_last_requests_lease_or_estimate() {
     let redis = RedisServer::start().await;
@@ -500,7 +501,7 @@ async fn a_sequential_client_never_meets_its_last_requests_lease_or_estimate() {
             "request {i}: {remaining} tokens left, {expected} expected"
         );
         used += if i % 2 == 1 {
-            let events = sse_data(response).await;
+            let events = sse_data_until_done(response).await;
             let last: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
             last["choices"][0]["usage"]["total_tokens"]
                 .as_u64()
@@ -514,8 +515,9 @@ async fn a_sequential_client_never_meets_its_last_requests_lease_or_estimate() {
 }
 
 /// Redis stalls after a request was admitted: its response (a plain
-/// answer, a stream) does not end before Redis has taken its settlement,
-/// so the lease is gone the moment the client has the end.
+/// answer; a stream, up to its `[DONE]`) does not end before Redis has
+/// taken its settlement, so the lease is gone the moment the client has
+/// the end.
 async fn a_response_ends_only_once_settled(stream: bool) {
     let redis = RedisServer::start().await;
     let config = format!(
@@ -535,7 +537,16 @@ async fn a_response_ends_only_once_settled(stream: bool) {
             .chat_as("sk-a", chat_body("kimi-k2.6", directive, stream))
             .await;
         assert_eq!(response.status(), 200);
-        let body = response.bytes().await.unwrap();
+        // A stream is read until `[DONE]`, where the sync Python SDK
+        // stops reading and closes; a plain answer to its end.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            body.extend_from_slice(&chunk);
+            if stream && body.ends_with(b"data: [DONE]\n\n") {
+                break;
+            }
+        }
         (body, resumed.load(std::sync::atomic::Ordering::SeqCst))
     };
     let stalling = async {
