@@ -404,6 +404,8 @@ fn store_unavailable() -> GatewayError {
         "rate limits cannot be checked: the rate-limit store is unreachable; try again shortly",
     )
     .with_code("rate_limit_store_unavailable")
+    // Redis is probed every half second: a second is a fair first wait.
+    .with_retry_after_duration(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -266,6 +266,51 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
+/// Redis closes the gateway's connection (its idle `timeout`, a restart,
+/// `CLIENT KILL`): the next request goes through on a new connection, in
+/// fail-closed mode too, and no outage is counted.
+#[tokio::test]
+async fn a_connection_redis_closed_is_replaced_without_an_outage() {
+    let redis = RedisServer::start().await;
+    let app = spawn_with_keys(&redis_limits(&redis, "closed", "requests_per_minute = 100")).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let mut conn = redis.connection().await.unwrap();
+    for _ in 0..3 {
+        // Every connection but the test's own: the gateway's.
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    }
+    let ready = app.readyz().await;
+    assert_eq!(ready["limits"]["healthy"], true, "{ready}");
+    assert_eq!(ready["limits"]["outages"], 0, "{ready}");
+}
+
+/// With no request running, the keep-alive ping finds a Redis that is
+/// gone: `/readyz` says so (and, fail-closed, answers 503) before a request
+/// meets it.
+#[tokio::test]
+async fn a_redis_lost_while_idle_shows_in_readyz() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_with_keys(&redis_limits(&redis, "closed", "requests_per_minute = 100")).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    redis.kill();
+    wait_until("/readyz reports Redis unhealthy", async || {
+        app.readyz().await["limits"]["healthy"] == false
+    })
+    .await;
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+}
+
 #[tokio::test]
 async fn without_redis_fail_open_falls_back_to_local_limits() {
     let mut redis = RedisServer::start().await;
@@ -298,6 +343,8 @@ async fn without_redis_fail_closed_answers_503() {
     for _ in 0..3 {
         let response = app.chat_as("sk-a", hi()).await;
         assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(response.headers()["retry-after-ms"], "1000");
         let error = error_of(response).await;
         assert_eq!(error["type"], "server_error");
         assert_eq!(error["code"], "rate_limit_store_unavailable");

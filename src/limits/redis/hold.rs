@@ -268,7 +268,19 @@ impl RedisBackend {
             checks: &checks,
             conn: checks.iter().any(|c| c.concurrency).then(|| conn.clone()),
         };
-        let reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        let mut reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        if reply
+            .as_ref()
+            .is_err_and(redis::RedisError::is_connection_dropped)
+        {
+            // Redis (or the network) closed the connection since its last
+            // use: an idle `timeout`, a restart, `CLIENT KILL`. The manager
+            // reconnects on that error; one more try goes out on the new
+            // connection before it counts as an outage. (A call that did
+            // run before the connection broke is then counted twice: a
+            // request more, never one fewer.)
+            reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        }
         let reply: Vec<i64> = match reply {
             Ok(reply) => {
                 unanswered.conn = None;

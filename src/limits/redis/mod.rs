@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How often an unhealthy backend probes Redis.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a healthy backend pings Redis: a Redis lost while no request
+/// runs shows in `/readyz` within seconds, and the connection stays in use,
+/// so neither Redis's idle `timeout` nor a network device closes it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 const STARTING: u8 = 0;
 const HEALTHY: u8 = 1;
@@ -197,7 +201,7 @@ async fn supervise(
         shared.settled.notify_waiters();
         let wait = async {
             if result.is_ok() {
-                failed.await;
+                let _ = tokio::time::timeout(KEEPALIVE_INTERVAL, failed).await;
             } else {
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
@@ -229,9 +233,19 @@ async fn probe(
             conn
         }
     };
-    let mut conn = conn;
-    let ping = redis::cmd("PING");
-    match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+    let ping = || {
+        let mut conn = conn.clone();
+        async move {
+            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await
+        }
+    };
+    let mut answer = ping().await;
+    // A connection closed since its last use (see the admission's retry):
+    // once more, on the connection the manager makes anew.
+    if matches!(&answer, Ok(Err(err)) if err.is_connection_dropped()) {
+        answer = ping().await;
+    }
+    match answer {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err("timed out waiting for PING".into()),
