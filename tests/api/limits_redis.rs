@@ -43,6 +43,24 @@ async fn two_gateways_admit_the_limit_in_total() {
     assert_eq!(one.readyz().await["limits"]["healthy"], true);
 }
 
+/// A limit whose interval is not a whole number of milliseconds still
+/// counts whole requests: the first of 100,000 leaves 99,999.
+#[tokio::test]
+async fn remaining_requests_are_counted_without_rounding_down() {
+    let redis = RedisServer::start().await;
+    let app = spawn_with_keys(&redis_limits(
+        &redis,
+        "open",
+        "requests_per_minute = 100000",
+    ))
+    .await;
+    let response = app.chat_as("sk-a", hi()).await;
+    assert_eq!(
+        response.headers()["x-ratelimit-remaining-requests"],
+        "99999"
+    );
+}
+
 #[tokio::test]
 async fn tokens_are_settled_in_redis_for_plain_and_streamed_answers() {
     let redis = RedisServer::start().await;

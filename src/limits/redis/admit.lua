@@ -33,15 +33,19 @@ for i, key in ipairs(KEYS) do
     out[#out + 1] = 0
   else
     local interval = period / limit
-    local tat = math.max(tonumber(redis.call('GET', key)) or now, now)
+    -- Counted from now, not as absolute times: `now` in milliseconds is a
+    -- number so large that its last bits would round a fresh bucket's
+    -- remaining count down by one.
+    local owed = math.max((tonumber(redis.call('GET', key)) or now) - now, 0)
     -- A full bucket admits a cost larger than itself (a big max_tokens).
-    local conforms_at = tat + math.min(cost, limit) * interval - period
-    if conforms_at > now then
-      return {0, i, math.ceil(conforms_at - now)}
+    local conforms_in = owed + math.min(cost, limit) * interval - period
+    if conforms_in > 0 then
+      return {0, i, math.ceil(conforms_in)}
     end
-    next_tat[i] = tat + cost * interval
-    local debt = next_tat[i] - now
-    out[#out + 1] = math.max(0, math.floor((period - debt) / interval))
+    local debt = owed + cost * interval
+    next_tat[i] = now + debt
+    -- The epsilon: 59999.4 / 0.6 may come out as 99998.99999999999.
+    out[#out + 1] = math.max(0, math.floor((period - debt) / interval + 1e-6))
     out[#out + 1] = math.ceil(debt)
   end
 end
