@@ -23,6 +23,17 @@ fn redis_limits(redis: &RedisServer, on_error: &str, key_limits: &str) -> String
     )
 }
 
+/// Redis limits the gateway waits up to 10 s for (a stall is waited out,
+/// not an outage), with 60 s leases: `team-a` at one request at a time,
+/// and `key_limits`.
+fn patient_limits(redis: &RedisServer, key_limits: &str) -> String {
+    format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 10000\n\
+         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n{key_limits}\n",
+        redis.url()
+    )
+}
+
 fn hi() -> serde_json::Value {
     chat_body("kimi-k2.6", "hi", false)
 }
@@ -252,13 +263,7 @@ async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
 #[tokio::test]
 async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     let redis = RedisServer::start().await;
-    let config = format!(
-        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 10000\n\
-         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n\
-         requests_per_minute = 1000\n",
-        redis.url()
-    );
-    let app = spawn_with_keys(&config).await;
+    let app = spawn_with_keys(&patient_limits(&redis, "requests_per_minute = 1000")).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     // The request limit's arrival time: it moves when an admission runs.
     let mut conn = redis.connection().await.unwrap();
@@ -585,12 +590,7 @@ async fn a_sequential_client_never_meets_its_last_requests_lease_or_estimate() {
 /// the end.
 async fn a_response_ends_only_once_settled(stream: bool) {
     let redis = RedisServer::start().await;
-    let config = format!(
-        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 10000\n\
-         redis_lease_secs = 60\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
-        redis.url()
-    );
-    let app = spawn_with_keys(&config).await;
+    let app = spawn_with_keys(&patient_limits(&redis, "")).await;
     let directive = if stream {
         "[mock gate=g chunks=3]"
     } else {
