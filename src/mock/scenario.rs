@@ -64,6 +64,8 @@ pub struct Scenario {
     pub cut_after: Option<usize>,
     /// End the stream without `[DONE]` (cleanly closed, but incomplete).
     pub no_done: bool,
+    /// Keep the body open this long after `[DONE]` before ending it.
+    pub end_delay: Duration,
     /// After this many content chunks, send an error event and end the
     /// stream (0: the error is the first event).
     pub error_event_after: Option<usize>,
@@ -124,6 +126,7 @@ impl Scenario {
                 }
                 "cut_after" => scenario.cut_after = number().map(|n| n as usize),
                 "no_done" => scenario.no_done = true,
+                "end_delay_ms" => scenario.end_delay = Duration::from_millis(number().unwrap_or(0)),
                 "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
                 "line_end" => {
                     scenario.line_end = match value {

@@ -363,6 +363,7 @@ fn stream_body(
     let gate = scenario.gate.as_deref().map(|g| shared.gate(g));
     let first_event_delay = scenario.first_event_delay;
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
+    let end_delay = scenario.end_delay;
     let error_event_after = scenario.error_event_after;
     let events = if scenario.event_ids {
         with_ids(&events)
@@ -417,6 +418,9 @@ fn stream_body(
                 _ => {
                     guard.armed = false;
                     drop(guard);
+                    if !end_delay.is_zero() {
+                        tokio::time::sleep(end_delay).await;
+                    }
                     None
                 }
             }

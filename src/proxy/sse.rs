@@ -146,7 +146,34 @@ pub struct SseRelay {
 impl Drop for SseRelay {
     fn drop(&mut self) {
         self.open_streams.dec();
+        // A client that hung up on `[DONE]` before the provider's body
+        // ended: the provider's connection is still worth keeping.
+        if !self.finished && self.stats.saw_done() {
+            self.read_rest_in_background();
+        }
     }
+}
+
+/// After `[DONE]`, how long the provider's body may take to end, and how
+/// much of it is read, before its connection is closed instead of reused.
+const REST_WAIT: Duration = Duration::from_secs(5);
+const REST_BYTES: usize = 64 * 1024;
+
+/// Reads what a provider sends after `[DONE]` (normally only its body's
+/// end) and drops it: a body read to its end gives its connection back to
+/// the pool, one dropped before closes it.
+async fn read_rest(mut upstream: Upstream) {
+    use futures_util::StreamExt;
+    let mut read = 0;
+    let _ = tokio::time::timeout(REST_WAIT, async {
+        while let Some(Ok(bytes)) = upstream.next().await {
+            read += bytes.len();
+            if read > REST_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 impl SseRelay {
@@ -324,14 +351,18 @@ impl SseRelay {
                 }
                 Poll::Pending => {
                     // `[DONE]` already went out: the client has the whole
-                    // answer, and only the provider's end of the body is
-                    // awaited. Neither the drain nor the idle limit turns
-                    // that into an error after it.
-                    let complete = self.stats.saw_done();
-                    if self.waits.as_mut().poll_shutdown(cx).is_ready() {
-                        if complete {
-                            return Poll::Ready(None);
+                    // answer, so its response ends now, whenever the
+                    // provider ends its body (a provider that keeps it open
+                    // must not hold the client, its limits' slots or the
+                    // access line). The rest is read in the background.
+                    if self.stats.saw_done() {
+                        self.read_rest_in_background();
+                        if let Some(rest) = self.aligner.take_rest() {
+                            return Poll::Ready(Some(Ok(rest)));
                         }
+                        return Poll::Ready(None);
+                    }
+                    if self.waits.as_mut().poll_shutdown(cx).is_ready() {
                         let message = "the gateway is shutting down; the stream was ended early";
                         let err = GatewayError::server(StatusCode::SERVICE_UNAVAILABLE, message)
                             .with_code("gateway_shutdown");
@@ -339,9 +370,6 @@ impl SseRelay {
                     }
                     if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx)
                     {
-                        if complete {
-                            return Poll::Ready(None);
-                        }
                         let message = if self.idle_between_events {
                             format!(
                                 "timed out waiting for provider {} (no stream data for {:.0?})",
@@ -409,6 +437,16 @@ impl SseRelay {
         } else {
             (batch.freeze(), reads)
         }
+    }
+
+    /// Hands the provider's body to a task that reads it to its end (see
+    /// [`read_rest`]); the relay's upstream is then an empty stream.
+    fn read_rest_in_background(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rest = std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
+        runtime.spawn(read_rest(rest));
     }
 
     /// The idle timer fired: if an event came since it was armed, arm it

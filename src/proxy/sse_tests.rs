@@ -248,41 +248,97 @@ async fn blocks_without_data_before_the_first_event_are_not_the_first_event() {
     }
 }
 
-#[tokio::test]
-async fn a_drain_or_idle_limit_after_done_ends_the_stream_cleanly() {
-    for drain in [true, false] {
-        // `[DONE]` sent, the provider's end of the body still to come.
-        let upstream = futures_util::stream::iter([Ok(Bytes::from(
-            [event(0), Bytes::from_static(b"data: [DONE]\n\n")].concat(),
-        ))])
-        .chain(futures_util::stream::pending());
-        let mut settings = settings();
-        if !drain {
-            settings.idle = Duration::from_millis(20);
+/// A provider body that goes on after `[DONE]`: `first` read at once,
+/// then whatever is sent on the returned sender, ending when it is dropped.
+/// The receiver hears when the body was read to its end, or dropped before.
+fn body_after_done(
+    first: Bytes,
+) -> (
+    Upstream,
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+    tokio::sync::oneshot::Receiver<&'static str>,
+) {
+    /// Says "dropped" unless the end was read first.
+    struct Outcome(Option<tokio::sync::oneshot::Sender<&'static str>>);
+    impl Drop for Outcome {
+        fn drop(&mut self) {
+            if let Some(tell) = self.0.take() {
+                let _ = tell.send("dropped");
+            }
         }
-        let shutdown = settings.shutdown.clone();
+    }
+    let (more, more_seen) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let (tell, told) = tokio::sync::oneshot::channel();
+    let rest = futures_util::stream::unfold(
+        (more_seen, Outcome(Some(tell))),
+        |(mut more_seen, mut outcome)| async move {
+            match more_seen.recv().await {
+                Some(bytes) => Some((Ok(bytes), (more_seen, outcome))),
+                None => {
+                    let _ = outcome.0.take().expect("once").send("read to its end");
+                    None
+                }
+            }
+        },
+    );
+    let upstream = futures_util::stream::iter([Ok(first)]).chain(rest);
+    (Box::pin(upstream), more, told)
+}
+
+/// A provider that keeps its body open after `[DONE]` holds neither the
+/// client nor the relay: the stream ends at once (complete, nothing added),
+/// and the provider's body is read to its end in the background, so its
+/// connection can be reused; the same when the client hangs up on `[DONE]`.
+#[tokio::test]
+async fn after_done_the_stream_ends_without_waiting_for_the_providers_body() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let first = Bytes::from([event(0), done.clone()].concat());
+    for client_hangs_up in [false, true] {
+        let (upstream, more, told) = body_after_done(first.clone());
         let stats = Arc::new(StreamStats::new(Instant::now()));
-        let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
+        let mut relay = SseRelay::start(upstream, settings(), stats.clone())
             .await
             .unwrap();
-        if drain {
-            shutdown.cancel();
+        if client_hangs_up {
+            assert_eq!(relay.next().await.unwrap().unwrap(), first);
+            drop(relay);
+        } else {
+            let frames: Vec<Bytes> = tokio::time::timeout(
+                Duration::from_secs(5),
+                relay.map(|frame| frame.unwrap()).collect(),
+            )
+            .await
+            .expect("the stream ends while the provider's body is open");
+            assert_eq!(frames.concat(), first);
         }
-        let frames: Vec<Bytes> = tokio::time::timeout(
-            Duration::from_secs(5),
-            relay.map(|frame| frame.unwrap()).collect(),
-        )
-        .await
-        .expect("the stream ends");
-        let text = String::from_utf8(frames.concat().to_vec()).unwrap();
-        assert!(text.ends_with("data: [DONE]\n\n"), "drain={drain}: {text}");
-        assert!(!text.contains("error"), "drain={drain}: {text}");
-        assert!(
-            matches!(stats.end(), Some(StreamEnd::Complete)),
-            "drain={drain}: {:?}",
-            stats.end()
+        assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+        more.send(Bytes::from_static(b"\n")).unwrap();
+        drop(more);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), told).await;
+        assert_eq!(
+            outcome.expect("told").unwrap(),
+            "read to its end",
+            "client_hangs_up={client_hangs_up}"
         );
     }
+}
+
+/// A provider body that never ends after `[DONE]` is given up (its
+/// connection closed) after a bounded wait, not read for ever.
+#[tokio::test(start_paused = true)]
+async fn after_done_a_body_that_never_ends_is_given_up() {
+    let first = Bytes::from([event(0), Bytes::from_static(b"data: [DONE]\n\n")].concat());
+    let (upstream, more, told) = body_after_done(first);
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames.len(), 1);
+    let started = Instant::now();
+    assert_eq!(told.await.unwrap(), "dropped");
+    assert!(started.elapsed() >= REST_WAIT, "{:?}", started.elapsed());
+    drop(more);
 }
 
 /// The relay's frames and the usage it read, with the usage chunk hidden

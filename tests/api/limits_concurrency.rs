@@ -136,3 +136,21 @@ async fn a_model_of_two_providers_fails_over_when_the_first_is_at_its_cap() {
     let mut stream = running.bytes_stream();
     while stream.next().await.is_some() {}
 }
+
+/// A provider that keeps its body open after `[DONE]` (for a minute here)
+/// holds neither the client's response nor the key's slot: the response
+/// ends at `[DONE]`, and the key's next request is admitted.
+#[tokio::test]
+async fn a_stream_ends_at_done_though_the_provider_keeps_its_body_open() {
+    let app = spawn_with_keys("[keys.team-a.limits]\nconcurrent_requests = 1\n").await;
+    for _ in 0..2 {
+        let body = chat_body("kimi-k2.6", "[mock chunks=2 end_delay_ms=60000]", true);
+        let response = app.chat_as("sk-a", body).await;
+        assert_eq!(response.status(), 200);
+        let data = tokio::time::timeout(std::time::Duration::from_secs(10), sse_data(response))
+            .await
+            .expect("the response ends at [DONE]");
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        wait_until("the slot is released", async || key_in_flight(&app) == 0).await;
+    }
+}
