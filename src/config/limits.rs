@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const DEFAULT_REDIS_PREFIX: &str = "kimi-gateway";
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// Largest `limits.redis_timeout_ms`.
+const MAX_REDIS_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// One scope's table: every value at least 1 (omit a limit for none).
@@ -148,22 +150,43 @@ fn redis_settings(
         DEFAULT_LEASE,
         problems,
     );
+    // A stalled Redis holds each admission and each Redis-limited
+    // response's end this long; a lease shorter than it could expire while
+    // its own refresh waits.
     let timeout = match file.redis_timeout_ms {
-        Some(0) => {
+        Some(ms) if !(1..=MAX_REDIS_TIMEOUT_MS).contains(&ms) => {
             problems.push(ConfigProblem::new(
                 "limits.redis_timeout_ms",
-                "must be at least 1",
+                format!("must be from 1 to {MAX_REDIS_TIMEOUT_MS}"),
             ));
             DEFAULT_REDIS_TIMEOUT
         }
         other => other.map_or(DEFAULT_REDIS_TIMEOUT, Duration::from_millis),
     };
+    if timeout >= lease {
+        problems.push(ConfigProblem::new(
+            "limits.redis_lease_secs",
+            format!(
+                "must be longer than limits.redis_timeout_ms ({} ms), or a lease could \
+                 expire while its refresh waits",
+                timeout.as_millis()
+            ),
+        ));
+    }
+    let prefix = file
+        .redis_key_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into());
+    if prefix.is_empty() || prefix.len() > 128 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.push(ConfigProblem::new(
+            "limits.redis_key_prefix",
+            "must be 1 to 128 visible ASCII characters (no spaces): it starts every key, so \
+             gateways sharing one Redis keep their counts apart",
+        ));
+    }
     Some(RedisSettings {
         url: url.trim().to_string(),
-        prefix: file
-            .redis_key_prefix
-            .clone()
-            .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
+        prefix,
         timeout,
         lease,
         on_error,

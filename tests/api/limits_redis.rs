@@ -657,3 +657,41 @@ async fn a_reload_keeps_unchanged_redis_limits_and_starts_changed_ones_afresh() 
     );
     crate::limits::reload_keeps_unchanged_limits(&table).await;
 }
+
+/// Redis settings that would hold responses too long, let leases expire
+/// while they are refreshed, or mix gateways' keys are refused by name.
+#[test]
+fn redis_settings_out_of_range_are_refused() {
+    let problems = |settings: &str| {
+        let text = format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n{settings}"
+        );
+        match kimi_gateway::config::resolve(&text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|p| p.path.clone()).collect(),
+        }
+    };
+    assert_eq!(problems(""), Vec::<String>::new());
+    assert_eq!(
+        problems("redis_timeout_ms = 10000\nredis_lease_secs = 11"),
+        Vec::<String>::new()
+    );
+    for (settings, path) in [
+        ("redis_timeout_ms = 0", "limits.redis_timeout_ms"),
+        (
+            "redis_timeout_ms = 10001\nredis_lease_secs = 60",
+            "limits.redis_timeout_ms",
+        ),
+        (
+            "redis_timeout_ms = 500\nredis_lease_secs = 0.5",
+            "limits.redis_lease_secs",
+        ),
+        ("redis_key_prefix = \"\"", "limits.redis_key_prefix"),
+        (
+            "redis_key_prefix = \"two words\"",
+            "limits.redis_key_prefix",
+        ),
+    ] {
+        assert_eq!(problems(settings), [path], "{settings}");
+    }
+}
