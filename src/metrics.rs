@@ -46,6 +46,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub model_refreshes: IntCounterVec,
     pub breaker_state: IntGaugeVec,
+    /// The rate-limit store's (Redis's) health and calls.
+    pub store: crate::limits::StoreMetrics,
     series: SeriesCache,
     /// Held by a scrape from resetting the circuit gauges to rendering, so
     /// that a scrape never renders another one's half-set gauges.
@@ -173,6 +175,7 @@ impl Metrics {
                 ),
                 &["provider", "target"]
             )),
+            store: crate::limits::StoreMetrics::register(&registry, "kimi_gateway_"),
             registry,
             series: SeriesCache::default(),
             scrape: std::sync::Mutex::new(()),

@@ -55,7 +55,7 @@ async fn run(state: AppState) {
         }
         drop(config);
         if changed {
-            crate::reload::reload(&state, "models_refresh");
+            crate::reload::reload(&state, "models_refresh").await;
         }
         tokio::time::sleep_until(wake).await;
     }

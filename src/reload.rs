@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 type LastRead = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 
 /// Reloads now; returns whether the new configuration was taken.
-pub fn reload(state: &AppState, trigger: &str) -> bool {
+pub async fn reload(state: &AppState, trigger: &str) -> bool {
+    let _one_at_a_time = state.reloading.lock().await;
     let current = state.config();
     let result = config::load_reusing(current.source.as_deref(), Some(&current), &*state.env);
     let at = SystemTime::now()
@@ -47,6 +48,11 @@ pub fn reload(state: &AppState, trigger: &str) -> bool {
                 );
             }
             let fingerprint = new.fingerprint.clone();
+            // A changed Redis setting makes a new connection: made before
+            // the swap, so `/readyz` does not report the store unreachable
+            // while it is made.
+            new.limits.attach_metrics(&state.metrics.store);
+            new.limits.connect_first().await;
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
@@ -98,7 +104,7 @@ pub fn spawn_triggers(state: AppState) {
                         if let Some(path) = &path {
                             *last_read.lock().expect("last read") = std::fs::read(path).ok();
                         }
-                        reload(&state, "sighup");
+                        reload(&state, "sighup").await;
                     }
                 });
             }
@@ -173,7 +179,7 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
                 changed
             };
             if changed {
-                reload(&state, "file_change");
+                reload(&state, "file_change").await;
             }
         }
     });

@@ -26,6 +26,9 @@ pub struct Shared {
     /// The listen address given on the command line (or its environment
     /// variable), which `server.listen` does not change.
     pub listen_override: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Held by a reload from reading the file to swapping its result in:
+    /// one at a time, so two triggers cannot swap in each other's reads.
+    pub reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for AppState {
@@ -56,13 +59,16 @@ impl AppState {
 
     /// State whose reloads read `env` instead of the process environment.
     pub fn with_env(config: Config, env: EnvLookup) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        config.limits.attach_metrics(&metrics.store);
         AppState(Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             drain: Arc::new(Drain::default()),
             reload: Mutex::new(ReloadStatus::default()),
             env,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             listen_override: std::sync::OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -80,6 +86,7 @@ impl AppState {
 
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn replace_config(&self, config: Config) {
+        config.limits.attach_metrics(&self.metrics.store);
         self.config.store(Arc::new(config));
     }
 

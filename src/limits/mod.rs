@@ -19,7 +19,7 @@ pub mod slots;
 mod spec;
 
 pub use admission::{Admission, Settlement, estimate_tokens};
-pub use redis::{OnRedisError, RedisBackend, RedisSettings};
+pub use redis::{OnRedisError, RedisBackend, RedisSettings, StoreMetrics};
 pub use registry::ScopeRegistry;
 pub use spec::{Denial, LimitKind, LimitSpec, Scope, ScopeKind, Snapshot, Window};
 
@@ -87,6 +87,11 @@ impl Limits {
             None => Backend::Local,
             Some(redis) => match previous.map(|p| &p.backend) {
                 Some(Backend::Redis(old)) if old.settings == redis => Backend::Redis(old.clone()),
+                Some(Backend::Redis(old)) => {
+                    let new = RedisBackend::new(redis)?;
+                    new.count_outages_from(old);
+                    Backend::Redis(Arc::new(new))
+                }
                 _ => Backend::Redis(Arc::new(RedisBackend::new(redis)?)),
             },
         };
@@ -127,6 +132,31 @@ impl Limits {
                     "outages": redis.outages(),
                 })
             }
+        }
+    }
+
+    /// Has a Redis backend report to `metrics` (see
+    /// [`RedisBackend::attach_metrics`]).
+    pub fn attach_metrics(&self, metrics: &StoreMetrics) {
+        if let Backend::Redis(redis) = &self.backend {
+            redis.attach_metrics(metrics);
+        }
+    }
+
+    /// Connects a Redis backend that has not connected yet, waiting for
+    /// its first attempt (see [`RedisBackend::connect_first`]).
+    pub async fn connect_first(&self) {
+        if let Backend::Redis(redis) = &self.backend {
+            redis.connect_first().await;
+        }
+    }
+
+    /// For the metrics: whether Redis answers, when limits are counted
+    /// there.
+    pub fn store_up(&self) -> Option<bool> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Redis(redis) => Some(redis.is_healthy()),
         }
     }
 

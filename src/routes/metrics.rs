@@ -1,6 +1,6 @@
-//! `GET /metrics`: the Prometheus text format. Circuit states are read at
-//! scrape time, so the hot path never touches their gauges; one scrape at
-//! a time sets and renders them.
+//! `GET /metrics`: the Prometheus text format. Circuit states and the
+//! rate-limit store's health are read at scrape time, so the hot path
+//! never touches their gauges; one scrape at a time sets and renders them.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -33,6 +33,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                     .set(value);
             }
         }
+    }
+    let up = &state.metrics.store.up;
+    up.reset();
+    if let Some(healthy) = config.limits.store_up() {
+        up.with_label_values(&["redis"]).set(i64::from(healthy));
     }
     let rendered = state.metrics.render();
     drop(scraping);

@@ -164,7 +164,7 @@ async fn a_reload_changes_routes_under_load_without_failing_a_request() {
         // Swap routes while the load runs.
         assert!(app.mock.wait_requests(20).await);
         write_config(&file, ALIAS_TO_AGENTSFLARE);
-        assert!(kimi_gateway::reload::reload(&app.state, "test"));
+        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     };
     let (results, ()) = tokio::join!(futures_util::future::join_all(load), reload);
     assert!(results.iter().flatten().all(|s| *s == 200), "{results:?}");
@@ -190,7 +190,7 @@ async fn an_invalid_reload_keeps_the_old_configuration() {
         &file,
         "[aliases.kimi]\ntargets = [{ provider = \"nobody\", model = \"x\" }]\n",
     );
-    assert!(!kimi_gateway::reload::reload(&app.state, "test"));
+    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
     assert_eq!(app.state.config().fingerprint, before);
     let ready = app.readyz().await;
     assert_eq!(ready["last_reload"]["result"], "failure");
@@ -223,7 +223,7 @@ async fn a_reload_keeps_the_circuit_state_of_unchanged_targets() {
     assert_eq!(open.status(), 503);
 
     write_config(&file, &format!("{base}{ALIAS_TO_AGENTSFLARE}"));
-    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     let still_open = app
         .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
         .await;
@@ -370,7 +370,7 @@ async fn a_reload_never_opens_a_gateway_that_has_keys() {
     write_config(&file, keyed);
     let app = spawn_app_from(ConfigSource::File(&file), &[("TEAM_A_KEY", Some("sk-a"))]).await;
     write_config(&file, "");
-    assert!(!kimi_gateway::reload::reload(&app.state, "test"));
+    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
     let ready = app.readyz().await;
     assert_eq!(ready["last_reload"]["result"], "failure");
     assert!(

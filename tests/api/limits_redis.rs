@@ -340,6 +340,13 @@ async fn without_redis_fail_open_falls_back_to_local_limits() {
     let app = spawn_with_keys(&redis_limits(&redis, "open", "requests_per_minute = 3")).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     assert_eq!(app.readyz().await["limits"]["healthy"], true);
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 1.0);
+    assert_eq!(
+        store_sample(&metrics, "call_seconds_count{call=\"admit\"}"),
+        1.0
+    );
+    assert_eq!(store_sample(&metrics, "outages_total"), 0.0);
     redis.kill();
     // The local limiter starts afresh: three more, then refused.
     let mut statuses = Vec::new();
@@ -355,6 +362,25 @@ async fn without_redis_fail_open_falls_back_to_local_limits() {
         ready["limits"]["outages"], 1,
         "one outage, however many requests"
     );
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
+    assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
+    // The first call failed (and its retry on a new connection, if any).
+    assert!(store_sample(&metrics, "errors_total{call=\"admit\"}") >= 1.0);
+    assert_eq!(
+        store_sample(&metrics, "unavailable_total{effect=\"local_limits\"}"),
+        4.0
+    );
+    assert_eq!(
+        store_sample(&metrics, "unavailable_total{effect=\"refused\"}"),
+        0.0
+    );
+}
+
+/// One of the rate-limit store's series in a scrape.
+fn store_sample(metrics: &str, series: &str) -> f64 {
+    let name = format!("kimi_gateway_rate_limit_store_{series}");
+    crate::metrics::sample(metrics, &name).unwrap_or_else(|| panic!("{name} in {metrics}"))
 }
 
 #[tokio::test]
@@ -377,6 +403,12 @@ async fn without_redis_fail_closed_answers_503() {
     let ready: serde_json::Value = response.json().await.unwrap();
     assert_eq!(ready["limits"]["healthy"], false);
     assert_eq!(ready["limits"]["outages"], 1);
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
+    assert_eq!(
+        store_sample(&metrics, "unavailable_total{effect=\"refused\"}"),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -694,4 +726,46 @@ fn redis_settings_out_of_range_are_refused() {
     ] {
         assert_eq!(problems(settings), [path], "{settings}");
     }
+}
+
+/// A reload that changes a Redis setting makes a new connection before it
+/// swaps the configuration in: `/readyz` never reports a reachable store
+/// unreachable meanwhile, and the outage count carries on across reloads.
+#[tokio::test]
+async fn a_reload_that_changes_redis_settings_stays_ready() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str, timeout_ms: u64| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_redis_error = \"closed\"\n\
+             redis_timeout_ms = {timeout_ms}\n[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+        )
+    };
+    std::fs::write(&path, config(&redis.url(), 250)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let readyz_status = async || {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        (status, body["limits"]["outages"].as_u64().unwrap())
+    };
+    for timeout_ms in [300, 350, 400] {
+        std::fs::write(&path, config(&redis.url(), timeout_ms)).unwrap();
+        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+        assert_eq!(readyz_status().await, (200, 0), "timeout {timeout_ms} ms");
+    }
+    // A Redis that is not there: known unreachable once the reload is in.
+    std::fs::write(&path, config("redis://127.0.0.1:1", 250)).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert_eq!(readyz_status().await, (503, 1));
+    std::fs::write(&path, config(&redis.url(), 250)).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert_eq!(readyz_status().await, (200, 1));
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
+    assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 1.0);
 }

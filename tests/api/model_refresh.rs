@@ -216,14 +216,14 @@ async fn what_a_refresh_found_outlives_a_reload_that_keeps_the_refresh() {
         format!("{REFRESH_EVERY_SECOND}refresh_models_match = [\"kimi\", \"GPT\"]\n"),
     )
     .unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     let ids = listed(&app).await;
     assert!(ids.contains(&"kimi-k3-preview".to_string()), "{ids:?}");
     assert!(ids.contains(&"gpt-4o".to_string()), "{ids:?}");
 
     // Turned off, the refresh adds nothing any more.
     std::fs::write(&path, "").unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test"));
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     let ids = listed(&app).await;
     assert!(!ids.contains(&"kimi-k3-preview".to_string()), "{ids:?}");
     assert!(ids.contains(&"kimi-k2.6".to_string()), "{ids:?}");

@@ -4,7 +4,7 @@
 //! leases meanwhile, so a long stream keeps its slot and a dead replica's
 //! slots expire).
 
-use super::RedisBackend;
+use super::{RedisBackend, StoreCall};
 use crate::limits::spec::{DAY, Denial, LimitKind, MINUTE, Scope, Snapshot, Window};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -139,7 +139,8 @@ impl Finish {
                 .arg(check.period_ms)
                 .arg(self.delta);
         }
-        match call.invoke_async::<i64>(&mut conn).await {
+        let sent = call.invoke_async::<i64>(&mut conn);
+        match self.backend.timed(StoreCall::Settle, sent).await {
             Ok(_) => true,
             Err(err) => {
                 self.backend.report_failure(&err);
@@ -236,6 +237,7 @@ impl RedisBackend {
     ) -> Result<Result<RedisHold, Denial>, Unavailable> {
         let checks = self.checks(scopes);
         let Some(mut conn) = self.connection().await else {
+            self.count_unavailable();
             return Err(Unavailable);
         };
         let lease = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -268,7 +270,9 @@ impl RedisBackend {
             checks: &checks,
             conn: checks.iter().any(|c| c.concurrency).then(|| conn.clone()),
         };
-        let mut reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        let mut reply = self
+            .timed(StoreCall::Admit, call.invoke_async::<Vec<i64>>(&mut conn))
+            .await;
         if reply
             .as_ref()
             .is_err_and(redis::RedisError::is_connection_dropped)
@@ -279,7 +283,9 @@ impl RedisBackend {
             // connection before it counts as an outage. (A call that did
             // run before the connection broke is then counted twice: a
             // request more, never one fewer.)
-            reply = call.invoke_async::<Vec<i64>>(&mut conn).await;
+            reply = self
+                .timed(StoreCall::Admit, call.invoke_async::<Vec<i64>>(&mut conn))
+                .await;
         }
         let reply: Vec<i64> = match reply {
             Ok(reply) => {
@@ -289,6 +295,7 @@ impl RedisBackend {
             }
             Err(err) => {
                 self.report_failure(&err);
+                self.count_unavailable();
                 return Err(Unavailable);
             }
         };
@@ -425,7 +432,8 @@ impl RedisBackend {
                 for key in &keys {
                     call.key(key);
                 }
-                if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
+                let sent = call.invoke_async::<i64>(&mut conn);
+                if let Err(err) = backend.timed(StoreCall::Refresh, sent).await {
                     backend.report_failure(&err);
                 }
             }

@@ -6,13 +6,15 @@
 //! and the supervisor probes until Redis answers again.
 
 mod hold;
+mod store_metrics;
 
 pub use hold::{RedisHold, finish_settlements};
+pub use store_metrics::{StoreCall, StoreMetrics};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +71,8 @@ struct Shared {
     state: AtomicU8,
     started: AtomicBool,
     outages: AtomicU64,
+    /// The gateway's metrics, once the configuration is in use.
+    metrics: OnceLock<StoreMetrics>,
     /// Wakes the supervisor when a request saw Redis fail.
     failed: Notify,
     /// Wakes requests waiting for the first connection attempt.
@@ -97,6 +101,7 @@ impl RedisBackend {
                 state: AtomicU8::new(STARTING),
                 started: AtomicBool::new(false),
                 outages: AtomicU64::new(0),
+                metrics: OnceLock::new(),
                 failed: Notify::new(),
                 settled: Notify::new(),
                 stop: CancellationToken::new(),
@@ -108,15 +113,29 @@ impl RedisBackend {
         self.shared.state.load(Ordering::Acquire) == HEALTHY
     }
 
-    /// Outages seen since start (each logged once).
+    /// Outages seen since the gateway started (each logged once).
     pub fn outages(&self) -> u64 {
         self.shared.outages.load(Ordering::Relaxed)
     }
 
-    /// The connection to use now, or `None` while Redis is unreachable.
-    /// The first caller starts the supervisor; callers before its first
-    /// attempt has finished wait for it (bounded by the timeout).
-    pub async fn connection(&self) -> Option<ConnectionManager> {
+    /// Continues the outage count of the backend this one replaces.
+    pub fn count_outages_from(&self, previous: &RedisBackend) {
+        self.shared
+            .outages
+            .store(previous.outages(), Ordering::Relaxed);
+    }
+
+    /// Reports to the gateway's metrics from now on (the first call wins:
+    /// one gateway's metrics per backend).
+    pub fn attach_metrics(&self, metrics: &StoreMetrics) {
+        let _ = self.shared.metrics.set(metrics.clone());
+    }
+
+    /// Starts the backend and waits for its first connection attempt to
+    /// end (at most twice the timeout): a reload that brings a new Redis
+    /// setting swaps it in connected, not while `/readyz` would still say
+    /// the store is unreachable.
+    pub async fn connect_first(&self) {
         self.start();
         if self.shared.state.load(Ordering::Acquire) == STARTING {
             let settled = self.shared.settled.notified();
@@ -126,10 +145,33 @@ impl RedisBackend {
                 let _ = tokio::time::timeout(self.settings.timeout * 2, settled).await;
             }
         }
+    }
+
+    /// The connection to use now, or `None` while Redis is unreachable.
+    /// The first caller starts the supervisor; callers before its first
+    /// attempt has finished wait for it (bounded by the timeout).
+    pub async fn connection(&self) -> Option<ConnectionManager> {
+        self.connect_first().await;
         if !self.is_healthy() {
             return None;
         }
         self.shared.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// Times one call for the metrics, and counts it failed when it is.
+    async fn timed<T>(
+        &self,
+        call: StoreCall,
+        sent: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        self.shared.timed(call, sent).await
+    }
+
+    /// Counts an admission decided without Redis.
+    fn count_unavailable(&self) {
+        if let Some(metrics) = self.shared.metrics.get() {
+            metrics.unavailable(self.settings.on_error == OnRedisError::Closed);
+        }
     }
 
     /// Notes a failed call: the first failure of an outage logs it and hands
@@ -141,7 +183,7 @@ impl RedisBackend {
             .compare_exchange(HEALTHY, DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            shared.outages.fetch_add(1, Ordering::Relaxed);
+            shared.count_outage();
             log_outage(&self.settings, &err.to_string());
             shared.failed.notify_one();
         }
@@ -162,6 +204,28 @@ impl RedisBackend {
             config,
             self.settings.clone(),
         ));
+    }
+}
+
+impl Shared {
+    fn count_outage(&self) {
+        self.outages.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.outage();
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        call: StoreCall,
+        sent: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let started = Instant::now();
+        let result = sent.await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.observe(call, started.elapsed(), result.is_ok());
+        }
+        result
     }
 }
 
@@ -193,7 +257,7 @@ async fn supervise(
             ),
             (Ok(()), _) => tracing::info!("rate-limit store (Redis) connected"),
             (Err(err), STARTING | HEALTHY) => {
-                shared.outages.fetch_add(1, Ordering::Relaxed);
+                shared.count_outage();
                 log_outage(&settings, err);
             }
             (Err(_), _) => {}
@@ -236,20 +300,30 @@ async fn probe(
     let ping = || {
         let mut conn = conn.clone();
         async move {
-            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await
+            let sent = async {
+                match tokio::time::timeout(timeout, redis::cmd("PING").query_async(&mut conn)).await
+                {
+                    Ok(answer) => answer.map(|_: String| ()),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out waiting for PING",
+                    )
+                    .into()),
+                }
+            };
+            shared.timed(StoreCall::Ping, sent).await
         }
     };
     let mut answer = ping().await;
     // A connection closed since its last use (see the admission's retry):
     // once more, on the connection the manager makes anew.
-    if matches!(&answer, Ok(Err(err)) if err.is_connection_dropped()) {
+    if answer
+        .as_ref()
+        .is_err_and(redis::RedisError::is_connection_dropped)
+    {
         answer = ping().await;
     }
-    match answer {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out waiting for PING".into()),
-    }
+    answer.map_err(|err| err.to_string())
 }
 
 fn log_outage(settings: &RedisSettings, reason: &str) {
