@@ -66,6 +66,9 @@ fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Op
         .find_map(|data| super::provider_errors::stream_error(data.trim_ascii(), provider))
 }
 
+/// UTF-8's byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
 /// A comment line alone: a blank line after it would end an (empty) event,
@@ -137,6 +140,8 @@ pub struct SseRelay {
     provider: Arc<crate::config::Provider>,
     stats: Arc<StreamStats>,
     head_sent: bool,
+    /// The provider's first read has been looked at for a byte order mark.
+    bom_checked: bool,
     finished: bool,
     last_event: Instant,
     chunk_gap: Histogram,
@@ -209,6 +214,7 @@ impl SseRelay {
             provider: settings.provider,
             stats,
             head_sent: false,
+            bom_checked: false,
             finished: false,
             last_event: now,
             chunk_gap: settings.chunk_gap,
@@ -259,7 +265,16 @@ impl SseRelay {
                 None => self.upstream.as_mut().poll_next(cx),
             };
             match next {
-                Poll::Ready(Some(Ok(chunk))) => {
+                Poll::Ready(Some(Ok(mut chunk))) => {
+                    // One byte order mark may start an event stream (and is
+                    // no part of its first line); passed on, the first
+                    // event would not start with `data:`.
+                    if !self.bom_checked {
+                        self.bom_checked = true;
+                        if chunk.starts_with(BOM) {
+                            chunk = chunk.slice(BOM.len()..);
+                        }
+                    }
                     if let Some(events) = self.aligner.push(chunk) {
                         let (events, reads) = self.gather_ready(cx, events);
                         // Only a block with data is an event (SSE dispatches

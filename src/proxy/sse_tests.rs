@@ -676,3 +676,23 @@ async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
     };
     assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
 }
+
+/// A byte order mark before the first event (allowed by the SSE format) is
+/// dropped, and that event is the stream's first; one anywhere else is
+/// content and passes.
+#[tokio::test]
+async fn a_byte_order_mark_before_the_first_event_is_dropped() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let with_bom = Bytes::from([&b"\xEF\xBB\xBF"[..], &event(0)].concat());
+    let (frames, end) = relay_all(one_per_read(vec![with_bom, event(1), done.clone()])).await;
+    assert_eq!(frames.concat(), [event(0), event(1), done.clone()].concat());
+    assert!(matches!(end, Some(StreamEnd::Complete)));
+    let later_bom = Bytes::from([&b"\xEF\xBB\xBF"[..], &event(1)].concat());
+    let (frames, _) = relay_all(one_per_read(vec![
+        event(0),
+        later_bom.clone(),
+        done.clone(),
+    ]))
+    .await;
+    assert_eq!(frames.concat(), [event(0), later_bom, done].concat());
+}
