@@ -457,6 +457,9 @@ KNOWN = {
     "kimi_gateway_in_flight_requests", "kimi_gateway_open_streams",
     "kimi_gateway_overhead_seconds", "kimi_gateway_config_reloads_total",
     "kimi_gateway_breaker_state", "kimi_gateway_build_info",
+    "kimi_gateway_rate_limit_store_up", "kimi_gateway_rate_limit_store_outages_total",
+    "kimi_gateway_rate_limit_store_call_seconds", "kimi_gateway_rate_limit_store_errors_total",
+    "kimi_gateway_rate_limit_store_unavailable_total",
 }
 def names(text):
     return {re.sub(r"_(bucket|count|sum)$", "", m) if not m.endswith("_total") else m
