@@ -266,6 +266,11 @@ impl FramingFields {
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         } else if name == HOST {
             self.hosts = self.hosts.saturating_add(1);
+            // RFC 9112 section 3.2: an invalid value is refused like a
+            // missing one; a proxy in front may read it differently.
+            if !is_valid_host(value.trim_ascii()) {
+                return Err(BadHead::bad("invalid host header field"));
+            }
         }
         Ok(())
     }
@@ -296,6 +301,66 @@ impl FramingFields {
         }
     }
 }
+
+/// `uri-host [":" port]` (RFC 3986): a name, an IPv4 address or a
+/// bracketed IP literal, and digits after a colon. Empty is valid.
+fn is_valid_host(value: &[u8]) -> bool {
+    let port = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(close) = memchr::memchr(b']', literal) else {
+                return false;
+            };
+            let (address, after) = (&literal[..close], &literal[close + 1..]);
+            let port = match after {
+                [] => &[][..],
+                [b':', port @ ..] => port,
+                _ => return false,
+            };
+            let in_literal = |b: &u8| HOST_NAME_BYTE[usize::from(*b)] || *b == b':';
+            if address.is_empty() || !address.iter().all(in_literal) {
+                return false;
+            }
+            port
+        }
+        None => match value.iter().position(|b| !HOST_NAME_BYTE[usize::from(*b)]) {
+            None => return true,
+            Some(at) if value[at] == b':' => &value[at + 1..],
+            Some(_) => return false,
+        },
+    };
+    port.iter().all(u8::is_ascii_digit)
+}
+
+/// RFC 3986's reg-name bytes: unreserved characters, sub-delimiters and
+/// `%`, as a table (every request's `Host` is checked).
+static HOST_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
@@ -362,6 +427,30 @@ mod tests {
 
     fn refused(wire: &str) -> StatusCode {
         parse_all(&with_host(wire)).expect_err(wire).status
+    }
+
+    #[test]
+    fn a_host_value_must_be_a_host_and_port() {
+        for host in [
+            "gw",
+            "gw:8080",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:8080",
+            "a.b-c_d~e",
+            "",
+            "gw:",
+        ] {
+            let wire = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse_all(&wire).unwrap().is_some(), "{host:?}");
+        }
+        for host in [
+            "a b", "a@b", "a/b", "gw:80x", "[::1", "[::1]x", "[]", "a:b:80", "\"gw\"", "gw\\",
+        ] {
+            let wire = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let refused = parse_all(&wire).expect_err(host);
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{host:?}");
+        }
     }
 
     #[test]
