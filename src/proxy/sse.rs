@@ -142,6 +142,9 @@ pub struct SseRelay {
     head_sent: bool,
     /// The provider's first read has been looked at for a byte order mark.
     bom_checked: bool,
+    /// `[DONE]`'s event went out ending in CR LF CR: the LF that completes
+    /// its blank line is still to come, and goes out when it does.
+    lf_owed: bool,
     finished: bool,
     last_event: Instant,
     chunk_gap: Histogram,
@@ -154,15 +157,42 @@ impl Drop for SseRelay {
         // A client that hung up on `[DONE]` before the provider's body
         // ended: the provider's connection is still worth keeping.
         if !self.finished && self.stats.saw_done() {
-            self.read_rest_in_background();
+            let rest =
+                std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
+            read_rest_in_background(rest);
         }
     }
 }
 
 /// After `[DONE]`, how long the provider's body may take to end, and how
 /// much of it is read, before its connection is closed instead of reused.
-const REST_WAIT: Duration = Duration::from_secs(5);
+const REST_WAIT: Duration = Duration::from_secs(2);
 const REST_BYTES: usize = 64 * 1024;
+/// Provider bodies read after `[DONE]` at once, at most: each holds a
+/// connection to the provider, and a new request meanwhile opens another;
+/// past this many, a body still open is closed instead.
+const REST_READS: usize = 256;
+
+/// Provider bodies being read after `[DONE]` (see [`REST_READS`]).
+static REST_READING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Reads `rest` to its end in the background, within [`REST_READS`];
+/// dropped (its connection closed) when that many are already read.
+fn read_rest_in_background(rest: Upstream) {
+    use std::sync::atomic::Ordering;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let reading = REST_READING.fetch_add(1, Ordering::AcqRel);
+    if reading >= REST_READS {
+        REST_READING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    runtime.spawn(async move {
+        read_rest(rest).await;
+        REST_READING.fetch_sub(1, Ordering::AcqRel);
+    });
+}
 
 /// Reads what a provider sends after `[DONE]` (normally only its body's
 /// end) and drops it: a body read to its end gives its connection back to
@@ -215,6 +245,7 @@ impl SseRelay {
             stats,
             head_sent: false,
             bom_checked: false,
+            lf_owed: false,
             finished: false,
             last_event: now,
             chunk_gap: settings.chunk_gap,
@@ -258,6 +289,11 @@ impl SseRelay {
         // whatever the provider does with its body after it.
         if self.provider_error.is_some() && self.head_sent {
             return Poll::Ready(None);
+        }
+        // `[DONE]` went out: the answer is whole, and nothing the provider
+        // sends after it is relayed.
+        if self.stats.saw_done() {
+            return self.poll_after_done(cx);
         }
         loop {
             let next = match self.held.take() {
@@ -324,18 +360,9 @@ impl SseRelay {
                         return Poll::Ready(Some(Err(err)));
                     }
                 }
-                // The answer is complete (`[DONE]` went out), or ended by the
-                // provider's own error event: however the provider's body
-                // ends, nothing is added after it.
-                Poll::Ready(Some(Err(_)) | None)
-                    if self.stats.saw_done() || self.provider_error.is_some() =>
-                {
-                    // What followed the last event (the LF of a final CRLF
-                    // that came in a read of its own) still goes out.
-                    if let Some(rest) = self.aligner.take_rest() {
-                        self.held = Some(None);
-                        return Poll::Ready(Some(Ok(rest)));
-                    }
+                // Ended by the provider's own error event: however the
+                // provider's body ends, nothing is added after it.
+                Poll::Ready(Some(Err(_)) | None) if self.provider_error.is_some() => {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(err))) => {
@@ -365,18 +392,6 @@ impl SseRelay {
                     ))));
                 }
                 Poll::Pending => {
-                    // `[DONE]` already went out: the client has the whole
-                    // answer, so its response ends now, whenever the
-                    // provider ends its body (a provider that keeps it open
-                    // must not hold the client, its limits' slots or the
-                    // access line). The rest is read in the background.
-                    if self.stats.saw_done() {
-                        self.read_rest_in_background();
-                        if let Some(rest) = self.aligner.take_rest() {
-                            return Poll::Ready(Some(Ok(rest)));
-                        }
-                        return Poll::Ready(None);
-                    }
                     if self.waits.as_mut().poll_shutdown(cx).is_ready() {
                         let message = "the gateway is shutting down; the stream was ended early";
                         let err = GatewayError::server(StatusCode::SERVICE_UNAVAILABLE, message)
@@ -454,14 +469,75 @@ impl SseRelay {
         }
     }
 
-    /// Hands the provider's body to a task that reads it to its end (see
-    /// [`read_rest`]); the relay's upstream is then an empty stream.
-    fn read_rest_in_background(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    /// After `[DONE]`: the client's response ends now, whenever the
+    /// provider ends its body (a provider that keeps it open must hold
+    /// neither the client, nor the limits' slots, nor the access line).
+    /// Only the LF owed to a `[DONE]` event cut after its last CR is still
+    /// relayed; whatever else follows is read in the background and
+    /// dropped, so the stream the client gets does not depend on how the
+    /// provider's writes fell into reads.
+    fn poll_after_done(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, GatewayError>>> {
+        if self.lf_owed {
+            if let Some(rest) = self.aligner.take_rest() {
+                self.lf_owed = false;
+                if rest.starts_with(b"\n") {
+                    self.after_done_read(Poll::Pending);
+                    return Poll::Ready(Some(Ok(Bytes::from_static(b"\n"))));
+                }
+            }
+        }
+        loop {
+            let next = match self.held.take() {
+                Some(item) => Poll::Ready(item),
+                None => self.upstream.as_mut().poll_next(cx),
+            };
+            match next {
+                Poll::Ready(Some(Ok(chunk))) if self.lf_owed => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    self.lf_owed = false;
+                    if chunk.starts_with(b"\n") {
+                        self.after_done_read(Poll::Pending);
+                        return Poll::Ready(Some(Ok(Bytes::from_static(b"\n"))));
+                    }
+                    self.after_done_read(Poll::Pending);
+                }
+                Poll::Pending if self.lf_owed => {
+                    // Neither the drain nor the idle limit turns waiting
+                    // for it into an error: the answer is whole.
+                    let shutdown = self.waits.as_mut().poll_shutdown(cx).is_ready();
+                    if shutdown
+                        || (self.waits.as_mut().idle().poll(cx).is_ready()
+                            && !self.rearm_idle_timer(cx))
+                    {
+                        self.lf_owed = false;
+                        self.after_done_read(Poll::Pending);
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Pending;
+                }
+                next => self.after_done_read(next),
+            }
+            return Poll::Ready(None);
+        }
+    }
+
+    /// What the provider sent after `[DONE]` (`next`, its last poll): at
+    /// its end, nothing more to do (a body read to its end gave its
+    /// connection back to the pool); otherwise the rest is read in the
+    /// background (see [`read_rest`]) and the relay's upstream is an
+    /// empty stream from then on.
+    fn after_done_read(&mut self, next: Poll<Option<Result<Bytes, crate::client::UpstreamError>>>) {
+        if matches!(next, Poll::Ready(None | Some(Err(_)))) {
+            self.upstream = Box::pin(futures_util::stream::empty());
             return;
-        };
+        }
         let rest = std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
-        runtime.spawn(read_rest(rest));
+        read_rest_in_background(rest);
     }
 
     /// The idle timer fired: if an event came since it was armed, arm it
@@ -556,6 +632,14 @@ impl SseRelay {
         let Some(done_at) = find_done(&events) else {
             return events;
         };
+        // The stream ends with `[DONE]`'s event: what the provider sent
+        // after it, in this read or later, is not relayed.
+        if let Some(end) = super::sse_lines::event_end(&events, done_at) {
+            if end < events.len() {
+                events = events.slice(..end);
+            }
+            self.lf_owed = events.ends_with(b"\r\n\r");
+        }
         self.stats.mark_done();
         // Complete once `[DONE]` is handed on: a client that hangs up on
         // it, before the provider's body ends, got the whole answer.

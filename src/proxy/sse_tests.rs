@@ -696,3 +696,93 @@ async fn a_byte_order_mark_before_the_first_event_is_dropped() {
     .await;
     assert_eq!(frames.concat(), [event(0), later_bom, done].concat());
 }
+
+/// What follows `[DONE]`'s event is never relayed, whether it came in the
+/// same read or later, whole or cut: the stream the client gets does not
+/// depend on how the provider's writes fell into reads.
+#[tokio::test]
+async fn nothing_after_dones_event_is_relayed() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let after = Bytes::from_static(b"data: {\"late\":1}\n\ndata: {\"partial\":");
+    let expected = [event(0), done.clone()].concat();
+    let same_read = Bytes::from([&done[..], &after[..]].concat());
+    let (frames, end) = relay_all(one_per_read(vec![event(0), same_read])).await;
+    assert_eq!(frames.concat(), expected);
+    assert!(matches!(end, Some(StreamEnd::Complete)));
+    let (frames, _) = relay_all(one_per_read(vec![event(0), done.clone(), after])).await;
+    assert_eq!(frames.concat(), expected);
+}
+
+/// CRLF line ends: `[DONE]`'s event read up to its last CR, the LF in a
+/// read of its own (later, or never). The LF goes out when it comes; the
+/// stream still ends when it does not (the answer is whole).
+#[tokio::test]
+async fn the_lf_after_dones_last_cr_goes_out_when_it_comes() {
+    let first = Bytes::from_static(b"data: {\"a\":1}\r\n\r\ndata: [DONE]\r\n\r");
+    let (upstream, more, told) = body_after_done(first.clone());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let mut relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .unwrap();
+    assert_eq!(relay.next().await.unwrap().unwrap(), first);
+    more.send(Bytes::from_static(b"\n")).unwrap();
+    let rest: Vec<Bytes> = tokio::time::timeout(
+        Duration::from_secs(5),
+        relay.map(|frame| frame.unwrap()).collect(),
+    )
+    .await
+    .expect("the stream ends after the LF");
+    assert_eq!(rest.concat(), b"\n"[..]);
+    assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+    drop(more);
+    assert_eq!(told.await.unwrap(), "read to its end");
+
+    // The LF never comes: the idle limit ends the stream, without error.
+    let (upstream, _more, _told) = body_after_done(first.clone());
+    let mut settings = settings();
+    settings.idle = Duration::from_millis(20);
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(upstream, settings, stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = tokio::time::timeout(
+        Duration::from_secs(5),
+        relay.map(|frame| frame.unwrap()).collect(),
+    )
+    .await
+    .expect("the stream ends");
+    assert_eq!(frames.concat(), first);
+    assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
+}
+
+/// Provider bodies still open after `[DONE]` are read in the background
+/// only up to a number at once: past it, they are closed at once, so a
+/// provider that never ends its bodies cannot make the gateway hold one
+/// connection per stream it served in the last seconds.
+#[tokio::test(start_paused = true)]
+async fn bodies_read_after_done_are_bounded_in_number() {
+    let first = Bytes::from([event(0), Bytes::from_static(b"data: [DONE]\n\n")].concat());
+    let mut outcomes = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..REST_READS + 44 {
+        let (upstream, more, told) = body_after_done(first.clone());
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let relay = SseRelay::start(upstream, settings(), stats).await.unwrap();
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        assert_eq!(frames.concat(), first);
+        outcomes.push(told);
+        senders.push(more);
+    }
+    // Let every background read start; no time passes.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let closed_at_once = outcomes
+        .iter_mut()
+        .map(|told| told.try_recv())
+        .filter(|outcome| matches!(outcome, Ok("dropped")))
+        .count();
+    assert!(closed_at_once >= 44, "{closed_at_once}");
+    assert!(closed_at_once < REST_READS + 44, "{closed_at_once}");
+    drop(senders);
+}
