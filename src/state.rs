@@ -61,6 +61,7 @@ impl AppState {
     pub fn with_env(config: Config, env: EnvLookup) -> Self {
         let metrics = Arc::new(Metrics::new());
         config.limits.attach_metrics(&metrics.store);
+        config.limits.start();
         AppState(Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             drain: Arc::new(Drain::default()),
@@ -87,7 +88,9 @@ impl AppState {
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn replace_config(&self, config: Config) {
         config.limits.attach_metrics(&self.metrics.store);
-        self.config.store(Arc::new(config));
+        config.limits.start();
+        let previous = self.config.swap(Arc::new(config));
+        self.config.load().limits.took_over_from(&previous.limits);
     }
 
     pub fn reload_status(&self) -> ReloadStatus {

@@ -16,6 +16,10 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// Largest `limits.redis_timeout_ms`.
 const MAX_REDIS_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Shortest and longest `limits.redis_lease_secs`: a lease is refreshed
+/// every third of it, and a dead replica's slots come back after it.
+const MIN_LEASE: Duration = Duration::from_millis(100);
+const MAX_LEASE: Duration = Duration::from_secs(86_400);
 
 /// One scope's table: every value at least 1 (omit a limit for none).
 pub fn limit_spec(
@@ -163,7 +167,16 @@ fn redis_settings(
         }
         other => other.map_or(DEFAULT_REDIS_TIMEOUT, Duration::from_millis),
     };
-    if timeout >= lease {
+    if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
+        problems.push(ConfigProblem::new(
+            "limits.redis_lease_secs",
+            format!(
+                "must be from {} to {} seconds",
+                MIN_LEASE.as_secs_f64(),
+                MAX_LEASE.as_secs()
+            ),
+        ));
+    } else if timeout >= lease {
         problems.push(ConfigProblem::new(
             "limits.redis_lease_secs",
             format!(

@@ -20,7 +20,7 @@ pub fn seconds(
         Some(_) => {
             problems.push(ConfigProblem::new(
                 path,
-                "must be a positive number of seconds",
+                "must be a positive number of seconds, less than 1,000,000,000",
             ));
             default
         }

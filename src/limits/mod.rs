@@ -88,11 +88,9 @@ impl Limits {
             Some(redis) => match previous.map(|p| &p.backend) {
                 Some(Backend::Redis(old)) if old.settings == redis => Backend::Redis(old.clone()),
                 Some(Backend::Redis(old)) => {
-                    let new = RedisBackend::new(redis)?;
-                    new.count_outages_from(old);
-                    Backend::Redis(Arc::new(new))
+                    Backend::Redis(Arc::new(RedisBackend::new(redis, Some(old))?))
                 }
-                _ => Backend::Redis(Arc::new(RedisBackend::new(redis)?)),
+                _ => Backend::Redis(Arc::new(RedisBackend::new(redis, None)?)),
             },
         };
         Ok(Limits {
@@ -140,6 +138,25 @@ impl Limits {
     pub fn attach_metrics(&self, metrics: &StoreMetrics) {
         if let Backend::Redis(redis) = &self.backend {
             redis.attach_metrics(metrics);
+        }
+    }
+
+    /// Starts a Redis backend's connection (and health checks) now, not
+    /// at the first request, so an unreachable Redis shows at start.
+    pub fn start(&self) {
+        if let Backend::Redis(redis) = &self.backend {
+            redis.start();
+        }
+    }
+
+    /// `self` has replaced `previous`: a Redis backend `previous` used and
+    /// this one does not stops reporting the store's health.
+    pub fn took_over_from(&self, previous: &Limits) {
+        if let Backend::Redis(old) = &previous.backend {
+            let kept = matches!(&self.backend, Backend::Redis(new) if Arc::ptr_eq(new, old));
+            if !kept {
+                old.retire();
+            }
         }
     }
 

@@ -720,6 +720,11 @@ fn redis_settings_out_of_range_are_refused() {
         ),
         ("redis_key_prefix = \"\"", "limits.redis_key_prefix"),
         (
+            "redis_lease_secs = 0.0011\nredis_timeout_ms = 1",
+            "limits.redis_lease_secs",
+        ),
+        ("redis_lease_secs = 86401", "limits.redis_lease_secs"),
+        (
             "redis_key_prefix = \"two words\"",
             "limits.redis_key_prefix",
         ),
@@ -768,4 +773,65 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
     let metrics = scrape(&app).await;
     assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
     assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 1.0);
+    // The dead URL's connection attempts failed, and were counted.
+    assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
+}
+
+/// Reloads that change Redis settings in the middle of an outage continue
+/// it: one outage, in `/readyz` and in the metrics, however many reloads.
+#[tokio::test]
+async fn reloads_during_an_outage_count_it_once() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |timeout_ms: u64| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\non_redis_error = \"closed\"\n\
+             redis_timeout_ms = {timeout_ms}\n[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n",
+            redis.url()
+        )
+    };
+    std::fs::write(&path, config(100)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    redis.pause();
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 503);
+    for timeout_ms in [110, 120, 130] {
+        std::fs::write(&path, config(timeout_ms)).unwrap();
+        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+        let ready = app.readyz().await;
+        assert_eq!(ready["limits"]["healthy"], false, "{ready}");
+        assert_eq!(ready["limits"]["outages"], 1, "{ready}");
+        assert_eq!(store_sample(&scrape(&app).await, "outages_total"), 1.0);
+    }
+    redis.resume();
+    wait_until("Redis is healthy again", async || {
+        app.readyz().await["limits"]["healthy"] == true
+    })
+    .await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    assert_eq!(app.readyz().await["limits"]["outages"], 1);
+    assert_eq!(store_sample(&scrape(&app).await, "outages_total"), 1.0);
+}
+
+/// A Redis that cannot be reached when the gateway starts is an outage at
+/// once, before any request or readiness probe meets it.
+#[tokio::test]
+async fn a_redis_down_at_start_shows_without_a_request() {
+    let app = spawn_with_keys(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n\
+         [keys.team-a.limits]\nrequests_per_minute = 10\n",
+    )
+    .await;
+    wait_until("the outage is counted", async || {
+        crate::metrics::sample(
+            &scrape(&app).await,
+            "kimi_gateway_rate_limit_store_outages_total",
+        ) == Some(1.0)
+    })
+    .await;
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
+    assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
 }

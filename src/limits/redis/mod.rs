@@ -70,7 +70,15 @@ struct Shared {
     conn: arc_swap::ArcSwapOption<ConnectionManager>,
     state: AtomicU8,
     started: AtomicBool,
-    outages: AtomicU64,
+    /// Shared with the backends this one replaced and will be replaced
+    /// by: one count for the gateway's life.
+    outages: Arc<AtomicU64>,
+    /// The backend this one replaced was down when this one was made: a
+    /// first connection that fails continues that outage, not a new one.
+    inherited_outage: bool,
+    /// A newer configuration's backend reports the store's health now;
+    /// this one (still used by requests that started before) stays quiet.
+    retired: AtomicBool,
     /// The gateway's metrics, once the configuration is in use.
     metrics: OnceLock<StoreMetrics>,
     /// Wakes the supervisor when a request saw Redis fail.
@@ -91,7 +99,9 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// Checks the URL; connects only when first used, inside the runtime.
-    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+    /// `previous`: the backend this one replaces, whose outage count (and
+    /// outage, if it is in one) this one carries on.
+    pub fn new(settings: RedisSettings, previous: Option<&RedisBackend>) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
         Ok(RedisBackend {
             settings,
@@ -100,7 +110,10 @@ impl RedisBackend {
                 conn: arc_swap::ArcSwapOption::empty(),
                 state: AtomicU8::new(STARTING),
                 started: AtomicBool::new(false),
-                outages: AtomicU64::new(0),
+                outages: previous.map_or_else(Arc::default, |p| p.shared.outages.clone()),
+                inherited_outage: previous
+                    .is_some_and(|p| p.shared.state.load(Ordering::Acquire) == DOWN),
+                retired: AtomicBool::new(false),
                 metrics: OnceLock::new(),
                 failed: Notify::new(),
                 settled: Notify::new(),
@@ -118,11 +131,10 @@ impl RedisBackend {
         self.shared.outages.load(Ordering::Relaxed)
     }
 
-    /// Continues the outage count of the backend this one replaces.
-    pub fn count_outages_from(&self, previous: &RedisBackend) {
-        self.shared
-            .outages
-            .store(previous.outages(), Ordering::Relaxed);
+    /// A newer configuration's backend has taken over: this one no longer
+    /// counts or logs outages (its calls still run and are timed).
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Release);
     }
 
     /// Reports to the gateway's metrics from now on (the first call wins:
@@ -183,15 +195,18 @@ impl RedisBackend {
             .compare_exchange(HEALTHY, DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            shared.count_outage();
-            log_outage(&self.settings, &err.to_string());
+            if shared.count_outage() {
+                log_outage(&self.settings, &err.to_string());
+            }
             shared.failed.notify_one();
         }
     }
 
-    /// Starts the supervisor (once); needs a Tokio runtime.
+    /// Starts the supervisor (once); outside a Tokio runtime, nothing.
     pub fn start(&self) {
-        if self.shared.started.swap(true, Ordering::AcqRel) {
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.shared.started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let config = ConnectionManagerConfig::new()
@@ -208,11 +223,17 @@ impl RedisBackend {
 }
 
 impl Shared {
-    fn count_outage(&self) {
+    /// Counts an outage begun; `false` (nothing counted, nothing to log)
+    /// when a newer backend reports the store's health.
+    fn count_outage(&self) -> bool {
+        if self.retired.load(Ordering::Acquire) {
+            return false;
+        }
         self.outages.fetch_add(1, Ordering::Relaxed);
         if let Some(metrics) = self.metrics.get() {
             metrics.outage();
         }
+        true
     }
 
     async fn timed<T>(
@@ -250,17 +271,22 @@ async fn supervise(
             Ok(()) => shared.state.swap(HEALTHY, Ordering::AcqRel),
             Err(_) => shared.state.swap(DOWN, Ordering::AcqRel),
         };
+        // A first attempt of a backend made during an outage continues
+        // that outage: not counted or logged again, and its success ends it.
+        let was_down = previous == DOWN || (previous == STARTING && shared.inherited_outage);
+        let quiet = shared.retired.load(Ordering::Acquire);
         match (&result, previous) {
-            (Ok(()), DOWN) => tracing::info!(
+            (Ok(()), _) if was_down && !quiet => tracing::info!(
                 alert = "rate_limit_store",
                 "rate-limit store (Redis) reachable again: limits are shared again"
             ),
-            (Ok(()), _) => tracing::info!("rate-limit store (Redis) connected"),
-            (Err(err), STARTING | HEALTHY) => {
-                shared.count_outage();
+            (Ok(()), STARTING) if !quiet => {
+                tracing::info!("rate-limit store (Redis) connected")
+            }
+            (Err(err), STARTING | HEALTHY) if !was_down && shared.count_outage() => {
                 log_outage(&settings, err);
             }
-            (Err(_), _) => {}
+            _ => {}
         }
         shared.settled.notify_waiters();
         let wait = async {
@@ -287,12 +313,21 @@ async fn probe(
     let conn = match shared.conn.load_full() {
         Some(conn) => (*conn).clone(),
         None => {
-            let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
-            let conn = match tokio::time::timeout(timeout * 2, connect).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(err)) => return Err(err.to_string()),
-                Err(_) => return Err("timed out connecting".into()),
+            let connect = async {
+                let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
+                match tokio::time::timeout(timeout * 2, connect).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out connecting",
+                    )
+                    .into()),
+                }
             };
+            let conn = shared
+                .timed(StoreCall::Connect, connect)
+                .await
+                .map_err(|err| err.to_string())?;
             shared.conn.store(Some(Arc::new(conn.clone())));
             conn
         }

@@ -23,14 +23,17 @@ pub enum StoreCall {
     Refresh,
     /// The health probe and keep-alive `PING`.
     Ping,
+    /// A new connection (at start, after a reload, while Redis is down).
+    Connect,
 }
 
 impl StoreCall {
-    pub const ALL: [StoreCall; 4] = [
+    pub const ALL: [StoreCall; 5] = [
         StoreCall::Admit,
         StoreCall::Settle,
         StoreCall::Refresh,
         StoreCall::Ping,
+        StoreCall::Connect,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl StoreCall {
             StoreCall::Settle => "settle",
             StoreCall::Refresh => "refresh",
             StoreCall::Ping => "ping",
+            StoreCall::Connect => "connect",
         }
     }
 }
@@ -75,7 +79,7 @@ impl StoreMetrics {
             calls: HistogramVec::new(
                 HistogramOpts::new(
                     name("call_seconds"),
-                    "Rate-limit store calls by kind (admit, settle, refresh, ping), failed ones included.",
+                    "Rate-limit store calls by kind (admit, settle, refresh, ping, connect), failed ones included.",
                 )
                 .buckets(CALL_BUCKETS.to_vec()),
                 &["call"],
