@@ -778,9 +778,19 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
 }
 
 /// Reloads that change Redis settings in the middle of an outage continue
-/// it: one outage, in `/readyz` and in the metrics, however many reloads.
+/// it: one outage, in `/readyz` and in the metrics, however many reloads,
+/// whether a request met the outage first or the reloads did.
 #[tokio::test]
 async fn reloads_during_an_outage_count_it_once() {
+    reloads_during_an_outage(true).await;
+}
+
+#[tokio::test]
+async fn reloads_right_after_redis_stalls_count_one_outage() {
+    reloads_during_an_outage(false).await;
+}
+
+async fn reloads_during_an_outage(request_first: bool) {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
@@ -796,7 +806,9 @@ async fn reloads_during_an_outage_count_it_once() {
     let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     redis.pause();
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 503);
+    if request_first {
+        assert_eq!(app.chat_as("sk-a", hi()).await.status(), 503);
+    }
     for timeout_ms in [110, 120, 130] {
         std::fs::write(&path, config(timeout_ms)).unwrap();
         assert!(kimi_gateway::reload::reload(&app.state, "test").await);

@@ -66,16 +66,22 @@ pub struct RedisBackend {
     shared: Arc<Shared>,
 }
 
+/// Whether the store is in an outage, and how many began, over every
+/// backend a gateway's configurations made: a reload (a new backend)
+/// during an outage continues it.
+#[derive(Default)]
+struct Outage {
+    down: AtomicBool,
+    count: AtomicU64,
+}
+
 struct Shared {
     conn: arc_swap::ArcSwapOption<ConnectionManager>,
     state: AtomicU8,
     started: AtomicBool,
     /// Shared with the backends this one replaced and will be replaced
-    /// by: one count for the gateway's life.
-    outages: Arc<AtomicU64>,
-    /// The backend this one replaced was down when this one was made: a
-    /// first connection that fails continues that outage, not a new one.
-    inherited_outage: bool,
+    /// by: outages are the gateway's, not one connection's.
+    outage: Arc<Outage>,
     /// A newer configuration's backend reports the store's health now;
     /// this one (still used by requests that started before) stays quiet.
     retired: AtomicBool,
@@ -110,9 +116,7 @@ impl RedisBackend {
                 conn: arc_swap::ArcSwapOption::empty(),
                 state: AtomicU8::new(STARTING),
                 started: AtomicBool::new(false),
-                outages: previous.map_or_else(Arc::default, |p| p.shared.outages.clone()),
-                inherited_outage: previous
-                    .is_some_and(|p| p.shared.state.load(Ordering::Acquire) == DOWN),
+                outage: previous.map_or_else(Arc::default, |p| p.shared.outage.clone()),
                 retired: AtomicBool::new(false),
                 metrics: OnceLock::new(),
                 failed: Notify::new(),
@@ -128,7 +132,7 @@ impl RedisBackend {
 
     /// Outages seen since the gateway started (each logged once).
     pub fn outages(&self) -> u64 {
-        self.shared.outages.load(Ordering::Relaxed)
+        self.shared.outage.count.load(Ordering::Relaxed)
     }
 
     /// A newer configuration's backend has taken over: this one no longer
@@ -195,7 +199,7 @@ impl RedisBackend {
             .compare_exchange(HEALTHY, DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            if shared.count_outage() {
+            if shared.begin_outage() {
                 log_outage(&self.settings, &err.to_string());
             }
             shared.failed.notify_one();
@@ -223,17 +227,22 @@ impl RedisBackend {
 }
 
 impl Shared {
-    /// Counts an outage begun; `false` (nothing counted, nothing to log)
-    /// when a newer backend reports the store's health.
-    fn count_outage(&self) -> bool {
-        if self.retired.load(Ordering::Acquire) {
+    /// Redis failed: `true` (counted; to be logged) when that begins an
+    /// outage. A backend a newer one has replaced reports nothing.
+    fn begin_outage(&self) -> bool {
+        if self.retired.load(Ordering::Acquire) || self.outage.down.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.outages.fetch_add(1, Ordering::Relaxed);
+        self.outage.count.fetch_add(1, Ordering::Relaxed);
         if let Some(metrics) = self.metrics.get() {
             metrics.outage();
         }
         true
+    }
+
+    /// Redis answered: `true` (to be logged) when that ends an outage.
+    fn end_outage(&self) -> bool {
+        !self.retired.load(Ordering::Acquire) && self.outage.down.swap(false, Ordering::AcqRel)
     }
 
     async fn timed<T>(
@@ -271,21 +280,15 @@ async fn supervise(
             Ok(()) => shared.state.swap(HEALTHY, Ordering::AcqRel),
             Err(_) => shared.state.swap(DOWN, Ordering::AcqRel),
         };
-        // A first attempt of a backend made during an outage continues
-        // that outage: not counted or logged again, and its success ends it.
-        let was_down = previous == DOWN || (previous == STARTING && shared.inherited_outage);
-        let quiet = shared.retired.load(Ordering::Acquire);
-        match (&result, previous) {
-            (Ok(()), _) if was_down && !quiet => tracing::info!(
+        match &result {
+            Ok(()) if shared.end_outage() => tracing::info!(
                 alert = "rate_limit_store",
                 "rate-limit store (Redis) reachable again: limits are shared again"
             ),
-            (Ok(()), STARTING) if !quiet => {
+            Ok(()) if previous == STARTING && !shared.retired.load(Ordering::Acquire) => {
                 tracing::info!("rate-limit store (Redis) connected")
             }
-            (Err(err), STARTING | HEALTHY) if !was_down && shared.count_outage() => {
-                log_outage(&settings, err);
-            }
+            Err(err) if shared.begin_outage() => log_outage(&settings, err),
             _ => {}
         }
         shared.settled.notify_waiters();
