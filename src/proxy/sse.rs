@@ -183,14 +183,21 @@ fn read_rest_in_background(rest: Upstream) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let reading = REST_READING.fetch_add(1, Ordering::AcqRel);
-    if reading >= REST_READS {
-        REST_READING.fetch_sub(1, Ordering::AcqRel);
+    /// One body counted in [`REST_READING`] until dropped, with its task
+    /// (also when a runtime shutting down drops the task unfinished).
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            REST_READING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let counted = Counted;
+    if REST_READING.fetch_add(1, Ordering::AcqRel) >= REST_READS {
         return;
     }
     runtime.spawn(async move {
+        let _counted = counted;
         read_rest(rest).await;
-        REST_READING.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
