@@ -67,13 +67,18 @@ async fn relay_all(upstream: Upstream) -> (Vec<Bytes>, Option<StreamEnd>) {
     let relay = SseRelay::start(upstream, settings(), stats.clone())
         .await
         .expect("a first event");
-    let frames = tokio::time::timeout(
+    let frames = rest_of(relay).await;
+    (frames, stats.end())
+}
+
+/// Every frame `relay` has still to send; the stream must end within 5 s.
+async fn rest_of(relay: SseRelay) -> Vec<Bytes> {
+    tokio::time::timeout(
         Duration::from_secs(5),
         relay.map(|frame| frame.unwrap()).collect(),
     )
     .await
-    .expect("the stream ends");
-    (frames, stats.end())
+    .expect("the stream ends")
 }
 
 fn event(i: usize) -> Bytes {
@@ -308,12 +313,7 @@ async fn after_done_the_stream_ends_without_waiting_for_the_providers_body() {
             assert_eq!(relay.next().await.unwrap().unwrap(), first);
             drop(relay);
         } else {
-            let frames: Vec<Bytes> = tokio::time::timeout(
-                Duration::from_secs(5),
-                relay.map(|frame| frame.unwrap()).collect(),
-            )
-            .await
-            .expect("the stream ends while the provider's body is open");
+            let frames = rest_of(relay).await;
             assert_eq!(frames.concat(), first);
         }
         assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
@@ -631,12 +631,7 @@ async fn provider_comments_do_not_count_as_events_for_the_idle_limit() {
     let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
         .await
         .unwrap();
-    let frames: Vec<Bytes> = tokio::time::timeout(
-        Duration::from_secs(5),
-        relay.map(|frame| frame.unwrap()).collect(),
-    )
-    .await
-    .expect("the idle limit ends the stream");
+    let frames = rest_of(relay).await;
     let text = String::from_utf8(frames.concat().to_vec()).unwrap();
     assert!(text.contains(": keep-alive"), "comments pass: {text}");
     let Some(StreamEnd::Failed(error)) = stats.end() else {
@@ -733,12 +728,7 @@ async fn the_lf_after_dones_last_cr_goes_out_when_it_comes() {
         .unwrap();
     assert_eq!(relay.next().await.unwrap().unwrap(), first);
     more.send(Bytes::from_static(b"\n")).unwrap();
-    let rest: Vec<Bytes> = tokio::time::timeout(
-        Duration::from_secs(5),
-        relay.map(|frame| frame.unwrap()).collect(),
-    )
-    .await
-    .expect("the stream ends after the LF");
+    let rest = rest_of(relay).await;
     assert_eq!(rest.concat(), b"\n"[..]);
     assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
     drop(more);
@@ -752,12 +742,7 @@ async fn the_lf_after_dones_last_cr_goes_out_when_it_comes() {
     let relay = SseRelay::start(upstream, settings, stats.clone())
         .await
         .unwrap();
-    let frames: Vec<Bytes> = tokio::time::timeout(
-        Duration::from_secs(5),
-        relay.map(|frame| frame.unwrap()).collect(),
-    )
-    .await
-    .expect("the stream ends");
+    let frames = rest_of(relay).await;
     assert_eq!(frames.concat(), first);
     assert!(matches!(stats.end(), Some(StreamEnd::Complete)));
 }
