@@ -344,6 +344,11 @@ KNOWN = {
     "kimi_gateway_in_flight_requests": "gauge", "kimi_gateway_open_streams": "gauge",
     "kimi_gateway_overhead_seconds": "histogram", "kimi_gateway_config_reloads_total": "counter",
     "kimi_gateway_breaker_state": "gauge", "kimi_gateway_build_info": "gauge",
+    "kimi_gateway_rate_limit_store_up": "gauge",
+    "kimi_gateway_rate_limit_store_outages_total": "counter",
+    "kimi_gateway_rate_limit_store_call_seconds": "histogram",
+    "kimi_gateway_rate_limit_store_errors_total": "counter",
+    "kimi_gateway_rate_limit_store_unavailable_total": "counter",
 }
 exported = dict(re.findall(r"^# TYPE (kimi_gateway_\w+) (\w+)$", open(sys.argv[1]).read(), re.M))
 bad = {n: t for n, t in exported.items() if KNOWN.get(n) != t}
