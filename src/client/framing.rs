@@ -67,6 +67,16 @@ impl Framing {
         }
     }
 
+    /// Bytes the framing has announced and not yet delivered: the rest of
+    /// a `Content-Length`, or of the chunk being read (a body's next bytes
+    /// can be refused as too large before they arrive).
+    pub fn announced(&self) -> u64 {
+        match self {
+            Framing::Length(n) | Framing::Chunked(Chunk::Data(n)) => *n,
+            _ => 0,
+        }
+    }
+
     /// Takes the next frame (or the end) out of `buf`, consuming framing
     /// bytes as it goes.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, UpstreamError> {

@@ -335,10 +335,13 @@ where
                     break;
                 }
             }
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(err)
+                if err.downcast_ref::<LengthLimitError>().is_some()
+                    || is_body_error(&*err, BodyError::is_too_large) =>
+            {
                 return Err(too_large());
             }
-            Err(err) if is_body_timeout(&*err) => {
+            Err(err) if is_body_error(&*err, BodyError::is_timeout) => {
                 return Err(GatewayError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     crate::error::ErrorType::InvalidRequestError,
@@ -358,11 +361,10 @@ where
 
 /// Whether reading the body failed because the client stopped sending it
 /// (the error arrives wrapped, by the body type and the length limit).
-fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<BodyError>()
-            .is_some_and(BodyError::is_timeout)
-    })
+/// Whether the connection ended the body with the error `which` picks.
+fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) -> bool) -> bool {
+    std::iter::successors(Some(err), |e| e.source())
+        .any(|e| e.downcast_ref::<BodyError>().is_some_and(which))
 }
 
 #[cfg(test)]

@@ -224,6 +224,11 @@ struct BodyReading {
     /// bytes read since: [`BODY_PROGRESS`] of them start a new wait.
     stalled_since: Option<Duration>,
     progress: usize,
+    /// `server.max_body_bytes`, and the body's bytes handed over so far:
+    /// a chunk announced past the limit is refused before its bytes come
+    /// (a client trickling a huge chunk is not waited for).
+    limit: u64,
+    received: u64,
 }
 
 /// What the response body has next.
@@ -308,6 +313,8 @@ impl Connection {
                     continue_owed: expect_continue.then_some(0),
                     stalled_since: None,
                     progress: 0,
+                    limit: gateway.state().config().max_body_bytes as u64,
+                    received: 0,
                 });
                 RequestBody::read_into(slot, framing.remaining())
             }
@@ -430,6 +437,7 @@ impl Connection {
             loop {
                 match body.framing.decode(&mut self.read) {
                     Ok(Decoded::Frame(frame)) => {
+                        body.received += frame.len() as u64;
                         body.slot.put(frame, cx);
                         if body.framing.remaining() == Some(0) {
                             // The last frame: the handler sees the end
@@ -443,6 +451,11 @@ impl Connection {
                         continue 'handler;
                     }
                     Ok(Decoded::NeedMore) => {
+                        let announced = body.framing.announced();
+                        if body.received.saturating_add(announced) > body.limit {
+                            body.slot.end(Err(BodyError::TOO_LARGE), cx);
+                            continue 'handler;
+                        }
                         let room = match body.framing.remaining() {
                             Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
                             _ => READ_SIZE,

@@ -36,8 +36,16 @@ impl BodyError {
     pub const TIMED_OUT: BodyError =
         BodyError("the request body did not arrive within the client idle limit");
 
+    /// The body has announced (a chunk's size) or sent more than
+    /// `server.max_body_bytes`.
+    pub const TOO_LARGE: BodyError = BodyError("the request body is larger than the limit");
+
     pub fn is_timeout(&self) -> bool {
         self.0 == Self::TIMED_OUT.0
+    }
+
+    pub fn is_too_large(&self) -> bool {
+        self.0 == Self::TOO_LARGE.0
     }
 }
 

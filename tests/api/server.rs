@@ -696,6 +696,53 @@ async fn a_declared_body_over_the_limit_gets_the_whole_413() {
     assert_still_serving(app.addr).await;
 }
 
+/// A chunked body whose chunk announces more than the limit is refused as
+/// soon as the size line arrives, not waited for while it trickles in: the
+/// client sends the size line and a few bytes of the chunk, then stalls
+/// (with a 60 s idle limit, an answer that waited for the stall would not
+/// come in the test's time).
+#[tokio::test]
+async fn a_chunk_announced_over_the_limit_is_413_at_once() {
+    let app = spawn_app_with(
+        "[server]\nmax_body_bytes = 1024\nclient_idle_secs = 60\n",
+        &[],
+    )
+    .await;
+    let mut client = Client::connect(app.addr).await;
+    // A first small chunk, then one that would pass the limit.
+    client
+        .send("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{\"model\":\"kimi-k\r\n400\r\n2.6\"")
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), client.response())
+        .await
+        .expect("answered before the rest of the chunk came");
+    assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
+    reply.assert_invalid_request_error();
+    assert_eq!(reply.json()["error"]["code"], "request_too_large");
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
+/// A chunk that ends exactly at the limit is read and forwarded.
+#[tokio::test]
+async fn chunks_up_to_the_limit_are_read() {
+    let body = chat_body(MODEL, "fits", false).to_string();
+    let limit = body.len();
+    let app = spawn_app_with(&format!("[server]\nmax_body_bytes = {limit}\n"), &[]).await;
+    let (first, rest) = body.split_at(10);
+    let mut client = Client::connect(app.addr).await;
+    client
+        .send(&format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+            first.len(),
+            rest.len()
+        ))
+        .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+}
+
 /// Every response carries a `date` header in the HTTP date format, close
 /// to the current time: plain, chunked, the router's errors and refused
 /// heads alike.
