@@ -89,6 +89,9 @@ pub struct GatewayError {
     /// Set when a rate-limit scope of the gateway refused the request
     /// (`key`, `key_model`, `provider`, `global`), for the metrics.
     pub limit_scope: Option<crate::limits::ScopeKind>,
+    /// The refusing limit's headroom (none left, and when it will let the
+    /// request through), for the `x-ratelimit-*` fields. Boxed: rare.
+    pub limit_window: Option<Box<crate::limits::Snapshot>>,
     /// The provider's id for the failed request (`x-upstream-request-id`),
     /// what its support asks for. Boxed: rare, and errors travel in every
     /// attempt's `Result`.
@@ -118,6 +121,7 @@ impl GatewayError {
             retry_after: None,
             retry_after_ms: None,
             limit_scope: None,
+            limit_window: None,
             upstream_request_id: None,
         }
     }

@@ -6,7 +6,7 @@
 
 use super::local::{self, LocalHold};
 use super::redis::{OnRedisError, RedisBackend, RedisHold};
-use super::spec::{Denial, LimitKind, Scope, Snapshot, Window};
+use super::spec::{Denial, LimitKind, Scope, Snapshot};
 use super::{Backend, Limits, headers};
 use crate::auth::ClientKey;
 use crate::error::GatewayError;
@@ -121,10 +121,12 @@ impl Limits {
                 sent: AtomicBool::new(false),
             }),
             Err(denial) => {
-                let snapshot = denial_snapshot(&denial);
+                let err = denial.into_error();
                 let mut fields = WireFields::default();
-                headers::write(&mut fields, &snapshot);
-                Err((denial.into_error().into_response(), fields))
+                if let Some(window) = &err.limit_window {
+                    headers::write(&mut fields, window);
+                }
+                Err((err.into_response(), fields))
             }
         }
     }
@@ -212,6 +214,19 @@ impl Admission {
             hold: Hold::None,
             estimate,
             snapshot: Snapshot::default(),
+            sent: AtomicBool::new(false),
+        }
+    }
+
+    /// A provider attempt its limits refused, held as an admission of
+    /// nothing so that [`Admission::finish`] shows the refusing limit in
+    /// the answer's `x-ratelimit-*` fields (when no other attempt got
+    /// further).
+    pub fn refused(window: Snapshot) -> Admission {
+        Admission {
+            hold: Hold::None,
+            estimate: 0,
+            snapshot: window,
             sent: AtomicBool::new(false),
         }
     }
@@ -383,21 +398,6 @@ impl Drop for Settlement {
 }
 
 /// The headers of a refusal: the refusing limit, with nothing left.
-fn denial_snapshot(denial: &Denial) -> Snapshot {
-    let window = Window {
-        limit: denial.value,
-        remaining: 0,
-        reset: denial.retry_after,
-    };
-    let mut snapshot = Snapshot::default();
-    match denial.limit {
-        LimitKind::ConcurrentRequests => {}
-        kind if kind.is_requests() => snapshot.requests = Some(window),
-        _ => snapshot.tokens = Some(window),
-    }
-    snapshot
-}
-
 fn store_unavailable() -> GatewayError {
     GatewayError::server(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -156,7 +156,29 @@ impl Denial {
             .with_code(self.limit.name())
             .with_retry_after_duration(self.retry_after);
         err.limit_scope = Some(self.scope);
+        let window = self.window();
+        if !window.is_empty() {
+            err.limit_window = Some(Box::new(window));
+        }
         err
+    }
+
+    /// The refusing limit as the `x-ratelimit-*` fields show it: nothing
+    /// left until the wait has passed. A concurrency cap has no such
+    /// fields (OpenAI's describe request and token rates).
+    fn window(&self) -> Snapshot {
+        let window = Window {
+            limit: self.value,
+            remaining: 0,
+            reset: self.retry_after,
+        };
+        let mut snapshot = Snapshot::default();
+        match self.limit {
+            LimitKind::ConcurrentRequests => {}
+            kind if kind.is_requests() => snapshot.requests = Some(window),
+            _ => snapshot.tokens = Some(window),
+        }
+        snapshot
     }
 }
 

@@ -122,7 +122,8 @@ struct Routed {
     route: Option<RouteName>,
     /// The last target tried, when any was.
     upstream: Option<UpstreamInfo>,
-    /// What the answering attempt holds of its provider's limits.
+    /// What the answering attempt holds of its provider's limits, or the
+    /// provider limit that refused the last attempt (its window only).
     provider_admission: Option<Admission>,
 }
 
@@ -253,15 +254,20 @@ async fn route_and_forward(
             },
             slot,
         )) => (response, fields, Some(info), Some(slot)),
-        Err(err) => (
-            err.into_response(),
-            WireFields::default(),
-            report.target.map(|target| UpstreamInfo {
-                time_to_head: ctx.last_time_to_head(),
-                ..UpstreamInfo::new(target)
-            }),
-            None,
-        ),
+        Err(mut err) => {
+            // The last attempt's provider limits refused it: those limits
+            // are the answer's `x-ratelimit-*` fields.
+            let refused = err.limit_window.take().map(|w| Admission::refused(*w));
+            (
+                err.into_response(),
+                WireFields::default(),
+                report.target.map(|target| UpstreamInfo {
+                    time_to_head: ctx.last_time_to_head(),
+                    ..UpstreamInfo::new(target)
+                }),
+                refused,
+            )
+        }
     };
     if let Some(target) = report.target {
         fields.push(&X_GATEWAY_PROVIDER, &target.provider.name_header);

@@ -39,6 +39,37 @@ async fn assert_refused(response: reqwest::Response, error_type: &str, message: 
     assert_eq!(error["message"], message, "{error}");
 }
 
+/// Milliseconds in an `x-ratelimit-reset-*` value below a minute (`250ms`,
+/// `19.2s`).
+fn reset_ms(value: &str) -> u64 {
+    if let Some(ms) = value.strip_suffix("ms") {
+        return ms.parse().unwrap();
+    }
+    let secs: f64 = value.strip_suffix('s').unwrap().parse().unwrap();
+    (secs * 1000.0).round() as u64
+}
+
+/// With a key limit that has room and a provider limit that refused, the
+/// 429's fields are the provider's: the tightest, with nothing left.
+#[tokio::test]
+async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\nrequests_per_minute = 100\ntokens_per_minute = 100000\n\n[limits.providers.agentsflare]\nrequests_per_minute = 1\n",
+    )
+    .await;
+    assert_eq!(statuses(&app, "sk-a", "kimi-chat", 1).await, [200]);
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-chat", "hi", false))
+        .await;
+    assert_eq!(refused.status(), 429);
+    let h = refused.headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "1", "{h:?}");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0", "{h:?}");
+    assert_eq!(h.get_all("x-ratelimit-limit-requests").iter().count(), 1);
+    // The key's token limit is the only token window.
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100000", "{h:?}");
+}
+
 #[tokio::test]
 async fn a_keys_requests_per_minute() {
     let app = spawn_with_keys("[keys.team-a.limits]\nrequests_per_minute = 3\n").await;
@@ -92,9 +123,27 @@ async fn a_providers_requests_per_minute() {
         statuses(&app, "sk-a", "kimi-chat", 3).await,
         [200, 200, 200]
     );
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-chat", "hi", false))
+        .await;
+    // The refusing provider limit is the answer's x-ratelimit-* fields,
+    // each once, its reset the same wait as retry-after-ms.
+    let h = refused.headers();
+    for name in [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ] {
+        assert_eq!(h.get_all(name).iter().count(), 1, "{name}: {h:?}");
+    }
+    assert_eq!(h["x-ratelimit-limit-requests"], "3");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    let retry_ms: u64 = h["retry-after-ms"].to_str().unwrap().parse().unwrap();
+    let reset = h["x-ratelimit-reset-requests"].to_str().unwrap();
+    assert_eq!(reset_ms(reset), retry_ms, "{reset} against {retry_ms} ms");
+    assert!(h.get("x-ratelimit-limit-tokens").is_none(), "{h:?}");
     assert_refused(
-        app.chat_as("sk-a", chat_body("kimi-chat", "hi", false))
-            .await,
+        refused,
         "rate_limit_reached_error",
         "rate limit reached for provider agentsflare: 3 requests per minute",
     )
