@@ -89,13 +89,20 @@ pub struct GatewayError {
     /// Set when a rate-limit scope of the gateway refused the request
     /// (`key`, `key_model`, `provider`, `global`), for the metrics.
     pub limit_scope: Option<crate::limits::ScopeKind>,
-    /// The refusing limit's headroom (none left, and when it will let the
-    /// request through), for the `x-ratelimit-*` fields. Boxed: rare.
-    pub limit_window: Option<Box<crate::limits::Snapshot>>,
+    /// What only some errors carry. Boxed: rare, and errors travel in
+    /// every attempt's `Result`.
+    pub details: Option<Box<ErrorDetails>>,
+}
+
+/// The rarer parts of a [`GatewayError`].
+#[derive(Debug, Clone, Default)]
+pub struct ErrorDetails {
     /// The provider's id for the failed request (`x-upstream-request-id`),
-    /// what its support asks for. Boxed: rare, and errors travel in every
-    /// attempt's `Result`.
-    pub upstream_request_id: Option<Box<HeaderValue>>,
+    /// what its support asks for.
+    pub upstream_request_id: Option<HeaderValue>,
+    /// The refusing limit's headroom (none left, and when it will let the
+    /// request through), for the `x-ratelimit-*` fields.
+    pub limit_window: Option<crate::limits::Snapshot>,
 }
 
 /// A wait as `retry-after-ms` says it: whole milliseconds, rounded up (a
@@ -121,8 +128,7 @@ impl GatewayError {
             retry_after: None,
             retry_after_ms: None,
             limit_scope: None,
-            limit_window: None,
-            upstream_request_id: None,
+            details: None,
         }
     }
 
@@ -154,8 +160,23 @@ impl GatewayError {
     }
 
     pub fn with_upstream_request_id(mut self, id: Option<HeaderValue>) -> Self {
-        self.upstream_request_id = id.map(Box::new);
+        if id.is_some() || self.details.is_some() {
+            self.details_mut().upstream_request_id = id;
+        }
         self
+    }
+
+    /// The rarer parts, made when first set.
+    pub fn details_mut(&mut self) -> &mut ErrorDetails {
+        self.details.get_or_insert_default()
+    }
+
+    pub fn upstream_request_id(&self) -> Option<&HeaderValue> {
+        self.details.as_ref()?.upstream_request_id.as_ref()
+    }
+
+    pub fn limit_window(&self) -> Option<&crate::limits::Snapshot> {
+        self.details.as_ref()?.limit_window.as_ref()
     }
 
     /// Sets `Retry-After` (whole seconds, rounded up) and `retry-after-ms`.
@@ -250,8 +271,8 @@ impl IntoResponse for GatewayError {
         if let Some(ms) = self.retry_after_ms {
             headers.insert("retry-after-ms", HeaderValue::from(ms.get()));
         }
-        if let Some(id) = &self.upstream_request_id {
-            headers.insert(X_UPSTREAM_REQUEST_ID, (**id).clone());
+        if let Some(id) = self.upstream_request_id() {
+            headers.insert(X_UPSTREAM_REQUEST_ID, id.clone());
         }
         // The access log reads the error from here, so it is logged exactly once.
         response.extensions_mut().insert(self);

@@ -123,7 +123,7 @@ impl Limits {
             Err(denial) => {
                 let err = denial.into_error();
                 let mut fields = WireFields::default();
-                if let Some(window) = &err.limit_window {
+                if let Some(window) = err.limit_window() {
                     headers::write(&mut fields, window);
                 }
                 Err((err.into_response(), fields))

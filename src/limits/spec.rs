@@ -158,7 +158,7 @@ impl Denial {
         err.limit_scope = Some(self.scope);
         let window = self.window();
         if !window.is_empty() {
-            err.limit_window = Some(Box::new(window));
+            err.details_mut().limit_window = Some(window);
         }
         err
     }

@@ -475,7 +475,7 @@ mod tests {
         );
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(&*err.message, "You are out of credits");
-        assert_eq!(err.upstream_request_id.as_deref().unwrap(), "r-1");
+        assert_eq!(err.upstream_request_id().unwrap(), "r-1");
         // A member of an unexpected type is left out, not the whole body.
         let err = translate(
             &provider,
@@ -506,7 +506,7 @@ mod tests {
             AskedWait::default(),
             body,
         );
-        assert_eq!(err.upstream_request_id.as_deref().unwrap(), "r-***");
+        assert_eq!(err.upstream_request_id().unwrap(), "r-***");
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub async fn forward(
         // A header's id wins over one the body gave (AI/ML API's `requestId`).
         if let Some(id) = upstream_id {
             let id = provider_errors::redacted_value(id, provider);
-            err.upstream_request_id = Some(Box::new(id));
+            err.details_mut().upstream_request_id = Some(id);
         }
         return Err(err);
     }

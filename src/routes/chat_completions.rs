@@ -257,7 +257,11 @@ async fn route_and_forward(
         Err(mut err) => {
             // The last attempt's provider limits refused it: those limits
             // are the answer's `x-ratelimit-*` fields.
-            let refused = err.limit_window.take().map(|w| Admission::refused(*w));
+            let refused = err
+                .details
+                .as_mut()
+                .and_then(|d| d.limit_window.take())
+                .map(Admission::refused);
             (
                 err.into_response(),
                 WireFields::default(),
