@@ -73,6 +73,10 @@ pub struct Scenario {
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
     pub event_ids: bool,
+    /// Spread every stream event's JSON over several `data:` lines, a line
+    /// after each comma between members or elements (valid SSE: the lines
+    /// are joined with LF).
+    pub split_data: bool,
     /// Wait on this gate before every content chunk after the first.
     pub gate: Option<String>,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
@@ -136,6 +140,7 @@ impl Scenario {
                     }
                 }
                 "event_ids" => scenario.event_ids = true,
+                "split_data" => scenario.split_data = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),

@@ -336,6 +336,32 @@ fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
         .collect()
 }
 
+/// `event` (`data: JSON` and a blank line) with its JSON spread over several
+/// `data:` lines: a new one after each comma outside strings, where the LF
+/// SSE joins them with is whitespace to JSON.
+fn split_data(event: &[u8]) -> Bytes {
+    let Some(json) = event
+        .strip_prefix(b"data: ")
+        .and_then(|rest| rest.strip_suffix(b"\n\n"))
+    else {
+        return Bytes::copy_from_slice(event);
+    };
+    let mut out = b"data: ".to_vec();
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        out.push(byte);
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b',' if !in_string => out.extend_from_slice(b"\ndata: "),
+            _ => {}
+        }
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// The rendered events, each with an `id:` line first, numbered from 1.
 fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
     (1..)
@@ -365,6 +391,12 @@ fn stream_body(
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let end_delay = scenario.end_delay;
     let error_event_after = scenario.error_event_after;
+    let (events, error_event) = if scenario.split_data {
+        let events: Arc<[Bytes]> = events.iter().map(|event| split_data(event)).collect();
+        (events, split_data(STREAM_ERROR_EVENT))
+    } else {
+        (events, Bytes::from_static(STREAM_ERROR_EVENT))
+    };
     let events = if scenario.event_ids {
         with_ids(&events)
     } else {
@@ -381,7 +413,7 @@ fn stream_body(
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
         let (gate, done) = (gate.clone(), done.clone());
-        let error_event = Bytes::from_static(STREAM_ERROR_EVENT);
+        let error_event = error_event.clone();
         async move {
             if i == usize::MAX {
                 return None;

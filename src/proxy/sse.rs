@@ -9,7 +9,7 @@
 pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
 use super::relay_waits::RelayWaits;
-use super::sse_lines::{event_end, event_start, lines};
+use super::sse_lines::{data_value, event_data, event_end, event_start, lines};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
 use crate::error::GatewayError;
@@ -61,9 +61,17 @@ fn find_done(events: &[u8]) -> Option<usize> {
 /// A provider's own error event (`data: {"error":{...}}`) among `events`.
 fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Option<GatewayError> {
     ERROR_KEY.find(events)?;
+    let mut last_event = None;
     lines(events)
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .find_map(|data| super::provider_errors::stream_error(data.trim_ascii(), provider))
+        .filter(|line| data_value(line).is_some())
+        .find_map(|line| {
+            let (start, data) = event_data(events, line);
+            // An event of several data lines is read once.
+            if last_event.replace(start) == Some(start) {
+                return None;
+            }
+            super::provider_errors::stream_error(data.trim_ascii(), provider)
+        })
 }
 
 /// UTF-8's byte order mark.
@@ -589,10 +597,17 @@ impl SseRelay {
     fn inspect(&mut self, events: Bytes, reads: u64) -> Bytes {
         self.stats.count_events(events.len(), reads);
         let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
+        let mut last_event = None;
         for line in lines_mentioning_usage(&events) {
-            let Some(data) = line.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+            if data_value(line).is_none() {
                 continue;
-            };
+            }
+            let (event, data) = event_data(&events, line);
+            // An event whose data lines mention usage twice is read once.
+            if last_event.replace(event) == Some(event) {
+                continue;
+            }
+            let data = data.trim_ascii();
             if let Some(report) = parse_usage(data) {
                 self.stats.set_usage(report.usage, report.place);
                 match report.place {

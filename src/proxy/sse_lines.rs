@@ -2,6 +2,8 @@
 //! bare CR (all three are SSE), and an event ends at a blank line: two line
 //! ends in a row, in any mix.
 
+use std::borrow::Cow;
+
 /// Length of the line end starting at `at` (2 for CRLF, 1 for LF or a bare
 /// CR, 0 for none). A CR as the last byte counts as a bare CR: were an LF
 /// to follow in the next read, it would end an empty line, which ends no
@@ -103,6 +105,40 @@ pub fn event_end(text: &[u8], line_end: usize) -> Option<usize> {
     }
 }
 
+/// The value of a `data` field line (`data` alone is an empty one), or
+/// `None` for any other line.
+pub fn data_value(line: &[u8]) -> Option<&[u8]> {
+    if line == b"data" {
+        return Some(b"");
+    }
+    let value = line.strip_prefix(b"data:")?;
+    Some(value.strip_prefix(b" ").unwrap_or(value))
+}
+
+/// The data of the event that holds `line`, a `data` line sliced from
+/// `text`, and where that event starts. When `line` is the event's only
+/// data line (every provider's case) its value is borrowed; otherwise the
+/// values of all its data lines are joined with LF, as SSE dispatches them
+/// (a JSON document may span them).
+pub fn event_data<'a>(text: &'a [u8], line: &'a [u8]) -> (usize, Cow<'a, [u8]>) {
+    let line_start = line.as_ptr() as usize - text.as_ptr() as usize;
+    let start = event_start(text, line_start);
+    let end = event_end(text, line_start + line.len()).unwrap_or(text.len());
+    let own = data_value(line).unwrap_or_default();
+    let mut values = lines(&text[start..end]).filter_map(data_value);
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return (start, Cow::Borrowed(own));
+    };
+    let mut joined = Vec::with_capacity(end - start);
+    for (i, value) in lines(&text[start..end]).filter_map(data_value).enumerate() {
+        if i > 0 {
+            joined.push(b'\n');
+        }
+        joined.extend_from_slice(value);
+    }
+    (start, Cow::Owned(joined))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +169,33 @@ mod tests {
         assert_eq!(last_event_end(b"data: a\n\rx"), Some(9));
         // A CR then LF is one line end, not a blank line.
         assert_eq!(last_event_end(b"data: a\r\nx"), None);
+    }
+
+    #[test]
+    fn an_events_data_lines_are_joined() {
+        for eol in ENDINGS {
+            let text = format!(
+                "data: one{eol}{eol}id: 3{eol}data: {{\"a\":{eol}event: x{eol}data:1}}{eol}data{eol}{eol}data: last"
+            );
+            let text = text.as_bytes();
+            let line = |prefix: &str| {
+                let at = memchr::memmem::find(text, prefix.as_bytes()).unwrap();
+                let len = memchr::memchr2(b'\n', b'\r', &text[at..]).unwrap_or(text.len() - at);
+                &text[at..at + len]
+            };
+            // The only data line of its event: borrowed, one space dropped.
+            let (start, data) = event_data(text, line("data: one"));
+            assert_eq!((start, &*data), (0, &b"one"[..]));
+            assert!(matches!(data, Cow::Borrowed(_)));
+            // Any of an event's data lines gives the whole event's data.
+            for first in ["data: {", "data:1}"] {
+                let (start, data) = event_data(text, line(first));
+                assert_eq!(start, 9 + 2 * eol.len(), "{eol:?}");
+                assert_eq!(&*data, b"{\"a\":\n1}\n", "{eol:?}");
+            }
+            // An event not yet ended by a blank line ends with the text.
+            assert_eq!(&*event_data(text, line("data: last")).1, b"last");
+        }
     }
 
     #[test]

@@ -210,3 +210,39 @@ async fn streams_whose_lines_end_in_cr_or_crlf_are_read_like_any_other() {
         "no stream failed:\n{metrics}"
     );
 }
+
+/// An event whose JSON spans several `data:` lines (valid SSE: they are
+/// joined with LF) is read like any other: a hidden usage chunk is found
+/// and hidden whole, the usage is counted, Moonshot's in-choice usage
+/// becomes the standard chunk, and everything else passes byte for byte.
+#[tokio::test]
+async fn events_of_several_data_lines_are_read_like_any_other() {
+    let app = spawn_app().await;
+    let model = "moonshot/kimi-k2-preview";
+    let body = chat_body(model, "hi [mock split_data]", true);
+    let unasked = direct(&app, Flavour::Aimlapi, &body).await;
+    assert!(unasked.contains(",\ndata: "), "{unasked:?}");
+    assert_eq!(through(&app, &body).await, unasked);
+    let metrics = scrape(&app).await;
+    let prompt = format!(
+        "kimi_gateway_tokens_total{{key=\"anonymous\",kind=\"prompt\",provider=\"aimlapi\",route=\"{model}\"}} "
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&prompt) && !l.ends_with(" 0")),
+        "{prompt} in:\n{metrics}"
+    );
+
+    let mut asked = stream_body("kimi-k2-turbo-preview", Some(true));
+    asked["messages"][0]["content"] = json!("hi [mock split_data]");
+    let client = through(&app, &asked).await;
+    let got = events(&client);
+    assert_eq!(got.last(), Some(&"[DONE]"));
+    let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(
+        usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"],
+        2
+    );
+}

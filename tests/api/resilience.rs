@@ -405,6 +405,16 @@ async fn an_error_as_the_first_event_fails_over_and_a_later_one_is_forwarded() {
     assert_eq!(header(&response, "x-gateway-attempts"), "2");
     let events = sse_data(response).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    // The same with the error's JSON spread over several data lines.
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error_event_after=0 split_data]",
+            true,
+        ))
+        .await;
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
 
     let response = app
         .chat(chat_body(
@@ -417,7 +427,7 @@ async fn an_error_as_the_first_event_fails_over_and_a_later_one_is_forwarded() {
     let events = sse_data(response).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events[2].contains("engine_overloaded_error"), "{events:?}");
-    assert_eq!(seen(&app, Flavour::Agentsflare), 1);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 2);
     let metrics = scrape(&app).await;
     assert!(
         metrics
