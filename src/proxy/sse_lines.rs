@@ -122,13 +122,22 @@ pub fn data_value(line: &[u8]) -> Option<&[u8]> {
 /// (a JSON document may span them).
 pub fn event_data<'a>(text: &'a [u8], line: &'a [u8]) -> (usize, Cow<'a, [u8]>) {
     let line_start = line.as_ptr() as usize - text.as_ptr() as usize;
-    let start = event_start(text, line_start);
-    let end = event_end(text, line_start + line.len()).unwrap_or(text.len());
+    let line_end = line_start + line.len();
     let own = data_value(line).unwrap_or_default();
-    let mut values = lines(&text[start..end]).filter_map(data_value);
-    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+    // The common case, checked on the bytes around the line (no search):
+    // a blank line (or the start) before it, and one after it.
+    if ends_blank(&text[..line_start]) && starts_blank(&text[line_end..]) {
+        return (line_start, Cow::Borrowed(own));
+    }
+    let start = event_start(text, line_start);
+    let end = event_end(text, line_end).unwrap_or(text.len());
+    if lines(&text[start..end])
+        .filter_map(data_value)
+        .nth(1)
+        .is_none()
+    {
         return (start, Cow::Borrowed(own));
-    };
+    }
     let mut joined = Vec::with_capacity(end - start);
     for (i, value) in lines(&text[start..end]).filter_map(data_value).enumerate() {
         if i > 0 {
@@ -137,6 +146,32 @@ pub fn event_data<'a>(text: &'a [u8], line: &'a [u8]) -> (usize, Cow<'a, [u8]>) 
         joined.extend_from_slice(value);
     }
     (start, Cow::Owned(joined))
+}
+
+/// `text` without the line end it ends with, if it ends with one.
+fn strip_line_end_suffix(text: &[u8]) -> Option<&[u8]> {
+    text.strip_suffix(b"\r\n")
+        .or_else(|| text.strip_suffix(b"\n"))
+        .or_else(|| text.strip_suffix(b"\r"))
+}
+
+/// `text` (everything before a line) ends with a blank line, or is empty:
+/// the line starts an event.
+fn ends_blank(text: &[u8]) -> bool {
+    match strip_line_end_suffix(text) {
+        None => text.is_empty(),
+        Some(rest) => rest.is_empty() || rest.ends_with(b"\n") || rest.ends_with(b"\r"),
+    }
+}
+
+/// `text` (everything after a line) starts with the line's end and a blank
+/// line, or holds no further line: the line ends its event.
+fn starts_blank(text: &[u8]) -> bool {
+    let rest = match line_end_len(text, 0) {
+        0 => return text.is_empty(),
+        len => &text[len..],
+    };
+    rest.is_empty() || line_end_len(rest, 0) > 0
 }
 
 #[cfg(test)]
@@ -195,6 +230,32 @@ mod tests {
             }
             // An event not yet ended by a blank line ends with the text.
             assert_eq!(&*event_data(text, line("data: last")).1, b"last");
+        }
+    }
+
+    #[test]
+    fn blank_lines_around_a_line_are_seen_in_every_mix_of_line_ends() {
+        for before in [
+            "",
+            "\n",
+            "\r",
+            "\r\n",
+            "a\n\n",
+            "a\r\r",
+            "a\r\n\r\n",
+            "a\n\r\n",
+            "a\r\r\n",
+        ] {
+            assert!(ends_blank(before.as_bytes()), "{before:?}");
+        }
+        for before in ["a", "a\n", "a\r\n", "a\r", "\n\na\n"] {
+            assert!(!ends_blank(before.as_bytes()), "{before:?}");
+        }
+        for after in ["", "\n", "\r", "\r\n", "\n\n", "\r\r", "\r\n\r\n", "\n\rx"] {
+            assert!(starts_blank(after.as_bytes()), "{after:?}");
+        }
+        for after in ["x", "\nid: 1\n\n", "\r\ndata: b\r\n"] {
+            assert!(!starts_blank(after.as_bytes()), "{after:?}");
         }
     }
 
