@@ -37,6 +37,19 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
         }
         other => other,
     };
+    // A Redis that answers but refuses the gateway (password, database,
+    // ACL) is a mistake in the new configuration, not an outage to ride
+    // out: the running configuration stays.
+    let result = match result {
+        Ok(new) => match new.limits.store_refusal().await {
+            Some(reason) => Err(config::ConfigErrors(vec![config::ConfigProblem::new(
+                "limits.redis_url",
+                format!("Redis refused the gateway: {reason}"),
+            )])),
+            None => Ok(new),
+        },
+        other => other,
+    };
     match result {
         Ok(new) => {
             if new.listen != current.listen && state.listen_override.get().is_none() {

@@ -168,6 +168,15 @@ impl Limits {
         }
     }
 
+    /// A new Redis backend's refusal of the gateway (see
+    /// [`RedisBackend::refusal`]), checked before a reload takes it.
+    pub async fn store_refusal(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.refusal().await,
+            Backend::Local => None,
+        }
+    }
+
     /// For the metrics: whether Redis answers, when limits are counted
     /// there.
     pub fn store_up(&self) -> Option<bool> {

@@ -777,6 +777,71 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
     assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
 }
 
+/// A reload to a Redis that answers but refuses the gateway (a wrong
+/// password, a database it does not have, a user its ACL denies) is a
+/// mistake in the new configuration: rejected, the running one stays (still
+/// ready, no outage), and the problem says why without the password.
+#[tokio::test]
+async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await.unwrap();
+    for user in [
+        &["SETUSER", "gw", "on", ">right-pass", "~*", "&*", "+@all"][..],
+        &["SETUSER", "limited", "on", ">right-pass", "-@all"],
+    ] {
+        redis::cmd("ACL")
+            .arg(user)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_redis_error = \"closed\"\n\
+             [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+        )
+    };
+    std::fs::write(&path, config(&redis.url())).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let port = redis.port;
+    for url in [
+        format!("redis://gw:wrong-pass@127.0.0.1:{port}"),
+        format!("redis://127.0.0.1:{port}/99"),
+        format!("redis://limited:right-pass@127.0.0.1:{port}"),
+    ] {
+        std::fs::write(&path, config(&url)).unwrap();
+        assert!(
+            !kimi_gateway::reload::reload(&app.state, "test").await,
+            "{url} was taken"
+        );
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["limits"]["outages"], 0, "{url}: {body}");
+        let problems = body["last_reload"]["problems"].to_string();
+        assert!(
+            problems.contains("limits.redis_url") && problems.contains("refused"),
+            "{url}: {problems}"
+        );
+        assert!(!problems.contains("-pass"), "{url}: {problems}");
+        assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200, "{url}");
+    }
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "outages_total"), 0.0);
+    // The right password is taken.
+    std::fs::write(
+        &path,
+        config(&format!("redis://gw:right-pass@127.0.0.1:{port}")),
+    )
+    .unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 /// Reloads that change Redis settings in the middle of an outage continue
 /// it: one outage, in `/readyz` and in the metrics, however many reloads,
 /// whether a request met the outage first or the reloads did.

@@ -163,6 +163,26 @@ impl RedisBackend {
         }
     }
 
+    /// For a backend not started yet (a reload's new Redis setting): opens
+    /// one connection and sends a PING, and returns Redis's refusal when
+    /// it refused the gateway for a reason only a configuration change
+    /// fixes (see [`is_refusal`]). Unreachable or slow is not a refusal:
+    /// that is an outage, which the backend rides out.
+    pub async fn refusal(&self) -> Option<String> {
+        if self.shared.started.load(Ordering::Acquire) {
+            return None;
+        }
+        let timeout = self.settings.timeout;
+        let check = async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout * 2, check).await {
+            Ok(Err(err)) if is_refusal(&err) => Some(err.to_string()),
+            _ => None,
+        }
+    }
+
     /// The connection to use now, or `None` while Redis is unreachable.
     /// The first caller starts the supervisor; callers before its first
     /// attempt has finished wait for it (bounded by the timeout).
@@ -362,6 +382,19 @@ async fn probe(
         answer = ping().await;
     }
     answer.map_err(|err| err.to_string())
+}
+
+/// Redis answered, and refused the gateway for a reason that trying again
+/// does not fix: a wrong user or password (or none where one is needed), a
+/// database index it does not have, an ACL that denies the command.
+fn is_refusal(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        err.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        // The client's words when Redis refuses the URL's `/db`.
+        || err.to_string().contains("refused to switch database")
 }
 
 fn log_outage(settings: &RedisSettings, reason: &str) {
