@@ -172,13 +172,20 @@ impl RedisBackend {
         if self.shared.started.load(Ordering::Acquire) {
             return None;
         }
-        let timeout = self.settings.timeout;
-        let check = async {
-            let mut conn = self.client.get_multiplexed_async_connection().await?;
+        // The client's own timeouts: the connection (with its AUTH and
+        // SELECT), then the PING.
+        let timeouts = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.timeout * 2))
+            .set_response_timeout(Some(self.settings.timeout));
+        let answer = async {
+            let client = &self.client;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&timeouts)
+                .await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         };
-        match tokio::time::timeout(timeout * 2, check).await {
-            Ok(Err(err)) if is_refusal(&err) => Some(err.to_string()),
+        match answer.await {
+            Err(err) if is_refusal(&err) => Some(err.to_string()),
             _ => None,
         }
     }
