@@ -778,7 +778,8 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
 }
 
 /// A reload to a Redis that answers but refuses the gateway (a wrong
-/// password, a database it does not have, a user its ACL denies) is a
+/// password, a database it does not have, a user its ACL denies PING, the
+/// scripts or the key prefix) is a
 /// mistake in the new configuration: rejected, the running one stays (still
 /// ready, no outage), and the problem says why without the password.
 #[tokio::test]
@@ -788,6 +789,23 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
     for user in [
         &["SETUSER", "gw", "on", ">right-pass", "~*", "&*", "+@all"][..],
         &["SETUSER", "limited", "on", ">right-pass", "-@all"],
+        &[
+            "SETUSER",
+            "noscripts",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-@scripting",
+        ],
+        &[
+            "SETUSER",
+            "otherkeys",
+            "on",
+            ">right-pass",
+            "~other:*",
+            "+@all",
+        ],
     ] {
         redis::cmd("ACL")
             .arg(user)
@@ -812,6 +830,8 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
         format!("redis://gw:wrong-pass@127.0.0.1:{port}"),
         format!("redis://127.0.0.1:{port}/99"),
         format!("redis://limited:right-pass@127.0.0.1:{port}"),
+        format!("redis://noscripts:right-pass@127.0.0.1:{port}"),
+        format!("redis://otherkeys:right-pass@127.0.0.1:{port}"),
     ] {
         std::fs::write(&path, config(&url)).unwrap();
         assert!(
@@ -840,6 +860,45 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
     .unwrap();
     assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
+/// A Redis whose ACL lets the gateway in but denies the scripts is down
+/// for the gateway, steadily: fail-closed, every request 503 and `/readyz`
+/// 503 with one outage, not ready between failing requests and an outage
+/// counted (and logged) per request.
+#[tokio::test]
+async fn a_redis_that_denies_the_scripts_is_down_not_flapping() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "noscripts",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "-@scripting",
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://noscripts:pw@127.0.0.1:{}", redis.port);
+    let app = spawn_with_keys(&format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_redis_error = \"closed\"\n\
+         [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.chat_as("sk-a", hi()).await.status(), 503);
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["limits"]["outages"], 1, "{body}");
+    }
+    let metrics = scrape(&app).await;
+    assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
+    assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
 }
 
 /// Reloads that change Redis settings in the middle of an outage continue

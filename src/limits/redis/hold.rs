@@ -15,6 +15,22 @@ static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admi
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 
+/// Runs what a request's calls need, without changing anything: the
+/// refresh script (loaded first if Redis lacks it) on a key under `prefix`
+/// that holds no lease. So a Redis that answers `PING` but whose ACL denies
+/// the scripts, their commands or the key prefix fails here, not at every
+/// admission.
+pub(super) async fn check_access(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+) -> redis::RedisResult<()> {
+    let mut call = REFRESH.prepare_invoke();
+    call.key(format!("{prefix}:access-check"))
+        .arg("access-check")
+        .arg(1000);
+    call.invoke_async::<i64>(conn).await.map(drop)
+}
+
 /// One limit as the scripts see it.
 #[derive(Debug, Clone)]
 struct Check {

@@ -85,6 +85,8 @@ struct Shared {
     /// A newer configuration's backend reports the store's health now;
     /// this one (still used by requests that started before) stays quiet.
     retired: AtomicBool,
+    /// This outage's log already says Redis refuses the gateway.
+    refusal_told: AtomicBool,
     /// The gateway's metrics, once the configuration is in use.
     metrics: OnceLock<StoreMetrics>,
     /// Wakes the supervisor when a request saw Redis fail.
@@ -118,6 +120,7 @@ impl RedisBackend {
                 started: AtomicBool::new(false),
                 outage: previous.map_or_else(Arc::default, |p| p.shared.outage.clone()),
                 retired: AtomicBool::new(false),
+                refusal_told: AtomicBool::new(false),
                 metrics: OnceLock::new(),
                 failed: Notify::new(),
                 settled: Notify::new(),
@@ -164,7 +167,8 @@ impl RedisBackend {
     }
 
     /// For a backend not started yet (a reload's new Redis setting): opens
-    /// one connection and sends a PING, and returns Redis's refusal when
+    /// one connection and checks access (see [`hold::check_access`]), and
+    /// returns Redis's refusal when
     /// it refused the gateway for a reason only a configuration change
     /// fixes (see [`is_refusal`]). Unreachable or slow is not a refusal:
     /// that is an outage, which the backend rides out.
@@ -173,7 +177,7 @@ impl RedisBackend {
             return None;
         }
         // The client's own timeouts: the connection (with its AUTH and
-        // SELECT), then the PING.
+        // SELECT), then the access check.
         let timeouts = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.timeout * 2))
             .set_response_timeout(Some(self.settings.timeout));
@@ -182,7 +186,7 @@ impl RedisBackend {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&timeouts)
                 .await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
+            hold::check_access(&mut conn, &self.settings.prefix).await
         };
         match answer.await {
             Err(err) if is_refusal(&err) => Some(err.to_string()),
@@ -227,7 +231,8 @@ impl RedisBackend {
             .is_ok()
         {
             if shared.begin_outage() {
-                log_outage(&self.settings, &err.to_string());
+                shared.note_refusal_told(err);
+                log_outage(&self.settings, err);
             }
             shared.failed.notify_one();
         }
@@ -267,6 +272,13 @@ impl Shared {
         true
     }
 
+    /// The outage just logged was a refusal: not to be said again.
+    fn note_refusal_told(&self, err: &redis::RedisError) {
+        if is_refusal(err) {
+            self.refusal_told.store(true, Ordering::Release);
+        }
+    }
+
     /// Redis answered: `true` (to be logged) when that ends an outage.
     fn end_outage(&self) -> bool {
         !self.retired.load(Ordering::Acquire) && self.outage.down.swap(false, Ordering::AcqRel)
@@ -302,7 +314,7 @@ async fn supervise(
 ) {
     loop {
         let failed = shared.failed.notified();
-        let result = probe(&shared, &client, &config, settings.timeout).await;
+        let result = probe(&shared, &client, &config, &settings).await;
         let previous = match &result {
             Ok(()) => shared.state.swap(HEALTHY, Ordering::AcqRel),
             Err(_) => shared.state.swap(DOWN, Ordering::AcqRel),
@@ -315,8 +327,23 @@ async fn supervise(
             Ok(()) if previous == STARTING && !shared.retired.load(Ordering::Acquire) => {
                 tracing::info!("rate-limit store (Redis) connected")
             }
-            Err(err) if shared.begin_outage() => log_outage(&settings, err),
+            Err(err) if shared.begin_outage() => {
+                shared.note_refusal_told(err);
+                log_outage(&settings, err);
+            }
+            // The outage goes on, but now Redis answers and refuses (it
+            // came back with a password, say): said once.
+            Err(err)
+                if is_refusal(err)
+                    && !shared.retired.load(Ordering::Acquire)
+                    && !shared.refusal_told.swap(true, Ordering::AcqRel) =>
+            {
+                log_outage(&settings, err);
+            }
             _ => {}
+        }
+        if result.is_ok() {
+            shared.refusal_told.store(false, Ordering::Release);
         }
         shared.settled.notify_waiters();
         let wait = async {
@@ -333,13 +360,15 @@ async fn supervise(
     }
 }
 
-/// Connects when there is no connection yet, else sends a PING.
+/// Connects when there is no connection yet, then checks that Redis
+/// answers and lets the gateway do its work ([`hold::check_access`]).
 async fn probe(
     shared: &Shared,
     client: &redis::Client,
     config: &ConnectionManagerConfig,
-    timeout: Duration,
-) -> Result<(), String> {
+    settings: &RedisSettings,
+) -> redis::RedisResult<()> {
+    let timeout = settings.timeout;
     let conn = match shared.conn.load_full() {
         Some(conn) => (*conn).clone(),
         None => {
@@ -354,24 +383,21 @@ async fn probe(
                     .into()),
                 }
             };
-            let conn = shared
-                .timed(StoreCall::Connect, connect)
-                .await
-                .map_err(|err| err.to_string())?;
+            let conn = shared.timed(StoreCall::Connect, connect).await?;
             shared.conn.store(Some(Arc::new(conn.clone())));
             conn
         }
     };
-    let ping = || {
+    let check = || {
         let mut conn = conn.clone();
         async move {
             let sent = async {
-                match tokio::time::timeout(timeout, redis::cmd("PING").query_async(&mut conn)).await
-                {
-                    Ok(answer) => answer.map(|_: String| ()),
+                let access = hold::check_access(&mut conn, &settings.prefix);
+                match tokio::time::timeout(timeout, access).await {
+                    Ok(answer) => answer,
                     Err(_) => Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        "timed out waiting for PING",
+                        "timed out waiting for an answer",
                     )
                     .into()),
                 }
@@ -379,16 +405,16 @@ async fn probe(
             shared.timed(StoreCall::Ping, sent).await
         }
     };
-    let mut answer = ping().await;
+    let mut answer = check().await;
     // A connection closed since its last use (see the admission's retry):
     // once more, on the connection the manager makes anew.
     if answer
         .as_ref()
         .is_err_and(redis::RedisError::is_connection_dropped)
     {
-        answer = ping().await;
+        answer = check().await;
     }
-    answer.map_err(|err| err.to_string())
+    answer
 }
 
 /// Redis answered, and refused the gateway for a reason that trying again
@@ -404,14 +430,19 @@ fn is_refusal(err: &redis::RedisError) -> bool {
         || err.to_string().contains("refused to switch database")
 }
 
-fn log_outage(settings: &RedisSettings, reason: &str) {
+fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
     let effect = match settings.on_error {
         OnRedisError::Open => "each replica falls back to its local limits",
         OnRedisError::Closed => "chat requests are refused with 503",
     };
+    let what = if is_refusal(err) {
+        "refuses the gateway (check limits.redis_url and Redis's ACL)"
+    } else {
+        "unreachable"
+    };
     tracing::error!(
         alert = "rate_limit_store",
         on_redis_error = settings.on_error.as_str(),
-        "rate-limit store (Redis) unreachable: {effect} until it is back: {reason}"
+        "rate-limit store (Redis) {what}: {effect} until it is back: {err}"
     );
 }

@@ -21,7 +21,8 @@ pub enum StoreCall {
     Settle,
     /// A long response's lease refresh.
     Refresh,
-    /// The health probe and keep-alive `PING`.
+    /// The health probe and keep-alive (an access check: see
+    /// `hold::check_access`).
     Ping,
     /// A new connection (at start, after a reload, while Redis is down).
     Connect,
