@@ -69,6 +69,8 @@ pub struct Scenario {
     /// After this many content chunks, send an error event and end the
     /// stream (0: the error is the first event).
     pub error_event_after: Option<usize>,
+    /// Send an error event in the same write as `[DONE]`, after it.
+    pub error_after_done: bool,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
@@ -132,6 +134,7 @@ impl Scenario {
                 "no_done" => scenario.no_done = true,
                 "end_delay_ms" => scenario.end_delay = Duration::from_millis(number().unwrap_or(0)),
                 "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
+                "error_after_done" => scenario.error_after_done = true,
                 "line_end" => {
                     scenario.line_end = match value {
                         "cr" => Some("\r"),

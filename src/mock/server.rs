@@ -410,6 +410,11 @@ fn stream_body(
         Some(line_end) => Bytes::from("data: [DONE]\n\n".replace('\n', line_end)),
         None => Bytes::from_static(b"data: [DONE]\n\n"),
     };
+    let done = if scenario.error_after_done {
+        Bytes::from([&done[..], &error_event].concat())
+    } else {
+        done
+    };
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {
         let (gate, done) = (gate.clone(), done.clone());

@@ -290,9 +290,6 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     let mut redacted: Option<Vec<u8>> = None;
     for key in &provider.keys {
         let secret = key.secret.as_bytes();
-        if secret.len() < 8 {
-            continue;
-        }
         let text = redacted.as_deref().unwrap_or(bytes);
         if memchr::memmem::find(text, secret).is_none() {
             continue;
@@ -312,7 +309,7 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
 
 fn redact(text: &mut String, provider: &Provider) {
     for key in &provider.keys {
-        if key.secret.len() >= 8 && text.contains(&key.secret) {
+        if text.contains(&key.secret) {
             *text = text.replace(&key.secret, "***");
         }
     }
@@ -446,6 +443,34 @@ mod tests {
             body,
         );
         assert!(!err.message.contains("secret-key-123"), "{}", err.message);
+    }
+
+    /// However short the key, it is masked: a key is a secret whatever its
+    /// length, and a mangled error message costs less than a leaked key.
+    #[test]
+    fn a_short_key_is_masked_too() {
+        let config =
+            crate::config::resolve("", &|v| v.ends_with("_API_KEY").then(|| "k9Z".to_string()))
+                .unwrap();
+        let provider = &config.providers[0];
+        let body = br#"{"error":{"message":"key k9Z is revoked","code":"k9Z"}}"#;
+        let err = translate(
+            provider,
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
+        assert!(!format!("{err:?}").contains("k9Z"), "{err:?}");
+        assert!(
+            err.message.contains("key *** is revoked"),
+            "{}",
+            err.message
+        );
+        let event = redact_secrets(b"data: {\"error\":{\"message\":\"k9Z\"}}\n\n", provider);
+        assert_eq!(
+            event.as_deref(),
+            Some(&b"data: {\"error\":{\"message\":\"***\"}}\n\n"[..])
+        );
     }
 
     #[test]

@@ -594,7 +594,20 @@ impl SseRelay {
     /// Notes `[DONE]` and usage in events about to be forwarded, and returns
     /// what to send now (the same bytes, unless a usage chunk must be
     /// inserted before `[DONE]`, in which case the rest is queued).
-    fn inspect(&mut self, events: Bytes, reads: u64) -> Bytes {
+    fn inspect(&mut self, mut events: Bytes, reads: u64) -> Bytes {
+        // The stream ends with `[DONE]`'s event: what the provider sent
+        // after it, in this read or later, is neither relayed nor read (an
+        // error or usage there must not change a finished answer, nor
+        // depend on how the provider's writes fell into reads).
+        let mut done_at = find_done(&events);
+        if let Some(at) = done_at {
+            if let Some(end) = super::sse_lines::event_end(&events, at) {
+                if end < events.len() {
+                    events = events.slice(..end);
+                }
+                self.lf_owed = events.ends_with(b"\r\n\r");
+            }
+        }
         self.stats.count_events(events.len(), reads);
         let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
         let mut last_event = None;
@@ -624,7 +637,6 @@ impl SseRelay {
                 }
             }
         }
-        let mut events = events;
         if !hidden.is_empty() {
             let mut kept = BytesMut::with_capacity(events.len());
             let mut from = 0;
@@ -634,6 +646,8 @@ impl SseRelay {
             }
             kept.extend_from_slice(&events[from..]);
             events = kept.freeze();
+            // Rare (once per stream at most): `[DONE]` moved.
+            done_at = done_at.and_then(|_| find_done(&events));
         }
         if self.provider_error.is_none() {
             self.provider_error = provider_error_event(&events, &self.provider);
@@ -648,20 +662,13 @@ impl SseRelay {
                     super::provider_errors::redact_secrets(&events, &self.provider)
                 {
                     events = Bytes::from(redacted);
+                    done_at = done_at.and_then(|_| find_done(&events));
                 }
             }
         }
-        let Some(done_at) = find_done(&events) else {
+        let Some(done_at) = done_at else {
             return events;
         };
-        // The stream ends with `[DONE]`'s event: what the provider sent
-        // after it, in this read or later, is not relayed.
-        if let Some(end) = super::sse_lines::event_end(&events, done_at) {
-            if end < events.len() {
-                events = events.slice(..end);
-            }
-            self.lf_owed = events.ends_with(b"\r\n\r");
-        }
         self.stats.mark_done();
         // Complete once `[DONE]` is handed on: a client that hangs up on
         // it, before the provider's body ends, got the whole answer.

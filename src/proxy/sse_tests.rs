@@ -714,6 +714,49 @@ async fn nothing_after_dones_event_is_relayed() {
     assert_eq!(frames.concat(), expected);
 }
 
+/// Nor is it read: an error event or a usage report after `[DONE]`, in the
+/// same read or in reads gathered with it, changes neither how a finished
+/// answer ended nor what it used, and a first read that ends in `[DONE]`
+/// is a stream, not a failed attempt to retry.
+#[tokio::test]
+async fn what_follows_dones_event_is_not_read() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let error = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"late\",\"type\":\"server_error\"}}\n\n",
+    );
+    let usage = Bytes::from_static(
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+    );
+    let expected = [event(0), done.clone()].concat();
+    // The first read, the head not yet sent: not a failed attempt.
+    let first = Bytes::from([&event(0)[..], &done, &error].concat());
+    let (frames, end) = frames_and_end(vec![first]).await;
+    assert_eq!(frames.concat(), expected);
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+    // After the head, in the same read as `[DONE]` and in reads gathered
+    // with it (all ready at once).
+    let same_read = Bytes::from([&done[..], &error, &usage].concat());
+    for later in [
+        vec![same_read],
+        vec![done.clone(), error.clone(), usage.clone()],
+    ] {
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let upstream = started_then(futures_util::stream::iter(later.into_iter().map(Ok)));
+        let relay = SseRelay::start(upstream, settings(), stats.clone())
+            .await
+            .unwrap();
+        let frames = rest_of(relay).await;
+        assert_eq!(frames.concat(), expected);
+        assert!(
+            matches!(stats.end(), Some(StreamEnd::Complete)),
+            "{:?}",
+            stats.end()
+        );
+        assert!(stats.usage().is_none(), "{:?}", stats.usage());
+        assert_eq!(stats.bytes(), expected.len() as u64);
+    }
+}
+
 /// CRLF line ends: `[DONE]`'s event read up to its last CR, the LF in a
 /// read of its own (later, or never). The LF goes out when it comes; the
 /// stream still ends when it does not (the answer is whole).

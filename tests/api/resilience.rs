@@ -440,6 +440,38 @@ async fn an_error_as_the_first_event_fails_over_and_a_later_one_is_forwarded() {
     );
 }
 
+/// An error event the provider sends after `[DONE]` (here in the same
+/// write) is not part of the answer: the stream is whole, the attempt is
+/// not retried, and nothing is logged or counted as an error.
+#[tokio::test]
+async fn an_error_event_after_done_is_neither_relayed_nor_retried() {
+    let app = spawn_app_with(FAST, &[]).await;
+    for chunks in [0, 3] {
+        let directive = format!("[mock moonshot:error_after_done chunks={chunks}]");
+        let response = app.chat(chat_body("kimi-k2.6", &directive, true)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-gateway-provider"), "moonshot");
+        assert_eq!(header(&response, "x-gateway-attempts"), "1");
+        let events = sse_data(response).await;
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "{events:?}"
+        );
+        assert!(!events.iter().any(|e| e.contains("error")), "{events:?}");
+    }
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 0);
+    let metrics = scrape(&app).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("kimi_gateway_requests_total{")
+                && l.contains("error_type=\"engine_overloaded_error\"")),
+        "{metrics}"
+    );
+}
+
 /// A provider that sends an error status and then never finishes its body:
 /// the status already says the attempt failed, so fail-over does not wait
 /// out the provider's whole deadline for the message.
