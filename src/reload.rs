@@ -5,6 +5,7 @@
 //! the old configuration and every problem is logged.
 
 use crate::config;
+use crate::limits::StoreCheck;
 use crate::state::{AppState, ReloadStatus};
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
@@ -41,17 +42,23 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
     // ACL) is a mistake in the new configuration, not an outage to ride
     // out: the running configuration stays.
     let result = match result {
-        Ok(new) => match new.limits.store_refusal().await {
-            Some(reason) => Err(config::ConfigErrors(vec![config::ConfigProblem::new(
-                "limits.redis_url",
-                format!("Redis refused the gateway: {reason}"),
-            )])),
-            None => Ok(new),
-        },
-        other => other,
+        Ok(new) => {
+            // The check's calls are counted with the store's others.
+            new.limits.attach_metrics(&state.metrics.store);
+            match new.limits.check_store().await {
+                StoreCheck::Refused(reason) => {
+                    Err(config::ConfigErrors(vec![config::ConfigProblem::new(
+                        "limits.redis_url",
+                        format!("Redis refused the gateway: {reason}"),
+                    )]))
+                }
+                check => Ok((new, check)),
+            }
+        }
+        Err(errors) => Err(errors),
     };
     match result {
-        Ok(new) => {
+        Ok((new, store_check)) => {
             if new.listen != current.listen && state.listen_override.get().is_none() {
                 tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
             }
@@ -63,9 +70,9 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
             let fingerprint = new.fingerprint.clone();
             // A changed Redis setting makes a new connection: made before
             // the swap, so `/readyz` does not report the store unreachable
-            // while it is made.
-            new.limits.attach_metrics(&state.metrics.store);
-            new.limits.connect_first().await;
+            // while it is made (within the check's budget: a Redis that
+            // did not answer the check is an outage, not waited for again).
+            new.limits.connect_after(store_check).await;
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");

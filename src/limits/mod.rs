@@ -19,7 +19,7 @@ pub mod slots;
 mod spec;
 
 pub use admission::{Admission, Settlement, estimate_tokens};
-pub use redis::{OnRedisError, RedisBackend, RedisSettings, StoreMetrics};
+pub use redis::{OnRedisError, RedisBackend, RedisSettings, StoreCheck, StoreMetrics};
 pub use registry::ScopeRegistry;
 pub use spec::{Denial, LimitKind, LimitSpec, Scope, ScopeKind, Snapshot, Window};
 
@@ -160,20 +160,23 @@ impl Limits {
         }
     }
 
-    /// Connects a Redis backend that has not connected yet, waiting for
-    /// its first attempt (see [`RedisBackend::connect_first`]).
-    pub async fn connect_first(&self) {
-        if let Backend::Redis(redis) = &self.backend {
-            redis.connect_first().await;
+    /// A reload's check of a new Redis backend (see
+    /// [`RedisBackend::check`]), before the reload takes it.
+    pub async fn check_store(&self) -> StoreCheck {
+        match &self.backend {
+            Backend::Redis(redis) => redis.check().await,
+            Backend::Local => StoreCheck::NotRefused {
+                left: Duration::ZERO,
+                failure: None,
+            },
         }
     }
 
-    /// A new Redis backend's refusal of the gateway (see
-    /// [`RedisBackend::refusal`]), checked before a reload takes it.
-    pub async fn store_refusal(&self) -> Option<String> {
-        match &self.backend {
-            Backend::Redis(redis) => redis.refusal().await,
-            Backend::Local => None,
+    /// Connects a Redis backend the way its check says (see
+    /// [`RedisBackend::connect_after`]).
+    pub async fn connect_after(&self, check: StoreCheck) {
+        if let Backend::Redis(redis) = &self.backend {
+            redis.connect_after(check).await;
         }
     }
 

@@ -777,6 +777,44 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
     assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
 }
 
+/// A reload to a Redis that accepts connections but answers nothing (a
+/// stalled host) waits for it at most twice `redis_timeout_ms` in all,
+/// the check and the first connection together, and is taken as an
+/// outage.
+#[tokio::test]
+async fn a_reload_to_a_stalled_redis_waits_twice_the_timeout_at_most() {
+    let redis = RedisServer::start().await;
+    let stalled = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout_ms = 400\n\
+             [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+        )
+    };
+    std::fs::write(&path, config(&redis.url())).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    stalled.pause();
+    std::fs::write(&path, config(&stalled.url())).unwrap();
+    let began = std::time::Instant::now();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    let took = began.elapsed();
+    // Twice 400 ms, and room for the reload's own work; the check and the
+    // connection each taking their own budget took 1.2-1.6 s.
+    assert!(took < std::time::Duration::from_millis(1000), "{took:?}");
+    assert!(took >= std::time::Duration::from_millis(790), "{took:?}");
+    wait_until("the stalled Redis is an outage", async || {
+        app.readyz().await["limits"]["outages"] == 1
+    })
+    .await;
+    // Fail-open: requests go on, on local limits.
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    stalled.resume();
+}
+
 /// A reload to a Redis that answers but refuses the gateway (a wrong
 /// password, a database it does not have, a user its ACL denies PING, the
 /// scripts or the key prefix) is a

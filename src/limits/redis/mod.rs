@@ -47,6 +47,22 @@ impl OnRedisError {
     }
 }
 
+/// What a reload's check of a new Redis backend found (see
+/// [`RedisBackend::check`]).
+#[derive(Debug)]
+pub enum StoreCheck {
+    /// Redis refused the gateway (credentials, database, ACL), in its words.
+    Refused(String),
+    /// Not refused: Redis let the gateway in, or failed to (`failure`:
+    /// unreachable, stalled, an error that is no refusal), which is an
+    /// outage, not a mistake. `left`: what the first connection may still
+    /// take of the check's budget.
+    NotRefused {
+        left: Duration,
+        failure: Option<redis::RedisError>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
     pub url: String,
@@ -155,42 +171,85 @@ impl RedisBackend {
     /// setting swaps it in connected, not while `/readyz` would still say
     /// the store is unreachable.
     pub async fn connect_first(&self) {
+        self.connect_first_within(self.settings.timeout * 2).await;
+    }
+
+    /// [`Self::connect_first`], waiting at most `bound`.
+    async fn connect_first_within(&self, bound: Duration) {
         self.start();
         if self.shared.state.load(Ordering::Acquire) == STARTING {
             let settled = self.shared.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
             if self.shared.state.load(Ordering::Acquire) == STARTING {
-                let _ = tokio::time::timeout(self.settings.timeout * 2, settled).await;
+                let _ = tokio::time::timeout(bound, settled).await;
             }
         }
     }
 
     /// For a backend not started yet (a reload's new Redis setting): opens
-    /// one connection and checks access (see [`hold::check_access`]), and
-    /// returns Redis's refusal when
-    /// it refused the gateway for a reason only a configuration change
-    /// fixes (see [`is_refusal`]). Unreachable or slow is not a refusal:
-    /// that is an outage, which the backend rides out.
-    pub async fn refusal(&self) -> Option<String> {
+    /// one connection and checks access (see [`hold::check_access`]), all
+    /// within twice the timeout. Redis's refusal, when it refused the
+    /// gateway for a reason only a configuration change fixes (see
+    /// [`is_refusal`]), comes back as [`StoreCheck::Refused`].
+    /// Unreachable or slow is not a refusal: that is an outage, which the
+    /// backend rides out.
+    pub async fn check(&self) -> StoreCheck {
+        let budget = self.settings.timeout * 2;
         if self.shared.started.load(Ordering::Acquire) {
-            return None;
+            return StoreCheck::NotRefused {
+                left: budget,
+                failure: None,
+            };
         }
-        // The client's own timeouts: the connection (with its AUTH and
-        // SELECT), then the access check.
-        let timeouts = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout * 2))
-            .set_response_timeout(Some(self.settings.timeout));
+        // The client's own timeouts, sharing one budget: the connection
+        // (with its AUTH and SELECT), then the access check in what is
+        // left.
+        let began = Instant::now();
+        let timeouts = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(budget));
         let answer = async {
-            let client = &self.client;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&timeouts)
-                .await?;
-            hold::check_access(&mut conn, &self.settings.prefix).await
+            let connect = self
+                .client
+                .get_multiplexed_async_connection_with_config(&timeouts);
+            let mut conn = self.timed(StoreCall::Connect, connect).await?;
+            let left = budget.saturating_sub(began.elapsed());
+            conn.set_response_timeout(left.max(Duration::from_millis(1)));
+            let check = hold::check_access(&mut conn, &self.settings.prefix);
+            self.timed(StoreCall::Ping, check).await
         };
         match answer.await {
-            Err(err) if is_refusal(&err) => Some(err.to_string()),
-            _ => None,
+            Err(err) if is_refusal(&err) => StoreCheck::Refused(err.to_string()),
+            answer => StoreCheck::NotRefused {
+                left: budget.saturating_sub(began.elapsed()),
+                failure: answer.err(),
+            },
+        }
+    }
+
+    /// Starts a backend [`Self::check`] did not find refused, waiting for
+    /// its first connection attempt only as long as the check's budget
+    /// has left. A Redis that failed the check is in an outage from the
+    /// start (which its supervisor rides out), not waited for again.
+    pub async fn connect_after(&self, check: StoreCheck) {
+        match check {
+            StoreCheck::NotRefused {
+                left,
+                failure: None,
+            } => self.connect_first_within(left).await,
+            StoreCheck::NotRefused {
+                failure: Some(err), ..
+            } => {
+                let _ = self.shared.state.compare_exchange(
+                    STARTING,
+                    DOWN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.shared.note_failure(&self.settings, &err);
+                self.shared.settled.notify_waiters();
+                self.start();
+            }
+            StoreCheck::Refused(_) => {}
         }
     }
 
@@ -230,10 +289,7 @@ impl RedisBackend {
             .compare_exchange(HEALTHY, DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            if shared.begin_outage() {
-                shared.note_refusal_told(err);
-                log_outage(&self.settings, err);
-            }
+            shared.note_failure(&self.settings, err);
             shared.failed.notify_one();
         }
     }
@@ -272,10 +328,20 @@ impl Shared {
         true
     }
 
-    /// The outage just logged was a refusal: not to be said again.
-    fn note_refusal_told(&self, err: &redis::RedisError) {
-        if is_refusal(err) {
-            self.refusal_told.store(true, Ordering::Release);
+    /// Redis failed a probe (or a reload's check): an outage begins, and is
+    /// logged, unless one is going on. In one, a Redis that now answers
+    /// and refuses (it came back with a password, say) is said once.
+    fn note_failure(&self, settings: &RedisSettings, err: &redis::RedisError) {
+        if self.begin_outage() {
+            if is_refusal(err) {
+                self.refusal_told.store(true, Ordering::Release);
+            }
+            log_outage(settings, err);
+        } else if is_refusal(err)
+            && !self.retired.load(Ordering::Acquire)
+            && !self.refusal_told.swap(true, Ordering::AcqRel)
+        {
+            log_outage(settings, err);
         }
     }
 
@@ -327,19 +393,7 @@ async fn supervise(
             Ok(()) if previous == STARTING && !shared.retired.load(Ordering::Acquire) => {
                 tracing::info!("rate-limit store (Redis) connected")
             }
-            Err(err) if shared.begin_outage() => {
-                shared.note_refusal_told(err);
-                log_outage(&settings, err);
-            }
-            // The outage goes on, but now Redis answers and refuses (it
-            // came back with a password, say): said once.
-            Err(err)
-                if is_refusal(err)
-                    && !shared.retired.load(Ordering::Acquire)
-                    && !shared.refusal_told.swap(true, Ordering::AcqRel) =>
-            {
-                log_outage(&settings, err);
-            }
+            Err(err) => shared.note_failure(&settings, err),
             _ => {}
         }
         if result.is_ok() {
