@@ -307,12 +307,52 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     redacted
 }
 
-fn redact(text: &mut String, provider: &Provider) {
+/// Whether `text` quoted one of the provider's keys (now `***`).
+fn redact(text: &mut String, provider: &Provider) -> bool {
+    let mut quoted = false;
     for key in &provider.keys {
         if text.contains(&key.secret) {
             *text = text.replace(&key.secret, "***");
+            quoted = true;
         }
     }
+    quoted
+}
+
+/// `json` (a valid document) with every string that quotes one of the
+/// provider's keys, as JSON decodes it, masked with `***` and encoded
+/// again; the rest byte for byte. `None` when no string quotes one. A raw
+/// search would miss a key the provider escaped (`sk-ab\/cd`, `\u0061bc`),
+/// which every JSON parser turns back into the key.
+pub fn redact_json_strings(json: &[u8], provider: &Provider) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(open) = memchr::memchr(b'"', &json[at..]).map(|i| at + i) {
+        // Outside strings a valid document has no quote: this opens one.
+        let mut close = open + 1;
+        loop {
+            match json.get(close)? {
+                b'\\' => close += 2,
+                b'"' => break,
+                _ => close += 1,
+            }
+        }
+        at = close + 1;
+        let token = &json[open..at];
+        let Ok(mut text) = serde_json::from_slice::<String>(token) else {
+            continue;
+        };
+        if redact(&mut text, provider) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            out.extend_from_slice(&json[copied..open]);
+            serde_json::to_writer(&mut *out, &text).expect("a string encodes");
+            copied = at;
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
 }
 
 /// A provider's header value for the client, with the provider's key
@@ -470,6 +510,26 @@ mod tests {
         assert_eq!(
             event.as_deref(),
             Some(&b"data: {\"error\":{\"message\":\"***\"}}\n\n"[..])
+        );
+    }
+
+    /// Strings are read as JSON decodes them; only those quoting the key
+    /// change, everything else keeps its bytes (spacing, order, escapes).
+    #[test]
+    fn json_strings_quoting_the_key_are_masked_however_escaped() {
+        let provider = test_provider();
+        let redact = |json: &str| {
+            redact_json_strings(json.as_bytes(), &provider).map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(redact(r#"{"a": "x\/y", "b": [1, "\u00e9"]}"#), None);
+        assert_eq!(
+            redact(r#"{"m" : "key secret\u002dkey-123!", "n": "\/ok", "k":{"secret-key-123":1}}"#)
+                .as_deref(),
+            Some(r#"{"m" : "key ***!", "n": "\/ok", "k":{"***":1}}"#)
+        );
+        assert_eq!(
+            redact(r#"["secret-key-123", "say \"secret-key-123\""]"#).as_deref(),
+            Some(r#"["***", "say \"***\""]"#)
         );
     }
 

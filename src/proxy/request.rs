@@ -343,7 +343,8 @@ fn token_cap(
             Ok((value >= 0.0).then(|| value.ceil().min(u64::MAX as f64) as u64))
         }
         _ => Err(
-            GatewayError::invalid_request(format!("`{name}` must be an integer")).with_param(name),
+            GatewayError::invalid_request(format!("`{name}` must be a number or null"))
+                .with_param(name),
         ),
     }
 }
@@ -435,7 +436,10 @@ mod tests {
         }
         for value in [r#""900000""#, "true", "[1]", "{}"] {
             let err = cap(value).unwrap_err();
-            assert_eq!(err.message, "`max_tokens` must be an integer", "{value}");
+            assert_eq!(
+                err.message, "`max_tokens` must be a number or null",
+                "{value}"
+            );
             assert_eq!(err.param.as_deref(), Some("max_tokens"));
         }
         // `max_completion_tokens` first; `null` there leaves `max_tokens`.

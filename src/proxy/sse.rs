@@ -34,32 +34,43 @@ static DONE_VALUE: LazyLock<memchr::memmem::Finder<'static>> =
 static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
 
-/// Where the line `data: [DONE]` begins in `events`, if it is there: the
-/// space after the colon is optional in SSE (`data:[DONE]` is the same
-/// event), and the line may end in CRLF.
+/// Where the `data` line of the first event whose data begins with
+/// `[DONE]` starts in `events`, if there is one. That is how the official
+/// SDKs read the end (`data.startswith("[DONE]")`): the space after the
+/// colon is optional (`data:[DONE]`), anything may follow on the line, and
+/// a `[DONE]` on an event's second data line is no end (its data begins
+/// with the first).
 fn find_done(events: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(found) = DONE_VALUE.find(&events[from..]) {
         let at = from + found;
         from = at + 1;
-        let after = events.get(at + b"[DONE]".len());
-        if !matches!(after, None | Some(b'\n' | b'\r')) {
-            continue;
-        }
         let before = &events[..at];
         let before = before.strip_suffix(b" ").unwrap_or(before);
         let Some(line_start) = before.strip_suffix(b"data:").map(<[u8]>::len) else {
             continue;
         };
-        if line_start == 0 || matches!(events[line_start - 1], b'\n' | b'\r') {
+        if line_start > 0 && !matches!(events[line_start - 1], b'\n' | b'\r') {
+            continue;
+        }
+        // The usual case: the line starts its event. Otherwise no data
+        // line may come before it in the event.
+        let event = event_start(events, line_start);
+        if event == line_start
+            || !lines(&events[event..line_start]).any(|line| data_value(line).is_some())
+        {
             return Some(line_start);
         }
     }
     None
 }
 
-/// A provider's own error event (`data: {"error":{...}}`) among `events`.
-fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Option<GatewayError> {
+/// A provider's own error event (`data: {"error":{...}}`) among `events`:
+/// the error, and where its event starts and ends.
+fn provider_error_event(
+    events: &[u8],
+    provider: &crate::config::Provider,
+) -> Option<(GatewayError, Range<usize>)> {
     ERROR_KEY.find(events)?;
     let mut last_event = None;
     lines(events)
@@ -70,8 +81,41 @@ fn provider_error_event(events: &[u8], provider: &crate::config::Provider) -> Op
             if last_event.replace(start) == Some(start) {
                 return None;
             }
-            super::provider_errors::stream_error(data.trim_ascii(), provider)
+            let err = super::provider_errors::stream_error(data.trim_ascii(), provider)?;
+            let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
+            let end = event_end(events, line_end).unwrap_or(events.len());
+            Some((err, start..end))
         })
+}
+
+/// A provider's error event as the client gets it: the same bytes, unless
+/// a string in its data quotes one of the provider's keys, as JSON decodes
+/// it (escaped as `\/` or `\u0061` too). Then that string is masked and the
+/// event rewritten: its other field lines as they came, its data as one
+/// line.
+fn redacted_error_event(event: &[u8], provider: &crate::config::Provider) -> Option<Vec<u8>> {
+    let first_data = lines(event).find(|line| data_value(line).is_some())?;
+    let (_, data) = event_data(event, first_data);
+    let data = super::provider_errors::redact_json_strings(data.trim_ascii(), provider)?;
+    let mut out = Vec::with_capacity(event.len() + 16);
+    let mut data_written = false;
+    for line in lines(event).filter(|line| !line.is_empty()) {
+        if data_value(line).is_some() {
+            if !std::mem::replace(&mut data_written, true) {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&data);
+                out.push(b'\n');
+            }
+            continue;
+        }
+        match super::provider_errors::redact_secrets(line, provider) {
+            Some(line) => out.extend_from_slice(&line),
+            None => out.extend_from_slice(line),
+        }
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Some(out)
 }
 
 /// UTF-8's byte order mark.
@@ -591,21 +635,40 @@ impl SseRelay {
         send
     }
 
-    /// Notes `[DONE]` and usage in events about to be forwarded, and returns
-    /// what to send now (the same bytes, unless a usage chunk must be
-    /// inserted before `[DONE]`, in which case the rest is queued).
+    /// Notes `[DONE]`, a provider error event and usage in events about to
+    /// be forwarded, and returns what to send now (the same bytes, unless a
+    /// usage chunk must be inserted before `[DONE]`, in which case the rest
+    /// is queued).
     fn inspect(&mut self, mut events: Bytes, reads: u64) -> Bytes {
-        // The stream ends with `[DONE]`'s event: what the provider sent
-        // after it, in this read or later, is neither relayed nor read (an
-        // error or usage there must not change a finished answer, nor
-        // depend on how the provider's writes fell into reads).
+        // The stream ends with `[DONE]`'s event or a provider's error
+        // event, whichever comes first: what the provider sent after it,
+        // in this read or later, is neither relayed nor read (an error or
+        // usage there must not change a finished answer, nor depend on how
+        // the provider's writes fell into reads).
         let mut done_at = find_done(&events);
         if let Some(at) = done_at {
-            if let Some(end) = super::sse_lines::event_end(&events, at) {
+            if let Some(end) = event_end(&events, at) {
                 if end < events.len() {
                     events = events.slice(..end);
                 }
                 self.lf_owed = events.ends_with(b"\r\n\r");
+            }
+        }
+        if self.provider_error.is_none() {
+            if let Some((err, event)) = provider_error_event(&events, &self.provider) {
+                // Recorded now: a client that leaves once it has read the
+                // event (SDKs raise on it) still logs the provider's error.
+                if self.head_sent {
+                    self.stats.finish(StreamEnd::Failed(err.clone()));
+                }
+                self.provider_error = Some(err);
+                done_at = None;
+                self.lf_owed = false;
+                // Forwarded as it came, but never with the gateway's key.
+                events = match redacted_error_event(&events[event.clone()], &self.provider) {
+                    Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
+                    None => events.slice(..event.end),
+                };
             }
         }
         self.stats.count_events(events.len(), reads);
@@ -648,23 +711,6 @@ impl SseRelay {
             events = kept.freeze();
             // Rare (once per stream at most): `[DONE]` moved.
             done_at = done_at.and_then(|_| find_done(&events));
-        }
-        if self.provider_error.is_none() {
-            self.provider_error = provider_error_event(&events, &self.provider);
-            if let Some(err) = &self.provider_error {
-                // Recorded now: a client that leaves once it has read the
-                // event (SDKs raise on it) still logs the provider's error.
-                if self.head_sent {
-                    self.stats.finish(StreamEnd::Failed(err.clone()));
-                }
-                // Forwarded as it came, but never with the gateway's key.
-                if let Some(redacted) =
-                    super::provider_errors::redact_secrets(&events, &self.provider)
-                {
-                    events = Bytes::from(redacted);
-                    done_at = done_at.and_then(|_| find_done(&events));
-                }
-            }
         }
         let Some(done_at) = done_at else {
             return events;

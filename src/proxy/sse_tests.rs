@@ -147,18 +147,30 @@ async fn an_early_end_after_gathered_events_still_ends_with_an_error_event() {
     );
 }
 
+/// `[DONE]` as the SDKs read it: an event whose data begins with it.
 #[test]
-fn done_is_found_with_or_without_the_space_and_only_as_its_own_line() {
+fn done_is_an_event_whose_data_begins_with_it() {
     assert_eq!(find_done(b"data: [DONE]\n\n"), Some(0));
     assert_eq!(find_done(b"data:[DONE]\n\n"), Some(0));
     assert_eq!(find_done(b"data: {}\n\ndata:[DONE]\r\n\r\n"), Some(10));
     assert_eq!(find_done(b"data: {}\n\ndata: [DONE]"), Some(10));
+    // Whatever follows on its line (`startswith` in the SDKs).
+    assert_eq!(find_done(b"data: [DONE] \n\n"), Some(0));
+    assert_eq!(find_done(b"data: [DONE]x\n\n"), Some(0));
+    // Its data lines after the first, and field lines before it.
+    assert_eq!(find_done(b"data: [DONE]\ndata: x\n\n"), Some(0));
+    assert_eq!(find_done(b"id: 9\nevent: x\ndata: [DONE]\n\n"), Some(15));
     // Mentions of [DONE] that are not the event.
     assert_eq!(find_done(br#"data: {"c":"[DONE]"}\n\n"#), None);
-    assert_eq!(find_done(b"data: [DONE]x\n\n"), None);
     assert_eq!(find_done(b"xdata: [DONE]\n\n"), None);
     assert_eq!(find_done(b"data:  [DONE]\n\n"), None);
     assert_eq!(find_done(b": [DONE]\n\ndata: [DONE]\n\n"), Some(10));
+    // An event's second data line: its data begins with the first.
+    assert_eq!(find_done(b"data: {\"x\":1}\ndata: [DONE]\n\n"), None);
+    assert_eq!(
+        find_done(b"data: {\"x\":1}\r\ndata: [DONE]\r\n\r\ndata: [DONE]\n\n"),
+        Some(31)
+    );
 }
 
 #[tokio::test]
@@ -712,6 +724,83 @@ async fn nothing_after_dones_event_is_relayed() {
     assert!(matches!(end, Some(StreamEnd::Complete)));
     let (frames, _) = relay_all(one_per_read(vec![event(0), done.clone(), after])).await;
     assert_eq!(frames.concat(), expected);
+}
+
+/// A provider's error event ends the stream in the read it comes in too:
+/// content, usage and `[DONE]` after it are neither relayed nor counted,
+/// the same as when they come in later reads.
+#[tokio::test]
+async fn what_follows_an_error_event_in_its_read_is_not_relayed_or_read() {
+    let error = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"broke\",\"type\":\"engine_overloaded_error\"}}\n\n",
+    );
+    let usage = Bytes::from_static(
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let same_read = Bytes::from([&error[..], &event(1), &usage, &done].concat());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let upstream = started_then(futures_util::stream::iter([Ok(same_read)]));
+    let relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .unwrap();
+    let frames = rest_of(relay).await;
+    assert_eq!(frames.concat(), [event(0), error].concat());
+    assert!(
+        matches!(stats.end(), Some(StreamEnd::Failed(_))),
+        "{:?}",
+        stats.end()
+    );
+    assert!(stats.usage().is_none(), "{:?}", stats.usage());
+    assert!(!stats.saw_done());
+}
+
+/// A key the provider's error event quotes JSON-escaped (`\/`, `\u0061`)
+/// is masked as well as a raw one; only the error event is rewritten, so
+/// content in the same read that happens to hold the same characters
+/// passes as it came.
+#[tokio::test]
+async fn an_error_event_quoting_the_key_escaped_is_masked_and_nothing_else_is_touched() {
+    // The test provider's key is `secret-key-123`.
+    let content = Bytes::from_static(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"secret-key-123\"}}]}\n\n",
+    );
+    for quoted in [
+        &br#"secret-key-123"#[..],
+        br#"secret\u002dkey-123"#,
+        br#"\u0073ecret-key-123"#,
+        br#"secret-key\u002d123"#,
+    ] {
+        let error = [
+            &b"id: 7\ndata: {\"error\":{\"message\":\"bad key "[..],
+            quoted,
+            b"\",\"type\":\"engine_overloaded_error\",\"code\":null}}\n\n",
+        ]
+        .concat();
+        let read = Bytes::from([&content[..], &error].concat());
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let upstream = started_then(futures_util::stream::iter([Ok(read)]));
+        let relay = SseRelay::start(upstream, settings(), stats.clone())
+            .await
+            .unwrap();
+        let sent = rest_of(relay).await.concat();
+        let expected = [
+            &event(0)[..],
+            &content,
+            b"id: 7\ndata: {\"error\":{\"message\":\"bad key ***\",\"type\":\"engine_overloaded_error\",\"code\":null}}\n\n",
+        ]
+        .concat();
+        assert_eq!(
+            String::from_utf8_lossy(&sent),
+            String::from_utf8_lossy(&expected),
+            "{}",
+            String::from_utf8_lossy(quoted)
+        );
+        let Some(StreamEnd::Failed(err)) = stats.end() else {
+            panic!("{:?}", stats.end())
+        };
+        assert_eq!(err.message, "bad key ***");
+    }
 }
 
 /// Nor is it read: an error event or a usage report after `[DONE]`, in the

@@ -175,19 +175,12 @@ pub async fn forward(
                 .and_then(provider_wait::retry_after_ms)
                 .map(wait_millis),
         };
-        let upstream_id =
-            provider_request_id(&response.headers).and_then(|id| response.headers.shared_value(id));
         // The status is known: a body that does not follow promptly is not
         // worth the rest of the first-byte deadline before failing over.
         let body_deadline = deadline.min(Instant::now() + ERROR_BODY_WAIT);
         let body = read_limited(response.body, body_deadline, MAX_ERROR_BODY).await;
-        let mut err = provider_errors::translate(provider, status, asked, &body);
-        // A header's id wins over one the body gave (AI/ML API's `requestId`).
-        if let Some(id) = upstream_id {
-            let id = provider_errors::redacted_value(id, provider);
-            err.details_mut().upstream_request_id = Some(id);
-        }
-        return Err(err);
+        let err = provider_errors::translate(provider, status, asked, &body);
+        return Err(with_provider_request_id(err, &response.headers, provider));
     }
 
     let is_event_stream = response
@@ -219,7 +212,8 @@ pub async fn forward(
             },
             stats.clone(),
         )
-        .await?;
+        .await
+        .map_err(|err| with_provider_request_id(err, &response.headers, provider))?;
         let first_event = stats.first_event().expect("marked by the relay's start");
         series
             .time_to_first_token
@@ -380,6 +374,21 @@ pub fn too_large(provider: &crate::config::Provider, limit: usize) -> GatewayErr
 
 /// The head's lines that change with each request (its length, what it
 /// accepts, its id) after the key's fixed ones, and the blank line.
+/// `err`, a failed attempt's, naming the provider's request id from its
+/// response head, when there is one: a header's id wins over one the body
+/// gave (AI/ML API's `requestId`), and it never carries the key.
+fn with_provider_request_id(
+    mut err: GatewayError,
+    headers: &crate::client::Headers,
+    provider: &crate::config::Provider,
+) -> GatewayError {
+    if let Some(id) = provider_request_id(headers).and_then(|id| headers.shared_value(id)) {
+        let id = provider_errors::redacted_value(id, provider);
+        err.details_mut().upstream_request_id = Some(id);
+    }
+    err
+}
+
 fn per_request_head(head: &mut Vec<u8>, length: u64, accept: &str, request_id: &HeaderValue) {
     let mut digits = itoa::Buffer::new();
     header_line(

@@ -61,6 +61,30 @@ async fn provider_errors_map_to_the_documented_types() {
     }
 }
 
+/// A stream whose first event is the provider's error is answered as an
+/// ordinary error, and like one it names the provider's request id.
+#[tokio::test]
+async fn a_first_event_error_names_the_providers_request_id() {
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[]).await;
+    for flavour in [Flavour::Moonshot, Flavour::Agentsflare] {
+        let body = chat_body(model_of(flavour), "[mock error_event_after=0]", true);
+        let response = app.chat(body).await;
+        assert_eq!(response.status(), 429, "{}", flavour.name());
+        let upstream_id = response.headers().get("x-upstream-request-id");
+        let upstream_id = upstream_id.map(|id| id.to_str().unwrap().to_owned());
+        // The mock numbers its answers; the id is the provider's header's.
+        assert!(
+            upstream_id
+                .as_deref()
+                .is_some_and(|id| id.parse::<u64>().is_ok()),
+            "{}: {upstream_id:?}",
+            flavour.name()
+        );
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "engine_overloaded_error");
+    }
+}
+
 #[tokio::test]
 async fn aimlapi_out_of_credits_is_a_quota_error_not_a_permission_error() {
     let app = spawn_app().await;
