@@ -14,6 +14,7 @@ mod relay_waits;
 pub mod request;
 pub mod route;
 pub mod sse;
+mod sse_events;
 pub mod sse_lines;
 pub mod stream_stats;
 pub mod string_stop;

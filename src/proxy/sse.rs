@@ -9,7 +9,10 @@
 pub use super::event_align::EventAligner;
 use super::normalize::usage_chunk;
 use super::relay_waits::RelayWaits;
-use super::sse_lines::{data_value, event_data, event_end, event_start, lines};
+use super::sse_events::{
+    find_done, has_data_line, has_empty_choices, provider_error_event, redacted_error_event,
+};
+use super::sse_lines::{data_value, event_data, event_end, event_start};
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
 use crate::error::GatewayError;
@@ -22,101 +25,11 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-static DONE_VALUE: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"[DONE]"));
-
-static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
-
-/// Where the `data` line of the first event whose data begins with
-/// `[DONE]` starts in `events`, if there is one. That is how the official
-/// SDKs read the end (`data.startswith("[DONE]")`): the space after the
-/// colon is optional (`data:[DONE]`), anything may follow on the line, and
-/// a `[DONE]` on an event's second data line is no end (its data begins
-/// with the first).
-fn find_done(events: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(found) = DONE_VALUE.find(&events[from..]) {
-        let at = from + found;
-        from = at + 1;
-        let before = &events[..at];
-        let before = before.strip_suffix(b" ").unwrap_or(before);
-        let Some(line_start) = before.strip_suffix(b"data:").map(<[u8]>::len) else {
-            continue;
-        };
-        if line_start > 0 && !matches!(events[line_start - 1], b'\n' | b'\r') {
-            continue;
-        }
-        // The usual case: the line starts its event. Otherwise no data
-        // line may come before it in the event.
-        let event = event_start(events, line_start);
-        if event == line_start
-            || !lines(&events[event..line_start]).any(|line| data_value(line).is_some())
-        {
-            return Some(line_start);
-        }
-    }
-    None
-}
-
-/// A provider's own error event (`data: {"error":{...}}`) among `events`:
-/// the error, and where its event starts and ends.
-fn provider_error_event(
-    events: &[u8],
-    provider: &crate::config::Provider,
-) -> Option<(GatewayError, Range<usize>)> {
-    ERROR_KEY.find(events)?;
-    let mut last_event = None;
-    lines(events)
-        .filter(|line| data_value(line).is_some())
-        .find_map(|line| {
-            let (start, data) = event_data(events, line);
-            // An event of several data lines is read once.
-            if last_event.replace(start) == Some(start) {
-                return None;
-            }
-            let err = super::provider_errors::stream_error(data.trim_ascii(), provider)?;
-            let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
-            let end = event_end(events, line_end).unwrap_or(events.len());
-            Some((err, start..end))
-        })
-}
-
-/// A provider's error event as the client gets it: the same bytes, unless
-/// a string in its data quotes one of the provider's keys, as JSON decodes
-/// it (escaped as `\/` or `\u0061` too). Then that string is masked and the
-/// event rewritten: its other field lines as they came, its data as one
-/// line.
-fn redacted_error_event(event: &[u8], provider: &crate::config::Provider) -> Option<Vec<u8>> {
-    let first_data = lines(event).find(|line| data_value(line).is_some())?;
-    let (_, data) = event_data(event, first_data);
-    let data = super::provider_errors::redact_json_strings(data.trim_ascii(), provider)?;
-    let mut out = Vec::with_capacity(event.len() + 16);
-    let mut data_written = false;
-    for line in lines(event).filter(|line| !line.is_empty()) {
-        if data_value(line).is_some() {
-            if !std::mem::replace(&mut data_written, true) {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&data);
-                out.push(b'\n');
-            }
-            continue;
-        }
-        match super::provider_errors::redact_secrets(line, provider) {
-            Some(line) => out.extend_from_slice(&line),
-            None => out.extend_from_slice(line),
-        }
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    Some(out)
-}
 
 /// UTF-8's byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -779,31 +692,6 @@ impl SseRelay {
             }
         }
     }
-}
-
-/// Whether an event's data has `"choices": []`: the usage chunk of
-/// `include_usage`, which carries nothing else.
-fn has_empty_choices(data: &[u8]) -> bool {
-    static CHOICES: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\"choices\""));
-    let Some(at) = CHOICES.find(data) else {
-        return false;
-    };
-    let mut rest = data[at + b"\"choices\"".len()..]
-        .iter()
-        .filter(|b| !b.is_ascii_whitespace());
-    matches!(
-        (rest.next(), rest.next(), rest.next()),
-        (Some(b':'), Some(b'['), Some(b']'))
-    )
-}
-
-/// Whether `events` hold a `data` field line: a block without one (comments,
-/// `id:`, `retry:`, `event:` alone) dispatches no event in SSE.
-fn has_data_line(events: &[u8]) -> bool {
-    // The usual frame, checked on every read, costs one comparison.
-    events.starts_with(b"data:")
-        || lines(events).any(|line| line == b"data" || line.starts_with(b"data:"))
 }
 
 #[cfg(test)]
