@@ -26,6 +26,9 @@ pub const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(
 struct ProviderSays {
     /// Whether the body had an `error` object (an error event, in a stream).
     error_object: bool,
+    /// A non-empty `error` string: in a stream, the SDKs raise on it as on
+    /// an object (over HTTP it is a status text beside the message).
+    error_text: Option<String>,
     message: Option<String>,
     error_type: Option<String>,
     code: Option<String>,
@@ -53,6 +56,10 @@ impl ProviderSays {
                     other => string(other),
                 });
                 says.param = error.remove("param").and_then(string);
+            }
+            Some(serde_json::Value::String(text)) if !text.trim().is_empty() => {
+                says.error_text = Some(text);
+                says.message = body.remove("message").map(message_text);
             }
             _ => says.message = body.remove("message").map(message_text),
         }
@@ -98,10 +105,16 @@ pub fn translate(
 /// error the stream ended with. When it is the stream's first event,
 /// nothing was sent yet and it fails the attempt as an HTTP error with
 /// the type's status would (key refused, the provider's wait, its code);
-/// later, it is what the log and the metrics record. `None` for anything
-/// else (a chunk whose text merely mentions `"error"`).
+/// later, it is what the log and the metrics record. `{"error": "text"}`
+/// is one too: the official SDKs raise on any `error` member they find
+/// truthy, and the text is its message. `None` for anything else (a chunk
+/// whose text merely mentions `"error"`).
 pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
-    let says = ProviderSays::read(data).filter(|says| says.error_object)?;
+    let mut says = ProviderSays::read(data)?;
+    if !says.error_object {
+        let text = says.error_text.take()?;
+        says.message = says.message.or(Some(text));
+    }
     let status = says
         .error_type
         .as_deref()
@@ -609,7 +622,7 @@ mod tests {
         let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider).unwrap();
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
         assert_eq!(err.error_type, ErrorType::ServerError);
-        // Not an error event: text that mentions an error, a status text.
+        // Not an error event: text that mentions an error, an empty text.
         assert!(
             stream_error(
                 br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#,
@@ -617,7 +630,16 @@ mod tests {
             )
             .is_none()
         );
-        assert!(stream_error(br#"{"error":"Not Found"}"#, &provider).is_none());
+        assert!(stream_error(br#"{"error":" "}"#, &provider).is_none());
+        // An error as text is one (the SDKs raise on it), its text the
+        // message unless a message is given beside it.
+        let err = stream_error(br#"{"error":"Not Found"}"#, &provider).unwrap();
+        assert_eq!(err.message, "Not Found");
+        let err = stream_error(
+            br#"{"error":"Not Found","message":"no such model"}"#,
+            &provider,
+        );
+        assert_eq!(err.unwrap().message, "no such model");
     }
 
     #[test]

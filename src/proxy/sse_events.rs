@@ -69,29 +69,41 @@ pub(super) fn provider_error_event(
 }
 
 /// A provider's error event as the client gets it: the same bytes, unless
-/// a string in its data quotes one of the provider's keys, as JSON decodes
-/// it (escaped as `\/` or `\u0061` too). Then that string is masked and the
-/// event rewritten: its other field lines as they came, its data as one
-/// line.
+/// it quotes one of the provider's keys: in a string of its data, as JSON
+/// decodes it (escaped as `\/` or `\u0061` too), or in another line (`id:`,
+/// a comment). Then the key is masked there and the event rewritten: its
+/// other lines in order, its data where its first data line was, one
+/// `data:` line for each line of the data (SSE joins them with LF again).
 pub(super) fn redacted_error_event(
     event: &[u8],
     provider: &crate::config::Provider,
 ) -> Option<Vec<u8>> {
+    use super::provider_errors::{redact_json_strings, redact_secrets};
     let first_data = lines(event).find(|line| data_value(line).is_some())?;
     let (_, data) = event_data(event, first_data);
-    let data = super::provider_errors::redact_json_strings(data.trim_ascii(), provider)?;
+    let data = data.trim_ascii();
+    let redacted_data = redact_json_strings(data, provider);
+    let other_lines_quote_key = lines(event)
+        .filter(|line| data_value(line).is_none())
+        .any(|line| redact_secrets(line, provider).is_some());
+    if redacted_data.is_none() && !other_lines_quote_key {
+        return None;
+    }
+    let data = redacted_data.as_deref().unwrap_or(data);
     let mut out = Vec::with_capacity(event.len() + 16);
     let mut data_written = false;
     for line in lines(event).filter(|line| !line.is_empty()) {
         if data_value(line).is_some() {
             if !std::mem::replace(&mut data_written, true) {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&data);
-                out.push(b'\n');
+                for piece in data.split(|b| *b == b'\n') {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(piece);
+                    out.push(b'\n');
+                }
             }
             continue;
         }
-        match super::provider_errors::redact_secrets(line, provider) {
+        match redact_secrets(line, provider) {
             Some(line) => out.extend_from_slice(&line),
             None => out.extend_from_slice(line),
         }

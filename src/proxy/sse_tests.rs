@@ -803,6 +803,69 @@ async fn an_error_event_quoting_the_key_escaped_is_masked_and_nothing_else_is_to
     }
 }
 
+/// The relay over `event(0)` alone, then `read`: what the client gets
+/// after `event(0)`, and how the stream ended.
+async fn after_first_event(read: &[u8]) -> (String, Option<StreamEnd>) {
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let read = Bytes::copy_from_slice(read);
+    let upstream = started_then(futures_util::stream::iter([Ok(read)]));
+    let relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .unwrap();
+    let sent = rest_of(relay).await.concat();
+    let sent = String::from_utf8(sent[event(0).len()..].to_vec()).unwrap();
+    (sent, stats.end())
+}
+
+/// An error event spread over several `data:` lines, or quoting the key
+/// in a line other than its data, is rewritten as valid SSE: each line of
+/// the data its own `data:` line (joined again with LF, the JSON is
+/// whole), the key masked wherever it was.
+#[tokio::test]
+async fn a_rewritten_error_event_stays_valid_sse() {
+    for line_end in ["\n", "\r\n", "\r"] {
+        let event = "id: secret-key-123\n: about secret-key-123\n\
+                     data: {\"error\":{\"message\":\"key secret-key-123 bad\",\n\
+                     data: \"type\":\"invalid_request_error\"}}\n\n"
+            .replace('\n', line_end);
+        let (sent, end) = after_first_event(event.as_bytes()).await;
+        assert_eq!(
+            sent,
+            "id: ***\n: about ***\n\
+             data: {\"error\":{\"message\":\"key *** bad\",\n\
+             data: \"type\":\"invalid_request_error\"}}\n\n",
+            "{line_end:?}"
+        );
+        assert!(matches!(end, Some(StreamEnd::Failed(_))), "{end:?}");
+    }
+    // The key only in the `id:` line: the data passes as it came.
+    let (sent, _) =
+        after_first_event(b"id: secret-key-123\ndata: {\"error\":{\"message\":\"x\"}}\n\n").await;
+    assert_eq!(sent, "id: ***\ndata: {\"error\":{\"message\":\"x\"}}\n\n");
+}
+
+/// `{"error": "text"}` is an error event too (the SDKs raise on it): the
+/// stream ends there, the key is masked, the text is the logged message.
+#[tokio::test]
+async fn an_error_given_as_text_ends_the_stream() {
+    let read = [
+        &b"data: {\"error\":\"bad key secret-key-123\"}\n\n"[..],
+        &event(1),
+        b"data: [DONE]\n\n",
+    ]
+    .concat();
+    let (sent, end) = after_first_event(&read).await;
+    assert_eq!(sent, "data: {\"error\":\"bad key ***\"}\n\n");
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "bad key ***");
+    // Empty text is no error (the SDKs find it falsy).
+    let read = [&b"data: {\"error\":\"\"}\n\n"[..], b"data: [DONE]\n\n"].concat();
+    let (_, end) = after_first_event(&read).await;
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+}
+
 /// Nor is it read: an error event or a usage report after `[DONE]`, in the
 /// same read or in reads gathered with it, changes neither how a finished
 /// answer ended nor what it used, and a first read that ends in `[DONE]`
