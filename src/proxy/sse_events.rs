@@ -137,3 +137,34 @@ pub(super) fn has_data_line(events: &[u8]) -> bool {
     events.starts_with(b"data:")
         || lines(events).any(|line| line == b"data" || line.starts_with(b"data:"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[DONE]` as the SDKs read it: an event whose data begins with it.
+    #[test]
+    fn done_is_an_event_whose_data_begins_with_it() {
+        assert_eq!(find_done(b"data: [DONE]\n\n"), Some(0));
+        assert_eq!(find_done(b"data:[DONE]\n\n"), Some(0));
+        assert_eq!(find_done(b"data: {}\n\ndata:[DONE]\r\n\r\n"), Some(10));
+        assert_eq!(find_done(b"data: {}\n\ndata: [DONE]"), Some(10));
+        // Whatever follows on its line (`startswith` in the SDKs).
+        assert_eq!(find_done(b"data: [DONE] \n\n"), Some(0));
+        assert_eq!(find_done(b"data: [DONE]x\n\n"), Some(0));
+        // Its data lines after the first, and field lines before it.
+        assert_eq!(find_done(b"data: [DONE]\ndata: x\n\n"), Some(0));
+        assert_eq!(find_done(b"id: 9\nevent: x\ndata: [DONE]\n\n"), Some(15));
+        // Mentions of [DONE] that are not the event.
+        assert_eq!(find_done(br#"data: {"c":"[DONE]"}\n\n"#), None);
+        assert_eq!(find_done(b"xdata: [DONE]\n\n"), None);
+        assert_eq!(find_done(b"data:  [DONE]\n\n"), None);
+        assert_eq!(find_done(b": [DONE]\n\ndata: [DONE]\n\n"), Some(10));
+        // An event's second data line: its data begins with the first.
+        assert_eq!(find_done(b"data: {\"x\":1}\ndata: [DONE]\n\n"), None);
+        assert_eq!(
+            find_done(b"data: {\"x\":1}\r\ndata: [DONE]\r\n\r\ndata: [DONE]\n\n"),
+            Some(31)
+        );
+    }
+}

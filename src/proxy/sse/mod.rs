@@ -6,24 +6,23 @@
 //! and an error event can always be appended cleanly. Usage is found by
 //! scanning bytes and parsing only the event that holds it.
 
+mod after_done;
+mod gather;
+mod inspect;
+
 pub use super::event_align::EventAligner;
-use super::normalize::usage_chunk;
 use super::relay_waits::RelayWaits;
-use super::sse_events::{
-    find_done, has_data_line, has_empty_choices, provider_error_event, redacted_error_event,
-};
-use super::sse_lines::{data_value, event_data, event_end, event_start};
+use super::sse_events::has_data_line;
 use super::stream_stats::{StreamEnd, StreamStats};
-use super::usage::{UsagePlace, UsageReport, lines_mentioning_usage, parse_usage};
+use super::usage::UsageReport;
 use crate::error::GatewayError;
-use bytes::{Bytes, BytesMut};
+use after_done::read_rest_in_background;
+use bytes::Bytes;
 use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
-use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,15 +38,6 @@ type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamE
 /// A comment line alone: a blank line after it would end an (empty) event,
 /// which the Python SDK hands on as one once an event has had an `id:`.
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n");
-
-/// Events already read when a frame goes out are sent with it, up to this
-/// many bytes: a provider that writes each event as its own HTTP chunk then
-/// costs one chunk to encode (and one for the client to decode) per read,
-/// not one per event. Larger reads go out as they are, without a copy.
-const GATHER_LIMIT: usize = 16 * 1024;
-
-/// A gathered frame's first capacity, at least.
-const GATHER_START: usize = 4 * 1024;
 
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
@@ -127,60 +117,6 @@ impl Drop for SseRelay {
             read_rest_in_background(rest);
         }
     }
-}
-
-/// After `[DONE]`, how long the provider's body may take to end, and how
-/// much of it is read, before its connection is closed instead of reused.
-const REST_WAIT: Duration = Duration::from_secs(2);
-const REST_BYTES: usize = 64 * 1024;
-/// Provider bodies read after `[DONE]` at once, at most: each holds a
-/// connection to the provider, and a new request meanwhile opens another;
-/// past this many, a body still open is closed instead.
-const REST_READS: usize = 256;
-
-/// Provider bodies being read after `[DONE]` (see [`REST_READS`]).
-static REST_READING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Reads `rest` to its end in the background, within [`REST_READS`];
-/// dropped (its connection closed) when that many are already read.
-fn read_rest_in_background(rest: Upstream) {
-    use std::sync::atomic::Ordering;
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    /// One body counted in [`REST_READING`] until dropped, with its task
-    /// (also when a runtime shutting down drops the task unfinished).
-    struct Counted;
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            REST_READING.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-    let counted = Counted;
-    if REST_READING.fetch_add(1, Ordering::AcqRel) >= REST_READS {
-        return;
-    }
-    runtime.spawn(async move {
-        let _counted = counted;
-        read_rest(rest).await;
-    });
-}
-
-/// Reads what a provider sends after `[DONE]` (normally only its body's
-/// end) and drops it: a body read to its end gives its connection back to
-/// the pool, one dropped before closes it.
-async fn read_rest(mut upstream: Upstream) {
-    use futures_util::StreamExt;
-    let mut read = 0;
-    let _ = tokio::time::timeout(REST_WAIT, async {
-        while let Some(Ok(bytes)) = upstream.next().await {
-            read += bytes.len();
-            if read > REST_BYTES {
-                return;
-            }
-        }
-    })
-    .await;
 }
 
 impl SseRelay {
@@ -401,117 +337,6 @@ impl SseRelay {
         }
     }
 
-    /// `events` followed by the complete events of reads that are already
-    /// waiting (no waiting for more), as one frame of at most about
-    /// [`GATHER_LIMIT`] bytes, and how many reads it holds. An item that does
-    /// not fit is held for the next poll.
-    fn gather_ready(&mut self, cx: &mut Context<'_>, events: Bytes) -> (Bytes, u64) {
-        let mut batch = BytesMut::new();
-        let mut reads = 1;
-        let gathered = |batch: &BytesMut| events.len().max(batch.len());
-        // A partial event growing past the limit too ends the gathering:
-        // the main loop holds it to `max_event_bytes`.
-        while gathered(&batch) < GATHER_LIMIT && self.aligner.pending_len() < GATHER_LIMIT {
-            let chunk = match self.upstream.as_mut().poll_next(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Ok(chunk))) if gathered(&batch) + chunk.len() <= GATHER_LIMIT => {
-                    chunk
-                }
-                Poll::Ready(item) => {
-                    self.held = Some(item);
-                    break;
-                }
-            };
-            if let Some(more) = self.aligner.push(chunk) {
-                if batch.is_empty() {
-                    // Room for several more reads without growing (a
-                    // provider's burst of small events is a few KiB).
-                    let room = (4 * (events.len() + more.len())).max(GATHER_START);
-                    batch.reserve(GATHER_LIMIT.min(room));
-                    batch.extend_from_slice(&events);
-                }
-                batch.extend_from_slice(&more);
-                reads += 1;
-            }
-        }
-        if batch.is_empty() {
-            (events, reads)
-        } else {
-            (batch.freeze(), reads)
-        }
-    }
-
-    /// After `[DONE]`: the client's response ends now, whenever the
-    /// provider ends its body (a provider that keeps it open must hold
-    /// neither the client, nor the limits' slots, nor the access line).
-    /// Only the LF owed to a `[DONE]` event cut after its last CR is still
-    /// relayed; whatever else follows is read in the background and
-    /// dropped, so the stream the client gets does not depend on how the
-    /// provider's writes fell into reads.
-    fn poll_after_done(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, GatewayError>>> {
-        if self.lf_owed {
-            if let Some(rest) = self.aligner.take_rest() {
-                self.lf_owed = false;
-                if rest.starts_with(b"\n") {
-                    self.after_done_read(Poll::Pending);
-                    return Poll::Ready(Some(Ok(Bytes::from_static(b"\n"))));
-                }
-            }
-        }
-        loop {
-            let next = match self.held.take() {
-                Some(item) => Poll::Ready(item),
-                None => self.upstream.as_mut().poll_next(cx),
-            };
-            match next {
-                Poll::Ready(Some(Ok(chunk))) if self.lf_owed => {
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    self.lf_owed = false;
-                    if chunk.starts_with(b"\n") {
-                        self.after_done_read(Poll::Pending);
-                        return Poll::Ready(Some(Ok(Bytes::from_static(b"\n"))));
-                    }
-                    self.after_done_read(Poll::Pending);
-                }
-                Poll::Pending if self.lf_owed => {
-                    // Neither the drain nor the idle limit turns waiting
-                    // for it into an error: the answer is whole.
-                    let shutdown = self.waits.as_mut().poll_shutdown(cx).is_ready();
-                    if shutdown
-                        || (self.waits.as_mut().idle().poll(cx).is_ready()
-                            && !self.rearm_idle_timer(cx))
-                    {
-                        self.lf_owed = false;
-                        self.after_done_read(Poll::Pending);
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Pending;
-                }
-                next => self.after_done_read(next),
-            }
-            return Poll::Ready(None);
-        }
-    }
-
-    /// What the provider sent after `[DONE]` (`next`, its last poll): at
-    /// its end, nothing more to do (a body read to its end gave its
-    /// connection back to the pool); otherwise the rest is read in the
-    /// background (see [`read_rest`]) and the relay's upstream is an
-    /// empty stream from then on.
-    fn after_done_read(&mut self, next: Poll<Option<Result<Bytes, crate::client::UpstreamError>>>) {
-        if matches!(next, Poll::Ready(None | Some(Err(_)))) {
-            self.upstream = Box::pin(futures_util::stream::empty());
-            return;
-        }
-        let rest = std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
-        read_rest_in_background(rest);
-    }
-
     /// The idle timer fired: if an event came since it was armed, arm it
     /// for that event's deadline (and register the waker) and say so.
     fn rearm_idle_timer(&mut self, cx: &mut Context<'_>) -> bool {
@@ -546,105 +371,6 @@ impl SseRelay {
             self.last_write = now;
         }
         send
-    }
-
-    /// Notes `[DONE]`, a provider error event and usage in events about to
-    /// be forwarded, and returns what to send now (the same bytes, unless a
-    /// usage chunk must be inserted before `[DONE]`, in which case the rest
-    /// is queued).
-    fn inspect(&mut self, mut events: Bytes, reads: u64) -> Bytes {
-        // The stream ends with `[DONE]`'s event or a provider's error
-        // event, whichever comes first: what the provider sent after it,
-        // in this read or later, is neither relayed nor read (an error or
-        // usage there must not change a finished answer, nor depend on how
-        // the provider's writes fell into reads).
-        let mut done_at = find_done(&events);
-        if let Some(at) = done_at {
-            if let Some(end) = event_end(&events, at) {
-                if end < events.len() {
-                    events = events.slice(..end);
-                }
-                self.lf_owed = events.ends_with(b"\r\n\r");
-            }
-        }
-        if self.provider_error.is_none() {
-            if let Some((err, event)) = provider_error_event(&events, &self.provider) {
-                // Recorded now: a client that leaves once it has read the
-                // event (SDKs raise on it) still logs the provider's error.
-                if self.head_sent {
-                    self.stats.finish(StreamEnd::Failed(err.clone()));
-                }
-                self.provider_error = Some(err);
-                done_at = None;
-                self.lf_owed = false;
-                // Forwarded as it came, but never with the gateway's key.
-                events = match redacted_error_event(&events[event.clone()], &self.provider) {
-                    Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
-                    None => events.slice(..event.end),
-                };
-            }
-        }
-        self.stats.count_events(events.len(), reads);
-        let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
-        let mut last_event = None;
-        for line in lines_mentioning_usage(&events) {
-            if data_value(line).is_none() {
-                continue;
-            }
-            let (event, data) = event_data(&events, line);
-            // An event whose data lines mention usage twice is read once.
-            if last_event.replace(event) == Some(event) {
-                continue;
-            }
-            let data = data.trim_ascii();
-            if let Some(report) = parse_usage(data) {
-                self.stats.set_usage(report.usage, report.place);
-                match report.place {
-                    UsagePlace::TopLevel => {
-                        self.top_level_usage_seen = true;
-                        if self.hide_usage_chunk && has_empty_choices(data) {
-                            let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
-                            if let Some(end) = event_end(&events, line_start + line.len()) {
-                                hidden.push(event_start(&events, line_start)..end);
-                            }
-                        }
-                    }
-                    UsagePlace::InChoice => self.in_choice_usage = Some(report),
-                }
-            }
-        }
-        if !hidden.is_empty() {
-            let mut kept = BytesMut::with_capacity(events.len());
-            let mut from = 0;
-            for range in hidden {
-                kept.extend_from_slice(&events[from..range.start]);
-                from = range.end;
-            }
-            kept.extend_from_slice(&events[from..]);
-            events = kept.freeze();
-            // Rare (once per stream at most): `[DONE]` moved.
-            done_at = done_at.and_then(|_| find_done(&events));
-        }
-        let Some(done_at) = done_at else {
-            return events;
-        };
-        self.stats.mark_done();
-        // Complete once `[DONE]` is handed on: a client that hangs up on
-        // it, before the provider's body ends, got the whole answer.
-        if self.head_sent {
-            self.stats.finish(StreamEnd::Complete);
-        }
-        if !self.include_usage || self.top_level_usage_seen {
-            return events;
-        }
-        let Some(report) = self.in_choice_usage.take() else {
-            return events;
-        };
-        // Split where `[DONE]`'s event starts (its `id:` line goes with it).
-        let done_event = event_start(&events, done_at);
-        self.after.push_back(usage_chunk(&report));
-        self.after.push_back(events.slice(done_event..));
-        events.slice(..done_event)
     }
 }
 
@@ -695,5 +421,4 @@ impl SseRelay {
 }
 
 #[cfg(test)]
-#[path = "sse_tests.rs"]
 mod tests;

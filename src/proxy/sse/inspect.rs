@@ -1,0 +1,117 @@
+//! What the relay reads in the events it forwards: `[DONE]` (the stream
+//! ends there), a provider's error event (redacted, the stream ends with
+//! it) and usage (counted; a usage chunk the gateway asked for is hidden,
+//! Moonshot's in-choice usage mirrored for a client that asked for it).
+
+use super::SseRelay;
+use crate::proxy::normalize::usage_chunk;
+use crate::proxy::sse_events::{
+    find_done, has_empty_choices, provider_error_event, redacted_error_event,
+};
+use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start};
+use crate::proxy::stream_stats::StreamEnd;
+use crate::proxy::usage::{UsagePlace, lines_mentioning_usage, parse_usage};
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::ops::Range;
+
+impl SseRelay {
+    /// Notes `[DONE]`, a provider error event and usage in events about to
+    /// be forwarded, and returns what to send now (the same bytes, unless a
+    /// usage chunk must be inserted before `[DONE]`, in which case the rest
+    /// is queued).
+    pub(super) fn inspect(&mut self, mut events: Bytes, reads: u64) -> Bytes {
+        // The stream ends with `[DONE]`'s event or a provider's error
+        // event, whichever comes first: what the provider sent after it,
+        // in this read or later, is neither relayed nor read (an error or
+        // usage there must not change a finished answer, nor depend on how
+        // the provider's writes fell into reads).
+        let mut done_at = find_done(&events);
+        if let Some(at) = done_at {
+            if let Some(end) = event_end(&events, at) {
+                if end < events.len() {
+                    events = events.slice(..end);
+                }
+                self.lf_owed = events.ends_with(b"\r\n\r");
+            }
+        }
+        if self.provider_error.is_none() {
+            if let Some((err, event)) = provider_error_event(&events, &self.provider) {
+                // Recorded now: a client that leaves once it has read the
+                // event (SDKs raise on it) still logs the provider's error.
+                if self.head_sent {
+                    self.stats.finish(StreamEnd::Failed(err.clone()));
+                }
+                self.provider_error = Some(err);
+                done_at = None;
+                self.lf_owed = false;
+                // Forwarded as it came, but never with the gateway's key.
+                events = match redacted_error_event(&events[event.clone()], &self.provider) {
+                    Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
+                    None => events.slice(..event.end),
+                };
+            }
+        }
+        self.stats.count_events(events.len(), reads);
+        let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
+        let mut last_event = None;
+        for line in lines_mentioning_usage(&events) {
+            if data_value(line).is_none() {
+                continue;
+            }
+            let (event, data) = event_data(&events, line);
+            // An event whose data lines mention usage twice is read once.
+            if last_event.replace(event) == Some(event) {
+                continue;
+            }
+            let data = data.trim_ascii();
+            if let Some(report) = parse_usage(data) {
+                self.stats.set_usage(report.usage, report.place);
+                match report.place {
+                    UsagePlace::TopLevel => {
+                        self.top_level_usage_seen = true;
+                        if self.hide_usage_chunk && has_empty_choices(data) {
+                            let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
+                            if let Some(end) = event_end(&events, line_start + line.len()) {
+                                hidden.push(event_start(&events, line_start)..end);
+                            }
+                        }
+                    }
+                    UsagePlace::InChoice => self.in_choice_usage = Some(report),
+                }
+            }
+        }
+        if !hidden.is_empty() {
+            let mut kept = BytesMut::with_capacity(events.len());
+            let mut from = 0;
+            for range in hidden {
+                kept.extend_from_slice(&events[from..range.start]);
+                from = range.end;
+            }
+            kept.extend_from_slice(&events[from..]);
+            events = kept.freeze();
+            // Rare (once per stream at most): `[DONE]` moved.
+            done_at = done_at.and_then(|_| find_done(&events));
+        }
+        let Some(done_at) = done_at else {
+            return events;
+        };
+        self.stats.mark_done();
+        // Complete once `[DONE]` is handed on: a client that hangs up on
+        // it, before the provider's body ends, got the whole answer.
+        if self.head_sent {
+            self.stats.finish(StreamEnd::Complete);
+        }
+        if !self.include_usage || self.top_level_usage_seen {
+            return events;
+        }
+        let Some(report) = self.in_choice_usage.take() else {
+            return events;
+        };
+        // Split where `[DONE]`'s event starts (its `id:` line goes with it).
+        let done_event = event_start(&events, done_at);
+        self.after.push_back(usage_chunk(&report));
+        self.after.push_back(events.slice(done_event..));
+        events.slice(..done_event)
+    }
+}

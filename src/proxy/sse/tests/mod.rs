@@ -1,0 +1,294 @@
+//! The relay over a scripted upstream: what reaches the client, frame by frame.
+
+use super::after_done::{REST_READING, REST_READS, REST_WAIT};
+use super::gather::GATHER_LIMIT;
+use super::*;
+use crate::config::test_provider;
+use crate::error::ErrorType;
+use futures_util::StreamExt;
+use prometheus::HistogramOpts;
+
+mod after_done;
+mod error_events;
+mod usage;
+
+fn settings() -> RelaySettings {
+    RelaySettings {
+        provider: test_provider(),
+        include_usage: false,
+        hide_usage_chunk: false,
+        first_byte_deadline: Instant::now() + Duration::from_secs(10),
+        idle: Duration::from_secs(10),
+        keepalive: None,
+        max_event_bytes: 1 << 20,
+        shutdown: CancellationToken::new(),
+        chunk_gap: Histogram::with_opts(HistogramOpts::new("gap", "gap")).unwrap(),
+        open_streams: IntGauge::new("open", "open").unwrap(),
+    }
+}
+
+/// Every frame the client is sent when the upstream's chunks are all ready.
+async fn frames(chunks: Vec<Bytes>) -> Vec<Bytes> {
+    frames_and_end(chunks).await.0
+}
+
+/// The frames, and how the stream's statistics say it ended.
+async fn frames_and_end(chunks: Vec<Bytes>) -> (Vec<Bytes>, Option<StreamEnd>) {
+    let upstream = futures_util::stream::iter(chunks.into_iter().map(Ok));
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .expect("a first event");
+    let frames = relay.map(|frame| frame.unwrap()).collect().await;
+    (frames, stats.end())
+}
+
+/// `event(0)` read alone (the stream has started, its head gone out, when
+/// anything else arrives), then `rest`.
+fn started_then(
+    rest: impl Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send + 'static,
+) -> Upstream {
+    let pause = futures_util::stream::once(tokio::task::yield_now())
+        .filter_map(|()| std::future::ready(None));
+    Box::pin(
+        futures_util::stream::iter([Ok(event(0))])
+            .chain(pause)
+            .chain(rest),
+    )
+}
+
+/// `chunks`, each in a read of its own: the relay finds nothing else ready
+/// when it reads one.
+fn one_per_read(chunks: Vec<Bytes>) -> Upstream {
+    Box::pin(futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::task::yield_now().await;
+        Ok(chunk)
+    }))
+}
+
+/// Every frame of a relay over `upstream`, and how its statistics say it
+/// ended.
+async fn relay_all(upstream: Upstream) -> (Vec<Bytes>, Option<StreamEnd>) {
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(upstream, settings(), stats.clone())
+        .await
+        .expect("a first event");
+    let frames = rest_of(relay).await;
+    (frames, stats.end())
+}
+
+/// Every frame `relay` has still to send; the stream must end within 5 s.
+async fn rest_of(relay: SseRelay) -> Vec<Bytes> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        relay.map(|frame| frame.unwrap()).collect(),
+    )
+    .await
+    .expect("the stream ends")
+}
+
+fn event(i: usize) -> Bytes {
+    Bytes::from(format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n"
+    ))
+}
+
+#[tokio::test]
+async fn events_already_read_go_out_as_one_frame() {
+    let mut chunks: Vec<Bytes> = (0..10).map(event).collect();
+    chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let expected: Vec<u8> = chunks.concat();
+    let frames = frames(chunks).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0], expected);
+}
+
+#[tokio::test]
+async fn an_event_split_across_chunks_is_gathered_whole() {
+    let whole = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n";
+    let chunks = whole
+        .chunks(5)
+        .map(Bytes::copy_from_slice)
+        .collect::<Vec<_>>();
+    let frames = frames(chunks).await;
+    assert_eq!(frames.concat(), whole);
+    for frame in &frames {
+        assert!(frame.ends_with(b"\n\n"), "half an event: {frame:?}");
+    }
+    assert!(frames.len() <= 2, "{} frames", frames.len());
+}
+
+#[tokio::test]
+async fn a_large_read_is_not_copied_into_a_batch() {
+    let large = {
+        let mut event = b"data: {\"content\":\"".to_vec();
+        event.resize(GATHER_LIMIT, b'x');
+        event.extend_from_slice(b"\"}\n\n");
+        Bytes::from(event)
+    };
+    let chunks = vec![event(0), event(1), large.clone(), event(2), event(3)];
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let mut all = chunks.clone();
+    all.push(done.clone());
+    let frames = frames(all).await;
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[0], [event(0), event(1)].concat());
+    assert_eq!(
+        frames[1].as_ptr(),
+        large.as_ptr(),
+        "the large read is forwarded as it came"
+    );
+    assert_eq!(frames[2], [event(2), event(3), done].concat());
+}
+
+#[tokio::test]
+async fn an_early_end_after_gathered_events_still_ends_with_an_error_event() {
+    let frames = frames(vec![event(0), event(1), event(2)]).await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0], [event(0), event(1), event(2)].concat());
+    let error = std::str::from_utf8(&frames[1]).unwrap();
+    assert!(
+        error.starts_with("data: {\"error\"") && error.contains("closed the stream"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_done_without_the_space_completes_the_stream() {
+    let done = Bytes::from_static(b"data:[DONE]\n\n");
+    let (frames, end) = frames_and_end(vec![event(0), done.clone()]).await;
+    assert_eq!(frames.concat(), [event(0), done].concat());
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+}
+
+#[tokio::test]
+async fn blocks_without_data_before_the_first_event_are_not_the_first_event() {
+    // Only comments, then the end: no first event, so an ordinary error
+    // (which fail-over can retry elsewhere), not a committed 200.
+    let upstream = futures_util::stream::iter(
+        [
+            b": ping\n\n".as_slice(),
+            b": ping\r\n\r\n",
+            b"retry: 3000\n\n",
+        ]
+        .map(|c| Ok(Bytes::from_static(c))),
+    );
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let refused = SseRelay::start(Box::pin(upstream), settings(), stats).await;
+    assert_eq!(
+        refused.err().expect("no first event").status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // Comments then events: the stream starts, events and comments pass.
+    let mut chunks = vec![Bytes::from_static(b": ping\n\n"), event(0)];
+    chunks.push(Bytes::from_static(
+        b": later comments pass\n\ndata: [DONE]\n\n",
+    ));
+    let frames = frames(chunks).await.concat();
+    let text = String::from_utf8(frames).unwrap();
+    assert!(
+        text.contains(&String::from_utf8(event(0).to_vec()).unwrap()),
+        "{text}"
+    );
+    assert!(text.contains(": later comments pass"), "{text}");
+
+    for (events, is_event) in [
+        (": a\n\n", false),
+        (":\r\n\r\n", false),
+        ("\n\n", false),
+        ("data: x\n\n", true),
+        ("data\n\n", true),
+        (": a\nevent: e\ndata:x\n\n", true),
+        (": a\nevent: e\n\n", false),
+        ("id: 1\n\n", false),
+        ("retry: 3000\r\r", false),
+        ("database: 1\n\n", false),
+    ] {
+        assert_eq!(has_data_line(events.as_bytes()), is_event, "{events:?}");
+    }
+}
+
+/// After the first event, comments alone do not keep a silent provider
+/// within its idle limit.
+#[tokio::test]
+async fn provider_comments_do_not_count_as_events_for_the_idle_limit() {
+    let comments = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+    });
+    let upstream = futures_util::stream::iter([Ok(event(0))]).chain(comments);
+    let settings = RelaySettings {
+        idle: Duration::from_millis(100),
+        ..settings()
+    };
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings, stats.clone())
+        .await
+        .unwrap();
+    let frames = rest_of(relay).await;
+    let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+    assert!(text.contains(": keep-alive"), "comments pass: {text}");
+    let Some(StreamEnd::Failed(error)) = stats.end() else {
+        panic!("{:?}", stats.end());
+    };
+    assert_eq!(error.code.as_deref(), Some("upstream_timeout"));
+}
+
+/// An event that never ends is held only up to the limit: before the first
+/// event the attempt fails, after it the stream ends with an error event.
+#[tokio::test]
+async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
+    let settings = || RelaySettings {
+        max_event_bytes: 64 * 1024,
+        ..settings()
+    };
+    let endless_line = || {
+        futures_util::stream::iter(std::iter::repeat_n(Bytes::from(vec![b'G'; 4096]), 1000).map(Ok))
+    };
+    let upstream = futures_util::stream::iter([Ok(Bytes::from_static(b"data: {\"a\":"))])
+        .chain(endless_line());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let err = SseRelay::start(Box::pin(upstream), settings(), stats)
+        .await
+        .err()
+        .expect("an error");
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(err.code.as_deref(), Some("upstream_response_too_large"));
+
+    let upstream = futures_util::stream::iter([Ok(event(0)), Ok(Bytes::from_static(b"data: "))])
+        .chain(endless_line());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .unwrap();
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+    assert!(text.starts_with("data: {\"choices\""), "{text}");
+    assert!(text.contains("upstream_response_too_large"), "{text}");
+    assert!(!text.contains("GGG"), "the partial event never went out");
+    let Some(StreamEnd::Failed(error)) = stats.end() else {
+        panic!("{:?}", stats.end());
+    };
+    assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
+}
+
+/// A byte order mark before the first event (allowed by the SSE format) is
+/// dropped, and that event is the stream's first; one anywhere else is
+/// content and passes.
+#[tokio::test]
+async fn a_byte_order_mark_before_the_first_event_is_dropped() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let with_bom = Bytes::from([&b"\xEF\xBB\xBF"[..], &event(0)].concat());
+    let (frames, end) = relay_all(one_per_read(vec![with_bom, event(1), done.clone()])).await;
+    assert_eq!(frames.concat(), [event(0), event(1), done.clone()].concat());
+    assert!(matches!(end, Some(StreamEnd::Complete)));
+    let later_bom = Bytes::from([&b"\xEF\xBB\xBF"[..], &event(1)].concat());
+    let (frames, _) = relay_all(one_per_read(vec![
+        event(0),
+        later_bom.clone(),
+        done.clone(),
+    ]))
+    .await;
+    assert_eq!(frames.concat(), [event(0), later_bom, done].concat());
+}
