@@ -14,26 +14,26 @@
 use super::output::Output;
 use super::request_body::{BodyError, RequestBody, Slot};
 use super::request_head::{self, BadHead, RequestHead};
-use super::response_head::{self, BodyFraming, ConnectionHeader};
-use crate::access_log::{generate_id, request_id};
+use super::response_head::ConnectionHeader;
+use crate::access_log::request_id;
 use crate::app::Gateway;
 use crate::client::{Decoded, Framing};
 use crate::coarse_clock;
-use crate::error::{ErrorType, GatewayError};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::wire_fields::WireFields;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode, Version};
+use http::{Method, Version};
 use http_body::Body as _;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use waits::{BODY_PROGRESS, DeadlineWatch, IdleLimit, Waiting};
 
 /// Room made in the read buffer before each read: a request head and a
 /// small body fit.
@@ -43,15 +43,6 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 /// Bytes read ahead (pipelined requests, a body the handler has not asked
 /// for yet) while a request is in flight, at most.
 const READ_AHEAD: usize = 64 * 1024;
-/// Response bytes gathered before they are written even though more are
-/// ready.
-const WRITE_AT: usize = 64 * 1024;
-/// After a response to a request whose body was not read, how long the
-/// rest of it is read and dropped before the connection closes: closing
-/// with unread bytes resets the connection, and the client may lose the
-/// response it has not read yet.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serves requests on `io` until the client closes it, a response says
@@ -111,6 +102,10 @@ pub async fn serve(
     }
 }
 
+mod ending;
+mod respond;
+mod waits;
+
 struct Connection {
     io: TcpStream,
     /// Bytes read and not yet parsed: heads and bodies are split off it.
@@ -120,80 +115,6 @@ struct Connection {
     /// fields go into its room (see `exchange`).
     spare_headers: http::HeaderMap,
 }
-
-/// The drain deadline, as a connection waiting on a handler sees it: one
-/// plain load per poll, and one registration per connection for the wake.
-struct DeadlineWatch<'a, 'd> {
-    drain: &'d crate::drain::Drain,
-    notified: Pin<&'a mut tokio::sync::futures::Notified<'d>>,
-    registered: bool,
-}
-
-impl DeadlineWatch<'_, '_> {
-    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.registered {
-            // Keeps this task's waker (a task's waker stays valid while
-            // the task lives); never polled again.
-            let _ = self.notified.as_mut().poll(cx);
-            self.registered = true;
-        }
-        self.drain.deadline_has_passed()
-    }
-}
-
-/// What else ends a wait for a request head.
-struct Waiting<'a, 'b, C> {
-    /// The server is closing.
-    closed: Pin<&'a mut C>,
-    idle: Option<&'a mut IdleLimit<'b>>,
-}
-
-/// The client idle limit (`server.client_idle_secs`) and the connection's
-/// one timer for it, shared by the waits it bounds: for a complete request
-/// head, for a request body's next bytes, and for the client to take the
-/// next bytes of a response.
-struct IdleLimit<'a> {
-    after: Duration,
-    timer: Pin<&'a mut tokio::time::Sleep>,
-}
-
-impl IdleLimit<'_> {
-    /// Whether a wait that began at `began` (on the coarse clock) has lasted
-    /// the limit. If not, the timer is due when it will have (it may have
-    /// been armed before this wait began) and wakes this task then.
-    fn passed(&mut self, cx: &mut Context<'_>, began: Duration) -> bool {
-        while self.timer.as_mut().poll(cx).is_ready() {
-            let waited = coarse_clock::monotonic().saturating_sub(began);
-            if waited >= self.after {
-                return true;
-            }
-            self.timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + (self.after - waited));
-        }
-        false
-    }
-
-    /// Whether a body's wait, which began at `stalled_since` (now, if it
-    /// had not begun), has lasted the limit; never without a limit.
-    fn stall_passed(
-        limit: Option<&mut Self>,
-        cx: &mut Context<'_>,
-        stalled_since: &mut Option<Duration>,
-    ) -> bool {
-        let Some(limit) = limit else {
-            return false;
-        };
-        let began = *stalled_since.get_or_insert_with(coarse_clock::monotonic);
-        limit.passed(cx, began)
-    }
-}
-
-/// Bytes that restart a body's idle wait, both ways: a client must send at
-/// least this much of its request body (or the rest of it), and take this
-/// much of its response (or the rest of what is ready), per idle limit, so
-/// one that trickles a byte at a time cannot hold a connection for ever.
-const BODY_PROGRESS: usize = 8 * 1024;
 
 /// Why no request head came (or none in time).
 enum NoHead {
@@ -506,212 +427,6 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Writes the response, `fields` after its header map's. `Ok(true)`:
-    /// the connection can take another request.
-    async fn respond(
-        &mut self,
-        response: Response,
-        fields: &WireFields,
-        head_only: bool,
-        version: Version,
-        mut connection: ConnectionHeader,
-        mut idle: Option<&mut IdleLimit<'_>>,
-    ) -> std::io::Result<bool> {
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        let framing = if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            BodyFraming::None
-        } else if let Some(length) = head_only.then(|| declared_length(&parts.headers)).flatten() {
-            // A HEAD response's length is the one GET would have (the
-            // handler's field), not its empty body's.
-            BodyFraming::Length(length)
-        } else if let Some(length) = http_body::Body::size_hint(&body).exact() {
-            BodyFraming::Length(length)
-        } else if version == Version::HTTP_11 {
-            BodyFraming::Chunked
-        } else {
-            connection = ConnectionHeader::Close;
-            BodyFraming::UntilClose
-        };
-        let keep_alive = connection != ConnectionHeader::Close;
-        self.output.copy_with(|out| {
-            let encoded = fields.as_bytes();
-            response_head::encode(status, &parts.headers, encoded, framing, connection, out);
-        });
-        drop(parts);
-        if head_only || matches!(framing, BodyFraming::None | BodyFraming::Length(0)) {
-            drop(body);
-            self.write_output(idle.as_deref_mut()).await?;
-            return Ok(keep_alive);
-        }
-        // Bytes still owed after a `content-length`.
-        let mut owed = match framing {
-            BodyFraming::Length(n) => Some(n),
-            _ => None,
-        };
-        loop {
-            match poll_fn(|cx| self.poll_body(cx, &mut body)).await {
-                Next::Data(mut data) => {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if framing == BodyFraming::Chunked {
-                        self.output.copy_with(|out| {
-                            let mut size = [0u8; 16];
-                            out.extend_from_slice(hex(data.len(), &mut size));
-                            out.extend_from_slice(b"\r\n");
-                        });
-                        self.output.push(data);
-                        self.output.copy(b"\r\n");
-                    } else if let Some(owed) = &mut owed {
-                        // More than the length the body announced: what
-                        // the client was told wins.
-                        data.truncate(usize::try_from(*owed).unwrap_or(usize::MAX));
-                        *owed -= data.len() as u64;
-                        self.output.push(data);
-                        if *owed == 0 {
-                            self.write_output(idle.as_deref_mut()).await?;
-                            return Ok(keep_alive);
-                        }
-                    } else {
-                        self.output.push(data);
-                    }
-                    if self.output.len() >= WRITE_AT {
-                        self.write_output(idle.as_deref_mut()).await?;
-                    }
-                }
-                Next::Write => self.write_output(idle.as_deref_mut()).await?,
-                Next::End => {
-                    if framing == BodyFraming::Chunked {
-                        self.output.copy(b"0\r\n\r\n");
-                    }
-                    self.write_output(idle.as_deref_mut()).await?;
-                    // A body shorter than its announced length leaves the
-                    // client waiting for the rest: only a close ends that.
-                    return Ok(keep_alive && owed.is_none_or(|n| n == 0));
-                }
-                Next::Failed => {
-                    // No way to say so in HTTP/1.1 but to end the
-                    // connection before the body's end.
-                    self.write_output(idle.as_deref_mut()).await?;
-                    return Ok(false);
-                }
-                Next::ClientLeft => return Err(std::io::ErrorKind::ConnectionReset.into()),
-            }
-        }
-    }
-
-    /// Writes what the output holds. A client that takes none of it for the
-    /// idle limit (or less than [`BODY_PROGRESS`] bytes of it in that
-    /// time) fails the write with `TimedOut`, and the connection is set to
-    /// be reset when dropped: closed normally, it would keep the unsent
-    /// bytes in the kernel, trying to deliver them to a client that does
-    /// not read. The clock is read and the timer polled only when the
-    /// socket takes nothing.
-    async fn write_output(&mut self, mut idle: Option<&mut IdleLimit<'_>>) -> std::io::Result<()> {
-        // When the current wait began (coarse clock), and the bytes
-        // written by then.
-        let mut wait: Option<(Duration, usize)> = None;
-        let written = self.output.write_to(&mut self.io, |cx, written| {
-            let Some(limit) = idle.as_deref_mut() else {
-                return false;
-            };
-            let began = match wait {
-                Some((began, from)) if written - from < BODY_PROGRESS => began,
-                _ => {
-                    let now = coarse_clock::monotonic();
-                    wait = Some((now, written));
-                    now
-                }
-            };
-            limit.passed(cx, began)
-        });
-        let result = written.await;
-        if result
-            .as_ref()
-            .is_err_and(|err| err.kind() == std::io::ErrorKind::TimedOut)
-        {
-            let _ = self.io.set_zero_linger();
-        }
-        result
-    }
-
-    fn poll_body(&mut self, cx: &mut Context<'_>, body: &mut axum::body::Body) -> Poll<Next> {
-        loop {
-            return match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Poll::Ready(Next::Data(data)),
-                    // Trailers are not sent.
-                    Err(_) => continue,
-                },
-                Poll::Ready(Some(Err(err))) => {
-                    tracing::debug!(error = %err, "response body failed");
-                    Poll::Ready(Next::Failed)
-                }
-                Poll::Ready(None) => Poll::Ready(Next::End),
-                Poll::Pending if !self.output.is_empty() => Poll::Ready(Next::Write),
-                Poll::Pending => self.poll_client_left(cx).map(|()| Next::ClientLeft),
-            };
-        }
-    }
-
-    /// Answers a head that cannot be served, then closes.
-    async fn refuse(mut self, bad: BadHead, idle: Option<&mut IdleLimit<'_>>) {
-        // Not an access line: there is no method, path or key to record.
-        let id = generate_id();
-        tracing::info!(
-            request_id = id.to_str().unwrap_or(""),
-            status = bad.status.as_u16(),
-            error = bad.message,
-            "request head refused"
-        );
-        let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
-            .into_response();
-        let mut fields = WireFields::default();
-        fields.push(&X_REQUEST_ID, &id);
-        if self
-            .respond(
-                response,
-                &fields,
-                false,
-                Version::HTTP_11,
-                ConnectionHeader::Close,
-                idle,
-            )
-            .await
-            .is_ok()
-        {
-            self.linger().await;
-        }
-    }
-
-    async fn close(mut self) {
-        let _ = self.io.shutdown().await;
-    }
-
-    /// Closes the sending side, then reads and drops what the client still
-    /// sends (the rest of a body not read) until it closes too, for a
-    /// while.
-    async fn linger(mut self) {
-        if self.io.shutdown().await.is_err() {
-            return;
-        }
-        let _ = tokio::time::timeout(LINGER, async {
-            let mut dropped = 0;
-            while dropped < LINGER_BYTES {
-                self.read.clear();
-                match poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE)).await {
-                    Ok(n) if n > 0 => dropped += n,
-                    _ => break,
-                }
-            }
-        })
-        .await;
-    }
-
     /// Reads what the socket has into the read buffer, first making room
     /// for `room` bytes when less than half of that is free.
     /// `Ready(Ok(0))`: the client closed the connection.
@@ -720,40 +435,5 @@ impl Connection {
             self.read.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
-    }
-}
-
-/// The handler's own `content-length`, if it set one.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// `n` in hexadecimal (a chunk's size line), written into `out`.
-fn hex(mut n: usize, out: &mut [u8; 16]) -> &[u8] {
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &out[at..];
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn chunk_sizes_are_hexadecimal() {
-        let mut out = [0u8; 16];
-        assert_eq!(super::hex(0, &mut out), b"0");
-        assert_eq!(super::hex(255, &mut out), b"ff");
-        assert_eq!(super::hex(16_384, &mut out), b"4000");
-        assert_eq!(super::hex(usize::MAX, &mut out), b"ffffffffffffffff");
     }
 }

@@ -1,0 +1,79 @@
+//! How a connection ends: a refused head answered, a plain close, or a
+//! close that first reads and drops what the client still sends.
+
+use super::waits::IdleLimit;
+use super::{Connection, LARGE_READ_SIZE};
+use crate::access_log::generate_id;
+use crate::error::{ErrorType, GatewayError};
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::server::request_head::BadHead;
+use crate::server::response_head::ConnectionHeader;
+use crate::wire_fields::WireFields;
+use axum::response::IntoResponse;
+use http::Version;
+use std::future::poll_fn;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// After a response to a request whose body was not read, how long the
+/// rest of it is read and dropped before the connection closes: closing
+/// with unread bytes resets the connection, and the client may lose the
+/// response it has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+impl Connection {
+    /// Answers a head that cannot be served, then closes.
+    pub(super) async fn refuse(mut self, bad: BadHead, idle: Option<&mut IdleLimit<'_>>) {
+        // Not an access line: there is no method, path or key to record.
+        let id = generate_id();
+        tracing::info!(
+            request_id = id.to_str().unwrap_or(""),
+            status = bad.status.as_u16(),
+            error = bad.message,
+            "request head refused"
+        );
+        let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
+            .into_response();
+        let mut fields = WireFields::default();
+        fields.push(&X_REQUEST_ID, &id);
+        if self
+            .respond(
+                response,
+                &fields,
+                false,
+                Version::HTTP_11,
+                ConnectionHeader::Close,
+                idle,
+            )
+            .await
+            .is_ok()
+        {
+            self.linger().await;
+        }
+    }
+
+    pub(super) async fn close(mut self) {
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Closes the sending side, then reads and drops what the client still
+    /// sends (the rest of a body not read) until it closes too, for a
+    /// while.
+    pub(super) async fn linger(mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                self.read.clear();
+                match poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE)).await {
+                    Ok(n) if n > 0 => dropped += n,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+}
