@@ -71,6 +71,8 @@ pub struct Scenario {
     pub error_event_after: Option<usize>,
     /// Send an error event in the same write as `[DONE]`, after it.
     pub error_after_done: bool,
+    /// Those error events are `{"error":{}}`, an error with nothing in it.
+    pub empty_error: bool,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
@@ -135,6 +137,7 @@ impl Scenario {
                 "end_delay_ms" => scenario.end_delay = Duration::from_millis(number().unwrap_or(0)),
                 "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
                 "error_after_done" => scenario.error_after_done = true,
+                "empty_error" => scenario.empty_error = true,
                 "line_end" => {
                     scenario.line_end = match value {
                         "cr" => Some("\r"),

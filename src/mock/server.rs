@@ -327,6 +327,8 @@ fn insert_provider_fields(headers: &mut HeaderMap, flavour: Flavour, id: u64) {
 
 /// The error event of `error_event_after`: the provider overloaded.
 const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The engine is currently overloaded, please try again later\",\"type\":\"engine_overloaded_error\"}}\n\n";
+/// The error event with `empty_error`: an error that says nothing.
+const EMPTY_ERROR_EVENT: &[u8] = b"data: {\"error\":{}}\n\n";
 
 /// The rendered events with every LF replaced by `line_end`.
 fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
@@ -391,11 +393,16 @@ fn stream_body(
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let end_delay = scenario.end_delay;
     let error_event_after = scenario.error_event_after;
+    let error_event = if scenario.empty_error {
+        EMPTY_ERROR_EVENT
+    } else {
+        STREAM_ERROR_EVENT
+    };
     let (events, error_event) = if scenario.split_data {
         let events: Arc<[Bytes]> = events.iter().map(|event| split_data(event)).collect();
-        (events, split_data(STREAM_ERROR_EVENT))
+        (events, split_data(error_event))
     } else {
-        (events, Bytes::from_static(STREAM_ERROR_EVENT))
+        (events, Bytes::from_static(error_event))
     };
     let events = if scenario.event_ids {
         with_ids(&events)

@@ -26,6 +26,9 @@ pub const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(
 struct ProviderSays {
     /// Whether the body had an `error` object (an error event, in a stream).
     error_object: bool,
+    /// That object had no members: the Python SDK does not raise on it in
+    /// a stream (an empty dict is false to it), the Node one does.
+    error_empty: bool,
     /// A non-empty `error` string: in a stream, the SDKs raise on it as on
     /// an object (over HTTP it is a status text beside the message).
     error_text: Option<String>,
@@ -49,6 +52,7 @@ impl ProviderSays {
         match body.remove("error") {
             Some(serde_json::Value::Object(mut error)) => {
                 says.error_object = true;
+                says.error_empty = error.is_empty();
                 says.message = error.remove("message").map(message_text);
                 says.error_type = error.remove("type").and_then(string);
                 says.code = error.remove("code").and_then(|code| match code {
@@ -109,24 +113,42 @@ pub fn translate(
 /// is one too: the official SDKs raise on any `error` member they find
 /// truthy, and the text is its message. `None` for anything else (a chunk
 /// whose text merely mentions `"error"`).
-pub fn stream_error(data: &[u8], provider: &Provider) -> Option<GatewayError> {
+pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
     let mut says = ProviderSays::read(data)?;
     if !says.error_object {
         let text = says.error_text.take()?;
         says.message = says.message.or(Some(text));
     }
+    // Without a message the HTTP fallback ("answered HTTP 502") would be
+    // wrong: a stream's status said 200.
+    if says.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
+        says.message = Some(format!(
+            "provider {} ended the stream with an error event that gave no message",
+            provider.name
+        ));
+    }
+    let empty = says.error_empty;
     let status = says
         .error_type
         .as_deref()
         .and_then(ErrorType::from_name)
         .map_or(StatusCode::BAD_GATEWAY, ErrorType::default_status);
-    let mut err = error_from(provider, status, AskedWait::default(), says);
-    if err.error_type == ErrorType::ServerError {
+    let mut error = error_from(provider, status, AskedWait::default(), says);
+    if error.error_type == ErrorType::ServerError {
         // A stream's status said 200; its error event carries no status
         // of its own to keep.
-        err.status = StatusCode::BAD_GATEWAY;
+        error.status = StatusCode::BAD_GATEWAY;
     }
-    Some(err)
+    Some(StreamError { error, empty })
+}
+
+/// A provider's error event, read.
+pub struct StreamError {
+    pub error: GatewayError,
+    /// Its `error` object is empty (`{"error":{}}`): passed on, the Python
+    /// SDK would not raise, and its user would take the stream for a
+    /// complete answer, so the gateway sends its own error event instead.
+    pub empty: bool,
 }
 
 fn error_from(
@@ -611,15 +633,17 @@ mod tests {
     fn an_error_event_reads_as_the_same_error_sent_with_its_status() {
         let provider = test_provider();
         let event = br#"{"error":{"message":"please try again after 1 seconds","type":"rate_limit_reached_error","code":"c1"}}"#;
-        let err = stream_error(event, &provider).unwrap();
+        let err = stream_error(event, &provider).unwrap().error;
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(err.code.as_deref(), Some("c1"));
         assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(1000));
         let event = br#"{"error":{"message":"Invalid Authentication","type":"invalid_authentication_error"}}"#;
-        let err = stream_error(event, &provider).unwrap();
+        let err = stream_error(event, &provider).unwrap().error;
         assert_eq!(err.code.as_deref(), Some("upstream_key_rejected"));
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
-        let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider).unwrap();
+        let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider)
+            .unwrap()
+            .error;
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
         assert_eq!(err.error_type, ErrorType::ServerError);
         // Not an error event: text that mentions an error, an empty text.
@@ -633,13 +657,30 @@ mod tests {
         assert!(stream_error(br#"{"error":" "}"#, &provider).is_none());
         // An error as text is one (the SDKs raise on it), its text the
         // message unless a message is given beside it.
-        let err = stream_error(br#"{"error":"Not Found"}"#, &provider).unwrap();
+        let err = stream_error(br#"{"error":"Not Found"}"#, &provider)
+            .unwrap()
+            .error;
         assert_eq!(err.message, "Not Found");
         let err = stream_error(
             br#"{"error":"Not Found","message":"no such model"}"#,
             &provider,
         );
-        assert_eq!(err.unwrap().message, "no such model");
+        assert_eq!(err.unwrap().error.message, "no such model");
+    }
+
+    #[test]
+    fn an_empty_error_event_is_one_and_says_so() {
+        let provider = test_provider();
+        let read = stream_error(br#"{"error":{}}"#, &provider).unwrap();
+        assert!(read.empty);
+        assert_eq!(read.error.error_type, ErrorType::ServerError);
+        assert!(
+            read.error.message.contains("gave no message"),
+            "{}",
+            read.error
+        );
+        let read = stream_error(br#"{"error":{"code":"x"}}"#, &provider).unwrap();
+        assert!(!read.empty);
     }
 
     #[test]

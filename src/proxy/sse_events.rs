@@ -3,8 +3,8 @@
 //! provider's key), whether a block is an event at all, and whether a
 //! chunk is the `include_usage` usage chunk.
 
+use super::provider_errors::StreamError;
 use super::sse_lines::{data_value, event_data, event_end, event_start, lines};
-use crate::error::GatewayError;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -50,7 +50,7 @@ pub(super) fn find_done(events: &[u8]) -> Option<usize> {
 pub(super) fn provider_error_event(
     events: &[u8],
     provider: &crate::config::Provider,
-) -> Option<(GatewayError, Range<usize>)> {
+) -> Option<(StreamError, Range<usize>)> {
     ERROR_KEY.find(events)?;
     let mut last_event = None;
     lines(events)

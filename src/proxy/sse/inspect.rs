@@ -36,20 +36,26 @@ impl SseRelay {
             }
         }
         if self.provider_error.is_none() {
-            if let Some((err, event)) = provider_error_event(&events, &self.provider) {
+            if let Some((found, event)) = provider_error_event(&events, &self.provider) {
+                let err = found.error;
                 // Recorded now: a client that leaves once it has read the
                 // event (SDKs raise on it) still logs the provider's error.
                 if self.head_sent {
                     self.stats.finish(StreamEnd::Failed(err.clone()));
                 }
-                self.provider_error = Some(err);
                 done_at = None;
                 self.lf_owed = false;
-                // Forwarded as it came, but never with the gateway's key.
-                events = match redacted_error_event(&events[event.clone()], &self.provider) {
-                    Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
-                    None => events.slice(..event.end),
+                // Forwarded as it came, but never with the gateway's key,
+                // and never as an error one of the SDKs would not raise on.
+                events = if found.empty {
+                    Bytes::from([&events[..event.start], &err.sse_event()[..]].concat())
+                } else {
+                    match redacted_error_event(&events[event.clone()], &self.provider) {
+                        Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
+                        None => events.slice(..event.end),
+                    }
                 };
+                self.provider_error = Some(err);
             }
         }
         self.stats.count_events(events.len(), reads);

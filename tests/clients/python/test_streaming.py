@@ -1,6 +1,6 @@
 """Streamed chat completions through the official SDK: reassembly chunk by
 chunk, `stream_options.include_usage` for every provider, `n` streams, an
-error after the first byte, keep-alive comments between events that carry
+error after the first byte (the gateway's or the provider's own event), keep-alive comments between events that carry
 ids, and a client-side read timeout mid-stream."""
 
 import openai
@@ -76,6 +76,28 @@ def test_a_failure_after_the_first_byte_raises_mid_stream(client: openai.OpenAI,
             seen.append(chunk)
     assert seen, "chunks before the failure were delivered"
     assert not isinstance(caught.value, openai.APIConnectionError), caught.value
+    assert caught.value.type == "server_error"
+    assert provider.name in caught.value.message
+
+
+def test_a_providers_error_event_mid_stream_raises_with_its_message(client: openai.OpenAI, provider):
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream(client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20]"):
+            seen.append(chunk)
+    assert seen, "chunks before the error event were delivered"
+    assert caught.value.type == "engine_overloaded_error"
+    assert "overloaded" in caught.value.message
+
+
+def test_an_empty_error_event_mid_stream_raises_too(client: openai.OpenAI, provider):
+    # `{"error":{}}` as the provider sent it would be no error to this SDK
+    # (an empty dict is false): the stream would look complete.
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream(client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]"):
+            seen.append(chunk)
+    assert seen, "chunks before the error event were delivered"
     assert caught.value.type == "server_error"
     assert provider.name in caught.value.message
 

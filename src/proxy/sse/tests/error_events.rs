@@ -240,3 +240,43 @@ async fn an_error_given_as_text_ends_the_stream() {
     let (_, end) = after_first_event(&read).await;
     assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
 }
+
+/// `{"error":{}}` is an error to the Node SDK but not to the Python one (an
+/// empty dict is false), whose user would take the stream for a complete
+/// answer: the client gets the gateway's own error event instead, which
+/// both raise on; what came before it in the read is relayed as it was.
+#[tokio::test]
+async fn an_empty_error_event_is_replaced_by_one_every_sdk_raises_on() {
+    let content = event(1);
+    let read = [&content[..], b"data: {\"error\":{}}\n\n"].concat();
+    let (sent, end) = after_first_event(&read).await;
+    let (relayed, replaced) = sent.split_at(content.len());
+    assert_eq!(relayed.as_bytes(), &content[..]);
+    let data = replaced
+        .strip_prefix("data: ")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("{replaced:?}"));
+    let json: serde_json::Value = serde_json::from_str(data).unwrap();
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gave no message"), "{json}");
+    assert_eq!(json["error"]["type"], "server_error", "{json}");
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}");
+    };
+    assert_eq!(err.message, message);
+}
+
+/// An error object with members but no message is passed on as it came
+/// (both SDKs raise on it); the log's message says what happened instead
+/// of an HTTP status the stream did not have.
+#[tokio::test]
+async fn an_error_event_without_a_message_is_logged_as_such() {
+    let failure = b"data: {\"error\":{\"type\":\"engine_overloaded_error\"}}\n\n";
+    let (sent, end) = after_first_event(failure).await;
+    assert_eq!(sent.as_bytes(), failure);
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}");
+    };
+    assert!(err.message.contains("gave no message"), "{err}");
+    assert!(!err.message.contains("HTTP"), "{err}");
+}

@@ -1,7 +1,8 @@
 /**
  * Streamed chat completions through the official SDK: reassembly chunk by
  * chunk, `stream_options.include_usage` for every provider, `n` streams, an
- * error after the first byte, and a client-side timeout mid-stream.
+ * error after the first byte (the gateway's or the provider's own event), and
+ * a client-side timeout mid-stream.
  */
 
 import assert from 'node:assert/strict';
@@ -106,6 +107,40 @@ for (const provider of PROVIDERS) {
         },
       );
       assert.ok(seen.length > 0, 'chunks before the failure were delivered');
+    });
+
+    it("a provider's error event mid-stream throws with its message", async () => {
+      const { client } = makeClient(servers);
+      const seen = [];
+      const response = await stream(client, provider, '[mock error_event_after=2 chunks=5 chunk_delay_ms=20]');
+      await assert.rejects(
+        (async () => {
+          for await (const chunk of response) seen.push(chunk);
+        })(),
+        (err) => {
+          assert.ok(err instanceof APIError, String(err));
+          assert.equal(err.type, 'engine_overloaded_error');
+          assert.match(err.message, /overloaded/);
+          return true;
+        },
+      );
+      assert.ok(seen.length > 0, 'chunks before the error event were delivered');
+    });
+
+    it('an empty error event mid-stream throws with a message that says so', async () => {
+      const { client } = makeClient(servers);
+      const response = await stream(client, provider, '[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]');
+      await assert.rejects(
+        (async () => {
+          for await (const chunk of response) void chunk;
+        })(),
+        (err) => {
+          assert.ok(err instanceof APIError, String(err));
+          assert.equal(err.type, 'server_error');
+          assert.match(err.message, new RegExp(provider.name));
+          return true;
+        },
+      );
     });
 
     it('a client-side timeout mid-stream ends the stream early', async () => {
