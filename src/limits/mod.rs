@@ -117,8 +117,8 @@ impl Limits {
 
     /// For `/readyz`: the backend and, for Redis, its health (asking
     /// starts the connection, so a replica connects before its first
-    /// request when probed).
-    pub fn status(&self) -> serde_json::Value {
+    /// request when probed) and the gateway's outages so far.
+    pub fn status(&self, store: &StoreMetrics) -> serde_json::Value {
         match &self.backend {
             Backend::Local => serde_json::json!({"backend": "local", "healthy": true}),
             Backend::Redis(redis) => {
@@ -127,7 +127,7 @@ impl Limits {
                     "backend": "redis",
                     "healthy": redis.is_healthy(),
                     "on_redis_error": redis.settings.on_error.as_str(),
-                    "outages": redis.outages(),
+                    "outages": store.outages(),
                 })
             }
         }

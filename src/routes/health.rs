@@ -68,7 +68,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "last_reload": state.reload_status(),
         "providers": providers,
         "targets": targets,
-        "limits": config.limits.status(),
+        "limits": config.limits.status(&state.metrics.store),
     });
     (status, Json(body)).into_response()
 }

@@ -735,7 +735,8 @@ fn redis_settings_out_of_range_are_refused() {
 
 /// A reload that changes a Redis setting makes a new connection before it
 /// swaps the configuration in: `/readyz` never reports a reachable store
-/// unreachable meanwhile, and the outage count carries on across reloads.
+/// unreachable meanwhile, and the outage count carries on across reloads,
+/// local limits in between included.
 #[tokio::test]
 async fn a_reload_that_changes_redis_settings_stays_ready() {
     let redis = RedisServer::start().await;
@@ -770,6 +771,13 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
     assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     assert_eq!(readyz_status().await, (200, 1));
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    // Local limits in between: the count is the gateway's, not a backend's.
+    let local = config(&redis.url(), 250).replace("backend = \"redis\"", "backend = \"local\"");
+    std::fs::write(&path, local).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    std::fs::write(&path, config(&redis.url(), 250)).unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert_eq!(readyz_status().await, (200, 1));
     let metrics = scrape(&app).await;
     assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
     assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 1.0);

@@ -12,7 +12,7 @@ pub use hold::{RedisHold, finish_settlements};
 pub use store_metrics::{StoreCall, StoreMetrics};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -82,13 +82,13 @@ pub struct RedisBackend {
     shared: Arc<Shared>,
 }
 
-/// Whether the store is in an outage, and how many began, over every
-/// backend a gateway's configurations made: a reload (a new backend)
-/// during an outage continues it.
+/// Whether the store is in an outage, over every Redis backend a
+/// gateway's configurations made one after another: a reload (a new
+/// backend) during an outage continues it. How many outages began is the
+/// gateway's metric ([`StoreMetrics::outages`]), whatever the backends.
 #[derive(Default)]
 struct Outage {
     down: AtomicBool,
-    count: AtomicU64,
 }
 
 struct Shared {
@@ -123,8 +123,8 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// Checks the URL; connects only when first used, inside the runtime.
-    /// `previous`: the backend this one replaces, whose outage count (and
-    /// outage, if it is in one) this one carries on.
+    /// `previous`: the backend this one replaces, whose outage (if it is
+    /// in one) this one carries on.
     pub fn new(settings: RedisSettings, previous: Option<&RedisBackend>) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
         Ok(RedisBackend {
@@ -147,11 +147,6 @@ impl RedisBackend {
 
     pub fn is_healthy(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) == HEALTHY
-    }
-
-    /// Outages seen since the gateway started (each logged once).
-    pub fn outages(&self) -> u64 {
-        self.shared.outage.count.load(Ordering::Relaxed)
     }
 
     /// A newer configuration's backend has taken over: this one no longer
@@ -321,7 +316,6 @@ impl Shared {
         if self.retired.load(Ordering::Acquire) || self.outage.down.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.outage.count.fetch_add(1, Ordering::Relaxed);
         if let Some(metrics) = self.metrics.get() {
             metrics.outage();
         }

@@ -135,6 +135,12 @@ impl StoreMetrics {
         self.outages.inc();
     }
 
+    /// Outages since the gateway started (each logged once), over every
+    /// configuration it ran: what `/readyz` reports too.
+    pub fn outages(&self) -> u64 {
+        self.outages.get()
+    }
+
     /// An admission decided without the store: by local limits or refused.
     pub fn unavailable(&self, refused: bool) {
         let effect = if refused { "refused" } else { "local_limits" };
