@@ -27,6 +27,7 @@ pub mod listener;
 pub mod log_format;
 pub mod log_writer;
 pub mod malloc_tuning;
+pub mod memory_trim;
 pub mod metric_series;
 pub mod metrics;
 pub mod mock;

@@ -166,6 +166,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());
     kimi_gateway::model_refresh::spawn(state.clone());
+    kimi_gateway::memory_trim::spawn(state.metrics.in_flight.clone());
     if let Some(addr) = metrics_listen {
         let listener = kimi_gateway::listener::bind(addr)?;
         tracing::info!(listen = %addr, "metrics on a separate listener");
