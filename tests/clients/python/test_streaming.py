@@ -16,6 +16,15 @@ def stream(client, provider, content="hi", **options):
     )
 
 
+def raised_mid_stream(client, provider, content):
+    """The chunks a stream delivered before it raised, and what it raised."""
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream(client, provider, content):
+            seen.append(chunk)
+    return seen, caught.value
+
+
 def test_chunks_reassemble_into_the_answer(client: openai.OpenAI, provider):
     chunks = list(stream(client, provider, "[mock chunks=5]"))
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
@@ -70,36 +79,29 @@ def test_n_streams_reassemble_per_choice(client: openai.OpenAI, provider):
 
 
 def test_a_failure_after_the_first_byte_raises_mid_stream(client: openai.OpenAI, provider):
-    seen = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in stream(client, provider, "[mock cut_after=3 chunks=5 chunk_delay_ms=50]"):
-            seen.append(chunk)
+    seen, error = raised_mid_stream(client, provider, "[mock cut_after=3 chunks=5 chunk_delay_ms=50]")
     assert seen, "chunks before the failure were delivered"
-    assert not isinstance(caught.value, openai.APIConnectionError), caught.value
-    assert caught.value.type == "server_error"
-    assert provider.name in caught.value.message
+    assert not isinstance(error, openai.APIConnectionError), error
+    assert error.type == "server_error"
+    assert provider.name in error.message
 
 
 def test_a_providers_error_event_mid_stream_raises_with_its_message(client: openai.OpenAI, provider):
-    seen = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in stream(client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20]"):
-            seen.append(chunk)
+    seen, error = raised_mid_stream(client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20]")
     assert seen, "chunks before the error event were delivered"
-    assert caught.value.type == "engine_overloaded_error"
-    assert "overloaded" in caught.value.message
+    assert error.type == "engine_overloaded_error"
+    assert "overloaded" in error.message
 
 
 def test_an_empty_error_event_mid_stream_raises_too(client: openai.OpenAI, provider):
     # `{"error":{}}` as the provider sent it would be no error to this SDK
     # (an empty dict is false): the stream would look complete.
-    seen = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in stream(client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]"):
-            seen.append(chunk)
+    seen, error = raised_mid_stream(
+        client, provider, "[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]"
+    )
     assert seen, "chunks before the error event were delivered"
-    assert caught.value.type == "server_error"
-    assert provider.name in caught.value.message
+    assert error.type == "server_error"
+    assert provider.name in error.message
 
 
 def test_keepalive_comments_between_events_with_ids_are_ignored(client: openai.OpenAI):

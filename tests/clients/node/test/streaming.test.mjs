@@ -26,6 +26,18 @@ async function collect(streamPromise) {
   return chunks;
 }
 
+/** The chunks a stream delivered before it threw, and what it threw. */
+async function thrownMidStream(client, provider, content) {
+  const seen = [];
+  const response = await stream(client, provider, content);
+  try {
+    for await (const chunk of response) seen.push(chunk);
+  } catch (err) {
+    return { seen, err };
+  }
+  assert.fail(`the stream ended without an error after ${seen.length} chunks`);
+}
+
 const finishReasons = (chunks) => chunks.filter((c) => c.choices[0]?.finish_reason).map((c) => c.choices[0].finish_reason);
 
 for (const provider of PROVIDERS) {
@@ -92,55 +104,34 @@ for (const provider of PROVIDERS) {
 
     it('a failure after the first byte throws mid-stream', async () => {
       const { client } = makeClient(servers);
-      const seen = [];
-      const response = await stream(client, provider, '[mock cut_after=3 chunks=5 chunk_delay_ms=50]');
-      await assert.rejects(
-        (async () => {
-          for await (const chunk of response) seen.push(chunk);
-        })(),
-        (err) => {
-          assert.ok(err instanceof APIError, String(err));
-          assert.ok(!(err instanceof APIConnectionError), String(err));
-          assert.equal(err.type, 'server_error');
-          assert.match(err.message, new RegExp(provider.name));
-          return true;
-        },
-      );
+      const { seen, err } = await thrownMidStream(client, provider, '[mock cut_after=3 chunks=5 chunk_delay_ms=50]');
+      assert.ok(err instanceof APIError, String(err));
+      assert.ok(!(err instanceof APIConnectionError), String(err));
+      assert.equal(err.type, 'server_error');
+      assert.match(err.message, new RegExp(provider.name));
       assert.ok(seen.length > 0, 'chunks before the failure were delivered');
     });
 
     it("a provider's error event mid-stream throws with its message", async () => {
       const { client } = makeClient(servers);
-      const seen = [];
-      const response = await stream(client, provider, '[mock error_event_after=2 chunks=5 chunk_delay_ms=20]');
-      await assert.rejects(
-        (async () => {
-          for await (const chunk of response) seen.push(chunk);
-        })(),
-        (err) => {
-          assert.ok(err instanceof APIError, String(err));
-          assert.equal(err.type, 'engine_overloaded_error');
-          assert.match(err.message, /overloaded/);
-          return true;
-        },
-      );
+      const { seen, err } = await thrownMidStream(client, provider, '[mock error_event_after=2 chunks=5 chunk_delay_ms=20]');
+      assert.ok(err instanceof APIError, String(err));
+      assert.equal(err.type, 'engine_overloaded_error');
+      assert.match(err.message, /overloaded/);
       assert.ok(seen.length > 0, 'chunks before the error event were delivered');
     });
 
     it('an empty error event mid-stream throws with a message that says so', async () => {
       const { client } = makeClient(servers);
-      const response = await stream(client, provider, '[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]');
-      await assert.rejects(
-        (async () => {
-          for await (const chunk of response) void chunk;
-        })(),
-        (err) => {
-          assert.ok(err instanceof APIError, String(err));
-          assert.equal(err.type, 'server_error');
-          assert.match(err.message, new RegExp(provider.name));
-          return true;
-        },
+      const { seen, err } = await thrownMidStream(
+        client,
+        provider,
+        '[mock error_event_after=2 chunks=5 chunk_delay_ms=20 empty_error]',
       );
+      assert.ok(err instanceof APIError, String(err));
+      assert.equal(err.type, 'server_error');
+      assert.match(err.message, new RegExp(provider.name));
+      assert.ok(seen.length > 0, 'chunks before the error event were delivered');
     });
 
     it('a client-side timeout mid-stream ends the stream early', async () => {
