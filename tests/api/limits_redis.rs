@@ -263,11 +263,14 @@ async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
 #[tokio::test]
 async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     let redis = RedisServer::start().await;
-    let app = spawn_with_keys(&patient_limits(&redis, "requests_per_minute = 1000")).await;
+    // 10 a minute: each admission keeps the limit's key for 6 s more (at
+    // 1,000 a minute it expired 60 ms after each, sooner than a poll
+    // might look).
+    let app = spawn_with_keys(&patient_limits(&redis, "requests_per_minute = 10")).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     // The request limit's arrival time: it moves when an admission runs.
     let mut conn = redis.connection().await.unwrap();
-    let rpm = "kimi-gateway:key:team-a:rpm:1000";
+    let rpm = "kimi-gateway:key:team-a:rpm:10";
     let admitted: f64 = conn.get(rpm).await.unwrap();
     redis.pause();
     app.chat_as_and_leave("sk-a", &hi()).await;
@@ -279,7 +282,10 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     .await;
     redis.resume();
     wait_until("the abandoned admission has run", async || {
-        conn.get::<_, f64>(rpm).await.unwrap() > admitted
+        conn.get::<_, Option<f64>>(rpm)
+            .await
+            .unwrap()
+            .is_some_and(|at| at > admitted)
     })
     .await;
     wait_until("the abandoned admission's lease is released", async || {
