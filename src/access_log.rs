@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
+use crate::request_progress::{LeftAt, RequestProgress};
 use crate::settle_at_end::settle_before_end;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
@@ -37,12 +38,15 @@ pub struct RequestedModel {
 pub struct RouteName(pub Arc<str>);
 
 /// What the request context hands its handler.
-pub struct RequestScope {
+pub struct RequestScope<'p> {
     /// The request id: the client's `x-request-id` when usable, else generated.
     pub id: HeaderValue,
     /// When the request arrived, for overhead and time-to-first-token.
     pub arrived: Instant,
     pub caller: Caller,
+    /// Where the handler leaves what it had reached if it is dropped before
+    /// answering.
+    pub progress: &'p RequestProgress,
 }
 
 /// What a handler hands back besides its response: the response's header
@@ -68,12 +72,14 @@ pub struct Handled {
 /// response's wire fields, handed to the server beside the response.
 /// `id` is the request's [`request_id`], chosen by the caller, which may
 /// have to answer the request itself (a panic outside the handler, the
-/// drain deadline) and so needs it too.
-pub async fn request_context<Handling>(
+/// drain deadline) and so needs it too. `progress` is the caller's too, so
+/// that the handler can borrow it.
+pub async fn request_context<'p, Handling>(
     state: &AppState,
     head: &http::request::Parts,
     id: HeaderValue,
-    handler: impl FnOnce(RequestScope) -> Handling,
+    progress: &'p RequestProgress,
+    handler: impl FnOnce(RequestScope<'p>) -> Handling,
 ) -> (Response, WireFields)
 where
     Handling: Future<Output = (Response, Handled)>,
@@ -95,6 +101,7 @@ where
                 id: id.clone(),
                 arrived: started,
                 caller,
+                progress,
             };
             let unanswered = Unanswered {
                 state,
@@ -104,6 +111,7 @@ where
                 started,
                 key: &key,
                 counted,
+                progress,
             };
             let (response, handled) = handler(scope).await;
             unanswered.answered();
@@ -272,9 +280,10 @@ impl AccessRecord {
 
 /// Logs and counts a request whose handler is dropped before it answers:
 /// the client left (499, nginx's number for it), or the drain deadline
-/// passed (503, `gateway_shutdown`, which the connection answers). Borrows
-/// what it needs from the request context, so a request that is answered
-/// pays for nothing but the guard.
+/// passed (503, `gateway_shutdown`, which the connection answers), with
+/// the model, route and provider the handler had reached. Borrows what it
+/// needs from the request context, so a request that is answered pays for
+/// nothing but the guard.
 struct Unanswered<'a> {
     state: &'a AppState,
     id: &'a HeaderValue,
@@ -283,6 +292,8 @@ struct Unanswered<'a> {
     started: Instant,
     key: &'a Arc<str>,
     counted: bool,
+    /// Filled by the handler's own guard, dropped just before this one.
+    progress: &'a RequestProgress,
 }
 
 /// The status logged for a request whose client left before the answer.
@@ -303,16 +314,27 @@ impl Drop for Unanswered<'_> {
             let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("a valid status");
             (status, None)
         };
+        let (model, route, upstream) = match self.progress.take() {
+            Some(left) => {
+                let LeftAt {
+                    model,
+                    route,
+                    upstream,
+                } = *left;
+                (Some(model), route, upstream)
+            }
+            None => (None, None, None),
+        };
         AccessRecord {
             id: self.id.clone(),
             method: self.method.clone(),
             uri: self.uri.clone(),
             status,
             started: self.started,
-            model: None,
-            route: None,
+            model,
+            route,
             key: Some(self.key.clone()),
-            upstream: None,
+            upstream,
             error,
             metrics: self.counted.then(|| self.state.metrics.clone()),
         }

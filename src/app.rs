@@ -6,6 +6,7 @@
 use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::headers::X_REQUEST_ID;
+use crate::request_progress::RequestProgress;
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
@@ -63,7 +64,8 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let handled = request_context(&self.state, head, id.clone(), |scope| {
+        let progress = RequestProgress::default();
+        let handled = request_context(&self.state, head, id.clone(), &progress, |scope| {
             AssertUnwindSafe(self.dispatch(head, body, scope))
                 .catch_unwind()
                 .map(|handled| {
@@ -87,7 +89,12 @@ impl Gateway {
     /// The chat handler reads the body as the server hands it over; only
     /// the router's requests have it boxed into axum's `Body`, with a
     /// clone of the head (the router takes its request whole).
-    async fn dispatch<B>(&self, head: &Parts, body: B, scope: RequestScope) -> (Response, Handled)
+    async fn dispatch<B>(
+        &self,
+        head: &Parts,
+        body: B,
+        scope: RequestScope<'_>,
+    ) -> (Response, Handled)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,

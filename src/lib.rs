@@ -35,6 +35,7 @@ pub mod model_refresh;
 pub mod proxy;
 pub mod reload;
 pub mod request_metrics;
+pub mod request_progress;
 pub mod routes;
 pub mod server;
 pub mod settle_at_end;

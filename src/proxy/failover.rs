@@ -100,14 +100,17 @@ struct TargetState {
 /// Runs `attempt` against the route's targets until one succeeds or the
 /// policy gives up (no new attempt `settings.deadline` after `arrived`).
 /// `on_event` hears about every attempt's outcome and
-/// every target skipped because its circuit is open.
+/// every target skipped because its circuit is open. `report` is the
+/// caller's, and says which target and how many attempts as each attempt
+/// starts: a request dropped mid-attempt still knows where it was.
 pub async fn run<'a, T, F, Fut>(
     route: &'a Route,
     settings: &RetrySettings,
     arrived: Instant,
+    report: &mut AttemptReport<'a>,
     mut attempt: F,
     mut on_event: impl FnMut(&'a Target, Event),
-) -> (Result<T, GatewayError>, AttemptReport<'a>)
+) -> Result<T, GatewayError>
 where
     F: FnMut(&'a Target) -> Fut,
     Fut: Future<Output = Result<T, GatewayError>>,
@@ -115,7 +118,6 @@ where
     let order = plan(route);
     let mut states: SmallVec<[TargetState; INLINE_TARGETS]> =
         smallvec::smallvec![TargetState::default(); order.len()];
-    let mut report = AttemptReport::default();
     let mut last_error: Option<GatewayError> = None;
     let mut cursor = 0;
     let deadline = arrived + settings.deadline;
@@ -158,7 +160,7 @@ where
             Ok(value) => {
                 permit.success();
                 on_event(target, Event::Attempt(AttemptOutcome::Success));
-                return (Ok(value), report);
+                return Ok(value);
             }
             Err(error) => error,
         };
@@ -176,7 +178,7 @@ where
                     permit.neutral();
                 }
                 on_event(target, Event::Attempt(AttemptOutcome::Error));
-                return (Err(error), report);
+                return Err(error);
             }
             Verdict::SkipTarget => {
                 if let Some(permit) = permit {
@@ -255,7 +257,7 @@ where
         .with_code("circuit_open")
         .with_retry_after(Some(HeaderValue::from(secs.max(1))))
     });
-    (Err(error), report)
+    Err(error)
 }
 
 /// Something the caller may want to count.

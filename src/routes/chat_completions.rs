@@ -12,6 +12,7 @@ use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
+use crate::request_progress::ProgressWatch;
 use crate::server::BodyError;
 use crate::state::AppState;
 use crate::wire_fields::WireFields;
@@ -29,7 +30,7 @@ pub async fn chat_completions<B>(
     state: &AppState,
     headers: &HeaderMap,
     body: B,
-    scope: RequestScope,
+    scope: RequestScope<'_>,
 ) -> (Response, Handled)
 where
     B: http_body::Body<Data = Bytes>,
@@ -40,6 +41,7 @@ where
         id: request_id,
         arrived,
         caller,
+        progress,
     } = scope;
     let mut scan = RequestScan::default();
     let body = match read_body(headers, body, config.max_body_bytes, &mut scan).await {
@@ -50,67 +52,84 @@ where
         Ok(chat) => chat,
         Err(err) => return (err.into_response(), Handled::default()),
     };
-    // Handed back with every answer from here on. `Handled` itself is built
-    // only at the end: held across the awaits, it would enlarge the future.
-    let model = Some(RequestedModel {
-        name: chat.model_shared().clone(),
-        stream: chat.stream,
-    });
-    // Refusals before routing (the key's models, the limits) are counted
-    // under the route the model names, when it names one.
-    let refused = |response, fields, model| {
-        let route = config
-            .routes
-            .lookup(chat.model())
-            .map(|route| RouteName(route.name.clone()));
-        let handled = Handled {
-            model,
-            route,
-            fields,
-            ..Handled::default()
+    // From here on, a request dropped before its answer (its client left)
+    // is logged with the model, route and provider it had reached. A block,
+    // not an async function of its own: a nested future is built and then
+    // moved into this one, a copy of its whole size.
+    let mut watch = progress.watch(&chat);
+    let answer = 'answer: {
+        // Handed back with every answer from here on. `Handled` itself is built
+        // only at the end: held across the awaits, it would enlarge the future.
+        let model = Some(RequestedModel {
+            name: chat.model_shared().clone(),
+            stream: chat.stream,
+        });
+        // Refusals before routing (the key's models, the limits) are counted
+        // under the route the model names, when it names one.
+        let refused = |response, fields, model| {
+            let route = config
+                .routes
+                .lookup(chat.model())
+                .map(|route| RouteName(route.name.clone()));
+            let handled = Handled {
+                model,
+                route,
+                fields,
+                ..Handled::default()
+            };
+            (response, handled)
         };
-        (response, handled)
-    };
-    if caller
-        .key
-        .as_ref()
-        .is_some_and(|key| !key.may_use(chat.model()))
-    {
-        let err = auth::model_not_allowed(&caller, chat.model());
-        return refused(err.into_response(), WireFields::default(), model);
-    }
-    let limits = &config.limits;
-    if limits.is_off() {
-        let routed =
-            route_and_forward(state, &config, &chat, (request_id, arrived), (0, None)).await;
-        return routed.handled(model, None);
-    }
-    let estimate = estimate_tokens(&chat, limits.default_max_tokens);
-    let admission = match limits
-        .admit(caller.key.as_deref(), chat.model(), estimate)
-        .await
-    {
-        Ok(admission) => admission,
-        Err((response, fields)) => {
-            count_limited(state, response.extensions().get::<GatewayError>());
-            return refused(response, fields, model);
+        if caller
+            .key
+            .as_ref()
+            .is_some_and(|key| !key.may_use(chat.model()))
+        {
+            let err = auth::model_not_allowed(&caller, chat.model());
+            break 'answer refused(err.into_response(), WireFields::default(), model);
         }
+        let limits = &config.limits;
+        if limits.is_off() {
+            let routed = route_and_forward(
+                state,
+                &config,
+                &chat,
+                (request_id, arrived),
+                (0, None),
+                &mut watch,
+            )
+            .await;
+            break 'answer routed.handled(model, None);
+        }
+        let estimate = estimate_tokens(&chat, limits.default_max_tokens);
+        let admission = match limits
+            .admit(caller.key.as_deref(), chat.model(), estimate)
+            .await
+        {
+            Ok(admission) => admission,
+            Err((response, fields)) => {
+                count_limited(state, response.extensions().get::<GatewayError>());
+                break 'answer refused(response, fields, model);
+            }
+        };
+        let mut routed = route_and_forward(
+            state,
+            &config,
+            &chat,
+            (request_id, arrived),
+            (estimate, Some(&admission)),
+            &mut watch,
+        )
+        .await;
+        let settlement = admission.finish(
+            &routed.response,
+            &mut routed.fields,
+            routed.provider_admission.take(),
+            routed.upstream.as_ref(),
+        );
+        routed.handled(model, settlement)
     };
-    let mut routed = route_and_forward(
-        state,
-        &config,
-        &chat,
-        (request_id, arrived),
-        (estimate, Some(&admission)),
-    )
-    .await;
-    let settlement = admission.finish(
-        &routed.response,
-        &mut routed.fields,
-        routed.provider_admission.take(),
-        routed.upstream.as_ref(),
-    );
-    routed.handled(model, settlement)
+    watch.answered();
+    answer
 }
 
 /// The outcome of routing and fail-over.
@@ -156,13 +175,15 @@ impl Routed {
 
 /// Routes by model and runs the fail-over loop; each attempt first takes
 /// its provider's limits (`estimate` tokens), and marks both its own and
-/// the request's `admission` sent before it goes to the provider.
-async fn route_and_forward(
+/// the request's `admission` sent before it goes to the provider. The
+/// route and each attempt are noted in `watch` as they are reached.
+async fn route_and_forward<'c>(
     state: &AppState,
-    config: &Config,
-    chat: &ChatRequest,
+    config: &'c Config,
+    chat: &'c ChatRequest,
     (request_id, arrived): (HeaderValue, tokio::time::Instant),
     (estimate, admission): (u64, Option<&Admission>),
+    watch: &mut ProgressWatch<'_, 'c>,
 ) -> Routed {
     let Some(route) = config.routes.lookup(chat.model()) else {
         let missing = GatewayError::new(
@@ -179,6 +200,7 @@ async fn route_and_forward(
         return Routed::refused(missing, None);
     };
     let route_name = Some(RouteName(route.name.clone()));
+    watch.route = Some(route);
     if route.usable_targets().next().is_none() {
         let vars = route.missing_key_vars().join(" or ");
         let unconfigured = GatewayError::server(
@@ -204,10 +226,11 @@ async fn route_and_forward(
     };
     let ctx = &ctx;
     let limits = &config.limits;
-    let (result, report) = failover::run(
+    let result = failover::run(
         route,
         &config.retry,
         arrived,
+        &mut watch.report,
         |target| async move {
             let slot = limits
                 .admit_provider(&target.provider.name, estimate)
@@ -265,7 +288,7 @@ async fn route_and_forward(
             (
                 err.into_response(),
                 WireFields::default(),
-                report.target.map(|target| UpstreamInfo {
+                watch.report.target.map(|target| UpstreamInfo {
                     time_to_head: ctx.last_time_to_head(),
                     ..UpstreamInfo::new(target)
                 }),
@@ -273,6 +296,7 @@ async fn route_and_forward(
             )
         }
     };
+    let report = &watch.report;
     if let Some(target) = report.target {
         fields.push(&X_GATEWAY_PROVIDER, &target.provider.name_header);
         fields.push_u64(&X_GATEWAY_ATTEMPTS, report.attempts.into());
@@ -393,6 +417,7 @@ mod tests {
             id: http::HeaderValue::from_static("req_1"),
             arrived: tokio::time::Instant::now(),
             caller: crate::auth::Caller::anonymous(),
+            progress: &Default::default(),
         };
         let headers = http::HeaderMap::new();
         let handler = super::chat_completions(&state, &headers, Body::empty(), scope);

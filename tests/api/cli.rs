@@ -339,6 +339,63 @@ fn the_access_line_of_a_provider_error_has_its_time_to_head() {
     assert!(time_to_head >= 20.0, "{line}");
 }
 
+/// The access line of a request whose client left while its second
+/// attempt waited for a provider: the model, route and provider it had
+/// reached, and both attempts.
+#[test]
+fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
+    use kimi_gateway::mock::Flavour;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = kimi_gateway::mock::MockOptions {
+            api_key: "k".into(),
+            ..Default::default()
+        };
+        kimi_gateway::mock::spawn(listener, options).await
+    });
+    let mut command = gateway();
+    command
+        .env("MOONSHOT_BASE_URL", mock.base_url(Flavour::Moonshot))
+        .env("AGENTSFLARE_BASE_URL", mock.base_url(Flavour::Agentsflare))
+        .env("AGENTSFLARE_API_KEY", "k");
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT]);
+    runtime.block_on(async {
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "kimi-latest",
+                "messages": [{"role": "user", "content": "[mock moonshot:error=server agentsflare:head_delay_ms=60000]"}],
+            }))
+            .send();
+        let request = tokio::spawn(request);
+        // The first attempt's failure is counted as the second one starts.
+        let failed_over = r#"kimi_gateway_upstream_attempts_total{outcome="failover",provider="moonshot"} 1"#;
+        let second_attempt = async {
+            loop {
+                let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+                if metrics.text().await.unwrap().contains(failed_over) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), second_attempt)
+            .await
+            .expect("the second attempt never started");
+        request.abort();
+    });
+    let line = wait_for_line(&mut stdout, "\"status\":499");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["model"], "kimi-latest", "{line}");
+    assert_eq!(line["provider"], "agentsflare", "{line}");
+    assert_eq!(line["upstream_model"], "kimi-latest", "{line}");
+    assert_eq!(line["attempts"], 2, "{line}");
+    assert_eq!(line["error_type"], "", "{line}");
+}
+
 /// At `RUST_LOG=trace`, with the log written into the config file's
 /// directory: the file watcher's library logs each change it sees, so every
 /// line written would make another. Its lines stay out unless asked for.

@@ -236,22 +236,30 @@ async fn a_real_prometheus_scrapes_the_series() {
     assert_eq!(value, "3");
 }
 
+/// Counted with the route and the provider of the attempt under way: here
+/// the second, after the first provider failed.
 #[tokio::test]
 async fn a_request_the_client_leaves_before_its_answer_is_counted_as_499() {
     let app = spawn_app().await;
-    // One plain request and one stream, both waiting for the provider's head.
+    // One plain request and one stream, both waiting for the second
+    // provider's head.
     let mut waiting = Vec::new();
     for stream in [false, true] {
         let body = chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock head_delay_ms=60000]",
+            "kimi-latest",
+            "[mock moonshot:error=server agentsflare:head_delay_ms=60000]",
             stream,
         );
         let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
         waiting.push(tokio::spawn(request.send()));
     }
-    wait_until("both requests are in flight", async || {
-        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(2.0)
+    wait_until("both requests wait for the second provider", async || {
+        let text = scrape(&app).await;
+        sample(&text, "kimi_gateway_in_flight_requests") == Some(2.0)
+            && sample(
+                &text,
+                r#"kimi_gateway_upstream_attempts_total{outcome="failover",provider="moonshot"}"#,
+            ) == Some(2.0)
     })
     .await;
     // The clients give up: their connections close.
@@ -263,8 +271,38 @@ async fn a_request_the_client_leaves_before_its_answer_is_counted_as_499() {
     })
     .await;
     let text = scrape(&app).await;
-    let left = r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="499"}"#;
+    let left = r#"kimi_gateway_requests_total{error_type="none",provider="agentsflare",route="kimi-latest",status="499"}"#;
     assert_eq!(sample(&text, left), Some(2.0), "{text}");
+    for stream in ["false", "true"] {
+        let timed = format!(
+            r#"kimi_gateway_request_duration_seconds_count{{provider="agentsflare",route="kimi-latest",stream="{stream}"}}"#
+        );
+        assert_eq!(sample(&text, &timed), Some(1.0), "{text}");
+    }
+}
+
+/// A client that leaves while its body is still coming: nothing was read
+/// that names a model, so no route or provider.
+#[tokio::test]
+async fn a_request_left_while_its_body_is_read_is_counted_with_no_route() {
+    let app = spawn_app().await;
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":\"kimi-latest\"";
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+        .await
+        .unwrap();
+    wait_until("the request is in flight", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(1.0)
+    })
+    .await;
+    drop(socket);
+    wait_until("the request is over", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
+    })
+    .await;
+    let text = scrape(&app).await;
+    let left = r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="499"}"#;
+    assert_eq!(sample(&text, left), Some(1.0), "{text}");
 }
 
 /// Health probes and scrapes are not counted; any other request is, on a

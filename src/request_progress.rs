@@ -1,0 +1,89 @@
+//! How far a request's handler got, for the access line and metrics of a
+//! request that is never answered (its client left, or the drain deadline
+//! passed): the model asked for, the route, and the provider of the attempt
+//! that was under way and how many attempts had started.
+//!
+//! Nothing is written while the request goes well. The handler keeps what
+//! it has reached in a [`ProgressWatch`] on its own stack (borrows, no
+//! copies); only when the handler is dropped before answering does the
+//! watch copy it into the [`RequestProgress`], which the request context's
+//! drop guard reads just after.
+
+use crate::access_log::{RequestedModel, RouteName};
+use crate::proxy::failover::AttemptReport;
+use crate::proxy::request::ChatRequest;
+use crate::proxy::route::Route;
+use crate::proxy::upstream::UpstreamInfo;
+use std::sync::Mutex;
+
+/// Owned by the request's caller, so that both the handler and the request
+/// context's drop guard can borrow it.
+#[derive(Default)]
+pub struct RequestProgress {
+    /// Boxed: a pointer's room in every request's future, and an
+    /// allocation only for a request that is never answered.
+    left: Mutex<Option<Box<LeftAt>>>,
+}
+
+/// What an unanswered request had reached.
+pub struct LeftAt {
+    pub model: RequestedModel,
+    pub route: Option<RouteName>,
+    /// The provider of the last attempt started, with `attempts` counting
+    /// every attempt started (the cancelled one too).
+    pub upstream: Option<UpstreamInfo>,
+}
+
+impl RequestProgress {
+    /// Starts watching a request that has been read: its model is known.
+    pub fn watch<'p, 'c>(&'p self, chat: &'c ChatRequest) -> ProgressWatch<'p, 'c> {
+        ProgressWatch {
+            progress: self,
+            chat,
+            route: None,
+            report: AttemptReport::default(),
+        }
+    }
+
+    /// What the handler had reached, when it was dropped before answering.
+    pub fn take(&self) -> Option<Box<LeftAt>> {
+        self.left.lock().map_or(None, |mut left| left.take())
+    }
+}
+
+/// The handler's side: filled in as the request goes on, and copied out
+/// only if the handler is dropped before [`answered`](Self::answered).
+pub struct ProgressWatch<'p, 'c> {
+    progress: &'p RequestProgress,
+    chat: &'c ChatRequest,
+    /// The route the model matched.
+    pub route: Option<&'c Route>,
+    /// Updated by the fail-over loop as each attempt starts.
+    pub report: AttemptReport<'c>,
+}
+
+impl ProgressWatch<'_, '_> {
+    /// The handler has its answer: nothing to record.
+    pub fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ProgressWatch<'_, '_> {
+    fn drop(&mut self) {
+        let left = LeftAt {
+            model: RequestedModel {
+                name: self.chat.model_shared().clone(),
+                stream: self.chat.stream,
+            },
+            route: self.route.map(|route| RouteName(route.name.clone())),
+            upstream: self.report.target.map(|target| UpstreamInfo {
+                attempts: self.report.attempts,
+                ..UpstreamInfo::new(target)
+            }),
+        };
+        if let Ok(mut slot) = self.progress.left.lock() {
+            *slot = Some(Box::new(left));
+        }
+    }
+}
