@@ -15,8 +15,13 @@ pub enum SizeLine {
     Partial,
 }
 
-/// Hexadecimal digits a size may have: 16 hold any `u64`.
+/// Hexadecimal digits a size may have after its leading zeros: 16 hold
+/// any `u64`.
 const MAX_SIZE_DIGITS: usize = 16;
+
+/// A chunk size past what 16 hexadecimal digits hold: on the server side,
+/// a body larger than any limit (413), not a malformed one.
+pub const SIZE_OVER_U64: &str = "chunk size over 16 hexadecimal digits";
 
 const INVALID_SIZE_LINE: &str = "invalid chunk size line";
 const BARE_LF_IN_SIZE_LINE: &str = "chunk size line with a bare LF";
@@ -33,10 +38,11 @@ const BARE_LF_IN_SIZE_LINE: &str = "chunk size line with a bare LF";
 /// shows: a line that cannot become valid never waits for more bytes.
 pub fn chunk_size_line(buf: &[u8]) -> Result<SizeLine, &'static str> {
     let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits > MAX_SIZE_DIGITS {
-        return Err("chunk size over 16 hexadecimal digits");
+    let zeros = buf[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits - zeros > MAX_SIZE_DIGITS {
+        return Err(SIZE_OVER_U64);
     }
-    let size = buf[..digits]
+    let size = buf[zeros..digits]
         .iter()
         .fold(0u64, |size, &digit| size << 4 | hex_value(digit));
     let mut at = digits;
@@ -218,13 +224,16 @@ mod tests {
     /// waits for more.
     #[test]
     fn size_lines_in_every_form_the_grammar_allows() {
-        let cases: [(&[u8], u64); 17] = [
+        let cases: [(&[u8], u64); 19] = [
             (b"0\r\n", 0),
             (b"5\r\n", 5),
             (b"a\r\n", 10),
             (b"Ff\r\n", 255),
             (b"0000000000000005\r\n", 5),
             (b"ffffffffffffffff\r\n", u64::MAX),
+            // Leading zeros are not counted against the 16 digits.
+            (b"00000000000000005\r\n", 5),
+            (b"0000000000ffffffffffffffff\r\n", u64::MAX),
             (b"5;a\r\n", 5),
             (b"5;a=b\r\n", 5),
             (b"5;a=b;c;d=e\r\n", 5),
@@ -273,7 +282,6 @@ mod tests {
             b"+5\r\n",
             b"-1\r\n",
             b"5g\r\n",
-            b"00000000000000005\r\n",
             b"10000000000000000\r\n",
             // Whitespace not before a ';' (or '=').
             b"5 \r\n",
@@ -323,6 +331,11 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(line)
             );
+        }
+        // A size no `u64` holds, told apart: a request body that large
+        // is refused as too large.
+        for line in [&b"10000000000000000\r\n"[..], b"0fffffffffffffffff0"] {
+            assert_eq!(chunk_size_line(line), Err(SIZE_OVER_U64), "{line:?}");
         }
         // Refused before the line's end arrives.
         for start in [&b"5 x"[..], b"5;a b", b"0x", b"5\n", b"5;a=\"\x00"] {

@@ -23,6 +23,7 @@ mod head;
 mod pool;
 
 pub use body::{OutgoingBody, PooledBody};
+pub use chunk_lines::SIZE_OVER_U64;
 pub use framing::{Decoded, Framing};
 pub use head::Headers;
 

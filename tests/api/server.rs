@@ -724,6 +724,29 @@ async fn a_chunk_announced_over_the_limit_is_413_at_once() {
     assert_still_serving(app.addr).await;
 }
 
+/// A size past what 64 bits hold, declared or announced by a chunk, is a
+/// body over any limit: 413, like any other, not a malformed request.
+#[tokio::test]
+async fn sizes_past_64_bits_are_413() {
+    let app = spawn_app().await;
+    for framing in [
+        "content-length: 184467440737095516160\r\n\r\n{",
+        "transfer-encoding: chunked\r\n\r\n1\r\n{\r\n10000000000000000\r\n\"",
+    ] {
+        let mut client = Client::connect(app.addr).await;
+        client
+            .send(&format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n{framing}"))
+            .await;
+        let reply = client.response().await;
+        assert_eq!(reply.status, 413, "{framing}: {}: {}", reply.head, reply.text());
+        reply.assert_invalid_request_error();
+        assert_eq!(reply.json()["error"]["code"], "request_too_large");
+        assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    }
+    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+    assert_still_serving(app.addr).await;
+}
+
 /// A chunk that ends exactly at the limit is read and forwarded.
 #[tokio::test]
 async fn chunks_up_to_the_limit_are_read() {

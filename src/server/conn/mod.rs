@@ -17,7 +17,7 @@ use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::ConnectionHeader;
 use crate::access_log::request_id;
 use crate::app::Gateway;
-use crate::client::{Decoded, Framing};
+use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::wire_fields::WireFields;
@@ -402,11 +402,15 @@ impl Connection {
                         }
                     }
                     Err(err) => {
-                        let message = match err {
-                            crate::client::UpstreamError::InvalidBody(what) => what,
-                            _ => "invalid chunked body",
+                        let error = match err {
+                            // More than any `u64`, so more than the limit.
+                            crate::client::UpstreamError::InvalidBody(SIZE_OVER_U64) => {
+                                BodyError::TOO_LARGE
+                            }
+                            crate::client::UpstreamError::InvalidBody(what) => BodyError(what),
+                            _ => BodyError("invalid chunked body"),
                         };
-                        body.slot.end(Err(BodyError(message)), cx);
+                        body.slot.end(Err(error), cx);
                         continue 'handler;
                     }
                 }
