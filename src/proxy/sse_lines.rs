@@ -105,6 +105,19 @@ pub fn event_end(text: &[u8], line_end: usize) -> Option<usize> {
     }
 }
 
+/// The length of the longest event in `text`, which holds whole events,
+/// each with the blank line that ends it.
+pub fn longest_event(text: &[u8]) -> usize {
+    let mut longest = 0;
+    let mut start = 0;
+    while start < text.len() {
+        let end = event_end(text, start).unwrap_or(text.len());
+        longest = longest.max(end - start);
+        start = end;
+    }
+    longest
+}
+
 /// The value of a `data` field line (`data` alone is an empty one), or
 /// `None` for any other line.
 pub fn data_value(line: &[u8]) -> Option<&[u8]> {
@@ -177,6 +190,14 @@ fn starts_blank(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_event_is_measured_with_its_blank_line() {
+        assert_eq!(longest_event(b""), 0);
+        assert_eq!(longest_event(b"data: a\n\n"), 9);
+        assert_eq!(longest_event(b"data: a\n\ndata: bbb\n\n: c\n\n"), 11);
+        assert_eq!(longest_event(b"id: 1\r\ndata: bb\r\n\r\ndata: a\r\r"), 19);
+    }
 
     const ENDINGS: [&str; 3] = ["\n", "\r\n", "\r"];
 

@@ -738,7 +738,13 @@ async fn sizes_past_64_bits_are_413() {
             .send(&format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n{framing}"))
             .await;
         let reply = client.response().await;
-        assert_eq!(reply.status, 413, "{framing}: {}: {}", reply.head, reply.text());
+        assert_eq!(
+            reply.status,
+            413,
+            "{framing}: {}: {}",
+            reply.head,
+            reply.text()
+        );
         reply.assert_invalid_request_error();
         assert_eq!(reply.json()["error"]["code"], "request_too_large");
         assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);

@@ -13,6 +13,7 @@ mod inspect;
 pub use super::event_align::EventAligner;
 use super::relay_waits::RelayWaits;
 use super::sse_events::has_data_line;
+use super::sse_lines::longest_event;
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::UsageReport;
 use crate::error::GatewayError;
@@ -221,6 +222,16 @@ impl SseRelay {
                     }
                     if let Some(events) = self.aligner.push(chunk) {
                         let (events, reads) = self.gather_ready(cx, events);
+                        // An event can arrive whole in one read, never held
+                        // as pending: its size is checked here. Only a block
+                        // of events larger than the limit is measured.
+                        if events.len() > self.max_event_bytes
+                            && longest_event(&events) > self.max_event_bytes
+                        {
+                            let err =
+                                super::upstream::too_large(&self.provider, self.max_event_bytes);
+                            return Poll::Ready(Some(Err(err)));
+                        }
                         // Only a block with data is an event (SSE dispatches
                         // nothing for comments, or `id:`/`retry:` alone).
                         // Before the head goes out, the rest are dropped:

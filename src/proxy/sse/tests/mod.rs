@@ -273,6 +273,52 @@ async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
     assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
 }
 
+/// An event over the limit that arrives whole (in one read, alone or
+/// gathered with others) ends the stream too: the limit does not depend on
+/// how the provider's writes fall into reads.
+#[tokio::test]
+async fn an_event_over_the_limit_read_whole_ends_the_stream() {
+    let large = || Bytes::from(format!("data: {{\"content\":\"{}\"}}\n\n", "G".repeat(200)));
+    for rest in [
+        vec![large()],
+        vec![event(1), large()],
+        vec![large(), event(1)],
+    ] {
+        let upstream = started_then(futures_util::stream::iter(rest.into_iter().map(Ok)));
+        let settings = RelaySettings {
+            max_event_bytes: 150,
+            ..settings()
+        };
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let relay = SseRelay::start(upstream, settings, stats.clone())
+            .await
+            .unwrap();
+        let text = String::from_utf8(rest_of(relay).await.concat().to_vec()).unwrap();
+        assert!(text.starts_with("data: {\"choices\""), "{text}");
+        assert!(text.contains("upstream_response_too_large"), "{text}");
+        assert!(
+            !text.contains("GGG"),
+            "the large event never went out: {text}"
+        );
+        let Some(StreamEnd::Failed(error)) = stats.end() else {
+            panic!("{:?}", stats.end());
+        };
+        assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
+    }
+    // Before the first event: the attempt fails.
+    let upstream = futures_util::stream::iter([Ok(large())]);
+    let settings = RelaySettings {
+        max_event_bytes: 150,
+        ..settings()
+    };
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let err = SseRelay::start(Box::pin(upstream), settings, stats)
+        .await
+        .err()
+        .expect("an error");
+    assert_eq!(err.code.as_deref(), Some("upstream_response_too_large"));
+}
+
 /// A byte order mark before the first event (allowed by the SSE format) is
 /// dropped, and that event is the stream's first; one anywhere else is
 /// content and passes.
