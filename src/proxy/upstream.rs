@@ -238,10 +238,15 @@ pub async fn forward(
         });
     }
 
+    // A body that fails after a good head still names the provider's
+    // request id, for the provider's support.
+    let named = |err| with_provider_request_id(err, &response.headers, provider);
     let body = match timeout_at(deadline, response.body.into_bytes(ctx.max_response_bytes)).await {
-        Err(_) => return Err(timeout(provider, "the response body", sent)),
-        Ok(Err(UpstreamError::BodyTooLarge(limit))) => return Err(too_large(provider, limit)),
-        Ok(Err(err)) => return Err(body_error(provider, &err)),
+        Err(_) => return Err(named(timeout(provider, "the response body", sent))),
+        Ok(Err(UpstreamError::BodyTooLarge(limit))) => {
+            return Err(named(too_large(provider, limit)));
+        }
+        Ok(Err(err)) => return Err(named(body_error(provider, &err))),
         Ok(Ok(body)) => body,
     };
     let body_read = Instant::now();
@@ -251,14 +256,14 @@ pub async fn forward(
         } else {
             "a body that is not JSON"
         };
-        return Err(GatewayError::server(
+        return Err(named(GatewayError::server(
             StatusCode::BAD_GATEWAY,
             format!(
                 "provider {} answered HTTP {} with {what}",
                 provider.name,
                 status.as_u16()
             ),
-        ));
+        )));
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);

@@ -85,6 +85,28 @@ async fn a_first_event_error_names_the_providers_request_id() {
     }
 }
 
+/// A good head whose body then fails (here, larger than the gateway
+/// holds) still names the provider's request id.
+#[tokio::test]
+async fn a_body_that_fails_after_a_good_head_names_the_providers_request_id() {
+    let limited = format!("{SINGLE_ATTEMPT}[server]\nmax_response_bytes = 100\n");
+    let app = spawn_app_with(&limited, &[]).await;
+    let response = app
+        .chat(chat_body(model_of(Flavour::Moonshot), "hi", false))
+        .await;
+    assert_eq!(response.status(), 502);
+    let upstream_id = response.headers().get("x-upstream-request-id");
+    let upstream_id = upstream_id.map(|id| id.to_str().unwrap().to_owned());
+    assert!(
+        upstream_id
+            .as_deref()
+            .is_some_and(|id| id.parse::<u64>().is_ok()),
+        "{upstream_id:?}"
+    );
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_response_too_large", "{error}");
+}
+
 #[tokio::test]
 async fn aimlapi_out_of_credits_is_a_quota_error_not_a_permission_error() {
     let app = spawn_app().await;
