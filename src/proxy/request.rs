@@ -195,8 +195,10 @@ impl ChatRequest {
             }
         };
         let has_stream_options = stream_options.is_some();
+        // Checked with or without `stream`: a wrong type is refused either
+        // way, though only a stream asks for usage.
         let include_usage = match stream_options.map(|s| body.span(s)) {
-            Some(raw) if stream => {
+            Some(raw) => {
                 #[derive(Deserialize)]
                 struct StreamOptions {
                     include_usage: Option<bool>,
@@ -208,12 +210,13 @@ impl ChatRequest {
                 if !matches!(raw.first(), Some(b'{' | b'n')) {
                     return Err(refused("`stream_options` must be an object"));
                 }
-                serde_json::from_slice::<Option<StreamOptions>>(&raw)
+                let asked = serde_json::from_slice::<Option<StreamOptions>>(&raw)
                     .map_err(|_| refused("`stream_options.include_usage` must be a boolean"))?
                     .and_then(|o| o.include_usage)
-                    .unwrap_or(false)
+                    .unwrap_or(false);
+                stream && asked
             }
-            _ => false,
+            None => false,
         };
         let max_tokens = match token_cap(&body, max_completion_tokens, "max_completion_tokens")? {
             Some(cap) => Some(cap),
@@ -396,17 +399,23 @@ mod tests {
             ),
             "`stream_options.include_usage` must be a boolean"
         );
-        for options in ["[]", "[true]", "[null]", "true", "\"x\""] {
-            let body = format!(
-                r#"{{"model":"a","messages":[],"stream":true,"stream_options":{options}}}"#
-            );
-            assert_eq!(
-                message(&body),
-                "`stream_options` must be an object",
-                "{body}"
-            );
+        // With or without a stream.
+        for stream in ["true", "false"] {
+            for options in ["[]", "[true]", "[null]", "true", "\"x\"", "5"] {
+                let body = format!(
+                    r#"{{"model":"a","messages":[],"stream":{stream},"stream_options":{options}}}"#
+                );
+                assert_eq!(
+                    message(&body),
+                    "`stream_options` must be an object",
+                    "{body}"
+                );
+            }
         }
         let body = r#"{"model":"a","messages":[],"stream":true,"stream_options":null}"#;
+        assert!(!peek(body).unwrap().include_usage);
+        // Only a stream asks for usage.
+        let body = r#"{"model":"a","messages":[],"stream_options":{"include_usage":true}}"#;
         assert!(!peek(body).unwrap().include_usage);
     }
 
