@@ -192,13 +192,14 @@ pub fn build_provider(
         (None, None) => return None, // already reported as required
     };
     let base_url = base_url.trim().trim_end_matches('/').to_string();
-    let chat_url = chat_url(&base_url);
-    if chat_url.is_none() {
-        problems.push(ConfigProblem::new(
-            source,
-            format!("{base_url:?} is not an http(s) URL"),
-        ));
-    }
+    let chat_url = match chat_url(&base_url) {
+        Ok(url) => Some(url),
+        Err(why) => {
+            let shown = without_userinfo(&base_url);
+            problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
+            None
+        }
+    };
     let mut keys = Vec::new();
     for var in &draft.key_envs {
         let Some(secret) = env(var)
@@ -298,28 +299,51 @@ pub fn build_provider(
 }
 
 /// `{base_url}/chat/completions`, if `base_url` is an absolute http(s) URL.
-fn chat_url(base_url: &str) -> Option<ChatUrl> {
-    let uri = http::Uri::try_from(format!("{base_url}/chat/completions")).ok()?;
-    let scheme = uri.scheme_str()?;
-    if !matches!(scheme, "http" | "https") || uri.query().is_some() {
-        return None;
+/// The provider's chat URL, or why `base_url` cannot give one.
+fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
+    const NOT_A_URL: &str = "is not an http(s) URL";
+    let uri = http::Uri::try_from(format!("{base_url}/chat/completions")).map_err(|_| NOT_A_URL)?;
+    let scheme = uri.scheme_str().ok_or(NOT_A_URL)?;
+    if !matches!(scheme, "http" | "https") {
+        return Err(NOT_A_URL);
     }
-    let authority = uri.authority()?.clone();
-    if authority.as_str().contains('@') || authority.host().is_empty() {
-        return None;
+    if uri.query().is_some() {
+        return Err("has a query (`?`): the gateway adds `/chat/completions` to a base URL's path");
+    }
+    let authority = uri.authority().ok_or(NOT_A_URL)?.clone();
+    if authority.as_str().contains('@') {
+        return Err(
+            "holds a user name or password, which the gateway does not send: give the key in the provider's key variable",
+        );
+    }
+    if authority.host().is_empty() {
+        return Err("has no host");
     }
     let origin = http::Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
         .path_and_query("/")
         .build()
-        .ok()?;
-    let path = http::Uri::try_from(uri.path()).ok()?;
-    Some(ChatUrl {
-        host: HeaderValue::from_str(authority.as_str()).ok()?,
+        .map_err(|_| NOT_A_URL)?;
+    let path = http::Uri::try_from(uri.path()).map_err(|_| NOT_A_URL)?;
+    Ok(ChatUrl {
+        host: HeaderValue::from_str(authority.as_str()).map_err(|_| NOT_A_URL)?,
         origin,
         path,
     })
+}
+
+/// `url` for a message: a user name and password before the host are
+/// replaced by `***`, so a secret put there never reaches a log.
+fn without_userinfo(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    match url[after_scheme..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..after_scheme], &url[after_scheme + at..]),
+        None => url.to_string(),
+    }
 }
 
 /// Headers a config may not set, because the gateway owns them: it
@@ -405,6 +429,39 @@ mod tests {
         );
         let config = resolve("[providers.moonshot.headers]\nx-team = \"a\"\n", &keyed).unwrap();
         assert!(config.providers[0].name.as_ref() == "moonshot");
+    }
+
+    /// Each way a base URL is refused says why, and a password in it is
+    /// never printed.
+    #[test]
+    fn base_urls_are_refused_with_the_reason_and_no_password() {
+        for (url, expected) in [
+            (
+                "ftp://api.example.com/v1",
+                "\"ftp://api.example.com/v1\" is not an http(s) URL",
+            ),
+            ("api.example.com/v1", "is not an http(s) URL"),
+            ("https://api.example.com/v1?team=a", "has a query"),
+            (
+                "https://user:hunter2@api.example.com/v1",
+                "\"https://***@api.example.com/v1\" holds a user name or password",
+            ),
+            (
+                "https://:secret@api.example.com",
+                "\"https://***@api.example.com\"",
+            ),
+        ] {
+            let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
+            let problems = resolve(&text, &keyed).err().unwrap().0;
+            let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(
+                found[0].starts_with("providers.moonshot.base_url: "),
+                "{found:?}"
+            );
+            assert!(found[0].contains(expected), "{url}: {found:?}");
+            assert!(!found[0].contains("hunter2") && !found[0].contains("secret"));
+        }
     }
 
     #[test]
