@@ -88,15 +88,20 @@ async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event
 async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
     let mut app = spawn_app_with("[server]\ndrain_secs = 0.3\n", &[]).await;
     // A plain request and a stream, both waiting for a provider's head that
-    // would come long after the deadline.
+    // would come long after the deadline, and a stream whose head came but
+    // not its first event.
     let mut waiting = Vec::new();
-    for stream in [false, true] {
-        let body = chat_body("kimi-k2.6", "[mock head_delay_ms=60000]", stream);
+    for (stream, directive) in [
+        (false, "[mock head_delay_ms=60000]"),
+        (true, "[mock head_delay_ms=60000]"),
+        (true, "[mock first_event_delay_ms=60000]"),
+    ] {
+        let body = chat_body("kimi-k2.6", directive, stream);
         let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
         waiting.push(tokio::spawn(request.send()));
     }
-    wait_until("both requests are in flight", async || {
-        app.state.metrics.in_flight.get() == 2
+    wait_until("the requests are in flight", async || {
+        app.state.metrics.in_flight.get() == 3
     })
     .await;
     let server = app.begin_shutdown();
@@ -118,6 +123,11 @@ async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
         let error = error_of(response).await;
         assert_eq!(error["type"], "server_error");
         assert_eq!(error["code"], "gateway_shutdown");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("not answered before the drain deadline"),
+            "{message}"
+        );
     }
     // Nothing is left for the server to wait for.
     let result = tokio::time::timeout(Duration::from_secs(1), server).await;

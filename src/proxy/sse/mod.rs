@@ -312,9 +312,16 @@ impl SseRelay {
                 }
                 Poll::Pending => {
                     if self.waits.as_mut().poll_shutdown(cx).is_ready() {
-                        let message = "the gateway is shutting down; the stream was ended early";
-                        let err = GatewayError::server(StatusCode::SERVICE_UNAVAILABLE, message)
-                            .with_code("gateway_shutdown");
+                        // Before the head, the error is the request's answer.
+                        let err = if self.head_sent {
+                            GatewayError::server(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the gateway is shutting down; the stream was ended early",
+                            )
+                            .with_code("gateway_shutdown")
+                        } else {
+                            crate::drain::unanswered_at_deadline()
+                        };
                         return Poll::Ready(Some(Err(err)));
                     }
                     if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx)
