@@ -114,40 +114,8 @@ fn redis_settings(
             OnRedisError::Open
         }
     };
-    match backend {
-        "local" => return None,
-        "redis" => {}
-        other => {
-            problems.push(ConfigProblem::new(
-                "limits.backend",
-                format!("{other:?} is not \"local\" or \"redis\""),
-            ));
-            return None;
-        }
-    }
-    let from_env = file
-        .redis_url_env
-        .as_deref()
-        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
-    let (url, source) = match (from_env, &file.redis_url) {
-        (Some((var, url)), _) => (url, var.to_string()),
-        (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
-        (None, None) => {
-            problems.push(ConfigProblem::new(
-                "limits.redis_url",
-                "required when limits.backend is \"redis\"",
-            ));
-            return None;
-        }
-    };
-    if redis::Client::open(url.trim()).is_err() {
-        // The URL may hold a password: name the problem, not the URL.
-        problems.push(ConfigProblem::new(
-            source,
-            "is not a Redis URL like redis://127.0.0.1:6379",
-        ));
-        return None;
-    }
+    // The Redis settings are checked whichever the backend: a mistake
+    // found only when the backend is switched would be found too late.
     let lease = seconds(
         file.redis_lease_secs,
         "limits.redis_lease_secs",
@@ -196,6 +164,40 @@ fn redis_settings(
             "must be 1 to 128 visible ASCII characters (no spaces): it starts every key, so \
              gateways sharing one Redis keep their counts apart",
         ));
+    }
+    match backend {
+        "local" => return None,
+        "redis" => {}
+        other => {
+            problems.push(ConfigProblem::new(
+                "limits.backend",
+                format!("{other:?} is not \"local\" or \"redis\""),
+            ));
+            return None;
+        }
+    }
+    let from_env = file
+        .redis_url_env
+        .as_deref()
+        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+    let (url, source) = match (from_env, &file.redis_url) {
+        (Some((var, url)), _) => (url, var.to_string()),
+        (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
+        (None, None) => {
+            problems.push(ConfigProblem::new(
+                "limits.redis_url",
+                "required when limits.backend is \"redis\"",
+            ));
+            return None;
+        }
+    };
+    if redis::Client::open(url.trim()).is_err() {
+        // The URL may hold a password: name the problem, not the URL.
+        problems.push(ConfigProblem::new(
+            source,
+            "is not a Redis URL like redis://127.0.0.1:6379",
+        ));
+        return None;
     }
     Some(RedisSettings {
         url: url.trim().to_string(),

@@ -697,18 +697,37 @@ async fn a_reload_keeps_unchanged_redis_limits_and_starts_changed_ones_afresh() 
 }
 
 /// Redis settings that would hold responses too long, let leases expire
-/// while they are refreshed, or mix gateways' keys are refused by name.
+/// while they are refreshed, or mix gateways' keys are refused by name,
+/// with local limits too (before anyone switches the backend), and beside
+/// a Redis URL that is refused.
 #[test]
 fn redis_settings_out_of_range_are_refused() {
-    let problems = |settings: &str| {
-        let text = format!(
-            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n{settings}"
-        );
+    let problems_with = |backend: &str, settings: &str| {
+        let text = format!("[limits]\n{backend}\n{settings}");
         match kimi_gateway::config::resolve(&text, &|_| None) {
             Ok(_) => Vec::new(),
-            Err(errors) => errors.0.iter().map(|p| p.path.clone()).collect(),
+            Err(errors) => errors.0.iter().map(|p| p.path.clone()).collect::<Vec<_>>(),
         }
     };
+    let problems = |settings: &str| {
+        let redis = problems_with(
+            "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"",
+            settings,
+        );
+        assert_eq!(problems_with("", settings), redis, "local: {settings}");
+        redis
+    };
+    assert_eq!(
+        problems_with(
+            "backend = \"redis\"\nredis_url = \"http://x\"",
+            "redis_timeout_ms = 0\nredis_key_prefix = \"a b\""
+        ),
+        [
+            "limits.redis_timeout_ms",
+            "limits.redis_key_prefix",
+            "limits.redis_url"
+        ]
+    );
     assert_eq!(problems(""), Vec::<String>::new());
     assert_eq!(
         problems("redis_timeout_ms = 10000\nredis_lease_secs = 11"),
