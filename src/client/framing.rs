@@ -306,7 +306,6 @@ mod tests {
             &b"zz\r\n"[..],
             b"5\r\nhelloXX",
             b"ffffffffffffffffffff\r\n",
-            b"00000000000000005\r\nhello\r\n",
             b"\r\n\r\n",
             b";a\r\n",
             b"5 \r\nhello\r\n",
