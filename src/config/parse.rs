@@ -17,6 +17,9 @@ pub struct ParsedFile {
     pub aliases: Vec<(String, AliasFile)>,
     pub keys: Vec<(String, KeyFile)>,
     pub limits: LimitsFile,
+    /// Full key paths of values that could not be read (a wrong type):
+    /// each is reported here, and left out of its section.
+    pub unreadable: Vec<String>,
 }
 
 pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
@@ -31,24 +34,32 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
     for (key, value) in table {
         match key.as_str() {
             "server" => {
-                if let Some(server) = section::<ServerFile>(value, "server", problems) {
+                if let Some(server) =
+                    section::<ServerFile>(value, "server", problems, &mut parsed.unreadable)
+                {
                     parsed.server = server;
                 }
             }
             "retry" => {
-                if let Some(retry) = section::<RetryFile>(value, "retry", problems) {
+                if let Some(retry) =
+                    section::<RetryFile>(value, "retry", problems, &mut parsed.unreadable)
+                {
                     parsed.retry = retry;
                 }
             }
             "breaker" => {
-                if let Some(breaker) = section::<BreakerFile>(value, "breaker", problems) {
+                if let Some(breaker) =
+                    section::<BreakerFile>(value, "breaker", problems, &mut parsed.unreadable)
+                {
                     parsed.breaker = breaker;
                 }
             }
             "providers" => {
                 for (name, entry) in subtables(value, "providers", problems) {
                     let path = format!("providers.{name}");
-                    if let Some(provider) = section::<ProviderFile>(entry, &path, problems) {
+                    if let Some(provider) =
+                        section::<ProviderFile>(entry, &path, problems, &mut parsed.unreadable)
+                    {
                         parsed.providers.push((name, provider));
                     }
                 }
@@ -56,7 +67,9 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
             "aliases" => {
                 for (name, entry) in subtables(value, "aliases", problems) {
                     let path = format!("aliases.{name}");
-                    if let Some(alias) = section::<AliasFile>(entry, &path, problems) {
+                    if let Some(alias) =
+                        section::<AliasFile>(entry, &path, problems, &mut parsed.unreadable)
+                    {
                         parsed.aliases.push((name, alias));
                     }
                 }
@@ -64,13 +77,17 @@ pub fn parse(text: &str, problems: &mut Vec<ConfigProblem>) -> ParsedFile {
             "keys" => {
                 for (name, entry) in subtables(value, "keys", problems) {
                     let path = format!("keys.{name}");
-                    if let Some(key) = section::<KeyFile>(entry, &path, problems) {
+                    if let Some(key) =
+                        section::<KeyFile>(entry, &path, problems, &mut parsed.unreadable)
+                    {
                         parsed.keys.push((name, key));
                     }
                 }
             }
             "limits" => {
-                if let Some(limits) = section::<LimitsFile>(value, "limits", problems) {
+                if let Some(limits) =
+                    section::<LimitsFile>(value, "limits", problems, &mut parsed.unreadable)
+                {
                     parsed.limits = limits;
                 }
             }
@@ -102,16 +119,20 @@ fn subtables(
 /// every key the structs do not know. serde stops at a section's first
 /// wrong-typed value, so when there is one every other value of the section
 /// is tried alone too, down through nested tables (`timeouts`, a limit
-/// table), and each of its type errors is recorded as well.
+/// table), and each of its type errors is recorded as well. The section is
+/// then read without its unreadable values (their paths go to
+/// `unreadable`), so that the rest still get their own checks.
 fn section<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     problems: &mut Vec<ConfigProblem>,
+    unreadable: &mut Vec<String>,
 ) -> Option<T> {
     let leaves = match &value {
         toml::Value::Table(table) => leaves_of(table),
         _ => Vec::new(),
     };
+    let whole = value.clone();
     let mut unknown = Vec::new();
     let result = deserialize::<T>(value, |ignored| unknown.push(ignored));
     for key in unknown {
@@ -122,6 +143,7 @@ fn section<T: DeserializeOwned>(
         Err(failure) => failure,
     };
     problems.push(ConfigProblem::new(join(path, &inner), message));
+    let mut wrong = vec![inner];
     for alone in leaves {
         let mut unknown = Vec::new();
         let result = deserialize::<T>(alone, |ignored| unknown.push(ignored));
@@ -133,7 +155,8 @@ fn section<T: DeserializeOwned>(
             // A required member the lone value does not bring is not a
             // problem of the file.
             Err((inner, message)) if !message.starts_with("missing field") => {
-                found.push(ConfigProblem::new(join(path, &inner), message))
+                found.push(ConfigProblem::new(join(path, &inner), message));
+                wrong.push(inner);
             }
             _ => {}
         }
@@ -144,7 +167,50 @@ fn section<T: DeserializeOwned>(
             }
         }
     }
-    None
+    wrong.sort();
+    wrong.dedup();
+    let mut rest = whole;
+    for inner in &wrong {
+        remove_value(&mut rest, inner);
+    }
+    unreadable.extend(wrong.iter().map(|inner| join(path, inner)));
+    // Its unknown keys are already reported.
+    deserialize::<T>(rest, |_| {}).ok()
+}
+
+/// Takes the value at `inner` (`a.b`, `a[0].b`) out of `value`: the table
+/// entry it names, or the whole array a path into an array goes through.
+fn remove_value(value: &mut toml::Value, inner: &str) {
+    let Some(mut table) = value.as_table_mut() else {
+        return;
+    };
+    let mut rest = inner;
+    loop {
+        // The longest key the path starts with: a key may hold dots (a
+        // model name such as `kimi-k2.6`).
+        let starts_with_key = |key: &&String| {
+            rest.strip_prefix(key.as_str())
+                .is_some_and(|after| after.is_empty() || after.starts_with(['.', '[']))
+        };
+        let Some(key) = table
+            .keys()
+            .filter(starts_with_key)
+            .max_by_key(|k| k.len())
+            .cloned()
+        else {
+            return;
+        };
+        let after = &rest[key.len()..];
+        if after.is_empty() || after.starts_with('[') {
+            table.remove(&key);
+            return;
+        }
+        rest = &after[1..];
+        table = match table.get_mut(&key) {
+            Some(toml::Value::Table(nested)) => nested,
+            _ => return,
+        };
+    }
 }
 
 /// Every value of `table` that is not itself a table, each alone in a copy
@@ -283,6 +349,7 @@ mod tests {
             models = "kimi"
             headers = { x-team = 1 }
             timeouts = { connect_secs = "soon" }
+            ask_stream_usage = true
             [aliases.kimi]
             targets = "moonshot"
             strategy = 3
@@ -303,7 +370,36 @@ mod tests {
             ],
             "{problems:?}"
         );
-        assert!(parsed.providers.is_empty());
+        // What could be read is kept, for its own checks.
+        assert_eq!(parsed.server.drain_secs, Some(5.0));
+        assert_eq!(parsed.server.max_body_bytes, None);
+        let [(name, moonshot)] = &parsed.providers[..] else {
+            panic!("{:?}", parsed.providers)
+        };
+        assert_eq!(name, "moonshot");
+        assert_eq!(moonshot.ask_stream_usage, Some(true));
+        assert_eq!(moonshot.models, None);
+        assert_eq!(moonshot.headers.as_ref().map(|h| h.len()), Some(0));
+        // All but the unknown key.
+        let mut unreadable = parsed.unreadable.clone();
+        unreadable.sort();
+        assert_eq!(unreadable, paths[1..]);
+    }
+
+    /// The value a wrong-typed path names is taken out, also under a key
+    /// that holds dots, and an array whole.
+    #[test]
+    fn unreadable_values_are_taken_out_by_path() {
+        let mut value: toml::Value = toml::from_str(
+            "a = 1\nb = { c = 2, d = 3 }\n\"kimi-k2.6\" = { e = 4, f = 5 }\ng = [{ h = 6 }]\n",
+        )
+        .unwrap();
+        for path in ["a", "b.c", "kimi-k2.6.e", "g[0].h", "missing.x"] {
+            remove_value(&mut value, path);
+        }
+        let expected: toml::Value =
+            toml::from_str("b = { d = 3 }\n\"kimi-k2.6\" = { f = 5 }\n").unwrap();
+        assert_eq!(value, expected);
     }
 
     #[test]

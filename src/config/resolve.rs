@@ -32,7 +32,9 @@ pub fn resolve_reusing(
     previous: Option<&Config>,
 ) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
-    let parsed = parse(text, &mut problems);
+    let mut parsed = parse(text, &mut problems);
+    let unreadable = std::mem::take(&mut parsed.unreadable);
+    let read_problems = problems.len();
 
     let listen = parsed.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen.parse().unwrap_or_else(|_| {
@@ -127,6 +129,13 @@ pub fn resolve_reusing(
     breakers.finish();
     let mut registry = ScopeRegistry::new(previous.map(|p| p.limits.registry()));
     let keys = client_keys(parsed.keys, env, &routes, &mut registry, &mut problems);
+    // A value that could not be read is reported once, as that: a later
+    // check that then finds it missing would only say it again.
+    let mut index = 0;
+    problems.retain(|problem| {
+        index += 1;
+        index <= read_problems || !unreadable.iter().any(|path| is_within(&problem.path, path))
+    });
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
@@ -157,6 +166,12 @@ pub fn resolve_reusing(
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
     })
+}
+
+/// Whether key path `path` is `outer` or inside it.
+fn is_within(path: &str, outer: &str) -> bool {
+    path.strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// A size in bytes, at least 1.

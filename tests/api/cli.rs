@@ -61,6 +61,51 @@ fn check_prints_every_problem_with_its_path_and_fails() {
     }
 }
 
+/// A value of the wrong type hides nothing: the section's other values
+/// still get their checks, and no check reports the unreadable value again
+/// (here as a provider with no models, or an alias naming an unknown one).
+#[test]
+fn check_reports_the_problems_beside_a_wrong_typed_value() {
+    let file = config_file(
+        r#"
+        [server]
+        max_body_bytes = 0
+        client_idle_secs = "x"
+        metrics_listen = "nope"
+        [providers.newp]
+        base_url = "http://127.0.0.1:1/v1"
+        api_key_env = "NEWP_KEY"
+        models = "m1"
+        [aliases.x]
+        targets = [{ provider = "newp", model = "m1" }]
+        "#,
+    );
+    let output = gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut paths: Vec<&str> = stderr
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(": ").next())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "providers.newp.models",
+            "server.client_idle_secs",
+            "server.max_body_bytes",
+            "server.metrics_listen",
+        ],
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_accepts_the_example_config() {
     let output = gateway()
