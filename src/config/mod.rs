@@ -129,6 +129,8 @@ impl Config {
 /// A provider's key: kept out of `Debug` so it can never be logged by accident.
 #[derive(Clone)]
 pub struct ApiKey {
+    /// The environment variable the key came from, for operators' logs.
+    pub env: String,
     pub secret: String,
     /// `Bearer <secret>`, marked sensitive so hyper never logs it.
     pub header: HeaderValue,

@@ -212,6 +212,7 @@ pub fn build_provider(
             Ok(mut header) => {
                 header.set_sensitive(true);
                 keys.push(ApiKey {
+                    env: var.clone(),
                     secret,
                     header,
                     request_head: bytes::Bytes::new(),

@@ -186,9 +186,11 @@ where
                 }
                 states[i].skipped = true;
                 if error.code.as_deref() == Some("upstream_key_rejected") {
+                    let key_env = target.provider.keys.get(target.key_index);
                     tracing::error!(
                         provider = &*target.provider.name,
                         upstream_target = &*target.label,
+                        key_env = key_env.map_or("", |key| key.env.as_str()),
                         alert = "upstream_key_rejected",
                         "provider rejected the gateway's API key; target skipped: {}",
                         error.message

@@ -441,6 +441,58 @@ fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
     assert_eq!(line["error_type"], "", "{line}");
 }
 
+/// A provider that refuses one of several keys: the alert line names the
+/// variable that holds it.
+#[test]
+fn a_rejected_key_is_named_by_its_variable() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = kimi_gateway::mock::MockOptions {
+            api_key: "k".into(),
+            ..Default::default()
+        };
+        kimi_gateway::mock::spawn(listener, options).await
+    });
+    let file = config_file(
+        "[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_KEY_OLD\"]\n",
+    );
+    let mut command = gateway();
+    command
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        )
+        .env("MOONSHOT_KEY_OLD", "revoked");
+    let config = file.path().to_str().unwrap();
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
+    runtime.block_on(async {
+        // Each request tries the targets in a random order: the revoked
+        // key's target is tried within a few.
+        for _ in 0..40 {
+            let response = reqwest::Client::new()
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .json(&serde_json::json!({
+                    "model": "kimi-k2-turbo-preview",
+                    "messages": [{"role": "user", "content": "hi"}],
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            if response.headers()["x-gateway-attempts"] == "2" {
+                break;
+            }
+        }
+    });
+    let line = wait_for_line(&mut stdout, "upstream_key_rejected");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["key_env"], "MOONSHOT_KEY_OLD", "{line}");
+    assert!(!line.to_string().contains("revoked"), "{line}");
+}
+
 /// At `RUST_LOG=trace`, with the log written into the config file's
 /// directory: the file watcher's library logs each change it sees, so every
 /// line written would make another. Its lines stay out unless asked for.
