@@ -235,6 +235,16 @@ fn start(
     (child, stdout, addr)
 }
 
+/// A mock provider that takes the key [`start`] gives the gateway.
+async fn mock_for_start() -> kimi_gateway::mock::MockHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = kimi_gateway::mock::MockOptions {
+        api_key: "k".into(),
+        ..Default::default()
+    };
+    kimi_gateway::mock::spawn(listener, options).await
+}
+
 /// What the gateways under test listen on: a port the kernel picks, read
 /// back from the "listening" line (a port found free beforehand can be
 /// taken by a parallel test before the gateway binds it).
@@ -348,15 +358,7 @@ fn glibc_tunables_set_by_the_operator_are_left_alone() {
 #[test]
 fn the_access_line_of_a_provider_error_has_its_time_to_head() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mock = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        // The key `start` gives the gateway.
-        let options = kimi_gateway::mock::MockOptions {
-            api_key: "k".into(),
-            ..Default::default()
-        };
-        kimi_gateway::mock::spawn(listener, options).await
-    });
+    let mock = runtime.block_on(mock_for_start());
     let mut command = gateway();
     command.env(
         "MOONSHOT_BASE_URL",
@@ -391,14 +393,7 @@ fn the_access_line_of_a_provider_error_has_its_time_to_head() {
 fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
     use kimi_gateway::mock::Flavour;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mock = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let options = kimi_gateway::mock::MockOptions {
-            api_key: "k".into(),
-            ..Default::default()
-        };
-        kimi_gateway::mock::spawn(listener, options).await
-    });
+    let mock = runtime.block_on(mock_for_start());
     let mut command = gateway();
     command
         .env("MOONSHOT_BASE_URL", mock.base_url(Flavour::Moonshot))
@@ -446,14 +441,7 @@ fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
 #[test]
 fn a_rejected_key_is_named_by_its_variable() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mock = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let options = kimi_gateway::mock::MockOptions {
-            api_key: "k".into(),
-            ..Default::default()
-        };
-        kimi_gateway::mock::spawn(listener, options).await
-    });
+    let mock = runtime.block_on(mock_for_start());
     let file = config_file(
         "[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_KEY_OLD\"]\n",
     );

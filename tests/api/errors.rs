@@ -70,19 +70,23 @@ async fn a_first_event_error_names_the_providers_request_id() {
         let body = chat_body(model_of(flavour), "[mock error_event_after=0]", true);
         let response = app.chat(body).await;
         assert_eq!(response.status(), 429, "{}", flavour.name());
-        let upstream_id = response.headers().get("x-upstream-request-id");
-        let upstream_id = upstream_id.map(|id| id.to_str().unwrap().to_owned());
-        // The mock numbers its answers; the id is the provider's header's.
-        assert!(
-            upstream_id
-                .as_deref()
-                .is_some_and(|id| id.parse::<u64>().is_ok()),
-            "{}: {upstream_id:?}",
-            flavour.name()
-        );
+        assert_numbered_upstream_id(&response);
         let error = error_of(response).await;
         assert_eq!(error["type"], "engine_overloaded_error");
     }
+}
+
+/// The response names the provider's request id from its head: the mock
+/// numbers its answers.
+fn assert_numbered_upstream_id(response: &reqwest::Response) {
+    let upstream_id = response.headers().get("x-upstream-request-id");
+    let upstream_id = upstream_id.map(|id| id.to_str().unwrap().to_owned());
+    assert!(
+        upstream_id
+            .as_deref()
+            .is_some_and(|id| id.parse::<u64>().is_ok()),
+        "{upstream_id:?}"
+    );
 }
 
 /// A good head whose body then fails (here, larger than the gateway
@@ -95,14 +99,7 @@ async fn a_body_that_fails_after_a_good_head_names_the_providers_request_id() {
         .chat(chat_body(model_of(Flavour::Moonshot), "hi", false))
         .await;
     assert_eq!(response.status(), 502);
-    let upstream_id = response.headers().get("x-upstream-request-id");
-    let upstream_id = upstream_id.map(|id| id.to_str().unwrap().to_owned());
-    assert!(
-        upstream_id
-            .as_deref()
-            .is_some_and(|id| id.parse::<u64>().is_ok()),
-        "{upstream_id:?}"
-    );
+    assert_numbered_upstream_id(&response);
     let error = error_of(response).await;
     assert_eq!(error["code"], "upstream_response_too_large", "{error}");
 }
