@@ -39,12 +39,7 @@ fn check_prints_every_problem_with_its_path_and_fails() {
         targets = [{ provider = "moonshot", model = "kimi-k2.6", weight = 3 }, { provider = "agentsflare", model = "kimi-k2.6", weight = 1 }]
         "#,
     );
-    let output = gateway()
-        .arg("--check")
-        .arg("--config")
-        .arg(file.path())
-        .output()
-        .unwrap();
+    let output = check(file.path());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     for path in [
@@ -80,12 +75,7 @@ fn check_reports_the_problems_beside_a_wrong_typed_value() {
         targets = [{ provider = "newp", model = "m1" }]
         "#,
     );
-    let output = gateway()
-        .arg("--check")
-        .arg("--config")
-        .arg(file.path())
-        .output()
-        .unwrap();
+    let output = check(file.path());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let mut paths: Vec<&str> = stderr
@@ -108,15 +98,10 @@ fn check_reports_the_problems_beside_a_wrong_typed_value() {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let output = gateway()
-        .arg("--check")
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/kimi-gateway.example.toml"
-        ))
-        .output()
-        .unwrap();
+    let output = check(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/kimi-gateway.example.toml"
+    )));
     assert!(
         output.status.success(),
         "{}",
@@ -233,6 +218,16 @@ fn start(
         .unwrap_or_else(|| panic!("no address in {line}"))
         .to_string();
     (child, stdout, addr)
+}
+
+/// `kimi-gateway --check --config FILE`, run to its end.
+fn check(file: &std::path::Path) -> std::process::Output {
+    gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
 }
 
 /// A mock provider that takes the key [`start`] gives the gateway.
