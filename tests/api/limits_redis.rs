@@ -213,6 +213,71 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     assert_eq!(one.chat_as("sk-a", hi()).await.status(), 429);
 }
 
+/// A stream holds `team-a`'s one slot on replica `one` (0.3 s leases);
+/// `lose` makes Redis lose its lease while it runs, and the refreshes put
+/// it back: replica `two` is refused until the stream ends.
+async fn a_lost_lease_comes_back(lose: impl AsyncFnOnce(&RedisServer)) {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
+         redis_lease_secs = 0.3\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
+        redis.url()
+    );
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+    let running = one
+        .chat_as(
+            "sk-a",
+            chat_body("kimi-k2.6", "[mock gate=g chunks=3]", true),
+        )
+        .await;
+    assert_eq!(running.status(), 200);
+    assert_eq!(redis.zcard(LEASES).await, 1);
+    lose(&redis).await;
+    wait_until("the running stream's lease is back", async || {
+        redis.zcard(LEASES).await == 1
+    })
+    .await;
+    wait_until("Redis is healthy again", async || {
+        two.readyz().await["limits"]["healthy"] == true
+    })
+    .await;
+    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 429);
+    one.mock.release("g", 10);
+    sse_data(running).await;
+    wait_until("the lease is released", async || {
+        redis.zcard(LEASES).await == 0
+    })
+    .await;
+    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 200);
+}
+
+/// Redis restarted without its data (or someone flushed it) while a
+/// stream ran.
+#[tokio::test]
+async fn a_lease_redis_lost_is_added_back_while_its_stream_runs() {
+    a_lost_lease_comes_back(async |redis: &RedisServer| {
+        let mut conn = redis.connection().await.unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        assert_eq!(redis.zcard(LEASES).await, 0);
+    })
+    .await;
+}
+
+/// A stall longer than twice the lease: the lease set expired meanwhile.
+#[tokio::test]
+async fn a_lease_that_expired_during_a_stall_is_added_back_while_its_stream_runs() {
+    a_lost_lease_comes_back(async |redis: &RedisServer| {
+        redis.pause();
+        // The stall itself is the case: nothing to wait for but time.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        redis.resume();
+    })
+    .await;
+}
+
 /// A request admitted while Redis is stalled for `stall` (fail-open: on
 /// local limits) leaves no lease behind once Redis answers again: the
 /// admission sent before the stall still runs then, and its lease belongs

@@ -27,7 +27,8 @@ pub(super) async fn check_access(
     let mut call = REFRESH.prepare_invoke();
     call.key(format!("{prefix}:access-check"))
         .arg("access-check")
-        .arg(1000);
+        .arg(1000)
+        .arg("extend-only");
     call.invoke_async::<i64>(conn).await.map(drop)
 }
 
@@ -422,7 +423,8 @@ impl RedisBackend {
         checks
     }
 
-    /// Extends the leases every third of their length until aborted.
+    /// Extends the leases every third of their length until aborted, and
+    /// adds back one Redis lost (a stall past its expiry, a restart).
     fn spawn_refresher(
         self: &Arc<Self>,
         lease: &str,
@@ -449,8 +451,13 @@ impl RedisBackend {
                     call.key(key);
                 }
                 let sent = call.invoke_async::<i64>(&mut conn);
-                if let Err(err) = backend.timed(StoreCall::Refresh, sent).await {
-                    backend.report_failure(&err);
+                match backend.timed(StoreCall::Refresh, sent).await {
+                    Ok(0) => {}
+                    Ok(restored) => tracing::info!(
+                        restored,
+                        "concurrency lease added back: Redis had lost it while its response ran"
+                    ),
+                    Err(err) => backend.report_failure(&err),
                 }
             }
         })
