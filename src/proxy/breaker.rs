@@ -442,4 +442,35 @@ mod tests {
         }
         assert_eq!(b.state_at(10), BreakerState::Open);
     }
+
+    /// Alternating outcomes, failures on even ticks: never three failures
+    /// in a row, so only the error ratio can open the circuit.
+    fn alternate(b: &Breaker, ticks: std::ops::Range<u64>) {
+        for t in ticks {
+            let permit = b.try_acquire_at(t).unwrap();
+            if t % 2 == 0 {
+                b.on_failure(false, t);
+            } else {
+                b.on_success(false, t);
+            }
+            std::mem::forget(permit);
+        }
+    }
+
+    #[test]
+    fn outcomes_of_an_earlier_window_are_forgotten() {
+        let b = breaker();
+        // 8 outcomes, half failed: under the 10 the ratio needs.
+        alternate(&b, 1..9);
+        // Two more, half failed, once the 10 s window has passed: counted
+        // with the first eight, the last failure would be the 10th outcome
+        // at a ratio of 0.5.
+        alternate(&b, 20_001..20_003);
+        assert_eq!(b.state_at(20_003), BreakerState::Closed);
+        // The same ten outcomes within one window open it.
+        let b = breaker();
+        alternate(&b, 1..9);
+        alternate(&b, 9_001..9_003);
+        assert_eq!(b.state_at(9_003), BreakerState::Open);
+    }
 }
