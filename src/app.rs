@@ -99,6 +99,10 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        #[cfg(test)]
+        if head.headers.contains_key(tests::PANIC_FIELD) {
+            panic!("a test asked the handler to panic");
+        }
         if head.method == Method::POST && head.uri.path() == CHAT_PATH {
             chat_completions::chat_completions(&self.state, &head.headers, body, scope).await
         } else {
@@ -183,6 +187,61 @@ pub fn build_metrics_router(state: AppState) -> Router {
 mod tests {
     use super::Gateway;
     use axum::body::Body;
+
+    /// A request with this field makes the handler panic: no request
+    /// can, so a test stands in for the bug that would.
+    pub(super) const PANIC_FIELD: &str = "x-test-panic";
+
+    /// A panicking handler: the client gets an OpenAI-shaped 500 with its
+    /// request id, the request is counted, and the gateway serves the next
+    /// request (on the same client's connection pool) as before.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_gateway_serves_on() {
+        use tokio::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = crate::mock::spawn(listener, crate::mock::MockOptions::default()).await;
+        let base_url = mock.base_url(crate::mock::Flavour::Moonshot);
+        let lookup = move |name: &str| match name {
+            "MOONSHOT_API_KEY" => Some("mock-key".to_string()),
+            "MOONSHOT_BASE_URL" => Some(base_url.clone()),
+            _ => None,
+        };
+        let config = crate::config::resolve("", &lookup).unwrap();
+        let state = crate::state::AppState::with_env(config, std::sync::Arc::new(lookup));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::server::run(listener, state, std::future::pending()));
+
+        let client = reqwest::Client::new();
+        let chat = || {
+            client
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .json(&serde_json::json!({
+                    "model": "kimi-k2-turbo-preview",
+                    "messages": [{"role": "user", "content": "hi"}],
+                }))
+        };
+        let panicked = chat().header(PANIC_FIELD, "1").send().await.unwrap();
+        assert_eq!(panicked.status(), 500);
+        assert!(panicked.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = panicked.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "server_error", "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            "internal error in the gateway; the request was not completed"
+        );
+
+        assert_eq!(chat().send().await.unwrap().status(), 200);
+        let metrics = client.get(format!("http://{addr}/metrics")).send().await;
+        let metrics = metrics.unwrap().text().await.unwrap();
+        let counted = metrics
+            .lines()
+            .filter(|line| line.starts_with("kimi_gateway_requests_total{"))
+            .filter(|line| line.contains(r#"status="500""#))
+            .collect::<Vec<_>>();
+        assert_eq!(counted.len(), 1, "{metrics}");
+        assert!(counted[0].ends_with(" 1"), "{metrics}");
+    }
 
     /// hyper keeps one slot of this future's size per connection for as long
     /// as the connection is open, busy or idle, and moves each request's
