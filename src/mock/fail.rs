@@ -19,12 +19,24 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
             .into_response();
     }
     let (status, moonshot_type, message) = describe(flavour, error);
+    // Moonshot names an answer in a header field, AI/ML API in the body.
+    let request_id = match flavour {
+        Flavour::Moonshot => "mock-error-request",
+        _ => "aiml-req-1",
+    };
+    let (message, request_id) = match &scenario.echoed_key {
+        Some(key) => (
+            format!("{message} (key {key})"),
+            format!("{request_id}-{key}"),
+        ),
+        None => (message.to_string(), request_id.to_string()),
+    };
     let body = match flavour {
         Flavour::Moonshot => json!({"error": {"message": message, "type": moonshot_type}}),
         Flavour::Aimlapi => json!({
             "message": message,
             "path": "/v1/chat/completions",
-            "requestId": "aiml-req-1",
+            "requestId": request_id,
             "statusCode": status.as_u16(),
             "timestamp": "2026-01-01T00:00:00.000Z",
         }),
@@ -35,7 +47,7 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
         // Moonshot names every answer, errors too.
         response.headers_mut().insert(
             "msh-request-id",
-            HeaderValue::from_static("mock-error-request"),
+            HeaderValue::from_str(&request_id).expect("a key is a valid value"),
         );
     }
     if let Some(secs) = scenario.retry_after {

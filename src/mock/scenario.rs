@@ -90,6 +90,12 @@ pub struct Scenario {
     pub fail_times: Option<u64>,
     /// Close the connection without answering.
     pub reset: bool,
+    /// Quote the key the request came with in the answer, as some
+    /// providers do: in an error's message, in the request id and in an
+    /// error event's message. Filled in from `echo_key` by the server.
+    pub echoed_key: Option<String>,
+    /// `echo_key`: asks for [`Scenario::echoed_key`].
+    pub echo_key: bool,
     /// The directive's text, which identifies a `fail_times` counter.
     pub directive: String,
 }
@@ -151,6 +157,7 @@ impl Scenario {
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),
                 "reset" => scenario.reset = true,
+                "echo_key" => scenario.echo_key = true,
                 _ => {}
             }
         }

@@ -241,6 +241,12 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
         );
     }
     let mut scenario = Scenario::from_body(&body, flavour.name());
+    if scenario.echo_key {
+        scenario.echoed_key = shared
+            .expected_authorization
+            .strip_prefix("Bearer ")
+            .map(str::to_string);
+    }
     if let Some(times) = scenario.fail_times {
         let mut failures = shared.failures.lock().expect("failures lock");
         let seen = failures
@@ -303,6 +309,14 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     insert_provider_fields(headers, flavour, id);
+    if let Some(key) = &scenario.echoed_key {
+        let name = match flavour {
+            Flavour::Moonshot => MSH_REQUEST_ID,
+            _ => X_REQUEST_ID,
+        };
+        let quoting = HeaderValue::from_str(&format!("{id}-{key}"));
+        headers.insert(name, quoting.expect("a key is a valid value"));
+    }
     response
 }
 
@@ -393,16 +407,22 @@ fn stream_body(
     let (cut_after, no_done) = (scenario.cut_after, scenario.no_done);
     let end_delay = scenario.end_delay;
     let error_event_after = scenario.error_event_after;
-    let error_event = if scenario.empty_error {
-        EMPTY_ERROR_EVENT
-    } else {
-        STREAM_ERROR_EVENT
+    let error_event = match (&scenario.echoed_key, scenario.empty_error) {
+        (_, true) => Bytes::from_static(EMPTY_ERROR_EVENT),
+        (Some(key), false) => {
+            let error = serde_json::json!({"error": {
+                "message": format!("The engine is currently overloaded (key {key})"),
+                "type": "engine_overloaded_error",
+            }});
+            Bytes::from(format!("data: {error}\n\n"))
+        }
+        (None, false) => Bytes::from_static(STREAM_ERROR_EVENT),
     };
     let (events, error_event) = if scenario.split_data {
         let events: Arc<[Bytes]> = events.iter().map(|event| split_data(event)).collect();
-        (events, split_data(error_event))
+        (events, split_data(&error_event))
     } else {
-        (events, Bytes::from_static(error_event))
+        (events, error_event)
     };
     let events = if scenario.event_ids {
         with_ids(&events)

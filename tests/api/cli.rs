@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn gateway() -> Command {
+pub(crate) fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kimi-gateway"));
     command.env_remove(kimi_gateway::malloc_tuning::VARIABLE);
     for var in ["MOONSHOT", "AIMLAPI", "AGENTSFLARE"] {
@@ -15,7 +15,7 @@ fn gateway() -> Command {
     command
 }
 
-fn config_file(text: &str) -> tempfile::NamedTempFile {
+pub(crate) fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file
@@ -194,7 +194,7 @@ fn start_gateway(
     start(gateway(), args)
 }
 
-fn start(
+pub(crate) fn start(
     mut command: Command,
     args: &[&str],
 ) -> (
@@ -243,9 +243,9 @@ async fn mock_for_start() -> kimi_gateway::mock::MockHandle {
 /// What the gateways under test listen on: a port the kernel picks, read
 /// back from the "listening" line (a port found free beforehand can be
 /// taken by a parallel test before the gateway binds it).
-const ANY_PORT: &str = "127.0.0.1:0";
+pub(crate) const ANY_PORT: &str = "127.0.0.1:0";
 
-fn wait_for_line(stdout: &mut impl std::io::BufRead, needle: &str) -> String {
+pub(crate) fn wait_for_line(stdout: &mut impl std::io::BufRead, needle: &str) -> String {
     let mut line = String::new();
     loop {
         line.clear();
@@ -530,7 +530,7 @@ fn lines_until(stdout: &mut impl std::io::BufRead, needle: &str) -> Vec<String> 
 }
 
 /// `GET path` on `addr`, the whole answer as text.
-fn http_get(addr: &str, path: &str) -> String {
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(

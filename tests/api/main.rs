@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod errors;
 mod helpers;
+mod key_echo;
 mod lifecycle;
 mod limits;
 mod limits_concurrency;
