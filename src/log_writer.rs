@@ -12,10 +12,15 @@
 //! two context switches for the request thread. Only the first line after a
 //! quiet spell (or a full buffer) wakes it.
 //!
-//! Nothing is dropped: when [`MAX_PENDING`] bytes are waiting (the output is
-//! stuck), writers wait for the thread to make room, as a blocking write would.
+//! Lines are dropped, never waited for, once [`MAX_PENDING`] bytes are
+//! waiting (the output is stuck: a log collector that stopped reading).
+//! Waiting would park the runtime's threads on the lock, and with them every
+//! request, `/healthz` and the drain at shutdown, for as long as the output
+//! stays stuck. The dropped lines are counted ([`dropped_lines`], a metric)
+//! and, once the output takes lines again, a warning says how many.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,8 +37,20 @@ pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
 /// ~180 more wakes a second at that rate, each a few microseconds: CPU per
 /// request 1.01x, within the rounds' noise).
 pub const FLUSH_SIZE: usize = 64 * 1024;
-/// Waiting bytes at which writers wait for the thread to catch up.
+/// Waiting bytes past which lines are dropped.
 pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// At exit, how long the output may take nothing before the lines still
+/// waiting are given up: a stuck output must not keep the process alive.
+const EXIT_STALL: Duration = Duration::from_secs(2);
+
+/// Lines dropped since the process started, every writer's.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped since the process started because the output did not
+/// take them (see the module's text).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
 /// A buffer grown by a burst is given back once written.
 const KEEP_CAPACITY: usize = 2 * FLUSH_SIZE;
 
@@ -43,7 +60,8 @@ pub struct LogWriter {
     shared: Arc<Shared>,
 }
 
-/// Stops the writer thread when dropped, after it has written every line.
+/// Stops the writer thread when dropped, after it has written every line
+/// (unless the output has taken nothing for [`EXIT_STALL`]).
 pub struct LogWriterGuard {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -53,8 +71,10 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer thread.
     wake_writer: Condvar,
-    /// Wakes lines waiting for room.
-    room: Condvar,
+    /// Wakes the guard waiting at exit when the writer thread ends.
+    finished: Condvar,
+    /// Bytes written so far: the guard's sign that the output moves.
+    written: AtomicU64,
     /// Wakes sent to the writer (tests).
     #[cfg(test)]
     wakes: std::sync::atomic::AtomicUsize,
@@ -66,6 +86,10 @@ struct State {
     /// The writer thread waits for a first line (no deadline).
     writer_idle: bool,
     closing: bool,
+    /// The writer thread has written its last batch.
+    done: bool,
+    /// Lines dropped since the last warning about them.
+    dropped: u64,
 }
 
 impl LogWriter {
@@ -74,7 +98,8 @@ impl LogWriter {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake_writer: Condvar::new(),
-            room: Condvar::new(),
+            finished: Condvar::new(),
+            written: AtomicU64::new(0),
             #[cfg(test)]
             wakes: Default::default(),
         });
@@ -92,15 +117,14 @@ impl LogWriter {
         (LogWriter { shared }, guard)
     }
 
-    /// Appends whole lines (waits while [`MAX_PENDING`] bytes are waiting).
+    /// Appends whole lines; drops them while [`MAX_PENDING`] bytes are
+    /// waiting.
     pub fn append(&self, line: &[u8]) {
         let mut state = self.shared.lock();
-        while state.pending.len() >= MAX_PENDING && !state.closing {
-            state = self
-                .shared
-                .room
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.pending.len() >= MAX_PENDING {
+            state.dropped += 1;
+            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let before = state.pending.len();
         state.pending.extend_from_slice(line);
@@ -133,7 +157,7 @@ fn write_loop(shared: &Shared, mut sink: impl Write) {
     // before it calls itself idle: lines that come meanwhile need no wake.
     let mut just_wrote = false;
     loop {
-        let closing = {
+        let (closing, dropped) = {
             let mut state = shared.lock();
             let mut deadline = None;
             loop {
@@ -160,19 +184,37 @@ fn write_loop(shared: &Shared, mut sink: impl Write) {
                     .0;
             }
             std::mem::swap(&mut state.pending, &mut batch);
-            state.closing
+            (state.closing, std::mem::take(&mut state.dropped))
         };
-        shared.room.notify_all();
         just_wrote = !batch.is_empty();
         if just_wrote {
-            // Nowhere to report a failed log write; the next batch tries again.
-            let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+            // A chunk at a time, so the guard at exit sees the output move.
+            for chunk in batch.chunks(FLUSH_SIZE) {
+                // Nowhere to report a failed log write; the next batch
+                // tries again.
+                let _ = sink.write_all(chunk);
+                shared
+                    .written
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            let _ = sink.flush();
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch.shrink_to(KEEP_CAPACITY);
             }
         }
-        if closing && shared.lock().pending.is_empty() {
+        if dropped > 0 {
+            // Through the subscriber, in the log's own format; it comes
+            // back to this thread as the next batch's first line.
+            tracing::warn!(
+                dropped,
+                "log lines dropped: the output did not take them as fast as they came"
+            );
+        }
+        let mut state = shared.lock();
+        if closing && state.pending.is_empty() {
+            state.done = true;
+            shared.finished.notify_all();
             return;
         }
     }
@@ -180,9 +222,25 @@ fn write_loop(shared: &Shared, mut sink: impl Write) {
 
 impl Drop for LogWriterGuard {
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
+        let mut state = self.shared.lock();
+        state.closing = true;
         self.shared.wake_writer.notify_one();
-        self.shared.room.notify_all();
+        let mut written = self.shared.written.load(Ordering::Relaxed);
+        while !state.done {
+            let timed_out;
+            (state, timed_out) = self
+                .shared
+                .finished
+                .wait_timeout(state, EXIT_STALL)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = self.shared.written.load(Ordering::Relaxed);
+            if timed_out.timed_out() && now == written && !state.done {
+                // The output is stuck: leave the thread and its lines.
+                return;
+            }
+            written = now;
+        }
+        drop(state);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -278,25 +336,34 @@ mod tests {
         assert!(writes.len() <= 2, "{} writes for 100 lines", writes.len());
     }
 
-    #[test]
-    fn a_stuck_output_holds_writers_back_and_loses_nothing() {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(0);
-        struct Blocking(mpsc::SyncSender<Vec<u8>>);
-        impl Write for Blocking {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let _ = self.0.send(buf.to_vec());
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    /// A sink whose writes wait until the test takes them.
+    struct Blocking(mpsc::SyncSender<Vec<u8>>);
+
+    impl Write for Blocking {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Ok(buf.len())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line_of(len: usize) -> Vec<u8> {
+        let mut line = vec![b'x'; len - 1];
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn a_stuck_output_never_holds_a_writer_back_and_drops_what_does_not_fit() {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(0);
         let (writer, guard) = LogWriter::spawn(Blocking(tx));
-        let line = vec![b'x'; 1023]
-            .into_iter()
-            .chain([b'\n'])
-            .collect::<Vec<u8>>();
+        let line = line_of(1024);
         let lines = 3 * MAX_PENDING / line.len();
+        let dropped_before = dropped_lines();
+        // Nothing is read meanwhile: the writer thread is stuck in its
+        // first write, and every append still returns.
         let producer = std::thread::spawn({
             let mut writer = writer.clone();
             let line = line.clone();
@@ -306,35 +373,44 @@ mod tests {
                 }
             }
         });
-        // Nothing is read until the producer has had to wait for room.
-        let waited = {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let pending = writer.shared.lock().pending.len();
-                if pending >= MAX_PENDING {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::yield_now();
-            }
-        };
-        assert!(waited, "the buffer fills up to its limit");
-        assert!(!producer.is_finished(), "the producer waits for room");
-        let mut received = 0;
-        while received < lines * line.len() {
-            received += rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("a batch")
-                .len();
-        }
         producer.join().unwrap();
-        drop(guard);
-        assert_eq!(received, lines * line.len());
+        let dropped = writer.shared.lock().dropped;
+        // Kept: at most the batch the writer thread is stuck on and
+        // MAX_PENDING more.
         assert!(
-            writer.shared.lock().pending.is_empty(),
-            "everything was written"
+            dropped as usize >= lines - 2 * MAX_PENDING / line.len(),
+            "{dropped}"
         );
+        assert!(dropped_lines() - dropped_before >= dropped);
+        assert!(writer.shared.lock().pending.len() <= MAX_PENDING);
+        // What was kept is written whole, in lines, once the output moves.
+        let mut received = Vec::new();
+        let drain = std::thread::spawn(move || {
+            for write in rx.iter() {
+                received.extend_from_slice(&write);
+            }
+            received
+        });
+        drop(guard);
+        let received = drain.join().unwrap();
+        let kept = lines - dropped as usize;
+        assert_eq!(received.len(), kept * line.len());
+        assert!(received.chunks(line.len()).all(|l| l == line.as_slice()));
+        assert_eq!(writer.shared.lock().dropped, 0, "counted into a warning");
+    }
+
+    #[test]
+    fn exit_does_not_wait_for_an_output_that_takes_nothing() {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(0);
+        let (mut writer, guard) = LogWriter::spawn(Blocking(tx));
+        writer.write_all(b"one\n").unwrap();
+        writer.write_all(b"two\n").unwrap();
+        // The writer thread is stuck in its write: the guard gives up
+        // after EXIT_STALL without progress.
+        let started = Instant::now();
+        drop(guard);
+        assert!(started.elapsed() >= EXIT_STALL);
+        assert!(started.elapsed() < EXIT_STALL * 3);
+        drop(rx);
     }
 }

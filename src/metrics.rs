@@ -4,8 +4,8 @@
 
 use crate::metric_series::{SeriesCache, TargetSeries};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -46,6 +46,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub model_refreshes: IntCounterVec,
     pub breaker_state: IntGaugeVec,
+    /// Log lines the output did not take (see `log_writer`); brought up
+    /// to date at scrape time.
+    pub log_lines_dropped: IntCounter,
     /// The rate-limit store's (Redis's) health and calls.
     pub store: crate::limits::StoreMetrics,
     series: SeriesCache,
@@ -174,6 +177,10 @@ impl Metrics {
                     "Circuit state per target: 0 closed, 1 half-open, 2 open."
                 ),
                 &["provider", "target"]
+            )),
+            log_lines_dropped: register!(IntCounter::new(
+                name("log_lines_dropped_total"),
+                "Log lines dropped because the output (stdout) did not take them: 8 MiB were waiting."
             )),
             store: crate::limits::StoreMetrics::register(&registry, "kimi_gateway_"),
             registry,

@@ -1,7 +1,7 @@
 //! Logging set-up: human-readable on a terminal, JSON lines otherwise, filtered
 //! with `RUST_LOG` (default `info`). Lines are written to stdout by the
-//! [`crate::log_writer`] thread, so a slow stdout never stalls a request
-//! until megabytes of lines are waiting; none are dropped.
+//! [`crate::log_writer`] thread, so a slow stdout never stalls a request;
+//! a stuck one loses lines past 8 MiB waiting, counted.
 
 use crate::log_writer::{LogWriter, LogWriterGuard};
 use std::io::IsTerminal;

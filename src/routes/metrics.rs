@@ -1,6 +1,7 @@
-//! `GET /metrics`: the Prometheus text format. Circuit states and the
-//! rate-limit store's health are read at scrape time, so the hot path
-//! never touches their gauges; one scrape at a time sets and renders them.
+//! `GET /metrics`: the Prometheus text format. Circuit states, the
+//! rate-limit store's health and the log's dropped lines are read at
+//! scrape time, so the hot path never touches their series; one scrape at
+//! a time sets and renders them.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -38,6 +39,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     up.reset();
     if let Some(healthy) = config.limits.store_up() {
         up.with_label_values(&["redis"]).set(i64::from(healthy));
+    }
+    let dropped = &state.metrics.log_lines_dropped;
+    let total = crate::log_writer::dropped_lines();
+    if total > dropped.get() {
+        dropped.inc_by(total - dropped.get());
     }
     let rendered = state.metrics.render();
     drop(scraping);
