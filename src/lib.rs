@@ -21,6 +21,7 @@ pub mod coarse_clock;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod fd_limit;
 pub mod healthcheck;
 pub mod limits;
 pub mod listener;

@@ -98,6 +98,13 @@ fn main() -> ExitCode {
     if let Some(err) = restart_failed {
         tracing::warn!(error = %err, "could not restart with {}={}; running with glibc's malloc defaults", malloc_tuning::VARIABLE, malloc_tuning::TUNABLES);
     }
+    match kimi_gateway::fd_limit::raise_to_hard() {
+        Ok(Some((before, after))) => {
+            tracing::info!(before, after, "open-file limit raised to its hard limit");
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
+    }
     let runtime = runtime();
     match runtime.block_on(serve(config, cli.listen)) {
         Ok(()) => ExitCode::SUCCESS,

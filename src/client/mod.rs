@@ -84,6 +84,28 @@ impl ClientError {
         matches!(self, ClientError::ConnectTimeout(_))
     }
 
+    /// A connection the gateway could not open for lack of its own
+    /// resources (its open-file limit, the system's, socket buffers or
+    /// memory): nothing about the provider.
+    pub fn is_local_exhaustion(&self) -> bool {
+        let ClientError::Connect(err) = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+        while let Some(err) = cause {
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                )
+            {
+                return true;
+            }
+            cause = err.source();
+        }
+        false
+    }
+
     /// The exchange's deadline passed (connecting included) before the
     /// response head came.
     pub fn is_past_deadline(&self) -> bool {

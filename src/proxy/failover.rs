@@ -66,6 +66,12 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
+        // The gateway's own descriptors ran out: the provider is not to blame.
+        ErrorType::ServerError
+            if err.code.as_deref() == Some(super::upstream::OUT_OF_RESOURCES) =>
+        {
+            Verdict::Retry { unhealthy: false }
+        }
         ErrorType::ServerError => Verdict::Retry { unhealthy: true },
     }
 }

@@ -326,6 +326,17 @@ fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) ->
 }
 
 fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> GatewayError {
+    if err.is_local_exhaustion() {
+        return GatewayError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the gateway could not open a connection to provider {}: {err}",
+                provider.name
+            ),
+        )
+        .with_code(OUT_OF_RESOURCES)
+        .with_retry_after(Some(http::HeaderValue::from_static("1")));
+    }
     let (status, what, code) = if err.is_timeout() {
         (
             StatusCode::GATEWAY_TIMEOUT,
@@ -348,6 +359,10 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
     GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
         .with_code(code)
 }
+
+/// The code of a connection the gateway lacked the resources to open:
+/// not the provider's failure, so not counted against its circuit.
+pub const OUT_OF_RESOURCES: &str = "gateway_out_of_resources";
 
 fn body_error(
     provider: &crate::config::Provider,

@@ -94,7 +94,13 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => tcp,
                 Err(err) => {
-                    accept_failed(err).await;
+                    if accept_failed(err) {
+                        // A stop meanwhile is not kept waiting.
+                        tokio::select! {
+                            () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                            () = &mut shutdown => break,
+                        }
+                    }
                     continue;
                 }
             },
@@ -113,17 +119,20 @@ async fn serve(
     Ok(())
 }
 
+/// How long accepting pauses after it failed for want of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
 /// A failed accept: a peer that left before it was accepted is nothing; a
 /// full descriptor table (EMFILE) or the like is logged, and accepting
-/// pauses for a second so open connections can end and free descriptors.
-async fn accept_failed(err: std::io::Error) {
+/// pauses (`true`) so open connections can end and free descriptors.
+fn accept_failed(err: std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         err.kind(),
         ConnectionAborted | ConnectionRefused | ConnectionReset
     ) {
-        return;
+        return false;
     }
     tracing::error!(error = %err, "accepting a connection failed; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    true
 }

@@ -231,7 +231,7 @@ fn check(file: &std::path::Path) -> std::process::Output {
 }
 
 /// A mock provider that takes the key [`start`] gives the gateway.
-async fn mock_for_start() -> kimi_gateway::mock::MockHandle {
+pub(crate) async fn mock_for_start() -> kimi_gateway::mock::MockHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = kimi_gateway::mock::MockOptions {
         api_key: "k".into(),

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod errors;
+mod fd_exhaustion;
 mod helpers;
 mod key_echo;
 mod lifecycle;

@@ -1,0 +1,140 @@
+//! The gateway out of descriptors: a provider connection it cannot open
+//! is its own failure (503 `gateway_out_of_resources`), not the provider's,
+//! so the provider's circuit stays closed and the next request, once
+//! descriptors are free, is served.
+
+use crate::cli::{ANY_PORT, start};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+/// The open-file limit the gateway runs under (soft and hard).
+const LIMIT: usize = 48;
+
+/// One request on `stream`, its answer's status and body (the gateway's
+/// answers here all carry `Content-Length`).
+fn exchange(stream: &mut BufReader<TcpStream>, request: &str) -> (u16, String) {
+    stream.get_mut().write_all(request.as_bytes()).unwrap();
+    let mut status_line = String::new();
+    stream.read_line(&mut status_line).unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+fn chat_request() -> String {
+    let body = r#"{"model":"kimi-k2-turbo-preview","messages":[{"role":"user","content":"hi"}]}"#;
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(crate::cli::mock_for_start());
+    let file =
+        crate::cli::config_file("[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n");
+    // `ulimit -n` sets the soft and the hard limit: nothing to raise.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(r#"ulimit -n {LIMIT} && exec "$0" "$@""#))
+        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .env_remove(kimi_gateway::malloc_tuning::VARIABLE)
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        );
+    let config = file.path().to_str().unwrap();
+    let (mut child, _stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
+    let pid = child.id();
+
+    // A client connected (and answered) before the table fills up.
+    let mut client = BufReader::new(TcpStream::connect(&addr).unwrap());
+    let (status, _) = exchange(&mut client, "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_eq!(status, 200);
+    // Idle connections take every descriptor left.
+    let idle: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open_descriptors(pid) < LIMIT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never filled"
+        );
+        std::thread::yield_now();
+    }
+
+    let (status, body) = exchange(&mut client, &chat_request());
+    assert_eq!(status, 503, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "gateway_out_of_resources", "{body}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open files"),
+        "{body}"
+    );
+
+    // Descriptors free again: the provider's circuit is still closed.
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open_descriptors(pid) >= LIMIT - 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle ones never closed"
+        );
+        std::thread::yield_now();
+    }
+    let (status, body) = exchange(&mut client, &chat_request());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Started with a soft open-file limit under the hard one, the gateway
+/// raises it to the hard one.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -S -n 100 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .env_remove(kimi_gateway::malloc_tuning::VARIABLE);
+    let (mut child, _stdout, _addr) = start(command, &["--listen", ANY_PORT]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let values: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_ne!(values[0], "100", "{open_files}");
+    assert_eq!(values[0], values[1], "{open_files}");
+}
