@@ -38,6 +38,13 @@ fn hi() -> serde_json::Value {
     chat_body("kimi-k2.6", "hi", false)
 }
 
+/// Waits until `team-a`'s lease set is empty (`what` happened), then
+/// checks that `app` admits a request again.
+async fn assert_slot_free(redis: &RedisServer, app: &TestApp, what: &str) {
+    wait_until(what, async || redis.zcard(LEASES).await == 0).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 #[tokio::test]
 async fn two_gateways_admit_the_limit_in_total() {
     let redis = RedisServer::start().await;
@@ -139,11 +146,15 @@ async fn a_client_that_leaves_while_a_provider_works_keeps_its_estimate_in_redis
     );
 }
 
-#[tokio::test]
-async fn concurrency_leases_are_released_refreshed_and_expire() {
-    let redis = RedisServer::start().await;
+/// Two replicas sharing `redis` (0.3 s leases, `team-a` at one request at
+/// a time, and `settings` in `[limits]`), and a stream on the first that
+/// holds the slot until gate `g` opens.
+async fn a_stream_holding_the_slot(
+    redis: &RedisServer,
+    settings: &str,
+) -> (TestApp, TestApp, reqwest::Response) {
     let config = format!(
-        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_lease_secs = 0.3\n\
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_lease_secs = 0.3\n{settings}\n\
          [keys.team-a.limits]\nconcurrent_requests = 1\n",
         redis.url()
     );
@@ -151,8 +162,6 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
         spawn_with_keys(&config).await,
         spawn_with_keys(&config).await,
     );
-
-    // A running stream holds the slot on every replica...
     let running = one
         .chat_as(
             "sk-a",
@@ -160,6 +169,14 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
         )
         .await;
     assert_eq!(running.status(), 200);
+    (one, two, running)
+}
+
+#[tokio::test]
+async fn concurrency_leases_are_released_refreshed_and_expire() {
+    let redis = RedisServer::start().await;
+    // A running stream holds the slot on every replica...
+    let (one, two, running) = a_stream_holding_the_slot(&redis, "").await;
     let refused = two.chat_as("sk-a", hi()).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(
@@ -184,11 +201,7 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     // Its end releases the slot.
     one.mock.release("g", 10);
     sse_data(running).await;
-    wait_until("the lease is released", async || {
-        redis.zcard(LEASES).await == 0
-    })
-    .await;
-    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 200);
+    assert_slot_free(&redis, &two, "the lease is released").await;
 
     // A client that leaves releases it too.
     let left = two
@@ -213,27 +226,12 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     assert_eq!(one.chat_as("sk-a", hi()).await.status(), 429);
 }
 
-/// A stream holds `team-a`'s one slot on replica `one` (0.3 s leases);
-/// `lose` makes Redis lose its lease while it runs, and the refreshes put
-/// it back: replica `two` is refused until the stream ends.
+/// A stream holds `team-a`'s one slot on replica `one`; `lose` makes
+/// Redis lose its lease while it runs, and the refreshes put it back:
+/// replica `two` is refused until the stream ends.
 async fn a_lost_lease_comes_back(lose: impl AsyncFnOnce(&RedisServer)) {
     let redis = RedisServer::start().await;
-    let config = format!(
-        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 100\n\
-         redis_lease_secs = 0.3\n[keys.team-a.limits]\nconcurrent_requests = 1\n",
-        redis.url()
-    );
-    let (one, two) = (
-        spawn_with_keys(&config).await,
-        spawn_with_keys(&config).await,
-    );
-    let running = one
-        .chat_as(
-            "sk-a",
-            chat_body("kimi-k2.6", "[mock gate=g chunks=3]", true),
-        )
-        .await;
-    assert_eq!(running.status(), 200);
+    let (one, two, running) = a_stream_holding_the_slot(&redis, "redis_timeout_ms = 100").await;
     assert_eq!(redis.zcard(LEASES).await, 1);
     lose(&redis).await;
     wait_until("the running stream's lease is back", async || {
@@ -247,11 +245,7 @@ async fn a_lost_lease_comes_back(lose: impl AsyncFnOnce(&RedisServer)) {
     assert_eq!(two.chat_as("sk-a", hi()).await.status(), 429);
     one.mock.release("g", 10);
     sse_data(running).await;
-    wait_until("the lease is released", async || {
-        redis.zcard(LEASES).await == 0
-    })
-    .await;
-    assert_eq!(two.chat_as("sk-a", hi()).await.status(), 200);
+    assert_slot_free(&redis, &two, "the lease is released").await;
 }
 
 /// Redis restarted without its data (or someone flushed it) while a
@@ -301,11 +295,7 @@ async fn a_stalled_admissions_lease_is_released(stall: std::time::Duration) {
         app.readyz().await["limits"]["healthy"] == true
     })
     .await;
-    wait_until("the stalled admission's lease is released", async || {
-        redis.zcard(LEASES).await == 0
-    })
-    .await;
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    assert_slot_free(&redis, &app, "the stalled admission's lease is released").await;
 }
 
 #[tokio::test]
@@ -353,11 +343,7 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
             .is_some_and(|at| at > admitted)
     })
     .await;
-    wait_until("the abandoned admission's lease is released", async || {
-        redis.zcard(LEASES).await == 0
-    })
-    .await;
-    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    assert_slot_free(&redis, &app, "the abandoned admission's lease is released").await;
 }
 
 /// Redis closes the gateway's connection (its idle `timeout`, a restart,
