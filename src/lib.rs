@@ -15,6 +15,7 @@ pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod block_cache;
+pub mod body_budget;
 pub mod body_guard;
 pub mod client;
 pub mod coarse_clock;

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub in_flight: IntGauge,
     pub open_streams: IntGauge,
+    /// Client connections open on the main listener, and their cap.
+    pub client_connections: IntGauge,
+    pub client_connections_max: IntGauge,
+    /// Request body bytes held, and their cap; brought up to date at
+    /// scrape time.
+    pub request_body_bytes: IntGauge,
+    pub request_body_bytes_max: IntGauge,
     pub overhead: HistogramVec,
     /// `overhead` for the `before_upstream` phase, resolved once.
     pub overhead_before_upstream: Histogram,
@@ -157,6 +164,22 @@ impl Metrics {
             open_streams: register!(IntGauge::new(
                 name("open_streams"),
                 "Streams being relayed."
+            )),
+            client_connections: register!(IntGauge::new(
+                name("client_connections"),
+                "Client connections open on the main listener."
+            )),
+            client_connections_max: register!(IntGauge::new(
+                name("client_connections_max"),
+                "Most client connections open at once on the main listener (server.max_connections)."
+            )),
+            request_body_bytes: register!(IntGauge::new(
+                name("request_body_bytes"),
+                "Request body bytes held by requests being read or handled (bodies that arrived with their head aside)."
+            )),
+            request_body_bytes_max: register!(IntGauge::new(
+                name("request_body_bytes_max"),
+                "Most request body bytes held at once (server.max_body_bytes_total)."
             )),
             overhead_before_upstream: overhead.with_label_values(&["before_upstream"]),
             overhead_after_head: overhead.with_label_values(&["after_head"]),

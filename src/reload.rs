@@ -62,6 +62,11 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
             if new.listen != current.listen && state.listen_override.get().is_none() {
                 tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
             }
+            if new.max_connections != current.max_connections {
+                tracing::warn!(
+                    "server.max_connections changed: it takes effect at the next restart"
+                );
+            }
             if new.metrics_listen != current.metrics_listen {
                 tracing::warn!(
                     "server.metrics_listen changed: it takes effect at the next restart"

@@ -29,6 +29,8 @@ pub struct Shared {
     /// Held by a reload from reading the file to swapping its result in:
     /// one at a time, so two triggers cannot swap in each other's reads.
     pub reloading: tokio::sync::Mutex<()>,
+    /// Request body bytes held at once (`server.max_body_bytes_total`).
+    pub body_budget: Arc<crate::body_budget::BodyBudget>,
 }
 
 impl std::ops::Deref for AppState {
@@ -70,6 +72,7 @@ impl AppState {
             metrics,
             listen_override: std::sync::OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
+            body_budget: Arc::default(),
         }))
     }
 

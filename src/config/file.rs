@@ -11,6 +11,10 @@ pub struct ServerFile {
     pub listen: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: Option<u64>,
+    /// Most request body bytes held at once, across every request.
+    pub max_body_bytes_total: Option<u64>,
+    /// Most client connections open at once on the main listener.
+    pub max_connections: Option<u64>,
     /// Largest plain answer, and largest single stream event, read from a
     /// provider, in bytes.
     pub max_response_bytes: Option<u64>,

@@ -42,6 +42,9 @@ pub fn test_provider() -> Arc<Provider> {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 32 MiB (vision requests carry base64 images).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Default total of request body bytes held at once: eight bodies at the
+/// default limit.
+pub const DEFAULT_MAX_BODY_BYTES_TOTAL: usize = 256 * 1024 * 1024;
 /// Largest plain answer or single stream event read from a provider.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -90,6 +93,12 @@ impl std::error::Error for ConfigErrors {}
 pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Most request body bytes held at once, across every request (see
+    /// `body_budget`).
+    pub max_body_bytes_total: usize,
+    /// Most client connections open at once on the main listener; `None`:
+    /// derived from the open-file limit at start (see `connection_cap`).
+    pub max_connections: Option<usize>,
     /// Largest plain answer, and largest single stream event, read from a
     /// provider: a provider that sends more fails the attempt (or ends the
     /// stream) instead of growing the gateway's memory.

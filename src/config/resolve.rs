@@ -9,7 +9,7 @@ use super::providers::{build_provider, merge, preset_drafts};
 use super::settings::{breaker_settings, retry_settings, seconds};
 use super::{
     Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_BODY_BYTES_TOTAL, DEFAULT_MAX_RESPONSE_BYTES,
 };
 use crate::limits::{Limits, ScopeRegistry};
 use crate::proxy::breaker::BreakerRegistry;
@@ -50,6 +50,30 @@ pub fn resolve_reusing(
         DEFAULT_MAX_BODY_BYTES,
         &mut problems,
     );
+    let max_body_bytes_total = byte_count(
+        parsed.server.max_body_bytes_total,
+        "server.max_body_bytes_total",
+        DEFAULT_MAX_BODY_BYTES_TOTAL.max(max_body_bytes),
+        &mut problems,
+    );
+    if max_body_bytes_total < max_body_bytes {
+        // A body at the limit could then never be read.
+        problems.push(ConfigProblem::new(
+            "server.max_body_bytes_total",
+            format!("{max_body_bytes_total} is less than server.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    let max_connections = match parsed.server.max_connections {
+        None => None,
+        Some(0) => {
+            problems.push(ConfigProblem::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+            None
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
     let max_response_bytes = byte_count(
         parsed.server.max_response_bytes,
         "server.max_response_bytes",
@@ -151,6 +175,8 @@ pub fn resolve_reusing(
     Ok(Config {
         listen,
         max_body_bytes,
+        max_body_bytes_total,
+        max_connections,
         max_response_bytes,
         drain,
         sse_keepalive,
@@ -188,5 +214,50 @@ fn byte_count(
             default
         }
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match resolve(text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_body_total_defaults_to_256_mib_or_the_body_limit_when_larger() {
+        let config = resolve("", &|_| None).unwrap();
+        assert_eq!(config.max_body_bytes_total, 256 * 1024 * 1024);
+        assert_eq!(config.max_connections, None);
+        let config = resolve("[server]\nmax_body_bytes = 300000000\n", &|_| None).unwrap();
+        assert_eq!(config.max_body_bytes_total, 300_000_000);
+        let config = resolve(
+            "[server]\nmax_body_bytes_total = 5000\nmax_body_bytes = 5000\nmax_connections = 9\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (config.max_body_bytes_total, config.max_connections),
+            (5000, Some(9))
+        );
+    }
+
+    #[test]
+    fn a_body_total_under_the_body_limit_and_a_zero_cap_are_refused() {
+        assert_eq!(
+            problems("[server]\nmax_body_bytes = 2000\nmax_body_bytes_total = 1000\n"),
+            ["server.max_body_bytes_total: 1000 is less than server.max_body_bytes (2000)"]
+        );
+        assert_eq!(
+            problems("[server]\nmax_connections = 0\nmax_body_bytes_total = 0\n"),
+            [
+                "server.max_body_bytes_total: must be at least 1",
+                "server.max_connections: must be at least 1"
+            ]
+        );
     }
 }

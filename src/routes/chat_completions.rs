@@ -375,6 +375,14 @@ where
             {
                 return Err(too_large());
             }
+            Err(err) if is_body_error(&*err, BodyError::is_no_room) => {
+                return Err(GatewayError::server(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    BodyError::NO_ROOM.0,
+                )
+                .with_code(upstream::OUT_OF_RESOURCES)
+                .with_retry_after(Some(HeaderValue::from_static("1"))));
+            }
             Err(err) if is_body_error(&*err, BodyError::is_timeout) => {
                 return Err(GatewayError::new(
                     StatusCode::REQUEST_TIMEOUT,

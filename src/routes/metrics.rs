@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text format. Circuit states, the
-//! rate-limit store's health and the log's dropped lines are read at
-//! scrape time, so the hot path never touches their series; one scrape at
-//! a time sets and renders them.
+//! rate-limit store's health, the request body bytes held and the log's
+//! dropped lines are read at scrape time, so the hot path never touches
+//! their series; one scrape at a time sets and renders them.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -45,6 +45,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if total > dropped.get() {
         dropped.inc_by(total - dropped.get());
     }
+    let held = i64::try_from(state.body_budget.held()).unwrap_or(i64::MAX);
+    state.metrics.request_body_bytes.set(held);
+    let total = i64::try_from(config.max_body_bytes_total).unwrap_or(i64::MAX);
+    state.metrics.request_body_bytes_max.set(total);
     let rendered = state.metrics.render();
     drop(scraping);
     (

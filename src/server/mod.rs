@@ -8,6 +8,7 @@
 //! [`Gateway::handle`], with no tower layers in between.
 
 mod conn;
+mod connection_cap;
 mod output;
 mod request_body;
 mod request_head;
@@ -17,6 +18,7 @@ pub use request_body::{BodyError, RequestBody};
 
 use crate::app::Gateway;
 use crate::state::AppState;
+use connection_cap::ConnectionCap;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -88,6 +90,13 @@ async fn serve(
 ) -> std::io::Result<()> {
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
+    let state = gateway.state();
+    let max = state
+        .config()
+        .max_connections
+        .unwrap_or_else(crate::fd_limit::default_max_connections);
+    tracing::info!(max_connections = max, "client connections capped");
+    let mut cap = ConnectionCap::new(max, &closing, &state.metrics);
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -106,10 +115,20 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // At the cap, this one connection waits accepted (its request
+        // unread) and the rest in the listen backlog.
+        let room = tokio::select! {
+            room = cap.room() => room,
+            () = &mut shutdown => break,
+        };
         // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
         let _ = tcp.set_nodelay(true);
         let idle = gateway.state().config().client_idle;
-        connections.spawn(conn::serve(tcp, gateway.clone(), closing.clone(), idle));
+        let serving = conn::serve(tcp, gateway.clone(), cap.close_token(), idle);
+        connections.spawn(async move {
+            serving.await;
+            drop(room);
+        });
     }
     drop(listener);
     // Idle connections close now, busy ones after their response.

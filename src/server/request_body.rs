@@ -40,12 +40,22 @@ impl BodyError {
     /// `server.max_body_bytes`.
     pub const TOO_LARGE: BodyError = BodyError("the request body is larger than the limit");
 
+    /// The body would take request bodies past `server.max_body_bytes_total`
+    /// (see `body_budget`): none of it is read.
+    pub const NO_ROOM: BodyError = BodyError(
+        "the gateway is holding as many request body bytes as it may (server.max_body_bytes_total); retry shortly",
+    );
+
     pub fn is_timeout(&self) -> bool {
         self.0 == Self::TIMED_OUT.0
     }
 
     pub fn is_too_large(&self) -> bool {
         self.0 == Self::TOO_LARGE.0
+    }
+
+    pub fn is_no_room(&self) -> bool {
+        self.0 == Self::NO_ROOM.0
     }
 }
 
@@ -88,6 +98,17 @@ impl RequestBody {
 }
 
 impl Slot {
+    /// A slot whose body has already ended with `err`: none of it will be
+    /// read.
+    pub fn ended(err: BodyError) -> Slot {
+        Slot {
+            state: Mutex::new(SlotState {
+                end: Some(Err(err)),
+                ..SlotState::default()
+            }),
+        }
+    }
+
     /// The handler is waiting for a frame the connection has not read yet.
     pub fn is_wanted(&self) -> bool {
         let state = self.state.lock().expect("slot lock");

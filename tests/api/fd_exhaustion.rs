@@ -54,8 +54,11 @@ fn open_descriptors(pid: u32) -> usize {
 fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(crate::cli::mock_for_start());
-    let file =
-        crate::cli::config_file("[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n");
+    let file = crate::cli::config_file(
+        // No connection cap short of the limit: idle connections must be
+        // able to take every descriptor.
+        "[server]\nmax_connections = 1000\n[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n",
+    );
     // `ulimit -n` sets the soft and the hard limit: nothing to raise.
     let mut command = Command::new("sh");
     command
@@ -137,4 +140,30 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let values: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_ne!(values[0], "100", "{open_files}");
     assert_eq!(values[0], values[1], "{open_files}");
+}
+
+/// Without `server.max_connections`, client connections are capped at
+/// half the open-file limit less a reserve: each may need a provider
+/// connection too, and idle ones must not take every descriptor.
+#[test]
+fn the_default_connection_cap_follows_the_open_file_limit() {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -n 300 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .env_remove(kimi_gateway::malloc_tuning::VARIABLE);
+    let (mut child, _stdout, addr) = start(command, &["--listen", ANY_PORT]);
+    let metrics = crate::cli::http_get(&addr, "/metrics");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // (300 - 64 reserved) / 2
+    assert!(
+        metrics.contains("\nkimi_gateway_client_connections_max 118\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nkimi_gateway_client_connections 1\n"),
+        "the scrape's own connection: {metrics}"
+    );
 }

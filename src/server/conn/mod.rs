@@ -17,6 +17,7 @@ use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::ConnectionHeader;
 use crate::access_log::request_id;
 use crate::app::Gateway;
+use crate::body_budget::BodyClaim;
 use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
 use crate::proxy::headers::X_REQUEST_ID;
@@ -150,6 +151,10 @@ struct BodyReading {
     /// (a client trickling a huge chunk is not waited for).
     limit: u64,
     received: u64,
+    /// `server.max_body_bytes_total`, and the body's claim on it (see
+    /// `body_budget`), given back once the handler has answered.
+    total: u64,
+    claim: Option<BodyClaim>,
 }
 
 /// What the response body has next.
@@ -227,14 +232,29 @@ impl Connection {
                 RequestBody::whole(self.read.split_to(n as usize).freeze())
             }
             framing => {
-                let slot = Arc::new(Slot::default());
+                let config = gateway.state().config();
+                let (limit, total) = (
+                    config.max_body_bytes as u64,
+                    config.max_body_bytes_total as u64,
+                );
+                // A declared length is claimed whole before any of it is
+                // read; a chunked body claims each chunk as it is announced.
+                // One over the limit claims nothing: it is refused with 413.
+                let declared = framing.remaining().filter(|&n| n <= limit).unwrap_or(0);
+                let claim = gateway.state().body_budget.claim(declared, total);
+                let slot = Arc::new(match claim {
+                    Some(_) => Slot::default(),
+                    None => Slot::ended(BodyError::NO_ROOM),
+                });
                 reading = Some(BodyReading {
                     slot: slot.clone(),
                     framing,
                     continue_owed: expect_continue.then_some(0),
                     stalled_since: None,
                     progress: 0,
-                    limit: gateway.state().config().max_body_bytes as u64,
+                    limit,
+                    total,
+                    claim,
                     received: 0,
                 });
                 RequestBody::read_into(slot, framing.remaining())
@@ -259,6 +279,10 @@ impl Connection {
             })
             .await
         };
+        // The handler is done with the body: its bytes are no longer held.
+        if let Some(reading) = &mut reading {
+            reading.claim = None;
+        }
         // A plain answer is written at once and the connection is likely
         // to bring another request: the head's map is emptied and kept for
         // it. A stream's may hold the connection for minutes; its map is
@@ -373,8 +397,17 @@ impl Connection {
                     }
                     Ok(Decoded::NeedMore) => {
                         let announced = body.framing.announced();
-                        if body.received.saturating_add(announced) > body.limit {
+                        let needed = body.received.saturating_add(announced);
+                        if needed > body.limit {
                             body.slot.end(Err(BodyError::TOO_LARGE), cx);
+                            continue 'handler;
+                        }
+                        if !body
+                            .claim
+                            .as_mut()
+                            .is_some_and(|claim| claim.grow_to(needed, body.total))
+                        {
+                            body.slot.end(Err(BodyError::NO_ROOM), cx);
                             continue 'handler;
                         }
                         let room = match body.framing.remaining() {

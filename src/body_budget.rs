@@ -1,0 +1,122 @@
+//! The request body bytes the gateway holds at once, across every request,
+//! kept under `server.max_body_bytes_total`. A body is read whole before
+//! rate limits can be checked (the model and the token caps are in it), so
+//! without a total, many clients sending large bodies at once could make
+//! the gateway hold connections × `max_body_bytes`.
+//!
+//! Only bodies the connection reads after their head count: one that
+//! arrived with its head (nearly every chat request) is a slice of the
+//! connection's read buffer, which is bounded per connection anyway. A
+//! body's bytes are claimed before they are read (its `Content-Length`, or
+//! each chunk's announced size), and given back when its handler has
+//! answered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The bytes claimed by bodies being read or handled.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: AtomicU64,
+}
+
+/// Bytes of one body, given back when dropped.
+#[derive(Debug)]
+pub struct BodyClaim {
+    budget: Arc<BodyBudget>,
+    bytes: u64,
+}
+
+impl BodyBudget {
+    /// Bytes claimed now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Claims `bytes` when they fit under `total` with what is held;
+    /// `None` when they do not.
+    pub fn claim(self: &Arc<Self>, bytes: u64, total: u64) -> Option<BodyClaim> {
+        self.take(bytes, total).then(|| BodyClaim {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    fn take(&self, bytes: u64, total: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&after| after <= total)
+            })
+            .is_ok()
+    }
+}
+
+impl BodyClaim {
+    /// Bytes this claim holds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Raises this claim to `bytes` when the difference fits under
+    /// `total`; `false` (the claim unchanged) when it does not.
+    pub fn grow_to(&mut self, bytes: u64, total: u64) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 {
+            return true;
+        }
+        if !self.budget.take(more, total) {
+            return false;
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for BodyClaim {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_fit_under_the_total_and_are_given_back_when_dropped() {
+        let budget = Arc::new(BodyBudget::default());
+        let first = budget.claim(60, 100).expect("fits");
+        assert!(budget.claim(41, 100).is_none(), "60 + 41 is over 100");
+        assert_eq!(budget.held(), 60, "a refused claim takes nothing");
+        let second = budget.claim(40, 100).expect("60 + 40 fits exactly");
+        assert_eq!(budget.held(), 100);
+        drop(first);
+        assert_eq!(budget.held(), 40);
+        drop(second);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_claim_grows_while_the_total_allows() {
+        let budget = Arc::new(BodyBudget::default());
+        let other = budget.claim(50, 100).unwrap();
+        let mut claim = budget.claim(0, 100).unwrap();
+        assert!(claim.grow_to(30, 100));
+        assert!(claim.grow_to(20, 100), "a smaller size needs nothing more");
+        assert_eq!(claim.bytes(), 30);
+        assert!(!claim.grow_to(51, 100), "50 + 51 is over 100");
+        assert_eq!((claim.bytes(), budget.held()), (30, 80));
+        assert!(claim.grow_to(50, 100));
+        drop(other);
+        drop(claim);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_claim_past_u64_is_refused_not_wrapped() {
+        let budget = Arc::new(BodyBudget::default());
+        let _held = budget.claim(10, u64::MAX).unwrap();
+        assert!(budget.claim(u64::MAX, u64::MAX).is_none());
+        assert_eq!(budget.held(), 10);
+    }
+}

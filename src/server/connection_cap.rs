@@ -1,0 +1,112 @@
+//! `server.max_connections`: the most client connections served at once.
+//! Every connection is a descriptor, and a stream is two (the client's and
+//! the provider's); without a cap, clients that open connections and leave
+//! them idle use up the descriptors the gateway needs to reach providers.
+//!
+//! At the cap the gateway stops accepting: the connection just accepted
+//! waits with its request unread, and the ones after it in the listen
+//! backlog (the kernel has completed their handshake); they are served as
+//! others close. To make room, every connection open then is
+//! told to close once it is idle: idle keep-alive connections close at
+//! once, busy ones after their response (with `Connection: close`), as
+//! nginx closes idle keep-alive connections when it runs short.
+
+use prometheus::IntGauge;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Connections are told to close at most this often while the cap holds,
+/// so a gateway at its cap does not churn every connection on each accept.
+const SHED_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) struct ConnectionCap {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// Cancelled when the server stops.
+    closing: CancellationToken,
+    /// What connections accepted now are given: cancelled (telling them to
+    /// close when idle) when the cap is reached, then replaced.
+    close_when_idle: CancellationToken,
+    last_shed: Option<Instant>,
+    open: IntGauge,
+}
+
+/// A connection's place under the cap, given back when it closes.
+pub(super) struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl ConnectionCap {
+    pub(super) fn new(
+        max: usize,
+        closing: &CancellationToken,
+        metrics: &crate::metrics::Metrics,
+    ) -> ConnectionCap {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        metrics
+            .client_connections_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        ConnectionCap {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            closing: closing.clone(),
+            close_when_idle: closing.child_token(),
+            last_shed: None,
+            open: metrics.client_connections.clone(),
+        }
+    }
+
+    /// Room for one more connection: at once under the cap, else once one
+    /// closes (connections are told to close when idle meanwhile).
+    pub(super) async fn room(&mut self) -> OpenConnection {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.shed();
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        self.open.inc();
+        OpenConnection {
+            _permit: permit,
+            open: self.open.clone(),
+        }
+    }
+
+    /// The token a connection accepted now watches: cancelled when the
+    /// server stops or the cap asks it to close once idle.
+    pub(super) fn close_token(&self) -> CancellationToken {
+        self.close_when_idle.clone()
+    }
+
+    fn shed(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_shed
+            .is_some_and(|last| now.duration_since(last) < SHED_INTERVAL)
+        {
+            return;
+        }
+        self.last_shed = Some(now);
+        tracing::warn!(
+            max_connections = self.max,
+            "client connections at server.max_connections: new ones wait to be accepted, \
+             and the open ones close once idle"
+        );
+        self.close_when_idle.cancel();
+        self.close_when_idle = self.closing.child_token();
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}

@@ -1,0 +1,195 @@
+//! The gateway's own limits under load: request body bytes held at once
+//! (`server.max_body_bytes_total`) and client connections open at once
+//! (`server.max_connections`).
+
+use crate::helpers::*;
+use crate::raw_client::*;
+use std::time::Duration;
+
+const MODEL: &str = "kimi-k2-turbo-preview";
+
+/// A chat request body of about `size` bytes.
+fn large_body(size: usize) -> String {
+    chat_body(MODEL, &"x".repeat(size), false).to_string()
+}
+
+/// Asserts the 503 a body that does not fit under the total gets.
+fn assert_no_room(reply: &Reply) {
+    assert_eq!(reply.status, 503, "{}: {}", reply.head, reply.text());
+    let error = reply.json();
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert_eq!(
+        error["error"]["code"], "gateway_out_of_resources",
+        "{error}"
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_body_bytes_total"),
+        "{error}"
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.head);
+    assert_eq!(
+        reply.header("x-should-retry"),
+        Some("true"),
+        "{}",
+        reply.head
+    );
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+}
+
+#[tokio::test]
+async fn bodies_past_the_total_are_refused_until_room_is_made() {
+    let app = spawn_app_with(
+        "[server]\nmax_body_bytes = 200000\nmax_body_bytes_total = 300000\nclient_idle_secs = 60\n",
+        &[],
+    )
+    .await;
+    let body = large_body(150_000);
+    let request = chat_request(&body);
+    let (head_and_some, rest) = request.split_at(request.len() - body.len() + 1000);
+
+    // A client sends the head and the start of its body: the whole
+    // declared length is claimed while the rest trickles in.
+    let mut holder = Client::connect(app.addr).await;
+    holder.send(head_and_some).await;
+    wait_until("the first body is claimed", async || {
+        app.state.body_budget.held() == body.len() as u64
+    })
+    .await;
+
+    // Another body of that size does not fit: refused before it is read.
+    let mut refused = Client::connect(app.addr).await;
+    refused.send(&request).await;
+    assert_no_room(&refused.response().await);
+
+    // Nor does a chunk announcing that much, before its bytes come...
+    let mut chunked = Client::connect(app.addr).await;
+    chunked
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{{\"model\"",
+            body.len()
+        ))
+        .await;
+    assert_no_room(&chunked.response().await);
+
+    // ...and a client waiting for `100 Continue` is answered without one.
+    let mut expecting = Client::connect(app.addr).await;
+    expecting
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        ))
+        .await;
+    assert_no_room(&expecting.response().await);
+
+    // A body over `max_body_bytes` is still 413, not 503.
+    let mut too_large = Client::connect(app.addr).await;
+    too_large
+        .send("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n{")
+        .await;
+    let reply = too_large.response().await;
+    assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
+
+    // A body that came with its head is a slice of the connection's
+    // buffer, not held against the total: small requests go on.
+    let small = app.chat(chat_body(MODEL, "small", false)).await;
+    assert_eq!(small.status(), 200);
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics.contains(&format!("kimi_gateway_request_body_bytes {}\n", body.len())),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kimi_gateway_request_body_bytes_max 300000\n"),
+        "{metrics}"
+    );
+    assert_eq!(app.mock.requests().len(), 1, "only the small one forwarded");
+
+    // The first body ends and is answered; its bytes are given back, and
+    // the refused request, sent again, is served.
+    holder.send(rest).await;
+    let reply = holder.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    wait_until("the first body is given back", async || {
+        app.state.body_budget.held() == 0
+    })
+    .await;
+    let mut again = Client::connect(app.addr).await;
+    again.send(&request).await;
+    let reply = again.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    assert_eq!(app.state.body_budget.held(), 0);
+}
+
+/// Opens a connection and has one request answered on it, so the gateway
+/// has accepted it; the connection stays open.
+async fn accepted_connection(app: &TestApp) -> Client {
+    let mut client = Client::connect(app.addr).await;
+    client.send(HEALTHZ).await;
+    assert_eq!(client.response().await.status, 200);
+    client
+}
+
+async fn wait_for_open_connections(app: &TestApp, n: i64) {
+    wait_until(&format!("{n} open connections"), async || {
+        app.state.metrics.client_connections.get() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn at_the_cap_idle_connections_close_to_make_room() {
+    let app = spawn_app_with("[server]\nmax_connections = 2\n", &[]).await;
+    let mut idle = [
+        accepted_connection(&app).await,
+        accepted_connection(&app).await,
+    ];
+    wait_for_open_connections(&app, 2).await;
+    assert_eq!(app.state.metrics.client_connections_max.get(), 2);
+
+    // A third waits in the backlog; the idle two are closed for it.
+    let mut third = Client::connect(app.addr).await;
+    third.send(HEALTHZ).await;
+    assert_eq!(third.response().await.status, 200);
+    for client in &mut idle {
+        client.assert_closed().await;
+    }
+    wait_for_open_connections(&app, 1).await;
+}
+
+#[tokio::test]
+async fn at_the_cap_busy_connections_are_waited_for_then_closed() {
+    let app = spawn_app_with("[server]\nmax_connections = 2\n", &[]).await;
+    let stream = chat_request(&chat_body(MODEL, "[mock gate=g chunks=3]", true).to_string());
+    let mut streaming = [
+        Client::connect(app.addr).await,
+        Client::connect(app.addr).await,
+    ];
+    for client in &mut streaming {
+        client.send(&stream).await;
+        assert_eq!(client.head().await.0, 200);
+    }
+    wait_for_open_connections(&app, 2).await;
+
+    let mut third = Client::connect(app.addr).await;
+    third.send(HEALTHZ).await;
+    // Not accepted while both streams run: nothing comes back.
+    let early = tokio::time::timeout(Duration::from_millis(300), third.fill()).await;
+    assert!(early.is_err(), "answered past the cap");
+
+    // The streams end; their connections close after them (they were
+    // told to when the cap was reached), and the third is served.
+    app.mock.release("g", 100);
+    for client in &mut streaming {
+        let (body, _) = client.chunked_body().await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("data: [DONE]"),
+            "{body:?}"
+        );
+        client.assert_closed().await;
+    }
+    let reply = third.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+}
