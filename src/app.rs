@@ -175,10 +175,14 @@ fn internal_error() -> Response {
     .into_response()
 }
 
-/// The router of the separate metrics listener (`server.metrics_listen`).
+/// The router of the separate metrics listener (`server.metrics_listen`):
+/// metrics, and the health probes too, which there are answered even while
+/// the main listener is at `server.max_connections`.
 pub fn build_metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .with_state(state)
 }

@@ -175,7 +175,7 @@ impl Metrics {
             )),
             request_body_bytes: register!(IntGauge::new(
                 name("request_body_bytes"),
-                "Request body bytes held by requests being read or handled (bodies that arrived with their head aside)."
+                "Request body bytes held by requests being read or handled (bodies over 64 KiB)."
             )),
             request_body_bytes_max: register!(IntGauge::new(
                 name("request_body_bytes_max"),

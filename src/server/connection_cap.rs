@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// Connections are told to close at most this often while the cap holds,
 /// so a gateway at its cap does not churn every connection on each accept.
 const SHED_INTERVAL: Duration = Duration::from_secs(1);
+/// The cap reached again after this long is logged again.
+const QUIET_AFTER: Duration = Duration::from_secs(60);
 
 pub(super) struct ConnectionCap {
     permits: Arc<Semaphore>,
@@ -60,17 +62,20 @@ impl ConnectionCap {
     }
 
     /// Room for one more connection: at once under the cap, else once one
-    /// closes (connections are told to close when idle meanwhile).
+    /// closes. Meanwhile the open connections are told to close when idle,
+    /// again every [`SHED_INTERVAL`]: connections accepted since the last
+    /// time may have filled the cap and gone idle.
     pub(super) async fn room(&mut self) -> OpenConnection {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.shed();
-                self.permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed")
+        let permit = loop {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            let next_shed = self.shed();
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => {
+                    break permit.expect("the semaphore is never closed");
+                }
+                () = tokio::time::sleep_until(next_shed) => {}
             }
         };
         self.open.inc();
@@ -86,22 +91,31 @@ impl ConnectionCap {
         self.close_when_idle.clone()
     }
 
-    fn shed(&mut self) {
+    /// Tells the open connections to close once idle, unless they were told
+    /// less than [`SHED_INTERVAL`] ago; when they may be told next.
+    fn shed(&mut self) -> tokio::time::Instant {
         let now = Instant::now();
+        if let Some(last) = self
+            .last_shed
+            .filter(|last| now.duration_since(*last) < SHED_INTERVAL)
+        {
+            return (last + SHED_INTERVAL).into();
+        }
+        // Once per stretch at the cap, not once a second through it.
         if self
             .last_shed
-            .is_some_and(|last| now.duration_since(last) < SHED_INTERVAL)
+            .is_none_or(|last| now.duration_since(last) > QUIET_AFTER)
         {
-            return;
+            tracing::warn!(
+                max_connections = self.max,
+                "client connections at server.max_connections: new ones wait to be accepted, \
+                 and the open ones close once idle"
+            );
         }
         self.last_shed = Some(now);
-        tracing::warn!(
-            max_connections = self.max,
-            "client connections at server.max_connections: new ones wait to be accepted, \
-             and the open ones close once idle"
-        );
         self.close_when_idle.cancel();
         self.close_when_idle = self.closing.child_token();
+        (now + SHED_INTERVAL).into()
     }
 }
 

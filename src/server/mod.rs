@@ -91,10 +91,16 @@ async fn serve(
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
     let state = gateway.state();
-    let max = state
-        .config()
-        .max_connections
-        .unwrap_or_else(crate::fd_limit::default_max_connections);
+    let fits = crate::fd_limit::default_max_connections();
+    let max = state.config().max_connections.unwrap_or(fits);
+    if max > fits {
+        tracing::warn!(
+            max_connections = max,
+            fits,
+            "server.max_connections is more than the open-file limit has descriptors for \
+             (two per stream): past that, requests fail with gateway_out_of_resources"
+        );
+    }
     tracing::info!(max_connections = max, "client connections capped");
     let mut cap = ConnectionCap::new(max, &closing, &state.metrics);
     tokio::pin!(shutdown);

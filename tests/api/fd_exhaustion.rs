@@ -71,8 +71,11 @@ fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
             mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
         );
     let config = file.path().to_str().unwrap();
-    let (mut child, _stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
     let pid = child.id();
+    // A cap past what the descriptors allow is warned about.
+    let warning = crate::cli::wait_for_line(&mut stdout, "server.max_connections is more");
+    assert!(warning.contains("\"fits\":16"), "{warning}");
 
     // A client connected (and answered) before the table fills up.
     let mut client = BufReader::new(TcpStream::connect(&addr).unwrap());

@@ -118,6 +118,18 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
         .await
         .unwrap();
     assert!(text.contains("kimi_gateway_build_info"));
+    // The probes are answered there too (and still on the main listener).
+    for path in ["/healthz", "/readyz"] {
+        for base in [format!("http://{addr}"), app.url("")] {
+            let probe = app
+                .client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(probe.status(), 200, "{base}{path}");
+        }
+    }
 }
 
 #[tokio::test]

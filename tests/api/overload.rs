@@ -42,7 +42,7 @@ fn assert_no_room(reply: &Reply) {
 #[tokio::test]
 async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let app = spawn_app_with(
-        "[server]\nmax_body_bytes = 200000\nmax_body_bytes_total = 300000\nclient_idle_secs = 60\n",
+        "[server]\nmax_body_bytes = 200000\nmax_body_bytes_total = 200000\nclient_idle_secs = 60\n",
         &[],
     )
     .await;
@@ -92,20 +92,29 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let reply = too_large.response().await;
     assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
 
-    // A body that came with its head is a slice of the connection's
-    // buffer, not held against the total: small requests go on.
+    // Bodies of up to 64 KiB are bounded by their connection, not held
+    // against the total: one that came with its head, and one of 60 KB
+    // (more than the connection's first read) go on.
     let small = app.chat(chat_body(MODEL, "small", false)).await;
     assert_eq!(small.status(), 200);
+    let mut medium = Client::connect(app.addr).await;
+    medium.send(chat_request(&large_body(60_000))).await;
+    let reply = medium.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
     let metrics = scrape(&app).await;
     assert!(
         metrics.contains(&format!("kimi_gateway_request_body_bytes {}\n", body.len())),
         "{metrics}"
     );
     assert!(
-        metrics.contains("kimi_gateway_request_body_bytes_max 300000\n"),
+        metrics.contains("kimi_gateway_request_body_bytes_max 200000\n"),
         "{metrics}"
     );
-    assert_eq!(app.mock.requests().len(), 1, "only the small one forwarded");
+    assert_eq!(
+        app.mock.requests().len(),
+        2,
+        "only the small ones forwarded"
+    );
 
     // The first body ends and is answered; its bytes are given back, and
     // the refused request, sent again, is served.
@@ -157,6 +166,15 @@ async fn at_the_cap_idle_connections_close_to_make_room() {
         client.assert_closed().await;
     }
     wait_for_open_connections(&app, 1).await;
+
+    // The cap fills again with idle connections within the second after
+    // the open ones were told to close: they are told again once it has
+    // passed, not left to the idle limit (75 s).
+    let _fourth = accepted_connection(&app).await;
+    let mut fifth = Client::connect(app.addr).await;
+    fifth.send(HEALTHZ).await;
+    assert_eq!(fifth.response().await.status, 200);
+    third.assert_closed().await;
 }
 
 #[tokio::test]

@@ -45,6 +45,11 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 /// for yet) while a request is in flight, at most.
 const READ_AHEAD: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Bodies up to this size are not claimed against
+/// `server.max_body_bytes_total`: like the bytes read ahead, they are
+/// bounded by the connection (and connections by `server.max_connections`),
+/// and nearly every chat request is one of them.
+const UNCOUNTED_BODY: u64 = READ_AHEAD as u64;
 
 /// Serves requests on `io` until the client closes it, a response says
 /// `connection: close`, `closing` is cancelled (the connection then closes
@@ -240,7 +245,10 @@ impl Connection {
                 // A declared length is claimed whole before any of it is
                 // read; a chunked body claims each chunk as it is announced.
                 // One over the limit claims nothing: it is refused with 413.
-                let declared = framing.remaining().filter(|&n| n <= limit).unwrap_or(0);
+                let declared = framing
+                    .remaining()
+                    .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
+                    .unwrap_or(0);
                 let claim = gateway.state().body_budget.claim(declared, total);
                 let slot = Arc::new(match claim {
                     Some(_) => Slot::default(),
@@ -402,10 +410,11 @@ impl Connection {
                             body.slot.end(Err(BodyError::TOO_LARGE), cx);
                             continue 'handler;
                         }
-                        if !body
-                            .claim
-                            .as_mut()
-                            .is_some_and(|claim| claim.grow_to(needed, body.total))
+                        if needed > UNCOUNTED_BODY
+                            && !body
+                                .claim
+                                .as_mut()
+                                .is_some_and(|claim| claim.grow_to(needed, body.total))
                         {
                             body.slot.end(Err(BodyError::NO_ROOM), cx);
                             continue 'handler;
