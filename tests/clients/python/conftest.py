@@ -146,14 +146,19 @@ def servers() -> Iterator[Servers]:
 
 @dataclass
 class Counter:
-    """Requests an httpx event hook saw leave the client, in order."""
+    """Requests an httpx event hook saw leave the client, and the statuses
+    of the responses that came back, in order."""
 
     requests: list = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
 
     def hook(self, request) -> None:
         self.requests.append(request)
         self.sent_at.append(time.monotonic())
+
+    def on_response(self, response) -> None:
+        self.statuses.append(response.status_code)
 
     @property
     def count(self) -> int:
@@ -171,7 +176,9 @@ def make_client(servers: Servers) -> Iterator[MakeClient]:
 
     def make(**options) -> tuple[openai.OpenAI, Counter]:
         counter = Counter()
-        http_client = openai.DefaultHttpxClient(event_hooks={"request": [counter.hook]})
+        http_client = openai.DefaultHttpxClient(
+            event_hooks={"request": [counter.hook], "response": [counter.on_response]}
+        )
         options.setdefault("max_retries", 0)
         options.setdefault("timeout", REQUEST_TIMEOUT)
         client = openai.OpenAI(

@@ -1,10 +1,18 @@
 """The SDK's retry logic driven by the gateway's headers: `Retry-After` is
 honoured on a 429, `x-should-retry: false` stops retries of errors that a
-retry cannot fix, and `x-should-retry: true` keeps 5xx retried. Attempts are
+retry cannot fix, and `x-should-retry: true` keeps 5xx retried, the
+gateway's own 503 for a body it has no room for included. Attempts are
 counted with an httpx event hook on the client's http_client."""
+
+import socket
+import threading
+import time
+import urllib.request
 
 import openai
 import pytest
+
+from support import REQUEST_TIMEOUT
 
 
 def ask(client, provider, directive):
@@ -63,3 +71,63 @@ def test_unknown_model_is_not_retried(make_client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert counter.count == 1
+
+
+def gauge(servers, name: str) -> float | None:
+    """A gauge's value on the gateway's /metrics."""
+    with urllib.request.urlopen(f"{servers.gateway_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return None
+
+
+def wait_for(what: str, condition) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def test_a_body_the_gateway_has_no_room_for_is_retried_after_the_wait(
+    make_client, servers, provider
+):
+    # A client declares a body of nearly the whole total and sends only its
+    # first byte: the gateway holds the room for it.
+    held = 33_000_000
+    host, port = servers.gateway_url.removeprefix("http://").split(":")
+    holder = socket.create_connection((host, int(port)))
+    holder.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {held}\r\n\r\n{{".encode()
+    )
+    wait_for(
+        "the half-sent body is held",
+        lambda: gauge(servers, "kimi_gateway_request_body_bytes") == held,
+    )
+
+    client, counter = make_client(max_retries=1)
+    outcome = {}
+
+    def ask_with_a_long_prompt():
+        outcome["completion"] = client.chat.completions.create(
+            model=provider.model, messages=[{"role": "user", "content": "x" * 600_000}]
+        )
+
+    asking = threading.Thread(target=ask_with_a_long_prompt)
+    asking.start()
+    try:
+        # No room for the prompt: 503 with Retry-After: 1, which the SDK
+        # retries. The holder leaves meanwhile, giving the room back.
+        wait_for("the first attempt is refused", lambda: counter.statuses == [503])
+    finally:
+        holder.close()
+        asking.join(REQUEST_TIMEOUT)
+    assert outcome["completion"].choices[0].message.content == provider.greeting()
+    assert counter.statuses == [503, 200]
+    assert counter.sent_at[1] - counter.sent_at[0] >= 0.9
+    wait_for(
+        "every body is given back",
+        lambda: gauge(servers, "kimi_gateway_request_body_bytes") == 0,
+    )
