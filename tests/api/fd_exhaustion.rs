@@ -44,6 +44,18 @@ fn chat_request() -> String {
     )
 }
 
+/// The gateway binary, started by a shell that first runs `ulimit`, and
+/// without `GLIBC_TUNABLES`, as it starts in production.
+fn gateway_under(ulimit: &str) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(r#"{ulimit} && exec "$0" "$@""#))
+        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
+        .env_remove(kimi_gateway::malloc_tuning::VARIABLE);
+    command
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -60,16 +72,11 @@ fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
         "[server]\nmax_connections = 1000\n[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n",
     );
     // `ulimit -n` sets the soft and the hard limit: nothing to raise.
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!(r#"ulimit -n {LIMIT} && exec "$0" "$@""#))
-        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
-        .env_remove(kimi_gateway::malloc_tuning::VARIABLE)
-        .env(
-            "MOONSHOT_BASE_URL",
-            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
-        );
+    let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
+    command.env(
+        "MOONSHOT_BASE_URL",
+        mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+    );
     let config = file.path().to_str().unwrap();
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
     let pid = child.id();
@@ -126,12 +133,7 @@ fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
 /// raises it to the hard one.
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"ulimit -S -n 100 && exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
-        .env_remove(kimi_gateway::malloc_tuning::VARIABLE);
+    let command = gateway_under("ulimit -S -n 100");
     let (mut child, _stdout, _addr) = start(command, &["--listen", ANY_PORT]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     child.kill().unwrap();
@@ -150,12 +152,7 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
 /// connection too, and idle ones must not take every descriptor.
 #[test]
 fn the_default_connection_cap_follows_the_open_file_limit() {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"ulimit -n 300 && exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_kimi-gateway"))
-        .env_remove(kimi_gateway::malloc_tuning::VARIABLE);
+    let command = gateway_under("ulimit -n 300");
     let (mut child, _stdout, addr) = start(command, &["--listen", ANY_PORT]);
     let metrics = crate::cli::http_get(&addr, "/metrics");
     child.kill().unwrap();
