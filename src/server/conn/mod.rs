@@ -242,9 +242,10 @@ impl Connection {
                     config.max_body_bytes as u64,
                     config.max_body_bytes_total as u64,
                 );
-                // A declared length is claimed whole before any of it is
-                // read; a chunked body claims each chunk as it is announced.
-                // One over the limit claims nothing: it is refused with 413.
+                // A declared length over `UNCOUNTED_BODY` is claimed whole
+                // before any of it is read; a chunked body claims its chunks
+                // as they are announced, once they pass it. One over the
+                // limit claims nothing: it is refused with 413.
                 let declared = framing
                     .remaining()
                     .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
