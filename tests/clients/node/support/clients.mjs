@@ -37,7 +37,8 @@ export const PROVIDERS = [
 
 /**
  * An OpenAI client for `servers` (no retries unless asked) and the list of
- * requests it sent: `{ url, body, at }` in order.
+ * requests it sent: `{ url, body, at, status }` in order (`status` once the
+ * response head has come).
  */
 export function makeClient(servers, options = {}) {
   const requests = [];
@@ -48,8 +49,11 @@ export function makeClient(servers, options = {}) {
     timeout: REQUEST_TIMEOUT_MS,
     ...options,
     fetch: async (url, init) => {
-      requests.push({ url: String(url), body: init?.body, at: performance.now() });
-      return fetch(url, init);
+      const request = { url: String(url), body: init?.body, at: performance.now() };
+      requests.push(request);
+      const response = await fetch(url, init);
+      request.status = response.status;
+      return response;
     },
   });
   return { client, requests };

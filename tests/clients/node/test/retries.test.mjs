@@ -1,11 +1,13 @@
 /**
  * The SDK's retry logic driven by the gateway's headers: `Retry-After` is
  * honoured on a 429, `x-should-retry: false` stops retries of errors that a
- * retry cannot fix, and `x-should-retry: true` keeps 5xx retried. Attempts
- * are counted through the client's `fetch`.
+ * retry cannot fix, and `x-should-retry: true` keeps 5xx retried, the
+ * gateway's own 503 for a body it has no room for included. Attempts are
+ * counted through the client's `fetch`.
  */
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { BadRequestError, InternalServerError, NotFoundError, PermissionDeniedError, RateLimitError } from 'openai';
 import { makeClient, PROVIDERS } from '../support/clients.mjs';
@@ -69,5 +71,52 @@ describe('retries gateway', () => {
     const { client, requests } = makeClient(servers, { maxRetries: 2 });
     await assert.rejects(client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] }), NotFoundError);
     assert.equal(requests.length, 1);
+  });
+});
+
+/** A gauge's value on the gateway's /metrics. */
+async function gauge(name) {
+  const text = await (await fetch(`${servers.gatewayURL}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
+
+async function waitFor(what, condition) {
+  const deadline = performance.now() + 10_000;
+  while (!(await condition())) {
+    assert.ok(performance.now() < deadline, `timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe('retries gateway resources', () => {
+  it('a long prompt the gateway has no room for is retried after its wait', async () => {
+    // A client declares a body of nearly the whole total and sends only its
+    // first byte: the gateway holds the room for it.
+    const held = 33_000_000;
+    const { hostname, port } = new URL(servers.gatewayURL);
+    const holder = net.connect(Number(port), hostname);
+    holder.on('error', () => {});
+    holder.write(
+      'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n' +
+        `Content-Length: ${held}\r\n\r\n{`,
+    );
+    await waitFor('the half-sent body is held', async () => (await gauge('kimi_gateway_request_body_bytes')) === held);
+
+    const provider = PROVIDERS[0];
+    const { client, requests } = makeClient(servers, { maxRetries: 1 });
+    const asking = ask(client, provider, 'x'.repeat(600_000));
+    try {
+      // No room for the prompt: 503 with Retry-After: 1, which the SDK
+      // retries. The holder leaves meanwhile, giving the room back.
+      await waitFor('the first attempt is refused', async () => requests[0]?.status === 503);
+    } finally {
+      holder.destroy();
+    }
+    const completion = await asking;
+    assert.equal(completion.choices[0].message.content, provider.greeting());
+    assert.deepEqual(requests.map((r) => r.status), [503, 200]);
+    assert.ok(requests[1].at - requests[0].at >= 900, `${requests[1].at - requests[0].at} ms`);
+    await waitFor('every body is given back', async () => (await gauge('kimi_gateway_request_body_bytes')) === 0);
   });
 });
