@@ -5,12 +5,14 @@ The binaries come from `MOCK_PROVIDER_BIN` and `KIMI_GATEWAY_BIN`, defaulting
 to `target/debug/mock-provider` and `target/debug/kimi-gateway` under the
 repository root. The gateway runs with `tests/clients/gateway.toml` (one
 attempt per request, no circuit breaking). Both processes are stopped when the
-session ends.
+session ends, and their working directory (with both logs) is removed unless a
+test failed or `KIMI_GATEWAY_KEEP_TEST_LOGS` is set.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -96,7 +98,7 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers() -> Iterator[Servers]:
+def servers(request: pytest.FixtureRequest) -> Iterator[Servers]:
     mock_bin = binary("MOCK_PROVIDER_BIN", "mock-provider")
     gateway_bin = binary("KIMI_GATEWAY_BIN", "kimi-gateway")
     workdir = Path(tempfile.mkdtemp(prefix="kimi-gateway-clients-"))
@@ -142,6 +144,10 @@ def servers() -> Iterator[Servers]:
     finally:
         for process in reversed(processes):
             stop(process)
+        if request.session.testsfailed or os.environ.get("KIMI_GATEWAY_KEEP_TEST_LOGS"):
+            print(f"\nlogs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass

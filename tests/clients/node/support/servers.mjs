@@ -5,11 +5,12 @@
  * The binaries come from MOCK_PROVIDER_BIN and KIMI_GATEWAY_BIN, defaulting to
  * target/debug/mock-provider and target/debug/kimi-gateway under the
  * repository root. The gateway runs with tests/clients/gateway.toml (one
- * attempt per request, no circuit breaking).
+ * attempt per request, no circuit breaking). Stopping them removes their
+ * working directory (with both logs) unless KIMI_GATEWAY_KEEP_TEST_LOGS is set.
  */
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -90,6 +91,11 @@ export async function startServers() {
   const children = [];
   const stopAll = async () => {
     for (const child of children.reverse()) await stop(child);
+    if (process.env.KIMI_GATEWAY_KEEP_TEST_LOGS) {
+      console.log(`logs kept in ${workdir}`);
+    } else {
+      rmSync(workdir, { recursive: true, force: true });
+    }
   };
   try {
     const mockPort = await freePort();
