@@ -135,6 +135,24 @@ async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
     assert_eq!(app.state.metrics.in_flight.get(), 0);
 }
 
+#[tokio::test]
+async fn a_drain_does_not_wait_for_a_head_sent_slowly() {
+    let mut app = spawn_app_with("[server]\ndrain_secs = 30\n", &[]).await;
+    let mut slow = crate::raw_client::Client::connect(app.addr).await;
+    slow.send("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n")
+        .await;
+    wait_until("the connection is open", async || {
+        app.state.metrics.client_connections.get() == 1
+    })
+    .await;
+    let server = app.begin_shutdown();
+    // The head's rest has a grace to come, then the connection closes and
+    // the drain is over, long before its deadline.
+    slow.assert_closed().await;
+    let result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(result.expect("drained early").unwrap().is_ok());
+}
+
 fn write_config(file: &std::path::Path, text: &str) {
     // Write a sibling and rename it over, as editors and ConfigMaps do.
     let tmp = file.with_extension("tmp");

@@ -211,3 +211,31 @@ async fn at_the_cap_busy_connections_are_waited_for_then_closed() {
     let reply = third.response().await;
     assert_eq!(reply.status, 200, "{}", reply.head);
 }
+
+/// The start of a request head, never finished.
+const HALF_A_HEAD: &str = "GET /healthz HTTP/1.1\r\nhost: gateway\r\n";
+
+#[tokio::test]
+async fn at_the_cap_heads_sent_slowly_are_closed_after_a_grace() {
+    let app = spawn_app_with("[server]\nmax_connections = 2\n", &[]).await;
+    let mut slow = [
+        Client::connect(app.addr).await,
+        Client::connect(app.addr).await,
+    ];
+    for client in &mut slow {
+        client.send(HALF_A_HEAD).await;
+    }
+    wait_for_open_connections(&app, 2).await;
+
+    // A third waits in the backlog. The one that finishes its head is
+    // answered; the one that does not is closed within the grace, not
+    // left to the idle limit (75 s), and the third is served.
+    let mut third = Client::connect(app.addr).await;
+    third.send(HEALTHZ).await;
+    let [stalled, finishing] = &mut slow;
+    finishing.send("\r\n").await;
+    assert_eq!(finishing.response().await.status, 200);
+    stalled.assert_closed().await;
+    let reply = third.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+}

@@ -44,6 +44,10 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 /// Bytes read ahead (pipelined requests, a body the handler has not asked
 /// for yet) while a request is in flight, at most.
 const READ_AHEAD: usize = 64 * 1024;
+/// How long a request head part-way in may take to come whole once the
+/// server is closing or making room at its connection cap: a head is
+/// usually one packet, so its rest is due within a round trip.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Bodies up to this size are not claimed against
 /// `server.max_body_bytes_total`: like the bytes read ahead, they are
@@ -180,6 +184,9 @@ impl Connection {
         // When the wait began (not per read: a head trickled in must still
         // be complete in time), on the coarse clock.
         let mut began = None;
+        // Started when the server is closing (or making room at its
+        // connection cap) while a head is part-way in.
+        let mut cut_off: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if !self.read.is_empty() {
                 match request_head::parse(&mut self.read, &mut self.spare_headers) {
@@ -193,9 +200,19 @@ impl Connection {
                 if let Poll::Ready(read) = self.poll_read(cx, READ_SIZE) {
                     return Poll::Ready(Some(read));
                 }
-                // Between requests a closing server closes the connection.
-                if idle && waiting.closed.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
+                // Between requests a closing server closes the connection;
+                // a head part-way in has `HEAD_GRACE` more to come whole,
+                // so clients that send heads a byte at a time cannot keep
+                // the cap filled (or a drain waiting) for the idle limit.
+                if waiting.closed.as_mut().poll(cx).is_ready() {
+                    if idle {
+                        return Poll::Ready(None);
+                    }
+                    let timer =
+                        cut_off.get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_GRACE)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
                 }
                 if let Some(limit) = &mut waiting.idle {
                     let began = *began.get_or_insert_with(coarse_clock::monotonic);
