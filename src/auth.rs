@@ -206,7 +206,11 @@ pub fn model_not_allowed(caller: &Caller, model: &str) -> GatewayError {
     GatewayError::new(
         StatusCode::FORBIDDEN,
         ErrorType::PermissionDeniedError,
-        format!("key {} may not use model {model:?}", caller.key_name),
+        format!(
+            "key {} may not use model {:?}",
+            caller.key_name,
+            crate::proxy::request::shown_model(model)
+        ),
     )
     .with_param("model")
     .with_code("model_not_allowed")

@@ -73,7 +73,7 @@ impl Drop for ProgressWatch<'_, '_> {
     fn drop(&mut self) {
         let left = LeftAt {
             model: RequestedModel {
-                name: self.chat.model_shared().clone(),
+                name: self.chat.logged_model(),
                 stream: self.chat.stream,
             },
             route: self.route.map(|route| RouteName(route.name.clone())),

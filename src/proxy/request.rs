@@ -8,8 +8,32 @@ use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
+
+/// The longest model name quoted back in an error or written to the log.
+/// The name is the client's to choose: one of megabytes, quoted whole,
+/// would be copied into the answer, the error message and the access line.
+pub const SHOWN_MODEL_BYTES: usize = 256;
+
+/// The longest `model` value (as sent, escapes and quotes included) that is
+/// decoded and looked up; a longer one is not served whatever it says.
+const MAX_MODEL_SPAN: usize = 64 * 1024;
+
+/// A model name as errors and logs show it: whole when it is at most
+/// [`SHOWN_MODEL_BYTES`], else its start (cut at a character boundary) and
+/// its length.
+pub fn shown_model(name: &str) -> Cow<'_, str> {
+    if name.len() <= SHOWN_MODEL_BYTES {
+        return Cow::Borrowed(name);
+    }
+    let mut end = SHOWN_MODEL_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} bytes)", &name[..end], name.len()))
+}
 
 /// A chat completion request: the body as received plus what was peeked.
 #[derive(Debug, Clone)]
@@ -174,6 +198,20 @@ impl ChatRequest {
             .with_param(name));
         }
         let model_span = model.ok_or_else(|| missing("model"))?;
+        if model_span.len() > MAX_MODEL_SPAN {
+            // No route has a name this long: not decoded (a copy of up to
+            // the whole body) only to be looked up and not found.
+            return Err(GatewayError::new(
+                http::StatusCode::NOT_FOUND,
+                crate::error::ErrorType::ResourceNotFoundError,
+                format!(
+                    "`model` is {} bytes long: no model this gateway serves has a name that long (see GET /v1/models)",
+                    model_span.len()
+                ),
+            )
+            .with_param("model")
+            .with_code("model_not_found"));
+        }
         let model = parse_string(&body.span(model_span.clone()))
             .filter(|m| !m.is_empty())
             .ok_or_else(|| {
@@ -238,9 +276,13 @@ impl ChatRequest {
         &self.model
     }
 
-    /// The same name, shared.
-    pub fn model_shared(&self) -> &Arc<str> {
-        &self.model
+    /// The name as the log and the access line keep it: shared when
+    /// short, else cut as [`shown_model`] cuts it.
+    pub fn logged_model(&self) -> Arc<str> {
+        match shown_model(&self.model) {
+            Cow::Borrowed(_) => self.model.clone(),
+            Cow::Owned(cut) => cut.into(),
+        }
     }
 
     /// The body's length as the client sent it.
@@ -358,6 +400,41 @@ mod tests {
 
     fn peek(body: &str) -> Result<ChatRequest, GatewayError> {
         ChatRequest::peek(Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    #[test]
+    fn long_model_names_are_shown_cut_at_a_character_boundary() {
+        let short = "k".repeat(SHOWN_MODEL_BYTES);
+        assert!(matches!(shown_model(&short), Cow::Borrowed(s) if s == short));
+        let long = format!("{short}k");
+        assert_eq!(shown_model(&long), format!("{short}... (257 bytes)"));
+        // A three-byte character that would be cut is left out whole.
+        let across = format!(
+            "{}\u{20ac}{}",
+            "k".repeat(SHOWN_MODEL_BYTES - 1),
+            "k".repeat(10)
+        );
+        let shown = shown_model(&across);
+        assert_eq!(
+            shown,
+            format!("{}... (268 bytes)", "k".repeat(SHOWN_MODEL_BYTES - 1))
+        );
+        let request = peek(&format!(r#"{{"model":"{across}","messages":[]}}"#)).unwrap();
+        assert_eq!(*request.logged_model(), *shown);
+        let request = peek(r#"{"model":"kimi","messages":[]}"#).unwrap();
+        assert!(Arc::ptr_eq(&request.logged_model(), &request.model));
+    }
+
+    #[test]
+    fn a_model_value_too_long_for_any_route_is_not_found_undecoded() {
+        let at_most = "m".repeat(MAX_MODEL_SPAN - 2);
+        let request = peek(&format!(r#"{{"model":"{at_most}","messages":[]}}"#)).unwrap();
+        assert_eq!(request.model().len(), MAX_MODEL_SPAN - 2);
+        let over = format!(r#"{{"model":"{at_most}m","messages":[]}}"#);
+        let err = peek(&over).unwrap_err();
+        assert_eq!(err.status, http::StatusCode::NOT_FOUND);
+        assert_eq!(err.code.as_deref(), Some("model_not_found"));
+        assert!(err.message.contains("65537 bytes long"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::limits::{Admission, Settlement, estimate_tokens};
 use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
-use crate::proxy::request::{ChatRequest, RequestScan};
+use crate::proxy::request::{ChatRequest, RequestScan, shown_model};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::request_progress::ProgressWatch;
 use crate::server::BodyError;
@@ -61,7 +61,7 @@ where
         // Handed back with every answer from here on. `Handled` itself is built
         // only at the end: held across the awaits, it would enlarge the future.
         let model = Some(RequestedModel {
-            name: chat.model_shared().clone(),
+            name: chat.logged_model(),
             stream: chat.stream,
         });
         // Refusals before routing (the key's models, the limits) are counted
@@ -191,7 +191,7 @@ async fn route_and_forward<'c>(
             crate::error::ErrorType::ResourceNotFoundError,
             format!(
                 "model {:?} is not served by this gateway (see GET /v1/models)",
-                chat.model()
+                shown_model(chat.model())
             ),
         )
         .with_param("model")
@@ -207,7 +207,7 @@ async fn route_and_forward<'c>(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "model {:?} is served by a provider that is not configured: set {vars}",
-                chat.model()
+                shown_model(chat.model())
             ),
         )
         .with_code("provider_not_configured")
