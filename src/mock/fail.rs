@@ -54,6 +54,9 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
         let value = if scenario.retry_after_as_date {
             let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
             HeaderValue::from_str(&httpdate::fmt_http_date(at)).expect("a date is a valid value")
+        } else if let Some(key) = &scenario.echoed_key {
+            // Free text after the number, as a careless provider might.
+            HeaderValue::from_str(&format!("{secs} (key {key})")).expect("a key is a valid value")
         } else {
             HeaderValue::from(secs)
         };

@@ -91,8 +91,9 @@ pub struct Scenario {
     /// Close the connection without answering.
     pub reset: bool,
     /// Quote the key the request came with in the answer, as some
-    /// providers do: in an error's message, in the request id and in an
-    /// error event's message. Filled in from `echo_key` by the server.
+    /// providers do: in an error's message, in the request id, in an
+    /// error event's message and after `retry_after`'s number. Filled in
+    /// from `echo_key` by the server.
     pub echoed_key: Option<String>,
     /// `echo_key`: asks for [`Scenario::echoed_key`].
     pub echo_key: bool,

@@ -41,6 +41,23 @@ pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     )
 }
 
+/// A provider's `Retry-After` as the client gets it: delay-seconds or an
+/// HTTP date as sent, a fraction of seconds (or `1e3`) as whole seconds
+/// rounded up, anything else dropped. Free text is the provider's alone
+/// and could quote anything, the key the gateway sent included; a client
+/// can use only a number or a date.
+pub fn forwarded_retry_after(value: HeaderValue) -> Option<HeaderValue> {
+    let text = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(value);
+    }
+    if httpdate::parse_http_date(text).is_ok() {
+        return Some(value);
+    }
+    let secs = capped_secs(text.parse::<f64>().ok()?)?;
+    Some(HeaderValue::from(secs.as_secs_f64().ceil() as u64))
+}
+
 /// A `retry-after-ms` value (whole or fractional milliseconds).
 pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
     let ms = std::str::from_utf8(value)
@@ -119,6 +136,25 @@ mod tests {
         assert_eq!(wait("-1"), None);
         assert_eq!(wait("soon"), None);
         assert_eq!(retry_after(b"\xff", now), None);
+    }
+
+    #[test]
+    fn only_a_number_or_a_date_is_forwarded_as_retry_after() {
+        let forwarded = |s: &str| {
+            forwarded_retry_after(HeaderValue::from_str(s).unwrap())
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(forwarded("7").as_deref(), Some("7"));
+        assert_eq!(forwarded("120").as_deref(), Some("120"));
+        let date = "Wed, 21 Oct 2026 07:28:03 GMT";
+        assert_eq!(forwarded(date).as_deref(), Some(date));
+        assert_eq!(forwarded("1.2").as_deref(), Some("2"));
+        assert_eq!(forwarded("1e20").as_deref(), Some("86400"));
+        assert_eq!(forwarded("sk-provider-secret"), None);
+        assert_eq!(forwarded("1 sk-provider-secret"), None);
+        assert_eq!(forwarded("-1"), None);
+        assert_eq!(forwarded("NaN"), None);
+        assert_eq!(forwarded(""), None);
     }
 
     #[test]

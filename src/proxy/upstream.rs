@@ -168,7 +168,8 @@ pub async fn forward(
             retry_after: response
                 .headers
                 .get("retry-after")
-                .and_then(|v| response.headers.shared_value(v)),
+                .and_then(|v| response.headers.shared_value(v))
+                .and_then(provider_wait::forwarded_retry_after),
             retry_after_ms: response
                 .headers
                 .get("retry-after-ms")

@@ -76,6 +76,8 @@ fn a_key_the_provider_quotes_reaches_neither_the_client_nor_the_log() {
                 200,
             ),
             ("[mock echo_key error_event_after=0]", true, 429),
+            // In `Retry-After`, after the number.
+            ("[mock error=rate_limit retry_after=1 echo_key]", false, 429),
         ];
         for (directive, stream, status) in cases {
             let seen = runtime.block_on(send(&addr, model, directive, stream));
@@ -87,6 +89,15 @@ fn a_key_the_provider_quotes_reaches_neither_the_client_nor_the_log() {
             if status != 200 || stream {
                 // The provider's message is kept, the key masked in it.
                 assert!(seen.body.contains("(key ***)"), "{what}: {}", seen.body);
+            }
+            if directive.contains("retry_after") {
+                // Not a number or a date: dropped, and the wait the
+                // message states is sent instead.
+                assert!(
+                    seen.fields.contains(r#""retry-after": "1""#),
+                    "{what}: {}",
+                    seen.fields
+                );
             }
         }
     }
