@@ -195,7 +195,7 @@ pub fn build_provider(
     let chat_url = match chat_url(&base_url) {
         Ok(url) => Some(url),
         Err(why) => {
-            let shown = without_userinfo(&base_url);
+            let shown = without_secrets(&base_url);
             problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
             None
         }
@@ -334,17 +334,23 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     })
 }
 
-/// `url` for a message: a user name and password before the host are
-/// replaced by `***`, so a secret put there never reaches a log.
-fn without_userinfo(url: &str) -> String {
+/// `url` for a message: a user name and password before the host, and a
+/// query or fragment after the path, are replaced by `***`, so a secret put
+/// there (`?api_key=...`) never reaches a log or `/readyz`.
+fn without_secrets(url: &str) -> String {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     let authority_end = url[after_scheme..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| after_scheme + i);
-    match url[after_scheme..authority_end].rfind('@') {
+    let mut shown = match url[after_scheme..authority_end].rfind('@') {
         Some(at) => format!("{}***{}", &url[..after_scheme], &url[after_scheme + at..]),
         None => url.to_string(),
+    };
+    if let Some(start) = shown.find(['?', '#']) {
+        let mark = &shown[start..start + 1];
+        shown = format!("{}{mark}***", &shown[..start]);
     }
+    shown
 }
 
 /// Headers a config may not set, because the gateway owns them: it
@@ -442,7 +448,14 @@ mod tests {
                 "\"ftp://api.example.com/v1\" is not an http(s) URL",
             ),
             ("api.example.com/v1", "is not an http(s) URL"),
-            ("https://api.example.com/v1?team=a", "has a query"),
+            (
+                "https://api.example.com/v1?api_key=hunter2",
+                "\"https://api.example.com/v1?***\" has a query",
+            ),
+            (
+                "https://u:hunter2@api.example.com/v1#hunter2",
+                "\"https://***@api.example.com/v1#***\"",
+            ),
             (
                 "https://user:hunter2@api.example.com/v1",
                 "\"https://***@api.example.com/v1\" holds a user name or password",
