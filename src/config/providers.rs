@@ -303,6 +303,12 @@ pub fn build_provider(
 /// The provider's chat URL, or why `base_url` cannot give one.
 fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     const NOT_A_URL: &str = "is not an http(s) URL";
+    // `Uri` drops a fragment, and `/chat/completions` with it.
+    if base_url.contains('#') {
+        return Err(
+            "has a fragment (`#`): the gateway adds `/chat/completions` to a base URL's path",
+        );
+    }
     let uri = http::Uri::try_from(format!("{base_url}/chat/completions")).map_err(|_| NOT_A_URL)?;
     let scheme = uri.scheme_str().ok_or(NOT_A_URL)?;
     if !matches!(scheme, "http" | "https") {
@@ -453,8 +459,8 @@ mod tests {
                 "\"https://api.example.com/v1?***\" has a query",
             ),
             (
-                "https://u:hunter2@api.example.com/v1#hunter2",
-                "\"https://***@api.example.com/v1#***\"",
+                "https://api.example.com/v1#hunter2",
+                "\"https://api.example.com/v1#***\" has a fragment",
             ),
             (
                 "https://user:hunter2@api.example.com/v1",
