@@ -187,8 +187,12 @@ where
                 return Err(error);
             }
             Verdict::SkipTarget => {
+                // The target answered: its account, not its health, is at
+                // fault. An open circuit would turn the error that names
+                // the cause (and is not worth retrying) into a retryable
+                // `circuit_open`, and silence the key alert.
                 if let Some(permit) = permit {
-                    permit.failure();
+                    permit.neutral();
                 }
                 states[i].skipped = true;
                 if error.code.as_deref() == Some("upstream_key_rejected") {

@@ -352,6 +352,39 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     assert_eq!(seen(&app, Flavour::Moonshot), 5);
 }
 
+/// A refused key, spent credit or denied permission is the account's
+/// state, not the target's health: each request gets the error that names
+/// it (not a retryable `circuit_open`), and the circuit stays closed.
+#[tokio::test]
+async fn account_errors_never_open_the_circuit() {
+    let config =
+        "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 2\ncooldown_secs = 60\n";
+    let app = spawn_app_with(config, &[]).await;
+    for (directive, status) in [
+        ("[mock error=auth]", 502),
+        ("[mock error=quota]", 429),
+        ("[mock error=permission]", 403),
+    ] {
+        for _ in 0..3 {
+            let response = app
+                .chat(chat_body("kimi-k2-turbo-preview", directive, false))
+                .await;
+            assert_eq!(response.status(), status, "{directive}");
+            assert_eq!(header(&response, "x-should-retry"), "false");
+        }
+    }
+    assert_eq!(seen(&app, Flavour::Moonshot), 9);
+    let ready = app.readyz().await;
+    let target = ready["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
+        .unwrap()
+        .clone();
+    assert_eq!(target["state"], "closed", "{ready}");
+}
+
 async fn wait_for_state(app: &TestApp, state: &impl Fn(&serde_json::Value) -> String, want: &str) {
     let wait = async {
         loop {
