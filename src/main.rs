@@ -19,10 +19,12 @@ static ALLOCATOR: kimi_gateway::block_cache::BlockCache = kimi_gateway::block_ca
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file (see config/kimi-gateway.example.toml).
-    #[arg(long, env = "KIMI_GATEWAY_CONFIG")]
+    /// Global, like `--listen`: `healthcheck` reads both, written before
+    /// or after it.
+    #[arg(long, env = "KIMI_GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on; overrides `server.listen` (default 127.0.0.1:8080).
-    #[arg(long, env = "KIMI_GATEWAY_LISTEN")]
+    #[arg(long, env = "KIMI_GATEWAY_LISTEN", global = true)]
     listen: Option<SocketAddr>,
     /// Validate the configuration, print every problem, and exit.
     #[arg(long)]

@@ -177,9 +177,19 @@ fn healthcheck_probes_the_address_the_config_file_gives() {
         .arg("healthcheck")
         .output()
         .unwrap();
+    // The file given after the subcommand, as its help reads.
+    let given_after = gateway()
+        .env_remove("KIMI_GATEWAY_CONFIG")
+        .env_remove("KIMI_GATEWAY_LISTEN")
+        .arg("healthcheck")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     assert_probed_up(&up);
+    assert_probed_up(&given_after);
 }
 
 /// Starts the binary with `args` and waits for its "listening" log line;
