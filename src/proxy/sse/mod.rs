@@ -328,7 +328,7 @@ impl SseRelay {
                     {
                         let message = if self.idle_between_events {
                             format!(
-                                "timed out waiting for provider {} (no stream data for {:.0?})",
+                                "timed out waiting for provider {} (no stream data for {:?})",
                                 self.provider.name, self.idle
                             )
                         } else {
