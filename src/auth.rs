@@ -154,12 +154,13 @@ pub fn authenticate(
             Caller::anonymous()
         } else {
             match presented_key(&request.headers) {
-                None => {
+                Err(twice) => return Err(Unauthenticated(twice)),
+                Ok(None) => {
                     return Err(Unauthenticated(
                         "missing API key: send it as 'Authorization: Bearer <key>' or in 'x-api-key'",
                     ));
                 }
-                Some(presented) => match config.keys.find(presented) {
+                Ok(Some(presented)) => match config.keys.find(presented) {
                     Some(key) => Caller::with_key(key),
                     None => return Err(Unauthenticated("invalid API key")),
                 },
@@ -169,17 +170,33 @@ pub fn authenticate(
     Ok(caller)
 }
 
-/// The key from `Authorization: Bearer …`, else from `x-api-key`.
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|value| {
+/// The key from `Authorization: Bearer …`, else from `x-api-key`. The
+/// field read, given twice, is refused: which one counts would be the
+/// reader's choice (a proxy in front that adds its own could be read
+/// either way).
+fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, &'static str> {
+    let once = |name| {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        match values.next() {
+            Some(_) => {
+                Err("more than one Authorization or x-api-key header field: send the key once")
+            }
+            None => Ok(first),
+        }
+    };
+    let bearer = once(header::AUTHORIZATION.as_str())?.and_then(|value| {
         let bytes = value.as_bytes();
         let (scheme, rest) = bytes.split_at_checked(7)?;
         scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
     });
-    bearer
-        .or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
+    let key = match bearer {
+        Some(key) => Some(key),
+        None => once("x-api-key")?.map(HeaderValue::as_bytes),
+    };
+    Ok(key
         .map(|key| key.trim_ascii())
-        .filter(|key| !key.is_empty())
+        .filter(|key| !key.is_empty()))
 }
 
 /// A request without a usable key; answered 401 with `WWW-Authenticate`.
@@ -234,14 +251,38 @@ mod tests {
     fn reads_bearer_then_x_api_key() {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("sk-x"));
-        assert_eq!(presented_key(&headers), Some(&b"sk-x"[..]));
+        assert_eq!(presented_key(&headers), Ok(Some(&b"sk-x"[..])));
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer sk-b "),
         );
-        assert_eq!(presented_key(&headers), Some(&b"sk-b"[..]));
+        assert_eq!(presented_key(&headers), Ok(Some(&b"sk-b"[..])));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&headers), Some(&b"sk-x"[..]));
-        assert_eq!(presented_key(&HeaderMap::new()), None);
+        assert_eq!(presented_key(&headers), Ok(Some(&b"sk-x"[..])));
+        assert_eq!(presented_key(&HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn a_key_field_given_twice_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-a"),
+        );
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-b"),
+        );
+        assert!(presented_key(&headers).is_err());
+        let mut headers = HeaderMap::new();
+        headers.append("x-api-key", HeaderValue::from_static("sk-a"));
+        headers.append("x-api-key", HeaderValue::from_static("sk-a"));
+        assert!(presented_key(&headers).is_err());
+        // With a Bearer key, `x-api-key` is not read at all.
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-b"),
+        );
+        assert_eq!(presented_key(&headers), Ok(Some(&b"sk-b"[..])));
     }
 }
