@@ -175,28 +175,30 @@ pub fn authenticate(
 /// reader's choice (a proxy in front that adds its own could be read
 /// either way).
 fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, &'static str> {
-    let once = |name| {
-        let mut values = headers.get_all(name).iter();
-        let first = values.next();
-        match values.next() {
-            Some(_) => {
-                Err("more than one Authorization or x-api-key header field: send the key once")
-            }
-            None => Ok(first),
-        }
-    };
-    let bearer = once(header::AUTHORIZATION.as_str())?.and_then(|value| {
+    let bearer = only_one(headers.get_all(header::AUTHORIZATION))?.and_then(|value| {
         let bytes = value.as_bytes();
         let (scheme, rest) = bytes.split_at_checked(7)?;
         scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
     });
     let key = match bearer {
         Some(key) => Some(key),
-        None => once("x-api-key")?.map(HeaderValue::as_bytes),
+        None => only_one(headers.get_all("x-api-key"))?.map(HeaderValue::as_bytes),
     };
     Ok(key
         .map(|key| key.trim_ascii())
         .filter(|key| !key.is_empty()))
+}
+
+/// A field's one value (or none); a second is refused.
+fn only_one(
+    values: http::header::GetAll<'_, HeaderValue>,
+) -> Result<Option<&HeaderValue>, &'static str> {
+    let mut values = values.iter();
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err("more than one Authorization or x-api-key header field: send the key once"),
+        None => Ok(first),
+    }
 }
 
 /// A request without a usable key; answered 401 with `WWW-Authenticate`.
