@@ -72,14 +72,16 @@ pub fn spawn(in_flight: IntGauge) {
             if in_flight.get() != 0 {
                 continue;
             }
+            // `statm` cannot be read while every descriptor is taken: look
+            // again next time.
             let (Some(before), Some(held_free)) = (resident_bytes(), imp::held_free()) else {
-                return;
+                continue;
             };
             if !policy.should_trim(before, held_free) {
                 continue;
             }
             let Ok(Some(after)) = tokio::task::spawn_blocking(trim_now).await else {
-                return;
+                continue;
             };
             // The freed blocks are still on malloc's lists: what it holds
             // free is unchanged by the trim.

@@ -196,7 +196,15 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
                 }
                 _ = look_again.tick() => {}
             }
-            let now = std::fs::read(&path).ok();
+            let now = match std::fs::read(&path) {
+                Ok(text) => Some(text),
+                // Out of descriptors says nothing about the file: look
+                // again, rather than reload a file that is not there.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    continue;
+                }
+                Err(_) => None,
+            };
             let changed = {
                 let mut seen = last_read.lock().expect("last read");
                 let changed = *seen != now;

@@ -66,18 +66,26 @@ fn open_descriptors(pid: u32) -> usize {
 fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(crate::cli::mock_for_start());
-    let file = crate::cli::config_file(
+    // In a directory of its own: the gateway reads its config file when
+    // anything in the directory changes, and a read of it (the other tests
+    // write files in the shared temporary directory) is a descriptor that
+    // comes and goes while the table is meant to be full.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
         // No connection cap short of the limit: idle connections must be
         // able to take every descriptor.
         "[server]\nmax_connections = 1000\n[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n",
-    );
+    )
+    .unwrap();
     // `ulimit -n` sets the soft and the hard limit: nothing to raise.
     let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
     command.env(
         "MOONSHOT_BASE_URL",
         mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
     );
-    let config = file.path().to_str().unwrap();
+    let config = path.to_str().unwrap();
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
     let pid = child.id();
     // A cap past what the descriptors allow is warned about.
