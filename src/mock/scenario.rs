@@ -77,6 +77,10 @@ pub struct Scenario {
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
     pub event_ids: bool,
+    /// Send every stream event's last LF at the start of the next write
+    /// (`[DONE]` whole): with `line_end=crlf`, a provider whose writes stop
+    /// between the CR and the LF of an event's blank line.
+    pub split_crlf: bool,
     /// Spread every stream event's JSON over several `data:` lines, a line
     /// after each comma between members or elements (valid SSE: the lines
     /// are joined with LF).
@@ -153,6 +157,7 @@ impl Scenario {
                     }
                 }
                 "event_ids" => scenario.event_ids = true,
+                "split_crlf" => scenario.split_crlf = true,
                 "split_data" => scenario.split_data = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),

@@ -344,6 +344,26 @@ const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The engine i
 /// The error event with `empty_error`: an error that says nothing.
 const EMPTY_ERROR_EVENT: &[u8] = b"data: {\"error\":{}}\n\n";
 
+/// The events with each one's last LF moved to the start of the next
+/// write (`[DONE]` is sent whole, after the LF it follows).
+fn split_last_lf(events: &[Bytes], done: &Bytes) -> (Arc<[Bytes]>, Bytes) {
+    let mut owed = false;
+    let mut moved = |event: &Bytes| {
+        let mut out = Vec::with_capacity(event.len());
+        if std::mem::replace(&mut owed, event.ends_with(b"\n")) {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(event.strip_suffix(b"\n").unwrap_or(event));
+        Bytes::from(out)
+    };
+    let events: Arc<[Bytes]> = events.iter().map(&mut moved).collect();
+    let done = match owed {
+        true => Bytes::from([b"\n", &done[..]].concat()),
+        false => done.clone(),
+    };
+    (events, done)
+}
+
 /// The rendered events with every LF replaced by `line_end`.
 fn with_line_end(events: &[Bytes], line_end: &str) -> Arc<[Bytes]> {
     events
@@ -441,6 +461,11 @@ fn stream_body(
         Bytes::from([&done[..], &error_event].concat())
     } else {
         done
+    };
+    let (events, done) = if scenario.split_crlf {
+        split_last_lf(&events, &done)
+    } else {
+        (events, done)
     };
     let state = (0usize, events, guard);
     let stream = futures_util::stream::unfold(state, move |(i, events, mut guard)| {

@@ -130,12 +130,17 @@ pub(super) fn has_empty_choices(data: &[u8]) -> bool {
     )
 }
 
-/// Whether `events` hold a `data` field line: a block without one (comments,
-/// `id:`, `retry:`, `event:` alone) dispatches no event in SSE.
-pub(super) fn has_data_line(events: &[u8]) -> bool {
+/// Where the first event in `events` starts: the first block with a
+/// `data` field line. A block without one (comments, `id:`, `retry:`,
+/// `event:` alone) dispatches no event in SSE.
+pub(super) fn first_event_start(events: &[u8]) -> Option<usize> {
     // The usual frame, checked on every read, costs one comparison.
-    events.starts_with(b"data:")
-        || lines(events).any(|line| line == b"data" || line.starts_with(b"data:"))
+    if events.starts_with(b"data:") {
+        return Some(0);
+    }
+    let line = lines(events).find(|line| data_value(line).is_some())?;
+    let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
+    Some(event_start(events, line_start))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod inspect;
 
 pub use super::event_align::EventAligner;
 use super::relay_waits::RelayWaits;
-use super::sse_events::has_data_line;
+use super::sse_events::first_event_start;
 use super::sse_lines::longest_event;
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::UsageReport;
@@ -39,6 +39,12 @@ type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamE
 /// A comment line alone: a blank line after it would end an (empty) event,
 /// which the Python SDK hands on as one once an event has had an `id:`.
 static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n");
+
+/// The comment after a frame that ended in CR: the provider's LF may
+/// follow (its write stopped inside a CRLF), and after an LF of ours it
+/// would be a blank line of its own, the same empty event. After this
+/// comment's CR it is the rest of the comment's line end.
+static KEEPALIVE_AFTER_CR: Bytes = Bytes::from_static(b": keep-alive\r");
 
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
@@ -101,6 +107,8 @@ pub struct SseRelay {
     /// `[DONE]`'s event went out ending in CR LF CR: the LF that completes
     /// its blank line is still to come, and goes out when it does.
     lf_owed: bool,
+    /// The last frame sent ended in CR: an LF of the provider's may follow.
+    ended_in_cr: bool,
     finished: bool,
     last_event: Instant,
     chunk_gap: Histogram,
@@ -155,6 +163,7 @@ impl SseRelay {
             head_sent: false,
             bom_checked: false,
             lf_owed: false,
+            ended_in_cr: false,
             finished: false,
             last_event: now,
             chunk_gap: settings.chunk_gap,
@@ -221,7 +230,7 @@ impl SseRelay {
                         }
                     }
                     if let Some(events) = self.aligner.push(chunk) {
-                        let (events, reads) = self.gather_ready(cx, events);
+                        let (mut events, reads) = self.gather_ready(cx, events);
                         // An event can arrive whole in one read, never held
                         // as pending: its size is checked here. Only a block
                         // of events larger than the limit is measured.
@@ -234,16 +243,23 @@ impl SseRelay {
                         }
                         // Only a block with data is an event (SSE dispatches
                         // nothing for comments, or `id:`/`retry:` alone).
-                        // Before the head goes out, the rest are dropped:
-                        // sending the head for them would end fail-over and
-                        // the first-byte deadline for a provider that has
-                        // sent nothing yet; the client gets its own
-                        // keep-alives. After it, they pass, but do not count
-                        // as the provider's events for the idle limit.
-                        let has_event = has_data_line(&events);
-                        if !self.head_sent && !has_event {
-                            continue;
+                        // Before the head goes out, the rest are dropped,
+                        // in a read of their own or before the first event
+                        // in its read: sending the head for them would end
+                        // fail-over and the first-byte deadline for a
+                        // provider that has sent nothing yet; the client
+                        // gets its own keep-alives. After it, they pass, but
+                        // do not count as the provider's events for the
+                        // idle limit.
+                        let first_event = first_event_start(&events);
+                        if !self.head_sent {
+                            match first_event {
+                                None => continue,
+                                Some(0) => {}
+                                Some(start) => events = events.slice(start..),
+                            }
                         }
+                        let has_event = first_event.is_some();
                         let now = Instant::now();
                         if has_event {
                             if self.head_sent {
@@ -347,7 +363,12 @@ impl SseRelay {
                     // head is out: before it, a silent upstream can still fail
                     // over to another target.
                     if self.head_sent && self.keepalive_due(cx) {
-                        return Poll::Ready(Some(Ok(KEEPALIVE.clone())));
+                        let comment = if self.ended_in_cr {
+                            &KEEPALIVE_AFTER_CR
+                        } else {
+                            &KEEPALIVE
+                        };
+                        return Poll::Ready(Some(Ok(comment.clone())));
                     }
                     return Poll::Pending;
                 }
@@ -397,25 +418,37 @@ impl Stream for SseRelay {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(frame) = this.queued.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
+        let next = this.next_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &next
+            && let Some(&last) = frame.last()
+        {
+            this.ended_in_cr = last == b'\r';
         }
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        match this.poll_upstream(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(events))) => {
-                this.queued.extend(this.after.drain(..));
-                Poll::Ready(Some(Ok(events)))
-            }
-            Poll::Ready(Some(Err(err))) => this.finish(Err(err)),
-            Poll::Ready(None) => this.finish(Ok(())),
-        }
+        next
     }
 }
 
 impl SseRelay {
+    /// The next frame for the client: one queued, or what the provider's
+    /// stream brings (its events, a comment, or the error that ends it).
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Infallible>>> {
+        if let Some(frame) = self.queued.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.poll_upstream(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(events))) => {
+                self.queued.extend(self.after.drain(..));
+                Poll::Ready(Some(Ok(events)))
+            }
+            Poll::Ready(Some(Err(err))) => self.finish(Err(err)),
+            Poll::Ready(None) => self.finish(Ok(())),
+        }
+    }
+
     fn finish(&mut self, end: Result<(), GatewayError>) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.finished = true;
         match end {

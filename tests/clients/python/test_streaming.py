@@ -104,13 +104,22 @@ def test_an_empty_error_event_mid_stream_raises_too(client: openai.OpenAI, provi
     assert provider.name in error.message
 
 
-def test_keepalive_comments_between_events_with_ids_are_ignored(client: openai.OpenAI):
+@pytest.mark.parametrize(
+    "directive",
+    [
+        "[mock event_ids chunk_delay_ms=1300 chunks=1]",
+        # The provider's writes stop between the CR and the LF of each
+        # event's blank line, so the comment lands between them.
+        "[mock event_ids line_end=crlf split_crlf chunk_delay_ms=1300 chunks=1]",
+    ],
+)
+def test_keepalive_comments_between_events_with_ids_are_ignored(client: openai.OpenAI, directive):
     # The gateway comments after 1 s of silence (tests/clients/gateway.toml);
     # the SDK must not read a comment as an event once events carry `id:`.
     chunks = list(
         client.chat.completions.create(
             model="kimi-k2.6",
-            messages=[{"role": "user", "content": "[mock event_ids chunk_delay_ms=1300 chunks=1]"}],
+            messages=[{"role": "user", "content": directive}],
             stream=True,
         )
     )

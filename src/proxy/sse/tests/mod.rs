@@ -193,20 +193,87 @@ async fn blocks_without_data_before_the_first_event_are_not_the_first_event() {
     );
     assert!(text.contains(": later comments pass"), "{text}");
 
-    for (events, is_event) in [
-        (": a\n\n", false),
-        (":\r\n\r\n", false),
-        ("\n\n", false),
-        ("data: x\n\n", true),
-        ("data\n\n", true),
-        (": a\nevent: e\ndata:x\n\n", true),
-        (": a\nevent: e\n\n", false),
-        ("id: 1\n\n", false),
-        ("retry: 3000\r\r", false),
-        ("database: 1\n\n", false),
+    for (events, first_event) in [
+        (": a\n\n", None),
+        (":\r\n\r\n", None),
+        ("\n\n", None),
+        ("data: x\n\n", Some(0)),
+        ("data\n\n", Some(0)),
+        (": a\nevent: e\ndata:x\n\n", Some(0)),
+        (": a\nevent: e\n\n", None),
+        ("id: 1\n\n", None),
+        ("retry: 3000\r\r", None),
+        ("database: 1\n\n", None),
+        ("id: 0\n\nid: 1\ndata: x\n\n", Some(7)),
+        (": p\r\n\r\nretry: 9\r\rdata: x\r\r", Some(17)),
     ] {
-        assert_eq!(has_data_line(events.as_bytes()), is_event, "{events:?}");
+        assert_eq!(
+            first_event_start(events.as_bytes()),
+            first_event,
+            "{events:?}"
+        );
     }
+}
+
+/// Blocks without data before the first event are dropped also when they
+/// arrive in the same read as it: an `id:` block alone would reach the
+/// Python SDK as an empty event, which it fails to parse.
+#[tokio::test]
+async fn blocks_without_data_in_the_first_events_read_are_dropped() {
+    let first = Bytes::from_static(b": ping\n\nid: 0\n\nretry: 1000\n\nid: 1\ndata: {\"a\":1}\n\n");
+    let done = Bytes::from_static(b": later\n\ndata: [DONE]\n\n");
+    let upstream = futures_util::stream::iter([Ok(first)]).chain(one_per_read(vec![done]));
+    let (frames, end) = relay_all(Box::pin(upstream)).await;
+    assert_eq!(
+        frames.concat(),
+        b"id: 1\ndata: {\"a\":1}\n\n: later\n\ndata: [DONE]\n\n"
+    );
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+}
+
+/// A keep-alive after a frame that ends in CR (a provider's write that
+/// stopped inside a CRLF) ends in CR too: the provider's LF then finishes
+/// the comment's line, instead of making a blank line (an empty event) of
+/// its own.
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_after_a_cr_leaves_the_providers_lf_no_blank_line() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let rx = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    tx.send(Ok(Bytes::from_static(b"id: 1\r\ndata: {}\r\n\r")))
+        .unwrap();
+    let settings = RelaySettings {
+        keepalive: Some(Duration::from_secs(1)),
+        idle: Duration::from_secs(60),
+        ..settings()
+    };
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let mut relay = SseRelay::start(Box::pin(rx), settings, stats)
+        .await
+        .unwrap();
+    let mut sent = relay.next().await.unwrap().unwrap().to_vec();
+    // Silence: two comments.
+    sent.extend_from_slice(&relay.next().await.unwrap().unwrap());
+    sent.extend_from_slice(&relay.next().await.unwrap().unwrap());
+    tx.send(Ok(Bytes::from_static(b"\nid: 2\r\ndata: {}\r\n\r\n")))
+        .unwrap();
+    sent.extend_from_slice(&relay.next().await.unwrap().unwrap());
+    assert_eq!(
+        sent,
+        b"id: 1\r\ndata: {}\r\n\r: keep-alive\r: keep-alive\r\nid: 2\r\ndata: {}\r\n\r\n"
+    );
+    // SSE's own reading: two events, and no blank line other than theirs.
+    let text = String::from_utf8(sent).unwrap();
+    let blank_lines = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .matches("\n\n")
+        .count();
+    assert_eq!(blank_lines, 2, "{text:?}");
+
+    // After a frame that ends in LF, the comment ends in LF.
+    tx.send(Ok(Bytes::from_static(b"data: {}\n\n"))).unwrap();
+    assert_eq!(relay.next().await.unwrap().unwrap(), "data: {}\n\n");
+    assert_eq!(relay.next().await.unwrap().unwrap(), ": keep-alive\n");
 }
 
 /// After the first event, comments alone do not keep a silent provider
