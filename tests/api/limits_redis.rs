@@ -374,6 +374,42 @@ async fn a_connection_redis_closed_is_replaced_without_an_outage() {
     assert_eq!(ready["limits"]["outages"], 0, "{ready}");
 }
 
+/// Redis closes the gateway's connection while a stream holds a lease:
+/// the stream's settlement, the first call on the closed connection, goes
+/// out once more on a new one, so the lease is released as the stream ends
+/// (the next request is admitted at `concurrent_requests = 1`) and no
+/// outage is counted.
+#[tokio::test]
+async fn a_settlement_on_a_connection_redis_closed_is_sent_again() {
+    let redis = RedisServer::start().await;
+    let app = spawn_with_keys(&patient_limits(&redis, "")).await;
+    let mut conn = redis.connection().await.unwrap();
+    for round in 0..3 {
+        let running = app
+            .chat_as(
+                "sk-a",
+                chat_body("kimi-k2.6", &format!("[mock gate=s{round} chunks=2]"), true),
+            )
+            .await;
+        assert_eq!(running.status(), 200);
+        assert_eq!(redis.zcard(LEASES).await, 1);
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        app.mock.release(&format!("s{round}"), 10);
+        sse_data(running).await;
+        // The response ends once Redis has its settlement.
+        assert_eq!(redis.zcard(LEASES).await, 0, "round {round}");
+        assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    }
+    let ready = app.readyz().await;
+    assert_eq!(ready["limits"]["healthy"], true, "{ready}");
+    assert_eq!(ready["limits"]["outages"], 0, "{ready}");
+}
+
 /// With no request running, the keep-alive ping finds a Redis that is
 /// gone: `/readyz` says so (and, fail-closed, answers 503) before a request
 /// meets it.
@@ -928,6 +964,44 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
             "~other:*",
             "+@all",
         ],
+        // One command each of the scripts runs: the admission's, the
+        // settlement's, and one the admission and the refresh share.
+        &[
+            "SETUSER",
+            "nozcard",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-zcard",
+        ],
+        &[
+            "SETUSER",
+            "nozrem",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-zrem",
+        ],
+        &[
+            "SETUSER",
+            "nozadd",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-zadd",
+        ],
+        &[
+            "SETUSER",
+            "nodel",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-del",
+        ],
     ] {
         redis::cmd("ACL")
             .arg(user)
@@ -954,6 +1028,10 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
         format!("redis://limited:right-pass@127.0.0.1:{port}"),
         format!("redis://noscripts:right-pass@127.0.0.1:{port}"),
         format!("redis://otherkeys:right-pass@127.0.0.1:{port}"),
+        format!("redis://nozcard:right-pass@127.0.0.1:{port}"),
+        format!("redis://nozrem:right-pass@127.0.0.1:{port}"),
+        format!("redis://nozadd:right-pass@127.0.0.1:{port}"),
+        format!("redis://nodel:right-pass@127.0.0.1:{port}"),
     ] {
         std::fs::write(&path, config(&url)).unwrap();
         assert!(

@@ -15,21 +15,41 @@ static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admi
 static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("finish.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 
-/// Runs what a request's calls need, without changing anything: the
-/// refresh script (loaded first if Redis lacks it) on a key under `prefix`
-/// that holds no lease. So a Redis that answers `PING` but whose ACL denies
-/// the scripts, their commands or the key prefix fails here, not at every
-/// admission.
+/// Runs every command a request's calls use, on keys of its own under
+/// `prefix` that no request uses: each script (loaded first if Redis lacks
+/// it) as a request runs it, an admission that takes a concurrency lease
+/// and a token bucket's place, their settlement (which gives the place
+/// back and releases the lease) and a lease refresh. So a Redis that
+/// answers `PING` but whose ACL denies the scripts, one of their commands
+/// or the key prefix fails here, not at every admission. The concurrency
+/// limit is never reached and the bucket costs nothing, so replicas
+/// checking at the same time do not refuse each other.
 pub(super) async fn check_access(
     conn: &mut impl redis::aio::ConnectionLike,
     prefix: &str,
 ) -> redis::RedisResult<()> {
-    let mut call = REFRESH.prepare_invoke();
-    call.key(format!("{prefix}:access-check"))
-        .arg("access-check")
+    let leases = format!("{prefix}:access-check:conc");
+    let bucket = format!("{prefix}:access-check:tpm");
+    let lease = format!("access-check-{:016x}", fastrand::u64(..));
+    let (limit, period_ms) = (1u64 << 40, 60_000u64);
+    let mut admit = ADMIT.prepare_invoke();
+    admit.arg(&lease).arg(1000);
+    admit.key(&leases).arg("c").arg(limit).arg(0).arg(1);
+    admit.key(&bucket).arg("g").arg(1).arg(period_ms).arg(0);
+    admit.invoke_async::<Vec<i64>>(conn).await?;
+    let mut refresh = REFRESH.prepare_invoke();
+    refresh
+        .key(&leases)
+        .arg(&lease)
         .arg(1000)
         .arg("extend-only");
-    call.invoke_async::<i64>(conn).await.map(drop)
+    refresh.invoke_async::<i64>(conn).await?;
+    // A delta of one whole period back: the bucket's key is deleted.
+    let mut finish = FINISH.prepare_invoke();
+    finish.arg(&lease);
+    finish.key(&leases).arg("c").arg(limit).arg(0).arg(0);
+    finish.key(&bucket).arg("g").arg(1).arg(period_ms).arg(-1);
+    finish.invoke_async::<i64>(conn).await.map(drop)
 }
 
 /// One limit as the scripts see it.
@@ -147,6 +167,33 @@ impl Finish {
         let Some(mut conn) = conn else {
             return false;
         };
+        let mut answer = self.call(&mut conn, self.delta).await;
+        if answer
+            .as_ref()
+            .is_err_and(redis::RedisError::is_connection_dropped)
+        {
+            // Redis (or the network) closed the connection since its last
+            // use, as for an admission (see there): once more on the new
+            // one before it counts as an outage. The first call may have
+            // run, so tokens go back only once: the second moves them
+            // only by usage beyond the estimate (counted twice, if at all:
+            // a limit is never exceeded), and releases the leases.
+            let delta = self.delta.max(0);
+            if delta != 0 || self.held.iter().any(|check| check.concurrency) {
+                answer = self.call(&mut conn, delta).await;
+            }
+        }
+        match answer {
+            Ok(_) => true,
+            Err(err) => {
+                self.backend.report_failure(&err);
+                false
+            }
+        }
+    }
+
+    /// The finish script with the tokens moved by `delta`, timed.
+    async fn call(&self, conn: &mut ConnectionManager, delta: i64) -> redis::RedisResult<i64> {
         let mut call = FINISH.prepare_invoke();
         call.arg(&self.lease);
         for check in &self.held {
@@ -154,16 +201,10 @@ impl Finish {
             call.arg(if check.concurrency { "c" } else { "g" })
                 .arg(check.limit)
                 .arg(check.period_ms)
-                .arg(self.delta);
+                .arg(delta);
         }
-        let sent = call.invoke_async::<i64>(&mut conn);
-        match self.backend.timed(StoreCall::Settle, sent).await {
-            Ok(_) => true,
-            Err(err) => {
-                self.backend.report_failure(&err);
-                false
-            }
-        }
+        let sent = call.invoke_async::<i64>(conn);
+        self.backend.timed(StoreCall::Settle, sent).await
     }
 
     /// After a failed call, only the lease release is tried again, a second
@@ -450,8 +491,20 @@ impl RedisBackend {
                 for key in &keys {
                     call.key(key);
                 }
-                let sent = call.invoke_async::<i64>(&mut conn);
-                match backend.timed(StoreCall::Refresh, sent).await {
+                let mut answer = backend
+                    .timed(StoreCall::Refresh, call.invoke_async::<i64>(&mut conn))
+                    .await;
+                if answer
+                    .as_ref()
+                    .is_err_and(redis::RedisError::is_connection_dropped)
+                {
+                    // A connection Redis closed: once more on the new one
+                    // (extending a lease twice is harmless).
+                    answer = backend
+                        .timed(StoreCall::Refresh, call.invoke_async::<i64>(&mut conn))
+                        .await;
+                }
+                match answer {
                     Ok(0) => {}
                     Ok(restored) => tracing::info!(
                         restored,

@@ -470,12 +470,20 @@ async fn probe(
 /// database index it does not have, an ACL that denies the command.
 fn is_refusal(err: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
-    matches!(
+    if matches!(
         err.kind(),
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
     ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-        // The client's words when Redis refuses the URL's `/db`.
-        || err.to_string().contains("refused to switch database")
+    {
+        return true;
+    }
+    let text = err.to_string();
+    // The client's words when Redis refuses the URL's `/db`.
+    text.contains("refused to switch database")
+        // A command a script runs denied by the ACL: Redis 7.0 says so
+        // with an `ERR` code, later versions with `NOPERM` in the text.
+        || text.contains("can't run this command")
+        || text.contains("no permissions")
 }
 
 fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
