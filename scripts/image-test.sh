@@ -561,6 +561,21 @@ if pod["securityContext"].get("seccompProfile", {}).get("type") != "RuntimeDefau
     problems.append("pod seccompProfile is not RuntimeDefault")
 if c["readinessProbe"]["httpGet"]["path"] != "/readyz" or c["livenessProbe"]["httpGet"]["path"] != "/healthz":
     problems.append("probes are not /readyz (readiness) and /healthz (liveness)")
+# Probes and scrapes go to the metrics listener, which the connection cap
+# does not hold up: the port they name is the container's, and the
+# ConfigMap's server.metrics_listen listens on it.
+import tomllib
+container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+config = tomllib.loads(load("configmap.yaml")["data"]["kimi-gateway.toml"])
+metrics_listen = config.get("server", {}).get("metrics_listen", "")
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    if c[probe]["httpGet"]["port"] != "metrics":
+        problems.append(f"{probe} is not on the metrics port")
+if not metrics_listen.endswith(f":{container_ports.get('metrics')}"):
+    problems.append("the ConfigMap's server.metrics_listen is not the container's metrics port")
+svc_ports = {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]}
+if svc_ports.get("metrics") != "metrics" or dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] != str(container_ports.get("metrics")):
+    problems.append("the Service's metrics port or the scrape annotation is not the container's metrics port")
 if problems:
     sys.exit("kubernetes: " + "; ".join(problems))
 EOF
