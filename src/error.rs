@@ -103,6 +103,9 @@ pub struct ErrorDetails {
     /// The refusing limit's headroom (none left, and when it will let the
     /// request through), for the `x-ratelimit-*` fields.
     pub limit_window: Option<crate::limits::Snapshot>,
+    /// `code` is a provider's, which it sent as a JSON number: clients get
+    /// it as one.
+    pub code_is_number: bool,
 }
 
 /// A wait as `retry-after-ms` says it: whole milliseconds, rounded up (a
@@ -213,14 +216,25 @@ impl GatewayError {
             message: &'a str,
             #[serde(rename = "type")]
             error_type: &'a str,
-            code: Option<&'a str>,
+            code: Option<Code<'a>>,
             param: Option<&'a str>,
         }
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Code<'a> {
+            Text(&'a str),
+            Number(serde_json::Number),
+        }
+        let number = self.details.as_ref().is_some_and(|d| d.code_is_number);
+        let code = self.code.as_deref().map(|code| match code.parse() {
+            Ok(n) if number => Code::Number(n),
+            _ => Code::Text(code),
+        });
         serde_json::to_vec(&Body {
             error: Inner {
                 message: &self.message,
                 error_type: self.error_type.as_str(),
-                code: self.code.as_deref(),
+                code,
                 param: self.param.as_deref(),
             },
         })

@@ -20,8 +20,10 @@ pub const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// read on its own: Moonshot's `{"error":{"message","type","code","param"}}`,
 /// AI/ML API's and Agentsflare's top-level `message` (a string, or a list)
 /// with `statusCode`, and a web framework's `"error": "Not Found"` beside
-/// them (a status text, not an error object). A member of an unexpected
-/// type is left out, not the whole body.
+/// them (a status text, not an error object). Without an error object,
+/// `type`, `code` and `param` are read beside the message, where the
+/// official SDKs read them too. A member of an unexpected type is left
+/// out, not the whole body.
 #[derive(Default)]
 struct ProviderSays {
     /// Whether the body had an `error` object (an error event, in a stream).
@@ -35,6 +37,8 @@ struct ProviderSays {
     message: Option<String>,
     error_type: Option<String>,
     code: Option<String>,
+    /// The provider's `code` was a JSON number: it is passed on as one.
+    code_is_number: bool,
     param: Option<String>,
     /// AI/ML API's id for the request, in the body only.
     request_id: Option<String>,
@@ -49,25 +53,34 @@ impl ProviderSays {
             request_id: body.remove("requestId").and_then(string),
             ..ProviderSays::default()
         };
-        match body.remove("error") {
-            Some(serde_json::Value::Object(mut error)) => {
+        let fields = match body.remove("error") {
+            Some(serde_json::Value::Object(error)) => {
                 says.error_object = true;
                 says.error_empty = error.is_empty();
-                says.message = error.remove("message").map(message_text);
-                says.error_type = error.remove("type").and_then(string);
-                says.code = error.remove("code").and_then(|code| match code {
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    other => string(other),
-                });
-                says.param = error.remove("param").and_then(string);
+                error
             }
             Some(serde_json::Value::String(text)) if !text.trim().is_empty() => {
                 says.error_text = Some(text);
-                says.message = body.remove("message").map(message_text);
+                body
             }
-            _ => says.message = body.remove("message").map(message_text),
-        }
+            _ => body,
+        };
+        says.read_fields(fields);
         Some(says)
+    }
+
+    /// The error's own members: the error object's, or the body's.
+    fn read_fields(&mut self, mut fields: serde_json::Map<String, serde_json::Value>) {
+        self.message = fields.remove("message").map(message_text);
+        self.error_type = fields.remove("type").and_then(string);
+        self.code = fields.remove("code").and_then(|code| match code {
+            serde_json::Value::Number(n) => {
+                self.code_is_number = true;
+                Some(n.to_string())
+            }
+            other => string(other),
+        });
+        self.param = fields.remove("param").and_then(string);
     }
 
     /// Every text a client or the log will see, without the provider's key.
@@ -227,6 +240,9 @@ fn error_from(
     }
     if let Some(code) = says.code {
         err = err.with_code(code);
+        if says.code_is_number {
+            err.details_mut().code_is_number = true;
+        }
     }
     if let Some(param) = says.param {
         err = err.with_param(param);
@@ -437,6 +453,69 @@ mod tests {
             );
             assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
             assert_eq!(&*err.message, "slow down");
+        }
+    }
+
+    /// Without an error object the error's members are the body's: its
+    /// `code`, `param` and `type` are kept, as the SDKs would read them
+    /// from the provider directly, and a numeric `code` stays a number.
+    #[test]
+    fn a_flat_errors_code_param_and_type_are_kept() {
+        let provider = test_provider();
+        for body in [
+            &br#"{"message":"top msg","code":"E42","param":"p1","type":"invalid_request_error"}"#[..],
+            br#"{"error":"Bad Request","message":"top msg","code":"E42","param":"p1"}"#,
+        ] {
+            let err = translate(
+                &provider,
+                StatusCode::BAD_REQUEST,
+                AskedWait::default(),
+                body,
+            );
+            assert_eq!(err.error_type, ErrorType::InvalidRequestError);
+            assert_eq!(&*err.message, "top msg");
+            assert_eq!(err.code.as_deref(), Some("E42"));
+            assert_eq!(err.param.as_deref(), Some("p1"));
+            let json: serde_json::Value = serde_json::from_slice(&err.body_json()).unwrap();
+            assert_eq!(json["error"]["code"], "E42");
+        }
+        let body = br#"{"message":"slow down","type":"engine_overloaded_error"}"#;
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
+
+        for (body, code) in [
+            (
+                &br#"{"error":{"message":"m","code":1234}}"#[..],
+                serde_json::json!(1234),
+            ),
+            (br#"{"message":"m","code":-1.5}"#, serde_json::json!(-1.5)),
+            (
+                br#"{"error":{"message":"m","code":"1234"}}"#,
+                serde_json::json!("1234"),
+            ),
+        ] {
+            let err = translate(
+                &provider,
+                StatusCode::BAD_REQUEST,
+                AskedWait::default(),
+                body,
+            );
+            let json: serde_json::Value = serde_json::from_slice(&err.body_json()).unwrap();
+            assert_eq!(
+                json["error"]["code"],
+                code,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                err.code.as_deref(),
+                Some(code.to_string().trim_matches('"'))
+            );
         }
     }
 
