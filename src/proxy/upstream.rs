@@ -184,6 +184,12 @@ pub async fn forward(
         return Err(with_provider_request_id(err, &response.headers, provider));
     }
 
+    if let Some(encoding) = response.headers.get("content-encoding")
+        && !encoding.trim_ascii().eq_ignore_ascii_case(b"identity")
+    {
+        let err = compressed_answer(provider, status, encoding);
+        return Err(with_provider_request_id(err, &response.headers, provider));
+    }
     let is_event_stream = response
         .headers
         .get("content-type")
@@ -257,14 +263,17 @@ pub async fn forward(
         } else {
             "a body that is not JSON"
         };
-        return Err(named(GatewayError::server(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "provider {} answered HTTP {} with {what}",
-                provider.name,
-                status.as_u16()
-            ),
-        )));
+        return Err(named(
+            GatewayError::server(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "provider {} answered HTTP {} with {what}",
+                    provider.name,
+                    status.as_u16()
+                ),
+            )
+            .with_code(BAD_RESPONSE),
+        ));
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);
@@ -338,6 +347,13 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
         .with_code(OUT_OF_RESOURCES)
         .with_retry_after(Some(http::HeaderValue::from_static("1")));
     }
+    if let ClientError::Exchange(
+        err @ (crate::client::UpstreamError::InvalidHead(_)
+        | crate::client::UpstreamError::HeadTooLarge),
+    ) = err
+    {
+        return bad_response(provider, err);
+    }
     let (status, what, code) = if err.is_timeout() {
         (
             StatusCode::GATEWAY_TIMEOUT,
@@ -361,6 +377,56 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
         .with_code(code)
 }
 
+/// The code of an answer that is not what was asked: not HTTP, a head or
+/// framing that cannot be read one way only, a 2xx that is not the JSON
+/// object or the event stream asked for, a body compressed against the
+/// request's `Accept-Encoding: identity`.
+pub const BAD_RESPONSE: &str = "upstream_bad_response";
+
+/// A provider's answer that could not be read as HTTP: reached, but broken.
+fn bad_response(
+    provider: &crate::config::Provider,
+    err: &crate::client::UpstreamError,
+) -> GatewayError {
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} sent a response that is not valid HTTP: {}",
+            provider.name,
+            crate::client::describe(err)
+        ),
+    )
+    .with_code(BAD_RESPONSE)
+}
+
+/// A 2xx answer compressed though the request asked for `identity`: its
+/// events and usage cannot be read, nor can it be passed on as the JSON or
+/// event stream it says it is. The coding is named when it is one (a short
+/// token; the value is the provider's, and could quote anything).
+fn compressed_answer(
+    provider: &crate::config::Provider,
+    status: StatusCode,
+    encoding: &[u8],
+) -> GatewayError {
+    let token = encoding.len() <= 32
+        && encoding
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b" ,-".contains(b));
+    let named = match token {
+        true => format!(" (Content-Encoding: {})", String::from_utf8_lossy(encoding)),
+        false => String::new(),
+    };
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} answered HTTP {} with a compressed body{named}, though asked for none",
+            provider.name,
+            status.as_u16()
+        ),
+    )
+    .with_code(BAD_RESPONSE)
+}
+
 /// The code of a connection the gateway lacked the resources to open:
 /// not the provider's failure, so not counted against its circuit.
 pub const OUT_OF_RESOURCES: &str = "gateway_out_of_resources";
@@ -369,6 +435,9 @@ fn body_error(
     provider: &crate::config::Provider,
     err: &crate::client::UpstreamError,
 ) -> GatewayError {
+    if let crate::client::UpstreamError::InvalidBody(_) = err {
+        return bad_response(provider, err);
+    }
     GatewayError::server(
         StatusCode::BAD_GATEWAY,
         format!(

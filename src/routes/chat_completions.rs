@@ -327,6 +327,24 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
 /// the client declares a larger `Content-Length`. Each frame is scanned as
 /// it arrives: by the last frame, a large body is scanned but for it.
+/// A request body sent with a content coding (`Content-Encoding: gzip`):
+/// read as it is, it would be refused as JSON that does not parse.
+fn unsupported_encoding(encoding: &HeaderValue) -> GatewayError {
+    let shown = encoding
+        .to_str()
+        .ok()
+        .filter(|v| v.len() <= 32)
+        .unwrap_or("…");
+    GatewayError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        crate::error::ErrorType::InvalidRequestError,
+        format!(
+            "request bodies with Content-Encoding ({shown}) are not accepted: send the JSON uncompressed"
+        ),
+    )
+    .with_code("unsupported_content_encoding")
+}
+
 async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
@@ -345,6 +363,13 @@ where
         )
         .with_code("request_too_large")
     };
+    // A compressed body would be scanned as the JSON it is not; say why.
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .filter(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(unsupported_encoding(encoding));
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

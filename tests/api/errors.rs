@@ -164,7 +164,9 @@ async fn a_2xx_that_is_not_json_is_a_bad_gateway() {
             .chat(chat_body("kimi-k2.6", "[mock error=non_json]", stream))
             .await;
         assert_eq!(response.status(), 502, "stream={stream}");
-        assert_eq!(error_of(response).await["type"], "server_error");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "server_error");
+        assert_eq!(error["code"], "upstream_bad_response");
     }
 }
 
@@ -191,30 +193,13 @@ async fn an_unreachable_provider_is_a_bad_gateway() {
 /// client gets the provider's 413, not a broken pipe's 502 or a timeout.
 #[tokio::test]
 async fn a_provider_refusing_a_large_body_before_reading_it_is_answered_with_its_413() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let error =
-            r#"{"error":{"message":"request entity too large","type":"invalid_request_error"}}"#;
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let answer = format!(
-                "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{error}",
-                error.len()
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        }
-    });
+    let error =
+        r#"{"error":{"message":"request entity too large","type":"invalid_request_error"}}"#;
+    let url = raw_provider(format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{error}",
+        error.len()
+    ).into_bytes())
+    .await;
     let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
     let large = chat_body("kimi-k2-turbo-preview", &"x".repeat(8 << 20), false);
     let started = std::time::Instant::now();
@@ -235,6 +220,99 @@ async fn a_provider_refusing_a_large_body_before_reading_it_is_answered_with_its
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A provider that answers every connection with `answer` once it has a
+/// request's head, then closes it: its base URL.
+async fn raw_provider(answer: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    url
+}
+
+/// A provider reached that answers with something other than what was
+/// asked: not HTTP, a head that cannot be read one way only, a 2xx body
+/// compressed though the gateway asked for none, an HTML page. A 502
+/// `upstream_bad_response` that says so, not `upstream_unreachable`.
+#[tokio::test]
+async fn a_response_that_is_not_what_was_asked_is_a_bad_response() {
+    let gzip_json =
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\xae\x05\x00\x43\xbf\xa6\xa3\x02\x00\x00\x00";
+    let mut gzipped = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+        gzip_json.len()
+    )
+    .into_bytes();
+    gzipped.extend_from_slice(gzip_json);
+    for (answer, says) in [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), "not valid HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n{}".to_vec(),
+            "not valid HTTP",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}".to_vec(),
+            "not valid HTTP",
+        ),
+        (gzipped, "compressed body (Content-Encoding: gzip)"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\n\r\n<html></html>"
+                .to_vec(),
+            "not JSON",
+        ),
+    ] {
+        let url = raw_provider(answer).await;
+        let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+        let response = app.chat(chat_body("kimi-k2-turbo-preview", "hi", false)).await;
+        assert_eq!(response.status(), 502, "{says}");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "server_error", "{error}");
+        assert_eq!(error["code"], "upstream_bad_response", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says) && message.contains("moonshot"), "{error}");
+    }
+}
+
+/// A request body sent compressed is refused by name (415), not as JSON
+/// that does not parse; `identity` is no compression.
+#[tokio::test]
+async fn a_compressed_request_body_is_refused_as_such() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&chat_body("kimi-k2.6", "hi", false)).unwrap();
+    let send = |encoding: &'static str| {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body.clone())
+            .send()
+    };
+    let response = send("gzip").await.unwrap();
+    assert_eq!(response.status(), 415);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["code"], "unsupported_content_encoding");
+    assert!(
+        error["message"].as_str().unwrap().contains("gzip"),
+        "{error}"
+    );
+    assert_eq!(send("identity").await.unwrap().status(), 200);
 }
 
 #[tokio::test]

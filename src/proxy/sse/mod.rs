@@ -197,7 +197,8 @@ impl SseRelay {
                     "provider {} ended the stream before sending any event",
                     relay.provider.name
                 ),
-            )),
+            )
+            .with_code(super::upstream::BAD_RESPONSE)),
         }
     }
 
