@@ -18,7 +18,7 @@ ERRORS = {
     "bad_gateway": (openai.InternalServerError, 502, "server_error", None),
     "unavailable": (openai.InternalServerError, 503, "server_error", None),
     "generation_timeout": (openai.InternalServerError, 504, "server_error", None),
-    "non_json": (openai.InternalServerError, 502, "server_error", None),
+    "non_json": (openai.InternalServerError, 502, "server_error", "upstream_bad_response"),
     # The provider refusing the gateway's own key is the gateway's problem.
     "auth": (openai.InternalServerError, 502, "server_error", "upstream_key_rejected"),
 }

@@ -25,7 +25,7 @@ const ERRORS = {
   bad_gateway: [InternalServerError, 502, 'server_error', null],
   unavailable: [InternalServerError, 503, 'server_error', null],
   generation_timeout: [InternalServerError, 504, 'server_error', null],
-  non_json: [InternalServerError, 502, 'server_error', null],
+  non_json: [InternalServerError, 502, 'server_error', 'upstream_bad_response'],
   // The provider refusing the gateway's own key is the gateway's problem.
   auth: [InternalServerError, 502, 'server_error', 'upstream_key_rejected'],
 };
