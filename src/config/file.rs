@@ -144,6 +144,9 @@ pub struct LimitsFile {
     pub redis_url: Option<String>,
     /// Environment variable that, when set, overrides `redis_url`.
     pub redis_url_env: Option<String>,
+    /// PEM file of the certificate authorities a `rediss://` Redis's
+    /// certificate is checked against, instead of the built-in roots.
+    pub redis_ca_file: Option<String>,
     /// `open` (default: local limits) or `closed` (503) while Redis is down.
     pub on_redis_error: Option<String>,
     pub redis_key_prefix: Option<String>,

@@ -9,6 +9,7 @@ use crate::limits::{
     RedisSettings,
 };
 use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_REDIS_PREFIX: &str = "kimi-gateway";
@@ -191,16 +192,56 @@ fn redis_settings(
             return None;
         }
     };
-    if redis::Client::open(url.trim()).is_err() {
-        // The URL may hold a password: name the problem, not the URL.
-        problems.push(ConfigProblem::new(
-            source,
-            "is not a Redis URL like redis://127.0.0.1:6379",
-        ));
+    let url = url.trim();
+    let ca_pem = match &file.redis_ca_file {
+        None => None,
+        Some(_) if !url.starts_with("rediss://") => {
+            problems.push(ConfigProblem::new(
+                "limits.redis_ca_file",
+                format!(
+                    "is for a Redis reached over TLS, but {source} does not begin with rediss://"
+                ),
+            ));
+            return None;
+        }
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) if memchr::memmem::find(&pem, b"-----BEGIN CERTIFICATE-----").is_some() => {
+                Some(Arc::from(pem))
+            }
+            Ok(_) => {
+                problems.push(ConfigProblem::new(
+                    "limits.redis_ca_file",
+                    format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                ));
+                return None;
+            }
+            Err(err) => {
+                problems.push(ConfigProblem::new(
+                    "limits.redis_ca_file",
+                    format!("cannot read {path}: {err}"),
+                ));
+                return None;
+            }
+        },
+    };
+    if let Err(err) = crate::limits::redis::client(url, ca_pem.as_deref()) {
+        // The URL may hold a password: name the problem, not the URL (a
+        // certificate the client cannot parse is named: it is no secret).
+        let problem = match ca_pem {
+            Some(_) if err.to_string().contains("certificate") => {
+                ConfigProblem::new("limits.redis_ca_file", err.to_string())
+            }
+            _ => ConfigProblem::new(
+                source,
+                "is not a Redis URL like redis://127.0.0.1:6379 (or rediss://host:port for TLS)",
+            ),
+        };
+        problems.push(problem);
         return None;
     }
     Some(RedisSettings {
-        url: url.trim().to_string(),
+        url: url.to_string(),
+        ca_pem,
         prefix,
         timeout,
         lease,

@@ -346,6 +346,92 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     assert_slot_free(&redis, &app, "the abandoned admission's lease is released").await;
 }
 
+/// A Redis reached over TLS (`rediss://`), its certificate checked against
+/// `redis_ca_file`: limits are shared as over plain TCP. Without the file
+/// the compiled-in roots do not know the certificate, and the gateway
+/// does not take it.
+#[tokio::test]
+async fn limits_are_shared_through_a_redis_reached_over_tls() {
+    let redis = RedisServer::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, redis.certificate()).unwrap();
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\n\
+         on_redis_error = \"closed\"\n[keys.team-a.limits]\nrequests_per_minute = 2\n",
+        redis.url(),
+        ca.display()
+    );
+    let (one, two) = (
+        spawn_with_keys(&config).await,
+        spawn_with_keys(&config).await,
+    );
+    let mut statuses = Vec::new();
+    for app in [&one, &two, &one] {
+        statuses.push(app.chat_as("sk-a", hi()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(one.readyz().await["limits"]["healthy"], true);
+
+    // The built-in roots: the certificate is unknown, Redis unreachable
+    // for the gateway (fail-closed: 503).
+    let untrusted =
+        spawn_with_keys(&redis_limits(&redis, "closed", "requests_per_minute = 2")).await;
+    let response = untrusted.chat_as("sk-a", hi()).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        error_of(response).await["code"],
+        "rate_limit_store_unavailable"
+    );
+}
+
+/// `redis_ca_file` is checked with the configuration: only with a
+/// `rediss://` URL, and a file that holds a certificate.
+#[test]
+fn a_redis_ca_file_that_cannot_serve_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let problems = |url: &str, ca: &str| {
+        let toml = format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_ca_file = \"{ca}\"\n"
+        );
+        match kimi_gateway::config::resolve(&toml, &|_| None) {
+            Ok(_) => String::new(),
+            Err(errors) => errors
+                .0
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    for (url, ca, says) in [
+        (
+            "redis://127.0.0.1:6379",
+            not_pem.display().to_string(),
+            "rediss://",
+        ),
+        (
+            "rediss://127.0.0.1:6380",
+            missing.display().to_string(),
+            "cannot read",
+        ),
+        (
+            "rediss://127.0.0.1:6380",
+            not_pem.display().to_string(),
+            "no PEM certificate",
+        ),
+    ] {
+        let problems = problems(url, &ca);
+        assert!(
+            problems.contains("limits.redis_ca_file") && problems.contains(says),
+            "{url} {ca}: {problems}"
+        );
+    }
+}
+
 /// Redis closes the gateway's connection (its idle `timeout`, a restart,
 /// `CLIENT KILL`): the next request goes through on a new connection, in
 /// fail-closed mode too, and no outage is counted.

@@ -1,6 +1,6 @@
 //! A private `redis-server` per test: a free loopback port, no persistence,
 //! killed when dropped (or earlier, to play an outage), or paused to play
-//! a stall.
+//! a stall; over TLS only, with a certificate of its own, when asked.
 
 use redis::AsyncCommands;
 use std::process::{Child, Command, Stdio};
@@ -9,17 +9,53 @@ use std::time::Duration;
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Over TLS: the certificate's directory, and the certificate (PEM),
+    /// which is its own authority.
+    tls: Option<(tempfile::TempDir, Vec<u8>)>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(None).await
+    }
+
+    /// A server that speaks TLS only, with a self-signed certificate for
+    /// `localhost` and `127.0.0.1` (see [`RedisServer::certificate`]).
+    pub async fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        let pem = cert.cert.pem().into_bytes();
+        std::fs::write(dir.path().join("cert.pem"), &pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+        Self::start_with(Some((dir, pem))).await
+    }
+
+    async fn start_with(tls: Option<(tempfile::TempDir, Vec<u8>)>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .port()
+            .to_string();
+        let mut command = Command::new("redis-server");
+        match &tls {
+            None => command.args(["--port", &port]),
+            Some((dir, _)) => {
+                let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+                command
+                    .args(["--port", "0", "--tls-port", &port])
+                    .args(["--tls-cert-file", &file("cert.pem")])
+                    .args(["--tls-key-file", &file("key.pem")])
+                    .args(["--tls-ca-cert-file", &file("cert.pem")])
+                    .args(["--tls-auth-clients", "no"])
+            }
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -27,7 +63,8 @@ impl RedisServer {
             .expect("redis-server not found: install it (apt-get install redis-server) or run scripts/test.sh");
         let server = RedisServer {
             child: Some(child),
-            port,
+            port: port.parse().unwrap(),
+            tls,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -49,13 +86,31 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A TLS server's certificate (PEM), which is its own authority.
+    pub fn certificate(&self) -> &[u8] {
+        &self.tls.as_ref().expect("a TLS server").1
     }
 
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some((_, pem)) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )?,
+        };
+        client.get_multiplexed_async_connection().await
     }
 
     /// Members of a sorted set (concurrency leases).

@@ -66,6 +66,9 @@ pub enum StoreCheck {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
     pub url: String,
+    /// The certificate authorities (PEM) a `rediss://` Redis is checked
+    /// against; `None`: the Mozilla roots compiled in.
+    pub ca_pem: Option<Arc<[u8]>>,
     /// Start of every key, so several gateways can share one Redis.
     pub prefix: String,
     /// Longest wait for a connection or an answer.
@@ -126,7 +129,8 @@ impl RedisBackend {
     /// `previous`: the backend this one replaces, whose outage (if it is
     /// in one) this one carries on.
     pub fn new(settings: RedisSettings, previous: Option<&RedisBackend>) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| e.to_string())?;
+        let client =
+            client(&settings.url, settings.ca_pem.as_deref()).map_err(|e| e.to_string())?;
         Ok(RedisBackend {
             settings,
             client,
@@ -463,6 +467,22 @@ async fn probe(
         answer = check().await;
     }
     answer
+}
+
+/// The client for `url`: over TLS for `rediss://`, checking the server's
+/// certificate against `ca_pem` when given, else against the Mozilla roots
+/// compiled in (the image has no system store).
+pub fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
 }
 
 /// Redis answered, and refused the gateway for a reason that trying again
