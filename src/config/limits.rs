@@ -98,6 +98,20 @@ pub fn limit_settings(
     }
 }
 
+/// `limits.redis_ca_file`'s certificates (PEM), or `None` with the
+/// problem noted.
+fn read_ca_file(path: &str, problems: &mut Vec<ConfigProblem>) -> Option<Arc<[u8]>> {
+    let problem = match std::fs::read(path) {
+        Ok(pem) if memchr::memmem::find(&pem, b"-----BEGIN CERTIFICATE-----").is_some() => {
+            return Some(Arc::from(pem));
+        }
+        Ok(_) => format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        Err(err) => format!("cannot read {path}: {err}"),
+    };
+    problems.push(ConfigProblem::new("limits.redis_ca_file", problem));
+    None
+}
+
 fn redis_settings(
     file: &LimitsFile,
     env: &dyn Fn(&str) -> Option<String>,
@@ -166,6 +180,11 @@ fn redis_settings(
              gateways sharing one Redis keep their counts apart",
         ));
     }
+    // Read whichever the backend, like the settings above.
+    let ca_pem = file
+        .redis_ca_file
+        .as_deref()
+        .map(|path| read_ca_file(path, problems));
     match backend {
         "local" => return None,
         "redis" => {}
@@ -193,9 +212,14 @@ fn redis_settings(
         }
     };
     let url = url.trim();
-    let ca_pem = match &file.redis_ca_file {
+    let ca_pem = match ca_pem {
         None => None,
-        Some(_) if !url.starts_with("rediss://") => {
+        Some(None) => return None,
+        Some(Some(_))
+            if !url
+                .get(..9)
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://")) =>
+        {
             problems.push(ConfigProblem::new(
                 "limits.redis_ca_file",
                 format!(
@@ -204,31 +228,14 @@ fn redis_settings(
             ));
             return None;
         }
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) if memchr::memmem::find(&pem, b"-----BEGIN CERTIFICATE-----").is_some() => {
-                Some(Arc::from(pem))
-            }
-            Ok(_) => {
-                problems.push(ConfigProblem::new(
-                    "limits.redis_ca_file",
-                    format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-                ));
-                return None;
-            }
-            Err(err) => {
-                problems.push(ConfigProblem::new(
-                    "limits.redis_ca_file",
-                    format!("cannot read {path}: {err}"),
-                ));
-                return None;
-            }
-        },
+        Some(pem) => pem,
     };
     if let Err(err) = crate::limits::redis::client(url, ca_pem.as_deref()) {
-        // The URL may hold a password: name the problem, not the URL (a
-        // certificate the client cannot parse is named: it is no secret).
+        // The URL may hold a password: name the problem, not the URL. A
+        // URL that is fine without the certificates leaves the fault with
+        // them (what the client says of them is no secret).
         let problem = match ca_pem {
-            Some(_) if err.to_string().contains("certificate") => {
+            Some(_) if crate::limits::redis::client(url, None).is_ok() => {
                 ConfigProblem::new("limits.redis_ca_file", err.to_string())
             }
             _ => ConfigProblem::new(

@@ -184,10 +184,8 @@ pub async fn forward(
         return Err(with_provider_request_id(err, &response.headers, provider));
     }
 
-    if let Some(encoding) = response.headers.get("content-encoding")
-        && !encoding.trim_ascii().eq_ignore_ascii_case(b"identity")
-    {
-        let err = compressed_answer(provider, status, encoding);
+    if let Some((field, coding)) = coded_answer(&response.headers) {
+        let err = compressed_answer(provider, status, field, coding);
         return Err(with_provider_request_id(err, &response.headers, provider));
     }
     let is_event_stream = response
@@ -399,6 +397,28 @@ fn bad_response(
     .with_code(BAD_RESPONSE)
 }
 
+/// A coding the gateway cannot undo, in any of the answer's
+/// `Content-Encoding` fields (anything but `identity`) or
+/// `Transfer-Encoding` fields (anything but `chunked`, which the client
+/// decodes): the field's name and the coding.
+fn coded_answer(headers: &crate::client::Headers) -> Option<(&'static str, &[u8])> {
+    headers.iter().find_map(|(name, value)| {
+        let (field, plain): (&'static str, &[u8]) =
+            if name.eq_ignore_ascii_case(b"content-encoding") {
+                ("Content-Encoding", b"identity")
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                ("Transfer-Encoding", b"chunked")
+            } else {
+                return None;
+            };
+        value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(plain))
+            .map(|coding| (field, coding))
+    })
+}
+
 /// A 2xx answer compressed though the request asked for `identity`: its
 /// events and usage cannot be read, nor can it be passed on as the JSON or
 /// event stream it says it is. The coding is named when it is one (a short
@@ -406,15 +426,16 @@ fn bad_response(
 fn compressed_answer(
     provider: &crate::config::Provider,
     status: StatusCode,
-    encoding: &[u8],
+    field: &str,
+    coding: &[u8],
 ) -> GatewayError {
-    let token = encoding.len() <= 32
-        && encoding
+    let token = coding.len() <= 32
+        && coding
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b" ,-".contains(b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b));
     let named = match token {
-        true => format!(" (Content-Encoding: {})", String::from_utf8_lossy(encoding)),
-        false => String::new(),
+        true => format!(" ({field}: {})", String::from_utf8_lossy(coding)),
+        false => format!(" ({field})"),
     };
     GatewayError::server(
         StatusCode::BAD_GATEWAY,

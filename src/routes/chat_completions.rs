@@ -324,14 +324,11 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (413) early when
-/// the client declares a larger `Content-Length`. Each frame is scanned as
-/// it arrives: by the last frame, a large body is scanned but for it.
-/// A request body sent with a content coding (`Content-Encoding: gzip`):
-/// read as it is, it would be refused as JSON that does not parse.
-fn unsupported_encoding(encoding: &HeaderValue) -> GatewayError {
-    let shown = encoding
-        .to_str()
+/// A request body sent with a content coding (`Content-Encoding: gzip`, in
+/// any of its fields): read as it is, it would be refused as JSON that
+/// does not parse. `identity` (and an empty field) is no coding.
+fn unsupported_encoding(coding: &[u8]) -> GatewayError {
+    let shown = std::str::from_utf8(coding)
         .ok()
         .filter(|v| v.len() <= 32)
         .unwrap_or("…");
@@ -345,6 +342,9 @@ fn unsupported_encoding(encoding: &HeaderValue) -> GatewayError {
     .with_code("unsupported_content_encoding")
 }
 
+/// Reads the whole body, refusing more than `limit` bytes (413) early when
+/// the client declares a larger `Content-Length`. Each frame is scanned as
+/// it arrives: by the last frame, a large body is scanned but for it.
 async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
@@ -364,11 +364,14 @@ where
         .with_code("request_too_large")
     };
     // A compressed body would be scanned as the JSON it is not; say why.
-    if let Some(encoding) = headers
-        .get(header::CONTENT_ENCODING)
-        .filter(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    if let Some(coding) = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
     {
-        return Err(unsupported_encoding(encoding));
+        return Err(unsupported_encoding(coding));
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)

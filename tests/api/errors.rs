@@ -276,10 +276,24 @@ async fn a_response_that_is_not_what_was_asked_is_a_bad_response() {
                 .to_vec(),
             "not JSON",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "compressed body (Transfer-Encoding: gzip)",
+        ),
+        // A stream request: an event stream that ends before any event.
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 14\r\n\r\n: ping\nid: 1\n\n"
+                .to_vec(),
+            "before sending any event",
+        ),
     ] {
         let url = raw_provider(answer).await;
         let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-        let response = app.chat(chat_body("kimi-k2-turbo-preview", "hi", false)).await;
+        let stream = says.contains("event");
+        let response = app
+            .chat(chat_body("kimi-k2-turbo-preview", "hi", stream))
+            .await;
         assert_eq!(response.status(), 502, "{says}");
         let error = error_of(response).await;
         assert_eq!(error["type"], "server_error", "{error}");
@@ -313,6 +327,25 @@ async fn a_compressed_request_body_is_refused_as_such() {
         "{error}"
     );
     assert_eq!(send("identity").await.unwrap().status(), 200);
+    assert_eq!(send("Identity, identity").await.unwrap().status(), 200);
+    // Every field counts, not only the first.
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "br")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert!(
+        error_of(response).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("(br)")
+    );
 }
 
 #[tokio::test]

@@ -383,6 +383,33 @@ async fn limits_are_shared_through_a_redis_reached_over_tls() {
         error_of(response).await["code"],
         "rate_limit_store_unavailable"
     );
+
+    // A reload to certificates that do not verify is a mistake in the new
+    // configuration, refused like a wrong password: the running one stays.
+    let path = dir.path().join("gateway.toml");
+    let reloaded_config = |ca: &std::path::Path| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\n\
+             on_redis_error = \"closed\"\n[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n",
+            redis.url(),
+            ca.display()
+        )
+    };
+    std::fs::write(&path, reloaded_config(&ca)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let other_ca = dir.path().join("other-ca.pem");
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    std::fs::write(&path, reloaded_config(&other_ca)).unwrap();
+    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
+    let ready = app.readyz().await;
+    assert_eq!(ready["limits"]["healthy"], true, "{ready}");
+    assert_eq!(ready["limits"]["outages"], 0, "{ready}");
+    let problems = ready["last_reload"]["problems"].to_string();
+    assert!(problems.contains("refused"), "{problems}");
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
 /// `redis_ca_file` is checked with the configuration: only with a
@@ -407,12 +434,19 @@ fn a_redis_ca_file_that_cannot_serve_is_refused() {
         }
     };
     let missing = dir.path().join("missing.pem");
+    let garbled = dir.path().join("garbled.pem");
+    std::fs::write(
+        &garbled,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     for (url, ca, says) in [
         (
             "redis://127.0.0.1:6379",
-            not_pem.display().to_string(),
+            garbled.display().to_string(),
             "rediss://",
         ),
+        ("REDISS://127.0.0.1:6380", garbled.display().to_string(), ""),
         (
             "rediss://127.0.0.1:6380",
             missing.display().to_string(),
@@ -1088,6 +1122,17 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
             "+@all",
             "-del",
         ],
+        // Loading the scripts, which Redis loses in a restart or a flush,
+        // though it has them now.
+        &[
+            "SETUSER",
+            "noload",
+            "on",
+            ">right-pass",
+            "~*",
+            "+@all",
+            "-script",
+        ],
     ] {
         redis::cmd("ACL")
             .arg(user)
@@ -1118,6 +1163,7 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
         format!("redis://nozrem:right-pass@127.0.0.1:{port}"),
         format!("redis://nozadd:right-pass@127.0.0.1:{port}"),
         format!("redis://nodel:right-pass@127.0.0.1:{port}"),
+        format!("redis://noload:right-pass@127.0.0.1:{port}"),
     ] {
         std::fs::write(&path, config(&url)).unwrap();
         assert!(

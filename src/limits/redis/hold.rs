@@ -28,6 +28,12 @@ pub(super) async fn check_access(
     conn: &mut impl redis::aio::ConnectionLike,
     prefix: &str,
 ) -> redis::RedisResult<()> {
+    // Loaded whether Redis has them or not: it loses them in a restart or
+    // a `SCRIPT FLUSH`, and an ACL that denies loading them would then
+    // fail every request.
+    for script in [&*ADMIT, &*REFRESH, &*FINISH] {
+        script.prepare_invoke().load_async(conn).await?;
+    }
     let leases = format!("{prefix}:access-check:conc");
     let bucket = format!("{prefix}:access-check:tpm");
     let lease = format!("access-check-{:016x}", fastrand::u64(..));

@@ -504,6 +504,11 @@ fn is_refusal(err: &redis::RedisError) -> bool {
         // with an `ERR` code, later versions with `NOPERM` in the text.
         || text.contains("can't run this command")
         || text.contains("no permissions")
+        // TLS (rustls's words): a certificate that does not verify against
+        // the roots or `redis_ca_file`, or is not for the URL's host, and
+        // a `rediss://` URL to a port that does not speak TLS.
+        || text.contains("invalid peer certificate")
+        || text.contains("received corrupt message")
 }
 
 fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
@@ -512,7 +517,7 @@ fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
         OnRedisError::Closed => "chat requests are refused with 503",
     };
     let what = if is_refusal(err) {
-        "refuses the gateway (check limits.redis_url and Redis's ACL)"
+        "refuses the gateway (check limits.redis_url, limits.redis_ca_file and Redis's ACL)"
     } else {
         "unreachable"
     };

@@ -312,6 +312,16 @@ impl SseRelay {
                         message,
                     ))));
                 }
+                Poll::Ready(None) if !self.head_sent && !self.aligner.has_partial() => {
+                    return Poll::Ready(Some(Err(GatewayError::server(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "provider {} ended the stream before sending any event",
+                            self.provider.name
+                        ),
+                    )
+                    .with_code(super::upstream::BAD_RESPONSE))));
+                }
                 Poll::Ready(None) => {
                     let partial = if self.aligner.has_partial() {
                         " (inside an event)"
