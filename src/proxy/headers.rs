@@ -80,29 +80,57 @@ const SHORT_NAME: usize = 64;
 /// field names are hop-by-hop too (RFC 9110 7.6.1); providers send none
 /// but `keep-alive`/`close`, so the fields are copied in one pass and
 /// copied again, without those, only when a `Connection` field names
-/// another.
-pub fn copy_response_headers(from: &Headers, to: &mut WireFields, provider: &Provider) {
+/// another. Returns the first coding found that the gateway cannot undo
+/// (see [`Coding`]), on the same pass.
+pub fn copy_response_headers<'a>(
+    from: &'a Headers,
+    to: &mut WireFields,
+    provider: &Provider,
+) -> Option<Coding<'a>> {
     let mark = to.len();
-    if copy_fields(from, to, provider, None).is_err() {
-        to.truncate(mark);
-        // Every `Connection` field's tokens, lowercase, comma-separated.
-        let listed: Vec<u8> = from
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, value)| value.iter().map(u8::to_ascii_lowercase).chain([b',']))
-            .collect();
-        let _ = copy_fields(from, to, provider, Some(&listed));
+    match copy_fields(from, to, provider, None) {
+        Ok(coding) => coding,
+        Err(()) => {
+            to.truncate(mark);
+            // Every `Connection` field's tokens, lowercase, comma-separated.
+            let listed: Vec<u8> = from
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+                .flat_map(|(_, value)| value.iter().map(u8::to_ascii_lowercase).chain([b',']))
+                .collect();
+            copy_fields(from, to, provider, Some(&listed)).unwrap_or_default()
+        }
     }
+}
+
+/// A coding in an answer's `Content-Encoding` (anything but `identity`:
+/// the gateway asks for that) or `Transfer-Encoding` (anything but
+/// `chunked`, which the client decodes): its field's name, and the coding.
+pub type Coding<'a> = (&'static str, &'a [u8]);
+
+/// The coding of one field, when it is one the gateway cannot undo.
+fn coding_in<'a>(lower_name: &[u8], value: &'a [u8]) -> Option<Coding<'a>> {
+    let (field, plain): (&'static str, &[u8]) = match lower_name {
+        b"content-encoding" => ("Content-Encoding", b"identity"),
+        b"transfer-encoding" => ("Transfer-Encoding", b"chunked"),
+        _ => return None,
+    };
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(plain))
+        .map(|coding| (field, coding))
 }
 
 /// One copying pass. `Err`: a `Connection` field names other fields, and
 /// `hop_by_hop` (the names the `Connection` fields list) was not given.
-fn copy_fields(
-    from: &Headers,
+fn copy_fields<'a>(
+    from: &'a Headers,
     to: &mut WireFields,
     provider: &Provider,
     hop_by_hop: Option<&[u8]>,
-) -> Result<(), ()> {
+) -> Result<Option<Coding<'a>>, ()> {
+    let mut coding = None;
     let mut request_id: Option<(u8, &[u8])> = None;
     let mut lower = [0u8; SHORT_NAME];
     // Values shorter than every key cannot quote one: nearly all of them.
@@ -129,6 +157,9 @@ fn copy_fields(
             && request_id.is_none_or(|(best, _)| rank < best)
         {
             request_id = Some((rank, value));
+        }
+        if coding.is_none() {
+            coding = coding_in(lower, value);
         }
         if is_dropped(lower) {
             if hop_by_hop.is_none() && lower == b"connection" && names_other_fields(value) {
@@ -157,7 +188,7 @@ fn copy_fields(
             None => to.push_parsed(X_UPSTREAM_REQUEST_ID.as_str().as_bytes(), id),
         }
     }
-    Ok(())
+    Ok(coding)
 }
 
 /// Whether a `Connection` value names anything but `keep-alive` and

@@ -184,10 +184,6 @@ pub async fn forward(
         return Err(with_provider_request_id(err, &response.headers, provider));
     }
 
-    if let Some((field, coding)) = coded_answer(&response.headers) {
-        let err = compressed_answer(provider, status, field, coding);
-        return Err(with_provider_request_id(err, &response.headers, provider));
-    }
     let is_event_stream = response
         .headers
         .get("content-type")
@@ -197,7 +193,10 @@ pub async fn forward(
     // Room for the provider's fields and the ~12 the gateway adds (ids,
     // content type, rate limits), so the buffer is sized once.
     fields.reserve(response.headers.wire_len() + 512);
-    copy_response_headers(&response.headers, &mut fields, provider);
+    if let Some((field, coding)) = copy_response_headers(&response.headers, &mut fields, provider) {
+        let err = compressed_answer(provider, status, field, coding);
+        return Err(with_provider_request_id(err, &response.headers, provider));
+    }
 
     if request.stream && is_event_stream {
         let stats = Arc::new(StreamStats::new(ctx.arrived));
@@ -395,28 +394,6 @@ fn bad_response(
         ),
     )
     .with_code(BAD_RESPONSE)
-}
-
-/// A coding the gateway cannot undo, in any of the answer's
-/// `Content-Encoding` fields (anything but `identity`) or
-/// `Transfer-Encoding` fields (anything but `chunked`, which the client
-/// decodes): the field's name and the coding.
-fn coded_answer(headers: &crate::client::Headers) -> Option<(&'static str, &[u8])> {
-    headers.iter().find_map(|(name, value)| {
-        let (field, plain): (&'static str, &[u8]) =
-            if name.eq_ignore_ascii_case(b"content-encoding") {
-                ("Content-Encoding", b"identity")
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                ("Transfer-Encoding", b"chunked")
-            } else {
-                return None;
-            };
-        value
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-            .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(plain))
-            .map(|coding| (field, coding))
-    })
 }
 
 /// A 2xx answer compressed though the request asked for `identity`: its
