@@ -325,6 +325,9 @@ impl Drop for Unanswered<'_> {
             }
             None => (None, None, None),
         };
+        if let Some(upstream) = &upstream {
+            self.progress.keep_last_attempt(upstream);
+        }
         AccessRecord {
             id: self.id.clone(),
             method: self.method.clone(),

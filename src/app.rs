@@ -53,19 +53,23 @@ impl Gateway {
     /// The request's head is borrowed, not moved: passed by value, its
     /// ~250 bytes were copied at every layer down to the body reader.
     ///
+    /// `progress` is where a handler dropped before it answers (the drain
+    /// deadline) leaves the provider it had reached, for the caller's
+    /// answer in its place.
+    ///
     /// [`request_id`]: crate::access_log::request_id
     pub async fn handle<B>(
         self: Arc<Self>,
         head: &Parts,
         body: B,
         id: HeaderValue,
+        progress: &RequestProgress,
     ) -> (Response, WireFields)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let progress = RequestProgress::default();
-        let handled = request_context(&self.state, head, id.clone(), &progress, |scope| {
+        let handled = request_context(&self.state, head, id.clone(), progress, |scope| {
             AssertUnwindSafe(self.dispatch(head, body, scope))
                 .catch_unwind()
                 .map(|handled| {
@@ -190,6 +194,7 @@ pub fn build_metrics_router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::Gateway;
+    use crate::request_progress::RequestProgress;
     use axum::body::Body;
 
     /// A request with this field makes the handler panic: no request
@@ -256,7 +261,8 @@ mod tests {
             crate::config::load(None).unwrap(),
         ));
         let (head, body) = http::Request::new(Body::empty()).into_parts();
-        let handling = gateway.handle(&head, body, crate::access_log::generate_id());
+        let progress = RequestProgress::default();
+        let handling = gateway.handle(&head, body, crate::access_log::generate_id(), &progress);
         assert!(size_of_val(&handling) <= 6144, "{}", size_of_val(&handling));
     }
 }

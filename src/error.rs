@@ -106,6 +106,9 @@ pub struct ErrorDetails {
     /// `code` is a provider's, which it sent as a JSON number: clients get
     /// it as one.
     pub code_is_number: bool,
+    /// The provider asked for a wait in a `Retry-After` the gateway cannot
+    /// read: fail-over skips the target for this request.
+    pub unreadable_wait: bool,
 }
 
 /// A wait as `retry-after-ms` says it: whole milliseconds, rounded up (a

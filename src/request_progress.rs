@@ -14,7 +14,7 @@ use crate::proxy::failover::AttemptReport;
 use crate::proxy::request::ChatRequest;
 use crate::proxy::route::Route;
 use crate::proxy::upstream::UpstreamInfo;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Owned by the request's caller, so that both the handler and the request
 /// context's drop guard can borrow it.
@@ -23,6 +23,10 @@ pub struct RequestProgress {
     /// Boxed: a pointer's room in every request's future, and an
     /// allocation only for a request that is never answered.
     left: Mutex<Option<Box<LeftAt>>>,
+    /// The provider of the attempt under way and the attempts started,
+    /// kept once the request is logged: for the answer the connection gives
+    /// in the handler's place at the drain deadline.
+    last_attempt: Mutex<Option<(Arc<str>, u32)>>,
 }
 
 /// What an unanswered request had reached.
@@ -48,6 +52,20 @@ impl RequestProgress {
     /// What the handler had reached, when it was dropped before answering.
     pub fn take(&self) -> Option<Box<LeftAt>> {
         self.left.lock().map_or(None, |mut left| left.take())
+    }
+
+    /// Keeps the provider and attempt count of a request taken by
+    /// [`take`](Self::take), for [`last_attempt`](Self::last_attempt).
+    pub fn keep_last_attempt(&self, upstream: &UpstreamInfo) {
+        if let Ok(mut slot) = self.last_attempt.lock() {
+            *slot = Some((upstream.provider.clone(), upstream.attempts));
+        }
+    }
+
+    /// The provider an unanswered request was last sent to, and how many
+    /// attempts it had started.
+    pub fn last_attempt(&self) -> Option<(Arc<str>, u32)> {
+        self.last_attempt.lock().map_or(None, |mut last| last.take())
     }
 }
 

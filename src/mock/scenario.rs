@@ -54,6 +54,9 @@ pub struct Scenario {
     pub retry_after: Option<u64>,
     /// Send that wait as an HTTP date instead of seconds.
     pub retry_after_as_date: bool,
+    /// `retry_after=` given a word, not a number: sent as it is (a
+    /// `Retry-After` nobody can read as a wait).
+    pub retry_after_text: Option<String>,
     /// Content chunks in a stream.
     pub chunks: Option<usize>,
     pub head_delay: Duration,
@@ -131,7 +134,11 @@ impl Scenario {
             let number = || value.parse::<u64>().ok();
             match key {
                 "error" => scenario.error = MockError::parse(value),
-                "retry_after" => scenario.retry_after = number(),
+                "retry_after" => {
+                    scenario.retry_after = number();
+                    scenario.retry_after_text =
+                        scenario.retry_after.is_none().then(|| value.to_string());
+                }
                 "retry_after_as_date" => scenario.retry_after_as_date = true,
                 "chunks" => scenario.chunks = number().map(|n| n as usize),
                 "head_delay_ms" => {

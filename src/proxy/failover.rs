@@ -318,19 +318,21 @@ fn backoff(settings: &RetrySettings, attempts: u32) -> Duration {
     exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
 }
 
-/// `Retry-After` in seconds (a number, possibly fractional). An HTTP date is
-/// treated as "long" so the target is skipped rather than waited on.
 /// The wait the failed attempt's provider (or the gateway's own limit)
 /// asked for. A `Retry-After` that reads as neither seconds nor a date is
 /// taken as a long wait, so the target is skipped rather than hammered.
 fn asked_wait(error: &GatewayError) -> Option<Duration> {
+    const UNREADABLE: Duration = Duration::from_secs(u32::MAX as u64);
     if let Some(ms) = error.retry_after_ms {
         return Some(Duration::from_millis(ms.get().into()));
+    }
+    if error.details.as_ref().is_some_and(|d| d.unreadable_wait) {
+        return Some(UNREADABLE);
     }
     let value = error.retry_after.as_ref()?;
     Some(
         super::provider_wait::retry_after(value.as_bytes(), std::time::SystemTime::now())
-            .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
+            .unwrap_or(UNREADABLE),
     )
 }
 

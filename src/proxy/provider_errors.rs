@@ -238,6 +238,11 @@ fn error_from(
             err = err.with_retry_after_duration(wait);
         }
     }
+    if asked.retry_after_unreadable && err.retry_after.is_none() && err.retry_after_ms.is_none() {
+        // A wait was asked for and none could be read, not even from the
+        // message: fail-over skips the target rather than asking again.
+        err.details_mut().unreadable_wait = true;
+    }
     if let Some(code) = says.code {
         err = err.with_code(code);
         if says.code_is_number {
@@ -546,11 +551,25 @@ mod tests {
 
         let asked = AskedWait {
             retry_after: Some(http::HeaderValue::from_static("7")),
-            retry_after_ms: None,
+            ..AskedWait::default()
         };
         let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, asked, body);
         assert_eq!(err.retry_after.unwrap(), "7");
         assert_eq!(err.retry_after_ms, None);
+
+        // A `Retry-After` nobody can read: the message's wait stands in for
+        // it; without one, fail-over is told to skip the target.
+        let unreadable = || AskedWait {
+            retry_after_unreadable: true,
+            ..AskedWait::default()
+        };
+        let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, unreadable(), body);
+        assert_eq!(err.retry_after.unwrap(), "2");
+        assert!(err.details.is_none_or(|d| !d.unreadable_wait));
+        let silent = br#"{"error":{"message":"slow down","type":"rate_limit_reached_error"}}"#;
+        let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, unreadable(), silent);
+        assert_eq!((err.retry_after, err.retry_after_ms), (None, None));
+        assert!(err.details.unwrap().unreadable_wait);
 
         // Only a rate-limit answer's words are read as a wait.
         let body = br#"{"error":{"message":"bad input, try again after 2 seconds","type":"invalid_request_error"}}"#;

@@ -164,12 +164,13 @@ pub async fn forward(
         .store(head_us.max(1), Ordering::Relaxed);
 
     if !status.is_success() {
+        let sent_retry_after = response.headers.get("retry-after");
+        let retry_after = sent_retry_after
+            .and_then(|v| response.headers.shared_value(v))
+            .and_then(provider_wait::forwarded_retry_after);
         let asked = AskedWait {
-            retry_after: response
-                .headers
-                .get("retry-after")
-                .and_then(|v| response.headers.shared_value(v))
-                .and_then(provider_wait::forwarded_retry_after),
+            retry_after_unreadable: sent_retry_after.is_some() && retry_after.is_none(),
+            retry_after,
             retry_after_ms: response
                 .headers
                 .get("retry-after-ms")

@@ -190,6 +190,44 @@ async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
 }
 
 #[tokio::test]
+async fn a_retry_after_that_is_no_wait_skips_the_target() {
+    // "soon" is neither seconds nor a date, and the overloaded message
+    // states no wait: the provider asked for a wait the gateway cannot
+    // read, so it is not asked again at once.
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=overloaded moonshot:retry_after=soon]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(seen(&app, Flavour::Moonshot), 1);
+
+    // With no other target: one attempt, and no wait passed on.
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock error=overloaded retry_after=soon]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+
+    // A wait the message states stands in for it: waited, then served.
+    assert_waited_then_served(
+        "[mock error=rate_limit retry_after=soon fail_times=1]",
+        "an unreadable Retry-After and the message's wait",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn client_errors_are_not_retried_or_failed_over() {
     let app = spawn_app_with(FAST, &[]).await;
     for (error, status) in [

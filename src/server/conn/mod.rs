@@ -20,7 +20,8 @@ use crate::app::Gateway;
 use crate::body_budget::BodyClaim;
 use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
-use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER, X_REQUEST_ID};
+use crate::request_progress::RequestProgress;
 use crate::wire_fields::WireFields;
 use axum::response::IntoResponse;
 use bytes::{Bytes, BytesMut};
@@ -287,10 +288,11 @@ impl Connection {
             }
         };
         let id = request_id(&parts.headers);
+        let progress = RequestProgress::default();
         let handled = {
             // The handler borrows the head; both end before the response
             // is written (a stream's head would otherwise live as long).
-            let mut handling = pin!(gateway.clone().handle(&parts, body, id.clone()));
+            let mut handling = pin!(gateway.clone().handle(&parts, body, id.clone(), &progress));
             poll_fn(|cx| {
                 let polled = self.poll_handling(
                     cx,
@@ -331,6 +333,12 @@ impl Connection {
             Some(None) => {
                 let mut fields = WireFields::default();
                 fields.push(&X_REQUEST_ID, &id);
+                if let Some((provider, attempts)) = progress.last_attempt() {
+                    if let Ok(name) = http::HeaderValue::from_str(&provider) {
+                        fields.push(&X_GATEWAY_PROVIDER, &name);
+                    }
+                    fields.push_u64(&X_GATEWAY_ATTEMPTS, attempts.into());
+                }
                 (
                     crate::drain::unanswered_at_deadline().into_response(),
                     fields,
