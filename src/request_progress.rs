@@ -65,7 +65,9 @@ impl RequestProgress {
     /// The provider an unanswered request was last sent to, and how many
     /// attempts it had started.
     pub fn last_attempt(&self) -> Option<(Arc<str>, u32)> {
-        self.last_attempt.lock().map_or(None, |mut last| last.take())
+        self.last_attempt
+            .lock()
+            .map_or(None, |mut last| last.take())
     }
 }
 

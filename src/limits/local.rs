@@ -8,7 +8,9 @@
 
 use super::bucket::{TokenBucket, now_ns};
 use super::slots::Slots;
-use super::spec::{DAY, Denial, LimitKind, LimitSpec, MINUTE, Scope, Snapshot, Window};
+use super::spec::{
+    DAY, Denial, LimitKind, LimitSpec, MINUTE, Scope, Snapshot, TokenShortfall, Window,
+};
 use governor::clock::{Clock, QuantaClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -246,7 +248,12 @@ fn take_tokens_and_requests(
                         earlier.adjust(-(estimate as i64), now);
                     }
                     hold.settle(estimate, 0);
-                    return Err(denial(scope, *kind, bucket.capacity(), wait));
+                    let mut denial = denial(scope, *kind, bucket.capacity(), wait);
+                    denial.shortfall = Some(TokenShortfall {
+                        left: bucket.peek(now).remaining,
+                        estimate,
+                    });
+                    return Err(denial);
                 }
             }
         }
@@ -283,5 +290,6 @@ fn denial(scope: &Scope, limit: LimitKind, value: u64, retry_after: Duration) ->
         limit,
         value,
         retry_after,
+        shortfall: None,
     }
 }

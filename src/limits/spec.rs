@@ -130,18 +130,45 @@ pub struct Denial {
     pub value: u64,
     /// When trying again could succeed.
     pub retry_after: Duration,
+    /// For a token limit: what it holds and what the request needed.
+    pub shortfall: Option<TokenShortfall>,
+}
+
+/// A token limit that refused a request: the tokens it held then, fewer
+/// than the request's estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenShortfall {
+    pub left: u64,
+    pub estimate: u64,
 }
 
 impl Denial {
-    /// The client's error: a spent daily token budget is a quota error (no
-    /// retry helps soon), a provider at its concurrency cap is overloaded
-    /// (so fail-over moves on), anything else is a rate limit.
+    /// The client's error: a spent daily token budget (nothing left) is a
+    /// quota error (no retry helps soon), a provider at its concurrency
+    /// cap is overloaded (so fail-over moves on), anything else is a rate
+    /// limit; a daily budget with less left than the request's estimate
+    /// too, since a smaller request would pass now. A token limit's
+    /// message says what it held and what the request needed.
     pub fn into_error(self) -> GatewayError {
-        let what = format!("{} {}", self.value, self.limit.unit());
+        let mut what = format!("{} {}", self.value, self.limit.unit());
+        if let Some(short) = self.shortfall {
+            what = format!(
+                "{what} ({} left, the request is estimated at {} tokens)",
+                short.left, short.estimate
+            );
+        }
+        let spent = self.shortfall.is_none_or(|short| short.left == 0);
         let (error_type, message) = match (self.limit, self.scope) {
-            (LimitKind::TokensPerDay, _) => (
+            (LimitKind::TokensPerDay, _) if spent => (
                 ErrorType::ExceededCurrentQuotaError,
                 format!("daily token budget spent for {}: {what}", self.label),
+            ),
+            (LimitKind::TokensPerDay, _) => (
+                ErrorType::RateLimitReachedError,
+                format!(
+                    "daily token budget of {} too low for this request: {what}",
+                    self.label
+                ),
             ),
             (LimitKind::ConcurrentRequests, ScopeKind::Provider) => (
                 ErrorType::EngineOverloadedError,
@@ -163,13 +190,14 @@ impl Denial {
         err
     }
 
-    /// The refusing limit as the `x-ratelimit-*` fields show it: nothing
-    /// left until the wait has passed. A concurrency cap has no such
-    /// fields (OpenAI's describe request and token rates).
+    /// The refusing limit as the `x-ratelimit-*` fields show it: what it
+    /// holds (none for requests; tokens too few for the request), full or
+    /// enough again once the wait has passed. A concurrency cap has no
+    /// such fields (OpenAI's describe request and token rates).
     fn window(&self) -> Snapshot {
         let window = Window {
             limit: self.value,
-            remaining: 0,
+            remaining: self.shortfall.map_or(0, |short| short.left),
             reset: self.retry_after,
         };
         let mut snapshot = Snapshot::default();
@@ -246,6 +274,7 @@ mod tests {
             limit,
             value: 60,
             retry_after: Duration::from_millis(1500),
+            shortfall: None,
         }
         .into_error()
     }

@@ -8,6 +8,7 @@
 
 use super::route::{Route, Target};
 use crate::error::{ErrorType, GatewayError};
+use crate::limits::ScopeKind;
 use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
 use std::future::Future;
@@ -216,7 +217,13 @@ where
                     Some(permit) => permit.neutral(),
                     None => {}
                 }
-                match asked_wait(&error) {
+                // The gateway's own cap on the provider refused after
+                // queueing: the queue was the wait. The next attempt there
+                // queues again at once (a freed slot wakes it), rather than
+                // leaving a slot that frees meanwhile to newcomers.
+                let queued = error.limit_scope == Some(ScopeKind::Provider)
+                    && error.error_type == ErrorType::EngineOverloadedError;
+                match asked_wait(&error).filter(|_| !queued) {
                     Some(wait) if wait > settings.max_retry_after => states[i].skipped = true,
                     Some(wait) => states[i].not_before = Some(Instant::now() + wait),
                     None => {}

@@ -563,11 +563,21 @@ mod tests {
             retry_after_unreadable: true,
             ..AskedWait::default()
         };
-        let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, unreadable(), body);
+        let err = translate(
+            &test_provider(),
+            StatusCode::TOO_MANY_REQUESTS,
+            unreadable(),
+            body,
+        );
         assert_eq!(err.retry_after.unwrap(), "2");
         assert!(err.details.is_none_or(|d| !d.unreadable_wait));
         let silent = br#"{"error":{"message":"slow down","type":"rate_limit_reached_error"}}"#;
-        let err = translate(&test_provider(), StatusCode::TOO_MANY_REQUESTS, unreadable(), silent);
+        let err = translate(
+            &test_provider(),
+            StatusCode::TOO_MANY_REQUESTS,
+            unreadable(),
+            silent,
+        );
         assert_eq!((err.retry_after, err.retry_after_ms), (None, None));
         assert!(err.details.unwrap().unreadable_wait);
 

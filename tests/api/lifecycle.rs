@@ -116,7 +116,10 @@ async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
         assert_eq!(response.headers()["x-should-retry"], "true");
         // The provider the request was waiting on, as any answer names it.
         let provider = response.headers()["x-gateway-provider"].to_str().unwrap();
-        assert!(["moonshot", "agentsflare"].contains(&provider), "{provider}");
+        assert!(
+            ["moonshot", "agentsflare"].contains(&provider),
+            "{provider}"
+        );
         assert_eq!(response.headers()["x-gateway-attempts"], "1");
         assert!(
             response.headers()["x-request-id"]

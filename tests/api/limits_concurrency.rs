@@ -119,6 +119,40 @@ async fn a_queued_request_takes_the_slot_that_frees() {
     assert_eq!(queued.await.unwrap(), 200);
 }
 
+/// A request whose queue time ran out is queued again at once on its next
+/// attempt there: a slot that frees just after takes it, instead of
+/// waiting out the queue's length again (which left the slot to newcomers).
+#[tokio::test]
+async fn a_request_refused_after_queueing_queues_again_at_once() {
+    let app = spawn_app_with(
+        "[retry]\nmax_attempts = 3\nbackoff_base_ms = 1\nbackoff_max_ms = 5\n\
+         [limits]\nprovider_queue_ms = 2000\n[limits.providers.moonshot]\nconcurrent_requests = 1\n",
+        &[],
+    )
+    .await;
+    let running = held_stream(&app, None, "kimi-k2-turbo-preview", "g").await;
+    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+    let queued = tokio::spawn(async move {
+        let body = chat_body("kimi-k2-turbo-preview", "hi", false).to_string();
+        let response = client.post(url).body(body).send().await.unwrap();
+        (response.status(), std::time::Instant::now())
+    });
+    let retries = app
+        .state
+        .metrics
+        .attempts
+        .with_label_values(&["moonshot", "retry"]);
+    wait_until("the first queue wait ran out", async || retries.get() == 1).await;
+    app.mock.release("g", 10);
+    let released = std::time::Instant::now();
+    sse_data(running).await;
+    let (status, answered) = queued.await.unwrap();
+    assert_eq!(status, 200);
+    // Waiting out the queue's length first would take 2 s more.
+    let took = answered.duration_since(released);
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+}
+
 #[tokio::test]
 async fn a_model_of_two_providers_fails_over_when_the_first_is_at_its_cap() {
     let app = spawn_app_with(

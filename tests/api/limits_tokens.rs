@@ -1,7 +1,8 @@
 //! Token limits: an estimate (prompt bytes / 4 + `max_tokens`) is reserved
 //! at admission and settled to the provider's real usage when the response
 //! ends, for plain and streamed answers; a spent daily budget is a quota
-//! error that says not to retry.
+//! error that says not to retry, one with too little left for a request a
+//! rate limit.
 
 use crate::auth::spawn_with_keys;
 use crate::helpers::*;
@@ -93,14 +94,23 @@ async fn a_running_streams_reservation_holds_tokens_back_until_it_ends() {
         .chat_as("sk-a", body(true, 1500, "[mock gate=g chunks=3]"))
         .await;
     assert_eq!(response.status(), 200);
-    let refused = app.chat_as("sk-a", body(false, 1500, "hi")).await;
+    let held = estimate(&body(true, 1500, "[mock gate=g chunks=3]"));
+    let next = body(false, 1500, "hi");
+    let refused = app.chat_as("sk-a", next.clone()).await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after-ms"));
+    // What the bucket holds (the stream's reservation taken, and what has
+    // refilled since: 33 tokens a second), not 0.
+    let left = remaining_tokens(&refused);
+    assert!((2000 - held..2000 - held + 100).contains(&left), "{left}");
     let error = error_of(refused).await;
     assert_eq!(error["type"], "rate_limit_reached_error");
     assert_eq!(
         error["message"],
-        "rate limit reached for key team-a: 2000 tokens per minute"
+        format!(
+            "rate limit reached for key team-a: 2000 tokens per minute ({left} left, the request is estimated at {} tokens)",
+            estimate(&next)
+        )
     );
     app.mock.release("g", 10);
     sse_data(response).await;
@@ -115,16 +125,18 @@ async fn a_running_streams_reservation_holds_tokens_back_until_it_ends() {
 #[tokio::test]
 async fn a_spent_daily_budget_is_a_quota_error() {
     let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 50\n").await;
-    // A full budget admits a request estimated above it; real usage is less.
-    let first = app.chat_as("sk-a", body(false, 1000, "hi")).await;
+    // A full budget admits a request estimated above it; its real usage
+    // (a long prompt) is above the budget too, and leaves nothing.
+    let first = app
+        .chat_as("sk-a", body(false, 1000, &"x".repeat(400)))
+        .await;
     assert_eq!(first.status(), 200);
-    let answer: serde_json::Value = first.json().await.unwrap();
-    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
     wait_until("the reservation is settled", async || {
-        tokens_left(&app) == 50 - used
+        tokens_left(&app) == 0
     })
     .await;
-    let refused = app.chat_as("sk-a", body(false, 1000, "hi")).await;
+    let next = body(false, 1000, "hi");
+    let refused = app.chat_as("sk-a", next.clone()).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["x-should-retry"], "false");
     assert!(refused.headers().contains_key("retry-after"));
@@ -134,7 +146,45 @@ async fn a_spent_daily_budget_is_a_quota_error() {
     assert_eq!(error["code"], "tokens_per_day");
     assert_eq!(
         error["message"],
-        "daily token budget spent for key team-a: 50 tokens per day"
+        format!(
+            "daily token budget spent for key team-a: 50 tokens per day (0 left, the request is estimated at {} tokens)",
+            estimate(&next)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_daily_budget_too_low_for_one_request_is_a_rate_limit() {
+    // What is left would serve a smaller request: not a spent budget, and
+    // the refusal says how much is left and what the request needed.
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 50\n").await;
+    let first = app.chat_as("sk-a", body(false, 1000, "hi")).await;
+    let answer: serde_json::Value = first.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < 50, "{used}");
+    wait_until("the reservation is settled", async || {
+        tokens_left(&app) == 50 - used
+    })
+    .await;
+    let next = body(false, 1000, "hi");
+    let refused = app.chat_as("sk-a", next.clone()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-should-retry"], "true");
+    assert!(refused.headers().contains_key("retry-after"));
+    let left = (50 - used).to_string();
+    assert_eq!(
+        refused.headers()["x-ratelimit-remaining-tokens"],
+        left.as_str()
+    );
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "rate_limit_reached_error");
+    assert_eq!(error["code"], "tokens_per_day");
+    assert_eq!(
+        error["message"],
+        format!(
+            "daily token budget of key team-a too low for this request: 50 tokens per day ({left} left, the request is estimated at {} tokens)",
+            estimate(&next)
+        )
     );
 }
 

@@ -10,7 +10,8 @@
 --             scored by when they expire
 --
 -- Returns {1, remaining_1, reset_ms_1, remaining_2, ...} when admitted,
--- or {0, index of the refusing limit, retry-after in ms}.
+-- or {0, index of the refusing limit, retry-after in ms, what it holds
+-- (tokens; 0 for requests and concurrency)}.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local lease, lease_ms = ARGV[1], tonumber(ARGV[2])
@@ -27,7 +28,7 @@ for i, key in ipairs(KEYS) do
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local used = redis.call('ZCARD', key)
     if used >= limit then
-      return {0, i, 1000}
+      return {0, i, 1000, 0}
     end
     out[#out + 1] = limit - used - 1
     out[#out + 1] = 0
@@ -40,7 +41,8 @@ for i, key in ipairs(KEYS) do
     -- A full bucket admits a cost larger than itself (a big max_tokens).
     local conforms_in = owed + math.min(cost, limit) * interval - period
     if conforms_in > 0 then
-      return {0, i, math.ceil(conforms_in)}
+      local left = math.max(0, math.floor((period - owed) / interval + 1e-6))
+      return {0, i, math.ceil(conforms_in), math.min(left, limit)}
     end
     local debt = owed + cost * interval
     next_tat[i] = now + debt

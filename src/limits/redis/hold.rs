@@ -5,7 +5,9 @@
 //! slots expire).
 
 use super::{RedisBackend, StoreCall};
-use crate::limits::spec::{DAY, Denial, LimitKind, MINUTE, Scope, Snapshot, Window};
+use crate::limits::spec::{
+    DAY, Denial, LimitKind, MINUTE, Scope, Snapshot, TokenShortfall, Window,
+};
 use redis::Script;
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
@@ -366,12 +368,17 @@ impl RedisBackend {
         if reply.first() == Some(&0) {
             let check = &checks[(reply[1] as usize).saturating_sub(1).min(checks.len() - 1)];
             let scope = scopes[check.scope];
+            let tokens = !check.concurrency && !check.kind.is_requests();
             return Ok(Err(Denial {
                 label: scope.label.clone(),
                 scope: scope.kind,
                 limit: check.kind,
                 value: check.limit,
                 retry_after: Duration::from_millis(reply[2].max(1) as u64),
+                shortfall: tokens.then(|| TokenShortfall {
+                    left: reply.get(3).map_or(0, |&left| left.max(0) as u64),
+                    estimate,
+                }),
             }));
         }
         for (check, pair) in checks.iter().zip(reply[1..].chunks(2)) {
