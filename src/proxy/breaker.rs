@@ -192,6 +192,25 @@ impl Breaker {
         }
     }
 
+    /// An attempt already reported a success failed after all: a stream
+    /// the target cut, or left silent, after its first event. Counted as a
+    /// failure in the error-ratio window, whose total already holds the
+    /// attempt (a consecutive run, which the success ended, is not
+    /// resumed): a target whose streams keep failing part-way opens its
+    /// circuit by the ratio.
+    pub fn late_failure(&self) {
+        self.late_failure_at(now_ms());
+    }
+
+    fn late_failure_at(&self, now: u64) {
+        let (total, failed) = self.count_late(now);
+        let ratio_tripped = total >= self.settings.min_requests
+            && f64::from(failed) / f64::from(total) >= self.settings.error_ratio;
+        if ratio_tripped && self.state_at(now) == BreakerState::Closed {
+            self.open(now, self.cooldown_ms.load(Ordering::Relaxed));
+        }
+    }
+
     fn open(&self, now: u64, cooldown: u64) {
         self.open_until_ms
             .store((now + cooldown).max(1), Ordering::Release);
@@ -221,6 +240,18 @@ impl Breaker {
             self.window_failed.load(Ordering::Relaxed)
         };
         (total, failed_count)
+    }
+
+    /// Turns a success counted in the window into a failure; in a window
+    /// begun since, counts it as a new outcome.
+    fn count_late(&self, now: u64) -> (u32, u32) {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > self.settings.window.as_millis() as u64 {
+            return self.count(now, true);
+        }
+        let failed = self.window_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self.window_total.load(Ordering::Relaxed).max(failed);
+        (total, failed)
     }
 }
 
@@ -329,6 +360,43 @@ mod tests {
         let permit = b.try_acquire_at(now).expect("allowed");
         b.on_failure(permit.probe, now);
         std::mem::forget(permit);
+    }
+
+    fn succeed(b: &Breaker, now: u64) {
+        let permit = b.try_acquire_at(now).expect("allowed");
+        b.on_success(permit.probe, now);
+        std::mem::forget(permit);
+    }
+
+    #[test]
+    fn streams_that_fail_after_their_first_event_open_the_circuit_by_ratio() {
+        // Each stream's attempt succeeded, then failed part-way: 10 of 10.
+        let b = breaker();
+        for now in 1..=10 {
+            assert_eq!(b.state_at(now), BreakerState::Closed, "at {now}");
+            succeed(&b, now);
+            b.late_failure_at(now);
+        }
+        assert_eq!(b.state_at(11), BreakerState::Open);
+
+        // Four of ten stay under the ratio; the window still counts ten.
+        let b = breaker();
+        for now in 1..=10 {
+            succeed(&b, now);
+            if now % 3 == 0 || now == 10 {
+                b.late_failure_at(now);
+            }
+        }
+        assert_eq!(b.state_at(11), BreakerState::Closed);
+        assert_eq!(b.window_total.load(Ordering::Relaxed), 10);
+        assert_eq!(b.window_failed.load(Ordering::Relaxed), 4);
+
+        // A late failure in a window begun since counts as an outcome.
+        let b = breaker();
+        succeed(&b, 1);
+        b.late_failure_at(20_000);
+        assert_eq!(b.window_total.load(Ordering::Relaxed), 1);
+        assert_eq!(b.window_failed.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -214,6 +214,7 @@ pub async fn forward(
                 shutdown: ctx.drain.stream_token(),
                 chunk_gap: series.chunk_gap.clone(),
                 open_streams: ctx.metrics.open_streams.clone(),
+                breaker: target.breaker.clone(),
             },
             stats.clone(),
         )

@@ -390,6 +390,30 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     assert_eq!(seen(&app, Flavour::Moonshot), 5);
 }
 
+/// A stream the provider cuts after its first event was a successful
+/// attempt when it began; its failure still counts against the circuit
+/// (by the error ratio), so a provider whose streams keep dying part-way
+/// is taken out of rotation. A stream the client leaves does not count.
+#[tokio::test]
+async fn streams_cut_part_way_open_the_circuit() {
+    let config = "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 100\n\
+                  error_ratio = 0.5\nmin_requests = 4\nwindow_secs = 60\ncooldown_secs = 60\n";
+    let app = spawn_app_with(config, &[]).await;
+    let turbo = |content: &str| chat_body("kimi-k2-turbo-preview", content, true);
+    for _ in 0..4 {
+        let response = app
+            .chat(turbo("[mock chunks=5 cut_after=2 chunk_delay_ms=20]"))
+            .await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap_or_default();
+        assert!(!text.contains("[DONE]"), "{text}");
+    }
+    let response = app.chat(turbo("hi")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_of(response).await["code"], "circuit_open");
+    assert_eq!(seen(&app, Flavour::Moonshot), 4);
+}
+
 /// A refused key, spent credit or denied permission is the account's
 /// state, not the target's health: each request gets the error that names
 /// it (not a retryable `circuit_open`), and the circuit stays closed.

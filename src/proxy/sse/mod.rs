@@ -10,6 +10,7 @@ mod after_done;
 mod gather;
 mod inspect;
 
+use super::breaker::Breaker;
 pub use super::event_align::EventAligner;
 use super::relay_waits::RelayWaits;
 use super::sse_events::first_event_start;
@@ -67,6 +68,9 @@ pub struct RelaySettings {
     /// Silence between upstream events, this provider's series.
     pub chunk_gap: Histogram,
     pub open_streams: IntGauge,
+    /// The target's circuit, told when its stream fails after the first
+    /// event (the attempt counted as a success then).
+    pub breaker: Arc<Breaker>,
 }
 
 /// The stream body sent to the client.
@@ -113,6 +117,7 @@ pub struct SseRelay {
     last_event: Instant,
     chunk_gap: Histogram,
     open_streams: IntGauge,
+    breaker: Arc<Breaker>,
 }
 
 impl Drop for SseRelay {
@@ -168,6 +173,7 @@ impl SseRelay {
             last_event: now,
             chunk_gap: settings.chunk_gap,
             open_streams: settings.open_streams,
+            breaker: settings.breaker,
         };
         relay.open_streams.inc();
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
@@ -472,6 +478,11 @@ impl SseRelay {
                 Poll::Ready(None)
             }
             Err(err) => {
+                // The provider cut the stream, fell silent or ended it
+                // unfinished: its health, unless the drain ended it.
+                if err.code.as_deref() != Some("gateway_shutdown") {
+                    self.breaker.late_failure();
+                }
                 // After the first byte the status is already sent: end with
                 // one error event and no [DONE], so SDKs raise.
                 let event = err.sse_event();

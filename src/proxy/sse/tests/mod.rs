@@ -5,6 +5,7 @@ use super::gather::GATHER_LIMIT;
 use super::*;
 use crate::config::test_provider;
 use crate::error::ErrorType;
+use crate::proxy::breaker::BreakerSettings;
 use futures_util::StreamExt;
 use prometheus::HistogramOpts;
 
@@ -24,6 +25,7 @@ fn settings() -> RelaySettings {
         shutdown: CancellationToken::new(),
         chunk_gap: Histogram::with_opts(HistogramOpts::new("gap", "gap")).unwrap(),
         open_streams: IntGauge::new("open", "open").unwrap(),
+        breaker: Arc::new(Breaker::new(BreakerSettings::default())),
     }
 }
 
