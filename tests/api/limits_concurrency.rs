@@ -105,18 +105,27 @@ async fn a_queued_request_takes_the_slot_that_frees() {
     )
     .await;
     let running = held_stream(&app, None, "kimi-k2-turbo-preview", "g").await;
-    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
-    let queued = tokio::spawn(async move {
-        let body = chat_body("kimi-k2-turbo-preview", "hi", false).to_string();
-        client.post(url).body(body).send().await.unwrap().status()
-    });
+    let queued = turbo_in_background(&app);
     wait_until("the request queues", async || {
         provider_queued(&app, "moonshot") == 1
     })
     .await;
     app.mock.release("g", 10);
     sse_data(running).await;
-    assert_eq!(queued.await.unwrap(), 200);
+    assert_eq!(queued.await.unwrap().0, 200);
+}
+
+/// Sends a plain request for Moonshot's own model from a task of its own;
+/// the task gives its status and when it came.
+fn turbo_in_background(
+    app: &TestApp,
+) -> tokio::task::JoinHandle<(reqwest::StatusCode, std::time::Instant)> {
+    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+    tokio::spawn(async move {
+        let body = chat_body("kimi-k2-turbo-preview", "hi", false).to_string();
+        let response = client.post(url).body(body).send().await.unwrap();
+        (response.status(), std::time::Instant::now())
+    })
 }
 
 /// A request whose queue time ran out is queued again at once on its next
@@ -131,12 +140,7 @@ async fn a_request_refused_after_queueing_queues_again_at_once() {
     )
     .await;
     let running = held_stream(&app, None, "kimi-k2-turbo-preview", "g").await;
-    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
-    let queued = tokio::spawn(async move {
-        let body = chat_body("kimi-k2-turbo-preview", "hi", false).to_string();
-        let response = client.post(url).body(body).send().await.unwrap();
-        (response.status(), std::time::Instant::now())
-    });
+    let queued = turbo_in_background(&app);
     let retries = app
         .state
         .metrics

@@ -124,28 +124,32 @@ async fn tokens_are_settled_in_redis_for_plain_and_streamed_answers() {
     );
 }
 
+fn fifty_tokens_ask(content: &str) -> serde_json::Value {
+    json!({"model": "kimi-k2.6", "max_tokens": 1000,
+           "messages": [{"role": "user", "content": content}]})
+}
+
+/// A fresh Redis and gateway with `team-a` at 50 tokens a day, once a
+/// request with `content` has been answered and settled; and its usage.
+async fn fifty_tokens_a_day_after(content: &str) -> (RedisServer, TestApp, u64) {
+    let redis = RedisServer::start().await;
+    let limits = "tokens_per_day = 50\nconcurrent_requests = 1";
+    let app = spawn_with_keys(&redis_limits(&redis, "open", limits)).await;
+    let first = app.chat_as("sk-a", fifty_tokens_ask(content)).await;
+    assert_eq!(first.status(), 200);
+    let answer: serde_json::Value = first.json().await.unwrap();
+    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
+    wait_until("settled", async || redis.zcard(LEASES).await == 0).await;
+    (redis, app, used)
+}
+
 /// A token limit in Redis that refuses a request says what it holds, in
 /// `x-ratelimit-remaining-tokens` and the message: a daily budget with
 /// some left is a rate limit, one with nothing left a spent quota.
 #[tokio::test]
 async fn a_token_refusal_in_redis_says_what_is_left() {
-    let redis = RedisServer::start().await;
-    let config = redis_limits(
-        &redis,
-        "open",
-        "tokens_per_day = 50\nconcurrent_requests = 1",
-    );
-    let app = spawn_with_keys(&config).await;
-    let request = |content: &str| {
-        json!({"model": "kimi-k2.6", "max_tokens": 1000,
-               "messages": [{"role": "user", "content": content}]})
-    };
-    let first = app.chat_as("sk-a", request("hi")).await;
-    let answer: serde_json::Value = first.json().await.unwrap();
-    let used = answer["usage"]["total_tokens"].as_u64().unwrap();
-    wait_until("settled", async || redis.zcard(LEASES).await == 0).await;
-
-    let refused = app.chat_as("sk-a", request("hi")).await;
+    let (_redis, app, used) = fifty_tokens_a_day_after("hi").await;
+    let refused = app.chat_as("sk-a", fifty_tokens_ask("hi")).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(remaining_tokens(&refused), 50 - used);
     assert_eq!(refused.headers()["x-should-retry"], "true");
@@ -157,24 +161,13 @@ async fn a_token_refusal_in_redis_says_what_is_left() {
         "{error}"
     );
 
-    // Spent: a full bucket's overdraft leaves nothing.
-    let redis = RedisServer::start().await;
-    let config = redis_limits(
-        &redis,
-        "open",
-        "tokens_per_day = 50\nconcurrent_requests = 1",
-    );
-    let app = spawn_with_keys(&config).await;
-    let long = "x".repeat(400);
-    assert_eq!(app.chat_as("sk-a", request(&long)).await.status(), 200);
-    wait_until("settled", async || redis.zcard(LEASES).await == 0).await;
-    let refused = app.chat_as("sk-a", request("hi")).await;
+    // Spent: a full bucket's overdraft (a long prompt) leaves nothing.
+    let (_redis, app, _) = fifty_tokens_a_day_after(&"x".repeat(400)).await;
+    let refused = app.chat_as("sk-a", fifty_tokens_ask("hi")).await;
     assert_eq!(remaining_tokens(&refused), 0);
     assert_eq!(refused.headers()["x-should-retry"], "false");
-    assert_eq!(
-        error_of(refused).await["type"],
-        "exceeded_current_quota_error"
-    );
+    let error = error_of(refused).await;
+    assert_eq!(error["type"], "exceeded_current_quota_error");
 }
 
 #[tokio::test]

@@ -135,22 +135,29 @@ async fn a_spent_daily_budget_is_a_quota_error() {
         tokens_left(&app) == 0
     })
     .await;
+    let quota = "exceeded_current_quota_error";
+    assert_refused_by_the_day(&app, 0, quota, "daily token budget spent for key team-a").await;
+}
+
+/// Sends `team-a` a request of ~1,000 tokens that its budget of 50 a day
+/// refuses, and checks the refusal: `left` tokens held, the error's type,
+/// and its message, `prefix` then the limit, what is left and the estimate.
+async fn assert_refused_by_the_day(app: &TestApp, left: u64, error_type: &str, prefix: &str) {
     let next = body(false, 1000, "hi");
     let refused = app.chat_as("sk-a", next.clone()).await;
     assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["x-should-retry"], "false");
+    let retry = if left == 0 { "false" } else { "true" };
+    assert_eq!(refused.headers()["x-should-retry"], retry);
     assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(refused.headers()["x-ratelimit-remaining-tokens"], "0");
+    assert_eq!(remaining_tokens(&refused), left);
     let error = error_of(refused).await;
-    assert_eq!(error["type"], "exceeded_current_quota_error");
+    assert_eq!(error["type"], error_type);
     assert_eq!(error["code"], "tokens_per_day");
-    assert_eq!(
-        error["message"],
-        format!(
-            "daily token budget spent for key team-a: 50 tokens per day (0 left, the request is estimated at {} tokens)",
-            estimate(&next)
-        )
+    let estimate = estimate(&next);
+    let expected = format!(
+        "{prefix}: 50 tokens per day ({left} left, the request is estimated at {estimate} tokens)"
     );
+    assert_eq!(error["message"], expected);
 }
 
 #[tokio::test]
@@ -166,26 +173,8 @@ async fn a_daily_budget_too_low_for_one_request_is_a_rate_limit() {
         tokens_left(&app) == 50 - used
     })
     .await;
-    let next = body(false, 1000, "hi");
-    let refused = app.chat_as("sk-a", next.clone()).await;
-    assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["x-should-retry"], "true");
-    assert!(refused.headers().contains_key("retry-after"));
-    let left = (50 - used).to_string();
-    assert_eq!(
-        refused.headers()["x-ratelimit-remaining-tokens"],
-        left.as_str()
-    );
-    let error = error_of(refused).await;
-    assert_eq!(error["type"], "rate_limit_reached_error");
-    assert_eq!(error["code"], "tokens_per_day");
-    assert_eq!(
-        error["message"],
-        format!(
-            "daily token budget of key team-a too low for this request: 50 tokens per day ({left} left, the request is estimated at {} tokens)",
-            estimate(&next)
-        )
-    );
+    let prefix = "daily token budget of key team-a too low for this request";
+    assert_refused_by_the_day(&app, 50 - used, "rate_limit_reached_error", prefix).await;
 }
 
 #[tokio::test]

@@ -161,63 +161,41 @@ async fn moonshots_stated_wait_is_honoured_and_passed_on() {
     assert_eq!(header(&response, "retry-after-ms"), "1000");
 }
 
-#[tokio::test]
-async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
+/// Has Moonshot answer `error` with `Retry-After: retry_after`, and checks
+/// that the target is skipped: a model Agentsflare serves too is answered
+/// there after one Moonshot attempt, and Moonshot's own model gets the 429
+/// after one attempt, with `passed_on` as its `Retry-After`.
+async fn assert_moonshot_skipped(error: &str, retry_after: &str, passed_on: Option<&str>) {
     let app = spawn_app_with(FAST, &[]).await;
-    let response = app
-        .chat(chat_body(
-            "kimi-k2.6",
-            "[mock moonshot:error=rate_limit moonshot:retry_after=60]",
-            false,
-        ))
-        .await;
+    let directive = format!("[mock moonshot:error={error} moonshot:retry_after={retry_after}]");
+    let response = app.chat(chat_body("kimi-k2.6", &directive, false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
     assert_eq!(seen(&app, Flavour::Moonshot), 1);
 
-    // With no other target, the client gets the 429 and the provider's wait.
+    let directive = format!("[mock error={error} retry_after={retry_after}]");
     let response = app
-        .chat(chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock error=rate_limit retry_after=60]",
-            false,
-        ))
+        .chat(chat_body("kimi-k2-turbo-preview", &directive, false))
         .await;
     assert_eq!(response.status(), 429);
-    assert_eq!(header(&response, "retry-after"), "60");
     assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    let shown = response.headers().get("retry-after");
+    assert_eq!(shown.map(|v| v.to_str().unwrap()), passed_on);
     assert_eq!(seen(&app, Flavour::Moonshot), 2);
+}
+
+#[tokio::test]
+async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
+    // With no other target, the client gets the provider's wait.
+    assert_moonshot_skipped("rate_limit", "60", Some("60")).await;
 }
 
 #[tokio::test]
 async fn a_retry_after_that_is_no_wait_skips_the_target() {
     // "soon" is neither seconds nor a date, and the overloaded message
     // states no wait: the provider asked for a wait the gateway cannot
-    // read, so it is not asked again at once.
-    let app = spawn_app_with(FAST, &[]).await;
-    let response = app
-        .chat(chat_body(
-            "kimi-k2.6",
-            "[mock moonshot:error=overloaded moonshot:retry_after=soon]",
-            false,
-        ))
-        .await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
-    assert_eq!(seen(&app, Flavour::Moonshot), 1);
-
-    // With no other target: one attempt, and no wait passed on.
-    let response = app
-        .chat(chat_body(
-            "kimi-k2-turbo-preview",
-            "[mock error=overloaded retry_after=soon]",
-            false,
-        ))
-        .await;
-    assert_eq!(response.status(), 429);
-    assert_eq!(header(&response, "x-gateway-attempts"), "1");
-    assert!(response.headers().get("retry-after").is_none());
-    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    // read, so it is not asked again at once, and no wait is passed on.
+    assert_moonshot_skipped("overloaded", "soon", None).await;
 
     // A wait the message states stands in for it: waited, then served.
     assert_waited_then_served(
