@@ -67,6 +67,11 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
     }
+    if let Some(text) = &scenario.retry_after_ms {
+        if let Ok(value) = HeaderValue::from_str(text) {
+            response.headers_mut().insert("retry-after-ms", value);
+        }
+    }
     response
 }
 

@@ -57,6 +57,8 @@ pub struct Scenario {
     /// `retry_after=` given a word, not a number: sent as it is (a
     /// `Retry-After` nobody can read as a wait).
     pub retry_after_text: Option<String>,
+    /// `retry-after-ms` sent with an error, as it is.
+    pub retry_after_ms: Option<String>,
     /// Content chunks in a stream.
     pub chunks: Option<usize>,
     pub head_delay: Duration,
@@ -140,6 +142,7 @@ impl Scenario {
                         scenario.retry_after.is_none().then(|| value.to_string());
                 }
                 "retry_after_as_date" => scenario.retry_after_as_date = true,
+                "retry_after_ms" => scenario.retry_after_ms = Some(value.to_string()),
                 "chunks" => scenario.chunks = number().map(|n| n as usize),
                 "head_delay_ms" => {
                     scenario.head_delay = Duration::from_millis(number().unwrap_or(0))

@@ -102,6 +102,9 @@ struct TargetState {
     tried: bool,
     skipped: bool,
     not_before: Option<Instant>,
+    /// Its last attempt queued for the provider's slot until the queue
+    /// time ran out: the next one queues again with no backoff.
+    queue_again: bool,
 }
 
 /// Runs `attempt` against the route's targets until one succeeds or the
@@ -150,7 +153,11 @@ where
         let target = order[i];
         cursor = i + 1;
         if states[i].tried {
-            let backoff = backoff(settings, report.attempts);
+            let backoff = if states[i].queue_again {
+                Duration::ZERO
+            } else {
+                backoff(settings, report.attempts)
+            };
             let hinted = states[i]
                 .not_before
                 .map_or(Duration::ZERO, |t| t - Instant::now().min(t));
@@ -219,10 +226,12 @@ where
                 }
                 // The gateway's own cap on the provider refused after
                 // queueing: the queue was the wait. The next attempt there
-                // queues again at once (a freed slot wakes it), rather than
-                // leaving a slot that frees meanwhile to newcomers.
+                // queues again at once, with no backoff either (a freed
+                // slot wakes it), rather than leaving a slot that frees
+                // meanwhile to newcomers.
                 let queued = error.limit_scope == Some(ScopeKind::Provider)
                     && error.error_type == ErrorType::EngineOverloadedError;
+                states[i].queue_again = queued;
                 match asked_wait(&error).filter(|_| !queued) {
                     Some(wait) if wait > settings.max_retry_after => states[i].skipped = true,
                     Some(wait) => states[i].not_before = Some(Instant::now() + wait),

@@ -13,9 +13,11 @@ use std::time::{Duration, SystemTime};
 pub struct AskedWait {
     pub retry_after: Option<HeaderValue>,
     pub retry_after_ms: Option<NonZeroU32>,
-    /// A `Retry-After` came that is neither seconds nor a date (and so is
-    /// not passed on): the provider asked for a wait the gateway cannot
-    /// read, and its target is skipped rather than tried again at once.
+    /// A `Retry-After` came that is neither seconds nor a date, or a
+    /// `retry-after-ms` that is no number (and so is not passed on): the
+    /// provider asked for a wait the gateway cannot read, and unless the
+    /// other field or the message says one, its target is skipped rather
+    /// than tried again at once.
     pub retry_after_unreadable: bool,
 }
 

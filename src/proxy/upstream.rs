@@ -168,14 +168,15 @@ pub async fn forward(
         let retry_after = sent_retry_after
             .and_then(|v| response.headers.shared_value(v))
             .and_then(provider_wait::forwarded_retry_after);
+        let sent_retry_after_ms = response.headers.get("retry-after-ms");
+        let retry_after_ms = sent_retry_after_ms
+            .and_then(provider_wait::retry_after_ms)
+            .map(wait_millis);
         let asked = AskedWait {
-            retry_after_unreadable: sent_retry_after.is_some() && retry_after.is_none(),
+            retry_after_unreadable: (sent_retry_after.is_some() && retry_after.is_none())
+                || (sent_retry_after_ms.is_some() && retry_after_ms.is_none()),
             retry_after,
-            retry_after_ms: response
-                .headers
-                .get("retry-after-ms")
-                .and_then(provider_wait::retry_after_ms)
-                .map(wait_millis),
+            retry_after_ms,
         };
         // The status is known: a body that does not follow promptly is not
         // worth the rest of the first-byte deadline before failing over.

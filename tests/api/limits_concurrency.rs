@@ -130,11 +130,12 @@ fn turbo_in_background(
 
 /// A request whose queue time ran out is queued again at once on its next
 /// attempt there: a slot that frees just after takes it, instead of
-/// waiting out the queue's length again (which left the slot to newcomers).
+/// waiting out the queue's length or the backoff (which left the slot to
+/// newcomers).
 #[tokio::test]
 async fn a_request_refused_after_queueing_queues_again_at_once() {
     let app = spawn_app_with(
-        "[retry]\nmax_attempts = 3\nbackoff_base_ms = 1\nbackoff_max_ms = 5\n\
+        "[retry]\nmax_attempts = 3\nbackoff_base_ms = 3000\nbackoff_max_ms = 3000\n\
          [limits]\nprovider_queue_ms = 2000\n[limits.providers.moonshot]\nconcurrent_requests = 1\n",
         &[],
     )
@@ -152,7 +153,8 @@ async fn a_request_refused_after_queueing_queues_again_at_once() {
     sse_data(running).await;
     let (status, answered) = queued.await.unwrap();
     assert_eq!(status, 200);
-    // Waiting out the queue's length first would take 2 s more.
+    // Waiting out the queue's length (2 s) or the backoff (3 s) first
+    // would take that much more.
     let took = answered.duration_since(released);
     assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
 }

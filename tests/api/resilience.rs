@@ -161,19 +161,19 @@ async fn moonshots_stated_wait_is_honoured_and_passed_on() {
     assert_eq!(header(&response, "retry-after-ms"), "1000");
 }
 
-/// Has Moonshot answer `error` with `Retry-After: retry_after`, and checks
+/// Has Moonshot answer `error` with the `wait` directive, and checks
 /// that the target is skipped: a model Agentsflare serves too is answered
 /// there after one Moonshot attempt, and Moonshot's own model gets the 429
 /// after one attempt, with `passed_on` as its `Retry-After`.
-async fn assert_moonshot_skipped(error: &str, retry_after: &str, passed_on: Option<&str>) {
+async fn assert_moonshot_skipped(error: &str, wait: &str, passed_on: Option<&str>) {
     let app = spawn_app_with(FAST, &[]).await;
-    let directive = format!("[mock moonshot:error={error} moonshot:retry_after={retry_after}]");
+    let directive = format!("[mock moonshot:error={error} moonshot:{wait}]");
     let response = app.chat(chat_body("kimi-k2.6", &directive, false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
     assert_eq!(seen(&app, Flavour::Moonshot), 1);
 
-    let directive = format!("[mock error={error} retry_after={retry_after}]");
+    let directive = format!("[mock error={error} {wait}]");
     let response = app
         .chat(chat_body("kimi-k2-turbo-preview", &directive, false))
         .await;
@@ -187,7 +187,7 @@ async fn assert_moonshot_skipped(error: &str, retry_after: &str, passed_on: Opti
 #[tokio::test]
 async fn a_long_retry_after_skips_the_target_instead_of_waiting() {
     // With no other target, the client gets the provider's wait.
-    assert_moonshot_skipped("rate_limit", "60", Some("60")).await;
+    assert_moonshot_skipped("rate_limit", "retry_after=60", Some("60")).await;
 }
 
 #[tokio::test]
@@ -195,7 +195,8 @@ async fn a_retry_after_that_is_no_wait_skips_the_target() {
     // "soon" is neither seconds nor a date, and the overloaded message
     // states no wait: the provider asked for a wait the gateway cannot
     // read, so it is not asked again at once, and no wait is passed on.
-    assert_moonshot_skipped("overloaded", "soon", None).await;
+    assert_moonshot_skipped("overloaded", "retry_after=soon", None).await;
+    assert_moonshot_skipped("overloaded", "retry_after_ms=soon", None).await;
 
     // A wait the message states stands in for it: waited, then served.
     assert_waited_then_served(
@@ -368,23 +369,29 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     assert_eq!(seen(&app, Flavour::Moonshot), 5);
 }
 
-/// A stream the provider cuts after its first event was a successful
-/// attempt when it began; its failure still counts against the circuit
+/// A stream the provider cuts (or ends with a server error event) after
+/// its first event was a successful attempt when it began; its failure
+/// still counts against the circuit
 /// (by the error ratio), so a provider whose streams keep dying part-way
 /// is taken out of rotation. A stream the client leaves does not count.
 #[tokio::test]
 async fn streams_cut_part_way_open_the_circuit() {
     let config = "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 100\n\
-                  error_ratio = 0.5\nmin_requests = 4\nwindow_secs = 60\ncooldown_secs = 60\n";
+                  error_ratio = 0.75\nmin_requests = 4\nwindow_secs = 60\ncooldown_secs = 60\n";
     let app = spawn_app_with(config, &[]).await;
     let turbo = |content: &str| chat_body("kimi-k2-turbo-preview", content, true);
-    for _ in 0..4 {
-        let response = app
-            .chat(turbo("[mock chunks=5 cut_after=2 chunk_delay_ms=20]"))
-            .await;
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap_or_default();
-        assert!(!text.contains("[DONE]"), "{text}");
+    // Two cut, two ended by an error event that says nothing (a server
+    // error; an overloaded one would say nothing of the provider's health).
+    for directive in [
+        "[mock chunks=5 cut_after=2 chunk_delay_ms=20]",
+        "[mock chunks=5 error_event_after=2 empty_error chunk_delay_ms=20]",
+    ] {
+        for _ in 0..2 {
+            let response = app.chat(turbo(directive)).await;
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.unwrap_or_default();
+            assert!(!text.contains("[DONE]"), "{text}");
+        }
     }
     let response = app.chat(turbo("hi")).await;
     assert_eq!(response.status(), 503);

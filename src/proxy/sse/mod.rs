@@ -12,6 +12,7 @@ mod inspect;
 
 use super::breaker::Breaker;
 pub use super::event_align::EventAligner;
+use super::failover::{Verdict, classify};
 use super::relay_waits::RelayWaits;
 use super::sse_events::first_event_start;
 use super::sse_lines::longest_event;
@@ -466,23 +467,33 @@ impl SseRelay {
         }
     }
 
+    /// The stream failed after its first event (its attempt counted as a
+    /// success then): the provider cut it, fell silent, ended it unfinished
+    /// or sent a server error event. Counted as the target's health as a
+    /// failed attempt would be; the drain ending it, or a rate-limit or
+    /// overloaded event, is not.
+    fn count_against_the_circuit(&self, err: &GatewayError) {
+        if matches!(classify(err), Verdict::Retry { unhealthy: true }) {
+            self.breaker.late_failure();
+        }
+    }
+
     fn finish(&mut self, end: Result<(), GatewayError>) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.finished = true;
         match end {
             Ok(()) => {
                 let end = match self.provider_error.take() {
-                    Some(err) => StreamEnd::Failed(err),
+                    Some(err) => {
+                        self.count_against_the_circuit(&err);
+                        StreamEnd::Failed(err)
+                    }
                     None => StreamEnd::Complete,
                 };
                 self.stats.finish(end);
                 Poll::Ready(None)
             }
             Err(err) => {
-                // The provider cut the stream, fell silent or ended it
-                // unfinished: its health, unless the drain ended it.
-                if err.code.as_deref() != Some("gateway_shutdown") {
-                    self.breaker.late_failure();
-                }
+                self.count_against_the_circuit(&err);
                 // After the first byte the status is already sent: end with
                 // one error event and no [DONE], so SDKs raise.
                 let event = err.sse_event();
