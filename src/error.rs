@@ -84,8 +84,7 @@ pub struct GatewayError {
     pub retry_after: Option<HeaderValue>,
     /// The same wait in milliseconds (`retry-after-ms`, read by the OpenAI
     /// SDKs), when the gateway knows it that precisely.
-    /// (32 bits: small enough to keep the error type small; 49 days.)
-    pub retry_after_ms: Option<std::num::NonZeroU32>,
+    pub retry_after_ms: Option<RetryAfterMs>,
     /// Set when a rate-limit scope of the gateway refused the request
     /// (`key`, `key_model`, `provider`, `global`), for the metrics.
     pub limit_scope: Option<crate::limits::ScopeKind>,
@@ -109,6 +108,24 @@ pub struct ErrorDetails {
     /// The provider asked for a wait in a `Retry-After` the gateway cannot
     /// read: fail-over skips the target for this request.
     pub unreadable_wait: bool,
+}
+
+/// A `retry-after-ms` value: whole milliseconds, zero included (only a
+/// provider says zero; it is passed on as it is, which an SDK reads as
+/// "use your own backoff", where 1 would mean "at once"). Kept as the
+/// value plus one in 32 bits, so that an `Option` of it is 4 bytes and
+/// keeps the error type small; at most 49 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfterMs(std::num::NonZeroU32);
+
+impl RetryAfterMs {
+    pub fn new(ms: u32) -> Self {
+        RetryAfterMs(std::num::NonZeroU32::MIN.saturating_add(ms.min(u32::MAX - 1)))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get() - 1
+    }
 }
 
 /// A wait as `retry-after-ms` says it: whole milliseconds, rounded up (a
@@ -189,7 +206,7 @@ impl GatewayError {
     pub fn with_retry_after_duration(mut self, wait: std::time::Duration) -> Self {
         let ms = wait_millis(wait);
         self.retry_after = Some(HeaderValue::from(ms.get().div_ceil(1000)));
-        self.retry_after_ms = Some(ms);
+        self.retry_after_ms = Some(RetryAfterMs::new(ms.get()));
         self
     }
 

@@ -48,9 +48,8 @@ impl TokenBucket {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
             let base = current.max(now);
-            let conforms_at = base.saturating_add(need).saturating_sub(self.period_ns);
-            if conforms_at > now {
-                return Err(Duration::from_nanos(conforms_at - now));
+            if let Some(wait) = self.wait_from(base, need, now) {
+                return Err(wait);
             }
             let next = base.saturating_add(self.span(cost));
             match self
@@ -61,6 +60,20 @@ impl TokenBucket {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// How long until `cost` tokens are there (none: they are now),
+    /// without taking them.
+    pub fn wait_for(&self, cost: u64, now: u64) -> Option<Duration> {
+        let base = self.tat.load(Ordering::Acquire).max(now);
+        self.wait_from(base, self.span(cost.min(self.capacity)), now)
+    }
+
+    /// The wait for `need` nanoseconds of refill when the bucket would be
+    /// full at `base`.
+    fn wait_from(&self, base: u64, need: u64, now: u64) -> Option<Duration> {
+        let conforms_at = base.saturating_add(need).saturating_sub(self.period_ns);
+        (conforms_at > now).then(|| Duration::from_nanos(conforms_at - now))
     }
 
     /// Corrects a reservation by `delta` tokens: negative gives back what

@@ -248,12 +248,14 @@ fn take_tokens_and_requests(
                         earlier.adjust(-(estimate as i64), now);
                     }
                     hold.settle(estimate, 0);
-                    let mut denial = denial(scope, *kind, bucket.capacity(), wait);
-                    denial.shortfall = Some(TokenShortfall {
-                        left: bucket.peek(now).remaining,
-                        estimate,
-                    });
-                    return Err(denial);
+                    let refusing = Refusing {
+                        scope,
+                        bucket,
+                        kind: *kind,
+                        wait,
+                    };
+                    let worst = longest_token_wait(refusing, scopes, estimate, now);
+                    return Err(worst.denial(estimate, now));
                 }
             }
         }
@@ -272,6 +274,53 @@ fn take_tokens_and_requests(
         }
     }
     Ok(hold)
+}
+
+/// A token limit that refuses a request, and for how long.
+struct Refusing<'a> {
+    scope: &'a Scope,
+    bucket: &'a TokenBucket,
+    kind: LimitKind,
+    wait: Duration,
+}
+
+impl Refusing<'_> {
+    fn denial(&self, estimate: u64, now: u64) -> Denial {
+        let mut denial = denial(self.scope, self.kind, self.bucket.capacity(), self.wait);
+        denial.shortfall = Some(TokenShortfall {
+            left: self.bucket.peek(now).remaining,
+            estimate,
+        });
+        denial
+    }
+}
+
+/// Of every token limit that would refuse `estimate` now, the one with the
+/// longest wait: a spent daily budget is what the client must hear about,
+/// not the minute limit that happened to be checked first. Runs only on a
+/// refusal, and takes nothing.
+fn longest_token_wait<'a>(
+    first: Refusing<'a>,
+    scopes: &[&'a Arc<Scope>],
+    estimate: u64,
+    now: u64,
+) -> Refusing<'a> {
+    let mut worst = first;
+    for scope in scopes {
+        for (bucket, kind) in &scope.local.tokens {
+            if let Some(wait) = bucket.wait_for(estimate, now)
+                && wait > worst.wait
+            {
+                worst = Refusing {
+                    scope,
+                    bucket,
+                    kind: *kind,
+                    wait,
+                };
+            }
+        }
+    }
+    worst
 }
 
 fn busy(scope: &Scope, limit: u32, retry_after: Duration) -> Denial {

@@ -3,8 +3,8 @@
 //! on a 429 without either, the wait Moonshot writes into the message
 //! ("… please try again after 3 seconds").
 
+use crate::error::RetryAfterMs;
 use http::HeaderValue;
-use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime};
 
 /// The waits a provider's answer states in its header fields, passed on to
@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Default)]
 pub struct AskedWait {
     pub retry_after: Option<HeaderValue>,
-    pub retry_after_ms: Option<NonZeroU32>,
+    pub retry_after_ms: Option<RetryAfterMs>,
     /// A `Retry-After` came that is neither seconds nor a date, or a
     /// `retry-after-ms` that is no number (and so is not passed on): the
     /// provider asked for a wait the gateway cannot read, and unless the
@@ -72,6 +72,14 @@ pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
         .parse::<f64>()
         .ok()?;
     capped_secs(ms / 1000.0)
+}
+
+/// A provider's `retry-after-ms` as the client gets it: whole
+/// milliseconds, rounded up; zero stays zero. `None` when it is no number.
+pub fn forwarded_retry_after_ms(value: &[u8]) -> Option<RetryAfterMs> {
+    let wait = retry_after_ms(value)?;
+    let ms = u32::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
+    Some(RetryAfterMs::new(ms))
 }
 
 /// The wait a rate-limit message states, in lowercase `message`: "try
@@ -170,6 +178,23 @@ mod tests {
         assert_eq!(retry_after_ms(b"NaN"), None);
         assert_eq!(retry_after_ms(b"1e30"), Some(MAX_STATED_WAIT));
         assert_eq!(retry_after_ms(b"-3"), None);
+        assert_eq!(
+            forwarded_retry_after_ms(b"0").map(RetryAfterMs::get),
+            Some(0)
+        );
+        assert_eq!(
+            forwarded_retry_after_ms(b"0.2").map(RetryAfterMs::get),
+            Some(1)
+        );
+        assert_eq!(
+            forwarded_retry_after_ms(b"1500").map(RetryAfterMs::get),
+            Some(1500)
+        );
+        assert_eq!(
+            forwarded_retry_after_ms(b"1e30").map(RetryAfterMs::get),
+            Some(86_400_000)
+        );
+        assert_eq!(forwarded_retry_after_ms(b"soon"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
 use crate::client::{ClientError, PooledBody, UpstreamError, header_line, request_line};
-use crate::error::{GatewayError, wait_millis};
+use crate::error::GatewayError;
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
 use crate::wire_fields::WireFields;
@@ -169,9 +169,7 @@ pub async fn forward(
             .and_then(|v| response.headers.shared_value(v))
             .and_then(provider_wait::forwarded_retry_after);
         let sent_retry_after_ms = response.headers.get("retry-after-ms");
-        let retry_after_ms = sent_retry_after_ms
-            .and_then(provider_wait::retry_after_ms)
-            .map(wait_millis);
+        let retry_after_ms = sent_retry_after_ms.and_then(provider_wait::forwarded_retry_after_ms);
         let asked = AskedWait {
             retry_after_unreadable: (sent_retry_after.is_some() && retry_after.is_none())
                 || (sent_retry_after_ms.is_some() && retry_after_ms.is_none()),

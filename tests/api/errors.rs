@@ -157,6 +157,19 @@ async fn retry_after_from_the_provider_is_forwarded() {
 }
 
 #[tokio::test]
+async fn retry_after_ms_from_the_provider_is_forwarded_in_whole_milliseconds() {
+    // Zero stays zero (an SDK then takes its own backoff), a fraction is
+    // rounded up.
+    let app = spawn_app().await;
+    for (sent, forwarded) in [("0", "0"), ("2.5", "3")] {
+        let content = format!("[mock error=rate_limit retry_after_ms={sent}]");
+        let response = app.chat(chat_body("kimi-k2.6", &content, false)).await;
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after-ms"], forwarded, "{sent}");
+    }
+}
+
+#[tokio::test]
 async fn a_2xx_that_is_not_json_is_a_bad_gateway() {
     let app = spawn_app().await;
     for stream in [false, true] {

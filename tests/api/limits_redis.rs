@@ -129,11 +129,12 @@ fn fifty_tokens_ask(content: &str) -> serde_json::Value {
            "messages": [{"role": "user", "content": content}]})
 }
 
-/// A fresh Redis and gateway with `team-a` at 50 tokens a day, once a
-/// request with `content` has been answered and settled; and its usage.
+/// A fresh Redis and gateway with `team-a` at 50 tokens a day (and a
+/// minute), once a request with `content` has been answered and settled;
+/// and its usage.
 async fn fifty_tokens_a_day_after(content: &str) -> (RedisServer, TestApp, u64) {
     let redis = RedisServer::start().await;
-    let limits = "tokens_per_day = 50\nconcurrent_requests = 1";
+    let limits = "tokens_per_minute = 50\ntokens_per_day = 50\nconcurrent_requests = 1";
     let app = spawn_with_keys(&redis_limits(&redis, "open", limits)).await;
     let first = app.chat_as("sk-a", fifty_tokens_ask(content)).await;
     assert_eq!(first.status(), 200);
@@ -145,7 +146,8 @@ async fn fifty_tokens_a_day_after(content: &str) -> (RedisServer, TestApp, u64) 
 
 /// A token limit in Redis that refuses a request says what it holds, in
 /// `x-ratelimit-remaining-tokens` and the message: a daily budget with
-/// some left is a rate limit, one with nothing left a spent quota.
+/// some left is a rate limit, one with nothing left a spent quota. Of the
+/// two limits that refuse, the day's (the longer wait) is the one named.
 #[tokio::test]
 async fn a_token_refusal_in_redis_says_what_is_left() {
     let (_redis, app, used) = fifty_tokens_a_day_after("hi").await;
@@ -155,6 +157,7 @@ async fn a_token_refusal_in_redis_says_what_is_left() {
     assert_eq!(refused.headers()["x-should-retry"], "true");
     let error = error_of(refused).await;
     assert_eq!(error["type"], "rate_limit_reached_error");
+    assert_eq!(error["code"], "tokens_per_day");
     let left = format!("({} left, the request is estimated at", 50 - used);
     assert!(
         error["message"].as_str().unwrap().contains(&left),
@@ -168,6 +171,7 @@ async fn a_token_refusal_in_redis_says_what_is_left() {
     assert_eq!(refused.headers()["x-should-retry"], "false");
     let error = error_of(refused).await;
     assert_eq!(error["type"], "exceeded_current_quota_error");
+    assert_eq!(error["code"], "tokens_per_day");
 }
 
 #[tokio::test]

@@ -124,7 +124,20 @@ async fn a_running_streams_reservation_holds_tokens_back_until_it_ends() {
 
 #[tokio::test]
 async fn a_spent_daily_budget_is_a_quota_error() {
-    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 50\n").await;
+    assert_a_spent_day_is_a_quota_error("tokens_per_day = 50").await;
+}
+
+#[tokio::test]
+async fn a_spent_daily_budget_is_reported_over_a_minute_limit_that_refuses_too() {
+    // The minute limit is checked first and refuses too (for up to a
+    // minute); the day's refusal, a spent quota, is the one that counts.
+    assert_a_spent_day_is_a_quota_error("tokens_per_minute = 50\ntokens_per_day = 50").await;
+}
+
+/// With `limits` for `team-a` (a budget of 50 tokens a day among them), a
+/// request that overdraws the full budget leaves a spent quota behind.
+async fn assert_a_spent_day_is_a_quota_error(limits: &str) {
+    let app = spawn_with_keys(&format!("[keys.team-a.limits]\n{limits}\n")).await;
     // A full budget admits a request estimated above it; its real usage
     // (a long prompt) is above the budget too, and leaves nothing.
     let first = app

@@ -11,12 +11,15 @@
 --
 -- Returns {1, remaining_1, reset_ms_1, remaining_2, ...} when admitted,
 -- or {0, index of the refusing limit, retry-after in ms, what it holds
--- (tokens; 0 for requests and concurrency)}.
+-- (tokens; 0 for requests and concurrency)}. Of several refusing limits it
+-- names the one with the longest wait: a spent daily budget, not the
+-- minute limit that would refuse too.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local lease, lease_ms = ARGV[1], tonumber(ARGV[2])
 local next_tat = {}
 local out = {1}
+local refusal = nil
 for i, key in ipairs(KEYS) do
   local at = 2 + (i - 1) * 4
   local kind = ARGV[at + 1]
@@ -28,7 +31,9 @@ for i, key in ipairs(KEYS) do
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local used = redis.call('ZCARD', key)
     if used >= limit then
-      return {0, i, 1000, 0}
+      if not refusal or refusal[3] < 1000 then
+        refusal = {0, i, 1000, 0}
+      end
     end
     out[#out + 1] = limit - used - 1
     out[#out + 1] = 0
@@ -41,8 +46,11 @@ for i, key in ipairs(KEYS) do
     -- A full bucket admits a cost larger than itself (a big max_tokens).
     local conforms_in = owed + math.min(cost, limit) * interval - period
     if conforms_in > 0 then
-      local left = math.max(0, math.floor((period - owed) / interval + 1e-6))
-      return {0, i, math.ceil(conforms_in), math.min(left, limit)}
+      local wait = math.ceil(conforms_in)
+      if not refusal or refusal[3] < wait then
+        local left = math.max(0, math.floor((period - owed) / interval + 1e-6))
+        refusal = {0, i, wait, math.min(left, limit)}
+      end
     end
     local debt = owed + cost * interval
     next_tat[i] = now + debt
@@ -50,6 +58,9 @@ for i, key in ipairs(KEYS) do
     out[#out + 1] = math.max(0, math.floor((period - debt) / interval + 1e-6))
     out[#out + 1] = math.ceil(debt)
   end
+end
+if refusal then
+  return refusal
 end
 for i, key in ipairs(KEYS) do
   if next_tat[i] then
