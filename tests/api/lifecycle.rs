@@ -418,3 +418,54 @@ async fn a_reload_never_opens_a_gateway_that_has_keys() {
     let anonymous = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
     assert_eq!(anonymous.status(), 401, "still keyed");
 }
+
+/// A request pipelined behind a stream the drain lets finish is not served
+/// (the stream's answer says `connection: close`), and the connection ends
+/// cleanly: the client gets the whole stream, even the part still in the
+/// gateway's send buffer when it closed, then the end. (Closing a socket
+/// with unread bytes resets it, and a reset throws away what was not sent.)
+#[tokio::test]
+async fn a_request_pipelined_during_a_drain_does_not_cost_the_stream_its_end() {
+    use crate::raw_client::{Client, chat_request, header_of};
+    let mut app = spawn_app_with("[server]\ndrain_secs = 10\n", &[]).await;
+    // A small receive buffer: most of the stream waits in the gateway's
+    // send buffer until the client reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let mut client = Client {
+        stream,
+        read: Vec::new(),
+    };
+    // The provider's head comes a second after the drain begins, so the
+    // answer's head is written during the drain.
+    let directive = "[mock head_delay_ms=1000 gate=pipelined chunks=8 chunk_bytes=100000]";
+    let body = chat_body("kimi-k2.6", directive, true).to_string();
+    client.send(chat_request(&body)).await;
+    wait_until("the request is in flight", async || {
+        app.state.metrics.in_flight.get() == 1
+    })
+    .await;
+    let server = app.begin_shutdown();
+    wait_until("the drain began", async || app.state.drain.is_draining()).await;
+    let (status, head) = client.head().await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(header_of(&head, "connection"), Some("close"), "{head}");
+    // Sent while the stream's answer is being written, more than the
+    // gateway reads ahead: never served.
+    let next = chat_body("kimi-k2.6", &"long prompt ".repeat(30_000), false).to_string();
+    client.send(chat_request(&next)).await;
+    app.mock.release("pipelined", 100);
+    // The gateway is done with the connection before the client reads on.
+    let result = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(result.expect("server stopped").unwrap().is_ok());
+    let (events, _) = client.chunked_body().await;
+    let events = String::from_utf8(events).unwrap();
+    assert!(
+        events.ends_with("data: [DONE]\n\n"),
+        "{}",
+        &events[events.len() - 200..]
+    );
+    client.assert_closed().await;
+    assert_eq!(app.mock.requests_for(Flavour::Moonshot).len(), 1);
+}

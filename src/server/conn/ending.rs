@@ -14,6 +14,7 @@ use http::Version;
 use std::future::poll_fn;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// After a response to a request whose body was not read, how long the
 /// rest of it is read and dropped before the connection closes: closing
@@ -53,8 +54,17 @@ impl Connection {
         }
     }
 
+    /// Closes the connection after an answer that said `connection:
+    /// close`. A client that sent more (a request pipelined behind the
+    /// answer) is lingered on instead: closing with its bytes unread would
+    /// reset the connection, and a reset throws away the end of the answer
+    /// still in the send buffer.
     pub(super) async fn close(mut self) {
-        let _ = self.io.shutdown().await;
+        if self.read.is_empty() && !unread_bytes_waiting(&self.io) {
+            let _ = self.io.shutdown().await;
+            return;
+        }
+        self.linger().await;
     }
 
     /// Closes the sending side, then reads and drops what the client still
@@ -76,4 +86,29 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// Whether the client has sent bytes the socket holds unread (a peek that
+/// does not wait).
+#[cfg(unix)]
+fn unread_bytes_waiting(io: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: one byte is peeked into a local of one byte; the descriptor
+    // stays open for the call (the stream is borrowed).
+    let peeked = unsafe {
+        libc::recv(
+            io.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    peeked > 0
+}
+
+/// Elsewhere the close always lingers.
+#[cfg(not(unix))]
+fn unread_bytes_waiting(_: &TcpStream) -> bool {
+    true
 }
