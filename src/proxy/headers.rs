@@ -43,6 +43,9 @@ fn is_dropped(name: &[u8]) -> bool {
             | b"x-should-retry"
             | b"cache-control"
             | b"x-accel-buffering"
+            | b"x-gateway-provider"
+            | b"x-gateway-attempts"
+            | b"x-upstream-request-id"
     ) || name.starts_with(b"x-ratelimit-")
 }
 
@@ -266,6 +269,10 @@ mod tests {
             ("msh-context-cache-id", "cache-1"),
             ("retry-after", "3"),
             ("Retry-After", "3"),
+            // A gateway in front of another: its fields are this one's.
+            ("x-gateway-provider", "moonshot"),
+            ("X-Gateway-Attempts", "1"),
+            ("x-upstream-request-id", "inner"),
         ] {
             wire.push_str(&format!("{k}: {v}\r\n"));
         }

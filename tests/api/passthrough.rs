@@ -145,6 +145,39 @@ async fn provider_account_headers_and_cookies_are_not_forwarded() {
 }
 
 #[tokio::test]
+async fn a_gateway_in_front_of_another_sends_its_own_fields_not_both() {
+    let inner = spawn_app().await;
+    let outer = spawn_app_with("", &[("MOONSHOT_BASE_URL", Some(&inner.url("/v1")))]).await;
+    for stream in [false, true] {
+        let response = outer
+            .chat(chat_body("moonshot/kimi-k2.6", "hi", stream))
+            .await;
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        // The inner gateway's answer names its provider and attempts too:
+        // those are its own, not the outer one's, and never merged in.
+        for name in [
+            "x-gateway-provider",
+            "x-gateway-attempts",
+            "x-upstream-request-id",
+        ] {
+            assert_eq!(
+                headers.get_all(name).iter().count(),
+                1,
+                "{name} (stream={stream})"
+            );
+        }
+        assert_eq!(headers["x-gateway-provider"], "moonshot");
+        assert_eq!(headers["x-gateway-attempts"], "1");
+    }
+    assert_eq!(
+        inner.mock.requests().len(),
+        2,
+        "both went through the inner one"
+    );
+}
+
+#[tokio::test]
 async fn aimlapi_201_becomes_a_plain_200() {
     let app = spawn_app().await;
     let response = app
