@@ -200,13 +200,15 @@ impl ChatRequest {
         let model_span = model.ok_or_else(|| missing("model"))?;
         if model_span.len() > MAX_MODEL_SPAN {
             // No route has a name this long: not decoded (a copy of up to
-            // the whole body) only to be looked up and not found.
+            // the whole body) only to be looked up and not found. The
+            // length told is the name's as written, without its quotes.
+            let quoted = body.span(model_span.start..model_span.start + 1).first() == Some(&b'"');
+            let written = model_span.len() - if quoted { 2 } else { 0 };
             return Err(GatewayError::new(
                 http::StatusCode::NOT_FOUND,
                 crate::error::ErrorType::ResourceNotFoundError,
                 format!(
-                    "`model` is {} bytes long: no model this gateway serves has a name that long (see GET /v1/models)",
-                    model_span.len()
+                    "`model` is {written} bytes long: no model this gateway serves has a name that long (see GET /v1/models)"
                 ),
             )
             .with_param("model")
@@ -434,7 +436,8 @@ mod tests {
         let err = peek(&over).unwrap_err();
         assert_eq!(err.status, http::StatusCode::NOT_FOUND);
         assert_eq!(err.code.as_deref(), Some("model_not_found"));
-        assert!(err.message.contains("65537 bytes long"), "{err}");
+        // The name's length, not its JSON's with the quotes.
+        assert!(err.message.contains("65535 bytes long"), "{err}");
     }
 
     #[test]
