@@ -114,12 +114,7 @@ impl Limits {
             },
         };
         match hold {
-            Ok(hold) => Ok(Admission {
-                hold,
-                estimate,
-                snapshot,
-                sent: AtomicBool::new(false),
-            }),
+            Ok(hold) => Ok(Admission::new(hold, estimate, snapshot)),
             Err(denial) => {
                 let err = denial.into_error();
                 let mut fields = WireFields::default();
@@ -168,12 +163,7 @@ impl Limits {
             }
         };
         match hold {
-            Ok(hold) => Ok(Admission {
-                hold,
-                estimate,
-                snapshot,
-                sent: AtomicBool::new(false),
-            }),
+            Ok(hold) => Ok(Admission::new(hold, estimate, snapshot)),
             Err(denial) => Err(denial.into_error()),
         }
     }
@@ -207,15 +197,20 @@ impl Limits {
 }
 
 impl Admission {
+    /// An admission holding `hold`, not yet sent to a provider.
+    fn new(hold: Hold, estimate: u64, snapshot: Snapshot) -> Admission {
+        Admission {
+            hold,
+            estimate,
+            snapshot,
+            sent: AtomicBool::new(false),
+        }
+    }
+
     /// No scope applies, but the estimate is kept: the request's settlement
     /// uses it for the other admission's scopes.
     fn unlimited(estimate: u64) -> Admission {
-        Admission {
-            hold: Hold::None,
-            estimate,
-            snapshot: Snapshot::default(),
-            sent: AtomicBool::new(false),
-        }
+        Admission::new(Hold::None, estimate, Snapshot::default())
     }
 
     /// A provider attempt its limits refused, held as an admission of
@@ -223,12 +218,7 @@ impl Admission {
     /// the answer's `x-ratelimit-*` fields (when no other attempt got
     /// further).
     pub fn refused(window: Snapshot) -> Admission {
-        Admission {
-            hold: Hold::None,
-            estimate: 0,
-            snapshot: window,
-            sent: AtomicBool::new(false),
-        }
+        Admission::new(Hold::None, 0, window)
     }
 
     /// An attempt that failed before any answer: its tokens go back.
