@@ -81,12 +81,13 @@ pub fn classify(err: &GatewayError) -> Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
     Success,
-    /// Failed; another attempt follows.
+    /// Failed; the next attempt goes to the same target.
     Retry,
     /// Failed; the next attempt goes to another target.
     Failover,
+    /// The provider refused the gateway's key (the target is skipped).
     KeyRejected,
-    /// Failed, and it was the last attempt.
+    /// Failed, and no attempt followed.
     Error,
 }
 
@@ -119,12 +120,16 @@ pub async fn run<'a, T, F, Fut>(
     arrived: Instant,
     report: &mut AttemptReport<'a>,
     mut attempt: F,
-    mut on_event: impl FnMut(&'a Target, Event),
+    on_event: impl FnMut(&'a Target, Event),
 ) -> Result<T, GatewayError>
 where
     F: FnMut(&'a Target) -> Fut,
     Fut: Future<Output = Result<T, GatewayError>>,
 {
+    let mut events = Events {
+        on_event,
+        failed: None,
+    };
     let order = plan(route);
     let mut states: SmallVec<[TargetState; INLINE_TARGETS]> =
         smallvec::smallvec![TargetState::default(); order.len()];
@@ -145,13 +150,14 @@ where
                 }
                 None => {
                     states[i].skipped = true;
-                    on_event(order[i], Event::BreakerOpen);
+                    events.emit(order[i], Event::BreakerOpen);
                 }
             }
         }
         let Some((i, permit)) = picked else { break };
         let target = order[i];
         cursor = i + 1;
+        let mut wake = None;
         if states[i].tried {
             let backoff = if states[i].queue_again {
                 Duration::ZERO
@@ -161,10 +167,16 @@ where
             let hinted = states[i]
                 .not_before
                 .map_or(Duration::ZERO, |t| t - Instant::now().min(t));
-            let wake = Instant::now() + backoff.max(hinted);
-            if wake > deadline {
+            let at = Instant::now() + backoff.max(hinted);
+            if at > deadline {
                 break;
             }
+            wake = Some(at);
+        }
+        // Counted before the backoff: a client that leaves during it still
+        // has the failed attempt counted as the retry it was heading for.
+        events.another_follows(target);
+        if let Some(wake) = wake {
             tokio::time::sleep_until(wake).await;
         }
         states[i].tried = true;
@@ -173,7 +185,7 @@ where
         let error = match attempt(target).await {
             Ok(value) => {
                 permit.success();
-                on_event(target, Event::Attempt(AttemptOutcome::Success));
+                events.emit(target, Event::Attempt(AttemptOutcome::Success));
                 return Ok(value);
             }
             Err(error) => error,
@@ -191,7 +203,7 @@ where
                 if let Some(permit) = permit {
                     permit.neutral();
                 }
-                on_event(target, Event::Attempt(AttemptOutcome::Error));
+                events.emit(target, Event::Attempt(AttemptOutcome::Error));
                 return Err(error);
             }
             Verdict::SkipTarget => {
@@ -237,28 +249,13 @@ where
                     Some(wait) => states[i].not_before = Some(Instant::now() + wait),
                     None => {}
                 }
-                let next_is_other = states
-                    .iter()
-                    .enumerate()
-                    .any(|(j, s)| j != i && !s.skipped && !s.tried);
-                if next_is_other {
-                    AttemptOutcome::Failover
-                } else {
-                    AttemptOutcome::Retry
-                }
+                AttemptOutcome::Retry
             }
         };
-        let last = report.attempts >= settings.max_attempts || states.iter().all(|s| s.skipped);
-        let outcome = if last && outcome != AttemptOutcome::KeyRejected {
-            AttemptOutcome::Error
-        } else {
-            outcome
-        };
-        on_event(target, Event::Attempt(outcome));
+        events.failed = Some((target, outcome));
         tracing::debug!(
             upstream_target = &*target.label,
             attempt = report.attempts,
-            ?outcome,
             "attempt failed: {}",
             error.message
         );
@@ -267,6 +264,7 @@ where
             break;
         }
     }
+    events.none_follows();
     let error = last_error.unwrap_or_else(|| {
         // Every target's circuit is open: say when the first one will probe.
         let wait = order
@@ -286,6 +284,47 @@ where
         .with_retry_after(Some(HeaderValue::from(secs.max(1))))
     });
     Err(error)
+}
+
+/// The caller's `on_event`, and a failed attempt held until it is known
+/// whether another attempt follows it, and where: one after which the
+/// deadline or every circuit open ends the request was the last (`Error`),
+/// and the one after it, not the failure, says whether it was a `Retry`
+/// (the same target) or a `Failover` (another).
+struct Events<'a, E: FnMut(&'a Target, Event)> {
+    on_event: E,
+    /// The target, and `KeyRejected` or what the failure alone says.
+    failed: Option<(&'a Target, AttemptOutcome)>,
+}
+
+impl<'a, E: FnMut(&'a Target, Event)> Events<'a, E> {
+    fn emit(&mut self, target: &'a Target, event: Event) {
+        (self.on_event)(target, event);
+    }
+
+    /// An attempt at `next` follows: the failed one was a retry or a
+    /// failover (a refused key stays that).
+    fn another_follows(&mut self, next: &Target) {
+        if let Some((target, outcome)) = self.failed.take() {
+            let outcome = match outcome {
+                AttemptOutcome::KeyRejected => outcome,
+                _ if std::ptr::eq(target, next) => AttemptOutcome::Retry,
+                _ => AttemptOutcome::Failover,
+            };
+            self.emit(target, Event::Attempt(outcome));
+        }
+    }
+
+    /// The request ends: the failed attempt was its last.
+    fn none_follows(&mut self) {
+        if let Some((target, outcome)) = self.failed.take() {
+            let outcome = match outcome {
+                AttemptOutcome::KeyRejected => outcome,
+                _ => AttemptOutcome::Error,
+            };
+            self.emit(target, Event::Attempt(outcome));
+        }
+    }
 }
 
 /// Something the caller may want to count.

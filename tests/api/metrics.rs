@@ -83,6 +83,101 @@ async fn traffic_shows_up_with_bounded_labels() {
     assert_eq!(sample(&text, breaker), Some(0.0));
 }
 
+/// A failed attempt that no other follows is counted `error`, whatever ended
+/// the request: no attempts left, the retry deadline, or the failure
+/// opening the only circuit there was.
+#[tokio::test]
+async fn the_last_attempt_is_an_error_whatever_ended_the_request() {
+    let circuit = "[retry]\nmax_attempts = 3\n[breaker]\nconsecutive_failures = 1\n";
+    let deadline = "[retry]\nmax_attempts = 3\ndeadline_secs = 1\nbackoff_base_ms = 60000\nbackoff_max_ms = 60000\n";
+    let attempts = "[retry]\nmax_attempts = 2\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n";
+    for (config, tried, retried) in [(circuit, 1, 0), (deadline, 1, 0), (attempts, 2, 1)] {
+        let app = spawn_app_with(config, &[]).await;
+        let body = chat_body("moonshot/kimi-k2.6", "[mock moonshot:error=server]", false);
+        let response = app.chat(body).await;
+        assert_eq!(response.status(), 500, "{config}");
+        assert_eq!(response.headers()["x-gateway-attempts"], tried.to_string());
+        let text = scrape(&app).await;
+        let outcome = |name: &str| {
+            let series = format!(
+                r#"kimi_gateway_upstream_attempts_total{{outcome="{name}",provider="moonshot"}}"#
+            );
+            sample(&text, &series).unwrap_or(0.0)
+        };
+        assert_eq!(outcome("error"), 1.0, "{config}{text}");
+        assert_eq!(outcome("retry"), f64::from(retried), "{config}{text}");
+        assert_eq!(outcome("failover"), 0.0, "{config}{text}");
+    }
+}
+
+/// Whether a failed attempt was a retry or a failover is where the next
+/// one went: with two providers the third attempt goes back to the first,
+/// another target than the second's.
+#[tokio::test]
+async fn an_attempt_followed_at_another_target_is_a_failover() {
+    let app = spawn_app_with(
+        "[retry]\nmax_attempts = 3\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n",
+        &[],
+    )
+    .await;
+    let body = chat_body(
+        "kimi-latest",
+        "[mock moonshot:error=server agentsflare:error=server]",
+        false,
+    );
+    assert_eq!(app.chat(body).await.status(), 500);
+    let text = scrape(&app).await;
+    let total = |outcome: &str| -> f64 {
+        ["moonshot", "agentsflare"]
+            .iter()
+            .filter_map(|provider| {
+                let series = format!(
+                    r#"kimi_gateway_upstream_attempts_total{{outcome="{outcome}",provider="{provider}"}}"#
+                );
+                sample(&text, &series)
+            })
+            .sum()
+    };
+    assert_eq!(total("failover"), 2.0, "{text}");
+    assert_eq!(total("retry"), 0.0, "{text}");
+    assert_eq!(total("error"), 1.0, "{text}");
+}
+
+/// A client that leaves while the next attempt waits out its backoff: the
+/// failed attempt is counted as the retry it was, not lost and not `error`.
+#[tokio::test]
+async fn an_attempt_whose_retry_the_client_left_is_counted_a_retry() {
+    let app = spawn_app_with(
+        "[retry]\nbackoff_base_ms = 20000\nbackoff_max_ms = 20000\n",
+        &[],
+    )
+    .await;
+    let body = chat_body("moonshot/kimi-k2.6", "[mock moonshot:error=server]", false);
+    let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
+    let waiting = tokio::spawn(request.send());
+    // The error's head (and with it its body, in the same write) is in.
+    let head = r#"kimi_gateway_upstream_head_seconds_count{provider="moonshot"}"#;
+    wait_until("the first attempt failed", async || {
+        sample(&scrape(&app).await, head) == Some(1.0)
+    })
+    .await;
+    waiting.abort();
+    wait_until("the request is over", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
+    })
+    .await;
+    let text = scrape(&app).await;
+    let outcome = |name: &str| {
+        let series = format!(
+            r#"kimi_gateway_upstream_attempts_total{{outcome="{name}",provider="moonshot"}}"#
+        );
+        sample(&text, &series).unwrap_or(0.0)
+    };
+    assert_eq!(outcome("retry"), 1.0, "{text}");
+    assert_eq!(outcome("error"), 0.0, "{text}");
+    assert_eq!(app.mock.requests().len(), 1, "no second attempt");
+}
+
 #[tokio::test]
 async fn open_streams_and_in_flight_count_live_streams() {
     let app = spawn_app().await;
