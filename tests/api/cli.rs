@@ -197,18 +197,43 @@ fn healthcheck_probes_the_address_the_config_file_gives() {
 fn start_gateway(
     args: &[&str],
 ) -> (
-    std::process::Child,
+    Running,
     std::io::BufReader<std::process::ChildStdout>,
     String,
 ) {
     start(gateway(), args)
 }
 
+/// A started process, killed (and reaped) when dropped: a test that fails
+/// half-way does not leave its gateway running.
+pub(crate) struct Running(pub(crate) std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already ended (the test waited for it) or not: either is fine.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub(crate) fn start(
     mut command: Command,
     args: &[&str],
 ) -> (
-    std::process::Child,
+    Running,
     std::io::BufReader<std::process::ChildStdout>,
     String,
 ) {
@@ -220,6 +245,7 @@ pub(crate) fn start(
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let child = Running(child);
     let line = wait_for_line(&mut stdout, "listening");
     let addr = line
         .split("\"listen\":\"")
@@ -529,14 +555,16 @@ fn a_log_beside_the_config_file_does_not_feed_itself_at_trace() {
     std::fs::write(&config, "").unwrap();
     let log_path = dir.path().join("gateway.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = gateway()
-        .args(["--listen", ANY_PORT, "--config", config.to_str().unwrap()])
-        .env("MOONSHOT_API_KEY", "k")
-        .env("RUST_LOG", "trace")
-        .stdout(log)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        gateway()
+            .args(["--listen", ANY_PORT, "--config", config.to_str().unwrap()])
+            .env("MOONSHOT_API_KEY", "k")
+            .env("RUST_LOG", "trace")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let read = || std::fs::read_to_string(&log_path).unwrap();
     let started = std::time::Instant::now();
     while !read().contains("listening") {

@@ -685,13 +685,9 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
         redis_limits(&redis, "open", "requests_per_minute = 1000")
     );
     std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_kimi-gateway"))
         .arg("--listen")
-        .arg(addr.to_string())
+        .arg(crate::cli::ANY_PORT)
         .arg("--config")
         .arg(file.path())
         .env("TEAM_A_KEY", "sk-a")
@@ -705,10 +701,12 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = gateway.stdout.take().unwrap();
+    let mut gateway = crate::cli::Running(gateway);
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let reader = {
         let lines = lines.clone();
-        let stdout = std::io::BufReader::new(gateway.stdout.take().unwrap());
+        let stdout = std::io::BufReader::new(stdout);
         std::thread::spawn(move || {
             for line in stdout.lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(line);
@@ -720,6 +718,12 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
         lines.iter().filter(|l| l.contains(needle)).count()
     };
     wait_until("the gateway listens", async || logged("listening") == 1).await;
+    let addr = {
+        let lines = lines.lock().unwrap();
+        let line = lines.iter().find(|l| l.contains("listening")).unwrap();
+        let rest = line.split("\"listen\":\"").nth(1).unwrap();
+        rest.split('"').next().unwrap().to_string()
+    };
 
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
@@ -776,7 +780,7 @@ async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kimi-gateway"))
         .args([
             "--listen",
-            "127.0.0.1:0",
+            crate::cli::ANY_PORT,
             "--config",
             config.to_str().unwrap(),
         ])
@@ -790,6 +794,7 @@ async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut child = crate::cli::Running(child);
     let addr = loop {
         let mut line = String::new();
         assert!(
