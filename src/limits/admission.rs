@@ -388,12 +388,15 @@ impl Drop for Settlement {
 }
 
 /// The headers of a refusal: the refusing limit, with nothing left.
+/// The error code of a refusal for want of the rate-limit store.
+pub const STORE_UNAVAILABLE: &str = "rate_limit_store_unavailable";
+
 fn store_unavailable() -> GatewayError {
     GatewayError::server(
         StatusCode::SERVICE_UNAVAILABLE,
         "rate limits cannot be checked: the rate-limit store is unreachable; try again shortly",
     )
-    .with_code("rate_limit_store_unavailable")
+    .with_code(STORE_UNAVAILABLE)
     // Redis is probed every half second: a second is a fair first wait.
     .with_retry_after_duration(Duration::from_secs(1))
 }

@@ -67,14 +67,23 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
-        // The gateway's own descriptors ran out: the provider is not to blame.
-        ErrorType::ServerError
-            if err.code.as_deref() == Some(super::upstream::OUT_OF_RESOURCES) =>
-        {
-            Verdict::Retry { unhealthy: false }
-        }
+        // The gateway's own descriptors or its limit store failed it: the
+        // provider is not to blame (and may be another target's to serve).
+        ErrorType::ServerError if never_sent(err) => Verdict::Retry { unhealthy: false },
         ErrorType::ServerError => Verdict::Retry { unhealthy: true },
     }
+}
+
+/// Whether a failed attempt never reached its provider, so that it says
+/// nothing of the provider's health: the gateway's own limit for the
+/// provider refused it, the limit store to check that limit was out of
+/// reach, or the gateway had no descriptor for the connection.
+fn never_sent(err: &GatewayError) -> bool {
+    err.limit_scope.is_some()
+        || matches!(
+            err.code.as_deref(),
+            Some(super::upstream::OUT_OF_RESOURCES | crate::limits::STORE_UNAVAILABLE)
+        )
 }
 
 /// How one attempt ended, for metrics and logs.
@@ -191,8 +200,9 @@ where
             Err(error) => error,
         };
         let verdict = classify(&error);
-        // Only what the provider answered says anything about its health.
-        let permit = if error.limit_scope.is_some() {
+        // Only what the provider answered says anything about its health;
+        // a half-open circuit's probe goes to the next attempt instead.
+        let permit = if never_sent(&error) {
             permit.not_sent();
             None
         } else {

@@ -640,6 +640,39 @@ async fn without_redis_fail_open_falls_back_to_local_limits() {
     );
 }
 
+/// A provider limit that cannot be checked for want of Redis is the
+/// gateway's failure, not the provider's: its circuit stays closed, and the
+/// client hears of the store, not of a failing provider.
+#[tokio::test]
+async fn an_unreachable_store_never_opens_a_providers_circuit() {
+    let mut redis = RedisServer::start().await;
+    let config = format!(
+        "{}[limits.providers.moonshot]\nconcurrent_requests = 4\n\
+         [breaker]\nconsecutive_failures = 1\n[retry]\nmax_attempts = 2\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n",
+        redis_limits(&redis, "closed", "")
+    );
+    let app = spawn_with_keys(&config).await;
+    let body = || chat_body("moonshot/kimi-k2.6", "hi", false);
+    assert_eq!(app.chat_as("sk-a", body()).await.status(), 200);
+    redis.kill();
+    for _ in 0..3 {
+        let error = error_of(app.chat_as("sk-a", body()).await).await;
+        assert_eq!(error["code"], "rate_limit_store_unavailable", "{error}");
+    }
+    let metrics = scrape(&app).await;
+    let breaker = r#"kimi_gateway_breaker_state{provider="moonshot",target="moonshot/kimi-k2.6"}"#;
+    assert_eq!(
+        crate::metrics::sample(&metrics, breaker),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        app.mock.requests().len(),
+        1,
+        "only the first reached the provider"
+    );
+}
+
 /// One of the rate-limit store's series in a scrape.
 fn store_sample(metrics: &str, series: &str) -> f64 {
     let name = format!("kimi_gateway_rate_limit_store_{series}");
