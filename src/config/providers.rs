@@ -104,15 +104,65 @@ pub fn merge(
     if file.base_url_env.is_some() {
         draft.base_url_env = file.base_url_env;
     }
-    if let Some(envs) = file.api_key_envs {
+    let key_envs = match (file.api_key_env, file.api_key_envs) {
+        (Some(_), Some(_)) => {
+            problems.push(ConfigProblem::new(
+                format!("{path}.api_key_env"),
+                "set api_key_env or api_key_envs, not both",
+            ));
+            None
+        }
+        (Some(env), None) => {
+            if env.trim().is_empty() {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.api_key_env"),
+                    "is empty: name the environment variable that holds the key",
+                ));
+            }
+            Some(vec![env])
+        }
+        (None, Some(envs)) => {
+            if envs.is_empty() {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.api_key_envs"),
+                    "lists no variable (to stop serving the provider, set enabled = false)",
+                ));
+            }
+            for (i, env) in envs.iter().enumerate() {
+                if env.trim().is_empty() {
+                    problems.push(ConfigProblem::new(
+                        format!("{path}.api_key_envs[{i}]"),
+                        "is empty: name the environment variable that holds the key",
+                    ));
+                }
+            }
+            Some(envs)
+        }
+        (None, None) => None,
+    };
+    if let Some(envs) = key_envs {
         draft.key_envs = envs;
-    } else if let Some(env) = file.api_key_env {
-        draft.key_envs = vec![env];
     }
     if let Some(models) = file.models {
         draft.models = models;
     }
-    draft.models.extend(file.extra_models.unwrap_or_default());
+    // Checked here, where their own indices are known (an empty one in
+    // `models` is reported when the provider is built).
+    for (i, model) in file
+        .extra_models
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        if model.trim().is_empty() {
+            problems.push(ConfigProblem::new(
+                format!("{path}.extra_models[{i}]"),
+                "is empty",
+            ));
+        } else {
+            draft.models.push(model);
+        }
+    }
     draft.headers = file.headers.unwrap_or_default().into_iter().collect();
     if let Some(t) = file.timeouts {
         draft.timeouts = t;
@@ -326,6 +376,13 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     if authority.host().is_empty() {
         return Err("has no host");
     }
+    // `Uri` takes any run of digits or letters after the host's colon as
+    // a port, and a connection to an impossible one could only fail.
+    let port = &authority.as_str()[authority.host().len()..];
+    let port_ok = matches!(port, "" | ":") || authority.port_u16().is_some_and(|p| p != 0);
+    if !port_ok {
+        return Err("has no valid port (1 to 65535)");
+    }
     let origin = http::Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
@@ -470,6 +527,10 @@ mod tests {
                 "https://:secret@api.example.com",
                 "\"https://***@api.example.com\"",
             ),
+            ("http://127.0.0.1:99999/v1", "has no valid port"),
+            ("http://api.example.com:abc/v1", "has no valid port"),
+            ("http://api.example.com:0/v1", "has no valid port"),
+            ("http://[::1]:70000/v1", "has no valid port"),
         ] {
             let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
             let problems = resolve(&text, &keyed).err().unwrap().0;
@@ -481,6 +542,50 @@ mod tests {
             );
             assert!(found[0].contains(expected), "{url}: {found:?}");
             assert!(!found[0].contains("hunter2") && !found[0].contains("secret"));
+        }
+    }
+
+    #[test]
+    fn key_variables_and_extra_models_are_checked_under_their_own_paths() {
+        for (text, expected) in [
+            (
+                "[providers.aimlapi]\napi_key_env = \"\"\n",
+                "providers.aimlapi.api_key_env: is empty",
+            ),
+            (
+                "[providers.moonshot]\napi_key_envs = []\n",
+                "providers.moonshot.api_key_envs: lists no variable",
+            ),
+            (
+                "[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \" \"]\n",
+                "providers.moonshot.api_key_envs[1]: is empty",
+            ),
+            (
+                "[providers.aimlapi]\napi_key_env = \"AIMLAPI_API_KEY\"\napi_key_envs = [\"OTHER_API_KEY\"]\n",
+                "providers.aimlapi.api_key_env: set api_key_env or api_key_envs, not both",
+            ),
+            (
+                "[providers.moonshot]\nextra_models = [\"kimi-x\", \"\"]\n",
+                "providers.moonshot.extra_models[1]: is empty",
+            ),
+        ] {
+            let problems = resolve(text, &keyed).err().unwrap().0;
+            let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert!(found[0].starts_with(expected), "{text}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_with_a_port_or_an_empty_one_is_taken() {
+        for url in [
+            "http://127.0.0.1:65535/v1",
+            "http://[::1]:8080/v1",
+            "http://api.example.com:/v1",
+            "https://api.example.com/v1",
+        ] {
+            let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
+            assert!(resolve(&text, &keyed).is_ok(), "{url}");
         }
     }
 
