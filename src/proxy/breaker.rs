@@ -105,6 +105,35 @@ impl Breaker {
         }
     }
 
+    /// A breaker with new `settings` that goes on from `old`'s state: a
+    /// reload that tunes the breakers leaves an open circuit open (its
+    /// cool-down running, within the new bounds), not every failing target
+    /// back in rotation. A probe in flight reports to `old`.
+    fn carried(settings: BreakerSettings, old: &Breaker) -> Self {
+        let carried = Breaker::named(settings, &old.label);
+        let open_until = old.open_until_ms.load(Ordering::Acquire);
+        if open_until != 0 {
+            let cooldown = old.cooldown_ms.load(Ordering::Relaxed).clamp(
+                settings.cooldown.as_millis() as u64,
+                settings.max_cooldown.as_millis() as u64,
+            );
+            carried.cooldown_ms.store(cooldown, Ordering::Relaxed);
+            carried.open_until_ms.store(open_until, Ordering::Release);
+        }
+        for (to, from) in [
+            (&carried.consecutive, &old.consecutive),
+            (&carried.window_total, &old.window_total),
+            (&carried.window_failed, &old.window_failed),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let window_start = old.window_start_ms.load(Ordering::Relaxed);
+        carried
+            .window_start_ms
+            .store(window_start, Ordering::Relaxed);
+        carried
+    }
+
     pub fn settings(&self) -> BreakerSettings {
         self.settings
     }
@@ -307,12 +336,21 @@ pub struct BreakerRegistry {
 }
 
 impl BreakerRegistry {
-    /// A registry that reuses `previous`'s breakers when the settings match.
+    /// A registry that reuses `previous`'s breakers, or, when the settings
+    /// changed, goes on from their state under the new ones.
     pub fn new(settings: BreakerSettings, previous: Option<&BreakerRegistry>) -> Self {
-        let inherited = previous
-            .filter(|p| p.settings == settings)
-            .map(|p| p.by_identity.clone())
-            .unwrap_or_default();
+        let inherited = match previous {
+            Some(p) if p.settings == settings => p.by_identity.clone(),
+            Some(p) => p
+                .by_identity
+                .iter()
+                .map(|(identity, old)| {
+                    let carried = Breaker::carried(settings, old);
+                    (identity.clone(), Arc::new(carried))
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
         BreakerRegistry {
             settings,
             by_identity: HashMap::new(),

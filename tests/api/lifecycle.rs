@@ -270,6 +270,33 @@ async fn a_reload_keeps_the_circuit_state_of_unchanged_targets() {
     assert_eq!(app.chat(chat_body("kimi", "hi", false)).await.status(), 200);
 }
 
+/// Tuning the breakers during an incident leaves the failing target out:
+/// its open circuit goes on under the new settings, not closed afresh.
+#[tokio::test]
+async fn a_reload_that_changes_the_breaker_settings_keeps_open_circuits_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let breaker = |failures: u32| {
+        format!(
+            "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = {failures}\ncooldown_secs = 60\n"
+        )
+    };
+    write_config(&file, &breaker(1));
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    let model = "moonshot/kimi-k2.6";
+    app.chat(chat_body(model, "[mock error=server]", false))
+        .await;
+    let open = app.chat(chat_body(model, "hi", false)).await;
+    assert_eq!(error_of(open).await["code"], "circuit_open");
+
+    write_config(&file, &breaker(3));
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    let still_open = app.chat(chat_body(model, "hi", false)).await;
+    assert_eq!(error_of(still_open).await["code"], "circuit_open");
+    let ready = app.readyz().await;
+    assert!(ready.to_string().contains("\"open\""), "{ready}");
+}
+
 #[tokio::test]
 async fn editing_the_config_file_reloads_it() {
     let dir = tempfile::tempdir().unwrap();
