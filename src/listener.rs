@@ -16,16 +16,21 @@ pub const BACKLOG: u32 = 4096;
 
 /// Binds `addr` (with `SO_REUSEADDR`, as tokio's `bind` does, so a restart
 /// can rebind while old connections linger in TIME_WAIT) and listens with
-/// [`BACKLOG`].
+/// [`BACKLOG`]. A failure names the address (`Address already in use`
+/// alone does not say which listener).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    listen()
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
 }
 
 #[cfg(test)]
@@ -52,5 +57,18 @@ mod tests {
         .expect("every connection of the burst was queued at once");
         assert!(all.iter().all(Result::is_ok));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_named_in_the_error() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on {addr}: ")),
+            "{err}"
+        );
     }
 }

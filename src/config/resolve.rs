@@ -114,6 +114,14 @@ pub fn resolve_reusing(
             })
             .ok()
     });
+    if let Some(metrics) = metrics_listen
+        && shares_port(metrics, listen)
+    {
+        problems.push(ConfigProblem::new(
+            "server.metrics_listen",
+            format!("{metrics} takes server.listen's port ({listen}): give it a port of its own"),
+        ));
+    }
     let retry = retry_settings(&parsed.retry, &mut problems);
     let breaker = breaker_settings(&parsed.breaker, &mut problems);
 
@@ -217,6 +225,16 @@ fn byte_count(
     }
 }
 
+/// Whether two listeners would contend for one port: the same port on the
+/// same address, or on any address and one that is the unspecified one
+/// (`0.0.0.0` takes the port on every address). Port 0 is the kernel's to
+/// pick, so it never contends.
+fn shares_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +277,37 @@ mod tests {
                 "server.max_connections: must be at least 1"
             ]
         );
+    }
+
+    #[test]
+    fn the_metrics_listener_needs_a_port_of_its_own() {
+        for (server, refused) in [
+            (
+                "listen = \"127.0.0.1:9000\"\nmetrics_listen = \"127.0.0.1:9000\"",
+                true,
+            ),
+            (
+                "listen = \"127.0.0.1:9000\"\nmetrics_listen = \"0.0.0.0:9000\"",
+                true,
+            ),
+            (
+                "listen = \"0.0.0.0:9000\"\nmetrics_listen = \"127.0.0.1:9000\"",
+                true,
+            ),
+            (
+                "listen = \"127.0.0.1:9000\"\nmetrics_listen = \"127.0.0.2:9000\"",
+                false,
+            ),
+            (
+                "listen = \"127.0.0.1:9000\"\nmetrics_listen = \"127.0.0.1:9001\"",
+                false,
+            ),
+        ] {
+            let found = problems(&format!("[server]\n{server}\n"));
+            let named = found
+                .iter()
+                .any(|p| p.starts_with("server.metrics_listen: ") && p.contains("port of its own"));
+            assert_eq!(named, refused, "{server}: {found:?}");
+        }
     }
 }
