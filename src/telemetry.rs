@@ -21,7 +21,12 @@ pub fn json_sink() -> Option<&'static LogWriter> {
 /// Installs the subscriber; keep the guard alive until exit so the last lines
 /// are flushed.
 pub fn init() -> LogWriterGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A filter that does not parse falls back to `info`, said once the
+    // subscriber is up: a typo must not silence the log, nor pass unseen.
+    let (filter, unreadable) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(error) => (EnvFilter::new("info"), Some(error)),
+    };
     // The config file watcher's library logs every change it sees in the
     // directory at debug and trace: a log written into that directory would
     // then log its own writes without end. Its lines only when asked for.
@@ -43,6 +48,9 @@ pub fn init() -> LogWriterGuard {
         builder.compact().init();
     } else {
         builder.event_format(crate::log_format::JsonLines).init();
+    }
+    if let Some(error) = unreadable.filter(|_| std::env::var_os("RUST_LOG").is_some()) {
+        tracing::warn!(%error, "RUST_LOG is not a filter the gateway can read; logging at info");
     }
     guard
 }

@@ -42,6 +42,11 @@ impl EventAligner {
         self.tail.len()
     }
 
+    /// The bytes held of an event not yet complete.
+    pub fn pending(&self) -> &[u8] {
+        &self.tail
+    }
+
     /// The bytes after the last whole event, once the stream has ended.
     pub fn take_rest(&mut self) -> Option<Bytes> {
         (!self.tail.is_empty()).then(|| self.tail.split().freeze())

@@ -113,21 +113,28 @@ pub(super) fn redacted_error_event(
     Some(out)
 }
 
-/// Whether an event's data has `"choices": []`: the usage chunk of
-/// `include_usage`, which carries nothing else.
-pub(super) fn has_empty_choices(data: &[u8]) -> bool {
+/// Whether an event's data carries no choice: `"choices": []` (the usage
+/// chunk of `include_usage`), `"choices": null`, or no `choices` at all.
+/// A usage chunk in any of these shapes carries nothing else a client
+/// reads; one with a choice in it is content and goes out as it came.
+pub(super) fn carries_no_choice(data: &[u8]) -> bool {
     static CHOICES: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"choices\""));
     let Some(at) = CHOICES.find(data) else {
-        return false;
+        return true;
     };
     let mut rest = data[at + b"\"choices\"".len()..]
         .iter()
+        .copied()
         .filter(|b| !b.is_ascii_whitespace());
-    matches!(
-        (rest.next(), rest.next(), rest.next()),
-        (Some(b':'), Some(b'['), Some(b']'))
-    )
+    if rest.next() != Some(b':') {
+        return false;
+    }
+    match rest.next() {
+        Some(b'[') => rest.next() == Some(b']'),
+        Some(b'n') => rest.take(3).eq(*b"ull"),
+        _ => false,
+    }
 }
 
 /// Where the first event in `events` starts: the first block with a
@@ -146,6 +153,21 @@ pub(super) fn first_event_start(events: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_carries_no_choice_when_choices_are_empty_null_or_absent() {
+        assert!(carries_no_choice(br#"{"choices": [ ],"usage":{}}"#));
+        assert!(carries_no_choice(br#"{"choices":null,"usage":{}}"#));
+        assert!(carries_no_choice(br#"{"id":"x","usage":{}}"#));
+        assert!(!carries_no_choice(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":{}}"#
+        ));
+        assert!(!carries_no_choice(br#"{"choices":nothing}"#));
+        // A quoted mention inside a string is not the key.
+        assert!(carries_no_choice(
+            br#"{"usage":{},"note":"\"choices\": [1]"}"#
+        ));
+    }
 
     /// `[DONE]` as the SDKs read it: an event whose data begins with it.
     #[test]

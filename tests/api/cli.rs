@@ -643,3 +643,27 @@ fn an_edit_and_a_sighup_reload_once_and_listen_given_on_the_command_line_wins() 
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(reloads.ends_with(" 1"), "{reloads}");
 }
+
+/// A `RUST_LOG` with a typo does not silence the log nor pass unseen: the
+/// gateway says so and logs at `info`.
+#[test]
+fn an_unreadable_rust_log_is_reported_and_info_is_kept() {
+    let mut child = Running(
+        gateway()
+            .args(["--listen", ANY_PORT])
+            .env("MOONSHOT_API_KEY", "k")
+            .env("RUST_LOG", "kimi_gateway=loud")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let lines = lines_until(&mut stdout, "listening");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("RUST_LOG is not a filter"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let warning: serde_json::Value = serde_json::from_str(warning).unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning}");
+}

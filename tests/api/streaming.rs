@@ -142,7 +142,7 @@ async fn silence_longer_than_the_idle_timeout_ends_the_stream_with_an_error() {
         last["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("no stream data for 200ms"),
+            .contains("no complete stream event for 200ms"),
         "{last}"
     );
 }

@@ -6,7 +6,7 @@
 use super::SseRelay;
 use crate::proxy::normalize::usage_chunk;
 use crate::proxy::sse_events::{
-    find_done, has_empty_choices, provider_error_event, redacted_error_event,
+    carries_no_choice, find_done, provider_error_event, redacted_error_event,
 };
 use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start};
 use crate::proxy::stream_stats::StreamEnd;
@@ -76,7 +76,7 @@ impl SseRelay {
                 match report.place {
                     UsagePlace::TopLevel => {
                         self.top_level_usage_seen = true;
-                        if self.hide_usage_chunk && has_empty_choices(data) {
+                        if self.hide_usage_chunk && carries_no_choice(data) {
                             let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
                             if let Some(end) = event_end(&events, line_start + line.len()) {
                                 hidden.push(event_start(&events, line_start)..end);

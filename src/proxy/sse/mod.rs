@@ -9,6 +9,7 @@
 mod after_done;
 mod gather;
 mod inspect;
+mod unended_done;
 
 use super::breaker::Breaker;
 pub use super::event_align::EventAligner;
@@ -222,6 +223,13 @@ impl SseRelay {
             return self.poll_after_done(cx);
         }
         loop {
+            // `[DONE]`'s data line has come without the blank line after
+            // it: ended here, as if the provider had sent it.
+            if self.held.is_none() {
+                if let Some(end) = self.done_event_end(false) {
+                    self.held = Some(Some(Ok(end)));
+                }
+            }
             let next = match self.held.take() {
                 Some(item) => Poll::Ready(item),
                 None => self.upstream.as_mut().poll_next(cx),
@@ -319,6 +327,12 @@ impl SseRelay {
                         message,
                     ))));
                 }
+                // The body ended inside `[DONE]`'s event: the answer is
+                // whole all the same.
+                Poll::Ready(None) if self.done_event_end(true).is_some() => {
+                    self.held = self.done_event_end(true).map(|end| Some(Ok(end)));
+                    self.upstream = Box::pin(futures_util::stream::empty());
+                }
                 Poll::Ready(None) if !self.head_sent && !self.aligner.has_partial() => {
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,
@@ -362,7 +376,7 @@ impl SseRelay {
                     {
                         let message = if self.idle_between_events {
                             format!(
-                                "timed out waiting for provider {} (no stream data for {:?})",
+                                "timed out waiting for provider {} (no complete stream event for {:?})",
                                 self.provider.name, self.idle
                             )
                         } else {

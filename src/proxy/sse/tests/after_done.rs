@@ -273,3 +273,68 @@ async fn bodies_read_after_done_are_bounded_in_number() {
     });
     assert!(given_back, "{REST_READING:?}");
 }
+
+/// A `[DONE]` with no blank line after it before the body ends: the
+/// answer is whole, so the stream completes, the event ended in the
+/// provider's own line-end style; in one read with the events before it,
+/// in a read of its own, or split.
+#[tokio::test]
+async fn a_done_left_unended_at_the_bodys_end_completes_the_stream() {
+    for (sent, relayed) in [
+        ("data: [DONE]\n", "data: [DONE]\n\n"),
+        ("data: [DONE]\r\n", "data: [DONE]\r\n\r\n"),
+        ("data: [DONE]\r", "data: [DONE]\r\r"),
+        ("data: [DONE]", "data: [DONE]\n\n"),
+        ("id: 7\ndata:[DONE]", "id: 7\ndata:[DONE]\n\n"),
+    ] {
+        let whole = vec![Bytes::from([&event(0)[..], sent.as_bytes()].concat())];
+        let alone = vec![event(0), Bytes::from(sent)];
+        let split = vec![event(0), Bytes::from(&sent[..4]), Bytes::from(&sent[4..])];
+        for chunks in [whole, alone, split] {
+            let (frames, end) = relay_all(one_per_read(chunks)).await;
+            let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+            assert_eq!(
+                text,
+                format!("{}{relayed}", std::str::from_utf8(&event(0)).unwrap())
+            );
+            assert!(
+                matches!(end, Some(StreamEnd::Complete)),
+                "{sent:?}: {end:?}"
+            );
+        }
+    }
+}
+
+/// A provider that sends `data: [DONE]` and its line end, then keeps its
+/// body open without the blank line: the client's stream ends at once,
+/// complete, not at the idle limit with an error.
+#[tokio::test]
+async fn a_done_line_left_open_ends_the_stream_at_once() {
+    let _serial = REST_READS_USED.lock().await;
+    let (upstream, more, _told) =
+        body_after_done(Bytes::from([&event(0)[..], b"data: [DONE]\n"].concat()));
+    let (frames, end) = relay_all(upstream).await;
+    assert_eq!(
+        frames.concat(),
+        [&event(0)[..], b"data: [DONE]\n\n"].concat()
+    );
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+    drop(more);
+}
+
+/// An unended event that only mentions `[DONE]` is no answer's end.
+#[tokio::test]
+async fn an_unended_event_that_is_not_done_still_ends_with_an_error() {
+    let (frames, end) = relay_all(one_per_read(vec![
+        event(0),
+        Bytes::from_static(b"data: {\"x\":\"[DONE]\"}\n"),
+    ]))
+    .await;
+    assert_eq!(frames[0], event(0));
+    let last = std::str::from_utf8(frames.last().unwrap()).unwrap();
+    assert!(
+        last.contains("closed the stream before it was complete"),
+        "{last}"
+    );
+    assert!(matches!(end, Some(StreamEnd::Failed(_))), "{end:?}");
+}

@@ -54,6 +54,21 @@ async fn a_usage_chunk_the_gateway_asked_for_is_read_but_not_passed_on() {
 }
 
 #[tokio::test]
+async fn a_usage_chunk_without_choices_or_with_null_ones_is_hidden_too() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let content = [event(0), event(1)].concat();
+    for usage in [
+        &b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n"[..],
+        &b"data: {\"id\":\"c1\",\"choices\":null,\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n"[..],
+    ] {
+        let chunks = vec![Bytes::from(content.clone()), Bytes::copy_from_slice(usage), done.clone()];
+        let (frames, total) = frames_hiding_usage(chunks).await;
+        assert_eq!(frames.concat(), [&content[..], &done].concat());
+        assert_eq!(total, Some(7));
+    }
+}
+
+#[tokio::test]
 async fn a_hidden_usage_chunk_goes_whole_with_its_other_fields_and_every_one_is_hidden() {
     let content = Bytes::from_static(
         b"id: 1\nevent: message\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
