@@ -4,6 +4,7 @@
 
 use super::body_pieces::{BodyPieces, Pieces};
 use super::json_scan::ObjectScan;
+use crate::access_log::RequestedModel;
 use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -33,6 +34,22 @@ pub fn shown_model(name: &str) -> Cow<'_, str> {
         end -= 1;
     }
     Cow::Owned(format!("{}... ({} bytes)", &name[..end], name.len()))
+}
+
+/// A request body refused as it was read: the answer, and the model it
+/// named when that was read before the refusal (a name too long for any
+/// route is logged and counted all the same, cut as [`shown_model`] cuts it).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: GatewayError,
+    pub model: Option<RequestedModel>,
+}
+
+/// Boxed: an error travels in the `Result`, and the model makes it larger.
+impl From<GatewayError> for Box<Refused> {
+    fn from(error: GatewayError) -> Self {
+        Box::new(Refused { error, model: None })
+    }
 }
 
 /// A chat completion request: the body as received plus what was peeked.
@@ -170,11 +187,11 @@ impl ChatRequest {
         for piece in body.pieces() {
             scan.feed(piece);
         }
-        Self::scanned(body, scan)
+        Self::scanned(body, scan).map_err(|refused| refused.error)
     }
 
     /// The request in `body`, which `scan` has been fed in full.
-    pub fn scanned(body: BodyPieces, scan: RequestScan) -> Result<Self, GatewayError> {
+    pub fn scanned(body: BodyPieces, scan: RequestScan) -> Result<Self, Box<Refused>> {
         let RequestScan { scan, fields } = scan;
         scan.finish().map_err(|err| {
             GatewayError::invalid_request(format!(
@@ -195,7 +212,8 @@ impl ChatRequest {
             return Err(GatewayError::invalid_request(format!(
                 "`{name}` appears more than once in the request body (or spelled with escapes or in other letter case)"
             ))
-            .with_param(name));
+            .with_param(name)
+            .into());
         }
         let model_span = model.ok_or_else(|| missing("model"))?;
         if model_span.len() > MAX_MODEL_SPAN {
@@ -204,7 +222,17 @@ impl ChatRequest {
             // length told is the name's as written, without its quotes.
             let quoted = body.span(model_span.start..model_span.start + 1).first() == Some(&b'"');
             let written = model_span.len() - if quoted { 2 } else { 0 };
-            return Err(GatewayError::new(
+            let from = model_span.start + usize::from(quoted);
+            let start = body.span(from..from + SHOWN_MODEL_BYTES);
+            let start = String::from_utf8_lossy(&start);
+            let mut shown = start.as_ref();
+            // A character cut at the end shows as a replacement: dropped.
+            shown = shown.strip_suffix('\u{FFFD}').unwrap_or(shown);
+            let model = RequestedModel {
+                name: format!("{shown}... ({written} bytes)").into(),
+                stream: stream.clone().is_some_and(|s| *body.span(s) == *b"true"),
+            };
+            let error = GatewayError::new(
                 http::StatusCode::NOT_FOUND,
                 crate::error::ErrorType::ResourceNotFoundError,
                 format!(
@@ -212,7 +240,11 @@ impl ChatRequest {
                 ),
             )
             .with_param("model")
-            .with_code("model_not_found"));
+            .with_code("model_not_found");
+            return Err(Box::new(Refused {
+                error,
+                model: Some(model),
+            }));
         }
         let model = parse_string(&body.span(model_span.clone()))
             .filter(|m| !m.is_empty())
@@ -222,16 +254,17 @@ impl ChatRequest {
             })?;
         let messages = messages.ok_or_else(|| missing("messages"))?;
         if body.span(messages.start..messages.start + 1).first() != Some(&b'[') {
-            return Err(
-                GatewayError::invalid_request("`messages` must be an array").with_param("messages")
-            );
+            return Err(GatewayError::invalid_request("`messages` must be an array")
+                .with_param("messages")
+                .into());
         }
         let stream = match stream.map(|s| body.span(s)).as_deref() {
             None | Some(b"false") | Some(b"null") => false,
             Some(b"true") => true,
             Some(_) => {
                 return Err(GatewayError::invalid_request("`stream` must be a boolean")
-                    .with_param("stream"));
+                    .with_param("stream")
+                    .into());
             }
         };
         let has_stream_options = stream_options.is_some();
@@ -248,7 +281,7 @@ impl ChatRequest {
                 // Not left to serde alone: its derived struct also reads a
                 // list (`[true]`) as the fields in order.
                 if !matches!(raw.first(), Some(b'{' | b'n')) {
-                    return Err(refused("`stream_options` must be an object"));
+                    return Err(refused("`stream_options` must be an object").into());
                 }
                 let asked = serde_json::from_slice::<Option<StreamOptions>>(&raw)
                     .map_err(|_| refused("`stream_options.include_usage` must be a boolean"))?

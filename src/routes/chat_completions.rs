@@ -50,7 +50,15 @@ where
     };
     let chat = match ChatRequest::scanned(body, scan) {
         Ok(chat) => chat,
-        Err(err) => return (err.into_response(), Handled::default()),
+        Err(refused) => {
+            // A model too long to look up is still logged and counted
+            // under `unknown`, like any other model that matched nothing.
+            let handled = Handled {
+                model: refused.model,
+                ..Handled::default()
+            };
+            return (refused.error.into_response(), handled);
+        }
     };
     // From here on, a request dropped before its answer (its client left)
     // is logged with the model, route and provider it had reached. A block,

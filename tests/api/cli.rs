@@ -418,36 +418,54 @@ fn the_access_line_of_a_provider_error_has_its_time_to_head() {
 }
 
 /// A long model name is the client's to send, not to have copied back: the
-/// error quotes its start and length, and so does the access line.
+/// error quotes its start and length, and so does the access line; one too
+/// long to be looked up at all (over 64 KiB) is logged and counted the same.
 #[test]
 fn a_long_unknown_model_name_is_quoted_cut_in_the_answer_and_the_log() {
     let (mut child, mut stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
-    // A two-byte character across the cut: it is left out whole.
-    let model = format!("{}\u{e9}{}", "a".repeat(255), "b".repeat(60_000));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (status, body) = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("http://{addr}/v1/chat/completions"))
-            .json(&serde_json::json!({"model": model, "messages": []}))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.text().await.unwrap())
-    });
-    assert_eq!(status, 404, "{body:.300}");
-    assert!(body.len() < 1024, "{} bytes: {body:.300}", body.len());
-    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let message = error["error"]["message"].as_str().unwrap();
-    let shown = format!("{}... ({} bytes)", "a".repeat(255), model.len());
-    assert!(message.contains(&format!("{shown:?}")), "{message}");
-    assert_eq!(error["error"]["code"], "model_not_found");
+    for tail in [60_000, 70_000] {
+        // A two-byte character across the cut: it is left out whole.
+        let model = format!("{}\u{e9}{}", "a".repeat(255), "b".repeat(tail));
+        let (status, body) = runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .json(&serde_json::json!({"model": model, "messages": [], "stream": true}))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        });
+        assert_eq!(status, 404, "{body:.300}");
+        assert!(body.len() < 1024, "{} bytes: {body:.300}", body.len());
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        let shown = format!("{}... ({} bytes)", "a".repeat(255), model.len());
+        if tail < 65_536 {
+            assert!(message.contains(&format!("{shown:?}")), "{message}");
+        } else {
+            assert!(
+                message.contains(&format!("{} bytes long", model.len())),
+                "{message}"
+            );
+        }
+        assert_eq!(error["error"]["code"], "model_not_found");
 
-    let line = wait_for_line(&mut stdout, "\"status\":404");
+        let line = wait_for_line(&mut stdout, "\"status\":404");
+        assert!(line.len() < 2048, "{} bytes: {line:.300}", line.len());
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["model"], shown, "{line}");
+    }
+    let metrics = http_get(&addr, "/metrics");
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(line.len() < 2048, "{} bytes: {line:.300}", line.len());
-    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(line["model"], shown, "{line}");
+    let not_found: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kimi_gateway_requests_total{") && l.contains("status=\"404\""))
+        .collect();
+    assert_eq!(not_found.len(), 1, "{not_found:?}");
+    assert!(not_found[0].contains("route=\"unknown\""), "{not_found:?}");
+    assert!(not_found[0].ends_with(" 2"), "{not_found:?}");
 }
 
 /// The access line of a request whose client left while its second
