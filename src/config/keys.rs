@@ -4,6 +4,7 @@
 //! become scopes that keep their state across reloads.
 
 use super::ConfigProblem;
+use super::env_name::check_env_name;
 use super::file::KeyFile;
 use super::limits::limit_spec;
 use crate::auth::{ClientKey, KeyTable, digest};
@@ -102,6 +103,7 @@ fn secret_digest(
         return None;
     }
     match (&file.secret_env, &file.secret_sha256) {
+        (Some(var), None) if !check_env_name(&format!("{path}.secret_env"), var, problems) => None,
         (Some(var), None) => match env(var).map(|v| v.trim().to_string()) {
             Some(secret) if !secret.is_empty() => Some(digest(secret.as_bytes())),
             _ => {

@@ -2,6 +2,7 @@
 //! known providers, a Redis URL when the backend is Redis.
 
 use super::ConfigProblem;
+use super::env_name::check_env_name;
 use super::file::{LimitSpecFile, LimitsFile};
 use super::settings::seconds;
 use crate::limits::{
@@ -199,6 +200,7 @@ fn redis_settings(
     let from_env = file
         .redis_url_env
         .as_deref()
+        .filter(|var| check_env_name("limits.redis_url_env", var, problems))
         .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
     let (url, source) = match (from_env, &file.redis_url) {
         (Some((var, url)), _) => (url, var.to_string()),

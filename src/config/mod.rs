@@ -3,6 +3,7 @@
 
 mod aliases;
 mod discovered;
+mod env_name;
 mod file;
 mod keys;
 mod limits;

@@ -1,6 +1,7 @@
 //! Providers: presets merged with the file's `[providers.*]` tables, then
 //! resolved against the environment (base URL overrides, keys) and validated.
 
+use super::env_name::check_env_name;
 use super::file::{ProviderFile, TimeoutsFile};
 use super::presets::PRESETS;
 use super::settings::seconds;
@@ -101,8 +102,10 @@ pub fn merge(
     if file.base_url.is_some() {
         draft.base_url = file.base_url;
     }
-    if file.base_url_env.is_some() {
-        draft.base_url_env = file.base_url_env;
+    if let Some(var) = file.base_url_env {
+        // An invalid name is dropped so that nothing quotes it later.
+        draft.base_url_env =
+            check_env_name(&format!("{path}.base_url_env"), &var, problems).then_some(var);
     }
     let key_envs = match (file.api_key_env, file.api_key_envs) {
         (Some(_), Some(_)) => {
@@ -113,13 +116,7 @@ pub fn merge(
             None
         }
         (Some(env), None) => {
-            if env.trim().is_empty() {
-                problems.push(ConfigProblem::new(
-                    format!("{path}.api_key_env"),
-                    "is empty: name the environment variable that holds the key",
-                ));
-            }
-            Some(vec![env])
+            check_env_name(&format!("{path}.api_key_env"), &env, problems).then(|| vec![env])
         }
         (None, Some(envs)) => {
             if envs.is_empty() {
@@ -128,15 +125,16 @@ pub fn merge(
                     "lists no variable (to stop serving the provider, set enabled = false)",
                 ));
             }
-            for (i, env) in envs.iter().enumerate() {
-                if env.trim().is_empty() {
-                    problems.push(ConfigProblem::new(
-                        format!("{path}.api_key_envs[{i}]"),
-                        "is empty: name the environment variable that holds the key",
-                    ));
-                }
-            }
-            Some(envs)
+            let named = envs.len();
+            let envs: Vec<String> = envs
+                .into_iter()
+                .enumerate()
+                .filter(|(i, env)| {
+                    check_env_name(&format!("{path}.api_key_envs[{i}]"), env, problems)
+                })
+                .map(|(_, env)| env)
+                .collect();
+            Some(envs).filter(|envs| envs.len() == named)
         }
         (None, None) => None,
     };

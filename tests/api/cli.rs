@@ -56,6 +56,42 @@ fn check_prints_every_problem_with_its_path_and_fails() {
     }
 }
 
+/// A key pasted where a variable's name belongs is refused and never
+/// printed: it would otherwise be shown as a variable "that is not set"
+/// by `--check`, the log, `/readyz` and clients' errors.
+#[test]
+fn check_refuses_a_secret_given_as_a_variable_name_without_printing_it() {
+    let secret = "sk-live-4f9a2c7e1b";
+    let file = config_file(&format!(
+        r#"
+        [providers.moonshot]
+        api_key_env = "{secret}"
+        base_url_env = "https://{secret}@example.com/v1"
+        [limits]
+        backend = "redis"
+        redis_url_env = "redis://:{secret}@cache:6379"
+        [keys.team]
+        secret_env = "{secret}"
+        "#
+    ));
+    let output = check(file.path());
+    assert_eq!(output.status.code(), Some(2));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for path in [
+        "providers.moonshot.api_key_env: is not an environment variable name",
+        "providers.moonshot.base_url_env: is not an environment variable name",
+        "limits.redis_url_env: is not an environment variable name",
+        "keys.team.secret_env: is not an environment variable name",
+    ] {
+        assert!(printed.contains(path), "{path} missing from:\n{printed}");
+    }
+    assert!(!printed.contains(secret), "{printed}");
+}
+
 /// A value of the wrong type hides nothing: the section's other values
 /// still get their checks, and no check reports the unreadable value again
 /// (here as a provider with no models, or an alias naming an unknown one).
