@@ -2,7 +2,9 @@
 //! Label values come only from configured names (routes, providers, client
 //! key names) and fixed sets; a model that matches no route is `unknown`.
 
+use crate::limits::ScopeKind;
 use crate::metric_series::{SeriesCache, TargetSeries};
+use crate::proxy::failover::{AttemptOutcome, BREAKER_OPEN};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -218,7 +220,29 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.reloads.with_label_values(&[result]);
         }
+        for scope in [
+            ScopeKind::Key,
+            ScopeKind::KeyModel,
+            ScopeKind::Global,
+            ScopeKind::Provider,
+        ] {
+            metrics.rate_limited.with_label_values(&[scope.as_str()]);
+        }
         metrics
+    }
+
+    /// Makes every provider's attempt series at 0, so that the first
+    /// retry or error is an increase Prometheus sees (`rate()` and
+    /// `increase()` take a series' first sample as its start, whatever its
+    /// value). Series of providers that left the configuration stay.
+    pub fn prime_providers<'a>(&self, providers: impl IntoIterator<Item = &'a str>) {
+        for provider in providers {
+            for outcome in AttemptOutcome::ALL {
+                self.attempts
+                    .with_label_values(&[provider, outcome.as_str()]);
+            }
+            self.attempts.with_label_values(&[provider, BREAKER_OPEN]);
+        }
     }
 
     /// The success-path series of requests to `provider` through `route`,

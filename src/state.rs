@@ -62,6 +62,7 @@ impl AppState {
     /// State whose reloads read `env` instead of the process environment.
     pub fn with_env(config: Config, env: EnvLookup) -> Self {
         let metrics = Arc::new(Metrics::new());
+        metrics.prime_providers(config.providers.iter().map(|p| &*p.name));
         config.limits.attach_metrics(&metrics.store);
         config.limits.start();
         AppState(Arc::new(Shared {
@@ -90,6 +91,8 @@ impl AppState {
 
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn replace_config(&self, config: Config) {
+        self.metrics
+            .prime_providers(config.providers.iter().map(|p| &*p.name));
         config.limits.attach_metrics(&self.metrics.store);
         config.limits.start();
         let previous = self.config.swap(Arc::new(config));

@@ -98,6 +98,33 @@ pub enum AttemptOutcome {
     KeyRejected,
     /// Failed, and no attempt followed.
     Error,
+    /// The client left while it was under way (sent, or queued for the
+    /// provider's cap), so it never ended.
+    ClientClosed,
+}
+
+impl AttemptOutcome {
+    /// Every outcome, for series made at 0 before the first is counted.
+    pub const ALL: [AttemptOutcome; 6] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Failover,
+        AttemptOutcome::KeyRejected,
+        AttemptOutcome::Error,
+        AttemptOutcome::ClientClosed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Failover => "failover",
+            AttemptOutcome::KeyRejected => "key_rejected",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::ClientClosed => "client_closed",
+        }
+    }
 }
 
 /// Which target answered (or failed last), and after how many attempts.
@@ -146,26 +173,16 @@ where
     let mut cursor = 0;
     let deadline = arrived + settings.deadline;
     while report.attempts < settings.max_attempts {
-        let mut picked = None;
-        for step in 0..order.len() {
-            let i = (cursor + step) % order.len();
-            if states[i].skipped {
-                continue;
-            }
-            match order[i].breaker.try_acquire() {
-                Some(permit) => {
-                    picked = Some((i, permit));
-                    break;
-                }
-                None => {
-                    states[i].skipped = true;
-                    events.emit(order[i], Event::BreakerOpen);
-                }
-            }
-        }
-        let Some((i, permit)) = picked else { break };
+        let now = Instant::now();
+        let Some(i) = next_target(&states, cursor, now >= deadline, now) else {
+            break;
+        };
+        let Some(permit) = order[i].breaker.try_acquire() else {
+            states[i].skipped = true;
+            events.emit(order[i], Event::BreakerOpen);
+            continue;
+        };
         let target = order[i];
-        cursor = i + 1;
         let mut wake = None;
         if states[i].tried {
             let backoff = if states[i].queue_again {
@@ -175,13 +192,17 @@ where
             };
             let hinted = states[i]
                 .not_before
-                .map_or(Duration::ZERO, |t| t - Instant::now().min(t));
-            let at = Instant::now() + backoff.max(hinted);
+                .map_or(Duration::ZERO, |t| t - now.min(t));
+            let at = now + backoff.max(hinted);
             if at > deadline {
-                break;
+                // Not waited for past the deadline; a target not yet
+                // tried still may be.
+                states[i].skipped = true;
+                continue;
             }
             wake = Some(at);
         }
+        cursor = i + 1;
         // Counted before the backoff: a client that leaves during it still
         // has the failed attempt counted as the retry it was heading for.
         events.another_follows(target);
@@ -191,7 +212,14 @@ where
         states[i].tried = true;
         report.attempts += 1;
         report.target = Some(target);
-        let error = match attempt(target).await {
+        let mut under_way = UnderWay {
+            events: &mut events,
+            target: Some(target),
+        };
+        let result = attempt(target).await;
+        under_way.target = None;
+        drop(under_way);
+        let error = match result {
             Ok(value) => {
                 permit.success();
                 events.emit(target, Event::Attempt(AttemptOutcome::Success));
@@ -270,9 +298,6 @@ where
             error.message
         );
         last_error = Some(error);
-        if Instant::now() >= deadline {
-            break;
-        }
     }
     events.none_follows();
     let error = last_error.unwrap_or_else(|| {
@@ -336,6 +361,57 @@ impl<'a, E: FnMut(&'a Target, Event)> Events<'a, E> {
         }
     }
 }
+
+/// The target to try next: among those not skipped, the one ready
+/// soonest (a target not yet tried is ready now; one tried is ready when
+/// the wait its provider asked for ends), the first after `cursor` among
+/// equals. Past the deadline only targets not yet tried are left: a
+/// timeout that used up the deadline still fails over.
+fn next_target(
+    states: &[TargetState],
+    cursor: usize,
+    past_deadline: bool,
+    now: Instant,
+) -> Option<usize> {
+    let mut best: Option<(usize, Instant)> = None;
+    for step in 0..states.len() {
+        let i = (cursor + step) % states.len();
+        let state = &states[i];
+        if state.skipped || (past_deadline && state.tried) {
+            continue;
+        }
+        let ready = match state.not_before {
+            Some(at) if state.tried => at.max(now),
+            _ => now,
+        };
+        if best.is_none_or(|(_, soonest)| ready < soonest) {
+            best = Some((i, ready));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// An attempt being awaited. Dropped before it ends, the request was
+/// dropped with it (the client left): the attempt is reported as
+/// `ClientClosed`, so every attempt has an outcome.
+struct UnderWay<'e, 'a, E: FnMut(&'a Target, Event)> {
+    events: &'e mut Events<'a, E>,
+    /// Taken when the attempt ended.
+    target: Option<&'a Target>,
+}
+
+impl<'a, E: FnMut(&'a Target, Event)> Drop for UnderWay<'_, 'a, E> {
+    fn drop(&mut self) {
+        if let Some(target) = self.target.take() {
+            self.events
+                .emit(target, Event::Attempt(AttemptOutcome::ClientClosed));
+        }
+    }
+}
+
+/// The `upstream_attempts_total` outcome of a target passed over because
+/// its circuit is open.
+pub const BREAKER_OPEN: &str = "breaker_open";
 
 /// Something the caller may want to count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

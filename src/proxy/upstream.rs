@@ -98,13 +98,15 @@ pub struct Forwarded {
 }
 
 /// Sends `request` to `target` and builds the client's response.
+/// `own_time_since` is when the gateway's own work on this attempt began,
+/// for the `before_upstream` overhead.
 pub async fn forward(
     target: &Target,
     request: &ChatRequest,
     ctx: &ForwardContext<'_>,
+    own_time_since: Instant,
 ) -> Result<Forwarded, GatewayError> {
     let provider = &target.provider;
-    ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
     let Some(key) = target.key() else {
         return Err(GatewayError::server(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -145,7 +147,7 @@ pub async fn forward(
         };
     ctx.metrics
         .overhead_before_upstream
-        .observe((sent - ctx.arrived).as_secs_f64());
+        .observe(sent.saturating_duration_since(own_time_since).as_secs_f64());
     let response = match provider.client.send(write_head, body, deadline).await {
         Err(err) if err.is_past_deadline() => {
             return Err(timeout(provider, "the response head", sent));

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::{Admission, Settlement, estimate_tokens};
 use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
-use crate::proxy::failover::{self, AttemptOutcome, Event};
+use crate::proxy::failover::{self, AttemptOutcome, BREAKER_OPEN, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan, shown_model};
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
@@ -24,7 +24,8 @@ use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
 use std::future::poll_fn;
 use std::pin::pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::time::Instant;
 
 pub async fn chat_completions<B>(
     state: &AppState,
@@ -189,7 +190,7 @@ async fn route_and_forward<'c>(
     state: &AppState,
     config: &'c Config,
     chat: &'c ChatRequest,
-    (request_id, arrived): (HeaderValue, tokio::time::Instant),
+    (request_id, arrived): (HeaderValue, Instant),
     (estimate, admission): (u64, Option<&Admission>),
     watch: &mut ProgressWatch<'_, 'c>,
 ) -> Routed {
@@ -234,21 +235,34 @@ async fn route_and_forward<'c>(
     };
     let ctx = &ctx;
     let limits = &config.limits;
+    let first_attempt = &std::sync::atomic::AtomicBool::new(true);
     let result = failover::run(
         route,
         &config.retry,
         arrived,
         &mut watch.report,
         |target| async move {
+            // No head yet: one an earlier attempt got is not this one's.
+            ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
+            // The gateway's own time before this attempt is sent: from the
+            // request's arrival for the first, from the end of the backoff
+            // for later ones; a wait in the provider's queue is left out.
+            let began = if first_attempt.swap(false, Ordering::Relaxed) {
+                arrived
+            } else {
+                Instant::now()
+            };
+            let queued_from = Instant::now();
             let slot = limits
                 .admit_provider(&target.provider.name, estimate)
                 .await
                 .inspect_err(|err| count_limited(state, Some(err)))?;
+            let own_time_since = began + queued_from.elapsed();
             slot.mark_sent();
             if let Some(admission) = admission {
                 admission.mark_sent();
             }
-            match upstream::forward(target, chat, ctx).await {
+            match upstream::forward(target, chat, ctx, own_time_since).await {
                 Ok(forwarded) => Ok((forwarded, slot)),
                 Err(err) => {
                     slot.refund();
@@ -262,11 +276,8 @@ async fn route_and_forward<'c>(
                     let series = target.series(&state.metrics, &route.name);
                     return series.attempt_success.inc();
                 }
-                Event::Attempt(AttemptOutcome::Retry) => "retry",
-                Event::Attempt(AttemptOutcome::Failover) => "failover",
-                Event::Attempt(AttemptOutcome::KeyRejected) => "key_rejected",
-                Event::Attempt(AttemptOutcome::Error) => "error",
-                Event::BreakerOpen => "breaker_open",
+                Event::Attempt(outcome) => outcome.as_str(),
+                Event::BreakerOpen => BREAKER_OPEN,
             };
             state
                 .metrics

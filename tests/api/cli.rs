@@ -453,6 +453,44 @@ fn the_access_line_of_a_provider_error_has_its_time_to_head() {
     assert!(time_to_head >= 20.0, "{line}");
 }
 
+/// The access line's time to head is the last attempt's: none when the
+/// gateway's own limit on the provider refused that attempt unsent, even
+/// though an earlier attempt got a head.
+#[test]
+fn the_access_line_of_a_last_attempt_refused_unsent_has_no_time_to_head() {
+    let file = config_file(
+        "[retry]\nmax_attempts = 2\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n\
+         [limits.providers.moonshot]\nrequests_per_minute = 1\n",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(mock_for_start());
+    let mut command = gateway();
+    command.env(
+        "MOONSHOT_BASE_URL",
+        mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+    );
+    let path = file.path().to_str().unwrap();
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", path]);
+    let response = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "moonshot/kimi-k2.6",
+                "messages": [{"role": "user", "content": "[mock error=server head_delay_ms=20]"}],
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(response.headers()["x-gateway-attempts"], "2");
+    let line = wait_for_line(&mut stdout, "\"attempts\":2");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(mock.requests().len(), 1, "the second attempt was not sent");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["time_to_head_ms"].as_f64(), Some(0.0), "{line}");
+}
+
 /// A long model name is the client's to send, not to have copied back: the
 /// error quotes its start and length, and so does the access line; one too
 /// long to be looked up at all (over 64 KiB) is logged and counted the same.

@@ -178,6 +178,93 @@ async fn an_attempt_whose_retry_the_client_left_is_counted_a_retry() {
     assert_eq!(app.mock.requests().len(), 1, "no second attempt");
 }
 
+/// Series of rare events exist at 0 from the start, so that Prometheus
+/// sees their first count as an increase: every configured provider's
+/// attempt outcomes and every rate-limit scope.
+#[tokio::test]
+async fn attempt_and_refusal_series_start_at_zero() {
+    let app = spawn_app().await;
+    let text = scrape(&app).await;
+    for provider in ["moonshot", "aimlapi", "agentsflare"] {
+        for outcome in [
+            "success",
+            "retry",
+            "failover",
+            "key_rejected",
+            "error",
+            "client_closed",
+            "breaker_open",
+        ] {
+            let series = format!(
+                r#"kimi_gateway_upstream_attempts_total{{outcome="{outcome}",provider="{provider}"}}"#
+            );
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+    }
+    for scope in ["key", "key_model", "global", "provider"] {
+        let series = format!(r#"kimi_gateway_rate_limited_total{{scope="{scope}"}}"#);
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+}
+
+/// An attempt under way when the client leaves has an outcome too: the
+/// provider was asked (and may bill for it) though nothing came of it.
+#[tokio::test]
+async fn an_attempt_the_client_left_is_counted_client_closed() {
+    let app = spawn_app().await;
+    let body = chat_body("moonshot/kimi-k2.6", "[mock head_delay_ms=20000]", false);
+    let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
+    let waiting = tokio::spawn(request.send());
+    wait_until("the attempt reached the provider", async || {
+        app.mock.requests().len() == 1
+    })
+    .await;
+    waiting.abort();
+    wait_until("the request is over", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
+    })
+    .await;
+    let text = scrape(&app).await;
+    let outcome = |name: &str| {
+        let series = format!(
+            r#"kimi_gateway_upstream_attempts_total{{outcome="{name}",provider="moonshot"}}"#
+        );
+        sample(&text, &series)
+    };
+    assert_eq!(outcome("client_closed"), Some(1.0), "{text}");
+    for other in ["success", "retry", "failover", "error"] {
+        assert_eq!(outcome(other), Some(0.0), "{other}: {text}");
+    }
+}
+
+/// The gateway's own time before an attempt leaves out what is not its
+/// own: earlier attempts' provider time and the backoff between them.
+#[tokio::test]
+async fn overhead_before_upstream_leaves_out_earlier_attempts() {
+    let app = spawn_app_with(
+        "[retry]\nmax_attempts = 3\nbackoff_base_ms = 100\nbackoff_max_ms = 100\n",
+        &[],
+    )
+    .await;
+    let body = chat_body(
+        "moonshot/kimi-k2.6",
+        "[mock error=server head_delay_ms=150]",
+        false,
+    );
+    let response = app.chat(body).await;
+    assert_eq!(response.headers()["x-gateway-attempts"], "3");
+    let text = scrape(&app).await;
+    let phase = r#"{phase="before_upstream"}"#;
+    let count = sample(
+        &text,
+        &format!("kimi_gateway_overhead_seconds_count{phase}"),
+    );
+    assert_eq!(count, Some(3.0), "{text}");
+    // Measured from arrival, the three would add up to over 0.45 s.
+    let sum = sample(&text, &format!("kimi_gateway_overhead_seconds_sum{phase}")).unwrap();
+    assert!(sum < 0.15, "{sum}");
+}
+
 #[tokio::test]
 async fn open_streams_and_in_flight_count_live_streams() {
     let app = spawn_app().await;

@@ -108,6 +108,47 @@ async fn a_slow_head_times_out_and_fails_over() {
     assert!(app.mock.wait_abandoned(2).await);
 }
 
+/// A provider that hangs is failed over even when waiting for it used up
+/// the retry deadline: the deadline stops retries and waits, not the first
+/// try of a target not yet tried.
+#[tokio::test]
+async fn a_timeout_longer_than_the_retry_deadline_still_fails_over() {
+    let config = format!(
+        "{FAST}deadline_secs = 0.1\n\
+         [providers.moonshot.timeouts]\nfirst_byte_secs = 0.3\ntotal_secs = 0.3\n"
+    );
+    let app = spawn_app_with(&config, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:head_delay_ms=30000]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+}
+
+/// When every target has asked for a wait, the next attempt goes to the
+/// one free soonest, not to the first in the list.
+#[tokio::test]
+async fn the_target_whose_wait_ends_first_is_tried_first() {
+    let app = spawn_app_with(&format!("{FAST}max_attempts = 3\n"), &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=rate_limit moonshot:retry_after=3 \
+             agentsflare:error=rate_limit agentsflare:retry_after=1 agentsflare:fail_times=1]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "3");
+    assert_eq!(seen(&app, Flavour::Moonshot), 1);
+}
+
 /// Sends `directive` (a rate limit that clears after one answer) to
 /// Moonshot's only model and checks that the gateway waited at least a
 /// second before its second attempt there, which was served.
