@@ -1145,7 +1145,7 @@ async fn a_reload_to_a_stalled_redis_waits_twice_the_timeout_at_most() {
 
 /// A reload to a Redis that answers but refuses the gateway (a wrong
 /// password, a database it does not have, a user its ACL denies PING, the
-/// scripts or the key prefix) is a
+/// scripts or the key prefix, a read-only replica) is a
 /// mistake in the new configuration: rejected, the running one stays (still
 /// ready, no outage), and the problem says why without the password.
 #[tokio::test]
@@ -1241,7 +1241,17 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
     let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     let port = redis.port;
+    // A read-only replica (a managed Redis's reader endpoint) answers
+    // everything and takes no writes.
+    let replica = RedisServer::start().await;
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .query_async::<()>(&mut replica.connection().await.unwrap())
+        .await
+        .unwrap();
     for url in [
+        replica.url(),
         format!("redis://gw:wrong-pass@127.0.0.1:{port}"),
         format!("redis://127.0.0.1:{port}/99"),
         format!("redis://limited:right-pass@127.0.0.1:{port}"),

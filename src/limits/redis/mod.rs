@@ -487,13 +487,16 @@ pub fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Cli
 
 /// Redis answered, and refused the gateway for a reason that trying again
 /// does not fix: a wrong user or password (or none where one is needed), a
-/// database index it does not have, an ACL that denies the command.
+/// database index it does not have, an ACL that denies the command, a
+/// read-only replica (a managed Redis's reader endpoint) that takes no
+/// writes.
 fn is_refusal(err: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     if matches!(
         err.kind(),
-        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
-    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::Server(ServerErrorKind::NoPerm | ServerErrorKind::ReadOnly)
+    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM" | "READONLY"))
     {
         return true;
     }
