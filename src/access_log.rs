@@ -163,6 +163,11 @@ fn is_probe(method: &Method, path: &str) -> bool {
         && matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// The longest path written to the access line whole: a client's 60 KB
+/// path, even one refused for want of a key, would otherwise be copied
+/// into the log whole.
+const SHOWN_PATH_BYTES: usize = 256;
+
 /// A request's id: the client's `x-request-id` when usable (printable
 /// ASCII, at most 128 bytes), else a new one.
 pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
@@ -241,10 +246,11 @@ impl AccessRecord {
             Some(Some(StreamEnd::Complete)) => ("complete", self.error),
             Some(Some(StreamEnd::Failed(err))) => ("error_event", Some(err)),
         };
+        let path = crate::shown::cut_with_length(self.uri.path(), SHOWN_PATH_BYTES);
         let line = AccessLine {
             request_id: self.id.to_str().unwrap_or(""),
             method: self.method.as_str(),
-            path: self.uri.path(),
+            path: &path,
             status: self.status.as_u16(),
             key: self.key.as_deref().unwrap_or(""),
             model: self.model.as_ref().map_or("", |m| &*m.name),

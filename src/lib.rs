@@ -41,6 +41,7 @@ pub mod request_progress;
 pub mod routes;
 pub mod server;
 pub mod settle_at_end;
+pub mod shown;
 pub mod state;
 pub mod telemetry;
 pub mod wire_fields;

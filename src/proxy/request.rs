@@ -26,14 +26,7 @@ const MAX_MODEL_SPAN: usize = 64 * 1024;
 /// [`SHOWN_MODEL_BYTES`], else its start (cut at a character boundary) and
 /// its length.
 pub fn shown_model(name: &str) -> Cow<'_, str> {
-    if name.len() <= SHOWN_MODEL_BYTES {
-        return Cow::Borrowed(name);
-    }
-    let mut end = SHOWN_MODEL_BYTES;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}... ({} bytes)", &name[..end], name.len()))
+    crate::shown::cut_with_length(name, SHOWN_MODEL_BYTES)
 }
 
 /// A request body refused as it was read: the answer, and the model it

@@ -491,6 +491,22 @@ fn the_access_line_of_a_last_attempt_refused_unsent_has_no_time_to_head() {
     assert_eq!(line["time_to_head_ms"].as_f64(), Some(0.0), "{line}");
 }
 
+/// A long path is logged cut, with its length: a client, keyed or not,
+/// cannot make each access line as long as the request head it sent.
+#[test]
+fn a_long_path_is_logged_cut_with_its_length() {
+    let (mut child, mut stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
+    let path = format!("/v1/{}", "p".repeat(20_000));
+    let status = http_get(&addr, &path);
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let line = wait_for_line(&mut stdout, "\"status\":404");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let logged = line["path"].as_str().unwrap();
+    assert_eq!(logged, format!("{}... (20004 bytes)", &path[..256]));
+}
+
 /// A long model name is the client's to send, not to have copied back: the
 /// error quotes its start and length, and so does the access line; one too
 /// long to be looked up at all (over 64 KiB) is logged and counted the same.

@@ -496,8 +496,10 @@ fn is_refusal(err: &redis::RedisError) -> bool {
         err.kind(),
         ErrorKind::AuthenticationFailed
             | ErrorKind::Server(ServerErrorKind::NoPerm | ServerErrorKind::ReadOnly)
-    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM" | "READONLY"))
-    {
+    ) || matches!(
+        err.code(),
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM" | "READONLY")
+    ) {
         return true;
     }
     let text = err.to_string();
