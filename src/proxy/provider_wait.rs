@@ -49,13 +49,21 @@ pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
 
 /// A provider's `Retry-After` as the client gets it: delay-seconds or an
 /// HTTP date as sent, a fraction of seconds (or `1e3`) as whole seconds
-/// rounded up, anything else dropped. Free text is the provider's alone
-/// and could quote anything, the key the gateway sent included; a client
-/// can use only a number or a date.
+/// rounded up, anything else dropped; a wait over a day is a day, as
+/// `retry-after-ms` is (a client's integer may not hold twenty digits).
+/// Free text is the provider's alone and could quote anything, the key
+/// the gateway sent included; a client can use only a number or a date.
 pub fn forwarded_retry_after(value: HeaderValue) -> Option<HeaderValue> {
     let text = std::str::from_utf8(value.as_bytes()).ok()?.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(value);
+        let within_a_day = text
+            .parse::<u64>()
+            .is_ok_and(|secs| secs <= MAX_STATED_WAIT.as_secs());
+        return Some(if within_a_day {
+            value
+        } else {
+            HeaderValue::from(MAX_STATED_WAIT.as_secs())
+        });
     }
     if httpdate::parse_http_date(text).is_ok() {
         return Some(value);
@@ -164,6 +172,12 @@ mod tests {
         assert_eq!(forwarded(date).as_deref(), Some(date));
         assert_eq!(forwarded("1.2").as_deref(), Some("2"));
         assert_eq!(forwarded("1e20").as_deref(), Some("86400"));
+        assert_eq!(forwarded("86400").as_deref(), Some("86400"));
+        assert_eq!(forwarded("86401").as_deref(), Some("86400"));
+        assert_eq!(
+            forwarded("99999999999999999999").as_deref(),
+            Some("86400")
+        );
         assert_eq!(forwarded("sk-provider-secret"), None);
         assert_eq!(forwarded("1 sk-provider-secret"), None);
         assert_eq!(forwarded("-1"), None);
