@@ -174,10 +174,7 @@ mod tests {
         assert_eq!(forwarded("1e20").as_deref(), Some("86400"));
         assert_eq!(forwarded("86400").as_deref(), Some("86400"));
         assert_eq!(forwarded("86401").as_deref(), Some("86400"));
-        assert_eq!(
-            forwarded("99999999999999999999").as_deref(),
-            Some("86400")
-        );
+        assert_eq!(forwarded("99999999999999999999").as_deref(), Some("86400"));
         assert_eq!(forwarded("sk-provider-secret"), None);
         assert_eq!(forwarded("1 sk-provider-secret"), None);
         assert_eq!(forwarded("-1"), None);
