@@ -15,6 +15,28 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `upstream_attempts_total` of `provider` with `outcome`.
+fn attempts(text: &str, provider: &str, outcome: &str) -> Option<f64> {
+    let series = format!(
+        r#"kimi_gateway_upstream_attempts_total{{outcome="{outcome}",provider="{provider}"}}"#
+    );
+    sample(text, &series)
+}
+
+/// Leaves the request `waiting` sends, waits until the gateway has none in
+/// flight, and scrapes it.
+async fn leave_and_scrape(
+    app: &TestApp,
+    waiting: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> String {
+    waiting.abort();
+    wait_until("the request is over", async || {
+        sample(&scrape(app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
+    })
+    .await;
+    scrape(app).await
+}
+
 #[tokio::test]
 async fn traffic_shows_up_with_bounded_labels() {
     let app = spawn_app_with("[retry]\nbackoff_base_ms = 1\nbackoff_max_ms = 2\n", &[]).await;
@@ -161,18 +183,8 @@ async fn an_attempt_whose_retry_the_client_left_is_counted_a_retry() {
         sample(&scrape(&app).await, head) == Some(1.0)
     })
     .await;
-    waiting.abort();
-    wait_until("the request is over", async || {
-        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
-    })
-    .await;
-    let text = scrape(&app).await;
-    let outcome = |name: &str| {
-        let series = format!(
-            r#"kimi_gateway_upstream_attempts_total{{outcome="{name}",provider="moonshot"}}"#
-        );
-        sample(&text, &series).unwrap_or(0.0)
-    };
+    let text = leave_and_scrape(&app, waiting).await;
+    let outcome = |name: &str| attempts(&text, "moonshot", name).unwrap_or(0.0);
     assert_eq!(outcome("retry"), 1.0, "{text}");
     assert_eq!(outcome("error"), 0.0, "{text}");
     assert_eq!(app.mock.requests().len(), 1, "no second attempt");
@@ -195,10 +207,11 @@ async fn attempt_and_refusal_series_start_at_zero() {
             "client_closed",
             "breaker_open",
         ] {
-            let series = format!(
-                r#"kimi_gateway_upstream_attempts_total{{outcome="{outcome}",provider="{provider}"}}"#
+            assert_eq!(
+                attempts(&text, provider, outcome),
+                Some(0.0),
+                "{provider} {outcome}"
             );
-            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
     }
     for scope in ["key", "key_model", "global", "provider"] {
@@ -219,18 +232,8 @@ async fn an_attempt_the_client_left_is_counted_client_closed() {
         app.mock.requests().len() == 1
     })
     .await;
-    waiting.abort();
-    wait_until("the request is over", async || {
-        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(0.0)
-    })
-    .await;
-    let text = scrape(&app).await;
-    let outcome = |name: &str| {
-        let series = format!(
-            r#"kimi_gateway_upstream_attempts_total{{outcome="{name}",provider="moonshot"}}"#
-        );
-        sample(&text, &series)
-    };
+    let text = leave_and_scrape(&app, waiting).await;
+    let outcome = |name: &str| attempts(&text, "moonshot", name);
     assert_eq!(outcome("client_closed"), Some(1.0), "{text}");
     for other in ["success", "retry", "failover", "error"] {
         assert_eq!(outcome(other), Some(0.0), "{other}: {text}");
