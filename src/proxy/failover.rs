@@ -291,12 +291,6 @@ where
             }
         };
         events.failed = Some((target, outcome));
-        tracing::debug!(
-            upstream_target = &*target.label,
-            attempt = report.attempts,
-            "attempt failed: {}",
-            error.message
-        );
         last_error = Some(error);
     }
     events.none_follows();

@@ -11,6 +11,7 @@ use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, BREAKER_OPEN, Event};
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan, shown_model};
+use crate::proxy::route::Target;
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
 use crate::request_progress::ProgressWatch;
 use crate::server::BodyError;
@@ -242,33 +243,40 @@ async fn route_and_forward<'c>(
         arrived,
         &mut watch.report,
         |target| async move {
-            // No head yet: one an earlier attempt got is not this one's.
-            ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
-            // The gateway's own time before this attempt is sent: from the
-            // request's arrival for the first, from the end of the backoff
-            // for later ones; a wait in the provider's queue is left out.
-            let began = if first_attempt.swap(false, Ordering::Relaxed) {
-                arrived
-            } else {
-                Instant::now()
-            };
-            let queued_from = Instant::now();
-            let slot = limits
-                .admit_provider(&target.provider.name, estimate)
-                .await
-                .inspect_err(|err| count_limited(state, Some(err)))?;
-            let own_time_since = began + queued_from.elapsed();
-            slot.mark_sent();
-            if let Some(admission) = admission {
-                admission.mark_sent();
-            }
-            match upstream::forward(target, chat, ctx, own_time_since).await {
-                Ok(forwarded) => Ok((forwarded, slot)),
-                Err(err) => {
-                    slot.refund();
-                    Err(err)
+            let result = async {
+                // No head yet: one an earlier attempt got is not this one's.
+                ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
+                // The gateway's own time before this attempt is sent: from the
+                // request's arrival for the first, from the end of the backoff
+                // for later ones; a wait in the provider's queue is left out.
+                let began = if first_attempt.swap(false, Ordering::Relaxed) {
+                    arrived
+                } else {
+                    Instant::now()
+                };
+                let queued_from = Instant::now();
+                let slot = limits
+                    .admit_provider(&target.provider.name, estimate)
+                    .await
+                    .inspect_err(|err| count_limited(state, Some(err)))?;
+                let own_time_since = began + queued_from.elapsed();
+                slot.mark_sent();
+                if let Some(admission) = admission {
+                    admission.mark_sent();
+                }
+                match upstream::forward(target, chat, ctx, own_time_since).await {
+                    Ok(forwarded) => Ok((forwarded, slot)),
+                    Err(err) => {
+                        slot.refund();
+                        Err(err)
+                    }
                 }
             }
+            .await;
+            if let Err(err) = &result {
+                log_failed_attempt(ctx.request_id, target, err);
+            }
+            result
         },
         |target, event| {
             let outcome = match event {
@@ -454,6 +462,26 @@ where
 fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) -> bool) -> bool {
     std::iter::successors(Some(err), |e| e.source())
         .any(|e| e.downcast_ref::<BodyError>().is_some_and(which))
+}
+
+/// A failed attempt another may follow: logged with its request id, so that
+/// an answer served after a fail-over still shows what failed before it
+/// (the access line names only the last attempt). A failure that is the
+/// request's answer whatever comes (a provider's 400) is the access line's.
+fn log_failed_attempt(request_id: &HeaderValue, target: &Target, err: &GatewayError) {
+    if failover::classify(err) == failover::Verdict::Final {
+        return;
+    }
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or(""),
+        provider = &*target.provider.name,
+        upstream_target = &*target.label,
+        upstream_status = err.status.as_u16(),
+        error_type = err.error_type.as_str(),
+        code = err.code.as_deref().unwrap_or(""),
+        "upstream attempt failed: {}",
+        err.message
+    );
 }
 
 #[cfg(test)]

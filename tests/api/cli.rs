@@ -491,6 +491,55 @@ fn the_access_line_of_a_last_attempt_refused_unsent_has_no_time_to_head() {
     assert_eq!(line["time_to_head_ms"].as_f64(), Some(0.0), "{line}");
 }
 
+/// An answer served after a fail-over still shows what failed before it:
+/// each failed attempt is a warning with the request's id.
+#[test]
+fn a_failed_attempt_before_a_fail_over_is_logged_with_the_request_id() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(mock_for_start());
+    let mut command = gateway();
+    command
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        )
+        .env(
+            "AGENTSFLARE_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Agentsflare),
+        )
+        .env("AGENTSFLARE_API_KEY", "k");
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT]);
+    let response = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "kimi-k2.6",
+                "messages": [{"role": "user", "content": "[mock moonshot:error=server]"}],
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let warning = wait_for_line(&mut stdout, "upstream attempt failed");
+    let access = wait_for_line(&mut stdout, "\"target\":\"access\"");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let warning: serde_json::Value = serde_json::from_str(&warning).unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["request_id"], id, "{warning}");
+    assert_eq!(warning["provider"], "moonshot", "{warning}");
+    assert_eq!(warning["upstream_status"], 500, "{warning}");
+    let access: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(access["request_id"], id, "{access}");
+    assert_eq!(access["attempts"], 2, "{access}");
+}
+
 /// A long path is logged cut, with its length: a client, keyed or not,
 /// cannot make each access line as long as the request head it sent.
 #[test]
