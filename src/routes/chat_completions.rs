@@ -467,16 +467,20 @@ fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) 
 /// A failed attempt another may follow: logged with its request id, so that
 /// an answer served after a fail-over still shows what failed before it
 /// (the access line names only the last attempt). A failure that is the
-/// request's answer whatever comes (a provider's 400) is the access line's.
+/// request's answer whatever comes (a provider's 400) is the access line's;
+/// `error_status` is the status the failure would have been answered with.
 fn log_failed_attempt(request_id: &HeaderValue, target: &Target, err: &GatewayError) {
-    if failover::classify(err) == failover::Verdict::Final {
+    // A refused key has an alert line of its own, naming its variable.
+    if failover::classify(err) == failover::Verdict::Final
+        || err.code.as_deref() == Some("upstream_key_rejected")
+    {
         return;
     }
     tracing::warn!(
         request_id = request_id.to_str().unwrap_or(""),
         provider = &*target.provider.name,
         upstream_target = &*target.label,
-        upstream_status = err.status.as_u16(),
+        error_status = err.status.as_u16(),
         error_type = err.error_type.as_str(),
         code = err.code.as_deref().unwrap_or(""),
         "upstream attempt failed: {}",

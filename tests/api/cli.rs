@@ -534,7 +534,7 @@ fn a_failed_attempt_before_a_fail_over_is_logged_with_the_request_id() {
     assert_eq!(warning["level"], "WARN", "{warning}");
     assert_eq!(warning["request_id"], id, "{warning}");
     assert_eq!(warning["provider"], "moonshot", "{warning}");
-    assert_eq!(warning["upstream_status"], 500, "{warning}");
+    assert_eq!(warning["error_status"], 500, "{warning}");
     let access: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(access["request_id"], id, "{access}");
     assert_eq!(access["attempts"], 2, "{access}");
