@@ -108,6 +108,10 @@ pub struct ErrorDetails {
     /// The provider asked for a wait in a `Retry-After` the gateway cannot
     /// read: fail-over skips the target for this request.
     pub unreadable_wait: bool,
+    /// The provider answered 501 or 505: it does not implement what was
+    /// asked (or the HTTP version). Asking it again would get the same
+    /// answer, another provider may not: fail-over skips the target.
+    pub not_implemented_here: bool,
 }
 
 /// A `retry-after-ms` value: whole milliseconds, zero included (only a

@@ -129,6 +129,7 @@ fn describe(flavour: Flavour, error: MockError) -> (StatusCode, &'static str, &'
         (_, Server) => (code(500), "server_error", "Internal server error"),
         (_, BadGateway) => (code(502), "server_error", "Bad gateway"),
         (_, Unavailable) => (code(503), "server_error", "Service temporarily unavailable"),
+        (_, NotImplemented) => (code(501), "server_error", "n > 1 is not supported"),
         (_, Overloaded529) => (
             code(529),
             "engine_overloaded_error",

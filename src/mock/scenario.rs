@@ -18,6 +18,8 @@ pub enum MockError {
     Server,
     BadGateway,
     Unavailable,
+    /// 501: the provider does not implement what was asked.
+    NotImplemented,
     Overloaded529,
     GenerationTimeout,
     /// 200 with an HTML page instead of JSON.
@@ -38,6 +40,7 @@ impl MockError {
             "server" => MockError::Server,
             "bad_gateway" => MockError::BadGateway,
             "unavailable" => MockError::Unavailable,
+            "not_implemented" => MockError::NotImplemented,
             "overloaded_529" => MockError::Overloaded529,
             "generation_timeout" => MockError::GenerationTimeout,
             "non_json" => MockError::NonJson,

@@ -62,6 +62,10 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::ServerError if err.code.as_deref() == Some("upstream_key_rejected") => {
             Verdict::SkipTarget
         }
+        // 501 or 505: this provider would answer the same again.
+        ErrorType::ServerError if err.details.as_ref().is_some_and(|d| d.not_implemented_here) => {
+            Verdict::SkipTarget
+        }
         // The drain deadline passed: no other target would be allowed longer.
         ErrorType::ServerError if err.code.as_deref() == Some("gateway_shutdown") => Verdict::Final,
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
@@ -245,8 +249,8 @@ where
                 return Err(error);
             }
             Verdict::SkipTarget => {
-                // The target answered: its account, not its health, is at
-                // fault. An open circuit would turn the error that names
+                // The target answered: its account, or what it
+                // implements, not its health, is at fault. An open circuit would turn the error that names
                 // the cause (and is not worth retrying) into a retryable
                 // `circuit_open`, and silence the key alert.
                 if let Some(permit) = permit {
@@ -495,6 +499,9 @@ mod tests {
             classify(&err(ErrorType::ServerError).with_code("upstream_key_rejected")),
             Verdict::SkipTarget
         );
+        let mut not_implemented = err(ErrorType::ServerError);
+        not_implemented.details_mut().not_implemented_here = true;
+        assert_eq!(classify(&not_implemented), Verdict::SkipTarget);
         assert_eq!(
             classify(&err(ErrorType::ServerError).with_code("gateway_shutdown")),
             Verdict::Final

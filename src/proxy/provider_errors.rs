@@ -186,6 +186,7 @@ fn error_from(
         });
     let lower = message.to_ascii_lowercase();
     let typed = says.error_type;
+    let status_sent = status;
 
     if key_refused(status, typed.as_deref(), &lower) {
         return GatewayError::server(
@@ -242,6 +243,14 @@ fn error_from(
         // A wait was asked for and none could be read, not even from the
         // message: fail-over skips the target rather than asking again.
         err.details_mut().unreadable_wait = true;
+    }
+    if error_type == ErrorType::ServerError
+        && matches!(
+            status_sent,
+            StatusCode::NOT_IMPLEMENTED | StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        )
+    {
+        err.details_mut().not_implemented_here = true;
     }
     if let Some(code) = says.code {
         err = err.with_code(code);
@@ -424,6 +433,20 @@ pub fn redacted_value(value: HeaderValue, provider: &Provider) -> HeaderValue {
 mod tests {
     use super::*;
     use crate::config::test_provider;
+
+    #[test]
+    fn only_501_and_505_say_the_provider_does_not_implement_the_request() {
+        let body = br#"{"error":{"message":"n > 1 is not supported","type":"server_error"}}"#;
+        let marked = |status: StatusCode| {
+            let err = translate(&test_provider(), status, AskedWait::default(), body);
+            err.details.is_some_and(|d| d.not_implemented_here)
+        };
+        assert!(marked(StatusCode::NOT_IMPLEMENTED));
+        assert!(marked(StatusCode::HTTP_VERSION_NOT_SUPPORTED));
+        for status in [500, 502, 507, 599] {
+            assert!(!marked(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+    }
 
     #[test]
     fn timeouts_and_conflicts_are_retryable_and_422_keeps_its_status() {

@@ -37,6 +37,35 @@ async fn a_5xx_fails_over_to_the_next_provider() {
     assert_eq!(seen(&app, Flavour::Agentsflare), 2);
 }
 
+/// A provider that does not implement the request (501) would say so
+/// again: the next target is tried, and the same one never again.
+#[tokio::test]
+async fn a_501_fails_over_without_asking_the_same_provider_again() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=not_implemented]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock error=not_implemented]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let error = error_of(response).await;
+    assert_eq!(error["message"], "n > 1 is not supported", "{error}");
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 2);
+}
+
 #[tokio::test]
 async fn connection_refused_fails_over() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
