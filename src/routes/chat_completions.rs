@@ -243,40 +243,40 @@ async fn route_and_forward<'c>(
         arrived,
         &mut watch.report,
         |target| async move {
-            let result = async {
-                // No head yet: one an earlier attempt got is not this one's.
-                ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
-                // The gateway's own time before this attempt is sent: from the
-                // request's arrival for the first, from the end of the backoff
-                // for later ones; a wait in the provider's queue is left out.
-                let began = if first_attempt.swap(false, Ordering::Relaxed) {
-                    arrived
-                } else {
-                    Instant::now()
-                };
-                let queued_from = Instant::now();
-                let slot = limits
-                    .admit_provider(&target.provider.name, estimate)
-                    .await
-                    .inspect_err(|err| count_limited(state, Some(err)))?;
-                let own_time_since = began + queued_from.elapsed();
-                slot.mark_sent();
-                if let Some(admission) = admission {
-                    admission.mark_sent();
-                }
-                match upstream::forward(target, chat, ctx, own_time_since).await {
-                    Ok(forwarded) => Ok((forwarded, slot)),
-                    Err(err) => {
-                        slot.refund();
-                        Err(err)
-                    }
+            // No head yet: one an earlier attempt got is not this one's.
+            ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
+            // The gateway's own time before this attempt is sent: from the
+            // request's arrival for the first, from the end of the backoff
+            // for later ones; a wait in the provider's queue is left out.
+            let began = if first_attempt.swap(false, Ordering::Relaxed) {
+                arrived
+            } else {
+                Instant::now()
+            };
+            let queued_from = Instant::now();
+            // Failures are logged where they happen rather than around the
+            // whole attempt: a wrapper would move every success's result
+            // once more.
+            let slot = limits
+                .admit_provider(&target.provider.name, estimate)
+                .await
+                .inspect_err(|err| {
+                    count_limited(state, Some(err));
+                    log_failed_attempt(ctx.request_id, target, err);
+                })?;
+            let own_time_since = began + queued_from.elapsed();
+            slot.mark_sent();
+            if let Some(admission) = admission {
+                admission.mark_sent();
+            }
+            match upstream::forward(target, chat, ctx, own_time_since).await {
+                Ok(forwarded) => Ok((forwarded, slot)),
+                Err(err) => {
+                    slot.refund();
+                    log_failed_attempt(ctx.request_id, target, &err);
+                    Err(err)
                 }
             }
-            .await;
-            if let Err(err) = &result {
-                log_failed_attempt(ctx.request_id, target, err);
-            }
-            result
         },
         |target, event| {
             let outcome = match event {
