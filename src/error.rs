@@ -221,10 +221,17 @@ impl GatewayError {
             ErrorType::ExceededCurrentQuotaError => false,
             ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => true,
             // A missing or refused provider key needs an operator, not a retry.
-            ErrorType::ServerError => !matches!(
-                self.code.as_deref(),
-                Some("provider_not_configured" | "upstream_key_rejected")
-            ),
+            // So does a request the providers do not implement (501, 505):
+            // asked again, they would say the same.
+            ErrorType::ServerError => {
+                !matches!(
+                    self.code.as_deref(),
+                    Some("provider_not_configured" | "upstream_key_rejected")
+                ) && !self
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.not_implemented_here)
+            }
             _ => false,
         }
     }

@@ -60,6 +60,8 @@ async fn a_501_fails_over_without_asking_the_same_provider_again() {
         .await;
     assert_eq!(response.status(), 502);
     assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    // The SDKs would ask again and get the same answer.
+    assert_eq!(header(&response, "x-should-retry"), "false");
     let error = error_of(response).await;
     assert_eq!(error["message"], "n > 1 is not supported", "{error}");
     assert_eq!(seen(&app, Flavour::Moonshot), 2);
