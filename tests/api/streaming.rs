@@ -86,6 +86,7 @@ async fn a_cut_mid_stream_ends_with_an_error_event_and_no_done() {
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
     let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "server_error");
+    assert_eq!(last["error"]["code"], "upstream_unreachable", "{last}");
     assert!(
         last["error"]["message"]
             .as_str()
@@ -115,6 +116,7 @@ async fn a_stream_closed_without_done_is_reported_as_incomplete() {
             .contains("before it was complete"),
         "{last}"
     );
+    assert_eq!(last["error"]["code"], "upstream_unreachable", "{last}");
 }
 
 #[tokio::test]

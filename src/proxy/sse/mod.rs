@@ -325,7 +325,8 @@ impl SseRelay {
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,
                         message,
-                    ))));
+                    )
+                    .with_code("upstream_unreachable"))));
                 }
                 // The body ended inside `[DONE]`'s event: the answer is
                 // whole all the same.
@@ -353,10 +354,13 @@ impl SseRelay {
                         "provider {} closed the stream before it was complete{partial}",
                         self.provider.name
                     );
+                    // A stream closed short of `[DONE]` was cut, as a
+                    // plain answer's body closed short is.
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,
                         message,
-                    ))));
+                    )
+                    .with_code("upstream_unreachable"))));
                 }
                 Poll::Pending => {
                     if self.waits.as_mut().poll_shutdown(cx).is_ready() {

@@ -83,6 +83,7 @@ def test_a_failure_after_the_first_byte_raises_mid_stream(client: openai.OpenAI,
     assert seen, "chunks before the failure were delivered"
     assert not isinstance(error, openai.APIConnectionError), error
     assert error.type == "server_error"
+    assert error.code == "upstream_unreachable"
     assert provider.name in error.message
 
 

@@ -108,6 +108,7 @@ for (const provider of PROVIDERS) {
       assert.ok(err instanceof APIError, String(err));
       assert.ok(!(err instanceof APIConnectionError), String(err));
       assert.equal(err.type, 'server_error');
+      assert.equal(err.code, 'upstream_unreachable');
       assert.match(err.message, new RegExp(provider.name));
       assert.ok(seen.length > 0, 'chunks before the failure were delivered');
     });
