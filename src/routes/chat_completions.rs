@@ -439,10 +439,16 @@ where
                 .with_retry_after(Some(HeaderValue::from_static("1"))));
             }
             Err(err) if is_body_error(&*err, BodyError::is_timeout) => {
+                let slow = is_body_error(&*err, |e| e.0 == BodyError::TOO_SLOW.0);
+                let message = if slow {
+                    BodyError::TOO_SLOW.0
+                } else {
+                    BodyError::TIMED_OUT.0
+                };
                 return Err(GatewayError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     crate::error::ErrorType::InvalidRequestError,
-                    BodyError::TIMED_OUT.0,
+                    message,
                 )
                 .with_code("request_timeout"));
             }

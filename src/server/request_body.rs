@@ -46,8 +46,17 @@ impl BodyError {
         "the gateway is holding as many request body bytes as it may (server.max_body_bytes_total); retry shortly",
     );
 
+    /// At the connection cap or while the server closes, the body came
+    /// slower than 8 KiB a second: it is cut off, so slow bodies cannot
+    /// hold the cap.
+    pub const TOO_SLOW: BodyError = BodyError(
+        "the request body arrived slower than 8 KiB a second while the gateway was at \
+         server.max_connections or shutting down",
+    );
+
+    /// Either way the client was too slow to send its body.
     pub fn is_timeout(&self) -> bool {
-        self.0 == Self::TIMED_OUT.0
+        self.0 == Self::TIMED_OUT.0 || self.0 == Self::TOO_SLOW.0
     }
 
     pub fn is_too_large(&self) -> bool {

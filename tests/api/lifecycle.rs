@@ -160,6 +160,36 @@ async fn a_drain_does_not_wait_for_a_head_sent_slowly() {
     assert!(result.expect("drained early").unwrap().is_ok());
 }
 
+#[tokio::test]
+async fn a_connection_accepted_just_before_a_drain_has_time_to_send_its_request() {
+    let mut app = spawn_app_with("[server]\ndrain_secs = 30\n", &[]).await;
+    let mut fresh = crate::raw_client::Client::connect(app.addr).await;
+    wait_until("the connection is open", async || {
+        app.state.metrics.client_connections.get() == 1
+    })
+    .await;
+    let server = app.begin_shutdown();
+    // The listener closes in the same step that tells open connections to
+    // close: once new connections are refused, this one has been told.
+    wait_until("the listener is closed", async || {
+        tokio::net::TcpStream::connect(app.addr).await.is_err()
+    })
+    .await;
+    // The connection's task, woken by that, runs before this one goes on
+    // (one thread): it has seen the close before the request comes.
+    tokio::task::yield_now().await;
+    // Its request, sent just after, is answered rather than met with a
+    // closed connection: it had sent nothing yet, but was too new to be
+    // taken for an idle keep-alive connection.
+    fresh.send(crate::raw_client::HEALTHZ).await;
+    let reply = fresh.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    fresh.assert_closed().await;
+    let result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(result.expect("drained").unwrap().is_ok());
+}
+
 fn write_config(file: &std::path::Path, text: &str) {
     // Write a sibling and rename it over, as editors and ConfigMaps do.
     let tmp = file.with_extension("tmp");

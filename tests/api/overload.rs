@@ -239,3 +239,67 @@ async fn at_the_cap_heads_sent_slowly_are_closed_after_a_grace() {
     let reply = third.response().await;
     assert_eq!(reply.status, 200, "{}", reply.head);
 }
+
+#[tokio::test]
+async fn at_the_cap_bodies_sent_slowly_are_cut_off_after_a_grace() {
+    let app = spawn_app_with(
+        "[server]\nmax_connections = 2\nclient_idle_secs = 60\n",
+        &[],
+    )
+    .await;
+    let body = large_body(40_000);
+    let request = chat_request(&body);
+    let (head_and_some, rest) = request.split_at(request.len() - body.len() + 1000);
+    let mut slow = [
+        Client::connect(app.addr).await,
+        Client::connect(app.addr).await,
+    ];
+    for client in &mut slow {
+        client.send(head_and_some).await;
+    }
+    wait_for_open_connections(&app, 2).await;
+
+    // A third waits in the backlog. A body that keeps coming is served;
+    // one that stalls is answered 408 within the grace, not left to the
+    // idle limit (60 s), and the third is served.
+    let mut third = Client::connect(app.addr).await;
+    third.send(HEALTHZ).await;
+    let [stalled, finishing] = &mut slow;
+    finishing.send(rest).await;
+    let reply = finishing.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    let reply = stalled.response().await;
+    assert_eq!(reply.status, 408, "{}: {}", reply.head, reply.text());
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    let error = reply.json();
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("slower than 8 KiB a second")
+            && message.contains("server.max_connections"),
+        "{message}"
+    );
+    let reply = third.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(
+        app.mock.requests().len(),
+        1,
+        "only the finished body went on"
+    );
+}
+
+#[tokio::test]
+async fn at_the_cap_a_connection_that_sends_nothing_is_closed_within_the_grace() {
+    let app = spawn_app_with("[server]\nmax_connections = 1\n", &[]).await;
+    let mut silent = Client::connect(app.addr).await;
+    wait_for_open_connections(&app, 1).await;
+
+    // Just accepted, it gets a moment to send its first request; one that
+    // never does cannot hold the cap past it.
+    let mut next = Client::connect(app.addr).await;
+    next.send(HEALTHZ).await;
+    let reply = next.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    silent.assert_closed().await;
+}

@@ -47,7 +47,10 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 const READ_AHEAD: usize = 64 * 1024;
 /// How long a request head part-way in may take to come whole once the
 /// server is closing or making room at its connection cap: a head is
-/// usually one packet, so its rest is due within a round trip.
+/// usually one packet, so its rest is due within a round trip. A
+/// connection younger than this that has sent nothing yet is kept until it
+/// is this old: it may have been accepted from the backlog just now, its
+/// first request on the way.
 const HEAD_GRACE: Duration = Duration::from_secs(1);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Bodies up to this size are not claimed against
@@ -71,6 +74,7 @@ pub async fn serve(
         read: BytesMut::new(),
         output: Output::default(),
         spare_headers: http::HeaderMap::new(),
+        first_head_due: Some(tokio::time::Instant::now() + HEAD_GRACE),
     };
     let mut closed = pin!(closing.cancelled());
     let drain = &gateway.state().drain;
@@ -102,7 +106,14 @@ pub async fn serve(
             Err(NoHead::Closed) => return,
         };
         match connection
-            .exchange(head, &gateway, &closing, &mut deadline, idle.as_mut())
+            .exchange(
+                head,
+                &gateway,
+                &closing,
+                closed.as_mut(),
+                &mut deadline,
+                idle.as_mut(),
+            )
             .await
         {
             After::KeepAlive => {}
@@ -125,6 +136,9 @@ struct Connection {
     /// The last plain request's header map, emptied: the next head's
     /// fields go into its room (see `exchange`).
     spare_headers: http::HeaderMap,
+    /// Until the first request head has come: when the connection's
+    /// [`HEAD_GRACE`] after its accept ends.
+    first_head_due: Option<tokio::time::Instant>,
 }
 
 /// Why no request head came (or none in time).
@@ -156,6 +170,10 @@ struct BodyReading {
     /// bytes read since: [`BODY_PROGRESS`] of them start a new wait.
     stalled_since: Option<Duration>,
     progress: usize,
+    /// Once the server is closing or making room at its connection cap:
+    /// when the next [`BODY_PROGRESS`] bytes are due ([`HEAD_GRACE`] after
+    /// the last), as a head part-way in gets that long to come whole.
+    cut_off: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `server.max_body_bytes`, and the body's bytes handed over so far:
     /// a chunk announced past the limit is refused before its bytes come
     /// (a client trickling a huge chunk is not waited for).
@@ -191,12 +209,16 @@ impl Connection {
         loop {
             if !self.read.is_empty() {
                 match request_head::parse(&mut self.read, &mut self.spare_headers) {
-                    Ok(Some(head)) => return Ok(head),
+                    Ok(Some(head)) => {
+                        self.first_head_due = None;
+                        return Ok(head);
+                    }
                     Ok(None) => {}
                     Err(bad) => return Err(NoHead::Refused(bad)),
                 }
             }
             let idle = self.read.is_empty();
+            let first_head_due = self.first_head_due;
             let read = poll_fn(|cx| {
                 if let Poll::Ready(read) = self.poll_read(cx, READ_SIZE) {
                     return Poll::Ready(Some(read));
@@ -205,12 +227,19 @@ impl Connection {
                 // a head part-way in has `HEAD_GRACE` more to come whole,
                 // so clients that send heads a byte at a time cannot keep
                 // the cap filled (or a drain waiting) for the idle limit.
+                // A connection just accepted is kept until its own grace
+                // ends: at the cap it was waiting in the backlog, and its
+                // client may be about to send (closing it then would give
+                // a first request an empty reply).
                 if waiting.closed.as_mut().poll(cx).is_ready() {
-                    if idle {
-                        return Poll::Ready(None);
-                    }
                     let timer =
-                        cut_off.get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_GRACE)));
+                        match first_head_due {
+                            Some(due) if idle => cut_off
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due))),
+                            _ if idle => return Poll::Ready(None),
+                            _ => cut_off
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_GRACE))),
+                        };
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(None);
                     }
@@ -225,6 +254,8 @@ impl Connection {
             })
             .await;
             match read {
+                // A head begun: its own grace, not the fresh connection's.
+                Some(Ok(n)) if n > 0 && idle => cut_off = None,
                 Some(Ok(n)) if n > 0 => {}
                 _ => return Err(NoHead::Closed),
             }
@@ -232,11 +263,13 @@ impl Connection {
     }
 
     /// One request: handled, its body read as asked, its response written.
-    async fn exchange(
+    /// `closed` is `closing`'s wait.
+    async fn exchange<C: Future<Output = ()>>(
         &mut self,
         head: RequestHead,
         gateway: &Arc<Gateway>,
         closing: &CancellationToken,
+        mut closed: Pin<&mut C>,
         deadline: &mut DeadlineWatch<'_, '_>,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> After {
@@ -279,6 +312,7 @@ impl Connection {
                     continue_owed: expect_continue.then_some(0),
                     stalled_since: None,
                     progress: 0,
+                    cut_off: None,
                     limit,
                     total,
                     claim,
@@ -298,6 +332,7 @@ impl Connection {
                     cx,
                     handling.as_mut(),
                     reading.as_mut(),
+                    closed.as_mut(),
                     idle.as_deref_mut(),
                 );
                 if polled.is_pending() && deadline.passed(cx) {
@@ -378,11 +413,12 @@ impl Connection {
     /// Polls the handler; while it waits, reads the request body it asks
     /// for, and otherwise watches for the client leaving. `Ready(None)`:
     /// the client left (the handler is dropped, which cancels the request).
-    fn poll_handling<Answer, F: Future<Output = Answer>>(
+    fn poll_handling<Answer, F: Future<Output = Answer>, C: Future<Output = ()>>(
         &mut self,
         cx: &mut Context<'_>,
         mut handling: Pin<&mut F>,
         mut reading: Option<&mut BodyReading>,
+        mut closed: Pin<&mut C>,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> Poll<Option<Answer>> {
         'handler: loop {
@@ -455,16 +491,31 @@ impl Connection {
                                 if body.progress >= BODY_PROGRESS {
                                     body.progress = 0;
                                     body.stalled_since = None;
+                                    body.cut_off = None;
                                 }
                             }
                             // The client left halfway through its body.
                             Poll::Ready(_) => return Poll::Ready(None),
                             Poll::Pending => {
+                                // At the cap (or when closing) a body that
+                                // comes slower than a head may is cut off:
+                                // slow bodies must not hold the cap.
+                                let cut_off = closed.as_mut().poll(cx).is_ready() && {
+                                    let timer = body.cut_off.get_or_insert_with(|| {
+                                        Box::pin(tokio::time::sleep(HEAD_GRACE))
+                                    });
+                                    timer.as_mut().poll(cx).is_ready()
+                                };
                                 let stalled = &mut body.stalled_since;
-                                if !IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
+                                let error = if cut_off {
+                                    BodyError::TOO_SLOW
+                                } else if IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled)
+                                {
+                                    BodyError::TIMED_OUT
+                                } else {
                                     return Poll::Pending;
-                                }
-                                body.slot.end(Err(BodyError::TIMED_OUT), cx);
+                                };
+                                body.slot.end(Err(error), cx);
                                 continue 'handler;
                             }
                         }
