@@ -175,14 +175,25 @@ pub fn authenticate(
 /// reader's choice (a proxy in front that adds its own could be read
 /// either way).
 fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, &'static str> {
-    let bearer = only_one(headers.get_all(header::AUTHORIZATION))?.and_then(|value| {
+    let authorization = only_one(headers.get_all(header::AUTHORIZATION))?;
+    let bearer = authorization.and_then(|value| {
         let bytes = value.as_bytes();
         let (scheme, rest) = bytes.split_at_checked(7)?;
         scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
     });
     let key = match bearer {
         Some(key) => Some(key),
-        None => only_one(headers.get_all("x-api-key"))?.map(HeaderValue::as_bytes),
+        None => match only_one(headers.get_all("x-api-key"))? {
+            Some(value) => Some(value.as_bytes()),
+            // A key sent in another form is not "missing": say which form.
+            None if authorization.is_some() => {
+                return Err(
+                    "the Authorization header field is not 'Bearer <key>' (one space after \
+                     'Bearer'): send the key as 'Authorization: Bearer <key>' or in 'x-api-key'",
+                );
+            }
+            None => None,
+        },
     };
     Ok(key
         .map(|key| key.trim_ascii())
@@ -262,6 +273,24 @@ mod tests {
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(presented_key(&headers), Ok(Some(&b"sk-x"[..])));
         assert_eq!(presented_key(&HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn a_key_sent_in_another_form_is_named_as_such_not_missing() {
+        for value in ["sk-a", "Basic c2stYQ==", "Bearer\tsk-a", "Bearersk-a"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            let refused = presented_key(&headers).expect_err(value);
+            assert!(
+                refused.contains("is not 'Bearer <key>'"),
+                "{value}: {refused}"
+            );
+            assert!(!refused.contains("sk-a"), "the key is not echoed");
+        }
+        // An empty Bearer key is missing.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(presented_key(&headers), Ok(None));
     }
 
     #[test]

@@ -239,11 +239,20 @@ impl ChatRequest {
                 model: Some(model),
             }));
         }
-        let model = parse_string(&body.span(model_span.clone()))
+        let raw_model = body.span(model_span.clone());
+        let model = parse_string(&raw_model)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| {
-                GatewayError::invalid_request("`model` must be a non-empty string")
-                    .with_param("model")
+                // A string that does not decode is told apart from one of
+                // another type: its writer needs to fix its escapes or
+                // encoding, not its type.
+                let message = if raw_model.len() > 2 && raw_model.first() == Some(&b'"') {
+                    "`model` is not a valid JSON string: it has an invalid escape (or a lone \
+                     surrogate) or bytes that are not UTF-8"
+                } else {
+                    "`model` must be a non-empty string"
+                };
+                GatewayError::invalid_request(message).with_param("model")
             })?;
         let messages = messages.ok_or_else(|| missing("messages"))?;
         if body.span(messages.start..messages.start + 1).first() != Some(&b'[') {
@@ -464,6 +473,36 @@ mod tests {
         assert_eq!(err.code.as_deref(), Some("model_not_found"));
         // The name's length, not its JSON's with the quotes.
         assert!(err.message.contains("65535 bytes long"), "{err}");
+    }
+
+    #[test]
+    fn a_model_string_that_does_not_decode_is_told_from_one_of_another_type() {
+        let message = |body: &[u8]| {
+            let Err(err) = ChatRequest::peek(Bytes::copy_from_slice(body)) else {
+                panic!("accepted {}", String::from_utf8_lossy(body));
+            };
+            assert_eq!(err.param.as_deref(), Some("model"), "{err}");
+            err.message.into_owned()
+        };
+        for body in [
+            &br#"{"model":"kimi\x","messages":[]}"#[..],
+            br#"{"model":"\ud800","messages":[]}"#,
+            b"{\"model\":\"kimi\xff\",\"messages\":[]}",
+        ] {
+            let text = message(body);
+            assert!(
+                text.starts_with("`model` is not a valid JSON string"),
+                "{}: {text}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for body in [
+            &br#"{"model":"","messages":[]}"#[..],
+            br#"{"model":5,"messages":[]}"#,
+            br#"{"model":null,"messages":[]}"#,
+        ] {
+            assert_eq!(message(body), "`model` must be a non-empty string");
+        }
     }
 
     #[test]

@@ -52,6 +52,21 @@ async fn a_missing_or_unknown_key_is_401() {
         error_of(response).await["type"],
         "invalid_authentication_error"
     );
+    // A known key sent without its scheme is not taken, and the client is
+    // told the form was wrong rather than that no key came.
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("authorization", "sk-a")
+        .body(chat_body("kimi-k2.6", "hi", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let error = error_of(response).await;
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("is not 'Bearer <key>'"), "{error}");
+    assert!(!message.contains("sk-a"), "{error}");
     // Other endpoints need a key too, unknown ones included.
     let models = app.client.get(app.url("/v1/models")).send().await.unwrap();
     assert_eq!(models.status(), 401);
