@@ -9,7 +9,10 @@
 //! others close. To make room, every connection open then is
 //! told to close once it is idle: idle keep-alive connections close at
 //! once, busy ones after their response (with `Connection: close`), as
-//! nginx closes idle keep-alive connections when it runs short.
+//! nginx closes idle keep-alive connections when it runs short. What is
+//! neither (a connection just accepted, a head or body still arriving) has
+//! a short grace to go on, then closes too (`conn/`), so slow clients
+//! cannot hold the cap.
 
 use prometheus::IntGauge;
 use std::sync::Arc;
