@@ -188,8 +188,8 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, &'static str> {
             // A key sent in another form is not "missing": say which form.
             None if authorization.is_some() => {
                 return Err(
-                    "the Authorization header field is not 'Bearer <key>' (one space after \
-                     'Bearer'): send the key as 'Authorization: Bearer <key>' or in 'x-api-key'",
+                    "the Authorization header field is not 'Bearer <key>': send the key as \
+                     'Authorization: Bearer <key>' or in 'x-api-key'",
                 );
             }
             None => None,

@@ -248,7 +248,7 @@ impl ChatRequest {
                 // encoding, not its type.
                 let message = if raw_model.len() > 2 && raw_model.first() == Some(&b'"') {
                     "`model` is not a valid JSON string: it has an invalid escape (or a lone \
-                     surrogate) or bytes that are not UTF-8"
+                     surrogate), a raw control character or bytes that are not UTF-8"
                 } else {
                     "`model` must be a non-empty string"
                 };
@@ -390,6 +390,11 @@ fn missing(field: &'static str) -> GatewayError {
 fn parse_string(raw: &[u8]) -> Option<Arc<str>> {
     let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     if memchr::memchr(b'\\', inner).is_none() {
+        // A raw control character is not allowed in a JSON string (the
+        // structure scan does not look inside strings).
+        if inner.iter().any(|&byte| byte < 0x20) {
+            return None;
+        }
         return std::str::from_utf8(inner).ok().map(Arc::from);
     }
     serde_json::from_slice::<String>(raw).ok().map(Arc::from)
@@ -487,6 +492,7 @@ mod tests {
         for body in [
             &br#"{"model":"kimi\x","messages":[]}"#[..],
             br#"{"model":"\ud800","messages":[]}"#,
+            b"{\"model\":\"kimi\x01\",\"messages\":[]}",
             b"{\"model\":\"kimi\xff\",\"messages\":[]}",
         ] {
             let text = message(body);

@@ -259,16 +259,24 @@ async fn at_the_cap_bodies_sent_slowly_are_cut_off_after_a_grace() {
     }
     wait_for_open_connections(&app, 2).await;
 
-    // A third waits in the backlog. A body that keeps coming is served;
-    // one that stalls is answered 408 within the grace, not left to the
-    // idle limit (60 s), and the third is served.
+    // A third waits in the backlog. A body that keeps the pace on average
+    // is served, though it comes in bursts further apart than a second
+    // (as curl's --limit-rate sends); one that stalls is answered 408
+    // within the grace, not left to the idle limit (60 s), and the third
+    // is served.
     let mut third = Client::connect(app.addr).await;
     third.send(HEALTHZ).await;
     let [stalled, finishing] = &mut slow;
-    finishing.send(rest).await;
-    let reply = finishing.response().await;
+    let (burst, rest) = rest.split_at(20 * 1024);
+    let finished = async {
+        finishing.send(burst).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        finishing.send(rest).await;
+        finishing.response().await
+    };
+    let (reply, stalled_reply) = tokio::join!(finished, stalled.response());
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
-    let reply = stalled.response().await;
+    let reply = stalled_reply;
     assert_eq!(reply.status, 408, "{}: {}", reply.head, reply.text());
     assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
     let error = reply.json();
@@ -302,4 +310,96 @@ async fn at_the_cap_a_connection_that_sends_nothing_is_closed_within_the_grace()
     let reply = next.response().await;
     assert_eq!(reply.status, 200, "{}", reply.head);
     silent.assert_closed().await;
+}
+
+/// A chunked body's head and a chunk of one byte behind an extension of
+/// ~4 KB: bytes on the wire, but one byte of body.
+fn padded_chunk() -> String {
+    format!("1;pad={}\r\nx\r\n", "p".repeat(4000))
+}
+
+#[tokio::test]
+async fn at_the_cap_only_body_bytes_count_not_chunk_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(
+        "[server]\nmax_connections = 1\nclient_idle_secs = 60\n",
+        &[],
+    )
+    .await;
+    let padded = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = padded.into_split();
+    writer
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_open_connections(&app, 1).await;
+
+    // The cap is reached; the client goes on sending ~8 KB of extensions
+    // every 0.4 s, far more than 8 KiB a second on the wire but a few
+    // bytes of body. It is answered 408 while it is still sending.
+    let mut next = Client::connect(app.addr).await;
+    next.send(HEALTHZ).await;
+    let dripping = tokio::spawn(async move {
+        for _ in 0..25 {
+            let pair = format!("{}{}", padded_chunk(), padded_chunk());
+            if writer.write_all(pair.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("request_timeout") {
+        let mut buffer = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), reader.read(&mut buffer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed without an answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(
+        !dripping.is_finished(),
+        "answered only once the drip stopped"
+    );
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let reply = next.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    // The gateway closed it: the drip ends.
+    dripping.await.unwrap();
+}
+
+#[tokio::test]
+async fn at_the_cap_a_connection_closing_after_an_unread_body_keeps_its_place_briefly() {
+    let app = spawn_app_with(
+        "[server]\nmax_connections = 1\nmax_body_bytes = 1000\n",
+        &[],
+    )
+    .await;
+    // Refused before its body is read; the client keeps its end open, so
+    // the gateway lingers, reading what it still sends.
+    let mut refused = Client::connect(app.addr).await;
+    refused
+        .send("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{")
+        .await;
+    let (status, head) = refused.head().await;
+    assert_eq!(status, 413, "{head}");
+
+    // A client waiting at the cap gets the place after a short linger,
+    // not the whole 2 s one.
+    let waited = tokio::time::Instant::now();
+    let mut next = Client::connect(app.addr).await;
+    next.send(HEALTHZ).await;
+    let reply = next.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    let waited = waited.elapsed();
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
 }

@@ -11,7 +11,8 @@ use crate::server::response_head::ConnectionHeader;
 use crate::wire_fields::WireFields;
 use axum::response::IntoResponse;
 use http::Version;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -21,11 +22,22 @@ use tokio::net::TcpStream;
 /// with unread bytes resets the connection, and the client may lose the
 /// response it has not read yet.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long the lingering lasts at most once the server is closing or
+/// making room at its connection cap: a lingering connection keeps its
+/// place under the cap, and a client that keeps its end open would hold
+/// it for all of [`LINGER`]. Time enough to read an answer over a LAN or a
+/// short round trip.
+const LINGER_AT_CAP: Duration = Duration::from_millis(250);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 impl Connection {
     /// Answers a head that cannot be served, then closes.
-    pub(super) async fn refuse(mut self, bad: BadHead, idle: Option<&mut IdleLimit<'_>>) {
+    pub(super) async fn refuse<C: Future<Output = ()>>(
+        mut self,
+        bad: BadHead,
+        idle: Option<&mut IdleLimit<'_>>,
+        closed: Pin<&mut C>,
+    ) {
         // Not an access line: there is no method, path or key to record.
         let id = generate_id();
         tracing::info!(
@@ -50,7 +62,7 @@ impl Connection {
             .await
             .is_ok()
         {
-            self.linger().await;
+            self.linger(closed).await;
         }
     }
 
@@ -59,22 +71,23 @@ impl Connection {
     /// answer) is lingered on instead: closing with its bytes unread would
     /// reset the connection, and a reset throws away the end of the answer
     /// still in the send buffer.
-    pub(super) async fn close(mut self) {
+    pub(super) async fn close<C: Future<Output = ()>>(mut self, closed: Pin<&mut C>) {
         if self.read.is_empty() && !unread_bytes_waiting(&self.io) {
             let _ = self.io.shutdown().await;
             return;
         }
-        self.linger().await;
+        self.linger(closed).await;
     }
 
     /// Closes the sending side, then reads and drops what the client still
     /// sends (the rest of a body not read) until it closes too, for a
-    /// while.
-    pub(super) async fn linger(mut self) {
+    /// while: [`LINGER`], or [`LINGER_AT_CAP`] once `closed` (the server
+    /// closing or making room at its connection cap) has come.
+    pub(super) async fn linger<C: Future<Output = ()>>(mut self, closed: Pin<&mut C>) {
         if self.io.shutdown().await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(LINGER, async {
+        let dropping = async {
             let mut dropped = 0;
             while dropped < LINGER_BYTES {
                 self.read.clear();
@@ -83,8 +96,15 @@ impl Connection {
                     _ => break,
                 }
             }
-        })
-        .await;
+        };
+        let cut_short = async {
+            closed.await;
+            tokio::time::sleep(LINGER_AT_CAP).await;
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, dropping) => {}
+            () = cut_short => {}
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use waits::{BODY_PROGRESS, DeadlineWatch, IdleLimit, Waiting};
+use waits::{BODY_PROGRESS, DeadlineWatch, IdleLimit, RateFloor, Waiting};
 
 /// Room made in the read buffer before each read: a request head and a
 /// small body fit.
@@ -101,7 +101,7 @@ pub async fn serve(
             Ok(head) => head,
             Err(NoHead::Refused(bad)) => {
                 crate::request_metrics::observe_refused_head(bad.status, &gateway.state().metrics);
-                return connection.refuse(bad, idle.as_mut()).await;
+                return connection.refuse(bad, idle.as_mut(), closed).await;
             }
             Err(NoHead::Closed) => return,
         };
@@ -117,8 +117,8 @@ pub async fn serve(
             .await
         {
             After::KeepAlive => {}
-            After::Close => return connection.close().await,
-            After::Linger => return connection.linger().await,
+            After::Close => return connection.close(closed).await,
+            After::Linger => return connection.linger(closed).await,
             After::Drop => return,
         }
     }
@@ -170,10 +170,10 @@ struct BodyReading {
     /// bytes read since: [`BODY_PROGRESS`] of them start a new wait.
     stalled_since: Option<Duration>,
     progress: usize,
-    /// Once the server is closing or making room at its connection cap:
-    /// when the next [`BODY_PROGRESS`] bytes are due ([`HEAD_GRACE`] after
-    /// the last), as a head part-way in gets that long to come whole.
-    cut_off: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the body began to be read, and, once the server is closing or
+    /// making room at its connection cap, the pace it must keep.
+    began: tokio::time::Instant,
+    rate_floor: Option<RateFloor>,
     /// `server.max_body_bytes`, and the body's bytes handed over so far:
     /// a chunk announced past the limit is refused before its bytes come
     /// (a client trickling a huge chunk is not waited for).
@@ -312,7 +312,8 @@ impl Connection {
                     continue_owed: expect_continue.then_some(0),
                     stalled_since: None,
                     progress: 0,
-                    cut_off: None,
+                    began: tokio::time::Instant::now(),
+                    rate_floor: None,
                     limit,
                     total,
                     claim,
@@ -452,7 +453,14 @@ impl Connection {
             loop {
                 match body.framing.decode(&mut self.read) {
                     Ok(Decoded::Frame(frame)) => {
+                        // The body's own bytes are its progress: chunk
+                        // framing and extensions earn no time.
                         body.received += frame.len() as u64;
+                        body.progress += frame.len();
+                        if body.progress >= BODY_PROGRESS {
+                            body.progress = 0;
+                            body.stalled_since = None;
+                        }
                         body.slot.put(frame, cx);
                         if body.framing.remaining() == Some(0) {
                             // The last frame: the handler sees the end
@@ -486,28 +494,21 @@ impl Connection {
                             _ => READ_SIZE,
                         };
                         match self.poll_read(cx, room) {
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                body.progress += n;
-                                if body.progress >= BODY_PROGRESS {
-                                    body.progress = 0;
-                                    body.stalled_since = None;
-                                    body.cut_off = None;
-                                }
-                            }
+                            Poll::Ready(Ok(n)) if n > 0 => {}
                             // The client left halfway through its body.
                             Poll::Ready(_) => return Poll::Ready(None),
                             Poll::Pending => {
                                 // At the cap (or when closing) a body that
-                                // comes slower than a head may is cut off:
+                                // comes slower than the floor is cut off:
                                 // slow bodies must not hold the cap.
-                                let cut_off = closed.as_mut().poll(cx).is_ready() && {
-                                    let timer = body.cut_off.get_or_insert_with(|| {
-                                        Box::pin(tokio::time::sleep(HEAD_GRACE))
-                                    });
-                                    timer.as_mut().poll(cx).is_ready()
-                                };
+                                let began = body.began;
+                                let behind = closed.as_mut().poll(cx).is_ready()
+                                    && body
+                                        .rate_floor
+                                        .get_or_insert_with(|| RateFloor::start(began))
+                                        .behind(cx, body.received);
                                 let stalled = &mut body.stalled_since;
-                                let error = if cut_off {
+                                let error = if behind {
                                     BodyError::TOO_SLOW
                                 } else if IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled)
                                 {

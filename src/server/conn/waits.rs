@@ -1,6 +1,7 @@
 //! What bounds a connection's waits: the drain deadline while a handler
-//! works, and the client idle limit while a head, a body's next bytes or
-//! the client's taking of a response is awaited.
+//! works, the client idle limit while a head, a body's next bytes or the
+//! client's taking of a response is awaited, and the pace a body must keep
+//! once the connection cap needs room.
 
 use crate::coarse_clock;
 use std::pin::Pin;
@@ -80,3 +81,94 @@ impl IdleLimit<'_> {
 /// much of its response (or the rest of what is ready), per idle limit, so
 /// one that trickles a byte at a time cannot hold a connection for ever.
 pub(super) const BODY_PROGRESS: usize = 8 * 1024;
+
+/// The pace a request body must keep once the server is closing or making
+/// room at its connection cap: on average [`BODY_PROGRESS`] bytes a second
+/// since the body began, after a first [`RATE_FLOOR_GRACE`], and never cut
+/// sooner than that grace after the pace began to count. Time is earned by
+/// the body's bytes, so a client that sends in bursts (curl's
+/// `--limit-rate` sends each second's share at once) keeps what it sent
+/// ahead, even before the cap was reached; one that trickles cannot hold
+/// its place at the cap.
+pub(super) struct RateFloor {
+    /// When the body began (its head was read).
+    began: tokio::time::Instant,
+    /// When the pace began to count.
+    since: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The time a body has before its first bytes are due at the floor: as
+/// long as a head part-way in gets to come whole.
+pub(super) const RATE_FLOOR_GRACE: Duration = Duration::from_secs(1);
+
+impl RateFloor {
+    pub(super) fn start(began: tokio::time::Instant) -> RateFloor {
+        let since = tokio::time::Instant::now();
+        RateFloor {
+            began,
+            since,
+            timer: Box::pin(tokio::time::sleep_until(since + RATE_FLOOR_GRACE)),
+        }
+    }
+
+    /// Whether the body, `received` bytes of it so far, has fallen behind
+    /// the floor. If not, the timer wakes this task when it would.
+    pub(super) fn behind(&mut self, cx: &mut Context<'_>, received: u64) -> bool {
+        let due = (self.began + RATE_FLOOR_GRACE + Self::earned(received))
+            .max(self.since + RATE_FLOOR_GRACE);
+        if self.timer.deadline() != due {
+            self.timer.as_mut().reset(due);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// The time `bytes` of body earn at the floor's pace.
+    fn earned(bytes: u64) -> Duration {
+        let nanos = u128::from(bytes) * 1_000_000_000 / BODY_PROGRESS as u128;
+        // Past a day of credit the idle limit bounds the wait anyway.
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+            .min(Duration::from_secs(86_400))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_earns_a_second_per_8_kib() {
+        assert_eq!(RateFloor::earned(0), Duration::ZERO);
+        assert_eq!(RateFloor::earned(8 * 1024), Duration::from_secs(1));
+        assert_eq!(RateFloor::earned(64 * 1024), Duration::from_secs(8));
+        assert_eq!(RateFloor::earned(4 * 1024), Duration::from_millis(500));
+        assert_eq!(RateFloor::earned(u64::MAX), Duration::from_secs(86_400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_falls_behind_only_once_its_credit_is_spent() {
+        let began = tokio::time::Instant::now();
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        // 16 KiB sent in a burst before the pace began: 3 s from the start.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let mut floor = RateFloor::start(began);
+        assert!(!floor.behind(cx, 16 * 1024));
+        tokio::time::advance(Duration::from_millis(2800)).await;
+        assert!(!floor.behind(cx, 16 * 1024), "2.9 s into 3");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(floor.behind(cx, 16 * 1024), "3.1 s for 16 KiB");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_long_behind_still_gets_the_grace() {
+        let began = tokio::time::Instant::now();
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let mut floor = RateFloor::start(began);
+        assert!(!floor.behind(cx, 10));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!floor.behind(cx, 10));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(floor.behind(cx, 10));
+    }
+}
