@@ -802,14 +802,21 @@ fn an_edit_and_a_sighup_reload_once_and_listen_given_on_the_command_line_wins() 
 }
 
 /// A `RUST_LOG` with a typo does not silence the log nor pass unseen: the
-/// gateway says so and logs at `info`.
+/// gateway says so and logs at `info`. A misspelt bare level would read as
+/// a target's name and turn every other line off.
 #[test]
 fn an_unreadable_rust_log_is_reported_and_info_is_kept() {
+    for filter in ["kimi_gateway=loud", "warning"] {
+        an_unreadable_rust_log_is_reported(filter);
+    }
+}
+
+fn an_unreadable_rust_log_is_reported(filter: &str) {
     let mut child = Running(
         gateway()
             .args(["--listen", ANY_PORT])
             .env("MOONSHOT_API_KEY", "k")
-            .env("RUST_LOG", "kimi_gateway=loud")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
