@@ -66,7 +66,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match config::load(cli.config.as_deref()) {
+    let loaded = config::load(cli.config.as_deref())
+        .and_then(|config| config::check_listen_override(&config, cli.listen).map(|()| config));
+    let config = match loaded {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("configuration has {} problem(s):", errors.0.len());

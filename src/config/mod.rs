@@ -259,6 +259,27 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     load_reusing(path, None, &|name| std::env::var(name).ok())
 }
 
+/// Checks the address `--listen` (or `KIMI_GATEWAY_LISTEN`) gives in place
+/// of `server.listen` against `server.metrics_listen`, as the file's own
+/// `server.listen` is: otherwise the clash would show only at start, as a
+/// bind error that sends its reader looking for another process.
+pub fn check_listen_override(
+    config: &Config,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), ConfigErrors> {
+    match (listen, config.metrics_listen) {
+        (Some(listen), Some(metrics)) if resolve::shares_port(metrics, listen) => {
+            Err(ConfigErrors(vec![ConfigProblem::new(
+                "server.metrics_listen",
+                format!(
+                    "{metrics} takes the port of --listen / KIMI_GATEWAY_LISTEN ({listen}): give one of them a port of its own"
+                ),
+            )]))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Like [`load`], keeping the breaker state of `previous`'s unchanged
 /// targets and reading the environment through `env`.
 pub fn load_reusing(

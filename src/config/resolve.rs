@@ -229,7 +229,7 @@ fn byte_count(
 /// same address, or on any address and one that is the unspecified one
 /// (`0.0.0.0` takes the port on every address). Port 0 is the kernel's to
 /// pick, so it never contends.
-fn shares_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+pub(super) fn shares_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())

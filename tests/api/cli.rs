@@ -92,6 +92,41 @@ fn check_refuses_a_secret_given_as_a_variable_name_without_printing_it() {
     assert!(!printed.contains(secret), "{printed}");
 }
 
+/// The address `--listen` or `KIMI_GATEWAY_LISTEN` puts in place of
+/// `server.listen` is checked against `server.metrics_listen` as the file's
+/// is: refused by `--check` and at start, before anything binds.
+#[test]
+fn a_listen_override_on_the_metrics_port_is_refused() {
+    let file = config_file("[server]\nmetrics_listen = \"127.0.0.1:19999\"\n");
+    let by_flag = gateway()
+        .args(["--check", "--listen", "127.0.0.1:19999", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let by_env = gateway()
+        .args(["--config"])
+        .arg(file.path())
+        .env("KIMI_GATEWAY_LISTEN", "0.0.0.0:19999")
+        .env("MOONSHOT_API_KEY", "k")
+        .output()
+        .unwrap();
+    for output in [by_flag, by_env] {
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("server.metrics_listen: 127.0.0.1:19999 takes the port of --listen"),
+            "{stderr}"
+        );
+    }
+    // Another port is fine.
+    let output = gateway()
+        .args(["--check", "--listen", "127.0.0.1:19998", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
 /// A value of the wrong type hides nothing: the section's other values
 /// still get their checks, and no check reports the unreadable value again
 /// (here as a provider with no models, or an alias naming an unknown one).
