@@ -206,10 +206,15 @@ fn redis_settings(
         (Some((var, url)), _) => (url, var.to_string()),
         (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
         (None, None) => {
-            problems.push(ConfigProblem::new(
-                "limits.redis_url",
-                "required when limits.backend is \"redis\"",
-            ));
+            // Name the variable the operator meant to set, if any: it is
+            // the usual way to give the URL, and the likelier miss.
+            let message = match file.redis_url_env.as_deref() {
+                Some(var) => format!(
+                    "required when limits.backend is \"redis\": limits.redis_url_env names {var}, which is not set (or blank), and limits.redis_url is not given"
+                ),
+                None => "required when limits.backend is \"redis\"".to_string(),
+            };
+            problems.push(ConfigProblem::new("limits.redis_url", message));
             return None;
         }
     };

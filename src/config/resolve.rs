@@ -247,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_backend_without_a_url_names_the_variable_that_is_not_set() {
+        let found =
+            problems("[limits]\nbackend = \"redis\"\nredis_url_env = \"KIMI_GATEWAY_REDIS_URL\"\n");
+        assert!(
+            found.iter().any(|p| p.starts_with("limits.redis_url: ")
+                && p.contains("names KIMI_GATEWAY_REDIS_URL, which is not set")),
+            "{found:?}"
+        );
+        let found = problems("[limits]\nbackend = \"redis\"\n");
+        assert!(
+            found.contains(
+                &"limits.redis_url: required when limits.backend is \"redis\"".to_string()
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn the_body_total_defaults_to_256_mib_or_the_body_limit_when_larger() {
         let config = resolve("", &|_| None).unwrap();
         assert_eq!(config.max_body_bytes_total, 256 * 1024 * 1024);
