@@ -106,19 +106,26 @@ impl Breaker {
     }
 
     /// A breaker with new `settings` that goes on from `old`'s state: a
-    /// reload that tunes the breakers leaves an open circuit open (its
-    /// cool-down running, within the new bounds), not every failing target
-    /// back in rotation. A probe in flight reports to `old`.
+    /// reload that tunes the breakers leaves an open circuit open, not every
+    /// failing target back in rotation. The cool-down running is held
+    /// within the new bounds, counted from when it began: an operator who
+    /// lowers it to bring a recovered provider back sooner gets that now,
+    /// not after the old cool-down. A probe in flight reports to `old`.
     fn carried(settings: BreakerSettings, old: &Breaker) -> Self {
         let carried = Breaker::named(settings, &old.label);
         let open_until = old.open_until_ms.load(Ordering::Acquire);
         if open_until != 0 {
-            let cooldown = old.cooldown_ms.load(Ordering::Relaxed).clamp(
+            let running = old.cooldown_ms.load(Ordering::Relaxed);
+            let cooldown = running.clamp(
                 settings.cooldown.as_millis() as u64,
                 settings.max_cooldown.as_millis() as u64,
             );
+            // Every opening ends `cooldown_ms` after it began.
+            let opened_at = open_until.saturating_sub(running);
             carried.cooldown_ms.store(cooldown, Ordering::Relaxed);
-            carried.open_until_ms.store(open_until, Ordering::Release);
+            carried
+                .open_until_ms
+                .store((opened_at + cooldown).max(1), Ordering::Release);
         }
         for (to, from) in [
             (&carried.consecutive, &old.consecutive),
@@ -520,6 +527,36 @@ mod tests {
             assert_eq!(b.state_at(now + expected), BreakerState::HalfOpen);
             now += expected;
         }
+    }
+
+    #[test]
+    fn a_reload_holds_the_running_cooldown_within_the_new_bounds() {
+        let b = breaker();
+        for t in 0..3 {
+            fail(&b, t);
+        }
+        // Open from 2 until 102. Bounds lowered to 40 ms: it ends at 42.
+        let lowered = BreakerSettings {
+            cooldown: Duration::from_millis(20),
+            max_cooldown: Duration::from_millis(40),
+            ..b.settings
+        };
+        let carried = Breaker::carried(lowered, &b);
+        assert_eq!(carried.state_at(41), BreakerState::Open);
+        assert_eq!(carried.state_at(42), BreakerState::HalfOpen);
+        // Bounds raised to at least 500 ms: it ends at 502.
+        let raised = BreakerSettings {
+            cooldown: Duration::from_millis(500),
+            max_cooldown: Duration::from_millis(900),
+            ..b.settings
+        };
+        let carried = Breaker::carried(raised, &b);
+        assert_eq!(carried.state_at(501), BreakerState::Open);
+        assert_eq!(carried.state_at(502), BreakerState::HalfOpen);
+        // Unchanged bounds change nothing.
+        let same = Breaker::carried(b.settings, &b);
+        assert_eq!(same.state_at(101), BreakerState::Open);
+        assert_eq!(same.state_at(102), BreakerState::HalfOpen);
     }
 
     #[test]
