@@ -59,17 +59,20 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
     };
     match result {
         Ok((new, store_check)) => {
-            if new.listen != current.listen && state.listen_override.get().is_none() {
-                tracing::warn!(listen = %new.listen, "server.listen changed: it takes effect at the next restart");
+            // Against what runs, not the file before: a change still
+            // waiting for a restart is said again, one set back is not.
+            let running = &state.started_with;
+            if new.listen != running.listen && state.listen_override.get().is_none() {
+                tracing::warn!(listen = %new.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart");
             }
-            if new.max_connections != current.max_connections {
+            if new.max_connections != running.max_connections {
                 tracing::warn!(
-                    "server.max_connections changed: it takes effect at the next restart"
+                    "server.max_connections differs from the cap the gateway started with: it takes effect at the next restart"
                 );
             }
-            if new.metrics_listen != current.metrics_listen {
+            if new.metrics_listen != running.metrics_listen {
                 tracing::warn!(
-                    "server.metrics_listen changed: it takes effect at the next restart"
+                    "server.metrics_listen differs from the one the gateway started with: it takes effect at the next restart"
                 );
             }
             let fingerprint = new.fingerprint.clone();

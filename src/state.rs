@@ -26,6 +26,11 @@ pub struct Shared {
     /// The listen address given on the command line (or its environment
     /// variable), which `server.listen` does not change.
     pub listen_override: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The settings only a restart changes, as the gateway started with
+    /// them: a reload compares the file with these, not with the file
+    /// before it, so a change still waiting for a restart is warned about
+    /// at every reload, and one set back to what runs is not.
+    pub started_with: RestartOnly,
     /// Held by a reload from reading the file to swapping its result in:
     /// one at a time, so two triggers cannot swap in each other's reads.
     pub reloading: tokio::sync::Mutex<()>,
@@ -38,6 +43,24 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &Shared {
         &self.0
+    }
+}
+
+/// The settings a reload cannot change (see `reload`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartOnly {
+    pub listen: std::net::SocketAddr,
+    pub max_connections: Option<usize>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl RestartOnly {
+    pub fn of(config: &Config) -> RestartOnly {
+        RestartOnly {
+            listen: config.listen,
+            max_connections: config.max_connections,
+            metrics_listen: config.metrics_listen,
+        }
     }
 }
 
@@ -65,7 +88,9 @@ impl AppState {
         metrics.prime_providers(config.providers.iter().map(|p| &*p.name));
         config.limits.attach_metrics(&metrics.store);
         config.limits.start();
+        let started_with = RestartOnly::of(&config);
         AppState(Arc::new(Shared {
+            started_with,
             config: ArcSwap::from_pointee(config),
             drain: Arc::new(Drain::default()),
             reload: Mutex::new(ReloadStatus::default()),

@@ -197,18 +197,21 @@ fn redis_settings(
             return None;
         }
     }
-    let from_env = file
+    // Only a valid name is ever shown: an invalid one may be a secret
+    // pasted in its place.
+    let url_var = file
         .redis_url_env
         .as_deref()
-        .filter(|var| check_env_name("limits.redis_url_env", var, problems))
-        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+        .filter(|var| check_env_name("limits.redis_url_env", var, problems));
+    let from_env =
+        url_var.and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
     let (url, source) = match (from_env, &file.redis_url) {
         (Some((var, url)), _) => (url, var.to_string()),
         (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
         (None, None) => {
             // Name the variable the operator meant to set, if any: it is
             // the usual way to give the URL, and the likelier miss.
-            let message = match file.redis_url_env.as_deref() {
+            let message = match url_var {
                 Some(var) => format!(
                     "required when limits.backend is \"redis\": limits.redis_url_env names {var}, which is not set (or blank), and limits.redis_url is not given"
                 ),
