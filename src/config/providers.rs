@@ -235,19 +235,20 @@ pub fn build_provider(
         .as_deref()
         .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
     let (base_url, source) = match (from_env, draft.base_url) {
-        (Some((var, url)), _) => (url, var.to_string()),
+        (Some((var, url)), file_url) => {
+            // The file's URL is checked even while the variable overrides
+            // it: a file that `--check` passes where the variable is set
+            // must not be refused where it is not.
+            if let Some(file_url) = file_url {
+                check_base_url(&file_url, format!("{path}.base_url"), problems);
+            }
+            (url, var.to_string())
+        }
         (None, Some(url)) => (url, format!("{path}.base_url")),
         (None, None) => return None, // already reported as required
     };
-    let base_url = base_url.trim().trim_end_matches('/').to_string();
-    let chat_url = match chat_url(&base_url) {
-        Ok(url) => Some(url),
-        Err(why) => {
-            let shown = without_secrets(&base_url);
-            problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
-            None
-        }
-    };
+    let base_url = normalized_base_url(&base_url);
+    let chat_url = check_base_url(&base_url, source, problems);
     let mut keys = Vec::new();
     for var in &draft.key_envs {
         let Some(secret) = env(var)
@@ -345,6 +346,29 @@ pub fn build_provider(
         ask_stream_usage: draft.ask_stream_usage,
         models_refresh,
     })
+}
+
+/// A base URL as configured, without surrounding blanks or trailing slashes.
+fn normalized_base_url(base_url: &str) -> String {
+    base_url.trim().trim_end_matches('/').to_string()
+}
+
+/// The chat URL of `base_url`, or a problem reported at `source` (the
+/// URL shown without its password).
+fn check_base_url(
+    base_url: &str,
+    source: String,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ChatUrl> {
+    let base_url = normalized_base_url(base_url);
+    match chat_url(&base_url) {
+        Ok(url) => Some(url),
+        Err(why) => {
+            let shown = without_secrets(&base_url);
+            problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
+            None
+        }
+    }
 }
 
 /// `{base_url}/chat/completions`, if `base_url` is an absolute http(s) URL.
@@ -541,6 +565,27 @@ mod tests {
             assert!(found[0].contains(expected), "{url}: {found:?}");
             assert!(!found[0].contains("hunter2") && !found[0].contains("secret"));
         }
+    }
+
+    /// A file that `--check` passes where `MOONSHOT_BASE_URL` is set must
+    /// pass where it is not: the file's URL is checked either way.
+    #[test]
+    fn a_base_url_overridden_by_its_variable_is_still_checked() {
+        let overridden = |var: &str| match var {
+            "MOONSHOT_BASE_URL" => Some("http://127.0.0.1:9000/v1".to_string()),
+            _ => keyed(var),
+        };
+        let text = "[providers.moonshot]\nbase_url = \"https://user:hunter2@api.example.com/v1\"\n";
+        let problems = resolve(text, &overridden).err().unwrap().0;
+        let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("providers.moonshot.base_url: \"https://***@api.example.com/v1\""),
+            "{found:?}"
+        );
+        let text = "[providers.moonshot]\nbase_url = \"https://api.example.com/v1\"\n";
+        let config = resolve(text, &overridden).unwrap();
+        assert_eq!(config.providers[0].base_url, "http://127.0.0.1:9000/v1");
     }
 
     #[test]
