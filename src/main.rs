@@ -89,8 +89,13 @@ fn main() -> ExitCode {
         }
         for provider in config.providers.iter().filter(|p| !p.is_usable()) {
             println!(
-                "note: provider {} is not served: {} is not set",
+                "note: provider {} is not served: {} is not set (or blank)",
                 provider.name, provider.api_key_env
+            );
+        }
+        if config.usable_providers().next().is_none() {
+            println!(
+                "note: no provider is usable: every chat request would get 503 provider_not_configured"
             );
         }
         return ExitCode::SUCCESS;
@@ -146,13 +151,15 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
         } else {
             tracing::warn!(
                 provider = &*provider.name,
-                "provider not served: {} is not set",
+                "provider not served: {} is not set (or blank)",
                 provider.api_key_env
             );
         }
     }
     if config.usable_providers().next().is_none() {
-        tracing::warn!("no provider has an API key: every chat request will fail until one is set");
+        tracing::warn!(
+            "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
+        );
     }
     if config.keys.is_empty() {
         tracing::warn!(

@@ -4,6 +4,7 @@
 
 use super::ConfigProblem;
 use super::file::{AliasFile, TargetFile};
+use super::providers::AbsentProviders;
 use crate::config::Provider;
 use crate::proxy::route::{AliasSpec, AliasTarget};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 pub fn alias_specs(
     aliases: Vec<(String, AliasFile)>,
     providers: &[Arc<Provider>],
+    absent: &AbsentProviders,
     problems: &mut Vec<ConfigProblem>,
 ) -> Vec<AliasSpec> {
     let mut specs = Vec::new();
@@ -30,10 +32,11 @@ pub fn alias_specs(
         for (i, target) in alias.targets.into_iter().enumerate() {
             let tpath = format!("{path}.targets[{i}]");
             match providers.iter().find(|p| *p.name == *target.provider) {
-                None => problems.push(ConfigProblem::new(
-                    format!("{tpath}.provider"),
-                    format!("unknown provider {:?}", target.provider),
-                )),
+                None => {
+                    if let Some(problem) = absent.problem(&target.provider) {
+                        problems.push(ConfigProblem::new(format!("{tpath}.provider"), problem));
+                    }
+                }
                 Some(_) if target.model.is_empty() => {
                     problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
                 }

@@ -106,10 +106,11 @@ fn secret_digest(
         (Some(var), None) if !check_env_name(&format!("{path}.secret_env"), var, problems) => None,
         (Some(var), None) => match env(var).map(|v| v.trim().to_string()) {
             Some(secret) if !secret.is_empty() => Some(digest(secret.as_bytes())),
-            _ => {
+            found => {
+                let state = if found.is_some() { "blank" } else { "not set" };
                 problems.push(ConfigProblem::new(
                     format!("{path}.secret_env"),
-                    format!("environment variable {var} is not set"),
+                    format!("environment variable {var} is {state}"),
                 ));
                 None
             }

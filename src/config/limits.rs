@@ -4,6 +4,7 @@
 use super::ConfigProblem;
 use super::env_name::check_env_name;
 use super::file::{LimitSpecFile, LimitsFile};
+use super::providers::AbsentProviders;
 use super::settings::seconds;
 use crate::limits::{
     DEFAULT_MAX_TOKENS, DEFAULT_PROVIDER_QUEUE, LimitSettings, LimitSpec, OnRedisError,
@@ -58,6 +59,7 @@ pub fn limit_spec(
 pub fn limit_settings(
     file: &LimitsFile,
     providers: &[&str],
+    absent: &AbsentProviders,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<ConfigProblem>,
 ) -> LimitSettings {
@@ -70,10 +72,9 @@ pub fn limit_settings(
     for (name, spec) in file.providers.iter().flatten() {
         let path = format!("limits.providers.{name}");
         if !providers.contains(&name.as_str()) {
-            problems.push(ConfigProblem::new(
-                &path,
-                format!("unknown provider {name:?}"),
-            ));
+            if let Some(problem) = absent.problem(name) {
+                problems.push(ConfigProblem::new(&path, problem));
+            }
             continue;
         }
         by_provider.push((name.clone(), limit_spec(spec, &path, problems)));

@@ -24,6 +24,39 @@ pub struct Draft {
     refresh_models_match: Option<Vec<String>>,
 }
 
+/// Why a provider name that a table refers to has no provider: told
+/// apart so an alias or a limit naming a disabled preset says so, and one
+/// naming a provider refused for its own problems adds no second line.
+#[derive(Default)]
+pub struct AbsentProviders {
+    disabled: Vec<String>,
+    refused: Vec<String>,
+}
+
+impl AbsentProviders {
+    pub fn disabled(&mut self, name: &str) {
+        self.disabled.push(name.to_string());
+    }
+
+    pub fn refused(&mut self, name: &str) {
+        self.refused.push(name.to_string());
+    }
+
+    /// The problem of naming `name`, which is not a provider; `None` when
+    /// the provider's own problems are already reported.
+    pub fn problem(&self, name: &str) -> Option<String> {
+        if self.refused.iter().any(|n| n == name) {
+            None
+        } else if self.disabled.iter().any(|n| n == name) {
+            Some(format!(
+                "provider {name:?} is disabled (providers.{name}.enabled = false)"
+            ))
+        } else {
+            Some(format!("unknown provider {name:?}"))
+        }
+    }
+}
+
 /// The presets, as drafts the file can change.
 pub fn preset_drafts() -> Vec<Draft> {
     PRESETS

@@ -5,7 +5,7 @@ use super::aliases::alias_specs;
 use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
-use super::providers::{build_provider, merge, preset_drafts};
+use super::providers::{AbsentProviders, build_provider, merge, preset_drafts};
 use super::settings::{breaker_settings, retry_settings, seconds};
 use super::{
     Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
@@ -134,26 +134,35 @@ pub fn resolve_reusing(
     fingerprint.update(text.as_bytes());
     let discovered = previous.map_or_else(Default::default, |p| p.discovered.clone());
     let mut providers = Vec::new();
-    for draft in drafts.into_iter().filter(|d| d.enabled) {
-        if let Some(provider) = build_provider(draft, env, &discovered, &mut problems) {
-            fingerprint.update(provider.name.as_bytes());
-            fingerprint.update(provider.base_url.as_bytes());
-            fingerprint.update(provider.keys.len().to_le_bytes());
-            if provider.models_refresh.is_some() {
-                // The catalogue is an input too once a refresh adds to it.
-                for model in &provider.models {
-                    fingerprint.update(model.as_bytes());
-                    fingerprint.update([0]);
-                }
-            }
-            providers.push(Arc::new(provider));
+    let mut absent = AbsentProviders::default();
+    for draft in drafts {
+        if !draft.enabled {
+            absent.disabled(&draft.name);
+            continue;
         }
+        let name = draft.name.clone();
+        let Some(provider) = build_provider(draft, env, &discovered, &mut problems) else {
+            absent.refused(&name);
+            continue;
+        };
+        fingerprint.update(provider.name.as_bytes());
+        fingerprint.update(provider.base_url.as_bytes());
+        fingerprint.update(provider.keys.len().to_le_bytes());
+        if provider.models_refresh.is_some() {
+            // The catalogue is an input too once a refresh adds to it.
+            for model in &provider.models {
+                fingerprint.update(model.as_bytes());
+                fingerprint.update([0]);
+            }
+        }
+        providers.push(Arc::new(provider));
     }
 
-    let aliases = alias_specs(parsed.aliases, &providers, &mut problems);
+    let aliases = alias_specs(parsed.aliases, &providers, &absent, &mut problems);
 
     let provider_names: Vec<&str> = providers.iter().map(|p| &*p.name).collect();
-    let limit_settings = limit_settings(&parsed.limits, &provider_names, env, &mut problems);
+    let limit_settings =
+        limit_settings(&parsed.limits, &provider_names, &absent, env, &mut problems);
 
     // Routes are built before the checks end: keys name the models they may use.
     let mut breakers = BreakerRegistry::new(breaker, previous.map(|p| &p.breakers));
@@ -262,6 +271,62 @@ mod tests {
             ),
             "{found:?}"
         );
+    }
+
+    /// A table naming a disabled preset says it is disabled; one naming a
+    /// provider refused for its own problem adds no second line about it.
+    #[test]
+    fn a_provider_named_but_disabled_or_refused_is_reported_for_what_it_is() {
+        let disabled = "[providers.moonshot]\nenabled = false\n\
+            [aliases.kimi]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2\" }]\n\
+            [limits.providers.moonshot]\nrequests_per_minute = 10\n";
+        let mut found = problems(disabled);
+        found.sort();
+        let says = "provider \"moonshot\" is disabled (providers.moonshot.enabled = false)";
+        assert_eq!(
+            found,
+            [
+                format!("aliases.kimi.targets[0].provider: {says}"),
+                format!("limits.providers.moonshot: {says}"),
+            ],
+        );
+        let refused = "[providers.moonshot]\nbase_url = \"ftp://x\"\n\
+            [aliases.kimi]\ntargets = [{ provider = \"moonshot\", model = \"kimi-k2\" }]\n\
+            [limits.providers.moonshot]\nrequests_per_minute = 10\n";
+        let found = problems(refused);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("providers.moonshot.base_url: "),
+            "{found:?}"
+        );
+        let unknown = "[aliases.kimi]\ntargets = [{ provider = \"moonshoot\", model = \"k\" }]\n";
+        assert_eq!(
+            problems(unknown),
+            ["aliases.kimi.targets[0].provider: unknown provider \"moonshoot\""]
+        );
+    }
+
+    #[test]
+    fn a_client_key_variable_that_is_blank_is_called_blank() {
+        let text = "[keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n";
+        for (value, expected) in [(None, "not set"), (Some(" \t"), "blank")] {
+            let env = |var: &str| {
+                (var == "TEAM_A_KEY")
+                    .then_some(value)
+                    .flatten()
+                    .map(String::from)
+            };
+            let found: Vec<String> = match resolve(text, &env) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+            };
+            assert_eq!(
+                found,
+                [format!(
+                    "keys.team-a.secret_env: environment variable TEAM_A_KEY is {expected}"
+                )]
+            );
+        }
     }
 
     #[test]

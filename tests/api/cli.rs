@@ -181,6 +181,38 @@ fn check_accepts_the_example_config() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
 }
 
+/// `--check` passes a file under which nothing can be served, but says so:
+/// each provider left without a key, and that no chat request would work.
+#[test]
+fn check_notes_a_configuration_that_serves_nothing() {
+    let file = config_file("");
+    let output = check(file.path());
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "note: provider moonshot is not served: MOONSHOT_API_KEY is not set (or blank)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("note: no provider is usable: every chat request would get 503"),
+        "{stdout}"
+    );
+    let keyed = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .args(["--check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&keyed.stdout);
+    assert!(
+        stdout.contains("configuration OK: 3 provider(s), 1 usable"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no provider is usable"), "{stdout}");
+}
+
 #[test]
 fn the_binary_serves_on_the_given_address() {
     let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
