@@ -55,6 +55,8 @@ impl SseRelay {
                         None => events.slice(..event.end),
                     }
                 };
+                // Before the head, the read starts at its first event.
+                self.error_came_first = !self.head_sent && event.start == 0;
                 self.provider_error = Some(err);
             }
         }

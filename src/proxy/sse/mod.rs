@@ -100,6 +100,9 @@ pub struct SseRelay {
     /// The provider's own error event, already forwarded: the stream ends
     /// with it (logged and counted as its error), not with one of ours.
     provider_error: Option<GatewayError>,
+    /// That error was the stream's first event: nothing of the answer came
+    /// before it, so the attempt failed as a whole and may be retried.
+    error_came_first: bool,
     idle: Duration,
     /// Largest event held while waiting for its end.
     max_event_bytes: usize,
@@ -158,6 +161,7 @@ impl SseRelay {
             in_choice_usage: None,
             top_level_usage_seen: false,
             provider_error: None,
+            error_came_first: false,
             idle: settings.idle,
             waits: RelayWaits::new(
                 settings.first_byte_deadline,
@@ -180,12 +184,12 @@ impl SseRelay {
         relay.open_streams.inc();
         let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
         match first {
-            Some(Ok(_)) if relay.provider_error.is_some() => {
+            Some(Ok(_)) if relay.error_came_first => {
                 // Nothing went to the client yet: a provider that fails in
                 // its first event is an ordinary failed attempt, retried
                 // or failed over by its type like an HTTP error (its
                 // status is the type's: see `stream_error`).
-                Err(relay.provider_error.take().expect("checked"))
+                Err(relay.provider_error.take().expect("set with it"))
             }
             Some(Ok(events)) => {
                 relay.queued.push_back(events);
@@ -193,6 +197,12 @@ impl SseRelay {
                 relay.queued.extend(after);
                 relay.head_sent = true;
                 relay.stats.mark_first_event(relay.last_event);
+                // Events of the answer came before the provider's error in
+                // the same read: the stream has begun, and ends with them
+                // and the error, as it would had they come in reads apart.
+                if let Some(err) = &relay.provider_error {
+                    relay.stats.finish(StreamEnd::Failed(err.clone()));
+                }
                 if relay.stats.saw_done() {
                     relay.stats.finish(StreamEnd::Complete);
                 }

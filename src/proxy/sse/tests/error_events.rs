@@ -101,6 +101,40 @@ async fn a_first_event_that_is_an_error_is_the_attempts_error() {
     }
 }
 
+/// An error event that comes after events of the answer, in the same first
+/// read, is not the first event: the client gets those events and the
+/// error, as when they come in reads apart, and the attempt is not retried
+/// (retrying would send the answer's start twice in other words). Comments
+/// and `id:` blocks before the error do not count as the answer.
+#[tokio::test]
+async fn an_error_after_content_in_the_first_read_ends_a_begun_stream() {
+    let error = Bytes::from_static(
+        b"data: {\"error\":{\"message\":\"broke\",\"type\":\"engine_overloaded_error\"}}\n\n",
+    );
+    let first_read = Bytes::from([&event(0)[..], &event(1), &error].concat());
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let upstream = futures_util::stream::iter([Ok(first_read)]);
+    let relay = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .expect("the stream began");
+    let frames = rest_of(relay).await;
+    assert_eq!(frames.concat(), [event(0), event(1), error.clone()].concat());
+    let Some(StreamEnd::Failed(err)) = stats.end() else {
+        panic!("{:?}", stats.end());
+    };
+    assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
+
+    let first_read = Bytes::from([&b": keep-alive\n\nid: 7\n\n"[..], &error].concat());
+    let upstream = futures_util::stream::iter([Ok(first_read)]);
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let err = SseRelay::start(Box::pin(upstream), settings(), stats.clone())
+        .await
+        .err()
+        .expect("the attempt's error");
+    assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
+    assert!(stats.end().is_none());
+}
+
 /// A provider's error event ends the stream in the read it comes in too:
 /// content, usage and `[DONE]` after it are neither relayed nor counted,
 /// the same as when they come in later reads.
