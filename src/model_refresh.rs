@@ -96,8 +96,10 @@ enum RefreshError {
     Status(http::StatusCode),
     #[error("the list could not be read: {0}")]
     Body(String),
+    /// The parser's message, which may quote the provider's text: its keys
+    /// masked (see [`kept_ids`]).
     #[error("not an OpenAI model list: {0}")]
-    Shape(#[from] serde_json::Error),
+    Shape(String),
     #[error("no answer within {} s", ASK_TIME.as_secs())]
     TimedOut,
 }
@@ -137,7 +139,21 @@ async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
         .await
         .map_err(|err| RefreshError::Body(err.to_string()))?
         .to_bytes();
-    Ok(listed_ids(&list)?)
+    kept_ids(&list, provider)
+}
+
+/// The ids of `list` the gateway may publish. A provider that quotes the
+/// key it was sent (in an id, or in text the parser's error repeats) must
+/// not put it in `/v1/models` or the log: such ids are left out, and the
+/// key is masked in the error.
+fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshError> {
+    let mut ids = listed_ids(list).map_err(|err| {
+        let mut message = err.to_string();
+        crate::proxy::provider_errors::redact(&mut message, provider);
+        RefreshError::Shape(message)
+    })?;
+    ids.retain(|id| !provider.keys.iter().any(|key| id.contains(&key.secret)));
+    Ok(ids)
 }
 
 /// The usable ids of an OpenAI model list (`{"data":[{"id":...},...]}`),
@@ -189,6 +205,19 @@ mod tests {
         assert!(listed_ids(b"[]").is_err());
         assert!(listed_ids(br#"{"models":[]}"#).is_err());
         assert!(listed_ids(b"<html>").is_err());
+    }
+
+    /// The test provider's key is `secret-key-123`.
+    #[test]
+    fn a_list_that_quotes_the_key_publishes_and_logs_none_of_it() {
+        let provider = crate::config::test_provider();
+        let list = br#"{"data":[{"id":"kimi-secret-key-123"},{"id":"kimi-k2.6"}]}"#;
+        assert_eq!(kept_ids(list, &provider).unwrap(), ["kimi-k2.6"]);
+        let list = br#"{"object":"list","data":"bad secret-key-123"}"#;
+        let err = kept_ids(list, &provider).unwrap_err().to_string();
+        assert!(err.starts_with("not an OpenAI model list: "), "{err}");
+        assert!(err.contains("bad ***"), "{err}");
+        assert!(!err.contains("secret-key-123"), "{err}");
     }
 
     #[test]

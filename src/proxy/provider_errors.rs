@@ -373,7 +373,7 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
 }
 
 /// Whether `text` quoted one of the provider's keys (now `***`).
-fn redact(text: &mut String, provider: &Provider) -> bool {
+pub fn redact(text: &mut String, provider: &Provider) -> bool {
     let mut quoted = false;
     for key in &provider.keys {
         if text.contains(&key.secret) {
