@@ -1401,3 +1401,32 @@ async fn a_redis_down_at_start_shows_without_a_request() {
     assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
     assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
 }
+
+/// A reload to a `rediss://` URL whose port speaks plain Redis (a scheme
+/// changed by mistake) is refused like a wrong password: the running
+/// configuration stays, and no outage begins.
+#[tokio::test]
+async fn a_reload_to_tls_on_a_plain_redis_is_refused() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_redis_error = \"closed\"\n\
+             [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+        )
+    };
+    std::fs::write(&path, config(&redis.url())).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+    let tls_url = redis.url().replace("redis://", "rediss://");
+    std::fs::write(&path, config(&tls_url)).unwrap();
+    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
+    let ready = app.readyz().await;
+    assert_eq!(ready["limits"]["healthy"], true, "{ready}");
+    assert_eq!(ready["limits"]["outages"], 0, "{ready}");
+    let problems = ready["last_reload"]["problems"].to_string();
+    assert!(problems.contains("Redis refused the gateway"), "{problems}");
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}

@@ -6,6 +6,7 @@
 //! and the supervisor probes until Redis answers again.
 
 mod hold;
+mod plain_behind_tls;
 mod store_metrics;
 
 pub use hold::{RedisHold, finish_settlements};
@@ -216,8 +217,15 @@ impl RedisBackend {
             let check = hold::check_access(&mut conn, &self.settings.prefix);
             self.timed(StoreCall::Ping, check).await
         };
-        match answer.await {
+        let answer = answer.await;
+        let addr = self.client.get_connection_info().addr();
+        match answer {
             Err(err) if is_refusal(&err) => StoreCheck::Refused(err.to_string()),
+            // Past the budget, but only when the TLS handshake failed: a
+            // reload is not on any request's path.
+            Err(_) if plain_behind_tls::speaks_plain_redis(addr, self.settings.timeout).await => {
+                StoreCheck::Refused(plain_behind_tls::PLAIN_REDIS.to_string())
+            }
             answer => StoreCheck::NotRefused {
                 left: budget.saturating_sub(began.elapsed()),
                 failure: answer.err(),

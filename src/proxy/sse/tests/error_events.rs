@@ -118,7 +118,10 @@ async fn an_error_after_content_in_the_first_read_ends_a_begun_stream() {
         .await
         .expect("the stream began");
     let frames = rest_of(relay).await;
-    assert_eq!(frames.concat(), [event(0), event(1), error.clone()].concat());
+    assert_eq!(
+        frames.concat(),
+        [event(0), event(1), error.clone()].concat()
+    );
     let Some(StreamEnd::Failed(err)) = stats.end() else {
         panic!("{:?}", stats.end());
     };
