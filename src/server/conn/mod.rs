@@ -11,6 +11,7 @@
 //! response), so the connection is the gateway's own, like the provider
 //! side (`client/`).
 
+use super::connection_cap::OpenConnection;
 use super::output::Output;
 use super::request_body::{BodyError, RequestBody, Slot};
 use super::request_head::{self, BadHead, RequestHead};
@@ -62,12 +63,14 @@ const UNCOUNTED_BODY: u64 = READ_AHEAD as u64;
 /// Serves requests on `io` until the client closes it, a response says
 /// `connection: close`, `closing` is cancelled (the connection then closes
 /// once it has no request in flight), or no complete request head came
-/// for `idle`.
+/// for `idle`. `_place` is the connection's place under
+/// `server.max_connections`, given back when this ends.
 pub async fn serve(
     io: TcpStream,
     gateway: Arc<Gateway>,
     closing: CancellationToken,
     idle: Option<Duration>,
+    _place: OpenConnection,
 ) {
     let mut connection = Connection {
         io,
