@@ -80,7 +80,7 @@ mkdir -p "$OUT/nginx/tmp"
 rm -f "$OUT/rounds.tsv"
 MOCK_ADDR=127.0.0.1:18090
 PIDS=()
-cleanup() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 wait_port() {
     local _

@@ -14,7 +14,7 @@
 # BENCH_SDK_HEADERS=1 sends the OpenAI Python SDK's request headers too
 # (a real client's head: twelve more fields, nine of them custom names).
 # BENCH_SECS (default 6) is how long the measured load runs (under
-# callgrind the gateway serves roughly 1,000 requests a second).
+# callgrind the gateway serves roughly 1,000-2,500 requests a second).
 # BENCH_LOCKS=1 also counts the locked (atomic) instructions per request,
 # by function (benches/locked_instructions.py).
 # BENCH_GATEWAY_BIN counts another build of the gateway, e.g. the
@@ -44,7 +44,7 @@ BIN="$ROOT/target/release"
 GATEWAY="${BENCH_GATEWAY_BIN:-$BIN/kimi-gateway}"
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Load benchmark: kimi-gateway against nginx and against the mock provider alone.
 #
-#   bash benches/load.sh            # every scenario, 3 rounds of 4 s per target (about 9 minutes)
+#   bash benches/load.sh            # every scenario, 3 rounds of 4 s per target (about 8 minutes)
 #   bash benches/load.sh --quick    # fewer scenarios, 2 rounds of 3 s (about 2 minutes)
+#
+# (Both after the builds: the profile-guided one takes about 5 minutes, and
+# on a clean clone the plain release build about 3 more.)
 #
 # It builds the release binaries (the gateway profile-guided, as the image
 # ships it: scripts/pgo-build.sh), installs nginx (and jq) from Debian when
@@ -257,6 +260,8 @@ if ((KEEP_AWAKE)) && ! command -v chrt >/dev/null 2>&1; then
     KEEP_AWAKE_NOTE="no chrt: one-connection runs without keep-awake spinners"
 fi
 ((KEEP_AWAKE)) && KEEP_AWAKE_NOTE="one-connection runs: a SCHED_IDLE spinner held each CPU awake"
+# --quick has no one-connection runs: nothing to say about them.
+((QUICK)) && KEEP_AWAKE_NOTE=""
 start_spinners() {
     ((KEEP_AWAKE)) || return 0
     local cpu
