@@ -237,11 +237,16 @@ async fn concurrency_leases_are_released_refreshed_and_expire() {
     let mut conn = redis.connection().await.unwrap();
     let members: Vec<(String, f64)> = conn.zrange_withscores(LEASES, 0, -1).await.unwrap();
     let (lease, first_expiry) = members[0].clone();
+    // Whole milliseconds: Redis keeps a small sorted set's fractional
+    // scores as text and parses them again on every insert.
+    assert_eq!(first_expiry.fract(), 0.0, "lease expiry {first_expiry}");
     wait_until("the lease is refreshed", async || {
         let score: Option<f64> = conn.zscore(LEASES, &lease).await.unwrap();
         score.is_some_and(|s| s > first_expiry)
     })
     .await;
+    let refreshed: f64 = conn.zscore(LEASES, &lease).await.unwrap();
+    assert_eq!(refreshed.fract(), 0.0, "refreshed lease expiry {refreshed}");
     wait_until("the first lease would have expired", async || {
         redis.now_ms().await > first_expiry
     })

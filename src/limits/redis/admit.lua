@@ -67,7 +67,11 @@ for i, key in ipairs(KEYS) do
     local tat = next_tat[i]
     redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
   else
-    redis.call('ZADD', key, now + lease_ms, lease)
+    -- A whole millisecond: a sorted set this small keeps an integer score
+    -- as an integer, but a fraction as text that every insert parses again
+    -- for each lease it walks past (ZADD ~10 us instead of ~2 us at 64
+    -- leases).
+    redis.call('ZADD', key, math.floor(now) + lease_ms, lease)
     redis.call('PEXPIRE', key, lease_ms * 2)
   end
 end

@@ -12,12 +12,14 @@
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local lease_ms = tonumber(ARGV[2])
+-- Whole milliseconds, as admit.lua scores leases (kept as integers).
+local expires = math.floor(now) + lease_ms
 local restored = 0
 for _, key in ipairs(KEYS) do
   if ARGV[3] == 'extend-only' then
-    redis.call('ZADD', key, 'XX', now + lease_ms, ARGV[1])
+    redis.call('ZADD', key, 'XX', expires, ARGV[1])
   else
-    restored = restored + redis.call('ZADD', key, now + lease_ms, ARGV[1])
+    restored = restored + redis.call('ZADD', key, expires, ARGV[1])
   end
   redis.call('PEXPIRE', key, lease_ms * 2)
 end
