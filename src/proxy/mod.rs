@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod event_align;
 pub mod failover;
 pub mod headers;
+mod json_mend;
 pub mod json_scan;
 pub mod normalize;
 pub mod provider_errors;

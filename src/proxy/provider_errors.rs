@@ -46,7 +46,9 @@ struct ProviderSays {
 
 impl ProviderSays {
     fn read(json: &[u8]) -> Option<ProviderSays> {
-        let serde_json::Value::Object(mut body) = serde_json::from_slice(json).ok()? else {
+        let serde_json::Value::Object(mut body) = first_value(json)
+            .or_else(|| first_value(&super::json_mend::mended(json)))?
+        else {
             return None;
         };
         let mut says = ProviderSays {
@@ -98,6 +100,15 @@ impl ProviderSays {
         }
         self
     }
+}
+
+/// The JSON value `json` begins with; what follows it (a provider's stray
+/// newline or second document) is not the error's.
+fn first_value(json: &[u8]) -> Option<serde_json::Value> {
+    serde_json::Deserializer::from_slice(json)
+        .into_iter()
+        .next()?
+        .ok()
 }
 
 fn string(value: serde_json::Value) -> Option<String> {
@@ -812,6 +823,47 @@ mod tests {
         );
         let read = stream_error(br#"{"error":{"code":"x"}}"#, &provider).unwrap();
         assert!(!read.empty);
+    }
+
+    /// A body cut at the read limit, or one with a lone surrogate escape
+    /// in any member, keeps the members that can be read: a quota error
+    /// must not turn into a retryable rate limit because of its padding.
+    #[test]
+    fn a_cut_or_oddly_escaped_body_keeps_its_readable_members() {
+        let provider = test_provider();
+        let whole = format!(
+            r#"{{"error":{{"message":"out of credit","type":"exceeded_current_quota_error","code":"q1","detail":"{}"}}}}"#,
+            "x".repeat(2 * MAX_ERROR_BODY)
+        );
+        let cut = &whole.as_bytes()[..MAX_ERROR_BODY];
+        let surrogate = br#"{"error":{"message":"out of credit \ud800","type":"exceeded_current_quota_error","code":"q1"}}"#;
+        for body in [cut, &surrogate[..]] {
+            let err = translate(
+                &provider,
+                StatusCode::TOO_MANY_REQUESTS,
+                AskedWait::default(),
+                body,
+            );
+            assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+            assert!(!err.should_retry());
+            assert!(err.message.starts_with("out of credit"), "{}", err.message);
+            assert_eq!(err.code.as_deref(), Some("q1"));
+        }
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            surrogate,
+        );
+        assert_eq!(err.message, "out of credit \u{fffd}");
+        // A document followed by something else is read too.
+        let err = translate(
+            &provider,
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            b"{\"message\":\"bad tool\"}\n{}",
+        );
+        assert_eq!(err.message, "bad tool");
     }
 
     #[test]
