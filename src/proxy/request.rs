@@ -192,23 +192,12 @@ impl ChatRequest {
                 err.reason, err.offset
             ))
         })?;
-        let RequestFields {
-            model,
-            messages,
-            stream,
-            stream_options,
-            max_tokens,
-            max_completion_tokens,
-            duplicate,
-        } = fields;
-        if let Some(name) = duplicate {
-            return Err(GatewayError::invalid_request(format!(
-                "`{name}` appears more than once in the request body (or spelled with escapes or in other letter case)"
-            ))
-            .with_param(name)
-            .into());
+        if fields.duplicate == Some("model") {
+            return Err(duplicated("model").into());
         }
-        let model_span = model.ok_or_else(|| missing("model"))?;
+        let model_span = fields.model.clone().ok_or_else(|| missing("model"))?;
+        let stream_span = fields.stream.clone();
+        let stream_sent_true = || stream_span.is_some_and(|s| *body.span(s) == *b"true");
         if model_span.len() > MAX_MODEL_SPAN {
             // No route has a name this long: not decoded (a copy of up to
             // the whole body) only to be looked up and not found. The
@@ -223,7 +212,7 @@ impl ChatRequest {
             shown = shown.strip_suffix('\u{FFFD}').unwrap_or(shown);
             let model = RequestedModel {
                 name: format!("{shown}... ({written} bytes)").into(),
-                stream: stream.clone().is_some_and(|s| *body.span(s) == *b"true"),
+                stream: stream_sent_true(),
             };
             let error = GatewayError::new(
                 http::StatusCode::NOT_FOUND,
@@ -254,6 +243,45 @@ impl ChatRequest {
                 };
                 GatewayError::invalid_request(message).with_param("model")
             })?;
+        let rest = match Self::checked_rest(&body, fields) {
+            Ok(rest) => rest,
+            // From here on a refusal is logged with the model it named.
+            Err(error) => {
+                let model = RequestedModel {
+                    name: logged_name(&model),
+                    stream: stream_sent_true(),
+                };
+                return Err(Box::new(Refused {
+                    error,
+                    model: Some(model),
+                }));
+            }
+        };
+        Ok(ChatRequest {
+            model_span,
+            model,
+            stream: rest.stream,
+            include_usage: rest.include_usage,
+            has_stream_options: rest.has_stream_options,
+            max_tokens: rest.max_tokens,
+            body,
+        })
+    }
+
+    /// The members besides `model` checked.
+    fn checked_rest(body: &BodyPieces, fields: RequestFields) -> Result<Rest, GatewayError> {
+        let RequestFields {
+            messages,
+            stream,
+            stream_options,
+            max_tokens,
+            max_completion_tokens,
+            duplicate,
+            ..
+        } = fields;
+        if let Some(name) = duplicate {
+            return Err(duplicated(name));
+        }
         let messages = messages.ok_or_else(|| missing("messages"))?;
         if body.span(messages.start..messages.start + 1).first() != Some(&b'[') {
             return Err(GatewayError::invalid_request("`messages` must be an array")
@@ -293,18 +321,15 @@ impl ChatRequest {
             }
             None => false,
         };
-        let max_tokens = match token_cap(&body, max_completion_tokens, "max_completion_tokens")? {
+        let max_tokens = match token_cap(body, max_completion_tokens, "max_completion_tokens")? {
             Some(cap) => Some(cap),
-            None => token_cap(&body, max_tokens, "max_tokens")?,
+            None => token_cap(body, max_tokens, "max_tokens")?,
         };
-        Ok(ChatRequest {
-            model_span,
-            model,
+        Ok(Rest {
             stream,
             include_usage,
             has_stream_options,
             max_tokens,
-            body,
         })
     }
 
@@ -316,10 +341,7 @@ impl ChatRequest {
     /// The name as the log and the access line keep it: shared when
     /// short, else cut as [`shown_model`] cuts it.
     pub fn logged_model(&self) -> Arc<str> {
-        match shown_model(&self.model) {
-            Cow::Borrowed(_) => self.model.clone(),
-            Cow::Owned(cut) => cut.into(),
-        }
+        logged_name(&self.model)
     }
 
     /// The body's length as the client sent it.
@@ -380,6 +402,30 @@ impl UpstreamBody {
     pub fn into_outgoing(self) -> OutgoingBody {
         OutgoingBody::new(self.0)
     }
+}
+
+/// What [`ChatRequest::scanned`] reads besides the model.
+struct Rest {
+    stream: bool,
+    include_usage: bool,
+    has_stream_options: bool,
+    max_tokens: Option<u64>,
+}
+
+/// A model name as the log and the access line keep it: shared when
+/// short, else cut as [`shown_model`] cuts it.
+fn logged_name(model: &Arc<str>) -> Arc<str> {
+    match shown_model(model) {
+        Cow::Borrowed(_) => model.clone(),
+        Cow::Owned(cut) => cut.into(),
+    }
+}
+
+fn duplicated(name: &'static str) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "`{name}` appears more than once in the request body (or spelled with escapes or in other letter case)"
+    ))
+    .with_param(name)
 }
 
 fn missing(field: &'static str) -> GatewayError {
@@ -710,5 +756,41 @@ mod tests {
                 .message
                 .contains("not valid JSON")
         );
+    }
+
+    /// A request refused after its model was read is logged with it (and
+    /// whether it asked for a stream); one whose model is missing, not a
+    /// string or sent twice is logged without one.
+    #[test]
+    fn a_refusal_after_the_model_was_read_names_it() {
+        let refused = |body: &str| {
+            let body = BodyPieces::from(Bytes::copy_from_slice(body.as_bytes()));
+            let mut scan = RequestScan::default();
+            for piece in body.pieces() {
+                scan.feed(piece);
+            }
+            let refused = ChatRequest::scanned(body, scan).unwrap_err();
+            refused.model.map(|m| (m.name.to_string(), m.stream))
+        };
+        for body in [
+            r#"{"model":"kimi","messages":{}}"#,
+            r#"{"model":"kimi"}"#,
+            r#"{"model":"kimi","messages":[],"max_tokens":"5"}"#,
+            r#"{"model":"kimi","messages":[],"stream_options":[true]}"#,
+        ] {
+            assert_eq!(refused(body), Some(("kimi".into(), false)), "{body}");
+        }
+        assert_eq!(
+            refused(r#"{"model":"kimi","messages":[],"stream":true,"stream":true}"#),
+            Some(("kimi".into(), true))
+        );
+        for body in [
+            r#"{"messages":[]}"#,
+            r#"{"model":5,"messages":[]}"#,
+            r#"{"model":"a","messages":[],"model":"b"}"#,
+            r#"{"model":"a","messages":[],"MODEL":"b"}"#,
+        ] {
+            assert_eq!(refused(body), None, "{body}");
+        }
     }
 }
