@@ -133,7 +133,9 @@ mod tests {
     #[test]
     fn a_cut_document_ends_at_its_last_whole_member() {
         assert_eq!(
-            mend(r#"{"error":{"message":"out of credit","type":"exceeded_current_quota_error","pad":"xxxx"#),
+            mend(
+                r#"{"error":{"message":"out of credit","type":"exceeded_current_quota_error","pad":"xxxx"#
+            ),
             r#"{"error":{"message":"out of credit","type":"exceeded_current_quota_error"}}"#
         );
         assert_eq!(mend(r#"{"message":["a","b"#), r#"{"message":["a"]}"#);

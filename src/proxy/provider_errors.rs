@@ -46,8 +46,8 @@ struct ProviderSays {
 
 impl ProviderSays {
     fn read(json: &[u8]) -> Option<ProviderSays> {
-        let serde_json::Value::Object(mut body) = first_value(json)
-            .or_else(|| first_value(&super::json_mend::mended(json)))?
+        let serde_json::Value::Object(mut body) =
+            first_value(json).or_else(|| first_value(&super::json_mend::mended(json)))?
         else {
             return None;
         };

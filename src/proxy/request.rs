@@ -314,7 +314,18 @@ impl ChatRequest {
                     return Err(refused("`stream_options` must be an object").into());
                 }
                 let asked = serde_json::from_slice::<Option<StreamOptions>>(&raw)
-                    .map_err(|_| refused("`stream_options.include_usage` must be a boolean"))?
+                    .map_err(|err| {
+                        // serde's derived reader refuses a member sent
+                        // twice in these words; the fix is not a type.
+                        if err.to_string().starts_with("duplicate field") {
+                            refused(
+                                "`stream_options.include_usage` appears more than once \
+                                 (or spelled with escapes)",
+                            )
+                        } else {
+                            refused("`stream_options.include_usage` must be a boolean")
+                        }
+                    })?
                     .and_then(|o| o.include_usage)
                     .unwrap_or(false);
                 stream && asked
@@ -608,6 +619,19 @@ mod tests {
                     "{body}"
                 );
             }
+        }
+        for options in [
+            r#"{"include_usage":true,"include_usage":true}"#,
+            r#"{"include_usage":true,"include\u005fusage":false}"#,
+        ] {
+            let body = format!(
+                r#"{{"model":"a","messages":[],"stream":true,"stream_options":{options}}}"#
+            );
+            assert_eq!(
+                message(&body),
+                "`stream_options.include_usage` appears more than once (or spelled with escapes)",
+                "{body}"
+            );
         }
         let body = r#"{"model":"a","messages":[],"stream":true,"stream_options":null}"#;
         assert!(!peek(body).unwrap().include_usage);
