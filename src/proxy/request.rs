@@ -284,17 +284,16 @@ impl ChatRequest {
         }
         let messages = messages.ok_or_else(|| missing("messages"))?;
         if body.span(messages.start..messages.start + 1).first() != Some(&b'[') {
-            return Err(GatewayError::invalid_request("`messages` must be an array")
-                .with_param("messages")
-                .into());
+            return Err(
+                GatewayError::invalid_request("`messages` must be an array").with_param("messages")
+            );
         }
         let stream = match stream.map(|s| body.span(s)).as_deref() {
             None | Some(b"false") | Some(b"null") => false,
             Some(b"true") => true,
             Some(_) => {
                 return Err(GatewayError::invalid_request("`stream` must be a boolean")
-                    .with_param("stream")
-                    .into());
+                    .with_param("stream"));
             }
         };
         let has_stream_options = stream_options.is_some();
@@ -311,7 +310,7 @@ impl ChatRequest {
                 // Not left to serde alone: its derived struct also reads a
                 // list (`[true]`) as the fields in order.
                 if !matches!(raw.first(), Some(b'{' | b'n')) {
-                    return Err(refused("`stream_options` must be an object").into());
+                    return Err(refused("`stream_options` must be an object"));
                 }
                 let asked = serde_json::from_slice::<Option<StreamOptions>>(&raw)
                     .map_err(|err| {
