@@ -93,6 +93,13 @@ pub struct Scenario {
     /// after each comma between members or elements (valid SSE: the lines
     /// are joined with LF).
     pub split_data: bool,
+    /// Send a stream's usage top-level on its last chunk with choices (no
+    /// `choices: []` chunk, no usage inside a choice), as some
+    /// OpenAI-compatible servers do.
+    pub usage_on_last_choice: bool,
+    /// Leave `created` and `model` out of the chunk that carries a stream's
+    /// usage.
+    pub bare_usage_chunk: bool,
     /// Wait on this gate before every content chunk after the first.
     pub gate: Option<String>,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
@@ -172,6 +179,8 @@ impl Scenario {
                 "event_ids" => scenario.event_ids = true,
                 "split_crlf" => scenario.split_crlf = true,
                 "split_data" => scenario.split_data = true,
+                "usage_on_last_choice" => scenario.usage_on_last_choice = true,
+                "bare_usage_chunk" => scenario.bare_usage_chunk = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),

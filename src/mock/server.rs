@@ -398,6 +398,55 @@ fn split_data(event: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The rendered events with the usage moved as `usage_on_last_choice`
+/// asks, and the chunk carrying it stripped as `bare_usage_chunk` asks.
+fn with_usage_moved(events: &[Bytes], scenario: &Scenario) -> Arc<[Bytes]> {
+    let mut chunks: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|event| serde_json::from_slice(event.strip_prefix(b"data: ")?).ok())
+        .collect();
+    let has_choices = |chunk: &serde_json::Value| {
+        chunk["choices"]
+            .as_array()
+            .is_some_and(|choices| !choices.is_empty())
+    };
+    if scenario.usage_on_last_choice {
+        let mut usage = None;
+        chunks.retain_mut(|chunk| {
+            if let Some(found) = chunk
+                .pointer_mut("/choices/0")
+                .and_then(serde_json::Value::as_object_mut)
+                .and_then(|choice| choice.remove("usage"))
+            {
+                usage = Some(found);
+            }
+            if !has_choices(chunk) && chunk.get("usage").is_some() {
+                usage = chunk.as_object_mut().and_then(|c| c.remove("usage"));
+                return false;
+            }
+            true
+        });
+        if let (Some(usage), Some(last)) = (usage, chunks.iter_mut().rev().find(|c| has_choices(c)))
+        {
+            last["usage"] = usage;
+        }
+    }
+    if scenario.bare_usage_chunk {
+        let carries_usage = |chunk: &serde_json::Value| {
+            chunk.get("usage").is_some() || chunk["choices"][0].get("usage").is_some()
+        };
+        if let Some(chunk) = chunks.iter_mut().rev().find(|c| carries_usage(c)) {
+            let chunk = chunk.as_object_mut().expect("a chunk is an object");
+            chunk.remove("created");
+            chunk.remove("model");
+        }
+    }
+    chunks
+        .iter()
+        .map(|chunk| Bytes::from(format!("data: {chunk}\n\n")))
+        .collect()
+}
+
 /// The rendered events, each with an `id:` line first, numbered from 1.
 fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
     (1..)
@@ -437,6 +486,11 @@ fn stream_body(
             Bytes::from(format!("data: {error}\n\n"))
         }
         (None, false) => Bytes::from_static(STREAM_ERROR_EVENT),
+    };
+    let events = if scenario.usage_on_last_choice || scenario.bare_usage_chunk {
+        with_usage_moved(&events, scenario)
+    } else {
+        events
     };
     let (events, error_event) = if scenario.split_data {
         let events: Arc<[Bytes]> = events.iter().map(|event| split_data(event)).collect();

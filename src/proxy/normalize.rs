@@ -1,10 +1,11 @@
 //! The few places where providers differ from OpenAI in ways SDKs notice,
 //! made uniform without re-encoding anything else:
-//! - Moonshot's `usage.cached_tokens` is mirrored into
-//!   `usage.prompt_tokens_details.cached_tokens`;
+//! - a `usage.cached_tokens` (Moonshot's name; any provider's answer that
+//!   uses it) is mirrored into `usage.prompt_tokens_details.cached_tokens`;
 //! - a stream whose client asked for `stream_options.include_usage` gets the
-//!   standard `choices: []` usage chunk, synthesised from Moonshot's in-choice
-//!   usage when the provider did not send one.
+//!   standard `choices: []` usage chunk, synthesised from usage sent on a
+//!   chunk with choices (Moonshot's in-choice usage, or a top-level one)
+//!   when the provider did not send one.
 
 use super::usage::{BodyUsage, UsageReport};
 use bytes::Bytes;
@@ -50,21 +51,58 @@ pub fn mirror_cached_tokens_in_body(body: Bytes, usage: Option<&BodyUsage>) -> B
     parts.concat().into()
 }
 
-/// The standard final usage chunk for a stream, built from a usage report.
-pub fn usage_chunk(report: &UsageReport) -> Bytes {
+/// The `id`, `created` and `model` of a stream's first chunk, as sent: the
+/// synthesised usage chunk repeats them when the chunk its usage came from
+/// lacks them, as the SDKs' chunk types expect all three.
+#[derive(Debug, Default)]
+pub struct ChunkIdentity {
+    id: Option<Box<RawValue>>,
+    created: Option<Box<RawValue>>,
+    model: Option<Box<RawValue>>,
+}
+
+impl ChunkIdentity {
+    /// Read from one event's data; empty when it is not a JSON object.
+    pub fn read(data: &[u8]) -> ChunkIdentity {
+        #[derive(serde::Deserialize)]
+        struct Members<'a> {
+            #[serde(borrow)]
+            id: Option<&'a RawValue>,
+            #[serde(borrow)]
+            created: Option<&'a RawValue>,
+            #[serde(borrow)]
+            model: Option<&'a RawValue>,
+        }
+        let Ok(members) = serde_json::from_slice::<Members>(data) else {
+            return ChunkIdentity::default();
+        };
+        ChunkIdentity {
+            id: members.id.map(RawValue::to_owned),
+            created: members.created.map(RawValue::to_owned),
+            model: members.model.map(RawValue::to_owned),
+        }
+    }
+}
+
+/// The standard final usage chunk for a stream, built from a usage report;
+/// a member its chunk lacked is the stream's first chunk's, else `null`.
+pub fn usage_chunk(report: &UsageReport, first: Option<&ChunkIdentity>) -> Bytes {
     let mut usage: Value = serde_json::from_str(report.raw()).unwrap_or_default();
     mirror_cached_tokens(&mut usage);
     // Each member as sent (a value of the event, so valid JSON).
-    let as_sent = |member: Option<&str>| {
+    let as_sent = |member: Option<&str>, earlier: Option<&RawValue>| {
         member
             .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+            .or_else(|| earlier.map(RawValue::to_owned))
             .unwrap_or_else(|| RawValue::NULL.to_owned())
     };
+    let none = ChunkIdentity::default();
+    let first = first.unwrap_or(&none);
     let chunk = json!({
-        "id": as_sent(report.id()),
+        "id": as_sent(report.id(), first.id.as_deref()),
         "object": "chat.completion.chunk",
-        "created": as_sent(report.created()),
-        "model": as_sent(report.model()),
+        "created": as_sent(report.created(), first.created.as_deref()),
+        "model": as_sent(report.model(), first.model.as_deref()),
         "choices": [],
         "usage": usage,
     });
@@ -109,13 +147,37 @@ mod tests {
             br#"{"id":"c1","created":7,"model":"kimi","choices":[{"index":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"cached_tokens":1}}]}"#,
         )
         .unwrap();
-        let chunk = usage_chunk(&report);
+        let first = ChunkIdentity::read(br#"{"id":"c0","created":6,"model":"k"}"#);
+        let chunk = usage_chunk(&report, Some(&first));
         let text = std::str::from_utf8(&chunk).unwrap();
         assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
         let v: Value = serde_json::from_str(text[6..].trim()).unwrap();
         assert_eq!(v["choices"], json!([]));
         assert_eq!(v["id"], "c1");
+        assert_eq!(v["created"], 7);
         assert_eq!(v["usage"]["total_tokens"], 3);
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+    }
+
+    /// A usage chunk that lacks `created` and `model` (or all three) takes
+    /// the stream's first chunk's rather than sending `null`.
+    #[test]
+    fn members_the_usage_came_without_are_the_first_chunks() {
+        let report = parse_usage(
+            br#"{"id":"c1","choices":[{"index":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}]}"#,
+        )
+        .unwrap();
+        let first = ChunkIdentity::read(br#"{"id":"c0","created":6,"model":"kimi","choices":[]}"#);
+        let chunk = |first| {
+            let chunk = usage_chunk(&report, first);
+            serde_json::from_slice::<Value>(chunk.strip_prefix(b"data: ").unwrap()).unwrap()
+        };
+        let v = chunk(Some(&first));
+        assert_eq!(
+            (&v["id"], &v["created"], &v["model"]),
+            (&json!("c1"), &json!(6), &json!("kimi"))
+        );
+        let v = chunk(Some(&ChunkIdentity::read(b"[DONE]")));
+        assert_eq!((&v["created"], &v["model"]), (&Value::Null, &Value::Null));
     }
 }

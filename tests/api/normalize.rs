@@ -67,6 +67,73 @@ async fn moonshot_usage_chunk_is_added(app: &TestApp, body: &Value) {
     assert_eq!(got, expected);
 }
 
+/// A provider that puts the stream's usage top-level on its last chunk
+/// with choices: a client that asked for usage still gets the standard
+/// `choices: []` chunk (code that reads usage only there would find none),
+/// and every event the provider sent as it sent it.
+#[tokio::test]
+async fn usage_on_a_chunk_with_choices_is_restated_as_the_standard_chunk() {
+    let app = spawn_app().await;
+    for (flavour, model) in [
+        (Flavour::Moonshot, "kimi-k2-turbo-preview"),
+        (Flavour::Aimlapi, "moonshot/kimi-k2-preview"),
+        (Flavour::Agentsflare, "kimi-chat"),
+    ] {
+        let mut body = stream_body(model, Some(true));
+        body["messages"][0]["content"] = json!("hi [mock usage_on_last_choice]");
+        let provider = direct(&app, flavour, &body).await;
+        let client = through(&app, &body).await;
+        let mut expected = events(&provider);
+        assert!(
+            expected
+                .iter()
+                .all(|e| !e.contains("\"choices\":[]") || !e.contains("\"usage\"")),
+            "the provider sent no usage chunk: {provider}"
+        );
+        let got = events(&client);
+        assert_eq!(got.last(), Some(&"[DONE]"), "{model}");
+        let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
+        assert_eq!(usage_chunk["choices"], json!([]), "{model}");
+        let last_with_choices: Value = serde_json::from_str(got[got.len() - 3]).unwrap();
+        assert_eq!(usage_chunk["usage"], {
+            let mut usage = last_with_choices["usage"].clone();
+            if usage.get("cached_tokens").is_some() {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": usage["cached_tokens"]});
+            }
+            usage
+        });
+        assert_eq!(usage_chunk["model"], last_with_choices["model"]);
+        expected.insert(expected.len() - 1, got[got.len() - 2]);
+        assert_eq!(got, expected, "{model}");
+    }
+}
+
+/// The synthesised usage chunk takes `created` and `model` from the
+/// stream's first chunk when the chunk its usage came on lacks them.
+#[tokio::test]
+async fn a_usage_chunk_built_from_a_bare_chunk_has_the_streams_created_and_model() {
+    let app = spawn_app().await;
+    let mut body = stream_body("kimi-k2-turbo-preview", Some(true));
+    body["messages"][0]["content"] = json!("hi [mock bare_usage_chunk]");
+    let client = through(&app, &body).await;
+    let got = events(&client);
+    let first: Value = serde_json::from_str(got[0]).unwrap();
+    let bare: Value = serde_json::from_str(got[got.len() - 3]).unwrap();
+    assert!(
+        bare.get("created").is_none() && bare.get("model").is_none(),
+        "{bare}"
+    );
+    let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert!(
+        first["created"].is_u64() && first["model"].is_string(),
+        "{first}"
+    );
+    assert_eq!(usage_chunk["created"], first["created"]);
+    assert_eq!(usage_chunk["model"], first["model"]);
+    assert_eq!(usage_chunk["id"], bare["id"]);
+}
+
 #[tokio::test]
 async fn streams_are_untouched_when_usage_was_not_asked_for() {
     let app = spawn_app().await;

@@ -1,14 +1,15 @@
 //! What the relay reads in the events it forwards: `[DONE]` (the stream
 //! ends there), a provider's error event (redacted, the stream ends with
 //! it) and usage (counted; a usage chunk the gateway asked for is hidden,
-//! Moonshot's in-choice usage mirrored for a client that asked for it).
+//! usage on a chunk with choices restated as the standard chunk for a
+//! client that asked for it).
 
 use super::SseRelay;
-use crate::proxy::normalize::usage_chunk;
+use crate::proxy::normalize::{ChunkIdentity, usage_chunk};
 use crate::proxy::sse_events::{
     carries_no_choice, find_done, provider_error_event, redacted_error_event,
 };
-use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start};
+use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start, lines};
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::usage::{UsagePlace, lines_mentioning_usage, parse_usage};
 use bytes::{Bytes, BytesMut};
@@ -60,6 +61,13 @@ impl SseRelay {
                 self.provider_error = Some(err);
             }
         }
+        if self.include_usage && self.first_chunk.is_none() {
+            // Once per stream, for the usage chunk it may need to build.
+            if let Some(line) = lines(&events).find(|line| data_value(line).is_some()) {
+                let (_, data) = event_data(&events, line);
+                self.first_chunk = Some(Box::new(ChunkIdentity::read(data.trim_ascii())));
+            }
+        }
         self.stats.count_events(events.len(), reads);
         let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
         let mut last_event = None;
@@ -76,16 +84,20 @@ impl SseRelay {
             if let Some(report) = parse_usage(data) {
                 self.stats.set_usage(report.usage, report.place);
                 match report.place {
-                    UsagePlace::TopLevel => {
-                        self.top_level_usage_seen = true;
-                        if self.hide_usage_chunk && carries_no_choice(data) {
+                    UsagePlace::TopLevel if carries_no_choice(data) => {
+                        self.usage_chunk_seen = true;
+                        if self.hide_usage_chunk {
                             let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
                             if let Some(end) = event_end(&events, line_start + line.len()) {
                                 hidden.push(event_start(&events, line_start)..end);
                             }
                         }
                     }
-                    UsagePlace::InChoice => self.in_choice_usage = Some(report),
+                    // On a chunk that still has choices: a client that
+                    // asked for the standard chunk reads usage there.
+                    UsagePlace::TopLevel | UsagePlace::InChoice => {
+                        self.usage_to_restate = Some(report);
+                    }
                 }
             }
         }
@@ -110,15 +122,16 @@ impl SseRelay {
         if self.head_sent {
             self.stats.finish(StreamEnd::Complete);
         }
-        if !self.include_usage || self.top_level_usage_seen {
+        if !self.include_usage || self.usage_chunk_seen {
             return events;
         }
-        let Some(report) = self.in_choice_usage.take() else {
+        let Some(report) = self.usage_to_restate.take() else {
             return events;
         };
         // Split where `[DONE]`'s event starts (its `id:` line goes with it).
         let done_event = event_start(&events, done_at);
-        self.after.push_back(usage_chunk(&report));
+        self.after
+            .push_back(usage_chunk(&report, self.first_chunk.as_deref()));
         self.after.push_back(events.slice(done_event..));
         events.slice(..done_event)
     }

@@ -14,6 +14,7 @@ mod unended_done;
 use super::breaker::Breaker;
 pub use super::event_align::EventAligner;
 use super::failover::{Verdict, classify};
+use super::normalize::ChunkIdentity;
 use super::relay_waits::RelayWaits;
 use super::sse_events::first_event_start;
 use super::sse_lines::longest_event;
@@ -94,9 +95,14 @@ pub struct SseRelay {
     include_usage: bool,
     /// The gateway asked for it: the usage chunk is not passed on.
     hide_usage_chunk: bool,
-    /// Moonshot-style usage seen, kept in case no standard chunk follows.
-    in_choice_usage: Option<UsageReport>,
-    top_level_usage_seen: bool,
+    /// Usage seen on a chunk with choices (Moonshot's in-choice usage, or
+    /// a top-level one), kept in case no standard chunk follows.
+    usage_to_restate: Option<UsageReport>,
+    /// The standard `choices: []` usage chunk came.
+    usage_chunk_seen: bool,
+    /// The first chunk's `id`, `created` and `model`, read when the client
+    /// asked for usage (boxed: most streams never need it).
+    first_chunk: Option<Box<ChunkIdentity>>,
     /// The provider's own error event, already forwarded: the stream ends
     /// with it (logged and counted as its error), not with one of ours.
     provider_error: Option<GatewayError>,
@@ -158,8 +164,9 @@ impl SseRelay {
             include_usage: settings.include_usage,
             hide_usage_chunk: settings.hide_usage_chunk,
             max_event_bytes: settings.max_event_bytes,
-            in_choice_usage: None,
-            top_level_usage_seen: false,
+            usage_to_restate: None,
+            usage_chunk_seen: false,
+            first_chunk: None,
             provider_error: None,
             error_came_first: false,
             idle: settings.idle,
