@@ -381,6 +381,9 @@ pub fn build_provider(
     })
 }
 
+/// Why a base URL is refused when it is not an absolute http(s) URL.
+const NOT_A_URL: &str = "is not an http(s) URL";
+
 /// A base URL as configured, without surrounding blanks or trailing slashes.
 fn normalized_base_url(base_url: &str) -> String {
     base_url.trim().trim_end_matches('/').to_string()
@@ -396,6 +399,25 @@ fn check_base_url(
     let base_url = normalized_base_url(base_url);
     match chat_url(&base_url) {
         Ok(url) => Some(url),
+        Err(why) if why == NOT_A_URL => {
+            // Not a URL at all: the value may be anything, a key named in
+            // `base_url_env` by mistake among them, so only its scheme (if
+            // it has one) and its length are shown.
+            let scheme = base_url
+                .split_once("://")
+                .map(|(scheme, _)| scheme)
+                .filter(|s| {
+                    (1..=16).contains(&s.len())
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                });
+            let shown = match scheme {
+                Some(scheme) => format!("a URL of scheme `{scheme}`"),
+                None => format!("a value of {} characters (not shown)", base_url.chars().count()),
+            };
+            problems.push(ConfigProblem::new(source, format!("{shown} {why}")));
+            None
+        }
         Err(why) => {
             let shown = without_secrets(&base_url);
             problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
@@ -407,7 +429,6 @@ fn check_base_url(
 /// `{base_url}/chat/completions`, if `base_url` is an absolute http(s) URL.
 /// The provider's chat URL, or why `base_url` cannot give one.
 fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
-    const NOT_A_URL: &str = "is not an http(s) URL";
     // `Uri` drops a fragment, and `/chat/completions` with it.
     if base_url.contains('#') {
         return Err(
@@ -563,9 +584,15 @@ mod tests {
         for (url, expected) in [
             (
                 "ftp://api.example.com/v1",
-                "\"ftp://api.example.com/v1\" is not an http(s) URL",
+                "a URL of scheme `ftp` is not an http(s) URL",
             ),
-            ("api.example.com/v1", "is not an http(s) URL"),
+            (
+                "api.example.com/v1",
+                "a value of 18 characters (not shown) is not an http(s) URL",
+            ),
+            // A key given where a URL belongs is never echoed.
+            ("sk-hunter2", "a value of 10 characters (not shown)"),
+            ("ftp://sk-hunter2/x", "a URL of scheme `ftp` is not"),
             (
                 "https://api.example.com/v1?api_key=hunter2",
                 "\"https://api.example.com/v1?***\" has a query",
@@ -598,6 +625,23 @@ mod tests {
             assert!(found[0].contains(expected), "{url}: {found:?}");
             assert!(!found[0].contains("hunter2") && !found[0].contains("secret"));
         }
+    }
+
+    /// `base_url_env` naming the key's variable by mistake reports the
+    /// problem without the key.
+    #[test]
+    fn a_key_read_as_a_base_url_is_not_shown() {
+        let env = |var: &str| match var {
+            "MOONSHOT_API_KEY" => Some("sk-hunter2-key".to_string()),
+            _ => None,
+        };
+        let text = "[providers.moonshot]\nbase_url_env = \"MOONSHOT_API_KEY\"\n";
+        let problems = resolve(text, &env).err().unwrap().0;
+        let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            found,
+            ["MOONSHOT_API_KEY: a value of 14 characters (not shown) is not an http(s) URL"]
+        );
     }
 
     /// A file that `--check` passes where `MOONSHOT_BASE_URL` is set must
