@@ -434,10 +434,10 @@ fn plan(route: &Route) -> Plan<'_> {
         .map(|t| {
             // Efraimidis-Spirakis: sorting by U^(1/w) descending samples by weight.
             let u = fastrand::f64().max(f64::MIN_POSITIVE);
-            let key = if t.weight == 1 {
+            let key = if t.weight == 1.0 {
                 u
             } else {
-                u.powf(1.0 / f64::from(t.weight))
+                u.powf(1.0 / t.weight)
             };
             (t.priority, -key, t)
         })

@@ -31,8 +31,11 @@ pub struct Target {
     pub model_json_asking_usage: Option<Bytes>,
     /// Lower is tried first.
     pub priority: u32,
-    /// Share of traffic among targets of equal priority.
-    pub weight: u32,
+    /// Share of traffic among targets of equal priority: the configured
+    /// target's weight split evenly among its provider's keys, so a
+    /// provider with three keys gets the share its weight says, not three
+    /// times it.
+    pub weight: f64,
     pub breaker: Arc<Breaker>,
     /// `provider/model`, with `#N` after the provider for its N-th key.
     pub label: Arc<str>,
@@ -206,7 +209,9 @@ fn targets(
     let model_json_asking_usage = provider
         .ask_stream_usage
         .then(|| [&model_json[..], ASK_USAGE].concat().into());
-    (0..provider.keys.len().max(1))
+    let key_count = provider.keys.len().max(1);
+    let share = f64::from(weight.max(1)) / key_count as f64;
+    (0..key_count)
         .map(|key_index| {
             let label = if key_index == 0 {
                 format!("{}/{model}", provider.name)
@@ -225,7 +230,7 @@ fn targets(
                 model_json: model_json.clone(),
                 model_json_asking_usage: model_json_asking_usage.clone(),
                 priority,
-                weight: weight.max(1),
+                weight: share,
                 breaker: breakers.get(&identity),
                 label: label.into(),
                 series: OnceLock::new(),

@@ -396,6 +396,34 @@ async fn weights_spread_load_among_equal_priorities() {
     assert!((20..=85).contains(&moonshot), "moonshot got {moonshot}");
 }
 
+/// A target's weight is the provider's share however many keys it has:
+/// its keys split that share among them.
+#[tokio::test]
+async fn a_weight_is_split_among_the_providers_keys_not_multiplied_by_them() {
+    let config = format!(
+        "{FAST}[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_API_KEY_2\", \"MOONSHOT_API_KEY_3\"]\n[aliases.spread]\ntargets = [\n  {{ provider = \"moonshot\", model = \"kimi-k2.6\", priority = 0, weight = 1 }},\n  {{ provider = \"agentsflare\", model = \"kimi-k2.6\", priority = 0, weight = 1 }},\n]\n"
+    );
+    let app = spawn_app_with(
+        &config,
+        &[
+            ("MOONSHOT_API_KEY_2", Some(PROVIDER_KEY)),
+            ("MOONSHOT_API_KEY_3", Some(PROVIDER_KEY)),
+        ],
+    )
+    .await;
+    for _ in 0..200 {
+        assert_eq!(
+            app.chat(chat_body("spread", "hi", false)).await.status(),
+            200
+        );
+    }
+    let moonshot = seen(&app, Flavour::Moonshot);
+    assert_eq!(moonshot + seen(&app, Flavour::Agentsflare), 200);
+    // Expected 100 each (150 if every key counted as a target of weight
+    // 1); these bounds fail with odds below one in a million.
+    assert!((65..=135).contains(&moonshot), "moonshot got {moonshot}");
+}
+
 #[tokio::test]
 async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     let config = "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 2\ncooldown_secs = 0.3\nmax_cooldown_secs = 5\n";
