@@ -66,3 +66,14 @@ pub fn unanswered_at_deadline() -> GatewayError {
     )
     .with_code("gateway_shutdown")
 }
+
+/// The error a stream still open at the drain deadline ends with: its
+/// error event, or, when the client had stopped reading and the event
+/// could not be written, its access line's error.
+pub fn stream_ended_at_deadline() -> GatewayError {
+    GatewayError::server(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway is shutting down; the stream was ended early",
+    )
+    .with_code("gateway_shutdown")
+}

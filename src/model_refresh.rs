@@ -147,7 +147,8 @@ async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
 /// not put it in `/v1/models` or the log: such ids are left out, and the
 /// error never repeats the provider's text.
 fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshError> {
-    let mut ids = listed_ids(list).map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
+    let mut ids =
+        listed_ids(list).map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
     ids.retain(|id| !provider.keys.iter().any(|key| id.contains(&key.secret)));
     Ok(ids)
 }
@@ -158,7 +159,11 @@ fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshErro
 fn unquoted(message: &str) -> String {
     match (message.find('"'), message.rfind('"')) {
         (Some(first), Some(last)) => {
-            format!("{}(text not shown){}", &message[..first], &message[last + 1..])
+            format!(
+                "{}(text not shown){}",
+                &message[..first],
+                &message[last + 1..]
+            )
         }
         _ => message.to_string(),
     }

@@ -413,7 +413,10 @@ fn check_base_url(
                 });
             let shown = match scheme {
                 Some(scheme) => format!("a URL of scheme `{scheme}`"),
-                None => format!("a value of {} characters (not shown)", base_url.chars().count()),
+                None => format!(
+                    "a value of {} characters (not shown)",
+                    base_url.chars().count()
+                ),
             };
             problems.push(ConfigProblem::new(source, format!("{shown} {why}")));
             None

@@ -84,6 +84,54 @@ async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event
     assert!(result.expect("server stopped").unwrap().is_ok());
 }
 
+/// A stream whose client stopped reading cannot be sent its error event
+/// at the drain deadline; it is still counted as the gateway's cut
+/// (`server_error`), not as the client leaving.
+#[tokio::test]
+async fn a_stream_cut_at_the_deadline_while_its_client_stopped_reading_is_the_gateways_error() {
+    use tokio::io::AsyncWriteExt;
+    // The idle limit cuts the connection after the deadline, as the
+    // process's exit would (the stream is dropped without its event).
+    let config = "[server]\ndrain_secs = 0.3\nclient_idle_secs = 1\n";
+    let mut app = spawn_app_with(config, &[]).await;
+    // 16 MiB: more than the socket buffers between the mock and the
+    // client hold, so the gateway's writes stop.
+    let body = chat_body(
+        "kimi-k2-turbo-preview",
+        "[mock chunks=64 chunk_bytes=262144]",
+        true,
+    )
+    .to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(app.addr).await.unwrap();
+    client
+        .write_all(crate::raw_client::chat_request(&body).as_bytes())
+        .await
+        .unwrap();
+    wait_until("the stream is open", async || {
+        app.state.metrics.open_streams.get() == 1
+    })
+    .await;
+    let server = app.begin_shutdown();
+    let result = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(result.expect("server stopped").unwrap().is_ok());
+    wait_until("the stream is dropped", async || {
+        app.state.metrics.open_streams.get() == 0
+    })
+    .await;
+    let counted = |error_type: &str| {
+        app.state
+            .metrics
+            .requests
+            .with_label_values(&["kimi-k2-turbo-preview", "moonshot", "200", error_type])
+            .get()
+    };
+    assert_eq!(counted("server_error"), 1);
+    assert_eq!(counted(""), 0);
+    drop(client);
+}
+
 #[tokio::test]
 async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
     let mut app = spawn_app_with("[server]\ndrain_secs = 0.3\n", &[]).await;

@@ -134,6 +134,17 @@ pub struct SseRelay {
 impl Drop for SseRelay {
     fn drop(&mut self) {
         self.open_streams.dec();
+        // A client that stopped reading blocks the error event the drain
+        // deadline would send; the connection is then closed under the
+        // stream, which must still be logged as the gateway's cut, not as
+        // the client leaving.
+        if !self.finished {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if self.waits.as_mut().poll_shutdown(&mut cx).is_ready() {
+                self.stats
+                    .finish(StreamEnd::Failed(crate::drain::stream_ended_at_deadline()));
+            }
+        }
         // A client that hung up on `[DONE]` before the provider's body
         // ended: the provider's connection is still worth keeping.
         if !self.finished && self.stats.saw_done() {
@@ -383,11 +394,7 @@ impl SseRelay {
                     if self.waits.as_mut().poll_shutdown(cx).is_ready() {
                         // Before the head, the error is the request's answer.
                         let err = if self.head_sent {
-                            GatewayError::server(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "the gateway is shutting down; the stream was ended early",
-                            )
-                            .with_code("gateway_shutdown")
+                            crate::drain::stream_ended_at_deadline()
                         } else {
                             crate::drain::unanswered_at_deadline()
                         };
