@@ -51,7 +51,10 @@ pub async fn retrieve(
         None => GatewayError::new(
             StatusCode::NOT_FOUND,
             ErrorType::ResourceNotFoundError,
-            format!("model {id:?} is not served by this gateway"),
+            format!(
+                "model {:?} is not served by this gateway",
+                crate::proxy::request::shown_model(&id)
+            ),
         )
         .with_param("model")
         .with_code("model_not_found")

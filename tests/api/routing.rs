@@ -144,6 +144,21 @@ async fn models_retrieve_accepts_ids_with_slashes() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(error_of(missing).await["type"], "resource_not_found_error");
+    // A long id is quoted by its start and length, as chat's errors do.
+    let long = "x".repeat(10_000);
+    let missing = app
+        .client
+        .get(app.url(&format!("/v1/models/{long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let message = error_of(missing).await["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("... (10000 bytes)"), "{message}");
+    assert!(message.len() < 400, "{message}");
     // An id that is not UTF-8 once decoded gets the OpenAI error shape too.
     let garbled = app
         .client
