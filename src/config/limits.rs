@@ -187,6 +187,13 @@ fn redis_settings(
         .redis_ca_file
         .as_deref()
         .map(|path| read_ca_file(path, problems));
+    // Checked whichever the backend too: a secret pasted in place of a
+    // name must not pass until the day the backend becomes "redis". Only
+    // a valid name is ever shown.
+    let url_var = file
+        .redis_url_env
+        .as_deref()
+        .filter(|var| check_env_name("limits.redis_url_env", var, problems));
     match backend {
         "local" => return None,
         "redis" => {}
@@ -198,12 +205,6 @@ fn redis_settings(
             return None;
         }
     }
-    // Only a valid name is ever shown: an invalid one may be a secret
-    // pasted in its place.
-    let url_var = file
-        .redis_url_env
-        .as_deref()
-        .filter(|var| check_env_name("limits.redis_url_env", var, problems));
     let from_env =
         url_var.and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
     let (url, source) = match (from_env, &file.redis_url) {

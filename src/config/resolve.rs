@@ -273,6 +273,22 @@ mod tests {
         );
     }
 
+    /// A URL pasted where the variable's name belongs is refused with the
+    /// local backend as with Redis, and never shown.
+    #[test]
+    fn a_redis_url_env_that_is_no_name_is_refused_whichever_the_backend() {
+        for backend in ["local", "redis"] {
+            let found = problems(&format!(
+                "[limits]\nbackend = \"{backend}\"\nredis_url_env = \"redis://:hunter2@h:1\"\n"
+            ));
+            assert!(
+                found.iter().any(|p| p.starts_with("limits.redis_url_env: ")),
+                "{backend}: {found:?}"
+            );
+            assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");
+        }
+    }
+
     /// A table naming a disabled preset says it is disabled; one naming a
     /// provider refused for its own problem adds no second line about it.
     #[test]
