@@ -20,7 +20,12 @@ type LastRead = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 pub async fn reload(state: &AppState, trigger: &str) -> bool {
     let _one_at_a_time = state.reloading.lock().await;
     let current = state.config();
-    let result = config::load_reusing(current.source.as_deref(), Some(&current), &*state.env);
+    // Checked against `--listen` as at start: a file the next restart
+    // would refuse is refused now.
+    let result = config::load_reusing(current.source.as_deref(), Some(&current), &*state.env)
+        .and_then(|new| {
+            config::check_listen_override(&new, state.listen_override.get().copied()).map(|()| new)
+        });
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -282,7 +282,9 @@ mod tests {
                 "[limits]\nbackend = \"{backend}\"\nredis_url_env = \"redis://:hunter2@h:1\"\n"
             ));
             assert!(
-                found.iter().any(|p| p.starts_with("limits.redis_url_env: ")),
+                found
+                    .iter()
+                    .any(|p| p.starts_with("limits.redis_url_env: ")),
                 "{backend}: {found:?}"
             );
             assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");

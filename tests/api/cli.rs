@@ -897,6 +897,34 @@ fn an_edit_and_a_sighup_reload_once_and_listen_given_on_the_command_line_wins() 
     assert!(reloads.ends_with(" 1"), "{reloads}");
 }
 
+/// A reload is refused a `server.metrics_listen` on the port given by
+/// `--listen`, as a restart with that file would be.
+#[test]
+fn a_reload_putting_metrics_on_the_listen_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "").unwrap();
+    let path = config.to_str().unwrap().to_string();
+    let listen = free_addr();
+    let (mut child, mut stdout, _) = start_gateway(&["--listen", &listen, "--config", &path]);
+    std::fs::write(
+        &config,
+        format!("[server]\nmetrics_listen = \"{listen}\"\n"),
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    let lines = lines_until(&mut stdout, "kept the previous configuration");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("configuration reload rejected")
+                && l.contains("takes the port of --listen")),
+        "{lines:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A `RUST_LOG` with a typo does not silence the log nor pass unseen: the
 /// gateway says so and logs at `info`. A misspelt bare level would read as
 /// a target's name and turn every other line off.
