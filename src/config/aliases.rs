@@ -31,27 +31,33 @@ pub fn alias_specs(
         let mut targets = Vec::new();
         for (i, target) in alias.targets.into_iter().enumerate() {
             let tpath = format!("{path}.targets[{i}]");
-            match providers.iter().find(|p| *p.name == *target.provider) {
-                None => {
-                    if let Some(problem) = absent.problem(&target.provider) {
-                        problems.push(ConfigProblem::new(format!("{tpath}.provider"), problem));
-                    }
-                }
-                Some(_) if target.model.is_empty() => {
-                    problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
-                }
-                Some(_) if target.weight == Some(0) => {
-                    problems.push(ConfigProblem::new(
-                        format!("{tpath}.weight"),
-                        "must be at least 1 (leave the target out to stop using it)",
-                    ));
-                }
-                Some(provider) => targets.push(AliasTarget {
+            // Each member is checked on its own, so every problem of a
+            // target is reported at once.
+            let before = problems.len();
+            let provider = providers.iter().find(|p| *p.name == *target.provider);
+            if provider.is_none()
+                && let Some(problem) = absent.problem(&target.provider)
+            {
+                problems.push(ConfigProblem::new(format!("{tpath}.provider"), problem));
+            }
+            if target.model.is_empty() {
+                problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
+            }
+            if target.weight == Some(0) {
+                problems.push(ConfigProblem::new(
+                    format!("{tpath}.weight"),
+                    "must be at least 1 (leave the target out to stop using it)",
+                ));
+            }
+            if let Some(provider) = provider
+                && problems.len() == before
+            {
+                targets.push(AliasTarget {
                     provider: provider.clone(),
                     model: target.model,
                     priority: target.priority,
                     weight: target.weight,
-                }),
+                });
             }
         }
         specs.push(AliasSpec { name, targets });

@@ -32,10 +32,10 @@ pub fn client_keys(
             ));
             continue;
         }
-        let Some(secret_digest) = secret_digest(&file, &path, env, problems) else {
-            continue;
-        };
-        let mut key = ClientKey::new(name.as_str().into(), secret_digest);
+        // A key without a usable secret is still checked through, so one
+        // `--check` names every problem of its table.
+        let digest = secret_digest(&file, &path, env, problems);
+        let mut key = ClientKey::new(name.as_str().into(), digest.unwrap_or_default());
         if let Some(models) = &file.models {
             if models.is_empty() {
                 problems.push(ConfigProblem::new(
@@ -77,7 +77,7 @@ pub fn client_keys(
                 key.model_limits.insert(model.as_str().into(), scope);
             }
         }
-        if !table.insert(key) {
+        if digest.is_some() && !table.insert(key) {
             problems.push(ConfigProblem::new(
                 &path,
                 "has the same secret as another key",

@@ -146,19 +146,19 @@ fn section<T: DeserializeOwned>(
     let mut wrong = vec![inner];
     for alone in leaves {
         let mut unknown = Vec::new();
-        let result = deserialize::<T>(alone, |ignored| unknown.push(ignored));
+        let result = deserialize::<T>(alone.value.clone(), |ignored| unknown.push(ignored));
         let mut found: Vec<ConfigProblem> = unknown
             .into_iter()
-            .map(|key| ConfigProblem::new(join(path, &key), "unknown key"))
+            .map(|key| ConfigProblem::new(join(path, &alone.renumbered(&key)), "unknown key"))
             .collect();
-        match result {
+        if let Err((inner, message)) = result {
+            let inner = alone.renumbered(&inner);
             // A required member the lone value does not bring is not a
-            // problem of the file.
-            Err((inner, message)) if !message.starts_with("missing field") => {
+            // problem of the file, unless the element it lies in lacks it.
+            if !message.starts_with("missing field") || alone.lacks_a_member_of_the_file(&inner) {
                 found.push(ConfigProblem::new(join(path, &inner), message));
                 wrong.push(inner);
             }
-            _ => {}
         }
         for problem in found {
             // The whole section's pass may have met it first.
@@ -213,19 +213,86 @@ fn remove_value(value: &mut toml::Value, inner: &str) {
     }
 }
 
+/// One value of a section, alone in a copy of the tables that lead to it.
+/// An array's element is alone in a one-element array: its errors say
+/// `[0]`, which [`Leaf::renumbered`] turns back into its place in the file.
+struct Leaf {
+    value: toml::Value,
+    /// The path (inside the section) of the array this leaf is an element
+    /// of, or lies in, and its index there.
+    element: Option<(String, usize)>,
+    /// The leaf is a whole array element, not one value of a table
+    /// element: a member missing from it is missing from the file.
+    whole_element: bool,
+}
+
+impl Leaf {
+    /// `inner` (a path in the leaf) as a path in the section.
+    fn renumbered(&self, inner: &str) -> String {
+        if let Some((array, index)) = &self.element
+            && let Some(rest) = inner.strip_prefix(&format!("{array}[0]"))
+        {
+            return format!("{array}[{index}]{rest}");
+        }
+        inner.to_string()
+    }
+
+    /// Whether a member missing at `inner` (renumbered) is missing from
+    /// the file: it lies in this leaf's array element, which is whole.
+    fn lacks_a_member_of_the_file(&self, inner: &str) -> bool {
+        self.whole_element
+            && self
+                .element
+                .as_ref()
+                .is_some_and(|(array, index)| inner.starts_with(&format!("{array}[{index}]")))
+    }
+}
+
 /// Every value of `table` that is not itself a table, each alone in a copy
-/// of the tables that lead to it. Arrays are values: an array's elements
-/// are not tried one by one.
-fn leaves_of(table: &toml::Table) -> Vec<toml::Value> {
+/// of the tables that lead to it. An array's elements are tried one by one
+/// (a table element's values one by one too), so each bad one is reported.
+fn leaves_of(table: &toml::Table) -> Vec<Leaf> {
     let mut leaves = Vec::new();
     for (key, entry) in table {
-        let wrap =
-            |inner: toml::Value| toml::Value::Table(toml::Table::from_iter([(key.clone(), inner)]));
+        let wrap = |leaf: Leaf| Leaf {
+            value: toml::Value::Table(toml::Table::from_iter([(key.clone(), leaf.value)])),
+            element: leaf.element.map(|(array, i)| (join(key, &array), i)),
+            whole_element: leaf.whole_element,
+        };
         match entry {
             toml::Value::Table(nested) if !nested.is_empty() => {
                 leaves.extend(leaves_of(nested).into_iter().map(wrap));
             }
-            other => leaves.push(wrap(other.clone())),
+            toml::Value::Array(items) if !items.is_empty() => {
+                for (index, item) in items.iter().enumerate() {
+                    let alone = |value: toml::Value, whole_element: bool| {
+                        wrap(Leaf {
+                            value: toml::Value::Array(vec![value]),
+                            element: Some((String::new(), index)),
+                            whole_element,
+                        })
+                    };
+                    // The element whole (a missing member, its first bad
+                    // value), then a table element's values one by one
+                    // (every bad one; arrays nested in an element, none in
+                    // the file's structs, only as the element whole does).
+                    leaves.push(alone(item.clone(), true));
+                    if let toml::Value::Table(fields) = item {
+                        let inner = leaves_of(fields);
+                        leaves.extend(
+                            inner
+                                .into_iter()
+                                .filter(|leaf| leaf.element.is_none())
+                                .map(|leaf| alone(leaf.value, false)),
+                        );
+                    }
+                }
+            }
+            other => leaves.push(wrap(Leaf {
+                value: other.clone(),
+                element: None,
+                whole_element: false,
+            })),
         }
     }
     leaves
@@ -384,6 +451,37 @@ mod tests {
         let mut unreadable = parsed.unreadable.clone();
         unreadable.sort();
         assert_eq!(unreadable, paths[1..]);
+    }
+
+    /// Each element of an array is tried alone, and each value of a table
+    /// element: every bad one is reported at its own index, and a member
+    /// an element lacks is reported too.
+    #[test]
+    fn every_bad_element_of_an_array_is_reported_at_its_index() {
+        let mut problems = Vec::new();
+        let text = r#"
+            [providers.moonshot]
+            models = ["kimi", 3, "k2", 4]
+            [aliases.kimi]
+            targets = [
+                { provider = "moonshot", model = "a", weight = "x", priority = "y" },
+                { model = "b" },
+                { provider = "moonshot", model = "c", nap = 1 },
+            ]
+        "#;
+        parse(text, &mut problems);
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "providers.moonshot.models[1]: invalid type: integer `3`, expected a string",
+                "providers.moonshot.models[3]: invalid type: integer `4`, expected a string",
+                "aliases.kimi.targets[0].weight: invalid type: string \"x\", expected u32",
+                "aliases.kimi.targets[0].priority: invalid type: string \"y\", expected u32",
+                "aliases.kimi.targets[1]: missing field `provider`",
+                "aliases.kimi.targets[2].nap: unknown key",
+            ],
+        );
     }
 
     /// The value a wrong-typed path names is taken out, also under a key

@@ -273,6 +273,34 @@ mod tests {
         );
     }
 
+    /// Every problem of an alias target, and of a key without its secret,
+    /// is reported in one pass, not just the first.
+    #[test]
+    fn each_member_of_a_target_or_a_key_is_checked_on_its_own() {
+        let mut found = problems(
+            "[aliases.kimi]\ntargets = [\n\
+             { provider = \"nobody\", model = \"\", weight = 0, priority = 0 },\n\
+             { provider = \"moonshot\", model = \"\", weight = 0, priority = 0 },\n]\n\
+             [keys.a]\nsecret_env = \"UNSET_TEAM_KEY\"\nmodels = [\"nope\"]\n",
+        );
+        found.retain(|p| p.starts_with("aliases.") || p.starts_with("keys."));
+        found.sort();
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "aliases.kimi.targets[0].model",
+                "aliases.kimi.targets[0].provider",
+                "aliases.kimi.targets[0].weight",
+                "aliases.kimi.targets[1].model",
+                "aliases.kimi.targets[1].weight",
+                "keys.a.models[0]",
+                "keys.a.secret_env",
+            ],
+            "{found:?}"
+        );
+    }
+
     /// A URL pasted where the variable's name belongs is refused with the
     /// local backend as with Redis, and never shown.
     #[test]
