@@ -51,9 +51,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { addr, timeout }) = cli.command {
+        let from_file = match cli.config.as_deref().map(config::listen_in_file) {
+            Some(Err(reason)) if addr.or(cli.listen).is_none() => {
+                eprintln!("cannot tell which address to probe: {reason}");
+                return ExitCode::FAILURE;
+            }
+            Some(Ok(listen)) => listen,
+            _ => None,
+        };
         let addr = addr
             .or(cli.listen)
-            .or_else(|| cli.config.as_deref().and_then(config::listen_in_file))
+            .or(from_file)
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
         // `inf`, NaN or a huge number would panic in the conversion.
         let timeout = std::time::Duration::try_from_secs_f64(timeout.clamp(0.1, 3600.0))

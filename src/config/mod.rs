@@ -245,13 +245,24 @@ impl Provider {
     }
 }
 
-/// The `server.listen` a configuration file gives, if it is readable and
-/// gives a valid one (for the `healthcheck` subcommand, which probes the
-/// gateway the same file configures without needing its environment).
-pub fn listen_in_file(path: &Path) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    table.get("server")?.get("listen")?.as_str()?.parse().ok()
+/// The `server.listen` a configuration file gives, `None` when it gives
+/// none (for the `healthcheck` subcommand, which probes the gateway the
+/// same file configures without needing its environment). A file that
+/// cannot be read, or a `server.listen` that is no address, is an error:
+/// probing the default address instead could find another gateway.
+pub fn listen_in_file(path: &Path) -> Result<Option<SocketAddr>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|err| format!("{shown}: {err}"))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|_| format!("{shown}: not valid TOML (see kimi-gateway --check)"))?;
+    let Some(listen) = table.get("server").and_then(|server| server.get("listen")) else {
+        return Ok(None);
+    };
+    listen
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .map(Some)
+        .ok_or_else(|| format!("{shown}: server.listen is not an address such as 127.0.0.1:8080"))
 }
 
 /// Reads the file (if any) and the process environment into a [`Config`].

@@ -295,6 +295,32 @@ fn healthcheck_probes_the_address_the_config_file_gives() {
     assert_probed_up(&given_after);
 }
 
+/// A configuration file the probe cannot read, or whose `server.listen`
+/// is no address, fails the probe with the reason: probing the default
+/// address instead could report another gateway's health.
+#[test]
+fn healthcheck_with_an_unreadable_config_says_so() {
+    let bad_listen = config_file("[server]\nlisten = \"localhost\"\n");
+    let missing = std::path::Path::new("/nonexistent/gateway.toml");
+    for (file, says) in [
+        (bad_listen.path(), "server.listen is not an address"),
+        (missing, "No such file"),
+    ] {
+        let probe = gateway()
+            .env_remove("KIMI_GATEWAY_LISTEN")
+            .args(["healthcheck", "--config"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&probe.stderr);
+        assert_eq!(probe.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with("cannot tell which address to probe: ") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+}
+
 /// Starts the binary with `args` and waits for its "listening" log line;
 /// returns the child and its stdout reader.
 fn start_gateway(
