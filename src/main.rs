@@ -79,33 +79,21 @@ fn main() -> ExitCode {
     let config = match loaded {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("configuration has {} problem(s):", errors.0.len());
-            eprint!("{errors}");
+            use std::io::Write;
+            // Not `eprint!`, which panics when the reader has gone
+            // (`--check 2>&1 | head -1`).
+            let _ = write!(
+                std::io::stderr().lock(),
+                "configuration has {} problem(s):\n{errors}",
+                errors.0.len()
+            );
             return ExitCode::from(2);
         }
     };
     if cli.check {
-        println!(
-            "configuration OK: {} provider(s), {} usable, {} routable model name(s)",
-            config.providers.len(),
-            config.usable_providers().count(),
-            config.routes.routes().len()
-        );
-        match config.keys.len() {
-            0 => println!("note: no client keys: the gateway is open to anyone who can reach it"),
-            n => println!("{n} client key(s)"),
-        }
-        for provider in config.providers.iter().filter(|p| !p.is_usable()) {
-            println!(
-                "note: provider {} is not served: {} is not set (or blank)",
-                provider.name, provider.api_key_env
-            );
-        }
-        if config.usable_providers().next().is_none() {
-            println!(
-                "note: no provider is usable: every chat request would get 503 provider_not_configured"
-            );
-        }
+        // A reader that stops early (`--check | head -1`) is no failure:
+        // the report is cut, not a panic on the closed pipe.
+        let _ = print_check_report(&config);
         return ExitCode::SUCCESS;
     }
 
@@ -130,6 +118,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `--check` says of a valid configuration.
+fn print_check_report(config: &config::Config) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "configuration OK: {} provider(s), {} usable, {} routable model name(s)",
+        config.providers.len(),
+        config.usable_providers().count(),
+        config.routes.routes().len()
+    )?;
+    match config.keys.len() {
+        0 => writeln!(
+            out,
+            "note: no client keys: the gateway is open to anyone who can reach it"
+        )?,
+        n => writeln!(out, "{n} client key(s)")?,
+    }
+    for provider in config.providers.iter().filter(|p| !p.is_usable()) {
+        writeln!(
+            out,
+            "note: provider {} is not served: {} is not set (or blank)",
+            provider.name, provider.api_key_env
+        )?;
+    }
+    if config.usable_providers().next().is_none() {
+        writeln!(
+            out,
+            "note: no provider is usable: every chat request would get 503 provider_not_configured"
+        )?;
+    }
+    out.flush()
 }
 
 /// How many tasks a worker polls from its own queue before it takes one from

@@ -295,6 +295,33 @@ fn healthcheck_probes_the_address_the_config_file_gives() {
     assert_probed_up(&given_after);
 }
 
+/// `--check` piped into a reader that has gone (`| head -1`) exits with
+/// its verdict, not a panic on the closed pipe, for a valid file and an
+/// invalid one alike.
+#[test]
+fn check_into_a_closed_pipe_exits_with_its_verdict() {
+    let invalid = config_file("[server]\nlisten = 8080\n");
+    for (args, code) in [
+        (vec!["--check"], 0),
+        (
+            vec!["--check", "--config", invalid.path().to_str().unwrap()],
+            2,
+        ),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let writer_too = writer.try_clone().unwrap();
+        let status = gateway()
+            .args(&args)
+            .env("MOONSHOT_API_KEY", "k")
+            .stdout(writer)
+            .stderr(writer_too)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
 /// A configuration file the probe cannot read, or whose `server.listen`
 /// is no address, fails the probe with the reason: probing the default
 /// address instead could report another gateway's health.
