@@ -230,7 +230,7 @@ fn models_refresh(
         Some(_) => {
             problems.push(ConfigProblem::new(
                 format!("{path}.refresh_models_secs"),
-                "must be 0 (off) or at least 1 second",
+                "must be 0 (off), or at least 1 second and less than 1,000,000,000",
             ));
             None
         }
@@ -736,6 +736,14 @@ mod tests {
                 "providers.moonshot.refresh_models_secs",
                 "providers.moonshot.refresh_models_match"
             ]
+        );
+        // Too long an interval is told by its bound, not as too short.
+        let text = "[providers.moonshot]\nrefresh_models_secs = 1e10\n";
+        let problems = resolve(text, &keyed).err().unwrap().0;
+        assert_eq!(
+            problems[0].to_string(),
+            "providers.moonshot.refresh_models_secs: must be 0 (off), or at least 1 second \
+             and less than 1,000,000,000"
         );
     }
 
