@@ -187,8 +187,19 @@ pub fn build_metrics_router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .fallback(not_found)
+        .fallback(metrics_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The metrics listener's 404: it serves the probes and the scrape only.
+async fn metrics_not_found() -> Response {
+    GatewayError::new(
+        StatusCode::NOT_FOUND,
+        ErrorType::ResourceNotFoundError,
+        "no such endpoint; this listener serves /metrics, /healthz and /readyz (the API is on the main listener)",
+    )
+    .into_response()
 }
 
 #[cfg(test)]

@@ -315,6 +315,31 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
             assert_eq!(probe.status(), 200, "{base}{path}");
         }
     }
+    // Anything else gets an OpenAI-shaped error that names what is served.
+    let chat = app
+        .client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 404);
+    let message = error_of(chat).await["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("serves /metrics, /healthz and /readyz"),
+        "{message}"
+    );
+    let post = app
+        .client
+        .post(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET,HEAD");
+    assert_eq!(error_of(post).await["type"], "invalid_request_error");
 }
 
 #[tokio::test]
