@@ -219,10 +219,15 @@ impl Client {
             Some(conn) => conn,
             // Boxed: connecting is rare and its state is large; inline it
             // would be allocated and moved with every request.
-            None => match tokio::time::timeout_at(deadline, Box::pin(self.connect())).await {
-                Ok(connected) => connected?,
-                Err(_) => return Err(ClientError::Exchange(UpstreamError::TimedOut)),
-            },
+            None => {
+                let began = tokio::time::Instant::now();
+                match tokio::time::timeout_at(deadline, Box::pin(self.connect())).await {
+                    Ok(connected) => connected?,
+                    // The request's deadline came first, while connecting:
+                    // said as a connect that timed out, which it is.
+                    Err(_) => return Err(ClientError::ConnectTimeout(began.elapsed())),
+                }
+            }
         };
         let head = conn
             .exchange(write_head, body, deadline)

@@ -395,22 +395,30 @@ async fn a_connection_not_made_in_time_is_a_gateway_timeout() {
         assert!(queued.len() < 64, "the listener's queue never filled");
     }
     let url = format!("http://{addr}/v1");
-    let config = format!("{SINGLE_ATTEMPT}[providers.moonshot.timeouts]\nconnect_secs = 0.2\n");
-    let app = spawn_app_with(&config, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
-    let response = app
-        .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
-        .await;
-    assert_eq!(response.status(), 504);
-    assert_eq!(response.headers()["x-should-retry"], "true");
-    let error = error_of(response).await;
-    assert_eq!(error["code"], "upstream_timeout");
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("timed out connecting to provider moonshot"),
-        "{error}"
-    );
+    // The connect timeout passing, and the request's own deadline passing
+    // first while connecting (a stream's first-byte deadline shorter than
+    // the connect timeout): both say it was the connection.
+    for (timeouts, stream) in [
+        ("connect_secs = 0.2", false),
+        ("connect_secs = 30\nfirst_byte_secs = 0.2", true),
+    ] {
+        let config = format!("{SINGLE_ATTEMPT}[providers.moonshot.timeouts]\n{timeouts}\n");
+        let app = spawn_app_with(&config, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+        let response = app
+            .chat(chat_body("kimi-k2-turbo-preview", "hi", stream))
+            .await;
+        assert_eq!(response.status(), 504);
+        assert_eq!(response.headers()["x-should-retry"], "true");
+        let error = error_of(response).await;
+        assert_eq!(error["code"], "upstream_timeout");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("timed out connecting to provider moonshot"),
+            "{timeouts}: {error}"
+        );
+    }
     drop(listener);
 }
 
