@@ -145,6 +145,19 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
             provider.name, provider.api_key_env
         )?;
     }
+    for provider in &config.providers {
+        let unset = provider.unset_key_envs();
+        if !unset.is_empty() {
+            writeln!(
+                out,
+                "note: provider {} is served with {} of its {} keys (not set or blank: {})",
+                provider.name,
+                provider.keys.len(),
+                provider.key_envs.len(),
+                unset.join(", ")
+            )?;
+        }
+    }
     if config.usable_providers().next().is_none() {
         writeln!(
             out,
@@ -178,6 +191,16 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     for provider in &config.providers {
         if provider.is_usable() {
             tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
+            let unset = provider.unset_key_envs();
+            if !unset.is_empty() {
+                tracing::warn!(
+                    provider = &*provider.name,
+                    "provider served with {} of its {} keys (not set or blank: {})",
+                    provider.keys.len(),
+                    provider.key_envs.len(),
+                    unset.join(", ")
+                );
+            }
         } else {
             tracing::warn!(
                 provider = &*provider.name,

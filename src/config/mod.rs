@@ -243,6 +243,19 @@ impl Provider {
     pub fn is_usable(&self) -> bool {
         !self.keys.is_empty()
     }
+
+    /// The key variables it names that are not set (or blank), when others
+    /// are: the provider is served with fewer keys than configured.
+    pub fn unset_key_envs(&self) -> Vec<&str> {
+        if !self.is_usable() {
+            return Vec::new();
+        }
+        self.key_envs
+            .iter()
+            .filter(|var| !self.keys.iter().any(|key| key.env == **var))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// The `server.listen` a configuration file gives, `None` when it gives

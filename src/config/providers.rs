@@ -167,6 +167,18 @@ pub fn merge(
                 })
                 .map(|(_, env)| env)
                 .collect();
+            // One variable named twice would make two targets of one key.
+            // Only valid names are compared, so none quoted is a secret.
+            if envs.len() == named {
+                for (i, env) in envs.iter().enumerate() {
+                    if envs[..i].contains(env) {
+                        problems.push(ConfigProblem::new(
+                            format!("{path}.api_key_envs[{i}]"),
+                            format!("names {env} again: list each key's variable once"),
+                        ));
+                    }
+                }
+            }
             Some(envs).filter(|envs| envs.len() == named)
         }
         (None, None) => None,
@@ -690,6 +702,10 @@ mod tests {
             (
                 "[providers.moonshot]\nextra_models = [\"kimi-x\", \"\"]\n",
                 "providers.moonshot.extra_models[1]: is empty",
+            ),
+            (
+                "[providers.moonshot]\napi_key_envs = [\"A_API_KEY\", \"B_API_KEY\", \"A_API_KEY\"]\n",
+                "providers.moonshot.api_key_envs[2]: names A_API_KEY again",
             ),
         ] {
             let problems = resolve(text, &keyed).err().unwrap().0;

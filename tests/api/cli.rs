@@ -211,6 +211,24 @@ fn check_notes_a_configuration_that_serves_nothing() {
         "{stdout}"
     );
     assert!(!stdout.contains("no provider is usable"), "{stdout}");
+    // A provider served with fewer keys than it names says which are unset.
+    let two_keys = config_file(
+        "[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_API_KEY_2\"]\n",
+    );
+    let short = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .env_remove("MOONSHOT_API_KEY_2")
+        .args(["--check", "--config"])
+        .arg(two_keys.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&short.stdout);
+    assert!(
+        stdout.contains(
+            "note: provider moonshot is served with 1 of its 2 keys (not set or blank: MOONSHOT_API_KEY_2)"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
