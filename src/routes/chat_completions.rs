@@ -89,10 +89,13 @@ where
             };
             (response, handled)
         };
+        // A model no route serves is 404 `model_not_found` for every key
+        // (a typo is told as one), not 403 for the keys with a model list.
         if caller
             .key
             .as_ref()
             .is_some_and(|key| !key.may_use(chat.model()))
+            && config.routes.lookup(chat.model()).is_some()
         {
             let err = auth::model_not_allowed(&caller, chat.model());
             break 'answer refused(err.into_response(), WireFields::default(), model);

@@ -148,6 +148,12 @@ async fn a_key_asking_for_a_model_outside_its_list_is_403() {
         .chat_as("sk-b", chat_body("moonshot/kimi-k2.6", "hi", false))
         .await;
     assert_eq!(response.status(), 403);
+    // A model nothing serves is not found, for this key as for any.
+    let response = app
+        .chat_as("sk-b", chat_body("kimi-typo", "hi", false))
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_of(response).await["code"], "model_not_found");
     assert_eq!(app.mock.requests().len(), 0);
 }
 
