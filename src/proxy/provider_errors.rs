@@ -65,6 +65,24 @@ impl ProviderSays {
                 says.error_text = Some(text);
                 body
             }
+            // A list: the SDKs raise on a non-empty one (Node's on an empty
+            // one too), with no message of its own; its texts are it.
+            Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+                says.error_text = Some(message_text(serde_json::Value::Array(items)));
+                body
+            }
+            // Truthy to one SDK or both, with nothing to say: the gateway
+            // sends its own error event in its place (as for `{}`).
+            Some(serde_json::Value::Array(_) | serde_json::Value::Bool(true)) => {
+                says.error_object = true;
+                says.error_empty = true;
+                body
+            }
+            Some(serde_json::Value::Number(n)) if n.as_f64() != Some(0.0) => {
+                says.error_object = true;
+                says.error_empty = true;
+                body
+            }
             _ => body,
         };
         says.read_fields(fields);
@@ -138,7 +156,24 @@ pub fn translate(
 /// truthy, and the text is its message. `None` for anything else (a chunk
 /// whose text merely mentions `"error"`).
 pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
-    let mut says = ProviderSays::read(data)?;
+    let Some(mut says) = ProviderSays::read(data) else {
+        // No JSON even once mended, yet naming `error`: the SDKs fail on
+        // it, and what it holds can be neither read nor searched for the
+        // key. The gateway's own error event goes in its place.
+        let unreadable = memchr::memmem::find(data, b"\"error\"").is_some()
+            && first_value(&super::json_mend::mended(data)).is_none();
+        return unreadable.then(|| StreamError {
+            error: GatewayError::server(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "provider {} sent an error event that is not valid JSON",
+                    provider.name
+                ),
+            )
+            .with_code(super::upstream::BAD_RESPONSE),
+            empty: true,
+        });
+    };
     if !says.error_object {
         let text = says.error_text.take()?;
         says.message = says.message.or(Some(text));
@@ -169,9 +204,10 @@ pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
 /// A provider's error event, read.
 pub struct StreamError {
     pub error: GatewayError,
-    /// Its `error` object is empty (`{"error":{}}`): passed on, the Python
-    /// SDK would not raise, and its user would take the stream for a
-    /// complete answer, so the gateway sends its own error event instead.
+    /// Its `error` says nothing (`{}`, `[]`, `true`, a number): passed on,
+    /// an SDK might not raise (Python's does not on `{}` or `[]`), and its
+    /// user would take the stream for a complete answer, so the gateway
+    /// sends its own error event instead.
     pub empty: bool,
 }
 
@@ -383,12 +419,20 @@ pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     redacted
 }
 
-/// Whether `text` quoted one of the provider's keys (now `***`).
+/// Whether `text` quoted one of the provider's keys (now `***`), as it is
+/// or as JSON escapes it: a message that was a JSON object is shown as
+/// its JSON text, where a key holding `"` or `\` is escaped.
 pub fn redact(text: &mut String, provider: &Provider) -> bool {
     let mut quoted = false;
     for key in &provider.keys {
         if text.contains(&key.secret) {
             *text = text.replace(&key.secret, "***");
+            quoted = true;
+        }
+        let escaped = serde_json::to_string(&key.secret).expect("a string encodes");
+        let escaped = &escaped[1..escaped.len() - 1];
+        if escaped != key.secret && text.contains(escaped) {
+            *text = text.replace(escaped, "***");
             quoted = true;
         }
     }
@@ -444,6 +488,33 @@ pub fn redacted_value(value: HeaderValue, provider: &Provider) -> HeaderValue {
 mod tests {
     use super::*;
     use crate::config::test_provider;
+
+    /// A message given as an object or a list is shown as its JSON text,
+    /// where a key holding `"` or `\` is escaped: masked all the same.
+    #[test]
+    fn a_key_escaped_in_a_message_given_as_json_is_masked() {
+        let key = r#"sk-q"ot\e-SECRET"#;
+        let config = crate::config::resolve("", &|v: &str| {
+            v.ends_with("_API_KEY").then(|| key.to_string())
+        })
+        .unwrap();
+        let provider = &config.providers[0];
+        let quoted = serde_json::to_string(&format!("bad key {key}")).unwrap();
+        for message in [
+            format!(r#"{{"detail":{quoted}}}"#),
+            format!(r#"["x",{{"detail":{quoted}}}]"#),
+        ] {
+            let body = format!(r#"{{"error":{{"message":{message},"type":"server_error"}}}}"#);
+            let err = translate(
+                provider,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                AskedWait::default(),
+                body.as_bytes(),
+            );
+            assert!(!err.message.contains("SECRET"), "{body}: {}", err.message);
+            assert!(err.message.contains("***"), "{body}: {}", err.message);
+        }
+    }
 
     #[test]
     fn only_501_and_505_say_the_provider_does_not_implement_the_request() {

@@ -68,26 +68,46 @@ pub(super) fn provider_error_event(
         })
 }
 
+/// How a provider's error event goes to the client.
+pub(super) enum ErrorEventAs {
+    /// As it came: it quotes none of the provider's keys.
+    Sent,
+    /// With the key masked where it was quoted.
+    Redacted(Vec<u8>),
+    /// Replaced by the gateway's own error event: its data is not one
+    /// whole JSON document (text after it, a string left open, a lone
+    /// surrogate escape), so no search of its strings could be sure to
+    /// find every quote of a key.
+    Replaced,
+}
+
 /// A provider's error event as the client gets it: the same bytes, unless
 /// it quotes one of the provider's keys: in a string of its data, as JSON
 /// decodes it (escaped as `\/` or `\u0061` too), or in another line (`id:`,
 /// a comment). Then the key is masked there and the event rewritten: its
 /// other lines in order, its data where its first data line was, one
 /// `data:` line for each line of the data (SSE joins them with LF again).
+/// Data that is not one whole JSON document is not passed on at all.
 pub(super) fn redacted_error_event(
     event: &[u8],
     provider: &crate::config::Provider,
-) -> Option<Vec<u8>> {
+) -> ErrorEventAs {
     use super::provider_errors::{redact_json_strings, redact_secrets};
-    let first_data = lines(event).find(|line| data_value(line).is_some())?;
+    let Some(first_data) = lines(event).find(|line| data_value(line).is_some()) else {
+        return ErrorEventAs::Replaced;
+    };
     let (_, data) = event_data(event, first_data);
     let data = data.trim_ascii();
+    // Strict: one value, nothing after it, every escape a character.
+    if serde_json::from_slice::<serde_json::Value>(data).is_err() {
+        return ErrorEventAs::Replaced;
+    }
     let redacted_data = redact_json_strings(data, provider);
     let other_lines_quote_key = lines(event)
         .filter(|line| data_value(line).is_none())
         .any(|line| redact_secrets(line, provider).is_some());
     if redacted_data.is_none() && !other_lines_quote_key {
-        return None;
+        return ErrorEventAs::Sent;
     }
     let data = redacted_data.as_deref().unwrap_or(data);
     let mut out = Vec::with_capacity(event.len() + 16);
@@ -110,7 +130,7 @@ pub(super) fn redacted_error_event(
         out.push(b'\n');
     }
     out.push(b'\n');
-    Some(out)
+    ErrorEventAs::Redacted(out)
 }
 
 /// Whether an event's data carries no choice: `"choices": []` (the usage

@@ -7,7 +7,7 @@
 use super::SseRelay;
 use crate::proxy::normalize::{ChunkIdentity, usage_chunk};
 use crate::proxy::sse_events::{
-    carries_no_choice, find_done, provider_error_event, redacted_error_event,
+    ErrorEventAs, carries_no_choice, find_done, provider_error_event, redacted_error_event,
 };
 use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start, lines};
 use crate::proxy::stream_stats::StreamEnd;
@@ -48,12 +48,18 @@ impl SseRelay {
                 self.lf_owed = false;
                 // Forwarded as it came, but never with the gateway's key,
                 // and never as an error one of the SDKs would not raise on.
-                events = if found.empty {
-                    Bytes::from([&events[..event.start], &err.sse_event()[..]].concat())
+                let sent_as = if found.empty {
+                    ErrorEventAs::Replaced
                 } else {
-                    match redacted_error_event(&events[event.clone()], &self.provider) {
-                        Some(redacted) => Bytes::from([&events[..event.start], &redacted].concat()),
-                        None => events.slice(..event.end),
+                    redacted_error_event(&events[event.clone()], &self.provider)
+                };
+                events = match sent_as {
+                    ErrorEventAs::Sent => events.slice(..event.end),
+                    ErrorEventAs::Redacted(redacted) => {
+                        Bytes::from([&events[..event.start], &redacted].concat())
+                    }
+                    ErrorEventAs::Replaced => {
+                        Bytes::from([&events[..event.start], &err.sse_event()[..]].concat())
                     }
                 };
                 // Before the head, the read starts at its first event.

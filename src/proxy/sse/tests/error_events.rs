@@ -317,3 +317,63 @@ async fn an_error_event_without_a_message_is_logged_as_such() {
     assert!(err.message.contains("gave no message"), "{err}");
     assert!(!err.message.contains("HTTP"), "{err}");
 }
+
+/// An error event whose data is not one whole JSON document (text after
+/// it, a second data line, a string left open, a lone surrogate escape,
+/// a broken escape) could hide the key where no search of its strings
+/// looks: the client gets the gateway's own error event in its place,
+/// with the provider's message (its key masked) where it could be read.
+#[tokio::test]
+async fn an_error_event_that_is_not_whole_json_is_replaced_never_relayed() {
+    for data in [
+        r#"{"error":{"message":"bad \ud800 key secret-key-123","type":"server_error"}}"#,
+        r#"{"error":{"message":"boom","type":"server_error"}} secret-key-123"#,
+        "{\"error\":{\"message\":\"boom\"}}\ndata: secret-key-123",
+        r#"{"error":{"message":"boom","type":"server_error","x":"secret-key-123"#,
+        r#"{"error":{"message":"boom\u00"}} secret-key-123"#,
+        r#"{"error":{"message":"boom","x":1.5e secret-key-123}}"#,
+    ] {
+        let read = format!("data: {data}\n\n");
+        let (sent, end) = after_first_event(read.as_bytes()).await;
+        assert!(!sent.contains("secret-key-123"), "{data}: {sent}");
+        let json = sent
+            .strip_prefix("data: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("{data}: {sent:?}"));
+        let json: serde_json::Value = serde_json::from_str(json).unwrap();
+        let Some(StreamEnd::Failed(err)) = end else {
+            panic!("{data}: {end:?}");
+        };
+        assert_eq!(json["error"]["message"], *err.message, "{data}");
+        assert!(!err.message.contains("secret-key-123"), "{data}: {err}");
+    }
+}
+
+/// `error` as a list is an error event (the SDKs raise on a non-empty one;
+/// its texts are its message, the key masked); an empty list, `true` or a
+/// number say nothing and are replaced like `{}`; `false`, `0`, `null`
+/// and `""` are no error.
+#[tokio::test]
+async fn an_error_given_as_a_list_or_a_bare_value_ends_the_stream() {
+    let (sent, end) =
+        after_first_event(b"data: {\"error\":[\"bad key secret-key-123\"]}\n\n").await;
+    assert_eq!(sent, "data: {\"error\":[\"bad key ***\"]}\n\n");
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "bad key ***");
+    for value in ["[]", "true", "1", "-2.5"] {
+        let read = format!("data: {{\"error\":{value}}}\n\n");
+        let (sent, end) = after_first_event(read.as_bytes()).await;
+        assert!(sent.contains("gave no message"), "{value}: {sent}");
+        assert!(
+            matches!(end, Some(StreamEnd::Failed(_))),
+            "{value}: {end:?}"
+        );
+    }
+    for value in ["false", "0", "null", "\"\""] {
+        let read = format!("data: {{\"error\":{value}}}\n\ndata: [DONE]\n\n");
+        let (_, end) = after_first_event(read.as_bytes()).await;
+        assert!(matches!(end, Some(StreamEnd::Complete)), "{value}: {end:?}");
+    }
+}
