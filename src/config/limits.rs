@@ -126,7 +126,7 @@ fn redis_settings(
         Some(other) => {
             problems.push(ConfigProblem::new(
                 "limits.on_redis_error",
-                format!("{other:?} is not \"open\" or \"closed\""),
+                format!("{} is not \"open\" or \"closed\"", shown_choice(other)),
             ));
             OnRedisError::Open
         }
@@ -200,7 +200,7 @@ fn redis_settings(
         other => {
             problems.push(ConfigProblem::new(
                 "limits.backend",
-                format!("{other:?} is not \"local\" or \"redis\""),
+                format!("{} is not \"local\" or \"redis\"", shown_choice(other)),
             ));
             return None;
         }
@@ -266,4 +266,22 @@ fn redis_settings(
         lease,
         on_error,
     })
+}
+
+/// A value given for a setting with a few named choices, as a problem
+/// shows it: quoted when it looks like a mistyped choice, else by its
+/// length only (a Redis URL, with its password, pasted in the wrong line).
+fn shown_choice(value: &str) -> String {
+    let word = value.len() <= 16
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if word {
+        format!("{value:?}")
+    } else {
+        format!(
+            "a value of {} characters (not shown)",
+            value.chars().count()
+        )
+    }
 }

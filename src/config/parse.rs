@@ -311,9 +311,29 @@ fn deserialize<T: DeserializeOwned>(
         let inner = if inner == "." { String::new() } else { inner };
         // toml adds a line "in `key`" that the path already says.
         let message = err.to_string();
-        let message = message.lines().next().unwrap_or_default().to_owned();
+        let message = without_the_value(message.lines().next().unwrap_or_default());
         (inner, message)
     })
+}
+
+/// serde's "invalid type: string \"...\", expected ..." without the value
+/// it quotes: a value of the wrong type may be a secret in the wrong place
+/// (a key given as `api_key_envs = "sk-..."`), and problems are printed by
+/// `--check`, logged by a reload and shown by `/readyz`. Its type stays.
+fn without_the_value(message: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: ", "invalid length "] {
+        let Some(rest) = message.strip_prefix(lead) else {
+            continue;
+        };
+        let Some(expected) = rest.rfind(", expected ") else {
+            break;
+        };
+        // `string "..."`, `integer `1``, `floating point `1.5``: the type.
+        let unexpected = &rest[..expected];
+        let kind = unexpected[..unexpected.find(['"', '`']).unwrap_or(unexpected.len())].trim_end();
+        return format!("{lead}{kind}{}", &rest[expected..]);
+    }
+    message.to_string()
 }
 
 /// An ignored key's path as the file writes it: `timeouts.nap`, not
@@ -344,7 +364,7 @@ fn join(base: &str, rest: &str) -> String {
 /// `redis_url` password, a key left in a file by mistake), and problems are
 /// printed by `--check` and logged by a reload.
 fn syntax_problem(text: &str, err: &toml::de::Error) -> ConfigProblem {
-    let message = err.message().trim_end();
+    let message = without_the_value(err.message().trim_end());
     let Some(span) = err.span() else {
         return ConfigProblem::new("", format!("TOML syntax: {message}"));
     };
@@ -474,14 +494,53 @@ mod tests {
         assert_eq!(
             found,
             [
-                "providers.moonshot.models[1]: invalid type: integer `3`, expected a string",
-                "providers.moonshot.models[3]: invalid type: integer `4`, expected a string",
-                "aliases.kimi.targets[0].weight: invalid type: string \"x\", expected u32",
-                "aliases.kimi.targets[0].priority: invalid type: string \"y\", expected u32",
+                "providers.moonshot.models[1]: invalid type: integer, expected a string",
+                "providers.moonshot.models[3]: invalid type: integer, expected a string",
+                "aliases.kimi.targets[0].weight: invalid type: string, expected u32",
+                "aliases.kimi.targets[0].priority: invalid type: string, expected u32",
                 "aliases.kimi.targets[1]: missing field `provider`",
                 "aliases.kimi.targets[2].nap: unknown key",
             ],
         );
+    }
+
+    /// A value of the wrong type is named by its type, never quoted: it may
+    /// be a secret put in the wrong place.
+    #[test]
+    fn a_wrong_typed_value_is_not_quoted() {
+        let mut problems = Vec::new();
+        let text = r#"
+            [providers.moonshot]
+            api_key_envs = "sk-hunter2"
+            headers = "Bearer sk-hunter2"
+            [keys]
+            team = "ck-hunter2"
+            [limits.global]
+            requests_per_minute = 1.5
+        "#;
+        parse(text, &mut problems);
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "providers.moonshot.api_key_envs: invalid type: string, expected a sequence",
+                "providers.moonshot.headers: invalid type: string, expected a map",
+                "keys.team: invalid type: string, expected struct KeyFile",
+                "limits.global.requests_per_minute: invalid type: floating point, expected u64",
+            ]
+        );
+        assert_eq!(
+            without_the_value("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer, expected u32"
+        );
+        // Nor in a syntax error (an integer too large for TOML).
+        let mut problems = Vec::new();
+        parse(
+            "[limits.global]\nrequests_per_minute = 12345678901234567890123\n",
+            &mut problems,
+        );
+        let problem = problems[0].to_string();
+        assert!(!problem.contains("1234567"), "{problem}");
     }
 
     /// The value a wrong-typed path names is taken out, also under a key

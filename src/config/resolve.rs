@@ -301,6 +301,24 @@ mod tests {
         );
     }
 
+    /// A choice setting given something that is no mistyped choice (a
+    /// Redis URL with its password) is not quoted; a near miss is.
+    #[test]
+    fn a_choice_is_quoted_only_when_it_looks_like_one() {
+        let found =
+            problems("[limits]\nbackend = \"redis://:hunter2@h:1\"\non_redis_error = \"clsed\"\n");
+        assert!(
+            found.contains(&"limits.backend: a value of 20 characters (not shown) is not \"local\" or \"redis\"".to_string()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(
+                &"limits.on_redis_error: \"clsed\" is not \"open\" or \"closed\"".to_string()
+            ),
+            "{found:?}"
+        );
+    }
+
     /// A URL pasted where the variable's name belongs is refused with the
     /// local backend as with Redis, and never shown.
     #[test]
