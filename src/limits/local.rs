@@ -18,6 +18,7 @@ use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, QuantaClock, StateInformationMiddleware>;
@@ -29,6 +30,11 @@ struct RequestLimiter {
     gcra: Gcra,
     limit: NonZeroU32,
     kind: LimitKind,
+    /// When the limit next admits a request, as of the last time it was
+    /// seen spent ([`now_ns`]; 0: never). GCRA cannot be asked without
+    /// taking a request, so a token limit's refusal reads this to tell
+    /// the client the longest wait; kept only when the limit runs out.
+    spent_until: AtomicU64,
 }
 
 impl RequestLimiter {
@@ -40,6 +46,7 @@ impl RequestLimiter {
             gcra: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
             limit,
             kind,
+            spent_until: AtomicU64::new(0),
         }
     }
 
@@ -48,14 +55,33 @@ impl RequestLimiter {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
                 let interval = state.quota().replenish_interval();
+                if remaining == 0 {
+                    self.note_spent(interval);
+                }
                 Ok(Window {
                     limit: u64::from(self.limit.get()),
                     remaining: u64::from(remaining),
                     reset: interval * (self.limit.get() - remaining.min(self.limit.get())),
                 })
             }
-            Err(not_until) => Err(not_until.wait_time_from(self.gcra.clock().now())),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.gcra.clock().now());
+                self.note_spent(wait);
+                Err(wait)
+            }
         }
+    }
+
+    /// The limit admits nothing for `wait` from now.
+    fn note_spent(&self, wait: Duration) {
+        let until = now_ns().saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+        self.spent_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long the limit would refuse a request at `now`, as last seen.
+    fn wait_seen(&self, now: u64) -> Option<Duration> {
+        let until = self.spent_until.load(Ordering::Relaxed);
+        (until > now).then(|| Duration::from_nanos(until - now))
     }
 }
 
@@ -255,6 +281,14 @@ fn take_tokens_and_requests(
                         wait,
                     };
                     let worst = longest_token_wait(refusing, scopes, estimate, now);
+                    // A request limit that would refuse for longer is the
+                    // one to name: a client that waits less is refused again.
+                    if let Some((scope, limiter, wait)) = longest_request_wait(scopes, now)
+                        && wait > worst.wait
+                    {
+                        let limit = u64::from(limiter.limit.get());
+                        return Err(denial(scope, limiter.kind, limit, wait));
+                    }
                     return Err(worst.denial(estimate, now));
                 }
             }
@@ -321,6 +355,24 @@ fn longest_token_wait<'a>(
         }
     }
     worst
+}
+
+/// Of every request limit seen spent, the one that would refuse longest
+/// at `now`. Takes nothing.
+fn longest_request_wait<'a>(
+    scopes: &[&'a Arc<Scope>],
+    now: u64,
+) -> Option<(&'a Scope, &'a RequestLimiter, Duration)> {
+    scopes
+        .iter()
+        .flat_map(|scope| {
+            scope
+                .local
+                .requests
+                .iter()
+                .filter_map(move |limiter| Some((&***scope, limiter, limiter.wait_seen(now)?)))
+        })
+        .max_by_key(|(_, _, wait)| *wait)
 }
 
 fn busy(scope: &Scope, limit: u32, retry_after: Duration) -> Denial {

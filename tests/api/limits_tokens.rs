@@ -134,6 +134,33 @@ async fn a_spent_daily_budget_is_reported_over_a_minute_limit_that_refuses_too()
     assert_a_spent_day_is_a_quota_error("tokens_per_minute = 50\ntokens_per_day = 50").await;
 }
 
+/// A request a token limit refuses while a request limit is spent too is
+/// told the longer wait (the request limit's): a client that waited only
+/// for the tokens would be refused again.
+#[tokio::test]
+async fn a_token_refusal_names_a_spent_request_limit_that_waits_longer() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\nrequests_per_minute = 2\ntokens_per_minute = 1000\n",
+    )
+    .await;
+    for _ in 0..2 {
+        let admitted = app.chat_as("sk-a", body(false, 5, "x")).await;
+        assert_eq!(admitted.status(), 200);
+    }
+    let refused = app.chat_as("sk-a", body(false, 950, "x")).await;
+    assert_eq!(refused.status(), 429);
+    let wait_ms: u64 = refused.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The request limit frees a request 30 s after the first; the tokens
+    // (~45 over) refill in ~3 s.
+    assert!(wait_ms > 20_000, "{wait_ms} ms");
+    let error = error_of(refused).await;
+    assert_eq!(error["code"], "requests_per_minute", "{error}");
+}
+
 /// With `limits` for `team-a` (a budget of 50 tokens a day among them), a
 /// request that overdraws the full budget leaves a spent quota behind.
 async fn assert_a_spent_day_is_a_quota_error(limits: &str) {
