@@ -51,19 +51,40 @@ pub fn mirror_cached_tokens_in_body(body: Bytes, usage: Option<&BodyUsage>) -> B
     parts.concat().into()
 }
 
-/// The `id`, `created` and `model` of a stream's first chunk, as sent: the
-/// synthesised usage chunk repeats them when the chunk its usage came from
-/// lacks them, as the SDKs' chunk types expect all three.
+/// The `id`, `created` and `model` of a stream's first chunks, as sent:
+/// the synthesised usage chunk repeats them when the chunk its usage came
+/// from lacks them, as the SDKs' chunk types expect all three. A
+/// placeholder (`""`, `0`, `null`: Agentsflare's prompt-filter chunk comes
+/// first with those) is not taken; a later chunk's value is.
 #[derive(Debug, Default)]
 pub struct ChunkIdentity {
     id: Option<Box<RawValue>>,
     created: Option<Box<RawValue>>,
     model: Option<Box<RawValue>>,
+    /// Chunks read so far.
+    reads: u8,
 }
+
+/// How many of a stream's first chunks are read for their identity: past
+/// them, a member still missing stays missing (the provider never sends it).
+const IDENTITY_READS: u8 = 4;
 
 impl ChunkIdentity {
     /// Read from one event's data; empty when it is not a JSON object.
     pub fn read(data: &[u8]) -> ChunkIdentity {
+        let mut identity = ChunkIdentity::default();
+        identity.fill_from(data);
+        identity
+    }
+
+    /// Whether another chunk should be read for members still missing.
+    pub fn wants_more(&self) -> bool {
+        self.reads < IDENTITY_READS
+            && (self.id.is_none() || self.created.is_none() || self.model.is_none())
+    }
+
+    /// Takes the members still missing from one more event's data.
+    pub fn fill_from(&mut self, data: &[u8]) {
         #[derive(serde::Deserialize)]
         struct Members<'a> {
             #[serde(borrow)]
@@ -73,13 +94,23 @@ impl ChunkIdentity {
             #[serde(borrow)]
             model: Option<&'a RawValue>,
         }
+        self.reads = self.reads.saturating_add(1);
         let Ok(members) = serde_json::from_slice::<Members>(data) else {
-            return ChunkIdentity::default();
+            return;
         };
-        ChunkIdentity {
-            id: members.id.map(RawValue::to_owned),
-            created: members.created.map(RawValue::to_owned),
-            model: members.model.map(RawValue::to_owned),
+        let real = |value: Option<&RawValue>| {
+            value
+                .filter(|v| !matches!(v.get(), "\"\"" | "0" | "null"))
+                .map(RawValue::to_owned)
+        };
+        for (slot, value) in [
+            (&mut self.id, members.id),
+            (&mut self.created, members.created),
+            (&mut self.model, members.model),
+        ] {
+            if slot.is_none() {
+                *slot = real(value);
+            }
         }
     }
 }
@@ -168,7 +199,7 @@ mod tests {
         )
         .unwrap();
         let first = ChunkIdentity::read(br#"{"id":"c0","created":6,"model":"kimi","choices":[]}"#);
-        let chunk = |first| {
+        let chunk = |first: Option<&ChunkIdentity>| {
             let chunk = usage_chunk(&report, first);
             serde_json::from_slice::<Value>(chunk.strip_prefix(b"data: ").unwrap()).unwrap()
         };
@@ -179,5 +210,16 @@ mod tests {
         );
         let v = chunk(Some(&ChunkIdentity::read(b"[DONE]")));
         assert_eq!((&v["created"], &v["model"]), (&Value::Null, &Value::Null));
+        // A first chunk of placeholders (Agentsflare's prompt-filter
+        // chunk) gives way to the next chunk's values.
+        let mut filter = ChunkIdentity::read(br#"{"id":"","created":0,"model":"","choices":[]}"#);
+        assert!(filter.wants_more());
+        filter.fill_from(br#"{"id":"c2","created":7,"model":"kimi-k2.6","choices":[]}"#);
+        assert!(!filter.wants_more());
+        let v = chunk(Some(&filter));
+        assert_eq!(
+            (&v["created"], &v["model"]),
+            (&json!(7), &json!("kimi-k2.6"))
+        );
     }
 }

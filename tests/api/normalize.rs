@@ -132,6 +132,29 @@ async fn a_usage_chunk_built_from_a_bare_chunk_has_the_streams_created_and_model
     assert_eq!(usage_chunk["created"], first["created"]);
     assert_eq!(usage_chunk["model"], first["model"]);
     assert_eq!(usage_chunk["id"], bare["id"]);
+
+    // Agentsflare's first chunk is its prompt filter's, of placeholders
+    // (`created: 0`, `model: ""`): the next chunk's values are taken.
+    let mut body = stream_body("kimi-chat", Some(true));
+    body["messages"][0]["content"] = json!("hi [mock usage_on_last_choice bare_usage_chunk]");
+    let client = through(&app, &body).await;
+    let got = events(&client);
+    let filter: Value = serde_json::from_str(got[0]).unwrap();
+    assert_eq!(
+        (&filter["created"], &filter["model"]),
+        (&json!(0), &json!("")),
+        "{filter}"
+    );
+    let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]), "{usage_chunk}");
+    assert!(
+        usage_chunk["created"].as_u64().is_some_and(|c| c > 0),
+        "{usage_chunk}"
+    );
+    assert!(
+        usage_chunk["model"].as_str().is_some_and(|m| !m.is_empty()),
+        "{usage_chunk}"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! client that asked for it).
 
 use super::SseRelay;
-use crate::proxy::normalize::{ChunkIdentity, usage_chunk};
+use crate::proxy::normalize::usage_chunk;
 use crate::proxy::sse_events::{
     ErrorEventAs, carries_no_choice, find_done, provider_error_event, redacted_error_event,
 };
@@ -67,11 +67,20 @@ impl SseRelay {
                 self.provider_error = Some(err);
             }
         }
-        if self.include_usage && self.first_chunk.is_none() {
-            // Once per stream, for the usage chunk it may need to build.
-            if let Some(line) = lines(&events).find(|line| data_value(line).is_some()) {
-                let (_, data) = event_data(&events, line);
-                self.first_chunk = Some(Box::new(ChunkIdentity::read(data.trim_ascii())));
+        if self.include_usage && self.first_chunk.as_ref().is_none_or(|c| c.wants_more()) {
+            // For the usage chunk it may need to build: the first event,
+            // and the next few while members are missing.
+            let identity = self.first_chunk.get_or_insert_with(Box::default);
+            let mut last_event = None;
+            for line in lines(&events).filter(|line| data_value(line).is_some()) {
+                let (event, data) = event_data(&events, line);
+                if last_event.replace(event) == Some(event) {
+                    continue;
+                }
+                identity.fill_from(data.trim_ascii());
+                if !identity.wants_more() {
+                    break;
+                }
             }
         }
         self.stats.count_events(events.len(), reads);
