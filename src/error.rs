@@ -122,6 +122,11 @@ pub struct ErrorDetails {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfterMs(std::num::NonZeroU32);
 
+/// The longest wait after which an answer still says `x-should-retry: true`
+/// (a minute, the longest the SDKs wait as asked before they use their own
+/// backoff or give up): a longer one is the caller's to schedule.
+pub const LONGEST_RETRY_WAIT_MS: u64 = 60_000;
+
 impl RetryAfterMs {
     pub fn new(ms: u32) -> Self {
         RetryAfterMs(std::num::NonZeroU32::MIN.saturating_add(ms.min(u32::MAX - 1)))
@@ -214,9 +219,18 @@ impl GatewayError {
         self
     }
 
-    /// Whether a client retrying the same request could succeed. The gateway
-    /// says `x-should-retry: false` where it cannot, so SDKs fail fast.
+    /// Whether a client retrying the same request could succeed soon. The
+    /// gateway says `x-should-retry: false` where it cannot, so SDKs fail
+    /// fast, and where the wait it gives is longer than
+    /// [`LONGEST_RETRY_WAIT_MS`]: the Node SDK would sleep that long inside
+    /// the call (no timeout covers the wait), so the caller decides.
     pub fn should_retry(&self) -> bool {
+        if self
+            .asked_wait_ms()
+            .is_some_and(|ms| ms > LONGEST_RETRY_WAIT_MS)
+        {
+            return false;
+        }
         match self.error_type {
             ErrorType::ExceededCurrentQuotaError => false,
             ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => true,
@@ -234,6 +248,17 @@ impl GatewayError {
             }
             _ => false,
         }
+    }
+
+    /// The wait the answer asks for, in milliseconds: `retry-after-ms`,
+    /// else `Retry-After` in seconds.
+    fn asked_wait_ms(&self) -> Option<u64> {
+        if let Some(ms) = self.retry_after_ms {
+            return Some(u64::from(ms.get()));
+        }
+        let value = self.retry_after.as_ref()?.as_bytes();
+        let wait = crate::proxy::provider_wait::retry_after(value, std::time::SystemTime::now())?;
+        Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// The JSON body clients see.

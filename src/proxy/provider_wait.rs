@@ -72,6 +72,12 @@ pub fn forwarded_retry_after(value: HeaderValue) -> Option<HeaderValue> {
     Some(HeaderValue::from(secs.as_secs_f64().ceil() as u64))
 }
 
+/// Whether a forwarded `Retry-After` asks for no wait: `0`, or a date
+/// already past.
+pub fn asks_no_wait(value: &[u8]) -> bool {
+    retry_after(value, SystemTime::now()) == Some(Duration::ZERO)
+}
+
 /// A `retry-after-ms` value (whole or fractional milliseconds).
 pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
     let ms = std::str::from_utf8(value)
@@ -83,7 +89,7 @@ pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
 }
 
 /// A provider's `retry-after-ms` as the client gets it: whole
-/// milliseconds, rounded up; zero stays zero. `None` when it is no number.
+/// milliseconds, rounded up (zero is left out by the caller). `None` when it is no number.
 pub fn forwarded_retry_after_ms(value: &[u8]) -> Option<RetryAfterMs> {
     let wait = retry_after_ms(value)?;
     let ms = u32::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);

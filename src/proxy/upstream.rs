@@ -172,9 +172,20 @@ pub async fn forward(
             .and_then(provider_wait::forwarded_retry_after);
         let sent_retry_after_ms = response.headers.get("retry-after-ms");
         let retry_after_ms = sent_retry_after_ms.and_then(provider_wait::forwarded_retry_after_ms);
+        // A wait of zero (or a date past) asks for none: passed on, the
+        // Node SDK retries at once, even a 429; left out, each SDK uses
+        // its own backoff, and the message's stated wait can be read.
+        let no_wait = retry_after
+            .as_ref()
+            .is_some_and(|v| provider_wait::asks_no_wait(v.as_bytes()));
+        let retry_after = retry_after.filter(|_| !no_wait);
+        let no_wait_ms = retry_after_ms.is_some_and(|ms| ms.get() == 0);
+        let retry_after_ms = retry_after_ms.filter(|_| !no_wait_ms);
         let asked = AskedWait {
-            retry_after_unreadable: (sent_retry_after.is_some() && retry_after.is_none())
-                || (sent_retry_after_ms.is_some() && retry_after_ms.is_none()),
+            retry_after_unreadable: (sent_retry_after.is_some()
+                && retry_after.is_none()
+                && !no_wait)
+                || (sent_retry_after_ms.is_some() && retry_after_ms.is_none() && !no_wait_ms),
             retry_after,
             retry_after_ms,
         };

@@ -158,14 +158,43 @@ async fn retry_after_from_the_provider_is_forwarded() {
 
 #[tokio::test]
 async fn retry_after_ms_from_the_provider_is_forwarded_in_whole_milliseconds() {
-    // Zero stays zero (an SDK then takes its own backoff), a fraction is
-    // rounded up.
+    // A fraction is rounded up.
     let app = spawn_app().await;
-    for (sent, forwarded) in [("0", "0"), ("2.5", "3")] {
-        let content = format!("[mock error=rate_limit retry_after_ms={sent}]");
+    let content = "[mock error=rate_limit retry_after_ms=2.5]";
+    let response = app.chat(chat_body("kimi-k2.6", content, false)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after-ms"], "3");
+}
+
+/// A wait of zero asks for none: passed on, the Node SDK would retry a
+/// 429 at once. It is left out, and the wait the provider's message
+/// states ("try again after 1 seconds") is the client's.
+#[tokio::test]
+async fn a_providers_zero_wait_is_not_passed_on() {
+    let app = spawn_app().await;
+    for directive in ["retry_after_ms=0", "retry_after=0"] {
+        let content = format!("[mock error=rate_limit {directive}]");
         let response = app.chat(chat_body("kimi-k2.6", &content, false)).await;
         assert_eq!(response.status(), 429);
-        assert_eq!(response.headers()["retry-after-ms"], forwarded, "{sent}");
+        assert_eq!(response.headers()["retry-after-ms"], "1000", "{directive}");
+        assert_eq!(response.headers()["retry-after"], "1", "{directive}");
+        assert_eq!(response.headers()["x-should-retry"], "true", "{directive}");
+    }
+}
+
+/// A wait longer than a minute is passed on, but as the caller's to
+/// schedule: `x-should-retry: false`, or the Node SDK would sleep that
+/// long inside the call.
+#[tokio::test]
+async fn a_wait_over_a_minute_is_not_marked_retryable() {
+    let app = spawn_app().await;
+    for (directive, retry) in [("retry_after=60", "true"), ("retry_after=3600", "false")] {
+        let content = format!("[mock error=rate_limit {directive}]");
+        let response = app.chat(chat_body("kimi-k2.6", &content, false)).await;
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["x-should-retry"], retry, "{directive}");
+        let (_, secs) = directive.split_once('=').unwrap();
+        assert_eq!(response.headers()["retry-after"], secs, "{directive}");
     }
 }
 
