@@ -40,6 +40,33 @@ for (const provider of PROVIDERS) {
       });
     }
 
+    // This SDK sleeps for whatever wait it is given, inside the call: a
+    // zero wait passed on would be retried at once, an hour's slept.
+    it('a 429 whose provider asked for no wait is retried after a backoff', async () => {
+      const { client, requests } = makeClient(servers, { maxRetries: 1 });
+      await assert.rejects(ask(client, provider, '[mock error=rate_limit retry_after_ms=0]'), (err) => {
+        assert.ok(err instanceof RateLimitError, String(err));
+        assert.notEqual(err.headers.get('retry-after-ms'), '0');
+        return true;
+      });
+      assert.equal(requests.length, 2);
+      // The SDK's own first backoff is at least 0.375 s.
+      assert.ok(requests[1].at - requests[0].at >= 300, `${requests[1].at - requests[0].at} ms`);
+    });
+
+    it('a 429 asking for an hour is not retried', async () => {
+      const { client, requests } = makeClient(servers, { maxRetries: 2 });
+      const started = Date.now();
+      await assert.rejects(ask(client, provider, '[mock error=rate_limit retry_after=3600]'), (err) => {
+        assert.ok(err instanceof RateLimitError, String(err));
+        assert.equal(err.headers.get('retry-after'), '3600');
+        assert.equal(err.headers.get('x-should-retry'), 'false');
+        return true;
+      });
+      assert.equal(requests.length, 1);
+      assert.ok(Date.now() - started < 10_000);
+    });
+
     for (const [scenario, ErrorClass] of [
       ['invalid_request', BadRequestError],
       ['content_filter', BadRequestError],
