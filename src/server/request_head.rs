@@ -51,6 +51,60 @@ impl BadHead {
     }
 }
 
+/// The answer to a request line whose version httparse refused: 505 for a
+/// well-formed `HTTP/d.d` of another version, 400 for anything else
+/// (`http/1.1`, `HTTP/1`, no version at all: no version, but a bad line).
+fn version_refused(buf: &[u8]) -> BadHead {
+    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
+    let line = buf[..line_end].trim_ascii_start();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            BadHead::new(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "only HTTP/1.0 and HTTP/1.1 are served",
+            )
+        }
+        _ => BadHead::bad("malformed request line: its version is not HTTP/1.0 or HTTP/1.1"),
+    }
+}
+
+/// The methods RFC 9110 (and RFC 5789's PATCH) define: another is answered
+/// 501 (section 9.1), not 405, which says the method is known.
+fn is_known_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::CONNECT
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::PATCH
+    )
+}
+
+/// Whether a target is in absolute-form: `http://` or `https://` (any
+/// case), then an authority checked as `Host` is.
+fn is_absolute_form(target: &str) -> bool {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    });
+    let Some(rest) = rest else {
+        return false;
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    is_valid_host(authority.as_bytes())
+}
+
 /// Parses the head at the start of `buf` and removes it from there.
 /// `Ok(None)`: the head is not complete yet. The fields go into `spare`
 /// (taken, left empty), a map the connection emptied after its previous
@@ -66,6 +120,16 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
         // unfinished: both are too large, however the bytes arrived.
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+        // No line end in the first 64 KiB: the request line itself is too
+        // long, and its target with it (RFC 9112 section 3: 414).
+        Ok(httparse::Status::Complete(_) | httparse::Status::Partial)
+            if memchr::memchr(b'\n', &buf[..MAX_HEAD_BYTES.min(buf.len())]).is_none() =>
+        {
+            return Err(BadHead::new(
+                StatusCode::URI_TOO_LONG,
+                "request target too long (the request line is at most 64 KiB)",
+            ));
+        }
         Ok(httparse::Status::Complete(_) | httparse::Status::Partial)
         | Err(httparse::Error::TooManyHeaders) => {
             return Err(BadHead::new(
@@ -73,12 +137,7 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
                 "request head too large (at most 64 KiB and 100 header fields)",
             ));
         }
-        Err(httparse::Error::Version) => {
-            return Err(BadHead::new(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are served",
-            ));
-        }
+        Err(httparse::Error::Version) => return Err(version_refused(buf)),
         Err(_) => return Err(BadHead::bad("malformed request head")),
     };
     let version = match request.version {
@@ -87,7 +146,21 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
     };
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| BadHead::bad("invalid method"))?;
+    if !is_known_method(&method) {
+        return Err(BadHead::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "method not implemented (the API is POST /v1/chat/completions and GET /v1/models)",
+        ));
+    }
     let path = request.path.unwrap_or_default();
+    // Origin-form (`/...`) or absolute-form (`http://host/...`) only:
+    // asterisk-form is OPTIONS's alone and authority-form CONNECT's, and
+    // neither names a resource served here (RFC 9112 section 3.2).
+    if !path.starts_with('/') && !is_absolute_form(path) {
+        return Err(BadHead::bad(
+            "invalid request target: give a path such as /v1/chat/completions",
+        ));
+    }
 
     let start = buf.as_ptr() as usize;
     let offset = |part: &[u8]| part.as_ptr() as usize - start;
@@ -633,6 +706,59 @@ mod tests {
             "a".repeat(MAX_HEAD_BYTES)
         );
         assert_eq!(refused(&whole), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        // A request line with no end in 64 KiB: its target is too long.
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(refused(&long_target), StatusCode::URI_TOO_LONG);
+    }
+
+    /// 505 is for a well-formed version the gateway does not speak; a
+    /// line with no well-formed version at all is a bad request.
+    #[test]
+    fn a_malformed_version_is_a_bad_request_and_another_one_unsupported() {
+        for version in ["HTTP/2.0", "HTTP/1.2", "HTTP/0.9"] {
+            let wire = format!("GET / {version}\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                refused(&wire),
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "{version}"
+            );
+        }
+        for version in [
+            "http/1.1",
+            "FOO",
+            "XTTP/1.1",
+            "HTTP/1",
+            "HTTP/1.",
+            "HTTP/01.1",
+        ] {
+            let wire = format!("GET / {version}\r\nHost: a\r\n\r\n");
+            assert_eq!(refused(&wire), StatusCode::BAD_REQUEST, "{version}");
+        }
+    }
+
+    /// Only origin-form and absolute-form targets name a resource here,
+    /// and an absolute-form authority is checked as a `Host` value is; a
+    /// method RFC 9110 does not define is not implemented.
+    #[test]
+    fn targets_in_another_form_and_unknown_methods_are_refused() {
+        for target in [
+            "*",
+            "a:80",
+            "http:healthz",
+            "http://a:xx/healthz",
+            "http://a@b@c/healthz",
+        ] {
+            let wire = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(refused(&wire), StatusCode::BAD_REQUEST, "{target}");
+        }
+        for target in ["/healthz", "http://a/healthz", "HTTPS://a:8080/healthz?x=1"] {
+            let wire = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(parse_all(&wire).is_ok(), "{target}");
+        }
+        for method in ["FOO", "get", "M-SEARCH"] {
+            let wire = format!("{method} /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(refused(&wire), StatusCode::NOT_IMPLEMENTED, "{method}");
+        }
     }
 
     /// Any byte anywhere in a head (or a byte taken out) gives a head, a
