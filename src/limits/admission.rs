@@ -59,6 +59,8 @@ pub struct Admission {
     /// The request went to a provider: dropped unfinished, the estimate
     /// stays (the provider may have done the work).
     sent: AtomicBool,
+    /// The snapshot is a refusing limit's ([`Admission::refused`]).
+    refusal: bool,
 }
 
 #[derive(Debug, Default)]
@@ -204,6 +206,7 @@ impl Admission {
             estimate,
             snapshot,
             sent: AtomicBool::new(false),
+            refusal: false,
         }
     }
 
@@ -218,7 +221,9 @@ impl Admission {
     /// the answer's `x-ratelimit-*` fields (when no other attempt got
     /// further).
     pub fn refused(window: Snapshot) -> Admission {
-        Admission::new(Hold::None, 0, window)
+        let mut refused = Admission::new(Hold::None, 0, window);
+        refused.refusal = true;
+        refused
     }
 
     /// An attempt that failed before any answer: its tokens go back.
@@ -248,7 +253,16 @@ impl Admission {
         upstream: Option<&UpstreamInfo>,
     ) -> Option<Settlement> {
         let mut provider = provider.unwrap_or_default();
-        self.snapshot.merge(&provider.snapshot);
+        if provider.refusal {
+            // The answer is that limit's refusal: its fields, with the
+            // reset its `retry-after-ms` gives, in place of another
+            // scope's window of the same kind that looks as tight.
+            let refusing = &provider.snapshot;
+            self.snapshot.requests = refusing.requests.or(self.snapshot.requests);
+            self.snapshot.tokens = refusing.tokens.or(self.snapshot.tokens);
+        } else {
+            self.snapshot.merge(&provider.snapshot);
+        }
         if !self.snapshot.is_empty() {
             headers::write(fields, &self.snapshot);
         }

@@ -70,6 +70,28 @@ async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
     assert_eq!(h["x-ratelimit-limit-tokens"], "100000", "{h:?}");
 }
 
+/// A key-and-model limit spent by the same request (nothing left, full in
+/// a minute) looks as tight as the provider limit that refused it; the
+/// 429's fields are still the refusing limit's, reset as retry-after-ms.
+#[tokio::test]
+async fn a_provider_refusal_shows_its_limit_over_a_spent_key_limit() {
+    let app = spawn_with_keys(
+        "[keys.team-a.model_limits.\"kimi-chat\"]\nrequests_per_minute = 2\n\n[limits.providers.agentsflare]\nrequests_per_minute = 1\n",
+    )
+    .await;
+    assert_eq!(statuses(&app, "sk-a", "kimi-chat", 1).await, [200]);
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-chat", "hi", false))
+        .await;
+    assert_eq!(refused.status(), 429);
+    let h = refused.headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "1", "{h:?}");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0", "{h:?}");
+    let retry_ms: u64 = h["retry-after-ms"].to_str().unwrap().parse().unwrap();
+    let reset = h["x-ratelimit-reset-requests"].to_str().unwrap();
+    assert_eq!(reset_ms(reset), retry_ms, "{reset} against {retry_ms} ms");
+}
+
 #[tokio::test]
 async fn a_keys_requests_per_minute() {
     let app = spawn_with_keys("[keys.team-a.limits]\nrequests_per_minute = 3\n").await;
