@@ -202,9 +202,16 @@ fn copy_fields<'a>(
 /// Whether a lowercase field name holds one of the provider's keys (in
 /// any case: names are compared without it).
 fn name_quotes_a_key(lower: &[u8], provider: &Provider) -> bool {
+    // No allocation, and only where the key's first character is: a short
+    // test key makes this run for most names.
     provider.keys.iter().any(|key| {
-        let secret = key.secret.to_ascii_lowercase();
-        memchr::memmem::find(lower, secret.as_bytes()).is_some()
+        let secret = key.secret.as_bytes();
+        let (Some(&first), Some(starts)) = (secret.first(), lower.len().checked_sub(secret.len()))
+        else {
+            return false;
+        };
+        memchr::memchr_iter(first.to_ascii_lowercase(), &lower[..=starts])
+            .any(|at| lower[at..at + secret.len()].eq_ignore_ascii_case(secret))
     })
 }
 
