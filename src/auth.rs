@@ -24,6 +24,7 @@ pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 pub const ANONYMOUS: &str = "anonymous";
 
 static ANONYMOUS_NAME: LazyLock<Arc<str>> = LazyLock::new(|| ANONYMOUS.into());
+static NO_NAME: LazyLock<Arc<str>> = LazyLock::new(|| "".into());
 
 /// One configured client key. Its secret is kept only as a digest.
 pub struct ClientKey {
@@ -129,6 +130,16 @@ impl Caller {
         }
     }
 
+    /// A caller on a public path of a gateway that has keys: no key is
+    /// checked there, so none is named (the log's `key` is empty, as for a
+    /// missing one; `anonymous` would say the gateway runs open).
+    fn unchecked() -> Self {
+        Caller {
+            key_name: NO_NAME.clone(),
+            key: None,
+        }
+    }
+
     /// Whether this caller may use the route name `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.key.as_ref().is_none_or(|key| key.may_use(model))
@@ -150,8 +161,10 @@ pub fn authenticate(
 ) -> Result<Caller, Unauthenticated> {
     let caller = {
         let config = state.peek_config();
-        if config.keys.is_empty() || PUBLIC_PATHS.contains(&request.uri.path()) {
+        if config.keys.is_empty() {
             Caller::anonymous()
+        } else if PUBLIC_PATHS.contains(&request.uri.path()) {
+            Caller::unchecked()
         } else {
             match presented_key(&request.headers) {
                 Err(twice) => return Err(Unauthenticated(twice)),

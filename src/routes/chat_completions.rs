@@ -53,10 +53,17 @@ where
     let chat = match ChatRequest::scanned(body, scan) {
         Ok(chat) => chat,
         Err(refused) => {
-            // A model too long to look up is still logged and counted
-            // under `unknown`, like any other model that matched nothing.
+            // Counted under the route the model names, when it names one;
+            // a model that matched nothing (one too long to look up too)
+            // under `unknown`.
+            let route = refused
+                .model
+                .as_ref()
+                .and_then(|model| config.routes.lookup(&model.name))
+                .map(|route| RouteName(route.name.clone()));
             let handled = Handled {
                 model: refused.model,
+                route,
                 ..Handled::default()
             };
             return (refused.error.into_response(), handled);

@@ -340,6 +340,41 @@ fn check_into_a_closed_pipe_exits_with_its_verdict() {
     }
 }
 
+/// On a gateway with keys, a request to a public path (no key checked
+/// there) is logged with an empty `key`, not `anonymous`, which would say
+/// the gateway runs open.
+#[test]
+fn a_public_path_on_a_keyed_gateway_logs_no_key_name() {
+    let file = config_file("[keys.team]\nsecret_env = \"TEAM_KEY\"\n");
+    let mut command = gateway();
+    command.env("TEAM_KEY", "sk-team");
+    let (mut child, mut stdout, addr) = start(
+        command,
+        &[
+            "--listen",
+            ANY_PORT,
+            "--config",
+            file.path().to_str().unwrap(),
+        ],
+    );
+    for key in ["", "sk-team"] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {key}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        let line = wait_for_line(&mut stdout, "\"path\":\"/healthz\"");
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["key"], "", "{line}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A configuration file the probe cannot read, or whose `server.listen`
 /// is no address, fails the probe with the reason: probing the default
 /// address instead could report another gateway's health.

@@ -284,6 +284,24 @@ async fn open_streams_and_in_flight_count_live_streams() {
     assert_eq!(sample(&text, "kimi_gateway_in_flight_requests"), Some(0.0));
 }
 
+/// A request refused for another member than its model (400) is counted
+/// under the route its model names, not under `unknown`.
+#[tokio::test]
+async fn a_bad_request_naming_a_routed_model_is_counted_under_its_route() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(serde_json::json!({
+            "model": "kimi-k2.6",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": "yes",
+        }))
+        .await;
+    assert_eq!(response.status(), 400);
+    let text = scrape(&app).await;
+    let counted = r#"kimi_gateway_requests_total{error_type="invalid_request_error",provider="none",route="kimi-k2.6",status="400"}"#;
+    assert_eq!(sample(&text, counted), Some(1.0), "{text}");
+}
+
 #[tokio::test]
 async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
     let app = spawn_app_with("[server]\nmetrics_listen = \"127.0.0.1:0\"\n", &[]).await;
