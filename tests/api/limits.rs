@@ -39,14 +39,16 @@ async fn assert_refused(response: reqwest::Response, error_type: &str, message: 
     assert_eq!(error["message"], message, "{error}");
 }
 
-/// Milliseconds in an `x-ratelimit-reset-*` value below a minute (`250ms`,
-/// `19.2s`).
+/// Milliseconds in an `x-ratelimit-reset-*` value below an hour (`250ms`,
+/// `19.2s`, `1m0s`).
 fn reset_ms(value: &str) -> u64 {
     if let Some(ms) = value.strip_suffix("ms") {
         return ms.parse().unwrap();
     }
-    let secs: f64 = value.strip_suffix('s').unwrap().parse().unwrap();
-    (secs * 1000.0).round() as u64
+    let (minutes, seconds) = value.split_once('m').unwrap_or(("0", value));
+    let minutes: u64 = minutes.parse().unwrap();
+    let secs: f64 = seconds.strip_suffix('s').unwrap().parse().unwrap();
+    minutes * 60_000 + (secs * 1000.0).round() as u64
 }
 
 /// With a key limit that has room and a provider limit that refused, the
