@@ -51,13 +51,13 @@ fn reset_ms(value: &str) -> u64 {
     minutes * 60_000 + (secs * 1000.0).round() as u64
 }
 
-/// With a key limit that has room and a provider limit that refused, the
-/// 429's fields are the provider's: the tightest, with nothing left.
-#[tokio::test]
-async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
-    let app = spawn_with_keys(
-        "[keys.team-a.limits]\nrequests_per_minute = 100\ntokens_per_minute = 100000\n\n[limits.providers.agentsflare]\nrequests_per_minute = 1\n",
-    )
+/// With `key_limits` for team-a and Agentsflare limited to one request a
+/// minute, team-a's second `kimi-chat` request: refused by the provider
+/// limit, whose fields it shows (one request, none left).
+async fn refused_by_agentsflare(key_limits: &str) -> reqwest::Response {
+    let app = spawn_with_keys(&format!(
+        "{key_limits}\n[limits.providers.agentsflare]\nrequests_per_minute = 1\n"
+    ))
     .await;
     assert_eq!(statuses(&app, "sk-a", "kimi-chat", 1).await, [200]);
     let refused = app
@@ -67,6 +67,18 @@ async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
     let h = refused.headers();
     assert_eq!(h["x-ratelimit-limit-requests"], "1", "{h:?}");
     assert_eq!(h["x-ratelimit-remaining-requests"], "0", "{h:?}");
+    refused
+}
+
+/// With a key limit that has room and a provider limit that refused, the
+/// 429's fields are the provider's: the tightest, with nothing left.
+#[tokio::test]
+async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
+    let refused = refused_by_agentsflare(
+        "[keys.team-a.limits]\nrequests_per_minute = 100\ntokens_per_minute = 100000\n",
+    )
+    .await;
+    let h = refused.headers();
     assert_eq!(h.get_all("x-ratelimit-limit-requests").iter().count(), 1);
     // The key's token limit is the only token window.
     assert_eq!(h["x-ratelimit-limit-tokens"], "100000", "{h:?}");
@@ -77,18 +89,11 @@ async fn a_provider_refusal_shows_the_provider_limit_over_the_keys() {
 /// 429's fields are still the refusing limit's, reset as retry-after-ms.
 #[tokio::test]
 async fn a_provider_refusal_shows_its_limit_over_a_spent_key_limit() {
-    let app = spawn_with_keys(
-        "[keys.team-a.model_limits.\"kimi-chat\"]\nrequests_per_minute = 2\n\n[limits.providers.agentsflare]\nrequests_per_minute = 1\n",
+    let refused = refused_by_agentsflare(
+        "[keys.team-a.model_limits.\"kimi-chat\"]\nrequests_per_minute = 2\n",
     )
     .await;
-    assert_eq!(statuses(&app, "sk-a", "kimi-chat", 1).await, [200]);
-    let refused = app
-        .chat_as("sk-a", chat_body("kimi-chat", "hi", false))
-        .await;
-    assert_eq!(refused.status(), 429);
     let h = refused.headers();
-    assert_eq!(h["x-ratelimit-limit-requests"], "1", "{h:?}");
-    assert_eq!(h["x-ratelimit-remaining-requests"], "0", "{h:?}");
     let retry_ms: u64 = h["retry-after-ms"].to_str().unwrap().parse().unwrap();
     let reset = h["x-ratelimit-reset-requests"].to_str().unwrap();
     assert_eq!(reset_ms(reset), retry_ms, "{reset} against {retry_ms} ms");
