@@ -51,24 +51,57 @@ impl BadHead {
     }
 }
 
-/// The answer to a request line whose version httparse refused: 505 for a
-/// well-formed `HTTP/d.d` of another version, 400 for anything else
-/// (`http/1.1`, `HTTP/1`, no version at all: no version, but a bad line).
-fn version_refused(buf: &[u8]) -> BadHead {
-    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
-    let line = buf[..line_end].trim_ascii_start();
+/// Where the request line's version is: its last word, after any empty
+/// lines before the line (which httparse skips too).
+fn version_span(buf: &[u8]) -> std::ops::Range<usize> {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line_end = memchr::memchr(b'\n', &buf[start..]).map_or(buf.len(), |at| start + at);
+    let line = &buf[start..line_end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    match version {
+    let end = start + line.len();
+    let version_start = memchr::memrchr(b' ', line).map_or(start, |at| start + at + 1);
+    version_start..end
+}
+
+/// What to do with a request line whose version httparse refused.
+enum OtherVersion {
+    /// `HTTP/1.x` with x above 1: RFC 9110 section 2.5 has it served as
+    /// the highest 1.x spoken here, so the minor digit at this offset is
+    /// rewritten to 1 and the head parsed again.
+    LaterMinor(usize),
+    /// 505 for a well-formed `HTTP/d.d` of another major version, 400 for
+    /// anything else (`http/1.1`, `HTTP/1`, no version at all: no version,
+    /// but a bad line).
+    Refused(BadHead),
+}
+
+fn other_version(buf: &[u8]) -> OtherVersion {
+    let span = version_span(buf);
+    match &buf[span.clone()] {
+        // Only 2 to 9: a minor of 0 or 1 refused is some other fault of
+        // the line, and rewriting it again would never end.
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            OtherVersion::LaterMinor(span.end - 1)
+        }
+        // A version spoken here, refused: the fault is elsewhere in the
+        // line (two spaces before it, say).
+        [b'H', b'T', b'T', b'P', b'/', b'1', ..] => {
+            OtherVersion::Refused(BadHead::bad("malformed request line"))
+        }
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            BadHead::new(
+            OtherVersion::Refused(BadHead::new(
                 StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are served",
-            )
+                "only HTTP/1.x is served (as HTTP/1.1)",
+            ))
         }
-        _ => BadHead::bad("malformed request line: its version is not HTTP/1.0 or HTTP/1.1"),
+        _ => OtherVersion::Refused(BadHead::bad(
+            "malformed request line: its version is not HTTP/1.x",
+        )),
     }
 }
 
@@ -137,7 +170,15 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
                 "request head too large (at most 64 KiB and 100 header fields)",
             ));
         }
-        Err(httparse::Error::Version) => return Err(version_refused(buf)),
+        Err(httparse::Error::Version) => {
+            return match other_version(buf) {
+                OtherVersion::LaterMinor(minor_at) => {
+                    buf[minor_at] = b'1';
+                    parse(buf, spare)
+                }
+                OtherVersion::Refused(refusal) => Err(refusal),
+            };
+        }
         Err(_) => return Err(BadHead::bad("malformed request head")),
     };
     let version = match request.version {
@@ -711,11 +752,12 @@ mod tests {
         assert_eq!(refused(&long_target), StatusCode::URI_TOO_LONG);
     }
 
-    /// 505 is for a well-formed version the gateway does not speak; a
-    /// line with no well-formed version at all is a bad request.
+    /// 505 is for a well-formed version of another major version; a later
+    /// 1.x minor is served as 1.1 (RFC 9110 section 2.5); a line with no
+    /// well-formed version at all is a bad request.
     #[test]
     fn a_malformed_version_is_a_bad_request_and_another_one_unsupported() {
-        for version in ["HTTP/2.0", "HTTP/1.2", "HTTP/0.9"] {
+        for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/3.1"] {
             let wire = format!("GET / {version}\r\nHost: a\r\n\r\n");
             assert_eq!(
                 refused(&wire),
@@ -730,9 +772,30 @@ mod tests {
             "HTTP/1",
             "HTTP/1.",
             "HTTP/01.1",
+            "HTTP/1.x",
+            "HTTP/1.22",
         ] {
             let wire = format!("GET / {version}\r\nHost: a\r\n\r\n");
             assert_eq!(refused(&wire), StatusCode::BAD_REQUEST, "{version}");
+        }
+        // Two spaces before a later minor: the rewrite is tried once, and
+        // the line is still refused, not parsed for ever.
+        assert_eq!(
+            refused("GET /  HTTP/1.2\r\nHost: a\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn a_later_minor_version_is_served_as_http_1_1() {
+        for wire in [
+            "GET /v1/models HTTP/1.2\r\nHost: a\r\n\r\n",
+            "\r\nGET /v1/models HTTP/1.9\r\nHost: a\r\n\r\n",
+        ] {
+            let head = head(wire);
+            assert_eq!(head.parts.version, Version::HTTP_11, "{wire:?}");
+            assert_eq!(head.parts.uri.path(), "/v1/models");
+            assert!(head.keep_alive);
         }
     }
 

@@ -84,7 +84,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// A head the gateway will not serve is answered with an OpenAI-shaped
 /// `invalid_request_error` and its status (400 malformed or ambiguous
 /// framing, 501 a transfer coding other than chunked, 431 a head over
-/// 64 KiB, 505 an HTTP version other than 1.0 and 1.1), says
+/// 64 KiB, 505 an HTTP version other than 1.x), says
 /// `connection: close` and an `x-request-id` (the one its log line has),
 /// and the gateway closes the connection after it; other connections are
 /// served as before. Each is counted in the requests metric.
@@ -159,6 +159,23 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
         );
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
+}
+
+/// A later HTTP/1.x minor version is served as HTTP/1.1 (RFC 9110
+/// section 2.5), keep-alive included, and the answer says HTTP/1.1.
+#[tokio::test]
+async fn a_later_http_1_minor_version_is_served_as_1_1() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    client
+        .send("GET /v1/models HTTP/1.2\r\nhost: gateway\r\n\r\n")
+        .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(reply.head.starts_with("HTTP/1.1 200"), "{}", reply.head);
+    assert_eq!(reply.json()["object"], "list");
+    client.send(HEALTHZ).await;
+    assert_eq!(client.response().await.status, 200);
 }
 
 /// A chunked request body, sent chunk by chunk in separate writes, is
