@@ -19,6 +19,7 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
             .into_response();
     }
     let (status, moonshot_type, message) = describe(flavour, error);
+
     // Moonshot names an answer in a header field, AI/ML API in the body.
     let request_id = match flavour {
         Flavour::Moonshot => "mock-error-request",
@@ -42,7 +43,12 @@ pub fn error_response(flavour: Flavour, error: MockError, scenario: &Scenario) -
         }),
         Flavour::Agentsflare => json!({"statusCode": status.as_u16(), "message": message}),
     };
-    let mut response = (status, axum::Json(body)).into_response();
+    let sent_status = if scenario.error_status_ok {
+        StatusCode::OK
+    } else {
+        status
+    };
+    let mut response = (sent_status, axum::Json(body)).into_response();
     if flavour == Flavour::Moonshot {
         // Moonshot names every answer, errors too.
         response.headers_mut().insert(

@@ -116,6 +116,9 @@ pub struct Scenario {
     pub echoed_key: Option<String>,
     /// `echo_key`: asks for [`Scenario::echoed_key`].
     pub echo_key: bool,
+    /// `error_status_ok`: the error's body comes with 200, as a provider
+    /// that reports failures only in the body would send it.
+    pub error_status_ok: bool,
     /// The directive's text, which identifies a `fail_times` counter.
     pub directive: String,
 }
@@ -186,6 +189,7 @@ impl Scenario {
                 "fail_times" => scenario.fail_times = number(),
                 "reset" => scenario.reset = true,
                 "echo_key" => scenario.echo_key = true,
+                "error_status_ok" => scenario.error_status_ok = true,
                 _ => {}
             }
         }

@@ -147,6 +147,14 @@ pub fn translate(
     error_from(provider, status, asked, says)
 }
 
+/// Where a provider's error document came: an event of a stream, or the
+/// whole body of a 2xx answer, which says it succeeded.
+#[derive(Clone, Copy)]
+enum Carrier {
+    StreamEvent,
+    SuccessBody(StatusCode),
+}
+
 /// A provider's error event inside a stream (`data: {"error":{...}}`): the
 /// error the stream ended with. When it is the stream's first event,
 /// nothing was sent yet and it fails the attempt as an HTTP error with
@@ -156,21 +164,43 @@ pub fn translate(
 /// truthy, and the text is its message. `None` for anything else (a chunk
 /// whose text merely mentions `"error"`).
 pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
+    document_error(data, provider, Carrier::StreamEvent)
+}
+
+/// A 2xx body that is an error document (`{"error":{...}}`, read as a
+/// stream's error event is): the official SDKs do not look for one in a
+/// plain answer and would hand their caller a completion with no
+/// choices, so the attempt fails as the error says instead. `None` for a
+/// body whose `error` says nothing (`null`, `false`, `""`).
+pub fn success_body_error(
+    body: &[u8],
+    status: StatusCode,
+    provider: &Provider,
+) -> Option<GatewayError> {
+    document_error(body, provider, Carrier::SuccessBody(status)).map(|found| found.error)
+}
+
+fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<StreamError> {
     let Some(mut says) = ProviderSays::read(data) else {
         // No JSON even once mended, yet naming `error`: the SDKs fail on
         // it, and what it holds can be neither read nor searched for the
         // key. The gateway's own error event goes in its place.
         let unreadable = memchr::memmem::find(data, b"\"error\"").is_some()
             && first_value(&super::json_mend::mended(data)).is_none();
+        let message = match carrier {
+            Carrier::StreamEvent => format!(
+                "provider {} sent an error event that is not valid JSON",
+                provider.name
+            ),
+            Carrier::SuccessBody(status) => format!(
+                "provider {} answered HTTP {} with an error that is not valid JSON",
+                provider.name,
+                status.as_u16()
+            ),
+        };
         return unreadable.then(|| StreamError {
-            error: GatewayError::server(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "provider {} sent an error event that is not valid JSON",
-                    provider.name
-                ),
-            )
-            .with_code(super::upstream::BAD_RESPONSE),
+            error: GatewayError::server(StatusCode::BAD_GATEWAY, message)
+                .with_code(super::upstream::BAD_RESPONSE),
             empty: true,
         });
     };
@@ -179,12 +209,19 @@ pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
         says.message = says.message.or(Some(text));
     }
     // Without a message the HTTP fallback ("answered HTTP 502") would be
-    // wrong: a stream's status said 200.
+    // wrong: the status said 200.
     if says.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
-        says.message = Some(format!(
-            "provider {} ended the stream with an error event that gave no message",
-            provider.name
-        ));
+        says.message = Some(match carrier {
+            Carrier::StreamEvent => format!(
+                "provider {} ended the stream with an error event that gave no message",
+                provider.name
+            ),
+            Carrier::SuccessBody(status) => format!(
+                "provider {} answered HTTP {} with an error that gave no message",
+                provider.name,
+                status.as_u16()
+            ),
+        });
     }
     let empty = says.error_empty;
     let status = says
@@ -194,8 +231,8 @@ pub fn stream_error(data: &[u8], provider: &Provider) -> Option<StreamError> {
         .map_or(StatusCode::BAD_GATEWAY, ErrorType::default_status);
     let mut error = error_from(provider, status, AskedWait::default(), says);
     if error.error_type == ErrorType::ServerError {
-        // A stream's status said 200; its error event carries no status
-        // of its own to keep.
+        // The status said 2xx; the error carries no status of its own to
+        // keep.
         error.status = StatusCode::BAD_GATEWAY;
     }
     Some(StreamError { error, empty })
@@ -819,6 +856,37 @@ mod tests {
         assert_eq!(&*err.message, "slow down");
         assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
         assert_eq!(err.code, None);
+    }
+
+    /// A 2xx body that is an error document fails as its error says; one
+    /// whose `error` says nothing is an answer.
+    #[test]
+    fn a_success_body_with_an_error_is_that_error() {
+        let provider = test_provider();
+        let body =
+            br#"{"error":{"message":"no secret-key-123 here","type":"rate_limit_reached_error"}}"#;
+        let err = success_body_error(body, StatusCode::OK, &provider).unwrap();
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(&*err.message, "no *** here");
+        let err = success_body_error(br#"{"error":{}}"#, StatusCode::OK, &provider).unwrap();
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            &*err.message,
+            "provider moonshot answered HTTP 200 with an error that gave no message"
+        );
+        let err = success_body_error(br#"{"error": nope}"#, StatusCode::OK, &provider).unwrap();
+        assert_eq!(err.code.as_deref(), Some("upstream_bad_response"));
+        for nothing in [
+            &br#"{"error":null,"id":"c1"}"#[..],
+            br#"{"error":"","id":"c1"}"#,
+            br#"{"error":false}"#,
+        ] {
+            assert!(
+                success_body_error(nothing, StatusCode::OK, &provider).is_none(),
+                "{}",
+                String::from_utf8_lossy(nothing)
+            );
+        }
     }
 
     #[test]

@@ -286,6 +286,11 @@ pub async fn forward(
             .with_code(BAD_RESPONSE),
         ));
     }
+    if begins_with_an_error_member(&body)
+        && let Some(err) = provider_errors::success_body_error(&body, status, provider)
+    {
+        return Err(named(err));
+    }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);
     info.series = Some(series);
@@ -317,6 +322,15 @@ fn observe_after_head(metrics: &Metrics, since: Instant) {
 fn looks_like_json_object(body: &[u8]) -> bool {
     let body = body.trim_ascii();
     body.first() == Some(&b'{') && body.last() == Some(&b'}')
+}
+
+/// Whether a JSON object's first member is named `error`, as a provider's
+/// error document's is (a completion begins with `id`): only then is the
+/// body read for an error, so an answer costs a few comparisons.
+fn begins_with_an_error_member(body: &[u8]) -> bool {
+    let body = body.trim_ascii_start();
+    body.get(1..)
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"error\""))
 }
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
@@ -547,6 +561,25 @@ mod tests {
             assert_eq!(
                 looks_like_json_object(body),
                 ok,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_first_member_named_error_is_read_for_one() {
+        for (body, error) in [
+            (&b"{\"error\":{\"message\":\"x\"}}"[..], true),
+            (b" \n{ \n \"error\" : \"x\"}", true),
+            (b"{\"id\":\"x\",\"error\":{}}", false),
+            (b"{\"errors\":[]}", false),
+            (b"{}", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                begins_with_an_error_member(body),
+                error,
                 "{:?}",
                 String::from_utf8_lossy(body)
             );

@@ -68,6 +68,54 @@ async fn a_501_fails_over_without_asking_the_same_provider_again() {
     assert_eq!(seen(&app, Flavour::Agentsflare), 2);
 }
 
+/// A 200 whose body is an error document (`{"error":{...}}`) is not an
+/// answer: the SDKs would hand their caller a completion with no choices.
+/// A server error fails over; a request error is the client's, as the
+/// same error with its own status would be.
+#[tokio::test]
+async fn a_200_that_carries_an_error_is_an_error() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=server error_status_ok]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=invalid_request error_status_ok]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error", "{error}");
+    assert_eq!(
+        error["message"], "Invalid request: messages must not be empty",
+        "{error}"
+    );
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 1);
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kimi_gateway_requests_total{")
+                && l.contains("status=\"400\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn connection_refused_fails_over() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
