@@ -239,7 +239,8 @@ impl AccessRecord {
         let stream = upstream.and_then(|u| u.stream.as_ref());
         let usage = upstream
             .and_then(|u| u.usage)
-            .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u));
+            .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u))
+            .map(crate::proxy::usage::Usage::counted);
         let (stream_end, error) = match stream.map(|s| s.end()) {
             None => ("", self.error),
             Some(None) => ("client_closed", self.error),

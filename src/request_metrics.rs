@@ -66,7 +66,8 @@ pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
 
     let usage = upstream
         .and_then(|u| u.usage)
-        .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u));
+        .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u))
+        .map(crate::proxy::usage::Usage::counted);
     if let (Some(usage), Some(series)) = (usage, series) {
         let key = record.key.as_deref().unwrap_or("anonymous");
         let [prompt, completion, cached] = &*series.tokens(key);

@@ -10,6 +10,22 @@
 /// trimmed back to its last whole member and closed. A document that
 /// needs neither comes back byte for byte.
 pub fn mended(json: &[u8]) -> Vec<u8> {
+    mend(json).0
+}
+
+/// `json` with lone surrogate escapes replaced, if it is otherwise whole:
+/// `None` for a document cut short (a container or string left open). An
+/// error event or a whole body was not cut by a read limit, so what such
+/// mending would drop is not the error's to lose.
+pub fn surrogates_mended(json: &[u8]) -> Option<Vec<u8>> {
+    match mend(json) {
+        (out, false) => Some(out),
+        (_, true) => None,
+    }
+}
+
+/// The mended document, and whether it was cut short.
+fn mend(json: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(json.len() + 8);
     // The closer of each object or array open at this point.
     let mut open: Vec<u8> = Vec::new();
@@ -56,13 +72,14 @@ pub fn mended(json: &[u8]) -> Vec<u8> {
         }
         at += 1;
     }
+    let cut = !open.is_empty() || in_string;
     if !open.is_empty() {
         // Nothing opened or closed after `whole` (each would have moved
         // it), so what is open now was open there.
         out.truncate(whole);
         out.extend(open.iter().rev());
     }
-    out
+    (out, cut)
 }
 
 /// The escape sequence starting at a backslash inside a string.
@@ -113,7 +130,7 @@ fn unicode_escape(json: &[u8], at: usize) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::mended;
+    use super::{mended, surrogates_mended};
 
     fn mend(json: &str) -> String {
         String::from_utf8(mended(json.as_bytes())).unwrap()
@@ -158,5 +175,29 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_slice(&mended(br#"{"m":"\uDBFF\u0041"}"#)).unwrap();
         assert_eq!(value["m"], "\u{fffd}A");
+    }
+
+    #[test]
+    fn only_a_whole_document_is_mended_for_its_surrogates() {
+        assert_eq!(
+            surrogates_mended(br#"{"m":"\ud800"}"#).as_deref(),
+            Some(&br#"{"m":"\ufffd"}"#[..])
+        );
+        assert_eq!(
+            surrogates_mended(b"not json").as_deref(),
+            Some(&b"not json"[..])
+        );
+        for cut in [
+            &br#"{"error":"invalid key sk-1"#[..],
+            br#"{"error":{"message":"x""#,
+            br#"{"error":["x""#,
+            br#""open"#,
+        ] {
+            assert!(
+                surrogates_mended(cut).is_none(),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
     }
 }

@@ -44,11 +44,26 @@ struct ProviderSays {
     request_id: Option<String>,
 }
 
+/// How much of a document serde_json refuses may be mended away.
+#[derive(Clone, Copy, PartialEq)]
+enum Mending {
+    /// An HTTP error body, read up to [`MAX_ERROR_BODY`]: one cut short
+    /// keeps its whole members.
+    CutAllowed,
+    /// An error event, or a 2xx body read whole: only lone surrogates are
+    /// mended; one cut short is not an error that can be read (mended, a
+    /// string left open would lose its `error` member, and the event
+    /// would pass for a chunk).
+    WholeOnly,
+}
+
 impl ProviderSays {
-    fn read(json: &[u8]) -> Option<ProviderSays> {
-        let serde_json::Value::Object(mut body) =
-            first_value(json).or_else(|| first_value(&super::json_mend::mended(json)))?
-        else {
+    fn read(json: &[u8], mending: Mending) -> Option<ProviderSays> {
+        let value = first_value(json).or_else(|| match mending {
+            Mending::CutAllowed => first_value(&super::json_mend::mended(json)),
+            Mending::WholeOnly => first_value(&super::json_mend::surrogates_mended(json)?),
+        });
+        let serde_json::Value::Object(mut body) = value? else {
             return None;
         };
         let mut says = ProviderSays {
@@ -143,7 +158,7 @@ pub fn translate(
     asked: AskedWait,
     body: &[u8],
 ) -> GatewayError {
-    let says = ProviderSays::read(error_json(body)).unwrap_or_default();
+    let says = ProviderSays::read(error_json(body), Mending::CutAllowed).unwrap_or_default();
     error_from(provider, status, asked, says)
 }
 
@@ -181,12 +196,13 @@ pub fn success_body_error(
 }
 
 fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<StreamError> {
-    let Some(mut says) = ProviderSays::read(data) else {
+    let Some(mut says) = ProviderSays::read(data, Mending::WholeOnly) else {
         // No JSON even once mended, yet naming `error`: the SDKs fail on
         // it, and what it holds can be neither read nor searched for the
         // key. The gateway's own error event goes in its place.
         let unreadable = memchr::memmem::find(data, b"\"error\"").is_some()
-            && first_value(&super::json_mend::mended(data)).is_none();
+            && super::json_mend::surrogates_mended(data)
+                .is_none_or(|whole| first_value(&whole).is_none());
         let message = match carrier {
             Carrier::StreamEvent => format!(
                 "provider {} sent an error event that is not valid JSON",

@@ -409,7 +409,7 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
 pub const BAD_RESPONSE: &str = "upstream_bad_response";
 
 /// A provider's answer that could not be read as HTTP: reached, but broken.
-fn bad_response(
+pub(super) fn bad_response(
     provider: &crate::config::Provider,
     err: &crate::client::UpstreamError,
 ) -> GatewayError {

@@ -161,7 +161,24 @@ fn is_object(raw: &&RawValue) -> bool {
     raw.get().starts_with('{')
 }
 
+/// The most tokens one count of one answer is logged and counted as: a
+/// provider's larger claim (up to 2^64 - 1) added to a 64-bit counter
+/// would wrap it, and Prometheus reads a counter that went down as a
+/// restart. Far beyond any context window, so real counts pass exactly.
+pub const MAX_COUNTED_TOKENS: u64 = u32::MAX as u64;
+
 impl Usage {
+    /// Each count held to [`MAX_COUNTED_TOKENS`], as the log and the
+    /// metrics record it.
+    pub fn counted(self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.min(MAX_COUNTED_TOKENS),
+            completion_tokens: self.completion_tokens.min(MAX_COUNTED_TOKENS),
+            total_tokens: self.total_tokens.min(MAX_COUNTED_TOKENS),
+            cached_tokens: self.cached_tokens.min(MAX_COUNTED_TOKENS),
+        }
+    }
+
     fn from_value(raw: &Value) -> Usage {
         let count = |v: &Value| v.as_u64().unwrap_or(0);
         let cached = raw["prompt_tokens_details"]["cached_tokens"]

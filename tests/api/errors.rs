@@ -264,30 +264,6 @@ async fn a_provider_refusing_a_large_body_before_reading_it_is_answered_with_its
     );
 }
 
-/// A provider that answers every connection with `answer` once it has a
-/// request's head, then closes it: its base URL.
-async fn raw_provider(answer: Vec<u8>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = stream.write_all(&answer).await;
-            let _ = stream.shutdown().await;
-        }
-    });
-    url
-}
-
 /// A provider reached that answers with something other than what was
 /// asked: not HTTP, a head that cannot be read one way only, a 2xx body
 /// compressed though the gateway asked for none, an HTML page. A 502
@@ -342,6 +318,55 @@ async fn a_response_that_is_not_what_was_asked_is_a_bad_response() {
         assert_eq!(error["code"], "upstream_bad_response", "{error}");
         let message = error["message"].as_str().unwrap();
         assert!(message.contains(says) && message.contains("moonshot"), "{error}");
+    }
+}
+
+/// A stream request answered with an event stream that is no answer:
+/// framing that cannot be read, a body that ends inside its first event,
+/// an error event that is not whole JSON (a string or an object left
+/// open, which would hide the key it quotes). A 502
+/// `upstream_bad_response` before any byte went out, and the key quoted
+/// in the provider's event reaches neither the client nor the log.
+#[tokio::test]
+async fn a_stream_that_is_no_answer_is_a_bad_response() {
+    let stream_head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
+    for (answer, says) in [
+        (
+            format!("{stream_head}transfer-encoding: chunked\r\n\r\nzz\r\ndata: {{}}\r\n"),
+            "not valid HTTP",
+        ),
+        (
+            format!("{stream_head}content-length: 10\r\n\r\ndata: {{\"id"),
+            "before sending any event (inside its first)",
+        ),
+        (
+            format!(
+                "{stream_head}connection: close\r\n\r\ndata: {{\"error\":\"invalid key {PROVIDER_KEY}\n\n"
+            ),
+            "not valid JSON",
+        ),
+        (
+            format!(
+                "{stream_head}connection: close\r\n\r\ndata: {{\"error\":{{\"message\":\"{PROVIDER_KEY}\n\n"
+            ),
+            "not valid JSON",
+        ),
+    ] {
+        let url = raw_provider(answer.into_bytes()).await;
+        let app = spawn_app_with(SINGLE_ATTEMPT, &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+        let response = app
+            .chat(chat_body("kimi-k2-turbo-preview", "hi", true))
+            .await;
+        assert_eq!(response.status(), 502, "{says}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(PROVIDER_KEY), "{text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let error = &error["error"];
+        assert_eq!(error["code"], "upstream_bad_response", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(says),
+            "{says}: {error}"
+        );
     }
 }
 

@@ -108,6 +108,40 @@ async fn traffic_shows_up_with_bounded_labels() {
 /// A failed attempt that no other follows is counted `error`, whatever ended
 /// the request: no attempts left, the retry deadline, or the failure
 /// opening the only circuit there was.
+/// A provider's usage beyond any real count (2^64 - 1) is counted as
+/// 2^32 - 1: added as sent, the 64-bit counter would wrap and go down,
+/// which Prometheus reads as a restart.
+#[tokio::test]
+async fn an_absurd_usage_is_counted_bounded_and_the_counter_never_goes_down() {
+    let answer = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615,"total_tokens":5}}"#;
+    let url = raw_provider(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    let app = spawn_app_with("", &[("MOONSHOT_BASE_URL", Some(&url))]).await;
+    for _ in 0..2 {
+        let response = app
+            .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let metrics = scrape(&app).await;
+    for kind in ["prompt", "completion"] {
+        let series = format!(
+            r#"kimi_gateway_tokens_total{{key="anonymous",kind="{kind}",provider="moonshot",route="kimi-k2-turbo-preview"}}"#
+        );
+        assert_eq!(
+            sample(&metrics, &series),
+            Some(2.0 * f64::from(u32::MAX)),
+            "{series} in:\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_last_attempt_is_an_error_whatever_ended_the_request() {
     let circuit = "[retry]\nmax_attempts = 3\n[breaker]\nconsecutive_failures = 1\n";

@@ -10,6 +10,7 @@ mod after_done;
 mod gather;
 mod inspect;
 mod unended_done;
+use unended_done::BodyNow;
 
 use super::breaker::Breaker;
 pub use super::event_align::EventAligner;
@@ -254,7 +255,7 @@ impl SseRelay {
             // `[DONE]`'s data line has come without the blank line after
             // it: ended here, as if the provider had sent it.
             if self.held.is_none() {
-                if let Some(end) = self.done_event_end(false) {
+                if let Some(end) = self.done_event_end(BodyNow::Reading) {
                     self.held = Some(Some(Ok(end)));
                 }
             }
@@ -344,6 +345,14 @@ impl SseRelay {
                 Poll::Ready(Some(Err(_)) | None) if self.provider_error.is_some() => {
                     return Poll::Ready(None);
                 }
+                // Framing that cannot be read (a chunk size that is not
+                // one): the provider's answer, not the connection, failed.
+                Poll::Ready(Some(Err(err @ crate::client::UpstreamError::InvalidBody(_)))) => {
+                    return Poll::Ready(Some(Err(super::upstream::bad_response(
+                        &self.provider,
+                        &err,
+                    ))));
+                }
                 Poll::Ready(Some(Err(err))) => {
                     let message = format!(
                         "connection to provider {} failed mid-stream: {}",
@@ -358,15 +367,22 @@ impl SseRelay {
                 }
                 // The body ended inside `[DONE]`'s event: the answer is
                 // whole all the same.
-                Poll::Ready(None) if self.done_event_end(true).is_some() => {
-                    self.held = self.done_event_end(true).map(|end| Some(Ok(end)));
+                Poll::Ready(None) if self.done_event_end(BodyNow::Ended).is_some() => {
+                    self.held = self.done_event_end(BodyNow::Ended).map(|end| Some(Ok(end)));
                     self.upstream = Box::pin(futures_util::stream::empty());
                 }
-                Poll::Ready(None) if !self.head_sent && !self.aligner.has_partial() => {
+                // Ended as its framing says, with no whole event: a
+                // stream, but not an answer.
+                Poll::Ready(None) if !self.head_sent => {
+                    let partial = if self.aligner.has_partial() {
+                        " (inside its first)"
+                    } else {
+                        ""
+                    };
                     return Poll::Ready(Some(Err(GatewayError::server(
                         StatusCode::BAD_GATEWAY,
                         format!(
-                            "provider {} ended the stream before sending any event",
+                            "provider {} ended the stream before sending any event{partial}",
                             self.provider.name
                         ),
                     )
@@ -391,6 +407,12 @@ impl SseRelay {
                     .with_code("upstream_unreachable"))));
                 }
                 Poll::Pending => {
+                    // `data: [DONE]` and a bare CR, and no LF after it in
+                    // what has come: the line has ended.
+                    if let Some(end) = self.done_event_end(BodyNow::Quiet) {
+                        self.held = Some(Some(Ok(end)));
+                        continue;
+                    }
                     if self.waits.as_mut().poll_shutdown(cx).is_ready() {
                         // Before the head, the error is the request's answer.
                         let err = if self.head_sent {

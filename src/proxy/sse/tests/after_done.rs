@@ -322,6 +322,22 @@ async fn a_done_line_left_open_ends_the_stream_at_once() {
     drop(more);
 }
 
+/// The same with a bare CR as its line end: once nothing more has come,
+/// no LF is on its way to make it a CRLF, and the line has ended.
+#[tokio::test]
+async fn a_done_line_ended_by_a_bare_cr_left_open_ends_the_stream_at_once() {
+    let _serial = REST_READS_USED.lock().await;
+    let (upstream, more, _told) =
+        body_after_done(Bytes::from([&event(0)[..], b"data: [DONE]\r"].concat()));
+    let (frames, end) = relay_all(upstream).await;
+    assert_eq!(
+        frames.concat(),
+        [&event(0)[..], b"data: [DONE]\r\r"].concat()
+    );
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+    drop(more);
+}
+
 /// An unended event that only mentions `[DONE]` is no answer's end.
 #[tokio::test]
 async fn an_unended_event_that_is_not_done_still_ends_with_an_error() {
