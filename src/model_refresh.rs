@@ -18,8 +18,12 @@ use tokio::time::Instant;
 const ASK_TIME: Duration = Duration::from_secs(15);
 /// The largest list read (AI/ML API's, every maker's models, is ~100 KB).
 const MAX_LIST_BYTES: usize = 4 << 20;
-/// Ids kept per provider: every id becomes a route and a metric label.
-const MAX_IDS: usize = 2_000;
+/// Ids kept per provider, before `refresh_models_match` picks from them
+/// (up to [`crate::config::MAX_FOUND_MODELS`], each a route and a metric
+/// label) when a configuration is built: a reseller's list of every
+/// maker's models may name its Kimi ids anywhere, and a reload that
+/// changes the match picks from what was found at once.
+const MAX_IDS: usize = 20_000;
 /// The longest id taken.
 const MAX_ID_BYTES: usize = 256;
 /// How often the loop looks again when nothing is due sooner (a reload
@@ -147,17 +151,21 @@ async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
 /// not put it in `/v1/models` or the log: such ids are left out, and the
 /// error never repeats the provider's text.
 fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshError> {
-    let mut ids =
-        listed_ids(list).map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
-    ids.retain(|id| !provider.keys.iter().any(|key| id.contains(&key.secret)));
-    Ok(ids)
+    let quotes_no_key = |id: &str| !provider.keys.iter().any(|key| id.contains(&key.secret));
+    listed_ids(list, quotes_no_key).map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))
 }
 
 /// A parser's message without the text it quotes from the list (`invalid
-/// type: string "..."`): that text is the provider's, and may hold the key
-/// in a form no search for it finds (the parser escapes `"` and `\`).
+/// type: string "..."`, or a number or character in backquotes): that
+/// text is the provider's, and may hold the key in a form no search for
+/// it finds (the parser escapes `"` and `\`).
 fn unquoted(message: &str) -> String {
-    match (message.find('"'), message.rfind('"')) {
+    let message = unquoted_by(message, '"');
+    unquoted_by(&message, '`')
+}
+
+fn unquoted_by(message: &str, quote: char) -> String {
+    match (message.find(quote), message.rfind(quote)) {
         (Some(first), Some(last)) => {
             format!(
                 "{}(text not shown){}",
@@ -169,9 +177,9 @@ fn unquoted(message: &str) -> String {
     }
 }
 
-/// The usable ids of an OpenAI model list (`{"data":[{"id":...},...]}`),
-/// in its order, each once, at most [`MAX_IDS`].
-fn listed_ids(list: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+/// The usable ids of an OpenAI model list (`{"data":[{"id":...},...]}`)
+/// that `kept` keeps, in its order, each once, at most [`MAX_IDS`].
+fn listed_ids(list: &[u8], kept: impl Fn(&str) -> bool) -> Result<Vec<String>, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct List {
         data: Vec<Listed>,
@@ -183,10 +191,11 @@ fn listed_ids(list: &[u8]) -> Result<Vec<String>, serde_json::Error> {
     }
     let list: List = serde_json::from_slice(list)?;
     let mut ids: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for id in list.data.into_iter().filter_map(|m| m.id) {
         let usable =
             !id.is_empty() && id.len() <= MAX_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic());
-        if usable && !ids.contains(&id) {
+        if usable && kept(&id) && seen.insert(id.clone()) {
             ids.push(id);
             if ids.len() == MAX_IDS {
                 break;
@@ -210,14 +219,17 @@ mod tests {
             {"id":"has space"},
             {"id":"moonshot/kimi-k3"}
         ]}"#;
-        assert_eq!(listed_ids(list).unwrap(), ["kimi-k2.6", "moonshot/kimi-k3"]);
+        assert_eq!(
+            listed_ids(list, |_| true).unwrap(),
+            ["kimi-k2.6", "moonshot/kimi-k3"]
+        );
     }
 
     #[test]
     fn anything_but_a_model_list_is_refused() {
-        assert!(listed_ids(b"[]").is_err());
-        assert!(listed_ids(br#"{"models":[]}"#).is_err());
-        assert!(listed_ids(b"<html>").is_err());
+        assert!(listed_ids(b"[]", |_| true).is_err());
+        assert!(listed_ids(br#"{"models":[]}"#, |_| true).is_err());
+        assert!(listed_ids(b"<html>", |_| true).is_err());
     }
 
     /// The test provider's key is `secret-key-123`.
@@ -246,8 +258,18 @@ mod tests {
             .map(|i| format!(r#"{{"id":"kimi-{i}"}}"#))
             .collect();
         let list = format!(r#"{{"data":[{}]}}"#, data.join(","));
-        let ids = listed_ids(list.as_bytes()).unwrap();
+        let ids = listed_ids(list.as_bytes(), |_| true).unwrap();
         assert_eq!(ids.len(), MAX_IDS);
         assert_eq!(ids[0], "kimi-0");
+    }
+
+    #[test]
+    fn a_number_the_parser_quotes_is_not_shown_either() {
+        let provider = crate::config::test_provider();
+        let err = kept_ids(br#"{"data":[{"id":5}]}"#, &provider)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('5'), "{err}");
+        assert!(err.contains("(text not shown)"), "{err}");
     }
 }

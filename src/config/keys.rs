@@ -16,6 +16,7 @@ pub fn client_keys(
     env: &dyn Fn(&str) -> Option<String>,
     routes: &RouteTable,
     registry: &mut ScopeRegistry,
+    unreadable: &[String],
     problems: &mut Vec<ConfigProblem>,
 ) -> KeyTable {
     let mut table = KeyTable::default();
@@ -34,7 +35,12 @@ pub fn client_keys(
         }
         // A key without a usable secret is still checked through, so one
         // `--check` names every problem of its table.
-        let digest = secret_digest(&file, &path, env, problems);
+        // A secret given, but not as a string, was reported as that: it
+        // is not missing as well.
+        let secret_unreadable = ["secret_env", "secret_sha256"]
+            .iter()
+            .any(|field| unreadable.contains(&format!("{path}.{field}")));
+        let digest = secret_digest(&file, &path, env, secret_unreadable, problems);
         let mut key = ClientKey::new(name.as_str().into(), digest.unwrap_or_default());
         if let Some(models) = &file.models {
             if models.is_empty() {
@@ -92,6 +98,7 @@ fn secret_digest(
     file: &KeyFile,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    secret_unreadable: bool,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<[u8; 32]> {
     if file.secret.is_some() {
@@ -132,6 +139,7 @@ fn secret_digest(
             ));
             None
         }
+        (None, None) if secret_unreadable => None,
         (None, None) => {
             problems.push(ConfigProblem::new(
                 path,
@@ -168,5 +176,32 @@ mod tests {
         assert_eq!(parse_hex(&hex.to_uppercase()), Some(digest(b"sk-test")));
         assert_eq!(parse_hex("abc"), None);
         assert_eq!(parse_hex(&"zz".repeat(32)), None);
+    }
+
+    /// A secret given with the wrong type is one problem, not that and
+    /// "needs secret_env or secret_sha256" too; a key with neither still
+    /// gets that.
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_reported_missing_too() {
+        let keyed = |var: &str| var.ends_with("_API_KEY").then(|| "k".to_string());
+        for text in [
+            "[keys.alpha]\nsecret_sha256 = 5\n",
+            "[keys.alpha]\nsecret_env = [\"A\"]\n",
+        ] {
+            let problems = crate::config::resolve(text, &keyed).err().unwrap().0;
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert!(
+                problems[0].path.starts_with("keys.alpha.secret"),
+                "{problems:?}"
+            );
+        }
+        let problems = crate::config::resolve("[keys.alpha]\nmodels = [\"kimi-k2.6\"]\n", &keyed)
+            .err()
+            .unwrap()
+            .0;
+        assert_eq!(
+            problems[0].to_string(),
+            "keys.alpha: needs secret_env or secret_sha256"
+        );
     }
 }

@@ -39,6 +39,11 @@ pub fn test_provider() -> Arc<Provider> {
     config.providers[0].clone()
 }
 
+/// Ids a catalogue refresh adds to one provider's catalogue at most (the
+/// first its `refresh_models_match` picks): each is a route and a metric
+/// label.
+pub const MAX_FOUND_MODELS: usize = 2_000;
+
 /// Default listen address when neither the file nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 32 MiB (vision requests carry base64 images).
@@ -193,7 +198,11 @@ pub struct Provider {
     pub api_key_env: String,
     /// The keys that are set, in the order of `key_envs`.
     pub keys: Vec<ApiKey>,
+    /// The configured catalogue, then the ids its `/models` listed.
     pub models: Vec<String>,
+    /// How many of `models` the configuration names (the rest were
+    /// discovered by the catalogue refresh).
+    pub configured_models: usize,
     pub headers: HeaderMap,
     pub timeouts: Timeouts,
     /// Streams are sent with `stream_options.include_usage` when the

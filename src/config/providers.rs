@@ -355,11 +355,13 @@ pub fn build_provider(
         &path,
         problems,
     );
+    let configured_models = models.len();
     if let Some(refresh) = &models_refresh
         && let Some(listed) = discovered.get(&draft.name)
     {
-        for id in listed.iter() {
-            if refresh.takes(id) && !models.contains(id) {
+        let picked = listed.iter().filter(|id| refresh.takes(id));
+        for id in picked.take(super::MAX_FOUND_MODELS) {
+            if !models.contains(id) {
                 models.push(id.clone());
             }
         }
@@ -384,6 +386,7 @@ pub fn build_provider(
         key_envs: draft.key_envs,
         keys,
         models,
+        configured_models,
         headers,
         client: crate::client::Client::new(chat_url.origin.clone(), timeouts.connect),
         chat_url,
@@ -778,5 +781,51 @@ mod tests {
         assert_ne!(second.fingerprint, first.fingerprint);
         let off = resolve_reusing("", &keyed, Some(&second)).unwrap();
         assert!(!off.providers[0].models.contains(&"kimi-k3".to_string()));
+    }
+
+    /// The first ids `refresh_models_match` picks join, up to the limit,
+    /// wherever they are in a provider's longer list.
+    #[test]
+    fn found_ids_are_picked_before_the_limit() {
+        let text = "[providers.aimlapi]\nrefresh_models_secs = 60\n";
+        let first = resolve(text, &keyed).unwrap();
+        let mut listed: Vec<String> = (0..super::super::MAX_FOUND_MODELS + 500)
+            .map(|i| format!("gpt-{i}"))
+            .collect();
+        listed.extend((0..super::super::MAX_FOUND_MODELS + 1).map(|i| format!("kimi-x{i}")));
+        first.discovered.replace("aimlapi", listed);
+        let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
+        let aimlapi = second
+            .providers
+            .iter()
+            .find(|p| &*p.name == "aimlapi")
+            .unwrap();
+        let found = &aimlapi.models[aimlapi.configured_models..];
+        assert_eq!(found.len(), super::super::MAX_FOUND_MODELS);
+        assert_eq!(found[0], "kimi-x0");
+        assert!(found.iter().all(|id| id.starts_with("kimi-x")));
+    }
+
+    /// A `<provider>/<model>` name that routes to that provider is not
+    /// taken over by an id another provider's refresh listed: the name
+    /// pins the provider. The listed id stays reachable by its own
+    /// provider's prefix; one that names no route still joins as it is.
+    #[test]
+    fn a_found_id_never_takes_another_providers_pinned_name() {
+        let text = "[providers.aimlapi]\nrefresh_models_secs = 60\n";
+        let first = resolve(text, &keyed).unwrap();
+        let listed = vec!["moonshot/kimi-k2.6".to_string(), "moonshot/kimi-k9".into()];
+        first.discovered.replace("aimlapi", listed);
+        let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
+        let served_by = |name: &str| {
+            let route = second.routes.lookup(name).unwrap();
+            let providers: Vec<&str> = route.targets.iter().map(|t| &*t.provider.name).collect();
+            providers
+        };
+        assert_eq!(served_by("moonshot/kimi-k2.6"), ["moonshot"]);
+        assert_eq!(served_by("aimlapi/moonshot/kimi-k2.6"), ["aimlapi"]);
+        assert_eq!(served_by("moonshot/kimi-k9"), ["aimlapi"]);
+        // A configured id still wins, as AI/ML API's own ids do.
+        assert_eq!(served_by("moonshot/kimi-k2-preview"), ["aimlapi"]);
     }
 }

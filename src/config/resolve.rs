@@ -169,7 +169,14 @@ pub fn resolve_reusing(
     let routes = RouteTable::build(&providers, &aliases, &mut breakers);
     breakers.finish();
     let mut registry = ScopeRegistry::new(previous.map(|p| p.limits.registry()));
-    let keys = client_keys(parsed.keys, env, &routes, &mut registry, &mut problems);
+    let keys = client_keys(
+        parsed.keys,
+        env,
+        &routes,
+        &mut registry,
+        &unreadable,
+        &mut problems,
+    );
     // A value that could not be read is reported once, as that: a later
     // check that then finds it missing would only say it again.
     let mut index = 0;

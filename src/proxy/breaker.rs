@@ -307,12 +307,15 @@ impl Permit<'_> {
     }
 
     /// The attempt says nothing about the target's health (e.g. the client's
-    /// own bad request, or a rate limit): a probe closes the circuit, since
-    /// the target did answer.
+    /// own bad request, or a rate limit), but the target did answer: a
+    /// probe closes the circuit, and a run of failures in a row ends (the
+    /// same answer cannot prove health to one and not the other).
     pub fn neutral(mut self) {
         self.reported = true;
         if self.probe {
             self.breaker.on_success(true, now_ms());
+        } else if self.breaker.consecutive.load(Ordering::Relaxed) != 0 {
+            self.breaker.consecutive.store(0, Ordering::Relaxed);
         }
     }
 
@@ -496,6 +499,22 @@ mod tests {
         fail(&b, 6);
         assert_eq!(b.state_at(6), BreakerState::Open);
         assert!(b.try_acquire_at(50).is_none());
+    }
+
+    /// An answer that says nothing of the target's health (the client's
+    /// own 400, a refused key) still shows the target answering: the run
+    /// of failures in a row ends there, as a probe would close on it.
+    #[test]
+    fn a_neutral_answer_ends_a_run_of_failures() {
+        let b = breaker();
+        fail(&b, 1);
+        fail(&b, 2);
+        b.try_acquire_at(3).expect("closed").neutral();
+        fail(&b, 4);
+        fail(&b, 5);
+        assert_eq!(b.state_at(5), BreakerState::Closed);
+        fail(&b, 6);
+        assert_eq!(b.state_at(6), BreakerState::Open);
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! 2. an exact model id some provider serves (several providers: their order);
 //! 3. `<provider>/<model>` naming a configured provider and a model it serves.
 //!
-//! An exact id wins over rule 3 because AI/ML API's own ids start with `moonshot/`.
+//! An exact id wins over rule 3 because AI/ML API's own ids start with `moonshot/`,
+//! but only a configured one: an id a catalogue refresh discovered never
+//! takes a `<provider>/<model>` name that routes to that provider, so a
+//! client that pins a provider stays pinned whatever another one lists.
 //! A provider with several keys contributes one target per key.
 
 use super::breaker::{Breaker, BreakerRegistry};
@@ -129,12 +132,21 @@ impl RouteTable {
     ) -> RouteTable {
         let mut exact: Vec<(String, Vec<Target>)> = Vec::new();
         let mut explicit: Vec<(String, Vec<Target>)> = Vec::new();
+        let pinned: foldhash::HashSet<String> = providers
+            .iter()
+            .flat_map(|p| p.models.iter().map(move |m| format!("{}/{m}", p.name)))
+            .collect();
+        let names_a_provider_model = |id: &str| pinned.contains(id);
         for (rank, provider) in providers.iter().enumerate() {
-            for model in &provider.models {
+            for (i, model) in provider.models.iter().enumerate() {
                 let targets = targets(provider, model, rank as u32, 1, breakers);
-                match exact.iter_mut().find(|(name, _)| name == model) {
-                    Some((_, existing)) => existing.extend(targets.iter().cloned()),
-                    None => exact.push((model.clone(), targets.clone())),
+                let discovered = i >= provider.configured_models;
+                // Reachable still as `<this provider>/<id>`.
+                if !(discovered && names_a_provider_model(model)) {
+                    match exact.iter_mut().find(|(name, _)| name == model) {
+                        Some((_, existing)) => existing.extend(targets.iter().cloned()),
+                        None => exact.push((model.clone(), targets.clone())),
+                    }
                 }
                 explicit.push((format!("{}/{}", provider.name, model), targets));
             }
