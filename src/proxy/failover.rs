@@ -223,7 +223,7 @@ where
         let result = attempt(target).await;
         under_way.target = None;
         drop(under_way);
-        let error = match result {
+        let mut error = match result {
             Ok(value) => {
                 permit.success();
                 events.emit(target, Event::Attempt(AttemptOutcome::Success));
@@ -259,6 +259,15 @@ where
                 states[i].skipped = true;
                 if error.code.as_deref() == Some("upstream_key_rejected") {
                     let key_env = target.provider.keys.get(target.key_index);
+                    // The message names every key variable of the provider
+                    // ("check A or B"); the attempt knows which key it was.
+                    if let Some(key) = key_env
+                        && target.provider.keys.len() > 1
+                        && let Some(before) =
+                            error.message.strip_suffix(&*target.provider.api_key_env)
+                    {
+                        error.message = format!("{before}{}", key.env).into();
+                    }
                     tracing::error!(
                         provider = &*target.provider.name,
                         upstream_target = &*target.label,

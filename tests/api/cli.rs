@@ -830,8 +830,8 @@ fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
     assert_eq!(line["error_type"], "", "{line}");
 }
 
-/// A provider that refuses one of several keys: the alert line names the
-/// variable that holds it.
+/// A provider that refuses one of several keys: the alert line and the
+/// error name the variable that holds it.
 #[test]
 fn a_rejected_key_is_named_by_its_variable() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -872,6 +872,9 @@ fn a_rejected_key_is_named_by_its_variable() {
     child.wait().unwrap();
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["key_env"], "MOONSHOT_KEY_OLD", "{line}");
+    // The error names the refused key's variable, not all of them.
+    let message = line["message"].as_str().unwrap();
+    assert!(message.ends_with("; check MOONSHOT_KEY_OLD"), "{line}");
     assert!(!line.to_string().contains("revoked"), "{line}");
 }
 
