@@ -106,6 +106,8 @@ enum RefreshError {
     Shape(String),
     #[error("no answer within {} s", ASK_TIME.as_secs())]
     TimedOut,
+    #[error("the list names no usable model")]
+    Empty,
 }
 
 /// `GET {base_url}/models` with the provider's first key; the ids listed.
@@ -152,7 +154,15 @@ async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
 /// error never repeats the provider's text.
 fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshError> {
     let quotes_no_key = |id: &str| !provider.keys.iter().any(|key| id.contains(&key.secret));
-    listed_ids(list, quotes_no_key).map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))
+    let ids = listed_ids(list, quotes_no_key)
+        .map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
+    // A provider serves some model: a list of none is a fault of the
+    // moment (an empty cache, a deploy), and taken as it is it would
+    // unroute every model found until the next refresh.
+    if ids.is_empty() {
+        return Err(RefreshError::Empty);
+    }
+    Ok(ids)
 }
 
 /// A parser's message without the text it quotes from the list (`invalid
@@ -261,6 +271,18 @@ mod tests {
         let ids = listed_ids(list.as_bytes(), |_| true).unwrap();
         assert_eq!(ids.len(), MAX_IDS);
         assert_eq!(ids[0], "kimi-0");
+    }
+
+    #[test]
+    fn a_list_of_no_usable_model_is_a_failed_refresh() {
+        let provider = crate::config::test_provider();
+        for list in [
+            &br#"{"data":[]}"#[..],
+            br#"{"data":[{"id":""},{"object":"model"},{"id":"kimi-secret-key-123"}]}"#,
+        ] {
+            let err = kept_ids(list, &provider).unwrap_err();
+            assert!(matches!(err, RefreshError::Empty), "{err}");
+        }
     }
 
     #[test]

@@ -189,11 +189,16 @@ async fn a_failed_refresh_keeps_the_catalogue_it_had() {
     let app = refreshing_app(&dir, REFRESH_EVERY_SECOND, &url).await;
     until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-k3-preview")).await;
 
+    // An error, then a list of no model: both fail, and change nothing.
     listing.lock().unwrap().ids = None;
     until_refreshes(&app, "failure", 1).await;
     let (status, answer) = chat_status(&app, "kimi-k3-preview").await;
     assert_eq!(status, 200, "{answer}");
     assert!(listed(&app).await.contains(&"kimi-k3-preview".to_string()));
+    listing.lock().unwrap().ids = Some(vec![]);
+    until_refreshes(&app, "failure", 2).await;
+    let (status, answer) = chat_status(&app, "kimi-k3-preview").await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[tokio::test]
