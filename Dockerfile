@@ -36,7 +36,11 @@ WORKDIR /src
 
 # 1. Dependencies only: the manifest, the lock file, and an empty stand-in for
 #    every target the manifest names (library, binaries, benchmarks), so this
-#    layer is rebuilt only when Cargo.toml or Cargo.lock change.
+#    layer is rebuilt only when Cargo.toml or Cargo.lock change. The crates
+#    are downloaded here; they are compiled here only for the plain build
+#    (PGO=0): the profile-guided one compiles them with its own flags, twice,
+#    and a build with these flags would be thrown away.
+ARG PGO=1
 COPY Cargo.toml Cargo.lock ./
 RUN set -eux; \
     { sed -n 's/^path *= *"\([^"]*\.rs\)".*/\1/p' Cargo.toml; \
@@ -46,7 +50,10 @@ RUN set -eux; \
     | sort -u | while read -r stub; do \
         mkdir -p "$(dirname "$stub")"; echo 'fn main() {}' > "$stub"; \
       done; \
-    cargo build --release --locked --target "$RUST_TARGET" --bin kimi-gateway --bin mock-provider; \
+    cargo fetch --locked --target "$RUST_TARGET"; \
+    if [ "$PGO" != 1 ]; then \
+      cargo build --release --locked --target "$RUST_TARGET" --bin kimi-gateway --bin mock-provider; \
+    fi; \
     rm -rf src
 
 # 2. The project's own code (the benchmark stand-ins stay: the manifest names
@@ -55,8 +62,7 @@ RUN set -eux; \
 #    gateway is built profile-guided (scripts/pgo-build.sh: an instrumented
 #    build, a training run against the mock provider on loopback, then the
 #    optimised build; it installs Debian's llvm-N for llvm-profdata), which
-#    rebuilds the dependencies twice; PGO=0 is the plain release build.
-ARG PGO=1
+#    compiles the dependencies twice; PGO=0 is the plain release build.
 COPY src ./src
 COPY benches/gateway.toml ./benches/gateway.toml
 COPY scripts/pgo-build.sh ./scripts/pgo-build.sh
