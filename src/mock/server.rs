@@ -545,6 +545,12 @@ fn stream_body(
                 return Some((Ok(error_event.clone()), (usize::MAX, events, guard)));
             }
             if cut_after.is_some_and(|n| i >= n) {
+                // Once pending first, so the server writes out the events
+                // it holds: an error while they are still buffered would
+                // drop them, and the head, with the connection.
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
                 guard.armed = false;
                 let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock cut");
                 return Some((Err(cut), (usize::MAX, events, guard)));

@@ -74,13 +74,17 @@ async fn stream_bytes_are_the_providers_bytes() {
 #[tokio::test]
 async fn a_cut_mid_stream_ends_with_an_error_event_and_no_done() {
     let app = spawn_app().await;
-    let response = app
-        .chat(chat_body(
-            "kimi-k2.6",
-            "[mock cut_after=2 chunks=5 chunk_delay_ms=20]",
-            true,
-        ))
-        .await;
+    // Paced, and all at once (the mock writes its events out before the cut).
+    for directive in [
+        "[mock cut_after=2 chunks=5 chunk_delay_ms=20]",
+        "[mock cut_after=2 chunks=5]",
+    ] {
+        a_cut_after_two_events(&app, directive).await;
+    }
+}
+
+async fn a_cut_after_two_events(app: &TestApp, directive: &str) {
+    let response = app.chat(chat_body("kimi-k2.6", directive, true)).await;
     assert_eq!(response.status(), 200);
     let events = sse_data(response).await;
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
