@@ -362,9 +362,10 @@ impl ObjectScan {
             State::Number(place) if !place.complete() => {
                 return Err(error_at(self.token_start, "invalid number"));
             }
-            // A number ended by the input's end is followed by nothing.
+            // A value ended by the input's end is followed by nothing: the
+            // `,` or the closing bracket is missing at the end.
             State::Number(_) | State::AfterValue => {
-                return Err(error_at(end.saturating_sub(1), self.after_value_reason()));
+                return Err(error_at(end, self.after_value_reason()));
             }
             State::Failed => unreachable!("a failed scan keeps its error"),
         };
@@ -604,6 +605,23 @@ mod tests {
             "{\"a\":\"line\nbreak\"}",
         ] {
             assert!(fields(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    /// A body cut right after a value misses its `,` or closing bracket
+    /// at its end, where a JSON parser reports it too.
+    #[test]
+    fn a_body_ended_after_a_value_is_reported_at_its_end() {
+        for (cut, reason) in [
+            (r#"{"model":"alias1""#, "expected ',' or '}'"),
+            (r#"{"model":"alias1" "#, "expected ',' or '}'"),
+            (r#"{"a":1"#, "expected ',' or '}'"),
+            (r#"{"x":[1"#, "expected ',' or a closing bracket"),
+            (r#"{"x":{}"#, "expected ',' or '}'"),
+            (r#"{"x":true"#, "expected ',' or '}'"),
+        ] {
+            let err = fields(cut).unwrap_err();
+            assert_eq!((err.offset, err.reason), (cut.len(), reason), "{cut}");
         }
     }
 
