@@ -170,6 +170,26 @@ enum Carrier {
     SuccessBody(StatusCode),
 }
 
+impl Carrier {
+    /// "provider P {in_stream} an error event that {what}", or for a body
+    /// "provider P answered HTTP N with an error that {what}".
+    fn error_that(self, provider: &Provider, in_stream: &str, what: &str) -> String {
+        match self {
+            Carrier::StreamEvent => {
+                format!(
+                    "provider {} {in_stream} an error event that {what}",
+                    provider.name
+                )
+            }
+            Carrier::SuccessBody(status) => format!(
+                "provider {} answered HTTP {} with an error that {what}",
+                provider.name,
+                status.as_u16()
+            ),
+        }
+    }
+}
+
 /// A provider's error event inside a stream (`data: {"error":{...}}`): the
 /// error the stream ended with. When it is the stream's first event,
 /// nothing was sent yet and it fails the attempt as an HTTP error with
@@ -203,17 +223,7 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
         let unreadable = memchr::memmem::find(data, b"\"error\"").is_some()
             && super::json_mend::surrogates_mended(data)
                 .is_none_or(|whole| first_value(&whole).is_none());
-        let message = match carrier {
-            Carrier::StreamEvent => format!(
-                "provider {} sent an error event that is not valid JSON",
-                provider.name
-            ),
-            Carrier::SuccessBody(status) => format!(
-                "provider {} answered HTTP {} with an error that is not valid JSON",
-                provider.name,
-                status.as_u16()
-            ),
-        };
+        let message = carrier.error_that(provider, "sent", "is not valid JSON");
         return unreadable.then(|| StreamError {
             error: GatewayError::server(StatusCode::BAD_GATEWAY, message)
                 .with_code(super::upstream::BAD_RESPONSE),
@@ -227,17 +237,8 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
     // Without a message the HTTP fallback ("answered HTTP 502") would be
     // wrong: the status said 200.
     if says.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
-        says.message = Some(match carrier {
-            Carrier::StreamEvent => format!(
-                "provider {} ended the stream with an error event that gave no message",
-                provider.name
-            ),
-            Carrier::SuccessBody(status) => format!(
-                "provider {} answered HTTP {} with an error that gave no message",
-                provider.name,
-                status.as_u16()
-            ),
-        });
+        says.message =
+            Some(carrier.error_that(provider, "ended the stream with", "gave no message"));
     }
     let empty = says.error_empty;
     let status = says

@@ -307,35 +307,22 @@ async fn a_done_left_unended_at_the_bodys_end_completes_the_stream() {
 
 /// A provider that sends `data: [DONE]` and its line end, then keeps its
 /// body open without the blank line: the client's stream ends at once,
-/// complete, not at the idle limit with an error.
+/// complete, not at the idle limit with an error. With a bare CR as its
+/// line end too: once nothing more has come, no LF is on its way to make
+/// it a CRLF, and the line has ended.
 #[tokio::test]
 async fn a_done_line_left_open_ends_the_stream_at_once() {
     let _serial = REST_READS_USED.lock().await;
-    let (upstream, more, _told) =
-        body_after_done(Bytes::from([&event(0)[..], b"data: [DONE]\n"].concat()));
-    let (frames, end) = relay_all(upstream).await;
-    assert_eq!(
-        frames.concat(),
-        [&event(0)[..], b"data: [DONE]\n\n"].concat()
-    );
-    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
-    drop(more);
-}
-
-/// The same with a bare CR as its line end: once nothing more has come,
-/// no LF is on its way to make it a CRLF, and the line has ended.
-#[tokio::test]
-async fn a_done_line_ended_by_a_bare_cr_left_open_ends_the_stream_at_once() {
-    let _serial = REST_READS_USED.lock().await;
-    let (upstream, more, _told) =
-        body_after_done(Bytes::from([&event(0)[..], b"data: [DONE]\r"].concat()));
-    let (frames, end) = relay_all(upstream).await;
-    assert_eq!(
-        frames.concat(),
-        [&event(0)[..], b"data: [DONE]\r\r"].concat()
-    );
-    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
-    drop(more);
+    for (sent, relayed) in [
+        (&b"data: [DONE]\n"[..], &b"data: [DONE]\n\n"[..]),
+        (b"data: [DONE]\r", b"data: [DONE]\r\r"),
+    ] {
+        let (upstream, more, _told) = body_after_done(Bytes::from([&event(0)[..], sent].concat()));
+        let (frames, end) = relay_all(upstream).await;
+        assert_eq!(frames.concat(), [&event(0)[..], relayed].concat());
+        assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
+        drop(more);
+    }
 }
 
 /// An unended event that only mentions `[DONE]` is no answer's end.
