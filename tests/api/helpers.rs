@@ -258,20 +258,28 @@ pub async fn raw_provider(answer: Vec<u8>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
+            read_request_head(&mut stream).await;
             let _ = stream.write_all(&answer).await;
             let _ = stream.shutdown().await;
         }
     });
     url
+}
+
+/// Reads from `stream` until a request head has ended: false when the
+/// connection closed or failed first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
 }

@@ -413,13 +413,8 @@ async fn early_answer_server(close: bool) -> http::Uri {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 1024];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
+                if !crate::helpers::read_request_head(&mut stream).await {
+                    return;
                 }
                 stream.write_all(EARLY_413.as_bytes()).await.unwrap();
                 if close {
