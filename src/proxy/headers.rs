@@ -18,8 +18,11 @@ pub const X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-pr
 
 /// Upstream response headers never forwarded: hop-by-hop (RFC 9110 7.6.1)
 /// and framing, which the server writes itself; the state and identity of the
-/// gateway's provider account; what the gateway sets itself; and the
-/// provider account's own rate limits, which are not the client's.
+/// gateway's provider account; what the gateway sets itself; the
+/// provider account's own rate limits, which are not the client's; and
+/// policy a browser would apply to the gateway's own origin (cross-origin
+/// access, HSTS, other services, site data, redirects, downloads): the
+/// provider's say about its origin is not the gateway's.
 fn is_dropped(name: &[u8]) -> bool {
     matches!(
         name,
@@ -46,7 +49,23 @@ fn is_dropped(name: &[u8]) -> bool {
             | b"x-gateway-provider"
             | b"x-gateway-attempts"
             | b"x-upstream-request-id"
+            | b"set-cookie2"
+            | b"strict-transport-security"
+            | b"alt-svc"
+            | b"clear-site-data"
+            | b"refresh"
+            | b"location"
+            | b"content-location"
+            | b"content-disposition"
+            | b"content-security-policy"
+            | b"content-security-policy-report-only"
+            | b"permissions-policy"
+            | b"www-authenticate"
+            | b"report-to"
+            | b"nel"
     ) || name.starts_with(b"x-ratelimit-")
+        || name.starts_with(b"access-control-")
+        || name.starts_with(b"cross-origin-")
 }
 
 /// The names the providers give their id for a request, best first.
@@ -296,6 +315,19 @@ mod tests {
             ("x-gateway-provider", "moonshot"),
             ("X-Gateway-Attempts", "1"),
             ("x-upstream-request-id", "inner"),
+            // Policy for the provider's origin, not the gateway's.
+            ("Access-Control-Allow-Origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("Cross-Origin-Resource-Policy", "cross-origin"),
+            ("strict-transport-security", "max-age=0"),
+            ("alt-svc", "h3=\":443\""),
+            ("clear-site-data", "\"*\""),
+            ("refresh", "0;url=http://elsewhere"),
+            ("location", "http://elsewhere"),
+            ("content-disposition", "attachment"),
+            ("content-security-policy", "default-src *"),
+            ("set-cookie2", "a=b"),
+            ("www-authenticate", "Bearer"),
         ] {
             wire.push_str(&format!("{k}: {v}\r\n"));
         }
