@@ -162,20 +162,31 @@ pub fn authenticate(
     let caller = {
         let config = state.peek_config();
         if config.keys.is_empty() {
+            // A web page the user visits can make the browser POST to a
+            // gateway on localhost (a form's or `fetch`'s simple request
+            // needs no consent from the server), and spend its providers'
+            // accounts. Browsers name the page's origin on such requests;
+            // other clients do not. A keyed gateway needs no such check:
+            // a browser adds no key to another origin's request.
+            if request.headers.contains_key(header::ORIGIN)
+                && !PUBLIC_PATHS.contains(&request.uri.path())
+            {
+                return Err(Unauthenticated::BrowserOnOpenGateway);
+            }
             Caller::anonymous()
         } else if PUBLIC_PATHS.contains(&request.uri.path()) {
             Caller::unchecked()
         } else {
             match presented_key(&request.headers) {
-                Err(twice) => return Err(Unauthenticated(twice)),
+                Err(twice) => return Err(Unauthenticated::NoKey(twice)),
                 Ok(None) => {
-                    return Err(Unauthenticated(
+                    return Err(Unauthenticated::NoKey(
                         "missing API key: send it as 'Authorization: Bearer <key>' or in 'x-api-key'",
                     ));
                 }
                 Ok(Some(presented)) => match config.keys.find(presented) {
                     Some(key) => Caller::with_key(key),
-                    None => return Err(Unauthenticated("invalid API key")),
+                    None => return Err(Unauthenticated::NoKey("invalid API key")),
                 },
             }
         }
@@ -225,22 +236,41 @@ fn only_one(
     }
 }
 
-/// A request without a usable key; answered 401 with `WWW-Authenticate`.
+/// A caller the gateway does not serve.
 #[derive(Debug)]
-pub struct Unauthenticated(&'static str);
+pub enum Unauthenticated {
+    /// No usable key, and keys are configured: 401 with `WWW-Authenticate`.
+    NoKey(&'static str),
+    /// A browser's request (it names its page's `Origin`) to a gateway
+    /// without keys: 403.
+    BrowserOnOpenGateway,
+}
 
 impl IntoResponse for Unauthenticated {
     fn into_response(self) -> Response {
-        let mut response = GatewayError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorType::InvalidAuthenticationError,
-            self.0,
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+        match self {
+            Unauthenticated::NoKey(why) => {
+                let mut response = GatewayError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorType::InvalidAuthenticationError,
+                    why,
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Unauthenticated::BrowserOnOpenGateway => GatewayError::new(
+                StatusCode::FORBIDDEN,
+                ErrorType::PermissionDeniedError,
+                "a request from a web page (it has an Origin header field) is refused by a \
+                 gateway without client keys: any page the user visits could send one; \
+                 configure [keys] to serve browsers",
+            )
+            .with_code("browser_request_refused")
+            .into_response(),
+        }
     }
 }
 

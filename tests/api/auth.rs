@@ -75,6 +75,52 @@ async fn a_missing_or_unknown_key_is_401() {
     assert_eq!(app.mock.requests().len(), 0);
 }
 
+/// A web page can make the browser POST to a gateway on localhost; the
+/// browser names the page's origin. A gateway without keys refuses such
+/// requests (403) before any provider is asked; public paths still
+/// answer, and a keyed gateway serves a browser that sends its key.
+#[tokio::test]
+async fn an_open_gateway_refuses_requests_from_web_pages() {
+    let app = spawn_app().await;
+    let from_a_page = |path: &str| {
+        app.client
+            .post(app.url(path))
+            .header("origin", "https://some.page.example")
+            .header("content-type", "text/plain")
+            .body(chat_body("kimi-k2.6", "hi", false).to_string())
+            .send()
+    };
+    let response = from_a_page("/v1/chat/completions").await.unwrap();
+    assert_eq!(response.status(), 403);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "permission_denied_error", "{error}");
+    assert_eq!(error["code"], "browser_request_refused", "{error}");
+    assert!(app.mock.requests().is_empty());
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", "https://some.page.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // Without the field (every SDK, curl), served.
+    let response = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
+    assert_eq!(response.status(), 200);
+
+    let keyed = spawn_with_keys("").await;
+    let response = keyed
+        .client
+        .post(keyed.url("/v1/chat/completions"))
+        .header("origin", "https://app.example")
+        .bearer_auth("sk-a")
+        .body(chat_body("kimi-k2.6", "hi", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 #[tokio::test]
 async fn bearer_and_x_api_key_are_both_accepted() {
     let app = spawn_with_keys("").await;
