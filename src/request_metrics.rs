@@ -12,14 +12,15 @@ use std::time::Duration;
 /// too large, …): counted with no route or provider, as the client's
 /// mistake. Not timed: nothing was served.
 pub fn observe_refused_head(status: StatusCode, metrics: &Metrics) {
+    // A 503 is the gateway's want of room, not the client's fault.
+    let error_type = if status == StatusCode::SERVICE_UNAVAILABLE {
+        crate::error::ErrorType::ServerError
+    } else {
+        crate::error::ErrorType::InvalidRequestError
+    };
     metrics
         .requests
-        .with_label_values(&[
-            NONE,
-            NONE,
-            status.as_str(),
-            crate::error::ErrorType::InvalidRequestError.as_str(),
-        ])
+        .with_label_values(&[NONE, NONE, status.as_str(), error_type.as_str()])
         .inc();
 }
 

@@ -49,6 +49,17 @@ impl BadHead {
     fn bad(message: &'static str) -> BadHead {
         BadHead::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// A long head part-way in found no room under
+    /// `server.max_body_bytes_total`: the gateway's want, not the client's
+    /// fault (503 `gateway_out_of_resources`, retried after a second).
+    pub fn no_room() -> BadHead {
+        BadHead::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is holding as many request bytes as it may \
+             (server.max_body_bytes_total), and this request head is long; retry shortly",
+        )
+    }
 }
 
 /// Where the request line's version is: its last word, after any empty

@@ -92,15 +92,29 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let reply = too_large.response().await;
     assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
 
-    // Bodies of up to 64 KiB are bounded by their connection, not held
-    // against the total: one that came with its head, and one of 60 KB
-    // (more than the connection's first read) go on.
+    // Bodies of up to 16 KiB are bounded by their connection, not held
+    // against the total: one that came with its head, and one of 15 KB
+    // (more than the connection's first read) go on; one of 60 KB is
+    // claimed, and finds no room.
     let small = app.chat(chat_body(MODEL, "small", false)).await;
     assert_eq!(small.status(), 200);
     let mut medium = Client::connect(app.addr).await;
-    medium.send(chat_request(&large_body(60_000))).await;
+    medium.send(chat_request(&large_body(15_000))).await;
     let reply = medium.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    let mut over = Client::connect(app.addr).await;
+    over.send(chat_request(&large_body(60_000))).await;
+    assert_no_room(&over.response().await);
+
+    // A request head past 16 KiB still arriving claims 64 KiB too: no room.
+    let mut long_head = Client::connect(app.addr).await;
+    long_head
+        .send(format!(
+            "GET /v1/models HTTP/1.1\r\nhost: gateway\r\nx-long: {}\r\n",
+            "a".repeat(20_000)
+        ))
+        .await;
+    assert_no_room(&long_head.response().await);
     let metrics = scrape(&app).await;
     assert!(
         metrics.contains(&format!("kimi_gateway_request_body_bytes {}\n", body.len())),
@@ -128,6 +142,17 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let mut again = Client::connect(app.addr).await;
     again.send(&request).await;
     let reply = again.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    assert_eq!(app.state.body_budget.held(), 0);
+    // With room, a long head is served, and its claim given back.
+    let mut long_head = Client::connect(app.addr).await;
+    long_head
+        .send(format!(
+            "GET /v1/models HTTP/1.1\r\nhost: gateway\r\nx-long: {}\r\n\r\n",
+            "a".repeat(20_000)
+        ))
+        .await;
+    let reply = long_head.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
     assert_eq!(app.state.body_budget.held(), 0);
 }

@@ -46,8 +46,14 @@ impl Connection {
             error = bad.message,
             "request head refused"
         );
-        let response = GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
-            .into_response();
+        let error = if bad.status == http::StatusCode::SERVICE_UNAVAILABLE {
+            GatewayError::server(bad.status, bad.message)
+                .with_code(crate::proxy::upstream::OUT_OF_RESOURCES)
+                .with_retry_after(Some(http::HeaderValue::from_static("1")))
+        } else {
+            GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)
+        };
+        let response = error.into_response();
         let mut fields = WireFields::default();
         fields.push(&X_REQUEST_ID, &id);
         if self

@@ -44,8 +44,16 @@ const READ_SIZE: usize = 8 * 1024;
 /// Larger reads while a long body is still to come.
 const LARGE_READ_SIZE: usize = 64 * 1024;
 /// Bytes read ahead (pipelined requests, a body the handler has not asked
-/// for yet) while a request is in flight, at most.
-const READ_AHEAD: usize = 64 * 1024;
+/// for yet) while a request is in flight, at most: what a connection holds
+/// uncounted for as long as its request lasts (a stream: minutes), so
+/// small; the rest waits in the socket.
+const READ_AHEAD: usize = 16 * 1024;
+/// A request head part-way in past this many bytes claims
+/// `request_head::MAX_HEAD_BYTES` of `server.max_body_bytes_total` until
+/// it is whole: heads are a few hundred bytes to a few KiB, and without a
+/// shared bound, clients trickling heads of up to 64 KiB on every
+/// connection could hold connections × 64 KiB for the idle limit.
+const UNCOUNTED_HEAD: usize = 16 * 1024;
 /// How long a request head part-way in may take to come whole once the
 /// server is closing or making room at its connection cap: a head is
 /// usually one packet, so its rest is due within a round trip. A
@@ -100,7 +108,7 @@ pub async fn serve(
             closed: closed.as_mut(),
             idle: idle.as_mut(),
         };
-        let head = match connection.next_head(waiting).await {
+        let head = match connection.next_head(waiting, &gateway).await {
             Ok(head) => head,
             Err(NoHead::Refused(bad)) => {
                 crate::request_metrics::observe_refused_head(bad.status, &gateway.state().metrics);
@@ -202,7 +210,10 @@ impl Connection {
     async fn next_head<C: Future<Output = ()>>(
         &mut self,
         mut waiting: Waiting<'_, '_, C>,
+        gateway: &Gateway,
     ) -> Result<RequestHead, NoHead> {
+        // A long head's claim on the shared total, held until it is whole.
+        let mut claim: Option<BodyClaim> = None;
         // When the wait began (not per read: a head trickled in must still
         // be complete in time), on the coarse clock.
         let mut began = None;
@@ -214,7 +225,22 @@ impl Connection {
                 match request_head::parse(&mut self.read, &mut self.spare_headers) {
                     Ok(Some(head)) => {
                         self.first_head_due = None;
+                        if claim.is_some() && self.read.is_empty() {
+                            // The long head's room, given back with its
+                            // claim rather than kept for the connection's
+                            // life.
+                            self.read = BytesMut::new();
+                        }
                         return Ok(head);
+                    }
+                    Ok(None) if self.read.len() > UNCOUNTED_HEAD && claim.is_none() => {
+                        let state = gateway.state();
+                        let total = state.config().max_body_bytes_total as u64;
+                        let room = request_head::MAX_HEAD_BYTES as u64;
+                        claim = state.body_budget.claim(room, total);
+                        if claim.is_none() {
+                            return Err(NoHead::Refused(BadHead::no_room()));
+                        }
                     }
                     Ok(None) => {}
                     Err(bad) => return Err(NoHead::Refused(bad)),
