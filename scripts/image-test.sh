@@ -547,8 +547,13 @@ if set(spec) - known:
     problems.append(f"ServiceMonitor spec has unexpected keys {sorted(set(spec) - known)}")
 pod = dep["spec"]["template"]["spec"]
 c = pod["containers"][0]
-if dep["spec"]["replicas"] < 2:
-    problems.append("Deployment has fewer than 2 replicas")
+# The autoscaler owns the replica count: a count in the Deployment would be
+# reset by every `kubectl apply`.
+hpa = load("hpa.yaml")
+if "replicas" in dep["spec"]:
+    problems.append("Deployment sets replicas, which the HorizontalPodAutoscaler owns")
+if hpa["spec"]["scaleTargetRef"]["name"] != dep["metadata"]["name"] or hpa["spec"]["minReplicas"] < 2:
+    problems.append("the HorizontalPodAutoscaler does not keep the Deployment at 2 replicas or more")
 if pod["terminationGracePeriodSeconds"] <= 30 + c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0):
     problems.append("terminationGracePeriodSeconds does not cover the pre-stop pause plus the 30 s drain")
 sc = c["securityContext"]
