@@ -59,15 +59,30 @@ impl BreakerState {
     }
 }
 
+/// A target's breaker: the settings of one configuration over a circuit
+/// that outlives it. A reload that keeps the target hands the same
+/// [`Circuit`] to the new configuration's breaker, so the outcomes of
+/// requests still in flight on the old configuration count in it too.
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
     /// The target's label (`provider/model`), for the log lines that say
     /// when its circuit opens and closes.
     label: Box<str>,
+    circuit: Arc<Circuit>,
+}
+
+/// The state of a target's circuit, shared by the breakers that different
+/// configurations have for the target.
+#[derive(Debug, Default)]
+struct Circuit {
     consecutive: AtomicU32,
-    /// 0 while closed; otherwise when the cool-down ends.
-    open_until_ms: AtomicU64,
+    /// 0 while closed; otherwise when the circuit opened (at least 1).
+    opened_at_ms: AtomicU64,
+    /// The cool-down of the opening running (doubled by failed probes),
+    /// held within the reading breaker's bounds: a reload that lowers
+    /// them brings a recovered provider back at once if its circuit has
+    /// been open that long, rather than after the old cool-down.
     cooldown_ms: AtomicU64,
     probing: AtomicBool,
     window_start_ms: AtomicU64,
@@ -92,53 +107,19 @@ impl Breaker {
 
     /// A breaker whose state changes are logged under `label`.
     pub fn named(settings: BreakerSettings, label: &str) -> Self {
+        let circuit = Circuit {
+            cooldown_ms: AtomicU64::new(settings.cooldown.as_millis() as u64),
+            ..Circuit::default()
+        };
+        Breaker::over(settings, label, Arc::new(circuit))
+    }
+
+    fn over(settings: BreakerSettings, label: &str, circuit: Arc<Circuit>) -> Self {
         Breaker {
             settings,
             label: label.into(),
-            consecutive: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
-            cooldown_ms: AtomicU64::new(settings.cooldown.as_millis() as u64),
-            probing: AtomicBool::new(false),
-            window_start_ms: AtomicU64::new(0),
-            window_total: AtomicU32::new(0),
-            window_failed: AtomicU32::new(0),
+            circuit,
         }
-    }
-
-    /// A breaker with new `settings` that goes on from `old`'s state: a
-    /// reload that tunes the breakers leaves an open circuit open, not every
-    /// failing target back in rotation. The cool-down running is held
-    /// within the new bounds, counted from when it began: an operator who
-    /// lowers it to bring a recovered provider back sooner gets that now,
-    /// not after the old cool-down. A probe in flight reports to `old`.
-    fn carried(settings: BreakerSettings, old: &Breaker) -> Self {
-        let carried = Breaker::named(settings, &old.label);
-        let open_until = old.open_until_ms.load(Ordering::Acquire);
-        if open_until != 0 {
-            let running = old.cooldown_ms.load(Ordering::Relaxed);
-            let cooldown = running.clamp(
-                settings.cooldown.as_millis() as u64,
-                settings.max_cooldown.as_millis() as u64,
-            );
-            // Every opening ends `cooldown_ms` after it began.
-            let opened_at = open_until.saturating_sub(running);
-            carried.cooldown_ms.store(cooldown, Ordering::Relaxed);
-            carried
-                .open_until_ms
-                .store((opened_at + cooldown).max(1), Ordering::Release);
-        }
-        for (to, from) in [
-            (&carried.consecutive, &old.consecutive),
-            (&carried.window_total, &old.window_total),
-            (&carried.window_failed, &old.window_failed),
-        ] {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        let window_start = old.window_start_ms.load(Ordering::Relaxed);
-        carried
-            .window_start_ms
-            .store(window_start, Ordering::Relaxed);
-        carried
     }
 
     pub fn settings(&self) -> BreakerSettings {
@@ -150,16 +131,35 @@ impl Breaker {
     }
 
     pub fn state_at(&self, now: u64) -> BreakerState {
-        match self.open_until_ms.load(Ordering::Acquire) {
-            0 => BreakerState::Closed,
-            until if now < until => BreakerState::Open,
-            _ => BreakerState::HalfOpen,
+        match self.open_until() {
+            None => BreakerState::Closed,
+            Some(until) if now < until => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
         }
+    }
+
+    /// When the cool-down of an open circuit ends; `None` while closed.
+    fn open_until(&self) -> Option<u64> {
+        match self.circuit.opened_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            opened_at => Some(opened_at + self.cooldown_ms()),
+        }
+    }
+
+    /// The running cool-down, within this configuration's bounds.
+    fn cooldown_ms(&self) -> u64 {
+        let shortest = self.settings.cooldown.as_millis() as u64;
+        let longest = self.settings.max_cooldown.as_millis() as u64;
+        self.circuit
+            .cooldown_ms
+            .load(Ordering::Relaxed)
+            .min(longest)
+            .max(shortest)
     }
 
     /// How long until an open circuit lets a probe through.
     pub fn opens_in(&self) -> Option<Duration> {
-        let until = self.open_until_ms.load(Ordering::Acquire);
+        let until = self.open_until()?;
         let now = now_ms();
         (until > now).then(|| Duration::from_millis(until - now))
     }
@@ -167,7 +167,7 @@ impl Breaker {
     /// Asks to send one attempt through this target.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         // A closed circuit, the usual case, needs no clock reading.
-        let now = match self.open_until_ms.load(Ordering::Acquire) {
+        let now = match self.circuit.opened_at_ms.load(Ordering::Acquire) {
             0 => 0,
             _ => now_ms(),
         };
@@ -183,6 +183,7 @@ impl Breaker {
             }),
             BreakerState::Open => None,
             BreakerState::HalfOpen => self
+                .circuit
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .ok()
@@ -195,28 +196,29 @@ impl Breaker {
     }
 
     fn on_success(&self, probe: bool, now: u64) {
+        let circuit = &*self.circuit;
         self.count(now, false);
-        if self.consecutive.load(Ordering::Relaxed) != 0 {
-            self.consecutive.store(0, Ordering::Relaxed);
+        if circuit.consecutive.load(Ordering::Relaxed) != 0 {
+            circuit.consecutive.store(0, Ordering::Relaxed);
         }
         if probe {
-            self.cooldown_ms
+            circuit
+                .cooldown_ms
                 .store(self.settings.cooldown.as_millis() as u64, Ordering::Relaxed);
-            self.open_until_ms.store(0, Ordering::Release);
-            self.probing.store(false, Ordering::Release);
+            circuit.opened_at_ms.store(0, Ordering::Release);
+            circuit.probing.store(false, Ordering::Release);
             tracing::info!(upstream_target = %self.label, "circuit closed: the probe succeeded");
         }
     }
 
     fn on_failure(&self, probe: bool, now: u64) {
         let (total, failed) = self.count(now, true);
-        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        let consecutive = self.circuit.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if probe {
-            let doubled = (self.cooldown_ms.load(Ordering::Relaxed) * 2)
-                .min(self.settings.max_cooldown.as_millis() as u64);
-            self.cooldown_ms.store(doubled, Ordering::Relaxed);
+            let doubled =
+                (self.cooldown_ms() * 2).min(self.settings.max_cooldown.as_millis() as u64);
             self.open(now, doubled);
-            self.probing.store(false, Ordering::Release);
+            self.circuit.probing.store(false, Ordering::Release);
             return;
         }
         let ratio_tripped = total >= self.settings.min_requests
@@ -224,7 +226,7 @@ impl Breaker {
         if (consecutive >= self.settings.consecutive_failures || ratio_tripped)
             && self.state_at(now) == BreakerState::Closed
         {
-            self.open(now, self.cooldown_ms.load(Ordering::Relaxed));
+            self.open(now, self.cooldown_ms());
         }
     }
 
@@ -243,37 +245,39 @@ impl Breaker {
         let ratio_tripped = total >= self.settings.min_requests
             && f64::from(failed) / f64::from(total) >= self.settings.error_ratio;
         if ratio_tripped && self.state_at(now) == BreakerState::Closed {
-            self.open(now, self.cooldown_ms.load(Ordering::Relaxed));
+            self.open(now, self.cooldown_ms());
         }
     }
 
     fn open(&self, now: u64, cooldown: u64) {
-        self.open_until_ms
-            .store((now + cooldown).max(1), Ordering::Release);
+        let circuit = &*self.circuit;
+        circuit.cooldown_ms.store(cooldown, Ordering::Relaxed);
+        circuit.opened_at_ms.store(now.max(1), Ordering::Release);
         tracing::warn!(
             upstream_target = %self.label,
             cooldown_ms = cooldown,
             "circuit opened: the target is skipped until its cool-down ends"
         );
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.window_total.store(0, Ordering::Relaxed);
-        self.window_failed.store(0, Ordering::Relaxed);
+        circuit.consecutive.store(0, Ordering::Relaxed);
+        circuit.window_total.store(0, Ordering::Relaxed);
+        circuit.window_failed.store(0, Ordering::Relaxed);
     }
 
     /// Counts an outcome in the current window; returns (total, failed).
     fn count(&self, now: u64, failed: bool) -> (u32, u32) {
-        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let circuit = &*self.circuit;
+        let start = circuit.window_start_ms.load(Ordering::Relaxed);
         if now.saturating_sub(start) > self.settings.window.as_millis() as u64 {
             // A racing reset may lose a count or two; the window is a heuristic.
-            self.window_start_ms.store(now, Ordering::Relaxed);
-            self.window_total.store(0, Ordering::Relaxed);
-            self.window_failed.store(0, Ordering::Relaxed);
+            circuit.window_start_ms.store(now, Ordering::Relaxed);
+            circuit.window_total.store(0, Ordering::Relaxed);
+            circuit.window_failed.store(0, Ordering::Relaxed);
         }
-        let total = self.window_total.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = circuit.window_total.fetch_add(1, Ordering::Relaxed) + 1;
         let failed_count = if failed {
-            self.window_failed.fetch_add(1, Ordering::Relaxed) + 1
+            circuit.window_failed.fetch_add(1, Ordering::Relaxed) + 1
         } else {
-            self.window_failed.load(Ordering::Relaxed)
+            circuit.window_failed.load(Ordering::Relaxed)
         };
         (total, failed_count)
     }
@@ -281,12 +285,13 @@ impl Breaker {
     /// Turns a success counted in the window into a failure; in a window
     /// begun since, counts it as a new outcome.
     fn count_late(&self, now: u64) -> (u32, u32) {
-        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let circuit = &*self.circuit;
+        let start = circuit.window_start_ms.load(Ordering::Relaxed);
         if now.saturating_sub(start) > self.settings.window.as_millis() as u64 {
             return self.count(now, true);
         }
-        let failed = self.window_failed.fetch_add(1, Ordering::Relaxed) + 1;
-        let total = self.window_total.load(Ordering::Relaxed).max(failed);
+        let failed = circuit.window_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = circuit.window_total.load(Ordering::Relaxed).max(failed);
         (total, failed)
     }
 }
@@ -312,10 +317,11 @@ impl Permit<'_> {
     /// same answer cannot prove health to one and not the other).
     pub fn neutral(mut self) {
         self.reported = true;
+        let consecutive = &self.breaker.circuit.consecutive;
         if self.probe {
             self.breaker.on_success(true, now_ms());
-        } else if self.breaker.consecutive.load(Ordering::Relaxed) != 0 {
-            self.breaker.consecutive.store(0, Ordering::Relaxed);
+        } else if consecutive.load(Ordering::Relaxed) != 0 {
+            consecutive.store(0, Ordering::Relaxed);
         }
     }
 
@@ -331,36 +337,34 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.reported {
-            self.breaker.probing.store(false, Ordering::Release);
+            self.breaker.circuit.probing.store(false, Ordering::Release);
         }
     }
 }
 
 /// Every target's breaker by identity, carried from one configuration to the
-/// next so a reload keeps the state of targets it does not change.
+/// next so a reload keeps the state of targets it does not change. A
+/// target's identity is its provider, model, base URL and key variable:
+/// adding, removing or reordering a provider's other keys leaves it.
 #[derive(Debug, Default)]
 pub struct BreakerRegistry {
     settings: BreakerSettings,
     by_identity: HashMap<String, Arc<Breaker>>,
-    inherited: HashMap<String, Arc<Breaker>>,
+    inherited: HashMap<String, Arc<Circuit>>,
 }
 
 impl BreakerRegistry {
-    /// A registry that reuses `previous`'s breakers, or, when the settings
-    /// changed, goes on from their state under the new ones.
+    /// A registry whose breakers go on from `previous`'s circuits, under
+    /// `settings` (the same or new ones).
     pub fn new(settings: BreakerSettings, previous: Option<&BreakerRegistry>) -> Self {
-        let inherited = match previous {
-            Some(p) if p.settings == settings => p.by_identity.clone(),
-            Some(p) => p
-                .by_identity
-                .iter()
-                .map(|(identity, old)| {
-                    let carried = Breaker::carried(settings, old);
-                    (identity.clone(), Arc::new(carried))
-                })
-                .collect(),
-            None => HashMap::new(),
-        };
+        let inherited = previous
+            .map(|p| {
+                p.by_identity
+                    .iter()
+                    .map(|(identity, old)| (identity.clone(), old.circuit.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         BreakerRegistry {
             settings,
             by_identity: HashMap::new(),
@@ -368,16 +372,17 @@ impl BreakerRegistry {
         }
     }
 
-    /// The breaker of the target with this identity.
-    pub fn get(&mut self, identity: &str) -> Arc<Breaker> {
+    /// The breaker of the target with this identity; its state changes
+    /// are logged under `label`.
+    pub fn get(&mut self, identity: &str, label: &str) -> Arc<Breaker> {
         if let Some(existing) = self.by_identity.get(identity) {
             return existing.clone();
         }
-        let breaker = self.inherited.remove(identity).unwrap_or_else(|| {
-            // The identity starts with the target's label.
-            let label = identity.split('|').next().unwrap_or(identity);
-            Arc::new(Breaker::named(self.settings, label))
-        });
+        let breaker = match self.inherited.remove(identity) {
+            Some(circuit) => Breaker::over(self.settings, label, circuit),
+            None => Breaker::named(self.settings, label),
+        };
+        let breaker = Arc::new(breaker);
         self.by_identity
             .insert(identity.to_string(), breaker.clone());
         breaker
@@ -436,15 +441,15 @@ mod tests {
             }
         }
         assert_eq!(b.state_at(11), BreakerState::Closed);
-        assert_eq!(b.window_total.load(Ordering::Relaxed), 10);
-        assert_eq!(b.window_failed.load(Ordering::Relaxed), 4);
+        assert_eq!(b.circuit.window_total.load(Ordering::Relaxed), 10);
+        assert_eq!(b.circuit.window_failed.load(Ordering::Relaxed), 4);
 
         // A late failure in a window begun since counts as an outcome.
         let b = breaker();
         succeed(&b, 1);
         b.late_failure_at(20_000);
-        assert_eq!(b.window_total.load(Ordering::Relaxed), 1);
-        assert_eq!(b.window_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(b.circuit.window_total.load(Ordering::Relaxed), 1);
+        assert_eq!(b.circuit.window_failed.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -452,7 +457,10 @@ mod tests {
         let capture = crate::log_format::tests::Capture::default();
         let subscriber = crate::log_format::tests::json_lines_into(&capture);
         let mut registry = BreakerRegistry::new(breaker().settings, None);
-        let b = registry.get("moonshot/kimi-k2.6|https://api.moonshot.ai/v1|MOONSHOT_API_KEY");
+        let b = registry.get(
+            "moonshot/kimi-k2.6|https://api.moonshot.ai/v1|MOONSHOT_API_KEY",
+            "moonshot/kimi-k2.6",
+        );
         tracing::subscriber::with_default(subscriber, || {
             for now in 1..=3 {
                 fail(&b, now);
@@ -548,6 +556,12 @@ mod tests {
         }
     }
 
+    /// The breaker of `b`'s circuit under new settings, as a reload that
+    /// changes `[breaker]` makes it.
+    fn retuned(b: &Breaker, settings: BreakerSettings) -> Breaker {
+        Breaker::over(settings, &b.label, b.circuit.clone())
+    }
+
     #[test]
     fn a_reload_holds_the_running_cooldown_within_the_new_bounds() {
         let b = breaker();
@@ -560,7 +574,7 @@ mod tests {
             max_cooldown: Duration::from_millis(40),
             ..b.settings
         };
-        let carried = Breaker::carried(lowered, &b);
+        let carried = retuned(&b, lowered);
         assert_eq!(carried.state_at(41), BreakerState::Open);
         assert_eq!(carried.state_at(42), BreakerState::HalfOpen);
         // Bounds raised to at least 500 ms: it ends at 502.
@@ -569,13 +583,41 @@ mod tests {
             max_cooldown: Duration::from_millis(900),
             ..b.settings
         };
-        let carried = Breaker::carried(raised, &b);
+        let carried = retuned(&b, raised);
         assert_eq!(carried.state_at(501), BreakerState::Open);
         assert_eq!(carried.state_at(502), BreakerState::HalfOpen);
         // Unchanged bounds change nothing.
-        let same = Breaker::carried(b.settings, &b);
+        let same = retuned(&b, b.settings);
         assert_eq!(same.state_at(101), BreakerState::Open);
         assert_eq!(same.state_at(102), BreakerState::HalfOpen);
+    }
+
+    /// Requests in flight across a reload report to the breaker of the
+    /// configuration they started on: their outcomes count in the circuit
+    /// the new configuration's breaker reads, and only one probe goes out
+    /// between the two.
+    #[test]
+    fn outcomes_reported_to_the_breaker_before_a_reload_count_after_it() {
+        let old = breaker();
+        let mut registry = BreakerRegistry::new(old.settings, None);
+        let before = registry.get("p/m|u|K", "p/m");
+        let retuned_settings = BreakerSettings {
+            window: Duration::from_secs(11),
+            ..old.settings
+        };
+        let mut registry = BreakerRegistry::new(retuned_settings, Some(&registry));
+        let after = registry.get("p/m|u|K", "p/m");
+        fail(&before, 1);
+        fail(&before, 2);
+        fail(&after, 3);
+        assert_eq!(after.state_at(3), BreakerState::Open);
+        let probe = before.try_acquire_at(200).expect("half-open");
+        assert!(after.try_acquire_at(200).is_none(), "one probe between them");
+        probe.success();
+        assert_eq!(after.state_at(200), BreakerState::Closed);
+        // Another identity starts closed, with a circuit of its own.
+        let other = registry.get("p/m|u|OTHER", "p#2/m");
+        assert_eq!(other.state_at(3), BreakerState::Closed);
     }
 
     #[test]

@@ -230,10 +230,16 @@ fn targets(
             } else {
                 format!("{}#{}/{model}", provider.name, key_index + 1)
             };
+            // The key's own variable, not its place in the list: a
+            // provider's other keys added, removed or reordered leave this
+            // target's circuit as it is.
+            let key_env = provider
+                .keys
+                .get(key_index)
+                .map_or(&*provider.api_key_env, |key| &*key.env);
             let identity = format!(
-                "{label}|{}|{}",
-                provider.base_url,
-                provider.key_envs.join(",")
+                "{}/{model}|{}|{key_env}",
+                provider.name, provider.base_url
             );
             Target {
                 provider: provider.clone(),
@@ -243,7 +249,7 @@ fn targets(
                 model_json_asking_usage: model_json_asking_usage.clone(),
                 priority,
                 weight: share,
-                breaker: breakers.get(&identity),
+                breaker: breakers.get(&identity, &label),
                 label: label.into(),
                 series: OnceLock::new(),
             }

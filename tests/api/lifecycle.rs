@@ -348,6 +348,68 @@ async fn a_reload_keeps_the_circuit_state_of_unchanged_targets() {
     assert_eq!(app.chat(chat_body("kimi", "hi", false)).await.status(), 200);
 }
 
+/// A spare account key added to a provider (or one removed) leaves the
+/// circuits of its other keys as they are: a failing account stays out.
+#[tokio::test]
+async fn a_key_added_to_a_provider_leaves_its_other_keys_circuits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let config = |keys: &str| {
+        format!(
+            "[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\ncooldown_secs = 60\n\
+             [providers.moonshot]\napi_key_envs = [{keys}]\n"
+        )
+    };
+    write_config(&file, &config("\"MOONSHOT_API_KEY\""));
+    let app = spawn_app_from(
+        ConfigSource::File(&file),
+        &[("SPARE_MOONSHOT_KEY", Some(PROVIDER_KEY))],
+    )
+    .await;
+    let model = "moonshot/kimi-k2.6";
+    app.chat(chat_body(model, "[mock error=server]", false))
+        .await;
+    let state_of = |ready: &serde_json::Value, label: &str| {
+        ready["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == label)
+            .map(|t| t["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        state_of(&app.readyz().await, model).as_deref(),
+        Some("open")
+    );
+
+    write_config(
+        &file,
+        &config("\"MOONSHOT_API_KEY\", \"SPARE_MOONSHOT_KEY\""),
+    );
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    let ready = app.readyz().await;
+    assert_eq!(state_of(&ready, model).as_deref(), Some("open"), "{ready}");
+    assert_eq!(
+        state_of(&ready, "moonshot#2/kimi-k2.6").as_deref(),
+        Some("closed"),
+        "{ready}"
+    );
+
+    // Reordered: the first key's circuit follows it to its new place.
+    write_config(
+        &file,
+        &config("\"SPARE_MOONSHOT_KEY\", \"MOONSHOT_API_KEY\""),
+    );
+    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    let ready = app.readyz().await;
+    assert_eq!(state_of(&ready, model).as_deref(), Some("closed"), "{ready}");
+    assert_eq!(
+        state_of(&ready, "moonshot#2/kimi-k2.6").as_deref(),
+        Some("open"),
+        "{ready}"
+    );
+}
+
 /// Tuning the breakers during an incident leaves the failing target out:
 /// its open circuit goes on under the new settings, not closed afresh.
 #[tokio::test]
