@@ -158,10 +158,58 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// announced (the directory itself replaced, a file system without
 /// events) is picked up within this.
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// How long new contents must stay the same before they are loaded: a
+/// file caught part-way through a slow write in place (`cat` from a pipe,
+/// `kubectl cp`) can be valid TOML that has lost its last tables, such as
+/// a key's `models` list or limits.
+const HOLD_STILL: Duration = Duration::from_secs(1);
+/// How often the file is read while it is waited on to hold still.
+const READ_AGAIN: Duration = Duration::from_millis(100);
+/// The longest wait for contents that never hold still; then the latest
+/// are loaded.
+const LONGEST_WAIT: Duration = Duration::from_secs(10);
+
+/// What reading the config file found.
+#[derive(PartialEq)]
+enum FileRead {
+    Contents(Option<Vec<u8>>),
+    /// Out of descriptors: says nothing about the file.
+    Unknown,
+}
+
+fn read_config_file(path: &std::path::Path) -> FileRead {
+    match std::fs::read(path) {
+        Ok(text) => FileRead::Contents(Some(text)),
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            FileRead::Unknown
+        }
+        Err(_) => FileRead::Contents(None),
+    }
+}
+
+/// Reads the file until its contents have stayed `first` (or what it
+/// changed to since) for [`HOLD_STILL`], at most [`LONGEST_WAIT`]; returns
+/// those contents (`None`: the file is not there).
+async fn held_still(path: &std::path::Path, first: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    let started = tokio::time::Instant::now();
+    let mut contents = first;
+    let mut since = started;
+    while since.elapsed() < HOLD_STILL && started.elapsed() < LONGEST_WAIT {
+        tokio::time::sleep(READ_AGAIN).await;
+        if let FileRead::Contents(now) = read_config_file(path)
+            && now != contents
+        {
+            contents = now;
+            since = tokio::time::Instant::now();
+        }
+    }
+    contents
+}
 
 /// Watches the file's directory and reloads when the file's contents
-/// differ from the last ones seen: [`SETTLE`] after a change in the
-/// directory, and every [`LOOK_AGAIN`] in any case. Any change in the
+/// differ from the last ones seen, once they have held still for
+/// [`HOLD_STILL`]: looked at [`SETTLE`] after a change in the directory,
+/// and every [`LOOK_AGAIN`] in any case. Any change in the
 /// directory counts, not only events naming the file: editors replace
 /// files by renaming, and a Kubernetes ConfigMap volume swaps a `..data`
 /// symlink, so the file's own name never shows up in an event. The wait
@@ -204,15 +252,15 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
                 }
                 _ = look_again.tick() => {}
             }
-            let now = match std::fs::read(&path) {
-                Ok(text) => Some(text),
-                // Out of descriptors says nothing about the file: look
-                // again, rather than reload a file that is not there.
-                Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    continue;
-                }
-                Err(_) => None,
+            let FileRead::Contents(now) = read_config_file(&path) else {
+                continue;
             };
+            if *last_read.lock().expect("last read") == now {
+                continue;
+            }
+            let now = held_still(&path, now).await;
+            // The events of the wait are answered by it.
+            while rx.try_recv().is_ok() {}
             let changed = {
                 let mut seen = last_read.lock().expect("last read");
                 let changed = *seen != now;

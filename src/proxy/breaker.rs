@@ -612,7 +612,10 @@ mod tests {
         fail(&after, 3);
         assert_eq!(after.state_at(3), BreakerState::Open);
         let probe = before.try_acquire_at(200).expect("half-open");
-        assert!(after.try_acquire_at(200).is_none(), "one probe between them");
+        assert!(
+            after.try_acquire_at(200).is_none(),
+            "one probe between them"
+        );
         probe.success();
         assert_eq!(after.state_at(200), BreakerState::Closed);
         // Another identity starts closed, with a circuit of its own.

@@ -237,10 +237,7 @@ fn targets(
                 .keys
                 .get(key_index)
                 .map_or(&*provider.api_key_env, |key| &*key.env);
-            let identity = format!(
-                "{}/{model}|{}|{key_env}",
-                provider.name, provider.base_url
-            );
+            let identity = format!("{}/{model}|{}|{key_env}", provider.name, provider.base_url);
             Target {
                 provider: provider.clone(),
                 key_index,

@@ -402,7 +402,11 @@ async fn a_key_added_to_a_provider_leaves_its_other_keys_circuits() {
     );
     assert!(kimi_gateway::reload::reload(&app.state, "test").await);
     let ready = app.readyz().await;
-    assert_eq!(state_of(&ready, model).as_deref(), Some("closed"), "{ready}");
+    assert_eq!(
+        state_of(&ready, model).as_deref(),
+        Some("closed"),
+        "{ready}"
+    );
     assert_eq!(
         state_of(&ready, "moonshot#2/kimi-k2.6").as_deref(),
         Some("open"),
@@ -491,11 +495,49 @@ async fn a_busy_file_beside_the_config_does_not_hold_off_a_reload() {
     });
     let before = app.state.config().fingerprint.clone();
     write_config(&file, ALIAS_TO_AGENTSFLARE);
-    // Well under the 2 s look-again period, which would also find it.
-    let reloaded = reloaded_within(&app, &before, Duration::from_millis(1500)).await;
+    // Under the 3 s the look-again period (2 s) and the wait for the
+    // file to hold still (1 s) would take.
+    let reloaded = reloaded_within(&app, &before, Duration::from_millis(2500)).await;
     writing.abort();
     assert!(reloaded, "the change waited for the other file to go quiet");
     kimi_goes_to(&app, "agentsflare").await;
+}
+
+/// A file written in place in two parts, half a second apart (a slow
+/// `cat` from a pipe): its first part is valid TOML that has lost a key's
+/// `models` list, and taken it would let the key use every model. It is
+/// loaded only once whole.
+#[tokio::test]
+async fn a_file_caught_part_way_through_a_slow_write_is_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let keyed = "[keys.team]\nsecret_env = \"TEAM_KEY\"\n";
+    let models = "models = [\"kimi-k2.6\"]\n";
+    write_config(&file, &format!("{keyed}{models}"));
+    let app = spawn_app_from(ConfigSource::File(&file), &[("TEAM_KEY", Some("sk-team"))]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    let reloads = || {
+        app.state
+            .metrics
+            .reloads
+            .with_label_values(&["success"])
+            .get()
+    };
+    let before = app.state.config().fingerprint.clone();
+    let mut slow = std::fs::File::create(&file).unwrap();
+    slow.write_all(format!("# rewritten\n{keyed}").as_bytes())
+        .unwrap();
+    slow.sync_all().unwrap();
+    // The slow writer's pause: what is under test, not a wait for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.write_all(models.as_bytes()).unwrap();
+    slow.sync_all().unwrap();
+    assert!(reloaded_within(&app, &before, Duration::from_secs(10)).await);
+    assert_eq!(reloads(), 1, "one reload, of the whole file");
+    let config = app.state.config();
+    let team = config.keys.find(b"sk-team").expect("the key");
+    assert!(team.may_use("kimi-k2.6"));
+    assert!(!team.may_use("kimi-k2.5"), "the models list was kept");
 }
 
 /// The config's whole directory replaced (`mv conf conf.old; mv new
