@@ -1341,6 +1341,44 @@ async fn a_redis_that_denies_the_scripts_is_down_not_flapping() {
     assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
 }
 
+/// Redis's password rotated while the gateway was away (its connection
+/// closed, the reconnection refused), then set back: the gateway connects
+/// again by itself, without a restart or a reload.
+#[tokio::test]
+async fn a_refused_reconnection_is_tried_again_until_redis_lets_the_gateway_in() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await.unwrap();
+    let set_password = async |conn: &mut redis::aio::MultiplexedConnection, password: &str| {
+        redis::cmd("ACL")
+            .arg(&["SETUSER", "gw", "on", "resetpass", &format!(">{password}"), "~*", "+@all"])
+            .query_async::<()>(conn)
+            .await
+            .unwrap();
+    };
+    set_password(&mut conn, "pw1").await;
+    let url = format!("redis://gw:pw1@127.0.0.1:{}", redis.port);
+    let app = spawn_with_keys(&format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_redis_error = \"closed\"\n\
+         [keys.team-a.limits]\nrequests_per_minute = 1000\n"
+    ))
+    .await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+
+    set_password(&mut conn, "pw2").await;
+    redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", "gw"])
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 503);
+    let healthy = async || app.readyz().await["limits"]["healthy"] == true;
+    wait_until("the gateway sees the outage", async || !healthy().await).await;
+
+    set_password(&mut conn, "pw1").await;
+    wait_until("the gateway is let in again", healthy).await;
+    assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
+}
+
 /// Reloads that change Redis settings in the middle of an outage continue
 /// it: one outage, in `/readyz` and in the metrics, however many reloads,
 /// whether a request met the outage first or the reloads did.

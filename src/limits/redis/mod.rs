@@ -389,7 +389,14 @@ async fn supervise(
         let result = probe(&shared, &client, &config, &settings).await;
         let previous = match &result {
             Ok(()) => shared.state.swap(HEALTHY, Ordering::AcqRel),
-            Err(_) => shared.state.swap(DOWN, Ordering::AcqRel),
+            Err(_) => {
+                // The next probe connects anew, as at start: a connection
+                // manager whose own reconnection met a refusal (the
+                // password rotated while it was away) keeps answering with
+                // that refusal and never connects again.
+                shared.conn.store(None);
+                shared.state.swap(DOWN, Ordering::AcqRel)
+            }
         };
         match &result {
             Ok(()) if shared.end_outage() => tracing::info!(
