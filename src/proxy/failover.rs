@@ -71,8 +71,14 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
-        // The gateway's own descriptors or its limit store failed it: the
-        // provider is not to blame (and may be another target's to serve).
+        // The limit store is out of reach (probed every 500 ms): this
+        // target's limit cannot be checked again within a retry's backoff,
+        // but a target with no limit in the store may serve now.
+        ErrorType::ServerError if err.code.as_deref() == Some(crate::limits::STORE_UNAVAILABLE) => {
+            Verdict::SkipTarget
+        }
+        // The gateway's own descriptors failed it: the provider is not to
+        // blame (and may be another target's to serve).
         ErrorType::ServerError if never_sent(err) => Verdict::Retry { unhealthy: false },
         ErrorType::ServerError => Verdict::Retry { unhealthy: true },
     }
@@ -514,6 +520,10 @@ mod tests {
         assert_eq!(
             classify(&err(ErrorType::ServerError).with_code("gateway_shutdown")),
             Verdict::Final
+        );
+        assert_eq!(
+            classify(&err(ErrorType::ServerError).with_code(crate::limits::STORE_UNAVAILABLE)),
+            Verdict::SkipTarget
         );
         assert_eq!(
             classify(&err(ErrorType::RateLimitReachedError)),
