@@ -188,32 +188,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::Result<()> {
     let addr = listen.unwrap_or(config.listen);
-    for provider in &config.providers {
-        if provider.is_usable() {
-            tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
-            let unset = provider.unset_key_envs();
-            if !unset.is_empty() {
-                tracing::warn!(
-                    provider = &*provider.name,
-                    "provider served with {} of its {} keys (not set or blank: {})",
-                    provider.keys.len(),
-                    provider.key_envs.len(),
-                    unset.join(", ")
-                );
-            }
-        } else {
-            tracing::warn!(
-                provider = &*provider.name,
-                "provider not served: {} is not set (or blank)",
-                provider.api_key_env
-            );
-        }
+    for provider in config.usable_providers() {
+        tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
     }
-    if config.usable_providers().next().is_none() {
-        tracing::warn!(
-            "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
-        );
-    }
+    config.warn_about_providers();
     if config.keys.is_empty() {
         tracing::warn!(
             alert = "open_gateway",

@@ -53,6 +53,9 @@ pub struct Metrics {
     /// `overhead` for the `after_head` phase, resolved once.
     pub overhead_after_head: Histogram,
     pub reloads: IntCounterVec,
+    /// 1 unless the last reload was rejected (the file on disk is not the
+    /// configuration in use).
+    pub last_reload_successful: IntGauge,
     pub model_refreshes: IntCounterVec,
     pub breaker_state: IntGaugeVec,
     /// Log lines the output did not take (see `log_writer`); brought up
@@ -177,7 +180,7 @@ impl Metrics {
             )),
             request_body_bytes: register!(IntGauge::new(
                 name("request_body_bytes"),
-                "Request body bytes held by requests being read or handled (bodies over 64 KiB)."
+                "Request bytes held by requests being read or handled (bodies over 16 KiB, heads still arriving past 16 KiB)."
             )),
             request_body_bytes_max: register!(IntGauge::new(
                 name("request_body_bytes_max"),
@@ -190,6 +193,10 @@ impl Metrics {
                 "config_reloads_total",
                 "Configuration reloads by result (success, failure).",
                 &["result"]
+            )),
+            last_reload_successful: register!(IntGauge::new(
+                name("config_last_reload_successful"),
+                "1 unless the last configuration reload was rejected (the previous configuration is still in use)."
             )),
             model_refreshes: register!(counter(
                 "model_refreshes_total",
@@ -220,6 +227,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.reloads.with_label_values(&[result]);
         }
+        metrics.last_reload_successful.set(1);
         for scope in [
             ScopeKind::Key,
             ScopeKind::KeyModel,

@@ -70,7 +70,7 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
             if new.listen != running.listen && state.listen_override.get().is_none() {
                 tracing::warn!(listen = %new.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart");
             }
-            if new.max_connections != running.max_connections {
+            if new.effective_max_connections() != running.max_connections {
                 tracing::warn!(
                     "server.max_connections differs from the cap the gateway started with: it takes effect at the next restart"
                 );
@@ -88,7 +88,9 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
             new.limits.connect_after(store_check).await;
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();
+            state.metrics.last_reload_successful.set(1);
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
+            state.config().warn_about_providers();
             state.set_reload_status(ReloadStatus {
                 result: "success",
                 at,
@@ -99,6 +101,7 @@ pub async fn reload(state: &AppState, trigger: &str) -> bool {
         }
         Err(errors) => {
             state.metrics.reloads.with_label_values(&["failure"]).inc();
+            state.metrics.last_reload_successful.set(0);
             let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
             for problem in &problems {
                 tracing::error!(trigger, problem = %problem, "configuration reload rejected");

@@ -50,7 +50,9 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartOnly {
     pub listen: std::net::SocketAddr,
-    pub max_connections: Option<usize>,
+    /// The cap in effect: a file that now names the default it ran with
+    /// changes nothing.
+    pub max_connections: usize,
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
@@ -58,7 +60,7 @@ impl RestartOnly {
     pub fn of(config: &Config) -> RestartOnly {
         RestartOnly {
             listen: config.listen,
-            max_connections: config.max_connections,
+            max_connections: config.effective_max_connections(),
             metrics_listen: config.metrics_listen,
         }
     }

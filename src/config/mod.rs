@@ -139,6 +139,44 @@ impl Config {
     pub fn usable_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.providers.iter().filter(|p| p.is_usable())
     }
+
+    /// `server.max_connections`, or the default the open-file limit sets.
+    pub fn effective_max_connections(&self) -> usize {
+        self.max_connections
+            .unwrap_or_else(crate::fd_limit::default_max_connections)
+    }
+
+    /// Logs the providers that are served with fewer keys than configured
+    /// or not at all, and whether none is: at start and after each reload,
+    /// so a configuration that takes every provider out of service says so
+    /// where the operator looks, not only in `/readyz`.
+    pub fn warn_about_providers(&self) {
+        for provider in &self.providers {
+            if provider.is_usable() {
+                let unset = provider.unset_key_envs();
+                if !unset.is_empty() {
+                    tracing::warn!(
+                        provider = &*provider.name,
+                        "provider served with {} of its {} keys (not set or blank: {})",
+                        provider.keys.len(),
+                        provider.key_envs.len(),
+                        unset.join(", ")
+                    );
+                }
+            } else {
+                tracing::warn!(
+                    provider = &*provider.name,
+                    "provider not served: {} is not set (or blank)",
+                    provider.api_key_env
+                );
+            }
+        }
+        if self.usable_providers().next().is_none() {
+            tracing::warn!(
+                "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
+            );
+        }
+    }
 }
 
 /// A provider's key: kept out of `Debug` so it can never be logged by accident.

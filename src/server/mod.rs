@@ -92,7 +92,7 @@ async fn serve(
     let connections = TaskTracker::new();
     let state = gateway.state();
     let fits = crate::fd_limit::default_max_connections();
-    let max = state.config().max_connections.unwrap_or(fits);
+    let max = state.config().effective_max_connections();
     if max > fits {
         tracing::warn!(
             max_connections = max,

@@ -976,6 +976,67 @@ fn a_restart_only_change_is_warned_about_until_set_back() {
     child.wait().unwrap();
 }
 
+/// A file that names the cap the gateway already runs with (the default
+/// its open-file limit set) changes nothing that needs a restart.
+#[test]
+fn naming_the_running_connection_cap_is_no_restart_only_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "").unwrap();
+    let path = config.to_str().unwrap().to_string();
+    let (mut child, mut stdout, addr) = start_gateway(&["--listen", ANY_PORT, "--config", &path]);
+    let metrics = http_get(&addr, "/metrics");
+    let cap = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kimi_gateway_client_connections_max "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .trim()
+        .to_string();
+    std::fs::write(&config, format!("[server]\nmax_connections = {cap}\n")).unwrap();
+    signal(&child, "HUP");
+    let lines = lines_until(&mut stdout, "configuration reloaded");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("server.max_connections differs")),
+        "{lines:?}"
+    );
+}
+
+/// A reload that leaves a provider without its key, and so none usable,
+/// says so as a start with that file would.
+#[test]
+fn a_reload_that_takes_providers_out_of_service_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "").unwrap();
+    let path = config.to_str().unwrap().to_string();
+    let mut command = gateway();
+    command.env("MOONSHOT_API_KEY", "sk-moonshot");
+    let (mut child, mut stdout, _addr) = start(command, &["--listen", ANY_PORT, "--config", &path]);
+    std::fs::write(
+        &config,
+        "[providers.moonshot]\napi_key_env = \"MOONSHOT_KEY_NOT_SET\"\n",
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    let lines = lines_until(&mut stdout, "no provider has an API key");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let reloaded = lines
+        .iter()
+        .position(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        lines[reloaded..]
+            .iter()
+            .any(|l| l.contains("provider not served") && l.contains("MOONSHOT_KEY_NOT_SET")),
+        "{lines:?}"
+    );
+}
+
 /// An edit followed by a SIGHUP (what an operator or a config manager
 /// does) reloads once: the file watcher sees the contents SIGHUP loaded.
 /// And with `--listen` given, a changed `server.listen` is no news.

@@ -1353,7 +1353,15 @@ async fn a_refused_reconnection_is_tried_again_until_redis_lets_the_gateway_in()
     let mut conn = redis.connection().await.unwrap();
     let set_password = async |conn: &mut redis::aio::MultiplexedConnection, password: &str| {
         redis::cmd("ACL")
-            .arg(&["SETUSER", "gw", "on", "resetpass", &format!(">{password}"), "~*", "+@all"])
+            .arg(&[
+                "SETUSER",
+                "gw",
+                "on",
+                "resetpass",
+                &format!(">{password}"),
+                "~*",
+                "+@all",
+            ])
             .query_async::<()>(conn)
             .await
             .unwrap();
