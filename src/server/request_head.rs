@@ -263,6 +263,13 @@ pub fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Request
     let uri = if &head[path_at.clone()] == CHAT_TARGET.as_bytes() {
         chat_target_uri()
     } else {
+        // A fragment is the client's own; origin-form has none (RFC 9112
+        // section 3.2.1), and `http::Uri` would drop it unseen.
+        if memchr::memchr(b'#', &head[path_at.clone()]).is_some() {
+            return Err(BadHead::bad(
+                "invalid request target: a fragment (#...) is not sent in a request",
+            ));
+        }
         Uri::from_maybe_shared(head.slice(path_at))
             .map_err(|_| BadHead::bad("invalid request target"))?
     };
@@ -352,8 +359,10 @@ struct FramingFields {
     content_length: Option<u64>,
     /// Transfer codings listed, over every such field.
     codings: usize,
-    /// The first coding listed is chunked.
-    chunked_first: bool,
+    /// Of them, chunked.
+    chunked: usize,
+    /// The last coding listed is chunked.
+    chunked_last: bool,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -376,9 +385,8 @@ impl FramingFields {
             }
         } else if name == TRANSFER_ENCODING {
             for coding in value.split(|b| *b == b',') {
-                if self.codings == 0 {
-                    self.chunked_first = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                }
+                self.chunked_last = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                self.chunked += usize::from(self.chunked_last);
                 self.codings += 1;
             }
         } else if name == CONNECTION {
@@ -388,7 +396,11 @@ impl FramingFields {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name == EXPECT {
-            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            // A list ("100-continue, foo") still asks for the 100: the
+            // expectations the gateway does not know are ignored.
+            self.expect_continue |= value
+                .split(|b| *b == b',')
+                .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
         } else if name == HOST {
             self.hosts = self.hosts.saturating_add(1);
             // RFC 9112 section 3.2: an invalid value is refused like a
@@ -416,7 +428,19 @@ impl FramingFields {
                 "both transfer-encoding and content-length in one request",
             ));
         }
-        if self.codings == 1 && self.chunked_first {
+        // Section 6.3: a request whose last coding is not chunked has no
+        // length the server can know, and chunked twice is not a framing.
+        if !self.chunked_last {
+            return Err(BadHead::bad(
+                "the last transfer coding of a request must be chunked",
+            ));
+        }
+        if self.chunked > 1 {
+            return Err(BadHead::bad(
+                "transfer-encoding lists chunked more than once",
+            ));
+        }
+        if self.codings == 1 {
             Ok(Framing::chunked())
         } else {
             Err(BadHead::new(
@@ -666,6 +690,18 @@ mod tests {
             head("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
                 .expect_continue
         );
+        // In a list, or beside another field, the 100 is still asked for.
+        for expect in [
+            "foo, 100-continue",
+            "100-continue,foo",
+            "100-continue\r\nExpect: foo",
+        ] {
+            let wire = format!("POST / HTTP/1.1\r\nExpect: {expect}\r\nContent-Length: 1\r\n\r\n");
+            assert!(head(&wire).expect_continue, "{expect:?}");
+        }
+        assert!(
+            !head("POST / HTTP/1.1\r\nExpect: foo\r\nContent-Length: 1\r\n\r\n").expect_continue
+        );
         // Nothing to wait for without a body, nor from an HTTP/1.0 client.
         assert!(!head("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
         assert!(
@@ -695,17 +731,31 @@ mod tests {
                 501,
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n",
                 501,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
             ),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-                501,
+                400,
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
-                501,
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                400,
             ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked,\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
         ] {
             assert_eq!(refused(wire).as_u16(), status, "{wire:?}");
         }
@@ -821,6 +871,8 @@ mod tests {
             "http:healthz",
             "http://a:xx/healthz",
             "http://a@b@c/healthz",
+            "/healthz#x",
+            "http://a/healthz#x",
         ] {
             let wire = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
             assert_eq!(refused(&wire), StatusCode::BAD_REQUEST, "{target}");

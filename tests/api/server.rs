@@ -83,7 +83,8 @@ async fn pipelined_requests_are_answered_in_order() {
 
 /// A head the gateway will not serve is answered with an OpenAI-shaped
 /// `invalid_request_error` and its status (400 malformed or ambiguous
-/// framing, 501 a transfer coding other than chunked, 431 a head over
+/// framing, a last transfer coding other than chunked included, 501 a
+/// transfer coding before chunked, 431 a head over
 /// 64 KiB, 505 an HTTP version other than 1.x), says
 /// `connection: close` and an `x-request-id` (the one its log line has),
 /// and the gateway closes the connection after it; other connections are
@@ -108,9 +109,14 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
             400,
         ),
         (
-            "gzip transfer coding",
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: gzip\r\n\r\n".to_string(),
+            "gzip transfer coding before chunked",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: gzip, chunked\r\n\r\n".to_string(),
             501,
+        ),
+        (
+            "a last transfer coding that is not chunked",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: gzip\r\n\r\n".to_string(),
+            400,
         ),
         ("a head over 64 KiB", huge, 431),
         (
@@ -153,7 +159,7 @@ async fn refused_heads_get_an_error_and_the_connection_closed() {
     // Counted, with no route or provider: an operator sees clients that
     // send what cannot be served.
     let metrics = scrape(&app).await;
-    for (status, count) in [(400, 3), (431, 2), (501, 1), (505, 1)] {
+    for (status, count) in [(400, 4), (431, 2), (501, 1), (505, 1)] {
         let line = format!(
             "kimi_gateway_requests_total{{error_type=\"invalid_request_error\",provider=\"none\",route=\"none\",status=\"{status}\"}} {count}"
         );
