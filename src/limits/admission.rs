@@ -408,7 +408,7 @@ pub const STORE_UNAVAILABLE: &str = "rate_limit_store_unavailable";
 fn store_unavailable() -> GatewayError {
     GatewayError::server(
         StatusCode::SERVICE_UNAVAILABLE,
-        "rate limits cannot be checked: the rate-limit store is unreachable; try again shortly",
+        "rate limits cannot be checked: the rate-limit store is unreachable or refuses the gateway; try again shortly",
     )
     .with_code(STORE_UNAVAILABLE)
     // Redis is probed every half second: a second is a fair first wait.

@@ -51,7 +51,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else if !any_closed {
         Some("every target's circuit is open")
     } else if !config.limits.is_ready() {
-        Some("the rate-limit store is unreachable and limits.on_redis_error is \"closed\"")
+        Some(
+            "the rate-limit store is unreachable or refuses the gateway, and limits.on_redis_error is \"closed\"",
+        )
     } else {
         None
     };

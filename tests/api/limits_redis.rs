@@ -1460,3 +1460,26 @@ async fn a_redis_down_at_start_shows_without_a_request() {
     assert_eq!(store_sample(&metrics, "up{backend=\"redis\"}"), 0.0);
     assert!(store_sample(&metrics, "errors_total{call=\"connect\"}") >= 1.0);
 }
+
+/// A `rediss://` URL to a port that serves plain Redis only times out its
+/// handshake; at start the outage's log line says what it is, as a reload
+/// with that URL does, rather than a network fault.
+#[tokio::test]
+async fn a_tls_url_to_a_plain_redis_is_named_at_start() {
+    let redis = RedisServer::start().await;
+    let file = crate::cli::config_file(&format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"rediss://127.0.0.1:{}\"\n\
+         [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n[keys.team-a.limits]\nrequests_per_minute = 10\n",
+        redis.port
+    ));
+    let mut command = crate::cli::gateway();
+    command.env("TEAM_A_KEY", "sk-a");
+    let path = file.path().to_str().unwrap().to_string();
+    let (_gateway, mut stdout, _addr) = crate::cli::start(
+        command,
+        &["--listen", crate::cli::ANY_PORT, "--config", &path],
+    );
+    let line = crate::cli::wait_for_line(&mut stdout, "rate-limit store (Redis)");
+    assert!(line.contains("answers plain Redis, not TLS"), "{line}");
+    assert!(line.contains("refuses the gateway"), "{line}");
+}

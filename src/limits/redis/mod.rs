@@ -406,7 +406,20 @@ async fn supervise(
             Ok(()) if previous == STARTING && !shared.retired.load(Ordering::Acquire) => {
                 tracing::info!("rate-limit store (Redis) connected")
             }
-            Err(err) => shared.note_failure(&settings, err),
+            Err(err) => {
+                // A `rediss://` URL to a plain Redis port only times out
+                // (see `plain_behind_tls`): said as what it is when an
+                // outage begins, not as a network fault.
+                let addr = client.get_connection_info().addr();
+                if previous != DOWN
+                    && !is_refusal(err)
+                    && plain_behind_tls::speaks_plain_redis(addr, settings.timeout).await
+                {
+                    shared.note_failure(&settings, &plain_behind_tls::error());
+                } else {
+                    shared.note_failure(&settings, err);
+                }
+            }
             _ => {}
         }
         if result.is_ok() {
@@ -529,6 +542,7 @@ fn is_refusal(err: &redis::RedisError) -> bool {
         // a `rediss://` URL to a port that does not speak TLS.
         || text.contains("invalid peer certificate")
         || text.contains("received corrupt message")
+        || text.contains(plain_behind_tls::PLAIN_REDIS)
 }
 
 fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {

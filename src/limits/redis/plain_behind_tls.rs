@@ -14,6 +14,11 @@ use tokio::net::TcpStream;
 pub const PLAIN_REDIS: &str = "the rediss:// URL's port answers plain Redis, not TLS \
      (use redis://, or the port Redis serves TLS on)";
 
+/// [`PLAIN_REDIS`] as the error of a failed connection.
+pub fn error() -> redis::RedisError {
+    std::io::Error::other(PLAIN_REDIS).into()
+}
+
 /// Whether `addr`, a TLS address, answers a plain-text `PING` with a Redis
 /// reply (`+PONG`, or an error such as `-NOAUTH`) within `within`.
 pub async fn speaks_plain_redis(addr: &ConnectionAddr, within: Duration) -> bool {
