@@ -105,17 +105,18 @@ pub fn event_end(text: &[u8], line_end: usize) -> Option<usize> {
     }
 }
 
-/// The length of the longest event in `text`, which holds whole events,
-/// each with the blank line that ends it.
-pub fn longest_event(text: &[u8]) -> usize {
-    let mut longest = 0;
+/// Where the first event longer than `limit` starts in `text`, which holds
+/// whole events, each with the blank line that ends it (counted).
+pub fn first_event_over(text: &[u8], limit: usize) -> Option<usize> {
     let mut start = 0;
     while start < text.len() {
         let end = event_end(text, start).unwrap_or(text.len());
-        longest = longest.max(end - start);
+        if end - start > limit {
+            return Some(start);
+        }
         start = end;
     }
-    longest
+    None
 }
 
 /// The value of a `data` field line (`data` alone is an empty one), or
@@ -192,11 +193,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_event_is_measured_with_its_blank_line() {
-        assert_eq!(longest_event(b""), 0);
-        assert_eq!(longest_event(b"data: a\n\n"), 9);
-        assert_eq!(longest_event(b"data: a\n\ndata: bbb\n\n: c\n\n"), 11);
-        assert_eq!(longest_event(b"id: 1\r\ndata: bb\r\n\r\ndata: a\r\r"), 19);
+    fn events_are_measured_with_their_blank_line() {
+        assert_eq!(first_event_over(b"", 0), None);
+        assert_eq!(first_event_over(b"data: a\n\n", 9), None);
+        assert_eq!(first_event_over(b"data: a\n\n", 8), Some(0));
+        let three = b"data: a\n\ndata: bbb\n\n: c\n\n";
+        assert_eq!(first_event_over(three, 11), None);
+        assert_eq!(first_event_over(three, 10), Some(9));
+        assert_eq!(first_event_over(three, 5), Some(0));
+        assert_eq!(first_event_over(b"id: 1\r\ndata: bb\r\n\r\ndata: a\r\r", 18), Some(0));
+        assert_eq!(first_event_over(b"data: a\r\rid: 1\r\ndata: bb\r\n\r\n", 18), Some(9));
     }
 
     const ENDINGS: [&str; 3] = ["\n", "\r\n", "\r"];

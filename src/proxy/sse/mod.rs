@@ -18,7 +18,7 @@ use super::failover::{Verdict, classify};
 use super::normalize::ChunkIdentity;
 use super::relay_waits::RelayWaits;
 use super::sse_events::first_event_start;
-use super::sse_lines::longest_event;
+use super::sse_lines::first_event_over;
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::usage::UsageReport;
 use crate::error::GatewayError;
@@ -113,6 +113,9 @@ pub struct SseRelay {
     idle: Duration,
     /// Largest event held while waiting for its end.
     max_event_bytes: usize,
+    /// An event over `max_event_bytes` came in a read after events of the
+    /// answer, which went out first: the next poll fails with it.
+    oversized_next: bool,
     /// The idle and keep-alive timers and the drain's cancellation.
     waits: Pin<Box<RelayWaits>>,
     provider: Arc<crate::config::Provider>,
@@ -176,6 +179,7 @@ impl SseRelay {
             include_usage: settings.include_usage,
             hide_usage_chunk: settings.hide_usage_chunk,
             max_event_bytes: settings.max_event_bytes,
+            oversized_next: false,
             usage_to_restate: None,
             usage_chunk_seen: false,
             first_chunk: None,
@@ -251,6 +255,11 @@ impl SseRelay {
         if self.stats.saw_done() {
             return self.poll_after_done(cx);
         }
+        if self.oversized_next {
+            self.oversized_next = false;
+            let err = super::upstream::too_large(&self.provider, self.max_event_bytes);
+            return Poll::Ready(Some(Err(err)));
+        }
         loop {
             // `[DONE]`'s data line has come without the blank line after
             // it: ended here, as if the provider had sent it.
@@ -278,13 +287,23 @@ impl SseRelay {
                         let (mut events, reads) = self.gather_ready(cx, events);
                         // An event can arrive whole in one read, never held
                         // as pending: its size is checked here. Only a block
-                        // of events larger than the limit is measured.
+                        // of events larger than the limit is measured. The
+                        // answer's events before it go out (and begin the
+                        // stream) as they would in reads of their own, so
+                        // how the reads fell does not decide whether the
+                        // attempt is retried.
                         if events.len() > self.max_event_bytes
-                            && longest_event(&events) > self.max_event_bytes
+                            && let Some(at) = first_event_over(&events, self.max_event_bytes)
                         {
-                            let err =
-                                super::upstream::too_large(&self.provider, self.max_event_bytes);
-                            return Poll::Ready(Some(Err(err)));
+                            if first_event_start(&events[..at]).is_none() {
+                                let err = super::upstream::too_large(
+                                    &self.provider,
+                                    self.max_event_bytes,
+                                );
+                                return Poll::Ready(Some(Err(err)));
+                            }
+                            events = events.slice(..at);
+                            self.oversized_next = true;
                         }
                         // Only a block with data is an event (SSE dispatches
                         // nothing for comments, or `id:`/`retry:` alone).

@@ -352,6 +352,7 @@ async fn an_event_over_the_limit_read_whole_ends_the_stream() {
         vec![large()],
         vec![event(1), large()],
         vec![large(), event(1)],
+        vec![Bytes::from([event(1), large()].concat())],
     ] {
         let upstream = started_then(futures_util::stream::iter(rest.into_iter().map(Ok)));
         let settings = RelaySettings {
@@ -374,6 +375,22 @@ async fn an_event_over_the_limit_read_whole_ends_the_stream() {
         };
         assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
     }
+    // The first event and a large one in one read: the stream begins with
+    // the first, as it would had they come apart (not an attempt failed
+    // and sent again to the provider).
+    let upstream = futures_util::stream::iter([Ok(Bytes::from([event(0), large()].concat()))]);
+    let limited = RelaySettings {
+        max_event_bytes: 150,
+        ..settings()
+    };
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    let relay = SseRelay::start(Box::pin(upstream), limited, stats.clone())
+        .await
+        .unwrap();
+    let text = String::from_utf8(rest_of(relay).await.concat().to_vec()).unwrap();
+    assert!(text.starts_with(std::str::from_utf8(&event(0)).unwrap()), "{text}");
+    assert!(text.contains("upstream_response_too_large"), "{text}");
+    assert!(!text.contains("GGG"), "{text}");
     // Before the first event: the attempt fails.
     let upstream = futures_util::stream::iter([Ok(large())]);
     let settings = RelaySettings {
