@@ -117,7 +117,10 @@ where
             unanswered.answered();
             (response, Some(key), handled)
         }
-        Err(refused) => (refused.into_response(), None, Handled::default()),
+        Err(refused) => {
+            let key = refused.key_name();
+            (refused.into_response(), key, Handled::default())
+        }
     };
     handled.fields.push(&X_REQUEST_ID, &id);
     let record = AccessRecord {

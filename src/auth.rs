@@ -246,6 +246,18 @@ pub enum Unauthenticated {
     BrowserOnOpenGateway,
 }
 
+impl Unauthenticated {
+    /// The name the access log gives the caller: `anonymous` on a gateway
+    /// that runs open, as for the requests it serves; none where a key was
+    /// needed and not found.
+    pub fn key_name(&self) -> Option<Arc<str>> {
+        match self {
+            Unauthenticated::NoKey(_) => None,
+            Unauthenticated::BrowserOnOpenGateway => Some(ANONYMOUS_NAME.clone()),
+        }
+    }
+}
+
 impl IntoResponse for Unauthenticated {
     fn into_response(self) -> Response {
         match self {

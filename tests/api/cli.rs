@@ -375,6 +375,27 @@ fn a_public_path_on_a_keyed_gateway_logs_no_key_name() {
     child.wait().unwrap();
 }
 
+/// A gateway that runs open logs the callers it refuses for their
+/// `Origin` as `anonymous`, as it does the callers it serves.
+#[test]
+fn an_open_gateway_logs_a_refused_browser_request_as_anonymous() {
+    let (mut child, mut stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\norigin: https://a.page\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let line = wait_for_line(&mut stdout, "\"status\":403");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["key"], "anonymous", "{line}");
+}
+
 /// A configuration file the probe cannot read, or whose `server.listen`
 /// is no address, fails the probe with the reason: probing the default
 /// address instead could report another gateway's health.
