@@ -148,6 +148,10 @@ pub async fn forward(
     ctx.metrics
         .overhead_before_upstream
         .observe(sent.saturating_duration_since(own_time_since).as_secs_f64());
+    // Resolved (made at 0, the first time) before the provider is asked:
+    // a provider down from the start still gets its route's series, the
+    // baseline its error ratio is read against.
+    let target_series = target.series(ctx.metrics, ctx.route);
     let response = match provider.client.send(write_head, body, deadline).await {
         Err(err) if err.is_past_deadline() => {
             return Err(timeout(provider, "the response head", sent));
@@ -157,7 +161,7 @@ pub async fn forward(
     };
     let status = response.status;
     let time_to_head = sent.elapsed();
-    let series = target.series(ctx.metrics, ctx.route).clone();
+    let series = target_series.clone();
     series.upstream_head.observe(time_to_head.as_secs_f64());
     let mut info = UpstreamInfo::new(target);
     info.time_to_head = Some(time_to_head);

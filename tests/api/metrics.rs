@@ -254,6 +254,21 @@ async fn attempt_and_refusal_series_start_at_zero() {
     }
 }
 
+/// A provider that never answers (its connection reset before a head)
+/// still gets its route's success series at 0 with the first request sent
+/// to it, the baseline an error ratio is read against.
+#[tokio::test]
+async fn a_provider_down_from_the_start_has_its_success_series_at_zero() {
+    let app = spawn_app_with("[retry]\nmax_attempts = 1\n", &[]).await;
+    let response = app
+        .chat(chat_body("moonshot/kimi-k2.6", "[mock reset]", false))
+        .await;
+    assert_eq!(response.status(), 502);
+    let text = scrape(&app).await;
+    let success = r#"kimi_gateway_requests_total{error_type="none",provider="moonshot",route="moonshot/kimi-k2.6",status="200"}"#;
+    assert_eq!(sample(&text, success), Some(0.0), "{text}");
+}
+
 /// An attempt under way when the client leaves has an outcome too: the
 /// provider was asked (and may bill for it) though nothing came of it.
 #[tokio::test]
