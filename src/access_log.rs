@@ -89,7 +89,7 @@ where
     // The request's `Uri`, kept for the path: a clone of the chat target's
     // shares its static text, where a copy of the path was an allocation.
     let uri = head.uri.clone();
-    let counted = !is_probe(&method, uri.path());
+    let counted = !is_probe(state, &method, uri.path());
     if counted {
         state.metrics.in_flight.inc();
     }
@@ -160,10 +160,16 @@ where
 /// A health probe or a metrics scrape: logged at `debug` and not counted,
 /// so that probes every few seconds neither flood the log nor drown the
 /// request metrics. Anything else (a wrong path, a wrong method on these
-/// paths) is a request like any other.
-fn is_probe(method: &Method, path: &str) -> bool {
+/// paths, `/metrics` on the main listener while `server.metrics_listen`
+/// serves it: a scraper pointed at the wrong port) is a request like any
+/// other.
+fn is_probe(state: &AppState, method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
-        && matches!(path, "/healthz" | "/readyz" | "/metrics")
+        && match path {
+            "/healthz" | "/readyz" => true,
+            "/metrics" => state.peek_config().metrics_listen.is_none(),
+            _ => false,
+        }
 }
 
 /// The longest path written to the access line whole: a client's 60 KB

@@ -370,6 +370,10 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
         .await
         .unwrap();
     assert!(text.contains("kimi_gateway_build_info"));
+    // A scraper pointed at the main listener is a wrong path there,
+    // counted like any other, not a scrape left out of the counts.
+    let wrong = r#"kimi_gateway_requests_total{error_type="resource_not_found_error",provider="none",route="none",status="404"}"#;
+    assert_eq!(sample(&text, wrong), Some(1.0), "{text}");
     // The probes are answered there too (and still on the main listener).
     for path in ["/healthz", "/readyz"] {
         for base in [format!("http://{addr}"), app.url("")] {
