@@ -123,7 +123,7 @@ where
         }
     };
     handled.fields.push(&X_REQUEST_ID, &id);
-    let record = AccessRecord {
+    let mut record = AccessRecord {
         id,
         method,
         uri,
@@ -136,6 +136,7 @@ where
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
     };
+    crate::misplaced_keys::hide_in(&mut record, &state.peek_config());
     let fields = handled.fields;
     // Limits held in Redis are settled before the body's end goes out; local
     // ones when the body is dropped.

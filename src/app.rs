@@ -122,7 +122,7 @@ impl Gateway {
     }
 }
 
-const CHAT_PATH: &str = "/v1/chat/completions";
+pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 fn routes(state: AppState) -> Router {
     let mut router = Router::new();

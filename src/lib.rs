@@ -32,6 +32,7 @@ pub mod malloc_tuning;
 pub mod memory_trim;
 pub mod metric_series;
 pub mod metrics;
+pub mod misplaced_keys;
 pub mod mock;
 pub mod model_refresh;
 pub mod proxy;

@@ -201,8 +201,14 @@ mod tests {
         assert_eq!(first_event_over(three, 11), None);
         assert_eq!(first_event_over(three, 10), Some(9));
         assert_eq!(first_event_over(three, 5), Some(0));
-        assert_eq!(first_event_over(b"id: 1\r\ndata: bb\r\n\r\ndata: a\r\r", 18), Some(0));
-        assert_eq!(first_event_over(b"data: a\r\rid: 1\r\ndata: bb\r\n\r\n", 18), Some(9));
+        assert_eq!(
+            first_event_over(b"id: 1\r\ndata: bb\r\n\r\ndata: a\r\r", 18),
+            Some(0)
+        );
+        assert_eq!(
+            first_event_over(b"data: a\r\rid: 1\r\ndata: bb\r\n\r\n", 18),
+            Some(9)
+        );
     }
 
     const ENDINGS: [&str; 3] = ["\n", "\r\n", "\r"];

@@ -396,6 +396,52 @@ fn an_open_gateway_logs_a_refused_browser_request_as_anonymous() {
     assert_eq!(line["key"], "anonymous", "{line}");
 }
 
+/// A key sent where a name goes (in the path, as the model) is not
+/// logged: the access line and the error it quotes show `***`.
+#[test]
+fn a_key_sent_as_a_name_is_not_logged() {
+    let file = config_file("[keys.team]\nsecret_env = \"TEAM_KEY\"\n");
+    let mut command = gateway();
+    command.env("TEAM_KEY", "sk-team-secret-1");
+    let (mut child, mut stdout, addr) = start(
+        command,
+        &[
+            "--listen",
+            ANY_PORT,
+            "--config",
+            file.path().to_str().unwrap(),
+        ],
+    );
+    let send = |request: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        answer
+    };
+    let answer =
+        send("GET /v1/models/sk-team-secret-1 HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let line = wait_for_line(&mut stdout, "\"status\":401");
+    assert!(!line.contains("sk-team-secret-1"), "{line}");
+    assert!(line.contains("/v1/models/***"), "{line}");
+
+    let body = r#"{"model":"sk-team-secret-1","messages":[]}"#;
+    let answer = send(&format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let line = wait_for_line(&mut stdout, "\"status\":404");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!line.contains("sk-team-secret-1"), "{line}");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["model"], "***", "{line}");
+    assert!(line["error"].as_str().unwrap().contains("***"), "{line}");
+}
+
 /// A configuration file the probe cannot read, or whose `server.listen`
 /// is no address, fails the probe with the reason: probing the default
 /// address instead could report another gateway's health.

@@ -388,7 +388,10 @@ async fn an_event_over_the_limit_read_whole_ends_the_stream() {
         .await
         .unwrap();
     let text = String::from_utf8(rest_of(relay).await.concat().to_vec()).unwrap();
-    assert!(text.starts_with(std::str::from_utf8(&event(0)).unwrap()), "{text}");
+    assert!(
+        text.starts_with(std::str::from_utf8(&event(0)).unwrap()),
+        "{text}"
+    );
     assert!(text.contains("upstream_response_too_large"), "{text}");
     assert!(!text.contains("GGG"), "{text}");
     // Before the first event: the attempt fails.
