@@ -151,6 +151,21 @@ fn string(value: serde_json::Value) -> Option<String> {
     }
 }
 
+/// The status an error document under a 2xx states in AI/ML API's and
+/// Agentsflare's shape: a top-level `statusCode` from 400 to 599 and no
+/// `choices`. `None` for anything else, a completion included.
+pub fn status_in_success_body(body: &[u8]) -> Option<StatusCode> {
+    let serde_json::Value::Object(document) = first_value(body)? else {
+        return None;
+    };
+    if document.contains_key("choices") {
+        return None;
+    }
+    let code = document.get("statusCode")?.as_u64()?;
+    let status = StatusCode::from_u16(u16::try_from(code).ok()?).ok()?;
+    (status.is_client_error() || status.is_server_error()).then_some(status)
+}
+
 /// Translates a non-2xx upstream answer into the gateway's error.
 pub fn translate(
     provider: &Provider,
@@ -545,6 +560,33 @@ mod tests {
 
     /// A message given as an object or a list is shown as its JSON text,
     /// where a key holding `"` or `\` is escaped: masked all the same.
+
+    #[test]
+    fn a_resellers_error_shape_under_a_2xx_states_its_status() {
+        for (body, status) in [
+            (
+                &br#"{"statusCode":429,"message":"Too many requests"}"#[..],
+                Some(429),
+            ),
+            (
+                br#"{"message":"x","path":"/v1","requestId":"r","statusCode":403,"timestamp":"t"}"#,
+                Some(403),
+            ),
+            (br#"{"statusCode":200,"message":"ok"}"#, None),
+            (br#"{"statusCode":429,"choices":[]}"#, None),
+            (br#"{"statusCode":"429","message":"x"}"#, None),
+            (br#"{"statusCode":70000}"#, None),
+            (br#"{"message":"hello"}"#, None),
+            (b"not json", None),
+        ] {
+            assert_eq!(
+                status_in_success_body(body).map(|s| s.as_u16()),
+                status,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
     #[test]
     fn a_key_escaped_in_a_message_given_as_json_is_masked() {
         let key = r#"sk-q"ot\e-SECRET"#;

@@ -290,10 +290,23 @@ pub async fn forward(
             .with_code(BAD_RESPONSE),
         ));
     }
-    if begins_with_an_error_member(&body)
-        && let Some(err) = provider_errors::success_body_error(&body, status, provider)
-    {
-        return Err(named(err));
+    match first_member(&body) {
+        Some(b"error") => {
+            if let Some(err) = provider_errors::success_body_error(&body, status, provider) {
+                return Err(named(err));
+            }
+        }
+        // AI/ML API's and Agentsflare's error shape (`{"message": …,
+        // "statusCode": 429}`), which no completion begins with.
+        Some(b"message" | b"statusCode") => {
+            if let Some(sent) = provider_errors::status_in_success_body(&body) {
+                let asked = AskedWait::default();
+                return Err(named(provider_errors::translate(
+                    provider, sent, asked, &body,
+                )));
+            }
+        }
+        _ => {}
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);
@@ -331,10 +344,11 @@ fn looks_like_json_object(body: &[u8]) -> bool {
 /// Whether a JSON object's first member is named `error`, as a provider's
 /// error document's is (a completion begins with `id`): only then is the
 /// body read for an error, so an answer costs a few comparisons.
-fn begins_with_an_error_member(body: &[u8]) -> bool {
-    let body = body.trim_ascii_start();
-    body.get(1..)
-        .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"error\""))
+fn first_member(body: &[u8]) -> Option<&[u8]> {
+    let body = body.trim_ascii_start().get(1..)?.trim_ascii_start();
+    let name = body.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', name)?;
+    Some(&name[..end])
 }
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
@@ -572,18 +586,23 @@ mod tests {
     }
 
     #[test]
-    fn only_a_first_member_named_error_is_read_for_one() {
-        for (body, error) in [
-            (&b"{\"error\":{\"message\":\"x\"}}"[..], true),
-            (b" \n{ \n \"error\" : \"x\"}", true),
-            (b"{\"id\":\"x\",\"error\":{}}", false),
-            (b"{\"errors\":[]}", false),
-            (b"{}", false),
-            (b"", false),
+    fn the_first_members_name_is_read_without_parsing() {
+        for (body, first) in [
+            (&b"{\"error\":{\"message\":\"x\"}}"[..], Some(&b"error"[..])),
+            (b" \n{ \n \"error\" : \"x\"}", Some(b"error")),
+            (b"{\"id\":\"x\",\"error\":{}}", Some(b"id")),
+            (
+                b"{\"statusCode\":429,\"message\":\"x\"}",
+                Some(b"statusCode"),
+            ),
+            (b"{\"errors\":[]}", Some(b"errors")),
+            (b"{}", None),
+            (b"{\"unended", None),
+            (b"", None),
         ] {
             assert_eq!(
-                begins_with_an_error_member(body),
-                error,
+                first_member(body),
+                first,
                 "{:?}",
                 String::from_utf8_lossy(body)
             );

@@ -68,6 +68,45 @@ async fn a_501_fails_over_without_asking_the_same_provider_again() {
     assert_eq!(seen(&app, Flavour::Agentsflare), 2);
 }
 
+/// AI/ML API's and Agentsflare's error shape (`{"message", "statusCode"}`)
+/// under a 200 is that error too, read as the same body under its stated
+/// status would be.
+#[tokio::test]
+async fn a_200_that_carries_a_resellers_error_is_that_error() {
+    let app = spawn_app_with(FAST, &[]).await;
+    for (model, directive, status, error_type) in [
+        (
+            "kimi-chat",
+            "error=rate_limit",
+            429,
+            "rate_limit_reached_error",
+        ),
+        (
+            "moonshot/kimi-k2-preview",
+            "error=quota",
+            429,
+            "exceeded_current_quota_error",
+        ),
+        (
+            "moonshot/kimi-k2-preview",
+            "error=invalid_request",
+            400,
+            "invalid_request_error",
+        ),
+    ] {
+        let response = app
+            .chat(chat_body(
+                model,
+                &format!("[mock {directive} error_status_ok]"),
+                false,
+            ))
+            .await;
+        assert_eq!(response.status(), status, "{model} {directive}");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], error_type, "{model} {directive}: {error}");
+    }
+}
+
 /// A 200 whose body is an error document (`{"error":{...}}`) is not an
 /// answer: the SDKs would hand their caller a completion with no choices.
 /// A server error fails over; a request error is the client's, as the
