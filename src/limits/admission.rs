@@ -189,7 +189,7 @@ impl Limits {
                     tokio::time::sleep_until(deadline.min(Instant::now() + REDIS_QUEUE_POLL)).await;
                 }
                 Err(mut denial) if denial.limit == LimitKind::ConcurrentRequests => {
-                    denial.retry_after = self.provider_queue;
+                    denial.retry_after = local::BUSY_RETRY_AFTER;
                     return Some(Err(denial));
                 }
                 other => return Some(other),

@@ -223,7 +223,7 @@ pub fn admit(
     for scope in scopes {
         if let Some(slots) = &scope.local.concurrency {
             if !slots.try_take() {
-                return Err(busy(scope, slots.limit(), Duration::from_secs(1)));
+                return Err(busy(scope, slots.limit()));
             }
             hold.hold_slot(scope);
         }
@@ -242,7 +242,7 @@ pub async fn admit_queued(
     let mut hold = LocalHold::default();
     if let Some(slots) = &scope.local.concurrency {
         if !slots.take_within(queue).await {
-            return Err(busy(scope, slots.limit(), queue));
+            return Err(busy(scope, slots.limit()));
         }
         hold.hold_slot(scope);
     }
@@ -375,12 +375,18 @@ fn longest_request_wait<'a>(
         .max_by_key(|(_, _, wait)| *wait)
 }
 
-fn busy(scope: &Scope, limit: u32, retry_after: Duration) -> Denial {
+/// How long a client refused for a concurrency limit is asked to wait: no
+/// one knows when a slot frees, and a provider's queue wait (100 ms by
+/// default) is too short to ask of a client, whose SDK would spend its
+/// retries within half a second.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn busy(scope: &Scope, limit: u32) -> Denial {
     denial(
         scope,
         LimitKind::ConcurrentRequests,
         u64::from(limit),
-        retry_after,
+        BUSY_RETRY_AFTER,
     )
 }
 
