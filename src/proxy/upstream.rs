@@ -272,7 +272,13 @@ pub async fn forward(
         Ok(Ok(body)) => body,
     };
     let body_read = Instant::now();
-    if !looks_like_json_object(&body) || request.stream {
+    let json = looks_like_json_object(&body);
+    // An error document under a 2xx is that error, for a stream request
+    // too (a provider that refused it before streaming).
+    if json && let Some(err) = error_under_success(&body, status, provider) {
+        return Err(named(err));
+    }
+    if !json || request.stream {
         let what = if request.stream {
             "a non-stream body to a stream request"
         } else {
@@ -289,24 +295,6 @@ pub async fn forward(
             )
             .with_code(BAD_RESPONSE),
         ));
-    }
-    match first_member(&body) {
-        Some(b"error") => {
-            if let Some(err) = provider_errors::success_body_error(&body, status, provider) {
-                return Err(named(err));
-            }
-        }
-        // AI/ML API's and Agentsflare's error shape (`{"message": …,
-        // "statusCode": 429}`), which no completion begins with.
-        Some(b"message" | b"statusCode") => {
-            if let Some(sent) = provider_errors::status_in_success_body(&body) {
-                let asked = AskedWait::default();
-                return Err(named(provider_errors::translate(
-                    provider, sent, asked, &body,
-                )));
-            }
-        }
-        _ => {}
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);
@@ -344,6 +332,29 @@ fn looks_like_json_object(body: &[u8]) -> bool {
 /// Whether a JSON object's first member is named `error`, as a provider's
 /// error document's is (a completion begins with `id`): only then is the
 /// body read for an error, so an answer costs a few comparisons.
+/// The error a 2xx JSON body carries instead of an answer: a first member
+/// `error` (Moonshot's shape), or AI/ML API's and Agentsflare's shape
+/// (`{"message": …, "statusCode": 429}`), which no completion begins with.
+fn error_under_success(
+    body: &[u8],
+    status: StatusCode,
+    provider: &crate::config::Provider,
+) -> Option<GatewayError> {
+    match first_member(body)? {
+        b"error" => provider_errors::success_body_error(body, status, provider),
+        b"message" | b"statusCode" => {
+            let sent = provider_errors::status_in_success_body(body)?;
+            Some(provider_errors::translate(
+                provider,
+                sent,
+                AskedWait::default(),
+                body,
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn first_member(body: &[u8]) -> Option<&[u8]> {
     let body = body.trim_ascii_start().get(1..)?.trim_ascii_start();
     let name = body.strip_prefix(b"\"")?;

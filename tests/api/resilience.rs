@@ -70,7 +70,7 @@ async fn a_501_fails_over_without_asking_the_same_provider_again() {
 
 /// AI/ML API's and Agentsflare's error shape (`{"message", "statusCode"}`)
 /// under a 200 is that error too, read as the same body under its stated
-/// status would be.
+/// status would be, for a stream request as for a plain one.
 #[tokio::test]
 async fn a_200_that_carries_a_resellers_error_is_that_error() {
     let app = spawn_app_with(FAST, &[]).await;
@@ -94,17 +94,26 @@ async fn a_200_that_carries_a_resellers_error_is_that_error() {
             "invalid_request_error",
         ),
     ] {
-        let response = app
-            .chat(chat_body(
-                model,
-                &format!("[mock {directive} error_status_ok]"),
-                false,
-            ))
-            .await;
-        assert_eq!(response.status(), status, "{model} {directive}");
-        let error = error_of(response).await;
-        assert_eq!(error["type"], error_type, "{model} {directive}: {error}");
+        // A stream request refused so, before any event, too.
+        for stream in [false, true] {
+            let content = format!("[mock {directive} error_status_ok]");
+            let response = app.chat(chat_body(model, &content, stream)).await;
+            assert_eq!(response.status(), status, "{model} {directive} {stream}");
+            let error = error_of(response).await;
+            assert_eq!(error["type"], error_type, "{model} {directive}: {error}");
+        }
     }
+    // Moonshot's shape, to a stream request: the client's error, not a
+    // retryable upstream_bad_response.
+    let response = app
+        .chat(chat_body(
+            "moonshot/kimi-k2.6",
+            "[mock error=invalid_request error_status_ok]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(header(&response, "x-gateway-attempts"), "1");
 }
 
 /// A 200 whose body is an error document (`{"error":{...}}`) is not an
