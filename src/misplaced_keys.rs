@@ -1,12 +1,13 @@
 //! A key sent where a name goes: a client key (or a provider's) given as
-//! the `model`, or as a segment of a path, is shown in the access line,
-//! and in the error it quotes, as `***` (as a provider key quoted in an
-//! error is). Only refusals that found no route are looked at (an unknown
-//! model or path, a missing key), so served requests pay nothing.
+//! the `model` (or a `/`-separated part of it), or as a segment of a path
+//! (as sent or percent-decoded), is shown in the access line, and in the
+//! error it quotes, as `***` (as a provider key quoted in an error is).
+//! Only refusals that found no route are looked at (an unknown model or
+//! path, a missing key), so served requests pay nothing.
 
 use crate::access_log::AccessRecord;
 use crate::config::Config;
-use std::sync::Arc;
+use std::borrow::Cow;
 
 /// What a key is shown as.
 const SHOWN: &str = "***";
@@ -16,43 +17,53 @@ pub fn hide_in(record: &mut AccessRecord, config: &Config) {
     if record.status.is_success() || record.route.is_some() {
         return;
     }
-    let mut found: Vec<Arc<str>> = Vec::new();
-    if let Some(model) = record.model.as_mut()
-        && is_key(config, model.name.as_bytes())
-    {
-        found.push(std::mem::replace(&mut model.name, SHOWN.into()));
+    // Every form a key was found in, to be hidden in the error's message.
+    let mut found: Vec<String> = Vec::new();
+    if let Some(model) = record.model.as_mut() {
+        let parts = hidden_parts(&model.name, config, &mut found);
+        if let Some(shown) = parts {
+            model.name = shown.into();
+        }
     }
     let path = record.uri.path();
-    let segments: Vec<&str> = path.split('/').collect();
-    if path != crate::app::CHAT_PATH && segments.iter().any(|s| is_key(config, s.as_bytes())) {
-        let shown: Vec<&str> = segments
-            .iter()
-            .map(|s| {
-                if is_key(config, s.as_bytes()) {
-                    SHOWN
-                } else {
-                    s
-                }
-            })
-            .collect();
-        found.extend(
-            segments
-                .iter()
-                .filter(|s| is_key(config, s.as_bytes()))
-                .map(|s| Arc::from(*s)),
-        );
+    if path != crate::app::CHAT_PATH
+        && let Some(shown) = hidden_parts(path, config, &mut found)
         // Rebuilt from the path alone: the query is never logged.
-        if let Ok(uri) = http::Uri::try_from(shown.join("/")) {
-            record.uri = uri;
-        }
+        && let Ok(uri) = http::Uri::try_from(shown)
+    {
+        record.uri = uri;
     }
     if let Some(error) = record.error.as_mut() {
         for key in &found {
-            if error.message.contains(&**key) {
-                error.message = error.message.replace(&**key, SHOWN).into();
+            if error.message.contains(key.as_str()) {
+                error.message = error.message.replace(key.as_str(), SHOWN).into();
             }
         }
     }
+}
+
+/// `text` with each `/`-separated part that is a key, as it is or
+/// percent-decoded, replaced by `***`; `None` when no part is one. The
+/// forms found are added to `found`.
+fn hidden_parts(text: &str, config: &Config, found: &mut Vec<String>) -> Option<String> {
+    let mut any = false;
+    let parts: Vec<&str> = text
+        .split('/')
+        .map(|part| {
+            let decoded = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
+            let hidden = is_key(config, part.as_bytes())
+                || (matches!(decoded, Cow::Owned(_)) && is_key(config, decoded.as_bytes()));
+            if hidden {
+                any = true;
+                found.push(part.to_string());
+                found.push(decoded.into_owned());
+                SHOWN
+            } else {
+                part
+            }
+        })
+        .collect();
+    any.then(|| parts.join("/"))
 }
 
 /// Whether `text` is one of the configured client keys or provider keys.

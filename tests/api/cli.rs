@@ -426,20 +426,34 @@ fn a_key_sent_as_a_name_is_not_logged() {
     assert!(!line.contains("sk-team-secret-1"), "{line}");
     assert!(line.contains("/v1/models/***"), "{line}");
 
-    let body = r#"{"model":"sk-team-secret-1","messages":[]}"#;
-    let answer = send(&format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ));
+    // Percent-encoded in the path, which the model's lookup decodes (and
+    // its error quotes decoded).
+    let answer = send(
+        "GET /v1/models/sk-team-secret%2D1 HTTP/1.1\r\nHost: x\r\n\
+         authorization: Bearer sk-team-secret-1\r\nconnection: close\r\n\r\n",
+    );
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     let line = wait_for_line(&mut stdout, "\"status\":404");
+    assert!(!line.contains("sk-team-secret"), "{line}");
+    assert!(line.contains("/v1/models/***"), "{line}");
+
+    for model in ["sk-team-secret-1", "moonshot/sk-team-secret-1"] {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let answer = send(&format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        let line = wait_for_line(&mut stdout, "\"status\":404");
+        assert!(!line.contains("sk-team-secret-1"), "{line}");
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let shown = model.replace("sk-team-secret-1", "***");
+        assert_eq!(line["model"], shown, "{line}");
+        assert!(line["error"].as_str().unwrap().contains("***"), "{line}");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!line.contains("sk-team-secret-1"), "{line}");
-    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(line["model"], "***", "{line}");
-    assert!(line["error"].as_str().unwrap().contains("***"), "{line}");
 }
 
 /// A configuration file the probe cannot read, or whose `server.listen`
