@@ -136,7 +136,9 @@ where
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
     };
-    crate::misplaced_keys::hide_in(&mut record, &state.peek_config());
+    if crate::misplaced_keys::may_show_keys(&record) {
+        crate::misplaced_keys::hide_in(&mut record, &state.peek_config());
+    }
     let fields = handled.fields;
     // Limits held in Redis are settled before the body's end goes out; local
     // ones when the body is dropped.

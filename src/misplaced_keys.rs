@@ -12,9 +12,16 @@ use std::borrow::Cow;
 /// What a key is shown as.
 const SHOWN: &str = "***";
 
+/// Whether `record` is a refusal that found no route, whose model and
+/// path are looked at (checked before the configuration is, which every
+/// request would pay for).
+pub fn may_show_keys(record: &AccessRecord) -> bool {
+    !record.status.is_success() && record.route.is_none()
+}
+
 /// Replaces in `record` a model or a path segment that is a key.
 pub fn hide_in(record: &mut AccessRecord, config: &Config) {
-    if record.status.is_success() || record.route.is_some() {
+    if !may_show_keys(record) {
         return;
     }
     // Every form a key was found in, to be hidden in the error's message.

@@ -341,8 +341,8 @@ fn error_under_success(
     provider: &crate::config::Provider,
 ) -> Option<GatewayError> {
     match first_member(body)? {
-        b"error" => provider_errors::success_body_error(body, status, provider),
-        b"message" | b"statusCode" => {
+        FirstMember::Error => provider_errors::success_body_error(body, status, provider),
+        FirstMember::MessageOrStatusCode => {
             let sent = provider_errors::status_in_success_body(body)?;
             Some(provider_errors::translate(
                 provider,
@@ -351,15 +351,28 @@ fn error_under_success(
                 body,
             ))
         }
-        _ => None,
     }
 }
 
-fn first_member(body: &[u8]) -> Option<&[u8]> {
-    let body = body.trim_ascii_start().get(1..)?.trim_ascii_start();
-    let name = body.strip_prefix(b"\"")?;
-    let end = memchr::memchr(b'"', name)?;
-    Some(&name[..end])
+/// The first members an error document under a 2xx begins with.
+#[derive(Debug, PartialEq)]
+enum FirstMember {
+    Error,
+    MessageOrStatusCode,
+}
+
+/// Which error document's first member `body` begins with, if any: read
+/// from its first bytes, not parsed (every plain answer is looked at, and
+/// a completion begins with `"id"`).
+fn first_member(body: &[u8]) -> Option<FirstMember> {
+    let rest = body.trim_ascii_start().get(1..)?.trim_ascii_start();
+    let starts = |name: &[u8]| rest.starts_with(name);
+    match rest.get(1)? {
+        b'e' if starts(b"\"error\"") => Some(FirstMember::Error),
+        b'm' if starts(b"\"message\"") => Some(FirstMember::MessageOrStatusCode),
+        b's' if starts(b"\"statusCode\"") => Some(FirstMember::MessageOrStatusCode),
+        _ => None,
+    }
 }
 
 /// Reads at most `limit` bytes of a body before `deadline`; what could not be
@@ -598,17 +611,23 @@ mod tests {
 
     #[test]
     fn the_first_members_name_is_read_without_parsing() {
+        use FirstMember::{Error, MessageOrStatusCode};
         for (body, first) in [
-            (&b"{\"error\":{\"message\":\"x\"}}"[..], Some(&b"error"[..])),
-            (b" \n{ \n \"error\" : \"x\"}", Some(b"error")),
-            (b"{\"id\":\"x\",\"error\":{}}", Some(b"id")),
+            (&b"{\"error\":{\"message\":\"x\"}}"[..], Some(Error)),
+            (b" \n{ \n \"error\" : \"x\"}", Some(Error)),
             (
                 b"{\"statusCode\":429,\"message\":\"x\"}",
-                Some(b"statusCode"),
+                Some(MessageOrStatusCode),
             ),
-            (b"{\"errors\":[]}", Some(b"errors")),
+            (
+                b"{\"message\":\"x\",\"statusCode\":429}",
+                Some(MessageOrStatusCode),
+            ),
+            (b"{\"id\":\"x\",\"error\":{}}", None),
+            (b"{\"errors\":[]}", None),
+            (b"{\"messages\":[]}", None),
             (b"{}", None),
-            (b"{\"unended", None),
+            (b"{\"e", None),
             (b"", None),
         ] {
             assert_eq!(
