@@ -102,6 +102,8 @@ pub struct Scenario {
     pub bare_usage_chunk: bool,
     /// Wait on this gate before every content chunk after the first.
     pub gate: Option<String>,
+    /// Write the usage's token counts as floats (`11.0`), as a provider may.
+    pub counts_as_floats: bool,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
     pub chunk_bytes: Option<usize>,
     /// Fail (with `error` or `reset`) only the first N requests carrying
@@ -184,6 +186,7 @@ impl Scenario {
                 "split_data" => scenario.split_data = true,
                 "usage_on_last_choice" => scenario.usage_on_last_choice = true,
                 "bare_usage_chunk" => scenario.bare_usage_chunk = true,
+                "counts_as_floats" => scenario.counts_as_floats = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),

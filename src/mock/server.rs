@@ -301,6 +301,11 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
         ),
         Rendered::Completion(completion) => {
             guard.armed = false;
+            let completion = if scenario.counts_as_floats {
+                counts_as_floats(&completion)
+            } else {
+                completion
+            };
             (Body::from(completion), "application/json")
         }
     };
@@ -447,6 +452,28 @@ fn with_usage_moved(events: &[Bytes], scenario: &Scenario) -> Arc<[Bytes]> {
         .collect()
 }
 
+/// `json` with every token count (a `…_tokens` member's digits) written
+/// as a float: `"prompt_tokens":11` becomes `"prompt_tokens":11.0`.
+fn counts_as_floats(json: &[u8]) -> Bytes {
+    const KEY_END: &[u8] = b"_tokens\":";
+    let mut out = Vec::with_capacity(json.len() + 64);
+    let mut rest = json;
+    while let Some(at) = memchr::memmem::find(rest, KEY_END) {
+        let value = at + KEY_END.len();
+        let digits = rest[value..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        out.extend_from_slice(&rest[..value + digits]);
+        if digits > 0 {
+            out.extend_from_slice(b".0");
+        }
+        rest = &rest[value + digits..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 /// The rendered events, each with an `id:` line first, numbered from 1.
 fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
     (1..)
@@ -489,6 +516,11 @@ fn stream_body(
     };
     let events = if scenario.usage_on_last_choice || scenario.bare_usage_chunk {
         with_usage_moved(&events, scenario)
+    } else {
+        events
+    };
+    let events = if scenario.counts_as_floats {
+        events.iter().map(|event| counts_as_floats(event)).collect()
     } else {
         events
     };

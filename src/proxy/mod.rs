@@ -23,3 +23,4 @@ pub mod upstream;
 pub mod usage;
 mod usage_event;
 mod usage_flat;
+pub mod whole_count;

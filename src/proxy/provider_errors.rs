@@ -452,12 +452,16 @@ fn server_status(status: StatusCode) -> StatusCode {
     }
 }
 
+/// A message as text: a list's texts joined, `null` none (the gateway's
+/// own message stands in for an empty one), any other value its JSON.
 fn message_text(value: serde_json::Value) -> String {
     match value {
         serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
         serde_json::Value::Array(items) => items
             .into_iter()
             .map(message_text)
+            .filter(|text| !text.is_empty())
             .collect::<Vec<_>>()
             .join("; "),
         other => other.to_string(),
@@ -915,6 +919,14 @@ mod tests {
         assert_eq!(&*err.message, "slow down");
         assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
         assert_eq!(err.code, None);
+        // A `null` message is no message: the gateway's own stands in.
+        for body in [
+            &br#"{"error":{"message":null,"type":null,"code":null}}"#[..],
+            br#"{"error":{"message":[null,""]}}"#,
+        ] {
+            let err = translate(&provider, StatusCode::BAD_REQUEST, asked(), body);
+            assert_eq!(&*err.message, "provider moonshot answered HTTP 400");
+        }
     }
 
     /// A 2xx body that is an error document fails as its error says; one

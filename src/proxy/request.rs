@@ -469,19 +469,10 @@ fn token_cap(
         return Ok(None);
     };
     let raw = body.span(span);
-    if let Ok(cap) = std::str::from_utf8(&raw).unwrap_or("").parse::<u64>() {
-        return Ok(Some(cap));
-    }
     match raw.first() {
         Some(b'n') => Ok(None),
-        Some(b'-' | b'0'..=b'9') => {
-            // The scan checked the number's grammar: it parses as a float.
-            let value: f64 = std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0.0);
-            Ok((value >= 0.0).then(|| value.ceil().min(u64::MAX as f64) as u64))
-        }
+        // The scan checked the number's grammar; a cap below zero is none.
+        Some(b'-' | b'0'..=b'9') => Ok(super::whole_count::whole_count(&raw)),
         _ => Err(
             GatewayError::invalid_request(format!("`{name}` must be a number or null"))
                 .with_param(name),

@@ -4,6 +4,7 @@
 //! under either name.
 
 use super::usage_event::EventMembers;
+use super::whole_count::whole_count;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -180,10 +181,9 @@ impl Usage {
     }
 
     fn from_value(raw: &Value) -> Usage {
-        let count = |v: &Value| v.as_u64().unwrap_or(0);
-        let cached = raw["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .or(raw["cached_tokens"].as_u64())
+        let count = |v: &Value| count_of(v).unwrap_or(0);
+        let cached = count_of(&raw["prompt_tokens_details"]["cached_tokens"])
+            .or(count_of(&raw["cached_tokens"]))
             .unwrap_or(0);
         Usage {
             prompt_tokens: count(&raw["prompt_tokens"]),
@@ -217,21 +217,28 @@ pub(super) struct UsageFields {
     pub(super) has_details: bool,
 }
 
-/// A count as JSON writes it: `Some(None)` for `null`, `None` for anything
-/// but plain digits that fit (a float, a negative, a string).
+/// A count as JSON writes it: `Some(None)` for `null`, `Some(Some(n))` for
+/// a number in any form (`11`, `11.0`, `1.1e1`: see [`whole_count`]; one
+/// below zero counts 0), `None` for anything else (a string, a list).
 fn plain_count(value: &[u8]) -> Option<Option<u64>> {
-    if value == b"null" {
-        return Some(None);
+    match value.first()? {
+        b'n' if value == b"null" => Some(None),
+        b'-' | b'0'..=b'9' => Some(Some(whole_count(value).unwrap_or(0))),
+        _ => None,
     }
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
+}
+
+/// A count read the lenient way: a number in any form as [`plain_count`]
+/// reads it, anything else none.
+fn count_of(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => Some(
+            n.as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64))
+                .unwrap_or(0),
+        ),
+        _ => None,
     }
-    value
-        .iter()
-        .try_fold(0u64, |n, d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .map(Some)
 }
 
 impl UsageFields {
@@ -399,9 +406,7 @@ fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
 /// Moonshot's top-level `cached_tokens` when no `prompt_tokens_details` is
 /// beside it (the lenient reading of [`UsageFields::read`]'s second value).
 fn unmirrored_cached_of(usage: &Value) -> Option<u64> {
-    usage["cached_tokens"]
-        .as_u64()
-        .filter(|_| usage.get("prompt_tokens_details").is_none())
+    count_of(&usage["cached_tokens"]).filter(|_| usage.get("prompt_tokens_details").is_none())
 }
 
 /// Cheap test: could this data mention usage at all?
@@ -584,14 +589,22 @@ mod tests {
         assert_eq!(report.place, UsagePlace::InChoice);
         assert_eq!(report.usage.total_tokens, 3);
         assert!(parse_usage(br#"{"usage":null,"choices":[{"delta":{}}]}"#).is_none());
-        // A float where a count is expected is read leniently, not dropped.
+        // A count in another number form is read as its value.
         let report = parse_usage(
             br#"{"choices":[],"usage":{"prompt_tokens":2.0,"completion_tokens":1,"total_tokens":3}}"#,
         )
         .unwrap();
         assert_eq!(
             (report.usage.prompt_tokens, report.usage.completion_tokens),
-            (0, 1)
+            (2, 1)
+        );
+        let report = parse_usage(
+            br#"{"choices":[{"usage":{"prompt_tokens":1.1e1,"completion_tokens":7,"total_tokens":18.0}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (report.usage.prompt_tokens, report.usage.total_tokens),
+            (11, 18)
         );
         // Escapes inside skipped members do not matter.
         let report = parse_usage(
@@ -686,15 +699,30 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        // Odd values still count what can be counted.
+        // A count in another number form is its value; a `null` none.
         let odd = find_body_usage(
             br#"{"usage":{"prompt_tokens":2.0,"completion_tokens":3,"total_tokens":null}}"#,
         )
         .unwrap();
         assert_eq!(
             (odd.usage.prompt_tokens, odd.usage.completion_tokens),
-            (0, 3)
+            (2, 3)
         );
+        // Written as exponents, cached tokens included, or beyond a float.
+        let odd = find_body_usage(
+            br#"{"usage":{"prompt_tokens":1.1e1,"completion_tokens":7E0,"total_tokens":1e400,"cached_tokens":3.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            odd.usage,
+            Usage {
+                prompt_tokens: 11,
+                completion_tokens: 7,
+                total_tokens: u64::MAX,
+                cached_tokens: 3,
+            }
+        );
+        assert_eq!(odd.unmirrored_cached, Some(3));
     }
 
     #[test]
@@ -748,11 +776,11 @@ mod tests {
                 assert_eq!(fields.read(), lenient, "{object}");
             }
         }
-        // Read by the scan: plain counts and nulls under each key but the
-        // repeated `total_tokens` (4 * 3) and in `prompt_tokens_details`
-        // (4 + null + `{}`), any value of an unknown member (12), and the
+        // Read by the scan: numbers and nulls under each key but the
+        // repeated `total_tokens` (8 * 3) and in `prompt_tokens_details`
+        // (8 + null + `{}`), any value of an unknown member (12), and the
         // first three objects that are neither repeated nor escaped.
-        assert_eq!(read_by_scan, 12 + 6 + 12 + 3);
+        assert_eq!(read_by_scan, 24 + 10 + 12 + 3);
         // Not JSON: nothing read.
         assert!(UsageFields::scan(br#"{"prompt_tokens":1"#).is_none());
         assert!(UsageFields::scan(br#"{"prompt_tokens":01}"#).is_none());

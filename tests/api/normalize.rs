@@ -336,3 +336,55 @@ async fn events_of_several_data_lines_are_read_like_any_other() {
         2
     );
 }
+
+/// A provider that writes its token counts as floats (`11.0`): the counts
+/// are read as their values, for plain answers and for each provider's
+/// stream usage, and the answer is passed on as the provider wrote it.
+#[tokio::test]
+async fn token_counts_written_as_floats_are_counted_as_their_values() {
+    let app = spawn_app().await;
+    let tokens = |metrics: &str, provider: &str, model: &str, kind: &str| {
+        crate::metrics::sample(
+            metrics,
+            &format!(
+                r#"kimi_gateway_tokens_total{{key="anonymous",kind="{kind}",provider="{provider}",route="{model}"}}"#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    for (flavour, provider, model) in [
+        (Flavour::Moonshot, "moonshot", "kimi-k2-turbo-preview"),
+        (Flavour::Aimlapi, "aimlapi", "moonshot/kimi-k2-preview"),
+        (Flavour::Agentsflare, "agentsflare", "kimi-chat"),
+    ] {
+        for stream in [false, true] {
+            let mut body = chat_body(model, "hi [mock counts_as_floats]", stream);
+            if stream {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let sent = direct(&app, flavour, &body).await;
+            assert!(prompt_count_is_a_float(&sent), "{sent}");
+            let before = scrape(&app).await;
+            let client = through(&app, &body).await;
+            assert!(prompt_count_is_a_float(&client), "as written: {client}");
+            let after = scrape(&app).await;
+            let completion = tokens(&after, provider, model, "completion")
+                - tokens(&before, provider, model, "completion");
+            let prompt = tokens(&after, provider, model, "prompt")
+                - tokens(&before, provider, model, "prompt");
+            assert!(
+                completion >= 1.0,
+                "{provider} stream={stream}: {completion}"
+            );
+            assert!(prompt >= 1.0, "{provider} stream={stream}: {prompt}");
+        }
+    }
+}
+
+/// Whether `text` has a `"prompt_tokens":` count written as a float.
+fn prompt_count_is_a_float(text: &str) -> bool {
+    text.split("\"prompt_tokens\":").skip(1).any(|rest| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(".0")
+    })
+}
