@@ -1,8 +1,9 @@
 //! Catalogue refresh: a provider with `refresh_models_secs` is asked for
 //! its `/models` that often; the ids it lists are kept (see
-//! [`DiscoveredModels`]) and, when they changed, the configuration is
-//! rebuilt as a reload does, so a model the provider adds is routed
-//! without an edit. A failed ask keeps the catalogue as it was.
+//! [`DiscoveredModels`]) and, when what the match picks from them changed,
+//! the running configuration is rebuilt as a reload does, so a model the
+//! provider adds is routed without an edit. A failed ask keeps the
+//! catalogue as it was.
 
 use crate::client::{ClientError, OutgoingBody, header_line, request_line};
 use crate::config::{DiscoveredModels, Provider};
@@ -36,39 +37,60 @@ pub fn spawn(state: AppState) {
 }
 
 async fn run(state: AppState) {
-    let mut asked: HashMap<Arc<str>, Instant> = HashMap::new();
+    // When each provider was last asked, at the base URL it had then: a
+    // provider a reload moves to another endpoint is asked there at once.
+    let mut asked: HashMap<(Arc<str>, String), Instant> = HashMap::new();
     loop {
         let config = state.config();
         let mut wake = Instant::now() + LOOK_AGAIN;
         let mut changed = false;
+        // Every provider's keys, for ids that quote one (in any case).
+        let secrets: Vec<String> = config
+            .providers
+            .iter()
+            .flat_map(|p| p.keys.iter().map(|k| k.secret.to_ascii_lowercase()))
+            .collect();
         for provider in config.usable_providers() {
             let Some(refresh) = &provider.models_refresh else {
                 continue;
             };
             let now = Instant::now();
-            let due = asked
-                .get(&provider.name)
-                .map_or(now, |at| *at + refresh.every);
+            let endpoint = (provider.name.clone(), provider.base_url.clone());
+            let due = asked.get(&endpoint).map_or(now, |at| *at + refresh.every);
             if due > now {
                 wake = wake.min(due);
                 continue;
             }
-            asked.insert(provider.name.clone(), now);
+            asked.insert(endpoint, now);
             wake = wake.min(now + refresh.every);
-            changed |= ask_and_keep(&state, provider, &config.discovered).await;
+            changed |= ask_and_keep(&state, provider, &secrets, &config.discovered).await;
         }
         drop(config);
         if changed {
-            crate::reload::reload(&state, "models_refresh").await;
+            crate::reload::reload(&state, "models_refresh", crate::reload::Reading::Running).await;
         }
         tokio::time::sleep_until(wake).await;
     }
 }
 
-/// Asks `provider` and keeps what it lists; true when that changed.
-async fn ask_and_keep(state: &AppState, provider: &Provider, kept: &DiscoveredModels) -> bool {
-    let asked = tokio::time::timeout(ASK_TIME, list_models(provider)).await;
-    let result = asked.unwrap_or(Err(RefreshError::TimedOut));
+/// Asks `provider` and keeps what it lists; true when that changed what
+/// its `refresh_models_match` picks.
+async fn ask_and_keep(
+    state: &AppState,
+    provider: &Provider,
+    secrets: &[String],
+    kept: &DiscoveredModels,
+) -> bool {
+    let Some(refresh) = &provider.models_refresh else {
+        return false;
+    };
+    let asked = tokio::time::timeout(ASK_TIME, list_models(provider, secrets)).await;
+    let result = asked
+        .unwrap_or(Err(RefreshError::TimedOut))
+        .and_then(|ids| match ids.iter().any(|id| refresh.takes(id)) {
+            true => Ok(ids),
+            false => Err(RefreshError::NonePicked(ids.len())),
+        });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     state
         .metrics
@@ -78,7 +100,9 @@ async fn ask_and_keep(state: &AppState, provider: &Provider, kept: &DiscoveredMo
     match result {
         Ok(ids) => {
             let count = ids.len();
-            let changed = kept.replace(&provider.name, ids);
+            let changed = kept.replace(&provider.name, &provider.base_url, ids, |id| {
+                refresh.takes(id)
+            });
             if changed {
                 tracing::info!(provider = %provider.name, listed = count, "provider's model list changed");
             }
@@ -108,10 +132,13 @@ enum RefreshError {
     TimedOut,
     #[error("the list names no usable model")]
     Empty,
+    /// A Kimi provider that lists no Kimi model is at fault for the moment.
+    #[error("refresh_models_match picks none of the {0} ids listed")]
+    NonePicked(usize),
 }
 
 /// `GET {base_url}/models` with the provider's first key; the ids listed.
-async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
+async fn list_models(provider: &Provider, secrets: &[String]) -> Result<Vec<String>, RefreshError> {
     let key = provider
         .keys
         .first()
@@ -145,15 +172,19 @@ async fn list_models(provider: &Provider) -> Result<Vec<String>, RefreshError> {
         .await
         .map_err(|err| RefreshError::Body(err.to_string()))?
         .to_bytes();
-    kept_ids(&list, provider)
+    kept_ids(&list, secrets)
 }
 
 /// The ids of `list` the gateway may publish. A provider that quotes the
-/// key it was sent (in an id, or in text the parser's error repeats) must
-/// not put it in `/v1/models` or the log: such ids are left out, and the
-/// error never repeats the provider's text.
-fn kept_ids(list: &[u8], provider: &Provider) -> Result<Vec<String>, RefreshError> {
-    let quotes_no_key = |id: &str| !provider.keys.iter().any(|key| id.contains(&key.secret));
+/// key it was sent, or any provider's key (`secrets`, in lower case), in
+/// an id or in text the parser's error repeats, must not put it in
+/// `/v1/models`, the metrics or the log: such ids are left out, in any
+/// letter case, and the error never repeats the provider's text.
+fn kept_ids(list: &[u8], secrets: &[String]) -> Result<Vec<String>, RefreshError> {
+    let quotes_no_key = |id: &str| {
+        let id = id.to_ascii_lowercase();
+        !secrets.iter().any(|secret| id.contains(secret.as_str()))
+    };
     let ids = listed_ids(list, quotes_no_key)
         .map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
     // A provider serves some model: a list of none is a fault of the
@@ -242,14 +273,20 @@ mod tests {
         assert!(listed_ids(b"<html>", |_| true).is_err());
     }
 
-    /// The test provider's key is `secret-key-123`.
+    /// The providers' keys, in lower case as the loop gives them.
+    fn secrets() -> Vec<String> {
+        vec!["secret-key-123".into(), "sk-other-provider".into()]
+    }
+
     #[test]
     fn a_list_that_quotes_the_key_publishes_and_logs_none_of_it() {
-        let provider = crate::config::test_provider();
         let list = br#"{"data":[{"id":"kimi-secret-key-123"},{"id":"kimi-k2.6"}]}"#;
-        assert_eq!(kept_ids(list, &provider).unwrap(), ["kimi-k2.6"]);
+        assert_eq!(kept_ids(list, &secrets()).unwrap(), ["kimi-k2.6"]);
+        // Another provider's key, or a key in other letters, is as bad.
+        let list = br#"{"data":[{"id":"kimi-sk-other-provider"},{"id":"SECRET-KEY-123"},{"id":"kimi-k2.6"}]}"#;
+        assert_eq!(kept_ids(list, &secrets()).unwrap(), ["kimi-k2.6"]);
         let list = br#"{"object":"list","data":"bad secret-key-123"}"#;
-        let err = kept_ids(list, &provider).unwrap_err().to_string();
+        let err = kept_ids(list, &secrets()).unwrap_err().to_string();
         assert_eq!(
             err,
             "not an OpenAI model list: invalid type: string (text not shown), \
@@ -258,7 +295,7 @@ mod tests {
         // A key the parser would escape in its message (`sk-"quoted\key`)
         // is not found by a search for it, and is not shown either.
         let list = br#"{"data":"Invalid key sk-\"quoted\\key"}"#;
-        let err = kept_ids(list, &provider).unwrap_err().to_string();
+        let err = kept_ids(list, &secrets()).unwrap_err().to_string();
         assert!(!err.contains("quoted"), "{err}");
     }
 
@@ -275,20 +312,18 @@ mod tests {
 
     #[test]
     fn a_list_of_no_usable_model_is_a_failed_refresh() {
-        let provider = crate::config::test_provider();
         for list in [
             &br#"{"data":[]}"#[..],
             br#"{"data":[{"id":""},{"object":"model"},{"id":"kimi-secret-key-123"}]}"#,
         ] {
-            let err = kept_ids(list, &provider).unwrap_err();
+            let err = kept_ids(list, &secrets()).unwrap_err();
             assert!(matches!(err, RefreshError::Empty), "{err}");
         }
     }
 
     #[test]
     fn a_number_the_parser_quotes_is_not_shown_either() {
-        let provider = crate::config::test_provider();
-        let err = kept_ids(br#"{"data":[{"id":5}]}"#, &provider)
+        let err = kept_ids(br#"{"data":[{"id":5}]}"#, &secrets())
             .unwrap_err()
             .to_string();
         assert!(!err.contains('5'), "{err}");

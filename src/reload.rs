@@ -16,16 +16,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// followed by a SIGHUP reloads once, not once for each.
 type LastRead = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 
+/// Where a reload reads the configuration's text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// The config file (SIGHUP, a change of the file).
+    File,
+    /// The text the running configuration was built from (a catalogue
+    /// refresh: the file may be caught part-way through a write, which
+    /// only the file's watcher waits out).
+    Running,
+}
+
 /// Reloads now; returns whether the new configuration was taken.
-pub async fn reload(state: &AppState, trigger: &str) -> bool {
+pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
     let _one_at_a_time = state.reloading.lock().await;
     let current = state.config();
+    let built = match reading {
+        Reading::File => {
+            config::load_reusing(current.source.as_deref(), Some(&current), &*state.env)
+        }
+        Reading::Running => config::rebuild(&current, &*state.env),
+    };
     // Checked against `--listen` as at start: a file the next restart
     // would refuse is refused now.
-    let result = config::load_reusing(current.source.as_deref(), Some(&current), &*state.env)
-        .and_then(|new| {
-            config::check_listen_override(&new, state.listen_override.get().copied()).map(|()| new)
-        });
+    let result = built.and_then(|new| {
+        config::check_listen_override(&new, state.listen_override.get().copied()).map(|()| new)
+    });
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -140,7 +156,7 @@ pub fn spawn_triggers(state: AppState) {
                         if let Some(path) = &path {
                             *last_read.lock().expect("last read") = std::fs::read(path).ok();
                         }
-                        reload(&state, "sighup").await;
+                        reload(&state, "sighup", Reading::File).await;
                     }
                 });
             }
@@ -271,7 +287,7 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
                 changed
             };
             if changed {
-                reload(&state, "file_change").await;
+                reload(&state, "file_change", Reading::File).await;
             }
         }
     });

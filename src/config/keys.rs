@@ -11,6 +11,18 @@ use crate::auth::{ClientKey, KeyTable, digest};
 use crate::limits::{ScopeKind, ScopeRegistry};
 use crate::proxy::route::RouteTable;
 
+/// Why a key may not name `model`: no route has it, or only a catalogue
+/// refresh found it (the next start, before any refresh, would refuse it).
+fn unknown_model(routes: &RouteTable, model: &str) -> String {
+    match routes.lookup(model) {
+        Some(_) => format!(
+            "unknown model {model:?}: only the provider's catalogue refresh lists it; \
+             name it in the provider's `models` or `extra_models`"
+        ),
+        None => format!("unknown model {model:?}"),
+    }
+}
+
 pub fn client_keys(
     files: Vec<(String, KeyFile)>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -51,10 +63,10 @@ pub fn client_keys(
             }
             let mut allowed = crate::auth::ModelSet::default();
             for (i, model) in models.iter().enumerate() {
-                if routes.lookup(model).is_none() {
+                if !routes.routes_without_refresh(model) {
                     problems.push(ConfigProblem::new(
                         format!("{path}.models[{i}]"),
-                        format!("unknown model {model:?}"),
+                        unknown_model(routes, model),
                     ));
                 }
                 allowed.insert(model.as_str().into());
@@ -67,11 +79,8 @@ pub fn client_keys(
         }
         for (model, limits) in file.model_limits.iter().flatten() {
             let mpath = format!("{path}.model_limits.{model:?}");
-            if routes.lookup(model).is_none() {
-                problems.push(ConfigProblem::new(
-                    &mpath,
-                    format!("unknown model {model:?}"),
-                ));
+            if !routes.routes_without_refresh(model) {
+                problems.push(ConfigProblem::new(&mpath, unknown_model(routes, model)));
             } else if !key.may_use(model) {
                 problems.push(ConfigProblem::new(
                     &mpath,

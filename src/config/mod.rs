@@ -127,6 +127,9 @@ pub struct Config {
     pub limits: Limits,
     /// The file this configuration was read from, if any (for reloads).
     pub source: Option<std::path::PathBuf>,
+    /// The text it was built from: a catalogue refresh rebuilds from this,
+    /// not from the file, which may be caught part-way through a write.
+    pub source_text: Arc<str>,
     /// Short hash of the inputs, shown by `/readyz` to tell configs apart.
     pub fingerprint: String,
     /// What the providers' `/models` listed; shared by every configuration
@@ -369,5 +372,19 @@ pub fn load_reusing(
     };
     let mut config = resolve_reusing(&text, env, previous)?;
     config.source = path.map(Path::to_path_buf);
+    config.source_text = text.into();
+    Ok(config)
+}
+
+/// `running` built again from the text it was built from, with the
+/// environment read through `env` and the models the catalogue refresh
+/// has found since: the file is not read (its changes are a reload's).
+pub fn rebuild(
+    running: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut config = resolve_reusing(&running.source_text, env, Some(running))?;
+    config.source = running.source.clone();
+    config.source_text = running.source_text.clone();
     Ok(config)
 }

@@ -357,7 +357,7 @@ pub fn build_provider(
     );
     let configured_models = models.len();
     if let Some(refresh) = &models_refresh
-        && let Some(listed) = discovered.get(&draft.name)
+        && let Some(listed) = discovered.get(&draft.name, &base_url)
     {
         let picked = listed.iter().filter(|id| refresh.takes(id));
         for id in picked.take(super::MAX_FOUND_MODELS) {
@@ -766,13 +766,20 @@ mod tests {
         );
     }
 
+    /// `ids` kept as what `provider` of `config` listed at its base URL.
+    fn found(config: &super::super::Config, provider: &str, ids: Vec<String>) -> bool {
+        let listing = config.providers.iter().find(|p| &*p.name == provider);
+        let base_url = &listing.unwrap().base_url;
+        config.discovered.replace(provider, base_url, ids, |_| true)
+    }
+
     #[test]
     fn found_ids_join_the_catalogue_only_while_the_refresh_is_on() {
         let text = "[providers.moonshot]\nrefresh_models_secs = 60\n";
         let first = resolve(text, &keyed).unwrap();
         let listed = vec!["kimi-k3".to_string(), "gpt-4o".into(), "kimi-k2.6".into()];
-        assert!(first.discovered.replace("moonshot", listed.clone()));
-        assert!(!first.discovered.replace("moonshot", listed));
+        assert!(found(&first, "moonshot", listed.clone()));
+        assert!(!found(&first, "moonshot", listed));
         let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
         let models = &second.providers[0].models;
         assert_eq!(models.iter().filter(|m| *m == "kimi-k3").count(), 1);
@@ -793,7 +800,7 @@ mod tests {
             .map(|i| format!("gpt-{i}"))
             .collect();
         listed.extend((0..super::super::MAX_FOUND_MODELS + 1).map(|i| format!("kimi-x{i}")));
-        first.discovered.replace("aimlapi", listed);
+        found(&first, "aimlapi", listed);
         let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
         let aimlapi = second
             .providers
@@ -815,7 +822,7 @@ mod tests {
         let text = "[providers.aimlapi]\nrefresh_models_secs = 60\n";
         let first = resolve(text, &keyed).unwrap();
         let listed = vec!["moonshot/kimi-k2.6".to_string(), "moonshot/kimi-k9".into()];
-        first.discovered.replace("aimlapi", listed);
+        found(&first, "aimlapi", listed);
         let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
         let served_by = |name: &str| {
             let route = second.routes.lookup(name).unwrap();

@@ -213,6 +213,7 @@ pub fn resolve_reusing(
         keys,
         limits,
         source: None,
+        source_text: Arc::from(""),
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
     })

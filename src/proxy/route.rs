@@ -122,6 +122,10 @@ pub struct RouteTable {
     by_name: HashMap<Box<str>, Arc<Route>>,
     /// Names in listing order: exact ids, aliases, then `provider/model` forms.
     order: Vec<Arc<Route>>,
+    /// Names only a catalogue refresh made routable (not the file's or a
+    /// built-in catalogue's): a client key may not be limited to one, or a
+    /// file that loads now would be refused at the next start.
+    found_only: foldhash::HashSet<Box<str>>,
 }
 
 impl RouteTable {
@@ -137,10 +141,16 @@ impl RouteTable {
             .flat_map(|p| p.models.iter().map(move |m| format!("{}/{m}", p.name)))
             .collect();
         let names_a_provider_model = |id: &str| pinned.contains(id);
+        let mut configured: foldhash::HashSet<String> =
+            aliases.iter().map(|a| a.name.clone()).collect();
         for (rank, provider) in providers.iter().enumerate() {
             for (i, model) in provider.models.iter().enumerate() {
                 let targets = targets(provider, model, rank as u32, 1, breakers);
                 let discovered = i >= provider.configured_models;
+                if !discovered {
+                    configured.insert(model.clone());
+                    configured.insert(format!("{}/{}", provider.name, model));
+                }
                 // Reachable still as `<this provider>/<id>`.
                 if !(discovered && names_a_provider_model(model)) {
                     match exact.iter_mut().find(|(name, _)| name == model) {
@@ -187,7 +197,19 @@ impl RouteTable {
         table
             .order
             .sort_by_key(|r| r.rule == RouteRule::ProviderPrefix);
+        table.found_only = table
+            .by_name
+            .keys()
+            .filter(|name| !configured.contains(&***name))
+            .cloned()
+            .collect();
         table
+    }
+
+    /// Whether `model` is routable by the configuration itself, before
+    /// any catalogue refresh: a name a client key's `models` may hold.
+    pub fn routes_without_refresh(&self, model: &str) -> bool {
+        self.by_name.contains_key(model) && !self.found_only.contains(model)
     }
 
     /// The route for a client's model name, if any rule matches.

@@ -277,7 +277,10 @@ async fn a_reload_changes_routes_under_load_without_failing_a_request() {
         // Swap routes while the load runs.
         assert!(app.mock.wait_requests(20).await);
         write_config(&file, ALIAS_TO_AGENTSFLARE);
-        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+        assert!(
+            kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+                .await
+        );
     };
     let (results, ()) = tokio::join!(futures_util::future::join_all(load), reload);
     assert!(results.iter().flatten().all(|s| *s == 200), "{results:?}");
@@ -303,7 +306,10 @@ async fn an_invalid_reload_keeps_the_old_configuration() {
         &file,
         "[aliases.kimi]\ntargets = [{ provider = \"nobody\", model = \"x\" }]\n",
     );
-    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        !kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+            .await
+    );
     assert_eq!(app.state.config().fingerprint, before);
     let ready = app.readyz().await;
     assert_eq!(ready["last_reload"]["result"], "failure");
@@ -320,7 +326,9 @@ async fn an_invalid_reload_keeps_the_old_configuration() {
     };
     assert_eq!(successful().await, Some(0.0), "the file is not in use");
     write_config(&file, ALIAS_TO_AGENTSFLARE);
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(successful().await, Some(1.0));
 }
 
@@ -344,7 +352,9 @@ async fn a_reload_keeps_the_circuit_state_of_unchanged_targets() {
     assert_eq!(open.status(), 503);
 
     write_config(&file, &format!("{base}{ALIAS_TO_AGENTSFLARE}"));
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let still_open = app
         .chat(chat_body("kimi-k2-turbo-preview", "hi", false))
         .await;
@@ -394,7 +404,9 @@ async fn a_key_added_to_a_provider_leaves_its_other_keys_circuits() {
         &file,
         &config("\"MOONSHOT_API_KEY\", \"SPARE_MOONSHOT_KEY\""),
     );
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let ready = app.readyz().await;
     assert_eq!(state_of(&ready, model).as_deref(), Some("open"), "{ready}");
     assert_eq!(
@@ -408,7 +420,9 @@ async fn a_key_added_to_a_provider_leaves_its_other_keys_circuits() {
         &file,
         &config("\"SPARE_MOONSHOT_KEY\", \"MOONSHOT_API_KEY\""),
     );
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let ready = app.readyz().await;
     assert_eq!(
         state_of(&ready, model).as_deref(),
@@ -442,7 +456,9 @@ async fn a_reload_that_changes_the_breaker_settings_keeps_open_circuits_open() {
     assert_eq!(error_of(open).await["code"], "circuit_open");
 
     write_config(&file, &breaker(3));
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let still_open = app.chat(chat_body(model, "hi", false)).await;
     assert_eq!(error_of(still_open).await["code"], "circuit_open");
     let ready = app.readyz().await;
@@ -622,7 +638,10 @@ async fn a_reload_never_opens_a_gateway_that_has_keys() {
     write_config(&file, keyed);
     let app = spawn_app_from(ConfigSource::File(&file), &[("TEAM_A_KEY", Some("sk-a"))]).await;
     write_config(&file, "");
-    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        !kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+            .await
+    );
     let ready = app.readyz().await;
     assert_eq!(ready["last_reload"]["result"], "failure");
     assert!(

@@ -268,11 +268,15 @@ pub async fn reload_keeps_unchanged_limits(limits_table: &str) {
     assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 2).await, [200, 200]);
     // Another change to the file: the key's limiter carries on.
     std::fs::write(&path, format!("{limited}[retry]\nmax_attempts = 2\n")).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 2).await, [200, 429]);
     // A changed limit starts afresh.
     std::fs::write(&path, limited.replace("= 3", "= 4")).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(
         statuses(&app, "sk-a", "kimi-k2.6", 5).await,
         [200, 200, 200, 200, 429]

@@ -459,7 +459,10 @@ async fn limits_are_shared_through_a_redis_reached_over_tls() {
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     std::fs::write(&other_ca, other.cert.pem()).unwrap();
     std::fs::write(&path, reloaded_config(&other_ca)).unwrap();
-    assert!(!kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        !kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+            .await
+    );
     let ready = app.readyz().await;
     assert_eq!(ready["limits"]["healthy"], true, "{ready}");
     assert_eq!(ready["limits"]["outages"], 0, "{ready}");
@@ -1089,23 +1092,34 @@ async fn a_reload_that_changes_redis_settings_stays_ready() {
     };
     for timeout_ms in [300, 350, 400] {
         std::fs::write(&path, config(&redis.url(), timeout_ms)).unwrap();
-        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+        assert!(
+            kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+                .await
+        );
         assert_eq!(readyz_status().await, (200, 0), "timeout {timeout_ms} ms");
     }
     // A Redis that is not there: known unreachable once the reload is in.
     std::fs::write(&path, config("redis://127.0.0.1:1", 250)).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(readyz_status().await, (503, 1));
     std::fs::write(&path, config(&redis.url(), 250)).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(readyz_status().await, (200, 1));
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
     // Local limits in between: the count is the gateway's, not a backend's.
     let local = config(&redis.url(), 250).replace("backend = \"redis\"", "backend = \"local\"");
     std::fs::write(&path, local).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     std::fs::write(&path, config(&redis.url(), 250)).unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(readyz_status().await, (200, 1));
     let metrics = scrape(&app).await;
     assert_eq!(store_sample(&metrics, "outages_total"), 1.0);
@@ -1137,7 +1151,9 @@ async fn a_reload_to_a_stalled_redis_waits_twice_the_timeout_at_most() {
     stalled.pause();
     std::fs::write(&path, config(&stalled.url())).unwrap();
     let began = std::time::Instant::now();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let took = began.elapsed();
     // Twice 400 ms, and room for the reload's own work; the check and the
     // connection each taking their own budget took 1.2-1.6 s.
@@ -1278,7 +1294,8 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
     ] {
         std::fs::write(&path, config(&url)).unwrap();
         assert!(
-            !kimi_gateway::reload::reload(&app.state, "test").await,
+            !kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+                .await,
             "{url} was taken"
         );
         let response = app.client.get(app.url("/readyz")).send().await.unwrap();
@@ -1301,7 +1318,9 @@ async fn a_reload_to_a_redis_that_refuses_the_gateway_is_rejected() {
         config(&format!("redis://gw:right-pass@127.0.0.1:{port}")),
     )
     .unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
@@ -1424,7 +1443,10 @@ async fn reloads_during_an_outage(request_first: bool) {
     }
     for timeout_ms in [110, 120, 130] {
         std::fs::write(&path, config(timeout_ms)).unwrap();
-        assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+        assert!(
+            kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File)
+                .await
+        );
         let ready = app.readyz().await;
         assert_eq!(ready["limits"]["healthy"], false, "{ready}");
         assert_eq!(ready["limits"]["outages"], 1, "{ready}");

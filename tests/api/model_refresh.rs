@@ -123,7 +123,7 @@ const REFRESH_EVERY_SECOND: &str = "[providers.moonshot]\nrefresh_models_secs = 
 
 /// A gateway whose configuration file (in `dir`) is `text`, with Moonshot
 /// at `url`, and its catalogue refresh running. A refresh that finds a
-/// change rebuilds the configuration from its file, as a reload does.
+/// change rebuilds the configuration from the text it runs on.
 async fn refreshing_app(dir: &tempfile::TempDir, text: &str, url: &str) -> TestApp {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -199,6 +199,12 @@ async fn a_failed_refresh_keeps_the_catalogue_it_had() {
     until_refreshes(&app, "failure", 2).await;
     let (status, answer) = chat_status(&app, "kimi-k3-preview").await;
     assert_eq!(status, 200, "{answer}");
+    // A list of models the match picks none of: a Kimi provider listing
+    // no Kimi model is at fault too.
+    listing.lock().unwrap().ids = Some(vec!["gpt-4o"]);
+    until_refreshes(&app, "failure", 3).await;
+    let (status, answer) = chat_status(&app, "kimi-k3-preview").await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[tokio::test]
@@ -221,15 +227,135 @@ async fn what_a_refresh_found_outlives_a_reload_that_keeps_the_refresh() {
         format!("{REFRESH_EVERY_SECOND}refresh_models_match = [\"kimi\", \"GPT\"]\n"),
     )
     .unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let ids = listed(&app).await;
     assert!(ids.contains(&"kimi-k3-preview".to_string()), "{ids:?}");
     assert!(ids.contains(&"gpt-4o".to_string()), "{ids:?}");
 
     // Turned off, the refresh adds nothing any more.
     std::fs::write(&path, "").unwrap();
-    assert!(kimi_gateway::reload::reload(&app.state, "test").await);
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
     let ids = listed(&app).await;
     assert!(!ids.contains(&"kimi-k3-preview".to_string()), "{ids:?}");
     assert!(ids.contains(&"kimi-k2.6".to_string()), "{ids:?}");
+}
+
+/// The configuration a refresh rebuilds is the running one, not whatever
+/// the file holds at that moment: a file caught part-way through a write
+/// (here empty, which is valid TOML) is the file watcher's to wait out.
+#[tokio::test]
+async fn a_refresh_rebuilds_the_running_configuration_not_the_file() {
+    let listing = Arc::new(Mutex::new(Listing {
+        ids: Some(vec!["kimi-k3-preview"]),
+        ..Listing::default()
+    }));
+    let url = listing_provider(listing.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{REFRESH_EVERY_SECOND}[aliases.keepme]\ntargets = [{{ provider = \"moonshot\", model = \"kimi-k2.6\" }}]\n"
+    );
+    let app = refreshing_app(&dir, &text, &url).await;
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-k3-preview")).await;
+
+    std::fs::write(dir.path().join("gateway.toml"), "").unwrap();
+    listing.lock().unwrap().ids = Some(vec!["kimi-k3"]);
+    let ids = until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-k3")).await;
+    assert!(ids.contains(&"keepme".to_string()), "{ids:?}");
+    let (status, answer) = chat_status(&app, "keepme").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A client key limited to a model only a refresh found is refused by a
+/// reload as `--check` and the next start refuse it (before any refresh
+/// the model is unknown), with the way out in the message.
+#[tokio::test]
+async fn a_key_may_not_be_limited_to_a_model_only_a_refresh_found() {
+    let listing = Arc::new(Mutex::new(Listing {
+        ids: Some(vec!["kimi-later"]),
+        ..Listing::default()
+    }));
+    let url = listing_provider(listing.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let app = refreshing_app(&dir, REFRESH_EVERY_SECOND, &url).await;
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-later")).await;
+
+    let key = format!(
+        "[keys.team]\nsecret_sha256 = \"{}\"\nmodels = [\"kimi-later\"]\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(&path, format!("{REFRESH_EVERY_SECOND}{key}")).unwrap();
+    let reading = kimi_gateway::reload::Reading::File;
+    assert!(!kimi_gateway::reload::reload(&app.state, "test", reading).await);
+    let readyz = app.readyz().await;
+    let problems = readyz["last_reload"]["problems"].to_string();
+    assert!(
+        problems.contains("keys.team.models[0]: unknown model \\\"kimi-later\\\": only the provider's catalogue refresh lists it"),
+        "{readyz}"
+    );
+    // Named in the catalogue, it is the key's to use.
+    std::fs::write(
+        &path,
+        format!("{REFRESH_EVERY_SECOND}extra_models = [\"kimi-later\"]\n{key}"),
+    )
+    .unwrap();
+    assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
+}
+
+/// A provider a reload moves to another endpoint lists nothing the old
+/// one listed, and is asked at the new one at once, not a refresh
+/// interval later. A list whose change the match does not pick (other
+/// makers' ids, the same ids in another order) rebuilds nothing.
+#[tokio::test]
+async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
+    let old = Arc::new(Mutex::new(Listing {
+        ids: Some(vec!["kimi-only-old", "gpt-1"]),
+        ..Listing::default()
+    }));
+    let new = Arc::new(Mutex::new(Listing {
+        ids: Some(vec!["kimi-only-new"]),
+        ..Listing::default()
+    }));
+    let (old_url, new_url) = (
+        listing_provider(old.clone()).await,
+        listing_provider(new.clone()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str, every: u32| {
+        format!("[providers.moonshot]\nbase_url = \"{url}\"\nrefresh_models_secs = {every}\n")
+    };
+    std::fs::write(&path, config(&old_url, 1)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("MOONSHOT_BASE_URL", None)]).await;
+    kimi_gateway::model_refresh::spawn(app.state.clone());
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-old")).await;
+    let reloads = |metrics: &str| {
+        crate::metrics::sample(
+            metrics,
+            r#"kimi_gateway_config_reloads_total{result="success"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let before = reloads(&scrape(&app).await);
+    old.lock().unwrap().ids = Some(vec!["gpt-2", "kimi-only-old"]);
+    let asked = old.lock().unwrap().authorizations.len();
+    // Two more asks answered with the changed list: no rebuild.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while old.lock().unwrap().authorizations.len() < asked + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not asked again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reloads(&scrape(&app).await), before);
+
+    std::fs::write(&path, config(&new_url, 3600)).unwrap();
+    let reading = kimi_gateway::reload::Reading::File;
+    assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
+    let ids = listed(&app).await;
+    assert!(!ids.contains(&"kimi-only-old".to_string()), "{ids:?}");
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
+    assert_eq!(new.lock().unwrap().authorizations.len(), 1);
 }
