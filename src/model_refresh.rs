@@ -65,6 +65,13 @@ async fn run(state: AppState) {
             wake = wake.min(now + refresh.every);
             changed |= ask_and_keep(&state, provider, &secrets, &config.discovered).await;
         }
+        // Endpoints no provider has any more are forgotten.
+        asked.retain(|(name, url), _| {
+            config
+                .providers
+                .iter()
+                .any(|p| p.name == *name && p.base_url == *url)
+        });
         drop(config);
         if changed {
             crate::reload::reload(&state, "models_refresh", crate::reload::Reading::Running).await;
