@@ -705,3 +705,36 @@ async fn a_request_pipelined_during_a_drain_does_not_cost_the_stream_its_end() {
     client.assert_closed().await;
     assert_eq!(app.mock.requests_for(Flavour::Moonshot).len(), 1);
 }
+
+/// A request that comes behind an answer whose head went out before the
+/// drain (so it said keep-alive) is not served once the drain has begun:
+/// the connection closes after that answer, as an idle one does, and the
+/// client retries the request elsewhere.
+#[tokio::test]
+async fn a_request_behind_an_answer_begun_before_a_drain_is_not_served() {
+    use crate::raw_client::{Client, chat_request, header_of};
+    let mut app = spawn_app_with("[server]\ndrain_secs = 10\n", &[]).await;
+    let mut client = Client::connect(app.addr).await;
+    let directive = "[mock gate=behind chunks=3]";
+    let body = chat_body("kimi-k2.6", directive, true).to_string();
+    client.send(chat_request(&body)).await;
+    let (status, head) = client.head().await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(header_of(&head, "connection"), None, "{head}");
+    // The next request is on its way before the drain begins.
+    let next = chat_body("kimi-k2.6", "hi", false).to_string();
+    client.send(chat_request(&next)).await;
+    let server = app.begin_shutdown();
+    wait_until("the drain began", async || app.state.drain.is_draining()).await;
+    app.mock.release("behind", 100);
+    let (events, _) = client.chunked_body().await;
+    assert!(
+        String::from_utf8(events)
+            .unwrap()
+            .ends_with("data: [DONE]\n\n")
+    );
+    client.assert_closed().await;
+    let result = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(result.expect("server stopped").unwrap().is_ok());
+    assert_eq!(app.mock.requests_for(Flavour::Moonshot).len(), 1);
+}

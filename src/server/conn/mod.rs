@@ -127,6 +127,11 @@ pub async fn serve(
             )
             .await
         {
+            // A drain (or the cap making room) that began after the
+            // answer's head said keep-alive: the next request is not
+            // served, as on an idle connection; another replica serves
+            // the client's retry.
+            After::KeepAlive if closing.is_cancelled() => return connection.close(closed).await,
             After::KeepAlive => {}
             After::Close => return connection.close(closed).await,
             After::Linger => return connection.linger(closed).await,
