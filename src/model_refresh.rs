@@ -63,7 +63,14 @@ async fn run(state: AppState) {
             }
             asked.insert(endpoint, now);
             wake = wake.min(now + refresh.every);
-            changed |= ask_and_keep(&state, provider, &secrets, &config.discovered).await;
+            // A reload that moves the provider (or turns its refresh off)
+            // ends the ask: its answer is no longer the catalogue's, and
+            // the new endpoint is asked at once, not after this one's
+            // time runs out.
+            changed |= tokio::select! {
+                changed = ask_and_keep(&state, provider, &secrets, &config.discovered) => changed,
+                () = endpoint_gone(&state, &provider.name, &provider.base_url) => false,
+            };
         }
         // Endpoints no provider has any more are forgotten.
         asked.retain(|(name, url), _| {
@@ -77,6 +84,29 @@ async fn run(state: AppState) {
             crate::reload::reload(&state, "models_refresh", crate::reload::Reading::Running).await;
         }
         tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// How often an ask in flight checks that its endpoint is still refreshed.
+const MOVED_CHECK: Duration = Duration::from_millis(250);
+
+/// Returns once no provider `name` with a refresh at `base_url` is in the
+/// running configuration.
+async fn endpoint_gone(state: &AppState, name: &str, base_url: &str) {
+    loop {
+        tokio::time::sleep(MOVED_CHECK).await;
+        let config = state.config();
+        let still = config
+            .providers
+            .iter()
+            .any(|p| &*p.name == name && p.base_url == base_url && p.models_refresh.is_some());
+        if !still {
+            tracing::info!(
+                provider = name,
+                "the provider's endpoint changed while its model list was asked; the answer is not kept"
+            );
+            return;
+        }
     }
 }
 

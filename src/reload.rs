@@ -104,25 +104,36 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             new.limits.connect_after(store_check).await;
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();
-            state.metrics.last_reload_successful.set(1);
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
             state.config().warn_about_providers();
-            state.set_reload_status(ReloadStatus {
-                result: "success",
-                at,
-                config: fingerprint,
-                problems: Vec::new(),
-            });
+            // A rebuild of the running text says nothing of the file: a
+            // rejected file stays reported until a reload of it succeeds.
+            let file_still_rejected =
+                reading == Reading::Running && state.reload_status().result == "failure";
+            if !file_still_rejected {
+                state.metrics.last_reload_successful.set(1);
+                state.set_reload_status(ReloadStatus {
+                    result: "success",
+                    at,
+                    config: fingerprint,
+                    problems: Vec::new(),
+                });
+            }
             true
         }
         Err(errors) => {
             state.metrics.reloads.with_label_values(&["failure"]).inc();
-            state.metrics.last_reload_successful.set(0);
             let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
             for problem in &problems {
                 tracing::error!(trigger, problem = %problem, "configuration reload rejected");
             }
             tracing::error!(trigger, config = %current.fingerprint, result = "failure", "kept the previous configuration");
+            if reading == Reading::Running {
+                // The file is not at fault: the gauge and `last_reload`
+                // keep telling of the file's last reload.
+                return false;
+            }
+            state.metrics.last_reload_successful.set(0);
             state.set_reload_status(ReloadStatus {
                 result: "failure",
                 at,

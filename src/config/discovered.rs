@@ -30,8 +30,8 @@ impl DiscoveredModels {
     }
 
     /// Keeps `ids` as what `provider` lists at `base_url`; true when that
-    /// changes what `picks` takes from the list (other ids coming or going
-    /// change no route, so they rebuild nothing).
+    /// changes which ids `picks` takes from the list (other ids coming or
+    /// going, and any id moving, change no route, so they rebuild nothing).
     pub fn replace(
         &self,
         provider: &str,
@@ -40,11 +40,13 @@ impl DiscoveredModels {
         picks: impl Fn(&str) -> bool,
     ) -> bool {
         let mut by_provider = self.lock();
+        // As a set: a provider whose list comes in another order each time
+        // must not rebuild the configuration at every ask.
         let picked = |ids: &[String]| {
             ids.iter()
                 .filter(|id| picks(id))
                 .cloned()
-                .collect::<Vec<_>>()
+                .collect::<std::collections::BTreeSet<_>>()
         };
         let changed = match by_provider.get(provider) {
             Some(old) if old.base_url == base_url => picked(&old.ids) != picked(&ids),
@@ -88,7 +90,8 @@ mod tests {
         // But they are kept, for a match a reload may change.
         assert_eq!(*found.get("p", url).unwrap(), ids(&["gpt-2", "kimi-a"]));
         assert!(found.replace("p", url, ids(&["kimi-a", "kimi-b"]), kimi));
-        assert!(found.replace("p", url, ids(&["kimi-b", "kimi-a"]), kimi));
+        assert!(!found.replace("p", url, ids(&["kimi-b", "kimi-a"]), kimi));
+        assert!(found.replace("p", url, ids(&["kimi-b"]), kimi));
     }
 
     #[test]

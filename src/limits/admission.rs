@@ -323,7 +323,7 @@ impl UsageSource {
 fn total(usage: &Usage) -> u64 {
     usage
         .total_tokens
-        .max(usage.prompt_tokens + usage.completion_tokens)
+        .max(usage.prompt_tokens.saturating_add(usage.completion_tokens))
 }
 
 /// Settles a request's admission and its provider attempt's when the
@@ -426,5 +426,20 @@ mod tests {
         assert_eq!(token_delta(u64::MAX, 0), -(MAX_REQUEST_TOKENS as i64));
         assert_eq!(token_delta(0, u64::MAX), MAX_REQUEST_TOKENS as i64);
         assert_eq!(token_delta(u64::MAX, u64::MAX), 0);
+    }
+
+    /// The tokens charged: the larger of the total and its parts, whose
+    /// sum saturates (a provider's `1e400` is read as `u64::MAX`).
+    #[test]
+    fn the_charge_is_the_total_or_its_parts_never_wrapped() {
+        let usage = |prompt, completion, total| Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+            cached_tokens: 0,
+        };
+        assert_eq!(total(&usage(5, 6, 0)), 11);
+        assert_eq!(total(&usage(5, 6, 30)), 30);
+        assert_eq!(total(&usage(u64::MAX, 7, 18)), u64::MAX);
     }
 }

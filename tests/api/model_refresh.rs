@@ -18,6 +18,8 @@ struct Listing {
     ids: Option<Vec<&'static str>>,
     /// The `Authorization` of every `/models` request.
     authorizations: Vec<String>,
+    /// `/models` never answers.
+    hang: bool,
 }
 
 /// A provider that serves `/v1/models` from `listing` and answers every
@@ -27,13 +29,21 @@ async fn listing_provider(listing: Arc<Mutex<Listing>>) -> String {
         State(listing): State<Arc<Mutex<Listing>>>,
         headers: HeaderMap,
     ) -> Result<Json<Value>, StatusCode> {
-        let mut listing = listing.lock().unwrap();
-        let authorization = headers
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        listing.authorizations.push(authorization);
+        let hang = {
+            let mut listing = listing.lock().unwrap();
+            let authorization = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            listing.authorizations.push(authorization);
+            listing.hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         let ids = listing
+            .lock()
+            .unwrap()
             .ids
             .clone()
             .ok_or(StatusCode::INTERNAL_SERVER_ERROR)?;
@@ -297,6 +307,17 @@ async fn a_key_may_not_be_limited_to_a_model_only_a_refresh_found() {
         problems.contains("keys.team.models[0]: unknown model \\\"kimi-later\\\": only the provider's catalogue refresh lists it"),
         "{readyz}"
     );
+    // A refresh that rebuilds the running configuration meanwhile does not
+    // hide that the file was rejected.
+    listing.lock().unwrap().ids = Some(vec!["kimi-later", "kimi-newer"]);
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-newer")).await;
+    let readyz = app.readyz().await;
+    assert_eq!(readyz["last_reload"]["result"], "failure", "{readyz}");
+    let gauge = "kimi_gateway_config_last_reload_successful";
+    assert_eq!(
+        crate::metrics::sample(&scrape(&app).await, gauge),
+        Some(0.0)
+    );
     // Named in the catalogue, it is the key's to use.
     std::fs::write(
         &path,
@@ -309,11 +330,11 @@ async fn a_key_may_not_be_limited_to_a_model_only_a_refresh_found() {
 /// A provider a reload moves to another endpoint lists nothing the old
 /// one listed, and is asked at the new one at once, not a refresh
 /// interval later. A list whose change the match does not pick (other
-/// makers' ids, the same ids in another order) rebuilds nothing.
+/// makers' ids, the picked ids in another order) rebuilds nothing.
 #[tokio::test]
 async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
     let old = Arc::new(Mutex::new(Listing {
-        ids: Some(vec!["kimi-only-old", "gpt-1"]),
+        ids: Some(vec!["kimi-only-old", "kimi-two", "gpt-1"]),
         ..Listing::default()
     }));
     let new = Arc::new(Mutex::new(Listing {
@@ -341,7 +362,7 @@ async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
         .unwrap_or(0.0)
     };
     let before = reloads(&scrape(&app).await);
-    old.lock().unwrap().ids = Some(vec!["gpt-2", "kimi-only-old"]);
+    old.lock().unwrap().ids = Some(vec!["gpt-2", "kimi-two", "kimi-only-old"]);
     let asked = old.lock().unwrap().authorizations.len();
     // Two more asks answered with the changed list: no rebuild.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -358,4 +379,52 @@ async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
     assert!(!ids.contains(&"kimi-only-old".to_string()), "{ids:?}");
     until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
     assert_eq!(new.lock().unwrap().authorizations.len(), 1);
+}
+
+/// An ask of a provider's old endpoint still in flight when a reload moves
+/// the provider does not hold up the ask of the new one (an ask may take
+/// 15 s), and its answer, if any, is not kept.
+#[tokio::test]
+async fn a_move_ends_an_ask_of_the_old_endpoint_in_flight() {
+    let old = Arc::new(Mutex::new(Listing {
+        hang: true,
+        ..Listing::default()
+    }));
+    let new = Arc::new(Mutex::new(Listing {
+        ids: Some(vec!["kimi-only-new"]),
+        ..Listing::default()
+    }));
+    let (old_url, new_url) = (
+        listing_provider(old.clone()).await,
+        listing_provider(new.clone()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |url: &str| {
+        format!("[providers.moonshot]\nbase_url = \"{url}\"\nrefresh_models_secs = 3600\n")
+    };
+    std::fs::write(&path, config(&old_url)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("MOONSHOT_BASE_URL", None)]).await;
+    kimi_gateway::model_refresh::spawn(app.state.clone());
+    wait_until("the old endpoint is asked", async || {
+        !old.lock().unwrap().authorizations.is_empty()
+    })
+    .await;
+    std::fs::write(&path, config(&new_url)).unwrap();
+    let reading = kimi_gateway::reload::Reading::File;
+    assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
+    let moved = tokio::time::Instant::now();
+    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
+    assert!(
+        moved.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        moved.elapsed()
+    );
+    let metrics = scrape(&app).await;
+    assert!(
+        !metrics.contains(
+            r#"kimi_gateway_model_refreshes_total{provider="moonshot",result="failure"}"#
+        ),
+        "the ended ask is no failure:\n{metrics}"
+    );
 }
