@@ -151,7 +151,7 @@ pub fn spawn_triggers(state: AppState) {
     let path = state.config().source.clone();
     let last_read = LastRead::default();
     if let Some(path) = &path {
-        *last_read.lock().expect("last read") = std::fs::read(path).ok();
+        *last_read.lock().expect("last read") = read_file(path).ok();
     }
     #[cfg(unix)]
     {
@@ -165,7 +165,7 @@ pub fn spawn_triggers(state: AppState) {
                 tokio::spawn(async move {
                     while hangup.recv().await.is_some() {
                         if let Some(path) = &path {
-                            *last_read.lock().expect("last read") = std::fs::read(path).ok();
+                            *last_read.lock().expect("last read") = read_file(path).ok();
                         }
                         reload(&state, "sighup", Reading::File).await;
                     }
@@ -207,8 +207,14 @@ enum FileRead {
     Unknown,
 }
 
+/// The config file's bytes, read as a reload reads them (a regular file
+/// of bounded size).
+fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    config::bounded_file::read(path, config::bounded_file::MAX_CONFIG_BYTES)
+}
+
 fn read_config_file(path: &std::path::Path) -> FileRead {
-    match std::fs::read(path) {
+    match read_file(path) {
         Ok(text) => FileRead::Contents(Some(text)),
         Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
             FileRead::Unknown

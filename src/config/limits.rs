@@ -11,6 +11,7 @@ use crate::limits::{
     RedisSettings,
 };
 use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,7 +104,8 @@ pub fn limit_settings(
 /// `limits.redis_ca_file`'s certificates (PEM), or `None` with the
 /// problem noted.
 fn read_ca_file(path: &str, problems: &mut Vec<ConfigProblem>) -> Option<Arc<[u8]>> {
-    let problem = match std::fs::read(path) {
+    let read = super::bounded_file::read(Path::new(path), super::bounded_file::MAX_CA_BYTES);
+    let problem = match read {
         Ok(pem) if memchr::memmem::find(&pem, b"-----BEGIN CERTIFICATE-----").is_some() => {
             return Some(Arc::from(pem));
         }

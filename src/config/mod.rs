@@ -2,6 +2,7 @@
 //! variables, validated whole into one immutable [`Config`] snapshot.
 
 mod aliases;
+pub mod bounded_file;
 mod discovered;
 mod env_name;
 mod file;
@@ -315,7 +316,8 @@ impl Provider {
 /// probing the default address instead could find another gateway.
 pub fn listen_in_file(path: &Path) -> Result<Option<SocketAddr>, String> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|err| format!("{shown}: {err}"))?;
+    let text = bounded_file::read_text(path, bounded_file::MAX_CONFIG_BYTES)
+        .map_err(|err| format!("{shown}: {err}"))?;
     let table: toml::Table = toml::from_str(&text)
         .map_err(|_| format!("{shown}: not valid TOML (see kimi-gateway --check)"))?;
     let Some(listen) = table.get("server").and_then(|server| server.get("listen")) else {
@@ -362,12 +364,14 @@ pub fn load_reusing(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let text = match path {
-        Some(path) => std::fs::read_to_string(path).map_err(|err| {
-            ConfigErrors(vec![ConfigProblem::new(
-                "",
-                format!("cannot read {}: {err}", path.display()),
-            )])
-        })?,
+        Some(path) => {
+            bounded_file::read_text(path, bounded_file::MAX_CONFIG_BYTES).map_err(|err| {
+                ConfigErrors(vec![ConfigProblem::new(
+                    "",
+                    format!("cannot read {}: {err}", path.display()),
+                )])
+            })?
+        }
         None => String::new(),
     };
     let mut config = resolve_reusing(&text, env, previous)?;
