@@ -138,6 +138,12 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
         )?,
         n => writeln!(out, "{n} client key(s)")?,
     }
+    if config.routes_nothing() {
+        writeln!(
+            out,
+            "note: no model is routable (every provider's models list is empty): every chat request would get 404"
+        )?;
+    }
     for provider in config.providers.iter().filter(|p| !p.is_usable()) {
         writeln!(
             out,

@@ -179,7 +179,18 @@ impl Config {
             tracing::warn!(
                 "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
             );
+        } else if self.routes_nothing() {
+            tracing::warn!(
+                "no model is routable (every provider's models list is empty): every chat request will get 404"
+            );
         }
+    }
+
+    /// Whether no model name routes anywhere: every catalogue emptied and
+    /// no alias, with no refresh that may yet find one.
+    pub fn routes_nothing(&self) -> bool {
+        self.routes.routes().is_empty()
+            && !self.usable_providers().any(|p| p.models_refresh.is_some())
     }
 }
 

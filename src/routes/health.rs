@@ -48,6 +48,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Some("draining")
     } else if config.usable_providers().next().is_none() {
         Some("no provider has an API key")
+    } else if targets.is_empty() {
+        Some("no model is routable")
     } else if !any_closed {
         Some("every target's circuit is open")
     } else if !config.limits.is_ready() {

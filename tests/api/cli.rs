@@ -211,6 +211,24 @@ fn check_notes_a_configuration_that_serves_nothing() {
         "{stdout}"
     );
     assert!(!stdout.contains("no provider is usable"), "{stdout}");
+    assert!(!stdout.contains("no model is routable"), "{stdout}");
+    // Every catalogue emptied: nothing routes.
+    let emptied = config_file(
+        "[providers.moonshot]\nmodels = []\n[providers.aimlapi]\nmodels = []\n\
+         [providers.agentsflare]\nmodels = []\n",
+    );
+    let output = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .args(["--check", "--config"])
+        .arg(emptied.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("note: no model is routable (every provider's models list is empty): every chat request would get 404"),
+        "{stdout}"
+    );
     // A provider served with fewer keys than it names says which are unset.
     let two_keys = config_file(
         "[providers.moonshot]\napi_key_envs = [\"MOONSHOT_API_KEY\", \"MOONSHOT_API_KEY_2\"]\n",

@@ -663,6 +663,20 @@ async fn readiness_fails_when_every_circuit_is_open() {
     assert_eq!(body["reason"], "every target's circuit is open");
 }
 
+/// A configuration that routes no model (every catalogue emptied) is not
+/// ready, and says why: no circuit is open, there is no target at all.
+#[tokio::test]
+async fn readiness_fails_when_no_model_is_routable() {
+    let config = "[providers.moonshot]\nmodels = []\n[providers.aimlapi]\nmodels = []\n\
+                  [providers.agentsflare]\nmodels = []\n";
+    let app = spawn_app_with(config, &[]).await;
+    assert!(app.state.config().routes_nothing());
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["reason"], "no model is routable", "{body}");
+}
+
 /// A provider that answers 200 and then fails in its first event has sent
 /// the client nothing: fail-over as for an HTTP error. Later, its error
 /// event is the stream's end, counted as its error.
