@@ -427,6 +427,17 @@ fn check_base_url(
                             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
                 });
             let shown = match scheme {
+                // The right scheme, but the rest does not parse.
+                Some(scheme @ ("http" | "https")) => {
+                    problems.push(ConfigProblem::new(
+                        source,
+                        format!(
+                            "an `{scheme}` URL that does not parse (a space, an unclosed `[`, \
+                             or a host name not in ASCII: write it in its `xn--` form)"
+                        ),
+                    ));
+                    return None;
+                }
                 Some(scheme) => format!("a URL of scheme `{scheme}`"),
                 None => format!(
                     "a value of {} characters (not shown)",
@@ -608,6 +619,11 @@ mod tests {
                 "api.example.com/v1",
                 "a value of 18 characters (not shown) is not an http(s) URL",
             ),
+            (
+                "https://höst.example/v1",
+                "an `https` URL that does not parse (a space, an unclosed `[`",
+            ),
+            ("http://ho st/v1", "an `http` URL that does not parse"),
             // A key given where a URL belongs is never echoed.
             ("sk-hunter2", "a value of 10 characters (not shown)"),
             ("ftp://sk-hunter2/x", "a URL of scheme `ftp` is not"),
