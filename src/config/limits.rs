@@ -210,7 +210,7 @@ fn redis_settings(
     let from_env =
         url_var.and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
     let (url, source) = match (from_env, &file.redis_url) {
-        (Some((var, url)), _) => (url, var.to_string()),
+        (Some((var, url)), _) => (url, format!("limits.redis_url_env ({var})")),
         (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
         (None, None) => {
             // Name the variable the operator meant to set, if any: it is

@@ -287,7 +287,8 @@ pub fn build_provider(
             if let Some(file_url) = file_url {
                 check_base_url(&file_url, format!("{path}.base_url"), problems);
             }
-            (url, var.to_string())
+            // The variable named, and where it was named.
+            (url, format!("{path}.base_url_env ({var})"))
         }
         (None, Some(url)) => (url, format!("{path}.base_url")),
         (None, None) => return None, // already reported as required
@@ -674,7 +675,9 @@ mod tests {
         let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             found,
-            ["MOONSHOT_API_KEY: a value of 14 characters (not shown) is not an http(s) URL"]
+            [
+                "providers.moonshot.base_url_env (MOONSHOT_API_KEY): a value of 14 characters (not shown) is not an http(s) URL"
+            ]
         );
     }
 
