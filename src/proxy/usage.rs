@@ -589,23 +589,22 @@ mod tests {
         assert_eq!(report.place, UsagePlace::InChoice);
         assert_eq!(report.usage.total_tokens, 3);
         assert!(parse_usage(br#"{"usage":null,"choices":[{"delta":{}}]}"#).is_none());
-        // A count in another number form is read as its value.
-        let report = parse_usage(
-            br#"{"choices":[],"usage":{"prompt_tokens":2.0,"completion_tokens":1,"total_tokens":3}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (report.usage.prompt_tokens, report.usage.completion_tokens),
-            (2, 1)
-        );
-        let report = parse_usage(
-            br#"{"choices":[{"usage":{"prompt_tokens":1.1e1,"completion_tokens":7,"total_tokens":18.0}}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (report.usage.prompt_tokens, report.usage.total_tokens),
-            (11, 18)
-        );
+        // A count in another number form is read as its value, top-level
+        // or in a choice.
+        for (event, counts) in [
+            (
+                &br#"{"choices":[],"usage":{"prompt_tokens":2.0,"completion_tokens":1,"total_tokens":3}}"#[..],
+                (2, 1, 3),
+            ),
+            (
+                br#"{"choices":[{"usage":{"prompt_tokens":1.1e1,"completion_tokens":7,"total_tokens":18.0}}]}"#,
+                (11, 7, 18),
+            ),
+        ] {
+            let usage = parse_usage(event).unwrap().usage;
+            let read = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens);
+            assert_eq!(read, counts);
+        }
         // Escapes inside skipped members do not matter.
         let report = parse_usage(
             br#"{"id":"a\"b","choices":[{"delta":{"content":"\u00e9\n"}}],"usage":{"prompt_tokens":4,"completion_tokens":5,"total_tokens":9}}"#,

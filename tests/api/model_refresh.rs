@@ -327,33 +327,65 @@ async fn a_key_may_not_be_limited_to_a_model_only_a_refresh_found() {
     assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
 }
 
+/// A gateway whose file points Moonshot at an endpoint listing `old`, with
+/// a refresh every `every` seconds, and a second endpoint listing `new`.
+struct Moving {
+    app: TestApp,
+    dir: tempfile::TempDir,
+    old: Arc<Mutex<Listing>>,
+    new: Arc<Mutex<Listing>>,
+    new_url: String,
+}
+
+fn moonshot_at(url: &str, every: u32) -> String {
+    format!("[providers.moonshot]\nbase_url = \"{url}\"\nrefresh_models_secs = {every}\n")
+}
+
+impl Moving {
+    async fn start(old: Listing, new: Listing, every: u32) -> Moving {
+        let (old, new) = (Arc::new(Mutex::new(old)), Arc::new(Mutex::new(new)));
+        let old_url = listing_provider(old.clone()).await;
+        let new_url = listing_provider(new.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, moonshot_at(&old_url, every)).unwrap();
+        let app = spawn_app_from(ConfigSource::File(&path), &[("MOONSHOT_BASE_URL", None)]).await;
+        kimi_gateway::model_refresh::spawn(app.state.clone());
+        Moving {
+            app,
+            dir,
+            old,
+            new,
+            new_url,
+        }
+    }
+
+    /// Points Moonshot at the new endpoint (an hourly refresh) and reloads.
+    async fn move_provider(&self) {
+        let path = self.dir.path().join("gateway.toml");
+        std::fs::write(&path, moonshot_at(&self.new_url, 3600)).unwrap();
+        let reading = kimi_gateway::reload::Reading::File;
+        assert!(kimi_gateway::reload::reload(&self.app.state, "test", reading).await);
+    }
+}
+
 /// A provider a reload moves to another endpoint lists nothing the old
 /// one listed, and is asked at the new one at once, not a refresh
 /// interval later. A list whose change the match does not pick (other
 /// makers' ids, the picked ids in another order) rebuilds nothing.
 #[tokio::test]
 async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
-    let old = Arc::new(Mutex::new(Listing {
+    let old = Listing {
         ids: Some(vec!["kimi-only-old", "kimi-two", "gpt-1"]),
         ..Listing::default()
-    }));
-    let new = Arc::new(Mutex::new(Listing {
+    };
+    let new = Listing {
         ids: Some(vec!["kimi-only-new"]),
         ..Listing::default()
-    }));
-    let (old_url, new_url) = (
-        listing_provider(old.clone()).await,
-        listing_provider(new.clone()).await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    let config = |url: &str, every: u32| {
-        format!("[providers.moonshot]\nbase_url = \"{url}\"\nrefresh_models_secs = {every}\n")
     };
-    std::fs::write(&path, config(&old_url, 1)).unwrap();
-    let app = spawn_app_from(ConfigSource::File(&path), &[("MOONSHOT_BASE_URL", None)]).await;
-    kimi_gateway::model_refresh::spawn(app.state.clone());
-    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-old")).await;
+    let moving = Moving::start(old, new, 1).await;
+    let app = &moving.app;
+    until_listed(app, |ids| ids.iter().any(|id| id == "kimi-only-old")).await;
     let reloads = |metrics: &str| {
         crate::metrics::sample(
             metrics,
@@ -361,24 +393,20 @@ async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
         )
         .unwrap_or(0.0)
     };
-    let before = reloads(&scrape(&app).await);
-    old.lock().unwrap().ids = Some(vec!["gpt-2", "kimi-two", "kimi-only-old"]);
-    let asked = old.lock().unwrap().authorizations.len();
-    // Two more asks answered with the changed list: no rebuild.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while old.lock().unwrap().authorizations.len() < asked + 2 {
-        assert!(tokio::time::Instant::now() < deadline, "not asked again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(reloads(&scrape(&app).await), before);
+    let before = reloads(&scrape(app).await);
+    moving.old.lock().unwrap().ids = Some(vec!["gpt-2", "kimi-two", "kimi-only-old"]);
+    let asked = moving.old.lock().unwrap().authorizations.len();
+    wait_until("two more asks answered with the changed list", async || {
+        moving.old.lock().unwrap().authorizations.len() >= asked + 2
+    })
+    .await;
+    assert_eq!(reloads(&scrape(app).await), before, "no rebuild");
 
-    std::fs::write(&path, config(&new_url, 3600)).unwrap();
-    let reading = kimi_gateway::reload::Reading::File;
-    assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
-    let ids = listed(&app).await;
+    moving.move_provider().await;
+    let ids = listed(app).await;
     assert!(!ids.contains(&"kimi-only-old".to_string()), "{ids:?}");
-    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
-    assert_eq!(new.lock().unwrap().authorizations.len(), 1);
+    until_listed(app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
+    assert_eq!(moving.new.lock().unwrap().authorizations.len(), 1);
 }
 
 /// An ask of a provider's old endpoint still in flight when a reload moves
@@ -386,41 +414,29 @@ async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
 /// 15 s), and its answer, if any, is not kept.
 #[tokio::test]
 async fn a_move_ends_an_ask_of_the_old_endpoint_in_flight() {
-    let old = Arc::new(Mutex::new(Listing {
+    let old = Listing {
         hang: true,
         ..Listing::default()
-    }));
-    let new = Arc::new(Mutex::new(Listing {
+    };
+    let new = Listing {
         ids: Some(vec!["kimi-only-new"]),
         ..Listing::default()
-    }));
-    let (old_url, new_url) = (
-        listing_provider(old.clone()).await,
-        listing_provider(new.clone()).await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    let config = |url: &str| {
-        format!("[providers.moonshot]\nbase_url = \"{url}\"\nrefresh_models_secs = 3600\n")
     };
-    std::fs::write(&path, config(&old_url)).unwrap();
-    let app = spawn_app_from(ConfigSource::File(&path), &[("MOONSHOT_BASE_URL", None)]).await;
-    kimi_gateway::model_refresh::spawn(app.state.clone());
+    let moving = Moving::start(old, new, 3600).await;
+    let app = &moving.app;
     wait_until("the old endpoint is asked", async || {
-        !old.lock().unwrap().authorizations.is_empty()
+        !moving.old.lock().unwrap().authorizations.is_empty()
     })
     .await;
-    std::fs::write(&path, config(&new_url)).unwrap();
-    let reading = kimi_gateway::reload::Reading::File;
-    assert!(kimi_gateway::reload::reload(&app.state, "test", reading).await);
+    moving.move_provider().await;
     let moved = tokio::time::Instant::now();
-    until_listed(&app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
+    until_listed(app, |ids| ids.iter().any(|id| id == "kimi-only-new")).await;
     assert!(
         moved.elapsed() < Duration::from_secs(5),
         "{:?}",
         moved.elapsed()
     );
-    let metrics = scrape(&app).await;
+    let metrics = scrape(app).await;
     assert!(
         !metrics.contains(
             r#"kimi_gateway_model_refreshes_total{provider="moonshot",result="failure"}"#
