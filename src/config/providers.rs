@@ -473,6 +473,12 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     if uri.query().is_some() {
         return Err("has a query (`?`): the gateway adds `/chat/completions` to a base URL's path");
     }
+    // Every request would go to `…/chat/completions/chat/completions`.
+    if uri.path().ends_with("/chat/completions/chat/completions") {
+        return Err(
+            "ends in `/chat/completions`: give the base URL (such as https://api.moonshot.ai/v1); the gateway adds `/chat/completions`",
+        );
+    }
     let authority = uri.authority().ok_or(NOT_A_URL)?.clone();
     if authority.as_str().contains('@') {
         return Err(
@@ -625,6 +631,10 @@ mod tests {
                 "an `https` URL that does not parse (a space, an unclosed `[`",
             ),
             ("http://ho st/v1", "an `http` URL that does not parse"),
+            (
+                "https://api.example.com/v1/chat/completions/",
+                "ends in `/chat/completions`: give the base URL",
+            ),
             // A key given where a URL belongs is never echoed.
             ("sk-hunter2", "a value of 10 characters (not shown)"),
             ("ftp://sk-hunter2/x", "a URL of scheme `ftp` is not"),
