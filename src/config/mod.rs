@@ -387,7 +387,6 @@ pub fn load_reusing(
     };
     let mut config = resolve_reusing(&text, env, previous)?;
     config.source = path.map(Path::to_path_buf);
-    config.source_text = text.into();
     Ok(config)
 }
 
@@ -400,6 +399,5 @@ pub fn rebuild(
 ) -> Result<Config, ConfigErrors> {
     let mut config = resolve_reusing(&running.source_text, env, Some(running))?;
     config.source = running.source.clone();
-    config.source_text = running.source_text.clone();
     Ok(config)
 }

@@ -213,7 +213,7 @@ pub fn resolve_reusing(
         keys,
         limits,
         source: None,
-        source_text: Arc::from(""),
+        source_text: Arc::from(text),
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
     })
