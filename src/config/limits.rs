@@ -31,7 +31,9 @@ pub fn limit_spec(
     path: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> LimitSpec {
-    let mut positive = |value: Option<u64>, field: &str| match value {
+    // Request counts are held in 32 bits: a larger value is refused, not
+    // quietly lowered to the largest one.
+    let mut within = |value: Option<u64>, field: &str, max: u64| match value {
         Some(0) => {
             problems.push(ConfigProblem::new(
                 format!("{path}.{field}"),
@@ -39,20 +41,31 @@ pub fn limit_spec(
             ));
             None
         }
+        Some(n) if n > max => {
+            problems.push(ConfigProblem::new(
+                format!("{path}.{field}"),
+                format!("must be at most {max} (leave it out for no limit)"),
+            ));
+            None
+        }
         other => other,
     };
-    let small = |v: Option<u64>| v.map(|n| NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32));
-    let rpm = positive(file.requests_per_minute, "requests_per_minute");
-    let rpd = positive(file.requests_per_day, "requests_per_day");
-    let tpm = positive(file.tokens_per_minute, "tokens_per_minute");
-    let tpd = positive(file.tokens_per_day, "tokens_per_day");
-    let concurrent = positive(file.concurrent_requests, "concurrent_requests");
+    let mut count = |value: Option<u64>, field: &str| {
+        within(value, field, u32::MAX.into())
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(NonZeroU32::new)
+    };
+    let rpm = count(file.requests_per_minute, "requests_per_minute");
+    let rpd = count(file.requests_per_day, "requests_per_day");
+    let concurrent = count(file.concurrent_requests, "concurrent_requests");
+    let tpm = within(file.tokens_per_minute, "tokens_per_minute", u64::MAX);
+    let tpd = within(file.tokens_per_day, "tokens_per_day", u64::MAX);
     LimitSpec {
-        requests_per_minute: small(rpm).flatten(),
-        requests_per_day: small(rpd).flatten(),
+        requests_per_minute: rpm,
+        requests_per_day: rpd,
         tokens_per_minute: tpm.and_then(NonZeroU64::new),
         tokens_per_day: tpd.and_then(NonZeroU64::new),
-        concurrent_requests: small(concurrent).flatten(),
+        concurrent_requests: concurrent,
     }
 }
 

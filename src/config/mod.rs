@@ -75,6 +75,10 @@ impl std::fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.path.is_empty() {
             write!(f, "{}", self.message)
+        } else if self.path.contains(char::is_control) {
+            // A table name may hold a line break (`[keys."a\nb"]`): escaped,
+            // so that each problem stays on its own line.
+            write!(f, "{}: {}", self.path.escape_debug(), self.message)
         } else {
             write!(f, "{}: {}", self.path, self.message)
         }
