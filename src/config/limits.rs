@@ -31,9 +31,7 @@ pub fn limit_spec(
     path: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> LimitSpec {
-    // Request counts are held in 32 bits: a larger value is refused, not
-    // quietly lowered to the largest one.
-    let mut within = |value: Option<u64>, field: &str, max: u64| match value {
+    let mut positive = |value: Option<u64>, field: &str| match value {
         Some(0) => {
             problems.push(ConfigProblem::new(
                 format!("{path}.{field}"),
@@ -41,31 +39,22 @@ pub fn limit_spec(
             ));
             None
         }
-        Some(n) if n > max => {
-            problems.push(ConfigProblem::new(
-                format!("{path}.{field}"),
-                format!("must be at most {max} (leave it out for no limit)"),
-            ));
-            None
-        }
         other => other,
     };
-    let mut count = |value: Option<u64>, field: &str| {
-        within(value, field, u32::MAX.into())
-            .and_then(|n| u32::try_from(n).ok())
-            .and_then(NonZeroU32::new)
-    };
-    let rpm = count(file.requests_per_minute, "requests_per_minute");
-    let rpd = count(file.requests_per_day, "requests_per_day");
-    let concurrent = count(file.concurrent_requests, "concurrent_requests");
-    let tpm = within(file.tokens_per_minute, "tokens_per_minute", u64::MAX);
-    let tpd = within(file.tokens_per_day, "tokens_per_day", u64::MAX);
+    // Request counts are held in 32 bits: a larger value (often written to
+    // mean "unlimited") is held at the largest, which is in effect none.
+    let small = |v: Option<u64>| v.map(|n| NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32));
+    let rpm = positive(file.requests_per_minute, "requests_per_minute");
+    let rpd = positive(file.requests_per_day, "requests_per_day");
+    let tpm = positive(file.tokens_per_minute, "tokens_per_minute");
+    let tpd = positive(file.tokens_per_day, "tokens_per_day");
+    let concurrent = positive(file.concurrent_requests, "concurrent_requests");
     LimitSpec {
-        requests_per_minute: rpm,
-        requests_per_day: rpd,
+        requests_per_minute: small(rpm).flatten(),
+        requests_per_day: small(rpd).flatten(),
         tokens_per_minute: tpm.and_then(NonZeroU64::new),
         tokens_per_day: tpd.and_then(NonZeroU64::new),
-        concurrent_requests: concurrent,
+        concurrent_requests: small(concurrent).flatten(),
     }
 }
 
@@ -298,5 +287,26 @@ fn shown_choice(value: &str) -> String {
             "a value of {} characters (not shown)",
             value.chars().count()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_limit_beyond_32_bits_is_held_at_the_largest() {
+        let file = LimitSpecFile {
+            requests_per_day: Some(100_000_000_000),
+            concurrent_requests: Some(u64::from(u32::MAX)),
+            tokens_per_day: Some(100_000_000_000),
+            ..LimitSpecFile::default()
+        };
+        let mut problems = Vec::new();
+        let spec = limit_spec(&file, "limits.global", &mut problems);
+        assert!(problems.is_empty());
+        assert_eq!(spec.requests_per_day.map(u32::from), Some(u32::MAX));
+        assert_eq!(spec.concurrent_requests.map(u32::from), Some(u32::MAX));
+        assert_eq!(spec.tokens_per_day.map(u64::from), Some(100_000_000_000));
     }
 }

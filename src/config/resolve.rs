@@ -435,20 +435,6 @@ mod tests {
     }
 
     #[test]
-    fn a_request_limit_beyond_32_bits_is_refused_not_lowered() {
-        assert_eq!(
-            problems(
-                "[limits.global]\nrequests_per_minute = 4294967296\nconcurrent_requests = 5000000000\n\
-                 requests_per_day = 4294967295\ntokens_per_day = 5000000000\n"
-            ),
-            [
-                "limits.global.requests_per_minute: must be at most 4294967295 (leave it out for no limit)",
-                "limits.global.concurrent_requests: must be at most 4294967295 (leave it out for no limit)"
-            ]
-        );
-    }
-
-    #[test]
     fn a_name_with_a_line_break_stays_on_its_problem_line() {
         let found = problems(
             "[keys.\"a\\nb\"]\nsecret_sha256 = \"00\"\n[providers.\"x\\ny\"]\nkind = \"moonshot\"\n",
