@@ -246,7 +246,18 @@ fn redis_settings(
         }
         Some(pem) => pem,
     };
-    if let Err(err) = crate::limits::redis::client(url, ca_pem.as_deref()) {
+    let client = crate::limits::redis::client(url, ca_pem.as_deref());
+    // The Redis client takes port 0, where no connection can succeed.
+    if let Ok(client) = &client
+        && redis_port(client) == Some(0)
+    {
+        problems.push(ConfigProblem::new(
+            source,
+            "has port 0: give Redis's port (6379 unless it was changed)",
+        ));
+        return None;
+    }
+    if let Err(err) = client {
         // The URL may hold a password: name the problem, not the URL. A
         // URL that is fine without the certificates leaves the fault with
         // them (what the client says of them is no secret).
@@ -270,6 +281,16 @@ fn redis_settings(
         lease,
         on_error,
     })
+}
+
+/// The TCP port a Redis client connects to (none for a Unix socket).
+fn redis_port(client: &redis::Client) -> Option<u16> {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(_, port) | redis::ConnectionAddr::TcpTls { port, .. } => {
+            Some(*port)
+        }
+        _ => None,
+    }
 }
 
 /// A value given for a setting with a few named choices, as a problem
@@ -308,5 +329,27 @@ mod tests {
         assert_eq!(spec.requests_per_day.map(u32::from), Some(u32::MAX));
         assert_eq!(spec.concurrent_requests.map(u32::from), Some(u32::MAX));
         assert_eq!(spec.tokens_per_day.map(u64::from), Some(100_000_000_000));
+    }
+
+    #[test]
+    fn a_redis_url_with_port_0_is_refused() {
+        let file = LimitsFile {
+            backend: Some("redis".into()),
+            redis_url: Some("redis://:hunter2@127.0.0.1:0/2".into()),
+            ..LimitsFile::default()
+        };
+        let mut problems = Vec::new();
+        let settings = redis_settings(&file, &|_| None, &mut problems);
+        assert!(settings.is_none());
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            ["limits.redis_url: has port 0: give Redis's port (6379 unless it was changed)"]
+        );
+        let file = LimitsFile {
+            redis_url: Some("redis://127.0.0.1:6380/2".into()),
+            ..file
+        };
+        assert!(redis_settings(&file, &|_| None, &mut Vec::new()).is_some());
     }
 }

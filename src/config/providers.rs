@@ -488,6 +488,17 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     if authority.host().is_empty() {
         return Err("has no host");
     }
+    // A host whose last label is a number is an IPv4 address to resolvers
+    // and browsers (no top-level domain is numeric); `Uri` takes
+    // `256.256.256.256` as a name, which no connection could reach.
+    let host = authority.host();
+    let numeric_last_label = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()));
+    if numeric_last_label && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err("has a host that is not a valid IPv4 address (four numbers from 0 to 255)");
+    }
     // `Uri` takes any run of digits or letters after the host's colon as
     // a port, and a connection to an impossible one could only fail.
     let port = &authority.as_str()[authority.host().len()..];
@@ -658,6 +669,9 @@ mod tests {
             ("http://api.example.com:abc/v1", "has no valid port"),
             ("http://api.example.com:0/v1", "has no valid port"),
             ("http://[::1]:70000/v1", "has no valid port"),
+            ("http://256.256.256.256/v1", "not a valid IPv4 address"),
+            ("http://10.0.0/v1", "not a valid IPv4 address"),
+            ("http://api.example.123:8080/v1", "not a valid IPv4 address"),
         ] {
             let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
             let problems = resolve(&text, &keyed).err().unwrap().0;
