@@ -120,7 +120,7 @@ impl Metrics {
             )),
             upstream_head: register!(histogram(
                 "upstream_head_seconds",
-                "Time from sending an upstream request to its response head.",
+                "Time from sending an upstream request to its response head (or to its timeout).",
                 &["provider"],
                 LATENCY_BUCKETS
             )),
@@ -154,7 +154,7 @@ impl Metrics {
             )),
             attempts: register!(counter(
                 "upstream_attempts_total",
-                "Upstream attempts by outcome (success, retry, failover, breaker_open, key_rejected, error).",
+                "Upstream attempts by outcome (success, retry, failover, breaker_open, key_rejected, client_closed, error).",
                 &["provider", "outcome"]
             )),
             rate_limited: register!(counter(

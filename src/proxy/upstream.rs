@@ -161,6 +161,11 @@ pub async fn forward(
     let target_series = target.series(ctx.metrics, ctx.route);
     let response = match provider.client.send(write_head, body, deadline).await {
         Err(err) if err.is_past_deadline() => {
+            // Counted with the time it waited: a provider that hangs
+            // must show in the head-time tail, not vanish from it.
+            target_series
+                .upstream_head
+                .observe(sent.elapsed().as_secs_f64());
             return Err(timeout(provider, "the response head", sent));
         }
         Err(err) => return Err(transport_error(provider, &err)),

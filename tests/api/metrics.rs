@@ -224,6 +224,38 @@ async fn an_attempt_whose_retry_the_client_left_is_counted_a_retry() {
     assert_eq!(app.mock.requests().len(), 1, "no second attempt");
 }
 
+/// An attempt that timed out waiting for its head is in the head-time
+/// histogram with the time it waited: a hanging provider shows in its
+/// tail. One refused before any head is not.
+#[tokio::test]
+async fn a_head_that_timed_out_counts_with_the_time_it_waited() {
+    let app = spawn_app_with(
+        "[providers.moonshot.timeouts]\nfirst_byte_secs = 0.3\ntotal_secs = 0.3\n",
+        &[],
+    )
+    .await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:head_delay_ms=30000]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    let text = scrape(&app).await;
+    let moonshot = |part: &str| {
+        sample(
+            &text,
+            &format!(r#"kimi_gateway_upstream_head_seconds_{part}{{provider="moonshot"}}"#),
+        )
+    };
+    assert_eq!(moonshot("count"), Some(1.0), "{text}");
+    let waited = moonshot("sum").unwrap();
+    assert!((0.3..5.0).contains(&waited), "{waited}");
+    assert_eq!(attempts(&text, "moonshot", "failover"), Some(1.0), "{text}");
+}
+
 /// Series of rare events exist at 0 from the start, so that Prometheus
 /// sees their first count as an increase: every configured provider's
 /// attempt outcomes and every rate-limit scope.
