@@ -136,13 +136,18 @@ where
         error: response.extensions().get::<GatewayError>().cloned(),
         metrics: counted.then(|| state.metrics.clone()),
     };
-    if crate::misplaced_keys::may_show_keys(&record) {
-        crate::misplaced_keys::hide_in(&mut record, &state.peek_config());
+    let mut response = response;
+    if crate::misplaced_keys::may_show_keys(&record)
+        && crate::misplaced_keys::hide_in(&mut record, &state.peek_config())
+        && let Some(error) = &record.error
+    {
+        // The answer quoted the key as the log did: written again from the
+        // error as logged.
+        *response.body_mut() = axum::body::Body::from(error.body_json());
     }
     let fields = handled.fields;
     // Limits held in Redis are settled before the body's end goes out; local
     // ones when the body is dropped.
-    let mut response = response;
     let mut settlement = handled.settlement;
     if let Some(shared) = settlement.take_if(|s| s.is_shared()) {
         response = settle_before_end(response, shared);
@@ -182,12 +187,20 @@ const SHOWN_PATH_BYTES: usize = 256;
 
 /// A request's id: the client's `x-request-id` when usable (printable
 /// ASCII, at most 128 bytes), else a new one.
-pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &http::HeaderMap, state: &AppState) -> HeaderValue {
     headers
         .get(X_REQUEST_ID)
-        .filter(|v| is_usable_id(v))
+        .filter(|v| is_usable_id(v) && !is_a_key(v.as_bytes(), headers, state))
         .cloned()
         .unwrap_or_else(generate_id)
+}
+
+/// Whether a client's request id is a key (its own, sent in the wrong
+/// field, or any configured one): the id is logged, returned and sent to
+/// the provider, a key never is.
+fn is_a_key(id: &[u8], headers: &http::HeaderMap, state: &AppState) -> bool {
+    crate::auth::is_presented_key(headers, id)
+        || crate::misplaced_keys::is_key(&state.peek_config(), id)
 }
 
 fn is_usable_id(value: &HeaderValue) -> bool {

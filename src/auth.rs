@@ -224,6 +224,25 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&[u8]>, &'static str> {
         .filter(|key| !key.is_empty()))
 }
 
+/// Whether `text` is a key the request presents (`Authorization: Bearer`
+/// or `x-api-key`), valid or not: it is the caller's secret either way.
+pub fn is_presented_key(headers: &HeaderMap, text: &[u8]) -> bool {
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| {
+            let (scheme, rest) = value.as_bytes().split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+        });
+    let api_key = headers
+        .get_all("x-api-key")
+        .iter()
+        .map(HeaderValue::as_bytes);
+    bearer
+        .chain(api_key)
+        .any(|key| !key.trim_ascii().is_empty() && key.trim_ascii() == text)
+}
+
 /// A field's one value (or none); a second is refused.
 fn only_one(
     values: http::header::GetAll<'_, HeaderValue>,

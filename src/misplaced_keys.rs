@@ -19,10 +19,12 @@ pub fn may_show_keys(record: &AccessRecord) -> bool {
     !record.status.is_success() && record.route.is_none()
 }
 
-/// Replaces in `record` a model or a path segment that is a key.
-pub fn hide_in(record: &mut AccessRecord, config: &Config) {
+/// Replaces in `record` a model or a path segment that is a key; `true`
+/// when the error's message quoted one (the answer's body, which quotes
+/// it too, is then to be written again from the error).
+pub fn hide_in(record: &mut AccessRecord, config: &Config) -> bool {
     if !may_show_keys(record) {
-        return;
+        return false;
     }
     // Every form a key was found in, to be hidden in the error's message.
     let mut found: Vec<String> = Vec::new();
@@ -40,13 +42,16 @@ pub fn hide_in(record: &mut AccessRecord, config: &Config) {
     {
         record.uri = uri;
     }
+    let mut error_changed = false;
     if let Some(error) = record.error.as_mut() {
         for key in &found {
             if error.message.contains(key.as_str()) {
                 error.message = error.message.replace(key.as_str(), SHOWN).into();
+                error_changed = true;
             }
         }
     }
+    error_changed
 }
 
 /// `text` with each `/`-separated part that is a key, as it is or
@@ -58,10 +63,15 @@ fn hidden_parts(text: &str, config: &Config, found: &mut Vec<String>) -> Option<
         .split('/')
         .map(|part| {
             let decoded = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
+            // Invisible characters around a key (a NUL, a space, a line
+            // break) do not make it another text.
+            let trimmed = decoded.trim_matches(|c: char| c.is_control() || c.is_whitespace());
             let hidden = is_key(config, part.as_bytes())
-                || (matches!(decoded, Cow::Owned(_)) && is_key(config, decoded.as_bytes()));
+                || (matches!(decoded, Cow::Owned(_)) && is_key(config, decoded.as_bytes()))
+                || (trimmed.len() != decoded.len() && is_key(config, trimmed.as_bytes()));
             if hidden {
                 any = true;
+                found.push(trimmed.to_string());
                 found.push(part.to_string());
                 found.push(decoded.into_owned());
                 SHOWN
@@ -74,7 +84,7 @@ fn hidden_parts(text: &str, config: &Config, found: &mut Vec<String>) -> Option<
 }
 
 /// Whether `text` is one of the configured client keys or provider keys.
-fn is_key(config: &Config, text: &[u8]) -> bool {
+pub fn is_key(config: &Config, text: &[u8]) -> bool {
     if text.is_empty() {
         return false;
     }

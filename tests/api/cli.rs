@@ -451,11 +451,18 @@ fn a_key_sent_as_a_name_is_not_logged() {
          authorization: Bearer sk-team-secret-1\r\nconnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("sk-team-secret"), "{answer}");
     let line = wait_for_line(&mut stdout, "\"status\":404");
     assert!(!line.contains("sk-team-secret"), "{line}");
     assert!(line.contains("/v1/models/***"), "{line}");
 
-    for model in ["sk-team-secret-1", "moonshot/sk-team-secret-1"] {
+    // The answer's error quotes the model as the log does; a NUL after
+    // the key does not make it another name.
+    for model in [
+        "sk-team-secret-1",
+        "moonshot/sk-team-secret-1",
+        "sk-team-secret-1\\u0000",
+    ] {
         let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
         let answer = send(&format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
@@ -463,13 +470,43 @@ fn a_key_sent_as_a_name_is_not_logged() {
             body.len()
         ));
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(!answer.contains("sk-team-secret-1"), "{answer}");
+        assert!(answer.contains("***"), "{answer}");
         let line = wait_for_line(&mut stdout, "\"status\":404");
         assert!(!line.contains("sk-team-secret-1"), "{line}");
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let shown = model.replace("sk-team-secret-1", "***");
+        let shown = if model.contains('/') {
+            model.replace("sk-team-secret-1", "***")
+        } else {
+            "***".to_string()
+        };
         assert_eq!(line["model"], shown, "{line}");
         assert!(line["error"].as_str().unwrap().contains("***"), "{line}");
     }
+
+    // A key sent as the request id (with it or without it as the key) is
+    // replaced by a generated id: in the answer and the log.
+    for authorization in ["authorization: Bearer sk-team-secret-1\r\n", ""] {
+        let answer = send(&format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\n{authorization}\
+             x-request-id: sk-team-secret-1\r\nconnection: close\r\n\r\n"
+        ));
+        assert!(!answer.contains("sk-team-secret-1"), "{answer}");
+        assert!(answer.contains("\r\nx-request-id: req_"), "{answer}");
+        let status = if authorization.is_empty() { 401 } else { 200 };
+        let line = wait_for_line(&mut stdout, &format!("\"status\":{status}"));
+        assert!(!line.contains("sk-team-secret-1"), "{line}");
+        assert!(line.contains("\"request_id\":\"req_"), "{line}");
+    }
+    // Another id is the client's.
+    let answer = send(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
+         x-request-id: trace-42\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        answer.contains("\r\nx-request-id: trace-42\r\n"),
+        "{answer}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

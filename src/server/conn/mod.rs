@@ -356,7 +356,7 @@ impl Connection {
                 RequestBody::read_into(slot, framing.remaining())
             }
         };
-        let id = request_id(&parts.headers);
+        let id = request_id(&parts.headers, gateway.state());
         let progress = RequestProgress::default();
         let handled = {
             // The handler borrows the head; both end before the response
