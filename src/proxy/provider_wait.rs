@@ -27,6 +27,13 @@ const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A wait in (fractional) seconds, capped before it becomes a `Duration`
 /// (which cannot hold 1e20 seconds); `None` if negative or not a number.
+/// A number as a provider writes a wait: digits, a fraction or an
+/// exponent (`1e3`). Rust's float reading also takes `inf`, `infinity`
+/// and `NaN`, which are no wait.
+fn wait_number(text: &str) -> Option<f64> {
+    text.parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
 fn capped_secs(secs: f64) -> Option<Duration> {
     (secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_STATED_WAIT.as_secs_f64())))
 }
@@ -36,7 +43,7 @@ fn capped_secs(secs: f64) -> Option<Duration> {
 /// `None` when it is neither.
 pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     let text = std::str::from_utf8(value).ok()?.trim();
-    if let Ok(secs) = text.parse::<f64>() {
+    if let Some(secs) = wait_number(text) {
         return capped_secs(secs);
     }
     let at = httpdate::parse_http_date(text).ok()?;
@@ -68,7 +75,7 @@ pub fn forwarded_retry_after(value: HeaderValue) -> Option<HeaderValue> {
     if httpdate::parse_http_date(text).is_ok() {
         return Some(value);
     }
-    let secs = capped_secs(text.parse::<f64>().ok()?)?;
+    let secs = capped_secs(wait_number(text)?)?;
     Some(HeaderValue::from(secs.as_secs_f64().ceil() as u64))
 }
 
@@ -80,11 +87,7 @@ pub fn asks_no_wait(value: &[u8]) -> bool {
 
 /// A `retry-after-ms` value (whole or fractional milliseconds).
 pub fn retry_after_ms(value: &[u8]) -> Option<Duration> {
-    let ms = std::str::from_utf8(value)
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
+    let ms = wait_number(std::str::from_utf8(value).ok()?.trim())?;
     capped_secs(ms / 1000.0)
 }
 
@@ -163,6 +166,7 @@ mod tests {
         assert_eq!(wait("99999999999999999999"), Some(MAX_STATED_WAIT));
         assert_eq!(wait("-1"), None);
         assert_eq!(wait("soon"), None);
+        assert_eq!(wait("inf"), None);
         assert_eq!(retry_after(b"\xff", now), None);
     }
 
@@ -185,6 +189,8 @@ mod tests {
         assert_eq!(forwarded("1 sk-provider-secret"), None);
         assert_eq!(forwarded("-1"), None);
         assert_eq!(forwarded("NaN"), None);
+        assert_eq!(forwarded("inf"), None);
+        assert_eq!(forwarded("Infinity"), None);
         assert_eq!(forwarded(""), None);
     }
 
@@ -193,6 +199,7 @@ mod tests {
         assert_eq!(retry_after_ms(b"1500"), Some(Duration::from_millis(1500)));
         assert_eq!(retry_after_ms(b"2.5"), Some(Duration::from_micros(2500)));
         assert_eq!(retry_after_ms(b"NaN"), None);
+        assert_eq!(retry_after_ms(b"inf"), None);
         assert_eq!(retry_after_ms(b"1e30"), Some(MAX_STATED_WAIT));
         assert_eq!(retry_after_ms(b"-3"), None);
         assert_eq!(
