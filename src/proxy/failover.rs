@@ -53,12 +53,14 @@ pub enum Verdict {
 
 pub fn classify(err: &GatewayError) -> Verdict {
     match err.error_type {
-        ErrorType::InvalidRequestError
-        | ErrorType::ContentFilter
-        | ErrorType::ResourceNotFoundError => Verdict::Final,
+        // The request itself: any provider would say the same.
+        ErrorType::InvalidRequestError | ErrorType::ContentFilter => Verdict::Final,
+        // A model not found at one provider (retired there, or not open to
+        // the gateway's account) may be served by another.
         ErrorType::ExceededCurrentQuotaError
         | ErrorType::PermissionDeniedError
-        | ErrorType::InvalidAuthenticationError => Verdict::SkipTarget,
+        | ErrorType::InvalidAuthenticationError
+        | ErrorType::ResourceNotFoundError => Verdict::SkipTarget,
         ErrorType::ServerError if err.code.as_deref() == Some("upstream_key_rejected") => {
             Verdict::SkipTarget
         }

@@ -377,11 +377,7 @@ async fn a_retry_after_that_is_no_wait_skips_the_target() {
 #[tokio::test]
 async fn client_errors_are_not_retried_or_failed_over() {
     let app = spawn_app_with(FAST, &[]).await;
-    for (error, status) in [
-        ("invalid_request", 400),
-        ("content_filter", 400),
-        ("not_found", 404),
-    ] {
+    for (error, status) in [("invalid_request", 400), ("content_filter", 400)] {
         let response = app
             .chat(chat_body(
                 "kimi-k2.6",
@@ -392,8 +388,37 @@ async fn client_errors_are_not_retried_or_failed_over() {
         assert_eq!(response.status().as_u16(), status, "{error}");
         assert_eq!(header(&response, "x-gateway-attempts"), "1");
     }
-    assert_eq!(seen(&app, Flavour::Moonshot), 3);
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
     assert_eq!(seen(&app, Flavour::Agentsflare), 0);
+}
+
+/// A provider that does not have the model (retired there, or not open to
+/// the gateway's account) is skipped: another may serve it. When none
+/// does, the last one's 404 is the answer.
+#[tokio::test]
+async fn a_model_one_provider_does_not_have_fails_over() {
+    let app = spawn_app_with(FAST, &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error=not_found]",
+            false,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-provider"), "agentsflare");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+
+    let response = app
+        .chat(chat_body("kimi-k2.6", "[mock error=not_found]", false))
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "resource_not_found_error", "{body}");
+    // Each target once: a 404 is not retried where it was said.
+    assert_eq!(seen(&app, Flavour::Moonshot), 2);
+    assert_eq!(seen(&app, Flavour::Agentsflare), 2);
 }
 
 #[tokio::test]
