@@ -506,7 +506,7 @@ mod tests {
         assert_eq!(classify(&err(ErrorType::ContentFilter)), Verdict::Final);
         assert_eq!(
             classify(&err(ErrorType::ResourceNotFoundError)),
-            Verdict::Final
+            Verdict::SkipTarget
         );
         assert_eq!(
             classify(&err(ErrorType::ExceededCurrentQuotaError)),
