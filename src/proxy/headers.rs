@@ -223,15 +223,10 @@ fn copy_fields<'a>(
 fn name_quotes_a_key(lower: &[u8], provider: &Provider) -> bool {
     // No allocation, and only where the key's first character is: a short
     // test key makes this run for most names.
-    provider.keys.iter().any(|key| {
-        let secret = key.secret.as_bytes();
-        let (Some(&first), Some(starts)) = (secret.first(), lower.len().checked_sub(secret.len()))
-        else {
-            return false;
-        };
-        memchr::memchr_iter(first.to_ascii_lowercase(), &lower[..=starts])
-            .any(|at| lower[at..at + secret.len()].eq_ignore_ascii_case(secret))
-    })
+    provider
+        .keys
+        .iter()
+        .any(|key| super::key_text::find(lower, key.secret.as_bytes()).is_some())
 }
 
 /// Whether a `Connection` value names anything but `keep-alive` and

@@ -469,43 +469,37 @@ fn message_text(value: serde_json::Value) -> String {
 }
 
 /// Some providers echo (part of) the key they were sent; never pass it on.
-/// `bytes` with the provider's keys replaced by `***`, when one is in them
-/// (an error event or a header value that quotes the key it was sent).
+/// `bytes` with the provider's keys (in any letter case) replaced by
+/// `***`, when one is in them (an error event or a header value that
+/// quotes the key it was sent).
 pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
     let mut redacted: Option<Vec<u8>> = None;
     for key in &provider.keys {
-        let secret = key.secret.as_bytes();
         let text = redacted.as_deref().unwrap_or(bytes);
-        if memchr::memmem::find(text, secret).is_none() {
-            continue;
+        if let Some(out) = super::key_text::replaced(text, key.secret.as_bytes(), b"***") {
+            redacted = Some(out);
         }
-        let mut out = Vec::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(at) = memchr::memmem::find(rest, secret) {
-            out.extend_from_slice(&rest[..at]);
-            out.extend_from_slice(b"***");
-            rest = &rest[at + secret.len()..];
-        }
-        out.extend_from_slice(rest);
-        redacted = Some(out);
     }
     redacted
 }
 
-/// Whether `text` quoted one of the provider's keys (now `***`), as it is
-/// or as JSON escapes it: a message that was a JSON object is shown as
-/// its JSON text, where a key holding `"` or `\` is escaped.
+/// Whether `text` quoted one of the provider's keys in any letter case
+/// (now `***`), as it is or as JSON escapes it: a message that was a JSON
+/// object is shown as its JSON text, where a key holding `"` or `\` is
+/// escaped.
 pub fn redact(text: &mut String, provider: &Provider) -> bool {
     let mut quoted = false;
     for key in &provider.keys {
-        if text.contains(&key.secret) {
-            *text = text.replace(&key.secret, "***");
+        if let Some(out) = super::key_text::replaced_in_str(text, &key.secret, "***") {
+            *text = out;
             quoted = true;
         }
         let escaped = serde_json::to_string(&key.secret).expect("a string encodes");
         let escaped = &escaped[1..escaped.len() - 1];
-        if escaped != key.secret && text.contains(escaped) {
-            *text = text.replace(escaped, "***");
+        if escaped != key.secret
+            && let Some(out) = super::key_text::replaced_in_str(text, escaped, "***")
+        {
+            *text = out;
             quoted = true;
         }
     }
@@ -823,14 +817,23 @@ mod tests {
 
     #[test]
     fn the_gateways_key_is_never_echoed() {
-        let body = br#"{"message":"bad request for key secret-key-123","statusCode":400}"#;
-        let err = translate(
-            &test_provider(),
-            StatusCode::BAD_REQUEST,
-            AskedWait::default(),
-            body,
-        );
-        assert!(!err.message.contains("secret-key-123"), "{}", err.message);
+        // As sent, and upper-cased (which still gives most of a key away).
+        for quoted in ["secret-key-123", "SECRET-KEY-123"] {
+            let body = format!(r#"{{"message":"bad request for key {quoted}","statusCode":400}}"#);
+            let err = translate(
+                &test_provider(),
+                StatusCode::BAD_REQUEST,
+                AskedWait::default(),
+                body.as_bytes(),
+            );
+            assert!(
+                err.message.contains("key ***") && !err.message.contains(quoted),
+                "{}",
+                err.message
+            );
+        }
+        let event = redact_secrets(b"data: {\"message\":\"Secret-Key-123\"}", &test_provider());
+        assert_eq!(event.as_deref(), Some(&b"data: {\"message\":\"***\"}"[..]));
     }
 
     /// However short the key, it is masked: a key is a secret whatever its
