@@ -402,6 +402,8 @@ fn key_refused(status: StatusCode, typed: Option<&str>, lower: &str) -> bool {
 }
 
 fn classify(status: StatusCode, lower: &str) -> ErrorType {
+    // Providers serving China may answer in Chinese: 余额 balance, 额度
+    // quota, 欠费 in arrears, 充值 top up; 繁忙 busy, 过载 overloaded.
     let quota = [
         "credit",
         "balance",
@@ -409,10 +411,14 @@ fn classify(status: StatusCode, lower: &str) -> ErrorType {
         "insufficient",
         "billing",
         "payment",
+        "余额",
+        "额度",
+        "欠费",
+        "充值",
     ]
     .iter()
     .any(|w| lower.contains(w));
-    let overload = ["overload", "busy", "capacity"]
+    let overload = ["overload", "busy", "capacity", "繁忙", "过载"]
         .iter()
         .any(|w| lower.contains(w));
     let filtered = [
@@ -903,6 +909,20 @@ mod tests {
         );
         assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
         assert!(!err.should_retry());
+        // The same in Chinese ("insufficient balance"), and "server busy".
+        for (message, expected) in [
+            ("余额不足", ErrorType::ExceededCurrentQuotaError),
+            ("服务器繁忙", ErrorType::EngineOverloadedError),
+        ] {
+            let body = format!(r#"{{"statusCode":429,"message":"{message}"}}"#);
+            let err = translate(
+                &provider,
+                StatusCode::TOO_MANY_REQUESTS,
+                asked(),
+                body.as_bytes(),
+            );
+            assert_eq!(err.error_type, expected, "{message}");
+        }
         let err = translate(
             &provider,
             StatusCode::FORBIDDEN,
