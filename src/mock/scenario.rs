@@ -72,6 +72,8 @@ pub struct Scenario {
     pub cut_after: Option<usize>,
     /// End the stream without `[DONE]` (cleanly closed, but incomplete).
     pub no_done: bool,
+    /// Send a stream of `[DONE]` alone: no chunk of an answer before it.
+    pub done_only: bool,
     /// Keep the body open this long after `[DONE]` before ending it.
     pub end_delay: Duration,
     /// After this many content chunks, send an error event and end the
@@ -170,6 +172,7 @@ impl Scenario {
                 }
                 "cut_after" => scenario.cut_after = number().map(|n| n as usize),
                 "no_done" => scenario.no_done = true,
+                "done_only" => scenario.done_only = true,
                 "end_delay_ms" => scenario.end_delay = Duration::from_millis(number().unwrap_or(0)),
                 "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
                 "error_after_done" => scenario.error_after_done = true,

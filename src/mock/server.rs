@@ -514,6 +514,11 @@ fn stream_body(
         }
         (None, false) => Bytes::from_static(STREAM_ERROR_EVENT),
     };
+    let events: Arc<[Bytes]> = if scenario.done_only {
+        Arc::from([])
+    } else {
+        events
+    };
     let events = if scenario.usage_on_last_choice || scenario.bare_usage_chunk {
         with_usage_moved(&events, scenario)
     } else {

@@ -133,6 +133,35 @@ async fn a_failure_before_the_first_event_is_a_real_http_error() {
     assert_eq!(error_of(response).await["type"], "server_error");
 }
 
+/// A stream whose first event is `[DONE]` is no answer: a failed attempt
+/// (failed over when another target serves the model), not an empty 200.
+#[tokio::test]
+async fn a_stream_of_done_alone_is_a_bad_response_and_fails_over() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body("kimi-k2.6", "[mock moonshot:done_only]", true))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    let events = sse_data(response).await;
+    assert!(events.len() > 2, "{events:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    let response = app
+        .chat(chat_body("moonshot/kimi-k2.6", "[mock done_only]", true))
+        .await;
+    assert_eq!(response.status(), 502);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_bad_response", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("[DONE] before any chunk"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn silence_longer_than_the_idle_timeout_ends_the_stream_with_an_error() {
     let app = spawn_app_with("[providers.moonshot.timeouts]\nidle_secs = 0.2\n", &[]).await;

@@ -151,3 +151,13 @@ impl SseRelay {
         events.slice(..done_event)
     }
 }
+
+/// Whether `events`, a stream's first, hold no data before `[DONE]`: a
+/// stream that ends before a single chunk of an answer.
+pub(super) fn done_without_answer(events: &[u8]) -> bool {
+    let Some(at) = find_done(events) else {
+        return false;
+    };
+    let start = event_start(events, at);
+    !lines(&events[..start]).any(|line| data_value(line).is_some())
+}

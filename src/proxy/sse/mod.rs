@@ -214,6 +214,18 @@ impl SseRelay {
                 // status is the type's: see `stream_error`).
                 Err(relay.provider_error.take().expect("set with it"))
             }
+            // `[DONE]` with nothing before it: an answer of no chunk at
+            // all, which the SDKs would hand on as an empty answer.
+            Some(Ok(events)) if relay.stats.saw_done() && inspect::done_without_answer(&events) => {
+                Err(GatewayError::server(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "provider {} ended the stream with [DONE] before any chunk of an answer",
+                        relay.provider.name
+                    ),
+                )
+                .with_code(super::upstream::BAD_RESPONSE))
+            }
             Some(Ok(events)) => {
                 relay.queued.push_back(events);
                 let after = std::mem::take(&mut relay.after);
