@@ -343,9 +343,10 @@ fn error_under_success(
     status: StatusCode,
     provider: &crate::config::Provider,
 ) -> Option<GatewayError> {
-    match first_member(body)? {
-        FirstMember::Error => provider_errors::success_body_error(body, status, provider),
-        FirstMember::MessageOrStatusCode => {
+    match first_member(body) {
+        None => late_error(body, status, provider),
+        Some(FirstMember::Error) => provider_errors::success_body_error(body, status, provider),
+        Some(FirstMember::MessageOrStatusCode) => {
             let sent = provider_errors::status_in_success_body(body)?;
             Some(provider_errors::translate(
                 provider,
@@ -355,6 +356,34 @@ fn error_under_success(
             ))
         }
     }
+}
+
+/// An `error` member after others (`{"id":…,"error":{…}}`) in a body
+/// with no choice to answer with: the SDKs would hand their caller a
+/// completion without choices. Looked for only in a body that names
+/// `"error"` at all (a completion's text holds it escaped, `\"error\"`).
+fn late_error(
+    body: &[u8],
+    status: StatusCode,
+    provider: &crate::config::Provider,
+) -> Option<GatewayError> {
+    memchr::memmem::find(body, b"\"error\"")?;
+    let mut choices = None;
+    super::json_scan::scan_object(body, |key, span| {
+        if key == b"choices" {
+            choices = Some(span);
+        }
+    })
+    .ok()?;
+    let answered = choices.is_some_and(|span| {
+        let list = body[span].trim_ascii();
+        let inside = list.strip_prefix(b"[").and_then(|l| l.strip_suffix(b"]"));
+        inside.is_none_or(|items| !items.trim_ascii().is_empty())
+    });
+    if answered {
+        return None;
+    }
+    provider_errors::success_body_error(body, status, provider)
 }
 
 /// The first members an error document under a 2xx begins with.
@@ -609,6 +638,28 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn an_error_after_other_members_is_read_when_no_choice_answers() {
+        let provider = crate::config::test_provider();
+        let error = |body: &str| error_under_success(body.as_bytes(), StatusCode::OK, &provider);
+        for body in [
+            r#"{"id":"x","object":"chat.completion","error":{"message":"upstream failed","type":"server_error"}}"#,
+            r#"{"id":"x","choices":[ ],"error":{"message":"upstream failed"}}"#,
+            r#"{"id":"x","error":"upstream failed"}"#,
+        ] {
+            let err = error(body).unwrap_or_else(|| panic!("{body}"));
+            assert!(err.message.contains("upstream failed"), "{}", err.message);
+        }
+        for body in [
+            r#"{"id":"x","choices":[{"index":0}],"error":{"message":"ignored"}}"#,
+            r#"{"id":"x","object":"chat.completion","error":null}"#,
+            r#"{"id":"x","choices":[{"message":{"content":"\"error\""}}]}"#,
+            r#"{"id":"x","choices":[{"finish_reason":"error"}]}"#,
+        ] {
+            assert!(error(body).is_none(), "{body}");
         }
     }
 
