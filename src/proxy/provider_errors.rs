@@ -318,10 +318,16 @@ fn error_from(
         .with_upstream_request_id(request_id);
     }
 
-    let error_type = typed
-        .as_deref()
-        .and_then(ErrorType::from_name)
-        .unwrap_or_else(|| classify(status, &lower));
+    let error_type = match typed.as_deref().and_then(ErrorType::from_name) {
+        // OpenAI's own shape for a model it does not have, which servers
+        // that copy it send too: a 404 typed `invalid_request_error`
+        // (code `model_not_found`). Not found, not the request's fault.
+        Some(ErrorType::InvalidRequestError) if status == StatusCode::NOT_FOUND => {
+            ErrorType::ResourceNotFoundError
+        }
+        Some(typed) => typed,
+        None => classify(status, &lower),
+    };
     let status = match error_type {
         // The type decides the status, so clients see the documented pairing
         // (e.g. a quota error that a provider sent as 403) -- except a body
@@ -807,6 +813,28 @@ mod tests {
             body,
         );
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn a_404_typed_invalid_request_is_not_found() {
+        let body = br#"{"error":{"message":"The model m does not exist","type":"invalid_request_error","code":"model_not_found"}}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::NOT_FOUND,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.status, StatusCode::NOT_FOUND);
+        assert_eq!(err.error_type, ErrorType::ResourceNotFoundError);
+        assert_eq!(err.code.as_deref(), Some("model_not_found"));
+        // The same type under a 400 stays the request's fault.
+        let err = translate(
+            &test_provider(),
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            body,
+        );
+        assert_eq!(err.error_type, ErrorType::InvalidRequestError);
     }
 
     #[test]
