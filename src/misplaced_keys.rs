@@ -63,15 +63,29 @@ fn hidden_parts(text: &str, config: &Config, found: &mut Vec<String>) -> Option<
         .split('/')
         .map(|part| {
             let decoded = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
-            // Invisible characters around a key (a NUL, a space, a line
-            // break) do not make it another text.
-            let trimmed = decoded.trim_matches(|c: char| c.is_control() || c.is_whitespace());
-            let hidden = is_key(config, part.as_bytes())
-                || (matches!(decoded, Cow::Owned(_)) && is_key(config, decoded.as_bytes()))
-                || (trimmed.len() != decoded.len() && is_key(config, trimmed.as_bytes()));
+            // The part as sent, decoded, and each piece of the decoded
+            // part between slashes (`%2F` is a slash to the model lookup,
+            // whose error quotes the name decoded).
+            let mut candidates: Vec<&str> = vec![part];
+            if matches!(decoded, Cow::Owned(_)) {
+                candidates.push(&decoded);
+                if decoded.contains('/') {
+                    candidates.extend(decoded.split('/'));
+                }
+            }
+            let mut hidden = false;
+            for candidate in candidates {
+                let trimmed = candidate.trim_matches(invisible);
+                if is_key(config, candidate.as_bytes())
+                    || (trimmed.len() != candidate.len() && is_key(config, trimmed.as_bytes()))
+                {
+                    hidden = true;
+                    found.push(trimmed.to_string());
+                    found.push(candidate.to_string());
+                }
+            }
             if hidden {
                 any = true;
-                found.push(trimmed.to_string());
                 found.push(part.to_string());
                 found.push(decoded.into_owned());
                 SHOWN
@@ -81,6 +95,24 @@ fn hidden_parts(text: &str, config: &Config, found: &mut Vec<String>) -> Option<
         })
         .collect();
     any.then(|| parts.join("/"))
+}
+
+/// Characters that show nothing around a key, so do not make it another
+/// text: controls (a NUL, a line break), spaces, and the invisible format
+/// characters (zero-width space and joiners, direction marks, the BOM, a
+/// soft hyphen).
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 /// Whether `text` is one of the configured client keys or provider keys.

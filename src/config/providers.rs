@@ -499,6 +499,11 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     if numeric_last_label && host.parse::<std::net::Ipv4Addr>().is_err() {
         return Err("has a host that is not a valid IPv4 address (four numbers from 0 to 255)");
     }
+    if let Some(inside) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        && inside.parse::<std::net::Ipv6Addr>().is_err()
+    {
+        return Err("has a host in brackets that is not a valid IPv6 address");
+    }
     // `Uri` takes any run of digits or letters after the host's colon as
     // a port, and a connection to an impossible one could only fail.
     let port = &authority.as_str()[authority.host().len()..];
@@ -672,6 +677,8 @@ mod tests {
             ("http://256.256.256.256/v1", "not a valid IPv4 address"),
             ("http://10.0.0/v1", "not a valid IPv4 address"),
             ("http://api.example.123:8080/v1", "not a valid IPv4 address"),
+            ("https://[1::2::3]/v1", "not a valid IPv6 address"),
+            ("http://[1.2.3.4]:80/v1", "not a valid IPv6 address"),
         ] {
             let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
             let problems = resolve(&text, &keyed).err().unwrap().0;

@@ -462,6 +462,7 @@ fn a_key_sent_as_a_name_is_not_logged() {
         "sk-team-secret-1",
         "moonshot/sk-team-secret-1",
         "sk-team-secret-1\\u0000",
+        "\\u200bsk-team-secret-1\\ufeff",
     ] {
         let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
         let answer = send(&format!(
@@ -483,6 +484,16 @@ fn a_key_sent_as_a_name_is_not_logged() {
         assert_eq!(line["model"], shown, "{line}");
         assert!(line["error"].as_str().unwrap().contains("***"), "{line}");
     }
+
+    // An encoded slash splits the name the lookup (and its error) sees.
+    let answer = send(
+        "GET /v1/models/sk-team-secret-1%2Fkimi HTTP/1.1\r\nHost: x\r\n\
+         authorization: Bearer sk-team-secret-1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("sk-team-secret-1"), "{answer}");
+    let line = wait_for_line(&mut stdout, "\"status\":404");
+    assert!(!line.contains("sk-team-secret-1"), "{line}");
 
     // A key sent as the request id (with it or without it as the key) is
     // replaced by a generated id: in the answer and the log.
