@@ -83,6 +83,9 @@ pub struct Scenario {
     pub error_after_done: bool,
     /// Those error events are `{"error":{}}`, an error with nothing in it.
     pub empty_error: bool,
+    /// Send those error events named `error` (`event: error`), their data
+    /// without an `error` member: `{"message": …, "code": 500}`.
+    pub named_error: bool,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
@@ -177,6 +180,7 @@ impl Scenario {
                 "error_event_after" => scenario.error_event_after = number().map(|n| n as usize),
                 "error_after_done" => scenario.error_after_done = true,
                 "empty_error" => scenario.empty_error = true,
+                "named_error" => scenario.named_error = true,
                 "line_end" => {
                     scenario.line_end = match value {
                         "cr" => Some("\r"),

@@ -348,6 +348,9 @@ fn insert_provider_fields(headers: &mut HeaderMap, flavour: Flavour, id: u64) {
 const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The engine is currently overloaded, please try again later\",\"type\":\"engine_overloaded_error\"}}\n\n";
 /// The error event with `empty_error`: an error that says nothing.
 const EMPTY_ERROR_EVENT: &[u8] = b"data: {\"error\":{}}\n\n";
+/// An error event named by its `event:` field, its data no error document.
+const NAMED_ERROR_EVENT: &[u8] =
+    b"event: error\ndata: {\"message\":\"The engine is currently overloaded\",\"code\":500}\n\n";
 
 /// The events with each one's last LF moved to the start of the next
 /// write (`[DONE]` is sent whole, after the LF it follows).
@@ -504,6 +507,7 @@ fn stream_body(
     let end_delay = scenario.end_delay;
     let error_event_after = scenario.error_event_after;
     let error_event = match (&scenario.echoed_key, scenario.empty_error) {
+        _ if scenario.named_error => Bytes::from_static(NAMED_ERROR_EVENT),
         (_, true) => Bytes::from_static(EMPTY_ERROR_EVENT),
         (Some(key), false) => {
             let error = serde_json::json!({"error": {

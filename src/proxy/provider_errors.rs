@@ -249,13 +249,32 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
         let text = says.error_text.take()?;
         says.message = says.message.or(Some(text));
     }
+    let empty = says.error_empty;
+    let error = error_said(says, provider, carrier);
+    Some(StreamError { error, empty })
+}
+
+/// An event the provider named `error` (`event: error`) whose data has no
+/// `error` member (`{"message":"internal failure","code":500}`): an error
+/// all the same, read from the data's own members. The SDKs would take it
+/// for a chunk, so it is always sent as the gateway's own error event.
+pub fn named_error_event(data: &[u8], provider: &Provider) -> StreamError {
+    let says = ProviderSays::read(data, Mending::WholeOnly).unwrap_or_default();
+    StreamError {
+        error: error_said(says, provider, Carrier::StreamEvent),
+        empty: true,
+    }
+}
+
+/// The error a 2xx body or a stream event says: its type's status, a
+/// server error a 502 (the HTTP status said 2xx).
+fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> GatewayError {
     // Without a message the HTTP fallback ("answered HTTP 502") would be
     // wrong: the status said 200.
     if says.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
         says.message =
             Some(carrier.error_that(provider, "ended the stream with", "gave no message"));
     }
-    let empty = says.error_empty;
     let status = says
         .error_type
         .as_deref()
@@ -267,7 +286,7 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
         // keep.
         error.status = StatusCode::BAD_GATEWAY;
     }
-    Some(StreamError { error, empty })
+    error
 }
 
 /// A provider's error event, read.

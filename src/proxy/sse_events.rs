@@ -45,13 +45,22 @@ pub(super) fn find_done(events: &[u8]) -> Option<usize> {
     None
 }
 
-/// A provider's own error event (`data: {"error":{...}}`) among `events`:
-/// the error, and where its event starts and ends.
+static EVENT_FIELD: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"event:"));
+
+/// A provider's own error event among `events`: one whose data has an
+/// `error` member (`data: {"error":{...}}`), or one named `error`
+/// (`event: error`); the error, and where its event starts and ends.
 pub(super) fn provider_error_event(
     events: &[u8],
     provider: &crate::config::Provider,
 ) -> Option<(StreamError, Range<usize>)> {
-    ERROR_KEY.find(events)?;
+    // Providers name no events in a chat stream: the second search
+    // finds nothing in theirs.
+    let error_member = ERROR_KEY.find(events).is_some();
+    if !error_member && EVENT_FIELD.find(events).is_none() {
+        return None;
+    }
     let mut last_event = None;
     lines(events)
         .filter(|line| data_value(line).is_some())
@@ -61,11 +70,26 @@ pub(super) fn provider_error_event(
             if last_event.replace(start) == Some(start) {
                 return None;
             }
-            let err = super::provider_errors::stream_error(data.trim_ascii(), provider)?;
             let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
             let end = event_end(events, line_end).unwrap_or(events.len());
+            let data = data.trim_ascii();
+            let err = error_member
+                .then(|| super::provider_errors::stream_error(data, provider))
+                .flatten()
+                .or_else(|| {
+                    named_error(&events[start..end])
+                        .then(|| super::provider_errors::named_error_event(data, provider))
+                })?;
             Some((err, start..end))
         })
+}
+
+/// Whether an event has the field line `event: error`.
+fn named_error(event: &[u8]) -> bool {
+    lines(event).any(|line| {
+        line.strip_prefix(b"event:")
+            .is_some_and(|name| name.strip_prefix(b" ").unwrap_or(name) == b"error")
+    })
 }
 
 /// How a provider's error event goes to the client.

@@ -133,6 +133,42 @@ async fn a_failure_before_the_first_event_is_a_real_http_error() {
     assert_eq!(error_of(response).await["type"], "server_error");
 }
 
+/// An event the provider names `error` whose data has no `error` member
+/// (the SDKs would take it for a chunk) ends the stream as an error: the
+/// gateway's own error event in its place mid-stream, a failed attempt
+/// (failed over) as the first event.
+#[tokio::test]
+async fn an_event_named_error_is_an_error_without_an_error_member() {
+    let app = spawn_app().await;
+    let response = app
+        .chat(chat_body(
+            "moonshot/kimi-k2.6",
+            "[mock error_event_after=2 named_error]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = sse_data(response).await;
+    assert_eq!(events.len(), 3, "two chunks, then the error: {events:?}");
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["message"], "The engine is currently overloaded",
+        "{last}"
+    );
+    assert_eq!(last["error"]["type"], "server_error", "{last}");
+
+    let response = app
+        .chat(chat_body(
+            "kimi-k2.6",
+            "[mock moonshot:error_event_after=0 named_error]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
+    assert_eq!(sse_data(response).await.last().unwrap(), "[DONE]");
+}
+
 /// A stream whose first event is `[DONE]` is no answer: a failed attempt
 /// (failed over when another target serves the model), not an empty 200.
 #[tokio::test]
