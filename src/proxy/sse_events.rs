@@ -48,6 +48,11 @@ pub(super) fn find_done(events: &[u8]) -> Option<usize> {
 static EVENT_FIELD: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"event:"));
 
+/// In both an `error` member and an `event: error` line: one pass over a
+/// read that has neither (nearly every read) decides.
+static ERROR_WORD: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"error"));
+
 /// A provider's own error event among `events`: one whose data has an
 /// `error` member (`data: {"error":{...}}`), or one named `error`
 /// (`event: error`); the error, and where its event starts and ends.
@@ -55,9 +60,10 @@ pub(super) fn provider_error_event(
     events: &[u8],
     provider: &crate::config::Provider,
 ) -> Option<(StreamError, Range<usize>)> {
-    // Providers name no events in a chat stream: the second search
-    // finds nothing in theirs.
-    let error_member = ERROR_KEY.find(events).is_some();
+    let from = ERROR_WORD.find(events)?;
+    // Providers name no events in a chat stream: the search for a name
+    // runs only where `error` is (a text that mentions it) and finds none.
+    let error_member = ERROR_KEY.find(&events[from.saturating_sub(1)..]).is_some();
     if !error_member && EVENT_FIELD.find(events).is_none() {
         return None;
     }

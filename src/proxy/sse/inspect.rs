@@ -152,12 +152,12 @@ impl SseRelay {
     }
 }
 
-/// Whether `events`, a stream's first, hold no data before `[DONE]`: a
-/// stream that ends before a single chunk of an answer.
+/// Whether `events`, a stream's first (with `[DONE]` in them), hold no
+/// data before `[DONE]`: a stream that ends before a single chunk of an
+/// answer. Its first data line is `[DONE]`'s (read from the start: the
+/// whole of a short stream often comes in one read).
 pub(super) fn done_without_answer(events: &[u8]) -> bool {
-    let Some(at) = find_done(events) else {
-        return false;
-    };
-    let start = event_start(events, at);
-    !lines(&events[..start]).any(|line| data_value(line).is_some())
+    lines(events)
+        .find_map(data_value)
+        .is_some_and(|data| data.starts_with(b"[DONE]"))
 }
