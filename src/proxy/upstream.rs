@@ -367,6 +367,11 @@ fn late_error(
     status: StatusCode,
     provider: &crate::config::Provider,
 ) -> Option<GatewayError> {
+    // A completion's `choices` come early in its body: found there, the
+    // search for `"error"` through the rest is not made.
+    if !super::sse_events::carries_no_choice(body) {
+        return None;
+    }
     memchr::memmem::find(body, b"\"error\"")?;
     let mut choices = None;
     super::json_scan::scan_object(body, |key, span| {
