@@ -4,11 +4,11 @@
 //! without a total, many clients sending large bodies at once could make
 //! the gateway hold connections × `max_body_bytes`.
 //!
-//! Only bodies over 64 KiB count: a smaller one (nearly every chat
+//! Only bodies over 16 KiB count: a smaller one (nearly every chat
 //! request) is bounded by its connection, like the bytes it reads ahead,
 //! and connections are capped. A body's bytes are claimed before they are
 //! read (its `Content-Length`, or each chunk's announced size: all of them
-//! once it passes 64 KiB), and given back when its handler has answered.
+//! once it passes 16 KiB), and given back when its handler has answered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -124,12 +124,19 @@ fn main() -> ExitCode {
 fn print_check_report(config: &config::Config) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    // Routable: served by a provider with a key now (as `/v1/models`
+    // lists them), not merely configured.
+    let routable = config
+        .routes
+        .routes()
+        .iter()
+        .filter(|route| route.usable_targets().next().is_some())
+        .count();
     writeln!(
         out,
-        "configuration OK: {} provider(s), {} usable, {} routable model name(s)",
+        "configuration OK: {} provider(s), {} usable, {routable} routable model name(s)",
         config.providers.len(),
         config.usable_providers().count(),
-        config.routes.routes().len()
     )?;
     match config.keys.len() {
         0 => writeln!(
@@ -138,7 +145,8 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
         )?,
         n => writeln!(out, "{n} client key(s)")?,
     }
-    if config.routes_nothing() {
+    // With no usable provider the note below says what every request gets.
+    if config.routes_nothing() && config.usable_providers().next().is_some() {
         writeln!(
             out,
             "note: no model is routable (every provider's models list is empty): every chat request would get 404"
@@ -164,7 +172,12 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
             )?;
         }
     }
-    if config.usable_providers().next().is_none() {
+    if config.providers.is_empty() {
+        writeln!(
+            out,
+            "note: no provider is configured (every one is disabled): every chat request would get 404 model_not_found"
+        )?;
+    } else if config.usable_providers().next().is_none() {
         writeln!(
             out,
             "note: no provider is usable: every chat request would get 503 provider_not_configured"

@@ -179,7 +179,11 @@ impl Config {
                 );
             }
         }
-        if self.usable_providers().next().is_none() {
+        if self.providers.is_empty() {
+            tracing::warn!(
+                "no provider is configured (every one is disabled): every chat request will get 404 model_not_found"
+            );
+        } else if self.usable_providers().next().is_none() {
             tracing::warn!(
                 "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
             );

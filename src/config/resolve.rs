@@ -6,7 +6,7 @@ use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
 use super::providers::{AbsentProviders, build_provider, merge, preset_drafts};
-use super::settings::{breaker_settings, retry_settings, seconds};
+use super::settings::{breaker_settings, retry_settings, seconds, seconds_or_off};
 use super::{
     Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_BODY_BYTES_TOTAL, DEFAULT_MAX_RESPONSE_BYTES,
@@ -86,24 +86,20 @@ pub fn resolve_reusing(
         Duration::from_secs(30),
         &mut problems,
     );
-    let sse_keepalive = match parsed.server.sse_keepalive_secs {
-        Some(0.0) => None,
-        other => Some(seconds(
-            other,
-            "server.sse_keepalive_secs",
-            Duration::from_secs(15),
-            &mut problems,
-        )),
-    };
-    let client_idle = match parsed.server.client_idle_secs {
-        Some(0.0) => None,
-        other => Some(seconds(
-            other,
-            "server.client_idle_secs",
-            Duration::from_secs(75),
-            &mut problems,
-        )),
-    };
+    let sse_keepalive = seconds_or_off(
+        parsed.server.sse_keepalive_secs,
+        "server.sse_keepalive_secs",
+        Duration::from_secs(15),
+        "off",
+        &mut problems,
+    );
+    let client_idle = seconds_or_off(
+        parsed.server.client_idle_secs,
+        "server.client_idle_secs",
+        Duration::from_secs(75),
+        "off",
+        &mut problems,
+    );
     let metrics_listen = parsed.server.metrics_listen.as_deref().and_then(|addr| {
         addr.parse()
             .map_err(|_| {
@@ -432,6 +428,18 @@ mod tests {
                 "server.max_connections: must be at least 1"
             ]
         );
+    }
+
+    #[test]
+    fn a_setting_that_0_turns_off_says_so_when_refused() {
+        assert_eq!(
+            problems("[server]\nsse_keepalive_secs = -5\n[retry]\nmax_retry_after_secs = -1\n"),
+            [
+                "server.sse_keepalive_secs: must be 0 (off) or a positive number of seconds, less than 1,000,000,000",
+                "retry.max_retry_after_secs: must be 0 (never wait) or a positive number of seconds, less than 1,000,000,000"
+            ]
+        );
+        assert!(problems("[server]\nsse_keepalive_secs = 0\nclient_idle_secs = 0\n").is_empty());
     }
 
     #[test]

@@ -27,6 +27,30 @@ pub fn seconds(
     }
 }
 
+/// `seconds` for a setting that 0 turns off (`None`): its message names
+/// the 0 too, and what it does (`zero_is`).
+pub fn seconds_or_off(
+    value: Option<f64>,
+    path: &str,
+    default: Duration,
+    zero_is: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Duration> {
+    match value {
+        Some(0.0) => None,
+        Some(secs) if !(secs.is_finite() && secs > 0.0 && secs < 1e9) => {
+            problems.push(ConfigProblem::new(
+                path,
+                format!(
+                    "must be 0 ({zero_is}) or a positive number of seconds, less than 1,000,000,000"
+                ),
+            ));
+            Some(default)
+        }
+        other => Some(seconds(other, path, default, problems)),
+    }
+}
+
 fn at_least_one(
     value: Option<u32>,
     path: &str,
@@ -71,15 +95,14 @@ pub fn retry_settings(file: &RetryFile, problems: &mut Vec<ConfigProblem>) -> Re
         ),
         backoff_base: base,
         backoff_max: max,
-        max_retry_after: match file.max_retry_after_secs {
-            Some(0.0) => Duration::ZERO,
-            other => seconds(
-                other,
-                "retry.max_retry_after_secs",
-                d.max_retry_after,
-                problems,
-            ),
-        },
+        max_retry_after: seconds_or_off(
+            file.max_retry_after_secs,
+            "retry.max_retry_after_secs",
+            d.max_retry_after,
+            "never wait",
+            problems,
+        )
+        .unwrap_or(Duration::ZERO),
     }
 }
 

@@ -46,6 +46,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
     let reason = if state.drain.is_draining() {
         Some("draining")
+    } else if config.providers.is_empty() {
+        Some("no provider is configured (every one is disabled)")
     } else if config.usable_providers().next().is_none() {
         Some("no provider has an API key")
     } else if targets.is_empty() {

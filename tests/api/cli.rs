@@ -199,6 +199,26 @@ fn check_notes_a_configuration_that_serves_nothing() {
         stdout.contains("note: no provider is usable: every chat request would get 503"),
         "{stdout}"
     );
+    // Routable counts what a provider with a key serves: none here.
+    assert!(
+        stdout.contains("configuration OK: 3 provider(s), 0 usable, 0 routable"),
+        "{stdout}"
+    );
+    // Every provider disabled: no provider at all, and one note that says
+    // what a request gets (404: no model is served), not two.
+    let disabled = config_file(
+        "[providers.moonshot]\nenabled = false\n[providers.aimlapi]\nenabled = false\n\
+         [providers.agentsflare]\nenabled = false\n",
+    );
+    let output = check(disabled.path());
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("note: no provider is configured (every one is disabled): every chat request would get 404 model_not_found"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no model is routable"), "{stdout}");
+    assert!(!stdout.contains("no provider is usable"), "{stdout}");
     let keyed = gateway()
         .env("MOONSHOT_API_KEY", "k")
         .args(["--check", "--config"])
