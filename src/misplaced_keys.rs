@@ -115,7 +115,9 @@ fn invisible(c: char) -> bool {
         )
 }
 
-/// Whether `text` is one of the configured client keys or provider keys.
+/// Whether `text` is one of the configured client keys or provider keys
+/// (a provider's in any letter case: its text is held; a client key only
+/// as its digest, so exactly).
 pub fn is_key(config: &Config, text: &[u8]) -> bool {
     if text.is_empty() {
         return false;
@@ -125,7 +127,8 @@ pub fn is_key(config: &Config, text: &[u8]) -> bool {
             .providers
             .iter()
             .flat_map(|p| &p.keys)
-            .any(|key| key.secret.as_bytes() == text)
+            // In any letter case, as a quoted provider key is masked.
+            .any(|key| key.secret.as_bytes().eq_ignore_ascii_case(text))
     };
     config.keys.find(text).is_some() || provider_key()
 }

@@ -441,6 +441,7 @@ fn a_key_sent_as_a_name_is_not_logged() {
     let file = config_file("[keys.team]\nsecret_env = \"TEAM_KEY\"\n");
     let mut command = gateway();
     command.env("TEAM_KEY", "sk-team-secret-1");
+    command.env("AIMLAPI_API_KEY", "sk-aiml-secret-2");
     let (mut child, mut stdout, addr) = start(
         command,
         &[
@@ -529,6 +530,18 @@ fn a_key_sent_as_a_name_is_not_logged() {
         assert!(!line.contains("sk-team-secret-1"), "{line}");
         assert!(line.contains("\"request_id\":\"req_"), "{line}");
     }
+    // A provider key as the id, in another letter case, is replaced too.
+    let answer = send(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
+         x-request-id: SK-AIML-SECRET-2\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        !answer.to_lowercase().contains("sk-aiml-secret-2"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nx-request-id: req_"), "{answer}");
+    let line = wait_for_line(&mut stdout, "\"status\":200");
+    assert!(!line.to_lowercase().contains("sk-aiml-secret-2"), "{line}");
     // Another id is the client's.
     let answer = send(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
