@@ -1,4 +1,4 @@
-//! Request ids and the access log: one event per request, written when the
+//! The access log: one event per request, written when the
 //! response body ends (for streams, when the stream ends or the client
 //! leaves). The log reads errors from the response's extensions and the
 //! upstream side from what the handler hands back, so errors are logged
@@ -185,45 +185,6 @@ fn is_probe(state: &AppState, method: &Method, path: &str) -> bool {
 /// into the log whole.
 const SHOWN_PATH_BYTES: usize = 256;
 
-/// A request's id: the client's `x-request-id` when usable (printable
-/// ASCII, at most 128 bytes), else a new one.
-pub fn request_id(headers: &http::HeaderMap, state: &AppState) -> HeaderValue {
-    headers
-        .get(X_REQUEST_ID)
-        .filter(|v| is_usable_id(v) && !is_a_key(v.as_bytes(), headers, state))
-        .cloned()
-        .unwrap_or_else(generate_id)
-}
-
-/// Whether a client's request id is a key (its own, sent in the wrong
-/// field, or any configured one): the id is logged, returned and sent to
-/// the provider, a key never is.
-fn is_a_key(id: &[u8], headers: &http::HeaderMap, state: &AppState) -> bool {
-    crate::auth::is_presented_key(headers, id)
-        || crate::misplaced_keys::is_key(&state.peek_config(), id)
-}
-
-fn is_usable_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
-}
-
-/// `req_` and 32 hex digits, built on the stack: one allocation, the value's.
-pub fn generate_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = *b"req_00000000000000000000000000000000";
-    // A byte at a time (two digits), not a 128-bit shift per digit.
-    let random = fastrand::u128(..).to_be_bytes();
-    for (digits, byte) in id[4..].chunks_exact_mut(2).zip(random) {
-        digits[0] = HEX[usize::from(byte >> 4)];
-        digits[1] = HEX[usize::from(byte & 0xf)];
-    }
-    // Owned, not copied: the id is cloned (response header, upstream request,
-    // log), and a copied buffer would allocate again on its first clone.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
-        .expect("hex is a valid header value")
-}
-
 /// Everything known about a request when it ends.
 pub struct AccessRecord {
     pub id: HeaderValue,
@@ -392,35 +353,4 @@ impl Drop for EmitOnDrop {
 /// Whole microseconds: the log writes them as milliseconds (`12.345`).
 fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_ids_are_prefixed_hex_and_distinct() {
-        let a = generate_id();
-        let b = generate_id();
-        assert_ne!(a, b);
-        let text = a.to_str().unwrap();
-        assert_eq!(text.len(), 36);
-        assert!(text.starts_with("req_"));
-        assert!(
-            text[4..]
-                .bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-        );
-        assert!(is_usable_id(&a));
-        // Every position takes every digit: all 128 random bits are used.
-        let mut seen = [[false; 16]; 32];
-        for _ in 0..2_000 {
-            let id = generate_id();
-            for (position, digit) in id.as_bytes()[4..].iter().enumerate() {
-                let value = char::from(*digit).to_digit(16).unwrap() as usize;
-                seen[position][value] = true;
-            }
-        }
-        assert!(seen.iter().flatten().all(|&s| s), "{seen:?}");
-    }
 }

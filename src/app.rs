@@ -51,13 +51,13 @@ impl Gateway {
     /// answer carries.
     ///
     /// The request's head is borrowed, not moved: passed by value, its
-    /// ~250 bytes were copied at every layer down to the body reader.
+    /// ~250 bytes would be copied at every layer down to the body reader.
     ///
     /// `progress` is where a handler dropped before it answers (the drain
     /// deadline) leaves the provider it had reached, for the caller's
     /// answer in its place.
     ///
-    /// [`request_id`]: crate::access_log::request_id
+    /// [`request_id`]: crate::request_id::request_id
     pub async fn handle<B>(
         self: Arc<Self>,
         head: &Parts,
@@ -263,9 +263,9 @@ mod tests {
         assert!(counted[0].ends_with(" 1"), "{metrics}");
     }
 
-    /// hyper keeps one slot of this future's size per connection for as long
-    /// as the connection is open, busy or idle, and moves each request's
-    /// future into it: its size is guarded.
+    /// Each connection (`server/conn/`) holds this future inline in its own
+    /// state for as long as the connection is open, busy or idle, and pins
+    /// each request's future there: its size is guarded.
     #[test]
     fn the_request_future_stays_small() {
         let gateway = Gateway::new(crate::state::AppState::new(
@@ -273,7 +273,7 @@ mod tests {
         ));
         let (head, body) = http::Request::new(Body::empty()).into_parts();
         let progress = RequestProgress::default();
-        let handling = gateway.handle(&head, body, crate::access_log::generate_id(), &progress);
+        let handling = gateway.handle(&head, body, crate::request_id::generate_id(), &progress);
         assert!(size_of_val(&handling) <= 6144, "{}", size_of_val(&handling));
     }
 }

@@ -4,6 +4,7 @@
 //! the gateway is open (and says so loudly at start-up). A few public paths
 //! (health, readiness, metrics) never need a key.
 
+use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use crate::limits::Scope;
 use crate::state::AppState;
@@ -299,7 +300,7 @@ impl IntoResponse for Unauthenticated {
                  gateway without client keys: any page the user visits could send one; \
                  configure [keys] to serve browsers",
             )
-            .with_code("browser_request_refused")
+            .with_code(code::BROWSER_REQUEST_REFUSED)
             .into_response(),
         }
     }
@@ -317,7 +318,7 @@ pub fn model_not_allowed(caller: &Caller, model: &str) -> GatewayError {
         ),
     )
     .with_param("model")
-    .with_code("model_not_allowed")
+    .with_code(code::MODEL_NOT_ALLOWED)
 }
 
 #[cfg(test)]

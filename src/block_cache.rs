@@ -2,12 +2,13 @@
 //! a small per-thread cache of freed blocks of a few exact sizes that are
 //! too large for glibc's own per-thread cache.
 //!
-//! Every request allocates and frees three such blocks: hyper's 8 KiB read
-//! buffer on each of its two connections (re-allocated per request, because
-//! hyper reads ahead while the previous message's bytes are still in use)
-//! and the response's header map (~2.5 KB). glibc's per-thread cache stops
-//! at 1,032 bytes (glibc 2.36), so each of these went through malloc's
-//! shared bins: sorting, splitting and merging chunks on every request.
+//! Every request allocates and frees such blocks: the 8 KiB read buffer of
+//! the client's connection and of the provider's (a fresh one is reserved
+//! for the next read while the request or response just read is still held
+//! as slices of the old one), and a few other per-request buffers of a
+//! kilobyte or more. glibc's per-thread cache stops at 1,032 bytes (glibc
+//! 2.36), so without this each would go through malloc's shared bins:
+//! sorting, splitting and merging chunks on every request.
 //! Here a freed block of a size the thread has seen recently is kept (up to
 //! [`DEPTH`] per size, [`BINS`] sizes per thread) and handed back to the
 //! next request of exactly that size.

@@ -4,6 +4,7 @@
 //! are answered 503 (`gateway_shutdown`).
 
 use crate::error::GatewayError;
+use crate::error::code;
 use http::StatusCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
@@ -64,7 +65,7 @@ pub fn unanswered_at_deadline() -> GatewayError {
         StatusCode::SERVICE_UNAVAILABLE,
         "the gateway is shutting down; the request was not answered before the drain deadline",
     )
-    .with_code("gateway_shutdown")
+    .with_code(code::GATEWAY_SHUTDOWN)
 }
 
 /// The error a stream still open at the drain deadline ends with: its
@@ -75,5 +76,5 @@ pub fn stream_ended_at_deadline() -> GatewayError {
         StatusCode::SERVICE_UNAVAILABLE,
         "the gateway is shutting down; the stream was ended early",
     )
-    .with_code("gateway_shutdown")
+    .with_code(code::GATEWAY_SHUTDOWN)
 }

@@ -8,6 +8,49 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use std::borrow::Cow;
 
+/// The `error.code` values the gateway itself sets (a provider's own code
+/// is passed as it came). Compared by value in the code that decides what
+/// an error means, so each is spelled once, here.
+pub mod code {
+    /// A provider refused the gateway's own API key.
+    pub const UPSTREAM_KEY_REJECTED: &str = "upstream_key_rejected";
+    /// A provider's answer is not what was asked: not HTTP, a head or
+    /// framing that cannot be read one way only, a 2xx that is not the
+    /// JSON object or the event stream asked for, a body compressed against
+    /// the request's `Accept-Encoding: identity`.
+    pub const UPSTREAM_BAD_RESPONSE: &str = "upstream_bad_response";
+    /// No connection to the provider, or it closed before answering.
+    pub const UPSTREAM_UNREACHABLE: &str = "upstream_unreachable";
+    /// The provider took longer than a configured timeout.
+    pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    /// A provider's buffered answer is over `max_response_bytes`.
+    pub const UPSTREAM_RESPONSE_TOO_LARGE: &str = "upstream_response_too_large";
+    /// The gateway lacked the resources (file descriptors, memory) to open
+    /// a connection: not the provider's failure, so not counted against its
+    /// circuit.
+    pub const GATEWAY_OUT_OF_RESOURCES: &str = "gateway_out_of_resources";
+    /// The gateway is draining and the request did not finish in time.
+    pub const GATEWAY_SHUTDOWN: &str = "gateway_shutdown";
+    /// Redis-backed limits cannot be checked and they fail closed.
+    pub const RATE_LIMIT_STORE_UNAVAILABLE: &str = "rate_limit_store_unavailable";
+    /// A web page's request to a gateway without client keys.
+    pub const BROWSER_REQUEST_REFUSED: &str = "browser_request_refused";
+    /// The client key may not use this model.
+    pub const MODEL_NOT_ALLOWED: &str = "model_not_allowed";
+    /// No route serves this model name.
+    pub const MODEL_NOT_FOUND: &str = "model_not_found";
+    /// No provider serving the model has a key.
+    pub const PROVIDER_NOT_CONFIGURED: &str = "provider_not_configured";
+    /// Every target's circuit breaker is open.
+    pub const CIRCUIT_OPEN: &str = "circuit_open";
+    /// A compressed request body.
+    pub const UNSUPPORTED_CONTENT_ENCODING: &str = "unsupported_content_encoding";
+    /// A request body over `max_body_bytes`.
+    pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// The client did not send its body in time.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
+}
+
 /// The documented `error.type` values (Moonshot's vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -37,6 +37,7 @@ pub mod mock;
 pub mod model_refresh;
 pub mod proxy;
 pub mod reload;
+pub mod request_id;
 pub mod request_metrics;
 pub mod request_progress;
 pub mod routes;

@@ -220,8 +220,9 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     } else {
         tracing::info!(keys = config.keys.len(), "client keys required");
     }
-    // Signal handlers exist before the "listening" line, so a signal sent as
-    // soon as the gateway is up is handled, not fatal.
+    // Every signal handler (SIGINT and SIGTERM here, SIGHUP's below) is
+    // registered before the "listening" line: a supervisor may signal the
+    // moment it sees it, and an unhandled signal would kill the process.
     let shutdown = shutdown_signal()?;
     let listener = kimi_gateway::listener::bind(addr)?;
     let metrics_listen = config.metrics_listen;
@@ -230,8 +231,6 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     if let Some(listen) = listen {
         let _ = state.listen_override.set(listen);
     }
-    // Signal handlers go in before "listening" is logged: a supervisor may
-    // signal the moment it sees that line.
     reload::spawn_triggers(state.clone());
     kimi_gateway::model_refresh::spawn(state.clone());
     kimi_gateway::memory_trim::spawn(state.metrics.in_flight.clone());

@@ -1,8 +1,8 @@
 //! The labelled series a request touches, resolved once per route and
 //! provider (and per client key for token counts) and then kept. Every
-//! `with_label_values` hashes its label set with SipHash under a lock; a
-//! request used to make seven to eleven of them, now it makes two lookups
-//! of its own. Only the success path is cached: refusals and errors, with
+//! `with_label_values` hashes its label set with SipHash under a lock, and
+//! a request would need seven to eleven of them; this makes two lookups of
+//! its own. Only the success path is cached: refusals and errors, with
 //! their many status and error-type labels, still resolve their series.
 
 use crate::metrics::Metrics;

@@ -9,7 +9,7 @@
 
 use super::UpstreamError;
 use super::head::{self, ResponseHead};
-use super::{HyperIo, OutgoingBody};
+use super::{OutgoingBody, ProviderStream};
 use bytes::BytesMut;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -33,11 +33,11 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 /// connection need not carry).
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<TokioIo<HyperIo>>),
+    Tls(Box<TokioIo<ProviderStream>>),
 }
 
-impl From<HyperIo> for Io {
-    fn from(io: HyperIo) -> Io {
+impl From<ProviderStream> for Io {
+    fn from(io: ProviderStream) -> Io {
         match io {
             MaybeHttpsStream::Http(tcp) => Io::Plain(tcp.into_inner()),
             tls => Io::Tls(Box::new(TokioIo::new(tls))),

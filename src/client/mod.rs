@@ -37,7 +37,7 @@ use std::time::Duration;
 use tower::ServiceExt;
 
 /// What the connector gives: TCP, or TLS over it.
-type HyperIo = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type ProviderStream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
 /// Keep-alive connections unused this long are closed rather than reused:
 /// providers' load balancers drop idle connections after a minute or two.

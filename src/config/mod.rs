@@ -118,7 +118,8 @@ pub struct Config {
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.
     pub sse_keepalive: Option<Duration>,
-    /// How long a client connection may wait for a complete request head.
+    /// How long a client may stay silent: waiting for a complete request
+    /// head, between a request body's bytes, and not reading its response.
     pub client_idle: Option<Duration>,
     /// A separate address for `/metrics` (else the main listener serves it).
     pub metrics_listen: Option<SocketAddr>,
@@ -208,7 +209,7 @@ pub struct ApiKey {
     /// The environment variable the key came from, for operators' logs.
     pub env: String,
     pub secret: String,
-    /// `Bearer <secret>`, marked sensitive so hyper never logs it.
+    /// `Bearer <secret>`, marked sensitive so `http`'s `Debug` never shows it.
     pub header: HeaderValue,
     /// The request line and the header lines every chat request with this
     /// key starts with, encoded once (it holds the key: never logged).

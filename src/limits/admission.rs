@@ -10,6 +10,7 @@ use super::spec::{Denial, LimitKind, Scope, Snapshot};
 use super::{Backend, Limits, headers};
 use crate::auth::ClientKey;
 use crate::error::GatewayError;
+use crate::error::code;
 use crate::proxy::request::ChatRequest;
 use crate::proxy::stream_stats::StreamStats;
 use crate::proxy::upstream::UpstreamInfo;
@@ -401,16 +402,12 @@ impl Drop for Settlement {
     }
 }
 
-/// The headers of a refusal: the refusing limit, with nothing left.
-/// The error code of a refusal for want of the rate-limit store.
-pub const STORE_UNAVAILABLE: &str = "rate_limit_store_unavailable";
-
 fn store_unavailable() -> GatewayError {
     GatewayError::server(
         StatusCode::SERVICE_UNAVAILABLE,
         "rate limits cannot be checked: the rate-limit store is unreachable or refuses the gateway; try again shortly",
     )
-    .with_code(STORE_UNAVAILABLE)
+    .with_code(code::RATE_LIMIT_STORE_UNAVAILABLE)
     // Redis is probed every half second: a second is a fair first wait.
     .with_retry_after_duration(Duration::from_secs(1))
 }

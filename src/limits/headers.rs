@@ -31,14 +31,16 @@ pub fn write(fields: &mut WireFields, snapshot: &Snapshot) {
     }
 }
 
-/// `0s`, `250ms`, `1s`, `1.5s`, `6m0s`, `2h0m0s`: hours and minutes whole,
-/// seconds with up to three decimals, milliseconds below one second.
-pub fn format_duration(d: Duration) -> String {
+/// [`format_duration_into`] as a string, for the tests.
+#[cfg(test)]
+fn format_duration(d: Duration) -> String {
     let mut text = Vec::new();
     format_duration_into(&mut text, d);
     String::from_utf8(text).expect("digits and unit letters")
 }
 
+/// `0s`, `250ms`, `1s`, `1.5s`, `6m0s`, `2h0m0s`: hours and minutes whole,
+/// seconds with up to three decimals, milliseconds below one second.
 fn format_duration_into(out: &mut Vec<u8>, d: Duration) {
     let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
     let mut number = itoa::Buffer::new();

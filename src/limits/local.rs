@@ -129,7 +129,7 @@ impl LocalState {
         self.concurrency.as_ref().map_or(0, Slots::in_use)
     }
 
-    /// Tokens left now in the tightest token limit (tests, metrics).
+    /// Tokens left now in the tightest token limit (the API tests read it).
     pub fn tokens_left(&self) -> Option<u64> {
         let now = now_ns();
         self.tokens.iter().map(|(b, _)| b.peek(now).remaining).min()

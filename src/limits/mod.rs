@@ -18,7 +18,7 @@ mod registry;
 pub mod slots;
 mod spec;
 
-pub use admission::{Admission, STORE_UNAVAILABLE, Settlement, estimate_tokens};
+pub use admission::{Admission, Settlement, estimate_tokens};
 pub use redis::{OnRedisError, RedisBackend, RedisSettings, StoreCheck, StoreMetrics};
 pub use registry::ScopeRegistry;
 pub use spec::{Denial, LimitKind, LimitSpec, Scope, ScopeKind, Snapshot, Window};

@@ -3,9 +3,9 @@
 //! (a provider's brief queue) are woken through a `Notify`, which a release
 //! touches only while someone is waiting.
 //!
-//! A semaphore did the same job with a reference-counted handle per slot
-//! and a lock on every release (its waiter list), about six atomic
-//! operations per scope and request where this takes two.
+//! Not a semaphore: that needs a reference-counted handle per slot and a
+//! lock on every release (its waiter list), about six atomic operations
+//! per scope and request where this takes two.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;

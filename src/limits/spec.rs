@@ -26,10 +26,6 @@ impl LimitSpec {
     pub fn is_empty(&self) -> bool {
         *self == LimitSpec::default()
     }
-
-    pub fn limits_tokens(&self) -> bool {
-        self.tokens_per_minute.is_some() || self.tokens_per_day.is_some()
-    }
 }
 
 /// One of the five limits.

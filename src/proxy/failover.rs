@@ -7,6 +7,7 @@
 //! has no quota left is skipped for the rest of the request.
 
 use super::route::{Route, Target};
+use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use crate::limits::ScopeKind;
 use http::{HeaderValue, StatusCode};
@@ -61,7 +62,7 @@ pub fn classify(err: &GatewayError) -> Verdict {
         | ErrorType::PermissionDeniedError
         | ErrorType::InvalidAuthenticationError
         | ErrorType::ResourceNotFoundError => Verdict::SkipTarget,
-        ErrorType::ServerError if err.code.as_deref() == Some("upstream_key_rejected") => {
+        ErrorType::ServerError if err.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED) => {
             Verdict::SkipTarget
         }
         // 501 or 505: this provider would answer the same again.
@@ -69,14 +70,18 @@ pub fn classify(err: &GatewayError) -> Verdict {
             Verdict::SkipTarget
         }
         // The drain deadline passed: no other target would be allowed longer.
-        ErrorType::ServerError if err.code.as_deref() == Some("gateway_shutdown") => Verdict::Final,
+        ErrorType::ServerError if err.code.as_deref() == Some(code::GATEWAY_SHUTDOWN) => {
+            Verdict::Final
+        }
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
         // The limit store is out of reach (probed every 500 ms): this
         // target's limit cannot be checked again within a retry's backoff,
         // but a target with no limit in the store may serve now.
-        ErrorType::ServerError if err.code.as_deref() == Some(crate::limits::STORE_UNAVAILABLE) => {
+        ErrorType::ServerError
+            if err.code.as_deref() == Some(code::RATE_LIMIT_STORE_UNAVAILABLE) =>
+        {
             Verdict::SkipTarget
         }
         // The gateway's own descriptors failed it: the provider is not to
@@ -94,7 +99,7 @@ fn never_sent(err: &GatewayError) -> bool {
     err.limit_scope.is_some()
         || matches!(
             err.code.as_deref(),
-            Some(super::upstream::OUT_OF_RESOURCES | crate::limits::STORE_UNAVAILABLE)
+            Some(code::GATEWAY_OUT_OF_RESOURCES | code::RATE_LIMIT_STORE_UNAVAILABLE)
         )
 }
 
@@ -265,7 +270,7 @@ where
                     permit.neutral();
                 }
                 states[i].skipped = true;
-                if error.code.as_deref() == Some("upstream_key_rejected") {
+                if error.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED) {
                     let key_env = target.provider.keys.get(target.key_index);
                     // The message names every key variable of the provider
                     // ("check A or B"); the attempt knows which key it was.
@@ -280,7 +285,7 @@ where
                         provider = &*target.provider.name,
                         upstream_target = &*target.label,
                         key_env = key_env.map_or("", |key| key.env.as_str()),
-                        alert = "upstream_key_rejected",
+                        alert = code::UPSTREAM_KEY_REJECTED,
                         "provider rejected the gateway's API key; target skipped: {}",
                         error.message
                     );
@@ -330,7 +335,7 @@ where
                 &*route.name
             ),
         )
-        .with_code("circuit_open")
+        .with_code(code::CIRCUIT_OPEN)
         .with_retry_after(Some(HeaderValue::from(secs.max(1))))
     });
     Err(error)
@@ -513,18 +518,18 @@ mod tests {
             Verdict::SkipTarget
         );
         assert_eq!(
-            classify(&err(ErrorType::ServerError).with_code("upstream_key_rejected")),
+            classify(&err(ErrorType::ServerError).with_code(code::UPSTREAM_KEY_REJECTED)),
             Verdict::SkipTarget
         );
         let mut not_implemented = err(ErrorType::ServerError);
         not_implemented.details_mut().not_implemented_here = true;
         assert_eq!(classify(&not_implemented), Verdict::SkipTarget);
         assert_eq!(
-            classify(&err(ErrorType::ServerError).with_code("gateway_shutdown")),
+            classify(&err(ErrorType::ServerError).with_code(code::GATEWAY_SHUTDOWN)),
             Verdict::Final
         );
         assert_eq!(
-            classify(&err(ErrorType::ServerError).with_code(crate::limits::STORE_UNAVAILABLE)),
+            classify(&err(ErrorType::ServerError).with_code(code::RATE_LIMIT_STORE_UNAVAILABLE)),
             Verdict::SkipTarget
         );
         assert_eq!(

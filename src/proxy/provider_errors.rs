@@ -5,6 +5,7 @@
 
 use super::provider_wait::{self, AskedWait};
 use crate::config::Provider;
+use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use http::{HeaderValue, StatusCode};
 
@@ -241,7 +242,7 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
         let message = carrier.error_that(provider, "sent", "is not valid JSON");
         return unreadable.then(|| StreamError {
             error: GatewayError::server(StatusCode::BAD_GATEWAY, message)
-                .with_code(super::upstream::BAD_RESPONSE),
+                .with_code(code::UPSTREAM_BAD_RESPONSE),
             empty: true,
         });
     };
@@ -333,7 +334,7 @@ fn error_from(
                 provider.api_key_env
             ),
         )
-        .with_code("upstream_key_rejected")
+        .with_code(code::UPSTREAM_KEY_REJECTED)
         .with_upstream_request_id(request_id);
     }
 
@@ -499,7 +500,8 @@ fn message_text(value: serde_json::Value) -> String {
     }
 }
 
-/// Some providers echo (part of) the key they were sent; never pass it on.
+// Some providers echo (part of) the key they were sent; never pass it on.
+
 /// `bytes` with the provider's keys (in any letter case) replaced by
 /// `***`, when one is in them (an error event or a header value that
 /// quotes the key it was sent).
@@ -845,7 +847,7 @@ mod tests {
         );
         assert_eq!(err.status, StatusCode::NOT_FOUND);
         assert_eq!(err.error_type, ErrorType::ResourceNotFoundError);
-        assert_eq!(err.code.as_deref(), Some("model_not_found"));
+        assert_eq!(err.code.as_deref(), Some(code::MODEL_NOT_FOUND));
         // The same type under a 400 stays the request's fault.
         let err = translate(
             &test_provider(),
@@ -947,7 +949,7 @@ mod tests {
             asked(),
             br#"{"statusCode":404,"message":"Key not found","error":"Not Found"}"#,
         );
-        assert_eq!(err.code.as_deref(), Some("upstream_key_rejected"));
+        assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_KEY_REJECTED));
         let err = translate(
             &provider,
             StatusCode::TOO_MANY_REQUESTS,
@@ -1016,7 +1018,7 @@ mod tests {
             "provider moonshot answered HTTP 200 with an error that gave no message"
         );
         let err = success_body_error(br#"{"error": nope}"#, StatusCode::OK, &provider).unwrap();
-        assert_eq!(err.code.as_deref(), Some("upstream_bad_response"));
+        assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
         for nothing in [
             &br#"{"error":null,"id":"c1"}"#[..],
             br#"{"error":"","id":"c1"}"#,
@@ -1061,7 +1063,7 @@ mod tests {
         assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(1000));
         let event = br#"{"error":{"message":"Invalid Authentication","type":"invalid_authentication_error"}}"#;
         let err = stream_error(event, &provider).unwrap().error;
-        assert_eq!(err.code.as_deref(), Some("upstream_key_rejected"));
+        assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_KEY_REJECTED));
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
         let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider)
             .unwrap()

@@ -25,8 +25,6 @@ pub struct AskedWait {
 /// this (still far beyond any `retry.max_retry_after_secs`).
 const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// A wait in (fractional) seconds, capped before it becomes a `Duration`
-/// (which cannot hold 1e20 seconds); `None` if negative or not a number.
 /// A number as a provider writes a wait: digits, a fraction or an
 /// exponent (`1e3`). Rust's float reading also takes `inf`, `infinity`
 /// and `NaN`, which are no wait.
@@ -34,6 +32,8 @@ fn wait_number(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
+/// A wait in (fractional) seconds, capped before it becomes a `Duration`
+/// (which cannot hold 1e20 seconds); `None` if negative.
 fn capped_secs(secs: f64) -> Option<Duration> {
     (secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_STATED_WAIT.as_secs_f64())))
 }

@@ -1,6 +1,6 @@
 //! A stream relay's waits besides the provider's next bytes: its idle timer,
 //! its keep-alive timer and the drain's cancellation, pinned together in
-//! one allocation. Each boxed on its own, they were three per stream.
+//! one allocation rather than three boxed on their own.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -7,6 +7,7 @@ use super::json_scan::ObjectScan;
 use crate::access_log::RequestedModel;
 use crate::client::OutgoingBody;
 use crate::error::GatewayError;
+use crate::error::code;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -173,7 +174,10 @@ impl RequestScan {
 }
 
 impl ChatRequest {
-    /// Peeks `model`, `messages`, `stream`, `stream_options` and the token cap.
+    /// Peeks `model`, `messages`, `stream`, `stream_options` and the token
+    /// cap of a whole body in one call, for tests and benchmarks. The
+    /// gateway itself scans each frame as it arrives
+    /// ([`ChatRequest::scanned`]); never scan a body twice.
     pub fn peek(body: impl Into<BodyPieces>) -> Result<Self, GatewayError> {
         let body = body.into();
         let mut scan = RequestScan::default();
@@ -222,7 +226,7 @@ impl ChatRequest {
                 ),
             )
             .with_param("model")
-            .with_code("model_not_found");
+            .with_code(code::MODEL_NOT_FOUND);
             return Err(Box::new(Refused {
                 error,
                 model: Some(model),
@@ -519,7 +523,7 @@ mod tests {
         let over = format!(r#"{{"model":"{at_most}m","messages":[]}}"#);
         let err = peek(&over).unwrap_err();
         assert_eq!(err.status, http::StatusCode::NOT_FOUND);
-        assert_eq!(err.code.as_deref(), Some("model_not_found"));
+        assert_eq!(err.code.as_deref(), Some(code::MODEL_NOT_FOUND));
         // The name's length, not its JSON's with the quotes.
         assert!(err.message.contains("65535 bytes long"), "{err}");
     }

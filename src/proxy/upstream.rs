@@ -13,6 +13,7 @@ use super::stream_stats::StreamStats;
 use super::usage::{Usage, find_body_usage};
 use crate::client::{ClientError, PooledBody, UpstreamError, header_line, request_line};
 use crate::error::GatewayError;
+use crate::error::code;
 use crate::metric_series::TargetSeries;
 use crate::metrics::Metrics;
 use crate::wire_fields::WireFields;
@@ -119,7 +120,7 @@ pub async fn forward(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("provider {} has no API key", provider.name),
         )
-        .with_code("provider_not_configured"));
+        .with_code(code::PROVIDER_NOT_CONFIGURED));
     };
     // A provider that reports a stream's usage only when asked is asked,
     // so the stream's tokens can be settled and counted; the client that
@@ -299,7 +300,7 @@ pub async fn forward(
                     status.as_u16()
                 ),
             )
-            .with_code(BAD_RESPONSE),
+            .with_code(code::UPSTREAM_BAD_RESPONSE),
         ));
     }
     let found = find_body_usage(&body);
@@ -332,9 +333,6 @@ fn looks_like_json_object(body: &[u8]) -> bool {
     body.first() == Some(&b'{') && body.last() == Some(&b'}')
 }
 
-/// Whether a JSON object's first member is named `error`, as a provider's
-/// error document's is (a completion begins with `id`): only then is the
-/// body read for an error, so an answer costs a few comparisons.
 /// The error a 2xx JSON body carries instead of an answer: a first member
 /// `error` (Moonshot's shape), or AI/ML API's and Agentsflare's shape
 /// (`{"message": …, "statusCode": 429}`), which no completion begins with.
@@ -436,7 +434,7 @@ fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) ->
             provider.name
         ),
     )
-    .with_code("upstream_timeout")
+    .with_code(code::UPSTREAM_TIMEOUT)
 }
 
 fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> GatewayError {
@@ -448,7 +446,7 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
                 provider.name
             ),
         )
-        .with_code(OUT_OF_RESOURCES)
+        .with_code(code::GATEWAY_OUT_OF_RESOURCES)
         .with_retry_after(Some(http::HeaderValue::from_static("1")));
     }
     if let ClientError::Exchange(
@@ -458,34 +456,28 @@ fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> Gat
     {
         return bad_response(provider, err);
     }
-    let (status, what, code) = if err.is_timeout() {
+    let (status, what, error_code) = if err.is_timeout() {
         (
             StatusCode::GATEWAY_TIMEOUT,
             "timed out connecting to",
-            "upstream_timeout",
+            code::UPSTREAM_TIMEOUT,
         )
     } else if err.is_connect() {
         (
             StatusCode::BAD_GATEWAY,
             "could not connect to",
-            "upstream_unreachable",
+            code::UPSTREAM_UNREACHABLE,
         )
     } else {
         (
             StatusCode::BAD_GATEWAY,
             "connection failed to",
-            "upstream_unreachable",
+            code::UPSTREAM_UNREACHABLE,
         )
     };
     GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
-        .with_code(code)
+        .with_code(error_code)
 }
-
-/// The code of an answer that is not what was asked: not HTTP, a head or
-/// framing that cannot be read one way only, a 2xx that is not the JSON
-/// object or the event stream asked for, a body compressed against the
-/// request's `Accept-Encoding: identity`.
-pub const BAD_RESPONSE: &str = "upstream_bad_response";
 
 /// A provider's answer that could not be read as HTTP: reached, but broken.
 pub(super) fn bad_response(
@@ -500,7 +492,7 @@ pub(super) fn bad_response(
             crate::client::describe(err)
         ),
     )
-    .with_code(BAD_RESPONSE)
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
 }
 
 /// A 2xx answer compressed though the request asked for `identity`: its
@@ -529,12 +521,8 @@ fn compressed_answer(
             status.as_u16()
         ),
     )
-    .with_code(BAD_RESPONSE)
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
 }
-
-/// The code of a connection the gateway lacked the resources to open:
-/// not the provider's failure, so not counted against its circuit.
-pub const OUT_OF_RESOURCES: &str = "gateway_out_of_resources";
 
 fn body_error(
     provider: &crate::config::Provider,
@@ -551,7 +539,7 @@ fn body_error(
             crate::client::describe(err)
         ),
     )
-    .with_code("upstream_unreachable")
+    .with_code(code::UPSTREAM_UNREACHABLE)
 }
 
 /// A provider's answer, or one of its stream events, over
@@ -564,11 +552,9 @@ pub fn too_large(provider: &crate::config::Provider, limit: usize) -> GatewayErr
             provider.name
         ),
     )
-    .with_code("upstream_response_too_large")
+    .with_code(code::UPSTREAM_RESPONSE_TOO_LARGE)
 }
 
-/// The head's lines that change with each request (its length, what it
-/// accepts, its id) after the key's fixed ones, and the blank line.
 /// `err`, a failed attempt's, naming the provider's request id from its
 /// response head, when there is one: a header's id wins over one the body
 /// gave (AI/ML API's `requestId`), and it never carries the key.
@@ -584,6 +570,8 @@ fn with_provider_request_id(
     err
 }
 
+/// The head's lines that change with each request (its length, what it
+/// accepts, its id) after the key's fixed ones, and the blank line.
 fn per_request_head(head: &mut Vec<u8>, length: u64, accept: &str, request_id: &HeaderValue) {
     let mut digits = itoa::Buffer::new();
     header_line(

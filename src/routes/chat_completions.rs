@@ -6,6 +6,7 @@ use crate::access_log::{Handled, RequestScope, RequestedModel, RouteName};
 use crate::auth;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::error::code;
 use crate::limits::{Admission, Settlement, estimate_tokens};
 use crate::proxy::body_pieces::{BodyCollector, BodyPieces};
 use crate::proxy::failover::{self, AttemptOutcome, BREAKER_OPEN, Event};
@@ -215,7 +216,7 @@ async fn route_and_forward<'c>(
             ),
         )
         .with_param("model")
-        .with_code("model_not_found")
+        .with_code(code::MODEL_NOT_FOUND)
         .into_response();
         return Routed::refused(missing, None);
     };
@@ -230,7 +231,7 @@ async fn route_and_forward<'c>(
                 shown_model(chat.model())
             ),
         )
-        .with_code("provider_not_configured")
+        .with_code(code::PROVIDER_NOT_CONFIGURED)
         .into_response();
         return Routed::refused(unconfigured, route_name);
     }
@@ -376,7 +377,7 @@ fn unsupported_encoding(coding: &[u8]) -> GatewayError {
             "request bodies with Content-Encoding ({shown}) are not accepted: send the JSON uncompressed"
         ),
     )
-    .with_code("unsupported_content_encoding")
+    .with_code(code::UNSUPPORTED_CONTENT_ENCODING)
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
@@ -398,7 +399,7 @@ where
             crate::error::ErrorType::InvalidRequestError,
             format!("request body is larger than the limit of {limit} bytes"),
         )
-        .with_code("request_too_large")
+        .with_code(code::REQUEST_TOO_LARGE)
     };
     // A compressed body would be scanned as the JSON it is not; say why.
     if let Some(coding) = headers
@@ -445,7 +446,7 @@ where
                     StatusCode::SERVICE_UNAVAILABLE,
                     BodyError::NO_ROOM.0,
                 )
-                .with_code(upstream::OUT_OF_RESOURCES)
+                .with_code(code::GATEWAY_OUT_OF_RESOURCES)
                 .with_retry_after(Some(HeaderValue::from_static("1"))));
             }
             Err(err) if is_body_error(&*err, BodyError::is_timeout) => {
@@ -460,7 +461,7 @@ where
                     crate::error::ErrorType::InvalidRequestError,
                     message,
                 )
-                .with_code("request_timeout"));
+                .with_code(code::REQUEST_TIMEOUT));
             }
             Err(err) => {
                 return Err(GatewayError::invalid_request(format!(
@@ -472,8 +473,6 @@ where
     Ok(collector.finish())
 }
 
-/// Whether reading the body failed because the client stopped sending it
-/// (the error arrives wrapped, by the body type and the length limit).
 /// Whether the connection ended the body with the error `which` picks.
 fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) -> bool) -> bool {
     std::iter::successors(Some(err), |e| e.source())
@@ -488,7 +487,7 @@ fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) 
 fn log_failed_attempt(request_id: &HeaderValue, target: &Target, err: &GatewayError) {
     // A refused key has an alert line of its own, naming its variable.
     if failover::classify(err) == failover::Verdict::Final
-        || err.code.as_deref() == Some("upstream_key_rejected")
+        || err.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED)
     {
         return;
     }

@@ -1,4 +1,5 @@
-//! One file per endpoint.
+//! The HTTP endpoints, one file per resource: chat completions, models,
+//! health (`/healthz`, `/readyz`) and metrics.
 
 pub mod chat_completions;
 pub mod health;

@@ -3,6 +3,7 @@
 //! A client key limited to some models sees only those.
 
 use crate::auth::Caller;
+use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::route::Route;
 use crate::state::AppState;
@@ -57,7 +58,7 @@ pub async fn retrieve(
             ),
         )
         .with_param("model")
-        .with_code("model_not_found")
+        .with_code(code::MODEL_NOT_FOUND)
         .into_response(),
     }
 }

@@ -4,7 +4,7 @@
 //! drain deadline, and streams still open then end with an error event.
 //!
 //! Each connection is served by the gateway's own HTTP/1.1 connection
-//! (`conn.rs`) in a task of its own: every request goes to
+//! (`conn/`) in a task of its own: every request goes to
 //! [`Gateway::handle`], with no tower layers in between.
 
 mod conn;

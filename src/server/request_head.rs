@@ -152,7 +152,7 @@ fn is_absolute_form(target: &str) -> bool {
 /// Parses the head at the start of `buf` and removes it from there.
 /// `Ok(None)`: the head is not complete yet. The fields go into `spare`
 /// (taken, left empty), a map the connection emptied after its previous
-/// request: its room is reused, where a new map was two allocations.
+/// request: its room is reused, where a new map would be two allocations.
 // Not inlined: a large function run once per request, its code is better
 // shared than copied into the request's state machine.
 #[inline(never)]

@@ -359,9 +359,9 @@ async fn a_lease_taken_while_redis_stalled_is_released_when_it_answers() {
     a_stalled_admissions_lease_is_released(std::time::Duration::ZERO).await;
 }
 
-/// Longer than the release's retries used to last (five tries a second
-/// apart): the release goes out behind the stalled admission on its own
-/// connection, so it runs right after it.
+/// A stall longer than any retry schedule of the release would cover: the
+/// release goes out behind the stalled admission on its own connection,
+/// so it runs right after it.
 #[tokio::test]
 async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
     a_stalled_admissions_lease_is_released(std::time::Duration::from_secs(6)).await;
@@ -369,8 +369,7 @@ async fn a_lease_taken_during_a_long_stall_is_released_when_redis_answers() {
 
 /// A client that leaves while its admission call waits on a stalled Redis:
 /// the call still runs once Redis answers, and its lease, which no request
-/// owns, is released right behind it (it used to hold the slot until the
-/// lease expired).
+/// owns, is released right behind it, not held until the lease expires.
 #[tokio::test]
 async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     let redis = RedisServer::start().await;
@@ -802,9 +801,8 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
 }
 
 /// A gateway stopped with SIGTERM gives back the Redis lease of a request
-/// it served to the end during the drain before it exits (it used to exit
-/// with the settlement still to run, holding the slot on every replica
-/// until the lease expired).
+/// it served to the end during the drain before it exits, rather than
+/// leaving the slot held on every replica until the lease expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_gateway_settles_its_redis_limits_before_it_exits() {
     use kimi_gateway::mock::{self, Flavour, MockOptions};

@@ -10,6 +10,7 @@ mod after_done;
 mod gather;
 mod inspect;
 mod unended_done;
+use crate::error::code;
 use unended_done::BodyNow;
 
 use super::breaker::Breaker;
@@ -224,7 +225,7 @@ impl SseRelay {
                         relay.provider.name
                     ),
                 )
-                .with_code(super::upstream::BAD_RESPONSE))
+                .with_code(code::UPSTREAM_BAD_RESPONSE))
             }
             Some(Ok(events)) => {
                 relay.queued.push_back(events);
@@ -251,7 +252,7 @@ impl SseRelay {
                     relay.provider.name
                 ),
             )
-            .with_code(super::upstream::BAD_RESPONSE)),
+            .with_code(code::UPSTREAM_BAD_RESPONSE)),
         }
     }
 
@@ -394,7 +395,7 @@ impl SseRelay {
                         StatusCode::BAD_GATEWAY,
                         message,
                     )
-                    .with_code("upstream_unreachable"))));
+                    .with_code(code::UPSTREAM_UNREACHABLE))));
                 }
                 // The body ended inside `[DONE]`'s event: the answer is
                 // whole all the same.
@@ -417,7 +418,7 @@ impl SseRelay {
                             self.provider.name
                         ),
                     )
-                    .with_code(super::upstream::BAD_RESPONSE))));
+                    .with_code(code::UPSTREAM_BAD_RESPONSE))));
                 }
                 Poll::Ready(None) => {
                     let partial = if self.aligner.has_partial() {
@@ -435,7 +436,7 @@ impl SseRelay {
                         StatusCode::BAD_GATEWAY,
                         message,
                     )
-                    .with_code("upstream_unreachable"))));
+                    .with_code(code::UPSTREAM_UNREACHABLE))));
                 }
                 Poll::Pending => {
                     // `data: [DONE]` and a bare CR, and no LF after it in
@@ -470,7 +471,7 @@ impl SseRelay {
                             StatusCode::GATEWAY_TIMEOUT,
                             message,
                         )
-                        .with_code("upstream_timeout"))));
+                        .with_code(code::UPSTREAM_TIMEOUT))));
                     }
                     // Comments go only between whole events, and only once the
                     // head is out: before it, a silent upstream can still fail

@@ -3,9 +3,10 @@
 
 use super::waits::IdleLimit;
 use super::{Connection, LARGE_READ_SIZE};
-use crate::access_log::generate_id;
+use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::headers::X_REQUEST_ID;
+use crate::request_id::generate_id;
 use crate::server::request_head::BadHead;
 use crate::server::response_head::ConnectionHeader;
 use crate::wire_fields::WireFields;
@@ -48,7 +49,7 @@ impl Connection {
         );
         let error = if bad.status == http::StatusCode::SERVICE_UNAVAILABLE {
             GatewayError::server(bad.status, bad.message)
-                .with_code(crate::proxy::upstream::OUT_OF_RESOURCES)
+                .with_code(code::GATEWAY_OUT_OF_RESOURCES)
                 .with_retry_after(Some(http::HeaderValue::from_static("1")))
         } else {
             GatewayError::new(bad.status, ErrorType::InvalidRequestError, bad.message)

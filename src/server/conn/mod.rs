@@ -4,7 +4,7 @@
 //! while the handler works (leaving cancels the request), and the response
 //! written in as few writes as its body allows.
 //!
-//! hyper's server connection, which served here before, passes every
+//! A general server connection (hyper's) passes every
 //! request, response and body frame between its state machine and the
 //! handler through channels and queues, with their wakes and atomic
 //! operations; the exchange here has one shape (a head, perhaps a body, a
@@ -16,12 +16,12 @@ use super::output::Output;
 use super::request_body::{BodyError, RequestBody, Slot};
 use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::ConnectionHeader;
-use crate::access_log::request_id;
 use crate::app::Gateway;
 use crate::body_budget::BodyClaim;
 use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER, X_REQUEST_ID};
+use crate::request_id::request_id;
 use crate::request_progress::RequestProgress;
 use crate::wire_fields::WireFields;
 use axum::response::IntoResponse;

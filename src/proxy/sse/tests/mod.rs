@@ -5,6 +5,7 @@ use super::gather::GATHER_LIMIT;
 use super::*;
 use crate::config::test_provider;
 use crate::error::ErrorType;
+use crate::error::code;
 use crate::proxy::breaker::BreakerSettings;
 use futures_util::StreamExt;
 use prometheus::HistogramOpts;
@@ -301,7 +302,7 @@ async fn provider_comments_do_not_count_as_events_for_the_idle_limit() {
     let Some(StreamEnd::Failed(error)) = stats.end() else {
         panic!("{:?}", stats.end());
     };
-    assert_eq!(error.code.as_deref(), Some("upstream_timeout"));
+    assert_eq!(error.code.as_deref(), Some(code::UPSTREAM_TIMEOUT));
 }
 
 /// An event that never ends is held only up to the limit: before the first
@@ -323,7 +324,7 @@ async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
         .err()
         .expect("an error");
     assert_eq!(err.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(err.code.as_deref(), Some("upstream_response_too_large"));
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_RESPONSE_TOO_LARGE));
 
     let upstream = futures_util::stream::iter([Ok(event(0)), Ok(Bytes::from_static(b"data: "))])
         .chain(endless_line());
@@ -339,7 +340,10 @@ async fn an_event_over_the_limit_fails_the_stream_instead_of_growing_it() {
     let Some(StreamEnd::Failed(error)) = stats.end() else {
         panic!("{:?}", stats.end());
     };
-    assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
+    assert_eq!(
+        error.code.as_deref(),
+        Some(code::UPSTREAM_RESPONSE_TOO_LARGE)
+    );
 }
 
 /// An event over the limit that arrives whole (in one read, alone or
@@ -373,7 +377,10 @@ async fn an_event_over_the_limit_read_whole_ends_the_stream() {
         let Some(StreamEnd::Failed(error)) = stats.end() else {
             panic!("{:?}", stats.end());
         };
-        assert_eq!(error.code.as_deref(), Some("upstream_response_too_large"));
+        assert_eq!(
+            error.code.as_deref(),
+            Some(code::UPSTREAM_RESPONSE_TOO_LARGE)
+        );
     }
     // The first event and a large one in one read: the stream begins with
     // the first, as it would had they come apart (not an attempt failed
@@ -405,7 +412,7 @@ async fn an_event_over_the_limit_read_whole_ends_the_stream() {
         .await
         .err()
         .expect("an error");
-    assert_eq!(err.code.as_deref(), Some("upstream_response_too_large"));
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_RESPONSE_TOO_LARGE));
 }
 
 /// A byte order mark before the first event (allowed by the SSE format) is
