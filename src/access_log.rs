@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::upstream::UpstreamInfo;
+use crate::proxy::usage::Usage;
 use crate::request_progress::{LeftAt, RequestProgress};
 use crate::settle_at_end::settle_before_end;
 use crate::state::AppState;
@@ -204,11 +205,34 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// The tokens the request used, as the log and the metrics count them:
+    /// the provider's usage, else the usage its stream reported.
+    pub fn usage(&self) -> Option<Usage> {
+        let upstream = self.upstream.as_ref()?;
+        upstream
+            .usage
+            .or_else(|| upstream.stream.as_ref()?.usage().map(|(u, _)| u))
+            .map(Usage::counted)
+    }
+
+    /// The error the request ended with: its stream's error event (sent
+    /// after the 200), else the error it was answered with.
+    pub fn error_given<'a>(&'a self, end: Option<&'a StreamEnd>) -> Option<&'a GatewayError> {
+        match end {
+            Some(StreamEnd::Failed(err)) => Some(err),
+            _ => self.error.as_ref(),
+        }
+    }
+
     fn emit(self) {
-        // One clock reading for the metrics and the log line.
+        // One clock reading for the metrics and the log line, and one look
+        // at how the stream ended.
         let duration = self.started.elapsed();
+        let stream = self.upstream.as_ref().and_then(|u| u.stream.as_ref());
+        let stream_end = stream.map(|s| s.end());
+        let end = stream_end.as_ref().and_then(Option::as_ref);
         if let Some(metrics) = &self.metrics {
-            crate::request_metrics::observe(&self, duration, metrics);
+            crate::request_metrics::observe(&self, end, duration, metrics);
             metrics.in_flight.dec();
         }
         // Requests at `info`, health probes and scrapes at `debug`.
@@ -222,16 +246,13 @@ impl AccessRecord {
             return;
         }
         let upstream = self.upstream.as_ref();
-        let stream = upstream.and_then(|u| u.stream.as_ref());
-        let usage = upstream
-            .and_then(|u| u.usage)
-            .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u))
-            .map(crate::proxy::usage::Usage::counted);
-        let (stream_end, error) = match stream.map(|s| s.end()) {
-            None => ("", self.error),
-            Some(None) => ("client_closed", self.error),
-            Some(Some(StreamEnd::Complete)) => ("complete", self.error),
-            Some(Some(StreamEnd::Failed(err))) => ("error_event", Some(err)),
+        let usage = self.usage();
+        let error = self.error_given(end);
+        let stream_end = match &stream_end {
+            None => "",
+            Some(None) => "client_closed",
+            Some(Some(StreamEnd::Complete)) => "complete",
+            Some(Some(StreamEnd::Failed(_))) => "error_event",
         };
         let path = crate::shown::cut_with_length(self.uri.path(), SHOWN_PATH_BYTES);
         let line = AccessLine {

@@ -52,8 +52,7 @@ pub mod code {
 }
 
 /// The documented `error.type` values (Moonshot's vocabulary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorType {
     ContentFilter,
     InvalidRequestError,
@@ -67,6 +66,18 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    pub const ALL: [ErrorType; 9] = [
+        ErrorType::ContentFilter,
+        ErrorType::InvalidRequestError,
+        ErrorType::InvalidAuthenticationError,
+        ErrorType::PermissionDeniedError,
+        ErrorType::ResourceNotFoundError,
+        ErrorType::RateLimitReachedError,
+        ErrorType::EngineOverloadedError,
+        ErrorType::ExceededCurrentQuotaError,
+        ErrorType::ServerError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::ContentFilter => "content_filter",
@@ -83,18 +94,7 @@ impl ErrorType {
 
     /// Parses a documented type name, as found in an upstream error body.
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "content_filter" => ErrorType::ContentFilter,
-            "invalid_request_error" => ErrorType::InvalidRequestError,
-            "invalid_authentication_error" => ErrorType::InvalidAuthenticationError,
-            "permission_denied_error" => ErrorType::PermissionDeniedError,
-            "resource_not_found_error" => ErrorType::ResourceNotFoundError,
-            "rate_limit_reached_error" => ErrorType::RateLimitReachedError,
-            "engine_overloaded_error" => ErrorType::EngineOverloadedError,
-            "exceeded_current_quota_error" => ErrorType::ExceededCurrentQuotaError,
-            "server_error" => ErrorType::ServerError,
-            _ => return None,
-        })
+        ErrorType::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
     /// The status the documented table pairs with this type.
@@ -397,6 +397,28 @@ impl IntoResponse for GatewayError {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn every_type_is_listed_once_and_parses_back_from_its_name() {
+        for (at, listed) in ErrorType::ALL.into_iter().enumerate() {
+            // Exhaustive: a new variant fails to compile here until listed.
+            let position = match listed {
+                ErrorType::ContentFilter => 0,
+                ErrorType::InvalidRequestError => 1,
+                ErrorType::InvalidAuthenticationError => 2,
+                ErrorType::PermissionDeniedError => 3,
+                ErrorType::ResourceNotFoundError => 4,
+                ErrorType::RateLimitReachedError => 5,
+                ErrorType::EngineOverloadedError => 6,
+                ErrorType::ExceededCurrentQuotaError => 7,
+                ErrorType::ServerError => 8,
+            };
+            assert_eq!(at, position, "{listed:?}");
+            assert_eq!(ErrorType::from_name(listed.as_str()), Some(listed));
+        }
+        assert_eq!(ErrorType::from_name("Server_Error"), None);
+        assert_eq!(ErrorType::from_name(""), None);
+    }
 
     #[test]
     fn a_wait_in_milliseconds_is_rounded_up() {

@@ -7,6 +7,7 @@
 
 use crate::client::{ClientError, OutgoingBody, header_line, request_line};
 use crate::config::{DiscoveredModels, Provider};
+use crate::proxy::key_redaction;
 use crate::state::AppState;
 use http::header;
 use http_body_util::BodyExt;
@@ -48,7 +49,7 @@ async fn run(state: AppState) {
         let secrets: Vec<String> = config
             .providers
             .iter()
-            .flat_map(|p| p.keys.iter().map(|k| k.secret.to_ascii_lowercase()))
+            .flat_map(|p| p.keys.iter().map(|k| k.secret.clone()))
             .collect();
         for provider in config.usable_providers() {
             let Some(refresh) = &provider.models_refresh else {
@@ -213,14 +214,15 @@ async fn list_models(provider: &Provider, secrets: &[String]) -> Result<Vec<Stri
 }
 
 /// The ids of `list` the gateway may publish. A provider that quotes the
-/// key it was sent, or any provider's key (`secrets`, in lower case), in
+/// key it was sent, or any provider's key (`secrets`), in
 /// an id or in text the parser's error repeats, must not put it in
 /// `/v1/models`, the metrics or the log: such ids are left out, in any
 /// letter case, and the error never repeats the provider's text.
 fn kept_ids(list: &[u8], secrets: &[String]) -> Result<Vec<String>, RefreshError> {
     let quotes_no_key = |id: &str| {
-        let id = id.to_ascii_lowercase();
-        !secrets.iter().any(|secret| id.contains(secret.as_str()))
+        !secrets
+            .iter()
+            .any(|secret| key_redaction::find(id.as_bytes(), secret.as_bytes()).is_some())
     };
     let ids = listed_ids(list, quotes_no_key)
         .map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
@@ -310,9 +312,9 @@ mod tests {
         assert!(listed_ids(b"<html>", |_| true).is_err());
     }
 
-    /// The providers' keys, in lower case as the loop gives them.
+    /// The providers' keys, one with capitals.
     fn secrets() -> Vec<String> {
-        vec!["secret-key-123".into(), "sk-other-provider".into()]
+        vec!["secret-key-123".into(), "SK-Other-Provider".into()]
     }
 
     #[test]

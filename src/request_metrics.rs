@@ -24,7 +24,13 @@ pub fn observe_refused_head(status: StatusCode, metrics: &Metrics) {
         .inc();
 }
 
-pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
+/// `end`: how the request's stream ended, when it had one and it ended.
+pub fn observe(
+    record: &AccessRecord,
+    end: Option<&StreamEnd>,
+    duration: Duration,
+    metrics: &Metrics,
+) {
     let route = match (&record.route, &record.model) {
         (Some(route), _) => &*route.0,
         (None, Some(_)) => UNKNOWN_ROUTE,
@@ -33,11 +39,7 @@ pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
     let upstream = record.upstream.as_ref();
     let provider = upstream.map_or(NONE, |u| &*u.provider);
     let stream = upstream.and_then(|u| u.stream.as_ref());
-    let stream_error = stream.and_then(|s| match s.end() {
-        Some(StreamEnd::Failed(err)) => Some(err.error_type),
-        _ => None,
-    });
-    let error_type = stream_error.or(record.error.as_ref().map(|e| e.error_type));
+    let error_type = record.error_given(end).map(|e| e.error_type);
     let duration = duration.as_secs_f64();
     let series = upstream.and_then(|u| u.series.as_ref());
     // What the client asked for: a stream that failed before its first
@@ -65,12 +67,8 @@ pub fn observe(record: &AccessRecord, duration: Duration, metrics: &Metrics) {
             .observe(duration),
     }
 
-    let usage = upstream
-        .and_then(|u| u.usage)
-        .or_else(|| stream.and_then(|s| s.usage()).map(|(u, _)| u))
-        .map(crate::proxy::usage::Usage::counted);
-    if let (Some(usage), Some(series)) = (usage, series) {
-        let key = record.key.as_deref().unwrap_or("anonymous");
+    if let (Some(usage), Some(series)) = (record.usage(), series) {
+        let key = record.key.as_deref().unwrap_or(crate::auth::ANONYMOUS);
         let [prompt, completion, cached] = &*series.tokens(key);
         prompt.inc_by(usage.prompt_tokens);
         completion.inc_by(usage.completion_tokens);

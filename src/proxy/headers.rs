@@ -2,7 +2,7 @@
 //! hop-by-hop headers, cookies, account identifiers and headers the gateway
 //! sets itself.
 
-use super::provider_errors::redact_secrets;
+use super::key_redaction::redact_secrets;
 use crate::client::Headers;
 use crate::config::Provider;
 use crate::wire_fields::WireFields;
@@ -226,7 +226,7 @@ fn name_quotes_a_key(lower: &[u8], provider: &Provider) -> bool {
     provider
         .keys
         .iter()
-        .any(|key| super::key_text::find(lower, key.secret.as_bytes()).is_some())
+        .any(|key| super::key_redaction::find(lower, key.secret.as_bytes()).is_some())
 }
 
 /// Whether a `Connection` value names anything but `keep-alive` and

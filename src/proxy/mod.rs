@@ -8,7 +8,7 @@ pub mod failover;
 pub mod headers;
 mod json_mend;
 pub mod json_scan;
-mod key_text;
+pub mod key_redaction;
 pub mod normalize;
 pub mod provider_errors;
 pub mod provider_wait;

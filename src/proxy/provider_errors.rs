@@ -3,6 +3,7 @@
 //! API's `{message,statusCode,…}` and Agentsflare's `{statusCode,message}`
 //! are classified by status and wording.
 
+use super::key_redaction::redact;
 use super::provider_wait::{self, AskedWait};
 use crate::config::Provider;
 use crate::error::code;
@@ -500,94 +501,11 @@ fn message_text(value: serde_json::Value) -> String {
     }
 }
 
-// Some providers echo (part of) the key they were sent; never pass it on.
-
-/// `bytes` with the provider's keys (in any letter case) replaced by
-/// `***`, when one is in them (an error event or a header value that
-/// quotes the key it was sent).
-pub fn redact_secrets(bytes: &[u8], provider: &Provider) -> Option<Vec<u8>> {
-    let mut redacted: Option<Vec<u8>> = None;
-    for key in &provider.keys {
-        let text = redacted.as_deref().unwrap_or(bytes);
-        if let Some(out) = super::key_text::replaced(text, key.secret.as_bytes(), b"***") {
-            redacted = Some(out);
-        }
-    }
-    redacted
-}
-
-/// Whether `text` quoted one of the provider's keys in any letter case
-/// (now `***`), as it is or as JSON escapes it: a message that was a JSON
-/// object is shown as its JSON text, where a key holding `"` or `\` is
-/// escaped.
-pub fn redact(text: &mut String, provider: &Provider) -> bool {
-    let mut quoted = false;
-    for key in &provider.keys {
-        if let Some(out) = super::key_text::replaced_in_str(text, &key.secret, "***") {
-            *text = out;
-            quoted = true;
-        }
-        let escaped = serde_json::to_string(&key.secret).expect("a string encodes");
-        let escaped = &escaped[1..escaped.len() - 1];
-        if escaped != key.secret
-            && let Some(out) = super::key_text::replaced_in_str(text, escaped, "***")
-        {
-            *text = out;
-            quoted = true;
-        }
-    }
-    quoted
-}
-
-/// `json` (a valid document) with every string that quotes one of the
-/// provider's keys, as JSON decodes it, masked with `***` and encoded
-/// again; the rest byte for byte. `None` when no string quotes one. A raw
-/// search would miss a key the provider escaped (`sk-ab\/cd`, `\u0061bc`),
-/// which every JSON parser turns back into the key.
-pub fn redact_json_strings(json: &[u8], provider: &Provider) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0;
-    let mut at = 0;
-    while let Some(open) = memchr::memchr(b'"', &json[at..]).map(|i| at + i) {
-        // Outside strings a valid document has no quote: this opens one.
-        let mut close = open + 1;
-        loop {
-            match json.get(close)? {
-                b'\\' => close += 2,
-                b'"' => break,
-                _ => close += 1,
-            }
-        }
-        at = close + 1;
-        let token = &json[open..at];
-        let Ok(mut text) = serde_json::from_slice::<String>(token) else {
-            continue;
-        };
-        if redact(&mut text, provider) {
-            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
-            out.extend_from_slice(&json[copied..open]);
-            serde_json::to_writer(&mut *out, &text).expect("a string encodes");
-            copied = at;
-        }
-    }
-    let mut out = out?;
-    out.extend_from_slice(&json[copied..]);
-    Some(out)
-}
-
-/// A provider's header value for the client, with the provider's key
-/// replaced when the value quotes it.
-pub fn redacted_value(value: HeaderValue, provider: &Provider) -> HeaderValue {
-    match redact_secrets(value.as_bytes(), provider) {
-        Some(redacted) => HeaderValue::from_bytes(&redacted).unwrap_or(value),
-        None => value,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::test_provider;
+    use crate::proxy::key_redaction::redact_secrets;
 
     /// A message given as an object or a list is shown as its JSON text,
     /// where a key holding `"` or `\` is escaped: masked all the same.
@@ -916,26 +834,6 @@ mod tests {
         assert_eq!(
             event.as_deref(),
             Some(&b"data: {\"error\":{\"message\":\"***\"}}\n\n"[..])
-        );
-    }
-
-    /// Strings are read as JSON decodes them; only those quoting the key
-    /// change, everything else keeps its bytes (spacing, order, escapes).
-    #[test]
-    fn json_strings_quoting_the_key_are_masked_however_escaped() {
-        let provider = test_provider();
-        let redact = |json: &str| {
-            redact_json_strings(json.as_bytes(), &provider).map(|b| String::from_utf8(b).unwrap())
-        };
-        assert_eq!(redact(r#"{"a": "x\/y", "b": [1, "\u00e9"]}"#), None);
-        assert_eq!(
-            redact(r#"{"m" : "key secret\u002dkey-123!", "n": "\/ok", "k":{"secret-key-123":1}}"#)
-                .as_deref(),
-            Some(r#"{"m" : "key ***!", "n": "\/ok", "k":{"***":1}}"#)
-        );
-        assert_eq!(
-            redact(r#"["secret-key-123", "say \"secret-key-123\""]"#).as_deref(),
-            Some(r#"["***", "say \"***\""]"#)
         );
     }
 

@@ -122,7 +122,7 @@ pub(super) fn redacted_error_event(
     event: &[u8],
     provider: &crate::config::Provider,
 ) -> ErrorEventAs {
-    use super::provider_errors::{redact_json_strings, redact_secrets};
+    use super::key_redaction::{redact_json_strings, redact_secrets};
     let Some(first_data) = lines(event).find(|line| data_value(line).is_some()) else {
         return ErrorEventAs::Replaced;
     };

@@ -564,7 +564,7 @@ fn with_provider_request_id(
     provider: &crate::config::Provider,
 ) -> GatewayError {
     if let Some(id) = provider_request_id(headers).and_then(|id| headers.shared_value(id)) {
-        let id = provider_errors::redacted_value(id, provider);
+        let id = super::key_redaction::redacted_value(id, provider);
         err.details_mut().upstream_request_id = Some(id);
     }
     err

@@ -240,6 +240,14 @@ pub fn remaining_tokens(response: &reqwest::Response) -> u64 {
         .unwrap()
 }
 
+/// The value of the sample whose line starts with `series` (name + labels).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The gateway's `/metrics` text.
 pub async fn scrape(app: &TestApp) -> String {
     app.client

@@ -322,7 +322,7 @@ async fn an_invalid_reload_keeps_the_old_configuration() {
     assert_eq!(app.chat(chat_body("kimi", "hi", false)).await.status(), 200);
     let successful = async || {
         let metrics = scrape(&app).await;
-        crate::metrics::sample(&metrics, "kimi_gateway_config_last_reload_successful")
+        sample(&metrics, "kimi_gateway_config_last_reload_successful")
     };
     assert_eq!(successful().await, Some(0.0), "the file is not in use");
     write_config(&file, ALIAS_TO_AGENTSFLARE);

@@ -386,7 +386,7 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     app.chat_as_and_leave("sk-a", &hi()).await;
     wait_until("the gateway saw the client leave", async || {
         let text = scrape(&app).await;
-        crate::metrics::sample(&text, "kimi_gateway_in_flight_requests") == Some(0.0)
+        sample(&text, "kimi_gateway_in_flight_requests") == Some(0.0)
             && text.contains(r#"status="499""#)
     })
     .await;
@@ -672,11 +672,7 @@ async fn an_unreachable_store_never_opens_a_providers_circuit() {
     }
     let metrics = scrape(&app).await;
     let breaker = r#"kimi_gateway_breaker_state{provider="moonshot",target="moonshot/kimi-k2.6"}"#;
-    assert_eq!(
-        crate::metrics::sample(&metrics, breaker),
-        Some(0.0),
-        "{metrics}"
-    );
+    assert_eq!(sample(&metrics, breaker), Some(0.0), "{metrics}");
     assert_eq!(
         app.mock.requests().len(),
         1,
@@ -687,7 +683,7 @@ async fn an_unreachable_store_never_opens_a_providers_circuit() {
 /// One of the rate-limit store's series in a scrape.
 fn store_sample(metrics: &str, series: &str) -> f64 {
     let name = format!("kimi_gateway_rate_limit_store_{series}");
-    crate::metrics::sample(metrics, &name).unwrap_or_else(|| panic!("{name} in {metrics}"))
+    sample(metrics, &name).unwrap_or_else(|| panic!("{name} in {metrics}"))
 }
 
 #[tokio::test]
@@ -1470,7 +1466,7 @@ async fn a_redis_down_at_start_shows_without_a_request() {
     )
     .await;
     wait_until("the outage is counted", async || {
-        crate::metrics::sample(
+        sample(
             &scrape(&app).await,
             "kimi_gateway_rate_limit_store_outages_total",
         ) == Some(1.0)

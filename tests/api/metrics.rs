@@ -7,14 +7,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The value of the sample whose line starts with `series` (name + labels).
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// `upstream_attempts_total` of `provider` with `outcome`.
 fn attempts(text: &str, provider: &str, outcome: &str) -> Option<f64> {
     let series = format!(

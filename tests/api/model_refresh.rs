@@ -314,10 +314,7 @@ async fn a_key_may_not_be_limited_to_a_model_only_a_refresh_found() {
     let readyz = app.readyz().await;
     assert_eq!(readyz["last_reload"]["result"], "failure", "{readyz}");
     let gauge = "kimi_gateway_config_last_reload_successful";
-    assert_eq!(
-        crate::metrics::sample(&scrape(&app).await, gauge),
-        Some(0.0)
-    );
+    assert_eq!(sample(&scrape(&app).await, gauge), Some(0.0));
     // Named in the catalogue, it is the key's to use.
     std::fs::write(
         &path,
@@ -387,7 +384,7 @@ async fn a_moved_provider_is_asked_at_once_and_only_picked_changes_rebuild() {
     let app = &moving.app;
     until_listed(app, |ids| ids.iter().any(|id| id == "kimi-only-old")).await;
     let reloads = |metrics: &str| {
-        crate::metrics::sample(
+        sample(
             metrics,
             r#"kimi_gateway_config_reloads_total{result="success"}"#,
         )

@@ -344,7 +344,7 @@ async fn events_of_several_data_lines_are_read_like_any_other() {
 async fn token_counts_written_as_floats_are_counted_as_their_values() {
     let app = spawn_app().await;
     let tokens = |metrics: &str, provider: &str, model: &str, kind: &str| {
-        crate::metrics::sample(
+        sample(
             metrics,
             &format!(
                 r#"kimi_gateway_tokens_total{{key="anonymous",kind="{kind}",provider="{provider}",route="{model}"}}"#
