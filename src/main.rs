@@ -145,43 +145,11 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
         )?,
         n => writeln!(out, "{n} client key(s)")?,
     }
-    // With no usable provider the note below says what every request gets.
-    if config.routes_nothing() && config.usable_providers().next().is_some() {
-        writeln!(
-            out,
-            "note: no model is routable (every provider's models list is empty): every chat request would get 404"
-        )?;
+    for note in config.key_notes() {
+        writeln!(out, "note: {note}")?;
     }
-    for provider in config.providers.iter().filter(|p| !p.is_usable()) {
-        writeln!(
-            out,
-            "note: provider {} is not served: {} is not set (or blank)",
-            provider.name, provider.api_key_env
-        )?;
-    }
-    for provider in &config.providers {
-        let unset = provider.unset_key_envs();
-        if !unset.is_empty() {
-            writeln!(
-                out,
-                "note: provider {} is served with {} of its {} keys (not set or blank: {})",
-                provider.name,
-                provider.keys.len(),
-                provider.key_envs.len(),
-                unset.join(", ")
-            )?;
-        }
-    }
-    if config.providers.is_empty() {
-        writeln!(
-            out,
-            "note: no provider is configured (every one is disabled): every chat request would get 404 model_not_found"
-        )?;
-    } else if config.usable_providers().next().is_none() {
-        writeln!(
-            out,
-            "note: no provider is usable: every chat request would get 503 provider_not_configured"
-        )?;
+    if let Some(problem) = config.out_of_service() {
+        writeln!(out, "note: {problem}")?;
     }
     out.flush()
 }

@@ -12,6 +12,7 @@ mod parse;
 pub mod presets;
 mod providers;
 mod resolve;
+mod service_notes;
 mod settings;
 
 use crate::auth::KeyTable;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 pub use discovered::DiscoveredModels;
 pub use resolve::{resolve, resolve_reusing};
+pub use service_notes::{KeyNote, OutOfService};
 
 /// The first provider of the built-in configuration, every provider key
 /// set to `secret-key-123` (unit tests of what meets a provider).
@@ -153,53 +155,6 @@ impl Config {
     pub fn effective_max_connections(&self) -> usize {
         self.max_connections
             .unwrap_or_else(crate::fd_limit::default_max_connections)
-    }
-
-    /// Logs the providers that are served with fewer keys than configured
-    /// or not at all, and whether none is: at start and after each reload,
-    /// so a configuration that takes every provider out of service says so
-    /// where the operator looks, not only in `/readyz`.
-    pub fn warn_about_providers(&self) {
-        for provider in &self.providers {
-            if provider.is_usable() {
-                let unset = provider.unset_key_envs();
-                if !unset.is_empty() {
-                    tracing::warn!(
-                        provider = &*provider.name,
-                        "provider served with {} of its {} keys (not set or blank: {})",
-                        provider.keys.len(),
-                        provider.key_envs.len(),
-                        unset.join(", ")
-                    );
-                }
-            } else {
-                tracing::warn!(
-                    provider = &*provider.name,
-                    "provider not served: {} is not set (or blank)",
-                    provider.api_key_env
-                );
-            }
-        }
-        if self.providers.is_empty() {
-            tracing::warn!(
-                "no provider is configured (every one is disabled): every chat request will get 404 model_not_found"
-            );
-        } else if self.usable_providers().next().is_none() {
-            tracing::warn!(
-                "no provider has an API key: every chat request will get 503 until a key variable is set and the gateway restarted"
-            );
-        } else if self.routes_nothing() {
-            tracing::warn!(
-                "no model is routable (every provider's models list is empty): every chat request will get 404"
-            );
-        }
-    }
-
-    /// Whether no model name routes anywhere: every catalogue emptied and
-    /// no alias, with no refresh that may yet find one.
-    pub fn routes_nothing(&self) -> bool {
-        self.routes.routes().is_empty()
-            && !self.usable_providers().any(|p| p.models_refresh.is_some())
     }
 }
 

@@ -46,11 +46,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
     let reason = if state.drain.is_draining() {
         Some("draining")
-    } else if config.providers.is_empty() {
-        Some("no provider is configured (every one is disabled)")
-    } else if config.usable_providers().next().is_none() {
-        Some("no provider has an API key")
+    } else if let Some(problem) = config.out_of_service() {
+        Some(problem.reason())
     } else if targets.is_empty() {
+        // Nothing routable yet, while a catalogue refresh may find some.
         Some("no model is routable")
     } else if !any_closed {
         Some("every target's circuit is open")

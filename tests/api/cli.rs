@@ -196,7 +196,9 @@ fn check_notes_a_configuration_that_serves_nothing() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("note: no provider is usable: every chat request would get 503"),
+        stdout.contains(
+            "note: no provider has an API key: every chat request gets 503 provider_not_configured"
+        ),
         "{stdout}"
     );
     // Routable counts what a provider with a key serves: none here.
@@ -214,11 +216,11 @@ fn check_notes_a_configuration_that_serves_nothing() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("note: no provider is configured (every one is disabled): every chat request would get 404 model_not_found"),
+        stdout.contains("note: no provider is configured (every one is disabled): every chat request gets 404 model_not_found"),
         "{stdout}"
     );
     assert!(!stdout.contains("no model is routable"), "{stdout}");
-    assert!(!stdout.contains("no provider is usable"), "{stdout}");
+    assert!(!stdout.contains("no provider has an API key"), "{stdout}");
     let keyed = gateway()
         .env("MOONSHOT_API_KEY", "k")
         .args(["--check", "--config"])
@@ -230,7 +232,7 @@ fn check_notes_a_configuration_that_serves_nothing() {
         stdout.contains("configuration OK: 3 provider(s), 1 usable"),
         "{stdout}"
     );
-    assert!(!stdout.contains("no provider is usable"), "{stdout}");
+    assert!(!stdout.contains("no provider has an API key"), "{stdout}");
     assert!(!stdout.contains("no model is routable"), "{stdout}");
     // Every catalogue emptied: nothing routes.
     let emptied = config_file(
@@ -246,7 +248,7 @@ fn check_notes_a_configuration_that_serves_nothing() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("note: no model is routable (every provider's models list is empty): every chat request would get 404"),
+        stdout.contains("note: no model is routable (every provider's models list is empty): every chat request gets 404 model_not_found"),
         "{stdout}"
     );
     // A provider served with fewer keys than it names says which are unset.
@@ -1212,7 +1214,8 @@ fn a_reload_that_takes_providers_out_of_service_warns() {
     assert!(
         lines[reloaded..]
             .iter()
-            .any(|l| l.contains("provider not served") && l.contains("MOONSHOT_KEY_NOT_SET")),
+            .any(|l| l.contains("provider moonshot is not served")
+                && l.contains("MOONSHOT_KEY_NOT_SET")),
         "{lines:?}"
     );
 }

@@ -695,7 +695,10 @@ async fn readiness_fails_when_no_model_is_routable() {
     let config = "[providers.moonshot]\nmodels = []\n[providers.aimlapi]\nmodels = []\n\
                   [providers.agentsflare]\nmodels = []\n";
     let app = spawn_app_with(config, &[]).await;
-    assert!(app.state.config().routes_nothing());
+    assert_eq!(
+        app.state.config().out_of_service(),
+        Some(kimi_gateway::config::OutOfService::NothingRoutable)
+    );
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();

@@ -1,0 +1,127 @@
+//! What a configuration leaves out of service, said the same way at start
+//! and after each reload (the log), by `--check` and by `/readyz`: a
+//! provider without its key (or with some of its keys), and a gateway that
+//! can serve no chat request at all.
+
+use super::{Config, Provider};
+
+/// A provider whose key variables are not all set.
+pub enum KeyNote<'a> {
+    /// No key at all: the provider is not served.
+    NotServed(&'a Provider),
+    /// Served with the keys that are set; these variables are not.
+    FewerKeys(&'a Provider, Vec<&'a str>),
+}
+
+impl std::fmt::Display for KeyNote<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyNote::NotServed(provider) => write!(
+                f,
+                "provider {} is not served: {} is not set (or blank)",
+                provider.name, provider.api_key_env
+            ),
+            KeyNote::FewerKeys(provider, unset) => write!(
+                f,
+                "provider {} is served with {} of its {} keys (not set or blank: {})",
+                provider.name,
+                provider.keys.len(),
+                provider.key_envs.len(),
+                unset.join(", ")
+            ),
+        }
+    }
+}
+
+/// Why no chat request can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfService {
+    /// Every provider disabled: no model name is known.
+    NoProviderConfigured,
+    /// No provider has a key.
+    NoProviderUsable,
+    /// Every catalogue emptied, no alias, and no provider refreshing its
+    /// catalogue that may yet find a model.
+    NothingRoutable,
+}
+
+impl OutOfService {
+    /// The short reason `/readyz` gives.
+    pub fn reason(self) -> &'static str {
+        match self {
+            OutOfService::NoProviderConfigured => {
+                "no provider is configured (every one is disabled)"
+            }
+            OutOfService::NoProviderUsable => "no provider has an API key",
+            OutOfService::NothingRoutable => "no model is routable",
+        }
+    }
+
+    /// What every chat request gets meanwhile.
+    pub fn answer(self) -> &'static str {
+        match self {
+            OutOfService::NoProviderConfigured | OutOfService::NothingRoutable => {
+                "404 model_not_found"
+            }
+            OutOfService::NoProviderUsable => "503 provider_not_configured",
+        }
+    }
+}
+
+impl std::fmt::Display for OutOfService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self {
+            OutOfService::NothingRoutable => " (every provider's models list is empty)",
+            _ => "",
+        };
+        write!(
+            f,
+            "{}{why}: every chat request gets {}",
+            self.reason(),
+            self.answer()
+        )
+    }
+}
+
+impl Config {
+    /// Each provider whose key variables are not all set, in order.
+    pub fn key_notes(&self) -> impl Iterator<Item = KeyNote<'_>> {
+        self.providers.iter().filter_map(|provider| {
+            if !provider.is_usable() {
+                return Some(KeyNote::NotServed(provider));
+            }
+            let unset = provider.unset_key_envs();
+            (!unset.is_empty()).then(|| KeyNote::FewerKeys(provider, unset))
+        })
+    }
+
+    /// Why this configuration can serve no chat request, if it cannot.
+    pub fn out_of_service(&self) -> Option<OutOfService> {
+        if self.providers.is_empty() {
+            Some(OutOfService::NoProviderConfigured)
+        } else if self.usable_providers().next().is_none() {
+            Some(OutOfService::NoProviderUsable)
+        } else if self.routes.routes().is_empty()
+            && !self.usable_providers().any(|p| p.models_refresh.is_some())
+        {
+            Some(OutOfService::NothingRoutable)
+        } else {
+            None
+        }
+    }
+
+    /// Logs [`Config::key_notes`] and [`Config::out_of_service`]: at start
+    /// and after each reload, so a configuration that takes providers out
+    /// of service says so where the operator looks, not only in `/readyz`.
+    pub fn warn_about_providers(&self) {
+        for note in self.key_notes() {
+            let provider = match &note {
+                KeyNote::NotServed(p) | KeyNote::FewerKeys(p, _) => &*p.name,
+            };
+            tracing::warn!(provider, "{note}");
+        }
+        if let Some(problem) = self.out_of_service() {
+            tracing::warn!("{problem}");
+        }
+    }
+}
