@@ -64,7 +64,9 @@ fn tls_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
 /// Why an exchange produced no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("timed out after {0:?}")]
+    /// Shown to a tenth of a second: the deadline that cut the connect
+    /// short may be the request's, read to the nanosecond.
+    #[error("timed out after {0:.1?}")]
     ConnectTimeout(Duration),
     #[error("{}", describe(.0.as_ref()))]
     Connect(Box<dyn std::error::Error + Send + Sync>),
@@ -285,4 +287,17 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_timeout_reads_in_tenths_of_a_second() {
+        let cut_by_the_request = ClientError::ConnectTimeout(Duration::from_nanos(3_001_555_431));
+        assert_eq!(cut_by_the_request.to_string(), "timed out after 3.0s");
+        let configured = ClientError::ConnectTimeout(Duration::from_secs(2));
+        assert_eq!(configured.to_string(), "timed out after 2.0s");
+    }
 }

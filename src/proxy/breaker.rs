@@ -157,6 +157,13 @@ impl Breaker {
             .max(shortest)
     }
 
+    /// The cool-down of a circuit that opens from closed: this
+    /// configuration's, whatever the circuit last ran under (a reload may
+    /// have changed it since).
+    fn first_cooldown_ms(&self) -> u64 {
+        self.settings.cooldown.as_millis() as u64
+    }
+
     /// How long until an open circuit lets a probe through.
     pub fn opens_in(&self) -> Option<Duration> {
         let until = self.open_until()?;
@@ -226,7 +233,7 @@ impl Breaker {
         if (consecutive >= self.settings.consecutive_failures || ratio_tripped)
             && self.state_at(now) == BreakerState::Closed
         {
-            self.open(now, self.cooldown_ms());
+            self.open(now, self.first_cooldown_ms());
         }
     }
 
@@ -245,7 +252,7 @@ impl Breaker {
         let ratio_tripped = total >= self.settings.min_requests
             && f64::from(failed) / f64::from(total) >= self.settings.error_ratio;
         if ratio_tripped && self.state_at(now) == BreakerState::Closed {
-            self.open(now, self.cooldown_ms());
+            self.open(now, self.first_cooldown_ms());
         }
     }
 
@@ -590,6 +597,31 @@ mod tests {
         let same = retuned(&b, b.settings);
         assert_eq!(same.state_at(101), BreakerState::Open);
         assert_eq!(same.state_at(102), BreakerState::HalfOpen);
+    }
+
+    /// A circuit closed at a reload opens next with the new cool-down, not
+    /// the one it was created with (shorter or longer).
+    #[test]
+    fn a_circuit_closed_at_a_reload_opens_with_the_new_cooldown() {
+        let b = breaker();
+        assert_eq!(b.settings.cooldown, Duration::from_millis(100));
+        for cooldown in [20, 300] {
+            let reloaded = retuned(
+                &b,
+                BreakerSettings {
+                    cooldown: Duration::from_millis(cooldown),
+                    ..b.settings
+                },
+            );
+            for t in 0..3 {
+                fail(&reloaded, 1_000 * cooldown + t);
+            }
+            let opened = 1_000 * cooldown + 2;
+            assert_eq!(reloaded.state_at(opened + cooldown - 1), BreakerState::Open);
+            assert_eq!(reloaded.state_at(opened + cooldown), BreakerState::HalfOpen);
+            succeed(&reloaded, opened + cooldown);
+            assert_eq!(reloaded.state_at(opened + cooldown), BreakerState::Closed);
+        }
     }
 
     /// Requests in flight across a reload report to the breaker of the

@@ -772,3 +772,50 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_limit() {
     let next = app.chat(chat_body(MODEL, "after", false)).await;
     assert_eq!(next.status(), 200);
 }
+
+/// A client that reads its answer steadily, if slowly, is not taken for
+/// one that stopped: the kernel grows the gateway's send buffer to
+/// megabytes and reports room to write only once much of it has drained,
+/// which takes longer than the idle limit at this pace; what the client
+/// acknowledged meanwhile counts as taken.
+#[tokio::test]
+async fn a_client_reading_slowly_but_steadily_gets_its_whole_answer() {
+    let app = spawn_app_with("[server]\nclient_idle_secs = 0.4\n", &[]).await;
+    // 16 MiB: more than the sockets between the gateway and the client
+    // hold, so the gateway waits on the client's pace.
+    let body = chat_body(MODEL, "[mock chunks=64 chunk_bytes=262144]", true).to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(chat_request(&body).as_bytes())
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    // ~1.6 MB a second for 2.5 s, six times the idle limit.
+    let slow_until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    while tokio::time::Instant::now() < slow_until {
+        pace.tick().await;
+        match stream.read(&mut buffer[..32 * 1024]).await {
+            Ok(0) | Err(_) => panic!("cut off after {} bytes", read.len()),
+            Ok(n) => read.extend_from_slice(&buffer[..n]),
+        }
+    }
+    // Then the rest at full speed, to the answer's end.
+    tokio::time::timeout(READ_WAIT, async {
+        while !read.ends_with(b"\r\n0\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => panic!("cut off after {} bytes", read.len()),
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the answer ends");
+    assert!(read.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(read.len() > 16 << 20, "{} bytes", read.len());
+    let text = String::from_utf8_lossy(&read[read.len() - 200..]).into_owned();
+    assert!(text.contains("data: [DONE]"), "{text}");
+}

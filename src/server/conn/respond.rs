@@ -1,7 +1,7 @@
 //! A response written to the client: its head, then its body framed by
 //! length or in chunks, gathered into as few writes as the body allows.
 
-use super::waits::{BODY_PROGRESS, IdleLimit};
+use super::waits::{BODY_PROGRESS, IdleLimit, unacknowledged};
 use super::{Connection, Next};
 use crate::coarse_clock;
 use crate::server::response_head::{self, BodyFraming, ConnectionHeader};
@@ -122,29 +122,44 @@ impl Connection {
     /// time) fails the write with `TimedOut`, and the connection is set to
     /// be reset when dropped: closed normally, it would keep the unsent
     /// bytes in the kernel, trying to deliver them to a client that does
-    /// not read. The clock is read and the timer polled only when the
-    /// socket takes nothing.
+    /// not read. What the client took is what the socket accepted, and when
+    /// the limit passes with the socket still full, also what the client
+    /// acknowledged meanwhile ([`unacknowledged`]): a client reading
+    /// steadily, slower than the socket's buffer shows, is not cut. The
+    /// clock is read and the timer polled only when the socket takes
+    /// nothing.
     pub(super) async fn write_output(
         &mut self,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> std::io::Result<()> {
-        // When the current wait began (coarse clock), and the bytes
-        // written by then.
-        let mut wait: Option<(Duration, usize)> = None;
-        let written = self.output.write_to(&mut self.io, |cx, written| {
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&self.io);
+        // When the current wait began (coarse clock), the bytes written by
+        // then, and those the client had not acknowledged then.
+        let mut wait: Option<(Duration, usize, Option<usize>)> = None;
+        let mut too_slow = |cx: &mut Context<'_>, written: usize| {
             let Some(limit) = idle.as_deref_mut() else {
                 return false;
             };
-            let began = match wait {
-                Some((began, from)) if written - from < BODY_PROGRESS => began,
-                _ => {
-                    let now = coarse_clock::monotonic();
-                    wait = Some((now, written));
-                    now
-                }
+            let (began, from, unacked) = match wait {
+                Some(waiting @ (_, from, _)) if written - from < BODY_PROGRESS => waiting,
+                _ => *wait.insert((coarse_clock::monotonic(), written, unacknowledged(socket))),
             };
-            limit.passed(cx, began)
-        });
+            if !limit.passed(cx, began) {
+                return false;
+            }
+            let now_unacked = unacknowledged(socket);
+            let taken = match (unacked, now_unacked) {
+                (Some(then), Some(now)) => (written - from) + then.saturating_sub(now),
+                _ => 0,
+            };
+            if taken < BODY_PROGRESS {
+                return true;
+            }
+            let now = coarse_clock::monotonic();
+            wait = Some((now, written, now_unacked));
+            limit.passed(cx, now)
+        };
+        let written = self.output.write_to(&mut self.io, &mut too_slow);
         let result = written.await;
         if result
             .as_ref()

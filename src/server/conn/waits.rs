@@ -82,6 +82,29 @@ impl IdleLimit<'_> {
 /// one that trickles a byte at a time cannot hold a connection for ever.
 pub(super) const BODY_PROGRESS: usize = 8 * 1024;
 
+/// Bytes written to a TCP socket that its peer has not acknowledged yet
+/// (Linux's `SIOCOUTQ`, which is `TIOCOUTQ`); `None` where it cannot be
+/// read. The socket reporting room to write is no measure of a client that
+/// reads slowly: the kernel grows a send buffer to megabytes and reports
+/// room only once about half of what it holds has drained, which at tens
+/// of kilobytes a second takes longer than any idle limit. What the client
+/// acknowledged is what it took.
+pub(super) fn unacknowledged(socket: std::os::fd::RawFd) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: the caller's socket, open while it writes to it; the
+        // ioctl writes one int where it is told to.
+        let done = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut queued) };
+        (done == 0).then(|| usize::try_from(queued).ok()).flatten()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
 /// The pace a request body must keep once the server is closing or making
 /// room at its connection cap: on average [`BODY_PROGRESS`] bytes a second
 /// since the body began, after a first [`RATE_FLOOR_GRACE`], and never cut
