@@ -223,7 +223,7 @@ pub fn admit(
     for scope in scopes {
         if let Some(slots) = &scope.local.concurrency {
             if !slots.try_take() {
-                return Err(busy(scope, slots.limit()));
+                return Err(outwaited(busy(scope, slots.limit()), scopes, estimate));
             }
             hold.hold_slot(scope);
         }
@@ -242,7 +242,7 @@ pub async fn admit_queued(
     let mut hold = LocalHold::default();
     if let Some(slots) = &scope.local.concurrency {
         if !slots.take_within(queue).await {
-            return Err(busy(scope, slots.limit()));
+            return Err(outwaited(busy(scope, slots.limit()), &[scope], estimate));
         }
         hold.hold_slot(scope);
     }
@@ -302,7 +302,8 @@ fn take_tokens_and_requests(
                 Err(wait) => {
                     hold.settle(estimate, 0);
                     let limit = u64::from(limiter.limit.get());
-                    return Err(denial(scope, limiter.kind, limit, wait));
+                    let refused = denial(scope, limiter.kind, limit, wait);
+                    return Err(outwaited(refused, scopes, estimate));
                 }
             }
         }
@@ -351,6 +352,38 @@ fn longest_token_wait<'a>(
                     kind: *kind,
                     wait,
                 };
+            }
+        }
+    }
+    worst
+}
+
+/// `first`, a refusal by a concurrency or request limit, unless another
+/// limit of the request's scopes would refuse for longer: a request limit
+/// seen spent, or a token limit short of `estimate` (none is held by this
+/// request any more). A client that waits `retry-after-ms` must not be
+/// refused again by a limit it was not told of. Runs only on a refusal,
+/// and takes nothing.
+fn outwaited(first: Denial, scopes: &[&Arc<Scope>], estimate: u64) -> Denial {
+    let now = now_ns();
+    let mut worst = first;
+    if let Some((scope, limiter, wait)) = longest_request_wait(scopes, now)
+        && wait > worst.retry_after
+    {
+        worst = denial(scope, limiter.kind, u64::from(limiter.limit.get()), wait);
+    }
+    for scope in scopes {
+        for (bucket, kind) in &scope.local.tokens {
+            if let Some(wait) = bucket.wait_for(estimate, now)
+                && wait > worst.retry_after
+            {
+                let refusing = Refusing {
+                    scope,
+                    bucket,
+                    kind: *kind,
+                    wait,
+                };
+                worst = refusing.denial(estimate, now);
             }
         }
     }

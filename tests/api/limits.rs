@@ -282,3 +282,33 @@ pub async fn reload_keeps_unchanged_limits(limits_table: &str) {
         [200, 200, 200, 200, 429]
     );
 }
+
+/// Of the request limits of a request's scopes, the one spent longest is
+/// named, not the first checked: here the key's minute frees a request in
+/// 30 s, the gateway's in 60 s, and a client that waited 30 s would be
+/// refused again.
+#[tokio::test]
+async fn a_request_refusal_names_the_limit_spent_longest() {
+    let app = spawn_with_keys(
+        "[limits.global]\nrequests_per_minute = 1\n[keys.team-a.limits]\nrequests_per_minute = 2\n",
+    )
+    .await;
+    assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 1).await, [200]);
+    for _ in 0..2 {
+        let refused = app
+            .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+            .await;
+        let wait_ms: u64 = refused.headers()["retry-after-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait_ms > 45_000, "{wait_ms} ms");
+        assert_refused(
+            refused,
+            "rate_limit_reached_error",
+            "rate limit reached for the gateway: 1 requests per minute",
+        )
+        .await;
+    }
+}

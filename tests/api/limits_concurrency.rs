@@ -196,3 +196,29 @@ async fn a_stream_ends_at_done_though_the_provider_keeps_its_body_open() {
         wait_until("the slot is released", async || key_in_flight(&app) == 0).await;
     }
 }
+
+/// A key at its concurrency cap whose requests per minute are spent too is
+/// told the longer wait, the minute's: a client that waited the cap's 1 s
+/// would be refused again (the Redis backend answers the same).
+#[tokio::test]
+async fn a_busy_key_with_a_spent_request_limit_is_told_the_longer_wait() {
+    let app = spawn_with_keys(
+        "[keys.team-a.limits]\nconcurrent_requests = 1\nrequests_per_minute = 1\n",
+    )
+    .await;
+    let running = held_stream(&app, Some("sk-a"), "kimi-k2.6", "g").await;
+    let refused = app
+        .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(refused.status(), 429);
+    let wait_ms: u64 = refused.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait_ms > 50_000, "{wait_ms} ms");
+    let error = error_of(refused).await;
+    assert_eq!(error["code"], "requests_per_minute", "{error}");
+    app.mock.release("g", 10);
+    drop(running);
+}
