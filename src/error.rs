@@ -145,6 +145,10 @@ pub struct ErrorDetails {
     /// The refusing limit's headroom (none left, and when it will let the
     /// request through), for the `x-ratelimit-*` fields.
     pub limit_window: Option<crate::limits::Snapshot>,
+    /// The headroom of the provider's own limits when the attempt that
+    /// failed with this error was admitted: the error is that provider's
+    /// answer, so its scope counts in the answer's `x-ratelimit-*` fields.
+    pub attempt_window: Option<crate::limits::Snapshot>,
     /// `code` is a provider's, which it sent as a JSON number: clients get
     /// it as one.
     pub code_is_number: bool,

@@ -227,10 +227,19 @@ impl Admission {
         refused
     }
 
-    /// An attempt that failed before any answer: its tokens go back.
-    pub fn refund(mut self) {
+    /// The limits of a provider attempt that failed, as they stood when it
+    /// was admitted, held as an admission of nothing so that
+    /// [`Admission::finish`] counts them among the scopes of the error the
+    /// attempt answered with.
+    pub fn failed_attempt(window: Snapshot) -> Admission {
+        Admission::new(Hold::None, 0, window)
+    }
+
+    /// An attempt that failed before any answer: its tokens go back. The
+    /// headroom it saw is returned, for the error's `x-ratelimit-*` fields.
+    pub fn refund(mut self) -> Snapshot {
         *self.sent.get_mut() = false;
-        drop(self);
+        self.snapshot
     }
 
     /// The request is going to a provider: from now on, an admission

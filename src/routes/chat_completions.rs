@@ -282,8 +282,11 @@ async fn route_and_forward<'c>(
             }
             match upstream::forward(target, chat, ctx, own_time_since).await {
                 Ok(forwarded) => Ok((forwarded, slot)),
-                Err(err) => {
-                    slot.refund();
+                Err(mut err) => {
+                    let window = slot.refund();
+                    if !window.is_empty() {
+                        err.details_mut().attempt_window = Some(window);
+                    }
                     log_failed_attempt(ctx.request_id, target, &err);
                     Err(err)
                 }
@@ -317,12 +320,13 @@ async fn route_and_forward<'c>(
         )) => (response, fields, Some(info), Some(slot)),
         Err(mut err) => {
             // The last attempt's provider limits refused it: those limits
-            // are the answer's `x-ratelimit-*` fields.
-            let refused = err
-                .details
-                .as_mut()
-                .and_then(|d| d.limit_window.take())
-                .map(Admission::refused);
+            // are the answer's `x-ratelimit-*` fields. Or it was admitted
+            // and failed: its limits count among the answer's scopes.
+            let details = err.details.as_mut();
+            let refused = details.and_then(|d| {
+                let refused = d.limit_window.take().map(Admission::refused);
+                refused.or_else(|| d.attempt_window.take().map(Admission::failed_attempt))
+            });
             (
                 err.into_response(),
                 WireFields::default(),

@@ -312,3 +312,28 @@ async fn a_request_refusal_names_the_limit_spent_longest() {
         .await;
     }
 }
+
+/// An error a provider answered with, after its limits admitted the
+/// attempt, carries that provider's window among the request's scopes as
+/// a success would: here the tightest, 10 requests a minute with each
+/// attempt taken from it (three per request), not the key's 100.
+#[tokio::test]
+async fn a_providers_error_answer_shows_the_providers_window() {
+    for key_limits in ["[keys.team-a.limits]\nrequests_per_minute = 100\n", ""] {
+        let app = spawn_with_keys(&format!(
+            "{key_limits}\n[limits.providers.agentsflare]\nrequests_per_minute = 10\n"
+        ))
+        .await;
+        let failed = app
+            .chat_as(
+                "sk-a",
+                chat_body("agentsflare/kimi-k2.6", "[mock error=server]", false),
+            )
+            .await;
+        assert_eq!(failed.status(), 500);
+        let h = failed.headers();
+        assert_eq!(h["x-gateway-attempts"], "3", "{h:?}");
+        assert_eq!(h["x-ratelimit-limit-requests"], "10", "{h:?}");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "7", "{h:?}");
+    }
+}
