@@ -44,6 +44,10 @@ pub fn limit_spec(
     // Request counts are held in 32 bits: a larger value (often written to
     // mean "unlimited") is held at the largest, which is in effect none.
     let small = |v: Option<u64>| v.map(|n| NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32));
+    // Token counts past 10^12 (a minute's refill would be many tokens per
+    // nanosecond, and Redis's Lua numbers are exact to 2^53 only) are held
+    // there: in effect no limit too.
+    let tokens = |v: Option<u64>| v.and_then(|n| NonZeroU64::new(n.min(MAX_TOKEN_LIMIT)));
     let rpm = positive(file.requests_per_minute, "requests_per_minute");
     let rpd = positive(file.requests_per_day, "requests_per_day");
     let tpm = positive(file.tokens_per_minute, "tokens_per_minute");
@@ -52,11 +56,14 @@ pub fn limit_spec(
     LimitSpec {
         requests_per_minute: small(rpm).flatten(),
         requests_per_day: small(rpd).flatten(),
-        tokens_per_minute: tpm.and_then(NonZeroU64::new),
-        tokens_per_day: tpd.and_then(NonZeroU64::new),
+        tokens_per_minute: tokens(tpm),
+        tokens_per_day: tokens(tpd),
         concurrent_requests: small(concurrent).flatten(),
     }
 }
+
+/// The largest token limit kept; a larger one is held at this.
+pub const MAX_TOKEN_LIMIT: u64 = 1_000_000_000_000;
 
 /// `[limits]`; `providers` are the configured provider names.
 pub fn limit_settings(
@@ -316,7 +323,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_limit_beyond_32_bits_is_held_at_the_largest() {
+    fn a_limit_beyond_what_is_counted_is_held_at_the_largest() {
         let file = LimitSpecFile {
             requests_per_day: Some(100_000_000_000),
             concurrent_requests: Some(u64::from(u32::MAX)),
@@ -329,6 +336,15 @@ mod tests {
         assert_eq!(spec.requests_per_day.map(u32::from), Some(u32::MAX));
         assert_eq!(spec.concurrent_requests.map(u32::from), Some(u32::MAX));
         assert_eq!(spec.tokens_per_day.map(u64::from), Some(100_000_000_000));
+        let file = LimitSpecFile {
+            tokens_per_minute: Some(i64::MAX as u64),
+            tokens_per_day: Some(MAX_TOKEN_LIMIT + 1),
+            ..LimitSpecFile::default()
+        };
+        let spec = limit_spec(&file, "limits.global", &mut problems);
+        assert!(problems.is_empty());
+        assert_eq!(spec.tokens_per_minute.map(u64::from), Some(MAX_TOKEN_LIMIT));
+        assert_eq!(spec.tokens_per_day.map(u64::from), Some(MAX_TOKEN_LIMIT));
     }
 
     #[test]
