@@ -31,7 +31,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(state: AppState) -> Arc<Gateway> {
         Arc::new(Gateway {
-            router: routes(state.clone()),
+            router: api_router(state.clone()),
             state,
         })
     }
@@ -124,7 +124,7 @@ impl Gateway {
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 
-fn routes(state: AppState) -> Router {
+fn api_router(state: AppState) -> Router {
     let mut router = Router::new();
     // With a separate metrics address, /metrics stays off the public side.
     if state.config().metrics_listen.is_none() {
@@ -182,7 +182,7 @@ fn internal_error() -> Response {
 /// The router of the separate metrics listener (`server.metrics_listen`):
 /// metrics, and the health probes too, which there are answered even while
 /// the main listener is at `server.max_connections`.
-pub fn build_metrics_router(state: AppState) -> Router {
+pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(health::healthz))

@@ -205,7 +205,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     if let Some(addr) = metrics_listen {
         let listener = kimi_gateway::listener::bind(addr)?;
         tracing::info!(listen = %addr, "metrics on a separate listener");
-        let router = kimi_gateway::app::build_metrics_router(state.clone());
+        let router = kimi_gateway::app::metrics_router(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
     }
     tracing::info!(listen = %listener.local_addr()?, config = %fingerprint, "kimi-gateway listening");

@@ -163,7 +163,7 @@ pub fn resolve_reusing(
     // Routes are built before the checks end: keys name the models they may use.
     let mut breakers = BreakerRegistry::new(breaker, previous.map(|p| &p.breakers));
     let routes = RouteTable::build(&providers, &aliases, &mut breakers);
-    breakers.finish();
+    breakers.drop_unclaimed();
     let mut registry = ScopeRegistry::new(previous.map(|p| p.limits.registry()));
     let keys = client_keys(
         parsed.keys,

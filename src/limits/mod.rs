@@ -82,7 +82,7 @@ impl Limits {
                 Some((name.as_str().into(), scope))
             })
             .collect();
-        registry.finish();
+        registry.drop_unclaimed();
         let backend = match settings.redis {
             None => Backend::Local,
             Some(redis) => match previous.map(|p| &p.backend) {

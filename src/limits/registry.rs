@@ -61,7 +61,7 @@ impl ScopeRegistry {
     }
 
     /// Drops what was not taken over.
-    pub fn finish(&mut self) {
+    pub fn drop_unclaimed(&mut self) {
         self.inherited.clear();
     }
 }
@@ -80,7 +80,7 @@ mod tests {
         let mut first = ScopeRegistry::new(None);
         let a = first.scope(ScopeKind::Key, "a", "", spec).unwrap();
         let b = first.scope(ScopeKind::Key, "b", "", spec).unwrap();
-        first.finish();
+        first.drop_unclaimed();
         let mut second = ScopeRegistry::new(Some(&first));
         let a2 = second.scope(ScopeKind::Key, "a", "", spec).unwrap();
         let changed = LimitSpec {

@@ -111,10 +111,10 @@ impl Breaker {
             cooldown_ms: AtomicU64::new(settings.cooldown.as_millis() as u64),
             ..Circuit::default()
         };
-        Breaker::over(settings, label, Arc::new(circuit))
+        Breaker::resuming(settings, label, Arc::new(circuit))
     }
 
-    fn over(settings: BreakerSettings, label: &str, circuit: Arc<Circuit>) -> Self {
+    fn resuming(settings: BreakerSettings, label: &str, circuit: Arc<Circuit>) -> Self {
         Breaker {
             settings,
             label: label.into(),
@@ -386,7 +386,7 @@ impl BreakerRegistry {
             return existing.clone();
         }
         let breaker = match self.inherited.remove(identity) {
-            Some(circuit) => Breaker::over(self.settings, label, circuit),
+            Some(circuit) => Breaker::resuming(self.settings, label, circuit),
             None => Breaker::named(self.settings, label),
         };
         let breaker = Arc::new(breaker);
@@ -396,7 +396,7 @@ impl BreakerRegistry {
     }
 
     /// Drops what was not reused.
-    pub fn finish(&mut self) {
+    pub fn drop_unclaimed(&mut self) {
         self.inherited.clear();
     }
 }
@@ -566,7 +566,7 @@ mod tests {
     /// The breaker of `b`'s circuit under new settings, as a reload that
     /// changes `[breaker]` makes it.
     fn retuned(b: &Breaker, settings: BreakerSettings) -> Breaker {
-        Breaker::over(settings, &b.label, b.circuit.clone())
+        Breaker::resuming(settings, &b.label, b.circuit.clone())
     }
 
     #[test]

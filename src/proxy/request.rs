@@ -177,18 +177,18 @@ impl ChatRequest {
     /// Peeks `model`, `messages`, `stream`, `stream_options` and the token
     /// cap of a whole body in one call, for tests and benchmarks. The
     /// gateway itself scans each frame as it arrives
-    /// ([`ChatRequest::scanned`]); never scan a body twice.
+    /// ([`ChatRequest::from_scan`]); never scan a body twice.
     pub fn peek(body: impl Into<BodyPieces>) -> Result<Self, GatewayError> {
         let body = body.into();
         let mut scan = RequestScan::default();
         for piece in body.pieces() {
             scan.feed(piece);
         }
-        Self::scanned(body, scan).map_err(|refused| refused.error)
+        Self::from_scan(body, scan).map_err(|refused| refused.error)
     }
 
     /// The request in `body`, which `scan` has been fed in full.
-    pub fn scanned(body: BodyPieces, scan: RequestScan) -> Result<Self, Box<Refused>> {
+    pub fn from_scan(body: BodyPieces, scan: RequestScan) -> Result<Self, Box<Refused>> {
         let RequestScan { scan, fields } = scan;
         scan.finish().map_err(|err| {
             GatewayError::invalid_request(format!(
@@ -415,7 +415,7 @@ impl UpstreamBody {
     }
 }
 
-/// What [`ChatRequest::scanned`] reads besides the model.
+/// What [`ChatRequest::from_scan`] reads besides the model.
 struct Rest {
     stream: bool,
     include_usage: bool,
@@ -784,7 +784,7 @@ mod tests {
             for piece in body.pieces() {
                 scan.feed(piece);
             }
-            let refused = ChatRequest::scanned(body, scan).unwrap_err();
+            let refused = ChatRequest::from_scan(body, scan).unwrap_err();
             refused.model.map(|m| (m.name.to_string(), m.stream))
         };
         for body in [

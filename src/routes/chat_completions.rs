@@ -51,7 +51,7 @@ where
         Ok(body) => body,
         Err(err) => return (err.into_response(), Handled::default()),
     };
-    let chat = match ChatRequest::scanned(body, scan) {
+    let chat = match ChatRequest::from_scan(body, scan) {
         Ok(chat) => chat,
         Err(refused) => {
             // Counted under the route the model names, when it names one;

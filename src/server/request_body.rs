@@ -2,8 +2,8 @@
 //! with its head (nearly every chat request) is handed over whole, a slice
 //! of the connection's read buffer. A longer or trickled one is read by the
 //! connection while the handler waits for it: the handler asks for a frame,
-//! the connection reads and decodes one and puts it in a slot they share.
-//! Both run in the connection's task, so the slot's lock is never contended
+//! the connection reads and decodes one and puts it in a handoff they share.
+//! Both run in the connection's task, so the handoff's lock is never contended
 //! and nobody needs waking.
 
 use bytes::Bytes;
@@ -19,9 +19,9 @@ pub struct RequestBody {
 enum Kind {
     /// The whole body (or nothing left of it).
     Whole(Option<Bytes>),
-    /// Frames put in the slot by the connection as the handler asks.
+    /// Frames put in the handoff by the connection as the handler asks.
     Read {
-        slot: Arc<Slot>,
+        handoff: Arc<FrameHandoff>,
         length: Option<u64>,
     },
 }
@@ -70,15 +70,15 @@ impl BodyError {
 
 /// What the connection and a body being read share.
 #[derive(Default)]
-pub struct Slot {
-    state: Mutex<SlotState>,
+pub struct FrameHandoff {
+    state: Mutex<HandoffState>,
 }
 
 #[derive(Default)]
-struct SlotState {
+struct HandoffState {
     frame: Option<Bytes>,
     end: Option<Result<(), BodyError>>,
-    /// The handler asked for a frame and the slot had none.
+    /// The handler asked for a frame and the handoff had none.
     wanted: bool,
     /// Who asked, when it is not the connection's task itself.
     waker: Option<Waker>,
@@ -97,49 +97,49 @@ impl RequestBody {
         }
     }
 
-    /// A body the connection reads into `slot` as it is asked for;
+    /// A body the connection reads into `handoff` as it is asked for;
     /// `length` when the client declared it.
-    pub fn read_into(slot: Arc<Slot>, length: Option<u64>) -> RequestBody {
+    pub fn read_into(handoff: Arc<FrameHandoff>, length: Option<u64>) -> RequestBody {
         RequestBody {
-            kind: Kind::Read { slot, length },
+            kind: Kind::Read { handoff, length },
         }
     }
 }
 
-impl Slot {
-    /// A slot whose body has already ended with `err`: none of it will be
+impl FrameHandoff {
+    /// A handoff whose body has already ended with `err`: none of it will be
     /// read.
-    pub fn ended(err: BodyError) -> Slot {
-        Slot {
-            state: Mutex::new(SlotState {
+    pub fn ended(err: BodyError) -> FrameHandoff {
+        FrameHandoff {
+            state: Mutex::new(HandoffState {
                 end: Some(Err(err)),
-                ..SlotState::default()
+                ..HandoffState::default()
             }),
         }
     }
 
     /// The handler is waiting for a frame the connection has not read yet.
     pub fn is_wanted(&self) -> bool {
-        let state = self.state.lock().expect("slot lock");
+        let state = self.state.lock().expect("handoff lock");
         state.wanted && state.frame.is_none() && state.end.is_none()
     }
 
     /// Hands over the next frame; `cx` is the connection's, whose own
     /// task needs no wake (it polls the handler again itself).
     pub fn put(&self, frame: Bytes, cx: &Context<'_>) {
-        let mut state = self.state.lock().expect("slot lock");
+        let mut state = self.state.lock().expect("handoff lock");
         state.frame = Some(frame);
         Self::hand_over(state, cx);
     }
 
     /// The body ended, or could not be read.
     pub fn end(&self, result: Result<(), BodyError>, cx: &Context<'_>) {
-        let mut state = self.state.lock().expect("slot lock");
+        let mut state = self.state.lock().expect("handoff lock");
         state.end = Some(result);
         Self::hand_over(state, cx);
     }
 
-    fn hand_over(mut state: std::sync::MutexGuard<'_, SlotState>, cx: &Context<'_>) {
+    fn hand_over(mut state: std::sync::MutexGuard<'_, HandoffState>, cx: &Context<'_>) {
         state.wanted = false;
         let waker = state.waker.take();
         drop(state);
@@ -159,8 +159,8 @@ impl http_body::Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Read { slot, .. } => {
-                let mut state = slot.state.lock().expect("slot lock");
+            Kind::Read { handoff, .. } => {
+                let mut state = handoff.state.lock().expect("handoff lock");
                 if let Some(frame) = state.frame.take() {
                     return Poll::Ready(Some(Ok(Frame::data(frame))));
                 }
@@ -192,8 +192,8 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Whole(bytes) => bytes.is_none(),
-            Kind::Read { slot, .. } => {
-                let state = slot.state.lock().expect("slot lock");
+            Kind::Read { handoff, .. } => {
+                let state = handoff.state.lock().expect("handoff lock");
                 state.frame.is_none() && matches!(state.end, Some(Ok(())))
             }
         }
@@ -232,20 +232,20 @@ mod tests {
 
     #[test]
     fn a_read_body_asks_and_the_connection_answers() {
-        let slot = Arc::new(Slot::default());
-        let mut body = RequestBody::read_into(slot.clone(), Some(5));
+        let handoff = Arc::new(FrameHandoff::default());
+        let mut body = RequestBody::read_into(handoff.clone(), Some(5));
         let cx = &mut Context::from_waker(Waker::noop());
-        assert!(!slot.is_wanted(), "nothing asked yet");
+        assert!(!handoff.is_wanted(), "nothing asked yet");
         assert!(Pin::new(&mut body).poll_frame(cx).is_pending());
-        assert!(slot.is_wanted());
-        slot.put(Bytes::from_static(b"ab"), cx);
-        assert!(!slot.is_wanted());
+        assert!(handoff.is_wanted());
+        handoff.put(Bytes::from_static(b"ab"), cx);
+        assert!(!handoff.is_wanted());
         let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(cx) else {
             panic!("a frame");
         };
         assert_eq!(frame.into_data().unwrap(), "ab");
         assert!(Pin::new(&mut body).poll_frame(cx).is_pending());
-        slot.end(Err(BodyError("cut short")), cx);
+        handoff.end(Err(BodyError("cut short")), cx);
         let Poll::Ready(Some(Err(err))) = Pin::new(&mut body).poll_frame(cx) else {
             panic!("the error");
         };
@@ -263,14 +263,14 @@ mod tests {
         }
         let flag = Arc::new(Flag(false.into()));
         let reader_waker = Waker::from(flag.clone());
-        let slot = Arc::new(Slot::default());
-        let mut body = RequestBody::read_into(slot.clone(), None);
+        let handoff = Arc::new(FrameHandoff::default());
+        let mut body = RequestBody::read_into(handoff.clone(), None);
         assert!(
             Pin::new(&mut body)
                 .poll_frame(&mut Context::from_waker(&reader_waker))
                 .is_pending()
         );
-        slot.end(Ok(()), &Context::from_waker(Waker::noop()));
+        handoff.end(Ok(()), &Context::from_waker(Waker::noop()));
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
         assert!(body.is_end_stream());
     }

@@ -202,10 +202,9 @@ async fn a_stream_ends_at_done_though_the_provider_keeps_its_body_open() {
 /// would be refused again (the Redis backend answers the same).
 #[tokio::test]
 async fn a_busy_key_with_a_spent_request_limit_is_told_the_longer_wait() {
-    let app = spawn_with_keys(
-        "[keys.team-a.limits]\nconcurrent_requests = 1\nrequests_per_minute = 1\n",
-    )
-    .await;
+    let app =
+        spawn_with_keys("[keys.team-a.limits]\nconcurrent_requests = 1\nrequests_per_minute = 1\n")
+            .await;
     let running = held_stream(&app, Some("sk-a"), "kimi-k2.6", "g").await;
     let refused = app
         .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))

@@ -382,7 +382,7 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
     assert_eq!(main.status(), 404);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = kimi_gateway::app::build_metrics_router(app.state.clone());
+    let router = kimi_gateway::app::metrics_router(app.state.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
     let text = app
         .client

@@ -13,7 +13,7 @@
 
 use super::connection_cap::OpenConnection;
 use super::output::Output;
-use super::request_body::{BodyError, RequestBody, Slot};
+use super::request_body::{BodyError, FrameHandoff, RequestBody};
 use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::ConnectionHeader;
 use crate::app::Gateway;
@@ -178,7 +178,7 @@ enum After {
 
 /// A request body the connection reads as the handler asks.
 struct BodyReading {
-    slot: Arc<Slot>,
+    handoff: Arc<FrameHandoff>,
     framing: Framing,
     /// Bytes of `100 Continue` written, while one is owed.
     continue_owed: Option<usize>,
@@ -336,12 +336,12 @@ impl Connection {
                     .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
                     .unwrap_or(0);
                 let claim = gateway.state().body_budget.claim(declared, total);
-                let slot = Arc::new(match claim {
-                    Some(_) => Slot::default(),
-                    None => Slot::ended(BodyError::NO_ROOM),
+                let handoff = Arc::new(match claim {
+                    Some(_) => FrameHandoff::default(),
+                    None => FrameHandoff::ended(BodyError::NO_ROOM),
                 });
                 reading = Some(BodyReading {
-                    slot: slot.clone(),
+                    handoff: handoff.clone(),
                     framing,
                     continue_owed: expect_continue.then_some(0),
                     stalled_since: None,
@@ -353,7 +353,7 @@ impl Connection {
                     claim,
                     received: 0,
                 });
-                RequestBody::read_into(slot, framing.remaining())
+                RequestBody::read_into(handoff, framing.remaining())
             }
         };
         let id = request_id(&parts.headers, gateway.state());
@@ -460,7 +460,7 @@ impl Connection {
             if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
-            let Some(body) = reading.as_deref_mut().filter(|r| r.slot.is_wanted()) else {
+            let Some(body) = reading.as_deref_mut().filter(|r| r.handoff.is_wanted()) else {
                 return self.poll_client_left(cx).map(|()| None);
             };
             if let Some(sent) = &mut body.continue_owed {
@@ -495,23 +495,23 @@ impl Connection {
                             body.progress = 0;
                             body.stalled_since = None;
                         }
-                        body.slot.put(frame, cx);
+                        body.handoff.put(frame, cx);
                         if body.framing.remaining() == Some(0) {
                             // The last frame: the handler sees the end
                             // with it, without asking again.
-                            body.slot.end(Ok(()), cx);
+                            body.handoff.end(Ok(()), cx);
                         }
                         continue 'handler;
                     }
                     Ok(Decoded::End) => {
-                        body.slot.end(Ok(()), cx);
+                        body.handoff.end(Ok(()), cx);
                         continue 'handler;
                     }
                     Ok(Decoded::NeedMore) => {
                         let announced = body.framing.announced();
                         let needed = body.received.saturating_add(announced);
                         if needed > body.limit {
-                            body.slot.end(Err(BodyError::TOO_LARGE), cx);
+                            body.handoff.end(Err(BodyError::TOO_LARGE), cx);
                             continue 'handler;
                         }
                         if needed > UNCOUNTED_BODY
@@ -520,7 +520,7 @@ impl Connection {
                                 .as_mut()
                                 .is_some_and(|claim| claim.grow_to(needed, body.total))
                         {
-                            body.slot.end(Err(BodyError::NO_ROOM), cx);
+                            body.handoff.end(Err(BodyError::NO_ROOM), cx);
                             continue 'handler;
                         }
                         let room = match body.framing.remaining() {
@@ -550,7 +550,7 @@ impl Connection {
                                 } else {
                                     return Poll::Pending;
                                 };
-                                body.slot.end(Err(error), cx);
+                                body.handoff.end(Err(error), cx);
                                 continue 'handler;
                             }
                         }
@@ -564,7 +564,7 @@ impl Connection {
                             crate::client::UpstreamError::InvalidBody(what) => BodyError(what),
                             _ => BodyError("invalid chunked body"),
                         };
-                        body.slot.end(Err(error), cx);
+                        body.handoff.end(Err(error), cx);
                         continue 'handler;
                     }
                 }
