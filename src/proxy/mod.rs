@@ -3,7 +3,6 @@
 
 pub mod body_pieces;
 pub mod breaker;
-pub mod event_align;
 pub mod failover;
 pub mod headers;
 mod json_mend;
@@ -12,7 +11,6 @@ pub mod key_redaction;
 pub mod normalize;
 pub mod provider_errors;
 pub mod provider_wait;
-mod relay_waits;
 pub mod request;
 pub mod route;
 pub mod sse;

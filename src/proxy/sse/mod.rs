@@ -7,17 +7,17 @@
 //! scanning bytes and parsing only the event that holds it.
 
 mod after_done;
+mod event_align;
 mod gather;
 mod inspect;
+mod relay_waits;
 mod unended_done;
 use crate::error::code;
 use unended_done::BodyNow;
 
 use super::breaker::Breaker;
-pub use super::event_align::EventAligner;
 use super::failover::{Verdict, classify};
 use super::normalize::ChunkIdentity;
-use super::relay_waits::RelayWaits;
 use super::sse_events::first_event_start;
 use super::sse_lines::first_event_over;
 use super::stream_stats::{StreamEnd, StreamStats};
@@ -25,9 +25,11 @@ use super::usage::UsageReport;
 use crate::error::GatewayError;
 use after_done::read_rest_in_background;
 use bytes::Bytes;
+pub use event_align::EventAligner;
 use futures_util::Stream;
 use http::StatusCode;
 use prometheus::{Histogram, IntGauge};
+use relay_waits::RelayWaits;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;

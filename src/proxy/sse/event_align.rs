@@ -3,7 +3,7 @@
 //! comments or an error event can always be inserted cleanly. Reads that end
 //! on a boundary (the common case) pass through without a copy.
 
-use super::sse_lines::last_event_end;
+use crate::proxy::sse_lines::last_event_end;
 use bytes::{Bytes, BytesMut};
 
 /// Splits incoming bytes at the last complete event boundary.
