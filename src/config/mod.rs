@@ -2,6 +2,7 @@
 //! variables, validated whole into one immutable [`Config`] snapshot.
 
 mod aliases;
+mod base_url;
 pub mod bounded_file;
 mod discovered;
 mod env_name;

@@ -5,7 +5,7 @@ use super::aliases::alias_specs;
 use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
-use super::providers::{AbsentProviders, build_provider, merge, preset_drafts};
+use super::providers::{AbsentProviders, build_provider, merge_provider_table, preset_drafts};
 use super::settings::{breaker_settings, retry_settings, seconds, seconds_or_off};
 use super::{
     Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
@@ -123,7 +123,7 @@ pub fn resolve_reusing(
 
     let mut drafts = preset_drafts();
     for (name, file) in parsed.providers {
-        merge(&mut drafts, name, file, &mut problems);
+        merge_provider_table(&mut drafts, name, file, &mut problems);
     }
 
     let mut fingerprint = Sha256::new();
