@@ -195,7 +195,7 @@ async fn list_models(provider: &Provider, secrets: &[String]) -> Result<Vec<Stri
         header_line(head, &header::AUTHORIZATION, key.header.as_bytes());
         header_line(head, &header::ACCEPT, b"application/json");
         header_line(head, &header::ACCEPT_ENCODING, b"identity");
-        let agent = crate::proxy::upstream::USER_AGENT;
+        let agent = crate::proxy::upstream_head::USER_AGENT;
         header_line(head, &header::USER_AGENT, agent.as_bytes());
         head.extend_from_slice(b"\r\n");
     };

@@ -376,7 +376,7 @@ pub fn build_provider(
     }
     let chat_url = chat_url?;
     for key in &mut keys {
-        key.request_head = crate::proxy::upstream::fixed_request_head(
+        key.request_head = crate::proxy::upstream_head::fixed_request_head(
             &chat_url.path,
             &chat_url.host,
             &headers,

@@ -19,6 +19,8 @@ pub mod sse_lines;
 pub mod stream_stats;
 pub mod string_stop;
 pub mod upstream;
+mod upstream_errors;
+pub mod upstream_head;
 pub mod usage;
 mod usage_event;
 mod usage_flat;

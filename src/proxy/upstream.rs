@@ -1,8 +1,10 @@
-//! One exchange with one provider: build the upstream request (provider key,
-//! spliced body, request id), send it under the provider's timeouts, and turn
-//! the answer into the client's response or a [`GatewayError`].
+//! One exchange with one provider: send the request (its head from
+//! [`super::upstream_head`], the spliced body) under the provider's
+//! timeouts, and turn the answer into the client's response or a
+//! [`GatewayError`] ([`super::upstream_errors`]); a 2xx that carries an
+//! error instead of an answer is that error.
 
-use super::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, copy_response_headers, provider_request_id};
+use super::headers::{X_ACCEL_BUFFERING, copy_response_headers};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, ERROR_BODY_WAIT, MAX_ERROR_BODY};
 use super::provider_wait::{self, AskedWait};
@@ -10,8 +12,12 @@ use super::request::ChatRequest;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
+use super::upstream_errors::{
+    body_error, compressed_answer, timeout, too_large, transport_error, with_provider_request_id,
+};
+use super::upstream_head::per_request_head;
 use super::usage::{Usage, find_body_usage};
-use crate::client::{ClientError, PooledBody, UpstreamError, header_line, request_line};
+use crate::client::{PooledBody, UpstreamError};
 use crate::error::GatewayError;
 use crate::error::code;
 use crate::metric_series::TargetSeries;
@@ -425,192 +431,6 @@ async fn read_limited(response: PooledBody, deadline: Instant, limit: usize) -> 
     body
 }
 
-fn timeout(provider: &crate::config::Provider, phase: &str, started: Instant) -> GatewayError {
-    GatewayError::server(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!(
-            "timed out after {:.1?} waiting for {phase} from provider {}",
-            started.elapsed(),
-            provider.name
-        ),
-    )
-    .with_code(code::UPSTREAM_TIMEOUT)
-}
-
-fn transport_error(provider: &crate::config::Provider, err: &ClientError) -> GatewayError {
-    if err.is_local_exhaustion() {
-        return GatewayError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the gateway could not open a connection to provider {}: {err}",
-                provider.name
-            ),
-        )
-        .with_code(code::GATEWAY_OUT_OF_RESOURCES)
-        .with_retry_after(Some(http::HeaderValue::from_static("1")));
-    }
-    if let ClientError::Exchange(
-        err @ (crate::client::UpstreamError::InvalidHead(_)
-        | crate::client::UpstreamError::HeadTooLarge),
-    ) = err
-    {
-        return bad_response(provider, err);
-    }
-    let (status, what, error_code) = if err.is_timeout() {
-        (
-            StatusCode::GATEWAY_TIMEOUT,
-            "timed out connecting to",
-            code::UPSTREAM_TIMEOUT,
-        )
-    } else if err.is_connect() {
-        (
-            StatusCode::BAD_GATEWAY,
-            "could not connect to",
-            code::UPSTREAM_UNREACHABLE,
-        )
-    } else {
-        (
-            StatusCode::BAD_GATEWAY,
-            "connection failed to",
-            code::UPSTREAM_UNREACHABLE,
-        )
-    };
-    GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
-        .with_code(error_code)
-}
-
-/// A provider's answer that could not be read as HTTP: reached, but broken.
-pub(super) fn bad_response(
-    provider: &crate::config::Provider,
-    err: &crate::client::UpstreamError,
-) -> GatewayError {
-    GatewayError::server(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "provider {} sent a response that is not valid HTTP: {}",
-            provider.name,
-            crate::client::describe(err)
-        ),
-    )
-    .with_code(code::UPSTREAM_BAD_RESPONSE)
-}
-
-/// A 2xx answer compressed though the request asked for `identity`: its
-/// events and usage cannot be read, nor can it be passed on as the JSON or
-/// event stream it says it is. The coding is named when it is one (a short
-/// token; the value is the provider's, and could quote anything).
-fn compressed_answer(
-    provider: &crate::config::Provider,
-    status: StatusCode,
-    field: &str,
-    coding: &[u8],
-) -> GatewayError {
-    let token = coding.len() <= 32
-        && coding
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b));
-    let named = match token {
-        true => format!(" ({field}: {})", String::from_utf8_lossy(coding)),
-        false => format!(" ({field})"),
-    };
-    GatewayError::server(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "provider {} answered HTTP {} with a compressed body{named}, though asked for none",
-            provider.name,
-            status.as_u16()
-        ),
-    )
-    .with_code(code::UPSTREAM_BAD_RESPONSE)
-}
-
-fn body_error(
-    provider: &crate::config::Provider,
-    err: &crate::client::UpstreamError,
-) -> GatewayError {
-    if let crate::client::UpstreamError::InvalidBody(_) = err {
-        return bad_response(provider, err);
-    }
-    GatewayError::server(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "connection to provider {} failed while reading the response: {}",
-            provider.name,
-            crate::client::describe(err)
-        ),
-    )
-    .with_code(code::UPSTREAM_UNREACHABLE)
-}
-
-/// A provider's answer, or one of its stream events, over
-/// `server.max_response_bytes`.
-pub fn too_large(provider: &crate::config::Provider, limit: usize) -> GatewayError {
-    GatewayError::server(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "provider {} sent more than {limit} bytes in one answer or stream event (server.max_response_bytes)",
-            provider.name
-        ),
-    )
-    .with_code(code::UPSTREAM_RESPONSE_TOO_LARGE)
-}
-
-/// `err`, a failed attempt's, naming the provider's request id from its
-/// response head, when there is one: a header's id wins over one the body
-/// gave (AI/ML API's `requestId`), and it never carries the key.
-fn with_provider_request_id(
-    mut err: GatewayError,
-    headers: &crate::client::Headers,
-    provider: &crate::config::Provider,
-) -> GatewayError {
-    if let Some(id) = provider_request_id(headers).and_then(|id| headers.shared_value(id)) {
-        let id = super::key_redaction::redacted_value(id, provider);
-        err.details_mut().upstream_request_id = Some(id);
-    }
-    err
-}
-
-/// The head's lines that change with each request (its length, what it
-/// accepts, its id) after the key's fixed ones, and the blank line.
-fn per_request_head(head: &mut Vec<u8>, length: u64, accept: &str, request_id: &HeaderValue) {
-    let mut digits = itoa::Buffer::new();
-    header_line(
-        head,
-        &header::CONTENT_LENGTH,
-        digits.format(length).as_bytes(),
-    );
-    header_line(head, &header::ACCEPT, accept.as_bytes());
-    header_line(head, &X_REQUEST_ID, request_id.as_bytes());
-    head.extend_from_slice(b"\r\n");
-}
-
-/// The start of every chat request to a provider with one of its keys,
-/// encoded once: the request line, `Host`, the provider's configured
-/// headers, the key, the content type, identity encoding and the
-/// gateway's user agent. [`per_request_head`] ends it.
-pub fn fixed_request_head(
-    path: &http::Uri,
-    host: &HeaderValue,
-    configured: &http::HeaderMap,
-    authorization: &HeaderValue,
-) -> bytes::Bytes {
-    let mut head = Vec::with_capacity(256);
-    let target = path.path_and_query().map_or("/", |p| p.as_str());
-    request_line(&mut head, &http::Method::POST, target);
-    header_line(&mut head, &header::HOST, host.as_bytes());
-    for (name, value) in configured {
-        header_line(&mut head, name, value.as_bytes());
-    }
-    header_line(&mut head, &header::AUTHORIZATION, authorization.as_bytes());
-    header_line(&mut head, &header::CONTENT_TYPE, b"application/json");
-    header_line(&mut head, &header::ACCEPT_ENCODING, b"identity");
-    header_line(&mut head, &header::USER_AGENT, USER_AGENT.as_bytes());
-    head.into()
-}
-
-/// The `User-Agent` of every request to a provider.
-pub const USER_AGENT: &str = concat!("kimi-gateway/", env!("CARGO_PKG_VERSION"));
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,40 +504,5 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-    }
-
-    #[test]
-    fn the_request_head_is_the_fixed_lines_then_this_requests_own() {
-        let mut configured = http::HeaderMap::new();
-        configured.insert("x-project", HeaderValue::from_static("p1"));
-        let fixed = fixed_request_head(
-            &http::Uri::from_static("/v1/chat/completions"),
-            &HeaderValue::from_static("api.example:8443"),
-            &configured,
-            &HeaderValue::from_static("Bearer sk-1"),
-        );
-        let mut head = fixed.to_vec();
-        per_request_head(
-            &mut head,
-            42,
-            "text/event-stream",
-            &HeaderValue::from_static("req_1"),
-        );
-        let expected = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: api.example:8443\r\nx-project: p1\r\n\
-             authorization: Bearer sk-1\r\ncontent-type: application/json\r\n\
-             accept-encoding: identity\r\nuser-agent: {USER_AGENT}\r\ncontent-length: 42\r\n\
-             accept: text/event-stream\r\nx-request-id: req_1\r\n\r\n"
-        );
-        assert_eq!(String::from_utf8(head).unwrap(), expected);
-        // What the provider parses is what was meant.
-        let mut slots = [httparse::EMPTY_HEADER; 16];
-        let mut request = httparse::Request::new(&mut slots);
-        let bytes = expected.as_bytes();
-        assert_eq!(
-            request.parse(bytes).unwrap(),
-            httparse::Status::Complete(bytes.len())
-        );
-        assert_eq!(request.headers.len(), 9);
     }
 }

@@ -21,6 +21,7 @@ use super::normalize::ChunkIdentity;
 use super::sse_events::first_event_start;
 use super::sse_lines::first_event_over;
 use super::stream_stats::{StreamEnd, StreamStats};
+use super::upstream_errors;
 use super::usage::UsageReport;
 use crate::error::GatewayError;
 use after_done::read_rest_in_background;
@@ -247,14 +248,7 @@ impl SseRelay {
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),
-            None => Err(GatewayError::server(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "provider {} ended the stream before sending any event",
-                    relay.provider.name
-                ),
-            )
-            .with_code(code::UPSTREAM_BAD_RESPONSE)),
+            None => Err(upstream_errors::no_event(&relay.provider, false)),
         }
     }
 
@@ -272,7 +266,7 @@ impl SseRelay {
         }
         if self.oversized_next {
             self.oversized_next = false;
-            let err = super::upstream::too_large(&self.provider, self.max_event_bytes);
+            let err = upstream_errors::too_large(&self.provider, self.max_event_bytes);
             return Poll::Ready(Some(Err(err)));
         }
         loop {
@@ -311,7 +305,7 @@ impl SseRelay {
                             && let Some(at) = first_event_over(&events, self.max_event_bytes)
                         {
                             if first_event_start(&events[..at]).is_none() {
-                                let err = super::upstream::too_large(
+                                let err = upstream_errors::too_large(
                                     &self.provider,
                                     self.max_event_bytes,
                                 );
@@ -370,7 +364,7 @@ impl SseRelay {
                     // Inside an event: one that never ends must not grow
                     // the gateway's memory without bound.
                     if self.aligner.pending_len() > self.max_event_bytes {
-                        let err = super::upstream::too_large(&self.provider, self.max_event_bytes);
+                        let err = upstream_errors::too_large(&self.provider, self.max_event_bytes);
                         return Poll::Ready(Some(Err(err)));
                     }
                 }
@@ -379,25 +373,11 @@ impl SseRelay {
                 Poll::Ready(Some(Err(_)) | None) if self.provider_error.is_some() => {
                     return Poll::Ready(None);
                 }
-                // Framing that cannot be read (a chunk size that is not
-                // one): the provider's answer, not the connection, failed.
-                Poll::Ready(Some(Err(err @ crate::client::UpstreamError::InvalidBody(_)))) => {
-                    return Poll::Ready(Some(Err(super::upstream::bad_response(
+                Poll::Ready(Some(Err(err))) => {
+                    return Poll::Ready(Some(Err(upstream_errors::stream_cut(
                         &self.provider,
                         &err,
                     ))));
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    let message = format!(
-                        "connection to provider {} failed mid-stream: {}",
-                        self.provider.name,
-                        crate::client::describe(&err)
-                    );
-                    return Poll::Ready(Some(Err(GatewayError::server(
-                        StatusCode::BAD_GATEWAY,
-                        message,
-                    )
-                    .with_code(code::UPSTREAM_UNREACHABLE))));
                 }
                 // The body ended inside `[DONE]`'s event: the answer is
                 // whole all the same.
@@ -408,37 +388,18 @@ impl SseRelay {
                 // Ended as its framing says, with no whole event: a
                 // stream, but not an answer.
                 Poll::Ready(None) if !self.head_sent => {
-                    let partial = if self.aligner.has_partial() {
-                        " (inside its first)"
-                    } else {
-                        ""
-                    };
-                    return Poll::Ready(Some(Err(GatewayError::server(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "provider {} ended the stream before sending any event{partial}",
-                            self.provider.name
-                        ),
-                    )
-                    .with_code(code::UPSTREAM_BAD_RESPONSE))));
+                    let inside_one = self.aligner.has_partial();
+                    return Poll::Ready(Some(Err(upstream_errors::no_event(
+                        &self.provider,
+                        inside_one,
+                    ))));
                 }
                 Poll::Ready(None) => {
-                    let partial = if self.aligner.has_partial() {
-                        " (inside an event)"
-                    } else {
-                        ""
-                    };
-                    let message = format!(
-                        "provider {} closed the stream before it was complete{partial}",
-                        self.provider.name
-                    );
-                    // A stream closed short of `[DONE]` was cut, as a
-                    // plain answer's body closed short is.
-                    return Poll::Ready(Some(Err(GatewayError::server(
-                        StatusCode::BAD_GATEWAY,
-                        message,
-                    )
-                    .with_code(code::UPSTREAM_UNREACHABLE))));
+                    let inside_one = self.aligner.has_partial();
+                    return Poll::Ready(Some(Err(upstream_errors::stream_closed_short(
+                        &self.provider,
+                        inside_one,
+                    ))));
                 }
                 Poll::Pending => {
                     // `data: [DONE]` and a bare CR, and no LF after it in
@@ -458,22 +419,11 @@ impl SseRelay {
                     }
                     if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx)
                     {
-                        let message = if self.idle_between_events {
-                            format!(
-                                "timed out waiting for provider {} (no complete stream event for {:?})",
-                                self.provider.name, self.idle
-                            )
-                        } else {
-                            format!(
-                                "timed out waiting for the first event from provider {}",
-                                self.provider.name
-                            )
-                        };
-                        return Poll::Ready(Some(Err(GatewayError::server(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            message,
-                        )
-                        .with_code(code::UPSTREAM_TIMEOUT))));
+                        return Poll::Ready(Some(Err(upstream_errors::stream_idle(
+                            &self.provider,
+                            self.idle,
+                            self.idle_between_events,
+                        ))));
                     }
                     // Comments go only between whole events, and only once the
                     // head is out: before it, a silent upstream can still fail

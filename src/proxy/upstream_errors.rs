@@ -1,0 +1,217 @@
+//! How an exchange with a provider fails, in the gateway's vocabulary: a
+//! timeout, a connection that could not be made or broke, an answer that
+//! is not HTTP or is compressed, one too large, a stream cut or silent.
+//! Each names the provider, never its key.
+
+use super::headers::provider_request_id;
+use crate::client::{ClientError, UpstreamError};
+use crate::config::Provider;
+use crate::error::{GatewayError, code};
+use http::StatusCode;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub(super) fn timeout(provider: &Provider, phase: &str, started: Instant) -> GatewayError {
+    GatewayError::server(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "timed out after {:.1?} waiting for {phase} from provider {}",
+            started.elapsed(),
+            provider.name
+        ),
+    )
+    .with_code(code::UPSTREAM_TIMEOUT)
+}
+
+pub(super) fn transport_error(provider: &Provider, err: &ClientError) -> GatewayError {
+    if err.is_local_exhaustion() {
+        return GatewayError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the gateway could not open a connection to provider {}: {err}",
+                provider.name
+            ),
+        )
+        .with_code(code::GATEWAY_OUT_OF_RESOURCES)
+        .with_retry_after(Some(http::HeaderValue::from_static("1")));
+    }
+    if let ClientError::Exchange(
+        err @ (UpstreamError::InvalidHead(_) | UpstreamError::HeadTooLarge),
+    ) = err
+    {
+        return bad_response(provider, err);
+    }
+    let (status, what, error_code) = if err.is_timeout() {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "timed out connecting to",
+            code::UPSTREAM_TIMEOUT,
+        )
+    } else if err.is_connect() {
+        (
+            StatusCode::BAD_GATEWAY,
+            "could not connect to",
+            code::UPSTREAM_UNREACHABLE,
+        )
+    } else {
+        (
+            StatusCode::BAD_GATEWAY,
+            "connection failed to",
+            code::UPSTREAM_UNREACHABLE,
+        )
+    };
+    GatewayError::server(status, format!("{what} provider {}: {err}", provider.name))
+        .with_code(error_code)
+}
+
+/// A provider's answer that could not be read as HTTP: reached, but broken.
+pub(super) fn bad_response(provider: &Provider, err: &UpstreamError) -> GatewayError {
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} sent a response that is not valid HTTP: {}",
+            provider.name,
+            crate::client::describe(err)
+        ),
+    )
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
+}
+
+/// A 2xx answer compressed though the request asked for `identity`: its
+/// events and usage cannot be read, nor can it be passed on as the JSON or
+/// event stream it says it is. The coding is named when it is one (a short
+/// token; the value is the provider's, and could quote anything).
+pub(super) fn compressed_answer(
+    provider: &Provider,
+    status: StatusCode,
+    field: &str,
+    coding: &[u8],
+) -> GatewayError {
+    let token = coding.len() <= 32
+        && coding
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b));
+    let named = match token {
+        true => format!(" ({field}: {})", String::from_utf8_lossy(coding)),
+        false => format!(" ({field})"),
+    };
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} answered HTTP {} with a compressed body{named}, though asked for none",
+            provider.name,
+            status.as_u16()
+        ),
+    )
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
+}
+
+pub(super) fn body_error(provider: &Provider, err: &UpstreamError) -> GatewayError {
+    if let UpstreamError::InvalidBody(_) = err {
+        return bad_response(provider, err);
+    }
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "connection to provider {} failed while reading the response: {}",
+            provider.name,
+            crate::client::describe(err)
+        ),
+    )
+    .with_code(code::UPSTREAM_UNREACHABLE)
+}
+
+/// A provider's answer, or one of its stream events, over
+/// `server.max_response_bytes`.
+pub(super) fn too_large(provider: &Provider, limit: usize) -> GatewayError {
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} sent more than {limit} bytes in one answer or stream event (server.max_response_bytes)",
+            provider.name
+        ),
+    )
+    .with_code(code::UPSTREAM_RESPONSE_TOO_LARGE)
+}
+
+/// `err`, a failed attempt's, naming the provider's request id from its
+/// response head, when there is one: a header's id wins over one the body
+/// gave (AI/ML API's `requestId`), and it never carries the key.
+pub(super) fn with_provider_request_id(
+    mut err: GatewayError,
+    headers: &crate::client::Headers,
+    provider: &Provider,
+) -> GatewayError {
+    if let Some(id) = provider_request_id(headers).and_then(|id| headers.shared_value(id)) {
+        let id = super::key_redaction::redacted_value(id, provider);
+        err.details_mut().upstream_request_id = Some(id);
+    }
+    err
+}
+
+/// A stream that failed on its connection after its head.
+pub(super) fn stream_cut(provider: &Provider, err: &UpstreamError) -> GatewayError {
+    if let UpstreamError::InvalidBody(_) = err {
+        // Framing that cannot be read (a chunk size that is not one): the
+        // provider's answer, not the connection, failed.
+        return bad_response(provider, err);
+    }
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "connection to provider {} failed mid-stream: {}",
+            provider.name,
+            crate::client::describe(err)
+        ),
+    )
+    .with_code(code::UPSTREAM_UNREACHABLE)
+}
+
+/// A stream whose body ended before its first whole event (`inside_one`:
+/// part of one had come): a stream, but not an answer.
+pub(super) fn no_event(provider: &Provider, inside_one: bool) -> GatewayError {
+    let partial = if inside_one {
+        " (inside its first)"
+    } else {
+        ""
+    };
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} ended the stream before sending any event{partial}",
+            provider.name
+        ),
+    )
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
+}
+
+/// A stream whose body ended short of `[DONE]` (`inside_one`: part-way
+/// through an event): cut, as a plain answer's body closed short is.
+pub(super) fn stream_closed_short(provider: &Provider, inside_one: bool) -> GatewayError {
+    let partial = if inside_one { " (inside an event)" } else { "" };
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} closed the stream before it was complete{partial}",
+            provider.name
+        ),
+    )
+    .with_code(code::UPSTREAM_UNREACHABLE)
+}
+
+/// A stream silent for `idle`: between its events (`between`), or
+/// before the first.
+pub(super) fn stream_idle(provider: &Provider, idle: Duration, between: bool) -> GatewayError {
+    let message = if between {
+        format!(
+            "timed out waiting for provider {} (no complete stream event for {idle:?})",
+            provider.name
+        )
+    } else {
+        format!(
+            "timed out waiting for the first event from provider {}",
+            provider.name
+        )
+    };
+    GatewayError::server(StatusCode::GATEWAY_TIMEOUT, message).with_code(code::UPSTREAM_TIMEOUT)
+}
