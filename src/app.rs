@@ -3,9 +3,9 @@
 //! (chat completions directly, the rest through the router). The key is
 //! checked inside the access log's scope, so refused requests are logged too.
 
-use crate::access_log::{Handled, RequestScope, request_context};
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::headers::X_REQUEST_ID;
+use crate::request_context::{Handled, RequestScope, request_context};
 use crate::request_progress::RequestProgress;
 use crate::routes::{chat_completions, health, metrics, models};
 use crate::state::AppState;

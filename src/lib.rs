@@ -1,14 +1,17 @@
 //! kimi-gateway: an OpenAI-compatible gateway in front of the providers that
 //! serve Kimi models (Moonshot, AI/ML API, Agentsflare).
 //!
-//! The path of one request, in file order:
-//! [`access_log`] gives it a request id, [`routes::chat_completions`] reads the
-//! body once, [`proxy::request`] peeks `model`/`stream` without building a
-//! JSON tree, [`proxy::route`] picks the provider and upstream model id,
-//! [`proxy::upstream`] sends the original bytes (only the model value spliced)
-//! with the provider's key, [`proxy::provider_errors`] maps a provider's error
-//! to the documented vocabulary, and [`proxy::sse`] relays a stream byte for
-//! byte. The access log is written when the response body ends.
+//! The path of one request, in file order (DEVELOPERS.md has it in more
+//! detail): [`server`] reads it and [`request_id`] gives it an id,
+//! [`request_context`] checks its key and hands [`access_log`] its record,
+//! [`routes::chat_completions`] reads the body once, [`proxy::request`]
+//! peeks `model`/`stream` without building a JSON tree, [`proxy::route`]
+//! picks the targets, [`proxy::failover`] tries them in order,
+//! [`proxy::upstream`] sends the original bytes (only the model value
+//! spliced) with the provider's key through [`client`],
+//! [`proxy::provider_errors`] maps a provider's error to the documented
+//! vocabulary, and [`proxy::sse`] relays a stream byte for byte. The access
+//! log is written when the response body ends.
 
 pub mod access_line;
 pub mod access_log;
@@ -37,6 +40,7 @@ pub mod mock;
 pub mod model_refresh;
 pub mod proxy;
 pub mod reload;
+pub mod request_context;
 pub mod request_id;
 pub mod request_metrics;
 pub mod request_progress;

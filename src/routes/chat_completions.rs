@@ -2,7 +2,7 @@
 //! the model, admit it against the rate limits, route by model, forward
 //! (each attempt admitted against its provider's limits).
 
-use crate::access_log::{Handled, RequestScope, RequestedModel, RouteName};
+use crate::access_log::{RequestedModel, RouteName};
 use crate::auth;
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -14,6 +14,7 @@ use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER};
 use crate::proxy::request::{ChatRequest, RequestScan, shown_model};
 use crate::proxy::route::Target;
 use crate::proxy::upstream::{self, ForwardContext, Forwarded, UpstreamInfo};
+use crate::request_context::{Handled, RequestScope};
 use crate::request_progress::ProgressWatch;
 use crate::server::BodyError;
 use crate::state::AppState;
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn request_futures_stay_small() {
         let state = AppState::new(crate::config::load(None).unwrap());
-        let scope = crate::access_log::RequestScope {
+        let scope = crate::request_context::RequestScope {
             id: http::HeaderValue::from_static("req_1"),
             arrived: tokio::time::Instant::now(),
             caller: crate::auth::Caller::anonymous(),
