@@ -442,29 +442,24 @@ where
             }
             Err(err)
                 if err.downcast_ref::<LengthLimitError>().is_some()
-                    || is_body_error(&*err, BodyError::is_too_large) =>
+                    || body_error(&*err) == Some(BodyError::TooLarge) =>
             {
                 return Err(too_large());
             }
-            Err(err) if is_body_error(&*err, BodyError::is_no_room) => {
+            Err(err) if body_error(&*err) == Some(BodyError::NoRoom) => {
                 return Err(GatewayError::server(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    BodyError::NO_ROOM.0,
+                    BodyError::NoRoom.to_string(),
                 )
                 .with_code(code::GATEWAY_OUT_OF_RESOURCES)
                 .with_retry_after(Some(HeaderValue::from_static("1"))));
             }
-            Err(err) if is_body_error(&*err, BodyError::is_timeout) => {
-                let slow = is_body_error(&*err, |e| e.0 == BodyError::TOO_SLOW.0);
-                let message = if slow {
-                    BodyError::TOO_SLOW.0
-                } else {
-                    BodyError::TIMED_OUT.0
-                };
+            Err(err) if body_error(&*err).is_some_and(|e| e.is_timeout()) => {
+                let slow_or_silent = body_error(&*err).expect("a body error");
                 return Err(GatewayError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     crate::error::ErrorType::InvalidRequestError,
-                    message,
+                    slow_or_silent.to_string(),
                 )
                 .with_code(code::REQUEST_TIMEOUT));
             }
@@ -478,10 +473,10 @@ where
     Ok(collector.finish())
 }
 
-/// Whether the connection ended the body with the error `which` picks.
-fn is_body_error(err: &(dyn std::error::Error + 'static), which: fn(&BodyError) -> bool) -> bool {
-    std::iter::successors(Some(err), |e| e.source())
-        .any(|e| e.downcast_ref::<BodyError>().is_some_and(which))
+/// How the connection ended the body, when it did (the error arrives
+/// wrapped, by the body type and the length limit).
+fn body_error(err: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+    std::iter::successors(Some(err), |e| e.source()).find_map(|e| e.downcast_ref().copied())
 }
 
 /// A failed attempt another may follow: logged with its request id, so that

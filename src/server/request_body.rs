@@ -27,44 +27,38 @@ enum Kind {
 }
 
 /// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BodyError(pub &'static str);
-
-impl BodyError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
     /// The client stopped sending its body (see `server.client_idle_secs`).
-    pub const TIMED_OUT: BodyError =
-        BodyError("the request body did not arrive within the client idle limit");
-
+    #[error("the request body did not arrive within the client idle limit")]
+    TimedOut,
     /// The body has announced (a chunk's size) or sent more than
     /// `server.max_body_bytes`.
-    pub const TOO_LARGE: BodyError = BodyError("the request body is larger than the limit");
-
+    #[error("the request body is larger than the limit")]
+    TooLarge,
     /// The body would take request bodies past `server.max_body_bytes_total`
     /// (see `body_budget`): none of it is read.
-    pub const NO_ROOM: BodyError = BodyError(
-        "the gateway is holding as many request body bytes as it may (server.max_body_bytes_total); retry shortly",
-    );
-
+    #[error(
+        "the gateway is holding as many request body bytes as it may (server.max_body_bytes_total); retry shortly"
+    )]
+    NoRoom,
     /// At the connection cap or while the server closes, the body came
     /// slower than 8 KiB a second: it is cut off, so slow bodies cannot
     /// hold the cap.
-    pub const TOO_SLOW: BodyError = BodyError(
+    #[error(
         "the request body arrived slower than 8 KiB a second while the gateway was at \
-         server.max_connections or shutting down",
-    );
+         server.max_connections or shutting down"
+    )]
+    TooSlow,
+    /// Its chunked framing does not decode.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
 
+impl BodyError {
     /// Either way the client was too slow to send its body.
     pub fn is_timeout(&self) -> bool {
-        self.0 == Self::TIMED_OUT.0 || self.0 == Self::TOO_SLOW.0
-    }
-
-    pub fn is_too_large(&self) -> bool {
-        self.0 == Self::TOO_LARGE.0
-    }
-
-    pub fn is_no_room(&self) -> bool {
-        self.0 == Self::NO_ROOM.0
+        matches!(self, BodyError::TimedOut | BodyError::TooSlow)
     }
 }
 
@@ -170,7 +164,7 @@ impl http_body::Body for RequestBody {
                         Poll::Ready(None)
                     }
                     Some(Err(err)) => {
-                        state.end = Some(Err(BodyError(err.0)));
+                        state.end = Some(Err(err));
                         Poll::Ready(Some(Err(err)))
                     }
                     None => {
@@ -245,11 +239,11 @@ mod tests {
         };
         assert_eq!(frame.into_data().unwrap(), "ab");
         assert!(Pin::new(&mut body).poll_frame(cx).is_pending());
-        handoff.end(Err(BodyError("cut short")), cx);
+        handoff.end(Err(BodyError::Invalid("cut short")), cx);
         let Poll::Ready(Some(Err(err))) = Pin::new(&mut body).poll_frame(cx) else {
             panic!("the error");
         };
-        assert_eq!(err.0, "cut short");
+        assert_eq!(err, BodyError::Invalid("cut short"));
         assert!(!body.is_end_stream(), "an error is not a clean end");
     }
 

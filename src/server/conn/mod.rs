@@ -338,7 +338,7 @@ impl Connection {
                 let claim = gateway.state().body_budget.claim(declared, total);
                 let handoff = Arc::new(match claim {
                     Some(_) => FrameHandoff::default(),
-                    None => FrameHandoff::ended(BodyError::NO_ROOM),
+                    None => FrameHandoff::ended(BodyError::NoRoom),
                 });
                 reading = Some(BodyReading {
                     handoff: handoff.clone(),
@@ -511,7 +511,7 @@ impl Connection {
                         let announced = body.framing.announced();
                         let needed = body.received.saturating_add(announced);
                         if needed > body.limit {
-                            body.handoff.end(Err(BodyError::TOO_LARGE), cx);
+                            body.handoff.end(Err(BodyError::TooLarge), cx);
                             continue 'handler;
                         }
                         if needed > UNCOUNTED_BODY
@@ -520,7 +520,7 @@ impl Connection {
                                 .as_mut()
                                 .is_some_and(|claim| claim.grow_to(needed, body.total))
                         {
-                            body.handoff.end(Err(BodyError::NO_ROOM), cx);
+                            body.handoff.end(Err(BodyError::NoRoom), cx);
                             continue 'handler;
                         }
                         let room = match body.framing.remaining() {
@@ -543,10 +543,10 @@ impl Connection {
                                         .behind(cx, body.received);
                                 let stalled = &mut body.stalled_since;
                                 let error = if behind {
-                                    BodyError::TOO_SLOW
+                                    BodyError::TooSlow
                                 } else if IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled)
                                 {
-                                    BodyError::TIMED_OUT
+                                    BodyError::TimedOut
                                 } else {
                                     return Poll::Pending;
                                 };
@@ -559,10 +559,12 @@ impl Connection {
                         let error = match err {
                             // More than any `u64`, so more than the limit.
                             crate::client::UpstreamError::InvalidBody(SIZE_OVER_U64) => {
-                                BodyError::TOO_LARGE
+                                BodyError::TooLarge
                             }
-                            crate::client::UpstreamError::InvalidBody(what) => BodyError(what),
-                            _ => BodyError("invalid chunked body"),
+                            crate::client::UpstreamError::InvalidBody(what) => {
+                                BodyError::Invalid(what)
+                            }
+                            _ => BodyError::Invalid("invalid chunked body"),
                         };
                         body.handoff.end(Err(error), cx);
                         continue 'handler;
