@@ -122,19 +122,28 @@ impl TestApp {
         self.chat_raw(body.to_string()).await
     }
 
-    /// [`TestApp::chat_as`] by a client that gives up after 300 ms, before
-    /// the slow answer `body` asks for: checks that it did give up.
-    pub async fn chat_as_and_leave(&self, key: &str, body: &serde_json::Value) {
-        let left = self
+    /// [`TestApp::chat_as`] by a client that leaves once `reached` holds
+    /// (the request got as far as the test is about: a provider has it, it
+    /// waits in a queue): checks that it was still unanswered then.
+    pub async fn chat_as_and_leave_when(
+        &self,
+        key: &str,
+        body: &serde_json::Value,
+        what: &str,
+        reached: impl AsyncFnMut() -> bool,
+    ) {
+        let request = self
             .client
             .post(self.url("/v1/chat/completions"))
             .header("content-type", "application/json")
             .bearer_auth(key)
             .body(body.to_string())
-            .timeout(std::time::Duration::from_millis(300))
-            .send()
-            .await;
-        assert!(left.is_err(), "the client gave up first");
+            .send();
+        let sent = tokio::spawn(request);
+        wait_until(what, reached).await;
+        assert!(!sent.is_finished(), "answered before the client left");
+        sent.abort();
+        let _ = sent.await;
     }
 
     /// POSTs to the chat endpoint with `Authorization: Bearer <key>`.

@@ -186,7 +186,10 @@ async fn a_client_that_leaves_while_a_provider_works_keeps_its_estimate_in_redis
     let app = spawn_with_keys(&config).await;
     let slow = json!({"model": "kimi-k2.6", "max_tokens": 5000,
                       "messages": [{"role": "user", "content": "[mock head_delay_ms=5000]"}]});
-    app.chat_as_and_leave("sk-a", &slow).await;
+    app.chat_as_and_leave_when("sk-a", &slow, "the provider has it", async || {
+        app.mock.requests().len() == 1
+    })
+    .await;
     // The lease goes in the same script call as any token change.
     wait_until("released", async || redis.zcard(LEASES).await == 0).await;
     let next = app.chat_as("sk-a", hi()).await;
@@ -387,7 +390,12 @@ async fn a_client_that_leaves_during_a_stalled_admission_leaves_no_lease() {
     let rpm = "kimi-gateway:key:team-a:rpm:10";
     let admitted: f64 = conn.get(rpm).await.unwrap();
     redis.pause();
-    app.chat_as_and_leave("sk-a", &hi()).await;
+    // In flight: its admission call has gone to the stalled Redis (the
+    // gauge rises in the poll that sends it).
+    app.chat_as_and_leave_when("sk-a", &hi(), "the admission waits", async || {
+        sample(&scrape(&app).await, "kimi_gateway_in_flight_requests") == Some(1.0)
+    })
+    .await;
     wait_until("the gateway saw the client leave", async || {
         let text = scrape(&app).await;
         sample(&text, "kimi_gateway_in_flight_requests") == Some(0.0)

@@ -317,7 +317,10 @@ async fn a_client_that_leaves_while_a_provider_works_is_charged_the_estimate() {
     .await;
     let mut request = body(false, 5000, "[mock head_delay_ms=5000]");
     request["model"] = json!("kimi-k2-turbo-preview");
-    app.chat_as_and_leave("sk-a", &request).await;
+    app.chat_as_and_leave_when("sk-a", &request, "the provider has it", async || {
+        app.mock.requests().len() == 1
+    })
+    .await;
     wait_until("the slot is released", async || in_flight(&app) == 0).await;
     // The provider may have done the work: as for a stream the client
     // leaves, the estimate stays in both scopes.
@@ -354,7 +357,13 @@ async fn a_client_that_leaves_while_queued_for_a_provider_gets_its_tokens_back()
     .await;
     let mut queued = body(false, 5000, "hi");
     queued["model"] = json!("kimi-k2-turbo-preview");
-    app.chat_as_and_leave("sk-a", &queued).await;
+    app.chat_as_and_leave_when("sk-a", &queued, "it waits for the slot", async || {
+        app.state.config().limits.providers["moonshot"]
+            .local
+            .queued()
+            == 1
+    })
+    .await;
     wait_until("only the first request is in flight", async || {
         in_flight(&app) == 1
     })
