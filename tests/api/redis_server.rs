@@ -34,7 +34,22 @@ impl RedisServer {
         Self::start_with(Some((dir, pem))).await
     }
 
-    async fn start_with(tls: Option<(tempfile::TempDir, Vec<u8>)>) -> RedisServer {
+    /// A free port is found by binding port 0 and letting it go, so another
+    /// test may take it before `redis-server` binds it: a server that exits
+    /// at start, or a PING answered by another process, means another port.
+    async fn start_with(mut tls: Option<(tempfile::TempDir, Vec<u8>)>) -> RedisServer {
+        for _ in 0..5 {
+            match Self::try_start(tls.take()).await {
+                Ok(server) => return server,
+                Err(returned) => tls = returned,
+            }
+        }
+        panic!("redis-server did not start on any of five ports");
+    }
+
+    async fn try_start(
+        tls: Option<(tempfile::TempDir, Vec<u8>)>,
+    ) -> Result<RedisServer, Option<(tempfile::TempDir, Vec<u8>)>> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -61,20 +76,28 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found: install it (apt-get install redis-server) or run scripts/test.sh");
-        let server = RedisServer {
+        let pid = child.id();
+        let mut server = RedisServer {
             child: Some(child),
             port: port.parse().unwrap(),
             tls,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
+            let exited = server.child.as_mut().map(|c| c.try_wait());
+            if matches!(exited, Some(Ok(Some(_)))) {
+                // It could not bind the port: another test has it.
+                server.child = None;
+                return Err(server.tls.take());
+            }
             if let Ok(mut conn) = server.connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-                {
-                    return server;
+                let mut info = redis::cmd("INFO");
+                if let Ok(info) = info.arg("server").query_async::<String>(&mut conn).await {
+                    if info.contains(&format!("process_id:{pid}\r\n")) {
+                        return Ok(server);
+                    }
+                    // Another test's server answered on the port.
+                    return Err(server.tls.take());
                 }
             }
             assert!(
