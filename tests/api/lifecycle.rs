@@ -41,7 +41,9 @@ async fn silent_streams_get_keepalive_comments_between_events() {
 
 #[tokio::test]
 async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event() {
-    let mut app = spawn_app_with("[server]\ndrain_secs = 0.5\n", &[]).await;
+    // Long enough for the finishing stream to be released and read whole
+    // however loaded the machine.
+    let mut app = spawn_app_with("[server]\ndrain_secs = 2\n", &[]).await;
     let finishing = app
         .chat(chat_body("kimi-k2.6", "[mock gate=finish chunks=2]", true))
         .await;
@@ -54,14 +56,7 @@ async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event
     next_text(&mut stuck).await;
 
     let server = app.begin_shutdown();
-    let wait_draining = async {
-        while !app.state.drain.is_draining() {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), wait_draining)
-        .await
-        .unwrap();
+    wait_until("the gateway drains", async || app.state.drain.is_draining()).await;
     // New connections are refused while draining.
     assert!(app.client.get(app.url("/healthz")).send().await.is_err());
 
