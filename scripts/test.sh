@@ -4,7 +4,8 @@
 # OpenAI Python and Node SDKs, LangChain) against the built binaries.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh --rust     only the Rust suites
+#   scripts/test.sh --rust     only the Rust suites (cargo-nextest when it is
+#                              installed, else cargo test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,15 @@ echo "== building binaries"
 cargo build --bins
 
 echo "== Rust unit and integration tests"
-cargo test --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  # A process per test, and a test that hangs fails by name after 180 s
+  # (.config/nextest.toml) rather than holding the run.
+  cargo nextest run --lib --bins --tests --no-fail-fast
+  # The benchmarks' own checks (alloc_per_chunk's) run once in test mode.
+  cargo test --benches
+else
+  cargo test --all-targets
+fi
 
 if ! $only_rust && [ -f tests/clients/run.sh ]; then
   echo "== real-client suites (OpenAI Python + Node SDKs, LangChain)"
