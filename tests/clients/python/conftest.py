@@ -158,6 +158,8 @@ class Counter:
     requests: list = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    # Called with each status as it comes, before the SDK acts on it.
+    on_status: Callable[[int], None] | None = None
 
     def hook(self, request) -> None:
         self.requests.append(request)
@@ -165,6 +167,8 @@ class Counter:
 
     def on_response(self, response) -> None:
         self.statuses.append(response.status_code)
+        if self.on_status:
+            self.on_status(response.status_code)
 
     @property
     def count(self) -> int:

@@ -40,7 +40,7 @@ export const PROVIDERS = [
  * requests it sent: `{ url, body, at, status }` in order (`status` once the
  * response head has come).
  */
-export function makeClient(servers, options = {}) {
+export function makeClient(servers, { onStatus, ...options } = {}) {
   const requests = [];
   const client = new OpenAI({
     baseURL: servers.baseURL,
@@ -53,6 +53,8 @@ export function makeClient(servers, options = {}) {
       requests.push(request);
       const response = await fetch(url, init);
       request.status = response.status;
+      // Called as each answer comes, before the SDK acts on it.
+      onStatus?.(response.status);
       return response;
     },
   });
