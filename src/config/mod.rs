@@ -13,6 +13,7 @@ mod parse;
 pub mod presets;
 mod providers;
 mod resolve;
+mod server_settings;
 mod service_notes;
 mod settings;
 
@@ -320,7 +321,7 @@ pub fn check_listen_override(
     listen: Option<std::net::SocketAddr>,
 ) -> Result<(), ConfigErrors> {
     match (listen, config.metrics_listen) {
-        (Some(listen), Some(metrics)) if resolve::shares_port(metrics, listen) => {
+        (Some(listen), Some(metrics)) if server_settings::shares_port(metrics, listen) => {
             Err(ConfigErrors(vec![ConfigProblem::new(
                 "server.metrics_listen",
                 format!(

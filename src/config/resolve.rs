@@ -6,17 +6,14 @@ use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
 use super::providers::{AbsentProviders, build_provider, merge_provider_table, preset_drafts};
-use super::settings::{breaker_settings, retry_settings, seconds, seconds_or_off};
-use super::{
-    Config, ConfigErrors, ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_BODY_BYTES_TOTAL, DEFAULT_MAX_RESPONSE_BYTES,
-};
+use super::server_settings::{ServerSettings, server_settings};
+use super::settings::{breaker_settings, retry_settings};
+use super::{Config, ConfigErrors, ConfigProblem};
 use crate::limits::{Limits, ScopeRegistry};
 use crate::proxy::breaker::BreakerRegistry;
 use crate::proxy::route::RouteTable;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Builds the configuration from a file's text (empty for none) and an
 /// environment lookup (a closure, so tests need not touch the process env).
@@ -36,88 +33,7 @@ pub fn resolve_reusing(
     let unreadable = std::mem::take(&mut parsed.unreadable);
     let read_problems = problems.len();
 
-    let listen = parsed.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen.parse().unwrap_or_else(|_| {
-        problems.push(ConfigProblem::new(
-            "server.listen",
-            format!("{listen:?} is not an address like 127.0.0.1:8080"),
-        ));
-        DEFAULT_LISTEN.parse().expect("default address parses")
-    });
-    let max_body_bytes = byte_count(
-        parsed.server.max_body_bytes,
-        "server.max_body_bytes",
-        DEFAULT_MAX_BODY_BYTES,
-        &mut problems,
-    );
-    let max_body_bytes_total = byte_count(
-        parsed.server.max_body_bytes_total,
-        "server.max_body_bytes_total",
-        DEFAULT_MAX_BODY_BYTES_TOTAL.max(max_body_bytes),
-        &mut problems,
-    );
-    if max_body_bytes_total < max_body_bytes {
-        // A body at the limit could then never be read.
-        problems.push(ConfigProblem::new(
-            "server.max_body_bytes_total",
-            format!("{max_body_bytes_total} is less than server.max_body_bytes ({max_body_bytes})"),
-        ));
-    }
-    let max_connections = match parsed.server.max_connections {
-        None => None,
-        Some(0) => {
-            problems.push(ConfigProblem::new(
-                "server.max_connections",
-                "must be at least 1",
-            ));
-            None
-        }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-    };
-    let max_response_bytes = byte_count(
-        parsed.server.max_response_bytes,
-        "server.max_response_bytes",
-        DEFAULT_MAX_RESPONSE_BYTES,
-        &mut problems,
-    );
-    let drain = seconds(
-        parsed.server.drain_secs,
-        "server.drain_secs",
-        Duration::from_secs(30),
-        &mut problems,
-    );
-    let sse_keepalive = seconds_or_off(
-        parsed.server.sse_keepalive_secs,
-        "server.sse_keepalive_secs",
-        Duration::from_secs(15),
-        "off",
-        &mut problems,
-    );
-    let client_idle = seconds_or_off(
-        parsed.server.client_idle_secs,
-        "server.client_idle_secs",
-        Duration::from_secs(75),
-        "off",
-        &mut problems,
-    );
-    let metrics_listen = parsed.server.metrics_listen.as_deref().and_then(|addr| {
-        addr.parse()
-            .map_err(|_| {
-                problems.push(ConfigProblem::new(
-                    "server.metrics_listen",
-                    format!("{addr:?} is not an address like 0.0.0.0:9090"),
-                ))
-            })
-            .ok()
-    });
-    if let Some(metrics) = metrics_listen
-        && shares_port(metrics, listen)
-    {
-        problems.push(ConfigProblem::new(
-            "server.metrics_listen",
-            format!("{metrics} takes server.listen's port ({listen}): give it a port of its own"),
-        ));
-    }
+    let server = server_settings(&parsed.server, &mut problems);
     let retry = retry_settings(&parsed.retry, &mut problems);
     let breaker = breaker_settings(&parsed.breaker, &mut problems);
 
@@ -192,6 +108,17 @@ pub fn resolve_reusing(
     )
     .map_err(|err| ConfigErrors(vec![ConfigProblem::new("limits.redis_url", err)]))?;
     let digest = fingerprint.finalize();
+    let ServerSettings {
+        listen,
+        max_body_bytes,
+        max_body_bytes_total,
+        max_connections,
+        max_response_bytes,
+        drain,
+        sse_keepalive,
+        client_idle,
+        metrics_listen,
+    } = server;
     Ok(Config {
         listen,
         max_body_bytes,
@@ -219,33 +146,6 @@ pub fn resolve_reusing(
 fn is_within(path: &str, outer: &str) -> bool {
     path.strip_prefix(outer)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-}
-
-/// A size in bytes, at least 1.
-fn byte_count(
-    value: Option<u64>,
-    path: &str,
-    default: usize,
-    problems: &mut Vec<ConfigProblem>,
-) -> usize {
-    match value {
-        None => default,
-        Some(0) => {
-            problems.push(ConfigProblem::new(path, "must be at least 1"));
-            default
-        }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-    }
-}
-
-/// Whether two listeners would contend for one port: the same port on the
-/// same address, or on any address and one that is the unspecified one
-/// (`0.0.0.0` takes the port on every address). Port 0 is the kernel's to
-/// pick, so it never contends.
-pub(super) fn shares_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]

@@ -262,33 +262,17 @@ where
                 return Err(error);
             }
             Verdict::SkipTarget => {
-                // The target answered: its account, or what it
-                // implements, not its health, is at fault. An open circuit would turn the error that names
-                // the cause (and is not worth retrying) into a retryable
-                // `circuit_open`, and silence the key alert.
+                // The target answered: its account, or what it implements,
+                // not its health, is at fault. An open circuit would turn
+                // the error that names the cause (and is not worth
+                // retrying) into a retryable `circuit_open`, and silence
+                // the key alert.
                 if let Some(permit) = permit {
                     permit.neutral();
                 }
                 states[i].skipped = true;
                 if error.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED) {
-                    let key_env = target.provider.keys.get(target.key_index);
-                    // The message names every key variable of the provider
-                    // ("check A or B"); the attempt knows which key it was.
-                    if let Some(key) = key_env
-                        && target.provider.keys.len() > 1
-                        && let Some(before) =
-                            error.message.strip_suffix(&*target.provider.api_key_env)
-                    {
-                        error.message = format!("{before}{}", key.env).into();
-                    }
-                    tracing::error!(
-                        provider = &*target.provider.name,
-                        upstream_target = &*target.label,
-                        key_env = key_env.map_or("", |key| key.env.as_str()),
-                        alert = code::UPSTREAM_KEY_REJECTED,
-                        "provider rejected the gateway's API key; target skipped: {}",
-                        error.message
-                    );
+                    note_key_rejected(target, &mut error);
                     AttemptOutcome::KeyRejected
                 } else {
                     AttemptOutcome::Failover
@@ -320,25 +304,49 @@ where
         last_error = Some(error);
     }
     events.none_follows();
-    let error = last_error.unwrap_or_else(|| {
-        // Every target's circuit is open: say when the first one will probe.
-        let wait = order
-            .iter()
-            .filter_map(|t| t.breaker.opens_in())
-            .min()
-            .unwrap_or(Duration::from_secs(1));
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        GatewayError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "every provider of model {:?} is failing (circuit open); try again in {secs} s",
-                &*route.name
-            ),
-        )
-        .with_code(code::CIRCUIT_OPEN)
-        .with_retry_after(Some(HeaderValue::from(secs.max(1))))
-    });
-    Err(error)
+    Err(last_error.unwrap_or_else(|| every_circuit_open(route, &order)))
+}
+
+/// A provider refused the gateway's key: the error names the key variable
+/// the attempt used (the provider's message names every one, "check A or
+/// B"), and an `error` line with `alert = upstream_key_rejected` goes to
+/// the log for the operator.
+fn note_key_rejected(target: &Target, error: &mut GatewayError) {
+    let key_env = target.provider.keys.get(target.key_index);
+    if let Some(key) = key_env
+        && target.provider.keys.len() > 1
+        && let Some(before) = error.message.strip_suffix(&*target.provider.api_key_env)
+    {
+        error.message = format!("{before}{}", key.env).into();
+    }
+    tracing::error!(
+        provider = &*target.provider.name,
+        upstream_target = &*target.label,
+        key_env = key_env.map_or("", |key| key.env.as_str()),
+        alert = code::UPSTREAM_KEY_REJECTED,
+        "provider rejected the gateway's API key; target skipped: {}",
+        error.message
+    );
+}
+
+/// The answer when no target was tried, every one's circuit open: when
+/// the first will let a probe through.
+fn every_circuit_open(route: &Route, order: &[&Target]) -> GatewayError {
+    let wait = order
+        .iter()
+        .filter_map(|t| t.breaker.opens_in())
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    GatewayError::server(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "every provider of model {:?} is failing (circuit open); try again in {secs} s",
+            &*route.name
+        ),
+    )
+    .with_code(code::CIRCUIT_OPEN)
+    .with_retry_after(Some(HeaderValue::from(secs.max(1))))
 }
 
 /// The caller's `on_event`, and a failed attempt held until it is known

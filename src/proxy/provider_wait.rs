@@ -21,6 +21,35 @@ pub struct AskedWait {
     pub retry_after_unreadable: bool,
 }
 
+impl AskedWait {
+    /// The waits an error's head states, as they go to the client.
+    pub fn in_head(headers: &crate::client::Headers) -> AskedWait {
+        let sent_retry_after = headers.get("retry-after");
+        let retry_after = sent_retry_after
+            .and_then(|v| headers.shared_value(v))
+            .and_then(forwarded_retry_after);
+        let sent_retry_after_ms = headers.get("retry-after-ms");
+        let retry_after_ms = sent_retry_after_ms.and_then(forwarded_retry_after_ms);
+        // A wait of zero (or a date past) asks for none: passed on, the
+        // Node SDK retries at once, even a 429; left out, each SDK uses
+        // its own backoff, and the message's stated wait can be read.
+        let no_wait = retry_after
+            .as_ref()
+            .is_some_and(|v| asks_no_wait(v.as_bytes()));
+        let retry_after = retry_after.filter(|_| !no_wait);
+        let no_wait_ms = retry_after_ms.is_some_and(|ms| ms.get() == 0);
+        let retry_after_ms = retry_after_ms.filter(|_| !no_wait_ms);
+        AskedWait {
+            retry_after_unreadable: (sent_retry_after.is_some()
+                && retry_after.is_none()
+                && !no_wait)
+                || (sent_retry_after_ms.is_some() && retry_after_ms.is_none() && !no_wait_ms),
+            retry_after,
+            retry_after_ms,
+        }
+    }
+}
+
 /// Longest wait taken from a provider's words; a larger number is kept at
 /// this (still far beyond any `retry.max_retry_after_secs`).
 const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);

@@ -7,13 +7,14 @@
 use super::headers::{X_ACCEL_BUFFERING, copy_response_headers};
 use super::normalize::mirror_cached_tokens_in_body;
 use super::provider_errors::{self, ERROR_BODY_WAIT, MAX_ERROR_BODY};
-use super::provider_wait::{self, AskedWait};
+use super::provider_wait::AskedWait;
 use super::request::ChatRequest;
 use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::upstream_errors::{
-    body_error, compressed_answer, timeout, too_large, transport_error, with_provider_request_id,
+    body_error, compressed_answer, not_the_answer_asked, timeout, too_large, transport_error,
+    with_provider_request_id,
 };
 use super::upstream_head::per_request_head;
 use super::usage::{Usage, find_body_usage};
@@ -189,29 +190,7 @@ pub async fn forward(
         .store(head_us.max(1), Ordering::Relaxed);
 
     if !status.is_success() {
-        let sent_retry_after = response.headers.get("retry-after");
-        let retry_after = sent_retry_after
-            .and_then(|v| response.headers.shared_value(v))
-            .and_then(provider_wait::forwarded_retry_after);
-        let sent_retry_after_ms = response.headers.get("retry-after-ms");
-        let retry_after_ms = sent_retry_after_ms.and_then(provider_wait::forwarded_retry_after_ms);
-        // A wait of zero (or a date past) asks for none: passed on, the
-        // Node SDK retries at once, even a 429; left out, each SDK uses
-        // its own backoff, and the message's stated wait can be read.
-        let no_wait = retry_after
-            .as_ref()
-            .is_some_and(|v| provider_wait::asks_no_wait(v.as_bytes()));
-        let retry_after = retry_after.filter(|_| !no_wait);
-        let no_wait_ms = retry_after_ms.is_some_and(|ms| ms.get() == 0);
-        let retry_after_ms = retry_after_ms.filter(|_| !no_wait_ms);
-        let asked = AskedWait {
-            retry_after_unreadable: (sent_retry_after.is_some()
-                && retry_after.is_none()
-                && !no_wait)
-                || (sent_retry_after_ms.is_some() && retry_after_ms.is_none() && !no_wait_ms),
-            retry_after,
-            retry_after_ms,
-        };
+        let asked = AskedWait::in_head(&response.headers);
         // The status is known: a body that does not follow promptly is not
         // worth the rest of the first-byte deadline before failing over.
         let body_deadline = deadline.min(Instant::now() + ERROR_BODY_WAIT);
@@ -292,22 +271,11 @@ pub async fn forward(
         return Err(named(err));
     }
     if !json || request.stream {
-        let what = if request.stream {
-            "a non-stream body to a stream request"
-        } else {
-            "a body that is not JSON"
-        };
-        return Err(named(
-            GatewayError::server(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "provider {} answered HTTP {} with {what}",
-                    provider.name,
-                    status.as_u16()
-                ),
-            )
-            .with_code(code::UPSTREAM_BAD_RESPONSE),
-        ));
+        return Err(named(not_the_answer_asked(
+            provider,
+            status,
+            request.stream,
+        )));
     }
     let found = find_body_usage(&body);
     info.usage = found.as_ref().map(|f| f.usage);

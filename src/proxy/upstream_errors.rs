@@ -149,6 +149,29 @@ pub(super) fn with_provider_request_id(
     err
 }
 
+/// A 2xx plain body that is not the answer asked for: not JSON, or no
+/// event stream to a stream request.
+pub(super) fn not_the_answer_asked(
+    provider: &Provider,
+    status: StatusCode,
+    stream_asked: bool,
+) -> GatewayError {
+    let what = if stream_asked {
+        "a non-stream body to a stream request"
+    } else {
+        "a body that is not JSON"
+    };
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} answered HTTP {} with {what}",
+            provider.name,
+            status.as_u16()
+        ),
+    )
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
+}
+
 /// A stream that failed on its connection after its head.
 pub(super) fn stream_cut(provider: &Provider, err: &UpstreamError) -> GatewayError {
     if let UpstreamError::InvalidBody(_) = err {

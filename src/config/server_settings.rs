@@ -1,0 +1,150 @@
+//! `[server]`: the listeners, the body and response limits, the drain and
+//! the client-side waits, each checked with its key path.
+
+use super::file::ServerFile;
+use super::settings::{seconds, seconds_or_off};
+use super::{
+    ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES_TOTAL,
+    DEFAULT_MAX_RESPONSE_BYTES,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The `[server]` table, resolved.
+pub(super) struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_body_bytes_total: usize,
+    pub max_connections: Option<usize>,
+    pub max_response_bytes: usize,
+    pub drain: Duration,
+    pub sse_keepalive: Option<Duration>,
+    pub client_idle: Option<Duration>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub(super) fn server_settings(
+    file: &ServerFile,
+    problems: &mut Vec<ConfigProblem>,
+) -> ServerSettings {
+    let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen.parse().unwrap_or_else(|_| {
+        problems.push(ConfigProblem::new(
+            "server.listen",
+            format!("{listen:?} is not an address like 127.0.0.1:8080"),
+        ));
+        DEFAULT_LISTEN.parse().expect("default address parses")
+    });
+    let max_body_bytes = byte_count(
+        file.max_body_bytes,
+        "server.max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+        problems,
+    );
+    let max_body_bytes_total = byte_count(
+        file.max_body_bytes_total,
+        "server.max_body_bytes_total",
+        DEFAULT_MAX_BODY_BYTES_TOTAL.max(max_body_bytes),
+        problems,
+    );
+    if max_body_bytes_total < max_body_bytes {
+        // A body at the limit could then never be read.
+        problems.push(ConfigProblem::new(
+            "server.max_body_bytes_total",
+            format!("{max_body_bytes_total} is less than server.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    let max_connections = match file.max_connections {
+        None => None,
+        Some(0) => {
+            problems.push(ConfigProblem::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+            None
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let max_response_bytes = byte_count(
+        file.max_response_bytes,
+        "server.max_response_bytes",
+        DEFAULT_MAX_RESPONSE_BYTES,
+        problems,
+    );
+    let drain = seconds(
+        file.drain_secs,
+        "server.drain_secs",
+        Duration::from_secs(30),
+        problems,
+    );
+    let sse_keepalive = seconds_or_off(
+        file.sse_keepalive_secs,
+        "server.sse_keepalive_secs",
+        Duration::from_secs(15),
+        "off",
+        problems,
+    );
+    let client_idle = seconds_or_off(
+        file.client_idle_secs,
+        "server.client_idle_secs",
+        Duration::from_secs(75),
+        "off",
+        problems,
+    );
+    let metrics_listen = file.metrics_listen.as_deref().and_then(|addr| {
+        addr.parse()
+            .map_err(|_| {
+                problems.push(ConfigProblem::new(
+                    "server.metrics_listen",
+                    format!("{addr:?} is not an address like 0.0.0.0:9090"),
+                ))
+            })
+            .ok()
+    });
+    if let Some(metrics) = metrics_listen
+        && shares_port(metrics, listen)
+    {
+        problems.push(ConfigProblem::new(
+            "server.metrics_listen",
+            format!("{metrics} takes server.listen's port ({listen}): give it a port of its own"),
+        ));
+    }
+    ServerSettings {
+        listen,
+        max_body_bytes,
+        max_body_bytes_total,
+        max_connections,
+        max_response_bytes,
+        drain,
+        sse_keepalive,
+        client_idle,
+        metrics_listen,
+    }
+}
+
+/// A size in bytes, at least 1.
+fn byte_count(
+    value: Option<u64>,
+    path: &str,
+    default: usize,
+    problems: &mut Vec<ConfigProblem>,
+) -> usize {
+    match value {
+        None => default,
+        Some(0) => {
+            problems.push(ConfigProblem::new(path, "must be at least 1"));
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+/// Whether two listeners would contend for one port: the same port on the
+/// same address, or on any address and one that is the unspecified one
+/// (`0.0.0.0` takes the port on every address). Port 0 is the kernel's to
+/// pick, so it never contends.
+pub(super) fn shares_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
