@@ -55,6 +55,24 @@ static KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n");
 /// comment's CR it is the rest of the comment's line end.
 static KEEPALIVE_AFTER_CR: Bytes = Bytes::from_static(b": keep-alive\r");
 
+/// What a block of events from the provider comes to.
+enum Relayed {
+    /// Bytes for the client.
+    Send(Bytes),
+    /// Nothing for the client yet (comments before the head, a hidden
+    /// usage chunk): read on.
+    Nothing,
+    Fail(GatewayError),
+}
+
+/// What the relay does while the provider is silent.
+enum Quiet {
+    /// `[DONE]`'s line has ended after all: the held end goes out.
+    DoneLineEnded,
+    /// The poll's answer (`Pending` while nothing is due).
+    Answer(Poll<Option<Result<Bytes, GatewayError>>>),
+}
+
 /// How a relay behaves, from the provider's settings and the server's.
 pub struct RelaySettings {
     /// The provider: its name for messages, its keys to redact from its
@@ -293,73 +311,11 @@ impl SseRelay {
                         }
                     }
                     if let Some(events) = self.aligner.push(chunk) {
-                        let (mut events, reads) = self.gather_ready(cx, events);
-                        // An event can arrive whole in one read, never held
-                        // as pending: its size is checked here. Only a block
-                        // of events larger than the limit is measured. The
-                        // answer's events before it go out (and begin the
-                        // stream) as they would in reads of their own, so
-                        // how the reads fell does not decide whether the
-                        // attempt is retried.
-                        if events.len() > self.max_event_bytes
-                            && let Some(at) = first_event_over(&events, self.max_event_bytes)
-                        {
-                            if first_event_start(&events[..at]).is_none() {
-                                let err = upstream_errors::too_large(
-                                    &self.provider,
-                                    self.max_event_bytes,
-                                );
-                                return Poll::Ready(Some(Err(err)));
-                            }
-                            events = events.slice(..at);
-                            self.oversized_next = true;
+                        match self.relay_events(cx, events) {
+                            Relayed::Send(events) => return Poll::Ready(Some(Ok(events))),
+                            Relayed::Fail(err) => return Poll::Ready(Some(Err(err))),
+                            Relayed::Nothing => continue,
                         }
-                        // Only a block with data is an event (SSE dispatches
-                        // nothing for comments, or `id:`/`retry:` alone).
-                        // Before the head goes out, the rest are dropped,
-                        // in a read of their own or before the first event
-                        // in its read: sending the head for them would end
-                        // fail-over and the first-byte deadline for a
-                        // provider that has sent nothing yet; the client
-                        // gets its own keep-alives. After it, they pass, but
-                        // do not count as the provider's events for the
-                        // idle limit.
-                        let first_event = first_event_start(&events);
-                        if !self.head_sent {
-                            match first_event {
-                                None => continue,
-                                Some(0) => {}
-                                Some(start) => events = events.slice(start..),
-                            }
-                        }
-                        let has_event = first_event.is_some();
-                        let now = Instant::now();
-                        if has_event {
-                            if self.head_sent {
-                                self.chunk_gap
-                                    .observe((now - self.last_event).as_secs_f64());
-                            }
-                            self.last_event = now;
-                        }
-                        self.last_write = now;
-                        // Timers are not re-armed per event: when one fires,
-                        // it checks the time of the last event (see below).
-                        if !self.idle_between_events {
-                            self.idle_between_events = true;
-                            let due = now + self.idle;
-                            self.waits.as_mut().idle().reset(due);
-                        }
-                        let events = self.inspect(events, reads);
-                        // Nothing left: the frame was a usage chunk the
-                        // client did not ask for, or `[DONE]` alone with a
-                        // usage chunk to go before it (queued in `after`).
-                        if events.is_empty() {
-                            match self.after.pop_front() {
-                                Some(next) => return Poll::Ready(Some(Ok(next))),
-                                None => continue,
-                            }
-                        }
-                        return Poll::Ready(Some(Ok(events)));
                     }
                     // Inside an event: one that never ends must not grow
                     // the gateway's memory without bound.
@@ -401,45 +357,119 @@ impl SseRelay {
                         inside_one,
                     ))));
                 }
-                Poll::Pending => {
-                    // `data: [DONE]` and a bare CR, and no LF after it in
-                    // what has come: the line has ended.
-                    if let Some(end) = self.done_event_end(BodyNow::Quiet) {
-                        self.held = Some(Some(Ok(end)));
-                        continue;
-                    }
-                    if self.waits.as_mut().poll_shutdown(cx).is_ready() {
-                        // Before the head, the error is the request's answer.
-                        let err = if self.head_sent {
-                            crate::drain::stream_ended_at_deadline()
-                        } else {
-                            crate::drain::unanswered_at_deadline()
-                        };
-                        return Poll::Ready(Some(Err(err)));
-                    }
-                    if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx)
-                    {
-                        return Poll::Ready(Some(Err(upstream_errors::stream_idle(
-                            &self.provider,
-                            self.idle,
-                            self.idle_between_events,
-                        ))));
-                    }
-                    // Comments go only between whole events, and only once the
-                    // head is out: before it, a silent upstream can still fail
-                    // over to another target.
-                    if self.head_sent && self.keepalive_due(cx) {
-                        let comment = if self.ended_in_cr {
-                            &KEEPALIVE_AFTER_CR
-                        } else {
-                            &KEEPALIVE
-                        };
-                        return Poll::Ready(Some(Ok(comment.clone())));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => match self.poll_quiet(cx) {
+                    Quiet::DoneLineEnded => continue,
+                    Quiet::Answer(answer) => return answer,
+                },
             }
         }
+    }
+
+    /// A block of whole events from a read (and the reads waiting behind
+    /// it): checked for size, cut to its first event before the head,
+    /// timed, and inspected for `[DONE]`, errors and usage.
+    fn relay_events(&mut self, cx: &mut Context<'_>, events: Bytes) -> Relayed {
+        let (mut events, reads) = self.gather_ready(cx, events);
+        // An event can arrive whole in one read, never held
+        // as pending: its size is checked here. Only a block
+        // of events larger than the limit is measured. The
+        // answer's events before it go out (and begin the
+        // stream) as they would in reads of their own, so
+        // how the reads fell does not decide whether the
+        // attempt is retried.
+        if events.len() > self.max_event_bytes
+            && let Some(at) = first_event_over(&events, self.max_event_bytes)
+        {
+            if first_event_start(&events[..at]).is_none() {
+                let err = upstream_errors::too_large(&self.provider, self.max_event_bytes);
+                return Relayed::Fail(err);
+            }
+            events = events.slice(..at);
+            self.oversized_next = true;
+        }
+        // Only a block with data is an event (SSE dispatches
+        // nothing for comments, or `id:`/`retry:` alone).
+        // Before the head goes out, the rest are dropped,
+        // in a read of their own or before the first event
+        // in its read: sending the head for them would end
+        // fail-over and the first-byte deadline for a
+        // provider that has sent nothing yet; the client
+        // gets its own keep-alives. After it, they pass, but
+        // do not count as the provider's events for the
+        // idle limit.
+        let first_event = first_event_start(&events);
+        if !self.head_sent {
+            match first_event {
+                None => return Relayed::Nothing,
+                Some(0) => {}
+                Some(start) => events = events.slice(start..),
+            }
+        }
+        let has_event = first_event.is_some();
+        let now = Instant::now();
+        if has_event {
+            if self.head_sent {
+                self.chunk_gap
+                    .observe((now - self.last_event).as_secs_f64());
+            }
+            self.last_event = now;
+        }
+        self.last_write = now;
+        // Timers are not re-armed per event: when one fires,
+        // it checks the time of the last event (see below).
+        if !self.idle_between_events {
+            self.idle_between_events = true;
+            let due = now + self.idle;
+            self.waits.as_mut().idle().reset(due);
+        }
+        let events = self.inspect(events, reads);
+        // Nothing left: the frame was a usage chunk the
+        // client did not ask for, or `[DONE]` alone with a
+        // usage chunk to go before it (queued in `after`).
+        if events.is_empty() {
+            return match self.after.pop_front() {
+                Some(next) => Relayed::Send(next),
+                None => Relayed::Nothing,
+            };
+        }
+        Relayed::Send(events)
+    }
+
+    /// The provider has nothing more for now: a `[DONE]` line that ended in
+    /// a bare CR, the drain, the idle limit, or a keep-alive comment due.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Quiet {
+        // `data: [DONE]` and a bare CR, and no LF after it in
+        // what has come: the line has ended.
+        if let Some(end) = self.done_event_end(BodyNow::Quiet) {
+            self.held = Some(Some(Ok(end)));
+            return Quiet::DoneLineEnded;
+        }
+        if self.waits.as_mut().poll_shutdown(cx).is_ready() {
+            // Before the head, the error is the request's answer.
+            let err = if self.head_sent {
+                crate::drain::stream_ended_at_deadline()
+            } else {
+                crate::drain::unanswered_at_deadline()
+            };
+            return Quiet::Answer(Poll::Ready(Some(Err(err))));
+        }
+        if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
+            let err =
+                upstream_errors::stream_idle(&self.provider, self.idle, self.idle_between_events);
+            return Quiet::Answer(Poll::Ready(Some(Err(err))));
+        }
+        // Comments go only between whole events, and only once the
+        // head is out: before it, a silent upstream can still fail
+        // over to another target.
+        if self.head_sent && self.keepalive_due(cx) {
+            let comment = if self.ended_in_cr {
+                &KEEPALIVE_AFTER_CR
+            } else {
+                &KEEPALIVE
+            };
+            return Quiet::Answer(Poll::Ready(Some(Ok(comment.clone()))));
+        }
+        Quiet::Answer(Poll::Pending)
     }
 
     /// The idle timer fired: if an event came since it was armed, arm it
