@@ -24,7 +24,7 @@ use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER, X_REQUEST_ID
 use crate::request_id::request_id;
 use crate::request_progress::RequestProgress;
 use crate::wire_fields::WireFields;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
 use http_body::Body as _;
@@ -315,47 +315,7 @@ impl Connection {
         } = head;
         let head_only = parts.method == Method::HEAD;
         let version = parts.version;
-        let mut reading = None;
-        let body = match framing {
-            Framing::Length(0) => RequestBody::empty(),
-            Framing::Length(n) if self.read.len() as u64 >= n => {
-                RequestBody::whole(self.read.split_to(n as usize).freeze())
-            }
-            framing => {
-                let config = gateway.state().config();
-                let (limit, total) = (
-                    config.max_body_bytes as u64,
-                    config.max_body_bytes_total as u64,
-                );
-                // A declared length over `UNCOUNTED_BODY` is claimed whole
-                // before any of it is read; a chunked body claims its chunks
-                // as they are announced, once they pass it. One over the
-                // limit claims nothing: it is refused with 413.
-                let declared = framing
-                    .remaining()
-                    .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
-                    .unwrap_or(0);
-                let claim = gateway.state().body_budget.claim(declared, total);
-                let handoff = Arc::new(match claim {
-                    Some(_) => FrameHandoff::default(),
-                    None => FrameHandoff::ended(BodyError::NoRoom),
-                });
-                reading = Some(BodyReading {
-                    handoff: handoff.clone(),
-                    framing,
-                    continue_owed: expect_continue.then_some(0),
-                    stalled_since: None,
-                    progress: 0,
-                    began: tokio::time::Instant::now(),
-                    rate_floor: None,
-                    limit,
-                    total,
-                    claim,
-                    received: 0,
-                });
-                RequestBody::read_into(handoff, framing.remaining())
-            }
-        };
+        let (body, mut reading) = self.start_body(framing, expect_continue, gateway);
         let id = request_id(&parts.headers, gateway.state());
         let progress = RequestProgress::default();
         let handled = {
@@ -401,19 +361,8 @@ impl Connection {
             // client gets an answer it can retry elsewhere, not a closed
             // connection (the request is logged when its handler is dropped).
             Some(None) => {
-                let mut fields = WireFields::default();
-                fields.push(&X_REQUEST_ID, &id);
-                if let Some((provider, attempts)) = progress.last_attempt() {
-                    if let Ok(name) = http::HeaderValue::from_str(&provider) {
-                        fields.push(&X_GATEWAY_PROVIDER, &name);
-                    }
-                    fields.push_u64(&X_GATEWAY_ATTEMPTS, attempts.into());
-                }
-                (
-                    crate::drain::unanswered_at_deadline().into_response(),
-                    fields,
-                    false,
-                )
+                let (response, fields) = deadline_answer(&id, &progress);
+                (response, fields, false)
             }
             None => return After::Drop,
         };
@@ -441,6 +390,61 @@ impl Connection {
                     );
                 }
                 After::Drop
+            }
+        }
+    }
+
+    /// The request's body as its handler gets it: already read (small, or
+    /// none), or read by the connection as the handler asks, with its room
+    /// claimed from the body budget first (none, and the body is refused).
+    fn start_body(
+        &mut self,
+        framing: Framing,
+        expect_continue: bool,
+        gateway: &Arc<Gateway>,
+    ) -> (RequestBody, Option<BodyReading>) {
+        match framing {
+            Framing::Length(0) => (RequestBody::empty(), None),
+            Framing::Length(n) if self.read.len() as u64 >= n => {
+                let whole = self.read.split_to(n as usize).freeze();
+                (RequestBody::whole(whole), None)
+            }
+            framing => {
+                let config = gateway.state().config();
+                let (limit, total) = (
+                    config.max_body_bytes as u64,
+                    config.max_body_bytes_total as u64,
+                );
+                // A declared length over `UNCOUNTED_BODY` is claimed whole
+                // before any of it is read; a chunked body claims its chunks
+                // as they are announced, once they pass it. One over the
+                // limit claims nothing: it is refused with 413.
+                let declared = framing
+                    .remaining()
+                    .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
+                    .unwrap_or(0);
+                let claim = gateway.state().body_budget.claim(declared, total);
+                let handoff = Arc::new(match claim {
+                    Some(_) => FrameHandoff::default(),
+                    None => FrameHandoff::ended(BodyError::NoRoom),
+                });
+                let reading = BodyReading {
+                    handoff: handoff.clone(),
+                    framing,
+                    continue_owed: expect_continue.then_some(0),
+                    stalled_since: None,
+                    progress: 0,
+                    began: tokio::time::Instant::now(),
+                    rate_floor: None,
+                    limit,
+                    total,
+                    claim,
+                    received: 0,
+                };
+                (
+                    RequestBody::read_into(handoff, framing.remaining()),
+                    Some(reading),
+                )
             }
         }
     }
@@ -596,4 +600,22 @@ impl Connection {
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
+}
+
+/// The answer to a request whose handler the drain deadline cut off: 503
+/// `gateway_shutdown`, with the request id and the provider it had
+/// reached.
+fn deadline_answer(id: &http::HeaderValue, progress: &RequestProgress) -> (Response, WireFields) {
+    let mut fields = WireFields::default();
+    fields.push(&X_REQUEST_ID, id);
+    if let Some((provider, attempts)) = progress.last_attempt() {
+        if let Ok(name) = http::HeaderValue::from_str(&provider) {
+            fields.push(&X_GATEWAY_PROVIDER, &name);
+        }
+        fields.push_u64(&X_GATEWAY_ATTEMPTS, attempts.into());
+    }
+    (
+        crate::drain::unanswered_at_deadline().into_response(),
+        fields,
+    )
 }
