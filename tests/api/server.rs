@@ -543,6 +543,33 @@ async fn sizes_past_64_bits_are_413() {
     assert_still_serving(app.addr).await;
 }
 
+/// A client that sends a whole body over the limit before it reads (as a
+/// reverse proxy that buffers requests does) still gets the 413, however
+/// large the body: the gateway reads and drops the rest while the client
+/// keeps sending, rather than closing on unread bytes (a reset, which
+/// such a proxy turns into its own 502).
+#[tokio::test]
+async fn a_body_sent_whole_before_reading_gets_its_413_however_large() {
+    let app = spawn_app_with("[server]\nmax_body_bytes = 1024\n", &[]).await;
+    let length = 24 << 20;
+    let mut client = Client::connect(app.addr).await;
+    client
+        .send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"))
+        .await;
+    let piece = vec![b'x'; 1 << 20];
+    for _ in 0..24 {
+        client
+            .stream
+            .write_all(&piece)
+            .await
+            .expect("the body is taken while it comes");
+    }
+    let reply = client.response().await;
+    assert_eq!(reply.status, 413, "{}: {}", reply.head, reply.text());
+    assert_eq!(reply.json()["error"]["code"], "request_too_large");
+    client.assert_closed().await;
+}
+
 /// A chunk that ends exactly at the limit is read and forwarded.
 #[tokio::test]
 async fn chunks_up_to_the_limit_are_read() {

@@ -19,17 +19,23 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// After a response to a request whose body was not read, how long the
-/// rest of it is read and dropped before the connection closes: closing
-/// with unread bytes resets the connection, and the client may lose the
-/// response it has not read yet.
-const LINGER: Duration = Duration::from_secs(2);
+/// rest of it is read and dropped at most before the connection closes:
+/// closing with unread bytes resets the connection, and the client may
+/// lose the response it has not read yet. A client that sends its whole
+/// body before it reads (a reverse proxy that buffers the request, as
+/// nginx does) reads the answer only then: a 30 MiB body over a modest
+/// link takes seconds. As nginx's `lingering_time`; no byte count bounds
+/// it, what is read is dropped at once.
+const LINGER: Duration = Duration::from_secs(30);
+/// How long the lingering waits for the client's next bytes: one that has
+/// stopped sending is closed on.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
 /// How long the lingering lasts at most once the server is closing or
 /// making room at its connection cap: a lingering connection keeps its
 /// place under the cap, and a client that keeps its end open would hold
 /// it for all of [`LINGER`]. Time enough to read an answer over a LAN or a
 /// short round trip.
 const LINGER_AT_CAP: Duration = Duration::from_millis(250);
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 impl Connection {
     /// Answers a head that cannot be served, then closes.
@@ -88,18 +94,19 @@ impl Connection {
 
     /// Closes the sending side, then reads and drops what the client still
     /// sends (the rest of a body not read) until it closes too, for a
-    /// while: [`LINGER`], or [`LINGER_AT_CAP`] once `closed` (the server
-    /// closing or making room at its connection cap) has come.
+    /// while: up to [`LINGER`] while bytes keep coming (each within
+    /// [`LINGER_QUIET`] of the last), or [`LINGER_AT_CAP`] once `closed`
+    /// (the server closing or making room at its connection cap) has come.
     pub(super) async fn linger<C: Future<Output = ()>>(mut self, closed: Pin<&mut C>) {
         if self.io.shutdown().await.is_err() {
             return;
         }
         let dropping = async {
-            let mut dropped = 0;
-            while dropped < LINGER_BYTES {
+            loop {
                 self.read.clear();
-                match poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE)).await {
-                    Ok(n) if n > 0 => dropped += n,
+                let read = poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE));
+                match tokio::time::timeout(LINGER_QUIET, read).await {
+                    Ok(Ok(n)) if n > 0 => {}
                     _ => break,
                 }
             }
