@@ -44,10 +44,11 @@ pub fn limit_spec(
     // Request counts are held in 32 bits: a larger value (often written to
     // mean "unlimited") is held at the largest, which is in effect none.
     let small = |v: Option<u64>| v.map(|n| NonZeroU32::new(n.min(u64::from(u32::MAX)) as u32));
-    // Token counts past 10^12 (a minute's refill would be many tokens per
-    // nanosecond, and Redis's Lua numbers are exact to 2^53 only) are held
-    // there: in effect no limit too.
-    let tokens = |v: Option<u64>| v.and_then(|n| NonZeroU64::new(n.min(MAX_TOKEN_LIMIT)));
+    // Token buckets count in nanoseconds: past one token a nanosecond, a
+    // request's tokens would be rounded to whole nanoseconds of refill
+    // (tens of tokens off at 10^12 a minute). Larger limits are held there:
+    // in effect no limit too.
+    let tokens = |v: Option<u64>, most: u64| v.and_then(|n| NonZeroU64::new(n.min(most)));
     let rpm = positive(file.requests_per_minute, "requests_per_minute");
     let rpd = positive(file.requests_per_day, "requests_per_day");
     let tpm = positive(file.tokens_per_minute, "tokens_per_minute");
@@ -56,14 +57,16 @@ pub fn limit_spec(
     LimitSpec {
         requests_per_minute: small(rpm).flatten(),
         requests_per_day: small(rpd).flatten(),
-        tokens_per_minute: tokens(tpm),
-        tokens_per_day: tokens(tpd),
+        tokens_per_minute: tokens(tpm, MAX_TOKENS_PER_MINUTE),
+        tokens_per_day: tokens(tpd, MAX_TOKENS_PER_DAY),
         concurrent_requests: small(concurrent).flatten(),
     }
 }
 
-/// The largest token limit kept; a larger one is held at this.
-pub const MAX_TOKEN_LIMIT: u64 = 1_000_000_000_000;
+/// The largest token limits kept, one token a nanosecond; a larger one is
+/// held at this.
+pub const MAX_TOKENS_PER_MINUTE: u64 = 60_000_000_000;
+pub const MAX_TOKENS_PER_DAY: u64 = 86_400_000_000_000;
 
 /// `[limits]`; `providers` are the configured provider names.
 pub fn limit_settings(
@@ -338,13 +341,14 @@ mod tests {
         assert_eq!(spec.tokens_per_day.map(u64::from), Some(100_000_000_000));
         let file = LimitSpecFile {
             tokens_per_minute: Some(i64::MAX as u64),
-            tokens_per_day: Some(MAX_TOKEN_LIMIT + 1),
+            tokens_per_day: Some(MAX_TOKENS_PER_DAY + 1),
             ..LimitSpecFile::default()
         };
         let spec = limit_spec(&file, "limits.global", &mut problems);
         assert!(problems.is_empty());
-        assert_eq!(spec.tokens_per_minute.map(u64::from), Some(MAX_TOKEN_LIMIT));
-        assert_eq!(spec.tokens_per_day.map(u64::from), Some(MAX_TOKEN_LIMIT));
+        let held = |limit: Option<NonZeroU64>| limit.map(u64::from);
+        assert_eq!(held(spec.tokens_per_minute), Some(MAX_TOKENS_PER_MINUTE));
+        assert_eq!(held(spec.tokens_per_day), Some(MAX_TOKENS_PER_DAY));
     }
 
     #[test]

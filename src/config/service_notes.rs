@@ -97,14 +97,16 @@ impl Config {
 
     /// Why this configuration can serve no chat request, if it cannot.
     pub fn out_of_service(&self) -> Option<OutOfService> {
+        // In the order that decides what a request gets: no name routes
+        // (404) before no key for the names that do (503).
         if self.providers.is_empty() {
             Some(OutOfService::NoProviderConfigured)
-        } else if self.usable_providers().next().is_none() {
-            Some(OutOfService::NoProviderUsable)
         } else if self.routes.routes().is_empty()
             && !self.usable_providers().any(|p| p.models_refresh.is_some())
         {
             Some(OutOfService::NothingRoutable)
+        } else if self.usable_providers().next().is_none() {
+            Some(OutOfService::NoProviderUsable)
         } else {
             None
         }
@@ -123,5 +125,42 @@ impl Config {
         if let Some(problem) = self.out_of_service() {
             tracing::warn!("{problem}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out_of_service(text: &str, keyed: bool) -> Option<OutOfService> {
+        let env = |v: &str| (keyed && v.ends_with("_API_KEY")).then(|| "k".to_string());
+        crate::config::resolve(text, &env).unwrap().out_of_service()
+    }
+
+    /// What is said is what a chat request gets: with no catalogue left,
+    /// 404 whether or not keys are set; with names but no key, 503.
+    #[test]
+    fn the_problem_named_is_the_one_requests_meet() {
+        let emptied = "[providers.moonshot]\nmodels = []\n[providers.aimlapi]\nmodels = []\n\
+                       [providers.agentsflare]\nmodels = []\n";
+        for keyed in [true, false] {
+            let problem = out_of_service(emptied, keyed);
+            assert_eq!(
+                problem,
+                Some(OutOfService::NothingRoutable),
+                "keys set: {keyed}"
+            );
+            assert_eq!(problem.unwrap().answer(), "404 model_not_found");
+        }
+        let problem = out_of_service("", false);
+        assert_eq!(problem, Some(OutOfService::NoProviderUsable));
+        assert_eq!(problem.unwrap().answer(), "503 provider_not_configured");
+        assert_eq!(out_of_service("", true), None);
+        let disabled = "[providers.moonshot]\nenabled = false\n[providers.aimlapi]\nenabled = false\n\
+                        [providers.agentsflare]\nenabled = false\n";
+        assert_eq!(
+            out_of_service(disabled, true),
+            Some(OutOfService::NoProviderConfigured)
+        );
     }
 }

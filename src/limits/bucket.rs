@@ -127,6 +127,26 @@ fn ceil_u64(value: f64) -> u64 {
 mod tests {
     use super::*;
 
+    /// The largest limits the configuration keeps (one token a
+    /// nanosecond) count a request's tokens to the token; above them a
+    /// nanosecond of refill is many tokens, and a request's cost rounds up
+    /// to whole ones.
+    #[test]
+    fn at_a_token_a_nanosecond_costs_are_counted_to_the_token() {
+        for (capacity, period) in [
+            (60_000_000_000, Duration::from_secs(60)),
+            (86_400_000_000_000, Duration::from_secs(86_400)),
+        ] {
+            let bucket = TokenBucket::new(capacity, period);
+            let window = bucket.reserve(37, 1_000).unwrap();
+            let taken = capacity - window.remaining;
+            assert!((37..=38).contains(&taken), "{taken} taken for 37");
+        }
+        let finer = TokenBucket::new(1_000_000_000_000, Duration::from_secs(60));
+        let taken = 1_000_000_000_000 - finer.reserve(37, 1_000).unwrap().remaining;
+        assert!(taken > 38, "finer than a nanosecond: {taken} taken for 37");
+    }
+
     #[test]
     fn rounding_up_matches_ceil() {
         let mut rng = fastrand::Rng::with_seed(3);
