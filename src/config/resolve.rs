@@ -6,7 +6,7 @@ use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
 use super::providers::{AbsentProviders, build_provider, merge_provider_table, preset_drafts};
-use super::server_settings::{ServerSettings, server_settings};
+use super::server_settings::server_settings;
 use super::settings::{breaker_settings, retry_settings};
 use super::{Config, ConfigErrors, ConfigProblem};
 use crate::limits::{Limits, ScopeRegistry};
@@ -108,27 +108,16 @@ pub fn resolve_reusing(
     )
     .map_err(|err| ConfigErrors(vec![ConfigProblem::new("limits.redis_url", err)]))?;
     let digest = fingerprint.finalize();
-    let ServerSettings {
-        listen,
-        max_body_bytes,
-        max_body_bytes_total,
-        max_connections,
-        max_response_bytes,
-        drain,
-        sse_keepalive,
-        client_idle,
-        metrics_listen,
-    } = server;
     Ok(Config {
-        listen,
-        max_body_bytes,
-        max_body_bytes_total,
-        max_connections,
-        max_response_bytes,
-        drain,
-        sse_keepalive,
-        client_idle,
-        metrics_listen,
+        listen: server.listen,
+        max_body_bytes: server.max_body_bytes,
+        max_body_bytes_total: server.max_body_bytes_total,
+        max_connections: server.max_connections,
+        max_response_bytes: server.max_response_bytes,
+        drain: server.drain,
+        sse_keepalive: server.sse_keepalive,
+        client_idle: server.client_idle,
+        metrics_listen: server.metrics_listen,
         retry,
         providers,
         routes,
