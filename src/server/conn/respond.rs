@@ -1,7 +1,7 @@
 //! A response written to the client: its head, then its body framed by
 //! length or in chunks, gathered into as few writes as the body allows.
 
-use super::waits::{BODY_PROGRESS, IdleLimit, unacknowledged};
+use super::waits::{BODY_PROGRESS, IdleLimit, SendQueue};
 use super::{Connection, Next};
 use crate::coarse_clock;
 use crate::server::response_head::{self, BodyFraming, ConnectionHeader};
@@ -124,7 +124,7 @@ impl Connection {
     /// bytes in the kernel, trying to deliver them to a client that does
     /// not read. What the client took is what the socket accepted, and when
     /// the limit passes with the socket still full, also what the client
-    /// acknowledged meanwhile ([`unacknowledged`]): a client reading
+    /// acknowledged meanwhile ([`SendQueue`]): a client reading
     /// steadily, slower than the socket's buffer shows, is not cut. The
     /// clock is read and the timer polled only when the socket takes
     /// nothing.
@@ -132,7 +132,7 @@ impl Connection {
         &mut self,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> std::io::Result<()> {
-        let socket = std::os::fd::AsRawFd::as_raw_fd(&self.io);
+        let queue = SendQueue::of(&self.io);
         // When the current wait began (coarse clock), the bytes written by
         // then, and those the client had not acknowledged then.
         let mut wait: Option<(Duration, usize, Option<usize>)> = None;
@@ -142,12 +142,12 @@ impl Connection {
             };
             let (began, from, unacked) = match wait {
                 Some(waiting @ (_, from, _)) if written - from < BODY_PROGRESS => waiting,
-                _ => *wait.insert((coarse_clock::monotonic(), written, unacknowledged(socket))),
+                _ => *wait.insert((coarse_clock::monotonic(), written, queue.unacknowledged())),
             };
             if !limit.passed(cx, began) {
                 return false;
             }
-            let now_unacked = unacknowledged(socket);
+            let now_unacked = queue.unacknowledged();
             let taken = match (unacked, now_unacked) {
                 (Some(then), Some(now)) => (written - from) + then.saturating_sub(now),
                 _ => 0,

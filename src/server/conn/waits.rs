@@ -82,25 +82,46 @@ impl IdleLimit<'_> {
 /// one that trickles a byte at a time cannot hold a connection for ever.
 pub(super) const BODY_PROGRESS: usize = 8 * 1024;
 
-/// Bytes written to a TCP socket that its peer has not acknowledged yet
-/// (Linux's `SIOCOUTQ`, which is `TIOCOUTQ`); `None` where it cannot be
-/// read. The socket reporting room to write is no measure of a client that
-/// reads slowly: the kernel grows a send buffer to megabytes and reports
-/// room only once about half of what it holds has drained, which at tens
-/// of kilobytes a second takes longer than any idle limit. What the client
-/// acknowledged is what it took.
-pub(super) fn unacknowledged(socket: std::os::fd::RawFd) -> Option<usize> {
+/// A TCP socket's send queue, asked how much of what was written its peer
+/// has not acknowledged yet. The socket reporting room to write is no
+/// measure of a client that reads slowly: the kernel grows a send buffer
+/// to megabytes and reports room only once about half of what it holds has
+/// drained, which at tens of kilobytes a second takes longer than any idle
+/// limit. What the client acknowledged is what it took. Held by descriptor
+/// so that it can be asked while the socket is being written.
+#[derive(Clone, Copy)]
+pub(super) struct SendQueue {
     #[cfg(target_os = "linux")]
-    {
+    fd: std::os::fd::RawFd,
+}
+
+#[cfg(target_os = "linux")]
+impl SendQueue {
+    pub(super) fn of(socket: &tokio::net::TcpStream) -> SendQueue {
+        SendQueue {
+            fd: std::os::fd::AsRawFd::as_raw_fd(socket),
+        }
+    }
+
+    /// Bytes not acknowledged yet (Linux's `SIOCOUTQ`, which is
+    /// `TIOCOUTQ`).
+    pub(super) fn unacknowledged(self) -> Option<usize> {
         let mut queued: libc::c_int = 0;
-        // SAFETY: the caller's socket, open while it writes to it; the
-        // ioctl writes one int where it is told to.
-        let done = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut queued) };
+        // SAFETY: the socket this was made of, open while it is written
+        // to; the ioctl writes one int where it is told to.
+        let done = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut queued) };
         (done == 0).then(|| usize::try_from(queued).ok()).flatten()
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = socket;
+}
+
+/// Elsewhere the queue cannot be asked: only what the socket takes counts.
+#[cfg(not(target_os = "linux"))]
+impl SendQueue {
+    pub(super) fn of(_: &tokio::net::TcpStream) -> SendQueue {
+        SendQueue {}
+    }
+
+    pub(super) fn unacknowledged(self) -> Option<usize> {
         None
     }
 }
