@@ -233,6 +233,12 @@ pub fn success_body_error(
 }
 
 fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<StreamError> {
+    // AI/ML API's and Agentsflare's document, with a web framework's
+    // status text as its `error` (`{"statusCode":429,"message":…,
+    // "error":"Too Many Requests"}`): its status says more than the text.
+    if let Some(found) = status_document_event(data, provider) {
+        return Some(found);
+    }
     let Some(mut says) = ProviderSays::read(data, Mending::WholeOnly) else {
         // No JSON even once mended, yet naming `error`: the SDKs fail on
         // it, and what it holds can be neither read nor searched for the
@@ -244,16 +250,16 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
         return unreadable.then(|| StreamError {
             error: GatewayError::server(StatusCode::BAD_GATEWAY, message)
                 .with_code(code::UPSTREAM_BAD_RESPONSE),
-            empty: true,
+            send_own: true,
         });
     };
     if !says.error_object {
         let text = says.error_text.take()?;
         says.message = says.message.or(Some(text));
     }
-    let empty = says.error_empty;
+    let send_own = says.error_empty;
     let error = error_said(says, provider, carrier);
-    Some(StreamError { error, empty })
+    Some(StreamError { error, send_own })
 }
 
 /// An event the provider named `error` (`event: error`) whose data has no
@@ -261,11 +267,27 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
 /// all the same, read from the data's own members. The SDKs would take it
 /// for a chunk, so it is always sent as the gateway's own error event.
 pub fn named_error_event(data: &[u8], provider: &Provider) -> StreamError {
+    if let Some(found) = status_document_event(data, provider) {
+        return found;
+    }
     let says = ProviderSays::read(data, Mending::WholeOnly).unwrap_or_default();
     StreamError {
         error: error_said(says, provider, Carrier::StreamEvent),
-        empty: true,
+        send_own: true,
     }
+}
+
+/// An event whose data is AI/ML API's or Agentsflare's error document
+/// (`{"statusCode":429,"message":"Insufficient balance"}`): read as the
+/// same body under that status would be, as a 2xx body in that shape is.
+/// The SDKs would take it for a chunk, so it is always sent as the
+/// gateway's own error event. `None` for data in no such shape.
+pub fn status_document_event(data: &[u8], provider: &Provider) -> Option<StreamError> {
+    let status = status_in_success_body(data)?;
+    Some(StreamError {
+        error: translate(provider, status, AskedWait::default(), data),
+        send_own: true,
+    })
 }
 
 /// The error a 2xx body or a stream event says: its type's status, a
@@ -277,11 +299,19 @@ fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> 
         says.message =
             Some(carrier.error_that(provider, "ended the stream with", "gave no message"));
     }
-    let status = says
-        .error_type
-        .as_deref()
-        .and_then(ErrorType::from_name)
-        .map_or(StatusCode::BAD_GATEWAY, ErrorType::default_status);
+    let status = match says.error_type.as_deref().and_then(ErrorType::from_name) {
+        Some(typed) => typed.default_status(),
+        // No type to go by: a numeric `code` from 400 to 599 is the HTTP
+        // status the provider would have answered with (`{"error":
+        // {"code":429,"message":"Insufficient balance"}}`).
+        None => says
+            .code_is_number
+            .then(|| says.code.as_deref()?.parse::<u16>().ok())
+            .flatten()
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .filter(|status| status.is_client_error() || status.is_server_error())
+            .unwrap_or(StatusCode::BAD_GATEWAY),
+    };
     let mut error = error_from(provider, status, AskedWait::default(), says);
     if error.error_type == ErrorType::ServerError {
         // The status said 2xx; the error carries no status of its own to
@@ -294,11 +324,13 @@ fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> 
 /// A provider's error event, read.
 pub struct StreamError {
     pub error: GatewayError,
-    /// Its `error` says nothing (`{}`, `[]`, `true`, a number): passed on,
-    /// an SDK might not raise (Python's does not on `{}` or `[]`), and its
-    /// user would take the stream for a complete answer, so the gateway
-    /// sends its own error event instead.
-    pub empty: bool,
+    /// Passed on, an SDK might not raise on it, and its user would take the
+    /// stream for a complete answer, so the gateway sends its own error
+    /// event instead: its `error` says nothing (`{}`, `[]`, `true`, a
+    /// number; Python's SDK does not raise on `{}` or `[]`), or it has no
+    /// `error` member at all (an event named `error`, a `statusCode`
+    /// document), which the SDKs take for a chunk.
+    pub send_own: bool,
 }
 
 fn error_from(
@@ -994,7 +1026,7 @@ mod tests {
     fn an_empty_error_event_is_one_and_says_so() {
         let provider = test_provider();
         let read = stream_error(br#"{"error":{}}"#, &provider).unwrap();
-        assert!(read.empty);
+        assert!(read.send_own);
         assert_eq!(read.error.error_type, ErrorType::ServerError);
         assert!(
             read.error.message.contains("gave no message"),
@@ -1002,7 +1034,7 @@ mod tests {
             read.error
         );
         let read = stream_error(br#"{"error":{"code":"x"}}"#, &provider).unwrap();
-        assert!(!read.empty);
+        assert!(!read.send_own);
     }
 
     /// A body cut at the read limit, or one with a lone surrogate escape
@@ -1056,5 +1088,61 @@ mod tests {
         );
         assert_eq!(err.error_type, ErrorType::ServerError);
         assert!(err.message.contains("HTTP 502"));
+    }
+
+    /// An error event in AI/ML API's or Agentsflare's shape, named `error`
+    /// or not, or with a status text as its `error`, is read as the same
+    /// body under its `statusCode` would be: a balance 429 is a quota
+    /// error (not retried), not a server error.
+    #[test]
+    fn a_status_code_document_is_read_by_its_status() {
+        let provider = test_provider();
+        let balance = br#"{"statusCode":429,"message":"Insufficient balance"}"#;
+        for read in [
+            named_error_event(balance, &provider),
+            status_document_event(balance, &provider).unwrap(),
+            stream_error(
+                br#"{"statusCode":429,"message":"Insufficient balance","error":"Too Many Requests"}"#,
+                &provider,
+            )
+            .unwrap(),
+        ] {
+            assert!(read.send_own);
+            assert_eq!(read.error.error_type, ErrorType::ExceededCurrentQuotaError);
+            assert_eq!(read.error.message, "Insufficient balance");
+        }
+        let busy = named_error_event(br#"{"statusCode":429,"message":"slow down"}"#, &provider);
+        assert_eq!(busy.error.error_type, ErrorType::RateLimitReachedError);
+        // Not that shape: a chunk, or a status out of the error range.
+        assert!(status_document_event(br#"{"statusCode":429,"choices":[]}"#, &provider).is_none());
+        assert!(status_document_event(br#"{"statusCode":200,"message":"ok"}"#, &provider).is_none());
+    }
+
+    /// An error object with no type and a numeric `code` in the HTTP error
+    /// range is read as that status; another code leaves a server error.
+    #[test]
+    fn a_numeric_code_without_a_type_is_the_status() {
+        let provider = test_provider();
+        let read =
+            stream_error(br#"{"error":{"message":"Insufficient balance","code":429}}"#, &provider)
+                .unwrap();
+        assert_eq!(read.error.error_type, ErrorType::ExceededCurrentQuotaError);
+        assert_eq!(read.error.status, StatusCode::TOO_MANY_REQUESTS);
+        let read = stream_error(br#"{"error":{"message":"too long","code":400}}"#, &provider)
+            .unwrap();
+        assert_eq!(read.error.error_type, ErrorType::InvalidRequestError);
+        for code in ["200", "1001", "\"429\""] {
+            let data = format!(r#"{{"error":{{"message":"broke","code":{code}}}}}"#);
+            let read = stream_error(data.as_bytes(), &provider).unwrap();
+            assert_eq!(read.error.status, StatusCode::BAD_GATEWAY, "{code}");
+            assert_eq!(read.error.error_type, ErrorType::ServerError, "{code}");
+        }
+        // A type wins over the code.
+        let read = stream_error(
+            br#"{"error":{"message":"x","type":"engine_overloaded_error","code":500}}"#,
+            &provider,
+        )
+        .unwrap();
+        assert_eq!(read.error.error_type, ErrorType::EngineOverloadedError);
     }
 }

@@ -1,7 +1,8 @@
 //! What a relayed stream's events mean to the gateway: where `[DONE]` is,
 //! which event is the provider's error (and that event without the
-//! provider's key), whether a block is an event at all, and whether a
-//! chunk is the `include_usage` usage chunk.
+//! provider's key), whether a block is an event at all, whether a chunk
+//! is the `include_usage` usage chunk, and where the answer's first chunk
+//! comes after an opening prompt-filter chunk.
 
 use super::provider_errors::StreamError;
 use super::sse_lines::{data_value, event_data, event_end, event_start, lines};
@@ -55,11 +56,21 @@ static ERROR_WORD: LazyLock<memchr::memmem::Finder<'static>> =
 
 /// A provider's own error event among `events`: one whose data has an
 /// `error` member (`data: {"error":{...}}`), or one named `error`
-/// (`event: error`); the error, and where its event starts and ends.
+/// (`event: error`); and the answer's first event, at `answer_at` (given
+/// before the answer has begun), when that is AI/ML API's or Agentsflare's
+/// error document (`{"statusCode":429,"message":…}`, as a 2xx body in
+/// that shape is an error). The error, and where its event starts and
+/// ends.
 pub(super) fn provider_error_event(
     events: &[u8],
     provider: &crate::config::Provider,
+    answer_at: Option<usize>,
 ) -> Option<(StreamError, Range<usize>)> {
+    if let Some(at) = answer_at
+        && let Some(found) = status_document_at(events, at, provider)
+    {
+        return Some(found);
+    }
     let from = ERROR_WORD.find(events)?;
     // Providers name no events in a chat stream: the search for a name
     // runs only where `error` is (a text that mentions it) and finds none.
@@ -88,6 +99,45 @@ pub(super) fn provider_error_event(
                 })?;
             Some((err, start..end))
         })
+}
+
+/// The event at `at` in `events` when it is AI/ML API's or Agentsflare's
+/// error document, read from its first data line's first member (a chunk
+/// begins with another), so the stream's first event pays a few
+/// comparisons for it. Only the answer's first event is looked at: a
+/// search of every read for the document's name would cost as much as
+/// the relay's other searches together, and later in a stream the
+/// document passes as it came.
+fn status_document_at(
+    events: &[u8],
+    at: usize,
+    provider: &crate::config::Provider,
+) -> Option<(StreamError, Range<usize>)> {
+    // The usual event begins with its data line: its first member is
+    // looked at before the line's end is looked for.
+    if let Some(data) = events[at..].strip_prefix(b"data:")
+        && !opens_status_document(data)
+    {
+        return None;
+    }
+    let line = lines(&events[at..]).find(|line| data_value(line).is_some())?;
+    let data = data_value(line)?.trim_ascii();
+    if !opens_status_document(data) {
+        return None;
+    }
+    let found = super::provider_errors::status_document_event(data, provider)?;
+    let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
+    let end = event_end(events, line_end).unwrap_or(events.len());
+    Some((found, at..end))
+}
+
+/// Whether `data` begins with the first member of AI/ML API's or
+/// Agentsflare's error document (`message` or `statusCode`).
+fn opens_status_document(data: &[u8]) -> bool {
+    data.trim_ascii_start()
+        .strip_prefix(b"{")
+        .map(<[u8]>::trim_ascii_start)
+        .is_some_and(|member| member.starts_with(b"\"statusCode\"") || member.starts_with(b"\"message\""))
 }
 
 /// Whether an event has the field line `event: error`.
@@ -200,6 +250,69 @@ pub(super) fn first_event_start(events: &[u8]) -> Option<usize> {
     Some(event_start(events, line_start))
 }
 
+/// Without its quotes, as `statusCode` above.
+static PROMPT_FILTER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"prompt_filter_results"));
+
+/// Where the answer's first event starts in `events` (a block that begins
+/// with an event): past the opening chunks that carry only the provider's
+/// prompt filter results (Azure's shape, which Agentsflare sends before
+/// its first token: no choice, `created: 0`, `model: ""`). `None` when
+/// every event in `events` is one. Such a chunk says nothing of the
+/// answer: a failure after it is still a failure before the answer began.
+/// Each event is looked at alone, so an answer that begins at once costs
+/// one search of its first event.
+pub(super) fn answer_start(events: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    loop {
+        start += first_event_start(&events[start..])?;
+        // A chunk of the answer opens its first list with a choice
+        // (`"choices":[{`), the filter's chunk with none (`"choices":[]`:
+        // providers write `choices` before `prompt_filter_results`, and
+        // Azure sorts its keys), so one `memchr` decides nearly every
+        // event; a first list that is empty is looked at whole.
+        let rest = &events[start..];
+        let opens_empty_list = memchr::memchr(b'[', rest)
+            .is_some_and(|at| rest[at + 1..].trim_ascii_start().starts_with(b"]"));
+        if !opens_empty_list {
+            return Some(start);
+        }
+        let end = event_end(events, start).unwrap_or(events.len());
+        let event = &events[start..end];
+        if PROMPT_FILTER.find(event).is_none() {
+            return Some(start);
+        }
+        let line = lines(event).find(|line| data_value(line).is_some())?;
+        let (_, data) = event_data(event, line);
+        if !is_prompt_filter_chunk(data.trim_ascii()) {
+            return Some(start);
+        }
+        start = end;
+    }
+}
+
+/// A chunk that carries the prompt filter's results and nothing of the
+/// answer: a JSON object with `prompt_filter_results`, no choice, and no
+/// usage or error (`null` aside).
+fn is_prompt_filter_chunk(data: &[u8]) -> bool {
+    let mut filter_results = false;
+    let mut answer = false;
+    let scanned = super::json_scan::scan_object(data, |key, span| match key {
+        b"prompt_filter_results" => filter_results = true,
+        b"choices" | b"usage" | b"error" => {
+            let value = data[span].trim_ascii();
+            let empty = matches!(value, b"null" | b"[]")
+                || value
+                    .strip_prefix(b"[")
+                    .and_then(|v| v.strip_suffix(b"]"))
+                    .is_some_and(|inside| inside.trim_ascii().is_empty());
+            answer |= !empty;
+        }
+        _ => {}
+    });
+    scanned.is_ok() && filter_results && !answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +356,38 @@ mod tests {
             find_done(b"data: {\"x\":1}\r\ndata: [DONE]\r\n\r\ndata: [DONE]\n\n"),
             Some(31)
         );
+    }
+
+    /// Azure's and Agentsflare's opening chunk comes before the answer's
+    /// first event; anything with an answer in it does not.
+    #[test]
+    fn the_answer_starts_after_opening_prompt_filter_chunks() {
+        let filter = "data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"model\":\"\",\"choices\":[],\
+            \"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n";
+        let content = "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        assert_eq!(answer_start(content.as_bytes()), Some(0));
+        assert_eq!(answer_start(filter.as_bytes()), None);
+        assert_eq!(answer_start(format!("{filter}{filter}").as_bytes()), None);
+        assert_eq!(
+            answer_start(format!("{filter}{content}").as_bytes()),
+            Some(filter.len())
+        );
+        assert_eq!(
+            answer_start(format!("{filter}data: [DONE]\n\n").as_bytes()),
+            Some(filter.len())
+        );
+        // Results beside a choice, usage or an error: part of the answer.
+        for data in [
+            r#"{"choices":[{"delta":{}}],"prompt_filter_results":[]}"#,
+            r#"{"choices":[],"usage":{"total_tokens":3},"prompt_filter_results":[]}"#,
+            r#"{"error":{"message":"x"},"prompt_filter_results":[]}"#,
+            r#"{"choices":[],"prompt_filter_results":[]"#,
+            r#"{"choices":[],"note":"\"prompt_filter_results\""}"#,
+        ] {
+            assert_eq!(answer_start(format!("data: {data}\n\n").as_bytes()), Some(0), "{data}");
+        }
+        // `null` usage and choices are no answer.
+        let nulls = r#"data: {"choices":null,"usage":null,"prompt_filter_results":[]}"#;
+        assert_eq!(answer_start(format!("{nulls}\n\n").as_bytes()), None);
     }
 }

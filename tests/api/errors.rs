@@ -76,6 +76,23 @@ async fn a_first_event_error_names_the_providers_request_id() {
     }
 }
 
+/// Agentsflare's opening prompt-filter chunk is no part of the answer: an
+/// error event right after it is still the attempt's error, answered (and
+/// failed over) as an HTTP error, with nothing of the stream sent.
+#[tokio::test]
+async fn an_error_after_the_opening_prompt_filter_chunk_is_the_attempts_error() {
+    let app = spawn_app_with(SINGLE_ATTEMPT, &[]).await;
+    let body = chat_body(
+        model_of(Flavour::Agentsflare),
+        "[mock error_event_after=1]",
+        true,
+    );
+    let response = app.chat(body).await;
+    assert_eq!(response.status(), 429);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "engine_overloaded_error");
+}
+
 /// The response names the provider's request id from its head: the mock
 /// numbers its answers.
 fn assert_numbered_upstream_id(response: &reqwest::Response) {

@@ -7,7 +7,8 @@
 use super::SseRelay;
 use crate::proxy::normalize::usage_chunk;
 use crate::proxy::sse_events::{
-    ErrorEventAs, carries_no_choice, find_done, provider_error_event, redacted_error_event,
+    ErrorEventAs, answer_start, carries_no_choice, find_done, provider_error_event,
+    redacted_error_event,
 };
 use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start, lines};
 use crate::proxy::stream_stats::StreamEnd;
@@ -37,7 +38,9 @@ impl SseRelay {
             }
         }
         if self.provider_error.is_none() {
-            if let Some((found, event)) = provider_error_event(&events, &self.provider) {
+            if let Some((found, event)) =
+                provider_error_event(&events, &self.provider, self.answer_at)
+            {
                 let err = found.error;
                 // Recorded now: a client that leaves once it has read the
                 // event (SDKs raise on it) still logs the provider's error.
@@ -48,7 +51,7 @@ impl SseRelay {
                 self.lf_owed = false;
                 // Forwarded as it came, but never with the gateway's key,
                 // and never as an error one of the SDKs would not raise on.
-                let sent_as = if found.empty {
+                let sent_as = if found.send_own {
                     ErrorEventAs::Replaced
                 } else {
                     redacted_error_event(&events[event.clone()], &self.provider)
@@ -62,8 +65,11 @@ impl SseRelay {
                         Bytes::from([&events[..event.start], &err.sse_event()[..]].concat())
                     }
                 };
-                // Before the head, the read starts at its first event.
-                self.error_came_first = !self.head_sent && event.start == 0;
+                // Before the head, the read starts at its first event;
+                // opening prompt-filter chunks before the error are no
+                // part of an answer either.
+                self.error_came_first = !self.head_sent
+                    && (event.start == 0 || answer_start(&events[..event.start]).is_none());
                 self.provider_error = Some(err);
             }
         }
@@ -152,12 +158,13 @@ impl SseRelay {
     }
 }
 
-/// Whether `events`, a stream's first (with `[DONE]` in them), hold no
+/// Whether `answer`, a stream's first events from the answer's first on
+/// (past opening prompt-filter chunks, with `[DONE]` in them), hold no
 /// data before `[DONE]`: a stream that ends before a single chunk of an
 /// answer. Its first data line is `[DONE]`'s (read from the start: the
 /// whole of a short stream often comes in one read).
-pub(super) fn done_without_answer(events: &[u8]) -> bool {
-    lines(events)
+pub(super) fn done_without_answer(answer: &[u8]) -> bool {
+    lines(answer)
         .find_map(data_value)
         .is_some_and(|data| data.starts_with(b"[DONE]"))
 }

@@ -18,7 +18,7 @@ use unended_done::BodyNow;
 use super::breaker::Breaker;
 use super::failover::{Verdict, classify};
 use super::normalize::ChunkIdentity;
-use super::sse_events::first_event_start;
+use super::sse_events::{self, first_event_start};
 use super::sse_lines::first_event_over;
 use super::stream_stats::{StreamEnd, StreamStats};
 use super::upstream_errors;
@@ -42,6 +42,11 @@ use tokio_util::sync::CancellationToken;
 
 /// UTF-8's byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Most bytes of opening prompt-filter chunks held before the answer's
+/// first event (one is a few hundred bytes); past it, they begin the
+/// stream as any event would.
+const MAX_OPENING: usize = 64 * 1024;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
@@ -132,6 +137,10 @@ pub struct SseRelay {
     /// That error was the stream's first event: nothing of the answer came
     /// before it, so the attempt failed as a whole and may be retried.
     error_came_first: bool,
+    /// Before the head: where the answer's first event starts in the read
+    /// being relayed, past opening prompt-filter chunks (`None` while only
+    /// those have come, and once the head is out).
+    answer_at: Option<usize>,
     idle: Duration,
     /// Largest event held while waiting for its end.
     max_event_bytes: usize,
@@ -190,6 +199,7 @@ impl SseRelay {
         stats: Arc<StreamStats>,
     ) -> Result<SseRelay, GatewayError> {
         let now = Instant::now();
+        let first_byte_deadline = settings.first_byte_deadline;
         let mut relay = SseRelay {
             upstream,
             held: None,
@@ -207,6 +217,7 @@ impl SseRelay {
             first_chunk: None,
             provider_error: None,
             error_came_first: false,
+            answer_at: None,
             idle: settings.idle,
             waits: RelayWaits::new(
                 settings.first_byte_deadline,
@@ -227,7 +238,28 @@ impl SseRelay {
             breaker: settings.breaker,
         };
         relay.open_streams.inc();
-        let first = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
+        // Opening prompt-filter chunks are no part of the answer: they are
+        // held with the head until its first event, so a failure after
+        // them still fails over, and the first-byte deadline and the time
+        // to first token are the answer's.
+        let mut opening: Option<Bytes> = None;
+        let first = loop {
+            let next = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
+            match next {
+                Some(Ok(events))
+                    if !relay.error_came_first
+                        && relay.answer_at.is_none()
+                        && opening.as_ref().is_none_or(|held| held.len() < MAX_OPENING) =>
+                {
+                    opening = Some(match opening.take() {
+                        None => events,
+                        Some(held) => Bytes::from([&held[..], &events[..]].concat()),
+                    });
+                    relay.await_answer(first_byte_deadline);
+                }
+                other => break other,
+            }
+        };
         match first {
             Some(Ok(_)) if relay.error_came_first => {
                 // Nothing went to the client yet: a provider that fails in
@@ -238,7 +270,10 @@ impl SseRelay {
             }
             // `[DONE]` with nothing before it: an answer of no chunk at
             // all, which the SDKs would hand on as an empty answer.
-            Some(Ok(events)) if relay.stats.saw_done() && inspect::done_without_answer(&events) => {
+            Some(Ok(events))
+                if relay.stats.saw_done()
+                    && inspect::done_without_answer(&events[relay.answer_at.unwrap_or(0)..]) =>
+            {
                 Err(GatewayError::server(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -249,10 +284,12 @@ impl SseRelay {
                 .with_code(code::UPSTREAM_BAD_RESPONSE))
             }
             Some(Ok(events)) => {
+                relay.queued.extend(opening);
                 relay.queued.push_back(events);
                 let after = std::mem::take(&mut relay.after);
                 relay.queued.extend(after);
                 relay.head_sent = true;
+                relay.answer_at = None;
                 relay.stats.mark_first_event(relay.last_event);
                 // Events of the answer came before the provider's error in
                 // the same read: the stream has begun, and ends with them
@@ -268,6 +305,13 @@ impl SseRelay {
             Some(Err(err)) => Err(err),
             None => Err(upstream_errors::no_event(&relay.provider, false)),
         }
+    }
+
+    /// Only opening chunks so far: the wait for the answer's first event is
+    /// still bounded by the first-byte deadline, not the idle limit.
+    fn await_answer(&mut self, first_byte_deadline: Instant) {
+        self.idle_between_events = false;
+        self.waits.as_mut().idle().reset(first_byte_deadline);
     }
 
     /// Next complete events from upstream, an error, or the end.
@@ -404,6 +448,7 @@ impl SseRelay {
                 Some(0) => {}
                 Some(start) => events = events.slice(start..),
             }
+            self.answer_at = sse_events::answer_start(&events);
         }
         let has_event = first_event.is_some();
         let now = Instant::now();

@@ -12,6 +12,7 @@ use prometheus::HistogramOpts;
 
 mod after_done;
 mod error_events;
+mod opening_chunks;
 mod usage;
 
 fn settings() -> RelaySettings {

@@ -1,0 +1,154 @@
+//! Opening prompt-filter chunks (Azure's shape, which Agentsflare sends
+//! before its first token) are no part of the answer: held with the head
+//! until the answer's first event, so what fails after them is still the
+//! attempt's error, and the first-byte deadline is the answer's.
+
+use super::*;
+
+/// Agentsflare's opening chunk: filter results, no choice.
+const FILTER: &[u8] = b"data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"model\":\"\",\"choices\":[],\
+\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n";
+
+const OVERLOADED: &[u8] =
+    b"data: {\"error\":{\"message\":\"busy\",\"type\":\"engine_overloaded_error\"}}\n\n";
+
+async fn start(upstream: Upstream, settings: RelaySettings) -> Result<SseRelay, GatewayError> {
+    let stats = Arc::new(StreamStats::new(Instant::now()));
+    SseRelay::start(upstream, settings, stats).await
+}
+
+/// An error after the opening chunk, in its read or the next, fails the
+/// attempt as a first event's error does (and so is failed over).
+#[tokio::test]
+async fn an_error_after_the_opening_chunk_is_the_attempts_error() {
+    let together = vec![Bytes::from([FILTER, OVERLOADED].concat())];
+    let apart = vec![Bytes::from_static(FILTER), Bytes::from_static(OVERLOADED)];
+    let two_openings = vec![
+        Bytes::from_static(FILTER),
+        Bytes::from_static(FILTER),
+        Bytes::from_static(OVERLOADED),
+    ];
+    for reads in [together, apart, two_openings] {
+        let err = start(one_per_read(reads), settings())
+            .await
+            .err()
+            .expect("the attempt's error");
+        assert_eq!(err.error_type, ErrorType::EngineOverloadedError);
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
+/// A provider that closes or cuts its body after the opening chunk has
+/// sent no answer: the attempt fails, as one with no event at all does.
+#[tokio::test]
+async fn a_body_that_ends_after_the_opening_chunk_fails_the_attempt() {
+    let ended = one_per_read(vec![Bytes::from_static(FILTER)]);
+    let err = start(ended, settings()).await.err().expect("no answer");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
+
+    let cut: Upstream = Box::pin(
+        futures_util::stream::iter([Ok(Bytes::from_static(FILTER))]).chain(
+            futures_util::stream::once(async {
+                Err(crate::client::UpstreamError::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                )))
+            }),
+        ),
+    );
+    let err = start(cut, settings()).await.err().expect("cut");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_UNREACHABLE));
+
+    let done = one_per_read(vec![
+        Bytes::from_static(FILTER),
+        Bytes::from_static(b"data: [DONE]\n\n"),
+    ]);
+    let err = start(done, settings()).await.err().expect("no answer");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
+    let done_together = one_per_read(vec![Bytes::from(
+        [FILTER, b"data: [DONE]\n\n"].concat(),
+    )]);
+    let err = start(done_together, settings()).await.err().expect("no answer");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
+}
+
+/// The opening chunk goes out first, with the answer's first event; the
+/// first event's time is the answer's, and the wait for it is bounded by
+/// the first-byte deadline, not the (shorter) idle limit.
+#[tokio::test(start_paused = true)]
+async fn the_answer_after_the_opening_chunk_begins_the_stream() {
+    let slow_answer = || -> Upstream {
+        Box::pin(
+            futures_util::stream::iter([Ok(Bytes::from_static(FILTER))]).chain(
+                futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(event(0))
+                }),
+            ),
+        )
+    };
+    let arrived = Instant::now();
+    let stats = Arc::new(StreamStats::new(arrived));
+    let waits = RelaySettings {
+        idle: Duration::from_secs(1),
+        ..settings()
+    };
+    let relay = SseRelay::start(slow_answer(), waits, stats.clone())
+        .await
+        .expect("the answer");
+    assert_eq!(stats.first_event_after(), Some(Duration::from_secs(5)));
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames[..2], [Bytes::from_static(FILTER), event(0)]);
+
+    let deadline = RelaySettings {
+        first_byte_deadline: Instant::now() + Duration::from_secs(3),
+        ..settings()
+    };
+    let err = start(slow_answer(), deadline).await.err().expect("timed out");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_TIMEOUT));
+    assert!(err.message.contains("first event"), "{err}");
+}
+
+/// Opening chunks without end are not held without bound: past 64 KiB
+/// they begin the stream as any event would.
+#[tokio::test]
+async fn opening_chunks_are_held_up_to_a_bound() {
+    let endless: Upstream = Box::pin(
+        futures_util::stream::repeat_with(|| Ok(Bytes::from_static(FILTER))).then(
+            |chunk| async move {
+                tokio::task::yield_now().await;
+                chunk
+            },
+        ),
+    );
+    let relay = start(endless, settings()).await.expect("a begun stream");
+    let first: Vec<Bytes> = relay.take(1).map(|frame| frame.unwrap()).collect().await;
+    assert!(first[0].len() >= 64 * 1024, "{}", first[0].len());
+}
+
+/// AI/ML API's and Agentsflare's error document as the answer's first
+/// event (no `error` member) is the attempt's error, as a 2xx body in
+/// that shape is; later in a stream it passes as it came.
+#[tokio::test]
+async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
+    let balance = b"data: {\"statusCode\":429,\"message\":\"Insufficient balance\"}\n\n";
+    let err = start(one_per_read(vec![Bytes::from_static(balance)]), settings())
+        .await
+        .err()
+        .expect("the attempt's error");
+    assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+    let after_opening = one_per_read(vec![Bytes::from([FILTER, balance].concat())]);
+    let err = start(after_opening, settings()).await.err().expect("error");
+    assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+    let message_first = b"data: {\"message\":\"upstream busy\",\"statusCode\":503}\n\n";
+    let err = start(one_per_read(vec![Bytes::from_static(message_first)]), settings())
+        .await
+        .err()
+        .expect("the attempt's error");
+    assert_eq!(err.error_type, ErrorType::ServerError);
+    assert_eq!(err.message, "upstream busy");
+
+    let later = Bytes::from_static(balance);
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let (frames, _) = frames_and_end(vec![event(0), later.clone(), done.clone()]).await;
+    assert_eq!(frames.concat(), [event(0), later, done].concat());
+}
