@@ -21,9 +21,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
     600.0,
 ];
-/// The gateway's own overhead: microseconds to milliseconds.
+/// The gateway's own overhead: microseconds to milliseconds, and up to a
+/// second for what it waits on itself (Redis-backed limits, a loaded host).
 const OVERHEAD_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1,
+    0.25, 0.5, 1.0,
 ];
 
 pub struct Metrics {

@@ -1115,7 +1115,9 @@ mod tests {
         assert_eq!(busy.error.error_type, ErrorType::RateLimitReachedError);
         // Not that shape: a chunk, or a status out of the error range.
         assert!(status_document_event(br#"{"statusCode":429,"choices":[]}"#, &provider).is_none());
-        assert!(status_document_event(br#"{"statusCode":200,"message":"ok"}"#, &provider).is_none());
+        assert!(
+            status_document_event(br#"{"statusCode":200,"message":"ok"}"#, &provider).is_none()
+        );
     }
 
     /// An error object with no type and a numeric `code` in the HTTP error
@@ -1123,13 +1125,15 @@ mod tests {
     #[test]
     fn a_numeric_code_without_a_type_is_the_status() {
         let provider = test_provider();
-        let read =
-            stream_error(br#"{"error":{"message":"Insufficient balance","code":429}}"#, &provider)
-                .unwrap();
+        let read = stream_error(
+            br#"{"error":{"message":"Insufficient balance","code":429}}"#,
+            &provider,
+        )
+        .unwrap();
         assert_eq!(read.error.error_type, ErrorType::ExceededCurrentQuotaError);
         assert_eq!(read.error.status, StatusCode::TOO_MANY_REQUESTS);
-        let read = stream_error(br#"{"error":{"message":"too long","code":400}}"#, &provider)
-            .unwrap();
+        let read =
+            stream_error(br#"{"error":{"message":"too long","code":400}}"#, &provider).unwrap();
         assert_eq!(read.error.error_type, ErrorType::InvalidRequestError);
         for code in ["200", "1001", "\"429\""] {
             let data = format!(r#"{{"error":{{"message":"broke","code":{code}}}}}"#);

@@ -137,7 +137,9 @@ fn opens_status_document(data: &[u8]) -> bool {
     data.trim_ascii_start()
         .strip_prefix(b"{")
         .map(<[u8]>::trim_ascii_start)
-        .is_some_and(|member| member.starts_with(b"\"statusCode\"") || member.starts_with(b"\"message\""))
+        .is_some_and(|member| {
+            member.starts_with(b"\"statusCode\"") || member.starts_with(b"\"message\"")
+        })
 }
 
 /// Whether an event has the field line `event: error`.
@@ -384,7 +386,11 @@ mod tests {
             r#"{"choices":[],"prompt_filter_results":[]"#,
             r#"{"choices":[],"note":"\"prompt_filter_results\""}"#,
         ] {
-            assert_eq!(answer_start(format!("data: {data}\n\n").as_bytes()), Some(0), "{data}");
+            assert_eq!(
+                answer_start(format!("data: {data}\n\n").as_bytes()),
+                Some(0),
+                "{data}"
+            );
         }
         // `null` usage and choices are no answer.
         let nulls = r#"data: {"choices":null,"usage":null,"prompt_filter_results":[]}"#;

@@ -48,10 +48,14 @@ where
         progress,
     } = scope;
     let mut scan = RequestScan::default();
-    let body = match read_body(headers, body, config.max_body_bytes, &mut scan).await {
-        Ok(body) => body,
-        Err(err) => return (err.into_response(), Handled::default()),
-    };
+    let (body, body_waited_for) =
+        match read_body(headers, body, config.max_body_bytes, &mut scan).await {
+            Ok(read) => read,
+            Err(err) => return (err.into_response(), Handled::default()),
+        };
+    // The gateway's own time starts once it has the body: the client's
+    // upload is not the gateway's overhead.
+    let own_time_from = body_waited_for.unwrap_or(arrived);
     let chat = match ChatRequest::from_scan(body, scan) {
         Ok(chat) => chat,
         Err(refused) => {
@@ -115,7 +119,7 @@ where
                 state,
                 &config,
                 &chat,
-                (request_id, arrived),
+                (request_id, arrived, own_time_from),
                 (0, None),
                 &mut watch,
             )
@@ -137,7 +141,7 @@ where
             state,
             &config,
             &chat,
-            (request_id, arrived),
+            (request_id, arrived, own_time_from),
             (estimate, Some(&admission)),
             &mut watch,
         )
@@ -203,7 +207,7 @@ async fn route_and_forward<'c>(
     state: &AppState,
     config: &'c Config,
     chat: &'c ChatRequest,
-    (request_id, arrived): (HeaderValue, Instant),
+    (request_id, arrived, own_time_from): (HeaderValue, Instant, Instant),
     (estimate, admission): (u64, Option<&Admission>),
     watch: &mut ProgressWatch<'_, 'c>,
 ) -> Routed {
@@ -258,10 +262,11 @@ async fn route_and_forward<'c>(
             // No head yet: one an earlier attempt got is not this one's.
             ctx.last_time_to_head_us.store(0, Ordering::Relaxed);
             // The gateway's own time before this attempt is sent: from the
-            // request's arrival for the first, from the end of the backoff
-            // for later ones; a wait in the provider's queue is left out.
+            // request's arrival (or its body's end, when the body came
+            // later) for the first, from the end of the backoff for later
+            // ones; a wait in the provider's queue is left out.
             let began = if first_attempt.swap(false, Ordering::Relaxed) {
-                arrived
+                own_time_from
             } else {
                 Instant::now()
             };
@@ -387,13 +392,16 @@ fn unsupported_encoding(coding: &[u8]) -> GatewayError {
 
 /// Reads the whole body, refusing more than `limit` bytes (413) early when
 /// the client declares a larger `Content-Length`. Each frame is scanned as
-/// it arrives: by the last frame, a large body is scanned but for it.
+/// it arrives: by the last frame, a large body is scanned but for it. With
+/// the body, when it ended if the read had to wait for the client (`None`
+/// when it was all there: the clock is read only for a body that came
+/// later than its head).
 async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
     limit: usize,
     scan: &mut RequestScan,
-) -> Result<BodyPieces, GatewayError>
+) -> Result<(BodyPieces, Option<Instant>), GatewayError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -427,8 +435,14 @@ where
     // across them, so a large body is never joined into a second copy.
     let mut body = pin!(Limited::new(body, limit));
     let mut collector = BodyCollector::default();
+    let mut waited = false;
     loop {
-        let frame = poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        let frame = poll_fn(|cx| {
+            let frame = body.as_mut().poll_frame(cx);
+            waited |= frame.is_pending();
+            frame
+        })
+        .await;
         let Some(frame) = frame else { break };
         match frame {
             Ok(frame) => {
@@ -470,7 +484,7 @@ where
             }
         }
     }
-    Ok(collector.finish())
+    Ok((collector.finish(), waited.then(Instant::now)))
 }
 
 /// How the connection ended the body, when it did (the error arrives

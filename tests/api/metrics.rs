@@ -341,6 +341,36 @@ async fn overhead_before_upstream_leaves_out_earlier_attempts() {
     assert!(sum < 0.15, "{sum}");
 }
 
+/// A client's slow upload is not the gateway's own time: the overhead
+/// before the upstream request starts once the body has come.
+#[tokio::test]
+async fn overhead_before_upstream_leaves_out_the_clients_upload() {
+    use crate::raw_client::{Client, chat_request};
+    let app = spawn_app().await;
+    let request = chat_request(&chat_body("moonshot/kimi-k2.6", "hi", false).to_string());
+    let (first, rest) = request.split_at(request.len() - 10);
+    let mut client = Client::connect(app.addr).await;
+    client.send(first).await;
+    // The client pausing mid-body, as a slow link does: nothing in the
+    // gateway to wait for, so a pause it is.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.send(rest).await;
+    assert_eq!(client.response().await.status, 200);
+    let text = scrape(&app).await;
+    let phase = r#"{phase="before_upstream"}"#;
+    let count = sample(
+        &text,
+        &format!("kimi_gateway_overhead_seconds_count{phase}"),
+    );
+    assert_eq!(count, Some(1.0), "{text}");
+    let sum = sample(&text, &format!("kimi_gateway_overhead_seconds_sum{phase}")).unwrap();
+    assert!(sum < 0.2, "{sum}");
+    // Waits of its own up to a second are told apart.
+    assert!(
+        text.contains(r#"kimi_gateway_overhead_seconds_bucket{phase="before_upstream",le="1"}"#)
+    );
+}
+
 #[tokio::test]
 async fn open_streams_and_in_flight_count_live_streams() {
     let app = spawn_app().await;

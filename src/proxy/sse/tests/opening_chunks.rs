@@ -6,7 +6,8 @@
 use super::*;
 
 /// Agentsflare's opening chunk: filter results, no choice.
-const FILTER: &[u8] = b"data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"model\":\"\",\"choices\":[],\
+const FILTER: &[u8] =
+    b"data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"model\":\"\",\"choices\":[],\
 \"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n";
 
 const OVERLOADED: &[u8] =
@@ -64,10 +65,11 @@ async fn a_body_that_ends_after_the_opening_chunk_fails_the_attempt() {
     ]);
     let err = start(done, settings()).await.err().expect("no answer");
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
-    let done_together = one_per_read(vec![Bytes::from(
-        [FILTER, b"data: [DONE]\n\n"].concat(),
-    )]);
-    let err = start(done_together, settings()).await.err().expect("no answer");
+    let done_together = one_per_read(vec![Bytes::from([FILTER, b"data: [DONE]\n\n"].concat())]);
+    let err = start(done_together, settings())
+        .await
+        .err()
+        .expect("no answer");
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
 }
 
@@ -103,7 +105,10 @@ async fn the_answer_after_the_opening_chunk_begins_the_stream() {
         first_byte_deadline: Instant::now() + Duration::from_secs(3),
         ..settings()
     };
-    let err = start(slow_answer(), deadline).await.err().expect("timed out");
+    let err = start(slow_answer(), deadline)
+        .await
+        .err()
+        .expect("timed out");
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_TIMEOUT));
     assert!(err.message.contains("first event"), "{err}");
 }
@@ -140,10 +145,13 @@ async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
     let err = start(after_opening, settings()).await.err().expect("error");
     assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
     let message_first = b"data: {\"message\":\"upstream busy\",\"statusCode\":503}\n\n";
-    let err = start(one_per_read(vec![Bytes::from_static(message_first)]), settings())
-        .await
-        .err()
-        .expect("the attempt's error");
+    let err = start(
+        one_per_read(vec![Bytes::from_static(message_first)]),
+        settings(),
+    )
+    .await
+    .err()
+    .expect("the attempt's error");
     assert_eq!(err.error_type, ErrorType::ServerError);
     assert_eq!(err.message, "upstream busy");
 
