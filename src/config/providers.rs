@@ -742,4 +742,28 @@ mod tests {
         // A configured id still wins, as AI/ML API's own ids do.
         assert_eq!(served_by("moonshot/kimi-k2-preview"), ["aimlapi"]);
     }
+
+    /// An id a refresh found on one provider that another provider is
+    /// configured with goes to the configured one first, whatever their
+    /// order; the finder is still a fall-back. An id only found is served.
+    #[test]
+    fn a_found_id_comes_after_the_providers_configured_with_it() {
+        let text = "[providers.moonshot]\nrefresh_models_secs = 60\n";
+        let first = resolve(text, &keyed).unwrap();
+        found(
+            &first,
+            "moonshot",
+            vec!["kimi-chat".to_string(), "kimi-k9-new".into()],
+        );
+        let second = resolve_reusing(text, &keyed, Some(&first)).unwrap();
+        let served_by = |name: &str| {
+            let route = second.routes.lookup(name).unwrap();
+            let providers: Vec<&str> = route.targets.iter().map(|t| &*t.provider.name).collect();
+            providers
+        };
+        assert_eq!(served_by("kimi-chat"), ["agentsflare", "moonshot"]);
+        assert_eq!(served_by("kimi-k9-new"), ["moonshot"]);
+        // Configured on both: the preset order, as before.
+        assert_eq!(served_by("kimi-k2.6"), ["moonshot", "agentsflare"]);
+    }
 }

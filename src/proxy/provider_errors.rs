@@ -233,12 +233,6 @@ pub fn success_body_error(
 }
 
 fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<StreamError> {
-    // AI/ML API's and Agentsflare's document, with a web framework's
-    // status text as its `error` (`{"statusCode":429,"message":…,
-    // "error":"Too Many Requests"}`): its status says more than the text.
-    if let Some(found) = status_document_event(data, provider) {
-        return Some(found);
-    }
     let Some(mut says) = ProviderSays::read(data, Mending::WholeOnly) else {
         // No JSON even once mended, yet naming `error`: the SDKs fail on
         // it, and what it holds can be neither read nor searched for the
@@ -255,6 +249,13 @@ fn document_error(data: &[u8], provider: &Provider, carrier: Carrier) -> Option<
     };
     if !says.error_object {
         let text = says.error_text.take()?;
+        // AI/ML API's and Agentsflare's document, with a web framework's
+        // status text as its `error` (`{"statusCode":429,"message":…,
+        // "error":"Too Many Requests"}`): its status says more than the
+        // text.
+        if let Some(found) = status_document_event(data, provider) {
+            return Some(found);
+        }
         says.message = says.message.or(Some(text));
     }
     let send_own = says.error_empty;
@@ -299,26 +300,34 @@ fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> 
         says.message =
             Some(carrier.error_that(provider, "ended the stream with", "gave no message"));
     }
-    let status = match says.error_type.as_deref().and_then(ErrorType::from_name) {
-        Some(typed) => typed.default_status(),
-        // No type to go by: a numeric `code` from 400 to 599 is the HTTP
-        // status the provider would have answered with (`{"error":
-        // {"code":429,"message":"Insufficient balance"}}`).
-        None => says
-            .code_is_number
-            .then(|| says.code.as_deref()?.parse::<u16>().ok())
-            .flatten()
-            .and_then(|code| StatusCode::from_u16(code).ok())
-            .filter(|status| status.is_client_error() || status.is_server_error())
-            .unwrap_or(StatusCode::BAD_GATEWAY),
+    let typed = says.error_type.as_deref().and_then(ErrorType::from_name);
+    // No type to go by: a numeric `code` from 400 to 599 is the HTTP
+    // status the provider would have answered with (`{"error":
+    // {"code":429,"message":"Insufficient balance"}}`), read as that
+    // status would be.
+    let status_in_code = typed.is_none().then(|| status_of_code(&says)).flatten();
+    let status = match (typed, status_in_code) {
+        (Some(typed), _) => typed.default_status(),
+        (None, Some(status)) => status,
+        (None, None) => StatusCode::BAD_GATEWAY,
     };
     let mut error = error_from(provider, status, AskedWait::default(), says);
-    if error.error_type == ErrorType::ServerError {
+    if error.error_type == ErrorType::ServerError && status_in_code.is_none() {
         // The status said 2xx; the error carries no status of its own to
         // keep.
         error.status = StatusCode::BAD_GATEWAY;
     }
     error
+}
+
+/// The HTTP error status a numeric `code` states, if it is one.
+fn status_of_code(says: &ProviderSays) -> Option<StatusCode> {
+    if !says.code_is_number {
+        return None;
+    }
+    let code = says.code.as_deref()?.parse::<u16>().ok()?;
+    let status = StatusCode::from_u16(code).ok()?;
+    (status.is_client_error() || status.is_server_error()).then_some(status)
 }
 
 /// A provider's error event, read.
@@ -1141,6 +1150,10 @@ mod tests {
             assert_eq!(read.error.status, StatusCode::BAD_GATEWAY, "{code}");
             assert_eq!(read.error.error_type, ErrorType::ServerError, "{code}");
         }
+        // A server error keeps the status its code states.
+        let read = stream_error(br#"{"error":{"message":"busy","code":503}}"#, &provider).unwrap();
+        assert_eq!(read.error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(read.error.error_type, ErrorType::ServerError);
         // A type wins over the code.
         let read = stream_error(
             br#"{"error":{"message":"x","type":"engine_overloaded_error","code":500}}"#,

@@ -210,7 +210,11 @@ impl ChatRequest {
             let written = model_span.len() - if quoted { 2 } else { 0 };
             let from = model_span.start + usize::from(quoted);
             let start = body.span(from..from + SHOWN_MODEL_BYTES);
-            let start = String::from_utf8_lossy(&start);
+            // Shown up to its first escape: an escaped key (`\u0073k-…`)
+            // would pass the log's search for keys, which reads names as
+            // they decode.
+            let unescaped = memchr::memchr(b'\\', &start).unwrap_or(start.len());
+            let start = String::from_utf8_lossy(&start[..unescaped]);
             let mut shown = start.as_ref();
             // A character cut at the end shows as a replacement: dropped.
             shown = shown.strip_suffix('\u{FFFD}').unwrap_or(shown);
@@ -526,6 +530,21 @@ mod tests {
         assert_eq!(err.code.as_deref(), Some(code::MODEL_NOT_FOUND));
         // The name's length, not its JSON's with the quotes.
         assert!(err.message.contains("65535 bytes long"), "{err}");
+    }
+
+    /// A name too long to decode is shown up to its first escape, so a key
+    /// written in escapes never reaches the log undecoded.
+    #[test]
+    fn a_model_value_too_long_is_shown_up_to_its_first_escape() {
+        let tail = "x".repeat(MAX_MODEL_SPAN);
+        let body = format!(r#"{{"model":"ab\u0073k-secret/{tail}","messages":[]}}"#);
+        let mut scan = RequestScan::default();
+        scan.feed(body.as_bytes());
+        let Err(refused) = ChatRequest::from_scan(Bytes::from(body).into(), scan) else {
+            panic!("accepted");
+        };
+        let shown = refused.model.expect("named").name;
+        assert!(shown.starts_with("ab... ("), "{shown}");
     }
 
     #[test]

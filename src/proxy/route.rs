@@ -3,7 +3,8 @@
 //!
 //! Rules, strongest first:
 //! 1. an alias from the config file;
-//! 2. an exact model id some provider serves (several providers: their order);
+//! 2. an exact model id some provider serves (several providers: their order,
+//!    those whose catalogue a refresh extended with it after the others);
 //! 3. `<provider>/<model>` naming a configured provider and a model it serves.
 //!
 //! An exact id wins over rule 3 because AI/ML API's own ids start with `moonshot/`,
@@ -143,10 +144,15 @@ impl RouteTable {
         let names_a_provider_model = |id: &str| pinned.contains(id);
         let mut configured: foldhash::HashSet<String> =
             aliases.iter().map(|a| a.name.clone()).collect();
+        // An id a refresh found comes after every provider configured with
+        // it: a reseller that starts listing a model does not take the
+        // traffic of the provider the file gave it to.
+        let found_rank = providers.len();
         for (rank, provider) in providers.iter().enumerate() {
             for (i, model) in provider.models.iter().enumerate() {
-                let targets = targets(provider, model, rank as u32, 1, breakers);
                 let discovered = i >= provider.configured_models;
+                let priority = if discovered { found_rank + rank } else { rank };
+                let targets = targets(provider, model, priority as u32, 1, breakers);
                 if !discovered {
                     configured.insert(model.clone());
                     configured.insert(format!("{}/{}", provider.name, model));
@@ -160,6 +166,10 @@ impl RouteTable {
                 }
                 explicit.push((format!("{}/{}", provider.name, model), targets));
             }
+        }
+        for (_, targets) in &mut exact {
+            // Stable: a provider's keys keep their order.
+            targets.sort_by_key(|t| t.priority);
         }
         let aliased: Vec<(String, Vec<Target>)> = aliases
             .iter()

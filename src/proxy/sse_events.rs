@@ -268,15 +268,7 @@ pub(super) fn answer_start(events: &[u8]) -> Option<usize> {
     let mut start = 0;
     loop {
         start += first_event_start(&events[start..])?;
-        // A chunk of the answer opens its first list with a choice
-        // (`"choices":[{`), the filter's chunk with none (`"choices":[]`:
-        // providers write `choices` before `prompt_filter_results`, and
-        // Azure sorts its keys), so one `memchr` decides nearly every
-        // event; a first list that is empty is looked at whole.
-        let rest = &events[start..];
-        let opens_empty_list = memchr::memchr(b'[', rest)
-            .is_some_and(|at| rest[at + 1..].trim_ascii_start().starts_with(b"]"));
-        if !opens_empty_list {
+        if opens_with_a_choice(&events[start..]) {
             return Some(start);
         }
         let end = event_end(events, start).unwrap_or(events.len());
@@ -291,6 +283,24 @@ pub(super) fn answer_start(events: &[u8]) -> Option<usize> {
         }
         start = end;
     }
+}
+
+/// Whether the event that `event` begins with opens its first list with a
+/// choice (`"choices":[{`, the answer's chunk, whose only lists are
+/// `choices` and what is inside it): one `memchr` and a look back at the
+/// list's name decide nearly every event. `false` sends the event to the
+/// whole check: an empty `choices` (the filter's chunk, or a usage
+/// chunk), or a first list of another name (`prompt_filter_results`
+/// written before `choices`).
+fn opens_with_a_choice(event: &[u8]) -> bool {
+    let Some(at) = memchr::memchr(b'[', event) else {
+        return false;
+    };
+    let named_choices = event[..at]
+        .trim_ascii_end()
+        .strip_suffix(b":")
+        .is_some_and(|name| name.trim_ascii_end().ends_with(b"\"choices\""));
+    named_choices && !event[at + 1..].trim_ascii_start().starts_with(b"]")
 }
 
 /// A chunk that carries the prompt filter's results and nothing of the
@@ -389,6 +399,18 @@ mod tests {
             assert_eq!(
                 answer_start(format!("data: {data}\n\n").as_bytes()),
                 Some(0),
+                "{data}"
+            );
+        }
+        // Whatever the order of the members.
+        for data in [
+            r#"{"id":"","prompt_filter_results":[{"prompt_index":0}],"choices":[]}"#,
+            r#"{"prompt_filter_results":[],"created":0,"choices":[ ]}"#,
+        ] {
+            let events = format!("data: {data}\n\n{content}");
+            assert_eq!(
+                answer_start(events.as_bytes()),
+                Some(data.len() + 8),
                 "{data}"
             );
         }

@@ -224,6 +224,20 @@ pub(super) fn stream_closed_short(provider: &Provider, inside_one: bool) -> Gate
 
 /// A stream silent for `idle`: between its events (`between`), or
 /// before the first.
+/// A provider that sent only opening prompt-filter chunks, more than
+/// `limit` bytes of them, and no answer.
+pub(super) fn endless_opening(provider: &Provider, limit: usize) -> GatewayError {
+    GatewayError::server(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "provider {} sent over {} KiB of prompt filter chunks and no answer",
+            provider.name,
+            limit / 1024
+        ),
+    )
+    .with_code(code::UPSTREAM_BAD_RESPONSE)
+}
+
 pub(super) fn stream_idle(provider: &Provider, idle: Duration, between: bool) -> GatewayError {
     let message = if between {
         format!(

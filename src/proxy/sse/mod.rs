@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Most bytes of opening prompt-filter chunks held before the answer's
-/// first event (one is a few hundred bytes); past it, they begin the
-/// stream as any event would.
+/// first event (one is a few hundred bytes); past it, the attempt fails:
+/// a provider that sends nothing else has sent no answer.
 const MAX_OPENING: usize = 64 * 1024;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
@@ -246,11 +246,14 @@ impl SseRelay {
         let first = loop {
             let next = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
             match next {
-                Some(Ok(events))
-                    if !relay.error_came_first
-                        && relay.answer_at.is_none()
-                        && opening.as_ref().is_none_or(|held| held.len() < MAX_OPENING) =>
-                {
+                Some(Ok(events)) if !relay.error_came_first && relay.answer_at.is_none() => {
+                    let held = opening.as_ref().map_or(0, Bytes::len);
+                    if held + events.len() > MAX_OPENING {
+                        return Err(upstream_errors::endless_opening(
+                            &relay.provider,
+                            MAX_OPENING,
+                        ));
+                    }
                     opening = Some(match opening.take() {
                         None => events,
                         Some(held) => Bytes::from([&held[..], &events[..]].concat()),

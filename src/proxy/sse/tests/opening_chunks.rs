@@ -114,9 +114,10 @@ async fn the_answer_after_the_opening_chunk_begins_the_stream() {
 }
 
 /// Opening chunks without end are not held without bound: past 64 KiB
-/// they begin the stream as any event would.
+/// with no answer the attempt fails (and is failed over), whatever the
+/// reads' sizes.
 #[tokio::test]
-async fn opening_chunks_are_held_up_to_a_bound() {
+async fn opening_chunks_without_an_answer_fail_past_a_bound() {
     let endless: Upstream = Box::pin(
         futures_util::stream::repeat_with(|| Ok(Bytes::from_static(FILTER))).then(
             |chunk| async move {
@@ -125,9 +126,19 @@ async fn opening_chunks_are_held_up_to_a_bound() {
             },
         ),
     );
-    let relay = start(endless, settings()).await.expect("a begun stream");
-    let first: Vec<Bytes> = relay.take(1).map(|frame| frame.unwrap()).collect().await;
-    assert!(first[0].len() >= 64 * 1024, "{}", first[0].len());
+    let err = start(endless, settings()).await.err().expect("no answer");
+    assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
+    assert!(err.message.contains("64 KiB"), "{err}");
+    // Just under the bound, then the answer: held, and sent whole.
+    let count = 64 * 1024 / FILTER.len();
+    let mut reads: Vec<Bytes> = vec![Bytes::from_static(FILTER); count];
+    reads.push(event(0));
+    let relay = start(one_per_read(reads), settings())
+        .await
+        .expect("the answer");
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames[0].len(), count * FILTER.len());
+    assert_eq!(frames[1], event(0));
 }
 
 /// AI/ML API's and Agentsflare's error document as the answer's first
@@ -154,6 +165,19 @@ async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
     .expect("the attempt's error");
     assert_eq!(err.error_type, ErrorType::ServerError);
     assert_eq!(err.message, "upstream busy");
+
+    // In one read with a later error event: passed as it came, and the
+    // stream ends with that error, however the reads fall.
+    let boom = b"data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
+    let (frames, end) = relay_all(started_then(futures_util::stream::iter([Ok(Bytes::from(
+        [&balance[..], &boom[..]].concat(),
+    ))])))
+    .await;
+    assert_eq!(frames.concat(), [&event(0)[..], balance, boom].concat());
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "boom");
 
     let later = Bytes::from_static(balance);
     let done = Bytes::from_static(b"data: [DONE]\n\n");
