@@ -296,7 +296,7 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (body, content_type) = match shared.renderings.answer(&question) {
         Rendered::Stream(events) => (
-            stream_body(&shared, &scenario, events, guard),
+            stream_body(&shared, &scenario, flavour, events, guard),
             "text/event-stream",
         ),
         Rendered::Completion(completion) => {
@@ -490,12 +490,17 @@ fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
 }
 
 /// The stream's body: one event per frame, honouring delays, gates and cuts.
+/// Agentsflare's opening prompt-filter chunk is followed by the answer's
+/// first chunk at once, as Azure sends them: the delays and gates are
+/// between the answer's chunks.
 fn stream_body(
     shared: &Shared,
     scenario: &Scenario,
+    flavour: Flavour,
     events: Arc<[Bytes]>,
     guard: AbandonGuard,
 ) -> Body {
+    let opening_chunks = usize::from(flavour == Flavour::Agentsflare);
     let delay = if scenario.chunk_delay.is_zero() {
         shared.options.default_chunk_delay
     } else {
@@ -573,7 +578,7 @@ fn stream_body(
             if i == 0 && !first_event_delay.is_zero() {
                 tokio::time::sleep(first_event_delay).await;
             }
-            if i > 0 {
+            if i > opening_chunks {
                 if let Some(gate) = &gate {
                     gate.acquire().await.expect("gate open").forget();
                 }
