@@ -9,6 +9,7 @@ mod json_mend;
 pub mod json_scan;
 pub mod key_redaction;
 pub mod normalize;
+mod prompt_filter;
 pub mod provider_errors;
 pub mod provider_wait;
 pub mod request;

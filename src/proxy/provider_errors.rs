@@ -281,8 +281,10 @@ pub fn named_error_event(data: &[u8], provider: &Provider) -> StreamError {
 /// An event whose data is AI/ML API's or Agentsflare's error document
 /// (`{"statusCode":429,"message":"Insufficient balance"}`): read as the
 /// same body under that status would be, as a 2xx body in that shape is.
-/// The SDKs would take it for a chunk, so it is always sent as the
-/// gateway's own error event. `None` for data in no such shape.
+/// Always sent as the gateway's own error event: without an `error`
+/// member the SDKs would take it for a chunk, and with a status text as
+/// its `error` they would raise on that text instead of the type its
+/// status gives. `None` for data in no such shape.
 pub fn status_document_event(data: &[u8], provider: &Provider) -> Option<StreamError> {
     let status = status_in_success_body(data)?;
     Some(StreamError {
@@ -291,8 +293,9 @@ pub fn status_document_event(data: &[u8], provider: &Provider) -> Option<StreamE
     })
 }
 
-/// The error a 2xx body or a stream event says: its type's status, a
-/// server error a 502 (the HTTP status said 2xx).
+/// The error a 2xx body or a stream event says: its type's status; without
+/// a type, the HTTP error status a numeric `code` states; a server error
+/// with neither a 502 (the HTTP status said 2xx).
 fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> GatewayError {
     // Without a message the HTTP fallback ("answered HTTP 502") would be
     // wrong: the status said 200.
@@ -336,9 +339,10 @@ pub struct StreamError {
     /// Passed on, an SDK might not raise on it, and its user would take the
     /// stream for a complete answer, so the gateway sends its own error
     /// event instead: its `error` says nothing (`{}`, `[]`, `true`, a
-    /// number; Python's SDK does not raise on `{}` or `[]`), or it has no
+    /// number; Python's SDK does not raise on `{}` or `[]`), it has no
     /// `error` member at all (an event named `error`, a `statusCode`
-    /// document), which the SDKs take for a chunk.
+    /// document), which the SDKs take for a chunk, or its type comes from
+    /// a `statusCode` beside a status text (see [`status_document_event`]).
     pub send_own: bool,
 }
 

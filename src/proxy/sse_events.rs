@@ -1,8 +1,7 @@
 //! What a relayed stream's events mean to the gateway: where `[DONE]` is,
 //! which event is the provider's error (and that event without the
-//! provider's key), whether a block is an event at all, whether a chunk
-//! is the `include_usage` usage chunk, and where the answer's first chunk
-//! comes after an opening prompt-filter chunk.
+//! provider's key), whether a block is an event at all, and whether a
+//! chunk is the `include_usage` usage chunk.
 
 use super::provider_errors::StreamError;
 use super::sse_lines::{data_value, event_data, event_end, event_start, lines};
@@ -121,7 +120,9 @@ fn status_document_at(
         return None;
     }
     let line = lines(&events[at..]).find(|line| data_value(line).is_some())?;
-    let data = data_value(line)?.trim_ascii();
+    // All its data lines, joined as SSE joins them.
+    let (_, data) = event_data(events, line);
+    let data = data.trim_ascii();
     if !opens_status_document(data) {
         return None;
     }
@@ -252,79 +253,6 @@ pub(super) fn first_event_start(events: &[u8]) -> Option<usize> {
     Some(event_start(events, line_start))
 }
 
-/// Without its quotes, as `statusCode` above.
-static PROMPT_FILTER: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"prompt_filter_results"));
-
-/// Where the answer's first event starts in `events` (a block that begins
-/// with an event): past the opening chunks that carry only the provider's
-/// prompt filter results (Azure's shape, which Agentsflare sends before
-/// its first token: no choice, `created: 0`, `model: ""`). `None` when
-/// every event in `events` is one. Such a chunk says nothing of the
-/// answer: a failure after it is still a failure before the answer began.
-/// Each event is looked at alone, so an answer that begins at once costs
-/// one search of its first event.
-pub(super) fn answer_start(events: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    loop {
-        start += first_event_start(&events[start..])?;
-        if opens_with_a_choice(&events[start..]) {
-            return Some(start);
-        }
-        let end = event_end(events, start).unwrap_or(events.len());
-        let event = &events[start..end];
-        if PROMPT_FILTER.find(event).is_none() {
-            return Some(start);
-        }
-        let line = lines(event).find(|line| data_value(line).is_some())?;
-        let (_, data) = event_data(event, line);
-        if !is_prompt_filter_chunk(data.trim_ascii()) {
-            return Some(start);
-        }
-        start = end;
-    }
-}
-
-/// Whether the event that `event` begins with opens its first list with a
-/// choice (`"choices":[{`, the answer's chunk, whose only lists are
-/// `choices` and what is inside it): one `memchr` and a look back at the
-/// list's name decide nearly every event. `false` sends the event to the
-/// whole check: an empty `choices` (the filter's chunk, or a usage
-/// chunk), or a first list of another name (`prompt_filter_results`
-/// written before `choices`).
-fn opens_with_a_choice(event: &[u8]) -> bool {
-    let Some(at) = memchr::memchr(b'[', event) else {
-        return false;
-    };
-    let named_choices = event[..at]
-        .trim_ascii_end()
-        .strip_suffix(b":")
-        .is_some_and(|name| name.trim_ascii_end().ends_with(b"\"choices\""));
-    named_choices && !event[at + 1..].trim_ascii_start().starts_with(b"]")
-}
-
-/// A chunk that carries the prompt filter's results and nothing of the
-/// answer: a JSON object with `prompt_filter_results`, no choice, and no
-/// usage or error (`null` aside).
-fn is_prompt_filter_chunk(data: &[u8]) -> bool {
-    let mut filter_results = false;
-    let mut answer = false;
-    let scanned = super::json_scan::scan_object(data, |key, span| match key {
-        b"prompt_filter_results" => filter_results = true,
-        b"choices" | b"usage" | b"error" => {
-            let value = data[span].trim_ascii();
-            let empty = matches!(value, b"null" | b"[]")
-                || value
-                    .strip_prefix(b"[")
-                    .and_then(|v| v.strip_suffix(b"]"))
-                    .is_some_and(|inside| inside.trim_ascii().is_empty());
-            answer |= !empty;
-        }
-        _ => {}
-    });
-    scanned.is_ok() && filter_results && !answer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,54 +296,5 @@ mod tests {
             find_done(b"data: {\"x\":1}\r\ndata: [DONE]\r\n\r\ndata: [DONE]\n\n"),
             Some(31)
         );
-    }
-
-    /// Azure's and Agentsflare's opening chunk comes before the answer's
-    /// first event; anything with an answer in it does not.
-    #[test]
-    fn the_answer_starts_after_opening_prompt_filter_chunks() {
-        let filter = "data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"model\":\"\",\"choices\":[],\
-            \"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n";
-        let content = "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        assert_eq!(answer_start(content.as_bytes()), Some(0));
-        assert_eq!(answer_start(filter.as_bytes()), None);
-        assert_eq!(answer_start(format!("{filter}{filter}").as_bytes()), None);
-        assert_eq!(
-            answer_start(format!("{filter}{content}").as_bytes()),
-            Some(filter.len())
-        );
-        assert_eq!(
-            answer_start(format!("{filter}data: [DONE]\n\n").as_bytes()),
-            Some(filter.len())
-        );
-        // Results beside a choice, usage or an error: part of the answer.
-        for data in [
-            r#"{"choices":[{"delta":{}}],"prompt_filter_results":[]}"#,
-            r#"{"choices":[],"usage":{"total_tokens":3},"prompt_filter_results":[]}"#,
-            r#"{"error":{"message":"x"},"prompt_filter_results":[]}"#,
-            r#"{"choices":[],"prompt_filter_results":[]"#,
-            r#"{"choices":[],"note":"\"prompt_filter_results\""}"#,
-        ] {
-            assert_eq!(
-                answer_start(format!("data: {data}\n\n").as_bytes()),
-                Some(0),
-                "{data}"
-            );
-        }
-        // Whatever the order of the members.
-        for data in [
-            r#"{"id":"","prompt_filter_results":[{"prompt_index":0}],"choices":[]}"#,
-            r#"{"prompt_filter_results":[],"created":0,"choices":[ ]}"#,
-        ] {
-            let events = format!("data: {data}\n\n{content}");
-            assert_eq!(
-                answer_start(events.as_bytes()),
-                Some(data.len() + 8),
-                "{data}"
-            );
-        }
-        // `null` usage and choices are no answer.
-        let nulls = r#"data: {"choices":null,"usage":null,"prompt_filter_results":[]}"#;
-        assert_eq!(answer_start(format!("{nulls}\n\n").as_bytes()), None);
     }
 }

@@ -191,21 +191,26 @@ pub(super) fn stream_cut(provider: &Provider, err: &UpstreamError) -> GatewayErr
 }
 
 /// A stream whose body ended before its first whole event (`inside_one`:
-/// part of one had come): a stream, but not an answer.
-pub(super) fn no_event(provider: &Provider, inside_one: bool) -> GatewayError {
+/// part of one had come; `after_opening`: only opening prompt-filter
+/// chunks had): a stream, but not an answer.
+pub(super) fn no_event(provider: &Provider, inside_one: bool, after_opening: bool) -> GatewayError {
     let partial = if inside_one {
         " (inside its first)"
     } else {
         ""
     };
-    GatewayError::server(
-        StatusCode::BAD_GATEWAY,
+    let message = if after_opening {
+        format!(
+            "provider {} ended the stream after its prompt filter chunks, before any chunk of an answer{partial}",
+            provider.name
+        )
+    } else {
         format!(
             "provider {} ended the stream before sending any event{partial}",
             provider.name
-        ),
-    )
-    .with_code(code::UPSTREAM_BAD_RESPONSE)
+        )
+    };
+    GatewayError::server(StatusCode::BAD_GATEWAY, message).with_code(code::UPSTREAM_BAD_RESPONSE)
 }
 
 /// A stream whose body ended short of `[DONE]` (`inside_one`: part-way
@@ -222,8 +227,6 @@ pub(super) fn stream_closed_short(provider: &Provider, inside_one: bool) -> Gate
     .with_code(code::UPSTREAM_UNREACHABLE)
 }
 
-/// A stream silent for `idle`: between its events (`between`), or
-/// before the first.
 /// A provider that sent only opening prompt-filter chunks, more than
 /// `limit` bytes of them, and no answer.
 pub(super) fn endless_opening(provider: &Provider, limit: usize) -> GatewayError {
@@ -238,17 +241,32 @@ pub(super) fn endless_opening(provider: &Provider, limit: usize) -> GatewayError
     .with_code(code::UPSTREAM_BAD_RESPONSE)
 }
 
-pub(super) fn stream_idle(provider: &Provider, idle: Duration, between: bool) -> GatewayError {
-    let message = if between {
-        format!(
+/// What a stream was silent before.
+#[derive(Clone, Copy)]
+pub(super) enum Awaited {
+    FirstEvent,
+    /// The answer's first chunk, after opening prompt-filter chunks.
+    AnswerAfterOpening,
+    /// The next event, `idle` after the last.
+    NextEvent,
+}
+
+/// A stream silent for too long: the first-byte deadline before its first
+/// event (or the answer's, after opening chunks), `idle` between events.
+pub(super) fn stream_idle(provider: &Provider, idle: Duration, awaited: Awaited) -> GatewayError {
+    let message = match awaited {
+        Awaited::NextEvent => format!(
             "timed out waiting for provider {} (no complete stream event for {idle:?})",
             provider.name
-        )
-    } else {
-        format!(
+        ),
+        Awaited::FirstEvent => format!(
             "timed out waiting for the first event from provider {}",
             provider.name
-        )
+        ),
+        Awaited::AnswerAfterOpening => format!(
+            "timed out waiting for the first event of an answer from provider {} (after its prompt filter chunks)",
+            provider.name
+        ),
     };
     GatewayError::server(StatusCode::GATEWAY_TIMEOUT, message).with_code(code::UPSTREAM_TIMEOUT)
 }

@@ -7,8 +7,7 @@
 use super::SseRelay;
 use crate::proxy::normalize::usage_chunk;
 use crate::proxy::sse_events::{
-    ErrorEventAs, answer_start, carries_no_choice, find_done, provider_error_event,
-    redacted_error_event,
+    ErrorEventAs, carries_no_choice, find_done, provider_error_event, redacted_error_event,
 };
 use crate::proxy::sse_lines::{data_value, event_data, event_end, event_start, lines};
 use crate::proxy::stream_stats::StreamEnd;
@@ -68,8 +67,8 @@ impl SseRelay {
                 // Before the head, the read starts at its first event;
                 // opening prompt-filter chunks before the error are no
                 // part of an answer either.
-                self.error_came_first = !self.head_sent
-                    && (event.start == 0 || answer_start(&events[..event.start]).is_none());
+                self.error_came_first =
+                    !self.head_sent && self.answer_at.is_none_or(|at| at >= event.start);
                 self.provider_error = Some(err);
             }
         }
@@ -78,7 +77,14 @@ impl SseRelay {
             // and the next few while members are missing.
             let identity = self.first_chunk.get_or_insert_with(Box::default);
             let mut last_event = None;
-            for line in lines(&events).filter(|line| data_value(line).is_some()) {
+            // Opening prompt-filter chunks hold no identity, only
+            // placeholders: the reads for it start at the answer.
+            let answer = if self.head_sent {
+                0
+            } else {
+                self.answer_at.unwrap_or(events.len()).min(events.len())
+            };
+            for line in lines(&events[answer..]).filter(|line| data_value(line).is_some()) {
                 let (event, data) = event_data(&events, line);
                 if last_event.replace(event) == Some(event) {
                     continue;

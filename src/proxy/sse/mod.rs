@@ -1,10 +1,11 @@
 //! Byte passthrough of an upstream event stream. Events go out as they come,
 //! unchanged: a read goes out as the same `Bytes`, except that small reads
 //! already waiting together are sent as one frame, and a usage chunk the
-//! gateway asked for on its own account is kept back. Only an event split across
+//! gateway asked for on its own account is kept back. An event split across
 //! two reads is held until its end, so the client never sees half an event
-//! and an error event can always be appended cleanly. Usage is found by
-//! scanning bytes and parsing only the event that holds it.
+//! and an error event can always be appended cleanly; opening prompt-filter
+//! chunks are held with the head until the answer's first event. Usage is
+//! found by scanning bytes and parsing only the event that holds it.
 
 mod after_done;
 mod event_align;
@@ -18,10 +19,11 @@ use unended_done::BodyNow;
 use super::breaker::Breaker;
 use super::failover::{Verdict, classify};
 use super::normalize::ChunkIdentity;
-use super::sse_events::{self, first_event_start};
+use super::prompt_filter;
+use super::sse_events::first_event_start;
 use super::sse_lines::first_event_over;
 use super::stream_stats::{StreamEnd, StreamStats};
-use super::upstream_errors;
+use super::upstream_errors::{self, Awaited};
 use super::usage::UsageReport;
 use crate::error::GatewayError;
 use after_done::read_rest_in_background;
@@ -141,6 +143,8 @@ pub struct SseRelay {
     /// being relayed, past opening prompt-filter chunks (`None` while only
     /// those have come, and once the head is out).
     answer_at: Option<usize>,
+    /// Opening prompt-filter chunks are held, waiting for the answer.
+    opening_held: bool,
     idle: Duration,
     /// Largest event held while waiting for its end.
     max_event_bytes: usize,
@@ -191,8 +195,9 @@ impl Drop for SseRelay {
 }
 
 impl SseRelay {
-    /// Waits for the upstream's first complete event, so a failure before it
-    /// is still an ordinary HTTP error (and could be retried elsewhere).
+    /// Waits for the upstream's first complete event of the answer (past
+    /// opening prompt-filter chunks), so a failure before it is still an
+    /// ordinary HTTP error (and could be retried elsewhere).
     pub async fn start(
         upstream: Upstream,
         settings: RelaySettings,
@@ -218,6 +223,7 @@ impl SseRelay {
             provider_error: None,
             error_came_first: false,
             answer_at: None,
+            opening_held: false,
             idle: settings.idle,
             waits: RelayWaits::new(
                 settings.first_byte_deadline,
@@ -238,31 +244,7 @@ impl SseRelay {
             breaker: settings.breaker,
         };
         relay.open_streams.inc();
-        // Opening prompt-filter chunks are no part of the answer: they are
-        // held with the head until its first event, so a failure after
-        // them still fails over, and the first-byte deadline and the time
-        // to first token are the answer's.
-        let mut opening: Option<Bytes> = None;
-        let first = loop {
-            let next = std::future::poll_fn(|cx| relay.poll_upstream(cx)).await;
-            match next {
-                Some(Ok(events)) if !relay.error_came_first && relay.answer_at.is_none() => {
-                    let held = opening.as_ref().map_or(0, Bytes::len);
-                    if held + events.len() > MAX_OPENING {
-                        return Err(upstream_errors::endless_opening(
-                            &relay.provider,
-                            MAX_OPENING,
-                        ));
-                    }
-                    opening = Some(match opening.take() {
-                        None => events,
-                        Some(held) => Bytes::from([&held[..], &events[..]].concat()),
-                    });
-                    relay.await_answer(first_byte_deadline);
-                }
-                other => break other,
-            }
-        };
+        let (opening, first) = relay.read_past_opening_chunks(first_byte_deadline).await?;
         match first {
             Some(Ok(_)) if relay.error_came_first => {
                 // Nothing went to the client yet: a provider that fails in
@@ -275,7 +257,11 @@ impl SseRelay {
             // all, which the SDKs would hand on as an empty answer.
             Some(Ok(events))
                 if relay.stats.saw_done()
-                    && inspect::done_without_answer(&events[relay.answer_at.unwrap_or(0)..]) =>
+                    && inspect::done_without_answer(
+                        events
+                            .get(relay.answer_at.unwrap_or(0)..)
+                            .unwrap_or_default(),
+                    ) =>
             {
                 Err(GatewayError::server(
                     StatusCode::BAD_GATEWAY,
@@ -306,13 +292,57 @@ impl SseRelay {
                 Ok(relay)
             }
             Some(Err(err)) => Err(err),
-            None => Err(upstream_errors::no_event(&relay.provider, false)),
+            None => Err(upstream_errors::no_event(
+                &relay.provider,
+                false,
+                relay.opening_held,
+            )),
         }
+    }
+
+    /// Reads until the answer's first events, or the attempt's end: what
+    /// came next, with the opening prompt-filter chunks held before it.
+    /// They are no part of the answer, so a failure after them still fails
+    /// over, and the first-byte deadline and the time to first token are
+    /// the answer's.
+    async fn read_past_opening_chunks(
+        &mut self,
+        first_byte_deadline: Instant,
+    ) -> Result<(Option<Bytes>, Option<Result<Bytes, GatewayError>>), GatewayError> {
+        let mut opening: Option<Bytes> = None;
+        loop {
+            let next = std::future::poll_fn(|cx| self.poll_upstream(cx)).await;
+            match next {
+                Some(Ok(events)) if !self.error_came_first && self.holds_no_answer(&events) => {
+                    let opening_len = opening.as_ref().map_or(0, Bytes::len);
+                    if opening_len + events.len() > MAX_OPENING {
+                        return Err(upstream_errors::endless_opening(
+                            &self.provider,
+                            MAX_OPENING,
+                        ));
+                    }
+                    opening = Some(match opening.take() {
+                        None => events,
+                        Some(held) => Bytes::from([&held[..], &events[..]].concat()),
+                    });
+                    self.opening_held = true;
+                    self.rearm_first_byte_deadline(first_byte_deadline);
+                }
+                other => return Ok((opening, other)),
+            }
+        }
+    }
+
+    /// Whether `events`, before the head, hold nothing of the answer: only
+    /// opening chunks, or what was left of the answer's part once a usage
+    /// chunk the gateway asked for was taken out.
+    fn holds_no_answer(&self, events: &[u8]) -> bool {
+        self.answer_at.is_none_or(|at| at >= events.len())
     }
 
     /// Only opening chunks so far: the wait for the answer's first event is
     /// still bounded by the first-byte deadline, not the idle limit.
-    fn await_answer(&mut self, first_byte_deadline: Instant) {
+    fn rearm_first_byte_deadline(&mut self, first_byte_deadline: Instant) {
         self.idle_between_events = false;
         self.waits.as_mut().idle().reset(first_byte_deadline);
     }
@@ -395,6 +425,7 @@ impl SseRelay {
                     return Poll::Ready(Some(Err(upstream_errors::no_event(
                         &self.provider,
                         inside_one,
+                        self.opening_held,
                     ))));
                 }
                 Poll::Ready(None) => {
@@ -451,7 +482,7 @@ impl SseRelay {
                 Some(0) => {}
                 Some(start) => events = events.slice(start..),
             }
-            self.answer_at = sse_events::answer_start(&events);
+            self.answer_at = prompt_filter::answer_start(&events);
         }
         let has_event = first_event.is_some();
         let now = Instant::now();
@@ -502,8 +533,14 @@ impl SseRelay {
             return Quiet::Answer(Poll::Ready(Some(Err(err))));
         }
         if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
-            let err =
-                upstream_errors::stream_idle(&self.provider, self.idle, self.idle_between_events);
+            let awaited = if self.idle_between_events {
+                Awaited::NextEvent
+            } else if self.opening_held {
+                Awaited::AnswerAfterOpening
+            } else {
+                Awaited::FirstEvent
+            };
+            let err = upstream_errors::stream_idle(&self.provider, self.idle, awaited);
             return Quiet::Answer(Poll::Ready(Some(Err(err))));
         }
         // Comments go only between whole events, and only once the

@@ -130,7 +130,7 @@ async fn opening_chunks_without_an_answer_fail_past_a_bound() {
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
     assert!(err.message.contains("64 KiB"), "{err}");
     // Just under the bound, then the answer: held, and sent whole.
-    let count = 64 * 1024 / FILTER.len();
+    let count = MAX_OPENING / FILTER.len();
     let mut reads: Vec<Bytes> = vec![Bytes::from_static(FILTER); count];
     reads.push(event(0));
     let relay = start(one_per_read(reads), settings())
@@ -164,7 +164,27 @@ async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
     .err()
     .expect("the attempt's error");
     assert_eq!(err.error_type, ErrorType::ServerError);
+    assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.message, "upstream busy");
+    // Its data over several lines, after an `id:` line, with CR LF line
+    // ends and no space after `data:`.
+    for first in [
+        &b"data: {\"statusCode\":429,\ndata: \"message\":\"Insufficient balance\"}\n\n"[..],
+        b"id: 7\ndata: {\"statusCode\":429,\"message\":\"Insufficient balance\"}\n\n",
+        b"data:{\"statusCode\":429,\"message\":\"Insufficient balance\"}\r\n\r\n",
+    ] {
+        let read = one_per_read(vec![Bytes::copy_from_slice(first)]);
+        let err = start(read, settings())
+            .await
+            .err()
+            .expect("the attempt's error");
+        assert_eq!(
+            err.error_type,
+            ErrorType::ExceededCurrentQuotaError,
+            "{}",
+            String::from_utf8_lossy(first)
+        );
+    }
 
     // In one read with a later error event: passed as it came, and the
     // stream ends with that error, however the reads fall.
@@ -183,4 +203,51 @@ async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
     let done = Bytes::from_static(b"data: [DONE]\n\n");
     let (frames, _) = frames_and_end(vec![event(0), later.clone(), done.clone()]).await;
     assert_eq!(frames.concat(), [event(0), later, done].concat());
+}
+
+/// Before the head, a document after the answer's first chunk in the same
+/// read is not the answer's first event: passed as it came, and the
+/// provider's error event after it ends the stream.
+#[tokio::test]
+async fn a_status_code_document_after_the_first_chunk_passes_as_it_came() {
+    let balance = b"data: {\"statusCode\":429,\"message\":\"Insufficient balance\"}\n\n";
+    let boom = b"data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
+    let read = Bytes::from([&event(0)[..], balance, boom].concat());
+    let (frames, end) = frames_and_end(vec![read.clone()]).await;
+    assert_eq!(frames.concat(), read);
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "boom");
+}
+
+/// The usage chunk synthesised for a client that asked for it takes the
+/// answer's identity, however many opening chunks came first.
+#[tokio::test]
+async fn the_synthesised_usage_chunk_names_the_answer_after_opening_chunks() {
+    let answer = Bytes::from_static(
+        b"data: {\"id\":\"c9\",\"created\":7,\"model\":\"kimi-chat\",\"choices\":[{\"delta\":{\"content\":\"x\"},\
+\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}]}\n\n",
+    );
+    let mut reads = vec![Bytes::from_static(FILTER); 5];
+    reads.push(answer);
+    reads.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let asking = RelaySettings {
+        include_usage: true,
+        ..settings()
+    };
+    let relay = start(one_per_read(reads), asking)
+        .await
+        .expect("the answer");
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    let sent = String::from_utf8(frames.concat().to_vec()).unwrap();
+    let usage_chunk = sent
+        .split("\n\n")
+        .find(|event| event.contains("\"choices\":[]") && event.contains("usage"))
+        .expect("a usage chunk");
+    assert!(usage_chunk.contains("\"id\":\"c9\""), "{usage_chunk}");
+    assert!(
+        usage_chunk.contains("\"model\":\"kimi-chat\""),
+        "{usage_chunk}"
+    );
 }
