@@ -22,6 +22,9 @@ const MAX_DEPTH: usize = 512;
 pub struct ScanError {
     pub offset: usize,
     pub reason: &'static str,
+    /// The top-level member whose string value is broken (an escape, a
+    /// newline), by its key as written, so that the error can name it.
+    pub in_value_of: Option<Box<[u8]>>,
 }
 
 /// Calls `on_field(raw_key, value_span)` for each top-level member of the
@@ -62,9 +65,9 @@ enum State {
     ValueOrClose,
     /// After `:` or `,` in an array: a value.
     Value,
-    /// Inside a string (a key or a value); `escaped` when the previous
-    /// byte was a backslash.
-    Str { key: bool, escaped: bool },
+    /// Inside a string (a key or a value), `escape` the part of an escape
+    /// sequence the previous piece ended in.
+    Str { key: bool, escape: Escape },
     /// Inside `LITERALS[word]`, its first `matched` bytes seen.
     Literal { word: u8, matched: u8 },
     /// Inside a number.
@@ -75,6 +78,21 @@ enum State {
     Done,
     /// An error was found; the rest is ignored.
     Failed,
+}
+
+/// How much of an escape sequence has been read. Each is checked against
+/// JSON's grammar (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, `\u` and
+/// four hex digits): a member the gateway does not read is still passed
+/// on, and one spelled with an escape a lenient parser reads as a plain
+/// letter (`"m\odel"`) could be taken for one it checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    /// Not in one.
+    None,
+    /// After the backslash.
+    Backslash,
+    /// After `\u`, this many hex digits still to come.
+    Hex(u8),
 }
 
 /// Where a number is in JSON's grammar:
@@ -204,9 +222,8 @@ impl ObjectScan {
         while at < bytes.len() {
             let byte = bytes[at];
             state = match state {
-                State::Str { key, escaped } => {
-                    let from = at + usize::from(escaped);
-                    let (next, end) = string_run(bytes, from);
+                State::Str { key, escape } => {
+                    let (next, end) = string_run(bytes, at, escape);
                     match end {
                         RunEnd::Quote => {
                             at = next;
@@ -219,12 +236,25 @@ impl ObjectScan {
                                 self.value_ended(bytes, self.base + at, on_field)
                             }
                         }
-                        RunEnd::Open { escaped } => {
+                        RunEnd::Open { escape } => {
                             at = bytes.len();
-                            State::Str { key, escaped }
+                            State::Str { key, escape }
                         }
                         RunEnd::Newline => {
-                            return self.fail(next, "raw newline inside a string");
+                            return self.fail_in_string(
+                                bytes,
+                                key,
+                                next,
+                                "raw newline inside a string",
+                            );
+                        }
+                        RunEnd::BadEscape => {
+                            return self.fail_in_string(
+                                bytes,
+                                key,
+                                next,
+                                "invalid escape in a string",
+                            );
                         }
                     }
                 }
@@ -274,7 +304,7 @@ impl ObjectScan {
                         }
                         State::Str {
                             key: true,
-                            escaped: false,
+                            escape: Escape::None,
                         }
                     } else if byte == b'}' && state == State::KeyOrClose {
                         self.close_container(bytes, self.base + at, on_field)
@@ -308,7 +338,7 @@ impl ObjectScan {
                     match byte {
                         b'"' => State::Str {
                             key: false,
-                            escaped: false,
+                            escape: Escape::None,
                         },
                         b'{' => self.open_container(true),
                         b'[' => self.open_container(false),
@@ -427,15 +457,20 @@ impl ObjectScan {
         on_field: &mut impl FnMut(&[u8], Range<usize>),
     ) -> State {
         if self.depth == 0 && self.value_start != NO_VALUE {
-            let key = if self.key_start >= self.base {
-                &bytes[self.key_start - self.base..self.key_end - self.base]
-            } else {
-                &self.saved_key[..]
-            };
-            on_field(key, self.value_start..end);
+            on_field(self.member_key(bytes), self.value_start..end);
             self.value_start = NO_VALUE;
         }
         State::AfterValue
+    }
+
+    /// The key of the top-level member whose value is being read, in
+    /// `bytes` (the current piece) or saved from an earlier one.
+    fn member_key<'b>(&'b self, bytes: &'b [u8]) -> &'b [u8] {
+        if self.key_start >= self.base {
+            &bytes[self.key_start - self.base..self.key_end - self.base]
+        } else {
+            &self.saved_key[..]
+        }
     }
 
     /// The top-level key's closing quote is at `quote` in `bytes`; a key
@@ -478,40 +513,98 @@ impl ObjectScan {
         self.state = State::Failed;
         self.error = Some(error_at(offset, reason));
     }
+
+    /// A string broken at `at` in `bytes`: a top-level member's value is
+    /// named in the error.
+    fn fail_in_string(&mut self, bytes: &[u8], key: bool, at: usize, reason: &'static str) {
+        let in_value_of = (!key && self.depth == 0).then(|| self.member_key(bytes).into());
+        self.fail(at, reason);
+        if let Some(error) = &mut self.error {
+            error.in_value_of = in_value_of;
+        }
+    }
 }
 
 /// How a run inside a string ended.
 enum RunEnd {
     /// At the closing quote.
     Quote,
-    /// At the piece's end; `escaped` when its last byte was a backslash.
-    Open { escaped: bool },
+    /// At the piece's end, in `escape` of an escape sequence.
+    Open { escape: Escape },
     /// At a raw newline.
     Newline,
+    /// At a byte an escape sequence cannot have.
+    BadEscape,
 }
 
-/// From `from` inside a string: where the run ends (the index after the
-/// closing quote, the piece's length, or the newline's index) and how.
+/// From `from` inside a string, `escape` of an escape sequence read before
+/// it: where the run ends (the index after the closing quote, the piece's
+/// length, or the index of the newline or of the byte that breaks an
+/// escape) and how.
 #[inline(always)]
-fn string_run(bytes: &[u8], mut from: usize) -> (usize, RunEnd) {
-    while from < bytes.len() {
-        match super::string_stop::find(&bytes[from..]) {
-            Some(i) => match bytes[from + i] {
-                b'"' => return (from + i + 1, RunEnd::Quote),
-                // The backslash and the byte it escapes.
-                b'\\' => from += i + 2,
-                _ => return (from + i, RunEnd::Newline),
-            },
-            None => from = bytes.len(),
+fn string_run(bytes: &[u8], mut from: usize, mut escape: Escape) -> (usize, RunEnd) {
+    loop {
+        if escape != Escape::None {
+            match escape_end(bytes, from, escape) {
+                Ok(after) => from = after,
+                Err(EscapeCut::Open(escape)) => return (bytes.len(), RunEnd::Open { escape }),
+                Err(EscapeCut::Bad(at)) => return (at, RunEnd::BadEscape),
+            }
+        }
+        let Some(i) = super::string_stop::find(&bytes[from..]) else {
+            return (
+                bytes.len(),
+                RunEnd::Open {
+                    escape: Escape::None,
+                },
+            );
+        };
+        match bytes[from + i] {
+            b'"' => return (from + i + 1, RunEnd::Quote),
+            b'\\' => {
+                from += i + 1;
+                escape = Escape::Backslash;
+            }
+            _ => return (from + i, RunEnd::Newline),
         }
     }
-    // A backslash as the piece's last byte escapes the next piece's first.
-    let escaped = from > bytes.len();
-    (bytes.len(), RunEnd::Open { escaped })
+}
+
+/// Why an escape sequence did not end in the piece.
+enum EscapeCut {
+    /// The piece ended inside it.
+    Open(Escape),
+    /// The byte at this index cannot be in it.
+    Bad(usize),
+}
+
+/// The rest of an escape sequence, `escape` of it read, from `from`: the
+/// index after its end.
+#[inline(always)]
+fn escape_end(bytes: &[u8], mut from: usize, mut escape: Escape) -> Result<usize, EscapeCut> {
+    loop {
+        let Some(&byte) = bytes.get(from) else {
+            return Err(EscapeCut::Open(escape));
+        };
+        escape = match (escape, byte) {
+            (Escape::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                return Ok(from + 1);
+            }
+            (Escape::Backslash, b'u') => Escape::Hex(4),
+            (Escape::Hex(1), hex) if hex.is_ascii_hexdigit() => return Ok(from + 1),
+            (Escape::Hex(left), hex) if hex.is_ascii_hexdigit() => Escape::Hex(left - 1),
+            _ => return Err(EscapeCut::Bad(from)),
+        };
+        from += 1;
+    }
 }
 
 fn error_at(offset: usize, reason: &'static str) -> ScanError {
-    ScanError { offset, reason }
+    ScanError {
+        offset,
+        reason,
+        in_value_of: None,
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +675,44 @@ mod tests {
         assert_eq!(fields(r#"{"a":1e}"#).unwrap_err().offset, 5);
     }
 
+    /// Every backslash followed by up to five bytes of an alphabet that
+    /// makes valid and broken escapes: the scan accepts the string exactly
+    /// when serde_json does, whole and cut anywhere.
+    #[test]
+    fn escapes_are_read_by_jsons_grammar() {
+        let alphabet = b"u0Ag\"\\nq";
+        let mut tails: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last = tails.clone();
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|prefix| alphabet.iter().map(move |&b| [&prefix[..], &[b]].concat()))
+                .collect();
+            tails.extend(last.iter().cloned());
+        }
+        let (mut accepted, mut refused) = (0, 0);
+        for tail in &tails {
+            let input = [&br#"{"s":"\"#[..], tail, b"\"}"].concat();
+            let serde_reads = serde_json::from_slice::<serde_json::Value>(&input).is_ok();
+            assert_eq!(
+                scan_object(&input, |_, _| {}).is_ok(),
+                serde_reads,
+                "{:?}",
+                String::from_utf8_lossy(&input)
+            );
+            for cut in 0..=input.len() {
+                let (a, b) = input.split_at(cut);
+                assert_eq!(scan_pieces(&[a, b], |_, _| {}).is_ok(), serde_reads);
+            }
+            if serde_reads {
+                accepted += 1
+            } else {
+                refused += 1
+            }
+        }
+        assert!(accepted > 100 && refused > 1000, "{accepted} {refused}");
+    }
+
     #[test]
     fn empty_object() {
         assert_eq!(fields("{}").unwrap(), vec![]);
@@ -603,6 +734,12 @@ mod tests {
             r#"{"a":-}"#,
             r#"{a:1}"#,
             "{\"a\":\"line\nbreak\"}",
+            r#"{"a":"\q"}"#,
+            r#"{"m\odel":1}"#,
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\u12g4"}"#,
+            r#"{"a":["\x"]}"#,
+            r#"{"a":"\U0041"}"#,
         ] {
             assert!(fields(bad).is_err(), "accepted {bad:?}");
         }
@@ -666,6 +803,9 @@ mod piece_tests {
         "{\"a\":\"line\nbreak\"}",
         r#"{"a":1} x"#,
         r#"{"a":[1,2}"#,
+        r#"{"e":"\u00e9\uD83D\uDE00\b\f\n\r\t\/\\\"","k":"\u0041"}"#,
+        r#"{"a":"ok \u12x4"}"#,
+        r#"{"a":"\q"}"#,
     ];
 
     /// Wherever the input is cut (one cut, two cuts, empty pieces), the

@@ -3,13 +3,13 @@
 //! value spliced when the upstream's id differs.
 
 use super::body_pieces::{BodyPieces, Pieces};
-use super::json_scan::ObjectScan;
+use super::json_scan::{self, ObjectScan};
 use crate::access_log::RequestedModel;
 use crate::client::OutgoingBody;
 use crate::error::GatewayError;
 use crate::error::code;
 use bytes::Bytes;
-use serde::Deserialize;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
@@ -93,11 +93,7 @@ impl RequestFields {
         let decoded;
         let key = if escaped {
             // Rare: `"mod\u0065l"` is `"model"` to any JSON parser.
-            let mut quoted = Vec::with_capacity(raw_key.len() + 2);
-            quoted.push(b'"');
-            quoted.extend_from_slice(raw_key);
-            quoted.push(b'"');
-            decoded = serde_json::from_slice::<String>(&quoted).unwrap_or_default();
+            decoded = decoded_key(raw_key).unwrap_or_default();
             decoded.as_bytes()
         } else {
             raw_key
@@ -146,8 +142,18 @@ fn name_in_other_case(key: &[u8]) -> Option<&'static str> {
     if key.len() < 5 || !matches!(key[0], b'm' | b'M' | b's' | b'S' | 0xC5) {
         return None;
     }
-    let mut folded = [0u8; 21];
-    let mut len = 0;
+    let folded = folded(key)?;
+    NAMES
+        .into_iter()
+        .find(|name| name.as_bytes() == &folded[..])
+}
+
+/// `key` with its letters' case folded as Unicode's simple case folding
+/// folds them into the names the gateway reads (ASCII letters and `_`;
+/// the Kelvin sign to `k`, the long s to `s`); `None` for a key with other
+/// characters, or longer than any such name.
+fn folded(key: &[u8]) -> Option<SmallVec<[u8; 21]>> {
+    let mut folded = SmallVec::new();
     for ch in std::str::from_utf8(key).ok()?.chars() {
         let byte = match ch {
             'a'..='z' | '_' => ch as u8,
@@ -156,12 +162,18 @@ fn name_in_other_case(key: &[u8]) -> Option<&'static str> {
             '\u{17F}' => b's',
             _ => return None,
         };
-        *folded.get_mut(len)? = byte;
-        len += 1;
+        if folded.len() == 21 {
+            return None;
+        }
+        folded.push(byte);
     }
-    NAMES
-        .into_iter()
-        .find(|name| name.as_bytes() == &folded[..len])
+    Some(folded)
+}
+
+/// A key written with escapes, as a JSON parser reads it.
+fn decoded_key(raw_key: &[u8]) -> Option<String> {
+    let quoted = [&b"\""[..], raw_key, b"\""].concat();
+    serde_json::from_slice::<String>(&quoted).ok()
 }
 
 impl RequestScan {
@@ -191,6 +203,15 @@ impl ChatRequest {
     pub fn from_scan(body: BodyPieces, scan: RequestScan) -> Result<Self, Box<Refused>> {
         let RequestScan { scan, fields } = scan;
         scan.finish().map_err(|err| {
+            if err.in_value_of.as_deref() == Some(b"model") {
+                return model_not_a_string();
+            }
+            if err.offset == 0 && body.span(0..3).starts_with(b"\xEF\xBB\xBF") {
+                return GatewayError::invalid_request(
+                    "request body is not valid JSON: it starts with a byte order mark \
+                     (U+FEFF), which JSON sent over a network must not",
+                );
+            }
             GatewayError::invalid_request(format!(
                 "request body is not valid JSON: {} at byte {}",
                 err.reason, err.offset
@@ -243,13 +264,12 @@ impl ChatRequest {
                 // A string that does not decode is told apart from one of
                 // another type: its writer needs to fix its escapes or
                 // encoding, not its type.
-                let message = if raw_model.len() > 2 && raw_model.first() == Some(&b'"') {
-                    "`model` is not a valid JSON string: it has an invalid escape (or a lone \
-                     surrogate), a raw control character or bytes that are not UTF-8"
+                if raw_model.len() > 2 && raw_model.first() == Some(&b'"') {
+                    model_not_a_string()
                 } else {
-                    "`model` must be a non-empty string"
-                };
-                GatewayError::invalid_request(message).with_param("model")
+                    GatewayError::invalid_request("`model` must be a non-empty string")
+                        .with_param("model")
+                }
             })?;
         let rest = match Self::checked_rest(&body, fields) {
             Ok(rest) => rest,
@@ -308,32 +328,7 @@ impl ChatRequest {
         // Checked with or without `stream`: a wrong type is refused either
         // way, though only a stream asks for usage.
         let include_usage = match stream_options.map(|s| body.span(s)) {
-            Some(raw) => {
-                #[derive(Deserialize)]
-                struct StreamOptions {
-                    include_usage: Option<bool>,
-                }
-                let refused =
-                    |message| GatewayError::invalid_request(message).with_param("stream_options");
-                // Not left to serde alone: its derived struct also reads a
-                // list (`[true]`) as the fields in order.
-                if !matches!(raw.first(), Some(b'{' | b'n')) {
-                    return Err(refused("`stream_options` must be an object"));
-                }
-                let asked = serde_json::from_slice::<Option<StreamOptions>>(&raw)
-                    .map_err(|err| {
-                        // serde's derived reader refuses a member sent
-                        // twice in these words; the fix is not a type.
-                        if err.to_string().starts_with("duplicate field") {
-                            refused("`stream_options.include_usage` appears more than once")
-                        } else {
-                            refused("`stream_options.include_usage` must be a boolean")
-                        }
-                    })?
-                    .and_then(|o| o.include_usage)
-                    .unwrap_or(false);
-                stream && asked
-            }
+            Some(raw) => include_usage_asked(&raw)? && stream,
             None => false,
         };
         let max_tokens = match token_cap(body, max_completion_tokens, "max_completion_tokens")? {
@@ -434,6 +429,58 @@ fn logged_name(model: &Arc<str>) -> Arc<str> {
         Cow::Borrowed(_) => model.clone(),
         Cow::Owned(cut) => cut.into(),
     }
+}
+
+/// `stream_options.include_usage` in `raw`, the `stream_options` value (the
+/// body's scan has found it valid JSON). Given twice, however spelled (a
+/// second time with escapes or in another letter case, which some parser
+/// could take for the member read here), it is refused; alone in another
+/// letter case it is not this member, as to OpenAI.
+fn include_usage_asked(raw: &[u8]) -> Result<bool, GatewayError> {
+    let refused = |message| GatewayError::invalid_request(message).with_param("stream_options");
+    match raw.first() {
+        Some(b'{') => {}
+        Some(b'n') => return Ok(false),
+        _ => return Err(refused("`stream_options` must be an object")),
+    }
+    let mut value = None;
+    let mut spellings = 0;
+    let scanned = json_scan::scan_object(raw, |key, span| {
+        let decoded;
+        let key = if key.contains(&b'\\') {
+            decoded = decoded_key(key).unwrap_or_default();
+            decoded.as_bytes()
+        } else {
+            key
+        };
+        if key == b"include_usage" {
+            value = Some(span);
+            spellings += 1;
+        } else if folded(key).as_deref() == Some(b"include_usage".as_slice()) {
+            spellings += 1;
+        }
+    });
+    debug_assert!(scanned.is_ok(), "checked with the body");
+    if spellings > 1 {
+        return Err(refused(
+            "`stream_options.include_usage` appears more than once (or also spelled with escapes or in other letter case)",
+        ));
+    }
+    match value.map(|span| &raw[span]) {
+        None | Some(b"false" | b"null") => Ok(false),
+        Some(b"true") => Ok(true),
+        Some(_) => Err(refused("`stream_options.include_usage` must be a boolean")),
+    }
+}
+
+/// A `model` string that does not decode: its writer needs to fix its
+/// escapes or encoding, not its type.
+fn model_not_a_string() -> GatewayError {
+    GatewayError::invalid_request(
+        "`model` is not a valid JSON string: it has an invalid escape (or a lone \
+         surrogate), a raw control character or bytes that are not UTF-8",
+    )
+    .with_param("model")
 }
 
 fn duplicated(name: &'static str) -> GatewayError {
@@ -547,6 +594,19 @@ mod tests {
         assert!(shown.starts_with("ab... ("), "{shown}");
     }
 
+    /// A byte order mark is refused (JSON sent over a network must not
+    /// have one) in words that say what it is.
+    #[test]
+    fn a_byte_order_mark_is_refused_by_name() {
+        let err = peek("\u{FEFF}{\"model\":\"a\",\"messages\":[]}").unwrap_err();
+        assert!(err.message.contains("byte order mark"), "{err}");
+        let err = peek("x{}").unwrap_err();
+        assert!(
+            err.message.ends_with("expected a JSON object at byte 0"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_model_string_that_does_not_decode_is_told_from_one_of_another_type() {
         let message = |body: &[u8]| {
@@ -559,6 +619,8 @@ mod tests {
         for body in [
             &br#"{"model":"kimi\x","messages":[]}"#[..],
             br#"{"model":"\ud800","messages":[]}"#,
+            br#"{"messages":[],"model":"kimi\u12"}"#,
+            b"{\"model\":\"ki\nmi\",\"messages\":[]}",
             b"{\"model\":\"kimi\x01\",\"messages\":[]}",
             b"{\"model\":\"kimi\xff\",\"messages\":[]}",
         ] {
@@ -633,16 +695,41 @@ mod tests {
         for options in [
             r#"{"include_usage":true,"include_usage":true}"#,
             r#"{"include_usage":true,"include\u005fusage":false}"#,
+            r#"{"include_usage":false,"INCLUDE_USAGE":true}"#,
+            r#"{"include_u\u017fage":true,"include_usage":false}"#,
+            r#"{"Include_Usage":true,"x":1,"include_usage":false}"#,
         ] {
             let body = format!(
                 r#"{{"model":"a","messages":[],"stream":true,"stream_options":{options}}}"#
             );
             assert_eq!(
                 message(&body),
-                "`stream_options.include_usage` appears more than once",
+                "`stream_options.include_usage` appears more than once (or also spelled with escapes or in other letter case)",
                 "{body}"
             );
         }
+        // Alone, an escaped spelling is the member; one in other letter
+        // case is not (OpenAI reads names as written).
+        for (options, asked) in [
+            (r#"{"include\u005fusage":true}"#, true),
+            (r#"{"INCLUDE_USAGE":true}"#, false),
+            (
+                r#"{"x":"\u00e9","include_usage":true,"y":{"include_usage":1}}"#,
+                true,
+            ),
+        ] {
+            let body = format!(
+                r#"{{"model":"a","messages":[],"stream":true,"stream_options":{options}}}"#
+            );
+            assert_eq!(peek(&body).unwrap().include_usage, asked, "{body}");
+        }
+        // Whatever else is wrong inside is told as what it is.
+        let body = r#"{"model":"a","messages":[],"stream":true,"stream_options":{"x":"\q"}}"#;
+        assert!(
+            message(body).starts_with("request body is not valid JSON: invalid escape in a string"),
+            "{}",
+            message(body)
+        );
         let body = r#"{"model":"a","messages":[],"stream":true,"stream_options":null}"#;
         assert!(!peek(body).unwrap().include_usage);
         // Only a stream asks for usage.
