@@ -3,10 +3,13 @@
 //! order; a test holds the two together).
 
 use crate::log_format::{JsonLine, json_key, json_str_key};
+use std::net::IpAddr;
 
 /// The access log's fields, in the order they are written.
 pub struct AccessLine<'a> {
     pub request_id: &'a str,
+    /// The connection's peer address.
+    pub client_addr: IpAddr,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -31,6 +34,7 @@ impl AccessLine<'_> {
     /// machinery (field visitors, a dynamic call per field).
     pub fn write_json(&self, json: &mut JsonLine<'_>) {
         json.str(json_str_key!("request_id"), self.request_id)
+            .ip(json_str_key!("client_addr"), self.client_addr)
             .plain_str(json_str_key!("method"), self.method)
             .str(json_str_key!("path"), self.path)
             .u64(json_key!("status"), self.status.into())
@@ -60,6 +64,7 @@ impl AccessLine<'_> {
                     target: "access",
                     $level,
                     request_id = self.request_id,
+                    client_addr = %self.client_addr,
                     method = self.method,
                     path = self.path,
                     status = self.status,
@@ -113,6 +118,7 @@ mod tests {
     fn the_direct_line_is_the_events_line() {
         let line = AccessLine {
             request_id: "req_1",
+            client_addr: "2001:db8::7".parse().unwrap(),
             method: "POST",
             path: "/v1/chat/completions",
             status: 429,
@@ -150,13 +156,20 @@ mod tests {
         assert_eq!(direct["message"], "request");
         assert_eq!(direct["error"], "line one\nline two \\ tab\t");
         assert_eq!(direct["time_to_head_ms"], 12.345);
-        // level, target, message and the 17 fields, in the same order.
-        assert_eq!(direct.as_object().unwrap().len(), 3 + 17);
+        assert_eq!(direct["client_addr"], "2001:db8::7");
+        // level, target, message and the 18 fields, in the same order.
+        assert_eq!(direct.as_object().unwrap().len(), 3 + 18);
         let order = |text: &str| {
-            let mut names: Vec<(usize, &str)> = ["request_id", "status", "attempts", "duration_ms"]
-                .iter()
-                .map(|k| (text.find(&format!("\"{k}\":")).unwrap(), *k))
-                .collect();
+            let mut names: Vec<(usize, &str)> = [
+                "request_id",
+                "client_addr",
+                "status",
+                "attempts",
+                "duration_ms",
+            ]
+            .iter()
+            .map(|k| (text.find(&format!("\"{k}\":")).unwrap(), *k))
+            .collect();
             names.sort();
             names.into_iter().map(|(_, k)| k).collect::<Vec<_>>()
         };

@@ -14,6 +14,7 @@ use crate::proxy::usage::Usage;
 use crate::request_progress::{LeftAt, RequestProgress};
 use crate::state::AppState;
 use http::{HeaderValue, Method, StatusCode};
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -38,6 +39,8 @@ const SHOWN_PATH_BYTES: usize = 256;
 /// Everything known about a request when it ends.
 pub struct AccessRecord {
     pub id: HeaderValue,
+    /// The connection's peer: the client, or the proxy in front of it.
+    pub client: IpAddr,
     pub method: Method,
     /// The request's target; its path is logged.
     pub uri: http::Uri,
@@ -106,6 +109,7 @@ impl AccessRecord {
         let path = crate::shown::cut_with_length(self.uri.path(), SHOWN_PATH_BYTES);
         let line = AccessLine {
             request_id: self.id.to_str().unwrap_or(""),
+            client_addr: self.client,
             method: self.method.as_str(),
             path: &path,
             status: self.status.as_u16(),
@@ -150,6 +154,7 @@ impl AccessRecord {
 pub(crate) struct Unanswered<'a> {
     pub(crate) state: &'a AppState,
     pub(crate) id: &'a HeaderValue,
+    pub(crate) client: IpAddr,
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a http::Uri,
     pub(crate) started: Instant,
@@ -193,6 +198,7 @@ impl Drop for Unanswered<'_> {
         }
         AccessRecord {
             id: self.id.clone(),
+            client: self.client,
             method: self.method.clone(),
             uri: self.uri.clone(),
             status,

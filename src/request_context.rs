@@ -17,6 +17,7 @@ use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method};
 use std::future::Future;
+use std::net::IpAddr;
 use tokio::time::Instant;
 
 /// What the request context hands its handler.
@@ -60,6 +61,7 @@ pub async fn request_context<'p, Handling>(
     state: &AppState,
     head: &http::request::Parts,
     id: HeaderValue,
+    client: IpAddr,
     progress: &'p RequestProgress,
     handler: impl FnOnce(RequestScope<'p>) -> Handling,
 ) -> (Response, WireFields)
@@ -88,6 +90,7 @@ where
             let unanswered = Unanswered {
                 state,
                 id: &id,
+                client,
                 method: &method,
                 uri: &uri,
                 started,
@@ -107,6 +110,7 @@ where
     handled.fields.push(&X_REQUEST_ID, &id);
     let mut record = AccessRecord {
         id,
+        client,
         method,
         uri,
         status: response.status(),

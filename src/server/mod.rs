@@ -105,9 +105,9 @@ async fn serve(
     let mut cap = ConnectionCap::new(max, &closing, &state.metrics);
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => tcp,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     if accept_failed(err) {
                         // A stop meanwhile is not kept waiting.
@@ -127,7 +127,7 @@ async fn serve(
             room = cap.room() => room,
             () = &mut shutdown => break,
         };
-        connections.spawn(connection_task(tcp, &gateway, &cap, room));
+        connections.spawn(connection_task(tcp, peer.ip(), &gateway, &cap, room));
     }
     drop(listener);
     // Idle connections close now, busy ones after their response.
@@ -144,6 +144,7 @@ async fn serve(
 /// more per connection, measured), hence no wrapper.
 fn connection_task(
     tcp: tokio::net::TcpStream,
+    client: std::net::IpAddr,
     gateway: &std::sync::Arc<Gateway>,
     cap: &ConnectionCap,
     place: connection_cap::OpenConnection,
@@ -151,7 +152,7 @@ fn connection_task(
     // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
     let _ = tcp.set_nodelay(true);
     let idle = gateway.state().config().client_idle;
-    conn::serve(tcp, gateway.clone(), cap.close_token(), idle, place)
+    conn::serve(tcp, client, gateway.clone(), cap.close_token(), idle, place)
 }
 
 /// How long accepting pauses after it failed for want of descriptors.
@@ -189,7 +190,8 @@ mod tests {
         let closing = CancellationToken::new();
         let mut cap = ConnectionCap::new(4, &closing, &metrics);
         let place = cap.room().await;
-        let task = connection_task(accepted.unwrap().0, &gateway, &cap, place);
+        let (tcp, peer) = accepted.unwrap();
+        let task = connection_task(tcp, peer.ip(), &gateway, &cap, place);
         let size = size_of_val(&task);
         drop((task, client));
         assert!(size <= 8192, "{size}");

@@ -532,18 +532,21 @@ fn a_key_sent_as_a_name_is_not_logged() {
         assert!(!line.contains("sk-team-secret-1"), "{line}");
         assert!(line.contains("\"request_id\":\"req_"), "{line}");
     }
-    // A provider key as the id, in another letter case, is replaced too.
-    let answer = send(
-        "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
-         x-request-id: SK-AIML-SECRET-2\r\nconnection: close\r\n\r\n",
-    );
-    assert!(
-        !answer.to_lowercase().contains("sk-aiml-secret-2"),
-        "{answer}"
-    );
-    assert!(answer.contains("\r\nx-request-id: req_"), "{answer}");
-    let line = wait_for_line(&mut stdout, "\"status\":200");
-    assert!(!line.to_lowercase().contains("sk-aiml-secret-2"), "{line}");
+    // A provider key as the id, in another letter case or inside a
+    // longer id, is replaced too.
+    for id in ["SK-AIML-SECRET-2", "trace-sk-aiml-SECRET-2-x"] {
+        let answer = send(&format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
+             x-request-id: {id}\r\nconnection: close\r\n\r\n",
+        ));
+        assert!(
+            !answer.to_lowercase().contains("sk-aiml-secret-2"),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nx-request-id: req_"), "{answer}");
+        let line = wait_for_line(&mut stdout, "\"status\":200");
+        assert!(!line.to_lowercase().contains("sk-aiml-secret-2"), "{line}");
+    }
     // Another id is the client's.
     let answer = send(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-team-secret-1\r\n\
@@ -773,6 +776,34 @@ fn glibc_tunables_set_by_the_operator_are_left_alone() {
         .filter(|v| v.starts_with(&format!("{VARIABLE}=")))
         .collect();
     assert_eq!(set, [&format!("{VARIABLE}=glibc.malloc.tcache_count=7")]);
+}
+
+/// The access line, and the event of a head refused before it could be
+/// read, name the connection's peer address.
+#[test]
+fn the_access_line_names_the_clients_address() {
+    use std::io::{Read, Write};
+    let (mut child, mut stdout, addr) = start(gateway(), &["--listen", ANY_PORT]);
+    let mut models = std::net::TcpStream::connect(&addr).unwrap();
+    models
+        .write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    models.read_to_end(&mut Vec::new()).unwrap();
+    let line = wait_for_line(&mut stdout, "\"path\":\"/v1/models\"");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["client_addr"], "127.0.0.1", "{line}");
+
+    let mut refused = std::net::TcpStream::connect(&addr).unwrap();
+    refused
+        .write_all(b"GET / HTTP/1.1\r\nbad head\r\n\r\n")
+        .unwrap();
+    refused.read_to_end(&mut Vec::new()).unwrap();
+    let line = wait_for_line(&mut stdout, "request head refused");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["client_addr"], "127.0.0.1", "{line}");
+    assert_eq!(line["status"], 400, "{line}");
 }
 
 /// The access line of a request the provider refused still says how long

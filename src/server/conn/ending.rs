@@ -49,6 +49,7 @@ impl Connection {
         let id = generate_id();
         tracing::info!(
             request_id = id.to_str().unwrap_or(""),
+            client_addr = %self.client,
             status = bad.status.as_u16(),
             error = bad.message,
             "request head refused"

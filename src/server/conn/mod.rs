@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
 use http_body::Body as _;
 use std::future::{Future, poll_fn};
+use std::net::IpAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -75,6 +76,7 @@ const UNCOUNTED_BODY: u64 = READ_AHEAD as u64;
 /// `server.max_connections`, given back when this ends.
 pub async fn serve(
     io: TcpStream,
+    client: IpAddr,
     gateway: Arc<Gateway>,
     closing: CancellationToken,
     idle: Option<Duration>,
@@ -82,6 +84,7 @@ pub async fn serve(
 ) {
     let mut connection = Connection {
         io,
+        client: client.to_canonical(),
         read: BytesMut::new(),
         output: Output::default(),
         spare_headers: http::HeaderMap::new(),
@@ -146,6 +149,9 @@ mod waits;
 
 struct Connection {
     io: TcpStream,
+    /// The peer's address (an IPv4 client of a dual-stack listener as
+    /// IPv4), for the access line.
+    client: IpAddr,
     /// Bytes read and not yet parsed: heads and bodies are split off it.
     read: BytesMut,
     output: Output,
@@ -321,7 +327,12 @@ impl Connection {
         let handled = {
             // The handler borrows the head; both end before the response
             // is written (a stream's head would otherwise live as long).
-            let mut handling = pin!(gateway.clone().handle(&parts, body, id.clone(), &progress));
+            let mut handling =
+                pin!(
+                    gateway
+                        .clone()
+                        .handle(&parts, body, id.clone(), self.client, &progress)
+                );
             poll_fn(|cx| {
                 let polled = self.poll_handling(
                     cx,
