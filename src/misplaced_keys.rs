@@ -132,3 +132,19 @@ pub fn is_key(config: &Config, text: &[u8]) -> bool {
     };
     config.keys.find(text).is_some() || provider_key()
 }
+
+/// Whether `text` holds a configured provider key anywhere in it, in any
+/// letter case: for a request id, which is sent on to every provider and
+/// short enough (128 bytes at most) to search whole.
+pub fn holds_provider_key(config: &Config, text: &[u8]) -> bool {
+    config
+        .providers
+        .iter()
+        .flat_map(|p| &p.keys)
+        .map(|key| key.secret.as_bytes())
+        .filter(|key| !key.is_empty() && key.len() <= text.len())
+        .any(|key| {
+            text.windows(key.len())
+                .any(|window| window.eq_ignore_ascii_case(key))
+        })
+}

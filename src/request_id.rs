@@ -17,11 +17,13 @@ pub fn request_id(headers: &http::HeaderMap, state: &AppState) -> HeaderValue {
 }
 
 /// Whether a client's request id is a key (its own, sent in the wrong
-/// field, or any configured one): the id is logged, returned and sent to
-/// the provider, a key never is.
+/// field, or any configured one) or holds a provider key: the id is
+/// logged, returned and sent to the provider, a key never is.
 fn is_a_key(id: &[u8], headers: &http::HeaderMap, state: &AppState) -> bool {
+    let config = state.peek_config();
     crate::auth::is_presented_key(headers, id)
-        || crate::misplaced_keys::is_key(&state.peek_config(), id)
+        || crate::misplaced_keys::is_key(&config, id)
+        || crate::misplaced_keys::holds_provider_key(&config, id)
 }
 
 fn is_usable_id(value: &HeaderValue) -> bool {

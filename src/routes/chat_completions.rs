@@ -375,11 +375,28 @@ fn count_limited(state: &AppState, error: Option<&GatewayError>) {
 /// A request body sent with a content coding (`Content-Encoding: gzip`, in
 /// any of its fields): read as it is, it would be refused as JSON that
 /// does not parse. `identity` (and an empty field) is no coding.
+/// Only a coding HTTP registers is named in the error (and so the log):
+/// the field's text is the client's, and could be a key sent in the wrong
+/// field.
 fn unsupported_encoding(coding: &[u8]) -> GatewayError {
-    let shown = std::str::from_utf8(coding)
-        .ok()
-        .filter(|v| v.len() <= 32)
-        .unwrap_or("…");
+    const REGISTERED: [&str; 12] = [
+        "gzip",
+        "x-gzip",
+        "deflate",
+        "br",
+        "zstd",
+        "compress",
+        "x-compress",
+        "exi",
+        "pack200-gzip",
+        "aes128gcm",
+        "dcb",
+        "dcz",
+    ];
+    let shown = REGISTERED
+        .into_iter()
+        .find(|name| name.as_bytes().eq_ignore_ascii_case(coding))
+        .unwrap_or("a coding it does not know");
     GatewayError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         crate::error::ErrorType::InvalidRequestError,

@@ -424,6 +424,15 @@ async fn a_compressed_request_body_is_refused_as_such() {
             .unwrap()
             .contains("(br)")
     );
+    // Only a registered coding is named: the field's text could be a key
+    // sent in the wrong field.
+    let response = send(&["sk-secret-in-the-wrong-field"]).await.unwrap();
+    assert_eq!(response.status(), 415);
+    let message = error_of(response).await["message"].to_string();
+    assert!(
+        !message.contains("secret") && message.contains("a coding it does not know"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
