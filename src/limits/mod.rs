@@ -157,6 +157,11 @@ impl Limits {
             if !kept {
                 old.retire();
             }
+            if let Backend::Redis(new) = &self.backend
+                && !kept
+            {
+                new.carries_on_from(old);
+            }
         }
     }
 

@@ -214,7 +214,7 @@ impl Breaker {
                 .store(self.settings.cooldown.as_millis() as u64, Ordering::Relaxed);
             circuit.opened_at_ms.store(0, Ordering::Release);
             circuit.probing.store(false, Ordering::Release);
-            tracing::info!(upstream_target = %self.label, "circuit closed: the probe succeeded");
+            tracing::info!(upstream_target = %self.label, "circuit closed: the provider answered the probe");
         }
     }
 

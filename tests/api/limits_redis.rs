@@ -791,10 +791,20 @@ async fn an_outage_is_logged_once_however_many_requests_meet_it() {
     for _ in 0..5 {
         assert_eq!(send().await.unwrap().status(), 200);
     }
+    // A reload that turns the outage's effect around says so (the line
+    // before still says requests fall back to local limits).
+    let closed = config.replace("on_redis_error = \"open\"", "on_redis_error = \"closed\"");
+    assert_ne!(closed, config);
+    std::fs::write(file.path(), closed).unwrap();
+    wait_until("the reload is logged", async || {
+        logged("still out of reach after a reload: now requests under a key") == 1
+    })
+    .await;
+    assert_eq!(send().await.unwrap().status(), 503);
     // Lines reach stdout in batches: wait for every request's access line
     // (written after the outage's) before stopping the gateway.
-    wait_until("six requests logged", async || {
-        logged("\"target\":\"access\"") == 6
+    wait_until("seven requests logged", async || {
+        logged("\"target\":\"access\"") == 7
     })
     .await;
     gateway.kill().unwrap();

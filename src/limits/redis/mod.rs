@@ -154,6 +154,22 @@ impl RedisBackend {
         self.shared.state.load(Ordering::Acquire) == HEALTHY
     }
 
+    /// This backend has replaced `old` in an outage it carries on: the log
+    /// is told when what the outage does to requests changed with it (its
+    /// last line would otherwise still say the old effect).
+    pub fn carries_on_from(&self, old: &RedisBackend) {
+        if self.settings.on_error != old.settings.on_error
+            && self.shared.outage.down.load(Ordering::Acquire)
+        {
+            tracing::warn!(
+                alert = "rate_limit_store",
+                on_redis_error = self.settings.on_error.as_str(),
+                "rate-limit store (Redis) still out of reach after a reload: now {} until it is back",
+                outage_effect(self.settings.on_error)
+            );
+        }
+    }
+
     /// A newer configuration's backend has taken over: this one no longer
     /// counts or logs outages (its calls still run and are timed).
     pub fn retire(&self) {
@@ -545,11 +561,19 @@ fn is_refusal(err: &redis::RedisError) -> bool {
         || text.contains(plain_behind_tls::PLAIN_REDIS)
 }
 
-fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
-    let effect = match settings.on_error {
+/// What an outage does to requests, for the log.
+fn outage_effect(on_error: OnRedisError) -> &'static str {
+    match on_error {
         OnRedisError::Open => "each replica falls back to its local limits",
-        OnRedisError::Closed => "chat requests are refused with 503",
-    };
+        OnRedisError::Closed => {
+            "requests under a key, key-and-model or global limit get 503 and providers \
+             with limits are passed over; requests under none are served"
+        }
+    }
+}
+
+fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
+    let effect = outage_effect(settings.on_error);
     let what = if is_refusal(err) {
         "refuses the gateway (check limits.redis_url, limits.redis_ca_file and Redis's ACL)"
     } else {
