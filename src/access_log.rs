@@ -154,7 +154,6 @@ impl AccessRecord {
 pub(crate) struct Unanswered<'a> {
     pub(crate) state: &'a AppState,
     pub(crate) id: &'a HeaderValue,
-    pub(crate) client: IpAddr,
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a http::Uri,
     pub(crate) started: Instant,
@@ -198,7 +197,7 @@ impl Drop for Unanswered<'_> {
         }
         AccessRecord {
             id: self.id.clone(),
-            client: self.client,
+            client: self.progress.client(),
             method: self.method.clone(),
             uri: self.uri.clone(),
             status,

@@ -17,7 +17,6 @@ use axum::routing::{any, get};
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode};
-use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -49,7 +48,7 @@ impl Gateway {
     /// other request; a panic outside it still answers 500, unlogged.
     /// Besides the response: its header fields in wire form, written after
     /// the header map's. `id` is the request's [`request_id`], which every
-    /// answer carries; `client` the connection's peer, for the access line.
+    /// answer carries.
     ///
     /// The request's head is borrowed, not moved: passed by value, its
     /// ~250 bytes would be copied at every layer down to the body reader.
@@ -64,14 +63,13 @@ impl Gateway {
         head: &Parts,
         body: B,
         id: HeaderValue,
-        client: IpAddr,
         progress: &RequestProgress,
     ) -> (Response, WireFields)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let handled = request_context(&self.state, head, id.clone(), client, progress, |scope| {
+        let handled = request_context(&self.state, head, id.clone(), progress, |scope| {
             AssertUnwindSafe(self.dispatch(head, body, scope))
                 .catch_unwind()
                 .map(|handled| {
@@ -275,14 +273,7 @@ mod tests {
         ));
         let (head, body) = http::Request::new(Body::empty()).into_parts();
         let progress = RequestProgress::default();
-        let client = std::net::Ipv4Addr::LOCALHOST.into();
-        let handling = gateway.handle(
-            &head,
-            body,
-            crate::request_id::generate_id(),
-            client,
-            &progress,
-        );
+        let handling = gateway.handle(&head, body, crate::request_id::generate_id(), &progress);
         assert!(size_of_val(&handling) <= 6144, "{}", size_of_val(&handling));
     }
 }

@@ -235,3 +235,34 @@ fn string_keys_carry_their_opening_quote() {
         "{line}"
     );
 }
+
+/// Addresses are written as `Display` writes them: every IPv4 octet value
+/// in every position, and IPv6's forms.
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    let written = |addr: std::net::IpAddr| {
+        let mut line = String::new();
+        let mut json = JsonLine::start(&mut line, &tracing::Level::INFO, "access", "request");
+        json.ip(json_str_key!("client_addr"), addr);
+        let value: serde_json::Value = serde_json::from_str(json.finish()).unwrap();
+        value["client_addr"].as_str().unwrap().to_string()
+    };
+    for octet in 0..=255u8 {
+        for position in 0..4 {
+            let mut octets = [1, 22, 203, 4];
+            octets[position] = octet;
+            let addr = std::net::IpAddr::from(octets);
+            assert_eq!(written(addr), addr.to_string());
+        }
+    }
+    for text in [
+        "::",
+        "::1",
+        "2001:db8::7",
+        "::ffff:10.0.0.1",
+        "fe80::1:2:3:4",
+    ] {
+        let addr: std::net::IpAddr = text.parse().unwrap();
+        assert_eq!(written(addr), text);
+    }
+}

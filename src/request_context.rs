@@ -17,7 +17,6 @@ use crate::wire_fields::WireFields;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method};
 use std::future::Future;
-use std::net::IpAddr;
 use tokio::time::Instant;
 
 /// What the request context hands its handler.
@@ -61,7 +60,6 @@ pub async fn request_context<'p, Handling>(
     state: &AppState,
     head: &http::request::Parts,
     id: HeaderValue,
-    client: IpAddr,
     progress: &'p RequestProgress,
     handler: impl FnOnce(RequestScope<'p>) -> Handling,
 ) -> (Response, WireFields)
@@ -90,7 +88,6 @@ where
             let unanswered = Unanswered {
                 state,
                 id: &id,
-                client,
                 method: &method,
                 uri: &uri,
                 started,
@@ -110,7 +107,7 @@ where
     handled.fields.push(&X_REQUEST_ID, &id);
     let mut record = AccessRecord {
         id,
-        client,
+        client: progress.client(),
         method,
         uri,
         status: response.status(),

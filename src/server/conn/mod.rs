@@ -323,16 +323,11 @@ impl Connection {
         let version = parts.version;
         let (body, mut reading) = self.start_body(framing, expect_continue, gateway);
         let id = request_id(&parts.headers, gateway.state());
-        let progress = RequestProgress::default();
+        let progress = RequestProgress::from_client(self.client);
         let handled = {
             // The handler borrows the head; both end before the response
             // is written (a stream's head would otherwise live as long).
-            let mut handling =
-                pin!(
-                    gateway
-                        .clone()
-                        .handle(&parts, body, id.clone(), self.client, &progress)
-                );
+            let mut handling = pin!(gateway.clone().handle(&parts, body, id.clone(), &progress));
             poll_fn(|cx| {
                 let polled = self.poll_handling(
                     cx,
