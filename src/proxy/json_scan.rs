@@ -65,9 +65,12 @@ enum State {
     ValueOrClose,
     /// After `:` or `,` in an array: a value.
     Value,
-    /// Inside a string (a key or a value), `escape` the part of an escape
-    /// sequence the previous piece ended in.
-    Str { key: bool, escape: Escape },
+    /// Inside a string (a key or a value); `escaped` when the previous
+    /// piece ended inside an escape sequence (how far in:
+    /// `ObjectScan::hex_left`). Two flags, as before escapes were checked:
+    /// an `Escape` here made every byte's dispatch on the state dearer
+    /// (~280 instructions per small request).
+    Str { key: bool, escaped: bool },
     /// Inside `LITERALS[word]`, its first `matched` bytes seen.
     Literal { word: u8, matched: u8 },
     /// Inside a number.
@@ -176,6 +179,9 @@ pub struct ObjectScan {
     /// Where the string, literal or number being scanned starts (errors
     /// inside one point at its start).
     token_start: usize,
+    /// The hex digits of a `\u` escape still to come, when a piece ended
+    /// inside one.
+    hex_left: u8,
     error: Option<ScanError>,
 }
 
@@ -191,6 +197,7 @@ impl Default for ObjectScan {
             saved_key: SmallVec::new(),
             value_start: NO_VALUE,
             token_start: 0,
+            hex_left: 0,
             error: None,
         }
     }
@@ -222,7 +229,12 @@ impl ObjectScan {
         while at < bytes.len() {
             let byte = bytes[at];
             state = match state {
-                State::Str { key, escape } => {
+                State::Str { key, escaped } => {
+                    let escape = match (escaped, self.hex_left) {
+                        (false, _) => Escape::None,
+                        (true, 0) => Escape::Backslash,
+                        (true, left) => Escape::Hex(left),
+                    };
                     let (next, end) = string_run(bytes, at, escape);
                     match end {
                         RunEnd::Quote => {
@@ -238,7 +250,14 @@ impl ObjectScan {
                         }
                         RunEnd::Open { escape } => {
                             at = bytes.len();
-                            State::Str { key, escape }
+                            self.hex_left = match escape {
+                                Escape::Hex(left) => left,
+                                _ => 0,
+                            };
+                            State::Str {
+                                key,
+                                escaped: escape != Escape::None,
+                            }
                         }
                         RunEnd::Newline => {
                             return self.fail_in_string(
@@ -304,7 +323,7 @@ impl ObjectScan {
                         }
                         State::Str {
                             key: true,
-                            escape: Escape::None,
+                            escaped: false,
                         }
                     } else if byte == b'}' && state == State::KeyOrClose {
                         self.close_container(bytes, self.base + at, on_field)
@@ -338,7 +357,7 @@ impl ObjectScan {
                     match byte {
                         b'"' => State::Str {
                             key: false,
-                            escape: Escape::None,
+                            escaped: false,
                         },
                         b'{' => self.open_container(true),
                         b'[' => self.open_container(false),
@@ -542,32 +561,39 @@ enum RunEnd {
 /// length, or the index of the newline or of the byte that breaks an
 /// escape) and how.
 #[inline(always)]
-fn string_run(bytes: &[u8], mut from: usize, mut escape: Escape) -> (usize, RunEnd) {
-    loop {
-        if escape != Escape::None {
-            match escape_end(bytes, from, escape) {
-                Ok(after) => from = after,
-                Err(EscapeCut::Open(escape)) => return (bytes.len(), RunEnd::Open { escape }),
-                Err(EscapeCut::Bad(at)) => return (at, RunEnd::BadEscape),
-            }
-        }
-        let Some(i) = super::string_stop::find(&bytes[from..]) else {
-            return (
-                bytes.len(),
-                RunEnd::Open {
-                    escape: Escape::None,
-                },
-            );
-        };
-        match bytes[from + i] {
-            b'"' => return (from + i + 1, RunEnd::Quote),
-            b'\\' => {
-                from += i + 1;
-                escape = Escape::Backslash;
-            }
-            _ => return (from + i, RunEnd::Newline),
+fn string_run(bytes: &[u8], mut from: usize, escape: Escape) -> (usize, RunEnd) {
+    if escape != Escape::None {
+        match escape_end(bytes, from, escape) {
+            Ok(after) => from = after,
+            Err(cut) => return cut.run_end(bytes),
         }
     }
+    while from < bytes.len() {
+        match super::string_stop::find(&bytes[from..]) {
+            Some(i) => {
+                let at = from + i;
+                match bytes[at] {
+                    b'"' => return (at + 1, RunEnd::Quote),
+                    // The backslash and the byte it escapes: the usual
+                    // escapes are one byte, checked here; the rest (`\u`,
+                    // a cut, a wrong one) out of line.
+                    b'\\' => match bytes.get(at + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            from = at + 2
+                        }
+                        _ => match escape_end(bytes, at + 1, Escape::Backslash) {
+                            Ok(after) => from = after,
+                            Err(cut) => return cut.run_end(bytes),
+                        },
+                    },
+                    _ => return (at, RunEnd::Newline),
+                }
+            }
+            None => from = bytes.len(),
+        }
+    }
+    let escape = Escape::None;
+    (bytes.len(), RunEnd::Open { escape })
 }
 
 /// Why an escape sequence did not end in the piece.
@@ -578,9 +604,20 @@ enum EscapeCut {
     Bad(usize),
 }
 
+impl EscapeCut {
+    /// Where and how the string's run ends, for [`string_run`].
+    fn run_end(self, bytes: &[u8]) -> (usize, RunEnd) {
+        match self {
+            EscapeCut::Open(escape) => (bytes.len(), RunEnd::Open { escape }),
+            EscapeCut::Bad(at) => (at, RunEnd::BadEscape),
+        }
+    }
+}
+
 /// The rest of an escape sequence, `escape` of it read, from `from`: the
-/// index after its end.
-#[inline(always)]
+/// index after its end. Out of line: most escapes are one byte, checked
+/// where the backslash is found.
+#[inline(never)]
 fn escape_end(bytes: &[u8], mut from: usize, mut escape: Escape) -> Result<usize, EscapeCut> {
     loop {
         let Some(&byte) = bytes.get(from) else {
