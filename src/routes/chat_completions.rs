@@ -396,7 +396,7 @@ fn unsupported_encoding(coding: &[u8]) -> GatewayError {
     let shown = REGISTERED
         .into_iter()
         .find(|name| name.as_bytes().eq_ignore_ascii_case(coding))
-        .unwrap_or("a coding it does not know");
+        .unwrap_or("an unknown coding");
     GatewayError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         crate::error::ErrorType::InvalidRequestError,

@@ -430,7 +430,7 @@ async fn a_compressed_request_body_is_refused_as_such() {
     assert_eq!(response.status(), 415);
     let message = error_of(response).await["message"].to_string();
     assert!(
-        !message.contains("secret") && message.contains("a coding it does not know"),
+        !message.contains("secret") && message.contains("an unknown coding"),
         "{message}"
     );
 }

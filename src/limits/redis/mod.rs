@@ -107,6 +107,9 @@ struct Shared {
     retired: AtomicBool,
     /// This outage's log already says Redis refuses the gateway.
     refusal_told: AtomicBool,
+    /// This backend logged an outage's beginning itself (with its own
+    /// `on_redis_error`'s effect).
+    outage_told: AtomicBool,
     /// The gateway's metrics, once the configuration is in use.
     metrics: OnceLock<StoreMetrics>,
     /// Wakes the supervisor when a request saw Redis fail.
@@ -142,6 +145,7 @@ impl RedisBackend {
                 outage: previous.map_or_else(Arc::default, |p| p.shared.outage.clone()),
                 retired: AtomicBool::new(false),
                 refusal_told: AtomicBool::new(false),
+                outage_told: AtomicBool::new(false),
                 metrics: OnceLock::new(),
                 failed: Notify::new(),
                 settled: Notify::new(),
@@ -156,10 +160,13 @@ impl RedisBackend {
 
     /// This backend has replaced `old` in an outage it carries on: the log
     /// is told when what the outage does to requests changed with it (its
-    /// last line would otherwise still say the old effect).
+    /// last line would otherwise still say the old effect). An outage this
+    /// backend began itself (its reload's check failed) was logged with
+    /// its effect already.
     pub fn carries_on_from(&self, old: &RedisBackend) {
         if self.settings.on_error != old.settings.on_error
             && self.shared.outage.down.load(Ordering::Acquire)
+            && !self.shared.outage_told.load(Ordering::Acquire)
         {
             tracing::warn!(
                 alert = "rate_limit_store",
@@ -358,6 +365,7 @@ impl Shared {
             if is_refusal(err) {
                 self.refusal_told.store(true, Ordering::Release);
             }
+            self.outage_told.store(true, Ordering::Release);
             log_outage(settings, err);
         } else if is_refusal(err)
             && !self.retired.load(Ordering::Acquire)
