@@ -79,6 +79,11 @@ impl UsageReport {
         self.member(&self.raw)
     }
 
+    /// Where the `usage` object is in the event's data.
+    pub fn raw_span(&self) -> Range<usize> {
+        self.raw.clone()
+    }
+
     /// The event's top-level `id`, `created` and `model` values as sent.
     pub fn id(&self) -> Option<&str> {
         self.id.as_ref().map(|span| self.member(span))

@@ -37,6 +37,25 @@ fn events(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `event` with its top-level `"usage":{...}` written `"usage":null`.
+fn usage_nulled(event: &str) -> String {
+    let key = "\"usage\":{";
+    let start = event.rfind(key).expect("a usage object") + key.len() - 1;
+    let mut depth = 0;
+    let len = event[start..]
+        .char_indices()
+        .find_map(|(i, c)| {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0).then_some(i + 1)
+        })
+        .expect("the usage object's end");
+    format!("{}null{}", &event[..start], &event[start + len..])
+}
+
 #[tokio::test]
 async fn moonshot_streams_get_the_standard_usage_chunk_when_asked() {
     let app = spawn_app().await;
@@ -70,7 +89,9 @@ async fn moonshot_usage_chunk_is_added(app: &TestApp, body: &Value) {
 /// A provider that puts the stream's usage top-level on its last chunk
 /// with choices: a client that asked for usage still gets the standard
 /// `choices: []` chunk (code that reads usage only there would find none),
-/// and every event the provider sent as it sent it.
+/// and that chunk's own `usage` is `null`, as in OpenAI's chunks (a client
+/// that adds up every chunk's usage counts it once); every other event as
+/// the provider sent it.
 #[tokio::test]
 async fn usage_on_a_chunk_with_choices_is_restated_as_the_standard_chunk() {
     let app = spawn_app().await;
@@ -94,16 +115,30 @@ async fn usage_on_a_chunk_with_choices_is_restated_as_the_standard_chunk() {
         assert_eq!(got.last(), Some(&"[DONE]"), "{model}");
         let usage_chunk: Value = serde_json::from_str(got[got.len() - 2]).unwrap();
         assert_eq!(usage_chunk["choices"], json!([]), "{model}");
-        let last_with_choices: Value = serde_json::from_str(got[got.len() - 3]).unwrap();
+        let sent_with_choices: Value = serde_json::from_str(expected[expected.len() - 2]).unwrap();
+        let usage = &sent_with_choices["usage"];
+        assert!(usage["total_tokens"].as_u64().unwrap() > 0, "{model}");
         assert_eq!(usage_chunk["usage"], {
-            let mut usage = last_with_choices["usage"].clone();
+            let mut usage = usage.clone();
             if usage.get("cached_tokens").is_some() {
                 usage["prompt_tokens_details"] = json!({"cached_tokens": usage["cached_tokens"]});
             }
             usage
         });
-        assert_eq!(usage_chunk["model"], last_with_choices["model"]);
-        expected.insert(expected.len() - 1, got[got.len() - 2]);
+        assert_eq!(usage_chunk["model"], sent_with_choices["model"]);
+        // The chunk it came from: the provider's bytes, its usage `null`.
+        let nulled = usage_nulled(expected[expected.len() - 2]);
+        let got_with_choices: Value = serde_json::from_str(got[got.len() - 3]).unwrap();
+        assert_eq!(got_with_choices["usage"], Value::Null, "{model}");
+        let reported = got
+            .iter()
+            .filter(|e| **e != "[DONE]")
+            .filter(|e| !serde_json::from_str::<Value>(e).unwrap()["usage"].is_null())
+            .count();
+        assert_eq!(reported, 1, "{model}: usage reported once");
+        let n = expected.len();
+        expected[n - 2] = &nulled;
+        expected.insert(n - 1, got[got.len() - 2]);
         assert_eq!(got, expected, "{model}");
     }
 }

@@ -14,6 +14,7 @@ use crate::proxy::stream_stats::StreamEnd;
 use crate::proxy::usage::{UsagePlace, lines_mentioning_usage, parse_usage};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::ops::Range;
 
 impl SseRelay {
@@ -96,7 +97,9 @@ impl SseRelay {
             }
         }
         self.stats.count_events(events.len(), reads);
-        let mut hidden: SmallVec<[Range<usize>; 1]> = SmallVec::new();
+        // Spans of `events` to replace, in order: a usage chunk kept back
+        // (with nothing), a restated usage's own object (with `null`).
+        let mut edits: SmallVec<[(Range<usize>, &'static [u8]); 1]> = SmallVec::new();
         let mut last_event = None;
         for line in lines_mentioning_usage(&events) {
             if data_value(line).is_none() {
@@ -107,6 +110,7 @@ impl SseRelay {
             if last_event.replace(event) == Some(event) {
                 continue;
             }
+            let in_place = matches!(data, Cow::Borrowed(_));
             let data = data.trim_ascii();
             if let Some(report) = parse_usage(data) {
                 self.stats.set_usage(report.usage, report.place);
@@ -116,28 +120,41 @@ impl SseRelay {
                         if self.hide_usage_chunk {
                             let line_start = line.as_ptr() as usize - events.as_ptr() as usize;
                             if let Some(end) = event_end(&events, line_start + line.len()) {
-                                hidden.push(event_start(&events, line_start)..end);
+                                edits.push((event_start(&events, line_start)..end, b""));
                             }
                         }
                     }
                     // On a chunk that still has choices: a client that
-                    // asked for the standard chunk reads usage there.
-                    UsagePlace::TopLevel | UsagePlace::InChoice => {
+                    // asked for the standard chunk reads usage there, and
+                    // only there, as OpenAI's chunks carry `"usage": null`
+                    // before it (a client that adds up every chunk's usage,
+                    // as LangChain does, would count it twice). An event of
+                    // several data lines keeps its own.
+                    UsagePlace::TopLevel => {
+                        if self.include_usage && in_place {
+                            let at = data.as_ptr() as usize - events.as_ptr() as usize;
+                            let span = report.raw_span();
+                            edits.push((at + span.start..at + span.end, b"null"));
+                        }
+                        self.usage_to_restate = Some(report);
+                    }
+                    UsagePlace::InChoice => {
                         self.usage_to_restate = Some(report);
                     }
                 }
             }
         }
-        if !hidden.is_empty() {
+        if !edits.is_empty() {
             let mut kept = BytesMut::with_capacity(events.len());
             let mut from = 0;
-            for range in hidden {
+            for (range, with) in edits {
                 kept.extend_from_slice(&events[from..range.start]);
+                kept.extend_from_slice(with);
                 from = range.end;
             }
             kept.extend_from_slice(&events[from..]);
             events = kept.freeze();
-            // Rare (once per stream at most): `[DONE]` moved.
+            // Rare (a usage chunk, a usage restated): `[DONE]` moved.
             done_at = done_at.and_then(|_| find_done(&events));
         }
         let Some(done_at) = done_at else {
