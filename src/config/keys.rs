@@ -121,6 +121,18 @@ fn secret_digest(
     match (&file.secret_env, &file.secret_sha256) {
         (Some(var), None) if !check_env_name(&format!("{path}.secret_env"), var, problems) => None,
         (Some(var), None) => match env(var).map(|v| v.trim().to_string()) {
+            // A key no request could carry (a line break, a control
+            // character) would be a key that never matches.
+            Some(secret) if http::HeaderValue::from_str(&secret).is_err() => {
+                problems.push(ConfigProblem::new(
+                    format!("{path}.secret_env"),
+                    format!(
+                        "environment variable {var} holds characters not allowed in an HTTP \
+                         header: no request could present this key"
+                    ),
+                ));
+                None
+            }
             Some(secret) if !secret.is_empty() => Some(digest(secret.as_bytes())),
             found => {
                 let state = if found.is_some() { "blank" } else { "not set" };
@@ -212,5 +224,28 @@ mod tests {
             problems[0].to_string(),
             "keys.alpha: needs secret_env or secret_sha256"
         );
+    }
+
+    /// A key with a line break inside (a file's two lines pasted into one
+    /// variable) could never be presented: refused, not kept unmatched.
+    #[test]
+    fn a_key_no_header_could_carry_is_refused() {
+        let env = |var: &str| match var {
+            "TEAM_KEY" => Some("first\nsecond".to_string()),
+            _ => var.ends_with("_API_KEY").then(|| "k".to_string()),
+        };
+        let problems = crate::config::resolve("[keys.team]\nsecret_env = \"TEAM_KEY\"\n", &env)
+            .err()
+            .unwrap()
+            .0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "keys.team.secret_env");
+        assert!(
+            problems[0]
+                .message
+                .contains("no request could present this key"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].message.contains("second"), "{problems:?}");
     }
 }

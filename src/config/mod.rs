@@ -6,6 +6,7 @@ mod base_url;
 pub mod bounded_file;
 mod discovered;
 mod env_name;
+mod env_read;
 mod file;
 mod keys;
 mod limits;

@@ -2,6 +2,7 @@
 //! collected with its key path so `--check` can print them all at once.
 
 use super::aliases::alias_specs;
+use super::env_read::EnvReads;
 use super::keys::client_keys;
 use super::limits::limit_settings;
 use super::parse::parse;
@@ -28,6 +29,8 @@ pub fn resolve_reusing(
     env: &dyn Fn(&str) -> Option<String>,
     previous: Option<&Config>,
 ) -> Result<Config, ConfigErrors> {
+    let reads = EnvReads::new(env);
+    let env = &|name: &str| reads.get(name);
     let mut problems = Vec::new();
     let mut parsed = parse(text, &mut problems);
     let unreadable = std::mem::take(&mut parsed.unreadable);
@@ -96,6 +99,7 @@ pub fn resolve_reusing(
         index += 1;
         index <= read_problems || !unreadable.iter().any(|path| is_within(&problem.path, path))
     });
+    problems.extend(reads.not_text());
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }

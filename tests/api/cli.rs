@@ -271,6 +271,34 @@ fn check_notes_a_configuration_that_serves_nothing() {
     );
 }
 
+/// A variable the configuration reads that holds bytes that are not UTF-8
+/// is refused by name, never taken for unset: an unreadable base URL
+/// would otherwise send the provider's traffic, with its key, to the
+/// preset's public address; an unreadable key would be "not set".
+#[cfg(unix)]
+#[test]
+fn a_variable_that_is_not_utf8_is_refused_not_taken_for_unset() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_text = std::ffi::OsStr::from_bytes(b"http://127.0.0.1:9/moonshot/v1\xff");
+    let file = config_file("[keys.team]\nsecret_env = \"TEAM_KEY\"\n");
+    for var in ["MOONSHOT_BASE_URL", "MOONSHOT_API_KEY", "TEAM_KEY"] {
+        let output = gateway()
+            .env("MOONSHOT_API_KEY", "k")
+            .env("TEAM_KEY", "team-secret")
+            .env(var, not_text)
+            .args(["--check", "--config"])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{var}: set, but not valid UTF-8")),
+            "{var}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_binary_serves_on_the_given_address() {
     let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
