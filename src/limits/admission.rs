@@ -36,11 +36,15 @@ const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
 pub const MAX_REQUEST_TOKENS: u64 = 1 << 20;
 
 /// The tokens a request may use: its prompt (about four bytes a token)
-/// and its completion cap, or `default_max_tokens` when it sets none; at
-/// most [`MAX_REQUEST_TOKENS`].
+/// and its completion cap, or `default_max_tokens` when it sets none, for
+/// each of the `n` choices it asks for; at most [`MAX_REQUEST_TOKENS`].
 pub fn estimate_tokens(chat: &ChatRequest, default_max_tokens: u64) -> u64 {
+    let completions = chat
+        .max_tokens
+        .unwrap_or(default_max_tokens)
+        .saturating_mul(chat.choices);
     (chat.body_len() as u64 / 4)
-        .saturating_add(chat.max_tokens.unwrap_or(default_max_tokens))
+        .saturating_add(completions)
         .min(MAX_REQUEST_TOKENS)
 }
 

@@ -109,6 +109,8 @@ pub struct Scenario {
     pub gate: Option<String>,
     /// Write the usage's token counts as floats (`11.0`), as a provider may.
     pub counts_as_floats: bool,
+    /// Send every usage object empty (`"usage":{}`): a report of nothing.
+    pub empty_usage: bool,
     /// Bytes of filler per content chunk (benchmarks of large chunks).
     pub chunk_bytes: Option<usize>,
     /// Fail (with `error` or `reset`) only the first N requests carrying
@@ -194,6 +196,7 @@ impl Scenario {
                 "usage_on_last_choice" => scenario.usage_on_last_choice = true,
                 "bare_usage_chunk" => scenario.bare_usage_chunk = true,
                 "counts_as_floats" => scenario.counts_as_floats = true,
+                "empty_usage" => scenario.empty_usage = true,
                 "gate" => scenario.gate = Some(value.to_string()),
                 "chunk_bytes" => scenario.chunk_bytes = number().map(|n| n as usize),
                 "fail_times" => scenario.fail_times = number(),

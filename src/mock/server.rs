@@ -306,6 +306,11 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
             } else {
                 completion
             };
+            let completion = if scenario.empty_usage {
+                usage_emptied(&completion)
+            } else {
+                completion
+            };
             (Body::from(completion), "application/json")
         }
     };
@@ -477,6 +482,29 @@ fn counts_as_floats(json: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// `json` with every `"usage":{…}` object written `"usage":{}`.
+fn usage_emptied(json: &[u8]) -> Bytes {
+    const KEY: &[u8] = b"\"usage\":{";
+    let mut out = Vec::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(at) = memchr::memmem::find(rest, KEY) {
+        let open = at + KEY.len();
+        out.extend_from_slice(&rest[..open]);
+        // The mock's own usage holds no strings: braces alone nest.
+        let mut depth = 1;
+        let close = rest[open..]
+            .iter()
+            .position(|&b| {
+                depth += i32::from(b == b'{') - i32::from(b == b'}');
+                depth == 0
+            })
+            .map_or(rest.len(), |at| open + at);
+        rest = &rest[close..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 /// The rendered events, each with an `id:` line first, numbered from 1.
 fn with_ids(events: &[Bytes]) -> Arc<[Bytes]> {
     (1..)
@@ -535,6 +563,11 @@ fn stream_body(
     };
     let events = if scenario.counts_as_floats {
         events.iter().map(|event| counts_as_floats(event)).collect()
+    } else {
+        events
+    };
+    let events = if scenario.empty_usage {
+        events.iter().map(|event| usage_emptied(event)).collect()
     } else {
         events
     };

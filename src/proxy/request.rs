@@ -59,8 +59,10 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// Whether the body has a `stream_options` member at all.
     pub has_stream_options: bool,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// The larger of `max_completion_tokens` and `max_tokens` given.
     pub max_tokens: Option<u64>,
+    /// `n`, the choices asked for: each may use the cap (1 when absent).
+    pub choices: u64,
 }
 
 /// The request body's members the gateway reads, located by a scan that is
@@ -80,6 +82,7 @@ struct RequestFields {
     stream_options: Option<Range<usize>>,
     max_tokens: Option<Range<usize>>,
     max_completion_tokens: Option<Range<usize>>,
+    n: Option<Range<usize>>,
     /// A member the gateway reads that came twice (once spelled with
     /// escapes counts): refused, since a provider whose parser keeps the
     /// other one would serve what the gateway did not check (a model the
@@ -105,6 +108,7 @@ impl RequestFields {
             b"stream_options" => ("stream_options", &mut self.stream_options),
             b"max_tokens" => ("max_tokens", &mut self.max_tokens),
             b"max_completion_tokens" => ("max_completion_tokens", &mut self.max_completion_tokens),
+            b"n" => ("n", &mut self.n),
             _ => {
                 // `"MODEL"` beside `"model"`: a provider whose parser
                 // matches names regardless of case (Go's does) could take
@@ -129,6 +133,9 @@ impl RequestFields {
 /// is a `k` and the long s an `s`): what a lenient parser may take it for.
 /// Only keys that are not already an exact name get here.
 fn name_in_other_case(key: &[u8]) -> Option<&'static str> {
+    if key == b"N" {
+        return Some("n");
+    }
     const NAMES: [&str; 6] = [
         "model",
         "messages",
@@ -292,6 +299,7 @@ impl ChatRequest {
             include_usage: rest.include_usage,
             has_stream_options: rest.has_stream_options,
             max_tokens: rest.max_tokens,
+            choices: rest.choices,
             body,
         })
     }
@@ -304,6 +312,7 @@ impl ChatRequest {
             stream_options,
             max_tokens,
             max_completion_tokens,
+            n,
             duplicate,
             ..
         } = fields;
@@ -331,15 +340,17 @@ impl ChatRequest {
             Some(raw) => include_usage_asked(&raw)? && stream,
             None => false,
         };
-        let max_tokens = match token_cap(body, max_completion_tokens, "max_completion_tokens")? {
-            Some(cap) => Some(cap),
-            None => token_cap(body, max_tokens, "max_tokens")?,
-        };
+        // Both are checked, and the larger counts: a provider honours the
+        // one it knows, and the limits must not count the smaller.
+        let completion_cap = token_cap(body, max_completion_tokens, "max_completion_tokens")?;
+        let max_tokens = token_cap(body, max_tokens, "max_tokens")?.max(completion_cap);
+        let choices = token_cap(body, n, "n")?.unwrap_or(1).max(1);
         Ok(Rest {
             stream,
             include_usage,
             has_stream_options,
             max_tokens,
+            choices,
         })
     }
 
@@ -420,6 +431,7 @@ struct Rest {
     include_usage: bool,
     has_stream_options: bool,
     max_tokens: Option<u64>,
+    choices: u64,
 }
 
 /// A model name as the log and the access line keep it: shared when
@@ -513,7 +525,8 @@ fn parse_string(raw: &[u8]) -> Option<Arc<str>> {
 /// integer (rounded up, so a fraction is not counted low; a negative one,
 /// which providers refuse, counts as none; one past `u64` as the largest);
 /// anything else is refused here, as OpenAI refuses it, rather than
-/// estimated as no cap while a lenient provider honours it.
+/// estimated as no cap while a lenient provider honours it. `n`, the
+/// number of choices each of which may use the cap, is read the same way.
 #[inline]
 fn token_cap(
     body: &BodyPieces,
@@ -769,16 +782,50 @@ mod tests {
             );
             assert_eq!(err.param.as_deref(), Some("max_tokens"));
         }
-        // `max_completion_tokens` first; `null` there leaves `max_tokens`.
-        let both = |first: &str| {
+        // Both given: the larger counts, whichever it is; `null` or a
+        // negative number there leaves the other. Each is checked.
+        let both = |completion: &str, max: &str| {
             peek(&format!(
-                r#"{{"model":"a","messages":[],"max_tokens":1,"max_completion_tokens":{first}}}"#
+                r#"{{"model":"a","messages":[],"max_tokens":{max},"max_completion_tokens":{completion}}}"#
             ))
-            .unwrap()
-            .max_tokens
+            .map(|req| req.max_tokens)
         };
-        assert_eq!(both("1e6"), Some(1_000_000));
-        assert_eq!(both("null"), Some(1));
+        assert_eq!(both("1e6", "1").unwrap(), Some(1_000_000));
+        assert_eq!(both("5", "5000").unwrap(), Some(5000));
+        assert_eq!(both("null", "1").unwrap(), Some(1));
+        assert_eq!(both("-1", "7").unwrap(), Some(7));
+        assert_eq!(
+            both("5", r#""100000""#).unwrap_err().param.as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            both(r#""5""#, "100000").unwrap_err().param.as_deref(),
+            Some("max_completion_tokens")
+        );
+    }
+
+    /// `n` choices may each use the cap: read like a cap, 1 when absent,
+    /// `null`, zero or negative; anything but a number refused.
+    #[test]
+    fn the_number_of_choices_is_read_like_a_cap() {
+        let choices = |value: &str| {
+            peek(&format!(r#"{{"model":"a","messages":[],"n":{value}}}"#)).map(|req| req.choices)
+        };
+        for (value, read) in [
+            ("3", 3),
+            ("2.0", 2),
+            ("1e1", 10),
+            ("0", 1),
+            ("-2", 1),
+            ("null", 1),
+            ("1e400", u64::MAX),
+        ] {
+            assert_eq!(choices(value).unwrap(), read, "{value}");
+        }
+        assert_eq!(peek(r#"{"model":"a","messages":[]}"#).unwrap().choices, 1);
+        let err = choices(r#""4""#).unwrap_err();
+        assert_eq!(err.message, "`n` must be a number or null");
+        assert_eq!(err.param.as_deref(), Some("n"));
     }
 
     #[test]
@@ -821,6 +868,9 @@ mod tests {
                 format!(r#"{{"model":"a",{ok},"Max_Completion_Tokens":9}}"#),
                 "max_completion_tokens",
             ),
+            (format!(r#"{{"model":"a",{ok},"n":1,"N":64}}"#), "n"),
+            (format!(r#"{{"model":"a",{ok},"n":1,"n":64}}"#), "n"),
+            (format!(r#"{{"model":"a",{ok},"\u006e":64}}"#), "n"),
         ] {
             assert_eq!(refused(&body), member, "{body}");
         }

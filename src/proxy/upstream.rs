@@ -278,7 +278,8 @@ pub async fn forward(
         )));
     }
     let found = find_body_usage(&body);
-    info.usage = found.as_ref().map(|f| f.usage);
+    // `{}` reports nothing: the request keeps its estimate, as without usage.
+    info.usage = found.as_ref().filter(|f| f.counted).map(|f| f.usage);
     info.series = Some(series);
     let body = mirror_cached_tokens_in_body(body, found.as_ref());
     fields.push(&header::CONTENT_TYPE, &APPLICATION_JSON);

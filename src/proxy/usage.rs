@@ -58,6 +58,9 @@ pub enum UsagePlace {
 pub struct UsageReport {
     pub usage: Usage,
     pub place: UsagePlace,
+    /// Whether the object gave any of the three counts: `{}` (or counts
+    /// all `null`) is no report, and leaves a request at its estimate.
+    pub counted: bool,
     /// The event's data (valid UTF-8), which the spans below index: kept
     /// for the rare standard usage chunk built from it, one copy rather
     /// than a copy per member.
@@ -203,6 +206,9 @@ impl Usage {
 #[derive(Debug, Clone)]
 pub struct BodyUsage {
     pub usage: Usage,
+    /// Whether the object gave any of the three counts (see
+    /// [`UsageReport::counted`]).
+    pub counted: bool,
     /// Where the usage object sits in the body.
     pub span: Range<usize>,
     /// Moonshot's `cached_tokens`, when no `prompt_tokens_details` is beside it.
@@ -231,6 +237,13 @@ fn plain_count(value: &[u8]) -> Option<Option<u64>> {
         b'-' | b'0'..=b'9' => Some(Some(whole_count(value).unwrap_or(0))),
         _ => None,
     }
+}
+
+/// Whether a usage object read the lenient way gives any of the counts.
+fn value_counts_any(usage: &Value) -> bool {
+    ["prompt_tokens", "completion_tokens", "total_tokens"]
+        .into_iter()
+        .any(|name| count_of(&usage[name]).is_some())
 }
 
 /// A count read the lenient way: a number in any form as [`plain_count`]
@@ -302,6 +315,13 @@ impl UsageFields {
         plain.then_some(fields)
     }
 
+    /// Whether any of the three counts is given (a number, not `null`).
+    fn counts_any(&self) -> bool {
+        self.prompt_tokens.is_some()
+            || self.completion_tokens.is_some()
+            || self.total_tokens.is_some()
+    }
+
     /// The counts, and Moonshot's top-level `cached_tokens` if present
     /// without a `prompt_tokens_details` beside it.
     fn read(self) -> (Usage, Option<u64>) {
@@ -353,17 +373,27 @@ pub fn find_body_usage(body: &[u8]) -> Option<BodyUsage> {
     .ok()?;
     let span = span?;
     let raw = &body[span.clone()];
-    let (usage, unmirrored_cached) = match UsageFields::scan(raw) {
-        Some(fields) => fields.read(),
+    let (usage, unmirrored_cached, counted) = match UsageFields::scan(raw) {
+        Some(fields) => {
+            let counted = fields.counts_any();
+            let (usage, unmirrored_cached) = fields.read();
+            (usage, unmirrored_cached, counted)
+        }
         // Unusual values (floats, nulls in odd places): the lenient way.
         None => {
             let value: Value = serde_json::from_slice(raw).ok()?;
             value.is_object().then_some(())?;
-            (Usage::from_value(&value), unmirrored_cached_of(&value))
+            let counted = value_counts_any(&value);
+            (
+                Usage::from_value(&value),
+                unmirrored_cached_of(&value),
+                counted,
+            )
         }
     };
     Some(BodyUsage {
         usage,
+        counted,
         span,
         unmirrored_cached,
     })
@@ -400,9 +430,12 @@ fn usage_at_the_end(body: &[u8]) -> Option<BodyUsage> {
         return None;
     }
     let span = value_start..value_end;
-    let (usage, unmirrored_cached) = UsageFields::scan(&body[span.clone()])?.read();
+    let fields = UsageFields::scan(&body[span.clone()])?;
+    let counted = fields.counts_any();
+    let (usage, unmirrored_cached) = fields.read();
     Some(BodyUsage {
         usage,
+        counted,
         span,
         unmirrored_cached,
     })
@@ -444,14 +477,21 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
         Some(raw) => (raw, UsagePlace::TopLevel),
         None => (members.choice_usage?, UsagePlace::InChoice),
     };
-    let usage = match UsageFields::scan(&json[raw.clone()]) {
-        Some(fields) => fields.read().0,
+    let (usage, counted) = match UsageFields::scan(&json[raw.clone()]) {
+        Some(fields) => {
+            let counted = fields.counts_any();
+            (fields.read().0, counted)
+        }
         // Unusual values (floats, nulls in odd places): the lenient way.
-        None => Usage::from_value(&serde_json::from_slice(&json[raw.clone()]).ok()?),
+        None => {
+            let value = serde_json::from_slice(&json[raw.clone()]).ok()?;
+            (Usage::from_value(&value), value_counts_any(&value))
+        }
     };
     Some(UsageReport {
         usage,
         place,
+        counted,
         event: Bytes::copy_from_slice(json),
         raw,
         id: members.id,

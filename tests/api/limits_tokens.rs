@@ -69,6 +69,44 @@ async fn a_stream_settles_to_the_usage_moonshot_puts_in_its_last_chunk() {
     .await;
 }
 
+/// Each of `n` choices may use the cap, and of two caps the larger counts:
+/// the reservation covers what the provider may send.
+#[tokio::test]
+async fn the_estimate_covers_every_choice_and_the_larger_cap() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 100000\n").await;
+    let mut request = body(false, 1000, "hi");
+    request["n"] = json!(3);
+    request["max_completion_tokens"] = json!(10);
+    let prompt = request.to_string().len() as u64 / 4;
+    let response = app.chat_as("sk-a", request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(remaining_tokens(&response), 100000 - (prompt + 3 * 1000));
+}
+
+/// A provider's `"usage": {}` reports nothing, as no usage does: the
+/// request keeps its estimate rather than being charged nothing.
+#[tokio::test]
+async fn an_empty_usage_object_keeps_the_estimate() {
+    for stream in [false, true] {
+        let app = spawn_with_keys(
+            "[keys.team-a.limits]\ntokens_per_day = 10000\nconcurrent_requests = 5\n",
+        )
+        .await;
+        let request = body(stream, 1000, "hi [mock empty_usage]");
+        let response = app.chat_as("sk-a", request.clone()).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"usage\":{}"), "{text}");
+        assert!(!text.contains("total_tokens"), "{text}");
+        wait_until("the request is settled", async || in_flight(&app) == 0).await;
+        assert_eq!(
+            tokens_left(&app),
+            10000 - estimate(&request),
+            "stream: {stream}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_stream_the_client_leaves_keeps_its_estimate_and_frees_its_slot() {
     let app =

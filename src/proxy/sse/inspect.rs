@@ -113,7 +113,10 @@ impl SseRelay {
             let in_place = matches!(data, Cow::Borrowed(_));
             let data = data.trim_ascii();
             if let Some(report) = parse_usage(data) {
-                self.stats.set_usage(report.usage, report.place);
+                // `{}` reports nothing: the stream keeps its estimate.
+                if report.counted {
+                    self.stats.set_usage(report.usage, report.place);
+                }
                 match report.place {
                     UsagePlace::TopLevel if carries_no_choice(data) => {
                         self.usage_chunk_seen = true;
