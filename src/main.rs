@@ -204,7 +204,8 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     kimi_gateway::memory_trim::spawn(state.metrics.in_flight.clone());
     if let Some(addr) = metrics_listen {
         let listener = kimi_gateway::listener::bind(addr)?;
-        tracing::info!(listen = %addr, "metrics on a separate listener");
+        // The bound address: with port 0 the system picked one.
+        tracing::info!(listen = %listener.local_addr()?, "metrics on a separate listener");
         let router = kimi_gateway::app::metrics_router(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
     }

@@ -26,8 +26,6 @@ const MAX_LIST_BYTES: usize = 4 << 20;
 /// maker's models may name its Kimi ids anywhere, and a reload that
 /// changes the match picks from what was found at once.
 const MAX_IDS: usize = 20_000;
-/// The longest id taken.
-const MAX_ID_BYTES: usize = 256;
 /// How often the loop looks again when nothing is due sooner (a reload
 /// may have turned a refresh on).
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
@@ -273,8 +271,7 @@ fn listed_ids(list: &[u8], kept: impl Fn(&str) -> bool) -> Result<Vec<String>, s
     let mut ids: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for id in list.data.into_iter().filter_map(|m| m.id) {
-        let usable =
-            !id.is_empty() && id.len() <= MAX_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic());
+        let usable = crate::config::model_id::problem(&id).is_none();
         if usable && kept(&id) && seen.insert(id.clone()) {
             ids.push(id);
             if ids.len() == MAX_IDS {

@@ -31,11 +31,23 @@ pub enum Reading {
 pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
     let _one_at_a_time = state.reloading.lock().await;
     let current = state.config();
-    let built = match reading {
-        Reading::File => {
-            config::load_reusing(current.source.as_deref(), Some(&current), &*state.env)
-        }
-        Reading::Running => config::rebuild(&current, &*state.env),
+    // Built on a blocking thread: a file of many thousands of models or
+    // providers takes a while to check, and the runtime's workers keep
+    // serving requests (health probes included) meanwhile.
+    let built = {
+        let current = current.clone();
+        let env = state.env.clone();
+        tokio::task::spawn_blocking(move || match reading {
+            Reading::File => config::load_reusing(current.source.as_deref(), Some(&current), &*env),
+            Reading::Running => config::rebuild(&current, &*env),
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(config::ConfigErrors(vec![config::ConfigProblem::new(
+                "",
+                "building the configuration failed unexpectedly (see the log)",
+            )]))
+        })
     };
     // Checked against `--listen` as at start: a file the next restart
     // would refuse is refused now.

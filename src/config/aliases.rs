@@ -20,6 +20,8 @@ pub fn alias_specs(
         let path = format!("aliases.{name}");
         if name.trim().is_empty() {
             problems.push(ConfigProblem::new(&path, "alias name is empty"));
+        } else if let Some(problem) = super::model_id::problem(&name) {
+            problems.push(ConfigProblem::new(&path, format!("alias name {problem}")));
         }
         if alias.targets.is_empty() {
             problems.push(ConfigProblem::new(
@@ -40,8 +42,8 @@ pub fn alias_specs(
             {
                 problems.push(ConfigProblem::new(format!("{tpath}.provider"), problem));
             }
-            if target.model.is_empty() {
-                problems.push(ConfigProblem::new(format!("{tpath}.model"), "is empty"));
+            if let Some(problem) = super::model_id::problem(&target.model) {
+                problems.push(ConfigProblem::new(format!("{tpath}.model"), problem));
             }
             if target.weight == Some(0) {
                 problems.push(ConfigProblem::new(

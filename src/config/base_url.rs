@@ -116,7 +116,12 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
     // `Uri` takes any run of digits or letters after the host's colon as
     // a port, and a connection to an impossible one could only fail.
     let port = &authority.as_str()[authority.host().len()..];
-    let port_ok = matches!(port, "" | ":") || authority.port_u16().is_some_and(|p| p != 0);
+    // Digits only: `:+8080` parses as a number but goes out in `Host` as
+    // written, which no server would take for its own.
+    let digits = port.strip_prefix(':').unwrap_or(port);
+    let port_ok = matches!(port, "" | ":")
+        || (digits.bytes().all(|b| b.is_ascii_digit())
+            && authority.port_u16().is_some_and(|p| p != 0));
     if !port_ok {
         return Err("has no valid port (1 to 65535)");
     }

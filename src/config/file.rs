@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 /// `[server]`
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct ServerFile {
     /// Address to listen on, e.g. `0.0.0.0:8080`.
     pub listen: Option<String>,
@@ -32,6 +33,7 @@ pub struct ServerFile {
 
 /// `[retry]`: attempts across a route's targets before the first byte.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct RetryFile {
     pub max_attempts: Option<u32>,
     pub deadline_secs: Option<f64>,
@@ -42,6 +44,7 @@ pub struct RetryFile {
 
 /// `[breaker]`: per-target circuit breaking.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct BreakerFile {
     pub consecutive_failures: Option<u32>,
     pub error_ratio: Option<f64>,
@@ -53,6 +56,7 @@ pub struct BreakerFile {
 
 /// `[providers.NAME]`: a new provider, or changes to a preset of that name.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct ProviderFile {
     /// `false` removes a preset provider entirely.
     pub enabled: Option<bool>,
@@ -86,6 +90,7 @@ pub struct ProviderFile {
 
 /// `[providers.NAME.timeouts]`, in seconds.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct TimeoutsFile {
     pub connect_secs: Option<f64>,
     pub first_byte_secs: Option<f64>,
@@ -95,12 +100,14 @@ pub struct TimeoutsFile {
 
 /// `[aliases.NAME]`: a client-facing model name and where it goes.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct AliasFile {
     pub targets: Vec<TargetFile>,
 }
 
 /// One `{ provider, model }` entry of an alias, tried in order.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct TargetFile {
     pub provider: String,
     pub model: String,
@@ -112,6 +119,7 @@ pub struct TargetFile {
 
 /// `[keys.NAME]`: one client key. The secret never appears in the file.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct KeyFile {
     /// Environment variable holding the key.
     pub secret_env: Option<String>,
@@ -128,6 +136,7 @@ pub struct KeyFile {
 
 /// The limits one scope can set; absent: unlimited.
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct LimitSpecFile {
     pub requests_per_minute: Option<u64>,
     pub requests_per_day: Option<u64>,
@@ -138,6 +147,7 @@ pub struct LimitSpecFile {
 
 /// `[limits]`: where limits are counted, and the global and provider scopes.
 #[derive(Debug, Default, Clone, Deserialize)]
+#[serde(expecting = "a table")]
 pub struct LimitsFile {
     /// `local` (default) or `redis`.
     pub backend: Option<String>,

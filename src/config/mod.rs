@@ -10,6 +10,7 @@ mod env_read;
 mod file;
 mod keys;
 mod limits;
+pub mod model_id;
 mod parse;
 pub mod presets;
 mod providers;

@@ -364,7 +364,10 @@ fn join(base: &str, rest: &str) -> String {
 /// `redis_url` password, a key left in a file by mistake), and problems are
 /// printed by `--check` and logged by a reload.
 fn syntax_problem(text: &str, err: &toml::de::Error) -> ConfigProblem {
-    let message = without_the_value(err.message().trim_end());
+    let mut message = without_the_value(err.message().trim_end()).to_string();
+    if message.contains("too large") {
+        message.push_str(" (TOML's integers end at 9223372036854775807)");
+    }
     let Some(span) = err.span() else {
         return ConfigProblem::new("", format!("TOML syntax: {message}"));
     };
@@ -391,6 +394,22 @@ mod tests {
         assert!(!problem.contains("hunter2"), "{problem}");
         assert!(
             problem.starts_with("TOML syntax at line 2, column "),
+            "{problem}"
+        );
+    }
+
+    /// A number past TOML's integers (a limit written as "unlimited")
+    /// says where they end, not only that it is "too large".
+    #[test]
+    fn an_integer_past_tomls_range_says_where_it_ends() {
+        let mut problems = Vec::new();
+        parse(
+            "[server]\nmax_body_bytes = 9223372036854775808\n",
+            &mut problems,
+        );
+        let problem = problems[0].to_string();
+        assert!(
+            problem.ends_with("(TOML's integers end at 9223372036854775807)"),
             "{problem}"
         );
     }
@@ -525,7 +544,7 @@ mod tests {
             [
                 "providers.moonshot.api_key_envs: invalid type: string, expected a sequence",
                 "providers.moonshot.headers: invalid type: string, expected a map",
-                "keys.team: invalid type: string, expected struct KeyFile",
+                "keys.team: invalid type: string, expected a table",
                 "limits.global.requests_per_minute: invalid type: floating point, expected u64",
             ]
         );

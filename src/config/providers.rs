@@ -201,10 +201,10 @@ pub fn merge_provider_table(
         .into_iter()
         .enumerate()
     {
-        if model.trim().is_empty() {
+        if let Some(problem) = super::model_id::problem(&model) {
             problems.push(ConfigProblem::new(
                 format!("{path}.extra_models[{i}]"),
-                "is empty",
+                problem,
             ));
         } else {
             draft.models.push(model);
@@ -332,9 +332,19 @@ pub fn build_provider(
                 hpath,
                 "is set by the gateway and cannot be configured",
             )),
+            (Ok(n), _) if n == http::header::CONTENT_ENCODING => problems.push(ConfigProblem::new(
+                hpath,
+                "would call the plain JSON body the gateway sends compressed",
+            )),
             (Ok(n), _) if is_hop_by_hop(&n) => problems.push(ConfigProblem::new(
                 hpath,
                 "is a field of the connection (hop-by-hop), which the gateway manages itself",
+            )),
+            // Names ignore case: `X-A` and `x-a` are one field, and one
+            // value would be dropped without a word.
+            (Ok(n), Ok(_)) if headers.contains_key(&n) => problems.push(ConfigProblem::new(
+                hpath,
+                "is given twice (header names ignore letter case)",
             )),
             (Ok(n), Ok(v)) => {
                 headers.insert(n, v);
@@ -344,13 +354,13 @@ pub fn build_provider(
     }
     let timeouts = timeouts(&draft.timeouts, &path, problems);
     let mut models: Vec<String> = Vec::new();
+    // A set beside the list: a catalogue of many thousands of ids is
+    // checked in linear time, not once per id against every other.
+    let mut seen: foldhash::HashSet<String> = foldhash::HashSet::default();
     for (i, model) in draft.models.into_iter().enumerate() {
-        if model.trim().is_empty() {
-            problems.push(ConfigProblem::new(
-                format!("{path}.models[{i}]"),
-                "is empty",
-            ));
-        } else if !models.contains(&model) {
+        if let Some(problem) = super::model_id::problem(&model) {
+            problems.push(ConfigProblem::new(format!("{path}.models[{i}]"), problem));
+        } else if seen.insert(model.clone()) {
             models.push(model);
         }
     }
@@ -366,7 +376,7 @@ pub fn build_provider(
     {
         let picked = listed.iter().filter(|id| refresh.takes(id));
         for id in picked.take(super::MAX_FOUND_MODELS) {
-            if !models.contains(id) {
+            if seen.insert(id.clone()) {
                 models.push(id.clone());
             }
         }
@@ -484,6 +494,27 @@ mod tests {
         );
         let config = resolve("[providers.moonshot.headers]\nx-team = \"a\"\n", &keyed).unwrap();
         assert!(config.providers[0].name.as_ref() == "moonshot");
+        // One name in two letter cases; a coding the plain body does not have.
+        let text = "[providers.moonshot.headers]\nX-Team = \"a\"\nx-team = \"b\"\nContent-Encoding = \"gzip\"\n";
+        let mut found: Vec<String> = resolve(text, &keyed)
+            .err()
+            .unwrap()
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        found.sort();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "providers.moonshot.headers.Content-Encoding: would call the plain JSON body"
+            ),
+            "{found:?}"
+        );
+        assert!(
+            found[1].ends_with("is given twice (header names ignore letter case)"),
+            "{found:?}"
+        );
     }
 
     /// Each way a base URL is refused says why, and a password in it is
@@ -530,6 +561,7 @@ mod tests {
             ("http://127.0.0.1:99999/v1", "has no valid port"),
             ("http://api.example.com:abc/v1", "has no valid port"),
             ("http://api.example.com:0/v1", "has no valid port"),
+            ("http://127.0.0.1:+19202/v1", "has no valid port"),
             ("http://[::1]:70000/v1", "has no valid port"),
             ("http://256.256.256.256/v1", "not a valid IPv4 address"),
             ("http://10.0.0/v1", "not a valid IPv4 address"),

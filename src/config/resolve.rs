@@ -328,9 +328,15 @@ mod tests {
         assert_eq!(
             problems("[server]\nsse_keepalive_secs = -5\n[retry]\nmax_retry_after_secs = -1\n"),
             [
-                "server.sse_keepalive_secs: must be 0 (off) or a positive number of seconds, less than 1,000,000,000",
-                "retry.max_retry_after_secs: must be 0 (never wait) or a positive number of seconds, less than 1,000,000,000"
+                "server.sse_keepalive_secs: must be 0 (off) or a number of seconds from 0.001 (a millisecond) to less than 1,000,000,000",
+                "retry.max_retry_after_secs: must be 0 (never wait) or a number of seconds from 0.001 (a millisecond) to less than 1,000,000,000"
             ]
+        );
+        // A positive duration too short to mean anything: a keep-alive
+        // comment without pause, every connection closed at once.
+        assert_eq!(
+            problems("[server]\nsse_keepalive_secs = 1e-300\nclient_idle_secs = 0.0009\ndrain_secs = 0.001\n").len(),
+            2
         );
         assert!(problems("[server]\nsse_keepalive_secs = 0\nclient_idle_secs = 0\n").is_empty());
     }

@@ -7,7 +7,18 @@ use crate::proxy::breaker::BreakerSettings;
 use crate::proxy::failover::RetrySettings;
 use std::time::Duration;
 
-/// A positive number of seconds, or `default` when absent.
+/// The shortest duration a setting takes: a millisecond. Shorter ones
+/// (`1e-300`, which passes as positive) would have the gateway close
+/// every connection before its head arrives, or send keep-alive comments
+/// without pause.
+const SHORTEST_SECS: f64 = 0.001;
+
+/// Whether `secs` is a duration a setting takes.
+fn in_range(secs: f64) -> bool {
+    secs.is_finite() && (SHORTEST_SECS..1e9).contains(&secs)
+}
+
+/// A number of seconds from a millisecond on, or `default` when absent.
 pub fn seconds(
     value: Option<f64>,
     path: &str,
@@ -16,11 +27,11 @@ pub fn seconds(
 ) -> Duration {
     match value {
         None => default,
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => Duration::from_secs_f64(secs),
+        Some(secs) if in_range(secs) => Duration::from_secs_f64(secs),
         Some(_) => {
             problems.push(ConfigProblem::new(
                 path,
-                "must be a positive number of seconds, less than 1,000,000,000",
+                "must be a number of seconds from 0.001 (a millisecond) to less than 1,000,000,000",
             ));
             default
         }
@@ -38,11 +49,11 @@ pub fn seconds_or_off(
 ) -> Option<Duration> {
     match value {
         Some(0.0) => None,
-        Some(secs) if !(secs.is_finite() && secs > 0.0 && secs < 1e9) => {
+        Some(secs) if !in_range(secs) => {
             problems.push(ConfigProblem::new(
                 path,
                 format!(
-                    "must be 0 ({zero_is}) or a positive number of seconds, less than 1,000,000,000"
+                    "must be 0 ({zero_is}) or a number of seconds from 0.001 (a millisecond) to less than 1,000,000,000"
                 ),
             ));
             Some(default)

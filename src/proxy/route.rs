@@ -136,6 +136,9 @@ impl RouteTable {
         breakers: &mut BreakerRegistry,
     ) -> RouteTable {
         let mut exact: Vec<(String, Vec<Target>)> = Vec::new();
+        // Where each name is in `exact`: found by hash, not by a walk of
+        // the list, so a catalogue of many thousands builds in linear time.
+        let mut exact_at: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         let mut explicit: Vec<(String, Vec<Target>)> = Vec::new();
         let pinned: foldhash::HashSet<String> = providers
             .iter()
@@ -159,9 +162,12 @@ impl RouteTable {
                 }
                 // Reachable still as `<this provider>/<id>`.
                 if !(discovered && names_a_provider_model(model)) {
-                    match exact.iter_mut().find(|(name, _)| name == model) {
-                        Some((_, existing)) => existing.extend(targets.iter().cloned()),
-                        None => exact.push((model.clone(), targets.clone())),
+                    match exact_at.get(model) {
+                        Some(&at) => exact[at].1.extend(targets.iter().cloned()),
+                        None => {
+                            exact_at.insert(model.clone(), exact.len());
+                            exact.push((model.clone(), targets.clone()));
+                        }
                     }
                 }
                 explicit.push((format!("{}/{}", provider.name, model), targets));

@@ -443,6 +443,39 @@ fn a_public_path_on_a_keyed_gateway_logs_no_key_name() {
     child.wait().unwrap();
 }
 
+/// A metrics listener on port 0 logs the port the system gave it, where
+/// its probes answer.
+#[test]
+fn the_metrics_listener_logs_the_port_it_got() {
+    let file = config_file("[server]\nmetrics_listen = \"127.0.0.1:0\"\n");
+    let mut child = gateway()
+        .args([
+            "--listen",
+            ANY_PORT,
+            "--config",
+            file.path().to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _child = Running(child);
+    let line = wait_for_line(&mut stdout, "metrics on a separate listener");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr: std::net::SocketAddr = line["listen"].as_str().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0, "{line}");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// A gateway that runs open logs the callers it refuses for their
 /// `Origin` as `anonymous`, as it does the callers it serves.
 #[test]
