@@ -42,10 +42,10 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             Reading::Running => config::rebuild(&current, &*env),
         })
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|err| {
             Err(config::ConfigErrors(vec![config::ConfigProblem::new(
                 "",
-                "building the configuration failed unexpectedly (see the log)",
+                format!("building the configuration failed unexpectedly: {err}"),
             )]))
         })
     };

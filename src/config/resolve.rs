@@ -99,7 +99,19 @@ pub fn resolve_reusing(
         index += 1;
         index <= read_problems || !unreadable.iter().any(|path| is_within(&problem.path, path))
     });
-    problems.extend(reads.not_text());
+    // A variable that is not text is reported as that, not also as unset
+    // by the setting that reads it.
+    let not_text = reads.not_text();
+    problems.retain(|problem| {
+        !not_text.iter().any(|var| {
+            let var = &var.path;
+            problem.message.contains(&format!("{var} is not set"))
+                || problem
+                    .message
+                    .contains(&format!("{var}, which is not set"))
+        })
+    });
+    problems.extend(not_text);
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }

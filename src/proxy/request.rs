@@ -193,8 +193,8 @@ impl RequestScan {
 }
 
 impl ChatRequest {
-    /// Peeks `model`, `messages`, `stream`, `stream_options` and the token
-    /// cap of a whole body in one call, for tests and benchmarks. The
+    /// Peeks `model`, `messages`, `stream`, `stream_options`, the token
+    /// caps and `n` of a whole body in one call, for tests and benchmarks. The
     /// gateway itself scans each frame as it arrives
     /// ([`ChatRequest::from_scan`]); never scan a body twice.
     pub fn peek(body: impl Into<BodyPieces>) -> Result<Self, GatewayError> {

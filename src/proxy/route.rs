@@ -137,7 +137,7 @@ impl RouteTable {
     ) -> RouteTable {
         let mut exact: Vec<(String, Vec<Target>)> = Vec::new();
         // Where each name is in `exact`: found by hash, not by a walk of
-        // the list, so a catalogue of many thousands builds in linear time.
+        // the list per id, which made a catalogue of many thousands slow.
         let mut exact_at: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         let mut explicit: Vec<(String, Vec<Target>)> = Vec::new();
         let pinned: foldhash::HashSet<String> = providers

@@ -296,6 +296,7 @@ fn a_variable_that_is_not_utf8_is_refused_not_taken_for_unset() {
             stderr.contains(&format!("{var}: set, but not valid UTF-8")),
             "{var}: {stderr}"
         );
+        assert!(!stderr.contains("not set"), "{var}: {stderr}");
     }
 }
 

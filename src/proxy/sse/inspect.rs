@@ -139,11 +139,9 @@ impl SseRelay {
                             let span = report.raw_span();
                             edits.push((at + span.start..at + span.end, b"null"));
                         }
-                        self.usage_to_restate = Some(report);
+                        self.keep_to_restate(report);
                     }
-                    UsagePlace::InChoice => {
-                        self.usage_to_restate = Some(report);
-                    }
+                    UsagePlace::InChoice => self.keep_to_restate(report),
                 }
             }
         }
@@ -181,6 +179,21 @@ impl SseRelay {
             .push_back(usage_chunk(&report, self.first_chunk.as_deref()));
         self.after.push_back(events.slice(done_event..));
         events.slice(..done_event)
+    }
+}
+
+impl SseRelay {
+    /// Keeps `report` for the standard usage chunk, unless it counts
+    /// nothing (`{}`) and a report that counts is kept already.
+    fn keep_to_restate(&mut self, report: crate::proxy::usage::UsageReport) {
+        if report.counted
+            || self
+                .usage_to_restate
+                .as_ref()
+                .is_none_or(|kept| !kept.counted)
+        {
+            self.usage_to_restate = Some(report);
+        }
     }
 }
 
