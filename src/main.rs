@@ -48,7 +48,31 @@ enum Command {
     },
 }
 
+/// The variables clap reads for flags that take a value.
+const FLAG_VARIABLES: [(&str, &str); 2] = [
+    ("KIMI_GATEWAY_CONFIG", "--config"),
+    ("KIMI_GATEWAY_LISTEN", "--listen"),
+];
+
+/// A flag's variable set to nothing, as a template that had no value
+/// leaves it, is refused by its own name: clap would name only the flag,
+/// which the operator never wrote.
+fn empty_flag_variable() -> Option<String> {
+    FLAG_VARIABLES.iter().find_map(|(variable, flag)| {
+        let empty = std::env::var_os(variable).is_some_and(|value| value.is_empty());
+        empty.then(|| {
+            format!(
+                "{variable} is set but empty: unset it, or give it a value as you would {flag}"
+            )
+        })
+    })
+}
+
 fn main() -> ExitCode {
+    if let Some(problem) = empty_flag_variable() {
+        eprintln!("error: {problem}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { addr, timeout }) = cli.command {
         let from_file = match cli.config.as_deref().map(config::listen_in_file) {

@@ -301,6 +301,28 @@ fn a_variable_that_is_not_utf8_is_refused_not_taken_for_unset() {
 }
 
 #[test]
+fn a_flag_variable_set_but_empty_is_refused_by_its_name() {
+    for (variable, other) in [
+        ("KIMI_GATEWAY_CONFIG", "KIMI_GATEWAY_LISTEN"),
+        ("KIMI_GATEWAY_LISTEN", "KIMI_GATEWAY_CONFIG"),
+    ] {
+        let output = gateway()
+            .env("MOONSHOT_API_KEY", "k")
+            .env_remove(other)
+            .env(variable, "")
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{variable} is set but empty")),
+            "{variable}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_binary_serves_on_the_given_address() {
     let (mut child, _stdout, addr) = start_gateway(&["--listen", ANY_PORT]);
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
