@@ -53,6 +53,11 @@ pub fn resolve_reusing(
     for draft in drafts {
         if !draft.enabled {
             absent.disabled(&draft.name);
+            // What the file says is checked all the same (not the
+            // environment, which may be unset while it is off): turning
+            // the provider back on must not fail on a problem that
+            // `--check` passed.
+            let _ = build_provider(draft, &|_| None, &discovered, &mut problems);
             continue;
         }
         let name = draft.name.clone();
@@ -244,6 +249,23 @@ mod tests {
             );
             assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");
         }
+    }
+
+    /// A disabled provider's own settings are checked as if it were on,
+    /// so turning it back on cannot fail on them.
+    #[test]
+    fn a_disabled_providers_settings_are_checked_all_the_same() {
+        let found = problems(
+            "[providers.moonshot]\nenabled = false\nbase_url = \"ftp://x\"\n\
+             headers = { \"Content-Encoding\" = \"gzip\" }\n\
+             [providers.moonshot.timeouts]\nconnect_secs = -1\n",
+        );
+        for path in ["base_url", "headers.Content-Encoding", "timeouts.connect_secs"] {
+            let path = format!("providers.moonshot.{path}: ");
+            assert!(found.iter().any(|p| p.starts_with(&path)), "{path} {found:?}");
+        }
+        // A preset switched off as it is has nothing to report.
+        assert!(problems("[providers.moonshot]\nenabled = false\n").is_empty());
     }
 
     /// A table naming a disabled preset says it is disabled; one naming a
