@@ -61,9 +61,7 @@ fn empty_flag_variable() -> Option<String> {
     FLAG_VARIABLES.iter().find_map(|(variable, flag)| {
         let empty = std::env::var_os(variable).is_some_and(|value| value.is_empty());
         empty.then(|| {
-            format!(
-                "{variable} is set but empty: unset it, or give it a value as you would {flag}"
-            )
+            format!("{variable} is set but empty: unset it, or give it a value as you would {flag}")
         })
     })
 }
@@ -175,6 +173,9 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
     if let Some(problem) = config.out_of_service() {
         writeln!(out, "note: {problem}")?;
     }
+    for note in &config.limit_notes {
+        writeln!(out, "note: {note}")?;
+    }
     out.flush()
 }
 
@@ -202,7 +203,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     for provider in config.usable_providers() {
         tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
     }
-    config.warn_about_providers();
+    config.log_notes();
     if config.keys.is_empty() {
         tracing::warn!(
             alert = "open_gateway",

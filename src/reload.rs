@@ -117,7 +117,7 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             state.replace_config(new);
             state.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
-            state.config().warn_about_providers();
+            state.config().log_notes();
             // A rebuild of the running text says nothing of the file: a
             // rejected file stays reported until a reload of it succeeds.
             let file_still_rejected =

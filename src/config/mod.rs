@@ -9,6 +9,7 @@ mod env_name;
 mod env_read;
 mod file;
 mod keys;
+mod limit_notes;
 mod limits;
 pub mod model_id;
 mod parse;
@@ -147,6 +148,9 @@ pub struct Config {
     /// What the providers' `/models` listed; shared by every configuration
     /// built after this one.
     pub discovered: Arc<DiscoveredModels>,
+    /// Limits that can never refuse anything (see `limit_notes`): noted by
+    /// `--check` and in the log, not refused.
+    pub limit_notes: Vec<ConfigProblem>,
 }
 
 impl Config {

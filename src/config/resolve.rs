@@ -35,6 +35,7 @@ pub fn resolve_reusing(
     let mut parsed = parse(text, &mut problems);
     let unreadable = std::mem::take(&mut parsed.unreadable);
     let read_problems = problems.len();
+    let limit_notes = super::limit_notes::limit_notes(&parsed.limits, &parsed.keys);
 
     let server = server_settings(&parsed.server, &mut problems);
     let retry = retry_settings(&parsed.retry, &mut problems);
@@ -149,6 +150,7 @@ pub fn resolve_reusing(
         source_text: Arc::from(text),
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
+        limit_notes,
     })
 }
 
@@ -260,9 +262,16 @@ mod tests {
              headers = { \"Content-Encoding\" = \"gzip\" }\n\
              [providers.moonshot.timeouts]\nconnect_secs = -1\n",
         );
-        for path in ["base_url", "headers.Content-Encoding", "timeouts.connect_secs"] {
+        for path in [
+            "base_url",
+            "headers.Content-Encoding",
+            "timeouts.connect_secs",
+        ] {
             let path = format!("providers.moonshot.{path}: ");
-            assert!(found.iter().any(|p| p.starts_with(&path)), "{path} {found:?}");
+            assert!(
+                found.iter().any(|p| p.starts_with(&path)),
+                "{path} {found:?}"
+            );
         }
         // A preset switched off as it is has nothing to report.
         assert!(problems("[providers.moonshot]\nenabled = false\n").is_empty());

@@ -1,7 +1,8 @@
 //! What a configuration leaves out of service, said the same way at start
 //! and after each reload (the log), by `--check` and by `/readyz`: a
 //! provider without its key (or with some of its keys), and a gateway that
-//! can serve no chat request at all.
+//! can serve no chat request at all. `log_notes` also logs the limits that
+//! can never refuse (`limit_notes`).
 
 use super::{Config, Provider};
 
@@ -112,10 +113,11 @@ impl Config {
         }
     }
 
-    /// Logs [`Config::key_notes`] and [`Config::out_of_service`]: at start
+    /// Logs [`Config::key_notes`], [`Config::out_of_service`] and the
+    /// limits that can never refuse (`limit_notes`): at start
     /// and after each reload, so a configuration that takes providers out
     /// of service says so where the operator looks, not only in `/readyz`.
-    pub fn warn_about_providers(&self) {
+    pub fn log_notes(&self) {
         for note in self.key_notes() {
             let provider = match &note {
                 KeyNote::NotServed(p) | KeyNote::FewerKeys(p, _) => &*p.name,
@@ -124,6 +126,9 @@ impl Config {
         }
         if let Some(problem) = self.out_of_service() {
             tracing::warn!("{problem}");
+        }
+        for note in &self.limit_notes {
+            tracing::warn!("{note}");
         }
     }
 }

@@ -300,6 +300,43 @@ fn a_variable_that_is_not_utf8_is_refused_not_taken_for_unset() {
     }
 }
 
+/// A day budget no larger than its scope's minute limit leaves the minute
+/// limit idle: valid, but noted by `--check` and in the start-up log.
+#[test]
+fn a_minute_limit_that_can_never_refuse_is_noted() {
+    let file = config_file(
+        "[keys.team]\nsecret_env = \"TEAM_KEY\"\n\
+         limits = { requests_per_minute = 600, requests_per_day = 500 }\n",
+    );
+    let says = "keys.team.limits.requests_per_minute: 600 never refuses a request: \
+                requests_per_day = 500 allows no more in a whole day";
+    let output = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .env("TEAM_KEY", "sk-team")
+        .arg("--check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("note: {says}")), "{stdout}");
+    // The note comes before the "listening" line `start` waits for.
+    let mut child = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .env("TEAM_KEY", "sk-team")
+        .args(["--listen", ANY_PORT, "--config"])
+        .arg(file.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _gateway = Running(child);
+    let logged = wait_for_line(&mut stdout, "never refuses");
+    assert!(logged.contains(says), "{logged}");
+}
+
 #[test]
 fn a_flag_variable_set_but_empty_is_refused_by_its_name() {
     for (variable, other) in [
