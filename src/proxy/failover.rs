@@ -236,7 +236,7 @@ where
         let result = attempt(target).await;
         under_way.target = None;
         drop(under_way);
-        let mut error = match result {
+        let error = match result {
             Ok(value) => {
                 permit.success();
                 events.emit(target, Event::Attempt(AttemptOutcome::Success));
@@ -272,7 +272,6 @@ where
                 }
                 states[i].skipped = true;
                 if error.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED) {
-                    note_key_rejected(target, &mut error);
                     AttemptOutcome::KeyRejected
                 } else {
                     AttemptOutcome::Failover
@@ -309,24 +308,17 @@ where
 
 /// A provider refused the gateway's key: the error names the key variable
 /// the attempt used (the provider's message names every one, "check A or
-/// B"), and an `error` line with `alert = upstream_key_rejected` goes to
-/// the log for the operator.
-fn note_key_rejected(target: &Target, error: &mut GatewayError) {
-    let key_env = target.provider.keys.get(target.key_index);
-    if let Some(key) = key_env
+/// B"). Returns that variable, for the alert line the caller writes with
+/// the request's id.
+pub fn name_the_refused_key<'t>(target: &'t Target, error: &mut GatewayError) -> &'t str {
+    let key = target.provider.keys.get(target.key_index);
+    if let Some(key) = key
         && target.provider.keys.len() > 1
         && let Some(before) = error.message.strip_suffix(&*target.provider.api_key_env)
     {
         error.message = format!("{before}{}", key.env).into();
     }
-    tracing::error!(
-        provider = &*target.provider.name,
-        upstream_target = &*target.label,
-        key_env = key_env.map_or("", |key| key.env.as_str()),
-        alert = code::UPSTREAM_KEY_REJECTED,
-        "provider rejected the gateway's API key; target skipped: {}",
-        error.message
-    );
+    key.map_or("", |key| key.env.as_str())
 }
 
 /// The answer when no target was tried, every one's circuit open: when

@@ -176,7 +176,7 @@ pub fn translate(
     body: &[u8],
 ) -> GatewayError {
     let says = ProviderSays::read(error_json(body), Mending::CutAllowed).unwrap_or_default();
-    error_from(provider, status, asked, says)
+    error_from(provider, status, asked, says, None)
 }
 
 /// Where a provider's error document came: an event of a stream, or the
@@ -314,7 +314,7 @@ fn error_said(mut says: ProviderSays, provider: &Provider, carrier: Carrier) -> 
         (None, Some(status)) => status,
         (None, None) => StatusCode::BAD_GATEWAY,
     };
-    let mut error = error_from(provider, status, AskedWait::default(), says);
+    let mut error = error_from(provider, status, AskedWait::default(), says, Some(carrier));
     if error.error_type == ErrorType::ServerError && status_in_code.is_none() {
         // The status said 2xx; the error carries no status of its own to
         // keep.
@@ -346,11 +346,14 @@ pub struct StreamError {
     pub send_own: bool,
 }
 
+/// `carrier`: where a 2xx answer said the error (`status` then comes
+/// from what it said); `None` for an HTTP error status.
 fn error_from(
     provider: &Provider,
     status: StatusCode,
     asked: AskedWait,
     says: ProviderSays,
+    carrier: Option<Carrier>,
 ) -> GatewayError {
     let says = says.redacted(provider);
     let request_id = says
@@ -371,13 +374,18 @@ fn error_from(
     let status_sent = status;
 
     if key_refused(status, typed.as_deref(), &lower) {
+        // Where the refusal came: the HTTP status, or an error said with
+        // a 2xx (its type, not a status, made it a refusal).
+        let said = match carrier {
+            None => format!("HTTP {}", status.as_u16()),
+            Some(Carrier::StreamEvent) => "in an error event".to_string(),
+            Some(Carrier::SuccessBody(sent)) => format!("in an HTTP {} body", sent.as_u16()),
+        };
         return GatewayError::server(
             StatusCode::BAD_GATEWAY,
             format!(
-                "provider {} rejected the gateway's API key (HTTP {}); check {}",
-                provider.name,
-                status.as_u16(),
-                provider.api_key_env
+                "provider {} rejected the gateway's API key ({said}); check {}",
+                provider.name, provider.api_key_env
             ),
         )
         .with_code(code::UPSTREAM_KEY_REJECTED)
@@ -893,6 +901,11 @@ mod tests {
             br#"{"statusCode":404,"message":"Key not found","error":"Not Found"}"#,
         );
         assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_KEY_REJECTED));
+        assert!(
+            err.message.contains("API key (HTTP 404)"),
+            "{}",
+            err.message
+        );
         let err = translate(
             &provider,
             StatusCode::TOO_MANY_REQUESTS,
@@ -1008,6 +1021,13 @@ mod tests {
         let err = stream_error(event, &provider).unwrap().error;
         assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_KEY_REJECTED));
         assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+        // The provider said no HTTP 401: its event's type did.
+        assert!(
+            err.message
+                .contains("rejected the gateway's API key (in an error event)"),
+            "{}",
+            err.message
+        );
         let err = stream_error(br#"{"error":{"message":"boom"}}"#, &provider)
             .unwrap()
             .error;

@@ -277,9 +277,10 @@ async fn route_and_forward<'c>(
             let slot = limits
                 .admit_provider(&target.provider.name, estimate)
                 .await
-                .inspect_err(|err| {
-                    count_limited(state, Some(err));
-                    log_failed_attempt(ctx.request_id, target, err);
+                .map_err(|mut err| {
+                    count_limited(state, Some(&err));
+                    log_failed_attempt(ctx.request_id, target, &mut err);
+                    err
                 })?;
             let own_time_since = began + queued_from.elapsed();
             slot.mark_sent();
@@ -293,7 +294,7 @@ async fn route_and_forward<'c>(
                     if !window.is_empty() {
                         err.details_mut().attempt_window = Some(window);
                     }
-                    log_failed_attempt(ctx.request_id, target, &err);
+                    log_failed_attempt(ctx.request_id, target, &mut err);
                     Err(err)
                 }
             }
@@ -515,15 +516,27 @@ fn body_error(err: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
 /// (the access line names only the last attempt). A failure that is the
 /// request's answer whatever comes (a provider's 400) is the access line's;
 /// `error_status` is the status the failure would have been answered with.
-fn log_failed_attempt(request_id: &HeaderValue, target: &Target, err: &GatewayError) {
+fn log_failed_attempt(request_id: &HeaderValue, target: &Target, err: &mut GatewayError) {
+    let request_id = request_id.to_str().unwrap_or("");
     // A refused key has an alert line of its own, naming its variable.
-    if failover::classify(err) == failover::Verdict::Final
-        || err.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED)
-    {
+    if err.code.as_deref() == Some(code::UPSTREAM_KEY_REJECTED) {
+        let key_env = failover::name_the_refused_key(target, err);
+        tracing::error!(
+            request_id,
+            provider = &*target.provider.name,
+            upstream_target = &*target.label,
+            key_env,
+            alert = code::UPSTREAM_KEY_REJECTED,
+            "provider rejected the gateway's API key; target skipped: {}",
+            err.message
+        );
+        return;
+    }
+    if failover::classify(err) == failover::Verdict::Final {
         return;
     }
     tracing::warn!(
-        request_id = request_id.to_str().unwrap_or(""),
+        request_id,
         provider = &*target.provider.name,
         upstream_target = &*target.label,
         error_status = err.status.as_u16(),

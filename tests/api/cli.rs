@@ -1182,7 +1182,7 @@ fn a_rejected_key_is_named_by_its_variable() {
         .env("MOONSHOT_KEY_OLD", "revoked");
     let config = file.path().to_str().unwrap();
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
-    runtime.block_on(async {
+    let request_id = runtime.block_on(async {
         // Each request tries the targets in a random order: the revoked
         // key's target is tried within a few.
         for _ in 0..40 {
@@ -1197,15 +1197,21 @@ fn a_rejected_key_is_named_by_its_variable() {
                 .unwrap();
             assert_eq!(response.status(), 200);
             if response.headers()["x-gateway-attempts"] == "2" {
-                break;
+                return response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
             }
         }
+        panic!("the revoked key's target was never tried first");
     });
     let line = wait_for_line(&mut stdout, "upstream_key_rejected");
     child.kill().unwrap();
     child.wait().unwrap();
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["key_env"], "MOONSHOT_KEY_OLD", "{line}");
+    // The request it happened to, though the request was served.
+    assert_eq!(line["request_id"], request_id.as_str(), "{line}");
     // The error names the refused key's variable, not all of them.
     let message = line["message"].as_str().unwrap();
     assert!(message.ends_with("; check MOONSHOT_KEY_OLD"), "{line}");
