@@ -464,6 +464,62 @@ async fn connection_close_from_the_client_closes_after_the_response() {
     client.assert_closed().await;
 }
 
+/// Bytes a client sends after a request it asked to be the last (an
+/// HTTP/1.0 client's stray line break after a POST body, RFC 9112 §2.2)
+/// do not cut the answer: the gateway reads and drops them while it
+/// closes. Closed outright, the socket would answer them with a reset,
+/// and the reset throws away the end of the answer not yet delivered.
+#[tokio::test]
+async fn bytes_sent_after_a_closing_request_do_not_cut_its_answer() {
+    let app = spawn_app().await;
+    let body = chat_body(MODEL, "long [mock chunks=20 chunk_bytes=100000]", true).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(request.as_bytes()).await.unwrap();
+    let (began, answer_began) = tokio::sync::oneshot::channel();
+    let (read_on, go_on) = tokio::sync::oneshot::channel::<()>();
+    let reading = tokio::spawn(async move {
+        let mut answer = vec![0; 64 * 1024];
+        let first = reader.read(&mut answer).await.unwrap();
+        answer.truncate(first);
+        let _ = began.send(());
+        // The rest waits in the sockets' buffers until the stray bytes
+        // have gone.
+        go_on.await.unwrap();
+        let read = reader.read_to_end(&mut answer).await;
+        (read.map(|_| ()), answer)
+    });
+    // The answer under way, then written whole into the buffers, the
+    // gateway closes; then the stray bytes.
+    answer_began.await.unwrap();
+    let in_flight = &app.state.metrics.in_flight;
+    wait_until("the answer is written", async || in_flight.get() == 0).await;
+    writer.write_all(b"\r\n").await.unwrap();
+    read_on.send(()).unwrap();
+    let (read, answer) = tokio::time::timeout(READ_WAIT, reading)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?} after {} bytes", answer.len());
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        text.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "{} bytes, ending {:?}",
+        answer.len(),
+        &text[text.len().saturating_sub(80)..]
+    );
+    assert!(answer.len() > 2_000_000, "{}", answer.len());
+}
+
 /// A client declaring a body over the limit and sending it gets the whole
 /// 413 answer: the gateway answers without reading the body, and keeps
 /// reading and dropping it while closing, so the connection is not reset

@@ -1,5 +1,5 @@
-//! How a connection ends: a refused head answered, a plain close, or a
-//! close that first reads and drops what the client still sends.
+//! How a connection ends: a refused head answered, then every close the
+//! same way, reading and dropping what the client still sends.
 
 use super::waits::IdleLimit;
 use super::{Connection, LARGE_READ_SIZE};
@@ -16,7 +16,6 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// After a response to a request whose body was not read, how long the
 /// rest of it is read and dropped at most before the connection closes:
@@ -80,24 +79,15 @@ impl Connection {
         }
     }
 
-    /// Closes the connection after an answer that said `connection:
-    /// close`. A client that sent more (a request pipelined behind the
-    /// answer) is lingered on instead: closing with its bytes unread would
-    /// reset the connection, and a reset throws away the end of the answer
-    /// still in the send buffer.
-    pub(super) async fn close<C: Future<Output = ()>>(mut self, closed: Pin<&mut C>) {
-        if self.read.is_empty() && !unread_bytes_waiting(&self.io) {
-            let _ = self.io.shutdown().await;
-            return;
-        }
-        self.linger(closed).await;
-    }
-
     /// Closes the sending side, then reads and drops what the client still
-    /// sends (the rest of a body not read) until it closes too, for a
+    /// sends (the rest of a body not read, a request pipelined or a stray
+    /// line break sent after the one answered) until it closes too, for a
     /// while: up to [`LINGER`] while bytes keep coming (each within
     /// [`LINGER_QUIET`] of the last), or [`LINGER_AT_CAP`] once `closed`
     /// (the server closing or making room at its connection cap) has come.
+    /// Every close goes this way, not only one with bytes waiting: bytes
+    /// that arrive after the socket is closed reset the connection too,
+    /// and a reset throws away the end of the answer still unsent.
     pub(super) async fn linger<C: Future<Output = ()>>(mut self, closed: Pin<&mut C>) {
         if self.io.shutdown().await.is_err() {
             return;
@@ -121,29 +111,4 @@ impl Connection {
             () = cut_short => {}
         }
     }
-}
-
-/// Whether the client has sent bytes the socket holds unread (a peek that
-/// does not wait).
-#[cfg(unix)]
-fn unread_bytes_waiting(io: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: one byte is peeked into a local of one byte; the descriptor
-    // stays open for the call (the stream is borrowed).
-    let peeked = unsafe {
-        libc::recv(
-            io.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    peeked > 0
-}
-
-/// Elsewhere the close always lingers.
-#[cfg(not(unix))]
-fn unread_bytes_waiting(_: &TcpStream) -> bool {
-    true
 }

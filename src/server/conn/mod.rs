@@ -134,9 +134,8 @@ pub async fn serve(
             // answer's head said keep-alive: the next request is not
             // served, as on an idle connection; another replica serves
             // the client's retry.
-            After::KeepAlive if closing.is_cancelled() => return connection.close(closed).await,
+            After::KeepAlive if closing.is_cancelled() => return connection.linger(closed).await,
             After::KeepAlive => {}
-            After::Close => return connection.close(closed).await,
             After::Linger => return connection.linger(closed).await,
             After::Drop => return,
         }
@@ -174,9 +173,9 @@ enum NoHead {
 /// What happens to the connection after an exchange.
 enum After {
     KeepAlive,
-    /// Close it (the client has been told).
-    Close,
-    /// Close it after reading what is left of the request body.
+    /// Close it (the client has been told), reading and dropping what the
+    /// client still sends meanwhile: what is left of a request body, or
+    /// bytes sent after the answer.
     Linger,
     /// Drop it: the client left or the connection failed.
     Drop,
@@ -386,8 +385,7 @@ impl Connection {
             .await
         {
             Ok(true) => After::KeepAlive,
-            Ok(false) if !body_read => After::Linger,
-            Ok(false) => After::Close,
+            Ok(false) => After::Linger,
             Err(err) => {
                 if err.kind() == std::io::ErrorKind::TimedOut {
                     tracing::info!(
