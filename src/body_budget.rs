@@ -6,9 +6,12 @@
 //!
 //! Only bodies over 16 KiB count: a smaller one (nearly every chat
 //! request) is bounded by its connection, like the bytes it reads ahead,
-//! and connections are capped. A body's bytes are claimed before they are
-//! read (its `Content-Length`, or each chunk's announced size: all of them
-//! once it passes 16 KiB), and given back when its handler has answered.
+//! and connections are capped. A body claims the bytes it holds as they
+//! come, each read's room before the read, and gives them back when its
+//! handler has answered: one that declares 32 MiB and sends it a byte at
+//! a time holds what it sent, not the 32 MiB. A declared length that
+//! would not fit beside what is held now is refused before any of it is
+//! read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,14 @@ impl BodyBudget {
     /// Bytes claimed now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether `bytes` would fit under `total` beside what is held now
+    /// (nothing is claimed).
+    pub fn fits(&self, bytes: u64, total: u64) -> bool {
+        self.held()
+            .checked_add(bytes)
+            .is_some_and(|after| after <= total)
     }
 
     /// Claims `bytes` when they fit under `total` with what is held;
@@ -54,6 +65,12 @@ impl BodyClaim {
     /// Bytes this claim holds.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Whether this claim could be raised to `bytes` now (nothing is
+    /// claimed).
+    pub fn could_grow_to(&self, bytes: u64, total: u64) -> bool {
+        self.budget.fits(bytes.saturating_sub(self.bytes), total)
     }
 
     /// Raises this claim to `bytes` when the difference fits under
@@ -96,6 +113,16 @@ mod tests {
     }
 
     #[test]
+    fn fitting_claims_nothing() {
+        let budget = Arc::new(BodyBudget::default());
+        let _held = budget.claim(60, 100).unwrap();
+        assert!(budget.fits(40, 100));
+        assert!(!budget.fits(41, 100));
+        assert!(!budget.fits(u64::MAX, u64::MAX));
+        assert_eq!(budget.held(), 60);
+    }
+
+    #[test]
     fn a_claim_grows_while_the_total_allows() {
         let budget = Arc::new(BodyBudget::default());
         let other = budget.claim(50, 100).unwrap();
@@ -105,6 +132,9 @@ mod tests {
         assert_eq!(claim.bytes(), 30);
         assert!(!claim.grow_to(51, 100), "50 + 51 is over 100");
         assert_eq!((claim.bytes(), budget.held()), (30, 80));
+        assert!(claim.could_grow_to(50, 100));
+        assert!(!claim.could_grow_to(51, 100));
+        assert_eq!(claim.bytes(), 30, "asking claims nothing");
         assert!(claim.grow_to(50, 100));
         drop(other);
         drop(claim);

@@ -39,6 +39,10 @@ fn assert_no_room(reply: &Reply) {
     assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
 }
 
+/// What a body read part-way holds of the total: the bytes it sent and
+/// one large read's room (64 KiB).
+const READ_ROOM: u64 = 64 * 1024;
+
 #[tokio::test]
 async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let app = spawn_app_with(
@@ -46,30 +50,33 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
         &[],
     )
     .await;
-    let body = large_body(150_000);
+    let body = large_body(190_000);
     let request = chat_request(&body);
-    let (head_and_some, rest) = request.split_at(request.len() - body.len() + 1000);
+    let head_len = request.len() - body.len();
+    let (head_and_some, rest) = request.split_at(head_len + 1000);
 
-    // A client sends the head and the start of its body: the whole
-    // declared length is claimed while the rest trickles in.
+    // A client sends the head and the start of its body: it holds what it
+    // sent and the next read's room, not the 190 KB it declared (a client
+    // that trickles a large declared body holds little).
     let mut holder = Client::connect(app.addr).await;
     holder.send(head_and_some).await;
-    wait_until("the first body is claimed", async || {
-        app.state.body_budget.held() == body.len() as u64
+    wait_until("the first body's bytes are claimed", async || {
+        app.state.body_budget.held() == 1000 + READ_ROOM
     })
     .await;
 
-    // Another body of that size does not fit: refused before it is read.
+    // A body that would not fit beside it is refused before it is read.
+    let refused_request = chat_request(&large_body(150_000));
     let mut refused = Client::connect(app.addr).await;
-    refused.send(&request).await;
+    refused.send(&refused_request).await;
     assert_no_room(&refused.response().await);
 
-    // Nor does a chunk announcing that much, before its bytes come...
+    // So is a chunk announcing that much, before its bytes come...
     let mut chunked = Client::connect(app.addr).await;
     chunked
         .send(format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{{\"model\"",
-            body.len()
+            150_000
         ))
         .await;
     assert_no_room(&chunked.response().await);
@@ -79,7 +86,7 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     expecting
         .send(format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
-            body.len()
+            150_000
         ))
         .await;
     assert_no_room(&expecting.response().await);
@@ -95,18 +102,37 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     // Bodies of up to 16 KiB are bounded by their connection, not held
     // against the total: one that came with its head, and one of 15 KB
     // (more than the connection's first read) go on; one of 60 KB is
-    // claimed, and finds no room.
+    // claimed, and fits beside what the first body holds.
     let small = app.chat(chat_body(MODEL, "small", false)).await;
     assert_eq!(small.status(), 200);
-    let mut medium = Client::connect(app.addr).await;
-    medium.send(chat_request(&large_body(15_000))).await;
-    let reply = medium.response().await;
-    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    for size in [15_000, 60_000] {
+        let mut client = Client::connect(app.addr).await;
+        client.send(chat_request(&large_body(size))).await;
+        let reply = client.response().await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{size}: {}: {}",
+            reply.head,
+            reply.text()
+        );
+    }
+    assert_eq!(app.state.body_budget.held(), 1000 + READ_ROOM);
+
+    // The first body sends most of itself: it now holds its whole length,
+    // and the 60 KB body no longer fits.
+    let (more, rest) = rest.split_at(129_000);
+    holder.send(more).await;
+    wait_until("the first body holds its length", async || {
+        app.state.body_budget.held() == body.len() as u64
+    })
+    .await;
     let mut over = Client::connect(app.addr).await;
     over.send(chat_request(&large_body(60_000))).await;
     assert_no_room(&over.response().await);
 
-    // A request head past 16 KiB still arriving claims 64 KiB too: no room.
+    // A request head past 16 KiB still arriving claims what it holds too:
+    // no room.
     let mut long_head = Client::connect(app.addr).await;
     long_head
         .send(format!(
@@ -126,8 +152,8 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     );
     assert_eq!(
         app.mock.requests().len(),
-        2,
-        "only the small ones forwarded"
+        3,
+        "only the ones that fitted forwarded"
     );
 
     // The first body ends and is answered; its bytes are given back, and
@@ -140,7 +166,7 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     })
     .await;
     let mut again = Client::connect(app.addr).await;
-    again.send(&request).await;
+    again.send(&refused_request).await;
     let reply = again.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
     assert_eq!(app.state.body_budget.held(), 0);
@@ -154,6 +180,39 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
         .await;
     let reply = long_head.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    assert_eq!(app.state.body_budget.held(), 0);
+}
+
+/// A request head past 16 KiB has 10 s to come whole: one trickled would
+/// keep its share of the body budget, which every client shares, before
+/// any key is known. (A paused clock: the wait is not spent.)
+#[tokio::test(start_paused = true)]
+async fn a_long_head_trickled_is_closed_after_its_wait() {
+    let app = spawn_app_with("[server]\nclient_idle_secs = 60\n", &[]).await;
+    let mut long_head = Client::connect(app.addr).await;
+    long_head
+        .send(format!(
+            "GET /v1/models HTTP/1.1\r\nhost: gateway\r\nx-long: {}",
+            "a".repeat(20_000)
+        ))
+        .await;
+    wait_until("the long head is claimed", async || {
+        app.state.body_budget.held() > 0
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncReadExt::read(&mut long_head.stream, &mut byte),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0))), "closed, nothing sent: {read:?}");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(11)).contains(&waited),
+        "{waited:?}"
+    );
     assert_eq!(app.state.body_budget.held(), 0);
 }
 

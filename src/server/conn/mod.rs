@@ -49,12 +49,18 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 /// uncounted for as long as its request lasts (a stream: minutes), so
 /// small; the rest waits in the socket.
 const READ_AHEAD: usize = 16 * 1024;
-/// A request head part-way in past this many bytes claims
-/// `request_head::MAX_HEAD_BYTES` of `server.max_body_bytes_total` until
-/// it is whole: heads are a few hundred bytes to a few KiB, and without a
-/// shared bound, clients trickling heads of up to 64 KiB on every
-/// connection could hold connections × 64 KiB for the idle limit.
+/// A request head part-way in past this many bytes claims what it holds
+/// of `server.max_body_bytes_total` until it is whole, and has
+/// [`LONG_HEAD_WAIT`] to come whole: heads are a few hundred bytes to a
+/// few KiB, and without a shared bound, clients trickling heads of up to
+/// 64 KiB on every connection could hold connections × 64 KiB for the
+/// idle limit.
 const UNCOUNTED_HEAD: usize = 16 * 1024;
+/// How long a head past [`UNCOUNTED_HEAD`] may take to come whole from
+/// then: a long head is sent at once (a large cookie or token), and one
+/// trickled would keep its share of the body budget, which every client
+/// shares, for the idle limit (no key is known before the head is whole).
+const LONG_HEAD_WAIT: Duration = Duration::from_secs(10);
 /// How long a request head part-way in may take to come whole once the
 /// server is closing or making room at its connection cap: a head is
 /// usually one packet, so its rest is due within a round trip. A
@@ -222,8 +228,10 @@ impl Connection {
         mut waiting: Waiting<'_, '_, C>,
         gateway: &Gateway,
     ) -> Result<RequestHead, NoHead> {
-        // A long head's claim on the shared total, held until it is whole.
+        // A long head's claim on the shared total, held until it is whole,
+        // and when it must be whole.
         let mut claim: Option<BodyClaim> = None;
+        let mut long_head_due: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // When the wait began (not per read: a head trickled in must still
         // be complete in time), on the coarse clock.
         let mut began = None;
@@ -243,12 +251,21 @@ impl Connection {
                         }
                         return Ok(head);
                     }
-                    Ok(None) if self.read.len() > UNCOUNTED_HEAD && claim.is_none() => {
+                    Ok(None) if self.read.len() > UNCOUNTED_HEAD => {
                         let state = gateway.state();
                         let total = state.config().max_body_bytes_total as u64;
-                        let room = request_head::MAX_HEAD_BYTES as u64;
-                        claim = state.body_budget.claim(room, total);
-                        if claim.is_none() {
+                        // What it holds once the next read is in.
+                        let holding =
+                            (self.read.len() + READ_SIZE).min(request_head::MAX_HEAD_BYTES) as u64;
+                        let claimed = match &mut claim {
+                            Some(claim) => claim.grow_to(holding, total),
+                            None => {
+                                claim = state.body_budget.claim(holding, total);
+                                long_head_due = Some(Box::pin(tokio::time::sleep(LONG_HEAD_WAIT)));
+                                claim.is_some()
+                            }
+                        };
+                        if !claimed {
                             return Err(NoHead::Refused(BadHead::no_room()));
                         }
                     }
@@ -288,6 +305,11 @@ impl Connection {
                     if limit.passed(cx, began) {
                         return Poll::Ready(None);
                     }
+                }
+                if let Some(due) = &mut long_head_due
+                    && due.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
                 }
                 Poll::Pending
             })
@@ -419,15 +441,19 @@ impl Connection {
                     config.max_body_bytes as u64,
                     config.max_body_bytes_total as u64,
                 );
-                // A declared length over `UNCOUNTED_BODY` is claimed whole
-                // before any of it is read; a chunked body claims its chunks
-                // as they are announced, once they pass it. One over the
-                // limit claims nothing: it is refused with 413.
+                // The body claims its bytes as they come (see
+                // `body_budget`); a declared length over `UNCOUNTED_BODY`
+                // that would not fit now is refused before any of it is
+                // read. One over the limit is refused with 413 instead.
                 let declared = framing
                     .remaining()
                     .filter(|&n| n > UNCOUNTED_BODY && n <= limit)
                     .unwrap_or(0);
-                let claim = gateway.state().body_budget.claim(declared, total);
+                let budget = &gateway.state().body_budget;
+                let claim = budget
+                    .fits(declared, total)
+                    .then(|| budget.claim(0, total))
+                    .flatten();
                 let handoff = Arc::new(match claim {
                     Some(_) => FrameHandoff::default(),
                     None => FrameHandoff::ended(BodyError::NoRoom),
@@ -522,19 +548,44 @@ impl Connection {
                             body.handoff.end(Err(BodyError::TooLarge), cx);
                             continue 'handler;
                         }
-                        if needed > UNCOUNTED_BODY
+                        let remaining = body.framing.remaining();
+                        // A chunk announced that would not fit beside what
+                        // others hold now is refused before its bytes
+                        // come, as a declared length is when the body
+                        // starts; either is claimed only as it comes.
+                        if remaining.is_none()
+                            && needed > UNCOUNTED_BODY
                             && !body
                                 .claim
-                                .as_mut()
-                                .is_some_and(|claim| claim.grow_to(needed, body.total))
+                                .as_ref()
+                                .is_some_and(|claim| claim.could_grow_to(needed, body.total))
                         {
                             body.handoff.end(Err(BodyError::NoRoom), cx);
                             continue 'handler;
                         }
-                        let room = match body.framing.remaining() {
+                        let room = match remaining {
                             Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
                             _ => READ_SIZE,
                         };
+                        // What the body holds once this read is in: what
+                        // it sent, what waits undecoded and the read's
+                        // room; never more than the body's own length (or
+                        // the limit), so a body alone always fits.
+                        let most =
+                            remaining.map_or(body.limit, |n| body.received.saturating_add(n));
+                        let holding = body
+                            .received
+                            .saturating_add((self.read.len() + room) as u64)
+                            .min(most);
+                        if holding > UNCOUNTED_BODY
+                            && !body
+                                .claim
+                                .as_mut()
+                                .is_some_and(|claim| claim.grow_to(holding, body.total))
+                        {
+                            body.handoff.end(Err(BodyError::NoRoom), cx);
+                            continue 'handler;
+                        }
                         match self.poll_read(cx, room) {
                             Poll::Ready(Ok(n)) if n > 0 => {}
                             // The client left halfway through its body.
