@@ -97,6 +97,36 @@ async fn traffic_shows_up_with_bounded_labels() {
     assert_eq!(sample(&text, breaker), Some(0.0));
 }
 
+/// A stream ended by an event over `server.max_response_bytes` counts the
+/// reads relayed before it, not the reads of the events dropped with it.
+#[tokio::test]
+async fn reads_dropped_with_an_oversized_event_are_not_counted_as_relayed() {
+    let app = spawn_app_with("[server]\nmax_response_bytes = 4096\n", &[]).await;
+    let response = app
+        .chat(chat_body(
+            "kimi-k2-turbo-preview",
+            "[mock chunks=3 chunk_bytes=5000]",
+            true,
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = sse_data(response).await;
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["code"], "upstream_response_too_large",
+        "{events:?}"
+    );
+    let relayed = events.len() - 1;
+    let text = scrape(&app).await;
+    let chunks =
+        r#"kimi_gateway_stream_chunks_total{provider="moonshot",route="kimi-k2-turbo-preview"}"#;
+    let counted = sample(&text, chunks).unwrap();
+    assert!(
+        (1.0..=relayed as f64).contains(&counted),
+        "{counted} counted, {relayed} relayed"
+    );
+}
+
 /// A failed attempt that no other follows is counted `error`, whatever ended
 /// the request: no attempts left, the retry deadline, or the failure
 /// opening the only circuit there was.

@@ -447,7 +447,7 @@ impl SseRelay {
     /// it): checked for size, cut to its first event before the head,
     /// timed, and inspected for `[DONE]`, errors and usage.
     fn relay_events(&mut self, cx: &mut Context<'_>, events: Bytes) -> Relayed {
-        let (mut events, reads) = self.gather_ready(cx, events);
+        let (mut events, mut reads) = self.gather_ready(cx, events);
         // An event can arrive whole in one read, never held
         // as pending: its size is checked here. Only a block
         // of events larger than the limit is measured. The
@@ -464,6 +464,10 @@ impl SseRelay {
             }
             events = events.slice(..at);
             self.oversized_next = true;
+            // The reads of the events dropped with it are not relayed
+            // ones; those kept count as one (where the reads fell in the
+            // gathered block is not kept).
+            reads = 1;
         }
         // Only a block with data is an event (SSE dispatches
         // nothing for comments, or `id:`/`retry:` alone).
