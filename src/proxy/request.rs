@@ -475,7 +475,8 @@ fn include_usage_asked(raw: &[u8]) -> Result<bool, GatewayError> {
     debug_assert!(scanned.is_ok(), "checked with the body");
     if spellings > 1 {
         return Err(refused(
-            "`stream_options.include_usage` appears more than once (or also spelled with escapes or in other letter case)",
+            "`stream_options.include_usage` is given more than once, or spelled with escapes or in \
+                 another letter case: send it once, as `include_usage`",
         ));
     }
     match value.map(|span| &raw[span]) {
@@ -497,7 +498,8 @@ fn model_not_a_string() -> GatewayError {
 
 fn duplicated(name: &'static str) -> GatewayError {
     GatewayError::invalid_request(format!(
-        "`{name}` appears more than once in the request body (or spelled with escapes or in other letter case)"
+        "`{name}` is given more than once in the request body, or spelled with escapes or in \
+         another letter case: send it once, as `{name}`"
     ))
     .with_param(name)
 }
@@ -717,7 +719,8 @@ mod tests {
             );
             assert_eq!(
                 message(&body),
-                "`stream_options.include_usage` appears more than once (or also spelled with escapes or in other letter case)",
+                "`stream_options.include_usage` is given more than once, or spelled with escapes or in \
+                 another letter case: send it once, as `include_usage`",
                 "{body}"
             );
         }
@@ -874,6 +877,14 @@ mod tests {
         ] {
             assert_eq!(refused(&body), member, "{body}");
         }
+        // Alone in another letter case, it is not said to be given twice
+        // only: the message names both ways it can be wrong.
+        let err = peek(&format!(r#"{{"MODEL":"a",{ok}}}"#)).unwrap_err();
+        assert_eq!(
+            err.message,
+            "`model` is given more than once in the request body, or spelled with escapes or in \
+             another letter case: send it once, as `model`"
+        );
         // Other members, however spelled, are the provider's business.
         let body =
             r#"{"model":"a","messages":[],"Temperature":1,"models":2,"sTreamer":3,"MAX":4,"m":5}"#;
