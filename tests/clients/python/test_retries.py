@@ -89,8 +89,9 @@ def wait_for(what: str, condition) -> None:
 def test_a_body_the_gateway_has_no_room_for_is_retried_after_the_wait(
     make_client, servers, provider
 ):
-    # A client declares a body of nearly the whole total and sends only its
-    # first byte: the gateway holds the room for it.
+    # A client declares a body of nearly the whole total and sends all of
+    # it but its last byte: the gateway holds what it sent (a body claims
+    # its bytes as they come, not its declared length).
     held = 33_000_000
     host, port = servers.gateway_url.removeprefix("http://").split(":")
     holder = socket.create_connection((host, int(port)))
@@ -98,9 +99,10 @@ def test_a_body_the_gateway_has_no_room_for_is_retried_after_the_wait(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
         b"Content-Type: application/json\r\n"
         + f"Content-Length: {held}\r\n\r\n{{".encode()
+        + b" " * (held - 2)
     )
     wait_for(
-        "the half-sent body is held",
+        "the nearly whole body is held",
         lambda: gauge(servers, "kimi_gateway_request_body_bytes") == held,
     )
 

@@ -118,17 +118,19 @@ async function waitFor(what, condition) {
 
 describe('retries gateway resources', () => {
   it('a long prompt the gateway has no room for is retried after its wait', async () => {
-    // A client declares a body of nearly the whole total and sends only its
-    // first byte: the gateway holds the room for it.
+    // A client declares a body of nearly the whole total and sends all of
+    // it but its last byte: the gateway holds what it sent (a body claims
+    // its bytes as they come, not its declared length).
     const held = 33_000_000;
     const { hostname, port } = new URL(servers.gatewayURL);
     const holder = net.connect(Number(port), hostname);
     holder.on('error', () => {});
     holder.write(
       'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n' +
-        `Content-Length: ${held}\r\n\r\n{`,
+        `Content-Length: ${held}\r\n\r\n{` +
+        ' '.repeat(held - 2),
     );
-    await waitFor('the half-sent body is held', async () => (await gauge('kimi_gateway_request_body_bytes')) === held);
+    await waitFor('the nearly whole body is held', async () => (await gauge('kimi_gateway_request_body_bytes')) === held);
 
     const provider = PROVIDERS[0];
     // No room for the prompt: 503 with Retry-After: 1, which the SDK
