@@ -56,11 +56,25 @@ const FLAG_VARIABLES: [(&str, &str); 2] = [
 
 /// A flag's variable set to nothing, as a template that had no value
 /// leaves it, is refused by its own name: clap would name only the flag,
-/// which the operator never wrote.
+/// which the operator never wrote. Not when the flag is given (clap then
+/// does not read the variable), nor for `--help` or `--version`.
 fn empty_flag_variable() -> Option<String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let given = |flag: &str| {
+        args.iter().any(|arg| {
+            let arg = arg.as_encoded_bytes();
+            arg == flag.as_bytes()
+                || arg
+                    .strip_prefix(flag.as_bytes())
+                    .is_some_and(|rest| rest.starts_with(b"="))
+        })
+    };
+    if ["-h", "--help", "-V", "--version"].iter().any(|f| given(f)) {
+        return None;
+    }
     FLAG_VARIABLES.iter().find_map(|(variable, flag)| {
         let empty = std::env::var_os(variable).is_some_and(|value| value.is_empty());
-        empty.then(|| {
+        (empty && !given(flag)).then(|| {
             format!("{variable} is set but empty: unset it, or give it a value as you would {flag}")
         })
     })

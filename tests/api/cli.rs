@@ -357,6 +357,23 @@ fn a_flag_variable_set_but_empty_is_refused_by_its_name() {
             "{variable}: {stderr}"
         );
     }
+    // The flag given, clap does not read the variable: nothing to refuse.
+    let file = config_file("");
+    let output = gateway()
+        .env("MOONSHOT_API_KEY", "k")
+        .env("KIMI_GATEWAY_CONFIG", "")
+        .env_remove("KIMI_GATEWAY_LISTEN")
+        .arg("--check")
+        .arg(format!("--config={}", file.path().display()))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let help = gateway()
+        .env("KIMI_GATEWAY_CONFIG", "")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{help:?}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! same way, reading and dropping what the client still sends.
 
 use super::waits::IdleLimit;
-use super::{Connection, LARGE_READ_SIZE};
+use super::{Connection, LARGE_READ_SIZE, READ_SIZE};
 use crate::error::code;
 use crate::error::{ErrorType, GatewayError};
 use crate::proxy::headers::X_REQUEST_ID;
@@ -11,16 +11,18 @@ use crate::server::request_head::BadHead;
 use crate::server::response_head::ConnectionHeader;
 use crate::wire_fields::WireFields;
 use axum::response::IntoResponse;
+use bytes::BytesMut;
 use http::Version;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// After a response to a request whose body was not read, how long the
-/// rest of it is read and dropped at most before the connection closes:
-/// closing with unread bytes resets the connection, and the client may
-/// lose the response it has not read yet. A client that sends its whole
+/// After a response that closes the connection (a request whose body was
+/// not read, or any answer that said `connection: close`), how long what
+/// the client still sends is read and dropped at most before the
+/// connection closes: closing with unread bytes resets the connection,
+/// and the client may lose the response it has not read yet. A client that sends its whole
 /// body before it reads (a reverse proxy that buffers the request, as
 /// nginx does) reads the answer only then: a 30 MiB body over a modest
 /// link takes seconds. As nginx's `lingering_time`; no byte count bounds
@@ -92,12 +94,17 @@ impl Connection {
         if self.io.shutdown().await.is_err() {
             return;
         }
+        // A buffer grown for a large body is let go: most clients send
+        // nothing more, and a small one waits for them. Reads grow again
+        // once bytes come (the rest of a large body, read and dropped).
+        self.read = BytesMut::new();
         let dropping = async {
+            let mut room = READ_SIZE;
             loop {
                 self.read.clear();
-                let read = poll_fn(|cx| self.poll_read(cx, LARGE_READ_SIZE));
+                let read = poll_fn(|cx| self.poll_read(cx, room));
                 match tokio::time::timeout(LINGER_QUIET, read).await {
-                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(Ok(n)) if n > 0 => room = LARGE_READ_SIZE,
                     _ => break,
                 }
             }

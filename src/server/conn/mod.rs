@@ -498,6 +498,20 @@ impl Connection {
                 return self.poll_client_left(cx).map(|()| None);
             };
             if let Some(sent) = &mut body.continue_owed {
+                // `100 Continue` invites the whole body: not sent when its
+                // declared length no longer fits beside what others hold
+                // (it was checked, not claimed, when the body began).
+                let declared = body.framing.remaining().filter(|&n| n > UNCOUNTED_BODY);
+                if *sent == 0
+                    && let Some(declared) = declared
+                    && !body
+                        .claim
+                        .as_ref()
+                        .is_some_and(|claim| claim.could_grow_to(declared, body.total))
+                {
+                    body.handoff.end(Err(BodyError::NoRoom), cx);
+                    continue 'handler;
+                }
                 while *sent < CONTINUE.len() {
                     match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..]) {
                         Poll::Ready(Ok(n)) if n > 0 => *sent += n,
@@ -568,15 +582,14 @@ impl Connection {
                             _ => READ_SIZE,
                         };
                         // What the body holds once this read is in: what
-                        // it sent, what waits undecoded and the read's
-                        // room; never more than the body's own length (or
-                        // the limit), so a body alone always fits.
+                        // it sent, and the read buffer (the read fills
+                        // whatever room it has, at least `room`); never
+                        // more than the body's own length (or the limit),
+                        // so a body alone always fits.
                         let most =
                             remaining.map_or(body.limit, |n| body.received.saturating_add(n));
-                        let holding = body
-                            .received
-                            .saturating_add((self.read.len() + room) as u64)
-                            .min(most);
+                        let buffer = self.read.capacity().max(self.read.len() + room);
+                        let holding = body.received.saturating_add(buffer as u64).min(most);
                         if holding > UNCOUNTED_BODY
                             && !body
                                 .claim
