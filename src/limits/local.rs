@@ -2,9 +2,10 @@
 //! buckets for tokens and a count of slots for concurrency, all lock-free
 //! on the request path. Admission over several scopes takes concurrency slots
 //! first, then tokens, then request cells, most specific scope first; a
-//! refusal gives back the slots and tokens already taken. Request cells
-//! cannot be given back (GCRA has no refund), so a request refused by a
-//! broader scope still counts against the narrower ones it passed.
+//! refusal gives back the slots, tokens and request cells already taken, so
+//! a request refused by a broader scope (the global limit) costs nothing in
+//! the narrower ones it passed (its key's), as with the Redis backend, which
+//! decides every scope at once.
 
 use super::bucket::{TokenBucket, now_ns};
 use super::slots::Slots;
@@ -12,8 +13,9 @@ use super::spec::{
     DAY, Denial, LimitKind, LimitSpec, MINUTE, Scope, Snapshot, TokenShortfall, Window,
 };
 use governor::clock::{Clock, QuantaClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
@@ -21,13 +23,61 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, QuantaClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<NotKeyed, ReturnableState, QuantaClock, StateInformationMiddleware>;
+
+/// governor's GCRA state (the theoretical arrival time, in nanoseconds
+/// since the limiter began; 0 before the first request) kept where the
+/// limiter can also give a request back. governor's own in-memory state
+/// cannot be reached from outside the limiter.
+#[derive(Debug, Default, Clone)]
+struct ReturnableState(Arc<AtomicU64>);
+
+impl StateStore for ReturnableState {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, decide: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut seen = self.0.load(Ordering::Acquire);
+        loop {
+            let arrival = (seen != 0).then(|| Nanos::new(seen));
+            let (outcome, next) = decide(arrival)?;
+            match self.0.compare_exchange_weak(
+                seen,
+                next.as_u64(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(outcome),
+                Err(changed) => seen = changed,
+            }
+        }
+    }
+}
+
+impl ReturnableState {
+    /// Undoes one admitted request: its cell (`interval` of arrival time)
+    /// is free again. A time that falls to or below now just means a full
+    /// burst, as GCRA reads any arrival time in the past.
+    fn give_back(&self, interval: Nanos) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |arrival| {
+                (arrival != 0).then(|| arrival.saturating_sub(interval.as_u64()))
+            });
+    }
+}
 
 /// A request limiter: `limit` requests per `period`, as a burst that
 /// refills one request every `period / limit`.
 #[derive(Debug)]
 struct RequestLimiter {
     gcra: Gcra,
+    /// The state `gcra` decides on, shared with it.
+    state: ReturnableState,
+    /// The time one request takes up (`period / limit`).
+    interval: Nanos,
     limit: NonZeroU32,
     kind: LimitKind,
     /// When the limit next admits a request, as of the last time it was
@@ -39,11 +89,20 @@ struct RequestLimiter {
 
 impl RequestLimiter {
     fn new(limit: NonZeroU32, period: Duration, kind: LimitKind) -> Self {
-        let quota = Quota::with_period(period / limit.get())
+        let interval = period / limit.get();
+        let quota = Quota::with_period(interval)
             .expect("a period of at least a minute is not zero")
             .allow_burst(limit);
+        let state = ReturnableState::default();
         RequestLimiter {
-            gcra: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            gcra: RateLimiter::<_, _, _, NoOpMiddleware<_>>::new(
+                quota,
+                state.clone(),
+                QuantaClock::default(),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
+            state,
+            interval: Nanos::from(interval),
             limit,
             kind,
             spent_until: AtomicU64::new(0),
@@ -70,6 +129,14 @@ impl RequestLimiter {
                 Err(wait)
             }
         }
+    }
+
+    /// Gives back a request [`Self::check`] admitted, whose admission was
+    /// then refused by another limit. The limit has room again, so what
+    /// was seen spent no longer holds.
+    fn give_back(&self) {
+        self.state.give_back(self.interval);
+        self.spent_until.store(0, Ordering::Relaxed);
     }
 
     /// The limit admits nothing for `wait` from now.
@@ -295,11 +362,17 @@ fn take_tokens_and_requests(
         }
         hold.hold_tokens(scope);
     }
-    for scope in scopes {
-        for limiter in &scope.local.requests {
+    for (at, scope) in scopes.iter().enumerate() {
+        for (i, limiter) in scope.local.requests.iter().enumerate() {
             match limiter.check() {
                 Ok(window) => snapshot.note_requests(window),
                 Err(wait) => {
+                    // All or nothing: the request cells taken before this
+                    // one go back, with the tokens.
+                    let earlier_scopes = scopes[..at].iter().flat_map(|s| &s.local.requests);
+                    for earlier in earlier_scopes.chain(&scope.local.requests[..i]) {
+                        earlier.give_back();
+                    }
                     hold.settle(estimate, 0);
                     let limit = u64::from(limiter.limit.get());
                     let refused = denial(scope, limiter.kind, limit, wait);
@@ -431,5 +504,38 @@ fn denial(scope: &Scope, limit: LimitKind, value: u64, retry_after: Duration) ->
         value,
         retry_after,
         shortfall: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request given back is one the limit admits again, once: the
+    /// state governor decides on is the one given back to.
+    #[test]
+    fn a_request_given_back_is_admitted_again() {
+        let limiter = RequestLimiter::new(
+            NonZeroU32::new(3).unwrap(),
+            MINUTE,
+            LimitKind::RequestsPerMinute,
+        );
+        for left in [2, 1, 0] {
+            assert_eq!(limiter.check().unwrap().remaining, left);
+        }
+        assert!(limiter.check().is_err());
+        assert!(limiter.wait_seen(now_ns()).is_some());
+        limiter.give_back();
+        assert_eq!(limiter.wait_seen(now_ns()), None);
+        assert_eq!(limiter.check().unwrap().remaining, 0);
+        assert!(limiter.check().is_err());
+        // Giving back more than was taken leaves a full burst, no more.
+        for _ in 0..10 {
+            limiter.give_back();
+        }
+        for left in [2, 1, 0] {
+            assert_eq!(limiter.check().unwrap().remaining, left);
+        }
+        assert!(limiter.check().is_err());
     }
 }

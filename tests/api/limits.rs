@@ -283,6 +283,51 @@ pub async fn reload_keeps_unchanged_limits(limits_table: &str) {
     );
 }
 
+#[tokio::test]
+async fn a_request_refused_by_the_global_limit_costs_its_key_nothing() {
+    a_broader_refusal_costs_the_narrower_scopes_nothing("").await;
+}
+
+/// A request the gateway's limit refuses leaves its key's limit as it was
+/// (all or nothing over the scopes), with `limits_table` (`[limits]`, the
+/// backend) in the file: team-a may send two a minute, the gateway one.
+/// Its two refused requests are not counted against its own two, so once
+/// the gateway's limit is raised it still has one left.
+pub async fn a_broader_refusal_costs_the_narrower_scopes_nothing(limits_table: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = |global: u32| {
+        format!(
+            "{limits_table}[limits.global]\nrequests_per_minute = {global}\n\
+             [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n\
+             [keys.team-a.limits]\nrequests_per_minute = 2\n"
+        )
+    };
+    std::fs::write(&path, config(1)).unwrap();
+    let app = spawn_app_from(ConfigSource::File(&path), &[("TEAM_A_KEY", Some("sk-a"))]).await;
+    assert_eq!(
+        statuses(&app, "sk-a", "kimi-k2.6", 3).await,
+        [200, 429, 429]
+    );
+    // The gateway's limit changed, so it starts afresh; the key's did not.
+    std::fs::write(&path, config(100)).unwrap();
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
+    let admitted = app
+        .chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+        .await;
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(admitted.headers()["x-ratelimit-remaining-requests"], "0");
+    assert_refused(
+        app.chat_as("sk-a", chat_body("kimi-k2.6", "hi", false))
+            .await,
+        "rate_limit_reached_error",
+        "rate limit reached for key team-a: 2 requests per minute",
+    )
+    .await;
+}
+
 /// Of the request limits of a request's scopes, the one spent longest is
 /// named, not the first checked: here the key's minute frees a request in
 /// 30 s, the gateway's in 60 s, and a client that waited 30 s would be

@@ -1022,6 +1022,16 @@ async fn a_reload_keeps_unchanged_redis_limits_and_starts_changed_ones_afresh() 
     crate::limits::reload_keeps_unchanged_limits(&table).await;
 }
 
+#[tokio::test]
+async fn a_request_refused_by_the_global_redis_limit_costs_its_key_nothing() {
+    let redis = RedisServer::start().await;
+    let table = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    crate::limits::a_broader_refusal_costs_the_narrower_scopes_nothing(&table).await;
+}
+
 /// Redis settings that would hold responses too long, let leases expire
 /// while they are refreshed, or mix gateways' keys are refused by name,
 /// with local limits too (before anyone switches the backend), and beside
