@@ -126,9 +126,14 @@ pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 fn api_router(state: AppState) -> Router {
     let mut router = Router::new();
-    // With a separate metrics address, /metrics stays off the public side.
+    // With a separate metrics address, /metrics and readiness's details
+    // stay off the public side.
     if state.config().metrics_listen.is_none() {
-        router = router.route("/metrics", get(metrics::metrics));
+        router = router
+            .route("/metrics", get(metrics::metrics))
+            .route("/readyz", get(health::readyz));
+    } else {
+        router = router.route("/readyz", get(health::readyz_brief));
     }
     router
         // POST never gets here (see `dispatch`): the route answers 405 to
@@ -137,7 +142,6 @@ fn api_router(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

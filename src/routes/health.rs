@@ -2,7 +2,8 @@
 //! traffic: not draining, a configuration loaded, at least one provider with
 //! a key, and not every target's circuit open). The readiness body shows each
 //! provider, each target's circuit state, the last reload's outcome and the
-//! rate limits' backend and health.
+//! rate limits' backend and health; on the main listener, when a separate
+//! metrics listener is set, only the status and its reason.
 
 use crate::proxy::breaker::BreakerState;
 use crate::state::AppState;
@@ -17,7 +18,29 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// The readiness of the metrics listener, or of the main listener when
+/// there is no other: the status, and what the operator needs to see why.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let (status, body) = readiness(&state);
+    (status, Json(body)).into_response()
+}
+
+/// The readiness of the main listener when `server.metrics_listen` is set:
+/// the same status and reason, without the providers, targets, key
+/// variables, configuration fingerprint and reload outcome, which are the
+/// operator's business and not the API's callers' (the main listener is
+/// the public one, and these paths need no key).
+pub async fn readyz_brief(State(state): State<AppState>) -> Response {
+    let (status, body) = readiness(&state);
+    let brief = json!({
+        "status": body["status"],
+        "reason": body["reason"],
+        "draining": body["draining"],
+    });
+    (status, Json(brief)).into_response()
+}
+
+fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
     let config = state.config();
     let providers: Vec<_> = config
         .providers
@@ -75,5 +98,5 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "targets": targets,
         "limits": config.limits.status(&state.metrics.store),
     });
-    (status, Json(body)).into_response()
+    (status, body)
 }

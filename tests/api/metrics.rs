@@ -470,6 +470,25 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
             assert_eq!(probe.status(), 200, "{base}{path}");
         }
     }
+    // Readiness's details are on the metrics listener only: the main one
+    // is public, and its callers need no key for the probes.
+    let readiness = |base: String| {
+        let client = app.client.clone();
+        async move {
+            let probe = client.get(format!("{base}/readyz")).send().await.unwrap();
+            probe.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let full = readiness(format!("http://{addr}")).await;
+    assert_eq!(full["status"], "ready");
+    for detail in ["providers", "targets", "config", "last_reload", "limits"] {
+        assert!(full.get(detail).is_some(), "{detail}: {full}");
+    }
+    let brief = readiness(app.url("")).await;
+    assert_eq!(
+        brief,
+        serde_json::json!({"status": "ready", "reason": null, "draining": false})
+    );
     // Anything else gets an OpenAI-shaped error that names what is served.
     let chat = app
         .client
