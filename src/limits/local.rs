@@ -152,48 +152,85 @@ impl RequestLimiter {
     }
 }
 
-/// The in-process state of one scope.
+/// The in-process state of one scope. Each limit's state is shared, so a
+/// reload that changes one limit of a scope carries the others' counts
+/// over ([`LocalState::after`]).
 #[derive(Debug)]
 pub struct LocalState {
-    requests: Vec<RequestLimiter>,
-    tokens: Vec<(TokenBucket, LimitKind)>,
-    concurrency: Option<Slots>,
+    requests: Vec<Arc<RequestLimiter>>,
+    tokens: Vec<(Arc<TokenBucket>, LimitKind)>,
+    concurrency: Option<Arc<Slots>>,
 }
 
 impl LocalState {
     pub fn new(spec: &LimitSpec) -> Self {
+        Self::build(spec, None)
+    }
+
+    /// The state of a scope whose limits became `spec`, taking over from
+    /// `previous` (the same scope's state under its former limits) every
+    /// limit that did not change: changing a key's tokens per minute does
+    /// not give it a fresh day of requests. A changed limit starts afresh,
+    /// its old count measured against another number.
+    pub fn after(spec: &LimitSpec, previous: &LocalState) -> Self {
+        Self::build(spec, Some(previous))
+    }
+
+    fn build(spec: &LimitSpec, previous: Option<&LocalState>) -> Self {
         let mut requests = Vec::new();
-        if let Some(n) = spec.requests_per_minute {
-            requests.push(RequestLimiter::new(n, MINUTE, LimitKind::RequestsPerMinute));
-        }
-        if let Some(n) = spec.requests_per_day {
-            requests.push(RequestLimiter::new(n, DAY, LimitKind::RequestsPerDay));
+        let request_limits = [
+            (spec.requests_per_minute, MINUTE, LimitKind::RequestsPerMinute),
+            (spec.requests_per_day, DAY, LimitKind::RequestsPerDay),
+        ];
+        for (limit, period, kind) in request_limits {
+            let Some(limit) = limit else { continue };
+            let kept = previous
+                .into_iter()
+                .flat_map(|p| &p.requests)
+                .find(|old| old.kind == kind && old.limit == limit);
+            requests.push(match kept {
+                Some(old) => Arc::clone(old),
+                None => Arc::new(RequestLimiter::new(limit, period, kind)),
+            });
         }
         let mut tokens = Vec::new();
-        if let Some(n) = spec.tokens_per_minute {
-            tokens.push((
-                TokenBucket::new(n.get(), MINUTE),
-                LimitKind::TokensPerMinute,
-            ));
+        let token_limits = [
+            (spec.tokens_per_minute, MINUTE, LimitKind::TokensPerMinute),
+            (spec.tokens_per_day, DAY, LimitKind::TokensPerDay),
+        ];
+        for (limit, period, kind) in token_limits {
+            let Some(limit) = limit else { continue };
+            let kept = previous
+                .into_iter()
+                .flat_map(|p| &p.tokens)
+                .find(|(old, old_kind)| *old_kind == kind && old.capacity() == limit.get());
+            let bucket = match kept {
+                Some((old, _)) => Arc::clone(old),
+                None => Arc::new(TokenBucket::new(limit.get(), period)),
+            };
+            tokens.push((bucket, kind));
         }
-        if let Some(n) = spec.tokens_per_day {
-            tokens.push((TokenBucket::new(n.get(), DAY), LimitKind::TokensPerDay));
-        }
+        let concurrency = spec.concurrent_requests.map(|limit| {
+            match previous.and_then(|p| p.concurrency.as_ref()) {
+                Some(old) if old.limit() == limit.get() => Arc::clone(old),
+                _ => Arc::new(Slots::new(limit.get())),
+            }
+        });
         LocalState {
             requests,
             tokens,
-            concurrency: spec.concurrent_requests.map(|n| Slots::new(n.get())),
+            concurrency,
         }
     }
 
     /// Requests waiting for a concurrency slot (tests, metrics).
     pub fn queued(&self) -> usize {
-        self.concurrency.as_ref().map_or(0, Slots::waiting)
+        self.concurrency.as_deref().map_or(0, Slots::waiting)
     }
 
     /// Concurrency slots in use.
     pub fn in_flight(&self) -> usize {
-        self.concurrency.as_ref().map_or(0, Slots::in_use)
+        self.concurrency.as_deref().map_or(0, Slots::in_use)
     }
 
     /// Tokens left now in the tightest token limit (the API tests read it).
@@ -476,7 +513,7 @@ fn longest_request_wait<'a>(
                 .local
                 .requests
                 .iter()
-                .filter_map(move |limiter| Some((&***scope, limiter, limiter.wait_seen(now)?)))
+                .filter_map(move |limiter| Some((&***scope, &**limiter, limiter.wait_seen(now)?)))
         })
         .max_by_key(|(_, _, wait)| *wait)
 }

@@ -1,8 +1,9 @@
 //! Local limiter state that outlives a configuration: a reload builds new
 //! scopes, and each takes over the state of the previous configuration's
-//! scope with the same identity and the same limits, so counters are not
-//! reset by a reload that leaves them alone. A scope whose limits changed
-//! starts afresh (its old state measured against other numbers).
+//! scope with the same identity, so counters are not reset by a reload
+//! that leaves them alone. Of a scope whose limits changed, each changed
+//! limit starts afresh (its old count measured against another number) and
+//! the others carry on.
 
 use super::local::LocalState;
 use super::spec::{LimitSpec, Scope, ScopeKind};
@@ -14,15 +15,23 @@ type Identity = (Arc<str>, LimitSpec);
 #[derive(Debug, Default)]
 pub struct ScopeRegistry {
     by_identity: HashMap<Identity, Arc<LocalState>>,
-    inherited: HashMap<Identity, Arc<LocalState>>,
+    /// The previous configuration's states, by scope id, with the limits
+    /// they counted.
+    inherited: HashMap<Arc<str>, (LimitSpec, Arc<LocalState>)>,
 }
 
 impl ScopeRegistry {
     /// A registry that hands out `previous`'s state where it still fits.
     pub fn new(previous: Option<&ScopeRegistry>) -> Self {
+        let inherited = previous.map_or_else(HashMap::new, |p| {
+            p.by_identity
+                .iter()
+                .map(|((id, spec), state)| (id.clone(), (*spec, state.clone())))
+                .collect()
+        });
         ScopeRegistry {
             by_identity: HashMap::new(),
-            inherited: previous.map(|p| p.by_identity.clone()).unwrap_or_default(),
+            inherited,
         }
     }
 
@@ -43,10 +52,11 @@ impl ScopeRegistry {
         let local = match self.by_identity.get(&identity) {
             Some(existing) => existing.clone(),
             None => {
-                let state = self
-                    .inherited
-                    .remove(&identity)
-                    .unwrap_or_else(|| Arc::new(LocalState::new(&spec)));
+                let state = match self.inherited.remove(&identity.0) {
+                    Some((old_spec, old)) if old_spec == spec => old,
+                    Some((_, old)) => Arc::new(LocalState::after(&spec, &old)),
+                    None => Arc::new(LocalState::new(&spec)),
+                };
                 self.by_identity.insert(identity.clone(), state.clone());
                 state
             }

@@ -281,6 +281,13 @@ pub async fn reload_keeps_unchanged_limits(limits_table: &str) {
         statuses(&app, "sk-a", "kimi-k2.6", 5).await,
         [200, 200, 200, 200, 429]
     );
+    // Another limit of the scope changed: the request limit carries on.
+    let tokens_added = limited.replace("= 3", "= 4") + "tokens_per_minute = 100000\n";
+    std::fs::write(&path, tokens_added).unwrap();
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
+    assert_eq!(statuses(&app, "sk-a", "kimi-k2.6", 1).await, [429]);
 }
 
 #[tokio::test]
