@@ -16,8 +16,11 @@
 //! waiting (the output is stuck: a log collector that stopped reading).
 //! Waiting would park the runtime's threads on the lock, and with them every
 //! request, `/healthz` and the drain at shutdown, for as long as the output
-//! stays stuck. The dropped lines are counted ([`dropped_lines`], a metric)
-//! and, once the output takes lines again, a warning says how many.
+//! stays stuck. An output that fails (a full disk, a pipe whose reader
+//! died) loses the lines it refused. Either way the lines are counted
+//! ([`dropped_lines`], a metric) and, once the output takes lines again, a
+//! warning says how many; the first failure of an output that was fine is
+//! told on stderr, as the log itself cannot carry it.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +98,14 @@ struct State {
 impl LogWriter {
     /// Starts the writer thread, writing to `sink`.
     pub fn spawn(sink: impl Write + Send + 'static) -> (LogWriter, LogWriterGuard) {
+        Self::spawn_telling(sink, std::io::stderr())
+    }
+
+    /// [`Self::spawn`], telling `notices` when the output fails.
+    fn spawn_telling(
+        sink: impl Write + Send + 'static,
+        notices: impl Write + Send + 'static,
+    ) -> (LogWriter, LogWriterGuard) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake_writer: Condvar::new(),
@@ -107,7 +118,7 @@ impl LogWriter {
             .name("log-writer".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || write_loop(&shared, sink)
+                move || write_loop(&shared, sink, notices)
             })
             .expect("spawn the log writer thread");
         let guard = LogWriterGuard {
@@ -151,11 +162,15 @@ impl Shared {
     }
 }
 
-fn write_loop(shared: &Shared, mut sink: impl Write) {
+fn write_loop(shared: &Shared, mut sink: impl Write, mut notices: impl Write) {
     let mut batch = Vec::new();
     // After a write the writer waits one more FLUSH_DELAY on its own clock
     // before it calls itself idle: lines that come meanwhile need no wake.
     let mut just_wrote = false;
+    // Lines lost and not yet told of in the log, and whether the output's
+    // last write failed (the warning waits for one that does not).
+    let mut untold: u64 = 0;
+    let mut failing = false;
     loop {
         let (closing, dropped) = {
             let mut state = shared.lock();
@@ -186,29 +201,50 @@ fn write_loop(shared: &Shared, mut sink: impl Write) {
             std::mem::swap(&mut state.pending, &mut batch);
             (state.closing, std::mem::take(&mut state.dropped))
         };
+        untold += dropped;
         just_wrote = !batch.is_empty();
         if just_wrote {
+            let mut failure = None;
             // A chunk at a time, so the guard at exit sees the output move.
             for chunk in batch.chunks(FLUSH_SIZE) {
-                // Nowhere to report a failed log write; the next batch
-                // tries again.
-                let _ = sink.write_all(chunk);
+                if let Err((err, lost)) = write_chunk(&mut sink, chunk) {
+                    DROPPED_LINES.fetch_add(lost, Ordering::Relaxed);
+                    untold += lost;
+                    failure.get_or_insert(err);
+                }
                 shared
                     .written
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
-            let _ = sink.flush();
+            if let Err(err) = sink.flush() {
+                failure.get_or_insert(err);
+            }
+            match failure {
+                Some(err) if !failing => {
+                    failing = true;
+                    // Nowhere else to say it; if stderr fails too, nothing.
+                    // One write, so the notice stays one line.
+                    let notice = format!(
+                        "kimi-gateway: writing the log to its output failed ({err}): log lines \
+                         are dropped, and counted in kimi_gateway_log_lines_dropped_total, \
+                         until it takes them again\n"
+                    );
+                    let _ = notices.write_all(notice.as_bytes());
+                }
+                Some(_) => {}
+                None => failing = false,
+            }
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch.shrink_to(KEEP_CAPACITY);
             }
         }
-        if dropped > 0 {
+        if untold > 0 && !failing {
             // Through the subscriber, in the log's own format; it comes
             // back to this thread as the next batch's first line.
             tracing::warn!(
-                dropped,
-                "log lines dropped: the output did not take them as fast as they came"
+                dropped = std::mem::take(&mut untold),
+                "log lines dropped: the output did not take them (stuck, full or closed)"
             );
         }
         let mut state = shared.lock();
@@ -218,6 +254,26 @@ fn write_loop(shared: &Shared, mut sink: impl Write) {
             return;
         }
     }
+}
+
+/// Writes `chunk` (whole lines) to `sink`; when the output fails, the
+/// error and how many of the chunk's lines it did not take whole.
+fn write_chunk(sink: &mut impl Write, chunk: &[u8]) -> Result<(), (std::io::Error, u64)> {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let err = match sink.write(rest) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(written) => {
+                rest = &rest[written..];
+                continue;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => err,
+        };
+        let lost = rest.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        return Err((err, lost));
+    }
+    Ok(())
 }
 
 impl Drop for LogWriterGuard {
@@ -282,6 +338,70 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// An output that fails while `failing` is set, after taking `take`
+    /// bytes of the write that fails (0: none).
+    struct Failing {
+        lines: mpsc::Sender<Vec<u8>>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+        take: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = self.lines.send(buf.to_vec());
+                return Ok(buf.len());
+            }
+            if self.take > 0 && buf.len() > self.take {
+                let taken = std::mem::take(&mut self.take);
+                let _ = self.lines.send(buf[..taken].to_vec());
+                return Ok(taken);
+            }
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_an_output_refuses_are_counted_and_its_failure_told_once() {
+        let (lines_tx, lines) = mpsc::channel();
+        let (notices_tx, notices) = mpsc::channel();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sink = Failing {
+            lines: lines_tx,
+            failing: Arc::clone(&failing),
+            // Half of the first line, then the pipe breaks.
+            take: 3,
+        };
+        let (mut writer, guard) = LogWriter::spawn_telling(sink, Sink(notices_tx));
+        let before = dropped_lines();
+        writer.write_all(b"first\nsecond\n").unwrap();
+        // The writer's own first notice: the output failed.
+        let notice = notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        let notice = String::from_utf8(notice).unwrap();
+        assert!(notice.contains("broken pipe"), "{notice}");
+        // The line cut in the middle and the one after it: two lost.
+        assert_eq!(lines.recv().unwrap(), b"fir");
+        assert_eq!(dropped_lines() - before, 2);
+        // Another failed batch is counted, not told again.
+        writer.write_all(b"third\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dropped_lines() - before < 3 {
+            assert!(std::time::Instant::now() < deadline, "not counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        writer.write_all(b"fourth\n").unwrap();
+        assert_eq!(
+            lines.recv_timeout(Duration::from_secs(5)).unwrap(),
+            b"fourth\n"
+        );
+        drop(guard);
+        assert!(notices.try_recv().is_err(), "told once");
     }
 
     #[test]

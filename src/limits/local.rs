@@ -179,7 +179,11 @@ impl LocalState {
     fn build(spec: &LimitSpec, previous: Option<&LocalState>) -> Self {
         let mut requests = Vec::new();
         let request_limits = [
-            (spec.requests_per_minute, MINUTE, LimitKind::RequestsPerMinute),
+            (
+                spec.requests_per_minute,
+                MINUTE,
+                LimitKind::RequestsPerMinute,
+            ),
             (spec.requests_per_day, DAY, LimitKind::RequestsPerDay),
         ];
         for (limit, period, kind) in request_limits {

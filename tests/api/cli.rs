@@ -1483,3 +1483,60 @@ fn an_unreadable_rust_log_is_reported(filter: &str) {
     let warning: serde_json::Value = serde_json::from_str(warning).unwrap();
     assert_eq!(warning["level"], "WARN", "{warning}");
 }
+
+/// A log output that fails (here a pipe whose reader is gone; a full disk
+/// is the same) loses lines: they are counted in the metric, and the
+/// failure is told once on stderr, since the log cannot carry it.
+#[test]
+fn a_failing_log_output_is_counted_and_told_on_stderr() {
+    use std::io::BufRead;
+    let mut child = gateway()
+        .args(["--listen", ANY_PORT])
+        .env("MOONSHOT_API_KEY", "k")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let child = Running(child);
+    let line = wait_for_line(&mut stdout, "listening");
+    let addr = line
+        .split("\"listen\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    drop(stdout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dropped = loop {
+        // A wrong path is logged at info: a line for the closed pipe.
+        assert!(http_get(&addr, "/v1/nope").contains(" 404 "));
+        let metrics = http_get(&addr, "/metrics");
+        let count = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("kimi_gateway_log_lines_dropped_total "))
+            .map(|value| value.trim().parse::<u64>().unwrap());
+        if let Some(count) = count.filter(|&count| count > 0) {
+            break count;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing counted");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(dropped >= 1);
+    let mut notice = String::new();
+    stderr.read_line(&mut notice).unwrap();
+    assert!(
+        notice.contains("writing the log to its output failed")
+            && notice.contains("kimi_gateway_log_lines_dropped_total"),
+        "{notice}"
+    );
+    // Told once, not at every failed batch.
+    for _ in 0..5 {
+        http_get(&addr, "/v1/nope");
+    }
+    drop(child);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(!rest.contains("output failed"), "{rest}");
+}
