@@ -26,6 +26,7 @@ pub use body::{OutgoingBody, PooledBody};
 pub use chunk_lines::SIZE_OVER_U64;
 pub use framing::{Decoded, Framing};
 pub use head::Headers;
+pub use pool::close_idle_everywhere;
 
 use conn::Connection;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -86,26 +87,41 @@ impl ClientError {
         matches!(self, ClientError::ConnectTimeout(_))
     }
 
+    /// A connection the gateway could not open for want of a descriptor
+    /// (its open-file limit, or the system's).
+    pub fn is_out_of_descriptors(&self) -> bool {
+        self.os_error()
+            .is_some_and(|code| matches!(code, libc::EMFILE | libc::ENFILE))
+    }
+
     /// A connection the gateway could not open for lack of its own
     /// resources (its open-file limit, the system's, socket buffers or
     /// memory): nothing about the provider.
     pub fn is_local_exhaustion(&self) -> bool {
+        self.os_error().is_some_and(|code| {
+            matches!(
+                code,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            )
+        })
+    }
+
+    /// The system's error code behind a failed connect, if there is one.
+    fn os_error(&self) -> Option<i32> {
         let ClientError::Connect(err) = self else {
-            return false;
+            return None;
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
         while let Some(err) = cause {
-            if let Some(io) = err.downcast_ref::<std::io::Error>()
-                && matches!(
-                    io.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                )
+            if let Some(code) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
             {
-                return true;
+                return Some(code);
             }
             cause = err.source();
         }
-        false
+        None
     }
 
     /// The exchange's deadline passed (connecting included) before the
@@ -191,14 +207,14 @@ impl Client {
             connector,
             origin,
             connect_timeout,
-            pool: Arc::new(Pool::new(IDLE_TIMEOUT)),
+            pool: Pool::shared(IDLE_TIMEOUT),
         }
     }
 
     /// The same client with idle connections kept `timeout` instead of
     /// [`IDLE_TIMEOUT`] (tests of the pool's upkeep).
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Client {
-        self.pool = Arc::new(Pool::new(timeout));
+        self.pool = Pool::shared(timeout);
         self
     }
 
@@ -242,7 +258,26 @@ impl Client {
         })
     }
 
+    /// A new connection. Out of descriptors, the idle connections of every
+    /// provider are closed and the connection tried once more (also when
+    /// another request closed them a moment before).
     async fn connect(&self) -> Result<Box<Connection>, ClientError> {
+        match self.connect_once().await {
+            Err(err) if err.is_out_of_descriptors() => {
+                let closed = pool::close_idle_everywhere();
+                if closed > 0 {
+                    tracing::warn!(
+                        closed,
+                        "out of descriptors: closed the idle provider connections to open one"
+                    );
+                }
+                self.connect_once().await
+            }
+            result => result,
+        }
+    }
+
+    async fn connect_once(&self) -> Result<Box<Connection>, ClientError> {
         let connecting = self.connector.clone().oneshot(self.origin.clone());
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(io)) => Ok(Box::new(Connection::new(io))),

@@ -7,6 +7,11 @@
 //! times are kept on the coarse clock: the timeout is seconds, and a
 //! precise reading on every check-in and checkout cost two clock reads per
 //! request.
+//!
+//! Every pool is known to [`close_idle_everywhere`]: when the gateway runs
+//! out of descriptors, the idle connections of every provider are closed to
+//! free them (traffic moved from one provider to another would otherwise
+//! leave the first one's idle connections holding what the second needs).
 
 use super::conn::Connection;
 use crate::coarse_clock;
@@ -32,13 +37,39 @@ pub struct Pool {
     swept: AtomicBool,
 }
 
+/// Every pool alive (pools of old configurations are let go with them).
+static POOLS: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
+
+/// Closes every idle connection of every pool: the gateway's descriptors
+/// ran out, and connections that serve no request are the ones to give
+/// back. How many were closed. Callers take turns: one that finds nothing
+/// left to close knows the descriptors another freed are free by then.
+pub fn close_idle_everywhere() -> usize {
+    let mut pools = POOLS.lock().expect("pools lock");
+    pools.retain(|pool| pool.strong_count() > 0);
+    let mut closed = 0;
+    for pool in pools.iter().filter_map(Weak::upgrade) {
+        // Taken out under the pool's lock, closed after it.
+        let idle = std::mem::take(&mut *pool.idle.lock().expect("pool lock"));
+        closed += idle.len();
+        drop(idle);
+    }
+    closed
+}
+
 impl Pool {
-    pub fn new(timeout: Duration) -> Self {
-        Pool {
+    /// A new pool, known to [`close_idle_everywhere`].
+    pub fn shared(timeout: Duration) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             timeout,
             swept: AtomicBool::new(false),
-        }
+        });
+        let mut pools = POOLS.lock().expect("pools lock");
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        drop(pools);
+        pool
     }
 
     /// The most recently used connection that is still open, if any.

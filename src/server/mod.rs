@@ -159,8 +159,10 @@ fn connection_task(
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// A failed accept: a peer that left before it was accepted is nothing; a
-/// full descriptor table (EMFILE) or the like is logged, and accepting
-/// pauses (`true`) so open connections can end and free descriptors.
+/// full descriptor table (EMFILE) first closes the idle provider
+/// connections, and accepting goes on at once if that freed any; otherwise
+/// it is logged, and accepting pauses (`true`) so open connections can end
+/// and free descriptors.
 fn accept_failed(err: std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
@@ -168,6 +170,16 @@ fn accept_failed(err: std::io::Error) -> bool {
         ConnectionAborted | ConnectionRefused | ConnectionReset
     ) {
         return false;
+    }
+    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        let closed = crate::client::close_idle_everywhere();
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "out of descriptors: closed the idle provider connections to accept a client"
+            );
+            return false;
+        }
     }
     tracing::error!(error = %err, "accepting a connection failed; retrying in 1 s");
     true

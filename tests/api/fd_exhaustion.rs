@@ -196,3 +196,64 @@ fn the_default_connection_cap_follows_the_open_file_limit() {
         "the scrape's own connection: {metrics}"
     );
 }
+
+/// `n` requests at once, each on its own connection of `clients`, with
+/// `model` and a provider that takes 300 ms to answer (so each needs a
+/// provider connection of its own): their statuses and bodies.
+fn all_at_once(clients: &mut [BufReader<TcpStream>], model: &str) -> Vec<(u16, String)> {
+    let body = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi [mock head_delay_ms=300]"}}]}}"#
+    );
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::scope(|scope| {
+        let answers: Vec<_> = clients
+            .iter_mut()
+            .map(|client| scope.spawn(|| exchange(client, &request)))
+            .collect();
+        answers.into_iter().map(|a| a.join().unwrap()).collect()
+    })
+}
+
+/// Traffic that moves from one provider to another: the first provider's
+/// idle connections would hold the descriptors the second needs, so they
+/// are closed when the table is full, and every request is served.
+#[test]
+fn idle_provider_connections_give_way_when_descriptors_run_out() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(crate::cli::mock_for_start());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, "[retry]\nmax_attempts = 1\n").unwrap();
+    let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
+    command
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        )
+        .env(
+            "AGENTSFLARE_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Agentsflare),
+        )
+        .env("AGENTSFLARE_API_KEY", "k");
+    let config = path.to_str().unwrap();
+    let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
+    // Under the default cap (16 at this limit): one descriptor each, and
+    // one for a provider connection each, but not for two.
+    let mut clients: Vec<_> = (0..15)
+        .map(|_| BufReader::new(TcpStream::connect(&addr).unwrap()))
+        .collect();
+    for (status, body) in all_at_once(&mut clients, "kimi-k2-turbo-preview") {
+        assert_eq!(status, 200, "{body}");
+    }
+    // Moonshot's fifteen connections are idle now; Agentsflare needs as many.
+    for (status, body) in all_at_once(&mut clients, "kimi-chat") {
+        assert_eq!(status, 200, "{body}");
+    }
+    let line = crate::cli::wait_for_line(&mut stdout, "closed the idle provider connections");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains("\"closed\":"), "{line}");
+}
