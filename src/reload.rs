@@ -11,10 +11,16 @@ use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The config file's contents as last read for a reload (`None`: not
-/// readable), shared by SIGHUP and the file watcher so that one edit
-/// followed by a SIGHUP reloads once, not once for each.
-type LastRead = std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+/// What reading the config file gave: its contents, or why it could not
+/// be read as a reload reads it (missing, not a regular file, too large):
+/// a file that changes from one unreadable state to another reloads too,
+/// so `/readyz` and the log name the problem it has now.
+type Outcome = Result<Vec<u8>, String>;
+
+/// The config file as last read for a reload (`None`: not read yet),
+/// shared by SIGHUP and the file watcher so that one edit followed by a
+/// SIGHUP reloads once, not once for each.
+type LastRead = std::sync::Arc<std::sync::Mutex<Option<Outcome>>>;
 
 /// Where a reload reads the configuration's text.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -163,7 +169,7 @@ pub fn spawn_triggers(state: AppState) {
     let path = state.config().source.clone();
     let last_read = LastRead::default();
     if let Some(path) = &path {
-        *last_read.lock().expect("last read") = read_file(path).ok();
+        *last_read.lock().expect("last read") = Some(read_outcome(path));
     }
     #[cfg(unix)]
     {
@@ -177,7 +183,7 @@ pub fn spawn_triggers(state: AppState) {
                 tokio::spawn(async move {
                     while hangup.recv().await.is_some() {
                         if let Some(path) = &path {
-                            *last_read.lock().expect("last read") = read_file(path).ok();
+                            *last_read.lock().expect("last read") = Some(read_outcome(path));
                         }
                         reload(&state, "sighup", Reading::File).await;
                     }
@@ -214,7 +220,7 @@ const LONGEST_WAIT: Duration = Duration::from_secs(10);
 /// What reading the config file found.
 #[derive(PartialEq)]
 enum FileRead {
-    Contents(Option<Vec<u8>>),
+    Read(Outcome),
     /// Out of descriptors: says nothing about the file.
     Unknown,
 }
@@ -225,26 +231,30 @@ fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     config::bounded_file::read(path, config::bounded_file::MAX_CONFIG_BYTES)
 }
 
+fn read_outcome(path: &std::path::Path) -> Outcome {
+    read_file(path).map_err(|err| err.to_string())
+}
+
 fn read_config_file(path: &std::path::Path) -> FileRead {
     match read_file(path) {
-        Ok(text) => FileRead::Contents(Some(text)),
+        Ok(text) => FileRead::Read(Ok(text)),
         Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
             FileRead::Unknown
         }
-        Err(_) => FileRead::Contents(None),
+        Err(err) => FileRead::Read(Err(err.to_string())),
     }
 }
 
-/// Reads the file until its contents have stayed `first` (or what it
+/// Reads the file until what it gives has stayed `first` (or what it
 /// changed to since) for [`HOLD_STILL`], at most [`LONGEST_WAIT`]; returns
-/// those contents (`None`: the file is not there).
-async fn held_still(path: &std::path::Path, first: Option<Vec<u8>>) -> Option<Vec<u8>> {
+/// that.
+async fn held_still(path: &std::path::Path, first: Outcome) -> Outcome {
     let started = tokio::time::Instant::now();
     let mut contents = first;
     let mut since = started;
     while since.elapsed() < HOLD_STILL && started.elapsed() < LONGEST_WAIT {
         tokio::time::sleep(READ_AGAIN).await;
-        if let FileRead::Contents(now) = read_config_file(path)
+        if let FileRead::Read(now) = read_config_file(path)
             && now != contents
         {
             contents = now;
@@ -300,10 +310,10 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
                 }
                 _ = look_again.tick() => {}
             }
-            let FileRead::Contents(now) = read_config_file(&path) else {
+            let FileRead::Read(now) = read_config_file(&path) else {
                 continue;
             };
-            if *last_read.lock().expect("last read") == now {
+            if last_read.lock().expect("last read").as_ref() == Some(&now) {
                 continue;
             }
             let now = held_still(&path, now).await;
@@ -311,8 +321,8 @@ fn watch_file(state: AppState, path: PathBuf, last_read: LastRead) {
             while rx.try_recv().is_ok() {}
             let changed = {
                 let mut seen = last_read.lock().expect("last read");
-                let changed = *seen != now;
-                *seen = now;
+                let changed = seen.as_ref() != Some(&now);
+                *seen = Some(now);
                 changed
             };
             if changed {

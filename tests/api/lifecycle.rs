@@ -734,3 +734,49 @@ async fn a_request_behind_an_answer_begun_before_a_drain_is_not_served() {
     assert!(result.expect("server stopped").unwrap().is_ok());
     assert_eq!(app.mock.requests_for(Flavour::Moonshot).len(), 1);
 }
+
+/// Waits (at most 10 s) for the last reload to have failed with a problem
+/// that contains `problem`; `/readyz` then, as the operator sees it.
+async fn failed_reload_names(app: &TestApp, problem: &str) -> serde_json::Value {
+    let wait = async {
+        loop {
+            let ready = app.readyz().await;
+            let named = ready["last_reload"]["problems"]
+                .as_array()
+                .is_some_and(|problems| {
+                    problems
+                        .iter()
+                        .any(|p| p.as_str().is_some_and(|p| p.contains(problem)))
+                });
+            if named {
+                return ready;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no failed reload naming {problem:?}"))
+}
+
+/// A config file that goes from one unreadable state to another (a
+/// directory put in its place, then a file over the size limit) is
+/// reloaded each time, so the problem reported is the one it has now.
+#[tokio::test]
+async fn a_file_unreadable_in_another_way_is_reloaded_and_reported_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    kimi_gateway::reload::spawn_triggers(app.state.clone());
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    failed_reload_names(&app, "not a regular file").await;
+    std::fs::remove_dir(&file).unwrap();
+    // Sparse: over the limit without writing it.
+    let large = std::fs::File::create(&file).unwrap();
+    large.set_len(32 << 20).unwrap();
+    let ready = failed_reload_names(&app, "larger than").await;
+    assert_eq!(ready["last_reload"]["result"], "failure", "{ready}");
+    kimi_goes_to(&app, "moonshot").await;
+}
