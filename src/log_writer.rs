@@ -78,6 +78,9 @@ struct Shared {
     finished: Condvar,
     /// Bytes written so far: the guard's sign that the output moves.
     written: AtomicU64,
+    /// Lines this writer dropped or lost (the metric counts every
+    /// writer's; tests count their own).
+    dropped_here: AtomicU64,
     /// Wakes sent to the writer (tests).
     #[cfg(test)]
     wakes: std::sync::atomic::AtomicUsize,
@@ -111,6 +114,7 @@ impl LogWriter {
             wake_writer: Condvar::new(),
             finished: Condvar::new(),
             written: AtomicU64::new(0),
+            dropped_here: AtomicU64::new(0),
             #[cfg(test)]
             wakes: Default::default(),
         });
@@ -134,7 +138,7 @@ impl LogWriter {
         let mut state = self.shared.lock();
         if state.pending.len() >= MAX_PENDING {
             state.dropped += 1;
-            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            self.shared.count_dropped(1);
             return;
         }
         let before = state.pending.len();
@@ -153,6 +157,11 @@ impl LogWriter {
 }
 
 impl Shared {
+    fn count_dropped(&self, lines: u64) {
+        DROPPED_LINES.fetch_add(lines, Ordering::Relaxed);
+        self.dropped_here.fetch_add(lines, Ordering::Relaxed);
+    }
+
     /// A panic while holding the lock leaves whole lines behind (appends
     /// are a single copy), so a poisoned lock is still usable.
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -171,6 +180,10 @@ fn write_loop(shared: &Shared, mut sink: impl Write, mut notices: impl Write) {
     // last write failed (the warning waits for one that does not).
     let mut untold: u64 = 0;
     let mut failing = false;
+    // The output took part of a line and then failed: the next bytes it
+    // takes begin with a line end, so the first line after it recovers is
+    // not glued to that fragment.
+    let mut fragment_left = false;
     loop {
         let (closing, dropped) = {
             let mut state = shared.lock();
@@ -207,9 +220,13 @@ fn write_loop(shared: &Shared, mut sink: impl Write, mut notices: impl Write) {
             let mut failure = None;
             // A chunk at a time, so the guard at exit sees the output move.
             for chunk in batch.chunks(FLUSH_SIZE) {
-                if let Err((err, lost)) = write_chunk(&mut sink, chunk) {
-                    DROPPED_LINES.fetch_add(lost, Ordering::Relaxed);
+                if fragment_left && write_chunk(&mut sink, b"\n").is_ok() {
+                    fragment_left = false;
+                }
+                if let Err((err, lost, mid_line)) = write_chunk(&mut sink, chunk) {
+                    shared.count_dropped(lost);
                     untold += lost;
+                    fragment_left |= mid_line;
                     failure.get_or_insert(err);
                 }
                 shared
@@ -256,9 +273,10 @@ fn write_loop(shared: &Shared, mut sink: impl Write, mut notices: impl Write) {
     }
 }
 
-/// Writes `chunk` (whole lines) to `sink`; when the output fails, the
-/// error and how many of the chunk's lines it did not take whole.
-fn write_chunk(sink: &mut impl Write, chunk: &[u8]) -> Result<(), (std::io::Error, u64)> {
+/// Writes `chunk` to `sink`; when the output fails, the error, how many
+/// of the lines ending in the chunk it did not take whole, and whether it
+/// took part of one.
+fn write_chunk(sink: &mut impl Write, chunk: &[u8]) -> Result<(), (std::io::Error, u64, bool)> {
     let mut rest = chunk;
     while !rest.is_empty() {
         let err = match sink.write(rest) {
@@ -271,7 +289,8 @@ fn write_chunk(sink: &mut impl Write, chunk: &[u8]) -> Result<(), (std::io::Erro
             Err(err) => err,
         };
         let lost = rest.iter().filter(|&&byte| byte == b'\n').count() as u64;
-        return Err((err, lost));
+        let mid_line = rest.len() < chunk.len() && chunk[chunk.len() - rest.len() - 1] != b'\n';
+        return Err((err, lost, mid_line));
     }
     Ok(())
 }
@@ -378,7 +397,6 @@ mod tests {
             take: 3,
         };
         let (mut writer, guard) = LogWriter::spawn_telling(sink, Sink(notices_tx));
-        let before = dropped_lines();
         writer.write_all(b"first\nsecond\n").unwrap();
         // The writer's own first notice: the output failed.
         let notice = notices.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -386,20 +404,24 @@ mod tests {
         assert!(notice.contains("broken pipe"), "{notice}");
         // The line cut in the middle and the one after it: two lost.
         assert_eq!(lines.recv().unwrap(), b"fir");
-        assert_eq!(dropped_lines() - before, 2);
+        let shared = Arc::clone(&writer.shared);
+        let dropped = || shared.dropped_here.load(Ordering::Relaxed);
+        assert_eq!(dropped(), 2);
         // Another failed batch is counted, not told again.
         writer.write_all(b"third\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while dropped_lines() - before < 3 {
+        while dropped() < 3 {
             assert!(std::time::Instant::now() < deadline, "not counted");
             std::thread::sleep(Duration::from_millis(5));
         }
         failing.store(false, std::sync::atomic::Ordering::SeqCst);
         writer.write_all(b"fourth\n").unwrap();
-        assert_eq!(
-            lines.recv_timeout(Duration::from_secs(5)).unwrap(),
-            b"fourth\n"
-        );
+        // The cut line is ended first: the next line stands on its own.
+        let mut recovered = Vec::new();
+        while recovered.len() < b"\nfourth\n".len() {
+            recovered.extend(lines.recv_timeout(Duration::from_secs(5)).unwrap());
+        }
+        assert_eq!(recovered, b"\nfourth\n");
         drop(guard);
         assert!(notices.try_recv().is_err(), "told once");
     }
@@ -491,7 +513,6 @@ mod tests {
         let (writer, guard) = LogWriter::spawn(Blocking(tx));
         let line = line_of(1024);
         let lines = 3 * MAX_PENDING / line.len();
-        let dropped_before = dropped_lines();
         // Nothing is read meanwhile: the writer thread is stuck in its
         // first write, and every append still returns.
         let producer = std::thread::spawn({
@@ -507,7 +528,8 @@ mod tests {
         // Every drop is counted; the count the writer thread has not yet
         // taken for its warning is part of them (a thread that started
         // late took the drops before its first batch).
-        let dropped = dropped_lines() - dropped_before;
+        let dropped = writer.shared.dropped_here.load(Ordering::Relaxed);
+        assert!(dropped_lines() >= dropped, "the metric counts them too");
         // Kept: at most the batch the writer thread is stuck on and
         // MAX_PENDING more.
         assert!(

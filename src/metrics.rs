@@ -214,7 +214,7 @@ impl Metrics {
             )),
             log_lines_dropped: register!(IntCounter::new(
                 name("log_lines_dropped_total"),
-                "Log lines dropped because the output (stdout) did not take them: 8 MiB were waiting."
+                "Log lines dropped because the output (stdout) did not take them (8 MiB were waiting) or failed (a full disk, a closed pipe)."
             )),
             store: crate::limits::StoreMetrics::register(&registry, "kimi_gateway_"),
             registry,

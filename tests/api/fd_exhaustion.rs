@@ -219,14 +219,20 @@ fn all_at_once(clients: &mut [BufReader<TcpStream>], model: &str) -> Vec<(u16, S
 
 /// Traffic that moves from one provider to another: the first provider's
 /// idle connections would hold the descriptors the second needs, so they
-/// are closed when the table is full, and every request is served.
+/// are closed when the table is full, and every request is served. So are
+/// they for a client to be accepted.
 #[test]
 fn idle_provider_connections_give_way_when_descriptors_run_out() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(crate::cli::mock_for_start());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, "[retry]\nmax_attempts = 1\n").unwrap();
+    // A cap above what the descriptors allow, for the accepts below.
+    std::fs::write(
+        &path,
+        "[retry]\nmax_attempts = 1\n[server]\nmax_connections = 40\n",
+    )
+    .unwrap();
     let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
     command
         .env(
@@ -240,8 +246,8 @@ fn idle_provider_connections_give_way_when_descriptors_run_out() {
         .env("AGENTSFLARE_API_KEY", "k");
     let config = path.to_str().unwrap();
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
-    // Under the default cap (16 at this limit): one descriptor each, and
-    // one for a provider connection each, but not for two.
+    // One descriptor each, and one for a provider connection each, but
+    // not for two.
     let mut clients: Vec<_> = (0..15)
         .map(|_| BufReader::new(TcpStream::connect(&addr).unwrap()))
         .collect();
@@ -253,6 +259,20 @@ fn idle_provider_connections_give_way_when_descriptors_run_out() {
         assert_eq!(status, 200, "{body}");
     }
     let line = crate::cli::wait_for_line(&mut stdout, "closed the idle provider connections");
+    assert!(line.contains("to open one"), "{line}");
+    // Agentsflare's fifteen are idle now, and ten more clients come.
+    for _ in 0..10 {
+        let stream = TcpStream::connect(&addr).unwrap();
+        // Not accepted, the client would wait for the idle ones' 90 s.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut client = BufReader::new(stream);
+        let (status, _) = exchange(&mut client, "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n");
+        assert_eq!(status, 200);
+        clients.push(client);
+    }
+    let line = crate::cli::wait_for_line(&mut stdout, "to accept a client");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(line.contains("\"closed\":"), "{line}");

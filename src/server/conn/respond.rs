@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Response bytes gathered before they are written even though more are
 /// ready. Also what a stream holds, besides its buffers, for a client that
 /// stops reading: the write then waits with what was gathered. 64 KiB held
-/// ~135 KB per stalled stream, 16 KiB ~68 KB (`benches/stalled_readers.py`);
+/// ~148 KB per stalled stream, 16 KiB ~60 KB (`benches/stalled_readers.py`);
 /// a provider's events seldom come 16 KiB at a time, so writes per stream
 /// are the same.
 const WRITE_AT: usize = 16 * 1024;
