@@ -778,14 +778,26 @@ pub(crate) fn start(
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let child = Running(child);
-    let line = wait_for_line(&mut stdout, "listening");
-    let addr = line
-        .split("\"listen\":\"")
+    let addr = listen_address(&wait_for_line(&mut stdout, "listening"));
+    (child, stdout, addr)
+}
+
+/// The address in the gateway's "listening" line.
+pub(crate) fn listen_address(line: &str) -> String {
+    line.split("\"listen\":\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("no address in {line}"))
-        .to_string();
-    (child, stdout, addr)
+        .to_string()
+}
+
+/// Points Moonshot and Agentsflare (with a key) at `mock`.
+pub(crate) fn to_mock(command: &mut Command, mock: &kimi_gateway::mock::MockHandle) {
+    use kimi_gateway::mock::Flavour;
+    command
+        .env("MOONSHOT_BASE_URL", mock.base_url(Flavour::Moonshot))
+        .env("AGENTSFLARE_BASE_URL", mock.base_url(Flavour::Agentsflare))
+        .env("AGENTSFLARE_API_KEY", "k");
 }
 
 /// `kimi-gateway --check --config FILE`, run to its end.
@@ -1022,16 +1034,7 @@ fn a_failed_attempt_before_a_fail_over_is_logged_with_the_request_id() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(mock_for_start());
     let mut command = gateway();
-    command
-        .env(
-            "MOONSHOT_BASE_URL",
-            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
-        )
-        .env(
-            "AGENTSFLARE_BASE_URL",
-            mock.base_url(kimi_gateway::mock::Flavour::Agentsflare),
-        )
-        .env("AGENTSFLARE_API_KEY", "k");
+    to_mock(&mut command, &mock);
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT]);
     let response = runtime.block_on(async {
         reqwest::Client::new()
@@ -1500,13 +1503,7 @@ fn a_failing_log_output_is_counted_and_told_on_stderr() {
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let child = Running(child);
-    let line = wait_for_line(&mut stdout, "listening");
-    let addr = line
-        .split("\"listen\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
+    let addr = listen_address(&wait_for_line(&mut stdout, "listening"));
     drop(stdout);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let dropped = loop {

@@ -78,23 +78,26 @@ fn lasting_descriptors(pid: u32, dir: &std::path::Path) -> Option<usize> {
     Some(count)
 }
 
+/// A config file with `text` in a directory of its own: the gateway reads
+/// its config file when anything in the directory changes, and a read of
+/// it (the other tests write files in the shared temporary directory) is a
+/// descriptor that comes and goes while the table is meant to be full.
+fn config_alone(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(crate::cli::mock_for_start());
-    // In a directory of its own: the gateway reads its config file when
-    // anything in the directory changes, and a read of it (the other tests
-    // write files in the shared temporary directory) is a descriptor that
-    // comes and goes while the table is meant to be full.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
+    let (dir, path) = config_alone(
         // No connection cap short of the limit: idle connections must be
         // able to take every descriptor.
         "[server]\nmax_connections = 1000\n[retry]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1\n",
-    )
-    .unwrap();
+    );
     // `ulimit -n` sets the soft and the hard limit: nothing to raise.
     let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
     command.env(
@@ -225,25 +228,10 @@ fn all_at_once(clients: &mut [BufReader<TcpStream>], model: &str) -> Vec<(u16, S
 fn idle_provider_connections_give_way_when_descriptors_run_out() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(crate::cli::mock_for_start());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
     // A cap above what the descriptors allow, for the accepts below.
-    std::fs::write(
-        &path,
-        "[retry]\nmax_attempts = 1\n[server]\nmax_connections = 40\n",
-    )
-    .unwrap();
+    let (_dir, path) = config_alone("[retry]\nmax_attempts = 1\n[server]\nmax_connections = 40\n");
     let mut command = gateway_under(&format!("ulimit -n {LIMIT}"));
-    command
-        .env(
-            "MOONSHOT_BASE_URL",
-            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
-        )
-        .env(
-            "AGENTSFLARE_BASE_URL",
-            mock.base_url(kimi_gateway::mock::Flavour::Agentsflare),
-        )
-        .env("AGENTSFLARE_API_KEY", "k");
+    crate::cli::to_mock(&mut command, &mock);
     let config = path.to_str().unwrap();
     let (mut child, mut stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", config]);
     // One descriptor each, and one for a provider connection each, but
