@@ -159,6 +159,10 @@ pub struct ErrorDetails {
     /// asked (or the HTTP version). Asking it again would get the same
     /// answer, another provider may not: fail-over skips the target.
     pub not_implemented_here: bool,
+    /// A plain answer came, but the gateway had no room to hold it
+    /// (`server.max_answer_bytes_total`): the request ends with this error,
+    /// and the provider, which answered, is not blamed.
+    pub no_room_for_answer: bool,
 }
 
 /// A `retry-after-ms` value: whole milliseconds, zero included (only a

@@ -15,6 +15,7 @@
 
 pub mod access_line;
 pub mod access_log;
+pub mod answer_budget;
 pub mod app;
 pub mod auth;
 pub mod block_cache;

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// scrape time.
     pub request_body_bytes: IntGauge,
     pub request_body_bytes_max: IntGauge,
+    pub answer_bytes: IntGauge,
+    pub answer_bytes_max: IntGauge,
+    pub answer_waits: IntCounter,
     pub overhead: HistogramVec,
     /// `overhead` for the `before_upstream` phase, resolved once.
     pub overhead_before_upstream: Histogram,
@@ -187,6 +190,18 @@ impl Metrics {
             request_body_bytes_max: register!(IntGauge::new(
                 name("request_body_bytes_max"),
                 "Most request body bytes held at once (server.max_body_bytes_total)."
+            )),
+            answer_bytes: register!(IntGauge::new(
+                name("answer_bytes"),
+                "Plain answer bytes held by answers being read or written (answers over 16 KiB)."
+            )),
+            answer_bytes_max: register!(IntGauge::new(
+                name("answer_bytes_max"),
+                "Most plain answer bytes held at once (server.max_answer_bytes_total)."
+            )),
+            answer_waits: register!(IntCounter::new(
+                name("answer_waits_total"),
+                "Plain answers that waited for room under server.max_answer_bytes_total."
             )),
             overhead_before_upstream: overhead.with_label_values(&["before_upstream"]),
             overhead_after_head: overhead.with_label_values(&["after_head"]),

@@ -36,6 +36,8 @@ pub struct Shared {
     pub reloading: tokio::sync::Mutex<()>,
     /// Request body bytes held at once (`server.max_body_bytes_total`).
     pub body_budget: Arc<crate::body_budget::BodyBudget>,
+    /// Plain answer bytes held at once (`server.max_answer_bytes_total`).
+    pub answer_budget: Arc<crate::answer_budget::AnswerBudget>,
 }
 
 impl std::ops::Deref for AppState {
@@ -101,6 +103,7 @@ impl AppState {
             listen_override: std::sync::OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             body_budget: Arc::default(),
+            answer_budget: Arc::default(),
         }))
     }
 

@@ -7,6 +7,7 @@ use super::UpstreamError;
 use super::conn::Connection;
 use super::framing::{Decoded, Framing};
 use super::pool::Pool;
+use crate::answer_budget::AnswerHold;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
@@ -105,8 +106,13 @@ impl PooledBody {
     /// queued every frame in a `VecDeque`, an allocation per answer even
     /// for one frame. Frames after the first are copied into one buffer.
     /// A body over `limit` bytes is an error (declared or as it arrives):
-    /// a provider that sends without end does not grow the gateway.
-    pub async fn into_bytes(mut self, limit: usize) -> Result<Bytes, UpstreamError> {
+    /// a provider that sends without end does not grow the gateway. What
+    /// is read is claimed from `hold` before it is kept.
+    pub async fn into_bytes(
+        mut self,
+        limit: usize,
+        hold: &mut AnswerHold<'_>,
+    ) -> Result<Bytes, UpstreamError> {
         if self.size_hint().lower() > limit as u64 {
             return Err(UpstreamError::BodyTooLarge(limit));
         }
@@ -121,6 +127,12 @@ impl PooledBody {
             read = read.saturating_add(data.len());
             if read > limit {
                 return Err(UpstreamError::BodyTooLarge(limit));
+            }
+            // Claimed before it is kept; while it waits for room, the
+            // rest waits unread in the provider's connection. Boxed: the
+            // wait is rare, and its state would enlarge every answer's read.
+            if !hold.covers(read) {
+                Box::pin(hold.wait_for_room(read)).await;
             }
             if let Some(joined) = &mut joined {
                 joined.extend_from_slice(&data);

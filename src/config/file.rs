@@ -19,6 +19,8 @@ pub struct ServerFile {
     /// Largest plain answer, and largest single stream event, read from a
     /// provider, in bytes.
     pub max_response_bytes: Option<u64>,
+    /// Most plain answer bytes held at once, across every request.
+    pub max_answer_bytes_total: Option<u64>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_secs: Option<f64>,
     /// Interval of `: keep-alive` comments while a stream is silent (0: off).

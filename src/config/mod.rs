@@ -61,6 +61,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES_TOTAL: usize = 256 * 1024 * 1024;
 /// Largest plain answer or single stream event read from a provider.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Default total of plain answer bytes held at once: four answers at the
+/// default limit.
+pub const DEFAULT_MAX_ANSWER_BYTES_TOTAL: usize = 256 * 1024 * 1024;
 
 /// One problem found in the configuration, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,9 @@ pub struct Config {
     /// provider: a provider that sends more fails the attempt (or ends the
     /// stream) instead of growing the gateway's memory.
     pub max_response_bytes: usize,
+    /// Most plain answer bytes held at once, across every request (see
+    /// `answer_budget`).
+    pub max_answer_bytes_total: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.

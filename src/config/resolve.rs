@@ -136,6 +136,7 @@ pub fn resolve_reusing(
         max_body_bytes_total: server.max_body_bytes_total,
         max_connections: server.max_connections,
         max_response_bytes: server.max_response_bytes,
+        max_answer_bytes_total: server.max_answer_bytes_total,
         drain: server.drain,
         sse_keepalive: server.sse_keepalive,
         client_idle: server.client_idle,
@@ -348,6 +349,28 @@ mod tests {
         assert_eq!(
             (config.max_body_bytes_total, config.max_connections),
             (5000, Some(9))
+        );
+    }
+
+    #[test]
+    fn the_answer_total_defaults_to_256_mib_or_the_answer_limit_when_larger() {
+        let config = resolve("", &|_| None).unwrap();
+        assert_eq!(config.max_answer_bytes_total, 256 * 1024 * 1024);
+        let config = resolve("[server]\nmax_response_bytes = 300000000\n", &|_| None).unwrap();
+        assert_eq!(config.max_answer_bytes_total, 300_000_000);
+        let config = resolve(
+            "[server]\nmax_answer_bytes_total = 5000\nmax_response_bytes = 5000\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(config.max_answer_bytes_total, 5000);
+        assert_eq!(
+            problems("[server]\nmax_response_bytes = 2000\nmax_answer_bytes_total = 1000\n"),
+            ["server.max_answer_bytes_total: 1000 is less than server.max_response_bytes (2000)"]
+        );
+        assert_eq!(
+            problems("[server]\nmax_answer_bytes_total = 0\n"),
+            ["server.max_answer_bytes_total: must be at least 1"]
         );
     }
 

@@ -4,8 +4,8 @@
 use super::file::ServerFile;
 use super::settings::{seconds, seconds_or_off};
 use super::{
-    ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES_TOTAL,
-    DEFAULT_MAX_RESPONSE_BYTES,
+    ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_ANSWER_BYTES_TOTAL, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BODY_BYTES_TOTAL, DEFAULT_MAX_RESPONSE_BYTES,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +17,7 @@ pub(super) struct ServerSettings {
     pub max_body_bytes_total: usize,
     pub max_connections: Option<usize>,
     pub max_response_bytes: usize,
+    pub max_answer_bytes_total: usize,
     pub drain: Duration,
     pub sse_keepalive: Option<Duration>,
     pub client_idle: Option<Duration>,
@@ -71,6 +72,21 @@ pub(super) fn server_settings(
         DEFAULT_MAX_RESPONSE_BYTES,
         problems,
     );
+    let max_answer_bytes_total = byte_count(
+        file.max_answer_bytes_total,
+        "server.max_answer_bytes_total",
+        DEFAULT_MAX_ANSWER_BYTES_TOTAL.max(max_response_bytes),
+        problems,
+    );
+    if max_answer_bytes_total < max_response_bytes {
+        // An answer at the limit could then never be held.
+        problems.push(ConfigProblem::new(
+            "server.max_answer_bytes_total",
+            format!(
+                "{max_answer_bytes_total} is less than server.max_response_bytes ({max_response_bytes})"
+            ),
+        ));
+    }
     let drain = seconds(
         file.drain_secs,
         "server.drain_secs",
@@ -115,6 +131,7 @@ pub(super) fn server_settings(
         max_body_bytes_total,
         max_connections,
         max_response_bytes,
+        max_answer_bytes_total,
         drain,
         sse_keepalive,
         client_idle,

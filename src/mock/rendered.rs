@@ -16,6 +16,8 @@ pub struct Question {
     pub ask: Ask,
     /// `None` for a plain completion.
     pub stream: Option<StreamShape>,
+    /// Filler bytes in a plain completion's content.
+    pub filler: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,10 +67,11 @@ fn render(question: &Question) -> Rendered {
         flavour,
         ask,
         stream,
+        filler,
     } = question;
     match stream {
         None => Rendered::Completion(
-            serde_json::to_vec(&completion(*flavour, ask))
+            serde_json::to_vec(&completion(*flavour, ask, *filler))
                 .expect("a JSON tree serialises")
                 .into(),
         ),
@@ -110,11 +113,12 @@ mod tests {
             flavour: Flavour::Moonshot,
             ask: ask("kimi-k2"),
             stream: None,
+            filler: 0,
         };
         let first = completion_bytes(renderings.answer(&question));
         let second = completion_bytes(renderings.answer(&question));
         assert_eq!(first.as_ptr(), second.as_ptr(), "not rendered again");
-        let fresh = serde_json::to_vec(&completion(Flavour::Moonshot, &question.ask)).unwrap();
+        let fresh = serde_json::to_vec(&completion(Flavour::Moonshot, &question.ask, 0)).unwrap();
         assert_eq!(first, fresh);
     }
 
@@ -125,6 +129,7 @@ mod tests {
             flavour: Flavour::Moonshot,
             ask: ask("kimi-k2"),
             stream: None,
+            filler: 0,
         };
         let k2 = completion_bytes(renderings.answer(&question));
         question.ask = ask("kimi-k2-thinking");
@@ -164,6 +169,7 @@ mod tests {
                 flavour: Flavour::Aimlapi,
                 ask: ask(&format!("model-{i}")),
                 stream: None,
+                filler: 0,
             };
             let answer = completion_bytes(renderings.answer(&question));
             assert!(

@@ -142,8 +142,11 @@ fn usage(flavour: Flavour, prompt: u64, completion: u64) -> Value {
 }
 
 /// A whole `chat.completion` object.
-pub fn completion(flavour: Flavour, ask: &Ask) -> Value {
-    let text = ask.text(flavour);
+/// A plain completion; `filler` pads every choice's content (answers of a
+/// chosen size).
+pub fn completion(flavour: Flavour, ask: &Ask, filler: usize) -> Value {
+    let mut text = ask.text(flavour);
+    text.push_str(&"x".repeat(filler));
     let choices: Vec<Value> = (0..ask.n)
         .map(|i| {
             let (message, finish) = match &ask.tool_call {

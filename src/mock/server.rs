@@ -292,6 +292,11 @@ async fn chat(shared: Arc<Shared>, flavour: Flavour, request: Request) -> Respon
             chunks: scenario.chunks.unwrap_or(shared.options.default_chunks),
             chunk_bytes: scenario.chunk_bytes.unwrap_or(0),
         }),
+        filler: if request.stream() {
+            0
+        } else {
+            scenario.chunk_bytes.unwrap_or(0)
+        },
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (body, content_type) = match shared.renderings.answer(&question) {

@@ -73,6 +73,9 @@ pub fn classify(err: &GatewayError) -> Verdict {
         ErrorType::ServerError if err.code.as_deref() == Some(code::GATEWAY_SHUTDOWN) => {
             Verdict::Final
         }
+        // The answer came but found no room: another provider's would not
+        // find any either, and would cost its tokens too.
+        ErrorType::ServerError if no_room_for_answer(err) => Verdict::Final,
         ErrorType::RateLimitReachedError | ErrorType::EngineOverloadedError => {
             Verdict::Retry { unhealthy: false }
         }
@@ -100,7 +103,11 @@ fn never_sent(err: &GatewayError) -> bool {
         || matches!(
             err.code.as_deref(),
             Some(code::GATEWAY_OUT_OF_RESOURCES | code::RATE_LIMIT_STORE_UNAVAILABLE)
-        )
+        ) && !no_room_for_answer(err)
+}
+
+fn no_room_for_answer(err: &GatewayError) -> bool {
+    err.details.as_ref().is_some_and(|d| d.no_room_for_answer)
 }
 
 /// How one attempt ended, for metrics and logs.
@@ -532,6 +539,17 @@ mod tests {
             classify(&err(ErrorType::ServerError).with_code(code::RATE_LIMIT_STORE_UNAVAILABLE)),
             Verdict::SkipTarget
         );
+        let out_of_descriptors =
+            err(ErrorType::ServerError).with_code(code::GATEWAY_OUT_OF_RESOURCES);
+        assert_eq!(
+            classify(&out_of_descriptors),
+            Verdict::Retry { unhealthy: false }
+        );
+        assert!(never_sent(&out_of_descriptors));
+        let mut no_room = out_of_descriptors;
+        no_room.details_mut().no_room_for_answer = true;
+        assert_eq!(classify(&no_room), Verdict::Final);
+        assert!(!never_sent(&no_room), "the provider answered");
         assert_eq!(
             classify(&err(ErrorType::RateLimitReachedError)),
             Verdict::Retry { unhealthy: false }

@@ -13,11 +13,12 @@ use super::route::Target;
 use super::sse::{RelaySettings, SseRelay};
 use super::stream_stats::StreamStats;
 use super::upstream_errors::{
-    body_error, compressed_answer, not_the_answer_asked, timeout, too_large, transport_error,
-    with_provider_request_id,
+    body_error, compressed_answer, no_room_for_answer, not_the_answer_asked, timeout, too_large,
+    transport_error, with_provider_request_id,
 };
 use super::upstream_head::per_request_head;
 use super::usage::{Usage, find_body_usage};
+use crate::answer_budget::{AnswerBudget, AnswerHold};
 use crate::client::{PooledBody, UpstreamError};
 use crate::error::GatewayError;
 use crate::error::code;
@@ -76,6 +77,9 @@ pub struct ForwardContext<'a> {
     pub last_time_to_head_us: AtomicU64,
     /// Largest plain answer or single stream event read from a provider.
     pub max_response_bytes: usize,
+    /// The bytes held by plain answers, and `server.max_answer_bytes_total`.
+    pub answer_budget: &'a Arc<AnswerBudget>,
+    pub max_answer_bytes_total: usize,
 }
 
 impl ForwardContext<'_> {
@@ -255,7 +259,10 @@ pub async fn forward(
     // A body that fails after a good head still names the provider's
     // request id, for the provider's support.
     let named = |err| with_provider_request_id(err, &response.headers, provider);
-    let body = match timeout_at(deadline, response.body.into_bytes(ctx.max_response_bytes)).await {
+    let mut hold = AnswerHold::new(ctx.answer_budget, ctx.max_answer_bytes_total);
+    let read = response.body.into_bytes(ctx.max_response_bytes, &mut hold);
+    let body = match timeout_at(deadline, read).await {
+        Err(_) if hold.was_waiting() => return Err(named(no_room_for_answer(provider, sent))),
         Err(_) => return Err(named(timeout(provider, "the response body", sent))),
         Ok(Err(UpstreamError::BodyTooLarge(limit))) => {
             return Err(named(too_large(provider, limit)));
@@ -281,7 +288,7 @@ pub async fn forward(
     // `{}` reports nothing: the request keeps its estimate, as without usage.
     info.usage = found.as_ref().filter(|f| f.counted).map(|f| f.usage);
     info.series = Some(series);
-    let body = mirror_cached_tokens_in_body(body, found.as_ref());
+    let body = hold.keep(mirror_cached_tokens_in_body(body, found.as_ref()));
     fields.push(&header::CONTENT_TYPE, &APPLICATION_JSON);
     let response = Response::new(Body::from(body));
     observe_after_head(ctx.metrics, body_read);

@@ -23,6 +23,26 @@ pub(super) fn timeout(provider: &Provider, phase: &str, started: Instant) -> Gat
     .with_code(code::UPSTREAM_TIMEOUT)
 }
 
+/// A plain answer that found no room under `server.max_answer_bytes_total`
+/// before the provider's deadline: the gateway's fault, and asking another
+/// provider would make another answer to hold, so the request ends here.
+pub(super) fn no_room_for_answer(provider: &Provider, started: Instant) -> GatewayError {
+    let mut err = GatewayError::server(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "provider {} answered, but after {:.1?} the gateway still held \
+             server.max_answer_bytes_total of answers its clients had not \
+             taken, so it could not keep this one",
+            provider.name,
+            started.elapsed(),
+        ),
+    )
+    .with_code(code::GATEWAY_OUT_OF_RESOURCES)
+    .with_retry_after(Some(http::HeaderValue::from_static("1")));
+    err.details_mut().no_room_for_answer = true;
+    err
+}
+
 pub(super) fn transport_error(provider: &Provider, err: &ClientError) -> GatewayError {
     if err.is_local_exhaustion() {
         return GatewayError::server(

@@ -49,6 +49,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.request_body_bytes.set(held);
     let total = i64::try_from(config.max_body_bytes_total).unwrap_or(i64::MAX);
     state.metrics.request_body_bytes_max.set(total);
+    let answers = &state.answer_budget;
+    let held = i64::try_from(answers.held()).unwrap_or(i64::MAX);
+    state.metrics.answer_bytes.set(held);
+    let total = i64::try_from(config.max_answer_bytes_total).unwrap_or(i64::MAX);
+    state.metrics.answer_bytes_max.set(total);
+    let waits = &state.metrics.answer_waits;
+    waits.inc_by(answers.waits().saturating_sub(waits.get()));
     let rendered = state.metrics.render();
     drop(scraping);
     (

@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod errors;
 mod fd_exhaustion;
+mod held_answers;
 mod helpers;
 mod key_echo;
 mod lifecycle;

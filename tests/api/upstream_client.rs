@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
+use kimi_gateway::answer_budget::{AnswerBudget, AnswerHold};
 use kimi_gateway::client::{
     Client, OutgoingBody, PooledBody, UpstreamError, header_line, request_line,
 };
@@ -263,7 +264,9 @@ async fn a_chunked_body_read_to_its_end_frees_the_connection() {
 /// goes back to the pool.
 #[tokio::test]
 async fn a_body_read_whole_is_every_frame_in_order() {
+    let budget = Arc::new(AnswerBudget::default());
     for (answer, expected) in [(Answer::KeepAlive, None), (Answer::ChunkedEvents, Some(50))] {
+        let mut hold = AnswerHold::new(&budget, 1 << 20);
         let server = raw_server(answer).await;
         let client = client(&server);
         for _ in 0..2 {
@@ -271,7 +274,7 @@ async fn a_body_read_whole_is_every_frame_in_order() {
                 .await
                 .unwrap()
                 .body
-                .into_bytes(1 << 20);
+                .into_bytes(1 << 20, &mut hold);
             let whole = whole.await.unwrap();
             let collected = read_all(&client).await;
             assert_eq!(whole, collected);
@@ -284,7 +287,10 @@ async fn a_body_read_whole_is_every_frame_in_order() {
         // A byte less than the body is over the limit, declared or not.
         let whole = read_all(&client).await;
         let short = send(&client, "{\"x\":1}").await.unwrap().body;
-        let err = short.into_bytes(whole.len() - 1).await.unwrap_err();
+        let err = short
+            .into_bytes(whole.len() - 1, &mut hold)
+            .await
+            .unwrap_err();
         assert!(matches!(err, UpstreamError::BodyTooLarge(_)), "{err}");
     }
 }
