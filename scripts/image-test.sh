@@ -482,6 +482,7 @@ KNOWN = {
     "kimi_gateway_client_connections", "kimi_gateway_client_connections_max",
     "kimi_gateway_request_body_bytes", "kimi_gateway_request_body_bytes_max",
     "kimi_gateway_answer_bytes", "kimi_gateway_answer_bytes_max", "kimi_gateway_answer_waits_total",
+    "kimi_gateway_model_refreshes_total",
     "kimi_gateway_rate_limit_store_up", "kimi_gateway_rate_limit_store_outages_total",
     "kimi_gateway_rate_limit_store_call_seconds", "kimi_gateway_rate_limit_store_errors_total",
     "kimi_gateway_rate_limit_store_unavailable_total",
