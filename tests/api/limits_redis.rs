@@ -1534,3 +1534,46 @@ async fn a_tls_url_to_a_plain_redis_is_named_at_start() {
     assert!(line.contains("answers plain Redis, not TLS"), "{line}");
     assert!(line.contains("refuses the gateway"), "{line}");
 }
+
+/// A Redis at its `maxmemory` refuses the limits' writes: the outage's line
+/// says so, rather than taking it for a Redis out of reach.
+#[tokio::test]
+async fn a_redis_out_of_memory_is_named_in_the_outage_line() {
+    let redis = RedisServer::start().await;
+    let mut connection = redis.connection().await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let file = crate::cli::config_file(&format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\n\
+         [keys.team-a]\nsecret_env = \"TEAM_A_KEY\"\n[keys.team-a.limits]\nrequests_per_minute = 10\n",
+        redis.url()
+    ));
+    let mut command = crate::cli::gateway();
+    command.env("TEAM_A_KEY", "sk-a");
+    let path = file.path().to_str().unwrap().to_string();
+    let (_gateway, mut stdout, addr) = crate::cli::start(
+        command,
+        &["--listen", crate::cli::ANY_PORT, "--config", &path],
+    );
+    // Admitted by the local limits (`on_redis_error = "open"`); no
+    // provider has a key here, so the answer itself is a 503.
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth("sk-a")
+        .json(&hi())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 429);
+    let line = crate::cli::wait_for_line(&mut stdout, "rate-limit store (Redis)");
+    assert!(
+        line.contains("is out of memory and refuses writes"),
+        "{line}"
+    );
+    assert!(!line.contains("unreachable"), "{line}");
+}

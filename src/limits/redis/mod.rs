@@ -584,6 +584,13 @@ fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
     let effect = outage_effect(settings.on_error);
     let what = if is_refusal(err) {
         "refuses the gateway (check limits.redis_url, limits.redis_ca_file and Redis's ACL)"
+    } else if err.code() == Some("OOM") {
+        // Reachable, and refusing writes at its `maxmemory`: not a network
+        // fault, and over once memory is freed.
+        "is out of memory and refuses writes (raise its maxmemory, or let it evict with a \
+         maxmemory-policy: every key the gateway writes expires)"
+    } else if err.code().is_some() {
+        "answers with an error"
     } else {
         "unreachable"
     };
