@@ -73,6 +73,18 @@ impl BodyClaim {
         self.budget.fits(bytes.saturating_sub(self.bytes), total)
     }
 
+    /// Lowers this claim to `bytes`, giving back the rest; `false` when it
+    /// held no more than that (the claim unchanged).
+    pub fn shrink_to(&mut self, bytes: u64) -> bool {
+        let less = self.bytes.saturating_sub(bytes);
+        if less == 0 {
+            return false;
+        }
+        self.budget.held.fetch_sub(less, Ordering::Relaxed);
+        self.bytes = bytes;
+        true
+    }
+
     /// Raises this claim to `bytes` when the difference fits under
     /// `total`; `false` (the claim unchanged) when it does not.
     pub fn grow_to(&mut self, bytes: u64, total: u64) -> bool {
@@ -136,6 +148,9 @@ mod tests {
         assert!(!claim.could_grow_to(51, 100));
         assert_eq!(claim.bytes(), 30, "asking claims nothing");
         assert!(claim.grow_to(50, 100));
+        assert!(claim.shrink_to(35));
+        assert!(!claim.shrink_to(40), "a larger size is no shrinking");
+        assert_eq!((claim.bytes(), budget.held()), (35, 85));
         drop(other);
         drop(claim);
         assert_eq!(budget.held(), 0);

@@ -2,6 +2,7 @@
 //! state and the last reload's outcome. Reading the configuration is an
 //! atomic load, never a lock, so a reload cannot stall requests.
 
+use crate::answer_budget::AnswerBudget;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
@@ -37,7 +38,7 @@ pub struct Shared {
     /// Request body bytes held at once (`server.max_body_bytes_total`).
     pub body_budget: Arc<crate::body_budget::BodyBudget>,
     /// Plain answer bytes held at once (`server.max_answer_bytes_total`).
-    pub answer_budget: Arc<crate::answer_budget::AnswerBudget>,
+    pub answer_budget: Arc<AnswerBudget>,
 }
 
 impl std::ops::Deref for AppState {
@@ -93,6 +94,7 @@ impl AppState {
         config.limits.attach_metrics(&metrics.store);
         config.limits.start();
         let started_with = RestartOnly::of(&config);
+        let answer_budget = Arc::new(AnswerBudget::new(config.max_answer_bytes_total));
         AppState(Arc::new(Shared {
             started_with,
             config: ArcSwap::from_pointee(config),
@@ -103,7 +105,7 @@ impl AppState {
             listen_override: std::sync::OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             body_budget: Arc::default(),
-            answer_budget: Arc::default(),
+            answer_budget,
         }))
     }
 
@@ -125,6 +127,7 @@ impl AppState {
             .prime_providers(config.providers.iter().map(|p| &*p.name));
         config.limits.attach_metrics(&self.metrics.store);
         config.limits.start();
+        self.answer_budget.set_total(config.max_answer_bytes_total);
         let previous = self.config.swap(Arc::new(config));
         self.config.load().limits.took_over_from(&previous.limits);
     }

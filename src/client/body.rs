@@ -11,6 +11,7 @@ use crate::answer_budget::AnswerHold;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -106,21 +107,35 @@ impl PooledBody {
     /// queued every frame in a `VecDeque`, an allocation per answer even
     /// for one frame. Frames after the first are copied into one buffer.
     /// A body over `limit` bytes is an error (declared or as it arrives):
-    /// a provider that sends without end does not grow the gateway. What
-    /// is read is claimed from `hold` before it is kept.
+    /// a provider that sends without end does not grow the gateway. Past
+    /// 16 KiB the answer's room is claimed from `hold` before more is
+    /// kept: its declared length, or `limit` when none was declared. Not
+    /// whole by `deadline` is `BodyTimedOut`; the time spent waiting for
+    /// room is not counted against it (the provider had answered), but
+    /// no room by it is `NoRoom`.
     pub async fn into_bytes(
         mut self,
         limit: usize,
         hold: &mut AnswerHold<'_>,
+        mut deadline: Pin<&mut tokio::time::Sleep>,
     ) -> Result<Bytes, UpstreamError> {
         if self.size_hint().lower() > limit as u64 {
             return Err(UpstreamError::BodyTooLarge(limit));
         }
+        let most = self.size_hint().exact().unwrap_or(limit as u64);
         let mut whole: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
         let mut read = 0usize;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await
-        {
+        loop {
+            let frame = std::future::poll_fn(|cx| match Pin::new(&mut self).poll_frame(cx) {
+                Poll::Pending => deadline
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Some(Err(UpstreamError::BodyTimedOut))),
+                ready => ready,
+            })
+            .await;
+            let Some(frame) = frame else { break };
             let Ok(data) = frame?.into_data() else {
                 continue;
             };
@@ -131,8 +146,17 @@ impl PooledBody {
             // Claimed before it is kept; while it waits for room, the
             // rest waits unread in the provider's connection. Boxed: the
             // wait is rare, and its state would enlarge every answer's read.
-            if !hold.covers(read) {
-                Box::pin(hold.wait_for_room(read)).await;
+            if !hold.covers(read, most) {
+                let began = tokio::time::Instant::now();
+                let room = Box::pin(hold.wait_for_room(most));
+                if tokio::time::timeout_at(deadline.deadline(), room)
+                    .await
+                    .is_err()
+                {
+                    return Err(UpstreamError::NoRoom);
+                }
+                let later = deadline.deadline() + began.elapsed();
+                deadline.as_mut().reset(later);
             }
             if let Some(joined) = &mut joined {
                 joined.extend_from_slice(&data);

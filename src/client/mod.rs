@@ -150,6 +150,10 @@ pub enum UpstreamError {
     BodyTooLarge(usize),
     #[error("no response head by the deadline")]
     TimedOut,
+    #[error("no complete response body by the deadline")]
+    BodyTimedOut,
+    #[error("no room to hold the response body by the deadline")]
+    NoRoom,
 }
 
 /// A provider's response: its head as received, and its body.

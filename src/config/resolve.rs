@@ -366,11 +366,15 @@ mod tests {
         assert_eq!(config.max_answer_bytes_total, 5000);
         assert_eq!(
             problems("[server]\nmax_response_bytes = 2000\nmax_answer_bytes_total = 1000\n"),
-            ["server.max_answer_bytes_total: 1000 is less than server.max_response_bytes (2000)"]
+            [
+                "server.max_answer_bytes_total: 1000 is less than server.max_response_bytes (2000), the least it may be"
+            ]
         );
         assert_eq!(
             problems("[server]\nmax_answer_bytes_total = 0\n"),
-            ["server.max_answer_bytes_total: must be at least 1"]
+            [
+                "server.max_answer_bytes_total: 0 is less than server.max_response_bytes (67108864), the least it may be"
+            ]
         );
     }
 

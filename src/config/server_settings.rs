@@ -72,18 +72,18 @@ pub(super) fn server_settings(
         DEFAULT_MAX_RESPONSE_BYTES,
         problems,
     );
-    let max_answer_bytes_total = byte_count(
-        file.max_answer_bytes_total,
-        "server.max_answer_bytes_total",
+    let max_answer_bytes_total = file.max_answer_bytes_total.map_or(
         DEFAULT_MAX_ANSWER_BYTES_TOTAL.max(max_response_bytes),
-        problems,
+        |n| usize::try_from(n).unwrap_or(usize::MAX),
     );
     if max_answer_bytes_total < max_response_bytes {
-        // An answer at the limit could then never be held.
+        // An answer at the limit could then never be held. (0 included:
+        // its least is this, not 1.)
         problems.push(ConfigProblem::new(
             "server.max_answer_bytes_total",
             format!(
-                "{max_answer_bytes_total} is less than server.max_response_bytes ({max_response_bytes})"
+                "{max_answer_bytes_total} is less than server.max_response_bytes \
+                 ({max_response_bytes}), the least it may be"
             ),
         ));
     }

@@ -48,7 +48,10 @@ impl Slots {
         if self.try_take() {
             return true;
         }
+        // Counted down when this wait ends, or when its future is dropped
+        // (the client left while queued): `give_back` reads the count.
         self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiting);
         let taken = tokio::time::timeout(wait, async {
             loop {
                 let freed = self.freed.notified();
@@ -64,7 +67,7 @@ impl Slots {
         })
         .await
         .is_ok();
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         if !taken && self.in_use() < self.limit as usize {
             // A wake-up this waiter consumed as it timed out goes on to the
             // next one, so no waiter sleeps next to a free slot.
@@ -91,6 +94,15 @@ impl Slots {
     }
 }
 
+/// One waiter in [`Slots::waiting`], counted out when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +117,19 @@ mod tests {
         slots.give_back();
         assert_eq!(slots.in_use(), 1);
         assert!(slots.try_take());
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_part_way_is_counted_out() {
+        let slots = Slots::new(1);
+        assert!(slots.try_take());
+        {
+            let wait = std::pin::pin!(slots.take_within(Duration::from_secs(60)));
+            let polled = futures_util::poll!(wait);
+            assert!(polled.is_pending());
+            assert_eq!(slots.waiting(), 1);
+        }
+        assert_eq!(slots.waiting(), 0, "the client left while queued");
     }
 
     #[tokio::test]

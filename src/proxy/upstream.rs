@@ -30,6 +30,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyDataStream;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::{Instant, timeout_at};
@@ -77,9 +78,8 @@ pub struct ForwardContext<'a> {
     pub last_time_to_head_us: AtomicU64,
     /// Largest plain answer or single stream event read from a provider.
     pub max_response_bytes: usize,
-    /// The bytes held by plain answers, and `server.max_answer_bytes_total`.
+    /// The bytes held by plain answers (`server.max_answer_bytes_total`).
     pub answer_budget: &'a Arc<AnswerBudget>,
-    pub max_answer_bytes_total: usize,
 }
 
 impl ForwardContext<'_> {
@@ -259,16 +259,19 @@ pub async fn forward(
     // A body that fails after a good head still names the provider's
     // request id, for the provider's support.
     let named = |err| with_provider_request_id(err, &response.headers, provider);
-    let mut hold = AnswerHold::new(ctx.answer_budget, ctx.max_answer_bytes_total);
-    let read = response.body.into_bytes(ctx.max_response_bytes, &mut hold);
-    let body = match timeout_at(deadline, read).await {
-        Err(_) if hold.was_waiting() => return Err(named(no_room_for_answer(provider, sent))),
-        Err(_) => return Err(named(timeout(provider, "the response body", sent))),
-        Ok(Err(UpstreamError::BodyTooLarge(limit))) => {
-            return Err(named(too_large(provider, limit)));
+    let mut hold = AnswerHold::new(ctx.answer_budget);
+    let deadline = pin!(tokio::time::sleep_until(deadline));
+    let read = response
+        .body
+        .into_bytes(ctx.max_response_bytes, &mut hold, deadline);
+    let body = match read.await {
+        Err(UpstreamError::NoRoom) => return Err(named(no_room_for_answer(provider, sent))),
+        Err(UpstreamError::BodyTimedOut) => {
+            return Err(named(timeout(provider, "the response body", sent)));
         }
-        Ok(Err(err)) => return Err(named(body_error(provider, &err))),
-        Ok(Ok(body)) => body,
+        Err(UpstreamError::BodyTooLarge(limit)) => return Err(named(too_large(provider, limit))),
+        Err(err) => return Err(named(body_error(provider, &err))),
+        Ok(body) => body,
     };
     let body_read = Instant::now();
     let json = looks_like_json_object(&body);

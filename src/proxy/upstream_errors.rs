@@ -31,8 +31,8 @@ pub(super) fn no_room_for_answer(provider: &Provider, started: Instant) -> Gatew
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
             "provider {} answered, but after {:.1?} the gateway still held \
-             server.max_answer_bytes_total of answers its clients had not \
-             taken, so it could not keep this one",
+             server.max_answer_bytes_total of other answers (being read, or \
+             not yet taken by their clients), so it could not keep this one",
             provider.name,
             started.elapsed(),
         ),

@@ -250,7 +250,6 @@ async fn route_and_forward<'c>(
         last_time_to_head_us: AtomicU64::new(0),
         max_response_bytes: config.max_response_bytes,
         answer_budget: &state.answer_budget,
-        max_answer_bytes_total: config.max_answer_bytes_total,
     };
     let ctx = &ctx;
     let limits = &config.limits;

@@ -119,3 +119,34 @@ async fn an_answer_that_finds_no_room_in_time_ends_its_request_with_503() {
     );
     drop(stalled);
 }
+
+/// Answers read at once that together need more than the total, each
+/// alone fitting, take turns: none waits on the others' half-read
+/// answers until its provider's deadline, and none fails.
+#[tokio::test]
+async fn answers_read_together_past_the_total_take_turns() {
+    let app = spawn_app_with(
+        "[server]\nmax_response_bytes = 1048576\nmax_answer_bytes_total = 1048576\n\
+         [providers.moonshot.timeouts]\nfirst_byte_secs = 30\ntotal_secs = 30\n",
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answers = (0..16).map(|i| {
+        let content = format!("{i} [mock chunk_bytes=400000]");
+        app.chat(chat_body("kimi-k2.6", &content, false))
+    });
+    for response in futures_util::future::join_all(answers).await {
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.unwrap().len() > 400_000);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answers waited {:?} on each other",
+        started.elapsed()
+    );
+    wait_until("every answer's bytes are given back", async || {
+        app.state.answer_budget.held() == 0
+    })
+    .await;
+}

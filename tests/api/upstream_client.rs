@@ -264,18 +264,16 @@ async fn a_chunked_body_read_to_its_end_frees_the_connection() {
 /// goes back to the pool.
 #[tokio::test]
 async fn a_body_read_whole_is_every_frame_in_order() {
-    let budget = Arc::new(AnswerBudget::default());
+    let budget = Arc::new(AnswerBudget::new(1 << 20));
     for (answer, expected) in [(Answer::KeepAlive, None), (Answer::ChunkedEvents, Some(50))] {
-        let mut hold = AnswerHold::new(&budget, 1 << 20);
+        let mut hold = AnswerHold::new(&budget);
         let server = raw_server(answer).await;
         let client = client(&server);
         for _ in 0..2 {
-            let whole = send(&client, "{\"x\":1}")
-                .await
-                .unwrap()
-                .body
-                .into_bytes(1 << 20, &mut hold);
-            let whole = whole.await.unwrap();
+            let body = send(&client, "{\"x\":1}").await.unwrap().body;
+            let deadline = std::pin::pin!(far_off());
+            let whole = body.into_bytes(1 << 20, &mut hold, deadline).await;
+            let whole = whole.unwrap();
             let collected = read_all(&client).await;
             assert_eq!(whole, collected);
             if let Some(events) = expected {
@@ -288,7 +286,7 @@ async fn a_body_read_whole_is_every_frame_in_order() {
         let whole = read_all(&client).await;
         let short = send(&client, "{\"x\":1}").await.unwrap().body;
         let err = short
-            .into_bytes(whole.len() - 1, &mut hold)
+            .into_bytes(whole.len() - 1, &mut hold, std::pin::pin!(far_off()))
             .await
             .unwrap_err();
         assert!(matches!(err, UpstreamError::BodyTooLarge(_)), "{err}");
@@ -669,4 +667,9 @@ async fn https_origins_are_reached_over_tls_with_sni_and_no_h2() {
     );
     let err = send(&untrusted, "{}").await.unwrap_err();
     assert!(err.is_connect(), "{err}");
+}
+
+/// A deadline no test reaches.
+fn far_off() -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_secs(3600))
 }

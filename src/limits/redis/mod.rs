@@ -582,7 +582,17 @@ fn outage_effect(on_error: OnRedisError) -> &'static str {
 
 fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
     let effect = outage_effect(settings.on_error);
-    let what = if is_refusal(err) {
+    let what = outage_cause(err);
+    tracing::error!(
+        alert = "rate_limit_store",
+        on_redis_error = settings.on_error.as_str(),
+        "rate-limit store (Redis) {what}: {effect} until it is back: {err}"
+    );
+}
+
+/// What an outage's error says of Redis, for the log.
+fn outage_cause(err: &redis::RedisError) -> &'static str {
+    if is_refusal(err) {
         "refuses the gateway (check limits.redis_url, limits.redis_ca_file and Redis's ACL)"
     } else if err.code() == Some("OOM") {
         // Reachable, and refusing writes at its `maxmemory`: not a network
@@ -593,10 +603,29 @@ fn log_outage(settings: &RedisSettings, err: &redis::RedisError) {
         "answers with an error"
     } else {
         "unreachable"
-    };
-    tracing::error!(
-        alert = "rate_limit_store",
-        on_redis_error = settings.on_error.as_str(),
-        "rate-limit store (Redis) {what}: {effect} until it is back: {err}"
-    );
+    }
+}
+
+#[cfg(test)]
+mod outage_cause_tests {
+    use super::outage_cause;
+
+    fn reply_error(reply: &[u8]) -> redis::RedisError {
+        redis::parse_redis_value(reply)
+            .and_then(redis::Value::extract_error)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn an_outage_names_what_redis_said() {
+        let oom = reply_error(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+        assert!(outage_cause(&oom).starts_with("is out of memory"));
+        let denied = reply_error(b"-NOPERM this user has no permissions\r\n");
+        assert!(outage_cause(&denied).starts_with("refuses the gateway"));
+        let other = reply_error(b"-ERR something else\r\n");
+        assert_eq!(outage_cause(&other), "answers with an error");
+        let gone =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(outage_cause(&gone), "unreachable");
+    }
 }

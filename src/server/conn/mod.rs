@@ -412,6 +412,7 @@ impl Connection {
                 if err.kind() == std::io::ErrorKind::TimedOut {
                     tracing::info!(
                         request_id = id.to_str().unwrap_or(""),
+                        client_addr = %self.client,
                         "client stopped reading its response (server.client_idle_secs): response dropped, connection reset"
                     );
                 }
