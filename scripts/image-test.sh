@@ -353,6 +353,8 @@ KNOWN = {
     "kimi_gateway_log_lines_dropped_total": "counter",
     "kimi_gateway_client_connections": "gauge", "kimi_gateway_client_connections_max": "gauge",
     "kimi_gateway_request_body_bytes": "gauge", "kimi_gateway_request_body_bytes_max": "gauge",
+    "kimi_gateway_answer_bytes": "gauge", "kimi_gateway_answer_bytes_max": "gauge",
+    "kimi_gateway_answer_waits_total": "counter", "kimi_gateway_model_refreshes_total": "counter",
     "kimi_gateway_rate_limit_store_up": "gauge",
     "kimi_gateway_rate_limit_store_outages_total": "counter",
     "kimi_gateway_rate_limit_store_call_seconds": "histogram",
