@@ -10,7 +10,11 @@ steps, SMALL and LARGE streams whose clients send the request and never read
 events as fast as it can. Once the gateway's resident size is steady it
 prints its growth per stalled stream between the two steps (the slope, so
 the process's own start-up memory is left out). The gateway holds a stalled
-stream until `server.client_idle_secs` (75 s by default) cuts it.
+stream until `server.client_idle_secs` (75 s by default) cuts it. It also
+prints what the kernel holds queued for those clients (the gateway's
+connections' unacknowledged bytes in /proc/net/tcp), which the gateway's
+RSS does not show but a container's memory accounting charges to it: that
+is bounded by `server.client_send_buffer_bytes`.
 """
 import json
 import os
@@ -64,6 +68,19 @@ def steady_rss(pid):
     return last
 
 
+def kernel_queued(port):
+    """Bytes sent and not yet acknowledged on the gateway's client
+    connections (local port `port`, established), and how many there are."""
+    queued, connections = 0, 0
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+                queued += int(fields[4].split(":")[0], 16)
+                connections += 1
+    return queued, connections
+
+
 def stall(port, n, body):
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
@@ -107,6 +124,9 @@ def main():
             per = (large - small) / (LARGE - SMALL)
             print(f"gateway RSS with {SMALL} stalled streams: {small / 1024:.1f} MB, "
                   f"with {LARGE}: {large / 1024:.1f} MB; {per:.1f} KB per stalled stream")
+            queued, connections = kernel_queued(gateway_port)
+            print(f"kernel send queues: {queued / 1024 / 1024:.1f} MB for {connections} stalled "
+                  f"streams; {queued / 1024 / max(connections, 1):.1f} KB each")
             for s in held:
                 s.close()
         finally:

@@ -1,4 +1,5 @@
-//! Binding the gateway's listeners with a connection backlog fit for bursts.
+//! Binding the gateway's listeners: a connection backlog fit for bursts,
+//! and a bounded kernel send buffer for the connections accepted.
 //!
 //! `tokio::net::TcpListener::bind` asks the kernel for a backlog of 128
 //! (the standard library's value). When more clients than that connect at
@@ -7,6 +8,15 @@
 //! 3 s) retransmission before it is even accepted. nginx asks for 511 and Go
 //! for the kernel's maximum; the gateway asks for [`BACKLOG`], which the
 //! kernel caps at `net.core.somaxconn` (4096 by default since Linux 5.4).
+//!
+//! Linux grows a connection's send buffer on its own, up to
+//! `net.ipv4.tcp_wmem`'s largest (4 MiB by default), and a client that
+//! stops reading leaves it full: megabytes per connection that the gateway
+//! does not hold but its container's memory accounting (cgroup v2) charges
+//! it for (`server.client_send_buffer_bytes`). A size set on the listening
+//! socket is copied to every connection it accepts, with the lock that
+//! stops the kernel from growing it; set before `listen`, so no connection
+//! is accepted without it, and accepting costs no call more.
 
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpSocket};
@@ -16,9 +26,10 @@ pub const BACKLOG: u32 = 4096;
 
 /// Binds `addr` (with `SO_REUSEADDR`, as tokio's `bind` does, so a restart
 /// can rebind while old connections linger in TIME_WAIT) and listens with
-/// [`BACKLOG`]. A failure names the address (`Address already in use`
-/// alone does not say which listener).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// [`BACKLOG`]; with `send_buffer`, the connections it accepts have that
+/// send buffer (see [`cap_send_buffers`]). A failure names the address
+/// (`Address already in use` alone does not say which listener).
+pub fn bind(addr: SocketAddr, send_buffer: Option<usize>) -> std::io::Result<TcpListener> {
     let listen = || {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -26,11 +37,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
             TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
+        if let Some(asked) = send_buffer {
+            let kernel_gives = cap_send_buffers(&socket, asked)?;
+            tracing::info!(asked, kernel_gives, "client send buffers capped");
+        }
         socket.bind(addr)?;
         socket.listen(BACKLOG)
     };
     listen()
         .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+}
+
+/// Asks for send buffers of `bytes` on `socket` and returns what the kernel
+/// gives: Linux doubles what is asked (the other half is its bookkeeping)
+/// and caps what is asked at `net.core.wmem_max`.
+pub fn cap_send_buffers(socket: &TcpSocket, bytes: usize) -> std::io::Result<u32> {
+    // The option is a C int: a larger value would wrap.
+    socket.set_send_buffer_size(u32::try_from(bytes.min(i32::MAX as usize)).unwrap_or(u32::MAX))?;
+    socket.send_buffer_size()
 }
 
 #[cfg(test)]
@@ -44,7 +68,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_connections_is_queued_not_dropped() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let addr = listener.local_addr().unwrap();
         let connects = (0..BURST).map(|_| tokio::net::TcpStream::connect(addr));
         // A connection beyond the queue is only retried after ~1 s: every
@@ -61,14 +85,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_address_is_named_in_the_error() {
-        let taken = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = bind(addr).unwrap_err();
+        let err = bind(addr, None).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         assert!(
             err.to_string()
                 .starts_with(&format!("cannot listen on {addr}: ")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_the_send_buffer_asked_for() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Some(64 * 1024)).unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (accepted, _) = accepted.unwrap();
+        let given = send_buffer_of(accepted);
+        assert!((64 * 1024..=128 * 1024).contains(&given), "{given}");
+        // The client's own buffer is the kernel's: the cap is the
+        // listener's, not the system's.
+        assert_ne!(send_buffer_of(client.unwrap()), given);
+    }
+
+    #[tokio::test]
+    async fn a_size_past_a_c_int_is_taken_as_the_largest() {
+        let socket = TcpSocket::new_v4().unwrap();
+        let given = cap_send_buffers(&socket, usize::MAX).unwrap();
+        assert!(given >= 64 * 1024, "{given}");
+    }
+
+    fn send_buffer_of(stream: tokio::net::TcpStream) -> u32 {
+        TcpSocket::from_std_stream(stream.into_std().unwrap())
+            .send_buffer_size()
+            .unwrap()
     }
 }

@@ -231,7 +231,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // registered before the "listening" line: a supervisor may signal the
     // moment it sees it, and an unhandled signal would kill the process.
     let shutdown = shutdown_signal()?;
-    let listener = kimi_gateway::listener::bind(addr)?;
+    let listener = kimi_gateway::listener::bind(addr, config.client_send_buffer)?;
     let metrics_listen = config.metrics_listen;
     let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
@@ -242,7 +242,7 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     kimi_gateway::model_refresh::spawn(state.clone());
     kimi_gateway::memory_trim::spawn(state.metrics.in_flight.clone());
     if let Some(addr) = metrics_listen {
-        let listener = kimi_gateway::listener::bind(addr)?;
+        let listener = kimi_gateway::listener::bind(addr, None)?;
         // The bound address: with port 0 the system picked one.
         tracing::info!(listen = %listener.local_addr()?, "metrics on a separate listener");
         let router = kimi_gateway::app::metrics_router(state.clone());

@@ -109,6 +109,11 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
                     "server.max_connections differs from the cap the gateway started with: it takes effect at the next restart"
                 );
             }
+            if new.client_send_buffer != running.client_send_buffer {
+                tracing::warn!(
+                    "server.client_send_buffer_bytes differs from the one the gateway started with: it takes effect at the next restart"
+                );
+            }
             if new.metrics_listen != running.metrics_listen {
                 tracing::warn!(
                     "server.metrics_listen differs from the one the gateway started with: it takes effect at the next restart"

@@ -57,6 +57,7 @@ pub struct RestartOnly {
     /// changes nothing.
     pub max_connections: usize,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub client_send_buffer: Option<usize>,
 }
 
 impl RestartOnly {
@@ -65,6 +66,7 @@ impl RestartOnly {
             listen: config.listen,
             max_connections: config.effective_max_connections(),
             metrics_listen: config.metrics_listen,
+            client_send_buffer: config.client_send_buffer,
         }
     }
 }

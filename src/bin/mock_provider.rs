@@ -50,7 +50,7 @@ fn main() -> std::io::Result<()> {
         runtime.worker_threads(threads);
     }
     runtime.enable_all().build()?.block_on(async move {
-        let listener = kimi_gateway::listener::bind(cli.listen)?;
+        let listener = kimi_gateway::listener::bind(cli.listen, None)?;
         let options = MockOptions {
             api_key: cli.api_key,
             record: false,

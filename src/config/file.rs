@@ -21,6 +21,9 @@ pub struct ServerFile {
     pub max_response_bytes: Option<u64>,
     /// Most plain answer bytes held at once, across every request.
     pub max_answer_bytes_total: Option<u64>,
+    /// The kernel's send buffer of each client connection, in bytes (0:
+    /// the kernel's own, grown as it sees fit).
+    pub client_send_buffer_bytes: Option<u64>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_secs: Option<f64>,
     /// Interval of `: keep-alive` comments while a stream is silent (0: off).

@@ -64,6 +64,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Default total of plain answer bytes held at once: four answers at the
 /// default limit.
 pub const DEFAULT_MAX_ANSWER_BYTES_TOTAL: usize = 256 * 1024 * 1024;
+pub const DEFAULT_CLIENT_SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 /// One problem found in the configuration, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +128,9 @@ pub struct Config {
     /// Most plain answer bytes held at once, across every request (see
     /// `answer_budget`).
     pub max_answer_bytes_total: usize,
+    /// The kernel's send buffer asked for each client connection (see
+    /// `send_buffer`); `None`: the kernel's own.
+    pub client_send_buffer: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
     /// Interval of `: keep-alive` comments on silent streams.

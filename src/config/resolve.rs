@@ -137,6 +137,7 @@ pub fn resolve_reusing(
         max_connections: server.max_connections,
         max_response_bytes: server.max_response_bytes,
         max_answer_bytes_total: server.max_answer_bytes_total,
+        client_send_buffer: server.client_send_buffer,
         drain: server.drain,
         sse_keepalive: server.sse_keepalive,
         client_idle: server.client_idle,
@@ -374,6 +375,22 @@ mod tests {
             problems("[server]\nmax_answer_bytes_total = 0\n"),
             [
                 "server.max_answer_bytes_total: 0 is less than server.max_response_bytes (67108864), the least it may be"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_client_send_buffer_defaults_to_256_kib_and_0_leaves_it_to_the_kernel() {
+        let config = resolve("", &|_| None).unwrap();
+        assert_eq!(config.client_send_buffer, Some(256 * 1024));
+        let config = resolve("[server]\nclient_send_buffer_bytes = 0\n", &|_| None).unwrap();
+        assert_eq!(config.client_send_buffer, None);
+        let config = resolve("[server]\nclient_send_buffer_bytes = 1048576\n", &|_| None).unwrap();
+        assert_eq!(config.client_send_buffer, Some(1024 * 1024));
+        assert_eq!(
+            problems("[server]\nclient_send_buffer_bytes = 4096\n"),
+            [
+                "server.client_send_buffer_bytes: 4096 is less than 16384, the least it may be (0: the kernel's own)"
             ]
         );
     }

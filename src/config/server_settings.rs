@@ -4,8 +4,9 @@
 use super::file::ServerFile;
 use super::settings::{seconds, seconds_or_off};
 use super::{
-    ConfigProblem, DEFAULT_LISTEN, DEFAULT_MAX_ANSWER_BYTES_TOTAL, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_BODY_BYTES_TOTAL, DEFAULT_MAX_RESPONSE_BYTES,
+    ConfigProblem, DEFAULT_CLIENT_SEND_BUFFER_BYTES, DEFAULT_LISTEN,
+    DEFAULT_MAX_ANSWER_BYTES_TOTAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES_TOTAL,
+    DEFAULT_MAX_RESPONSE_BYTES,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +19,7 @@ pub(super) struct ServerSettings {
     pub max_connections: Option<usize>,
     pub max_response_bytes: usize,
     pub max_answer_bytes_total: usize,
+    pub client_send_buffer: Option<usize>,
     pub drain: Duration,
     pub sse_keepalive: Option<Duration>,
     pub client_idle: Option<Duration>,
@@ -87,6 +89,23 @@ pub(super) fn server_settings(
             ),
         ));
     }
+    let client_send_buffer = match file.client_send_buffer_bytes {
+        None => Some(DEFAULT_CLIENT_SEND_BUFFER_BYTES),
+        Some(0) => None,
+        Some(n) if n < MIN_CLIENT_SEND_BUFFER_BYTES => {
+            // The kernel would raise it to its own least (4.5 KiB), and a
+            // buffer that small costs a round trip per few kilobytes.
+            problems.push(ConfigProblem::new(
+                "server.client_send_buffer_bytes",
+                format!(
+                    "{n} is less than {MIN_CLIENT_SEND_BUFFER_BYTES}, the least it may be \
+                     (0: the kernel's own)"
+                ),
+            ));
+            Some(DEFAULT_CLIENT_SEND_BUFFER_BYTES)
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
     let drain = seconds(
         file.drain_secs,
         "server.drain_secs",
@@ -132,12 +151,16 @@ pub(super) fn server_settings(
         max_connections,
         max_response_bytes,
         max_answer_bytes_total,
+        client_send_buffer,
         drain,
         sse_keepalive,
         client_idle,
         metrics_listen,
     }
 }
+
+/// The least `server.client_send_buffer_bytes` other than 0.
+const MIN_CLIENT_SEND_BUFFER_BYTES: u64 = 16 * 1024;
 
 /// A size in bytes, at least 1.
 fn byte_count(

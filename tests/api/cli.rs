@@ -1336,6 +1336,41 @@ fn a_restart_only_change_is_warned_about_until_set_back() {
     child.wait().unwrap();
 }
 
+/// The send buffer asked for client connections is logged with what the
+/// kernel gave, and, set on the listener, changes only at a restart.
+#[test]
+fn the_client_send_buffer_is_logged_and_changes_at_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = gateway()
+        .args(["--listen", ANY_PORT, "--config", config.to_str().unwrap()])
+        .env("MOONSHOT_API_KEY", "k")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let child = Running(child);
+    let lines = lines_until(&mut stdout, "kimi-gateway listening");
+    let capped = lines
+        .iter()
+        .find(|l| l.contains("client send buffers capped"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(capped.contains("\"asked\":262144"), "{capped}");
+    assert!(capped.contains("\"kernel_gives\":"), "{capped}");
+
+    std::fs::write(&config, "[server]\nclient_send_buffer_bytes = 65536\n").unwrap();
+    signal(&child, "HUP");
+    let lines = lines_until(&mut stdout, "configuration reloaded");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("server.client_send_buffer_bytes differs")),
+        "{lines:?}"
+    );
+}
+
 /// A file that names the cap the gateway already runs with (the default
 /// its open-file limit set) changes nothing that needs a restart.
 #[test]

@@ -23,6 +23,7 @@ mod redis_server;
 mod resilience;
 mod routing;
 mod runaway_provider;
+mod send_buffers;
 mod server;
 mod streaming;
 mod upstream_client;

@@ -471,7 +471,9 @@ async fn connection_close_from_the_client_closes_after_the_response() {
 /// and the reset throws away the end of the answer not yet delivered.
 #[tokio::test]
 async fn bytes_sent_after_a_closing_request_do_not_cut_its_answer() {
-    let app = spawn_app().await;
+    // The kernel's own send buffer, which grows to hold the whole answer
+    // (a capped one would keep its end in the gateway).
+    let app = spawn_app_with("[server]\nclient_send_buffer_bytes = 0\n", &[]).await;
     let body = chat_body(MODEL, "long [mock chunks=20 chunk_bytes=100000]", true).to_string();
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
