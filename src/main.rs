@@ -147,10 +147,19 @@ fn main() -> ExitCode {
         Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
     }
     let runtime = runtime();
-    match runtime.block_on(serve(config, cli.listen)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+    // Served on a worker, not on this thread: `block_on` would run the
+    // accept loop here, and every accepted connection's task would be
+    // handed across threads to a worker (a futex wake and context
+    // switches per connection). Spawned, it shares its worker's queue.
+    let served = runtime.block_on(runtime.spawn(serve(config, cli.listen)));
+    match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
             tracing::error!(error = %err, "gateway stopped");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "gateway stopped: its serving task failed");
             ExitCode::FAILURE
         }
     }
