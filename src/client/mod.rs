@@ -185,7 +185,21 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// `origin` must be an absolute `http` or `https` URI.
     pub fn new(origin: http::Uri, connect_timeout: Duration) -> Client {
-        Client::with_tls(origin, connect_timeout, TLS.clone())
+        Client::with_tls(origin, connect_timeout, TLS.clone(), None)
+    }
+
+    /// Like [`Client::new`], its connections asking the kernel for a
+    /// receive buffer of `bytes` (`SO_RCVBUF`, set before connecting, so
+    /// the window it offers fits it) instead of letting it grow one: a
+    /// connection the gateway stops reading (its client is slow, or its
+    /// answer waits for room) holds at most about twice that queued in the
+    /// kernel, where a grown one held megabytes.
+    pub fn with_receive_buffer(
+        origin: http::Uri,
+        connect_timeout: Duration,
+        bytes: Option<usize>,
+    ) -> Client {
+        Client::with_tls(origin, connect_timeout, TLS.clone(), bytes)
     }
 
     /// Like [`Client::new`], trusting `roots` instead of the Mozilla roots
@@ -195,13 +209,19 @@ impl Client {
         connect_timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Client {
-        Client::with_tls(origin, connect_timeout, tls_config(roots))
+        Client::with_tls(origin, connect_timeout, tls_config(roots), None)
     }
 
-    fn with_tls(origin: http::Uri, connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
+    fn with_tls(
+        origin: http::Uri,
+        connect_timeout: Duration,
+        tls: rustls::ClientConfig,
+        receive_buffer: Option<usize>,
+    ) -> Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_recv_buffer_size(receive_buffer);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -81,6 +81,9 @@ pub struct ProviderFile {
     /// Extra headers sent with every request to this provider.
     pub headers: Option<BTreeMap<String, String>>,
     pub timeouts: Option<TimeoutsFile>,
+    /// The kernel's receive buffer of each connection to this provider, in
+    /// bytes (0: the kernel's own, grown as it sees fit).
+    pub receive_buffer_bytes: Option<u64>,
     /// Send streams with `stream_options.include_usage` when the client
     /// did not ask, so that they report usage (the extra chunk is not
     /// passed on).

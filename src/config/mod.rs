@@ -65,6 +65,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// default limit.
 pub const DEFAULT_MAX_ANSWER_BYTES_TOTAL: usize = 256 * 1024 * 1024;
 pub const DEFAULT_CLIENT_SEND_BUFFER_BYTES: usize = 256 * 1024;
+pub const DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// One problem found in the configuration, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

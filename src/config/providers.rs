@@ -5,8 +5,11 @@ use super::base_url::{check_base_url, normalized_base_url};
 use super::env_name::check_env_name;
 use super::file::{ProviderFile, TimeoutsFile};
 use super::presets::PRESETS;
-use super::settings::seconds;
-use super::{ApiKey, ConfigProblem, DiscoveredModels, ModelsRefresh, Provider, Timeouts};
+use super::settings::{seconds, socket_buffer};
+use super::{
+    ApiKey, ConfigProblem, DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES, DiscoveredModels, ModelsRefresh,
+    Provider, Timeouts,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ pub struct Draft {
     models: Vec<String>,
     headers: Vec<(String, String)>,
     timeouts: TimeoutsFile,
+    receive_buffer_bytes: Option<u64>,
     ask_stream_usage: bool,
     refresh_models_secs: Option<f64>,
     refresh_models_match: Option<Vec<String>>,
@@ -71,6 +75,7 @@ pub fn preset_drafts() -> Vec<Draft> {
             models: p.models.iter().map(|m| m.to_string()).collect(),
             headers: Vec::new(),
             timeouts: TimeoutsFile::default(),
+            receive_buffer_bytes: None,
             ask_stream_usage: p.ask_stream_usage,
             refresh_models_secs: None,
             refresh_models_match: None,
@@ -125,6 +130,7 @@ pub fn merge_provider_table(
                 models: Vec::new(),
                 headers: Vec::new(),
                 timeouts: TimeoutsFile::default(),
+                receive_buffer_bytes: None,
                 ask_stream_usage: false,
                 refresh_models_secs: None,
                 refresh_models_match: None,
@@ -213,6 +219,9 @@ pub fn merge_provider_table(
     draft.headers = file.headers.unwrap_or_default().into_iter().collect();
     if let Some(t) = file.timeouts {
         draft.timeouts = t;
+    }
+    if file.receive_buffer_bytes.is_some() {
+        draft.receive_buffer_bytes = file.receive_buffer_bytes;
     }
     if let Some(ask) = file.ask_stream_usage {
         draft.ask_stream_usage = ask;
@@ -353,6 +362,12 @@ pub fn build_provider(
         }
     }
     let timeouts = timeouts(&draft.timeouts, &path, problems);
+    let receive_buffer = socket_buffer(
+        draft.receive_buffer_bytes,
+        &format!("{path}.receive_buffer_bytes"),
+        DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES,
+        problems,
+    );
     let mut models: Vec<String> = Vec::new();
     // A set beside the list: a catalogue of many thousands of ids is
     // checked in linear time, not once per id against every other.
@@ -403,7 +418,11 @@ pub fn build_provider(
         models,
         configured_models,
         headers,
-        client: crate::client::Client::new(chat_url.origin.clone(), timeouts.connect),
+        client: crate::client::Client::with_receive_buffer(
+            chat_url.origin.clone(),
+            timeouts.connect,
+            receive_buffer,
+        ),
         chat_url,
         timeouts,
         ask_stream_usage: draft.ask_stream_usage,

@@ -388,11 +388,24 @@ mod tests {
         let config = resolve("[server]\nclient_send_buffer_bytes = 1048576\n", &|_| None).unwrap();
         assert_eq!(config.client_send_buffer, Some(1024 * 1024));
         assert_eq!(
-            problems("[server]\nclient_send_buffer_bytes = 4096\n"),
+            problems("[server]\nclient_send_buffer_bytes = 32768\n"),
             [
-                "server.client_send_buffer_bytes: 4096 is less than 16384, the least it may be (0: the kernel's own)"
+                "server.client_send_buffer_bytes: 32768 is less than 65536, the least it may be (0: the kernel's own)"
             ]
         );
+    }
+
+    #[test]
+    fn a_providers_receive_buffer_defaults_to_256_kib_and_is_checked() {
+        assert_eq!(
+            problems("[providers.moonshot]\nreceive_buffer_bytes = 1000\n"),
+            [
+                "providers.moonshot.receive_buffer_bytes: 1000 is less than 65536, the least it may be (0: the kernel's own)"
+            ]
+        );
+        for text in ["", "[providers.moonshot]\nreceive_buffer_bytes = 0\n"] {
+            assert!(resolve(text, &|_| None).is_ok(), "{text}");
+        }
     }
 
     #[test]

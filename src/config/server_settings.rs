@@ -2,7 +2,7 @@
 //! the client-side waits, each checked with its key path.
 
 use super::file::ServerFile;
-use super::settings::{seconds, seconds_or_off};
+use super::settings::{seconds, seconds_or_off, socket_buffer};
 use super::{
     ConfigProblem, DEFAULT_CLIENT_SEND_BUFFER_BYTES, DEFAULT_LISTEN,
     DEFAULT_MAX_ANSWER_BYTES_TOTAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES_TOTAL,
@@ -89,23 +89,12 @@ pub(super) fn server_settings(
             ),
         ));
     }
-    let client_send_buffer = match file.client_send_buffer_bytes {
-        None => Some(DEFAULT_CLIENT_SEND_BUFFER_BYTES),
-        Some(0) => None,
-        Some(n) if n < MIN_CLIENT_SEND_BUFFER_BYTES => {
-            // The kernel would raise it to its own least (4.5 KiB), and a
-            // buffer that small costs a round trip per few kilobytes.
-            problems.push(ConfigProblem::new(
-                "server.client_send_buffer_bytes",
-                format!(
-                    "{n} is less than {MIN_CLIENT_SEND_BUFFER_BYTES}, the least it may be \
-                     (0: the kernel's own)"
-                ),
-            ));
-            Some(DEFAULT_CLIENT_SEND_BUFFER_BYTES)
-        }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-    };
+    let client_send_buffer = socket_buffer(
+        file.client_send_buffer_bytes,
+        "server.client_send_buffer_bytes",
+        DEFAULT_CLIENT_SEND_BUFFER_BYTES,
+        problems,
+    );
     let drain = seconds(
         file.drain_secs,
         "server.drain_secs",
@@ -158,9 +147,6 @@ pub(super) fn server_settings(
         metrics_listen,
     }
 }
-
-/// The least `server.client_send_buffer_bytes` other than 0.
-const MIN_CLIENT_SEND_BUFFER_BYTES: u64 = 16 * 1024;
 
 /// A size in bytes, at least 1.
 fn byte_count(

@@ -23,7 +23,7 @@ mod redis_server;
 mod resilience;
 mod routing;
 mod runaway_provider;
-mod send_buffers;
 mod server;
+mod socket_buffers;
 mod streaming;
 mod upstream_client;
