@@ -39,7 +39,7 @@ pub fn bind(addr: SocketAddr, send_buffer: Option<usize>) -> std::io::Result<Tcp
         socket.set_reuseaddr(true)?;
         if let Some(asked) = send_buffer {
             let kernel_gives = cap_send_buffers(&socket, asked)?;
-            tracing::info!(asked, kernel_gives, "client send buffers capped");
+            tracing::info!(asked, kernel_gives, "client send buffers sized");
         }
         socket.bind(addr)?;
         socket.listen(BACKLOG)

@@ -1355,7 +1355,7 @@ fn the_client_send_buffer_is_logged_and_changes_at_a_restart() {
     let lines = lines_until(&mut stdout, "kimi-gateway listening");
     let capped = lines
         .iter()
-        .find(|l| l.contains("client send buffers capped"))
+        .find(|l| l.contains("client send buffers sized"))
         .unwrap_or_else(|| panic!("{lines:?}"));
     assert!(capped.contains("\"asked\":262144"), "{capped}");
     assert!(capped.contains("\"kernel_gives\":"), "{capped}");
