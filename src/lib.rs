@@ -51,4 +51,5 @@ pub mod settle_at_end;
 pub mod shown;
 pub mod state;
 pub mod telemetry;
+pub mod unbudgeted;
 pub mod wire_fields;

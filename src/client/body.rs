@@ -128,9 +128,8 @@ impl PooledBody {
         let mut read = 0usize;
         loop {
             let frame = std::future::poll_fn(|cx| match Pin::new(&mut self).poll_frame(cx) {
-                Poll::Pending => deadline
-                    .as_mut()
-                    .poll(cx)
+                // Outside the budget: a body flooding in spends it.
+                Poll::Pending => crate::unbudgeted::poll(cx, |cx| deadline.as_mut().poll(cx))
                     .map(|()| Some(Err(UpstreamError::BodyTimedOut))),
                 ready => ready,
             })

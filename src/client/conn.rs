@@ -309,7 +309,9 @@ fn poll_deadline(
     cx: &mut Context<'_>,
 ) -> Poll<UpstreamError> {
     match deadline {
-        Some(timer) => timer.as_mut().poll(cx).map(|()| UpstreamError::TimedOut),
+        // Outside the budget: a provider flooding interim heads spends it.
+        Some(timer) => crate::unbudgeted::poll(cx, |cx| timer.as_mut().poll(cx))
+            .map(|()| UpstreamError::TimedOut),
         None => Poll::Pending,
     }
 }

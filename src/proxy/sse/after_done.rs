@@ -3,6 +3,7 @@
 
 use super::{SseRelay, Upstream};
 use crate::error::GatewayError;
+use crate::unbudgeted;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -51,7 +52,8 @@ impl SseRelay {
                     // for it into an error: the answer is whole.
                     let shutdown = self.waits.as_mut().poll_shutdown(cx).is_ready();
                     if shutdown
-                        || (self.waits.as_mut().idle().poll(cx).is_ready()
+                        || (unbudgeted::poll(cx, |cx| self.waits.as_mut().idle().poll(cx))
+                            .is_ready()
                             && !self.rearm_idle_timer(cx))
                     {
                         self.lf_owed = false;

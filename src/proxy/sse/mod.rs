@@ -26,6 +26,7 @@ use super::stream_stats::{StreamEnd, StreamStats};
 use super::upstream_errors::{self, Awaited};
 use super::usage::UsageReport;
 use crate::error::GatewayError;
+use crate::unbudgeted;
 use after_done::read_rest_in_background;
 use bytes::Bytes;
 pub use event_align::EventAligner;
@@ -490,6 +491,13 @@ impl SseRelay {
         }
         let has_event = first_event.is_some();
         let now = Instant::now();
+        // Comments alone do not hold off the idle limit, however fast they
+        // come: a provider that floods them never leaves the reads
+        // waiting, where the limit's timer is otherwise looked at.
+        if !has_event && now >= self.waits.as_mut().idle().deadline() && !self.rearm_idle_timer(cx)
+        {
+            return Relayed::Fail(self.idle_error());
+        }
         if has_event {
             if self.head_sent {
                 self.chunk_gap
@@ -536,16 +544,12 @@ impl SseRelay {
             };
             return Quiet::Answer(Poll::Ready(Some(Err(err))));
         }
-        if self.waits.as_mut().idle().poll(cx).is_ready() && !self.rearm_idle_timer(cx) {
-            let awaited = if self.idle_between_events {
-                Awaited::NextEvent
-            } else if self.opening_held {
-                Awaited::AnswerAfterOpening
-            } else {
-                Awaited::FirstEvent
-            };
-            let err = upstream_errors::stream_idle(&self.provider, self.idle, awaited);
-            return Quiet::Answer(Poll::Ready(Some(Err(err))));
+        // Outside the budget: a provider flooding comments spends it.
+        let mut idle = self.waits.as_mut().idle();
+        if unbudgeted::poll(cx, |cx| idle.as_mut().poll(cx)).is_ready()
+            && !self.rearm_idle_timer(cx)
+        {
+            return Quiet::Answer(Poll::Ready(Some(Err(self.idle_error()))));
         }
         // Comments go only between whole events, and only once the
         // head is out: before it, a silent upstream can still fail
@@ -563,6 +567,19 @@ impl SseRelay {
 
     /// The idle timer fired: if an event came since it was armed, arm it
     /// for that event's deadline (and register the waker) and say so.
+    /// The error of a stream whose idle limit (or first-byte deadline)
+    /// passed, naming what it waited for.
+    fn idle_error(&self) -> GatewayError {
+        let awaited = if self.idle_between_events {
+            Awaited::NextEvent
+        } else if self.opening_held {
+            Awaited::AnswerAfterOpening
+        } else {
+            Awaited::FirstEvent
+        };
+        upstream_errors::stream_idle(&self.provider, self.idle, awaited)
+    }
+
     fn rearm_idle_timer(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.idle_between_events {
             return false;
@@ -573,7 +590,7 @@ impl SseRelay {
         }
         let mut timer = self.waits.as_mut().idle();
         timer.as_mut().reset(due);
-        let _ = timer.poll(cx);
+        let _ = unbudgeted::poll(cx, |cx| timer.as_mut().poll(cx));
         true
     }
 

@@ -650,16 +650,10 @@ impl Connection {
     /// `Ready` once the client has closed the connection (or it failed);
     /// bytes it sends meanwhile are kept for the next request, up to a
     /// limit past which the connection is no longer read.
-    ///
-    /// Asked outside the task's cooperative budget: a handler that spends
-    /// it at every poll (a provider sending without pause, each read ready
-    /// at once) would otherwise have this read refused as over budget at
-    /// every poll too, and the client's leaving never seen.
+    /// Asked outside the task's cooperative budget (see `unbudgeted`): a
+    /// handler reading a provider that sends without pause spends it.
     fn poll_client_left(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let check = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
-            self.poll_client_left_now(cx)
-        }));
-        std::pin::pin!(check).poll(cx)
+        crate::unbudgeted::poll(cx, |cx| self.poll_client_left_now(cx))
     }
 
     fn poll_client_left_now(&mut self, cx: &mut Context<'_>) -> Poll<()> {
