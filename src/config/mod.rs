@@ -64,7 +64,11 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Default total of plain answer bytes held at once: four answers at the
 /// default limit.
 pub const DEFAULT_MAX_ANSWER_BYTES_TOTAL: usize = 256 * 1024 * 1024;
+/// The kernel send buffer asked for each client connection: what a client
+/// that stops reading can have queued in the kernel is about twice it.
 pub const DEFAULT_CLIENT_SEND_BUFFER_BYTES: usize = 256 * 1024;
+/// The kernel receive buffer asked for each provider connection: what a
+/// provider the gateway stops reading can have queued is about twice it.
 pub const DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// One problem found in the configuration, with the key path it concerns.
@@ -130,7 +134,7 @@ pub struct Config {
     /// `answer_budget`).
     pub max_answer_bytes_total: usize,
     /// The kernel's send buffer asked for each client connection (see
-    /// `send_buffer`); `None`: the kernel's own.
+    /// `listener`); `None`: the kernel's own.
     pub client_send_buffer: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,

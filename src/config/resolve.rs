@@ -388,6 +388,12 @@ mod tests {
         let config = resolve("[server]\nclient_send_buffer_bytes = 1048576\n", &|_| None).unwrap();
         assert_eq!(config.client_send_buffer, Some(1024 * 1024));
         assert_eq!(
+            problems("[server]\nclient_send_buffer_bytes = 4294967296\n"),
+            [
+                "server.client_send_buffer_bytes: 4294967296 is more than 2147483647, the most it may be"
+            ]
+        );
+        assert_eq!(
             problems("[server]\nclient_send_buffer_bytes = 32768\n"),
             [
                 "server.client_send_buffer_bytes: 32768 is less than 65536, the least it may be (0: the kernel's own)"

@@ -83,9 +83,13 @@ fn at_least_one(
 /// 16 MB answer over loopback took seconds instead of milliseconds.
 pub const LEAST_SOCKET_BUFFER: u64 = 64 * 1024;
 
+/// The largest socket buffer size a setting takes: the socket option is a
+/// C int.
+const LARGEST_SOCKET_BUFFER: u64 = i32::MAX as u64;
+
 /// A kernel socket buffer size asked for (`SO_SNDBUF`, `SO_RCVBUF`):
-/// `default` when absent, `None` (the kernel's own) for 0, at least
-/// [`LEAST_SOCKET_BUFFER`] otherwise.
+/// `default` when absent, `None` (the kernel's own) for 0, from
+/// [`LEAST_SOCKET_BUFFER`] to [`LARGEST_SOCKET_BUFFER`] otherwise.
 pub fn socket_buffer(
     value: Option<u64>,
     path: &str,
@@ -102,6 +106,13 @@ pub fn socket_buffer(
                     "{n} is less than {LEAST_SOCKET_BUFFER}, the least it may be \
                      (0: the kernel's own)"
                 ),
+            ));
+            Some(default)
+        }
+        Some(n) if n > LARGEST_SOCKET_BUFFER => {
+            problems.push(ConfigProblem::new(
+                path,
+                format!("{n} is more than {LARGEST_SOCKET_BUFFER}, the most it may be"),
             ));
             Some(default)
         }

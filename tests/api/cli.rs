@@ -1353,12 +1353,12 @@ fn the_client_send_buffer_is_logged_and_changes_at_a_restart() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let child = Running(child);
     let lines = lines_until(&mut stdout, "kimi-gateway listening");
-    let capped = lines
+    let sized = lines
         .iter()
         .find(|l| l.contains("client send buffers sized"))
         .unwrap_or_else(|| panic!("{lines:?}"));
-    assert!(capped.contains("\"asked\":262144"), "{capped}");
-    assert!(capped.contains("\"kernel_gives\":"), "{capped}");
+    assert!(sized.contains("\"asked\":262144"), "{sized}");
+    assert!(sized.contains("\"kernel_gives\":"), "{sized}");
 
     std::fs::write(&config, "[server]\nclient_send_buffer_bytes = 65536\n").unwrap();
     signal(&child, "HUP");
