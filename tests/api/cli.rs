@@ -762,13 +762,24 @@ impl Drop for Running {
 }
 
 pub(crate) fn start(
-    mut command: Command,
+    command: Command,
     args: &[&str],
 ) -> (
     Running,
     std::io::BufReader<std::process::ChildStdout>,
     String,
 ) {
+    let (child, mut stdout) = spawn(command, args);
+    let addr = listen_address(&wait_for_line(&mut stdout, "listening"));
+    (child, stdout, addr)
+}
+
+/// Starts the binary with `args` (and a Moonshot key), its log read from
+/// the returned reader.
+fn spawn(
+    mut command: Command,
+    args: &[&str],
+) -> (Running, std::io::BufReader<std::process::ChildStdout>) {
     let mut child = command
         .args(args)
         .env("MOONSHOT_API_KEY", "k")
@@ -776,10 +787,8 @@ pub(crate) fn start(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let child = Running(child);
-    let addr = listen_address(&wait_for_line(&mut stdout, "listening"));
-    (child, stdout, addr)
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    (Running(child), stdout)
 }
 
 /// The address in the gateway's "listening" line.
@@ -1343,15 +1352,8 @@ fn the_client_send_buffer_is_logged_and_changes_at_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, "").unwrap();
-    let mut child = gateway()
-        .args(["--listen", ANY_PORT, "--config", config.to_str().unwrap()])
-        .env("MOONSHOT_API_KEY", "k")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let child = Running(child);
+    let path = config.to_str().unwrap();
+    let (child, mut stdout) = spawn(gateway(), &["--listen", ANY_PORT, "--config", path]);
     let lines = lines_until(&mut stdout, "kimi-gateway listening");
     let sized = lines
         .iter()
