@@ -12,18 +12,42 @@ use super::slots::Slots;
 use super::spec::{
     DAY, Denial, LimitKind, LimitSpec, MINUTE, Scope, Snapshot, TokenShortfall, Window,
 };
-use governor::clock::{Clock, QuantaClock};
+use governor::clock::Clock;
 use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use smallvec::SmallVec;
+use std::cell::Cell;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-type Gcra = RateLimiter<NotKeyed, ReturnableState, QuantaClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<NotKeyed, ReturnableState, AdmissionClock, StateInformationMiddleware>;
+
+thread_local! {
+    /// The time [`AdmissionClock`] gives governor: set by
+    /// [`RequestLimiter::check`] just before it asks.
+    static ADMISSION_NOW: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The clock governor decides on: the admission's own reading of
+/// [`now_ns`], handed over through the thread. Every limit of a request is
+/// checked at one reading (not one per limit), and the limiter knows the
+/// exact time it was decided at, in the frame its state is kept in, so it
+/// can tell when it admits again. A limiter made while the thread's
+/// reading is 0 starts its frame at [`now_ns`]'s own zero.
+#[derive(Debug, Default, Clone, Copy)]
+struct AdmissionClock;
+
+impl Clock for AdmissionClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::new(ADMISSION_NOW.with(Cell::get))
+    }
+}
 
 /// governor's GCRA state (the theoretical arrival time, in nanoseconds
 /// since the limiter began; 0 before the first request) kept where the
@@ -94,11 +118,13 @@ impl RequestLimiter {
             .expect("a period of at least a minute is not zero")
             .allow_burst(limit);
         let state = ReturnableState::default();
+        // governor takes its start from the clock: [`now_ns`]'s zero.
+        ADMISSION_NOW.with(|now| now.set(0));
         RequestLimiter {
             gcra: RateLimiter::<_, _, _, NoOpMiddleware<_>>::new(
                 quota,
                 state.clone(),
-                QuantaClock::default(),
+                AdmissionClock,
             )
             .with_middleware::<StateInformationMiddleware>(),
             state,
@@ -109,23 +135,32 @@ impl RequestLimiter {
         }
     }
 
-    fn check(&self) -> Result<Window, Duration> {
+    /// Takes one request at `now` ([`now_ns`]), or says how long until one
+    /// is admitted.
+    fn check(&self, now: u64) -> Result<Window, Duration> {
+        ADMISSION_NOW.with(|cell| cell.set(now));
         match self.gcra.check() {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
-                let interval = state.quota().replenish_interval();
+                // When the state would be a full burst again; another
+                // request admitted since can only make it later.
+                let full_at = self.state.0.load(Ordering::Acquire);
                 if remaining == 0 {
-                    self.note_spent(interval);
+                    // The next request conforms once the state is within a
+                    // burst less one request of now.
+                    let burst_less_one = self.interval.as_u64() * u64::from(self.limit.get() - 1);
+                    let admits_at = full_at.saturating_sub(burst_less_one);
+                    self.note_spent_until(admits_at.max(now));
                 }
                 Ok(Window {
                     limit: u64::from(self.limit.get()),
                     remaining: u64::from(remaining),
-                    reset: interval * (self.limit.get() - remaining.min(self.limit.get())),
+                    reset: Duration::from_nanos(full_at.saturating_sub(now)),
                 })
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                self.note_spent(wait);
+                let wait = not_until.wait_time_from(Nanos::new(now));
+                self.note_spent_until(now.saturating_add(wait.as_nanos() as u64));
                 Err(wait)
             }
         }
@@ -139,9 +174,8 @@ impl RequestLimiter {
         self.spent_until.store(0, Ordering::Relaxed);
     }
 
-    /// The limit admits nothing for `wait` from now.
-    fn note_spent(&self, wait: Duration) {
-        let until = now_ns().saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+    /// The limit admits nothing before `until` ([`now_ns`]).
+    fn note_spent_until(&self, until: u64) {
         self.spent_until.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -405,7 +439,8 @@ fn take_tokens_and_requests(
     }
     for (at, scope) in scopes.iter().enumerate() {
         for (i, limiter) in scope.local.requests.iter().enumerate() {
-            match limiter.check() {
+            let now = *clock.get_or_insert_with(now_ns);
+            match limiter.check(now) {
                 Ok(window) => snapshot.note_requests(window),
                 Err(wait) => {
                     // All or nothing: the request cells taken before this
@@ -561,22 +596,60 @@ mod tests {
             MINUTE,
             LimitKind::RequestsPerMinute,
         );
+        let now = now_ns();
         for left in [2, 1, 0] {
-            assert_eq!(limiter.check().unwrap().remaining, left);
+            assert_eq!(limiter.check(now).unwrap().remaining, left);
         }
-        assert!(limiter.check().is_err());
-        assert!(limiter.wait_seen(now_ns()).is_some());
+        assert!(limiter.check(now).is_err());
+        assert!(limiter.wait_seen(now).is_some());
         limiter.give_back();
-        assert_eq!(limiter.wait_seen(now_ns()), None);
-        assert_eq!(limiter.check().unwrap().remaining, 0);
-        assert!(limiter.check().is_err());
+        assert_eq!(limiter.wait_seen(now), None);
+        assert_eq!(limiter.check(now).unwrap().remaining, 0);
+        assert!(limiter.check(now).is_err());
         // Giving back more than was taken leaves a full burst, no more.
         for _ in 0..10 {
             limiter.give_back();
         }
         for left in [2, 1, 0] {
-            assert_eq!(limiter.check().unwrap().remaining, left);
+            assert_eq!(limiter.check(now).unwrap().remaining, left);
         }
-        assert!(limiter.check().is_err());
+        assert!(limiter.check(now).is_err());
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// What a request limit says of its wait and reset is exact when it
+    /// has partly refilled, not a whole refill interval off: two a minute,
+    /// both taken at 0; at 45 s one is back (it came at 30 s), and taking
+    /// it leaves the next due at 60 s and the burst full at 90 s.
+    #[test]
+    fn waits_and_resets_are_exact_after_a_partial_refill() {
+        let limiter = RequestLimiter::new(
+            NonZeroU32::new(2).unwrap(),
+            MINUTE,
+            LimitKind::RequestsPerMinute,
+        );
+        let start = 1000 * SEC;
+        let first = limiter.check(start).unwrap();
+        assert_eq!((first.remaining, first.reset.as_secs()), (1, 30));
+        let second = limiter.check(start).unwrap();
+        assert_eq!((second.remaining, second.reset.as_secs()), (0, 60));
+        assert_eq!(limiter.wait_seen(start), Some(Duration::from_secs(30)));
+        assert_eq!(limiter.check(start), Err(Duration::from_secs(30)));
+
+        let later = start + 45 * SEC;
+        let third = limiter.check(later).unwrap();
+        assert_eq!(third.remaining, 0);
+        assert_eq!(third.reset, Duration::from_secs(45), "full at 90 s");
+        assert_eq!(
+            limiter.wait_seen(later),
+            Some(Duration::from_secs(15)),
+            "the next is due at 60 s"
+        );
+        assert_eq!(limiter.check(later), Err(Duration::from_secs(15)));
+        assert_eq!(limiter.wait_seen(later), Some(Duration::from_secs(15)));
+        let due = start + 60 * SEC;
+        assert!(limiter.check(due - 1).is_err());
+        assert_eq!(limiter.check(due).unwrap().reset, Duration::from_secs(60));
     }
 }

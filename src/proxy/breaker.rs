@@ -171,6 +171,16 @@ impl Breaker {
         (until > now).then(|| Duration::from_millis(until - now))
     }
 
+    /// Whether an attempt would be let through now, without taking the
+    /// half-open circuit's probe: for a caller that waits before it asks.
+    pub fn would_admit(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open => false,
+            BreakerState::HalfOpen => !self.circuit.probing.load(Ordering::Acquire),
+        }
+    }
+
     /// Asks to send one attempt through this target.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         // A closed circuit, the usual case, needs no clock reading.
@@ -320,16 +330,17 @@ impl Permit<'_> {
 
     /// The attempt says nothing about the target's health (e.g. the client's
     /// own bad request, or a rate limit), but the target did answer: a
-    /// probe closes the circuit, and a run of failures in a row ends (the
-    /// same answer cannot prove health to one and not the other).
-    pub fn neutral(mut self) {
+    /// probe closes the circuit, a run of failures in a row ends, and the
+    /// error ratio's window counts it among the answers that were no
+    /// failure (the same answer cannot prove health to one rule and not
+    /// the others).
+    pub fn neutral(self) {
+        self.neutral_at(now_ms());
+    }
+
+    fn neutral_at(mut self, now: u64) {
         self.reported = true;
-        let consecutive = &self.breaker.circuit.consecutive;
-        if self.probe {
-            self.breaker.on_success(true, now_ms());
-        } else if consecutive.load(Ordering::Relaxed) != 0 {
-            consecutive.store(0, Ordering::Relaxed);
-        }
+        self.breaker.on_success(self.probe, now);
     }
 
     /// The attempt never reached the target (the gateway's own limit for
@@ -530,6 +541,38 @@ mod tests {
         assert_eq!(b.state_at(5), BreakerState::Closed);
         fail(&b, 6);
         assert_eq!(b.state_at(6), BreakerState::Open);
+    }
+
+    /// Answers that say nothing of the target's health count in the error
+    /// ratio's window as answers that did not fail: one failure among
+    /// three answers is a third, not all of them.
+    #[test]
+    fn neutral_answers_count_in_the_error_ratio() {
+        let b = Breaker::new(BreakerSettings {
+            consecutive_failures: 1000,
+            ..breaker().settings
+        });
+        for round in 0..20 {
+            let now = 1 + round * 3;
+            fail(&b, now);
+            b.try_acquire_at(now + 1)
+                .expect("closed")
+                .neutral_at(now + 1);
+            b.try_acquire_at(now + 2)
+                .expect("closed")
+                .neutral_at(now + 2);
+            assert_eq!(b.state_at(now + 2), BreakerState::Closed, "round {round}");
+        }
+        assert_eq!(b.circuit.window_total.load(Ordering::Relaxed), 60);
+        assert_eq!(b.circuit.window_failed.load(Ordering::Relaxed), 20);
+        // Failures that reach half of the answers still open it: 20 more
+        // make 40 of 80.
+        for now in 100..119 {
+            fail(&b, now);
+            assert_eq!(b.state_at(now), BreakerState::Closed, "at {now}");
+        }
+        fail(&b, 119);
+        assert_eq!(b.state_at(119), BreakerState::Open);
     }
 
     #[test]

@@ -201,11 +201,6 @@ where
         let Some(i) = next_target(&states, cursor, now >= deadline, now) else {
             break;
         };
-        let Some(permit) = order[i].breaker.try_acquire() else {
-            states[i].skipped = true;
-            events.emit(order[i], Event::BreakerOpen);
-            continue;
-        };
         let target = order[i];
         let mut wake = None;
         if states[i].tried {
@@ -226,13 +221,29 @@ where
             }
             wake = Some(at);
         }
-        cursor = i + 1;
-        // Counted before the backoff: a client that leaves during it still
-        // has the failed attempt counted as the retry it was heading for.
-        events.another_follows(target);
         if let Some(wake) = wake {
+            if !target.breaker.would_admit() {
+                states[i].skipped = true;
+                events.emit(target, Event::BreakerOpen);
+                continue;
+            }
+            // The circuit is asked after the wait, not before: a
+            // half-open circuit's one probe is not held through a backoff
+            // while every other request is turned away from the target.
+            let waiting = Waiting {
+                events: &mut events,
+                next: Some(target),
+            };
             tokio::time::sleep_until(wake).await;
+            waiting.over();
         }
+        let Some(permit) = target.breaker.try_acquire() else {
+            states[i].skipped = true;
+            events.emit(target, Event::BreakerOpen);
+            continue;
+        };
+        cursor = i + 1;
+        events.another_follows(target);
         states[i].tried = true;
         report.attempts += 1;
         report.target = Some(target);
@@ -432,6 +443,30 @@ impl<'a, E: FnMut(&'a Target, Event)> Drop for UnderWay<'_, 'a, E> {
         if let Some(target) = self.target.take() {
             self.events
                 .emit(target, Event::Attempt(AttemptOutcome::ClientClosed));
+        }
+    }
+}
+
+/// A backoff being waited before an attempt at `next`. Dropped before it
+/// is over, the client left during it: the failed attempt before it is
+/// counted as the retry (or fail-over) it was heading for.
+struct Waiting<'e, 'a, E: FnMut(&'a Target, Event)> {
+    events: &'e mut Events<'a, E>,
+    next: Option<&'a Target>,
+}
+
+impl<'a, E: FnMut(&'a Target, Event)> Waiting<'_, 'a, E> {
+    /// The wait ended: what the failed attempt was is known once the next
+    /// one is let through (or is not).
+    fn over(mut self) {
+        self.next = None;
+    }
+}
+
+impl<'a, E: FnMut(&'a Target, Event)> Drop for Waiting<'_, 'a, E> {
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.events.another_follows(next);
         }
     }
 }

@@ -399,6 +399,18 @@ fn error_from(
         Some(ErrorType::InvalidRequestError) if status == StatusCode::NOT_FOUND => {
             ErrorType::ResourceNotFoundError
         }
+        // A 5xx says the provider failed, whatever its body calls the
+        // error: a type that blames the request, or what the account may
+        // reach, would stop fail-over and keep the failure off the circuit
+        // (resellers and proxies in front of a provider type their own
+        // outages so). Types of capacity (a rate limit, overload, quota)
+        // still name the cause.
+        Some(
+            ErrorType::InvalidRequestError
+            | ErrorType::ContentFilter
+            | ErrorType::PermissionDeniedError
+            | ErrorType::ResourceNotFoundError,
+        ) if carrier.is_none() && status.is_server_error() => ErrorType::ServerError,
         Some(typed) => typed,
         None => classify(status, &lower),
     };
@@ -805,6 +817,48 @@ mod tests {
             body,
         );
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn a_5xx_is_a_server_error_whatever_its_body_calls_it() {
+        let read = |status: u16, body: &[u8]| {
+            translate(
+                &test_provider(),
+                StatusCode::from_u16(status).unwrap(),
+                AskedWait::default(),
+                body,
+            )
+        };
+        for (status, sent_as) in [(500, 500), (503, 503), (504, 504), (520, 502)] {
+            for typed in [
+                "invalid_request_error",
+                "content_filter",
+                "permission_denied_error",
+                "resource_not_found_error",
+            ] {
+                let body = format!(r#"{{"error":{{"message":"upstream down","type":"{typed}"}}}}"#);
+                let err = read(status, body.as_bytes());
+                assert_eq!(err.error_type, ErrorType::ServerError, "{status} {typed}");
+                assert_eq!(err.status.as_u16(), sent_as, "{status} {typed}");
+                assert_eq!(err.message, "upstream down");
+                assert_eq!(
+                    crate::proxy::failover::classify(&err),
+                    crate::proxy::failover::Verdict::Retry { unhealthy: true }
+                );
+            }
+        }
+        // Capacity types keep naming the cause.
+        let busy = read(
+            503,
+            br#"{"error":{"message":"busy","type":"engine_overloaded_error"}}"#,
+        );
+        assert_eq!(busy.error_type, ErrorType::EngineOverloadedError);
+        // A 4xx typed as the request's fault stays that.
+        let bad = read(
+            400,
+            br#"{"error":{"message":"bad","type":"invalid_request_error"}}"#,
+        );
+        assert_eq!(bad.error_type, ErrorType::InvalidRequestError);
     }
 
     #[test]

@@ -1574,3 +1574,55 @@ fn a_failing_log_output_is_counted_and_told_on_stderr() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(!rest.contains("output failed"), "{rest}");
 }
+
+/// A stream whose provider goes on sending while the gateway's process is
+/// frozen (SIGSTOP here; a paused VM or container alike) for longer than
+/// the idle limit goes on at resume: the limit is believed only once what
+/// arrived meanwhile has been looked for.
+#[test]
+fn a_stream_outlives_a_freeze_of_the_gateway_longer_than_its_idle_limit() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(mock_for_start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[providers.moonshot.timeouts]\nidle_secs = 1\n[retry]\nmax_attempts = 1\n",
+    )
+    .unwrap();
+    let mut command = gateway();
+    command.env(
+        "MOONSHOT_BASE_URL",
+        mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+    );
+    let path = config.to_str().unwrap();
+    let (mut child, _stdout, addr) = start(command, &["--listen", ANY_PORT, "--config", path]);
+    let text = runtime.block_on(async {
+        let mut response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "kimi-k2-turbo-preview",
+                "stream": true,
+                "messages": [{"role": "user", "content": "[mock chunks=20 chunk_delay_ms=200]"}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let first = response.chunk().await.unwrap().unwrap();
+        let mut text = String::from_utf8_lossy(&first).into_owned();
+        signal(&child, "STOP");
+        // The freeze itself, past the 1 s idle limit, while the provider
+        // sends an event every 200 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+        signal(&child, "CONT");
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!text.contains("upstream_timeout"), "{text}");
+    assert!(text.contains("data: [DONE]"), "{text}");
+}

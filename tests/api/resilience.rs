@@ -590,6 +590,61 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     assert_eq!(seen(&app, Flavour::Moonshot), 5);
 }
 
+/// A request whose retry waits a backoff while the circuit is half-open
+/// does not hold the circuit's one probe through the wait: a request
+/// arriving meanwhile is the probe, and is served.
+#[tokio::test]
+async fn a_retry_waiting_its_backoff_does_not_hold_the_half_open_probe() {
+    let config = "[retry]\nmax_attempts = 2\nbackoff_base_ms = 3000\nbackoff_max_ms = 3000\n\
+                  [breaker]\nconsecutive_failures = 1\ncooldown_secs = 1\n";
+    let app = spawn_app_with(config, &[]).await;
+    let turbo = |content: &str| chat_body("kimi-k2-turbo-preview", content, false);
+    let state = |ready: &serde_json::Value| {
+        ready["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Sent while the circuit is closed, it fails once the circuit is
+    // half-open; its retry then waits 1.5-3 s, and is served.
+    let slow = tokio::spawn(
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .json(&turbo(
+                "[mock error=server fail_times=1 head_delay_ms=1500]",
+            ))
+            .send(),
+    );
+    wait_until("the slow request reaches the provider", async || {
+        !app.mock.requests_for(Flavour::Moonshot).is_empty()
+    })
+    .await;
+    assert_eq!(app.chat(turbo("[mock error=server]")).await.status(), 500);
+    assert_eq!(state(&app.readyz().await), "open");
+    wait_for_state(&app, &state, "half_open").await;
+    let heads = "kimi_gateway_upstream_head_seconds_count{provider=\"moonshot\"}";
+    wait_until("the slow request's first attempt fails", async || {
+        sample(&scrape(&app).await, heads) == Some(2.0)
+    })
+    .await;
+    assert!(!slow.is_finished(), "its retry waits the backoff");
+    let response = app.chat(turbo("hi")).await;
+    assert_eq!(response.status(), 200, "this request is the probe");
+    assert_eq!(state(&app.readyz().await), "closed");
+    assert!(
+        !slow.is_finished(),
+        "the probe went through during the backoff"
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200, "its retry finds the circuit closed");
+    assert_eq!(header(&slow, "x-gateway-attempts"), "2");
+}
+
 /// A stream the provider cuts (or ends with a server error event) after
 /// its first event was a successful attempt when it began; its failure
 /// still counts against the circuit

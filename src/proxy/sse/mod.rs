@@ -120,6 +120,10 @@ pub struct SseRelay {
     after: VecDeque<Bytes>,
     /// The first event arrived: idle time is now measured between events.
     idle_between_events: bool,
+    /// The idle (or first-byte) limit was seen passed with nothing read,
+    /// and the runtime has been let look at the sockets since: nothing
+    /// read still, the limit holds ([`crate::driver_turn`]).
+    idle_seen_passed: bool,
     /// When the client was last sent something (events or a comment).
     last_write: Instant,
     /// The client asked for `stream_options.include_usage`.
@@ -213,6 +217,7 @@ impl SseRelay {
             queued: VecDeque::new(),
             after: VecDeque::new(),
             idle_between_events: false,
+            idle_seen_passed: false,
             last_write: now,
             include_usage: settings.include_usage,
             hide_usage_chunk: settings.hide_usage_chunk,
@@ -379,6 +384,7 @@ impl SseRelay {
             };
             match next {
                 Poll::Ready(Some(Ok(mut chunk))) => {
+                    self.idle_seen_passed = false;
                     // One byte order mark may start an event stream (and is
                     // no part of its first line); passed on, the first
                     // event would not start with `data:`.
@@ -549,6 +555,14 @@ impl SseRelay {
         if unbudgeted::poll(cx, |cx| idle.as_mut().poll(cx)).is_ready()
             && !self.rearm_idle_timer(cx)
         {
+            // Believed once the reads have been asked again after the
+            // runtime looked at the sockets: after a freeze of the process
+            // the timer is met before what the provider sent meanwhile.
+            if !self.idle_seen_passed {
+                self.idle_seen_passed = true;
+                crate::driver_turn::wake_after_io(cx);
+                return Quiet::Answer(Poll::Pending);
+            }
             return Quiet::Answer(Poll::Ready(Some(Err(self.idle_error()))));
         }
         // Comments go only between whole events, and only once the
