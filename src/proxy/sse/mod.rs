@@ -120,9 +120,9 @@ pub struct SseRelay {
     after: VecDeque<Bytes>,
     /// The first event arrived: idle time is now measured between events.
     idle_between_events: bool,
-    /// The idle (or first-byte) limit was seen passed with nothing read,
-    /// and the runtime has been let look at the sockets since: nothing
-    /// read still, the limit holds ([`crate::driver_turn`]).
+    /// The idle (or first-byte) limit was seen passed, and the runtime has
+    /// been let look at the sockets since: no event read still (comments
+    /// do not count), the limit holds ([`crate::driver_turn`]).
     idle_seen_passed: bool,
     /// When the client was last sent something (events or a comment).
     last_write: Instant,
@@ -384,7 +384,6 @@ impl SseRelay {
             };
             match next {
                 Poll::Ready(Some(Ok(mut chunk))) => {
-                    self.idle_seen_passed = false;
                     // One byte order mark may start an event stream (and is
                     // no part of its first line); passed on, the first
                     // event would not start with `data:`.
@@ -510,6 +509,7 @@ impl SseRelay {
                     .observe((now - self.last_event).as_secs_f64());
             }
             self.last_event = now;
+            self.idle_seen_passed = false;
         }
         self.last_write = now;
         // Timers are not re-armed per event: when one fires,
