@@ -859,6 +859,40 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_limit() {
     assert_eq!(next.status(), 200);
 }
 
+/// A client that stops reading is cut off after the idle limit, not
+/// twice it: what its kernel takes into its receive buffer as the
+/// gateway's send buffer fills is acknowledged, but is no reading, and
+/// counted as taken it restarted the wait once (measured: 4.0 s for a
+/// 2 s limit).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_limit_not_twice_it() {
+    let app = spawn_app_with("[server]\nclient_idle_secs = 2\n", &[]).await;
+    let body = chat_body(MODEL, "[mock chunks=64 chunk_bytes=262144]", true).to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8192).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(chat_request(&body).as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 100];
+    stream.read_exact(&mut head).await.unwrap();
+    let stopped = std::time::Instant::now();
+    wait_until("the stream is dropped", async || {
+        app.state.metrics.open_streams.get() == 0
+    })
+    .await;
+    let cut_after = stopped.elapsed();
+    assert!(
+        cut_after >= Duration::from_millis(1900),
+        "cut after {cut_after:?}, before the limit"
+    );
+    assert!(
+        cut_after < Duration::from_millis(3300),
+        "cut after {cut_after:?}: nearer twice the limit than once"
+    );
+}
+
 /// A client that reads its answer steadily, if slowly, is not taken for
 /// one that stopped: the kernel grows the gateway's send buffer to
 /// megabytes and reports room to write only once much of it has drained,

@@ -1,7 +1,7 @@
 //! A response written to the client: its head, then its body framed by
 //! length or in chunks, gathered into as few writes as the body allows.
 
-use super::waits::{BODY_PROGRESS, IdleLimit, SendQueue};
+use super::waits::{BODY_PROGRESS, IdleLimit, SEND_QUEUE_SETTLES, SendQueue};
 use super::{Connection, Next};
 use crate::coarse_clock;
 use crate::server::response_head::{self, BodyFraming, ConnectionHeader};
@@ -138,16 +138,36 @@ impl Connection {
     ) -> std::io::Result<()> {
         let queue = SendQueue::of(&self.io);
         // When the current wait began (coarse clock), the bytes written by
-        // then, and those the client had not acknowledged then.
-        let mut wait: Option<(Duration, usize, Option<usize>)> = None;
+        // then, those the client had not acknowledged then (or once the
+        // wait had settled), and whether it has.
+        let mut wait: Option<(Duration, usize, Option<usize>, bool)> = None;
         let mut too_slow = |cx: &mut Context<'_>, written: usize| {
             let Some(limit) = idle.as_deref_mut() else {
                 return false;
             };
-            let (began, from, unacked) = match wait {
-                Some(waiting @ (_, from, _)) if written - from < BODY_PROGRESS => waiting,
-                _ => *wait.insert((coarse_clock::monotonic(), written, queue.unacknowledged())),
+            let (began, from, unacked, settled) = match &mut wait {
+                Some(waiting) if written - waiting.1 < BODY_PROGRESS => waiting,
+                _ => wait.insert((
+                    coarse_clock::monotonic(),
+                    written,
+                    queue.unacknowledged(),
+                    false,
+                )),
             };
+            if !*settled {
+                // What the client's kernel takes into its receive buffer
+                // as the socket fills is no reading: acknowledged in the
+                // first moments of the wait, it would count as taken once
+                // and double the limit for a client that stopped reading.
+                // The count starts once they have passed.
+                let settle = (limit.after / 4).min(SEND_QUEUE_SETTLES);
+                if !limit.passed_for(cx, *began, settle) {
+                    return false;
+                }
+                *settled = true;
+                *unacked = queue.unacknowledged();
+            }
+            let (began, from, unacked) = (*began, *from, *unacked);
             if !limit.passed(cx, began) {
                 return false;
             }
@@ -160,7 +180,7 @@ impl Connection {
                 return true;
             }
             let now = coarse_clock::monotonic();
-            wait = Some((now, written, now_unacked));
+            wait = Some((now, written, now_unacked, true));
             limit.passed(cx, now)
         };
         let written = self.output.write_to(&mut self.io, &mut too_slow);

@@ -49,14 +49,24 @@ impl IdleLimit<'_> {
     /// the limit. If not, the timer is due when it will have (it may have
     /// been armed before this wait began) and wakes this task then.
     pub(super) fn passed(&mut self, cx: &mut Context<'_>, began: Duration) -> bool {
+        self.passed_for(cx, began, self.after)
+    }
+
+    /// [`Self::passed`] for a wait of `wait` instead of the limit.
+    pub(super) fn passed_for(
+        &mut self,
+        cx: &mut Context<'_>,
+        began: Duration,
+        wait: Duration,
+    ) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
             let waited = coarse_clock::monotonic().saturating_sub(began);
-            if waited >= self.after {
+            if waited >= wait {
                 return true;
             }
             self.timer
                 .as_mut()
-                .reset(tokio::time::Instant::now() + (self.after - waited));
+                .reset(tokio::time::Instant::now() + (wait - waited));
         }
         false
     }
@@ -81,6 +91,12 @@ impl IdleLimit<'_> {
 /// much of its response (or the rest of what is ready), per idle limit, so
 /// one that trickles a byte at a time cannot hold a connection for ever.
 pub(super) const BODY_PROGRESS: usize = 8 * 1024;
+
+/// How long after a response's write began to wait the client's
+/// acknowledgements start to count as taken (a quarter of the idle limit
+/// when that is shorter): by then its kernel has filled its receive
+/// buffer from the send queue, over any but a very long round trip.
+pub(super) const SEND_QUEUE_SETTLES: Duration = Duration::from_secs(1);
 
 /// A TCP socket's send queue, asked how much of what was written its peer
 /// has not acknowledged yet. The socket reporting room to write is no
