@@ -25,7 +25,6 @@ pub mod client;
 pub mod coarse_clock;
 pub mod config;
 pub mod drain;
-pub mod driver_turn;
 pub mod error;
 pub mod fd_limit;
 pub mod healthcheck;

@@ -398,8 +398,8 @@ fn take_tokens_and_requests(
     snapshot: &mut Snapshot,
     mut hold: LocalHold,
 ) -> Result<LocalHold, Denial> {
-    // Read the clock only for scopes with token limits (a provider's cap is
-    // often only requests and concurrency), once for all of them.
+    // Read the clock only for scopes with token or request limits (a
+    // provider's cap is often only concurrency), once for all of them.
     let mut clock = None;
     for scope in scopes {
         let state = &scope.local;

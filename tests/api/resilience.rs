@@ -563,17 +563,7 @@ async fn the_circuit_opens_probes_half_open_and_closes_on_success() {
     );
     assert_eq!(error_of(response).await["code"], "circuit_open");
     assert_eq!(seen(&app, Flavour::Moonshot), 2);
-    let state = |ready: &serde_json::Value| {
-        ready["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let state = turbo_circuit;
     assert_eq!(state(&app.readyz().await), "open");
 
     // After the cool-down, one probe; its failure re-opens the circuit.
@@ -599,17 +589,7 @@ async fn a_retry_waiting_its_backoff_does_not_hold_the_half_open_probe() {
                   [breaker]\nconsecutive_failures = 1\ncooldown_secs = 1\n";
     let app = spawn_app_with(config, &[]).await;
     let turbo = |content: &str| chat_body("kimi-k2-turbo-preview", content, false);
-    let state = |ready: &serde_json::Value| {
-        ready["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let state = turbo_circuit;
     // Sent while the circuit is closed, it fails once the circuit is
     // half-open; its retry then waits 1.5-3 s, and is served.
     let slow = tokio::spawn(
@@ -706,6 +686,19 @@ async fn account_errors_never_open_the_circuit() {
         .unwrap()
         .clone();
     assert_eq!(target["state"], "closed", "{ready}");
+}
+
+/// The circuit state `/readyz` gives Moonshot's `kimi-k2-turbo-preview`.
+fn turbo_circuit(ready: &serde_json::Value) -> String {
+    ready["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "moonshot/kimi-k2-turbo-preview")
+        .unwrap()["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 async fn wait_for_state(app: &TestApp, state: &impl Fn(&serde_json::Value) -> String, want: &str) {

@@ -51,6 +51,13 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// a provider that sends nothing else has sent no answer.
 const MAX_OPENING: usize = 64 * 1024;
 
+/// How much longer a stream's idle (or first-byte) limit, once seen passed
+/// with no event, waits before it is believed: time for the runtime to
+/// look at the sockets after a freeze of the process, when every timer is
+/// met at once at resume (a single yield to the runtime is not enough: on
+/// several workers another may be the one polling the sockets).
+const IDLE_GRACE: Duration = Duration::from_millis(100);
+
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
 /// A comment line alone: a blank line after it would end an (empty) event,
@@ -120,9 +127,9 @@ pub struct SseRelay {
     after: VecDeque<Bytes>,
     /// The first event arrived: idle time is now measured between events.
     idle_between_events: bool,
-    /// The idle (or first-byte) limit was seen passed, and the runtime has
-    /// been let look at the sockets since: no event read still (comments
-    /// do not count), the limit holds ([`crate::driver_turn`]).
+    /// The idle (or first-byte) limit was seen passed, and [`IDLE_GRACE`]
+    /// has been given since: no event read still (comments do not count),
+    /// the limit holds.
     idle_seen_passed: bool,
     /// When the client was last sent something (events or a comment).
     last_write: Instant,
@@ -555,12 +562,15 @@ impl SseRelay {
         if unbudgeted::poll(cx, |cx| idle.as_mut().poll(cx)).is_ready()
             && !self.rearm_idle_timer(cx)
         {
-            // Believed once the reads have been asked again after the
-            // runtime looked at the sockets: after a freeze of the process
-            // the timer is met before what the provider sent meanwhile.
+            // Believed once the reads have had a moment more: after a
+            // freeze of the process (SIGSTOP, a paused VM) the timer is met
+            // at resume before the runtime has looked at the sockets, and
+            // so before what the provider sent meanwhile.
             if !self.idle_seen_passed {
                 self.idle_seen_passed = true;
-                crate::driver_turn::wake_after_io(cx);
+                let mut timer = self.waits.as_mut().idle();
+                timer.as_mut().reset(Instant::now() + IDLE_GRACE);
+                let _ = unbudgeted::poll(cx, |cx| timer.as_mut().poll(cx));
                 return Quiet::Answer(Poll::Pending);
             }
             return Quiet::Answer(Poll::Ready(Some(Err(self.idle_error()))));

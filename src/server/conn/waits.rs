@@ -59,6 +59,18 @@ impl IdleLimit<'_> {
         began: Duration,
         wait: Duration,
     ) -> bool {
+        if wait < self.after {
+            // An earlier wait armed the timer for its whole limit, which
+            // may be due after this shorter wait ends: brought forward.
+            let waited = coarse_clock::monotonic().saturating_sub(began);
+            if waited >= wait {
+                return true;
+            }
+            let due = tokio::time::Instant::now() + (wait - waited);
+            if self.timer.deadline() > due {
+                self.timer.as_mut().reset(due);
+            }
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             let waited = coarse_clock::monotonic().saturating_sub(began);
             if waited >= wait {
@@ -230,5 +242,33 @@ mod tests {
         assert!(!floor.behind(cx, 10));
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(floor.behind(cx, 10));
+    }
+
+    /// A wait shorter than the limit is met on time even when an earlier
+    /// wait armed the connection's one timer for the whole limit, later.
+    #[tokio::test]
+    async fn a_shorter_wait_brings_the_timer_forward() {
+        let timer = tokio::time::sleep(Duration::from_secs(5));
+        let mut timer = std::pin::pin!(timer);
+        let mut limit = IdleLimit {
+            after: Duration::from_secs(5),
+            timer: timer.as_mut(),
+        };
+        let began = coarse_clock::monotonic();
+        let started = std::time::Instant::now();
+        let short = Duration::from_millis(200);
+        std::future::poll_fn(|cx| {
+            if limit.passed_for(cx, began, short) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "met after {:?}: at the earlier wait's time",
+            started.elapsed()
+        );
     }
 }
