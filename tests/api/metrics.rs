@@ -343,6 +343,33 @@ async fn an_attempt_the_client_left_is_counted_client_closed() {
     }
 }
 
+/// A failed attempt whose client leaves during the backoff before the
+/// retry is counted as the retry it was heading for, once, and the retry
+/// that never began is not counted at all.
+#[tokio::test]
+async fn a_failed_attempt_whose_client_left_in_the_backoff_is_a_retry() {
+    let app = spawn_app_with(
+        "[retry]\nmax_attempts = 2\nbackoff_base_ms = 20000\nbackoff_max_ms = 20000\n",
+        &[],
+    )
+    .await;
+    let body = chat_body("moonshot/kimi-k2.6", "[mock error=server]", false);
+    let request = app.client.post(app.url("/v1/chat/completions")).json(&body);
+    let waiting = tokio::spawn(request.send());
+    let heads = "kimi_gateway_upstream_head_seconds_count{provider=\"moonshot\"}";
+    wait_until("the first attempt failed", async || {
+        sample(&scrape(&app).await, heads) == Some(1.0)
+    })
+    .await;
+    let text = leave_and_scrape(&app, waiting).await;
+    let outcome = |name: &str| attempts(&text, "moonshot", name);
+    assert_eq!(outcome("retry"), Some(1.0), "{text}");
+    for other in ["success", "failover", "error", "client_closed"] {
+        assert_eq!(outcome(other), Some(0.0), "{other}: {text}");
+    }
+    assert_eq!(app.mock.requests().len(), 1, "no retry was sent");
+}
+
 /// The gateway's own time before an attempt leaves out what is not its
 /// own: earlier attempts' provider time and the backoff between them.
 #[tokio::test]
