@@ -47,6 +47,9 @@ pub mod code {
     pub const UNSUPPORTED_CONTENT_ENCODING: &str = "unsupported_content_encoding";
     /// A request body over `max_body_bytes`.
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// A client key's requests hold as many request body bytes as one key
+    /// may (`server.max_body_bytes_per_key`).
+    pub const MAX_BODY_BYTES_PER_KEY: &str = "max_body_bytes_per_key";
     /// The client did not send its body in time.
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
 }

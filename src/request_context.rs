@@ -79,6 +79,9 @@ where
     let (response, key, mut handled) = match crate::auth::authenticate(state, head) {
         Ok(caller) => {
             let key = caller.key_name.clone();
+            if caller.key.is_some() {
+                progress.set_key(&key);
+            }
             let scope = RequestScope {
                 id: id.clone(),
                 arrived: started,

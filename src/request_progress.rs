@@ -15,7 +15,7 @@ use crate::proxy::request::ChatRequest;
 use crate::proxy::route::Route;
 use crate::proxy::upstream::UpstreamInfo;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Owned by the request's caller, so that both the handler and the request
 /// context's drop guard can borrow it.
@@ -33,6 +33,9 @@ pub struct RequestProgress {
     /// kept once the request is logged: for the answer the connection gives
     /// in the handler's place at the drain deadline.
     last_attempt: Mutex<Option<(Arc<str>, u32)>>,
+    /// The client key the request was checked against, once it is: the
+    /// connection charges the body it reads to the key's share.
+    key: OnceLock<Arc<str>>,
 }
 
 /// What an unanswered request had reached.
@@ -58,6 +61,17 @@ impl RequestProgress {
     pub fn client(&self) -> IpAddr {
         self.client
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Records the client key the request was checked against.
+    pub fn set_key(&self, key: &Arc<str>) {
+        let _ = self.key.set(key.clone());
+    }
+
+    /// The client key the request was checked against, once it has been;
+    /// none when the gateway runs without keys.
+    pub fn key(&self) -> Option<&Arc<str>> {
+        self.key.get()
     }
 
     /// Starts watching a request that has been read: its model is known.

@@ -14,6 +14,8 @@ pub struct ServerFile {
     pub max_body_bytes: Option<u64>,
     /// Most request body bytes held at once, across every request.
     pub max_body_bytes_total: Option<u64>,
+    /// Most request body bytes one client key's requests hold at once.
+    pub max_body_bytes_per_key: Option<u64>,
     /// Most client connections open at once on the main listener.
     pub max_connections: Option<u64>,
     /// Largest plain answer, and largest single stream event, read from a

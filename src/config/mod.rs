@@ -123,6 +123,9 @@ pub struct Config {
     /// Most request body bytes held at once, across every request (see
     /// `body_budget`).
     pub max_body_bytes_total: usize,
+    /// Most of that one client key's requests hold at once (see
+    /// `body_budget`).
+    pub max_body_bytes_per_key: usize,
     /// Most client connections open at once on the main listener; `None`:
     /// derived from the open-file limit at start (see `connection_cap`).
     pub max_connections: Option<usize>,

@@ -134,6 +134,7 @@ pub fn resolve_reusing(
         listen: server.listen,
         max_body_bytes: server.max_body_bytes,
         max_body_bytes_total: server.max_body_bytes_total,
+        max_body_bytes_per_key: server.max_body_bytes_per_key,
         max_connections: server.max_connections,
         max_response_bytes: server.max_response_bytes,
         max_answer_bytes_total: server.max_answer_bytes_total,
@@ -351,6 +352,39 @@ mod tests {
             (config.max_body_bytes_total, config.max_connections),
             (5000, Some(9))
         );
+    }
+
+    #[test]
+    fn a_key_may_hold_all_but_one_largest_body_of_the_total_by_default() {
+        let config = resolve("", &|_| None).unwrap();
+        assert_eq!(config.max_body_bytes_per_key, 224 * 1024 * 1024);
+        let config = resolve(
+            "[server]\nmax_body_bytes = 5000\nmax_body_bytes_total = 8000\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            config.max_body_bytes_per_key, 5000,
+            "never less than one largest body"
+        );
+        let config = resolve(
+            "[server]\nmax_body_bytes = 5000\nmax_body_bytes_total = 20000\nmax_body_bytes_per_key = 20000\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(config.max_body_bytes_per_key, 20000);
+        for (per_key, total) in [(4999, 20000), (20001, 20000)] {
+            assert_eq!(
+                problems(&format!(
+                    "[server]\nmax_body_bytes = 5000\nmax_body_bytes_total = {total}\n\
+                     max_body_bytes_per_key = {per_key}\n"
+                )),
+                [format!(
+                    "server.max_body_bytes_per_key: {per_key} is not between \
+                     server.max_body_bytes (5000) and server.max_body_bytes_total ({total})"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(super) struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub max_body_bytes_total: usize,
+    pub max_body_bytes_per_key: usize,
     pub max_connections: Option<usize>,
     pub max_response_bytes: usize,
     pub max_answer_bytes_total: usize,
@@ -55,6 +56,27 @@ pub(super) fn server_settings(
         problems.push(ConfigProblem::new(
             "server.max_body_bytes_total",
             format!("{max_body_bytes_total} is less than server.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    // By default one key may hold all but the room of one largest body, so
+    // that another key's body always finds that room.
+    let max_body_bytes_per_key = byte_count(
+        file.max_body_bytes_per_key,
+        "server.max_body_bytes_per_key",
+        max_body_bytes_total
+            .saturating_sub(max_body_bytes)
+            .max(max_body_bytes),
+        problems,
+    );
+    if max_body_bytes_total >= max_body_bytes
+        && !(max_body_bytes..=max_body_bytes_total).contains(&max_body_bytes_per_key)
+    {
+        problems.push(ConfigProblem::new(
+            "server.max_body_bytes_per_key",
+            format!(
+                "{max_body_bytes_per_key} is not between server.max_body_bytes ({max_body_bytes}) \
+                 and server.max_body_bytes_total ({max_body_bytes_total})"
+            ),
         ));
     }
     let max_connections = match file.max_connections {
@@ -137,6 +159,7 @@ pub(super) fn server_settings(
         listen,
         max_body_bytes,
         max_body_bytes_total,
+        max_body_bytes_per_key,
         max_connections,
         max_response_bytes,
         max_answer_bytes_total,

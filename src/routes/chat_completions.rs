@@ -507,6 +507,15 @@ where
                 .with_code(code::GATEWAY_OUT_OF_RESOURCES)
                 .with_retry_after(Some(HeaderValue::from_static("1"))));
             }
+            Err(err) if body_error(&*err) == Some(BodyError::KeyShareFull) => {
+                return Err(GatewayError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    crate::error::ErrorType::RateLimitReachedError,
+                    BodyError::KeyShareFull.to_string(),
+                )
+                .with_code(code::MAX_BODY_BYTES_PER_KEY)
+                .with_retry_after(Some(HeaderValue::from_static("1"))));
+            }
             Err(err) if body_error(&*err).is_some_and(|e| e.is_timeout()) => {
                 let slow_or_silent = body_error(&*err).expect("a body error");
                 return Err(GatewayError::new(

@@ -42,6 +42,13 @@ pub enum BodyError {
         "the gateway is holding as many request body bytes as it may (server.max_body_bytes_total); retry shortly"
     )]
     NoRoom,
+    /// The body would take the bodies its client key's requests hold past
+    /// `server.max_body_bytes_per_key` (see `body_budget`).
+    #[error(
+        "this key's requests are holding as many request body bytes as one key may \
+         (server.max_body_bytes_per_key); retry once its other uploads end"
+    )]
+    KeyShareFull,
     /// At the connection cap or while the server closes, the body came
     /// slower than 8 KiB a second: it is cut off, so slow bodies cannot
     /// hold the cap.
@@ -53,6 +60,15 @@ pub enum BodyError {
     /// Its chunked framing does not decode.
     #[error("{0}")]
     Invalid(&'static str),
+}
+
+impl From<crate::body_budget::NoRoom> for BodyError {
+    fn from(no_room: crate::body_budget::NoRoom) -> Self {
+        match no_room {
+            crate::body_budget::NoRoom::Total => BodyError::NoRoom,
+            crate::body_budget::NoRoom::KeyShare => BodyError::KeyShareFull,
+        }
+    }
 }
 
 impl BodyError {

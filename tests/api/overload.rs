@@ -1,5 +1,6 @@
 //! The gateway's own limits under load: request body bytes held at once
-//! (`server.max_body_bytes_total`) and client connections open at once
+//! (`server.max_body_bytes_total`, and by one key's requests,
+//! `server.max_body_bytes_per_key`) and client connections open at once
 //! (`server.max_connections`).
 
 use crate::helpers::*;
@@ -181,6 +182,128 @@ async fn bodies_past_the_total_are_refused_until_room_is_made() {
     let reply = long_head.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
     assert_eq!(app.state.body_budget.held(), 0);
+}
+
+/// A chat request like [`chat_request`]'s, sent with client key `key`.
+fn keyed_request(key: &str, body: &str) -> String {
+    chat_request(body).replacen(
+        "\r\n\r\n",
+        &format!("\r\nauthorization: Bearer {key}\r\n\r\n"),
+        1,
+    )
+}
+
+/// Asserts the 429 a body that would take its key past its share gets.
+fn assert_key_share_full(reply: &Reply) {
+    assert_eq!(reply.status, 429, "{}: {}", reply.head, reply.text());
+    let error = reply.json();
+    assert_eq!(
+        error["error"]["type"], "rate_limit_reached_error",
+        "{error}"
+    );
+    assert_eq!(error["error"]["code"], "max_body_bytes_per_key", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_body_bytes_per_key"),
+        "{error}"
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.head);
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+}
+
+/// One key's slow uploads cannot take the whole total: past its share
+/// (by default all but one largest body) its own further bodies are
+/// refused with 429, while another key's still fit.
+#[tokio::test]
+async fn one_keys_slow_uploads_leave_room_for_other_keys() {
+    let app = spawn_app_with(
+        "[server]\nmax_body_bytes = 100000\nmax_body_bytes_total = 250000\nclient_idle_secs = 60\n\
+         [keys.greedy]\nsecret_env = \"GREEDY_KEY\"\n[keys.other]\nsecret_env = \"OTHER_KEY\"\n",
+        &[
+            ("GREEDY_KEY", Some("sk-greedy")),
+            ("OTHER_KEY", Some("sk-other")),
+        ],
+    )
+    .await;
+    assert_eq!(app.state.config().max_body_bytes_per_key, 150_000);
+    let body = large_body(60_000);
+
+    // The greedy key starts two uploads and sends half of each: each holds
+    // what it sent and one read's room (64 KiB), so its whole length, and
+    // together they are under the key's share of 150,000.
+    let mut holders = Vec::new();
+    let mut rests = Vec::new();
+    for expected in [1, 2] {
+        let request = keyed_request("sk-greedy", &body);
+        let (start, rest) = request.split_at(request.len() - body.len() + 30_000);
+        let mut holder = Client::connect(app.addr).await;
+        holder.send(start).await;
+        wait_until("the upload's bytes are claimed", async || {
+            app.state.body_budget.held_by("greedy") == expected * body.len() as u64
+        })
+        .await;
+        holders.push(holder);
+        rests.push(rest.to_string());
+    }
+
+    // A third of its bodies is refused before any of it is read: declared,
+    // announced in a chunk, or awaiting `100 Continue`...
+    let mut third = Client::connect(app.addr).await;
+    third
+        .send(keyed_request("sk-greedy", &large_body(40_000)))
+        .await;
+    assert_key_share_full(&third.response().await);
+    let mut chunked = Client::connect(app.addr).await;
+    chunked
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer sk-greedy\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{{\"model\"",
+            40_000
+        ))
+        .await;
+    assert_key_share_full(&chunked.response().await);
+    let mut expecting = Client::connect(app.addr).await;
+    expecting
+        .send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer sk-greedy\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+            40_000
+        ))
+        .await;
+    assert_key_share_full(&expecting.response().await);
+    // ...while the other key's body of the same size is served, and the
+    // greedy key's small bodies (bounded by their connections) go on.
+    let mut other = Client::connect(app.addr).await;
+    other
+        .send(keyed_request("sk-other", &large_body(40_000)))
+        .await;
+    let reply = other.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    let mut small = Client::connect(app.addr).await;
+    small
+        .send(keyed_request("sk-greedy", &large_body(1_000)))
+        .await;
+    let reply = small.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+
+    // The uploads end and are answered; the key's bytes are given back and
+    // its refused body, sent again, is served.
+    for (holder, rest) in holders.iter_mut().zip(&rests) {
+        holder.send(rest).await;
+        let reply = holder.response().await;
+        assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    }
+    wait_until("the key's bytes are given back", async || {
+        app.state.body_budget.held() == 0
+    })
+    .await;
+    assert_eq!(app.state.body_budget.held_by("greedy"), 0);
+    let mut again = Client::connect(app.addr).await;
+    again
+        .send(keyed_request("sk-greedy", &large_body(40_000)))
+        .await;
+    let reply = again.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
 }
 
 /// A request head past 16 KiB has 10 s to come whole: one trickled would

@@ -17,7 +17,7 @@ use super::request_body::{BodyError, FrameHandoff, RequestBody};
 use super::request_head::{self, BadHead, RequestHead};
 use super::response_head::ConnectionHeader;
 use crate::app::Gateway;
-use crate::body_budget::BodyClaim;
+use crate::body_budget::{BodyClaim, NoRoom};
 use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER, X_REQUEST_ID};
@@ -210,6 +210,11 @@ struct BodyReading {
     /// `body_budget`), given back once the handler has answered.
     total: u64,
     claim: Option<BodyClaim>,
+    /// `server.max_body_bytes_per_key`, and whether the claim has been
+    /// charged to the request's key: once, when the handler first asks
+    /// for the body (its key checked by then).
+    per_key: u64,
+    key_charged: bool,
 }
 
 /// What the response body has next.
@@ -258,7 +263,7 @@ impl Connection {
                         let holding =
                             (self.read.len() + READ_SIZE).min(request_head::MAX_HEAD_BYTES) as u64;
                         let claimed = match &mut claim {
-                            Some(claim) => claim.grow_to(holding, total),
+                            Some(claim) => claim.grow_to(holding, total).is_ok(),
                             None => {
                                 claim = state.body_budget.claim(holding, total);
                                 long_head_due = Some(Box::pin(tokio::time::sleep(LONG_HEAD_WAIT)));
@@ -354,6 +359,7 @@ impl Connection {
                     cx,
                     handling.as_mut(),
                     reading.as_mut(),
+                    &progress,
                     closed.as_mut(),
                     idle.as_deref_mut(),
                 );
@@ -438,9 +444,10 @@ impl Connection {
             }
             framing => {
                 let config = gateway.state().config();
-                let (limit, total) = (
+                let (limit, total, per_key) = (
                     config.max_body_bytes as u64,
                     config.max_body_bytes_total as u64,
+                    config.max_body_bytes_per_key as u64,
                 );
                 // The body claims its bytes as they come (see
                 // `body_budget`); a declared length over `UNCOUNTED_BODY`
@@ -470,6 +477,8 @@ impl Connection {
                     limit,
                     total,
                     claim,
+                    per_key,
+                    key_charged: false,
                     received: 0,
                 };
                 (
@@ -488,6 +497,7 @@ impl Connection {
         cx: &mut Context<'_>,
         mut handling: Pin<&mut F>,
         mut reading: Option<&mut BodyReading>,
+        progress: &RequestProgress,
         mut closed: Pin<&mut C>,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> Poll<Option<Answer>> {
@@ -498,6 +508,20 @@ impl Connection {
             let Some(body) = reading.as_deref_mut().filter(|r| r.handoff.is_wanted()) else {
                 return self.poll_client_left(cx).map(|()| None);
             };
+            if !body.key_charged {
+                body.key_charged = true;
+                // A declared length over the key's share is refused before
+                // any of it is read, as one over the total is.
+                let declared = body.framing.remaining().filter(|&n| n > UNCOUNTED_BODY);
+                if let Some(key) = progress.key()
+                    && let Some(claim) = &mut body.claim
+                    && let Err(no_room) =
+                        claim.charge_to_key(key, body.per_key, declared.unwrap_or(0))
+                {
+                    body.handoff.end(Err(no_room.into()), cx);
+                    continue 'handler;
+                }
+            }
             if let Some(sent) = &mut body.continue_owed {
                 // `100 Continue` invites the whole body: not sent when its
                 // declared length no longer fits beside what others hold
@@ -505,12 +529,9 @@ impl Connection {
                 let declared = body.framing.remaining().filter(|&n| n > UNCOUNTED_BODY);
                 if *sent == 0
                     && let Some(declared) = declared
-                    && !body
-                        .claim
-                        .as_ref()
-                        .is_some_and(|claim| claim.could_grow_to(declared, body.total))
+                    && let Err(refused) = could_grow_to(&body.claim, declared, body.total)
                 {
-                    body.handoff.end(Err(BodyError::NoRoom), cx);
+                    body.handoff.end(Err(refused), cx);
                     continue 'handler;
                 }
                 while *sent < CONTINUE.len() {
@@ -570,12 +591,9 @@ impl Connection {
                         // starts; either is claimed only as it comes.
                         if remaining.is_none()
                             && needed > UNCOUNTED_BODY
-                            && !body
-                                .claim
-                                .as_ref()
-                                .is_some_and(|claim| claim.could_grow_to(needed, body.total))
+                            && let Err(refused) = could_grow_to(&body.claim, needed, body.total)
                         {
-                            body.handoff.end(Err(BodyError::NoRoom), cx);
+                            body.handoff.end(Err(refused), cx);
                             continue 'handler;
                         }
                         let room = match remaining {
@@ -591,14 +609,15 @@ impl Connection {
                             remaining.map_or(body.limit, |n| body.received.saturating_add(n));
                         let buffer = self.read.capacity().max(self.read.len() + room);
                         let holding = body.received.saturating_add(buffer as u64).min(most);
-                        if holding > UNCOUNTED_BODY
-                            && !body
-                                .claim
-                                .as_mut()
-                                .is_some_and(|claim| claim.grow_to(holding, body.total))
-                        {
-                            body.handoff.end(Err(BodyError::NoRoom), cx);
-                            continue 'handler;
+                        if holding > UNCOUNTED_BODY {
+                            let grown = match &mut body.claim {
+                                Some(claim) => claim.grow_to(holding, body.total),
+                                None => Err(NoRoom::Total),
+                            };
+                            if let Err(no_room) = grown {
+                                body.handoff.end(Err(no_room.into()), cx);
+                                continue 'handler;
+                            }
                         }
                         match self.poll_read(cx, room) {
                             Poll::Ready(Ok(n)) if n > 0 => {}
@@ -680,6 +699,15 @@ impl Connection {
 /// The answer to a request whose handler the drain deadline cut off: 503
 /// `gateway_shutdown`, with the request id and the provider it had
 /// reached.
+/// Whether a body's claim could hold `bytes` now; a body without one was
+/// refused when it began.
+fn could_grow_to(claim: &Option<BodyClaim>, bytes: u64, total: u64) -> Result<(), BodyError> {
+    match claim {
+        Some(claim) => claim.could_grow_to(bytes, total).map_err(BodyError::from),
+        None => Err(BodyError::NoRoom),
+    }
+}
+
 fn deadline_answer(id: &http::HeaderValue, progress: &RequestProgress) -> (Response, WireFields) {
     let mut fields = WireFields::default();
     fields.push(&X_REQUEST_ID, id);
