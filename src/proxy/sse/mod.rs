@@ -58,6 +58,12 @@ const MAX_OPENING: usize = 64 * 1024;
 /// several workers another may be the one polling the sockets).
 const IDLE_GRACE: Duration = Duration::from_millis(100);
 
+/// How long a `[DONE]` event that has come without the blank line after it
+/// (or without its own line end's LF, after a CR) waits for the rest
+/// before the relay ends it: a provider's writes, split across reads, bring
+/// it within milliseconds, and what they bring is passed as it came.
+const DONE_LINE_WAIT: Duration = Duration::from_millis(100);
+
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::UpstreamError>> + Send>>;
 
 /// A comment line alone: a blank line after it would end an (empty) event,
@@ -127,6 +133,9 @@ pub struct SseRelay {
     after: VecDeque<Bytes>,
     /// The first event arrived: idle time is now measured between events.
     idle_between_events: bool,
+    /// Started when a `[DONE]` event left unended is first waited on (see
+    /// [`DONE_LINE_WAIT`]).
+    done_line_wait: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The idle (or first-byte) limit was seen passed, and [`IDLE_GRACE`]
     /// has been given since: no event read still (comments do not count),
     /// the limit holds.
@@ -168,8 +177,10 @@ pub struct SseRelay {
     provider: Arc<crate::config::Provider>,
     stats: Arc<StreamStats>,
     head_sent: bool,
-    /// The provider's first read has been looked at for a byte order mark.
-    bom_checked: bool,
+    /// How many bytes of a byte order mark have begun the stream (one may
+    /// come split across reads), until its first bytes are known to start
+    /// with one or not; then `None`.
+    bom_seen: Option<usize>,
     /// `[DONE]`'s event went out ending in CR LF CR: the LF that completes
     /// its blank line is still to come, and goes out when it does.
     lf_owed: bool,
@@ -224,6 +235,7 @@ impl SseRelay {
             queued: VecDeque::new(),
             after: VecDeque::new(),
             idle_between_events: false,
+            done_line_wait: None,
             idle_seen_passed: false,
             last_write: now,
             include_usage: settings.include_usage,
@@ -247,7 +259,7 @@ impl SseRelay {
             provider: settings.provider,
             stats,
             head_sent: false,
-            bom_checked: false,
+            bom_seen: Some(0),
             lf_owed: false,
             ended_in_cr: false,
             finished: false,
@@ -378,26 +390,19 @@ impl SseRelay {
             return Poll::Ready(Some(Err(err)));
         }
         loop {
-            // `[DONE]`'s data line has come without the blank line after
-            // it: ended here, as if the provider had sent it.
-            if self.held.is_none() {
-                if let Some(end) = self.done_event_end(BodyNow::Reading) {
-                    self.held = Some(Some(Ok(end)));
-                }
-            }
             let next = match self.held.take() {
                 Some(item) => Poll::Ready(item),
                 None => self.upstream.as_mut().poll_next(cx),
             };
             match next {
                 Poll::Ready(Some(Ok(mut chunk))) => {
-                    // One byte order mark may start an event stream (and is
-                    // no part of its first line); passed on, the first
-                    // event would not start with `data:`.
-                    if !self.bom_checked {
-                        self.bom_checked = true;
-                        if chunk.starts_with(BOM) {
-                            chunk = chunk.slice(BOM.len()..);
+                    if let Some(seen) = &mut self.bom_seen {
+                        match strip_bom(seen, chunk) {
+                            Some(rest) => {
+                                self.bom_seen = None;
+                                chunk = rest;
+                            }
+                            None => continue,
                         }
                     }
                     if let Some(events) = self.aligner.push(chunk) {
@@ -542,11 +547,17 @@ impl SseRelay {
     /// The provider has nothing more for now: a `[DONE]` line that ended in
     /// a bare CR, the drain, the idle limit, or a keep-alive comment due.
     fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Quiet {
-        // `data: [DONE]` and a bare CR, and no LF after it in
-        // what has come: the line has ended.
+        // `[DONE]`'s data line has come without the blank line after it
+        // (or with a bare CR, no LF after it yet), and nothing more for
+        // [`DONE_LINE_WAIT`]: ended here, as if the provider had sent it.
         if let Some(end) = self.done_event_end(BodyNow::Quiet) {
-            self.held = Some(Some(Ok(end)));
-            return Quiet::DoneLineEnded;
+            let wait = self
+                .done_line_wait
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(DONE_LINE_WAIT)));
+            if wait.as_mut().poll(cx).is_ready() {
+                self.held = Some(Some(Ok(end)));
+                return Quiet::DoneLineEnded;
+            }
         }
         if self.waits.as_mut().poll_shutdown(cx).is_ready() {
             // Before the head, the error is the request's answer.
@@ -710,6 +721,26 @@ impl SseRelay {
             }
         }
     }
+}
+
+/// The stream's first bytes without the byte order mark that may start an
+/// event stream (and is no part of its first line: passed on, the first
+/// event would not start with `data:`), however the reads split it, `seen`
+/// counting its bytes in the reads before; `None` while the reads so far
+/// are all the start of one.
+fn strip_bom(seen: &mut usize, chunk: Bytes) -> Option<Bytes> {
+    let wanted = &BOM[*seen..];
+    let n = wanted.len().min(chunk.len());
+    if chunk[..n] == wanted[..n] {
+        *seen += n;
+        return (*seen == BOM.len()).then(|| chunk.slice(n..));
+    }
+    // What looked like a mark's start was the stream's own first bytes:
+    // put back in front.
+    Some(match *seen {
+        0 => chunk,
+        seen => Bytes::from([&BOM[..seen], &chunk[..]].concat()),
+    })
 }
 
 #[cfg(test)]

@@ -14,9 +14,8 @@ const MAX_DONE_EVENT: usize = 1024;
 /// Where the provider's body stands when a held `[DONE]` is looked at.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum BodyNow {
-    /// A read just came: more may be on its way.
-    Reading,
-    /// Nothing more to read for now: a bare CR has waited for its LF.
+    /// Nothing more to read for now (the relay waits a moment more before
+    /// it believes that).
     Quiet,
     /// The body ended.
     Ended,
@@ -24,11 +23,10 @@ pub(super) enum BodyNow {
 
 impl SseRelay {
     /// The bytes that end the event held unfinished when it is `[DONE]`'s.
-    /// While the body goes on, only once its lines have ended: a CR once
-    /// nothing more is there to read (an LF after it would have made it
-    /// CRLF; one coming later is after `[DONE]`, and never relayed), and a
-    /// line without its end not at all (it may still grow). At the body's
-    /// end, whatever it lacks.
+    /// While the body goes on, only once its lines have ended (a CR as
+    /// one: an LF after it would have made it CRLF; one coming later is
+    /// after `[DONE]`, and never relayed), and a line without its end not
+    /// at all (it may still grow). At the body's end, whatever it lacks.
     pub(super) fn done_event_end(&self, body: BodyNow) -> Option<Bytes> {
         // `[DONE]`'s event is a few bytes (a field line or two before its
         // data line): a long event held while it grows is not looked at.
@@ -40,7 +38,7 @@ impl SseRelay {
         let end: &'static [u8] = match held {
             [.., b'\r', b'\n'] => b"\r\n",
             [.., b'\n'] => b"\n",
-            [.., b'\r'] if body != BodyNow::Reading => b"\r",
+            [.., b'\r'] => b"\r",
             _ if body == BodyNow::Ended => b"\n\n",
             _ => return None,
         };

@@ -305,11 +305,35 @@ async fn a_done_left_unended_at_the_bodys_end_completes_the_stream() {
     }
 }
 
+/// `[DONE]`'s event split across reads inside its line ends (between the
+/// CR and LF of its data line, or before its blank line): passed as the
+/// provider sent it, not ended by the relay in the meantime.
+#[tokio::test]
+async fn a_done_event_split_inside_its_line_ends_passes_as_sent() {
+    for (first, second) in [
+        ("data: [DONE]\r", "\n\r\n"),
+        ("data: [DONE]\n", "\r"),
+        ("data: [DONE]\r\n", "\r\n"),
+        ("data: [DONE]\n", "\n"),
+    ] {
+        let chunks = vec![event(0), Bytes::from(first), Bytes::from(second)];
+        let (frames, end) = relay_all(one_per_read(chunks)).await;
+        assert_eq!(
+            String::from_utf8(frames.concat().to_vec()).unwrap(),
+            format!("{}{first}{second}", std::str::from_utf8(&event(0)).unwrap()),
+        );
+        assert!(
+            matches!(end, Some(StreamEnd::Complete)),
+            "{first:?}: {end:?}"
+        );
+    }
+}
+
 /// A provider that sends `data: [DONE]` and its line end, then keeps its
-/// body open without the blank line: the client's stream ends at once,
-/// complete, not at the idle limit with an error. With a bare CR as its
-/// line end too: once nothing more has come, no LF is on its way to make
-/// it a CRLF, and the line has ended.
+/// body open without the blank line: the client's stream ends a moment
+/// later (`DONE_LINE_WAIT`), complete, not at the idle limit with an
+/// error. With a bare CR as its line end too: once nothing more has come,
+/// no LF is on its way to make it a CRLF, and the line has ended.
 #[tokio::test]
 async fn a_done_line_left_open_ends_the_stream_at_once() {
     let _serial = REST_READS_USED.lock().await;

@@ -435,3 +435,57 @@ async fn a_byte_order_mark_before_the_first_event_is_dropped() {
     .await;
     assert_eq!(frames.concat(), [event(0), later_bom, done].concat());
 }
+
+/// A byte order mark split across the provider's reads is dropped all the
+/// same, and the first event kept.
+#[tokio::test]
+async fn a_byte_order_mark_split_across_reads_is_dropped_and_the_first_event_kept() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    for split in [
+        vec![&b"\xEF"[..], b"\xBB\xBF"],
+        vec![b"\xEF\xBB", b"\xBF"],
+        vec![b"\xEF", b"\xBB", b"\xBF"],
+    ] {
+        let mut reads: Vec<Bytes> = split.iter().map(|b| Bytes::copy_from_slice(b)).collect();
+        reads.push(event(0));
+        reads.push(done.clone());
+        let (frames, end) = relay_all(one_per_read(reads)).await;
+        assert_eq!(
+            frames.concat(),
+            [event(0), done.clone()].concat(),
+            "{split:?}"
+        );
+        assert!(matches!(end, Some(StreamEnd::Complete)), "{split:?}");
+    }
+}
+
+/// Bytes that only began like a byte order mark are the stream's own, put
+/// back in front of the read that showed they were not one.
+#[test]
+fn the_start_of_a_mark_followed_by_something_else_is_kept() {
+    let mut seen = 0;
+    assert_eq!(
+        super::strip_bom(&mut seen, Bytes::from_static(b"\xEF")),
+        None
+    );
+    assert_eq!(
+        super::strip_bom(&mut seen, Bytes::from_static(b"\xBB")),
+        None
+    );
+    assert_eq!(
+        super::strip_bom(&mut seen, Bytes::from_static(b"x\n")),
+        Some(Bytes::from_static(b"\xEF\xBBx\n"))
+    );
+    let mut seen = 0;
+    assert_eq!(
+        super::strip_bom(&mut seen, Bytes::from_static(b"data: 1\n\n")),
+        Some(Bytes::from_static(b"data: 1\n\n")),
+        "no mark"
+    );
+    let mut seen = 0;
+    assert_eq!(
+        super::strip_bom(&mut seen, Bytes::from_static(b"\xEF\xBB\xBFdata")),
+        Some(Bytes::from_static(b"data")),
+        "a whole mark in one read"
+    );
+}
