@@ -75,7 +75,7 @@ impl Connection {
     pub async fn exchange(
         &mut self,
         write_head: impl FnOnce(&mut Vec<u8>),
-        body: OutgoingBody,
+        body: &OutgoingBody,
         deadline: Instant,
     ) -> Result<ResponseHead, UpstreamError> {
         match &mut self.deadline {
@@ -85,7 +85,7 @@ impl Connection {
         self.head.clear();
         write_head(&mut self.head);
         let mut early = None;
-        match self.write_request(&body, &mut early).await? {
+        match self.write_request(body, &mut early).await? {
             Written::All => {
                 if let Some(head) = early {
                     return Ok(head);
@@ -133,6 +133,29 @@ impl Connection {
                 _ => return Ok(None),
             }
         }
+    }
+
+    /// Whether `err`, which ended an exchange on this connection, shows the
+    /// provider had closed it before the request came: the connection was
+    /// reset or closed and not one byte of an answer had arrived.
+    pub fn closed_before_the_request(&self, err: &UpstreamError) -> bool {
+        let closed = match err {
+            UpstreamError::ClosedBeforeHead => true,
+            UpstreamError::Io(err) => matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        };
+        closed && self.read.is_empty()
+    }
+
+    /// The request head the last exchange wrote.
+    pub fn written_head(&self) -> &[u8] {
+        &self.head
     }
 
     /// Lets go of the waker of the request that last waited on this

@@ -44,6 +44,13 @@ type ProviderStream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 /// providers' load balancers drop idle connections after a minute or two.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A pooled connection reset or closed this soon after it was taken out,
+/// with not a byte of answer, was closed by the provider before the
+/// request came (its close crossed the request on the wire): the request
+/// is sent once more, on a new connection. Longer, and the provider may
+/// have begun to work on it.
+pub const STALE_WITHIN: Duration = Duration::from_secs(1);
+
 /// TLS to providers: the Mozilla roots compiled in (a `scratch` image has
 /// no system store), HTTP/1.1 only.
 static TLS: LazyLock<rustls::ClientConfig> = LazyLock::new(|| {
@@ -248,38 +255,77 @@ impl Client {
     /// blank line) into a buffer the connection keeps, so a head built
     /// once per provider key is copied, not rebuilt. Pooled connections the
     /// provider has closed are noticed, and passed over, before the request
-    /// is written; once written, a request is never sent again. The head
-    /// must come by `deadline` (connecting included); the connection is
-    /// closed if it does not.
+    /// is written; one whose close the gateway had not seen yet (it came
+    /// just before the request did) and which is reset or closed with not
+    /// a byte of answer within [`STALE_WITHIN`] has the request sent once
+    /// more on a new connection; otherwise, once written, a request is
+    /// never sent again. The head must come by `deadline` (connecting
+    /// included); the connection is closed if it does not.
     pub async fn send(
         &self,
         write_head: impl FnOnce(&mut Vec<u8>),
         body: OutgoingBody,
         deadline: tokio::time::Instant,
     ) -> Result<Response, ClientError> {
-        let mut conn = match self.pool.checkout() {
-            Some(conn) => conn,
-            // Boxed: connecting is rare and its state is large; inline it
-            // would be allocated and moved with every request.
-            None => {
-                let began = tokio::time::Instant::now();
-                match tokio::time::timeout_at(deadline, Box::pin(self.connect())).await {
-                    Ok(connected) => connected?,
-                    // The request's deadline came first, while connecting:
-                    // said as a connect that timed out, which it is.
-                    Err(_) => return Err(ClientError::ConnectTimeout(began.elapsed())),
-                }
-            }
+        let (mut conn, reused_at) = match self.pool.checkout() {
+            Some((conn, at)) => (conn, Some(at)),
+            None => (self.connect_by(deadline).await?, None),
         };
-        let head = conn
-            .exchange(write_head, body, deadline)
-            .await
-            .map_err(ClientError::Exchange)?;
+        let head = match conn.exchange(write_head, &body, deadline).await {
+            Ok(head) => head,
+            Err(err)
+                if reused_at.is_some_and(|at| {
+                    crate::coarse_clock::monotonic().saturating_sub(at) < STALE_WITHIN
+                }) && conn.closed_before_the_request(&err) =>
+            {
+                // Boxed: rare, and its state would otherwise be carried
+                // (and moved) by every request's future.
+                let (head, fresh) =
+                    Box::pin(self.send_on_new_connection(&conn, &body, deadline)).await?;
+                conn = fresh;
+                head
+            }
+            Err(err) => return Err(ClientError::Exchange(err)),
+        };
         Ok(Response {
             status: head.status,
             headers: head.headers,
             body: PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone()),
         })
+    }
+
+    /// A new connection, by `deadline`.
+    async fn connect_by(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Box<Connection>, ClientError> {
+        let began = tokio::time::Instant::now();
+        // Boxed: connecting is rare and its state is large; inline it
+        // would be allocated and moved with every request.
+        match tokio::time::timeout_at(deadline, Box::pin(self.connect())).await {
+            Ok(connected) => connected,
+            // The request's deadline came first, while connecting: said as
+            // a connect that timed out, which it is.
+            Err(_) => Err(ClientError::ConnectTimeout(began.elapsed())),
+        }
+    }
+
+    /// The request `stale` carried, sent again on a new connection: the
+    /// provider had closed `stale` before the request came.
+    async fn send_on_new_connection(
+        &self,
+        stale: &Connection,
+        body: &OutgoingBody,
+        deadline: tokio::time::Instant,
+    ) -> Result<(head::ResponseHead, Box<Connection>), ClientError> {
+        tracing::debug!(origin = %self.origin, "pooled connection closed by the provider: request sent on a new one");
+        let mut fresh = self.connect_by(deadline).await?;
+        let written = stale.written_head();
+        let head = fresh
+            .exchange(|out| out.extend_from_slice(written), body, deadline)
+            .await
+            .map_err(ClientError::Exchange)?;
+        Ok((head, fresh))
     }
 
     /// A new connection. Out of descriptors, the idle connections of every

@@ -72,14 +72,15 @@ impl Pool {
         pool
     }
 
-    /// The most recently used connection that is still open, if any.
-    pub fn checkout(&self) -> Option<Box<Connection>> {
+    /// The most recently used connection that is still open, if any, and
+    /// when it was taken out (on [`coarse_clock::monotonic`]).
+    pub fn checkout(&self) -> Option<(Box<Connection>, Duration)> {
         let now = coarse_clock::monotonic();
         loop {
             let idle = self.idle.lock().expect("pool lock").pop()?;
             let Idle { mut conn, since } = idle;
             if now.saturating_sub(since) < self.timeout && conn.is_open_and_quiet() {
-                return Some(conn);
+                return Some((conn, now));
             }
         }
     }

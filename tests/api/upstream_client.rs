@@ -79,34 +79,43 @@ async fn raw_server(answer: Answer) -> RawServer {
     }
 }
 
+/// Reads one request (head, then a `content-length` body) from `stream`,
+/// past what `buf` already holds; its body, or `None` when the connection
+/// ended first.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+    buf.drain(..head_end + length);
+    Some(body)
+}
+
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer) {
     let mut buf = Vec::new();
     loop {
-        // Read one request: head, then a content-length body.
-        let head_end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(body) = read_request(&mut stream, &mut buf).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-        buf.drain(..head_end + length);
         if let Answer::AfterBodyMillis = answer {
             tokio::time::sleep(Duration::from_millis(body.parse().unwrap())).await;
         }
@@ -301,6 +310,92 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
     server.closed.recv().await.unwrap();
     assert_eq!(read_all(&client).await, "{}");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A server that answers the first `answered` requests on each connection,
+/// keeping it open, and resets the connection without a byte of answer
+/// when the next request comes on it after `wait`: for that request, a
+/// provider whose close of an idle connection crossed the request on the
+/// wire (the gateway had not seen the close when it took the connection),
+/// or, with a long wait, one that failed while working on it. Returns the
+/// origin and the connections accepted.
+async fn resetting_server(answered: usize, wait: Duration) -> (http::Uri, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..answered {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    if read_request(&mut stream, &mut buf).await.is_none()
+                        || stream.write_all(answer).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if read_request(&mut stream, &mut buf).await.is_none() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                let _ = stream.set_zero_linger();
+            });
+        }
+    });
+    (origin, accepted)
+}
+
+/// A pooled connection reset with no answer right after the request went
+/// out on it was closed by the provider before the request came: the
+/// request is sent once more on a new connection, and answered there.
+#[tokio::test]
+async fn a_request_on_a_connection_the_provider_had_just_closed_goes_out_on_a_new_one() {
+    let (origin, accepted) = resetting_server(1, Duration::ZERO).await;
+    let client = Client::new(origin, Duration::from_secs(5));
+    for round in 1..=3 {
+        assert_eq!(read_all(&client).await, "{}", "{round}");
+        assert_eq!(client.idle_connections(), 1);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "the second and third requests each found the pooled connection reset"
+    );
+}
+
+/// Not sent again: a reset that comes long after the request went out
+/// (the provider may have begun to work on it), or on a new connection.
+#[tokio::test]
+async fn a_reset_long_after_the_request_or_on_a_new_connection_is_the_requests_failure() {
+    let (origin, accepted) = resetting_server(1, Duration::from_millis(1500)).await;
+    let client = Client::new(origin, Duration::from_secs(5));
+    assert_eq!(read_all(&client).await, "{}");
+    assert_reset(send(&client, "{}").await);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    let (origin, accepted) = resetting_server(0, Duration::ZERO).await;
+    let client = Client::new(origin, Duration::from_secs(5));
+    assert_reset(send(&client, "{}").await);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+fn assert_reset(sent: Result<kimi_gateway::client::Response, kimi_gateway::client::ClientError>) {
+    let failed = sent.expect_err("a reset");
+    assert!(
+        matches!(
+            &failed,
+            kimi_gateway::client::ClientError::Exchange(
+                UpstreamError::Io(_) | UpstreamError::ClosedBeforeHead
+            )
+        ),
+        "{failed:?}"
+    );
 }
 
 /// While no request comes, the pool lets go of a connection the server
