@@ -15,7 +15,7 @@ use crate::proxy::request::ChatRequest;
 use crate::proxy::route::Route;
 use crate::proxy::upstream::UpstreamInfo;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Owned by the request's caller, so that both the handler and the request
 /// context's drop guard can borrow it.
@@ -33,9 +33,12 @@ pub struct RequestProgress {
     /// kept once the request is logged: for the answer the connection gives
     /// in the handler's place at the drain deadline.
     last_attempt: Mutex<Option<(Arc<str>, u32)>>,
+    /// Whether the connection reads the request's body as the handler asks
+    /// (one over its first read): only then is `key` kept.
+    reads_body: bool,
     /// The client key the request was checked against, once it is: the
     /// connection charges the body it reads to the key's share.
-    key: OnceLock<Arc<str>>,
+    key: Mutex<Option<Arc<str>>>,
 }
 
 /// What an unanswered request had reached.
@@ -48,10 +51,12 @@ pub struct LeftAt {
 }
 
 impl RequestProgress {
-    /// For a request that came from `client`.
-    pub fn from_client(client: IpAddr) -> Self {
+    /// For a request that came from `client`; `reads_body` when the
+    /// connection reads its body as the handler asks.
+    pub fn from_client(client: IpAddr, reads_body: bool) -> Self {
         RequestProgress {
             client: Some(client),
+            reads_body,
             ..RequestProgress::default()
         }
     }
@@ -63,15 +68,21 @@ impl RequestProgress {
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
     }
 
-    /// Records the client key the request was checked against.
+    /// Records the client key the request was checked against, when the
+    /// connection reads its body (the common small body came whole with
+    /// its head, and needs nothing kept).
     pub fn set_key(&self, key: &Arc<str>) {
-        let _ = self.key.set(key.clone());
+        if self.reads_body
+            && let Ok(mut kept) = self.key.lock()
+        {
+            *kept = Some(key.clone());
+        }
     }
 
     /// The client key the request was checked against, once it has been;
     /// none when the gateway runs without keys.
-    pub fn key(&self) -> Option<&Arc<str>> {
-        self.key.get()
+    pub fn key(&self) -> Option<Arc<str>> {
+        self.key.lock().ok().and_then(|key| key.clone())
     }
 
     /// Starts watching a request that has been read: its model is known.

@@ -153,11 +153,6 @@ impl Connection {
         closed && self.read.is_empty()
     }
 
-    /// The request head the last exchange wrote.
-    pub fn written_head(&self) -> &[u8] {
-        &self.head
-    }
-
     /// Lets go of the waker of the request that last waited on this
     /// connection's deadline (a pooled connection would keep that task's
     /// memory until its next request, and wake it when the deadline

@@ -263,35 +263,31 @@ impl Client {
     /// included); the connection is closed if it does not.
     pub async fn send(
         &self,
-        write_head: impl FnOnce(&mut Vec<u8>),
+        write_head: impl Fn(&mut Vec<u8>),
         body: OutgoingBody,
         deadline: tokio::time::Instant,
     ) -> Result<Response, ClientError> {
-        let (mut conn, reused_at) = match self.pool.checkout() {
+        let (mut conn, mut reused_at) = match self.pool.checkout() {
             Some((conn, at)) => (conn, Some(at)),
             None => (self.connect_by(deadline).await?, None),
         };
-        let head = match conn.exchange(write_head, &body, deadline).await {
-            Ok(head) => head,
-            Err(err)
-                if reused_at.is_some_and(|at| {
-                    crate::coarse_clock::monotonic().saturating_sub(at) < STALE_WITHIN
-                }) && conn.closed_before_the_request(&err) =>
+        loop {
+            let exchanged = conn.exchange(&write_head, &body, deadline).await;
+            if let Err(err) = &exchanged
+                && reused_at.is_some_and(|at| stale(&conn, at, err))
             {
-                // Boxed: rare, and its state would otherwise be carried
-                // (and moved) by every request's future.
-                let (head, fresh) =
-                    Box::pin(self.send_on_new_connection(&conn, &body, deadline)).await?;
-                conn = fresh;
-                head
+                tracing::debug!(origin = %self.origin, "pooled connection closed by the provider: request sent on a new one");
+                conn = self.connect_by(deadline).await?;
+                reused_at = None;
+                continue;
             }
-            Err(err) => return Err(ClientError::Exchange(err)),
-        };
-        Ok(Response {
-            status: head.status,
-            headers: head.headers,
-            body: PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone()),
-        })
+            let head = exchanged.map_err(ClientError::Exchange)?;
+            return Ok(Response {
+                status: head.status,
+                headers: head.headers,
+                body: PooledBody::new(conn, head.framing, head.keep_alive, self.pool.clone()),
+            });
+        }
     }
 
     /// A new connection, by `deadline`.
@@ -308,24 +304,6 @@ impl Client {
             // a connect that timed out, which it is.
             Err(_) => Err(ClientError::ConnectTimeout(began.elapsed())),
         }
-    }
-
-    /// The request `stale` carried, sent again on a new connection: the
-    /// provider had closed `stale` before the request came.
-    async fn send_on_new_connection(
-        &self,
-        stale: &Connection,
-        body: &OutgoingBody,
-        deadline: tokio::time::Instant,
-    ) -> Result<(head::ResponseHead, Box<Connection>), ClientError> {
-        tracing::debug!(origin = %self.origin, "pooled connection closed by the provider: request sent on a new one");
-        let mut fresh = self.connect_by(deadline).await?;
-        let written = stale.written_head();
-        let head = fresh
-            .exchange(|out| out.extend_from_slice(written), body, deadline)
-            .await
-            .map_err(ClientError::Exchange)?;
-        Ok((head, fresh))
     }
 
     /// A new connection. Out of descriptors, the idle connections of every
@@ -360,6 +338,14 @@ impl Client {
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
     }
+}
+
+/// Whether `err`, which ended an exchange on `conn`, a pooled connection
+/// taken at `taken` (on the coarse clock), shows the provider had closed
+/// it before the request came: see [`STALE_WITHIN`].
+fn stale(conn: &Connection, taken: Duration, err: &UpstreamError) -> bool {
+    crate::coarse_clock::monotonic().saturating_sub(taken) < STALE_WITHIN
+        && conn.closed_before_the_request(err)
 }
 
 /// Appends `METHOD target HTTP/1.1` and its line end.

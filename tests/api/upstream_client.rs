@@ -163,7 +163,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
 }
 
 /// A request to send: the head's writer and the body.
-fn request(body: &'static str) -> (impl FnOnce(&mut Vec<u8>), OutgoingBody) {
+fn request(body: &'static str) -> (impl Fn(&mut Vec<u8>), OutgoingBody) {
     let write_head = move |head: &mut Vec<u8>| {
         request_line(head, &http::Method::POST, "/v1/chat/completions");
         header_line(head, &http::header::HOST, b"provider.test");

@@ -349,7 +349,7 @@ impl Connection {
         let version = parts.version;
         let (body, mut reading) = self.start_body(framing, expect_continue, gateway);
         let id = request_id(&parts.headers, gateway.state());
-        let progress = RequestProgress::from_client(self.client);
+        let progress = RequestProgress::from_client(self.client, reading.is_some());
         let handled = {
             // The handler borrows the head; both end before the response
             // is written (a stream's head would otherwise live as long).
@@ -516,7 +516,7 @@ impl Connection {
                 if let Some(key) = progress.key()
                     && let Some(claim) = &mut body.claim
                     && let Err(no_room) =
-                        claim.charge_to_key(key, body.per_key, declared.unwrap_or(0))
+                        claim.charge_to_key(&key, body.per_key, declared.unwrap_or(0))
                 {
                     body.handoff.end(Err(no_room.into()), cx);
                     continue 'handler;
