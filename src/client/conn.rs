@@ -57,6 +57,9 @@ pub struct Connection {
     /// atomic update, where a timer per request is registered with the
     /// runtime's timer wheel and removed again (~1k instructions).
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The current exchange has had an interim (`1xx`) head: the provider
+    /// has begun to answer, though its bytes are gone from `read`.
+    interim_seen: bool,
 }
 
 impl Connection {
@@ -66,6 +69,7 @@ impl Connection {
             read: BytesMut::new(),
             head: Vec::new(),
             deadline: None,
+            interim_seen: false,
         }
     }
 
@@ -83,6 +87,7 @@ impl Connection {
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
         self.head.clear();
+        self.interim_seen = false;
         write_head(&mut self.head);
         let mut early = None;
         match self.write_request(body, &mut early).await? {
@@ -107,7 +112,7 @@ impl Connection {
             }
         }
         loop {
-            if let Some(head) = final_head(&mut self.read)? {
+            if let Some(head) = final_head(&mut self.read, &mut self.interim_seen)? {
                 return Ok(head);
             }
             let read = poll_fn(|cx| match self.poll_read(cx, READ_SIZE) {
@@ -125,7 +130,7 @@ impl Connection {
     fn head_already_received(&mut self) -> Result<Option<ResponseHead>, UpstreamError> {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            if let Some(head) = final_head(&mut self.read)? {
+            if let Some(head) = final_head(&mut self.read, &mut self.interim_seen)? {
                 return Ok(Some(head));
             }
             match self.poll_read(&mut cx, READ_SIZE) {
@@ -137,7 +142,8 @@ impl Connection {
 
     /// Whether `err`, which ended an exchange on this connection, shows the
     /// provider had closed it before the request came: the connection was
-    /// reset or closed and not one byte of an answer had arrived.
+    /// reset or closed and not one byte of an answer had arrived (not even
+    /// an interim head, which says the provider has the request).
     pub fn closed_before_the_request(&self, err: &UpstreamError) -> bool {
         let closed = match err {
             UpstreamError::ClosedBeforeHead => true,
@@ -150,7 +156,7 @@ impl Connection {
             ),
             _ => false,
         };
-        closed && self.read.is_empty()
+        closed && self.read.is_empty() && !self.interim_seen
     }
 
     /// Lets go of the waker of the request that last waited on this
@@ -182,6 +188,7 @@ impl Connection {
             read,
             head,
             deadline,
+            interim_seen,
         } = self;
         let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
         slices.push(IoSlice::new(head));
@@ -214,7 +221,7 @@ impl Connection {
                 }
                 // The socket takes no more for now: an answer may be here.
                 while early.is_none() {
-                    if let Some(head) = final_head(read)? {
+                    if let Some(head) = final_head(read, interim_seen)? {
                         if head.status.is_client_error() || head.status.is_server_error() {
                             return Poll::Ready(Ok(Written::Refused(head)));
                         }
@@ -289,8 +296,11 @@ fn not_reusable(mut head: ResponseHead) -> ResponseHead {
 }
 
 /// The final response head, if `read` holds it whole; interim `1xx` heads
-/// before it are dropped.
-fn final_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> {
+/// before it are dropped (`interim` set when one is).
+fn final_head(
+    read: &mut BytesMut,
+    interim: &mut bool,
+) -> Result<Option<ResponseHead>, UpstreamError> {
     while !read.is_empty() {
         let Some(head) = head::parse(read)? else {
             return Ok(None);
@@ -301,6 +311,7 @@ fn final_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError
         if !head.status.is_informational() {
             return Ok(Some(head));
         }
+        *interim = true;
     }
     Ok(None)
 }

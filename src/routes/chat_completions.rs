@@ -51,7 +51,11 @@ where
     let (body, body_waited_for) =
         match read_body(headers, body, config.max_body_bytes, &mut scan).await {
             Ok(read) => read,
-            Err(err) => return (err.into_response(), Handled::default()),
+            Err(err) => {
+                // A key past its share of the body budget is a key's limit.
+                count_limited(state, Some(&err));
+                return (err.into_response(), Handled::default());
+            }
         };
     // The gateway's own time starts once it has the body: the client's
     // upload is not the gateway's overhead.
@@ -508,13 +512,15 @@ where
                 .with_retry_after(Some(HeaderValue::from_static("1"))));
             }
             Err(err) if body_error(&*err) == Some(BodyError::KeyShareFull) => {
-                return Err(GatewayError::new(
+                let mut err = GatewayError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     crate::error::ErrorType::RateLimitReachedError,
                     BodyError::KeyShareFull.to_string(),
                 )
                 .with_code(code::MAX_BODY_BYTES_PER_KEY)
-                .with_retry_after(Some(HeaderValue::from_static("1"))));
+                .with_retry_after(Some(HeaderValue::from_static("1")));
+                err.limit_scope = Some(crate::limits::ScopeKind::Key);
+                return Err(err);
             }
             Err(err) if body_error(&*err).is_some_and(|e| e.is_timeout()) => {
                 let slow_or_silent = body_error(&*err).expect("a body error");

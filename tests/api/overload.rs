@@ -304,6 +304,11 @@ async fn one_keys_slow_uploads_leave_room_for_other_keys() {
         .await;
     let reply = again.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics.contains("kimi_gateway_rate_limited_total{scope=\"key\"} 3\n"),
+        "the three refusals counted as the key's: {metrics}"
+    );
 }
 
 /// A request head past 16 KiB has 10 s to come whole: one trickled would

@@ -317,9 +317,14 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
 /// when the next request comes on it after `wait`: for that request, a
 /// provider whose close of an idle connection crossed the request on the
 /// wire (the gateway had not seen the close when it took the connection),
-/// or, with a long wait, one that failed while working on it. Returns the
+/// or, with a long wait, one that failed while working on it; with
+/// `interim`, after sending a `102 Processing` head for it. Returns the
 /// origin and the connections accepted.
-async fn resetting_server(answered: usize, wait: Duration) -> (http::Uri, Arc<AtomicUsize>) {
+async fn resetting_server(
+    answered: usize,
+    wait: Duration,
+    interim: bool,
+) -> (http::Uri, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}/", listener.local_addr().unwrap())
         .parse()
@@ -340,7 +345,13 @@ async fn resetting_server(answered: usize, wait: Duration) -> (http::Uri, Arc<At
                         return;
                     }
                 }
-                if read_request(&mut stream, &mut buf).await.is_none() {
+                if read_request(&mut stream, &mut buf).await.is_none()
+                    || (interim
+                        && stream
+                            .write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+                            .await
+                            .is_err())
+                {
                     return;
                 }
                 tokio::time::sleep(wait).await;
@@ -356,7 +367,7 @@ async fn resetting_server(answered: usize, wait: Duration) -> (http::Uri, Arc<At
 /// request is sent once more on a new connection, and answered there.
 #[tokio::test]
 async fn a_request_on_a_connection_the_provider_had_just_closed_goes_out_on_a_new_one() {
-    let (origin, accepted) = resetting_server(1, Duration::ZERO).await;
+    let (origin, accepted) = resetting_server(1, Duration::ZERO, false).await;
     let client = Client::new(origin, Duration::from_secs(5));
     for round in 1..=3 {
         assert_eq!(read_all(&client).await, "{}", "{round}");
@@ -370,17 +381,25 @@ async fn a_request_on_a_connection_the_provider_had_just_closed_goes_out_on_a_ne
 }
 
 /// Not sent again: a reset that comes long after the request went out
-/// (the provider may have begun to work on it), or on a new connection.
+/// (the provider may have begun to work on it), after an interim head, or
+/// on a new connection.
 #[tokio::test]
-async fn a_reset_long_after_the_request_or_on_a_new_connection_is_the_requests_failure() {
-    let (origin, accepted) = resetting_server(1, Duration::from_millis(1500)).await;
+async fn a_reset_late_after_an_interim_head_or_on_a_new_connection_is_the_requests_failure() {
+    let (origin, accepted) = resetting_server(1, Duration::from_millis(1500), false).await;
     let client = Client::new(origin, Duration::from_secs(5));
     assert_eq!(read_all(&client).await, "{}");
     assert_reset(send(&client, "{}").await);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
-    let (origin, accepted) = resetting_server(0, Duration::ZERO).await;
+    let (origin, accepted) = resetting_server(0, Duration::ZERO, false).await;
     let client = Client::new(origin, Duration::from_secs(5));
+    assert_reset(send(&client, "{}").await);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // An interim head came first: the provider had the request.
+    let (origin, accepted) = resetting_server(1, Duration::from_millis(50), true).await;
+    let client = Client::new(origin, Duration::from_secs(5));
+    assert_eq!(read_all(&client).await, "{}");
     assert_reset(send(&client, "{}").await);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

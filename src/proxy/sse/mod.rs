@@ -180,7 +180,7 @@ pub struct SseRelay {
     /// How many bytes of a byte order mark have begun the stream (one may
     /// come split across reads), until its first bytes are known to start
     /// with one or not; then `None`.
-    bom_seen: Option<usize>,
+    bom_seen: Option<u8>,
     /// `[DONE]`'s event went out ending in CR LF CR: the LF that completes
     /// its blank line is still to come, and goes out when it does.
     lf_owed: bool,
@@ -396,6 +396,11 @@ impl SseRelay {
             };
             match next {
                 Poll::Ready(Some(Ok(mut chunk))) => {
+                    // A `[DONE]` event waited on: nothing more for
+                    // `DONE_LINE_WAIT` from this read on.
+                    if let Some(wait) = &mut self.done_line_wait {
+                        wait.as_mut().reset(Instant::now() + DONE_LINE_WAIT);
+                    }
                     if let Some(seen) = &mut self.bom_seen {
                         match strip_bom(seen, chunk) {
                             Some(rest) => {
@@ -550,14 +555,20 @@ impl SseRelay {
         // `[DONE]`'s data line has come without the blank line after it
         // (or with a bare CR, no LF after it yet), and nothing more for
         // [`DONE_LINE_WAIT`]: ended here, as if the provider had sent it.
+        // The answer is whole by then: the drain's deadline or the idle
+        // limit meanwhile end it there too, not with an error.
         if let Some(end) = self.done_event_end(BodyNow::Quiet) {
             let wait = self
                 .done_line_wait
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(DONE_LINE_WAIT)));
-            if wait.as_mut().poll(cx).is_ready() {
+            let ended = wait.as_mut().poll(cx).is_ready()
+                || self.waits.as_mut().poll_shutdown(cx).is_ready()
+                || unbudgeted::poll(cx, |cx| self.waits.as_mut().idle().poll(cx)).is_ready();
+            if ended {
                 self.held = Some(Some(Ok(end)));
                 return Quiet::DoneLineEnded;
             }
+            return Quiet::Answer(Poll::Pending);
         }
         if self.waits.as_mut().poll_shutdown(cx).is_ready() {
             // Before the head, the error is the request's answer.
@@ -728,18 +739,20 @@ impl SseRelay {
 /// event would not start with `data:`), however the reads split it, `seen`
 /// counting its bytes in the reads before; `None` while the reads so far
 /// are all the start of one.
-fn strip_bom(seen: &mut usize, chunk: Bytes) -> Option<Bytes> {
-    let wanted = &BOM[*seen..];
+fn strip_bom(seen: &mut u8, chunk: Bytes) -> Option<Bytes> {
+    let before = usize::from(*seen);
+    let wanted = &BOM[before..];
     let n = wanted.len().min(chunk.len());
     if chunk[..n] == wanted[..n] {
-        *seen += n;
-        return (*seen == BOM.len()).then(|| chunk.slice(n..));
+        let now = before + n;
+        *seen = now as u8;
+        return (now == BOM.len()).then(|| chunk.slice(n..));
     }
     // What looked like a mark's start was the stream's own first bytes:
     // put back in front.
-    Some(match *seen {
+    Some(match before {
         0 => chunk,
-        seen => Bytes::from([&BOM[..seen], &chunk[..]].concat()),
+        before => Bytes::from([&BOM[..before], &chunk[..]].concat()),
     })
 }
 

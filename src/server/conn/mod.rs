@@ -696,9 +696,6 @@ impl Connection {
     }
 }
 
-/// The answer to a request whose handler the drain deadline cut off: 503
-/// `gateway_shutdown`, with the request id and the provider it had
-/// reached.
 /// Whether a body's claim could hold `bytes` now; a body without one was
 /// refused when it began.
 fn could_grow_to(claim: &Option<BodyClaim>, bytes: u64, total: u64) -> Result<(), BodyError> {
@@ -708,6 +705,9 @@ fn could_grow_to(claim: &Option<BodyClaim>, bytes: u64, total: u64) -> Result<()
     }
 }
 
+/// The answer to a request whose handler the drain deadline cut off: 503
+/// `gateway_shutdown`, with the request id and the provider it had
+/// reached.
 fn deadline_answer(id: &http::HeaderValue, progress: &RequestProgress) -> (Response, WireFields) {
     let mut fields = WireFields::default();
     fields.push(&X_REQUEST_ID, id);

@@ -349,6 +349,41 @@ async fn a_done_line_left_open_ends_the_stream_at_once() {
     }
 }
 
+/// The drain's deadline or the idle limit passing while a `[DONE]` line
+/// waits for the rest of its event ends the stream there, complete: the
+/// answer is whole.
+#[tokio::test]
+async fn a_done_line_waiting_for_its_end_completes_at_the_drain_or_idle_limit() {
+    let _serial = REST_READS_USED.lock().await;
+    for cut in ["drain", "idle"] {
+        let (upstream, more, _told) = body_after_done(event(0));
+        let mut settings = settings();
+        let shutdown = settings.shutdown.clone();
+        if cut == "idle" {
+            settings.idle = Duration::from_millis(30);
+        }
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let mut relay = SseRelay::start(upstream, settings, stats.clone())
+            .await
+            .unwrap();
+        assert_eq!(relay.next().await.unwrap().unwrap(), event(0));
+        more.send(Bytes::from_static(b"data: [DONE]\n")).unwrap();
+        if cut == "drain" {
+            // Once the relay has read the line and waits on it.
+            tokio::task::yield_now().await;
+            shutdown.cancel();
+        }
+        let rest = rest_of(relay).await;
+        assert_eq!(rest.concat(), b"data: [DONE]\n\n"[..], "{cut}");
+        assert!(
+            matches!(stats.end(), Some(StreamEnd::Complete)),
+            "{cut}: {:?}",
+            stats.end()
+        );
+        drop(more);
+    }
+}
+
 /// An unended event that only mentions `[DONE]` is no answer's end.
 #[tokio::test]
 async fn an_unended_event_that_is_not_done_still_ends_with_an_error() {

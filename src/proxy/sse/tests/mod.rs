@@ -463,7 +463,7 @@ async fn a_byte_order_mark_split_across_reads_is_dropped_and_the_first_event_kep
 /// back in front of the read that showed they were not one.
 #[test]
 fn the_start_of_a_mark_followed_by_something_else_is_kept() {
-    let mut seen = 0;
+    let mut seen = 0u8;
     assert_eq!(
         super::strip_bom(&mut seen, Bytes::from_static(b"\xEF")),
         None
@@ -476,13 +476,13 @@ fn the_start_of_a_mark_followed_by_something_else_is_kept() {
         super::strip_bom(&mut seen, Bytes::from_static(b"x\n")),
         Some(Bytes::from_static(b"\xEF\xBBx\n"))
     );
-    let mut seen = 0;
+    let mut seen = 0u8;
     assert_eq!(
         super::strip_bom(&mut seen, Bytes::from_static(b"data: 1\n\n")),
         Some(Bytes::from_static(b"data: 1\n\n")),
         "no mark"
     );
-    let mut seen = 0;
+    let mut seen = 0u8;
     assert_eq!(
         super::strip_bom(&mut seen, Bytes::from_static(b"\xEF\xBB\xBFdata")),
         Some(Bytes::from_static(b"data")),
