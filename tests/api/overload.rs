@@ -311,6 +311,70 @@ async fn one_keys_slow_uploads_leave_room_for_other_keys() {
     );
 }
 
+/// A request head past 16 KiB is held by its fields for as long as its
+/// request is handled, and so is its claim; a body over 16 KiB that came
+/// in the same reads is claimed and charged to its key like any other.
+/// (Given back at the end of each request, a long head's claim let clients
+/// hold connections x ~128 KiB with nothing counted.)
+#[tokio::test]
+async fn a_long_heads_request_keeps_its_claim_while_handled() {
+    let app = spawn_app_with(
+        "[server]\nmax_body_bytes = 100000\nmax_body_bytes_total = 250000\nclient_idle_secs = 60\n\
+         [keys.team]\nsecret_env = \"TEAM_KEY\"\n",
+        &[("TEAM_KEY", Some("sk-team"))],
+    )
+    .await;
+    // Held by the provider long enough to be looked at.
+    let body = chat_body(
+        MODEL,
+        &format!("{} [mock head_delay_ms=1500]", "x".repeat(18_000)),
+        false,
+    )
+    .to_string();
+    let request = keyed_request("sk-team", &body).replacen(
+        "\r\n\r\n",
+        &format!("\r\nx-long: {}\r\n\r\n", "a".repeat(40_000)),
+        1,
+    );
+    // Most of the head first; once it is claimed, the rest of the head
+    // with the whole body, which its buffer has room for by then.
+    let (start, rest) = request.split_at(35_000);
+    let mut client = Client::connect(app.addr).await;
+    client.send(start).await;
+    wait_until("the long head is claimed", async || {
+        app.state.body_budget.held() > 0
+    })
+    .await;
+    client.send(rest).await;
+    wait_until("the request is with the provider", async || {
+        !app.mock.requests().is_empty()
+    })
+    .await;
+    let held = app.state.body_budget.held();
+    assert!(
+        held >= (40_000 + body.len()) as u64,
+        "the head's buffer and the body: {held}"
+    );
+    assert!(
+        app.state.body_budget.held_by("team") >= body.len() as u64,
+        "the body is charged to its key: {}",
+        app.state.body_budget.held_by("team")
+    );
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    wait_until("everything is given back", async || {
+        app.state.body_budget.held() == 0
+    })
+    .await;
+    assert_eq!(app.state.body_budget.held_by("team"), 0);
+    // The connection goes on with an ordinary request.
+    client
+        .send(keyed_request("sk-team", &large_body(100)))
+        .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+}
+
 /// A request head past 16 KiB has 10 s to come whole: one trickled would
 /// keep its share of the body budget, which every client shares, before
 /// any key is known. (A paused clock: the wait is not spent.)

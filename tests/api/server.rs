@@ -573,32 +573,49 @@ async fn a_chunk_announced_over_the_limit_is_413_at_once() {
 }
 
 /// A size past what 64 bits hold, declared or announced by a chunk, is a
-/// body over any limit: 413, like any other, not a malformed request.
+/// body over any limit: 413, like any other, not a malformed request; nor
+/// a refusal for room when the gateway has keys, whose bodies are counted
+/// against their key's share.
 #[tokio::test]
 async fn sizes_past_64_bits_are_413() {
-    let app = spawn_app().await;
-    for framing in [
-        "content-length: 184467440737095516160\r\n\r\n{",
-        "transfer-encoding: chunked\r\n\r\n1\r\n{\r\n10000000000000000\r\n\"",
-    ] {
-        let mut client = Client::connect(app.addr).await;
-        client
-            .send(&format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n{framing}"))
-            .await;
-        let reply = client.response().await;
-        assert_eq!(
-            reply.status,
-            413,
-            "{framing}: {}: {}",
-            reply.head,
-            reply.text()
-        );
-        reply.assert_invalid_request_error();
-        assert_eq!(reply.json()["error"]["code"], "request_too_large");
-        assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+    let open = spawn_app().await;
+    let keyed = spawn_app_with(
+        "[keys.team]\nsecret_env = \"TEAM_KEY\"\n",
+        &[("TEAM_KEY", Some("sk-team"))],
+    )
+    .await;
+    for (app, key) in [(&open, ""), (&keyed, "authorization: Bearer sk-team\r\n")] {
+        for framing in [
+            "content-length: 184467440737095516160\r\n\r\n{",
+            "content-length: 184467440737095516160\r\nexpect: 100-continue\r\n\r\n",
+            "transfer-encoding: chunked\r\n\r\n1\r\n{\r\n10000000000000000\r\n\"",
+        ] {
+            let mut client = Client::connect(app.addr).await;
+            client
+                .send(&format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n{key}{framing}"))
+                .await;
+            let reply = client.response().await;
+            assert_eq!(
+                reply.status,
+                413,
+                "{key}{framing}: {}: {}",
+                reply.head,
+                reply.text()
+            );
+            reply.assert_invalid_request_error();
+            assert_eq!(reply.json()["error"]["code"], "request_too_large");
+            assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
+        }
+        assert!(app.mock.requests().is_empty(), "nothing was forwarded");
+        assert_still_serving(app.addr).await;
     }
-    assert!(app.mock.requests().is_empty(), "nothing was forwarded");
-    assert_still_serving(app.addr).await;
+    let metrics = scrape(&keyed).await;
+    assert!(
+        !metrics.lines().any(|line| line
+            .starts_with("kimi_gateway_rate_limited_total{scope=\"key\"}")
+            && !line.ends_with(" 0")),
+        "no refusal counted as the key's: {metrics}"
+    );
 }
 
 /// A client that sends a whole body over the limit before it reads (as a

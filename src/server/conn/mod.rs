@@ -95,6 +95,7 @@ pub async fn serve(
         output: Output::default(),
         spare_headers: http::HeaderMap::new(),
         first_head_due: Some(tokio::time::Instant::now() + HEAD_GRACE),
+        long_head: None,
     };
     let mut closed = pin!(closing.cancelled());
     let drain = &gateway.state().drain;
@@ -166,6 +167,10 @@ struct Connection {
     /// Until the first request head has come: when the connection's
     /// [`HEAD_GRACE`] after its accept ends.
     first_head_due: Option<tokio::time::Instant>,
+    /// A head past [`UNCOUNTED_HEAD`]'s claim on the body budget, kept
+    /// while its request is handled: the head's fields are slices of the
+    /// buffer it came in, which they hold until the handler is done.
+    long_head: Option<BodyClaim>,
 }
 
 /// Why no request head came (or none in time).
@@ -217,6 +222,18 @@ struct BodyReading {
     key_charged: bool,
 }
 
+impl BodyReading {
+    /// The declared length still to come when it is counted against the
+    /// body budget: over [`UNCOUNTED_BODY`], and within the limit (a
+    /// larger one, a `Content-Length` past 64 bits included, gets 413 when
+    /// the body is read, not a refusal for room).
+    fn declared_counted(&self) -> Option<u64> {
+        self.framing
+            .remaining()
+            .filter(|&n| n > UNCOUNTED_BODY && n <= self.limit)
+    }
+}
+
 /// What the response body has next.
 enum Next {
     Data(Bytes),
@@ -248,20 +265,30 @@ impl Connection {
                 match request_head::parse(&mut self.read, &mut self.spare_headers) {
                     Ok(Some(head)) => {
                         self.first_head_due = None;
-                        if claim.is_some() && self.read.is_empty() {
-                            // The long head's room, given back with its
-                            // claim rather than kept for the connection's
-                            // life.
-                            self.read = BytesMut::new();
+                        if claim.is_some() {
+                            // The long head's buffer is held by its fields
+                            // alone, and its claim with them: what came
+                            // after the head (a body, the next request)
+                            // moves to a buffer of its own, so that neither
+                            // keeps the long head's room once its request
+                            // is done.
+                            self.read = match self.read.is_empty() {
+                                true => BytesMut::new(),
+                                false => BytesMut::from(&self.read[..]),
+                            };
+                            self.long_head = claim;
                         }
                         return Ok(head);
                     }
                     Ok(None) if self.read.len() > UNCOUNTED_HEAD => {
                         let state = gateway.state();
                         let total = state.config().max_body_bytes_total as u64;
-                        // What it holds once the next read is in.
-                        let holding =
-                            (self.read.len() + READ_SIZE).min(request_head::MAX_HEAD_BYTES) as u64;
+                        // What it holds once the next read is in: the
+                        // buffer, whose room for that read is made here
+                        // so that what is claimed is what was allocated
+                        // (a buffer grows by doubling).
+                        self.reserve_room(READ_SIZE);
+                        let holding = self.read.capacity() as u64;
                         let claimed = match &mut claim {
                             Some(claim) => claim.grow_to(holding, total).is_ok(),
                             None => {
@@ -388,6 +415,7 @@ impl Connection {
             self.spare_headers = headers;
         }
         drop(parts);
+        self.long_head = None;
         let (response, fields, keep_alive) = match handled {
             Some(Some((response, fields))) => (response, fields, keep_alive),
             // The drain deadline passed before the handler answered: the
@@ -438,7 +466,9 @@ impl Connection {
     ) -> (RequestBody, Option<BodyReading>) {
         match framing {
             Framing::Length(0) => (RequestBody::empty(), None),
-            Framing::Length(n) if self.read.len() as u64 >= n => {
+            // One over `UNCOUNTED_BODY` is claimed (and charged to its key)
+            // even when it is all there: it came with a long head.
+            Framing::Length(n) if n <= UNCOUNTED_BODY && self.read.len() as u64 >= n => {
                 let whole = self.read.split_to(n as usize).freeze();
                 (RequestBody::whole(whole), None)
             }
@@ -511,8 +541,9 @@ impl Connection {
             if !body.key_charged {
                 body.key_charged = true;
                 // A declared length over the key's share is refused before
-                // any of it is read, as one over the total is.
-                let declared = body.framing.remaining().filter(|&n| n > UNCOUNTED_BODY);
+                // any of it is read, as one over the total is (one over
+                // the limit gets 413 instead, below).
+                let declared = body.declared_counted();
                 if let Some(key) = progress.key()
                     && let Some(claim) = &mut body.claim
                     && let Err(no_room) =
@@ -522,11 +553,18 @@ impl Connection {
                     continue 'handler;
                 }
             }
+            let declared = body.declared_counted();
+            let over_limit = body.framing.remaining().is_some_and(|n| n > body.limit);
             if let Some(sent) = &mut body.continue_owed {
                 // `100 Continue` invites the whole body: not sent when its
-                // declared length no longer fits beside what others hold
-                // (it was checked, not claimed, when the body began).
-                let declared = body.framing.remaining().filter(|&n| n > UNCOUNTED_BODY);
+                // declared length is over the limit (a `Content-Length` past
+                // 64 bits: the handler refuses the others first), or no
+                // longer fits beside what others hold (it was checked, not
+                // claimed, when the body began).
+                if *sent == 0 && over_limit {
+                    body.handoff.end(Err(BodyError::TooLarge), cx);
+                    continue 'handler;
+                }
                 if *sent == 0
                     && let Some(declared) = declared
                     && let Err(refused) = could_grow_to(&body.claim, declared, body.total)
@@ -560,6 +598,15 @@ impl Connection {
                         // The body's own bytes are its progress: chunk
                         // framing and extensions earn no time.
                         body.received += frame.len() as u64;
+                        // Bytes that came before they were asked for (with
+                        // the head) were read unclaimed: claimed now.
+                        if body.received > UNCOUNTED_BODY
+                            && let Some(claim) = &mut body.claim
+                            && let Err(no_room) = claim.grow_to(body.received, body.total)
+                        {
+                            body.handoff.end(Err(no_room.into()), cx);
+                            continue 'handler;
+                        }
                         body.progress += frame.len();
                         if body.progress >= BODY_PROGRESS {
                             body.progress = 0;
@@ -689,10 +736,16 @@ impl Connection {
     /// for `room` bytes when less than half of that is free.
     /// `Ready(Ok(0))`: the client closed the connection.
     fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<std::io::Result<usize>> {
+        self.reserve_room(room);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Makes room for `room` bytes in the read buffer when less than half
+    /// of that is free.
+    fn reserve_room(&mut self, room: usize) {
         if self.read.capacity() - self.read.len() < room / 2 {
             self.read.reserve(room);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 }
 
