@@ -373,6 +373,32 @@ async fn a_long_heads_request_keeps_its_claim_while_handled() {
         .await;
     let reply = client.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+
+    // A stream's request id (and access record) are slices of the long
+    // head's buffer until the stream ends: claimed until then.
+    let stream = chat_body(MODEL, "[mock chunks=2 chunk_delay_ms=1500]", true).to_string();
+    let request = keyed_request("sk-team", &stream).replacen(
+        "\r\n\r\n",
+        &format!(
+            "\r\nx-request-id: req-long\r\nx-long: {}\r\n\r\n",
+            "a".repeat(40_000)
+        ),
+        1,
+    );
+    client.send(&request).await;
+    let (status, head) = client.head().await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        app.state.body_budget.held() >= 40_000,
+        "the long head's buffer, while its stream lasts: {}",
+        app.state.body_budget.held()
+    );
+    let (body, _) = client.chunked_body().await;
+    assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
+    wait_until("the long head is given back", async || {
+        app.state.body_budget.held() == 0
+    })
+    .await;
 }
 
 /// A request head past 16 KiB has 10 s to come whole: one trickled would

@@ -168,8 +168,8 @@ struct Connection {
     /// [`HEAD_GRACE`] after its accept ends.
     first_head_due: Option<tokio::time::Instant>,
     /// A head past [`UNCOUNTED_HEAD`]'s claim on the body budget, kept
-    /// while its request is handled: the head's fields are slices of the
-    /// buffer it came in, which they hold until the handler is done.
+    /// until its answer is written: the head's fields (the request id
+    /// among them) are slices of the buffer it came in.
     long_head: Option<BodyClaim>,
 }
 
@@ -372,6 +372,10 @@ impl Connection {
             keep_alive,
             expect_continue,
         } = head;
+        // A long head's claim lasts as long as the exchange: the request id
+        // (and a stream's access record) are slices of its buffer until the
+        // answer is written.
+        let _long_head = self.long_head.take();
         let head_only = parts.method == Method::HEAD;
         let version = parts.version;
         let (body, mut reading) = self.start_body(framing, expect_continue, gateway);
@@ -415,7 +419,6 @@ impl Connection {
             self.spare_headers = headers;
         }
         drop(parts);
-        self.long_head = None;
         let (response, fields, keep_alive) = match handled {
             Some(Some((response, fields))) => (response, fields, keep_alive),
             // The drain deadline passed before the handler answered: the
