@@ -126,7 +126,7 @@ pub async fn serve(
             }
             Err(NoHead::Closed) => return,
         };
-        match connection
+        let after = connection
             .exchange(
                 head,
                 &gateway,
@@ -135,8 +135,12 @@ pub async fn serve(
                 &mut deadline,
                 idle.as_mut(),
             )
-            .await
-        {
+            .await;
+        // A long head's claim lasts as long as its exchange: the request id
+        // (and a stream's access record) are slices of its buffer until the
+        // answer is written.
+        connection.long_head = None;
+        match after {
             // A drain (or the cap making room) that began after the
             // answer's head said keep-alive: the next request is not
             // served, as on an idle connection; another replica serves
@@ -232,6 +236,17 @@ impl BodyReading {
             .remaining()
             .filter(|&n| n > UNCOUNTED_BODY && n <= self.limit)
     }
+}
+
+/// What reading the request body for its handler came to.
+enum BodyStep {
+    /// A frame, the body's end or its error was handed over: poll the
+    /// handler again.
+    Again,
+    /// Waiting for the client's bytes.
+    Pending,
+    /// The client left (or the connection failed).
+    ClientLeft,
 }
 
 /// What the response body has next.
@@ -372,10 +387,6 @@ impl Connection {
             keep_alive,
             expect_continue,
         } = head;
-        // A long head's claim lasts as long as the exchange: the request id
-        // (and a stream's access record) are slices of its buffer until the
-        // answer is written.
-        let _long_head = self.long_head.take();
         let head_only = parts.method == Method::HEAD;
         let version = parts.version;
         let (body, mut reading) = self.start_body(framing, expect_continue, gateway);
@@ -534,183 +545,198 @@ impl Connection {
         mut closed: Pin<&mut C>,
         mut idle: Option<&mut IdleLimit<'_>>,
     ) -> Poll<Option<Answer>> {
-        'handler: loop {
+        loop {
             if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
             let Some(body) = reading.as_deref_mut().filter(|r| r.handoff.is_wanted()) else {
                 return self.poll_client_left(cx).map(|()| None);
             };
-            if !body.key_charged {
-                body.key_charged = true;
-                // A declared length over the key's share is refused before
-                // any of it is read, as one over the total is (one over
-                // the limit gets 413 instead, below).
-                let declared = body.declared_counted();
-                if let Some(key) = progress.key()
-                    && let Some(claim) = &mut body.claim
-                    && let Err(no_room) =
-                        claim.charge_to_key(&key, body.per_key, declared.unwrap_or(0))
-                {
-                    body.handoff.end(Err(no_room.into()), cx);
-                    continue 'handler;
-                }
+            match self.poll_request_body(cx, body, progress, closed.as_mut(), idle.as_deref_mut()) {
+                BodyStep::Again => {}
+                BodyStep::Pending => return Poll::Pending,
+                BodyStep::ClientLeft => return Poll::Ready(None),
             }
+        }
+    }
+
+    /// Reads the request body its handler asks for, and hands it over: a
+    /// frame, its end or why it cannot be read. Out of line: most requests'
+    /// bodies come whole with their heads and never get here, and inlined,
+    /// this made the exchange too large to be inlined in turn.
+    #[inline(never)]
+    fn poll_request_body<C: Future<Output = ()>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut BodyReading,
+        progress: &RequestProgress,
+        mut closed: Pin<&mut C>,
+        mut idle: Option<&mut IdleLimit<'_>>,
+    ) -> BodyStep {
+        if !body.key_charged {
+            body.key_charged = true;
+            // A declared length over the key's share is refused before
+            // any of it is read, as one over the total is (one over
+            // the limit gets 413 instead, below).
             let declared = body.declared_counted();
-            let over_limit = body.framing.remaining().is_some_and(|n| n > body.limit);
-            if let Some(sent) = &mut body.continue_owed {
-                // `100 Continue` invites the whole body: not sent when its
-                // declared length is over the limit (a `Content-Length` past
-                // 64 bits: the handler refuses the others first), or no
-                // longer fits beside what others hold (it was checked, not
-                // claimed, when the body began).
-                if *sent == 0 && over_limit {
-                    body.handoff.end(Err(BodyError::TooLarge), cx);
-                    continue 'handler;
-                }
-                if *sent == 0
-                    && let Some(declared) = declared
-                    && let Err(refused) = could_grow_to(&body.claim, declared, body.total)
-                {
-                    body.handoff.end(Err(refused), cx);
-                    continue 'handler;
-                }
-                while *sent < CONTINUE.len() {
-                    match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..]) {
-                        Poll::Ready(Ok(n)) if n > 0 => *sent += n,
-                        Poll::Ready(_) => return Poll::Ready(None),
-                        Poll::Pending => {
-                            // A client that takes no bytes at all (its
-                            // earlier answers unread) is waited for as long
-                            // as a body, then treated as gone: the handler
-                            // is dropped, as when a client leaves.
-                            let stalled = &mut body.stalled_since;
-                            if !IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
-                                return Poll::Pending;
-                            }
-                            let _ = self.io.set_zero_linger();
-                            return Poll::Ready(None);
-                        }
-                    }
-                }
-                body.continue_owed = None;
+            if let Some(key) = progress.key()
+                && let Some(claim) = &mut body.claim
+                && let Err(no_room) = claim.charge_to_key(&key, body.per_key, declared.unwrap_or(0))
+            {
+                body.handoff.end(Err(no_room.into()), cx);
+                return BodyStep::Again;
             }
-            loop {
-                match body.framing.decode(&mut self.read) {
-                    Ok(Decoded::Frame(frame)) => {
-                        // The body's own bytes are its progress: chunk
-                        // framing and extensions earn no time.
-                        body.received += frame.len() as u64;
-                        // Bytes that came before they were asked for (with
-                        // the head) were read unclaimed: claimed now.
-                        if body.received > UNCOUNTED_BODY
-                            && let Some(claim) = &mut body.claim
-                            && let Err(no_room) = claim.grow_to(body.received, body.total)
-                        {
-                            body.handoff.end(Err(no_room.into()), cx);
-                            continue 'handler;
+        }
+        let declared = body.declared_counted();
+        let over_limit = body.framing.remaining().is_some_and(|n| n > body.limit);
+        if let Some(sent) = &mut body.continue_owed {
+            // `100 Continue` invites the whole body: not sent when its
+            // declared length is over the limit (a `Content-Length` past
+            // 64 bits: the handler refuses the others first), or no
+            // longer fits beside what others hold (it was checked, not
+            // claimed, when the body began).
+            if *sent == 0 && over_limit {
+                body.handoff.end(Err(BodyError::TooLarge), cx);
+                return BodyStep::Again;
+            }
+            if *sent == 0
+                && let Some(declared) = declared
+                && let Err(refused) = could_grow_to(&body.claim, declared, body.total)
+            {
+                body.handoff.end(Err(refused), cx);
+                return BodyStep::Again;
+            }
+            while *sent < CONTINUE.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*sent..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => *sent += n,
+                    Poll::Ready(_) => return BodyStep::ClientLeft,
+                    Poll::Pending => {
+                        // A client that takes no bytes at all (its
+                        // earlier answers unread) is waited for as long
+                        // as a body, then treated as gone: the handler
+                        // is dropped, as when a client leaves.
+                        let stalled = &mut body.stalled_since;
+                        if !IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
+                            return BodyStep::Pending;
                         }
-                        body.progress += frame.len();
-                        if body.progress >= BODY_PROGRESS {
-                            body.progress = 0;
-                            body.stalled_since = None;
-                        }
-                        body.handoff.put(frame, cx);
-                        if body.framing.remaining() == Some(0) {
-                            // The last frame: the handler sees the end
-                            // with it, without asking again.
-                            body.handoff.end(Ok(()), cx);
-                        }
-                        continue 'handler;
+                        let _ = self.io.set_zero_linger();
+                        return BodyStep::ClientLeft;
                     }
-                    Ok(Decoded::End) => {
+                }
+            }
+            body.continue_owed = None;
+        }
+        loop {
+            match body.framing.decode(&mut self.read) {
+                Ok(Decoded::Frame(frame)) => {
+                    // The body's own bytes are its progress: chunk
+                    // framing and extensions earn no time.
+                    body.received += frame.len() as u64;
+                    // Bytes that came before they were asked for (with
+                    // the head) were read unclaimed: claimed now.
+                    if body.received > UNCOUNTED_BODY
+                        && let Some(claim) = &mut body.claim
+                        && let Err(no_room) = claim.grow_to(body.received, body.total)
+                    {
+                        body.handoff.end(Err(no_room.into()), cx);
+                        return BodyStep::Again;
+                    }
+                    body.progress += frame.len();
+                    if body.progress >= BODY_PROGRESS {
+                        body.progress = 0;
+                        body.stalled_since = None;
+                    }
+                    body.handoff.put(frame, cx);
+                    if body.framing.remaining() == Some(0) {
+                        // The last frame: the handler sees the end
+                        // with it, without asking again.
                         body.handoff.end(Ok(()), cx);
-                        continue 'handler;
                     }
-                    Ok(Decoded::NeedMore) => {
-                        let announced = body.framing.announced();
-                        let needed = body.received.saturating_add(announced);
-                        if needed > body.limit {
-                            body.handoff.end(Err(BodyError::TooLarge), cx);
-                            continue 'handler;
-                        }
-                        let remaining = body.framing.remaining();
-                        // A chunk announced that would not fit beside what
-                        // others hold now is refused before its bytes
-                        // come, as a declared length is when the body
-                        // starts; either is claimed only as it comes.
-                        if remaining.is_none()
-                            && needed > UNCOUNTED_BODY
-                            && let Err(refused) = could_grow_to(&body.claim, needed, body.total)
-                        {
-                            body.handoff.end(Err(refused), cx);
-                            continue 'handler;
-                        }
-                        let room = match remaining {
-                            Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
-                            _ => READ_SIZE,
+                    return BodyStep::Again;
+                }
+                Ok(Decoded::End) => {
+                    body.handoff.end(Ok(()), cx);
+                    return BodyStep::Again;
+                }
+                Ok(Decoded::NeedMore) => {
+                    let announced = body.framing.announced();
+                    let needed = body.received.saturating_add(announced);
+                    if needed > body.limit {
+                        body.handoff.end(Err(BodyError::TooLarge), cx);
+                        return BodyStep::Again;
+                    }
+                    let remaining = body.framing.remaining();
+                    // A chunk announced that would not fit beside what
+                    // others hold now is refused before its bytes
+                    // come, as a declared length is when the body
+                    // starts; either is claimed only as it comes.
+                    if remaining.is_none()
+                        && needed > UNCOUNTED_BODY
+                        && let Err(refused) = could_grow_to(&body.claim, needed, body.total)
+                    {
+                        body.handoff.end(Err(refused), cx);
+                        return BodyStep::Again;
+                    }
+                    let room = match remaining {
+                        Some(n) if n > READ_SIZE as u64 => LARGE_READ_SIZE,
+                        _ => READ_SIZE,
+                    };
+                    // What the body holds once this read is in: what
+                    // it sent, and the read buffer (the read fills
+                    // whatever room it has, at least `room`); never
+                    // more than the body's own length (or the limit),
+                    // so a body alone always fits.
+                    let most = remaining.map_or(body.limit, |n| body.received.saturating_add(n));
+                    let buffer = self.read.capacity().max(self.read.len() + room);
+                    let holding = body.received.saturating_add(buffer as u64).min(most);
+                    if holding > UNCOUNTED_BODY {
+                        let grown = match &mut body.claim {
+                            Some(claim) => claim.grow_to(holding, body.total),
+                            None => Err(NoRoom::Total),
                         };
-                        // What the body holds once this read is in: what
-                        // it sent, and the read buffer (the read fills
-                        // whatever room it has, at least `room`); never
-                        // more than the body's own length (or the limit),
-                        // so a body alone always fits.
-                        let most =
-                            remaining.map_or(body.limit, |n| body.received.saturating_add(n));
-                        let buffer = self.read.capacity().max(self.read.len() + room);
-                        let holding = body.received.saturating_add(buffer as u64).min(most);
-                        if holding > UNCOUNTED_BODY {
-                            let grown = match &mut body.claim {
-                                Some(claim) => claim.grow_to(holding, body.total),
-                                None => Err(NoRoom::Total),
+                        if let Err(no_room) = grown {
+                            body.handoff.end(Err(no_room.into()), cx);
+                            return BodyStep::Again;
+                        }
+                    }
+                    match self.poll_read(cx, room) {
+                        Poll::Ready(Ok(n)) if n > 0 => {}
+                        // The client left halfway through its body.
+                        Poll::Ready(_) => return BodyStep::ClientLeft,
+                        Poll::Pending => {
+                            // At the cap (or when closing) a body that
+                            // comes slower than the floor is cut off:
+                            // slow bodies must not hold the cap.
+                            let began = body.began;
+                            let behind = closed.as_mut().poll(cx).is_ready()
+                                && body
+                                    .rate_floor
+                                    .get_or_insert_with(|| RateFloor::start(began))
+                                    .behind(cx, body.received);
+                            let stalled = &mut body.stalled_since;
+                            let error = if behind {
+                                BodyError::TooSlow
+                            } else if IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled) {
+                                BodyError::TimedOut
+                            } else {
+                                return BodyStep::Pending;
                             };
-                            if let Err(no_room) = grown {
-                                body.handoff.end(Err(no_room.into()), cx);
-                                continue 'handler;
-                            }
-                        }
-                        match self.poll_read(cx, room) {
-                            Poll::Ready(Ok(n)) if n > 0 => {}
-                            // The client left halfway through its body.
-                            Poll::Ready(_) => return Poll::Ready(None),
-                            Poll::Pending => {
-                                // At the cap (or when closing) a body that
-                                // comes slower than the floor is cut off:
-                                // slow bodies must not hold the cap.
-                                let began = body.began;
-                                let behind = closed.as_mut().poll(cx).is_ready()
-                                    && body
-                                        .rate_floor
-                                        .get_or_insert_with(|| RateFloor::start(began))
-                                        .behind(cx, body.received);
-                                let stalled = &mut body.stalled_since;
-                                let error = if behind {
-                                    BodyError::TooSlow
-                                } else if IdleLimit::stall_passed(idle.as_deref_mut(), cx, stalled)
-                                {
-                                    BodyError::TimedOut
-                                } else {
-                                    return Poll::Pending;
-                                };
-                                body.handoff.end(Err(error), cx);
-                                continue 'handler;
-                            }
+                            body.handoff.end(Err(error), cx);
+                            return BodyStep::Again;
                         }
                     }
-                    Err(err) => {
-                        let error = match err {
-                            // More than any `u64`, so more than the limit.
-                            crate::client::UpstreamError::InvalidBody(SIZE_OVER_U64) => {
-                                BodyError::TooLarge
-                            }
-                            crate::client::UpstreamError::InvalidBody(what) => {
-                                BodyError::Invalid(what)
-                            }
-                            _ => BodyError::Invalid("invalid chunked body"),
-                        };
-                        body.handoff.end(Err(error), cx);
-                        continue 'handler;
-                    }
+                }
+                Err(err) => {
+                    let error = match err {
+                        // More than any `u64`, so more than the limit.
+                        crate::client::UpstreamError::InvalidBody(SIZE_OVER_U64) => {
+                            BodyError::TooLarge
+                        }
+                        crate::client::UpstreamError::InvalidBody(what) => BodyError::Invalid(what),
+                        _ => BodyError::Invalid("invalid chunked body"),
+                    };
+                    body.handoff.end(Err(error), cx);
+                    return BodyStep::Again;
                 }
             }
         }
