@@ -374,6 +374,33 @@ async fn a_long_heads_request_keeps_its_claim_while_handled() {
     let reply = client.response().await;
     assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
 
+    // A head of 16-32 KiB can come whole in one read (never part-way in
+    // past 16 KiB): claimed all the same.
+    let plain = chat_body(MODEL, "[mock head_delay_ms=1000]", false).to_string();
+    let request = keyed_request("sk-team", &plain).replacen(
+        "\r\n\r\n",
+        &format!("\r\nx-long: {}\r\n\r\n", "a".repeat(20_000)),
+        1,
+    );
+    let forwarded = app.mock.requests().len();
+    let mut one_read = Client::connect(app.addr).await;
+    one_read.send(&request).await;
+    wait_until("the request is with the provider", async || {
+        app.mock.requests().len() > forwarded
+    })
+    .await;
+    assert!(
+        app.state.body_budget.held() >= 20_000,
+        "the head's buffer: {}",
+        app.state.body_budget.held()
+    );
+    let reply = one_read.response().await;
+    assert_eq!(reply.status, 200, "{}: {}", reply.head, reply.text());
+    wait_until("the head is given back", async || {
+        app.state.body_budget.held() == 0
+    })
+    .await;
+
     // A stream's request id (and access record) are slices of the long
     // head's buffer until the stream ends: claimed until then.
     let stream = chat_body(MODEL, "[mock chunks=2 chunk_delay_ms=1500]", true).to_string();

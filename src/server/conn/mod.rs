@@ -277,9 +277,20 @@ impl Connection {
         let mut cut_off: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if !self.read.is_empty() {
+                let (buffered, buffer) = (self.read.len(), self.read.capacity());
                 match request_head::parse(&mut self.read, &mut self.spare_headers) {
                     Ok(Some(head)) => {
                         self.first_head_due = None;
+                        if claim.is_none() && buffered - self.read.len() > UNCOUNTED_HEAD {
+                            // A long head that came whole in one read is
+                            // claimed as one that came in pieces is.
+                            let state = gateway.state();
+                            let total = state.config().max_body_bytes_total as u64;
+                            claim = state.body_budget.claim(buffer as u64, total);
+                            if claim.is_none() {
+                                return Err(NoHead::Refused(BadHead::no_room()));
+                            }
+                        }
                         if claim.is_some() {
                             // The long head's buffer is held by its fields
                             // alone, and its claim with them: what came
