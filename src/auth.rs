@@ -99,6 +99,11 @@ impl KeyTable {
         self.by_digest.len()
     }
 
+    /// Every key, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClientKey>> {
+        self.by_digest.values()
+    }
+
     pub fn any_limits(&self) -> bool {
         self.by_digest.values().any(|k| k.has_limits())
     }

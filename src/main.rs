@@ -196,7 +196,7 @@ fn print_check_report(config: &config::Config) -> std::io::Result<()> {
     if let Some(problem) = config.out_of_service() {
         writeln!(out, "note: {problem}")?;
     }
-    for note in &config.limit_notes {
+    for note in &config.notes {
         writeln!(out, "note: {note}")?;
     }
     out.flush()

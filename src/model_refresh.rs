@@ -166,8 +166,10 @@ enum RefreshError {
     Shape(String),
     #[error("no answer within {} s", ASK_TIME.as_secs())]
     TimedOut,
-    #[error("the list names no usable model")]
-    Empty,
+    /// With how many ids were left out because they quote a key (a short
+    /// test key may be in every id).
+    #[error("the list names no usable model{}", quoting_note(*.0))]
+    Empty(usize),
     /// A Kimi provider that lists no Kimi model is at fault for the moment.
     #[error("refresh_models_match picks none of the {0} ids listed")]
     NonePicked(usize),
@@ -217,10 +219,13 @@ async fn list_models(provider: &Provider, secrets: &[String]) -> Result<Vec<Stri
 /// `/v1/models`, the metrics or the log: such ids are left out, in any
 /// letter case, and the error never repeats the provider's text.
 fn kept_ids(list: &[u8], secrets: &[String]) -> Result<Vec<String>, RefreshError> {
+    let quoting = std::cell::Cell::new(0);
     let quotes_no_key = |id: &str| {
-        !secrets
+        let quotes = secrets
             .iter()
-            .any(|secret| key_redaction::find(id.as_bytes(), secret.as_bytes()).is_some())
+            .any(|secret| key_redaction::find(id.as_bytes(), secret.as_bytes()).is_some());
+        quoting.set(quoting.get() + usize::from(quotes));
+        !quotes
     };
     let ids = listed_ids(list, quotes_no_key)
         .map_err(|err| RefreshError::Shape(unquoted(&err.to_string())))?;
@@ -228,9 +233,17 @@ fn kept_ids(list: &[u8], secrets: &[String]) -> Result<Vec<String>, RefreshError
     // moment (an empty cache, a deploy), and taken as it is it would
     // unroute every model found until the next refresh.
     if ids.is_empty() {
-        return Err(RefreshError::Empty);
+        return Err(RefreshError::Empty(quoting.get()));
     }
     Ok(ids)
+}
+
+fn quoting_note(left_out: usize) -> String {
+    match left_out {
+        0 => String::new(),
+        1 => " (1 id left out because it contains a provider's key)".into(),
+        n => format!(" ({n} ids left out because they contain a provider's key)"),
+    }
 }
 
 /// A parser's message without the text it quotes from the list (`invalid
@@ -348,12 +361,17 @@ mod tests {
 
     #[test]
     fn a_list_of_no_usable_model_is_a_failed_refresh() {
-        for list in [
-            &br#"{"data":[]}"#[..],
-            br#"{"data":[{"id":""},{"object":"model"},{"id":"kimi-secret-key-123"}]}"#,
+        for (list, message) in [
+            (&br#"{"data":[]}"#[..], "the list names no usable model"),
+            (
+                br#"{"data":[{"id":""},{"object":"model"},{"id":"kimi-secret-key-123"}]}"#,
+                "the list names no usable model (1 id left out because it contains a \
+                 provider's key)",
+            ),
         ] {
             let err = kept_ids(list, &secrets()).unwrap_err();
-            assert!(matches!(err, RefreshError::Empty), "{err}");
+            assert!(matches!(err, RefreshError::Empty(_)), "{err}");
+            assert_eq!(err.to_string(), message);
         }
     }
 

@@ -102,7 +102,7 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             // waiting for a restart is said again, one set back is not.
             let running = &state.started_with;
             if new.listen != running.listen && state.listen_override.get().is_none() {
-                tracing::warn!(listen = %new.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart");
+                tracing::warn!(listen = %new.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart, and `kimi-gateway healthcheck --config` probes the new address meanwhile (give it --addr)");
             }
             if new.effective_max_connections() != running.max_connections {
                 tracing::warn!(

@@ -24,7 +24,7 @@ pub(super) fn check_base_url(
     let base_url = normalized_base_url(base_url);
     match chat_url(&base_url) {
         Ok(url) => Some(url),
-        Err(why) if why == NOT_A_URL => {
+        Err(whys) if whys == [NOT_A_URL] => {
             // Not a URL at all: the value may be anything, a key named in
             // `base_url_env` by mistake among them, so only its scheme (if
             // it has one) and its length are shown.
@@ -54,68 +54,88 @@ pub(super) fn check_base_url(
                     base_url.chars().count()
                 ),
             };
-            problems.push(ConfigProblem::new(source, format!("{shown} {why}")));
+            problems.push(ConfigProblem::new(source, format!("{shown} {NOT_A_URL}")));
             None
         }
-        Err(why) => {
+        Err(whys) => {
             let shown = without_secrets(&base_url);
-            problems.push(ConfigProblem::new(source, format!("{shown:?} {why}")));
+            for why in whys {
+                problems.push(ConfigProblem::new(&source, format!("{shown:?} {why}")));
+            }
             None
         }
     }
 }
 
-/// The provider's chat URL, `{base_url}/chat/completions`, or why
-/// `base_url` cannot give one.
-fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
-    // `Uri` drops a fragment, and `/chat/completions` with it.
-    if base_url.contains('#') {
-        return Err(
-            "has a fragment (`#`): the gateway adds `/chat/completions` to a base URL's path",
-        );
-    }
-    let uri = http::Uri::try_from(format!("{base_url}/chat/completions")).map_err(|_| NOT_A_URL)?;
-    let scheme = uri.scheme_str().ok_or(NOT_A_URL)?;
+/// The provider's chat URL, `{base_url}/chat/completions`, or every reason
+/// `base_url` cannot give one (only [`NOT_A_URL`] when it does not parse).
+fn chat_url(base_url: &str) -> Result<ChatUrl, Vec<&'static str>> {
+    let not_a_url = || vec![NOT_A_URL];
+    let mut whys = Vec::new();
+    // `Uri` drops a fragment, and `/chat/completions` with it; the rest is
+    // checked without it.
+    let base_url = match base_url.split_once('#') {
+        Some((before, _)) => {
+            whys.push(
+                "has a fragment (`#`): the gateway adds `/chat/completions` to a base URL's path",
+            );
+            before
+        }
+        None => base_url,
+    };
+    let uri =
+        http::Uri::try_from(format!("{base_url}/chat/completions")).map_err(|_| not_a_url())?;
+    let scheme = uri.scheme_str().ok_or_else(not_a_url)?;
     if !matches!(scheme, "http" | "https") {
-        return Err(NOT_A_URL);
+        return Err(not_a_url());
     }
     if uri.query().is_some() {
-        return Err("has a query (`?`): the gateway adds `/chat/completions` to a base URL's path");
+        whys.push("has a query (`?`): the gateway adds `/chat/completions` to a base URL's path");
     }
     // Every request would go to `…/chat/completions/chat/completions`.
-    if uri.path().ends_with("/chat/completions/chat/completions") {
-        return Err(
+    // With a query, what was appended went into it: the base's own path
+    // is what is left.
+    let ends_in_chat = match uri.query() {
+        Some(_) => uri
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/chat/completions"),
+        None => uri.path().ends_with("/chat/completions/chat/completions"),
+    };
+    if ends_in_chat {
+        whys.push(
             "ends in `/chat/completions`: give the base URL (such as https://api.moonshot.ai/v1); the gateway adds `/chat/completions`",
         );
     }
-    let authority = uri.authority().ok_or(NOT_A_URL)?.clone();
+    let authority = uri.authority().ok_or_else(not_a_url)?.clone();
     if authority.as_str().contains('@') {
-        return Err(
+        whys.push(
             "holds a user name or password, which the gateway does not send: give the key in the provider's key variable",
         );
     }
-    if authority.host().is_empty() {
-        return Err("has no host");
+    let host = authority.host();
+    if host.is_empty() {
+        whys.push("has no host");
     }
     // A host whose last label is a number is an IPv4 address to resolvers
     // and browsers (no top-level domain is numeric); `Uri` takes
     // `256.256.256.256` as a name, which no connection could reach.
-    let host = authority.host();
     let numeric_last_label = host
         .rsplit('.')
         .next()
         .is_some_and(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()));
     if numeric_last_label && host.parse::<std::net::Ipv4Addr>().is_err() {
-        return Err("has a host that is not a valid IPv4 address (four numbers from 0 to 255)");
+        whys.push("has a host that is not a valid IPv4 address (four numbers from 0 to 255)");
     }
     if let Some(inside) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
         && inside.parse::<std::net::Ipv6Addr>().is_err()
     {
-        return Err("has a host in brackets that is not a valid IPv6 address");
+        whys.push("has a host in brackets that is not a valid IPv6 address");
     }
     // `Uri` takes any run of digits or letters after the host's colon as
     // a port, and a connection to an impossible one could only fail.
-    let port = &authority.as_str()[authority.host().len()..];
+    let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let port = host_and_port.get(host.len()..).unwrap_or_default();
     // Digits only: `:+8080` parses as a number but goes out in `Host` as
     // written, which no server would take for its own.
     let digits = port.strip_prefix(':').unwrap_or(port);
@@ -123,17 +143,20 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, &'static str> {
         || (digits.bytes().all(|b| b.is_ascii_digit())
             && authority.port_u16().is_some_and(|p| p != 0));
     if !port_ok {
-        return Err("has no valid port (1 to 65535)");
+        whys.push("has no valid port (1 to 65535)");
+    }
+    if !whys.is_empty() {
+        return Err(whys);
     }
     let origin = http::Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
         .path_and_query("/")
         .build()
-        .map_err(|_| NOT_A_URL)?;
-    let path = http::Uri::try_from(uri.path()).map_err(|_| NOT_A_URL)?;
+        .map_err(|_| not_a_url())?;
+    let path = http::Uri::try_from(uri.path()).map_err(|_| not_a_url())?;
     Ok(ChatUrl {
-        host: HeaderValue::from_str(authority.as_str()).map_err(|_| NOT_A_URL)?,
+        host: HeaderValue::from_str(authority.as_str()).map_err(|_| not_a_url())?,
         origin,
         path,
     })

@@ -4,6 +4,7 @@
 //! become scopes that keep their state across reloads.
 
 use super::ConfigProblem;
+use super::MAX_NAME_BYTES;
 use super::env_name::check_env_name;
 use super::file::KeyFile;
 use super::limits::limit_spec;
@@ -34,14 +35,17 @@ pub fn client_keys(
     let mut table = KeyTable::default();
     for (name, file) in files {
         let path = format!("keys.{name}");
-        let valid_name = !name.is_empty()
+        let valid_name = (1..=MAX_NAME_BYTES).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !valid_name {
             problems.push(ConfigProblem::new(
                 &path,
-                "key names use letters, digits, '-', '_' and '.' (they appear in logs)",
+                format!(
+                    "key names use letters, digits, '-', '_' and '.', at most {MAX_NAME_BYTES} \
+                     of them (they appear in logs)"
+                ),
             ));
             continue;
         }

@@ -208,22 +208,25 @@ fn redis_settings(
         .redis_url_env
         .as_deref()
         .filter(|var| check_env_name("limits.redis_url_env", var, problems));
-    match backend {
-        "local" => return None,
-        "redis" => {}
+    let for_redis = match backend {
+        "local" => false,
+        "redis" => true,
         other => {
             problems.push(ConfigProblem::new(
                 "limits.backend",
                 format!("{} is not \"local\" or \"redis\"", shown_choice(other)),
             ));
-            return None;
+            false
         }
-    }
+    };
     let from_env =
         url_var.and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+    // A URL given is checked whichever the backend, as the settings above
+    // are: switching to "redis" must not fail on a value `--check` passed.
     let (url, source) = match (from_env, &file.redis_url) {
         (Some((var, url)), _) => (url, format!("limits.redis_url_env ({var})")),
         (None, Some(url)) => (url.clone(), "limits.redis_url".to_string()),
+        (None, None) if !for_redis => return None,
         (None, None) => {
             // Name the variable the operator meant to set, if any: it is
             // the usual way to give the URL, and the likelier miss.
@@ -281,6 +284,9 @@ fn redis_settings(
             ),
         };
         problems.push(problem);
+        return None;
+    }
+    if !for_redis {
         return None;
     }
     Some(RedisSettings {

@@ -8,6 +8,7 @@ mod discovered;
 mod env_name;
 mod env_read;
 mod file;
+mod key_exposure;
 mod keys;
 mod limit_notes;
 mod limits;
@@ -51,6 +52,10 @@ pub fn test_provider() -> Arc<Provider> {
 /// first its `refresh_models_match` picks): each is a route and a metric
 /// label.
 pub const MAX_FOUND_MODELS: usize = 2_000;
+
+/// Longest provider or client key name: each is in every access line (and
+/// a provider's in metric labels).
+pub const MAX_NAME_BYTES: usize = 64;
 
 /// Default listen address when neither the file nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -166,9 +171,11 @@ pub struct Config {
     /// What the providers' `/models` listed; shared by every configuration
     /// built after this one.
     pub discovered: Arc<DiscoveredModels>,
-    /// Limits that can never refuse anything (see `limit_notes`): noted by
-    /// `--check` and in the log, not refused.
-    pub limit_notes: Vec<ConfigProblem>,
+    /// What is valid but most likely a mistake: limits that can never
+    /// refuse anything (see `limit_notes`), what serves nothing (see
+    /// `service_notes`), keys sent or shown where they should not be (see
+    /// `key_exposure`). Noted by `--check` and in the log, not refused.
+    pub notes: Vec<ConfigProblem>,
 }
 
 impl Config {

@@ -331,9 +331,21 @@ fn without_the_value(message: &str) -> String {
         // `string "..."`, `integer `1``, `floating point `1.5``: the type.
         let unexpected = &rest[..expected];
         let kind = unexpected[..unexpected.find(['"', '`']).unwrap_or(unexpected.len())].trim_end();
-        return format!("{lead}{kind}{}", &rest[expected..]);
+        let wanted = &rest[expected + ", expected ".len()..];
+        return format!("{lead}{kind}, expected {}", in_words(wanted));
     }
     message.to_string()
+}
+
+/// serde's name of a Rust number type in words an operator reads.
+fn in_words(wanted: &str) -> &str {
+    match wanted {
+        "u8" | "u16" | "u64" | "usize" => "a whole number, 0 or more",
+        "u32" => "a whole number from 0 to 4294967295",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        other => other,
+    }
 }
 
 /// An ignored key's path as the file writes it: `timeouts.nap`, not
@@ -515,8 +527,8 @@ mod tests {
             [
                 "providers.moonshot.models[1]: invalid type: integer, expected a string",
                 "providers.moonshot.models[3]: invalid type: integer, expected a string",
-                "aliases.kimi.targets[0].weight: invalid type: string, expected u32",
-                "aliases.kimi.targets[0].priority: invalid type: string, expected u32",
+                "aliases.kimi.targets[0].weight: invalid type: string, expected a whole number from 0 to 4294967295",
+                "aliases.kimi.targets[0].priority: invalid type: string, expected a whole number from 0 to 4294967295",
                 "aliases.kimi.targets[1]: missing field `provider`",
                 "aliases.kimi.targets[2].nap: unknown key",
             ],
@@ -545,12 +557,12 @@ mod tests {
                 "providers.moonshot.api_key_envs: invalid type: string, expected a sequence",
                 "providers.moonshot.headers: invalid type: string, expected a map",
                 "keys.team: invalid type: string, expected a table",
-                "limits.global.requests_per_minute: invalid type: floating point, expected u64",
+                "limits.global.requests_per_minute: invalid type: floating point, expected a whole number, 0 or more",
             ]
         );
         assert_eq!(
             without_the_value("invalid value: integer `-1`, expected u32"),
-            "invalid value: integer, expected u32"
+            "invalid value: integer, expected a whole number from 0 to 4294967295"
         );
         // Nor in a syntax error (an integer too large for TOML).
         let mut problems = Vec::new();

@@ -7,8 +7,8 @@ use super::file::{ProviderFile, TimeoutsFile};
 use super::presets::PRESETS;
 use super::settings::{seconds, socket_buffer};
 use super::{
-    ApiKey, ConfigProblem, DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES, DiscoveredModels, ModelsRefresh,
-    Provider, Timeouts,
+    ApiKey, ConfigProblem, DEFAULT_PROVIDER_RECEIVE_BUFFER_BYTES, DiscoveredModels, MAX_NAME_BYTES,
+    ModelsRefresh, Provider, Timeouts,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -93,14 +93,17 @@ pub fn merge_provider_table(
     problems: &mut Vec<ConfigProblem>,
 ) {
     let path = format!("providers.{name}");
-    let valid_name = !name.is_empty()
+    // A provider's name is a metric label and in every access line.
+    let valid_name = (1..=MAX_NAME_BYTES).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !valid_name {
         problems.push(ConfigProblem::new(
             &path,
-            "provider names use lowercase letters, digits, '-' and '_'",
+            format!(
+                "provider names use lowercase letters, digits, '-' and '_', at most {MAX_NAME_BYTES} of them"
+            ),
         ));
         return;
     }
@@ -115,10 +118,13 @@ pub fn merge_provider_table(
                 ),
             ] {
                 if !given {
-                    problems.push(ConfigProblem::new(
-                        format!("{path}.{field}"),
-                        "required for a provider that is not a preset",
-                    ));
+                    let message = if field == "base_url" && file.base_url_env.is_some() {
+                        "required for a provider that is not a preset, base_url_env or not \
+                         (it is the address used while the variable is not set)"
+                    } else {
+                        "required for a provider that is not a preset"
+                    };
+                    problems.push(ConfigProblem::new(format!("{path}.{field}"), message));
                 }
             }
             drafts.push(Draft {
@@ -169,27 +175,25 @@ pub fn merge_provider_table(
                 ));
             }
             let named = envs.len();
-            let envs: Vec<String> = envs
-                .into_iter()
-                .enumerate()
-                .filter(|(i, env)| {
-                    check_env_name(&format!("{path}.api_key_envs[{i}]"), env, problems)
-                })
-                .map(|(_, env)| env)
-                .collect();
             // One variable named twice would make two targets of one key.
-            // Only valid names are compared, so none quoted is a secret.
-            if envs.len() == named {
-                for (i, env) in envs.iter().enumerate() {
-                    if envs[..i].contains(env) {
-                        problems.push(ConfigProblem::new(
-                            format!("{path}.api_key_envs[{i}]"),
-                            format!("names {env} again: list each key's variable once"),
-                        ));
-                    }
+            // Only valid names are compared, so none quoted is a secret;
+            // they are compared even when others are not valid, so that
+            // one `--check` names every problem of the list, in its order.
+            let mut valid: Vec<String> = Vec::new();
+            for (i, env) in envs.into_iter().enumerate() {
+                let entry = format!("{path}.api_key_envs[{i}]");
+                if !check_env_name(&entry, &env, problems) {
+                    continue;
                 }
+                if valid.contains(&env) {
+                    problems.push(ConfigProblem::new(
+                        entry,
+                        format!("names {env} again: list each key's variable once"),
+                    ));
+                }
+                valid.push(env);
             }
-            Some(envs).filter(|envs| envs.len() == named)
+            Some(valid).filter(|envs| envs.len() == named)
         }
         (None, None) => None,
     };
@@ -674,6 +678,67 @@ mod tests {
             assert_eq!(found.len(), 1, "{text}: {found:?}");
             assert!(found[0].starts_with(expected), "{text}: {found:?}");
         }
+    }
+
+    /// Each problem of one base URL is named, not only the first.
+    #[test]
+    fn every_problem_of_a_base_url_is_named() {
+        for (url, expected) in [
+            (
+                "http://host:0/v1/chat/completions",
+                &["ends in `/chat/completions`", "has no valid port"][..],
+            ),
+            (
+                "http://host/v1?x=1#f",
+                &["has a fragment", "has a query"][..],
+            ),
+            (
+                "https://u:hunter2@256.1.1.1:70000/v1/chat/completions?k=hunter2",
+                &[
+                    "has a query",
+                    "ends in `/chat/completions`",
+                    "holds a user name or password",
+                    "not a valid IPv4 address",
+                    "has no valid port",
+                ][..],
+            ),
+        ] {
+            let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
+            let found: Vec<String> = resolve(&text, &keyed)
+                .err()
+                .unwrap()
+                .0
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            assert_eq!(found.len(), expected.len(), "{url}: {found:?}");
+            for (found, expected) in found.iter().zip(expected) {
+                assert!(
+                    found.starts_with("providers.moonshot.base_url: "),
+                    "{found}"
+                );
+                assert!(found.contains(expected), "{url}: {found}");
+                assert!(!found.contains("hunter2"), "{found}");
+            }
+        }
+    }
+
+    /// A list with an entry that is no name still has its repeats named:
+    /// one `--check` lists every problem of it.
+    #[test]
+    fn a_repeated_key_variable_is_named_beside_an_invalid_entry() {
+        let text = "[providers.moonshot]\napi_key_envs = [\"\", \"A_KEY\", \"A_KEY\", \"1bad\", \"B_KEY\", \"B_KEY\"]\n";
+        let found: Vec<String> = resolve(text, &keyed)
+            .err()
+            .unwrap()
+            .0
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        assert_eq!(
+            found,
+            [0, 2, 3, 5].map(|i| format!("providers.moonshot.api_key_envs[{i}]"))
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub fn resolve_reusing(
     let mut parsed = parse(text, &mut problems);
     let unreadable = std::mem::take(&mut parsed.unreadable);
     let read_problems = problems.len();
-    let limit_notes = super::limit_notes::limit_notes(&parsed.limits, &parsed.keys);
+    let mut notes = super::limit_notes::limit_notes(&parsed.limits, &parsed.keys);
 
     let server = server_settings(&parsed.server, &mut problems);
     let retry = retry_settings(&parsed.retry, &mut problems);
@@ -121,6 +121,10 @@ pub fn resolve_reusing(
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
+    notes.extend(super::service_notes::unserved_notes(
+        &providers, &routes, &keys,
+    ));
+    notes.extend(super::key_exposure::exposure_notes(&providers, &keys));
     let keys_limited = keys.any_limits();
     let limits = Limits::new(
         limit_settings,
@@ -153,7 +157,7 @@ pub fn resolve_reusing(
         source_text: Arc::from(text),
         fingerprint: digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
         discovered,
-        limit_notes,
+        notes,
     })
 }
 
@@ -254,6 +258,34 @@ mod tests {
             );
             assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");
         }
+    }
+
+    /// A Redis URL given is checked with `local` limits too, from the file
+    /// or from its variable, so switching the backend cannot fail on it.
+    #[test]
+    fn a_redis_url_is_checked_whichever_the_backend() {
+        let found = problems("[limits]\nbackend = \"local\"\nredis_url = \"garbage\"\n");
+        assert_eq!(
+            found,
+            [
+                "limits.redis_url: is not a Redis URL like redis://127.0.0.1:6379 (or \
+              rediss://host:port for TLS)"
+            ]
+        );
+        let env = |v: &str| (v == "LIMITS_URL").then(|| "redis://:pw@h:0".to_string());
+        let text = "[limits]\nredis_url_env = \"LIMITS_URL\"\n";
+        let found: Vec<String> = match resolve(text, &env) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(
+            found,
+            [
+                "limits.redis_url_env (LIMITS_URL): has port 0: give Redis's port (6379 unless it \
+              was changed)"
+            ]
+        );
+        assert!(problems("[limits]\nredis_url = \"redis://127.0.0.1:6379/1\"\n").is_empty());
     }
 
     /// A disabled provider's own settings are checked as if it were on,

@@ -337,6 +337,39 @@ fn a_minute_limit_that_can_never_refuse_is_noted() {
     assert!(logged.contains(says), "{logged}");
 }
 
+/// Keys set only for a provider whose catalogue is emptied: the gateway
+/// can serve nothing, which `--check` says (exit 0: a note, not a
+/// problem), as it says what is configured but served by no keyed
+/// provider, and a client key that is the provider's own key.
+#[test]
+fn what_serves_nothing_and_a_shared_key_are_noted() {
+    let file = config_file(
+        "[providers.moonshot]\nmodels = []\n\
+         [keys.team]\nsecret_env = \"TEAM_KEY\"\nmodels = [\"kimi-chat\"]\n",
+    );
+    let output = gateway()
+        .env("MOONSHOT_API_KEY", "sk-shared")
+        .env("TEAM_KEY", "sk-shared")
+        .env_remove("AIMLAPI_API_KEY")
+        .env_remove("AGENTSFLARE_API_KEY")
+        .args(["--check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for says in [
+        "note: no provider with an API key serves a model (the models lists of the providers \
+         with a key are empty): every chat request gets 503 provider_not_configured",
+        "note: providers.moonshot.models: lists no model",
+        "note: keys.team.models: \"kimi-chat\": no provider has a key (set AGENTSFLARE_API_KEY)",
+        "note: keys.team: its secret is provider moonshot's key (MOONSHOT_API_KEY)",
+    ] {
+        assert!(stdout.contains(says), "{says}\n{stdout}");
+    }
+    assert!(!stdout.contains("sk-shared"), "{stdout}");
+}
+
 #[test]
 fn a_flag_variable_set_but_empty_is_refused_by_its_name() {
     for (variable, other) in [
