@@ -24,6 +24,18 @@ pub fn observe_refused_head(status: StatusCode, metrics: &Metrics) {
         .inc();
 }
 
+/// The `error_type` label of a request that ended in `error`: its type,
+/// but `gateway_shutdown` for one the drain deadline cut. That answer's
+/// type is `server_error` (what clients are told), but the provider was
+/// not at fault: counted under its type, every rolling restart that ends
+/// long streams would count against the provider's error ratio.
+fn error_label(error: &crate::error::GatewayError) -> &'static str {
+    match error.code.as_deref() {
+        Some(crate::error::code::GATEWAY_SHUTDOWN) => crate::error::code::GATEWAY_SHUTDOWN,
+        _ => error.error_type.as_str(),
+    }
+}
+
 /// `end`: how the request's stream ended, when it had one and it ended.
 pub fn observe(
     record: &AccessRecord,
@@ -39,7 +51,7 @@ pub fn observe(
     let upstream = record.upstream.as_ref();
     let provider = upstream.map_or(NONE, |u| &*u.provider);
     let stream = upstream.and_then(|u| u.stream.as_ref());
-    let error_type = record.error_given(end).map(|e| e.error_type);
+    let error_type = record.error_given(end).map(error_label);
     let duration = duration.as_secs_f64();
     let series = upstream.and_then(|u| u.series.as_ref());
     // What the client asked for: a stream that failed before its first
@@ -52,7 +64,7 @@ pub fn observe(
             series.requests_ok.inc();
         }
         _ => {
-            let error_type = error_type.map_or(NONE, |t| t.as_str());
+            let error_type = error_type.unwrap_or(NONE);
             metrics
                 .requests
                 .with_label_values(&[route, provider, record.status.as_str(), error_type])

@@ -81,7 +81,8 @@ async fn drain_finishes_streams_in_flight_then_ends_the_rest_with_an_error_event
 
 /// A stream whose client stopped reading cannot be sent its error event
 /// at the drain deadline; it is still counted as the gateway's cut
-/// (`server_error`), not as the client leaving.
+/// (`gateway_shutdown`, not the provider's `server_error`), not as the
+/// client leaving.
 #[tokio::test]
 async fn a_stream_cut_at_the_deadline_while_its_client_stopped_reading_is_the_gateways_error() {
     use tokio::io::AsyncWriteExt;
@@ -122,7 +123,8 @@ async fn a_stream_cut_at_the_deadline_while_its_client_stopped_reading_is_the_ga
             .with_label_values(&["kimi-k2-turbo-preview", "moonshot", "200", error_type])
             .get()
     };
-    assert_eq!(counted("server_error"), 1);
+    assert_eq!(counted("gateway_shutdown"), 1);
+    assert_eq!(counted("server_error"), 0);
     assert_eq!(counted(""), 0);
     drop(client);
 }
@@ -183,6 +185,22 @@ async fn requests_not_answered_by_the_drain_deadline_get_a_503() {
     let result = tokio::time::timeout(Duration::from_secs(1), server).await;
     assert!(result.expect("server stopped").unwrap().is_ok());
     assert_eq!(app.state.metrics.in_flight.get(), 0);
+    // Counted as the drain's, not as the providers' failures (which their
+    // error-ratio alerts count).
+    let counted = |error_type: &str| -> u64 {
+        ["moonshot", "agentsflare"]
+            .iter()
+            .map(|provider| {
+                app.state
+                    .metrics
+                    .requests
+                    .with_label_values(&["kimi-k2.6", provider, "503", error_type])
+                    .get()
+            })
+            .sum()
+    };
+    assert_eq!(counted("gateway_shutdown"), 3);
+    assert_eq!(counted("server_error"), 0);
 }
 
 #[tokio::test]
