@@ -16,6 +16,7 @@ pub mod model_id;
 mod parse;
 pub mod presets;
 mod providers;
+mod redundant_settings;
 mod resolve;
 mod server_settings;
 mod service_notes;
@@ -172,7 +173,8 @@ pub struct Config {
     /// built after this one.
     pub discovered: Arc<DiscoveredModels>,
     /// What is valid but most likely a mistake: limits that can never
-    /// refuse anything (see `limit_notes`), what serves nothing (see
+    /// refuse anything (see `limit_notes`), settings that do nothing where
+    /// they are (see `redundant_settings`), what serves nothing (see
     /// `service_notes`), keys sent or shown where they should not be (see
     /// `key_exposure`). Noted by `--check` and in the log, not refused.
     pub notes: Vec<ConfigProblem>,

@@ -36,6 +36,10 @@ pub fn resolve_reusing(
     let unreadable = std::mem::take(&mut parsed.unreadable);
     let read_problems = problems.len();
     let mut notes = super::limit_notes::limit_notes(&parsed.limits, &parsed.keys);
+    notes.extend(super::redundant_settings::redundant_settings(
+        &parsed.providers,
+        &parsed.aliases,
+    ));
 
     let server = server_settings(&parsed.server, &mut problems);
     let retry = retry_settings(&parsed.retry, &mut problems);
