@@ -109,6 +109,13 @@ impl ProviderSays {
     /// The error's own members: the error object's, or the body's.
     fn read_fields(&mut self, mut fields: serde_json::Map<String, serde_json::Value>) {
         self.message = fields.remove("message").map(message_text);
+        // FastAPI's shape (`{"detail":"..."}`, or a list of `{"msg":...}`
+        // for a request it refused), for a message that is not there.
+        if self.message.as_deref().is_none_or(str::is_empty)
+            && let Some(detail) = fields.remove("detail")
+        {
+            self.message = Some(detail_text(detail));
+        }
         self.error_type = fields.remove("type").and_then(string);
         self.code = fields.remove("code").and_then(|code| match code {
             serde_json::Value::Number(n) => {
@@ -175,7 +182,13 @@ pub fn translate(
     asked: AskedWait,
     body: &[u8],
 ) -> GatewayError {
-    let says = ProviderSays::read(error_json(body), Mending::CutAllowed).unwrap_or_default();
+    let mut says = ProviderSays::read(error_json(body), Mending::CutAllowed).unwrap_or_default();
+    // Beside a message, an `error` text is a web framework's status text
+    // ("Not Found"); alone (Express's `{"error":"..."}`), it is the
+    // message, and what says whether a 429 is a spent balance.
+    if says.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
+        says.message = says.error_text.take().or(says.message);
+    }
     error_from(provider, status, asked, says, None)
 }
 
@@ -547,6 +560,25 @@ fn server_status(status: StatusCode) -> StatusCode {
     match status.as_u16() {
         500 | 502 | 503 | 504 => status,
         _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// FastAPI's `detail` as text: a string, or the `msg` of each refusal in
+/// a list (any other item as a message is).
+fn detail_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::Object(mut refusal) if refusal.contains_key("msg") => {
+                    message_text(refusal.remove("msg").unwrap_or_default())
+                }
+                other => message_text(other),
+            })
+            .filter(|text| !text.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => message_text(other),
     }
 }
 
@@ -1163,6 +1195,59 @@ mod tests {
             b"{\"message\":\"bad tool\"}\n{}",
         );
         assert_eq!(err.message, "bad tool");
+    }
+
+    /// A body without a message says it in another way web frameworks
+    /// use: an `error` text (Express), a `detail` (FastAPI). Read, it is
+    /// what tells a spent balance (not retried) from a rate limit.
+    #[test]
+    fn an_error_text_or_a_detail_alone_is_the_message() {
+        let provider = test_provider();
+        for (body, message) in [
+            (
+                &br#"{"error":"quota exhausted: please recharge your balance"}"#[..],
+                "quota exhausted: please recharge your balance",
+            ),
+            (
+                br#"{"detail":"Insufficient balance"}"#,
+                "Insufficient balance",
+            ),
+            (br#"{"error":["credit", "exhausted"]}"#, "credit; exhausted"),
+        ] {
+            let err = translate(
+                &provider,
+                StatusCode::TOO_MANY_REQUESTS,
+                AskedWait::default(),
+                body,
+            );
+            assert_eq!(err.message, message);
+            assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+            assert!(!err.should_retry());
+        }
+        let err = translate(
+            &provider,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            AskedWait::default(),
+            br#"{"detail":[{"loc":["body","messages"],"msg":"field required","type":"missing"},{"msg":"bad role"}]}"#,
+        );
+        assert_eq!(err.message, "field required; bad role");
+        // Beside a message, an `error` text is only a status text.
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            br#"{"message":"slow down","error":"Too Many Requests"}"#,
+        );
+        assert_eq!(err.message, "slow down");
+        assert_eq!(err.error_type, ErrorType::RateLimitReachedError);
+        // The provider's key in the text is masked as in any message.
+        let err = translate(
+            &provider,
+            StatusCode::BAD_REQUEST,
+            AskedWait::default(),
+            br#"{"error":"bad key secret-key-123"}"#,
+        );
+        assert_eq!(err.message, "bad key ***");
     }
 
     #[test]
