@@ -26,6 +26,12 @@ use tokio::time::Instant;
 
 /// How often a queued request asks Redis again for a provider slot.
 const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
+/// How long a request refused for a concurrency slot of its key, its key
+/// and model, or the global scope waits for one before its 429 (see
+/// `local::admit_with_grace`): a slot held by a client that has just left
+/// is given back within a scheduler turn or two. With Redis-backed limits
+/// the request asks once more after this wait.
+pub const LEFT_CLIENT_GRACE: Duration = Duration::from_millis(50);
 
 /// The most tokens one request is estimated or settled at: four times the
 /// longest Kimi context (256k tokens), which no request can exceed. A
@@ -109,8 +115,35 @@ impl Limits {
         }
         let mut snapshot = Snapshot::default();
         let hold = match &self.backend {
-            Backend::Local => local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local),
+            Backend::Local => match local::admit(&scopes, estimate, &mut snapshot) {
+                // Boxed: the wait is rare, and inline it would enlarge
+                // every admission's future.
+                Err(denial) if denial.limit == LimitKind::ConcurrentRequests => {
+                    Box::pin(local::admit_after_grace(
+                        &scopes,
+                        estimate,
+                        LEFT_CLIENT_GRACE,
+                        &mut snapshot,
+                        denial,
+                    ))
+                    .await
+                }
+                other => other,
+            }
+            .map(Hold::Local),
             Backend::Redis(redis) => match redis.admit(&scopes, estimate, &mut snapshot).await {
+                Ok(Err(denial)) if denial.limit == LimitKind::ConcurrentRequests => {
+                    // A lease given back by a client that has just left may
+                    // be on its way: asked once more (boxed, as above).
+                    Box::pin(async {
+                        tokio::time::sleep(LEFT_CLIENT_GRACE).await;
+                        match redis.admit(&scopes, estimate, &mut snapshot).await {
+                            Ok(result) => result.map(Hold::Redis),
+                            Err(_) => Err(denial),
+                        }
+                    })
+                    .await
+                }
                 Ok(result) => result.map(Hold::Redis),
                 Err(_) if redis.settings.on_error == OnRedisError::Open => {
                     local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local)

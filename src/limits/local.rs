@@ -373,6 +373,33 @@ pub fn admit(
     take_tokens_and_requests(scopes, estimate, snapshot, hold)
 }
 
+/// After [`admit`] refused a request for a concurrency slot (`refused`):
+/// waits up to `grace` for one to be given back, then asks once more. A
+/// client that closes a stream and asks again at once can be read on its
+/// new connection before its close is seen on the old one (the accept
+/// loop's new task runs before the tasks woken with it), and its own slot,
+/// about to be given back, would refuse it.
+pub async fn admit_after_grace(
+    scopes: &[&Arc<Scope>],
+    estimate: u64,
+    grace: Duration,
+    snapshot: &mut Snapshot,
+    refused: Denial,
+) -> Result<LocalHold, Denial> {
+    let full = scopes
+        .iter()
+        .filter_map(|scope| scope.local.concurrency.as_ref())
+        .find(|slots| slots.in_use() >= slots.limit() as usize);
+    if let Some(slots) = full {
+        if !slots.take_within(grace).await {
+            return Err(refused);
+        }
+        // Given back at once: `admit` takes every scope's slot in order.
+        slots.give_back();
+    }
+    admit(scopes, estimate, snapshot)
+}
+
 /// Like [`admit`] for one scope, waiting up to `queue` for a concurrency
 /// slot (a provider's cap: a slot often frees within moments).
 pub async fn admit_queued(

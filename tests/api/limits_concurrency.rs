@@ -68,6 +68,77 @@ async fn a_keys_slot_is_released_when_the_stream_ends_or_the_client_leaves() {
     assert_eq!(response.status(), 200);
 }
 
+/// A client that closes its stream and asks again at once, on a new
+/// connection, is not refused by its own slot: the new request can be
+/// read before the close is seen, and waits briefly for the slot.
+#[test]
+fn a_client_that_leaves_a_stream_and_asks_again_at_once_is_not_refused() {
+    leaves_a_stream_and_asks_again("");
+}
+
+/// Ten times, with key `team`'s `concurrent_requests = 1` and `limits`
+/// (a `[limits]` table): a stream opened and closed after its second
+/// event, then a plain request on a new connection at once, which must be
+/// answered 200. Against the gateway's binary, whose scheduler the race
+/// depends on (the accept loop's new connection task runs before the tasks
+/// woken with it, the closed connection's among them), with a plain
+/// blocking client.
+pub(crate) fn leaves_a_stream_and_asks_again(limits: &str) {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(crate::cli::mock_for_start());
+    let config = crate::cli::config_file(&format!(
+        "{limits}\n[keys.team]\nsecret_env = \"TEAM_KEY\"\n\
+         [keys.team.limits]\nconcurrent_requests = 1\n"
+    ));
+    let mut command = crate::cli::gateway();
+    command
+        .env("MOONSHOT_API_KEY", "k")
+        .env(
+            "MOONSHOT_BASE_URL",
+            mock.base_url(kimi_gateway::mock::Flavour::Moonshot),
+        )
+        .env("TEAM_KEY", "sk-team");
+    let path = config.path().to_str().unwrap();
+    let (_gateway, _stdout, addr) = crate::cli::start(
+        command,
+        &["--listen", crate::cli::ANY_PORT, "--config", path],
+    );
+    let request = |body: serde_json::Value| {
+        crate::raw_client::chat_request(&body.to_string()).replacen(
+            "\r\n",
+            "\r\nauthorization: Bearer sk-team\r\n",
+            1,
+        )
+    };
+    let stream = request(chat_body(
+        "kimi-k2-turbo-preview",
+        "[mock chunks=40 chunk_delay_ms=250]",
+        true,
+    ));
+    let plain = request(chat_body("kimi-k2-turbo-preview", "hi", false));
+    let statuses: Vec<String> = (0..10)
+        .map(|_| {
+            let mut left = std::net::TcpStream::connect(&addr).unwrap();
+            left.write_all(stream.as_bytes()).unwrap();
+            let mut read = Vec::new();
+            while read.windows(5).filter(|w| w == b"data:").count() < 2 {
+                let mut buf = [0u8; 4096];
+                let n = left.read(&mut buf).unwrap();
+                assert!(n > 0, "the stream ended early");
+                read.extend_from_slice(&buf[..n]);
+            }
+            drop(left);
+            let mut next = std::net::TcpStream::connect(&addr).unwrap();
+            next.write_all(plain.as_bytes()).unwrap();
+            let mut head = [0u8; 12];
+            next.read_exact(&mut head).unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        })
+        .collect();
+    assert!(statuses.iter().all(|s| s == "HTTP/1.1 200"), "{statuses:?}");
+}
+
 #[tokio::test]
 async fn a_provider_at_its_cap_queues_then_is_overloaded() {
     let app = spawn_app_with(

@@ -45,6 +45,19 @@ async fn assert_slot_free(redis: &RedisServer, app: &TestApp, what: &str) {
     assert_eq!(app.chat_as("sk-a", hi()).await.status(), 200);
 }
 
+/// A client that closes its stream and asks again at once is not refused
+/// by its own lease, which is given back in Redis as the close is seen.
+#[test]
+fn a_client_that_leaves_a_stream_and_asks_again_at_once_is_not_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = runtime.block_on(RedisServer::start());
+    let limits = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    crate::limits_concurrency::leaves_a_stream_and_asks_again(&limits);
+}
+
 #[tokio::test]
 async fn two_gateways_admit_the_limit_in_total() {
     let redis = RedisServer::start().await;
