@@ -10,7 +10,8 @@
 #                       scripts/pgo-build.sh --target x86_64-unknown-linux-gnu \
 #                         --bin kimi-gateway --bin mock-provider
 #                       docker build --target runtime-prebuilt -t kimi-gateway .
-#                     (--build-arg PREBUILT_DIR=... points at another directory)
+#                     (--build-arg PREBUILT_DIR=... points at another directory,
+#                     which .dockerignore must then let into the build context)
 #   mock              the mock provider (all three providers on port 9000),
 #                     for the offline Compose profile and demos
 #   mock-prebuilt     the same from a prebuilt mock-provider binary
