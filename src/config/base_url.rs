@@ -8,6 +8,23 @@ use http::HeaderValue;
 
 /// Why a base URL is refused when it is not an absolute http(s) URL.
 const NOT_A_URL: &str = "is not an http(s) URL";
+const USERINFO: &str = "holds a user name or password, which the gateway does not send: give the key in the provider's key variable";
+
+/// Whether `url` has an `@` in its authority, or one after a `#` or `?`
+/// that comes before any `/` (a password holding those characters).
+fn has_userinfo(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let Some(at) = rest.rfind('@') else {
+        return false;
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    at < authority_end
+        || rest[..at]
+            .find(['#', '?'])
+            .is_some_and(|mark| mark < authority_end)
+}
 
 /// A base URL as configured, without surrounding blanks or trailing slashes.
 pub(super) fn normalized_base_url(base_url: &str) -> String {
@@ -71,6 +88,12 @@ pub(super) fn check_base_url(
 /// `base_url` cannot give one (only [`NOT_A_URL`] when it does not parse).
 fn chat_url(base_url: &str) -> Result<ChatUrl, Vec<&'static str>> {
     let not_a_url = || vec![NOT_A_URL];
+    // A user name or password, even one holding a `#`, `?` or `/` (a
+    // pasted password): said alone, since what else its characters seem
+    // to be (a fragment, a port) is not what is wrong.
+    if has_userinfo(base_url) {
+        return Err(vec![USERINFO]);
+    }
     let mut whys = Vec::new();
     // `Uri` drops a fragment, and `/chat/completions` with it; the rest is
     // checked without it.
@@ -109,9 +132,7 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, Vec<&'static str>> {
     }
     let authority = uri.authority().ok_or_else(not_a_url)?.clone();
     if authority.as_str().contains('@') {
-        whys.push(
-            "holds a user name or password, which the gateway does not send: give the key in the provider's key variable",
-        );
+        whys.push(USERINFO);
     }
     let host = authority.host();
     if host.is_empty() {
@@ -167,10 +188,9 @@ fn chat_url(base_url: &str) -> Result<ChatUrl, Vec<&'static str>> {
 /// there (`?api_key=...`) never reaches a log or `/readyz`.
 fn without_secrets(url: &str) -> String {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[after_scheme..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| after_scheme + i);
-    let mut shown = match url[after_scheme..authority_end].rfind('@') {
+    // Up to the last `@`: a password may hold a `#`, `?` or `/` (an `@`
+    // in a path, rare in a base URL, is masked with what comes before it).
+    let mut shown = match url[after_scheme..].rfind('@') {
         Some(at) => format!("{}***{}", &url[..after_scheme], &url[after_scheme + at..]),
         None => url.to_string(),
     };

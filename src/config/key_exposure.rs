@@ -84,23 +84,30 @@ fn looks_public(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return match ip {
-            IpAddr::V4(v4) => {
-                !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified())
-            }
-            IpAddr::V6(v6) => {
-                let first = v6.segments()[0];
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80)
-            }
+            IpAddr::V4(v4) => public_v4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => public_v4(v4),
+                None => {
+                    let first = v6.segments()[0];
+                    !(v6.is_loopback()
+                        || v6.is_unspecified()
+                        || (first & 0xfe00) == 0xfc00
+                        || (first & 0xffc0) == 0xfe80)
+                }
+            },
         };
     }
     let name = host.trim_end_matches('.').to_ascii_lowercase();
-    const INTERNAL: [&str; 6] = [
+    // RFC 8375's and RFC 6762's (appendix G) names for private networks,
+    // and Kubernetes' service names.
+    const INTERNAL: [&str; 10] = [
         ".localhost",
         ".local",
         ".internal",
+        ".intranet",
+        ".corp",
+        ".home",
+        ".private",
         ".svc",
         ".lan",
         ".home.arpa",
@@ -108,6 +115,14 @@ fn looks_public(host: &str) -> bool {
     name.contains('.')
         && name != "localhost"
         && !INTERNAL.iter().any(|suffix| name.ends_with(suffix))
+}
+
+/// Not this machine, a private or link-local network, or the shared space
+/// of carrier-grade NAT (100.64.0.0/10, where Tailscale puts its nodes).
+fn public_v4(v4: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    let shared = a == 100 && (64..128).contains(&b);
+    !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared)
 }
 
 #[cfg(test)]
@@ -197,6 +212,9 @@ mod tests {
             "mock-provider:9000",
             "llm.default.svc.cluster.local",
             "relay.corp.internal",
+            "relay.corp",
+            "100.64.1.2",
+            "[::ffff:10.0.0.1]",
         ] {
             let url = format!("http://{host}/v1");
             assert!(

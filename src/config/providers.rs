@@ -693,14 +693,22 @@ mod tests {
                 &["has a fragment", "has a query"][..],
             ),
             (
-                "https://u:hunter2@256.1.1.1:70000/v1/chat/completions?k=hunter2",
+                "https://256.1.1.1:70000/v1/chat/completions?k=hunter2",
                 &[
                     "has a query",
                     "ends in `/chat/completions`",
-                    "holds a user name or password",
                     "not a valid IPv4 address",
                     "has no valid port",
                 ][..],
+            ),
+            // A password is said alone, whatever it holds, and never shown.
+            (
+                "https://u:hun#ter2@256.1.1.1:70000/v1?k=1",
+                &["holds a user name or password"][..],
+            ),
+            (
+                "https://u:hun?ter2@host/v1",
+                &["holds a user name or password"][..],
             ),
         ] {
             let text = format!("[providers.moonshot]\nbase_url = \"{url}\"\n");
@@ -718,7 +726,10 @@ mod tests {
                     "{found}"
                 );
                 assert!(found.contains(expected), "{url}: {found}");
-                assert!(!found.contains("hunter2"), "{found}");
+                assert!(
+                    !found.contains("hunter2") && !found.contains("hun"),
+                    "{found}"
+                );
             }
         }
     }

@@ -158,8 +158,8 @@ fn is_served(route: &Route) -> bool {
 }
 
 /// What a configuration names but serves nothing for, though it is valid:
-/// a provider with a key and no model (and no catalogue refresh to find
-/// some), an alias none of whose targets' providers has a key, and a model
+/// a provider with a key and no model (no catalogue refresh to find some,
+/// no alias to send it one), an alias none of whose targets' providers has a key, and a model
 /// in a client key's `models` that only providers without a key serve.
 /// Requests for these get 503 `provider_not_configured` (the provider's
 /// models: 404), which a configuration check should say before a client
@@ -170,8 +170,23 @@ pub(super) fn unserved_notes(
     keys: &KeyTable,
 ) -> Vec<ConfigProblem> {
     let mut notes = Vec::new();
+    // An alias may send any model id to a provider whose catalogue is
+    // empty: such a provider serves through it.
+    let aliased = |provider: &Provider| {
+        routes.routes().iter().any(|route| {
+            route.rule == RouteRule::Alias
+                && route
+                    .targets
+                    .iter()
+                    .any(|t| std::ptr::eq(&*t.provider, provider))
+        })
+    };
     for provider in providers {
-        if provider.is_usable() && provider.models.is_empty() && provider.models_refresh.is_none() {
+        if provider.is_usable()
+            && provider.models.is_empty()
+            && provider.models_refresh.is_none()
+            && !aliased(provider)
+        {
             notes.push(ConfigProblem::new(
                 format!("providers.{}.models", provider.name),
                 "lists no model, and no refresh_models_secs asks the provider for some: \
@@ -280,6 +295,19 @@ mod tests {
             ]
         );
         assert_eq!(config.out_of_service(), None);
+        // A provider with no catalogue that an alias sends a model serves.
+        let aliased = "[providers.extra]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                       api_key_env = \"EXTRA_KEY\"\n\
+                       [aliases.via]\ntargets = [{ provider = \"extra\", model = \"m\" }]\n";
+        let config = crate::config::resolve(aliased, &env).unwrap();
+        assert!(
+            config
+                .notes
+                .iter()
+                .all(|n| n.path != "providers.extra.models"),
+            "{:?}",
+            config.notes
+        );
     }
 
     /// Keys set, but only for providers whose catalogues are emptied: the

@@ -30,8 +30,12 @@ const REDIS_QUEUE_POLL: Duration = Duration::from_millis(20);
 /// and model, or the global scope waits for one before its 429 (see
 /// `local::admit_with_grace`): a slot held by a client that has just left
 /// is given back within a scheduler turn or two. With Redis-backed limits
-/// the request asks once more after this wait.
+/// the request asks again after 5 ms and, still refused, once more at the
+/// end of this wait ([`REDIS_GRACE_ASKS`]).
 pub const LEFT_CLIENT_GRACE: Duration = Duration::from_millis(50);
+/// The waits before each of the Redis-backed re-asks: a lease given back
+/// is usually in Redis within a few milliseconds of the client leaving.
+const REDIS_GRACE_ASKS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(45)];
 
 /// The most tokens one request is estimated or settled at: four times the
 /// longest Kimi context (256k tokens), which no request can exceed. A
@@ -131,27 +135,37 @@ impl Limits {
                 other => other,
             }
             .map(Hold::Local),
-            Backend::Redis(redis) => match redis.admit(&scopes, estimate, &mut snapshot).await {
-                Ok(Err(denial)) if denial.limit == LimitKind::ConcurrentRequests => {
+            Backend::Redis(redis) => {
+                let mut asked = redis.admit(&scopes, estimate, &mut snapshot).await;
+                if let Ok(Err(denial)) = &asked
+                    && denial.limit == LimitKind::ConcurrentRequests
+                {
                     // A lease given back by a client that has just left may
-                    // be on its way: asked once more (boxed, as above).
-                    Box::pin(async {
-                        tokio::time::sleep(LEFT_CLIENT_GRACE).await;
-                        match redis.admit(&scopes, estimate, &mut snapshot).await {
-                            Ok(result) => result.map(Hold::Redis),
-                            Err(_) => Err(denial),
+                    // be on its way: asked once more (boxed, as above). A
+                    // failure of this ask is Redis failing, as below.
+                    asked = Box::pin(async {
+                        let mut asked = Ok(Err(denial.clone()));
+                        for wait in REDIS_GRACE_ASKS {
+                            tokio::time::sleep(wait).await;
+                            asked = redis.admit(&scopes, estimate, &mut snapshot).await;
+                            if !matches!(&asked, Ok(Err(d)) if d.limit == LimitKind::ConcurrentRequests) {
+                                break;
+                            }
                         }
+                        asked
                     })
-                    .await
+                    .await;
                 }
-                Ok(result) => result.map(Hold::Redis),
-                Err(_) if redis.settings.on_error == OnRedisError::Open => {
-                    local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local)
+                match asked {
+                    Ok(result) => result.map(Hold::Redis),
+                    Err(_) if redis.settings.on_error == OnRedisError::Open => {
+                        local::admit(&scopes, estimate, &mut snapshot).map(Hold::Local)
+                    }
+                    Err(_) => {
+                        return Err((store_unavailable().into_response(), WireFields::default()));
+                    }
                 }
-                Err(_) => {
-                    return Err((store_unavailable().into_response(), WireFields::default()));
-                }
-            },
+            }
         };
         match hold {
             Ok(hold) => Ok(Admission::new(hold, estimate, snapshot)),

@@ -563,10 +563,13 @@ fn server_status(status: StatusCode) -> StatusCode {
     }
 }
 
-/// FastAPI's `detail` as text: a string, or the `msg` of each refusal in
-/// a list (any other item as a message is).
+/// FastAPI's `detail` as text: a string, or the `msg` of a refusal, or of
+/// each in a list (any other item as a message is).
 fn detail_text(value: serde_json::Value) -> String {
     match value {
+        serde_json::Value::Object(mut refusal) if refusal.contains_key("msg") => {
+            message_text(refusal.remove("msg").unwrap_or_default())
+        }
         serde_json::Value::Array(items) => items
             .into_iter()
             .map(|item| match item {
@@ -1231,6 +1234,13 @@ mod tests {
             br#"{"detail":[{"loc":["body","messages"],"msg":"field required","type":"missing"},{"msg":"bad role"}]}"#,
         );
         assert_eq!(err.message, "field required; bad role");
+        let err = translate(
+            &provider,
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            br#"{"detail":{"msg":"insufficient balance"}}"#,
+        );
+        assert_eq!(err.message, "insufficient balance");
         // Beside a message, an `error` text is only a status text.
         let err = translate(
             &provider,
