@@ -90,6 +90,9 @@ pub struct ProviderFile {
     /// did not ask, so that they report usage (the extra chunk is not
     /// passed on).
     pub ask_stream_usage: Option<bool>,
+    /// Pass on a stream's opening chunks that carry only prompt filter
+    /// results (Azure's shape, with no choice) instead of dropping them.
+    pub pass_prompt_filter_chunks: Option<bool>,
     /// Ask the provider's `/models` this often and add the ids it lists
     /// (those matching `refresh_models_match`) to the catalogue (0: never).
     pub refresh_models_secs: Option<f64>,

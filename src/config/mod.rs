@@ -41,7 +41,14 @@ pub use service_notes::{KeyNote, OutOfService};
 /// set to `secret-key-123` (unit tests of what meets a provider).
 #[cfg(test)]
 pub fn test_provider() -> Arc<Provider> {
-    let config = resolve("", &|v| {
+    test_provider_with("")
+}
+
+/// The first provider of the built-in configuration with `toml` applied,
+/// every provider key set to `secret-key-123`.
+#[cfg(test)]
+pub fn test_provider_with(toml: &str) -> Arc<Provider> {
+    let config = resolve(toml, &|v| {
         v.ends_with("_API_KEY")
             .then(|| "secret-key-123".to_string())
     })
@@ -260,6 +267,9 @@ pub struct Provider {
     /// Streams are sent with `stream_options.include_usage` when the
     /// client did not ask.
     pub ask_stream_usage: bool,
+    /// A stream's opening prompt-filter chunks are passed on (by default
+    /// they are dropped: OpenAI's streams never begin without a choice).
+    pub pass_prompt_filter_chunks: bool,
     /// When set, the provider's `/models` is asked for more catalogue ids.
     pub models_refresh: Option<ModelsRefresh>,
     /// Keep-alive connections to `chat_url.origin`.

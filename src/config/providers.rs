@@ -25,6 +25,7 @@ pub struct Draft {
     timeouts: TimeoutsFile,
     receive_buffer_bytes: Option<u64>,
     ask_stream_usage: bool,
+    pass_prompt_filter_chunks: bool,
     refresh_models_secs: Option<f64>,
     refresh_models_match: Option<Vec<String>>,
 }
@@ -77,6 +78,7 @@ pub fn preset_drafts() -> Vec<Draft> {
             timeouts: TimeoutsFile::default(),
             receive_buffer_bytes: None,
             ask_stream_usage: p.ask_stream_usage,
+            pass_prompt_filter_chunks: false,
             refresh_models_secs: None,
             refresh_models_match: None,
         })
@@ -138,6 +140,7 @@ pub fn merge_provider_table(
                 timeouts: TimeoutsFile::default(),
                 receive_buffer_bytes: None,
                 ask_stream_usage: false,
+                pass_prompt_filter_chunks: false,
                 refresh_models_secs: None,
                 refresh_models_match: None,
             });
@@ -229,6 +232,9 @@ pub fn merge_provider_table(
     }
     if let Some(ask) = file.ask_stream_usage {
         draft.ask_stream_usage = ask;
+    }
+    if let Some(pass) = file.pass_prompt_filter_chunks {
+        draft.pass_prompt_filter_chunks = pass;
     }
     if file.refresh_models_secs.is_some() {
         draft.refresh_models_secs = file.refresh_models_secs;
@@ -430,6 +436,7 @@ pub fn build_provider(
         chat_url,
         timeouts,
         ask_stream_usage: draft.ask_stream_usage,
+        pass_prompt_filter_chunks: draft.pass_prompt_filter_chunks,
         models_refresh,
     })
 }

@@ -86,6 +86,11 @@ pub struct Scenario {
     /// Send those error events named `error` (`event: error`), their data
     /// without an `error` member: `{"message": …, "code": 500}`.
     pub named_error: bool,
+    /// Send those error events as AI/ML API's and Agentsflare's error
+    /// document (`{"statusCode":504,"message":"Generation timeout"}`, no
+    /// `error` member), and `[DONE]` after it: a reseller that reports a
+    /// failure as a chunk and ends the stream as usual.
+    pub document_error: bool,
     /// End a stream's lines with this instead of LF (`cr` or `crlf`).
     pub line_end: Option<&'static str>,
     /// Give every stream event an `id:` line (`id: 1`, `id: 2`, ...).
@@ -183,6 +188,7 @@ impl Scenario {
                 "error_after_done" => scenario.error_after_done = true,
                 "empty_error" => scenario.empty_error = true,
                 "named_error" => scenario.named_error = true,
+                "document_error" => scenario.document_error = true,
                 "line_end" => {
                     scenario.line_end = match value {
                         "cr" => Some("\r"),

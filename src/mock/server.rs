@@ -362,6 +362,10 @@ const EMPTY_ERROR_EVENT: &[u8] = b"data: {\"error\":{}}\n\n";
 const NAMED_ERROR_EVENT: &[u8] =
     b"event: error\ndata: {\"message\":\"The engine is currently overloaded\",\"code\":500}\n\n";
 
+/// The error event with `document_error`, and the `[DONE]` after it.
+const DOCUMENT_ERROR_EVENT: &[u8] =
+    b"data: {\"statusCode\":504,\"message\":\"Generation timeout\"}\n\ndata: [DONE]\n\n";
+
 /// The events with each one's last LF moved to the start of the next
 /// write (`[DONE]` is sent whole, after the LF it follows).
 fn split_last_lf(events: &[Bytes], done: &Bytes) -> (Arc<[Bytes]>, Bytes) {
@@ -546,6 +550,7 @@ fn stream_body(
     let error_event_after = scenario.error_event_after;
     let error_event = match (&scenario.echoed_key, scenario.empty_error) {
         _ if scenario.named_error => Bytes::from_static(NAMED_ERROR_EVENT),
+        _ if scenario.document_error => Bytes::from_static(DOCUMENT_ERROR_EVENT),
         (_, true) => Bytes::from_static(EMPTY_ERROR_EVENT),
         (Some(key), false) => {
             let error = serde_json::json!({"error": {

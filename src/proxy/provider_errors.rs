@@ -384,6 +384,7 @@ fn error_from(
         });
     let lower = message.to_ascii_lowercase();
     let typed = says.error_type;
+    let says_code = says.code.clone();
     let status_sent = status;
 
     if key_refused(status, typed.as_deref(), &lower) {
@@ -425,7 +426,11 @@ fn error_from(
             | ErrorType::ResourceNotFoundError,
         ) if carrier.is_none() && status.is_server_error() => ErrorType::ServerError,
         Some(typed) => typed,
-        None => classify(status, &lower),
+        None => classify(
+            status,
+            &lower,
+            passes_by_itself(says_code.as_deref(), typed.as_deref(), &lower),
+        ),
     };
     let status = match error_type {
         // The type decides the status, so clients see the documented pairing
@@ -506,23 +511,39 @@ fn key_refused(status: StatusCode, typed: Option<&str>, lower: &str) -> bool {
         || (status == StatusCode::NOT_FOUND && lower.contains("key not found"))
 }
 
-fn classify(status: StatusCode, lower: &str) -> ErrorType {
+/// Whether an untyped refusal says, in terms a spent balance would not
+/// use, that it ends by itself: OpenAI's rate-limit code or types
+/// (`rate_limit_exceeded`; `requests`, `tokens`), or a stated wait. Such
+/// a message may still speak of billing: OpenAI's rate-limit text ends
+/// "...by adding a payment method to your account at .../billing".
+fn passes_by_itself(code: Option<&str>, typed: Option<&str>, lower: &str) -> bool {
+    let code = code.map(str::to_ascii_lowercase);
+    matches!(code.as_deref(), Some(c) if c.starts_with("rate_limit"))
+        || matches!(typed, Some("requests" | "tokens"))
+        || provider_wait::stated_in(lower).is_some()
+}
+
+/// `passing`: the refusal says it ends by itself (see
+/// [`passes_by_itself`]), so words of money in it do not make it a spent
+/// balance.
+fn classify(status: StatusCode, lower: &str, passing: bool) -> ErrorType {
     // Providers serving China may answer in Chinese: 余额 balance, 额度
     // quota, 欠费 in arrears, 充值 top up; 繁忙 busy, 过载 overloaded.
-    let quota = [
-        "credit",
-        "balance",
-        "quota",
-        "insufficient",
-        "billing",
-        "payment",
-        "余额",
-        "额度",
-        "欠费",
-        "充值",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
+    let quota = !passing
+        && [
+            "credit",
+            "balance",
+            "quota",
+            "insufficient",
+            "billing",
+            "payment",
+            "余额",
+            "额度",
+            "欠费",
+            "充值",
+        ]
+        .iter()
+        .any(|w| lower.contains(w));
     let overload = ["overload", "busy", "capacity", "繁忙", "过载"]
         .iter()
         .any(|w| lower.contains(w));
@@ -840,6 +861,61 @@ mod tests {
             body,
         );
         assert!(err.retry_after.is_none());
+    }
+
+    /// OpenAI's rate-limit text (which servers copying it send too) speaks
+    /// of a payment method and billing: its code, its type or its stated
+    /// wait says it passes, so it is a rate limit, waited for; a spent
+    /// balance in OpenAI's words stays one.
+    #[test]
+    fn a_rate_limit_that_mentions_billing_is_not_a_spent_balance() {
+        let text = "Rate limit reached for gpt-4o in organization org-abc on requests per min (RPM): \
+Limit 3, Used 3, Requested 1. Please try again in 20s. You can increase your rate limit by \
+adding a payment method to your account at https://platform.openai.com/account/billing.";
+        let without_wait = text.replace("Please try again in 20s. ", "");
+        for (body, wait) in [
+            (
+                format!(
+                    r#"{{"error":{{"message":"{text}","type":"requests","param":null,"code":"rate_limit_exceeded"}}}}"#
+                ),
+                Some(20),
+            ),
+            (
+                format!(
+                    r#"{{"error":{{"message":"{without_wait}","type":"tokens","code":null}}}}"#
+                ),
+                None,
+            ),
+            (
+                format!(
+                    r#"{{"error":{{"message":"{without_wait}","code":"rate_limit_exceeded"}}}}"#
+                ),
+                None,
+            ),
+            (
+                format!(r#"{{"statusCode":429,"message":"{text}"}}"#),
+                Some(20),
+            ),
+        ] {
+            let err = translate(
+                &test_provider(),
+                StatusCode::TOO_MANY_REQUESTS,
+                AskedWait::default(),
+                body.as_bytes(),
+            );
+            assert_eq!(err.error_type, ErrorType::RateLimitReachedError, "{body}");
+            assert!(err.should_retry(), "{body}");
+            let stated = wait.map(|secs: u64| HeaderValue::from(secs));
+            assert_eq!(err.retry_after, stated, "{body}");
+        }
+        let spent = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let err = translate(
+            &test_provider(),
+            StatusCode::TOO_MANY_REQUESTS,
+            AskedWait::default(),
+            spent,
+        );
+        assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
     }
 
     #[test]

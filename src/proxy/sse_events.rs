@@ -53,13 +53,23 @@ static EVENT_FIELD: LazyLock<memchr::memmem::Finder<'static>> =
 static ERROR_WORD: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"error"));
 
-/// A provider's own error event among `events`: one whose data has an
-/// `error` member (`data: {"error":{...}}`), or one named `error`
-/// (`event: error`); and the answer's first event, at `answer_at` (given
-/// before the answer has begun), when that is AI/ML API's or Agentsflare's
-/// error document (`{"statusCode":429,"message":…}`, as a 2xx body in
-/// that shape is an error). The error, and where its event starts and
-/// ends.
+/// Whether `events` mention `statusCode` (a chunk's text that does costs
+/// a look at each event's first member). Found by its capital `C`, rare
+/// in a chunk, with one `memchr`: a `memmem` finder costs several times
+/// as much on reads of a few hundred bytes.
+fn mentions_status_code(events: &[u8]) -> bool {
+    const WORD: &[u8] = b"statusCode";
+    const C_AT: usize = 6;
+    memchr::memchr_iter(b'C', events).any(|at| at >= C_AT && events[at - C_AT..].starts_with(WORD))
+}
+
+/// A provider's own error event among `events`, the first of: one whose
+/// data has an `error` member (`data: {"error":{...}}`), one named `error`
+/// (`event: error`), or AI/ML API's or Agentsflare's error document
+/// (`{"statusCode":429,"message":…}`, as a 2xx body in that shape is an
+/// error; at the answer's first event, at `answer_at` before the answer
+/// has begun, also without `statusCode` as its first member). The error,
+/// and where its event starts and ends.
 pub(super) fn provider_error_event(
     events: &[u8],
     provider: &crate::config::Provider,
@@ -70,6 +80,40 @@ pub(super) fn provider_error_event(
     {
         return Some(found);
     }
+    let member_or_named = error_member_or_named(events, provider);
+    // Rare (a chunk quoting the word): only then is each event looked at.
+    if !mentions_status_code(events) {
+        return member_or_named;
+    }
+    let before = member_or_named
+        .as_ref()
+        .map_or(events.len(), |(_, range)| range.start);
+    let document = status_document_before(events, before, provider);
+    document.or(member_or_named)
+}
+
+/// The first of `events`' events that starts before `before` and is AI/ML
+/// API's or Agentsflare's error document.
+fn status_document_before(
+    events: &[u8],
+    before: usize,
+    provider: &crate::config::Provider,
+) -> Option<(StreamError, Range<usize>)> {
+    let mut last_event = None;
+    lines(events)
+        .filter(|line| data_value(line).is_some())
+        .map(|line| event_start(events, line.as_ptr() as usize - events.as_ptr() as usize))
+        .take_while(|&start| start < before)
+        .filter(|&start| last_event.replace(start) != Some(start))
+        .find_map(|start| status_document_at(events, start, provider))
+}
+
+/// The first event of `events` whose data has an `error` member, or that
+/// is named `error`.
+fn error_member_or_named(
+    events: &[u8],
+    provider: &crate::config::Provider,
+) -> Option<(StreamError, Range<usize>)> {
     let from = ERROR_WORD.find(events)?;
     // Providers name no events in a chat stream: the search for a name
     // runs only where `error` is (a text that mentions it) and finds none.
@@ -103,10 +147,7 @@ pub(super) fn provider_error_event(
 /// The event at `at` in `events` when it is AI/ML API's or Agentsflare's
 /// error document, read from its first data line's first member (a chunk
 /// begins with another), so the stream's first event pays a few
-/// comparisons for it. Only the answer's first event is looked at: a
-/// search of every read for the document's name would cost as much as
-/// the relay's other searches together, and later in a stream the
-/// document passes as it came.
+/// comparisons for it.
 fn status_document_at(
     events: &[u8],
     at: usize,

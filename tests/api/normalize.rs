@@ -6,7 +6,21 @@ use kimi_gateway::mock::Flavour;
 use serde_json::{Value, json};
 
 /// The same request sent straight to the mock, bypassing the gateway.
+/// What the provider sends for `body`, less the opening prompt-filter
+/// chunks the gateway drops by default (Agentsflare's first event).
 async fn direct(app: &TestApp, flavour: Flavour, body: &Value) -> String {
+    let sent = provider_bytes(app, flavour, body).await;
+    let mut rest = sent.as_str();
+    while let Some((first, after)) = rest.split_once("\n\n")
+        && first.contains("\"prompt_filter_results\"")
+        && first.contains("\"choices\":[]")
+    {
+        rest = after;
+    }
+    rest.to_string()
+}
+
+async fn provider_bytes(app: &TestApp, flavour: Flavour, body: &Value) -> String {
     app.client
         .post(format!("{}/chat/completions", app.mock.base_url(flavour)))
         .bearer_auth(PROVIDER_KEY)
@@ -169,7 +183,13 @@ async fn a_usage_chunk_built_from_a_bare_chunk_has_the_streams_created_and_model
     assert_eq!(usage_chunk["id"], bare["id"]);
 
     // Agentsflare's first chunk is its prompt filter's, of placeholders
-    // (`created: 0`, `model: ""`): the next chunk's values are taken.
+    // (`created: 0`, `model: ""`): passed on, the next chunk's values are
+    // taken.
+    let app = spawn_app_with(
+        "[providers.agentsflare]\npass_prompt_filter_chunks = true\n",
+        &[],
+    )
+    .await;
     let mut body = stream_body("kimi-chat", Some(true));
     body["messages"][0]["content"] = json!("hi [mock usage_on_last_choice bare_usage_chunk]");
     let client = through(&app, &body).await;

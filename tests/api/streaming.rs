@@ -55,20 +55,46 @@ async fn chunks_reach_the_client_while_the_provider_is_still_streaming() {
 async fn stream_bytes_are_the_providers_bytes() {
     let app = spawn_app().await;
     let events = sse_data(app.chat(chat_body("kimi-chat", "hi", true)).await).await;
-    // Agentsflare's Azure-style first chunk with no choices is passed on as is.
-    assert!(events[0].contains("prompt_filter_results"), "{events:?}");
+    // Agentsflare's Azure-style opening chunk, with no choice, is dropped:
+    // code written for OpenAI reads `choices[0]` of every chunk.
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let text: String = events
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
         .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
+        .map(|e| serde_json::from_str(e).unwrap())
         .collect();
-    assert_eq!(text, "Hello from agentsflare ");
+    assert!(
+        chunks.iter().all(|c| c["choices"][0].is_object()),
+        "{events:?}"
+    );
+    assert_eq!(streamed_text(&chunks), "Hello from agentsflare ");
+}
+
+/// A provider set to pass them on sends its opening prompt-filter chunk
+/// first, as it came.
+#[tokio::test]
+async fn prompt_filter_chunks_pass_when_the_provider_is_set_to() {
+    let app = spawn_app_with(
+        "[providers.agentsflare]\npass_prompt_filter_chunks = true\n",
+        &[],
+    )
+    .await;
+    let events = sse_data(app.chat(chat_body("kimi-chat", "hi", true)).await).await;
+    assert!(events[0].contains("prompt_filter_results"), "{events:?}");
+    let opening: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(opening["choices"], serde_json::json!([]));
+    let chunks: Vec<serde_json::Value> = events[1..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(streamed_text(&chunks), "Hello from agentsflare ");
+}
+
+/// The content of `chunks`' first choices, in order.
+fn streamed_text(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str())
+        .collect()
 }
 
 #[tokio::test]
@@ -167,6 +193,41 @@ async fn an_event_named_error_is_an_error_without_an_error_member() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-gateway-provider"], "agentsflare");
     assert_eq!(sse_data(response).await.last().unwrap(), "[DONE]");
+}
+
+/// AI/ML API's and Agentsflare's error document mid-stream, with `[DONE]`
+/// after it (the SDKs would take it for a chunk, and the stream for a
+/// whole answer): the gateway's own error event in its place, the stream
+/// ended there, and counted as the failure it is.
+#[tokio::test]
+async fn an_error_document_mid_stream_ends_it_as_an_error() {
+    let app = spawn_app().await;
+    // (The mock counts Agentsflare's opening chunk, which is dropped.)
+    for (model, chunks) in [("moonshot/kimi-k2-preview", 2), ("kimi-chat", 1)] {
+        let response = app
+            .chat(chat_body(
+                model,
+                "[mock error_event_after=2 document_error]",
+                true,
+            ))
+            .await;
+        assert_eq!(response.status(), 200);
+        let events = sse_data(response).await;
+        assert_eq!(
+            events.len(),
+            chunks + 1,
+            "chunks, then the error: {events:?}"
+        );
+        let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["message"], "Generation timeout", "{last}");
+        assert_eq!(last["error"]["type"], "server_error", "{last}");
+    }
+    let metrics = scrape(&app).await;
+    let failed = r#"kimi_gateway_requests_total{error_type="server_error",provider="aimlapi",route="moonshot/kimi-k2-preview",status="200"} 1"#;
+    assert!(
+        metrics.lines().any(|l| l == failed),
+        "{failed} in:\n{metrics}"
+    );
 }
 
 /// A stream whose first event is `[DONE]` is no answer: a failed attempt

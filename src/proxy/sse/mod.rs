@@ -4,7 +4,8 @@
 //! gateway asked for on its own account is kept back. An event split across
 //! two reads is held until its end, so the client never sees half an event
 //! and an error event can always be appended cleanly; opening prompt-filter
-//! chunks are held with the head until the answer's first event. Usage is
+//! chunks are held with the head until the answer's first event (and then
+//! dropped, unless the provider is set to pass them on). Usage is
 //! found by scanning bytes and parsing only the event that holds it.
 
 mod after_done;
@@ -298,8 +299,16 @@ impl SseRelay {
                 .with_code(code::UPSTREAM_BAD_RESPONSE))
             }
             Some(Ok(events)) => {
-                relay.queued.extend(opening);
-                relay.queued.push_back(events);
+                if relay.provider.pass_prompt_filter_chunks {
+                    relay.queued.extend(opening);
+                    relay.queued.push_back(events);
+                } else {
+                    // Code written for OpenAI reads `choices[0]` of every
+                    // chunk but the usage chunk: the answer is sent from
+                    // its own first event on.
+                    let at = relay.answer_at.unwrap_or(0).min(events.len());
+                    relay.queued.push_back(events.slice(at..));
+                }
                 let after = std::mem::take(&mut relay.after);
                 relay.queued.extend(after);
                 relay.head_sent = true;

@@ -27,15 +27,17 @@ def raised_mid_stream(client, provider, content):
 
 def test_chunks_reassemble_into_the_answer(client: openai.OpenAI, provider):
     chunks = list(stream(client, provider, "[mock chunks=5]"))
-    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    # Every chunk has a choice, from every provider (Agentsflare's opening
+    # Azure-style chunk with none is dropped): OpenAI's own examples read
+    # `chunk.choices[0]` of each.
+    assert all(c.object == "chat.completion.chunk" and c.choices for c in chunks), chunks
+    content_chunks = [c for c in chunks if c.choices[0].delta.content]
     assert len(content_chunks) == 5
-    # (Agentsflare opens with an Azure-style chunk that has no choices.)
-    assert all(c.object == "chat.completion.chunk" for c in chunks if c.choices)
     text = "".join(c.choices[0].delta.content for c in content_chunks)
     assert text == provider.streamed_text(5)
-    roles = [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role]
+    roles = [c.choices[0].delta.role for c in chunks if c.choices[0].delta.role]
     assert roles == ["assistant"]
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
     assert finishes == ["stop"]
 
 

@@ -1,7 +1,8 @@
 //! Opening prompt-filter chunks (Azure's shape, which Agentsflare sends
 //! before its first token) are no part of the answer: held with the head
 //! until the answer's first event, so what fails after them is still the
-//! attempt's error, and the first-byte deadline is the answer's.
+//! attempt's error, and the first-byte deadline is the answer's; then
+//! dropped, or sent before it for a provider set to pass them.
 
 use super::*;
 
@@ -12,6 +13,16 @@ const FILTER: &[u8] =
 
 const OVERLOADED: &[u8] =
     b"data: {\"error\":{\"message\":\"busy\",\"type\":\"engine_overloaded_error\"}}\n\n";
+
+/// Settings whose provider passes opening prompt-filter chunks on.
+fn passing() -> RelaySettings {
+    RelaySettings {
+        provider: crate::config::test_provider_with(
+            "[providers.moonshot]\npass_prompt_filter_chunks = true\n",
+        ),
+        ..settings()
+    }
+}
 
 async fn start(upstream: Upstream, settings: RelaySettings) -> Result<SseRelay, GatewayError> {
     let stats = Arc::new(StreamStats::new(Instant::now()));
@@ -73,9 +84,10 @@ async fn a_body_that_ends_after_the_opening_chunk_fails_the_attempt() {
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
 }
 
-/// The opening chunk goes out first, with the answer's first event; the
-/// first event's time is the answer's, and the wait for it is bounded by
-/// the first-byte deadline, not the (shorter) idle limit.
+/// The stream begins with the answer's first event (the opening chunk
+/// dropped, or sent first by a provider set to pass it); the first
+/// event's time is the answer's, and the wait for it is bounded by the
+/// first-byte deadline, not the (shorter) idle limit.
 #[tokio::test(start_paused = true)]
 async fn the_answer_after_the_opening_chunk_begins_the_stream() {
     let slow_answer = || -> Upstream {
@@ -88,18 +100,23 @@ async fn the_answer_after_the_opening_chunk_begins_the_stream() {
             ),
         )
     };
-    let arrived = Instant::now();
-    let stats = Arc::new(StreamStats::new(arrived));
-    let waits = RelaySettings {
-        idle: Duration::from_secs(1),
-        ..settings()
-    };
-    let relay = SseRelay::start(slow_answer(), waits, stats.clone())
-        .await
-        .expect("the answer");
-    assert_eq!(stats.first_event_after(), Some(Duration::from_secs(5)));
-    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
-    assert_eq!(frames[..2], [Bytes::from_static(FILTER), event(0)]);
+    for (settings, sent) in [
+        (settings(), vec![event(0)]),
+        (passing(), vec![Bytes::from_static(FILTER), event(0)]),
+    ] {
+        let arrived = Instant::now();
+        let stats = Arc::new(StreamStats::new(arrived));
+        let waits = RelaySettings {
+            idle: Duration::from_secs(1),
+            ..settings
+        };
+        let relay = SseRelay::start(slow_answer(), waits, stats.clone())
+            .await
+            .expect("the answer");
+        assert_eq!(stats.first_event_after(), Some(Duration::from_secs(5)));
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        assert_eq!(frames[..sent.len()], sent[..]);
+    }
 
     let deadline = RelaySettings {
         first_byte_deadline: Instant::now() + Duration::from_secs(3),
@@ -129,21 +146,55 @@ async fn opening_chunks_without_an_answer_fail_past_a_bound() {
     let err = start(endless, settings()).await.err().expect("no answer");
     assert_eq!(err.code.as_deref(), Some(code::UPSTREAM_BAD_RESPONSE));
     assert!(err.message.contains("64 KiB"), "{err}");
-    // Just under the bound, then the answer: held, and sent whole.
+    // Just under the bound, then the answer: held, and sent whole (or
+    // dropped whole).
     let count = MAX_OPENING / FILTER.len();
     let mut reads: Vec<Bytes> = vec![Bytes::from_static(FILTER); count];
     reads.push(event(0));
-    let relay = start(one_per_read(reads), settings())
+    let relay = start(one_per_read(reads.clone()), passing())
         .await
         .expect("the answer");
     let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
     assert_eq!(frames[0].len(), count * FILTER.len());
     assert_eq!(frames[1], event(0));
+    let relay = start(one_per_read(reads), settings())
+        .await
+        .expect("the answer");
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames[0], event(0));
+}
+
+/// Dropped, the opening chunks take with them what came between them and
+/// the answer in its read (comments, blocks without data), however the
+/// reads fall; the answer's own bytes go out as they came.
+#[tokio::test]
+async fn dropped_opening_chunks_leave_the_answer_as_it_came() {
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let answer = [&event(0)[..], &event(1)[..], &done[..]].concat();
+    let ping = b": ping\n\n";
+    for reads in [
+        vec![Bytes::from([FILTER, ping, &answer[..]].concat())],
+        vec![
+            Bytes::from_static(FILTER),
+            Bytes::from([&ping[..], &answer[..]].concat()),
+        ],
+        vec![
+            Bytes::from([FILTER, FILTER].concat()),
+            Bytes::from(answer.clone()),
+        ],
+    ] {
+        let relay = start(one_per_read(reads), settings())
+            .await
+            .expect("the answer");
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        assert_eq!(frames.concat(), answer);
+    }
 }
 
 /// AI/ML API's and Agentsflare's error document as the answer's first
 /// event (no `error` member) is the attempt's error, as a 2xx body in
-/// that shape is; later in a stream it passes as it came.
+/// that shape is; later in a stream it ends the stream as the gateway's
+/// own error event (the SDKs would take the document for a chunk).
 #[tokio::test]
 async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
     let balance = b"data: {\"statusCode\":429,\"message\":\"Insufficient balance\"}\n\n";
@@ -186,39 +237,65 @@ async fn a_status_code_document_as_the_first_event_is_the_attempts_error() {
         );
     }
 
-    // In one read with a later error event: passed as it came, and the
-    // stream ends with that error, however the reads fall.
+    // Later, before another error event or `[DONE]`: the stream ends with
+    // it, as the gateway's own error event of its type, however the reads
+    // fall.
     let boom = b"data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
-    let (frames, end) = relay_all(started_then(futures_util::stream::iter([Ok(Bytes::from(
-        [&balance[..], &boom[..]].concat(),
-    ))])))
-    .await;
-    assert_eq!(frames.concat(), [&event(0)[..], balance, boom].concat());
-    let Some(StreamEnd::Failed(err)) = end else {
-        panic!("{end:?}")
-    };
-    assert_eq!(err.message, "boom");
-
-    let later = Bytes::from_static(balance);
-    let done = Bytes::from_static(b"data: [DONE]\n\n");
-    let (frames, _) = frames_and_end(vec![event(0), later.clone(), done.clone()]).await;
-    assert_eq!(frames.concat(), [event(0), later, done].concat());
+    let done = b"data: [DONE]\n\n";
+    for after in [&boom[..], done] {
+        for together in [false, true] {
+            let reads = if together {
+                vec![event(0), Bytes::from([&balance[..], after].concat())]
+            } else {
+                vec![
+                    event(0),
+                    Bytes::from_static(balance),
+                    Bytes::copy_from_slice(after),
+                ]
+            };
+            let (frames, end) = frames_and_end(reads).await;
+            let Some(StreamEnd::Failed(err)) = end else {
+                panic!("{end:?}")
+            };
+            assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+            assert_eq!(err.message, "Insufficient balance");
+            assert_eq!(frames.concat(), [event(0), err.sse_event()].concat());
+        }
+    }
 }
 
 /// Before the head, a document after the answer's first chunk in the same
-/// read is not the answer's first event: passed as it came, and the
-/// provider's error event after it ends the stream.
+/// read is not the answer's first event: the stream begins with the
+/// chunk and ends with the document's error, whatever follows it; an
+/// error event before it ends the stream first. A chunk whose text
+/// merely quotes the document passes.
 #[tokio::test]
-async fn a_status_code_document_after_the_first_chunk_passes_as_it_came() {
+async fn a_status_code_document_after_the_first_chunk_ends_the_stream() {
     let balance = b"data: {\"statusCode\":429,\"message\":\"Insufficient balance\"}\n\n";
     let boom = b"data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
     let read = Bytes::from([&event(0)[..], balance, boom].concat());
-    let (frames, end) = frames_and_end(vec![read.clone()]).await;
-    assert_eq!(frames.concat(), read);
+    let (frames, end) = frames_and_end(vec![read]).await;
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "Insufficient balance");
+    assert_eq!(frames.concat(), [event(0), err.sse_event()].concat());
+
+    let read = Bytes::from([&event(0)[..], boom, balance].concat());
+    let (frames, end) = frames_and_end(vec![read]).await;
     let Some(StreamEnd::Failed(err)) = end else {
         panic!("{end:?}")
     };
     assert_eq!(err.message, "boom");
+    assert_eq!(frames.concat(), [&event(0)[..], boom].concat());
+
+    let quoting = Bytes::from_static(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"statusCode\\\":429}\"}}]}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let (frames, end) = frames_and_end(vec![event(0), quoting.clone(), done.clone()]).await;
+    assert_eq!(frames.concat(), [event(0), quoting, done].concat());
+    assert!(matches!(end, Some(StreamEnd::Complete)), "{end:?}");
 }
 
 /// The usage chunk synthesised for a client that asked for it takes the
