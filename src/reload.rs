@@ -130,10 +130,9 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             tracing::info!(trigger, config = %fingerprint, result = "success", "configuration reloaded");
             state.config().log_notes();
             // A rebuild of the running text says nothing of the file: a
-            // rejected file stays reported until a reload of it succeeds.
-            let file_still_rejected =
-                reading == Reading::Running && state.reload_status().result == "failure";
-            if !file_still_rejected {
+            // rejected file stays reported until a reload of it succeeds,
+            // and a file reload's time and fingerprint stay its own.
+            if reading == Reading::File {
                 state.metrics.last_reload_successful.set(1);
                 state.set_reload_status(ReloadStatus {
                     result: "success",
