@@ -301,6 +301,12 @@ impl Admission {
         self.sent.store(true, Ordering::Relaxed);
     }
 
+    /// The attempt [`Admission::mark_sent`] marked failed: until the next
+    /// one goes, a client that leaves costs nothing.
+    pub fn mark_unsent(&self) {
+        self.sent.store(false, Ordering::Relaxed);
+    }
+
     /// The request's answer: its `x-ratelimit-*` fields (added to
     /// `fields`), from the tightest of this admission's scopes and those of
     /// the `provider` attempt that answered; and, when anything is held,

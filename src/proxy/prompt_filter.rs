@@ -63,7 +63,14 @@ fn opens_with_a_choice(event: &[u8]) -> bool {
         .trim_ascii_end()
         .strip_suffix(b":")
         .is_some_and(|name| name.trim_ascii_end().ends_with(b"\"choices\""));
-    named_choices && !event[at + 1..].trim_ascii_start().starts_with(b"]")
+    // The list's first item, on the same line: one on a later line (the
+    // data split over `data:` lines) is left to the whole check.
+    let after = &event[at + 1..];
+    let item = &after[after
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
+    named_choices && !matches!(item.first(), None | Some(b']' | b'\n' | b'\r'))
 }
 
 /// A chunk that carries the prompt filter's results and nothing of the

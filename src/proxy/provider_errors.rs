@@ -513,9 +513,7 @@ fn key_refused(status: StatusCode, typed: Option<&str>, lower: &str) -> bool {
 
 /// Whether an untyped refusal says, in terms a spent balance would not
 /// use, that it ends by itself: OpenAI's rate-limit code or types
-/// (`rate_limit_exceeded`; `requests`, `tokens`), or a stated wait. Such
-/// a message may still speak of billing: OpenAI's rate-limit text ends
-/// "...by adding a payment method to your account at .../billing".
+/// (`rate_limit_exceeded`; `requests`, `tokens`), or a stated wait.
 fn passes_by_itself(code: Option<&str>, typed: Option<&str>, lower: &str) -> bool {
     let code = code.map(str::to_ascii_lowercase);
     matches!(code.as_deref(), Some(c) if c.starts_with("rate_limit"))
@@ -524,38 +522,34 @@ fn passes_by_itself(code: Option<&str>, typed: Option<&str>, lower: &str) -> boo
 }
 
 /// `passing`: the refusal says it ends by itself (see
-/// [`passes_by_itself`]), so words of money in it do not make it a spent
-/// balance.
+/// [`passes_by_itself`]).
 fn classify(status: StatusCode, lower: &str, passing: bool) -> ErrorType {
+    let says = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     // Providers serving China may answer in Chinese: 余额 balance, 额度
     // quota, 欠费 in arrears, 充值 top up; 繁忙 busy, 过载 overloaded.
-    let quota = !passing
-        && [
-            "credit",
-            "balance",
-            "quota",
-            "insufficient",
-            "billing",
-            "payment",
-            "余额",
-            "额度",
-            "欠费",
-            "充值",
-        ]
-        .iter()
-        .any(|w| lower.contains(w));
-    let overload = ["overload", "busy", "capacity", "繁忙", "过载"]
-        .iter()
-        .any(|w| lower.contains(w));
-    let filtered = [
+    let spent = says(&[
+        "credit",
+        "balance",
+        "quota",
+        "insufficient",
+        "余额",
+        "额度",
+        "欠费",
+        "充值",
+    ]);
+    // Words of paying alone do not make a 429 that says it passes a spent
+    // balance: OpenAI's rate-limit text ends "...by adding a payment
+    // method to your account at .../billing".
+    let paying = says(&["billing", "payment"]) && !(passing && status.as_u16() == 429);
+    let quota = spent || paying;
+    let overload = says(&["overload", "busy", "capacity", "繁忙", "过载"]);
+    let filtered = says(&[
         "content filter",
         "content_filter",
         "high risk",
         "content management",
         "safety",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
+    ]);
     match status.as_u16() {
         402 => ErrorType::ExceededCurrentQuotaError,
         403 if quota => ErrorType::ExceededCurrentQuotaError,
@@ -908,14 +902,25 @@ adding a payment method to your account at https://platform.openai.com/account/b
             let stated = wait.map(|secs: u64| HeaderValue::from(secs));
             assert_eq!(err.retry_after, stated, "{body}");
         }
-        let spent = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        let err = translate(
-            &test_provider(),
-            StatusCode::TOO_MANY_REQUESTS,
-            AskedWait::default(),
-            spent,
-        );
-        assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError);
+        // A spent balance stays one, whatever wait or code it gives; and
+        // a 403 is a refusal of the account, however it passes.
+        for (status, body) in [
+            (429, &br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#[..]),
+            (429, br#"{"error":{"message":"Insufficient balance. Please recharge your account and try again in 5 minutes."}}"#),
+            (429, br#"{"statusCode":429,"message":"Insufficient balance, please recharge and try again in 30s"}"#),
+            (429, br#"{"error":{"message":"Insufficient account balance","code":"rate_limit_exceeded"}}"#),
+            (403, br#"{"error":{"message":"Rate limit reached. Add a payment method at /billing","code":"rate_limit_exceeded"}}"#),
+        ] {
+            let err = translate(
+                &test_provider(),
+                StatusCode::from_u16(status).unwrap(),
+                AskedWait::default(),
+                body,
+            );
+            let body = String::from_utf8_lossy(body);
+            assert_eq!(err.error_type, ErrorType::ExceededCurrentQuotaError, "{body}");
+            assert!(!err.should_retry(), "{body}");
+        }
     }
 
     #[test]

@@ -99,12 +99,8 @@ fn status_document_before(
     before: usize,
     provider: &crate::config::Provider,
 ) -> Option<(StreamError, Range<usize>)> {
-    let mut last_event = None;
-    lines(events)
-        .filter(|line| data_value(line).is_some())
-        .map(|line| event_start(events, line.as_ptr() as usize - events.as_ptr() as usize))
+    data_event_starts(events)
         .take_while(|&start| start < before)
-        .filter(|&start| last_event.replace(start) != Some(start))
         .find_map(|start| status_document_at(events, start, provider))
 }
 
@@ -121,27 +117,33 @@ fn error_member_or_named(
     if !error_member && EVENT_FIELD.find(events).is_none() {
         return None;
     }
-    let mut last_event = None;
-    lines(events)
-        .filter(|line| data_value(line).is_some())
-        .find_map(|line| {
-            let (start, data) = event_data(events, line);
-            // An event of several data lines is read once.
-            if last_event.replace(start) == Some(start) {
-                return None;
-            }
-            let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
-            let end = event_end(events, line_end).unwrap_or(events.len());
-            let data = data.trim_ascii();
-            let err = error_member
-                .then(|| super::provider_errors::stream_error(data, provider))
-                .flatten()
-                .or_else(|| {
-                    named_error(&events[start..end])
-                        .then(|| super::provider_errors::named_error_event(data, provider))
-                })?;
-            Some((err, start..end))
-        })
+    data_event_starts(events).find_map(|start| {
+        let end = event_end(events, start).unwrap_or(events.len());
+        let event = &events[start..end];
+        let line = lines(event).find(|line| data_value(line).is_some())?;
+        let (_, data) = event_data(event, line);
+        let data = data.trim_ascii();
+        let err = error_member
+            .then(|| super::provider_errors::stream_error(data, provider))
+            .flatten()
+            .or_else(|| {
+                named_error(event)
+                    .then(|| super::provider_errors::named_error_event(data, provider))
+            })?;
+        Some((err, start..end))
+    })
+}
+
+/// Where each event of `events` that has a data line starts, in order.
+/// Each line is looked at a bounded number of times, so an event of many
+/// `data:` lines costs its length, not its length times its lines.
+fn data_event_starts(events: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let start = from + first_event_start(events.get(from..)?)?;
+        from = event_end(events, start).unwrap_or(events.len());
+        Some(start)
+    })
 }
 
 /// The event at `at` in `events` when it is AI/ML API's or Agentsflare's
@@ -154,9 +156,10 @@ fn status_document_at(
     provider: &crate::config::Provider,
 ) -> Option<(StreamError, Range<usize>)> {
     // The usual event begins with its data line: its first member is
-    // looked at before the line's end is looked for.
+    // looked at before the line's end is looked for (a line that ends
+    // before one, `data: {` alone, leaves it to the data joined).
     if let Some(data) = events[at..].strip_prefix(b"data:")
-        && !opens_status_document(data)
+        && !first_line_may_open_status_document(data)
     {
         return None;
     }
@@ -171,6 +174,25 @@ fn status_document_at(
     let line_end = line.as_ptr() as usize - events.as_ptr() as usize + line.len();
     let end = event_end(events, line_end).unwrap_or(events.len());
     Some((found, at..end))
+}
+
+/// Whether a first data line (`data` after `data:`) may begin AI/ML
+/// API's or Agentsflare's error document: it begins with its first
+/// member, or ends before one.
+fn first_line_may_open_status_document(data: &[u8]) -> bool {
+    let blanks = |text: &[u8]| {
+        text.iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count()
+    };
+    let data = &data[blanks(data)..];
+    let Some(inside) = data.strip_prefix(b"{") else {
+        return matches!(data.first(), None | Some(b'\n' | b'\r'));
+    };
+    let member = &inside[blanks(inside)..];
+    matches!(member.first(), None | Some(b'\n' | b'\r'))
+        || member.starts_with(b"\"statusCode\"")
+        || member.starts_with(b"\"message\"")
 }
 
 /// Whether `data` begins with the first member of AI/ML API's or

@@ -69,6 +69,12 @@ impl StreamStats {
         self.reads.fetch_add(reads, Ordering::Relaxed);
     }
 
+    /// Reads counted that were not relayed after all: the opening
+    /// prompt-filter chunks dropped.
+    pub fn uncount_reads(&self, reads: u64) {
+        self.reads.fetch_sub(reads, Ordering::Relaxed);
+    }
+
     pub fn mark_done(&self) {
         self.saw_done.store(true, Ordering::Relaxed);
     }
@@ -77,8 +83,15 @@ impl StreamStats {
         self.saw_done.load(Ordering::Relaxed)
     }
 
+    /// The stream's usage is its last report, but a report of all zeros
+    /// after one that counted (some servers send zeros in every chunk)
+    /// does not undo that count.
     pub fn set_usage(&self, usage: Usage, place: UsagePlace) {
-        *self.usage.lock().expect("stats lock") = Some((usage, place));
+        let mut held = self.usage.lock().expect("stats lock");
+        if usage.counts_nothing() && held.is_some_and(|(had, _)| !had.counts_nothing()) {
+            return;
+        }
+        *held = Some((usage, place));
     }
 
     pub fn usage(&self) -> Option<(Usage, UsagePlace)> {

@@ -177,6 +177,11 @@ fn is_object(raw: &&RawValue) -> bool {
 pub const MAX_COUNTED_TOKENS: u64 = u32::MAX as u64;
 
 impl Usage {
+    /// Every count zero.
+    pub fn counts_nothing(&self) -> bool {
+        self.prompt_tokens == 0 && self.completion_tokens == 0 && self.total_tokens == 0
+    }
+
     /// Each count held to [`MAX_COUNTED_TOKENS`], as the log and the
     /// metrics record it.
     pub fn counted(self) -> Usage {

@@ -295,6 +295,12 @@ async fn route_and_forward<'c>(
             match upstream::forward(target, chat, ctx, own_time_since).await {
                 Ok(forwarded) => Ok((forwarded, slot)),
                 Err(mut err) => {
+                    // The provider is no longer working on the request:
+                    // a client that leaves before the next attempt (in
+                    // its backoff) costs nothing, as a failed request.
+                    if let Some(admission) = admission {
+                        admission.mark_unsent();
+                    }
                     let window = slot.refund();
                     if !window.is_empty() {
                         err.details_mut().attempt_window = Some(window);

@@ -274,6 +274,25 @@ async fn a_failed_request_gives_its_tokens_back() {
     .await;
 }
 
+/// A client that leaves while the gateway waits to try again, after an
+/// attempt that failed, costs nothing: no provider is working on it.
+#[tokio::test]
+async fn a_client_that_leaves_between_attempts_gets_its_tokens_back() {
+    let app = spawn_with_keys("[keys.team-a.limits]\ntokens_per_day = 10000\n").await;
+    let mut request = body(false, 1000, "[mock error=rate_limit retry_after=3]");
+    request["model"] = json!("moonshot/kimi-k2.6");
+    app.chat_as_and_leave_when("sk-a", &request, "the first attempt failed", async || {
+        app.mock.requests().len() == 1
+    })
+    .await;
+    wait_until("the request ended", async || in_flight(&app) == 0).await;
+    wait_until("the reservation is refunded", async || {
+        tokens_left(&app) == 10000
+    })
+    .await;
+    assert_eq!(app.mock.requests().len(), 1, "no second attempt");
+}
+
 #[tokio::test]
 async fn a_providers_spent_budget_does_not_open_its_circuit() {
     // The gateway's own limit refuses before anything reaches the provider,

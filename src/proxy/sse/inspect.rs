@@ -186,11 +186,16 @@ impl SseRelay {
     /// Keeps `report` for the standard usage chunk, unless it counts
     /// nothing (`{}`) and a report that counts is kept already.
     fn keep_to_restate(&mut self, report: crate::proxy::usage::UsageReport) {
-        if report.counted
+        // As the stream is settled (`StreamStats::set_usage`): a later
+        // report of nothing, `{}` or all zeros, does not undo one that
+        // counted.
+        let counts =
+            |kept: &crate::proxy::usage::UsageReport| kept.counted && !kept.usage.counts_nothing();
+        if counts(&report)
             || self
                 .usage_to_restate
                 .as_ref()
-                .is_none_or(|kept| !kept.counted)
+                .is_none_or(|kept| !counts(kept))
         {
             self.usage_to_restate = Some(report);
         }

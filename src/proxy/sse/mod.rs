@@ -270,7 +270,8 @@ impl SseRelay {
             breaker: settings.breaker,
         };
         relay.open_streams.inc();
-        let (opening, first) = relay.read_past_opening_chunks(first_byte_deadline).await?;
+        let (opening, opening_reads, first) =
+            relay.read_past_opening_chunks(first_byte_deadline).await?;
         match first {
             Some(Ok(_)) if relay.error_came_first => {
                 // Nothing went to the client yet: a provider that fails in
@@ -308,6 +309,7 @@ impl SseRelay {
                     // its own first event on.
                     let at = relay.answer_at.unwrap_or(0).min(events.len());
                     relay.queued.push_back(events.slice(at..));
+                    relay.stats.uncount_reads(opening_reads);
                 }
                 let after = std::mem::take(&mut relay.after);
                 relay.queued.extend(after);
@@ -335,15 +337,18 @@ impl SseRelay {
     }
 
     /// Reads until the answer's first events, or the attempt's end: what
-    /// came next, with the opening prompt-filter chunks held before it.
+    /// came next, with the opening prompt-filter chunks held before it
+    /// and how many reads they came in.
     /// They are no part of the answer, so a failure after them still fails
     /// over, and the first-byte deadline and the time to first token are
     /// the answer's.
     async fn read_past_opening_chunks(
         &mut self,
         first_byte_deadline: Instant,
-    ) -> Result<(Option<Bytes>, Option<Result<Bytes, GatewayError>>), GatewayError> {
+    ) -> Result<(Option<Bytes>, u64, Option<Result<Bytes, GatewayError>>), GatewayError> {
         let mut opening: Option<Bytes> = None;
+        let reads_before = self.stats.reads();
+        let mut opening_reads = 0;
         loop {
             let next = std::future::poll_fn(|cx| self.poll_upstream(cx)).await;
             match next {
@@ -360,9 +365,10 @@ impl SseRelay {
                         Some(held) => Bytes::from([&held[..], &events[..]].concat()),
                     });
                     self.opening_held = true;
+                    opening_reads = self.stats.reads() - reads_before;
                     self.rearm_first_byte_deadline(first_byte_deadline);
                 }
-                other => return Ok((opening, other)),
+                other => return Ok((opening, opening_reads, other)),
             }
         }
     }

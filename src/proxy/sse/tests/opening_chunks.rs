@@ -328,3 +328,57 @@ async fn the_synthesised_usage_chunk_names_the_answer_after_opening_chunks() {
         "{usage_chunk}"
     );
 }
+
+/// An opening chunk whose data is split over `data:` lines, its empty
+/// `choices` list opened on one and closed on the next, is an opening
+/// chunk all the same; the reads of dropped opening chunks are not
+/// counted as relayed.
+#[tokio::test]
+async fn a_split_opening_chunk_is_dropped_and_its_reads_not_counted() {
+    let split = Bytes::from_static(
+        b"data: {\"id\":\"\",\"choices\":[\ndata: ],\"prompt_filter_results\":[]}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let reads = vec![split, Bytes::from_static(FILTER), event(0), done.clone()];
+    let mut counted = Vec::new();
+    for settings in [settings(), passing()] {
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let relay = SseRelay::start(one_per_read(reads.clone()), settings, stats.clone())
+            .await
+            .expect("the answer");
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        counted.push((frames.len() as u64, stats.reads()));
+    }
+    let [
+        (dropped_frames, dropped_reads),
+        (passed_frames, passed_reads),
+    ] = counted[..]
+    else {
+        unreachable!()
+    };
+    assert_eq!(dropped_frames, 2);
+    assert_eq!(dropped_reads, 2);
+    assert_eq!(passed_reads, 4, "{passed_frames} frames");
+}
+
+/// AI/ML API's and Agentsflare's error document with its data over
+/// several `data:` lines, `{` alone on the first: read as the joined data
+/// is, as the answer's first event and later.
+#[tokio::test]
+async fn an_error_document_over_several_data_lines_is_found() {
+    let document = Bytes::from_static(
+        b"data: {\ndata: \"statusCode\":500,\ndata: \"message\":\"Generation timeout\"}\n\n",
+    );
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
+    let err = start(one_per_read(vec![document.clone()]), settings())
+        .await
+        .err()
+        .expect("the attempt's error");
+    assert_eq!(err.message, "Generation timeout");
+    let (frames, end) = frames_and_end(vec![event(0), document, done]).await;
+    let Some(StreamEnd::Failed(err)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(err.message, "Generation timeout");
+    assert_eq!(frames.concat(), [event(0), err.sse_event()].concat());
+}

@@ -194,36 +194,47 @@ async fn the_synthesised_usage_chunk_goes_before_done_however_done_arrives() {
     }
 }
 
-/// A usage that counts, then an empty one (`{}`) on a later chunk: the
-/// standard chunk restates the one that counts, and both are `null` where
-/// they came, so the client reads the usage once, with its counts.
+/// A usage that counts, then an empty one (`{}`) or one of zeros on a
+/// later chunk: the stream is settled to the one that counts, the
+/// standard chunk restates it, and both are `null` where they came, so the
+/// client reads the usage once, with its counts.
 #[tokio::test]
 async fn an_empty_usage_after_one_that_counts_does_not_replace_it() {
     let counted = Bytes::from_static(
         b"data: {\"id\":\"c1\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n",
     );
-    let empty = Bytes::from_static(
-        b"data: {\"id\":\"c1\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{}}\n\n",
-    );
-    let done = Bytes::from_static(b"data: [DONE]\n\n");
-    let stats = Arc::new(StreamStats::new(Instant::now()));
-    let settings = RelaySettings {
-        include_usage: true,
-        ..settings()
-    };
-    let upstream = one_per_read(vec![event(0), counted, empty, done]);
-    let relay = SseRelay::start(upstream, settings, stats.clone())
-        .await
-        .unwrap();
-    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
-    let text = String::from_utf8(frames.concat().to_vec()).unwrap();
-    let usages: Vec<serde_json::Value> = text
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap()["usage"].clone())
-        .filter(|usage| !usage.is_null())
-        .collect();
-    assert_eq!(usages.len(), 1, "{text}");
-    assert_eq!(usages[0]["total_tokens"], 3, "{text}");
+    for later in [
+        "{}",
+        r#"{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}"#,
+    ] {
+        let empty = Bytes::from(format!(
+            "data: {{\"id\":\"c1\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{later}}}\n\n"
+        ));
+        let done = Bytes::from_static(b"data: [DONE]\n\n");
+        let stats = Arc::new(StreamStats::new(Instant::now()));
+        let settings = RelaySettings {
+            include_usage: true,
+            ..settings()
+        };
+        let upstream = one_per_read(vec![event(0), counted.clone(), empty, done]);
+        let relay = SseRelay::start(upstream, settings, stats.clone())
+            .await
+            .unwrap();
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        assert_eq!(
+            stats.usage().map(|(usage, _)| usage.total_tokens),
+            Some(3),
+            "{later}"
+        );
+        let text = String::from_utf8(frames.concat().to_vec()).unwrap();
+        let usages: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap()["usage"].clone())
+            .filter(|usage| !usage.is_null() && usage["total_tokens"] != 0)
+            .collect();
+        assert_eq!(usages.len(), 1, "{text}");
+        assert_eq!(usages[0]["total_tokens"], 3, "{text}");
+    }
 }
