@@ -160,6 +160,24 @@ fn string(value: serde_json::Value) -> Option<String> {
     }
 }
 
+/// Whether `member` (an object's text from its first member's opening
+/// quote) names a member of AI/ML API's and Agentsflare's error document
+/// (`{"message","path","requestId","statusCode","timestamp"}`), which may
+/// come first: a completion or a chunk begins with another (`"id"`,
+/// `"choices"`, `"object"`). Decided by its first letter for nearly every
+/// answer.
+pub fn opens_status_document(member: &[u8]) -> bool {
+    let named = |name: &[u8]| member.starts_with(name);
+    match member.get(1) {
+        Some(b'm') => named(b"\"message\""),
+        Some(b'p') => named(b"\"path\""),
+        Some(b'r') => named(b"\"requestId\""),
+        Some(b's') => named(b"\"statusCode\""),
+        Some(b't') => named(b"\"timestamp\""),
+        _ => false,
+    }
+}
+
 /// The status an error document under a 2xx states in AI/ML API's and
 /// Agentsflare's shape: a top-level `statusCode` from 400 to 599 and no
 /// `choices`. `None` for anything else, a completion included.

@@ -191,19 +191,16 @@ fn first_line_may_open_status_document(data: &[u8]) -> bool {
     };
     let member = &inside[blanks(inside)..];
     matches!(member.first(), None | Some(b'\n' | b'\r'))
-        || member.starts_with(b"\"statusCode\"")
-        || member.starts_with(b"\"message\"")
+        || super::provider_errors::opens_status_document(member)
 }
 
 /// Whether `data` begins with the first member of AI/ML API's or
-/// Agentsflare's error document (`message` or `statusCode`).
+/// Agentsflare's error document.
 fn opens_status_document(data: &[u8]) -> bool {
     data.trim_ascii_start()
         .strip_prefix(b"{")
         .map(<[u8]>::trim_ascii_start)
-        .is_some_and(|member| {
-            member.starts_with(b"\"statusCode\"") || member.starts_with(b"\"message\"")
-        })
+        .is_some_and(super::provider_errors::opens_status_document)
 }
 
 /// Whether an event has the field line `event: error`.

@@ -329,7 +329,7 @@ fn error_under_success(
     match first_member(body) {
         None => late_error(body, status, provider),
         Some(FirstMember::Error) => provider_errors::success_body_error(body, status, provider),
-        Some(FirstMember::MessageOrStatusCode) => {
+        Some(FirstMember::StatusDocument) => {
             let sent = provider_errors::status_in_success_body(body)?;
             Some(provider_errors::translate(
                 provider,
@@ -378,7 +378,8 @@ fn late_error(
 #[derive(Debug, PartialEq)]
 enum FirstMember {
     Error,
-    MessageOrStatusCode,
+    /// One of AI/ML API's and Agentsflare's error document.
+    StatusDocument,
 }
 
 /// Which error document's first member `body` begins with, if any: read
@@ -389,8 +390,7 @@ fn first_member(body: &[u8]) -> Option<FirstMember> {
     let starts = |name: &[u8]| rest.starts_with(name);
     match rest.get(1)? {
         b'e' if starts(b"\"error\"") => Some(FirstMember::Error),
-        b'm' if starts(b"\"message\"") => Some(FirstMember::MessageOrStatusCode),
-        b's' if starts(b"\"statusCode\"") => Some(FirstMember::MessageOrStatusCode),
+        _ if provider_errors::opens_status_document(rest) => Some(FirstMember::StatusDocument),
         _ => None,
     }
 }
@@ -457,19 +457,32 @@ mod tests {
 
     #[test]
     fn the_first_members_name_is_read_without_parsing() {
-        use FirstMember::{Error, MessageOrStatusCode};
+        use FirstMember::{Error, StatusDocument};
         for (body, first) in [
             (&b"{\"error\":{\"message\":\"x\"}}"[..], Some(Error)),
             (b" \n{ \n \"error\" : \"x\"}", Some(Error)),
             (
                 b"{\"statusCode\":429,\"message\":\"x\"}",
-                Some(MessageOrStatusCode),
+                Some(StatusDocument),
             ),
             (
                 b"{\"message\":\"x\",\"statusCode\":429}",
-                Some(MessageOrStatusCode),
+                Some(StatusDocument),
+            ),
+            (
+                b"{\"requestId\":\"r\",\"statusCode\":500,\"message\":\"x\"}",
+                Some(StatusDocument),
+            ),
+            (
+                b"{\"path\":\"/v1\",\"statusCode\":500}",
+                Some(StatusDocument),
+            ),
+            (
+                b"{\"timestamp\":1,\"statusCode\":500}",
+                Some(StatusDocument),
             ),
             (b"{\"id\":\"x\",\"error\":{}}", None),
+            (b"{\"paths\":[]}", None),
             (b"{\"errors\":[]}", None),
             (b"{\"messages\":[]}", None),
             (b"{}", None),

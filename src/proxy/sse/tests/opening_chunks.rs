@@ -382,3 +382,27 @@ async fn an_error_document_over_several_data_lines_is_found() {
     assert_eq!(err.message, "Generation timeout");
     assert_eq!(frames.concat(), [event(0), err.sse_event()].concat());
 }
+
+/// AI/ML API's error document may begin with any of its members
+/// (`message`, `path`, `requestId`, `statusCode`, `timestamp`).
+#[tokio::test]
+async fn an_error_document_is_found_whichever_of_its_members_comes_first() {
+    for document in [
+        &b"data: {\"requestId\":\"r-1\",\"statusCode\":500,\"message\":\"Generation timeout\"}\n\n"[..],
+        b"data: {\"path\":\"/v1/chat/completions\",\"message\":\"Generation timeout\",\"statusCode\":500}\n\n",
+        b"data: {\"timestamp\":\"2026-12-07T00:00:00Z\",\"statusCode\":500,\"message\":\"Generation timeout\"}\n\n",
+    ] {
+        let document = Bytes::copy_from_slice(document);
+        let done = Bytes::from_static(b"data: [DONE]\n\n");
+        let (_, end) = frames_and_end(vec![event(0), document.clone(), done]).await;
+        let Some(StreamEnd::Failed(err)) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(err.message, "Generation timeout");
+        let err = start(one_per_read(vec![document]), settings())
+            .await
+            .err()
+            .expect("the attempt's error");
+        assert_eq!(err.message, "Generation timeout");
+    }
+}
