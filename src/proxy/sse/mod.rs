@@ -301,7 +301,15 @@ impl SseRelay {
             }
             Some(Ok(events)) => {
                 if relay.provider.pass_prompt_filter_chunks {
+                    // Held whole events end their blank line in a CR when
+                    // the provider's write split a CR LF: its LF began the
+                    // next read and went with what came before the
+                    // answer's first event, so it is owed here.
+                    let lf_owed = opening.as_ref().is_some_and(|o| o.ends_with(b"\r\n\r"));
                     relay.queued.extend(opening);
+                    if lf_owed {
+                        relay.queued.push_back(Bytes::from_static(b"\n"));
+                    }
                     relay.queued.push_back(events);
                 } else {
                     // Code written for OpenAI reads `choices[0]` of every

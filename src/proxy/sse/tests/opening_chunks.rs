@@ -406,3 +406,24 @@ async fn an_error_document_is_found_whichever_of_its_members_comes_first() {
         assert_eq!(err.message, "Generation timeout");
     }
 }
+
+/// Passed on, an opening chunk whose CR LF blank line the provider's
+/// writes split keeps its LF: the client gets the provider's bytes.
+#[tokio::test]
+async fn a_passed_opening_chunk_keeps_an_lf_its_write_split_off() {
+    let crlf = String::from_utf8(FILTER.to_vec())
+        .unwrap()
+        .replace('\n', "\r\n");
+    let (held, lf) = crlf.split_at(crlf.len() - 1);
+    let answer =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
+    let reads = vec![
+        Bytes::copy_from_slice(held.as_bytes()),
+        Bytes::from(format!("{lf}{answer}")),
+    ];
+    let relay = start(one_per_read(reads), passing())
+        .await
+        .expect("the answer");
+    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+    assert_eq!(frames.concat(), format!("{crlf}{answer}").as_bytes());
+}
