@@ -301,11 +301,7 @@ impl SseRelay {
             }
             Some(Ok(events)) => {
                 if relay.provider.pass_prompt_filter_chunks {
-                    // Held whole events end their blank line in a CR when
-                    // the provider's write split a CR LF: its LF began the
-                    // next read and went with what came before the
-                    // answer's first event, so it is owed here.
-                    let lf_owed = opening.as_ref().is_some_and(|o| o.ends_with(b"\r\n\r"));
+                    let lf_owed = opening.as_deref().is_some_and(lf_owed_after);
                     relay.queued.extend(opening);
                     if lf_owed {
                         relay.queued.push_back(Bytes::from_static(b"\n"));
@@ -370,7 +366,10 @@ impl SseRelay {
                     }
                     opening = Some(match opening.take() {
                         None => events,
-                        Some(held) => Bytes::from([&held[..], &events[..]].concat()),
+                        Some(held) => {
+                            let lf: &[u8] = if lf_owed_after(&held) { b"\n" } else { b"" };
+                            Bytes::from([&held[..], lf, &events[..]].concat())
+                        }
                     });
                     self.opening_held = true;
                     opening_reads = self.stats.reads() - reads_before;
@@ -777,6 +776,14 @@ fn strip_bom(seen: &mut u8, chunk: Bytes) -> Option<Bytes> {
         0 => chunk,
         before => Bytes::from([&BOM[..before], &chunk[..]].concat()),
     })
+}
+
+/// Whether held opening chunks end their blank line in the CR of a CR LF
+/// the provider's write split: its LF began the next read, before that
+/// read's first event, where the relay drops what comes before the head,
+/// so it is owed after them.
+fn lf_owed_after(held: &[u8]) -> bool {
+    held.ends_with(b"\r\n\r")
 }
 
 #[cfg(test)]

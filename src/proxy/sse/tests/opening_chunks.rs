@@ -417,13 +417,28 @@ async fn a_passed_opening_chunk_keeps_an_lf_its_write_split_off() {
     let (held, lf) = crlf.split_at(crlf.len() - 1);
     let answer =
         "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
-    let reads = vec![
-        Bytes::copy_from_slice(held.as_bytes()),
-        Bytes::from(format!("{lf}{answer}")),
-    ];
-    let relay = start(one_per_read(reads), passing())
-        .await
-        .expect("the answer");
-    let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
-    assert_eq!(frames.concat(), format!("{crlf}{answer}").as_bytes());
+    // Before the answer, or before another opening chunk split the same.
+    for (reads, sent) in [
+        (
+            vec![
+                Bytes::copy_from_slice(held.as_bytes()),
+                Bytes::from(format!("{lf}{answer}")),
+            ],
+            format!("{crlf}{answer}"),
+        ),
+        (
+            vec![
+                Bytes::copy_from_slice(held.as_bytes()),
+                Bytes::from(format!("{lf}{held}")),
+                Bytes::from(format!("{lf}{answer}")),
+            ],
+            format!("{crlf}{crlf}{answer}"),
+        ),
+    ] {
+        let relay = start(one_per_read(reads), passing())
+            .await
+            .expect("the answer");
+        let frames: Vec<Bytes> = relay.map(|frame| frame.unwrap()).collect().await;
+        assert_eq!(frames.concat(), sent.as_bytes());
+    }
 }
