@@ -627,6 +627,19 @@ for p in ("MOONSHOT", "AIMLAPI", "AGENTSFLARE"):
 assert s["mock-provider"]["build"]["target"] == "mock"
 '
 ok "compose.yaml: YAML parses, docker compose config valid; services: $services; offline.env adds mock-provider and points the gateway at it"
+# Prometheus scrapes the gateway's metrics port over the stack's network;
+# that port is not published, so PUBLISH_ADDRESS=0.0.0.0 exposes the API only.
+printf '%s' "$offline" | "$PY" -c '
+import json, sys, tomllib, yaml
+s = json.load(sys.stdin)["services"]
+listen = tomllib.load(open("deploy/compose/config/kimi-gateway.toml", "rb"))["server"]["metrics_listen"]
+port = int(listen.rsplit(":", 1)[1])
+scrape = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))["scrape_configs"][0]["dns_sd_configs"][0]["port"]
+assert scrape == port, f"prometheus.yml scrapes gateway:{scrape}, metrics_listen is {listen}"
+published = [p["target"] for p in s["gateway"].get("ports", [])]
+assert port not in published, f"the metrics port {port} is published: {published}"
+'
+ok "compose: Prometheus scrapes the gateway metrics port (server.metrics_listen), which is not published"
 [ ! -e deploy/compose/.env ] || git check-ignore -q deploy/compose/.env || fail "deploy/compose/.env exists and is not ignored by git"
 
 # ---------------------------------------------------------------------------
