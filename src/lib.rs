@@ -27,6 +27,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod fd_limit;
+pub mod head_end;
 pub mod healthcheck;
 pub mod limits;
 pub mod listener;

@@ -10,6 +10,7 @@
 use super::UpstreamError;
 use super::head::{self, ResponseHead};
 use super::{OutgoingBody, ProviderStream};
+use crate::head_end::HeadEnd;
 use bytes::BytesMut;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -60,6 +61,8 @@ pub struct Connection {
     /// The current exchange has had an interim (`1xx`) head: the provider
     /// has begun to answer, though its bytes are gone from `read`.
     interim_seen: bool,
+    /// How far the response head being read has been searched for its end.
+    head_end: HeadEnd,
 }
 
 impl Connection {
@@ -70,6 +73,7 @@ impl Connection {
             head: Vec::new(),
             deadline: None,
             interim_seen: false,
+            head_end: HeadEnd::default(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Connection {
         }
         self.head.clear();
         self.interim_seen = false;
+        self.head_end.reset();
         write_head(&mut self.head);
         let mut early = None;
         match self.write_request(body, &mut early).await? {
@@ -112,7 +117,9 @@ impl Connection {
             }
         }
         loop {
-            if let Some(head) = final_head(&mut self.read, &mut self.interim_seen)? {
+            if let Some(head) =
+                final_head(&mut self.read, &mut self.interim_seen, &mut self.head_end)?
+            {
                 return Ok(head);
             }
             let read = poll_fn(|cx| match self.poll_read(cx, READ_SIZE) {
@@ -130,7 +137,9 @@ impl Connection {
     fn head_already_received(&mut self) -> Result<Option<ResponseHead>, UpstreamError> {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            if let Some(head) = final_head(&mut self.read, &mut self.interim_seen)? {
+            if let Some(head) =
+                final_head(&mut self.read, &mut self.interim_seen, &mut self.head_end)?
+            {
                 return Ok(Some(head));
             }
             match self.poll_read(&mut cx, READ_SIZE) {
@@ -189,6 +198,7 @@ impl Connection {
             head,
             deadline,
             interim_seen,
+            head_end,
         } = self;
         let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
         slices.push(IoSlice::new(head));
@@ -221,7 +231,7 @@ impl Connection {
                 }
                 // The socket takes no more for now: an answer may be here.
                 while early.is_none() {
-                    if let Some(head) = final_head(read, interim_seen)? {
+                    if let Some(head) = final_head(read, interim_seen, head_end)? {
                         if head.status.is_client_error() || head.status.is_server_error() {
                             return Poll::Ready(Ok(Written::Refused(head)));
                         }
@@ -300,11 +310,17 @@ fn not_reusable(mut head: ResponseHead) -> ResponseHead {
 fn final_head(
     read: &mut BytesMut,
     interim: &mut bool,
+    end: &mut HeadEnd,
 ) -> Result<Option<ResponseHead>, UpstreamError> {
     while !read.is_empty() {
+        if !end.worth_parsing(read, head::MAX_HEAD_BYTES) {
+            return Ok(None);
+        }
         let Some(head) = head::parse(read)? else {
+            end.incomplete(read.len());
             return Ok(None);
         };
+        end.reset();
         if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::InvalidHead("unexpected 101".into()));
         }

@@ -81,6 +81,34 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(client.response().await.status, 200);
 }
 
+/// Request heads that come a few bytes at a time (a long field in each)
+/// are searched for their end in the new bytes only, not parsed again from
+/// their start on every read: each is still read whole, at every cut, and
+/// answered in order.
+#[tokio::test]
+async fn heads_trickled_in_are_read_whole() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let pad = "p".repeat(3000);
+    let chat = chat_body(MODEL, "trickled", false).to_string();
+    let wire = format!(
+        "GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-pad: {pad}\r\n\r\n{}",
+        chat_request(&chat).replacen("\r\n", &format!("\r\nx-pad: {pad}\r\n"), 1)
+    );
+    for piece in wire.as_bytes().chunks(7) {
+        client.stream.write_all(piece).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let health = client.response().await;
+    assert_eq!(health.status, 200, "{}", health.head);
+    let completion = client.response().await;
+    assert_eq!(completion.status, 200, "{}", completion.head);
+    assert_eq!(completion.json()["object"], "chat.completion");
+    let seen = app.mock.requests_for(Flavour::Moonshot);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, chat.as_bytes());
+}
+
 /// A head the gateway will not serve is answered with an OpenAI-shaped
 /// `invalid_request_error` and its status (400 malformed or ambiguous
 /// framing, a last transfer coding other than chunked included, 501 a

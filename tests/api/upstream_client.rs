@@ -44,6 +44,9 @@ enum Answer {
     /// A chunked body whose trailer section ends at a bare LF, followed
     /// by what a lenient reader would take for the next response.
     BareLfTrailers,
+    /// `Interim`'s heads, each with a long field and its lines ending in
+    /// bare LFs on the final one, written a few bytes at a time.
+    Trickled,
 }
 
 struct RawServer {
@@ -148,6 +151,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Answer)
             Answer::BareLfTrailers => {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"
                     .to_string()
+            }
+            Answer::Trickled => {
+                let pad = "p".repeat(3000);
+                let response = format!(
+                    "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\nx-pad: {pad}\r\n\r\nHTTP/1.1 200 OK\nx-pad: {pad}\ncontent-length: 2\n\n{{}}"
+                );
+                for piece in response.as_bytes().chunks(7) {
+                    if stream.write_all(piece).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                continue;
             }
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
@@ -463,6 +479,23 @@ async fn interim_heads_are_skipped() {
         let response = send(&client, "{}").await.unwrap();
         assert_eq!(response.status, 200);
         assert!(response.headers.get("link").is_none());
+        assert_eq!(response.body.collect().await.unwrap().to_bytes(), "{}");
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A head that comes a few bytes at a time is searched for its end in the
+/// new bytes only (not parsed again from its start on every read): it is
+/// still read whole, at every cut, interim head and bare-LF line ends
+/// included, and the connection carries the next request.
+#[tokio::test]
+async fn heads_trickled_in_are_read_whole() {
+    let server = raw_server(Answer::Trickled).await;
+    let client = client(&server);
+    for _ in 0..2 {
+        let response = send(&client, "{}").await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.headers.get("x-pad").unwrap().len(), 3000);
         assert_eq!(response.body.collect().await.unwrap().to_bytes(), "{}");
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);

@@ -20,6 +20,7 @@ use crate::app::Gateway;
 use crate::body_budget::{BodyClaim, NoRoom};
 use crate::client::{Decoded, Framing, SIZE_OVER_U64};
 use crate::coarse_clock;
+use crate::head_end::HeadEnd;
 use crate::proxy::headers::{X_GATEWAY_ATTEMPTS, X_GATEWAY_PROVIDER, X_REQUEST_ID};
 use crate::request_id::request_id;
 use crate::request_progress::RequestProgress;
@@ -275,10 +276,20 @@ impl Connection {
         // Started when the server is closing (or making room at its
         // connection cap) while a head is part-way in.
         let mut cut_off: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut head_end = HeadEnd::default();
         loop {
             if !self.read.is_empty() {
                 let (buffered, buffer) = (self.read.len(), self.read.capacity());
-                match request_head::parse(&mut self.read, &mut self.spare_headers) {
+                let parsed = if head_end.worth_parsing(&self.read, request_head::MAX_HEAD_BYTES) {
+                    let parsed = request_head::parse(&mut self.read, &mut self.spare_headers);
+                    if let Ok(None) = parsed {
+                        head_end.incomplete(self.read.len());
+                    }
+                    parsed
+                } else {
+                    Ok(None)
+                };
+                match parsed {
                     Ok(Some(head)) => {
                         self.first_head_due = None;
                         if claim.is_none() && buffered - self.read.len() > UNCOUNTED_HEAD {
