@@ -11,7 +11,7 @@ use http::HeaderValue;
 pub fn request_id(headers: &http::HeaderMap, state: &AppState) -> HeaderValue {
     headers
         .get(X_REQUEST_ID)
-        .filter(|v| is_usable_id(v) && !is_a_key(v.as_bytes(), headers, state))
+        .filter(|v| is_usable_id(v.as_bytes()) && !is_a_key(v.as_bytes(), headers, state))
         .cloned()
         .unwrap_or_else(generate_id)
 }
@@ -26,8 +26,10 @@ fn is_a_key(id: &[u8], headers: &http::HeaderMap, state: &AppState) -> bool {
         || crate::misplaced_keys::holds_provider_key(&config, id)
 }
 
-fn is_usable_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
+/// Whether a request id (a client's, or a provider's passed on as
+/// `x-upstream-request-id`) is fit to log and return: visible ASCII, 1 to
+/// 128 bytes.
+pub fn is_usable_id(bytes: &[u8]) -> bool {
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
@@ -64,7 +66,7 @@ mod tests {
                 .bytes()
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         );
-        assert!(is_usable_id(&a));
+        assert!(is_usable_id(a.as_bytes()));
         // Every position takes every digit: all 128 random bits are used.
         let mut seen = [[false; 16]; 32];
         for _ in 0..2_000 {

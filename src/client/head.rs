@@ -132,8 +132,12 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
         Err(err) => return Err(UpstreamError::InvalidHead(err.to_string())),
     };
     let code = response.code.expect("a complete head has a status");
+    // RFC 9110 section 15 defines the classes 1xx to 5xx only; `http`
+    // takes any three digits.
     let status = StatusCode::from_u16(code)
-        .map_err(|_| UpstreamError::InvalidHead(format!("status {code}")))?;
+        .ok()
+        .filter(|_| code <= 599)
+        .ok_or_else(|| UpstreamError::InvalidHead(format!("status {code}")))?;
     let http_11 = response.version == Some(1);
 
     // Both fit in a u16: the whole head is at most MAX_HEAD_BYTES and a
@@ -184,15 +188,18 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError> 
     } else {
         tokens.keep_alive && !tokens.close
     };
-    let framing = if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if status.is_informational() {
+        Framing::Length(0)
+    } else if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // Never a body; but a provider whose head announces one may send
+        // it yet, where the next response would be read.
+        keep_alive &= content_length.unwrap_or(0) == 0 && transfer_encoding.is_none();
         Framing::Length(0)
     } else if let Some(chunked) = transfer_encoding {
         // With both, the length is not to be trusted, nor the connection
-        // after this response.
-        keep_alive &= content_length.is_none();
+        // after this response; nor is framing an HTTP/1.0 message cannot
+        // have (RFC 9112 section 6.1: read it, then close).
+        keep_alive &= content_length.is_none() && http_11;
         if chunked {
             Framing::chunked()
         } else {
@@ -313,7 +320,17 @@ mod tests {
             (
                 "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
                 Framing::Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+                Framing::Length(0),
                 true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Length(0),
+                false,
             ),
             ("HTTP/1.1 100 Continue\r\n\r\n", Framing::Length(0), true),
             (
@@ -336,6 +353,13 @@ mod tests {
                 Framing::Length(1),
                 true,
             ),
+            // An HTTP/1.0 message cannot be chunked: read as sent, then
+            // the connection closed (RFC 9112 section 6.1).
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::chunked(),
+                false,
+            ),
         ];
         for (wire, framing, keep_alive) in cases {
             let head = head(wire);
@@ -353,6 +377,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 600 Beyond\r\n\r\n",
+            "HTTP/1.1 999 Beyond\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
         ] {

@@ -81,13 +81,26 @@ fn request_id_rank(name: &[u8]) -> Option<u8> {
     }
 }
 
-/// The provider's id for a request, under the best name it gave it.
+/// The provider's id for a request, under the best name it gave a usable
+/// one.
 pub fn provider_request_id(from: &Headers) -> Option<&[u8]> {
     from.iter()
+        .filter(|(_, value)| crate::request_id::is_usable_id(value))
         .filter_map(|(name, value)| Some((request_id_rank(&name.to_ascii_lowercase())?, value)))
         .min_by_key(|(rank, _)| *rank)
         .map(|(_, value)| value)
 }
+
+/// Most provider fields passed on to the client, and most bytes of them
+/// (each `name: value` and its line end): past either the rest are left
+/// out. A provider's own fields are a dozen and about a kilobyte; without
+/// a bound a provider head of 64 KiB or 100 fields (what the gateway reads)
+/// would reach clients that refuse it after the answer was made and billed
+/// (Node's HTTP parser stops at 16 KiB and the OpenAI Node SDK retries that
+/// as a connection failure; Python's `http.client` at 100 fields; nginx's
+/// default `proxy_buffer_size` at 4 or 8 KiB).
+pub const MAX_PASSED_FIELDS: usize = 32;
+pub const MAX_PASSED_BYTES: usize = 4096;
 
 /// Names longer than this are lowercased on the heap (no provider sends
 /// one).
@@ -154,6 +167,7 @@ fn copy_fields<'a>(
 ) -> Result<Option<Coding<'a>>, ()> {
     let mut coding = None;
     let mut request_id: Option<(u8, &[u8])> = None;
+    let (mut passed_fields, mut passed_bytes, mut left_out) = (0, 0, 0);
     let mut lower = [0u8; SHORT_NAME];
     // Values shorter than every key cannot quote one: nearly all of them.
     let shortest_key = provider
@@ -177,6 +191,7 @@ fn copy_fields<'a>(
         };
         if let Some(rank) = request_id_rank(lower)
             && request_id.is_none_or(|(best, _)| rank < best)
+            && crate::request_id::is_usable_id(value)
         {
             request_id = Some((rank, value));
         }
@@ -197,13 +212,25 @@ fn copy_fields<'a>(
         if lower.len() >= shortest_key && name_quotes_a_key(lower, provider) {
             continue;
         }
-        match (value.len() >= shortest_key)
+        let redacted = (value.len() >= shortest_key)
             .then(|| redact_secrets(value, provider))
-            .flatten()
-        {
-            Some(redacted) => to.push_parsed(lower, &redacted),
-            None => to.push_parsed(lower, value),
+            .flatten();
+        let value = redacted.as_deref().unwrap_or(value);
+        let wire_len = lower.len() + value.len() + 4;
+        if passed_fields == MAX_PASSED_FIELDS || passed_bytes + wire_len > MAX_PASSED_BYTES {
+            left_out += 1;
+            continue;
         }
+        passed_fields += 1;
+        passed_bytes += wire_len;
+        to.push_parsed(lower, value);
+    }
+    if left_out > 0 {
+        tracing::debug!(
+            provider = %provider.name,
+            left_out,
+            "provider response fields past {MAX_PASSED_FIELDS} or {MAX_PASSED_BYTES} bytes not passed on"
+        );
     }
     if let Some((_, id)) = request_id {
         // Copied under the gateway's name too, so redacted like the rest.
@@ -291,6 +318,82 @@ mod tests {
             to.as_bytes(),
             b"msh-request-id: m-***\r\nx-upstream-request-id: m-***\r\n"
         );
+    }
+
+    #[test]
+    fn only_a_usable_provider_request_id_is_passed_on() {
+        let long = "r".repeat(129);
+        for (wire, upstream) in [
+            // An empty id does not win over a real one of lower rank.
+            (
+                "x-request-id: \r\nmsh-request-id: real-1\r\n".to_string(),
+                Some("real-1"),
+            ),
+            (
+                format!("x-request-id: {long}\r\nmsh-request-id: real-2\r\n"),
+                Some("real-2"),
+            ),
+            (format!("x-request-id: {long}\r\n"), None),
+            ("x-request-id: a b\r\n".to_string(), None),
+            ("x-request-id: caf\u{e9}\r\n".to_string(), None),
+            (
+                format!("x-request-id: {}\r\n", "r".repeat(128)),
+                Some(&long[1..]),
+            ),
+        ] {
+            let from = Headers::from_head(&format!("HTTP/1.1 500 Oops\r\n{wire}\r\n")).unwrap();
+            let mut to = WireFields::default();
+            copy_response_headers(&from, &mut to, &test_provider());
+            let passed = to
+                .iter()
+                .find(|(name, _)| *name == b"x-upstream-request-id")
+                .map(|(_, value)| value);
+            assert_eq!(passed, upstream.map(str::as_bytes), "{wire:?}");
+            assert_eq!(
+                provider_request_id(&from),
+                upstream.map(str::as_bytes),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_fields_are_passed_on_up_to_their_bounds() {
+        // Fields past the count are left out.
+        let many: String = (0..MAX_PASSED_FIELDS + 5)
+            .map(|i| format!("x-f{i}: v\r\n"))
+            .collect();
+        let from = Headers::from_head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).unwrap();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to, &test_provider());
+        assert_eq!(to.iter().count(), MAX_PASSED_FIELDS);
+        assert_eq!(
+            to.iter().last().unwrap().0,
+            format!("x-f{}", MAX_PASSED_FIELDS - 1).as_bytes()
+        );
+
+        // A field that would take the bytes past theirs is left out, and
+        // a smaller one after it still passes; the request id is passed on
+        // whatever the rest took.
+        let long = "a".repeat(MAX_PASSED_BYTES);
+        let almost = "b".repeat(MAX_PASSED_BYTES - 100);
+        let from = Headers::from_head(&format!(
+            "HTTP/1.1 200 OK\r\nx-long: {long}\r\nx-almost: {almost}\r\nx-next: {almost}\r\nx-small: 1\r\nmsh-request-id: r-1\r\n\r\n"
+        ))
+        .unwrap();
+        let mut to = WireFields::default();
+        copy_response_headers(&from, &mut to, &test_provider());
+        let names: Vec<&[u8]> = to.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                &b"x-almost"[..],
+                b"x-small",
+                b"msh-request-id",
+                b"x-upstream-request-id"
+            ]
+        );
+        assert!(to.as_bytes().len() <= MAX_PASSED_BYTES + 128 + 30);
     }
 
     #[test]

@@ -389,6 +389,7 @@ fn error_from(
     let says = says.redacted(provider);
     let request_id = says
         .request_id
+        .filter(|id| crate::request_id::is_usable_id(id.as_bytes()))
         .and_then(|id| HeaderValue::try_from(id).ok());
     let message = says
         .message
@@ -425,6 +426,9 @@ fn error_from(
     }
 
     let error_type = match typed.as_deref().and_then(ErrorType::from_name) {
+        // A redirect, which the gateway never follows: the provider is not
+        // where it is configured, whatever the body says.
+        _ if carrier.is_none() && status.is_redirection() => ErrorType::ServerError,
         // OpenAI's own shape for a model it does not have, which servers
         // that copy it send too: a 404 typed `invalid_request_error`
         // (code `model_not_found`). Not found, not the request's fault.
@@ -996,6 +1000,30 @@ adding a payment method to your account at https://platform.openai.com/account/b
     }
 
     #[test]
+    fn a_redirect_is_a_502_server_error_whatever_its_body_says() {
+        for status in [301, 302, 307, 308] {
+            for body in [
+                &br#"{"error":{"message":"moved","type":"invalid_request_error"}}"#[..],
+                br#"{"error":{"message":"slow down","type":"rate_limit_reached_error"}}"#,
+                b"<html>moved</html>",
+            ] {
+                let err = translate(
+                    &test_provider(),
+                    StatusCode::from_u16(status).unwrap(),
+                    AskedWait::default(),
+                    body,
+                );
+                assert_eq!(err.error_type, ErrorType::ServerError, "{status}");
+                assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{status}");
+                assert_eq!(
+                    crate::proxy::failover::classify(&err),
+                    crate::proxy::failover::Verdict::Retry { unhealthy: true }
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_404_typed_invalid_request_is_not_found() {
         let body = br#"{"error":{"message":"The model m does not exist","type":"invalid_request_error","code":"model_not_found"}}"#;
         let err = translate(
@@ -1125,6 +1153,18 @@ adding a payment method to your account at https://platform.openai.com/account/b
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(&*err.message, "You are out of credits");
         assert_eq!(err.upstream_request_id().unwrap(), "r-1");
+        // An id that is not visible ASCII of at most 128 bytes is left out
+        // (as a header's is): clients and logs get it as a field.
+        for id in ["r".repeat(129), "r 1".to_string(), String::new()] {
+            let body = format!(r#"{{"message":"x","statusCode":500,"requestId":"{id}"}}"#);
+            let err = translate(
+                &provider,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                asked(),
+                body.as_bytes(),
+            );
+            assert!(err.upstream_request_id().is_none(), "{id:?}");
+        }
         // A member of an unexpected type is left out, not the whole body.
         let err = translate(
             &provider,
