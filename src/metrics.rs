@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Held by a scrape from resetting the circuit gauges to rendering, so
     /// that a scrape never renders another one's half-set gauges.
     pub scrape: std::sync::Mutex<()>,
+    /// `server.metrics_tokens_by_key` of the configuration in force.
+    pub tokens_by_key: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -238,6 +240,7 @@ impl Metrics {
             registry,
             series: SeriesCache::default(),
             scrape: std::sync::Mutex::new(()),
+            tokens_by_key: std::sync::atomic::AtomicBool::new(true),
         };
         let build = register!(IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),

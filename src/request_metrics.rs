@@ -80,7 +80,15 @@ pub fn observe(
     }
 
     if let (Some(usage), Some(series)) = (record.usage(), series) {
-        let key = record.key.as_deref().unwrap_or(crate::auth::ANONYMOUS);
+        // Off, the `key` label is left empty, which Prometheus reads as no
+        // label: one series per route, provider and kind.
+        let key = match metrics
+            .tokens_by_key
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            true => record.key.as_deref().unwrap_or(crate::auth::ANONYMOUS),
+            false => "",
+        };
         let [prompt, completion, cached] = &*series.tokens(key);
         prompt.inc_by(usage.prompt_tokens);
         completion.inc_by(usage.completion_tokens);

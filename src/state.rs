@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// Reads an environment variable; reloads re-read keys and base URLs.
@@ -93,6 +94,9 @@ impl AppState {
     pub fn with_env(config: Config, env: EnvLookup) -> Self {
         let metrics = Arc::new(Metrics::new());
         metrics.prime_providers(config.providers.iter().map(|p| &*p.name));
+        metrics
+            .tokens_by_key
+            .store(config.metrics_tokens_by_key, Ordering::Relaxed);
         config.limits.attach_metrics(&metrics.store);
         config.limits.start();
         let started_with = RestartOnly::of(&config);
@@ -127,6 +131,9 @@ impl AppState {
     pub fn replace_config(&self, config: Config) {
         self.metrics
             .prime_providers(config.providers.iter().map(|p| &*p.name));
+        self.metrics
+            .tokens_by_key
+            .store(config.metrics_tokens_by_key, Ordering::Relaxed);
         config.limits.attach_metrics(&self.metrics.store);
         config.limits.start();
         self.answer_budget.set_total(config.max_answer_bytes_total);

@@ -36,6 +36,9 @@ pub struct ServerFile {
     pub client_idle_secs: Option<f64>,
     /// Serve `/metrics` on this address instead of the main listener.
     pub metrics_listen: Option<String>,
+    /// Token counters per client key (`key` label); off: one per route and
+    /// provider.
+    pub metrics_tokens_by_key: Option<bool>,
 }
 
 /// `[retry]`: attempts across a route's targets before the first byte.

@@ -161,6 +161,9 @@ pub struct Config {
     pub client_idle: Option<Duration>,
     /// A separate address for `/metrics` (else the main listener serves it).
     pub metrics_listen: Option<SocketAddr>,
+    /// `tokens_total` has a series per client key (else its `key` label is
+    /// left empty: one series per route, provider and kind).
+    pub metrics_tokens_by_key: bool,
     pub retry: RetrySettings,
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,

@@ -151,6 +151,7 @@ pub fn resolve_reusing(
         sse_keepalive: server.sse_keepalive,
         client_idle: server.client_idle,
         metrics_listen: server.metrics_listen,
+        metrics_tokens_by_key: server.metrics_tokens_by_key,
         retry,
         providers,
         routes,

@@ -25,6 +25,7 @@ pub(super) struct ServerSettings {
     pub sse_keepalive: Option<Duration>,
     pub client_idle: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_tokens_by_key: bool,
 }
 
 pub(super) fn server_settings(
@@ -168,6 +169,7 @@ pub(super) fn server_settings(
         sse_keepalive,
         client_idle,
         metrics_listen,
+        metrics_tokens_by_key: file.metrics_tokens_by_key.unwrap_or(true),
     }
 }
 

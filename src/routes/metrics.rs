@@ -10,6 +10,21 @@ use http::{HeaderValue, header};
 use std::collections::HashSet;
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Rendering takes time in proportion to the series (~0.35 s for 130k
+    // of them: thousands of client keys, each with its token counters per
+    // route): on a runtime worker it would hold every request queued
+    // behind it for that long.
+    match tokio::task::spawn_blocking(move || scrape(&state)).await {
+        Ok(response) => response,
+        Err(_) => crate::error::GatewayError::server(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be rendered",
+        )
+        .into_response(),
+    }
+}
+
+fn scrape(state: &AppState) -> Response {
     let config = state.config();
     // Nothing panics while holding it; a poisoned lock guards nothing.
     let scraping = state

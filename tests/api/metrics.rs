@@ -798,3 +798,61 @@ async fn concurrent_scrapes_each_see_every_circuit() {
         assert!(short.is_empty(), "scrapes with {short:?} of {expected}");
     }
 }
+
+/// A scrape does not hold up the runtime's worker while it renders (with
+/// thousands of client keys that takes a third of a second): while one
+/// waits, here for the scrape lock the test holds, on a runtime of one
+/// worker, requests are still answered, and the scrape is once it can go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_scrape_under_way_holds_up_no_request() {
+    let app = spawn_app().await;
+    let held = app.state.metrics.scrape.lock().unwrap();
+    let scraping = tokio::spawn(
+        app.client
+            .get(format!("http://{}/metrics", app.addr))
+            .send(),
+    );
+    for _ in 0..20 {
+        // Probed from a thread of its own, whose timeout does not depend
+        // on the runtime the scrape would hold.
+        let addr = app.addr;
+        let probed = std::thread::spawn(move || {
+            kimi_gateway::healthcheck::probe(addr, "/healthz", Duration::from_secs(5))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(probed, Ok(()), "answered while a scrape waits");
+    }
+    assert!(!scraping.is_finished());
+    drop(held);
+    let scraped = scraping.await.unwrap().unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("kimi_gateway_"));
+}
+
+/// With `server.metrics_tokens_by_key = false` the token counters have one
+/// series per route, provider and kind whatever the client key (their
+/// `key` label empty, which Prometheus reads as none): with thousands of
+/// keys, per-key series would be most of the scrape.
+#[tokio::test]
+async fn token_counters_per_key_can_be_turned_off() {
+    let app = crate::auth::spawn_with_keys("[server]\nmetrics_tokens_by_key = false\n").await;
+    for key in ["sk-a", "sk-b"] {
+        let answer = app.chat_as(key, chat_body("kimi-k2.6", "hi", false)).await;
+        assert_eq!(answer.status(), 200);
+    }
+    let text = scrape(&app).await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("kimi_gateway_tokens_total{") && line.contains(r#"kind="completion""#)
+        })
+        .collect();
+    assert_eq!(
+        series,
+        [
+            r#"kimi_gateway_tokens_total{key="",kind="completion",provider="moonshot",route="kimi-k2.6"} 14"#
+        ],
+        "{text}"
+    );
+}
