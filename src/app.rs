@@ -147,13 +147,32 @@ fn api_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> Response {
+async fn not_found(uri: http::Uri) -> Response {
+    let message = if slashes_astray(uri.path()) {
+        // A base URL that ends in `/` joined with a path that starts with
+        // one, by hand-written clients and some frameworks.
+        "no such endpoint: the path has a doubled or trailing slash (check the client's \
+         base URL); this gateway serves /v1/chat/completions and /v1/models"
+    } else {
+        "no such endpoint; this gateway serves /v1/chat/completions and /v1/models"
+    };
     GatewayError::new(
         StatusCode::NOT_FOUND,
         ErrorType::ResourceNotFoundError,
-        "no such endpoint; this gateway serves /v1/chat/completions and /v1/models",
+        message,
     )
     .into_response()
+}
+
+/// Whether `path` names a served endpoint but for a doubled or trailing
+/// slash.
+fn slashes_astray(path: &str) -> bool {
+    let mut tidy = String::with_capacity(path.len());
+    for part in path.split('/').filter(|part| !part.is_empty()) {
+        tidy.push('/');
+        tidy.push_str(part);
+    }
+    tidy != path && (tidy == CHAT_PATH || tidy == "/v1/models" || tidy.starts_with("/v1/models/"))
 }
 
 async fn method_not_allowed() -> Response {
@@ -211,6 +230,28 @@ mod tests {
     use super::Gateway;
     use crate::request_progress::RequestProgress;
     use axum::body::Body;
+
+    #[test]
+    fn a_served_path_but_for_its_slashes_is_told() {
+        for path in [
+            "//v1/chat/completions",
+            "/v1/chat/completions/",
+            "/v1//models",
+            "/v1/models/",
+            "/v1/models//kimi-k2.6",
+        ] {
+            assert!(super::slashes_astray(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/v1/chat/completions",
+            "/v1/models",
+            "/v2/models/",
+            "//v1/chat",
+        ] {
+            assert!(!super::slashes_astray(path), "{path}");
+        }
+    }
 
     /// A request with this field makes the handler panic: no request
     /// can, so a test stands in for the bug that would.

@@ -213,6 +213,11 @@ impl ChatRequest {
             if err.in_value_of.as_deref() == Some(b"model") {
                 return model_not_a_string();
             }
+            if body.is_empty() {
+                return GatewayError::invalid_request(
+                    "request body is empty: send the chat request as a JSON object",
+                );
+            }
             if err.offset == 0 && body.span(0..3).starts_with(b"\xEF\xBB\xBF") {
                 return GatewayError::invalid_request(
                     "request body is not valid JSON: it starts with a byte order mark \
@@ -619,6 +624,11 @@ mod tests {
         assert!(
             err.message.ends_with("expected a JSON object at byte 0"),
             "{err}"
+        );
+        let err = peek("").unwrap_err();
+        assert_eq!(
+            err.message,
+            "request body is empty: send the chat request as a JSON object"
         );
     }
 

@@ -568,3 +568,38 @@ async fn bodies_over_the_limit_are_413_declared_or_streamed() {
     let ok = app.chat(chat_body("kimi-k2.6", "hi", false)).await;
     assert_eq!(ok.status(), 200);
 }
+
+/// An unknown path is a 404 `resource_not_found_error` naming what is
+/// served; a served path but for a doubled or trailing slash (a base URL
+/// ending in `/` joined with `/chat/completions`) is told so.
+#[tokio::test]
+async fn an_unknown_path_is_404_and_a_stray_slash_is_named() {
+    let app = spawn_app().await;
+    for (method, path, stray) in [
+        (reqwest::Method::POST, "//v1/chat/completions", true),
+        (reqwest::Method::POST, "/v1/chat/completions/", true),
+        (reqwest::Method::GET, "/v1//models", true),
+        (reqwest::Method::GET, "/v1/nothing", false),
+    ] {
+        let answer = app
+            .client
+            .request(method, format!("http://{}{path}", app.addr))
+            .json(&chat_body("kimi-k2-turbo-preview", "hi", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "resource_not_found_error", "{path}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("/v1/chat/completions and /v1/models"),
+            "{message}"
+        );
+        assert_eq!(
+            message.contains("doubled or trailing slash"),
+            stray,
+            "{path}: {message}"
+        );
+    }
+}
