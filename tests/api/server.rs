@@ -81,6 +81,52 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(client.response().await.status, 200);
 }
 
+/// A request whose handler does not read its body (`GET /healthz`, or a
+/// chat request refused before its body is wanted) keeps the connection
+/// when the rest of a chunked body is already in hand, as it does for a
+/// small `Content-Length` body: the request pipelined behind it is
+/// answered. A chunked body still on its way closes the connection.
+#[tokio::test]
+async fn an_unread_chunked_body_already_in_hand_keeps_the_connection() {
+    let app = spawn_app().await;
+    let mut client = Client::connect(app.addr).await;
+    let chunked_get = "GET /healthz HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\ntrailer: 1\r\n\r\n";
+    let chunked_post = "POST /v1/chat/completions/ HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+    client
+        .send(format!("{chunked_get}{chunked_post}{HEALTHZ}"))
+        .await;
+    for status in [200, 404, 200] {
+        let answer = client.response().await;
+        assert_eq!(answer.status, status, "{}", answer.head);
+        assert!(
+            !answer
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{}",
+            answer.head
+        );
+    }
+
+    // The body's end not in hand: answered, then closed.
+    let mut client = Client::connect(app.addr).await;
+    client
+        .send(
+            "GET /healthz HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+        )
+        .await;
+    let answer = client.response().await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answer.head
+    );
+}
+
 /// Request heads that come a few bytes at a time (a long field in each)
 /// are searched for their end in the new bytes only, not parsed again from
 /// their start on every read: each is still read whole, at every cut, and

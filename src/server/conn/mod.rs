@@ -463,9 +463,10 @@ impl Connection {
             }
             None => return After::Drop,
         };
-        let body_read = reading
-            .as_ref()
-            .is_none_or(|r| r.framing.remaining() == Some(0));
+        let body_read = match reading.as_mut() {
+            None => true,
+            Some(r) => r.framing.remaining() == Some(0) || self.drop_buffered_body(&mut r.framing),
+        };
         let keep_alive = keep_alive && body_read && !closing.is_cancelled();
         let connection = match (keep_alive, version) {
             (false, _) => ConnectionHeader::Close,
@@ -494,6 +495,23 @@ impl Connection {
     /// The request's body as its handler gets it: already read (small, or
     /// none), or read by the connection as the handler asks, with its room
     /// claimed from the body budget first (none, and the body is refused).
+    /// Whether the rest of a body its handler left unread (a `GET` that
+    /// came with a small chunked body, a request refused before its body
+    /// was wanted) is already in the read buffer whole: it is then dropped
+    /// there, and the connection can carry the next request, as it does
+    /// after a small body that came whole with a `Content-Length`. Anything
+    /// short of the body's end, or malformed, leaves the connection to be
+    /// closed.
+    fn drop_buffered_body(&mut self, framing: &mut Framing) -> bool {
+        loop {
+            match framing.decode(&mut self.read) {
+                Ok(Decoded::Frame(_)) => {}
+                Ok(Decoded::End) => return true,
+                Ok(Decoded::NeedMore) | Err(_) => return false,
+            }
+        }
+    }
+
     fn start_body(
         &mut self,
         framing: Framing,
