@@ -128,7 +128,7 @@ fn api_router(state: AppState) -> Router {
     let mut router = Router::new();
     // With a separate metrics address, /metrics and readiness's details
     // stay off the public side.
-    if state.config().metrics_listen.is_none() {
+    if state.config().server.metrics_listen.is_none() {
         router = router
             .route("/metrics", get(metrics::metrics))
             .route("/readyz", get(health::readyz));

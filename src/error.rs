@@ -456,17 +456,7 @@ mod tests {
 
     #[test]
     fn type_names_round_trip() {
-        for t in [
-            ErrorType::ContentFilter,
-            ErrorType::InvalidRequestError,
-            ErrorType::InvalidAuthenticationError,
-            ErrorType::PermissionDeniedError,
-            ErrorType::ResourceNotFoundError,
-            ErrorType::RateLimitReachedError,
-            ErrorType::EngineOverloadedError,
-            ErrorType::ExceededCurrentQuotaError,
-            ErrorType::ServerError,
-        ] {
+        for t in ErrorType::ALL {
             assert_eq!(ErrorType::from_name(t.as_str()), Some(t));
         }
     }

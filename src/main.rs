@@ -222,7 +222,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::Result<()> {
-    let addr = listen.unwrap_or(config.listen);
+    let addr = listen.unwrap_or(config.server.listen);
     for provider in config.usable_providers() {
         tracing::info!(provider = &*provider.name, base_url = %provider.base_url, models = provider.models.len(), "provider ready");
     }
@@ -240,8 +240,8 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
     // registered before the "listening" line: a supervisor may signal the
     // moment it sees it, and an unhandled signal would kill the process.
     let shutdown = shutdown_signal()?;
-    let listener = kimi_gateway::listener::bind(addr, config.client_send_buffer)?;
-    let metrics_listen = config.metrics_listen;
+    let listener = kimi_gateway::listener::bind(addr, config.server.client_send_buffer)?;
+    let metrics_listen = config.server.metrics_listen;
     let fingerprint = config.fingerprint.clone();
     let state = AppState::new(config);
     if let Some(listen) = listen {

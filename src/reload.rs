@@ -101,20 +101,20 @@ pub async fn reload(state: &AppState, trigger: &str, reading: Reading) -> bool {
             // Against what runs, not the file before: a change still
             // waiting for a restart is said again, one set back is not.
             let running = &state.started_with;
-            if new.listen != running.listen && state.listen_override.get().is_none() {
-                tracing::warn!(listen = %new.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart, and `kimi-gateway healthcheck --config` probes the new address meanwhile (give it --addr)");
+            if new.server.listen != running.listen && state.listen_override.get().is_none() {
+                tracing::warn!(listen = %new.server.listen, running = %running.listen, "server.listen differs from the address the gateway listens on: it takes effect at the next restart, and `kimi-gateway healthcheck --config` probes the new address meanwhile (give it --addr)");
             }
             if new.effective_max_connections() != running.max_connections {
                 tracing::warn!(
                     "server.max_connections differs from the cap the gateway started with: it takes effect at the next restart"
                 );
             }
-            if new.client_send_buffer != running.client_send_buffer {
+            if new.server.client_send_buffer != running.client_send_buffer {
                 tracing::warn!(
                     "server.client_send_buffer_bytes differs from the one the gateway started with: it takes effect at the next restart"
                 );
             }
-            if new.metrics_listen != running.metrics_listen {
+            if new.server.metrics_listen != running.metrics_listen {
                 tracing::warn!(
                     "server.metrics_listen differs from the one the gateway started with: it takes effect at the next restart"
                 );

@@ -161,7 +161,7 @@ fn is_probe(state: &AppState, method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
         && match path {
             "/healthz" | "/readyz" => true,
-            "/metrics" => state.peek_config().metrics_listen.is_none(),
+            "/metrics" => state.peek_config().server.metrics_listen.is_none(),
             _ => false,
         }
 }

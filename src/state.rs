@@ -64,10 +64,10 @@ pub struct RestartOnly {
 impl RestartOnly {
     pub fn of(config: &Config) -> RestartOnly {
         RestartOnly {
-            listen: config.listen,
+            listen: config.server.listen,
             max_connections: config.effective_max_connections(),
-            metrics_listen: config.metrics_listen,
-            client_send_buffer: config.client_send_buffer,
+            metrics_listen: config.server.metrics_listen,
+            client_send_buffer: config.server.client_send_buffer,
         }
     }
 }
@@ -96,11 +96,11 @@ impl AppState {
         metrics.prime_providers(config.providers.iter().map(|p| &*p.name));
         metrics
             .tokens_by_key
-            .store(config.metrics_tokens_by_key, Ordering::Relaxed);
+            .store(config.server.metrics_tokens_by_key, Ordering::Relaxed);
         config.limits.attach_metrics(&metrics.store);
         config.limits.start();
         let started_with = RestartOnly::of(&config);
-        let answer_budget = Arc::new(AnswerBudget::new(config.max_answer_bytes_total));
+        let answer_budget = Arc::new(AnswerBudget::new(config.server.max_answer_bytes_total));
         AppState(Arc::new(Shared {
             started_with,
             config: ArcSwap::from_pointee(config),
@@ -133,10 +133,11 @@ impl AppState {
             .prime_providers(config.providers.iter().map(|p| &*p.name));
         self.metrics
             .tokens_by_key
-            .store(config.metrics_tokens_by_key, Ordering::Relaxed);
+            .store(config.server.metrics_tokens_by_key, Ordering::Relaxed);
         config.limits.attach_metrics(&self.metrics.store);
         config.limits.start();
-        self.answer_budget.set_total(config.max_answer_bytes_total);
+        self.answer_budget
+            .set_total(config.server.max_answer_bytes_total);
         let previous = self.config.swap(Arc::new(config));
         self.config.load().limits.took_over_from(&previous.limits);
     }

@@ -28,6 +28,7 @@ use crate::proxy::breaker::BreakerRegistry;
 use crate::proxy::failover::RetrySettings;
 use crate::proxy::route::RouteTable;
 use http::{HeaderMap, HeaderValue};
+pub use server_settings::ServerSettings;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,39 +132,8 @@ impl std::error::Error for ConfigErrors {}
 
 /// The live configuration: built once, shared read-only by every request.
 pub struct Config {
-    pub listen: SocketAddr,
-    pub max_body_bytes: usize,
-    /// Most request body bytes held at once, across every request (see
-    /// `body_budget`).
-    pub max_body_bytes_total: usize,
-    /// Most of that one client key's requests hold at once (see
-    /// `body_budget`).
-    pub max_body_bytes_per_key: usize,
-    /// Most client connections open at once on the main listener; `None`:
-    /// derived from the open-file limit at start (see `connection_cap`).
-    pub max_connections: Option<usize>,
-    /// Largest plain answer, and largest single stream event, read from a
-    /// provider: a provider that sends more fails the attempt (or ends the
-    /// stream) instead of growing the gateway's memory.
-    pub max_response_bytes: usize,
-    /// Most plain answer bytes held at once, across every request (see
-    /// `answer_budget`).
-    pub max_answer_bytes_total: usize,
-    /// The kernel's send buffer asked for each client connection (see
-    /// `listener`); `None`: the kernel's own.
-    pub client_send_buffer: Option<usize>,
-    /// How long in-flight requests may take to finish on shutdown.
-    pub drain: Duration,
-    /// Interval of `: keep-alive` comments on silent streams.
-    pub sse_keepalive: Option<Duration>,
-    /// How long a client may stay silent: waiting for a complete request
-    /// head, between a request body's bytes, and not reading its response.
-    pub client_idle: Option<Duration>,
-    /// A separate address for `/metrics` (else the main listener serves it).
-    pub metrics_listen: Option<SocketAddr>,
-    /// `tokens_total` has a series per client key (else its `key` label is
-    /// left empty: one series per route, provider and kind).
-    pub metrics_tokens_by_key: bool,
+    /// The `[server]` table: listeners, body and answer limits, waits.
+    pub server: ServerSettings,
     pub retry: RetrySettings,
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
@@ -198,7 +168,8 @@ impl Config {
 
     /// `server.max_connections`, or the default the open-file limit sets.
     pub fn effective_max_connections(&self) -> usize {
-        self.max_connections
+        self.server
+            .max_connections
             .unwrap_or_else(crate::fd_limit::default_max_connections)
     }
 }
@@ -366,7 +337,7 @@ pub fn check_listen_override(
     config: &Config,
     listen: Option<std::net::SocketAddr>,
 ) -> Result<(), ConfigErrors> {
-    match (listen, config.metrics_listen) {
+    match (listen, config.server.metrics_listen) {
         (Some(listen), Some(metrics)) if server_settings::shares_port(metrics, listen) => {
             Err(ConfigErrors(vec![ConfigProblem::new(
                 "server.metrics_listen",

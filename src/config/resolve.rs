@@ -139,19 +139,7 @@ pub fn resolve_reusing(
     .map_err(|err| ConfigErrors(vec![ConfigProblem::new("limits.redis_url", err)]))?;
     let digest = fingerprint.finalize();
     Ok(Config {
-        listen: server.listen,
-        max_body_bytes: server.max_body_bytes,
-        max_body_bytes_total: server.max_body_bytes_total,
-        max_body_bytes_per_key: server.max_body_bytes_per_key,
-        max_connections: server.max_connections,
-        max_response_bytes: server.max_response_bytes,
-        max_answer_bytes_total: server.max_answer_bytes_total,
-        client_send_buffer: server.client_send_buffer,
-        drain: server.drain,
-        sse_keepalive: server.sse_keepalive,
-        client_idle: server.client_idle,
-        metrics_listen: server.metrics_listen,
-        metrics_tokens_by_key: server.metrics_tokens_by_key,
+        server,
         retry,
         providers,
         routes,
@@ -376,17 +364,20 @@ mod tests {
     #[test]
     fn the_body_total_defaults_to_256_mib_or_the_body_limit_when_larger() {
         let config = resolve("", &|_| None).unwrap();
-        assert_eq!(config.max_body_bytes_total, 256 * 1024 * 1024);
-        assert_eq!(config.max_connections, None);
+        assert_eq!(config.server.max_body_bytes_total, 256 * 1024 * 1024);
+        assert_eq!(config.server.max_connections, None);
         let config = resolve("[server]\nmax_body_bytes = 300000000\n", &|_| None).unwrap();
-        assert_eq!(config.max_body_bytes_total, 300_000_000);
+        assert_eq!(config.server.max_body_bytes_total, 300_000_000);
         let config = resolve(
             "[server]\nmax_body_bytes_total = 5000\nmax_body_bytes = 5000\nmax_connections = 9\n",
             &|_| None,
         )
         .unwrap();
         assert_eq!(
-            (config.max_body_bytes_total, config.max_connections),
+            (
+                config.server.max_body_bytes_total,
+                config.server.max_connections
+            ),
             (5000, Some(9))
         );
     }
@@ -394,14 +385,14 @@ mod tests {
     #[test]
     fn a_key_may_hold_all_but_one_largest_body_of_the_total_by_default() {
         let config = resolve("", &|_| None).unwrap();
-        assert_eq!(config.max_body_bytes_per_key, 224 * 1024 * 1024);
+        assert_eq!(config.server.max_body_bytes_per_key, 224 * 1024 * 1024);
         let config = resolve(
             "[server]\nmax_body_bytes = 5000\nmax_body_bytes_total = 8000\n",
             &|_| None,
         )
         .unwrap();
         assert_eq!(
-            config.max_body_bytes_per_key, 5000,
+            config.server.max_body_bytes_per_key, 5000,
             "never less than one largest body"
         );
         let config = resolve(
@@ -409,7 +400,7 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        assert_eq!(config.max_body_bytes_per_key, 20000);
+        assert_eq!(config.server.max_body_bytes_per_key, 20000);
         for (per_key, total) in [(4999, 20000), (20001, 20000)] {
             assert_eq!(
                 problems(&format!(
@@ -427,15 +418,15 @@ mod tests {
     #[test]
     fn the_answer_total_defaults_to_256_mib_or_the_answer_limit_when_larger() {
         let config = resolve("", &|_| None).unwrap();
-        assert_eq!(config.max_answer_bytes_total, 256 * 1024 * 1024);
+        assert_eq!(config.server.max_answer_bytes_total, 256 * 1024 * 1024);
         let config = resolve("[server]\nmax_response_bytes = 300000000\n", &|_| None).unwrap();
-        assert_eq!(config.max_answer_bytes_total, 300_000_000);
+        assert_eq!(config.server.max_answer_bytes_total, 300_000_000);
         let config = resolve(
             "[server]\nmax_answer_bytes_total = 5000\nmax_response_bytes = 5000\n",
             &|_| None,
         )
         .unwrap();
-        assert_eq!(config.max_answer_bytes_total, 5000);
+        assert_eq!(config.server.max_answer_bytes_total, 5000);
         assert_eq!(
             problems("[server]\nmax_response_bytes = 2000\nmax_answer_bytes_total = 1000\n"),
             [
@@ -453,11 +444,11 @@ mod tests {
     #[test]
     fn the_client_send_buffer_defaults_to_256_kib_and_0_leaves_it_to_the_kernel() {
         let config = resolve("", &|_| None).unwrap();
-        assert_eq!(config.client_send_buffer, Some(256 * 1024));
+        assert_eq!(config.server.client_send_buffer, Some(256 * 1024));
         let config = resolve("[server]\nclient_send_buffer_bytes = 0\n", &|_| None).unwrap();
-        assert_eq!(config.client_send_buffer, None);
+        assert_eq!(config.server.client_send_buffer, None);
         let config = resolve("[server]\nclient_send_buffer_bytes = 1048576\n", &|_| None).unwrap();
-        assert_eq!(config.client_send_buffer, Some(1024 * 1024));
+        assert_eq!(config.server.client_send_buffer, Some(1024 * 1024));
         assert_eq!(
             problems("[server]\nclient_send_buffer_bytes = 4294967296\n"),
             [

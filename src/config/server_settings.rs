@@ -12,19 +12,39 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The `[server]` table, resolved.
-pub(super) struct ServerSettings {
+pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Most request body bytes held at once, across every request (see
+    /// `body_budget`).
     pub max_body_bytes_total: usize,
+    /// Most of that one client key's requests hold at once (see
+    /// `body_budget`).
     pub max_body_bytes_per_key: usize,
+    /// Most client connections open at once on the main listener; `None`:
+    /// derived from the open-file limit at start (see `connection_cap`).
     pub max_connections: Option<usize>,
+    /// Largest plain answer, and largest single stream event, read from a
+    /// provider: a provider that sends more fails the attempt (or ends the
+    /// stream) instead of growing the gateway's memory.
     pub max_response_bytes: usize,
+    /// Most plain answer bytes held at once, across every request (see
+    /// `answer_budget`).
     pub max_answer_bytes_total: usize,
+    /// The kernel's send buffer asked for each client connection (see
+    /// `listener`); `None`: the kernel's own.
     pub client_send_buffer: Option<usize>,
+    /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
+    /// Interval of `: keep-alive` comments on silent streams.
     pub sse_keepalive: Option<Duration>,
+    /// How long a client may stay silent: waiting for a complete request
+    /// head, between a request body's bytes, and not reading its response.
     pub client_idle: Option<Duration>,
+    /// A separate address for `/metrics` (else the main listener serves it).
     pub metrics_listen: Option<SocketAddr>,
+    /// `tokens_total` has a series per client key (else its `key` label is
+    /// left empty: one series per route, provider and kind).
     pub metrics_tokens_by_key: bool,
 }
 

@@ -49,7 +49,7 @@ where
     } = scope;
     let mut scan = RequestScan::default();
     let (body, body_waited_for) =
-        match read_body(headers, body, config.max_body_bytes, &mut scan).await {
+        match read_body(headers, body, config.server.max_body_bytes, &mut scan).await {
             Ok(read) => read,
             Err(err) => {
                 // A key past its share of the body budget is a key's limit.
@@ -249,10 +249,10 @@ async fn route_and_forward<'c>(
         arrived,
         route: &route.name,
         metrics: &state.metrics,
-        keepalive: config.sse_keepalive,
+        keepalive: config.server.sse_keepalive,
         drain: &state.drain,
         last_time_to_head_us: AtomicU64::new(0),
-        max_response_bytes: config.max_response_bytes,
+        max_response_bytes: config.server.max_response_bytes,
         answer_budget: &state.answer_budget,
     };
     let ctx = &ctx;

@@ -62,12 +62,12 @@ fn scrape(state: &AppState) -> Response {
     }
     let held = i64::try_from(state.body_budget.held()).unwrap_or(i64::MAX);
     state.metrics.request_body_bytes.set(held);
-    let total = i64::try_from(config.max_body_bytes_total).unwrap_or(i64::MAX);
+    let total = i64::try_from(config.server.max_body_bytes_total).unwrap_or(i64::MAX);
     state.metrics.request_body_bytes_max.set(total);
     let answers = &state.answer_budget;
     let held = i64::try_from(answers.held()).unwrap_or(i64::MAX);
     state.metrics.answer_bytes.set(held);
-    let total = i64::try_from(config.max_answer_bytes_total).unwrap_or(i64::MAX);
+    let total = i64::try_from(config.server.max_answer_bytes_total).unwrap_or(i64::MAX);
     state.metrics.answer_bytes_max.set(total);
     let waits = &state.metrics.answer_waits;
     waits.inc_by(answers.waits().saturating_sub(waits.get()));

@@ -57,7 +57,7 @@ pub async fn run(
             return result;
         }
     }
-    let deadline = state.config().drain;
+    let deadline = state.config().server.drain;
     tracing::info!(
         drain_secs = deadline.as_secs_f64(),
         "draining: no new connections; waiting for requests in flight"
@@ -151,7 +151,7 @@ fn connection_task(
 ) -> impl Future<Output = ()> + Send + 'static {
     // Nagle's algorithm plus delayed ACKs stalls small responses by ~40 ms.
     let _ = tcp.set_nodelay(true);
-    let idle = gateway.state().config().client_idle;
+    let idle = gateway.state().config().server.client_idle;
     conn::serve(tcp, client, gateway.clone(), cap.close_token(), idle, place)
 }
 

@@ -67,9 +67,11 @@ pub async fn spawn_app_from(
         ConfigSource::File(path) => config::load_reusing(Some(path), None, &lookup),
     }
     .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
-    let listener =
-        kimi_gateway::listener::bind("127.0.0.1:0".parse().unwrap(), config.client_send_buffer)
-            .unwrap();
+    let listener = kimi_gateway::listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config.server.client_send_buffer,
+    )
+    .unwrap();
     let state = AppState::with_env(config, Arc::new(lookup));
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -227,7 +227,7 @@ async fn one_keys_slow_uploads_leave_room_for_other_keys() {
         ],
     )
     .await;
-    assert_eq!(app.state.config().max_body_bytes_per_key, 150_000);
+    assert_eq!(app.state.config().server.max_body_bytes_per_key, 150_000);
     let body = large_body(60_000);
 
     // The greedy key starts two uploads and sends half of each: each holds

@@ -296,7 +296,7 @@ impl Connection {
                             // A long head that came whole in one read is
                             // claimed as one that came in pieces is.
                             let state = gateway.state();
-                            let total = state.config().max_body_bytes_total as u64;
+                            let total = state.config().server.max_body_bytes_total as u64;
                             claim = state.body_budget.claim(buffer as u64, total);
                             if claim.is_none() {
                                 return Err(NoHead::Refused(BadHead::no_room()));
@@ -319,7 +319,7 @@ impl Connection {
                     }
                     Ok(None) if self.read.len() > UNCOUNTED_HEAD => {
                         let state = gateway.state();
-                        let total = state.config().max_body_bytes_total as u64;
+                        let total = state.config().server.max_body_bytes_total as u64;
                         // What it holds once the next read is in: the
                         // buffer, whose room for that read is made here
                         // so that what is claimed is what was allocated
@@ -529,9 +529,9 @@ impl Connection {
             framing => {
                 let config = gateway.state().config();
                 let (limit, total, per_key) = (
-                    config.max_body_bytes as u64,
-                    config.max_body_bytes_total as u64,
-                    config.max_body_bytes_per_key as u64,
+                    config.server.max_body_bytes as u64,
+                    config.server.max_body_bytes_total as u64,
+                    config.server.max_body_bytes_per_key as u64,
                 );
                 // The body claims its bytes as they come (see
                 // `body_budget`); a declared length over `UNCOUNTED_BODY`
