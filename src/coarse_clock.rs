@@ -20,9 +20,20 @@ pub fn monotonic_ms() -> u64 {
     monotonic().as_millis() as u64
 }
 
-/// Whole seconds since the Unix epoch, to the kernel's tick.
+/// Whole seconds since the Unix epoch, to the kernel's tick, held within
+/// 1970-01-01 and [`LATEST_UNIX_SECOND`].
 pub fn unix_seconds() -> u64 {
-    imp::unix_seconds()
+    within_four_digit_years(imp::unix_seconds())
+}
+
+/// 9999-12-31T23:59:59Z: the last second an HTTP date (and the access
+/// log's four-digit year) can show. A wall clock set past it, or before
+/// 1970, is read as the nearest of the two: the `date` field's formatter
+/// panics outside them, and a wrong date is better than no answer.
+pub const LATEST_UNIX_SECOND: u64 = 253_402_300_799;
+
+fn within_four_digit_years(seconds: i64) -> u64 {
+    (seconds.max(0) as u64).min(LATEST_UNIX_SECOND)
 }
 
 #[cfg(target_os = "linux")]
@@ -46,8 +57,8 @@ mod imp {
         Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
 
-    pub fn unix_seconds() -> u64 {
-        read(libc::CLOCK_REALTIME_COARSE).tv_sec as u64
+    pub fn unix_seconds() -> i64 {
+        read(libc::CLOCK_REALTIME_COARSE).tv_sec
     }
 }
 
@@ -62,10 +73,10 @@ mod imp {
         EPOCH.elapsed()
     }
 
-    pub fn unix_seconds() -> u64 {
+    pub fn unix_seconds() -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+            .map_or(0, |d| d.as_secs().try_into().unwrap_or(i64::MAX))
     }
 }
 
@@ -112,5 +123,16 @@ mod tests {
             (lowest..=precise.as_secs() + 1).contains(&coarse),
             "{coarse} vs {precise:?}"
         );
+    }
+
+    #[test]
+    fn a_wall_clock_out_of_range_is_read_as_the_nearest_end() {
+        assert_eq!(within_four_digit_years(-1), 0);
+        assert_eq!(within_four_digit_years(i64::MIN), 0);
+        assert_eq!(within_four_digit_years(1_800_000_000), 1_800_000_000);
+        let latest = LATEST_UNIX_SECOND as i64;
+        assert_eq!(within_four_digit_years(latest), LATEST_UNIX_SECOND);
+        assert_eq!(within_four_digit_years(latest + 1), LATEST_UNIX_SECOND);
+        assert_eq!(within_four_digit_years(i64::MAX), LATEST_UNIX_SECOND);
     }
 }

@@ -305,7 +305,10 @@ fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
     let since_epoch = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = since_epoch.as_secs();
+    // Past year 9999 the four-digit year would wrap to 0000.
+    let secs = since_epoch
+        .as_secs()
+        .min(crate::coarse_clock::LATEST_UNIX_SECOND);
     SECOND.with_borrow_mut(|(second, text)| {
         if *second != Some(secs) {
             *second = Some(secs);

@@ -168,6 +168,9 @@ fn timestamps_are_rfc3339_utc_with_microseconds() {
     assert_eq!(at(1_795_311_356, 999_999), "2026-11-22T01:35:56.999999Z");
     assert_eq!(at(1_795_311_357, 0), "2026-11-22T01:35:57.000000Z");
     assert_eq!(at(1_795_311_356, 5), "2026-11-22T01:35:56.000005Z");
+    // A clock past year 9999 is shown at its last second, not as 0000.
+    assert_eq!(at(253_402_300_799, 1), "9999-12-31T23:59:59.000001Z");
+    assert_eq!(at(253_402_300_800, 2), "9999-12-31T23:59:59.000002Z");
 }
 
 #[test]

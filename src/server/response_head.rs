@@ -98,13 +98,20 @@ fn write_date(out: &mut Vec<u8>) {
         if *cached_second != second {
             *cached_second = second;
             line.clear();
-            line.extend_from_slice(b"date: ");
-            let now = UNIX_EPOCH + Duration::from_secs(second);
-            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
-            line.extend_from_slice(b"\r\n");
+            push_date_line(line, second);
         }
         out.extend_from_slice(line);
     });
+}
+
+/// `date: <IMF-fixdate>\r\n` for `second` since the epoch, which must be
+/// at most [`coarse_clock::LATEST_UNIX_SECOND`] (the formatter panics past
+/// year 9999).
+fn push_date_line(line: &mut Vec<u8>, second: u64) {
+    line.extend_from_slice(b"date: ");
+    let now = UNIX_EPOCH + Duration::from_secs(second);
+    line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+    line.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -216,5 +223,15 @@ mod tests {
             ),
             "{wire}"
         );
+    }
+
+    #[test]
+    fn the_date_line_reaches_the_last_second_the_clock_is_read_as() {
+        let mut line = Vec::new();
+        push_date_line(&mut line, coarse_clock::LATEST_UNIX_SECOND);
+        assert_eq!(line, b"date: Fri, 31 Dec 9999 23:59:59 GMT\r\n");
+        line.clear();
+        push_date_line(&mut line, 0);
+        assert_eq!(line, b"date: Thu, 01 Jan 1970 00:00:00 GMT\r\n");
     }
 }

@@ -14,6 +14,7 @@ mod limits_redis;
 mod limits_tokens;
 mod loadgen;
 mod metrics;
+mod misshapen_redis;
 mod model_refresh;
 mod normalize;
 mod overload;

@@ -290,6 +290,26 @@ impl Drop for UnansweredAdmission<'_> {
     }
 }
 
+/// The admission script's reply when it has the shape the script gives:
+/// `[0, check, wait_ms(, tokens_left)]` for a refusal, `[1, remaining,
+/// reset_ms, ...]` (a pair for every check) for an admission.
+fn admission_reply_fits(reply: Vec<i64>, checks: usize) -> redis::RedisResult<Vec<i64>> {
+    let fits = match reply.first() {
+        Some(0) => reply.len() >= 3,
+        Some(_) => reply.len() > 2 * checks,
+        None => false,
+    };
+    if fits {
+        Ok(reply)
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the admission script's reply is not of its shape",
+            format!("{reply:?}"),
+        )))
+    }
+}
+
 /// Why an admission could not be decided in Redis.
 pub struct Unavailable;
 
@@ -353,6 +373,10 @@ impl RedisBackend {
                 .timed(StoreCall::Admit, call.invoke_async::<Vec<i64>>(&mut conn))
                 .await;
         }
+        // A reply of the wrong shape (a proxy or a "Redis-compatible" store
+        // answering nil or a short list) is a failing store. Its leases, if
+        // it took any, are released behind it as an unanswered call's are.
+        let reply = reply.and_then(|reply| admission_reply_fits(reply, checks.len()));
         let reply: Vec<i64> = match reply {
             Ok(reply) => {
                 unanswered.conn = None;

@@ -599,6 +599,10 @@ fn outage_cause(err: &redis::RedisError) -> &'static str {
         // fault, and over once memory is freed.
         "is out of memory and refuses writes (raise its maxmemory, or let it evict with a \
          maxmemory-policy: every key the gateway writes expires)"
+    } else if err.kind() == redis::ErrorKind::UnexpectedReturnType {
+        // A proxy, or a store that speaks Redis's protocol without
+        // running the scripts as Redis does.
+        "answers what Redis would not (is limits.redis_url a Redis?)"
     } else if err.code().is_some() {
         "answers with an error"
     } else {
@@ -627,5 +631,10 @@ mod outage_cause_tests {
         let gone =
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(outage_cause(&gone), "unreachable");
+        let misshapen = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the admission script's reply is not of its shape",
+        ));
+        assert!(outage_cause(&misshapen).starts_with("answers what Redis would not"));
     }
 }
