@@ -37,6 +37,7 @@ pub mod malloc_tuning;
 pub mod memory_trim;
 pub mod metric_series;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod misplaced_keys;
 pub mod mock;
 pub mod model_refresh;

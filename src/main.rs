@@ -254,8 +254,10 @@ async fn serve(config: config::Config, listen: Option<SocketAddr>) -> std::io::R
         let listener = kimi_gateway::listener::bind(addr, None)?;
         // The bound address: with port 0 the system picked one.
         tracing::info!(listen = %listener.local_addr()?, "metrics on a separate listener");
-        let router = kimi_gateway::app::metrics_router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(kimi_gateway::metrics_listener::serve(
+            listener,
+            state.clone(),
+        ));
     }
     tracing::info!(listen = %listener.local_addr()?, config = %fingerprint, "kimi-gateway listening");
     let served = server::run(listener, state, shutdown).await;

@@ -12,7 +12,7 @@ mod connection_cap;
 mod output;
 mod request_body;
 mod request_head;
-mod response_head;
+pub(crate) mod response_head;
 
 pub use request_body::{BodyError, RequestBody};
 

@@ -104,14 +104,18 @@ fn write_date(out: &mut Vec<u8>) {
     });
 }
 
-/// `date: <IMF-fixdate>\r\n` for `second` since the epoch, which must be
-/// at most [`coarse_clock::LATEST_UNIX_SECOND`] (the formatter panics past
-/// year 9999).
+/// `date: <IMF-fixdate>\r\n` for `second` since the epoch.
 fn push_date_line(line: &mut Vec<u8>, second: u64) {
     line.extend_from_slice(b"date: ");
-    let now = UNIX_EPOCH + Duration::from_secs(second);
-    line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+    line.extend_from_slice(http_date(second).as_bytes());
     line.extend_from_slice(b"\r\n");
+}
+
+/// The IMF-fixdate of `second` since the epoch, which must be at most
+/// [`coarse_clock::LATEST_UNIX_SECOND`] (the formatter panics past year
+/// 9999).
+pub(crate) fn http_date(second: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second))
 }
 
 #[cfg(test)]

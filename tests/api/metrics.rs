@@ -469,17 +469,25 @@ async fn a_separate_metrics_address_keeps_metrics_off_the_main_listener() {
     assert_eq!(main.status(), 404);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = kimi_gateway::app::metrics_router(app.state.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let text = app
+    tokio::spawn(kimi_gateway::metrics_listener::serve(
+        listener,
+        app.state.clone(),
+    ));
+    let scraped = app
         .client
         .get(format!("http://{addr}/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    // The date field is the gateway's own (hyper's is off), one a client
+    // can read.
+    let date = scraped.headers()["date"].to_str().unwrap().to_owned();
+    let dated = httpdate::parse_http_date(&date).unwrap();
+    let skew = dated
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_else(|early| early.duration());
+    assert!(skew < std::time::Duration::from_secs(5), "{date}");
+    let text = scraped.text().await.unwrap();
     assert!(text.contains("kimi_gateway_build_info"));
     // A scraper pointed at the main listener is a wrong path there,
     // counted like any other, not a scrape left out of the counts.
