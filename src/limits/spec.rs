@@ -3,7 +3,7 @@
 //! client is told: a denial, or the headroom left for the response headers.
 
 use super::local::LocalState;
-use crate::error::{ErrorType, GatewayError};
+use crate::error::{ErrorType, GatewayError, LONGEST_RETRY_WAIT_MS};
 use http::StatusCode;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
@@ -139,12 +139,15 @@ pub struct TokenShortfall {
 }
 
 impl Denial {
-    /// The client's error: a spent daily token budget (nothing left) is a
-    /// quota error (no retry helps soon), a provider at its concurrency
-    /// cap is overloaded (so fail-over moves on), anything else is a rate
-    /// limit; a daily budget with less left than the request's estimate
-    /// too, since a smaller request would pass now. A token limit's
-    /// message says what it held and what the request needed.
+    /// The client's error: a spent daily token budget (nothing left) that
+    /// takes over a minute to refill enough is a quota error (no retry
+    /// helps soon), a provider at its concurrency cap is overloaded (so
+    /// fail-over moves on), anything else is a rate limit; a daily budget
+    /// with less left than the request's estimate too, since a smaller
+    /// request would pass now, and a spent one that refills enough within
+    /// a minute (a large budget refills tokens a second: a client that
+    /// waits passes). A token limit's message says what it held and what
+    /// the request needed.
     pub fn into_error(self) -> GatewayError {
         let mut what = format!("{} {}", self.value, self.limit.unit());
         if let Some(short) = self.shortfall {
@@ -154,9 +157,14 @@ impl Denial {
             );
         }
         let spent = self.shortfall.is_none_or(|short| short.left == 0);
+        let refills_soon = self.retry_after <= Duration::from_millis(LONGEST_RETRY_WAIT_MS);
         let (error_type, message) = match (self.limit, self.scope) {
             (LimitKind::TokensPerDay, _) if spent => (
-                ErrorType::ExceededCurrentQuotaError,
+                if refills_soon {
+                    ErrorType::RateLimitReachedError
+                } else {
+                    ErrorType::ExceededCurrentQuotaError
+                },
                 format!("daily token budget spent for {}: {what}", self.label),
             ),
             (LimitKind::TokensPerDay, _) => (
@@ -285,11 +293,58 @@ mod tests {
         );
         assert_eq!(err.retry_after.unwrap(), "2");
         assert_eq!(err.retry_after_ms.map(|ms| ms.get()), Some(1500));
-        let quota = denial(LimitKind::TokensPerDay, ScopeKind::Key);
-        assert_eq!(quota.error_type, ErrorType::ExceededCurrentQuotaError);
-        assert!(!quota.should_retry());
         let busy = denial(LimitKind::ConcurrentRequests, ScopeKind::Provider);
         assert_eq!(busy.error_type, ErrorType::EngineOverloadedError);
+    }
+
+    /// A spent day's budget is a quota error when it refills too slowly
+    /// for a client to wait; a large one, which refills within a minute,
+    /// is a rate limit the SDKs retry after the wait.
+    #[test]
+    fn a_spent_day_is_a_quota_error_only_when_it_refills_slowly() {
+        let spent_for = |wait: Duration| {
+            Denial {
+                label: "key team-a".into(),
+                scope: ScopeKind::Key,
+                limit: LimitKind::TokensPerDay,
+                value: 86_400,
+                retry_after: wait,
+                shortfall: Some(TokenShortfall {
+                    left: 0,
+                    estimate: 16,
+                }),
+            }
+            .into_error()
+        };
+        for (wait, error_type, retry) in [
+            (
+                Duration::from_secs(22),
+                ErrorType::RateLimitReachedError,
+                true,
+            ),
+            (MINUTE, ErrorType::RateLimitReachedError, true),
+            (
+                MINUTE + Duration::from_millis(1),
+                ErrorType::ExceededCurrentQuotaError,
+                false,
+            ),
+            (
+                Duration::from_secs(3 * 3600),
+                ErrorType::ExceededCurrentQuotaError,
+                false,
+            ),
+        ] {
+            let err = spent_for(wait);
+            assert_eq!(err.error_type, error_type, "{wait:?}");
+            assert_eq!(err.should_retry(), retry, "{wait:?}");
+            assert!(
+                err.message.starts_with(
+                    "daily token budget spent for key team-a: 86400 tokens per day (0 left"
+                ),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]

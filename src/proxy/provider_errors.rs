@@ -391,16 +391,28 @@ fn error_from(
         .request_id
         .filter(|id| crate::request_id::is_usable_id(id.as_bytes()))
         .and_then(|id| HeaderValue::try_from(id).ok());
-    let message = says
-        .message
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| {
-            format!(
-                "provider {} answered HTTP {}",
-                provider.name,
-                status.as_u16()
-            )
-        });
+    let redirected = carrier.is_none() && status.is_redirection();
+    let message = if redirected {
+        // Whatever its body says, the provider is not at the configured
+        // address: name the setting to check.
+        format!(
+            "provider {} answered HTTP {}, a redirect, which the gateway does not follow \
+             (check providers.{}.base_url)",
+            provider.name,
+            status.as_u16(),
+            provider.name
+        )
+    } else {
+        says.message
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| {
+                format!(
+                    "provider {} answered HTTP {}",
+                    provider.name,
+                    status.as_u16()
+                )
+            })
+    };
     let lower = message.to_ascii_lowercase();
     let typed = says.error_type;
     let says_code = says.code.clone();
@@ -428,7 +440,7 @@ fn error_from(
     let error_type = match typed.as_deref().and_then(ErrorType::from_name) {
         // A redirect, which the gateway never follows: the provider is not
         // where it is configured, whatever the body says.
-        _ if carrier.is_none() && status.is_redirection() => ErrorType::ServerError,
+        _ if redirected => ErrorType::ServerError,
         // OpenAI's own shape for a model it does not have, which servers
         // that copy it send too: a 404 typed `invalid_request_error`
         // (code `model_not_found`). Not found, not the request's fault.
@@ -1015,6 +1027,13 @@ adding a payment method to your account at https://platform.openai.com/account/b
                 );
                 assert_eq!(err.error_type, ErrorType::ServerError, "{status}");
                 assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{status}");
+                assert_eq!(
+                    &*err.message,
+                    format!(
+                        "provider moonshot answered HTTP {status}, a redirect, which the gateway \
+                         does not follow (check providers.moonshot.base_url)"
+                    )
+                );
                 assert_eq!(
                     crate::proxy::failover::classify(&err),
                     crate::proxy::failover::Verdict::Retry { unhealthy: true }

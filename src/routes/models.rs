@@ -53,8 +53,15 @@ pub async fn retrieve(
             StatusCode::NOT_FOUND,
             ErrorType::ResourceNotFoundError,
             format!(
-                "model {:?} is not served by this gateway",
-                crate::proxy::request::shown_model(&id)
+                "model {:?} is not served by this gateway{}",
+                crate::proxy::request::shown_model(&id),
+                // `/v1/models//ID` and `/v1/models/ID/` come here, not to
+                // the 404 that names stray slashes in other paths.
+                if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
+                    " (the path has a doubled or trailing slash: check the client's base URL)"
+                } else {
+                    ""
+                }
             ),
         )
         .with_param("model")

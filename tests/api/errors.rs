@@ -602,4 +602,21 @@ async fn an_unknown_path_is_404_and_a_stray_slash_is_named() {
             "{path}: {message}"
         );
     }
+    // A model's path goes to the model lookup, which names the slash too.
+    for (path, stray) in [
+        ("/v1/models//kimi-k2-turbo-preview", true),
+        ("/v1/models/kimi-k2-turbo-preview/", true),
+        ("/v1/models/no-such-model", false),
+    ] {
+        let answer = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+        let error = error_of(answer).await;
+        assert_eq!(error["code"], "model_not_found", "{path}");
+        let message = error["message"].as_str().unwrap();
+        assert_eq!(
+            message.contains("doubled or trailing slash"),
+            stray,
+            "{path}: {message}"
+        );
+    }
 }

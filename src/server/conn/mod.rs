@@ -492,9 +492,6 @@ impl Connection {
         }
     }
 
-    /// The request's body as its handler gets it: already read (small, or
-    /// none), or read by the connection as the handler asks, with its room
-    /// claimed from the body budget first (none, and the body is refused).
     /// Whether the rest of a body its handler left unread (a `GET` that
     /// came with a small chunked body, a request refused before its body
     /// was wanted) is already in the read buffer whole: it is then dropped
@@ -512,6 +509,9 @@ impl Connection {
         }
     }
 
+    /// The request's body as its handler gets it: already read (small, or
+    /// none), or read by the connection as the handler asks, with its room
+    /// claimed from the body budget first (none, and the body is refused).
     fn start_body(
         &mut self,
         framing: Framing,
