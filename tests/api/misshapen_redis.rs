@@ -44,7 +44,7 @@ async fn serve(mut stream: TcpStream, reply: &'static [u8], misshapen: Arc<Atomi
         while let Some((command, used)) = parse_command(&buffer) {
             buffer.drain(..used);
             let answer = answer(&command, reply, &misshapen);
-            if stream.write_all(answer).await.is_err() {
+            if stream.write_all(&answer).await.is_err() {
                 return;
             }
         }
@@ -55,11 +55,16 @@ async fn serve(mut stream: TcpStream, reply: &'static [u8], misshapen: Arc<Atomi
     }
 }
 
-fn answer(command: &[Vec<u8>], reply: &'static [u8], misshapen: &AtomicUsize) -> &'static [u8] {
+fn answer(command: &[Vec<u8>], reply: &'static [u8], misshapen: &AtomicUsize) -> Vec<u8> {
     let word = |i: usize| command.get(i).map(|w| w.to_ascii_uppercase());
-    match word(0).as_deref() {
+    let answer: &[u8] = match word(0).as_deref() {
         Some(b"PING") => b"+PONG\r\n",
-        Some(b"SCRIPT") => b"$40\r\n0000000000000000000000000000000000000000\r\n",
+        Some(b"SCRIPT") => {
+            // SCRIPT LOAD body: the body's SHA-1, which the client checks.
+            let body = std::str::from_utf8(&command[2]).unwrap();
+            let hash = redis::Script::new(body).get_hash().to_owned();
+            return format!("${}\r\n{hash}\r\n", hash.len()).into_bytes();
+        }
         Some(b"EVALSHA") => {
             let has = |text: &[u8]| {
                 command
@@ -81,7 +86,8 @@ fn answer(command: &[Vec<u8>], reply: &'static [u8], misshapen: &AtomicUsize) ->
             }
         }
         _ => b"+OK\r\n",
-    }
+    };
+    answer.to_vec()
 }
 
 /// One command (an array of bulk strings) from the front of `buffer`, and
