@@ -156,12 +156,13 @@ where
 /// request metrics. Anything else (a wrong path, a wrong method on these
 /// paths, `/metrics` on the main listener while `server.metrics_listen`
 /// serves it: a scraper pointed at the wrong port) is a request like any
-/// other.
+/// other. The listener the process started with decides: a reload's new
+/// `metrics_listen` takes effect only at the next restart.
 fn is_probe(state: &AppState, method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
         && match path {
             "/healthz" | "/readyz" => true,
-            "/metrics" => state.peek_config().server.metrics_listen.is_none(),
+            "/metrics" => state.started_with.metrics_listen.is_none(),
             _ => false,
         }
 }

@@ -798,3 +798,32 @@ async fn a_file_unreadable_in_another_way_is_reloaded_and_reported_anew() {
     assert_eq!(ready["last_reload"]["result"], "failure", "{ready}");
     kimi_goes_to(&app, "moonshot").await;
 }
+
+/// `server.metrics_listen` takes effect at the next restart, and so does
+/// what it decides about `/metrics` on the main listener: a reload that adds
+/// it leaves scrapes there served and uncounted (probes), not turned into
+/// counted requests of a path that still answers 200.
+#[tokio::test]
+async fn a_reloaded_metrics_listen_leaves_scrapes_on_the_main_listener_as_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    write_config(&file, ALIAS_TO_MOONSHOT);
+    let app = spawn_app_from(ConfigSource::File(&file), &[]).await;
+    write_config(
+        &file,
+        &format!("{ALIAS_TO_MOONSHOT}\n[server]\nmetrics_listen = \"127.0.0.1:0\"\n"),
+    );
+    assert!(
+        kimi_gateway::reload::reload(&app.state, "test", kimi_gateway::reload::Reading::File).await
+    );
+    assert!(app.state.config().server.metrics_listen.is_some());
+    for _ in 0..3 {
+        scrape(&app).await;
+    }
+    let text = scrape(&app).await;
+    assert!(text.contains("kimi_gateway_build_info"));
+    assert!(
+        !text.contains(r#"kimi_gateway_requests_total{error_type="none",provider="none",route="none",status="200"}"#),
+        "scrapes counted as requests:\n{text}"
+    );
+}
