@@ -45,7 +45,9 @@ impl Gateway {
     /// cloned and boxed a service or a future per request.
     ///
     /// A panicking handler answers 500 and is logged and counted like any
-    /// other request; a panic outside it still answers 500, unlogged.
+    /// other request; a panic outside it still answers 500, unlogged and
+    /// left in `in_flight_requests` (its decrement is the log record's; no
+    /// input is known to reach such a panic).
     /// Besides the response: its header fields in wire form, written after
     /// the header map's. `id` is the request's [`request_id`], which every
     /// answer carries.

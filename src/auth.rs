@@ -119,8 +119,8 @@ impl KeyTable {
     }
 }
 
-/// Who is calling, in the request's extensions (for handlers) and the
-/// response's (for the access log).
+/// Who is calling, in the request's extensions for the router's handlers
+/// (the access log is handed the key's name directly).
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key's name, or `anonymous` when the gateway runs open.

@@ -585,7 +585,7 @@ fn longest_request_wait<'a>(
 }
 
 /// How long a client refused for a concurrency limit is asked to wait: no
-/// one knows when a slot frees, and a provider's queue wait (100 ms by
+/// one knows when a slot frees, and a provider's queue wait (250 ms by
 /// default) is too short to ask of a client, whose SDK would spend its
 /// retries within half a second.
 pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -21,7 +21,9 @@ use tokio::time::Instant;
 pub struct RetrySettings {
     /// Attempts per request, the first included.
     pub max_attempts: u32,
-    /// No new attempt starts this long after the first one did.
+    /// After this long from the request's arrival no target already tried
+    /// is tried again and no wait is waited past it; a target not yet
+    /// tried still is.
     pub deadline: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
