@@ -22,6 +22,8 @@ pub struct AccessLine<'a> {
     pub time_to_head_us: u64,
     pub time_to_first_token_us: u64,
     pub error_type: &'a str,
+    /// The answer's `code` (`upstream_timeout`, `gateway_shutdown`, ...).
+    pub error_code: &'a str,
     pub error: &'a str,
     pub stream_end: &'a str,
     pub prompt_tokens: u64,
@@ -49,6 +51,7 @@ impl AccessLine<'_> {
                 self.time_to_first_token_us,
             )
             .plain_str(json_str_key!("error_type"), self.error_type)
+            .str(json_str_key!("error_code"), self.error_code)
             .str(json_str_key!("error"), self.error)
             .plain_str(json_str_key!("stream_end"), self.stream_end)
             .u64(json_key!("prompt_tokens"), self.prompt_tokens)
@@ -76,6 +79,7 @@ impl AccessLine<'_> {
                     time_to_head_ms = millis(self.time_to_head_us),
                     time_to_first_token_ms = millis(self.time_to_first_token_us),
                     error_type = self.error_type,
+                    error_code = self.error_code,
                     error = self.error,
                     stream_end = self.stream_end,
                     prompt_tokens = self.prompt_tokens,
@@ -130,6 +134,7 @@ mod tests {
             time_to_head_us: 12_345,
             time_to_first_token_us: 0,
             error_type: "rate_limit_reached_error",
+            error_code: "rate_limit_\"exceeded\"",
             error: "line one\nline two \\ tab\t",
             stream_end: "client_closed",
             prompt_tokens: 7,
@@ -157,8 +162,9 @@ mod tests {
         assert_eq!(direct["error"], "line one\nline two \\ tab\t");
         assert_eq!(direct["time_to_head_ms"], 12.345);
         assert_eq!(direct["client_addr"], "2001:db8::7");
-        // level, target, message and the 18 fields, in the same order.
-        assert_eq!(direct.as_object().unwrap().len(), 3 + 18);
+        assert_eq!(direct["error_code"], "rate_limit_\"exceeded\"");
+        // level, target, message and the 19 fields, in the same order.
+        assert_eq!(direct.as_object().unwrap().len(), 3 + 19);
         let order = |text: &str| {
             let mut names: Vec<(usize, &str)> = [
                 "request_id",

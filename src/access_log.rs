@@ -121,6 +121,7 @@ impl AccessRecord {
             time_to_head_us: upstream.and_then(|u| u.time_to_head).map_or(0, micros),
             time_to_first_token_us: stream.and_then(|s| s.first_event_after()).map_or(0, micros),
             error_type: error.as_ref().map_or("", |e| e.error_type.as_str()),
+            error_code: error.as_ref().and_then(|e| e.code.as_deref()).unwrap_or(""),
             error: error.as_ref().map_or("", |e| &*e.message),
             stream_end,
             prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),

@@ -1163,6 +1163,8 @@ fn a_long_unknown_model_name_is_quoted_cut_in_the_answer_and_the_log() {
         assert!(line.len() < 2048, "{} bytes: {line:.300}", line.len());
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(line["model"], shown, "{line}");
+        assert_eq!(line["error_type"], "resource_not_found_error", "{line}");
+        assert_eq!(line["error_code"], "model_not_found", "{line}");
     }
     let metrics = http_get(&addr, "/metrics");
     child.kill().unwrap();
@@ -1224,6 +1226,7 @@ fn the_access_line_of_a_request_left_mid_attempt_names_its_provider() {
     assert_eq!(line["upstream_model"], "kimi-latest", "{line}");
     assert_eq!(line["attempts"], 2, "{line}");
     assert_eq!(line["error_type"], "", "{line}");
+    assert_eq!(line["error_code"], "", "{line}");
 }
 
 /// A provider that refuses one of several keys: the alert line and the
