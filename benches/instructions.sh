@@ -54,7 +54,7 @@ wait_port 127.0.0.1:18590
 # GLIBC_TUNABLES: what the gateway would restart itself with; under
 # valgrind it must be given (the restart cannot be followed).
 MOONSHOT_API_KEY=mock-key MOONSHOT_BASE_URL=http://127.0.0.1:18590/moonshot/v1 BENCH_CLIENT_KEY=mock-key \
-    TOKIO_WORKER_THREADS=1 RUST_LOG=info GLIBC_TUNABLES=glibc.malloc.tcache_count=128 \
+    TOKIO_WORKER_THREADS=1 RUST_LOG=info GLIBC_TUNABLES=glibc.malloc.tcache_count=128:glibc.malloc.mmap_threshold=131072 \
     valgrind "${VALGRIND[@]}" --callgrind-out-file="$OUT/callgrind.out" \
     "$GATEWAY" --listen 127.0.0.1:18580 --config "$ROOT/benches/gateway.toml" \
     >"$OUT/gateway.log" 2>"$OUT/valgrind.log" &
