@@ -16,12 +16,7 @@ use http::{HeaderValue, header};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// How long an accept that failed (descriptors run out) waits before the
-/// next: the condition clears as connections close, and nothing signals it.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves the metrics router on `listener` until the runtime ends.
 pub async fn serve(listener: TcpListener, state: AppState) {
@@ -29,9 +24,12 @@ pub async fn serve(listener: TcpListener, state: AppState) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
+            // Out of descriptors: handled as the main listener handles it
+            // (idle provider connections closed, one line a second at most).
             Err(err) => {
-                tracing::warn!(error = %err, "metrics listener: accept failed");
-                tokio::time::sleep(ACCEPT_RETRY).await;
+                if crate::server::accept_failed(err, "metrics") {
+                    tokio::time::sleep(crate::server::ACCEPT_PAUSE).await;
+                }
                 continue;
             }
         };

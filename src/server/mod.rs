@@ -109,7 +109,7 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    if accept_failed(err) {
+                    if accept_failed(err, "main") {
                         // A stop meanwhile is not kept waiting.
                         tokio::select! {
                             () = tokio::time::sleep(ACCEPT_PAUSE) => {}
@@ -156,14 +156,15 @@ fn connection_task(
 }
 
 /// How long accepting pauses after it failed for want of descriptors.
-const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// A failed accept: a peer that left before it was accepted is nothing; a
 /// full descriptor table (EMFILE) first closes the idle provider
 /// connections, and accepting goes on at once if that freed any; otherwise
 /// it is logged, and accepting pauses (`true`) so open connections can end
-/// and free descriptors.
-fn accept_failed(err: std::io::Error) -> bool {
+/// and free descriptors. `listener` names it in the log: `main` or
+/// `metrics`, whose accept loops share this.
+pub(crate) fn accept_failed(err: std::io::Error, listener: &'static str) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         err.kind(),
@@ -176,12 +177,13 @@ fn accept_failed(err: std::io::Error) -> bool {
         if closed > 0 {
             tracing::warn!(
                 closed,
+                listener,
                 "out of descriptors: closed the idle provider connections to accept a client"
             );
             return false;
         }
     }
-    tracing::error!(error = %err, "accepting a connection failed; retrying in 1 s");
+    tracing::error!(error = %err, listener, "accepting a connection failed; retrying in 1 s");
     true
 }
 

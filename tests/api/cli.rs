@@ -809,7 +809,7 @@ pub(crate) fn start(
 
 /// Starts the binary with `args` (and a Moonshot key), its log read from
 /// the returned reader.
-fn spawn(
+pub(crate) fn spawn(
     mut command: Command,
     args: &[&str],
 ) -> (Running, std::io::BufReader<std::process::ChildStdout>) {

@@ -265,3 +265,55 @@ fn idle_provider_connections_give_way_when_descriptors_run_out() {
     child.wait().unwrap();
     assert!(line.contains("\"closed\":"), "{line}");
 }
+
+/// The metrics listener out of descriptors behaves as the main one: it
+/// closes idle provider connections, and otherwise logs one line and waits
+/// a second before accepting again (it retried every 0.1 s, a warning
+/// each time, for as long as the table stayed full).
+#[test]
+fn the_metrics_listener_out_of_descriptors_logs_once_a_second() {
+    let (dir, path) =
+        config_alone("[server]\nmax_connections = 1000\nmetrics_listen = \"127.0.0.1:0\"\n");
+    let (child, mut stdout) = crate::cli::spawn(
+        gateway_under(&format!("ulimit -n {LIMIT}")),
+        &["--listen", ANY_PORT, "--config", path.to_str().unwrap()],
+    );
+    let pid = child.id();
+    let metrics_line = crate::cli::wait_for_line(&mut stdout, "metrics on a separate listener");
+    let metrics_line: serde_json::Value = serde_json::from_str(&metrics_line).unwrap();
+    let metrics_addr = metrics_line["listen"].as_str().unwrap().to_string();
+    let addr = crate::cli::listen_address(&crate::cli::wait_for_line(&mut stdout, "listening"));
+    // Idle connections to the main listener take every descriptor.
+    let _idle: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dir_path = dir.path().canonicalize().unwrap();
+    while lasting_descriptors(pid, &dir_path).is_none_or(|open| open < LIMIT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never filled"
+        );
+        // Not a spin: the gateway needs this machine's other core.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // A scraper waits in the metrics listener's backlog, which it cannot
+    // accept from.
+    let _scraper = TcpStream::connect(&metrics_addr).unwrap();
+    let failed = "\"listener\":\"metrics\"";
+    // Read as they are written (the log writer flushes within 20 ms).
+    let arrivals: Vec<std::time::Instant> = (0..2)
+        .map(|_| {
+            let line = crate::cli::wait_for_line(&mut stdout, failed);
+            let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(line["level"], "ERROR", "{line}");
+            std::time::Instant::now()
+        })
+        .collect();
+    drop(child);
+    let apart = arrivals[1] - arrivals[0];
+    assert!(
+        apart >= std::time::Duration::from_millis(800),
+        "{apart:?} apart"
+    );
+}
