@@ -78,6 +78,27 @@ fn lasting_descriptors(pid: u32, dir: &std::path::Path) -> Option<usize> {
     Some(count)
 }
 
+/// Opens idle connections to `addr` until the gateway (`pid`, its config
+/// file in `dir`) holds every descriptor its limit allows: full of
+/// connections, not of a file being read (whose descriptor would be free
+/// again when the test needs it full). They stay open while kept.
+fn fill_with_idle_connections(addr: &str, pid: u32, dir: &std::path::Path) -> Vec<TcpStream> {
+    let idle: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dir = dir.canonicalize().unwrap();
+    while lasting_descriptors(pid, &dir).is_none_or(|open| open < LIMIT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never filled"
+        );
+        // Not a spin: the gateway needs this machine's other core.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    idle
+}
+
 /// A config file with `text` in a directory of its own: the gateway reads
 /// its config file when anything in the directory changes, and a read of
 /// it (the other tests write files in the shared temporary directory) is a
@@ -115,22 +136,7 @@ fn running_out_of_descriptors_is_the_gateways_failure_not_the_providers() {
     let mut client = BufReader::new(TcpStream::connect(&addr).unwrap());
     let (status, _) = exchange(&mut client, "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n");
     assert_eq!(status, 200);
-    // Idle connections take every descriptor left.
-    let idle: Vec<TcpStream> = (0..LIMIT)
-        .map(|_| TcpStream::connect(&addr).unwrap())
-        .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // Full of connections, not of a file being read (whose descriptor
-    // would be free again when the request below needs one).
-    let dir_path = dir.path().canonicalize().unwrap();
-    while lasting_descriptors(pid, &dir_path).is_none_or(|open| open < LIMIT) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the table never filled"
-        );
-        // Not a spin: the gateway needs this machine's other core.
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let idle = fill_with_idle_connections(&addr, pid, dir.path());
 
     let (status, body) = exchange(&mut client, &chat_request());
     assert_eq!(status, 503, "{body}");
@@ -284,19 +290,7 @@ fn the_metrics_listener_out_of_descriptors_logs_once_a_second() {
     let metrics_addr = metrics_line["listen"].as_str().unwrap().to_string();
     let addr = crate::cli::listen_address(&crate::cli::wait_for_line(&mut stdout, "listening"));
     // Idle connections to the main listener take every descriptor.
-    let _idle: Vec<TcpStream> = (0..LIMIT)
-        .map(|_| TcpStream::connect(&addr).unwrap())
-        .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let dir_path = dir.path().canonicalize().unwrap();
-    while lasting_descriptors(pid, &dir_path).is_none_or(|open| open < LIMIT) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the table never filled"
-        );
-        // Not a spin: the gateway needs this machine's other core.
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let _idle = fill_with_idle_connections(&addr, pid, dir.path());
     // A scraper waits in the metrics listener's backlog, which it cannot
     // accept from.
     let _scraper = TcpStream::connect(&metrics_addr).unwrap();
